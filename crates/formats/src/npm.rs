@@ -1,0 +1,1 @@
+//! npm: see module docs (in progress).

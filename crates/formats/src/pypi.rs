@@ -1,0 +1,1 @@
+//! PyPI: see module docs (in progress).

@@ -1,0 +1,26 @@
+//! Validated newtypes shared by every Ferry crate. Pure: no I/O.
+//!
+//! A value of one of these types has been validated once, at the edge; code
+//! that holds one never re-checks it.
+
+mod digest;
+mod names;
+mod stamp;
+
+pub use digest::{Digest, Sha256Hasher};
+pub use names::{FeedName, FeedType, ItemKey};
+pub use stamp::{Hlc, InstanceId, Stamp};
+
+/// Why a value was refused. The message is meant for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct InvalidValue {
+    pub what: &'static str,
+    pub reason: String,
+}
+
+impl InvalidValue {
+    pub fn new(what: &'static str, reason: impl Into<String>) -> Self {
+        Self { what, reason: reason.into() }
+    }
+}
