@@ -1,1 +1,28 @@
-//! placeholder
+//! Storage for one Ferry instance, behind two small traits:
+//!
+//! * [`BlobStore`]: immutable content addressed by sha256. Uploads stream to
+//!   a staging area, are hashed on the way, and are committed atomically.
+//! * [`MetadataStore`]: feeds, items, the change log, blob bookkeeping and
+//!   API keys. Every item write appends to the change log in the same
+//!   transaction; deletes leave tombstones.
+//!
+//! [`conformance`] is the one test suite every metadata backend must pass.
+
+mod blob;
+pub mod conformance;
+mod error;
+mod meta;
+mod sqlite;
+
+pub use blob::{BlobBody, BlobStore, ByteStream, FsBlobStore, StagedBlob};
+pub use error::StoreError;
+pub use meta::*;
+pub use sqlite::SqliteStore;
+
+/// Milliseconds since the Unix epoch, the one time unit stored.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,30 @@
+use ferry_types::Digest;
+
+/// Errors of the storage layer. Messages are safe to show to users except
+/// for [`StoreError::Backend`] and [`StoreError::Io`], which are logged and
+/// answered with a generic 500/503.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("blob {0} is not stored")]
+    BlobMissing(Digest),
+    #[error("blob {0} is being collected; retry")]
+    BlobBusy(Digest),
+    #[error("upload exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("content digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("storage backend: {0}")]
+    Backend(String),
+    #[error("storage i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}

@@ -1,0 +1,199 @@
+//! The metadata store: feeds, items, change log, blob bookkeeping, API keys.
+
+use async_trait::async_trait;
+use ferry_types::{Digest, FeedName, FeedType, Hlc, InstanceId, ItemKey, Stamp};
+use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
+
+/// Database id of a feed. Only meaningful inside one instance.
+pub type FeedId = i64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeedRecord {
+    #[serde(skip)]
+    pub id: FeedId,
+    pub name: FeedName,
+    #[serde(rename = "type")]
+    pub feed_type: FeedType,
+    pub private: bool,
+    pub created_at: i64,
+}
+
+/// A live item as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRecord {
+    pub key: ItemKey,
+    pub meta: serde_json::Value,
+    pub blobs: Vec<Digest>,
+    pub stamp: Stamp,
+    /// When the item was first written (ms); carried by replication.
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub downloads: u64,
+}
+
+/// One write to a feed: an upsert or a delete (tombstone), with its stamp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub key: ItemKey,
+    pub stamp: Stamp,
+    pub op: ChangeOp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeOp {
+    Upsert { meta: serde_json::Value, blobs: Vec<Digest>, created_at: i64 },
+    Delete,
+}
+
+/// What must hold for a write to go ahead; checked in the write's transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write whatever is there (subject to stamp order).
+    Any,
+    /// There must be no live item under the key (a new version); else Conflict.
+    Absent,
+    /// There must be a live item under the key; else NotFound.
+    Present,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Applied and appended to the change log at `seq`.
+    Applied { seq: i64 },
+    /// The stored item or tombstone carries a later stamp: the write lost.
+    Superseded { current: Stamp },
+    /// This exact stamp is already stored: nothing to do (idempotence).
+    AlreadyApplied,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Upsert,
+    Delete,
+}
+
+/// One entry of a feed's change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRecord {
+    pub seq: i64,
+    pub key: ItemKey,
+    pub kind: ChangeKind,
+    pub stamp: Stamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Write => "write",
+            Permission::Admin => "admin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read" => Some(Permission::Read),
+            "write" => Some(Permission::Write),
+            "admin" => Some(Permission::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An API key as stored: only the sha256 of the secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKeyRecord {
+    pub id: i64,
+    pub name: String,
+    #[serde(skip)]
+    pub hash: [u8; 32],
+    pub permission: Permission,
+    /// `None`: every feed. Otherwise only these feeds.
+    pub feeds: Option<Vec<FeedName>>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub name: String,
+    pub hash: [u8; 32],
+    pub permission: Permission,
+    pub feeds: Option<Vec<FeedName>>,
+}
+
+/// The metadata of one Ferry instance. Implementations keep every method's
+/// effect atomic; [`crate::conformance`] states the contract as tests.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// This instance's id, created (randomly) and stored on first use.
+    async fn instance_id(&self) -> Result<InstanceId, StoreError>;
+    /// The highest stamp time in any change log, so a restarted clock never
+    /// goes backwards.
+    async fn max_stamp_time(&self) -> Result<Hlc, StoreError>;
+
+    async fn create_feed(&self, name: &FeedName, ty: FeedType, private: bool)
+    -> Result<FeedRecord, StoreError>;
+    async fn feed(&self, name: &FeedName) -> Result<Option<FeedRecord>, StoreError>;
+    async fn feeds(&self) -> Result<Vec<FeedRecord>, StoreError>;
+    /// Deletes a feed with its items and change log. Returns false if absent.
+    async fn delete_feed(&self, name: &FeedName) -> Result<bool, StoreError>;
+
+    /// Applies changes in one transaction, in order. For each: checks the
+    /// precondition (a failed one aborts the whole batch), orders its stamp
+    /// against the stored item or tombstone (later stamp wins), checks that
+    /// every referenced blob is registered as present, writes the item or
+    /// tombstone and appends to the change log.
+    async fn write(
+        &self,
+        feed: FeedId,
+        changes: Vec<(Change, Precondition)>,
+    ) -> Result<Vec<WriteOutcome>, StoreError>;
+    async fn item(&self, feed: FeedId, key: &ItemKey) -> Result<Option<ItemRecord>, StoreError>;
+    /// Live items whose key starts with `prefix`, in key order, after `after`.
+    async fn items(
+        &self,
+        feed: FeedId,
+        prefix: &str,
+        after: Option<&ItemKey>,
+        limit: usize,
+    ) -> Result<Vec<ItemRecord>, StoreError>;
+    /// The stamp of a tombstone under `key`, if the key is deleted.
+    async fn tombstone(&self, feed: FeedId, key: &ItemKey) -> Result<Option<Stamp>, StoreError>;
+    /// Change log entries with `seq > since`, in order.
+    async fn changes_since(&self, feed: FeedId, since: i64, limit: usize)
+    -> Result<Vec<ChangeRecord>, StoreError>;
+    /// The newest change's seq (0 for an empty log).
+    async fn last_seq(&self, feed: FeedId) -> Result<i64, StoreError>;
+    /// Adds download counts; not a change (counts are carried separately).
+    async fn add_downloads(&self, feed: FeedId, counts: &[(ItemKey, u64)]) -> Result<(), StoreError>;
+
+    /// Registers a blob about to be committed, leased until `lease_until`
+    /// (ms) so the collector leaves it alone until an item references it.
+    /// Fails with [`StoreError::BlobBusy`] while the collector deletes it.
+    async fn lease_blob(&self, digest: &Digest, size: u64, lease_until: i64) -> Result<(), StoreError>;
+    /// Whether the blob is registered as present.
+    async fn blob_present(&self, digest: &Digest) -> Result<bool, StoreError>;
+    /// Marks up to `limit` blobs that no item references and whose lease
+    /// ended before `now` as being deleted, and returns them.
+    async fn gc_mark(&self, now: i64, limit: usize) -> Result<Vec<Digest>, StoreError>;
+    /// Forgets blobs whose files the collector has removed.
+    async fn gc_forget(&self, digests: &[Digest]) -> Result<(), StoreError>;
+
+    async fn create_key(&self, key: NewApiKey) -> Result<ApiKeyRecord, StoreError>;
+    /// Creates or replaces the key called `key.name` (used for the admin key).
+    async fn put_named_key(&self, key: NewApiKey) -> Result<ApiKeyRecord, StoreError>;
+    async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
+    async fn keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    async fn delete_key(&self, name: &str) -> Result<bool, StoreError>;
+}

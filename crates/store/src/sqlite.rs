@@ -1,0 +1,633 @@
+//! [`MetadataStore`] on SQLite: one writer connection, a small pool of
+//! readers, WAL journal, schema migrations by `user_version`. Every call runs
+//! on tokio's blocking pool so async callers never block.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ferry_types::{Digest, FeedName, FeedType, Hlc, InstanceId, ItemKey, Stamp};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use crate::meta::*;
+use crate::{StoreError, now_millis};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE feeds (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    private INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE items (
+    feed_id INTEGER NOT NULL REFERENCES feeds(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    blobs TEXT NOT NULL,
+    stamp_time INTEGER NOT NULL,
+    stamp_origin TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    downloads INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (feed_id, key)
+) WITHOUT ROWID;
+CREATE TABLE item_blobs (
+    feed_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    PRIMARY KEY (feed_id, key, digest),
+    FOREIGN KEY (feed_id, key) REFERENCES items(feed_id, key) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX item_blobs_by_digest ON item_blobs(digest);
+CREATE TABLE changes (
+    feed_id INTEGER NOT NULL REFERENCES feeds(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    stamp_time INTEGER NOT NULL,
+    stamp_origin TEXT NOT NULL,
+    PRIMARY KEY (feed_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE blobs (
+    digest BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    deleting INTEGER NOT NULL,
+    lease_until INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    hash BLOB NOT NULL UNIQUE,
+    permission TEXT NOT NULL,
+    feeds TEXT,
+    created_at INTEGER NOT NULL
+);
+"#];
+
+const READERS: usize = 4;
+
+/// SQLite metadata store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
+    )?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating as needed) the database at `path`.
+    pub async fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let path = path.into();
+        let p = path.clone();
+        let writer = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            let mut conn = open_conn(&p)?;
+            migrate(&mut conn)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        Ok(Self { inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }) })
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().map_err(|_| poisoned())?.pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_conn(&inner.path)?,
+            };
+            let out = f(&conn);
+            let mut pool = inner.readers.lock().map_err(|_| poisoned())?;
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    async fn write_tx<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().map_err(|_| poisoned())?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Backend("connection lock poisoned".into())
+}
+
+fn bad_row(what: &str) -> StoreError {
+    StoreError::Backend(format!("corrupt {what} in database"))
+}
+
+fn stamp_from(time: i64, origin: &str) -> Result<Stamp, StoreError> {
+    Ok(Stamp { time: Hlc(time as u64), origin: origin.parse().map_err(|_| bad_row("stamp origin"))? })
+}
+
+fn feed_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, String, String, bool, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn feed_record(raw: (i64, String, String, bool, i64)) -> Result<FeedRecord, StoreError> {
+    Ok(FeedRecord {
+        id: raw.0,
+        name: FeedName::new(raw.1).map_err(|_| bad_row("feed name"))?,
+        feed_type: raw.2.parse::<FeedType>().map_err(|_| bad_row("feed type"))?,
+        private: raw.3,
+        created_at: raw.4,
+    })
+}
+
+fn encode_blobs(blobs: &[Digest]) -> String {
+    blobs.iter().map(|d| d.hex()).collect::<Vec<_>>().join(",")
+}
+
+fn decode_blobs(s: &str) -> Result<Vec<Digest>, StoreError> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',').map(|h| Digest::from_hex(h).map_err(|_| bad_row("blob list"))).collect()
+}
+
+type RawItem = (String, String, String, i64, String, i64, i64, i64);
+const ITEM_COLS: &str = "key, meta, blobs, stamp_time, stamp_origin, created_at, updated_at, downloads";
+
+fn raw_item(r: &Row<'_>) -> rusqlite::Result<RawItem> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+}
+
+fn item_record(raw: RawItem) -> Result<ItemRecord, StoreError> {
+    Ok(ItemRecord {
+        key: ItemKey::new(raw.0).map_err(|_| bad_row("item key"))?,
+        meta: serde_json::from_str(&raw.1).map_err(|_| bad_row("item metadata"))?,
+        blobs: decode_blobs(&raw.2)?,
+        stamp: stamp_from(raw.3, &raw.4)?,
+        created_at: raw.5,
+        updated_at: raw.6,
+        downloads: raw.7 as u64,
+    })
+}
+
+type RawKey = (i64, String, Vec<u8>, String, Option<String>, i64);
+const KEY_COLS: &str = "id, name, hash, permission, feeds, created_at";
+
+fn raw_key(r: &Row<'_>) -> rusqlite::Result<RawKey> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn key_record(raw: RawKey) -> Result<ApiKeyRecord, StoreError> {
+    Ok(ApiKeyRecord {
+        id: raw.0,
+        name: raw.1,
+        hash: raw.2.try_into().map_err(|_| bad_row("key hash"))?,
+        permission: Permission::parse(&raw.3).ok_or_else(|| bad_row("key permission"))?,
+        feeds: raw
+            .4
+            .map(|s| serde_json::from_str::<Vec<FeedName>>(&s))
+            .transpose()
+            .map_err(|_| bad_row("key feeds"))?,
+        created_at: raw.5,
+    })
+}
+
+fn feeds_json(feeds: &Option<Vec<FeedName>>) -> Result<Option<String>, StoreError> {
+    feeds.as_ref().map(serde_json::to_string).transpose().map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+fn apply_change(
+    tx: &rusqlite::Transaction<'_>,
+    feed: FeedId,
+    change: &Change,
+    pre: Precondition,
+) -> Result<WriteOutcome, StoreError> {
+    let key = change.key.as_str();
+    let existing: Option<(bool, i64, String)> = tx
+        .query_row(
+            "SELECT deleted, stamp_time, stamp_origin FROM items WHERE feed_id = ?1 AND key = ?2",
+            params![feed, key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let live = matches!(existing, Some((false, _, _)));
+    match pre {
+        Precondition::Absent if live => return Err(StoreError::Conflict(format!("{key} already exists"))),
+        Precondition::Present if !live => return Err(StoreError::NotFound(key.to_string())),
+        _ => {}
+    }
+    if let Some((_, time, origin)) = &existing {
+        let current = stamp_from(*time, origin)?;
+        if current == change.stamp {
+            return Ok(WriteOutcome::AlreadyApplied);
+        }
+        if current > change.stamp {
+            return Ok(WriteOutcome::Superseded { current });
+        }
+    }
+    let now = now_millis();
+    let stamp_time = change.stamp.time.0 as i64;
+    let origin = change.stamp.origin.to_string();
+    tx.execute("DELETE FROM item_blobs WHERE feed_id = ?1 AND key = ?2", params![feed, key])?;
+    let kind = match &change.op {
+        ChangeOp::Upsert { meta, blobs, created_at } => {
+            for d in blobs {
+                let present: Option<bool> = tx
+                    .query_row("SELECT deleting FROM blobs WHERE digest = ?1", [d.as_bytes()], |r| r.get(0))
+                    .optional()?;
+                if present != Some(false) {
+                    return Err(StoreError::BlobMissing(*d));
+                }
+            }
+            let meta = serde_json::to_string(meta).map_err(|e| StoreError::Backend(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO items (feed_id, key, deleted, meta, blobs, stamp_time, stamp_origin, created_at, updated_at)
+                 VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (feed_id, key) DO UPDATE SET deleted = 0, meta = ?3, blobs = ?4,
+                   stamp_time = ?5, stamp_origin = ?6, created_at = ?7, updated_at = ?8",
+                params![feed, key, meta, encode_blobs(blobs), stamp_time, origin, created_at, now],
+            )?;
+            for d in blobs {
+                tx.execute(
+                    "INSERT OR IGNORE INTO item_blobs (feed_id, key, digest) VALUES (?1, ?2, ?3)",
+                    params![feed, key, d.as_bytes()],
+                )?;
+            }
+            0
+        }
+        ChangeOp::Delete => {
+            tx.execute(
+                "INSERT INTO items (feed_id, key, deleted, meta, blobs, stamp_time, stamp_origin, created_at, updated_at)
+                 VALUES (?1, ?2, 1, 'null', '', ?3, ?4, ?5, ?5)
+                 ON CONFLICT (feed_id, key) DO UPDATE SET deleted = 1, meta = 'null', blobs = '',
+                   stamp_time = ?3, stamp_origin = ?4, updated_at = ?5",
+                params![feed, key, stamp_time, origin, now],
+            )?;
+            1
+        }
+    };
+    let seq: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM changes WHERE feed_id = ?1",
+        [feed],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO changes (feed_id, seq, key, kind, stamp_time, stamp_origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![feed, seq, key, kind, stamp_time, origin],
+    )?;
+    Ok(WriteOutcome::Applied { seq })
+}
+
+/// Smallest string greater than every string starting with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn instance_id(&self) -> Result<InstanceId, StoreError> {
+        self.write_tx(|tx| {
+            let existing: Option<String> =
+                tx.query_row("SELECT v FROM meta WHERE k = 'instance_id'", [], |r| r.get(0)).optional()?;
+            match existing {
+                Some(s) => s.parse().map_err(|_| bad_row("instance id")),
+                None => {
+                    let id = InstanceId::random();
+                    tx.execute("INSERT INTO meta (k, v) VALUES ('instance_id', ?1)", [id.to_string()])?;
+                    Ok(id)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn max_stamp_time(&self) -> Result<Hlc, StoreError> {
+        self.read(|c| {
+            let t: i64 = c.query_row("SELECT COALESCE(MAX(stamp_time), 0) FROM items", [], |r| r.get(0))?;
+            Ok(Hlc(t as u64))
+        })
+        .await
+    }
+
+    async fn create_feed(&self, name: &FeedName, ty: FeedType, private: bool) -> Result<FeedRecord, StoreError> {
+        let name = name.clone();
+        self.write_tx(move |tx| {
+            let exists: Option<i64> =
+                tx.query_row("SELECT id FROM feeds WHERE name = ?1", [name.as_str()], |r| r.get(0)).optional()?;
+            if exists.is_some() {
+                return Err(StoreError::Conflict(format!("feed {name} already exists")));
+            }
+            let now = now_millis();
+            tx.execute(
+                "INSERT INTO feeds (name, type, private, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![name.as_str(), ty.as_str(), private, now],
+            )?;
+            Ok(FeedRecord { id: tx.last_insert_rowid(), name, feed_type: ty, private, created_at: now })
+        })
+        .await
+    }
+
+    async fn feed(&self, name: &FeedName) -> Result<Option<FeedRecord>, StoreError> {
+        let name = name.clone();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, name, type, private, created_at FROM feeds WHERE name = ?1",
+                [name.as_str()],
+                feed_from_row,
+            )
+            .optional()?
+            .map(feed_record)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn feeds(&self) -> Result<Vec<FeedRecord>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT id, name, type, private, created_at FROM feeds ORDER BY name")?;
+            let rows = st.query_map([], feed_from_row)?.collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(feed_record).collect()
+        })
+        .await
+    }
+
+    async fn delete_feed(&self, name: &FeedName) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.write_tx(move |tx| Ok(tx.execute("DELETE FROM feeds WHERE name = ?1", [name.as_str()])? > 0)).await
+    }
+
+    async fn write(
+        &self,
+        feed: FeedId,
+        changes: Vec<(Change, Precondition)>,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.write_tx(move |tx| changes.iter().map(|(c, p)| apply_change(tx, feed, c, *p)).collect()).await
+    }
+
+    async fn item(&self, feed: FeedId, key: &ItemKey) -> Result<Option<ItemRecord>, StoreError> {
+        let key = key.clone();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {ITEM_COLS} FROM items WHERE feed_id = ?1 AND key = ?2 AND deleted = 0"),
+                params![feed, key.as_str()],
+                raw_item,
+            )
+            .optional()?
+            .map(item_record)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn items(
+        &self,
+        feed: FeedId,
+        prefix: &str,
+        after: Option<&ItemKey>,
+        limit: usize,
+    ) -> Result<Vec<ItemRecord>, StoreError> {
+        let prefix = prefix.to_string();
+        let after = after.map(|k| k.as_str().to_string()).unwrap_or_default();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {ITEM_COLS} FROM items WHERE feed_id = ?1 AND deleted = 0
+                 AND key >= ?2 AND key < ?3 AND key > ?4 ORDER BY key LIMIT ?5"
+            ))?;
+            let rows = st
+                .query_map(params![feed, prefix, prefix_end(&prefix), after, limit as i64], raw_item)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(item_record).collect()
+        })
+        .await
+    }
+
+    async fn tombstone(&self, feed: FeedId, key: &ItemKey) -> Result<Option<Stamp>, StoreError> {
+        let key = key.clone();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT stamp_time, stamp_origin FROM items WHERE feed_id = ?1 AND key = ?2 AND deleted = 1",
+                params![feed, key.as_str()],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()?
+            .map(|(t, o)| stamp_from(t, &o))
+            .transpose()
+        })
+        .await
+    }
+
+    async fn changes_since(&self, feed: FeedId, since: i64, limit: usize) -> Result<Vec<ChangeRecord>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, key, kind, stamp_time, stamp_origin FROM changes
+                 WHERE feed_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = st
+                .query_map(params![feed, since, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(seq, key, kind, t, o)| {
+                    Ok(ChangeRecord {
+                        seq,
+                        key: ItemKey::new(key).map_err(|_| bad_row("change key"))?,
+                        kind: if kind == 0 { ChangeKind::Upsert } else { ChangeKind::Delete },
+                        stamp: stamp_from(t, &o)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn last_seq(&self, feed: FeedId) -> Result<i64, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes WHERE feed_id = ?1", [feed], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn add_downloads(&self, feed: FeedId, counts: &[(ItemKey, u64)]) -> Result<(), StoreError> {
+        let counts: Vec<(String, i64)> = counts.iter().map(|(k, n)| (k.as_str().to_string(), *n as i64)).collect();
+        self.write_tx(move |tx| {
+            let mut st =
+                tx.prepare_cached("UPDATE items SET downloads = downloads + ?3 WHERE feed_id = ?1 AND key = ?2")?;
+            for (k, n) in &counts {
+                st.execute(params![feed, k, n])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lease_blob(&self, digest: &Digest, size: u64, lease_until: i64) -> Result<(), StoreError> {
+        let d = *digest;
+        self.write_tx(move |tx| {
+            let deleting: Option<bool> = tx
+                .query_row("SELECT deleting FROM blobs WHERE digest = ?1", [d.as_bytes()], |r| r.get(0))
+                .optional()?;
+            if deleting == Some(true) {
+                return Err(StoreError::BlobBusy(d));
+            }
+            tx.execute(
+                "INSERT INTO blobs (digest, size, deleting, lease_until, created_at) VALUES (?1, ?2, 0, ?3, ?4)
+                 ON CONFLICT (digest) DO UPDATE SET lease_until = MAX(lease_until, ?3)",
+                params![d.as_bytes(), size as i64, lease_until, now_millis()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn blob_present(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let d = *digest;
+        self.read(move |c| {
+            let v: Option<bool> = c
+                .query_row("SELECT deleting FROM blobs WHERE digest = ?1", [d.as_bytes()], |r| r.get(0))
+                .optional()?;
+            Ok(v == Some(false))
+        })
+        .await
+    }
+
+    async fn gc_mark(&self, now: i64, limit: usize) -> Result<Vec<Digest>, StoreError> {
+        self.write_tx(move |tx| {
+            let mut st = tx.prepare(
+                "UPDATE blobs SET deleting = 1 WHERE digest IN (
+                    SELECT digest FROM blobs b WHERE (b.deleting = 1 OR b.lease_until < ?1)
+                    AND NOT EXISTS (SELECT 1 FROM item_blobs ib WHERE ib.digest = b.digest)
+                    LIMIT ?2)
+                 RETURNING digest",
+            )?;
+            let rows = st.query_map(params![now, limit as i64], |r| r.get::<_, Vec<u8>>(0))?;
+            rows.map(|r| {
+                let bytes: [u8; 32] = r?.try_into().map_err(|_| bad_row("blob digest"))?;
+                Ok(Digest::from_bytes(bytes))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn gc_forget(&self, digests: &[Digest]) -> Result<(), StoreError> {
+        let digests = digests.to_vec();
+        self.write_tx(move |tx| {
+            for d in &digests {
+                tx.execute("DELETE FROM blobs WHERE digest = ?1 AND deleting = 1", [d.as_bytes()])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_key(&self, key: NewApiKey) -> Result<ApiKeyRecord, StoreError> {
+        self.write_tx(move |tx| {
+            let taken: Option<i64> =
+                tx.query_row("SELECT id FROM api_keys WHERE name = ?1", [&key.name], |r| r.get(0)).optional()?;
+            if taken.is_some() {
+                return Err(StoreError::Conflict(format!("an API key named {:?} already exists", key.name)));
+            }
+            insert_key(tx, key)
+        })
+        .await
+    }
+
+    async fn put_named_key(&self, key: NewApiKey) -> Result<ApiKeyRecord, StoreError> {
+        self.write_tx(move |tx| {
+            tx.execute("DELETE FROM api_keys WHERE name = ?1", [&key.name])?;
+            insert_key(tx, key)
+        })
+        .await
+    }
+
+    async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let hash = *hash;
+        self.read(move |c| {
+            c.query_row(&format!("SELECT {KEY_COLS} FROM api_keys WHERE hash = ?1"), [&hash[..]], raw_key)
+                .optional()?
+                .map(key_record)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!("SELECT {KEY_COLS} FROM api_keys ORDER BY name"))?;
+            let rows = st.query_map([], raw_key)?.collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(key_record).collect()
+        })
+        .await
+    }
+
+    async fn delete_key(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write_tx(move |tx| Ok(tx.execute("DELETE FROM api_keys WHERE name = ?1", [&name])? > 0)).await
+    }
+}
+
+fn insert_key(tx: &rusqlite::Transaction<'_>, key: NewApiKey) -> Result<ApiKeyRecord, StoreError> {
+    let now = now_millis();
+    tx.execute(
+        "INSERT INTO api_keys (name, hash, permission, feeds, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![key.name, &key.hash[..], key.permission.as_str(), feeds_json(&key.feeds)?, now],
+    )?;
+    Ok(ApiKeyRecord {
+        id: tx.last_insert_rowid(),
+        name: key.name,
+        hash: key.hash,
+        permission: key.permission,
+        feeds: key.feeds,
+        created_at: now,
+    })
+}
