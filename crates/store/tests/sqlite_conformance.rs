@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 use ferry_store::{MetadataStore, SqliteStore};
 
 #[tokio::test]
