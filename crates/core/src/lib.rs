@@ -1,1 +1,470 @@
-//! placeholder
+//! Ferry's use cases, generic over the storage traits: feeds, API keys,
+//! blob uploads, item writes through the change log, reads, index caching,
+//! download counting and garbage collection. No HTTP, no SQL.
+//!
+//! Feed-type modules (`assets`, `npm`, `pypi`) turn client requests that
+//! the server has parsed into item writes, using `ferry-formats`.
+
+pub mod assets;
+pub mod auth;
+mod cache;
+mod clock;
+mod error;
+pub mod npm;
+pub mod pypi;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_formats::ArchiveLimits;
+use ferry_store::{
+    ApiKeyRecord, BlobBody, BlobStore, ByteStream, Change, ChangeOp, FeedId, FeedRecord, ItemRecord,
+    MetadataStore, NewApiKey, Permission, Precondition, StagedBlob, StoreError, WriteOutcome, now_millis,
+};
+use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey};
+use tokio::sync::watch;
+
+pub use auth::{Action, Principal};
+pub use cache::IndexCache;
+pub use clock::Clock;
+pub use error::CoreError;
+
+/// Limits and timings of one instance.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest upload accepted, in bytes (413 beyond).
+    pub max_upload_bytes: u64,
+    /// Limits applied when inspecting uploaded archives.
+    pub archive: ArchiveLimits,
+    /// How long a freshly uploaded blob is protected from collection while
+    /// the item that will reference it is written.
+    pub blob_lease: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 4 << 30,
+            archive: ArchiveLimits::default(),
+            blob_lease: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// One local write, before it is stamped.
+#[derive(Debug, Clone)]
+pub struct LocalWrite {
+    pub key: ItemKey,
+    pub op: LocalOp,
+    pub pre: Precondition,
+}
+
+#[derive(Debug, Clone)]
+pub enum LocalOp {
+    Upsert { meta: serde_json::Value, blobs: Vec<Digest> },
+    Delete,
+}
+
+impl LocalWrite {
+    pub fn upsert(key: ItemKey, meta: serde_json::Value, blobs: Vec<Digest>, pre: Precondition) -> Self {
+        Self { key, op: LocalOp::Upsert { meta, blobs }, pre }
+    }
+    pub fn delete(key: ItemKey, pre: Precondition) -> Self {
+        Self { key, op: LocalOp::Delete, pre }
+    }
+}
+
+/// What a garbage collection pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    pub blobs_deleted: u64,
+}
+
+/// The instance: cheap to clone, shared by every request handler.
+#[derive(Clone)]
+pub struct Ferry(Arc<Inner>);
+
+struct Inner {
+    meta: Arc<dyn MetadataStore>,
+    blobs: Arc<dyn BlobStore>,
+    clock: Clock,
+    config: Config,
+    feeds: RwLock<HashMap<FeedName, FeedRecord>>,
+    seqs: Mutex<HashMap<FeedId, watch::Sender<i64>>>,
+    cache: IndexCache,
+    downloads: Mutex<HashMap<(FeedId, ItemKey), u64>>,
+}
+
+fn lock_err<T>(_: T) -> CoreError {
+    CoreError::Internal("lock poisoned".into())
+}
+
+impl Ferry {
+    pub async fn open(
+        meta: Arc<dyn MetadataStore>,
+        blobs: Arc<dyn BlobStore>,
+        config: Config,
+    ) -> Result<Self, CoreError> {
+        let instance = meta.instance_id().await?;
+        let floor = meta.max_stamp_time().await?;
+        Ok(Self(Arc::new(Inner {
+            meta,
+            blobs,
+            clock: Clock::new(instance, floor),
+            config,
+            feeds: RwLock::new(HashMap::new()),
+            seqs: Mutex::new(HashMap::new()),
+            cache: IndexCache::default(),
+            downloads: Mutex::new(HashMap::new()),
+        })))
+    }
+
+    pub fn instance_id(&self) -> InstanceId {
+        self.0.clock.instance()
+    }
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+    pub fn clock(&self) -> &Clock {
+        &self.0.clock
+    }
+    pub fn metadata(&self) -> &Arc<dyn MetadataStore> {
+        &self.0.meta
+    }
+    pub fn blob_store(&self) -> &Arc<dyn BlobStore> {
+        &self.0.blobs
+    }
+
+    // ---- feeds ----
+
+    pub async fn create_feed(&self, name: &FeedName, ty: FeedType, private: bool) -> Result<FeedRecord, CoreError> {
+        let f = self.0.meta.create_feed(name, ty, private).await?;
+        self.0.feeds.write().map_err(lock_err)?.insert(f.name.clone(), f.clone());
+        Ok(f)
+    }
+
+    /// The feed called `name`; NotFound if there is none.
+    pub async fn feed(&self, name: &FeedName) -> Result<FeedRecord, CoreError> {
+        if let Some(f) = self.0.feeds.read().map_err(lock_err)?.get(name) {
+            return Ok(f.clone());
+        }
+        let f = self.0.meta.feed(name).await?.ok_or_else(|| CoreError::not_found(format!("feed {name} not found")))?;
+        self.0.feeds.write().map_err(lock_err)?.insert(f.name.clone(), f.clone());
+        Ok(f)
+    }
+
+    pub async fn feeds(&self) -> Result<Vec<FeedRecord>, CoreError> {
+        Ok(self.0.meta.feeds().await?)
+    }
+
+    pub async fn delete_feed(&self, name: &FeedName) -> Result<(), CoreError> {
+        self.0.feeds.write().map_err(lock_err)?.remove(name);
+        if !self.0.meta.delete_feed(name).await? {
+            return Err(CoreError::not_found(format!("feed {name} not found")));
+        }
+        Ok(())
+    }
+
+    // ---- API keys ----
+
+    /// The principal for a presented secret; Unauthorized if no key matches.
+    pub async fn authenticate(&self, secret: &str) -> Result<Principal, CoreError> {
+        match self.0.meta.key_by_hash(&auth::hash_secret(secret)).await? {
+            Some(key) => Ok(Principal { key }),
+            None => Err(CoreError::Unauthorized("invalid API key".into())),
+        }
+    }
+
+    /// Creates a key and returns its record and the secret, which is shown
+    /// once and never stored.
+    pub async fn create_key(
+        &self,
+        name: &str,
+        permission: Permission,
+        feeds: Option<Vec<FeedName>>,
+    ) -> Result<(ApiKeyRecord, String), CoreError> {
+        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+            return Err(CoreError::invalid("key name must be 1 to 100 printable characters"));
+        }
+        let secret = auth::generate_secret();
+        let rec = self
+            .0
+            .meta
+            .create_key(NewApiKey { name: name.into(), hash: auth::hash_secret(&secret), permission, feeds })
+            .await?;
+        Ok((rec, secret))
+    }
+
+    /// Makes `secret` the instance's admin key (replacing an earlier one).
+    pub async fn set_admin_key(&self, secret: &str) -> Result<(), CoreError> {
+        self.0
+            .meta
+            .put_named_key(NewApiKey {
+                name: "admin".into(),
+                hash: auth::hash_secret(secret),
+                permission: Permission::Admin,
+                feeds: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn keys(&self) -> Result<Vec<ApiKeyRecord>, CoreError> {
+        Ok(self.0.meta.keys().await?)
+    }
+
+    pub async fn delete_key(&self, name: &str) -> Result<(), CoreError> {
+        if !self.0.meta.delete_key(name).await? {
+            return Err(CoreError::not_found(format!("API key {name:?} not found")));
+        }
+        Ok(())
+    }
+
+    // ---- blobs ----
+
+    /// Streams an upload into staging (hashing it; refusing it past the
+    /// upload limit or on a digest mismatch). Nothing is visible yet.
+    pub async fn stage(&self, body: ByteStream, expected: Option<Digest>) -> Result<StagedBlob, CoreError> {
+        Ok(self.0.blobs.stage(body, self.0.config.max_upload_bytes, expected).await?)
+    }
+
+    /// Stages an in-memory body (npm tarballs arrive inside JSON).
+    pub async fn stage_bytes(&self, data: Bytes) -> Result<StagedBlob, CoreError> {
+        let body: ByteStream = Box::pin(futures::stream::once(async move { Ok(data) }));
+        self.stage(body, None).await
+    }
+
+    /// Commits a staged blob so items may reference it. Waits out a
+    /// collection of the same content that is in progress.
+    pub async fn commit_blob(&self, staged: StagedBlob) -> Result<Digest, CoreError> {
+        let digest = staged.digest();
+        let lease_until = now_millis() + self.0.config.blob_lease.as_millis() as i64;
+        let mut tries = 0;
+        loop {
+            match self.0.meta.lease_blob(&digest, staged.size(), lease_until).await {
+                Ok(()) => break,
+                Err(StoreError::BlobBusy(_)) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.0.blobs.commit(staged).await?;
+        Ok(digest)
+    }
+
+    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, CoreError> {
+        Ok(self.0.blobs.size(digest).await?)
+    }
+
+    pub async fn read_blob(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobBody, CoreError> {
+        Ok(self.0.blobs.get(digest, range).await?)
+    }
+
+    // ---- items ----
+
+    /// Stamps and applies local writes in one transaction, then wakes
+    /// whoever waits on the feed's change log.
+    pub async fn write(&self, feed: &FeedRecord, writes: Vec<LocalWrite>) -> Result<Vec<WriteOutcome>, CoreError> {
+        let now = now_millis();
+        let mut changes = Vec::with_capacity(writes.len());
+        for w in writes {
+            let op = match w.op {
+                LocalOp::Upsert { meta, blobs } => {
+                    let created_at = match self.0.meta.item(feed.id, &w.key).await? {
+                        Some(existing) => existing.created_at,
+                        None => now,
+                    };
+                    ChangeOp::Upsert { meta, blobs, created_at }
+                }
+                LocalOp::Delete => ChangeOp::Delete,
+            };
+            changes.push((Change { key: w.key, stamp: self.0.clock.stamp(), op }, w.pre));
+        }
+        let outcomes = self.0.meta.write(feed.id, changes).await?;
+        self.notify(feed.id, &outcomes)?;
+        Ok(outcomes)
+    }
+
+    /// Applies already-stamped changes (from replication), advancing the
+    /// clock past them.
+    pub async fn apply(&self, feed: &FeedRecord, changes: Vec<Change>) -> Result<Vec<WriteOutcome>, CoreError> {
+        for c in &changes {
+            self.0.clock.observe(c.stamp.time);
+        }
+        let outcomes =
+            self.0.meta.write(feed.id, changes.into_iter().map(|c| (c, Precondition::Any)).collect()).await?;
+        self.notify(feed.id, &outcomes)?;
+        Ok(outcomes)
+    }
+
+    fn notify(&self, feed: FeedId, outcomes: &[WriteOutcome]) -> Result<(), CoreError> {
+        let max = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                WriteOutcome::Applied { seq } => Some(*seq),
+                _ => None,
+            })
+            .max();
+        if let Some(seq) = max {
+            let mut seqs = self.0.seqs.lock().map_err(lock_err)?;
+            let tx = seqs.entry(feed).or_insert_with(|| watch::channel(0).0);
+            tx.send_if_modified(|cur| {
+                let newer = seq > *cur;
+                if newer {
+                    *cur = seq;
+                }
+                newer
+            });
+        }
+        Ok(())
+    }
+
+    /// A receiver that changes whenever the feed's change log grows.
+    pub async fn subscribe(&self, feed: FeedId) -> Result<watch::Receiver<i64>, CoreError> {
+        let last = self.0.meta.last_seq(feed).await?;
+        let mut seqs = self.0.seqs.lock().map_err(lock_err)?;
+        let tx = seqs.entry(feed).or_insert_with(|| watch::channel(last).0);
+        tx.send_if_modified(|cur| {
+            let newer = last > *cur;
+            if newer {
+                *cur = last;
+            }
+            newer
+        });
+        Ok(tx.subscribe())
+    }
+
+    pub async fn item(&self, feed: &FeedRecord, key: &ItemKey) -> Result<Option<ItemRecord>, CoreError> {
+        Ok(self.0.meta.item(feed.id, key).await?)
+    }
+
+    /// Every live item whose key starts with `prefix`, in key order.
+    pub async fn items(&self, feed: &FeedRecord, prefix: &str) -> Result<Vec<ItemRecord>, CoreError> {
+        const PAGE: usize = 1000;
+        let mut out: Vec<ItemRecord> = Vec::new();
+        loop {
+            let page = self.0.meta.items(feed.id, prefix, out.last().map(|i| &i.key), PAGE).await?;
+            let done = page.len() < PAGE;
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// A page of live items after `after`.
+    pub async fn items_page(
+        &self,
+        feed: &FeedRecord,
+        prefix: &str,
+        after: Option<&ItemKey>,
+        limit: usize,
+    ) -> Result<Vec<ItemRecord>, CoreError> {
+        Ok(self.0.meta.items(feed.id, prefix, after, limit).await?)
+    }
+
+    /// Serves a rendered index from memory while the feed has not changed
+    /// since it was rendered; otherwise renders it again with `render`.
+    pub async fn cached_index<F, Fut>(&self, feed: &FeedRecord, key: &str, render: F) -> Result<Bytes, CoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Bytes, CoreError>>,
+    {
+        let seq = *self.subscribe_cached(feed.id).await?.borrow();
+        if let Some(hit) = self.0.cache.get(feed.id, key, seq) {
+            return Ok(hit);
+        }
+        let body = render().await?;
+        self.0.cache.put(feed.id, key, seq, body.clone());
+        Ok(body)
+    }
+
+    async fn subscribe_cached(&self, feed: FeedId) -> Result<watch::Receiver<i64>, CoreError> {
+        if let Some(tx) = self.0.seqs.lock().map_err(lock_err)?.get(&feed) {
+            return Ok(tx.subscribe());
+        }
+        self.subscribe(feed).await
+    }
+
+    // ---- downloads ----
+
+    /// Counts a download; counts are written to the store in batches.
+    pub fn count_download(&self, feed: &FeedRecord, key: &ItemKey) {
+        if let Ok(mut d) = self.0.downloads.lock() {
+            *d.entry((feed.id, key.clone())).or_default() += 1;
+        }
+    }
+
+    pub async fn flush_downloads(&self) -> Result<(), CoreError> {
+        let pending = std::mem::take(&mut *self.0.downloads.lock().map_err(lock_err)?);
+        let mut by_feed: HashMap<FeedId, Vec<(ItemKey, u64)>> = HashMap::new();
+        for ((feed, key), n) in pending {
+            by_feed.entry(feed).or_default().push((key, n));
+        }
+        for (feed, counts) in by_feed {
+            self.0.meta.add_downloads(feed, &counts).await?;
+        }
+        Ok(())
+    }
+
+    // ---- garbage collection ----
+
+    /// Removes blobs no item references and no upload in flight holds.
+    /// Safe to run while the instance serves: the store marks a blob before
+    /// its file is removed, and uploads of the same content wait for that.
+    pub async fn collect_garbage(&self) -> Result<GcReport, CoreError> {
+        let mut report = GcReport::default();
+        loop {
+            let batch = self.0.meta.gc_mark(now_millis(), 500).await?;
+            if batch.is_empty() {
+                return Ok(report);
+            }
+            for d in &batch {
+                self.0.blobs.delete(d).await?;
+            }
+            self.0.meta.gc_forget(&batch).await?;
+            report.blobs_deleted += batch.len() as u64;
+        }
+    }
+}
+
+/// RFC 3339 (UTC, seconds) for a millisecond timestamp; used in indexes.
+pub fn rfc3339(millis: i64) -> String {
+    let secs = millis.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        millis.rem_euclid(1000)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,117 @@
+//! Asset feeds: files in folders, one item per file.
+//!
+//! Item layout: key = the validated path; metadata
+//! `{"content_type": "...", "size": N}`; one blob, the file.
+
+use std::collections::BTreeMap;
+
+use ferry_formats::assets::{asset_dir_prefix, asset_key};
+use ferry_store::{ByteStream, FeedRecord, Precondition};
+use ferry_types::Digest;
+use serde::Serialize;
+
+use crate::{CoreError, Ferry, LocalWrite};
+
+/// A stored asset, as needed to serve it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Asset {
+    pub path: String,
+    pub digest: Digest,
+    pub size: u64,
+    pub content_type: String,
+    pub modified: i64,
+    pub downloads: u64,
+}
+
+/// One entry of a folder listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modified: Option<String>,
+}
+
+/// Stores `body` under `path`, replacing what was there. The body is staged
+/// and verified first; the item appears only once the blob is committed.
+pub async fn put(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    path: &str,
+    body: ByteStream,
+    content_type: &str,
+    expected: Option<Digest>,
+) -> Result<Asset, CoreError> {
+    let key = asset_key(path)?;
+    let staged = ferry.stage(body, expected).await?;
+    let size = staged.size();
+    let digest = ferry.commit_blob(staged).await?;
+    let meta = serde_json::json!({ "content_type": content_type, "size": size });
+    ferry.write(feed, vec![LocalWrite::upsert(key.clone(), meta, vec![digest], Precondition::Any)]).await?;
+    Ok(Asset {
+        path: key.as_str().to_string(),
+        digest,
+        size,
+        content_type: content_type.to_string(),
+        modified: ferry_store::now_millis(),
+        downloads: 0,
+    })
+}
+
+pub async fn get(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<Asset, CoreError> {
+    let key = asset_key(path)?;
+    let item = ferry.item(feed, &key).await?.ok_or_else(|| CoreError::not_found(format!("{path} not found")))?;
+    let digest = *item.blobs.first().ok_or_else(|| CoreError::Internal(format!("asset {path} has no blob")))?;
+    Ok(Asset {
+        path: key.as_str().to_string(),
+        digest,
+        size: item.meta["size"].as_u64().unwrap_or_default(),
+        content_type: item.meta["content_type"].as_str().unwrap_or("application/octet-stream").to_string(),
+        modified: item.updated_at,
+        downloads: item.downloads,
+    })
+}
+
+pub async fn delete(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<(), CoreError> {
+    let key = asset_key(path)?;
+    ferry.write(feed, vec![LocalWrite::delete(key, Precondition::Present)]).await?;
+    Ok(())
+}
+
+/// The files and sub-folders directly inside folder `dir` ("" for the root).
+/// NotFound if the folder holds nothing (folders exist through their files).
+pub async fn list(ferry: &Ferry, feed: &FeedRecord, dir: &str) -> Result<Vec<Entry>, CoreError> {
+    let prefix = asset_dir_prefix(dir)?;
+    let items = ferry.items(feed, &prefix).await?;
+    if items.is_empty() && !prefix.is_empty() {
+        return Err(CoreError::not_found(format!("folder {dir} not found")));
+    }
+    let mut folders: BTreeMap<String, ()> = BTreeMap::new();
+    let mut files = Vec::new();
+    for item in items {
+        let rest = &item.key.as_str()[prefix.len()..];
+        match rest.split_once('/') {
+            Some((folder, _)) => {
+                folders.insert(folder.to_string(), ());
+            }
+            None => files.push(Entry {
+                name: rest.to_string(),
+                kind: "file",
+                size: item.meta["size"].as_u64(),
+                digest: item.blobs.first().copied(),
+                modified: Some(crate::rfc3339(item.updated_at)),
+            }),
+        }
+    }
+    let mut out: Vec<Entry> = folders
+        .into_keys()
+        .map(|name| Entry { name, kind: "folder", size: None, digest: None, modified: None })
+        .collect();
+    out.extend(files);
+    Ok(out)
+}

@@ -1,0 +1,130 @@
+//! `ferry serve`: wires the concrete backends and runs the HTTP server.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_core::Ferry;
+use ferry_store::{FsBlobStore, SqliteStore};
+use ferry_types::{FeedName, FeedType};
+
+use crate::config::Config;
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let meta = SqliteStore::open(cfg.data_dir.join("ferry.db")).await.context("opening metadata database")?;
+    let blobs = FsBlobStore::open(cfg.data_dir.join("blobs")).await.context("opening blob store")?;
+    let core_cfg = ferry_core::Config { max_upload_bytes: cfg.max_upload_bytes, ..Default::default() };
+    let ferry = Ferry::open(Arc::new(meta), Arc::new(blobs), core_cfg).await?;
+    tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
+
+    ensure_admin_key(&ferry, &cfg.data_dir).await?;
+    for decl in &cfg.feeds {
+        let name = FeedName::new(decl.name.clone())?;
+        let ty: FeedType = decl.feed_type.parse()?;
+        match ferry.feed(&name).await {
+            Ok(existing) if existing.feed_type != ty => {
+                anyhow::bail!("feed {name} is declared as {ty} but exists as {}", existing.feed_type)
+            }
+            Ok(_) => {}
+            Err(_) => {
+                ferry.create_feed(&name, ty, decl.private).await?;
+                tracing::info!(feed = %name, "created declared feed");
+            }
+        }
+    }
+
+    spawn_background(ferry.clone(), cfg.gc_interval_secs);
+
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    std::io::stdout().flush()?;
+    axum::serve(listener, ferry_server::router(ferry.clone())).with_graceful_shutdown(shutdown_signal()).await?;
+    ferry.flush_downloads().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The admin key: `FERRY_ADMIN_KEY` if set; else the one in
+/// `DATA_DIR/admin.key`; else a new one, printed once and saved there (0600).
+async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path) -> anyhow::Result<()> {
+    if let Ok(key) = std::env::var("FERRY_ADMIN_KEY")
+        && !key.is_empty()
+    {
+        ferry.set_admin_key(&key).await?;
+        return Ok(());
+    }
+    let path = data_dir.join("admin.key");
+    match std::fs::read_to_string(&path) {
+        Ok(key) => ferry.set_admin_key(key.trim()).await?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = ferry_core::auth::generate_secret();
+            write_private(&path, &key)?;
+            ferry.set_admin_key(&key).await?;
+            println!("admin API key (shown once; saved to {}): {key}", path.display());
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn spawn_background(ferry: Ferry, gc_interval_secs: u64) {
+    let f = ferry.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if let Err(e) = f.flush_downloads().await {
+                tracing::warn!(error = %e, "could not record download counts");
+            }
+        }
+    });
+    if gc_interval_secs > 0 {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(gc_interval_secs));
+            tick.tick().await; // not at start-up
+            loop {
+                tick.tick().await;
+                match ferry.collect_garbage().await {
+                    Ok(r) => tracing::info!(blobs_deleted = r.blobs_deleted, "garbage collection"),
+                    Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+                }
+            }
+        });
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing requests in flight");
+}

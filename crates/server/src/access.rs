@@ -1,0 +1,102 @@
+//! Who is asking, and may they? Every feed route takes a [`FeedAccess`],
+//! which resolves the feed from the URL, authenticates the caller and
+//! authorizes the action the HTTP method implies (GET/HEAD read, anything
+//! else writes) before the handler runs. A handler cannot reach a feed
+//! without one.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+use base64::Engine;
+use ferry_core::{Action, CoreError, Principal, auth};
+use ferry_store::FeedRecord;
+use ferry_types::{FeedName, FeedType};
+
+use crate::AppState;
+use crate::error::{ApiError, Flavor};
+
+/// The API key presented, if any: `Authorization: Bearer KEY`, or basic
+/// auth with any user name and the key as password.
+pub fn presented_secret(headers: &HeaderMap) -> Result<Option<String>, CoreError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| CoreError::Unauthorized("malformed Authorization header".into()))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" => Ok(Some(rest.trim().to_string())),
+        "basic" => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| CoreError::Unauthorized("malformed basic credentials".into()))?;
+            let (_, password) = decoded.split_once(':').unwrap_or(("", decoded.as_str()));
+            Ok(Some(password.to_string()))
+        }
+        _ => Err(CoreError::Unauthorized(format!("unsupported authorization scheme {scheme:?}"))),
+    }
+}
+
+/// The authenticated principal, or None when no key was presented. A key
+/// that was presented but is wrong is refused (401), even for public reads.
+pub async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Option<Principal>, CoreError> {
+    match presented_secret(headers)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(secret) => state.ferry.authenticate(&secret).await.map(Some),
+    }
+}
+
+/// A feed the caller may use for the request's action.
+#[derive(Debug, Clone)]
+pub struct FeedAccess {
+    pub feed: FeedRecord,
+    pub principal: Option<Principal>,
+}
+
+fn type_for_prefix(prefix: &str) -> Option<(FeedType, Flavor)> {
+    match prefix {
+        "assets" => Some((FeedType::Assets, Flavor::Text)),
+        "npm" => Some((FeedType::Npm, Flavor::Json)),
+        "pypi" => Some((FeedType::Pypi, Flavor::Text)),
+        _ => None,
+    }
+}
+
+impl FromRequestParts<AppState> for FeedAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let path = parts.uri.path();
+        let mut segs = path.trim_start_matches('/').splitn(3, '/');
+        let prefix = segs.next().unwrap_or_default();
+        let Some((ty, flavor)) = type_for_prefix(prefix) else {
+            return Err(ApiError::text(CoreError::not_found(format!("{path} not found"))));
+        };
+        let err = |e: CoreError| ApiError { error: e, flavor };
+        let name = segs.next().unwrap_or_default();
+        let name = FeedName::new(name).map_err(|e| err(CoreError::not_found(e.to_string())))?;
+        let feed = state.ferry.feed(&name).await.map_err(err)?;
+        if feed.feed_type != ty {
+            return Err(err(CoreError::not_found(format!("feed {name} is a {} feed, not {ty}", feed.feed_type))));
+        }
+        let principal = principal(state, &parts.headers).await.map_err(err)?;
+        let action = if matches!(parts.method, Method::GET | Method::HEAD) { Action::Read } else { Action::Write };
+        auth::authorize_feed(principal.as_ref(), &feed, action).map_err(err)?;
+        Ok(FeedAccess { feed, principal })
+    }
+}
+
+/// A caller holding an instance admin key (management API).
+pub struct Admin(pub Principal);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let p = principal(state, &parts.headers).await.map_err(ApiError::json)?;
+        auth::authorize_admin(p.as_ref()).map_err(ApiError::json)?;
+        p.map(Admin).ok_or_else(|| ApiError::json(CoreError::Unauthorized("an admin API key is required".into())))
+    }
+}

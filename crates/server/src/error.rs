@@ -1,0 +1,71 @@
+//! The one mapping from [`CoreError`] to HTTP responses. Feed protocols
+//! differ only in how they word the body: npm and the management API want
+//! JSON, the rest plain text.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ferry_core::CoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Text,
+    Json,
+}
+
+/// A failed request: the error and how its protocol wants it worded.
+#[derive(Debug)]
+pub struct ApiError {
+    pub error: CoreError,
+    pub flavor: Flavor,
+}
+
+impl ApiError {
+    pub fn text(error: impl Into<CoreError>) -> Self {
+        Self { error: error.into(), flavor: Flavor::Text }
+    }
+    pub fn json(error: impl Into<CoreError>) -> Self {
+        Self { error: error.into(), flavor: Flavor::Json }
+    }
+}
+
+pub fn status_of(e: &CoreError) -> StatusCode {
+    match e {
+        CoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        CoreError::Conflict(_) => StatusCode::CONFLICT,
+        CoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+        CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
+        CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = status_of(&self.error);
+        let message = match &self.error {
+            CoreError::Internal(cause) => {
+                tracing::error!(%cause, "request failed");
+                "internal server error".to_string()
+            }
+            e => e.to_string(),
+        };
+        let mut resp = match self.flavor {
+            Flavor::Json => (status, Json(serde_json::json!({ "error": message }))).into_response(),
+            Flavor::Text => (status, format!("{message}\n")).into_response(),
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"ferry\""));
+        }
+        resp
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        ApiError::text(e)
+    }
+}

@@ -1,0 +1,117 @@
+//! The management API, `/api/v1`: feeds, API keys, garbage collection.
+//! Everything here needs an instance admin key.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_core::CoreError;
+use ferry_store::Permission;
+use ferry_types::{FeedName, FeedType};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::access::Admin;
+use crate::error::ApiError;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/instance", get(instance))
+        .route("/api/v1/feeds", get(list_feeds).post(create_feed))
+        .route("/api/v1/feeds/{name}", get(get_feed).delete(delete_feed))
+        .route("/api/v1/keys", get(list_keys).post(create_key))
+        .route("/api/v1/keys/{name}", axum::routing::delete(delete_key))
+        .route("/api/v1/gc", post(gc))
+}
+
+type JsonResult = Result<Json<Value>, ApiError>;
+
+fn parse_name(name: &str) -> Result<FeedName, ApiError> {
+    FeedName::new(name).map_err(|e| ApiError::json(CoreError::from(e)))
+}
+
+async fn instance(State(st): State<AppState>, _: Admin) -> JsonResult {
+    Ok(Json(json!({ "instance_id": st.ferry.instance_id(), "version": env!("CARGO_PKG_VERSION") })))
+}
+
+async fn list_feeds(State(st): State<AppState>, _: Admin) -> JsonResult {
+    let feeds = st.ferry.feeds().await.map_err(ApiError::json)?;
+    Ok(Json(json!(feeds)))
+}
+
+#[derive(Deserialize)]
+struct NewFeed {
+    name: String,
+    #[serde(rename = "type")]
+    feed_type: String,
+    #[serde(default)]
+    private: bool,
+}
+
+async fn create_feed(
+    State(st): State<AppState>,
+    _: Admin,
+    body: Result<Json<NewFeed>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
+    let name = parse_name(&req.name)?;
+    let ty: FeedType = req.feed_type.parse().map_err(|e| ApiError::json(CoreError::from(e)))?;
+    let feed = st.ferry.create_feed(&name, ty, req.private).await.map_err(ApiError::json)?;
+    Ok((StatusCode::CREATED, Json(json!(feed))))
+}
+
+async fn get_feed(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
+    let feed = st.ferry.feed(&parse_name(&name)?).await.map_err(ApiError::json)?;
+    Ok(Json(json!(feed)))
+}
+
+async fn delete_feed(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    st.ferry.delete_feed(&parse_name(&name)?).await.map_err(ApiError::json)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_keys(State(st): State<AppState>, _: Admin) -> JsonResult {
+    Ok(Json(json!(st.ferry.keys().await.map_err(ApiError::json)?)))
+}
+
+#[derive(Deserialize)]
+struct NewKey {
+    name: String,
+    permission: String,
+    feeds: Option<Vec<String>>,
+}
+
+async fn create_key(
+    State(st): State<AppState>,
+    _: Admin,
+    body: Result<Json<NewKey>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
+    let permission = Permission::parse(&req.permission).ok_or_else(|| {
+        ApiError::json(CoreError::invalid(format!(
+            "permission {:?} is not one of read, write, admin",
+            req.permission
+        )))
+    })?;
+    let feeds = req.feeds.map(|fs| fs.iter().map(|f| parse_name(f)).collect::<Result<Vec<_>, _>>()).transpose()?;
+    let (rec, secret) = st.ferry.create_key(&req.name, permission, feeds).await.map_err(ApiError::json)?;
+    let mut out = json!(rec);
+    out["key"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+async fn delete_key(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    st.ferry.delete_key(&name).await.map_err(ApiError::json)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn gc(State(st): State<AppState>, _: Admin) -> JsonResult {
+    let report = st.ferry.collect_garbage().await.map_err(ApiError::json)?;
+    Ok(Json(json!(report)))
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document())
+}

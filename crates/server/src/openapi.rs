@@ -1,0 +1,87 @@
+//! The OpenAPI 3.1 description of the management API. Kept beside the
+//! routes in `mgmt.rs`; a test checks that every route is described.
+
+use serde_json::{Value, json};
+
+fn op(summary: &str, ok: &str, body: Option<&str>) -> Value {
+    let mut o = json!({
+        "summary": summary,
+        "security": [{ "bearer": [] }, { "basic": [] }],
+        "responses": {
+            ok: { "description": "success" },
+            "400": { "$ref": "#/components/responses/Error" },
+            "401": { "$ref": "#/components/responses/Error" },
+            "403": { "$ref": "#/components/responses/Error" },
+            "404": { "$ref": "#/components/responses/Error" },
+            "409": { "$ref": "#/components/responses/Error" }
+        }
+    });
+    if let Some(schema) = body {
+        o["requestBody"] = json!({
+            "required": true,
+            "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } }
+        });
+    }
+    o
+}
+
+pub fn document() -> Value {
+    let name_param = json!([{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }]);
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Ferry management API", "version": env!("CARGO_PKG_VERSION") },
+        "paths": {
+            "/api/v1/instance": { "get": op("This instance's id and version", "200", None) },
+            "/api/v1/feeds": {
+                "get": op("List feeds", "200", None),
+                "post": op("Create a feed", "201", Some("NewFeed"))
+            },
+            "/api/v1/feeds/{name}": {
+                "parameters": name_param,
+                "get": op("Show a feed", "200", None),
+                "delete": op("Delete a feed with its items", "204", None)
+            },
+            "/api/v1/keys": {
+                "get": op("List API keys (never their secrets)", "200", None),
+                "post": op("Create an API key; the secret is returned once", "201", Some("NewKey"))
+            },
+            "/api/v1/keys/{name}": {
+                "parameters": name_param,
+                "delete": op("Revoke an API key", "204", None)
+            },
+            "/api/v1/gc": { "post": op("Collect unreferenced blobs now", "200", None) }
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer" },
+                "basic": { "type": "http", "scheme": "basic", "description": "any user name, the API key as password" }
+            },
+            "responses": {
+                "Error": {
+                    "description": "the request was refused; `error` says why",
+                    "content": { "application/json": { "schema": {
+                        "type": "object", "properties": { "error": { "type": "string" } }, "required": ["error"]
+                    } } }
+                }
+            },
+            "schemas": {
+                "NewFeed": {
+                    "type": "object", "required": ["name", "type"],
+                    "properties": {
+                        "name": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$" },
+                        "type": { "type": "string", "enum": ["assets", "npm", "pypi"] },
+                        "private": { "type": "boolean", "default": false }
+                    }
+                },
+                "NewKey": {
+                    "type": "object", "required": ["name", "permission"],
+                    "properties": {
+                        "name": { "type": "string" },
+                        "permission": { "type": "string", "enum": ["read", "write", "admin"] },
+                        "feeds": { "type": ["array", "null"], "items": { "type": "string" } }
+                    }
+                }
+            }
+        }
+    })
+}
