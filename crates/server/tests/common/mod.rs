@@ -1,0 +1,90 @@
+//! In-process test harness: a real instance (SQLite + blob folder in a temp
+//! dir) behind the real router, driven with `oneshot` requests.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use ferry_core::Ferry;
+use ferry_store::{FsBlobStore, Permission, SqliteStore};
+use ferry_types::{FeedName, FeedType};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+pub const ADMIN: &str = "test-admin-key";
+
+pub struct Instance {
+    pub ferry: Ferry,
+    pub router: Router,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Instance {
+    pub async fn new() -> Self {
+        Self::with_config(ferry_core::Config::default()).await
+    }
+
+    pub async fn with_config(cfg: ferry_core::Config) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteStore::open(dir.path().join("ferry.db")).await.unwrap();
+        let blobs = FsBlobStore::open(dir.path().join("blobs")).await.unwrap();
+        let ferry = Ferry::open(Arc::new(meta), Arc::new(blobs), cfg).await.unwrap();
+        ferry.set_admin_key(ADMIN).await.unwrap();
+        let router = ferry_server::router(ferry.clone());
+        Self { ferry, router, dir }
+    }
+
+    pub async fn feed(&self, name: &str, ty: FeedType, private: bool) {
+        self.ferry.create_feed(&FeedName::new(name).unwrap(), ty, private).await.unwrap();
+    }
+
+    pub async fn key(&self, name: &str, p: Permission, feeds: Option<&[&str]>) -> String {
+        let feeds = feeds.map(|f| f.iter().map(|n| FeedName::new(*n).unwrap()).collect());
+        self.ferry.create_key(name, p, feeds).await.unwrap().1
+    }
+
+    /// Sends one request. `key`: sent as a bearer token when given.
+    pub async fn send(&self, method: &str, uri: &str, key: Option<&str>, headers: &[(&str, &str)], body: impl Into<Body>) -> Reply {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(k) = key {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let resp = self.router.clone().oneshot(req.body(body.into()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.send("GET", uri, None, &[], Body::empty()).await
+    }
+
+    /// Files left in the blob staging area (must be none after any request).
+    pub fn staging_files(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("blobs/staging")).unwrap().count()
+    }
+}
