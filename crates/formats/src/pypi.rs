@@ -1,1 +1,163 @@
-//! PyPI: see module docs (in progress).
+//! PyPI feeds: the legacy upload API (twine), the simple repository API
+//! (PEP 503 HTML, PEP 691 JSON with PEP 592 yanking and PEP 700 fields) and
+//! the checks between an uploaded file, its core metadata and the form.
+//!
+//! # Item layout
+//!
+//! One item per distribution file (wheel or sdist):
+//!
+//! - **key**: `{normalized project name}/{filename}`, e.g.
+//!   `foo-bar/Foo_Bar-1.0-py3-none-any.whl` ([`file_key`], [`parse_file_key`];
+//!   [`project_prefix`] lists one project's files);
+//! - **metadata**: a [`FileMeta`] as JSON (`name`, `normalized_name`,
+//!   `version`, `filename`, `kind` = `wheel`/`sdist`, `requires_python`,
+//!   `summary`, `metadata_version`, `sha256`, `size`, `yanked`,
+//!   `yanked_reason`, `upload_time`);
+//! - **blob**: exactly one, the file itself; its digest equals `sha256`.
+//!
+//! Yanking (PEP 592) rewrites the item with `yanked`/`yanked_reason` set;
+//! the file stays downloadable. Simple pages are derived from the items and
+//! rebuilt locally, never replicated.
+//!
+//! # URLs
+//!
+//! Under a feed's PyPI base `{base}` (e.g. `/pypi/{feed}`), the server is
+//! expected to serve: the root index at `{base}/simple/`, project pages at
+//! `{base}/simple/{normalized}/` (HTML root links are relative), files at
+//! `{base}/files/{normalized}/{filename}` ([`file_url`] adds
+//! `#sha256={hex}`), and take uploads at `{base}/` (`twine upload
+//! --repository-url {base}/`).
+
+mod archive;
+mod filename;
+mod metadata;
+mod names;
+mod negotiate;
+mod render;
+mod upload;
+mod version;
+
+#[cfg(test)]
+mod tests;
+
+use ferry_types::{Digest, ItemKey};
+use serde::{Deserialize, Serialize};
+
+pub use archive::{DistInfo, inspect_distribution};
+pub use filename::{ArchiveFormat, DistFilename, DistKind, MAX_FILENAME_LEN, WheelTags, parse_filename};
+pub use metadata::{CoreMetadata, parse_core_metadata};
+pub use names::{MAX_NAME_LEN, normalize_name, normalized_project_name, validate_project_name};
+pub use negotiate::{
+    HTML_CONTENT_TYPE, HTML_V1_CONTENT_TYPE, IndexFormat, JSON_CONTENT_TYPE, Negotiated, negotiate,
+};
+pub use render::{API_VERSION, file_url, render_project, render_root};
+pub use upload::{UploadForm, check_upload};
+pub use version::{Version, normalize_version, versions_match};
+
+use crate::FormatError;
+
+/// The metadata of a PyPI item (one distribution file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Project name as written in the file's core metadata.
+    pub name: String,
+    /// PEP 503 normalized project name (the first segment of the key).
+    pub normalized_name: String,
+    /// Version as written in the core metadata.
+    pub version: String,
+    pub filename: String,
+    pub kind: DistKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires_python: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(default)]
+    pub metadata_version: String,
+    /// Digest of the file: the item's one blob.
+    pub sha256: Digest,
+    /// Size of the file in bytes.
+    pub size: u64,
+    #[serde(default)]
+    pub yanked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yanked_reason: Option<String>,
+    /// When the file was first uploaded: RFC 3339 in UTC with a `Z` suffix
+    /// (as PEP 700 asks), supplied by the caller.
+    pub upload_time: String,
+}
+
+impl FileMeta {
+    /// The metadata of a freshly uploaded, inspected file (not yanked).
+    pub fn new(info: &DistInfo, sha256: Digest, size: u64, upload_time: impl Into<String>) -> Self {
+        Self {
+            name: info.name.clone(),
+            normalized_name: info.normalized_name.clone(),
+            version: info.version.clone(),
+            filename: info.filename.clone(),
+            kind: info.kind,
+            requires_python: info.requires_python.clone(),
+            summary: info.summary.clone(),
+            metadata_version: info.metadata_version.clone(),
+            sha256,
+            size,
+            yanked: false,
+            yanked_reason: None,
+            upload_time: upload_time.into(),
+        }
+    }
+
+    /// The item key, `{normalized_name}/{filename}`.
+    pub fn key(&self) -> Result<ItemKey, FormatError> {
+        file_key(&self.normalized_name, &self.filename)
+    }
+
+    /// Marks the file yanked (PEP 592), with an optional reason.
+    pub fn yank(&mut self, reason: Option<String>) {
+        self.yanked = true;
+        self.yanked_reason = reason.filter(|r| !r.trim().is_empty());
+    }
+
+    /// Undoes [`FileMeta::yank`].
+    pub fn unyank(&mut self) {
+        self.yanked = false;
+        self.yanked_reason = None;
+    }
+
+    /// The metadata as stored in an item.
+    pub fn to_json(&self) -> serde_json::Value {
+        // Plain fields only: serializing cannot fail.
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    /// Reads an item's metadata back.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, FormatError> {
+        Self::deserialize(value).map_err(|e| FormatError::invalid(format!("invalid PyPI file metadata: {e}")))
+    }
+}
+
+/// The item key of `filename` in `project`: `{normalized project}/{filename}`.
+/// Refuses invalid project names, invalid file names, and files that belong
+/// to another project.
+pub fn file_key(project: &str, filename: &str) -> Result<ItemKey, FormatError> {
+    let normalized = normalized_project_name(project)?;
+    parse_filename(filename, Some(project))?;
+    ItemKey::new(format!("{normalized}/{filename}")).map_err(|e| FormatError::invalid(e.to_string()))
+}
+
+/// Splits a PyPI item key into (normalized project name, filename),
+/// checking that it is one [`file_key`] would build.
+pub fn parse_file_key(key: &ItemKey) -> Result<(&str, &str), FormatError> {
+    let s = key.as_str();
+    let invalid = || FormatError::invalid(format!("{s:?} is not a PyPI item key ({{project}}/{{filename}})"));
+    let (project, filename) = s.split_once('/').ok_or_else(invalid)?;
+    if normalized_project_name(project).ok().as_deref() != Some(project) {
+        return Err(invalid());
+    }
+    parse_filename(filename, Some(project)).map_err(|_| invalid())?;
+    Ok((project, filename))
+}
+
+/// The key prefix shared by all files of `project`: `{normalized}/`.
+pub fn project_prefix(project: &str) -> Result<String, FormatError> {
+    Ok(format!("{}/", normalized_project_name(project)?))
+}
