@@ -60,8 +60,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// with [`StoreError::TooLarge`] (and keeps nothing) past `limit` bytes,
     /// and with [`StoreError::DigestMismatch`] if `expected` is given and
     /// differs.
-    async fn stage(&self, body: ByteStream, limit: u64, expected: Option<Digest>)
-    -> Result<StagedBlob, StoreError>;
+    async fn stage(
+        &self,
+        body: ByteStream,
+        limit: u64,
+        expected: Option<Digest>,
+    ) -> Result<StagedBlob, StoreError>;
 
     /// Makes a staged blob part of the store, atomically: readers see either
     /// nothing or the whole verified blob.
@@ -76,6 +80,21 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Removes a blob; removing a missing blob is not an error.
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError>;
+
+    /// Bytes already received of an interrupted transfer of `digest`
+    /// (kept across restarts so a transfer resumes where it broke).
+    async fn partial_len(&self, digest: &Digest) -> Result<u64, StoreError>;
+
+    /// Appends `body` to the partial transfer of `digest`; once `body` ends,
+    /// verifies the whole content against `digest` and returns it staged.
+    /// On a mismatch the partial file is discarded. If `body` fails midway,
+    /// what arrived is kept for the next attempt.
+    async fn stage_resume(
+        &self,
+        digest: &Digest,
+        body: ByteStream,
+        limit: u64,
+    ) -> Result<StagedBlob, StoreError>;
 }
 
 /// Blobs as files under one directory: `sha256/ab/abcd…` for content and
@@ -92,12 +111,18 @@ impl FsBlobStore {
         let root = root.into();
         tokio::fs::create_dir_all(root.join("sha256")).await?;
         let staging = root.join("staging");
-        // Uploads that were in flight when the process stopped are garbage.
+        // Client uploads that were in flight when the process stopped are
+        // garbage; replication transfers (`partial/`) resume instead.
         if tokio::fs::try_exists(&staging).await? {
             tokio::fs::remove_dir_all(&staging).await?;
         }
         tokio::fs::create_dir_all(&staging).await?;
+        tokio::fs::create_dir_all(root.join("partial")).await?;
         Ok(Self { root })
+    }
+
+    fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("partial").join(digest.hex())
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -118,7 +143,12 @@ impl BlobStore for FsBlobStore {
         let path = self.root.join("staging").join(hex::encode(name));
         let file = tokio::fs::File::create(&path).await?;
         // From here on, dropping `staged` removes the file on every early return.
-        let mut staged = StagedBlob { path, digest: Digest::from_bytes([0; 32]), size: 0, committed: false };
+        let mut staged = StagedBlob {
+            path,
+            digest: Digest::from_bytes([0; 32]),
+            size: 0,
+            committed: false,
+        };
         let mut out = tokio::io::BufWriter::with_capacity(READ_CHUNK, file);
         let mut hasher = Sha256Hasher::new();
         while let Some(chunk) = body.next().await {
@@ -137,7 +167,10 @@ impl BlobStore for FsBlobStore {
         if let Some(expected) = expected
             && expected != staged.digest
         {
-            return Err(StoreError::DigestMismatch { expected, actual: staged.digest });
+            return Err(StoreError::DigestMismatch {
+                expected,
+                actual: staged.digest,
+            });
         }
         Ok(staged)
     }
@@ -188,6 +221,97 @@ impl BlobStore for FsBlobStore {
             Err(e) => Err(e.into()),
         }
     }
+
+    async fn partial_len(&self, digest: &Digest) -> Result<u64, StoreError> {
+        match tokio::fs::metadata(self.partial_path(digest)).await {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn stage_resume(
+        &self,
+        digest: &Digest,
+        mut body: ByteStream,
+        limit: u64,
+    ) -> Result<StagedBlob, StoreError> {
+        let partial = self.partial_path(digest);
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&partial)
+            .await?;
+        let mut size = file.metadata().await?.len();
+        let fresh = size == 0;
+        let mut hasher = Sha256Hasher::new();
+        let mut out = tokio::io::BufWriter::with_capacity(READ_CHUNK, file);
+        let mut failure = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    size += chunk.len() as u64;
+                    if size > limit {
+                        drop(out);
+                        let _ = tokio::fs::remove_file(&partial).await;
+                        return Err(StoreError::TooLarge { limit });
+                    }
+                    if fresh {
+                        hasher.update(&chunk);
+                    }
+                    out.write_all(&chunk).await?;
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        out.flush().await?;
+        let file = out.into_inner();
+        file.sync_all().await?;
+        drop(file);
+        if let Some(e) = failure {
+            return Err(e.into()); // keep what arrived
+        }
+        let actual = if fresh {
+            hasher.finish()
+        } else {
+            // Resumed: hash the whole file once, off the async threads.
+            let p = partial.clone();
+            tokio::task::spawn_blocking(move || -> io::Result<Digest> {
+                use std::io::Read;
+                let mut f = std::fs::File::open(p)?;
+                let mut h = Sha256Hasher::new();
+                let mut buf = vec![0u8; READ_CHUNK];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(h.finish());
+                    }
+                    h.update(&buf[..n]);
+                }
+            })
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??
+        };
+        if actual != *digest {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(StoreError::DigestMismatch {
+                expected: *digest,
+                actual,
+            });
+        }
+        let name: [u8; 16] = rand::random();
+        let path = self.root.join("staging").join(hex::encode(name));
+        tokio::fs::rename(&partial, &path).await?;
+        Ok(StagedBlob {
+            path,
+            digest: actual,
+            size,
+            committed: false,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -212,7 +336,10 @@ mod tests {
     async fn stage_commit_read_range() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::open(dir.path()).await.unwrap();
-        let staged = store.stage(body(&[b"hello ", b"world"]), 100, None).await.unwrap();
+        let staged = store
+            .stage(body(&[b"hello ", b"world"]), 100, None)
+            .await
+            .unwrap();
         let d = staged.digest();
         assert_eq!(d, Digest::of(b"hello world"));
         assert_eq!(store.size(&d).await.unwrap(), None, "visible before commit");
@@ -225,7 +352,37 @@ mod tests {
         store.commit(again).await.unwrap();
         assert_eq!(std::fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
         store.delete(&d).await.unwrap();
-        assert!(matches!(store.get(&d, None).await, Err(StoreError::BlobMissing(_))));
+        assert!(matches!(
+            store.get(&d, None).await,
+            Err(StoreError::BlobMissing(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn interrupted_transfer_resumes_and_is_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        let d = Digest::of(b"abcdefghij");
+        let broken: ByteStream = Box::pin(futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"abcd")),
+            Err(io::Error::other("link dropped")),
+        ]));
+        assert!(store.stage_resume(&d, broken, 100).await.is_err());
+        // Survives a restart of the store.
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        assert_eq!(store.partial_len(&d).await.unwrap(), 4);
+        let staged = store.stage_resume(&d, body(&[b"efghij"]), 100).await.unwrap();
+        assert_eq!((staged.digest(), staged.size()), (d, 10));
+        store.commit(staged).await.unwrap();
+        assert_eq!(read_all(store.get(&d, None).await.unwrap()).await, b"abcdefghij");
+        assert_eq!(store.partial_len(&d).await.unwrap(), 0);
+        // Wrong bytes are refused and discarded.
+        let other = Digest::of(b"xyz");
+        assert!(matches!(
+            store.stage_resume(&other, body(&[b"xyq"]), 100).await,
+            Err(StoreError::DigestMismatch { .. })
+        ));
+        assert_eq!(store.partial_len(&other).await.unwrap(), 0);
     }
 
     #[tokio::test]

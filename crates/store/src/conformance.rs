@@ -9,7 +9,10 @@ use crate::meta::*;
 use crate::{StoreError, now_millis};
 
 fn stamp(t: u64, origin: u8) -> Stamp {
-    Stamp { time: Hlc(t), origin: InstanceId::from_bytes([origin; 16]) }
+    Stamp {
+        time: Hlc(t),
+        origin: InstanceId::from_bytes([origin; 16]),
+    }
 }
 
 fn key(s: &str) -> ItemKey {
@@ -20,12 +23,20 @@ fn upsert(k: &str, t: u64, blobs: Vec<Digest>) -> Change {
     Change {
         key: key(k),
         stamp: stamp(t, 1),
-        op: ChangeOp::Upsert { meta: json!({ "k": k, "t": t }), blobs, created_at: 1 },
+        op: ChangeOp::Upsert {
+            meta: json!({ "k": k, "t": t }),
+            blobs,
+            created_at: 1,
+        },
     }
 }
 
 fn delete(k: &str, t: u64) -> Change {
-    Change { key: key(k), stamp: stamp(t, 1), op: ChangeOp::Delete }
+    Change {
+        key: key(k),
+        stamp: stamp(t, 1),
+        op: ChangeOp::Delete,
+    }
 }
 
 /// Runs every conformance check against a fresh, empty store.
@@ -48,7 +59,10 @@ async fn feeds(s: &dyn MetadataStore) {
     let name = FeedName::new("conf-feeds").unwrap();
     let f = s.create_feed(&name, FeedType::Npm, true).await.unwrap();
     assert_eq!((f.feed_type, f.private), (FeedType::Npm, true));
-    assert!(matches!(s.create_feed(&name, FeedType::Npm, false).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.create_feed(&name, FeedType::Npm, false).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(s.feed(&name).await.unwrap(), Some(f.clone()));
     assert!(s.feeds().await.unwrap().contains(&f));
     assert!(s.delete_feed(&name).await.unwrap());
@@ -57,14 +71,22 @@ async fn feeds(s: &dyn MetadataStore) {
 }
 
 async fn writes_follow_stamps_and_log_changes(s: &dyn MetadataStore) {
-    let f = s.create_feed(&FeedName::new("conf-stamps").unwrap(), FeedType::Assets, false).await.unwrap();
+    let f = s
+        .create_feed(&FeedName::new("conf-stamps").unwrap(), FeedType::Assets, false)
+        .await
+        .unwrap();
     let w = |c: Change| async move { s.write(f.id, vec![(c, Precondition::Any)]).await.unwrap()[0] };
     assert_eq!(s.last_seq(f.id).await.unwrap(), 0);
     assert_eq!(w(upsert("a", 10, vec![])).await, WriteOutcome::Applied { seq: 1 });
     // The same change again is a no-op and logs nothing (cycles end here).
     assert_eq!(w(upsert("a", 10, vec![])).await, WriteOutcome::AlreadyApplied);
     // An older write loses and reports the stamp that won.
-    assert_eq!(w(upsert("a", 5, vec![])).await, WriteOutcome::Superseded { current: stamp(10, 1) });
+    assert_eq!(
+        w(upsert("a", 5, vec![])).await,
+        WriteOutcome::Superseded {
+            current: stamp(10, 1)
+        }
+    );
     // Same time, higher origin wins.
     let mut tie = upsert("a", 10, vec![]);
     tie.stamp.origin = InstanceId::from_bytes([2; 16]);
@@ -73,10 +95,16 @@ async fn writes_follow_stamps_and_log_changes(s: &dyn MetadataStore) {
     assert_eq!(s.item(f.id, &key("a")).await.unwrap(), None);
     assert_eq!(s.tombstone(f.id, &key("a")).await.unwrap(), Some(stamp(20, 1)));
     // A stale upsert cannot resurrect a deleted item.
-    assert!(matches!(w(upsert("a", 15, vec![])).await, WriteOutcome::Superseded { .. }));
+    assert!(matches!(
+        w(upsert("a", 15, vec![])).await,
+        WriteOutcome::Superseded { .. }
+    ));
     // A delete of a key never seen leaves a tombstone that later stale writes respect.
     assert_eq!(w(delete("ghost", 30)).await, WriteOutcome::Applied { seq: 4 });
-    assert!(matches!(w(upsert("ghost", 29, vec![])).await, WriteOutcome::Superseded { .. }));
+    assert!(matches!(
+        w(upsert("ghost", 29, vec![])).await,
+        WriteOutcome::Superseded { .. }
+    ));
     assert_eq!(w(upsert("a", 40, vec![])).await, WriteOutcome::Applied { seq: 5 });
     let item = s.item(f.id, &key("a")).await.unwrap().unwrap();
     assert_eq!(item.meta, json!({"k": "a", "t": 40}));
@@ -100,47 +128,86 @@ async fn writes_follow_stamps_and_log_changes(s: &dyn MetadataStore) {
     assert_eq!(s.last_seq(f.id).await.unwrap(), 5);
     assert!(s.max_stamp_time().await.unwrap() >= Hlc(40));
 
-    s.add_downloads(f.id, &[(key("a"), 3), (key("a"), 2), (key("missing"), 1)]).await.unwrap();
+    s.add_downloads(f.id, &[(key("a"), 3), (key("a"), 2), (key("missing"), 1)])
+        .await
+        .unwrap();
     assert_eq!(s.item(f.id, &key("a")).await.unwrap().unwrap().downloads, 5);
 }
 
 async fn preconditions_and_atomic_batches(s: &dyn MetadataStore) {
-    let f = s.create_feed(&FeedName::new("conf-pre").unwrap(), FeedType::Npm, false).await.unwrap();
-    s.write(f.id, vec![(upsert("v1", 1, vec![]), Precondition::Absent)]).await.unwrap();
-    let again = s.write(f.id, vec![(upsert("v1", 2, vec![]), Precondition::Absent)]).await;
+    let f = s
+        .create_feed(&FeedName::new("conf-pre").unwrap(), FeedType::Npm, false)
+        .await
+        .unwrap();
+    s.write(f.id, vec![(upsert("v1", 1, vec![]), Precondition::Absent)])
+        .await
+        .unwrap();
+    let again = s
+        .write(f.id, vec![(upsert("v1", 2, vec![]), Precondition::Absent)])
+        .await;
     assert!(matches!(again, Err(StoreError::Conflict(_))));
-    let absent = s.write(f.id, vec![(upsert("nope", 2, vec![]), Precondition::Present)]).await;
+    let absent = s
+        .write(f.id, vec![(upsert("nope", 2, vec![]), Precondition::Present)])
+        .await;
     assert!(matches!(absent, Err(StoreError::NotFound(_))));
     // A batch whose second change fails leaves nothing of the first.
-    let batch = vec![(upsert("v2", 3, vec![]), Precondition::Absent), (upsert("v1", 3, vec![]), Precondition::Absent)];
+    let batch = vec![
+        (upsert("v2", 3, vec![]), Precondition::Absent),
+        (upsert("v1", 3, vec![]), Precondition::Absent),
+    ];
     assert!(s.write(f.id, batch).await.is_err());
     assert_eq!(s.item(f.id, &key("v2")).await.unwrap(), None);
     assert_eq!(s.last_seq(f.id).await.unwrap(), 1);
     // A write naming a blob that is not stored is refused: no item without its blobs.
     let missing = Digest::of(b"never uploaded");
-    let r = s.write(f.id, vec![(upsert("v3", 4, vec![missing]), Precondition::Any)]).await;
+    let r = s
+        .write(f.id, vec![(upsert("v3", 4, vec![missing]), Precondition::Any)])
+        .await;
     assert!(matches!(r, Err(StoreError::BlobMissing(d)) if d == missing));
     assert_eq!(s.item(f.id, &key("v3")).await.unwrap(), None);
 }
 
 async fn listing(s: &dyn MetadataStore) {
-    let f = s.create_feed(&FeedName::new("conf-list").unwrap(), FeedType::Assets, false).await.unwrap();
+    let f = s
+        .create_feed(&FeedName::new("conf-list").unwrap(), FeedType::Assets, false)
+        .await
+        .unwrap();
     let keys = ["a/1", "a/2", "a/3", "ab", "b/1", "a/\u{e9}"];
     for (i, k) in keys.iter().enumerate() {
-        s.write(f.id, vec![(upsert(k, i as u64 + 1, vec![]), Precondition::Any)]).await.unwrap();
+        s.write(f.id, vec![(upsert(k, i as u64 + 1, vec![]), Precondition::Any)])
+            .await
+            .unwrap();
     }
-    s.write(f.id, vec![(delete("a/2", 100), Precondition::Any)]).await.unwrap();
-    let names = |v: Vec<ItemRecord>| v.into_iter().map(|i| i.key.as_str().to_string()).collect::<Vec<_>>();
-    assert_eq!(names(s.items(f.id, "a/", None, 10).await.unwrap()), vec!["a/1", "a/3", "a/\u{e9}"]);
-    assert_eq!(names(s.items(f.id, "a/", Some(&key("a/1")), 1).await.unwrap()), vec!["a/3"]);
+    s.write(f.id, vec![(delete("a/2", 100), Precondition::Any)])
+        .await
+        .unwrap();
+    let names = |v: Vec<ItemRecord>| {
+        v.into_iter()
+            .map(|i| i.key.as_str().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(s.items(f.id, "a/", None, 10).await.unwrap()),
+        vec!["a/1", "a/3", "a/\u{e9}"]
+    );
+    assert_eq!(
+        names(s.items(f.id, "a/", Some(&key("a/1")), 1).await.unwrap()),
+        vec!["a/3"]
+    );
     assert_eq!(names(s.items(f.id, "", None, 100).await.unwrap()).len(), 5);
     // Other feeds do not leak in.
-    let g = s.create_feed(&FeedName::new("conf-list2").unwrap(), FeedType::Assets, false).await.unwrap();
+    let g = s
+        .create_feed(&FeedName::new("conf-list2").unwrap(), FeedType::Assets, false)
+        .await
+        .unwrap();
     assert!(s.items(g.id, "", None, 10).await.unwrap().is_empty());
 }
 
 async fn blobs_and_collection(s: &dyn MetadataStore) {
-    let f = s.create_feed(&FeedName::new("conf-gc").unwrap(), FeedType::Assets, false).await.unwrap();
+    let f = s
+        .create_feed(&FeedName::new("conf-gc").unwrap(), FeedType::Assets, false)
+        .await
+        .unwrap();
     let (kept, orphan, leased) = (Digest::of(b"kept"), Digest::of(b"orphan"), Digest::of(b"leased"));
     let past = now_millis() - 1;
     let future = now_millis() + 3_600_000;
@@ -148,30 +215,63 @@ async fn blobs_and_collection(s: &dyn MetadataStore) {
     s.lease_blob(&orphan, 6, past).await.unwrap();
     s.lease_blob(&leased, 6, future).await.unwrap();
     assert!(s.blob_present(&kept).await.unwrap());
-    s.write(f.id, vec![(upsert("uses-kept", 1, vec![kept]), Precondition::Any)]).await.unwrap();
-    assert_eq!(s.item(f.id, &key("uses-kept")).await.unwrap().unwrap().blobs, vec![kept]);
+    s.write(
+        f.id,
+        vec![(upsert("uses-kept", 1, vec![kept]), Precondition::Any)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.item(f.id, &key("uses-kept")).await.unwrap().unwrap().blobs,
+        vec![kept]
+    );
 
     let marked = s.gc_mark(now_millis(), 100).await.unwrap();
-    assert!(marked.contains(&orphan), "unreferenced expired blob not collected");
+    assert!(
+        marked.contains(&orphan),
+        "unreferenced expired blob not collected"
+    );
     assert!(!marked.contains(&kept), "referenced blob collected");
     assert!(!marked.contains(&leased), "leased blob collected");
     // While marked, the blob cannot be leased again nor referenced.
-    assert!(matches!(s.lease_blob(&orphan, 6, future).await, Err(StoreError::BlobBusy(_))));
-    let r = s.write(f.id, vec![(upsert("late", 2, vec![orphan]), Precondition::Any)]).await;
+    assert!(matches!(
+        s.lease_blob(&orphan, 6, future).await,
+        Err(StoreError::BlobBusy(_))
+    ));
+    let r = s
+        .write(f.id, vec![(upsert("late", 2, vec![orphan]), Precondition::Any)])
+        .await;
     assert!(matches!(r, Err(StoreError::BlobMissing(_))));
     s.gc_forget(&marked).await.unwrap();
     assert!(!s.blob_present(&orphan).await.unwrap());
     s.lease_blob(&orphan, 6, future).await.unwrap();
 
     // Deleting the referencing item releases the blob.
-    s.write(f.id, vec![(delete("uses-kept", 5), Precondition::Any)]).await.unwrap();
+    s.write(f.id, vec![(delete("uses-kept", 5), Precondition::Any)])
+        .await
+        .unwrap();
     assert!(s.gc_mark(now_millis(), 100).await.unwrap().contains(&kept));
     // So does deleting the feed.
     s.lease_blob(&Digest::of(b"in-feed"), 1, past).await.unwrap();
-    s.write(f.id, vec![(upsert("x", 9, vec![Digest::of(b"in-feed")]), Precondition::Any)]).await.unwrap();
-    assert!(!s.gc_mark(now_millis(), 100).await.unwrap().contains(&Digest::of(b"in-feed")));
+    s.write(
+        f.id,
+        vec![(upsert("x", 9, vec![Digest::of(b"in-feed")]), Precondition::Any)],
+    )
+    .await
+    .unwrap();
+    assert!(
+        !s.gc_mark(now_millis(), 100)
+            .await
+            .unwrap()
+            .contains(&Digest::of(b"in-feed"))
+    );
     s.delete_feed(&f.name).await.unwrap();
-    assert!(s.gc_mark(now_millis(), 100).await.unwrap().contains(&Digest::of(b"in-feed")));
+    assert!(
+        s.gc_mark(now_millis(), 100)
+            .await
+            .unwrap()
+            .contains(&Digest::of(b"in-feed"))
+    );
 }
 
 async fn api_keys(s: &dyn MetadataStore) {
@@ -182,14 +282,126 @@ async fn api_keys(s: &dyn MetadataStore) {
         feeds: Some(vec![FeedName::new("only-this").unwrap()]),
     };
     let k = s.create_key(new("ci", 1, Permission::Write)).await.unwrap();
-    assert!(matches!(s.create_key(new("ci", 2, Permission::Read)).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.create_key(new("ci", 2, Permission::Read)).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(s.key_by_hash(&[1; 32]).await.unwrap(), Some(k));
     assert_eq!(s.key_by_hash(&[9; 32]).await.unwrap(), None);
-    s.put_named_key(NewApiKey { feeds: None, ..new("admin", 3, Permission::Admin) }).await.unwrap();
-    s.put_named_key(NewApiKey { feeds: None, ..new("admin", 4, Permission::Admin) }).await.unwrap();
-    assert_eq!(s.key_by_hash(&[3; 32]).await.unwrap(), None, "replaced admin key still valid");
+    s.put_named_key(NewApiKey {
+        feeds: None,
+        ..new("admin", 3, Permission::Admin)
+    })
+    .await
+    .unwrap();
+    s.put_named_key(NewApiKey {
+        feeds: None,
+        ..new("admin", 4, Permission::Admin)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.key_by_hash(&[3; 32]).await.unwrap(),
+        None,
+        "replaced admin key still valid"
+    );
     assert_eq!(s.key_by_hash(&[4; 32]).await.unwrap().unwrap().feeds, None);
     assert_eq!(s.keys().await.unwrap().len(), 2);
     assert!(s.delete_key("ci").await.unwrap());
     assert_eq!(s.key_by_hash(&[1; 32]).await.unwrap(), None);
+}
+
+/// The contract of [`crate::ReplicationStore`], for backends that keep replications.
+pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) {
+    let r = s.create_replication("r1", json!({"mode": "pull"})).await.unwrap();
+    assert!(matches!(
+        s.create_replication("r1", json!({})).await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.update_replication("r1", json!({"mode": "mirror"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.replication("r1").await.unwrap().unwrap().config,
+        json!({"mode": "mirror"})
+    );
+    assert_eq!(s.replications().await.unwrap().len(), 1);
+
+    s.add_sync_token(r.id, "tok1", [5; 32]).await.unwrap();
+    s.add_sync_token(r.id, "tok2", [6; 32]).await.unwrap();
+    assert_eq!(s.sync_token("tok1").await.unwrap().unwrap().hash, [5; 32]);
+    assert!(s.revoke_sync_token(r.id, "tok1").await.unwrap());
+    assert!(s.sync_token("tok1").await.unwrap().unwrap().revoked);
+    assert!(
+        !s.sync_token("tok2").await.unwrap().unwrap().revoked,
+        "rotation: other tokens stay valid"
+    );
+    assert_eq!(s.sync_tokens(r.id).await.unwrap().len(), 2);
+
+    assert_eq!(s.cursor(r.id, "pull:a").await.unwrap(), 0);
+    s.set_cursor(r.id, "pull:a", 42).await.unwrap();
+    s.set_cursor(r.id, "pull:a", 43).await.unwrap();
+    assert_eq!(s.cursor(r.id, "pull:a").await.unwrap(), 43);
+
+    let e = s.start_execution(r.id, "manual").await.unwrap();
+    assert_eq!(s.executions(r.id, 10).await.unwrap()[0].outcome, None);
+    s.finish_execution(e, "succeeded", json!({"added": 1}))
+        .await
+        .unwrap();
+    let ex = &s.executions(r.id, 10).await.unwrap()[0];
+    assert_eq!(
+        (ex.outcome.as_deref(), ex.report["added"].as_i64()),
+        (Some("succeeded"), Some(1))
+    );
+
+    // Entries include tombstones; the horizon rises when they are pruned and seqs never go back.
+    let f = s
+        .create_feed(&FeedName::new("conf-repl").unwrap(), FeedType::Assets, false)
+        .await
+        .unwrap();
+    s.write(
+        f.id,
+        vec![
+            (upsert("a", 1, vec![]), Precondition::Any),
+            (upsert("b", 2, vec![]), Precondition::Any),
+        ],
+    )
+    .await
+    .unwrap();
+    s.write(f.id, vec![(delete("b", 3), Precondition::Any)])
+        .await
+        .unwrap();
+    let all = s.entries(f.id, None, 10).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all[0].live.is_some() && all[1].live.is_none());
+    assert_eq!(
+        s.entries_for(f.id, &[key("b"), key("zz")]).await.unwrap().len(),
+        1
+    );
+    assert_eq!(s.live_count(f.id).await.unwrap(), 1);
+    assert_eq!(s.horizon(f.id).await.unwrap(), 0);
+    assert_eq!(s.prune_tombstones(f.id, now_millis() + 1000).await.unwrap(), 1);
+    assert_eq!(s.horizon(f.id).await.unwrap(), 3);
+    assert_eq!(s.entries(f.id, None, 10).await.unwrap().len(), 1);
+    assert_eq!(s.last_seq(f.id).await.unwrap(), 3);
+    let out = s
+        .write(f.id, vec![(upsert("c", 4, vec![]), Precondition::Any)])
+        .await
+        .unwrap();
+    assert_eq!(
+        out[0],
+        WriteOutcome::Applied { seq: 4 },
+        "a seq was reused after pruning"
+    );
+
+    let d = Digest::of(b"repl-blob");
+    s.lease_blob(&d, 1, 0).await.unwrap();
+    s.write(f.id, vec![(upsert("with-blob", 5, vec![d]), Precondition::Any)])
+        .await
+        .unwrap();
+    assert!(s.blob_referenced(&d, &[f.id]).await.unwrap());
+    assert!(!s.blob_referenced(&d, &[f.id + 1000]).await.unwrap());
+
+    assert!(s.delete_replication("r1").await.unwrap());
+    assert_eq!(s.sync_token("tok2").await.unwrap(), None);
 }

@@ -12,11 +12,14 @@ mod blob;
 pub mod conformance;
 mod error;
 mod meta;
+mod replication;
 mod sqlite;
+mod sqlite_replication;
 
 pub use blob::{BlobBody, BlobStore, ByteStream, FsBlobStore, StagedBlob};
 pub use error::StoreError;
 pub use meta::*;
+pub use replication::*;
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch, the one time unit stored.

@@ -43,7 +43,11 @@ pub struct Change {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChangeOp {
-    Upsert { meta: serde_json::Value, blobs: Vec<Digest>, created_at: i64 },
+    Upsert {
+        meta: serde_json::Value,
+        blobs: Vec<Digest>,
+        created_at: i64,
+    },
     Delete,
 }
 
@@ -142,8 +146,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// goes backwards.
     async fn max_stamp_time(&self) -> Result<Hlc, StoreError>;
 
-    async fn create_feed(&self, name: &FeedName, ty: FeedType, private: bool)
-    -> Result<FeedRecord, StoreError>;
+    async fn create_feed(
+        &self,
+        name: &FeedName,
+        ty: FeedType,
+        private: bool,
+    ) -> Result<FeedRecord, StoreError>;
     async fn feed(&self, name: &FeedName) -> Result<Option<FeedRecord>, StoreError>;
     async fn feeds(&self) -> Result<Vec<FeedRecord>, StoreError>;
     /// Deletes a feed with its items and change log. Returns false if absent.
@@ -171,8 +179,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The stamp of a tombstone under `key`, if the key is deleted.
     async fn tombstone(&self, feed: FeedId, key: &ItemKey) -> Result<Option<Stamp>, StoreError>;
     /// Change log entries with `seq > since`, in order.
-    async fn changes_since(&self, feed: FeedId, since: i64, limit: usize)
-    -> Result<Vec<ChangeRecord>, StoreError>;
+    async fn changes_since(
+        &self,
+        feed: FeedId,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>, StoreError>;
     /// The newest change's seq (0 for an empty log).
     async fn last_seq(&self, feed: FeedId) -> Result<i64, StoreError>;
     /// Adds download counts; not a change (counts are carried separately).

@@ -12,7 +12,8 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use crate::meta::*;
 use crate::{StoreError, now_millis};
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE feeds (
     id INTEGER PRIMARY KEY,
@@ -66,7 +67,43 @@ CREATE TABLE api_keys (
     feeds TEXT,
     created_at INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE replications (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    config TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE sync_tokens (
+    id TEXT PRIMARY KEY,
+    replication_id INTEGER NOT NULL REFERENCES replications(id) ON DELETE CASCADE,
+    hash BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE cursors (
+    replication_id INTEGER NOT NULL REFERENCES replications(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (replication_id, name)
+) WITHOUT ROWID;
+CREATE TABLE executions (
+    id INTEGER PRIMARY KEY,
+    replication_id INTEGER NOT NULL REFERENCES replications(id) ON DELETE CASCADE,
+    trigger TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    outcome TEXT,
+    report TEXT NOT NULL
+);
+CREATE INDEX executions_by_replication ON executions(replication_id, id);
+CREATE TABLE horizons (
+    feed_id INTEGER PRIMARY KEY REFERENCES feeds(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL
+);
+"#,
+];
 
 const READERS: usize = 4;
 
@@ -113,10 +150,16 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))??;
-        Ok(Self { inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
     }
 
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -139,7 +182,7 @@ impl SqliteStore {
         .map_err(|e| StoreError::Backend(e.to_string()))?
     }
 
-    async fn write_tx<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn write_tx<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
@@ -157,16 +200,19 @@ impl SqliteStore {
     }
 }
 
-fn poisoned() -> StoreError {
+pub(crate) fn poisoned() -> StoreError {
     StoreError::Backend("connection lock poisoned".into())
 }
 
-fn bad_row(what: &str) -> StoreError {
+pub(crate) fn bad_row(what: &str) -> StoreError {
     StoreError::Backend(format!("corrupt {what} in database"))
 }
 
-fn stamp_from(time: i64, origin: &str) -> Result<Stamp, StoreError> {
-    Ok(Stamp { time: Hlc(time as u64), origin: origin.parse().map_err(|_| bad_row("stamp origin"))? })
+pub(crate) fn stamp_from(time: i64, origin: &str) -> Result<Stamp, StoreError> {
+    Ok(Stamp {
+        time: Hlc(time as u64),
+        origin: origin.parse().map_err(|_| bad_row("stamp origin"))?,
+    })
 }
 
 fn feed_from_row(r: &Row<'_>) -> rusqlite::Result<(i64, String, String, bool, i64)> {
@@ -187,18 +233,29 @@ fn encode_blobs(blobs: &[Digest]) -> String {
     blobs.iter().map(|d| d.hex()).collect::<Vec<_>>().join(",")
 }
 
-fn decode_blobs(s: &str) -> Result<Vec<Digest>, StoreError> {
+pub(crate) fn decode_blobs(s: &str) -> Result<Vec<Digest>, StoreError> {
     if s.is_empty() {
         return Ok(Vec::new());
     }
-    s.split(',').map(|h| Digest::from_hex(h).map_err(|_| bad_row("blob list"))).collect()
+    s.split(',')
+        .map(|h| Digest::from_hex(h).map_err(|_| bad_row("blob list")))
+        .collect()
 }
 
 type RawItem = (String, String, String, i64, String, i64, i64, i64);
 const ITEM_COLS: &str = "key, meta, blobs, stamp_time, stamp_origin, created_at, updated_at, downloads";
 
 fn raw_item(r: &Row<'_>) -> rusqlite::Result<RawItem> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
 }
 
 fn item_record(raw: RawItem) -> Result<ItemRecord, StoreError> {
@@ -236,7 +293,11 @@ fn key_record(raw: RawKey) -> Result<ApiKeyRecord, StoreError> {
 }
 
 fn feeds_json(feeds: &Option<Vec<FeedName>>) -> Result<Option<String>, StoreError> {
-    feeds.as_ref().map(serde_json::to_string).transpose().map_err(|e| StoreError::Backend(e.to_string()))
+    feeds
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 fn apply_change(
@@ -271,12 +332,23 @@ fn apply_change(
     let now = now_millis();
     let stamp_time = change.stamp.time.0 as i64;
     let origin = change.stamp.origin.to_string();
-    tx.execute("DELETE FROM item_blobs WHERE feed_id = ?1 AND key = ?2", params![feed, key])?;
+    tx.execute(
+        "DELETE FROM item_blobs WHERE feed_id = ?1 AND key = ?2",
+        params![feed, key],
+    )?;
     let kind = match &change.op {
-        ChangeOp::Upsert { meta, blobs, created_at } => {
+        ChangeOp::Upsert {
+            meta,
+            blobs,
+            created_at,
+        } => {
             for d in blobs {
                 let present: Option<bool> = tx
-                    .query_row("SELECT deleting FROM blobs WHERE digest = ?1", [d.as_bytes()], |r| r.get(0))
+                    .query_row(
+                        "SELECT deleting FROM blobs WHERE digest = ?1",
+                        [d.as_bytes()],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 if present != Some(false) {
                     return Err(StoreError::BlobMissing(*d));
@@ -310,7 +382,8 @@ fn apply_change(
         }
     };
     let seq: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(seq), 0) + 1 FROM changes WHERE feed_id = ?1",
+        "SELECT MAX(COALESCE((SELECT MAX(seq) FROM changes WHERE feed_id = ?1), 0),
+                    COALESCE((SELECT seq FROM horizons WHERE feed_id = ?1), 0)) + 1",
         [feed],
         |r| r.get(0),
     )?;
@@ -330,13 +403,17 @@ fn prefix_end(prefix: &str) -> String {
 impl MetadataStore for SqliteStore {
     async fn instance_id(&self) -> Result<InstanceId, StoreError> {
         self.write_tx(|tx| {
-            let existing: Option<String> =
-                tx.query_row("SELECT v FROM meta WHERE k = 'instance_id'", [], |r| r.get(0)).optional()?;
+            let existing: Option<String> = tx
+                .query_row("SELECT v FROM meta WHERE k = 'instance_id'", [], |r| r.get(0))
+                .optional()?;
             match existing {
                 Some(s) => s.parse().map_err(|_| bad_row("instance id")),
                 None => {
                     let id = InstanceId::random();
-                    tx.execute("INSERT INTO meta (k, v) VALUES ('instance_id', ?1)", [id.to_string()])?;
+                    tx.execute(
+                        "INSERT INTO meta (k, v) VALUES ('instance_id', ?1)",
+                        [id.to_string()],
+                    )?;
                     Ok(id)
                 }
             }
@@ -352,11 +429,19 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn create_feed(&self, name: &FeedName, ty: FeedType, private: bool) -> Result<FeedRecord, StoreError> {
+    async fn create_feed(
+        &self,
+        name: &FeedName,
+        ty: FeedType,
+        private: bool,
+    ) -> Result<FeedRecord, StoreError> {
         let name = name.clone();
         self.write_tx(move |tx| {
-            let exists: Option<i64> =
-                tx.query_row("SELECT id FROM feeds WHERE name = ?1", [name.as_str()], |r| r.get(0)).optional()?;
+            let exists: Option<i64> = tx
+                .query_row("SELECT id FROM feeds WHERE name = ?1", [name.as_str()], |r| {
+                    r.get(0)
+                })
+                .optional()?;
             if exists.is_some() {
                 return Err(StoreError::Conflict(format!("feed {name} already exists")));
             }
@@ -365,7 +450,13 @@ impl MetadataStore for SqliteStore {
                 "INSERT INTO feeds (name, type, private, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![name.as_str(), ty.as_str(), private, now],
             )?;
-            Ok(FeedRecord { id: tx.last_insert_rowid(), name, feed_type: ty, private, created_at: now })
+            Ok(FeedRecord {
+                id: tx.last_insert_rowid(),
+                name,
+                feed_type: ty,
+                private,
+                created_at: now,
+            })
         })
         .await
     }
@@ -396,7 +487,8 @@ impl MetadataStore for SqliteStore {
 
     async fn delete_feed(&self, name: &FeedName) -> Result<bool, StoreError> {
         let name = name.clone();
-        self.write_tx(move |tx| Ok(tx.execute("DELETE FROM feeds WHERE name = ?1", [name.as_str()])? > 0)).await
+        self.write_tx(move |tx| Ok(tx.execute("DELETE FROM feeds WHERE name = ?1", [name.as_str()])? > 0))
+            .await
     }
 
     async fn write(
@@ -404,7 +496,13 @@ impl MetadataStore for SqliteStore {
         feed: FeedId,
         changes: Vec<(Change, Precondition)>,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
-        self.write_tx(move |tx| changes.iter().map(|(c, p)| apply_change(tx, feed, c, *p)).collect()).await
+        self.write_tx(move |tx| {
+            changes
+                .iter()
+                .map(|(c, p)| apply_change(tx, feed, c, *p))
+                .collect()
+        })
+        .await
     }
 
     async fn item(&self, feed: FeedId, key: &ItemKey) -> Result<Option<ItemRecord>, StoreError> {
@@ -437,7 +535,10 @@ impl MetadataStore for SqliteStore {
                  AND key >= ?2 AND key < ?3 AND key > ?4 ORDER BY key LIMIT ?5"
             ))?;
             let rows = st
-                .query_map(params![feed, prefix, prefix_end(&prefix), after, limit as i64], raw_item)?
+                .query_map(
+                    params![feed, prefix, prefix_end(&prefix), after, limit as i64],
+                    raw_item,
+                )?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(item_record).collect()
         })
@@ -459,7 +560,12 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn changes_since(&self, feed: FeedId, since: i64, limit: usize) -> Result<Vec<ChangeRecord>, StoreError> {
+    async fn changes_since(
+        &self,
+        feed: FeedId,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>, StoreError> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT seq, key, kind, stamp_time, stamp_origin FROM changes
@@ -481,7 +587,11 @@ impl MetadataStore for SqliteStore {
                     Ok(ChangeRecord {
                         seq,
                         key: ItemKey::new(key).map_err(|_| bad_row("change key"))?,
-                        kind: if kind == 0 { ChangeKind::Upsert } else { ChangeKind::Delete },
+                        kind: if kind == 0 {
+                            ChangeKind::Upsert
+                        } else {
+                            ChangeKind::Delete
+                        },
                         stamp: stamp_from(t, &o)?,
                     })
                 })
@@ -492,16 +602,25 @@ impl MetadataStore for SqliteStore {
 
     async fn last_seq(&self, feed: FeedId) -> Result<i64, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM changes WHERE feed_id = ?1", [feed], |r| r.get(0))?)
+            Ok(c.query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(seq) FROM changes WHERE feed_id = ?1), 0),
+                            COALESCE((SELECT seq FROM horizons WHERE feed_id = ?1), 0))",
+                [feed],
+                |r| r.get(0),
+            )?)
         })
         .await
     }
 
     async fn add_downloads(&self, feed: FeedId, counts: &[(ItemKey, u64)]) -> Result<(), StoreError> {
-        let counts: Vec<(String, i64)> = counts.iter().map(|(k, n)| (k.as_str().to_string(), *n as i64)).collect();
+        let counts: Vec<(String, i64)> = counts
+            .iter()
+            .map(|(k, n)| (k.as_str().to_string(), *n as i64))
+            .collect();
         self.write_tx(move |tx| {
-            let mut st =
-                tx.prepare_cached("UPDATE items SET downloads = downloads + ?3 WHERE feed_id = ?1 AND key = ?2")?;
+            let mut st = tx.prepare_cached(
+                "UPDATE items SET downloads = downloads + ?3 WHERE feed_id = ?1 AND key = ?2",
+            )?;
             for (k, n) in &counts {
                 st.execute(params![feed, k, n])?;
             }
@@ -533,7 +652,11 @@ impl MetadataStore for SqliteStore {
         let d = *digest;
         self.read(move |c| {
             let v: Option<bool> = c
-                .query_row("SELECT deleting FROM blobs WHERE digest = ?1", [d.as_bytes()], |r| r.get(0))
+                .query_row(
+                    "SELECT deleting FROM blobs WHERE digest = ?1",
+                    [d.as_bytes()],
+                    |r| r.get(0),
+                )
                 .optional()?;
             Ok(v == Some(false))
         })
@@ -563,7 +686,10 @@ impl MetadataStore for SqliteStore {
         let digests = digests.to_vec();
         self.write_tx(move |tx| {
             for d in &digests {
-                tx.execute("DELETE FROM blobs WHERE digest = ?1 AND deleting = 1", [d.as_bytes()])?;
+                tx.execute(
+                    "DELETE FROM blobs WHERE digest = ?1 AND deleting = 1",
+                    [d.as_bytes()],
+                )?;
             }
             Ok(())
         })
@@ -572,10 +698,16 @@ impl MetadataStore for SqliteStore {
 
     async fn create_key(&self, key: NewApiKey) -> Result<ApiKeyRecord, StoreError> {
         self.write_tx(move |tx| {
-            let taken: Option<i64> =
-                tx.query_row("SELECT id FROM api_keys WHERE name = ?1", [&key.name], |r| r.get(0)).optional()?;
+            let taken: Option<i64> = tx
+                .query_row("SELECT id FROM api_keys WHERE name = ?1", [&key.name], |r| {
+                    r.get(0)
+                })
+                .optional()?;
             if taken.is_some() {
-                return Err(StoreError::Conflict(format!("an API key named {:?} already exists", key.name)));
+                return Err(StoreError::Conflict(format!(
+                    "an API key named {:?} already exists",
+                    key.name
+                )));
             }
             insert_key(tx, key)
         })
@@ -593,10 +725,14 @@ impl MetadataStore for SqliteStore {
     async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
         let hash = *hash;
         self.read(move |c| {
-            c.query_row(&format!("SELECT {KEY_COLS} FROM api_keys WHERE hash = ?1"), [&hash[..]], raw_key)
-                .optional()?
-                .map(key_record)
-                .transpose()
+            c.query_row(
+                &format!("SELECT {KEY_COLS} FROM api_keys WHERE hash = ?1"),
+                [&hash[..]],
+                raw_key,
+            )
+            .optional()?
+            .map(key_record)
+            .transpose()
         })
         .await
     }
@@ -612,7 +748,8 @@ impl MetadataStore for SqliteStore {
 
     async fn delete_key(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_string();
-        self.write_tx(move |tx| Ok(tx.execute("DELETE FROM api_keys WHERE name = ?1", [&name])? > 0)).await
+        self.write_tx(move |tx| Ok(tx.execute("DELETE FROM api_keys WHERE name = ?1", [&name])? > 0))
+            .await
     }
 }
 
@@ -620,7 +757,13 @@ fn insert_key(tx: &rusqlite::Transaction<'_>, key: NewApiKey) -> Result<ApiKeyRe
     let now = now_millis();
     tx.execute(
         "INSERT INTO api_keys (name, hash, permission, feeds, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![key.name, &key.hash[..], key.permission.as_str(), feeds_json(&key.feeds)?, now],
+        params![
+            key.name,
+            &key.hash[..],
+            key.permission.as_str(),
+            feeds_json(&key.feeds)?,
+            now
+        ],
     )?;
     Ok(ApiKeyRecord {
         id: tx.last_insert_rowid(),

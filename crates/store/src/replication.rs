@@ -1,0 +1,113 @@
+//! What replication keeps: replication configurations (opaque JSON owned by
+//! the `replication` crate), sync tokens, cursors, executions, and the
+//! reads a replication needs beyond live items (tombstones, the horizon).
+
+use async_trait::async_trait;
+use ferry_types::{Digest, ItemKey, Stamp};
+use serde::Serialize;
+
+use crate::StoreError;
+use crate::meta::FeedId;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicationRecord {
+    pub id: i64,
+    pub name: String,
+    pub config: serde_json::Value,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncTokenRecord {
+    /// Public part of the token, used to find it.
+    pub id: String,
+    pub replication_id: i64,
+    /// sha256 of the secret part.
+    pub hash: [u8; 32],
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExecutionRecord {
+    pub id: i64,
+    #[serde(skip)]
+    pub replication_id: i64,
+    pub trigger: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    /// `None` while running; then e.g. "succeeded", "failed", "needs-confirmation".
+    pub outcome: Option<String>,
+    /// Per-feed counts and log lines.
+    pub report: serde_json::Value,
+}
+
+/// An item or a tombstone, as replication sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub key: ItemKey,
+    pub stamp: Stamp,
+    /// `None` for a tombstone.
+    pub live: Option<LiveEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveEntry {
+    pub meta: serde_json::Value,
+    pub blobs: Vec<Digest>,
+    pub created_at: i64,
+    pub downloads: u64,
+}
+
+#[async_trait]
+pub trait ReplicationStore: Send + Sync + 'static {
+    async fn create_replication(
+        &self,
+        name: &str,
+        config: serde_json::Value,
+    ) -> Result<ReplicationRecord, StoreError>;
+    async fn update_replication(&self, name: &str, config: serde_json::Value) -> Result<(), StoreError>;
+    async fn replication(&self, name: &str) -> Result<Option<ReplicationRecord>, StoreError>;
+    async fn replications(&self) -> Result<Vec<ReplicationRecord>, StoreError>;
+    /// Deletes a replication with its tokens, cursors and executions.
+    async fn delete_replication(&self, name: &str) -> Result<bool, StoreError>;
+
+    async fn add_sync_token(&self, replication: i64, id: &str, hash: [u8; 32]) -> Result<(), StoreError>;
+    async fn sync_token(&self, id: &str) -> Result<Option<SyncTokenRecord>, StoreError>;
+    async fn sync_tokens(&self, replication: i64) -> Result<Vec<SyncTokenRecord>, StoreError>;
+    async fn revoke_sync_token(&self, replication: i64, id: &str) -> Result<bool, StoreError>;
+
+    /// A named position (0 if never set).
+    async fn cursor(&self, replication: i64, name: &str) -> Result<i64, StoreError>;
+    async fn set_cursor(&self, replication: i64, name: &str, value: i64) -> Result<(), StoreError>;
+
+    async fn start_execution(&self, replication: i64, trigger: &str) -> Result<i64, StoreError>;
+    async fn finish_execution(
+        &self,
+        id: i64,
+        outcome: &str,
+        report: serde_json::Value,
+    ) -> Result<(), StoreError>;
+    /// Newest first.
+    async fn executions(&self, replication: i64, limit: usize) -> Result<Vec<ExecutionRecord>, StoreError>;
+
+    /// The current state of these keys (live or tombstone); absent keys are left out.
+    async fn entries_for(&self, feed: FeedId, keys: &[ItemKey]) -> Result<Vec<Entry>, StoreError>;
+    /// Every item and tombstone after `after`, in key order.
+    async fn entries(
+        &self,
+        feed: FeedId,
+        after: Option<&ItemKey>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError>;
+    /// Number of live items.
+    async fn live_count(&self, feed: FeedId) -> Result<u64, StoreError>;
+    /// Whether an item of one of `feeds` references the blob.
+    async fn blob_referenced(&self, digest: &Digest, feeds: &[FeedId]) -> Result<bool, StoreError>;
+    /// Drops tombstones last written before `before` (ms) and their change
+    /// entries; returns how many. Raises the feed's horizon.
+    async fn prune_tombstones(&self, feed: FeedId, before: i64) -> Result<u64, StoreError>;
+    /// The highest change seq that has been pruned: a reader whose cursor
+    /// is below it may have missed deletions and must compare in full.
+    async fn horizon(&self, feed: FeedId) -> Result<i64, StoreError>;
+}
