@@ -1,0 +1,121 @@
+//! The outgoing side's view of the other instance: a small typed client
+//! over the replication API.
+
+use std::time::Duration;
+
+use ferry_store::ByteStream;
+use ferry_types::{Digest, FeedName, ItemKey};
+use futures::TryStreamExt;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::ReplError;
+use crate::protocol::*;
+
+#[derive(Clone)]
+pub struct Remote {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Remote {
+    pub fn new(http: reqwest::Client, url: &str, token: &str) -> Self {
+        Self { http, base: format!("{}{BASE_PATH}", url.trim_end_matches('/')), token: token.to_string() }
+    }
+
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+
+    async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ReplError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| text.trim().to_string());
+        Err(match status {
+            StatusCode::UNAUTHORIZED => ReplError::Unauthorized(format!("the other instance refused the sync token: {message}")),
+            StatusCode::FORBIDDEN => ReplError::Forbidden(format!("the other instance does not allow this: {message}")),
+            StatusCode::CONFLICT if message.contains("mode") || message.contains("same instance") => ReplError::Refused(message),
+            s => ReplError::Remote { status: s.as_u16(), message },
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ReplError> {
+        let resp = rb.send().await.map_err(|e| ReplError::Transport(e.to_string()))?;
+        Self::check(resp).await?.json::<T>().await.map_err(|e| ReplError::Transport(e.to_string()))
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ReplError> {
+        self.json(self.req(Method::POST, path).json(body)).await
+    }
+
+    pub async fn handshake(&self, req: &HandshakeRequest) -> Result<HandshakeResponse, ReplError> {
+        self.post("/handshake", req).await
+    }
+
+    pub async fn changes(&self, feed: &FeedName, since: i64, limit: usize, wait_secs: u64) -> Result<ChangesPage, ReplError> {
+        let rb = self
+            .req(Method::GET, &format!("/feeds/{feed}/changes"))
+            .query(&[("since", since.to_string()), ("limit", limit.to_string()), ("wait", wait_secs.to_string())])
+            .timeout(Duration::from_secs(wait_secs + 30));
+        self.json(rb).await
+    }
+
+    pub async fn entries(&self, feed: &FeedName, after: Option<&ItemKey>, limit: usize) -> Result<EntriesPage, ReplError> {
+        let mut q = vec![("limit", limit.to_string())];
+        if let Some(a) = after {
+            q.push(("after", a.as_str().to_string()));
+        }
+        self.json(self.req(Method::GET, &format!("/feeds/{feed}/entries")).query(&q)).await
+    }
+
+    pub async fn digest(&self, feed: &FeedName, include: &[String], exclude: &[String]) -> Result<FeedDigest, ReplError> {
+        let mut q: Vec<(&str, &str)> = include.iter().map(|g| ("include", g.as_str())).collect();
+        q.extend(exclude.iter().map(|g| ("exclude", g.as_str())));
+        self.json(self.req(Method::GET, &format!("/feeds/{feed}/digest")).query(&q)).await
+    }
+
+    pub async fn stamps(&self, feed: &FeedName, keys: Vec<ItemKey>) -> Result<StampList, ReplError> {
+        self.post(&format!("/feeds/{feed}/stamps"), &KeyList { keys }).await
+    }
+
+    pub async fn apply(&self, feed: &FeedName, entries: Vec<WireEntry>) -> Result<ApplyResponse, ReplError> {
+        self.post(&format!("/feeds/{feed}/apply"), &ApplyRequest { entries }).await
+    }
+
+    pub async fn missing(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, ReplError> {
+        let r: DigestList = self.post("/blobs/missing", &DigestList { digests }).await?;
+        Ok(r.digests)
+    }
+
+    /// Streams a blob from byte `offset` on.
+    pub async fn fetch_blob(&self, digest: &Digest, offset: u64) -> Result<ByteStream, ReplError> {
+        let mut rb = self.req(Method::GET, &format!("/blobs/{digest}"));
+        if offset > 0 {
+            rb = rb.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let resp = rb.send().await.map_err(|e| ReplError::Transport(e.to_string()))?;
+        let resp = Self::check(resp).await?;
+        if offset > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
+            return Err(ReplError::Transport(format!("the other instance ignored the range request for {digest}")));
+        }
+        Ok(Box::pin(resp.bytes_stream().map_err(std::io::Error::other)))
+    }
+
+    pub async fn put_blob(&self, digest: &Digest, body: ByteStream, size: u64) -> Result<(), ReplError> {
+        let rb = self
+            .req(Method::PUT, &format!("/blobs/{digest}"))
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(body));
+        let resp = rb.send().await.map_err(|e| ReplError::Transport(e.to_string()))?;
+        Self::check(resp).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,336 @@
+//! How a replication is configured on one instance.
+
+use ferry_types::FeedName;
+use serde::{Deserialize, Serialize};
+
+use crate::ReplError;
+
+/// Which way content and deletions move, from this instance's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flows {
+    /// Copy items the other side has and this one lacks (or holds older).
+    pub pull_missing: bool,
+    /// Copy items this side has to the other.
+    pub push_missing: bool,
+    /// Delete here what was deleted there.
+    pub delete_local: bool,
+    /// Delete there what was deleted here.
+    pub delete_remote: bool,
+}
+
+impl Flows {
+    /// What the other end must be configured with for the two to agree.
+    pub fn mirror_image(self) -> Flows {
+        Flows {
+            pull_missing: self.push_missing,
+            push_missing: self.pull_missing,
+            delete_local: self.delete_remote,
+            delete_remote: self.delete_local,
+        }
+    }
+    pub fn pulls(self) -> bool {
+        self.pull_missing || self.delete_local
+    }
+    pub fn pushes(self) -> bool {
+        self.push_missing || self.delete_remote
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeName {
+    Mirror,
+    Pull,
+    Push,
+    Custom,
+}
+
+impl ModeName {
+    pub fn parse(s: &str) -> Result<Self, ReplError> {
+        match s {
+            "mirror" => Ok(ModeName::Mirror),
+            "pull" => Ok(ModeName::Pull),
+            "push" => Ok(ModeName::Push),
+            "custom" => Ok(ModeName::Custom),
+            _ => Err(ReplError::Invalid(format!("mode {s:?} is not one of mirror, pull, push, custom"))),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModeName::Mirror => "mirror",
+            ModeName::Pull => "pull",
+            ModeName::Push => "push",
+            ModeName::Custom => "custom",
+        }
+    }
+}
+
+/// A replication mode: a name and the flows it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mode {
+    pub name: ModeName,
+    pub flows: Flows,
+}
+
+impl Mode {
+    pub fn mirror() -> Self {
+        Mode { name: ModeName::Mirror, flows: Flows { pull_missing: true, push_missing: true, delete_local: true, delete_remote: true } }
+    }
+    pub fn pull() -> Self {
+        Mode { name: ModeName::Pull, flows: Flows { pull_missing: true, push_missing: false, delete_local: true, delete_remote: false } }
+    }
+    pub fn push() -> Self {
+        Mode { name: ModeName::Push, flows: Flows { pull_missing: false, push_missing: true, delete_local: false, delete_remote: true } }
+    }
+    pub fn custom(flows: Flows) -> Result<Self, ReplError> {
+        if flows == (Flows { pull_missing: false, push_missing: false, delete_local: false, delete_remote: false }) {
+            return Err(ReplError::Invalid(
+                "a custom mode needs at least one of --pull-missing, --push-missing, --delete-local, --delete-remote".into(),
+            ));
+        }
+        Ok(Mode { name: ModeName::Custom, flows })
+    }
+
+    /// Describes the mode in the words of the CLI, for error messages.
+    pub fn describe(&self) -> String {
+        match self.name {
+            ModeName::Custom => {
+                let f = self.flows;
+                let mut parts = Vec::new();
+                if f.pull_missing {
+                    parts.push("pull-missing");
+                }
+                if f.push_missing {
+                    parts.push("push-missing");
+                }
+                if f.delete_local {
+                    parts.push("delete-local");
+                }
+                if f.delete_remote {
+                    parts.push("delete-remote");
+                }
+                format!("custom ({})", parts.join(", "))
+            }
+            n => n.as_str().to_string(),
+        }
+    }
+
+    /// The mode the other end must have, described.
+    pub fn expected_peer(&self) -> String {
+        match self.name {
+            ModeName::Mirror => "mirror".into(),
+            ModeName::Pull => "push".into(),
+            ModeName::Push => "pull".into(),
+            ModeName::Custom => Mode { name: ModeName::Custom, flows: self.flows.mirror_image() }.describe(),
+        }
+    }
+}
+
+/// Who opens the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "direction", rename_all = "lowercase")]
+pub enum Communication {
+    /// The other instance connects here with a sync token.
+    Incoming,
+    /// This instance connects to `url` with `token`.
+    Outgoing { url: String, token: String },
+}
+
+/// One feed pair: a local feed and the feed of the same type on the other side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedPair {
+    pub local: FeedName,
+    pub remote: FeedName,
+}
+
+impl FeedPair {
+    /// Parses `LOCAL[=REMOTE]`.
+    pub fn parse(s: &str) -> Result<Self, ReplError> {
+        let (l, r) = s.split_once('=').unwrap_or((s, s));
+        Ok(FeedPair {
+            local: FeedName::new(l).map_err(|e| ReplError::Invalid(e.to_string()))?,
+            remote: FeedName::new(r).map_err(|e| ReplError::Invalid(e.to_string()))?,
+        })
+    }
+}
+
+/// When an execution stops before deleting (until an operator confirms).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DeleteGuard {
+    /// Stop when deletions exceed this share of the feed's items ...
+    pub max_share: f64,
+    /// ... and also exceed this many items.
+    pub max_items: u64,
+}
+
+impl Default for DeleteGuard {
+    fn default() -> Self {
+        Self { max_share: 0.10, max_items: 100 }
+    }
+}
+
+impl DeleteGuard {
+    pub fn trips(&self, deletions: u64, feed_size: u64) -> bool {
+        deletions > self.max_items && (deletions as f64) > self.max_share * feed_size as f64
+    }
+}
+
+/// Everything configured for one replication on this instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationConfig {
+    #[serde(flatten)]
+    pub communication: Communication,
+    pub mode: Mode,
+    pub feeds: Vec<FeedPair>,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Seconds between scheduled executions (outgoing).
+    pub interval_secs: u64,
+    /// Carry download counts with items.
+    #[serde(default)]
+    pub carry_downloads: bool,
+    #[serde(default)]
+    pub delete_guard: DeleteGuard,
+    /// Bytes per second for blob transfers (None: unlimited).
+    #[serde(default)]
+    pub bandwidth_limit: Option<u64>,
+}
+
+impl ReplicationConfig {
+    pub fn validate(&self) -> Result<(), ReplError> {
+        if self.feeds.is_empty() {
+            return Err(ReplError::Invalid("a replication needs at least one --feed".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.feeds {
+            if !seen.insert(&p.local) {
+                return Err(ReplError::Invalid(format!("feed {} appears twice", p.local)));
+            }
+        }
+        if let Communication::Outgoing { url, token } = &self.communication {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ReplError::Invalid(format!("--outgoing {url:?} must be an http:// or https:// URL")));
+            }
+            if token.is_empty() {
+                return Err(ReplError::Invalid("--outgoing needs --token".into()));
+            }
+        }
+        if self.interval_secs == 0 {
+            return Err(ReplError::Invalid("--interval must be at least 1 second".into()));
+        }
+        crate::filter::Filter::new(&self.include, &self.exclude)?;
+        Ok(())
+    }
+
+    pub fn is_outgoing(&self) -> bool {
+        matches!(self.communication, Communication::Outgoing { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_and_their_mirror_images() {
+        assert_eq!(Mode::pull().flows.mirror_image(), Mode::push().flows);
+        assert_eq!(Mode::mirror().flows.mirror_image(), Mode::mirror().flows);
+        let c = Mode::custom(Flows { pull_missing: true, push_missing: false, delete_local: false, delete_remote: true }).unwrap();
+        assert_eq!(c.expected_peer(), "custom (push-missing, delete-local)");
+        assert!(Mode::custom(Flows { pull_missing: false, push_missing: false, delete_local: false, delete_remote: false }).is_err());
+    }
+
+    #[test]
+    fn feed_pairs_and_guard() {
+        let p = FeedPair::parse("local=remote").unwrap();
+        assert_eq!((p.local.as_str(), p.remote.as_str()), ("local", "remote"));
+        assert_eq!(FeedPair::parse("same").unwrap().remote.as_str(), "same");
+        assert!(FeedPair::parse("Bad=x").is_err());
+        let g = DeleteGuard::default();
+        assert!(!g.trips(100, 200), "100 items is not over 100");
+        assert!(!g.trips(150, 10_000), "1.5% is not over 10%");
+        assert!(g.trips(150, 1000));
+    }
+}
+
+/// A request to create a replication, as the CLI and the API send it.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub name: String,
+    /// `LOCAL[=REMOTE]` pairs.
+    pub feeds: Vec<String>,
+    /// Outgoing: the other instance's base URL. Absent: incoming.
+    #[serde(default)]
+    pub outgoing: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    pub mode: String,
+    #[serde(default)]
+    pub pull_missing: bool,
+    #[serde(default)]
+    pub push_missing: bool,
+    #[serde(default)]
+    pub delete_local: bool,
+    #[serde(default)]
+    pub delete_remote: bool,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub interval: Option<u64>,
+    #[serde(default)]
+    pub carry_downloads: bool,
+    #[serde(default)]
+    pub delete_guard: Option<DeleteGuard>,
+    #[serde(default)]
+    pub bandwidth_limit: Option<u64>,
+}
+
+impl CreateRequest {
+    pub fn into_config(self) -> Result<ReplicationConfig, ReplError> {
+        let name = ModeName::parse(&self.mode)?;
+        let custom_flags = self.pull_missing || self.push_missing || self.delete_local || self.delete_remote;
+        let mode = match name {
+            ModeName::Custom => Mode::custom(Flows {
+                pull_missing: self.pull_missing,
+                push_missing: self.push_missing,
+                delete_local: self.delete_local,
+                delete_remote: self.delete_remote,
+            })?,
+            _ if custom_flags => {
+                return Err(ReplError::Invalid(
+                    "--pull-missing, --push-missing, --delete-local and --delete-remote go with --mode custom".into(),
+                ));
+            }
+            ModeName::Mirror => Mode::mirror(),
+            ModeName::Pull => Mode::pull(),
+            ModeName::Push => Mode::push(),
+        };
+        let communication = match (self.outgoing, self.token) {
+            (Some(url), Some(token)) => Communication::Outgoing { url, token },
+            (Some(_), None) => return Err(ReplError::Invalid("--outgoing needs --token".into())),
+            (None, Some(_)) => {
+                return Err(ReplError::Invalid("--token goes with --outgoing; incoming replications generate tokens".into()));
+            }
+            (None, None) => Communication::Incoming,
+        };
+        let feeds = self.feeds.iter().map(|f| FeedPair::parse(f)).collect::<Result<Vec<_>, _>>()?;
+        let cfg = ReplicationConfig {
+            communication,
+            mode,
+            feeds,
+            include: self.include,
+            exclude: self.exclude,
+            interval_secs: self.interval.unwrap_or(60),
+            carry_downloads: self.carry_downloads,
+            delete_guard: self.delete_guard.unwrap_or_default(),
+            bandwidth_limit: self.bandwidth_limit,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,83 @@
+//! Include/exclude filters on item names. An item's name is what a user
+//! thinks of: the package for npm and PyPI, the path for assets.
+
+use ferry_types::{FeedType, ItemKey};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::ReplError;
+
+/// The name filters match against.
+pub fn item_name(ty: FeedType, key: &ItemKey) -> &str {
+    let k = key.as_str();
+    match ty {
+        FeedType::Assets => k,
+        // pkg/NAME/VERSION or tag/NAME/TAG, where NAME may be @scope/name.
+        FeedType::Npm => {
+            let rest = k.split_once('/').map_or(k, |(_, r)| r);
+            rest.rsplit_once('/').map_or(rest, |(name, _)| name)
+        }
+        // NORMALIZED/FILENAME
+        FeedType::Pypi => k.split_once('/').map_or(k, |(n, _)| n),
+    }
+}
+
+/// Include globs (empty: everything) minus exclude globs.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+fn build(globs: &[String]) -> Result<Option<GlobSet>, ReplError> {
+    if globs.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for g in globs {
+        b.add(Glob::new(g).map_err(|e| ReplError::Invalid(format!("filter {g:?}: {e}")))?);
+    }
+    b.build().map(Some).map_err(|e| ReplError::Invalid(e.to_string()))
+}
+
+impl Filter {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, ReplError> {
+        Ok(Self { include: build(include)?, exclude: build(exclude)? })
+    }
+
+    pub fn everything() -> Self {
+        Self { include: None, exclude: None }
+    }
+
+    pub fn admits(&self, ty: FeedType, key: &ItemKey) -> bool {
+        let name = item_name(ty, key);
+        self.include.as_ref().is_none_or(|g| g.is_match(name)) && !self.exclude.as_ref().is_some_and(|g| g.is_match(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(s: &str) -> ItemKey {
+        ItemKey::new(s).unwrap()
+    }
+
+    #[test]
+    fn names_per_feed_type() {
+        assert_eq!(item_name(FeedType::Npm, &k("pkg/@acme/ui/1.0.0")), "@acme/ui");
+        assert_eq!(item_name(FeedType::Npm, &k("tag/left-pad/latest")), "left-pad");
+        assert_eq!(item_name(FeedType::Pypi, &k("my-pkg/my_pkg-1.0-py3-none-any.whl")), "my-pkg");
+        assert_eq!(item_name(FeedType::Assets, &k("a/b.txt")), "a/b.txt");
+    }
+
+    #[test]
+    fn include_then_exclude() {
+        let f = Filter::new(&["@acme/*".into(), "left-*".into()], &["@acme/secret".into()]).unwrap();
+        assert!(f.admits(FeedType::Npm, &k("pkg/@acme/ui/1.0.0")));
+        assert!(!f.admits(FeedType::Npm, &k("pkg/@acme/secret/1.0.0")));
+        assert!(f.admits(FeedType::Npm, &k("pkg/left-pad/1.0.0")));
+        assert!(!f.admits(FeedType::Npm, &k("pkg/lodash/1.0.0")));
+        assert!(Filter::everything().admits(FeedType::Assets, &k("x")));
+        assert!(Filter::new(&["[".into()], &[]).is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! The incoming side: what a peer holding one of this instance's sync
+//! tokens may do. The replication's mode here is the peer's permission:
+//! it may read only what this side pushes, and write only what this side
+//! pulls.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ferry_store::{ByteStream, FeedRecord, ReplicationRecord, StagedBlob};
+use ferry_types::{Digest, FeedName, ItemKey};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Communication, ReplicationConfig};
+use crate::diag::Level;
+use crate::filter::Filter;
+use crate::protocol::*;
+use crate::{ReplError, Replicator, token};
+
+/// A verified peer: the replication its token belongs to.
+#[derive(Clone)]
+pub struct Session {
+    pub record: ReplicationRecord,
+    pub config: ReplicationConfig,
+}
+
+const MAX_PAGE: usize = 1000;
+const MAX_WAIT: u64 = 60;
+
+impl Replicator {
+    /// Verifies a sync token (constant-time comparison of its secret).
+    pub async fn session(&self, presented: &str) -> Result<Session, ReplError> {
+        let refuse = || ReplError::Unauthorized("invalid or revoked sync token".into());
+        let (id, secret) = token::split(presented).ok_or_else(refuse)?;
+        let rec = self.store().sync_token(id).await?.ok_or_else(refuse)?;
+        let ok: bool = token::hash(secret).ct_eq(&rec.hash).into();
+        if !ok || rec.revoked {
+            self.diag().log(Level::Warn, format!("refused a request with invalid or revoked sync token {id}"));
+            return Err(refuse());
+        }
+        let record = self
+            .store()
+            .replications()
+            .await?
+            .into_iter()
+            .find(|r| r.id == rec.replication_id)
+            .ok_or_else(refuse)?;
+        let config: ReplicationConfig =
+            serde_json::from_value(record.config.clone()).map_err(|e| ReplError::Invalid(e.to_string()))?;
+        if config.communication != Communication::Incoming {
+            return Err(refuse());
+        }
+        Ok(Session { record, config })
+    }
+
+    /// Checks that the peer's configuration fits this one.
+    pub async fn handshake(&self, s: &Session, req: HandshakeRequest) -> Result<HandshakeResponse, ReplError> {
+        let name = &s.record.name;
+        let Some(version) = req.protocol_versions.iter().copied().filter(|v| SUPPORTED_VERSIONS.contains(v)).max() else {
+            let msg = format!(
+                "no common replication protocol version: the other instance speaks {:?}, this one {:?}; upgrade the older Ferry",
+                req.protocol_versions, SUPPORTED_VERSIONS
+            );
+            self.diag().log(Level::Error, format!("{name}: {msg}"));
+            return Err(ReplError::Invalid(msg));
+        };
+        if req.instance_id == self.ferry().instance_id() {
+            let msg = format!(
+                "replication to the same instance ({}) is not allowed: to copy between feeds of one instance, point the outgoing URL at another instance",
+                req.instance_id
+            );
+            self.diag().log(Level::Error, format!("{name}: {msg}"));
+            return Err(ReplError::Refused(msg));
+        }
+        let ours = s.config.mode;
+        if req.mode.flows != ours.flows.mirror_image() {
+            let msg = format!(
+                "replication mode mismatch: the outgoing instance is set to {} but replication {name} on the incoming instance is set to {}; set the outgoing side to {} (or the incoming side to {})",
+                req.mode.describe(),
+                ours.describe(),
+                ours.expected_peer(),
+                req.mode.expected_peer()
+            );
+            self.diag().log(Level::Error, msg.clone());
+            return Err(ReplError::Refused(msg));
+        }
+        for f in &req.feeds {
+            let Some(pair) = s.config.feeds.iter().find(|p| p.local == f.incoming) else {
+                let msg = format!("feed {} is not part of replication {name} on the incoming instance", f.incoming);
+                self.diag().log(Level::Error, msg.clone());
+                return Err(ReplError::Refused(msg));
+            };
+            let local = self.ferry().feed(&pair.local).await.map_err(|_| {
+                ReplError::Refused(format!("feed {} of replication {name} does not exist on the incoming instance", pair.local))
+            })?;
+            if local.feed_type != f.feed_type {
+                let msg = format!(
+                    "feed type mismatch: {} is {} on the outgoing instance but {} is {} here",
+                    f.outgoing, f.feed_type, local.name, local.feed_type
+                );
+                self.diag().log(Level::Error, msg.clone());
+                return Err(ReplError::Refused(msg));
+            }
+        }
+        self.diag().log(
+            Level::Info,
+            format!("{name}: handshake from instance {} (Ferry {}), protocol v{version}", req.instance_id, req.ferry_version),
+        );
+        Ok(HandshakeResponse {
+            protocol_version: version,
+            instance_id: self.ferry().instance_id(),
+            ferry_version: env!("CARGO_PKG_VERSION").into(),
+            replication: name.clone(),
+            mode: ours,
+        })
+    }
+
+    async fn session_feed(&self, s: &Session, feed: &str) -> Result<FeedRecord, ReplError> {
+        let name = FeedName::new(feed).map_err(|e| ReplError::NotFound(e.to_string()))?;
+        if !s.config.feeds.iter().any(|p| p.local == name) {
+            return Err(ReplError::Forbidden(format!("feed {name} is not part of replication {}", s.record.name)));
+        }
+        Ok(self.ferry().feed(&name).await?)
+    }
+
+    fn require_read(&self, s: &Session) -> Result<(), ReplError> {
+        if s.config.mode.flows.pushes() {
+            return Ok(());
+        }
+        let msg = format!(
+            "replication {} on this instance is {}: it does not send content or deletions",
+            s.record.name,
+            s.config.mode.describe()
+        );
+        self.diag().log(Level::Warn, msg.clone());
+        Err(ReplError::Forbidden(msg))
+    }
+
+    /// Keeps what this side's mode sends: content if it pushes missing
+    /// items, tombstones if it propagates deletions.
+    fn readable(s: &Session, e: &WireEntry) -> bool {
+        let f = s.config.mode.flows;
+        if e.deleted { f.delete_remote } else { f.push_missing }
+    }
+
+    /// A page of the change log after `since`, waiting up to `wait` seconds
+    /// for something new when there is nothing yet (long polling).
+    pub async fn changes(&self, s: &Session, feed: &str, since: i64, limit: usize, wait: u64) -> Result<ChangesPage, ReplError> {
+        self.require_read(s)?;
+        let feed = self.session_feed(s, feed).await?;
+        let limit = limit.clamp(1, MAX_PAGE);
+        let horizon = self.store().horizon(feed.id).await?;
+        if since < horizon {
+            let last_seq = self.ferry().metadata().last_seq(feed.id).await?;
+            return Ok(ChangesPage { entries: Vec::new(), next: since, last_seq, reset: true, oldest_pending: None });
+        }
+        let mut rx = self.ferry().subscribe(feed.id).await?;
+        if wait > 0 && *rx.borrow() <= since {
+            let _ = tokio::time::timeout(Duration::from_secs(wait.min(MAX_WAIT)), rx.wait_for(|seq| *seq > since)).await;
+        }
+        let changes = self.ferry().metadata().changes_since(feed.id, since, limit).await?;
+        let last_seq = self.ferry().metadata().last_seq(feed.id).await?;
+        let next = changes.last().map_or(since, |c| c.seq);
+        let oldest_pending = changes.first().map(|c| c.stamp.time.millis());
+        let mut seen = HashSet::new();
+        let keys: Vec<ItemKey> = changes.into_iter().filter(|c| seen.insert(c.key.clone())).map(|c| c.key).collect();
+        let entries = self
+            .store()
+            .entries_for(feed.id, &keys)
+            .await?
+            .into_iter()
+            .map(WireEntry::from)
+            .filter(|e| Self::readable(s, e))
+            .collect();
+        Ok(ChangesPage { entries, next, last_seq, reset: false, oldest_pending })
+    }
+
+    /// Every item and tombstone after `after`, for a full comparison.
+    pub async fn entries(&self, s: &Session, feed: &str, after: Option<ItemKey>, limit: usize) -> Result<EntriesPage, ReplError> {
+        self.require_read(s)?;
+        let feed = self.session_feed(s, feed).await?;
+        let limit = limit.clamp(1, MAX_PAGE);
+        let page = self.store().entries(feed.id, after.as_ref(), limit).await?;
+        let next_after = if page.len() == limit { page.last().map(|e| e.key.clone()) } else { None };
+        let entries = page.into_iter().map(WireEntry::from).filter(|e| Self::readable(s, e)).collect();
+        Ok(EntriesPage { entries, next_after })
+    }
+
+    pub async fn feed_digest_for(&self, s: &Session, feed: &str, include: &[String], exclude: &[String]) -> Result<FeedDigest, ReplError> {
+        let feed = self.session_feed(s, feed).await?;
+        let filter = Filter::new(include, exclude)?;
+        self.feed_digest(&feed, &filter).await
+    }
+
+    pub async fn stamps(&self, s: &Session, feed: &str, keys: Vec<ItemKey>) -> Result<StampList, ReplError> {
+        let feed = self.session_feed(s, feed).await?;
+        let found = self.store().entries_for(feed.id, &keys).await?;
+        let stamps = keys
+            .iter()
+            .map(|k| found.iter().find(|e| &e.key == k).map(|e| (e.stamp, e.live.is_none())))
+            .collect();
+        Ok(StampList { stamps })
+    }
+
+    /// Applies entries the peer pushes, if this side's mode pulls them.
+    pub async fn apply_pushed(&self, s: &Session, feed: &str, entries: Vec<WireEntry>) -> Result<ApplyResponse, ReplError> {
+        let feed = self.session_feed(s, feed).await?;
+        let f = s.config.mode.flows;
+        for e in &entries {
+            let allowed = if e.deleted { f.delete_local } else { f.pull_missing };
+            if !allowed {
+                let what = if e.deleted { "deletions" } else { "content" };
+                let msg = format!(
+                    "replication {} on this instance is {}: it does not accept {what} from the other instance",
+                    s.record.name,
+                    s.config.mode.describe()
+                );
+                self.diag().log(Level::Warn, msg.clone());
+                return Err(ReplError::Forbidden(msg));
+            }
+            for d in &e.blobs {
+                if !self.has_blob(d).await? {
+                    return Err(ReplError::Invalid(format!("{} needs blob {d}, which was not sent first", e.key)));
+                }
+            }
+        }
+        let n = entries.len();
+        let outcomes = self.ferry().apply(&feed, entries.iter().map(WireEntry::to_change).collect()).await?;
+        let out: Vec<WireOutcome> = outcomes.into_iter().map(WireOutcome::from).collect();
+        let applied = out.iter().filter(|o| **o == WireOutcome::Applied).count();
+        self.diag().log(
+            Level::Debug,
+            format!("{}: applied {applied} of {n} pushed changes to feed {}", s.record.name, feed.name),
+        );
+        Ok(ApplyResponse { outcomes: out })
+    }
+
+    pub async fn missing_blobs(&self, s: &Session, digests: Vec<Digest>) -> Result<Vec<Digest>, ReplError> {
+        if !s.config.mode.flows.pull_missing {
+            return Err(ReplError::Forbidden(format!(
+                "replication {} on this instance is {}: it does not accept content",
+                s.record.name,
+                s.config.mode.describe()
+            )));
+        }
+        let mut out = Vec::new();
+        for d in digests {
+            if !self.has_blob(&d).await? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Receives a blob the peer pushes; verified against its digest.
+    pub async fn receive_blob(&self, s: &Session, digest: &Digest, body: ByteStream) -> Result<(), ReplError> {
+        if !s.config.mode.flows.pull_missing {
+            return Err(ReplError::Forbidden(format!(
+                "replication {} on this instance is {}: it does not accept content",
+                s.record.name,
+                s.config.mode.describe()
+            )));
+        }
+        let staged: StagedBlob = self.ferry().stage(body, Some(*digest)).await?;
+        self.ferry().commit_blob(staged).await?;
+        Ok(())
+    }
+
+    /// May the peer read this blob? Only if this side sends content and an
+    /// item of one of the replication's feeds references it.
+    pub async fn may_read_blob(&self, s: &Session, digest: &Digest) -> Result<(), ReplError> {
+        if !s.config.mode.flows.push_missing {
+            return Err(ReplError::Forbidden(format!(
+                "replication {} on this instance is {}: it does not send content",
+                s.record.name,
+                s.config.mode.describe()
+            )));
+        }
+        let mut ids = Vec::new();
+        for p in &s.config.feeds {
+            if let Ok(f) = self.ferry().feed(&p.local).await {
+                ids.push(f.id);
+            }
+        }
+        if !self.store().blob_referenced(digest, &ids).await? {
+            return Err(ReplError::NotFound(format!("blob {digest} is not in the feeds of this replication")));
+        }
+        Ok(())
+    }
+}

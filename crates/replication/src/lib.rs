@@ -1,0 +1,442 @@
+//! Feed replication between Ferry instances.
+//!
+//! * [`config`]: how a replication is configured (communication mode,
+//!   replication mode as [`config::Flows`], feed pairs, filters, guards).
+//! * [`protocol`]: the v1 wire types.
+//! * [`incoming`]: what a peer holding a sync token may do here.
+//! * [`engine`]: one execution on the outgoing side.
+//! * [`scheduler`]: when executions run (interval, long polling, local
+//!   changes, on demand), one at a time per replication.
+//!
+//! Everything feed-type specific is already in the items: the engine moves
+//! entries (key, metadata, blob digests, stamp) and blobs, nothing else.
+
+pub mod client;
+pub mod config;
+pub mod diag;
+pub mod engine;
+mod error;
+pub mod filter;
+pub mod incoming;
+pub mod protocol;
+mod scheduler;
+mod throttle;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use ferry_core::Ferry;
+use ferry_store::{ExecutionRecord, FeedRecord, ReplicationRecord, ReplicationStore, now_millis};
+use ferry_types::{Digest, FeedName};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+pub use error::ReplError;
+
+use crate::config::{Communication, ReplicationConfig};
+use crate::diag::DiagLog;
+use crate::engine::{Lag, Progress, Report, Run};
+use crate::filter::Filter;
+use crate::protocol::FeedDigest;
+
+/// The replication service of one instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Replicator(Arc<Inner>);
+
+struct Inner {
+    ferry: Ferry,
+    store: Arc<dyn ReplicationStore>,
+    http: reqwest::Client,
+    diag: DiagLog,
+    locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    running: Mutex<HashMap<i64, (i64, Arc<Progress>)>>,
+    status: Mutex<HashMap<i64, Status>>,
+    scheduler: scheduler::Scheduler,
+}
+
+/// The live state of one replication, for the overview.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub state: String,
+    pub last_execution: Option<i64>,
+    pub last_outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub next_run: Option<String>,
+    pub lag: HashMap<String, Lag>,
+}
+
+/// What `run` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutionResult {
+    pub id: i64,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub report: Report,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PairVerdict {
+    pub local: FeedName,
+    pub remote: FeedName,
+    pub same: bool,
+    pub local_items: u64,
+    pub remote_items: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Overview {
+    pub name: String,
+    pub config: ReplicationConfig,
+    pub status: Status,
+    /// Running execution: id, items and bytes done.
+    pub running: Option<serde_json::Value>,
+}
+
+impl Replicator {
+    pub fn new(ferry: Ferry, store: Arc<dyn ReplicationStore>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .pool_max_idle_per_host(8)
+            .build()
+            .unwrap_or_default();
+        Replicator(Arc::new(Inner {
+            ferry,
+            store,
+            http,
+            diag: DiagLog::default(),
+            locks: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            status: Mutex::new(HashMap::new()),
+            scheduler: scheduler::Scheduler::default(),
+        }))
+    }
+
+    pub fn ferry(&self) -> &Ferry {
+        &self.0.ferry
+    }
+    pub fn store(&self) -> &Arc<dyn ReplicationStore> {
+        &self.0.store
+    }
+    pub fn http(&self) -> &reqwest::Client {
+        &self.0.http
+    }
+    pub fn diag(&self) -> &DiagLog {
+        &self.0.diag
+    }
+
+    /// Whether the blob is committed here (registered and its file present).
+    pub async fn has_blob(&self, d: &Digest) -> Result<bool, ReplError> {
+        Ok(self.ferry().metadata().blob_present(d).await? && self.ferry().blob_size(d).await?.is_some())
+    }
+
+    fn parse(rec: &ReplicationRecord) -> Result<ReplicationConfig, ReplError> {
+        serde_json::from_value(rec.config.clone())
+            .map_err(|e| ReplError::Invalid(format!("stored configuration of {} is unreadable: {e}", rec.name)))
+    }
+
+    async fn record(&self, name: &str) -> Result<(ReplicationRecord, ReplicationConfig), ReplError> {
+        let rec = self
+            .store()
+            .replication(name)
+            .await?
+            .ok_or_else(|| ReplError::NotFound(format!("replication {name} not found")))?;
+        let cfg = Self::parse(&rec)?;
+        Ok((rec, cfg))
+    }
+
+    // ------------------------------------------------------------ configure
+
+    pub async fn create(&self, name: &str, cfg: ReplicationConfig) -> Result<ReplicationRecord, ReplError> {
+        if name.is_empty() || name.len() > 100 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(ReplError::Invalid(format!(
+                "replication name {name:?} must be 1 to 100 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        cfg.validate()?;
+        for p in &cfg.feeds {
+            self.ferry().feed(&p.local).await.map_err(|_| {
+                ReplError::Invalid(format!("feed {} does not exist on this instance; create it first", p.local))
+            })?;
+        }
+        let value = serde_json::to_value(&cfg).map_err(|e| ReplError::Invalid(e.to_string()))?;
+        let rec = self.store().create_replication(name, value).await?;
+        if cfg.is_outgoing() {
+            // Check the other end now, so an impossible setup is refused at once.
+            let progress = Arc::new(Progress::default());
+            let mut run = Run::new(self, &rec, &cfg, progress)?;
+            match run.handshake().await {
+                Ok(_) => {}
+                Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => {
+                    self.store().delete_replication(name).await?;
+                    return Err(e);
+                }
+                Err(e) => tracing::warn!(replication = name, error = %e, "other instance not reachable yet; will retry"),
+            }
+            self.0.scheduler.start(self.clone(), rec.id, name.to_string());
+        }
+        Ok(rec)
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), ReplError> {
+        let (rec, _) = self.record(name).await?;
+        self.0.scheduler.stop(rec.id);
+        self.store().delete_replication(name).await?;
+        Ok(())
+    }
+
+    /// A new sync token for an incoming replication, returned once.
+    pub async fn new_token(&self, name: &str) -> Result<String, ReplError> {
+        let (rec, cfg) = self.record(name).await?;
+        if cfg.communication != Communication::Incoming {
+            return Err(ReplError::Invalid(format!(
+                "replication {name} is outgoing: tokens are generated on the incoming instance"
+            )));
+        }
+        let (full, id, hash) = token::generate();
+        self.store().add_sync_token(rec.id, &id, hash).await?;
+        Ok(full)
+    }
+
+    pub async fn revoke_token(&self, name: &str, id: &str) -> Result<(), ReplError> {
+        let (rec, _) = self.record(name).await?;
+        let id = token::split(id).map_or(id, |(i, _)| i);
+        if !self.store().revoke_sync_token(rec.id, id).await? {
+            return Err(ReplError::NotFound(format!("replication {name} has no token {id}")));
+        }
+        Ok(())
+    }
+
+    pub async fn tokens(&self, name: &str) -> Result<Vec<serde_json::Value>, ReplError> {
+        let (rec, _) = self.record(name).await?;
+        Ok(self
+            .store()
+            .sync_tokens(rec.id)
+            .await?
+            .into_iter()
+            .map(|t| serde_json::json!({ "id": t.id, "created_at": t.created_at, "revoked": t.revoked }))
+            .collect())
+    }
+
+    pub async fn overview(&self) -> Result<Vec<Overview>, ReplError> {
+        let mut out = Vec::new();
+        for rec in self.store().replications().await? {
+            out.push(self.overview_of(&rec)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Overview, ReplError> {
+        let (rec, _) = self.record(name).await?;
+        self.overview_of(&rec)
+    }
+
+    fn overview_of(&self, rec: &ReplicationRecord) -> Result<Overview, ReplError> {
+        let config = Self::parse(rec)?;
+        let mut status = self.0.status.lock().ok().and_then(|s| s.get(&rec.id).cloned()).unwrap_or_default();
+        let running = self.0.running.lock().ok().and_then(|r| r.get(&rec.id).cloned()).map(|(id, p)| {
+            let secs = (now_millis() as u64).saturating_sub(p.started.load(Ordering::Relaxed)) as f64 / 1000.0;
+            let bytes = p.bytes.load(Ordering::Relaxed);
+            serde_json::json!({
+                "execution": id,
+                "items_done": p.items.load(Ordering::Relaxed),
+                "bytes_done": bytes,
+                "bytes_per_second": if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
+            })
+        });
+        if status.state.is_empty() {
+            status.state = if config.is_outgoing() { "idle".into() } else { "incoming".into() };
+        }
+        if running.is_some() {
+            status.state = "running".into();
+        }
+        Ok(Overview { name: rec.name.clone(), config, status, running })
+    }
+
+    pub async fn executions(&self, name: &str, limit: usize) -> Result<Vec<ExecutionRecord>, ReplError> {
+        let (rec, _) = self.record(name).await?;
+        Ok(self.store().executions(rec.id, limit).await?)
+    }
+
+    // ------------------------------------------------------------ run
+
+    fn lock_for(&self, id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id).or_default().clone()
+    }
+
+    /// Runs one execution now, waiting for one already running to end first.
+    pub async fn run(&self, name: &str, trigger: &str, confirm_deletes: bool, full: bool) -> Result<ExecutionResult, ReplError> {
+        let (rec, cfg) = self.record(name).await?;
+        if !cfg.is_outgoing() {
+            return Err(ReplError::Invalid(format!(
+                "replication {name} is incoming: run it from the outgoing instance"
+            )));
+        }
+        let lock = self.lock_for(rec.id);
+        let _guard = lock.lock().await;
+        self.execute_locked(&rec, &cfg, trigger, confirm_deletes, full).await
+    }
+
+    /// Runs one execution unless one is already running (then returns None).
+    pub(crate) async fn run_if_idle(&self, rec_id: i64, trigger: &str) -> Result<Option<ExecutionResult>, ReplError> {
+        let lock = self.lock_for(rec_id);
+        let Ok(_guard) = lock.try_lock() else { return Ok(None) };
+        let Some(rec) = self.store().replications().await?.into_iter().find(|r| r.id == rec_id) else {
+            return Ok(None);
+        };
+        let cfg = Self::parse(&rec)?;
+        self.execute_locked(&rec, &cfg, trigger, false, false).await.map(Some)
+    }
+
+    async fn execute_locked(
+        &self,
+        rec: &ReplicationRecord,
+        cfg: &ReplicationConfig,
+        trigger: &str,
+        confirm_deletes: bool,
+        full: bool,
+    ) -> Result<ExecutionResult, ReplError> {
+        let exec_id = self.store().start_execution(rec.id, trigger).await?;
+        let progress = Arc::new(Progress::default());
+        progress.started.store(now_millis() as u64, Ordering::Relaxed);
+        if let Ok(mut r) = self.0.running.lock() {
+            r.insert(rec.id, (exec_id, progress.clone()));
+        }
+        let mut run = Run::new(self, rec, cfg, progress)?.confirm_deletes(confirm_deletes).full(full);
+        let result = run.execute().await;
+        if let Ok(mut r) = self.0.running.lock() {
+            r.remove(&rec.id);
+        }
+        let (outcome, error) = match &result {
+            Err(e) => ("failed", Some(e.to_string())),
+            Ok(()) if run.report.needs_confirmation => ("needs-confirmation", None),
+            Ok(()) => ("succeeded", None),
+        };
+        if let Some(e) = &error {
+            // A failure before the first feed (handshake) has no log line yet.
+            if run.report.log.iter().all(|l| l.level != "error") {
+                run.report.log.push(engine::LogLine {
+                    time: ferry_core::rfc3339(now_millis()),
+                    level: "error",
+                    message: e.clone(),
+                });
+            }
+            metrics::counter!("ferry_replication_errors_total", "replication" => rec.name.clone()).increment(1);
+        }
+        metrics::counter!("ferry_replication_executions_total", "replication" => rec.name.clone(), "outcome" => outcome)
+            .increment(1);
+        for (feed, lag) in &run.lags {
+            metrics::gauge!("ferry_replication_lag_changes", "replication" => rec.name.clone(), "feed" => feed.to_string())
+                .set(lag.changes as f64);
+        }
+        let mut report_json = serde_json::to_value(&run.report).map_err(|e| ReplError::Invalid(e.to_string()))?;
+        if let Some(e) = &error {
+            report_json["error"] = serde_json::json!(e);
+        }
+        self.store().finish_execution(exec_id, outcome, report_json).await?;
+        if let Ok(mut st) = self.0.status.lock() {
+            let s = st.entry(rec.id).or_default();
+            s.state = "idle".into();
+            s.last_execution = Some(exec_id);
+            s.last_outcome = Some(outcome.to_string());
+            s.last_error = error.clone();
+            for (feed, lag) in &run.lags {
+                s.lag.insert(feed.to_string(), *lag);
+            }
+        }
+        Ok(ExecutionResult { id: exec_id, outcome: outcome.into(), error, report: run.report })
+    }
+
+    pub(crate) fn set_next_run(&self, id: i64, at_millis: i64) {
+        if let Ok(mut st) = self.0.status.lock() {
+            st.entry(id).or_default().next_run = Some(ferry_core::rfc3339(at_millis));
+        }
+    }
+
+    pub(crate) fn set_lag(&self, id: i64, feed: &FeedName, lag: Lag) {
+        if let Ok(mut st) = self.0.status.lock() {
+            st.entry(id).or_default().lag.insert(feed.to_string(), lag);
+        }
+    }
+
+    /// What an execution would copy and delete, changing nothing.
+    pub async fn plan(&self, name: &str) -> Result<Report, ReplError> {
+        let (rec, cfg) = self.record(name).await?;
+        let mut run = Run::new(self, &rec, &cfg, Arc::new(Progress::default()))?.dry_run();
+        run.execute().await?;
+        Ok(run.report)
+    }
+
+    /// Compares every feed pair's state on both ends without moving items.
+    pub async fn verify(&self, name: &str) -> Result<Vec<PairVerdict>, ReplError> {
+        let (rec, cfg) = self.record(name).await?;
+        let mut run = Run::new(self, &rec, &cfg, Arc::new(Progress::default()))?;
+        run.handshake().await?;
+        let filter = Filter::new(&cfg.include, &cfg.exclude)?;
+        let remote = match &cfg.communication {
+            Communication::Outgoing { url, token } => client::Remote::new(self.http().clone(), url, token),
+            Communication::Incoming => unreachable_incoming()?,
+        };
+        let mut out = Vec::new();
+        for p in &cfg.feeds {
+            let local = self.ferry().feed(&p.local).await?;
+            let mine = self.feed_digest(&local, &filter).await?;
+            let theirs = remote.digest(&p.remote, &cfg.include, &cfg.exclude).await?;
+            out.push(PairVerdict {
+                local: p.local.clone(),
+                remote: p.remote.clone(),
+                same: mine == theirs,
+                local_items: mine.items,
+                remote_items: theirs.items,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A digest over the feed's live items admitted by `filter`: the same
+    /// set of (key, stamp) gives the same digest on every instance.
+    pub async fn feed_digest(&self, feed: &FeedRecord, filter: &Filter) -> Result<FeedDigest, ReplError> {
+        let mut h = Sha256::new();
+        let mut items = 0u64;
+        let mut after = None;
+        loop {
+            let page = self.store().entries(feed.id, after.as_ref(), 2000).await?;
+            let done = page.len() < 2000;
+            after = page.last().map(|e| e.key.clone());
+            for e in page.iter().filter(|e| e.live.is_some() && filter.admits(feed.feed_type, &e.key)) {
+                h.update(format!("{}\t{}\n", e.key, e.stamp).as_bytes());
+                items += 1;
+            }
+            if done {
+                break;
+            }
+        }
+        Ok(FeedDigest { digest: hex::encode(h.finalize()), items })
+    }
+
+    /// Starts the schedulers of every outgoing replication.
+    pub async fn start(&self) -> Result<(), ReplError> {
+        for rec in self.store().replications().await? {
+            if Self::parse(&rec)?.is_outgoing() {
+                self.0.scheduler.start(self.clone(), rec.id, rec.name.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Wakes a replication's scheduler to run now (in the background).
+    pub async fn trigger(&self, name: &str) -> Result<(), ReplError> {
+        let (rec, cfg) = self.record(name).await?;
+        if !cfg.is_outgoing() {
+            return Err(ReplError::Invalid(format!("replication {name} is incoming: run it from the outgoing instance")));
+        }
+        self.0.scheduler.wake(rec.id);
+        Ok(())
+    }
+}
+
+fn unreachable_incoming<T>() -> Result<T, ReplError> {
+    Err(ReplError::Invalid("verify runs on the outgoing instance".into()))
+}

@@ -1,0 +1,183 @@
+//! Replication protocol v1: the wire types both ends exchange under
+//! `/api/replication/v1`. Instances of different Ferry versions interoperate
+//! while they share a protocol version.
+
+use ferry_store::{Change, ChangeOp, Entry, LiveEntry, WriteOutcome};
+use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey, Stamp};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Mode;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+pub const BASE_PATH: &str = "/api/replication/v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireFeed {
+    /// The feed's name on the connecting (outgoing) instance.
+    pub outgoing: FeedName,
+    /// The feed's name on the accepting (incoming) instance.
+    pub incoming: FeedName,
+    #[serde(rename = "type")]
+    pub feed_type: FeedType,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandshakeRequest {
+    pub protocol_versions: Vec<u32>,
+    pub instance_id: InstanceId,
+    pub ferry_version: String,
+    /// The outgoing side's mode.
+    pub mode: Mode,
+    pub feeds: Vec<WireFeed>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandshakeResponse {
+    pub protocol_version: u32,
+    pub instance_id: InstanceId,
+    pub ferry_version: String,
+    /// The incoming side's replication name and mode.
+    pub replication: String,
+    pub mode: Mode,
+}
+
+/// An item or a tombstone in its current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireEntry {
+    pub key: ItemKey,
+    pub stamp: Stamp,
+    #[serde(default)]
+    pub deleted: bool,
+    #[serde(default)]
+    pub meta: serde_json::Value,
+    #[serde(default)]
+    pub blobs: Vec<Digest>,
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default)]
+    pub downloads: u64,
+}
+
+impl From<Entry> for WireEntry {
+    fn from(e: Entry) -> Self {
+        match e.live {
+            Some(l) => WireEntry {
+                key: e.key,
+                stamp: e.stamp,
+                deleted: false,
+                meta: l.meta,
+                blobs: l.blobs,
+                created_at: l.created_at,
+                downloads: l.downloads,
+            },
+            None => WireEntry {
+                key: e.key,
+                stamp: e.stamp,
+                deleted: true,
+                meta: serde_json::Value::Null,
+                blobs: Vec::new(),
+                created_at: 0,
+                downloads: 0,
+            },
+        }
+    }
+}
+
+impl WireEntry {
+    pub fn to_change(&self) -> Change {
+        let op = if self.deleted {
+            ChangeOp::Delete
+        } else {
+            ChangeOp::Upsert { meta: self.meta.clone(), blobs: self.blobs.clone(), created_at: self.created_at }
+        };
+        Change { key: self.key.clone(), stamp: self.stamp, op }
+    }
+
+    pub fn to_entry(&self) -> Entry {
+        Entry {
+            key: self.key.clone(),
+            stamp: self.stamp,
+            live: (!self.deleted).then(|| LiveEntry {
+                meta: self.meta.clone(),
+                blobs: self.blobs.clone(),
+                created_at: self.created_at,
+                downloads: self.downloads,
+            }),
+        }
+    }
+}
+
+/// A page of a feed's change log, as the current state of the keys it touched.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangesPage {
+    pub entries: Vec<WireEntry>,
+    /// The cursor to ask from next.
+    pub next: i64,
+    /// The newest seq of the feed's log.
+    pub last_seq: i64,
+    /// The cursor is older than the tombstone horizon: compare in full.
+    #[serde(default)]
+    pub reset: bool,
+    /// Stamp time of the oldest change after the requested cursor, if any.
+    #[serde(default)]
+    pub oldest_pending: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntriesPage {
+    pub entries: Vec<WireEntry>,
+    /// Ask again with `after=` this key; `None` at the end.
+    pub next_after: Option<ItemKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DigestList {
+    pub digests: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyList {
+    pub keys: Vec<ItemKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StampList {
+    /// Per requested key: its stored stamp and whether it is a tombstone.
+    pub stamps: Vec<Option<(Stamp, bool)>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub entries: Vec<WireEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireOutcome {
+    Applied,
+    AlreadyApplied,
+    Superseded { current: Stamp },
+}
+
+impl From<WriteOutcome> for WireOutcome {
+    fn from(o: WriteOutcome) -> Self {
+        match o {
+            WriteOutcome::Applied { .. } => WireOutcome::Applied,
+            WriteOutcome::AlreadyApplied => WireOutcome::AlreadyApplied,
+            WriteOutcome::Superseded { current } => WireOutcome::Superseded { current },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub outcomes: Vec<WireOutcome>,
+}
+
+/// A digest over a feed's live items (filtered), for `verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedDigest {
+    pub digest: String,
+    pub items: u64,
+}

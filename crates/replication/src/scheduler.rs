@@ -1,0 +1,150 @@
+//! When executions run: every `interval_secs`, on demand, as soon as the
+//! other side's change log grows (long polling, for pulling replications),
+//! and shortly after a local change (for pushing ones). One execution per
+//! replication at a time; a wake-up during an execution runs another after.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_store::now_millis;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::Replicator;
+use crate::client::Remote;
+use crate::config::{Communication, ReplicationConfig};
+use crate::engine::Lag;
+
+const LONG_POLL_SECS: u64 = 25;
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+#[derive(Default)]
+pub(crate) struct Scheduler {
+    tasks: Mutex<HashMap<i64, (Arc<Notify>, Vec<JoinHandle<()>>)>>,
+}
+
+impl Scheduler {
+    pub fn start(&self, r: Replicator, id: i64, name: String) {
+        let Ok(mut tasks) = self.tasks.lock() else { return };
+        if tasks.contains_key(&id) {
+            return;
+        }
+        let wake = Arc::new(Notify::new());
+        let mut handles = vec![tokio::spawn(main_loop(r.clone(), id, name.clone(), wake.clone()))];
+        handles.push(tokio::spawn(watchers(r, id, name, wake.clone())));
+        tasks.insert(id, (wake, handles));
+    }
+
+    pub fn stop(&self, id: i64) {
+        if let Ok(mut tasks) = self.tasks.lock()
+            && let Some((_, handles)) = tasks.remove(&id)
+        {
+            for h in handles {
+                h.abort();
+            }
+        }
+    }
+
+    pub fn wake(&self, id: i64) {
+        if let Ok(tasks) = self.tasks.lock()
+            && let Some((wake, _)) = tasks.get(&id)
+        {
+            wake.notify_one();
+        }
+    }
+}
+
+async fn load(r: &Replicator, name: &str) -> Option<ReplicationConfig> {
+    let rec = r.store().replication(name).await.ok()??;
+    serde_json::from_value(rec.config).ok()
+}
+
+async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
+    let mut trigger = "schedule";
+    let mut failures: u32 = 0;
+    loop {
+        let Some(cfg) = load(&r, &name).await else { return };
+        let failed = match r.run_if_idle(id, trigger).await {
+            Ok(Some(res)) => res.outcome == "failed",
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(target: "replication", replication = %name, error = %e, "execution could not start");
+                true
+            }
+        };
+        failures = if failed { failures.saturating_add(1) } else { 0 };
+        let interval = Duration::from_secs(cfg.interval_secs);
+        let delay = if failed { interval.min(Duration::from_secs(1 << failures.min(6))) } else { interval };
+        r.set_next_run(id, now_millis() + delay.as_millis() as i64);
+        trigger = tokio::select! {
+            _ = tokio::time::sleep(delay) => "schedule",
+            _ = wake.notified() => "change",
+        };
+    }
+}
+
+/// Wakes the main loop when there is something to move.
+async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
+    let Some(cfg) = load(&r, &name).await else { return };
+    let Communication::Outgoing { url, token } = &cfg.communication else { return };
+    let remote = Remote::new(r.http().clone(), url, token);
+    let mut tasks = Vec::new();
+    for pair in cfg.feeds.clone() {
+        if cfg.mode.flows.pulls() {
+            let (r, remote, wake, name, pair) = (r.clone(), remote.clone(), wake.clone(), name.clone(), pair.clone());
+            let cursor_name = format!("pull:{}:{}", pair.local, pair.remote);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let cursor = r.store().cursor(id, &cursor_name).await.unwrap_or(0);
+                    match remote.changes(&pair.remote, cursor, 1, LONG_POLL_SECS).await {
+                        Ok(page) if page.next > cursor || page.reset => {
+                            let seconds = page
+                                .oldest_pending
+                                .map_or(0.0, |t| (now_millis() as f64 - t as f64).max(0.0) / 1000.0);
+                            r.set_lag(id, &pair.local, Lag { changes: page.last_seq - cursor, seconds });
+                            wake.notify_one();
+                            // Wait for an execution to move the cursor before polling again.
+                            for _ in 0..600 {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                if r.store().cursor(id, &cursor_name).await.unwrap_or(0) != cursor {
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(target: "replication", replication = %name, error = %e, "long poll failed");
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        if cfg.mode.flows.pushes() {
+            let (r, wake) = (r.clone(), wake.clone());
+            tasks.push(tokio::spawn(async move {
+                let Ok(feed) = r.ferry().feed(&pair.local).await else { return };
+                let Ok(mut rx) = r.ferry().subscribe(feed.id).await else { return };
+                while rx.changed().await.is_ok() {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    rx.borrow_and_update();
+                    wake.notify_one();
+                }
+            }));
+        }
+    }
+    // Tied to this task: aborting it (scheduler stop) must end the watchers too.
+    let _guard = AbortOnDrop(tasks);
+    std::future::pending::<()>().await;
+}
+
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
