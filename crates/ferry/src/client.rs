@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{Conn, FeedCmd, KeyCmd};
+use crate::{Conn, FeedCmd, KeyCmd, ReplCmd};
 
 async fn call(conn: &Conn, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
     let url = format!("{}{path}", conn.url.trim_end_matches('/'));
@@ -91,5 +91,170 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
 pub async fn gc(conn: Conn) -> anyhow::Result<()> {
     let report = call(&conn, Method::POST, "/api/v1/gc", None).await?;
     println!("deleted {} unreferenced blobs", report["blobs_deleted"]);
+    Ok(())
+}
+
+fn counts_line(c: &Value) -> String {
+    format!(
+        "+{} ~{} -{} ({} skipped, {} conflicts, {} blobs, {} bytes)",
+        c["added"], c["updated"], c["deleted"], c["skipped"], c["conflicts"], c["blobs"], c["bytes"]
+    )
+}
+
+fn print_report(report: &Value) {
+    for f in report["feeds"].as_array().into_iter().flatten() {
+        let (l, r) = (f["local"].as_str().unwrap_or("?"), f["remote"].as_str().unwrap_or("?"));
+        println!("  {l} <- {r}: pulled {}", counts_line(&f["pulled"]));
+        println!("  {l} -> {r}: pushed {}", counts_line(&f["pushed"]));
+    }
+    for line in report["log"].as_array().into_iter().flatten() {
+        println!("  [{}] {}", line["level"].as_str().unwrap_or(""), line["message"].as_str().unwrap_or(""));
+    }
+}
+
+pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
+    match cmd {
+        ReplCmd::Create {
+            name,
+            feeds,
+            incoming: _,
+            outgoing,
+            token,
+            mode,
+            pull_missing,
+            push_missing,
+            delete_local,
+            delete_remote,
+            include,
+            exclude,
+            interval,
+            carry_downloads,
+            bandwidth_limit,
+            conn,
+        } => {
+            let body = json!({
+                "name": name, "feeds": feeds, "outgoing": outgoing, "token": token, "mode": mode,
+                "pull_missing": pull_missing, "push_missing": push_missing,
+                "delete_local": delete_local, "delete_remote": delete_remote,
+                "include": include, "exclude": exclude, "interval": interval,
+                "carry_downloads": carry_downloads, "bandwidth_limit": bandwidth_limit,
+            });
+            call(&conn, Method::POST, "/api/v1/replications", Some(body)).await?;
+            let dir = if outgoing.is_some() { "outgoing" } else { "incoming" };
+            println!("created {dir} {mode} replication {name}");
+        }
+        ReplCmd::Token { name, conn } => {
+            let r = call(&conn, Method::POST, &format!("/api/v1/replications/{name}/tokens"), None).await?;
+            println!("{}", r["token"].as_str().unwrap_or_default());
+        }
+        ReplCmd::Revoke { name, token_id, conn } => {
+            call(&conn, Method::DELETE, &format!("/api/v1/replications/{name}/tokens/{token_id}"), None).await?;
+            println!("revoked token {token_id} of {name}");
+        }
+        ReplCmd::Run { name, wait, confirm_deletes, full, conn } => {
+            let body = json!({ "wait": wait, "confirm_deletes": confirm_deletes, "full": full });
+            let r = call(&conn, Method::POST, &format!("/api/v1/replications/{name}/run"), Some(body)).await?;
+            if !(wait || confirm_deletes || full) {
+                println!("started an execution of {name}");
+                return Ok(());
+            }
+            let outcome = r["outcome"].as_str().unwrap_or("unknown");
+            println!("execution {} of {name}: {outcome}", r["id"]);
+            print_report(&r["report"]);
+            match outcome {
+                "succeeded" => {}
+                "needs-confirmation" => bail!("execution stopped before deleting; rerun with --confirm-deletes to proceed"),
+                _ => bail!("execution failed: {}", r["error"].as_str().unwrap_or("see the log above")),
+            }
+        }
+        ReplCmd::List { json, conn } => {
+            let list = call(&conn, Method::GET, "/api/v1/replications", None).await?;
+            if json {
+                return print_json(&list);
+            }
+            for r in list.as_array().into_iter().flatten() {
+                let c = &r["config"];
+                let dir = c["direction"].as_str().unwrap_or("?");
+                let lag: Vec<String> = r["status"]["lag"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(f, l)| format!("{f}:{} changes/{:.1}s", l["changes"], l["seconds"].as_f64().unwrap_or(0.0)))
+                    .collect();
+                println!(
+                    "{}\t{dir}\t{}\t{}\tlast={}\tnext={}\tlag={}",
+                    r["name"].as_str().unwrap_or("?"),
+                    c["mode"]["name"].as_str().unwrap_or("?"),
+                    r["status"]["state"].as_str().unwrap_or("?"),
+                    r["status"]["last_outcome"].as_str().unwrap_or("-"),
+                    r["status"]["next_run"].as_str().unwrap_or("-"),
+                    if lag.is_empty() { "-".into() } else { lag.join(",") }
+                );
+            }
+        }
+        ReplCmd::Executions { name, json, conn } => {
+            let list = call(&conn, Method::GET, &format!("/api/v1/replications/{name}/executions"), None).await?;
+            if json {
+                return print_json(&list);
+            }
+            for e in list.as_array().into_iter().flatten() {
+                println!(
+                    "#{}\t{}\t{}\t{}",
+                    e["id"],
+                    e["trigger"].as_str().unwrap_or("?"),
+                    ferry_core::rfc3339(e["started_at"].as_i64().unwrap_or(0)),
+                    e["outcome"].as_str().unwrap_or("running")
+                );
+                print_report(&e["report"]);
+            }
+        }
+        ReplCmd::Plan { name, json, conn } => {
+            let r = call(&conn, Method::POST, &format!("/api/v1/replications/{name}/plan"), None).await?;
+            if json {
+                return print_json(&r);
+            }
+            println!("plan for {name} (nothing changed):");
+            print_report(&json!({ "feeds": r["feeds"] }));
+            if r["needs_confirmation"].as_bool() == Some(true) {
+                println!("  an execution would stop before deleting (over the deletion limit)");
+            }
+        }
+        ReplCmd::Verify { name, repair, json, conn } => {
+            let r = call(&conn, Method::POST, &format!("/api/v1/replications/{name}/verify"), Some(json!({ "repair": repair })))
+                .await?;
+            if json {
+                print_json(&r)?;
+            } else {
+                for f in r["feeds"].as_array().into_iter().flatten() {
+                    println!(
+                        "{} = {}: {} ({} items here, {} there)",
+                        f["local"].as_str().unwrap_or("?"),
+                        f["remote"].as_str().unwrap_or("?"),
+                        if f["same"].as_bool() == Some(true) { "same" } else { "DIFFERENT" },
+                        f["local_items"],
+                        f["remote_items"]
+                    );
+                }
+            }
+            if r["same"].as_bool() != Some(true) {
+                bail!("feeds of {name} differ");
+            }
+        }
+        ReplCmd::Delete { name, conn } => {
+            call(&conn, Method::DELETE, &format!("/api/v1/replications/{name}"), None).await?;
+            println!("deleted replication {name}");
+        }
+        ReplCmd::Log { level, conn } => {
+            if let Some(level) = level {
+                call(&conn, Method::PUT, "/api/v1/logs/replication/level", Some(json!({ "level": level }))).await?;
+                println!("replication log level set to {level}");
+                return Ok(());
+            }
+            let r = call(&conn, Method::GET, "/api/v1/logs/replication", None).await?;
+            for l in r["lines"].as_array().into_iter().flatten() {
+                println!("{} {} {}", l["time"].as_str().unwrap_or(""), l["level"].as_str().unwrap_or(""), l["message"].as_str().unwrap_or(""));
+            }
+        }
+    }
     Ok(())
 }

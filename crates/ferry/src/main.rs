@@ -36,6 +36,129 @@ enum Command {
     Key(KeyCmd),
     /// Collect blobs that no item references, now.
     Gc(Conn),
+    /// Replicate feeds between instances.
+    #[command(subcommand)]
+    Replication(ReplCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ReplCmd {
+    /// Configure a replication on this instance.
+    Create {
+        name: String,
+        /// LOCAL[=REMOTE] feed pair (repeatable).
+        #[arg(long = "feed", required = true)]
+        feeds: Vec<String>,
+        /// The other instance connects here with a sync token.
+        #[arg(long, conflicts_with = "outgoing", required_unless_present = "outgoing")]
+        incoming: bool,
+        /// Connect to the other instance at this base URL.
+        #[arg(long, requires = "token")]
+        outgoing: Option<String>,
+        /// Sync token generated on the other (incoming) instance.
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, value_parser = ["mirror", "pull", "push", "custom"])]
+        mode: String,
+        #[arg(long)]
+        pull_missing: bool,
+        #[arg(long)]
+        push_missing: bool,
+        #[arg(long)]
+        delete_local: bool,
+        #[arg(long)]
+        delete_remote: bool,
+        #[arg(long = "include")]
+        include: Vec<String>,
+        #[arg(long = "exclude")]
+        exclude: Vec<String>,
+        /// Seconds between scheduled executions (default 60).
+        #[arg(long)]
+        interval: Option<u64>,
+        /// Carry download counts with items.
+        #[arg(long)]
+        carry_downloads: bool,
+        /// Cap blob transfers at this many bytes per second.
+        #[arg(long)]
+        bandwidth_limit: Option<u64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Generate a sync token for an incoming replication (printed once).
+    Token {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke one sync token of an incoming replication.
+    Revoke {
+        name: String,
+        token_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Start an execution now.
+    Run {
+        name: String,
+        /// Wait for the execution to end; exit non-zero if it failed.
+        #[arg(long)]
+        wait: bool,
+        /// Go ahead with deletions the guard stopped.
+        #[arg(long)]
+        confirm_deletes: bool,
+        /// Compare every item instead of reading changes since the cursor.
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List replications with their state, last execution, lag and next run.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a replication's executions, newest first.
+    Executions {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show what an execution would copy and delete, changing nothing.
+    Plan {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Exit 0 iff every feed pair holds the same state on both ends.
+    Verify {
+        name: String,
+        /// Repair drift with a full comparison, then verify again.
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a replication (items stay).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show the incoming side's replication log; --level changes its minimum level.
+    Log {
+        #[arg(long)]
+        level: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// How to reach a running instance.
@@ -137,6 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Feed(cmd) => client::feed(cmd).await,
         Command::Key(cmd) => client::key(cmd).await,
         Command::Gc(conn) => client::gc(conn).await,
+        Command::Replication(cmd) => client::replication(cmd).await,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_core::Ferry;
+use ferry_replication::Replicator;
 use ferry_store::{FsBlobStore, SqliteStore};
 use ferry_types::{FeedName, FeedType};
 
@@ -18,7 +19,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let meta = SqliteStore::open(cfg.data_dir.join("ferry.db")).await.context("opening metadata database")?;
     let blobs = FsBlobStore::open(cfg.data_dir.join("blobs")).await.context("opening blob store")?;
     let core_cfg = ferry_core::Config { max_upload_bytes: cfg.max_upload_bytes, ..Default::default() };
-    let ferry = Ferry::open(Arc::new(meta), Arc::new(blobs), core_cfg).await?;
+    let meta = Arc::new(meta);
+    let ferry = Ferry::open(meta.clone(), Arc::new(blobs), core_cfg).await?;
+    let replicator = Replicator::new(ferry.clone(), meta);
     tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
 
     ensure_admin_key(&ferry, &cfg.data_dir).await?;
@@ -38,13 +41,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     spawn_background(ferry.clone(), cfg.gc_interval_secs);
+    replicator.start().await?;
 
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
-    axum::serve(listener, ferry_server::router(ferry.clone())).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, ferry_server::router(ferry.clone(), replicator)).with_graceful_shutdown(shutdown_signal()).await?;
     ferry.flush_downloads().await?;
     tracing::info!("stopped");
     Ok(())

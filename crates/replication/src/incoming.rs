@@ -102,7 +102,7 @@ impl Replicator {
             }
         }
         self.diag().log(
-            Level::Info,
+            Level::Debug,
             format!("{name}: handshake from instance {} (Ferry {}), protocol v{version}", req.instance_id, req.ferry_version),
         );
         Ok(HandshakeResponse {

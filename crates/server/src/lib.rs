@@ -7,10 +7,12 @@ mod assets;
 pub mod blobs;
 pub mod error;
 mod mgmt;
+mod mgmt_replication;
 mod npm;
 mod openapi;
 mod ops;
 mod pypi;
+mod replication_api;
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -20,12 +22,14 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use ferry_core::Ferry;
+use ferry_replication::Replicator;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
     pub ferry: Ferry,
+    pub replicator: Replicator,
     pub metrics: PrometheusHandle,
 }
 
@@ -45,11 +49,13 @@ fn prometheus() -> PrometheusHandle {
 }
 
 /// The whole HTTP application for one instance.
-pub fn router(ferry: Ferry) -> Router {
-    let state = AppState { ferry, metrics: prometheus() };
+pub fn router(ferry: Ferry, replicator: Replicator) -> Router {
+    let state = AppState { ferry, replicator, metrics: prometheus() };
     Router::new()
         .merge(ops::routes())
         .merge(mgmt::routes())
+        .merge(mgmt_replication::routes())
+        .merge(replication_api::routes())
         .merge(assets::routes())
         .merge(npm::routes())
         .merge(pypi::routes())

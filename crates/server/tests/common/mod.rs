@@ -48,14 +48,19 @@ impl Instance {
         let dir = tempfile::tempdir().unwrap();
         let meta = SqliteStore::open(dir.path().join("ferry.db")).await.unwrap();
         let blobs = FsBlobStore::open(dir.path().join("blobs")).await.unwrap();
-        let ferry = Ferry::open(Arc::new(meta), Arc::new(blobs), cfg).await.unwrap();
+        let meta = Arc::new(meta);
+        let ferry = Ferry::open(meta.clone(), Arc::new(blobs), cfg).await.unwrap();
         ferry.set_admin_key(ADMIN).await.unwrap();
-        let router = ferry_server::router(ferry.clone());
+        let replicator = ferry_replication::Replicator::new(ferry.clone(), meta);
+        let router = ferry_server::router(ferry.clone(), replicator);
         Self { ferry, router, dir }
     }
 
     pub async fn feed(&self, name: &str, ty: FeedType, private: bool) {
-        self.ferry.create_feed(&FeedName::new(name).unwrap(), ty, private).await.unwrap();
+        self.ferry
+            .create_feed(&FeedName::new(name).unwrap(), ty, private)
+            .await
+            .unwrap();
     }
 
     pub async fn key(&self, name: &str, p: Permission, feeds: Option<&[&str]>) -> String {
@@ -64,7 +69,14 @@ impl Instance {
     }
 
     /// Sends one request. `key`: sent as a bearer token when given.
-    pub async fn send(&self, method: &str, uri: &str, key: Option<&str>, headers: &[(&str, &str)], body: impl Into<Body>) -> Reply {
+    pub async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> Reply {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(k) = key {
             req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
@@ -72,11 +84,20 @@ impl Instance {
         for (n, v) in headers {
             req = req.header(*n, *v);
         }
-        let resp = self.router.clone().oneshot(req.body(body.into()).unwrap()).await.unwrap();
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req.body(body.into()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, uri: &str) -> Reply {
@@ -85,6 +106,8 @@ impl Instance {
 
     /// Files left in the blob staging area (must be none after any request).
     pub fn staging_files(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("blobs/staging")).unwrap().count()
+        std::fs::read_dir(self.dir.path().join("blobs/staging"))
+            .unwrap()
+            .count()
     }
 }

@@ -1,0 +1,153 @@
+//! Management of replications under `/api/v1/replications` and the
+//! diagnostic log under `/api/v1/logs`. Admin key required.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use ferry_core::CoreError;
+use ferry_replication::ReplError;
+use ferry_replication::config::CreateRequest;
+use ferry_replication::diag::Level;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::access::Admin;
+use crate::error::ApiError;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/replications", get(list).post(create))
+        .route("/api/v1/replications/{name}", get(show).delete(remove))
+        .route("/api/v1/replications/{name}/tokens", get(tokens).post(new_token))
+        .route("/api/v1/replications/{name}/tokens/{id}", delete(revoke_token))
+        .route("/api/v1/replications/{name}/run", post(run))
+        .route("/api/v1/replications/{name}/executions", get(executions))
+        .route("/api/v1/replications/{name}/plan", post(plan))
+        .route("/api/v1/replications/{name}/verify", post(verify))
+        .route("/api/v1/logs/replication", get(logs))
+        .route("/api/v1/logs/replication/level", put(set_level))
+}
+
+fn repl(e: ReplError) -> ApiError {
+    ApiError::json(CoreError::from(e))
+}
+
+type JsonResult = Result<Json<Value>, ApiError>;
+
+async fn list(State(st): State<AppState>, _: Admin) -> JsonResult {
+    Ok(Json(json!(st.replicator.overview().await.map_err(repl)?)))
+}
+
+async fn create(
+    State(st): State<AppState>,
+    _: Admin,
+    body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
+    let name = req.name.clone();
+    let cfg = req.into_config().map_err(repl)?;
+    st.replicator.create(&name, cfg).await.map_err(repl)?;
+    Ok((StatusCode::CREATED, Json(json!(st.replicator.get(&name).await.map_err(repl)?))))
+}
+
+async fn show(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
+    Ok(Json(json!(st.replicator.get(&name).await.map_err(repl)?)))
+}
+
+async fn remove(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    st.replicator.delete(&name).await.map_err(repl)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn tokens(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
+    Ok(Json(json!(st.replicator.tokens(&name).await.map_err(repl)?)))
+}
+
+async fn new_token(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let token = st.replicator.new_token(&name).await.map_err(repl)?;
+    Ok((StatusCode::CREATED, Json(json!({ "token": token }))))
+}
+
+async fn revoke_token(State(st): State<AppState>, _: Admin, Path((name, id)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    st.replicator.revoke_token(&name, &id).await.map_err(repl)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RunRequest {
+    wait: bool,
+    confirm_deletes: bool,
+    full: bool,
+}
+
+async fn run(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    body: Option<Json<RunRequest>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    if req.wait || req.confirm_deletes || req.full {
+        let result = st.replicator.run(&name, "manual", req.confirm_deletes, req.full).await.map_err(repl)?;
+        return Ok((StatusCode::OK, Json(json!(result))));
+    }
+    st.replicator.trigger(&name).await.map_err(repl)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "started": true }))))
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn executions(State(st): State<AppState>, _: Admin, Path(name): Path<String>, Query(q): Query<Limit>) -> JsonResult {
+    let list = st.replicator.executions(&name, q.limit.unwrap_or(50).min(200)).await.map_err(repl)?;
+    Ok(Json(json!(list)))
+}
+
+async fn plan(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
+    Ok(Json(json!(st.replicator.plan(&name).await.map_err(repl)?)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct VerifyRequest {
+    repair: bool,
+}
+
+async fn verify(State(st): State<AppState>, _: Admin, Path(name): Path<String>, body: Option<Json<VerifyRequest>>) -> JsonResult {
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let mut repaired = None;
+    if req.repair && !st.replicator.verify(&name).await.map_err(repl)?.iter().all(|v| v.same) {
+        repaired = Some(st.replicator.run(&name, "repair", false, true).await.map_err(repl)?);
+    }
+    let pairs = st.replicator.verify(&name).await.map_err(repl)?;
+    let same = pairs.iter().all(|p| p.same);
+    Ok(Json(json!({ "same": same, "feeds": pairs, "repair": repaired })))
+}
+
+async fn logs(State(st): State<AppState>, _: Admin, Query(q): Query<Limit>) -> JsonResult {
+    let d = st.replicator.diag();
+    Ok(Json(json!({ "min_level": d.min_level(), "lines": d.recent(q.limit.unwrap_or(200)) })))
+}
+
+#[derive(Deserialize)]
+struct LevelRequest {
+    level: String,
+}
+
+async fn set_level(
+    State(st): State<AppState>,
+    _: Admin,
+    body: Result<Json<LevelRequest>, axum::extract::rejection::JsonRejection>,
+) -> JsonResult {
+    let Json(req) = body.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
+    let level = Level::parse(&req.level).ok_or_else(|| {
+        ApiError::json(CoreError::invalid(format!("level {:?} is not one of debug, info, warn, error", req.level)))
+    })?;
+    st.replicator.diag().set_min_level(level);
+    Ok(Json(json!({ "min_level": level })))
+}

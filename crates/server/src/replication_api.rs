@@ -1,0 +1,188 @@
+//! The replication API v1 (`/api/replication/v1`), served to peers holding
+//! a sync token of one of this instance's incoming replications. The
+//! replication's mode decides what the peer may read and write
+//! (`ferry_replication::incoming`).
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use ferry_core::CoreError;
+use ferry_replication::incoming::Session;
+use ferry_replication::protocol::*;
+use ferry_types::{Digest, ItemKey};
+use futures::TryStreamExt;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::access::presented_secret;
+use crate::error::ApiError;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/replication/v1/handshake", post(handshake))
+        .route("/api/replication/v1/feeds/{feed}/changes", get(changes))
+        .route("/api/replication/v1/feeds/{feed}/entries", get(entries))
+        .route("/api/replication/v1/feeds/{feed}/digest", get(digest))
+        .route("/api/replication/v1/feeds/{feed}/stamps", post(stamps))
+        .route("/api/replication/v1/feeds/{feed}/apply", post(apply))
+        .route("/api/replication/v1/blobs/missing", post(missing))
+        .route("/api/replication/v1/blobs/{digest}", get(get_blob).head(get_blob).merge(put(put_blob)))
+}
+
+fn err(e: impl Into<CoreError>) -> ApiError {
+    ApiError::json(e.into())
+}
+
+fn repl(e: ferry_replication::ReplError) -> ApiError {
+    ApiError::json(CoreError::from(e))
+}
+
+/// A peer authenticated by its sync token.
+pub struct Peer(Session);
+
+impl FromRequestParts<AppState> for Peer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let token = presented_secret(&parts.headers)
+            .map_err(err)?
+            .ok_or_else(|| err(CoreError::Unauthorized("a sync token is required".into())))?;
+        st.replicator.session(&token).await.map(Peer).map_err(repl)
+    }
+}
+
+type JsonResult<T> = Result<Json<T>, ApiError>;
+
+fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|e| err(CoreError::invalid(e.body_text())))
+}
+
+async fn handshake(
+    State(st): State<AppState>,
+    Peer(s): Peer,
+    body: Result<Json<HandshakeRequest>, axum::extract::rejection::JsonRejection>,
+) -> JsonResult<HandshakeResponse> {
+    Ok(Json(st.replicator.handshake(&s, json_body(body)?).await.map_err(repl)?))
+}
+
+#[derive(Deserialize)]
+struct ChangesQuery {
+    #[serde(default)]
+    since: i64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+    #[serde(default)]
+    wait: u64,
+}
+
+fn default_limit() -> usize {
+    500
+}
+
+async fn changes(
+    State(st): State<AppState>,
+    Peer(s): Peer,
+    Path(feed): Path<String>,
+    Query(q): Query<ChangesQuery>,
+) -> JsonResult<ChangesPage> {
+    Ok(Json(st.replicator.changes(&s, &feed, q.since, q.limit, q.wait).await.map_err(repl)?))
+}
+
+#[derive(Deserialize)]
+struct EntriesQuery {
+    after: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+async fn entries(
+    State(st): State<AppState>,
+    Peer(s): Peer,
+    Path(feed): Path<String>,
+    Query(q): Query<EntriesQuery>,
+) -> JsonResult<EntriesPage> {
+    let after = q.after.map(ItemKey::new).transpose().map_err(|e| err(CoreError::from(e)))?;
+    Ok(Json(st.replicator.entries(&s, &feed, after, q.limit).await.map_err(repl)?))
+}
+
+async fn digest(
+    State(st): State<AppState>,
+    Peer(s): Peer,
+    Path(feed): Path<String>,
+    RawQuery(q): RawQuery,
+) -> JsonResult<FeedDigest> {
+    // Repeated `include=`/`exclude=` parameters.
+    let (mut include, mut exclude) = (Vec::new(), Vec::new());
+    for (k, v) in url_pairs(q.as_deref().unwrap_or("")) {
+        match k.as_str() {
+            "include" => include.push(v),
+            "exclude" => exclude.push(v),
+            _ => {}
+        }
+    }
+    Ok(Json(st.replicator.feed_digest_for(&s, &feed, &include, &exclude).await.map_err(repl)?))
+}
+
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+async fn stamps(
+    State(st): State<AppState>,
+    Peer(s): Peer,
+    Path(feed): Path<String>,
+    body: Result<Json<KeyList>, axum::extract::rejection::JsonRejection>,
+) -> JsonResult<StampList> {
+    Ok(Json(st.replicator.stamps(&s, &feed, json_body(body)?.keys).await.map_err(repl)?))
+}
+
+async fn apply(
+    State(st): State<AppState>,
+    Peer(s): Peer,
+    Path(feed): Path<String>,
+    body: Result<Json<ApplyRequest>, axum::extract::rejection::JsonRejection>,
+) -> JsonResult<ApplyResponse> {
+    Ok(Json(st.replicator.apply_pushed(&s, &feed, json_body(body)?.entries).await.map_err(repl)?))
+}
+
+async fn missing(
+    State(st): State<AppState>,
+    Peer(s): Peer,
+    body: Result<Json<DigestList>, axum::extract::rejection::JsonRejection>,
+) -> JsonResult<DigestList> {
+    let digests = st.replicator.missing_blobs(&s, json_body(body)?.digests).await.map_err(repl)?;
+    Ok(Json(DigestList { digests }))
+}
+
+fn parse_digest(s: &str) -> Result<Digest, ApiError> {
+    s.parse::<Digest>().map_err(|e| err(CoreError::from(e)))
+}
+
+async fn get_blob(
+    State(st): State<AppState>,
+    Peer(s): Peer,
+    Path(digest): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let d = parse_digest(&digest)?;
+    st.replicator.may_read_blob(&s, &d).await.map_err(repl)?;
+    crate::blobs::serve_blob(&st.ferry, &method, &headers, &d, "application/octet-stream", None).await.map_err(err)
+}
+
+async fn put_blob(State(st): State<AppState>, Peer(s): Peer, Path(digest): Path<String>, body: Body) -> Result<(), ApiError> {
+    let d = parse_digest(&digest)?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    st.replicator.receive_blob(&s, &d, Box::pin(stream)).await.map_err(repl)
+}
