@@ -16,6 +16,9 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// Seconds between background garbage collections (0: never).
     pub gc_interval_secs: u64,
+    /// How long tombstones are kept, in seconds (a replication cursor older
+    /// than that triggers a full comparison).
+    pub tombstone_retention_secs: u64,
     /// `tracing` filter, e.g. "info" or "ferry=debug".
     pub log: String,
     /// Feeds declared as code: created at start if missing.
@@ -39,6 +42,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8765)),
             max_upload_bytes: 4 << 30,
             gc_interval_secs: 3600,
+            tombstone_retention_secs: 30 * 86_400,
             log: "info".into(),
             feeds: Vec::new(),
         }
@@ -67,6 +71,9 @@ impl Config {
         }
         if let Ok(v) = std::env::var("FERRY_GC_INTERVAL_SECS") {
             cfg.gc_interval_secs = v.parse().with_context(|| format!("FERRY_GC_INTERVAL_SECS={v:?}"))?;
+        }
+        if let Ok(v) = std::env::var("FERRY_TOMBSTONE_RETENTION_SECS") {
+            cfg.tombstone_retention_secs = v.parse().with_context(|| format!("FERRY_TOMBSTONE_RETENTION_SECS={v:?}"))?;
         }
         if let Ok(v) = std::env::var("FERRY_LOG") {
             cfg.log = v;

@@ -42,6 +42,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     spawn_background(ferry.clone(), cfg.gc_interval_secs);
     replicator.start().await?;
+    spawn_tombstone_pruning(replicator.clone(), cfg.tombstone_retention_secs);
 
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
@@ -115,6 +116,21 @@ fn spawn_background(ferry: Ferry, gc_interval_secs: u64) {
             }
         });
     }
+}
+
+/// Drops tombstones older than the retention, hourly (and once at start).
+fn spawn_tombstone_pruning(replicator: Replicator, retention_secs: u64) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match replicator.prune_tombstones(Duration::from_secs(retention_secs)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(tombstones = n, "pruned tombstones past the retention"),
+                Err(e) => tracing::warn!(error = %e, "tombstone pruning failed"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

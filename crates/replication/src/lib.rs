@@ -328,8 +328,7 @@ impl Replicator {
         metrics::counter!("ferry_replication_executions_total", "replication" => rec.name.clone(), "outcome" => outcome)
             .increment(1);
         for (feed, lag) in &run.lags {
-            metrics::gauge!("ferry_replication_lag_changes", "replication" => rec.name.clone(), "feed" => feed.to_string())
-                .set(lag.changes as f64);
+            self.set_lag(rec.id, &rec.name, feed, *lag);
         }
         let mut report_json = serde_json::to_value(&run.report).map_err(|e| ReplError::Invalid(e.to_string()))?;
         if let Some(e) = &error {
@@ -342,9 +341,6 @@ impl Replicator {
             s.last_execution = Some(exec_id);
             s.last_outcome = Some(outcome.to_string());
             s.last_error = error.clone();
-            for (feed, lag) in &run.lags {
-                s.lag.insert(feed.to_string(), *lag);
-            }
         }
         Ok(ExecutionResult { id: exec_id, outcome: outcome.into(), error, report: run.report })
     }
@@ -355,7 +351,11 @@ impl Replicator {
         }
     }
 
-    pub(crate) fn set_lag(&self, id: i64, feed: &FeedName, lag: Lag) {
+    pub(crate) fn set_lag(&self, id: i64, name: &str, feed: &FeedName, lag: Lag) {
+        metrics::gauge!("ferry_replication_lag_changes", "replication" => name.to_string(), "feed" => feed.to_string())
+            .set(lag.changes as f64);
+        metrics::gauge!("ferry_replication_lag_seconds", "replication" => name.to_string(), "feed" => feed.to_string())
+            .set(lag.seconds);
         if let Ok(mut st) = self.0.status.lock() {
             st.entry(id).or_default().lag.insert(feed.to_string(), lag);
         }
@@ -414,6 +414,17 @@ impl Replicator {
             }
         }
         Ok(FeedDigest { digest: hex::encode(h.finalize()), items })
+    }
+
+    /// Drops tombstones last written more than `retention` ago, in every
+    /// feed. Readers whose cursor is older then compare in full.
+    pub async fn prune_tombstones(&self, retention: std::time::Duration) -> Result<u64, ReplError> {
+        let before = now_millis() - retention.as_millis() as i64;
+        let mut n = 0;
+        for f in self.ferry().feeds().await? {
+            n += self.store().prune_tombstones(f.id, before).await?;
+        }
+        Ok(n)
     }
 
     /// Starts the schedulers of every outgoing replication.
