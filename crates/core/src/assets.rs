@@ -52,7 +52,17 @@ pub async fn put(
     let size = staged.size();
     let digest = ferry.commit_blob(staged).await?;
     let meta = serde_json::json!({ "content_type": content_type, "size": size });
-    ferry.write(feed, vec![LocalWrite::upsert(key.clone(), meta, vec![digest], Precondition::Any)]).await?;
+    ferry
+        .write(
+            feed,
+            vec![LocalWrite::upsert(
+                key.clone(),
+                meta,
+                vec![digest],
+                Precondition::Any,
+            )],
+        )
+        .await?;
     Ok(Asset {
         path: key.as_str().to_string(),
         digest,
@@ -65,13 +75,22 @@ pub async fn put(
 
 pub async fn get(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<Asset, CoreError> {
     let key = asset_key(path)?;
-    let item = ferry.item(feed, &key).await?.ok_or_else(|| CoreError::not_found(format!("{path} not found")))?;
-    let digest = *item.blobs.first().ok_or_else(|| CoreError::Internal(format!("asset {path} has no blob")))?;
+    let item = ferry
+        .item(feed, &key)
+        .await?
+        .ok_or_else(|| CoreError::not_found(format!("{path} not found")))?;
+    let digest = *item
+        .blobs
+        .first()
+        .ok_or_else(|| CoreError::Internal(format!("asset {path} has no blob")))?;
     Ok(Asset {
         path: key.as_str().to_string(),
         digest,
         size: item.meta["size"].as_u64().unwrap_or_default(),
-        content_type: item.meta["content_type"].as_str().unwrap_or("application/octet-stream").to_string(),
+        content_type: item.meta["content_type"]
+            .as_str()
+            .unwrap_or("application/octet-stream")
+            .to_string(),
         modified: item.updated_at,
         downloads: item.downloads,
     })
@@ -79,7 +98,9 @@ pub async fn get(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<Asset, 
 
 pub async fn delete(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<(), CoreError> {
     let key = asset_key(path)?;
-    ferry.write(feed, vec![LocalWrite::delete(key, Precondition::Present)]).await?;
+    ferry
+        .write(feed, vec![LocalWrite::delete(key, Precondition::Present)])
+        .await?;
     Ok(())
 }
 
@@ -110,7 +131,13 @@ pub async fn list(ferry: &Ferry, feed: &FeedRecord, dir: &str) -> Result<Vec<Ent
     }
     let mut out: Vec<Entry> = folders
         .into_keys()
-        .map(|name| Entry { name, kind: "folder", size: None, digest: None, modified: None })
+        .map(|name| Entry {
+            name,
+            kind: "folder",
+            size: None,
+            digest: None,
+            modified: None,
+        })
         .collect();
     out.extend(files);
     Ok(out)

@@ -49,20 +49,31 @@ pub fn authorize_feed(who: Option<&Principal>, feed: &FeedRecord, action: Action
     let Some(p) = who else {
         return Err(CoreError::Unauthorized(format!(
             "an API key is required to {} feed {}",
-            if action == Action::Read { "read" } else { "write to" },
+            if action == Action::Read {
+                "read"
+            } else {
+                "write to"
+            },
             feed.name
         )));
     };
     let in_scope = p.key.feeds.as_ref().is_none_or(|fs| fs.contains(&feed.name));
     if !in_scope {
-        return Err(CoreError::Forbidden(format!("API key {:?} is not scoped to feed {}", p.key.name, feed.name)));
+        return Err(CoreError::Forbidden(format!(
+            "API key {:?} is not scoped to feed {}",
+            p.key.name, feed.name
+        )));
     }
     if p.key.permission < action.needs() {
         return Err(CoreError::Forbidden(format!(
             "API key {:?} has {} permission; {} needs {}",
             p.key.name,
             p.key.permission.as_str(),
-            if action == Action::Read { "reading" } else { "writing" },
+            if action == Action::Read {
+                "reading"
+            } else {
+                "writing"
+            },
             action.needs().as_str()
         )));
     }
@@ -75,7 +86,10 @@ pub fn authorize_admin(who: Option<&Principal>) -> Result<(), CoreError> {
     match who {
         None => Err(CoreError::Unauthorized("an admin API key is required".into())),
         Some(p) if p.key.permission == Permission::Admin && p.key.feeds.is_none() => Ok(()),
-        Some(p) => Err(CoreError::Forbidden(format!("API key {:?} is not an instance admin key", p.key.name))),
+        Some(p) => Err(CoreError::Forbidden(format!(
+            "API key {:?} is not an instance admin key",
+            p.key.name
+        ))),
     }
 }
 
@@ -85,7 +99,13 @@ mod tests {
     use ferry_types::{FeedName, FeedType};
 
     fn feed(name: &str, private: bool) -> FeedRecord {
-        FeedRecord { id: 1, name: FeedName::new(name).unwrap(), feed_type: FeedType::Npm, private, created_at: 0 }
+        FeedRecord {
+            id: 1,
+            name: FeedName::new(name).unwrap(),
+            feed_type: FeedType::Npm,
+            private,
+            created_at: 0,
+        }
     }
 
     fn key(p: Permission, feeds: Option<&[&str]>) -> Principal {
@@ -106,14 +126,26 @@ mod tests {
         let public = feed("pub", false);
         let private = feed("priv", true);
         assert!(authorize_feed(None, &public, Action::Read).is_ok());
-        assert!(matches!(authorize_feed(None, &private, Action::Read), Err(CoreError::Unauthorized(_))));
-        assert!(matches!(authorize_feed(None, &public, Action::Write), Err(CoreError::Unauthorized(_))));
+        assert!(matches!(
+            authorize_feed(None, &private, Action::Read),
+            Err(CoreError::Unauthorized(_))
+        ));
+        assert!(matches!(
+            authorize_feed(None, &public, Action::Write),
+            Err(CoreError::Unauthorized(_))
+        ));
         let reader = key(Permission::Read, None);
         assert!(authorize_feed(Some(&reader), &private, Action::Read).is_ok());
-        assert!(matches!(authorize_feed(Some(&reader), &public, Action::Write), Err(CoreError::Forbidden(_))));
+        assert!(matches!(
+            authorize_feed(Some(&reader), &public, Action::Write),
+            Err(CoreError::Forbidden(_))
+        ));
         let scoped = key(Permission::Write, Some(&["pub"]));
         assert!(authorize_feed(Some(&scoped), &public, Action::Write).is_ok());
-        assert!(matches!(authorize_feed(Some(&scoped), &private, Action::Read), Err(CoreError::Forbidden(_))));
+        assert!(matches!(
+            authorize_feed(Some(&scoped), &private, Action::Read),
+            Err(CoreError::Forbidden(_))
+        ));
         assert!(authorize_admin(Some(&key(Permission::Admin, None))).is_ok());
         assert!(authorize_admin(Some(&key(Permission::Admin, Some(&["pub"])))).is_err());
         assert!(authorize_admin(Some(&scoped)).is_err());

@@ -10,14 +10,20 @@ pub struct Clock {
 }
 
 fn wall_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Clock {
     /// A clock that will never issue a reading at or below `floor` (the
     /// highest stamp already stored), even if the wall clock went back.
     pub fn new(instance: InstanceId, floor: Hlc) -> Self {
-        Self { instance, last: Mutex::new(floor) }
+        Self {
+            instance,
+            last: Mutex::new(floor),
+        }
     }
 
     pub fn instance(&self) -> InstanceId {
@@ -38,7 +44,10 @@ impl Clock {
     fn advance(&self, seen: Option<Hlc>) -> Stamp {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         *last = last.tick(wall_millis(), seen);
-        Stamp { time: *last, origin: self.instance }
+        Stamp {
+            time: *last,
+            origin: self.instance,
+        }
     }
 }
 

@@ -64,16 +64,27 @@ pub struct LocalWrite {
 
 #[derive(Debug, Clone)]
 pub enum LocalOp {
-    Upsert { meta: serde_json::Value, blobs: Vec<Digest> },
+    Upsert {
+        meta: serde_json::Value,
+        blobs: Vec<Digest>,
+    },
     Delete,
 }
 
 impl LocalWrite {
     pub fn upsert(key: ItemKey, meta: serde_json::Value, blobs: Vec<Digest>, pre: Precondition) -> Self {
-        Self { key, op: LocalOp::Upsert { meta, blobs }, pre }
+        Self {
+            key,
+            op: LocalOp::Upsert { meta, blobs },
+            pre,
+        }
     }
     pub fn delete(key: ItemKey, pre: Precondition) -> Self {
-        Self { key, op: LocalOp::Delete, pre }
+        Self {
+            key,
+            op: LocalOp::Delete,
+            pre,
+        }
     }
 }
 
@@ -140,9 +151,18 @@ impl Ferry {
 
     // ---- feeds ----
 
-    pub async fn create_feed(&self, name: &FeedName, ty: FeedType, private: bool) -> Result<FeedRecord, CoreError> {
+    pub async fn create_feed(
+        &self,
+        name: &FeedName,
+        ty: FeedType,
+        private: bool,
+    ) -> Result<FeedRecord, CoreError> {
         let f = self.0.meta.create_feed(name, ty, private).await?;
-        self.0.feeds.write().map_err(lock_err)?.insert(f.name.clone(), f.clone());
+        self.0
+            .feeds
+            .write()
+            .map_err(lock_err)?
+            .insert(f.name.clone(), f.clone());
         Ok(f)
     }
 
@@ -151,8 +171,17 @@ impl Ferry {
         if let Some(f) = self.0.feeds.read().map_err(lock_err)?.get(name) {
             return Ok(f.clone());
         }
-        let f = self.0.meta.feed(name).await?.ok_or_else(|| CoreError::not_found(format!("feed {name} not found")))?;
-        self.0.feeds.write().map_err(lock_err)?.insert(f.name.clone(), f.clone());
+        let f = self
+            .0
+            .meta
+            .feed(name)
+            .await?
+            .ok_or_else(|| CoreError::not_found(format!("feed {name} not found")))?;
+        self.0
+            .feeds
+            .write()
+            .map_err(lock_err)?
+            .insert(f.name.clone(), f.clone());
         Ok(f)
     }
 
@@ -187,13 +216,20 @@ impl Ferry {
         feeds: Option<Vec<FeedName>>,
     ) -> Result<(ApiKeyRecord, String), CoreError> {
         if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
-            return Err(CoreError::invalid("key name must be 1 to 100 printable characters"));
+            return Err(CoreError::invalid(
+                "key name must be 1 to 100 printable characters",
+            ));
         }
         let secret = auth::generate_secret();
         let rec = self
             .0
             .meta
-            .create_key(NewApiKey { name: name.into(), hash: auth::hash_secret(&secret), permission, feeds })
+            .create_key(NewApiKey {
+                name: name.into(),
+                hash: auth::hash_secret(&secret),
+                permission,
+                feeds,
+            })
             .await?;
         Ok((rec, secret))
     }
@@ -228,7 +264,11 @@ impl Ferry {
     /// Streams an upload into staging (hashing it; refusing it past the
     /// upload limit or on a digest mismatch). Nothing is visible yet.
     pub async fn stage(&self, body: ByteStream, expected: Option<Digest>) -> Result<StagedBlob, CoreError> {
-        Ok(self.0.blobs.stage(body, self.0.config.max_upload_bytes, expected).await?)
+        Ok(self
+            .0
+            .blobs
+            .stage(body, self.0.config.max_upload_bytes, expected)
+            .await?)
     }
 
     /// Stages an in-memory body (npm tarballs arrive inside JSON).
@@ -269,7 +309,11 @@ impl Ferry {
 
     /// Stamps and applies local writes in one transaction, then wakes
     /// whoever waits on the feed's change log.
-    pub async fn write(&self, feed: &FeedRecord, writes: Vec<LocalWrite>) -> Result<Vec<WriteOutcome>, CoreError> {
+    pub async fn write(
+        &self,
+        feed: &FeedRecord,
+        writes: Vec<LocalWrite>,
+    ) -> Result<Vec<WriteOutcome>, CoreError> {
         let now = now_millis();
         let mut changes = Vec::with_capacity(writes.len());
         for w in writes {
@@ -279,11 +323,22 @@ impl Ferry {
                         Some(existing) => existing.created_at,
                         None => now,
                     };
-                    ChangeOp::Upsert { meta, blobs, created_at }
+                    ChangeOp::Upsert {
+                        meta,
+                        blobs,
+                        created_at,
+                    }
                 }
                 LocalOp::Delete => ChangeOp::Delete,
             };
-            changes.push((Change { key: w.key, stamp: self.0.clock.stamp(), op }, w.pre));
+            changes.push((
+                Change {
+                    key: w.key,
+                    stamp: self.0.clock.stamp(),
+                    op,
+                },
+                w.pre,
+            ));
         }
         let outcomes = self.0.meta.write(feed.id, changes).await?;
         self.notify(feed.id, &outcomes)?;
@@ -292,12 +347,22 @@ impl Ferry {
 
     /// Applies already-stamped changes (from replication), advancing the
     /// clock past them.
-    pub async fn apply(&self, feed: &FeedRecord, changes: Vec<Change>) -> Result<Vec<WriteOutcome>, CoreError> {
+    pub async fn apply(
+        &self,
+        feed: &FeedRecord,
+        changes: Vec<Change>,
+    ) -> Result<Vec<WriteOutcome>, CoreError> {
         for c in &changes {
             self.0.clock.observe(c.stamp.time);
         }
-        let outcomes =
-            self.0.meta.write(feed.id, changes.into_iter().map(|c| (c, Precondition::Any)).collect()).await?;
+        let outcomes = self
+            .0
+            .meta
+            .write(
+                feed.id,
+                changes.into_iter().map(|c| (c, Precondition::Any)).collect(),
+            )
+            .await?;
         self.notify(feed.id, &outcomes)?;
         Ok(outcomes)
     }
@@ -348,7 +413,11 @@ impl Ferry {
         const PAGE: usize = 1000;
         let mut out: Vec<ItemRecord> = Vec::new();
         loop {
-            let page = self.0.meta.items(feed.id, prefix, out.last().map(|i| &i.key), PAGE).await?;
+            let page = self
+                .0
+                .meta
+                .items(feed.id, prefix, out.last().map(|i| &i.key), PAGE)
+                .await?;
             let done = page.len() < PAGE;
             out.extend(page);
             if done {
@@ -370,7 +439,12 @@ impl Ferry {
 
     /// Serves a rendered index from memory while the feed has not changed
     /// since it was rendered; otherwise renders it again with `render`.
-    pub async fn cached_index<F, Fut>(&self, feed: &FeedRecord, key: &str, render: F) -> Result<Bytes, CoreError>
+    pub async fn cached_index<F, Fut>(
+        &self,
+        feed: &FeedRecord,
+        key: &str,
+        render: F,
+    ) -> Result<Bytes, CoreError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Bytes, CoreError>>,

@@ -1,1 +1,556 @@
-//! npm
+//! npm feeds: publish, metadata updates (deprecate, unpublish a version),
+//! whole-package unpublish, dist-tags, packuments and tarballs.
+//!
+//! Item layout (see [`ferry_formats::npm`]): `pkg/{name}/{version}` with
+//! `{"manifest": …}` and the tarball as its one blob; `tag/{name}/{tag}`
+//! with `{"version": …}`. The packument is never stored: it is rendered from
+//! the items on whichever instance serves it, and cached until the feed
+//! changes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bytes::Bytes;
+use ferry_formats::npm::{self as format, NpmItemKey, PackagePut, Publish, StoredVersion};
+use ferry_store::{FeedRecord, Precondition};
+use ferry_types::{Digest, ItemKey};
+use serde_json::Value;
+
+use crate::{CoreError, Ferry, LocalWrite};
+
+/// The message of every "no such package" answer (`{"error":"not found"}`).
+pub const NOT_FOUND: &str = "not found";
+
+fn not_found() -> CoreError {
+    CoreError::not_found(NOT_FOUND)
+}
+
+/// A rendered packument, as cached: every form shares one render.
+#[derive(Debug, Clone)]
+pub struct Packument {
+    /// The full document (`application/json`).
+    pub full: Bytes,
+    /// The abbreviated document ([`format::ABBREVIATED_MEDIA_TYPE`]).
+    pub abbreviated: Bytes,
+    /// The effective dist-tags, a JSON object.
+    pub dist_tags: Bytes,
+    /// The revision (`_rev`), usable as an ETag.
+    pub rev: String,
+}
+
+/// What a `PUT /{name}` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// A new version was published, with these dist-tags pointing at it.
+    Published {
+        version: String,
+        dist_tags: BTreeMap<String, String>,
+    },
+    /// A metadata update was applied (possibly changing nothing).
+    Updated {
+        deprecated: Vec<String>,
+        undeprecated: Vec<String>,
+        removed: Vec<String>,
+    },
+}
+
+/// A package as stored.
+#[derive(Default)]
+struct Package {
+    versions: Vec<StoredVersion>,
+    /// The blobs of each version item (the tarball).
+    blobs: HashMap<String, Vec<Digest>>,
+    /// The stored dist-tag items: tag → version.
+    tags: BTreeMap<String, String>,
+    /// Every item key of the package, versions and tags.
+    keys: Vec<ItemKey>,
+    /// Time of the package's latest change (the newest item stamp), in ms.
+    modified: Option<i64>,
+}
+
+impl Package {
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The current revision, as rendered into `_rev`.
+    fn rev(&self, name: &str) -> String {
+        format::render_packument(name, &self.versions, &self.tags, "", self.modified).rev
+    }
+}
+
+fn stamp_millis(stamp: &ferry_types::Stamp) -> i64 {
+    i64::try_from(stamp.time.millis()).unwrap_or(i64::MAX)
+}
+
+fn join_error(e: tokio::task::JoinError) -> CoreError {
+    CoreError::Internal(format!("npm worker task failed: {e}"))
+}
+
+/// Reads every item of package `name`.
+async fn load(ferry: &Ferry, feed: &FeedRecord, name: &str) -> Result<Package, CoreError> {
+    let mut pkg = Package::default();
+    let touch = |pkg: &mut Package, millis: i64| {
+        pkg.modified = Some(pkg.modified.map_or(millis, |m| m.max(millis)));
+    };
+    for mut item in ferry.items(feed, &format::version_key_prefix(name)).await? {
+        let version = match format::parse_item_key(&item.key) {
+            Ok(NpmItemKey::Version { name: n, version }) if n == name => version,
+            _ => continue,
+        };
+        let millis = stamp_millis(&item.stamp);
+        touch(&mut pkg, millis);
+        pkg.keys.push(item.key.clone());
+        let manifest = match item.meta.get_mut("manifest").map(Value::take) {
+            Some(m @ Value::Object(_)) => m,
+            _ => {
+                tracing::warn!(key = %item.key, feed = %feed.name, "npm version item without a manifest; skipped");
+                continue;
+            }
+        };
+        pkg.blobs.insert(version.clone(), std::mem::take(&mut item.blobs));
+        pkg.versions.push(StoredVersion {
+            version,
+            manifest,
+            published_millis: item.created_at,
+        });
+    }
+    for item in ferry.items(feed, &format::tag_key_prefix(name)).await? {
+        let tag = match format::parse_item_key(&item.key) {
+            Ok(NpmItemKey::Tag { name: n, tag }) if n == name => tag,
+            _ => continue,
+        };
+        touch(&mut pkg, stamp_millis(&item.stamp));
+        pkg.keys.push(item.key.clone());
+        match item.meta.get("version").and_then(Value::as_str) {
+            Some(v) => {
+                pkg.tags.insert(tag, v.to_owned());
+            }
+            None => {
+                tracing::warn!(key = %item.key, feed = %feed.name, "npm dist-tag item without a version; skipped")
+            }
+        }
+    }
+    Ok(pkg)
+}
+
+/// Item metadata built by the format module, as the store keeps it.
+fn meta_value(bytes: &[u8]) -> Result<Value, CoreError> {
+    serde_json::from_slice(bytes).map_err(|e| CoreError::Internal(format!("npm item metadata: {e}")))
+}
+
+// ---------------------------------------------------------------------------
+// Packuments
+
+/// The packument of `name`, with tarball URLs under `tarball_base` (the
+/// registry root the client used, e.g. `http://host:8765/npm/feed`).
+/// Rendered once per feed change and base, then served from memory.
+/// NotFound (`"not found"`) when the package has no version.
+pub async fn packument(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    name: &str,
+    tarball_base: &str,
+) -> Result<Packument, CoreError> {
+    format::validate_existing_package_name(name)?;
+    // Everything the bytes depend on: the package, and the base of its
+    // tarball URLs (the host the client reached). Both forms (full and
+    // abbreviated) and the dist-tags are rendered together and kept in one
+    // entry.
+    let key = format!("npm\u{1f}packument\u{1f}{name}\u{1f}{tarball_base}");
+    let cached = ferry
+        .cached_index(feed, &key, || async {
+            let pkg = load(ferry, feed, name).await?;
+            if pkg.versions.is_empty() {
+                return Ok(Bytes::new());
+            }
+            let (name, base) = (name.to_owned(), tarball_base.to_owned());
+            let rendered = tokio::task::spawn_blocking(move || {
+                format::render_packument(&name, &pkg.versions, &pkg.tags, &base, pkg.modified)
+            })
+            .await
+            .map_err(join_error)?;
+            Ok(encode(&rendered))
+        })
+        .await?;
+    if cached.is_empty() {
+        return Err(not_found());
+    }
+    decode(&cached)
+}
+
+/// One cache entry: four length-prefixed parts (full, abbreviated,
+/// dist-tags, rev).
+fn encode(p: &format::Packument) -> Bytes {
+    let parts: [&[u8]; 4] = [&p.full, &p.abbreviated, &p.dist_tags, p.rev.as_bytes()];
+    let mut out = Vec::with_capacity(parts.iter().map(|x| x.len() + 8).sum());
+    for part in parts {
+        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    Bytes::from(out)
+}
+
+fn decode(entry: &Bytes) -> Result<Packument, CoreError> {
+    let corrupt = || CoreError::Internal("corrupt cached packument".into());
+    let mut at = 0usize;
+    let mut next = || -> Result<Bytes, CoreError> {
+        let len_bytes: [u8; 8] = entry
+            .get(at..at + 8)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(corrupt)?;
+        let len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| corrupt())?;
+        let start = at + 8;
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= entry.len())
+            .ok_or_else(corrupt)?;
+        at = end;
+        Ok(entry.slice(start..end))
+    };
+    let full = next()?;
+    let abbreviated = next()?;
+    let dist_tags = next()?;
+    let rev = String::from_utf8(next()?.to_vec()).map_err(|_| corrupt())?;
+    Ok(Packument {
+        full,
+        abbreviated,
+        dist_tags,
+        rev,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// PUT /{name}: publish or metadata update
+
+/// Handles the body of `PUT /{name}` or `PUT /{name}/-rev/{rev}` (`url_rev`):
+/// a publish when it carries a tarball, else a metadata update (deprecate,
+/// unpublish one version). Parsing and tarball inspection run off the async
+/// threads. Nothing is written unless everything is valid, and each request
+/// is one transaction.
+pub async fn put_package(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    name: &str,
+    body: Bytes,
+    url_rev: Option<&str>,
+) -> Result<PutOutcome, CoreError> {
+    format::validate_existing_package_name(name)?;
+    let pkg = load(ferry, feed, name).await?;
+    let limits = ferry.config().archive;
+    let owned_name = name.to_owned();
+    let (put, pkg) = tokio::task::spawn_blocking(move || {
+        let put = format::parse_package_put(&owned_name, &body, &limits, &pkg.versions);
+        (put, pkg)
+    })
+    .await
+    .map_err(join_error)?;
+    match put? {
+        PackagePut::Publish(p) => publish(ferry, feed, &pkg, *p).await,
+        PackagePut::Update(u) => update(ferry, feed, name, pkg, u, url_rev).await,
+    }
+}
+
+fn republish_refused(version: &str) -> CoreError {
+    CoreError::Forbidden(format!(
+        "cannot publish over the previously published versions: {version}"
+    ))
+}
+
+async fn publish(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    pkg: &Package,
+    p: Publish,
+) -> Result<PutOutcome, CoreError> {
+    if pkg.versions.iter().any(|v| v.version == p.version) {
+        return Err(republish_refused(&p.version));
+    }
+    let limit = ferry.config().max_upload_bytes;
+    if p.tarball.len() as u64 > limit {
+        return Err(CoreError::TooLarge(format!(
+            "the tarball of {}@{} is {} bytes; the limit is {limit} bytes",
+            p.name,
+            p.version,
+            p.tarball.len()
+        )));
+    }
+    let meta = meta_value(&p.item_metadata())?;
+    let Publish {
+        name,
+        version,
+        key,
+        dist_tags,
+        tarball,
+        ..
+    } = p;
+    let staged = ferry.stage_bytes(Bytes::from(tarball)).await?;
+    let digest = ferry.commit_blob(staged).await?;
+    let mut writes = Vec::with_capacity(1 + dist_tags.len());
+    writes.push(LocalWrite::upsert(key, meta, vec![digest], Precondition::Absent));
+    let tag_meta = meta_value(&format::tag_item_metadata(&version))?;
+    for tag in dist_tags.keys() {
+        writes.push(LocalWrite::upsert(
+            format::tag_key(&name, tag)?,
+            tag_meta.clone(),
+            Vec::new(),
+            Precondition::Any,
+        ));
+    }
+    match ferry.write(feed, writes).await {
+        Ok(_) => Ok(PutOutcome::Published { version, dist_tags }),
+        // Published concurrently by someone else.
+        Err(CoreError::Conflict(_)) => Err(republish_refused(&version)),
+        Err(e) => Err(e),
+    }
+}
+
+async fn update(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    name: &str,
+    pkg: Package,
+    u: format::MetadataUpdate,
+    url_rev: Option<&str>,
+) -> Result<PutOutcome, CoreError> {
+    if pkg.is_empty() {
+        return Err(not_found());
+    }
+    let claimed: Vec<&str> = [url_rev, u.rev.as_deref()].into_iter().flatten().collect();
+    if claimed.is_empty() && !u.removed.is_empty() {
+        return Err(CoreError::invalid(format!(
+            "removing versions of {name} needs the revision that was edited (\"_rev\" or -rev/REV in the URL)"
+        )));
+    }
+    let pkg = check_rev(name, pkg, &claimed).await?;
+    apply_update(ferry, feed, name, pkg, u).await
+}
+
+/// Refuses (409) when any `claimed` revision is not the package's current
+/// one: the client edited a stale copy. The revision is rendered off the
+/// async threads; the package is handed back.
+async fn check_rev(name: &str, pkg: Package, claimed: &[&str]) -> Result<Package, CoreError> {
+    if claimed.is_empty() {
+        return Ok(pkg);
+    }
+    let owned_name = name.to_owned();
+    let (current, pkg) = tokio::task::spawn_blocking(move || (pkg.rev(&owned_name), pkg))
+        .await
+        .map_err(join_error)?;
+    match claimed.iter().find(|r| **r != current) {
+        Some(stale) => Err(stale_rev(name, stale, &current)),
+        None => Ok(pkg),
+    }
+}
+
+fn stale_rev(name: &str, claimed: &str, current: &str) -> CoreError {
+    CoreError::conflict(format!(
+        "{name} changed since revision {claimed} was read (now {current}); fetch it again and retry"
+    ))
+}
+
+async fn apply_update(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    name: &str,
+    pkg: Package,
+    u: format::MetadataUpdate,
+) -> Result<PutOutcome, CoreError> {
+    let mut writes = Vec::new();
+    let (mut deprecated, mut undeprecated) = (Vec::new(), Vec::new());
+    for (version, message) in &u.deprecations {
+        let stored = pkg
+            .versions
+            .iter()
+            .find(|v| &v.version == version)
+            .ok_or_else(|| CoreError::not_found(format!("{name}@{version} not found")))?;
+        let mut manifest = stored.manifest.clone();
+        format::set_deprecated(&mut manifest, message.as_deref());
+        let meta = meta_value(&format::version_item_metadata(&manifest))?;
+        let blobs = pkg.blobs.get(version).cloned().unwrap_or_default();
+        writes.push(LocalWrite::upsert(
+            format::version_key(name, version)?,
+            meta,
+            blobs,
+            Precondition::Present,
+        ));
+        match message {
+            Some(_) => deprecated.push(version.clone()),
+            None => undeprecated.push(version.clone()),
+        }
+    }
+    let removed: HashSet<&str> = u.removed.iter().map(String::as_str).collect();
+    for version in &u.removed {
+        writes.push(LocalWrite::delete(
+            format::version_key(name, version)?,
+            Precondition::Present,
+        ));
+    }
+    for (tag, version) in &pkg.tags {
+        if removed.contains(version.as_str()) {
+            writes.push(LocalWrite::delete(
+                format::tag_key(name, tag)?,
+                Precondition::Present,
+            ));
+        }
+    }
+    if !writes.is_empty() {
+        ferry.write(feed, writes).await?;
+    }
+    Ok(PutOutcome::Updated {
+        deprecated,
+        undeprecated,
+        removed: u.removed,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// DELETE /{name}/-rev/{rev}: unpublish everything
+
+/// Deletes every version and dist-tag of `name` in one transaction; with
+/// `rev`, only if the package is still at that revision (else Conflict).
+/// Returns the versions removed.
+pub async fn delete_package(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    name: &str,
+    rev: Option<&str>,
+) -> Result<Vec<String>, CoreError> {
+    format::validate_existing_package_name(name)?;
+    let pkg = load(ferry, feed, name).await?;
+    if pkg.is_empty() {
+        return Err(not_found());
+    }
+    let pkg = check_rev(name, pkg, rev.as_slice()).await?;
+    let writes = pkg
+        .keys
+        .iter()
+        .map(|k| LocalWrite::delete(k.clone(), Precondition::Present))
+        .collect();
+    ferry.write(feed, writes).await?;
+    Ok(pkg.versions.into_iter().map(|v| v.version).collect())
+}
+
+// ---------------------------------------------------------------------------
+// Dist-tags
+
+/// The version a stored dist-tag points at (NotFound if there is none).
+pub async fn dist_tag(ferry: &Ferry, feed: &FeedRecord, name: &str, tag: &str) -> Result<String, CoreError> {
+    let key = format::tag_key(name, tag)?;
+    let item = ferry
+        .item(feed, &key)
+        .await?
+        .ok_or_else(|| tag_not_found(name, tag))?;
+    item.meta
+        .get("version")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| CoreError::Internal(format!("dist-tag item {key} has no version")))
+}
+
+fn tag_not_found(name: &str, tag: &str) -> CoreError {
+    CoreError::not_found(format!("{tag} is not a dist-tag of {name}"))
+}
+
+/// `npm dist-tag add NAME@VERSION TAG`: points `tag` at an existing version.
+/// `body` is the request body, a JSON string holding the version.
+pub async fn set_dist_tag(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    name: &str,
+    tag: &str,
+    body: &[u8],
+) -> Result<String, CoreError> {
+    let key = format::tag_key(name, tag)?;
+    let version = format::parse_dist_tag_body(body)?;
+    let version_key = format::version_key(name, &version)?;
+    if ferry.item(feed, &version_key).await?.is_none() {
+        return Err(CoreError::not_found(format!("{name}@{version} not found")));
+    }
+    let meta = meta_value(&format::tag_item_metadata(&version))?;
+    ferry
+        .write(
+            feed,
+            vec![LocalWrite::upsert(key, meta, Vec::new(), Precondition::Any)],
+        )
+        .await?;
+    Ok(version)
+}
+
+/// `npm dist-tag rm NAME TAG`. `latest` cannot be removed (npm's rule).
+pub async fn delete_dist_tag(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    name: &str,
+    tag: &str,
+) -> Result<(), CoreError> {
+    let key = format::tag_key(name, tag)?;
+    if tag == "latest" {
+        return Err(CoreError::invalid(format!(
+            "the latest dist-tag of {name} cannot be removed; point it at another version with npm dist-tag add"
+        )));
+    }
+    match ferry
+        .write(feed, vec![LocalWrite::delete(key, Precondition::Present)])
+        .await
+    {
+        Err(CoreError::NotFound(_)) => Err(tag_not_found(name, tag)),
+        other => other.map(|_| ()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tarballs
+
+/// A stored tarball, as needed to serve it.
+#[derive(Debug, Clone)]
+pub struct Tarball {
+    /// The version item (downloads are counted on it).
+    pub key: ItemKey,
+    pub digest: Digest,
+    pub published: i64,
+}
+
+/// The tarball `file` (`{unscoped-name}-{version}.tgz`) of package `name`.
+pub async fn tarball(ferry: &Ferry, feed: &FeedRecord, name: &str, file: &str) -> Result<Tarball, CoreError> {
+    format::validate_existing_package_name(name)?;
+    let version =
+        format::parse_tarball_file_name(name, file).map_err(|e| CoreError::not_found(e.to_string()))?;
+    let key = format::version_key(name, &version)?;
+    let item = ferry
+        .item(feed, &key)
+        .await?
+        .ok_or_else(|| CoreError::not_found(format!("{name}@{version} not found")))?;
+    let digest = *item
+        .blobs
+        .first()
+        .ok_or_else(|| CoreError::Internal(format!("npm version {key} has no tarball")))?;
+    Ok(Tarball {
+        key,
+        digest,
+        published: item.created_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_entries_round_trip() {
+        let p = format::Packument {
+            full: b"{\"a\":1}".to_vec(),
+            abbreviated: b"{}".to_vec(),
+            dist_tags: Vec::new(),
+            rev: "1-abc".into(),
+            latest: None,
+        };
+        let d = decode(&encode(&p)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&d.full[..], p.full.as_slice());
+        assert_eq!(&d.abbreviated[..], b"{}");
+        assert!(d.dist_tags.is_empty());
+        assert_eq!(d.rev, "1-abc");
+        let mut broken = encode(&p).to_vec();
+        broken.truncate(broken.len() - 1);
+        assert!(decode(&Bytes::from(broken)).is_err());
+    }
+}

@@ -1,1 +1,332 @@
-//! pypi
+//! PyPI feeds: uploads (twine's legacy API), yanking (PEP 592), deletes,
+//! and the simple repository pages (PEP 503 HTML, PEP 691 JSON).
+//!
+//! Item layout (see `ferry_formats::pypi`): one item per distribution
+//! file, key `{normalized project}/{filename}`, metadata a [`FileMeta`],
+//! one blob, the file. Simple pages are derived from the items and cached
+//! until the feed changes.
+
+use std::io::BufReader;
+
+use bytes::Bytes;
+use ferry_formats::pypi::{
+    self as dist, check_upload, inspect_distribution, normalized_project_name, parse_file_key,
+    parse_filename, project_prefix, render_project, render_root, versions_match,
+};
+use ferry_store::{FeedRecord, ItemRecord, Precondition, StagedBlob, now_millis};
+use ferry_types::{Digest, ItemKey};
+
+pub use ferry_formats::pypi::{FileMeta, IndexFormat, UploadForm};
+
+use crate::{CoreError, Ferry, LocalWrite};
+
+/// Longest yank reason accepted, in characters.
+pub const MAX_YANK_REASON: usize = 1000;
+
+/// A stored distribution file, as needed to serve or list it.
+#[derive(Debug, Clone)]
+pub struct StoredFile {
+    pub key: ItemKey,
+    pub meta: FileMeta,
+    /// The file's blob (equal to `meta.sha256`).
+    pub digest: Digest,
+    pub modified: i64,
+    pub downloads: u64,
+}
+
+impl StoredFile {
+    fn from_item(item: ItemRecord) -> Result<Self, CoreError> {
+        let meta = FileMeta::from_json(&item.meta)?;
+        let digest = *item
+            .blobs
+            .first()
+            .ok_or_else(|| CoreError::Internal(format!("PyPI item {} has no blob", item.key)))?;
+        Ok(Self {
+            key: item.key,
+            meta,
+            digest,
+            modified: item.updated_at,
+            downloads: item.downloads,
+        })
+    }
+}
+
+/// The PEP 503 normalized form of a project name taken from a URL; an
+/// invalid name cannot name a project, so it is "not found".
+pub fn normalized_project(name: &str) -> Result<String, CoreError> {
+    normalized_project_name(name).map_err(|e| CoreError::not_found(e.to_string()))
+}
+
+/// Checks an upload's file name before its content is received, so a
+/// hopeless upload is refused early.
+pub fn check_filename(filename: &str) -> Result<(), CoreError> {
+    parse_filename(filename, None)?;
+    Ok(())
+}
+
+/// Publishes an uploaded distribution file that has been staged: inspects
+/// the archive (off the async threads), checks the form against it, then
+/// commits the blob and writes the item. The same file name twice is a
+/// conflict; nothing is written when any check fails.
+pub async fn upload(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    form: &UploadForm,
+    filename: &str,
+    staged: StagedBlob,
+) -> Result<FileMeta, CoreError> {
+    check_filename(filename)?;
+    let path = staged.path().to_path_buf();
+    let limits = ferry.config().archive;
+    let name = filename.to_owned();
+    let info = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)
+            .map_err(|e| CoreError::Internal(format!("opening staged upload {}: {e}", path.display())))?;
+        inspect_distribution(&name, BufReader::new(file), &limits).map_err(CoreError::from)
+    })
+    .await
+    .map_err(|e| CoreError::Internal(format!("archive inspection failed: {e}")))??;
+    let digest = staged.digest();
+    check_upload(form, &info, &digest)?;
+    let meta = FileMeta::new(&info, digest, staged.size(), crate::rfc3339(now_millis()));
+    let key = meta.key()?;
+    let exists = || {
+        CoreError::conflict(format!(
+            "{} already exists in feed {}; a file cannot be replaced (delete it first, or upload a new version)",
+            meta.filename, feed.name
+        ))
+    };
+    if ferry.item(feed, &key).await?.is_some() {
+        return Err(exists());
+    }
+    let digest = ferry.commit_blob(staged).await?;
+    let write = LocalWrite::upsert(key, meta.to_json(), vec![digest], Precondition::Absent);
+    match ferry.write(feed, vec![write]).await {
+        Ok(_) => Ok(meta),
+        Err(CoreError::Conflict(_)) => Err(exists()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every file of `project` (any spelling), in key order. Items whose
+/// metadata cannot be read are skipped (and logged).
+pub async fn project_files(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    project: &str,
+) -> Result<Vec<StoredFile>, CoreError> {
+    let prefix = project_prefix(project).map_err(|e| CoreError::not_found(e.to_string()))?;
+    Ok(ferry
+        .items(feed, &prefix)
+        .await?
+        .into_iter()
+        .filter_map(readable)
+        .collect())
+}
+
+fn readable(item: ItemRecord) -> Option<StoredFile> {
+    let key = item.key.clone();
+    match StoredFile::from_item(item) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "skipping unreadable PyPI item");
+            None
+        }
+    }
+}
+
+/// One file, by project (any spelling) and file name.
+pub async fn file(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    project: &str,
+    filename: &str,
+) -> Result<StoredFile, CoreError> {
+    let missing = || CoreError::not_found(format!("{project}/{filename} not found in feed {}", feed.name));
+    let key = dist::file_key(project, filename).map_err(|_| missing())?;
+    let item = ferry.item(feed, &key).await?.ok_or_else(missing)?;
+    StoredFile::from_item(item)
+}
+
+/// The files of `project` whose version equals `version` (PEP 440
+/// equality); NotFound when there are none.
+async fn version_files(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    project: &str,
+    version: &str,
+) -> Result<Vec<StoredFile>, CoreError> {
+    let files: Vec<StoredFile> = project_files(ferry, feed, project)
+        .await?
+        .into_iter()
+        .filter(|f| versions_match(&f.meta.version, version))
+        .collect();
+    if files.is_empty() {
+        return Err(CoreError::not_found(format!(
+            "project {project} has no files of version {version} in feed {}",
+            feed.name
+        )));
+    }
+    Ok(files)
+}
+
+/// Yanks (PEP 592) every file of one version, with an optional reason;
+/// returns the files as they are now. Files stay downloadable. Yanking
+/// again only updates the reason.
+pub async fn yank(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    project: &str,
+    version: &str,
+    reason: Option<String>,
+) -> Result<Vec<FileMeta>, CoreError> {
+    if let Some(r) = &reason
+        && r.chars().count() > MAX_YANK_REASON
+    {
+        return Err(CoreError::invalid(format!(
+            "the yank reason is longer than {MAX_YANK_REASON} characters"
+        )));
+    }
+    set_yanked(ferry, feed, project, version, |m| m.yank(reason.clone())).await
+}
+
+/// Undoes [`yank`] for every file of one version.
+pub async fn unyank(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    project: &str,
+    version: &str,
+) -> Result<Vec<FileMeta>, CoreError> {
+    set_yanked(ferry, feed, project, version, FileMeta::unyank).await
+}
+
+async fn set_yanked(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    project: &str,
+    version: &str,
+    change: impl Fn(&mut FileMeta),
+) -> Result<Vec<FileMeta>, CoreError> {
+    let files = version_files(ferry, feed, project, version).await?;
+    let mut writes = Vec::new();
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        let mut meta = f.meta.clone();
+        change(&mut meta);
+        if meta != f.meta {
+            writes.push(LocalWrite::upsert(
+                f.key,
+                meta.to_json(),
+                vec![f.digest],
+                Precondition::Present,
+            ));
+        }
+        out.push(meta);
+    }
+    if !writes.is_empty() {
+        ferry.write(feed, writes).await?;
+    }
+    Ok(out)
+}
+
+/// Deletes one file.
+pub async fn delete_file(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    project: &str,
+    filename: &str,
+) -> Result<(), CoreError> {
+    let f = file(ferry, feed, project, filename).await?;
+    ferry
+        .write(feed, vec![LocalWrite::delete(f.key, Precondition::Present)])
+        .await?;
+    Ok(())
+}
+
+/// Deletes every file of one version, at once; returns their names.
+pub async fn delete_version(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    project: &str,
+    version: &str,
+) -> Result<Vec<String>, CoreError> {
+    let files = version_files(ferry, feed, project, version).await?;
+    let names = files.iter().map(|f| f.meta.filename.clone()).collect();
+    let writes = files
+        .into_iter()
+        .map(|f| LocalWrite::delete(f.key, Precondition::Present))
+        .collect();
+    ferry.write(feed, writes).await?;
+    Ok(names)
+}
+
+fn format_tag(format: IndexFormat) -> &'static str {
+    match format {
+        IndexFormat::Html => "html",
+        IndexFormat::Json => "json",
+    }
+}
+
+/// The root page of the simple API: every project of the feed.
+pub async fn root_page(ferry: &Ferry, feed: &FeedRecord, format: IndexFormat) -> Result<Bytes, CoreError> {
+    let cache_key = format!("pypi:root:{}", format_tag(format));
+    ferry
+        .cached_index(feed, &cache_key, || async {
+            let items = ferry.items(feed, "").await?;
+            // Keys are in order, so one project's files are adjacent.
+            let mut names: Vec<String> = Vec::new();
+            let mut last: Option<String> = None;
+            for item in &items {
+                let Ok((project, _)) = parse_file_key(&item.key) else {
+                    continue;
+                };
+                if last.as_deref() == Some(project) {
+                    continue;
+                }
+                last = Some(project.to_owned());
+                let shown = item.meta["name"].as_str().unwrap_or(project);
+                names.push(shown.to_owned());
+            }
+            Ok(Bytes::from(render_root(names.iter().map(String::as_str), format)))
+        })
+        .await
+}
+
+/// A project's page of the simple API, with file links under
+/// `{files_base}/files/...`. NotFound when the project has no files.
+pub async fn project_page(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    project: &str,
+    format: IndexFormat,
+    files_base: &str,
+) -> Result<Bytes, CoreError> {
+    let normalized = normalized_project(project)?;
+    let cache_key = format!("pypi:project:{normalized}:{}:{files_base}", format_tag(format));
+    let body = ferry
+        .cached_index(feed, &cache_key, || async {
+            let files: Vec<FileMeta> = project_files(ferry, feed, &normalized)
+                .await?
+                .into_iter()
+                .map(|f| f.meta)
+                .collect();
+            if files.is_empty() {
+                // Cached as "no such project": rendered pages are never empty.
+                return Ok(Bytes::new());
+            }
+            Ok(Bytes::from(render_project(
+                &normalized,
+                &files,
+                files_base,
+                format,
+            )))
+        })
+        .await?;
+    if body.is_empty() {
+        return Err(CoreError::not_found(format!(
+            "project {normalized} not found in feed {}",
+            feed.name
+        )));
+    }
+    Ok(body)
+}

@@ -15,12 +15,23 @@ async fn call(conn: &Conn, method: Method, path: &str, body: Option<Value>) -> a
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let resp = req.send().await.with_context(|| format!("cannot reach {}", conn.url))?;
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}", conn.url))?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
-    let value: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(json!(text)) };
+    let value: Value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(json!(text))
+    };
     if !status.is_success() {
-        let reason = value.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or(text);
+        let reason = value
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or(text);
         if status == StatusCode::UNAUTHORIZED && conn.api_key.is_none() {
             bail!("{reason} (pass --api-key or set FERRY_API_KEY)");
         }
@@ -36,7 +47,12 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
 
 pub async fn feed(cmd: FeedCmd) -> anyhow::Result<()> {
     match cmd {
-        FeedCmd::Create { name, feed_type, private, conn } => {
+        FeedCmd::Create {
+            name,
+            feed_type,
+            private,
+            conn,
+        } => {
             let body = json!({ "name": name, "type": feed_type, "private": private });
             call(&conn, Method::POST, "/api/v1/feeds", Some(body)).await?;
             println!("created {feed_type} feed {name}");
@@ -47,8 +63,16 @@ pub async fn feed(cmd: FeedCmd) -> anyhow::Result<()> {
                 return print_json(&feeds);
             }
             for f in feeds.as_array().into_iter().flatten() {
-                let vis = if f["private"].as_bool() == Some(true) { "private" } else { "public" };
-                println!("{}\t{}\t{vis}", f["name"].as_str().unwrap_or("?"), f["type"].as_str().unwrap_or("?"));
+                let vis = if f["private"].as_bool() == Some(true) {
+                    "private"
+                } else {
+                    "public"
+                };
+                println!(
+                    "{}\t{}\t{vis}",
+                    f["name"].as_str().unwrap_or("?"),
+                    f["type"].as_str().unwrap_or("?")
+                );
             }
         }
         FeedCmd::Delete { name, conn } => {
@@ -61,8 +85,17 @@ pub async fn feed(cmd: FeedCmd) -> anyhow::Result<()> {
 
 pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
     match cmd {
-        KeyCmd::Create { name, permission, feeds, conn } => {
-            let feeds = if feeds.is_empty() { Value::Null } else { json!(feeds) };
+        KeyCmd::Create {
+            name,
+            permission,
+            feeds,
+            conn,
+        } => {
+            let feeds = if feeds.is_empty() {
+                Value::Null
+            } else {
+                json!(feeds)
+            };
             let body = json!({ "name": name, "permission": permission, "feeds": feeds });
             let created = call(&conn, Method::POST, "/api/v1/keys", Some(body)).await?;
             println!("{}", created["key"].as_str().unwrap_or_default());
@@ -77,7 +110,11 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
                     Some(fs) => fs.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
                     None => "*".into(),
                 };
-                println!("{}\t{}\t{feeds}", k["name"].as_str().unwrap_or("?"), k["permission"].as_str().unwrap_or("?"));
+                println!(
+                    "{}\t{}\t{feeds}",
+                    k["name"].as_str().unwrap_or("?"),
+                    k["permission"].as_str().unwrap_or("?")
+                );
             }
         }
         KeyCmd::Delete { name, conn } => {
@@ -103,12 +140,19 @@ fn counts_line(c: &Value) -> String {
 
 fn print_report(report: &Value) {
     for f in report["feeds"].as_array().into_iter().flatten() {
-        let (l, r) = (f["local"].as_str().unwrap_or("?"), f["remote"].as_str().unwrap_or("?"));
+        let (l, r) = (
+            f["local"].as_str().unwrap_or("?"),
+            f["remote"].as_str().unwrap_or("?"),
+        );
         println!("  {l} <- {r}: pulled {}", counts_line(&f["pulled"]));
         println!("  {l} -> {r}: pushed {}", counts_line(&f["pushed"]));
     }
     for line in report["log"].as_array().into_iter().flatten() {
-        println!("  [{}] {}", line["level"].as_str().unwrap_or(""), line["message"].as_str().unwrap_or(""));
+        println!(
+            "  [{}] {}",
+            line["level"].as_str().unwrap_or(""),
+            line["message"].as_str().unwrap_or("")
+        );
     }
 }
 
@@ -140,20 +184,48 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 "carry_downloads": carry_downloads, "bandwidth_limit": bandwidth_limit,
             });
             call(&conn, Method::POST, "/api/v1/replications", Some(body)).await?;
-            let dir = if outgoing.is_some() { "outgoing" } else { "incoming" };
+            let dir = if outgoing.is_some() {
+                "outgoing"
+            } else {
+                "incoming"
+            };
             println!("created {dir} {mode} replication {name}");
         }
         ReplCmd::Token { name, conn } => {
-            let r = call(&conn, Method::POST, &format!("/api/v1/replications/{name}/tokens"), None).await?;
+            let r = call(
+                &conn,
+                Method::POST,
+                &format!("/api/v1/replications/{name}/tokens"),
+                None,
+            )
+            .await?;
             println!("{}", r["token"].as_str().unwrap_or_default());
         }
         ReplCmd::Revoke { name, token_id, conn } => {
-            call(&conn, Method::DELETE, &format!("/api/v1/replications/{name}/tokens/{token_id}"), None).await?;
+            call(
+                &conn,
+                Method::DELETE,
+                &format!("/api/v1/replications/{name}/tokens/{token_id}"),
+                None,
+            )
+            .await?;
             println!("revoked token {token_id} of {name}");
         }
-        ReplCmd::Run { name, wait, confirm_deletes, full, conn } => {
+        ReplCmd::Run {
+            name,
+            wait,
+            confirm_deletes,
+            full,
+            conn,
+        } => {
             let body = json!({ "wait": wait, "confirm_deletes": confirm_deletes, "full": full });
-            let r = call(&conn, Method::POST, &format!("/api/v1/replications/{name}/run"), Some(body)).await?;
+            let r = call(
+                &conn,
+                Method::POST,
+                &format!("/api/v1/replications/{name}/run"),
+                Some(body),
+            )
+            .await?;
             if !(wait || confirm_deletes || full) {
                 println!("started an execution of {name}");
                 return Ok(());
@@ -163,8 +235,13 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             print_report(&r["report"]);
             match outcome {
                 "succeeded" => {}
-                "needs-confirmation" => bail!("execution stopped before deleting; rerun with --confirm-deletes to proceed"),
-                _ => bail!("execution failed: {}", r["error"].as_str().unwrap_or("see the log above")),
+                "needs-confirmation" => {
+                    bail!("execution stopped before deleting; rerun with --confirm-deletes to proceed")
+                }
+                _ => bail!(
+                    "execution failed: {}",
+                    r["error"].as_str().unwrap_or("see the log above")
+                ),
             }
         }
         ReplCmd::List { json, conn } => {
@@ -179,7 +256,13 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                     .as_object()
                     .into_iter()
                     .flatten()
-                    .map(|(f, l)| format!("{f}:{} changes/{:.1}s", l["changes"], l["seconds"].as_f64().unwrap_or(0.0)))
+                    .map(|(f, l)| {
+                        format!(
+                            "{f}:{} changes/{:.1}s",
+                            l["changes"],
+                            l["seconds"].as_f64().unwrap_or(0.0)
+                        )
+                    })
                     .collect();
                 println!(
                     "{}\t{dir}\t{}\t{}\tlast={}\tnext={}\tlag={}",
@@ -193,7 +276,13 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             }
         }
         ReplCmd::Executions { name, json, conn } => {
-            let list = call(&conn, Method::GET, &format!("/api/v1/replications/{name}/executions"), None).await?;
+            let list = call(
+                &conn,
+                Method::GET,
+                &format!("/api/v1/replications/{name}/executions"),
+                None,
+            )
+            .await?;
             if json {
                 return print_json(&list);
             }
@@ -209,7 +298,13 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             }
         }
         ReplCmd::Plan { name, json, conn } => {
-            let r = call(&conn, Method::POST, &format!("/api/v1/replications/{name}/plan"), None).await?;
+            let r = call(
+                &conn,
+                Method::POST,
+                &format!("/api/v1/replications/{name}/plan"),
+                None,
+            )
+            .await?;
             if json {
                 return print_json(&r);
             }
@@ -219,9 +314,19 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 println!("  an execution would stop before deleting (over the deletion limit)");
             }
         }
-        ReplCmd::Verify { name, repair, json, conn } => {
-            let r = call(&conn, Method::POST, &format!("/api/v1/replications/{name}/verify"), Some(json!({ "repair": repair })))
-                .await?;
+        ReplCmd::Verify {
+            name,
+            repair,
+            json,
+            conn,
+        } => {
+            let r = call(
+                &conn,
+                Method::POST,
+                &format!("/api/v1/replications/{name}/verify"),
+                Some(json!({ "repair": repair })),
+            )
+            .await?;
             if json {
                 print_json(&r)?;
             } else {
@@ -230,7 +335,11 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                         "{} = {}: {} ({} items here, {} there)",
                         f["local"].as_str().unwrap_or("?"),
                         f["remote"].as_str().unwrap_or("?"),
-                        if f["same"].as_bool() == Some(true) { "same" } else { "DIFFERENT" },
+                        if f["same"].as_bool() == Some(true) {
+                            "same"
+                        } else {
+                            "DIFFERENT"
+                        },
                         f["local_items"],
                         f["remote_items"]
                     );
@@ -241,18 +350,35 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             }
         }
         ReplCmd::Delete { name, conn } => {
-            call(&conn, Method::DELETE, &format!("/api/v1/replications/{name}"), None).await?;
+            call(
+                &conn,
+                Method::DELETE,
+                &format!("/api/v1/replications/{name}"),
+                None,
+            )
+            .await?;
             println!("deleted replication {name}");
         }
         ReplCmd::Log { level, conn } => {
             if let Some(level) = level {
-                call(&conn, Method::PUT, "/api/v1/logs/replication/level", Some(json!({ "level": level }))).await?;
+                call(
+                    &conn,
+                    Method::PUT,
+                    "/api/v1/logs/replication/level",
+                    Some(json!({ "level": level })),
+                )
+                .await?;
                 println!("replication log level set to {level}");
                 return Ok(());
             }
             let r = call(&conn, Method::GET, "/api/v1/logs/replication", None).await?;
             for l in r["lines"].as_array().into_iter().flatten() {
-                println!("{} {} {}", l["time"].as_str().unwrap_or(""), l["level"].as_str().unwrap_or(""), l["message"].as_str().unwrap_or(""));
+                println!(
+                    "{} {} {}",
+                    l["time"].as_str().unwrap_or(""),
+                    l["level"].as_str().unwrap_or(""),
+                    l["message"].as_str().unwrap_or("")
+                );
             }
         }
     }

@@ -54,8 +54,8 @@ impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut cfg = match file {
             Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
                 toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?
             }
             None => Config::default(),
@@ -64,16 +64,24 @@ impl Config {
             cfg.data_dir = v.into();
         }
         if let Ok(v) = std::env::var("FERRY_LISTEN") {
-            cfg.listen = v.parse().with_context(|| format!("FERRY_LISTEN={v:?} is not an address"))?;
+            cfg.listen = v
+                .parse()
+                .with_context(|| format!("FERRY_LISTEN={v:?} is not an address"))?;
         }
         if let Ok(v) = std::env::var("FERRY_MAX_UPLOAD_BYTES") {
-            cfg.max_upload_bytes = v.parse().with_context(|| format!("FERRY_MAX_UPLOAD_BYTES={v:?}"))?;
+            cfg.max_upload_bytes = v
+                .parse()
+                .with_context(|| format!("FERRY_MAX_UPLOAD_BYTES={v:?}"))?;
         }
         if let Ok(v) = std::env::var("FERRY_GC_INTERVAL_SECS") {
-            cfg.gc_interval_secs = v.parse().with_context(|| format!("FERRY_GC_INTERVAL_SECS={v:?}"))?;
+            cfg.gc_interval_secs = v
+                .parse()
+                .with_context(|| format!("FERRY_GC_INTERVAL_SECS={v:?}"))?;
         }
         if let Ok(v) = std::env::var("FERRY_TOMBSTONE_RETENTION_SECS") {
-            cfg.tombstone_retention_secs = v.parse().with_context(|| format!("FERRY_TOMBSTONE_RETENTION_SECS={v:?}"))?;
+            cfg.tombstone_retention_secs = v
+                .parse()
+                .with_context(|| format!("FERRY_TOMBSTONE_RETENTION_SECS={v:?}"))?;
         }
         if let Ok(v) = std::env::var("FERRY_LOG") {
             cfg.log = v;
@@ -103,6 +111,9 @@ mod tests {
         assert_eq!(cfg.listen.port(), 9000);
         assert_eq!(cfg.feeds[0].name, "npm-main");
         assert!(cfg.feeds[0].private);
-        assert!(toml::from_str::<Config>("lisen = 1").is_err(), "typos must not pass silently");
+        assert!(
+            toml::from_str::<Config>("lisen = 1").is_err(),
+            "typos must not pass silently"
+        );
     }
 }

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Package repository server that replicates feeds between instances")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Package repository server that replicates feeds between instances"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -164,9 +168,19 @@ pub enum ReplCmd {
 /// How to reach a running instance.
 #[derive(Args, Clone)]
 pub struct Conn {
-    #[arg(long, env = "FERRY_URL", default_value = "http://127.0.0.1:8765", global = true)]
+    #[arg(
+        long,
+        env = "FERRY_URL",
+        default_value = "http://127.0.0.1:8765",
+        global = true
+    )]
     url: String,
-    #[arg(long = "api-key", env = "FERRY_API_KEY", global = true, hide_env_values = true)]
+    #[arg(
+        long = "api-key",
+        env = "FERRY_API_KEY",
+        global = true,
+        hide_env_values = true
+    )]
     api_key: Option<String>,
 }
 
@@ -246,7 +260,11 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config, data_dir, listen } => {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+        } => {
             let mut cfg = config::Config::load(config.as_deref())?;
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
@@ -267,5 +285,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -16,9 +16,16 @@ use crate::config::Config;
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let meta = SqliteStore::open(cfg.data_dir.join("ferry.db")).await.context("opening metadata database")?;
-    let blobs = FsBlobStore::open(cfg.data_dir.join("blobs")).await.context("opening blob store")?;
-    let core_cfg = ferry_core::Config { max_upload_bytes: cfg.max_upload_bytes, ..Default::default() };
+    let meta = SqliteStore::open(cfg.data_dir.join("ferry.db"))
+        .await
+        .context("opening metadata database")?;
+    let blobs = FsBlobStore::open(cfg.data_dir.join("blobs"))
+        .await
+        .context("opening blob store")?;
+    let core_cfg = ferry_core::Config {
+        max_upload_bytes: cfg.max_upload_bytes,
+        ..Default::default()
+    };
     let meta = Arc::new(meta);
     let ferry = Ferry::open(meta.clone(), Arc::new(blobs), core_cfg).await?;
     let replicator = Replicator::new(ferry.clone(), meta);
@@ -30,7 +37,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let ty: FeedType = decl.feed_type.parse()?;
         match ferry.feed(&name).await {
             Ok(existing) if existing.feed_type != ty => {
-                anyhow::bail!("feed {name} is declared as {ty} but exists as {}", existing.feed_type)
+                anyhow::bail!(
+                    "feed {name} is declared as {ty} but exists as {}",
+                    existing.feed_type
+                )
             }
             Ok(_) => {}
             Err(_) => {
@@ -44,12 +54,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     replicator.start().await?;
     spawn_tombstone_pruning(replicator.clone(), cfg.tombstone_retention_secs);
 
-    let listener =
-        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
-    axum::serve(listener, ferry_server::router(ferry.clone(), replicator)).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, ferry_server::router(ferry.clone(), replicator))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     ferry.flush_downloads().await?;
     tracing::info!("stopped");
     Ok(())
@@ -124,7 +137,10 @@ fn spawn_tombstone_pruning(replicator: Replicator, retention_secs: u64) {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
-            match replicator.prune_tombstones(Duration::from_secs(retention_secs)).await {
+            match replicator
+                .prune_tombstones(Duration::from_secs(retention_secs))
+                .await
+            {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(tombstones = n, "pruned tombstones past the retention"),
                 Err(e) => tracing::warn!(error = %e, "tombstone pruning failed"),

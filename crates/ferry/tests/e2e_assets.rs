@@ -14,7 +14,10 @@ fn feeds_assets_and_keys_through_cli_and_curl_survive_restart() {
     let out = s.cli(&["feed", "create", "files", "--type", "assets"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("409") && err.contains("already exists") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("409") && err.contains("already exists") && err.lines().count() == 1,
+        "{err}"
+    );
     let listed: serde_json::Value = serde_json::from_str(&s.cli_ok(&["feed", "list", "--json"])).unwrap();
     assert_eq!(listed[0]["name"], "files");
     assert_eq!(listed[0]["type"], "assets");
@@ -29,7 +32,13 @@ fn feeds_assets_and_keys_through_cli_and_curl_survive_restart() {
     let (st, _) = curl(&["-T", file.to_str().unwrap(), "-H", &auth, &url]);
     assert_eq!(st, 201);
     // Basic auth with any user and the key as password works for curl -u too.
-    let (st, _) = curl(&["-T", file.to_str().unwrap(), "-u", &format!("me:{writer}"), &format!("{url}.copy")]);
+    let (st, _) = curl(&[
+        "-T",
+        file.to_str().unwrap(),
+        "-u",
+        &format!("me:{writer}"),
+        &format!("{url}.copy"),
+    ]);
     assert_eq!(st, 201);
     let (st, body) = curl(&[&url]);
     assert_eq!((st, body == data), (200, true));
@@ -39,8 +48,29 @@ fn feeds_assets_and_keys_through_cli_and_curl_survive_restart() {
     // Unauthenticated and read-only writes are refused.
     let reader = s.key("reader", "read");
     assert_eq!(curl(&["-T", file.to_str().unwrap(), &format!("{url}.2")]).0, 401);
-    assert_eq!(curl(&["-T", file.to_str().unwrap(), "-H", &format!("Authorization: Bearer {reader}"), &format!("{url}.2")]).0, 403);
-    assert_eq!(curl(&["--path-as-is", "-T", file.to_str().unwrap(), "-H", &auth, &format!("{}/assets/files/../x", s.url)]).0, 400);
+    assert_eq!(
+        curl(&[
+            "-T",
+            file.to_str().unwrap(),
+            "-H",
+            &format!("Authorization: Bearer {reader}"),
+            &format!("{url}.2")
+        ])
+        .0,
+        403
+    );
+    assert_eq!(
+        curl(&[
+            "--path-as-is",
+            "-T",
+            file.to_str().unwrap(),
+            "-H",
+            &auth,
+            &format!("{}/assets/files/../x", s.url)
+        ])
+        .0,
+        400
+    );
 
     s.restart();
     let (st, body) = curl(&[&url]);
@@ -59,7 +89,13 @@ fn first_start_creates_and_prints_admin_key_once() {
     let data = dir.path().join("d");
     let start = || {
         let mut child = Command::new(support::bin())
-            .args(["serve", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .env_remove("FERRY_ADMIN_KEY")
             .env("FERRY_LOG", "warn")
             .stdout(Stdio::piped())
@@ -80,12 +116,28 @@ fn first_start_creates_and_prints_admin_key_once() {
         seen
     };
     let first = start();
-    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_string();
-    assert!(first.iter().any(|l| l.contains(&key)), "key not printed: {first:?}");
+    let key = std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        first.iter().any(|l| l.contains(&key)),
+        "key not printed: {first:?}"
+    );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(data.join("admin.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(data.join("admin.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     let second = start();
-    assert!(!second.iter().any(|l| l.contains(&key)), "key printed again: {second:?}");
+    assert!(
+        !second.iter().any(|l| l.contains(&key)),
+        "key printed again: {second:?}"
+    );
 }
 
 #[test]
@@ -95,7 +147,14 @@ fn kill_during_upload_leaves_no_partial_item() {
     let url = format!("{}/assets/files/big.bin", s.url);
     // Stream a body slowly through curl's stdin, then kill the server mid-way.
     let mut curl_up = Command::new("curl")
-        .args(["-s", "-T", "-", "-H", &format!("Authorization: Bearer {ADMIN}"), &url])
+        .args([
+            "-s",
+            "-T",
+            "-",
+            "-H",
+            &format!("Authorization: Bearer {ADMIN}"),
+            &url,
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -114,9 +173,21 @@ fn kill_during_upload_leaves_no_partial_item() {
     s.restart();
     assert_eq!(curl(&[&url]).0, 404, "a partial upload became visible");
     let staging = s.data.join("blobs/staging");
-    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "staging not cleaned");
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "staging not cleaned"
+    );
     // The feed works normally afterwards.
-    let (st, _) = curl(&["-X", "PUT", "--data-binary", "fine", "-H", &format!("Authorization: Bearer {ADMIN}"), &url]);
+    let (st, _) = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "fine",
+        "-H",
+        &format!("Authorization: Bearer {ADMIN}"),
+        &url,
+    ]);
     assert_eq!(st, 201);
     assert_eq!(curl(&[&url]).1, b"fine");
 }

@@ -9,7 +9,11 @@ use crate::FormatError;
 /// ways: empty, absolute, `.`/`..` segments, empty segments, backslashes,
 /// control characters and over-long paths.
 pub fn asset_key(path: &str) -> Result<ItemKey, FormatError> {
-    let bad = |why: &str| Err(FormatError::invalid(format!("invalid asset path {path:?}: {why}")));
+    let bad = |why: &str| {
+        Err(FormatError::invalid(format!(
+            "invalid asset path {path:?}: {why}"
+        )))
+    };
     if path.is_empty() {
         return bad("empty");
     }
@@ -51,14 +55,28 @@ mod tests {
     #[test]
     fn accepts_ordinary_paths() {
         assert_eq!(asset_key("a/b/c.txt").unwrap().as_str(), "a/b/c.txt");
-        assert_eq!(asset_key("weird name (1).tar.gz").unwrap().as_str(), "weird name (1).tar.gz");
+        assert_eq!(
+            asset_key("weird name (1).tar.gz").unwrap().as_str(),
+            "weird name (1).tar.gz"
+        );
         assert_eq!(asset_dir_prefix("a/b/").unwrap(), "a/b/");
         assert_eq!(asset_dir_prefix("").unwrap(), "");
     }
 
     #[test]
     fn refuses_traversal() {
-        for p in ["", "/etc/passwd", "../x", "a/../b", "a/./b", "a//b", "a\\b", "..", "a/\0", "a/b/"] {
+        for p in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a/./b",
+            "a//b",
+            "a\\b",
+            "..",
+            "a/\0",
+            "a/b/",
+        ] {
             assert!(asset_key(p).is_err(), "{p:?} accepted");
         }
     }

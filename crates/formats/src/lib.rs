@@ -41,6 +41,10 @@ pub struct ArchiveLimits {
 
 impl Default for ArchiveLimits {
     fn default() -> Self {
-        Self { max_unpacked_bytes: 2 << 30, max_entries: 100_000, max_metadata_bytes: 4 << 20 }
+        Self {
+            max_unpacked_bytes: 2 << 30,
+            max_entries: 100_000,
+            max_metadata_bytes: 4 << 20,
+        }
     }
 }

@@ -22,11 +22,17 @@ pub struct Remote {
 
 impl Remote {
     pub fn new(http: reqwest::Client, url: &str, token: &str) -> Self {
-        Self { http, base: format!("{}{BASE_PATH}", url.trim_end_matches('/')), token: token.to_string() }
+        Self {
+            http,
+            base: format!("{}{BASE_PATH}", url.trim_end_matches('/')),
+            token: token.to_string(),
+        }
     }
 
     fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
     }
 
     async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ReplError> {
@@ -40,16 +46,29 @@ impl Remote {
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
             .unwrap_or_else(|| text.trim().to_string());
         Err(match status {
-            StatusCode::UNAUTHORIZED => ReplError::Unauthorized(format!("the other instance refused the sync token: {message}")),
-            StatusCode::FORBIDDEN => ReplError::Forbidden(format!("the other instance does not allow this: {message}")),
-            StatusCode::CONFLICT if message.contains("mode") || message.contains("same instance") => ReplError::Refused(message),
-            s => ReplError::Remote { status: s.as_u16(), message },
+            StatusCode::UNAUTHORIZED => {
+                ReplError::Unauthorized(format!("the other instance refused the sync token: {message}"))
+            }
+            StatusCode::FORBIDDEN => {
+                ReplError::Forbidden(format!("the other instance does not allow this: {message}"))
+            }
+            StatusCode::CONFLICT if message.contains("mode") || message.contains("same instance") => {
+                ReplError::Refused(message)
+            }
+            s => ReplError::Remote {
+                status: s.as_u16(),
+                message,
+            },
         })
     }
 
     async fn json<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ReplError> {
         let resp = rb.send().await.map_err(|e| ReplError::Transport(e.to_string()))?;
-        Self::check(resp).await?.json::<T>().await.map_err(|e| ReplError::Transport(e.to_string()))
+        Self::check(resp)
+            .await?
+            .json::<T>()
+            .await
+            .map_err(|e| ReplError::Transport(e.to_string()))
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ReplError> {
@@ -57,37 +76,66 @@ impl Remote {
     }
 
     pub async fn handshake(&self, req: &HandshakeRequest) -> Result<HandshakeResponse, ReplError> {
-        self.post("/handshake", req).await
+        // Every 409 of the handshake refuses this configuration (mode, same
+        // instance, feed type, feed not in the replication), whatever its words.
+        self.post("/handshake", req).await.map_err(|e| match e {
+            ReplError::Remote { status: 409, message } => ReplError::Refused(message),
+            e => e,
+        })
     }
 
-    pub async fn changes(&self, feed: &FeedName, since: i64, limit: usize, wait_secs: u64) -> Result<ChangesPage, ReplError> {
+    pub async fn changes(
+        &self,
+        feed: &FeedName,
+        since: i64,
+        limit: usize,
+        wait_secs: u64,
+    ) -> Result<ChangesPage, ReplError> {
         let rb = self
             .req(Method::GET, &format!("/feeds/{feed}/changes"))
-            .query(&[("since", since.to_string()), ("limit", limit.to_string()), ("wait", wait_secs.to_string())])
+            .query(&[
+                ("since", since.to_string()),
+                ("limit", limit.to_string()),
+                ("wait", wait_secs.to_string()),
+            ])
             .timeout(Duration::from_secs(wait_secs + 30));
         self.json(rb).await
     }
 
-    pub async fn entries(&self, feed: &FeedName, after: Option<&ItemKey>, limit: usize) -> Result<EntriesPage, ReplError> {
+    pub async fn entries(
+        &self,
+        feed: &FeedName,
+        after: Option<&ItemKey>,
+        limit: usize,
+    ) -> Result<EntriesPage, ReplError> {
         let mut q = vec![("limit", limit.to_string())];
         if let Some(a) = after {
             q.push(("after", a.as_str().to_string()));
         }
-        self.json(self.req(Method::GET, &format!("/feeds/{feed}/entries")).query(&q)).await
+        self.json(self.req(Method::GET, &format!("/feeds/{feed}/entries")).query(&q))
+            .await
     }
 
-    pub async fn digest(&self, feed: &FeedName, include: &[String], exclude: &[String]) -> Result<FeedDigest, ReplError> {
+    pub async fn digest(
+        &self,
+        feed: &FeedName,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<FeedDigest, ReplError> {
         let mut q: Vec<(&str, &str)> = include.iter().map(|g| ("include", g.as_str())).collect();
         q.extend(exclude.iter().map(|g| ("exclude", g.as_str())));
-        self.json(self.req(Method::GET, &format!("/feeds/{feed}/digest")).query(&q)).await
+        self.json(self.req(Method::GET, &format!("/feeds/{feed}/digest")).query(&q))
+            .await
     }
 
     pub async fn stamps(&self, feed: &FeedName, keys: Vec<ItemKey>) -> Result<StampList, ReplError> {
-        self.post(&format!("/feeds/{feed}/stamps"), &KeyList { keys }).await
+        self.post(&format!("/feeds/{feed}/stamps"), &KeyList { keys })
+            .await
     }
 
     pub async fn apply(&self, feed: &FeedName, entries: Vec<WireEntry>) -> Result<ApplyResponse, ReplError> {
-        self.post(&format!("/feeds/{feed}/apply"), &ApplyRequest { entries }).await
+        self.post(&format!("/feeds/{feed}/apply"), &ApplyRequest { entries })
+            .await
     }
 
     pub async fn missing(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, ReplError> {
@@ -104,7 +152,9 @@ impl Remote {
         let resp = rb.send().await.map_err(|e| ReplError::Transport(e.to_string()))?;
         let resp = Self::check(resp).await?;
         if offset > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
-            return Err(ReplError::Transport(format!("the other instance ignored the range request for {digest}")));
+            return Err(ReplError::Transport(format!(
+                "the other instance ignored the range request for {digest}"
+            )));
         }
         Ok(Box::pin(resp.bytes_stream().map_err(std::io::Error::other)))
     }

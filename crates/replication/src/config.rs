@@ -52,7 +52,9 @@ impl ModeName {
             "pull" => Ok(ModeName::Pull),
             "push" => Ok(ModeName::Push),
             "custom" => Ok(ModeName::Custom),
-            _ => Err(ReplError::Invalid(format!("mode {s:?} is not one of mirror, pull, push, custom"))),
+            _ => Err(ReplError::Invalid(format!(
+                "mode {s:?} is not one of mirror, pull, push, custom"
+            ))),
         }
     }
     pub fn as_str(self) -> &'static str {
@@ -74,21 +76,55 @@ pub struct Mode {
 
 impl Mode {
     pub fn mirror() -> Self {
-        Mode { name: ModeName::Mirror, flows: Flows { pull_missing: true, push_missing: true, delete_local: true, delete_remote: true } }
+        Mode {
+            name: ModeName::Mirror,
+            flows: Flows {
+                pull_missing: true,
+                push_missing: true,
+                delete_local: true,
+                delete_remote: true,
+            },
+        }
     }
     pub fn pull() -> Self {
-        Mode { name: ModeName::Pull, flows: Flows { pull_missing: true, push_missing: false, delete_local: true, delete_remote: false } }
+        Mode {
+            name: ModeName::Pull,
+            flows: Flows {
+                pull_missing: true,
+                push_missing: false,
+                delete_local: true,
+                delete_remote: false,
+            },
+        }
     }
     pub fn push() -> Self {
-        Mode { name: ModeName::Push, flows: Flows { pull_missing: false, push_missing: true, delete_local: false, delete_remote: true } }
+        Mode {
+            name: ModeName::Push,
+            flows: Flows {
+                pull_missing: false,
+                push_missing: true,
+                delete_local: false,
+                delete_remote: true,
+            },
+        }
     }
     pub fn custom(flows: Flows) -> Result<Self, ReplError> {
-        if flows == (Flows { pull_missing: false, push_missing: false, delete_local: false, delete_remote: false }) {
+        if flows
+            == (Flows {
+                pull_missing: false,
+                push_missing: false,
+                delete_local: false,
+                delete_remote: false,
+            })
+        {
             return Err(ReplError::Invalid(
                 "a custom mode needs at least one of --pull-missing, --push-missing, --delete-local, --delete-remote".into(),
             ));
         }
-        Ok(Mode { name: ModeName::Custom, flows })
+        Ok(Mode {
+            name: ModeName::Custom,
+            flows,
+        })
     }
 
     /// Describes the mode in the words of the CLI, for error messages.
@@ -121,7 +157,11 @@ impl Mode {
             ModeName::Mirror => "mirror".into(),
             ModeName::Pull => "push".into(),
             ModeName::Push => "pull".into(),
-            ModeName::Custom => Mode { name: ModeName::Custom, flows: self.flows.mirror_image() }.describe(),
+            ModeName::Custom => Mode {
+                name: ModeName::Custom,
+                flows: self.flows.mirror_image(),
+            }
+            .describe(),
         }
     }
 }
@@ -165,7 +205,10 @@ pub struct DeleteGuard {
 
 impl Default for DeleteGuard {
     fn default() -> Self {
-        Self { max_share: 0.10, max_items: 100 }
+        Self {
+            max_share: 0.10,
+            max_items: 100,
+        }
     }
 }
 
@@ -201,7 +244,9 @@ pub struct ReplicationConfig {
 impl ReplicationConfig {
     pub fn validate(&self) -> Result<(), ReplError> {
         if self.feeds.is_empty() {
-            return Err(ReplError::Invalid("a replication needs at least one --feed".into()));
+            return Err(ReplError::Invalid(
+                "a replication needs at least one --feed".into(),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.feeds {
@@ -211,7 +256,9 @@ impl ReplicationConfig {
         }
         if let Communication::Outgoing { url, token } = &self.communication {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ReplError::Invalid(format!("--outgoing {url:?} must be an http:// or https:// URL")));
+                return Err(ReplError::Invalid(format!(
+                    "--outgoing {url:?} must be an http:// or https:// URL"
+                )));
             }
             if token.is_empty() {
                 return Err(ReplError::Invalid("--outgoing needs --token".into()));
@@ -237,9 +284,23 @@ mod tests {
     fn modes_and_their_mirror_images() {
         assert_eq!(Mode::pull().flows.mirror_image(), Mode::push().flows);
         assert_eq!(Mode::mirror().flows.mirror_image(), Mode::mirror().flows);
-        let c = Mode::custom(Flows { pull_missing: true, push_missing: false, delete_local: false, delete_remote: true }).unwrap();
+        let c = Mode::custom(Flows {
+            pull_missing: true,
+            push_missing: false,
+            delete_local: false,
+            delete_remote: true,
+        })
+        .unwrap();
         assert_eq!(c.expected_peer(), "custom (push-missing, delete-local)");
-        assert!(Mode::custom(Flows { pull_missing: false, push_missing: false, delete_local: false, delete_remote: false }).is_err());
+        assert!(
+            Mode::custom(Flows {
+                pull_missing: false,
+                push_missing: false,
+                delete_local: false,
+                delete_remote: false
+            })
+            .is_err()
+        );
     }
 
     #[test]
@@ -314,11 +375,17 @@ impl CreateRequest {
             (Some(url), Some(token)) => Communication::Outgoing { url, token },
             (Some(_), None) => return Err(ReplError::Invalid("--outgoing needs --token".into())),
             (None, Some(_)) => {
-                return Err(ReplError::Invalid("--token goes with --outgoing; incoming replications generate tokens".into()));
+                return Err(ReplError::Invalid(
+                    "--token goes with --outgoing; incoming replications generate tokens".into(),
+                ));
             }
             (None, None) => Communication::Incoming,
         };
-        let feeds = self.feeds.iter().map(|f| FeedPair::parse(f)).collect::<Result<Vec<_>, _>>()?;
+        let feeds = self
+            .feeds
+            .iter()
+            .map(|f| FeedPair::parse(f))
+            .collect::<Result<Vec<_>, _>>()?;
         let cfg = ReplicationConfig {
             communication,
             mode,

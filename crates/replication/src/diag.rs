@@ -53,7 +53,10 @@ const KEEP: usize = 2000;
 
 impl Default for DiagLog {
     fn default() -> Self {
-        Self { min: AtomicU8::new(Level::Info as u8), lines: Mutex::new(VecDeque::new()) }
+        Self {
+            min: AtomicU8::new(Level::Info as u8),
+            lines: Mutex::new(VecDeque::new()),
+        }
     }
 }
 
@@ -91,7 +94,10 @@ impl DiagLog {
 
     /// The newest `limit` lines, oldest first.
     pub fn recent(&self, limit: usize) -> Vec<DiagLine> {
-        self.lines.lock().map(|l| l.iter().rev().take(limit).rev().cloned().collect()).unwrap_or_default()
+        self.lines
+            .lock()
+            .map(|l| l.iter().rev().take(limit).rev().cloned().collect())
+            .unwrap_or_default()
     }
 }
 

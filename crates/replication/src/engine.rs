@@ -138,14 +138,22 @@ impl<'a> Run<'a> {
             "warn" => tracing::warn!(target: "replication", replication = %self.rec.name, "{message}"),
             _ => tracing::info!(target: "replication", replication = %self.rec.name, "{message}"),
         }
-        self.report.log.push(LogLine { time: rfc3339(now_millis()), level, message });
+        self.report.log.push(LogLine {
+            time: rfc3339(now_millis()),
+            level,
+            message,
+        });
     }
 
     pub async fn handshake(&mut self) -> Result<HandshakeResponse, ReplError> {
         let mut feeds = Vec::new();
         for p in &self.cfg.feeds {
             let local = self.r.ferry().feed(&p.local).await?;
-            feeds.push(WireFeed { outgoing: p.local.clone(), incoming: p.remote.clone(), feed_type: local.feed_type });
+            feeds.push(WireFeed {
+                outgoing: p.local.clone(),
+                incoming: p.remote.clone(),
+                feed_type: local.feed_type,
+            });
         }
         let req = HandshakeRequest {
             protocol_versions: SUPPORTED_VERSIONS.to_vec(),
@@ -162,17 +170,28 @@ impl<'a> Run<'a> {
 
     pub async fn execute(&mut self) -> Result<(), ReplError> {
         let hs = self.handshake().await?;
-        let verb = if self.dry { "planning against" } else { "connected to" };
+        let verb = if self.dry {
+            "planning against"
+        } else {
+            "connected to"
+        };
         self.log(
             "info",
-            format!("{verb} instance {} (replication {}, protocol v{})", hs.instance_id, hs.replication, hs.protocol_version),
+            format!(
+                "{verb} instance {} (replication {}, protocol v{})",
+                hs.instance_id, hs.replication, hs.protocol_version
+            ),
         );
         let flows = self.cfg.mode.flows;
         let mut first_error = None;
         for pair in self.cfg.feeds.clone() {
             let local = self.r.ferry().feed(&pair.local).await?;
-            let mut fr =
-                FeedReport { local: pair.local.clone(), remote: pair.remote.clone(), pulled: Counts::default(), pushed: Counts::default() };
+            let mut fr = FeedReport {
+                local: pair.local.clone(),
+                remote: pair.remote.clone(),
+                pulled: Counts::default(),
+                pushed: Counts::default(),
+            };
             let mut result = Ok(());
             if flows.pulls() {
                 result = self.pull_feed(&local, &pair.remote, &mut fr).await;
@@ -187,8 +206,20 @@ impl<'a> Run<'a> {
             let (p, q) = (&fr.pulled, &fr.pushed);
             let summary = format!(
                 "feed {} ⇄ {}: pulled +{} ~{} -{} ({} skipped, {} conflicts, {} bytes); pushed +{} ~{} -{} ({} skipped, {} conflicts, {} bytes)",
-                fr.local, fr.remote, p.added, p.updated, p.deleted, p.skipped, p.conflicts, p.bytes,
-                q.added, q.updated, q.deleted, q.skipped, q.conflicts, q.bytes
+                fr.local,
+                fr.remote,
+                p.added,
+                p.updated,
+                p.deleted,
+                p.skipped,
+                p.conflicts,
+                p.bytes,
+                q.added,
+                q.updated,
+                q.deleted,
+                q.skipped,
+                q.conflicts,
+                q.bytes
             );
             self.log("info", summary);
             self.report.feeds.push(fr);
@@ -201,9 +232,18 @@ impl<'a> Run<'a> {
 
     // ---------------------------------------------------------------- pull
 
-    async fn pull_feed(&mut self, local: &FeedRecord, remote: &FeedName, fr: &mut FeedReport) -> Result<(), ReplError> {
+    async fn pull_feed(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
         let cursor_name = format!("pull:{}:{}", local.name, remote);
-        let mut since = if self.full { 0 } else { self.r.store().cursor(self.rec.id, &cursor_name).await? };
+        let mut since = if self.full {
+            0
+        } else {
+            self.r.store().cursor(self.rec.id, &cursor_name).await?
+        };
         let mut page = self.remote.changes(remote, since, PAGE, 0).await?;
         if page.reset || self.full {
             if page.reset {
@@ -217,12 +257,18 @@ impl<'a> Run<'a> {
             self.lags.push((local.name.clone(), Lag::default()));
             return Ok(());
         }
-        if self.cfg.mode.flows.delete_local && !self.confirm_deletes && page.entries.iter().any(|e| e.deleted) {
-            let n = self.count_pull_deletions(local, remote, since, page.clone()).await?;
+        if self.cfg.mode.flows.delete_local && !self.confirm_deletes && page.entries.iter().any(|e| e.deleted)
+        {
+            let n = self
+                .count_pull_deletions(local, remote, since, page.clone())
+                .await?;
             let size = self.r.store().live_count(local.id).await?;
             if self.cfg.delete_guard.trips(n, size) {
                 self.stop_for_deletions(local, n, size);
-                return Ok(());
+                // A plan goes on counting, to show the deletions it would stop for.
+                if !self.dry {
+                    return Ok(());
+                }
             }
         }
         loop {
@@ -232,10 +278,16 @@ impl<'a> Run<'a> {
             let advanced = page.next > since;
             since = page.next.max(since);
             if !self.dry && advanced {
-                self.r.store().set_cursor(self.rec.id, &cursor_name, since).await?;
+                self.r
+                    .store()
+                    .set_cursor(self.rec.id, &cursor_name, since)
+                    .await?;
             }
             if since >= page.last_seq || !advanced {
-                let lag = Lag { changes: (page.last_seq - since).max(0), seconds: 0.0 };
+                let lag = Lag {
+                    changes: (page.last_seq - since).max(0),
+                    seconds: 0.0,
+                };
                 self.lags.push((local.name.clone(), lag));
                 return Ok(());
             }
@@ -273,13 +325,19 @@ impl<'a> Run<'a> {
     ) -> Result<u64, ReplError> {
         let mut n = 0;
         loop {
-            let tombs: Vec<&WireEntry> =
-                page.entries.iter().filter(|e| e.deleted && self.filter.admits(local.feed_type, &e.key)).collect();
+            let tombs: Vec<&WireEntry> = page
+                .entries
+                .iter()
+                .filter(|e| e.deleted && self.filter.admits(local.feed_type, &e.key))
+                .collect();
             if !tombs.is_empty() {
                 let keys: Vec<ItemKey> = tombs.iter().map(|e| e.key.clone()).collect();
                 let locals = self.r.store().entries_for(local.id, &keys).await?;
                 for t in tombs {
-                    if locals.iter().any(|l| l.key == t.key && l.live.is_some() && l.stamp < t.stamp) {
+                    if locals
+                        .iter()
+                        .any(|l| l.key == t.key && l.live.is_some() && l.stamp < t.stamp)
+                    {
                         n += 1;
                     }
                 }
@@ -292,7 +350,12 @@ impl<'a> Run<'a> {
         }
     }
 
-    async fn full_pull(&mut self, local: &FeedRecord, remote: &FeedName, fr: &mut FeedReport) -> Result<(), ReplError> {
+    async fn full_pull(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
         let mut after: Option<ItemKey> = None;
         loop {
             let page = self.remote.entries(remote, after.as_ref(), PAGE).await?;
@@ -311,12 +374,26 @@ impl<'a> Run<'a> {
         self.filter.admits(local.feed_type, &e.key) && if e.deleted { f.delete_local } else { f.pull_missing }
     }
 
-    async fn pull_entries(&mut self, local: &FeedRecord, entries: &[WireEntry], fr: &mut FeedReport) -> Result<(), ReplError> {
-        let admitted: Vec<&WireEntry> = entries.iter().filter(|e| self.wanted_from_remote(local, e)).collect();
+    async fn pull_entries(
+        &mut self,
+        local: &FeedRecord,
+        entries: &[WireEntry],
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let admitted: Vec<&WireEntry> = entries
+            .iter()
+            .filter(|e| self.wanted_from_remote(local, e))
+            .collect();
         fr.pulled.skipped += (entries.len() - admitted.len()) as u64;
         let keys: Vec<ItemKey> = admitted.iter().map(|e| e.key.clone()).collect();
-        let locals: HashMap<ItemKey, Entry> =
-            self.r.store().entries_for(local.id, &keys).await?.into_iter().map(|e| (e.key.clone(), e)).collect();
+        let locals: HashMap<ItemKey, Entry> = self
+            .r
+            .store()
+            .entries_for(local.id, &keys)
+            .await?
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
         let mut todo: Vec<&WireEntry> = Vec::new();
         for e in admitted {
             match locals.get(&e.key) {
@@ -393,7 +470,10 @@ impl<'a> Run<'a> {
         if self.cfg.carry_downloads {
             let mut counts = Vec::new();
             for e in todo.iter().filter(|e| !e.deleted) {
-                let here = locals.get(&e.key).and_then(|l| l.live.as_ref()).map_or(0, |l| l.downloads);
+                let here = locals
+                    .get(&e.key)
+                    .and_then(|l| l.live.as_ref())
+                    .map_or(0, |l| l.downloads);
                 if e.downloads > here {
                     counts.push((e.key.clone(), e.downloads - here));
                 }
@@ -402,7 +482,9 @@ impl<'a> Run<'a> {
                 self.r.ferry().metadata().add_downloads(local.id, &counts).await?;
             }
         }
-        self.progress.items.fetch_add(todo.len() as u64, Ordering::Relaxed);
+        self.progress
+            .items
+            .fetch_add(todo.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -423,7 +505,12 @@ impl<'a> Run<'a> {
                     counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 });
                 let throttled = crate::throttle::limit(Box::pin(counted), self.cfg.bandwidth_limit);
-                let staged = self.r.ferry().blob_store().stage_resume(&d, throttled, limit).await?;
+                let staged = self
+                    .r
+                    .ferry()
+                    .blob_store()
+                    .stage_resume(&d, throttled, limit)
+                    .await?;
                 self.r.ferry().commit_blob(staged).await?;
                 Ok::<(), ReplError>(())
             }
@@ -435,7 +522,9 @@ impl<'a> Run<'a> {
                         .increment(n);
                     return Ok(n);
                 }
-                Err(e @ (ReplError::Transport(_) | ReplError::Core(ferry_core::CoreError::Internal(_)))) if attempt < 3 => {
+                Err(e @ (ReplError::Transport(_) | ReplError::Core(ferry_core::CoreError::Internal(_))))
+                    if attempt < 3 =>
+                {
                     attempt += 1;
                     tracing::warn!(target: "replication", blob = %d, attempt, error = %e, "blob transfer broke; resuming");
                     tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
@@ -447,10 +536,19 @@ impl<'a> Run<'a> {
 
     // ---------------------------------------------------------------- push
 
-    async fn push_feed(&mut self, local: &FeedRecord, remote: &FeedName, fr: &mut FeedReport) -> Result<(), ReplError> {
+    async fn push_feed(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
         let cursor_name = format!("push:{}:{}", local.name, remote);
         let meta = self.r.ferry().metadata().clone();
-        let mut since = if self.full { 0 } else { self.r.store().cursor(self.rec.id, &cursor_name).await? };
+        let mut since = if self.full {
+            0
+        } else {
+            self.r.store().cursor(self.rec.id, &cursor_name).await?
+        };
         let horizon = self.r.store().horizon(local.id).await?;
         if self.full || since < horizon {
             let last = meta.last_seq(local.id).await?;
@@ -473,24 +571,45 @@ impl<'a> Run<'a> {
         let mut guard_checked = false;
         loop {
             let changes = meta.changes_since(local.id, since, PAGE).await?;
-            let Some(last) = changes.last().map(|c| c.seq) else { return Ok(()) };
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                return Ok(());
+            };
             let mut seen = HashSet::new();
-            let keys: Vec<ItemKey> = changes.into_iter().filter(|c| seen.insert(c.key.clone())).map(|c| c.key).collect();
-            let entries: Vec<WireEntry> =
-                self.r.store().entries_for(local.id, &keys).await?.into_iter().map(WireEntry::from).collect();
-            if !guard_checked && self.cfg.mode.flows.delete_remote && !self.confirm_deletes && entries.iter().any(|e| e.deleted) {
+            let keys: Vec<ItemKey> = changes
+                .into_iter()
+                .filter(|c| seen.insert(c.key.clone()))
+                .map(|c| c.key)
+                .collect();
+            let entries: Vec<WireEntry> = self
+                .r
+                .store()
+                .entries_for(local.id, &keys)
+                .await?
+                .into_iter()
+                .map(WireEntry::from)
+                .collect();
+            if !guard_checked
+                && self.cfg.mode.flows.delete_remote
+                && !self.confirm_deletes
+                && entries.iter().any(|e| e.deleted)
+            {
                 guard_checked = true;
                 let n = self.count_push_deletions(local, since).await?;
                 let size = self.remote.digest(remote, &[], &[]).await?.items;
                 if self.cfg.delete_guard.trips(n, size) {
                     self.stop_for_deletions(local, n, size);
-                    return Ok(());
+                    if !self.dry {
+                        return Ok(());
+                    }
                 }
             }
             self.push_entries(local, remote, entries, fr).await?;
             since = last;
             if !self.dry {
-                self.r.store().set_cursor(self.rec.id, &cursor_name, since).await?;
+                self.r
+                    .store()
+                    .set_cursor(self.rec.id, &cursor_name, since)
+                    .await?;
             }
         }
     }
@@ -500,7 +619,9 @@ impl<'a> Run<'a> {
         let mut keys = HashSet::new();
         loop {
             let changes = meta.changes_since(local.id, since, 5000).await?;
-            let Some(last) = changes.last().map(|c| c.seq) else { break };
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                break;
+            };
             for c in changes {
                 if c.kind == ferry_store::ChangeKind::Delete && self.filter.admits(local.feed_type, &c.key) {
                     keys.insert(c.key);
@@ -518,7 +639,11 @@ impl<'a> Run<'a> {
         // What the other instance wrote, it has (or has something newer).
         Some(e.stamp.origin) != self.remote_id
             && self.filter.admits(local.feed_type, &e.key)
-            && if e.deleted { f.delete_remote } else { f.push_missing }
+            && if e.deleted {
+                f.delete_remote
+            } else {
+                f.push_missing
+            }
     }
 
     async fn push_entries(
@@ -529,12 +654,19 @@ impl<'a> Run<'a> {
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
         let total = entries.len();
-        let admitted: Vec<WireEntry> = entries.into_iter().filter(|e| self.wanted_by_remote(local, e)).collect();
+        let admitted: Vec<WireEntry> = entries
+            .into_iter()
+            .filter(|e| self.wanted_by_remote(local, e))
+            .collect();
         fr.pushed.skipped += (total - admitted.len()) as u64;
         if admitted.is_empty() {
             return Ok(());
         }
-        let theirs = self.remote.stamps(remote, admitted.iter().map(|e| e.key.clone()).collect()).await?.stamps;
+        let theirs = self
+            .remote
+            .stamps(remote, admitted.iter().map(|e| e.key.clone()).collect())
+            .await?
+            .stamps;
         let mut todo = Vec::new();
         let mut live_there = Vec::new();
         for (e, t) in admitted.into_iter().zip(theirs) {
@@ -569,14 +701,17 @@ impl<'a> Run<'a> {
         let mut digests: Vec<Digest> = todo.iter().flat_map(|e| e.blobs.iter().copied()).collect();
         digests.sort();
         digests.dedup();
-        let missing = if digests.is_empty() { Vec::new() } else { self.remote.missing(digests).await? };
+        let missing = if digests.is_empty() {
+            Vec::new()
+        } else {
+            self.remote.missing(digests).await?
+        };
         for d in &missing {
-            let size = self
-                .r
-                .ferry()
-                .blob_size(d)
-                .await?
-                .ok_or_else(|| ReplError::Core(ferry_core::CoreError::Internal(format!("blob {d} missing locally"))))?;
+            let size = self.r.ferry().blob_size(d).await?.ok_or_else(|| {
+                ReplError::Core(ferry_core::CoreError::Internal(format!(
+                    "blob {d} missing locally"
+                )))
+            })?;
             let body = self.r.ferry().read_blob(d, None).await?.stream;
             let progress = self.progress.clone();
             let counted = body.inspect_ok(move |c| {
@@ -598,7 +733,13 @@ impl<'a> Run<'a> {
                 WireOutcome::Superseded { current } => {
                     if current.origin != e.stamp.origin {
                         fr.pushed.conflicts += 1;
-                        self.log("warn", format!("conflict on {} in feed {}: the other instance's write ({current}) won", e.key, local.name));
+                        self.log(
+                            "warn",
+                            format!(
+                                "conflict on {} in feed {}: the other instance's write ({current}) won",
+                                e.key, local.name
+                            ),
+                        );
                     } else {
                         fr.pushed.skipped += 1;
                     }

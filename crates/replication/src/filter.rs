@@ -41,16 +41,23 @@ fn build(globs: &[String]) -> Result<Option<GlobSet>, ReplError> {
 
 impl Filter {
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self, ReplError> {
-        Ok(Self { include: build(include)?, exclude: build(exclude)? })
+        Ok(Self {
+            include: build(include)?,
+            exclude: build(exclude)?,
+        })
     }
 
     pub fn everything() -> Self {
-        Self { include: None, exclude: None }
+        Self {
+            include: None,
+            exclude: None,
+        }
     }
 
     pub fn admits(&self, ty: FeedType, key: &ItemKey) -> bool {
         let name = item_name(ty, key);
-        self.include.as_ref().is_none_or(|g| g.is_match(name)) && !self.exclude.as_ref().is_some_and(|g| g.is_match(name))
+        self.include.as_ref().is_none_or(|g| g.is_match(name))
+            && !self.exclude.as_ref().is_some_and(|g| g.is_match(name))
     }
 }
 
@@ -66,7 +73,10 @@ mod tests {
     fn names_per_feed_type() {
         assert_eq!(item_name(FeedType::Npm, &k("pkg/@acme/ui/1.0.0")), "@acme/ui");
         assert_eq!(item_name(FeedType::Npm, &k("tag/left-pad/latest")), "left-pad");
-        assert_eq!(item_name(FeedType::Pypi, &k("my-pkg/my_pkg-1.0-py3-none-any.whl")), "my-pkg");
+        assert_eq!(
+            item_name(FeedType::Pypi, &k("my-pkg/my_pkg-1.0-py3-none-any.whl")),
+            "my-pkg"
+        );
         assert_eq!(item_name(FeedType::Assets, &k("a/b.txt")), "a/b.txt");
     }
 

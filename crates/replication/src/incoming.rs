@@ -34,7 +34,10 @@ impl Replicator {
         let rec = self.store().sync_token(id).await?.ok_or_else(refuse)?;
         let ok: bool = token::hash(secret).ct_eq(&rec.hash).into();
         if !ok || rec.revoked {
-            self.diag().log(Level::Warn, format!("refused a request with invalid or revoked sync token {id}"));
+            self.diag().log(
+                Level::Warn,
+                format!("refused a request with invalid or revoked sync token {id}"),
+            );
             return Err(refuse());
         }
         let record = self
@@ -53,9 +56,19 @@ impl Replicator {
     }
 
     /// Checks that the peer's configuration fits this one.
-    pub async fn handshake(&self, s: &Session, req: HandshakeRequest) -> Result<HandshakeResponse, ReplError> {
+    pub async fn handshake(
+        &self,
+        s: &Session,
+        req: HandshakeRequest,
+    ) -> Result<HandshakeResponse, ReplError> {
         let name = &s.record.name;
-        let Some(version) = req.protocol_versions.iter().copied().filter(|v| SUPPORTED_VERSIONS.contains(v)).max() else {
+        let Some(version) = req
+            .protocol_versions
+            .iter()
+            .copied()
+            .filter(|v| SUPPORTED_VERSIONS.contains(v))
+            .max()
+        else {
             let msg = format!(
                 "no common replication protocol version: the other instance speaks {:?}, this one {:?}; upgrade the older Ferry",
                 req.protocol_versions, SUPPORTED_VERSIONS
@@ -85,12 +98,18 @@ impl Replicator {
         }
         for f in &req.feeds {
             let Some(pair) = s.config.feeds.iter().find(|p| p.local == f.incoming) else {
-                let msg = format!("feed {} is not part of replication {name} on the incoming instance", f.incoming);
+                let msg = format!(
+                    "feed {} is not part of replication {name} on the incoming instance",
+                    f.incoming
+                );
                 self.diag().log(Level::Error, msg.clone());
                 return Err(ReplError::Refused(msg));
             };
             let local = self.ferry().feed(&pair.local).await.map_err(|_| {
-                ReplError::Refused(format!("feed {} of replication {name} does not exist on the incoming instance", pair.local))
+                ReplError::Refused(format!(
+                    "feed {} of replication {name} does not exist on the incoming instance",
+                    pair.local
+                ))
             })?;
             if local.feed_type != f.feed_type {
                 let msg = format!(
@@ -103,7 +122,10 @@ impl Replicator {
         }
         self.diag().log(
             Level::Debug,
-            format!("{name}: handshake from instance {} (Ferry {}), protocol v{version}", req.instance_id, req.ferry_version),
+            format!(
+                "{name}: handshake from instance {} (Ferry {}), protocol v{version}",
+                req.instance_id, req.ferry_version
+            ),
         );
         Ok(HandshakeResponse {
             protocol_version: version,
@@ -117,7 +139,10 @@ impl Replicator {
     async fn session_feed(&self, s: &Session, feed: &str) -> Result<FeedRecord, ReplError> {
         let name = FeedName::new(feed).map_err(|e| ReplError::NotFound(e.to_string()))?;
         if !s.config.feeds.iter().any(|p| p.local == name) {
-            return Err(ReplError::Forbidden(format!("feed {name} is not part of replication {}", s.record.name)));
+            return Err(ReplError::Forbidden(format!(
+                "feed {name} is not part of replication {}",
+                s.record.name
+            )));
         }
         Ok(self.ferry().feed(&name).await?)
     }
@@ -139,30 +164,59 @@ impl Replicator {
     /// items, tombstones if it propagates deletions.
     fn readable(s: &Session, e: &WireEntry) -> bool {
         let f = s.config.mode.flows;
-        if e.deleted { f.delete_remote } else { f.push_missing }
+        if e.deleted {
+            f.delete_remote
+        } else {
+            f.push_missing
+        }
     }
 
     /// A page of the change log after `since`, waiting up to `wait` seconds
     /// for something new when there is nothing yet (long polling).
-    pub async fn changes(&self, s: &Session, feed: &str, since: i64, limit: usize, wait: u64) -> Result<ChangesPage, ReplError> {
+    pub async fn changes(
+        &self,
+        s: &Session,
+        feed: &str,
+        since: i64,
+        limit: usize,
+        wait: u64,
+    ) -> Result<ChangesPage, ReplError> {
         self.require_read(s)?;
         let feed = self.session_feed(s, feed).await?;
         let limit = limit.clamp(1, MAX_PAGE);
         let horizon = self.store().horizon(feed.id).await?;
         if since < horizon {
             let last_seq = self.ferry().metadata().last_seq(feed.id).await?;
-            return Ok(ChangesPage { entries: Vec::new(), next: since, last_seq, reset: true, oldest_pending: None });
+            return Ok(ChangesPage {
+                entries: Vec::new(),
+                next: since,
+                last_seq,
+                reset: true,
+                oldest_pending: None,
+            });
         }
         let mut rx = self.ferry().subscribe(feed.id).await?;
         if wait > 0 && *rx.borrow() <= since {
-            let _ = tokio::time::timeout(Duration::from_secs(wait.min(MAX_WAIT)), rx.wait_for(|seq| *seq > since)).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(wait.min(MAX_WAIT)),
+                rx.wait_for(|seq| *seq > since),
+            )
+            .await;
         }
-        let changes = self.ferry().metadata().changes_since(feed.id, since, limit).await?;
+        let changes = self
+            .ferry()
+            .metadata()
+            .changes_since(feed.id, since, limit)
+            .await?;
         let last_seq = self.ferry().metadata().last_seq(feed.id).await?;
         let next = changes.last().map_or(since, |c| c.seq);
         let oldest_pending = changes.first().map(|c| c.stamp.time.millis());
         let mut seen = HashSet::new();
-        let keys: Vec<ItemKey> = changes.into_iter().filter(|c| seen.insert(c.key.clone())).map(|c| c.key).collect();
+        let keys: Vec<ItemKey> = changes
+            .into_iter()
+            .filter(|c| seen.insert(c.key.clone()))
+            .map(|c| c.key)
+            .collect();
         let entries = self
             .store()
             .entries_for(feed.id, &keys)
@@ -171,21 +225,47 @@ impl Replicator {
             .map(WireEntry::from)
             .filter(|e| Self::readable(s, e))
             .collect();
-        Ok(ChangesPage { entries, next, last_seq, reset: false, oldest_pending })
+        Ok(ChangesPage {
+            entries,
+            next,
+            last_seq,
+            reset: false,
+            oldest_pending,
+        })
     }
 
     /// Every item and tombstone after `after`, for a full comparison.
-    pub async fn entries(&self, s: &Session, feed: &str, after: Option<ItemKey>, limit: usize) -> Result<EntriesPage, ReplError> {
+    pub async fn entries(
+        &self,
+        s: &Session,
+        feed: &str,
+        after: Option<ItemKey>,
+        limit: usize,
+    ) -> Result<EntriesPage, ReplError> {
         self.require_read(s)?;
         let feed = self.session_feed(s, feed).await?;
         let limit = limit.clamp(1, MAX_PAGE);
         let page = self.store().entries(feed.id, after.as_ref(), limit).await?;
-        let next_after = if page.len() == limit { page.last().map(|e| e.key.clone()) } else { None };
-        let entries = page.into_iter().map(WireEntry::from).filter(|e| Self::readable(s, e)).collect();
+        let next_after = if page.len() == limit {
+            page.last().map(|e| e.key.clone())
+        } else {
+            None
+        };
+        let entries = page
+            .into_iter()
+            .map(WireEntry::from)
+            .filter(|e| Self::readable(s, e))
+            .collect();
         Ok(EntriesPage { entries, next_after })
     }
 
-    pub async fn feed_digest_for(&self, s: &Session, feed: &str, include: &[String], exclude: &[String]) -> Result<FeedDigest, ReplError> {
+    pub async fn feed_digest_for(
+        &self,
+        s: &Session,
+        feed: &str,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<FeedDigest, ReplError> {
         let feed = self.session_feed(s, feed).await?;
         let filter = Filter::new(include, exclude)?;
         self.feed_digest(&feed, &filter).await
@@ -196,15 +276,35 @@ impl Replicator {
         let found = self.store().entries_for(feed.id, &keys).await?;
         let stamps = keys
             .iter()
-            .map(|k| found.iter().find(|e| &e.key == k).map(|e| (e.stamp, e.live.is_none())))
+            .map(|k| {
+                found
+                    .iter()
+                    .find(|e| &e.key == k)
+                    .map(|e| (e.stamp, e.live.is_none()))
+            })
             .collect();
         Ok(StampList { stamps })
     }
 
     /// Applies entries the peer pushes, if this side's mode pulls them.
-    pub async fn apply_pushed(&self, s: &Session, feed: &str, entries: Vec<WireEntry>) -> Result<ApplyResponse, ReplError> {
+    pub async fn apply_pushed(
+        &self,
+        s: &Session,
+        feed: &str,
+        entries: Vec<WireEntry>,
+    ) -> Result<ApplyResponse, ReplError> {
         let feed = self.session_feed(s, feed).await?;
         let f = s.config.mode.flows;
+        if !f.pulls() {
+            // Refuse even an empty batch: this side accepts no writes at all.
+            let msg = format!(
+                "replication {} on this instance is {}: it does not accept content or deletions from the other instance",
+                s.record.name,
+                s.config.mode.describe()
+            );
+            self.diag().log(Level::Warn, msg.clone());
+            return Err(ReplError::Forbidden(msg));
+        }
         for e in &entries {
             let allowed = if e.deleted { f.delete_local } else { f.pull_missing };
             if !allowed {
@@ -219,17 +319,26 @@ impl Replicator {
             }
             for d in &e.blobs {
                 if !self.has_blob(d).await? {
-                    return Err(ReplError::Invalid(format!("{} needs blob {d}, which was not sent first", e.key)));
+                    return Err(ReplError::Invalid(format!(
+                        "{} needs blob {d}, which was not sent first",
+                        e.key
+                    )));
                 }
             }
         }
         let n = entries.len();
-        let outcomes = self.ferry().apply(&feed, entries.iter().map(WireEntry::to_change).collect()).await?;
+        let outcomes = self
+            .ferry()
+            .apply(&feed, entries.iter().map(WireEntry::to_change).collect())
+            .await?;
         let out: Vec<WireOutcome> = outcomes.into_iter().map(WireOutcome::from).collect();
         let applied = out.iter().filter(|o| **o == WireOutcome::Applied).count();
         self.diag().log(
             Level::Debug,
-            format!("{}: applied {applied} of {n} pushed changes to feed {}", s.record.name, feed.name),
+            format!(
+                "{}: applied {applied} of {n} pushed changes to feed {}",
+                s.record.name, feed.name
+            ),
         );
         Ok(ApplyResponse { outcomes: out })
     }
@@ -252,7 +361,12 @@ impl Replicator {
     }
 
     /// Receives a blob the peer pushes; verified against its digest.
-    pub async fn receive_blob(&self, s: &Session, digest: &Digest, body: ByteStream) -> Result<(), ReplError> {
+    pub async fn receive_blob(
+        &self,
+        s: &Session,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<(), ReplError> {
         if !s.config.mode.flows.pull_missing {
             return Err(ReplError::Forbidden(format!(
                 "replication {} on this instance is {}: it does not accept content",
@@ -282,7 +396,9 @@ impl Replicator {
             }
         }
         if !self.store().blob_referenced(digest, &ids).await? {
-            return Err(ReplError::NotFound(format!("blob {digest} is not in the feeds of this replication")));
+            return Err(ReplError::NotFound(format!(
+                "blob {digest} is not in the feeds of this replication"
+            )));
         }
         Ok(())
     }

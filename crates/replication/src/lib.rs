@@ -132,8 +132,9 @@ impl Replicator {
     }
 
     fn parse(rec: &ReplicationRecord) -> Result<ReplicationConfig, ReplError> {
-        serde_json::from_value(rec.config.clone())
-            .map_err(|e| ReplError::Invalid(format!("stored configuration of {} is unreadable: {e}", rec.name)))
+        serde_json::from_value(rec.config.clone()).map_err(|e| {
+            ReplError::Invalid(format!("stored configuration of {} is unreadable: {e}", rec.name))
+        })
     }
 
     async fn record(&self, name: &str) -> Result<(ReplicationRecord, ReplicationConfig), ReplError> {
@@ -149,7 +150,12 @@ impl Replicator {
     // ------------------------------------------------------------ configure
 
     pub async fn create(&self, name: &str, cfg: ReplicationConfig) -> Result<ReplicationRecord, ReplError> {
-        if name.is_empty() || name.len() > 100 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if name.is_empty()
+            || name.len() > 100
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             return Err(ReplError::Invalid(format!(
                 "replication name {name:?} must be 1 to 100 letters, digits, '-', '_' or '.'"
             )));
@@ -157,7 +163,10 @@ impl Replicator {
         cfg.validate()?;
         for p in &cfg.feeds {
             self.ferry().feed(&p.local).await.map_err(|_| {
-                ReplError::Invalid(format!("feed {} does not exist on this instance; create it first", p.local))
+                ReplError::Invalid(format!(
+                    "feed {} does not exist on this instance; create it first",
+                    p.local
+                ))
             })?;
         }
         let value = serde_json::to_value(&cfg).map_err(|e| ReplError::Invalid(e.to_string()))?;
@@ -172,7 +181,9 @@ impl Replicator {
                     self.store().delete_replication(name).await?;
                     return Err(e);
                 }
-                Err(e) => tracing::warn!(replication = name, error = %e, "other instance not reachable yet; will retry"),
+                Err(e) => {
+                    tracing::warn!(replication = name, error = %e, "other instance not reachable yet; will retry")
+                }
             }
             self.0.scheduler.start(self.clone(), rec.id, name.to_string());
         }
@@ -203,7 +214,9 @@ impl Replicator {
         let (rec, _) = self.record(name).await?;
         let id = token::split(id).map_or(id, |(i, _)| i);
         if !self.store().revoke_sync_token(rec.id, id).await? {
-            return Err(ReplError::NotFound(format!("replication {name} has no token {id}")));
+            return Err(ReplError::NotFound(format!(
+                "replication {name} has no token {id}"
+            )));
         }
         Ok(())
     }
@@ -234,24 +247,46 @@ impl Replicator {
 
     fn overview_of(&self, rec: &ReplicationRecord) -> Result<Overview, ReplError> {
         let config = Self::parse(rec)?;
-        let mut status = self.0.status.lock().ok().and_then(|s| s.get(&rec.id).cloned()).unwrap_or_default();
-        let running = self.0.running.lock().ok().and_then(|r| r.get(&rec.id).cloned()).map(|(id, p)| {
-            let secs = (now_millis() as u64).saturating_sub(p.started.load(Ordering::Relaxed)) as f64 / 1000.0;
-            let bytes = p.bytes.load(Ordering::Relaxed);
-            serde_json::json!({
-                "execution": id,
-                "items_done": p.items.load(Ordering::Relaxed),
-                "bytes_done": bytes,
-                "bytes_per_second": if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
-            })
-        });
+        let mut status = self
+            .0
+            .status
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&rec.id).cloned())
+            .unwrap_or_default();
+        let running = self
+            .0
+            .running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&rec.id).cloned())
+            .map(|(id, p)| {
+                let secs =
+                    (now_millis() as u64).saturating_sub(p.started.load(Ordering::Relaxed)) as f64 / 1000.0;
+                let bytes = p.bytes.load(Ordering::Relaxed);
+                serde_json::json!({
+                    "execution": id,
+                    "items_done": p.items.load(Ordering::Relaxed),
+                    "bytes_done": bytes,
+                    "bytes_per_second": if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
+                })
+            });
         if status.state.is_empty() {
-            status.state = if config.is_outgoing() { "idle".into() } else { "incoming".into() };
+            status.state = if config.is_outgoing() {
+                "idle".into()
+            } else {
+                "incoming".into()
+            };
         }
         if running.is_some() {
             status.state = "running".into();
         }
-        Ok(Overview { name: rec.name.clone(), config, status, running })
+        Ok(Overview {
+            name: rec.name.clone(),
+            config,
+            status,
+            running,
+        })
     }
 
     pub async fn executions(&self, name: &str, limit: usize) -> Result<Vec<ExecutionRecord>, ReplError> {
@@ -267,7 +302,13 @@ impl Replicator {
     }
 
     /// Runs one execution now, waiting for one already running to end first.
-    pub async fn run(&self, name: &str, trigger: &str, confirm_deletes: bool, full: bool) -> Result<ExecutionResult, ReplError> {
+    pub async fn run(
+        &self,
+        name: &str,
+        trigger: &str,
+        confirm_deletes: bool,
+        full: bool,
+    ) -> Result<ExecutionResult, ReplError> {
         let (rec, cfg) = self.record(name).await?;
         if !cfg.is_outgoing() {
             return Err(ReplError::Invalid(format!(
@@ -276,18 +317,33 @@ impl Replicator {
         }
         let lock = self.lock_for(rec.id);
         let _guard = lock.lock().await;
-        self.execute_locked(&rec, &cfg, trigger, confirm_deletes, full).await
+        self.execute_locked(&rec, &cfg, trigger, confirm_deletes, full)
+            .await
     }
 
     /// Runs one execution unless one is already running (then returns None).
-    pub(crate) async fn run_if_idle(&self, rec_id: i64, trigger: &str) -> Result<Option<ExecutionResult>, ReplError> {
+    pub(crate) async fn run_if_idle(
+        &self,
+        rec_id: i64,
+        trigger: &str,
+    ) -> Result<Option<ExecutionResult>, ReplError> {
         let lock = self.lock_for(rec_id);
-        let Ok(_guard) = lock.try_lock() else { return Ok(None) };
-        let Some(rec) = self.store().replications().await?.into_iter().find(|r| r.id == rec_id) else {
+        let Ok(_guard) = lock.try_lock() else {
+            return Ok(None);
+        };
+        let Some(rec) = self
+            .store()
+            .replications()
+            .await?
+            .into_iter()
+            .find(|r| r.id == rec_id)
+        else {
             return Ok(None);
         };
         let cfg = Self::parse(&rec)?;
-        self.execute_locked(&rec, &cfg, trigger, false, false).await.map(Some)
+        self.execute_locked(&rec, &cfg, trigger, false, false)
+            .await
+            .map(Some)
     }
 
     async fn execute_locked(
@@ -304,7 +360,9 @@ impl Replicator {
         if let Ok(mut r) = self.0.running.lock() {
             r.insert(rec.id, (exec_id, progress.clone()));
         }
-        let mut run = Run::new(self, rec, cfg, progress)?.confirm_deletes(confirm_deletes).full(full);
+        let mut run = Run::new(self, rec, cfg, progress)?
+            .confirm_deletes(confirm_deletes)
+            .full(full);
         let result = run.execute().await;
         if let Ok(mut r) = self.0.running.lock() {
             r.remove(&rec.id);
@@ -323,18 +381,22 @@ impl Replicator {
                     message: e.clone(),
                 });
             }
-            metrics::counter!("ferry_replication_errors_total", "replication" => rec.name.clone()).increment(1);
+            metrics::counter!("ferry_replication_errors_total", "replication" => rec.name.clone())
+                .increment(1);
         }
         metrics::counter!("ferry_replication_executions_total", "replication" => rec.name.clone(), "outcome" => outcome)
             .increment(1);
         for (feed, lag) in &run.lags {
             self.set_lag(rec.id, &rec.name, feed, *lag);
         }
-        let mut report_json = serde_json::to_value(&run.report).map_err(|e| ReplError::Invalid(e.to_string()))?;
+        let mut report_json =
+            serde_json::to_value(&run.report).map_err(|e| ReplError::Invalid(e.to_string()))?;
         if let Some(e) = &error {
             report_json["error"] = serde_json::json!(e);
         }
-        self.store().finish_execution(exec_id, outcome, report_json).await?;
+        self.store()
+            .finish_execution(exec_id, outcome, report_json)
+            .await?;
         if let Ok(mut st) = self.0.status.lock() {
             let s = st.entry(rec.id).or_default();
             s.state = "idle".into();
@@ -342,7 +404,12 @@ impl Replicator {
             s.last_outcome = Some(outcome.to_string());
             s.last_error = error.clone();
         }
-        Ok(ExecutionResult { id: exec_id, outcome: outcome.into(), error, report: run.report })
+        Ok(ExecutionResult {
+            id: exec_id,
+            outcome: outcome.into(),
+            error,
+            report: run.report,
+        })
     }
 
     pub(crate) fn set_next_run(&self, id: i64, at_millis: i64) {
@@ -405,7 +472,10 @@ impl Replicator {
             let page = self.store().entries(feed.id, after.as_ref(), 2000).await?;
             let done = page.len() < 2000;
             after = page.last().map(|e| e.key.clone());
-            for e in page.iter().filter(|e| e.live.is_some() && filter.admits(feed.feed_type, &e.key)) {
+            for e in page
+                .iter()
+                .filter(|e| e.live.is_some() && filter.admits(feed.feed_type, &e.key))
+            {
                 h.update(format!("{}\t{}\n", e.key, e.stamp).as_bytes());
                 items += 1;
             }
@@ -413,7 +483,10 @@ impl Replicator {
                 break;
             }
         }
-        Ok(FeedDigest { digest: hex::encode(h.finalize()), items })
+        Ok(FeedDigest {
+            digest: hex::encode(h.finalize()),
+            items,
+        })
     }
 
     /// Drops tombstones last written more than `retention` ago, in every
@@ -441,7 +514,9 @@ impl Replicator {
     pub async fn trigger(&self, name: &str) -> Result<(), ReplError> {
         let (rec, cfg) = self.record(name).await?;
         if !cfg.is_outgoing() {
-            return Err(ReplError::Invalid(format!("replication {name} is incoming: run it from the outgoing instance")));
+            return Err(ReplError::Invalid(format!(
+                "replication {name} is incoming: run it from the outgoing instance"
+            )));
         }
         self.0.scheduler.wake(rec.id);
         Ok(())

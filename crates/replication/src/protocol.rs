@@ -89,9 +89,17 @@ impl WireEntry {
         let op = if self.deleted {
             ChangeOp::Delete
         } else {
-            ChangeOp::Upsert { meta: self.meta.clone(), blobs: self.blobs.clone(), created_at: self.created_at }
+            ChangeOp::Upsert {
+                meta: self.meta.clone(),
+                blobs: self.blobs.clone(),
+                created_at: self.created_at,
+            }
         };
-        Change { key: self.key.clone(), stamp: self.stamp, op }
+        Change {
+            key: self.key.clone(),
+            stamp: self.stamp,
+            op,
+        }
     }
 
     pub fn to_entry(&self) -> Entry {

@@ -19,9 +19,12 @@ use crate::engine::Lag;
 const LONG_POLL_SECS: u64 = 25;
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// A running replication's wake-up signal and its tasks.
+type Tasks = (Arc<Notify>, Vec<JoinHandle<()>>);
+
 #[derive(Default)]
 pub(crate) struct Scheduler {
-    tasks: Mutex<HashMap<i64, (Arc<Notify>, Vec<JoinHandle<()>>)>>,
+    tasks: Mutex<HashMap<i64, Tasks>>,
 }
 
 impl Scheduler {
@@ -75,7 +78,11 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
         };
         failures = if failed { failures.saturating_add(1) } else { 0 };
         let interval = Duration::from_secs(cfg.interval_secs);
-        let delay = if failed { interval.min(Duration::from_secs(1 << failures.min(6))) } else { interval };
+        let delay = if failed {
+            interval.min(Duration::from_secs(1 << failures.min(6)))
+        } else {
+            interval
+        };
         r.set_next_run(id, now_millis() + delay.as_millis() as i64);
         trigger = tokio::select! {
             _ = tokio::time::sleep(delay) => "schedule",
@@ -87,12 +94,20 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
 /// Wakes the main loop when there is something to move.
 async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
     let Some(cfg) = load(&r, &name).await else { return };
-    let Communication::Outgoing { url, token } = &cfg.communication else { return };
+    let Communication::Outgoing { url, token } = &cfg.communication else {
+        return;
+    };
     let remote = Remote::new(r.http().clone(), url, token);
     let mut tasks = Vec::new();
     for pair in cfg.feeds.clone() {
         if cfg.mode.flows.pulls() {
-            let (r, remote, wake, name, pair) = (r.clone(), remote.clone(), wake.clone(), name.clone(), pair.clone());
+            let (r, remote, wake, name, pair) = (
+                r.clone(),
+                remote.clone(),
+                wake.clone(),
+                name.clone(),
+                pair.clone(),
+            );
             let cursor_name = format!("pull:{}:{}", pair.local, pair.remote);
             tasks.push(tokio::spawn(async move {
                 loop {
@@ -124,8 +139,12 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
         if cfg.mode.flows.pushes() {
             let (r, wake) = (r.clone(), wake.clone());
             tasks.push(tokio::spawn(async move {
-                let Ok(feed) = r.ferry().feed(&pair.local).await else { return };
-                let Ok(mut rx) = r.ferry().subscribe(feed.id).await else { return };
+                let Ok(feed) = r.ferry().feed(&pair.local).await else {
+                    return;
+                };
+                let Ok(mut rx) = r.ferry().subscribe(feed.id).await else {
+                    return;
+                };
                 while rx.changed().await.is_ok() {
                     tokio::time::sleep(DEBOUNCE).await;
                     rx.borrow_and_update();

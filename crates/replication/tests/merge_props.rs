@@ -10,12 +10,19 @@ use proptest::prelude::*;
 
 /// A stamp identifies one write, so the write is derived from its stamp.
 fn change(key: u8, time: u64, origin: u8) -> Change {
-    let stamp = Stamp { time: Hlc(time), origin: InstanceId::from_bytes([origin; 16]) };
+    let stamp = Stamp {
+        time: Hlc(time),
+        origin: InstanceId::from_bytes([origin; 16]),
+    };
     let key = ItemKey::new(format!("k{key}")).unwrap();
-    let op = if (time + u64::from(origin)) % 3 == 0 {
+    let op = if (time + u64::from(origin)).is_multiple_of(3) {
         ChangeOp::Delete
     } else {
-        ChangeOp::Upsert { meta: serde_json::json!({ "t": time, "o": origin }), blobs: vec![], created_at: 1 }
+        ChangeOp::Upsert {
+            meta: serde_json::json!({ "t": time, "o": origin }),
+            blobs: vec![],
+            created_at: 1,
+        }
     };
     Change { key, stamp, op }
 }
@@ -30,9 +37,17 @@ type State = Vec<(String, Stamp, Option<serde_json::Value>)>;
 async fn apply_all(batches: &[Vec<Change>]) -> State {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(dir.path().join("m.db")).await.unwrap();
-    let f = s.create_feed(&FeedName::new("f").unwrap(), FeedType::Assets, false).await.unwrap();
+    let f = s
+        .create_feed(&FeedName::new("f").unwrap(), FeedType::Assets, false)
+        .await
+        .unwrap();
     for batch in batches {
-        s.write(f.id, batch.iter().cloned().map(|c| (c, Precondition::Any)).collect()).await.unwrap();
+        s.write(
+            f.id,
+            batch.iter().cloned().map(|c| (c, Precondition::Any)).collect(),
+        )
+        .await
+        .unwrap();
     }
     s.entries(f.id, None, 1000)
         .await
@@ -43,7 +58,11 @@ async fn apply_all(batches: &[Vec<Change>]) -> State {
 }
 
 fn run<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 proptest! {

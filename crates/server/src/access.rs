@@ -21,7 +21,9 @@ pub fn presented_secret(headers: &HeaderMap) -> Result<Option<String>, CoreError
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let value = value.to_str().map_err(|_| CoreError::Unauthorized("malformed Authorization header".into()))?;
+    let value = value
+        .to_str()
+        .map_err(|_| CoreError::Unauthorized("malformed Authorization header".into()))?;
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     match scheme.to_ascii_lowercase().as_str() {
         "bearer" => Ok(Some(rest.trim().to_string())),
@@ -34,7 +36,9 @@ pub fn presented_secret(headers: &HeaderMap) -> Result<Option<String>, CoreError
             let (_, password) = decoded.split_once(':').unwrap_or(("", decoded.as_str()));
             Ok(Some(password.to_string()))
         }
-        _ => Err(CoreError::Unauthorized(format!("unsupported authorization scheme {scheme:?}"))),
+        _ => Err(CoreError::Unauthorized(format!(
+            "unsupported authorization scheme {scheme:?}"
+        ))),
     }
 }
 
@@ -79,10 +83,17 @@ impl FromRequestParts<AppState> for FeedAccess {
         let name = FeedName::new(name).map_err(|e| err(CoreError::not_found(e.to_string())))?;
         let feed = state.ferry.feed(&name).await.map_err(err)?;
         if feed.feed_type != ty {
-            return Err(err(CoreError::not_found(format!("feed {name} is a {} feed, not {ty}", feed.feed_type))));
+            return Err(err(CoreError::not_found(format!(
+                "feed {name} is a {} feed, not {ty}",
+                feed.feed_type
+            ))));
         }
         let principal = principal(state, &parts.headers).await.map_err(err)?;
-        let action = if matches!(parts.method, Method::GET | Method::HEAD) { Action::Read } else { Action::Write };
+        let action = if matches!(parts.method, Method::GET | Method::HEAD) {
+            Action::Read
+        } else {
+            Action::Write
+        };
         auth::authorize_feed(principal.as_ref(), &feed, action).map_err(err)?;
         Ok(FeedAccess { feed, principal })
     }
@@ -97,6 +108,7 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let p = principal(state, &parts.headers).await.map_err(ApiError::json)?;
         auth::authorize_admin(p.as_ref()).map_err(ApiError::json)?;
-        p.map(Admin).ok_or_else(|| ApiError::json(CoreError::Unauthorized("an admin API key is required".into())))
+        p.map(Admin)
+            .ok_or_else(|| ApiError::json(CoreError::Unauthorized("an admin API key is required".into())))
     }
 }

@@ -19,7 +19,10 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/assets/{feed}", get(list_root))
         .route("/assets/{feed}/", get(list_root))
-        .route("/assets/{feed}/{*path}", get(get_asset).put(put_asset).delete(delete_asset))
+        .route(
+            "/assets/{feed}/{*path}",
+            get(get_asset).put(put_asset).delete(delete_asset),
+        )
 }
 
 async fn list_root(
@@ -42,9 +45,20 @@ async fn get_asset(
     }
     let asset = assets::get(&st.ferry, &access.feed, &path).await?;
     if method == Method::GET && !headers.contains_key(header::RANGE) {
-        st.ferry.count_download(&access.feed, &ferry_formats::assets::asset_key(&path).map_err(CoreError::from)?);
+        st.ferry.count_download(
+            &access.feed,
+            &ferry_formats::assets::asset_key(&path).map_err(CoreError::from)?,
+        );
     }
-    Ok(serve_blob(&st.ferry, &method, &headers, &asset.digest, &asset.content_type, Some(asset.modified)).await?)
+    Ok(serve_blob(
+        &st.ferry,
+        &method,
+        &headers,
+        &asset.digest,
+        &asset.content_type,
+        Some(asset.modified),
+    )
+    .await?)
 }
 
 async fn put_asset(
@@ -54,7 +68,9 @@ async fn put_asset(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > st.ferry.config().max_upload_bytes
     {
         return Err(CoreError::TooLarge(format!(
@@ -74,7 +90,15 @@ async fn put_asset(
         None => None,
     };
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let asset = assets::put(&st.ferry, &access.feed, &path, Box::pin(stream), &content_type, expected).await?;
+    let asset = assets::put(
+        &st.ferry,
+        &access.feed,
+        &path,
+        Box::pin(stream),
+        &content_type,
+        expected,
+    )
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(asset)).into_response())
 }
 
@@ -88,32 +112,60 @@ async fn delete_asset(
 }
 
 fn wants_json(headers: &HeaderMap) -> bool {
-    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"))
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"))
 }
 
-async fn listing(st: &AppState, access: &FeedAccess, dir: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn listing(
+    st: &AppState,
+    access: &FeedAccess,
+    dir: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let entries = assets::list(&st.ferry, &access.feed, dir).await?;
     if wants_json(headers) {
         return Ok(axum::Json(entries).into_response());
     }
     let title = format!("/assets/{}/{}", access.feed.name, dir);
-    let mut html = format!("<!DOCTYPE html>\n<html><head><title>{0}</title></head><body><h1>{0}</h1><ul>\n", esc(&title));
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html><head><title>{0}</title></head><body><h1>{0}</h1><ul>\n",
+        esc(&title)
+    );
     if !dir.is_empty() {
         html.push_str("<li><a href=\"../\">../</a></li>\n");
     }
     for e in entries {
-        let href = if e.kind == "folder" { format!("{}/", e.name) } else { e.name.clone() };
+        let href = if e.kind == "folder" {
+            format!("{}/", e.name)
+        } else {
+            e.name.clone()
+        };
         let href_enc = percent_encoding::utf8_percent_encode(&href, PATH_SEGMENT).to_string();
         let size = e.size.map(|s| format!(" ({s} bytes)")).unwrap_or_default();
-        html.push_str(&format!("<li><a href=\"{}\">{}</a>{size}</li>\n", esc(&href_enc), esc(&href)));
+        html.push_str(&format!(
+            "<li><a href=\"{}\">{}</a>{size}</li>\n",
+            esc(&href_enc),
+            esc(&href)
+        ));
     }
     html.push_str("</ul></body></html>\n");
     Ok(Html(html).into_response())
 }
 
-const PATH_SEGMENT: &percent_encoding::AsciiSet =
-    &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'?').add(b'<').add(b'>');
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'?')
+    .add(b'<')
+    .add(b'>');
 
 pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

@@ -17,7 +17,10 @@ pub enum RangeRequest {
 /// Parses a single-range `bytes=` header. Multiple ranges and other units
 /// are served as the whole body, which RFC 9110 allows.
 pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> RangeRequest {
-    let Some(spec) = value.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().strip_prefix("bytes=")) else {
+    let Some(spec) = value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
         return RangeRequest::Whole;
     };
     if spec.contains(',') {
@@ -28,7 +31,11 @@ pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> RangeRequest {
     };
     let parsed = match (start.trim(), end.trim()) {
         ("", "") => None,
-        ("", suffix) => suffix.parse::<u64>().ok().filter(|n| *n > 0).map(|n| size.saturating_sub(n)..size),
+        ("", suffix) => suffix
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| size.saturating_sub(n)..size),
         (s, "") => s.parse::<u64>().ok().map(|s| s..size),
         (s, e) => match (s.parse::<u64>(), e.parse::<u64>()) {
             (Ok(s), Ok(e)) if s <= e => Some(s..(e.saturating_add(1)).min(size)),
@@ -56,12 +63,16 @@ pub async fn serve_blob(
     last_modified: Option<i64>,
 ) -> Result<Response, CoreError> {
     let tag = etag(digest);
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(',').any(|t| {
-            let t = t.trim();
-            t == tag || t == "*"
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',').any(|t| {
+                let t = t.trim();
+                t == tag || t == "*"
+            })
         })
-    }) {
+    {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response());
     }
     let size = ferry
@@ -80,7 +91,10 @@ pub async fn serve_blob(
     let (status, len, read_range) = match range {
         RangeRequest::Whole => (StatusCode::OK, size, None),
         RangeRequest::Part(r) => {
-            builder = builder.header(header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1));
+            builder = builder.header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{size}", r.start, r.end - 1),
+            );
             (StatusCode::PARTIAL_CONTENT, r.end - r.start, Some(r))
         }
         RangeRequest::Unsatisfiable => {

@@ -22,10 +22,16 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn text(error: impl Into<CoreError>) -> Self {
-        Self { error: error.into(), flavor: Flavor::Text }
+        Self {
+            error: error.into(),
+            flavor: Flavor::Text,
+        }
     }
     pub fn json(error: impl Into<CoreError>) -> Self {
-        Self { error: error.into(), flavor: Flavor::Json }
+        Self {
+            error: error.into(),
+            flavor: Flavor::Json,
+        }
     }
 }
 
@@ -57,8 +63,10 @@ impl IntoResponse for ApiError {
             Flavor::Text => (status, format!("{message}\n")).into_response(),
         };
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"ferry\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"ferry\""),
+            );
         }
         resp
     }

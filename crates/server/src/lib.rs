@@ -50,7 +50,11 @@ fn prometheus() -> PrometheusHandle {
 
 /// The whole HTTP application for one instance.
 pub fn router(ferry: Ferry, replicator: Replicator) -> Router {
-    let state = AppState { ferry, replicator, metrics: prometheus() };
+    let state = AppState {
+        ferry,
+        replicator,
+        metrics: prometheus(),
+    };
     Router::new()
         .merge(ops::routes())
         .merge(mgmt::routes())
@@ -68,7 +72,10 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> Router {
 async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().to_string();
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
     let resp = next.run(req).await;
     let labels = [
         ("method", method),

@@ -33,7 +33,9 @@ fn parse_name(name: &str) -> Result<FeedName, ApiError> {
 }
 
 async fn instance(State(st): State<AppState>, _: Admin) -> JsonResult {
-    Ok(Json(json!({ "instance_id": st.ferry.instance_id(), "version": env!("CARGO_PKG_VERSION") })))
+    Ok(Json(
+        json!({ "instance_id": st.ferry.instance_id(), "version": env!("CARGO_PKG_VERSION") }),
+    ))
 }
 
 async fn list_feeds(State(st): State<AppState>, _: Admin) -> JsonResult {
@@ -57,8 +59,15 @@ async fn create_feed(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = body.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
     let name = parse_name(&req.name)?;
-    let ty: FeedType = req.feed_type.parse().map_err(|e| ApiError::json(CoreError::from(e)))?;
-    let feed = st.ferry.create_feed(&name, ty, req.private).await.map_err(ApiError::json)?;
+    let ty: FeedType = req
+        .feed_type
+        .parse()
+        .map_err(|e| ApiError::json(CoreError::from(e)))?;
+    let feed = st
+        .ferry
+        .create_feed(&name, ty, req.private)
+        .await
+        .map_err(ApiError::json)?;
     Ok((StatusCode::CREATED, Json(json!(feed))))
 }
 
@@ -67,8 +76,15 @@ async fn get_feed(State(st): State<AppState>, _: Admin, Path(name): Path<String>
     Ok(Json(json!(feed)))
 }
 
-async fn delete_feed(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    st.ferry.delete_feed(&parse_name(&name)?).await.map_err(ApiError::json)?;
+async fn delete_feed(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.ferry
+        .delete_feed(&parse_name(&name)?)
+        .await
+        .map_err(ApiError::json)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -95,14 +111,25 @@ async fn create_key(
             req.permission
         )))
     })?;
-    let feeds = req.feeds.map(|fs| fs.iter().map(|f| parse_name(f)).collect::<Result<Vec<_>, _>>()).transpose()?;
-    let (rec, secret) = st.ferry.create_key(&req.name, permission, feeds).await.map_err(ApiError::json)?;
+    let feeds = req
+        .feeds
+        .map(|fs| fs.iter().map(|f| parse_name(f)).collect::<Result<Vec<_>, _>>())
+        .transpose()?;
+    let (rec, secret) = st
+        .ferry
+        .create_key(&req.name, permission, feeds)
+        .await
+        .map_err(ApiError::json)?;
     let mut out = json!(rec);
     out["key"] = json!(secret);
     Ok((StatusCode::CREATED, Json(out)))
 }
 
-async fn delete_key(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_key(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     st.ferry.delete_key(&name).await.map_err(ApiError::json)?;
     Ok(StatusCode::NO_CONTENT)
 }

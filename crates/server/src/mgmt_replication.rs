@@ -49,14 +49,21 @@ async fn create(
     let name = req.name.clone();
     let cfg = req.into_config().map_err(repl)?;
     st.replicator.create(&name, cfg).await.map_err(repl)?;
-    Ok((StatusCode::CREATED, Json(json!(st.replicator.get(&name).await.map_err(repl)?))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!(st.replicator.get(&name).await.map_err(repl)?)),
+    ))
 }
 
 async fn show(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
     Ok(Json(json!(st.replicator.get(&name).await.map_err(repl)?)))
 }
 
-async fn remove(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn remove(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     st.replicator.delete(&name).await.map_err(repl)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -65,12 +72,20 @@ async fn tokens(State(st): State<AppState>, _: Admin, Path(name): Path<String>) 
     Ok(Json(json!(st.replicator.tokens(&name).await.map_err(repl)?)))
 }
 
-async fn new_token(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn new_token(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let token = st.replicator.new_token(&name).await.map_err(repl)?;
     Ok((StatusCode::CREATED, Json(json!({ "token": token }))))
 }
 
-async fn revoke_token(State(st): State<AppState>, _: Admin, Path((name, id)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+async fn revoke_token(
+    State(st): State<AppState>,
+    _: Admin,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
     st.replicator.revoke_token(&name, &id).await.map_err(repl)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -91,7 +106,11 @@ async fn run(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req = body.map(|Json(b)| b).unwrap_or_default();
     if req.wait || req.confirm_deletes || req.full {
-        let result = st.replicator.run(&name, "manual", req.confirm_deletes, req.full).await.map_err(repl)?;
+        let result = st
+            .replicator
+            .run(&name, "manual", req.confirm_deletes, req.full)
+            .await
+            .map_err(repl)?;
         return Ok((StatusCode::OK, Json(json!(result))));
     }
     st.replicator.trigger(&name).await.map_err(repl)?;
@@ -103,8 +122,17 @@ struct Limit {
     limit: Option<usize>,
 }
 
-async fn executions(State(st): State<AppState>, _: Admin, Path(name): Path<String>, Query(q): Query<Limit>) -> JsonResult {
-    let list = st.replicator.executions(&name, q.limit.unwrap_or(50).min(200)).await.map_err(repl)?;
+async fn executions(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    Query(q): Query<Limit>,
+) -> JsonResult {
+    let list = st
+        .replicator
+        .executions(&name, q.limit.unwrap_or(50).min(200))
+        .await
+        .map_err(repl)?;
     Ok(Json(json!(list)))
 }
 
@@ -118,11 +146,29 @@ struct VerifyRequest {
     repair: bool,
 }
 
-async fn verify(State(st): State<AppState>, _: Admin, Path(name): Path<String>, body: Option<Json<VerifyRequest>>) -> JsonResult {
+async fn verify(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    body: Option<Json<VerifyRequest>>,
+) -> JsonResult {
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let mut repaired = None;
-    if req.repair && !st.replicator.verify(&name).await.map_err(repl)?.iter().all(|v| v.same) {
-        repaired = Some(st.replicator.run(&name, "repair", false, true).await.map_err(repl)?);
+    if req.repair
+        && !st
+            .replicator
+            .verify(&name)
+            .await
+            .map_err(repl)?
+            .iter()
+            .all(|v| v.same)
+    {
+        repaired = Some(
+            st.replicator
+                .run(&name, "repair", false, true)
+                .await
+                .map_err(repl)?,
+        );
     }
     let pairs = st.replicator.verify(&name).await.map_err(repl)?;
     let same = pairs.iter().all(|p| p.same);
@@ -131,7 +177,9 @@ async fn verify(State(st): State<AppState>, _: Admin, Path(name): Path<String>, 
 
 async fn logs(State(st): State<AppState>, _: Admin, Query(q): Query<Limit>) -> JsonResult {
     let d = st.replicator.diag();
-    Ok(Json(json!({ "min_level": d.min_level(), "lines": d.recent(q.limit.unwrap_or(200)) })))
+    Ok(Json(
+        json!({ "min_level": d.min_level(), "lines": d.recent(q.limit.unwrap_or(200)) }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -146,7 +194,10 @@ async fn set_level(
 ) -> JsonResult {
     let Json(req) = body.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
     let level = Level::parse(&req.level).ok_or_else(|| {
-        ApiError::json(CoreError::invalid(format!("level {:?} is not one of debug, info, warn, error", req.level)))
+        ApiError::json(CoreError::invalid(format!(
+            "level {:?} is not one of debug, info, warn, error",
+            req.level
+        )))
     })?;
     st.replicator.diag().set_min_level(level);
     Ok(Json(json!({ "min_level": level })))

@@ -1,9 +1,597 @@
-//! npm routes (in progress).
+//! `/npm/FEED/`: the npm registry protocol (publish, install, view,
+//! dist-tag, deprecate, unpublish, whoami, ping).
+//!
+//! Scoped names contain a `/` once decoded (`@scope%2fpkg` from npm,
+//! `@scope/pkg/-/pkg-1.0.0.tgz` in tarball URLs), so the path after
+//! `/npm/{feed}/` is decoded once and parsed here into an [`Endpoint`],
+//! behind one wildcard route per method. Errors are JSON
+//! (`{"error": "..."}`), as npm shows them.
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use ferry_core::npm::{self, PutOutcome};
+use ferry_core::{CoreError, Ferry};
+use ferry_formats::npm as format;
+use ferry_store::FeedRecord;
+use serde_json::json;
 
 use crate::AppState;
+use crate::access::FeedAccess;
+use crate::blobs::serve_blob;
+use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/npm/{feed}", get(root))
+        .route("/npm/{feed}/", get(root))
+        .route(
+            "/npm/{feed}/{*rest}",
+            get(read).put(write).delete(remove).post(unsupported_post),
+        )
+}
+
+/// Headroom over the base64 of the largest tarball for the rest of a publish
+/// body (manifest, readme).
+const PUBLISH_SLACK: u64 = 1 << 20;
+/// Largest `npm dist-tag add` body (a JSON string holding a version).
+const DIST_TAG_BODY_LIMIT: usize = 4 << 10;
+
+const LOGIN_UNSUPPORTED: &str = "npm login is not supported by this registry; create an API key and \
+     configure it in .npmrc as //HOST:PORT/npm/FEED/:_authToken=KEY";
+
+/// What a request under `/npm/{feed}/` is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Endpoint {
+    /// `-/ping`
+    Ping,
+    /// `-/whoami`
+    Whoami,
+    /// `-/user/…` and `-/v1/login` (npm login / adduser)
+    Login,
+    /// `-/package/{name}/dist-tags`
+    DistTags {
+        name: String,
+    },
+    /// `-/package/{name}/dist-tags/{tag}`
+    DistTag {
+        name: String,
+        tag: String,
+    },
+    /// `{name}` or `{name}/-rev/{rev}`
+    Package {
+        name: String,
+        rev: Option<String>,
+    },
+    /// `{name}/{version-or-tag}`
+    Version {
+        name: String,
+        spec: String,
+    },
+    /// `{name}/-/{file}`
+    Tarball {
+        name: String,
+        file: String,
+    },
+    /// `{name}/-/{file}/-rev/{rev}`, sent after an unpublish (also with the
+    /// registry prefix doubled).
+    TarballRev,
+    Unknown,
+}
+
+/// Parses the path (as sent, percent-encoded) of a request under
+/// `/npm/{feed}/`.
+fn endpoint(path: &str, feed: &str) -> Result<Endpoint, CoreError> {
+    let raw = path
+        .trim_start_matches('/')
+        .splitn(3, '/')
+        .nth(2)
+        .unwrap_or_default();
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| CoreError::invalid("the request path is not valid UTF-8 once percent-decoded"))?;
+    let segs: Vec<&str> = decoded.split('/').collect();
+    let parsed = parse_segments(&segs);
+    // npm resolves the tarball path of an unpublished version against the
+    // registry root: `/npm/{feed}/npm/{feed}/{name}/-/{file}/-rev/{rev}`.
+    if parsed == Endpoint::Unknown
+        && segs.len() > 2
+        && segs[0] == "npm"
+        && segs[1] == feed
+        && parse_segments(&segs[2..]) == Endpoint::TarballRev
+    {
+        return Ok(Endpoint::TarballRev);
+    }
+    Ok(parsed)
+}
+
+/// `name` (one segment) or `@scope/name` (two), and what follows.
+fn split_name<'a>(segs: &'a [&'a str]) -> Option<(String, &'a [&'a str])> {
+    let first = *segs.first()?;
+    if first.is_empty() {
+        return None;
+    }
+    if first.starts_with('@') {
+        let second = *segs.get(1)?;
+        Some((format!("{first}/{second}"), &segs[2..]))
+    } else {
+        Some((first.to_owned(), &segs[1..]))
+    }
+}
+
+fn parse_segments(segs: &[&str]) -> Endpoint {
+    if segs.first() == Some(&"-") {
+        return match &segs[1..] {
+            ["ping"] => Endpoint::Ping,
+            ["whoami"] => Endpoint::Whoami,
+            ["user", ..] | ["v1", "login", ..] => Endpoint::Login,
+            ["package", rest @ ..] => match split_name(rest) {
+                Some((name, ["dist-tags"])) => Endpoint::DistTags { name },
+                Some((name, ["dist-tags", tag])) if !tag.is_empty() => Endpoint::DistTag {
+                    name,
+                    tag: (*tag).to_owned(),
+                },
+                _ => Endpoint::Unknown,
+            },
+            _ => Endpoint::Unknown,
+        };
+    }
+    let Some((name, rest)) = split_name(segs) else {
+        return Endpoint::Unknown;
+    };
+    match rest {
+        [] => Endpoint::Package { name, rev: None },
+        ["-rev", rev] if !rev.is_empty() => Endpoint::Package {
+            name,
+            rev: Some((*rev).to_owned()),
+        },
+        ["-", file @ ..] => {
+            // The file is one segment, or two for the old scoped form
+            // `@scope/pkg-1.0.0.tgz`; then optionally `-rev/{rev}`.
+            let (file, after) = match file {
+                [scope, f, after @ ..] if scope.starts_with('@') => (format!("{scope}/{f}"), after),
+                [f, after @ ..] if !f.is_empty() => ((*f).to_owned(), after),
+                _ => return Endpoint::Unknown,
+            };
+            let file = match file.split_once('/') {
+                Some((scope, f)) if name.starts_with(&format!("{scope}/")) => f.to_owned(),
+                Some(_) => return Endpoint::Unknown,
+                None => file,
+            };
+            match after {
+                [] => Endpoint::Tarball { name, file },
+                ["-rev", rev] if !rev.is_empty() => Endpoint::TarballRev,
+                _ => Endpoint::Unknown,
+            }
+        }
+        [spec] if !spec.is_empty() && !spec.starts_with('-') => Endpoint::Version {
+            name,
+            spec: (*spec).to_owned(),
+        },
+        _ => Endpoint::Unknown,
+    }
+}
+
+/// The registry root as the client reached it, for absolute tarball URLs:
+/// scheme from `X-Forwarded-Proto` (else http), host from `Host` (else the
+/// request target's authority).
+fn registry_base(headers: &HeaderMap, uri: &Uri, feed: &FeedRecord) -> Result<String, CoreError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
+        .ok_or_else(|| CoreError::invalid("a Host header is required"))?;
+    let valid = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    if !valid {
+        return Err(CoreError::invalid(format!("invalid Host header {host:?}")));
+    }
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| v == "http" || v == "https")
+        .unwrap_or_else(|| "http".to_owned());
+    Ok(format!("{scheme}://{host}/npm/{}", feed.name))
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response {
+    (status, axum::Json(value)).into_response()
+}
+
+fn not_found() -> CoreError {
+    CoreError::not_found(npm::NOT_FOUND)
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+
+async fn root(_access: FeedAccess) -> Result<Response, ApiError> {
+    Err(ApiError::json(not_found()))
+}
+
+async fn read(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    read_inner(&st.ferry, &access, &method, &uri, &headers)
+        .await
+        .map_err(ApiError::json)
+}
+
+async fn write(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    write_inner(&st.ferry, &access, &uri, &headers, body)
+        .await
+        .map_err(ApiError::json)
+}
+
+async fn remove(State(st): State<AppState>, access: FeedAccess, uri: Uri) -> Result<Response, ApiError> {
+    remove_inner(&st.ferry, &access, &uri)
+        .await
+        .map_err(ApiError::json)
+}
+
+/// Nothing under an npm feed takes POST (npm audit, npm login): answer in
+/// npm's JSON error form rather than with a bare 405.
+async fn unsupported_post(uri: Uri) -> Result<Response, ApiError> {
+    let feed = uri
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    match endpoint(uri.path(), &feed) {
+        Ok(Endpoint::Login) => Err(ApiError::json(CoreError::not_found(LOGIN_UNSUPPORTED))),
+        _ => Err(ApiError::json(not_found())),
+    }
+}
+
+async fn read_inner(
+    ferry: &Ferry,
+    access: &FeedAccess,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, CoreError> {
+    let feed = &access.feed;
+    match endpoint(uri.path(), feed.name.as_str())? {
+        Endpoint::Ping => Ok(json_response(StatusCode::OK, json!({}))),
+        Endpoint::Whoami => match &access.principal {
+            Some(p) => Ok(json_response(StatusCode::OK, json!({ "username": p.key.name }))),
+            None => Err(CoreError::Unauthorized(
+                "not logged in: no API key was presented".into(),
+            )),
+        },
+        Endpoint::Package { name, rev: None } => {
+            let base = registry_base(headers, uri, feed)?;
+            let p = npm::packument(ferry, feed, &name, &base).await?;
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let (body, content_type, etag) = if format::wants_abbreviated(accept, uri.query()) {
+                (
+                    p.abbreviated,
+                    format::ABBREVIATED_MEDIA_TYPE,
+                    format!("W/\"{}-abbreviated\"", p.rev),
+                )
+            } else {
+                (p.full, "application/json", format!("\"{}\"", p.rev))
+            };
+            Ok(index_response(headers, feed, body, content_type, &etag))
+        }
+        Endpoint::Version { name, spec } => {
+            let base = registry_base(headers, uri, feed)?;
+            let p = npm::packument(ferry, feed, &name, &base).await?;
+            let doc: serde_json::Value = serde_json::from_slice(&p.full)
+                .map_err(|e| CoreError::Internal(format!("packument of {name}: {e}")))?;
+            let version = doc["dist-tags"][spec.as_str()]
+                .as_str()
+                .unwrap_or(spec.as_str())
+                .to_owned();
+            match doc["versions"].get(&version) {
+                Some(manifest) => Ok(json_response(StatusCode::OK, manifest.clone())),
+                None => Err(CoreError::not_found(format!("{name}@{spec} not found"))),
+            }
+        }
+        Endpoint::DistTags { name } => {
+            let base = registry_base(headers, uri, feed)?;
+            let p = npm::packument(ferry, feed, &name, &base).await?;
+            Ok(([(header::CONTENT_TYPE, "application/json")], p.dist_tags).into_response())
+        }
+        Endpoint::DistTag { name, tag } => {
+            let version = npm::dist_tag(ferry, feed, &name, &tag).await?;
+            Ok(json_response(StatusCode::OK, json!(version)))
+        }
+        Endpoint::Tarball { name, file } => {
+            let t = npm::tarball(ferry, feed, &name, &file).await?;
+            if method == Method::GET && !headers.contains_key(header::RANGE) {
+                ferry.count_download(feed, &t.key);
+            }
+            serve_blob(
+                ferry,
+                method,
+                headers,
+                &t.digest,
+                "application/octet-stream",
+                Some(t.published),
+            )
+            .await
+        }
+        Endpoint::Login => Err(CoreError::not_found(LOGIN_UNSUPPORTED)),
+        Endpoint::Package { rev: Some(_), .. } | Endpoint::TarballRev | Endpoint::Unknown => Err(not_found()),
+    }
+}
+
+/// A rendered index with its validators; 304 when the client has it.
+fn index_response(
+    headers: &HeaderMap,
+    feed: &FeedRecord,
+    body: Bytes,
+    content_type: &str,
+    etag: &str,
+) -> Response {
+    let cache_control = if feed.private {
+        "private, no-cache"
+    } else {
+        "no-cache"
+    };
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut resp = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        body.into_response()
+    };
+    let h = resp.headers_mut();
+    if !matches && let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    resp
+}
+
+async fn write_inner(
+    ferry: &Ferry,
+    access: &FeedAccess,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, CoreError> {
+    let feed = &access.feed;
+    match endpoint(uri.path(), feed.name.as_str())? {
+        Endpoint::Package { name, rev } => {
+            let limit = ferry.config().max_upload_bytes.saturating_mul(4) / 3 + PUBLISH_SLACK;
+            let body = read_body(headers, body, usize::try_from(limit).unwrap_or(usize::MAX)).await?;
+            match npm::put_package(ferry, feed, &name, body, rev.as_deref()).await? {
+                PutOutcome::Published { version, dist_tags } => Ok(json_response(
+                    StatusCode::CREATED,
+                    json!({ "ok": true, "id": name, "version": version, "dist-tags": dist_tags }),
+                )),
+                PutOutcome::Updated {
+                    deprecated,
+                    undeprecated,
+                    removed,
+                } => Ok(json_response(
+                    StatusCode::OK,
+                    json!({
+                        "ok": true,
+                        "id": name,
+                        "deprecated": deprecated,
+                        "undeprecated": undeprecated,
+                        "removed": removed,
+                    }),
+                )),
+            }
+        }
+        Endpoint::DistTag { name, tag } => {
+            let body = read_body(headers, body, DIST_TAG_BODY_LIMIT).await?;
+            let version = npm::set_dist_tag(ferry, feed, &name, &tag, &body).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                json!({ "ok": true, "id": name, "dist-tags": { tag: version } }),
+            ))
+        }
+        Endpoint::Login => Err(CoreError::not_found(LOGIN_UNSUPPORTED)),
+        _ => Err(not_found()),
+    }
+}
+
+async fn remove_inner(ferry: &Ferry, access: &FeedAccess, uri: &Uri) -> Result<Response, CoreError> {
+    let feed = &access.feed;
+    match endpoint(uri.path(), feed.name.as_str())? {
+        Endpoint::Package { name, rev } => {
+            let removed = npm::delete_package(ferry, feed, &name, rev.as_deref()).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                json!({ "ok": true, "id": name, "removed": removed }),
+            ))
+        }
+        Endpoint::DistTag { name, tag } => {
+            npm::delete_dist_tag(ferry, feed, &name, &tag).await?;
+            Ok(json_response(StatusCode::OK, json!({ "ok": true, "id": name })))
+        }
+        // The tarball goes with its version, which the unpublish PUT before
+        // this request already removed.
+        Endpoint::TarballRev => Ok(json_response(StatusCode::OK, json!({ "ok": true }))),
+        _ => Err(not_found()),
+    }
+}
+
+/// Reads a whole request body, refusing (413) one over `limit` bytes.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, CoreError> {
+    let too_large = || CoreError::TooLarge(format!("the request body exceeds the limit of {limit} bytes"));
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let e = e.into_inner();
+        if e.is::<http_body_util::LengthLimitError>() {
+            too_large()
+        } else {
+            CoreError::invalid(format!("could not read the request body: {e}"))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(path: &str) -> Endpoint {
+        endpoint(path, "f").unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn s(v: &str) -> String {
+        v.to_owned()
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(ep("/npm/f/-/ping"), Endpoint::Ping);
+        assert_eq!(ep("/npm/f/-/whoami"), Endpoint::Whoami);
+        assert_eq!(ep("/npm/f/-/user/org.couchdb.user:me"), Endpoint::Login);
+        assert_eq!(
+            ep("/npm/f/left-pad"),
+            Endpoint::Package {
+                name: s("left-pad"),
+                rev: None
+            }
+        );
+        assert_eq!(
+            ep("/npm/f/@s%2fp"),
+            Endpoint::Package {
+                name: s("@s/p"),
+                rev: None
+            }
+        );
+        assert_eq!(
+            ep("/npm/f/@s%2Fp/-rev/3-abc"),
+            Endpoint::Package {
+                name: s("@s/p"),
+                rev: Some(s("3-abc"))
+            }
+        );
+        assert_eq!(
+            ep("/npm/f/@s/p/-/p-1.0.0.tgz"),
+            Endpoint::Tarball {
+                name: s("@s/p"),
+                file: s("p-1.0.0.tgz")
+            }
+        );
+        assert_eq!(
+            ep("/npm/f/@s%2fp/-/p-1.0.0.tgz"),
+            Endpoint::Tarball {
+                name: s("@s/p"),
+                file: s("p-1.0.0.tgz")
+            }
+        );
+        assert_eq!(
+            ep("/npm/f/@s/p/-/@s/p-1.0.0.tgz"),
+            Endpoint::Tarball {
+                name: s("@s/p"),
+                file: s("p-1.0.0.tgz")
+            }
+        );
+        assert_eq!(
+            ep("/npm/f/p/-/p-1.0.0.tgz"),
+            Endpoint::Tarball {
+                name: s("p"),
+                file: s("p-1.0.0.tgz")
+            }
+        );
+        assert_eq!(ep("/npm/f/p/-/p-1.0.0.tgz/-rev/4-x"), Endpoint::TarballRev);
+        assert_eq!(
+            ep("/npm/f/npm/f/@s/p/-/p-1.0.0.tgz/-rev/4-x"),
+            Endpoint::TarballRev
+        );
+        assert_eq!(ep("/npm/f/npm/g/p/-/p-1.0.0.tgz/-rev/4-x"), Endpoint::Unknown);
+        assert_eq!(
+            ep("/npm/f/p/1.0.0"),
+            Endpoint::Version {
+                name: s("p"),
+                spec: s("1.0.0")
+            }
+        );
+        assert_eq!(
+            ep("/npm/f/@s%2fp/latest"),
+            Endpoint::Version {
+                name: s("@s/p"),
+                spec: s("latest")
+            }
+        );
+        assert_eq!(
+            ep("/npm/f/-/package/@s%2fp/dist-tags"),
+            Endpoint::DistTags { name: s("@s/p") }
+        );
+        assert_eq!(
+            ep("/npm/f/-/package/p/dist-tags/beta"),
+            Endpoint::DistTag {
+                name: s("p"),
+                tag: s("beta")
+            }
+        );
+        for unknown in [
+            "/npm/f/-/v1/search",
+            "/npm/f/p/",
+            "/npm/f/@s",
+            "/npm/f/p/-/",
+            "/npm/f/p/a/b",
+        ] {
+            assert_eq!(ep(unknown), Endpoint::Unknown, "{unknown}");
+        }
+        assert!(endpoint("/npm/f/%ff", "f").is_err());
+    }
+
+    #[test]
+    fn base_from_host_and_forwarded_proto() {
+        let feed = FeedRecord {
+            id: 1,
+            name: ferry_types::FeedName::new("f").unwrap_or_else(|e| panic!("{e}")),
+            feed_type: ferry_types::FeedType::Npm,
+            private: false,
+            created_at: 0,
+        };
+        let uri: Uri = "/npm/f/p".parse().unwrap_or_else(|e| panic!("{e}"));
+        let mut h = HeaderMap::new();
+        assert!(registry_base(&h, &uri, &feed).is_err());
+        h.insert(header::HOST, HeaderValue::from_static("example.org:8080"));
+        assert_eq!(
+            registry_base(&h, &uri, &feed).ok().as_deref(),
+            Some("http://example.org:8080/npm/f")
+        );
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https, http"));
+        assert_eq!(
+            registry_base(&h, &uri, &feed).ok().as_deref(),
+            Some("https://example.org:8080/npm/f")
+        );
+        h.insert(header::HOST, HeaderValue::from_static("evil\"host"));
+        assert!(registry_base(&h, &uri, &feed).is_err());
+    }
 }

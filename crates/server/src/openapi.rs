@@ -26,7 +26,8 @@ fn op(summary: &str, ok: &str, body: Option<&str>) -> Value {
 }
 
 pub fn document() -> Value {
-    let name_param = json!([{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }]);
+    let name_param =
+        json!([{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }]);
     json!({
         "openapi": "3.1.0",
         "info": { "title": "Ferry management API", "version": env!("CARGO_PKG_VERSION") },

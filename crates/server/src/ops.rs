@@ -9,7 +9,10 @@ use axum::routing::get;
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics))
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
 }
 
 async fn health() -> &'static str {
@@ -25,5 +28,8 @@ async fn ready(State(st): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
 }

@@ -30,7 +30,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/replication/v1/feeds/{feed}/stamps", post(stamps))
         .route("/api/replication/v1/feeds/{feed}/apply", post(apply))
         .route("/api/replication/v1/blobs/missing", post(missing))
-        .route("/api/replication/v1/blobs/{digest}", get(get_blob).head(get_blob).merge(put(put_blob)))
+        .route(
+            "/api/replication/v1/blobs/{digest}",
+            get(get_blob).head(get_blob).merge(put(put_blob)),
+        )
 }
 
 fn err(e: impl Into<CoreError>) -> ApiError {
@@ -58,7 +61,8 @@ impl FromRequestParts<AppState> for Peer {
 type JsonResult<T> = Result<Json<T>, ApiError>;
 
 fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b).map_err(|e| err(CoreError::invalid(e.body_text())))
+    body.map(|Json(b)| b)
+        .map_err(|e| err(CoreError::invalid(e.body_text())))
 }
 
 async fn handshake(
@@ -66,7 +70,12 @@ async fn handshake(
     Peer(s): Peer,
     body: Result<Json<HandshakeRequest>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult<HandshakeResponse> {
-    Ok(Json(st.replicator.handshake(&s, json_body(body)?).await.map_err(repl)?))
+    Ok(Json(
+        st.replicator
+            .handshake(&s, json_body(body)?)
+            .await
+            .map_err(repl)?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -89,7 +98,12 @@ async fn changes(
     Path(feed): Path<String>,
     Query(q): Query<ChangesQuery>,
 ) -> JsonResult<ChangesPage> {
-    Ok(Json(st.replicator.changes(&s, &feed, q.since, q.limit, q.wait).await.map_err(repl)?))
+    Ok(Json(
+        st.replicator
+            .changes(&s, &feed, q.since, q.limit, q.wait)
+            .await
+            .map_err(repl)?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -105,8 +119,17 @@ async fn entries(
     Path(feed): Path<String>,
     Query(q): Query<EntriesQuery>,
 ) -> JsonResult<EntriesPage> {
-    let after = q.after.map(ItemKey::new).transpose().map_err(|e| err(CoreError::from(e)))?;
-    Ok(Json(st.replicator.entries(&s, &feed, after, q.limit).await.map_err(repl)?))
+    let after = q
+        .after
+        .map(ItemKey::new)
+        .transpose()
+        .map_err(|e| err(CoreError::from(e)))?;
+    Ok(Json(
+        st.replicator
+            .entries(&s, &feed, after, q.limit)
+            .await
+            .map_err(repl)?,
+    ))
 }
 
 async fn digest(
@@ -124,7 +147,12 @@ async fn digest(
             _ => {}
         }
     }
-    Ok(Json(st.replicator.feed_digest_for(&s, &feed, &include, &exclude).await.map_err(repl)?))
+    Ok(Json(
+        st.replicator
+            .feed_digest_for(&s, &feed, &include, &exclude)
+            .await
+            .map_err(repl)?,
+    ))
 }
 
 fn url_pairs(q: &str) -> Vec<(String, String)> {
@@ -132,7 +160,11 @@ fn url_pairs(q: &str) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
             (dec(k), dec(v))
         })
         .collect()
@@ -144,7 +176,12 @@ async fn stamps(
     Path(feed): Path<String>,
     body: Result<Json<KeyList>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult<StampList> {
-    Ok(Json(st.replicator.stamps(&s, &feed, json_body(body)?.keys).await.map_err(repl)?))
+    Ok(Json(
+        st.replicator
+            .stamps(&s, &feed, json_body(body)?.keys)
+            .await
+            .map_err(repl)?,
+    ))
 }
 
 async fn apply(
@@ -153,7 +190,12 @@ async fn apply(
     Path(feed): Path<String>,
     body: Result<Json<ApplyRequest>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult<ApplyResponse> {
-    Ok(Json(st.replicator.apply_pushed(&s, &feed, json_body(body)?.entries).await.map_err(repl)?))
+    Ok(Json(
+        st.replicator
+            .apply_pushed(&s, &feed, json_body(body)?.entries)
+            .await
+            .map_err(repl)?,
+    ))
 }
 
 async fn missing(
@@ -161,7 +203,11 @@ async fn missing(
     Peer(s): Peer,
     body: Result<Json<DigestList>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult<DigestList> {
-    let digests = st.replicator.missing_blobs(&s, json_body(body)?.digests).await.map_err(repl)?;
+    let digests = st
+        .replicator
+        .missing_blobs(&s, json_body(body)?.digests)
+        .await
+        .map_err(repl)?;
     Ok(Json(DigestList { digests }))
 }
 
@@ -178,11 +224,21 @@ async fn get_blob(
 ) -> Result<Response, ApiError> {
     let d = parse_digest(&digest)?;
     st.replicator.may_read_blob(&s, &d).await.map_err(repl)?;
-    crate::blobs::serve_blob(&st.ferry, &method, &headers, &d, "application/octet-stream", None).await.map_err(err)
+    crate::blobs::serve_blob(&st.ferry, &method, &headers, &d, "application/octet-stream", None)
+        .await
+        .map_err(err)
 }
 
-async fn put_blob(State(st): State<AppState>, Peer(s): Peer, Path(digest): Path<String>, body: Body) -> Result<(), ApiError> {
+async fn put_blob(
+    State(st): State<AppState>,
+    Peer(s): Peer,
+    Path(digest): Path<String>,
+    body: Body,
+) -> Result<(), ApiError> {
     let d = parse_digest(&digest)?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    st.replicator.receive_blob(&s, &d, Box::pin(stream)).await.map_err(repl)
+    st.replicator
+        .receive_blob(&s, &d, Box::pin(stream))
+        .await
+        .map_err(repl)
 }

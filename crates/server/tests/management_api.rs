@@ -13,9 +13,17 @@ const JSON: (&str, &str) = ("content-type", "application/json");
 async fn feeds_crud_needs_admin() {
     let i = Instance::new().await;
     let body = r#"{"name":"npm-main","type":"npm","private":true}"#;
-    assert_eq!(i.send("POST", "/api/v1/feeds", None, &[JSON], body).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        i.send("POST", "/api/v1/feeds", None, &[JSON], body).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let writer = i.key("w", Permission::Write, None).await;
-    assert_eq!(i.send("POST", "/api/v1/feeds", Some(&writer), &[JSON], body).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        i.send("POST", "/api/v1/feeds", Some(&writer), &[JSON], body)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
     let r = i.send("POST", "/api/v1/feeds", Some(ADMIN), &[JSON], body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     assert_eq!(r.json()["type"], "npm");
@@ -31,47 +39,123 @@ async fn feeds_crud_needs_admin() {
     ] {
         let r = i.send("POST", "/api/v1/feeds", Some(ADMIN), &[JSON], bad).await;
         assert_eq!(r.status.as_u16() / 100, 4, "{bad}");
-        assert!(r.json()["error"].as_str().unwrap().contains(why), "{bad}: {}", r.text());
+        assert!(
+            r.json()["error"].as_str().unwrap().contains(why),
+            "{bad}: {}",
+            r.text()
+        );
     }
 
-    let list = i.send("GET", "/api/v1/feeds", Some(ADMIN), &[], Body::empty()).await.json();
+    let list = i
+        .send("GET", "/api/v1/feeds", Some(ADMIN), &[], Body::empty())
+        .await
+        .json();
     assert_eq!(list.as_array().unwrap().len(), 1);
-    assert_eq!(i.send("DELETE", "/api/v1/feeds/npm-main", Some(ADMIN), &[], Body::empty()).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(i.send("DELETE", "/api/v1/feeds/npm-main", Some(ADMIN), &[], Body::empty()).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        i.send(
+            "DELETE",
+            "/api/v1/feeds/npm-main",
+            Some(ADMIN),
+            &[],
+            Body::empty()
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        i.send(
+            "DELETE",
+            "/api/v1/feeds/npm-main",
+            Some(ADMIN),
+            &[],
+            Body::empty()
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
 async fn keys_are_shown_once_and_scoped() {
     let i = Instance::new().await;
     i.feed("files", FeedType::Assets, false).await;
-    let r = i.send("POST", "/api/v1/keys", Some(ADMIN), &[JSON], r#"{"name":"ci","permission":"write","feeds":["files"]}"#).await;
+    let r = i
+        .send(
+            "POST",
+            "/api/v1/keys",
+            Some(ADMIN),
+            &[JSON],
+            r#"{"name":"ci","permission":"write","feeds":["files"]}"#,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let secret = r.json()["key"].as_str().unwrap().to_string();
-    assert_eq!(i.send("PUT", "/assets/files/x", Some(&secret), &[], "x").await.status, StatusCode::CREATED);
-    let listed = i.send("GET", "/api/v1/keys", Some(ADMIN), &[], Body::empty()).await;
+    assert_eq!(
+        i.send("PUT", "/assets/files/x", Some(&secret), &[], "x")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let listed = i
+        .send("GET", "/api/v1/keys", Some(ADMIN), &[], Body::empty())
+        .await;
     assert!(!listed.text().contains(&secret), "secret listed");
     assert!(listed.text().contains("\"ci\""));
-    let r = i.send("POST", "/api/v1/keys", Some(ADMIN), &[JSON], r#"{"name":"x","permission":"root"}"#).await;
+    let r = i
+        .send(
+            "POST",
+            "/api/v1/keys",
+            Some(ADMIN),
+            &[JSON],
+            r#"{"name":"x","permission":"root"}"#,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(i.send("DELETE", "/api/v1/keys/ci", Some(ADMIN), &[], Body::empty()).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(i.send("PUT", "/assets/files/y", Some(&secret), &[], "y").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        i.send("DELETE", "/api/v1/keys/ci", Some(ADMIN), &[], Body::empty())
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        i.send("PUT", "/assets/files/y", Some(&secret), &[], "y")
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
 async fn gc_removes_only_unreferenced_blobs() {
-    let i = Instance::with_config(ferry_core::Config { blob_lease: std::time::Duration::ZERO, ..Default::default() }).await;
+    let i = Instance::with_config(ferry_core::Config {
+        blob_lease: std::time::Duration::ZERO,
+        ..Default::default()
+    })
+    .await;
     i.feed("files", FeedType::Assets, false).await;
-    i.send("PUT", "/assets/files/keep", Some(ADMIN), &[], "keep me").await;
-    i.send("PUT", "/assets/files/drop", Some(ADMIN), &[], "drop me").await;
-    i.send("PUT", "/assets/files/drop", Some(ADMIN), &[], "replaced").await;
-    let r = i.send("POST", "/api/v1/gc", Some(ADMIN), &[], Body::empty()).await;
+    i.send("PUT", "/assets/files/keep", Some(ADMIN), &[], "keep me")
+        .await;
+    i.send("PUT", "/assets/files/drop", Some(ADMIN), &[], "drop me")
+        .await;
+    i.send("PUT", "/assets/files/drop", Some(ADMIN), &[], "replaced")
+        .await;
+    let r = i
+        .send("POST", "/api/v1/gc", Some(ADMIN), &[], Body::empty())
+        .await;
     assert_eq!(r.json()["blobs_deleted"], 1, "{}", r.text());
     assert_eq!(i.get("/assets/files/keep").await.body, b"keep me");
     assert_eq!(i.get("/assets/files/drop").await.body, b"replaced");
-    i.send("DELETE", "/assets/files/keep", Some(ADMIN), &[], Body::empty()).await;
-    let r = i.send("POST", "/api/v1/gc", Some(ADMIN), &[], Body::empty()).await;
+    i.send("DELETE", "/assets/files/keep", Some(ADMIN), &[], Body::empty())
+        .await;
+    let r = i
+        .send("POST", "/api/v1/gc", Some(ADMIN), &[], Body::empty())
+        .await;
     assert_eq!(r.json()["blobs_deleted"], 1);
-    let r = i.send("POST", "/api/v1/gc", Some(ADMIN), &[], Body::empty()).await;
+    let r = i
+        .send("POST", "/api/v1/gc", Some(ADMIN), &[], Body::empty())
+        .await;
     assert_eq!(r.json()["blobs_deleted"], 0);
 }
 
@@ -81,9 +165,15 @@ async fn openapi_describes_every_management_route() {
     let doc = i.get("/api/v1/openapi.json").await.json();
     assert_eq!(doc["openapi"], "3.1.0");
     let src = include_str!("../src/mgmt.rs");
-    for line in src.lines().filter(|l| l.trim_start().starts_with(".route(\"/api/v1/") && !l.contains("openapi")) {
+    for line in src
+        .lines()
+        .filter(|l| l.trim_start().starts_with(".route(\"/api/v1/") && !l.contains("openapi"))
+    {
         let path = line.split('"').nth(1).unwrap();
-        assert!(doc["paths"].get(path).is_some(), "route {path} missing from the OpenAPI document");
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "route {path} missing from the OpenAPI document"
+        );
     }
 }
 

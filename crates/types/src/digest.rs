@@ -33,8 +33,15 @@ impl Digest {
 
     /// Parses the bare 64-character lowercase hex form.
     pub fn from_hex(s: &str) -> Result<Self, InvalidValue> {
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(InvalidValue::new("digest", "expected 64 lowercase hex characters"));
+        if s.len() != 64
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(InvalidValue::new(
+                "digest",
+                "expected 64 lowercase hex characters",
+            ));
         }
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).map_err(|e| InvalidValue::new("digest", e.to_string()))?;
@@ -47,7 +54,10 @@ impl FromStr for Digest {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
             Some(("sha256", hex)) => Self::from_hex(hex),
-            Some((alg, _)) => Err(InvalidValue::new("digest", format!("unsupported algorithm {alg:?}"))),
+            Some((alg, _)) => Err(InvalidValue::new(
+                "digest",
+                format!("unsupported algorithm {alg:?}"),
+            )),
             None => Err(InvalidValue::new("digest", "expected sha256:<hex>")),
         }
     }

@@ -21,6 +21,9 @@ pub struct InvalidValue {
 
 impl InvalidValue {
     pub fn new(what: &'static str, reason: impl Into<String>) -> Self {
-        Self { what, reason: reason.into() }
+        Self {
+            what,
+            reason: reason.into(),
+        }
     }
 }

@@ -58,10 +58,13 @@ impl FeedType {
 impl FromStr for FeedType {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        FeedType::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| {
-            let known: Vec<_> = FeedType::ALL.iter().map(|t| t.as_str()).collect();
-            InvalidValue::new("feed type", format!("{s:?} is not one of {}", known.join(", ")))
-        })
+        FeedType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = FeedType::ALL.iter().map(|t| t.as_str()).collect();
+                InvalidValue::new("feed type", format!("{s:?} is not one of {}", known.join(", ")))
+            })
     }
 }
 
@@ -77,7 +80,10 @@ impl ItemKey {
             return Err(InvalidValue::new("item key", "must be 1 to 1024 bytes"));
         }
         if s.chars().any(char::is_control) {
-            return Err(InvalidValue::new("item key", "must not contain control characters"));
+            return Err(InvalidValue::new(
+                "item key",
+                "must not contain control characters",
+            ));
         }
         Ok(Self(s))
     }
@@ -112,7 +118,9 @@ macro_rules! string_newtype_impls {
         }
         impl<'de> Deserialize<'de> for $t {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+                String::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
             }
         }
     };

@@ -115,9 +115,18 @@ mod tests {
     fn stamps_order_by_time_then_origin() {
         let a = InstanceId::from_bytes([1; 16]);
         let b = InstanceId::from_bytes([2; 16]);
-        let s1 = Stamp { time: Hlc(5), origin: b };
-        let s2 = Stamp { time: Hlc(6), origin: a };
-        let s3 = Stamp { time: Hlc(6), origin: b };
+        let s1 = Stamp {
+            time: Hlc(5),
+            origin: b,
+        };
+        let s2 = Stamp {
+            time: Hlc(6),
+            origin: a,
+        };
+        let s3 = Stamp {
+            time: Hlc(6),
+            origin: b,
+        };
         assert!(s1 < s2 && s2 < s3);
         let id = InstanceId::random();
         assert_eq!(id.to_string().parse::<InstanceId>(), Ok(id));

@@ -400,8 +400,10 @@ fn upload_form() {
         ("requires_python", ""),
     ] {
         assert!(form.set_field(k, v), "{k}");
+        assert!(UploadForm::knows_field(k), "{k}");
     }
     assert!(!form.set_field("classifiers", "x"));
+    assert!(!UploadForm::knows_field("classifiers") && !UploadForm::knows_field("content"));
     assert_eq!(form.requires_python, None);
     check_upload(&form, &info, &sha).unwrap();
     check_upload(&UploadForm::default(), &info, &sha).unwrap();

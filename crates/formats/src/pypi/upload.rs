@@ -36,7 +36,22 @@ impl UploadForm {
     /// fields Ferry does not use (classifiers, description, ...) are ignored
     /// and `false` is returned for them.
     pub fn set_field(&mut self, field: &str, value: impl Into<String>) -> bool {
-        let slot = match field {
+        let Some(slot) = self.slot(field) else {
+            return false;
+        };
+        let value = value.into();
+        *slot = (!value.trim().is_empty()).then_some(value);
+        true
+    }
+
+    /// Whether [`UploadForm::set_field`] records `field` (so a caller
+    /// streaming the form knows which fields are worth reading).
+    pub fn knows_field(field: &str) -> bool {
+        Self::default().slot(field).is_some()
+    }
+
+    fn slot(&mut self, field: &str) -> Option<&mut Option<String>> {
+        Some(match field {
             ":action" => &mut self.action,
             "protocol_version" => &mut self.protocol_version,
             "name" => &mut self.name,
@@ -49,11 +64,8 @@ impl UploadForm {
             "blake2_256_digest" => &mut self.blake2_256_digest,
             "requires_python" => &mut self.requires_python,
             "summary" => &mut self.summary,
-            _ => return false,
-        };
-        let value = value.into();
-        *slot = (!value.trim().is_empty()).then_some(value);
-        true
+            _ => return None,
+        })
     }
 }
 

@@ -1,0 +1,1028 @@
+//! The PyPI feed in process: twine-style uploads of wheels and sdists built
+//! in the test, the simple API pages, refusals, auth, yank and delete.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use common::{ADMIN, Instance, Reply};
+use ferry_store::Permission;
+use ferry_types::{Digest, FeedType};
+
+const BOUNDARY: &str = "----ferry-test-boundary-7d1f";
+const JSON: &str = "application/vnd.pypi.simple.v1+json";
+
+/// A multipart/form-data body: text fields, then (optionally) the file in
+/// `content`, as twine sends it.
+fn multipart(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (k, v) in fields {
+        b.extend_from_slice(
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes(),
+        );
+    }
+    if let Some((name, data)) = file {
+        b.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        b.extend_from_slice(data);
+        b.extend_from_slice(b"\r\n");
+    }
+    b.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    b
+}
+
+/// The form twine sends for `file` (name, version, filetype, digest).
+fn twine_fields(name: &str, version: &str, filename: &str, data: &[u8]) -> Vec<(String, String)> {
+    let filetype = if filename.ends_with(".whl") {
+        "bdist_wheel"
+    } else {
+        "sdist"
+    };
+    vec![
+        ("name".into(), name.into()),
+        ("version".into(), version.into()),
+        ("filetype".into(), filetype.into()),
+        (
+            "pyversion".into(),
+            if filetype == "sdist" { "source" } else { "py3" }.into(),
+        ),
+        ("metadata_version".into(), "2.1".into()),
+        ("summary".into(), "A test package".into()),
+        ("description".into(), "Long description.".into()),
+        ("classifiers".into(), "Programming Language :: Python".into()),
+        ("sha256_digest".into(), Digest::of(data).hex()),
+        ("md5_digest".into(), "ignored".into()),
+        (":action".into(), "file_upload".into()),
+        ("protocol_version".into(), "1".into()),
+    ]
+}
+
+async fn post_form(
+    i: &Instance,
+    feed: &str,
+    key: Option<&str>,
+    fields: &[(String, String)],
+    file: Option<(&str, &[u8])>,
+) -> Reply {
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let ct = format!("multipart/form-data; boundary={BOUNDARY}");
+    i.send(
+        "POST",
+        &format!("/pypi/{feed}/"),
+        key,
+        &[("content-type", &ct)],
+        multipart(&fields, file),
+    )
+    .await
+}
+
+/// Uploads a file the way twine does; returns the reply.
+async fn upload(
+    i: &Instance,
+    feed: &str,
+    key: &str,
+    name: &str,
+    version: &str,
+    (filename, data): &(String, Vec<u8>),
+) -> Reply {
+    post_form(
+        i,
+        feed,
+        Some(key),
+        &twine_fields(name, version, filename, data),
+        Some((filename, data)),
+    )
+    .await
+}
+
+async fn get_json(i: &Instance, uri: &str) -> Reply {
+    i.send("GET", uri, None, &[("accept", JSON)], Body::empty()).await
+}
+
+/// (what, form fields, file, expected status, words the reason must contain)
+type Case<'a> = (
+    &'a str,
+    Vec<(String, String)>,
+    Option<(String, Vec<u8>)>,
+    StatusCode,
+    &'a [&'a str],
+);
+
+async fn setup() -> (Instance, String) {
+    let i = Instance::new().await;
+    i.feed("py", FeedType::Pypi, false).await;
+    let w = i.key("writer", Permission::Write, None).await;
+    (i, w)
+}
+
+async fn project_names(i: &Instance, feed: &str) -> Vec<String> {
+    let r = get_json(i, &format!("/pypi/{feed}/simple/")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn upload_wheel_and_sdist_then_simple_pages_and_files() {
+    let (i, w) = setup().await;
+    let whl = dist::wheel("Foo.Bar", "1.0", "foo_bar", Some(">=3.8,<4"));
+    let sdist = dist::sdist("Foo.Bar", "1.0", Some(">=3.8,<4"));
+    let r = upload(&i, "py", &w, "Foo.Bar", "1.0", &whl).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = upload(&i, "py", &w, "foo_bar", "1.0", &sdist).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let newer = dist::wheel("Foo.Bar", "1.10", "foo_bar", None);
+    assert_eq!(
+        upload(&i, "py", &w, "foo-bar", "1.10", &newer).await.status,
+        StatusCode::OK
+    );
+    let other = dist::wheel("other", "0.1", "other", None);
+    assert_eq!(
+        upload(&i, "py", &w, "other", "0.1", &other).await.status,
+        StatusCode::OK
+    );
+
+    // Root: HTML by default (relative links), JSON on request.
+    let r = i.get("/pypi/py/simple/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(r.header("vary"), Some("Accept"));
+    assert!(
+        r.text().contains("<a href=\"foo-bar/\">Foo.Bar</a>") && r.text().contains("href=\"other/\""),
+        "{}",
+        r.text()
+    );
+    assert_eq!(project_names(&i, "py").await, ["Foo.Bar", "other"]);
+
+    // Project page, HTML: hashes, escaped requires-python, files sorted by version.
+    let r = i.get("/pypi/py/simple/foo-bar/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let html = r.text();
+    let whl_hash = Digest::of(&whl.1).hex();
+    let whl_link = format!(
+        "<a href=\"/pypi/py/files/foo-bar/{}#sha256={whl_hash}\" data-requires-python=\"&gt;=3.8,&lt;4\">{}</a>",
+        whl.0, whl.0
+    );
+    assert!(html.contains(&whl_link), "{html}");
+    assert!(
+        html.contains(&format!(
+            "/pypi/py/files/foo-bar/{}#sha256={}",
+            sdist.0,
+            Digest::of(&sdist.1).hex()
+        )),
+        "{html}"
+    );
+    assert!(!html.contains("data-yanked"), "{html}");
+    let pos = |needle: &str| html.find(needle).unwrap();
+    assert!(pos(&whl.0) < pos(&newer.0), "1.0 must sort before 1.10: {html}");
+
+    // Project page, JSON (PEP 691 + PEP 700).
+    let r = get_json(&i, "/pypi/py/simple/foo-bar/").await;
+    assert_eq!(r.header("content-type"), Some(JSON));
+    assert_eq!(r.header("vary"), Some("Accept"));
+    let j = r.json();
+    assert_eq!(j["meta"]["api-version"], "1.1");
+    assert_eq!(j["name"], "foo-bar");
+    assert_eq!(j["versions"], serde_json::json!(["1.0", "1.10"]));
+    let f = j["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["filename"] == whl.0.as_str())
+        .unwrap();
+    assert_eq!(f["hashes"]["sha256"], whl_hash);
+    assert_eq!(f["requires-python"], ">=3.8,<4");
+    assert_eq!(f["yanked"], false);
+    assert_eq!(f["size"], whl.1.len());
+    assert!(f["upload-time"].as_str().unwrap().ends_with('Z'));
+    let url = f["url"].as_str().unwrap().split('#').next().unwrap().to_string();
+    assert_eq!(url, format!("/pypi/py/files/foo-bar/{}", whl.0));
+
+    // The files themselves, with ETag and Range.
+    let r = i.get(&url).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, whl.1);
+    assert_eq!(r.header("etag"), Some(format!("\"sha256:{whl_hash}\"").as_str()));
+
+    let r = i
+        .send("GET", &url, None, &[("range", "bytes=0-3")], Body::empty())
+        .await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, &whl.1[..4])
+    );
+    let r = i.send("HEAD", &url, None, &[], Body::empty()).await;
+    assert_eq!((r.status, r.body.len()), (StatusCode::OK, 0));
+    assert_eq!(r.header("content-length"), Some(whl.1.len().to_string().as_str()));
+    let r = i.get(&format!("/pypi/py/files/foo-bar/{}", sdist.0)).await;
+    assert_eq!(r.body, sdist.1);
+    // Any spelling of the project finds the file; another project does not.
+    assert_eq!(
+        i.get(&format!("/pypi/py/files/Foo_Bar/{}", whl.0)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        i.get(&format!("/pypi/py/files/other/{}", whl.0)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        i.get("/pypi/py/files/foo-bar/foo_bar-9.9.tar.gz").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Downloads are counted (Range requests are not).
+    i.ferry.flush_downloads().await.unwrap();
+    let feed = i
+        .ferry
+        .feed(&ferry_types::FeedName::new("py").unwrap())
+        .await
+        .unwrap();
+    let stored = ferry_core::pypi::file(&i.ferry, &feed, "foo-bar", &whl.0)
+        .await
+        .unwrap();
+    assert_eq!(stored.downloads, 2);
+    assert_eq!(i.staging_files(), 0);
+}
+
+#[tokio::test]
+async fn non_normalized_urls_redirect() {
+    let (i, w) = setup().await;
+    assert_eq!(
+        upload(
+            &i,
+            "py",
+            &w,
+            "Foo.Bar",
+            "1.0",
+            &dist::wheel("Foo.Bar", "1.0", "foo_bar", None)
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    for (from, to) in [
+        ("/pypi/py/simple/Foo.Bar/", "/pypi/py/simple/foo-bar/"),
+        ("/pypi/py/simple/FOO__bar/", "/pypi/py/simple/foo-bar/"),
+        ("/pypi/py/simple/foo-bar", "/pypi/py/simple/foo-bar/"),
+        ("/pypi/py/simple/Foo_Bar", "/pypi/py/simple/foo-bar/"),
+        ("/pypi/py/simple", "/pypi/py/simple/"),
+        ("/pypi/py/", "/pypi/py/simple/"),
+    ] {
+        let r = i.get(from).await;
+        assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY, "{from}");
+        assert_eq!(r.header("location"), Some(to), "{from}");
+    }
+    assert_eq!(i.get("/pypi/py/simple/foo-bar/").await.status, StatusCode::OK);
+    let r = i.get("/pypi/py/simple/nothing-here/").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.text().contains("nothing-here"), "{}", r.text());
+    assert_eq!(
+        i.get("/pypi/py/simple/bad%20name/").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(i.get("/pypi/nofeed/simple/").await.status, StatusCode::NOT_FOUND);
+    i.feed("files", FeedType::Assets, false).await;
+    assert_eq!(i.get("/pypi/files/simple/").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn same_file_twice_is_409_other_files_of_the_version_are_fine() {
+    let (i, w) = setup().await;
+    let whl = dist::wheel("pkg", "1.0", "pkg", None);
+    assert_eq!(
+        upload(&i, "py", &w, "pkg", "1.0", &whl).await.status,
+        StatusCode::OK
+    );
+    let r = upload(&i, "py", &w, "pkg", "1.0", &whl).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("already exists"), "{}", r.text());
+    // Same name, different content: still refused, the original stays.
+    let mut changed = dist::wheel("pkg", "1.0", "pkg", Some(">=3"));
+    changed.0 = whl.0.clone();
+    assert_eq!(
+        upload(&i, "py", &w, "pkg", "1.0", &changed).await.status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(i.get(&format!("/pypi/py/files/pkg/{}", whl.0)).await.body, whl.1);
+    // The sdist of the same version is another file.
+    assert_eq!(
+        upload(&i, "py", &w, "pkg", "1.0", &dist::sdist("pkg", "1.0", None))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let j = get_json(&i, "/pypi/py/simple/pkg/").await.json();
+    assert_eq!(j["files"].as_array().unwrap().len(), 2);
+    assert_eq!(i.staging_files(), 0);
+}
+
+#[tokio::test]
+async fn bad_uploads_are_refused_with_a_reason_and_nothing_is_written() {
+    let (i, w) = setup().await;
+    let good = dist::wheel("pkg", "1.0", "pkg", None);
+    let fields =
+        |name: &str, version: &str, file: &(String, Vec<u8>)| twine_fields(name, version, &file.0, &file.1);
+    let meta = dist::metadata("pkg", "1.0", None);
+
+    let no_metadata = (
+        "pkg-1.0-py3-none-any.whl".to_string(),
+        dist::zip(&[("pkg/__init__.py", b"x = 1\n")]),
+    );
+    let not_zip = (
+        "pkg-1.0-py3-none-any.whl".to_string(),
+        b"this is not a zip archive at all".to_vec(),
+    );
+    let traversal = (
+        "pkg-1.0-py3-none-any.whl".to_string(),
+        dist::zip(&[
+            ("../evil.py", b"boom"),
+            ("pkg-1.0.dist-info/METADATA", meta.as_bytes()),
+        ]),
+    );
+    let tar_traversal = (
+        "pkg-1.0.tar.gz".to_string(),
+        dist::gzip(&dist::tar(&[
+            ("pkg-1.0/PKG-INFO", meta.as_bytes()),
+            ("pkg-1.0/../../etc/passwd", b"x"),
+        ])),
+    );
+    let not_gzip = ("pkg-1.0.tar.gz".to_string(), b"plain text".to_vec());
+    let inner_mismatch = (
+        "pkg-1.0-py3-none-any.whl".to_string(),
+        dist::wheel("pkg", "2.0", "pkg", None).1,
+    );
+    let bad_name = ("pkg-1.0.exe".to_string(), good.1.clone());
+    let mut wrong_digest = fields("pkg", "1.0", &good);
+    wrong_digest.retain(|(k, _)| k != "sha256_digest");
+    wrong_digest.push(("sha256_digest".into(), Digest::of(b"other").hex()));
+    let mut register = fields("pkg", "1.0", &good);
+    register.retain(|(k, _)| k != ":action");
+    register.push((":action".into(), "submit".into()));
+    let good_hash = Digest::of(&good.1).hex();
+    let digest_words = ["sha256_digest", good_hash.as_str()];
+    let mut long_field = fields("pkg", "1.0", &good);
+    long_field.push(("summary".into(), "x".repeat(100_000)));
+
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "malformed wheel (no METADATA)",
+            fields("pkg", "1.0", &no_metadata),
+            Some(no_metadata.clone()),
+            StatusCode::BAD_REQUEST,
+            &["METADATA"],
+        ),
+        (
+            "not a zip",
+            fields("pkg", "1.0", &not_zip),
+            Some(not_zip.clone()),
+            StatusCode::BAD_REQUEST,
+            &["not a valid zip"],
+        ),
+        (
+            "not a gzip",
+            fields("pkg", "1.0", &not_gzip),
+            Some(not_gzip.clone()),
+            StatusCode::BAD_REQUEST,
+            &["not a valid .tar.gz"],
+        ),
+        (
+            "traversal in a wheel",
+            fields("pkg", "1.0", &traversal),
+            Some(traversal.clone()),
+            StatusCode::BAD_REQUEST,
+            &["../evil.py", "outside"],
+        ),
+        (
+            "traversal in an sdist",
+            fields("pkg", "1.0", &tar_traversal),
+            Some(tar_traversal.clone()),
+            StatusCode::BAD_REQUEST,
+            &["etc/passwd", "outside"],
+        ),
+        (
+            "name mismatch",
+            fields("other-pkg", "1.0", &good),
+            Some(good.clone()),
+            StatusCode::BAD_REQUEST,
+            &["\"other-pkg\"", "\"pkg\""],
+        ),
+        (
+            "version mismatch",
+            fields("pkg", "2.0", &good),
+            Some(good.clone()),
+            StatusCode::BAD_REQUEST,
+            &["\"2.0\"", "\"1.0\""],
+        ),
+        (
+            "file name vs METADATA",
+            fields("pkg", "1.0", &inner_mismatch),
+            Some(inner_mismatch.clone()),
+            StatusCode::BAD_REQUEST,
+            &["METADATA"],
+        ),
+        (
+            "sha256 mismatch",
+            wrong_digest,
+            Some(good.clone()),
+            StatusCode::BAD_REQUEST,
+            &digest_words,
+        ),
+        (
+            "bad file name",
+            fields("pkg", "1.0", &bad_name),
+            Some(bad_name.clone()),
+            StatusCode::BAD_REQUEST,
+            &["pkg-1.0.exe"],
+        ),
+        (
+            "missing content",
+            fields("pkg", "1.0", &good),
+            None,
+            StatusCode::BAD_REQUEST,
+            &["content"],
+        ),
+        (
+            "unsupported action",
+            register,
+            Some(good.clone()),
+            StatusCode::BAD_REQUEST,
+            &["submit"],
+        ),
+        (
+            "overlong field",
+            long_field,
+            Some(good.clone()),
+            StatusCode::BAD_REQUEST,
+            &["summary"],
+        ),
+    ];
+    for (what, form, file, status, words) in cases {
+        let r = post_form(
+            &i,
+            "py",
+            Some(&w),
+            &form,
+            file.as_ref().map(|(n, d)| (n.as_str(), d.as_slice())),
+        )
+        .await;
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        for word in words {
+            assert!(r.text().contains(word), "{what}: {word:?} not in {:?}", r.text());
+        }
+    }
+    // Not multipart at all, and a truncated multipart body.
+    let r = i
+        .send(
+            "POST",
+            "/pypi/py/",
+            Some(&w),
+            &[("content-type", "application/json")],
+            "{}",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("multipart"), "{}", r.text());
+    let mut body = multipart(&[("name", "pkg")], Some((&good.0, &good.1)));
+    body.truncate(body.len() - 40);
+    let ct = format!("multipart/form-data; boundary={BOUNDARY}");
+    let r = i
+        .send("POST", "/pypi/py/", Some(&w), &[("content-type", &ct)], body)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("multipart"), "{}", r.text());
+
+    assert!(project_names(&i, "py").await.is_empty());
+    assert_eq!(i.get("/pypi/py/simple/pkg/").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(i.staging_files(), 0);
+    // And the good file still goes in afterwards.
+    assert_eq!(
+        upload(&i, "py", &w, "pkg", "1.0", &good).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn oversize_upload_is_413_and_leaves_nothing() {
+    let i = Instance::with_config(ferry_core::Config {
+        max_upload_bytes: 2000,
+        ..Default::default()
+    })
+    .await;
+    i.feed("py", FeedType::Pypi, false).await;
+    let w = i.key("w", Permission::Write, None).await;
+    let padding = "x".repeat(5000);
+    let mut big = dist::wheel("pkg", "1.0", "pkg", None);
+    let meta = dist::metadata("pkg", "1.0", None);
+    big.1 = dist::zip(&[
+        ("pkg/data.txt", padding.as_bytes()),
+        ("pkg-1.0.dist-info/METADATA", meta.as_bytes()),
+    ]);
+    let r = upload(&i, "py", &w, "pkg", "1.0", &big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    assert!(r.text().contains("2000"), "{}", r.text());
+    // Streamed without a Content-Length, the limit holds too.
+    let fields = twine_fields("pkg", "1.0", &big.0, &big.1);
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let body = multipart(&fields, Some((&big.0, &big.1)));
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = body
+        .chunks(300)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let ct = format!("multipart/form-data; boundary={BOUNDARY}");
+    let r = i
+        .send(
+            "POST",
+            "/pypi/py/",
+            Some(&w),
+            &[("content-type", &ct)],
+            Body::from_stream(futures::stream::iter(chunks)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    assert!(project_names(&i, "py").await.is_empty());
+    assert_eq!(i.staging_files(), 0);
+    // A small file is fine.
+    let small = dist::wheel("pkg", "1.0", "pkg", None);
+    assert_eq!(
+        upload(&i, "py", &w, "pkg", "1.0", &small).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn writes_need_a_write_key_and_private_feeds_need_a_key_to_read() {
+    let (i, w) = setup().await;
+    i.feed("secret", FeedType::Pypi, true).await;
+    let reader = i.key("reader", Permission::Read, None).await;
+    let whl = dist::wheel("pkg", "1.0", "pkg", None);
+    let fields = twine_fields("pkg", "1.0", &whl.0, &whl.1);
+    let file = Some((whl.0.as_str(), whl.1.as_slice()));
+
+    let r = post_form(&i, "py", None, &fields, file).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.header("www-authenticate").unwrap().starts_with("Basic"));
+    let r = post_form(&i, "py", Some(&reader), &fields, file).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.text().contains("read permission"), "{}", r.text());
+    assert_eq!(
+        post_form(&i, "py", Some("wrong-key"), &fields, file).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(project_names(&i, "py").await.is_empty());
+
+    // twine: basic auth, any user name, the key as password; no trailing slash works too.
+    let fields_ref: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let ct = format!("multipart/form-data; boundary={BOUNDARY}");
+    let basic = format!("Basic {}", b64(&format!("__token__:{w}")));
+    let r = i
+        .send(
+            "POST",
+            "/pypi/py",
+            None,
+            &[("content-type", &ct), ("authorization", &basic)],
+            multipart(&fields_ref, file),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let url = format!("/pypi/py/files/pkg/{}", whl.0);
+    for (method, uri) in [
+        ("DELETE", url.as_str()),
+        ("POST", "/pypi/py/yank/pkg/1.0"),
+        ("POST", "/pypi/py/unyank/pkg/1.0"),
+        ("DELETE", "/pypi/py/project/pkg/1.0"),
+    ] {
+        assert_eq!(
+            i.send(method, uri, None, &[], Body::empty()).await.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {uri}"
+        );
+        assert_eq!(
+            i.send(method, uri, Some(&reader), &[], Body::empty())
+                .await
+                .status,
+            StatusCode::FORBIDDEN,
+            "{method} {uri}"
+        );
+    }
+    assert_eq!(i.get(&url).await.status, StatusCode::OK);
+
+    // Private feed: reading needs a key (pip sends basic auth from the URL).
+    assert_eq!(
+        upload(&i, "secret", ADMIN, "pkg", "1.0", &whl).await.status,
+        StatusCode::OK
+    );
+    for uri in [
+        "/pypi/secret/simple/",
+        "/pypi/secret/simple/pkg/",
+        &format!("/pypi/secret/files/pkg/{}", whl.0),
+    ] {
+        let r = i.get(uri).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert!(r.header("www-authenticate").unwrap().starts_with("Basic"));
+        let basic = format!("Basic {}", b64(&format!("user:{reader}")));
+        let r = i
+            .send("GET", uri, None, &[("authorization", &basic)], Body::empty())
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}");
+    }
+    let r = i
+        .send(
+            "GET",
+            "/pypi/secret/simple/pkg/",
+            Some(&reader),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.header("cache-control"), Some("private, no-cache"));
+    let scoped = i.key("scoped", Permission::Write, Some(&["py"])).await;
+    assert_eq!(
+        i.send("GET", "/pypi/secret/simple/", Some(&scoped), &[], Body::empty())
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn yank_unyank_and_delete() {
+    let (i, w) = setup().await;
+    let v1 = dist::wheel("pkg", "1.0", "pkg", None);
+    let v1_src = dist::sdist("pkg", "1.0", None);
+    let v2 = dist::wheel("pkg", "2.0", "pkg", None);
+    for (v, f) in [("1.0", &v1), ("1.0", &v1_src), ("2.0", &v2)] {
+        assert_eq!(upload(&i, "py", &w, "pkg", v, f).await.status, StatusCode::OK);
+    }
+    let files = |j: &serde_json::Value| -> Vec<(String, serde_json::Value)> {
+        j["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["filename"].as_str().unwrap().to_string(), f["yanked"].clone()))
+            .collect()
+    };
+    // Warm the cache, so the pages below prove it is refreshed.
+    assert_eq!(get_json(&i, "/pypi/py/simple/pkg/").await.status, StatusCode::OK);
+
+    // Yank 1.0 with a JSON reason (any spelling of the project, PEP 440 version equality).
+    let r = i
+        .send(
+            "POST",
+            "/pypi/py/yank/PKG/1.0.0",
+            Some(&w),
+            &[("content-type", "application/json")],
+            r#"{"reason": "broken <build>"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["files"].as_array().unwrap().len(), 2);
+    let j = get_json(&i, "/pypi/py/simple/pkg/").await.json();
+    let reason = serde_json::json!("broken <build>");
+    assert_eq!(
+        files(&j),
+        vec![
+            (v1.0.clone(), reason.clone()),
+            (v1_src.0.clone(), reason.clone()),
+            (v2.0.clone(), serde_json::json!(false))
+        ]
+    );
+    let html = i.get("/pypi/py/simple/pkg/").await.text();
+    assert_eq!(
+        html.matches("data-yanked=\"broken &lt;build&gt;\"").count(),
+        2,
+        "{html}"
+    );
+    // Yanked files stay downloadable.
+    assert_eq!(
+        i.get(&format!("/pypi/py/files/pkg/{}", v1.0)).await.status,
+        StatusCode::OK
+    );
+
+    // Unyank, then yank with a form reason, then without any.
+    let r = i
+        .send("POST", "/pypi/py/unyank/pkg/1.0", Some(&w), &[], Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(
+        files(&get_json(&i, "/pypi/py/simple/pkg/").await.json())
+            .iter()
+            .all(|(_, y)| *y == false)
+    );
+    assert!(!i.get("/pypi/py/simple/pkg/").await.text().contains("data-yanked"));
+    let r = i
+        .send(
+            "POST",
+            "/pypi/py/yank/pkg/2.0",
+            Some(&w),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            "reason=use+3.0%21",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["files"][0]["yanked_reason"], "use 3.0!");
+    assert_eq!(
+        i.send("POST", "/pypi/py/yank/pkg/1.0", Some(&w), &[], Body::empty())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let html = i.get("/pypi/py/simple/pkg/").await.text();
+    assert!(
+        html.contains("data-yanked=\"use 3.0!\"") && html.contains("data-yanked=\"\""),
+        "{html}"
+    );
+    let j = get_json(&i, "/pypi/py/simple/pkg/").await.json();
+    assert_eq!(files(&j)[0].1, true);
+
+    // Unknown versions and projects, bad bodies.
+    let r = i
+        .send("POST", "/pypi/py/yank/pkg/9.9", Some(&w), &[], Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.text().contains("9.9"), "{}", r.text());
+    assert_eq!(
+        i.send("POST", "/pypi/py/yank/nope/1.0", Some(&w), &[], Body::empty())
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let r = i
+        .send(
+            "POST",
+            "/pypi/py/yank/pkg/1.0",
+            Some(&w),
+            &[("content-type", "application/json")],
+            "{not json",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = i
+        .send(
+            "POST",
+            "/pypi/py/yank/pkg/1.0",
+            Some(&w),
+            &[("content-type", "application/json")],
+            format!(r#"{{"reason": "{}"}}"#, "x".repeat(2000)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    // Delete one file, then the rest of its version.
+    let url = format!("/pypi/py/files/pkg/{}", v1.0);
+    assert_eq!(
+        i.send("DELETE", &url, Some(&w), &[], Body::empty()).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(i.get(&url).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        i.send("DELETE", &url, Some(&w), &[], Body::empty()).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = i
+        .send("DELETE", "/pypi/py/project/pkg/1.0", Some(&w), &[], Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["deleted"], serde_json::json!([v1_src.0]));
+    assert_eq!(files(&get_json(&i, "/pypi/py/simple/pkg/").await.json()).len(), 1);
+    assert_eq!(
+        i.send("DELETE", "/pypi/py/project/pkg/1.0", Some(&w), &[], Body::empty())
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    // A deleted file may be uploaded again.
+    assert_eq!(
+        upload(&i, "py", &w, "pkg", "1.0", &v1).await.status,
+        StatusCode::OK
+    );
+    // Deleting every version removes the project.
+    for v in ["1.0", "2"] {
+        assert_eq!(
+            i.send(
+                "DELETE",
+                &format!("/pypi/py/project/pkg/{v}"),
+                Some(&w),
+                &[],
+                Body::empty()
+            )
+            .await
+            .status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(i.get("/pypi/py/simple/pkg/").await.status, StatusCode::NOT_FOUND);
+    assert!(project_names(&i, "py").await.is_empty());
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Distribution files built byte by byte (stored zip, tar in a gzip of
+/// stored deflate blocks), so the tests need no archive library.
+mod dist {
+    use ferry_types::Digest;
+
+    pub fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    /// A zip archive of stored (uncompressed) entries.
+    pub fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut central = Vec::new();
+        for (name, data) in entries {
+            let offset = out.len() as u32;
+            let crc = crc32(data);
+            let len = data.len() as u32;
+            let n = name.len() as u16;
+            out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+            for v in [20u16, 0, 0, 0, 0x21] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [crc, len, len] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&n.to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(data);
+
+            central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+            for v in [0x0314u16, 20, 0, 0, 0, 0x21] {
+                central.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [crc, len, len] {
+                central.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [n, 0, 0, 0, 0] {
+                central.extend_from_slice(&v.to_le_bytes());
+            }
+            central.extend_from_slice(&(0o100644u32 << 16).to_le_bytes());
+            central.extend_from_slice(&offset.to_le_bytes());
+            central.extend_from_slice(name.as_bytes());
+        }
+        let cd_offset = out.len() as u32;
+        let cd_size = central.len() as u32;
+        out.extend_from_slice(&central);
+        out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        let count = entries.len() as u16;
+        for v in [0u16, 0, count, count] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&cd_size.to_le_bytes());
+        out.extend_from_slice(&cd_offset.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out
+    }
+
+    /// A ustar archive of regular files (names up to 100 bytes, written raw).
+    pub fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, data) in entries {
+            let mut h = [0u8; 512];
+            h[..name.len()].copy_from_slice(name.as_bytes());
+            h[100..108].copy_from_slice(b"0000644\0");
+            h[108..116].copy_from_slice(b"0000000\0");
+            h[116..124].copy_from_slice(b"0000000\0");
+            h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+            h[136..148].copy_from_slice(b"14000000000\0");
+            h[148..156].copy_from_slice(b"        ");
+            h[156] = b'0';
+            h[257..263].copy_from_slice(b"ustar\0");
+            h[263..265].copy_from_slice(b"00");
+            let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+            h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+            out.extend_from_slice(&h);
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.resize(out.len() + 1024, 0);
+        out
+    }
+
+    /// gzip of stored deflate blocks.
+    pub fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        let mut chunks: Vec<&[u8]> = data.chunks(65_535).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let last = chunks.len() - 1;
+        for (i, c) in chunks.iter().enumerate() {
+            out.push(u8::from(i == last));
+            let len = c.len() as u16;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&(!len).to_le_bytes());
+            out.extend_from_slice(c);
+        }
+        out.extend_from_slice(&crc32(data).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out
+    }
+
+    /// URL-safe base64 without padding (wheel RECORD hashes).
+    pub fn b64url(data: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut s = String::new();
+        for c in data.chunks(3) {
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for i in 0..=c.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        s
+    }
+
+    pub fn metadata(name: &str, version: &str, requires_python: Option<&str>) -> String {
+        let rp = requires_python
+            .map(|r| format!("Requires-Python: {r}\n"))
+            .unwrap_or_default();
+        format!(
+            "Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: A test package\n{rp}\nLong description.\n"
+        )
+    }
+
+    /// An installable pure-Python wheel of module `module` whose
+    /// `VERSION` is `version`, with a correct RECORD.
+    pub fn wheel(
+        name: &str,
+        version: &str,
+        module: &str,
+        requires_python: Option<&str>,
+    ) -> (String, Vec<u8>) {
+        let dist = name.replace(['-', '.'], "_");
+        let info = format!("{dist}-{version}.dist-info");
+        let files: Vec<(String, Vec<u8>)> = vec![
+            (
+                format!("{module}/__init__.py"),
+                format!("VERSION = {version:?}\n").into_bytes(),
+            ),
+            (
+                format!("{info}/METADATA"),
+                metadata(name, version, requires_python).into_bytes(),
+            ),
+            (
+                format!("{info}/WHEEL"),
+                b"Wheel-Version: 1.0\nGenerator: ferry-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+                    .to_vec(),
+            ),
+        ];
+        let mut record = String::new();
+        for (path, data) in &files {
+            let hash = b64url(Digest::of(data).as_bytes());
+            record.push_str(&format!("{path},sha256={hash},{}\n", data.len()));
+        }
+        record.push_str(&format!("{info}/RECORD,,\n"));
+        let record_path = format!("{info}/RECORD");
+        let mut entries: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), d.as_slice())).collect();
+        entries.push((&record_path, record.as_bytes()));
+        (format!("{dist}-{version}-py3-none-any.whl"), zip(&entries))
+    }
+
+    /// A source distribution `{name}-{version}.tar.gz` with PKG-INFO and an
+    /// in-tree PEP 517 backend that prepares metadata without setuptools
+    /// (so pip can handle it offline).
+    pub fn sdist(name: &str, version: &str, requires_python: Option<&str>) -> (String, Vec<u8>) {
+        let base = format!("{}-{version}", name.replace(['-', '.'], "_"));
+        let pkg_info = metadata(name, version, requires_python);
+        let pyproject =
+            "[build-system]\nrequires = []\nbuild-backend = \"backend\"\nbackend-path = [\".\"]\n";
+        let backend = format!(
+            "import os, shutil\n\
+             def get_requires_for_build_wheel(config_settings=None):\n    return []\n\
+             def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):\n    \
+             d = os.path.join(metadata_directory, {info:?})\n    os.makedirs(d)\n    \
+             shutil.copy('PKG-INFO', os.path.join(d, 'METADATA'))\n    return {info:?}\n",
+            info = format!("{base}.dist-info")
+        );
+        let tar = tar(&[
+            (&format!("{base}/PKG-INFO"), pkg_info.as_bytes()),
+            (&format!("{base}/pyproject.toml"), pyproject.as_bytes()),
+            (&format!("{base}/backend.py"), backend.as_bytes()),
+        ]);
+        (format!("{base}.tar.gz"), gzip(&tar))
+    }
+}
