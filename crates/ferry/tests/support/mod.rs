@@ -2,6 +2,9 @@
 //! directory on a free loopback port, and real clients against it.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod npm;
+pub mod pypi;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -32,7 +35,14 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut s = Server { child: None, url: String::new(), addr: String::new(), data, _dir: Some(dir), env };
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            addr: String::new(),
+            data,
+            _dir: Some(dir),
+            env,
+        };
         s.spawn("127.0.0.1:0");
         s
     }
@@ -59,7 +69,9 @@ impl Server {
                 }
             }
         });
-        let url = rx.recv_timeout(Duration::from_secs(30)).expect("ferry did not report listening");
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("ferry did not report listening");
         self.addr = url.trim_start_matches("http://").to_string();
         self.url = url;
         self.child = Some(child);
@@ -76,7 +88,10 @@ impl Server {
     /// Stops gracefully (SIGTERM) and returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
         c.wait().unwrap()
     }
 
@@ -115,7 +130,11 @@ impl Server {
     /// Runs `ferry ARGS`, asserting success, and returns its stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(out.status.success(), "ferry {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ferry {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -125,7 +144,9 @@ impl Server {
 
     /// Creates an API key and returns its secret.
     pub fn key(&self, name: &str, permission: &str) -> String {
-        self.cli_ok(&["key", "create", name, "--permission", permission]).trim().to_string()
+        self.cli_ok(&["key", "create", name, "--permission", permission])
+            .trim()
+            .to_string()
     }
 }
 
@@ -151,16 +172,27 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 /// Runs a command expected to fail; returns its output.
 pub fn run_fail(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(!out.status.success(), "{cmd:?} unexpectedly succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "{cmd:?} unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     out
 }
 
 /// `curl -s` with the given arguments; returns (HTTP status, body).
 pub fn curl(args: &[&str]) -> (u16, Vec<u8>) {
-    let out = Command::new("curl").args(["-s", "-w", "\n%{http_code}"]).args(args).output().expect("curl");
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
     let mut body = out.stdout;
     let nl = body.iter().rposition(|b| *b == b'\n').expect("status line");
-    let status = String::from_utf8_lossy(&body[nl + 1..]).trim().parse().expect("status");
+    let status = String::from_utf8_lossy(&body[nl + 1..])
+        .trim()
+        .parse()
+        .expect("status");
     body.truncate(nl);
     (status, body)
 }
@@ -174,12 +206,17 @@ pub fn tool(name: &str) -> PathBuf {
             return p;
         }
     }
-    let workspace_venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-test/bin").join(name);
+    let workspace_venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.venv-test/bin")
+        .join(name);
     if workspace_venv.exists() {
         return workspace_venv;
     }
-    let found = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.exists()));
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.exists())
+    });
     found.unwrap_or_else(|| panic!("{name} not found: run scripts/test, which installs the test clients"))
 }
 
@@ -193,4 +230,243 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+// ------------------------------------------------------------ replication helpers
+// (used by e2e_replication*.rs)
+
+/// `curl -s` feeding `input` on standard input; returns (HTTP status, body).
+pub fn curl_stdin(args: &[&str], input: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::Write;
+    let mut child = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let mut body = out.stdout;
+    let nl = body.iter().rposition(|b| *b == b'\n').expect("status line");
+    let status = String::from_utf8_lossy(&body[nl + 1..])
+        .trim()
+        .parse()
+        .expect("status");
+    body.truncate(nl);
+    (status, body)
+}
+
+/// The sha256 of a file, by `sha256sum`.
+pub fn sha256_file(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+impl Server {
+    pub fn asset_url(&self, feed: &str, path: &str) -> String {
+        format!("{}/assets/{feed}/{path}", self.url)
+    }
+
+    /// PUTs `body` as asset `feed/path` with the admin key; asserts 201.
+    pub fn put_asset(&self, feed: &str, path: &str, body: &[u8]) {
+        let auth = format!("Authorization: Bearer {ADMIN}");
+        let url = self.asset_url(feed, path);
+        let (st, resp) = curl_stdin(&["-T", "-", "-H", &auth, &url], body);
+        assert_eq!(st, 201, "PUT {url}: {}", String::from_utf8_lossy(&resp));
+    }
+
+    /// PUTs a file as asset `feed/path` with the admin key; asserts 201.
+    pub fn put_asset_file(&self, feed: &str, path: &str, file: &Path) {
+        let auth = format!("Authorization: Bearer {ADMIN}");
+        let url = self.asset_url(feed, path);
+        let (st, resp) = curl(&["-T", file.to_str().unwrap(), "-H", &auth, &url]);
+        assert_eq!(st, 201, "PUT {url}: {}", String::from_utf8_lossy(&resp));
+    }
+
+    /// PUTs many small assets (path, text) with one curl process; asserts 201 for each.
+    pub fn put_assets(&self, feed: &str, assets: &[(String, String)]) {
+        self.curl_many(
+            assets.iter().map(|(path, text)| {
+                vec![
+                    "-X".to_string(),
+                    "PUT".into(),
+                    "--data-binary".into(),
+                    text.clone(),
+                    self.asset_url(feed, path),
+                ]
+            }),
+            "201",
+        );
+    }
+
+    /// DELETEs many assets with one curl process; asserts 204 for each.
+    pub fn delete_assets(&self, feed: &str, paths: &[String]) {
+        self.curl_many(
+            paths
+                .iter()
+                .map(|p| vec!["-X".to_string(), "DELETE".into(), self.asset_url(feed, p)]),
+            "204",
+        );
+    }
+
+    fn curl_many(&self, requests: impl Iterator<Item = Vec<String>>, expect: &str) {
+        let auth = format!("Authorization: Bearer {ADMIN}");
+        let mut args: Vec<String> = Vec::new();
+        let mut n = 0;
+        for r in requests {
+            if n > 0 {
+                args.push("--next".into());
+            }
+            args.extend(["-s", "-o", "/dev/null", "-w", "%{http_code}\\n", "-H", &auth].map(String::from));
+            args.extend(r);
+            n += 1;
+        }
+        if n == 0 {
+            return;
+        }
+        let out = run_ok(Command::new("curl").args(&args));
+        let codes = String::from_utf8_lossy(&out.stdout).to_string();
+        let codes: Vec<&str> = codes.lines().collect();
+        assert_eq!(codes.len(), n, "curl answered {codes:?}");
+        assert!(
+            codes.iter().all(|c| *c == expect),
+            "expected {expect} for every request: {codes:?}"
+        );
+    }
+
+    /// DELETEs asset `feed/path` with the admin key; asserts 204.
+    pub fn delete_asset(&self, feed: &str, path: &str) {
+        let auth = format!("Authorization: Bearer {ADMIN}");
+        let (st, _) = curl(&["-X", "DELETE", "-H", &auth, &self.asset_url(feed, path)]);
+        assert_eq!(st, 204, "DELETE {feed}/{path}");
+    }
+
+    /// GETs asset `feed/path` anonymously: (status, body).
+    pub fn get_asset(&self, feed: &str, path: &str) -> (u16, Vec<u8>) {
+        curl(&[&self.asset_url(feed, path)])
+    }
+
+    /// Whether `feed/path` is served with exactly `body`.
+    pub fn serves(&self, feed: &str, path: &str, body: &[u8]) -> bool {
+        let (st, got) = self.get_asset(feed, path);
+        st == 200 && got == body
+    }
+
+    /// Whether `feed/path` answers 404.
+    pub fn lacks(&self, feed: &str, path: &str) -> bool {
+        self.get_asset(feed, path).0 == 404
+    }
+
+    /// The files of one folder of an assets feed (`""`: the root): name → digest.
+    /// A folder that does not exist is empty.
+    pub fn asset_digests(&self, feed: &str, dir: &str) -> std::collections::BTreeMap<String, String> {
+        let (st, body) = curl(&["-H", "Accept: application/json", &self.asset_url(feed, dir)]);
+        if st == 404 {
+            return Default::default();
+        }
+        assert_eq!(
+            st,
+            200,
+            "listing {feed}/{dir}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "file")
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["digest"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs `ferry ARGS --json` (the caller passes `--json`) and parses stdout.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli_ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ferry {args:?} printed no JSON ({e}): {out}"))
+    }
+
+    /// Runs `ferry ARGS`, asserting it fails; returns stdout and stderr together.
+    pub fn cli_fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "ferry {args:?} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// Creates an incoming replication and returns a new sync token for it.
+    pub fn incoming(&self, name: &str, feeds: &[&str], mode: &str) -> String {
+        let mut args = vec!["replication", "create", name, "--incoming", "--mode", mode];
+        for f in feeds {
+            args.extend(["--feed", f]);
+        }
+        self.cli_ok(&args);
+        self.sync_token(name)
+    }
+
+    /// A new sync token of incoming replication `name`.
+    pub fn sync_token(&self, name: &str) -> String {
+        let t = self.cli_ok(&["replication", "token", name]).trim().to_string();
+        assert!(t.starts_with("fst_"), "not a sync token: {t}");
+        t
+    }
+
+    /// Creates an outgoing replication to `other` with `token`; `extra` adds flags.
+    pub fn outgoing(
+        &self,
+        name: &str,
+        feeds: &[&str],
+        other: &Server,
+        token: &str,
+        mode: &str,
+        extra: &[&str],
+    ) {
+        let mut args = vec![
+            "replication",
+            "create",
+            name,
+            "--outgoing",
+            &other.url,
+            "--token",
+            token,
+            "--mode",
+            mode,
+        ];
+        for f in feeds {
+            args.extend(["--feed", f]);
+        }
+        args.extend(extra);
+        self.cli_ok(&args);
+    }
+
+    /// `ferry replication verify NAME` succeeded.
+    pub fn verified(&self, name: &str) -> bool {
+        self.cli(&["replication", "verify", name]).status.success()
+    }
+
+    /// The executions of replication `name`, newest first.
+    pub fn executions(&self, name: &str) -> Vec<serde_json::Value> {
+        self.cli_json(&["replication", "executions", name, "--json"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
 }
