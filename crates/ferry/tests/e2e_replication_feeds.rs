@@ -109,10 +109,7 @@ fn npm_pypi_and_assets_reach_a_spoke_and_so_do_their_deletions() {
     );
 
     // Changes on the hub: unpublish a version, yank one, delete an asset.
-    npm_hub.ok(
-        &npm_hub.dir.path().to_path_buf(),
-        &["unpublish", "@ferry/rep@1.1.0"],
-    );
+    npm_hub.ok(npm_hub.dir.path(), &["unpublish", "@ferry/rep@1.1.0"]);
     let (st, _) = curl(&[
         "-X",
         "POST",

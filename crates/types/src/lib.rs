@@ -6,10 +6,12 @@
 mod digest;
 mod names;
 mod stamp;
+mod time;
 
 pub use digest::{Digest, Sha256Hasher};
 pub use names::{FeedName, FeedType, ItemKey};
 pub use stamp::{Hlc, InstanceId, Stamp};
+pub use time::rfc3339_millis;
 
 /// Why a value was refused. The message is meant for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

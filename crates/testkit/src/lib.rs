@@ -1,0 +1,3 @@
+//! Test fixtures shared by the test suites of several crates. Not shipped.
+
+pub mod pypi;
