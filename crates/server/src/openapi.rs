@@ -50,7 +50,48 @@ pub fn document() -> Value {
                 "parameters": name_param,
                 "delete": op("Revoke an API key", "204", None)
             },
-            "/api/v1/gc": { "post": op("Collect unreferenced blobs now", "200", None) }
+            "/api/v1/gc": { "post": op("Collect unreferenced blobs now", "200", None) },
+            "/api/v1/replications": {
+                "get": op("Overview: every replication with state, last execution, lag, next run", "200", None),
+                "post": op("Create a replication", "201", Some("NewReplication"))
+            },
+            "/api/v1/replications/{name}": {
+                "parameters": name_param,
+                "get": op("Show a replication", "200", None),
+                "delete": op("Delete a replication (items stay)", "204", None)
+            },
+            "/api/v1/replications/{name}/tokens": {
+                "parameters": name_param,
+                "get": op("List sync tokens (ids only)", "200", None),
+                "post": op("Generate a sync token (incoming); returned once", "201", None)
+            },
+            "/api/v1/replications/{name}/tokens/{id}": {
+                "parameters": [
+                    { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } },
+                    { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }
+                ],
+                "delete": op("Revoke a sync token", "204", None)
+            },
+            "/api/v1/replications/{name}/run": {
+                "parameters": name_param,
+                "post": op("Run an execution now; with wait, return its result", "200", Some("RunRequest"))
+            },
+            "/api/v1/replications/{name}/executions": {
+                "parameters": name_param,
+                "get": op("Executions, newest first, with counts and log lines", "200", None)
+            },
+            "/api/v1/replications/{name}/plan": {
+                "parameters": name_param,
+                "post": op("What an execution would copy and delete, changing nothing", "200", None)
+            },
+            "/api/v1/replications/{name}/verify": {
+                "parameters": name_param,
+                "post": op("Compare both ends' state per feed pair; optionally repair", "200", None)
+            },
+            "/api/v1/logs/replication": { "get": op("The replication diagnostic log", "200", None) },
+            "/api/v1/logs/replication/level": {
+                "put": op("Change the replication log's minimum level at run time", "200", None)
+            }
         },
         "components": {
             "securitySchemes": {
@@ -72,6 +113,31 @@ pub fn document() -> Value {
                         "name": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$" },
                         "type": { "type": "string", "enum": ["assets", "npm", "pypi"] },
                         "private": { "type": "boolean", "default": false }
+                    }
+                },
+                "NewReplication": {
+                    "type": "object", "required": ["name", "feeds", "mode"],
+                    "properties": {
+                        "name": { "type": "string" },
+                        "feeds": { "type": "array", "items": { "type": "string", "description": "LOCAL[=REMOTE]" } },
+                        "outgoing": { "type": ["string", "null"], "description": "the other instance's base URL; absent for incoming" },
+                        "token": { "type": ["string", "null"] },
+                        "mode": { "type": "string", "enum": ["mirror", "pull", "push", "custom"] },
+                        "pull_missing": { "type": "boolean" }, "push_missing": { "type": "boolean" },
+                        "delete_local": { "type": "boolean" }, "delete_remote": { "type": "boolean" },
+                        "include": { "type": "array", "items": { "type": "string" } },
+                        "exclude": { "type": "array", "items": { "type": "string" } },
+                        "interval": { "type": ["integer", "null"] },
+                        "carry_downloads": { "type": "boolean" },
+                        "bandwidth_limit": { "type": ["integer", "null"], "description": "bytes per second" }
+                    }
+                },
+                "RunRequest": {
+                    "type": "object",
+                    "properties": {
+                        "wait": { "type": "boolean" },
+                        "confirm_deletes": { "type": "boolean" },
+                        "full": { "type": "boolean" }
                     }
                 },
                 "NewKey": {

@@ -164,7 +164,11 @@ async fn openapi_describes_every_management_route() {
     let i = Instance::new().await;
     let doc = i.get("/api/v1/openapi.json").await.json();
     assert_eq!(doc["openapi"], "3.1.0");
-    let src = include_str!("../src/mgmt.rs");
+    let src = [
+        include_str!("../src/mgmt.rs"),
+        include_str!("../src/mgmt_replication.rs"),
+    ]
+    .concat();
     for line in src
         .lines()
         .filter(|l| l.trim_start().starts_with(".route(\"/api/v1/") && !l.contains("openapi"))
