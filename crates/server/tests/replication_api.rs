@@ -1,0 +1,394 @@
+//! The replication API as a peer sees it, in process: tokens, the
+//! handshake's refusals, what each mode lets a peer read and write, change
+//! paging and long polling, and the run-time log level.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use common::{ADMIN, Instance};
+use ferry_types::FeedType;
+use serde_json::{Value, json};
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+async fn incoming(i: &Instance, name: &str, mode: &str) -> String {
+    let body = json!({ "name": name, "feeds": ["files"], "mode": mode }).to_string();
+    let r = i
+        .send("POST", "/api/v1/replications", Some(ADMIN), &[JSON], body)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = i
+        .send(
+            "POST",
+            &format!("/api/v1/replications/{name}/tokens"),
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+fn handshake(mode: Value, instance: &str) -> String {
+    json!({
+        "protocol_versions": [1],
+        "instance_id": instance,
+        "ferry_version": "test",
+        "mode": mode,
+        "feeds": [{ "outgoing": "files", "incoming": "files", "type": "assets" }],
+    })
+    .to_string()
+}
+
+const PULL: &str = r#"{"name":"pull","flows":{"pull_missing":true,"push_missing":false,"delete_local":true,"delete_remote":false}}"#;
+const OTHER: &str = "0123456789abcdef0123456789abcdef";
+
+#[tokio::test]
+async fn tokens_handshake_and_mode_permissions() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    let token = incoming(&i, "edge", "push").await;
+
+    // No token, a wrong one, and a malformed one: 401.
+    let hs = handshake(serde_json::from_str(PULL).unwrap(), OTHER);
+    assert_eq!(
+        i.send("POST", "/api/replication/v1/handshake", None, &[JSON], hs.clone())
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let wrong = format!("{}{}", &token[..token.len() - 4], "0000");
+    assert_eq!(
+        i.send(
+            "POST",
+            "/api/replication/v1/handshake",
+            Some(&wrong),
+            &[JSON],
+            hs.clone()
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        i.send(
+            "POST",
+            "/api/replication/v1/handshake",
+            Some("fst_x"),
+            &[JSON],
+            hs.clone()
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let r = i
+        .send("POST", "/api/replication/v1/handshake", Some(&token), &[JSON], hs)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["protocol_version"], 1);
+
+    // A mirror peer against a push hub: refused, naming both settings and the fix.
+    let mirror = json!({"name":"mirror","flows":{"pull_missing":true,"push_missing":true,"delete_local":true,"delete_remote":true}});
+    let r = i
+        .send(
+            "POST",
+            "/api/replication/v1/handshake",
+            Some(&token),
+            &[JSON],
+            handshake(mirror, OTHER),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let msg = r.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("mirror") && msg.contains("push") && msg.contains("set the outgoing side to pull"),
+        "{msg}"
+    );
+
+    // The same instance: refused.
+    let me = i.ferry.instance_id().to_string();
+    let r = i
+        .send(
+            "POST",
+            "/api/replication/v1/handshake",
+            Some(&token),
+            &[JSON],
+            handshake(serde_json::from_str(PULL).unwrap(), &me),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.text().contains("same instance"), "{}", r.text());
+
+    // No common protocol version.
+    let mut v: Value = serde_json::from_str(&handshake(serde_json::from_str(PULL).unwrap(), OTHER)).unwrap();
+    v["protocol_versions"] = json!([7]);
+    let r = i
+        .send(
+            "POST",
+            "/api/replication/v1/handshake",
+            Some(&token),
+            &[JSON],
+            v.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("protocol"), "{}", r.text());
+
+    // A push hub serves reads only.
+    let apply = json!({ "entries": [] }).to_string();
+    let r = i
+        .send(
+            "POST",
+            "/api/replication/v1/feeds/files/apply",
+            Some(&token),
+            &[JSON],
+            apply,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = i
+        .send(
+            "POST",
+            "/api/replication/v1/blobs/missing",
+            Some(&token),
+            &[JSON],
+            r#"{"digests":[]}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Feeds outside the replication are out of reach.
+    i.feed("secret", FeedType::Assets, false).await;
+    let r = i
+        .send(
+            "GET",
+            "/api/replication/v1/feeds/secret/changes",
+            Some(&token),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // A pull-only replication here (it receives) does not serve reads.
+    let pull_token = incoming(&i, "inbound", "pull").await;
+    let r = i
+        .send(
+            "GET",
+            "/api/replication/v1/feeds/files/changes",
+            Some(&pull_token),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // Revocation takes effect at once; other tokens of the same replication stay valid.
+    let second = i
+        .send(
+            "POST",
+            "/api/v1/replications/edge/tokens",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = &token[4..20];
+    let r = i
+        .send(
+            "DELETE",
+            &format!("/api/v1/replications/edge/tokens/{id}"),
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = i
+        .send(
+            "GET",
+            "/api/replication/v1/feeds/files/changes",
+            Some(&token),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = i
+        .send(
+            "GET",
+            "/api/replication/v1/feeds/files/changes",
+            Some(&second),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn changes_page_by_cursor_and_long_poll() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    let token = incoming(&i, "edge", "push").await;
+    for n in 0..5 {
+        i.send(
+            "PUT",
+            &format!("/assets/files/f{n}"),
+            Some(ADMIN),
+            &[],
+            format!("v{n}"),
+        )
+        .await;
+    }
+    i.send("DELETE", "/assets/files/f0", Some(ADMIN), &[], Body::empty())
+        .await;
+
+    let page = |since: i64, limit: usize| {
+        let uri = format!("/api/replication/v1/feeds/files/changes?since={since}&limit={limit}");
+        let (i, token) = (&i, token.clone());
+        async move { i.send("GET", &uri, Some(&token), &[], Body::empty()).await.json() }
+    };
+    let first = page(0, 2).await;
+    assert_eq!(first["entries"].as_array().unwrap().len(), 2);
+    assert_eq!(first["last_seq"], 6);
+    // Entries carry the current state: f0 is a tombstone already.
+    assert_eq!(first["entries"][0]["key"], "f0");
+    assert_eq!(first["entries"][0]["deleted"], true);
+    let rest = page(first["next"].as_i64().unwrap(), 100).await;
+    assert_eq!(rest["entries"].as_array().unwrap().len(), 4);
+    assert_eq!(rest["next"], 6);
+
+    // A long poll returns as soon as something is published.
+    let started = std::time::Instant::now();
+    let waiter = {
+        let router = i.router.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            use tower::ServiceExt;
+            let req = axum::http::Request::get("/api/replication/v1/feeds/files/changes?since=6&wait=20")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap();
+            let resp = router.oneshot(req).await.unwrap();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            serde_json::from_slice::<Value>(&body).unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    i.send("PUT", "/assets/files/late", Some(ADMIN), &[], "late")
+        .await;
+    let woke = waiter.await.unwrap();
+    assert_eq!(woke["entries"][0]["key"], "late");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "long poll did not wake"
+    );
+
+    // Blobs are served only when referenced by the replication's feeds.
+    let digest = woke["entries"][0]["blobs"][0].as_str().unwrap().to_string();
+    let r = i
+        .send(
+            "GET",
+            &format!("/api/replication/v1/blobs/{digest}"),
+            Some(&token),
+            &[("range", "bytes=1-")],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, b"ate".as_slice())
+    );
+    let other = ferry_types::Digest::of(b"not in any feed");
+    let r = i
+        .send(
+            "GET",
+            &format!("/api/replication/v1/blobs/{other}"),
+            Some(&token),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn replication_log_level_changes_at_run_time() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    let token = incoming(&i, "edge", "push").await;
+    let hs = handshake(serde_json::from_str(PULL).unwrap(), OTHER);
+    i.send(
+        "POST",
+        "/api/replication/v1/handshake",
+        Some(&token),
+        &[JSON],
+        hs.clone(),
+    )
+    .await;
+    let logs = i
+        .send("GET", "/api/v1/logs/replication", Some(ADMIN), &[], Body::empty())
+        .await
+        .json();
+    assert!(
+        !logs.to_string().contains("handshake from"),
+        "debug lines hidden at info: {logs}"
+    );
+
+    let r = i
+        .send(
+            "PUT",
+            "/api/v1/logs/replication/level",
+            Some(ADMIN),
+            &[JSON],
+            r#"{"level":"debug"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    i.send("POST", "/api/replication/v1/handshake", Some(&token), &[JSON], hs)
+        .await;
+    let logs = i
+        .send("GET", "/api/v1/logs/replication", Some(ADMIN), &[], Body::empty())
+        .await
+        .json();
+    assert!(logs.to_string().contains("handshake from"), "{logs}");
+    assert_eq!(logs["min_level"], "debug");
+    assert!(
+        logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["category"] == "replication")
+    );
+
+    let r = i
+        .send(
+            "PUT",
+            "/api/v1/logs/replication/level",
+            Some(ADMIN),
+            &[JSON],
+            r#"{"level":"loud"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = i
+        .send(
+            "PUT",
+            "/api/v1/logs/replication/level",
+            None,
+            &[JSON],
+            r#"{"level":"debug"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
