@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
-use support::{Server, run_ok};
 use support::npm::{Npm, node};
+use support::{Server, run_ok};
 
 fn setup() -> (Server, Npm) {
     let s = Server::start();

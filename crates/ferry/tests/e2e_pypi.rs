@@ -7,7 +7,9 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::pypi::{client, dist, installed_version, pip_install, stderr, twine_upload, uv_install, write_dists};
+use support::pypi::{
+    client, dist, installed_version, pip_install, stderr, twine_upload, uv_install, write_dists,
+};
 use support::{Server, curl, run_fail, run_ok};
 
 #[test]

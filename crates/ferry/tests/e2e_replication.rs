@@ -1,0 +1,598 @@
+//! Replication end to end: real `ferry` instances on loopback, configured
+//! with the CLI, content moved through assets feeds with curl.
+//! Hub and spokes, a multi-hub chain, refused configurations, executions
+//! and the overview. (Mirrors: e2e_replication_mirror.rs; the delete guard:
+//! e2e_replication_guard.rs; crashes during transfers: e2e_replication_resume.rs.)
+#![allow(clippy::unwrap_used)]
+mod support;
+
+use serde_json::{Value, json};
+use support::{ADMIN, Server, curl, wait_until};
+
+/// A generous deadline for a change to travel (long polling makes it ~1 s).
+const SYNC: u64 = 30;
+
+fn repl_api(s: &Server, path: &str) -> String {
+    format!("{}/api/replication/v1{path}", s.url)
+}
+
+/// The id part of a sync token `fst_<id>_<secret>`.
+fn token_id(token: &str) -> &str {
+    &token["fst_".len().."fst_".len() + 16]
+}
+
+/// Content that differs per name, large enough to take a few chunks.
+fn payload(name: &str, len: usize) -> Vec<u8> {
+    let seed = name
+        .bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) ^ seed).rotate_left(i % 13) as u8)
+        .collect()
+}
+
+fn tokens_of(s: &Server, name: &str) -> Vec<Value> {
+    let (st, body) = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {ADMIN}"),
+        &format!("{}/api/v1/replications/{name}/tokens", s.url),
+    ]);
+    assert_eq!(st, 200);
+    serde_json::from_slice::<Value>(&body)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn hub_and_spokes_receive_content_replacements_and_deletions_and_tokens_only_read() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    hub.cli_ok(&[
+        "replication",
+        "create",
+        "edge",
+        "--incoming",
+        "--mode",
+        "push",
+        "--feed",
+        "files",
+    ]);
+    // Content that exists before any spoke is configured arrives too.
+    let readme = b"read me first".to_vec();
+    hub.put_asset("files", "docs/readme.txt", &readme);
+
+    // Three spokes, each with its own token; the third names its feed differently.
+    let mut spokes: Vec<(Server, &str, String)> = Vec::new();
+    for local in ["files", "files", "edge-files"] {
+        let s = Server::start();
+        s.create_feed(local, "assets");
+        let token = hub.sync_token("edge");
+        s.outgoing(
+            "from-hub",
+            &[&format!("{local}=files")],
+            &hub,
+            &token,
+            "pull",
+            &[],
+        );
+        spokes.push((s, local, token));
+    }
+    for (s, local, _) in &spokes {
+        assert!(
+            wait_until(SYNC, || s.serves(local, "docs/readme.txt", &readme)),
+            "{} lacks existing content",
+            s.url
+        );
+    }
+
+    // New content, a replacement and a deletion reach every spoke.
+    let tool = payload("tool-1.0", 700_000);
+    let notes_v1 = b"notes, first edition".to_vec();
+    hub.put_asset("files", "tools/tool-1.0.tar.gz", &tool);
+    hub.put_asset("files", "notes.txt", &notes_v1);
+    for (s, local, _) in &spokes {
+        assert!(
+            wait_until(SYNC, || s.serves(local, "tools/tool-1.0.tar.gz", &tool)),
+            "{} lacks the tool",
+            s.url
+        );
+        assert!(
+            wait_until(SYNC, || s.serves(local, "notes.txt", &notes_v1)),
+            "{} lacks notes",
+            s.url
+        );
+    }
+    let notes_v2 = b"notes, second edition, replaced on the hub".to_vec();
+    hub.put_asset("files", "notes.txt", &notes_v2);
+    hub.delete_asset("files", "docs/readme.txt");
+    for (s, local, _) in &spokes {
+        assert!(
+            wait_until(SYNC, || s.serves(local, "notes.txt", &notes_v2)),
+            "{} kept the old notes",
+            s.url
+        );
+        assert!(
+            wait_until(SYNC, || s.lacks(local, "docs/readme.txt")),
+            "{} kept a deleted asset",
+            s.url
+        );
+        for dir in ["", "tools/"] {
+            assert_eq!(
+                s.asset_digests(local, dir),
+                hub.asset_digests("files", dir),
+                "{} differs in /{dir}",
+                s.url
+            );
+        }
+        s.cli_ok(&["replication", "verify", "from-hub"]);
+    }
+
+    // A fourth spoke: the hub's configuration, feeds and content stay as they
+    // were; only the token generated for the new spoke is added.
+    let list_before = hub.cli_json(&["replication", "list", "--json"]);
+    let feeds_before = hub.cli_json(&["feed", "list", "--json"]);
+    let content_before = (
+        hub.asset_digests("files", ""),
+        hub.asset_digests("files", "tools/"),
+    );
+    let tokens_before = tokens_of(&hub, "edge");
+    assert_eq!(tokens_before.len(), 3);
+    let fourth = Server::start();
+    fourth.create_feed("files", "assets");
+    let token4 = hub.sync_token("edge");
+    fourth.outgoing("from-hub", &["files"], &hub, &token4, "pull", &[]);
+    assert!(wait_until(SYNC, || fourth.serves(
+        "files",
+        "notes.txt",
+        &notes_v2
+    )));
+    assert!(wait_until(SYNC, || fourth.serves(
+        "files",
+        "tools/tool-1.0.tar.gz",
+        &tool
+    )));
+    assert!(fourth.lacks("files", "docs/readme.txt"));
+    fourth.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert_eq!(
+        hub.cli_json(&["replication", "list", "--json"]),
+        list_before,
+        "adding a spoke changed the hub"
+    );
+    assert_eq!(hub.cli_json(&["feed", "list", "--json"]), feeds_before);
+    assert_eq!(
+        (
+            hub.asset_digests("files", ""),
+            hub.asset_digests("files", "tools/")
+        ),
+        content_before
+    );
+    let tokens_after = tokens_of(&hub, "edge");
+    let (new, old): (Vec<Value>, Vec<Value>) = tokens_after
+        .into_iter()
+        .partition(|t| t["id"] == token_id(&token4));
+    assert_eq!(new.len(), 1, "the new spoke's token is listed");
+    let mut old_sorted = old.clone();
+    old_sorted.sort_by_key(|t| t["id"].to_string());
+    let mut before_sorted = tokens_before.clone();
+    before_sorted.sort_by_key(|t| t["id"].to_string());
+    assert_eq!(old_sorted, before_sorted, "existing tokens changed");
+
+    // A spoke's token reads (that is what spokes do) but never writes.
+    let bearer = format!("Authorization: Bearer {}", spokes[0].2);
+    let (st, body) = curl(&["-H", &bearer, &repl_api(&hub, "/feeds/files/entries")]);
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let entries: Value = serde_json::from_slice(&body).unwrap();
+    let mut notes_entry = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "notes.txt")
+        .expect("notes.txt among the hub's entries")
+        .clone();
+    let post = |path: &str, body: &Value| {
+        let (st, resp) = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &bearer,
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body.to_string(),
+            &repl_api(&hub, path),
+        ]);
+        (st, String::from_utf8_lossy(&resp).to_string())
+    };
+    let (st, msg) = post("/feeds/files/apply", &json!({ "entries": [] }));
+    assert_eq!(st, 403, "an empty write batch with a spoke's token: {msg}");
+    notes_entry["deleted"] = json!(true);
+    let (st, msg) = post("/feeds/files/apply", &json!({ "entries": [notes_entry] }));
+    assert_eq!(st, 403, "a deletion with a spoke's token: {msg}");
+    assert!(msg.contains("push"), "the refusal names the hub's mode: {msg}");
+    let digest = hub.asset_digests("files", "")["notes.txt"].clone();
+    let (st, msg) = post("/blobs/missing", &json!({ "digests": [digest] }));
+    assert_eq!(st, 403, "{msg}");
+    let (st, _) = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &bearer,
+        "--data-binary",
+        "not the notes",
+        &repl_api(&hub, &format!("/blobs/{digest}")),
+    ]);
+    assert_eq!(st, 403);
+    assert!(
+        hub.serves("files", "notes.txt", &notes_v2),
+        "the hub's item changed"
+    );
+
+    // Wrong, unknown and missing tokens are not accepted at all.
+    let wrong_secret = format!("fst_{}_{}", token_id(&spokes[0].2), "0".repeat(64));
+    for bad in [wrong_secret.as_str(), "fst_0123456789abcdef_0123", "not-a-token"] {
+        let (st, _) = curl(&[
+            "-H",
+            &format!("Authorization: Bearer {bad}"),
+            &repl_api(&hub, "/feeds/files/entries"),
+        ]);
+        assert_eq!(st, 401, "token {bad}");
+    }
+    assert_eq!(curl(&[&repl_api(&hub, "/feeds/files/entries")]).0, 401);
+
+    // Revoking the third spoke's token cuts it off, and only it.
+    let (third, third_feed, third_token) = &spokes[2];
+    let id = token_id(third_token);
+    hub.cli_ok(&["replication", "revoke", "edge", id]);
+    let err = third.cli_fails(&["replication", "run", "from-hub", "--wait"]);
+    assert!(err.contains("token"), "the failure names the token: {err}");
+    let later = b"published after the revocation".to_vec();
+    hub.put_asset("files", "later.txt", &later);
+    for (s, local, _) in &spokes[..2] {
+        assert!(
+            wait_until(SYNC, || s.serves(local, "later.txt", &later)),
+            "{} was cut off too",
+            s.url
+        );
+    }
+    assert!(wait_until(SYNC, || fourth.serves("files", "later.txt", &later)));
+    third.cli_fails(&["replication", "run", "from-hub", "--wait"]);
+    assert!(
+        third.lacks(third_feed, "later.txt"),
+        "a revoked token still pulled content"
+    );
+    let overview = third.cli_json(&["replication", "list", "--json"]);
+    assert_eq!(overview[0]["status"]["last_outcome"], "failed");
+    assert!(
+        overview[0]["status"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("token"),
+        "{overview}"
+    );
+    let log = hub.cli_ok(&["replication", "log"]);
+    assert!(
+        log.contains(id),
+        "the hub's replication log names the refused token: {log}"
+    );
+    let revoked: Vec<Value> = tokens_of(&hub, "edge")
+        .into_iter()
+        .filter(|t| t["revoked"] == true)
+        .collect();
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0]["id"], id);
+}
+
+#[test]
+fn multi_hub_chain_carries_publishes_and_deletions_to_the_secondary_hubs_spokes() {
+    let main = Server::start();
+    main.create_feed("files", "assets");
+    let to_secondary = main.incoming("regional", &["files"], "push");
+
+    // The secondary hub pulls from the main hub and serves its own spokes, on one feed.
+    let secondary = Server::start();
+    secondary.create_feed("files", "assets");
+    secondary.outgoing("from-main", &["files"], &main, &to_secondary, "pull", &[]);
+    let to_spoke = secondary.incoming("shops", &["files"], "push");
+
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing("from-regional", &["files"], &secondary, &to_spoke, "pull", &[]);
+
+    let app = payload("app-2.0", 400_000);
+    main.put_asset("files", "release/app-2.0.bin", &app);
+    main.put_asset("files", "release/CHANGELOG", b"2.0: everything");
+    assert!(
+        wait_until(SYNC, || spoke.serves("files", "release/app-2.0.bin", &app)),
+        "publish did not reach the spoke"
+    );
+    assert!(wait_until(SYNC, || spoke.serves(
+        "files",
+        "release/CHANGELOG",
+        b"2.0: everything"
+    )));
+    assert!(secondary.serves("files", "release/app-2.0.bin", &app));
+
+    main.delete_asset("files", "release/app-2.0.bin");
+    main.put_asset("files", "release/CHANGELOG", b"2.0 withdrawn");
+    assert!(
+        wait_until(SYNC, || spoke.lacks("files", "release/app-2.0.bin")),
+        "deletion did not reach the spoke"
+    );
+    assert!(wait_until(SYNC, || spoke.serves(
+        "files",
+        "release/CHANGELOG",
+        b"2.0 withdrawn"
+    )));
+    assert!(secondary.lacks("files", "release/app-2.0.bin"));
+    assert_eq!(
+        spoke.asset_digests("files", "release/"),
+        main.asset_digests("files", "release/")
+    );
+    assert!(wait_until(SYNC, || secondary.verified("from-main")
+        && spoke.verified("from-regional")));
+}
+
+#[test]
+fn impossible_configurations_are_refused_with_a_reason() {
+    // Replication to the same instance, even to another feed of it.
+    let a = Server::start();
+    a.create_feed("files", "assets");
+    a.create_feed("copy", "assets");
+    let own = a.incoming("loop-in", &["files"], "pull");
+    let err = a.cli_fails(&[
+        "replication",
+        "create",
+        "loop-out",
+        "--feed",
+        "copy=files",
+        "--outgoing",
+        &a.url,
+        "--token",
+        &own,
+        "--mode",
+        "push",
+    ]);
+    assert!(err.contains("same instance"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line of reason: {err}");
+    let names: Vec<Value> = a
+        .cli_json(&["replication", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("loop-in")], "the refused replication was kept");
+
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.create_feed("pkgs", "npm");
+
+    // Mode mismatch: the message names both settings and the fix.
+    let create = |name: &str, feed: &str, mode: &str| {
+        spoke.cli(&[
+            "replication",
+            "create",
+            name,
+            "--feed",
+            feed,
+            "--outgoing",
+            &hub.url,
+            "--token",
+            &token,
+            "--mode",
+            mode,
+        ])
+    };
+    let out = create("from-hub", "files", "mirror");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("mirror") && err.contains("push"),
+        "names both modes: {err}"
+    );
+    assert!(
+        err.contains("set the outgoing side to pull"),
+        "names the fix: {err}"
+    );
+    let out = create("from-hub", "files", "push");
+    assert!(!out.status.success(), "push against push must be refused");
+
+    // Feed type mismatch.
+    let out = create("typed", "pkgs=files", "pull");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("type") && err.contains("npm") && err.contains("assets"),
+        "{err}"
+    );
+
+    // A feed the hub's replication does not carry.
+    spoke.create_feed("other", "assets");
+    let out = create("other", "other", "pull");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("other") && err.contains("not part of"), "{err}");
+
+    // Nothing refused was kept, and the fitting configuration is accepted.
+    assert_eq!(spoke.cli_json(&["replication", "list", "--json"]), json!([]));
+    hub.put_asset("files", "ok.txt", b"fits");
+    assert!(create("from-hub", "files", "pull").status.success());
+    assert!(wait_until(SYNC, || spoke.serves("files", "ok.txt", b"fits")));
+}
+
+/// `date -u` formatted like the server's timestamps (to the second), `secs`
+/// from now; such strings order like the times they name.
+fn utc_in(secs: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let out = support::run_ok(std::process::Command::new("date").args([
+        "-u",
+        "-d",
+        &format!("@{}", now + secs),
+        "+%Y-%m-%dT%H:%M:%S",
+    ]));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn executions_and_overview_show_runs_counts_logs_lag_and_next_run() {
+    let mut hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    hub.cli_ok(&["replication", "log", "--level", "debug"]);
+    let first: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            (
+                format!("batch1/f{i}.bin"),
+                payload(&format!("one{i}"), 10_000 + i * 1000),
+            )
+        })
+        .collect();
+    for (p, b) in &first {
+        hub.put_asset("files", p, b);
+    }
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    for (p, b) in &first {
+        assert!(wait_until(SYNC, || spoke.serves("files", p, b)));
+    }
+    let manual = spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(manual.contains("succeeded"), "{manual}");
+    let second: Vec<(String, Vec<u8>)> = (0..2)
+        .map(|i| {
+            (
+                format!("batch2/g{i}.bin"),
+                payload(&format!("two{i}"), 20_000 + i * 1000),
+            )
+        })
+        .collect();
+    for (p, b) in &second {
+        hub.put_asset("files", p, b);
+    }
+    for (p, b) in &second {
+        assert!(wait_until(SYNC, || spoke.serves("files", p, b)));
+    }
+    // The change-triggered execution may still be recording its end.
+    assert!(wait_until(SYNC, || spoke
+        .executions("from-hub")
+        .iter()
+        .all(|e| e["outcome"].is_string())));
+
+    let execs = spoke.executions("from-hub");
+    assert!(execs.len() >= 3, "{execs:#?}");
+    let ids: Vec<i64> = execs.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let (mut added, mut bytes, mut blobs) = (0, 0, 0);
+    for e in &execs {
+        assert_eq!(e["outcome"], "succeeded", "{e:#}");
+        assert!(
+            ["schedule", "change", "manual"].contains(&e["trigger"].as_str().unwrap()),
+            "{e:#}"
+        );
+        assert!(e["ended_at"].as_i64().unwrap() >= e["started_at"].as_i64().unwrap());
+        let feeds = e["report"]["feeds"].as_array().unwrap();
+        assert_eq!(feeds.len(), 1);
+        assert_eq!(
+            (feeds[0]["local"].as_str(), feeds[0]["remote"].as_str()),
+            (Some("files"), Some("files"))
+        );
+        let pulled = &feeds[0]["pulled"];
+        added += pulled["added"].as_u64().unwrap();
+        bytes += pulled["bytes"].as_u64().unwrap();
+        blobs += pulled["blobs"].as_u64().unwrap();
+        assert_eq!(feeds[0]["pushed"]["added"], 0, "a pull never pushes");
+        let log = e["report"]["log"].as_array().unwrap();
+        assert!(
+            log.iter()
+                .any(|l| l["message"].as_str().unwrap().contains("connected to instance")),
+            "{e:#}"
+        );
+        assert!(
+            log.iter()
+                .all(|l| l["time"].is_string() && l["level"].is_string())
+        );
+    }
+    let expected_bytes: usize = first.iter().chain(&second).map(|(_, b)| b.len()).sum();
+    assert_eq!(
+        (added, blobs, bytes),
+        (5, 5, expected_bytes as u64),
+        "counts over all executions"
+    );
+    let manual_exec = execs
+        .iter()
+        .find(|e| e["trigger"] == "manual")
+        .expect("the manual run is listed");
+    assert_eq!(manual_exec["report"]["feeds"][0]["pulled"]["added"], 0);
+    let text = spoke.cli_ok(&["replication", "executions", "from-hub"]);
+    assert!(
+        text.contains("manual") && text.contains("succeeded") && text.contains("pulled +"),
+        "{text}"
+    );
+
+    // The overview: idle, last outcome, no lag, next run about an interval away.
+    let overview = spoke.cli_json(&["replication", "list", "--json"]);
+    let st = &overview[0]["status"];
+    assert_eq!(overview[0]["name"], "from-hub");
+    assert_eq!(st["state"], "idle");
+    assert_eq!(st["last_outcome"], "succeeded");
+    assert_eq!(st["last_execution"], execs[0]["id"]);
+    assert_eq!(st["lag"]["files"]["changes"], 0, "{st:#}");
+    assert!(st["lag"]["files"]["seconds"].is_number());
+    let next = st["next_run"].as_str().expect("next run shown").to_string();
+    assert!(
+        next > utc_in(3000) && next < utc_in(3700),
+        "next run {next} is not an interval away"
+    );
+    let hub_view = hub.cli_json(&["replication", "list", "--json"]);
+    assert_eq!(hub_view[0]["status"]["state"], "incoming");
+    let hub_log = hub.cli_ok(&["replication", "log"]);
+    assert!(
+        hub_log.contains("handshake from instance"),
+        "debug level shows handshakes: {hub_log}"
+    );
+
+    // A failed execution is listed with its error and shows in the overview.
+    hub.kill();
+    let err = spoke.cli_fails(&["replication", "run", "from-hub", "--wait"]);
+    assert!(err.contains("cannot reach"), "{err}");
+    let latest = &spoke.executions("from-hub")[0];
+    assert_eq!(latest["outcome"], "failed");
+    assert_eq!(latest["trigger"], "manual");
+    let log = latest["report"]["log"].as_array().unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l["level"] == "error" && l["message"].as_str().unwrap().contains("cannot reach")),
+        "{latest:#}"
+    );
+    let st = &spoke.cli_json(&["replication", "list", "--json"])[0]["status"];
+    assert_eq!(st["last_outcome"], "failed");
+    assert!(st["last_error"].as_str().unwrap().contains("cannot reach"));
+
+    // Back up: the spoke catches up, and the overview says so.
+    hub.restart();
+    hub.put_asset("files", "batch3/h.bin", b"after the outage");
+    assert!(wait_until(SYNC, || spoke.serves(
+        "files",
+        "batch3/h.bin",
+        b"after the outage"
+    )));
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    let st = &spoke.cli_json(&["replication", "list", "--json"])[0]["status"];
+    assert_eq!(st["last_outcome"], "succeeded");
+    assert_eq!(st["last_error"], Value::Null);
+}

@@ -1,0 +1,125 @@
+//! The delete guard end to end: a mass deletion on the hub stops every
+//! execution on the spoke before it deletes anything — scheduled ones too —
+//! until an operator confirms; `plan` shows what is pending.
+#![allow(clippy::unwrap_used)]
+mod support;
+
+use serde_json::Value;
+use support::{Server, wait_until};
+
+const SYNC: u64 = 30;
+
+fn live_items(spoke: &Server) -> (u64, u64) {
+    // `verify` exits non-zero while the ends differ; its JSON says by how much.
+    let out = spoke.cli(&["replication", "verify", "from-hub", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = &v["feeds"][0];
+    (
+        f["local_items"].as_u64().unwrap(),
+        f["remote_items"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn mass_deletion_on_the_hub_waits_for_confirmation_on_the_spoke() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let assets: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("pkgs/item-{i:03}.txt"), format!("content of item {i}")))
+        .collect();
+    hub.put_assets("files", &assets);
+
+    let mut spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    assert!(
+        wait_until(SYNC, || spoke.asset_digests("files", "pkgs/").len() == 300),
+        "the spoke did not get 300 items"
+    );
+    assert!(wait_until(SYNC, || spoke.verified("from-hub")));
+    assert_eq!(live_items(&spoke), (300, 300));
+
+    // The spoke is down while 200 items are deleted on the hub; when it comes
+    // back, its first (scheduled) execution sees all 200 deletions at once.
+    spoke.stop();
+    let doomed: Vec<String> = assets[..200].iter().map(|(p, _)| p.clone()).collect();
+    hub.delete_assets("files", &doomed);
+    assert_eq!(hub.asset_digests("files", "pkgs/").len(), 100);
+    spoke.restart();
+    let stopped_by_guard = |e: &Value| e["outcome"] == "needs-confirmation" && e["trigger"] != "manual";
+    assert!(
+        wait_until(SYNC, || spoke.executions("from-hub").iter().any(stopped_by_guard)),
+        "the scheduled execution must stop before deleting: {:#?}",
+        spoke.executions("from-hub")
+    );
+    let execs = spoke.executions("from-hub");
+    let scheduled = execs.iter().find(|e| stopped_by_guard(e)).unwrap();
+    assert_eq!(
+        scheduled["report"]["feeds"][0]["pulled"]["deleted"], 0,
+        "{scheduled:#}"
+    );
+    let warning = scheduled["report"]["log"].as_array().unwrap().iter().any(|l| {
+        let m = l["message"].as_str().unwrap();
+        l["level"] == "warn" && m.contains("200") && m.contains("--confirm-deletes")
+    });
+    assert!(
+        warning,
+        "the execution log says what it did not delete and how to confirm: {scheduled:#}"
+    );
+    assert_eq!(
+        spoke.asset_digests("files", "pkgs/").len(),
+        300,
+        "the scheduled execution deleted items"
+    );
+    assert!(spoke.serves("files", "pkgs/item-000.txt", b"content of item 0"));
+
+    // A manual run stops too, and says how to go ahead.
+    let out = spoke.cli(&["replication", "run", "from-hub", "--wait"]);
+    assert!(!out.status.success(), "a guarded run must exit non-zero");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--confirm-deletes"), "{err}");
+    assert_eq!(live_items(&spoke), (300, 100), "nothing was deleted on the spoke");
+    let overview = spoke.cli_json(&["replication", "list", "--json"]);
+    assert_eq!(overview[0]["status"]["last_outcome"], "needs-confirmation");
+    assert!(
+        overview[0]["status"]["lag"]["files"]["changes"].as_i64().unwrap() >= 200,
+        "{overview:#}"
+    );
+
+    // The plan shows the pending deletions and changes nothing.
+    let plan = spoke.cli_json(&["replication", "plan", "from-hub", "--json"]);
+    assert_eq!(plan["feeds"][0]["pulled"]["deleted"], 200, "{plan:#}");
+    assert_eq!(plan["needs_confirmation"], true);
+    let text = spoke.cli_ok(&["replication", "plan", "from-hub"]);
+    assert!(
+        text.contains("-200") && text.contains("stop before deleting"),
+        "{text}"
+    );
+    assert_eq!(live_items(&spoke), (300, 100));
+    spoke.cli_fails(&["replication", "verify", "from-hub"]);
+
+    // Confirmed: the deletions happen, and the ends agree again.
+    let out = spoke.cli_ok(&["replication", "run", "from-hub", "--wait", "--confirm-deletes"]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert_eq!(live_items(&spoke), (100, 100));
+    assert!(spoke.lacks("files", "pkgs/item-000.txt"));
+    assert!(spoke.serves("files", "pkgs/item-299.txt", b"content of item 299"));
+    let confirmed = &spoke.executions("from-hub")[0];
+    assert_eq!(
+        confirmed["report"]["feeds"][0]["pulled"]["deleted"], 200,
+        "{confirmed:#}"
+    );
+    spoke.cli_ok(&["replication", "verify", "from-hub"]);
+
+    // Small deletions go through without confirmation.
+    hub.delete_assets("files", &["pkgs/item-299.txt".to_string()]);
+    assert!(wait_until(SYNC, || spoke.lacks("files", "pkgs/item-299.txt")));
+}
