@@ -123,3 +123,63 @@ fn mass_deletion_on_the_hub_waits_for_confirmation_on_the_spoke() {
     hub.delete_assets("files", &["pkgs/item-299.txt".to_string()]);
     assert!(wait_until(SYNC, || spoke.lacks("files", "pkgs/item-299.txt")));
 }
+
+/// Deletions that arrive a few at a time while the spoke follows the hub
+/// count together: the spoke stops once they pass the limit, instead of
+/// letting a mass deletion through in small executions.
+#[test]
+fn a_mass_deletion_arriving_in_small_executions_is_stopped_too() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let assets: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("i/{i:03}"), format!("item {i}")))
+        .collect();
+    hub.put_assets("files", &assets);
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    assert!(wait_until(SYNC, || spoke.asset_digests("files", "i/").len() == 300));
+
+    // The spoke stays online and long-polls while the hub deletes 200, in
+    // several bursts, each far under the limit on its own.
+    for burst in assets[..200].chunks(20) {
+        let paths: Vec<String> = burst.iter().map(|(p, _)| p.clone()).collect();
+        hub.delete_assets("files", &paths);
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    let stopped = |s: &Server| {
+        s.executions("from-hub")
+            .iter()
+            .any(|e| e["outcome"] == "needs-confirmation")
+    };
+    assert!(
+        wait_until(SYNC, || stopped(&spoke)),
+        "{:#?}",
+        spoke.executions("from-hub")
+    );
+    // Let any execution in flight finish, then count what is left.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let left = spoke.asset_digests("files", "i/").len();
+    assert!(
+        left >= 180,
+        "the guard let {} of 200 deletions through",
+        300 - left
+    );
+    assert!(
+        left < 300,
+        "small deletions before the limit go through ({left} left)"
+    );
+
+    let out = spoke.cli_ok(&["replication", "run", "from-hub", "--wait", "--confirm-deletes"]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert_eq!(spoke.asset_digests("files", "i/").len(), 100);
+    spoke.cli_ok(&["replication", "verify", "from-hub"]);
+}

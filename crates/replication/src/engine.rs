@@ -22,6 +22,12 @@ use crate::protocol::*;
 use crate::{ReplError, Replicator};
 
 const PAGE: usize = 500;
+/// Deletions within this window count together against the delete guard.
+const GUARD_WINDOW_MS: i64 = 3_600_000;
+
+fn guard_key(phase: &str, local: &FeedRecord, remote: &FeedName) -> String {
+    format!("guard:{phase}:{}:{remote}", local.name)
+}
 const BLOB_PARALLELISM: usize = 4;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -62,6 +68,8 @@ pub struct Report {
 #[derive(Debug, Default)]
 pub struct Progress {
     pub items: AtomicU64,
+    /// Changes to go through, as known from the cursors at the start.
+    pub items_total: AtomicU64,
     pub bytes: AtomicU64,
     pub started: AtomicU64,
 }
@@ -87,6 +95,7 @@ pub(crate) struct Run<'a> {
     confirm_deletes: bool,
     pub report: Report,
     progress: Arc<Progress>,
+    rate: Option<Arc<crate::throttle::Rate>>,
     pub lags: Vec<(FeedName, Lag)>,
 }
 
@@ -115,6 +124,7 @@ impl<'a> Run<'a> {
             confirm_deletes: false,
             report: Report::default(),
             progress,
+            rate: crate::throttle::Rate::new(cfg.bandwidth_limit),
             lags: Vec::new(),
         })
     }
@@ -232,7 +242,7 @@ impl<'a> Run<'a> {
 
     // ---------------------------------------------------------------- pull
 
-    async fn pull_feed(
+    async fn pull_feed_inner(
         &mut self,
         local: &FeedRecord,
         remote: &FeedName,
@@ -257,14 +267,20 @@ impl<'a> Run<'a> {
             self.lags.push((local.name.clone(), Lag::default()));
             return Ok(());
         }
-        if self.cfg.mode.flows.delete_local && !self.confirm_deletes && page.entries.iter().any(|e| e.deleted)
+        self.progress
+            .items_total
+            .fetch_add((page.last_seq - since).max(0) as u64, Ordering::Relaxed);
+        let more_pages = page.next < page.last_seq;
+        if self.cfg.mode.flows.delete_local
+            && !self.confirm_deletes
+            && (more_pages || page.entries.iter().any(|e| e.deleted))
         {
             let n = self
                 .count_pull_deletions(local, remote, since, page.clone())
                 .await?;
             let size = self.r.store().live_count(local.id).await?;
-            if self.cfg.delete_guard.trips(n, size) {
-                self.stop_for_deletions(local, n, size);
+            let key = guard_key("pull", local, remote);
+            if n > 0 && self.guard_trips(local, &key, n, size).await? {
                 // A plan goes on counting, to show the deletions it would stop for.
                 if !self.dry {
                     return Ok(());
@@ -301,19 +317,94 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn stop_for_deletions(&mut self, local: &FeedRecord, n: u64, size: u64) {
-        self.report.needs_confirmation = true;
+    /// Whether deleting `pending` more items of a feed of `size` would pass
+    /// the guard, counting what this replication deleted there in the last
+    /// hour (so deletions arriving a few at a time cannot slip through).
+    async fn guard_trips(
+        &mut self,
+        local: &FeedRecord,
+        key: &str,
+        pending: u64,
+        size: u64,
+    ) -> Result<bool, ReplError> {
+        let recent = self.recent_deletions(key).await?;
         let g = self.cfg.delete_guard;
+        if !g.trips(pending + recent, size + recent) {
+            return Ok(false);
+        }
+        self.report.needs_confirmation = true;
+        let earlier = if recent > 0 {
+            format!(" ({recent} deleted in the last hour already)")
+        } else {
+            String::new()
+        };
         self.log(
             "warn",
             format!(
-                "feed {}: stopped before deleting {n} of {size} items (the limit is over {:.0}% and over {} items); nothing was deleted. Confirm with `ferry replication run {} --confirm-deletes`",
+                "feed {}: stopped before deleting {pending} of {size} items{earlier}; the limit is over {:.0}% and over {} items, and nothing more was deleted. Confirm with `ferry replication run {} --confirm-deletes`",
                 local.name,
                 g.max_share * 100.0,
                 g.max_items,
                 self.rec.name
             ),
         );
+        Ok(true)
+    }
+
+    async fn recent_deletions(&self, key: &str) -> Result<u64, ReplError> {
+        let store = self.r.store();
+        let start = store.cursor(self.rec.id, &format!("{key}:since")).await?;
+        if now_millis() - start > GUARD_WINDOW_MS {
+            return Ok(0);
+        }
+        Ok(store.cursor(self.rec.id, &format!("{key}:count")).await?.max(0) as u64)
+    }
+
+    /// Adds to the deletions counted against the guard (or, after a
+    /// confirmation, starts counting afresh).
+    async fn record_deletions(&self, key: &str, n: u64) -> Result<(), ReplError> {
+        if self.dry || (n == 0 && !self.confirm_deletes) {
+            return Ok(());
+        }
+        let store = self.r.store();
+        let (since_key, count_key) = (format!("{key}:since"), format!("{key}:count"));
+        let recent = if self.confirm_deletes {
+            0
+        } else {
+            self.recent_deletions(key).await?
+        };
+        if recent == 0 {
+            store.set_cursor(self.rec.id, &since_key, now_millis()).await?;
+        }
+        let total = if self.confirm_deletes { 0 } else { recent + n };
+        store.set_cursor(self.rec.id, &count_key, total as i64).await?;
+        Ok(())
+    }
+
+    async fn pull_feed(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let before = fr.pulled.deleted;
+        let result = self.pull_feed_inner(local, remote, fr).await;
+        self.record_deletions(&guard_key("pull", local, remote), fr.pulled.deleted - before)
+            .await?;
+        result
+    }
+
+    async fn push_feed(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let before = fr.pushed.deleted;
+        let result = self.push_feed_inner(local, remote, fr).await;
+        self.record_deletions(&guard_key("push", local, remote), fr.pushed.deleted - before)
+            .await?;
+        result
     }
 
     async fn count_pull_deletions(
@@ -504,7 +595,7 @@ impl<'a> Run<'a> {
                     progress.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 });
-                let throttled = crate::throttle::limit(Box::pin(counted), self.cfg.bandwidth_limit);
+                let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
                 let staged = self
                     .r
                     .ferry()
@@ -536,7 +627,7 @@ impl<'a> Run<'a> {
 
     // ---------------------------------------------------------------- push
 
-    async fn push_feed(
+    async fn push_feed_inner(
         &mut self,
         local: &FeedRecord,
         remote: &FeedName,
@@ -568,6 +659,10 @@ impl<'a> Run<'a> {
             }
             return Ok(());
         }
+        let pending = meta.last_seq(local.id).await? - since;
+        self.progress
+            .items_total
+            .fetch_add(pending.max(0) as u64, Ordering::Relaxed);
         let mut guard_checked = false;
         loop {
             let changes = meta.changes_since(local.id, since, PAGE).await?;
@@ -596,8 +691,8 @@ impl<'a> Run<'a> {
                 guard_checked = true;
                 let n = self.count_push_deletions(local, since).await?;
                 let size = self.remote.digest(remote, &[], &[]).await?.items;
-                if self.cfg.delete_guard.trips(n, size) {
-                    self.stop_for_deletions(local, n, size);
+                let key = guard_key("push", local, remote);
+                if n > 0 && self.guard_trips(local, &key, n, size).await? {
                     if !self.dry {
                         return Ok(());
                     }
@@ -717,7 +812,7 @@ impl<'a> Run<'a> {
             let counted = body.inspect_ok(move |c| {
                 progress.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
             });
-            let throttled = crate::throttle::limit(Box::pin(counted), self.cfg.bandwidth_limit);
+            let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
             self.remote.put_blob(d, throttled, size).await?;
             fr.pushed.blobs += 1;
             fr.pushed.bytes += size;

@@ -264,11 +264,19 @@ impl Replicator {
                 let secs =
                     (now_millis() as u64).saturating_sub(p.started.load(Ordering::Relaxed)) as f64 / 1000.0;
                 let bytes = p.bytes.load(Ordering::Relaxed);
+                let (done, total) = (
+                    p.items.load(Ordering::Relaxed),
+                    p.items_total.load(Ordering::Relaxed),
+                );
+                let items_rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+                let eta = (items_rate > 0.0 && total > done).then(|| (total - done) as f64 / items_rate);
                 serde_json::json!({
                     "execution": id,
-                    "items_done": p.items.load(Ordering::Relaxed),
+                    "items_done": done,
+                    "items_total": total,
                     "bytes_done": bytes,
                     "bytes_per_second": if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
+                    "eta_seconds": eta,
                 })
             });
         if status.state.is_empty() {
@@ -502,6 +510,10 @@ impl Replicator {
 
     /// Starts the schedulers of every outgoing replication.
     pub async fn start(&self) -> Result<(), ReplError> {
+        let n = self.store().close_interrupted_executions().await?;
+        if n > 0 {
+            tracing::warn!(target: "replication", executions = n, "executions cut short by the last stop are marked interrupted");
+        }
         for rec in self.store().replications().await? {
             if Self::parse(&rec)?.is_outgoing() {
                 self.0.scheduler.start(self.clone(), rec.id, rec.name.clone());

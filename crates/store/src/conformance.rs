@@ -343,6 +343,10 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
     s.set_cursor(r.id, "pull:a", 43).await.unwrap();
     assert_eq!(s.cursor(r.id, "pull:a").await.unwrap(), 43);
 
+    let cut = s.start_execution(r.id, "manual").await.unwrap();
+    assert_eq!(s.close_interrupted_executions().await.unwrap(), 1);
+    let ex = s.executions(r.id, 10).await.unwrap();
+    assert_eq!((ex[0].id, ex[0].outcome.as_deref()), (cut, Some("interrupted")));
     let e = s.start_execution(r.id, "manual").await.unwrap();
     assert_eq!(s.executions(r.id, 10).await.unwrap()[0].outcome, None);
     s.finish_execution(e, "succeeded", json!({"added": 1}))

@@ -88,6 +88,9 @@ pub trait ReplicationStore: Send + Sync + 'static {
         outcome: &str,
         report: serde_json::Value,
     ) -> Result<(), StoreError>;
+    /// Closes executions that never ended (the process stopped during them)
+    /// with the outcome "interrupted"; returns how many.
+    async fn close_interrupted_executions(&self) -> Result<u64, StoreError>;
     /// Newest first.
     async fn executions(&self, replication: i64, limit: usize) -> Result<Vec<ExecutionRecord>, StoreError>;
 

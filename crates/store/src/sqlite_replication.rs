@@ -262,6 +262,17 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 
+    async fn close_interrupted_executions(&self) -> Result<u64, StoreError> {
+        self.write_tx(|tx| {
+            let n = tx.execute(
+                "UPDATE executions SET outcome = 'interrupted', ended_at = ?1 WHERE outcome IS NULL",
+                [now_millis()],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn executions(&self, replication: i64, limit: usize) -> Result<Vec<ExecutionRecord>, StoreError> {
         self.read(move |c| {
             let mut st = c.prepare(
