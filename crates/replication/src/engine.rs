@@ -692,10 +692,8 @@ impl<'a> Run<'a> {
                 let n = self.count_push_deletions(local, since).await?;
                 let size = self.remote.digest(remote, &[], &[]).await?.items;
                 let key = guard_key("push", local, remote);
-                if n > 0 && self.guard_trips(local, &key, n, size).await? {
-                    if !self.dry {
-                        return Ok(());
-                    }
+                if n > 0 && self.guard_trips(local, &key, n, size).await? && !self.dry {
+                    return Ok(());
                 }
             }
             self.push_entries(local, remote, entries, fr).await?;
