@@ -448,16 +448,90 @@ impl<'a> Run<'a> {
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
         let mut after: Option<ItemKey> = None;
+        let mut seen: HashSet<ItemKey> = HashSet::new();
         loop {
             let page = self.remote.entries(remote, after.as_ref(), PAGE).await?;
+            seen.extend(page.entries.iter().map(|e| e.key.clone()));
             if !page.entries.is_empty() {
                 self.pull_entries(local, &page.entries, fr).await?;
             }
             match page.next_after {
                 Some(k) => after = Some(k),
-                None => return Ok(()),
+                None => break,
             }
         }
+        self.pull_expired_deletions(local, remote, &seen, fr).await
+    }
+
+    /// After a full comparison: items that came here from elsewhere and that
+    /// the other side no longer has at all — neither the item nor its
+    /// tombstone, which it has pruned — were deleted there. They are deleted
+    /// here too (through the delete guard). Items written on this instance
+    /// are never deleted this way.
+    async fn pull_expired_deletions(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        seen: &HashSet<ItemKey>,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let f = self.cfg.mode.flows;
+        if !(f.pull_missing && f.delete_local) {
+            return Ok(());
+        }
+        let me = self.r.ferry().instance_id();
+        let mut gone = Vec::new();
+        let mut after: Option<ItemKey> = None;
+        loop {
+            let page = self.r.store().entries(local.id, after.as_ref(), 2000).await?;
+            let done = page.len() < 2000;
+            after = page.last().map(|e| e.key.clone());
+            for e in page {
+                if e.live.is_some()
+                    && e.stamp.origin != me
+                    && !seen.contains(&e.key)
+                    && self.filter.admits(local.feed_type, &e.key)
+                {
+                    gone.push(e);
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let size = self.r.store().live_count(local.id).await?;
+        if !self.confirm_deletes
+            && self.guard_trips(local, &guard_key("pull", local, remote), gone.len() as u64, size).await?
+        {
+            return Ok(());
+        }
+        self.log(
+            "warn",
+            format!(
+                "feed {}: {} items are gone from the other side with their tombstones expired; deleting them here",
+                local.name,
+                gone.len()
+            ),
+        );
+        if self.dry {
+            fr.pulled.deleted += gone.len() as u64;
+            return Ok(());
+        }
+        // A tombstone just after the item's own stamp: any newer write wins over it.
+        let changes: Vec<ferry_store::Change> = gone
+            .iter()
+            .map(|e| ferry_store::Change {
+                key: e.key.clone(),
+                stamp: ferry_types::Stamp { time: ferry_types::Hlc(e.stamp.time.0 + 1), origin: e.stamp.origin },
+                op: ferry_store::ChangeOp::Delete,
+            })
+            .collect();
+        let outcomes = self.r.ferry().apply(local, changes).await?;
+        fr.pulled.deleted += outcomes.iter().filter(|o| matches!(o, ferry_store::WriteOutcome::Applied { .. })).count() as u64;
+        Ok(())
     }
 
     fn wanted_from_remote(&self, local: &FeedRecord, e: &WireEntry) -> bool {
