@@ -504,7 +504,9 @@ impl<'a> Run<'a> {
         }
         let size = self.r.store().live_count(local.id).await?;
         if !self.confirm_deletes
-            && self.guard_trips(local, &guard_key("pull", local, remote), gone.len() as u64, size).await?
+            && self
+                .guard_trips(local, &guard_key("pull", local, remote), gone.len() as u64, size)
+                .await?
         {
             return Ok(());
         }
@@ -525,12 +527,18 @@ impl<'a> Run<'a> {
             .iter()
             .map(|e| ferry_store::Change {
                 key: e.key.clone(),
-                stamp: ferry_types::Stamp { time: ferry_types::Hlc(e.stamp.time.0 + 1), origin: e.stamp.origin },
+                stamp: ferry_types::Stamp {
+                    time: ferry_types::Hlc(e.stamp.time.0 + 1),
+                    origin: e.stamp.origin,
+                },
                 op: ferry_store::ChangeOp::Delete,
             })
             .collect();
         let outcomes = self.r.ferry().apply(local, changes).await?;
-        fr.pulled.deleted += outcomes.iter().filter(|o| matches!(o, ferry_store::WriteOutcome::Applied { .. })).count() as u64;
+        fr.pulled.deleted += outcomes
+            .iter()
+            .filter(|o| matches!(o, ferry_store::WriteOutcome::Applied { .. }))
+            .count() as u64;
         Ok(())
     }
 
