@@ -191,3 +191,79 @@ fn kill_during_upload_leaves_no_partial_item() {
     assert_eq!(st, 201);
     assert_eq!(curl(&[&url]).1, b"fine");
 }
+
+#[test]
+fn config_file_declares_feeds_and_env_overrides_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ferry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:1\"\nmax_upload_bytes = 10\n\n[[feeds]]\nname = \"declared\"\ntype = \"assets\"\n\n[[feeds]]\nname = \"hidden\"\ntype = \"pypi\"\nprivate = true\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    // The file's listen address is overridden by FERRY_LISTEN.
+    let mut child = Command::new(support::bin())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("FERRY_LISTEN", "127.0.0.1:0")
+        .env("FERRY_ADMIN_KEY", ADMIN)
+        .env("FERRY_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let url = lines
+        .find_map(|l| {
+            l.ok()
+                .and_then(|l| l.strip_prefix("listening on ").map(str::to_string))
+        })
+        .unwrap();
+    let out = Command::new(support::bin())
+        .args(["feed", "list", "--json", "--url", &url, "--api-key", ADMIN])
+        .output()
+        .unwrap();
+    let feeds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<(&str, &str, bool)> = feeds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap(),
+                f["type"].as_str().unwrap(),
+                f["private"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![("declared", "assets", false), ("hidden", "pypi", true)]
+    );
+    // max_upload_bytes from the file applies.
+    let (st, _) = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        "more than ten bytes",
+        "-H",
+        &format!("Authorization: Bearer {ADMIN}"),
+        &format!("{url}/assets/declared/f"),
+    ]);
+    assert_eq!(st, 413);
+    let _ = child.kill();
+    let _ = child.wait();
+    // A typo in the file is an error, not silently ignored.
+    std::fs::write(&cfg, "lisen = \"x\"\n").unwrap();
+    let out = Command::new(support::bin())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lisen"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
