@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{Conn, FeedCmd, KeyCmd, ReplCmd};
+use crate::{BundleCmd, Conn, FeedCmd, KeyCmd, ReplCmd};
 
 async fn call(conn: &Conn, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
     let url = format!("{}{path}", conn.url.trim_end_matches('/'));
@@ -380,6 +380,102 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                     l["message"].as_str().unwrap_or("")
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+async fn checked(conn: &Conn, resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let reason = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or(text);
+    if status == StatusCode::UNAUTHORIZED && conn.api_key.is_none() {
+        bail!("{reason} (pass --api-key or set FERRY_API_KEY)");
+    }
+    bail!("{} {}", status.as_u16(), reason.trim())
+}
+
+pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    match cmd {
+        BundleCmd::Export {
+            feed,
+            since,
+            out,
+            conn,
+        } => {
+            let url = format!(
+                "{}/api/v1/feeds/{feed}/bundle?since={since}",
+                conn.url.trim_end_matches('/')
+            );
+            let mut req = reqwest::Client::new().get(&url);
+            if let Some(k) = &conn.api_key {
+                req = req.bearer_auth(k);
+            }
+            let resp = checked(
+                &conn,
+                req.send()
+                    .await
+                    .with_context(|| format!("cannot reach {}", conn.url))?,
+            )
+            .await?;
+            let until = resp
+                .headers()
+                .get("x-ferry-bundle-until")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_string();
+            let entries = resp
+                .headers()
+                .get("x-ferry-bundle-entries")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_string();
+            let tmp = out.with_extension("partial");
+            let mut file = tokio::fs::File::create(&tmp)
+                .await
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let mut body = resp.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                file.write_all(&chunk.context("the transfer broke")?).await?;
+            }
+            file.sync_all().await?;
+            tokio::fs::rename(&tmp, &out).await?;
+            println!(
+                "wrote {entries} entries of {feed} (changes {since}..{until}) to {}; next time use --since {until}",
+                out.display()
+            );
+        }
+        BundleCmd::Import { feed, file, conn } => {
+            let f = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?;
+            let url = format!("{}/api/v1/feeds/{feed}/bundle", conn.url.trim_end_matches('/'));
+            let mut req = reqwest::Client::new()
+                .post(&url)
+                .body(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f)));
+            if let Some(k) = &conn.api_key {
+                req = req.bearer_auth(k);
+            }
+            let resp = checked(
+                &conn,
+                req.send()
+                    .await
+                    .with_context(|| format!("cannot reach {}", conn.url))?,
+            )
+            .await?;
+            let r: Value = resp.json().await?;
+            println!(
+                "imported {} entries into {feed}: {} applied, {} already there, {} superseded; {} blobs",
+                r["entries"], r["applied"], r["already"], r["superseded"], r["blobs_received"]
+            );
         }
     }
     Ok(())

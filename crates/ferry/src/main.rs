@@ -43,6 +43,30 @@ enum Command {
     /// Replicate feeds between instances.
     #[command(subcommand)]
     Replication(ReplCmd),
+    /// Air-gap bundles: a feed's changes in a file, for instances without a network path.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
+}
+
+#[derive(Subcommand)]
+pub enum BundleCmd {
+    /// Write the feed's changes after --since (default: everything) to a file.
+    Export {
+        feed: String,
+        #[arg(long, default_value_t = 0)]
+        since: i64,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Apply a bundle to a feed; importing twice is harmless.
+    Import {
+        feed: String,
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Subcommand)]
@@ -279,6 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => client::key(cmd).await,
         Command::Gc(conn) => client::gc(conn).await,
         Command::Replication(cmd) => client::replication(cmd).await,
+        Command::Bundle(cmd) => client::bundle(cmd).await,
     }
 }
 

@@ -11,6 +11,7 @@
 //! Everything feed-type specific is already in the items: the engine moves
 //! entries (key, metadata, blob digests, stamp) and blobs, nothing else.
 
+pub mod bundle;
 pub mod client;
 pub mod config;
 pub mod diag;

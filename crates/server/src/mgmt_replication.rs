@@ -26,6 +26,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/replications/{name}/executions", get(executions))
         .route("/api/v1/replications/{name}/plan", post(plan))
         .route("/api/v1/replications/{name}/verify", post(verify))
+        .route(
+            "/api/v1/feeds/{name}/bundle",
+            get(export_bundle).post(import_bundle),
+        )
         .route("/api/v1/logs/replication", get(logs))
         .route("/api/v1/logs/replication/level", put(set_level))
 }
@@ -201,4 +205,51 @@ async fn set_level(
     })?;
     st.replicator.diag().set_min_level(level);
     Ok(Json(json!({ "min_level": level })))
+}
+
+#[derive(Deserialize)]
+struct Since {
+    #[serde(default)]
+    since: i64,
+}
+
+/// An air-gap bundle of the feed's changes after `since`, streamed.
+async fn export_bundle(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    Query(q): Query<Since>,
+) -> Result<axum::response::Response, ApiError> {
+    let feed = ferry_types::FeedName::new(name).map_err(|e| ApiError::json(CoreError::from(e)))?;
+    let (header, stream) = st.replicator.export_bundle(&feed, q.since).await.map_err(repl)?;
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-tar")
+        .header(
+            axum::http::header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"{}-{}-{}.ferry-bundle\"",
+                header.feed, header.since, header.until
+            ),
+        )
+        .header("x-ferry-bundle-until", header.until)
+        .header("x-ferry-bundle-entries", header.entries)
+        .body(axum::body::Body::from_stream(stream))
+        .map_err(|e| ApiError::json(CoreError::Internal(e.to_string())))
+}
+
+async fn import_bundle(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    body: axum::body::Body,
+) -> JsonResult {
+    use futures::TryStreamExt;
+    let feed = ferry_types::FeedName::new(name).map_err(|e| ApiError::json(CoreError::from(e)))?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let report = st
+        .replicator
+        .import_bundle(&feed, Box::pin(stream))
+        .await
+        .map_err(repl)?;
+    Ok(Json(json!(report)))
 }

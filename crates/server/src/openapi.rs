@@ -88,6 +88,11 @@ pub fn document() -> Value {
                 "parameters": name_param,
                 "post": op("Compare both ends' state per feed pair; optionally repair", "200", None)
             },
+            "/api/v1/feeds/{name}/bundle": {
+                "parameters": name_param,
+                "get": op("Export an air-gap bundle of the feed's changes after ?since=SEQ (a tar)", "200", None),
+                "post": op("Import an air-gap bundle into the feed (idempotent)", "200", None)
+            },
             "/api/v1/logs/replication": { "get": op("The replication diagnostic log", "200", None) },
             "/api/v1/logs/replication/level": {
                 "put": op("Change the replication log's minimum level at run time", "200", None)

@@ -1,0 +1,97 @@
+//! Air gaps: a feed's changes exported to a bundle file and imported on an
+//! instance with no network path to the source — incrementally, twice
+//! without harm, and refusing corrupt or truncated bundles whole.
+#![allow(clippy::unwrap_used)]
+mod support;
+
+use support::Server;
+
+fn export(s: &Server, feed: &str, since: i64, out: &std::path::Path) -> i64 {
+    let text = s.cli_ok(&[
+        "bundle",
+        "export",
+        feed,
+        "--since",
+        &since.to_string(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let until = text.rsplit("--since ").next().unwrap().trim();
+    until.parse().unwrap_or_else(|_| panic!("{text}"))
+}
+
+#[test]
+fn bundles_carry_changes_across_an_air_gap() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    hub.put_asset("files", "big.bin", &big);
+    hub.put_asset("files", "a.txt", b"a");
+    hub.put_asset("files", "gone.txt", b"soon deleted");
+
+    let site = Server::start();
+    site.create_feed("mirror", "assets");
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.bundle");
+    let until = export(&hub, "files", 0, &first);
+    assert_eq!(until, 3);
+    let out = site.cli_ok(&["bundle", "import", "mirror", first.to_str().unwrap()]);
+    assert!(out.contains("3 applied"), "{out}");
+    assert!(site.serves("mirror", "big.bin", &big));
+    assert!(site.serves("mirror", "gone.txt", b"soon deleted"));
+
+    // Importing the same bundle again changes nothing.
+    let out = site.cli_ok(&["bundle", "import", "mirror", first.to_str().unwrap()]);
+    assert!(
+        out.contains("0 applied") && out.contains("3 already there"),
+        "{out}"
+    );
+
+    // The next bundle carries only what changed, deletions included.
+    hub.delete_asset("files", "gone.txt");
+    hub.put_asset("files", "b.txt", b"b");
+    let second = dir.path().join("second.bundle");
+    let until2 = export(&hub, "files", until, &second);
+    assert!(until2 > until);
+    let size = std::fs::metadata(&second).unwrap().len();
+    assert!(
+        size < 100_000,
+        "an incremental bundle re-sent old blobs ({size} bytes)"
+    );
+    let out = site.cli_ok(&["bundle", "import", "mirror", second.to_str().unwrap()]);
+    assert!(out.contains("2 applied"), "{out}");
+    assert!(site.lacks("mirror", "gone.txt"));
+    assert!(site.serves("mirror", "b.txt", b"b"));
+    // An older bundle imported late cannot bring the deleted item back.
+    site.cli_ok(&["bundle", "import", "mirror", first.to_str().unwrap()]);
+    assert!(
+        site.lacks("mirror", "gone.txt"),
+        "a stale bundle resurrected a deleted item"
+    );
+
+    // A corrupt blob is refused and nothing of that bundle is applied.
+    let third = dir.path().join("third.bundle");
+    hub.put_asset("files", "c.txt", b"cccccccccccccccccccccccc");
+    export(&hub, "files", until2, &third);
+    let mut bytes = std::fs::read(&third).unwrap();
+    let pos = bytes.windows(8).position(|w| w == b"cccccccc").unwrap();
+    bytes[pos] = b'X';
+    let corrupt = dir.path().join("corrupt.bundle");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let err = site.cli_fails(&["bundle", "import", "mirror", corrupt.to_str().unwrap()]);
+    assert!(err.contains("400") && err.contains("digest"), "{err}");
+    assert!(site.lacks("mirror", "c.txt"));
+    // So is a truncated one.
+    let truncated = dir.path().join("truncated.bundle");
+    std::fs::write(&truncated, &std::fs::read(&third).unwrap()[..1200]).unwrap();
+    let err = site.cli_fails(&["bundle", "import", "mirror", truncated.to_str().unwrap()]);
+    assert!(err.contains("400"), "{err}");
+    assert!(site.lacks("mirror", "c.txt"));
+    // And one of another feed type.
+    site.create_feed("pkgs", "npm");
+    let err = site.cli_fails(&["bundle", "import", "pkgs", third.to_str().unwrap()]);
+    assert!(err.contains("assets"), "{err}");
+    // The intact bundle goes in.
+    site.cli_ok(&["bundle", "import", "mirror", third.to_str().unwrap()]);
+    assert!(site.serves("mirror", "c.txt", b"cccccccccccccccccccccccc"));
+}

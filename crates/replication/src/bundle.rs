@@ -1,0 +1,344 @@
+//! Air-gapped replication: a feed's changes since a cursor, written to a
+//! bundle file (a tar of `ferry-bundle.json`, `entries.jsonl` and the blobs
+//! the entries need under `blobs/`), and imported on an instance with no
+//! network path to the source. Importing applies the entries with their
+//! original stamps, so importing twice — or out of order — is harmless.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use ferry_store::{ByteStream, FeedRecord};
+use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+use crate::protocol::WireEntry;
+use crate::{ReplError, Replicator};
+
+const BLOCK: usize = 512;
+const MAX_ENTRIES_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BundleHeader {
+    pub format: u32,
+    pub instance_id: InstanceId,
+    pub feed: FeedName,
+    #[serde(rename = "type")]
+    pub feed_type: FeedType,
+    /// Changes after this seq are included ...
+    pub since: i64,
+    /// ... up to this one: pass it as `since` for the next bundle.
+    pub until: i64,
+    pub entries: u64,
+    pub blobs: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportReport {
+    pub entries: u64,
+    pub applied: u64,
+    pub already: u64,
+    pub superseded: u64,
+    pub blobs_received: u64,
+    pub until: i64,
+}
+
+fn tar_header(path: &str, size: u64) -> Result<[u8; BLOCK], ReplError> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path).map_err(|e| ReplError::Invalid(e.to_string()))?;
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    let mut out = [0u8; BLOCK];
+    out.copy_from_slice(h.as_bytes());
+    Ok(out)
+}
+
+fn padding(size: u64) -> Bytes {
+    let rem = (size % BLOCK as u64) as usize;
+    Bytes::from(vec![0u8; if rem == 0 { 0 } else { BLOCK - rem }])
+}
+
+impl Replicator {
+    /// The entries a bundle of `feed` since `since` carries, and its end seq.
+    async fn bundle_entries(
+        &self,
+        feed: &FeedRecord,
+        since: i64,
+    ) -> Result<(Vec<WireEntry>, i64), ReplError> {
+        let meta = self.ferry().metadata().clone();
+        let until = meta.last_seq(feed.id).await?;
+        let horizon = self.store().horizon(feed.id).await?;
+        let mut out = Vec::new();
+        if since < horizon || since == 0 {
+            // Everything there is (tombstones pruned before `since` are gone anyway).
+            let mut after: Option<ItemKey> = None;
+            loop {
+                let page = self.store().entries(feed.id, after.as_ref(), 2000).await?;
+                let done = page.len() < 2000;
+                after = page.last().map(|e| e.key.clone());
+                out.extend(page.into_iter().map(WireEntry::from));
+                if done {
+                    return Ok((out, until));
+                }
+            }
+        }
+        let mut cursor = since;
+        let mut seen = HashSet::new();
+        loop {
+            let changes = meta.changes_since(feed.id, cursor, 5000).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                break;
+            };
+            let keys: Vec<ItemKey> = changes
+                .into_iter()
+                .filter(|c| seen.insert(c.key.clone()))
+                .map(|c| c.key)
+                .collect();
+            out.extend(
+                self.store()
+                    .entries_for(feed.id, &keys)
+                    .await?
+                    .into_iter()
+                    .map(WireEntry::from),
+            );
+            cursor = last;
+        }
+        Ok((out, until))
+    }
+
+    /// Streams a bundle of `feed`'s changes after `since`.
+    pub async fn export_bundle(
+        &self,
+        feed: &FeedName,
+        since: i64,
+    ) -> Result<(BundleHeader, ByteStream), ReplError> {
+        let feed = self.ferry().feed(feed).await?;
+        let (entries, until) = self.bundle_entries(&feed, since).await?;
+        let mut blobs: Vec<Digest> = entries.iter().flat_map(|e| e.blobs.iter().copied()).collect();
+        blobs.sort();
+        blobs.dedup();
+        let header = BundleHeader {
+            format: 1,
+            instance_id: self.ferry().instance_id(),
+            feed: feed.name.clone(),
+            feed_type: feed.feed_type,
+            since,
+            until,
+            entries: entries.len() as u64,
+            blobs: blobs.len() as u64,
+        };
+        let mut lines = Vec::new();
+        for e in &entries {
+            serde_json::to_writer(&mut lines, e).map_err(|e| ReplError::Invalid(e.to_string()))?;
+            lines.push(b'\n');
+        }
+        let head = serde_json::to_vec_pretty(&header).map_err(|e| ReplError::Invalid(e.to_string()))?;
+
+        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let send = |b: Bytes| {
+                let tx = tx.clone();
+                async move { tx.send(Ok(b)).await.is_ok() }
+            };
+            for (name, data) in [("ferry-bundle.json", head), ("entries.jsonl", lines)] {
+                let Ok(h) = tar_header(name, data.len() as u64) else {
+                    return;
+                };
+                let size = data.len() as u64;
+                if !(send(Bytes::copy_from_slice(&h)).await
+                    && send(Bytes::from(data)).await
+                    && send(padding(size)).await)
+                {
+                    return;
+                }
+            }
+            for d in blobs {
+                let body = match me.ferry().read_blob(&d, None).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                };
+                let Ok(h) = tar_header(&format!("blobs/{}", d.hex()), body.total_size) else {
+                    return;
+                };
+                if !send(Bytes::copy_from_slice(&h)).await {
+                    return;
+                }
+                let mut s = body.stream;
+                while let Some(chunk) = s.next().await {
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+                if !send(padding(body.total_size)).await {
+                    return;
+                }
+            }
+            let _ = send(Bytes::from(vec![0u8; 2 * BLOCK])).await;
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+        Ok((header, Box::pin(stream)))
+    }
+
+    /// Imports a bundle into `feed`. Blobs are verified against their
+    /// digests before anything is applied; entries are applied only once
+    /// every blob they need is here.
+    pub async fn import_bundle(&self, feed: &FeedName, body: ByteStream) -> Result<ImportReport, ReplError> {
+        let feed = self.ferry().feed(feed).await?;
+        let mut reader = tokio_util::io::StreamReader::new(body);
+        let mut header: Option<BundleHeader> = None;
+        let mut entries: Vec<WireEntry> = Vec::new();
+        let mut report = ImportReport::default();
+        loop {
+            let mut block = [0u8; BLOCK];
+            if !read_block(&mut reader, &mut block).await? || block.iter().all(|b| *b == 0) {
+                break;
+            }
+            let h = tar::Header::from_byte_slice(&block);
+            let path = h
+                .path()
+                .map_err(|_| bad("an entry name is not valid"))?
+                .to_string_lossy()
+                .into_owned();
+            let size = h.entry_size().map_err(|_| bad("an entry size is not valid"))?;
+            match path.as_str() {
+                "ferry-bundle.json" | "entries.jsonl" => {
+                    if size > MAX_ENTRIES_BYTES {
+                        return Err(bad("the entry list is too large"));
+                    }
+                    let mut data = Vec::with_capacity(size as usize);
+                    (&mut reader)
+                        .take(size)
+                        .read_to_end(&mut data)
+                        .await
+                        .map_err(io)?;
+                    if (data.len() as u64) < size {
+                        return Err(bad("the bundle is truncated"));
+                    }
+                    if path == "ferry-bundle.json" {
+                        let hd: BundleHeader =
+                            serde_json::from_slice(&data).map_err(|e| bad(&format!("header: {e}")))?;
+                        if hd.format != 1 {
+                            return Err(bad(&format!("bundle format {} is not supported", hd.format)));
+                        }
+                        if hd.feed_type != feed.feed_type {
+                            return Err(ReplError::Invalid(format!(
+                                "the bundle holds a {} feed; {} is {}",
+                                hd.feed_type, feed.name, feed.feed_type
+                            )));
+                        }
+                        header = Some(hd);
+                    } else {
+                        for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                            entries
+                                .push(serde_json::from_slice(line).map_err(|e| bad(&format!("entry: {e}")))?);
+                        }
+                    }
+                }
+                p => {
+                    let hex = p
+                        .strip_prefix("blobs/")
+                        .ok_or_else(|| bad(&format!("unexpected entry {p:?}")))?;
+                    let digest =
+                        Digest::from_hex(hex).map_err(|_| bad(&format!("unexpected entry {p:?}")))?;
+                    // The blob streams from the bundle into staging through a
+                    // channel, verified against its name as it goes.
+                    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+                    let stream =
+                        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+                    let pump = async {
+                        let mut left = size;
+                        let mut buf = vec![0u8; 256 * 1024];
+                        while left > 0 {
+                            let want = buf.len().min(left as usize);
+                            let n = reader.read(&mut buf[..want]).await.map_err(io)?;
+                            if n == 0 {
+                                return Err(bad("the bundle is truncated"));
+                            }
+                            left -= n as u64;
+                            if tx.send(Ok(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                                break;
+                            }
+                        }
+                        drop(tx);
+                        Ok::<(), ReplError>(())
+                    };
+                    let (staged, pumped) =
+                        tokio::join!(self.ferry().stage(Box::pin(stream), Some(digest)), pump);
+                    pumped?;
+                    let staged = staged?;
+                    if staged.size() != size {
+                        return Err(bad("the bundle is truncated"));
+                    }
+                    self.ferry().commit_blob(staged).await?;
+                    report.blobs_received += 1;
+                }
+            }
+            let mut pad = vec![0u8; padding(size).len()];
+            reader.read_exact(&mut pad).await.map_err(io)?;
+        }
+        let header = header.ok_or_else(|| bad("ferry-bundle.json is missing"))?;
+        if header.entries != entries.len() as u64 {
+            return Err(bad("the bundle is truncated: fewer entries than its header says"));
+        }
+        for e in &entries {
+            for d in &e.blobs {
+                if !self.has_blob(d).await? {
+                    return Err(bad(&format!(
+                        "{} needs blob {d}, which the bundle does not carry",
+                        e.key
+                    )));
+                }
+            }
+        }
+        report.entries = entries.len() as u64;
+        report.until = header.until;
+        for chunk in entries.chunks(500) {
+            for o in self
+                .ferry()
+                .apply(&feed, chunk.iter().map(WireEntry::to_change).collect())
+                .await?
+            {
+                match o {
+                    ferry_store::WriteOutcome::Applied { .. } => report.applied += 1,
+                    ferry_store::WriteOutcome::AlreadyApplied => report.already += 1,
+                    ferry_store::WriteOutcome::Superseded { .. } => report.superseded += 1,
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn bad(why: &str) -> ReplError {
+    ReplError::Invalid(format!("not a valid Ferry bundle: {why}"))
+}
+
+fn io(e: std::io::Error) -> ReplError {
+    ReplError::Invalid(format!("not a valid Ferry bundle: {e}"))
+}
+
+/// Reads one tar block; false at a clean end of input.
+async fn read_block<R: AsyncRead + Unpin>(r: &mut R, block: &mut [u8; BLOCK]) -> Result<bool, ReplError> {
+    let mut filled = 0;
+    while filled < BLOCK {
+        let n = r.read(&mut block[filled..]).await.map_err(io)?;
+        if n == 0 {
+            return if filled == 0 {
+                Ok(false)
+            } else {
+                Err(bad("the bundle is truncated"))
+            };
+        }
+        filled += n;
+    }
+    Ok(true)
+}
