@@ -449,7 +449,7 @@ impl Ferry {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Bytes, CoreError>>,
     {
-        let seq = *self.subscribe_cached(feed.id).await?.borrow();
+        let seq = self.current_seq(feed.id).await?;
         if let Some(hit) = self.0.cache.get(feed.id, key, seq) {
             return Ok(hit);
         }
@@ -458,11 +458,14 @@ impl Ferry {
         Ok(body)
     }
 
-    async fn subscribe_cached(&self, feed: FeedId) -> Result<watch::Receiver<i64>, CoreError> {
+    /// The feed's change-log position, from memory once known.
+    async fn current_seq(&self, feed: FeedId) -> Result<i64, CoreError> {
         if let Some(tx) = self.0.seqs.lock().map_err(lock_err)?.get(&feed) {
-            return Ok(tx.subscribe());
+            return Ok(*tx.borrow());
         }
-        self.subscribe(feed).await
+        let rx = self.subscribe(feed).await?;
+        let seq = *rx.borrow();
+        Ok(seq)
     }
 
     // ---- downloads ----
