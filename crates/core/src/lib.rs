@@ -11,6 +11,7 @@ mod cache;
 mod clock;
 mod error;
 pub mod npm;
+pub mod oci;
 pub mod pypi;
 
 use std::collections::HashMap;

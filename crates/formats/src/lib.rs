@@ -4,6 +4,7 @@
 
 pub mod assets;
 pub mod npm;
+pub mod oci;
 pub mod pypi;
 
 /// Why an upload or a request body was refused. The message is shown to the

@@ -18,6 +18,11 @@ pub fn item_name(ty: FeedType, key: &ItemKey) -> &str {
         }
         // NORMALIZED/FILENAME
         FeedType::Pypi => k.split_once('/').map_or(k, |(n, _)| n),
+        // manifest/REPOSITORY/DIGEST or tag/REPOSITORY/TAG, where REPOSITORY may nest.
+        FeedType::Oci => {
+            let rest = k.split_once('/').map_or(k, |(_, r)| r);
+            rest.rsplit_once('/').map_or(rest, |(repo, _)| repo)
+        }
     }
 }
 
@@ -78,6 +83,7 @@ mod tests {
             "my-pkg"
         );
         assert_eq!(item_name(FeedType::Assets, &k("a/b.txt")), "a/b.txt");
+        assert_eq!(item_name(FeedType::Oci, &k("tag/team/app/latest")), "team/app");
     }
 
     #[test]

@@ -64,6 +64,7 @@ fn type_for_prefix(prefix: &str) -> Option<(FeedType, Flavor)> {
         "assets" => Some((FeedType::Assets, Flavor::Text)),
         "npm" => Some((FeedType::Npm, Flavor::Json)),
         "pypi" => Some((FeedType::Pypi, Flavor::Text)),
+        "v2" => Some((FeedType::Oci, Flavor::Oci)),
         _ => None,
     }
 }

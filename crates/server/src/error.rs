@@ -11,6 +11,8 @@ use ferry_core::CoreError;
 pub enum Flavor {
     Text,
     Json,
+    /// OCI distribution: `{"errors":[{"code","message"}]}`.
+    Oci,
 }
 
 /// A failed request: the error and how its protocol wants it worded.
@@ -61,6 +63,19 @@ impl IntoResponse for ApiError {
         let mut resp = match self.flavor {
             Flavor::Json => (status, Json(serde_json::json!({ "error": message }))).into_response(),
             Flavor::Text => (status, format!("{message}\n")).into_response(),
+            Flavor::Oci => {
+                let code = match status {
+                    StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
+                    StatusCode::FORBIDDEN => "DENIED",
+                    StatusCode::NOT_FOUND => "NAME_UNKNOWN",
+                    StatusCode::PAYLOAD_TOO_LARGE => "SIZE_INVALID",
+                    StatusCode::TOO_MANY_REQUESTS => "TOOMANYREQUESTS",
+                    _ if status.is_client_error() => "UNSUPPORTED",
+                    _ => "UNKNOWN",
+                };
+                let body = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
+                (status, Json(body)).into_response()
+            }
         };
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(

@@ -9,6 +9,7 @@ pub mod error;
 mod mgmt;
 mod mgmt_replication;
 mod npm;
+mod oci;
 mod openapi;
 mod ops;
 mod pypi;
@@ -63,6 +64,7 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> Router {
         .merge(assets::routes())
         .merge(npm::routes())
         .merge(pypi::routes())
+        .merge(oci::routes())
         // Upload limits are enforced per route while streaming, not by buffering.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(track))

@@ -93,6 +93,13 @@ pub fn document() -> Value {
                 "get": op("Export an air-gap bundle of the feed's changes after ?since=SEQ (a tar)", "200", None),
                 "post": op("Import an air-gap bundle into the feed (idempotent)", "200", None)
             },
+            "/api/v1/feeds/{name}/oci/prune-untagged": {
+                "parameters": [
+                    { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } },
+                    { "name": "older_than_secs", "in": "query", "required": false, "schema": { "type": "integer", "default": 3600 } }
+                ],
+                "post": op("Delete untagged OCI manifests older than the cutoff (retention)", "200", None)
+            },
             "/api/v1/logs/replication": { "get": op("The replication diagnostic log", "200", None) },
             "/api/v1/logs/replication/level": {
                 "put": op("Change the replication log's minimum level at run time", "200", None)
@@ -116,7 +123,7 @@ pub fn document() -> Value {
                     "type": "object", "required": ["name", "type"],
                     "properties": {
                         "name": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$" },
-                        "type": { "type": "string", "enum": ["assets", "npm", "pypi"] },
+                        "type": { "type": "string", "enum": ["assets", "npm", "pypi", "oci"] },
                         "private": { "type": "boolean", "default": false }
                     }
                 },

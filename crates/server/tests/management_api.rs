@@ -167,6 +167,7 @@ async fn openapi_describes_every_management_route() {
     let src = [
         include_str!("../src/mgmt.rs"),
         include_str!("../src/mgmt_replication.rs"),
+        include_str!("../src/oci.rs"),
     ]
     .concat();
     for line in src

@@ -1,9 +1,11 @@
 //! Content-addressed blob storage.
 
+use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -95,6 +97,46 @@ pub trait BlobStore: Send + Sync + 'static {
         body: ByteStream,
         limit: u64,
     ) -> Result<StagedBlob, StoreError>;
+
+    // ---- upload sessions: one client upload sent in several requests ----
+    //
+    // A session is kept in a per-session file and hashed as it grows; it
+    // lives in memory and in the upload area, so a restart discards it. The
+    // defaults refuse, for stores that do not keep sessions.
+
+    /// Opens an empty upload session and returns its id (32 hex characters).
+    async fn upload_begin(&self) -> Result<String, StoreError> {
+        Err(StoreError::Backend(
+            "this blob store does not keep upload sessions".into(),
+        ))
+    }
+
+    /// The bytes received so far by session `id`, or None if there is none.
+    async fn upload_len(&self, _id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    /// Appends `body` to session `id`, hashing it on the way, and returns
+    /// the session's new length. If the total would pass `limit`
+    /// ([`StoreError::TooLarge`]) or `body` fails midway, the session is
+    /// cut back to where it was and stays usable. [`StoreError::NotFound`]
+    /// for an unknown session, [`StoreError::Conflict`] while another
+    /// request appends to or finishes the same session.
+    async fn upload_append(&self, id: &str, _body: ByteStream, _limit: u64) -> Result<u64, StoreError> {
+        Err(StoreError::NotFound(format!("upload {id}")))
+    }
+
+    /// Ends session `id`: its content, verified against `expected`, becomes
+    /// a staged blob. On a mismatch the session is discarded
+    /// ([`StoreError::DigestMismatch`]).
+    async fn upload_finish(&self, id: &str, _expected: &Digest) -> Result<StagedBlob, StoreError> {
+        Err(StoreError::NotFound(format!("upload {id}")))
+    }
+
+    /// Discards session `id`; discarding an unknown session is not an error.
+    async fn upload_abort(&self, _id: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Blobs as files under one directory: `sha256/ab/abcd…` for content and
@@ -102,6 +144,40 @@ pub trait BlobStore: Send + Sync + 'static {
 /// commit is a rename).
 pub struct FsBlobStore {
     root: PathBuf,
+    uploads: Mutex<HashMap<String, UploadState>>,
+}
+
+/// What is known of an upload session: the hash and length of its content.
+/// The file may hold more bytes past `size` (left by an interrupted
+/// append); they are cut off before the next append or the finish.
+struct UploadState {
+    /// None while a request appends to the session.
+    hasher: Option<Sha256Hasher>,
+    size: u64,
+}
+
+/// Puts a session's state back when an append ends, however it ends: the
+/// new state on success, the previous one otherwise (the request failed,
+/// or its future was dropped midway).
+struct AppendGuard<'a> {
+    store: &'a FsBlobStore,
+    id: &'a str,
+    restore: Option<(Sha256Hasher, u64)>,
+}
+
+impl AppendGuard<'_> {
+    fn finish(mut self, hasher: Sha256Hasher, size: u64) -> bool {
+        self.restore = None;
+        self.store.put_back(self.id, hasher, size)
+    }
+}
+
+impl Drop for AppendGuard<'_> {
+    fn drop(&mut self) {
+        if let Some((hasher, size)) = self.restore.take() {
+            self.store.put_back(self.id, hasher, size);
+        }
+    }
 }
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -118,7 +194,60 @@ impl FsBlobStore {
         }
         tokio::fs::create_dir_all(&staging).await?;
         tokio::fs::create_dir_all(root.join("partial")).await?;
-        Ok(Self { root })
+        // Upload sessions live in memory too: after a restart they are gone.
+        let uploads = root.join("uploads");
+        if tokio::fs::try_exists(&uploads).await? {
+            tokio::fs::remove_dir_all(&uploads).await?;
+        }
+        tokio::fs::create_dir_all(&uploads).await?;
+        Ok(Self {
+            root,
+            uploads: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The file of session `id`, or None if `id` is not a session id.
+    fn upload_path(&self, id: &str) -> Option<PathBuf> {
+        let valid = id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        valid.then(|| self.root.join("uploads").join(id))
+    }
+
+    fn sessions(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, UploadState>>, StoreError> {
+        self.uploads
+            .lock()
+            .map_err(|_| StoreError::Backend("upload sessions lock poisoned".into()))
+    }
+
+    /// Returns a session's state after an append; false if the session was
+    /// aborted meanwhile.
+    fn put_back(&self, id: &str, hasher: Sha256Hasher, size: u64) -> bool {
+        let Ok(mut sessions) = self.uploads.lock() else {
+            return false;
+        };
+        match sessions.get_mut(id) {
+            Some(state) => {
+                state.hasher = Some(hasher);
+                state.size = size;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes the hasher of session `id` for an append or finish.
+    fn claim(&self, id: &str) -> Result<(Sha256Hasher, u64), StoreError> {
+        let mut sessions = self.sessions()?;
+        let state = sessions
+            .get_mut(id)
+            .ok_or_else(|| StoreError::NotFound(format!("upload {id}")))?;
+        let hasher = state
+            .hasher
+            .take()
+            .ok_or_else(|| StoreError::Conflict(format!("upload {id} is busy with another request")))?;
+        Ok((hasher, state.size))
     }
 
     fn partial_path(&self, digest: &Digest) -> PathBuf {
@@ -312,6 +441,108 @@ impl BlobStore for FsBlobStore {
             committed: false,
         })
     }
+
+    async fn upload_begin(&self) -> Result<String, StoreError> {
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        let path = self
+            .upload_path(&id)
+            .ok_or_else(|| StoreError::Backend("generated an invalid upload id".into()))?;
+        tokio::fs::File::create(&path).await?;
+        self.sessions()?.insert(
+            id.clone(),
+            UploadState {
+                hasher: Some(Sha256Hasher::new()),
+                size: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn upload_len(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.sessions()?.get(id).map(|s| s.size))
+    }
+
+    async fn upload_append(&self, id: &str, mut body: ByteStream, limit: u64) -> Result<u64, StoreError> {
+        let path = self
+            .upload_path(id)
+            .ok_or_else(|| StoreError::NotFound(format!("upload {id}")))?;
+        let (mut hasher, start) = self.claim(id)?;
+        let guard = AppendGuard {
+            store: self,
+            id,
+            restore: Some((hasher.clone(), start)),
+        };
+        let file = tokio::fs::OpenOptions::new().write(true).open(&path).await?;
+        // Drop whatever an interrupted append left past the known length.
+        file.set_len(start).await?;
+        let mut out = tokio::io::BufWriter::with_capacity(READ_CHUNK, file);
+        out.seek(io::SeekFrom::Start(start)).await?;
+        let mut size = start;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(StoreError::TooLarge { limit });
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        if !guard.finish(hasher, size) {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(StoreError::NotFound(format!("upload {id}")));
+        }
+        Ok(size)
+    }
+
+    async fn upload_finish(&self, id: &str, expected: &Digest) -> Result<StagedBlob, StoreError> {
+        let path = self
+            .upload_path(id)
+            .ok_or_else(|| StoreError::NotFound(format!("upload {id}")))?;
+        let (hasher, size) = self.claim(id)?;
+        self.sessions()?.remove(id);
+        // From here on the session is gone; `staged` removes the file on error.
+        let mut staged = StagedBlob {
+            path,
+            digest: hasher.finish(),
+            size,
+            committed: false,
+        };
+        if staged.digest != *expected {
+            return Err(StoreError::DigestMismatch {
+                expected: *expected,
+                actual: staged.digest,
+            });
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&staged.path)
+            .await?;
+        file.set_len(size).await?;
+        file.sync_all().await?;
+        drop(file);
+        let dest = self
+            .root
+            .join("staging")
+            .join(hex::encode(rand::random::<[u8; 16]>()));
+        tokio::fs::rename(&staged.path, &dest).await?;
+        staged.path = dest;
+        Ok(staged)
+    }
+
+    async fn upload_abort(&self, id: &str) -> Result<(), StoreError> {
+        let Some(path) = self.upload_path(id) else {
+            return Ok(());
+        };
+        if self.sessions()?.remove(id).is_some() {
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -383,6 +614,90 @@ mod tests {
             Err(StoreError::DigestMismatch { .. })
         ));
         assert_eq!(store.partial_len(&other).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn upload_sessions_append_verify_and_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        let id = store.upload_begin().await.unwrap();
+        assert_eq!(id.len(), 32);
+        assert_eq!(store.upload_len(&id).await.unwrap(), Some(0));
+        assert_eq!(store.upload_append(&id, body(&[b"abc"]), 100).await.unwrap(), 3);
+        // A body that breaks midway leaves the session as it was.
+        let broken: ByteStream = Box::pin(futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"zzzz")),
+            Err(io::Error::other("client went away")),
+        ]));
+        assert!(store.upload_append(&id, broken, 100).await.is_err());
+        assert_eq!(store.upload_len(&id).await.unwrap(), Some(3));
+        // So does one past the limit.
+        assert!(matches!(
+            store.upload_append(&id, body(&[b"0123456789"]), 10).await,
+            Err(StoreError::TooLarge { limit: 10 })
+        ));
+        assert_eq!(
+            store.upload_append(&id, body(&[b"de", b"f"]), 100).await.unwrap(),
+            6
+        );
+        // A dropped append (the request future cancelled) also restores it.
+        {
+            let pending: ByteStream = Box::pin(
+                futures::stream::iter(vec![Ok(Bytes::from_static(b"junk"))])
+                    .chain(futures::stream::pending()),
+            );
+            let fut = store.upload_append(&id, pending, 100);
+            assert!(
+                tokio::time::timeout(std::time::Duration::from_millis(50), fut)
+                    .await
+                    .is_err()
+            );
+        }
+        assert_eq!(store.upload_len(&id).await.unwrap(), Some(6));
+        let staged = store.upload_finish(&id, &Digest::of(b"abcdef")).await.unwrap();
+        assert_eq!((staged.digest(), staged.size()), (Digest::of(b"abcdef"), 6));
+        store.commit(staged).await.unwrap();
+        assert_eq!(
+            read_all(store.get(&Digest::of(b"abcdef"), None).await.unwrap()).await,
+            b"abcdef"
+        );
+        assert_eq!(
+            store.upload_len(&id).await.unwrap(),
+            None,
+            "finished sessions are gone"
+        );
+        assert!(matches!(
+            store.upload_append(&id, body(&[b"x"]), 100).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        // A wrong digest discards the session and stores nothing.
+        let id = store.upload_begin().await.unwrap();
+        store.upload_append(&id, body(&[b"xyz"]), 100).await.unwrap();
+        assert!(matches!(
+            store.upload_finish(&id, &Digest::of(b"xyq")).await,
+            Err(StoreError::DigestMismatch { .. })
+        ));
+        assert_eq!(store.upload_len(&id).await.unwrap(), None);
+        assert_eq!(store.size(&Digest::of(b"xyz")).await.unwrap(), None);
+
+        // Abort, bad ids, and a restart discard sessions.
+        let id = store.upload_begin().await.unwrap();
+        store.upload_abort(&id).await.unwrap();
+        store.upload_abort(&id).await.unwrap();
+        assert_eq!(store.upload_len(&id).await.unwrap(), None);
+        assert!(
+            store
+                .upload_append("../../etc", body(&[b"x"]), 100)
+                .await
+                .is_err()
+        );
+        let id = store.upload_begin().await.unwrap();
+        store.upload_append(&id, body(&[b"x"]), 100).await.unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        assert_eq!(store.upload_len(&id).await.unwrap(), None);
+        assert_eq!(std::fs::read_dir(dir.path().join("uploads")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
     }
 
     #[tokio::test]

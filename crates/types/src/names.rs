@@ -41,16 +41,18 @@ pub enum FeedType {
     Assets,
     Npm,
     Pypi,
+    Oci,
 }
 
 impl FeedType {
-    pub const ALL: [FeedType; 3] = [FeedType::Assets, FeedType::Npm, FeedType::Pypi];
+    pub const ALL: [FeedType; 4] = [FeedType::Assets, FeedType::Npm, FeedType::Pypi, FeedType::Oci];
 
     pub fn as_str(self) -> &'static str {
         match self {
             FeedType::Assets => "assets",
             FeedType::Npm => "npm",
             FeedType::Pypi => "pypi",
+            FeedType::Oci => "oci",
         }
     }
 }
@@ -161,7 +163,7 @@ mod tests {
     fn feed_types() {
         assert_eq!("npm".parse::<FeedType>(), Ok(FeedType::Npm));
         let err = "maven".parse::<FeedType>().unwrap_err();
-        assert!(err.to_string().contains("assets, npm, pypi"));
+        assert!(err.to_string().contains("assets, npm, pypi, oci"));
     }
 
     #[test]

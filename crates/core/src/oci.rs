@@ -1,0 +1,1146 @@
+//! OCI feeds: blob uploads (monolithic, chunked sessions, cross-repository
+//! mounts), manifests and tags, tag lists, the catalog, referrers, and the
+//! pruning of untagged manifests.
+//!
+//! Item layout: see [`ferry_formats::oci`] — `manifest/{repo}/{digest}`,
+//! `tag/{repo}/{tag}` and `blob/{repo}/{digest}` (upload links). A blob is
+//! *in* a repository when one of that repository's manifest or link items
+//! lists it; the set is derived from the items and cached until the feed
+//! changes. Tag lists, the catalog and referrers are derived the same way.
+//!
+//! Upload sessions (chunked uploads) live in memory ([`Uploads`]) and in
+//! the blob store's upload area; a restart loses the sessions in flight
+//! (clients start the upload again).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+pub use ferry_formats::oci::ErrorCode;
+use ferry_formats::oci::{
+    self as format, BlobLinkMeta, ManifestMeta, OciError, OciItemKey, Reference, Referrer, TagMeta,
+};
+use ferry_store::{ByteStream, FeedId, FeedRecord, ItemRecord, Precondition, StoreError, now_millis};
+use ferry_types::{Digest, FeedName, FeedType, ItemKey};
+use serde::Serialize;
+
+use crate::auth::{self, Action, Principal};
+use crate::{CoreError, Ferry, LocalWrite};
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// A failed OCI request: the error (which decides the HTTP status) and the
+/// distribution spec's code for it, when one applies.
+#[derive(Debug)]
+pub struct Error {
+    pub code: Option<ErrorCode>,
+    pub error: CoreError,
+}
+
+impl Error {
+    pub fn new(code: ErrorCode, error: CoreError) -> Self {
+        Self {
+            code: Some(code),
+            error,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code {
+            Some(c) => write!(f, "{c}: {}", self.error),
+            None => write!(f, "{}", self.error),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<CoreError> for Error {
+    fn from(error: CoreError) -> Self {
+        Self { code: None, error }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        CoreError::from(e).into()
+    }
+}
+
+impl From<OciError> for Error {
+    fn from(e: OciError) -> Self {
+        let m = e.message;
+        let error = match e.code {
+            ErrorCode::BlobUnknown
+            | ErrorCode::BlobUploadUnknown
+            | ErrorCode::ManifestUnknown
+            | ErrorCode::NameUnknown => CoreError::NotFound(m),
+            ErrorCode::Unauthorized => CoreError::Unauthorized(m),
+            ErrorCode::Denied => CoreError::Forbidden(m),
+            ErrorCode::TooManyRequests => CoreError::Unavailable(m),
+            _ => CoreError::Invalid(m),
+        };
+        Self::new(e.code, error)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn blob_unknown(repo: &str, digest: &Digest) -> Error {
+    Error::new(
+        ErrorCode::BlobUnknown,
+        CoreError::not_found(format!("blob {digest} is not in repository {repo}")),
+    )
+}
+
+fn manifest_unknown(repo: &str, reference: &dyn fmt::Display) -> Error {
+    Error::new(
+        ErrorCode::ManifestUnknown,
+        CoreError::not_found(format!("manifest {reference} is not in repository {repo}")),
+    )
+}
+
+fn upload_unknown(id: &str) -> Error {
+    Error::new(
+        ErrorCode::BlobUploadUnknown,
+        CoreError::not_found(format!(
+            "upload {id} is unknown (finished, cancelled, expired, or lost in a restart)"
+        )),
+    )
+}
+
+/// Maps a blob store error of an upload to the spec's codes.
+fn upload_error(e: StoreError) -> Error {
+    match e {
+        e @ StoreError::DigestMismatch { .. } => Error::new(
+            ErrorCode::DigestInvalid,
+            CoreError::invalid(format!("{e}; nothing was stored")),
+        ),
+        StoreError::TooLarge { limit } => Error::new(
+            ErrorCode::SizeInvalid,
+            CoreError::TooLarge(format!("the blob exceeds the upload limit of {limit} bytes")),
+        ),
+        StoreError::Conflict(m) => Error::new(ErrorCode::BlobUploadInvalid, CoreError::Conflict(m)),
+        e => e.into(),
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> CoreError {
+    CoreError::Internal(format!("oci worker task failed: {e}"))
+}
+
+fn meta_value<T: Serialize>(v: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(v).map_err(|e| CoreError::Internal(format!("oci item metadata: {e}")).into())
+}
+
+/// Validates a repository name (NAME_INVALID).
+pub fn check_repository(repo: &str) -> Result<()> {
+    Ok(format::validate_repository(repo)?)
+}
+
+// ---------------------------------------------------------------------------
+// Which blobs a repository holds
+
+/// The blobs of `items`, as sorted 32-byte digests (a cache entry).
+fn digest_set<'a>(items: impl Iterator<Item = &'a ItemRecord>) -> Bytes {
+    let set: BTreeSet<[u8; 32]> = items
+        .flat_map(|i| i.blobs.iter().map(|d| *d.as_bytes()))
+        .collect();
+    Bytes::from(set.into_iter().flatten().collect::<Vec<u8>>())
+}
+
+fn set_contains(set: &Bytes, digest: &Digest) -> bool {
+    let entries: Vec<&[u8]> = set.chunks_exact(32).collect();
+    entries
+        .binary_search_by(|e| (*e).cmp(digest.as_bytes().as_slice()))
+        .is_ok()
+}
+
+/// The live items of `repo` under `prefix` (one of the repository prefixes),
+/// leaving out nested repositories that share the prefix.
+async fn repo_items(ferry: &Ferry, feed: &FeedRecord, repo: &str, prefix: &str) -> Result<Vec<ItemRecord>> {
+    let items = ferry.items(feed, prefix).await?;
+    Ok(items
+        .into_iter()
+        .filter(|i| {
+            matches!(
+                format::parse_item_key(&i.key),
+                Some(OciItemKey::Manifest { repo: r, .. } | OciItemKey::Tag { repo: r, .. } | OciItemKey::Blob { repo: r, .. })
+                    if r == repo
+            )
+        })
+        .collect())
+}
+
+/// Every blob listed by the manifest and link items of `repo`.
+async fn repo_blobs(ferry: &Ferry, feed: &FeedRecord, repo: &str) -> Result<Bytes> {
+    let key = format!("oci\u{1f}repo-blobs\u{1f}{repo}");
+    Ok(ferry
+        .cached_index(feed, &key, || async {
+            let mut items = repo_items(ferry, feed, repo, &format::manifest_prefix(repo))
+                .await
+                .map_err(|e| e.error)?;
+            items.extend(
+                repo_items(ferry, feed, repo, &format::blob_prefix(repo))
+                    .await
+                    .map_err(|e| e.error)?,
+            );
+            Ok(digest_set(items.iter()))
+        })
+        .await?)
+}
+
+/// Every blob any item of the feed lists.
+async fn feed_blobs(ferry: &Ferry, feed: &FeedRecord) -> Result<Bytes> {
+    Ok(ferry
+        .cached_index(feed, "oci\u{1f}feed-blobs", || async {
+            let items = ferry.items(feed, "").await?;
+            Ok(digest_set(items.iter()))
+        })
+        .await?)
+}
+
+/// Whether `digest` is in `repo` (listed by one of its manifests or links).
+pub async fn in_repository(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &Digest) -> Result<bool> {
+    Ok(set_contains(&repo_blobs(ferry, feed, repo).await?, digest))
+}
+
+// ---------------------------------------------------------------------------
+// Blobs
+
+/// A blob of a repository, as needed to serve it.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobInfo {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// The blob `digest` of `repo` (BLOB_UNKNOWN unless it is in the repository).
+pub async fn blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &Digest) -> Result<BlobInfo> {
+    check_repository(repo)?;
+    if !in_repository(ferry, feed, repo, digest).await? {
+        return Err(blob_unknown(repo, digest));
+    }
+    match ferry.blob_size(digest).await? {
+        Some(size) => Ok(BlobInfo {
+            digest: *digest,
+            size,
+        }),
+        None => Err(blob_unknown(repo, digest)),
+    }
+}
+
+/// Links a present blob into `repo` (an upload or a mount), unless a link
+/// is there already.
+async fn link(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &Digest, size: u64) -> Result<()> {
+    let key = format::blob_key(repo, digest)?;
+    if ferry.item(feed, &key).await?.is_some() {
+        return Ok(());
+    }
+    let meta = meta_value(&BlobLinkMeta { size })?;
+    ferry
+        .write(
+            feed,
+            vec![LocalWrite::upsert(key, meta, vec![*digest], Precondition::Any)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A monolithic upload (`POST …/blobs/uploads/?digest=` with the body):
+/// streams `body` into staging, verifies it against `expected`
+/// (DIGEST_INVALID, nothing stored), commits and links it. Returns its size.
+pub async fn upload(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    repo: &str,
+    body: ByteStream,
+    expected: &Digest,
+) -> Result<u64> {
+    check_repository(repo)?;
+    let staged = ferry
+        .blob_store()
+        .stage(body, ferry.config().max_upload_bytes, Some(*expected))
+        .await
+        .map_err(upload_error)?;
+    let size = staged.size();
+    let digest = ferry.commit_blob(staged).await?;
+    link(ferry, feed, repo, &digest, size).await?;
+    Ok(size)
+}
+
+/// A cross-repository mount (`POST …/blobs/uploads/?mount=DIGEST&from=REPO`).
+/// `from` is the source as the client names it, `FEED/NAME`. Mounts (and
+/// returns true) when the blob is anywhere in this feed, or in repository
+/// `NAME` of another OCI feed `principal` may read; false means "upload it".
+pub async fn mount(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    principal: Option<&Principal>,
+    repo: &str,
+    digest: &Digest,
+    from: Option<&str>,
+) -> Result<bool> {
+    check_repository(repo)?;
+    let source = from.and_then(|f| f.split_once('/'));
+    let found = match source {
+        Some((other_feed, other_repo)) if other_feed != feed.name.as_str() => {
+            mountable_from(ferry, principal, other_feed, other_repo, digest).await
+        }
+        // This feed: the named repository first (cheap), then the whole feed.
+        _ => {
+            let named = match source {
+                Some((_, r)) if format::validate_repository(r).is_ok() => {
+                    in_repository(ferry, feed, r, digest).await?
+                }
+                _ => false,
+            };
+            named || set_contains(&feed_blobs(ferry, feed).await?, digest)
+        }
+    };
+    if !found {
+        return Ok(false);
+    }
+    let Some(size) = ferry.blob_size(digest).await? else {
+        return Ok(false);
+    };
+    link(ferry, feed, repo, digest, size).await?;
+    Ok(true)
+}
+
+/// Whether `digest` is in repository `repo` of OCI feed `feed_name`, which
+/// `principal` may read. Any doubt is a no (the client then uploads).
+async fn mountable_from(
+    ferry: &Ferry,
+    principal: Option<&Principal>,
+    feed_name: &str,
+    repo: &str,
+    digest: &Digest,
+) -> bool {
+    let Ok(name) = FeedName::new(feed_name) else {
+        return false;
+    };
+    let Ok(source) = ferry.feed(&name).await else {
+        return false;
+    };
+    if source.feed_type != FeedType::Oci
+        || auth::authorize_feed(principal, &source, Action::Read).is_err()
+        || format::validate_repository(repo).is_err()
+    {
+        return false;
+    }
+    in_repository(ferry, &source, repo, digest).await.unwrap_or(false)
+}
+
+/// `DELETE …/blobs/DIGEST`: removes the repository's link to the blob. The
+/// content stays readable through the repository while one of its
+/// manifests lists it, and is collected once no item references it.
+pub async fn delete_blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &Digest) -> Result<()> {
+    check_repository(repo)?;
+    let key = format::blob_key(repo, digest)?;
+    if ferry.item(feed, &key).await?.is_some() {
+        match ferry
+            .write(feed, vec![LocalWrite::delete(key, Precondition::Present)])
+            .await
+        {
+            Ok(_) | Err(CoreError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if in_repository(ferry, feed, repo, digest).await? {
+        return Ok(());
+    }
+    Err(blob_unknown(repo, digest))
+}
+
+// ---------------------------------------------------------------------------
+// Upload sessions
+
+/// Sessions idle longer than this are discarded.
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Most sessions open at once (TOOMANYREQUESTS beyond).
+pub const MAX_UPLOAD_SESSIONS: usize = 10_000;
+
+/// The upload sessions of one instance: which feed and repository each
+/// belongs to, and when it was last used. Their bytes are in the blob store.
+#[derive(Default)]
+pub struct Uploads {
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+struct Session {
+    feed: FeedId,
+    repo: String,
+    touched: Instant,
+}
+
+/// Where an upload session stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub id: String,
+    /// Bytes received so far.
+    pub size: u64,
+}
+
+fn lock_err<T>(_: T) -> CoreError {
+    CoreError::Internal("upload sessions lock poisoned".into())
+}
+
+impl Uploads {
+    /// Checks that session `id` belongs to `repo` of `feed`, and touches it.
+    fn check(&self, feed: &FeedRecord, repo: &str, id: &str) -> Result<()> {
+        let mut sessions = self.sessions.lock().map_err(lock_err)?;
+        match sessions.get_mut(id) {
+            Some(s) if s.feed == feed.id && s.repo == repo => {
+                s.touched = Instant::now();
+                Ok(())
+            }
+            _ => Err(upload_unknown(id)),
+        }
+    }
+
+    fn remove(&self, id: &str) -> Result<()> {
+        self.sessions.lock().map_err(lock_err)?.remove(id);
+        Ok(())
+    }
+
+    /// Removes and returns the sessions idle longer than `timeout`.
+    fn expired(&self, timeout: Duration) -> Result<Vec<String>> {
+        let mut sessions = self.sessions.lock().map_err(lock_err)?;
+        let old: Vec<String> = sessions
+            .iter()
+            .filter(|(_, s)| s.touched.elapsed() > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &old {
+            sessions.remove(id);
+        }
+        Ok(old)
+    }
+
+    /// How many sessions are open.
+    pub fn len(&self) -> usize {
+        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `POST …/blobs/uploads/`: opens an upload session (discarding sessions
+/// idle for [`UPLOAD_IDLE_TIMEOUT`]).
+pub async fn start_upload(
+    ferry: &Ferry,
+    uploads: &Uploads,
+    feed: &FeedRecord,
+    repo: &str,
+) -> Result<UploadStatus> {
+    check_repository(repo)?;
+    for id in uploads.expired(UPLOAD_IDLE_TIMEOUT)? {
+        ferry.blob_store().upload_abort(&id).await?;
+    }
+    if uploads.len() >= MAX_UPLOAD_SESSIONS {
+        return Err(Error::new(
+            ErrorCode::TooManyRequests,
+            CoreError::Unavailable(format!(
+                "{MAX_UPLOAD_SESSIONS} uploads are open; finish or cancel some, or retry later"
+            )),
+        ));
+    }
+    let id = ferry.blob_store().upload_begin().await?;
+    uploads.sessions.lock().map_err(lock_err)?.insert(
+        id.clone(),
+        Session {
+            feed: feed.id,
+            repo: repo.to_owned(),
+            touched: Instant::now(),
+        },
+    );
+    Ok(UploadStatus { id, size: 0 })
+}
+
+/// `GET …/blobs/uploads/ID`: how far session `id` got.
+pub async fn upload_status(
+    ferry: &Ferry,
+    uploads: &Uploads,
+    feed: &FeedRecord,
+    repo: &str,
+    id: &str,
+) -> Result<UploadStatus> {
+    uploads.check(feed, repo, id)?;
+    match ferry.blob_store().upload_len(id).await? {
+        Some(size) => Ok(UploadStatus {
+            id: id.to_owned(),
+            size,
+        }),
+        None => {
+            uploads.remove(id)?;
+            Err(upload_unknown(id))
+        }
+    }
+}
+
+/// Appends a chunk. `range` is the chunk's `Content-Range` (inclusive): it
+/// must start where the session ends, and the body may not run past its
+/// end (RANGE_INVALID, answered with 416; the session is unchanged).
+async fn append(
+    ferry: &Ferry,
+    uploads: &Uploads,
+    feed: &FeedRecord,
+    repo: &str,
+    id: &str,
+    range: Option<(u64, u64)>,
+    body: ByteStream,
+) -> Result<UploadStatus> {
+    let current = upload_status(ferry, uploads, feed, repo, id).await?.size;
+    let max = ferry.config().max_upload_bytes;
+    let limit = match range {
+        Some((start, _)) if start != current => {
+            return Err(range_invalid(format!(
+                "the chunk starts at byte {start} but the upload holds {current} bytes; send bytes from {current}"
+            )));
+        }
+        Some((_, end)) => end.saturating_add(1).min(max),
+        None => max,
+    };
+    match ferry.blob_store().upload_append(id, body, limit).await {
+        Ok(size) => Ok(UploadStatus {
+            id: id.to_owned(),
+            size,
+        }),
+        Err(StoreError::TooLarge { .. }) if range.is_some_and(|(_, end)| end < max) => Err(range_invalid(
+            "the chunk carries more bytes than its Content-Range says".into(),
+        )),
+        Err(StoreError::NotFound(_)) => {
+            uploads.remove(id)?;
+            Err(upload_unknown(id))
+        }
+        Err(e) => Err(upload_error(e)),
+    }
+}
+
+fn range_invalid(message: String) -> Error {
+    Error::new(ErrorCode::RangeInvalid, CoreError::Invalid(message))
+}
+
+/// `PATCH …/blobs/uploads/ID`: appends a chunk (see [`append`]).
+pub async fn upload_chunk(
+    ferry: &Ferry,
+    uploads: &Uploads,
+    feed: &FeedRecord,
+    repo: &str,
+    id: &str,
+    range: Option<(u64, u64)>,
+    body: ByteStream,
+) -> Result<UploadStatus> {
+    append(ferry, uploads, feed, repo, id, range, body).await
+}
+
+/// `PUT …/blobs/uploads/ID?digest=`: appends the last chunk (possibly
+/// empty), verifies the whole content against `expected` (DIGEST_INVALID;
+/// the session is discarded and nothing stored), commits and links it.
+/// Returns the blob's size.
+#[allow(clippy::too_many_arguments)]
+pub async fn finish_upload(
+    ferry: &Ferry,
+    uploads: &Uploads,
+    feed: &FeedRecord,
+    repo: &str,
+    id: &str,
+    expected: &Digest,
+    range: Option<(u64, u64)>,
+    body: ByteStream,
+) -> Result<u64> {
+    append(ferry, uploads, feed, repo, id, range, body).await?;
+    let staged = ferry.blob_store().upload_finish(id, expected).await;
+    if !matches!(staged, Err(StoreError::Conflict(_))) {
+        uploads.remove(id)?;
+    }
+    let staged = match staged {
+        Ok(s) => s,
+        Err(StoreError::NotFound(_)) => return Err(upload_unknown(id)),
+        Err(e) => return Err(upload_error(e)),
+    };
+    let size = staged.size();
+    let digest = ferry.commit_blob(staged).await?;
+    link(ferry, feed, repo, &digest, size).await?;
+    Ok(size)
+}
+
+/// `DELETE …/blobs/uploads/ID`: discards the session.
+pub async fn cancel_upload(
+    ferry: &Ferry,
+    uploads: &Uploads,
+    feed: &FeedRecord,
+    repo: &str,
+    id: &str,
+) -> Result<()> {
+    uploads.check(feed, repo, id)?;
+    uploads.remove(id)?;
+    ferry.blob_store().upload_abort(id).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Manifests and tags
+
+/// What a manifest PUT stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutManifest {
+    pub digest: Digest,
+    /// The `subject` the manifest refers to (answered as `OCI-Subject`).
+    pub subject: Option<Digest>,
+}
+
+/// `PUT …/manifests/REFERENCE`: validates the manifest (media type,
+/// structure; the digest when the reference is one), refuses it
+/// (MANIFEST_BLOB_UNKNOWN) unless its config and layers — or, for an index,
+/// its child manifests — are in the repository, stores the bytes exactly
+/// as pushed, and writes the manifest item (and the tag item) in one
+/// transaction.
+pub async fn put_manifest(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    repo: &str,
+    reference: &str,
+    content_type: Option<&str>,
+    body: Bytes,
+) -> Result<PutManifest> {
+    check_repository(repo)?;
+    let reference = format::parse_reference(reference)?;
+    if body.len() > format::MAX_MANIFEST_BYTES {
+        return Err(Error::new(
+            ErrorCode::SizeInvalid,
+            CoreError::TooLarge(format!(
+                "the manifest is {} bytes; the limit is {} bytes",
+                body.len(),
+                format::MAX_MANIFEST_BYTES
+            )),
+        ));
+    }
+    let ct = content_type.map(str::to_owned);
+    let parse_body = body.clone();
+    let (parsed, digest) = tokio::task::spawn_blocking(move || {
+        (
+            format::parse_manifest(&parse_body, ct.as_deref()),
+            Digest::of(&parse_body),
+        )
+    })
+    .await
+    .map_err(join_error)?;
+    let manifest = parsed?;
+    if let Reference::Digest(d) = &reference
+        && *d != digest
+    {
+        return Err(Error::new(
+            ErrorCode::DigestInvalid,
+            CoreError::invalid(format!(
+                "the manifest's digest is {digest}, not {d} as the reference says"
+            )),
+        ));
+    }
+
+    // Everything the manifest needs must be in the repository.
+    let have = repo_blobs(ferry, feed, repo).await?;
+    let mut blobs = vec![digest];
+    for (d, claimed) in manifest.required_blobs() {
+        if !set_contains(&have, &d) {
+            return Err(Error::new(
+                ErrorCode::ManifestBlobUnknown,
+                CoreError::invalid(format!(
+                    "blob {d} referenced by the manifest is not in repository {repo}; push it first"
+                )),
+            ));
+        }
+        match ferry.blob_size(&d).await? {
+            Some(actual) if actual == claimed => {}
+            Some(actual) => {
+                return Err(Error::new(
+                    ErrorCode::ManifestInvalid,
+                    CoreError::invalid(format!(
+                        "the manifest gives blob {d} a size of {claimed} bytes; it is {actual} bytes"
+                    )),
+                ));
+            }
+            None => {
+                return Err(Error::new(
+                    ErrorCode::ManifestBlobUnknown,
+                    CoreError::invalid(format!("blob {d} referenced by the manifest is not stored")),
+                ));
+            }
+        }
+        blobs.push(d);
+    }
+    for child in manifest.children() {
+        let Some(item) = ferry.item(feed, &format::manifest_key(repo, &child)?).await? else {
+            return Err(Error::new(
+                ErrorCode::ManifestBlobUnknown,
+                CoreError::invalid(format!(
+                    "manifest {child} listed by the index is not in repository {repo}; push it first"
+                )),
+            ));
+        };
+        blobs.extend(item.blobs);
+    }
+    let mut seen = HashSet::new();
+    blobs.retain(|d| seen.insert(*d));
+
+    let size = body.len() as u64;
+    let meta = manifest.item_meta(size);
+    let staged = ferry.stage_bytes(body).await?;
+    ferry.commit_blob(staged).await?;
+
+    let mut writes = Vec::new();
+    let mkey = format::manifest_key(repo, &digest)?;
+    // The same bytes make the same item: pushing a manifest again changes nothing.
+    if ferry.item(feed, &mkey).await?.is_none() {
+        writes.push(LocalWrite::upsert(
+            mkey,
+            meta_value(&meta)?,
+            blobs,
+            Precondition::Any,
+        ));
+    }
+    if let Reference::Tag(tag) = &reference {
+        let tkey = format::tag_key(repo, tag)?;
+        let current = ferry.item(feed, &tkey).await?;
+        let same = current
+            .and_then(|i| serde_json::from_value::<TagMeta>(i.meta).ok())
+            .is_some_and(|t| t.digest == digest);
+        if !same {
+            let tag_meta = TagMeta {
+                digest,
+                media_type: meta.media_type.clone(),
+            };
+            writes.push(LocalWrite::upsert(
+                tkey,
+                meta_value(&tag_meta)?,
+                vec![digest],
+                Precondition::Any,
+            ));
+        }
+    }
+    if !writes.is_empty() {
+        ferry.write(feed, writes).await?;
+    }
+    Ok(PutManifest {
+        digest,
+        subject: meta.subject,
+    })
+}
+
+/// A stored manifest, as needed to serve it.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// The manifest item (downloads are counted on it).
+    pub key: ItemKey,
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub created_at: i64,
+}
+
+fn manifest_meta(item: &ItemRecord) -> Result<ManifestMeta> {
+    serde_json::from_value(item.meta.clone())
+        .map_err(|e| CoreError::Internal(format!("manifest item {}: {e}", item.key)).into())
+}
+
+/// The digest a stored tag points at, if the tag exists.
+async fn tag_target(ferry: &Ferry, feed: &FeedRecord, repo: &str, tag: &str) -> Result<Option<Digest>> {
+    let Some(item) = ferry.item(feed, &format::tag_key(repo, tag)?).await? else {
+        return Ok(None);
+    };
+    let meta: TagMeta = serde_json::from_value(item.meta)
+        .map_err(|e| CoreError::Internal(format!("tag item {}: {e}", item.key)))?;
+    Ok(Some(meta.digest))
+}
+
+/// `GET/HEAD …/manifests/REFERENCE`. A tag resolves only through an
+/// existing manifest item (MANIFEST_UNKNOWN otherwise).
+pub async fn manifest(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    repo: &str,
+    reference: &str,
+) -> Result<StoredManifest> {
+    check_repository(repo)?;
+    let reference = format::parse_reference(reference)?;
+    let digest = match &reference {
+        Reference::Digest(d) => *d,
+        Reference::Tag(t) => tag_target(ferry, feed, repo, t)
+            .await?
+            .ok_or_else(|| manifest_unknown(repo, &reference))?,
+    };
+    let key = format::manifest_key(repo, &digest)?;
+    let item = ferry
+        .item(feed, &key)
+        .await?
+        .ok_or_else(|| manifest_unknown(repo, &reference))?;
+    let meta = manifest_meta(&item)?;
+    Ok(StoredManifest {
+        key,
+        digest,
+        media_type: meta.media_type,
+        size: meta.size,
+        created_at: item.created_at,
+    })
+}
+
+/// `DELETE …/manifests/REFERENCE`: by digest, removes the manifest and every
+/// tag of the repository pointing at it; by tag, removes the tag only.
+pub async fn delete_manifest(ferry: &Ferry, feed: &FeedRecord, repo: &str, reference: &str) -> Result<()> {
+    check_repository(repo)?;
+    let reference = format::parse_reference(reference)?;
+    let writes = match &reference {
+        Reference::Tag(tag) => vec![LocalWrite::delete(
+            format::tag_key(repo, tag)?,
+            Precondition::Present,
+        )],
+        Reference::Digest(digest) => {
+            let key = format::manifest_key(repo, digest)?;
+            if ferry.item(feed, &key).await?.is_none() {
+                return Err(manifest_unknown(repo, &reference));
+            }
+            let mut writes = vec![LocalWrite::delete(key, Precondition::Present)];
+            for item in repo_items(ferry, feed, repo, &format::tag_prefix(repo)).await? {
+                let points_here = serde_json::from_value::<TagMeta>(item.meta)
+                    .ok()
+                    .is_some_and(|t| t.digest == *digest);
+                if points_here {
+                    writes.push(LocalWrite::delete(item.key, Precondition::Present));
+                }
+            }
+            writes
+        }
+    };
+    match ferry.write(feed, writes).await {
+        Ok(_) => Ok(()),
+        Err(CoreError::NotFound(_)) => Err(manifest_unknown(repo, &reference)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Listings
+
+/// Page size when the client gives no `n`.
+pub const DEFAULT_PAGE: usize = 1000;
+/// Largest page served.
+pub const MAX_PAGE: usize = 10_000;
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub entries: Vec<String>,
+    /// Whether more entries follow the last one.
+    pub more: bool,
+}
+
+fn page_size(n: Option<usize>) -> usize {
+    n.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE)
+}
+
+/// `GET …/tags/list?n=&last=`: the repository's tags in lexical order,
+/// after `last`. NAME_UNKNOWN when the repository holds nothing.
+pub async fn tags(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    repo: &str,
+    n: Option<usize>,
+    last: Option<&str>,
+) -> Result<Page> {
+    check_repository(repo)?;
+    let n = page_size(n);
+    let prefix = format::tag_prefix(repo);
+    let mut after = match last {
+        Some(l) if !l.is_empty() => Some(
+            ItemKey::new(format!("{prefix}{l}"))
+                .map_err(|e| Error::new(ErrorCode::Unsupported, CoreError::invalid(e.to_string())))?,
+        ),
+        _ => None,
+    };
+    let mut entries = Vec::new();
+    let mut more = false;
+    const BATCH: usize = 500;
+    'scan: loop {
+        let page = ferry.items_page(feed, &prefix, after.as_ref(), BATCH).await?;
+        let done = page.len() < BATCH;
+        after = page.last().map(|i| i.key.clone());
+        for item in page {
+            if let Some(OciItemKey::Tag { repo: r, tag }) = format::parse_item_key(&item.key)
+                && r == repo
+            {
+                if entries.len() == n {
+                    more = true;
+                    break 'scan;
+                }
+                entries.push(tag);
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    if entries.is_empty() && last.is_none() && repo_blobs(ferry, feed, repo).await?.is_empty() {
+        return Err(Error::new(
+            ErrorCode::NameUnknown,
+            CoreError::not_found(format!("repository {repo} is not in feed {}", feed.name)),
+        ));
+    }
+    Ok(Page { entries, more })
+}
+
+/// The repositories of a feed that hold manifests, sorted.
+async fn repositories(ferry: &Ferry, feed: &FeedRecord) -> Result<Vec<String>> {
+    let list = ferry
+        .cached_index(feed, "oci\u{1f}repositories", || async {
+            let mut repos = BTreeSet::new();
+            for item in ferry.items(feed, "manifest/").await? {
+                if let Some(OciItemKey::Manifest { repo, .. }) = format::parse_item_key(&item.key) {
+                    repos.insert(repo);
+                }
+            }
+            Ok(Bytes::from(repos.into_iter().collect::<Vec<_>>().join("\n")))
+        })
+        .await?;
+    let text =
+        std::str::from_utf8(&list).map_err(|e| CoreError::Internal(format!("cached repositories: {e}")))?;
+    Ok(text
+        .split('\n')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// `GET /v2/_catalog?n=&last=`: the repositories, as `FEED/NAME`, of every
+/// OCI feed `principal` may read, in lexical order after `last`.
+pub async fn catalog(
+    ferry: &Ferry,
+    principal: Option<&Principal>,
+    n: Option<usize>,
+    last: Option<&str>,
+) -> Result<Page> {
+    let n = page_size(n);
+    let mut names = Vec::new();
+    for feed in ferry.feeds().await? {
+        if feed.feed_type != FeedType::Oci || auth::authorize_feed(principal, &feed, Action::Read).is_err() {
+            continue;
+        }
+        for repo in repositories(ferry, &feed).await? {
+            names.push(format!("{}/{repo}", feed.name));
+        }
+    }
+    names.sort();
+    let start = last.map_or(0, |l| names.partition_point(|x| x.as_str() <= l));
+    let rest = names.get(start..).unwrap_or_default();
+    Ok(Page {
+        entries: rest.iter().take(n).cloned().collect(),
+        more: rest.len() > n,
+    })
+}
+
+/// `GET …/referrers/DIGEST[?artifactType=]`: an image index of the
+/// descriptors of the repository's manifests whose `subject` is `digest`,
+/// filtered by artifact type when one is given. Cached until the feed changes.
+pub async fn referrers(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    repo: &str,
+    digest: &Digest,
+    artifact_type: Option<&str>,
+) -> Result<Bytes> {
+    check_repository(repo)?;
+    let key = format!(
+        "oci\u{1f}referrers\u{1f}{repo}\u{1f}{digest}\u{1f}{}",
+        artifact_type.unwrap_or_default()
+    );
+    Ok(ferry
+        .cached_index(feed, &key, || async {
+            let items = repo_items(ferry, feed, repo, &format::manifest_prefix(repo))
+                .await
+                .map_err(|e| e.error)?;
+            let mut found = Vec::new();
+            for item in &items {
+                let Some(OciItemKey::Manifest { digest: d, .. }) = format::parse_item_key(&item.key) else {
+                    continue;
+                };
+                let meta = match manifest_meta(item) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(key = %item.key, feed = %feed.name, "OCI manifest item skipped: {e}");
+                        continue;
+                    }
+                };
+                let wanted = meta.subject == Some(*digest)
+                    && artifact_type.is_none_or(|t| meta.artifact_type.as_deref() == Some(t));
+                if wanted {
+                    found.push(Referrer { digest: d, meta });
+                }
+            }
+            Ok(Bytes::from(format::render_referrers(&found)))
+        })
+        .await?)
+}
+
+// ---------------------------------------------------------------------------
+// Pruning
+
+/// What [`prune_untagged`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    pub manifests_deleted: u64,
+    pub links_deleted: u64,
+}
+
+/// Deletes, in every repository of an OCI feed, the manifests written more
+/// than `older_than` ago that nothing keeps: a manifest is kept when it is
+/// tagged, younger than that, a child of a kept index, or a referrer
+/// (`subject`) of a kept manifest. Upload links older than that whose blob
+/// no remaining manifest of the repository lists are deleted too, so the
+/// next garbage collection frees their content.
+///
+/// A manifest tagged while the pass runs may lose its manifest item (the
+/// tag then answers MANIFEST_UNKNOWN until pushed again); run it when
+/// pushes are quiet, or with a generous `older_than`.
+pub async fn prune_untagged(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    older_than: Duration,
+) -> std::result::Result<PruneReport, CoreError> {
+    if feed.feed_type != FeedType::Oci {
+        return Err(CoreError::invalid(format!(
+            "feed {} is not an OCI feed",
+            feed.name
+        )));
+    }
+    let cutoff = now_millis().saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
+
+    struct Repo {
+        manifests: HashMap<Digest, (ItemRecord, ManifestMeta)>,
+        tagged: HashSet<Digest>,
+        links: Vec<(ItemRecord, Digest)>,
+    }
+    let mut repos: HashMap<String, Repo> = HashMap::new();
+    for item in ferry.items(feed, "").await? {
+        let Some(parsed) = format::parse_item_key(&item.key) else {
+            continue;
+        };
+        let repo = match &parsed {
+            OciItemKey::Manifest { repo, .. }
+            | OciItemKey::Tag { repo, .. }
+            | OciItemKey::Blob { repo, .. } => repo.clone(),
+        };
+        let r = repos.entry(repo).or_insert_with(|| Repo {
+            manifests: HashMap::new(),
+            tagged: HashSet::new(),
+            links: Vec::new(),
+        });
+        match parsed {
+            OciItemKey::Manifest { digest, .. } => {
+                match serde_json::from_value::<ManifestMeta>(item.meta.clone()) {
+                    Ok(meta) => {
+                        r.manifests.insert(digest, (item, meta));
+                    }
+                    Err(e) => {
+                        // Unreadable: neither pruned nor trusted to keep others.
+                        tracing::warn!(key = %item.key, feed = %feed.name, "unreadable OCI manifest item left alone: {e}");
+                    }
+                }
+            }
+            OciItemKey::Tag { .. } => {
+                if let Ok(t) = serde_json::from_value::<TagMeta>(item.meta) {
+                    r.tagged.insert(t.digest);
+                }
+            }
+            OciItemKey::Blob { digest, .. } => r.links.push((item, digest)),
+        }
+    }
+
+    let mut deletes = Vec::new();
+    let mut report = PruneReport::default();
+    for r in repos.values() {
+        // Roots: tagged or young manifests. Then what they keep, to a fixpoint.
+        let mut kept: HashSet<Digest> = r
+            .manifests
+            .iter()
+            .filter(|(d, (item, _))| r.tagged.contains(d) || item.created_at >= cutoff)
+            .map(|(d, _)| *d)
+            .collect();
+        loop {
+            let mut grew = false;
+            for (d, (_, meta)) in &r.manifests {
+                if kept.contains(d) {
+                    for c in &meta.children {
+                        if r.manifests.contains_key(c) && kept.insert(*c) {
+                            grew = true;
+                        }
+                    }
+                } else if meta.subject.is_some_and(|s| kept.contains(&s)) {
+                    kept.insert(*d);
+                    grew = true;
+                }
+            }
+            if !grew {
+                break;
+            }
+        }
+        let mut still_listed: HashSet<Digest> = HashSet::new();
+        for (d, (item, _)) in &r.manifests {
+            if kept.contains(d) {
+                still_listed.extend(item.blobs.iter().copied());
+            } else {
+                deletes.push(LocalWrite::delete(item.key.clone(), Precondition::Any));
+                report.manifests_deleted += 1;
+            }
+        }
+        for (item, digest) in &r.links {
+            if item.created_at < cutoff && !still_listed.contains(digest) {
+                deletes.push(LocalWrite::delete(item.key.clone(), Precondition::Any));
+                report.links_deleted += 1;
+            }
+        }
+    }
+    const BATCH: usize = 500;
+    let mut deletes = deletes.into_iter().peekable();
+    while deletes.peek().is_some() {
+        let batch: Vec<LocalWrite> = deletes.by_ref().take(BATCH).collect();
+        ferry.write(feed, batch).await?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_sets() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        let c = Digest::of(b"c");
+        let item = |blobs: Vec<Digest>| ItemRecord {
+            key: ItemKey::new("k").unwrap_or_else(|e| panic!("{e}")),
+            meta: serde_json::Value::Null,
+            blobs,
+            stamp: ferry_types::Stamp {
+                time: ferry_types::Hlc::from_parts(1, 0),
+                origin: ferry_types::InstanceId::from_bytes([0; 16]),
+            },
+            created_at: 0,
+            updated_at: 0,
+            downloads: 0,
+        };
+        let items = [item(vec![b, a]), item(vec![a])];
+        let set = digest_set(items.iter());
+        assert_eq!(set.len(), 64);
+        assert!(set_contains(&set, &a) && set_contains(&set, &b));
+        assert!(!set_contains(&set, &c));
+        assert!(!set_contains(&Bytes::new(), &a));
+    }
+}

@@ -1,0 +1,828 @@
+//! `/v2/`: the OCI Distribution API (v1.1), as skopeo, docker, podman,
+//! crane and oras speak it. Image references look like
+//! `HOST:PORT/FEED/NAME:TAG`: the first path segment after `/v2/` is the
+//! feed, the repository name is everything up to `/blobs/`, `/manifests/`,
+//! `/tags/list` or `/referrers/` (nested names allowed). One wildcard route
+//! per method; the path is parsed here into a [`Target`].
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `GET /v2/` | 200 with a valid key (or the empty basic credentials of an anonymous client); 401 + `WWW-Authenticate` without `Authorization` |
+//! | `GET /v2/_catalog?n=&last=` | `FEED/NAME` of every readable OCI feed, `Link` to the next page |
+//! | `HEAD/GET …/blobs/DIGEST` | the blob (Range), `Docker-Content-Digest` |
+//! | `DELETE …/blobs/DIGEST` | 202; removes the repository's upload link |
+//! | `POST …/blobs/uploads/` | 202 + session `Location`; `?digest=` with a body: 201 (monolithic); `?mount=&from=`: 201 if the blob is in the feed, else a session |
+//! | `PATCH …/blobs/uploads/ID` | appends a chunk (`Content-Range` optional; out of order → 416) |
+//! | `GET …/blobs/uploads/ID` | 204 with `Range` |
+//! | `PUT …/blobs/uploads/ID?digest=` | 201; closes the session, optionally with a last chunk |
+//! | `DELETE …/blobs/uploads/ID` | 204; cancels the session |
+//! | `PUT …/manifests/REF` | 201, `Docker-Content-Digest`, `OCI-Subject` |
+//! | `HEAD/GET …/manifests/REF` | the manifest as pushed, its media type |
+//! | `DELETE …/manifests/REF` | 202; by digest the manifest and its tags, by tag the tag |
+//! | `GET …/tags/list?n=&last=` | `{"name","tags"}`, `Link` to the next page |
+//! | `GET …/referrers/DIGEST?artifactType=` | an image index, `OCI-Filters-Applied` |
+//!
+//! Errors are `{"errors":[{"code","message"}]}` with the spec's codes, and
+//! every response carries `Docker-Distribution-API-Version: registry/2.0`.
+//! `POST /api/v1/feeds/{name}/oci/prune-untagged?older_than_secs=N` (admin)
+//! removes untagged manifests (see [`oci::prune_untagged`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use bytes::Bytes;
+use ferry_core::oci::{self, ErrorCode, Page, Uploads};
+use ferry_core::{Action, CoreError, auth};
+use ferry_formats::oci as format;
+use ferry_store::ByteStream;
+use ferry_types::{Digest, FeedName};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::access::{self, Admin, FeedAccess};
+use crate::blobs::serve_blob;
+use crate::error::{ApiError, Flavor, status_of};
+
+pub fn routes() -> Router<AppState> {
+    let uploads = Arc::new(Uploads::default());
+    Router::new()
+        .route("/v2", get(base))
+        .route("/v2/", get(base))
+        .route("/v2/_catalog", get(catalog))
+        .route(
+            "/v2/{feed}/{*rest}",
+            get(read).put(put).post(post_upload).patch(patch).delete(remove),
+        )
+        .layer(Extension(uploads))
+        .layer(middleware::map_response(api_version))
+        .route("/api/v1/feeds/{name}/oci/prune-untagged", post(prune))
+}
+
+async fn api_version(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        HeaderName::from_static("docker-distribution-api-version"),
+        HeaderValue::from_static("registry/2.0"),
+    );
+    resp
+}
+
+const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// A failed OCI request, rendered as `{"errors":[{"code","message"}]}`.
+#[derive(Debug)]
+struct Fail {
+    error: oci::Error,
+    /// Overrides the status the error implies (405, 416).
+    status: Option<StatusCode>,
+    headers: Vec<(HeaderName, String)>,
+}
+
+impl Fail {
+    fn code(code: ErrorCode, error: CoreError) -> Self {
+        oci::Error::new(code, error).into()
+    }
+
+    fn method_not_allowed(method: &Method) -> Self {
+        Self {
+            error: oci::Error::new(
+                ErrorCode::Unsupported,
+                CoreError::invalid(format!("{method} is not supported here")),
+            ),
+            status: Some(StatusCode::METHOD_NOT_ALLOWED),
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl From<oci::Error> for Fail {
+    fn from(error: oci::Error) -> Self {
+        let status = match error.code {
+            Some(ErrorCode::RangeInvalid) => Some(StatusCode::RANGE_NOT_SATISFIABLE),
+            Some(ErrorCode::TooManyRequests) => Some(StatusCode::TOO_MANY_REQUESTS),
+            _ => None,
+        };
+        Self {
+            error,
+            status,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl From<CoreError> for Fail {
+    fn from(e: CoreError) -> Self {
+        oci::Error::from(e).into()
+    }
+}
+
+impl From<format::OciError> for Fail {
+    fn from(e: format::OciError) -> Self {
+        oci::Error::from(e).into()
+    }
+}
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        let mut resp = match self.error.code {
+            // No precise code: the generic rendering by status.
+            None => ApiError {
+                error: self.error.error,
+                flavor: Flavor::Oci,
+            }
+            .into_response(),
+            Some(code) => {
+                let status = self.status.unwrap_or_else(|| status_of(&self.error.error));
+                let message = match &self.error.error {
+                    CoreError::Internal(cause) => {
+                        tracing::error!(%cause, "request failed");
+                        "internal server error".to_owned()
+                    }
+                    e => e.to_string(),
+                };
+                let body = json!({ "errors": [{ "code": code.as_str(), "message": message }] });
+                let mut resp = (status, Json(body)).into_response();
+                if status == StatusCode::UNAUTHORIZED {
+                    resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"ferry\""),
+                    );
+                }
+                resp
+            }
+        };
+        if let Some(status) = self.status {
+            *resp.status_mut() = status;
+        }
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
+            }
+        }
+        resp
+    }
+}
+
+type Reply = Result<Response, Fail>;
+
+// ---------------------------------------------------------------------------
+// Paths
+
+/// What a request under `/v2/{feed}/` is about; each with the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// `NAME/blobs/uploads/`
+    UploadStart,
+    /// `NAME/blobs/uploads/ID`
+    Upload(String),
+    /// `NAME/blobs/DIGEST`
+    Blob(String),
+    /// `NAME/manifests/REFERENCE`
+    Manifest(String),
+    /// `NAME/tags/list`
+    Tags,
+    /// `NAME/referrers/DIGEST`
+    Referrers(String),
+}
+
+/// The feed as named in the URL, the repository, and the target of a path
+/// `/v2/FEED/…` (as sent, percent-encoded).
+fn target(path: &str) -> Result<(String, String, Target), Fail> {
+    let rest = path.strip_prefix("/v2/").unwrap_or(path);
+    let (feed, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let decoded = percent_encoding::percent_decode_str(rest)
+        .decode_utf8()
+        .map_err(|_| {
+            Fail::code(
+                ErrorCode::NameInvalid,
+                CoreError::invalid("the request path is not valid UTF-8 once percent-decoded"),
+            )
+        })?;
+    let segs: Vec<&str> = decoded.split('/').collect();
+    let n = segs.len();
+    let tail = |k: usize| segs.get(n.wrapping_sub(k)).copied().unwrap_or_default();
+    let (name_len, t) = if n >= 3 && tail(3) == "blobs" && tail(2) == "uploads" && tail(1).is_empty() {
+        (n - 3, Target::UploadStart)
+    } else if n >= 2 && tail(2) == "blobs" && tail(1) == "uploads" {
+        (n - 2, Target::UploadStart)
+    } else if n >= 3 && tail(3) == "blobs" && tail(2) == "uploads" {
+        (n - 3, Target::Upload(tail(1).to_owned()))
+    } else if n >= 2 && tail(2) == "blobs" {
+        (n - 2, Target::Blob(tail(1).to_owned()))
+    } else if n >= 2 && tail(2) == "manifests" {
+        (n - 2, Target::Manifest(tail(1).to_owned()))
+    } else if n >= 2 && tail(2) == "tags" && tail(1) == "list" {
+        (n - 2, Target::Tags)
+    } else if n >= 2 && tail(2) == "referrers" {
+        (n - 2, Target::Referrers(tail(1).to_owned()))
+    } else {
+        return Err(
+            CoreError::not_found(format!("{path} is not an endpoint of the OCI distribution API")).into(),
+        );
+    };
+    let repo = segs[..name_len].join("/");
+    Ok((feed.to_owned(), repo, t))
+}
+
+/// The query parameters, percent-decoded.
+fn query(uri: &Uri) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// `n` of a paginated listing.
+fn page_size(q: &[(String, String)]) -> Result<Option<usize>, Fail> {
+    match param(q, "n") {
+        None | Some("") => Ok(None),
+        Some(n) => n
+            .parse::<usize>()
+            .map(Some)
+            .map_err(|_| CoreError::invalid(format!("n must be a non-negative integer, not {n:?}")).into()),
+    }
+}
+
+/// Characters escaped in a `last` query parameter of a `Link`.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'/')
+    .remove(b'~');
+
+/// A listing's JSON with a `Link` to the next page when there is one.
+fn listing(body: Vec<u8>, page: &Page, path: &str, n: Option<usize>) -> Response {
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if page.more
+        && let Some(last) = page.entries.last()
+    {
+        let n = n.unwrap_or(page.entries.len());
+        let last = percent_encoding::utf8_percent_encode(last, QUERY_VALUE);
+        if let Ok(v) = HeaderValue::from_str(&format!("<{path}?n={n}&last={last}>; rel=\"next\"")) {
+            resp.headers_mut().insert(header::LINK, v);
+        }
+    }
+    resp
+}
+
+fn digest_param(s: &str) -> Result<Digest, Fail> {
+    Ok(format::parse_digest(s)?)
+}
+
+fn body_stream(body: Body) -> ByteStream {
+    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+}
+
+/// Refuses (413) a body announced larger than `limit`.
+fn check_length(headers: &HeaderMap, limit: u64) -> Result<(), Fail> {
+    match content_length(headers) {
+        Some(len) if len > limit => Err(Fail::code(
+            ErrorCode::SizeInvalid,
+            CoreError::TooLarge(format!(
+                "a body of {len} bytes exceeds the limit of {limit} bytes"
+            )),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A chunk's `Content-Range`, checked against `Content-Length`; malformed
+/// or inconsistent → RANGE_INVALID (416).
+fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, Fail> {
+    let Some(v) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let invalid = |m: String| Fail::from(oci::Error::new(ErrorCode::RangeInvalid, CoreError::Invalid(m)));
+    let text = v.to_str().unwrap_or_default();
+    let (start, end) = format::parse_content_range(text)
+        .ok_or_else(|| invalid(format!("malformed Content-Range {text:?}")))?;
+    if let Some(len) = content_length(headers)
+        && len != end - start + 1
+    {
+        return Err(invalid(format!(
+            "Content-Range {text:?} is {} bytes but Content-Length is {len}",
+            end - start + 1
+        )));
+    }
+    Ok(Some((start, end)))
+}
+
+// ---------------------------------------------------------------------------
+// Responses
+
+fn base_path(feed: &str, repo: &str) -> String {
+    format!("/v2/{feed}/{repo}")
+}
+
+fn empty(status: StatusCode, headers: Vec<(HeaderName, String)>) -> Response {
+    let mut resp = status.into_response();
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    resp
+}
+
+/// The headers describing an upload session.
+fn session_headers(feed: &str, repo: &str, status: &oci::UploadStatus) -> Vec<(HeaderName, String)> {
+    let end = status.size.saturating_sub(1);
+    vec![
+        (
+            header::LOCATION,
+            format!("{}/blobs/uploads/{}", base_path(feed, repo), status.id),
+        ),
+        (header::RANGE, format!("0-{end}")),
+        (HeaderName::from_static("docker-upload-uuid"), status.id.clone()),
+        (
+            HeaderName::from_static("blob-upload-session-id"),
+            status.id.clone(),
+        ),
+    ]
+}
+
+/// 201 for a blob now in the repository.
+fn blob_created(feed: &str, repo: &str, digest: &Digest) -> Response {
+    empty(
+        StatusCode::CREATED,
+        vec![
+            (
+                header::LOCATION,
+                format!("{}/blobs/{digest}", base_path(feed, repo)),
+            ),
+            (HeaderName::from_static(DOCKER_CONTENT_DIGEST), digest.to_string()),
+        ],
+    )
+}
+
+fn with_digest(mut resp: Response, digest: &Digest) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(DOCKER_CONTENT_DIGEST), v);
+    }
+    resp
+}
+
+/// Adds the session's headers to a 416, so the client can resume.
+async fn resumable(
+    fail: Fail,
+    st: &AppState,
+    uploads: &Uploads,
+    access: &FeedAccess,
+    repo: &str,
+    id: &str,
+) -> Fail {
+    if fail.status != Some(StatusCode::RANGE_NOT_SATISFIABLE) {
+        return fail;
+    }
+    let feed = access.feed.name.as_str();
+    match oci::upload_status(&st.ferry, uploads, &access.feed, repo, id).await {
+        Ok(status) => Fail {
+            headers: session_headers(feed, repo, &status),
+            ..fail
+        },
+        Err(_) => fail,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handlers
+
+/// `GET /v2/`: the API version check, where clients learn how to log in.
+async fn base(State(st): State<AppState>, headers: HeaderMap) -> Reply {
+    if !headers.contains_key(header::AUTHORIZATION) {
+        return Err(Fail::code(
+            ErrorCode::Unauthorized,
+            CoreError::Unauthorized(
+                "authentication required: use any user name and an API key as password".into(),
+            ),
+        ));
+    }
+    match access::principal(&st, &headers).await {
+        Ok(_) => Ok(Json(json!({})).into_response()),
+        Err(e) => Err(Fail::code(ErrorCode::Unauthorized, e)),
+    }
+}
+
+async fn catalog(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Reply {
+    let principal = access::principal(&st, &headers)
+        .await
+        .map_err(|e| Fail::code(ErrorCode::Unauthorized, e))?;
+    let q = query(&uri);
+    let n = page_size(&q)?;
+    let page = oci::catalog(&st.ferry, principal.as_ref(), n, param(&q, "last")).await?;
+    Ok(listing(
+        format::render_catalog(&page.entries),
+        &page,
+        "/v2/_catalog",
+        n,
+    ))
+}
+
+async fn read(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    Extension(uploads): Extension<Arc<Uploads>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Reply {
+    let ferry = &st.ferry;
+    let feed = &access.feed;
+    let (feed_name, repo, t) = target(uri.path())?;
+    match t {
+        Target::Blob(d) => {
+            let digest = digest_param(&d)?;
+            let blob = oci::blob(ferry, feed, &repo, &digest).await?;
+            let resp = serve_blob(
+                ferry,
+                &method,
+                &headers,
+                &blob.digest,
+                "application/octet-stream",
+                None,
+            )
+            .await?;
+            Ok(with_digest(resp, &blob.digest))
+        }
+        Target::Manifest(reference) => {
+            let m = oci::manifest(ferry, feed, &repo, &reference).await?;
+            let resp = serve_blob(
+                ferry,
+                &method,
+                &headers,
+                &m.digest,
+                &m.media_type,
+                Some(m.created_at),
+            )
+            .await?;
+            if method == Method::GET && resp.status() == StatusCode::OK {
+                ferry.count_download(feed, &m.key);
+            }
+            Ok(with_digest(resp, &m.digest))
+        }
+        Target::Tags => {
+            let q = query(&uri);
+            let n = page_size(&q)?;
+            let page = oci::tags(ferry, feed, &repo, n, param(&q, "last")).await?;
+            let name = format!("{feed_name}/{repo}");
+            let path = format!("{}/tags/list", base_path(&feed_name, &repo));
+            Ok(listing(
+                format::render_tags(&name, &page.entries),
+                &page,
+                &path,
+                n,
+            ))
+        }
+        Target::Referrers(d) => {
+            let digest = digest_param(&d)?;
+            let q = query(&uri);
+            let filter = param(&q, "artifactType").filter(|t| !t.is_empty());
+            let body = oci::referrers(ferry, feed, &repo, &digest, filter).await?;
+            let mut resp = ([(header::CONTENT_TYPE, format::OCI_INDEX)], body).into_response();
+            if filter.is_some() {
+                resp.headers_mut().insert(
+                    HeaderName::from_static("oci-filters-applied"),
+                    HeaderValue::from_static("artifactType"),
+                );
+            }
+            Ok(resp)
+        }
+        Target::Upload(id) => {
+            auth::authorize_feed(access.principal.as_ref(), feed, Action::Write)?;
+            let status = oci::upload_status(ferry, &uploads, feed, &repo, &id).await?;
+            Ok(empty(
+                StatusCode::NO_CONTENT,
+                session_headers(&feed_name, &repo, &status),
+            ))
+        }
+        Target::UploadStart => Err(Fail::method_not_allowed(&method)),
+    }
+}
+
+async fn post_upload(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    Extension(uploads): Extension<Arc<Uploads>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let ferry = &st.ferry;
+    let feed = &access.feed;
+    let (feed_name, repo, t) = target(uri.path())?;
+    if t != Target::UploadStart {
+        return Err(Fail::method_not_allowed(&method));
+    }
+    oci::check_repository(&repo)?;
+    let q = query(&uri);
+    // A mount that cannot be done falls back to an upload session.
+    if let Some(digest) = param(&q, "mount").and_then(|m| format::parse_digest(m).ok()) {
+        let from = param(&q, "from");
+        if oci::mount(ferry, feed, access.principal.as_ref(), &repo, &digest, from).await? {
+            return Ok(blob_created(&feed_name, &repo, &digest));
+        }
+    } else if let Some(d) = param(&q, "digest") {
+        let digest = digest_param(d)?;
+        check_length(&headers, ferry.config().max_upload_bytes)?;
+        oci::upload(ferry, feed, &repo, body_stream(body), &digest).await?;
+        return Ok(blob_created(&feed_name, &repo, &digest));
+    }
+    let status = oci::start_upload(ferry, &uploads, feed, &repo).await?;
+    Ok(empty(
+        StatusCode::ACCEPTED,
+        session_headers(&feed_name, &repo, &status),
+    ))
+}
+
+async fn patch(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    Extension(uploads): Extension<Arc<Uploads>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let (feed_name, repo, t) = target(uri.path())?;
+    let Target::Upload(id) = t else {
+        return Err(Fail::method_not_allowed(&method));
+    };
+    let result = async {
+        check_length(&headers, st.ferry.config().max_upload_bytes)?;
+        let range = content_range(&headers)?;
+        Ok::<_, Fail>(
+            oci::upload_chunk(
+                &st.ferry,
+                &uploads,
+                &access.feed,
+                &repo,
+                &id,
+                range,
+                body_stream(body),
+            )
+            .await?,
+        )
+    }
+    .await;
+    match result {
+        Ok(status) => Ok(empty(
+            StatusCode::ACCEPTED,
+            session_headers(&feed_name, &repo, &status),
+        )),
+        Err(fail) => Err(resumable(fail, &st, &uploads, &access, &repo, &id).await),
+    }
+}
+
+async fn put(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    Extension(uploads): Extension<Arc<Uploads>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let ferry = &st.ferry;
+    let feed = &access.feed;
+    let (feed_name, repo, t) = target(uri.path())?;
+    match t {
+        Target::Manifest(reference) => {
+            oci::check_repository(&repo)?;
+            let body = read_manifest_body(&headers, body).await?;
+            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let put = oci::put_manifest(ferry, feed, &repo, &reference, content_type, body).await?;
+            let mut h = vec![
+                (
+                    header::LOCATION,
+                    format!("{}/manifests/{}", base_path(&feed_name, &repo), put.digest),
+                ),
+                (
+                    HeaderName::from_static(DOCKER_CONTENT_DIGEST),
+                    put.digest.to_string(),
+                ),
+            ];
+            if let Some(subject) = put.subject {
+                h.push((HeaderName::from_static("oci-subject"), subject.to_string()));
+            }
+            Ok(empty(StatusCode::CREATED, h))
+        }
+        Target::Upload(id) => {
+            let result = async {
+                let d = param(&query(&uri), "digest").map(str::to_owned).ok_or_else(|| {
+                    Fail::code(
+                        ErrorCode::DigestInvalid,
+                        CoreError::invalid("closing an upload needs ?digest=sha256:…"),
+                    )
+                })?;
+                let digest = digest_param(&d)?;
+                check_length(&headers, ferry.config().max_upload_bytes)?;
+                let range = content_range(&headers)?;
+                oci::finish_upload(
+                    ferry,
+                    &uploads,
+                    feed,
+                    &repo,
+                    &id,
+                    &digest,
+                    range,
+                    body_stream(body),
+                )
+                .await?;
+                Ok::<_, Fail>(digest)
+            }
+            .await;
+            match result {
+                Ok(digest) => Ok(blob_created(&feed_name, &repo, &digest)),
+                Err(fail) => Err(resumable(fail, &st, &uploads, &access, &repo, &id).await),
+            }
+        }
+        _ => Err(Fail::method_not_allowed(&method)),
+    }
+}
+
+/// Reads a manifest body, refusing (413, SIZE_INVALID) one over the limit.
+async fn read_manifest_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Fail> {
+    let limit = format::MAX_MANIFEST_BYTES;
+    let too_large = || {
+        Fail::code(
+            ErrorCode::SizeInvalid,
+            CoreError::TooLarge(format!("the manifest exceeds the limit of {limit} bytes")),
+        )
+    };
+    if content_length(headers).is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let e = e.into_inner();
+        if e.is::<http_body_util::LengthLimitError>() {
+            too_large()
+        } else {
+            Fail::code(
+                ErrorCode::ManifestInvalid,
+                CoreError::invalid(format!("could not read the manifest: {e}")),
+            )
+        }
+    })
+}
+
+async fn remove(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    Extension(uploads): Extension<Arc<Uploads>>,
+    method: Method,
+    uri: Uri,
+) -> Reply {
+    let ferry = &st.ferry;
+    let feed = &access.feed;
+    let (_, repo, t) = target(uri.path())?;
+    match t {
+        Target::Manifest(reference) => {
+            oci::delete_manifest(ferry, feed, &repo, &reference).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        Target::Blob(d) => {
+            let digest = digest_param(&d)?;
+            oci::delete_blob(ferry, feed, &repo, &digest).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        Target::Upload(id) => {
+            oci::cancel_upload(ferry, &uploads, feed, &repo, &id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        _ => Err(Fail::method_not_allowed(&method)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Management
+
+#[derive(Deserialize)]
+struct PruneQuery {
+    /// Only manifests (and upload links) written longer ago than this.
+    older_than_secs: Option<u64>,
+}
+
+/// Default age below which nothing is pruned: pushes in progress upload
+/// child manifests and links before the tagged manifest that keeps them.
+const DEFAULT_PRUNE_AGE: Duration = Duration::from_secs(3600);
+
+async fn prune(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    q: Result<Query<PruneQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
+    let name = FeedName::new(name).map_err(|e| ApiError::json(CoreError::from(e)))?;
+    let feed = st.ferry.feed(&name).await.map_err(ApiError::json)?;
+    let age = q.older_than_secs.map_or(DEFAULT_PRUNE_AGE, Duration::from_secs);
+    let report = oci::prune_untagged(&st.ferry, &feed, age)
+        .await
+        .map_err(ApiError::json)?;
+    Ok(Json(json!(report)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(path: &str) -> (String, String, Target) {
+        target(path).unwrap_or_else(|e| panic!("{path}: {e:?}"))
+    }
+
+    fn s(v: &str) -> String {
+        v.to_owned()
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            t("/v2/f/app/blobs/uploads/"),
+            (s("f"), s("app"), Target::UploadStart)
+        );
+        assert_eq!(
+            t("/v2/f/app/blobs/uploads"),
+            (s("f"), s("app"), Target::UploadStart)
+        );
+        assert_eq!(
+            t("/v2/f/team/app/blobs/uploads/abc"),
+            (s("f"), s("team/app"), Target::Upload(s("abc")))
+        );
+        assert_eq!(
+            t("/v2/f/a/b/c/blobs/sha256:00"),
+            (s("f"), s("a/b/c"), Target::Blob(s("sha256:00")))
+        );
+        assert_eq!(
+            t("/v2/f/app/blobs/sha256%3A00"),
+            (s("f"), s("app"), Target::Blob(s("sha256:00")))
+        );
+        assert_eq!(
+            t("/v2/f/app/manifests/latest"),
+            (s("f"), s("app"), Target::Manifest(s("latest")))
+        );
+        // A repository may be called like an endpoint.
+        assert_eq!(
+            t("/v2/f/x/manifests/manifests/v1"),
+            (s("f"), s("x/manifests"), Target::Manifest(s("v1")))
+        );
+        assert_eq!(t("/v2/f/app/tags/list"), (s("f"), s("app"), Target::Tags));
+        assert_eq!(
+            t("/v2/f/app/referrers/sha256:00"),
+            (s("f"), s("app"), Target::Referrers(s("sha256:00")))
+        );
+        // No repository: the name is empty (NAME_INVALID later).
+        assert_eq!(
+            t("/v2/f/manifests/latest"),
+            (s("f"), s(""), Target::Manifest(s("latest")))
+        );
+        assert!(target("/v2/f/app").is_err());
+        assert!(target("/v2/f/app/tags").is_err());
+    }
+
+    #[test]
+    fn queries() {
+        let uri: Uri = "/x?mount=sha256%3Aab&from=f/app&n=&last=a+b"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let q = query(&uri);
+        assert_eq!(param(&q, "mount"), Some("sha256:ab"));
+        assert_eq!(param(&q, "from"), Some("f/app"));
+        assert_eq!(param(&q, "last"), Some("a b"));
+        assert_eq!(page_size(&q).ok(), Some(None));
+        assert_eq!(param(&q, "digest"), None);
+    }
+}
