@@ -470,3 +470,5 @@ impl Server {
             .clone()
     }
 }
+
+pub mod oci;
