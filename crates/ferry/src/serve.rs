@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use ferry_core::Ferry;
 use ferry_replication::Replicator;
 use ferry_store::{FsBlobStore, SqliteStore};
@@ -60,6 +61,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
+    // Small responses (headers, then a short body) must not wait for the
+    // peer's delayed ACK: without TCP_NODELAY each one stalls ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, ferry_server::router(ferry.clone(), replicator))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
