@@ -6,12 +6,18 @@ use serde_json::{Value, json};
 
 use crate::{BundleCmd, Conn, FeedCmd, KeyCmd, ReplCmd};
 
-async fn call(conn: &Conn, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+/// A request to the instance, with the key when one is configured.
+fn request(conn: &Conn, method: Method, path: &str) -> reqwest::RequestBuilder {
     let url = format!("{}{path}", conn.url.trim_end_matches('/'));
-    let mut req = reqwest::Client::new().request(method, &url);
-    if let Some(key) = &conn.api_key {
-        req = req.bearer_auth(key);
+    let req = reqwest::Client::new().request(method, url);
+    match &conn.api_key {
+        Some(key) => req.bearer_auth(key),
+        None => req,
     }
+}
+
+async fn call(conn: &Conn, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let mut req = request(conn, method, path);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -19,25 +25,12 @@ async fn call(conn: &Conn, method: Method, path: &str, body: Option<Value>) -> a
         .send()
         .await
         .with_context(|| format!("cannot reach {}", conn.url))?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    let value: Value = if text.is_empty() {
+    let text = checked(conn, resp).await?.text().await.unwrap_or_default();
+    Ok(if text.is_empty() {
         Value::Null
     } else {
         serde_json::from_str(&text).unwrap_or(json!(text))
-    };
-    if !status.is_success() {
-        let reason = value
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or(text);
-        if status == StatusCode::UNAUTHORIZED && conn.api_key.is_none() {
-            bail!("{reason} (pass --api-key or set FERRY_API_KEY)");
-        }
-        bail!("{} {}", status.as_u16(), reason.trim());
-    }
-    Ok(value)
+    })
 }
 
 fn print_json(v: &Value) -> anyhow::Result<()> {
@@ -411,14 +404,11 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
             out,
             conn,
         } => {
-            let url = format!(
-                "{}/api/v1/feeds/{feed}/bundle?since={since}",
-                conn.url.trim_end_matches('/')
+            let req = request(
+                &conn,
+                Method::GET,
+                &format!("/api/v1/feeds/{feed}/bundle?since={since}"),
             );
-            let mut req = reqwest::Client::new().get(&url);
-            if let Some(k) = &conn.api_key {
-                req = req.bearer_auth(k);
-            }
             let resp = checked(
                 &conn,
                 req.send()
@@ -457,13 +447,8 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
             let f = tokio::fs::File::open(&file)
                 .await
                 .with_context(|| format!("opening {}", file.display()))?;
-            let url = format!("{}/api/v1/feeds/{feed}/bundle", conn.url.trim_end_matches('/'));
-            let mut req = reqwest::Client::new()
-                .post(&url)
+            let req = request(&conn, Method::POST, &format!("/api/v1/feeds/{feed}/bundle"))
                 .body(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f)));
-            if let Some(k) = &conn.api_key {
-                req = req.bearer_auth(k);
-            }
             let resp = checked(
                 &conn,
                 req.send()
