@@ -28,7 +28,7 @@ const GUARD_WINDOW_MS: i64 = 3_600_000;
 fn guard_key(phase: &str, local: &FeedRecord, remote: &FeedName) -> String {
     format!("guard:{phase}:{}:{remote}", local.name)
 }
-const BLOB_PARALLELISM: usize = 4;
+const BLOB_PARALLELISM: usize = 8;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Counts {
@@ -617,6 +617,8 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        // Durable before any item that needs them is applied.
+        self.r.ferry().blob_store().sync(&need).await?;
         fr.pulled.blobs += fetched.len() as u64;
         fr.pulled.bytes += fetched.iter().sum::<u64>();
 

@@ -90,13 +90,21 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Appends `body` to the partial transfer of `digest`; once `body` ends,
     /// verifies the whole content against `digest` and returns it staged.
     /// On a mismatch the partial file is discarded. If `body` fails midway,
-    /// what arrived is kept for the next attempt.
+    /// what arrived is kept for the next attempt. The content is not yet
+    /// durable: callers [`BlobStore::sync`] a batch of transfers at once
+    /// before an item relies on them (cheaper than one flush per blob).
     async fn stage_resume(
         &self,
         digest: &Digest,
         body: ByteStream,
         limit: u64,
     ) -> Result<StagedBlob, StoreError>;
+
+    /// Makes committed blobs durable (flushed to stable storage).
+    async fn sync(&self, digests: &[Digest]) -> Result<(), StoreError> {
+        let _ = digests;
+        Ok(())
+    }
 
     // ---- upload sessions: one client upload sent in several requests ----
     //
@@ -351,6 +359,20 @@ impl BlobStore for FsBlobStore {
         }
     }
 
+    async fn sync(&self, digests: &[Digest]) -> Result<(), StoreError> {
+        // Many flushes in flight at once let the device merge the writes.
+        for batch in digests.chunks(32) {
+            let flushes = batch.iter().map(|d| {
+                let path = self.blob_path(d);
+                async move { tokio::fs::File::open(path).await?.sync_data().await }
+            });
+            for r in futures::future::join_all(flushes).await {
+                r?;
+            }
+        }
+        Ok(())
+    }
+
     async fn partial_len(&self, digest: &Digest) -> Result<u64, StoreError> {
         match tokio::fs::metadata(self.partial_path(digest)).await {
             Ok(m) => Ok(m.len()),
@@ -397,9 +419,7 @@ impl BlobStore for FsBlobStore {
             }
         }
         out.flush().await?;
-        let file = out.into_inner();
-        file.sync_all().await?;
-        drop(file);
+        drop(out);
         if let Some(e) = failure {
             return Err(e.into()); // keep what arrived
         }
