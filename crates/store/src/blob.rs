@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_types::{Digest, Sha256Hasher};
 use futures::{Stream, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::StoreError;
 
@@ -189,6 +189,8 @@ impl Drop for AppendGuard<'_> {
 }
 
 const READ_CHUNK: usize = 256 * 1024;
+/// Chunk size when serving a blob.
+const SEND_CHUNK: usize = 1024 * 1024;
 
 impl FsBlobStore {
     pub async fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
@@ -334,21 +336,63 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobBody, StoreError> {
-        let mut file = match tokio::fs::File::open(self.blob_path(digest)).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::BlobMissing(*digest)),
-            Err(e) => return Err(e.into()),
+        let path = self.blob_path(digest);
+        let d = *digest;
+        // One blocking reader per body, handing large chunks over a small
+        // channel: far fewer thread hops than a read per poll.
+        let (file, total_size) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::BlobMissing(d)),
+                Err(e) => return Err(e.into()),
+            };
+            let size = file.metadata()?.len();
+            Ok((file, size))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        let (start, end) = match range {
+            None => (0, total_size),
+            Some(r) => (r.start, r.end.min(total_size)),
         };
-        let total_size = file.metadata().await?.len();
-        let stream: ByteStream = match range {
-            None => Box::pin(tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK)),
-            Some(r) => {
-                file.seek(io::SeekFrom::Start(r.start)).await?;
-                let limited = file.take(r.end.saturating_sub(r.start));
-                Box::pin(tokio_util::io::ReaderStream::with_capacity(limited, READ_CHUNK))
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek};
+            let mut file = file;
+            if let Err(e) = file.seek(io::SeekFrom::Start(start)) {
+                let _ = tx.blocking_send(Err(e));
+                return;
             }
-        };
-        Ok(BlobBody { total_size, stream })
+            let mut left = end.saturating_sub(start);
+            while left > 0 {
+                let want = left.min(SEND_CHUNK as u64);
+                // read_to_end fills spare capacity without zeroing it first.
+                let mut buf = Vec::with_capacity(want as usize);
+                match (&mut file).take(want).read_to_end(&mut buf) {
+                    Ok(0) => {
+                        let _ = tx
+                            .blocking_send(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shrank")));
+                        return;
+                    }
+                    Ok(n) => {
+                        left -= n as u64;
+                        if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                            return; // the reader went away
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+        Ok(BlobBody {
+            total_size,
+            stream: Box::pin(stream),
+        })
     }
 
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
