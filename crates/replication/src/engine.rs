@@ -602,7 +602,8 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let mut fetched: Vec<u64> = Vec::with_capacity(need.len());
+        let mut fetched: Vec<(u64, tokio::task::JoinHandle<Result<(), ferry_store::StoreError>>)> =
+            Vec::with_capacity(need.len());
         {
             let mut pending = futures::stream::FuturesUnordered::new();
             let mut queue = need.iter();
@@ -618,9 +619,13 @@ impl<'a> Run<'a> {
             }
         }
         // Durable before any item that needs them is applied.
-        self.r.ferry().blob_store().sync(&need).await?;
+        let mut bytes = 0;
+        for (n, flush) in &mut fetched {
+            bytes += *n;
+            flush.await.map_err(|e| ReplError::Transport(e.to_string()))??;
+        }
         fr.pulled.blobs += fetched.len() as u64;
-        fr.pulled.bytes += fetched.iter().sum::<u64>();
+        fr.pulled.bytes += bytes;
 
         let changes = todo.iter().map(|e| e.to_change()).collect();
         let outcomes = self.r.ferry().apply(local, changes).await?;
@@ -665,7 +670,10 @@ impl<'a> Run<'a> {
 
     /// Fetches one blob, resuming a transfer that broke earlier; returns the
     /// bytes that crossed the wire.
-    async fn fetch_blob(&self, d: Digest) -> Result<u64, ReplError> {
+    async fn fetch_blob(
+        &self,
+        d: Digest,
+    ) -> Result<(u64, tokio::task::JoinHandle<Result<(), ferry_store::StoreError>>), ReplError> {
         let limit = self.r.ferry().config().max_upload_bytes.max(u64::MAX / 2);
         let mut attempt = 0;
         loop {
@@ -687,15 +695,18 @@ impl<'a> Run<'a> {
                     .stage_resume(&d, throttled, limit)
                     .await?;
                 self.r.ferry().commit_blob(staged).await?;
-                Ok::<(), ReplError>(())
+                // Flushed to disk in the background, overlapping the next
+                // transfers; awaited before any item needs the blob.
+                let store = self.r.ferry().blob_store().clone();
+                Ok::<_, ReplError>(tokio::spawn(async move { store.sync(&[d]).await }))
             }
             .await;
             match result {
-                Ok(()) => {
+                Ok(flush) => {
                     let n = received.load(Ordering::Relaxed);
                     metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "pull")
                         .increment(n);
-                    return Ok(n);
+                    return Ok((n, flush));
                 }
                 Err(e @ (ReplError::Transport(_) | ReplError::Core(ferry_core::CoreError::Internal(_))))
                     if attempt < 3 =>
