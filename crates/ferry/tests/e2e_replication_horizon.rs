@@ -46,22 +46,40 @@ fn a_cursor_older_than_the_tombstone_horizon_triggers_a_full_comparison() {
     );
 
     spoke.restart();
-    let out = spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
-    assert!(out.contains("succeeded"), "{out}");
-    let execs = spoke.executions("from-hub");
-    let log = execs
-        .iter()
-        .flat_map(|e| e["report"]["log"].as_array().cloned().unwrap_or_default());
-    let messages: Vec<String> = log
-        .map(|l| l["message"].as_str().unwrap_or("").to_string())
-        .collect();
+    // The first execution after the restart finds its cursor below the
+    // hub's horizon, compares in full, copies what is new, and reports the
+    // item the hub no longer has instead of deleting it silently.
+    let reported = |s: &Server| {
+        s.executions("from-hub").iter().any(|e| {
+            let log = e["report"]["log"].to_string();
+            e["outcome"] == "needs-confirmation"
+                && log.contains("comparing in full")
+                && log.contains("absent on the other side")
+        })
+    };
     assert!(
-        messages.iter().any(|m| m.contains("comparing in full")),
-        "{messages:#?}"
+        wait_until(30, || reported(&spoke)),
+        "{:#?}",
+        spoke.executions("from-hub")
     );
+    assert!(spoke.serves("files", "c.txt", b"c"));
     assert!(
-        wait_until(10, || spoke.lacks("files", "a.txt")),
-        "the expired deletion was missed"
+        spoke.serves("files", "a.txt", b"a"),
+        "deleted without confirmation"
+    );
+    // Confirmed: the absent item goes; the spoke's own item stays.
+    let out = spoke.cli_ok(&[
+        "replication",
+        "run",
+        "from-hub",
+        "--wait",
+        "--full",
+        "--confirm-deletes",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert!(
+        spoke.lacks("files", "a.txt"),
+        "the expired deletion was not applied"
     );
     assert!(spoke.serves("files", "c.txt", b"c"));
     assert!(spoke.serves("files", "b.txt", b"b"));

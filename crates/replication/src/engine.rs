@@ -460,18 +460,17 @@ impl<'a> Run<'a> {
                 None => break,
             }
         }
-        self.pull_expired_deletions(local, remote, &seen, fr).await
+        self.pull_expired_deletions(local, &seen, fr).await
     }
 
     /// After a full comparison: items that came here from elsewhere and that
     /// the other side no longer has at all — neither the item nor its
-    /// tombstone, which it has pruned — were deleted there. They are deleted
-    /// here too (through the delete guard). Items written on this instance
-    /// are never deleted this way.
+    /// tombstone, which it has pruned — may have been deleted there. They
+    /// are reported, and deleted only when an operator confirms. Items
+    /// written on this instance are never deleted this way.
     async fn pull_expired_deletions(
         &mut self,
         local: &FeedRecord,
-        remote: &FeedName,
         seen: &HashSet<ItemKey>,
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
@@ -502,18 +501,26 @@ impl<'a> Run<'a> {
         if gone.is_empty() {
             return Ok(());
         }
-        let size = self.r.store().live_count(local.id).await?;
-        if !self.confirm_deletes
-            && self
-                .guard_trips(local, &guard_key("pull", local, remote), gone.len() as u64, size)
-                .await?
-        {
+        // Absent is ambiguous — deleted there with the tombstone expired, or
+        // never there (a feed that also pulls from another instance) — so
+        // these deletions always wait for an operator's confirmation.
+        if !self.confirm_deletes {
+            self.report.needs_confirmation = true;
+            self.log(
+                "warn",
+                format!(
+                    "feed {}: {} items that came from elsewhere are absent on the other side, whose tombstones have expired; nothing was deleted. If they were deleted there, run `ferry replication run {} --full --confirm-deletes`",
+                    local.name,
+                    gone.len(),
+                    self.rec.name
+                ),
+            );
             return Ok(());
         }
         self.log(
             "warn",
             format!(
-                "feed {}: {} items are gone from the other side with their tombstones expired; deleting them here",
+                "feed {}: deleting {} items absent on the other side (confirmed)",
                 local.name,
                 gone.len()
             ),
