@@ -35,6 +35,8 @@ pub struct Entry {
     pub digest: Option<Digest>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub modified: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downloads: Option<u64>,
 }
 
 /// Stores `body` under `path`, replacing what was there. The body is staged
@@ -126,6 +128,7 @@ pub async fn list(ferry: &Ferry, feed: &FeedRecord, dir: &str) -> Result<Vec<Ent
                 size: item.meta["size"].as_u64(),
                 digest: item.blobs.first().copied(),
                 modified: Some(crate::rfc3339(item.updated_at)),
+                downloads: Some(item.downloads),
             }),
         }
     }
@@ -137,6 +140,7 @@ pub async fn list(ferry: &Ferry, feed: &FeedRecord, dir: &str) -> Result<Vec<Ent
             size: None,
             digest: None,
             modified: None,
+            downloads: None,
         })
         .collect();
     out.extend(files);

@@ -177,3 +177,51 @@ fn custom_mode_with_filters_copies_only_what_it_should() {
         "{v:#}"
     );
 }
+
+/// With `--carry-downloads`, a spoke shows the hub's download counts.
+#[test]
+fn download_counts_are_carried_when_asked() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    hub.put_asset("files", "popular.bin", b"everyone wants this");
+    for _ in 0..3 {
+        assert_eq!(curl(&[&hub.asset_url("files", "popular.bin")]).0, 200);
+    }
+    let downloads = |s: &Server, feed: &str| {
+        let (_, body) = curl(&[
+            "-H",
+            "Accept: application/json",
+            &format!("{}/assets/{feed}/", s.url),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        v[0]["downloads"].as_u64().unwrap_or(0)
+    };
+    // Counts are recorded in batches, every few seconds.
+    assert!(
+        wait_until(15, || downloads(&hub, "files") == 3),
+        "the hub did not count"
+    );
+
+    let spoke = Server::start();
+    spoke.create_feed("counted", "assets");
+    spoke.create_feed("plain", "assets");
+    let token2 = hub.sync_token("edge");
+    spoke.outgoing(
+        "with-counts",
+        &["counted=files"],
+        &hub,
+        &token,
+        "pull",
+        &["--carry-downloads"],
+    );
+    spoke.outgoing("without", &["plain=files"], &hub, &token2, "pull", &[]);
+    // Wait by listing, not downloading, so the spoke adds no counts of its own.
+    assert!(wait_until(30, || spoke.asset_digests("counted", "").len() == 1));
+    assert!(wait_until(30, || spoke.asset_digests("plain", "").len() == 1));
+    assert!(
+        wait_until(10, || downloads(&spoke, "counted") == 3),
+        "counts were not carried"
+    );
+    assert_eq!(downloads(&spoke, "plain"), 0);
+}
