@@ -315,21 +315,14 @@ impl Ferry {
         feed: &FeedRecord,
         writes: Vec<LocalWrite>,
     ) -> Result<Vec<WriteOutcome>, CoreError> {
-        let now = now_millis();
         let mut changes = Vec::with_capacity(writes.len());
         for w in writes {
             let op = match w.op {
-                LocalOp::Upsert { meta, blobs } => {
-                    let created_at = match self.0.meta.item(feed.id, &w.key).await? {
-                        Some(existing) => existing.created_at,
-                        None => now,
-                    };
-                    ChangeOp::Upsert {
-                        meta,
-                        blobs,
-                        created_at,
-                    }
-                }
+                LocalOp::Upsert { meta, blobs } => ChangeOp::Upsert {
+                    meta,
+                    blobs,
+                    created_at: None,
+                },
                 LocalOp::Delete => ChangeOp::Delete,
             };
             changes.push((
@@ -392,6 +385,10 @@ impl Ferry {
 
     /// A receiver that changes whenever the feed's change log grows.
     pub async fn subscribe(&self, feed: FeedId) -> Result<watch::Receiver<i64>, CoreError> {
+        // Once a feed has a channel, every write here keeps it current.
+        if let Some(tx) = self.0.seqs.lock().map_err(lock_err)?.get(&feed) {
+            return Ok(tx.subscribe());
+        }
         let last = self.0.meta.last_seq(feed).await?;
         let mut seqs = self.0.seqs.lock().map_err(lock_err)?;
         let tx = seqs.entry(feed).or_insert_with(|| watch::channel(last).0);
@@ -464,8 +461,7 @@ impl Ferry {
         if let Some(tx) = self.0.seqs.lock().map_err(lock_err)?.get(&feed) {
             return Ok(*tx.borrow());
         }
-        let rx = self.subscribe(feed).await?;
-        let seq = *rx.borrow();
+        let seq = *self.subscribe(feed).await?.borrow();
         Ok(seq)
     }
 

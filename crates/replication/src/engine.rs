@@ -129,6 +129,11 @@ impl<'a> Run<'a> {
         })
     }
 
+    /// The client of the other instance this run talks to.
+    pub fn remote(&self) -> &Remote {
+        &self.remote
+    }
+
     pub fn dry_run(mut self) -> Self {
         self.dry = true;
         self

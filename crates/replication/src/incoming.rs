@@ -42,10 +42,8 @@ impl Replicator {
         }
         let record = self
             .store()
-            .replications()
+            .replication_by_id(rec.replication_id)
             .await?
-            .into_iter()
-            .find(|r| r.id == rec.replication_id)
             .ok_or_else(refuse)?;
         let config: ReplicationConfig =
             serde_json::from_value(record.config.clone()).map_err(|e| ReplError::Invalid(e.to_string()))?;

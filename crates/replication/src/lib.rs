@@ -340,13 +340,7 @@ impl Replicator {
         let Ok(_guard) = lock.try_lock() else {
             return Ok(None);
         };
-        let Some(rec) = self
-            .store()
-            .replications()
-            .await?
-            .into_iter()
-            .find(|r| r.id == rec_id)
-        else {
+        let Some(rec) = self.store().replication_by_id(rec_id).await? else {
             return Ok(None);
         };
         let cfg = Self::parse(&rec)?;
@@ -451,10 +445,7 @@ impl Replicator {
         let mut run = Run::new(self, &rec, &cfg, Arc::new(Progress::default()))?;
         run.handshake().await?;
         let filter = Filter::new(&cfg.include, &cfg.exclude)?;
-        let remote = match &cfg.communication {
-            Communication::Outgoing { url, token } => client::Remote::new(self.http().clone(), url, token),
-            Communication::Incoming => unreachable_incoming()?,
-        };
+        let remote = run.remote();
         let mut out = Vec::new();
         for p in &cfg.feeds {
             let local = self.ferry().feed(&p.local).await?;
@@ -534,8 +525,4 @@ impl Replicator {
         self.0.scheduler.wake(rec.id);
         Ok(())
     }
-}
-
-fn unreachable_incoming<T>() -> Result<T, ReplError> {
-    Err(ReplError::Invalid("verify runs on the outgoing instance".into()))
 }

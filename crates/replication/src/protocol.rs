@@ -92,7 +92,7 @@ impl WireEntry {
             ChangeOp::Upsert {
                 meta: self.meta.clone(),
                 blobs: self.blobs.clone(),
-                created_at: self.created_at,
+                created_at: Some(self.created_at),
             }
         };
         Change {

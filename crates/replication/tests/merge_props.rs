@@ -21,7 +21,7 @@ fn change(key: u8, time: u64, origin: u8) -> Change {
         ChangeOp::Upsert {
             meta: serde_json::json!({ "t": time, "o": origin }),
             blobs: vec![],
-            created_at: 1,
+            created_at: Some(1),
         }
     };
     Change { key, stamp, op }

@@ -26,7 +26,7 @@ fn upsert(k: &str, t: u64, blobs: Vec<Digest>) -> Change {
         op: ChangeOp::Upsert {
             meta: json!({ "k": k, "t": t }),
             blobs,
-            created_at: 1,
+            created_at: Some(1),
         },
     }
 }
@@ -128,6 +128,24 @@ async fn writes_follow_stamps_and_log_changes(s: &dyn MetadataStore) {
     assert_eq!(s.last_seq(f.id).await.unwrap(), 5);
     assert!(s.max_stamp_time().await.unwrap() >= Hlc(40));
 
+    // A local update (no created_at) keeps the item's first-write time.
+    let local = |k: &str, t: u64| Change {
+        key: key(k),
+        stamp: stamp(t, 1),
+        op: ChangeOp::Upsert {
+            meta: json!({}),
+            blobs: vec![],
+            created_at: None,
+        },
+    };
+    s.write(f.id, vec![(local("a", 41), Precondition::Any)])
+        .await
+        .unwrap();
+    assert_eq!(s.item(f.id, &key("a")).await.unwrap().unwrap().created_at, 1);
+    s.write(f.id, vec![(local("fresh", 42), Precondition::Any)])
+        .await
+        .unwrap();
+    assert!(s.item(f.id, &key("fresh")).await.unwrap().unwrap().created_at > 1);
     s.add_downloads(f.id, &[(key("a"), 3), (key("a"), 2), (key("missing"), 1)])
         .await
         .unwrap();
@@ -326,6 +344,8 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
         json!({"mode": "mirror"})
     );
     assert_eq!(s.replications().await.unwrap().len(), 1);
+    assert_eq!(s.replication_by_id(r.id).await.unwrap().unwrap().name, "r1");
+    assert_eq!(s.replication_by_id(r.id + 1000).await.unwrap(), None);
 
     s.add_sync_token(r.id, "tok1", [5; 32]).await.unwrap();
     s.add_sync_token(r.id, "tok2", [6; 32]).await.unwrap();

@@ -46,7 +46,10 @@ pub enum ChangeOp {
     Upsert {
         meta: serde_json::Value,
         blobs: Vec<Digest>,
-        created_at: i64,
+        /// When the item was first written (carried by replication). `None`
+        /// for a local write: the live item's own time is kept, or now for a
+        /// new (or deleted) item.
+        created_at: Option<i64>,
     },
     Delete,
 }

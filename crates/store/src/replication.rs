@@ -69,6 +69,7 @@ pub trait ReplicationStore: Send + Sync + 'static {
     async fn update_replication(&self, name: &str, config: serde_json::Value) -> Result<(), StoreError>;
     async fn replication(&self, name: &str) -> Result<Option<ReplicationRecord>, StoreError>;
     async fn replications(&self) -> Result<Vec<ReplicationRecord>, StoreError>;
+    async fn replication_by_id(&self, id: i64) -> Result<Option<ReplicationRecord>, StoreError>;
     /// Deletes a replication with its tokens, cursors and executions.
     async fn delete_replication(&self, name: &str) -> Result<bool, StoreError>;
 

@@ -357,9 +357,12 @@ fn apply_change(
             let meta = serde_json::to_string(meta).map_err(|e| StoreError::Backend(e.to_string()))?;
             tx.execute(
                 "INSERT INTO items (feed_id, key, deleted, meta, blobs, stamp_time, stamp_origin, created_at, updated_at)
-                 VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8)
+                 VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, COALESCE(?7, ?8), ?8)
                  ON CONFLICT (feed_id, key) DO UPDATE SET deleted = 0, meta = ?3, blobs = ?4,
-                   stamp_time = ?5, stamp_origin = ?6, created_at = ?7, updated_at = ?8",
+                   stamp_time = ?5, stamp_origin = ?6, updated_at = ?8,
+                   created_at = CASE WHEN ?7 IS NOT NULL THEN ?7
+                                     WHEN items.deleted = 1 THEN ?8
+                                     ELSE items.created_at END",
                 params![feed, key, meta, encode_blobs(blobs), stamp_time, origin, created_at, now],
             )?;
             for d in blobs {

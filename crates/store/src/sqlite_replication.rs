@@ -144,6 +144,20 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 
+    async fn replication_by_id(&self, id: i64) -> Result<Option<ReplicationRecord>, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, name, config, created_at FROM replications WHERE id = ?1",
+                [id],
+                replication_row,
+            )
+            .optional()?
+            .map(replication_record)
+            .transpose()
+        })
+        .await
+    }
+
     async fn delete_replication(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_string();
         self.write_tx(move |tx| Ok(tx.execute("DELETE FROM replications WHERE name = ?1", [&name])? > 0))
