@@ -247,3 +247,56 @@ fn kill_9_of_spoke_or_hub_during_large_transfers_resumes_and_never_shows_partial
     assert_eq!(partial_bytes(&spoke), 0);
     spoke.cli_ok(&["replication", "verify", "from-hub"]);
 }
+
+/// What a transfer cut off at the wrong moment leaves behind: a partial file
+/// that already holds the whole blob (the cut came between the last byte and
+/// the commit), one longer than the blob, and one whose bytes are wrong. The
+/// next execution commits the first, starts the others over, and the spoke
+/// serves the hub's bytes.
+#[test]
+fn leftover_partial_transfers_complete_or_start_over() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let bodies: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("release {i} ").repeat(5000 + i).into_bytes())
+        .collect();
+    for (i, b) in bodies.iter().enumerate() {
+        hub.put_asset("files", &format!("r/{i}"), b);
+    }
+
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    let partial = spoke.data.join("blobs/partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let hex = |b: &[u8]| {
+        let f = tmp.path().join("body");
+        std::fs::write(&f, b).unwrap();
+        sha256_file(&f)
+    };
+    std::fs::write(partial.join(hex(&bodies[0])), &bodies[0]).unwrap();
+    let mut longer = bodies[1].clone();
+    longer.extend_from_slice(b"and then some");
+    std::fs::write(partial.join(hex(&bodies[1])), &longer).unwrap();
+    std::fs::write(partial.join(hex(&bodies[2])), vec![b'x'; bodies[2].len() / 2]).unwrap();
+
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    let out = spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    for (i, b) in bodies.iter().enumerate() {
+        assert!(
+            spoke.serves("files", &format!("r/{i}"), b),
+            "r/{i} differs on the spoke"
+        );
+    }
+    assert_eq!(partial_bytes(&spoke), 0, "partial transfers left behind");
+    spoke.cli_ok(&["replication", "verify", "from-hub"]);
+}

@@ -150,6 +150,13 @@ impl Remote {
             rb = rb.header(reqwest::header::RANGE, format!("bytes={offset}-"));
         }
         let resp = rb.send().await.map_err(|e| ReplError::Transport(e.to_string()))?;
+        if offset > 0 && resp.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+            // The earlier transfer already holds every byte (it was cut off
+            // between the last byte and the commit), or more than the blob
+            // has: nothing is left to send. The caller verifies what it holds
+            // and starts over if that is wrong.
+            return Ok(Box::pin(futures::stream::empty()));
+        }
         let resp = Self::check(resp).await?;
         if offset > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
             return Err(ReplError::Transport(format!(

@@ -727,6 +727,12 @@ impl<'a> Run<'a> {
                     tracing::warn!(target: "replication", blob = %d, attempt, error = %e, "blob transfer broke; resuming");
                     tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
                 }
+                // A resumed transfer that does not verify was discarded by
+                // the store; fetch the blob once more from its first byte.
+                Err(ReplError::Core(ferry_core::CoreError::Invalid(m))) if offset > 0 && attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(target: "replication", blob = %d, error = %m, "resumed transfer did not verify; starting over");
+                }
                 Err(e) => return Err(e),
             }
         }
