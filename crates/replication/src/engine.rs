@@ -614,6 +614,7 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        let t_fetch = std::time::Instant::now();
         let mut fetched: Vec<(u64, tokio::task::JoinHandle<Result<(), ferry_store::StoreError>>)> =
             Vec::with_capacity(need.len());
         {
@@ -630,12 +631,15 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        let fetch_ms = t_fetch.elapsed().as_millis();
         // Durable before any item that needs them is applied.
         let mut bytes = 0;
         for (n, flush) in &mut fetched {
             bytes += *n;
             flush.await.map_err(|e| ReplError::Transport(e.to_string()))??;
         }
+        let flush_ms = t_fetch.elapsed().as_millis() - fetch_ms;
+        let t_apply = std::time::Instant::now();
         fr.pulled.blobs += fetched.len() as u64;
         fr.pulled.bytes += bytes;
 
@@ -677,6 +681,9 @@ impl<'a> Run<'a> {
         self.progress
             .items
             .fetch_add(todo.len() as u64, Ordering::Relaxed);
+        tracing::debug!(target: "replication", replication = %self.rec.name, feed = %local.name,
+            items = todo.len(), blobs = fetched.len(), bytes, fetch_ms, flush_ms,
+            apply_ms = t_apply.elapsed().as_millis(), "pulled a page");
         Ok(())
     }
 

@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_types::{Digest, Sha256Hasher};
 use futures::{Stream, StreamExt};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::StoreError;
 
@@ -162,6 +161,9 @@ struct UploadState {
     /// None while a request appends to the session.
     hasher: Option<Sha256Hasher>,
     size: u64,
+    /// Held by the thread writing an append. When an append's request goes
+    /// away, its writer may still be finishing; the next request waits here.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Puts a session's state back when an append ends, however it ends: the
@@ -189,6 +191,77 @@ impl Drop for AppendGuard<'_> {
 }
 
 const READ_CHUNK: usize = 256 * 1024;
+
+/// What [`pour`] leaves: the file, the hash of what went through it (if it
+/// was hashing), and the bytes the file now holds.
+struct Poured {
+    file: std::fs::File,
+    hasher: Option<Sha256Hasher>,
+    size: u64,
+    /// The body failed midway; everything before the failure was written.
+    failure: Option<io::Error>,
+}
+
+/// Streams `body` into `file` (which already holds `size` bytes and is
+/// positioned after them): hashing and writing happen on one blocking
+/// thread, so the async workers only move chunks. Past `limit` bytes in all
+/// it stops with [`StoreError::TooLarge`]. If the caller's future is dropped,
+/// the writer finishes what it was handed and stops; `hold` is dropped when
+/// the writer ends.
+async fn pour(
+    mut body: ByteStream,
+    file: std::fs::File,
+    hasher: Option<Sha256Hasher>,
+    mut size: u64,
+    limit: u64,
+    hold: impl Send + 'static,
+) -> Result<Poured, StoreError> {
+    use std::io::Write;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let writer = tokio::task::spawn_blocking(move || -> io::Result<(std::fs::File, Option<Sha256Hasher>)> {
+        let _hold = hold;
+        let mut hasher = hasher;
+        let mut out = std::io::BufWriter::with_capacity(READ_CHUNK, file);
+        while let Some(chunk) = rx.blocking_recv() {
+            if let Some(h) = &mut hasher {
+                h.update(&chunk);
+            }
+            out.write_all(&chunk)?;
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        Ok((file, hasher))
+    });
+    let mut failure = None;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(chunk) => {
+                size += chunk.len() as u64;
+                if size > limit {
+                    drop(tx);
+                    let _ = writer.await;
+                    return Err(StoreError::TooLarge { limit });
+                }
+                if tx.send(chunk).await.is_err() {
+                    break; // the writer failed; its error is below
+                }
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let (file, hasher) = writer
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob writer: {e}")))??;
+    Ok(Poured {
+        file,
+        hasher,
+        size,
+        failure,
+    })
+}
 /// Chunk size when serving a blob.
 const SEND_CHUNK: usize = 1024 * 1024;
 
@@ -248,16 +321,28 @@ impl FsBlobStore {
     }
 
     /// Takes the hasher of session `id` for an append or finish.
-    fn claim(&self, id: &str) -> Result<(Sha256Hasher, u64), StoreError> {
+    /// Waits until no thread writes to the file of session `id` any more,
+    /// then takes its hasher. Returns the writer lock, held for the thread
+    /// that writes next.
+    async fn claim(
+        &self,
+        id: &str,
+    ) -> Result<(Sha256Hasher, u64, tokio::sync::OwnedMutexGuard<()>), StoreError> {
+        let busy = || StoreError::Conflict(format!("upload {id} is busy with another request"));
+        let missing = || StoreError::NotFound(format!("upload {id}"));
+        let writer = {
+            let sessions = self.sessions()?;
+            let state = sessions.get(id).ok_or_else(missing)?;
+            if state.hasher.is_none() {
+                return Err(busy());
+            }
+            state.writer.clone()
+        };
+        let held = writer.lock_owned().await;
         let mut sessions = self.sessions()?;
-        let state = sessions
-            .get_mut(id)
-            .ok_or_else(|| StoreError::NotFound(format!("upload {id}")))?;
-        let hasher = state
-            .hasher
-            .take()
-            .ok_or_else(|| StoreError::Conflict(format!("upload {id} is busy with another request")))?;
-        Ok((hasher, state.size))
+        let state = sessions.get_mut(id).ok_or_else(missing)?;
+        let hasher = state.hasher.take().ok_or_else(busy)?;
+        Ok((hasher, state.size, held))
     }
 
     fn partial_path(&self, digest: &Digest) -> PathBuf {
@@ -274,13 +359,13 @@ impl FsBlobStore {
 impl BlobStore for FsBlobStore {
     async fn stage(
         &self,
-        mut body: ByteStream,
+        body: ByteStream,
         limit: u64,
         expected: Option<Digest>,
     ) -> Result<StagedBlob, StoreError> {
         let name: [u8; 16] = rand::random();
         let path = self.root.join("staging").join(hex::encode(name));
-        let file = tokio::fs::File::create(&path).await?;
+        let file = tokio::fs::File::create(&path).await?.into_std().await;
         // From here on, dropping `staged` removes the file on every early return.
         let mut staged = StagedBlob {
             path,
@@ -288,20 +373,18 @@ impl BlobStore for FsBlobStore {
             size: 0,
             committed: false,
         };
-        let mut out = tokio::io::BufWriter::with_capacity(READ_CHUNK, file);
-        let mut hasher = Sha256Hasher::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk?;
-            staged.size += chunk.len() as u64;
-            if staged.size > limit {
-                return Err(StoreError::TooLarge { limit });
-            }
-            hasher.update(&chunk);
-            out.write_all(&chunk).await?;
+        let poured = pour(body, file, Some(Sha256Hasher::new()), 0, limit, ()).await?;
+        if let Some(e) = poured.failure {
+            return Err(e.into());
         }
-        out.flush().await?;
-        let file = out.into_inner();
-        file.sync_all().await?;
+        let file = poured.file;
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| StoreError::Backend(format!("blob writer: {e}")))??;
+        staged.size = poured.size;
+        let Some(hasher) = poured.hasher else {
+            return Err(StoreError::Backend("blob writer lost its hash".into()));
+        };
         staged.digest = hasher.finish();
         if let Some(expected) = expected
             && expected != staged.digest
@@ -428,7 +511,7 @@ impl BlobStore for FsBlobStore {
     async fn stage_resume(
         &self,
         digest: &Digest,
-        mut body: ByteStream,
+        body: ByteStream,
         limit: u64,
     ) -> Result<StagedBlob, StoreError> {
         let partial = self.partial_path(digest);
@@ -436,38 +519,24 @@ impl BlobStore for FsBlobStore {
             .create(true)
             .append(true)
             .open(&partial)
-            .await?;
-        let mut size = file.metadata().await?.len();
-        let fresh = size == 0;
-        let mut hasher = Sha256Hasher::new();
-        let mut out = tokio::io::BufWriter::with_capacity(READ_CHUNK, file);
-        let mut failure = None;
-        while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    size += chunk.len() as u64;
-                    if size > limit {
-                        drop(out);
-                        let _ = tokio::fs::remove_file(&partial).await;
-                        return Err(StoreError::TooLarge { limit });
-                    }
-                    if fresh {
-                        hasher.update(&chunk);
-                    }
-                    out.write_all(&chunk).await?;
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+            .await?
+            .into_std()
+            .await;
+        let start = file.metadata()?.len();
+        let fresh = start == 0;
+        let poured = match pour(body, file, fresh.then(Sha256Hasher::new), start, limit, ()).await {
+            Ok(p) => p,
+            Err(e @ StoreError::TooLarge { .. }) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(e);
             }
-        }
-        out.flush().await?;
-        drop(out);
-        if let Some(e) = failure {
+            Err(e) => return Err(e),
+        };
+        if let Some(e) = poured.failure {
             return Err(e.into()); // keep what arrived
         }
-        let actual = if fresh {
+        let size = poured.size;
+        let actual = if let Some(hasher) = poured.hasher {
             hasher.finish()
         } else {
             // Resumed: hash the whole file once, off the async threads.
@@ -517,6 +586,7 @@ impl BlobStore for FsBlobStore {
             UploadState {
                 hasher: Some(Sha256Hasher::new()),
                 size: 0,
+                writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             },
         );
         Ok(id)
@@ -526,11 +596,11 @@ impl BlobStore for FsBlobStore {
         Ok(self.sessions()?.get(id).map(|s| s.size))
     }
 
-    async fn upload_append(&self, id: &str, mut body: ByteStream, limit: u64) -> Result<u64, StoreError> {
+    async fn upload_append(&self, id: &str, body: ByteStream, limit: u64) -> Result<u64, StoreError> {
         let path = self
             .upload_path(id)
             .ok_or_else(|| StoreError::NotFound(format!("upload {id}")))?;
-        let (mut hasher, start) = self.claim(id)?;
+        let (hasher, start, writer) = self.claim(id).await?;
         let guard = AppendGuard {
             store: self,
             id,
@@ -539,19 +609,19 @@ impl BlobStore for FsBlobStore {
         let file = tokio::fs::OpenOptions::new().write(true).open(&path).await?;
         // Drop whatever an interrupted append left past the known length.
         file.set_len(start).await?;
-        let mut out = tokio::io::BufWriter::with_capacity(READ_CHUNK, file);
-        out.seek(io::SeekFrom::Start(start)).await?;
-        let mut size = start;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk?;
-            size += chunk.len() as u64;
-            if size > limit {
-                return Err(StoreError::TooLarge { limit });
-            }
-            hasher.update(&chunk);
-            out.write_all(&chunk).await?;
+        let mut file = file.into_std().await;
+        {
+            use std::io::Seek;
+            file.seek(io::SeekFrom::Start(start))?;
         }
-        out.flush().await?;
+        let poured = pour(body, file, Some(hasher), start, limit, writer).await?;
+        if let Some(e) = poured.failure {
+            return Err(e.into());
+        }
+        let size = poured.size;
+        let Some(hasher) = poured.hasher else {
+            return Err(StoreError::Backend("blob writer lost its hash".into()));
+        };
         if !guard.finish(hasher, size) {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(StoreError::NotFound(format!("upload {id}")));
@@ -563,7 +633,7 @@ impl BlobStore for FsBlobStore {
         let path = self
             .upload_path(id)
             .ok_or_else(|| StoreError::NotFound(format!("upload {id}")))?;
-        let (hasher, size) = self.claim(id)?;
+        let (hasher, size, _held) = self.claim(id).await?;
         self.sessions()?.remove(id);
         // From here on the session is gone; `staged` removes the file on error.
         let mut staged = StagedBlob {
@@ -718,12 +788,15 @@ mod tests {
             );
         }
         assert_eq!(store.upload_len(&id).await.unwrap(), Some(6));
-        let staged = store.upload_finish(&id, &Digest::of(b"abcdef")).await.unwrap();
-        assert_eq!((staged.digest(), staged.size()), (Digest::of(b"abcdef"), 6));
+        // The next append follows at once; whatever the dropped one's writer
+        // still had in hand must not end up in the content.
+        assert_eq!(store.upload_append(&id, body(&[b"gh"]), 100).await.unwrap(), 8);
+        let staged = store.upload_finish(&id, &Digest::of(b"abcdefgh")).await.unwrap();
+        assert_eq!((staged.digest(), staged.size()), (Digest::of(b"abcdefgh"), 8));
         store.commit(staged).await.unwrap();
         assert_eq!(
-            read_all(store.get(&Digest::of(b"abcdef"), None).await.unwrap()).await,
-            b"abcdef"
+            read_all(store.get(&Digest::of(b"abcdefgh"), None).await.unwrap()).await,
+            b"abcdefgh"
         );
         assert_eq!(
             store.upload_len(&id).await.unwrap(),
