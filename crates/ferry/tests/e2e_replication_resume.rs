@@ -300,3 +300,62 @@ fn leftover_partial_transfers_complete_or_start_over() {
     assert_eq!(partial_bytes(&spoke), 0, "partial transfers left behind");
     spoke.cli_ok(&["replication", "verify", "from-hub"]);
 }
+
+/// An item replaced on the hub while the spoke is copying the page that
+/// lists it: the hub no longer serves the old blob, the spoke leaves the old
+/// version out instead of failing the execution, and the new version follows.
+#[test]
+fn an_item_replaced_during_the_copy_is_skipped_and_its_new_version_follows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    // Eight large blobs fill the spoke's parallel transfers; the small item
+    // published last waits behind them.
+    let big: Vec<PathBuf> = (0..8)
+        .map(|i| {
+            let path = tmp.path().join(format!("big-{i}"));
+            let mut src = std::fs::File::open("/dev/urandom").unwrap().take(2 << 20);
+            std::io::copy(&mut src, &mut std::fs::File::create(&path).unwrap()).unwrap();
+            path
+        })
+        .collect();
+    for (i, f) in big.iter().enumerate() {
+        hub.put_asset_file("files", &format!("big/{i}"), f);
+    }
+    hub.put_asset("files", "latest.txt", b"version 1");
+
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600", "--bandwidth-limit", "4000000"],
+    );
+    assert!(
+        wait_until(SYNC, || partial_bytes(&spoke) > 0),
+        "no transfer in flight"
+    );
+    hub.put_asset("files", "latest.txt", b"version 2");
+
+    assert!(
+        wait_until(SYNC, || spoke.serves("files", "latest.txt", b"version 2")),
+        "the new version did not reach the spoke"
+    );
+    let execs = spoke.executions("from-hub");
+    let first = execs.iter().min_by_key(|e| e["id"].as_i64()).unwrap();
+    assert_eq!(first["outcome"], "succeeded", "{first:#}");
+    let logged = first["report"]["log"].as_array().unwrap().iter().any(|l| {
+        let m = l["message"].as_str().unwrap();
+        m.contains("latest.txt") && m.contains("changed on the other side")
+    });
+    assert!(logged, "the skipped item was not logged: {first:#}");
+    assert_eq!(first["report"]["feeds"][0]["pulled"]["added"], 8, "{first:#}");
+    for (i, f) in big.iter().enumerate() {
+        assert!(spoke.serves("files", &format!("big/{i}"), &std::fs::read(f).unwrap()));
+    }
+    spoke.cli_ok(&["replication", "verify", "from-hub"]);
+}

@@ -294,7 +294,7 @@ impl<'a> Run<'a> {
         }
         loop {
             if !page.entries.is_empty() {
-                self.pull_entries(local, &page.entries, fr).await?;
+                self.pull_entries(local, remote, &page.entries, fr).await?;
             }
             let advanced = page.next > since;
             since = page.next.max(since);
@@ -458,7 +458,7 @@ impl<'a> Run<'a> {
             let page = self.remote.entries(remote, after.as_ref(), PAGE).await?;
             seen.extend(page.entries.iter().map(|e| e.key.clone()));
             if !page.entries.is_empty() {
-                self.pull_entries(local, &page.entries, fr).await?;
+                self.pull_entries(local, remote, &page.entries, fr).await?;
             }
             match page.next_after {
                 Some(k) => after = Some(k),
@@ -562,6 +562,7 @@ impl<'a> Run<'a> {
     async fn pull_entries(
         &mut self,
         local: &FeedRecord,
+        remote: &FeedName,
         entries: &[WireEntry],
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
@@ -615,6 +616,7 @@ impl<'a> Run<'a> {
             }
         }
         let t_fetch = std::time::Instant::now();
+        let mut gone: HashSet<Digest> = HashSet::new();
         let mut fetched: Vec<(u64, tokio::task::JoinHandle<Result<(), ferry_store::StoreError>>)> =
             Vec::with_capacity(need.len());
         {
@@ -623,13 +625,23 @@ impl<'a> Run<'a> {
             loop {
                 while pending.len() < BLOB_PARALLELISM {
                     let Some(d) = queue.next() else { break };
-                    pending.push(self.fetch_blob(*d));
+                    let fetch = self.fetch_blob(*d);
+                    pending.push(async move { (*d, fetch.await) });
                 }
                 match pending.next().await {
-                    Some(r) => fetched.push(r?),
+                    Some((_, Ok(r))) => fetched.push(r),
+                    Some((d, Err(ReplError::Remote { status: 404, .. }))) => {
+                        gone.insert(d);
+                    }
+                    Some((_, Err(e))) => return Err(e),
                     None => break,
                 }
             }
+        }
+        if !gone.is_empty() {
+            todo = self
+                .drop_changed_meanwhile(local, remote, todo, &gone, fr)
+                .await?;
         }
         let fetch_ms = t_fetch.elapsed().as_millis();
         // Durable before any item that needs them is applied.
@@ -743,6 +755,51 @@ impl<'a> Run<'a> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The other side no longer serves some blobs that entries of this page
+    /// need: normally because those items changed or went away there after
+    /// the page was listed. Such entries are left out (their newer change
+    /// comes after this page's cursor, so nothing is lost); an entry whose
+    /// item is unchanged there means the blob is missing on the other side,
+    /// and the execution fails.
+    async fn drop_changed_meanwhile<'e>(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        todo: Vec<&'e WireEntry>,
+        gone: &HashSet<Digest>,
+        fr: &mut FeedReport,
+    ) -> Result<Vec<&'e WireEntry>, ReplError> {
+        let (hit, kept): (Vec<&WireEntry>, Vec<&WireEntry>) = todo
+            .into_iter()
+            .partition(|e| e.blobs.iter().any(|d| gone.contains(d)));
+        let now = self
+            .remote
+            .stamps(remote, hit.iter().map(|e| e.key.clone()).collect())
+            .await?;
+        for (e, current) in hit.iter().zip(now.stamps) {
+            if current.is_some_and(|(stamp, _)| stamp == e.stamp) {
+                let d = e.blobs.iter().find(|d| gone.contains(d)).copied();
+                return Err(ReplError::Remote {
+                    status: 404,
+                    message: format!(
+                        "item {} of feed {remote} needs blob {} that the other instance does not have",
+                        e.key,
+                        d.map(|d| d.to_string()).unwrap_or_default()
+                    ),
+                });
+            }
+            fr.pulled.skipped += 1;
+            self.log(
+                "info",
+                format!(
+                    "{} in feed {} changed on the other side while it was being copied; its newer version follows",
+                    e.key, local.name
+                ),
+            );
+        }
+        Ok(kept)
     }
 
     // ---------------------------------------------------------------- push
