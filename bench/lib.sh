@@ -18,6 +18,7 @@ declare -A DEB_PACKAGE=(
     [python3]=python3
     [npm]=npm
     [twine]=twine
+    [/usr/bin/time]=time
 )
 
 # ensure_commands CMD...: installs the Debian packages for any missing
