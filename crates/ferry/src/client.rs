@@ -184,6 +184,51 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             };
             println!("created {dir} {mode} replication {name}");
         }
+        ReplCmd::Update {
+            name,
+            outgoing,
+            token,
+            include,
+            exclude,
+            no_filters,
+            interval,
+            carry_downloads,
+            bandwidth_limit,
+            conn,
+        } => {
+            let mut body = serde_json::Map::new();
+            let mut set = |k: &str, v: Value| {
+                if !v.is_null() {
+                    body.insert(k.to_string(), v);
+                }
+            };
+            set("outgoing", json!(outgoing));
+            set("token", json!(token));
+            if no_filters {
+                set("include", json!([]));
+                set("exclude", json!([]));
+            }
+            if !include.is_empty() {
+                set("include", json!(include));
+            }
+            if !exclude.is_empty() {
+                set("exclude", json!(exclude));
+            }
+            set("interval", json!(interval));
+            set("carry_downloads", json!(carry_downloads));
+            set("bandwidth_limit", json!(bandwidth_limit));
+            if body.is_empty() {
+                anyhow::bail!("nothing to change: give at least one option (see --help)");
+            }
+            call(
+                &conn,
+                Method::PATCH,
+                &format!("/api/v1/replications/{name}"),
+                Some(Value::Object(body)),
+            )
+            .await?;
+            println!("updated replication {name}");
+        }
         ReplCmd::Token { name, conn } => {
             let r = call(
                 &conn,

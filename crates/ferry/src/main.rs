@@ -112,6 +112,38 @@ pub enum ReplCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Change a replication's URL, token, filters, interval, download counts
+    /// or bandwidth cap (mode, feeds and direction stay; a narrower filter
+    /// never deletes anything).
+    Update {
+        name: String,
+        /// Outgoing: the other instance's new base URL.
+        #[arg(long)]
+        outgoing: Option<String>,
+        /// Outgoing: a new sync token generated on the other instance.
+        #[arg(long)]
+        token: Option<String>,
+        /// Replace the include filters (repeatable).
+        #[arg(long = "include")]
+        include: Vec<String>,
+        /// Replace the exclude filters (repeatable).
+        #[arg(long = "exclude")]
+        exclude: Vec<String>,
+        /// Remove every include and exclude filter.
+        #[arg(long, conflicts_with_all = ["include", "exclude"])]
+        no_filters: bool,
+        /// Seconds between scheduled executions.
+        #[arg(long)]
+        interval: Option<u64>,
+        /// Carry download counts with items (true or false).
+        #[arg(long)]
+        carry_downloads: Option<bool>,
+        /// Cap blob transfers at this many bytes per second; 0 removes the cap.
+        #[arg(long)]
+        bandwidth_limit: Option<u64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Generate a sync token for an incoming replication (printed once).
     Token {
         name: String,

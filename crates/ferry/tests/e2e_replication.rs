@@ -596,3 +596,79 @@ fn executions_and_overview_show_runs_counts_logs_lag_and_next_run() {
     assert_eq!(st["last_outcome"], "succeeded");
     assert_eq!(st["last_error"], Value::Null);
 }
+
+/// A spoke's operator rotates the hub's token and narrows and widens the
+/// filter with `replication update`: a token the hub refuses changes
+/// nothing, the new one works (long polling included), a narrower filter
+/// deletes nothing, and a wider one brings what the narrow one left out.
+#[test]
+fn update_rotates_the_token_and_changes_filters_without_deleting() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    hub.put_asset("files", "docs/a.txt", b"a");
+    hub.put_asset("files", "bin/b.bin", b"b");
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing("from-hub", &["files"], &hub, &token, "pull", &[]);
+    assert!(wait_until(SYNC, || spoke.serves("files", "docs/a.txt", b"a")
+        && spoke.serves("files", "bin/b.bin", b"b")));
+
+    // The overview never shows the token's secret.
+    let view = spoke.cli_json(&["replication", "list", "--json"]).to_string();
+    let secret = &token["fst_".len() + 17..];
+    assert!(!view.contains(secret), "the overview shows the token: {view}");
+    assert!(view.contains(token_id(&token)), "{view}");
+
+    // The hub rotates its token. The revoked one is refused by an update,
+    // which then changes nothing.
+    let new_token = hub.sync_token("edge");
+    hub.cli_ok(&["replication", "revoke", "edge", token_id(&token)]);
+    let out = spoke.cli_fails(&["replication", "update", "from-hub", "--token", &token]);
+    assert!(out.contains("refused the sync token"), "{out}");
+    let out = spoke.cli_fails(&["replication", "update", "from-hub"]);
+    assert!(out.contains("nothing to change"), "{out}");
+    spoke.cli_ok(&["replication", "update", "from-hub", "--token", &new_token]);
+    let view = spoke.cli_json(&["replication", "list", "--json"]).to_string();
+    assert!(view.contains(token_id(&new_token)), "{view}");
+    hub.put_asset("files", "docs/c.txt", b"c");
+    assert!(
+        wait_until(SYNC, || spoke.serves("files", "docs/c.txt", b"c")),
+        "no change arrived with the new token"
+    );
+
+    // A narrower filter: what it leaves out stays, new items outside it
+    // are not copied, and a deletion outside it does not travel either.
+    spoke.cli_ok(&["replication", "update", "from-hub", "--include", "docs/**"]);
+    hub.put_asset("files", "bin/d.bin", b"d");
+    hub.delete_asset("files", "bin/b.bin");
+    hub.put_asset("files", "docs/e.txt", b"e");
+    assert!(wait_until(SYNC, || spoke.serves("files", "docs/e.txt", b"e")));
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(spoke.lacks("files", "bin/d.bin"));
+    assert!(
+        spoke.serves("files", "bin/b.bin", b"b"),
+        "a narrower filter deleted an item"
+    );
+
+    // Without filters again: what the narrow filter passed over arrives.
+    spoke.cli_ok(&[
+        "replication",
+        "update",
+        "from-hub",
+        "--no-filters",
+        "--interval",
+        "120",
+    ]);
+    let view = spoke.cli_json(&["replication", "list", "--json"]);
+    assert_eq!(view[0]["config"]["interval_secs"], 120);
+    assert_eq!(view[0]["config"]["include"], json!([]));
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(spoke.serves("files", "bin/d.bin", b"d"));
+    assert!(spoke.lacks("files", "bin/b.bin"));
+    spoke.cli_ok(&["replication", "verify", "from-hub"]);
+
+    // An incoming replication has no token or URL to change.
+    let out = hub.cli_fails(&["replication", "update", "edge", "--token", &new_token]);
+    assert!(out.contains("incoming"), "{out}");
+}

@@ -274,6 +274,18 @@ impl ReplicationConfig {
     pub fn is_outgoing(&self) -> bool {
         matches!(self.communication, Communication::Outgoing { .. })
     }
+
+    /// The configuration to show: an outgoing token keeps its id (to tell
+    /// which of the other side's tokens it is) and loses its secret.
+    pub fn redacted(mut self) -> Self {
+        if let Communication::Outgoing { token, .. } = &mut self.communication {
+            *token = match crate::token::split(token) {
+                Some((id, _)) => format!("fst_{id}_…"),
+                None => "…".into(),
+            };
+        }
+        self
+    }
 }
 
 #[cfg(test)]
@@ -399,5 +411,179 @@ impl CreateRequest {
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// Changes to an existing replication, as the CLI and the API send them.
+/// Absent fields stay as they are. The mode, the feed pairs and the
+/// direction do not change here: they are part of what the other end agreed
+/// to (delete and create the replication again for those).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    /// Outgoing: the other instance's new base URL.
+    #[serde(default)]
+    pub outgoing: Option<String>,
+    /// Outgoing: a new sync token from the other instance.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Replaces the include filters (an empty list: everything).
+    #[serde(default)]
+    pub include: Option<Vec<String>>,
+    /// Replaces the exclude filters.
+    #[serde(default)]
+    pub exclude: Option<Vec<String>>,
+    #[serde(default)]
+    pub interval: Option<u64>,
+    #[serde(default)]
+    pub carry_downloads: Option<bool>,
+    /// Bytes per second; 0 removes the cap.
+    #[serde(default)]
+    pub bandwidth_limit: Option<u64>,
+    #[serde(default)]
+    pub delete_guard: Option<DeleteGuard>,
+}
+
+impl UpdateRequest {
+    /// The configuration after the change, validated.
+    pub fn apply_to(self, old: &ReplicationConfig) -> Result<ReplicationConfig, ReplError> {
+        let mut cfg = old.clone();
+        match &mut cfg.communication {
+            Communication::Outgoing { url, token } => {
+                if let Some(u) = self.outgoing {
+                    *url = u;
+                }
+                if let Some(t) = self.token {
+                    *token = t;
+                }
+            }
+            Communication::Incoming => {
+                if self.outgoing.is_some() || self.token.is_some() {
+                    return Err(ReplError::Invalid(
+                        "this replication is incoming: the other instance holds the URL and the token \
+                         (use `ferry replication token` and `revoke` here)"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if let Some(v) = self.include {
+            cfg.include = v;
+        }
+        if let Some(v) = self.exclude {
+            cfg.exclude = v;
+        }
+        if let Some(v) = self.interval {
+            cfg.interval_secs = v;
+        }
+        if let Some(v) = self.carry_downloads {
+            cfg.carry_downloads = v;
+        }
+        if let Some(v) = self.bandwidth_limit {
+            cfg.bandwidth_limit = (v > 0).then_some(v);
+        }
+        if let Some(g) = self.delete_guard {
+            if !(0.0..=1.0).contains(&g.max_share) {
+                return Err(ReplError::Invalid(
+                    "the delete guard's share must be between 0 and 1".into(),
+                ));
+            }
+            cfg.delete_guard = g;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Whether the change touches how this instance reaches the other one.
+    pub fn changes_connection(&self) -> bool {
+        self.outgoing.is_some() || self.token.is_some()
+    }
+}
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+
+    fn outgoing() -> ReplicationConfig {
+        CreateRequest {
+            name: "r".into(),
+            feeds: vec!["files".into()],
+            outgoing: Some("http://hub:8765".into()),
+            token: Some("fst_a_b".into()),
+            mode: "pull".into(),
+            include: vec!["docs/**".into()],
+            bandwidth_limit: Some(1000),
+            ..Default::default()
+        }
+        .into_config()
+        .unwrap()
+    }
+
+    #[test]
+    fn updates_change_only_what_they_name() {
+        let old = outgoing();
+        let new = UpdateRequest {
+            token: Some("fst_c_d".into()),
+            include: Some(vec![]),
+            bandwidth_limit: Some(0),
+            ..Default::default()
+        }
+        .apply_to(&old)
+        .unwrap();
+        assert_eq!(
+            new.communication,
+            Communication::Outgoing {
+                url: "http://hub:8765".into(),
+                token: "fst_c_d".into()
+            }
+        );
+        assert!(new.include.is_empty());
+        assert_eq!(new.bandwidth_limit, None);
+        assert_eq!(
+            (new.mode, new.feeds.clone(), new.interval_secs),
+            (old.mode, old.feeds, 60)
+        );
+    }
+
+    #[test]
+    fn bad_updates_are_refused() {
+        let old = outgoing();
+        let bad = |u: UpdateRequest| u.apply_to(&old).unwrap_err().to_string();
+        assert!(
+            bad(UpdateRequest {
+                outgoing: Some("ftp://x".into()),
+                ..Default::default()
+            })
+            .contains("http")
+        );
+        assert!(
+            bad(UpdateRequest {
+                interval: Some(0),
+                ..Default::default()
+            })
+            .contains("interval")
+        );
+        assert!(
+            bad(UpdateRequest {
+                include: Some(vec!["[".into()]),
+                ..Default::default()
+            })
+            .contains("[")
+        );
+        let incoming = CreateRequest {
+            name: "r".into(),
+            feeds: vec!["files".into()],
+            mode: "push".into(),
+            ..Default::default()
+        }
+        .into_config()
+        .unwrap();
+        let e = UpdateRequest {
+            token: Some("fst_x_y".into()),
+            ..Default::default()
+        }
+        .apply_to(&incoming)
+        .unwrap_err();
+        assert!(e.to_string().contains("incoming"), "{e}");
     }
 }

@@ -36,7 +36,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use error::ReplError;
 
-use crate::config::{Communication, ReplicationConfig};
+use crate::config::{Communication, ReplicationConfig, UpdateRequest};
 use crate::diag::DiagLog;
 use crate::engine::{Lag, Progress, Report, Run};
 use crate::filter::Filter;
@@ -191,6 +191,56 @@ impl Replicator {
         Ok(rec)
     }
 
+    /// Changes a replication's connection, filters or schedule. A new URL or
+    /// token is checked against the other end first and refused, leaving the
+    /// replication as it was, if that end refuses it. A narrower filter never
+    /// deletes anything: items it leaves out simply stop being copied.
+    pub async fn update(&self, name: &str, req: UpdateRequest) -> Result<ReplicationRecord, ReplError> {
+        let (rec, old) = self.record(name).await?;
+        let reconnect = req.changes_connection();
+        let cfg = req.apply_to(&old)?;
+        if reconnect {
+            let progress = Arc::new(Progress::default());
+            let mut run = Run::new(self, &rec, &cfg, progress)?;
+            match run.handshake().await {
+                Ok(_) => {}
+                Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(replication = name, error = %e, "other instance not reachable yet; will retry")
+                }
+            }
+        }
+        let value = serde_json::to_value(&cfg).map_err(|e| ReplError::Invalid(e.to_string()))?;
+        {
+            // Not while an execution runs with the old settings.
+            let lock = self.lock_for(rec.id);
+            let _guard = lock.lock().await;
+            self.store().update_replication(name, value.clone()).await?;
+            if cfg.include != old.include || cfg.exclude != old.exclude {
+                // Items a filter left out were passed over by the cursors;
+                // from the start again, so a wider filter brings them (what
+                // both ends already hold is skipped by its stamp).
+                for p in &cfg.feeds {
+                    for dir in ["pull", "push"] {
+                        let cursor = format!("{dir}:{}:{}", p.local, p.remote);
+                        self.store().set_cursor(rec.id, &cursor, 0).await?;
+                    }
+                }
+            }
+        }
+        if cfg.is_outgoing() {
+            // The long polls hold the old URL and token; the main loop reads
+            // the configuration afresh every time.
+            self.0
+                .scheduler
+                .restart_watchers(self.clone(), rec.id, name.to_string());
+            self.0.scheduler.wake(rec.id);
+        }
+        Ok(ReplicationRecord { config: value, ..rec })
+    }
+
     pub async fn delete(&self, name: &str) -> Result<(), ReplError> {
         let (rec, _) = self.record(name).await?;
         self.0.scheduler.stop(rec.id);
@@ -292,7 +342,7 @@ impl Replicator {
         }
         Ok(Overview {
             name: rec.name.clone(),
-            config,
+            config: config.redacted(),
             status,
             running,
         })
@@ -326,6 +376,8 @@ impl Replicator {
         }
         let lock = self.lock_for(rec.id);
         let _guard = lock.lock().await;
+        // Read again: an update may have changed it while this waited.
+        let (rec, cfg) = self.record(name).await?;
         self.execute_locked(&rec, &cfg, trigger, confirm_deletes, full)
             .await
     }

@@ -39,6 +39,19 @@ impl Scheduler {
         tasks.insert(id, (wake, handles));
     }
 
+    /// Replaces the watchers of a running replication (after its URL or
+    /// token changed); its main loop, and any execution in it, go on.
+    pub fn restart_watchers(&self, r: Replicator, id: i64, name: String) {
+        let Ok(mut tasks) = self.tasks.lock() else { return };
+        let Some((wake, handles)) = tasks.get_mut(&id) else {
+            return;
+        };
+        for h in handles.drain(1..) {
+            h.abort();
+        }
+        handles.push(tokio::spawn(watchers(r, id, name, wake.clone())));
+    }
+
     pub fn stop(&self, id: i64) {
         if let Ok(mut tasks) = self.tasks.lock()
             && let Some((_, handles)) = tasks.remove(&id)

@@ -7,7 +7,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use ferry_core::CoreError;
 use ferry_replication::ReplError;
-use ferry_replication::config::CreateRequest;
+use ferry_replication::config::{CreateRequest, UpdateRequest};
 use ferry_replication::diag::Level;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,7 +19,10 @@ use crate::error::ApiError;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/replications", get(list).post(create))
-        .route("/api/v1/replications/{name}", get(show).delete(remove))
+        .route(
+            "/api/v1/replications/{name}",
+            get(show).patch(update).delete(remove),
+        )
         .route("/api/v1/replications/{name}/tokens", get(tokens).post(new_token))
         .route("/api/v1/replications/{name}/tokens/{id}", delete(revoke_token))
         .route("/api/v1/replications/{name}/run", post(run))
@@ -60,6 +63,17 @@ async fn create(
 }
 
 async fn show(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
+    Ok(Json(json!(st.replicator.get(&name).await.map_err(repl)?)))
+}
+
+async fn update(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    body: Result<Json<UpdateRequest>, axum::extract::rejection::JsonRejection>,
+) -> JsonResult {
+    let Json(req) = body.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
+    st.replicator.update(&name, req).await.map_err(repl)?;
     Ok(Json(json!(st.replicator.get(&name).await.map_err(repl)?)))
 }
 

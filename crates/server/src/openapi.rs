@@ -58,6 +58,7 @@ pub fn document() -> Value {
             "/api/v1/replications/{name}": {
                 "parameters": name_param,
                 "get": op("Show a replication", "200", None),
+                "patch": op("Change a replication's URL, token, filters, interval, download counts, bandwidth or delete guard", "200", Some("ReplicationChange")),
                 "delete": op("Delete a replication (items stay)", "204", None)
             },
             "/api/v1/replications/{name}/tokens": {
@@ -142,6 +143,23 @@ pub fn document() -> Value {
                         "interval": { "type": ["integer", "null"] },
                         "carry_downloads": { "type": "boolean" },
                         "bandwidth_limit": { "type": ["integer", "null"], "description": "bytes per second" }
+                    }
+                },
+                "ReplicationChange": {
+                    "type": "object",
+                    "description": "absent fields stay as they are; mode, feeds and direction do not change",
+                    "properties": {
+                        "outgoing": { "type": ["string", "null"], "description": "outgoing: the other instance's new base URL" },
+                        "token": { "type": ["string", "null"], "description": "outgoing: a new sync token" },
+                        "include": { "type": ["array", "null"], "items": { "type": "string" } },
+                        "exclude": { "type": ["array", "null"], "items": { "type": "string" } },
+                        "interval": { "type": ["integer", "null"] },
+                        "carry_downloads": { "type": ["boolean", "null"] },
+                        "bandwidth_limit": { "type": ["integer", "null"], "description": "bytes per second; 0 removes the cap" },
+                        "delete_guard": {
+                            "type": ["object", "null"],
+                            "properties": { "max_share": { "type": "number" }, "max_items": { "type": "integer" } }
+                        }
                     }
                 },
                 "RunRequest": {
