@@ -448,3 +448,77 @@ fn hub_to_spoke_replicates_images_byte_identical_moving_only_missing_blobs_and_d
     settled(&spoke, "from-hub");
     assert!(spoke.verified("from-hub"));
 }
+
+/// OCI feeds over a mirror replication: images pushed on either end (one a
+/// multi-arch index) reach the other, a tag deleted on one end goes on the
+/// other, and both ends verify equal.
+#[test]
+fn a_mirror_pair_carries_images_and_tag_deletions_both_ways() {
+    let a = Server::start();
+    a.create_feed("images", "oci");
+    let token = a.incoming("pair", &["images"], "mirror");
+    let b = Server::start();
+    b.create_feed("images", "oci");
+    b.outgoing("pair", &["images"], &a, &token, "mirror", &[]);
+    let (key_a, key_b) = (a.key("ci", "write"), b.key("ci", "write"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Layout::create(&tmp.path().join("src"));
+    let base = layer(600_000);
+    let web = Image::new(vec![base.clone(), layer(30_000)], "amd64");
+    let multi = MultiArch::new(&base);
+    src.add_image("web", &web);
+    src.add_multi("multi", &multi);
+    let sk = Skopeo::new();
+    sk.push_ok(&src, "web", &format!("{}/images/web:v1", a.addr), &key_a);
+    sk.push_ok(&src, "web", &format!("{}/images/web:old", a.addr), &key_a);
+    sk.push_ok(&src, "multi", &format!("{}/images/multi:v1", b.addr), &key_b);
+
+    let serves =
+        |reference: &str, bytes: &[u8]| sk.inspect(reference, true, None, &[]).is_ok_and(|x| x == bytes);
+    assert!(
+        wait_until(SYNC, || serves(
+            &format!("{}/images/web:v1", b.addr),
+            &web.manifest.bytes
+        )),
+        "web:v1 did not reach b"
+    );
+    assert!(
+        wait_until(SYNC, || serves(
+            &format!("{}/images/multi:v1", a.addr),
+            &multi.index.bytes
+        )),
+        "the index did not reach a"
+    );
+    sk.pull_ok(
+        &format!("{}/images/multi:v1", a.addr),
+        &tmp.path().join("a-multi"),
+        "v1",
+        None,
+    )
+    .assert_holds("v1", &multi.index, &multi.blobs());
+    sk.pull_ok(
+        &format!("{}/images/web:v1", b.addr),
+        &tmp.path().join("b-web"),
+        "v1",
+        None,
+    )
+    .assert_holds("v1", &web.manifest, &web.blobs());
+
+    // A tag deleted on b goes on a; the other tag stays on both.
+    assert!(wait_until(SYNC, || tags(
+        &sk,
+        &format!("{}/images/web", b.addr),
+        None
+    ) == ["old", "v1"]));
+    let (st, body) = delete_tag(&b, "images", "web", "old", &key_b);
+    assert_eq!(st, 202, "{body}");
+    assert!(
+        wait_until(SYNC, || tags(&sk, &format!("{}/images/web", a.addr), None)
+            == ["v1"]),
+        "the tag deletion did not reach a"
+    );
+    assert!(serves(&format!("{}/images/web:v1", a.addr), &web.manifest.bytes));
+    b.cli_ok(&["replication", "run", "pair", "--wait"]);
+    b.cli_ok(&["replication", "verify", "pair"]);
+}

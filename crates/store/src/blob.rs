@@ -192,6 +192,23 @@ impl Drop for AppendGuard<'_> {
 
 const READ_CHUNK: usize = 256 * 1024;
 
+/// How many bytes a blob writer lets pile up in the page cache before it
+/// asks the kernel to start writing them out, so that the flush at the end
+/// (before the blob counts as stored) finds little left to do.
+const WRITEBACK_EVERY: usize = 8 << 20;
+
+/// Starts writing a file's dirty pages to the device without waiting for
+/// it (Linux starts write-back on this advice, and drops pages already
+/// written, which a blob being received will not read again soon). A
+/// failure only means the final flush does all the work.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File) {
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File) {}
+
 /// What [`pour`] leaves: the file, the hash of what went through it (if it
 /// was hashing), and the bytes the file now holds.
 struct Poured {
@@ -217,16 +234,22 @@ async fn pour(
     hold: impl Send + 'static,
 ) -> Result<Poured, StoreError> {
     use std::io::Write;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let writer = tokio::task::spawn_blocking(move || -> io::Result<(std::fs::File, Option<Sha256Hasher>)> {
         let _hold = hold;
         let mut hasher = hasher;
         let mut out = std::io::BufWriter::with_capacity(READ_CHUNK, file);
+        let mut unflushed = 0;
         while let Some(chunk) = rx.blocking_recv() {
             if let Some(h) = &mut hasher {
                 h.update(&chunk);
             }
             out.write_all(&chunk)?;
+            unflushed += chunk.len();
+            if unflushed >= WRITEBACK_EVERY {
+                start_writeback(out.get_ref());
+                unflushed = 0;
+            }
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
         Ok((file, hasher))
