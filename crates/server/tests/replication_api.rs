@@ -392,3 +392,56 @@ async fn replication_log_level_changes_at_run_time() {
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn updates_refuse_bad_bodies_and_change_only_what_they_name() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    incoming(&i, "edge", "push").await;
+    let patch = |name: &str, body: &str| {
+        let (path, body) = (format!("/api/v1/replications/{name}"), body.to_string());
+        let i = &i;
+        async move { i.send("PATCH", &path, Some(ADMIN), &[JSON], body).await }
+    };
+    for (body, why) in [
+        ("{", "malformed JSON"),
+        (r#"{"mode":"mirror"}"#, "the mode does not change here"),
+        (r#"{"interval":0}"#, "interval"),
+        (r#"{"include":["["]}"#, "a broken glob"),
+        (
+            r#"{"token":"fst_x_y"}"#,
+            "an incoming replication has no token to set",
+        ),
+        (
+            r#"{"delete_guard":{"max_share":2,"max_items":1}}"#,
+            "a share over 1",
+        ),
+    ] {
+        let r = patch("edge", body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{why}: {}", r.text());
+        assert!(!r.text().is_empty(), "{why}: no reason given");
+    }
+    assert_eq!(
+        patch("nope", r#"{"interval":5}"#).await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Without a key, or with a read-only one: refused.
+    let r = i
+        .send(
+            "PATCH",
+            "/api/v1/replications/edge",
+            None,
+            &[JSON],
+            r#"{"interval":5}"#.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    let r = patch("edge", r#"{"interval":300,"exclude":["tmp/**"]}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let cfg = &r.json()["config"];
+    assert_eq!(cfg["interval_secs"], 300);
+    assert_eq!(cfg["exclude"], json!(["tmp/**"]));
+    assert_eq!(cfg["mode"]["name"], "push", "{cfg}");
+    assert_eq!(cfg["feeds"][0]["local"], "files");
+}
