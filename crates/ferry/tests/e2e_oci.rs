@@ -522,3 +522,42 @@ fn a_mirror_pair_carries_images_and_tag_deletions_both_ways() {
     b.cli_ok(&["replication", "run", "pair", "--wait"]);
     b.cli_ok(&["replication", "verify", "pair"]);
 }
+
+/// OCI feeds over a push replication (a build site sending to a hub that
+/// only receives): images arrive, and a deleted manifest goes too.
+#[test]
+fn a_push_replication_sends_images_and_deletions_to_the_hub() {
+    let hub = Server::start();
+    hub.create_feed("images", "oci");
+    let token = hub.incoming("from-ci", &["images"], "pull");
+    let site = Server::start();
+    site.create_feed("images", "oci");
+    site.outgoing("to-hub", &["images"], &hub, &token, "push", &[]);
+    let key = site.key("ci", "write");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Layout::create(&tmp.path().join("src"));
+    let api = Image::new(vec![layer(300_000), layer(20_000)], "amd64");
+    src.add_image("api", &api);
+    let sk = Skopeo::new();
+    sk.push_ok(&src, "api", &format!("{}/images/api:v1", site.addr), &key);
+    let on_hub = format!("{}/images/api:v1", hub.addr);
+    assert!(
+        wait_until(SYNC, || sk
+            .inspect(&on_hub, true, None, &[])
+            .is_ok_and(|b| b == api.manifest.bytes)),
+        "the image did not reach the hub"
+    );
+    sk.pull_ok(&on_hub, &tmp.path().join("hub-api"), "v1", None)
+        .assert_holds("v1", &api.manifest, &api.blobs());
+
+    // Deleting the manifest by digest on the site removes it from the hub.
+    let url = format!("{}/v2/images/api/manifests/{}", site.url, api.manifest.digest);
+    let (st, body) = curl(&["-X", "DELETE", "-u", &format!("ferry:{key}"), &url]);
+    assert_eq!(st, 202, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        wait_until(SYNC, || sk.inspect(&on_hub, true, None, &[]).is_err()),
+        "the deletion did not reach the hub"
+    );
+    site.cli_ok(&["replication", "verify", "to-hub"]);
+}
