@@ -3,7 +3,7 @@
 //!
 //! Item layout (see `ferry_formats::pypi`): one item per distribution
 //! file, key `{normalized project}/{filename}`, metadata a [`FileMeta`],
-//! one blob, the file. Simple pages are derived from the items and cached
+//! blobs: the file, and for a wheel its core metadata file (PEP 658). Simple pages are derived from the items and cached
 //! until the feed changes.
 
 use std::io::BufReader;
@@ -88,7 +88,7 @@ pub async fn upload(
     .map_err(|e| CoreError::Internal(format!("archive inspection failed: {e}")))??;
     let digest = staged.digest();
     check_upload(form, &info, &digest)?;
-    let meta = FileMeta::new(&info, digest, staged.size(), crate::rfc3339(now_millis()));
+    let mut meta = FileMeta::new(&info, digest, staged.size(), crate::rfc3339(now_millis()));
     let key = meta.key()?;
     let exists = || {
         CoreError::conflict(format!(
@@ -100,7 +100,15 @@ pub async fn upload(
         return Err(exists());
     }
     let digest = ferry.commit_blob(staged).await?;
-    let write = LocalWrite::upsert(key, meta.to_json(), vec![digest], Precondition::Absent);
+    let mut blobs = vec![digest];
+    if let Some(core) = info.core_metadata {
+        // Served on its own (PEP 658), so resolvers need not fetch the wheel.
+        let staged = ferry.stage_bytes(Bytes::from(core)).await?;
+        let md = ferry.commit_blob(staged).await?;
+        meta.core_metadata = Some(md);
+        blobs.push(md);
+    }
+    let write = LocalWrite::upsert(key, meta.to_json(), blobs, Precondition::Absent);
     match ferry.write(feed, vec![write]).await {
         Ok(_) => Ok(meta),
         Err(CoreError::Conflict(_)) => Err(exists()),

@@ -84,6 +84,11 @@ pub struct FileMeta {
     /// When the file was first uploaded: RFC 3339 in UTC with a `Z` suffix
     /// (as PEP 700 asks), supplied by the caller.
     pub upload_time: String,
+    /// Digest of the file's core metadata, served on its own at the file's
+    /// URL plus `.metadata` (PEP 658/714): the item's second blob. Wheels
+    /// uploaded since Ferry serves it have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_metadata: Option<Digest>,
 }
 
 impl FileMeta {
@@ -103,6 +108,7 @@ impl FileMeta {
             yanked: false,
             yanked_reason: None,
             upload_time: upload_time.into(),
+            core_metadata: None,
         }
     }
 

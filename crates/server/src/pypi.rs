@@ -5,6 +5,7 @@
 //! | GET | `/simple/` | root index, PEP 503 HTML or PEP 691 JSON by `Accept` (`Vary: Accept`) |
 //! | GET | `/simple/{project}/` | project page; other spellings (and a missing `/`) redirect (301) to the normalized URL |
 //! | GET, HEAD | `/files/{project}/{filename}` | the file (Range, ETag); counts downloads |
+//! | GET, HEAD | `/files/{project}/{filename}.metadata` | a wheel's core metadata (PEP 658) |
 //! | POST | `/` (or no trailing `/`) | upload, twine's legacy API (`multipart/form-data`, file in `content`); 200, or 409 if the file exists |
 //! | POST | `/yank/{project}/{version}` | yank (PEP 592) every file of a version; optional body `{"reason": "..."}` (JSON) or `reason=...` (form) |
 //! | POST | `/unyank/{project}/{version}` | undo a yank |
@@ -142,6 +143,23 @@ async fn download(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let Some(dist) = filename.strip_suffix(".metadata") {
+        // PEP 658: the core metadata of a wheel, for resolvers.
+        let file = pypi::file(&st.ferry, &access.feed, &project, dist).await?;
+        let digest = file
+            .meta
+            .core_metadata
+            .ok_or_else(|| CoreError::not_found(format!("{dist} has no separate core metadata file")))?;
+        return Ok(serve_blob(
+            &st.ferry,
+            &method,
+            &headers,
+            &digest,
+            "text/plain; charset=utf-8",
+            Some(file.modified),
+        )
+        .await?);
+    }
     let file = pypi::file(&st.ferry, &access.feed, &project, &filename).await?;
     if method == Method::GET && !headers.contains_key(header::RANGE) {
         st.ferry.count_download(&access.feed, &file.key);

@@ -169,11 +169,28 @@ async fn upload_wheel_and_sdist_then_simple_pages_and_files() {
     assert_eq!(r.status, StatusCode::OK);
     let html = r.text();
     let whl_hash = Digest::of(&whl.1).hex();
+    // A wheel's core metadata is offered on its own (PEP 658/714).
+    let core = dist::metadata("Foo.Bar", "1.0", Some(">=3.8,<4"));
+    let core_hash = Digest::of(core.as_bytes()).hex();
     let whl_link = format!(
-        "<a href=\"/pypi/py/files/foo-bar/{}#sha256={whl_hash}\" data-requires-python=\"&gt;=3.8,&lt;4\">{}</a>",
+        "<a href=\"/pypi/py/files/foo-bar/{}#sha256={whl_hash}\" data-requires-python=\"&gt;=3.8,&lt;4\" \
+         data-dist-info-metadata=\"sha256={core_hash}\" data-core-metadata=\"sha256={core_hash}\">{}</a>",
         whl.0, whl.0
     );
     assert!(html.contains(&whl_link), "{html}");
+    let r = i.get(&format!("/pypi/py/files/foo-bar/{}.metadata", whl.0)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, core.as_bytes());
+    // An sdist has none, and neither does a file that is not there.
+    let sdist_link = html.lines().find(|l| l.contains(&sdist.0)).unwrap();
+    assert!(!sdist_link.contains("metadata"), "{sdist_link}");
+    for missing in [
+        format!("{}.metadata", sdist.0),
+        "foo_bar-9.9-py3-none-any.whl.metadata".into(),
+    ] {
+        let r = i.get(&format!("/pypi/py/files/foo-bar/{missing}")).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{missing}");
+    }
     assert!(
         html.contains(&format!(
             "/pypi/py/files/foo-bar/{}#sha256={}",

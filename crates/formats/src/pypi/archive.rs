@@ -27,6 +27,9 @@ pub struct DistInfo {
     pub requires_python: Option<String>,
     pub summary: Option<String>,
     pub metadata_version: String,
+    /// A wheel's core metadata file as stored in it, to serve on its own
+    /// (PEP 658); None for sdists.
+    pub core_metadata: Option<Vec<u8>>,
 }
 
 /// Inspects an uploaded distribution file.
@@ -83,6 +86,7 @@ pub fn inspect_distribution<R: Read + Seek>(
         requires_python: meta.requires_python,
         summary: meta.summary,
         metadata_version: meta.metadata_version,
+        core_metadata: (parsed.kind == DistKind::Wheel).then_some(bytes),
     })
 }
 

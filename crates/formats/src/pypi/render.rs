@@ -94,6 +94,11 @@ struct JsonFile<'a> {
     size: u64,
     #[serde(rename = "upload-time", skip_serializing_if = "Option::is_none")]
     upload_time: Option<&'a str>,
+    /// PEP 714 names it `core-metadata`; older clients read the PEP 658 name.
+    #[serde(rename = "core-metadata", skip_serializing_if = "Option::is_none")]
+    core_metadata: Option<Hashes>,
+    #[serde(rename = "dist-info-metadata", skip_serializing_if = "Option::is_none")]
+    dist_info_metadata: Option<Hashes>,
 }
 
 #[derive(Serialize)]
@@ -199,6 +204,8 @@ pub fn render_project(project: &str, files: &[FileMeta], base: &str, format: Ind
                     },
                     size: f.size,
                     upload_time: Some(f.upload_time.as_str()).filter(|t| !t.is_empty()),
+                    core_metadata: f.core_metadata.map(|d| Hashes { sha256: d.hex() }),
+                    dist_info_metadata: f.core_metadata.map(|d| Hashes { sha256: d.hex() }),
                 })
                 .collect();
             to_json(&JsonProject {
@@ -224,6 +231,12 @@ pub fn render_project(project: &str, files: &[FileMeta], base: &str, format: Ind
                     out.push_str(" data-requires-python=\"");
                     escape(&mut out, rp);
                     out.push('"');
+                }
+                if let Some(d) = &f.core_metadata {
+                    let hash = d.hex();
+                    out.push_str(&format!(
+                        " data-dist-info-metadata=\"sha256={hash}\" data-core-metadata=\"sha256={hash}\""
+                    ));
                 }
                 if f.yanked {
                     out.push_str(" data-yanked=\"");

@@ -123,6 +123,7 @@ fn good_wheel() {
             requires_python: Some(">=3.8".into()),
             summary: Some("A <test> package".into()),
             metadata_version: "2.1".into(),
+            core_metadata: Some(metadata("Foo.Bar", "1.0").into_bytes()),
         }
     );
 }
@@ -456,6 +457,7 @@ fn file_meta(filename: &str, version: &str) -> FileMeta {
         yanked: false,
         yanked_reason: None,
         upload_time: "2024-05-01T12:00:00.000000Z".into(),
+        core_metadata: None,
     }
 }
 
@@ -506,11 +508,9 @@ fn render_project_html() {
     yanked.yank(Some("bad \"build\" <oops>".into()));
     let mut yanked_no_reason = file_meta("Foo_Bar-0.9-py3-none-any.whl", "0.9");
     yanked_no_reason.yank(None);
-    let files = [
-        yanked,
-        file_meta("Foo_Bar-1.0-py3-none-any.whl", "1.0"),
-        yanked_no_reason,
-    ];
+    let mut with_metadata = file_meta("Foo_Bar-1.0-py3-none-any.whl", "1.0");
+    with_metadata.core_metadata = Some(Digest::of(b"METADATA"));
+    let files = [yanked, with_metadata, yanked_no_reason];
     let html = String::from_utf8(render_project(
         "Foo.Bar",
         &files,
@@ -524,10 +524,12 @@ fn render_project_html() {
     );
     assert!(html.contains("<title>Links for foo-bar</title>"));
     let wheel_sha = Digest::of(b"Foo_Bar-1.0-py3-none-any.whl").hex();
+    let meta_sha = Digest::of(b"METADATA").hex();
     assert!(
         html.contains(&format!(
             "<a href=\"/pypi/main/files/foo-bar/Foo_Bar-1.0-py3-none-any.whl#sha256={wheel_sha}\" \
-         data-requires-python=\"&gt;=3.8\">Foo_Bar-1.0-py3-none-any.whl</a><br>"
+         data-requires-python=\"&gt;=3.8\" data-dist-info-metadata=\"sha256={meta_sha}\" \
+         data-core-metadata=\"sha256={meta_sha}\">Foo_Bar-1.0-py3-none-any.whl</a><br>"
         )),
         "{html}"
     );
@@ -538,6 +540,11 @@ fn render_project_html() {
     assert!(
         html.contains("data-yanked=\"\">Foo_Bar-0.9-py3-none-any.whl</a>"),
         "{html}"
+    );
+    assert_eq!(
+        html.matches("data-core-metadata").count(),
+        1,
+        "only files with one say so"
     );
     // Sorted by version, then filename.
     let pos = |s: &str| html.find(&format!(">{s}</a>")).unwrap();
@@ -552,7 +559,8 @@ fn render_project_json() {
     let mut b = file_meta("foo_bar-1.10.tar.gz", "1.10");
     b.yank(None);
     b.requires_python = None;
-    let c = file_meta("Foo_Bar-1.0.0-py3-none-any.whl", "1.0.0");
+    let mut c = file_meta("Foo_Bar-1.0.0-py3-none-any.whl", "1.0.0");
+    c.core_metadata = Some(Digest::of(b"METADATA"));
     let d = file_meta("foo_bar-1.9.tar.gz", "1.9");
     let body = render_project(
         "foo-bar",
@@ -587,6 +595,10 @@ fn render_project_json() {
         format!("https://x.test/pypi/main/files/foo-bar/foo_bar-1.0.tar.gz#sha256={sha}")
     );
     assert_eq!(files[0]["yanked"], false);
+    let meta_sha = Digest::of(b"METADATA").hex();
+    assert_eq!(files[0]["core-metadata"]["sha256"], meta_sha.as_str());
+    assert_eq!(files[0]["dist-info-metadata"]["sha256"], meta_sha.as_str());
+    assert!(files[1].get("core-metadata").is_none());
     assert_eq!(files[3]["yanked"], true);
     assert!(files[3].get("requires-python").is_none());
 }
