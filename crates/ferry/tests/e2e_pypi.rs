@@ -10,7 +10,7 @@ use std::process::Command;
 use support::pypi::{
     client, dist, installed_version, pip_install, stderr, twine_upload, uv_install, write_dists,
 };
-use support::{Server, curl, run_fail, run_ok};
+use support::{Server, curl, run_fail, run_ok, tool};
 
 #[test]
 fn twine_uploads_pip_and_uv_install_and_it_survives_a_restart() {
@@ -43,6 +43,32 @@ fn twine_uploads_pip_and_uv_install_and_it_survives_a_restart() {
     let uv_dir = tmp.path().join("uv");
     run_ok(&mut uv_install(&index, &uv_dir, "Ferry_Demo"));
     assert_eq!(installed_version(&uv_dir, "ferry_demo"), "1.1");
+    // uv resolves from the wheel's core metadata alone (PEP 658) and does
+    // not fetch the wheel to do so.
+    let out = run_ok(
+        client("uv")
+            .args([
+                "pip",
+                "install",
+                "--no-cache",
+                "--dry-run",
+                "-v",
+                "--index-url",
+                &index,
+            ])
+            .arg("--python")
+            .arg(tool("python3"))
+            .arg("--target")
+            .arg(tmp.path().join("dry"))
+            .arg("Ferry_Demo")
+            .env("NO_COLOR", "1"),
+    );
+    let log = stderr(&out);
+    assert!(log.contains(".whl.metadata#sha256="), "{log}");
+    assert!(
+        !log.contains(".whl#sha256="),
+        "uv fetched the wheel to resolve: {log}"
+    );
 
     // pip downloads (and prepares) the sdist.
     let dl = tmp.path().join("dl");
