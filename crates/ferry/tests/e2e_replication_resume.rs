@@ -20,11 +20,11 @@ const SIZE: u64 = 32 << 20;
 const LIMIT: &str = "16000000";
 const SYNC: u64 = 60;
 
-fn random_file(dir: &Path, name: &str) -> PathBuf {
+fn random_file(dir: &Path, name: &str, size: u64) -> PathBuf {
     let path = dir.join(name);
-    let mut src = std::fs::File::open("/dev/urandom").unwrap().take(SIZE);
+    let mut src = std::fs::File::open("/dev/urandom").unwrap().take(size);
     let mut dst = std::fs::File::create(&path).unwrap();
-    assert_eq!(std::io::copy(&mut src, &mut dst).unwrap(), SIZE);
+    assert_eq!(std::io::copy(&mut src, &mut dst).unwrap(), size);
     path
 }
 
@@ -130,7 +130,7 @@ fn kill_9_of_spoke_or_hub_during_large_transfers_resumes_and_never_shows_partial
     let first: Vec<(String, PathBuf)> = (1..=3)
         .map(|i| {
             let name = format!("image-{i}.img");
-            let f = random_file(tmp.path(), &name);
+            let f = random_file(tmp.path(), &name, SIZE);
             (format!("images/{name}"), f)
         })
         .collect();
@@ -215,7 +215,7 @@ fn kill_9_of_spoke_or_hub_during_large_transfers_resumes_and_never_shows_partial
     let second: Vec<(String, PathBuf)> = (4..=5)
         .map(|i| {
             let name = format!("image-{i}.img");
-            let f = random_file(tmp.path(), &name);
+            let f = random_file(tmp.path(), &name, SIZE);
             (format!("images/{name}"), f)
         })
         .collect();
@@ -313,12 +313,7 @@ fn an_item_replaced_during_the_copy_is_skipped_and_its_new_version_follows() {
     // Eight large blobs fill the spoke's parallel transfers; the small item
     // published last waits behind them.
     let big: Vec<PathBuf> = (0..8)
-        .map(|i| {
-            let path = tmp.path().join(format!("big-{i}"));
-            let mut src = std::fs::File::open("/dev/urandom").unwrap().take(2 << 20);
-            std::io::copy(&mut src, &mut std::fs::File::create(&path).unwrap()).unwrap();
-            path
-        })
+        .map(|i| random_file(tmp.path(), &format!("big-{i}"), 2 << 20))
         .collect();
     for (i, f) in big.iter().enumerate() {
         hub.put_asset_file("files", &format!("big/{i}"), f);

@@ -81,6 +81,23 @@ pub struct Lag {
     pub seconds: f64,
 }
 
+/// Which way a cursor follows a feed pair.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Direction {
+    Pull,
+    Push,
+}
+
+/// The name a replication's cursor for one feed pair and direction is
+/// stored under.
+pub(crate) fn cursor_name(dir: Direction, local: &FeedName, remote: &FeedName) -> String {
+    let dir = match dir {
+        Direction::Pull => "pull",
+        Direction::Push => "push",
+    };
+    format!("{dir}:{local}:{remote}")
+}
+
 pub(crate) struct Run<'a> {
     r: &'a Replicator,
     rec: &'a ReplicationRecord,
@@ -253,7 +270,7 @@ impl<'a> Run<'a> {
         remote: &FeedName,
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
-        let cursor_name = format!("pull:{}:{}", local.name, remote);
+        let cursor_name = cursor_name(Direction::Pull, &local.name, remote);
         let mut since = if self.full {
             0
         } else {
@@ -810,7 +827,7 @@ impl<'a> Run<'a> {
         remote: &FeedName,
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
-        let cursor_name = format!("push:{}:{}", local.name, remote);
+        let cursor_name = cursor_name(Direction::Push, &local.name, remote);
         let meta = self.r.ferry().metadata().clone();
         let mut since = if self.full {
             0

@@ -38,7 +38,7 @@ pub use error::ReplError;
 
 use crate::config::{Communication, ReplicationConfig, UpdateRequest};
 use crate::diag::DiagLog;
-use crate::engine::{Lag, Progress, Report, Run};
+use crate::engine::{Direction, Lag, Progress, Report, Run};
 use crate::filter::Filter;
 use crate::protocol::FeedDigest;
 
@@ -174,21 +174,32 @@ impl Replicator {
         let rec = self.store().create_replication(name, value).await?;
         if cfg.is_outgoing() {
             // Check the other end now, so an impossible setup is refused at once.
-            let progress = Arc::new(Progress::default());
-            let mut run = Run::new(self, &rec, &cfg, progress)?;
-            match run.handshake().await {
-                Ok(_) => {}
-                Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => {
-                    self.store().delete_replication(name).await?;
-                    return Err(e);
-                }
-                Err(e) => {
-                    tracing::warn!(replication = name, error = %e, "other instance not reachable yet; will retry")
-                }
+            if let Err(e) = self.check_other_end(&rec, &cfg).await {
+                self.store().delete_replication(name).await?;
+                return Err(e);
             }
             self.0.scheduler.start(self.clone(), rec.id, name.to_string());
         }
         Ok(rec)
+    }
+
+    /// Handshakes with the other end of an outgoing replication; fails when
+    /// that end refuses the setup or the token. An end that cannot be
+    /// reached is only logged: the scheduler keeps trying.
+    async fn check_other_end(
+        &self,
+        rec: &ReplicationRecord,
+        cfg: &ReplicationConfig,
+    ) -> Result<(), ReplError> {
+        let mut run = Run::new(self, rec, cfg, Arc::new(Progress::default()))?;
+        match run.handshake().await {
+            Ok(_) => Ok(()),
+            Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => Err(e),
+            Err(e) => {
+                tracing::warn!(replication = %rec.name, error = %e, "other instance not reachable yet; will retry");
+                Ok(())
+            }
+        }
     }
 
     /// Changes a replication's connection, filters or schedule. A new URL or
@@ -200,17 +211,7 @@ impl Replicator {
         let reconnect = req.changes_connection();
         let cfg = req.apply_to(&old)?;
         if reconnect {
-            let progress = Arc::new(Progress::default());
-            let mut run = Run::new(self, &rec, &cfg, progress)?;
-            match run.handshake().await {
-                Ok(_) => {}
-                Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => {
-                    return Err(e);
-                }
-                Err(e) => {
-                    tracing::warn!(replication = name, error = %e, "other instance not reachable yet; will retry")
-                }
-            }
+            self.check_other_end(&rec, &cfg).await?;
         }
         let value = serde_json::to_value(&cfg).map_err(|e| ReplError::Invalid(e.to_string()))?;
         {
@@ -223,19 +224,21 @@ impl Replicator {
                 // from the start again, so a wider filter brings them (what
                 // both ends already hold is skipped by its stamp).
                 for p in &cfg.feeds {
-                    for dir in ["pull", "push"] {
-                        let cursor = format!("{dir}:{}:{}", p.local, p.remote);
+                    for dir in [Direction::Pull, Direction::Push] {
+                        let cursor = engine::cursor_name(dir, &p.local, &p.remote);
                         self.store().set_cursor(rec.id, &cursor, 0).await?;
                     }
                 }
             }
         }
         if cfg.is_outgoing() {
-            // The long polls hold the old URL and token; the main loop reads
-            // the configuration afresh every time.
-            self.0
-                .scheduler
-                .restart_watchers(self.clone(), rec.id, name.to_string());
+            if reconnect {
+                // The long polls hold the old URL and token; the main loop
+                // reads the configuration afresh every time.
+                self.0
+                    .scheduler
+                    .restart_watchers(self.clone(), rec.id, name.to_string());
+            }
             self.0.scheduler.wake(rec.id);
         }
         Ok(ReplicationRecord { config: value, ..rec })

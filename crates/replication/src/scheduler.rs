@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::Replicator;
 use crate::client::Remote;
 use crate::config::{Communication, ReplicationConfig};
-use crate::engine::Lag;
+use crate::engine::{Direction, Lag, cursor_name};
 
 const LONG_POLL_SECS: u64 = 25;
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -121,7 +121,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
                 name.clone(),
                 pair.clone(),
             );
-            let cursor_name = format!("pull:{}:{}", pair.local, pair.remote);
+            let cursor_name = cursor_name(Direction::Pull, &pair.local, &pair.remote);
             tasks.push(tokio::spawn(async move {
                 loop {
                     let cursor = r.store().cursor(id, &cursor_name).await.unwrap_or(0);

@@ -215,14 +215,13 @@ struct Poured {
     file: std::fs::File,
     hasher: Option<Sha256Hasher>,
     size: u64,
-    /// The body failed midway; everything before the failure was written.
-    failure: Option<io::Error>,
 }
 
 /// Streams `body` into `file` (which already holds `size` bytes and is
 /// positioned after them): hashing and writing happen on one blocking
 /// thread, so the async workers only move chunks. Past `limit` bytes in all
-/// it stops with [`StoreError::TooLarge`]. If the caller's future is dropped,
+/// it stops with [`StoreError::TooLarge`]. If `body` fails midway, the error
+/// is returned once everything before it is written. If the caller's future is dropped,
 /// the writer finishes what it was handed and stops; `hold` is dropped when
 /// the writer ends.
 async fn pour(
@@ -278,12 +277,10 @@ async fn pour(
     let (file, hasher) = writer
         .await
         .map_err(|e| StoreError::Backend(format!("blob writer: {e}")))??;
-    Ok(Poured {
-        file,
-        hasher,
-        size,
-        failure,
-    })
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    Ok(Poured { file, hasher, size })
 }
 /// Chunk size when serving a blob.
 const SEND_CHUNK: usize = 1024 * 1024;
@@ -397,9 +394,6 @@ impl BlobStore for FsBlobStore {
             committed: false,
         };
         let poured = pour(body, file, Some(Sha256Hasher::new()), 0, limit, ()).await?;
-        if let Some(e) = poured.failure {
-            return Err(e.into());
-        }
         let file = poured.file;
         tokio::task::spawn_blocking(move || file.sync_all())
             .await
@@ -553,11 +547,8 @@ impl BlobStore for FsBlobStore {
                 let _ = tokio::fs::remove_file(&partial).await;
                 return Err(e);
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e), // a broken body: what arrived is kept
         };
-        if let Some(e) = poured.failure {
-            return Err(e.into()); // keep what arrived
-        }
         let size = poured.size;
         let actual = if let Some(hasher) = poured.hasher {
             hasher.finish()
@@ -638,9 +629,6 @@ impl BlobStore for FsBlobStore {
             file.seek(io::SeekFrom::Start(start))?;
         }
         let poured = pour(body, file, Some(hasher), start, limit, writer).await?;
-        if let Some(e) = poured.failure {
-            return Err(e.into());
-        }
         let size = poured.size;
         let Some(hasher) = poured.hasher else {
             return Err(StoreError::Backend("blob writer lost its hash".into()));
