@@ -11,9 +11,18 @@
 //! Upload sessions (chunked uploads) live in memory ([`Uploads`]) and in
 //! the blob store's upload area; a restart loses the sessions in flight
 //! (clients start the upload again).
+//!
+//! A manifest that an index of its repository lists (an OCI image index or
+//! a Docker manifest list, possibly nested) is never deleted while the
+//! index lives: [`delete_manifest`] refuses it (DENIED, naming the indexes)
+//! and [`prune_untagged`] keeps it, or takes the index first. Manifest
+//! writes, deletes and pruning of one repository are serialized on this
+//! instance (see `lock_repository`), so a concurrent index push cannot
+//! slip between the check and the delete.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -588,6 +597,105 @@ pub async fn cancel_upload(
 }
 
 // ---------------------------------------------------------------------------
+// References between manifests
+
+/// How many locks the repositories of every feed share (by hash).
+const REPO_LOCK_STRIPES: usize = 64;
+
+static REPO_LOCKS: [tokio::sync::Mutex<()>; REPO_LOCK_STRIPES] =
+    [const { tokio::sync::Mutex::const_new(()) }; REPO_LOCK_STRIPES];
+
+/// Serializes, on this instance, what adds or removes references between
+/// the manifests of repository `repo`: manifest PUTs (an index listing its
+/// children, a tag naming a manifest), deletes by digest, and pruning. Each
+/// reads the repository's items and writes while holding the lock, so
+/// "no index lists this manifest" still holds when the delete commits, and
+/// an index push that checked its children finds them still there.
+///
+/// The locks are process-wide: repositories (of every feed, and of every
+/// `Ferry` a process runs) share [`REPO_LOCK_STRIPES`] of them by hash; a
+/// collision only makes one wait for the other. A task holds one at a time
+/// and awaits nothing but its own store while holding it, so they cannot
+/// deadlock.
+///
+/// Not covered: changes applied by replication. An index pushed on one
+/// instance while its child is deleted on another (before either has the
+/// other's change) still meets on both as an index with a missing child;
+/// preventing that would take coordination between instances.
+async fn lock_repository(feed: &FeedRecord, repo: &str) -> tokio::sync::MutexGuard<'static, ()> {
+    let mut h = DefaultHasher::new();
+    feed.id.hash(&mut h);
+    repo.hash(&mut h);
+    let stripe = (h.finish() % REPO_LOCK_STRIPES as u64) as usize;
+    REPO_LOCKS[stripe].lock().await
+}
+
+/// The manifests an item of repository manifest `digest` lists as
+/// children. An item whose metadata cannot be read is taken to list every
+/// digest among its blobs (an index's blobs include its children's
+/// manifest bytes): in doubt, a manifest counts as referenced.
+fn listed_children(digest: &Digest, item: &ItemRecord, meta: Option<&ManifestMeta>) -> Vec<Digest> {
+    match meta {
+        Some(m) => m.children.clone(),
+        None => item.blobs.iter().filter(|b| *b != digest).copied().collect(),
+    }
+}
+
+/// The indexes among `manifests` (one repository's manifest items) that
+/// list `target`, sorted.
+fn indexes_listing(manifests: &[ItemRecord], target: &Digest) -> Vec<Digest> {
+    let mut out: Vec<Digest> = manifests
+        .iter()
+        .filter_map(|item| {
+            let Some(OciItemKey::Manifest { digest, .. }) = format::parse_item_key(&item.key) else {
+                return None;
+            };
+            let meta = serde_json::from_value::<ManifestMeta>(item.meta.clone()).ok();
+            listed_children(&digest, item, meta.as_ref())
+                .contains(target)
+                .then_some(digest)
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// DENIED (409): `digest` is listed by `indexes` (with the tags naming
+/// each, from `tags`: the repository's tag items).
+fn referenced_by_index(digest: &Digest, indexes: &[Digest], tags: &[ItemRecord]) -> Error {
+    let described: Vec<String> = indexes
+        .iter()
+        .map(|index| {
+            let mut names: Vec<String> = tags
+                .iter()
+                .filter_map(|t| {
+                    let meta = serde_json::from_value::<TagMeta>(t.meta.clone()).ok()?;
+                    match format::parse_item_key(&t.key) {
+                        Some(OciItemKey::Tag { tag, .. }) if meta.digest == *index => Some(tag),
+                        _ => None,
+                    }
+                })
+                .collect();
+            names.sort();
+            if names.is_empty() {
+                format!("{index} (untagged)")
+            } else {
+                format!("{index} (tags: {})", names.join(", "))
+            }
+        })
+        .collect();
+    let message = match described.as_slice() {
+        [one] => format!("manifest {digest} is referenced by index {one}; delete the index first"),
+        many => format!(
+            "manifest {digest} is referenced by indexes {}; delete those indexes first",
+            many.join(", ")
+        ),
+    };
+    Error::new(ErrorCode::Denied, CoreError::Conflict(message))
+}
+
+// ---------------------------------------------------------------------------
 // Manifests and tags
 
 /// What a manifest PUT stored.
@@ -677,6 +785,9 @@ pub async fn put_manifest(
         }
         blobs.push(d);
     }
+    // From here to the write: no delete of a child in between (nor a prune
+    // that would miss the new index or tag).
+    let _repo_lock = lock_repository(feed, repo).await;
     for child in manifest.children() {
         let Some(item) = ferry.item(feed, &format::manifest_key(repo, &child)?).await? else {
             return Err(Error::new(
@@ -794,21 +905,35 @@ pub async fn manifest(
 
 /// `DELETE …/manifests/REFERENCE`: by digest, removes the manifest and every
 /// tag of the repository pointing at it; by tag, removes the tag only.
+///
+/// A manifest that an index of the repository lists (an image index or a
+/// manifest list, whether tagged or not) is not deleted: DENIED, as a
+/// conflict, naming the indexes and their tags. Deleting the indexes first
+/// lets it go. The check and the delete happen under the repository's lock
+/// (see `lock_repository`).
 pub async fn delete_manifest(ferry: &Ferry, feed: &FeedRecord, repo: &str, reference: &str) -> Result<()> {
     check_repository(repo)?;
     let reference = format::parse_reference(reference)?;
+    let _repo_lock;
     let writes = match &reference {
         Reference::Tag(tag) => vec![LocalWrite::delete(
             format::tag_key(repo, tag)?,
             Precondition::Present,
         )],
         Reference::Digest(digest) => {
+            _repo_lock = lock_repository(feed, repo).await;
             let key = format::manifest_key(repo, digest)?;
             if ferry.item(feed, &key).await?.is_none() {
                 return Err(manifest_unknown(repo, &reference));
             }
+            let tags = repo_items(ferry, feed, repo, &format::tag_prefix(repo)).await?;
+            let manifests = repo_items(ferry, feed, repo, &format::manifest_prefix(repo)).await?;
+            let indexes = indexes_listing(&manifests, digest);
+            if !indexes.is_empty() {
+                return Err(referenced_by_index(digest, &indexes, &tags));
+            }
             let mut writes = vec![LocalWrite::delete(key, Precondition::Present)];
-            for item in repo_items(ferry, feed, repo, &format::tag_prefix(repo)).await? {
+            for item in tags {
                 let points_here = serde_json::from_value::<TagMeta>(item.meta)
                     .ok()
                     .is_some_and(|t| t.digest == *digest);
@@ -1005,9 +1130,11 @@ pub struct PruneReport {
 /// no remaining manifest of the repository lists are deleted too, so the
 /// next garbage collection frees their content.
 ///
-/// A manifest tagged while the pass runs may lose its manifest item (the
-/// tag then answers MANIFEST_UNKNOWN until pushed again); run it when
-/// pushes are quiet, or with a generous `older_than`.
+/// A manifest a remaining index lists is never deleted, and an index goes
+/// before its children (even across write batches), so no state on the
+/// way leaves an index naming a missing manifest. Each repository is read
+/// and pruned under its lock (see `lock_repository`): a manifest tagged,
+/// or listed by an index pushed, while the pass runs is seen and kept.
 pub async fn prune_untagged(
     ferry: &Ferry,
     feed: &FeedRecord,
@@ -1020,99 +1147,157 @@ pub async fn prune_untagged(
         )));
     }
     let cutoff = now_millis().saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
-
-    struct Repo {
-        manifests: HashMap<Digest, (ItemRecord, ManifestMeta)>,
-        tagged: HashSet<Digest>,
-        links: Vec<(ItemRecord, Digest)>,
-    }
-    let mut repos: HashMap<String, Repo> = HashMap::new();
+    let mut repos = BTreeSet::new();
     for item in ferry.items(feed, "").await? {
-        let Some(parsed) = format::parse_item_key(&item.key) else {
-            continue;
-        };
-        let repo = match &parsed {
-            OciItemKey::Manifest { repo, .. }
-            | OciItemKey::Tag { repo, .. }
-            | OciItemKey::Blob { repo, .. } => repo.clone(),
-        };
-        let r = repos.entry(repo).or_insert_with(|| Repo {
-            manifests: HashMap::new(),
-            tagged: HashSet::new(),
-            links: Vec::new(),
-        });
-        match parsed {
-            OciItemKey::Manifest { digest, .. } => {
-                match serde_json::from_value::<ManifestMeta>(item.meta.clone()) {
-                    Ok(meta) => {
-                        r.manifests.insert(digest, (item, meta));
-                    }
-                    Err(e) => {
-                        // Unreadable: neither pruned nor trusted to keep others.
-                        tracing::warn!(key = %item.key, feed = %feed.name, "unreadable OCI manifest item left alone: {e}");
-                    }
-                }
-            }
-            OciItemKey::Tag { .. } => {
-                if let Ok(t) = serde_json::from_value::<TagMeta>(item.meta) {
-                    r.tagged.insert(t.digest);
-                }
-            }
-            OciItemKey::Blob { digest, .. } => r.links.push((item, digest)),
+        if let Some(
+            OciItemKey::Manifest { repo, .. } | OciItemKey::Tag { repo, .. } | OciItemKey::Blob { repo, .. },
+        ) = format::parse_item_key(&item.key)
+        {
+            repos.insert(repo);
         }
     }
 
+    const BATCH: usize = 500;
+    let mut report = PruneReport::default();
+    for repo in repos {
+        let _repo_lock = lock_repository(feed, &repo).await;
+        let mut items = Vec::new();
+        for prefix in [
+            format::manifest_prefix(&repo),
+            format::tag_prefix(&repo),
+            format::blob_prefix(&repo),
+        ] {
+            items.extend(
+                repo_items(ferry, feed, &repo, &prefix)
+                    .await
+                    .map_err(|e| e.error)?,
+            );
+        }
+        let plan = plan_prune(&feed.name, items, cutoff);
+        let mut deletes = plan.deletes.into_iter().peekable();
+        while deletes.peek().is_some() {
+            let batch: Vec<LocalWrite> = deletes
+                .by_ref()
+                .take(BATCH)
+                .map(|key| LocalWrite::delete(key, Precondition::Any))
+                .collect();
+            ferry.write(feed, batch).await?;
+        }
+        report.manifests_deleted += plan.report.manifests_deleted;
+        report.links_deleted += plan.report.links_deleted;
+    }
+    Ok(report)
+}
+
+/// What pruning one repository deletes, in order.
+struct PrunePlan {
+    /// Manifests, each after every manifest that lists it; then links.
+    deletes: Vec<ItemKey>,
+    report: PruneReport,
+}
+
+/// Decides what [`prune_untagged`] deletes among `items` (the manifest,
+/// tag and link items of one repository), for manifests and links written
+/// before `cutoff`.
+fn plan_prune(feed: &FeedName, items: Vec<ItemRecord>, cutoff: i64) -> PrunePlan {
+    // Digest → item, metadata (None: unreadable), the manifests it lists.
+    let mut manifests: HashMap<Digest, (ItemRecord, Option<ManifestMeta>, Vec<Digest>)> = HashMap::new();
+    let mut tagged: HashSet<Digest> = HashSet::new();
+    let mut links: Vec<(ItemRecord, Digest)> = Vec::new();
+    for item in items {
+        match format::parse_item_key(&item.key) {
+            Some(OciItemKey::Manifest { digest, .. }) => {
+                let meta = match serde_json::from_value::<ManifestMeta>(item.meta.clone()) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        // Unreadable: never pruned, and taken to keep every
+                        // manifest among its blobs.
+                        tracing::warn!(key = %item.key, feed = %feed, "unreadable OCI manifest item left alone: {e}");
+                        None
+                    }
+                };
+                let children = listed_children(&digest, &item, meta.as_ref());
+                manifests.insert(digest, (item, meta, children));
+            }
+            Some(OciItemKey::Tag { .. }) => {
+                if let Ok(t) = serde_json::from_value::<TagMeta>(item.meta) {
+                    tagged.insert(t.digest);
+                }
+            }
+            Some(OciItemKey::Blob { digest, .. }) => links.push((item, digest)),
+            None => {}
+        }
+    }
+
+    // Roots: tagged, young or unreadable manifests. Then what they keep, to
+    // a fixpoint.
+    let mut kept: HashSet<Digest> = manifests
+        .iter()
+        .filter(|(d, (item, meta, _))| tagged.contains(d) || item.created_at >= cutoff || meta.is_none())
+        .map(|(d, _)| *d)
+        .collect();
+    loop {
+        let mut grew = false;
+        for (d, (_, meta, children)) in &manifests {
+            if kept.contains(d) {
+                for c in children {
+                    if manifests.contains_key(c) && kept.insert(*c) {
+                        grew = true;
+                    }
+                }
+            } else if meta
+                .as_ref()
+                .and_then(|m| m.subject)
+                .is_some_and(|s| kept.contains(&s))
+            {
+                kept.insert(*d);
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+
+    // The doomed manifests, parents first: each round takes those no
+    // remaining doomed manifest lists (digests only cycle by a sha256
+    // collision; should one appear, the rest goes in one round).
+    let mut doomed: HashSet<Digest> = manifests.keys().filter(|d| !kept.contains(d)).copied().collect();
     let mut deletes = Vec::new();
     let mut report = PruneReport::default();
-    for r in repos.values() {
-        // Roots: tagged or young manifests. Then what they keep, to a fixpoint.
-        let mut kept: HashSet<Digest> = r
-            .manifests
+    while !doomed.is_empty() {
+        let listed: HashSet<Digest> = doomed
             .iter()
-            .filter(|(d, (item, _))| r.tagged.contains(d) || item.created_at >= cutoff)
-            .map(|(d, _)| *d)
+            .flat_map(|d| manifests.get(d).map(|(_, _, c)| c.as_slice()).unwrap_or_default())
+            .filter(|c| doomed.contains(c))
+            .copied()
             .collect();
-        loop {
-            let mut grew = false;
-            for (d, (_, meta)) in &r.manifests {
-                if kept.contains(d) {
-                    for c in &meta.children {
-                        if r.manifests.contains_key(c) && kept.insert(*c) {
-                            grew = true;
-                        }
-                    }
-                } else if meta.subject.is_some_and(|s| kept.contains(&s)) {
-                    kept.insert(*d);
-                    grew = true;
-                }
-            }
-            if !grew {
-                break;
-            }
+        let mut round: Vec<Digest> = doomed.iter().filter(|d| !listed.contains(d)).copied().collect();
+        if round.is_empty() {
+            round = doomed.iter().copied().collect();
         }
-        let mut still_listed: HashSet<Digest> = HashSet::new();
-        for (d, (item, _)) in &r.manifests {
-            if kept.contains(d) {
-                still_listed.extend(item.blobs.iter().copied());
-            } else {
-                deletes.push(LocalWrite::delete(item.key.clone(), Precondition::Any));
+        round.sort();
+        for d in round {
+            doomed.remove(&d);
+            if let Some((item, _, _)) = manifests.get(&d) {
+                deletes.push(item.key.clone());
                 report.manifests_deleted += 1;
             }
         }
-        for (item, digest) in &r.links {
-            if item.created_at < cutoff && !still_listed.contains(digest) {
-                deletes.push(LocalWrite::delete(item.key.clone(), Precondition::Any));
-                report.links_deleted += 1;
-            }
+    }
+
+    let still_listed: HashSet<Digest> = manifests
+        .iter()
+        .filter(|(d, _)| kept.contains(d))
+        .flat_map(|(_, (item, _, _))| item.blobs.iter().copied())
+        .collect();
+    for (item, digest) in links {
+        if item.created_at < cutoff && !still_listed.contains(&digest) {
+            deletes.push(item.key);
+            report.links_deleted += 1;
         }
     }
-    const BATCH: usize = 500;
-    let mut deletes = deletes.into_iter().peekable();
-    while deletes.peek().is_some() {
-        let batch: Vec<LocalWrite> = deletes.by_ref().take(BATCH).collect();
-        ferry.write(feed, batch).await?;
-    }
-    Ok(report)
+    PrunePlan { deletes, report }
 }
 
 #[cfg(test)]
@@ -1142,5 +1327,139 @@ mod tests {
         assert!(set_contains(&set, &a) && set_contains(&set, &b));
         assert!(!set_contains(&set, &c));
         assert!(!set_contains(&Bytes::new(), &a));
+    }
+
+    fn record(key: String, meta: serde_json::Value, blobs: Vec<Digest>, created_at: i64) -> ItemRecord {
+        ItemRecord {
+            key: ItemKey::new(key).unwrap_or_else(|e| panic!("{e}")),
+            meta,
+            blobs,
+            stamp: ferry_types::Stamp {
+                time: ferry_types::Hlc::from_parts(1, 0),
+                origin: ferry_types::InstanceId::from_bytes([0; 16]),
+            },
+            created_at,
+            updated_at: created_at,
+            downloads: 0,
+        }
+    }
+
+    /// A manifest item of repository `app` listing `children`, written at 0.
+    fn manifest(d: Digest, children: &[Digest]) -> ItemRecord {
+        let meta = ManifestMeta {
+            media_type: format::OCI_INDEX.into(),
+            size: 1,
+            artifact_type: None,
+            subject: None,
+            config: None,
+            layers: Vec::new(),
+            children: children.to_vec(),
+            annotations: None,
+        };
+        let mut blobs = vec![d];
+        blobs.extend(children);
+        record(
+            format!("manifest/app/{d}"),
+            serde_json::to_value(meta).unwrap_or_default(),
+            blobs,
+            0,
+        )
+    }
+
+    fn tag(name: &str, d: Digest) -> ItemRecord {
+        let meta = TagMeta {
+            digest: d,
+            media_type: format::OCI_INDEX.into(),
+        };
+        record(
+            format!("tag/app/{name}"),
+            serde_json::to_value(meta).unwrap_or_default(),
+            vec![d],
+            0,
+        )
+    }
+
+    fn feed_name() -> FeedName {
+        FeedName::new("img").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn pruning_deletes_indexes_before_their_children() {
+        let [child, index, outer, other] = [b"c", b"i", b"o", b"x"].map(|b| Digest::of(b));
+        let items = vec![
+            manifest(child, &[]),
+            manifest(index, &[child]),
+            manifest(outer, &[index]),
+            manifest(other, &[]),
+        ];
+        let plan = plan_prune(&feed_name(), items, 10);
+        assert_eq!(plan.report.manifests_deleted, 4);
+        let pos = |d: Digest| {
+            plan.deletes
+                .iter()
+                .position(|k| k.as_str() == format!("manifest/app/{d}"))
+                .unwrap_or_else(|| panic!("{d} not deleted"))
+        };
+        assert!(pos(outer) < pos(index) && pos(index) < pos(child));
+    }
+
+    #[test]
+    fn pruning_keeps_what_a_kept_or_unreadable_index_lists() {
+        let [a, b, tagged, unreadable] = [b"a", b"b", b"t", b"u"].map(|b| Digest::of(b));
+        let items = vec![
+            manifest(a, &[]),
+            manifest(b, &[]),
+            manifest(tagged, &[a]),
+            tag("v1", tagged),
+            // Metadata it cannot read: its blobs say it lists `b`.
+            record(
+                format!("manifest/app/{unreadable}"),
+                serde_json::json!("garbage"),
+                vec![unreadable, b],
+                0,
+            ),
+        ];
+        let plan = plan_prune(&feed_name(), items, 10);
+        assert_eq!(plan.report.manifests_deleted, 0, "{:?}", plan.deletes);
+    }
+
+    #[test]
+    fn a_listed_manifest_names_its_indexes_and_their_tags() {
+        let [child, one, two] = [b"c", b"1", b"2"].map(|b| Digest::of(b));
+        let manifests = vec![
+            manifest(child, &[]),
+            manifest(one, &[child]),
+            manifest(two, &[child]),
+        ];
+        let tags = vec![tag("multi", one), tag("latest", one)];
+        assert!(indexes_listing(&manifests, &one).is_empty());
+        let e = referenced_by_index(&child, &indexes_listing(&manifests[..2], &child), &tags);
+        assert_eq!(e.code, Some(ErrorCode::Denied));
+        assert!(matches!(e.error, CoreError::Conflict(_)));
+        assert_eq!(
+            e.error.to_string(),
+            format!(
+                "manifest {child} is referenced by index {one} (tags: latest, multi); delete the index first"
+            )
+        );
+        let mut both = [one, two];
+        both.sort();
+        assert_eq!(indexes_listing(&manifests, &child), both);
+        let e = referenced_by_index(&child, &both, &tags);
+        let described = |d: Digest| {
+            if d == one {
+                format!("{one} (tags: latest, multi)")
+            } else {
+                format!("{two} (untagged)")
+            }
+        };
+        assert_eq!(
+            e.error.to_string(),
+            format!(
+                "manifest {child} is referenced by indexes {}, {}; delete those indexes first",
+                described(both[0]),
+                described(both[1])
+            )
+        );
     }
 }

@@ -217,6 +217,62 @@ fn skopeo_round_trips_images_and_indexes_byte_identical_lists_tags_and_deletes()
     assert!(tags(&sk, &mrepo, None).is_empty());
 }
 
+/// Issue 7, case 6: a platform manifest that a multi-arch index lists
+/// cannot be deleted by digest (409 DENIED naming the index and its tag),
+/// neither with curl nor with `skopeo delete`, and the index still pulls
+/// whole. Deleting the index first, the children then go.
+#[test]
+fn a_platform_manifest_of_an_index_cannot_be_deleted_before_the_index() {
+    let s = Server::start();
+    s.create_feed("containers", "oci");
+    let writer = s.key("ci", "write");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Layout::create(&tmp.path().join("src"));
+    let multi = MultiArch::new(&layer(80_000));
+    src.add_multi("multi", &multi);
+    let sk = Skopeo::new();
+    let mrepo = format!("{}/containers/team/multi", s.addr);
+    // --all: the platform manifests by digest, then the index as :multi.
+    sk.push_ok(&src, "multi", &format!("{mrepo}:multi"), &writer);
+    let delete = |digest: &str| {
+        let url = format!("{}/v2/containers/team/multi/manifests/{digest}", s.url);
+        let (st, body) = curl(&["-X", "DELETE", "-u", &format!("ferry:{writer}"), &url]);
+        (st, String::from_utf8_lossy(&body).to_string())
+    };
+
+    for arch in ["amd64", "arm64"] {
+        let child = &multi.image(arch).manifest.digest;
+        let (st, body) = delete(child);
+        assert_eq!(st, 409, "DELETE of the {arch} manifest: {body}");
+        let err: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(err["errors"][0]["code"], "DENIED", "{body}");
+        assert_eq!(
+            err["errors"][0]["message"],
+            format!(
+                "manifest {child} is referenced by index {} (tags: multi); delete the index first",
+                multi.index.digest
+            ),
+            "{body}"
+        );
+        let del = sk.delete(&format!("{mrepo}@{child}"), &writer);
+        assert!(!del.status.success(), "skopeo deleted the {arch} manifest");
+        assert!(sk.inspect(&format!("{mrepo}@{child}"), true, None, &[]).is_ok());
+    }
+    sk.pull_ok(&format!("{mrepo}:multi"), &tmp.path().join("out"), "multi", None)
+        .assert_holds("multi", &multi.index, &multi.blobs());
+
+    // The index first (skopeo resolves the tag and deletes by digest), then
+    // its children.
+    let del = sk.delete(&format!("{mrepo}:multi"), &writer);
+    assert!(del.status.success(), "{}", String::from_utf8_lossy(&del.stderr));
+    for arch in ["amd64", "arm64"] {
+        let child = &multi.image(arch).manifest.digest;
+        let (st, body) = delete(child);
+        assert_eq!(st, 202, "DELETE of the {arch} manifest after the index: {body}");
+        assert!(sk.inspect(&format!("{mrepo}@{child}"), true, None, &[]).is_err());
+    }
+}
+
 #[test]
 fn private_feed_serves_images_only_with_a_key_for_it() {
     let s = Server::start();
@@ -349,6 +405,12 @@ fn hub_to_spoke_replicates_images_byte_identical_moving_only_missing_blobs_and_d
     )
     .assert_holds("v1", &multi.index, &multi.blobs());
     assert_eq!(tags(&sk, &spoke_app, None), ["stable", "v1"]);
+    // A platform manifest the index lists cannot be deleted on the hub, so
+    // the spoke keeps serving it (checked once the next push has arrived).
+    let child = &multi.image("arm64").manifest.digest;
+    let url = format!("{}/v2/images/team/multi/manifests/{child}", hub.url);
+    let (st, body) = curl(&["-X", "DELETE", "-u", &format!("ferry:{writer}"), &url]);
+    assert_eq!(st, 409, "{}", String::from_utf8_lossy(&body));
     let before = settled(&spoke, "from-hub");
     assert!(spoke.verified("from-hub"));
 
@@ -367,6 +429,10 @@ fn hub_to_spoke_replicates_images_byte_identical_moving_only_missing_blobs_and_d
         "the spoke lacks team/worker:v1"
     );
     settled(&spoke, "from-hub");
+    assert!(serves(
+        &format!("{spoke_multi}@{child}"),
+        &multi.image("arm64").manifest.bytes
+    ));
     let blobs = pulled_since(&spoke, "from-hub", before, "blobs");
     let bytes = pulled_since(&spoke, "from-hub", before, "bytes");
     // Its manifest, config and new layer; not the shared base.

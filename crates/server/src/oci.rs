@@ -18,7 +18,7 @@
 //! | `DELETE …/blobs/uploads/ID` | 204; cancels the session |
 //! | `PUT …/manifests/REF` | 201, `Docker-Content-Digest`, `OCI-Subject` |
 //! | `HEAD/GET …/manifests/REF` | the manifest as pushed, its media type |
-//! | `DELETE …/manifests/REF` | 202; by digest the manifest and its tags, by tag the tag |
+//! | `DELETE …/manifests/REF` | 202; by digest the manifest and its tags (409 DENIED while an index of the repository lists it, naming the index), by tag the tag |
 //! | `GET …/tags/list?n=&last=` | `{"name","tags"}`, `Link` to the next page |
 //! | `GET …/referrers/DIGEST?artifactType=` | an image index, `OCI-Filters-Applied` |
 //!

@@ -117,7 +117,8 @@ impl Oci {
         .await
     }
 
-    /// Pushes a config, one layer and an OCI manifest (by `reference`).
+    /// Pushes a config, one layer and an OCI manifest (by `reference`; by
+    /// its own digest when `reference` is empty).
     async fn push_image(&self, repo: &str, reference: &str, marker: &str) -> Image {
         let config = json!({ "architecture": "amd64", "os": "linux", "marker": marker })
             .to_string()
@@ -132,6 +133,12 @@ impl Oci {
             "layers": [desc(LAYER, &layer)],
         }))
         .unwrap();
+        let by_digest = digest(&manifest);
+        let reference = if reference.is_empty() {
+            by_digest.as_str()
+        } else {
+            reference
+        };
         let r = self.put_manifest(repo, reference, MANIFEST, &manifest).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
         Image {
@@ -902,6 +909,138 @@ async fn index_needs_its_children() {
     );
 }
 
+/// An index over `children` (OCI image index, or Docker manifest list).
+fn index_of(media_type: &str, children: &[(&str, &[u8])]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": children.iter().map(|(mt, c)| desc(mt, c)).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+/// Issue 7, case 6: deleting a platform manifest by digest while an index
+/// still lists it left the index naming a manifest that answers 404, here
+/// and on every replica. Such a delete is refused (409 DENIED) naming the
+/// indexes; once they are gone, the child can go. Tags stay deletable.
+#[tokio::test]
+async fn a_manifest_an_index_lists_cannot_be_deleted() {
+    let o = Oci::new().await;
+    // Children by digest, then the index by tag, as `skopeo copy --all` does.
+    let amd = o.push_image("multi", "", "amd64").await;
+    let arm = o.push_image("multi", "", "arm64").await;
+    let index = index_of(INDEX, &[(MANIFEST, &amd.manifest), (MANIFEST, &arm.manifest)]);
+    let index_digest = digest(&index);
+    let r = o.put_manifest("multi", "multi", INDEX, &index).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    // A second, untagged Docker manifest list over amd64 alone.
+    let list = index_of(DOCKER_LIST, &[(MANIFEST, &amd.manifest)]);
+    let list_digest = digest(&list);
+    let r = o.put_manifest("multi", &list_digest, DOCKER_LIST, &list).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    // An index of indexes over the first index.
+    let outer = index_of(INDEX, &[(INDEX, &index)]);
+    let outer_digest = digest(&outer);
+    let r = o.put_manifest("multi", "outer", INDEX, &outer).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+
+    let delete = |reference: String| {
+        let o = &o;
+        async move {
+            o.send(
+                "DELETE",
+                &format!("/v2/img/multi/manifests/{reference}"),
+                &[],
+                Body::empty(),
+            )
+            .await
+        }
+    };
+    // The child named by one index: refused, the message names it and its tag.
+    let r = delete(arm.digest.clone()).await;
+    refused(&r, 409, "DENIED");
+    let message = r.json()["errors"][0]["message"].as_str().unwrap().to_owned();
+    assert_eq!(
+        message,
+        format!(
+            "manifest {} is referenced by index {index_digest} (tags: multi); delete the index first",
+            arm.digest
+        )
+    );
+    // The child named by two: both are named.
+    let r = delete(amd.digest.clone()).await;
+    refused(&r, 409, "DENIED");
+    let message = r.text();
+    assert!(message.contains(&index_digest), "{message}");
+    assert!(message.contains(&list_digest), "{message}");
+    assert!(message.contains("(tags: multi)"), "{message}");
+    // An index another index names: refused too.
+    let r = delete(index_digest.clone()).await;
+    refused(&r, 409, "DENIED");
+    assert!(r.text().contains(&outer_digest), "{}", r.text());
+    // Everything is still served, the index by tag too.
+    for reference in [&amd.digest, &arm.digest, &index_digest, &list_digest, "multi"] {
+        let r = o.get(&format!("/v2/img/multi/manifests/{reference}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{reference}: {}", r.text());
+    }
+    assert!(
+        o.item("img", &format!("manifest/multi/{}", arm.digest))
+            .await
+            .is_some()
+    );
+
+    // Deleting a tag stays allowed; the untagged index still holds the child.
+    let r = delete("multi".to_owned()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let r = delete(arm.digest.clone()).await;
+    refused(&r, 409, "DENIED");
+    assert!(r.text().contains(&index_digest), "{}", r.text());
+
+    // Top down: the outer index, the index, then its children.
+    let r = delete(outer_digest.clone()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let r = delete(index_digest.clone()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let r = delete(arm.digest.clone()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    refused(
+        &o.get(&format!("/v2/img/multi/manifests/{}", arm.digest)).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    // amd64 is still in the manifest list.
+    let r = delete(amd.digest.clone()).await;
+    refused(&r, 409, "DENIED");
+    assert!(r.text().contains(&list_digest) && !r.text().contains(&index_digest));
+    let r = delete(list_digest.clone()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let r = delete(amd.digest.clone()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+
+    // An index in another repository does not hold a manifest here.
+    let img = o.push_image("app", "", "app").await;
+    let other = o.push_image("elsewhere", "", "app").await;
+    assert_eq!(img.manifest, other.manifest);
+    let r = o
+        .put_manifest(
+            "elsewhere",
+            "v1",
+            INDEX,
+            &index_of(INDEX, &[(MANIFEST, &other.manifest)]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = o
+        .send(
+            "DELETE",
+            &format!("/v2/img/app/manifests/{}", img.digest),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+}
+
 #[tokio::test]
 async fn delete_by_tag_and_by_digest() {
     let o = Oci::new().await;
@@ -1360,4 +1499,53 @@ async fn prune_untagged_manifests() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     // The collector can now free the pruned content.
     o.i.ferry.collect_garbage().await.unwrap();
+}
+
+/// Pruning takes an untagged index together with its children, and never a
+/// manifest that a remaining index lists.
+#[tokio::test]
+async fn prune_never_leaves_an_index_without_its_children() {
+    let o = Oci::new().await;
+    let lone = o.push_image("app", "", "lone").await;
+    let kept = o.push_image("app", "", "kept").await;
+    let shared = o.push_image("app", "", "shared").await;
+    // Untagged, over `lone`: both go.
+    let untagged = index_of(INDEX, &[(MANIFEST, &lone.manifest)]);
+    let r = o.put_manifest("app", &digest(&untagged), INDEX, &untagged).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    // Tagged, over `kept` and `shared`: all stay.
+    let tagged = index_of(INDEX, &[(MANIFEST, &kept.manifest), (MANIFEST, &shared.manifest)]);
+    let r = o.put_manifest("app", "v1", INDEX, &tagged).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    // Untagged, over `shared`: goes, `shared` stays for the tagged index.
+    let also = index_of(DOCKER_LIST, &[(MANIFEST, &shared.manifest)]);
+    let r = o.put_manifest("app", &digest(&also), DOCKER_LIST, &also).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let path = "/api/v1/feeds/img/oci/prune-untagged?older_than_secs=0";
+    let r = o.i.send("POST", path, Some(ADMIN), &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["manifests_deleted"], 3, "{}", r.text());
+    for gone in [&lone.digest, &digest(&untagged), &digest(&also)] {
+        refused(
+            &o.head(&format!("/v2/img/app/manifests/{gone}")).await,
+            404,
+            "MANIFEST_UNKNOWN",
+        );
+    }
+    for stays in [&kept.digest, &shared.digest, &digest(&tagged)] {
+        let r = o.head(&format!("/v2/img/app/manifests/{stays}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{stays} was pruned");
+    }
+    // What is left is whole, and its children still cannot be deleted.
+    let r = o
+        .send(
+            "DELETE",
+            &format!("/v2/img/app/manifests/{}", shared.digest),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    refused(&r, 409, "DENIED");
 }
