@@ -9,7 +9,14 @@ pub struct Clock {
     last: Mutex<Hlc>,
 }
 
-fn wall_millis() -> u64 {
+/// The highest reading a stamp from elsewhere may carry now: the wall
+/// clock plus `skew`, with the counter at its top.
+pub(crate) fn ceiling(skew: std::time::Duration) -> Hlc {
+    let millis = wall_millis().saturating_add(skew.as_millis() as u64);
+    Hlc::from_parts(millis.min(Hlc::MAX_MILLIS), u16::MAX)
+}
+
+pub(crate) fn wall_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -22,6 +22,10 @@ pub enum CoreError {
     Internal(String),
     #[error("service busy, retry: {0}")]
     Unavailable(String),
+    /// Stored content is missing or corrupt on this instance: a server
+    /// fault whose message (which blob, what to do) is shown.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 impl CoreError {
@@ -50,6 +54,7 @@ impl From<StoreError> for CoreError {
         match e {
             StoreError::NotFound(m) => CoreError::NotFound(format!("{m} not found")),
             StoreError::Conflict(m) => CoreError::Conflict(m),
+            e @ StoreError::Superseded { .. } => CoreError::Conflict(e.to_string()),
             StoreError::TooLarge { limit } => {
                 CoreError::TooLarge(format!("upload exceeds the limit of {limit} bytes"))
             }

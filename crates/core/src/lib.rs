@@ -10,6 +10,7 @@ pub mod auth;
 mod cache;
 mod clock;
 mod error;
+mod integrity;
 pub mod npm;
 pub mod oci;
 pub mod pypi;
@@ -23,15 +24,17 @@ use bytes::Bytes;
 use ferry_formats::ArchiveLimits;
 use ferry_store::{
     ApiKeyRecord, BlobBody, BlobStore, ByteStream, Change, ChangeOp, FeedId, FeedRecord, ItemRecord,
-    MetadataStore, NewApiKey, Permission, Precondition, StagedBlob, StoreError, WriteOutcome, now_millis,
+    MetadataStore, NewApiKey, Permission, Precondition, StagedBlob, StampOrder, StoreError, WriteOutcome,
+    now_millis,
 };
-use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey};
+use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey, Stamp};
 use tokio::sync::watch;
 
 pub use auth::{Action, Principal};
 pub use cache::IndexCache;
 pub use clock::Clock;
 pub use error::CoreError;
+pub use integrity::{Damage, DamageKind, FsckReport};
 
 /// Limits and timings of one instance.
 #[derive(Debug, Clone)]
@@ -43,6 +46,10 @@ pub struct Config {
     /// How long a freshly uploaded blob is protected from collection while
     /// the item that will reference it is written.
     pub blob_lease: Duration,
+    /// How far ahead of this instance's wall clock a stamp received from
+    /// elsewhere (replication, bundles) may be. Further ahead, the change
+    /// is refused: one bad clock must not freeze a key everywhere.
+    pub max_clock_skew: Duration,
 }
 
 impl Default for Config {
@@ -51,6 +58,7 @@ impl Default for Config {
             max_upload_bytes: 4 << 30,
             archive: ArchiveLimits::default(),
             blob_lease: Duration::from_secs(3600),
+            max_clock_skew: Duration::from_secs(300),
         }
     }
 }
@@ -108,6 +116,7 @@ struct Inner {
     seqs: Mutex<HashMap<FeedId, watch::Sender<i64>>>,
     cache: IndexCache,
     downloads: Mutex<HashMap<(FeedId, ItemKey), u64>>,
+    damage: integrity::DamageLog,
 }
 
 fn lock_err<T>(_: T) -> CoreError {
@@ -121,7 +130,18 @@ impl Ferry {
         config: Config,
     ) -> Result<Self, CoreError> {
         let instance = meta.instance_id().await?;
-        let floor = meta.max_stamp_time().await?;
+        // A floor further ahead than the skew allows comes from a stamp
+        // that should never have been stored; the clock does not follow it
+        // (writes to that key are then refused as superseded, visibly).
+        let stored = meta.max_stamp_time().await?;
+        let ceiling = clock::ceiling(config.max_clock_skew);
+        if stored > ceiling {
+            tracing::warn!(
+                stored = stored.0,
+                "the newest stored stamp is further ahead of the wall clock than the allowed skew; the clock starts below it"
+            );
+        }
+        let floor = stored.min(ceiling);
         Ok(Self(Arc::new(Inner {
             meta,
             blobs,
@@ -131,6 +151,7 @@ impl Ferry {
             seqs: Mutex::new(HashMap::new()),
             cache: IndexCache::default(),
             downloads: Mutex::new(HashMap::new()),
+            damage: Default::default(),
         })))
     }
 
@@ -294,7 +315,10 @@ impl Ferry {
                 Err(e) => return Err(e.into()),
             }
         }
+        // The store re-hashes a copy already in place and replaces it if
+        // it is wrong: a verified commit repairs a damaged blob.
         self.0.blobs.commit(staged).await?;
+        self.clear_damage(&digest);
         Ok(digest)
     }
 
@@ -302,8 +326,18 @@ impl Ferry {
         Ok(self.0.blobs.size(digest).await?)
     }
 
+    /// Reads a stored blob (or a byte range of it). A blob an item needs
+    /// whose file is gone is recorded as damaged and answered with
+    /// [`CoreError::Damaged`].
     pub async fn read_blob(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobBody, CoreError> {
-        Ok(self.0.blobs.get(digest, range).await?)
+        match self.0.blobs.get(digest, range).await {
+            Ok(b) => Ok(b),
+            Err(StoreError::BlobMissing(d)) => {
+                self.note_damage(d, DamageKind::Missing);
+                Err(integrity::damaged_error(&d, DamageKind::Missing))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     // ---- items ----
@@ -334,27 +368,72 @@ impl Ferry {
                 w.pre,
             ));
         }
-        let outcomes = self.0.meta.write(feed.id, changes).await?;
+        // A change that loses to a later stamp fails the whole batch: the
+        // client is told, instead of a success that changed nothing.
+        let outcomes = self
+            .0
+            .meta
+            .write_ordered(feed.id, changes, StampOrder::LocalWrite)
+            .await?;
         self.notify(feed.id, &outcomes)?;
         Ok(outcomes)
     }
 
+    /// Refuses a stamp received from elsewhere that is further ahead of
+    /// this instance's wall clock than [`Config::max_clock_skew`].
+    pub fn check_stamp(&self, key: &ItemKey, stamp: &Stamp) -> Result<(), CoreError> {
+        let ceiling = clock::ceiling(self.0.config.max_clock_skew);
+        if stamp.time <= ceiling {
+            return Ok(());
+        }
+        let ahead_s = stamp.time.millis().saturating_sub(clock::wall_millis()) / 1000;
+        Err(CoreError::Invalid(format!(
+            "{key}: its stamp ({stamp}) is {ahead_s} s ahead of this instance's clock, more than the allowed skew of {} s; check the clock of instance {}",
+            self.0.config.max_clock_skew.as_secs(),
+            stamp.origin
+        )))
+    }
+
     /// Applies already-stamped changes (from replication), advancing the
-    /// clock past them.
+    /// clock past them. The later stamp wins for each key; a stamp further
+    /// ahead than the allowed clock skew fails the batch ([`Self::check_stamp`]).
     pub async fn apply(
         &self,
         feed: &FeedRecord,
         changes: Vec<Change>,
     ) -> Result<Vec<WriteOutcome>, CoreError> {
+        self.apply_ordered(feed, changes, StampOrder::LaterWins).await
+    }
+
+    /// Applies already-stamped changes over whatever is stored, even later
+    /// stamps: the repair of a replica from its source.
+    pub async fn overwrite(
+        &self,
+        feed: &FeedRecord,
+        changes: Vec<Change>,
+    ) -> Result<Vec<WriteOutcome>, CoreError> {
+        self.apply_ordered(feed, changes, StampOrder::Overwrite).await
+    }
+
+    async fn apply_ordered(
+        &self,
+        feed: &FeedRecord,
+        changes: Vec<Change>,
+        order: StampOrder,
+    ) -> Result<Vec<WriteOutcome>, CoreError> {
+        for c in &changes {
+            self.check_stamp(&c.key, &c.stamp)?;
+        }
         for c in &changes {
             self.0.clock.observe(c.stamp.time);
         }
         let outcomes = self
             .0
             .meta
-            .write(
+            .write_ordered(
                 feed.id,
                 changes.into_iter().map(|c| (c, Precondition::Any)).collect(),
+                order,
             )
             .await?;
         self.notify(feed.id, &outcomes)?;

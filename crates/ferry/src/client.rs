@@ -124,6 +124,42 @@ pub async fn gc(conn: Conn) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn fsck(conn: Conn, repair: bool, sample: f64, json: bool) -> anyhow::Result<()> {
+    let r = call(
+        &conn,
+        Method::POST,
+        "/api/v1/fsck",
+        Some(json!({ "repair": repair, "sample": sample })),
+    )
+    .await?;
+    if json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "checked {} blobs ({} bytes), {} not sampled",
+            r["checked"], r["bytes"], r["skipped"]
+        );
+        for d in r["missing"].as_array().into_iter().flatten() {
+            println!("missing {}", d.as_str().unwrap_or("?"));
+        }
+        for d in r["corrupt"].as_array().into_iter().flatten() {
+            println!("corrupt {} (taken out of service)", d.as_str().unwrap_or("?"));
+        }
+        for rep in r["repairs"].as_array().into_iter().flatten() {
+            let d = rep["digest"].as_str().unwrap_or("?");
+            match rep["repaired_from"].as_str() {
+                Some(from) => println!("repaired {d} from replication {from}"),
+                None => println!("could not repair {d}: {}", rep["errors"]),
+            }
+        }
+    }
+    let damaged = r["damaged"].as_array().map_or(0, Vec::len);
+    if damaged > 0 {
+        anyhow::bail!("{damaged} stored blobs are damaged");
+    }
+    Ok(())
+}
+
 fn counts_line(c: &Value) -> String {
     format!(
         "+{} ~{} -{} ({} skipped, {} conflicts, {} blobs, {} bytes)",
@@ -355,6 +391,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
         ReplCmd::Verify {
             name,
             repair,
+            confirm_deletes,
             json,
             conn,
         } => {
@@ -362,7 +399,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 &conn,
                 Method::POST,
                 &format!("/api/v1/replications/{name}/verify"),
-                Some(json!({ "repair": repair })),
+                Some(json!({ "repair": repair, "confirm_deletes": confirm_deletes })),
             )
             .await?;
             if json {

@@ -19,6 +19,13 @@ pub struct Config {
     /// How long tombstones are kept, in seconds (a replication cursor older
     /// than that triggers a full comparison).
     pub tombstone_retention_secs: u64,
+    /// Seconds between background integrity checks of stored blobs
+    /// (0: never); each re-hashes a random `fsck_sample` share of them.
+    pub fsck_interval_secs: u64,
+    /// Share of stored blobs each background check re-hashes (0.0 to 1.0).
+    pub fsck_sample: f64,
+    /// How far ahead of this clock a replicated stamp may be, in seconds.
+    pub max_clock_skew_secs: u64,
     /// `tracing` filter, e.g. "info" or "ferry=debug".
     pub log: String,
     /// Feeds declared as code: created at start if missing.
@@ -43,6 +50,9 @@ impl Default for Config {
             max_upload_bytes: 4 << 30,
             gc_interval_secs: 3600,
             tombstone_retention_secs: 30 * 86_400,
+            fsck_interval_secs: 86_400,
+            fsck_sample: 0.05,
+            max_clock_skew_secs: 300,
             log: "info".into(),
             feeds: Vec::new(),
         }
@@ -82,6 +92,22 @@ impl Config {
             cfg.tombstone_retention_secs = v
                 .parse()
                 .with_context(|| format!("FERRY_TOMBSTONE_RETENTION_SECS={v:?}"))?;
+        }
+        if let Ok(v) = std::env::var("FERRY_FSCK_INTERVAL_SECS") {
+            cfg.fsck_interval_secs = v
+                .parse()
+                .with_context(|| format!("FERRY_FSCK_INTERVAL_SECS={v:?}"))?;
+        }
+        if let Ok(v) = std::env::var("FERRY_FSCK_SAMPLE") {
+            cfg.fsck_sample = v.parse().with_context(|| format!("FERRY_FSCK_SAMPLE={v:?}"))?;
+        }
+        if let Ok(v) = std::env::var("FERRY_MAX_CLOCK_SKEW_SECS") {
+            cfg.max_clock_skew_secs = v
+                .parse()
+                .with_context(|| format!("FERRY_MAX_CLOCK_SKEW_SECS={v:?}"))?;
+        }
+        if !(0.0..=1.0).contains(&cfg.fsck_sample) {
+            anyhow::bail!("fsck_sample must be between 0 and 1, not {}", cfg.fsck_sample);
         }
         if let Ok(v) = std::env::var("FERRY_LOG") {
             cfg.log = v;

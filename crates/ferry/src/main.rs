@@ -40,6 +40,21 @@ enum Command {
     Key(KeyCmd),
     /// Collect blobs that no item references, now.
     Gc(Conn),
+    /// Re-hash stored blobs and report missing or corrupt ones; exit
+    /// non-zero while any is damaged.
+    Fsck {
+        /// Fetch verified copies of damaged blobs from replication peers
+        /// (the other side of outgoing replications that pull).
+        #[arg(long)]
+        repair: bool,
+        /// Check only this share of blobs, chosen at random (0.0 to 1.0).
+        #[arg(long, default_value_t = 1.0)]
+        sample: f64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Replicate feeds between instances.
     #[command(subcommand)]
     Replication(ReplCmd),
@@ -198,9 +213,15 @@ pub enum ReplCmd {
     /// Exit 0 iff every feed pair holds the same state on both ends.
     Verify {
         name: String,
-        /// Repair drift with a full comparison, then verify again.
+        /// Repair drift with a full comparison, then verify again. On this
+        /// side of a pull (a replica), repair puts back the other side's
+        /// version of everything changed or deleted only here.
         #[arg(long)]
         repair: bool,
+        /// With --repair on a replica: also delete items that exist only
+        /// here (reported, not deleted, without this).
+        #[arg(long, requires = "repair")]
+        confirm_deletes: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -334,6 +355,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Feed(cmd) => client::feed(cmd).await,
         Command::Key(cmd) => client::key(cmd).await,
         Command::Gc(conn) => client::gc(conn).await,
+        Command::Fsck {
+            repair,
+            sample,
+            json,
+            conn,
+        } => client::fsck(conn, repair, sample, json).await,
         Command::Replication(cmd) => client::replication(cmd).await,
         Command::Bundle(cmd) => client::bundle(cmd).await,
     }

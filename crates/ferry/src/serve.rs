@@ -25,6 +25,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("opening blob store")?;
     let core_cfg = ferry_core::Config {
         max_upload_bytes: cfg.max_upload_bytes,
+        max_clock_skew: Duration::from_secs(cfg.max_clock_skew_secs),
         ..Default::default()
     };
     let meta = Arc::new(meta);
@@ -52,6 +53,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     spawn_background(ferry.clone(), cfg.gc_interval_secs);
+    spawn_fsck(ferry.clone(), cfg.fsck_interval_secs, cfg.fsck_sample);
     replicator.start().await?;
     spawn_tombstone_pruning(replicator.clone(), cfg.tombstone_retention_secs);
 
@@ -68,8 +70,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
+    let stopping = replicator.clone();
     axum::serve(listener, ferry_server::router(ferry.clone(), replicator))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Peers' long polls answer now instead of holding the stop.
+            stopping.shutdown();
+        })
         .await?;
     ferry.flush_downloads().await?;
     tracing::info!("stopped");
@@ -137,6 +144,38 @@ fn spawn_background(ferry: Ferry, gc_interval_secs: u64) {
             }
         });
     }
+}
+
+/// Re-hashes a random sample of stored blobs every `interval_secs`
+/// (first after one interval); what it finds shows in `/health` and
+/// `ferry_blobs_damaged`.
+fn spawn_fsck(ferry: Ferry, interval_secs: u64, sample: f64) {
+    if interval_secs == 0 || sample <= 0.0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(interval_secs));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match ferry.fsck(sample).await {
+                Ok(r) if r.missing.is_empty() && r.corrupt.is_empty() => {
+                    tracing::info!(
+                        checked = r.checked,
+                        bytes = r.bytes,
+                        "integrity check: all intact"
+                    )
+                }
+                Ok(r) => tracing::error!(
+                    checked = r.checked,
+                    missing = r.missing.len(),
+                    corrupt = r.corrupt.len(),
+                    "integrity check found damaged blobs; run `ferry fsck --repair`"
+                ),
+                Err(e) => tracing::warn!(error = %e, "integrity check failed"),
+            }
+        }
+    });
 }
 
 /// Drops tombstones older than the retention, hourly (and once at start).

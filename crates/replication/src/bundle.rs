@@ -299,6 +299,13 @@ impl Replicator {
                 }
             }
         }
+        // Refused before anything is applied: a stamp from a clock too far
+        // ahead would freeze its key everywhere the bundle goes.
+        for e in &entries {
+            self.ferry()
+                .check_stamp(&e.key, &e.stamp)
+                .map_err(|e| bad(&e.to_string()))?;
+        }
         report.entries = entries.len() as u64;
         report.until = header.until;
         for chunk in entries.chunks(500) {

@@ -84,22 +84,39 @@ impl Remote {
         })
     }
 
+    /// A page of the other side's change log after `since` (whose anchor,
+    /// if known, is `anchor`: see [`crate::protocol::anchor`]), waiting up
+    /// to `wait_secs` for something new.
     pub async fn changes(
         &self,
         feed: &FeedName,
         since: i64,
+        anchor: i64,
         limit: usize,
         wait_secs: u64,
     ) -> Result<ChangesPage, ReplError> {
+        let mut query = vec![
+            ("since", since.to_string()),
+            ("limit", limit.to_string()),
+            ("wait", wait_secs.to_string()),
+        ];
+        if anchor != 0 {
+            query.push(("anchor", anchor.to_string()));
+        }
         let rb = self
             .req(Method::GET, &format!("/feeds/{feed}/changes"))
-            .query(&[
-                ("since", since.to_string()),
-                ("limit", limit.to_string()),
-                ("wait", wait_secs.to_string()),
-            ])
+            .query(&query)
             .timeout(Duration::from_secs(wait_secs + 30));
         self.json(rb).await
+    }
+
+    /// The other side's current entries for `keys` (unknown keys left out).
+    pub async fn lookup(&self, feed: &FeedName, keys: Vec<ItemKey>) -> Result<Vec<WireEntry>, ReplError> {
+        let rb = self
+            .req(Method::POST, &format!("/feeds/{feed}/entries"))
+            .json(&KeyList { keys });
+        let page: EntriesPage = self.json(rb).await?;
+        Ok(page.entries)
     }
 
     pub async fn entries(

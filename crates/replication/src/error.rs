@@ -23,6 +23,10 @@ pub enum ReplError {
     /// The other instance could not be reached or the transfer broke.
     #[error("cannot reach the other instance: {0}")]
     Transport(String),
+    /// The execution went through, but some items could not be copied;
+    /// they are named, and retried by the next execution.
+    #[error("{0}")]
+    Incomplete(String),
     #[error(transparent)]
     Core(#[from] CoreError),
 }
@@ -38,7 +42,9 @@ impl From<ReplError> for CoreError {
         match e {
             ReplError::Invalid(m) => CoreError::Invalid(m),
             ReplError::NotFound(m) => CoreError::NotFound(m),
-            ReplError::Conflict(m) | ReplError::Refused(m) => CoreError::Conflict(m),
+            ReplError::Conflict(m) | ReplError::Refused(m) | ReplError::Incomplete(m) => {
+                CoreError::Conflict(m)
+            }
             ReplError::Unauthorized(m) => CoreError::Unauthorized(m),
             ReplError::Forbidden(m) => CoreError::Forbidden(m),
             e @ (ReplError::Remote { .. } | ReplError::Transport(_)) => CoreError::Unavailable(e.to_string()),

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use crate::config::{Communication, ReplicationConfig};
 use crate::diag::Level;
 use crate::filter::Filter;
-use crate::protocol::*;
+use crate::protocol::{anchor as anchor_of, *};
 use crate::{ReplError, Replicator, token};
 
 /// A verified peer: the replication its token belongs to.
@@ -170,44 +170,86 @@ impl Replicator {
     }
 
     /// A page of the change log after `since`, waiting up to `wait` seconds
-    /// for something new when there is nothing yet (long polling).
+    /// for something new when there is nothing yet (long polling; a
+    /// shutdown of this instance ends the wait at once). With `anchor`
+    /// (from the page that gave `since`), a log that is not the one the
+    /// cursor was taken from answers `reset` and `diverged`.
     pub async fn changes(
         &self,
         s: &Session,
         feed: &str,
         since: i64,
+        anchor: Option<i64>,
         limit: usize,
         wait: u64,
     ) -> Result<ChangesPage, ReplError> {
         self.require_read(s)?;
         let feed = self.session_feed(s, feed).await?;
         let limit = limit.clamp(1, MAX_PAGE);
+        let meta = self.ferry().metadata().clone();
         let horizon = self.store().horizon(feed.id).await?;
+        let reset = |last_seq: i64, last_anchor: Option<i64>, diverged: bool| ChangesPage {
+            entries: Vec::new(),
+            next: since,
+            last_seq,
+            reset: true,
+            oldest_pending: None,
+            diverged,
+            next_anchor: None,
+            last_anchor,
+        };
         if since < horizon {
-            let last_seq = self.ferry().metadata().last_seq(feed.id).await?;
-            return Ok(ChangesPage {
-                entries: Vec::new(),
-                next: since,
-                last_seq,
-                reset: true,
-                oldest_pending: None,
-            });
+            let last_seq = meta.last_seq(feed.id).await?;
+            return Ok(reset(last_seq, self.anchor_at(feed.id, last_seq).await?, false));
+        }
+        if since > 0 {
+            let last_seq = meta.last_seq(feed.id).await?;
+            let diverged = if since > last_seq {
+                true
+            } else if let Some(expected) = anchor.filter(|a| *a != 0) {
+                // The change at `since` is gone only when its tombstone
+                // was pruned (since == horizon); then there is nothing to
+                // compare, and the horizon check covers older cursors.
+                self.anchor_at(feed.id, since)
+                    .await?
+                    .is_some_and(|found| found != expected)
+            } else {
+                false
+            };
+            if diverged {
+                self.diag().log(
+                    Level::Warn,
+                    format!(
+                        "{}: a peer's cursor {since} on feed {} was taken from another change log (this one ends at {last_seq}); it will compare in full",
+                        s.record.name, feed.name
+                    ),
+                );
+                return Ok(reset(last_seq, self.anchor_at(feed.id, last_seq).await?, true));
+            }
         }
         let mut rx = self.ferry().subscribe(feed.id).await?;
         if wait > 0 && *rx.borrow() <= since {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(wait.min(MAX_WAIT)),
-                rx.wait_for(|seq| *seq > since),
-            )
-            .await;
+            let mut stop = self.shutdown_signal();
+            tokio::select! {
+                _ = tokio::time::timeout(
+                    Duration::from_secs(wait.min(MAX_WAIT)),
+                    rx.wait_for(|seq| *seq > since),
+                ) => {}
+                _ = stop.wait_for(|stopping| *stopping) => {}
+            }
         }
-        let changes = self
-            .ferry()
-            .metadata()
-            .changes_since(feed.id, since, limit)
-            .await?;
-        let last_seq = self.ferry().metadata().last_seq(feed.id).await?;
+        let changes = meta.changes_since(feed.id, since, limit).await?;
+        let last_seq = meta.last_seq(feed.id).await?;
         let next = changes.last().map_or(since, |c| c.seq);
+        let next_anchor = match changes.last() {
+            Some(c) => Some(anchor_of(&c.stamp)),
+            None => anchor,
+        };
+        let last_anchor = if last_seq == next {
+            next_anchor
+        } else {
+            self.anchor_at(feed.id, last_seq).await?
+        };
         let oldest_pending = changes.first().map(|c| c.stamp.time.millis());
         let mut seen = HashSet::new();
         let keys: Vec<ItemKey> = changes
@@ -229,7 +271,46 @@ impl Replicator {
             last_seq,
             reset: false,
             oldest_pending,
+            diverged: false,
+            next_anchor,
+            last_anchor,
         })
+    }
+
+    /// The anchor of the change at `seq` of a feed's log, if it is there.
+    async fn anchor_at(&self, feed: ferry_store::FeedId, seq: i64) -> Result<Option<i64>, ReplError> {
+        if seq <= 0 {
+            return Ok(None);
+        }
+        let found = self.ferry().metadata().changes_since(feed, seq - 1, 1).await?;
+        Ok(found
+            .first()
+            .filter(|c| c.seq == seq)
+            .map(|c| anchor_of(&c.stamp)))
+    }
+
+    /// The current state of `keys` (item or tombstone) in a feed of the
+    /// session, as this side's mode lets the peer read it; keys that are
+    /// unknown here are left out. At most [`MAX_PAGE`] keys.
+    pub async fn lookup(
+        &self,
+        s: &Session,
+        feed: &str,
+        keys: Vec<ItemKey>,
+    ) -> Result<Vec<WireEntry>, ReplError> {
+        self.require_read(s)?;
+        if keys.len() > MAX_PAGE {
+            return Err(ReplError::Invalid(format!("at most {MAX_PAGE} keys per lookup")));
+        }
+        let feed = self.session_feed(s, feed).await?;
+        Ok(self
+            .store()
+            .entries_for(feed.id, &keys)
+            .await?
+            .into_iter()
+            .map(WireEntry::from)
+            .filter(|e| Self::readable(s, e))
+            .collect())
     }
 
     /// Every item and tombstone after `after`, for a full comparison.

@@ -20,6 +20,7 @@ mod error;
 pub mod filter;
 pub mod incoming;
 pub mod protocol;
+pub mod repair;
 mod scheduler;
 mod throttle;
 pub mod token;
@@ -55,6 +56,8 @@ struct Inner {
     running: Mutex<HashMap<i64, (i64, Arc<Progress>)>>,
     status: Mutex<HashMap<i64, Status>>,
     scheduler: scheduler::Scheduler,
+    /// Becomes true when the instance shuts down: long polls end at once.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// The live state of one replication, for the overview.
@@ -111,7 +114,20 @@ impl Replicator {
             running: Mutex::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
             scheduler: scheduler::Scheduler::default(),
+            stopping: tokio::sync::watch::channel(false).0,
         }))
+    }
+
+    /// Starts shutting down: long polls of peers answer at once (so a
+    /// graceful stop does not wait for them), and scheduled executions stop.
+    pub fn shutdown(&self) {
+        self.0.stopping.send_replace(true);
+        self.0.scheduler.stop_all();
+    }
+
+    /// A receiver that turns true when [`Replicator::shutdown`] is called.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.stopping.subscribe()
     }
 
     pub fn ferry(&self) -> &Ferry {
@@ -420,7 +436,8 @@ impl Replicator {
         }
         let mut run = Run::new(self, rec, cfg, progress)?
             .confirm_deletes(confirm_deletes)
-            .full(full);
+            .full(full)
+            .repair(trigger == "repair");
         let result = run.execute().await;
         if let Ok(mut r) = self.0.running.lock() {
             r.remove(&rec.id);

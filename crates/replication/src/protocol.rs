@@ -130,6 +130,34 @@ pub struct ChangesPage {
     /// Stamp time of the oldest change after the requested cursor, if any.
     #[serde(default)]
     pub oldest_pending: Option<u64>,
+    /// With `reset`: the change log is not the one the cursor was taken
+    /// from (the cursor's anchor does not match, or the log is shorter
+    /// than the cursor: a restored backup, a re-created instance or feed).
+    #[serde(default)]
+    pub diverged: bool,
+    /// The [`anchor`] of the change at `next`, to send back with it.
+    #[serde(default)]
+    pub next_anchor: Option<i64>,
+    /// The [`anchor`] of the change at `last_seq`.
+    #[serde(default)]
+    pub last_anchor: Option<i64>,
+}
+
+/// A cursor's anchor: a fingerprint of the stamp of the change at the
+/// cursor's position. A receiver sends it back with the cursor
+/// (`since=N&anchor=A`); a log whose change at N has another stamp is not
+/// the log the cursor was taken from. Never 0 (0 means "no anchor").
+pub fn anchor(stamp: &Stamp) -> i64 {
+    let mut h = ferry_types::Sha256Hasher::new();
+    h.update(&stamp.time.0.to_be_bytes());
+    h.update(stamp.origin.to_string().as_bytes());
+    let d = h.finish();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_bytes()[..8]);
+    match i64::from_be_bytes(b) {
+        0 => 1,
+        a => a,
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,6 +17,9 @@ use crate::config::{Communication, ReplicationConfig};
 use crate::engine::{Direction, Lag, cursor_name};
 
 const LONG_POLL_SECS: u64 = 25;
+/// First and longest wait before a failed long poll is tried again.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(3);
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// A running replication's wake-up signal and its tasks.
@@ -58,6 +61,17 @@ impl Scheduler {
         {
             for h in handles {
                 h.abort();
+            }
+        }
+    }
+
+    /// Stops every replication's tasks (the instance is shutting down).
+    pub fn stop_all(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for (_, (_, handles)) in tasks.drain() {
+                for h in handles {
+                    h.abort();
+                }
             }
         }
     }
@@ -122,11 +136,15 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
                 pair.clone(),
             );
             let cursor_name = cursor_name(Direction::Pull, &pair.local, &pair.remote);
+            let anchor_name = format!("{cursor_name}:anchor");
             tasks.push(tokio::spawn(async move {
+                let mut backoff = RECONNECT_MIN;
                 loop {
                     let cursor = r.store().cursor(id, &cursor_name).await.unwrap_or(0);
-                    match remote.changes(&pair.remote, cursor, 1, LONG_POLL_SECS).await {
+                    let anchor = r.store().cursor(id, &anchor_name).await.unwrap_or(0);
+                    match remote.changes(&pair.remote, cursor, anchor, 1, LONG_POLL_SECS).await {
                         Ok(page) if page.next > cursor || page.reset => {
+                            backoff = RECONNECT_MIN;
                             let seconds = page
                                 .oldest_pending
                                 .map_or(0.0, |t| (now_millis() as f64 - t as f64).max(0.0) / 1000.0);
@@ -140,10 +158,14 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
                                 }
                             }
                         }
-                        Ok(_) => {}
+                        Ok(_) => backoff = RECONNECT_MIN,
                         Err(e) => {
+                            // The other side restarting, or the link down:
+                            // reconnect soon (a spoke's lag after a hub
+                            // restart is about the restart), then back off.
                             tracing::debug!(target: "replication", replication = %name, error = %e, "long poll failed");
-                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(RECONNECT_MAX);
                         }
                     }
                 }

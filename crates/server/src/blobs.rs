@@ -75,10 +75,7 @@ pub async fn serve_blob(
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response());
     }
-    let size = ferry
-        .blob_size(digest)
-        .await?
-        .ok_or_else(|| CoreError::Internal(format!("blob {digest} is referenced but missing")))?;
+    let size = ferry.stored_blob_size(digest).await?;
     let range = parse_range(headers.get(header::RANGE), size);
     let mut builder = Response::builder()
         .header(header::CONTENT_TYPE, content_type)

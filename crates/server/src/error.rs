@@ -46,7 +46,7 @@ pub fn status_of(e: &CoreError) -> StatusCode {
         CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
         CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        CoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        CoreError::Internal(_) | CoreError::Damaged(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -1,4 +1,5 @@
-//! The management API, `/api/v1`: feeds, API keys, garbage collection.
+//! The management API, `/api/v1`: feeds, API keys, garbage collection,
+//! blob integrity checks (`fsck`).
 //! Everything here needs an instance admin key.
 
 use axum::extract::{Path, State};
@@ -24,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/keys", get(list_keys).post(create_key))
         .route("/api/v1/keys/{name}", axum::routing::delete(delete_key))
         .route("/api/v1/gc", post(gc))
+        .route("/api/v1/fsck", post(fsck))
 }
 
 type JsonResult = Result<Json<Value>, ApiError>;
@@ -137,6 +139,69 @@ async fn delete_key(
 async fn gc(State(st): State<AppState>, _: Admin) -> JsonResult {
     let report = st.ferry.collect_garbage().await.map_err(ApiError::json)?;
     Ok(Json(json!(report)))
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FsckRequest {
+    /// Share of stored blobs to re-hash, 0.0 to 1.0.
+    sample: f64,
+    /// Fetch verified copies of damaged blobs from replication peers.
+    repair: bool,
+}
+
+impl Default for FsckRequest {
+    fn default() -> Self {
+        Self {
+            sample: 1.0,
+            repair: false,
+        }
+    }
+}
+
+/// Re-hashes stored blobs (all, or a sample), takes corrupt ones out of
+/// service, and with `repair` fetches verified copies from peers.
+async fn fsck(
+    State(st): State<AppState>,
+    _: Admin,
+    body: Result<Json<FsckRequest>, axum::extract::rejection::JsonRejection>,
+) -> JsonResult {
+    let req = match body {
+        Ok(Json(b)) => b,
+        Err(axum::extract::rejection::JsonRejection::MissingJsonContentType(_)) => FsckRequest::default(),
+        Err(e) => return Err(ApiError::json(CoreError::invalid(e.body_text()))),
+    };
+    let report = st.ferry.fsck(req.sample).await.map_err(ApiError::json)?;
+    let mut repairs = Vec::new();
+    if req.repair {
+        // Damage found earlier (by reads) counts too, not only this pass's.
+        let mut todo = report.damaged();
+        for d in st.ferry.damaged() {
+            if !todo.contains(&d.digest) {
+                todo.push(d.digest);
+            }
+        }
+        repairs = st
+            .replicator
+            .repair_blobs(&todo)
+            .await
+            .map_err(|e| ApiError::json(CoreError::from(e)))?;
+    }
+    let remaining: Vec<Value> = st
+        .ferry
+        .damaged()
+        .into_iter()
+        .map(|d| json!({ "digest": d.digest, "kind": d.kind }))
+        .collect();
+    Ok(Json(json!({
+        "checked": report.checked,
+        "bytes": report.bytes,
+        "skipped": report.skipped,
+        "missing": report.missing,
+        "corrupt": report.corrupt,
+        "repairs": repairs,
+        "damaged": remaining,
+    })))
 }
 
 async fn openapi() -> Json<Value> {

@@ -162,6 +162,7 @@ async fn plan(State(st): State<AppState>, _: Admin, Path(name): Path<String>) ->
 #[serde(default)]
 struct VerifyRequest {
     repair: bool,
+    confirm_deletes: bool,
 }
 
 async fn verify(
@@ -183,7 +184,7 @@ async fn verify(
     {
         repaired = Some(
             st.replicator
-                .run(&name, "repair", false, true)
+                .run(&name, "repair", req.confirm_deletes, true)
                 .await
                 .map_err(repl)?,
         );

@@ -51,6 +51,7 @@ pub fn document() -> Value {
                 "delete": op("Revoke an API key", "204", None)
             },
             "/api/v1/gc": { "post": op("Collect unreferenced blobs now", "200", None) },
+            "/api/v1/fsck": { "post": op("Re-hash stored blobs (body: sample 0..1, repair); report missing and corrupt ones, repair them from replication peers", "200", None) },
             "/api/v1/replications": {
                 "get": op("Overview: every replication with state, last execution, lag, next run", "200", None),
                 "post": op("Create a replication", "201", Some("NewReplication"))

@@ -15,8 +15,26 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-async fn health() -> &'static str {
-    "ok\n"
+/// Live (200) as long as the process serves. Says "ok", or what is known
+/// to be damaged in storage (found by reads and `fsck`), so a monitor can
+/// alert on it without taking the instance out of rotation.
+async fn health(State(st): State<AppState>) -> String {
+    let damaged = st.ferry.damaged();
+    if damaged.is_empty() {
+        return "ok\n".into();
+    }
+    let mut out = format!(
+        "degraded: {} stored blobs are damaged; run `ferry fsck --repair`\n",
+        damaged.len()
+    );
+    for d in damaged.iter().take(100) {
+        let kind = match d.kind {
+            ferry_core::DamageKind::Missing => "missing",
+            ferry_core::DamageKind::Corrupt => "corrupt",
+        };
+        out.push_str(&format!("{kind} {}\n", d.digest));
+    }
+    out
 }
 
 /// Ready when the metadata store answers.

@@ -25,7 +25,10 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/replication/v1/handshake", post(handshake))
         .route("/api/replication/v1/feeds/{feed}/changes", get(changes))
-        .route("/api/replication/v1/feeds/{feed}/entries", get(entries))
+        .route(
+            "/api/replication/v1/feeds/{feed}/entries",
+            get(entries).post(lookup),
+        )
         .route("/api/replication/v1/feeds/{feed}/digest", get(digest))
         .route("/api/replication/v1/feeds/{feed}/stamps", post(stamps))
         .route("/api/replication/v1/feeds/{feed}/apply", post(apply))
@@ -82,6 +85,7 @@ async fn handshake(
 struct ChangesQuery {
     #[serde(default)]
     since: i64,
+    anchor: Option<i64>,
     #[serde(default = "default_limit")]
     limit: usize,
     #[serde(default)]
@@ -100,7 +104,7 @@ async fn changes(
 ) -> JsonResult<ChangesPage> {
     Ok(Json(
         st.replicator
-            .changes(&s, &feed, q.since, q.limit, q.wait)
+            .changes(&s, &feed, q.since, q.anchor, q.limit, q.wait)
             .await
             .map_err(repl)?,
     ))
@@ -130,6 +134,23 @@ async fn entries(
             .await
             .map_err(repl)?,
     ))
+}
+
+async fn lookup(
+    State(st): State<AppState>,
+    Peer(s): Peer,
+    Path(feed): Path<String>,
+    body: Result<Json<KeyList>, axum::extract::rejection::JsonRejection>,
+) -> JsonResult<EntriesPage> {
+    let entries = st
+        .replicator
+        .lookup(&s, &feed, json_body(body)?.keys)
+        .await
+        .map_err(repl)?;
+    Ok(Json(EntriesPage {
+        entries,
+        next_after: None,
+    }))
 }
 
 async fn digest(

@@ -54,7 +54,54 @@ impl Drop for StagedBlob {
     }
 }
 
+/// An exclusive claim on the resumable transfer of one digest, from
+/// [`BlobStore::begin_transfer`]: while it is held no other writer (another
+/// execution, another replication) touches the same partial file. `offset`
+/// is how many bytes of the blob the partial file already holds; the body
+/// handed to [`BlobStore::continue_transfer`] must start there.
+pub struct Transfer {
+    digest: Digest,
+    offset: u64,
+    _claim: Box<dyn Send + Sync>,
+}
+
+impl Transfer {
+    /// A transfer claim backed by `claim` (dropped when the transfer ends).
+    pub fn new(digest: Digest, offset: u64, claim: Box<dyn Send + Sync>) -> Self {
+        Self {
+            digest,
+            offset,
+            _claim: claim,
+        }
+    }
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+    /// Bytes already received of this blob; the next body starts here.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+/// The state of one stored blob, as found by re-hashing its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// Its bytes hash to its digest; `size` in bytes.
+    Intact { size: u64 },
+    /// No file (or object) holds it.
+    Missing,
+    /// Its bytes hash to `actual`, not to its digest.
+    Corrupt { actual: Digest, size: u64 },
+}
+
 /// Immutable content addressed by sha256, one copy per instance.
+///
+/// Every writer of a digest is safe against every other writer of the same
+/// digest: uploads stage into files of their own, resumable transfers hold
+/// an exclusive [`Transfer`] claim, and a commit over an existing blob first
+/// re-hashes what is stored — a committed blob is never replaced by
+/// unverified bytes, and one found to be wrong is replaced by the verified
+/// copy being committed.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Streams `body` into the staging area, hashing it on the way. Fails
@@ -69,8 +116,15 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> Result<StagedBlob, StoreError>;
 
     /// Makes a staged blob part of the store, atomically: readers see either
-    /// nothing or the whole verified blob.
-    async fn commit(&self, staged: StagedBlob) -> Result<(), StoreError>;
+    /// nothing or the whole verified blob. If the digest is stored already,
+    /// the stored bytes are re-hashed: intact, they stay (the staged copy is
+    /// dropped); missing or wrong, the staged copy (verified) replaces them.
+    /// Returns what was found in place before.
+    async fn commit(&self, staged: StagedBlob) -> Result<BlobCheck, StoreError>;
+
+    /// Re-hashes a stored blob and says whether it is intact, missing or
+    /// corrupt. Reads the whole blob (off the async threads).
+    async fn check(&self, digest: &Digest) -> Result<BlobCheck, StoreError>;
 
     /// The size of a stored blob, or `None`.
     async fn size(&self, digest: &Digest) -> Result<Option<u64>, StoreError>;
@@ -82,22 +136,37 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes a blob; removing a missing blob is not an error.
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError>;
 
-    /// Bytes already received of an interrupted transfer of `digest`
-    /// (kept across restarts so a transfer resumes where it broke).
-    async fn partial_len(&self, digest: &Digest) -> Result<u64, StoreError>;
+    /// Takes a blob whose bytes are wrong out of service (kept aside for
+    /// inspection where the store can), so it is never served under its
+    /// digest again; reads then find it missing until a verified copy is
+    /// committed.
+    async fn quarantine(&self, digest: &Digest) -> Result<(), StoreError> {
+        self.delete(digest).await
+    }
 
-    /// Appends `body` to the partial transfer of `digest`; once `body` ends,
-    /// verifies the whole content against `digest` and returns it staged.
-    /// On a mismatch the partial file is discarded. If `body` fails midway,
-    /// what arrived is kept for the next attempt. The content is not yet
+    /// Claims the resumable transfer of `digest`, waiting while another
+    /// writer holds it. The claim says how many bytes an interrupted earlier
+    /// transfer left (kept across restarts, so a transfer resumes where it
+    /// broke). Callers should check whether the blob got stored while they
+    /// waited before fetching anything.
+    async fn begin_transfer(&self, digest: &Digest) -> Result<Transfer, StoreError>;
+
+    /// Appends `body` (the blob's bytes from `transfer.offset()` on) to the
+    /// partial file; once `body` ends, verifies the bytes the file holds —
+    /// all of them — against the digest and returns them staged. On a
+    /// mismatch the partial file is discarded. If `body` fails midway, what
+    /// arrived is kept for the next attempt. The content is not yet
     /// durable: callers [`BlobStore::sync`] a batch of transfers at once
     /// before an item relies on them (cheaper than one flush per blob).
-    async fn stage_resume(
+    async fn continue_transfer(
         &self,
-        digest: &Digest,
+        transfer: Transfer,
         body: ByteStream,
         limit: u64,
     ) -> Result<StagedBlob, StoreError>;
+
+    /// Discards what an interrupted transfer of `digest` left.
+    async fn discard_transfer(&self, transfer: Transfer) -> Result<(), StoreError>;
 
     /// Makes committed blobs durable (flushed to stable storage).
     async fn sync(&self, digests: &[Digest]) -> Result<(), StoreError> {
@@ -146,12 +215,60 @@ pub trait BlobStore: Send + Sync + 'static {
     }
 }
 
-/// Blobs as files under one directory: `sha256/ab/abcd…` for content and
+/// Blobs as files under one directory: `sha256/ab/abcd…` for content,
 /// `staging/` for uploads in flight (on the same file system, so that a
-/// commit is a rename).
+/// commit is a rename), `partial/` for resumable transfers, `uploads/` for
+/// upload sessions and `corrupt/` for blobs taken out of service.
 pub struct FsBlobStore {
     root: PathBuf,
     uploads: Mutex<HashMap<String, UploadState>>,
+    /// One lock per digest whose partial file a transfer is writing.
+    transfers: std::sync::Arc<Mutex<TransferLocks>>,
+}
+
+type TransferLocks = HashMap<Digest, std::sync::Arc<tokio::sync::Mutex<()>>>;
+
+/// Holds a digest's transfer lock; forgets the digest's entry once nobody
+/// else holds or waits for it.
+struct TransferClaim {
+    digest: Digest,
+    locks: std::sync::Arc<Mutex<TransferLocks>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for TransferClaim {
+    fn drop(&mut self) {
+        let Ok(mut locks) = self.locks.lock() else { return };
+        drop(self.guard.take());
+        // The map's own reference is the last one: nobody waits.
+        if locks
+            .get(&self.digest)
+            .is_some_and(|l| std::sync::Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.digest);
+        }
+    }
+}
+
+/// Hashes a whole file, reading it in large chunks; its sha256 and size.
+fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256Hasher::new();
+    let mut buf = vec![0u8; SEND_CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok((h.finish(), size));
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
 }
 
 /// What is known of an upload session: the hash and length of its content.
@@ -306,6 +423,7 @@ impl FsBlobStore {
         Ok(Self {
             root,
             uploads: Mutex::new(HashMap::new()),
+            transfers: Default::default(),
         })
     }
 
@@ -414,17 +532,38 @@ impl BlobStore for FsBlobStore {
         Ok(staged)
     }
 
-    async fn commit(&self, mut staged: StagedBlob) -> Result<(), StoreError> {
+    async fn commit(&self, mut staged: StagedBlob) -> Result<BlobCheck, StoreError> {
         let dest = self.blob_path(&staged.digest);
-        if tokio::fs::try_exists(&dest).await? {
-            return Ok(()); // same content already stored; `staged` is dropped
+        let found = self.check(&staged.digest).await?;
+        match found {
+            BlobCheck::Intact { .. } => return Ok(found), // `staged` is dropped
+            BlobCheck::Corrupt { actual, size } => tracing::warn!(
+                blob = %staged.digest, %actual, size,
+                "stored blob was corrupt; replaced by a verified copy"
+            ),
+            BlobCheck::Missing => {}
         }
         if let Some(dir) = dest.parent() {
             tokio::fs::create_dir_all(dir).await?;
         }
+        // A rename replaces atomically: readers that opened the old file
+        // keep reading it, new readers get the verified copy.
         tokio::fs::rename(&staged.path, &dest).await?;
         staged.committed = true;
-        Ok(())
+        Ok(found)
+    }
+
+    async fn check(&self, digest: &Digest) -> Result<BlobCheck, StoreError> {
+        let path = self.blob_path(digest);
+        let want = *digest;
+        tokio::task::spawn_blocking(move || match hash_file(&path) {
+            Ok((actual, size)) if actual == want => Ok(BlobCheck::Intact { size }),
+            Ok((actual, size)) => Ok(BlobCheck::Corrupt { actual, size }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BlobCheck::Missing),
+            Err(e) => Err(StoreError::Io(e)),
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob check: {e}")))?
     }
 
     async fn size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
@@ -503,6 +642,17 @@ impl BlobStore for FsBlobStore {
         }
     }
 
+    async fn quarantine(&self, digest: &Digest) -> Result<(), StoreError> {
+        let dir = self.root.join("corrupt");
+        tokio::fs::create_dir_all(&dir).await?;
+        let dest = dir.join(format!("{}-{}", digest.hex(), crate::now_millis()));
+        match tokio::fs::rename(self.blob_path(digest), dest).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn sync(&self, digests: &[Digest]) -> Result<(), StoreError> {
         // Many flushes in flight at once let the device merge the writes.
         for batch in digests.chunks(32) {
@@ -517,29 +667,51 @@ impl BlobStore for FsBlobStore {
         Ok(())
     }
 
-    async fn partial_len(&self, digest: &Digest) -> Result<u64, StoreError> {
-        match tokio::fs::metadata(self.partial_path(digest)).await {
-            Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e.into()),
-        }
+    async fn begin_transfer(&self, digest: &Digest) -> Result<Transfer, StoreError> {
+        let lock = {
+            let mut locks = self
+                .transfers
+                .lock()
+                .map_err(|_| StoreError::Backend("transfer locks poisoned".into()))?;
+            locks.entry(*digest).or_default().clone()
+        };
+        let claim = TransferClaim {
+            digest: *digest,
+            locks: self.transfers.clone(),
+            guard: Some(lock.lock_owned().await),
+        };
+        let offset = match tokio::fs::metadata(self.partial_path(digest)).await {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Transfer::new(*digest, offset, Box::new(claim)))
     }
 
-    async fn stage_resume(
+    async fn continue_transfer(
         &self,
-        digest: &Digest,
+        transfer: Transfer,
         body: ByteStream,
         limit: u64,
     ) -> Result<StagedBlob, StoreError> {
-        let partial = self.partial_path(digest);
-        let file = tokio::fs::OpenOptions::new()
+        let digest = transfer.digest();
+        let partial = self.partial_path(&digest);
+        let mut file = tokio::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(false)
             .open(&partial)
             .await?
             .into_std()
             .await;
-        let start = file.metadata()?.len();
+        // The claim makes this the only writer, and the body starts at the
+        // claim's offset: anything past it in the file is cut off.
+        let start = transfer.offset();
+        file.set_len(start)?;
+        {
+            use std::io::Seek;
+            file.seek(io::SeekFrom::Start(start))?;
+        }
         let fresh = start == 0;
         let poured = match pour(body, file, fresh.then(Sha256Hasher::new), start, limit, ()).await {
             Ok(p) => p,
@@ -550,43 +722,47 @@ impl BlobStore for FsBlobStore {
             Err(e) => return Err(e), // a broken body: what arrived is kept
         };
         let size = poured.size;
-        let actual = if let Some(hasher) = poured.hasher {
-            hasher.finish()
-        } else {
-            // Resumed: hash the whole file once, off the async threads.
-            let p = partial.clone();
-            tokio::task::spawn_blocking(move || -> io::Result<Digest> {
-                use std::io::Read;
-                let mut f = std::fs::File::open(p)?;
-                let mut h = Sha256Hasher::new();
-                let mut buf = vec![0u8; READ_CHUNK];
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        return Ok(h.finish());
-                    }
-                    h.update(&buf[..n]);
-                }
-            })
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))??
+        let on_disk = poured.file.metadata()?.len();
+        drop(poured.file);
+        let actual = match poured.hasher {
+            // Fresh and exclusive: the file holds exactly the bytes hashed,
+            // which its length confirms.
+            Some(hasher) if on_disk == size => hasher.finish(),
+            // Resumed (or a length that does not add up): hash what the
+            // file holds, off the async threads.
+            _ => {
+                let p = partial.clone();
+                tokio::task::spawn_blocking(move || hash_file(&p))
+                    .await
+                    .map_err(|e| StoreError::Backend(e.to_string()))??
+                    .0
+            }
         };
-        if actual != *digest {
+        if actual != digest {
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(StoreError::DigestMismatch {
-                expected: *digest,
+                expected: digest,
                 actual,
             });
         }
         let name: [u8; 16] = rand::random();
         let path = self.root.join("staging").join(hex::encode(name));
         tokio::fs::rename(&partial, &path).await?;
+        drop(transfer);
         Ok(StagedBlob {
             path,
             digest: actual,
-            size,
+            size: on_disk,
             committed: false,
         })
+    }
+
+    async fn discard_transfer(&self, transfer: Transfer) -> Result<(), StoreError> {
+        match tokio::fs::remove_file(self.partial_path(&transfer.digest())).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn upload_begin(&self) -> Result<String, StoreError> {
@@ -743,22 +919,94 @@ mod tests {
             Ok(Bytes::from_static(b"abcd")),
             Err(io::Error::other("link dropped")),
         ]));
-        assert!(store.stage_resume(&d, broken, 100).await.is_err());
+        let t = store.begin_transfer(&d).await.unwrap();
+        assert_eq!(t.offset(), 0);
+        assert!(store.continue_transfer(t, broken, 100).await.is_err());
         // Survives a restart of the store.
         let store = FsBlobStore::open(dir.path()).await.unwrap();
-        assert_eq!(store.partial_len(&d).await.unwrap(), 4);
-        let staged = store.stage_resume(&d, body(&[b"efghij"]), 100).await.unwrap();
+        let t = store.begin_transfer(&d).await.unwrap();
+        assert_eq!(t.offset(), 4);
+        let staged = store.continue_transfer(t, body(&[b"efghij"]), 100).await.unwrap();
         assert_eq!((staged.digest(), staged.size()), (d, 10));
-        store.commit(staged).await.unwrap();
+        assert_eq!(store.commit(staged).await.unwrap(), BlobCheck::Missing);
         assert_eq!(read_all(store.get(&d, None).await.unwrap()).await, b"abcdefghij");
-        assert_eq!(store.partial_len(&d).await.unwrap(), 0);
+        assert_eq!(store.begin_transfer(&d).await.unwrap().offset(), 0);
         // Wrong bytes are refused and discarded.
         let other = Digest::of(b"xyz");
+        let t = store.begin_transfer(&other).await.unwrap();
         assert!(matches!(
-            store.stage_resume(&other, body(&[b"xyq"]), 100).await,
+            store.continue_transfer(t, body(&[b"xyq"]), 100).await,
             Err(StoreError::DigestMismatch { .. })
         ));
-        assert_eq!(store.partial_len(&other).await.unwrap(), 0);
+        assert_eq!(store.begin_transfer(&other).await.unwrap().offset(), 0);
+    }
+
+    /// Two writers of one digest at once (two replications fetching the
+    /// same blob): the second waits for the first's claim, and what is
+    /// stored is exactly the blob, never both bodies in one file.
+    #[tokio::test]
+    async fn concurrent_transfers_of_one_digest_take_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(FsBlobStore::open(dir.path()).await.unwrap());
+        let content = vec![7u8; 3 << 20];
+        let d = Digest::of(&content);
+        let slow = |data: Vec<u8>| -> ByteStream {
+            let chunks: Vec<io::Result<Bytes>> = data
+                .chunks(64 << 10)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            Box::pin(futures::stream::iter(chunks).then(|c| async move {
+                tokio::task::yield_now().await;
+                c
+            }))
+        };
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (store, content) = (store.clone(), content.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = store.begin_transfer(&d).await.unwrap();
+                if store.size(&d).await.unwrap().is_some() {
+                    return; // stored meanwhile: nothing to fetch
+                }
+                assert_eq!(t.offset(), 0, "a claim never sees another writer's bytes");
+                let staged = store.continue_transfer(t, slow(content), u64::MAX).await.unwrap();
+                store.commit(staged).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            store.check(&d).await.unwrap(),
+            BlobCheck::Intact { size: 3 << 20 }
+        );
+        assert!(store.transfers.lock().unwrap().is_empty(), "claims are forgotten");
+    }
+
+    /// A stored blob whose bytes went wrong is replaced by the next
+    /// verified copy committed; an intact one is left as it is.
+    #[tokio::test]
+    async fn commit_replaces_a_corrupt_blob_and_keeps_an_intact_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        let staged = store.stage(body(&[b"right bytes"]), 100, None).await.unwrap();
+        let d = staged.digest();
+        store.commit(staged).await.unwrap();
+        std::fs::write(store.blob_path(&d), b"right bytesright bytes").unwrap();
+        assert!(matches!(
+            store.check(&d).await.unwrap(),
+            BlobCheck::Corrupt { size: 22, .. }
+        ));
+        let again = store.stage(body(&[b"right bytes"]), 100, Some(d)).await.unwrap();
+        assert!(matches!(
+            store.commit(again).await.unwrap(),
+            BlobCheck::Corrupt { .. }
+        ));
+        assert_eq!(store.check(&d).await.unwrap(), BlobCheck::Intact { size: 11 });
+        let third = store.stage(body(&[b"right bytes"]), 100, Some(d)).await.unwrap();
+        assert_eq!(store.commit(third).await.unwrap(), BlobCheck::Intact { size: 11 });
+        std::fs::remove_file(store.blob_path(&d)).unwrap();
+        assert_eq!(store.check(&d).await.unwrap(), BlobCheck::Missing);
     }
 
     #[tokio::test]

@@ -150,6 +150,43 @@ async fn writes_follow_stamps_and_log_changes(s: &dyn MetadataStore) {
         .await
         .unwrap();
     assert_eq!(s.item(f.id, &key("a")).await.unwrap().unwrap().downloads, 5);
+
+    // A local write that loses fails the whole batch and changes nothing.
+    let lost = s
+        .write_ordered(
+            f.id,
+            vec![
+                (upsert("fresh-local", 50, vec![]), Precondition::Any),
+                (upsert("a", 35, vec![]), Precondition::Any),
+            ],
+            StampOrder::LocalWrite,
+        )
+        .await;
+    assert!(
+        matches!(lost, Err(StoreError::Superseded { ref key, current }) if key == "a" && current == stamp(41, 1))
+    );
+    assert_eq!(s.item(f.id, &key("fresh-local")).await.unwrap(), None);
+    assert_eq!(s.last_seq(f.id).await.unwrap(), 7);
+    // A repair overwrites a later stamp (and logs it); the same stamp again is a no-op.
+    let o = s
+        .write_ordered(
+            f.id,
+            vec![(delete("a", 35), Precondition::Any)],
+            StampOrder::Overwrite,
+        )
+        .await
+        .unwrap();
+    assert_eq!(o, vec![WriteOutcome::Applied { seq: 8 }]);
+    assert_eq!(s.tombstone(f.id, &key("a")).await.unwrap(), Some(stamp(35, 1)));
+    let o = s
+        .write_ordered(
+            f.id,
+            vec![(delete("a", 35), Precondition::Any)],
+            StampOrder::Overwrite,
+        )
+        .await
+        .unwrap();
+    assert_eq!(o, vec![WriteOutcome::AlreadyApplied]);
 }
 
 async fn preconditions_and_atomic_batches(s: &dyn MetadataStore) {
@@ -233,6 +270,17 @@ async fn blobs_and_collection(s: &dyn MetadataStore) {
     s.lease_blob(&orphan, 6, past).await.unwrap();
     s.lease_blob(&leased, 6, future).await.unwrap();
     assert!(s.blob_present(&kept).await.unwrap());
+    let listed = s.blobs_after(None, 1000).await.unwrap();
+    assert!(listed.iter().any(|(d, _)| *d == kept), "present blobs are listed");
+    assert!(listed.windows(2).all(|w| w[0].0 < w[1].0), "in digest order");
+    let first = listed[0].0;
+    assert!(
+        !s.blobs_after(Some(&first), 1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|(d, _)| *d == first)
+    );
     s.write(
         f.id,
         vec![(upsert("uses-kept", 1, vec![kept]), Precondition::Any)],
@@ -362,6 +410,26 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
     s.set_cursor(r.id, "pull:a", 42).await.unwrap();
     s.set_cursor(r.id, "pull:a", 43).await.unwrap();
     assert_eq!(s.cursor(r.id, "pull:a").await.unwrap(), 43);
+    // Several positions move together; a prefix lists them by name.
+    s.set_cursors(
+        r.id,
+        &[
+            ("pull:a".into(), 50),
+            ("pull:a:anchor".into(), -7),
+            ("stuck:a:x".into(), 1),
+            ("stuck:a:y".into(), 2),
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.cursor(r.id, "pull:a:anchor").await.unwrap(), -7);
+    s.set_cursors(r.id, &[], &["stuck:a:x".into()]).await.unwrap();
+    assert_eq!(
+        s.cursors(r.id, "stuck:a:").await.unwrap(),
+        vec![("stuck:a:y".to_string(), 2)]
+    );
+    assert_eq!(s.cursors(r.id, "pull:").await.unwrap().len(), 2);
 
     let cut = s.start_execution(r.id, "manual").await.unwrap();
     assert_eq!(s.close_interrupted_executions().await.unwrap(), 1);

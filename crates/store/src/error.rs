@@ -9,6 +9,12 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A local write lost to a later stamp already stored under its key.
+    #[error("{key} holds a newer version ({current}) than this write; nothing was changed")]
+    Superseded {
+        key: String,
+        current: ferry_types::Stamp,
+    },
     #[error("blob {0} is not stored")]
     BlobMissing(Digest),
     #[error("blob {0} is being collected; retry")]

@@ -16,7 +16,7 @@ mod replication;
 mod sqlite;
 mod sqlite_replication;
 
-pub use blob::{BlobBody, BlobStore, ByteStream, FsBlobStore, StagedBlob};
+pub use blob::{BlobBody, BlobCheck, BlobStore, ByteStream, FsBlobStore, StagedBlob, Transfer};
 pub use error::StoreError;
 pub use meta::*;
 pub use replication::*;

@@ -65,6 +65,22 @@ pub enum Precondition {
     Present,
 }
 
+/// How a write orders its stamp against the stamp stored under its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StampOrder {
+    /// The later stamp wins; a change that loses is reported as
+    /// [`WriteOutcome::Superseded`] and the rest of the batch goes ahead
+    /// (replication: the loser is a conflict to log, not an error).
+    LaterWins,
+    /// The later stamp wins, and a change that loses fails the whole batch
+    /// with [`StoreError::Superseded`] (local writes: a client must never
+    /// be told a write succeeded that changed nothing).
+    LocalWrite,
+    /// The change replaces what is stored whatever its stamp (repair of a
+    /// replica from its source). The same stamp again is still a no-op.
+    Overwrite,
+}
+
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -169,6 +185,16 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         feed: FeedId,
         changes: Vec<(Change, Precondition)>,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.write_ordered(feed, changes, StampOrder::LaterWins).await
+    }
+    /// [`MetadataStore::write`] with an explicit stamp ordering (see
+    /// [`StampOrder`]); the whole batch is one transaction either way.
+    async fn write_ordered(
+        &self,
+        feed: FeedId,
+        changes: Vec<(Change, Precondition)>,
+        order: StampOrder,
     ) -> Result<Vec<WriteOutcome>, StoreError>;
     async fn item(&self, feed: FeedId, key: &ItemKey) -> Result<Option<ItemRecord>, StoreError>;
     /// Live items whose key starts with `prefix`, in key order, after `after`.
@@ -199,6 +225,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn lease_blob(&self, digest: &Digest, size: u64, lease_until: i64) -> Result<(), StoreError>;
     /// Whether the blob is registered as present.
     async fn blob_present(&self, digest: &Digest) -> Result<bool, StoreError>;
+    /// Blobs registered as present, with their sizes (bytes), in digest
+    /// order after `after`, at most `limit` (for `fsck`).
+    async fn blobs_after(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<(Digest, u64)>, StoreError>;
     /// Marks up to `limit` blobs that no item references and whose lease
     /// ended before `now` as being deleted, and returns them.
     async fn gc_mark(&self, now: i64, limit: usize) -> Result<Vec<Digest>, StoreError>;

@@ -81,6 +81,16 @@ pub trait ReplicationStore: Send + Sync + 'static {
     /// A named position (0 if never set).
     async fn cursor(&self, replication: i64, name: &str) -> Result<i64, StoreError>;
     async fn set_cursor(&self, replication: i64, name: &str, value: i64) -> Result<(), StoreError>;
+    /// Sets the named positions in `set` and removes those in `clear`, in
+    /// one transaction (a cursor and its anchor move together).
+    async fn set_cursors(
+        &self,
+        replication: i64,
+        set: &[(String, i64)],
+        clear: &[String],
+    ) -> Result<(), StoreError>;
+    /// Every named position whose name starts with `prefix`, by name.
+    async fn cursors(&self, replication: i64, prefix: &str) -> Result<Vec<(String, i64)>, StoreError>;
 
     async fn start_execution(&self, replication: i64, trigger: &str) -> Result<i64, StoreError>;
     async fn finish_execution(

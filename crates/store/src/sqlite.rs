@@ -305,6 +305,7 @@ fn apply_change(
     feed: FeedId,
     change: &Change,
     pre: Precondition,
+    order: StampOrder,
 ) -> Result<WriteOutcome, StoreError> {
     let key = change.key.as_str();
     let existing: Option<(bool, i64, String)> = tx
@@ -326,7 +327,16 @@ fn apply_change(
             return Ok(WriteOutcome::AlreadyApplied);
         }
         if current > change.stamp {
-            return Ok(WriteOutcome::Superseded { current });
+            match order {
+                StampOrder::LaterWins => return Ok(WriteOutcome::Superseded { current }),
+                StampOrder::LocalWrite => {
+                    return Err(StoreError::Superseded {
+                        key: key.to_string(),
+                        current,
+                    });
+                }
+                StampOrder::Overwrite => {}
+            }
         }
     }
     let now = now_millis();
@@ -494,15 +504,16 @@ impl MetadataStore for SqliteStore {
             .await
     }
 
-    async fn write(
+    async fn write_ordered(
         &self,
         feed: FeedId,
         changes: Vec<(Change, Precondition)>,
+        order: StampOrder,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         self.write_tx(move |tx| {
             changes
                 .iter()
-                .map(|(c, p)| apply_change(tx, feed, c, *p))
+                .map(|(c, p)| apply_change(tx, feed, c, *p, order))
                 .collect()
         })
         .await
@@ -662,6 +673,31 @@ impl MetadataStore for SqliteStore {
                 )
                 .optional()?;
             Ok(v == Some(false))
+        })
+        .await
+    }
+
+    async fn blobs_after(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<(Digest, u64)>, StoreError> {
+        let after: Vec<u8> = after.map(|d| d.as_bytes().to_vec()).unwrap_or_default();
+        self.read(move |c| {
+            let mut st = c.prepare(
+                "SELECT digest, size FROM blobs WHERE deleting = 0 AND digest > ?1 ORDER BY digest LIMIT ?2",
+            )?;
+            let rows = st
+                .query_map(params![after, limit as i64], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(d, size)| {
+                    let b: [u8; 32] = d.try_into().map_err(|_| bad_row("blob digest"))?;
+                    Ok((Digest::from_bytes(b), size as u64))
+                })
+                .collect()
         })
         .await
     }

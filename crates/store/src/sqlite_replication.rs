@@ -240,6 +240,46 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 
+    async fn set_cursors(
+        &self,
+        replication: i64,
+        set: &[(String, i64)],
+        clear: &[String],
+    ) -> Result<(), StoreError> {
+        let (set, clear) = (set.to_vec(), clear.to_vec());
+        self.write_tx(move |tx| {
+            for (name, value) in &set {
+                tx.execute(
+                    "INSERT INTO cursors (replication_id, name, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (replication_id, name) DO UPDATE SET value = ?3",
+                    params![replication, name, value],
+                )?;
+            }
+            for name in &clear {
+                tx.execute(
+                    "DELETE FROM cursors WHERE replication_id = ?1 AND name = ?2",
+                    params![replication, name],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cursors(&self, replication: i64, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let (lo, hi) = (prefix.to_string(), format!("{prefix}\u{10FFFF}"));
+        self.read(move |c| {
+            let mut st = c.prepare(
+                "SELECT name, value FROM cursors WHERE replication_id = ?1 AND name >= ?2 AND name < ?3 ORDER BY name",
+            )?;
+            let rows = st
+                .query_map(params![replication, lo, hi], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<(String, i64)>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn start_execution(&self, replication: i64, trigger: &str) -> Result<i64, StoreError> {
         let trigger = trigger.to_string();
         self.write_tx(move |tx| {

@@ -56,9 +56,13 @@ pub struct Hlc(pub u64);
 
 impl Hlc {
     pub const COUNTER_BITS: u32 = 16;
+    /// The largest millisecond value a reading can hold (48 bits).
+    pub const MAX_MILLIS: u64 = u64::MAX >> Self::COUNTER_BITS;
 
+    /// A reading from its parts; `millis` past [`Hlc::MAX_MILLIS`] is
+    /// clamped there, never wrapped.
     pub fn from_parts(millis: u64, counter: u16) -> Self {
-        Self((millis << Self::COUNTER_BITS) | u64::from(counter))
+        Self((millis.min(Self::MAX_MILLIS) << Self::COUNTER_BITS) | u64::from(counter))
     }
     pub fn millis(self) -> u64 {
         self.0 >> Self::COUNTER_BITS
@@ -68,16 +72,16 @@ impl Hlc {
     }
 
     /// The next reading after `self`, given the wall clock `now_millis` and
-    /// an optional reading observed from elsewhere. Always greater than both
-    /// `self` and `observed`.
+    /// an optional reading observed from elsewhere. Greater than both
+    /// `self` and `observed`, except at the very top of the range, where it
+    /// saturates instead of wrapping to the past (callers keep observed
+    /// readings near the wall clock, so the top is never reached).
     pub fn tick(self, now_millis: u64, observed: Option<Hlc>) -> Hlc {
         let base = observed.map_or(self, |o| self.max(o));
         if now_millis > base.millis() {
             Hlc::from_parts(now_millis, 0)
-        } else if base.counter() < u16::MAX {
-            Hlc(base.0 + 1)
         } else {
-            Hlc::from_parts(base.millis() + 1, 0)
+            Hlc(base.0.saturating_add(1))
         }
     }
 }
@@ -109,6 +113,15 @@ mod tests {
             prop_assert!(next > prev);
             if let Some(o) = obs { prop_assert!(next > Hlc(o)); }
         }
+    }
+
+    #[test]
+    fn tick_saturates_instead_of_wrapping() {
+        let top = Hlc(u64::MAX - 1);
+        assert_eq!(top.tick(0, None), Hlc(u64::MAX));
+        assert_eq!(Hlc(u64::MAX).tick(5, None), Hlc(u64::MAX));
+        assert_eq!(Hlc(5).tick(0, Some(Hlc(u64::MAX))), Hlc(u64::MAX));
+        assert_eq!(Hlc::from_parts(u64::MAX, 3).millis(), Hlc::MAX_MILLIS);
     }
 
     #[test]

@@ -1,0 +1,717 @@
+//! The pull phase: the other side's changes (or, after a reset, all its
+//! entries) come here; only missing blobs move, streamed, resumable and
+//! verified; entries are applied with their original stamps.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ferry_store::{Entry, FeedRecord};
+use ferry_types::{Digest, FeedName, ItemKey};
+use futures::{StreamExt, TryStreamExt};
+
+use super::*;
+use crate::ReplError;
+
+impl Run<'_> {
+    pub(super) async fn pull_feed(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let before = fr.pulled.deleted;
+        let result = self.pull_feed_inner(local, remote, fr).await;
+        self.record_deletions(&guard_key("pull", local, remote), fr.pulled.deleted - before)
+            .await?;
+        result
+    }
+
+    async fn pull_feed_inner(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let cursor_name = cursor_name(Direction::Pull, &local.name, remote);
+        let anchor_name = format!("{cursor_name}:anchor");
+        let store = self.r.store().clone();
+        self.load_stuck(Direction::Pull, local, remote).await?;
+        let (mut since, mut anchor) = if self.full {
+            (0, 0)
+        } else {
+            (
+                store.cursor(self.rec.id, &cursor_name).await?,
+                store.cursor(self.rec.id, &anchor_name).await?,
+            )
+        };
+        let mut page = self.remote.changes(remote, since, anchor, PAGE, 0).await?;
+        if page.reset || self.full {
+            if page.diverged {
+                self.log("warn", format!(
+                    "feed {}: the other side's change log is not the one cursor {since} was taken from (restored from a backup, re-created, or its sequence reset); comparing in full",
+                    local.name
+                ));
+            } else if page.reset {
+                self.log("warn", format!("feed {}: cursor {since} is older than the other side's tombstone horizon; comparing in full", local.name));
+            }
+            let (last, last_anchor) = (page.last_seq, page.last_anchor.unwrap_or(0));
+            self.full_pull(local, remote, fr).await?;
+            if !self.dry {
+                store
+                    .set_cursors(
+                        self.rec.id,
+                        &[(cursor_name.clone(), last), (anchor_name.clone(), last_anchor)],
+                        &[],
+                    )
+                    .await?;
+            }
+            self.lags.push((local.name.clone(), Lag::default()));
+            return self.restore_local_divergence(local, remote, fr).await;
+        }
+        if !self.dry {
+            self.retry_stuck(local, remote, fr).await?;
+        }
+        self.progress
+            .items_total
+            .fetch_add((page.last_seq - since).max(0) as u64, Ordering::Relaxed);
+        let more_pages = page.next < page.last_seq;
+        if self.cfg.mode.flows.delete_local
+            && !self.confirm_deletes
+            && (more_pages || page.entries.iter().any(|e| e.deleted))
+        {
+            let n = self
+                .count_pull_deletions(local, remote, since, page.clone())
+                .await?;
+            let size = self.r.store().live_count(local.id).await?;
+            let key = guard_key("pull", local, remote);
+            if n > 0 && self.guard_trips(local, &key, n, size).await? {
+                // A plan goes on counting, to show the deletions it would stop for.
+                if !self.dry {
+                    return Ok(());
+                }
+            }
+        }
+        loop {
+            if !page.entries.is_empty() {
+                self.pull_entries(local, remote, &page.entries, fr).await?;
+            }
+            let advanced = page.next > since;
+            since = page.next.max(since);
+            if advanced {
+                anchor = page.next_anchor.unwrap_or(0);
+            }
+            if !self.dry && advanced {
+                store
+                    .set_cursors(
+                        self.rec.id,
+                        &[(cursor_name.clone(), since), (anchor_name.clone(), anchor)],
+                        &[],
+                    )
+                    .await?;
+            }
+            if since >= page.last_seq || !advanced {
+                let lag = Lag {
+                    changes: (page.last_seq - since).max(0),
+                    seconds: 0.0,
+                };
+                self.lags.push((local.name.clone(), lag));
+                break;
+            }
+            page = self.remote.changes(remote, since, anchor, PAGE, 0).await?;
+            if page.reset {
+                return Err(ReplError::Conflict(format!(
+                    "the other side's change log of feed {} was pruned or replaced during the execution; the next execution compares in full",
+                    local.name
+                )));
+            }
+        }
+        self.restore_local_divergence(local, remote, fr).await
+    }
+
+    /// Tries again the items earlier executions could not copy, as they
+    /// are on the other side now.
+    async fn retry_stuck(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        if self.stuck_known.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<ItemKey> = self.stuck_known.keys().cloned().collect();
+        for chunk in keys.chunks(PAGE) {
+            let found = self.remote.lookup(remote, chunk.to_vec()).await?;
+            // Gone on the other side (never written there, or pruned): nothing to copy.
+            let absent: Vec<ItemKey> = chunk
+                .iter()
+                .filter(|k| !found.iter().any(|e| &e.key == *k))
+                .cloned()
+                .collect();
+            self.record_stuck(Direction::Pull, local, remote, Vec::new(), &absent)
+                .await?;
+            if !found.is_empty() {
+                self.pull_entries(local, remote, &found, fr).await?;
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------ replica divergence
+
+    /// Whether a local version that is newer than the other side's and was
+    /// written here is a divergence of this replica, to be put back to the
+    /// other side's version: the change is one this replication does not
+    /// send, and the other side's version is one it takes.
+    fn reverts_local(&self, local_live: bool, theirs: &WireEntry) -> bool {
+        let f = self.cfg.mode.flows;
+        let takes_theirs = if theirs.deleted {
+            f.delete_local
+        } else {
+            f.pull_missing
+        };
+        let sends_ours = if local_live {
+            f.push_missing
+        } else {
+            f.delete_remote
+        };
+        takes_theirs && !sends_ours
+    }
+
+    /// A plain run puts back what was changed or deleted only here, in a
+    /// replica of the other side: items the other side holds and this
+    /// replication does not send back. (ProGet's pull "copies what is
+    /// missing here".) Items that exist only here are left alone. Reads
+    /// this instance's change log from its own cursor, so a run costs in
+    /// proportion to local writes.
+    async fn restore_local_divergence(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let f = self.cfg.mode.flows;
+        if !f.pulls() || (f.push_missing && f.delete_remote) || self.dry {
+            return Ok(());
+        }
+        let name = format!("local:{}", cursor_name(Direction::Pull, &local.name, remote));
+        let me = self.r.ferry().instance_id();
+        let meta = self.r.ferry().metadata().clone();
+        let mut since = self.r.store().cursor(self.rec.id, &name).await?;
+        loop {
+            let changes = meta.changes_since(local.id, since, 2000).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                return Ok(());
+            };
+            let mut seen = HashSet::new();
+            let keys: Vec<ItemKey> = changes
+                .into_iter()
+                .filter(|c| c.stamp.origin == me && self.filter.admits(local.feed_type, &c.key))
+                .filter(|c| seen.insert(c.key.clone()))
+                .map(|c| c.key)
+                .collect();
+            for chunk in keys.chunks(PAGE) {
+                let theirs = self.remote.lookup(remote, chunk.to_vec()).await?;
+                if !theirs.is_empty() {
+                    self.pull_entries(local, remote, &theirs, fr).await?;
+                }
+            }
+            since = last;
+            self.r.store().set_cursor(self.rec.id, &name, since).await?;
+        }
+    }
+
+    /// How many live items here the remaining pages would delete.
+    async fn count_pull_deletions(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        mut since: i64,
+        mut page: ChangesPage,
+    ) -> Result<u64, ReplError> {
+        let mut n = 0;
+        loop {
+            let tombs: Vec<&WireEntry> = page
+                .entries
+                .iter()
+                .filter(|e| e.deleted && self.filter.admits(local.feed_type, &e.key))
+                .collect();
+            if !tombs.is_empty() {
+                let keys: Vec<ItemKey> = tombs.iter().map(|e| e.key.clone()).collect();
+                let locals = self.r.store().entries_for(local.id, &keys).await?;
+                for t in tombs {
+                    if locals
+                        .iter()
+                        .any(|l| l.key == t.key && l.live.is_some() && l.stamp < t.stamp)
+                    {
+                        n += 1;
+                    }
+                }
+            }
+            if page.next <= since || page.next >= page.last_seq {
+                return Ok(n);
+            }
+            since = page.next;
+            page = self.remote.changes(remote, since, 0, PAGE, 0).await?;
+        }
+    }
+
+    async fn full_pull(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let mut after: Option<ItemKey> = None;
+        let mut seen: HashSet<ItemKey> = HashSet::new();
+        loop {
+            let page = self.remote.entries(remote, after.as_ref(), PAGE).await?;
+            seen.extend(page.entries.iter().map(|e| e.key.clone()));
+            if !page.entries.is_empty() {
+                self.pull_entries(local, remote, &page.entries, fr).await?;
+            }
+            match page.next_after {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        self.pull_expired_deletions(local, &seen, fr).await
+    }
+
+    /// After a full comparison: items that came here from elsewhere and that
+    /// the other side no longer has at all — neither the item nor its
+    /// tombstone, which it has pruned — may have been deleted there. They
+    /// are reported, and deleted only when an operator confirms. Items
+    /// written on this instance are deleted this way only by the repair of
+    /// a replica (`verify --repair --confirm-deletes`).
+    async fn pull_expired_deletions(
+        &mut self,
+        local: &FeedRecord,
+        seen: &HashSet<ItemKey>,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let f = self.cfg.mode.flows;
+        if !(f.pull_missing && f.delete_local) {
+            return Ok(());
+        }
+        // A replica (which sends nothing back) is repaired to equal its
+        // source: what was written only here goes too, once confirmed.
+        let replica = !f.push_missing && !f.delete_remote;
+        let me = self.r.ferry().instance_id();
+        let mut gone = Vec::new();
+        let mut after: Option<ItemKey> = None;
+        loop {
+            let page = self.r.store().entries(local.id, after.as_ref(), 2000).await?;
+            let done = page.len() < 2000;
+            after = page.last().map(|e| e.key.clone());
+            for e in page {
+                if e.live.is_some()
+                    && (e.stamp.origin != me || (replica && self.repair))
+                    && !seen.contains(&e.key)
+                    && self.filter.admits(local.feed_type, &e.key)
+                {
+                    gone.push(e);
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        if gone.is_empty() {
+            return Ok(());
+        }
+        // Absent is ambiguous — deleted there with the tombstone expired, or
+        // never there (a feed that also pulls from another instance) — so
+        // these deletions always wait for an operator's confirmation.
+        if !self.confirm_deletes {
+            self.report.needs_confirmation = true;
+            let message = if self.repair && replica {
+                format!(
+                    "feed {}: {} items here are absent on the other side (written only here, or deleted there with their tombstones expired); nothing was deleted. To make this replica equal to its source, run `ferry replication verify {} --repair --confirm-deletes`",
+                    local.name,
+                    gone.len(),
+                    self.rec.name
+                )
+            } else {
+                format!(
+                    "feed {}: {} items that came from elsewhere are absent on the other side, whose tombstones have expired; nothing was deleted. If they were deleted there, run `ferry replication run {} --full --confirm-deletes`",
+                    local.name,
+                    gone.len(),
+                    self.rec.name
+                )
+            };
+            self.log("warn", message);
+            return Ok(());
+        }
+        self.log(
+            "warn",
+            format!(
+                "feed {}: deleting {} items absent on the other side (confirmed)",
+                local.name,
+                gone.len()
+            ),
+        );
+        if self.dry {
+            fr.pulled.deleted += gone.len() as u64;
+            return Ok(());
+        }
+        // A tombstone just after the item's own stamp: any newer write wins over it.
+        let changes: Vec<ferry_store::Change> = gone
+            .iter()
+            .map(|e| ferry_store::Change {
+                key: e.key.clone(),
+                stamp: ferry_types::Stamp {
+                    time: ferry_types::Hlc(e.stamp.time.0 + 1),
+                    origin: e.stamp.origin,
+                },
+                op: ferry_store::ChangeOp::Delete,
+            })
+            .collect();
+        let outcomes = self.r.ferry().apply(local, changes).await?;
+        fr.pulled.deleted += outcomes
+            .iter()
+            .filter(|o| matches!(o, ferry_store::WriteOutcome::Applied { .. }))
+            .count() as u64;
+        Ok(())
+    }
+
+    fn wanted_from_remote(&self, local: &FeedRecord, e: &WireEntry) -> bool {
+        let f = self.cfg.mode.flows;
+        self.filter.admits(local.feed_type, &e.key) && if e.deleted { f.delete_local } else { f.pull_missing }
+    }
+
+    /// Applies a page of the other side's entries here: compares stamps,
+    /// fetches the blobs that are missing, applies what is newer (and puts
+    /// back local divergence, see [`Self::reverts_local`]). An entry that
+    /// cannot be copied now — its blob is missing or damaged on the other
+    /// side, or its stamp is ahead of this instance's clock beyond the
+    /// allowed skew — is left out and marked to be retried; the rest goes
+    /// ahead. A broken link fails the execution.
+    async fn pull_entries(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        entries: &[WireEntry],
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let admitted: Vec<&WireEntry> = entries
+            .iter()
+            .filter(|e| self.wanted_from_remote(local, e))
+            .collect();
+        fr.pulled.skipped += (entries.len() - admitted.len()) as u64;
+        let keys: Vec<ItemKey> = admitted.iter().map(|e| e.key.clone()).collect();
+        let locals: HashMap<ItemKey, Entry> = self
+            .r
+            .store()
+            .entries_for(local.id, &keys)
+            .await?
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        let me = self.r.ferry().instance_id();
+        let mut todo: Vec<&WireEntry> = Vec::new();
+        let mut reverts: HashSet<ItemKey> = HashSet::new();
+        let mut settled: Vec<ItemKey> = Vec::new();
+        let mut stuck: Vec<(ItemKey, String)> = Vec::new();
+        for e in admitted {
+            if let Err(refused) = self.r.ferry().check_stamp(&e.key, &e.stamp) {
+                stuck.push((e.key.clone(), refused.to_string()));
+                continue;
+            }
+            match locals.get(&e.key) {
+                Some(l) if l.stamp == e.stamp => {
+                    fr.pulled.skipped += 1;
+                    settled.push(e.key.clone());
+                }
+                Some(l)
+                    if l.stamp > e.stamp
+                        && l.stamp.origin == me
+                        && self.reverts_local(l.live.is_some(), e) =>
+                {
+                    self.log(
+                        "warn",
+                        format!(
+                            "{} in feed {} was {} only here; putting back the other side's version ({})",
+                            e.key,
+                            local.name,
+                            if l.live.is_some() { "changed" } else { "deleted" },
+                            e.stamp
+                        ),
+                    );
+                    reverts.insert(e.key.clone());
+                    todo.push(e);
+                }
+                Some(l) if l.stamp > e.stamp => {
+                    settled.push(e.key.clone());
+                    if l.stamp.origin != e.stamp.origin {
+                        fr.pulled.conflicts += 1;
+                        self.log("warn", format!(
+                            "conflict on {} in feed {}: this instance's version ({}) is newer than the other's ({}); keeping this one",
+                            e.key, local.name, l.stamp, e.stamp
+                        ));
+                    } else {
+                        fr.pulled.skipped += 1;
+                    }
+                }
+                _ => todo.push(e),
+            }
+        }
+        if self.dry {
+            for e in &todo {
+                let live_here = locals.get(&e.key).is_some_and(|l| l.live.is_some());
+                count_planned(&mut fr.pulled, e, live_here);
+            }
+            return Ok(());
+        }
+        // Blobs first: an item becomes visible only with all its blobs.
+        let mut need: Vec<Digest> = Vec::new();
+        let mut seen = HashSet::new();
+        for e in &todo {
+            for d in &e.blobs {
+                if seen.insert(*d) && !self.r.has_blob(d).await? {
+                    need.push(*d);
+                }
+            }
+        }
+        let t_fetch = std::time::Instant::now();
+        let mut gone: HashSet<Digest> = HashSet::new();
+        let mut damaged: HashMap<Digest, String> = HashMap::new();
+        let mut fetched: Vec<(u64, tokio::task::JoinHandle<Result<(), ferry_store::StoreError>>)> =
+            Vec::with_capacity(need.len());
+        {
+            let mut pending = futures::stream::FuturesUnordered::new();
+            let mut queue = need.iter();
+            loop {
+                while pending.len() < BLOB_PARALLELISM {
+                    let Some(d) = queue.next() else { break };
+                    let fetch = self.fetch_blob(*d);
+                    pending.push(async move { (*d, fetch.await) });
+                }
+                match pending.next().await {
+                    Some((_, Ok(r))) => fetched.push(r),
+                    Some((d, Err(ReplError::Remote { status: 404, .. }))) => {
+                        gone.insert(d);
+                    }
+                    // The other side has the blob but cannot serve it
+                    // intact (missing file, corrupt bytes): this item waits,
+                    // the others go on.
+                    Some((d, Err(ReplError::Remote { status, message }))) if status >= 500 => {
+                        damaged.insert(
+                            d,
+                            format!("the other instance cannot serve blob {d} ({status}: {message})"),
+                        );
+                    }
+                    Some((d, Err(ReplError::Core(ferry_core::CoreError::Invalid(m))))) => {
+                        damaged.insert(d, format!("blob {d} arrived wrong from the other instance: {m}"));
+                    }
+                    Some((_, Err(e))) => return Err(e),
+                    None => break,
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let (kept, missing) = self
+                .drop_changed_meanwhile(local, remote, todo, &gone, fr)
+                .await?;
+            todo = kept;
+            stuck.extend(missing);
+        }
+        if !damaged.is_empty() {
+            let (hit, kept): (Vec<&WireEntry>, Vec<&WireEntry>) = todo
+                .into_iter()
+                .partition(|e| e.blobs.iter().any(|d| damaged.contains_key(d)));
+            for e in hit {
+                let reason = e
+                    .blobs
+                    .iter()
+                    .find_map(|d| damaged.get(d))
+                    .cloned()
+                    .unwrap_or_default();
+                stuck.push((e.key.clone(), reason));
+            }
+            todo = kept;
+        }
+        let fetch_ms = t_fetch.elapsed().as_millis();
+        // Durable before any item that needs them is applied.
+        let mut bytes = 0;
+        for (n, flush) in &mut fetched {
+            bytes += *n;
+            flush.await.map_err(|e| ReplError::Transport(e.to_string()))??;
+        }
+        let flush_ms = t_fetch.elapsed().as_millis() - fetch_ms;
+        let t_apply = std::time::Instant::now();
+        fr.pulled.blobs += fetched.len() as u64;
+        fr.pulled.bytes += bytes;
+
+        let (reverted, normal): (Vec<&WireEntry>, Vec<&WireEntry>) =
+            todo.iter().partition(|e| reverts.contains(&e.key));
+        let mut outcomes = self
+            .r
+            .ferry()
+            .apply(local, normal.iter().map(|e| e.to_change()).collect())
+            .await?;
+        if !reverted.is_empty() {
+            outcomes.extend(
+                self.r
+                    .ferry()
+                    .overwrite(local, reverted.iter().map(|e| e.to_change()).collect())
+                    .await?,
+            );
+        }
+        for (e, o) in normal.iter().chain(reverted.iter()).zip(outcomes) {
+            settled.push(e.key.clone());
+            let live_here = locals.get(&e.key).is_some_and(|l| l.live.is_some());
+            match WireOutcome::from(o) {
+                WireOutcome::Applied => count_planned(&mut fr.pulled, e, live_here),
+                WireOutcome::AlreadyApplied => fr.pulled.skipped += 1,
+                WireOutcome::Superseded { current } => {
+                    if current.origin != e.stamp.origin {
+                        fr.pulled.conflicts += 1;
+                        self.log("warn", format!(
+                            "conflict on {} in feed {}: a local write ({current}) won over the other's ({})",
+                            e.key, local.name, e.stamp
+                        ));
+                    } else {
+                        fr.pulled.skipped += 1;
+                    }
+                }
+            }
+        }
+        if self.cfg.carry_downloads {
+            let mut counts = Vec::new();
+            for e in todo.iter().filter(|e| !e.deleted) {
+                let here = locals
+                    .get(&e.key)
+                    .and_then(|l| l.live.as_ref())
+                    .map_or(0, |l| l.downloads);
+                if e.downloads > here {
+                    counts.push((e.key.clone(), e.downloads - here));
+                }
+            }
+            if !counts.is_empty() {
+                self.r.ferry().metadata().add_downloads(local.id, &counts).await?;
+            }
+        }
+        self.record_stuck(Direction::Pull, local, remote, stuck, &settled)
+            .await?;
+        self.progress
+            .items
+            .fetch_add(todo.len() as u64, Ordering::Relaxed);
+        tracing::debug!(target: "replication", replication = %self.rec.name, feed = %local.name,
+            items = todo.len(), blobs = fetched.len(), bytes, fetch_ms, flush_ms,
+            apply_ms = t_apply.elapsed().as_millis(), "pulled a page");
+        Ok(())
+    }
+
+    /// Fetches one blob, resuming a transfer that broke earlier; returns the
+    /// bytes that crossed the wire.
+    async fn fetch_blob(
+        &self,
+        d: Digest,
+    ) -> Result<(u64, tokio::task::JoinHandle<Result<(), ferry_store::StoreError>>), ReplError> {
+        let limit = self.r.ferry().config().max_upload_bytes.max(u64::MAX / 2);
+        let mut attempt = 0;
+        loop {
+            // Exclusive: another execution fetching the same blob (another
+            // replication, or a feed pair sharing content) waits here, and
+            // then finds it stored.
+            let transfer = self.r.ferry().blob_store().begin_transfer(&d).await?;
+            if self.r.has_blob(&d).await? {
+                return Ok((0, tokio::spawn(async { Ok(()) })));
+            }
+            let offset = transfer.offset();
+            let progress = self.progress.clone();
+            let received = Arc::new(AtomicU64::new(0));
+            let counter = received.clone();
+            let result = async {
+                let stream = self.remote.fetch_blob(&d, offset).await?;
+                let counted = stream.inspect_ok(move |chunk| {
+                    progress.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                });
+                let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
+                let staged = self
+                    .r
+                    .ferry()
+                    .blob_store()
+                    .continue_transfer(transfer, throttled, limit)
+                    .await?;
+                self.r.ferry().commit_blob(staged).await?;
+                // Flushed to disk in the background, overlapping the next
+                // transfers; awaited before any item needs the blob.
+                let store = self.r.ferry().blob_store().clone();
+                Ok::<_, ReplError>(tokio::spawn(async move { store.sync(&[d]).await }))
+            }
+            .await;
+            match result {
+                Ok(flush) => {
+                    let n = received.load(Ordering::Relaxed);
+                    metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "pull")
+                        .increment(n);
+                    return Ok((n, flush));
+                }
+                Err(e @ (ReplError::Transport(_) | ReplError::Core(ferry_core::CoreError::Internal(_))))
+                    if attempt < 3 =>
+                {
+                    attempt += 1;
+                    tracing::warn!(target: "replication", blob = %d, attempt, error = %e, "blob transfer broke; resuming");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                }
+                // A resumed transfer that does not verify was discarded by
+                // the store; fetch the blob once more from its first byte.
+                Err(ReplError::Core(ferry_core::CoreError::Invalid(m))) if offset > 0 && attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(target: "replication", blob = %d, error = %m, "resumed transfer did not verify; starting over");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The other side no longer serves some blobs that entries of this page
+    /// need: normally because those items changed or went away there after
+    /// the page was listed. Such entries are left out (their newer change
+    /// comes after this page's cursor, so nothing is lost). An entry whose
+    /// item is unchanged there means the blob is missing on the other side:
+    /// it is returned with the reason, to be retried later.
+    async fn drop_changed_meanwhile<'e>(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        todo: Vec<&'e WireEntry>,
+        gone: &HashSet<Digest>,
+        fr: &mut FeedReport,
+    ) -> Result<(Vec<&'e WireEntry>, Vec<(ItemKey, String)>), ReplError> {
+        let (hit, kept): (Vec<&WireEntry>, Vec<&WireEntry>) = todo
+            .into_iter()
+            .partition(|e| e.blobs.iter().any(|d| gone.contains(d)));
+        let now = self
+            .remote
+            .stamps(remote, hit.iter().map(|e| e.key.clone()).collect())
+            .await?;
+        let mut stuck = Vec::new();
+        for (e, current) in hit.iter().zip(now.stamps) {
+            if current.is_some_and(|(stamp, _)| stamp == e.stamp) {
+                let d = e.blobs.iter().find(|d| gone.contains(d)).copied();
+                stuck.push((
+                    e.key.clone(),
+                    format!(
+                        "it needs blob {} that the other instance does not have",
+                        d.map(|d| d.to_string()).unwrap_or_default()
+                    ),
+                ));
+                continue;
+            }
+            fr.pulled.skipped += 1;
+            self.log(
+                "info",
+                format!(
+                    "{} in feed {} changed on the other side while it was being copied; its newer version follows",
+                    e.key, local.name
+                ),
+            );
+        }
+        Ok((kept, stuck))
+    }
+}

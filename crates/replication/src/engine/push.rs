@@ -1,0 +1,304 @@
+//! The push phase: this side's changes go to the other side, through
+//! `stamps`, `blobs/missing`, `PUT blobs/DIGEST` and `apply`.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use ferry_store::FeedRecord;
+use ferry_types::{Digest, FeedName, ItemKey};
+use futures::TryStreamExt;
+
+use super::*;
+use crate::ReplError;
+
+impl Run<'_> {
+    pub(super) async fn push_feed(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let before = fr.pushed.deleted;
+        let result = self.push_feed_inner(local, remote, fr).await;
+        self.record_deletions(&guard_key("push", local, remote), fr.pushed.deleted - before)
+            .await?;
+        result
+    }
+
+    async fn push_feed_inner(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let cursor_name = cursor_name(Direction::Push, &local.name, remote);
+        let meta = self.r.ferry().metadata().clone();
+        let mut since = if self.full {
+            0
+        } else {
+            self.r.store().cursor(self.rec.id, &cursor_name).await?
+        };
+        let horizon = self.r.store().horizon(local.id).await?;
+        if self.full || since < horizon {
+            let last = meta.last_seq(local.id).await?;
+            let mut after: Option<ItemKey> = None;
+            loop {
+                let page = self.r.store().entries(local.id, after.as_ref(), PAGE).await?;
+                let done = page.len() < PAGE;
+                after = page.last().map(|e| e.key.clone());
+                let wire: Vec<WireEntry> = page.into_iter().map(WireEntry::from).collect();
+                self.push_entries(local, remote, wire, fr).await?;
+                if done {
+                    break;
+                }
+            }
+            if !self.dry {
+                self.r.store().set_cursor(self.rec.id, &cursor_name, last).await?;
+            }
+            return Ok(());
+        }
+        if !self.dry {
+            self.load_stuck(Direction::Push, local, remote).await?;
+            let keys: Vec<ItemKey> = self.stuck_known.keys().cloned().collect();
+            for chunk in keys.chunks(PAGE) {
+                let found = self.r.store().entries_for(local.id, chunk).await?;
+                let absent: Vec<ItemKey> = chunk
+                    .iter()
+                    .filter(|k| !found.iter().any(|e| &e.key == *k))
+                    .cloned()
+                    .collect();
+                self.record_stuck(Direction::Push, local, remote, Vec::new(), &absent)
+                    .await?;
+                let wire: Vec<WireEntry> = found.into_iter().map(WireEntry::from).collect();
+                self.push_entries(local, remote, wire, fr).await?;
+            }
+        }
+        let pending = meta.last_seq(local.id).await? - since;
+        self.progress
+            .items_total
+            .fetch_add(pending.max(0) as u64, Ordering::Relaxed);
+        let mut guard_checked = false;
+        loop {
+            let changes = meta.changes_since(local.id, since, PAGE).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                return Ok(());
+            };
+            let mut seen = HashSet::new();
+            let keys: Vec<ItemKey> = changes
+                .into_iter()
+                .filter(|c| seen.insert(c.key.clone()))
+                .map(|c| c.key)
+                .collect();
+            let entries: Vec<WireEntry> = self
+                .r
+                .store()
+                .entries_for(local.id, &keys)
+                .await?
+                .into_iter()
+                .map(WireEntry::from)
+                .collect();
+            if !guard_checked
+                && self.cfg.mode.flows.delete_remote
+                && !self.confirm_deletes
+                && entries.iter().any(|e| e.deleted)
+            {
+                guard_checked = true;
+                let n = self.count_push_deletions(local, since).await?;
+                let size = self.remote.digest(remote, &[], &[]).await?.items;
+                let key = guard_key("push", local, remote);
+                if n > 0 && self.guard_trips(local, &key, n, size).await? && !self.dry {
+                    return Ok(());
+                }
+            }
+            self.push_entries(local, remote, entries, fr).await?;
+            since = last;
+            if !self.dry {
+                self.r
+                    .store()
+                    .set_cursor(self.rec.id, &cursor_name, since)
+                    .await?;
+            }
+        }
+    }
+
+    async fn count_push_deletions(&self, local: &FeedRecord, mut since: i64) -> Result<u64, ReplError> {
+        let meta = self.r.ferry().metadata().clone();
+        let mut keys = HashSet::new();
+        loop {
+            let changes = meta.changes_since(local.id, since, 5000).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                break;
+            };
+            for c in changes {
+                if c.kind == ferry_store::ChangeKind::Delete && self.filter.admits(local.feed_type, &c.key) {
+                    keys.insert(c.key);
+                } else {
+                    keys.remove(&c.key);
+                }
+            }
+            since = last;
+        }
+        Ok(keys.len() as u64)
+    }
+
+    fn wanted_by_remote(&self, local: &FeedRecord, e: &WireEntry) -> bool {
+        let f = self.cfg.mode.flows;
+        // What the other instance wrote, it has (or has something newer).
+        Some(e.stamp.origin) != self.remote_id
+            && self.filter.admits(local.feed_type, &e.key)
+            && if e.deleted {
+                f.delete_remote
+            } else {
+                f.push_missing
+            }
+    }
+
+    async fn push_entries(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        entries: Vec<WireEntry>,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let total = entries.len();
+        let admitted: Vec<WireEntry> = entries
+            .into_iter()
+            .filter(|e| self.wanted_by_remote(local, e))
+            .collect();
+        fr.pushed.skipped += (total - admitted.len()) as u64;
+        if admitted.is_empty() {
+            return Ok(());
+        }
+        let theirs = self
+            .remote
+            .stamps(remote, admitted.iter().map(|e| e.key.clone()).collect())
+            .await?
+            .stamps;
+        let mut todo = Vec::new();
+        let mut live_there = Vec::new();
+        // Keys with nothing (more) to send: their stuck marks, if any, go.
+        let mut settled: Vec<ItemKey> = Vec::new();
+        for (e, t) in admitted.into_iter().zip(theirs) {
+            if matches!(t, Some((s, _)) if s >= e.stamp) {
+                settled.push(e.key.clone());
+            }
+            match t {
+                Some((s, _)) if s == e.stamp => fr.pushed.skipped += 1,
+                Some((s, _)) if s > e.stamp => {
+                    if s.origin != e.stamp.origin {
+                        fr.pushed.conflicts += 1;
+                        self.log("warn", format!(
+                            "conflict on {} in feed {}: the other instance's version ({s}) is newer than this one's ({}); keeping theirs",
+                            e.key, local.name, e.stamp
+                        ));
+                    } else {
+                        fr.pushed.skipped += 1;
+                    }
+                }
+                other => {
+                    live_there.push(matches!(other, Some((_, false))));
+                    todo.push(e);
+                }
+            }
+        }
+        if self.dry {
+            for (e, live) in todo.iter().zip(&live_there) {
+                count_planned(&mut fr.pushed, e, *live);
+            }
+            return Ok(());
+        }
+        if todo.is_empty() {
+            return self
+                .record_stuck(Direction::Push, local, remote, Vec::new(), &settled)
+                .await;
+        }
+        let mut digests: Vec<Digest> = todo.iter().flat_map(|e| e.blobs.iter().copied()).collect();
+        digests.sort();
+        digests.dedup();
+        let missing = if digests.is_empty() {
+            Vec::new()
+        } else {
+            self.remote.missing(digests).await?
+        };
+        // A blob that is damaged here holds back the items that need it
+        // (named, retried by later executions); the others go on.
+        let mut damaged: HashMap<Digest, String> = HashMap::new();
+        for d in &missing {
+            let size = match self.r.ferry().stored_blob_size(d).await {
+                Ok(size) => size,
+                Err(e @ ferry_core::CoreError::Damaged(_)) => {
+                    damaged.insert(*d, e.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let body = self.r.ferry().read_blob(d, None).await?.stream;
+            let progress = self.progress.clone();
+            let counted = body.inspect_ok(move |c| {
+                progress.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
+            });
+            let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
+            match self.remote.put_blob(d, throttled, size).await {
+                Ok(()) => {}
+                // The other side refused the bytes as not matching the
+                // digest: what is stored here is wrong.
+                Err(ReplError::Remote { status: 400, message }) => {
+                    damaged.insert(*d, format!("the other instance refused blob {d}: {message}"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            fr.pushed.blobs += 1;
+            fr.pushed.bytes += size;
+            metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "push")
+                .increment(size);
+        }
+        let mut stuck = Vec::new();
+        if !damaged.is_empty() {
+            let mut kept_live = Vec::new();
+            let mut kept = Vec::new();
+            for (e, live) in todo.into_iter().zip(live_there) {
+                match e.blobs.iter().find_map(|d| damaged.get(d)) {
+                    Some(reason) => stuck.push((e.key.clone(), reason.clone())),
+                    None => {
+                        kept.push(e);
+                        kept_live.push(live);
+                    }
+                }
+            }
+            todo = kept;
+            live_there = kept_live;
+        }
+        settled.extend(todo.iter().map(|e| e.key.clone()));
+        if todo.is_empty() {
+            return self
+                .record_stuck(Direction::Push, local, remote, stuck, &settled)
+                .await;
+        }
+        let n = todo.len() as u64;
+        let outcomes = self.remote.apply(remote, todo.clone()).await?.outcomes;
+        for ((e, live), o) in todo.iter().zip(live_there).zip(outcomes) {
+            match o {
+                WireOutcome::Applied => count_planned(&mut fr.pushed, e, live),
+                WireOutcome::AlreadyApplied => fr.pushed.skipped += 1,
+                WireOutcome::Superseded { current } => {
+                    if current.origin != e.stamp.origin {
+                        fr.pushed.conflicts += 1;
+                        self.log(
+                            "warn",
+                            format!(
+                                "conflict on {} in feed {}: the other instance's write ({current}) won",
+                                e.key, local.name
+                            ),
+                        );
+                    } else {
+                        fr.pushed.skipped += 1;
+                    }
+                }
+            }
+        }
+        self.progress.items.fetch_add(n, Ordering::Relaxed);
+        self.record_stuck(Direction::Push, local, remote, stuck, &settled)
+            .await
+    }
+}
