@@ -1,0 +1,213 @@
+//! Repair of what went wrong at one end: a pull replica changed or deleted
+//! locally, a blob file gone or rotten on the hub or on the spoke. The
+//! spoke carries on with everything else, names what is stuck, and both
+//! ends are put right by a plain run, `verify --repair` or `fsck --repair`.
+#![allow(clippy::unwrap_used)]
+mod support;
+
+use std::path::PathBuf;
+
+use support::{ADMIN, Server, curl, wait_until};
+
+/// A hub with feed `files` (incoming push) and a spoke pulling it with a
+/// long interval, so only explicit runs move anything.
+fn pull_pair() -> (Server, Server) {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    (hub, spoke)
+}
+
+/// The file holding blob `digest` (`sha256:…`) in an instance's store.
+fn blob_file(s: &Server, digest: &str) -> PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    s.data.join("blobs/sha256").join(&hex[..2]).join(hex)
+}
+
+fn run(spoke: &Server) -> std::process::Output {
+    spoke.cli(&["replication", "run", "from-hub", "--wait"])
+}
+
+#[test]
+fn a_pull_replica_puts_back_what_was_changed_or_deleted_only_here() {
+    let (hub, spoke) = pull_pair();
+    hub.put_asset("files", "a.txt", b"hub a");
+    hub.put_asset("files", "b.txt", b"hub b");
+    assert!(run(&spoke).status.success());
+    assert!(spoke.verified("from-hub"));
+
+    // Changed and deleted on the spoke only: verify sees the drift.
+    spoke.delete_asset("files", "a.txt");
+    spoke.put_asset("files", "b.txt", b"changed on the spoke");
+    spoke.put_asset("files", "mine.txt", b"only on the spoke");
+    assert!(!spoke.verified("from-hub"), "verify missed the local drift");
+
+    // A plain run copies what is missing here and puts back the hub's
+    // version of what was changed here; what exists only here stays.
+    let out = run(&spoke);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        spoke.serves("files", "a.txt", b"hub a"),
+        "the local deletion was not undone"
+    );
+    assert!(
+        spoke.serves("files", "b.txt", b"hub b"),
+        "the local change was not undone"
+    );
+    assert!(spoke.serves("files", "mine.txt", b"only on the spoke"));
+    let log = spoke.executions("from-hub")[0]["report"]["log"].to_string();
+    assert!(log.contains("deleted only here"), "{log}");
+
+    // Now only the spoke's own item differs: repair reports it, and
+    // deletes it only when confirmed; then the replica equals its source.
+    assert!(!spoke.verified("from-hub"));
+    let out = spoke.cli(&["replication", "verify", "from-hub", "--repair"]);
+    assert!(!out.status.success());
+    assert!(spoke.serves("files", "mine.txt", b"only on the spoke"));
+    let out = spoke.cli(&[
+        "replication",
+        "verify",
+        "from-hub",
+        "--repair",
+        "--confirm-deletes",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(spoke.lacks("files", "mine.txt"));
+    assert!(spoke.verified("from-hub"));
+
+    // A local deletion with a repair straight away (no plain run between).
+    spoke.delete_asset("files", "b.txt");
+    let out = spoke.cli(&["replication", "verify", "from-hub", "--repair"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(spoke.serves("files", "b.txt", b"hub b"));
+
+    // The hub's own later changes still win as always.
+    hub.put_asset("files", "a.txt", b"hub a, v2");
+    assert!(run(&spoke).status.success());
+    assert!(spoke.serves("files", "a.txt", b"hub a, v2"));
+    assert!(spoke.verified("from-hub"));
+}
+
+#[test]
+fn a_blob_missing_on_the_hub_holds_back_only_its_item_until_it_is_restored() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    for i in 0..6 {
+        hub.put_asset("files", &format!("f{i}.bin"), format!("content {i}").as_bytes());
+    }
+    let digests = hub.asset_digests("files", "");
+    let lost = digests["f3.bin"].clone();
+    std::fs::remove_file(blob_file(&hub, &lost)).unwrap();
+
+    // The hub says what is wrong, here and in its health and metrics.
+    let (st, body) = hub.get_asset("files", "f3.bin");
+    assert_eq!(st, 500);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains(&lost) && body.contains("missing"), "{body}");
+    let (st, health) = curl(&[&format!("{}/health", hub.url)]);
+    let health = String::from_utf8_lossy(&health);
+    assert_eq!(st, 200);
+    assert!(health.contains("degraded") && health.contains(&lost), "{health}");
+    let auth = format!("Authorization: Bearer {ADMIN}");
+    let (_, metrics) = curl(&["-H", &auth, &format!("{}/metrics", hub.url)]);
+    assert!(
+        String::from_utf8_lossy(&metrics).contains("ferry_blobs_damaged 1"),
+        "{}",
+        String::from_utf8_lossy(&metrics)
+    );
+
+    // The spoke copies everything else and names the item it could not.
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    let out = run(&spoke);
+    assert!(!out.status.success(), "a stuck item must not look like success");
+    let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(err.contains("f3.bin"), "{err}");
+    for i in [0, 1, 2, 4, 5] {
+        assert!(spoke.serves("files", &format!("f{i}.bin"), format!("content {i}").as_bytes()));
+    }
+    assert!(spoke.lacks("files", "f3.bin"));
+    let ex = &spoke.executions("from-hub")[0];
+    assert_eq!(ex["report"]["stuck"][0]["key"], "f3.bin", "{ex:#}");
+
+    // New content behind it keeps arriving, and the stuck item is retried
+    // by each run.
+    hub.put_asset("files", "later.bin", b"published later");
+    assert!(!run(&spoke).status.success());
+    assert!(spoke.serves("files", "later.bin", b"published later"));
+
+    // A client uploads the right bytes again on the hub: the damage is
+    // repaired, and the next run brings the item.
+    hub.put_asset("files", "f3-again.bin", b"content 3");
+    let (st, health) = curl(&[&format!("{}/health", hub.url)]);
+    assert_eq!((st, String::from_utf8_lossy(&health).trim()), (200, "ok"));
+    let out = run(&spoke);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(spoke.serves("files", "f3.bin", b"content 3"));
+    assert!(spoke.verified("from-hub"));
+}
+
+#[test]
+fn fsck_finds_missing_and_corrupt_blobs_and_repairs_them_from_a_peer() {
+    let (hub, spoke) = pull_pair();
+    let big: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    hub.put_asset("files", "big.bin", &big);
+    hub.put_asset("files", "small.txt", b"small");
+    assert!(run(&spoke).status.success());
+    let digests = spoke.asset_digests("files", "");
+    let (big_d, small_d) = (digests["big.bin"].clone(), digests["small.txt"].clone());
+
+    assert!(spoke.cli_ok(&["fsck"]).contains("checked"));
+    // One blob rots (same length, other bytes), one disappears.
+    let mut rotten = big.clone();
+    rotten[1000] ^= 0xff;
+    std::fs::write(blob_file(&spoke, &big_d), &rotten).unwrap();
+    std::fs::remove_file(blob_file(&spoke, &small_d)).unwrap();
+
+    let out = spoke.cli_fails(&["fsck"]);
+    assert!(out.contains(&format!("corrupt {big_d}")), "{out}");
+    assert!(out.contains(&format!("missing {small_d}")), "{out}");
+    // A corrupt blob is never served under its digest again.
+    let (st, body) = spoke.get_asset("files", "big.bin");
+    assert_eq!(st, 500, "{}", String::from_utf8_lossy(&body));
+
+    let out = spoke.cli_ok(&["fsck", "--repair"]);
+    assert!(
+        out.contains(&format!("repaired {big_d} from replication from-hub")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("repaired {small_d} from replication from-hub")),
+        "{out}"
+    );
+    assert!(spoke.serves("files", "big.bin", &big));
+    assert!(spoke.serves("files", "small.txt", b"small"));
+    spoke.cli_ok(&["fsck"]);
+    let (_, health) = curl(&[&format!("{}/health", spoke.url)]);
+    assert_eq!(String::from_utf8_lossy(&health).trim(), "ok");
+
+    // Without a peer to ask, repair says so and fails.
+    std::fs::remove_file(blob_file(&hub, &small_d)).unwrap();
+    let out = hub.cli_fails(&["fsck", "--repair"]);
+    assert!(out.contains("no outgoing replication pulls content"), "{out}");
+    assert!(wait_until(5, || hub.cli(&["fsck"]).status.code() == Some(1)));
+}
