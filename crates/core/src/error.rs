@@ -9,6 +9,10 @@ pub enum CoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A write lost to a later version already stored under its key
+    /// (written elsewhere, or stamped by a clock ahead of this one).
+    #[error("{0}")]
+    Superseded(String),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -54,7 +58,7 @@ impl From<StoreError> for CoreError {
         match e {
             StoreError::NotFound(m) => CoreError::NotFound(format!("{m} not found")),
             StoreError::Conflict(m) => CoreError::Conflict(m),
-            e @ StoreError::Superseded { .. } => CoreError::Conflict(e.to_string()),
+            e @ StoreError::Superseded { .. } => CoreError::Superseded(e.to_string()),
             StoreError::TooLarge { limit } => {
                 CoreError::TooLarge(format!("upload exceeds the limit of {limit} bytes"))
             }

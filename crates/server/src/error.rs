@@ -40,7 +40,7 @@ impl ApiError {
 pub fn status_of(e: &CoreError) -> StatusCode {
     match e {
         CoreError::NotFound(_) => StatusCode::NOT_FOUND,
-        CoreError::Conflict(_) => StatusCode::CONFLICT,
+        CoreError::Conflict(_) | CoreError::Superseded(_) => StatusCode::CONFLICT,
         CoreError::Invalid(_) => StatusCode::BAD_REQUEST,
         CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
