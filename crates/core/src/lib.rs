@@ -14,6 +14,7 @@ mod integrity;
 pub mod npm;
 pub mod oci;
 pub mod pypi;
+mod replicated;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -394,9 +395,11 @@ impl Ferry {
         )))
     }
 
-    /// Applies already-stamped changes (from replication), advancing the
-    /// clock past them. The later stamp wins for each key; a stamp further
-    /// ahead than the allowed clock skew fails the batch ([`Self::check_stamp`]).
+    /// Applies already-stamped changes (from replication or a bundle),
+    /// advancing the clock past them. The later stamp wins for each key.
+    /// Each change is first checked as its feed type checks an upload, and
+    /// its stamp against the clock ([`Self::check_replicated`]); one that
+    /// fails fails the batch.
     pub async fn apply(
         &self,
         feed: &FeedRecord,
@@ -422,7 +425,7 @@ impl Ferry {
         order: StampOrder,
     ) -> Result<Vec<WriteOutcome>, CoreError> {
         for c in &changes {
-            self.check_stamp(&c.key, &c.stamp)?;
+            self.check_replicated(feed, c).await?;
         }
         for c in &changes {
             self.0.clock.observe(c.stamp.time);

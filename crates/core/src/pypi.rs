@@ -222,10 +222,13 @@ async fn set_yanked(
         let mut meta = f.meta.clone();
         change(&mut meta);
         if meta != f.meta {
+            // The file and its core metadata (PEP 658) stay the item's blobs.
+            let mut blobs = vec![f.digest];
+            blobs.extend(meta.core_metadata);
             writes.push(LocalWrite::upsert(
                 f.key,
                 meta.to_json(),
-                vec![f.digest],
+                blobs,
                 Precondition::Present,
             ));
         }

@@ -48,6 +48,41 @@ pub fn asset_dir_prefix(dir: &str) -> Result<String, FormatError> {
     asset_key(trimmed).map(|k| format!("{k}/"))
 }
 
+/// Checks an item received by replication or from a bundle as an upload
+/// would be: the key is a valid asset path, the metadata is
+/// `{"content_type": STRING, "size": N}` (a content type that is a valid
+/// header value, at most 255 bytes) and there is exactly one blob. A
+/// tombstone (`meta`/`blobs` absent) needs only a valid key.
+pub fn validate_item(
+    key: &ItemKey,
+    live: Option<(&serde_json::Value, &[ferry_types::Digest])>,
+) -> Result<(), FormatError> {
+    if asset_key(key.as_str())?.as_str() != key.as_str() {
+        return Err(FormatError::invalid(format!("invalid asset path {key:?}")));
+    }
+    let Some((meta, blobs)) = live else {
+        return Ok(());
+    };
+    let bad = |why: &str| Err(FormatError::invalid(format!("asset {key}: {why}")));
+    let Some(obj) = meta.as_object() else {
+        return bad("metadata is not an object");
+    };
+    match obj.get("content_type").and_then(|v| v.as_str()) {
+        Some(ct) if !ct.is_empty() && ct.len() <= 255 && ct.bytes().all(|b| (0x20..0x7f).contains(&b)) => {}
+        _ => return bad("metadata needs a printable \"content_type\" of at most 255 bytes"),
+    }
+    if obj.get("size").and_then(|v| v.as_u64()).is_none() {
+        return bad("metadata needs a \"size\" in bytes");
+    }
+    if obj.keys().any(|k| k != "content_type" && k != "size") {
+        return bad("metadata has fields an upload never sets");
+    }
+    if blobs.len() != 1 {
+        return bad("an asset has exactly one blob");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

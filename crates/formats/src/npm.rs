@@ -391,6 +391,118 @@ pub fn parse_tarball_file_name(name: &str, file: &str) -> Result<String, FormatE
     Ok(version.to_owned())
 }
 
+/// Checks an item received by replication or from a bundle as a publish
+/// would be: the key names a valid package and a canonical version (or a
+/// valid dist-tag); a version item's metadata is `{"manifest": {...}}`
+/// whose `name` and `version` are the key's, with exactly one blob (the
+/// tarball, whose bytes the caller checks against `dist.integrity`); a
+/// dist-tag's metadata is `{"version": CANONICAL}` with no blob. Returns
+/// the `dist.integrity` string of a version, if any. A tombstone needs
+/// only a valid key.
+pub fn validate_item(
+    key: &ItemKey,
+    live: Option<(&Value, &[ferry_types::Digest])>,
+) -> Result<Option<String>, FormatError> {
+    let parsed = parse_item_key(key)?;
+    let Some((meta, blobs)) = live else {
+        return Ok(None);
+    };
+    let bad = |why: String| Err(FormatError::invalid(format!("npm item {key}: {why}")));
+    let bytes = serde_json::to_vec(meta).map_err(|e| FormatError::invalid(e.to_string()))?;
+    match parsed {
+        NpmItemKey::Version { name, version } => {
+            let manifest = parse_version_item_metadata(&bytes)?;
+            if meta.as_object().is_some_and(|o| o.len() != 1) {
+                return bad("metadata has fields a publish never sets".into());
+            }
+            if manifest.get("name").and_then(Value::as_str) != Some(name.as_str()) {
+                return bad(format!("the manifest does not name package {name:?}"));
+            }
+            let v = manifest.get("version").and_then(Value::as_str).unwrap_or("");
+            if normalize_version(v).ok().as_deref() != Some(version.as_str()) {
+                return bad(format!("the manifest's version {v:?} is not {version}"));
+            }
+            if blobs.len() != 1 {
+                return bad("a version has exactly one blob, its tarball".into());
+            }
+            let integrity = match manifest.get("dist").and_then(|d| d.get("integrity")) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => return bad("dist.integrity is not a string".into()),
+            };
+            Ok(integrity)
+        }
+        NpmItemKey::Tag { .. } => {
+            let version = parse_tag_item_metadata(&bytes)?;
+            if normalize_version(&version).ok().as_deref() != Some(version.as_str()) {
+                return bad(format!("dist-tag version {version:?} is not canonical"));
+            }
+            if meta.as_object().is_some_and(|o| o.len() != 1) || !blobs.is_empty() {
+                return bad("a dist-tag carries only {\"version\"} and no blob".into());
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Hashes a tarball as it streams by, to check a `dist.integrity`
+/// Subresource Integrity string against it without holding it whole.
+#[derive(Default)]
+pub struct IntegrityHasher {
+    sha1: sha1::Sha1,
+    sha256: sha2::Sha256,
+    sha384: sha2::Sha384,
+    sha512: sha2::Sha512,
+}
+
+impl IntegrityHasher {
+    pub fn update(&mut self, chunk: &[u8]) {
+        use sha2::Digest as _;
+        self.sha1.update(chunk);
+        self.sha256.update(chunk);
+        self.sha384.update(chunk);
+        self.sha512.update(chunk);
+    }
+
+    /// Checks every hash of `sri` whose algorithm is known (sha1, sha256,
+    /// sha384, sha512) against the bytes hashed; at least one must be known.
+    pub fn check(self, sri: &str) -> Result<(), FormatError> {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let sums = [
+            ("sha1", self.sha1.finalize().to_vec()),
+            ("sha256", self.sha256.finalize().to_vec()),
+            ("sha384", self.sha384.finalize().to_vec()),
+            ("sha512", self.sha512.finalize().to_vec()),
+        ];
+        let mut checked = 0;
+        for token in sri.split_whitespace() {
+            let malformed =
+                || FormatError::invalid(format!("dist.integrity {sri:?} is not a valid integrity string"));
+            let (alg, rest) = token.split_once('-').ok_or_else(malformed)?;
+            let Some((_, sum)) = sums.iter().find(|(a, _)| *a == alg) else {
+                continue;
+            };
+            let b64 = rest.split('?').next().unwrap_or(rest);
+            let claimed = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| malformed())?;
+            if &claimed != sum {
+                return Err(FormatError::invalid(format!(
+                    "dist.integrity {token:?} does not match the tarball"
+                )));
+            }
+            checked += 1;
+        }
+        if checked == 0 {
+            return Err(FormatError::invalid(format!(
+                "dist.integrity {sri:?} names no known hash algorithm"
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -740,6 +740,88 @@ pub fn render_catalog(repositories: &[String]) -> Vec<u8> {
     serde_json::to_vec(&json!({ "repositories": repositories })).unwrap_or_default()
 }
 
+/// What [`validate_item`] leaves for the caller to check against the
+/// stored bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemCheck {
+    /// Nothing more: a tombstone, a tag or an upload link.
+    Done,
+    /// A manifest item: its bytes are the blob `digest`; parsed with
+    /// `meta.media_type` they must give `meta` back (see
+    /// [`check_manifest_item`]).
+    Manifest { digest: Digest, meta: Box<ManifestMeta> },
+}
+
+/// Checks an item received by replication or from a bundle as a push
+/// would be: the key is a valid `manifest/`, `tag/` or `blob/` key of a
+/// valid repository; a manifest's first blob is the manifest itself
+/// (named by the key); a tag carries `{"digest","media_type"}` and exactly
+/// the tagged manifest's blob; an upload link carries `{"size"}` and
+/// exactly its blob. A tombstone needs only a valid key.
+pub fn validate_item(key: &ItemKey, live: Option<(&Value, &[Digest])>) -> Result<ItemCheck, OciError> {
+    let invalid = |why: String| OciError::new(ErrorCode::ManifestInvalid, format!("OCI item {key}: {why}"));
+    let parsed = parse_item_key(key)
+        .ok_or_else(|| invalid("not a manifest/, tag/ or blob/ key of a valid repository".into()))?;
+    let Some((meta, blobs)) = live else {
+        return Ok(ItemCheck::Done);
+    };
+    match parsed {
+        OciItemKey::Manifest { digest, .. } => {
+            let m: ManifestMeta =
+                serde_json::from_value(meta.clone()).map_err(|e| invalid(format!("metadata: {e}")))?;
+            if blobs.first() != Some(&digest) {
+                return Err(invalid("its first blob must be the manifest itself".into()));
+            }
+            Ok(ItemCheck::Manifest {
+                digest,
+                meta: Box::new(m),
+            })
+        }
+        OciItemKey::Tag { .. } => {
+            let t: TagMeta =
+                serde_json::from_value(meta.clone()).map_err(|e| invalid(format!("metadata: {e}")))?;
+            if blobs != [t.digest] {
+                return Err(invalid("a tag carries exactly the tagged manifest's blob".into()));
+            }
+            Ok(ItemCheck::Done)
+        }
+        OciItemKey::Blob { digest, .. } => {
+            let _: BlobLinkMeta =
+                serde_json::from_value(meta.clone()).map_err(|e| invalid(format!("metadata: {e}")))?;
+            if blobs != [digest] {
+                return Err(invalid("an upload link carries exactly its blob".into()));
+            }
+            Ok(ItemCheck::Done)
+        }
+    }
+}
+
+/// Checks a manifest item's metadata and blobs against the manifest's own
+/// bytes, as a push would: the bytes parse as `meta.media_type`, give the
+/// same item metadata, and every blob and child manifest they reference
+/// is among the item's blobs.
+pub fn check_manifest_item(bytes: &[u8], meta: &ManifestMeta, blobs: &[Digest]) -> Result<(), OciError> {
+    let invalid = |why: &str| OciError::new(ErrorCode::ManifestInvalid, why.to_string());
+    let manifest = parse_manifest(bytes, Some(&meta.media_type))?;
+    let expected = manifest.item_meta(bytes.len() as u64);
+    if &expected != meta {
+        return Err(invalid("the item's metadata does not match the manifest's bytes"));
+    }
+    let referenced = manifest
+        .required_blobs()
+        .into_iter()
+        .map(|(d, _)| d)
+        .chain(manifest.children());
+    for d in referenced {
+        if !blobs.contains(&d) {
+            return Err(invalid(&format!(
+                "the manifest references {d}, which the item does not carry"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

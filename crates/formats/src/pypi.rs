@@ -37,6 +37,43 @@ mod render;
 mod upload;
 mod version;
 
+/// Checks an item received by replication or from a bundle as an upload
+/// would be: the key is `{normalized}/{filename}` of a valid distribution
+/// file name; the metadata reads as [`FileMeta`] and is the key's; its
+/// blobs are the file (`sha256`) and, when it has one, its core metadata
+/// file (in any order). A tombstone needs only a valid key. Returns the
+/// metadata read (the caller checks the file's size against the blob).
+pub fn validate_item(
+    key: &ItemKey,
+    live: Option<(&serde_json::Value, &[Digest])>,
+) -> Result<Option<FileMeta>, FormatError> {
+    let (project, filename) = parse_file_key(key)?;
+    if file_key(project, filename)?.as_str() != key.as_str() {
+        return Err(FormatError::invalid(format!("{key:?} is not a PyPI item key")));
+    }
+    let Some((meta, blobs)) = live else {
+        return Ok(None);
+    };
+    let file = FileMeta::from_json(meta)?;
+    if file.key()?.as_str() != key.as_str() {
+        return Err(FormatError::invalid(format!(
+            "PyPI item {key}: its metadata describes {}/{}",
+            file.normalized_name, file.filename
+        )));
+    }
+    let mut expected = vec![file.sha256];
+    expected.extend(file.core_metadata);
+    let mut given = blobs.to_vec();
+    given.sort();
+    expected.sort();
+    if given != expected {
+        return Err(FormatError::invalid(format!(
+            "PyPI item {key}: its blobs are not the file and its core metadata"
+        )));
+    }
+    Ok(Some(file))
+}
+
 #[cfg(test)]
 mod tests;
 

@@ -24,6 +24,8 @@ pub struct Session {
 }
 
 const MAX_PAGE: usize = 1000;
+/// Most digests one `blobs/missing` request may ask about.
+const MAX_DIGESTS: usize = 10_000;
 const MAX_WAIT: u64 = 60;
 
 impl Replicator {
@@ -384,6 +386,11 @@ impl Replicator {
             self.diag().log(Level::Warn, msg.clone());
             return Err(ReplError::Forbidden(msg));
         }
+        if entries.len() > MAX_PAGE {
+            return Err(ReplError::Invalid(format!(
+                "at most {MAX_PAGE} entries per apply"
+            )));
+        }
         for e in &entries {
             let allowed = if e.deleted { f.delete_local } else { f.pull_missing };
             if !allowed {
@@ -396,13 +403,24 @@ impl Replicator {
                 self.diag().log(Level::Warn, msg.clone());
                 return Err(ReplError::Forbidden(msg));
             }
+        }
+        // Every blob an entry names was sent by this replication itself, or
+        // is already referenced by one of its feeds: a token cannot make a
+        // blob of another feed (a private one) appear in its own.
+        let ids = self.session_feed_ids(s).await?;
+        let mut allowed: HashSet<Digest> = HashSet::new();
+        for e in &entries {
             for d in &e.blobs {
-                if !self.has_blob(d).await? {
+                if allowed.contains(d) {
+                    continue;
+                }
+                if !self.received_by(s.record.id, d) && !self.store().blob_referenced(d, &ids).await? {
                     return Err(ReplError::Invalid(format!(
                         "{} needs blob {d}, which was not sent first",
                         e.key
                     )));
                 }
+                allowed.insert(*d);
             }
         }
         let n = entries.len();
@@ -430,9 +448,20 @@ impl Replicator {
                 s.config.mode.describe()
             )));
         }
+        if digests.len() > MAX_DIGESTS {
+            return Err(ReplError::Invalid(format!(
+                "at most {MAX_DIGESTS} digests per request"
+            )));
+        }
+        // Answered within the replication's own feeds (and what it sent):
+        // whether a digest exists elsewhere on this instance is not the
+        // peer's to learn. A blob stored for another feed is simply sent
+        // again, verified, and stored once.
+        let ids = self.session_feed_ids(s).await?;
         let mut out = Vec::new();
         for d in digests {
-            if !self.has_blob(&d).await? {
+            let known = self.received_by(s.record.id, &d) || self.store().blob_referenced(&d, &ids).await?;
+            if !(known && self.has_blob(&d).await?) {
                 out.push(d);
             }
         }
@@ -455,7 +484,19 @@ impl Replicator {
         }
         let staged: StagedBlob = self.ferry().stage(body, Some(*digest)).await?;
         self.ferry().commit_blob(staged).await?;
+        self.note_received(s.record.id, *digest);
         Ok(())
+    }
+
+    /// The ids of the session's feeds that exist here.
+    async fn session_feed_ids(&self, s: &Session) -> Result<Vec<ferry_store::FeedId>, ReplError> {
+        let mut ids = Vec::new();
+        for p in &s.config.feeds {
+            if let Ok(f) = self.ferry().feed(&p.local).await {
+                ids.push(f.id);
+            }
+        }
+        Ok(ids)
     }
 
     /// May the peer read this blob? Only if this side sends content and an
@@ -468,12 +509,7 @@ impl Replicator {
                 s.config.mode.describe()
             )));
         }
-        let mut ids = Vec::new();
-        for p in &s.config.feeds {
-            if let Ok(f) = self.ferry().feed(&p.local).await {
-                ids.push(f.id);
-            }
-        }
+        let ids = self.session_feed_ids(s).await?;
         if !self.store().blob_referenced(digest, &ids).await? {
             return Err(ReplError::NotFound(format!(
                 "blob {digest} is not in the feeds of this replication"

@@ -58,7 +58,15 @@ struct Inner {
     scheduler: scheduler::Scheduler,
     /// Becomes true when the instance shuts down: long polls end at once.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Blobs each incoming replication's peer sent recently (by
+    /// replication id), which its `apply` may then reference.
+    received: Mutex<HashMap<i64, HashMap<Digest, std::time::Instant>>>,
 }
+
+/// How long a blob a peer sent counts as sent by it, awaiting the `apply`
+/// that references it; and how many such blobs are kept per replication.
+const RECEIVED_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+const RECEIVED_MAX: usize = 100_000;
 
 /// The live state of one replication, for the overview.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -115,6 +123,7 @@ impl Replicator {
             status: Mutex::new(HashMap::new()),
             scheduler: scheduler::Scheduler::default(),
             stopping: tokio::sync::watch::channel(false).0,
+            received: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -141,6 +150,35 @@ impl Replicator {
     }
     pub fn diag(&self) -> &DiagLog {
         &self.0.diag
+    }
+
+    /// Remembers that the peer of incoming replication `id` sent `digest`.
+    pub(crate) fn note_received(&self, id: i64, digest: Digest) {
+        let Ok(mut all) = self.0.received.lock() else {
+            return;
+        };
+        let sent = all.entry(id).or_default();
+        if sent.len() >= RECEIVED_MAX {
+            let now = std::time::Instant::now();
+            sent.retain(|_, at| now.duration_since(*at) < RECEIVED_TTL);
+            if sent.len() >= RECEIVED_MAX {
+                // Oldest first out: a peer that sends more than this
+                // between applies sends the oldest again.
+                if let Some(oldest) = sent.iter().min_by_key(|(_, at)| **at).map(|(d, _)| *d) {
+                    sent.remove(&oldest);
+                }
+            }
+        }
+        sent.insert(digest, std::time::Instant::now());
+    }
+
+    /// Whether the peer of incoming replication `id` sent `digest` recently.
+    pub(crate) fn received_by(&self, id: i64, digest: &Digest) -> bool {
+        self.0.received.lock().is_ok_and(|all| {
+            all.get(&id)
+                .and_then(|sent| sent.get(digest))
+                .is_some_and(|at| at.elapsed() < RECEIVED_TTL)
+        })
     }
 
     /// Whether the blob is committed here (registered and its file present).

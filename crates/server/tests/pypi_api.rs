@@ -719,9 +719,24 @@ async fn yank_unyank_and_delete() {
         2,
         "{html}"
     );
-    // Yanked files stay downloadable.
+    // Yanked files stay downloadable, and so does a wheel's core metadata
+    // (PEP 658): the item keeps both blobs, so collection never takes it.
     assert_eq!(
         i.get(&format!("/pypi/py/files/pkg/{}", v1.0)).await.status,
+        StatusCode::OK
+    );
+    let feed = i
+        .ferry
+        .feed(&ferry_types::FeedName::new("py").unwrap())
+        .await
+        .unwrap();
+    let key = ferry_types::ItemKey::new(format!("pkg/{}", v1.0)).unwrap();
+    let item = i.ferry.item(&feed, &key).await.unwrap().unwrap();
+    assert_eq!(item.blobs.len(), 2, "a yank dropped the core metadata blob");
+    assert_eq!(
+        i.get(&format!("/pypi/py/files/pkg/{}.metadata", v1.0))
+            .await
+            .status,
         StatusCode::OK
     );
 

@@ -544,6 +544,17 @@ impl Run<'_> {
         fr.pulled.blobs += fetched.len() as u64;
         fr.pulled.bytes += bytes;
 
+        // Checked as the feed type checks an upload (now that the blobs are
+        // here): what fails waits as stuck, naming why.
+        let mut checked = Vec::with_capacity(todo.len());
+        for e in todo {
+            match self.r.ferry().check_replicated(local, &e.to_change()).await {
+                Ok(()) => checked.push(e),
+                Err(ferry_core::CoreError::Invalid(why)) => stuck.push((e.key.clone(), why)),
+                Err(other) => return Err(other.into()),
+            }
+        }
+        let todo = checked;
         let (reverted, normal): (Vec<&WireEntry>, Vec<&WireEntry>) =
             todo.iter().partition(|e| reverts.contains(&e.key));
         let mut outcomes = self

@@ -1,0 +1,252 @@
+//! What a sync token reaches, in process: existence questions are answered
+//! within its replication's feeds; an applied entry may only name blobs the
+//! peer sent or its feeds already hold; every entry is checked as its feed
+//! type checks a client upload.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use common::{ADMIN, Instance};
+use ferry_types::{Digest, FeedType};
+use serde_json::{Value, json};
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+const PEER: &str = "0123456789abcdef0123456789abcdef";
+
+/// An incoming replication over `feeds` in `mode`, and a token for it.
+async fn incoming(i: &Instance, name: &str, feeds: &[&str], mode: &str) -> String {
+    let body = json!({ "name": name, "feeds": feeds, "mode": mode }).to_string();
+    let r = i
+        .send("POST", "/api/v1/replications", Some(ADMIN), &[JSON], body)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = i
+        .send(
+            "POST",
+            &format!("/api/v1/replications/{name}/tokens"),
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+/// A stamp of the peer, a little after now.
+fn stamp() -> Value {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    json!({ "time": ms << 16, "origin": PEER })
+}
+
+fn entry(key: &str, meta: Value, blobs: &[Digest]) -> Value {
+    json!({ "key": key, "stamp": stamp(), "meta": meta, "blobs": blobs, "created_at": 1 })
+}
+
+async fn apply(i: &Instance, token: &str, feed: &str, entries: Vec<Value>) -> common::Reply {
+    let body = json!({ "entries": entries }).to_string();
+    i.send(
+        "POST",
+        &format!("/api/replication/v1/feeds/{feed}/apply"),
+        Some(token),
+        &[JSON],
+        body,
+    )
+    .await
+}
+
+async fn put_asset(i: &Instance, feed: &str, path: &str, body: &'static [u8]) {
+    let r = i
+        .send("PUT", &format!("/assets/{feed}/{path}"), Some(ADMIN), &[], body)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+}
+
+#[tokio::test]
+async fn a_sync_token_cannot_learn_of_or_reference_blobs_outside_its_replication() {
+    let i = Instance::new().await;
+    i.feed("pub-assets", FeedType::Assets, false).await;
+    i.feed("private", FeedType::Assets, true).await;
+    let secret: &'static [u8] = b"the private feed's secret file";
+    put_asset(&i, "private", "secret.txt", secret).await;
+    put_asset(&i, "pub-assets", "public.txt", b"public").await;
+    let d = Digest::of(secret);
+    let public_d = Digest::of(b"public");
+    let token = incoming(&i, "inbound", &["pub-assets"], "pull").await;
+
+    // Existence is answered within the replication's feeds only.
+    let r = i
+        .send(
+            "POST",
+            "/api/replication/v1/blobs/missing",
+            Some(&token),
+            &[JSON],
+            json!({ "digests": [d, public_d] }).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json()["digests"],
+        json!([d]),
+        "a blob of a private feed must look missing"
+    );
+
+    // Naming the private blob without sending it is refused; nothing appears.
+    let meta = json!({ "content_type": "text/plain", "size": secret.len() });
+    let r = apply(
+        &i,
+        &token,
+        "pub-assets",
+        vec![entry("leak.txt", meta.clone(), &[d])],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("not sent first"), "{}", r.text());
+    assert_eq!(
+        i.get("/assets/pub-assets/leak.txt").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // A blob the feed already references may be named again.
+    let r = apply(
+        &i,
+        &token,
+        "pub-assets",
+        vec![entry(
+            "copy.txt",
+            json!({ "content_type": "text/plain", "size": 6 }),
+            &[public_d],
+        )],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // A peer that really has the bytes sends them first; then it may.
+    let r = i
+        .send(
+            "PUT",
+            &format!("/api/replication/v1/blobs/{d}"),
+            Some(&token),
+            &[],
+            Body::from(secret),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let r = apply(&i, &token, "pub-assets", vec![entry("sent.txt", meta, &[d])]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(i.get("/assets/pub-assets/sent.txt").await.body, secret);
+}
+
+#[tokio::test]
+async fn applied_entries_are_checked_as_their_feed_type_checks_uploads() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    i.feed("js", FeedType::Npm, false).await;
+    i.feed("py", FeedType::Pypi, false).await;
+    i.feed("img", FeedType::Oci, false).await;
+    put_asset(&i, "files", "a.txt", b"abc").await;
+    let a = Digest::of(b"abc");
+    let token = incoming(&i, "inbound", &["files", "js", "py", "img"], "pull").await;
+    let good = json!({ "content_type": "text/plain", "size": 3 });
+
+    let refused = [
+        // Keys no client could create.
+        ("files", entry("../../etc/passwd", good.clone(), &[a])),
+        ("files", entry("a//b.txt", good.clone(), &[a])),
+        // Metadata an upload never has.
+        (
+            "files",
+            entry("b.txt", json!({ "content_type": "text/plain", "size": 4 }), &[a]),
+        ),
+        (
+            "files",
+            entry(
+                "c.txt",
+                json!({ "content_type": "text/plain\r\nX-Evil: 1", "size": 3 }),
+                &[a],
+            ),
+        ),
+        (
+            "files",
+            entry(
+                "d.txt",
+                json!({ "content_type": "text/plain", "size": 3, "extra": 1 }),
+                &[a],
+            ),
+        ),
+        ("files", entry("e.txt", good.clone(), &[])),
+        // npm: a version whose manifest is not the key's, arbitrary metadata, bad tags.
+        (
+            "js",
+            entry("pkg/left-pad/1.0.0", json!({ "anything": "goes" }), &[a]),
+        ),
+        (
+            "js",
+            entry(
+                "pkg/left-pad/1.0.0",
+                json!({ "manifest": { "name": "other", "version": "1.0.0" } }),
+                &[a],
+            ),
+        ),
+        (
+            "js",
+            entry(
+                "pkg/left-pad/1.0.0",
+                json!({ "manifest": { "name": "left-pad", "version": "1.0.0",
+                    "dist": { "integrity": "sha512-AAAA" } } }),
+                &[a],
+            ),
+        ),
+        ("js", entry("pkg/Bad Name/1.0.0", json!({}), &[])),
+        (
+            "js",
+            entry("tag/left-pad/latest", json!({ "version": "01.0" }), &[]),
+        ),
+        ("js", entry("whatever", json!({}), &[])),
+        // PyPI: not a distribution file key, metadata that is not the key's.
+        ("py", entry("demo/not-a-dist.txt", json!({}), &[a])),
+        (
+            "py",
+            entry("demo/demo-1.0-py3-none-any.whl", json!({ "name": "demo" }), &[a]),
+        ),
+        // OCI: keys outside the layout, a manifest item that is not its blob.
+        ("img", entry("manifest/app/latest", json!({}), &[a])),
+        (
+            "img",
+            entry(
+                &format!("manifest/app/{a}"),
+                json!({ "media_type": "x", "size": 3 }),
+                &[a],
+            ),
+        ),
+        (
+            "img",
+            entry("tag/app/v1", json!({ "digest": a, "media_type": "x" }), &[]),
+        ),
+    ];
+    for (feed, e) in refused {
+        let r = apply(&i, &token, feed, vec![e.clone()]).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{feed}: {e} was accepted: {}",
+            r.text()
+        );
+        assert!(!r.text().is_empty());
+    }
+    // Tombstones are checked by key too.
+    let mut tomb = entry("../x", json!(null), &[]);
+    tomb["deleted"] = json!(true);
+    assert_eq!(
+        apply(&i, &token, "files", vec![tomb]).await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // What a client could upload is accepted.
+    let r = apply(&i, &token, "files", vec![entry("ok/b.txt", good, &[a])]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(i.get("/assets/files/ok/b.txt").await.body, b"abc");
+}
