@@ -30,6 +30,54 @@ pub enum CoreError {
     /// fault whose message (which blob, what to do) is shown.
     #[error("{0}")]
     Damaged(String),
+    /// The client's request body broke off before its end: the client went
+    /// away mid-upload, or its stream was malformed at the HTTP level (see
+    /// [`CoreError::client_body_error`]). A client event, not a server fault: nothing was
+    /// written, and it is logged as such, never as an internal error.
+    #[error("the request body broke off before its end: {0}")]
+    BrokenBody(String),
+}
+
+/// The error a client's request body stream yields when it fails
+/// (connection closed mid-body, malformed chunked encoding, ...), as made by
+/// [`CoreError::client_body_error`]. Wherever it ends up (inside
+/// [`StoreError::Io`] after staging, inside a multipart error, a body read
+/// failure), [`CoreError::from_body_error`] tells it from a server fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BrokenBody(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+impl BrokenBody {
+    /// Finds a [`BrokenBody`] in `e` or its causes, looking inside
+    /// [`std::io::Error`]s (whose `source` skips the error they carry).
+    fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BrokenBody> {
+        let mut cur = Some(e);
+        while let Some(err) = cur {
+            if let Some(b) = err.downcast_ref::<BrokenBody>() {
+                return Some(b);
+            }
+            cur = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => err.source(),
+            };
+        }
+        None
+    }
+
+    /// The whole chain of causes, for the log: `outer: inner: ...`.
+    fn describe(&self) -> String {
+        let mut text = self.0.to_string();
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            let next = e.to_string();
+            if !text.ends_with(&next) {
+                text.push_str(": ");
+                text.push_str(&next);
+            }
+            cur = e.source();
+        }
+        text
+    }
 }
 
 impl CoreError {
@@ -41,6 +89,24 @@ impl CoreError {
     }
     pub fn conflict(m: impl Into<String>) -> Self {
         Self::Conflict(m.into())
+    }
+
+    /// Wraps an error of a client's request body stream. The HTTP layer
+    /// does this for every request body, so that a client going away
+    /// mid-upload reaches the response as [`CoreError::BrokenBody`]
+    /// (through [`CoreError::from_body_error`] and `From<StoreError>`), not
+    /// as an internal error. Streams that are not a client's request (a
+    /// peer's response during replication, a bundle) are never wrapped: a
+    /// failure there stays what it was.
+    pub fn client_body_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> std::io::Error {
+        std::io::Error::other(BrokenBody(e.into()))
+    }
+
+    /// [`CoreError::BrokenBody`] if `e` or one of its causes was made by
+    /// [`CoreError::client_body_error`]; `None` for any other error, which
+    /// the caller maps as it would have.
+    pub fn from_body_error(e: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        BrokenBody::find(e).map(|b| CoreError::BrokenBody(b.describe()))
     }
 }
 
@@ -64,9 +130,11 @@ impl From<StoreError> for CoreError {
             }
             e @ StoreError::DigestMismatch { .. } => CoreError::Invalid(e.to_string()),
             e @ StoreError::BlobBusy(_) => CoreError::Unavailable(e.to_string()),
-            e @ (StoreError::BlobMissing(_) | StoreError::Backend(_) | StoreError::Io(_)) => {
-                CoreError::Internal(e.to_string())
-            }
+            // `pour` hands back the body's own error: a client's broken
+            // request body is the client's event, anything else our fault.
+            StoreError::Io(e) => CoreError::from_body_error(&e)
+                .unwrap_or_else(|| CoreError::Internal(StoreError::Io(e).to_string())),
+            e @ (StoreError::BlobMissing(_) | StoreError::Backend(_)) => CoreError::Internal(e.to_string()),
         }
     }
 }

@@ -267,3 +267,167 @@ fn config_file_declares_feeds_and_env_overrides_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `curl -sD -`: (status, headers lower-cased, body).
+fn curl_with_headers(args: &[&str]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let head = dir.path().join("headers");
+    let (status, body) = curl(&[&["-D", head.to_str().unwrap()], args].concat());
+    let text = std::fs::read_to_string(&head).unwrap();
+    let headers = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// `curl -r N-` resuming with `If-Range: <old ETag>` after the file was
+/// replaced gets the whole new file (200), never old and new bytes
+/// spliced; with the current ETag it resumes (206).
+#[test]
+fn resuming_with_an_old_etag_after_a_replacement_gets_the_whole_new_file() {
+    let s = Server::start();
+    s.create_feed("files", "assets");
+    let old: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let new: Vec<u8> = (0..200_000u32).map(|i| (i % 13) as u8).collect();
+    s.put_asset("files", "dl/file.bin", &old);
+    let url = s.asset_url("files", "dl/file.bin");
+    let (st, headers, part) = curl_with_headers(&["-r", "0-99999", &url]);
+    assert_eq!((st, part.as_slice()), (206, &old[..100_000]));
+    let old_tag = header(&headers, "etag").unwrap().to_string();
+
+    s.put_asset("files", "dl/file.bin", &new);
+    let if_range = format!("If-Range: {old_tag}");
+    let (st, headers, body) = curl_with_headers(&["-r", "100000-", "-H", &if_range, &url]);
+    assert_eq!(st, 200, "an old validator must get the whole representation");
+    assert!(body == new, "the body is the whole new file");
+    assert_eq!(header(&headers, "content-range"), None);
+    let new_tag = header(&headers, "etag").unwrap().to_string();
+    assert_ne!(new_tag, old_tag);
+
+    let if_range = format!("If-Range: {new_tag}");
+    let (st, body) = curl(&["-r", "100000-", "-H", &if_range, &url]);
+    assert_eq!((st, body.as_slice()), (206, &new[100_000..]));
+}
+
+/// An uploaded HTML page comes back as a download that cannot run:
+/// octet-stream, attachment, nosniff, a sandboxing CSP.
+#[test]
+fn uploaded_html_is_served_as_an_attachment_that_cannot_run() {
+    let s = Server::start();
+    s.create_feed("files", "assets");
+    let page = b"<html><script>alert(document.cookie)</script></html>";
+    let auth = format!("Authorization: Bearer {ADMIN}");
+    let url = s.asset_url("files", "site/index.html");
+    let (st, _) = support::curl_stdin(
+        &["-T", "-", "-H", &auth, "-H", "Content-Type: text/html", &url],
+        page,
+    );
+    assert_eq!(st, 201);
+    let (st, headers, body) = curl_with_headers(&[&url]);
+    assert_eq!((st, body.as_slice()), (200, page.as_slice()));
+    assert_eq!(header(&headers, "content-type"), Some("application/octet-stream"));
+    assert_eq!(
+        header(&headers, "content-disposition"),
+        Some("attachment; filename=\"index.html\"")
+    );
+    assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        header(&headers, "content-security-policy"),
+        Some("default-src 'none'; sandbox")
+    );
+    let (_, headers, _) = curl_with_headers(&[&format!("{}/assets/files/site/", s.url)]);
+    assert_eq!(
+        header(&headers, "content-security-policy"),
+        Some("default-src 'none'; sandbox")
+    );
+}
+
+/// A client that sends half its upload and disconnects is logged as a
+/// client event (WARN, naming the feed and the client's address), not as
+/// an ERROR, and nothing is stored.
+#[test]
+fn a_client_that_disconnects_mid_upload_is_a_warning_naming_feed_and_client() {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpStream;
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(support::bin())
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("FERRY_ADMIN_KEY", ADMIN)
+        .env("FERRY_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = stderr.clone();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let url = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("listening on ").map(str::to_string))
+        .expect("ferry did not report listening");
+    let addr = url.trim_start_matches("http://").to_string();
+    let cli = |args: &[&str]| {
+        let out = Command::new(support::bin())
+            .args(args)
+            .env("FERRY_URL", &url)
+            .env("FERRY_API_KEY", ADMIN)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    cli(&["feed", "create", "uploads", "--type", "assets"]);
+
+    // Half of a 1 MB body, then the connection is gone.
+    let mut tcp = TcpStream::connect(&addr).unwrap();
+    let client = tcp.local_addr().unwrap().to_string();
+    write!(
+        tcp,
+        "PUT /assets/uploads/half.bin HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Length: 1000000\r\n\r\n"
+    )
+    .unwrap();
+    tcp.write_all(&[9u8; 500_000]).unwrap();
+    tcp.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(tcp);
+
+    let warned = |lines: &[String]| {
+        lines
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("uploads") && l.contains(&client))
+    };
+    support::wait_until(20, || {
+        let lines = stderr.lock().unwrap();
+        warned(&lines) || lines.iter().any(|l| l.contains("ERROR"))
+    });
+    let lines = stderr.lock().unwrap().clone();
+    assert!(
+        warned(&lines),
+        "no WARN naming the feed and {client}:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("ERROR")),
+        "a client going away is not an error:\n{}",
+        lines.join("\n")
+    );
+    assert_eq!(curl(&[&format!("{url}/assets/uploads/half.bin")]).0, 404);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 
 use crate::AppState;
 use crate::access::FeedAccess;
-use crate::blobs::serve_blob;
+use crate::blobs::serve_download;
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -44,21 +44,24 @@ async fn get_asset(
         return listing(&st, &access, &path, &headers).await;
     }
     let asset = assets::get(&st.ferry, &access.feed, &path).await?;
-    if method == Method::GET && !headers.contains_key(header::RANGE) {
-        st.ferry.count_download(
-            &access.feed,
-            &ferry_formats::assets::asset_key(&path).map_err(CoreError::from)?,
-        );
-    }
-    Ok(serve_blob(
+    let filename = path.rsplit('/').next();
+    let resp = serve_download(
         &st.ferry,
         &method,
         &headers,
         &asset.digest,
         &asset.content_type,
         Some(asset.modified),
+        filename,
     )
-    .await?)
+    .await?;
+    if method == Method::GET && resp.status() == StatusCode::OK {
+        st.ferry.count_download(
+            &access.feed,
+            &ferry_formats::assets::asset_key(&path).map_err(CoreError::from)?,
+        );
+    }
+    Ok(resp)
 }
 
 async fn put_asset(
@@ -142,7 +145,9 @@ async fn listing(
         } else {
             e.name.clone()
         };
-        let href_enc = percent_encoding::utf8_percent_encode(&href, PATH_SEGMENT).to_string();
+        // Always a relative path ("./x"): a name like `javascript:…` is
+        // never read as a URL scheme.
+        let href_enc = format!("./{}", percent_encoding::utf8_percent_encode(&href, PATH_SEGMENT));
         let size = e.size.map(|s| format!(" ({s} bytes)")).unwrap_or_default();
         html.push_str(&format!(
             "<li><a href=\"{}\">{}</a>{size}</li>\n",
@@ -163,9 +168,11 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b'<')
     .add(b'>');
 
+/// Escapes `s` for HTML text and quoted attribute values.
 pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#x27;")
 }

@@ -1,6 +1,7 @@
 //! The one mapping from [`CoreError`] to HTTP responses. Feed protocols
 //! differ only in how they word the body: npm and the management API want
-//! JSON, the rest plain text.
+//! JSON, the rest plain text. Failures the log must tell are handed to the
+//! middleware in `lib.rs` as a [`Failure`] (it knows the feed and client).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -41,7 +42,7 @@ pub fn status_of(e: &CoreError) -> StatusCode {
     match e {
         CoreError::NotFound(_) => StatusCode::NOT_FOUND,
         CoreError::Conflict(_) | CoreError::Superseded(_) => StatusCode::CONFLICT,
-        CoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+        CoreError::Invalid(_) | CoreError::BrokenBody(_) => StatusCode::BAD_REQUEST,
         CoreError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -50,16 +51,40 @@ pub fn status_of(e: &CoreError) -> StatusCode {
     }
 }
 
+/// A failure that the request log (the `guard` middleware in `lib.rs`)
+/// reports, carried to it as a response extension by [`note_failure`].
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    /// A server fault: logged at ERROR with its cause, which the client
+    /// does not see.
+    Internal(String),
+    /// The client's request body broke off: a client event, logged at WARN.
+    BrokenBody(String),
+}
+
+/// The message the client sees for `e`: its text, except for internal
+/// errors, whose cause goes to the log only.
+pub(crate) fn public_message(e: &CoreError) -> String {
+    match e {
+        CoreError::Internal(_) => "internal server error".to_string(),
+        e => e.to_string(),
+    }
+}
+
+/// Hands the failure `e` to the request log, if it is one the log reports.
+pub(crate) fn note_failure(resp: &mut Response, e: &CoreError) {
+    let failure = match e {
+        CoreError::Internal(cause) => Failure::Internal(cause.clone()),
+        CoreError::BrokenBody(cause) => Failure::BrokenBody(cause.clone()),
+        _ => return,
+    };
+    resp.extensions_mut().insert(failure);
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(&self.error);
-        let message = match &self.error {
-            CoreError::Internal(cause) => {
-                tracing::error!(%cause, "request failed");
-                "internal server error".to_string()
-            }
-            e => e.to_string(),
-        };
+        let message = public_message(&self.error);
         let mut resp = match self.flavor {
             Flavor::Json => (status, Json(serde_json::json!({ "error": message }))).into_response(),
             Flavor::Text => (status, format!("{message}\n")).into_response(),
@@ -83,6 +108,7 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Basic realm=\"ferry\""),
             );
         }
+        note_failure(&mut resp, &self.error);
         resp
     }
 }

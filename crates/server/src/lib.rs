@@ -15,16 +15,25 @@ mod ops;
 mod pypi;
 mod replication_api;
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::middleware::{self, Next};
+use axum::http::{Extensions, HeaderValue, header};
+use axum::middleware::{self, AddExtension, Next};
 use axum::response::Response;
-use ferry_core::Ferry;
+use axum::serve::{IncomingStream, Listener};
+use ferry_core::{CoreError, Ferry};
 use ferry_replication::Replicator;
+use http_body_util::BodyExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tower::{Layer, Service};
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -49,14 +58,50 @@ fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// The whole HTTP application for one instance: the [`Router`], which,
+/// given to `axum::serve` as it is, records each connection's peer address
+/// for the handlers and the log (`ConnectInfo<SocketAddr>`; in-process
+/// tests use [`App::into_router`] and, to name a client,
+/// `MockConnectInfo`).
+#[derive(Clone)]
+pub struct App(Router);
+
+impl App {
+    /// The router without the connection layer.
+    pub fn into_router(self) -> Router {
+        self.0
+    }
+}
+
+/// `axum::serve(listener, app)` asks the app for one service per accepted
+/// connection: the router, with that connection's peer address as the
+/// request extension `ConnectInfo<SocketAddr>`.
+impl<L> Service<IncomingStream<'_, L>> for App
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    type Response = AddExtension<Router, ConnectInfo<SocketAddr>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, stream: IncomingStream<'_, L>) -> Self::Future {
+        let info = ConnectInfo(*stream.remote_addr());
+        std::future::ready(Ok(axum::Extension(info).layer(self.0.clone())))
+    }
+}
+
 /// The whole HTTP application for one instance.
-pub fn router(ferry: Ferry, replicator: Replicator) -> Router {
+pub fn router(ferry: Ferry, replicator: Replicator) -> App {
     let state = AppState {
         ferry,
         replicator,
         metrics: prometheus(),
     };
-    Router::new()
+    let router = Router::new()
         .merge(ops::routes())
         .merge(mgmt::routes())
         .merge(mgmt_replication::routes())
@@ -68,7 +113,82 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> Router {
         // Upload limits are enforced per route while streaming, not by buffering.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(track))
-        .with_state(state)
+        .layer(middleware::from_fn(guard))
+        .with_state(state);
+    App(router)
+}
+
+/// What every request and response goes through, so that no handler can
+/// forget it:
+///
+/// - the request body's errors are marked as the client's
+///   ([`CoreError::client_body_error`]): a client that goes away mid-upload
+///   becomes [`CoreError::BrokenBody`] wherever the body was being read;
+/// - every response gets `X-Content-Type-Options: nosniff`, and the
+///   sandboxing `Content-Security-Policy` [`blobs::SANDBOX_POLICY`] unless
+///   it set a policy of its own (no response does today; a future web UI
+///   would), so user content and pages rendered from user data can never
+///   run script in Ferry's origin (per-type rule: [`blobs::content_headers`]);
+/// - a request that failed is logged here, once, with its feed and the
+///   client's address: a server fault at ERROR (its cause is not shown to
+///   the client), a broken request body at WARN, as the client event it is.
+async fn guard(req: Request, next: Next) -> Response {
+    let client = client_addr(req.extensions());
+    let feed = feed_of(&req);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let req = req.map(|body| Body::new(body.map_err(CoreError::client_body_error)));
+    let mut resp = next.run(req).await;
+    if let Some(failure) = resp.extensions_mut().remove::<error::Failure>() {
+        let feed = feed.as_deref().unwrap_or("-");
+        let client = client.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        match failure {
+            error::Failure::Internal(cause) => {
+                tracing::error!(feed, client, %method, ?path, %cause, "request failed");
+            }
+            error::Failure::BrokenBody(cause) => tracing::warn!(
+                feed,
+                client,
+                %method,
+                ?path,
+                %cause,
+                "client's request body broke off (the client went away or sent a broken stream); nothing was stored"
+            ),
+        }
+    }
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(blobs::SANDBOX_POLICY),
+        );
+    }
+    resp
+}
+
+/// The peer address of the request's connection, if the server recorded
+/// it ([`App`]) or a test set one.
+fn client_addr(ext: &Extensions) -> Option<SocketAddr> {
+    ext.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0))
+}
+
+/// The feed a request is about: the path segment the matched route calls
+/// `{feed}` (every feed protocol and the replication API name it so).
+fn feed_of(req: &Request) -> Option<String> {
+    let template = req.extensions().get::<MatchedPath>()?.as_str();
+    let at = template.split('/').position(|seg| seg == "{feed}")?;
+    let seg = req.uri().path().split('/').nth(at)?;
+    Some(
+        percent_encoding::percent_decode_str(seg)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
 }
 
 async fn track(req: Request, next: Next) -> Response {

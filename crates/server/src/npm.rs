@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::access::FeedAccess;
-use crate::blobs::serve_blob;
+use crate::blobs::{if_none_match, serve_download};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -321,18 +321,20 @@ async fn read_inner(
         }
         Endpoint::Tarball { name, file } => {
             let t = npm::tarball(ferry, feed, &name, &file).await?;
-            if method == Method::GET && !headers.contains_key(header::RANGE) {
-                ferry.count_download(feed, &t.key);
-            }
-            serve_blob(
+            let resp = serve_download(
                 ferry,
                 method,
                 headers,
                 &t.digest,
                 "application/octet-stream",
                 Some(t.published),
+                Some(&file),
             )
-            .await
+            .await?;
+            if method == Method::GET && resp.status() == StatusCode::OK {
+                ferry.count_download(feed, &t.key);
+            }
+            Ok(resp)
         }
         Endpoint::Login => Err(CoreError::not_found(LOGIN_UNSUPPORTED)),
         Endpoint::Package { rev: Some(_), .. } | Endpoint::TarballRev | Endpoint::Unknown => Err(not_found()),
@@ -352,10 +354,7 @@ fn index_response(
     } else {
         "no-cache"
     };
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let matches = if_none_match(headers, etag);
     let mut resp = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -455,7 +454,8 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         if e.is::<http_body_util::LengthLimitError>() {
             too_large()
         } else {
-            CoreError::invalid(format!("could not read the request body: {e}"))
+            CoreError::from_body_error(&*e)
+                .unwrap_or_else(|| CoreError::invalid(format!("could not read the request body: {e}")))
         }
     })
 }

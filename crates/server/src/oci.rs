@@ -50,7 +50,7 @@ use serde_json::json;
 use crate::AppState;
 use crate::access::{self, Admin, FeedAccess};
 use crate::blobs::serve_blob;
-use crate::error::{ApiError, Flavor, status_of};
+use crate::error::{ApiError, Flavor, note_failure, public_message, status_of};
 
 pub fn routes() -> Router<AppState> {
     let uploads = Arc::new(Uploads::default());
@@ -144,13 +144,7 @@ impl IntoResponse for Fail {
             .into_response(),
             Some(code) => {
                 let status = self.status.unwrap_or_else(|| status_of(&self.error.error));
-                let message = match &self.error.error {
-                    CoreError::Internal(cause) => {
-                        tracing::error!(%cause, "request failed");
-                        "internal server error".to_owned()
-                    }
-                    e => e.to_string(),
-                };
+                let message = public_message(&self.error.error);
                 let body = json!({ "errors": [{ "code": code.as_str(), "message": message }] });
                 let mut resp = (status, Json(body)).into_response();
                 if status == StatusCode::UNAUTHORIZED {
@@ -159,6 +153,7 @@ impl IntoResponse for Fail {
                         HeaderValue::from_static("Basic realm=\"ferry\""),
                     );
                 }
+                note_failure(&mut resp, &self.error.error);
                 resp
             }
         };
@@ -690,6 +685,8 @@ async fn read_manifest_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Fa
         let e = e.into_inner();
         if e.is::<http_body_util::LengthLimitError>() {
             too_large()
+        } else if let Some(broken) = CoreError::from_body_error(&*e) {
+            Fail::from(broken)
         } else {
             Fail::code(
                 ErrorCode::ManifestInvalid,

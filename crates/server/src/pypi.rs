@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use crate::AppState;
 use crate::access::FeedAccess;
-use crate::blobs::serve_blob;
+use crate::blobs::serve_download;
 use crate::error::ApiError;
 
 /// Longest text field of the upload form that is read (longer ones: 400).
@@ -150,29 +150,32 @@ async fn download(
             .meta
             .core_metadata
             .ok_or_else(|| CoreError::not_found(format!("{dist} has no separate core metadata file")))?;
-        return Ok(serve_blob(
+        return Ok(serve_download(
             &st.ferry,
             &method,
             &headers,
             &digest,
             "text/plain; charset=utf-8",
             Some(file.modified),
+            Some(&filename),
         )
         .await?);
     }
     let file = pypi::file(&st.ferry, &access.feed, &project, &filename).await?;
-    if method == Method::GET && !headers.contains_key(header::RANGE) {
-        st.ferry.count_download(&access.feed, &file.key);
-    }
-    Ok(serve_blob(
+    let resp = serve_download(
         &st.ferry,
         &method,
         &headers,
         &file.digest,
         "application/octet-stream",
         Some(file.modified),
+        Some(&filename),
     )
-    .await?)
+    .await?;
+    if method == Method::GET && resp.status() == StatusCode::OK {
+        st.ferry.count_download(&access.feed, &file.key);
+    }
+    Ok(resp)
 }
 
 async fn delete_file(
@@ -269,10 +272,12 @@ async fn unyank(
 /// The optional reason of a yank: `{"reason": "..."}` as JSON, or
 /// `reason=...` as a form; an empty body gives none.
 async fn yank_reason(headers: &HeaderMap, body: Body) -> Result<Option<String>, CoreError> {
-    let bytes = axum::body::to_bytes(body, MAX_YANK_BODY).await.map_err(|_| {
-        CoreError::TooLarge(format!(
-            "a yank request body may have at most {MAX_YANK_BODY} bytes"
-        ))
+    let bytes = axum::body::to_bytes(body, MAX_YANK_BODY).await.map_err(|e| {
+        CoreError::from_body_error(&e).unwrap_or_else(|| {
+            CoreError::TooLarge(format!(
+                "a yank request body may have at most {MAX_YANK_BODY} bytes"
+            ))
+        })
     })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
@@ -318,8 +323,10 @@ fn form_value(text: &str, key: &str) -> Result<Option<String>, CoreError> {
     Ok(None)
 }
 
+/// A multipart error: the client's body broke off, or the form is malformed.
 fn bad_multipart(e: MultipartError) -> CoreError {
-    CoreError::invalid(format!("malformed multipart upload: {}", e.body_text()))
+    CoreError::from_body_error(&e)
+        .unwrap_or_else(|| CoreError::invalid(format!("malformed multipart upload: {}", e.body_text())))
 }
 
 /// Handles twine's legacy upload: the text fields are read (bounded), the
@@ -420,7 +427,7 @@ async fn stage_field(ferry: &Ferry, field: &mut Field<'_>) -> Result<StagedBlob,
     let body: ByteStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }));
-    let mut broken: Option<String> = None;
+    let mut broken: Option<CoreError> = None;
     let result = {
         let pump = async {
             loop {
@@ -432,9 +439,8 @@ async fn stage_field(ferry: &Ferry, field: &mut Field<'_>) -> Result<StagedBlob,
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let why = e.body_text();
-                        let _ = tx.send(Err(io::Error::other(why.clone()))).await;
-                        broken = Some(why);
+                        let _ = tx.send(Err(io::Error::other(e.body_text()))).await;
+                        broken = Some(bad_multipart(e));
                         break;
                     }
                 }
@@ -453,7 +459,7 @@ async fn stage_field(ferry: &Ferry, field: &mut Field<'_>) -> Result<StagedBlob,
         }
     };
     match (result, broken) {
-        (Err(_), Some(why)) => Err(CoreError::invalid(format!("malformed multipart upload: {why}"))),
+        (Err(_), Some(why)) => Err(why),
         (r, _) => r,
     }
 }

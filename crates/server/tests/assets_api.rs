@@ -105,6 +105,167 @@ async fn put_get_head_range_etag_delete() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
+/// A download resumed with `If-Range` after the asset was replaced gets the
+/// whole new content (200), never old bytes spliced with new ones; the
+/// other preconditions follow RFC 9110 §13 (strong comparison for
+/// `If-Match` and `If-Range`, weak for `If-None-Match`, dates only when no
+/// entity tag is given, HEAD without ranges).
+#[tokio::test]
+async fn if_range_and_preconditions_follow_rfc_9110() {
+    let (i, w) = instance_with_files().await;
+    let url = "/assets/files/dl/file.bin";
+    let old: Vec<u8> = (0..1000u32).map(|n| (n % 251) as u8).collect();
+    let new: Vec<u8> = (0..1000u32).map(|n| (n % 13) as u8 + 100).collect();
+    let send = |method: &'static str, headers: Vec<(&'static str, String)>| {
+        let i = &i;
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            i.send(method, url, None, &h, Body::empty()).await
+        }
+    };
+    assert_eq!(
+        i.send("PUT", url, Some(&w), &[], old.clone()).await.status,
+        StatusCode::CREATED
+    );
+    // The first half arrives, with the validators to resume by.
+    let r = send("GET", vec![("range", "bytes=0-499".into())]).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    let old_tag = r.header("etag").unwrap().to_owned();
+    let old_date = r.header("last-modified").unwrap().to_owned();
+    // Resuming the unchanged asset with its tag: the rest (206).
+    let r = send(
+        "GET",
+        vec![("range", "bytes=500-".into()), ("if-range", old_tag.clone())],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.body, &old[500..]);
+
+    // The asset is replaced; resuming with the old tag must not splice.
+    assert_eq!(
+        i.send("PUT", url, Some(&w), &[], new.clone()).await.status,
+        StatusCode::CREATED
+    );
+    let r = send(
+        "GET",
+        vec![("range", "bytes=500-".into()), ("if-range", old_tag.clone())],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "old validator: the whole new content");
+    assert_eq!(r.body, new);
+    assert_eq!(r.header("content-range"), None);
+    assert_eq!(r.header("content-length"), Some("1000"));
+    let new_tag = r.header("etag").unwrap().to_owned();
+    assert_ne!(new_tag, old_tag);
+    // The current tag resumes; a weak one or a date never does (RFC 9110
+    // §13.1.5: strong comparison; a date is not known to be strong).
+    let r = send(
+        "GET",
+        vec![("range", "bytes=500-".into()), ("if-range", new_tag.clone())],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, &new[500..])
+    );
+    for validator in [format!("W/{new_tag}"), old_date.clone(), "garbage".into()] {
+        let r = send(
+            "GET",
+            vec![("range", "bytes=500-".into()), ("if-range", validator.clone())],
+        )
+        .await;
+        assert_eq!((r.status, r.body.len()), (StatusCode::OK, 1000), "{validator}");
+    }
+
+    // If-Match: strong comparison; 412 for the old content.
+    let r = send("GET", vec![("if-match", old_tag.clone())]).await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    assert!(r.body.len() < 100);
+    let r = send("GET", vec![("if-match", format!("W/{new_tag}"))]).await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    for ok in [new_tag.clone(), "*".into(), format!("\"x\", {new_tag}")] {
+        assert_eq!(
+            send("GET", vec![("if-match", ok.clone())]).await.status,
+            StatusCode::OK,
+            "{ok}"
+        );
+    }
+    // If-None-Match: weak comparison; `*`; any member of a list.
+    for hit in [
+        new_tag.clone(),
+        format!("W/{new_tag}"),
+        "*".into(),
+        format!("{old_tag}, {new_tag}"),
+    ] {
+        let r = send("GET", vec![("if-none-match", hit.clone())]).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{hit}");
+        assert!(r.body.is_empty());
+        assert_eq!(r.header("etag"), Some(new_tag.as_str()));
+    }
+    assert_eq!(
+        send("GET", vec![("if-none-match", old_tag.clone())]).await.status,
+        StatusCode::OK
+    );
+    // If-Modified-Since: a date at or after Last-Modified → 304; ignored
+    // when If-None-Match is there.
+    let later = httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(60));
+    let r = send("GET", vec![("if-modified-since", later.clone())]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    let r = send(
+        "GET",
+        vec![("if-modified-since", "Thu, 01 Jan 1970 00:00:00 GMT".into())],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(
+        "GET",
+        vec![
+            ("if-modified-since", later.clone()),
+            ("if-none-match", old_tag.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // If-Unmodified-Since: changed since → 412.
+    let r = send(
+        "GET",
+        vec![("if-unmodified-since", "Thu, 01 Jan 1970 00:00:00 GMT".into())],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+
+    // HEAD has no ranges: the whole length, 200; preconditions apply.
+    let r = send("HEAD", vec![("range", "bytes=500-".into())]).await;
+    assert_eq!((r.status, r.body.len()), (StatusCode::OK, 0));
+    assert_eq!(r.header("content-length"), Some("1000"));
+    assert_eq!(r.header("content-range"), None);
+    let r = send("HEAD", vec![("if-none-match", new_tag.clone())]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+
+    // Only full downloads count: not ranges, 304s, 412s or HEADs.
+    i.ferry.flush_downloads().await.unwrap();
+    let feed = i
+        .ferry
+        .feed(&ferry_types::FeedName::new("files").unwrap())
+        .await
+        .unwrap();
+    let asset = ferry_core::assets::get(&i.ferry, &feed, "dl/file.bin")
+        .await
+        .unwrap();
+    assert!(asset.downloads >= 1);
+    let before = asset.downloads;
+    assert_eq!(
+        send("GET", vec![("if-none-match", new_tag.clone())]).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    send("GET", vec![("range", "bytes=1-".into())]).await;
+    i.ferry.flush_downloads().await.unwrap();
+    let asset = ferry_core::assets::get(&i.ferry, &feed, "dl/file.bin")
+        .await
+        .unwrap();
+    assert_eq!(asset.downloads, before);
+}
+
 #[tokio::test]
 async fn listing_html_and_json() {
     let (i, w) = instance_with_files().await;
@@ -148,7 +309,7 @@ async fn listing_html_and_json() {
     let r = i.get("/assets/files/").await;
     assert!(r.header("content-type").unwrap().starts_with("text/html"));
     assert!(
-        r.text().contains("href=\"a/\"") && r.text().contains("top.txt"),
+        r.text().contains("href=\"./a/\"") && r.text().contains("top.txt"),
         "{}",
         r.text()
     );

@@ -2,10 +2,12 @@
 //! dir) behind the real router, driven with `oneshot` requests.
 #![allow(clippy::unwrap_used, dead_code)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode, header};
 use ferry_core::Ferry;
 use ferry_store::{FsBlobStore, Permission, SqliteStore};
@@ -14,6 +16,10 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 pub const ADMIN: &str = "test-admin-key";
+
+/// The peer address every in-process request comes from.
+pub const CLIENT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)), 40711);
 
 pub struct Instance {
     pub ferry: Ferry,
@@ -52,7 +58,10 @@ impl Instance {
         let ferry = Ferry::open(meta.clone(), Arc::new(blobs), cfg).await.unwrap();
         ferry.set_admin_key(ADMIN).await.unwrap();
         let replicator = ferry_replication::Replicator::new(ferry.clone(), meta);
-        let router = ferry_server::router(ferry.clone(), replicator);
+        // As served: every request comes from a known client address.
+        let router = ferry_server::router(ferry.clone(), replicator)
+            .into_router()
+            .layer(MockConnectInfo(CLIENT));
         Self { ferry, router, dir }
     }
 
