@@ -25,8 +25,8 @@ use bytes::Bytes;
 use ferry_formats::ArchiveLimits;
 use ferry_store::{
     ApiKeyRecord, BlobBody, BlobStore, ByteStream, Change, ChangeOp, FeedId, FeedRecord, ItemRecord,
-    MetadataStore, NewApiKey, Permission, Precondition, StagedBlob, StampOrder, StoreError, WriteOutcome,
-    now_millis,
+    MetadataStore, NewApiKey, Permission, Precondition, ScopedFeed, StagedBlob, StampOrder, StoreError,
+    WriteOutcome, now_millis,
 };
 use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey, Stamp};
 use tokio::sync::watch;
@@ -37,7 +37,7 @@ pub use clock::Clock;
 pub use error::CoreError;
 pub use integrity::{Damage, DamageKind, FsckReport};
 
-/// Limits and timings of one instance.
+/// Limits, timings and exposure settings of one instance.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Largest upload accepted, in bytes (413 beyond).
@@ -51,6 +51,10 @@ pub struct Config {
     /// elsewhere (replication, bundles) may be. Further ahead, the change
     /// is refused: one bad clock must not freeze a key everywhere.
     pub max_clock_skew: Duration,
+    /// Whether `/metrics` answers without a key. Off by default: metrics
+    /// name every feed, private ones too, and every replication (see
+    /// [`auth::authorize_metrics`]).
+    pub metrics_public: bool,
 }
 
 impl Default for Config {
@@ -60,6 +64,7 @@ impl Default for Config {
             archive: ArchiveLimits::default(),
             blob_lease: Duration::from_secs(3600),
             max_clock_skew: Duration::from_secs(300),
+            metrics_public: false,
         }
     }
 }
@@ -118,6 +123,13 @@ struct Inner {
     cache: IndexCache,
     downloads: Mutex<HashMap<(FeedId, ItemKey), u64>>,
     damage: integrity::DamageLog,
+}
+
+/// A key limited to a feed that does not exist is refused.
+fn no_feed_for_key(feed: &str) -> CoreError {
+    CoreError::Invalid(format!(
+        "feed {feed} does not exist; an API key can only be limited to existing feeds"
+    ))
 }
 
 fn lock_err<T>(_: T) -> CoreError {
@@ -189,7 +201,9 @@ impl Ferry {
         Ok(f)
     }
 
-    /// The feed called `name`; NotFound if there is none.
+    /// The feed called `name`; NotFound if there is none. Says nothing of
+    /// who may know about it: requests reach feeds through
+    /// [`auth::visible_feed`].
     pub async fn feed(&self, name: &FeedName) -> Result<FeedRecord, CoreError> {
         if let Some(f) = self.0.feeds.read().map_err(lock_err)?.get(name) {
             return Ok(f.clone());
@@ -199,7 +213,7 @@ impl Ferry {
             .meta
             .feed(name)
             .await?
-            .ok_or_else(|| CoreError::not_found(format!("feed {name} not found")))?;
+            .ok_or_else(|| auth::no_such_feed(name))?;
         self.0
             .feeds
             .write()
@@ -212,6 +226,8 @@ impl Ferry {
         Ok(self.0.meta.feeds().await?)
     }
 
+    /// Deletes a feed with its items, and takes it out of every API key's
+    /// scope (a key left with no feed stays, scoped to nothing).
     pub async fn delete_feed(&self, name: &FeedName) -> Result<(), CoreError> {
         self.0.feeds.write().map_err(lock_err)?.remove(name);
         if !self.0.meta.delete_feed(name).await? {
@@ -231,7 +247,11 @@ impl Ferry {
     }
 
     /// Creates a key and returns its record and the secret, which is shown
-    /// once and never stored.
+    /// once and never stored. `feeds` (`None`: every feed) must name
+    /// existing feeds: the key is limited to those feeds themselves, not
+    /// to their names, so a feed created later under a deleted one's name
+    /// is outside its scope. A name that is no feed is refused (Invalid,
+    /// naming it), and so is an empty list.
     pub async fn create_key(
         &self,
         name: &str,
@@ -243,6 +263,25 @@ impl Ferry {
                 "key name must be 1 to 100 printable characters",
             ));
         }
+        let scope = match feeds {
+            None => None,
+            Some(names) if names.is_empty() => {
+                return Err(CoreError::invalid(
+                    "a key limited to some feeds needs at least one; give none for every feed",
+                ));
+            }
+            Some(names) => {
+                let mut scope = Vec::with_capacity(names.len());
+                for n in &names {
+                    // From the store, not the cache: the feed as it is now.
+                    match self.0.meta.feed(n).await? {
+                        Some(f) => scope.push(ScopedFeed::from(&f)),
+                        None => return Err(no_feed_for_key(n.as_str())),
+                    }
+                }
+                Some(scope)
+            }
+        };
         let secret = auth::generate_secret();
         let rec = self
             .0
@@ -251,9 +290,14 @@ impl Ferry {
                 name: name.into(),
                 hash: auth::hash_secret(&secret),
                 permission,
-                feeds,
+                feeds: scope,
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // Deleted meanwhile.
+                StoreError::NotFound(what) => no_feed_for_key(what.strip_prefix("feed ").unwrap_or(&what)),
+                e => e.into(),
+            })?;
         Ok((rec, secret))
     }
 

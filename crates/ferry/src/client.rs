@@ -76,6 +76,19 @@ pub async fn feed(cmd: FeedCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The feeds a scoped key may use, comma-separated; "(none)" for a key
+/// whose feeds were all deleted.
+fn key_feeds(feeds: &[Value]) -> String {
+    if feeds.is_empty() {
+        return "(none)".into();
+    }
+    feeds
+        .iter()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
     match cmd {
         KeyCmd::Create {
@@ -91,7 +104,18 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             };
             let body = json!({ "name": name, "permission": permission, "feeds": feeds });
             let created = call(&conn, Method::POST, "/api/v1/keys", Some(body)).await?;
+            // The secret alone on stdout (scripts capture it); what it may
+            // do on stderr.
             println!("{}", created["key"].as_str().unwrap_or_default());
+            eprintln!(
+                "created API key {} with {} permission on {}",
+                created["name"].as_str().unwrap_or("?"),
+                created["permission"].as_str().unwrap_or("?"),
+                match created["feeds"].as_array() {
+                    Some(fs) => format!("feed(s) {}", key_feeds(fs)),
+                    None => "every feed".into(),
+                }
+            );
         }
         KeyCmd::List { json, conn } => {
             let keys = call(&conn, Method::GET, "/api/v1/keys", None).await?;
@@ -100,7 +124,7 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             }
             for k in keys.as_array().into_iter().flatten() {
                 let feeds = match k["feeds"].as_array() {
-                    Some(fs) => fs.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+                    Some(fs) => key_feeds(fs),
                     None => "*".into(),
                 };
                 println!(

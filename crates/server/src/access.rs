@@ -1,8 +1,17 @@
 //! Who is asking, and may they? Every feed route takes a [`FeedAccess`],
-//! which resolves the feed from the URL, authenticates the caller and
+//! which authenticates the caller, resolves the feed from the URL and
 //! authorizes the action the HTTP method implies (GET/HEAD read, anything
 //! else writes) before the handler runs. A handler cannot reach a feed
 //! without one.
+//!
+//! Private feeds are invisible to callers who may not read them (the rule
+//! is [`ferry_core::auth`]'s): for every route family (assets, npm, PyPI,
+//! OCI) an existing private feed answers such a caller exactly as a
+//! missing feed does. Without a key, any feed that is not public answers
+//! 401 with the `WWW-Authenticate` challenge; with a key that may not read
+//! it, 404 "feed NAME not found"; a wrong key, 401 before anything else.
+//! Only a caller who may read a feed is told that it is of another type
+//! than the URL's protocol.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -55,7 +64,9 @@ pub async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Option<P
 /// A feed the caller may use for the request's action.
 #[derive(Debug, Clone)]
 pub struct FeedAccess {
+    /// The feed the URL names.
     pub feed: FeedRecord,
+    /// Who is asking (None: no key).
     pub principal: Option<Principal>,
 }
 
@@ -80,21 +91,28 @@ impl FromRequestParts<AppState> for FeedAccess {
             return Err(ApiError::text(CoreError::not_found(format!("{path} not found"))));
         };
         let err = |e: CoreError| ApiError { error: e, flavor };
-        let name = segs.next().unwrap_or_default();
-        let name = FeedName::new(name).map_err(|e| err(CoreError::not_found(e.to_string())))?;
-        let feed = state.ferry.feed(&name).await.map_err(err)?;
-        if feed.feed_type != ty {
-            return Err(err(CoreError::not_found(format!(
-                "feed {name} is a {} feed, not {ty}",
-                feed.feed_type
-            ))));
-        }
+        // Who asks comes first: a wrong key is refused alike for every feed.
         let principal = principal(state, &parts.headers).await.map_err(err)?;
         let action = if matches!(parts.method, Method::GET | Method::HEAD) {
             Action::Read
         } else {
             Action::Write
         };
+        let name = segs.next().unwrap_or_default();
+        // An invalid name can be no feed, private or not.
+        let name = FeedName::new(name).map_err(|e| err(CoreError::not_found(e.to_string())))?;
+        let found = match state.ferry.feed(&name).await {
+            Ok(f) => Some(f),
+            Err(CoreError::NotFound(_)) => None,
+            Err(e) => return Err(err(e)),
+        };
+        let feed = auth::visible_feed(principal.as_ref(), &name, found, action).map_err(err)?;
+        if feed.feed_type != ty {
+            return Err(err(CoreError::not_found(format!(
+                "feed {name} is a {} feed, not {ty}",
+                feed.feed_type
+            ))));
+        }
         auth::authorize_feed(principal.as_ref(), &feed, action).map_err(err)?;
         Ok(FeedAccess { feed, principal })
     }

@@ -2,11 +2,14 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use ferry_core::auth;
 
 use crate::AppState;
+use crate::access;
+use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -45,9 +48,18 @@ async fn ready(State(st): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
-    (
+/// Prometheus metrics. Their labels name private feeds and replications,
+/// so they need a key that is not limited to some feeds (any permission),
+/// unless the instance makes them public (`Config::metrics_public`); see
+/// [`auth::authorize_metrics`].
+async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    let public = st.ferry.config().metrics_public;
+    if !public {
+        let who = access::principal(&st, &headers).await.map_err(ApiError::text)?;
+        auth::authorize_metrics(who.as_ref(), public).map_err(ApiError::text)?;
+    }
+    Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),
-    )
+    ))
 }

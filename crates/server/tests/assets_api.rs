@@ -437,11 +437,12 @@ async fn keys_permissions_and_private_feeds() {
             .status,
         StatusCode::CREATED
     );
+    // A private feed outside the key's scope answers as a missing one.
     assert_eq!(
         i.send("PUT", "/assets/secret/f", Some(&scoped), &[], "x")
             .await
             .status,
-        StatusCode::FORBIDDEN
+        StatusCode::NOT_FOUND
     );
     assert_eq!(
         i.send("PUT", "/assets/secret/f", Some(ADMIN), &[], "s")
@@ -475,7 +476,7 @@ async fn keys_permissions_and_private_feeds() {
         i.send("GET", "/assets/secret/f", Some(&scoped), &[], Body::empty())
             .await
             .status,
-        StatusCode::FORBIDDEN
+        StatusCode::NOT_FOUND
     );
 
     // A revoked key stops working at once.
@@ -486,8 +487,15 @@ async fn keys_permissions_and_private_feeds() {
             .status,
         StatusCode::UNAUTHORIZED
     );
-    // Unknown feed, and a feed of another type.
-    assert_eq!(i.get("/assets/nope/f").await.status, StatusCode::NOT_FOUND);
+    // Unknown feed (asking for a key, as a private feed would), and a
+    // public feed of another type.
+    assert_eq!(i.get("/assets/nope/f").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        i.send("GET", "/assets/nope/f", Some(&scoped), &[], Body::empty())
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
     i.feed("pkgs", FeedType::Npm, false).await;
     assert_eq!(i.get("/assets/pkgs/f").await.status, StatusCode::NOT_FOUND);
 }

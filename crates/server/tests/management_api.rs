@@ -188,7 +188,13 @@ async fn operations_endpoints() {
     assert_eq!(i.get("/health").await.status, StatusCode::OK);
     assert_eq!(i.get("/ready").await.status, StatusCode::OK);
     i.get("/health").await;
+    // Metrics name private feeds and replications: they need a key for
+    // every feed (any permission) unless made public.
     let m = i.get("/metrics").await;
+    assert_eq!(m.status, StatusCode::UNAUTHORIZED);
+    assert!(m.header("www-authenticate").is_some());
+    let reader = i.key("scraper", Permission::Read, None).await;
+    let m = i.send("GET", "/metrics", Some(&reader), &[], Body::empty()).await;
     assert_eq!(m.status, StatusCode::OK);
     assert!(m.text().contains("ferry_http_requests_total"), "{}", m.text());
 }

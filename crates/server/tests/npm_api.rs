@@ -350,8 +350,16 @@ async fn unknown_packages_ping_whoami() {
         n.get("/npm/js/nothing", &[]).await.json(),
         json!({"error": "not found"})
     );
+    // Without a key, a feed that is not public asks for one (private feeds
+    // must not be told from missing ones); with a key, it is not found.
     assert_eq!(
         n.get("/npm/nofeed/nothing", &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        n.send("GET", "/npm/nofeed/nothing", Some(&n.w), &[], Body::empty())
+            .await
+            .status,
         StatusCode::NOT_FOUND
     );
     assert_error(

@@ -231,7 +231,7 @@ async fn auth_rules_and_unknown_names() {
     refused(&r, 403, "DENIED");
     // Private feeds need a key to read.
     refused(&o.i.get("/v2/secret/app/tags/list").await, 401, "UNAUTHORIZED");
-    // A key scoped to another feed is denied.
+    // A key scoped to another feed is told the feed does not exist.
     let scoped = o.i.key("scoped", Permission::Write, Some(&["other"])).await;
     let r =
         o.i.send(
@@ -242,7 +242,7 @@ async fn auth_rules_and_unknown_names() {
             Body::empty(),
         )
         .await;
-    refused(&r, 403, "DENIED");
+    refused(&r, 404, "NAME_UNKNOWN");
     // Unknown feeds, feeds of another type, unknown repositories.
     refused(&o.get("/v2/nope/app/tags/list").await, 404, "NAME_UNKNOWN");
     refused(&o.get("/v2/js/app/tags/list").await, 404, "NAME_UNKNOWN");

@@ -341,13 +341,18 @@ async fn blobs_and_collection(s: &dyn MetadataStore) {
 }
 
 async fn api_keys(s: &dyn MetadataStore) {
+    let only = s
+        .create_feed(&FeedName::new("conf-keys-only").unwrap(), FeedType::Assets, true)
+        .await
+        .unwrap();
     let new = |name: &str, h: u8, p: Permission| NewApiKey {
         name: name.into(),
         hash: [h; 32],
         permission: p,
-        feeds: Some(vec![FeedName::new("only-this").unwrap()]),
+        feeds: Some(vec![ScopedFeed::from(&only)]),
     };
     let k = s.create_key(new("ci", 1, Permission::Write)).await.unwrap();
+    assert_eq!(k.feeds, Some(vec![ScopedFeed::from(&only)]));
     assert!(matches!(
         s.create_key(new("ci", 2, Permission::Read)).await,
         Err(StoreError::Conflict(_))
@@ -375,6 +380,91 @@ async fn api_keys(s: &dyn MetadataStore) {
     assert_eq!(s.keys().await.unwrap().len(), 2);
     assert!(s.delete_key("ci").await.unwrap());
     assert_eq!(s.key_by_hash(&[1; 32]).await.unwrap(), None);
+    assert!(s.delete_key("admin").await.unwrap());
+    s.delete_feed(&only.name).await.unwrap();
+    key_scopes_follow_feed_identity(s).await;
+}
+
+/// Keys are scoped to feeds by identity: a scope must name an existing
+/// feed (by id and name), deleting a feed takes it out of every scope (the
+/// key stays, scoped to what is left, possibly nothing), and a feed created
+/// again under a deleted one's name is not in the old scopes.
+async fn key_scopes_follow_feed_identity(s: &dyn MetadataStore) {
+    let a_name = FeedName::new("conf-scope-a").unwrap();
+    let b_name = FeedName::new("conf-scope-b").unwrap();
+    let a = s.create_feed(&a_name, FeedType::Npm, true).await.unwrap();
+    let b = s.create_feed(&b_name, FeedType::Npm, false).await.unwrap();
+    let key = |name: &str, h: u8, feeds: Vec<ScopedFeed>| NewApiKey {
+        name: name.into(),
+        hash: [h; 32],
+        permission: Permission::Read,
+        feeds: Some(feeds),
+    };
+
+    // A scope naming no feed is refused, and nothing is created.
+    let ghost = ScopedFeed {
+        id: a.id.max(b.id) + 1000,
+        name: FeedName::new("conf-scope-ghost").unwrap(),
+    };
+    match s.create_key(key("ghost", 20, vec![ghost])).await {
+        Err(StoreError::NotFound(m)) => assert!(m.contains("conf-scope-ghost"), "{m}"),
+        other => panic!("a key for a missing feed: {other:?}"),
+    }
+    // An existing id under another name is no feed either.
+    let mislabelled = ScopedFeed {
+        id: a.id,
+        name: b_name.clone(),
+    };
+    assert!(matches!(
+        s.create_key(key("ghost", 20, vec![ScopedFeed::from(&b), mislabelled]))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.key_by_hash(&[20; 32]).await.unwrap(), None);
+    assert!(!s.delete_key("ghost").await.unwrap());
+
+    let both = s
+        .create_key(key(
+            "both",
+            21,
+            vec![ScopedFeed::from(&b), ScopedFeed::from(&a), ScopedFeed::from(&a)],
+        ))
+        .await
+        .unwrap();
+    let want = vec![ScopedFeed::from(&a), ScopedFeed::from(&b)];
+    assert_eq!(both.feeds.as_ref(), Some(&want), "deduplicated, by name");
+    assert!(both.covers(a.id) && both.covers(b.id));
+    s.create_key(key("only-a", 22, vec![ScopedFeed::from(&a)]))
+        .await
+        .unwrap();
+    let listed = s.keys().await.unwrap();
+    let only_a = listed.iter().find(|k| k.name == "only-a").unwrap();
+    assert_eq!(only_a.feeds, Some(vec![ScopedFeed::from(&a)]));
+    assert_eq!(
+        serde_json::to_value(only_a).unwrap()["feeds"],
+        json!(["conf-scope-a"]),
+        "keys list their feeds by name"
+    );
+
+    // Deleting a feed takes it out of every scope; the keys stay.
+    assert!(s.delete_feed(&a_name).await.unwrap());
+    let both = s.key_by_hash(&[21; 32]).await.unwrap().unwrap();
+    assert_eq!(both.feeds, Some(vec![ScopedFeed::from(&b)]));
+    let only_a = s.key_by_hash(&[22; 32]).await.unwrap().unwrap();
+    assert_eq!(only_a.feeds, Some(vec![]), "scoped to nothing, not to everything");
+
+    // The same name again is another feed: outside the old scopes.
+    let a2 = s.create_feed(&a_name, FeedType::Npm, true).await.unwrap();
+    for h in [21, 22] {
+        let k = s.key_by_hash(&[h; 32]).await.unwrap().unwrap();
+        assert!(!k.covers(a2.id), "{}: the re-created feed is in scope", k.name);
+        assert!(!k.feeds.unwrap().iter().any(|f| f.name == a_name));
+    }
+    for k in ["both", "only-a"] {
+        assert!(s.delete_key(k).await.unwrap());
+    }
+    s.delete_feed(&a_name).await.unwrap();
+    s.delete_feed(&b_name).await.unwrap();
 }
 
 /// The contract of [`crate::ReplicationStore`], for backends that keep replications.

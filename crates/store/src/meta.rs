@@ -134,6 +134,31 @@ impl Permission {
     }
 }
 
+/// A feed an API key is limited to. The key holds the feed's identity
+/// ([`FeedId`]), not its name: a feed deleted and created again under the
+/// same name is another feed, outside the key's scope. The name is carried
+/// for display, and serializes as the bare name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScopedFeed {
+    pub id: FeedId,
+    pub name: FeedName,
+}
+
+impl From<&FeedRecord> for ScopedFeed {
+    fn from(f: &FeedRecord) -> Self {
+        Self {
+            id: f.id,
+            name: f.name.clone(),
+        }
+    }
+}
+
+impl Serialize for ScopedFeed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.name.serialize(s)
+    }
+}
+
 /// An API key as stored: only the sha256 of the secret is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApiKeyRecord {
@@ -142,17 +167,33 @@ pub struct ApiKeyRecord {
     #[serde(skip)]
     pub hash: [u8; 32],
     pub permission: Permission,
-    /// `None`: every feed. Otherwise only these feeds.
-    pub feeds: Option<Vec<FeedName>>,
+    /// `None`: every feed, present and future. `Some`: only these feeds
+    /// (by identity, listed by name). Deleting a feed takes it out of
+    /// every key's scope; a key whose feeds were all deleted stays, scoped
+    /// to nothing (`Some(vec![])`): it may use no feed until it is deleted.
+    pub feeds: Option<Vec<ScopedFeed>>,
     pub created_at: i64,
 }
 
+impl ApiKeyRecord {
+    /// Whether the key may be used on feed `feed` at all (its scope
+    /// includes the feed; permission aside).
+    pub fn covers(&self, feed: FeedId) -> bool {
+        self.feeds
+            .as_ref()
+            .is_none_or(|fs| fs.iter().any(|f| f.id == feed))
+    }
+}
+
+/// A key to create. `feeds` must name feeds that exist (by id and name):
+/// the store refuses the key otherwise.
 #[derive(Debug, Clone)]
 pub struct NewApiKey {
     pub name: String,
     pub hash: [u8; 32],
     pub permission: Permission,
-    pub feeds: Option<Vec<FeedName>>,
+    /// `None`: every feed. `Some`: only these.
+    pub feeds: Option<Vec<ScopedFeed>>,
 }
 
 /// The metadata of one Ferry instance. Implementations keep every method's
@@ -173,7 +214,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<FeedRecord, StoreError>;
     async fn feed(&self, name: &FeedName) -> Result<Option<FeedRecord>, StoreError>;
     async fn feeds(&self) -> Result<Vec<FeedRecord>, StoreError>;
-    /// Deletes a feed with its items and change log. Returns false if absent.
+    /// Deletes a feed with its items and change log, and takes it out of
+    /// every API key's scope (in the same transaction). Returns false if absent.
     async fn delete_feed(&self, name: &FeedName) -> Result<bool, StoreError>;
 
     /// Applies changes in one transaction, in order. For each: checks the
@@ -238,10 +280,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Forgets blobs whose files the collector has removed.
     async fn gc_forget(&self, digests: &[Digest]) -> Result<(), StoreError>;
 
+    /// Creates a key. Conflict if the name is taken; NotFound (naming the
+    /// feed) if a feed of its scope does not exist with that id and name.
+    /// Either way nothing is created.
     async fn create_key(&self, key: NewApiKey) -> Result<ApiKeyRecord, StoreError>;
-    /// Creates or replaces the key called `key.name` (used for the admin key).
+    /// Creates or replaces the key called `key.name` (used for the admin
+    /// key); its scope is checked as in [`MetadataStore::create_key`].
     async fn put_named_key(&self, key: NewApiKey) -> Result<ApiKeyRecord, StoreError>;
+    /// The key with this secret hash, with its current scope.
     async fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Every key, by name, with its current scope.
     async fn keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
     async fn delete_key(&self, name: &str) -> Result<bool, StoreError>;
 }

@@ -103,7 +103,53 @@ CREATE TABLE horizons (
     seq INTEGER NOT NULL
 );
 "#,
+    // API keys are scoped to feed ids, not names: a feed deleted and
+    // created again is another feed. Scopes naming no feed are dropped
+    // (`warn_dropped_key_scopes` says which, before this runs).
+    r#"
+CREATE TABLE api_key_feeds (
+    key_id INTEGER NOT NULL REFERENCES api_keys(id) ON DELETE CASCADE,
+    feed_id INTEGER NOT NULL REFERENCES feeds(id) ON DELETE CASCADE,
+    PRIMARY KEY (key_id, feed_id)
+) WITHOUT ROWID;
+CREATE INDEX api_key_feeds_by_feed ON api_key_feeds(feed_id);
+ALTER TABLE api_keys ADD COLUMN scoped INTEGER NOT NULL DEFAULT 0;
+UPDATE api_keys SET scoped = 1 WHERE feeds IS NOT NULL;
+INSERT OR IGNORE INTO api_key_feeds (key_id, feed_id)
+    SELECT k.id, f.id FROM api_keys k, json_each(k.feeds) j JOIN feeds f ON f.name = j.value
+    WHERE k.feeds IS NOT NULL;
+ALTER TABLE api_keys DROP COLUMN feeds;
+"#,
 ];
+
+/// Index in [`MIGRATIONS`] of the one that scopes keys by feed id.
+const KEY_SCOPES_BY_ID: usize = 2;
+
+/// Before keys' scopes move from feed names to feed ids: the `(key, feed
+/// name)` scopes that name no existing feed, which the move drops.
+fn dropped_key_scopes(c: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    let mut st = c.prepare(
+        "SELECT k.name, j.value FROM api_keys k, json_each(k.feeds) j
+         WHERE k.feeds IS NOT NULL AND NOT EXISTS (SELECT 1 FROM feeds f WHERE f.name = j.value)
+         ORDER BY k.name, j.value",
+    )?;
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Logs every scope [`dropped_key_scopes`] finds.
+fn warn_dropped_key_scopes(c: &Connection) -> Result<(), StoreError> {
+    for (key, feed) in dropped_key_scopes(c)? {
+        tracing::warn!(
+            key = %key,
+            feed = %feed,
+            "API key {key:?} was limited to feed {feed}, which does not exist: that scope is dropped (keys are now scoped to feeds by identity)"
+        );
+    }
+    Ok(())
+}
 
 const READERS: usize = 4;
 
@@ -131,6 +177,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if i == KEY_SCOPES_BY_ID {
+            warn_dropped_key_scopes(&tx)?;
+        }
         tx.execute_batch(sql)?;
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
         tx.commit()?;
@@ -270,34 +319,45 @@ fn item_record(raw: RawItem) -> Result<ItemRecord, StoreError> {
     })
 }
 
-type RawKey = (i64, String, Vec<u8>, String, Option<String>, i64);
-const KEY_COLS: &str = "id, name, hash, permission, feeds, created_at";
+type RawKey = (i64, String, Vec<u8>, String, bool, i64);
+const KEY_COLS: &str = "id, name, hash, permission, scoped, created_at";
 
 fn raw_key(r: &Row<'_>) -> rusqlite::Result<RawKey> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
 
-fn key_record(raw: RawKey) -> Result<ApiKeyRecord, StoreError> {
+/// The key of a row, with its scope as it is now (feeds deleted since the
+/// key was made are no longer in it).
+fn key_record(c: &Connection, raw: RawKey) -> Result<ApiKeyRecord, StoreError> {
+    let feeds = if raw.4 {
+        let mut st = c.prepare_cached(
+            "SELECT f.id, f.name FROM api_key_feeds kf JOIN feeds f ON f.id = kf.feed_id
+             WHERE kf.key_id = ?1 ORDER BY f.name",
+        )?;
+        let rows = st
+            .query_map([raw.0], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let scope = rows
+            .into_iter()
+            .map(|(id, name)| {
+                Ok(ScopedFeed {
+                    id,
+                    name: FeedName::new(name).map_err(|_| bad_row("feed name"))?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Some(scope)
+    } else {
+        None
+    };
     Ok(ApiKeyRecord {
         id: raw.0,
         name: raw.1,
         hash: raw.2.try_into().map_err(|_| bad_row("key hash"))?,
         permission: Permission::parse(&raw.3).ok_or_else(|| bad_row("key permission"))?,
-        feeds: raw
-            .4
-            .map(|s| serde_json::from_str::<Vec<FeedName>>(&s))
-            .transpose()
-            .map_err(|_| bad_row("key feeds"))?,
+        feeds,
         created_at: raw.5,
     })
-}
-
-fn feeds_json(feeds: &Option<Vec<FeedName>>) -> Result<Option<String>, StoreError> {
-    feeds
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 fn apply_change(
@@ -770,7 +830,7 @@ impl MetadataStore for SqliteStore {
                 raw_key,
             )
             .optional()?
-            .map(key_record)
+            .map(|raw| key_record(c, raw))
             .transpose()
         })
         .await
@@ -780,7 +840,7 @@ impl MetadataStore for SqliteStore {
         self.read(|c| {
             let mut st = c.prepare(&format!("SELECT {KEY_COLS} FROM api_keys ORDER BY name"))?;
             let rows = st.query_map([], raw_key)?.collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(key_record).collect()
+            rows.into_iter().map(|raw| key_record(c, raw)).collect()
         })
         .await
     }
@@ -793,23 +853,131 @@ impl MetadataStore for SqliteStore {
 }
 
 fn insert_key(tx: &rusqlite::Transaction<'_>, key: NewApiKey) -> Result<ApiKeyRecord, StoreError> {
+    let mut scope: Option<Vec<ScopedFeed>> = None;
+    if let Some(feeds) = &key.feeds {
+        let mut checked: Vec<ScopedFeed> = Vec::with_capacity(feeds.len());
+        for f in feeds {
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM feeds WHERE id = ?1 AND name = ?2",
+                    params![f.id, f.name.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("feed {}", f.name)));
+            }
+            if !checked.iter().any(|c| c.id == f.id) {
+                checked.push(f.clone());
+            }
+        }
+        checked.sort_by(|a, b| a.name.cmp(&b.name));
+        scope = Some(checked);
+    }
     let now = now_millis();
     tx.execute(
-        "INSERT INTO api_keys (name, hash, permission, feeds, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO api_keys (name, hash, permission, scoped, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
             key.name,
             &key.hash[..],
             key.permission.as_str(),
-            feeds_json(&key.feeds)?,
+            scope.is_some(),
             now
         ],
     )?;
+    let id = tx.last_insert_rowid();
+    for f in scope.iter().flatten() {
+        tx.execute(
+            "INSERT INTO api_key_feeds (key_id, feed_id) VALUES (?1, ?2)",
+            params![id, f.id],
+        )?;
+    }
     Ok(ApiKeyRecord {
-        id: tx.last_insert_rowid(),
+        id,
         name: key.name,
         hash: key.hash,
         permission: key.permission,
-        feeds: key.feeds,
+        feeds: scope,
         created_at: now,
     })
+}
+
+#[cfg(test)]
+mod key_scope_migration {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A database as it was before keys were scoped by feed id.
+    fn before(path: &Path) {
+        let mut conn = open_conn(path).unwrap();
+        for (i, sql) in MIGRATIONS.iter().enumerate().take(KEY_SCOPES_BY_ID) {
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(sql).unwrap();
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        conn.execute_batch(
+            r#"INSERT INTO feeds (id, name, type, private, created_at) VALUES
+                 (1, 'alpha', 'npm', 1, 0), (2, 'beta', 'assets', 0, 0);
+               INSERT INTO api_keys (name, hash, permission, feeds, created_at) VALUES
+                 ('all', x'01', 'admin', NULL, 0),
+                 ('some', x'02', 'write', '["alpha","gone","beta"]', 0),
+                 ('none-left', x'03', 'read', '["gone","older"]', 0);"#,
+        )
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn scopes_by_name_become_scopes_by_id() {
+        assert!(MIGRATIONS[KEY_SCOPES_BY_ID].contains("CREATE TABLE api_key_feeds"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        before(&path);
+        assert_eq!(
+            dropped_key_scopes(&open_conn(&path).unwrap()).unwrap(),
+            [
+                ("none-left".to_string(), "gone".to_string()),
+                ("none-left".to_string(), "older".to_string()),
+                ("some".to_string(), "gone".to_string()),
+            ]
+        );
+        // Keys are stored with one-byte hashes above; give them real ones.
+        let conn = open_conn(&path).unwrap();
+        for (name, h) in [("all", 1u8), ("some", 2), ("none-left", 3)] {
+            conn.execute(
+                "UPDATE api_keys SET hash = ?1 WHERE name = ?2",
+                params![&[h; 32][..], name],
+            )
+            .unwrap();
+        }
+        drop(conn);
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let scope = |k: Option<ApiKeyRecord>| {
+            k.unwrap().feeds.map(|fs| {
+                fs.into_iter()
+                    .map(|f| (f.id, f.name.to_string()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(scope(store.key_by_hash(&[1; 32]).await.unwrap()), None);
+        assert_eq!(
+            scope(store.key_by_hash(&[2; 32]).await.unwrap()),
+            Some(vec![(1, "alpha".to_string()), (2, "beta".to_string())])
+        );
+        assert_eq!(
+            scope(store.key_by_hash(&[3; 32]).await.unwrap()),
+            Some(vec![]),
+            "a key whose feeds are all gone is scoped to nothing"
+        );
+        // Re-created under the same name, a feed is outside the old scopes.
+        let alpha = FeedName::new("alpha").unwrap();
+        assert!(store.delete_feed(&alpha).await.unwrap());
+        let again = store.create_feed(&alpha, FeedType::Npm, true).await.unwrap();
+        let some = store.key_by_hash(&[2; 32]).await.unwrap().unwrap();
+        assert!(!some.covers(again.id));
+        assert_eq!(scope(Some(some)), Some(vec![(2, "beta".to_string())]));
+    }
 }
