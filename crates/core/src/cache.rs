@@ -24,6 +24,15 @@ impl IndexCache {
         }
     }
 
+    /// Drops everything rendered for a deleted feed: the store may give
+    /// its id to the next feed created, which must not be served the old
+    /// feed's indexes.
+    pub fn forget_feed(&self, feed: FeedId) {
+        if let Ok(mut map) = self.entries.write() {
+            map.retain(|(f, _), _| *f != feed);
+        }
+    }
+
     pub fn put(&self, feed: FeedId, key: &str, seq: i64, body: Bytes) {
         if let Ok(mut map) = self.entries.write() {
             if map.len() >= MAX_ENTRIES {

@@ -228,10 +228,27 @@ impl Ferry {
 
     /// Deletes a feed with its items, and takes it out of every API key's
     /// scope (a key left with no feed stays, scoped to nothing).
+    /// Deletes a feed with its items, and forgets everything kept in
+    /// memory under its id (rendered indexes, change-log watchers, pending
+    /// download counts): the store may give the id to the next feed
+    /// created, which must start from nothing.
     pub async fn delete_feed(&self, name: &FeedName) -> Result<(), CoreError> {
-        self.0.feeds.write().map_err(lock_err)?.remove(name);
+        let removed = self.0.feeds.write().map_err(lock_err)?.remove(name);
+        let id = match removed {
+            Some(f) => Some(f.id),
+            None => self.0.meta.feed(name).await?.map(|f| f.id),
+        };
         if !self.0.meta.delete_feed(name).await? {
             return Err(CoreError::not_found(format!("feed {name} not found")));
+        }
+        if let Some(id) = id {
+            self.0.cache.forget_feed(id);
+            self.0.seqs.lock().map_err(lock_err)?.remove(&id);
+            self.0
+                .downloads
+                .lock()
+                .map_err(lock_err)?
+                .retain(|(f, _), _| *f != id);
         }
         Ok(())
     }
