@@ -6,18 +6,38 @@ use serde_json::{Value, json};
 
 use crate::{BundleCmd, Conn, FeedCmd, KeyCmd, ReplCmd};
 
+/// The HTTP client of this process: http:// and https:// URLs, trusting the
+/// system's CAs and those in `--tls-ca-file` (`FERRY_TLS_CA_FILE`). Built
+/// once, on the blocking pool (it reads the CA store).
+async fn http_client(conn: &Conn) -> anyhow::Result<reqwest::Client> {
+    static CLIENT: tokio::sync::OnceCell<reqwest::Client> = tokio::sync::OnceCell::const_new();
+    let ca_file = conn.tls_ca_file.clone();
+    let client = CLIENT
+        .get_or_try_init(|| async move {
+            let tls = tokio::task::spawn_blocking(move || crate::tls::client_config(ca_file.as_deref()))
+                .await
+                .context("loading TLS roots")??;
+            reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .build()
+                .context("building the HTTP client")
+        })
+        .await?;
+    Ok(client.clone())
+}
+
 /// A request to the instance, with the key when one is configured.
-fn request(conn: &Conn, method: Method, path: &str) -> reqwest::RequestBuilder {
+async fn request(conn: &Conn, method: Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
     let url = format!("{}{path}", conn.url.trim_end_matches('/'));
-    let req = reqwest::Client::new().request(method, url);
-    match &conn.api_key {
+    let req = http_client(conn).await?.request(method, url);
+    Ok(match &conn.api_key {
         Some(key) => req.bearer_auth(key),
         None => req,
-    }
+    })
 }
 
 async fn call(conn: &Conn, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let mut req = request(conn, method, path);
+    let mut req = request(conn, method, path).await?;
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -514,7 +534,8 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
                 &conn,
                 Method::GET,
                 &format!("/api/v1/feeds/{feed}/bundle?since={since}"),
-            );
+            )
+            .await?;
             let resp = checked(
                 &conn,
                 req.send()
@@ -554,6 +575,7 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("opening {}", file.display()))?;
             let req = request(&conn, Method::POST, &format!("/api/v1/feeds/{feed}/bundle"))
+                .await?
                 .body(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f)));
             let resp = checked(
                 &conn,

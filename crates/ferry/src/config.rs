@@ -28,6 +28,26 @@ pub struct Config {
     pub max_clock_skew_secs: u64,
     /// `tracing` filter, e.g. "info" or "ferry=debug".
     pub log: String,
+    /// Seconds a client has to send a request's headers, counted from the
+    /// connection's start (first request) or from its first byte (later
+    /// requests). Past it the connection is closed.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a kept-alive connection may sit idle between requests.
+    pub keep_alive_timeout_secs: u64,
+    /// Seconds a request body may go without sending a byte (answered 408),
+    /// and a response may go without the client taking a byte (connection
+    /// closed). Transfers that keep moving are never cut, however long.
+    pub body_timeout_secs: u64,
+    /// Most client connections served at once; `None`: derived from the
+    /// descriptor limit (see `listener::default_max_connections`).
+    pub max_connections: Option<usize>,
+    /// PEM certificate chain to serve HTTPS with (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM bundle of CA certificates trusted, besides the system's, for
+    /// outgoing replications.
+    pub tls_ca_file: Option<PathBuf>,
     /// Feeds declared as code: created at start if missing.
     pub feeds: Vec<FeedDecl>,
 }
@@ -54,6 +74,13 @@ impl Default for Config {
             fsck_sample: 0.05,
             max_clock_skew_secs: 300,
             log: "info".into(),
+            header_read_timeout_secs: 30,
+            keep_alive_timeout_secs: 75,
+            body_timeout_secs: 60,
+            max_connections: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca_file: None,
             feeds: Vec::new(),
         }
     }
@@ -106,6 +133,51 @@ impl Config {
                 .parse()
                 .with_context(|| format!("FERRY_MAX_CLOCK_SKEW_SECS={v:?}"))?;
         }
+        if let Ok(v) = std::env::var("FERRY_HEADER_READ_TIMEOUT_SECS") {
+            cfg.header_read_timeout_secs = v
+                .parse()
+                .with_context(|| format!("FERRY_HEADER_READ_TIMEOUT_SECS={v:?}"))?;
+        }
+        if let Ok(v) = std::env::var("FERRY_KEEP_ALIVE_TIMEOUT_SECS") {
+            cfg.keep_alive_timeout_secs = v
+                .parse()
+                .with_context(|| format!("FERRY_KEEP_ALIVE_TIMEOUT_SECS={v:?}"))?;
+        }
+        if let Ok(v) = std::env::var("FERRY_BODY_TIMEOUT_SECS") {
+            cfg.body_timeout_secs = v
+                .parse()
+                .with_context(|| format!("FERRY_BODY_TIMEOUT_SECS={v:?}"))?;
+        }
+        if let Ok(v) = std::env::var("FERRY_MAX_CONNECTIONS") {
+            cfg.max_connections = Some(
+                v.parse()
+                    .with_context(|| format!("FERRY_MAX_CONNECTIONS={v:?}"))?,
+            );
+        }
+        if let Ok(v) = std::env::var("FERRY_TLS_CERT") {
+            cfg.tls_cert = Some(v.into());
+        }
+        if let Ok(v) = std::env::var("FERRY_TLS_KEY") {
+            cfg.tls_key = Some(v.into());
+        }
+        if let Ok(v) = std::env::var("FERRY_TLS_CA_FILE") {
+            cfg.tls_ca_file = Some(v.into());
+        }
+        for (name, secs) in [
+            ("header_read_timeout_secs", cfg.header_read_timeout_secs),
+            ("keep_alive_timeout_secs", cfg.keep_alive_timeout_secs),
+            ("body_timeout_secs", cfg.body_timeout_secs),
+        ] {
+            if secs == 0 {
+                anyhow::bail!("{name} must be at least 1 second");
+            }
+        }
+        if cfg.max_connections == Some(0) {
+            anyhow::bail!("max_connections must be at least 1");
+        }
+        if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
+            anyhow::bail!("tls_cert and tls_key go together: set both (HTTPS) or neither (HTTP)");
+        }
         if !(0.0..=1.0).contains(&cfg.fsck_sample) {
             anyhow::bail!("fsck_sample must be between 0 and 1, not {}", cfg.fsck_sample);
         }
@@ -141,5 +213,36 @@ mod tests {
             toml::from_str::<Config>("lisen = 1").is_err(),
             "typos must not pass silently"
         );
+    }
+
+    #[test]
+    fn parses_limits_and_tls() {
+        let cfg: Config = toml::from_str(
+            r#"
+            header_read_timeout_secs = 5
+            keep_alive_timeout_secs = 10
+            body_timeout_secs = 20
+            max_connections = 100
+            tls_cert = "/etc/ferry/cert.pem"
+            tls_key = "/etc/ferry/key.pem"
+            tls_ca_file = "/etc/ferry/ca.pem"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.header_read_timeout_secs, 5);
+        assert_eq!(cfg.keep_alive_timeout_secs, 10);
+        assert_eq!(cfg.body_timeout_secs, 20);
+        assert_eq!(cfg.max_connections, Some(100));
+        assert_eq!(cfg.tls_ca_file.as_deref(), Some(Path::new("/etc/ferry/ca.pem")));
+        let d = Config::default();
+        assert_eq!(
+            (
+                d.header_read_timeout_secs,
+                d.keep_alive_timeout_secs,
+                d.body_timeout_secs
+            ),
+            (30, 75, 60)
+        );
+        assert_eq!(d.max_connections, None, "derived from the open-file limit");
     }
 }

@@ -3,7 +3,9 @@
 
 mod client;
 mod config;
+mod listener;
 mod serve;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -259,6 +261,10 @@ pub struct Conn {
         hide_env_values = true
     )]
     api_key: Option<String>,
+    /// PEM bundle of CA certificates trusted, besides the system's, for an
+    /// https:// URL.
+    #[arg(long = "tls-ca-file", env = "FERRY_TLS_CA_FILE", global = true)]
+    tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -6,15 +6,54 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use ferry_core::Ferry;
 use ferry_replication::Replicator;
 use ferry_store::{FsBlobStore, SqliteStore};
 use ferry_types::{FeedName, FeedType};
 
 use crate::config::Config;
+use crate::{listener, tls};
 
+/// Runs the instance until SIGTERM/SIGINT: opens the stores, declares the
+/// configured feeds, starts replication and background work, then serves
+/// HTTP (HTTPS with `tls_cert`/`tls_key`) under the limits of
+/// [`crate::listener`].
+///
+/// Errors: unreadable data directory, database or TLS files, a declared feed
+/// that exists with another type, or an address that cannot be bound.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let fd_limit = listener::raise_fd_limit();
+    let limits = listener::Limits {
+        header_read_timeout: Duration::from_secs(cfg.header_read_timeout_secs),
+        keep_alive_timeout: Duration::from_secs(cfg.keep_alive_timeout_secs),
+        body_timeout: Duration::from_secs(cfg.body_timeout_secs),
+        max_connections: cfg
+            .max_connections
+            .unwrap_or_else(|| listener::default_max_connections(fd_limit)),
+    };
+    if let (Some(max), Some(n)) = (cfg.max_connections, fd_limit)
+        && listener::descriptors_needed(max) > n
+    {
+        tracing::warn!(
+            max_connections = max,
+            open_file_limit = n,
+            "max_connections may need more descriptors than the open-file limit allows"
+        );
+    }
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(tls::ServerTls::load(cert, key).await?)),
+        _ => None,
+    };
+    let ca_file = cfg.tls_ca_file.clone();
+    let client_tls = tokio::task::spawn_blocking(move || tls::client_config(ca_file.as_deref()))
+        .await
+        .context("loading TLS roots")?
+        .context("loading TLS roots for outgoing replications")?;
+    let http = Replicator::http_client_builder()
+        .use_preconfigured_tls(client_tls)
+        .build()
+        .context("building the replication HTTP client")?;
+
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let meta = SqliteStore::open(cfg.data_dir.join("ferry.db"))
@@ -30,7 +69,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let meta = Arc::new(meta);
     let ferry = Ferry::open(meta.clone(), Arc::new(blobs), core_cfg).await?;
-    let replicator = Replicator::new(ferry.clone(), meta);
+    let replicator = Replicator::with_http_client(ferry.clone(), meta, http);
     tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
 
     ensure_admin_key(&ferry, &cfg.data_dir).await?;
@@ -61,23 +100,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    println!("listening on http://{addr}");
-    std::io::stdout().flush()?;
-    // Small responses (headers, then a short body) must not wait for the
-    // peer's delayed ACK: without TCP_NODELAY each one stalls ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    let acceptor = match &tls {
+        Some(t) => {
+            t.clone().reload_on_sighup()?;
+            Some(t.acceptor())
         }
-    });
+        None => None,
+    };
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_read_timeout_secs = cfg.header_read_timeout_secs,
+        keep_alive_timeout_secs = cfg.keep_alive_timeout_secs,
+        body_timeout_secs = cfg.body_timeout_secs,
+        "connection limits"
+    );
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{addr}");
+    std::io::stdout().flush()?;
     let stopping = replicator.clone();
-    axum::serve(listener, ferry_server::router(ferry.clone(), replicator))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Peers' long polls answer now instead of holding the stop.
-            stopping.shutdown();
-        })
-        .await?;
+    let router = ferry_server::router(ferry.clone(), replicator).into_router();
+    listener::serve(listener, router, acceptor, limits, async move {
+        shutdown_signal().await;
+        // Peers' long polls answer now instead of holding the stop.
+        stopping.shutdown();
+    })
+    .await?;
     ferry.flush_downloads().await?;
     tracing::info!("stopped");
     Ok(())

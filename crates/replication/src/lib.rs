@@ -108,11 +108,23 @@ pub struct Overview {
 
 impl Replicator {
     pub fn new(ferry: Ferry, store: Arc<dyn ReplicationStore>) -> Self {
-        let http = reqwest::Client::builder()
+        let http = Self::http_client_builder().build().unwrap_or_default();
+        Self::with_http_client(ferry, store, http)
+    }
+
+    /// The settings of the client used to reach other instances (connect
+    /// timeout, connection pool); add TLS roots to it and pass the client to
+    /// [`Replicator::with_http_client`].
+    pub fn http_client_builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .pool_max_idle_per_host(8)
-            .build()
-            .unwrap_or_default();
+    }
+
+    /// Like [`Replicator::new`], reaching other instances with `http`
+    /// (built from [`Replicator::http_client_builder`], e.g. trusting a
+    /// private CA).
+    pub fn with_http_client(ferry: Ferry, store: Arc<dyn ReplicationStore>, http: reqwest::Client) -> Self {
         Replicator(Arc::new(Inner {
             ferry,
             store,

@@ -1,0 +1,909 @@
+//! The server loop: accepts TCP connections (and TLS on them) and serves
+//! HTTP/1.1 with hyper, so that a slow, silent or numerous client cannot
+//! hold the instance's descriptors or tasks for ever.
+//!
+//! What a client may hold, and for how long ([`Limits`]):
+//! * **headers**: a new connection must deliver its first request's headers
+//!   (and finish its TLS handshake) within `header_read_timeout`; on a
+//!   kept-alive connection the clock starts at the next request's first byte;
+//! * **idleness**: a kept-alive connection with no request in progress is
+//!   closed after `keep_alive_timeout`;
+//! * **bodies**: a request body that sends nothing for `body_timeout` is cut
+//!   off and answered 408 (when the response has not started); a response
+//!   the client takes nothing of for `body_timeout` closes the connection.
+//!   Transfers that keep moving are never cut, however long;
+//! * **connections**: at most `max_connections` at once. Past the cap, the
+//!   connection idle longest (between requests or still sending headers) is
+//!   closed to make room; when every one is busy with a request, a small
+//!   overflow reserve answers `/health`, `/ready` and `/metrics` and 503s
+//!   anything else; past that, new connections are closed at once.
+//!
+//! Long polls (`GET /api/replication/v1/feeds/F/changes?wait=N`) are exempt
+//! by design: once a request's headers are in, nothing above times out the
+//! time the server takes to answer; only a client that stops sending its
+//! body or stops reading the response is cut. A long poll's response is
+//! being prepared by the server, not held up by the client.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, Sleep};
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// Connections served past the cap, only for health checks and 503s.
+pub const OVERFLOW_RESERVE: usize = 32;
+/// Descriptors kept for everything but client connections (database,
+/// blob files, outgoing replications) when deriving the cap.
+const FD_RESERVE: u64 = 256;
+/// The derived cap never goes above this.
+const MAX_DERIVED_CONNECTIONS: usize = 4096;
+/// Paths an overflow connection may still reach.
+const OPS_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
+
+/// How long and how many clients may hold the server (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub body_timeout: Duration,
+    /// Client connections served at once, overflow reserve not included.
+    pub max_connections: usize,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (capped at 2^20) and
+/// returns the soft limit now in effect (`None`: unlimited). Failing to
+/// raise it is logged and leaves it as it was.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let target = lim.maximum.unwrap_or(1 << 20).min(1 << 20);
+    if lim.current.is_some_and(|c| c < target) {
+        let raised = Rlimit {
+            current: Some(target),
+            maximum: lim.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return Some(target),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
+    }
+    lim.current
+}
+
+/// Descriptors `max_connections` may need at worst: two per connection (a
+/// blob file besides the socket), the overflow reserve, and 256 for the rest.
+pub fn descriptors_needed(max_connections: usize) -> u64 {
+    (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(FD_RESERVE + OVERFLOW_RESERVE as u64)
+}
+
+/// The connection cap when none is configured: half of what the descriptor
+/// limit leaves after 256 for everything else and the overflow reserve (a
+/// busy connection may also hold a blob file open), at most 4096 and at
+/// least 16. `None`: no limit.
+pub fn default_max_connections(fd_limit: Option<u64>) -> usize {
+    let by_fds = fd_limit.map_or(usize::MAX, |n| {
+        let per_conn = n.saturating_sub(FD_RESERVE + OVERFLOW_RESERVE as u64) / 2;
+        usize::try_from(per_conn).unwrap_or(usize::MAX)
+    });
+    by_fds.clamp(16, MAX_DERIVED_CONNECTIONS)
+}
+
+/// Serves `router` on `listener` (TLS when `tls` is given) until `shutdown`
+/// completes; then stops accepting, lets requests in flight finish (long
+/// polls end when the replicator is told to stop, which `shutdown` does),
+/// and returns once every connection has closed.
+///
+/// Errors: none today; accept errors are logged and retried.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let shared = Arc::new(Shared {
+        router,
+        limits,
+        registry: Registry::default(),
+        last_cap_warning: AtomicU64::new(0),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tracker = TaskTracker::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_accept_warning: Option<Instant> = None;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(accepted) => accepted,
+                Err(e) if is_per_connection(&e) => continue,
+                Err(e) => {
+                    // Out of descriptors or memory: wait for some to free.
+                    if last_accept_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, "cannot accept connections");
+                        last_accept_warning = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Small responses (headers, then a short body) must not wait for the
+        // peer's delayed ACK: without TCP_NODELAY each one stalls ~40 ms.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let Some(conn) = shared.registry.admit(shared.limits.max_connections) else {
+            shared.warn_cap("closing new connections at once");
+            continue; // dropping `tcp` closes it
+        };
+        if conn.overflow {
+            shared.warn_cap("answering 503 to new connections");
+        }
+        let shared = shared.clone();
+        let stop = stop_rx.clone();
+        let tls = tls.clone();
+        tracker.spawn(async move {
+            let _registered = Registered {
+                shared: shared.clone(),
+                conn: conn.clone(),
+            };
+            match tls {
+                None => serve_connection(tcp, peer, conn, shared, stop).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(tcp));
+                    let stream = tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        },
+                        _ = conn.evicted() => return,
+                    };
+                    serve_connection(stream, peer, conn, shared, stop).await
+                }
+            }
+        });
+    }
+    drop(listener);
+    stop_tx.send_replace(true);
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// Accept errors that concern one connection only.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+struct Shared {
+    router: Router,
+    limits: Limits,
+    registry: Registry,
+    /// Milliseconds (see [`now_ms`]) of the last "cap reached" warning.
+    last_cap_warning: AtomicU64,
+}
+
+impl Shared {
+    /// Logs that the cap is reached, at most once a minute.
+    fn warn_cap(&self, doing: &str) {
+        let now = now_ms();
+        let last = self.last_cap_warning.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) > 60_000)
+            && self
+                .last_cap_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max_connections = self.limits.max_connections,
+                "every connection is busy with a request; {doing} (raise max_connections?)"
+            );
+        }
+    }
+}
+
+/// Serves one connection until it ends, is evicted, or outstays a timeout.
+async fn serve_connection<S>(
+    io: S,
+    peer: SocketAddr,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &shared.limits;
+    let io = TokioIo::new(Tracked::new(io, conn.clone(), limits.body_timeout));
+    let service = ConnService {
+        router: shared.router.clone(),
+        peer,
+        conn: conn.clone(),
+        body_timeout: limits.body_timeout,
+        max_connections: limits.max_connections,
+    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // hyper's own header timer runs from the end of the previous response,
+    // so it would also cut idle kept-alive connections at the header
+    // timeout; `Conn::deadline` times headers and idleness separately.
+    http.header_read_timeout(None).keep_alive(!conn.overflow);
+    let connection = http.serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let mut draining = false;
+    if *stop.borrow() {
+        connection.as_mut().graceful_shutdown();
+        draining = true;
+    }
+    // The watchdog wakes at the connection's deadline, and at least every
+    // `period` to look again: requests start and end without telling it
+    // (that would cost a wake-up per request), and no deadline can be set
+    // less than `period` ahead of the event that sets it, so none is missed.
+    let period = millis(limits.header_read_timeout.min(limits.keep_alive_timeout));
+    let watchdog = tokio::time::sleep(Duration::ZERO);
+    let mut watchdog = std::pin::pin!(watchdog);
+    loop {
+        tokio::select! {
+            r = connection.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = conn.wake.notified() => {
+                if conn.is_evicted() {
+                    tracing::debug!("closed an idle connection to make room for a new one");
+                    return;
+                }
+            }
+            _ = watchdog.as_mut() => {
+                let now = now_ms();
+                let deadline = conn.deadline(limits);
+                if deadline.is_some_and(|d| d <= now) {
+                    tracing::debug!("closed a connection that sent no complete request in time");
+                    return;
+                }
+                let next = deadline.map_or(now + period, |d| d.min(now + period));
+                watchdog.as_mut().reset(instant_of(next));
+            }
+            _ = stop.changed(), if !draining => {
+                // Idle connections close now; one with a request in flight
+                // closes after its response.
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ clock
+
+/// The instant [`now_ms`] counts from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`epoch`], plus one (so 0 can mean "never").
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+fn instant_of(ms: u64) -> Instant {
+    epoch() + Duration::from_millis(ms.saturating_sub(1))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+// --------------------------------------------------------------- registry
+
+/// The state of one client connection, shared by its task, its requests
+/// and the registry.
+struct Conn {
+    id: u64,
+    /// Admitted past the cap: health checks only, no keep-alive.
+    overflow: bool,
+    /// Requests in progress: from the service call to the end (or drop) of
+    /// the response body.
+    busy: AtomicUsize,
+    /// When the connection last had no request in progress ([`now_ms`]).
+    idle_since: AtomicU64,
+    /// When the next request's first byte arrived (0: not yet). A new
+    /// connection counts as started at accept.
+    head_started: AtomicU64,
+    /// Closed to make room for a new connection.
+    evicted: AtomicBool,
+    /// Wakes the connection task when it is evicted.
+    wake: Notify,
+}
+
+impl Conn {
+    fn new(id: u64, overflow: bool) -> Self {
+        let now = now_ms();
+        Conn {
+            id,
+            overflow,
+            busy: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(now),
+            head_started: AtomicU64::new(now),
+            evicted: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    /// When the connection must be closed unless a request starts first;
+    /// `None` while a request is in progress.
+    fn deadline(&self, limits: &Limits) -> Option<u64> {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let head = self.head_started.load(Ordering::Acquire);
+        if head != 0 {
+            return Some(head.saturating_add(millis(limits.header_read_timeout)));
+        }
+        let idle = self.idle_since.load(Ordering::Acquire);
+        Some(idle.saturating_add(millis(limits.keep_alive_timeout)))
+    }
+
+    /// Bytes arrived: between requests, they start the next one's headers.
+    fn note_bytes(&self) {
+        if self.busy.load(Ordering::Acquire) == 0 && self.head_started.load(Ordering::Relaxed) == 0 {
+            let _ = self
+                .head_started
+                .compare_exchange(0, now_ms(), Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+
+    /// Completes once the connection is evicted.
+    async fn evicted(&self) {
+        while !self.is_evicted() {
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// A request in progress on a connection; dropping it ends the request.
+struct Busy(Arc<Conn>);
+
+impl Busy {
+    fn begin(conn: &Arc<Conn>) -> Self {
+        conn.busy.fetch_add(1, Ordering::AcqRel);
+        conn.head_started.store(0, Ordering::Release);
+        Busy(conn.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.head_started.store(0, Ordering::Release);
+            self.0.idle_since.store(now_ms(), Ordering::Release);
+        }
+    }
+}
+
+/// Every open client connection, by id.
+#[derive(Default)]
+struct Registry {
+    inner: Mutex<RegistryInner>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    conns: HashMap<u64, Arc<Conn>>,
+    next_id: u64,
+    /// Connections not evicted: within the cap, and in the overflow reserve.
+    normal: usize,
+    overflow: usize,
+}
+
+impl RegistryInner {
+    fn count(&mut self, overflow: bool) -> &mut usize {
+        if overflow {
+            &mut self.overflow
+        } else {
+            &mut self.normal
+        }
+    }
+
+    /// Evicts the connection of that kind idle longest, if one is idle.
+    fn evict_idlest(&mut self, overflow: bool) -> bool {
+        let victim = self
+            .conns
+            .values()
+            .filter(|c| c.overflow == overflow && !c.is_evicted() && c.busy.load(Ordering::Acquire) == 0)
+            .min_by_key(|c| c.idle_since.load(Ordering::Acquire))
+            .cloned();
+        let Some(victim) = victim else {
+            return false;
+        };
+        victim.evicted.store(true, Ordering::Release);
+        victim.wake.notify_one();
+        *self.count(overflow) -= 1;
+        true
+    }
+
+    fn register(&mut self, overflow: bool) -> Arc<Conn> {
+        self.next_id += 1;
+        let conn = Arc::new(Conn::new(self.next_id, overflow));
+        self.conns.insert(conn.id, conn.clone());
+        *self.count(overflow) += 1;
+        conn
+    }
+}
+
+impl Registry {
+    /// Admits a new connection: within the cap (making room by closing the
+    /// idlest connection if needed), else into the overflow reserve (same),
+    /// else not at all.
+    fn admit(&self, max: usize) -> Option<Arc<Conn>> {
+        let mut inner = match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for (overflow, cap) in [(false, max), (true, OVERFLOW_RESERVE)] {
+            if *inner.count(overflow) < cap || inner.evict_idlest(overflow) {
+                return Some(inner.register(overflow));
+            }
+        }
+        None
+    }
+
+    fn remove(&self, conn: &Conn) {
+        let mut inner = match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if inner.conns.remove(&conn.id).is_some() && !conn.is_evicted() {
+            *inner.count(conn.overflow) -= 1;
+        }
+    }
+}
+
+/// Takes the connection out of the registry when its task ends.
+struct Registered {
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.shared.registry.remove(&self.conn);
+    }
+}
+
+// ---------------------------------------------------------------- service
+
+/// The router, as one connection's hyper service.
+#[derive(Clone)]
+struct ConnService {
+    router: Router,
+    /// The client's address, given to handlers as `ConnectInfo`.
+    peer: SocketAddr,
+    conn: Arc<Conn>,
+    body_timeout: Duration,
+    max_connections: usize,
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let busy = Busy::begin(&self.conn);
+        if self.conn.overflow && !OPS_PATHS.contains(&req.uri().path()) {
+            let resp = too_many_connections(self.max_connections);
+            return Box::pin(async move {
+                drop(busy);
+                Ok(resp)
+            });
+        }
+        let stall = Arc::new(Stall::default());
+        let timeout = self.body_timeout;
+        let (peer, method, path) = (self.peer, req.method().clone(), req.uri().path().to_owned());
+        let timed_out = move || {
+            tracing::warn!(
+                client = %peer,
+                %method,
+                ?path,
+                "the client's request body sent nothing for {} s; answered 408",
+                timeout.as_secs()
+            );
+            Ok(body_timed_out(timeout))
+        };
+        let mut req = req.map(|b| Body::new(ProgressBody::new(b, timeout, stall.clone())));
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let router = self.router.clone();
+        Box::pin(async move {
+            let resp = tokio::select! {
+                biased;
+                r = router.oneshot(req) => match r {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                },
+                _ = stall.notify.notified() => return timed_out(),
+            };
+            // The handler may have answered the broken body itself.
+            if stall.fired.load(Ordering::Acquire) {
+                return timed_out();
+            }
+            Ok(resp.map(|b| {
+                Body::new(Guarded {
+                    inner: b,
+                    _busy: busy,
+                })
+            }))
+        })
+    }
+}
+
+fn plain(status: StatusCode, text: String) -> Response<Body> {
+    let mut resp = Response::new(Body::from(text));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    resp
+}
+
+fn body_timed_out(timeout: Duration) -> Response<Body> {
+    plain(
+        StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "request body timed out: nothing received for {} s\n",
+            timeout.as_secs()
+        ),
+    )
+}
+
+fn too_many_connections(max: usize) -> Response<Body> {
+    let mut resp = plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("too many connections: this instance serves {max} at once; retry shortly\n"),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    resp
+}
+
+/// Raised when a request body stalls.
+#[derive(Default)]
+struct Stall {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+/// The error a stalled request body yields to its handler.
+#[derive(Debug)]
+struct BodyStalled(Duration);
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "request body timed out: nothing received for {} s",
+            self.0.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+/// A request body that fails once the client sends nothing for `timeout`
+/// while the handler waits for it (time the handler spends elsewhere does
+/// not count).
+struct ProgressBody {
+    inner: Incoming,
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    stall: Arc<Stall>,
+}
+
+impl ProgressBody {
+    fn new(inner: Incoming, timeout: Duration, stall: Arc<Stall>) -> Self {
+        ProgressBody {
+            inner,
+            timeout,
+            timer: None,
+            armed: false,
+            stall,
+        }
+    }
+}
+
+impl http_body::Body for ProgressBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.stall.fired.load(Ordering::Acquire) {
+            return Poll::Ready(Some(Err(BodyStalled(this.timeout).into())));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.armed = false;
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if stalled(&mut this.timer, &mut this.armed, this.timeout, cx) {
+                    this.stall.fired.store(true, Ordering::Release);
+                    this.stall.notify.notify_one();
+                    return Poll::Ready(Some(Err(BodyStalled(this.timeout).into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// After a `Pending`: arms the timer if it is not running, and says whether
+/// it has run out (registering the waker otherwise).
+fn stalled(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    armed: &mut bool,
+    timeout: Duration,
+    cx: &mut Context<'_>,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    if !*armed {
+        sleep.as_mut().reset(deadline);
+        *armed = true;
+    }
+    sleep.as_mut().poll(cx).is_ready()
+}
+
+/// A response body that keeps its request counted as in progress until
+/// hyper is done with it.
+struct Guarded {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// --------------------------------------------------------------------- io
+
+/// The connection's byte stream: notes bytes arriving between requests (the
+/// start of the next request's headers) and fails a write the client has
+/// taken nothing of for `send_timeout`.
+struct Tracked<S> {
+    inner: S,
+    conn: Arc<Conn>,
+    send_timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl<S> Tracked<S> {
+    fn new(inner: S, conn: Arc<Conn>, send_timeout: Duration) -> Self {
+        Tracked {
+            inner,
+            conn,
+            send_timeout,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    fn check<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Pending => {
+                if stalled(&mut self.timer, &mut self.armed, self.send_timeout, cx) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the client took nothing of the response for {} s",
+                            self.send_timeout.as_secs()
+                        ),
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.armed = false;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.conn.note_bytes();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.check(r, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.check(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.check(r, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.check(r, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_cap_leaves_descriptors_for_files() {
+        assert_eq!(default_max_connections(Some(1024)), (1024 - 256 - 32) / 2);
+        assert_eq!(default_max_connections(Some(1 << 20)), 4096);
+        assert_eq!(default_max_connections(None), 4096);
+        assert_eq!(default_max_connections(Some(100)), 16);
+    }
+
+    #[test]
+    fn admission_evicts_the_idlest_then_overflows_then_refuses() {
+        let reg = Registry::default();
+        let a = reg.admit(2).expect("a");
+        let b = reg.admit(2).expect("b");
+        let busy_b = Busy::begin(&b);
+        // Full: the idle one (a) makes room.
+        let c = reg.admit(2).expect("c");
+        assert!(a.is_evicted() && !b.is_evicted() && !c.overflow);
+        let _busy_c = Busy::begin(&c);
+        // Every one busy: the overflow reserve takes the next ones.
+        let mut extra = Vec::new();
+        for _ in 0..OVERFLOW_RESERVE {
+            let o = reg.admit(2).expect("overflow");
+            assert!(o.overflow);
+            extra.push((Busy::begin(&o), o));
+        }
+        assert!(reg.admit(2).is_none(), "past the reserve, refused");
+        reg.remove(&b);
+        drop(busy_b);
+        assert!(!reg.admit(2).expect("room again").overflow);
+    }
+
+    #[test]
+    fn deadlines_separate_headers_idleness_and_requests() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(2),
+            keep_alive_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(1),
+            max_connections: 1,
+        };
+        let c = Arc::new(Conn::new(1, false));
+        let start = c.head_started.load(Ordering::Acquire);
+        assert_eq!(
+            c.deadline(&limits),
+            Some(start + 2000),
+            "first request: header timeout from accept"
+        );
+        let busy = Busy::begin(&c);
+        assert_eq!(
+            c.deadline(&limits),
+            None,
+            "a request in progress is never timed out"
+        );
+        drop(busy);
+        let idle = c.idle_since.load(Ordering::Acquire);
+        assert_eq!(
+            c.deadline(&limits),
+            Some(idle + 5000),
+            "between requests: keep-alive timeout"
+        );
+        c.note_bytes();
+        let head = c.head_started.load(Ordering::Acquire);
+        assert!(head >= idle);
+        assert_eq!(
+            c.deadline(&limits),
+            Some(head + 2000),
+            "next request's headers: header timeout"
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! End to end: what slow, silent or numerous clients can hold. Stalled
+//! headers, idle keep-alive connections and stalled bodies are cut after
+//! their timeouts; a connection flood neither exhausts descriptors nor
+//! keeps `/health` from answering; uploads that keep moving and long polls
+//! are never cut.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const CAP: usize = 32;
+const OVERFLOW: usize = 32;
+
+/// An instance with a cap of 32 connections and 2 s header, 3 s keep-alive
+/// and 2 s body timeouts.
+fn limited() -> Server {
+    Server::start_with(&[
+        ("FERRY_MAX_CONNECTIONS", "32"),
+        ("FERRY_HEADER_READ_TIMEOUT_SECS", "2"),
+        ("FERRY_KEEP_ALIVE_TIMEOUT_SECS", "3"),
+        ("FERRY_BODY_TIMEOUT_SECS", "2"),
+    ])
+}
+
+fn connect(s: &Server) -> TcpStream {
+    let c = TcpStream::connect(&s.addr).unwrap();
+    c.set_nodelay(true).unwrap();
+    c
+}
+
+/// Reads until the server closes the connection (EOF or reset), for at
+/// most `max`; returns what was read and when it closed (`None`: still open).
+fn until_closed(c: &mut TcpStream, max: Duration) -> (Vec<u8>, Option<Instant>) {
+    let deadline = Instant::now() + max;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (got, None);
+        }
+        c.set_read_timeout(Some(left)).unwrap();
+        match c.read(&mut buf) {
+            Ok(0) => return (got, Some(Instant::now())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return (got, None),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return (got, Some(Instant::now())), // reset
+        }
+    }
+}
+
+/// Reads one response head (through the blank line) and returns its status.
+fn read_status(c: &mut TcpStream, max: Duration) -> Option<u16> {
+    c.set_read_timeout(Some(max)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match c.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `GET /health` on a new connection: status and how long it took.
+fn health(s: &Server) -> (Option<u16>, Duration) {
+    let start = Instant::now();
+    let Ok(mut c) = TcpStream::connect_timeout(&s.addr.parse().unwrap(), Duration::from_secs(2)) else {
+        return (None, start.elapsed());
+    };
+    if c.write_all(b"GET /health HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return (None, start.elapsed());
+    }
+    let status = read_status(&mut c, Duration::from_secs(3));
+    (status, start.elapsed())
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn a_flood_of_stalled_connections_neither_exhausts_descriptors_nor_blocks_health() {
+    let s = limited();
+    // The reproduction of the fault: at 128 descriptors, 300 connections
+    // that never finish their request line used to leave `accept` failing
+    // (EMFILE) and `/health` unanswered until they went away, which was never.
+    run_ok(Command::new("prlimit").args(["--pid", &s.pid().to_string(), "--nofile=128:128"]));
+    let baseline = open_fds(s.pid());
+    let opened = Instant::now();
+    let addr = s.addr.parse().unwrap();
+    let mut flood: Vec<TcpStream> = (0..300)
+        .map(|i| {
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("connection {i} of the flood: {e}"));
+            c.write_all(b"GET /health HT").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let during = open_fds(s.pid());
+    assert!(
+        during <= baseline + CAP + OVERFLOW + 4,
+        "{during} descriptors open during the flood ({baseline} before, cap {CAP})"
+    );
+    for _ in 0..3 {
+        let (status, took) = health(&s);
+        assert_eq!(status, Some(200), "/health during the flood");
+        assert!(
+            took < Duration::from_secs(1),
+            "/health took {took:?} during the flood"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Each stalled connection is closed: past the cap at once, the rest
+    // after the 2 s header timeout.
+    let mut still_open = 0;
+    for c in &mut flood {
+        let left = (opened + Duration::from_secs(5)).saturating_duration_since(Instant::now());
+        if until_closed(c, left).1.is_none() {
+            still_open += 1;
+        }
+    }
+    assert_eq!(
+        still_open, 0,
+        "stalled connections still open 5 s after they stalled"
+    );
+    assert!(
+        wait_until(3, || open_fds(s.pid()) <= baseline + 2),
+        "descriptors not released: {} open, {baseline} before",
+        open_fds(s.pid())
+    );
+    assert_eq!(health(&s).0, Some(200));
+}
+
+#[test]
+fn header_and_keep_alive_timeouts_close_connections() {
+    let s = limited();
+    let addr = s.addr.clone();
+    let timed = |f: fn(TcpStream) -> Duration| {
+        let c = TcpStream::connect(&addr).unwrap();
+        std::thread::spawn(move || f(c))
+    };
+    // Half a request line, then nothing: closed after the header timeout.
+    let half_line = timed(|mut c| {
+        c.write_all(b"GET /hea").unwrap();
+        let start = Instant::now();
+        let (_, closed) = until_closed(&mut c, Duration::from_secs(8));
+        closed.expect("a stalled request line was never cut") - start
+    });
+    // Nothing at all.
+    let silent = timed(|mut c| {
+        let start = Instant::now();
+        let (_, closed) = until_closed(&mut c, Duration::from_secs(8));
+        closed.expect("a silent connection was never cut") - start
+    });
+    // One request, then idle: closed after the keep-alive timeout (3 s),
+    // not the header timeout (2 s).
+    let idle = timed(|mut c| {
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: ferry\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_status(&mut c, Duration::from_secs(3)), Some(200));
+        let start = Instant::now();
+        let (_, closed) = until_closed(&mut c, Duration::from_secs(8));
+        closed.expect("an idle kept-alive connection was never cut") - start
+    });
+    // One request, then a second one's headers start and stall: the header
+    // timeout runs from their first byte.
+    let second = timed(|mut c| {
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: ferry\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_status(&mut c, Duration::from_secs(3)), Some(200));
+        std::thread::sleep(Duration::from_millis(2500));
+        c.write_all(b"GET /health HTTP/1.1\r\nHo").unwrap();
+        let start = Instant::now();
+        let (_, closed) = until_closed(&mut c, Duration::from_secs(8));
+        closed.expect("stalled second headers were never cut") - start
+    });
+    let within = |what: &str, took: Duration, lo: f64, hi: f64| {
+        let secs = took.as_secs_f64();
+        assert!(
+            (lo..=hi).contains(&secs),
+            "{what}: closed after {secs:.2} s, expected {lo}..{hi} s"
+        );
+    };
+    within("half a request line", half_line.join().unwrap(), 1.5, 4.0);
+    within("a silent connection", silent.join().unwrap(), 1.5, 4.0);
+    within("an idle kept-alive connection", idle.join().unwrap(), 2.6, 5.0);
+    within("stalled second headers", second.join().unwrap(), 1.5, 3.0);
+}
+
+#[test]
+fn uploads_that_keep_moving_pass_and_stalled_bodies_are_cut() {
+    let s = limited();
+    s.create_feed("files", "assets");
+    let auth = format!("Authorization: Bearer {ADMIN}");
+
+    // 6 chunks a second apart: 6 s in all, three times the body timeout,
+    // but never idle for longer than 1 s.
+    let slow = {
+        let mut c = connect(&s);
+        let auth = auth.clone();
+        std::thread::spawn(move || {
+            let chunk = [b'x'; 1000];
+            let head = format!(
+                "PUT /assets/files/slow.bin HTTP/1.1\r\nHost: ferry\r\n{auth}\r\nContent-Length: 6000\r\n\r\n"
+            );
+            c.write_all(head.as_bytes()).unwrap();
+            let start = Instant::now();
+            for _ in 0..6 {
+                std::thread::sleep(Duration::from_millis(1000));
+                c.write_all(&chunk).unwrap();
+            }
+            (read_status(&mut c, Duration::from_secs(5)), start.elapsed())
+        })
+    };
+
+    // A body that stops after 100 of 1000 bytes: 408 after about 2 s.
+    let mut c = connect(&s);
+    let head = format!(
+        "PUT /assets/files/stalled.bin HTTP/1.1\r\nHost: ferry\r\n{auth}\r\nContent-Length: 1000\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(&[b'y'; 100]).unwrap();
+    let start = Instant::now();
+    let status = read_status(&mut c, Duration::from_secs(8));
+    let took = start.elapsed();
+    assert_eq!(status, Some(408), "a stalled body is answered 408");
+    assert!(
+        (1.5..=4.0).contains(&took.as_secs_f64()),
+        "408 after {took:?}, expected about 2 s"
+    );
+    assert!(
+        until_closed(&mut c, Duration::from_secs(2)).1.is_some(),
+        "the connection closes after the 408"
+    );
+    assert!(
+        s.lacks("files", "stalled.bin"),
+        "nothing of the stalled upload is stored"
+    );
+
+    let (status, took) = slow.join().unwrap();
+    assert_eq!(status, Some(201), "a slow upload that keeps moving succeeds");
+    assert!(took >= Duration::from_secs(6), "{took:?}");
+    assert!(s.serves("files", "slow.bin", &[b'x'; 6000]));
+
+    // A client that stops reading a download: the server gives up on it
+    // after the body timeout instead of holding the connection for ever.
+    let big = vec![b'z'; 32 << 20];
+    s.put_asset("files", "big.bin", &big);
+    let mut c = connect(&s);
+    c.write_all(b"GET /assets/files/big.bin HTTP/1.1\r\nHost: ferry\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let (got, closed) = until_closed(&mut c, Duration::from_secs(5));
+    assert!(closed.is_some(), "the stalled download's connection stays open");
+    assert!(
+        got.len() < big.len(),
+        "the whole download was sent although the client stopped reading"
+    );
+}
+
+#[test]
+fn long_polls_outlive_every_timeout_and_health_answers_while_every_connection_is_busy() {
+    let s = Server::start_with(&[
+        ("FERRY_MAX_CONNECTIONS", "2"),
+        ("FERRY_HEADER_READ_TIMEOUT_SECS", "2"),
+        ("FERRY_KEEP_ALIVE_TIMEOUT_SECS", "3"),
+        ("FERRY_BODY_TIMEOUT_SECS", "2"),
+    ]);
+    s.create_feed("files", "assets");
+    let token = s.incoming("edges", &["files"], "push");
+    // Two long polls fill the cap of 2. wait=6: longer than the header
+    // (2 s), body (2 s) and keep-alive (3 s) timeouts. The feed is empty, so
+    // each answers when its wait ends.
+    let req = format!(
+        "GET /api/replication/v1/feeds/files/changes?since=0&wait=6 HTTP/1.1\r\nHost: ferry\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    let start = Instant::now();
+    let mut polls: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut c = connect(&s);
+            c.write_all(req.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Every connection is busy with a request: /health still answers, and
+    // anything else is refused at once with a 503 to retry.
+    let (status, took) = health(&s);
+    assert_eq!(status, Some(200), "/health while every connection is busy");
+    assert!(took < Duration::from_secs(1), "/health took {took:?}");
+    let mut c = connect(&s);
+    c.write_all(b"GET /api/v1/feeds HTTP/1.1\r\nHost: ferry\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_status(&mut c, Duration::from_secs(2)),
+        Some(503),
+        "past the cap, requests other than health checks are refused"
+    );
+
+    for c in &mut polls {
+        assert_eq!(
+            read_status(c, Duration::from_secs(12)),
+            Some(200),
+            "the long poll answers normally"
+        );
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(5500),
+        "the long polls ended early: {took:?}"
+    );
+    assert_eq!(health(&s).0, Some(200));
+}
