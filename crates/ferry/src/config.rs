@@ -26,6 +26,9 @@ pub struct Config {
     pub fsck_sample: f64,
     /// How far ahead of this clock a replicated stamp may be, in seconds.
     pub max_clock_skew_secs: u64,
+    /// Serve `/metrics` without a key (they name private feeds and
+    /// replications). Off by default.
+    pub metrics_public: bool,
     /// `tracing` filter, e.g. "info" or "ferry=debug".
     pub log: String,
     /// Seconds a client has to send a request's headers, counted from the
@@ -73,6 +76,7 @@ impl Default for Config {
             fsck_interval_secs: 86_400,
             fsck_sample: 0.05,
             max_clock_skew_secs: 300,
+            metrics_public: false,
             log: "info".into(),
             header_read_timeout_secs: 30,
             keep_alive_timeout_secs: 75,
@@ -180,6 +184,11 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&cfg.fsck_sample) {
             anyhow::bail!("fsck_sample must be between 0 and 1, not {}", cfg.fsck_sample);
+        }
+        if let Ok(v) = std::env::var("FERRY_METRICS_PUBLIC") {
+            cfg.metrics_public = v
+                .parse()
+                .with_context(|| format!("FERRY_METRICS_PUBLIC={v:?} (true or false)"))?;
         }
         if let Ok(v) = std::env::var("FERRY_LOG") {
             cfg.log = v;

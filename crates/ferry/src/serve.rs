@@ -65,6 +65,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let core_cfg = ferry_core::Config {
         max_upload_bytes: cfg.max_upload_bytes,
         max_clock_skew: Duration::from_secs(cfg.max_clock_skew_secs),
+        metrics_public: cfg.metrics_public,
         ..Default::default()
     };
     let meta = Arc::new(meta);

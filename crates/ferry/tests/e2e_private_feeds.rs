@@ -80,3 +80,31 @@ fn keys_follow_feeds_and_private_feeds_stay_hidden() {
     assert_eq!(status, 200);
     assert!(body.contains("ferry_http_requests_total"), "{body}");
 }
+
+/// `/metrics` names private feeds and replications: it needs a key unless
+/// the configuration makes it public.
+#[test]
+fn metrics_need_a_key_unless_configured_public() {
+    let s = Server::start();
+    let url = format!("{}/metrics", s.url);
+    assert_eq!(curl(&[&url]).0, 401);
+    assert_eq!(
+        curl(&["-H", &format!("Authorization: Bearer {ADMIN}"), &url]).0,
+        200
+    );
+    let public = Server::start_with(&[("FERRY_METRICS_PUBLIC", "true")]);
+    assert_eq!(curl(&[&format!("{}/metrics", public.url)]).0, 200);
+    let bad = std::process::Command::new(support::bin())
+        .args([
+            "serve",
+            "--data-dir",
+            "/nonexistent-ferry-test",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("FERRY_METRICS_PUBLIC", "maybe")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("FERRY_METRICS_PUBLIC"));
+}

@@ -13,6 +13,22 @@ use serde::de::DeserializeOwned;
 use crate::ReplError;
 use crate::protocol::*;
 
+/// A transport failure with its whole cause chain (a TLS verification
+/// error sits several causes below reqwest's "error sending request").
+fn transport(e: reqwest::Error) -> ReplError {
+    let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    ReplError::Transport(msg)
+}
+
 #[derive(Clone)]
 pub struct Remote {
     http: reqwest::Client,
@@ -63,12 +79,8 @@ impl Remote {
     }
 
     async fn json<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ReplError> {
-        let resp = rb.send().await.map_err(|e| ReplError::Transport(e.to_string()))?;
-        Self::check(resp)
-            .await?
-            .json::<T>()
-            .await
-            .map_err(|e| ReplError::Transport(e.to_string()))
+        let resp = rb.send().await.map_err(transport)?;
+        Self::check(resp).await?.json::<T>().await.map_err(transport)
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ReplError> {
@@ -166,7 +178,7 @@ impl Remote {
         if offset > 0 {
             rb = rb.header(reqwest::header::RANGE, format!("bytes={offset}-"));
         }
-        let resp = rb.send().await.map_err(|e| ReplError::Transport(e.to_string()))?;
+        let resp = rb.send().await.map_err(transport)?;
         if offset > 0 && resp.status() == StatusCode::RANGE_NOT_SATISFIABLE {
             // The earlier transfer already holds every byte (it was cut off
             // between the last byte and the commit), or more than the blob
@@ -188,7 +200,7 @@ impl Remote {
             .req(Method::PUT, &format!("/blobs/{digest}"))
             .header(reqwest::header::CONTENT_LENGTH, size)
             .body(reqwest::Body::wrap_stream(body));
-        let resp = rb.send().await.map_err(|e| ReplError::Transport(e.to_string()))?;
+        let resp = rb.send().await.map_err(transport)?;
         Self::check(resp).await?;
         Ok(())
     }
