@@ -5,13 +5,24 @@
 //! file, key `{normalized project}/{filename}`, metadata a [`FileMeta`],
 //! blobs: the file, and for a wheel its core metadata file (PEP 658). Simple pages are derived from the items and cached
 //! until the feed changes.
+//!
+//! A feed holds one file per [`FileIdentity`]: a file equivalent to one the
+//! project has (same normalized name, PEP 440 version and wheel tags or
+//! sdist format, however spelled) is refused like the same file name
+//! twice. Uploads of one project are checked and written one at a time on
+//! this instance (see `lock_project`), so two equivalent uploads at once
+//! cannot both get in. Not covered: replication. Equivalent files uploaded
+//! on two instances before either has the other's both stay (each keyed
+//! by its own file name); preventing that would take coordination between
+//! instances.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::BufReader;
 
 use bytes::Bytes;
 use ferry_formats::pypi::{
-    self as dist, check_upload, inspect_distribution, normalized_project_name, parse_file_key,
-    parse_filename, project_prefix, render_project, render_root, versions_match,
+    self as dist, FileIdentity, check_upload, file_identity, inspect_distribution, normalized_project_name,
+    parse_file_key, parse_filename, project_prefix, render_project, render_root, versions_match,
 };
 use ferry_store::{FeedRecord, ItemRecord, Precondition, StagedBlob, now_millis};
 use ferry_types::{Digest, ItemKey};
@@ -66,8 +77,12 @@ pub fn check_filename(filename: &str) -> Result<(), CoreError> {
 
 /// Publishes an uploaded distribution file that has been staged: inspects
 /// the archive (off the async threads), checks the form against it, then
-/// commits the blob and writes the item. The same file name twice is a
-/// conflict; nothing is written when any check fails.
+/// commits the blob and writes the item. A file the project already has —
+/// the same file name, or an equivalent one (the same [`FileIdentity`]:
+/// `Dupe-1.0.0-py3-none-any.whl` after `dupe-1.0-py3-none-any.whl`) — is a
+/// conflict naming the file there; nothing is written when any check
+/// fails. Checked and written under the project's lock, so of two
+/// equivalent uploads at once exactly one gets in.
 pub async fn upload(
     ferry: &Ferry,
     feed: &FeedRecord,
@@ -88,17 +103,11 @@ pub async fn upload(
     .map_err(|e| CoreError::Internal(format!("archive inspection failed: {e}")))??;
     let digest = staged.digest();
     check_upload(form, &info, &digest)?;
+    let identity = file_identity(filename, Some(&info.normalized_name))?;
     let mut meta = FileMeta::new(&info, digest, staged.size(), crate::rfc3339(now_millis()));
     let key = meta.key()?;
-    let exists = || {
-        CoreError::conflict(format!(
-            "{} already exists in feed {}; a file cannot be replaced (delete it first, or upload a new version)",
-            meta.filename, feed.name
-        ))
-    };
-    if ferry.item(feed, &key).await?.is_some() {
-        return Err(exists());
-    }
+    // Early, to refuse before committing anything; again under the lock.
+    refuse_equivalent(ferry, feed, &identity, filename).await?;
     let digest = ferry.commit_blob(staged).await?;
     let mut blobs = vec![digest];
     if let Some(core) = info.core_metadata {
@@ -108,12 +117,75 @@ pub async fn upload(
         meta.core_metadata = Some(md);
         blobs.push(md);
     }
+    let _project = lock_project(feed, &identity.project).await;
+    refuse_equivalent(ferry, feed, &identity, filename).await?;
     let write = LocalWrite::upsert(key, meta.to_json(), blobs, Precondition::Absent);
     match ferry.write(feed, vec![write]).await {
         Ok(_) => Ok(meta),
-        Err(CoreError::Conflict(_)) => Err(exists()),
+        // Written meanwhile by replication, which takes no lock.
+        Err(CoreError::Conflict(_)) => Err(already_exists(feed, filename)),
         Err(e) => Err(e),
     }
+}
+
+/// The conflict of a file name the project has already.
+fn already_exists(feed: &FeedRecord, filename: &str) -> CoreError {
+    CoreError::conflict(format!(
+        "{filename} already exists in feed {}; a file cannot be replaced (delete it first, or upload a new version)",
+        feed.name
+    ))
+}
+
+/// Refuses (Conflict, naming the file there) an upload of `filename` when
+/// the project already has a file of the same identity. Reads every live
+/// file of the project, by key: an item whose metadata cannot be read
+/// still counts.
+async fn refuse_equivalent(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    identity: &FileIdentity,
+    filename: &str,
+) -> Result<(), CoreError> {
+    let prefix = project_prefix(&identity.project)?;
+    for item in ferry.items(feed, &prefix).await? {
+        let Ok((project, existing)) = parse_file_key(&item.key) else {
+            continue;
+        };
+        if existing == filename {
+            return Err(already_exists(feed, filename));
+        }
+        if file_identity(existing, Some(project)).is_ok_and(|other| other == *identity) {
+            return Err(CoreError::conflict(format!(
+                "{filename} is equivalent to {existing}, which already exists in feed {}: both are {identity}, \
+                 and installers cannot tell them apart; a file cannot be replaced (delete {existing} first, \
+                 or upload a new version)",
+                feed.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// How many locks the projects of every feed share (by hash).
+const PROJECT_LOCK_STRIPES: usize = 64;
+
+static PROJECT_LOCKS: [tokio::sync::Mutex<()>; PROJECT_LOCK_STRIPES] =
+    [const { tokio::sync::Mutex::const_new(()) }; PROJECT_LOCK_STRIPES];
+
+/// Serializes, on this instance, the final check and the write of uploads
+/// to project `normalized` of `feed`: an upload reads the project's files
+/// and writes its own while holding the lock, so of two equivalent uploads
+/// at once (different file names, so different keys, which a store
+/// precondition cannot catch) the second sees the first. The locks are
+/// process-wide stripes shared by hash (a collision only makes one upload
+/// wait for another's check and write, which do no archive work); a task
+/// holds one at a time, so they cannot deadlock.
+async fn lock_project(feed: &FeedRecord, normalized: &str) -> tokio::sync::MutexGuard<'static, ()> {
+    let mut h = DefaultHasher::new();
+    feed.id.hash(&mut h);
+    normalized.hash(&mut h);
+    let stripe = (h.finish() % PROJECT_LOCK_STRIPES as u64) as usize;
+    PROJECT_LOCKS[stripe].lock().await
 }
 
 /// Every file of `project` (any spelling), in key order. Items whose

@@ -214,3 +214,38 @@ fn private_feed_needs_credentials_in_the_index_url() {
     run_ok(&mut uv_install(&with_key, &uv_dir, "hush"));
     assert_eq!(installed_version(&uv_dir, "hush"), "0.3");
 }
+
+/// twine cannot add a file equivalent to one the release has
+/// (`dupe-1.0-…` after `Dupe-1.0.0-…`): 409, and pip and uv both install
+/// the one file there is for `dupe==1.0.0`.
+#[test]
+fn an_equivalent_file_is_refused_and_pip_and_uv_install_the_same_bytes() {
+    let s = Server::start();
+    s.create_feed("py", "pypi");
+    let key = s.key("publisher", "write");
+    let tmp = tempfile::tempdir().unwrap();
+    let first = write_dists(tmp.path(), &[dist::wheel("Dupe", "1.0.0", "dupe", None)]);
+    let other = tempfile::tempdir().unwrap();
+    let second = write_dists(other.path(), &[dist::wheel("dupe", "1.0", "dupe", None)]);
+    run_ok(&mut twine_upload(&s, "py", &key, &first, &[]));
+    let out = run_fail(&mut twine_upload(&s, "py", &key, &second, &["--verbose"]));
+    assert!(stderr(&out).contains("409"), "{}", stderr(&out));
+
+    let index = format!("{}/pypi/py/simple/", s.url);
+    let (status, body) = curl(&[
+        "-H",
+        "Accept: application/vnd.pypi.simple.v1+json",
+        &format!("{index}dupe/"),
+    ]);
+    assert_eq!(status, 200);
+    let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let files = page["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{page}");
+    assert_eq!(files[0]["filename"], "Dupe-1.0.0-py3-none-any.whl");
+    let pip_dir = tmp.path().join("pip");
+    run_ok(&mut pip_install(&index, &pip_dir, "dupe==1.0.0"));
+    let uv_dir = tmp.path().join("uv");
+    run_ok(&mut uv_install(&index, &uv_dir, "dupe==1.0.0"));
+    assert_eq!(installed_version(&pip_dir, "dupe"), "1.0.0");
+    assert_eq!(installed_version(&uv_dir, "dupe"), "1.0.0");
+}

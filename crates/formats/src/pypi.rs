@@ -15,6 +15,11 @@
 //!   `yanked_reason`, `upload_time`);
 //! - **blob**: exactly one, the file itself; its digest equals `sha256`.
 //!
+//! A feed keeps one file per [`FileIdentity`] (project, PEP 440 version,
+//! wheel build tag and tag set, or sdist format): equivalent names such as
+//! `Dupe-1.0.0-py3-none-any.whl` and `dupe-1.0-py3-none-any.whl` are one
+//! file to installers, though their keys differ.
+//!
 //! Yanking (PEP 592) rewrites the item with `yanked`/`yanked_reason` set;
 //! the file stays downloadable. Simple pages are derived from the items and
 //! rebuilt locally, never replicated.
@@ -30,6 +35,7 @@
 
 mod archive;
 mod filename;
+mod identity;
 mod metadata;
 mod names;
 mod negotiate;
@@ -82,6 +88,7 @@ use serde::{Deserialize, Serialize};
 
 pub use archive::{DistInfo, inspect_distribution};
 pub use filename::{ArchiveFormat, DistFilename, DistKind, MAX_FILENAME_LEN, WheelTags, parse_filename};
+pub use identity::{FileFlavor, FileIdentity, SdistFormat, file_identity};
 pub use metadata::{CoreMetadata, parse_core_metadata};
 pub use names::{MAX_NAME_LEN, normalize_name, normalized_project_name, validate_project_name};
 pub use negotiate::{

@@ -53,6 +53,21 @@ impl Version {
         self.pre.is_some() || self.dev.is_some()
     }
 
+    /// The canonical form: the normalized form with the release's trailing
+    /// zeros dropped (`1.0.0` → `1`, `01.0rc1` → `1rc1`, `0.0` → `0`), as
+    /// `packaging.utils.canonicalize_version` gives it. Two versions are
+    /// equal under PEP 440 exactly when their canonical forms are the same
+    /// string, so this identifies a release.
+    pub fn canonical(&self) -> String {
+        let trimmed = self.release_trimmed();
+        let release = if trimmed.is_empty() { &[0][..] } else { trimmed };
+        let same = Version {
+            release: release.to_vec(),
+            ..self.clone()
+        };
+        same.to_string()
+    }
+
     fn release_trimmed(&self) -> &[u64] {
         let mut r = &self.release[..];
         while let [rest @ .., 0] = r {
@@ -411,6 +426,17 @@ mod tests {
             assert!(a < b, "{} < {}", w[0], w[1]);
         }
         assert!(versions_match("1.0", "1.0.0"));
+        for (a, b) in [
+            ("1.0.0", "1"),
+            ("01.0", "1"),
+            ("0.0", "0"),
+            ("1.0.0rc1", "1rc1"),
+            ("1!2.0.post0.dev0+Local.01", "1!2.post0.dev0+local.1"),
+            ("1.0.1", "1.0.1"),
+            ("1.0+abc", "1+abc"),
+        ] {
+            assert_eq!(Version::parse(a).unwrap().canonical(), b, "{a}");
+        }
         assert!(versions_match("1.0-ALPHA1", "1.0a1"));
         assert!(!versions_match("1.0", "1.0.post0"));
         assert!(!versions_match("x", "x"));
