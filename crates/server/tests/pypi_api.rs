@@ -873,3 +873,157 @@ fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// `file` under another file name (same bytes).
+fn renamed((_, data): &(String, Vec<u8>), filename: &str) -> (String, Vec<u8>) {
+    (filename.to_owned(), data.clone())
+}
+
+/// Files that installers cannot tell apart (same normalized project name,
+/// PEP 440 version, wheel build tag and tag set, or sdist format) are one
+/// file: the second is refused with 409 naming the first, however it is
+/// spelled. Files of one release that differ are fine.
+#[tokio::test]
+async fn equivalent_files_are_refused_naming_the_existing_one() {
+    let (i, w) = setup().await;
+    let first = dist::wheel("Dupe", "1.0.0", "dupe", None);
+    assert_eq!(first.0, "Dupe-1.0.0-py3-none-any.whl");
+    let r = upload(&i, "py", &w, "Dupe", "1.0.0", &first).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // (file, version in the form, the file it duplicates)
+    let twice = [
+        (
+            dist::wheel("dupe", "1.0.0", "dupe", None),
+            "1.0.0",
+            first.0.as_str(),
+        ),
+        (dist::wheel("dupe", "01.0.0", "dupe", None), "01.0.0", &first.0),
+        (dist::wheel("dupe", "1.0", "dupe", None), "1.0", &first.0),
+        (
+            renamed(
+                &dist::wheel("dupe", "1.0.0", "dupe", None),
+                "dupe-1.0.0-PY3-None-any.whl",
+            ),
+            "1.0.0",
+            &first.0,
+        ),
+    ];
+    for (file, version, existing) in &twice {
+        let r = upload(&i, "py", &w, "dupe", version, file).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}: {}", file.0, r.text());
+        assert!(
+            r.text().contains(&format!("equivalent to {existing}")),
+            "{}: {}",
+            file.0,
+            r.text()
+        );
+    }
+
+    // Other files of the release: another tag set, a build tag, an sdist
+    // in each format. Each is then taken, whatever its spelling.
+    let py23 = renamed(
+        &dist::wheel("dupe", "1.0.0", "dupe", None),
+        "dupe-1.0.0-py2.py3-none-any.whl",
+    );
+    let build = renamed(
+        &dist::wheel("dupe", "1.0.0", "dupe", None),
+        "dupe-1.0.0-1-py3-none-any.whl",
+    );
+    let sdist = dist::sdist("Dupe", "1.0.0", None);
+    let meta = dist::metadata("dupe", "1.0.0", None);
+    let zip = (
+        "dupe-1.0.0.zip".to_owned(),
+        dist::zip(&[("dupe-1.0.0/PKG-INFO", meta.as_bytes())]),
+    );
+    for file in [&py23, &build, &sdist, &zip] {
+        let r = upload(&i, "py", &w, "dupe", "1.0.0", file).await;
+        assert_eq!(r.status, StatusCode::OK, "{}: {}", file.0, r.text());
+    }
+    let meta10 = dist::metadata("dupe", "1.0", None);
+    let again = [
+        (
+            renamed(
+                &dist::wheel("dupe", "1.0", "dupe", None),
+                "dupe-1.0-py3.py2-none-any.whl",
+            ),
+            py23.0.as_str(),
+        ),
+        (
+            renamed(
+                &dist::wheel("dupe", "1.0", "dupe", None),
+                "dupe-1.0-01-py3-none-any.whl",
+            ),
+            &build.0,
+        ),
+        (dist::sdist("dupe", "1.0", None), &sdist.0),
+        (
+            (
+                "DUPE-1.0.zip".to_owned(),
+                dist::zip(&[("DUPE-1.0/PKG-INFO", meta10.as_bytes())]),
+            ),
+            &zip.0,
+        ),
+    ];
+    for (file, existing) in &again {
+        let r = upload(&i, "py", &w, "dupe", "1.0", file).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}: {}", file.0, r.text());
+        assert!(
+            r.text().contains(&format!("equivalent to {existing}")),
+            "{}: {}",
+            file.0,
+            r.text()
+        );
+    }
+    let page = get_json(&i, "/pypi/py/simple/dupe/").await.json();
+    let mut names: Vec<&str> = page["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["filename"].as_str().unwrap())
+        .collect();
+    names.sort();
+    let mut want = vec![first.0.as_str(), &py23.0, &build.0, &sdist.0, &zip.0];
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(
+        i.get(&format!("/pypi/py/files/dupe/{}", first.0)).await.body,
+        first.1
+    );
+
+    // Once the file is deleted, an equivalent one may take its place.
+    let url = format!("/pypi/py/files/dupe/{}", first.0);
+    assert_eq!(
+        i.send("DELETE", &url, Some(&w), &[], Body::empty()).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let r = upload(&i, "py", &w, "dupe", "1.0.0", &twice[0].0).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(i.staging_files(), 0);
+}
+
+/// Two equivalent uploads at the same time: exactly one gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn equivalent_uploads_at_once_do_not_both_get_in() {
+    let (i, w) = setup().await;
+    for round in 0..8 {
+        let project = format!("race{round}");
+        let a = dist::wheel(&project.to_uppercase(), "1.0", &project, None);
+        let b = dist::wheel(&project, "1.0.0", &project, None);
+        let (ra, rb) = tokio::join!(
+            upload(&i, "py", &w, &project, "1.0", &a),
+            upload(&i, "py", &w, &project, "1.0.0", &b),
+        );
+        let mut statuses = [ra.status, rb.status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::CONFLICT],
+            "{}\n{}",
+            ra.text(),
+            rb.text()
+        );
+        let page = get_json(&i, &format!("/pypi/py/simple/{project}/")).await.json();
+        assert_eq!(page["files"].as_array().unwrap().len(), 1, "{page}");
+    }
+}
