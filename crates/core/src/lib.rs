@@ -55,6 +55,11 @@ pub struct Config {
     /// name every feed, private ones too, and every replication (see
     /// [`auth::authorize_metrics`]).
     pub metrics_public: bool,
+    /// The URL clients reach this instance at when it is behind a reverse
+    /// proxy (`https://example.test/registry`, no trailing `/`): every
+    /// absolute URL Ferry emits starts with it. `None`: taken from each
+    /// request. Checked by [`validate_base_url`].
+    pub base_url: Option<String>,
 }
 
 impl Default for Config {
@@ -65,6 +70,7 @@ impl Default for Config {
             blob_lease: Duration::from_secs(3600),
             max_clock_skew: Duration::from_secs(300),
             metrics_public: false,
+            base_url: None,
         }
     }
 }
@@ -648,6 +654,25 @@ impl Ferry {
             report.blobs_deleted += batch.len() as u64;
         }
     }
+}
+
+/// Checks an external base URL (see [`Config::base_url`]): `http://` or
+/// `https://`, a host, an optional path prefix, no query or fragment;
+/// returns it without a trailing `/`.
+pub fn validate_base_url(url: &str) -> Result<String, CoreError> {
+    let bad = |why: &str| CoreError::invalid(format!("base_url {url:?}: {why}"));
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| bad("must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    if url.contains(['?', '#', ' ', '"', '<', '>', '\\']) || url.chars().any(char::is_control) {
+        return Err(bad("must not contain a query, a fragment, spaces or quotes"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 /// RFC 3339 (UTC, milliseconds) for a millisecond timestamp; used in indexes.

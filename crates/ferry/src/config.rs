@@ -26,6 +26,10 @@ pub struct Config {
     pub fsck_sample: f64,
     /// How far ahead of this clock a replicated stamp may be, in seconds.
     pub max_clock_skew_secs: u64,
+    /// The URL clients reach this instance at behind a reverse proxy
+    /// (`https://example.test/registry`); absolute URLs Ferry emits (npm
+    /// tarballs) start with it. Unset: taken from each request.
+    pub base_url: Option<String>,
     /// Serve `/metrics` without a key (they name private feeds and
     /// replications). Off by default.
     pub metrics_public: bool,
@@ -77,6 +81,7 @@ impl Default for Config {
             fsck_sample: 0.05,
             max_clock_skew_secs: 300,
             metrics_public: false,
+            base_url: None,
             log: "info".into(),
             header_read_timeout_secs: 30,
             keep_alive_timeout_secs: 75,
@@ -184,6 +189,12 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&cfg.fsck_sample) {
             anyhow::bail!("fsck_sample must be between 0 and 1, not {}", cfg.fsck_sample);
+        }
+        if let Ok(v) = std::env::var("FERRY_BASE_URL") {
+            cfg.base_url = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(url) = &cfg.base_url {
+            cfg.base_url = Some(ferry_core::validate_base_url(url)?);
         }
         if let Ok(v) = std::env::var("FERRY_METRICS_PUBLIC") {
             cfg.metrics_public = v

@@ -66,6 +66,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         max_upload_bytes: cfg.max_upload_bytes,
         max_clock_skew: Duration::from_secs(cfg.max_clock_skew_secs),
         metrics_public: cfg.metrics_public,
+        base_url: cfg.base_url.clone(),
         ..Default::default()
     };
     let meta = Arc::new(meta);

@@ -176,10 +176,25 @@ fn parse_segments(segs: &[&str]) -> Endpoint {
     }
 }
 
-/// The registry root as the client reached it, for absolute tarball URLs:
-/// scheme from `X-Forwarded-Proto` (else http), host from `Host` (else the
+/// The registry root as clients should see it, for absolute tarball URLs
+/// (npm needs them absolute): `{base_url}/npm/FEED` when the instance has
+/// an external base URL (behind a reverse proxy, with or without a path
+/// prefix); otherwise as the client reached it, with the scheme from
+/// `X-Forwarded-Proto` (else http) and the host from `Host` (else the
 /// request target's authority).
-fn registry_base(headers: &HeaderMap, uri: &Uri, feed: &FeedRecord) -> Result<String, CoreError> {
+fn registry_base(
+    ferry: &Ferry,
+    headers: &HeaderMap,
+    uri: &Uri,
+    feed: &FeedRecord,
+) -> Result<String, CoreError> {
+    if let Some(base) = &ferry.config().base_url {
+        return Ok(format!("{}/npm/{}", base.trim_end_matches('/'), feed.name));
+    }
+    request_base(headers, uri, feed)
+}
+
+fn request_base(headers: &HeaderMap, uri: &Uri, feed: &FeedRecord) -> Result<String, CoreError> {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -282,7 +297,7 @@ async fn read_inner(
             )),
         },
         Endpoint::Package { name, rev: None } => {
-            let base = registry_base(headers, uri, feed)?;
+            let base = registry_base(ferry, headers, uri, feed)?;
             let p = npm::packument(ferry, feed, &name, &base).await?;
             let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
             let (body, content_type, etag) = if format::wants_abbreviated(accept, uri.query()) {
@@ -297,7 +312,7 @@ async fn read_inner(
             Ok(index_response(headers, feed, body, content_type, &etag))
         }
         Endpoint::Version { name, spec } => {
-            let base = registry_base(headers, uri, feed)?;
+            let base = registry_base(ferry, headers, uri, feed)?;
             let p = npm::packument(ferry, feed, &name, &base).await?;
             let doc: serde_json::Value = serde_json::from_slice(&p.full)
                 .map_err(|e| CoreError::Internal(format!("packument of {name}: {e}")))?;
@@ -311,7 +326,7 @@ async fn read_inner(
             }
         }
         Endpoint::DistTags { name } => {
-            let base = registry_base(headers, uri, feed)?;
+            let base = registry_base(ferry, headers, uri, feed)?;
             let p = npm::packument(ferry, feed, &name, &base).await?;
             Ok(([(header::CONTENT_TYPE, "application/json")], p.dist_tags).into_response())
         }
@@ -580,18 +595,18 @@ mod tests {
         };
         let uri: Uri = "/npm/f/p".parse().unwrap_or_else(|e| panic!("{e}"));
         let mut h = HeaderMap::new();
-        assert!(registry_base(&h, &uri, &feed).is_err());
+        assert!(request_base(&h, &uri, &feed).is_err());
         h.insert(header::HOST, HeaderValue::from_static("example.org:8080"));
         assert_eq!(
-            registry_base(&h, &uri, &feed).ok().as_deref(),
+            request_base(&h, &uri, &feed).ok().as_deref(),
             Some("http://example.org:8080/npm/f")
         );
         h.insert("x-forwarded-proto", HeaderValue::from_static("https, http"));
         assert_eq!(
-            registry_base(&h, &uri, &feed).ok().as_deref(),
+            request_base(&h, &uri, &feed).ok().as_deref(),
             Some("https://example.org:8080/npm/f")
         );
         h.insert(header::HOST, HeaderValue::from_static("evil\"host"));
-        assert!(registry_base(&h, &uri, &feed).is_err());
+        assert!(request_base(&h, &uri, &feed).is_err());
     }
 }

@@ -29,7 +29,7 @@ use axum::routing::{delete, get, post};
 use ferry_core::pypi::{self, FileMeta, UploadForm};
 use ferry_core::{CoreError, Ferry};
 use ferry_formats::pypi::negotiate;
-use ferry_store::{ByteStream, FeedRecord, StagedBlob};
+use ferry_store::{ByteStream, StagedBlob};
 use serde::Serialize;
 
 use crate::AppState;
@@ -62,26 +62,59 @@ pub fn routes() -> Router<AppState> {
         .route("/pypi/{feed}/project/{project}/{version}", delete(delete_version))
 }
 
-/// Where file links of `feed` point: root-relative, so pages work behind
-/// any host name (pip and uv resolve links against the page URL).
-fn files_base(feed: &FeedRecord) -> String {
-    format!("/pypi/{}", feed.name)
-}
+/// Where file links of a project page (`/pypi/FEED/simple/PROJECT/`)
+/// point: relative to the page (`../../files/...`), so pages work behind
+/// any host name and under any path prefix a reverse proxy adds (PEP 503
+/// and PEP 691 let links be relative; pip and uv resolve them against the
+/// page URL).
+const FILES_BASE: &str = "../..";
 
-fn moved(location: String) -> Response {
+/// A redirect to the feed-local path `target` (e.g. `/pypi/F/simple/`),
+/// written relative to the request's own path so it survives a path
+/// prefix added by a reverse proxy (RFC 9110 §10.2.2 allows a relative
+/// `Location`).
+fn moved(request_path: &str, target: &str) -> Response {
+    let location = relative_reference(request_path, target);
     (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, location)]).into_response()
 }
 
-async fn base_redirect(access: FeedAccess) -> Response {
-    moved(format!("/pypi/{}/simple/", access.feed.name))
+/// `target` as a reference relative to `from` (both absolute paths): as
+/// many `..` as `from`'s directory is deeper than their common directory,
+/// then the rest of `target`.
+fn relative_reference(from: &str, target: &str) -> String {
+    let dir: Vec<&str> = match from.rfind('/') {
+        Some(i) => from[..i].split('/').collect(),
+        None => vec![""],
+    };
+    let goal: Vec<&str> = target.split('/').collect();
+    let (goal_dir, goal_last) = goal.split_at(goal.len().saturating_sub(1));
+    let common = dir.iter().zip(goal_dir).take_while(|(a, b)| a == b).count();
+    let mut out = String::new();
+    for _ in common..dir.len() {
+        out.push_str("../");
+    }
+    for seg in &goal_dir[common..] {
+        out.push_str(seg);
+        out.push('/');
+    }
+    out.push_str(goal_last.first().copied().unwrap_or_default());
+    if out.is_empty() { "./".into() } else { out }
+}
+
+async fn base_redirect(access: FeedAccess, uri: axum::http::Uri) -> Response {
+    moved(uri.path(), &format!("/pypi/{}/simple/", access.feed.name))
 }
 
 async fn project_redirect(
     access: FeedAccess,
+    uri: axum::http::Uri,
     Path((_, project)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let normalized = pypi::normalized_project(&project)?;
-    Ok(moved(format!("/pypi/{}/simple/{normalized}/", access.feed.name)))
+    Ok(moved(
+        uri.path(),
+        &format!("/pypi/{}/simple/{normalized}/", access.feed.name),
+    ))
 }
 
 /// A simple API page with the negotiated type. Pages change whenever the
@@ -117,22 +150,19 @@ async fn root_index(
 async fn project_index(
     State(st): State<AppState>,
     access: FeedAccess,
+    uri: axum::http::Uri,
     Path((_, project)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let normalized = pypi::normalized_project(&project)?;
     if normalized != project {
-        return Ok(moved(format!("/pypi/{}/simple/{normalized}/", access.feed.name)));
+        return Ok(moved(
+            uri.path(),
+            &format!("/pypi/{}/simple/{normalized}/", access.feed.name),
+        ));
     }
     let n = negotiate(accept(&headers));
-    let body = pypi::project_page(
-        &st.ferry,
-        &access.feed,
-        &normalized,
-        n.format,
-        &files_base(&access.feed),
-    )
-    .await?;
+    let body = pypi::project_page(&st.ferry, &access.feed, &normalized, n.format, FILES_BASE).await?;
     Ok(page(n.content_type, access.feed.private, body))
 }
 
@@ -461,5 +491,25 @@ async fn stage_field(ferry: &Ferry, field: &mut Field<'_>) -> Result<StagedBlob,
     match (result, broken) {
         (Err(_), Some(why)) => Err(why),
         (r, _) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_reference;
+
+    #[test]
+    fn redirects_are_relative_to_the_request() {
+        assert_eq!(relative_reference("/pypi/f", "/pypi/f/simple/"), "f/simple/");
+        assert_eq!(relative_reference("/pypi/f/", "/pypi/f/simple/"), "simple/");
+        assert_eq!(relative_reference("/pypi/f/simple", "/pypi/f/simple/"), "simple/");
+        assert_eq!(
+            relative_reference("/pypi/f/simple/Foo", "/pypi/f/simple/foo/"),
+            "foo/"
+        );
+        assert_eq!(
+            relative_reference("/pypi/f/simple/Foo/", "/pypi/f/simple/foo/"),
+            "../foo/"
+        );
     }
 }
