@@ -8,12 +8,15 @@
 //! changes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
 
-use bytes::Bytes;
-use ferry_formats::npm::{self as format, NpmItemKey, PackagePut, Publish, StoredVersion};
-use ferry_store::{FeedRecord, Precondition};
+use bytes::{Buf as _, Bytes};
+use ferry_formats::npm::{self as format, NpmItemKey, PendingPublish, Publish, PutRequest, StoredVersion};
+use ferry_store::{ByteStream, FeedRecord, Precondition, StagedBlob, StoreError};
 use ferry_types::{Digest, ItemKey};
+use futures::StreamExt as _;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use crate::{CoreError, Ferry, LocalWrite};
 
@@ -222,31 +225,192 @@ fn decode(entry: &Bytes) -> Result<Packument, CoreError> {
 // ---------------------------------------------------------------------------
 // PUT /{name}: publish or metadata update
 
+/// Headroom over the base64 of the largest tarball for the rest of a
+/// publish body (manifest, readme), in [`put_body_limit`].
+const PUBLISH_SLACK: u64 = 1 << 20;
+
+/// Most bytes of JSON a `PUT /{name}` body may carry besides the tarball's
+/// base64: this part (manifest, readme, a packument sent back by `npm
+/// deprecate`) is read into memory (413 beyond).
+pub const MAX_PUT_METADATA_BYTES: u64 = 16 << 20;
+
+/// Most JSON values (strings, numbers, arrays, objects, …) of that JSON a
+/// `PUT /{name}` body may have parsed into memory (413 beyond), some 100
+/// bytes each besides their text. Members nothing uses (`time`,
+/// `maintainers`, …) are dropped as they are read, and the manifests of an
+/// update (a packument sent back by `npm deprecate`) are kept as text and
+/// read only for their `deprecated`; the one manifest of a publish counts.
+pub const MAX_PUT_METADATA_VALUES: u64 = 100_000;
+
+/// Body chunks queued between the connection and the body parser, and
+/// decoded tarball chunks (up to 192 KiB each) between the parser and the
+/// blob store: what a publish holds in memory besides its metadata.
+const QUEUE: usize = 4;
+
+/// The largest `PUT /{name}` body: the base64 of a tarball of
+/// `max_upload_bytes` and some headroom for the rest (413 beyond).
+pub fn put_body_limit(ferry: &Ferry) -> u64 {
+    ferry.config().max_upload_bytes.saturating_mul(4) / 3 + PUBLISH_SLACK
+}
+
 /// Handles the body of `PUT /{name}` or `PUT /{name}/-rev/{rev}` (`url_rev`):
 /// a publish when it carries a tarball, else a metadata update (deprecate,
-/// unpublish one version). Parsing and tarball inspection run off the async
-/// threads. Nothing is written unless everything is valid, and each request
-/// is one transaction.
+/// unpublish one version).
+///
+/// The body is read as it arrives, on a blocking thread: its JSON is kept
+/// (up to [`MAX_PUT_METADATA_BYTES`]), the tarball's base64 is decoded and
+/// hashed on the way into the blob store's staging area, so a publish holds
+/// a few chunks in memory however large its tarball. Past
+/// [`put_body_limit`] bytes the body is refused (413). Once it has ended,
+/// the body is checked, then the staged tarball is inspected from its file
+/// (off the async threads). Nothing is written unless everything is valid:
+/// a refused publish drops what it staged. Each request is one transaction.
 pub async fn put_package(
     ferry: &Ferry,
     feed: &FeedRecord,
     name: &str,
-    body: Bytes,
+    body: ByteStream,
     url_rev: Option<&str>,
 ) -> Result<PutOutcome, CoreError> {
     format::validate_existing_package_name(name)?;
     let pkg = load(ferry, feed, name).await?;
-    let limits = ferry.config().archive;
+    let limits = format::BodyLimits {
+        max_metadata_bytes: MAX_PUT_METADATA_BYTES,
+        max_metadata_values: MAX_PUT_METADATA_VALUES,
+        max_tarball_bytes: ferry.config().max_upload_bytes,
+    };
+    let (body_tx, body_rx) = mpsc::channel::<io::Result<Bytes>>(QUEUE);
+    let (blob_tx, blob_rx) = mpsc::channel::<Bytes>(QUEUE);
     let owned_name = name.to_owned();
-    let (put, pkg) = tokio::task::spawn_blocking(move || {
-        let put = format::parse_package_put(&owned_name, &body, &limits, &pkg.versions);
+    let parse = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
+            rx: body_rx,
+            chunk: Bytes::new(),
+        };
+        let read = format::read_put_body(reader, &limits, &mut |chunk: &[u8]| {
+            blob_tx
+                .blocking_send(Bytes::copy_from_slice(chunk))
+                .map_err(|_| io::Error::other("the tarball's staging stopped"))
+        });
+        drop(blob_tx); // ends the staged stream
+        let put = read.and_then(|b| {
+            b.into_request(&owned_name, &pkg.versions)
+                .map_err(format::BodyError::Format)
+        });
         (put, pkg)
-    })
-    .await
-    .map_err(join_error)?;
-    match put? {
-        PackagePut::Publish(p) => publish(ferry, feed, &pkg, *p).await,
-        PackagePut::Update(u) => update(ferry, feed, name, pkg, u, url_rev).await,
+    });
+    let (pumped, staged, parsed) = tokio::join!(
+        pump(body, body_tx, put_body_limit(ferry)),
+        stage_if_sent(ferry, blob_rx),
+        parse
+    );
+    let (put, pkg) = parsed.map_err(join_error)?;
+    let put = match put {
+        Ok(put) => put,
+        Err(format::BodyError::Format(e)) => return Err(e.into()),
+        Err(format::BodyError::Io(e)) => {
+            // The body broke off or was too long (the pump says which), or
+            // the tarball could not be staged (staging says why).
+            pumped?;
+            staged?;
+            return Err(CoreError::Internal(format!("reading an npm PUT body: {e}")));
+        }
+    };
+    pumped?;
+    let staged = staged?;
+    match put {
+        PutRequest::Publish(p) => {
+            let staged = staged
+                .filter(|s| s.size() == p.size())
+                .ok_or_else(|| CoreError::Internal("the staged tarball is not the one streamed".into()))?;
+            publish(ferry, feed, &pkg, *p, staged).await
+        }
+        PutRequest::Update(u) => {
+            drop(staged);
+            update(ferry, feed, name, pkg, u, url_rev).await
+        }
+    }
+}
+
+/// Moves the request body to the parser, refusing it past `limit` bytes.
+/// The parser learns of a failure as an error of its reader; the error
+/// returned says what it was. Stops quietly when the parser stops reading
+/// (it has its own reason).
+async fn pump(
+    mut body: ByteStream,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    limit: u64,
+) -> Result<(), CoreError> {
+    let mut total = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.send(Err(io::Error::other("the request body broke off"))).await;
+                // A client's broken body, or a fault, as when staging.
+                return Err(StoreError::Io(e).into());
+            }
+        };
+        total = total.saturating_add(chunk.len() as u64);
+        if total > limit {
+            let _ = tx
+                .send(Err(io::Error::other("the request body is too large")))
+                .await;
+            return Err(CoreError::TooLarge(format!(
+                "the request body exceeds the limit of {limit} bytes"
+            )));
+        }
+        if tx.send(Ok(chunk)).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Stages what the parser decodes, if it decodes anything (a metadata
+/// update stages nothing).
+async fn stage_if_sent(
+    ferry: &Ferry,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> Result<Option<StagedBlob>, CoreError> {
+    let Some(first) = rx.recv().await else {
+        return Ok(None);
+    };
+    let rest = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok(c), rx)) });
+    let body: ByteStream = Box::pin(futures::stream::once(async move { Ok(first) }).chain(rest));
+    ferry.stage(body, None).await.map(Some)
+}
+
+/// The request body as the blocking parser reads it: chunks from the pump.
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    chunk: Bytes,
+}
+
+impl io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let avail = io::BufRead::fill_buf(self)?;
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+impl io::BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.chunk = chunk,
+                Some(Err(e)) => return Err(e),
+                None => break, // the end of the body
+            }
+        }
+        Ok(&self.chunk)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.chunk.advance(n.min(self.chunk.len()));
     }
 }
 
@@ -256,34 +420,36 @@ fn republish_refused(version: &str) -> CoreError {
     ))
 }
 
+/// Publishes a version whose body checked out and whose tarball is
+/// `staged`: refuses a version that exists, inspects the tarball from the
+/// staged file, then commits it and writes the version and its dist-tags.
 async fn publish(
     ferry: &Ferry,
     feed: &FeedRecord,
     pkg: &Package,
-    p: Publish,
+    p: PendingPublish,
+    staged: StagedBlob,
 ) -> Result<PutOutcome, CoreError> {
-    if pkg.versions.iter().any(|v| v.version == p.version) {
-        return Err(republish_refused(&p.version));
+    if pkg.versions.iter().any(|v| v.version == p.version()) {
+        return Err(republish_refused(p.version()));
     }
-    let limit = ferry.config().max_upload_bytes;
-    if p.tarball.len() as u64 > limit {
-        return Err(CoreError::TooLarge(format!(
-            "the tarball of {}@{} is {} bytes; the limit is {limit} bytes",
-            p.name,
-            p.version,
-            p.tarball.len()
-        )));
-    }
+    let path = staged.path().to_path_buf();
+    let limits = ferry.config().archive;
+    let p = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)
+            .map_err(|e| CoreError::Internal(format!("opening staged tarball {}: {e}", path.display())))?;
+        p.finish(file, &limits).map_err(CoreError::from)
+    })
+    .await
+    .map_err(join_error)??;
     let meta = meta_value(&p.item_metadata())?;
     let Publish {
         name,
         version,
         key,
         dist_tags,
-        tarball,
         ..
     } = p;
-    let staged = ferry.stage_bytes(Bytes::from(tarball)).await?;
     let digest = ferry.commit_blob(staged).await?;
     let mut writes = Vec::with_capacity(1 + dist_tags.len());
     writes.push(LocalWrite::upsert(key, meta, vec![digest], Precondition::Absent));

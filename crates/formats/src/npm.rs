@@ -21,7 +21,7 @@
 //!
 //! | request | function |
 //! | --- | --- |
-//! | `PUT /{name}` (publish, deprecate) and `PUT /{name}/-rev/{rev}` (unpublish one version) | [`parse_package_put`] (or [`parse_publish`] / [`parse_metadata_update`]) |
+//! | `PUT /{name}` (publish, deprecate) and `PUT /{name}/-rev/{rev}` (unpublish one version) | [`read_put_body`] (streamed; the tarball goes to a sink), then [`PutBody::into_request`] and [`PendingPublish::finish`]; [`parse_package_put`] (or [`parse_publish`] / [`parse_metadata_update`]) for a body in memory |
 //! | `GET /{name}` (full, or abbreviated when [`wants_abbreviated`]) | [`render_packument`] |
 //! | `GET /{name}/-/{file}` | [`parse_tarball_file_name`] |
 //! | `GET /-/package/{name}/dist-tags` | [`Packument::dist_tags`] |
@@ -42,6 +42,7 @@
 //! they are rendered as RFC 3339 UTC with milliseconds, like the public
 //! registry (`2024-05-01T12:00:00.000Z`).
 
+mod body;
 mod publish;
 mod render;
 mod tarball;
@@ -52,7 +53,8 @@ use serde_json::Value;
 
 use crate::FormatError;
 
-pub use publish::{PackagePut, Publish, parse_package_put, parse_publish};
+pub use body::{BodyError, BodyLimits, PutBody, TarballDigests, read_put_body};
+pub use publish::{PackagePut, PendingPublish, Publish, PutRequest, parse_package_put, parse_publish};
 pub use render::{Packument, StoredVersion, effective_dist_tags, render_packument};
 pub use update::{MetadataUpdate, parse_metadata_update, set_deprecated};
 

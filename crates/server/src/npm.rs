@@ -17,7 +17,8 @@ use bytes::Bytes;
 use ferry_core::npm::{self, PutOutcome};
 use ferry_core::{CoreError, Ferry};
 use ferry_formats::npm as format;
-use ferry_store::FeedRecord;
+use ferry_store::{ByteStream, FeedRecord};
+use futures::TryStreamExt as _;
 use serde_json::json;
 
 use crate::AppState;
@@ -35,9 +36,6 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Headroom over the base64 of the largest tarball for the rest of a publish
-/// body (manifest, readme).
-const PUBLISH_SLACK: u64 = 1 << 20;
 /// Largest `npm dist-tag add` body (a JSON string holding a version).
 const DIST_TAG_BODY_LIMIT: usize = 4 << 10;
 
@@ -397,8 +395,9 @@ async fn write_inner(
     let feed = &access.feed;
     match endpoint(uri.path(), feed.name.as_str())? {
         Endpoint::Package { name, rev } => {
-            let limit = ferry.config().max_upload_bytes.saturating_mul(4) / 3 + PUBLISH_SLACK;
-            let body = read_body(headers, body, usize::try_from(limit).unwrap_or(usize::MAX)).await?;
+            // Streamed: a publish body carries the whole tarball.
+            check_content_length(headers, npm::put_body_limit(ferry))?;
+            let body: ByteStream = Box::pin(body.into_data_stream().map_err(std::io::Error::other));
             match npm::put_package(ferry, feed, &name, body, rev.as_deref()).await? {
                 PutOutcome::Published { version, dist_tags } => Ok(json_response(
                     StatusCode::CREATED,
@@ -454,20 +453,28 @@ async fn remove_inner(ferry: &Ferry, access: &FeedAccess, uri: &Uri) -> Result<R
     }
 }
 
-/// Reads a whole request body, refusing (413) one over `limit` bytes.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, CoreError> {
-    let too_large = || CoreError::TooLarge(format!("the request body exceeds the limit of {limit} bytes"));
-    if let Some(len) = headers
+fn body_too_large(limit: u64) -> CoreError {
+    CoreError::TooLarge(format!("the request body exceeds the limit of {limit} bytes"))
+}
+
+/// Refuses (413) a body whose Content-Length is over `limit` bytes.
+fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<(), CoreError> {
+    match headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        && len > limit as u64
     {
-        return Err(too_large());
+        Some(len) if len > limit => Err(body_too_large(limit)),
+        _ => Ok(()),
     }
+}
+
+/// Reads a whole (small) request body, refusing (413) one over `limit` bytes.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, CoreError> {
+    check_content_length(headers, limit as u64)?;
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let e = e.into_inner();
         if e.is::<http_body_util::LengthLimitError>() {
-            too_large()
+            body_too_large(limit as u64)
         } else {
             CoreError::from_body_error(&*e)
                 .unwrap_or_else(|| CoreError::invalid(format!("could not read the request body: {e}")))

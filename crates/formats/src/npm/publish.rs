@@ -1,18 +1,29 @@
 //! `npm publish`: the JSON body of `PUT /{name}` with the tarball attached.
+//!
+//! A body is read as a stream by [`read_put_body`](super::read_put_body),
+//! which hands the decoded tarball to the caller as it comes; once the body
+//! has ended, [`PutBody::into_request`] checks it (everything that needs
+//! more than one member: JSON does not order them) and, for a publish,
+//! [`PendingPublish::finish`] checks the tarball the caller kept, reading
+//! it back. [`parse_package_put`] and [`parse_publish`] do all of it for a
+//! body held in memory.
 
 use std::collections::BTreeMap;
+use std::io::{self, Read, Seek, SeekFrom};
 
 use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use ferry_types::ItemKey;
 use serde_json::{Map, Value};
-use sha1::Sha1;
-use sha2::{Digest as _, Sha256, Sha384, Sha512};
+use sha2::{Digest as _, Sha256, Sha384};
 
+use super::body::{
+    Attachment, BodyError, BodyLimits, Data, PutBody, RawManifest, Versions, read_put_body, too_many_values,
+};
 use super::render::StoredVersion;
 use super::tarball::inspect_tarball;
-use super::update::{MetadataUpdate, update_from};
+use super::update::{Listed, Listing, MetadataUpdate, update_with};
 use super::{
     normalize_version, tarball_file_name, validate_dist_tag, validate_package_name, version_item_metadata,
     version_key,
@@ -47,8 +58,8 @@ pub struct Publish {
     /// The dist-tags to point at this version (`latest` when the client
     /// asked for none). Every value equals `version`.
     pub dist_tags: BTreeMap<String, String>,
-    /// The tarball, to store as the item's one blob.
-    pub tarball: Vec<u8>,
+    /// The tarball's size in bytes (the tarball is the item's one blob).
+    pub size: u64,
     /// The tarball's file name as served: `{unscoped-name}-{version}.tgz`.
     pub tarball_name: String,
     /// sha1 of the tarball, lowercase hex (`dist.shasum`).
@@ -64,7 +75,8 @@ impl Publish {
     }
 }
 
-/// What a `PUT /{name}` (or `PUT /{name}/-rev/{rev}`) body asks for.
+/// What a `PUT /{name}` (or `PUT /{name}/-rev/{rev}`) body held in memory
+/// asks for ([`parse_package_put`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum PackagePut {
     /// A body with a tarball attached: `npm publish`.
@@ -74,42 +86,266 @@ pub enum PackagePut {
     Update(MetadataUpdate),
 }
 
-/// Parses any `PUT /{name}` body: a publish when it carries `_attachments`,
-/// a metadata update otherwise. `name` is the package name from the URL
-/// (percent-decoded); the body must be about that package. `current` holds
-/// the versions already stored (needed for updates).
-///
-/// The caller still decides what is allowed: a publish of a version that
-/// already exists must be refused (npm answers 403), and for an update the
-/// body's `_rev` should match the current [`Packument::rev`](super::Packument),
-/// or else the client edited a stale copy (409).
+/// What a `PUT /{name}` body read as a stream asks for
+/// ([`PutBody::into_request`]).
+#[derive(Debug)]
+pub enum PutRequest {
+    /// `npm publish`: the body checks out; the tarball is checked next.
+    Publish(Box<PendingPublish>),
+    /// `npm deprecate`, `npm unpublish PKG@VER`, `npm owner`.
+    Update(MetadataUpdate),
+}
+
+impl PutBody {
+    /// Checks a body once it has been read whole (the tarball streamed to
+    /// the caller's sink): a publish when it carries `_attachments`
+    /// ([`PutBody::is_publish`]), a metadata update otherwise. `name` is the
+    /// package name from the URL (percent-decoded); the body must be about
+    /// that package. `current` holds the versions already stored (needed
+    /// for updates).
+    ///
+    /// A publish is checked up to its tarball: name, version and manifest,
+    /// the one attachment (its name, valid base64, `length`), and the
+    /// client's `dist.shasum` and `dist.integrity` against the digests
+    /// computed while streaming; [`PendingPublish::finish`] checks the
+    /// tarball itself. The caller still decides what is allowed: a publish
+    /// of a version that already exists must be refused (npm answers 403),
+    /// and for an update the body's `_rev` should match the current
+    /// [`Packument::rev`](super::Packument), or else the client edited a
+    /// stale copy (409).
+    pub fn into_request(self, name: &str, current: &[StoredVersion]) -> Result<PutRequest, FormatError> {
+        if self.is_publish() {
+            let p = check_publish(self)?;
+            if p.name != name {
+                return Err(invalid(format!(
+                    "the request body publishes {:?}, but the URL names {name:?}",
+                    p.name
+                )));
+            }
+            Ok(PutRequest::Publish(Box::new(p)))
+        } else {
+            let listing = match self.versions {
+                Versions::Absent => Listing::Absent,
+                Versions::NotObject => Listing::NotObject,
+                Versions::Raw(list) => Listing::Listed(
+                    list.into_iter()
+                        .map(|m| Ok((m.version.clone(), Listed::of_json(&m.version, &m.json)?)))
+                        .collect::<Result<_, FormatError>>()?,
+                ),
+            };
+            update_with(name, &self.fields, listing, current).map(PutRequest::Update)
+        }
+    }
+}
+
+/// A publish whose body checks out ([`PutBody::into_request`]), waiting for
+/// its tarball to be checked ([`PendingPublish::finish`]).
+#[derive(Debug)]
+pub struct PendingPublish {
+    name: String,
+    version: String,
+    key: ItemKey,
+    tarball_name: String,
+    manifest: Map<String, Value>,
+    /// What is left of the body (`dist-tags`, `readme`, …).
+    body: Map<String, Value>,
+    size: u64,
+    shasum: String,
+    integrity: String,
+    /// Hashes of `dist.integrity` not computed while streaming.
+    deferred: Vec<Deferred>,
+}
+
+/// A hash the client claims in `dist.integrity` that is checked against
+/// the tarball read back.
+#[derive(Debug)]
+struct Deferred {
+    alg: Later,
+    claimed: Vec<u8>,
+    token: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Later {
+    Sha256,
+    Sha384,
+}
+
+impl PendingPublish {
+    /// The package name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The canonical version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The size of the tarball that was streamed.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Checks the tarball (the bytes the body's attachment decoded to, as
+    /// the caller kept them) and completes the publish: the remaining
+    /// `dist.integrity` hashes (sha256, sha384), then the archive: a
+    /// gzip-compressed tar whose entries stay inside one top-level folder
+    /// (no absolute paths, `..` or escaping links), within `limits`, and
+    /// whose `package.json` has the same name and version; then the
+    /// dist-tags, which must all point at this version.
+    pub fn finish<R: Read + Seek>(
+        self,
+        mut tarball: R,
+        limits: &ArchiveLimits,
+    ) -> Result<Publish, FormatError> {
+        let PendingPublish {
+            name,
+            version,
+            key,
+            tarball_name,
+            mut manifest,
+            mut body,
+            size,
+            shasum,
+            integrity,
+            deferred,
+        } = self;
+        if !deferred.is_empty() {
+            let unreadable = |e: io::Error| invalid(format!("the tarball could not be read: {e}"));
+            let (mut sha256, mut sha384) = (Sha256::new(), Sha384::new());
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = tarball.read(&mut buf).map_err(unreadable)?;
+                if n == 0 {
+                    break;
+                }
+                sha256.update(&buf[..n]);
+                sha384.update(&buf[..n]);
+            }
+            let (sha256, sha384) = (sha256.finalize().to_vec(), sha384.finalize().to_vec());
+            for d in &deferred {
+                let expected = match d.alg {
+                    Later::Sha256 => &sha256,
+                    Later::Sha384 => &sha384,
+                };
+                if &d.claimed != expected {
+                    return Err(integrity_mismatch(&d.token, &integrity));
+                }
+            }
+            tarball.seek(SeekFrom::Start(0)).map_err(unreadable)?;
+        }
+
+        // The tarball itself.
+        let info = inspect_tarball(tarball, limits)?;
+        match info.package_json.get("name").and_then(Value::as_str) {
+            Some(n) if n == name => {}
+            Some(n) => {
+                return Err(invalid(format!(
+                    "package.json in the tarball names package {n:?}, but the request publishes {name:?}"
+                )));
+            }
+            None => return Err(invalid("package.json in the tarball has no \"name\"".into())),
+        }
+        match info.package_json.get("version").and_then(Value::as_str) {
+            Some(v) if normalize_version(v).as_ref() == Ok(&version) => {}
+            Some(v) => {
+                return Err(invalid(format!(
+                    "package.json in the tarball has version {v:?}, but the request publishes {version}"
+                )));
+            }
+            None => return Err(invalid("package.json in the tarball has no \"version\"".into())),
+        }
+
+        // Dist-tags: all must point at this version.
+        let mut dist_tags = BTreeMap::new();
+        match body.remove("dist-tags") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(tags)) => {
+                for (tag, target) in tags {
+                    validate_dist_tag(&tag)?;
+                    let Some(target) = target.as_str() else {
+                        return Err(invalid(format!(
+                            "dist-tag {tag:?} does not point at a version string"
+                        )));
+                    };
+                    if normalize_version(target).as_ref() != Ok(&version) {
+                        return Err(invalid(format!(
+                            "dist-tag {tag:?} points at {target:?}, but this request publishes {version}"
+                        )));
+                    }
+                    dist_tags.insert(tag, version.clone());
+                }
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "\"dist-tags\" in the publish body is not an object".into(),
+                ));
+            }
+        }
+        if dist_tags.is_empty() {
+            dist_tags.insert("latest".to_owned(), version.clone());
+        }
+
+        // The manifest to store.
+        if !manifest.contains_key("readme")
+            && let Some(Value::String(readme)) = body.remove("readme")
+        {
+            manifest.insert("readme".into(), Value::String(readme));
+        }
+        manifest.retain(|k, _| !k.starts_with('_') || KEEP_INTERNAL.contains(&k.as_str()));
+        manifest.insert("_id".into(), Value::String(format!("{name}@{version}")));
+        manifest.insert("name".into(), Value::String(name.clone()));
+        manifest.insert("version".into(), Value::String(version.clone()));
+        let mut dist = Map::new();
+        dist.insert("integrity".into(), Value::String(integrity.clone()));
+        dist.insert("shasum".into(), Value::String(shasum.clone()));
+        dist.insert("fileCount".into(), Value::from(info.file_count));
+        dist.insert("unpackedSize".into(), Value::from(info.unpacked_size));
+        manifest.insert("dist".into(), Value::Object(dist));
+        manifest.insert("_hasShrinkwrap".into(), Value::Bool(info.has_shrinkwrap));
+        if has_install_script(&manifest, info.has_binding_gyp) {
+            manifest.insert("hasInstallScript".into(), Value::Bool(true));
+        } else {
+            manifest.shift_remove("hasInstallScript");
+        }
+
+        Ok(Publish {
+            key,
+            name,
+            version,
+            manifest: Value::Object(manifest),
+            dist_tags,
+            size,
+            tarball_name,
+            shasum,
+            integrity,
+        })
+    }
+}
+
+/// Parses any `PUT /{name}` body held in memory: a publish when it carries
+/// `_attachments`, a metadata update otherwise; the checks of
+/// [`PutBody::into_request`] and [`PendingPublish::finish`]. Requests are
+/// read as streams instead ([`read_put_body`](super::read_put_body)); this
+/// is for bodies already in memory (and tests).
 pub fn parse_package_put(
     name: &str,
     body: &[u8],
     limits: &ArchiveLimits,
     current: &[StoredVersion],
 ) -> Result<PackagePut, FormatError> {
-    let obj = parse_body(body)?;
-    let has_attachments = match obj.get("_attachments") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(a)) => !a.is_empty(),
-        Some(_) => true, // let the publish parser name the problem
-    };
-    if has_attachments {
-        let p = publish_from(obj, limits)?;
-        if p.name != name {
-            return Err(FormatError::invalid(format!(
-                "the request body publishes {:?}, but the URL names {name:?}",
-                p.name
-            )));
-        }
-        Ok(PackagePut::Publish(Box::new(p)))
-    } else {
-        update_from(name, obj, current).map(PackagePut::Update)
+    let (body, tarball) = read_in_memory(body)?;
+    match body.into_request(name, current)? {
+        PutRequest::Publish(p) => Ok(PackagePut::Publish(Box::new(
+            p.finish(io::Cursor::new(tarball), limits)?,
+        ))),
+        PutRequest::Update(u) => Ok(PackagePut::Update(u)),
     }
 }
 
-/// Parses and validates the body `npm publish` sends to `PUT /{name}`.
+/// Parses and validates the body `npm publish` sends to `PUT /{name}`,
+/// held in memory.
 ///
 /// Checks: a valid new-package name (and `_id`, if present, equal to it);
 /// exactly one version, valid semver, whose manifest names the same package
@@ -121,7 +357,27 @@ pub fn parse_package_put(
 /// The caller must still check that `name` matches the URL
 /// ([`parse_package_put`] does).
 pub fn parse_publish(body: &[u8], limits: &ArchiveLimits) -> Result<Publish, FormatError> {
-    publish_from(parse_body(body)?, limits)
+    let (body, tarball) = read_in_memory(body)?;
+    check_publish(body)?.finish(io::Cursor::new(tarball), limits)
+}
+
+/// Reads a body held in memory, keeping its tarball.
+fn read_in_memory(body: &[u8]) -> Result<(PutBody, Vec<u8>), FormatError> {
+    let unlimited = BodyLimits {
+        max_metadata_bytes: u64::MAX,
+        max_metadata_values: u64::MAX,
+        max_tarball_bytes: u64::MAX,
+    };
+    let mut tarball = Vec::new();
+    let read = read_put_body(body, &unlimited, &mut |chunk: &[u8]| {
+        tarball.extend_from_slice(chunk);
+        Ok(())
+    });
+    match read {
+        Ok(b) => Ok((b, tarball)),
+        Err(BodyError::Format(e)) => Err(e),
+        Err(BodyError::Io(e)) => Err(invalid(format!("the request body could not be read: {e}"))),
+    }
 }
 
 pub(crate) fn parse_body(body: &[u8]) -> Result<Map<String, Value>, FormatError> {
@@ -138,7 +394,16 @@ fn invalid(msg: String) -> FormatError {
     FormatError::Invalid(msg)
 }
 
-fn publish_from(mut body: Map<String, Value>, limits: &ArchiveLimits) -> Result<Publish, FormatError> {
+/// Everything about a publish body that does not need the tarball's bytes
+/// (its size and digests were computed while it streamed).
+fn check_publish(put: PutBody) -> Result<PendingPublish, FormatError> {
+    let PutBody {
+        fields: mut body,
+        versions,
+        attachments,
+        values_left,
+        max_values,
+    } = put;
     let name = match body.get("name") {
         Some(Value::String(s)) => s.clone(),
         _ => return Err(invalid("the publish body has no \"name\" string".into())),
@@ -153,17 +418,17 @@ fn publish_from(mut body: Map<String, Value>, limits: &ArchiveLimits) -> Result<
     }
 
     // The one version and its manifest.
-    let versions = match body.remove("versions") {
-        Some(Value::Object(v)) => v,
-        None | Some(Value::Null) => return Err(invalid("the publish body has no \"versions\"".into())),
-        Some(_) => {
+    let mut versions = match versions {
+        Versions::Raw(v) => v,
+        Versions::Absent => return Err(invalid("the publish body has no \"versions\"".into())),
+        Versions::NotObject => {
             return Err(invalid(
                 "\"versions\" in the publish body is not an object".into(),
             ));
         }
     };
     if versions.len() != 1 {
-        let listed: Vec<&str> = versions.keys().map(String::as_str).collect();
+        let listed: Vec<&str> = versions.iter().map(|m| m.version.as_str()).collect();
         return Err(invalid(if listed.is_empty() {
             "the publish body lists no version".into()
         } else {
@@ -174,11 +439,25 @@ fn publish_from(mut body: Map<String, Value>, limits: &ArchiveLimits) -> Result<
             )
         }));
     }
-    let Some((raw_version, manifest)) = versions.into_iter().next() else {
+    let Some(RawManifest {
+        version: raw_version,
+        json,
+        values,
+    }) = versions.pop()
+    else {
         return Err(invalid("the publish body lists no version".into()));
     };
     let version = normalize_version(&raw_version)?;
-    let Value::Object(mut manifest) = manifest else {
+    if values > values_left {
+        return Err(too_many_values(max_values));
+    }
+    let manifest: Value = serde_json::from_slice(&json).map_err(|e| {
+        invalid(format!(
+            "the manifest of version {raw_version} is not valid JSON: {e}"
+        ))
+    })?;
+    drop(json);
+    let Value::Object(manifest) = manifest else {
         return Err(invalid(format!(
             "the manifest of version {raw_version} is not a JSON object"
         )));
@@ -211,20 +490,22 @@ fn publish_from(mut body: Map<String, Value>, limits: &ArchiveLimits) -> Result<
     }
 
     // The one attachment: the tarball.
-    let attachments = match body.remove("_attachments") {
-        Some(Value::Object(a)) => a,
-        None | Some(Value::Null) => {
-            return Err(invalid(
-                "the publish body has no tarball (\"_attachments\" is missing)".into(),
-            ));
-        }
-        Some(_) => {
-            return Err(invalid(
-                "\"_attachments\" in the publish body is not an object".into(),
-            ));
-        }
+    let attachments = match attachments {
+        Some(a) => a,
+        None => match body.remove("_attachments") {
+            None | Some(Value::Null) => {
+                return Err(invalid(
+                    "the publish body has no tarball (\"_attachments\" is missing)".into(),
+                ));
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "\"_attachments\" in the publish body is not an object".into(),
+                ));
+            }
+        },
     };
-    if attachments.keys().any(|k| k.ends_with(".sigstore")) {
+    if attachments.iter().any(|a| a.file.ends_with(".sigstore")) {
         return Err(invalid(
             "provenance attestations (--provenance) are not supported by this registry".into(),
         ));
@@ -235,7 +516,7 @@ fn publish_from(mut body: Map<String, Value>, limits: &ArchiveLimits) -> Result<
             attachments.len()
         )));
     }
-    let Some((file, attachment)) = attachments.into_iter().next() else {
+    let Some(Attachment { file, fields, data }) = attachments.into_iter().next() else {
         return Err(invalid("the publish body has no tarball".into()));
     };
     let tarball_name = tarball_file_name(&name, &version);
@@ -250,14 +531,13 @@ fn publish_from(mut body: Map<String, Value>, limits: &ArchiveLimits) -> Result<
             "attachment {file:?} does not match {name}@{version} (expected {name}-{version}.tgz)"
         )));
     }
-    let Value::Object(mut attachment) = attachment else {
+    let Some(attachment) = fields else {
         return Err(invalid(format!("attachment {file:?} is not a JSON object")));
     };
-    let tarball = match attachment.remove("data") {
-        Some(Value::String(data)) => BASE64
-            .decode(data.as_bytes())
-            .map_err(|e| invalid(format!("attachment {file:?}: \"data\" is not valid base64: {e}")))?,
-        _ => {
+    let digests = match data {
+        Data::Streamed(d) => d,
+        Data::Invalid(why) => return Err(invalid(why)),
+        Data::Absent | Data::Skipped => {
             return Err(invalid(format!(
                 "attachment {file:?} has no base64 \"data\" string"
             )));
@@ -266,11 +546,11 @@ fn publish_from(mut body: Map<String, Value>, limits: &ArchiveLimits) -> Result<
     match attachment.get("length") {
         None | Some(Value::Null) => {}
         Some(len) => match len.as_u64() {
-            Some(n) if n == tarball.len() as u64 => {}
+            Some(n) if n == digests.size => {}
             Some(n) => {
                 return Err(invalid(format!(
                     "attachment {file:?}: \"length\" says {n} bytes, but \"data\" decodes to {} bytes",
-                    tarball.len()
+                    digests.size
                 )));
             }
             None => {
@@ -280,15 +560,14 @@ fn publish_from(mut body: Map<String, Value>, limits: &ArchiveLimits) -> Result<
             }
         },
     }
-    if tarball.is_empty() {
+    if digests.size == 0 {
         return Err(invalid(format!("attachment {file:?} is empty")));
     }
 
     // Digests, checked against what the client claims.
-    let sha1 = Sha1::digest(&tarball);
-    let shasum = hex::encode(sha1);
-    let sha512 = Sha512::digest(&tarball);
-    let integrity = format!("sha512-{}", STANDARD.encode(sha512));
+    let shasum = hex::encode(digests.sha1);
+    let integrity = format!("sha512-{}", STANDARD.encode(digests.sha512));
+    let mut deferred = Vec::new();
     if let Some(dist) = manifest.get("dist") {
         let Some(dist) = dist.as_object() else {
             return Err(invalid("\"dist\" in the manifest is not an object".into()));
@@ -304,95 +583,24 @@ fn publish_from(mut body: Map<String, Value>, limits: &ArchiveLimits) -> Result<
         }
         match dist.get("integrity") {
             None | Some(Value::Null) => {}
-            Some(Value::String(sri)) => check_integrity(sri, &tarball, &sha1, &sha512, &integrity)?,
+            Some(Value::String(sri)) => {
+                deferred = check_integrity(sri, &digests.sha1, &digests.sha512, &integrity)?;
+            }
             Some(other) => return Err(invalid(format!("dist.integrity {other} is not a string"))),
         }
     }
 
-    // The tarball itself.
-    let info = inspect_tarball(&tarball, limits)?;
-    match info.package_json.get("name").and_then(Value::as_str) {
-        Some(n) if n == name => {}
-        Some(n) => {
-            return Err(invalid(format!(
-                "package.json in the tarball names package {n:?}, but the request publishes {name:?}"
-            )));
-        }
-        None => return Err(invalid("package.json in the tarball has no \"name\"".into())),
-    }
-    match info.package_json.get("version").and_then(Value::as_str) {
-        Some(v) if normalize_version(v).as_ref() == Ok(&version) => {}
-        Some(v) => {
-            return Err(invalid(format!(
-                "package.json in the tarball has version {v:?}, but the request publishes {version}"
-            )));
-        }
-        None => return Err(invalid("package.json in the tarball has no \"version\"".into())),
-    }
-
-    // Dist-tags: all must point at this version.
-    let mut dist_tags = BTreeMap::new();
-    match body.remove("dist-tags") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(tags)) => {
-            for (tag, target) in tags {
-                validate_dist_tag(&tag)?;
-                let Some(target) = target.as_str() else {
-                    return Err(invalid(format!(
-                        "dist-tag {tag:?} does not point at a version string"
-                    )));
-                };
-                if normalize_version(target).as_ref() != Ok(&version) {
-                    return Err(invalid(format!(
-                        "dist-tag {tag:?} points at {target:?}, but this request publishes {version}"
-                    )));
-                }
-                dist_tags.insert(tag, version.clone());
-            }
-        }
-        Some(_) => {
-            return Err(invalid(
-                "\"dist-tags\" in the publish body is not an object".into(),
-            ));
-        }
-    }
-    if dist_tags.is_empty() {
-        dist_tags.insert("latest".to_owned(), version.clone());
-    }
-
-    // The manifest to store.
-    if !manifest.contains_key("readme")
-        && let Some(Value::String(readme)) = body.remove("readme")
-    {
-        manifest.insert("readme".into(), Value::String(readme));
-    }
-    manifest.retain(|k, _| !k.starts_with('_') || KEEP_INTERNAL.contains(&k.as_str()));
-    manifest.insert("_id".into(), Value::String(format!("{name}@{version}")));
-    manifest.insert("name".into(), Value::String(name.clone()));
-    manifest.insert("version".into(), Value::String(version.clone()));
-    let mut dist = Map::new();
-    dist.insert("integrity".into(), Value::String(integrity.clone()));
-    dist.insert("shasum".into(), Value::String(shasum.clone()));
-    dist.insert("fileCount".into(), Value::from(info.file_count));
-    dist.insert("unpackedSize".into(), Value::from(info.unpacked_size));
-    manifest.insert("dist".into(), Value::Object(dist));
-    manifest.insert("_hasShrinkwrap".into(), Value::Bool(info.has_shrinkwrap));
-    if has_install_script(&manifest, info.has_binding_gyp) {
-        manifest.insert("hasInstallScript".into(), Value::Bool(true));
-    } else {
-        manifest.shift_remove("hasInstallScript");
-    }
-
-    Ok(Publish {
+    Ok(PendingPublish {
         key: version_key(&name, &version)?,
         name,
         version,
-        manifest: Value::Object(manifest),
-        dist_tags,
-        tarball,
         tarball_name,
+        manifest,
+        body,
+        size: digests.size,
         shasum,
         integrity,
+        deferred,
     })
 }
 
@@ -413,34 +621,49 @@ fn has_install_script(manifest: &Map<String, Value>, has_binding_gyp: bool) -> b
     has("preinstall") || has("install") || has("postinstall") || gyp
 }
 
+fn integrity_mismatch(token: &str, computed: &str) -> FormatError {
+    invalid(format!(
+        "dist.integrity {token:?} does not match the tarball (its integrity is {computed})"
+    ))
+}
+
 /// Checks every hash of a Subresource Integrity string whose algorithm is
-/// known (sha1, sha256, sha384, sha512) against the tarball.
+/// known (sha1, sha256, sha384, sha512) against the tarball: sha1 and
+/// sha512 now, from the digests computed while streaming; sha256 and sha384
+/// are returned, to be checked against the tarball read back.
 fn check_integrity(
     sri: &str,
-    tarball: &[u8],
     sha1: &[u8],
     sha512: &[u8],
     computed: &str,
-) -> Result<(), FormatError> {
+) -> Result<Vec<Deferred>, FormatError> {
+    let mut deferred = Vec::new();
     for token in sri.split_whitespace() {
         let malformed = || invalid(format!("dist.integrity {sri:?} is not a valid integrity string"));
         let (alg, rest) = token.split_once('-').ok_or_else(malformed)?;
         let b64 = rest.split('?').next().unwrap_or(rest);
-        let expected: Vec<u8> = match alg {
-            "sha512" => sha512.to_vec(),
-            "sha1" => sha1.to_vec(),
-            "sha256" => Sha256::digest(tarball).to_vec(),
-            "sha384" => Sha384::digest(tarball).to_vec(),
+        let now: Option<&[u8]> = match alg {
+            "sha512" => Some(sha512),
+            "sha1" => Some(sha1),
+            "sha256" | "sha384" => None,
             _ => continue,
         };
         let claimed = BASE64.decode(b64).map_err(|_| malformed())?;
-        if claimed != expected {
-            return Err(invalid(format!(
-                "dist.integrity {token:?} does not match the tarball (its integrity is {computed})"
-            )));
+        match now {
+            Some(expected) if claimed != expected => return Err(integrity_mismatch(token, computed)),
+            Some(_) => {}
+            None => deferred.push(Deferred {
+                alg: if alg == "sha256" {
+                    Later::Sha256
+                } else {
+                    Later::Sha384
+                },
+                claimed,
+                token: token.to_owned(),
+            }),
         }
     }
-    Ok(())
+    Ok(deferred)
 }
 
 #[cfg(test)]
@@ -451,6 +674,8 @@ mod tests {
     use flate2::write::GzEncoder;
     use proptest::prelude::*;
     use serde_json::json;
+    use sha1::Sha1;
+    use sha2::Sha512;
 
     use super::*;
 
@@ -596,7 +821,7 @@ mod tests {
         assert_eq!(p.name, "left-pad");
         assert_eq!(p.version, "1.2.3");
         assert_eq!(p.key.as_str(), "pkg/left-pad/1.2.3");
-        assert_eq!(p.tarball, tarball);
+        assert_eq!(p.size, tarball.len() as u64);
         assert_eq!(p.tarball_name, "left-pad-1.2.3.tgz");
         assert_eq!(
             p.dist_tags,
@@ -891,6 +1116,53 @@ mod tests {
     }
 
     #[test]
+    fn manifest_values_count_against_the_body_limit() {
+        let tarball = good_tarball("p", "1.0.0");
+        let mut body = body_for("p", "1.0.0", &tarball);
+        body["versions"]["1.0.0"]["keywords"] = json!(vec!["k"; 500]);
+        let bytes = body.to_string().into_bytes();
+        let request = |max_metadata_values| {
+            let limits = BodyLimits {
+                max_metadata_bytes: 1 << 20,
+                max_metadata_values,
+                max_tarball_bytes: 1 << 20,
+            };
+            match read_put_body(bytes.as_slice(), &limits, &mut |_| Ok(())) {
+                Ok(b) => b.into_request("p", &[]),
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        assert!(
+            matches!(request(400), Err(FormatError::TooLarge(m)) if m.contains("400 JSON values")),
+            "the manifest is parsed only once the body is known to publish"
+        );
+        let Ok(PutRequest::Publish(p)) = request(10_000) else {
+            panic!("not a publish")
+        };
+        assert_eq!(p.version(), "1.0.0");
+        assert_eq!(p.size(), tarball.len() as u64);
+        let done = p
+            .finish(io::Cursor::new(&tarball), &ArchiveLimits::default())
+            .unwrap();
+        assert_eq!(done.manifest["keywords"].as_array().unwrap().len(), 500);
+    }
+
+    #[test]
+    fn sha256_and_sha384_integrity_are_checked_from_the_tarball() {
+        let tarball = good_tarball("p", "1.0.0");
+        let sri = |d: &[u8]| STANDARD.encode(d);
+        let mut body = body_for("p", "1.0.0", &tarball);
+        body["versions"]["1.0.0"]["dist"]["integrity"] = json!(format!(
+            "sha256-{} sha384-{}",
+            sri(&Sha256::digest(&tarball)),
+            sri(&Sha384::digest(&tarball))
+        ));
+        assert!(publish(&body).is_ok());
+        body["versions"]["1.0.0"]["dist"]["integrity"] = json!(format!("sha384-{}", sri(&[7u8; 48])));
+        assert_invalid(publish(&body), &["dist.integrity", "sha384-"]);
+    }
+
+    #[test]
     fn build_metadata_is_dropped() {
         let tarball = good_tarball("p", "1.0.0+build.7");
         let p = publish(&body_for("p", "1.0.0+build.7", &tarball)).unwrap();
@@ -943,7 +1215,7 @@ mod tests {
             panic!("not a publish")
         };
         assert_eq!(p.key.as_str(), "pkg/@demo/hello/1.0.0");
-        assert_eq!(p.tarball.len(), 278);
+        assert_eq!(p.size, 278);
         assert_eq!(p.shasum, "5526a4df92ca98f84df8c35eb19a00369d70f3d4");
         assert_eq!(
             p.dist_tags,

@@ -79,9 +79,27 @@ fn round_up_block(n: u64) -> u64 {
 
 /// Inspects a gzip-compressed tar archive as npm packs it: every entry lives
 /// under one top-level folder (`package/` for npm, any name accepted), which
-/// must contain `package.json`.
-pub(crate) fn inspect_tarball(data: &[u8], limits: &ArchiveLimits) -> Result<TarballInfo, FormatError> {
-    if data.len() < 2 || data[..2] != [0x1f, 0x8b] {
+/// must contain `package.json`. The archive is read once, from start to end,
+/// through small buffers (a staged upload's file, typically).
+pub(crate) fn inspect_tarball<R: Read>(
+    mut tarball: R,
+    limits: &ArchiveLimits,
+) -> Result<TarballInfo, FormatError> {
+    let mut magic = [0u8; 2];
+    let mut got = 0;
+    while got < magic.len() {
+        match tarball.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(FormatError::invalid(format!(
+                    "the tarball could not be read: {e}"
+                )));
+            }
+        }
+    }
+    if got < 2 || magic != [0x1f, 0x8b] {
         return Err(FormatError::invalid(
             "the tarball is not gzip-compressed (npm packages are .tgz files)",
         ));
@@ -96,7 +114,7 @@ pub(crate) fn inspect_tarball(data: &[u8], limits: &ArchiveLimits) -> Result<Tar
         tripped: Cell::new(Trip::None),
     };
     let reader = MeteredReader {
-        inner: GzDecoder::new(data),
+        inner: GzDecoder::new(magic.as_slice().chain(tarball)),
         meter: &meter,
     };
     let mut archive = tar::Archive::new(reader);

@@ -54,6 +54,132 @@ pub(crate) fn update_from(
     body: Map<String, Value>,
     current: &[StoredVersion],
 ) -> Result<MetadataUpdate, FormatError> {
+    let listing = match body.get("versions") {
+        None | Some(Value::Null) => Listing::Absent,
+        Some(Value::Object(v)) => Listing::Listed(
+            v.iter()
+                .map(|(version, m)| (version.clone(), Listed::of_value(m)))
+                .collect(),
+        ),
+        Some(_) => Listing::NotObject,
+    };
+    update_with(name, &body, listing, current)
+}
+
+/// The `versions` of an update body, as far as an update reads them.
+pub(crate) enum Listing {
+    /// No `versions` member, or null: nothing changes.
+    Absent,
+    /// `versions` is not an object.
+    NotObject,
+    /// Each version listed (once), and what its manifest says.
+    Listed(Vec<(String, Listed)>),
+}
+
+/// What an update reads of a listed version's manifest.
+pub(crate) enum Listed {
+    /// The manifest is not a JSON object.
+    NotObject,
+    /// Its deprecation: `Ok(None)` when it has none (no `deprecated`, or
+    /// null, false or ""), `Ok(Some(message))`, or `Err(shown)` for a
+    /// `deprecated` that is none of those (`shown` describes it).
+    Deprecation(Result<Option<String>, String>),
+}
+
+impl Listed {
+    /// What a parsed manifest says.
+    fn of_value(manifest: &Value) -> Self {
+        let Some(m) = manifest.as_object() else {
+            return Listed::NotObject;
+        };
+        Listed::Deprecation(match m.get("deprecated") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(other.to_string()),
+        })
+    }
+
+    /// What a manifest's JSON text (known to be valid JSON) says, reading
+    /// nothing but its `deprecated` member into memory.
+    pub(crate) fn of_json(version: &str, raw: &[u8]) -> Result<Self, FormatError> {
+        if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Ok(Listed::NotObject);
+        }
+        #[derive(serde::Deserialize)]
+        struct Lean {
+            #[serde(default)]
+            deprecated: Option<Deprecated>,
+        }
+        let lean: Lean = serde_json::from_slice(raw).map_err(|e| {
+            FormatError::invalid(format!("the manifest of version {version} is not valid: {e}"))
+        })?;
+        Ok(Listed::Deprecation(match lean.deprecated {
+            None | Some(Deprecated::Bool(false)) => Ok(None),
+            Some(Deprecated::Message(s)) if s.is_empty() => Ok(None),
+            Some(Deprecated::Message(s)) => Ok(Some(s)),
+            Some(Deprecated::Bool(true)) => Err("true".into()),
+            Some(Deprecated::Other(shown)) => Err(shown),
+        }))
+    }
+}
+
+/// A `deprecated` member, read without keeping what it holds when it is
+/// neither a string nor a boolean.
+enum Deprecated {
+    Message(String),
+    Bool(bool),
+    Other(String),
+}
+
+impl<'de> serde::Deserialize<'de> for Deprecated {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Deprecated;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a deprecation message")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Deprecated, E> {
+                Ok(Deprecated::Message(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Deprecated, E> {
+                Ok(Deprecated::Message(v))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Deprecated, E> {
+                Ok(Deprecated::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Deprecated, E> {
+                Ok(Deprecated::Other(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Deprecated, E> {
+                Ok(Deprecated::Other(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Deprecated, E> {
+                Ok(Deprecated::Other(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Deprecated, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Deprecated::Other("an array".into()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Deprecated, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Deprecated::Other("an object".into()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// [`update_from`] once the body's `versions` have been read (`body`
+/// holds its other members).
+pub(crate) fn update_with(
+    name: &str,
+    body: &Map<String, Value>,
+    listing: Listing,
+    current: &[StoredVersion],
+) -> Result<MetadataUpdate, FormatError> {
     let invalid = |msg: String| FormatError::Invalid(msg);
     for field in ["name", "_id"] {
         if let Some(v) = body.get(field)
@@ -75,15 +201,15 @@ pub(crate) fn update_from(
         }
     }
     let rev = body.get("_rev").and_then(Value::as_str).map(str::to_owned);
-    let versions = match body.get("versions") {
-        None | Some(Value::Null) => {
+    let versions = match listing {
+        Listing::Absent => {
             return Ok(MetadataUpdate {
                 rev,
                 ..MetadataUpdate::default()
             });
         }
-        Some(Value::Object(v)) => v,
-        Some(_) => {
+        Listing::Listed(v) => v,
+        Listing::NotObject => {
             return Err(invalid(
                 "\"versions\" in the request body is not an object".into(),
             ));
@@ -100,24 +226,22 @@ pub(crate) fn update_from(
         .map(|s| (s.version.as_str(), deprecation_of(&s.manifest)))
         .collect();
     let mut deprecations = BTreeMap::new();
-    for (version, manifest) in versions {
+    for (version, listed) in &versions {
         let Some(&old) = stored.get(version.as_str()) else {
             return Err(invalid(format!(
                 "version {version} of {name} is not published; new versions can only be added by npm publish"
             )));
         };
-        let Some(manifest) = manifest.as_object() else {
-            return Err(invalid(format!(
-                "the manifest of version {version} is not a JSON object"
-            )));
-        };
-        let new = match manifest.get("deprecated") {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => None,
-            Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(other) => {
+        let new = match listed {
+            Listed::NotObject => {
                 return Err(invalid(format!(
-                    "\"deprecated\" of version {version} must be a message string, not {other}"
+                    "the manifest of version {version} is not a JSON object"
+                )));
+            }
+            Listed::Deprecation(Ok(new)) => new.as_deref(),
+            Listed::Deprecation(Err(shown)) => {
+                return Err(invalid(format!(
+                    "\"deprecated\" of version {version} must be a message string, not {shown}"
                 )));
             }
         };
@@ -125,7 +249,7 @@ pub(crate) fn update_from(
             deprecations.insert(version.clone(), new.map(str::to_owned));
         }
     }
-    let listed: HashSet<&str> = versions.keys().map(String::as_str).collect();
+    let listed: HashSet<&str> = versions.iter().map(|(v, _)| v.as_str()).collect();
     let mut removed: Vec<String> = Vec::new();
     for s in current {
         if !listed.contains(s.version.as_str()) && !removed.contains(&s.version) {
@@ -199,8 +323,28 @@ mod tests {
         b.to_string().into_bytes()
     }
 
+    /// Parses `body` both ways, in memory and as a stream (versions read
+    /// as text), which must agree (unless it carries tarballs: then the
+    /// stream is a publish).
     fn update(body: &[u8]) -> Result<MetadataUpdate, FormatError> {
-        parse_metadata_update("p", body, &stored())
+        let in_memory = parse_metadata_update("p", body, &stored());
+        if String::from_utf8_lossy(body).contains("_attachments") {
+            return in_memory;
+        }
+        let streamed = crate::npm::parse_package_put("p", body, &crate::ArchiveLimits::default(), &stored())
+            .map(|put| match put {
+                crate::npm::PackagePut::Update(u) => u,
+                crate::npm::PackagePut::Publish(p) => panic!("not an update: {p:?}"),
+            });
+        let text = String::from_utf8_lossy(body);
+        match (&in_memory, &streamed) {
+            // Malformed JSON is described in each parser's words.
+            (Err(a), Err(b)) if a.to_string().contains("not valid JSON") => {
+                assert!(b.to_string().contains("not valid JSON"), "{text}: {b}");
+            }
+            _ => assert_eq!(in_memory, streamed, "{text}"),
+        }
+        in_memory
     }
 
     #[test]
@@ -265,6 +409,18 @@ mod tests {
 
         let e = update(&body(|b| b["versions"]["1.0.0"]["deprecated"] = json!(true))).unwrap_err();
         assert!(e.to_string().contains("deprecated"), "{e}");
+        let e = update(&body(|b| b["versions"]["1.0.0"]["deprecated"] = json!(7))).unwrap_err();
+        assert!(e.to_string().contains("not 7"), "{e}");
+        let e = update(&body(|b| b["versions"]["1.0.0"] = json!(["x"]))).unwrap_err();
+        assert!(e.to_string().contains("not a JSON object"), "{e}");
+        let e = update(&body(|b| b["versions"] = json!(3))).unwrap_err();
+        assert!(e.to_string().contains("not an object"), "{e}");
+        // An array or object as the message: said so (as text when read in
+        // memory; by kind when streamed, which keeps none of it).
+        let arr = body(|b| b["versions"]["1.0.0"]["deprecated"] = json!([1, 2]));
+        let streamed = crate::npm::parse_package_put("p", &arr, &crate::ArchiveLimits::default(), &stored())
+            .unwrap_err();
+        assert!(streamed.to_string().contains("not an array"), "{streamed}");
 
         assert!(update(b"[]").is_err());
         assert!(update(b"{").is_err());
