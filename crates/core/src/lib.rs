@@ -60,6 +60,20 @@ pub struct Config {
     /// absolute URL Ferry emits starts with it. `None`: taken from each
     /// request. Checked by [`validate_base_url`].
     pub base_url: Option<String>,
+    /// An OCI upload session that gets no request for this long is
+    /// discarded with its file (`blobs/uploads/`); a request in progress
+    /// (a chunk still arriving) keeps it, and its end counts as use.
+    /// Default 10 minutes.
+    pub oci_upload_idle_timeout: Duration,
+    /// Most OCI upload sessions one API key may hold open at once, across
+    /// feeds (429 TOOMANYREQUESTS beyond). Default 100.
+    pub oci_max_upload_sessions_per_key: usize,
+    /// Most OCI upload sessions open at once in one feed, whatever the
+    /// keys. Default 1000.
+    pub oci_max_upload_sessions_per_feed: usize,
+    /// Most OCI upload sessions open at once on the instance. Default
+    /// 10000.
+    pub oci_max_upload_sessions: usize,
 }
 
 impl Default for Config {
@@ -71,6 +85,10 @@ impl Default for Config {
             max_clock_skew: Duration::from_secs(300),
             metrics_public: false,
             base_url: None,
+            oci_upload_idle_timeout: Duration::from_secs(600),
+            oci_max_upload_sessions_per_key: 100,
+            oci_max_upload_sessions_per_feed: 1000,
+            oci_max_upload_sessions: 10_000,
         }
     }
 }

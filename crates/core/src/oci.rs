@@ -10,7 +10,9 @@
 //!
 //! Upload sessions (chunked uploads) live in memory ([`Uploads`]) and in
 //! the blob store's upload area; a restart loses the sessions in flight
-//! (clients start the upload again).
+//! (clients start the upload again). They are capped per API key, per feed
+//! and per instance, and expire after minutes without a request (see
+//! [`Uploads`]).
 //!
 //! A manifest that an index of its repository lists (an OCI image index or
 //! a Docker manifest list, possibly nested) is never deleted while the
@@ -23,7 +25,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -47,13 +49,17 @@ use crate::{CoreError, Ferry, LocalWrite};
 pub struct Error {
     pub code: Option<ErrorCode>,
     pub error: CoreError,
+    /// For TOOMANYREQUESTS: when trying again may succeed (`Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 impl Error {
+    /// An error with the spec's `code`.
     pub fn new(code: ErrorCode, error: CoreError) -> Self {
         Self {
             code: Some(code),
             error,
+            retry_after: None,
         }
     }
 }
@@ -71,7 +77,11 @@ impl std::error::Error for Error {}
 
 impl From<CoreError> for Error {
     fn from(error: CoreError) -> Self {
-        Self { code: None, error }
+        Self {
+            code: None,
+            error,
+            retry_after: None,
+        }
     }
 }
 
@@ -370,27 +380,121 @@ pub async fn delete_blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &
 // ---------------------------------------------------------------------------
 // Upload sessions
 
-/// Sessions idle longer than this are discarded.
-pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-/// Most sessions open at once (TOOMANYREQUESTS beyond).
-pub const MAX_UPLOAD_SESSIONS: usize = 10_000;
-
-/// The upload sessions of one instance: which feed and repository each
-/// belongs to, and when it was last used. Their bytes are in the blob store.
+/// The upload sessions of one instance: which feed, repository and API key
+/// each belongs to, when it was last used, and whether a request is using
+/// it now. Their bytes are in the blob store's upload area.
+///
+/// Open sessions are capped per API key, per feed and on the whole
+/// instance ([`Config`](crate::Config)'s `oci_max_upload_sessions_per_key`,
+/// `oci_max_upload_sessions_per_feed` and `oci_max_upload_sessions`), so a
+/// key or a feed can use up only its own allowance; past a cap, opening a
+/// session is TOOMANYREQUESTS (429), naming the cap and when a session
+/// will expire. A session that gets no request for
+/// `oci_upload_idle_timeout` is discarded with its file: by a sweep that
+/// runs in the background while sessions are open, and at once by a
+/// request that finds it expired. A request in progress holds its session:
+/// a chunk that takes longer than the timeout to arrive is never cut by
+/// expiry, and its end counts as use. Sessions opened by an API key that
+/// has since been deleted stop counting: the sweep discards them (unless a
+/// request is using them), and so does opening a session before it refuses
+/// one over a cap.
 #[derive(Default)]
 pub struct Uploads {
-    sessions: Mutex<HashMap<String, Session>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<String, Session>,
+    /// Sessions being opened (their files are being created): they count
+    /// against the caps but cannot be used yet.
+    opening: HashMap<u64, Holder>,
+    next_opening: u64,
+    /// Whether a sweep task is running.
+    sweeping: bool,
+}
+
+/// Whom an upload session counts against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Holder {
+    feed: FeedId,
+    /// The API key that opened the session.
+    key: Option<KeyRef>,
+}
+
+/// An API key, as upload sessions remember it: by id and creation time, so
+/// a key created later under a reused id is another key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct KeyRef {
+    id: i64,
+    created_at: i64,
+}
+
+impl KeyRef {
+    fn of(key: &ferry_store::ApiKeyRecord) -> Self {
+        Self {
+            id: key.id,
+            created_at: key.created_at,
+        }
+    }
 }
 
 struct Session {
-    feed: FeedId,
+    holder: Holder,
     repo: String,
+    /// When a request last used the session (its start, and for one that
+    /// appends or finishes, its end).
     touched: Instant,
+    /// Requests appending to or finishing the session now. A session in
+    /// use never expires.
+    busy: u32,
+}
+
+impl Session {
+    /// When the session expires if nothing uses it; None while in use (or
+    /// if that is too far ahead for the clock).
+    fn expires(&self, idle: Duration) -> Option<Instant> {
+        if self.busy > 0 {
+            return None;
+        }
+        self.touched.checked_add(idle)
+    }
+
+    fn expired(&self, now: Instant, idle: Duration) -> bool {
+        self.expires(idle).is_some_and(|at| at <= now)
+    }
+}
+
+/// The session limits of [`Config`](crate::Config).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    idle: Duration,
+    per_key: usize,
+    per_feed: usize,
+    total: usize,
+}
+
+impl Limits {
+    fn of(ferry: &Ferry) -> Self {
+        let c = ferry.config();
+        Self {
+            idle: c.oci_upload_idle_timeout,
+            per_key: c.oci_max_upload_sessions_per_key,
+            per_feed: c.oci_max_upload_sessions_per_feed,
+            total: c.oci_max_upload_sessions,
+        }
+    }
 }
 
 /// Where an upload session stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadStatus {
+    /// The session's id (32 hex characters), as in its URL.
     pub id: String,
     /// Bytes received so far.
     pub size: u64,
@@ -400,77 +504,391 @@ fn lock_err<T>(_: T) -> CoreError {
     CoreError::Internal("upload sessions lock poisoned".into())
 }
 
-impl Uploads {
-    /// Checks that session `id` belongs to `repo` of `feed`, and touches it.
-    fn check(&self, feed: &FeedRecord, repo: &str, id: &str) -> Result<()> {
-        let mut sessions = self.sessions.lock().map_err(lock_err)?;
-        match sessions.get_mut(id) {
-            Some(s) if s.feed == feed.id && s.repo == repo => {
-                s.touched = Instant::now();
-                Ok(())
-            }
-            _ => Err(upload_unknown(id)),
+/// What looking a session up found.
+enum Lookup {
+    Found,
+    /// No such session in this repository.
+    Unknown,
+    /// It had expired; it is forgotten now and its file must go.
+    Expired,
+}
+
+impl Shared {
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        Ok(self.state.lock().map_err(lock_err)?)
+    }
+
+    /// Finds session `id` of `repo` in feed `feed`, touches it and, with
+    /// `enter`, counts one more request using it. An expired session is
+    /// forgotten.
+    fn lookup(&self, feed: FeedId, repo: &str, id: &str, idle: Duration, enter: bool) -> Result<Lookup> {
+        let mut st = self.state()?;
+        let now = Instant::now();
+        let Some(s) = st.sessions.get_mut(id) else {
+            return Ok(Lookup::Unknown);
+        };
+        if s.holder.feed != feed || s.repo != repo {
+            return Ok(Lookup::Unknown);
         }
+        if s.expired(now, idle) {
+            st.sessions.remove(id);
+            return Ok(Lookup::Expired);
+        }
+        s.touched = now;
+        if enter {
+            s.busy += 1;
+        }
+        Ok(Lookup::Found)
     }
 
-    fn remove(&self, id: &str) -> Result<()> {
-        self.sessions.lock().map_err(lock_err)?.remove(id);
-        Ok(())
-    }
-
-    /// Removes and returns the sessions idle longer than `timeout`.
-    fn expired(&self, timeout: Duration) -> Result<Vec<String>> {
-        let mut sessions = self.sessions.lock().map_err(lock_err)?;
-        let old: Vec<String> = sessions
+    /// Forgets and returns the sessions idle for `idle` or longer.
+    fn take_expired(st: &mut State, idle: Duration) -> Vec<String> {
+        let now = Instant::now();
+        let old: Vec<String> = st
+            .sessions
             .iter()
-            .filter(|(_, s)| s.touched.elapsed() > timeout)
+            .filter(|(_, s)| s.expired(now, idle))
             .map(|(id, _)| id.clone())
             .collect();
         for id in &old {
-            sessions.remove(id);
+            st.sessions.remove(id);
         }
-        Ok(old)
+        old
     }
 
-    /// How many sessions are open.
-    pub fn len(&self) -> usize {
-        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    /// Forgets the sessions of API keys that no longer exist (except those
+    /// a request is using) and discards their files; how many there were.
+    async fn purge_revoked(&self, ferry: &Ferry) -> Result<usize> {
+        if !self.state()?.sessions.values().any(|s| s.holder.key.is_some()) {
+            return Ok(0);
+        }
+        let live: HashSet<KeyRef> = ferry.keys().await?.iter().map(KeyRef::of).collect();
+        let gone: Vec<String> = {
+            let mut st = self.state()?;
+            let gone: Vec<String> = st
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.busy == 0 && s.holder.key.is_some_and(|k| !live.contains(&k)))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &gone {
+                st.sessions.remove(id);
+            }
+            gone
+        };
+        discard(ferry, &gone).await;
+        Ok(gone.len())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Counts a session about to be opened for `holder`, unless that would
+    /// pass one of the caps.
+    fn reserve(self: &Arc<Self>, holder: Holder, limits: &Limits, who: &Who<'_>) -> Result<Opening> {
+        let mut st = self.state()?;
+        let all = st
+            .sessions
+            .values()
+            .map(|s| (&s.holder, s.expires(limits.idle)))
+            .chain(st.opening.values().map(|h| (h, None)));
+        let (mut by_key, mut by_feed, mut total) = (Vec::new(), Vec::new(), Vec::new());
+        for (h, expires) in all {
+            if holder.key.is_some() && h.key == holder.key {
+                by_key.push(expires);
+            }
+            if h.feed == holder.feed {
+                by_feed.push(expires);
+            }
+            total.push(expires);
+        }
+        let refused = if by_key.len() >= limits.per_key {
+            Some((Scope::Key(who.key.unwrap_or("?")), by_key, limits.per_key))
+        } else if by_feed.len() >= limits.per_feed {
+            Some((Scope::Feed(who.feed), by_feed, limits.per_feed))
+        } else if total.len() >= limits.total {
+            Some((Scope::Instance, total, limits.total))
+        } else {
+            None
+        };
+        if let Some((scope, group, cap)) = refused {
+            let next = group.into_iter().flatten().min();
+            return Err(too_many(scope, cap, limits.idle, next));
+        }
+        let n = st.next_opening;
+        st.next_opening += 1;
+        st.opening.insert(n, holder);
+        Ok(Opening {
+            shared: self.clone(),
+            n,
+            opened: false,
+        })
     }
 }
 
-/// `POST …/blobs/uploads/`: opens an upload session (discarding sessions
-/// idle for [`UPLOAD_IDLE_TIMEOUT`]).
+/// How the holder of a new session is named in a refusal.
+struct Who<'a> {
+    key: Option<&'a str>,
+    feed: &'a str,
+}
+
+/// Which cap a new session would pass.
+enum Scope<'a> {
+    Key(&'a str),
+    Feed(&'a str),
+    Instance,
+}
+
+/// A duration as people read it: `10m`, `9m 58s`, `42s`, `350ms`.
+fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    match (s / 60, s % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m {s}s"),
+    }
+}
+
+/// TOOMANYREQUESTS: opening a session would pass `scope`'s cap. `next`:
+/// when the first of that scope's idle sessions expires (None: all are in
+/// use).
+fn too_many(scope: Scope<'_>, cap: usize, idle: Duration, next: Option<Instant>) -> Error {
+    let whose = match scope {
+        Scope::Key(name) => format!("for API key {name:?}: {cap}, the limit per key"),
+        Scope::Feed(name) => format!("in feed {name}: {cap}, the limit per feed"),
+        Scope::Instance => format!("on this server: {cap}, the limit for all feeds"),
+    };
+    let left = next.map(|at| at.saturating_duration_since(Instant::now()));
+    let when = match left {
+        Some(left) => format!("the next of these in {}", human(left)),
+        None => "and all of these are in use by requests now".to_owned(),
+    };
+    let message = format!(
+        "too many open upload sessions {whose}. Finish or cancel some (DELETE the upload's URL), \
+         or retry later: a session expires {} after its last request, {when}",
+        human(idle)
+    );
+    let wait = left.unwrap_or(idle);
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Error {
+        retry_after: Some(Duration::from_secs(secs.max(1))),
+        ..Error::new(ErrorCode::TooManyRequests, CoreError::Unavailable(message))
+    }
+}
+
+/// A session being opened, counted against the caps; uncounted when
+/// dropped unless [`Opening::open`] made it a session.
+struct Opening {
+    shared: Arc<Shared>,
+    n: u64,
+    opened: bool,
+}
+
+impl Opening {
+    /// Turns the reservation into session `id` of `repo`.
+    fn open(mut self, id: &str, repo: &str) -> Result<()> {
+        let mut st = self.shared.state()?;
+        let holder = st.opening.remove(&self.n).ok_or_else(|| {
+            Error::from(CoreError::Internal(
+                "an upload session being opened was lost".into(),
+            ))
+        })?;
+        st.sessions.insert(
+            id.to_owned(),
+            Session {
+                holder,
+                repo: repo.to_owned(),
+                touched: Instant::now(),
+                busy: 0,
+            },
+        );
+        self.opened = true;
+        Ok(())
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if !self.opened
+            && let Ok(mut st) = self.shared.state.lock()
+        {
+            st.opening.remove(&self.n);
+        }
+    }
+}
+
+/// A request using a session (see [`Uploads::enter`]); when it ends, the
+/// session counts as used then.
+struct InUse {
+    shared: Arc<Shared>,
+    id: String,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.shared.state.lock()
+            && let Some(s) = st.sessions.get_mut(&self.id)
+        {
+            s.busy = s.busy.saturating_sub(1);
+            s.touched = Instant::now();
+        }
+    }
+}
+
+/// Discards the files of forgotten sessions. A file that cannot be
+/// removed is logged: the session is gone either way, and the upload area
+/// is emptied at the next start.
+async fn discard(ferry: &Ferry, ids: &[String]) {
+    for id in ids {
+        if let Err(e) = ferry.blob_store().upload_abort(id).await {
+            tracing::warn!(upload = %id, "could not discard an expired upload session: {e}");
+        }
+    }
+}
+
+/// How often the sweep looks for expired sessions: a quarter of the idle
+/// timeout, between 10 ms and a minute.
+fn sweep_period(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
+}
+
+/// Discards expired sessions, and those of deleted keys, until none is
+/// left open (or the sessions themselves are gone).
+async fn sweep(shared: std::sync::Weak<Shared>, ferry: Ferry) {
+    loop {
+        let idle = Limits::of(&ferry).idle;
+        tokio::time::sleep(sweep_period(idle)).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let (expired, last) = {
+            let Ok(mut st) = shared.state.lock() else {
+                return;
+            };
+            let expired = Shared::take_expired(&mut st, idle);
+            let last = st.sessions.is_empty() && st.opening.is_empty();
+            if last {
+                st.sweeping = false;
+            }
+            (expired, last)
+        };
+        discard(&ferry, &expired).await;
+        if last {
+            return;
+        }
+        if let Err(e) = shared.purge_revoked(&ferry).await {
+            tracing::warn!("could not look for upload sessions of deleted API keys: {e}");
+        }
+    }
+}
+
+impl Uploads {
+    /// How many sessions are open.
+    pub fn len(&self) -> usize {
+        self.shared.state.lock().map(|s| s.sessions.len()).unwrap_or(0)
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn remove(&self, id: &str) -> Result<()> {
+        self.shared.state()?.sessions.remove(id);
+        Ok(())
+    }
+
+    /// Checks that session `id` belongs to `repo` of `feed` (and has not
+    /// expired), and touches it; with `enter`, the returned guard marks
+    /// the session in use until it is dropped.
+    async fn lookup(
+        &self,
+        ferry: &Ferry,
+        feed: &FeedRecord,
+        repo: &str,
+        id: &str,
+        enter: bool,
+    ) -> Result<Option<InUse>> {
+        let idle = Limits::of(ferry).idle;
+        match self.shared.lookup(feed.id, repo, id, idle, enter)? {
+            Lookup::Found => Ok(enter.then(|| InUse {
+                shared: self.shared.clone(),
+                id: id.to_owned(),
+            })),
+            Lookup::Unknown => Err(upload_unknown(id)),
+            Lookup::Expired => {
+                discard(ferry, &[id.to_owned()]).await;
+                Err(upload_unknown(id))
+            }
+        }
+    }
+
+    /// Marks session `id` in use by a request (see [`Uploads::lookup`]).
+    async fn enter(&self, ferry: &Ferry, feed: &FeedRecord, repo: &str, id: &str) -> Result<InUse> {
+        self.lookup(ferry, feed, repo, id, true)
+            .await?
+            .ok_or_else(|| CoreError::Internal("upload session guard missing".into()).into())
+    }
+
+    /// Starts the background sweep unless it runs (or there is no runtime
+    /// to run it on: expired sessions are then discarded when requests
+    /// find them).
+    fn sweep_in_background(&self, ferry: &Ferry) -> Result<()> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Ok(());
+        };
+        {
+            let mut st = self.shared.state()?;
+            if st.sweeping {
+                return Ok(());
+            }
+            st.sweeping = true;
+        }
+        runtime.spawn(sweep(Arc::downgrade(&self.shared), ferry.clone()));
+        Ok(())
+    }
+}
+
+/// `POST …/blobs/uploads/`: opens an upload session for `principal` (the
+/// key the request came with), unless that would pass one of the caps (see
+/// [`Uploads`]; TOOMANYREQUESTS, naming the cap and when a session
+/// expires). Expired sessions are discarded first, and before refusing,
+/// the sessions of deleted keys.
 pub async fn start_upload(
     ferry: &Ferry,
     uploads: &Uploads,
     feed: &FeedRecord,
+    principal: Option<&Principal>,
     repo: &str,
 ) -> Result<UploadStatus> {
     check_repository(repo)?;
-    for id in uploads.expired(UPLOAD_IDLE_TIMEOUT)? {
-        ferry.blob_store().upload_abort(&id).await?;
-    }
-    if uploads.len() >= MAX_UPLOAD_SESSIONS {
-        return Err(Error::new(
-            ErrorCode::TooManyRequests,
-            CoreError::Unavailable(format!(
-                "{MAX_UPLOAD_SESSIONS} uploads are open; finish or cancel some, or retry later"
-            )),
-        ));
-    }
+    let limits = Limits::of(ferry);
+    let expired = Shared::take_expired(&mut *uploads.shared.state()?, limits.idle);
+    discard(ferry, &expired).await;
+    let holder = Holder {
+        feed: feed.id,
+        key: principal.map(|p| KeyRef::of(&p.key)),
+    };
+    let who = Who {
+        key: principal.map(|p| p.key.name.as_str()),
+        feed: feed.name.as_str(),
+    };
+    let opening = match uploads.shared.reserve(holder.clone(), &limits, &who) {
+        Ok(o) => o,
+        Err(refused) => {
+            if uploads.shared.purge_revoked(ferry).await? == 0 {
+                return Err(refused);
+            }
+            uploads.shared.reserve(holder, &limits, &who)?
+        }
+    };
     let id = ferry.blob_store().upload_begin().await?;
-    uploads.sessions.lock().map_err(lock_err)?.insert(
-        id.clone(),
-        Session {
-            feed: feed.id,
-            repo: repo.to_owned(),
-            touched: Instant::now(),
-        },
-    );
+    if let Err(e) = opening.open(&id, repo) {
+        discard(ferry, std::slice::from_ref(&id)).await;
+        return Err(e);
+    }
+    uploads.sweep_in_background(ferry)?;
     Ok(UploadStatus { id, size: 0 })
 }
 
@@ -482,7 +900,13 @@ pub async fn upload_status(
     repo: &str,
     id: &str,
 ) -> Result<UploadStatus> {
-    uploads.check(feed, repo, id)?;
+    uploads.lookup(ferry, feed, repo, id, false).await?;
+    stored_length(ferry, uploads, id).await
+}
+
+/// The length of session `id` in the blob store (forgetting the session
+/// if the store has lost it).
+async fn stored_length(ferry: &Ferry, uploads: &Uploads, id: &str) -> Result<UploadStatus> {
     match ferry.blob_store().upload_len(id).await? {
         Some(size) => Ok(UploadStatus {
             id: id.to_owned(),
@@ -495,19 +919,19 @@ pub async fn upload_status(
     }
 }
 
-/// Appends a chunk. `range` is the chunk's `Content-Range` (inclusive): it
-/// must start where the session ends, and the body may not run past its
-/// end (RANGE_INVALID, answered with 416; the session is unchanged).
+/// Appends a chunk to a session the caller holds in use. `range` is the
+/// chunk's `Content-Range` (inclusive): it must start where the session
+/// ends, and the body may not run past its end (RANGE_INVALID, answered
+/// with 416; the session is unchanged).
 async fn append(
     ferry: &Ferry,
     uploads: &Uploads,
-    feed: &FeedRecord,
-    repo: &str,
+    _in_use: &InUse,
     id: &str,
     range: Option<(u64, u64)>,
     body: ByteStream,
 ) -> Result<UploadStatus> {
-    let current = upload_status(ferry, uploads, feed, repo, id).await?.size;
+    let current = stored_length(ferry, uploads, id).await?.size;
     let max = ferry.config().max_upload_bytes;
     let limit = match range {
         Some((start, _)) if start != current => {
@@ -538,7 +962,8 @@ fn range_invalid(message: String) -> Error {
     Error::new(ErrorCode::RangeInvalid, CoreError::Invalid(message))
 }
 
-/// `PATCH …/blobs/uploads/ID`: appends a chunk (see [`append`]).
+/// `PATCH …/blobs/uploads/ID`: appends a chunk (see [`append`]). The
+/// session cannot expire while the chunk arrives.
 pub async fn upload_chunk(
     ferry: &Ferry,
     uploads: &Uploads,
@@ -548,7 +973,8 @@ pub async fn upload_chunk(
     range: Option<(u64, u64)>,
     body: ByteStream,
 ) -> Result<UploadStatus> {
-    append(ferry, uploads, feed, repo, id, range, body).await
+    let in_use = uploads.enter(ferry, feed, repo, id).await?;
+    append(ferry, uploads, &in_use, id, range, body).await
 }
 
 /// `PUT …/blobs/uploads/ID?digest=`: appends the last chunk (possibly
@@ -566,11 +992,13 @@ pub async fn finish_upload(
     range: Option<(u64, u64)>,
     body: ByteStream,
 ) -> Result<u64> {
-    append(ferry, uploads, feed, repo, id, range, body).await?;
+    let in_use = uploads.enter(ferry, feed, repo, id).await?;
+    append(ferry, uploads, &in_use, id, range, body).await?;
     let staged = ferry.blob_store().upload_finish(id, expected).await;
     if !matches!(staged, Err(StoreError::Conflict(_))) {
         uploads.remove(id)?;
     }
+    drop(in_use);
     let staged = match staged {
         Ok(s) => s,
         Err(StoreError::NotFound(_)) => return Err(upload_unknown(id)),
@@ -590,7 +1018,7 @@ pub async fn cancel_upload(
     repo: &str,
     id: &str,
 ) -> Result<()> {
-    uploads.check(feed, repo, id)?;
+    uploads.lookup(ferry, feed, repo, id, false).await?;
     uploads.remove(id)?;
     ferry.blob_store().upload_abort(id).await?;
     Ok(())
@@ -1303,6 +1731,27 @@ fn plan_prune(feed: &FeedName, items: Vec<ItemRecord>, cutoff: i64) -> PrunePlan
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_in_refusals() {
+        let ms = Duration::from_millis;
+        assert_eq!(human(ms(350)), "350ms");
+        assert_eq!(human(ms(2000)), "2s");
+        assert_eq!(human(ms(2001)), "3s");
+        assert_eq!(human(Duration::from_secs(600)), "10m");
+        assert_eq!(human(Duration::from_secs(598)), "9m 58s");
+        assert_eq!(sweep_period(Duration::from_secs(600)), Duration::from_secs(60));
+        assert_eq!(sweep_period(ms(100)), ms(25));
+        assert_eq!(sweep_period(Duration::ZERO), ms(10));
+        let e = too_many(Scope::Feed("img"), 5, Duration::from_secs(600), None);
+        assert_eq!(e.code, Some(ErrorCode::TooManyRequests));
+        assert_eq!(e.retry_after, Some(Duration::from_secs(600)));
+        assert!(
+            e.error.to_string().contains("in feed img: 5, the limit per feed"),
+            "{}",
+            e.error
+        );
+    }
 
     #[test]
     fn digest_sets() {

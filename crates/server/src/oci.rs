@@ -11,7 +11,7 @@
 //! | `GET /v2/_catalog?n=&last=` | `FEED/NAME` of every readable OCI feed, `Link` to the next page |
 //! | `HEAD/GET …/blobs/DIGEST` | the blob (Range), `Docker-Content-Digest` |
 //! | `DELETE …/blobs/DIGEST` | 202; removes the repository's upload link |
-//! | `POST …/blobs/uploads/` | 202 + session `Location`; `?digest=` with a body: 201 (monolithic); `?mount=&from=`: 201 if the blob is in the feed, else a session |
+//! | `POST …/blobs/uploads/` | 202 + session `Location`; `?digest=` with a body: 201 (monolithic); `?mount=&from=`: 201 if the blob is in the feed, else a session; 429 TOOMANYREQUESTS + `Retry-After` past the open-session caps (per key, per feed, per instance; see [`Uploads`]) |
 //! | `PATCH …/blobs/uploads/ID` | appends a chunk (`Content-Range` optional; out of order → 416) |
 //! | `GET …/blobs/uploads/ID` | 204 with `Range` |
 //! | `PUT …/blobs/uploads/ID?digest=` | 201; closes the session, optionally with a last chunk |
@@ -113,10 +113,15 @@ impl From<oci::Error> for Fail {
             Some(ErrorCode::TooManyRequests) => Some(StatusCode::TOO_MANY_REQUESTS),
             _ => None,
         };
+        let headers = error
+            .retry_after
+            .map(|d| (header::RETRY_AFTER, d.as_secs().to_string()))
+            .into_iter()
+            .collect();
         Self {
             error,
             status,
-            headers: Vec::new(),
+            headers,
         }
     }
 }
@@ -556,7 +561,7 @@ async fn post_upload(
         oci::upload(ferry, feed, &repo, body_stream(body), &digest).await?;
         return Ok(blob_created(&feed_name, &repo, &digest));
     }
-    let status = oci::start_upload(ferry, &uploads, feed, &repo).await?;
+    let status = oci::start_upload(ferry, &uploads, feed, access.principal.as_ref(), &repo).await?;
     Ok(empty(
         StatusCode::ACCEPTED,
         session_headers(&feed_name, &repo, &status),

@@ -66,7 +66,11 @@ struct Oci {
 
 impl Oci {
     async fn new() -> Self {
-        let i = Instance::new().await;
+        Self::with_config(ferry_core::Config::default()).await
+    }
+
+    async fn with_config(cfg: ferry_core::Config) -> Self {
+        let i = Instance::with_config(cfg).await;
         i.feed("img", FeedType::Oci, false).await;
         i.feed("other", FeedType::Oci, false).await;
         i.feed("secret", FeedType::Oci, true).await;
@@ -1548,4 +1552,244 @@ async fn prune_never_leaves_an_index_without_its_children() {
         )
         .await;
     refused(&r, 409, "DENIED");
+}
+
+// ---------------------------------------------------------------------------
+// Upload session limits and expiry
+
+/// `POST /v2/{feed}/app/blobs/uploads/` with `key`: opens a session.
+async fn open_session(o: &Oci, key: &str, feed: &str) -> Reply {
+    o.i.send(
+        "POST",
+        &format!("/v2/{feed}/app/blobs/uploads/"),
+        Some(key),
+        &[],
+        Body::empty(),
+    )
+    .await
+}
+
+/// Opens a session that must be granted; its `Location`.
+async fn session(o: &Oci, key: &str, feed: &str) -> String {
+    let r = open_session(o, key, feed).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    r.header("location").unwrap().to_owned()
+}
+
+/// A whole chunked push (open, one chunk, close) with `key`.
+async fn chunked_push(o: &Oci, key: &str, feed: &str, data: &[u8]) {
+    let loc = session(o, key, feed).await;
+    let r = o.i.send("PATCH", &loc, Some(key), &[], data.to_vec()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let close = format!("{loc}?digest={}", digest(data));
+    let r = o.i.send("PUT", &close, Some(key), &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+}
+
+/// Asserts a 429 TOOMANYREQUESTS whose message contains every one of `words`.
+#[track_caller]
+fn too_many(r: &Reply, words: &[&str]) {
+    refused(r, 429, "TOOMANYREQUESTS");
+    let message = r.json()["errors"][0]["message"].as_str().unwrap().to_owned();
+    for w in words {
+        assert!(message.contains(w), "{w:?} not in {message:?}");
+    }
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+}
+
+/// Files in the blob store's upload area (one per open session).
+fn session_files(o: &Oci) -> usize {
+    std::fs::read_dir(o.i.dir.path().join("blobs/uploads"))
+        .unwrap()
+        .count()
+}
+
+fn session_limits(
+    idle: std::time::Duration,
+    per_key: usize,
+    per_feed: usize,
+    total: usize,
+) -> ferry_core::Config {
+    ferry_core::Config {
+        oci_upload_idle_timeout: idle,
+        oci_max_upload_sessions_per_key: per_key,
+        oci_max_upload_sessions_per_feed: per_feed,
+        oci_max_upload_sessions: total,
+        ..Default::default()
+    }
+}
+
+/// One key holding its allowance of sessions is refused more, while other
+/// keys and feeds push on; a feed's and the instance's caps hold the same
+/// way, and the sessions of a deleted key stop counting.
+#[tokio::test]
+async fn upload_sessions_are_capped_per_key_feed_and_instance() {
+    let o = Oci::with_config(session_limits(std::time::Duration::from_secs(600), 3, 5, 8)).await;
+    o.i.feed("third", FeedType::Oci, false).await;
+    let a = o.i.key("a", Permission::Write, Some(&["img"])).await;
+    let b = o.i.key("b", Permission::Write, Some(&["img"])).await;
+    let c = o.i.key("c", Permission::Write, Some(&["other"])).await;
+
+    let mut held_by_a = Vec::new();
+    for _ in 0..3 {
+        held_by_a.push(session(&o, &a, "img").await);
+    }
+    let r = open_session(&o, &a, "img").await;
+    too_many(
+        &r,
+        &[
+            "API key \"a\"",
+            "limit per key",
+            "expires 10m after its last request",
+        ],
+    );
+    // Pushes that need no session, and other keys' sessions, go on.
+    let r =
+        o.i.send(
+            "POST",
+            &format!("/v2/img/app/blobs/uploads/?digest={}", digest(b"whole")),
+            Some(&a),
+            &[],
+            b"whole".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    chunked_push(&o, &b, "img", b"b's layer").await;
+    // A cancelled session frees its place.
+    let cancelled = held_by_a.pop().unwrap();
+    let r = o.i.send("DELETE", &cancelled, Some(&a), &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    held_by_a.push(session(&o, &a, "img").await);
+
+    // The feed's cap: img holds 3 + 2 sessions.
+    session(&o, &b, "img").await;
+    session(&o, &b, "img").await;
+    too_many(
+        &open_session(&o, &b, "img").await,
+        &["feed img", "limit per feed"],
+    );
+    too_many(
+        &open_session(&o, &o.w, "img").await,
+        &["feed img", "limit per feed"],
+    );
+    // Another feed is not held up by img's sessions.
+    chunked_push(&o, &c, "other", b"c's layer").await;
+    for _ in 0..3 {
+        session(&o, &c, "other").await;
+    }
+    // The instance's cap: 8 sessions in all.
+    too_many(&open_session(&o, &o.w, "third").await, &["on this server"]);
+    assert_eq!(session_files(&o), 8);
+
+    // A deleted key's sessions no longer count (nor work).
+    o.i.ferry.delete_key("a").await.unwrap();
+    session(&o, &o.w, "third").await;
+    session(&o, &b, "img").await;
+    for loc in &held_by_a {
+        refused(&o.get(loc).await, 404, "BLOB_UPLOAD_UNKNOWN");
+    }
+    assert_eq!(session_files(&o), 2 + 1 + 3 + 1);
+}
+
+/// Waits (up to 10 s) until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not happen within 10 s");
+}
+
+/// Idle sessions expire after the configured timeout with no request
+/// needed: their files go, and their key may open sessions again.
+#[tokio::test]
+async fn idle_upload_sessions_expire_with_their_files() {
+    let idle = std::time::Duration::from_secs(2);
+    let o = Oci::with_config(session_limits(idle, 2, 100, 100)).await;
+    let a = o.i.key("a", Permission::Write, Some(&["img"])).await;
+    let first = session(&o, &a, "img").await;
+    let r =
+        o.i.send("PATCH", &first, Some(&a), &[], b"partial".to_vec())
+            .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let second = session(&o, &a, "img").await;
+    too_many(
+        &open_session(&o, &a, "img").await,
+        &["API key \"a\"", "expires 2s after"],
+    );
+    assert_eq!(session_files(&o), 2);
+
+    eventually("expiry of idle sessions", || session_files(&o) == 0).await;
+    for loc in [&first, &second] {
+        refused(&o.get(loc).await, 404, "BLOB_UPLOAD_UNKNOWN");
+    }
+    assert_eq!(o.i.ferry.blob_size(&Digest::of(b"partial")).await.unwrap(), None);
+    chunked_push(&o, &a, "img", b"after expiry").await;
+    session(&o, &a, "img").await;
+    session(&o, &a, "img").await;
+}
+
+/// A chunk that takes longer than the idle timeout to arrive keeps its
+/// session (idle ones around it expire meanwhile), and the upload then
+/// finishes.
+#[tokio::test]
+async fn an_append_in_progress_is_not_expired() {
+    use tower::ServiceExt;
+
+    let idle = std::time::Duration::from_secs(1);
+    let o = Oci::with_config(session_limits(idle, 10, 10, 10)).await;
+    let busy = session(&o, &o.w, "img").await;
+    let idle_one = session(&o, &o.w, "img").await;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }));
+    let req = axum::http::Request::builder()
+        .method("PATCH")
+        .uri(&busy)
+        .header("authorization", format!("Bearer {}", o.w))
+        .body(body)
+        .unwrap();
+    let patch = tokio::spawn(o.i.router.clone().oneshot(req));
+    tx.send(Ok(bytes::Bytes::from_static(b"first half, ")))
+        .await
+        .unwrap();
+
+    // Meanwhile the idle session expires, file and all.
+    eventually("expiry of the idle session", || session_files(&o) == 1).await;
+    refused(&o.get(&idle_one).await, 404, "BLOB_UPLOAD_UNKNOWN");
+    tokio::time::sleep(idle * 2).await;
+    assert!(!patch.is_finished(), "the append was cut");
+    assert_eq!(session_files(&o), 1);
+
+    tx.send(Ok(bytes::Bytes::from_static(b"second half")))
+        .await
+        .unwrap();
+    drop(tx);
+    let resp = patch.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let data = b"first half, second half";
+    let end = format!("0-{}", data.len() - 1);
+    assert_eq!(
+        resp.headers().get("range").and_then(|v| v.to_str().ok()),
+        Some(end.as_str())
+    );
+    let r = o
+        .send(
+            "PUT",
+            &format!("{busy}?digest={}", digest(data)),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(
+        o.get(&format!("/v2/img/app/blobs/{}", digest(data))).await.body,
+        data
+    );
+    assert_eq!(session_files(&o), 0);
 }
