@@ -38,6 +38,16 @@ impl ApiError {
     }
 }
 
+/// A JSON body the extractor refused: 413 past the route's body cap,
+/// 400 (with the parser's reason) for anything else.
+pub fn json_rejection(e: &axum::extract::rejection::JsonRejection) -> CoreError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        CoreError::TooLarge(format!("request body too large: {}", e.body_text()))
+    } else {
+        CoreError::invalid(e.body_text())
+    }
+}
+
 pub fn status_of(e: &CoreError) -> StatusCode {
     match e {
         CoreError::NotFound(_) => StatusCode::NOT_FOUND,

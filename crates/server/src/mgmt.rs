@@ -26,6 +26,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/keys/{name}", axum::routing::delete(delete_key))
         .route("/api/v1/gc", post(gc))
         .route("/api/v1/fsck", post(fsck))
+        // JSON bodies are read whole, so they are capped at 1 MiB: management bodies are small JSON documents.
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
 }
 
 type JsonResult = Result<Json<Value>, ApiError>;
@@ -59,7 +61,7 @@ async fn create_feed(
     _: Admin,
     body: Result<Json<NewFeed>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
+    let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
     let name = parse_name(&req.name)?;
     let ty: FeedType = req
         .feed_type
@@ -106,7 +108,7 @@ async fn create_key(
     _: Admin,
     body: Result<Json<NewKey>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
+    let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
     let permission = Permission::parse(&req.permission).ok_or_else(|| {
         ApiError::json(CoreError::invalid(format!(
             "permission {:?} is not one of read, write, admin",
@@ -169,7 +171,7 @@ async fn fsck(
     let req = match body {
         Ok(Json(b)) => b,
         Err(axum::extract::rejection::JsonRejection::MissingJsonContentType(_)) => FsckRequest::default(),
-        Err(e) => return Err(ApiError::json(CoreError::invalid(e.body_text()))),
+        Err(e) => return Err(ApiError::json(crate::error::json_rejection(&e))),
     };
     let report = st.ferry.fsck(req.sample).await.map_err(ApiError::json)?;
     let mut repairs = Vec::new();

@@ -35,6 +35,8 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/v1/logs/replication", get(logs))
         .route("/api/v1/logs/replication/level", put(set_level))
+        // JSON bodies are read whole, so they are capped at 1 MiB: management bodies are small JSON documents (bundle import streams its body and is not held to it).
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
 }
 
 fn repl(e: ReplError) -> ApiError {
@@ -52,7 +54,7 @@ async fn create(
     _: Admin,
     body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
+    let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
     let name = req.name.clone();
     let cfg = req.into_config().map_err(repl)?;
     st.replicator.create(&name, cfg).await.map_err(repl)?;
@@ -72,7 +74,7 @@ async fn update(
     Path(name): Path<String>,
     body: Result<Json<UpdateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult {
-    let Json(req) = body.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
+    let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
     st.replicator.update(&name, req).await.map_err(repl)?;
     Ok(Json(json!(st.replicator.get(&name).await.map_err(repl)?)))
 }
@@ -211,7 +213,7 @@ async fn set_level(
     _: Admin,
     body: Result<Json<LevelRequest>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult {
-    let Json(req) = body.map_err(|e| ApiError::json(CoreError::invalid(e.body_text())))?;
+    let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
     let level = Level::parse(&req.level).ok_or_else(|| {
         ApiError::json(CoreError::invalid(format!(
             "level {:?} is not one of debug, info, warn, error",

@@ -37,6 +37,8 @@ pub fn routes() -> Router<AppState> {
             "/api/replication/v1/blobs/{digest}",
             get(get_blob).head(get_blob).merge(put(put_blob)),
         )
+        // JSON bodies are read whole, so they are capped at 16 MiB: an `apply` page is split by the pushing side to stay well below it; blob bodies stream and are not held to it.
+        .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
 }
 
 fn err(e: impl Into<CoreError>) -> ApiError {
@@ -65,7 +67,7 @@ type JsonResult<T> = Result<Json<T>, ApiError>;
 
 fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(b)| b)
-        .map_err(|e| err(CoreError::invalid(e.body_text())))
+        .map_err(|e| err(crate::error::json_rejection(&e)))
 }
 
 async fn handshake(

@@ -11,6 +11,10 @@ use futures::TryStreamExt;
 use super::*;
 use crate::ReplError;
 
+/// Largest JSON body of one `apply` request (the incoming side refuses
+/// bodies over 16 MiB).
+const APPLY_BYTES: usize = 4 << 20;
+
 impl Run<'_> {
     pub(super) async fn push_feed(
         &mut self,
@@ -276,7 +280,28 @@ impl Run<'_> {
                 .await;
         }
         let n = todo.len() as u64;
-        let outcomes = self.remote.apply(remote, todo.clone()).await?.outcomes;
+        // Sent in batches of at most APPLY_BYTES of JSON (the other side
+        // reads an apply body whole, and caps it).
+        let mut outcomes = Vec::with_capacity(todo.len());
+        let mut batch: Vec<WireEntry> = Vec::new();
+        let mut batch_bytes = 0;
+        for e in &todo {
+            let size = serde_json::to_vec(e).map_or(0, |v| v.len());
+            if !batch.is_empty() && batch_bytes + size > APPLY_BYTES {
+                outcomes.extend(
+                    self.remote
+                        .apply(remote, std::mem::take(&mut batch))
+                        .await?
+                        .outcomes,
+                );
+                batch_bytes = 0;
+            }
+            batch_bytes += size;
+            batch.push(e.clone());
+        }
+        if !batch.is_empty() {
+            outcomes.extend(self.remote.apply(remote, batch).await?.outcomes);
+        }
         for ((e, live), o) in todo.iter().zip(live_there).zip(outcomes) {
             match o {
                 WireOutcome::Applied => count_planned(&mut fr.pushed, e, live),
