@@ -407,16 +407,7 @@ fn a_source_restored_from_a_backup_is_compared_in_full_and_its_new_content_arriv
     let mut hub = Server::start();
     hub.create_feed("files", "assets");
     let token = hub.incoming("edge", &["files"], "push");
-    let spoke = Server::start();
-    spoke.create_feed("files", "assets");
-    spoke.outgoing(
-        "from-hub",
-        &["files"],
-        &hub,
-        &token,
-        "pull",
-        &["--interval", "3600"],
-    );
+    let spoke = Server::pulling_spoke(&hub, "files", &token);
     let run = || spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
 
     hub.put_asset("files", "f1", b"first");

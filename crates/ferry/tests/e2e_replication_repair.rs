@@ -15,16 +15,7 @@ fn pull_pair() -> (Server, Server) {
     let hub = Server::start();
     hub.create_feed("files", "assets");
     let token = hub.incoming("edge", &["files"], "push");
-    let spoke = Server::start();
-    spoke.create_feed("files", "assets");
-    spoke.outgoing(
-        "from-hub",
-        &["files"],
-        &hub,
-        &token,
-        "pull",
-        &["--interval", "3600"],
-    );
+    let spoke = Server::pulling_spoke(&hub, "files", &token);
     (hub, spoke)
 }
 
@@ -128,16 +119,7 @@ fn a_blob_missing_on_the_hub_holds_back_only_its_item_until_it_is_restored() {
     );
 
     // The spoke copies everything else and names the item it could not.
-    let spoke = Server::start();
-    spoke.create_feed("files", "assets");
-    spoke.outgoing(
-        "from-hub",
-        &["files"],
-        &hub,
-        &token,
-        "pull",
-        &["--interval", "3600"],
-    );
+    let spoke = Server::pulling_spoke(&hub, "files", &token);
     let out = run(&spoke);
     assert!(!out.status.success(), "a stuck item must not look like success");
     let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);

@@ -472,3 +472,16 @@ impl Server {
 }
 
 pub mod oci;
+
+impl Server {
+    /// A spoke pulling `feed` (assets) from `hub` as replication
+    /// `from-hub`, with `token` of the hub's incoming replication; the long
+    /// interval leaves runs to the test (and to the hub's changes, which
+    /// the spoke follows by long polling).
+    pub fn pulling_spoke(hub: &Server, feed: &str, token: &str) -> Server {
+        let spoke = Server::start();
+        spoke.create_feed(feed, "assets");
+        spoke.outgoing("from-hub", &[feed], hub, token, "pull", &["--interval", "3600"]);
+        spoke
+    }
+}
