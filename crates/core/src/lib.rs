@@ -93,6 +93,16 @@ impl Default for Config {
     }
 }
 
+/// What became of one change given to [`Ferry::apply_each`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Passed the checks and written (or already there, or lost to a
+    /// later stamp: see [`WriteOutcome`]).
+    Written(WriteOutcome),
+    /// Refused by [`Ferry::check_replicated`]; the reason names the key.
+    Refused(String),
+}
+
 /// One local write, before it is stamped.
 #[derive(Debug, Clone)]
 pub struct LocalWrite {
@@ -459,7 +469,13 @@ impl Ferry {
         let outcomes = self
             .0
             .meta
-            .write_ordered(feed.id, changes, StampOrder::LocalWrite)
+            .write_ordered(
+                feed.id,
+                changes,
+                StampOrder::LocalWrite {
+                    ceiling: clock::ceiling(self.0.config.max_clock_skew),
+                },
+            )
             .await?;
         self.notify(feed.id, &outcomes)?;
         Ok(outcomes)
@@ -480,40 +496,73 @@ impl Ferry {
         )))
     }
 
-    /// Applies already-stamped changes (from replication or a bundle),
-    /// advancing the clock past them. The later stamp wins for each key.
-    /// Each change is first checked as its feed type checks an upload, and
-    /// its stamp against the clock ([`Self::check_replicated`]); one that
-    /// fails fails the batch.
+    /// Applies already-stamped changes (from replication or a bundle).
+    /// The later stamp wins for each key. Each change is first checked as
+    /// its feed type checks an upload, and its stamp against the clock
+    /// ([`Self::check_replicated`]); one that fails fails the batch, and
+    /// nothing is written.
     pub async fn apply(
         &self,
         feed: &FeedRecord,
         changes: Vec<Change>,
     ) -> Result<Vec<WriteOutcome>, CoreError> {
-        self.apply_ordered(feed, changes, StampOrder::LaterWins).await
+        for c in &changes {
+            self.check_replicated(feed, c).await?;
+        }
+        self.write_received(feed, changes, StampOrder::LaterWins).await
     }
 
-    /// Applies already-stamped changes over whatever is stored, even later
-    /// stamps: the repair of a replica from its source.
-    pub async fn overwrite(
+    /// Applies already-stamped changes one by one as far as they pass
+    /// [`Self::check_replicated`]: a change that fails it is left out and
+    /// answered [`Applied::Refused`] with the reason; the others are written
+    /// in one transaction, the later stamp winning for each key. With
+    /// `overwrite`, they replace whatever is stored, even later stamps (the
+    /// repair of a replica from its source). Outcomes are in the order of
+    /// `changes`. Errors: only what is not the change's fault (storage).
+    pub async fn apply_each(
         &self,
         feed: &FeedRecord,
         changes: Vec<Change>,
-    ) -> Result<Vec<WriteOutcome>, CoreError> {
-        self.apply_ordered(feed, changes, StampOrder::Overwrite).await
+        overwrite: bool,
+    ) -> Result<Vec<Applied>, CoreError> {
+        let mut out: Vec<Option<Applied>> = Vec::with_capacity(changes.len());
+        let mut passed = Vec::with_capacity(changes.len());
+        for c in changes {
+            match self.check_replicated(feed, &c).await {
+                Ok(()) => {
+                    out.push(None);
+                    passed.push(c);
+                }
+                Err(CoreError::Invalid(why)) => out.push(Some(Applied::Refused(why))),
+                Err(other) => return Err(other),
+            }
+        }
+        let order = if overwrite {
+            StampOrder::Overwrite
+        } else {
+            StampOrder::LaterWins
+        };
+        let mut written = self.write_received(feed, passed, order).await?.into_iter();
+        Ok(out
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    written
+                        .next()
+                        .map_or(Applied::Refused(String::new()), Applied::Written)
+                })
+            })
+            .collect())
     }
 
-    async fn apply_ordered(
+    async fn write_received(
         &self,
         feed: &FeedRecord,
         changes: Vec<Change>,
         order: StampOrder,
     ) -> Result<Vec<WriteOutcome>, CoreError> {
-        for c in &changes {
-            self.check_replicated(feed, c).await?;
-        }
-        for c in &changes {
-            self.0.clock.observe(c.stamp.time);
+        if changes.is_empty() {
+            return Ok(Vec::new());
         }
         let outcomes = self
             .0

@@ -326,11 +326,20 @@ fn push_tombstone(hub: &Server, token: &str, key: &str, time: u64) -> (u16, Stri
 /// writable and deletable by clients.
 fn future_stamp_problems(hub: &Server, token: &str, key: &str, time: u64) -> Vec<String> {
     let mut problems = Vec::new();
+    // The entry is refused (the other entries of a request would still be
+    // applied): its outcome says so, naming the stamp or clock.
     let (st, msg) = push_tombstone(hub, token, key, time);
-    let lower = msg.to_lowercase();
-    if !(400..500).contains(&st) || !(lower.contains("stamp") || lower.contains("clock")) {
+    let reason = serde_json::from_str::<serde_json::Value>(&msg)
+        .ok()
+        .and_then(|v| {
+            v["outcomes"][0]["refused"]["reason"]
+                .as_str()
+                .map(str::to_lowercase)
+        })
+        .unwrap_or_default();
+    if st != 200 || !(reason.contains("stamp") || reason.contains("clock")) {
         problems.push(format!(
-            "a tombstone stamped {time} was answered {st} {msg:?}; expected a 4xx naming the stamp or clock"
+            "a tombstone stamped {time} was answered {st} {msg:?}; expected its outcome refused, naming the stamp or clock"
         ));
     }
     let auth = format!("Authorization: Bearer {ADMIN}");
@@ -672,4 +681,144 @@ fn concurrent_pulls_of_overlapping_feeds_and_client_uploads_keep_every_blob_and_
         problems.len(),
         problems.join("\n")
     );
+}
+
+// ------------------------------- 2b. a stamp one receiver refuses, pushed
+
+/// A hub accepts a tombstone stamped 200 s ahead (within its 300 s skew) and
+/// pushes to a spoke that allows only 60 s: the spoke refuses that one
+/// entry, and everything else still arrives; the hub's own later writes are
+/// not dragged ahead by the stamp it accepted, so the spoke takes them.
+#[test]
+fn a_push_carries_on_past_an_entry_the_other_side_refuses_for_its_stamp() {
+    let hub = Server::start();
+    let spoke = Server::start_with(&[("FERRY_MAX_CLOCK_SKEW_SECS", "60")]);
+    hub.create_feed("files", "assets");
+    spoke.create_feed("files", "assets");
+    hub.put_asset("files", "before.txt", b"before");
+    let peer = hub.incoming("from-peer", &["files"], "pull");
+    let ahead = (now_millis() + 200_000) << 16;
+    let (st, msg) = push_tombstone(&hub, &peer, "ahead.txt", ahead);
+    assert_eq!(st, 200, "a stamp within the hub's skew was refused: {msg}");
+    hub.put_asset("files", "after.txt", b"after");
+
+    let token = spoke.incoming("from-hub", &["files"], "pull");
+    hub.outgoing(
+        "to-edge",
+        &["files"],
+        &spoke,
+        &token,
+        "push",
+        &["--interval", "3600"],
+    );
+    let out = hub.cli(&["replication", "run", "to-edge", "--wait"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(spoke.serves("files", "before.txt", b"before"), "run: {text}");
+    assert!(
+        spoke.serves("files", "after.txt", b"after"),
+        "a write made on the hub after it accepted a stamp 200 s ahead did not reach a spoke allowing 60 s: {text}"
+    );
+    // The refused entry is named, and the execution does not claim success.
+    assert!(
+        !out.status.success(),
+        "the run succeeded though an entry was refused: {text}"
+    );
+    let exec = &hub.executions("to-edge")[0];
+    let stuck: Vec<&str> = exec["report"]["stuck"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["key"].as_str())
+        .collect();
+    assert_eq!(stuck, vec!["ahead.txt"], "{exec:#}");
+    // Retried by the next run, which copies what is new meanwhile.
+    hub.put_asset("files", "later.txt", b"later");
+    let again = hub.cli(&["replication", "run", "to-edge", "--wait"]);
+    assert!(!again.status.success());
+    assert!(spoke.serves("files", "later.txt", b"later"));
+}
+
+// ------------------------- 3b. a restored source: what it lost comes back
+
+/// A hub is restored from a backup after it had overwritten one file and
+/// deleted another: a pull replica follows it back (the old content again,
+/// the deleted file again), keeps what only the lost history had with a
+/// warning that says why, and `verify --repair --confirm-deletes` makes it
+/// equal to the hub.
+#[test]
+fn a_pull_replica_follows_a_source_restored_from_a_backup_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backup = tmp.path().join("hub-backup");
+    let mut hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let spoke = Server::pulling_spoke(&hub, "files", &token);
+    let run = || spoke.cli(&["replication", "run", "from-hub", "--wait"]);
+
+    hub.put_asset("files", "kept.txt", b"kept");
+    hub.put_asset("files", "over.txt", b"old version");
+    hub.put_asset("files", "gone.txt", b"deleted after the backup");
+    assert!(run().status.success());
+    assert!(hub.stop().success());
+    copy_dir(&hub.data, &backup);
+    hub.restart();
+
+    // After the backup: an overwrite, a deletion and a new file.
+    hub.put_asset("files", "over.txt", b"new version");
+    hub.delete_asset("files", "gone.txt");
+    hub.put_asset("files", "lost.txt", b"only in the lost history");
+    assert!(run().status.success());
+    assert!(spoke.serves("files", "over.txt", b"new version"));
+    assert!(spoke.lacks("files", "gone.txt"));
+
+    assert!(hub.stop().success());
+    std::fs::remove_dir_all(&hub.data).unwrap();
+    copy_dir(&backup, &hub.data);
+    hub.restart();
+    hub.put_asset("files", "fresh.txt", b"after the restore");
+    let out = run();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(spoke.serves("files", "fresh.txt", b"after the restore"), "{text}");
+    assert!(
+        spoke.serves("files", "over.txt", b"old version"),
+        "the replica kept the overwrite the hub lost: {text}"
+    );
+    assert!(
+        spoke.serves("files", "gone.txt", b"deleted after the backup"),
+        "the replica kept the deletion the hub lost: {text}"
+    );
+    // What only the lost history had is kept, and the log says why.
+    assert!(spoke.serves("files", "lost.txt", b"only in the lost history"));
+    // (Long polling may have started executions of its own since.)
+    let log: String = spoke
+        .executions("from-hub")
+        .iter()
+        .map(|e| e["report"]["log"].to_string())
+        .collect();
+    assert!(log.contains("went back"), "{log}");
+    assert!(!log.contains("tombstones have expired"), "{log}");
+
+    let out = spoke.cli(&[
+        "replication",
+        "verify",
+        "from-hub",
+        "--repair",
+        "--confirm-deletes",
+    ]);
+    assert!(
+        out.status.success(),
+        "verify --repair --confirm-deletes: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(spoke.lacks("files", "lost.txt"));
+    assert!(spoke.verified("from-hub"));
 }

@@ -43,6 +43,16 @@ fn a_pull_replica_puts_back_what_was_changed_or_deleted_only_here() {
     spoke.put_asset("files", "mine.txt", b"only on the spoke");
     assert!(!spoke.verified("from-hub"), "verify missed the local drift");
 
+    // The plan predicts the put-back (and changes nothing).
+    let plan = spoke.cli_json(&["replication", "plan", "from-hub", "--json"]);
+    let pulled = &plan["feeds"][0]["pulled"];
+    assert_eq!(
+        (pulled["added"].as_u64(), pulled["updated"].as_u64()),
+        (Some(1), Some(1)),
+        "{plan:#}"
+    );
+    assert!(spoke.lacks("files", "a.txt"));
+
     // A plain run copies what is missing here and puts back the hub's
     // version of what was changed here; what exists only here stays.
     let out = run(&spoke);
@@ -190,6 +200,62 @@ fn fsck_finds_missing_and_corrupt_blobs_and_repairs_them_from_a_peer() {
     // Without a peer to ask, repair says so and fails.
     std::fs::remove_file(blob_file(&hub, &small_d)).unwrap();
     let out = hub.cli_fails(&["fsck", "--repair"]);
-    assert!(out.contains("no outgoing replication pulls content"), "{out}");
+    assert!(out.contains("no outgoing replication"), "{out}");
     assert!(wait_until(5, || hub.cli(&["fsck"]).status.code() == Some(1)));
+}
+
+/// A hub pushing to a spoke repairs its damaged blobs from that spoke
+/// through the push replication it already has: the spoke gives back what
+/// the hub wrote, and nothing of the spoke's own flows to the hub (no
+/// content-pulling replication needed as a repair source).
+#[test]
+fn a_hub_repairs_from_the_spoke_it_pushes_to_and_takes_nothing_else_from_it() {
+    let hub = Server::start();
+    let spoke = Server::start();
+    hub.create_feed("files", "assets");
+    spoke.create_feed("files", "assets");
+    let token = spoke.incoming("from-hub", &["files"], "pull");
+    hub.outgoing(
+        "to-edge",
+        &["files"],
+        &spoke,
+        &token,
+        "push",
+        &["--interval", "3600"],
+    );
+    let big: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_be_bytes()).collect();
+    hub.put_asset("files", "big.bin", &big);
+    hub.put_asset("files", "shared.txt", b"from the hub");
+    let out = hub.cli(&["replication", "run", "to-edge", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(spoke.serves("files", "big.bin", &big));
+    // The spoke has content of its own, and changed one of the hub's items.
+    spoke.put_asset("files", "edge-only.txt", b"written at the edge");
+    spoke.put_asset("files", "shared.txt", b"changed at the edge");
+    let edge_digest = spoke.asset_digests("files", "")["edge-only.txt"].clone();
+
+    let digest = hub.asset_digests("files", "")["big.bin"].clone();
+    let mut rotten = big.clone();
+    rotten[7] ^= 0x01;
+    std::fs::write(blob_file(&hub, &digest), &rotten).unwrap();
+    let out = hub.cli_ok(&["fsck", "--repair"]);
+    assert!(
+        out.contains(&format!("repaired {digest} from replication to-edge")),
+        "{out}"
+    );
+    assert!(hub.serves("files", "big.bin", &big));
+    assert!(hub.serves("files", "shared.txt", b"from the hub"));
+    assert!(hub.lacks("files", "edge-only.txt"));
+
+    // The token of a push target reads back only what its peer wrote.
+    let (st, body) = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("{}/api/replication/v1/blobs/{edge_digest}", spoke.url),
+    ]);
+    assert!(
+        st == 403 || st == 404,
+        "the pushing peer read a blob only the spoke wrote: {st} {}",
+        String::from_utf8_lossy(&body)
+    );
 }

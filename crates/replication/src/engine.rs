@@ -34,12 +34,20 @@ fn guard_key(phase: &str, local: &FeedRecord, remote: &FeedName) -> String {
 }
 const BLOB_PARALLELISM: usize = 8;
 
+/// What one phase (pull or push) of one feed pair did, in items, blobs and
+/// bytes. Entries the replication does not carry at all (left out by its
+/// filters or its mode, or the other side's own writes coming back) are
+/// not counted.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Counts {
     pub added: u64,
     pub updated: u64,
     pub deleted: u64,
+    /// Compared and found already there (the same version, or a version
+    /// from the same origin that is newer).
     pub skipped: u64,
+    /// The two sides had different versions from different origins; the
+    /// later stamp won.
     pub conflicts: u64,
     pub blobs: u64,
     pub bytes: u64,
@@ -140,6 +148,10 @@ pub(crate) struct Run<'a> {
     /// Items of the current feed pair that earlier executions could not
     /// copy, with when they were first found (ms).
     stuck_known: HashMap<ItemKey, i64>,
+    /// The other side's change log of the current feed pair went back
+    /// (restored from a backup, re-created): what it wrote may be newer
+    /// here than there, and pushing compares in full.
+    remote_went_back: bool,
 }
 
 impl<'a> Run<'a> {
@@ -171,6 +183,7 @@ impl<'a> Run<'a> {
             rate: crate::throttle::Rate::new(cfg.bandwidth_limit),
             lags: Vec::new(),
             stuck_known: HashMap::new(),
+            remote_went_back: false,
         })
     }
 
@@ -258,6 +271,7 @@ impl<'a> Run<'a> {
                 pushed: Counts::default(),
             };
             let mut result = Ok(());
+            self.remote_went_back = false;
             if flows.pulls() {
                 result = self.pull_feed(&local, &pair.remote, &mut fr).await;
             }

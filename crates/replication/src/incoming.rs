@@ -120,6 +120,9 @@ impl Replicator {
                 return Err(ReplError::Refused(msg));
             }
         }
+        if let Ok(mut peers) = self.0.peers.lock() {
+            peers.insert(s.record.id, req.instance_id);
+        }
         self.diag().log(
             Level::Debug,
             format!(
@@ -424,9 +427,11 @@ impl Replicator {
             }
         }
         let n = entries.len();
+        // An entry this side refuses (its stamp too far ahead of this
+        // clock, say) is answered as refused; the others are applied.
         let outcomes = self
             .ferry()
-            .apply(&feed, entries.iter().map(WireEntry::to_change).collect())
+            .apply_each(&feed, entries.iter().map(WireEntry::to_change).collect(), false)
             .await?;
         let out: Vec<WireOutcome> = outcomes.into_iter().map(WireOutcome::from).collect();
         let applied = out.iter().filter(|o| **o == WireOutcome::Applied).count();
@@ -499,21 +504,39 @@ impl Replicator {
         Ok(ids)
     }
 
-    /// May the peer read this blob? Only if this side sends content and an
-    /// item of one of the replication's feeds references it.
+    /// May the peer read this blob? If this side sends content, when an item
+    /// of one of the replication's feeds references it. Otherwise only to
+    /// read back what the peer itself wrote (the repair of its damaged
+    /// copy, `ferry fsck --repair`): a live item of those feeds whose stamp
+    /// has the origin the peer handshook as must reference it.
     pub async fn may_read_blob(&self, s: &Session, digest: &Digest) -> Result<(), ReplError> {
-        if !s.config.mode.flows.push_missing {
-            return Err(ReplError::Forbidden(format!(
-                "replication {} on this instance is {}: it does not send content",
+        let ids = self.session_feed_ids(s).await?;
+        if s.config.mode.flows.push_missing {
+            if !self.store().blob_referenced(digest, &ids).await? {
+                return Err(ReplError::NotFound(format!(
+                    "blob {digest} is not in the feeds of this replication"
+                )));
+            }
+            return Ok(());
+        }
+        let peer = self
+            .0
+            .peers
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&s.record.id).copied());
+        let refuse = || {
+            ReplError::Forbidden(format!(
+                "replication {} on this instance is {}: it does not send content, except blobs of items the other instance wrote itself (after a handshake)",
                 s.record.name,
                 s.config.mode.describe()
-            )));
-        }
-        let ids = self.session_feed_ids(s).await?;
-        if !self.store().blob_referenced(digest, &ids).await? {
-            return Err(ReplError::NotFound(format!(
-                "blob {digest} is not in the feeds of this replication"
-            )));
+            ))
+        };
+        let Some(peer) = peer else {
+            return Err(refuse());
+        };
+        if !self.store().blob_written_by(digest, &ids, peer).await? {
+            return Err(refuse());
         }
         Ok(())
     }

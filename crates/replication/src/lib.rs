@@ -61,6 +61,9 @@ struct Inner {
     /// Blobs each incoming replication's peer sent recently (by
     /// replication id), which its `apply` may then reference.
     received: Mutex<HashMap<i64, HashMap<Digest, std::time::Instant>>>,
+    /// The instance each incoming replication's peer last handshook as
+    /// (by replication id): it may read back blobs of items it wrote.
+    peers: Mutex<HashMap<i64, ferry_types::InstanceId>>,
 }
 
 /// How long a blob a peer sent counts as sent by it, awaiting the `apply`
@@ -136,6 +139,7 @@ impl Replicator {
             scheduler: scheduler::Scheduler::default(),
             stopping: tokio::sync::watch::channel(false).0,
             received: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -188,12 +188,32 @@ pub struct ApplyRequest {
     pub entries: Vec<WireEntry>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What the receiving side did with one pushed entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WireOutcome {
     Applied,
     AlreadyApplied,
-    Superseded { current: Stamp },
+    /// The receiver holds a later version.
+    Superseded {
+        current: Stamp,
+    },
+    /// The receiver refused this entry (its stamp is too far ahead of the
+    /// receiver's clock, or its item fails the feed type's checks); the
+    /// other entries of the request were still applied. The sender keeps it
+    /// as a stuck item and retries it.
+    Refused {
+        reason: String,
+    },
+}
+
+impl From<ferry_core::Applied> for WireOutcome {
+    fn from(a: ferry_core::Applied) -> Self {
+        match a {
+            ferry_core::Applied::Written(o) => o.into(),
+            ferry_core::Applied::Refused(reason) => WireOutcome::Refused { reason },
+        }
+    }
 }
 
 impl From<WriteOutcome> for WireOutcome {

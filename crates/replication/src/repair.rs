@@ -1,14 +1,19 @@
 //! Repairing damaged blobs from replication peers (`ferry fsck --repair`):
 //! a verified copy of each digest is fetched from the other side of an
-//! outgoing replication that pulls content (the only peers this instance
-//! can reach and read from), through the same exclusive, resumable and
-//! verified transfer the engine uses.
+//! outgoing replication (the peers this instance can reach), through the
+//! same exclusive, resumable and verified transfer the engine uses. Any
+//! mode will do: a peer that does not send content still gives back the
+//! blobs of items this instance wrote (a hub repairs from the spokes it
+//! pushes to), and a repair copies no item, only blobs.
 
 use ferry_types::Digest;
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use crate::client::Remote;
 use crate::config::{Communication, ReplicationConfig};
+use crate::engine::{Progress, Run};
 use crate::{ReplError, Replicator};
 
 /// What became of one damaged blob.
@@ -26,14 +31,20 @@ impl Replicator {
     /// it and commits it in place of the damaged one.
     pub async fn repair_blobs(&self, digests: &[Digest]) -> Result<Vec<BlobRepair>, ReplError> {
         let mut peers: Vec<(String, Remote)> = Vec::new();
+        let mut unreachable: Vec<String> = Vec::new();
         for rec in self.store().replications().await? {
             let Ok(cfg) = serde_json::from_value::<ReplicationConfig>(rec.config.clone()) else {
                 continue;
             };
-            if let Communication::Outgoing { url, token } = &cfg.communication
-                && cfg.mode.flows.pull_missing
-            {
-                peers.push((rec.name.clone(), Remote::new(self.http().clone(), url, token)));
+            if !matches!(cfg.communication, Communication::Outgoing { .. }) {
+                continue;
+            }
+            // The handshake tells the peer who asks (it gives back what
+            // this instance wrote) and checks that the pair still fits.
+            let mut run = Run::new(self, &rec, &cfg, Arc::new(Progress::default()))?;
+            match run.handshake().await {
+                Ok(_) => peers.push((rec.name.clone(), run.remote().clone())),
+                Err(e) => unreachable.push(format!("{}: {e}", rec.name)),
             }
         }
         let mut out = Vec::new();
@@ -43,11 +54,12 @@ impl Replicator {
                 repaired_from: None,
                 errors: Vec::new(),
             };
-            if peers.is_empty() {
+            if peers.is_empty() && unreachable.is_empty() {
                 repair
                     .errors
-                    .push("no outgoing replication pulls content from a peer".into());
+                    .push("this instance has no outgoing replication to fetch a copy through".into());
             }
+            repair.errors.extend(unreachable.iter().cloned());
             for (name, remote) in &peers {
                 match self.fetch_verified(remote, d).await {
                     Ok(()) => {

@@ -126,7 +126,20 @@ async fn writes_follow_stamps_and_log_changes(s: &dyn MetadataStore) {
     let page = s.changes_since(f.id, 2, 2).await.unwrap();
     assert_eq!(page.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![3, 4]);
     assert_eq!(s.last_seq(f.id).await.unwrap(), 5);
-    assert!(s.max_stamp_time().await.unwrap() >= Hlc(40));
+    // The clock's floor counts only what this instance wrote.
+    let before = s.max_stamp_time().await.unwrap();
+    assert!(before < Hlc(40), "stamps of other origins count: {before:?}");
+    let me = s.instance_id().await.unwrap();
+    let own = Change {
+        key: key("own"),
+        stamp: Stamp {
+            time: Hlc(before.0.max(44) + 1),
+            origin: me,
+        },
+        op: ChangeOp::Delete,
+    };
+    s.write(f.id, vec![(own, Precondition::Any)]).await.unwrap();
+    assert_eq!(s.max_stamp_time().await.unwrap(), Hlc(before.0.max(44) + 1));
 
     // A local update (no created_at) keeps the item's first-write time.
     let local = |k: &str, t: u64| Change {
@@ -151,7 +164,24 @@ async fn writes_follow_stamps_and_log_changes(s: &dyn MetadataStore) {
         .unwrap();
     assert_eq!(s.item(f.id, &key("a")).await.unwrap().unwrap().downloads, 5);
 
-    // A local write that loses fails the whole batch and changes nothing.
+    // A local write over a later stored stamp happens after it: it takes
+    // the reading just after, keeping its own origin...
+    let last = s.last_seq(f.id).await.unwrap();
+    let o = s
+        .write_ordered(
+            f.id,
+            vec![(upsert("a", 35, vec![]), Precondition::Any)],
+            StampOrder::LocalWrite { ceiling: Hlc(1000) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(o, vec![WriteOutcome::Applied { seq: last + 1 }]);
+    assert_eq!(
+        s.item(f.id, &key("a")).await.unwrap().unwrap().stamp,
+        stamp(42, 1)
+    );
+    // ...unless that is past the ceiling: then the whole batch fails and
+    // changes nothing.
     let lost = s
         .write_ordered(
             f.id,
@@ -159,14 +189,14 @@ async fn writes_follow_stamps_and_log_changes(s: &dyn MetadataStore) {
                 (upsert("fresh-local", 50, vec![]), Precondition::Any),
                 (upsert("a", 35, vec![]), Precondition::Any),
             ],
-            StampOrder::LocalWrite,
+            StampOrder::LocalWrite { ceiling: Hlc(42) },
         )
         .await;
     assert!(
-        matches!(lost, Err(StoreError::Superseded { ref key, current }) if key == "a" && current == stamp(41, 1))
+        matches!(lost, Err(StoreError::Superseded { ref key, current }) if key == "a" && current == stamp(42, 1))
     );
     assert_eq!(s.item(f.id, &key("fresh-local")).await.unwrap(), None);
-    assert_eq!(s.last_seq(f.id).await.unwrap(), 7);
+    assert_eq!(s.last_seq(f.id).await.unwrap(), last + 1);
     // A repair overwrites a later stamp (and logs it); the same stamp again is a no-op.
     let o = s
         .write_ordered(
@@ -176,7 +206,7 @@ async fn writes_follow_stamps_and_log_changes(s: &dyn MetadataStore) {
         )
         .await
         .unwrap();
-    assert_eq!(o, vec![WriteOutcome::Applied { seq: 8 }]);
+    assert_eq!(o, vec![WriteOutcome::Applied { seq: last + 2 }]);
     assert_eq!(s.tombstone(f.id, &key("a")).await.unwrap(), Some(stamp(35, 1)));
     let o = s
         .write_ordered(

@@ -72,10 +72,15 @@ pub enum StampOrder {
     /// [`WriteOutcome::Superseded`] and the rest of the batch goes ahead
     /// (replication: the loser is a conflict to log, not an error).
     LaterWins,
-    /// The later stamp wins, and a change that loses fails the whole batch
-    /// with [`StoreError::Superseded`] (local writes: a client must never
-    /// be told a write succeeded that changed nothing).
-    LocalWrite,
+    /// A local write: it happens after whatever is stored under its key,
+    /// so a stored stamp at or after the write's own (a version received
+    /// from an instance whose clock runs ahead) makes the write take the
+    /// reading just after the stored one, with its own origin — as long as
+    /// that stays at or below `ceiling` (the wall clock plus the allowed
+    /// skew). Past it, the whole batch fails with [`StoreError::Superseded`]:
+    /// a client must never be told a write succeeded that changed nothing.
+    /// The instance's clock itself never follows received stamps.
+    LocalWrite { ceiling: Hlc },
     /// The change replaces what is stored whatever its stamp (repair of a
     /// replica from its source). The same stamp again is still a no-op.
     Overwrite,
@@ -202,8 +207,10 @@ pub struct NewApiKey {
 pub trait MetadataStore: Send + Sync + 'static {
     /// This instance's id, created (randomly) and stored on first use.
     async fn instance_id(&self) -> Result<InstanceId, StoreError>;
-    /// The highest stamp time in any change log, so a restarted clock never
-    /// goes backwards.
+    /// The highest stamp time of the items and tombstones this instance
+    /// wrote (origin = [`MetadataStore::instance_id`]), so a restarted clock
+    /// never goes backwards. Stamps received from elsewhere do not count:
+    /// another instance's clock running ahead must not drag this one.
     async fn max_stamp_time(&self) -> Result<Hlc, StoreError>;
 
     async fn create_feed(

@@ -3,7 +3,7 @@
 //! reads a replication needs beyond live items (tombstones, the horizon).
 
 use async_trait::async_trait;
-use ferry_types::{Digest, ItemKey, Stamp};
+use ferry_types::{Digest, InstanceId, ItemKey, Stamp};
 use serde::Serialize;
 
 use crate::StoreError;
@@ -118,6 +118,14 @@ pub trait ReplicationStore: Send + Sync + 'static {
     async fn live_count(&self, feed: FeedId) -> Result<u64, StoreError>;
     /// Whether an item of one of `feeds` references the blob.
     async fn blob_referenced(&self, digest: &Digest, feeds: &[FeedId]) -> Result<bool, StoreError>;
+    /// Whether a live item of one of `feeds` whose stamp has origin
+    /// `origin` references the blob.
+    async fn blob_written_by(
+        &self,
+        digest: &Digest,
+        feeds: &[FeedId],
+        origin: InstanceId,
+    ) -> Result<bool, StoreError>;
     /// Drops tombstones last written before `before` (ms) and their change
     /// entries; returns how many. Raises the feed's horizon.
     async fn prune_tombstones(&self, feed: FeedId, before: i64) -> Result<u64, StoreError>;

@@ -381,27 +381,32 @@ fn apply_change(
         Precondition::Present if !live => return Err(StoreError::NotFound(key.to_string())),
         _ => {}
     }
+    let mut stamp = change.stamp;
     if let Some((_, time, origin)) = &existing {
         let current = stamp_from(*time, origin)?;
-        if current == change.stamp {
+        if current == change.stamp && !matches!(order, StampOrder::LocalWrite { .. }) {
             return Ok(WriteOutcome::AlreadyApplied);
         }
-        if current > change.stamp {
+        if current >= change.stamp {
             match order {
                 StampOrder::LaterWins => return Ok(WriteOutcome::Superseded { current }),
-                StampOrder::LocalWrite => {
-                    return Err(StoreError::Superseded {
-                        key: key.to_string(),
-                        current,
-                    });
+                StampOrder::LocalWrite { ceiling } => {
+                    let after = Hlc(current.time.0.saturating_add(1));
+                    if after == current.time || after > ceiling {
+                        return Err(StoreError::Superseded {
+                            key: key.to_string(),
+                            current,
+                        });
+                    }
+                    stamp.time = after;
                 }
                 StampOrder::Overwrite => {}
             }
         }
     }
     let now = now_millis();
-    let stamp_time = change.stamp.time.0 as i64;
-    let origin = change.stamp.origin.to_string();
+    let stamp_time = stamp.time.0 as i64;
+    let origin = stamp.origin.to_string();
     tx.execute(
         "DELETE FROM item_blobs WHERE feed_id = ?1 AND key = ?2",
         params![feed, key],
@@ -496,7 +501,12 @@ impl MetadataStore for SqliteStore {
 
     async fn max_stamp_time(&self) -> Result<Hlc, StoreError> {
         self.read(|c| {
-            let t: i64 = c.query_row("SELECT COALESCE(MAX(stamp_time), 0) FROM items", [], |r| r.get(0))?;
+            let t: i64 = c.query_row(
+                "SELECT COALESCE(MAX(stamp_time), 0) FROM items
+                 WHERE stamp_origin = (SELECT v FROM meta WHERE k = 'instance_id')",
+                [],
+                |r| r.get(0),
+            )?;
             Ok(Hlc(t as u64))
         })
         .await

@@ -1,7 +1,7 @@
 //! [`ReplicationStore`] on SQLite.
 
 use async_trait::async_trait;
-use ferry_types::{Digest, ItemKey};
+use ferry_types::{Digest, InstanceId, ItemKey};
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::replication::*;
@@ -422,6 +422,34 @@ impl ReplicationStore for SqliteStore {
             for f in feeds {
                 if st
                     .query_row(params![d.as_bytes(), f], |_| Ok(()))
+                    .optional()?
+                    .is_some()
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+    }
+
+    async fn blob_written_by(
+        &self,
+        digest: &Digest,
+        feeds: &[FeedId],
+        origin: InstanceId,
+    ) -> Result<bool, StoreError> {
+        let d = *digest;
+        let feeds = feeds.to_vec();
+        let origin = origin.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT 1 FROM item_blobs b JOIN items i ON i.feed_id = b.feed_id AND i.key = b.key
+                 WHERE b.digest = ?1 AND b.feed_id = ?2 AND i.deleted = 0 AND i.stamp_origin = ?3 LIMIT 1",
+            )?;
+            for f in feeds {
+                if st
+                    .query_row(params![d.as_bytes(), f, origin], |_| Ok(()))
                     .optional()?
                     .is_some()
                 {

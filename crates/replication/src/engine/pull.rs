@@ -45,9 +45,15 @@ impl Run<'_> {
                 store.cursor(self.rec.id, &anchor_name).await?,
             )
         };
+        // An execution that reads the other side from its beginning (or in
+        // full) compares every key it has with the local entries, so the
+        // replica check need not read local writes up to here again.
+        let local_last = self.r.ferry().metadata().last_seq(local.id).await?;
+        let from_start = since == 0;
         let mut page = self.remote.changes(remote, since, anchor, PAGE, 0).await?;
         if page.reset || self.full {
             if page.diverged {
+                self.remote_went_back = true;
                 self.log("warn", format!(
                     "feed {}: the other side's change log is not the one cursor {since} was taken from (restored from a backup, re-created, or its sequence reset); comparing in full",
                     local.name
@@ -67,7 +73,9 @@ impl Run<'_> {
                     .await?;
             }
             self.lags.push((local.name.clone(), Lag::default()));
-            return self.restore_local_divergence(local, remote, fr).await;
+            return self
+                .restore_local_divergence(local, remote, Some(local_last), fr)
+                .await;
         }
         if !self.dry {
             self.retry_stuck(local, remote, fr).await?;
@@ -126,7 +134,8 @@ impl Run<'_> {
                 )));
             }
         }
-        self.restore_local_divergence(local, remote, fr).await
+        self.restore_local_divergence(local, remote, from_start.then_some(local_last), fr)
+            .await
     }
 
     /// Tries again the items earlier executions could not copy, as they
@@ -184,18 +193,28 @@ impl Run<'_> {
     /// replication does not send back. (ProGet's pull "copies what is
     /// missing here".) Items that exist only here are left alone. Reads
     /// this instance's change log from its own cursor, so a run costs in
-    /// proportion to local writes.
+    /// proportion to local writes; after a full comparison (`compared`:
+    /// the local log position it covered) only what came after.
     async fn restore_local_divergence(
         &mut self,
         local: &FeedRecord,
         remote: &FeedName,
+        compared: Option<i64>,
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
         let f = self.cfg.mode.flows;
-        if !f.pulls() || (f.push_missing && f.delete_remote) || self.dry {
+        if !f.pulls() || (f.push_missing && f.delete_remote) {
             return Ok(());
         }
         let name = format!("local:{}", cursor_name(Direction::Pull, &local.name, remote));
+        if let Some(covered) = compared
+            && !self.dry
+        {
+            let at = self.r.store().cursor(self.rec.id, &name).await?;
+            if covered > at {
+                self.r.store().set_cursor(self.rec.id, &name, covered).await?;
+            }
+        }
         let me = self.r.ferry().instance_id();
         let meta = self.r.ferry().metadata().clone();
         let mut since = self.r.store().cursor(self.rec.id, &name).await?;
@@ -218,7 +237,10 @@ impl Run<'_> {
                 }
             }
             since = last;
-            self.r.store().set_cursor(self.rec.id, &name, since).await?;
+            // A plan counts the repairs (in `pull_entries`) and moves nothing.
+            if !self.dry {
+                self.r.store().set_cursor(self.rec.id, &name, since).await?;
+            }
         }
     }
 
@@ -295,6 +317,11 @@ impl Run<'_> {
         if !(f.pull_missing && f.delete_local) {
             return Ok(());
         }
+        // After the other side went back, what it lost goes back to it by
+        // the push phase when this replication sends content.
+        if self.remote_went_back && f.push_missing {
+            return Ok(());
+        }
         // A replica (which sends nothing back) is repaired to equal its
         // source: what was written only here goes too, once confirmed.
         let replica = !f.push_missing && !f.delete_remote;
@@ -326,7 +353,24 @@ impl Run<'_> {
         // these deletions always wait for an operator's confirmation.
         if !self.confirm_deletes {
             self.report.needs_confirmation = true;
-            let message = if self.repair && replica {
+            let message = if self.remote_went_back {
+                format!(
+                    "feed {}: {} items here are absent on the other side, whose change log went back (restored from a backup, or re-created); nothing was deleted. {}",
+                    local.name,
+                    gone.len(),
+                    if replica {
+                        format!(
+                            "To make this replica equal to its source again, run `ferry replication verify {} --repair --confirm-deletes`; to keep them, restore them on the other side",
+                            self.rec.name
+                        )
+                    } else {
+                        format!(
+                            "If they should go, run `ferry replication run {} --full --confirm-deletes`",
+                            self.rec.name
+                        )
+                    }
+                )
+            } else if self.repair && replica {
                 format!(
                     "feed {}: {} items here are absent on the other side (written only here, or deleted there with their tombstones expired); nothing was deleted. To make this replica equal to its source, run `ferry replication verify {} --repair --confirm-deletes`",
                     local.name,
@@ -399,7 +443,6 @@ impl Run<'_> {
             .iter()
             .filter(|e| self.wanted_from_remote(local, e))
             .collect();
-        fr.pulled.skipped += (entries.len() - admitted.len()) as u64;
         let keys: Vec<ItemKey> = admitted.iter().map(|e| e.key.clone()).collect();
         let locals: HashMap<ItemKey, Entry> = self
             .r
@@ -437,6 +480,24 @@ impl Run<'_> {
                             local.name,
                             if l.live.is_some() { "changed" } else { "deleted" },
                             e.stamp
+                        ),
+                    );
+                    reverts.insert(e.key.clone());
+                    todo.push(e);
+                }
+                // A version the other side wrote itself and no longer has:
+                // its content went back (restored from a backup, or itself
+                // repaired from its own source). A replica follows it back.
+                Some(l)
+                    if l.stamp > e.stamp
+                        && Some(l.stamp.origin) == self.remote_id
+                        && self.reverts_local(l.live.is_some(), e) =>
+                {
+                    self.log(
+                        "warn",
+                        format!(
+                            "{} in feed {}: the other side no longer has the version it wrote ({}), it went back to {}; following it",
+                            e.key, local.name, l.stamp, e.stamp
                         ),
                     );
                     reverts.insert(e.key.clone());
@@ -545,35 +606,27 @@ impl Run<'_> {
         fr.pulled.bytes += bytes;
 
         // Checked as the feed type checks an upload (now that the blobs are
-        // here): what fails waits as stuck, naming why.
-        let mut checked = Vec::with_capacity(todo.len());
-        for e in todo {
-            match self.r.ferry().check_replicated(local, &e.to_change()).await {
-                Ok(()) => checked.push(e),
-                Err(ferry_core::CoreError::Invalid(why)) => stuck.push((e.key.clone(), why)),
-                Err(other) => return Err(other.into()),
-            }
-        }
-        let todo = checked;
+        // here) as they are applied: what fails waits as stuck, naming why.
         let (reverted, normal): (Vec<&WireEntry>, Vec<&WireEntry>) =
             todo.iter().partition(|e| reverts.contains(&e.key));
-        let mut outcomes = self
-            .r
-            .ferry()
-            .apply(local, normal.iter().map(|e| e.to_change()).collect())
+        let ferry = self.r.ferry().clone();
+        let mut outcomes = ferry
+            .apply_each(local, normal.iter().map(|e| e.to_change()).collect(), false)
             .await?;
         if !reverted.is_empty() {
             outcomes.extend(
-                self.r
-                    .ferry()
-                    .overwrite(local, reverted.iter().map(|e| e.to_change()).collect())
+                ferry
+                    .apply_each(local, reverted.iter().map(|e| e.to_change()).collect(), true)
                     .await?,
             );
         }
         for (e, o) in normal.iter().chain(reverted.iter()).zip(outcomes) {
-            settled.push(e.key.clone());
             let live_here = locals.get(&e.key).is_some_and(|l| l.live.is_some());
             match WireOutcome::from(o) {
+                WireOutcome::Refused { reason } => {
+                    stuck.push((e.key.clone(), reason));
+                    continue;
+                }
                 WireOutcome::Applied => count_planned(&mut fr.pulled, e, live_here),
                 WireOutcome::AlreadyApplied => fr.pulled.skipped += 1,
                 WireOutcome::Superseded { current } => {
@@ -588,6 +641,7 @@ impl Run<'_> {
                     }
                 }
             }
+            settled.push(e.key.clone());
         }
         if self.cfg.carry_downloads {
             let mut counts = Vec::new();

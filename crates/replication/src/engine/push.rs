@@ -43,7 +43,9 @@ impl Run<'_> {
             self.r.store().cursor(self.rec.id, &cursor_name).await?
         };
         let horizon = self.r.store().horizon(local.id).await?;
-        if self.full || since < horizon {
+        // The other side went back (seen by the pull phase): what it lost,
+        // including what it wrote itself, is compared and sent in full.
+        if self.full || since < horizon || self.remote_went_back {
             let last = meta.last_seq(local.id).await?;
             let mut after: Option<ItemKey> = None;
             loop {
@@ -147,8 +149,9 @@ impl Run<'_> {
 
     fn wanted_by_remote(&self, local: &FeedRecord, e: &WireEntry) -> bool {
         let f = self.cfg.mode.flows;
-        // What the other instance wrote, it has (or has something newer).
-        Some(e.stamp.origin) != self.remote_id
+        // What the other instance wrote, it has (or has something newer),
+        // unless it went back.
+        (self.remote_went_back || Some(e.stamp.origin) != self.remote_id)
             && self.filter.admits(local.feed_type, &e.key)
             && if e.deleted {
                 f.delete_remote
@@ -164,12 +167,10 @@ impl Run<'_> {
         entries: Vec<WireEntry>,
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
-        let total = entries.len();
         let admitted: Vec<WireEntry> = entries
             .into_iter()
             .filter(|e| self.wanted_by_remote(local, e))
             .collect();
-        fr.pushed.skipped += (total - admitted.len()) as u64;
         if admitted.is_empty() {
             return Ok(());
         }
@@ -273,7 +274,6 @@ impl Run<'_> {
             todo = kept;
             live_there = kept_live;
         }
-        settled.extend(todo.iter().map(|e| e.key.clone()));
         if todo.is_empty() {
             return self
                 .record_stuck(Direction::Push, local, remote, stuck, &settled)
@@ -304,6 +304,10 @@ impl Run<'_> {
         }
         for ((e, live), o) in todo.iter().zip(live_there).zip(outcomes) {
             match o {
+                WireOutcome::Refused { reason } => {
+                    stuck.push((e.key.clone(), format!("the other instance refused it: {reason}")));
+                    continue;
+                }
                 WireOutcome::Applied => count_planned(&mut fr.pushed, e, live),
                 WireOutcome::AlreadyApplied => fr.pushed.skipped += 1,
                 WireOutcome::Superseded { current } => {
@@ -321,6 +325,7 @@ impl Run<'_> {
                     }
                 }
             }
+            settled.push(e.key.clone());
         }
         self.progress.items.fetch_add(n, Ordering::Relaxed);
         self.record_stuck(Direction::Push, local, remote, stuck, &settled)
