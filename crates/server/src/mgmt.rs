@@ -143,21 +143,35 @@ async fn gc(State(st): State<AppState>, _: Admin) -> JsonResult {
     Ok(Json(json!(report)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 struct FsckRequest {
-    /// Share of stored blobs to re-hash, 0.0 to 1.0.
-    sample: f64,
+    /// Share of stored blobs to re-hash, 0.0 to 1.0 (default 1). Taken as
+    /// any JSON value so that `null`, strings and numbers out of range all
+    /// get the same reason, not the parser's; an explicit `null` is refused.
+    #[serde(deserialize_with = "present")]
+    sample: Option<Value>,
     /// Fetch verified copies of damaged blobs from replication peers.
     repair: bool,
 }
 
-impl Default for FsckRequest {
-    fn default() -> Self {
-        Self {
-            sample: 1.0,
-            repair: false,
-        }
+/// A field that is present, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// The reason every bad `sample` gets (a 400).
+const SAMPLE_RANGE: &str = "sample must be a number from 0 to 1";
+
+/// `sample` of an fsck request: absent means every blob; anything but a
+/// finite number from 0 to 1 is refused.
+fn fsck_sample(v: Option<&Value>) -> Result<f64, ApiError> {
+    match v {
+        None => Ok(1.0),
+        Some(v) => v
+            .as_f64()
+            .filter(|s| s.is_finite() && (0.0..=1.0).contains(s))
+            .ok_or_else(|| ApiError::json(CoreError::invalid(SAMPLE_RANGE))),
     }
 }
 
@@ -173,7 +187,8 @@ async fn fsck(
         Err(axum::extract::rejection::JsonRejection::MissingJsonContentType(_)) => FsckRequest::default(),
         Err(e) => return Err(ApiError::json(crate::error::json_rejection(&e))),
     };
-    let report = st.ferry.fsck(req.sample).await.map_err(ApiError::json)?;
+    let sample = fsck_sample(req.sample.as_ref())?;
+    let report = st.ferry.fsck(sample).await.map_err(ApiError::json)?;
     let mut repairs = Vec::new();
     if req.repair {
         // Damage found earlier (by reads) counts too, not only this pass's.
@@ -208,4 +223,27 @@ async fn fsck(
 
 async fn openapi() -> Json<Value> {
     Json(crate::openapi::document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsck_sample_is_a_finite_share() {
+        assert_eq!(fsck_sample(None).ok(), Some(1.0));
+        for ok in [json!(0), json!(0.25), json!(1)] {
+            assert!(fsck_sample(Some(&ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            json!(null),
+            json!(-1),
+            json!(2),
+            json!("NaN"),
+            json!("0.5"),
+            json!([]),
+        ] {
+            assert!(fsck_sample(Some(&bad)).is_err(), "{bad}");
+        }
+    }
 }

@@ -6,9 +6,9 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use ferry_core::CoreError;
-use ferry_replication::ReplError;
 use ferry_replication::config::{CreateRequest, UpdateRequest};
 use ferry_replication::diag::Level;
+use ferry_replication::{Overview, ReplError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -45,8 +45,31 @@ fn repl(e: ReplError) -> ApiError {
 
 type JsonResult = Result<Json<Value>, ApiError>;
 
+/// A replication's overview with the lag of its own feed pairs only.
+///
+/// The replicator keeps live status by replication id, and SQLite gives a
+/// replication created after the newest one was deleted that same id: its
+/// overview would list the deleted replication's feeds as lagging. Lag is
+/// per local feed, so whatever is not one of this replication's local
+/// feeds is not its lag.
+fn own_lag(mut o: Overview) -> Overview {
+    let feeds = &o.config.feeds;
+    o.status
+        .lag
+        .retain(|feed, _| feeds.iter().any(|p| p.local.as_str() == feed));
+    o
+}
+
 async fn list(State(st): State<AppState>, _: Admin) -> JsonResult {
-    Ok(Json(json!(st.replicator.overview().await.map_err(repl)?)))
+    let list: Vec<Overview> = st
+        .replicator
+        .overview()
+        .await
+        .map_err(repl)?
+        .into_iter()
+        .map(own_lag)
+        .collect();
+    Ok(Json(json!(list)))
 }
 
 async fn create(
@@ -60,12 +83,14 @@ async fn create(
     st.replicator.create(&name, cfg).await.map_err(repl)?;
     Ok((
         StatusCode::CREATED,
-        Json(json!(st.replicator.get(&name).await.map_err(repl)?)),
+        Json(json!(own_lag(st.replicator.get(&name).await.map_err(repl)?))),
     ))
 }
 
 async fn show(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
-    Ok(Json(json!(st.replicator.get(&name).await.map_err(repl)?)))
+    Ok(Json(json!(own_lag(
+        st.replicator.get(&name).await.map_err(repl)?
+    ))))
 }
 
 async fn update(
@@ -76,7 +101,9 @@ async fn update(
 ) -> JsonResult {
     let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
     st.replicator.update(&name, req).await.map_err(repl)?;
-    Ok(Json(json!(st.replicator.get(&name).await.map_err(repl)?)))
+    Ok(Json(json!(own_lag(
+        st.replicator.get(&name).await.map_err(repl)?
+    ))))
 }
 
 async fn remove(

@@ -1,5 +1,6 @@
 //! The OpenAPI 3.1 description of the management API. Kept beside the
-//! routes in `mgmt.rs`; a test checks that every route is described.
+//! routes in `mgmt.rs` and `mgmt_replication.rs`; a test here checks that
+//! every route and method of both is described.
 
 use serde_json::{Value, json};
 
@@ -23,6 +24,18 @@ fn op(summary: &str, ok: &str, body: Option<&str>) -> Value {
         });
     }
     o
+}
+
+/// `op` whose JSON body may be left out (every field has a default).
+fn op_optional_body(summary: &str, ok: &str, body: &str) -> Value {
+    let mut o = op(summary, ok, Some(body));
+    o["requestBody"]["required"] = json!(false);
+    o
+}
+
+/// A query parameter.
+fn query(name: &str, schema: Value, description: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "schema": schema, "description": description })
 }
 
 pub fn document() -> Value {
@@ -51,7 +64,17 @@ pub fn document() -> Value {
                 "delete": op("Revoke an API key", "204", None)
             },
             "/api/v1/gc": { "post": op("Collect unreferenced blobs now", "200", None) },
-            "/api/v1/fsck": { "post": op("Re-hash stored blobs (body: sample 0..1, repair); report missing and corrupt ones, repair them from replication peers", "200", None) },
+            "/api/v1/fsck": {
+                "post": ({
+                    let mut o = op_optional_body(
+                        "Re-hash stored blobs (all, or a random sample); take corrupt ones out of service and report missing and corrupt ones; with repair, fetch verified copies from the other side of outgoing replications that pull. A sample that is not a number from 0 to 1 is refused (400 \"sample must be a number from 0 to 1\")",
+                        "200",
+                        "FsckRequest",
+                    );
+                    o["responses"]["200"]["content"] = json!({ "application/json": { "schema": { "$ref": "#/components/schemas/FsckReport" } } });
+                    o
+                })
+            },
             "/api/v1/replications": {
                 "get": op("Overview: every replication with state, last execution, lag, next run", "200", None),
                 "post": op("Create a replication", "201", Some("NewReplication"))
@@ -76,11 +99,19 @@ pub fn document() -> Value {
             },
             "/api/v1/replications/{name}/run": {
                 "parameters": name_param,
-                "post": op("Run an execution now; with wait, return its result", "200", Some("RunRequest"))
+                "post": ({
+                    let mut o = op_optional_body("Run an execution now; with wait, confirm_deletes or full, wait for it and return its result (200), else start it and answer 202", "200", "RunRequest");
+                    o["responses"]["202"] = json!({ "description": "started; `{\"started\": true}`" });
+                    o
+                })
             },
             "/api/v1/replications/{name}/executions": {
                 "parameters": name_param,
-                "get": op("Executions, newest first, with counts and log lines", "200", None)
+                "get": ({
+                    let mut o = op("Executions, newest first, with counts and log lines", "200", None);
+                    o["parameters"] = json!([query("limit", json!({ "type": "integer", "default": 50, "maximum": 200 }), "how many executions")]);
+                    o
+                })
             },
             "/api/v1/replications/{name}/plan": {
                 "parameters": name_param,
@@ -88,11 +119,15 @@ pub fn document() -> Value {
             },
             "/api/v1/replications/{name}/verify": {
                 "parameters": name_param,
-                "post": op("Compare both ends' state per feed pair; optionally repair", "200", None)
+                "post": op_optional_body("Compare both ends' state per feed pair (`same` is true iff every pair holds the same items); with repair, run a full comparison first where they differ", "200", "VerifyRequest")
             },
             "/api/v1/feeds/{name}/bundle": {
                 "parameters": name_param,
-                "get": op("Export an air-gap bundle of the feed's changes after ?since=SEQ (a tar)", "200", None),
+                "get": ({
+                    let mut o = op("Export an air-gap bundle of the feed's changes after ?since=SEQ (a tar; headers x-ferry-bundle-until and x-ferry-bundle-entries)", "200", None);
+                    o["parameters"] = json!([query("since", json!({ "type": "integer", "default": 0 }), "change-log position to export after")]);
+                    o
+                }),
                 "post": op("Import an air-gap bundle into the feed (idempotent)", "200", None)
             },
             "/api/v1/feeds/{name}/oci/prune-untagged": {
@@ -102,9 +137,15 @@ pub fn document() -> Value {
                 ],
                 "post": op("Delete untagged OCI manifests older than the cutoff (retention)", "200", None)
             },
-            "/api/v1/logs/replication": { "get": op("The replication diagnostic log", "200", None) },
+            "/api/v1/logs/replication": {
+                "get": ({
+                    let mut o = op("The replication diagnostic log (min_level and recent lines)", "200", None);
+                    o["parameters"] = json!([query("limit", json!({ "type": "integer", "default": 200 }), "how many recent lines")]);
+                    o
+                })
+            },
             "/api/v1/logs/replication/level": {
-                "put": op("Change the replication log's minimum level at run time", "200", None)
+                "put": op("Change the replication log's minimum level at run time", "200", Some("LogLevel"))
             }
         },
         "components": {
@@ -163,6 +204,40 @@ pub fn document() -> Value {
                         }
                     }
                 },
+                "FsckRequest": {
+                    "type": "object",
+                    "properties": {
+                        "sample": { "type": "number", "minimum": 0, "maximum": 1, "default": 1, "description": "share of stored blobs to re-hash, chosen at random" },
+                        "repair": { "type": "boolean", "default": false }
+                    }
+                },
+                "FsckReport": {
+                    "type": "object",
+                    "properties": {
+                        "checked": { "type": "integer" },
+                        "bytes": { "type": "integer" },
+                        "skipped": { "type": "integer", "description": "not in the sample" },
+                        "missing": { "type": "array", "items": { "type": "string" } },
+                        "corrupt": { "type": "array", "items": { "type": "string" } },
+                        "repairs": { "type": "array", "items": { "type": "object" } },
+                        "damaged": {
+                            "type": "array",
+                            "description": "blobs still damaged after this check (and repair)",
+                            "items": { "type": "object", "properties": { "digest": { "type": "string" }, "kind": { "type": "string" } } }
+                        }
+                    }
+                },
+                "VerifyRequest": {
+                    "type": "object",
+                    "properties": {
+                        "repair": { "type": "boolean", "default": false },
+                        "confirm_deletes": { "type": "boolean", "default": false, "description": "with repair on a replica: also delete items that exist only here" }
+                    }
+                },
+                "LogLevel": {
+                    "type": "object", "required": ["level"],
+                    "properties": { "level": { "type": "string", "enum": ["debug", "info", "warn", "error"] } }
+                },
                 "RunRequest": {
                     "type": "object",
                     "properties": {
@@ -182,4 +257,82 @@ pub fn document() -> Value {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(path, method)` of every `.route(...)` in a router's source,
+    /// including routes written over several lines.
+    fn routes(src: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for part in src.split(".route(").skip(1) {
+            let part = part.split(".layer(").next().unwrap_or(part);
+            let Some(path) = part.split('"').nth(1) else {
+                continue;
+            };
+            let after_path = &part[part.find(path).unwrap_or(0) + path.len()..];
+            let bytes = after_path.as_bytes();
+            for method in ["get", "post", "put", "patch", "delete", "head"] {
+                let mut from = 0;
+                while let Some(i) = after_path[from..].find(&format!("{method}(")) {
+                    let at = from + i;
+                    let word_start =
+                        at == 0 || !(bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_');
+                    if word_start {
+                        out.push((path.to_string(), method.to_string()));
+                    }
+                    from = at + method.len();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_management_route_and_method_is_described() {
+        let doc = document();
+        let src = [include_str!("mgmt.rs"), include_str!("mgmt_replication.rs")].concat();
+        let found = routes(&src);
+        assert!(
+            found
+                .iter()
+                .any(|(p, m)| p == "/api/v1/replications/{name}" && m == "patch"),
+            "multi-line routes are read: {found:?}"
+        );
+        for (path, method) in found {
+            if path.ends_with("openapi.json") {
+                continue;
+            }
+            assert!(
+                doc["paths"][&path][&method].is_object(),
+                "{} {path} missing from the OpenAPI document",
+                method.to_uppercase()
+            );
+        }
+    }
+
+    #[test]
+    fn request_bodies_and_fsck_sample_are_described() {
+        let doc = document();
+        for schema in ["FsckRequest", "VerifyRequest", "LogLevel", "RunRequest"] {
+            assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+        }
+        let sample = &doc["components"]["schemas"]["FsckRequest"]["properties"]["sample"];
+        assert_eq!(
+            (sample["minimum"].as_f64(), sample["maximum"].as_f64()),
+            (Some(0.0), Some(1.0))
+        );
+        // Every $ref points at something defined.
+        let text = doc.to_string();
+        for r in text.split("\"$ref\":\"#/components/").skip(1) {
+            let target = r.split('"').next().unwrap_or_default();
+            let mut node = &doc["components"];
+            for seg in target.split('/') {
+                node = &node[seg];
+            }
+            assert!(node.is_object(), "dangling $ref {target}");
+        }
+    }
 }
