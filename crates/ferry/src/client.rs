@@ -54,7 +54,7 @@ async fn call(conn: &Conn, method: Method, path: &str, body: Option<Value>) -> a
 }
 
 fn print_json(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    say!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -68,7 +68,7 @@ pub async fn feed(cmd: FeedCmd) -> anyhow::Result<()> {
         } => {
             let body = json!({ "name": name, "type": feed_type, "private": private });
             call(&conn, Method::POST, "/api/v1/feeds", Some(body)).await?;
-            println!("created {feed_type} feed {name}");
+            say!("created {feed_type} feed {name}");
         }
         FeedCmd::List { json, conn } => {
             let feeds = call(&conn, Method::GET, "/api/v1/feeds", None).await?;
@@ -81,7 +81,7 @@ pub async fn feed(cmd: FeedCmd) -> anyhow::Result<()> {
                 } else {
                     "public"
                 };
-                println!(
+                say!(
                     "{}\t{}\t{vis}",
                     f["name"].as_str().unwrap_or("?"),
                     f["type"].as_str().unwrap_or("?")
@@ -90,7 +90,7 @@ pub async fn feed(cmd: FeedCmd) -> anyhow::Result<()> {
         }
         FeedCmd::Delete { name, conn } => {
             call(&conn, Method::DELETE, &format!("/api/v1/feeds/{name}"), None).await?;
-            println!("deleted feed {name}");
+            say!("deleted feed {name}");
         }
     }
     Ok(())
@@ -126,8 +126,8 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             let created = call(&conn, Method::POST, "/api/v1/keys", Some(body)).await?;
             // The secret alone on stdout (scripts capture it); what it may
             // do on stderr.
-            println!("{}", created["key"].as_str().unwrap_or_default());
-            eprintln!(
+            say!("{}", created["key"].as_str().unwrap_or_default());
+            esay!(
                 "created API key {} with {} permission on {}",
                 created["name"].as_str().unwrap_or("?"),
                 created["permission"].as_str().unwrap_or("?"),
@@ -147,7 +147,7 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
                     Some(fs) => key_feeds(fs),
                     None => "*".into(),
                 };
-                println!(
+                say!(
                     "{}\t{}\t{feeds}",
                     k["name"].as_str().unwrap_or("?"),
                     k["permission"].as_str().unwrap_or("?")
@@ -156,7 +156,7 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
         }
         KeyCmd::Delete { name, conn } => {
             call(&conn, Method::DELETE, &format!("/api/v1/keys/{name}"), None).await?;
-            println!("revoked key {name}");
+            say!("revoked key {name}");
         }
     }
     Ok(())
@@ -164,7 +164,7 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
 
 pub async fn gc(conn: Conn) -> anyhow::Result<()> {
     let report = call(&conn, Method::POST, "/api/v1/gc", None).await?;
-    println!("deleted {} unreferenced blobs", report["blobs_deleted"]);
+    say!("deleted {} unreferenced blobs", report["blobs_deleted"]);
     Ok(())
 }
 
@@ -179,21 +179,23 @@ pub async fn fsck(conn: Conn, repair: bool, sample: f64, json: bool) -> anyhow::
     if json {
         print_json(&r)?;
     } else {
-        println!(
+        say!(
             "checked {} blobs ({} bytes), {} not sampled",
-            r["checked"], r["bytes"], r["skipped"]
+            r["checked"],
+            r["bytes"],
+            r["skipped"]
         );
         for d in r["missing"].as_array().into_iter().flatten() {
-            println!("missing {}", d.as_str().unwrap_or("?"));
+            say!("missing {}", d.as_str().unwrap_or("?"));
         }
         for d in r["corrupt"].as_array().into_iter().flatten() {
-            println!("corrupt {} (taken out of service)", d.as_str().unwrap_or("?"));
+            say!("corrupt {} (taken out of service)", d.as_str().unwrap_or("?"));
         }
         for rep in r["repairs"].as_array().into_iter().flatten() {
             let d = rep["digest"].as_str().unwrap_or("?");
             match rep["repaired_from"].as_str() {
-                Some(from) => println!("repaired {d} from replication {from}"),
-                None => println!("could not repair {d}: {}", rep["errors"]),
+                Some(from) => say!("repaired {d} from replication {from}"),
+                None => say!("could not repair {d}: {}", rep["errors"]),
             }
         }
     }
@@ -211,22 +213,23 @@ fn counts_line(c: &Value) -> String {
     )
 }
 
-fn print_report(report: &Value) {
+fn print_report(report: &Value) -> anyhow::Result<()> {
     for f in report["feeds"].as_array().into_iter().flatten() {
         let (l, r) = (
             f["local"].as_str().unwrap_or("?"),
             f["remote"].as_str().unwrap_or("?"),
         );
-        println!("  {l} <- {r}: pulled {}", counts_line(&f["pulled"]));
-        println!("  {l} -> {r}: pushed {}", counts_line(&f["pushed"]));
+        say!("  {l} <- {r}: pulled {}", counts_line(&f["pulled"]));
+        say!("  {l} -> {r}: pushed {}", counts_line(&f["pushed"]));
     }
     for line in report["log"].as_array().into_iter().flatten() {
-        println!(
+        say!(
             "  [{}] {}",
             line["level"].as_str().unwrap_or(""),
             line["message"].as_str().unwrap_or("")
         );
     }
+    Ok(())
 }
 
 pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
@@ -262,7 +265,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             } else {
                 "incoming"
             };
-            println!("created {dir} {mode} replication {name}");
+            say!("created {dir} {mode} replication {name}");
         }
         ReplCmd::Update {
             name,
@@ -307,7 +310,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 Some(Value::Object(body)),
             )
             .await?;
-            println!("updated replication {name}");
+            say!("updated replication {name}");
         }
         ReplCmd::Token { name, conn } => {
             let r = call(
@@ -317,7 +320,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 None,
             )
             .await?;
-            println!("{}", r["token"].as_str().unwrap_or_default());
+            say!("{}", r["token"].as_str().unwrap_or_default());
         }
         ReplCmd::Revoke { name, token_id, conn } => {
             call(
@@ -327,7 +330,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 None,
             )
             .await?;
-            println!("revoked token {token_id} of {name}");
+            say!("revoked token {token_id} of {name}");
         }
         ReplCmd::Run {
             name,
@@ -345,12 +348,12 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             )
             .await?;
             if !(wait || confirm_deletes || full) {
-                println!("started an execution of {name}");
+                say!("started an execution of {name}");
                 return Ok(());
             }
             let outcome = r["outcome"].as_str().unwrap_or("unknown");
-            println!("execution {} of {name}: {outcome}", r["id"]);
-            print_report(&r["report"]);
+            say!("execution {} of {name}: {outcome}", r["id"]);
+            print_report(&r["report"])?;
             match outcome {
                 "succeeded" => {}
                 "needs-confirmation" => {
@@ -382,7 +385,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                         )
                     })
                     .collect();
-                println!(
+                say!(
                     "{}\t{dir}\t{}\t{}\tlast={}\tnext={}\tlag={}",
                     r["name"].as_str().unwrap_or("?"),
                     c["mode"]["name"].as_str().unwrap_or("?"),
@@ -405,14 +408,14 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 return print_json(&list);
             }
             for e in list.as_array().into_iter().flatten() {
-                println!(
+                say!(
                     "#{}\t{}\t{}\t{}",
                     e["id"],
                     e["trigger"].as_str().unwrap_or("?"),
                     ferry_core::rfc3339(e["started_at"].as_i64().unwrap_or(0)),
                     e["outcome"].as_str().unwrap_or("running")
                 );
-                print_report(&e["report"]);
+                print_report(&e["report"])?;
             }
         }
         ReplCmd::Plan { name, json, conn } => {
@@ -426,10 +429,10 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             if json {
                 return print_json(&r);
             }
-            println!("plan for {name} (nothing changed):");
-            print_report(&json!({ "feeds": r["feeds"] }));
+            say!("plan for {name} (nothing changed):");
+            print_report(&json!({ "feeds": r["feeds"] }))?;
             if r["needs_confirmation"].as_bool() == Some(true) {
-                println!("  an execution would stop before deleting (over the deletion limit)");
+                say!("  an execution would stop before deleting (over the deletion limit)");
             }
         }
         ReplCmd::Verify {
@@ -450,7 +453,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 print_json(&r)?;
             } else {
                 for f in r["feeds"].as_array().into_iter().flatten() {
-                    println!(
+                    say!(
                         "{} = {}: {} ({} items here, {} there)",
                         f["local"].as_str().unwrap_or("?"),
                         f["remote"].as_str().unwrap_or("?"),
@@ -476,7 +479,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 None,
             )
             .await?;
-            println!("deleted replication {name}");
+            say!("deleted replication {name}");
         }
         ReplCmd::Log { level, conn } => {
             if let Some(level) = level {
@@ -487,12 +490,12 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                     Some(json!({ "level": level })),
                 )
                 .await?;
-                println!("replication log level set to {level}");
+                say!("replication log level set to {level}");
                 return Ok(());
             }
             let r = call(&conn, Method::GET, "/api/v1/logs/replication", None).await?;
             for l in r["lines"].as_array().into_iter().flatten() {
-                println!(
+                say!(
                     "{} {} {}",
                     l["time"].as_str().unwrap_or(""),
                     l["level"].as_str().unwrap_or(""),
@@ -565,7 +568,7 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
             }
             file.sync_all().await?;
             tokio::fs::rename(&tmp, &out).await?;
-            println!(
+            say!(
                 "wrote {entries} entries of {feed} (changes {since}..{until}) to {}; next time use --since {until}",
                 out.display()
             );
@@ -585,9 +588,13 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
             )
             .await?;
             let r: Value = resp.json().await?;
-            println!(
+            say!(
                 "imported {} entries into {feed}: {} applied, {} already there, {} superseded; {} blobs",
-                r["entries"], r["applied"], r["already"], r["superseded"], r["blobs_received"]
+                r["entries"],
+                r["applied"],
+                r["already"],
+                r["superseded"],
+                r["blobs_received"]
             );
         }
     }

@@ -48,6 +48,9 @@ pub struct Config {
     /// Most client connections served at once; `None`: derived from the
     /// descriptor limit (see `listener::default_max_connections`).
     pub max_connections: Option<usize>,
+    /// Seconds requests in flight may go on after SIGTERM/SIGINT; the
+    /// connections still open then (slow downloads) are closed.
+    pub shutdown_grace_secs: u64,
     /// PEM certificate chain to serve HTTPS with (with `tls_key`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -87,6 +90,7 @@ impl Default for Config {
             keep_alive_timeout_secs: 75,
             body_timeout_secs: 60,
             max_connections: None,
+            shutdown_grace_secs: 30,
             tls_cert: None,
             tls_key: None,
             tls_ca_file: None,
@@ -162,6 +166,11 @@ impl Config {
                 v.parse()
                     .with_context(|| format!("FERRY_MAX_CONNECTIONS={v:?}"))?,
             );
+        }
+        if let Ok(v) = std::env::var("FERRY_SHUTDOWN_GRACE_SECS") {
+            cfg.shutdown_grace_secs = v
+                .parse()
+                .with_context(|| format!("FERRY_SHUTDOWN_GRACE_SECS={v:?}"))?;
         }
         if let Ok(v) = std::env::var("FERRY_TLS_CERT") {
             cfg.tls_cert = Some(v.into());
@@ -243,6 +252,7 @@ mod tests {
             keep_alive_timeout_secs = 10
             body_timeout_secs = 20
             max_connections = 100
+            shutdown_grace_secs = 5
             tls_cert = "/etc/ferry/cert.pem"
             tls_key = "/etc/ferry/key.pem"
             tls_ca_file = "/etc/ferry/ca.pem"
@@ -253,6 +263,7 @@ mod tests {
         assert_eq!(cfg.keep_alive_timeout_secs, 10);
         assert_eq!(cfg.body_timeout_secs, 20);
         assert_eq!(cfg.max_connections, Some(100));
+        assert_eq!(cfg.shutdown_grace_secs, 5);
         assert_eq!(cfg.tls_ca_file.as_deref(), Some(Path::new("/etc/ferry/ca.pem")));
         let d = Config::default();
         assert_eq!(
@@ -264,5 +275,6 @@ mod tests {
             (30, 75, 60)
         );
         assert_eq!(d.max_connections, None, "derived from the open-file limit");
+        assert_eq!(d.shutdown_grace_secs, 30);
     }
 }

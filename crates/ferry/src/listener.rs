@@ -23,6 +23,13 @@
 //! time the server takes to answer; only a client that stops sending its
 //! body or stops reading the response is cut. A long poll's response is
 //! being prepared by the server, not held up by the client.
+//!
+//! **Stopping** ([`serve`]'s `shutdown`): the listener closes, idle
+//! connections and TLS handshakes close at once, and requests in flight
+//! may finish for `shutdown_grace`; whatever is still open then (a slow
+//! download, a long upload) is closed, and the log says how many requests
+//! were cut. Long polls end at once: the replicator answers them when told
+//! to stop.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -47,6 +54,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -68,6 +76,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Client connections served at once, overflow reserve not included.
     pub max_connections: usize,
+    /// How long requests in flight may go on after `shutdown` before their
+    /// connections are closed.
+    pub shutdown_grace: Duration,
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (capped at 2^20) and
@@ -111,9 +122,10 @@ pub fn default_max_connections(fd_limit: Option<u64>) -> usize {
 }
 
 /// Serves `router` on `listener` (TLS when `tls` is given) until `shutdown`
-/// completes; then stops accepting, lets requests in flight finish (long
-/// polls end when the replicator is told to stop, which `shutdown` does),
-/// and returns once every connection has closed.
+/// completes; then stops accepting, lets requests in flight finish for at
+/// most `limits.shutdown_grace` (long polls end when the replicator is told
+/// to stop, which `shutdown` does), closes the connections still open after
+/// that (logging how many requests it cut), and returns.
 ///
 /// Errors: none today; accept errors are logged and retried.
 pub async fn serve(
@@ -130,6 +142,8 @@ pub async fn serve(
         last_cap_warning: AtomicU64::new(0),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Past the grace period: close what is still open.
+    let force = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut last_accept_warning: Option<Instant> = None;
@@ -163,41 +177,60 @@ pub async fn serve(
             shared.warn_cap("answering 503 to new connections");
         }
         let shared = shared.clone();
-        let stop = stop_rx.clone();
+        let mut stop = stop_rx.clone();
         let tls = tls.clone();
+        let force = force.clone();
         tracker.spawn(async move {
             let _registered = Registered {
                 shared: shared.clone(),
                 conn: conn.clone(),
             };
-            match tls {
-                None => serve_connection(tcp, peer, conn, shared, stop).await,
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(tcp));
-                    let stream = tokio::select! {
-                        r = handshake => match r {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!("TLS handshake timed out");
-                                return;
-                            }
-                        },
-                        _ = conn.evicted() => return,
-                    };
-                    serve_connection(stream, peer, conn, shared, stop).await
-                }
-            }
+            // Whatever the connection is doing, it ends when forced to.
+            let _ = force
+                .run_until_cancelled(async move {
+                    match tls {
+                        None => serve_connection(tcp, peer, conn, shared, stop).await,
+                        Some(acceptor) => {
+                            let handshake =
+                                tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(tcp));
+                            let stream = tokio::select! {
+                                r = handshake => match r {
+                                    Ok(Ok(s)) => s,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(error = %e, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!("TLS handshake timed out");
+                                        return;
+                                    }
+                                },
+                                _ = conn.evicted() => return,
+                                // No request yet: nothing to finish.
+                                _ = stop.wait_for(|stopping| *stopping) => return,
+                            };
+                            serve_connection(stream, peer, conn, shared, stop).await
+                        }
+                    }
+                })
+                .await;
         });
     }
     drop(listener);
     stop_tx.send_replace(true);
     tracker.close();
-    tracker.wait().await;
+    let grace = shared.limits.shutdown_grace;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        let (connections, requests) = shared.registry.in_flight();
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            connections_closed = connections,
+            requests_cut = requests,
+            "shutdown grace period ran out: closing the connections still open"
+        );
+        force.cancel();
+        tracker.wait().await;
+    }
     Ok(())
 }
 
@@ -490,6 +523,16 @@ impl Registry {
             }
         }
         None
+    }
+
+    /// Connections open, and requests in progress on them.
+    fn in_flight(&self) -> (usize, usize) {
+        let inner = match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let requests = inner.conns.values().map(|c| c.busy.load(Ordering::Acquire)).sum();
+        (inner.conns.len(), requests)
     }
 
     fn remove(&self, conn: &Conn) {
@@ -876,6 +919,7 @@ mod tests {
             keep_alive_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(1),
             max_connections: 1,
+            shutdown_grace: Duration::from_secs(1),
         };
         let c = Arc::new(Conn::new(1, false));
         let start = c.head_started.load(Ordering::Acquire);

@@ -1,6 +1,23 @@
 //! The `ferry` binary: `ferry serve` runs an instance; the other commands
 //! talk to a running instance over its management API.
 
+/// `println!` for client commands: output to a reader that went away
+/// (`ferry feed list | head -1`) is dropped quietly (see [`out`]); any
+/// other write error is returned (`?`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::out::line(format_args!($($arg)*))?
+    };
+}
+
+/// `eprintln!` that never panics: a message to a closed standard error is
+/// lost.
+macro_rules! esay {
+    ($($arg:tt)*) => {
+        $crate::out::eline(format_args!($($arg)*))
+    };
+}
+
 mod client;
 mod config;
 mod listener;
@@ -50,7 +67,7 @@ enum Command {
         #[arg(long)]
         repair: bool,
         /// Check only this share of blobs, chosen at random (0.0 to 1.0).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = parse_sample, allow_hyphen_values = true)]
         sample: f64,
         #[arg(long)]
         json: bool,
@@ -327,17 +344,59 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start runtime: {e}");
+            esay!("error: cannot start runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Tasks cut by the end of `serve` (connections closed past the grace
+    // period) are dropped; blocking work still running is not waited for
+    // long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
+            esay!("error: {}", chain.join(": "));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Standard output and error that a closed pipe does not turn into a panic.
+///
+/// Rust ignores SIGPIPE, so writing to a pipe whose reader has exited
+/// (`ferry replication list | head -0`) fails with EPIPE, and `println!`
+/// panics on that. Here the first EPIPE marks standard output as gone:
+/// later output is dropped and the command goes on to its own exit status
+/// (so `verify` still exits non-zero when feeds differ, saying why on
+/// standard error). Messages to a closed standard error are dropped.
+pub mod out {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+    /// Writes one line to standard output.
+    ///
+    /// Errors: a write error other than EPIPE (a full disk behind `>`).
+    pub fn line(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+        if STDOUT_GONE.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut stdout = std::io::stdout().lock();
+        match writeln!(stdout, "{args}").and_then(|()| stdout.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                STDOUT_GONE.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            r => r.map_err(|e| anyhow::anyhow!("writing to standard output: {e}")),
+        }
+    }
+
+    /// Writes one line to standard error; failures are ignored.
+    pub fn eline(args: std::fmt::Arguments<'_>) {
+        let _ = writeln!(std::io::stderr().lock(), "{args}");
     }
 }
 
@@ -372,11 +431,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `fsck --sample`: a finite number from 0 to 1 (not NaN, inf or -1).
+fn parse_sample(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("--sample must be a number from 0 to 1, not {s:?}")),
+    }
+}
+
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }

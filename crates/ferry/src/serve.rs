@@ -17,7 +17,9 @@ use crate::{listener, tls};
 /// Runs the instance until SIGTERM/SIGINT: opens the stores, declares the
 /// configured feeds, starts replication and background work, then serves
 /// HTTP (HTTPS with `tls_cert`/`tls_key`) under the limits of
-/// [`crate::listener`].
+/// [`crate::listener`]. On the signal it stops accepting, ends peers' long
+/// polls, gives requests in flight `shutdown_grace_secs` to finish, closes
+/// what is still open, and returns `Ok` (exit 0).
 ///
 /// Errors: unreadable data directory, database or TLS files, a declared feed
 /// that exists with another type, or an address that cannot be bound.
@@ -30,6 +32,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         max_connections: cfg
             .max_connections
             .unwrap_or_else(|| listener::default_max_connections(fd_limit)),
+        shutdown_grace: Duration::from_secs(cfg.shutdown_grace_secs),
     };
     if let (Some(max), Some(n)) = (cfg.max_connections, fd_limit)
         && listener::descriptors_needed(max) > n
@@ -114,15 +117,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         header_read_timeout_secs = cfg.header_read_timeout_secs,
         keep_alive_timeout_secs = cfg.keep_alive_timeout_secs,
         body_timeout_secs = cfg.body_timeout_secs,
+        shutdown_grace_secs = cfg.shutdown_grace_secs,
         "connection limits"
     );
     let scheme = if acceptor.is_some() { "https" } else { "http" };
-    println!("listening on {scheme}://{addr}");
-    std::io::stdout().flush()?;
+    // Scripts wait for this line; a reader gone by now (`| head -1`) does
+    // not stop the server.
+    say!("listening on {scheme}://{addr}");
     let stopping = replicator.clone();
     let router = ferry_server::router(ferry.clone(), replicator).into_router();
+    let grace = cfg.shutdown_grace_secs;
     listener::serve(listener, router, acceptor, limits, async move {
-        shutdown_signal().await;
+        shutdown_signal(grace).await;
         // Peers' long polls answer now instead of holding the stop.
         stopping.shutdown();
     })
@@ -148,7 +154,7 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path) -> anyhow::Result<()> 
             let key = ferry_core::auth::generate_secret();
             write_private(&path, &key)?;
             ferry.set_admin_key(&key).await?;
-            println!("admin API key (shown once; saved to {}): {key}", path.display());
+            say!("admin API key (shown once; saved to {}): {key}", path.display());
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -245,7 +251,7 @@ fn spawn_tombstone_pruning(replicator: Replicator, retention_secs: u64) {
     });
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(grace_secs: u64) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -258,5 +264,8 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: finishing requests in flight");
+    tracing::info!(
+        grace_secs,
+        "shutting down: finishing requests in flight (connections still open after the grace period are closed)"
+    );
 }
