@@ -20,7 +20,18 @@
 //! and [`prune_untagged`] keeps it, or takes the index first. Manifest
 //! writes, deletes and pruning of one repository are serialized on this
 //! instance (see `lock_repository`), so a concurrent index push cannot
-//! slip between the check and the delete.
+//! slip between the check and the delete. A delete received from
+//! elsewhere (replication, bundles) is refused the same way, and also
+//! while a live tag names the manifest (a client's delete takes the tags
+//! with it), unless the same batch deletes the index or tag too (see
+//! `refused_manifest_deletes`, called by
+//! [`Ferry::check_replicated_batch`]).
+//!
+//! Every accepted client write takes a new stamp, even when it stores what
+//! is there already (the same manifest bytes, the same tag, the same blob
+//! link): with replication, the later stamp wins, and the user's latest
+//! action must be the one that does. Pushing an index writes the manifests
+//! it lists again too, so they are never older than the index.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -33,8 +44,10 @@ pub use ferry_formats::oci::ErrorCode;
 use ferry_formats::oci::{
     self as format, BlobLinkMeta, ManifestMeta, OciError, OciItemKey, Reference, Referrer, TagMeta,
 };
-use ferry_store::{ByteStream, FeedId, FeedRecord, ItemRecord, Precondition, StoreError, now_millis};
-use ferry_types::{Digest, FeedName, FeedType, ItemKey};
+use ferry_store::{
+    ByteStream, Change, ChangeOp, FeedId, FeedRecord, ItemRecord, Precondition, StoreError, now_millis,
+};
+use ferry_types::{Digest, FeedName, FeedType, ItemKey, Stamp};
 use serde::Serialize;
 
 use crate::auth::{self, Action, Principal};
@@ -254,13 +267,12 @@ pub async fn blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &Digest)
     }
 }
 
-/// Links a present blob into `repo` (an upload or a mount), unless a link
-/// is there already.
+/// Links a present blob into `repo` (an upload or a mount). A link that is
+/// there already is written again: every accepted client write takes a new
+/// stamp, so it wins over an older delete of the link made elsewhere
+/// (replication keeps the later stamp).
 async fn link(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &Digest, size: u64) -> Result<()> {
     let key = format::blob_key(repo, digest)?;
-    if ferry.item(feed, &key).await?.is_some() {
-        return Ok(());
-    }
     let meta = meta_value(&BlobLinkMeta { size })?;
     ferry
         .write(
@@ -1046,10 +1058,14 @@ static REPO_LOCKS: [tokio::sync::Mutex<()>; REPO_LOCK_STRIPES] =
 /// and awaits nothing but its own store while holding it, so they cannot
 /// deadlock.
 ///
-/// Not covered: changes applied by replication. An index pushed on one
-/// instance while its child is deleted on another (before either has the
-/// other's change) still meets on both as an index with a missing child;
-/// preventing that would take coordination between instances.
+/// Changes applied by replication take no lock: a received delete of a
+/// manifest that a live index lists is refused instead (see
+/// `refused_manifest_deletes`; the puller keeps it as stuck and retries
+/// it). Not covered: an index pushed on one instance while its child is
+/// deleted later on another, before either has the other's change. The
+/// instance holding the index refuses the child's delete (stuck, named,
+/// until the index goes), but the other one receives the index without
+/// the child; preventing that would take coordination between instances.
 async fn lock_repository(feed: &FeedRecord, repo: &str) -> tokio::sync::MutexGuard<'static, ()> {
     let mut h = DefaultHasher::new();
     feed.id.hash(&mut h);
@@ -1066,6 +1082,44 @@ fn listed_children(digest: &Digest, item: &ItemRecord, meta: Option<&ManifestMet
     match meta {
         Some(m) => m.children.clone(),
         None => item.blobs.iter().filter(|b| *b != digest).copied().collect(),
+    }
+}
+
+/// The manifests a manifest or tag item of one repository points at: an
+/// index's children (see [`listed_children`]), a tag's manifest (by its
+/// blob when its metadata cannot be read). Upload links point at none.
+fn item_refs(key: &OciItemKey, meta: &serde_json::Value, blobs: &[Digest]) -> Vec<Digest> {
+    match key {
+        OciItemKey::Manifest { digest, .. } => match serde_json::from_value::<ManifestMeta>(meta.clone()) {
+            Ok(m) => m.children,
+            Err(_) => blobs.iter().filter(|b| *b != digest).copied().collect(),
+        },
+        OciItemKey::Tag { .. } => match serde_json::from_value::<TagMeta>(meta.clone()) {
+            Ok(t) => vec![t.digest],
+            Err(_) => blobs.to_vec(),
+        },
+        OciItemKey::Blob { .. } => Vec::new(),
+    }
+}
+
+/// The tags among `tags` (tag items, with what they point at) that name
+/// `digest`, sorted.
+fn tags_naming<'a>(tags: impl Iterator<Item = (&'a str, &'a [Digest])>, digest: &Digest) -> Vec<String> {
+    let mut names: Vec<String> = tags
+        .filter(|(_, refs)| refs.contains(digest))
+        .map(|(t, _)| t.to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `index (tags: a, b)` or `index (untagged)`, for refusals.
+fn describe_index(index: &Digest, tags: &[String]) -> String {
+    if tags.is_empty() {
+        format!("{index} (untagged)")
+    } else {
+        format!("{index} (tags: {})", tags.join(", "))
     }
 }
 
@@ -1092,25 +1146,21 @@ fn indexes_listing(manifests: &[ItemRecord], target: &Digest) -> Vec<Digest> {
 /// DENIED (409): `digest` is listed by `indexes` (with the tags naming
 /// each, from `tags`: the repository's tag items).
 fn referenced_by_index(digest: &Digest, indexes: &[Digest], tags: &[ItemRecord]) -> Error {
+    let tags: Vec<(String, Vec<Digest>)> = tags
+        .iter()
+        .filter_map(|t| {
+            let meta = serde_json::from_value::<TagMeta>(t.meta.clone()).ok()?;
+            match format::parse_item_key(&t.key) {
+                Some(OciItemKey::Tag { tag, .. }) => Some((tag, vec![meta.digest])),
+                _ => None,
+            }
+        })
+        .collect();
     let described: Vec<String> = indexes
         .iter()
         .map(|index| {
-            let mut names: Vec<String> = tags
-                .iter()
-                .filter_map(|t| {
-                    let meta = serde_json::from_value::<TagMeta>(t.meta.clone()).ok()?;
-                    match format::parse_item_key(&t.key) {
-                        Some(OciItemKey::Tag { tag, .. }) if meta.digest == *index => Some(tag),
-                        _ => None,
-                    }
-                })
-                .collect();
-            names.sort();
-            if names.is_empty() {
-                format!("{index} (untagged)")
-            } else {
-                format!("{index} (tags: {})", names.join(", "))
-            }
+            let names = tags_naming(tags.iter().map(|(t, r)| (t.as_str(), r.as_slice())), index);
+            describe_index(index, &names)
         })
         .collect();
     let message = match described.as_slice() {
@@ -1121,6 +1171,205 @@ fn referenced_by_index(digest: &Digest, indexes: &[Digest], tags: &[ItemRecord])
         ),
     };
     Error::new(ErrorCode::Denied, CoreError::Conflict(message))
+}
+
+// ---------------------------------------------------------------------------
+// Deletes received from elsewhere
+
+/// Whether a received change stamped `change` takes the place of what is
+/// stored under its key (stamped `stored`; `None`: nothing), as the store
+/// will decide it: the later stamp wins, or, when `overwrite`s (the repair
+/// of a replica), any other stamp.
+fn takes_over(stored: Option<Stamp>, change: Stamp, overwrite: bool) -> bool {
+    match stored {
+        None => true,
+        Some(s) if overwrite => s != change,
+        Some(s) => change > s,
+    }
+}
+
+/// The manifest deletes among `changes` — received from elsewhere (a
+/// peer's push, a pulled page, a bundle) and to be applied together, in
+/// order — that must be refused, with the reason naming the key: those
+/// that would delete a live manifest here while a manifest item of its
+/// repository that stays live lists it (an image index or manifest list,
+/// as [`delete_manifest`] refuses a client), or while a tag that stays
+/// live names it (a client's delete by digest takes the manifest's tags
+/// with it, so a delete that comes without them comes from an instance
+/// that did not know the tag).
+///
+/// "Stays live" is judged on the state after the batch: an index (or
+/// tag) the same batch deletes, or points elsewhere, no longer holds the
+/// manifest back, whether its change comes before or after the
+/// manifest's; a change that would lose to what is stored here (see
+/// [`takes_over`]) changes nothing, and neither does a refused one, so
+/// refusals are found to a fixpoint (an index kept by its own index keeps
+/// its children). A delete that would lose anyway, or of a manifest not
+/// live here, is never refused: it changes nothing.
+pub(crate) async fn refused_manifest_deletes(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    changes: &[&Change],
+    overwrite: bool,
+) -> std::result::Result<HashMap<usize, String>, CoreError> {
+    let parsed: Vec<Option<OciItemKey>> = changes.iter().map(|c| format::parse_item_key(&c.key)).collect();
+    let mut repos = BTreeSet::new();
+    for (c, k) in changes.iter().zip(&parsed) {
+        if let (ChangeOp::Delete, Some(OciItemKey::Manifest { repo, .. })) = (&c.op, k) {
+            repos.insert(repo.clone());
+        }
+    }
+    let mut refused: HashMap<usize, String> = HashMap::new();
+    for repo in repos {
+        // The repository's live manifests and tags, and the batch's changes to them.
+        let mut stored: HashMap<ItemKey, ItemRecord> = HashMap::new();
+        for prefix in [format::manifest_prefix(&repo), format::tag_prefix(&repo)] {
+            for item in repo_items(ferry, feed, &repo, &prefix)
+                .await
+                .map_err(|e| e.error)?
+            {
+                stored.insert(item.key.clone(), item);
+            }
+        }
+        let touching: Vec<usize> = (0..changes.len())
+            .filter(|i| {
+                matches!(&parsed[*i], Some(OciItemKey::Manifest { repo: r, .. } | OciItemKey::Tag { repo: r, .. }) if *r == repo)
+            })
+            .collect();
+        let mut before: HashMap<ItemKey, Option<Stamp>> = HashMap::new();
+        for i in &touching {
+            let key = &changes[*i].key;
+            if before.contains_key(key) {
+                continue;
+            }
+            let stamp = match stored.get(key) {
+                Some(item) => Some(item.stamp),
+                None => ferry.metadata().tombstone(feed.id, key).await?,
+            };
+            before.insert(key.clone(), stamp);
+        }
+        loop {
+            // Key → (stamp, what the item points at while live) after the
+            // batch, leaving out the refused changes.
+            let mut after: HashMap<ItemKey, (Option<Stamp>, Option<Vec<Digest>>)> = stored
+                .iter()
+                .filter_map(|(k, item)| {
+                    let parsed = format::parse_item_key(k)?;
+                    Some((
+                        k.clone(),
+                        (
+                            Some(item.stamp),
+                            Some(item_refs(&parsed, &item.meta, &item.blobs)),
+                        ),
+                    ))
+                })
+                .collect();
+            for i in &touching {
+                if refused.contains_key(i) {
+                    continue;
+                }
+                let (c, Some(k)) = (changes[*i], &parsed[*i]) else {
+                    continue;
+                };
+                let current = match after.get(&c.key) {
+                    Some((stamp, _)) => *stamp,
+                    None => before.get(&c.key).copied().flatten(),
+                };
+                if !takes_over(current, c.stamp, overwrite) {
+                    continue;
+                }
+                let refs = match &c.op {
+                    ChangeOp::Upsert { meta, blobs, .. } => Some(item_refs(k, meta, blobs)),
+                    ChangeOp::Delete => None,
+                };
+                after.insert(c.key.clone(), (Some(c.stamp), refs));
+            }
+            let mut grew = false;
+            for i in &touching {
+                let (c, Some(OciItemKey::Manifest { digest, .. })) = (changes[*i], &parsed[*i]) else {
+                    continue;
+                };
+                if !matches!(c.op, ChangeOp::Delete) || refused.contains_key(i) {
+                    continue;
+                }
+                // Only a delete that removes a live manifest here can leave
+                // something pointing at nothing.
+                let Some(here) = stored.get(&c.key) else {
+                    continue;
+                };
+                if !takes_over(Some(here.stamp), c.stamp, overwrite)
+                    || after.get(&c.key).is_some_and(|(_, live)| live.is_some())
+                {
+                    continue;
+                }
+                let mut indexes = Vec::new();
+                let mut tags: Vec<(String, Vec<Digest>)> = Vec::new();
+                for (k, (_, refs)) in &after {
+                    let Some(refs) = refs else { continue };
+                    match format::parse_item_key(k) {
+                        Some(OciItemKey::Manifest { digest: d, .. })
+                            if d != *digest && refs.contains(digest) =>
+                        {
+                            indexes.push(d)
+                        }
+                        Some(OciItemKey::Tag { tag, .. }) => tags.push((tag, refs.clone())),
+                        _ => {}
+                    }
+                }
+                indexes.sort();
+                let naming = tags_naming(tags.iter().map(|(t, r)| (t.as_str(), r.as_slice())), digest);
+                if indexes.is_empty() && naming.is_empty() {
+                    continue;
+                }
+                refused.insert(*i, still_referenced(&c.key, digest, &indexes, &naming, &tags));
+                grew = true;
+            }
+            if !grew {
+                break;
+            }
+        }
+    }
+    Ok(refused)
+}
+
+/// Why a received delete of manifest item `key` (manifest `digest`) is
+/// refused: `indexes` list it and `naming` tags name it here, and stay.
+fn still_referenced(
+    key: &ItemKey,
+    digest: &Digest,
+    indexes: &[Digest],
+    naming: &[String],
+    tags: &[(String, Vec<Digest>)],
+) -> String {
+    let mut why = Vec::new();
+    if !indexes.is_empty() {
+        let described: Vec<String> = indexes
+            .iter()
+            .map(|index| {
+                let names = tags_naming(tags.iter().map(|(t, r)| (t.as_str(), r.as_slice())), index);
+                describe_index(index, &names)
+            })
+            .collect();
+        why.push(match described.as_slice() {
+            [one] => format!("is referenced here by index {one}"),
+            many => format!("is referenced here by indexes {}", many.join(", ")),
+        });
+    }
+    match naming {
+        [] => {}
+        [one] => why.push(format!("is named here by tag {one}")),
+        many => why.push(format!("is named here by tags {}", many.join(", "))),
+    }
+    let until = match (indexes.len(), naming.len()) {
+        (0, 1) => "the tag is deleted too",
+        (0, _) => "those tags are deleted too",
+        (1, _) => "the index is deleted first",
+        _ => "those indexes are deleted first",
+    };
+    format!(
+        "OCI item {key}: manifest {digest} {}; its delete is refused until {until}",
+        why.join(" and ")
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -1216,17 +1465,18 @@ pub async fn put_manifest(
     // From here to the write: no delete of a child in between (nor a prune
     // that would miss the new index or tag).
     let _repo_lock = lock_repository(feed, repo).await;
+    let mut writes = Vec::new();
     for child in manifest.children() {
         let Some(item) = ferry.item(feed, &format::manifest_key(repo, &child)?).await? else {
-            return Err(Error::new(
-                ErrorCode::ManifestBlobUnknown,
-                CoreError::invalid(format!(
-                    "manifest {child} listed by the index is not in repository {repo}; push it first"
-                )),
-            ));
+            return Err(child_unknown(repo, &child));
         };
-        blobs.extend(item.blobs);
+        blobs.extend(item.blobs.iter().copied());
     }
+    // The manifests the index lists (and theirs, for nested indexes) are
+    // written again with the index: they take stamps as new as its own, so
+    // an older delete of one of them made elsewhere loses to this push
+    // instead of leaving the index without its child once replicated.
+    writes.extend(restamp_listed(ferry, feed, repo, &manifest.children()).await?);
     let mut seen = HashSet::new();
     blobs.retain(|d| seen.insert(*d));
 
@@ -1235,43 +1485,86 @@ pub async fn put_manifest(
     let staged = ferry.stage_bytes(body).await?;
     ferry.commit_blob(staged).await?;
 
-    let mut writes = Vec::new();
-    let mkey = format::manifest_key(repo, &digest)?;
-    // The same bytes make the same item: pushing a manifest again changes nothing.
-    if ferry.item(feed, &mkey).await?.is_none() {
+    // Pushing the same bytes again writes the same item again, with a new
+    // stamp: the client's latest action wins over an older delete of the
+    // manifest or the tag made on another instance (or not yet replicated
+    // here), as last-writer-wins decides it.
+    writes.push(LocalWrite::upsert(
+        format::manifest_key(repo, &digest)?,
+        meta_value(&meta)?,
+        blobs,
+        Precondition::Any,
+    ));
+    if let Reference::Tag(tag) = &reference {
+        let tag_meta = TagMeta {
+            digest,
+            media_type: meta.media_type.clone(),
+        };
         writes.push(LocalWrite::upsert(
-            mkey,
-            meta_value(&meta)?,
-            blobs,
+            format::tag_key(repo, tag)?,
+            meta_value(&tag_meta)?,
+            vec![digest],
             Precondition::Any,
         ));
     }
-    if let Reference::Tag(tag) = &reference {
-        let tkey = format::tag_key(repo, tag)?;
-        let current = ferry.item(feed, &tkey).await?;
-        let same = current
-            .and_then(|i| serde_json::from_value::<TagMeta>(i.meta).ok())
-            .is_some_and(|t| t.digest == digest);
-        if !same {
-            let tag_meta = TagMeta {
-                digest,
-                media_type: meta.media_type.clone(),
-            };
-            writes.push(LocalWrite::upsert(
-                tkey,
-                meta_value(&tag_meta)?,
-                vec![digest],
-                Precondition::Any,
+    match ferry.write(feed, writes).await {
+        Ok(_) => {}
+        // A listed manifest deleted by replication since it was read.
+        Err(CoreError::NotFound(m)) => {
+            return Err(Error::new(
+                ErrorCode::ManifestBlobUnknown,
+                CoreError::invalid(format!(
+                    "a manifest listed by the index left repository {repo} meanwhile ({m}); push it again"
+                )),
             ));
         }
-    }
-    if !writes.is_empty() {
-        ferry.write(feed, writes).await?;
+        Err(e) => return Err(e.into()),
     }
     Ok(PutManifest {
         digest,
         subject: meta.subject,
     })
+}
+
+fn child_unknown(repo: &str, child: &Digest) -> Error {
+    Error::new(
+        ErrorCode::ManifestBlobUnknown,
+        CoreError::invalid(format!(
+            "manifest {child} listed by the index is not in repository {repo}; push it first"
+        )),
+    )
+}
+
+/// Rewrites of the manifest items of `repo` that an index being pushed
+/// lists (`children`), and of those they list in turn, unchanged but for
+/// their new stamps. A nested manifest missing here is left out (the
+/// direct children were checked by the caller).
+async fn restamp_listed(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    repo: &str,
+    children: &[Digest],
+) -> Result<Vec<LocalWrite>> {
+    let mut writes = Vec::new();
+    let mut seen: HashSet<Digest> = HashSet::new();
+    let mut queue: Vec<Digest> = children.to_vec();
+    while let Some(d) = queue.pop() {
+        if !seen.insert(d) {
+            continue;
+        }
+        let Some(item) = ferry.item(feed, &format::manifest_key(repo, &d)?).await? else {
+            continue;
+        };
+        let meta = serde_json::from_value::<ManifestMeta>(item.meta.clone()).ok();
+        queue.extend(listed_children(&d, &item, meta.as_ref()));
+        writes.push(LocalWrite::upsert(
+            item.key,
+            item.meta,
+            item.blobs,
+            Precondition::Present,
+        ));
+    }
+    Ok(writes)
 }
 
 /// A stored manifest, as needed to serve it.
@@ -1731,6 +2024,274 @@ fn plan_prune(feed: &FeedName, items: Vec<ItemRecord>, cutoff: i64) -> PrunePlan
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // ---- against a real store ----
+
+    use std::sync::Arc;
+
+    use ferry_store::{FsBlobStore, SqliteStore};
+    use ferry_types::{Hlc, InstanceId};
+    use serde_json::json;
+
+    struct Fixture {
+        ferry: Ferry,
+        feed: FeedRecord,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let meta = SqliteStore::open(dir.path().join("m.db"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let blobs = FsBlobStore::open(dir.path().join("blobs"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ferry = Ferry::open(Arc::new(meta), Arc::new(blobs), crate::Config::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let name = FeedName::new("img").unwrap_or_else(|e| panic!("{e}"));
+        let feed = ferry
+            .create_feed(&name, FeedType::Oci, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Fixture {
+            ferry,
+            feed,
+            _dir: dir,
+        }
+    }
+
+    fn ok<T, E: fmt::Display>(r: std::result::Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn bytes_stream(data: &[u8]) -> ByteStream {
+        let data = Bytes::copy_from_slice(data);
+        Box::pin(futures::stream::once(async move { Ok(data) }))
+    }
+
+    fn descriptor(media_type: &str, data: &[u8]) -> serde_json::Value {
+        json!({ "mediaType": media_type, "digest": Digest::of(data).to_string(), "size": data.len() })
+    }
+
+    impl Fixture {
+        async fn blob(&self, repo: &str, data: &[u8]) {
+            ok(upload(
+                &self.ferry,
+                &self.feed,
+                repo,
+                bytes_stream(data),
+                &Digest::of(data),
+            )
+            .await);
+        }
+
+        /// Pushes an image whose layer is `seed`; returns its manifest digest.
+        async fn image(&self, repo: &str, reference: &str, seed: &str) -> Digest {
+            let config = format!("{{\"seed\":\"{seed}\"}}").into_bytes();
+            let layer = format!("layer {seed}").into_bytes();
+            self.blob(repo, &config).await;
+            self.blob(repo, &layer).await;
+            let m = ok(serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": format::OCI_MANIFEST,
+                "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+                "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+gzip", &layer)],
+            })));
+            self.put(repo, reference, format::OCI_MANIFEST, &m).await
+        }
+
+        async fn index(&self, repo: &str, reference: &str, children: &[Digest]) -> Digest {
+            let mut manifests = Vec::new();
+            for c in children {
+                let item = self.item(&format!("manifest/{repo}/{c}")).await;
+                let size = item.as_ref().map_or(0, |i| i.meta["size"].as_u64().unwrap_or(0));
+                manifests.push(
+                    json!({ "mediaType": format::OCI_MANIFEST, "digest": c.to_string(), "size": size }),
+                );
+            }
+            let body = ok(serde_json::to_vec(&json!({
+                "schemaVersion": 2, "mediaType": format::OCI_INDEX, "manifests": manifests,
+            })));
+            self.put(repo, reference, format::OCI_INDEX, &body).await
+        }
+
+        async fn put(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Digest {
+            let put = put_manifest(
+                &self.ferry,
+                &self.feed,
+                repo,
+                reference,
+                Some(media_type),
+                Bytes::copy_from_slice(body),
+            )
+            .await;
+            ok(put).digest
+        }
+
+        async fn item(&self, key: &str) -> Option<ItemRecord> {
+            ok(self.ferry.item(&self.feed, &ok(ItemKey::new(key))).await)
+        }
+
+        async fn stamp(&self, key: &str) -> Stamp {
+            self.item(key)
+                .await
+                .unwrap_or_else(|| panic!("{key} is not live"))
+                .stamp
+        }
+
+        /// What `check_replicated_batch` refuses among `changes`, by key.
+        async fn refused(&self, changes: &[Change]) -> Vec<(String, String)> {
+            let verdicts = ok(self
+                .ferry
+                .check_replicated_batch(&self.feed, changes, false)
+                .await);
+            changes
+                .iter()
+                .zip(verdicts)
+                .filter_map(|(c, v)| v.map(|why| (c.key.to_string(), why)))
+                .collect()
+        }
+    }
+
+    /// A delete received from another instance, later than anything here.
+    fn received_delete(ferry: &Ferry, key: &str) -> Change {
+        let mine = ferry.clock().stamp();
+        Change {
+            key: ok(ItemKey::new(key)),
+            stamp: Stamp {
+                time: mine.time,
+                origin: InstanceId::from_bytes([7; 16]),
+            },
+            op: ChangeOp::Delete,
+        }
+    }
+
+    #[tokio::test]
+    async fn pushing_the_same_manifest_or_blob_again_takes_a_new_stamp() {
+        let f = fixture().await;
+        let d = f.image("app", "v1", "a").await;
+        let (m, t) = (format!("manifest/app/{d}"), "tag/app/v1");
+        let (m1, t1) = (f.stamp(&m).await, f.stamp(t).await);
+        // By tag: the manifest and the tag.
+        let again = f.image("app", "v1", "a").await;
+        assert_eq!(again, d);
+        let (m2, t2) = (f.stamp(&m).await, f.stamp(t).await);
+        assert!(m2 > m1 && t2 > t1, "{m1} → {m2}, {t1} → {t2}");
+        // By digest: the manifest.
+        let body = ok(f.ferry.read_blob(&d, None).await).stream;
+        let body: Vec<Bytes> = futures::StreamExt::collect::<Vec<_>>(body)
+            .await
+            .into_iter()
+            .map(|c| c.unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        f.put("app", &d.to_string(), format::OCI_MANIFEST, &body.concat())
+            .await;
+        assert!(f.stamp(&m).await > m2);
+        assert_eq!(f.stamp(t).await, t2, "a push by digest leaves the tags");
+        // An upload link uploaded again.
+        let layer = b"layer a";
+        let l = format!("blob/app/{}", Digest::of(layer));
+        let l1 = f.stamp(&l).await;
+        f.blob("app", layer).await;
+        assert!(f.stamp(&l).await > l1);
+        // An index pushed again takes new stamps for its children too.
+        let i = f.index("app", "multi", &[d]).await;
+        let (c1, i1) = (f.stamp(&m).await, f.stamp(&format!("manifest/app/{i}")).await);
+        f.index("app", "multi", &[d]).await;
+        assert!(f.stamp(&m).await > c1 && f.stamp(&format!("manifest/app/{i}")).await > i1);
+    }
+
+    #[tokio::test]
+    async fn a_received_delete_of_a_listed_or_tagged_manifest_is_refused_unless_the_batch_frees_it() {
+        let f = fixture().await;
+        // An untagged platform manifest (its tag deleted) and an index over it.
+        let child = f.image("app", "child", "c").await;
+        let ckey = format!("manifest/app/{child}");
+        ok(delete_manifest(&f.ferry, &f.feed, "app", "child").await);
+        let index = f.index("app", "multi", &[child]).await;
+        let ikey = format!("manifest/app/{index}");
+        let del_child = received_delete(&f.ferry, &ckey);
+        let del_index = received_delete(&f.ferry, &ikey);
+        let del_tag = received_delete(&f.ferry, "tag/app/multi");
+
+        // Alone: refused, naming the index and its tag.
+        let refused = f.refused(std::slice::from_ref(&del_child)).await;
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(
+            refused[0].1,
+            format!(
+                "OCI item {ckey}: manifest {child} is referenced here by index {index} (tags: multi); its delete is refused until the index is deleted first"
+            )
+        );
+        let one = f.ferry.check_replicated(&f.feed, &del_child).await;
+        assert!(matches!(one, Err(CoreError::Invalid(_))), "{one:?}");
+        // With the index (and its tag, which names the index): accepted in either order.
+        for batch in [
+            vec![del_index.clone(), del_tag.clone(), del_child.clone()],
+            vec![del_child.clone(), del_tag.clone(), del_index.clone()],
+        ] {
+            assert!(f.refused(&batch).await.is_empty());
+        }
+        // The index's delete without its tag's: the index is refused (the
+        // tag names it), so the child is too.
+        let refused = f.refused(&[del_index.clone(), del_child.clone()]).await;
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(refused[0].1.contains("is named here by tag multi"), "{refused:?}");
+        // An index delete older than the stored index loses: it frees nothing.
+        let mut stale = del_index.clone();
+        stale.stamp = Stamp {
+            time: Hlc::from_parts(1, 0),
+            origin: InstanceId::from_bytes([7; 16]),
+        };
+        let refused = f.refused(&[del_tag.clone(), stale, del_child.clone()]).await;
+        assert_eq!(
+            refused.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            [ckey.as_str()]
+        );
+        // A child delete older than the stored child loses anyway: not refused.
+        let mut old = del_child.clone();
+        old.stamp = Stamp {
+            time: Hlc::from_parts(1, 0),
+            origin: InstanceId::from_bytes([7; 16]),
+        };
+        assert!(f.refused(&[old]).await.is_empty());
+
+        // A tag naming a manifest holds it back the same way.
+        let app = f.image("app", "v1", "v").await;
+        let akey = format!("manifest/app/{app}");
+        let del_app = received_delete(&f.ferry, &akey);
+        let refused = f.refused(std::slice::from_ref(&del_app)).await;
+        assert_eq!(
+            refused,
+            [(
+                akey.clone(),
+                format!(
+                    "OCI item {akey}: manifest {app} is named here by tag v1; its delete is refused until the tag is deleted too"
+                )
+            )]
+        );
+        assert!(
+            f.refused(&[del_app.clone(), received_delete(&f.ferry, "tag/app/v1")])
+                .await
+                .is_empty()
+        );
+        // A manifest nothing refers to goes; one already gone is not refused.
+        let lone = f.image("app", "lone", "l").await;
+        ok(delete_manifest(&f.ferry, &f.feed, "app", "lone").await);
+        let lkey = format!("manifest/app/{lone}");
+        assert!(f.item(&lkey).await.is_some());
+        assert!(f.refused(&[received_delete(&f.ferry, &lkey)]).await.is_empty());
+        assert!(
+            f.refused(&[received_delete(
+                &f.ferry,
+                "manifest/app/sha256:0000000000000000000000000000000000000000000000000000000000000000"
+            )])
+            .await
+            .is_empty()
+        );
+    }
 
     #[test]
     fn durations_in_refusals() {

@@ -19,9 +19,63 @@ const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 impl Ferry {
     /// Checks one change received from elsewhere: its stamp (see
     /// [`Ferry::check_stamp`]) and its item as the feed type would check an
-    /// upload. The blobs a live item names must be stored already.
-    /// [`CoreError::Invalid`] says what is wrong, naming the key.
+    /// upload. The blobs a live item names must be stored already. In an
+    /// OCI feed, the delete of a manifest that a live index lists, or a
+    /// live tag names, here is refused as a client's would be (see
+    /// [`Ferry::check_replicated_batch`], which judges a change among the
+    /// others applied with it: this judges it alone, against what is
+    /// stored). [`CoreError::Invalid`] says what is wrong, naming the key.
     pub async fn check_replicated(&self, feed: &FeedRecord, change: &Change) -> Result<(), CoreError> {
+        let verdict = self
+            .check_replicated_batch(feed, std::slice::from_ref(change), false)
+            .await?;
+        match verdict.into_iter().next().flatten() {
+            Some(why) => Err(CoreError::Invalid(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks changes received from elsewhere that are to be applied
+    /// together, in order (one write), as [`Ferry::check_replicated`]
+    /// checks each; returns, for each change, why it is refused (`None`:
+    /// accepted). What refers to other items is judged on the state the
+    /// accepted changes leave together: in an OCI feed the delete of a
+    /// manifest that a live index lists (or a live tag names) is accepted
+    /// when the same batch deletes that index (or tag) too, before or after
+    /// it, and refused otherwise, naming the index. Applied together, the
+    /// accepted changes never leave an index or tag naming a manifest they
+    /// deleted. `overwrite`: the changes will replace later stamps too
+    /// ([`ferry_store::StampOrder::Overwrite`]). Errors: only what is not
+    /// the changes' fault (storage).
+    pub async fn check_replicated_batch(
+        &self,
+        feed: &FeedRecord,
+        changes: &[Change],
+        overwrite: bool,
+    ) -> Result<Vec<Option<String>>, CoreError> {
+        let mut verdicts = Vec::with_capacity(changes.len());
+        for c in changes {
+            match self.check_received_item(feed, c).await {
+                Ok(()) => verdicts.push(None),
+                Err(CoreError::Invalid(why)) => verdicts.push(Some(why)),
+                Err(e) => return Err(e),
+            }
+        }
+        if feed.feed_type == FeedType::Oci {
+            let (at, passed): (Vec<usize>, Vec<&Change>) = changes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| verdicts[*i].is_none())
+                .unzip();
+            for (j, why) in crate::oci::refused_manifest_deletes(self, feed, &passed, overwrite).await? {
+                verdicts[at[j]] = Some(why);
+            }
+        }
+        Ok(verdicts)
+    }
+
+    /// One received change by itself: its stamp and its item.
+    async fn check_received_item(&self, feed: &FeedRecord, change: &Change) -> Result<(), CoreError> {
         self.check_stamp(&change.key, &change.stamp)?;
         let key = &change.key;
         let live = match &change.op {
