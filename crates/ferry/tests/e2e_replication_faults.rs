@@ -822,3 +822,48 @@ fn a_pull_replica_follows_a_source_restored_from_a_backup_back() {
     assert!(spoke.lacks("files", "lost.txt"));
     assert!(spoke.verified("from-hub"));
 }
+
+/// A hub restored from a backup gets back, from a mirror, the writes it
+/// lost (an overwrite, a deletion, a new file): the mirror sends what it
+/// holds instead of following the hub back.
+#[test]
+fn a_mirror_gives_a_hub_restored_from_a_backup_the_writes_it_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backup = tmp.path().join("hub-backup");
+    let mut hub = Server::start();
+    let edge = Server::start();
+    hub.create_feed("files", "assets");
+    edge.create_feed("files", "assets");
+    let token = hub.incoming("pair", &["files"], "mirror");
+    edge.outgoing("pair", &["files"], &hub, &token, "mirror", &["--interval", "3600"]);
+    let run = || edge.cli(&["replication", "run", "pair", "--wait"]);
+
+    hub.put_asset("files", "over.txt", b"old version");
+    hub.put_asset("files", "gone.txt", b"deleted after the backup");
+    assert!(run().status.success());
+    assert!(hub.stop().success());
+    copy_dir(&hub.data, &backup);
+    hub.restart();
+    hub.put_asset("files", "over.txt", b"new version");
+    hub.delete_asset("files", "gone.txt");
+    hub.put_asset("files", "lost.txt", b"only in the lost history");
+    assert!(run().status.success());
+    assert!(edge.serves("files", "lost.txt", b"only in the lost history"));
+
+    assert!(hub.stop().success());
+    std::fs::remove_dir_all(&hub.data).unwrap();
+    copy_dir(&backup, &hub.data);
+    hub.restart();
+    let out = run();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(hub.serves("files", "over.txt", b"new version"), "{text}");
+    assert!(hub.lacks("files", "gone.txt"), "{text}");
+    assert!(hub.serves("files", "lost.txt", b"only in the lost history"), "{text}");
+    assert!(edge.serves("files", "over.txt", b"new version"));
+    assert!(edge.verified("pair"));
+}
