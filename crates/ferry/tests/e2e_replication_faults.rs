@@ -835,7 +835,14 @@ fn a_mirror_gives_a_hub_restored_from_a_backup_the_writes_it_lost() {
     hub.create_feed("files", "assets");
     edge.create_feed("files", "assets");
     let token = hub.incoming("pair", &["files"], "mirror");
-    edge.outgoing("pair", &["files"], &hub, &token, "mirror", &["--interval", "3600"]);
+    edge.outgoing(
+        "pair",
+        &["files"],
+        &hub,
+        &token,
+        "mirror",
+        &["--interval", "3600"],
+    );
     let run = || edge.cli(&["replication", "run", "pair", "--wait"]);
 
     hub.put_asset("files", "over.txt", b"old version");
@@ -863,7 +870,10 @@ fn a_mirror_gives_a_hub_restored_from_a_backup_the_writes_it_lost() {
     assert!(out.status.success(), "{text}");
     assert!(hub.serves("files", "over.txt", b"new version"), "{text}");
     assert!(hub.lacks("files", "gone.txt"), "{text}");
-    assert!(hub.serves("files", "lost.txt", b"only in the lost history"), "{text}");
+    assert!(
+        hub.serves("files", "lost.txt", b"only in the lost history"),
+        "{text}"
+    );
     assert!(edge.serves("files", "over.txt", b"new version"));
     assert!(edge.verified("pair"));
 }
