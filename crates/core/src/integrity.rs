@@ -4,7 +4,7 @@
 //! sample) and takes corrupt ones out of service so they are never served
 //! under their digest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ferry_store::{BlobCheck, now_millis};
 use ferry_types::Digest;
@@ -50,53 +50,200 @@ impl FsckReport {
     }
 }
 
-/// Known damage, by digest; kept in memory and rebuilt by `fsck`.
+/// Known damage, by digest. Lives in memory, backed by the blob store
+/// across restarts: corrupt blobs are the store's outstanding quarantines
+/// ([`BlobStore::quarantined`](ferry_store::BlobStore::quarantined)), and
+/// missing ones its small durable record
+/// ([`BlobStore::record_missing`](ferry_store::BlobStore::record_missing)),
+/// read on first use. No blob is re-hashed to rebuild it.
 #[derive(Default)]
-pub(crate) struct DamageLog(std::sync::Mutex<BTreeMap<Digest, Damage>>);
+pub(crate) struct DamageLog {
+    state: std::sync::Mutex<Option<DamageState>>,
+    /// Serializes writes of the missing record, each writing the latest state.
+    writer: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct DamageState {
+    known: BTreeMap<Digest, Damage>,
+    /// Damage of blobs no live item needs (see [`Ferry::forget_damage`]):
+    /// not reported until a read finds it again.
+    forgotten: BTreeSet<Digest>,
+}
 
 impl Ferry {
-    /// Blobs known to be damaged, by digest.
-    pub fn damaged(&self) -> Vec<Damage> {
-        self.0
-            .damage
-            .0
-            .lock()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+    /// Runs `f` on the damage state, reading the durable record first if
+    /// this is the first use. None if the lock is poisoned.
+    fn with_damage<R>(&self, f: impl FnOnce(&mut DamageState) -> R) -> Option<R> {
+        let mut guard = self.0.damage.state.lock().ok()?;
+        let state = guard.get_or_insert_with(|| {
+            let known = self
+                .0
+                .blobs
+                .missing_on_record()
+                .into_iter()
+                .map(|(digest, found_at)| {
+                    (
+                        digest,
+                        Damage {
+                            digest,
+                            kind: DamageKind::Missing,
+                            found_at,
+                        },
+                    )
+                })
+                .collect();
+            DamageState {
+                known,
+                forgotten: BTreeSet::new(),
+            }
+        });
+        Some(f(state))
     }
 
-    pub(crate) fn note_damage(&self, digest: Digest, kind: DamageKind) {
-        if let Ok(mut m) = self.0.damage.0.lock() {
-            if m.get(&digest).is_none_or(|d| d.kind != kind) {
-                tracing::error!(blob = %digest, ?kind, "stored blob is damaged; run `ferry fsck --repair`");
+    /// Blobs known to be damaged, in digest order: missing ones recorded
+    /// by reads and `fsck`, and corrupt ones the blob store took out of
+    /// service (by `fsck` or a read that found the bytes wrong). Damage
+    /// forgotten by [`Ferry::forget_damage`] is left out. Also sets the
+    /// `ferry_blobs_damaged` gauge.
+    pub fn damaged(&self) -> Vec<Damage> {
+        let quarantined = self.0.blobs.quarantined();
+        let out: Vec<Damage> = self
+            .with_damage(|st| {
+                let mut all = st.known.clone();
+                for (digest, found_at) in quarantined {
+                    all.entry(digest)
+                        .and_modify(|d| d.kind = DamageKind::Corrupt)
+                        .or_insert(Damage {
+                            digest,
+                            kind: DamageKind::Corrupt,
+                            found_at,
+                        });
+                }
+                all.into_iter()
+                    .filter(|(d, _)| !st.forgotten.contains(d))
+                    .map(|(_, d)| d)
+                    .collect()
+            })
+            .unwrap_or_default();
+        metrics::gauge!("ferry_blobs_damaged").set(out.len() as f64);
+        out
+    }
+
+    /// Records damage found by a read. A blob the store has quarantined is
+    /// corrupt, whatever the read saw (its file is gone because it was
+    /// moved aside). Returns the kind recorded.
+    pub(crate) fn note_damage(&self, digest: Digest, kind: DamageKind) -> DamageKind {
+        self.record_damage(digest, kind, true)
+    }
+
+    /// Records damage; `read` says a read found it, which makes forgotten
+    /// damage count again (something wanted the blob).
+    fn record_damage(&self, digest: Digest, kind: DamageKind, read: bool) -> DamageKind {
+        let kind = if self.0.blobs.is_quarantined(&digest) {
+            DamageKind::Corrupt
+        } else {
+            kind
+        };
+        let changed = self.with_damage(|st| {
+            if read {
+                st.forgotten.remove(&digest);
             }
-            m.entry(digest).or_insert(Damage {
-                digest,
-                kind,
-                found_at: now_millis(),
-            });
-            metrics::gauge!("ferry_blobs_damaged").set(m.len() as f64);
+            let before = st.known.get(&digest).map(|d| d.kind);
+            if before != Some(kind) {
+                if !st.forgotten.contains(&digest) {
+                    tracing::error!(blob = %digest, ?kind, "stored blob is damaged; run `ferry fsck --repair`");
+                }
+                let found_at = st.known.get(&digest).map_or_else(now_millis, |d| d.found_at);
+                st.known.insert(
+                    digest,
+                    Damage {
+                        digest,
+                        kind,
+                        found_at,
+                    },
+                );
+            }
+            before != Some(kind) && (before == Some(DamageKind::Missing) || kind == DamageKind::Missing)
+        });
+        if changed == Some(true) {
+            self.save_missing();
         }
+        self.damaged();
+        kind
     }
 
     pub(crate) fn clear_damage(&self, digest: &Digest) {
-        if let Ok(mut m) = self.0.damage.0.lock()
-            && m.remove(digest).is_some()
-        {
+        let removed = self.with_damage(|st| {
+            st.forgotten.remove(digest);
+            st.known.remove(digest)
+        });
+        if let Some(Some(d)) = removed {
             tracing::info!(blob = %digest, "damaged blob replaced by a verified copy");
-            metrics::gauge!("ferry_blobs_damaged").set(m.len() as f64);
+            if d.kind == DamageKind::Missing {
+                self.save_missing();
+            }
         }
+        self.damaged();
+    }
+
+    /// Forgets the damage of a blob that no live item references any more:
+    /// nothing can ask for it, and garbage collection will remove it. It is
+    /// no longer reported (health, metrics, `fsck`) unless a read finds it
+    /// again or the process restarts before it is collected.
+    pub fn forget_damage(&self, digest: &Digest) {
+        let was_missing = self.with_damage(|st| {
+            st.forgotten.insert(*digest);
+            st.known
+                .remove(digest)
+                .is_some_and(|d| d.kind == DamageKind::Missing)
+        });
+        if was_missing == Some(true) {
+            self.save_missing();
+        }
+        self.damaged();
+    }
+
+    /// Whether the damage of `digest` was forgotten (see [`Ferry::forget_damage`]).
+    fn damage_forgotten(&self, digest: &Digest) -> bool {
+        self.with_damage(|st| st.forgotten.contains(digest))
+            .unwrap_or(false)
+    }
+
+    /// Writes the record of missing blobs in the background, in order:
+    /// each write takes the state as it is when its turn comes.
+    fn save_missing(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = self.clone();
+        rt.spawn(async move {
+            let _turn = me.0.damage.writer.lock().await;
+            let missing: Vec<(Digest, i64)> = me
+                .with_damage(|st| {
+                    st.known
+                        .values()
+                        .filter(|d| d.kind == DamageKind::Missing)
+                        .map(|d| (d.digest, d.found_at))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Err(e) = me.0.blobs.record_missing(&missing).await {
+                tracing::error!(error = %e, "could not record the blobs found missing; they are reported until the next restart");
+            }
+        });
     }
 
     /// The size of a blob an item references, for serving it. A blob that
     /// is registered but has no file is recorded as damaged and answered
-    /// with [`CoreError::Damaged`], naming it.
+    /// with [`CoreError::Damaged`], naming it (corrupt if it was taken out
+    /// of service, missing otherwise).
     pub async fn stored_blob_size(&self, digest: &Digest) -> Result<u64, CoreError> {
         if let Some(size) = self.0.blobs.size(digest).await? {
             return Ok(size);
         }
-        self.note_damage(*digest, DamageKind::Missing);
-        Err(damaged_error(digest, DamageKind::Missing))
+        let kind = self.note_damage(*digest, DamageKind::Missing);
+        Err(damaged_error(digest, kind))
     }
 
     /// Re-hashes stored blobs: all of them (`sample` = 1.0) or each with
@@ -123,6 +270,8 @@ impl Ferry {
                     continue;
                 }
                 report.checked += 1;
+                // Damage of a blob nothing needs any more is not reported.
+                let report_it = !self.damage_forgotten(&digest);
                 match self.0.blobs.check(&digest).await? {
                     BlobCheck::Intact { size } => {
                         report.bytes += size;
@@ -130,15 +279,24 @@ impl Ferry {
                     }
                     BlobCheck::Missing => {
                         if self.0.meta.blob_present(&digest).await? {
-                            self.note_damage(digest, DamageKind::Missing);
-                            report.missing.push(digest);
+                            // A blob taken out of service earlier is the
+                            // known corrupt one, not a new missing one.
+                            let kind = self.record_damage(digest, DamageKind::Missing, false);
+                            if report_it {
+                                match kind {
+                                    DamageKind::Missing => report.missing.push(digest),
+                                    DamageKind::Corrupt => report.corrupt.push(digest),
+                                }
+                            }
                         }
                     }
                     BlobCheck::Corrupt { actual, size } => {
                         tracing::error!(blob = %digest, %actual, size, "stored blob is corrupt; taken out of service");
                         self.0.blobs.quarantine(&digest).await?;
-                        self.note_damage(digest, DamageKind::Corrupt);
-                        report.corrupt.push(digest);
+                        self.record_damage(digest, DamageKind::Corrupt, false);
+                        if report_it {
+                            report.corrupt.push(digest);
+                        }
                     }
                 }
             }
@@ -158,4 +316,99 @@ pub(crate) fn damaged_error(digest: &Digest, kind: DamageKind) -> CoreError {
     CoreError::Damaged(format!(
         "blob {digest} is {what} this instance's storage; an operator can restore it with `ferry fsck --repair`"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ferry_store::{FsBlobStore, SqliteStore};
+
+    use super::*;
+
+    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn open(dir: &std::path::Path) -> Ferry {
+        let meta = ok(SqliteStore::open(dir.join("m.db")).await);
+        let blobs = ok(FsBlobStore::open(dir.join("blobs")).await);
+        ok(Ferry::open(Arc::new(meta), Arc::new(blobs), crate::Config::default()).await)
+    }
+
+    async fn store(ferry: &Ferry, data: &'static [u8]) -> Digest {
+        let staged = ok(ferry.stage_bytes(bytes::Bytes::from_static(data)).await);
+        ok(ferry.commit_blob(staged).await)
+    }
+
+    fn blob_path(dir: &std::path::Path, d: &Digest) -> std::path::PathBuf {
+        let hex = d.hex();
+        dir.join("blobs/sha256").join(&hex[..2]).join(hex)
+    }
+
+    fn kinds(ferry: &Ferry) -> Vec<(Digest, DamageKind)> {
+        ferry.damaged().into_iter().map(|d| (d.digest, d.kind)).collect()
+    }
+
+    /// Damage is remembered across a restart (missing: the store's record;
+    /// corrupt: its quarantine), a quarantined blob stays "corrupt" in
+    /// every later fsck, and forgotten or repaired damage is gone.
+    #[tokio::test]
+    async fn damage_survives_a_restart_and_fsck_keeps_its_kind() {
+        let dir = ok(tempfile::tempdir());
+        let ferry = open(dir.path()).await;
+        let lost = store(&ferry, b"lost").await;
+        let rotten = store(&ferry, b"rotten").await;
+        ok(std::fs::remove_file(blob_path(dir.path(), &lost)));
+        ok(std::fs::write(blob_path(dir.path(), &rotten), b"rottem"));
+        assert!(matches!(
+            ferry.stored_blob_size(&lost).await,
+            Err(CoreError::Damaged(m)) if m.contains("missing")
+        ));
+        let first = ok(ferry.fsck(1.0).await);
+        assert_eq!(
+            (first.missing.clone(), first.corrupt.clone()),
+            (vec![lost], vec![rotten])
+        );
+        let second = ok(ferry.fsck(1.0).await);
+        assert_eq!((second.missing, second.corrupt), (vec![lost], vec![rotten]));
+        let mut expected = vec![(lost, DamageKind::Missing), (rotten, DamageKind::Corrupt)];
+        expected.sort_by_key(|e| e.0);
+        assert_eq!(kinds(&ferry), expected);
+        assert!(matches!(
+            ferry.stored_blob_size(&rotten).await,
+            Err(CoreError::Damaged(m)) if m.contains("corrupt")
+        ));
+        // The record of missing blobs is written in the background.
+        for _ in 0..100 {
+            if ferry.0.blobs.missing_on_record().len() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(ferry);
+
+        let ferry = open(dir.path()).await;
+        assert_eq!(kinds(&ferry), expected);
+        let again = ok(ferry.fsck(1.0).await);
+        assert_eq!((again.missing, again.corrupt), (vec![lost], vec![rotten]));
+
+        // Forgotten (nothing needs it): not reported, by fsck either.
+        ferry.forget_damage(&rotten);
+        assert_eq!(kinds(&ferry), vec![(lost, DamageKind::Missing)]);
+        let report = ok(ferry.fsck(1.0).await);
+        assert!(report.corrupt.is_empty(), "{report:?}");
+        // Repaired by a verified copy: gone, and gone after a restart too.
+        store(&ferry, b"lost").await;
+        assert!(kinds(&ferry).is_empty());
+        for _ in 0..100 {
+            if ferry.0.blobs.missing_on_record().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(ferry);
+        let ferry = open(dir.path()).await;
+        assert_eq!(kinds(&ferry), vec![(rotten, DamageKind::Corrupt)]);
+    }
 }

@@ -450,6 +450,20 @@ pub async fn serve_blob(
 /// requests of RFC 9110 §13 as [`decide`] evaluates them (412, 304,
 /// `If-Range`), and one byte range on GET (206, 416; RFC 9110 §14). HEAD
 /// answers as GET would without a range, with no body.
+///
+/// Integrity: a GET of the whole blob, or of a range that covers all of
+/// it, is verified as it streams (the store hashes the bytes on its
+/// reading thread and holds back the last chunk until the hash is known;
+/// see `BlobStore::get`). If the bytes do not hash to the digest the
+/// body ends with an error instead of that chunk: the connection is cut
+/// short of `Content-Length`, so the client sees a broken transfer
+/// (curl: exit 18), never a complete file under the right `ETag`. The blob
+/// is quarantined at that moment, so the next request answers 500 naming
+/// it, and `/health` and `ferry_blobs_damaged` count it. A range that
+/// leaves part of the blob out cannot be verified by itself and is served
+/// as stored: clients that resume check the digest of what they assemble
+/// (OCI, pip, npm, replication peers do), and the blob is caught by the
+/// next whole read or `fsck`.
 pub async fn serve_download(
     ferry: &Ferry,
     method: &Method,

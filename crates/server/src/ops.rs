@@ -19,10 +19,12 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Live (200) as long as the process serves. Says "ok", or what is known
-/// to be damaged in storage (found by reads and `fsck`), so a monitor can
-/// alert on it without taking the instance out of rotation.
+/// to be damaged in storage (found by reads and `fsck`, kept across
+/// restarts), so a monitor can alert on it without taking the instance out
+/// of rotation. Damage of blobs no live item references is forgotten here
+/// (see [`current_damage`]), so deleting what needed them clears it.
 async fn health(State(st): State<AppState>) -> String {
-    let damaged = st.ferry.damaged();
+    let damaged = current_damage(&st).await;
     if damaged.is_empty() {
         return "ok\n".into();
     }
@@ -38,6 +40,43 @@ async fn health(State(st): State<AppState>) -> String {
         out.push_str(&format!("{kind} {}\n", d.digest));
     }
     out
+}
+
+/// The known damage worth reporting: blobs that some live item still
+/// references. Damage of a blob nothing references any more (every item
+/// that needed it deleted) is forgotten ([`Ferry::forget_damage`]): no
+/// client can ask for it and garbage collection removes it once its lease
+/// ends. One indexed look-up per damaged blob and feed; if the look-up
+/// fails the damage is kept. Also sets the `ferry_blobs_damaged` gauge.
+///
+/// [`Ferry::forget_damage`]: ferry_core::Ferry::forget_damage
+pub(crate) async fn current_damage(st: &AppState) -> Vec<ferry_core::Damage> {
+    let damaged = st.ferry.damaged();
+    if damaged.is_empty() {
+        return damaged;
+    }
+    let feeds: Vec<_> = match st.ferry.feeds().await {
+        Ok(f) => f.into_iter().map(|f| f.id).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list feeds to check damaged blobs' references");
+            return damaged;
+        }
+    };
+    let mut forgot = false;
+    for d in &damaged {
+        match st.replicator.store().blob_referenced(&d.digest, &feeds).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(blob = %d.digest, "damaged blob no longer referenced by any item; no longer reported");
+                st.ferry.forget_damage(&d.digest);
+                forgot = true;
+            }
+            Err(e) => {
+                tracing::warn!(blob = %d.digest, error = %e, "cannot check whether a damaged blob is referenced")
+            }
+        }
+    }
+    if forgot { st.ferry.damaged() } else { damaged }
 }
 
 /// Ready when the metadata store answers.
@@ -58,6 +97,8 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<impl 
         let who = access::principal(&st, &headers).await.map_err(ApiError::text)?;
         auth::authorize_metrics(who.as_ref(), public).map_err(ApiError::text)?;
     }
+    // Sets `ferry_blobs_damaged` (0 included) before rendering.
+    current_damage(&st).await;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),
