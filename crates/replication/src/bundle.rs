@@ -4,9 +4,10 @@
 //! network path to the source. Importing applies the entries with their
 //! original stamps, so importing twice — or out of order — is harmless.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
+use ferry_core::CoreError;
 use ferry_store::{ByteStream, FeedRecord};
 use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey};
 use futures::StreamExt;
@@ -112,6 +113,18 @@ impl Replicator {
     }
 
     /// Streams a bundle of `feed`'s changes after `since`.
+    ///
+    /// A bundle is complete or it is nothing: its `until` promises every
+    /// change up to there, so an item whose blob cannot be sent is not
+    /// left out (the next bundle, exported `--since until`, would never
+    /// carry it). Before anything is sent, every blob is looked up: one
+    /// missing or known to be corrupt fails the export with
+    /// [`CoreError::Damaged`] naming the blobs and the items that need
+    /// them. Every blob is then verified as it streams (the store hashes
+    /// whole reads); one whose bytes turn out wrong is taken out of
+    /// service and the stream ends with an error naming it and its items,
+    /// so the client sees a broken transfer, never a complete bundle (the
+    /// import would refuse it anyway), and the next export fails up front.
     pub async fn export_bundle(
         &self,
         feed: &FeedName,
@@ -119,9 +132,14 @@ impl Replicator {
     ) -> Result<(BundleHeader, ByteStream), ReplError> {
         let feed = self.ferry().feed(feed).await?;
         let (entries, until) = self.bundle_entries(&feed, since).await?;
-        let mut blobs: Vec<Digest> = entries.iter().flat_map(|e| e.blobs.iter().copied()).collect();
-        blobs.sort();
-        blobs.dedup();
+        let mut needed_by: BTreeMap<Digest, Vec<ItemKey>> = BTreeMap::new();
+        for e in &entries {
+            for d in &e.blobs {
+                needed_by.entry(*d).or_default().push(e.key.clone());
+            }
+        }
+        let blobs: Vec<Digest> = needed_by.keys().copied().collect();
+        self.check_bundle_blobs(&feed.name, &needed_by).await?;
         let header = BundleHeader {
             format: 1,
             instance_id: self.ferry().instance_id(),
@@ -158,13 +176,20 @@ impl Replicator {
                     return;
                 }
             }
+            // Ends the stream with an error naming the blob and its items.
+            let fail = |d: Digest, why: String| {
+                let tx = tx.clone();
+                let items = item_list(needed_by.get(&d).map_or(&[][..], Vec::as_slice));
+                async move {
+                    tracing::error!(blob = %d, items = %items, error = %why, "bundle export stopped: a blob cannot be sent");
+                    let msg = format!("cannot export the bundle: blob {d}, needed by {items}: {why}");
+                    let _ = tx.send(Err(std::io::Error::other(msg))).await;
+                }
+            };
             for d in blobs {
                 let body = match me.ferry().read_blob(&d, None).await {
                     Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                        return;
-                    }
+                    Err(e) => return fail(d, e.to_string()).await,
                 };
                 let Ok(h) = tar_header(&format!("blobs/{}", d.hex()), body.total_size) else {
                     return;
@@ -172,10 +197,17 @@ impl Replicator {
                 if !send(Bytes::copy_from_slice(&h)).await {
                     return;
                 }
+                // Whole reads are verified as they stream: wrong bytes end
+                // in an error before the blob's last chunk.
                 let mut s = body.stream;
                 while let Some(chunk) = s.next().await {
-                    if tx.send(chunk).await.is_err() {
-                        return;
+                    match chunk {
+                        Ok(c) => {
+                            if !send(c).await {
+                                return;
+                            }
+                        }
+                        Err(e) => return fail(d, e.to_string()).await,
                     }
                 }
                 if !send(padding(body.total_size)).await {
@@ -186,6 +218,49 @@ impl Replicator {
         });
         let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
         Ok((header, Box::pin(stream)))
+    }
+
+    /// Looks up every blob a bundle needs (`needed_by`: blob → items)
+    /// before anything is sent: missing or corrupt ones (known damage, also
+    /// recorded as such) fail the export, naming the blobs and items.
+    async fn check_bundle_blobs(
+        &self,
+        feed: &FeedName,
+        needed_by: &BTreeMap<Digest, Vec<ItemKey>>,
+    ) -> Result<(), ReplError> {
+        let ferry = self.ferry().clone();
+        let found: Vec<(Digest, Result<u64, CoreError>)> = futures::stream::iter(needed_by.keys().copied())
+            .map(move |d| {
+                let ferry = ferry.clone();
+                async move { (d, ferry.stored_blob_size(&d).await) }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let mut damaged = Vec::new();
+        for (d, r) in found {
+            match r {
+                Ok(_) => {}
+                Err(CoreError::Damaged(why)) => damaged.push((d, why)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if damaged.is_empty() {
+            return Ok(());
+        }
+        damaged.sort_by_key(|(d, _)| *d);
+        let mut msg = format!(
+            "cannot export a bundle of {feed}: {} of the blobs its items need cannot be sent",
+            damaged.len()
+        );
+        for (d, why) in damaged.iter().take(20) {
+            let items = item_list(needed_by.get(d).map_or(&[][..], Vec::as_slice));
+            msg.push_str(&format!("; needed by {items}: {why}"));
+        }
+        if damaged.len() > 20 {
+            msg.push_str(&format!("; and {} more", damaged.len() - 20));
+        }
+        Err(ReplError::Core(CoreError::Damaged(msg)))
     }
 
     /// Imports a bundle into `feed`. Blobs are verified against their
@@ -322,6 +397,19 @@ impl Replicator {
             }
         }
         Ok(report)
+    }
+}
+
+/// Names the items that need a blob (the first few, and how many more).
+fn item_list(items: &[ItemKey]) -> String {
+    let mut out: Vec<String> = items.iter().take(5).map(|k| k.to_string()).collect();
+    if items.len() > 5 {
+        out.push(format!("{} more", items.len() - 5));
+    }
+    match out.len() {
+        0 => "no item".into(),
+        1 => format!("item {}", out[0]),
+        _ => format!("items {}", out.join(", ")),
     }
 }
 
