@@ -420,3 +420,56 @@ fn each_replication_shows_the_lag_of_its_own_feeds_only() {
     let lag: Vec<&String> = one["status"]["lag"].as_object().unwrap().keys().collect();
     assert_eq!(lag, vec!["gamma"], "{one:#}");
 }
+
+#[test]
+fn bad_parameters_of_the_replication_management_api_get_a_json_reason() {
+    let s = Server::start();
+    s.create_feed("files", "assets");
+    s.incoming("in", &["files"], "push");
+    let auth = format!("Authorization: Bearer {ADMIN}");
+    let api = |method: &str, path: &str, body: Option<&str>| {
+        let url = format!("{}{path}", s.url);
+        let mut args = vec!["-X", method, "-H", &auth];
+        if let Some(b) = body {
+            args.extend(["-H", "Content-Type: application/json", "-d", b]);
+        }
+        args.push(&url);
+        let (st, resp) = curl(&args);
+        let text = String::from_utf8_lossy(&resp).to_string();
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: not a JSON answer ({st}): {text}"));
+        (st, v)
+    };
+    for (path, says) in [
+        (
+            "/api/v1/replications/in/executions?limit=abc",
+            "limit must be a whole number",
+        ),
+        (
+            "/api/v1/logs/replication?limit=-1",
+            "limit must be a whole number",
+        ),
+        (
+            "/api/v1/feeds/files/bundle?since=x",
+            "since must be a change-log position",
+        ),
+    ] {
+        let (st, v) = api("GET", path, None);
+        assert_eq!(st, 400, "{path}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{path}: {v}");
+        assert!(
+            !v["error"].as_str().unwrap().contains("deserialize"),
+            "{path}: {v}"
+        );
+    }
+    for path in ["/api/v1/replications/in/run", "/api/v1/replications/in/verify"] {
+        let (st, v) = api("POST", path, Some(r#"{"wait": "yes", "repair": 1}"#));
+        assert_eq!(st, 400, "{path}: {v}");
+        assert!(v["error"].is_string(), "{path}: {v}");
+    }
+    // Good parameters still work, and a run without a body starts one.
+    let (st, v) = api("GET", "/api/v1/replications/in/executions?limit=5", None);
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = api("GET", "/api/v1/logs/replication?limit=5", None);
+    assert_eq!(st, 200, "{v}");
+}

@@ -1,6 +1,7 @@
 //! Management of replications under `/api/v1/replications` and the
 //! diagnostic log under `/api/v1/logs`. Admin key required.
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
@@ -44,6 +45,26 @@ fn repl(e: ReplError) -> ApiError {
 }
 
 type JsonResult = Result<Json<Value>, ApiError>;
+
+/// An optional JSON body whose fields all have defaults: none sent (no
+/// JSON content type) is the defaults; a malformed one is a JSON 400 like
+/// every other management body.
+fn optional_body<T: Default>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    match body {
+        Ok(Json(b)) => Ok(b),
+        Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
+        Err(e) => Err(ApiError::json(crate::error::json_rejection(&e))),
+    }
+}
+
+/// Query parameters, or a JSON 400 saying which are expected (not the
+/// query parser's message, as text).
+fn query<T>(q: Result<Query<T>, QueryRejection>, expected: &str) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|_| ApiError::json(CoreError::invalid(expected.to_string())))
+}
+
+const LIMIT_PARAM: &str = "limit must be a whole number from 0";
 
 /// A replication's overview with the lag of its own feed pairs only.
 ///
@@ -149,9 +170,9 @@ async fn run(
     State(st): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
-    body: Option<Json<RunRequest>>,
+    body: Result<Json<RunRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let req = optional_body(body)?;
     if req.wait || req.confirm_deletes || req.full {
         let result = st
             .replicator
@@ -173,8 +194,9 @@ async fn executions(
     State(st): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
-    Query(q): Query<Limit>,
+    q: Result<Query<Limit>, QueryRejection>,
 ) -> JsonResult {
+    let q = query(q, LIMIT_PARAM)?;
     let list = st
         .replicator
         .executions(&name, q.limit.unwrap_or(50).min(200))
@@ -198,9 +220,9 @@ async fn verify(
     State(st): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
-    body: Option<Json<VerifyRequest>>,
+    body: Result<Json<VerifyRequest>, JsonRejection>,
 ) -> JsonResult {
-    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let req = optional_body(body)?;
     let mut repaired = None;
     if req.repair
         && !st
@@ -223,7 +245,8 @@ async fn verify(
     Ok(Json(json!({ "same": same, "feeds": pairs, "repair": repaired })))
 }
 
-async fn logs(State(st): State<AppState>, _: Admin, Query(q): Query<Limit>) -> JsonResult {
+async fn logs(State(st): State<AppState>, _: Admin, q: Result<Query<Limit>, QueryRejection>) -> JsonResult {
+    let q = query(q, LIMIT_PARAM)?;
     let d = st.replicator.diag();
     Ok(Json(
         json!({ "min_level": d.min_level(), "lines": d.recent(q.limit.unwrap_or(200)) }),
@@ -262,8 +285,9 @@ async fn export_bundle(
     State(st): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
-    Query(q): Query<Since>,
+    q: Result<Query<Since>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
+    let q = query(q, "since must be a change-log position (a whole number)")?;
     let feed = ferry_types::FeedName::new(name).map_err(|e| ApiError::json(CoreError::from(e)))?;
     let (header, stream) = st.replicator.export_bundle(&feed, q.since).await.map_err(repl)?;
     axum::response::Response::builder()
