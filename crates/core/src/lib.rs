@@ -506,8 +506,9 @@ impl Ferry {
         feed: &FeedRecord,
         changes: Vec<Change>,
     ) -> Result<Vec<WriteOutcome>, CoreError> {
-        for c in &changes {
-            self.check_replicated(feed, c).await?;
+        let verdicts = self.check_replicated_batch(feed, &changes, false).await?;
+        if let Some(why) = verdicts.into_iter().flatten().next() {
+            return Err(CoreError::Invalid(why));
         }
         self.write_received(feed, changes, StampOrder::LaterWins).await
     }
@@ -527,14 +528,16 @@ impl Ferry {
     ) -> Result<Vec<Applied>, CoreError> {
         let mut out: Vec<Option<Applied>> = Vec::with_capacity(changes.len());
         let mut passed = Vec::with_capacity(changes.len());
-        for c in changes {
-            match self.check_replicated(feed, &c).await {
-                Ok(()) => {
+        // Judged as a batch: an OCI index and the manifests it lists may
+        // be deleted together.
+        let verdicts = self.check_replicated_batch(feed, &changes, overwrite).await?;
+        for (c, verdict) in changes.into_iter().zip(verdicts) {
+            match verdict {
+                None => {
                     out.push(None);
                     passed.push(c);
                 }
-                Err(CoreError::Invalid(why)) => out.push(Some(Applied::Refused(why))),
-                Err(other) => return Err(other),
+                Some(why) => out.push(Some(Applied::Refused(why))),
             }
         }
         let order = if overwrite {
