@@ -293,17 +293,18 @@ async fn set_yanked(
     for f in files {
         let mut meta = f.meta.clone();
         change(&mut meta);
-        if meta != f.meta {
-            // The file and its core metadata (PEP 658) stay the item's blobs.
-            let mut blobs = vec![f.digest];
-            blobs.extend(meta.core_metadata);
-            writes.push(LocalWrite::upsert(
-                f.key,
-                meta.to_json(),
-                blobs,
-                Precondition::Present,
-            ));
-        }
+        // Written even when it changes nothing here: the new stamp makes
+        // this, the user's latest action, win over an older yank or unyank
+        // made elsewhere that has not arrived yet.
+        // The file and its core metadata (PEP 658) stay the item's blobs.
+        let mut blobs = vec![f.digest];
+        blobs.extend(meta.core_metadata);
+        writes.push(LocalWrite::upsert(
+            f.key,
+            meta.to_json(),
+            blobs,
+            Precondition::Present,
+        ));
         out.push(meta);
     }
     if !writes.is_empty() {

@@ -751,6 +751,24 @@ async fn yank_unyank_and_delete() {
     let key = ferry_types::ItemKey::new(format!("pkg/{}", v1.0)).unwrap();
     let item = i.ferry.item(&feed, &key).await.unwrap().unwrap();
     assert_eq!(item.blobs.len(), 2, "a yank dropped the core metadata blob");
+    // Yanking again is the user's latest action: it takes a new stamp, so
+    // it wins over an older unyank made on another instance.
+    let r = i
+        .send(
+            "POST",
+            "/pypi/py/yank/pkg/1.0",
+            Some(&w),
+            &[("content-type", "application/json")],
+            r#"{"reason": "broken <build>"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let again = i.ferry.item(&feed, &key).await.unwrap().unwrap();
+    assert!(
+        again.stamp > item.stamp,
+        "a repeated yank kept its old stamp {}",
+        item.stamp
+    );
     assert_eq!(
         i.get(&format!("/pypi/py/files/pkg/{}.metadata", v1.0))
             .await
