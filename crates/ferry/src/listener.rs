@@ -125,7 +125,8 @@ pub fn default_max_connections(fd_limit: Option<u64>) -> usize {
 /// completes; then stops accepting, lets requests in flight finish for at
 /// most `limits.shutdown_grace` (long polls end when the replicator is told
 /// to stop, which `shutdown` does), closes the connections still open after
-/// that (logging how many requests it cut), and returns.
+/// that (logging how many requests it cut), and returns. `hurry`
+/// completing during the grace period (a second signal) ends it early.
 ///
 /// Errors: none today; accept errors are logged and retried.
 pub async fn serve(
@@ -134,6 +135,7 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
+    hurry: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let shared = Arc::new(Shared {
         router,
@@ -220,17 +222,20 @@ pub async fn serve(
     stop_tx.send_replace(true);
     tracker.close();
     let grace = shared.limits.shutdown_grace;
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        let (connections, requests) = shared.registry.in_flight();
-        tracing::warn!(
-            grace_secs = grace.as_secs(),
-            connections_closed = connections,
-            requests_cut = requests,
-            "shutdown grace period ran out: closing the connections still open"
-        );
-        force.cancel();
-        tracker.wait().await;
-    }
+    let why = tokio::select! {
+        _ = tracker.wait() => return Ok(()),
+        _ = tokio::time::sleep(grace) => "shutdown grace period ran out",
+        _ = hurry => "second stop signal",
+    };
+    let (connections, requests) = shared.registry.in_flight();
+    tracing::warn!(
+        grace_secs = grace.as_secs(),
+        connections_closed = connections,
+        requests_cut = requests,
+        "{why}: closing the connections still open"
+    );
+    force.cancel();
+    tracker.wait().await;
     Ok(())
 }
 

@@ -127,11 +127,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let stopping = replicator.clone();
     let router = ferry_server::router(ferry.clone(), replicator).into_router();
     let grace = cfg.shutdown_grace_secs;
-    listener::serve(listener, router, acceptor, limits, async move {
-        shutdown_signal(grace).await;
-        // Peers' long polls answer now instead of holding the stop.
-        stopping.shutdown();
-    })
+    listener::serve(
+        listener,
+        router,
+        acceptor,
+        limits,
+        async move {
+            shutdown_signal(grace).await;
+            // Peers' long polls answer now instead of holding the stop.
+            stopping.shutdown();
+        },
+        // Awaited only once stopping: a second signal cuts the drain short.
+        stop_signal(),
+    )
     .await?;
     ferry.flush_downloads().await?;
     tracing::info!("stopped");
@@ -252,6 +260,15 @@ fn spawn_tombstone_pruning(replicator: Replicator, retention_secs: u64) {
 }
 
 async fn shutdown_signal(grace_secs: u64) {
+    stop_signal().await;
+    tracing::info!(
+        grace_secs,
+        "shutting down: finishing requests in flight (connections still open after the grace period are closed; a second signal closes them now)"
+    );
+}
+
+/// Completes at the next SIGTERM or SIGINT.
+async fn stop_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -264,8 +281,4 @@ async fn shutdown_signal(grace_secs: u64) {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!(
-        grace_secs,
-        "shutting down: finishing requests in flight (connections still open after the grace period are closed)"
-    );
 }

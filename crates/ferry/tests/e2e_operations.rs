@@ -182,6 +182,56 @@ fn sigterm_lets_requests_finish_within_the_grace_period_then_cuts_slow_downloads
 }
 
 #[test]
+fn a_second_sigterm_cuts_the_grace_period_short() {
+    let mut s = Captured::start(&[("FERRY_SHUTDOWN_GRACE_SECS", "60")]);
+    let auth = format!("Authorization: Bearer {ADMIN}");
+    let (st, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"name":"files","type":"assets"}"#,
+        &format!("{}/api/v1/feeds", s.url),
+    ]);
+    assert_eq!(st, 201);
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 32 << 20]).unwrap();
+    let url = format!("{}/assets/files/big.bin", s.url);
+    let (st, _) = curl(&["-T", big.to_str().unwrap(), "-H", &auth, &url]);
+    assert_eq!(st, 201);
+    let mut slow = Command::new("curl")
+        .args(["-s", "--limit-rate", "10k", "-o", "/dev/null", &url])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(s.child.id());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(s.child.try_wait().unwrap().is_none(), "the first signal drains");
+    let second = Instant::now();
+    sigterm(s.child.id());
+    let status = exit_within(&mut s.child, Duration::from_secs(5));
+    let _ = slow.kill();
+    let _ = slow.wait();
+    let status = status.expect("a second SIGTERM stops the drain at once");
+    assert!(status.success(), "{status}");
+    assert!(
+        second.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        second.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let log = s.log();
+    assert!(
+        log.contains("second stop signal") && log.contains("requests_cut=1"),
+        "{log}"
+    );
+}
+
+#[test]
 fn sigterm_with_nothing_in_flight_exits_at_once() {
     let mut s = Captured::start(&[("FERRY_SHUTDOWN_GRACE_SECS", "30")]);
     let (st, _) = curl(&[&format!("{}/health", s.url)]);
