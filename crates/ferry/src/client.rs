@@ -481,7 +481,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             .await?;
             say!("deleted replication {name}");
         }
-        ReplCmd::Log { level, conn } => {
+        ReplCmd::Log { level, json, conn } => {
             if let Some(level) = level {
                 call(
                     &conn,
@@ -494,6 +494,9 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 return Ok(());
             }
             let r = call(&conn, Method::GET, "/api/v1/logs/replication", None).await?;
+            if json {
+                return print_json(&r);
+            }
             for l in r["lines"].as_array().into_iter().flatten() {
                 say!(
                     "{} {} {}",

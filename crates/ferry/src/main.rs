@@ -256,6 +256,8 @@ pub enum ReplCmd {
     Log {
         #[arg(long)]
         level: Option<String>,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: Conn,
     },

@@ -283,6 +283,8 @@ fn a_closed_stdout_ends_every_command_quietly() {
         &["replication", "list", "--json"],
         &["replication", "executions", "in-00"],
         &["replication", "token", "in-01"],
+        &["replication", "log"],
+        &["replication", "log", "--json"],
         &["fsck"],
         &["gc"],
         &["feed", "create", "late", "--type", "npm"],
@@ -296,6 +298,9 @@ fn a_closed_stdout_ends_every_command_quietly() {
         );
         assert!(ok, "ferry {args:?} with stdout closed failed: {err}");
     }
+    // Every listing has --json.
+    let log = hub.cli_json(&["replication", "log", "--json"]);
+    assert!(log["lines"].is_array(), "{log}");
     // A command that fails still says why (on stderr) and exits non-zero.
     let (ok, err) = with_stdout_closed(&hub, &["replication", "run", "nope", "--wait"]);
     assert!(!ok && err.contains("nope") && !err.contains("panicked"), "{err}");
