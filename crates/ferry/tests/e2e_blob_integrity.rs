@@ -111,9 +111,9 @@ fn a_blob_rotten_on_disk_is_never_served_as_a_complete_download() {
     // A blob of one chunk, and a range that covers the whole blob, are
     // verified as well.
     rot(&s, &small_d, 3);
-    let (code, status, got) = download(&s.asset_url("files", "small.txt"), &out, &["-r", "0-"]);
-    assert_eq!((code, status), (18, 206), "the rotten blob was delivered whole");
-    assert_eq!(got, 0);
+    let (code, _, got) = download(&s.asset_url("files", "small.txt"), &out, &["-r", "0-"]);
+    assert_ne!(code, 0, "the rotten blob was delivered whole");
+    assert_eq!(got, 0, "a byte of the rotten blob went out");
     let (st, body) = s.get_asset("files", "small.txt");
     assert_eq!(st, 500, "{}", String::from_utf8_lossy(&body));
     assert_eq!(gauge(&s), Some(2));
