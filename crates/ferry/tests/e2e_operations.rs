@@ -430,6 +430,7 @@ fn each_replication_shows_the_lag_of_its_own_feeds_only() {
             let mine = match name {
                 "from-a" => "alpha",
                 "from-c" => "gamma",
+                "edges" => "delta",
                 other => panic!("unexpected replication {other}: {text}"),
             };
             for f in ["alpha", "beta", "gamma", "delta"] {
@@ -474,6 +475,39 @@ fn each_replication_shows_the_lag_of_its_own_feeds_only() {
     let one: serde_json::Value = serde_json::from_slice(&one).unwrap();
     let lag: Vec<&String> = one["status"]["lag"].as_object().unwrap().keys().collect();
     assert_eq!(lag, vec!["gamma"], "{one:#}");
+
+    // An incoming replication in a deleted outgoing one's place shows no
+    // execution, outcome, next run or lag of it.
+    spoke.cli_ok(&["replication", "delete", "from-c"]);
+    spoke.cli_ok(&[
+        "replication",
+        "create",
+        "edges",
+        "--incoming",
+        "--mode",
+        "push",
+        "--feed",
+        "delta",
+    ]);
+    let list = check("after an incoming one replaced an outgoing one");
+    let edges = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "edges")
+        .unwrap();
+    let st = &edges["status"];
+    assert!(
+        st["last_execution"].is_null() && st["last_outcome"].is_null() && st["next_run"].is_null(),
+        "{edges:#}"
+    );
+    assert_eq!(st["lag"], serde_json::json!({}), "{edges:#}");
+    let text = spoke.cli_ok(&["replication", "list"]);
+    let line = text.lines().find(|l| l.starts_with("edges\t")).unwrap();
+    assert!(
+        line.contains("last=-") && line.contains("next=-") && line.ends_with("lag=-"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -66,31 +66,51 @@ fn query<T>(q: Result<Query<T>, QueryRejection>, expected: &str) -> Result<T, Ap
 
 const LIMIT_PARAM: &str = "limit must be a whole number from 0";
 
-/// A replication's overview with the lag of its own feed pairs only.
+/// A replication's overview with its own live status only.
 ///
-/// The replicator keeps live status by replication id, and SQLite gives a
-/// replication created after the newest one was deleted that same id: its
-/// overview would list the deleted replication's feeds as lagging. Lag is
-/// per local feed, so whatever is not one of this replication's local
-/// feeds is not its lag.
-fn own_lag(mut o: Overview) -> Overview {
+/// The replicator keeps live status (lag per local feed, last execution,
+/// next run) by replication id, and SQLite gives a replication created
+/// after the newest one was deleted that same id: its overview would show
+/// the deleted replication's feeds as lagging, its last execution and its
+/// next run. So lag is kept for this replication's own local feeds only,
+/// a last execution only if it is one of this replication's, and an
+/// incoming replication (which runs nothing) shows no next run.
+async fn own_status(st: &AppState, mut o: Overview) -> Overview {
     let feeds = &o.config.feeds;
     o.status
         .lag
         .retain(|feed, _| feeds.iter().any(|p| p.local.as_str() == feed));
+    if let Some(id) = o.status.last_execution {
+        // Newest first: at most one running, then the last one that ended.
+        let mine = match st.replicator.executions(&o.name, 3).await {
+            Ok(list) => list.iter().any(|e| e.id == id),
+            Err(_) => true,
+        };
+        if !mine {
+            o.status.last_execution = None;
+            o.status.last_outcome = None;
+            o.status.last_error = None;
+        }
+    }
+    if !o.config.is_outgoing() {
+        o.status.state = "incoming".into();
+        o.status.next_run = None;
+    }
     o
 }
 
 async fn list(State(st): State<AppState>, _: Admin) -> JsonResult {
-    let list: Vec<Overview> = st
-        .replicator
-        .overview()
-        .await
-        .map_err(repl)?
-        .into_iter()
-        .map(own_lag)
-        .collect();
+    let mut list = Vec::new();
+    for o in st.replicator.overview().await.map_err(repl)? {
+        list.push(own_status(&st, o).await);
+    }
     Ok(Json(json!(list)))
+}
+
+/// One replication's overview (see [`own_status`]).
+async fn overview(st: &AppState, name: &str) -> JsonResult {
+    let o = st.replicator.get(name).await.map_err(repl)?;
+    Ok(Json(json!(own_status(st, o).await)))
 }
 
 async fn create(
@@ -102,16 +122,11 @@ async fn create(
     let name = req.name.clone();
     let cfg = req.into_config().map_err(repl)?;
     st.replicator.create(&name, cfg).await.map_err(repl)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!(own_lag(st.replicator.get(&name).await.map_err(repl)?))),
-    ))
+    Ok((StatusCode::CREATED, overview(&st, &name).await?))
 }
 
 async fn show(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
-    Ok(Json(json!(own_lag(
-        st.replicator.get(&name).await.map_err(repl)?
-    ))))
+    overview(&st, &name).await
 }
 
 async fn update(
@@ -122,9 +137,7 @@ async fn update(
 ) -> JsonResult {
     let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
     st.replicator.update(&name, req).await.map_err(repl)?;
-    Ok(Json(json!(own_lag(
-        st.replicator.get(&name).await.map_err(repl)?
-    ))))
+    overview(&st, &name).await
 }
 
 async fn remove(
