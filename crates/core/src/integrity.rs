@@ -69,6 +69,8 @@ struct DamageState {
     /// Damage of blobs no live item needs (see [`Ferry::forget_damage`]):
     /// not reported until a read finds it again.
     forgotten: BTreeSet<Digest>,
+    /// When [`Ferry::forget_unreferenced_damage`] last asked about a blob.
+    asked_at: std::collections::HashMap<Digest, std::time::Instant>,
 }
 
 impl Ferry {
@@ -96,6 +98,7 @@ impl Ferry {
             DamageState {
                 known,
                 forgotten: BTreeSet::new(),
+                asked_at: Default::default(),
             }
         });
         Some(f(state))
@@ -204,6 +207,50 @@ impl Ferry {
         self.damaged();
     }
 
+    /// Forgets the damage of blobs no live item references any more (see
+    /// [`Ferry::forget_damage`]); `referenced` says whether one does (the
+    /// caller knows where to ask). At most 1000 blobs are asked about per
+    /// call, those asked about longest ago first, so a health probe stays
+    /// cheap however much is damaged, while a few damaged blobs are all
+    /// asked about every time (deleting the last item that needs one
+    /// clears it at the next call). A failed question keeps the damage.
+    /// Returns how many were forgotten.
+    pub async fn forget_unreferenced_damage<F, Fut>(&self, referenced: F) -> usize
+    where
+        F: Fn(Digest) -> Fut,
+        Fut: std::future::Future<Output = Result<bool, CoreError>>,
+    {
+        let now = std::time::Instant::now();
+        let mut due: Vec<(Option<std::time::Instant>, Digest)> = {
+            let damaged = self.damaged();
+            self.with_damage(|st| {
+                st.asked_at.retain(|d, _| damaged.iter().any(|x| x.digest == *d));
+                damaged
+                    .iter()
+                    .map(|d| (st.asked_at.get(&d.digest).copied(), d.digest))
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        due.sort();
+        let mut forgotten = 0;
+        for (_, digest) in due.into_iter().take(REFERENCE_CHECKS) {
+            self.with_damage(|st| st.asked_at.insert(digest, now));
+            match referenced(digest).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(blob = %digest, "damaged blob no longer referenced by any item; no longer reported");
+                    self.forget_damage(&digest);
+                    forgotten += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(blob = %digest, error = %e, "cannot check whether a damaged blob is referenced")
+                }
+            }
+        }
+        forgotten
+    }
+
     /// Whether the damage of `digest` was forgotten (see [`Ferry::forget_damage`]).
     fn damage_forgotten(&self, digest: &Digest) -> bool {
         self.with_damage(|st| st.forgotten.contains(digest))
@@ -306,6 +353,9 @@ impl Ferry {
         }
     }
 }
+
+/// Most damaged blobs [`Ferry::forget_unreferenced_damage`] asks about per call.
+pub(crate) const REFERENCE_CHECKS: usize = 1000;
 
 /// The error a read of a damaged blob answers with.
 pub(crate) fn damaged_error(digest: &Digest, kind: DamageKind) -> CoreError {
@@ -410,5 +460,47 @@ mod tests {
         drop(ferry);
         let ferry = open(dir.path()).await;
         assert_eq!(kinds(&ferry), vec![(rotten, DamageKind::Corrupt)]);
+    }
+    /// Unreferenced damage is forgotten; referenced damage is kept and
+    /// asked about again; a failed question keeps the damage.
+    #[tokio::test]
+    async fn unreferenced_damage_is_forgotten_and_referenced_damage_kept() {
+        let dir = ok(tempfile::tempdir());
+        let ferry = open(dir.path()).await;
+        let needed = store(&ferry, b"needed").await;
+        let unneeded = store(&ferry, b"unneeded").await;
+        let unknown = store(&ferry, b"unknown").await;
+        for d in [needed, unneeded, unknown] {
+            ok(std::fs::remove_file(blob_path(dir.path(), &d)));
+            assert!(ferry.stored_blob_size(&d).await.is_err());
+        }
+        let asked = std::sync::Mutex::new(Vec::new());
+        let check = |d: Digest| {
+            ok(asked.lock()).push(d);
+            async move {
+                if d == unknown {
+                    Err(CoreError::Internal("no answer".into()))
+                } else {
+                    Ok(d == needed)
+                }
+            }
+        };
+        assert_eq!(ferry.forget_unreferenced_damage(check).await, 1);
+        let mut left: Vec<Digest> = ferry.damaged().iter().map(|d| d.digest).collect();
+        left.sort();
+        let mut want = vec![needed, unknown];
+        want.sort();
+        assert_eq!(left, want);
+        ok(asked.lock()).clear();
+        assert_eq!(ferry.forget_unreferenced_damage(check).await, 0);
+        let mut asked_again = ok(asked.lock()).clone();
+        asked_again.sort();
+        assert_eq!(
+            asked_again, want,
+            "a few damaged blobs are all asked about each time"
+        );
+        // Read again: reported again.
+        assert!(ferry.stored_blob_size(&unneeded).await.is_err());
+        assert_eq!(ferry.damaged().len(), 3);
     }
 }

@@ -44,39 +44,33 @@ async fn health(State(st): State<AppState>) -> String {
 
 /// The known damage worth reporting: blobs that some live item still
 /// references. Damage of a blob nothing references any more (every item
-/// that needed it deleted) is forgotten ([`Ferry::forget_damage`]): no
-/// client can ask for it and garbage collection removes it once its lease
-/// ends. One indexed look-up per damaged blob and feed; if the look-up
-/// fails the damage is kept. Also sets the `ferry_blobs_damaged` gauge.
+/// that needed it deleted) is forgotten
+/// ([`Ferry::forget_unreferenced_damage`]): no client can ask for it and
+/// garbage collection removes it once its lease ends. The question is one
+/// indexed look-up per feed and blob, for at most 1000 blobs per call
+/// (those asked about longest ago first). Also sets the
+/// `ferry_blobs_damaged` gauge.
 ///
-/// [`Ferry::forget_damage`]: ferry_core::Ferry::forget_damage
+/// [`Ferry::forget_unreferenced_damage`]: ferry_core::Ferry::forget_unreferenced_damage
 pub(crate) async fn current_damage(st: &AppState) -> Vec<ferry_core::Damage> {
-    let damaged = st.ferry.damaged();
-    if damaged.is_empty() {
-        return damaged;
+    if st.ferry.damaged().is_empty() {
+        return Vec::new();
     }
     let feeds: Vec<_> = match st.ferry.feeds().await {
         Ok(f) => f.into_iter().map(|f| f.id).collect(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot list feeds to check damaged blobs' references");
-            return damaged;
+            return st.ferry.damaged();
         }
     };
-    let mut forgot = false;
-    for d in &damaged {
-        match st.replicator.store().blob_referenced(&d.digest, &feeds).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::info!(blob = %d.digest, "damaged blob no longer referenced by any item; no longer reported");
-                st.ferry.forget_damage(&d.digest);
-                forgot = true;
-            }
-            Err(e) => {
-                tracing::warn!(blob = %d.digest, error = %e, "cannot check whether a damaged blob is referenced")
-            }
-        }
-    }
-    if forgot { st.ferry.damaged() } else { damaged }
+    let store = st.replicator.store().clone();
+    st.ferry
+        .forget_unreferenced_damage(|digest| {
+            let (store, feeds) = (store.clone(), feeds.clone());
+            async move { Ok(store.blob_referenced(&digest, &feeds).await?) }
+        })
+        .await;
+    st.ferry.damaged()
 }
 
 /// Ready when the metadata store answers.
