@@ -258,12 +258,16 @@ fn leftover_partial_transfers_complete_or_start_over() {
     let hub = Server::start();
     hub.create_feed("files", "assets");
     let token = hub.incoming("edge", &["files"], "push");
+    // Over 64 KiB each, so they are not carried inline with the page.
     let bodies: Vec<Vec<u8>> = (0..3)
-        .map(|i| format!("release {i} ").repeat(5000 + i).into_bytes())
+        .map(|i| format!("release {i} ").repeat(8000 + i).into_bytes())
         .collect();
     for (i, b) in bodies.iter().enumerate() {
         hub.put_asset("files", &format!("r/{i}"), b);
     }
+    // A small one travels inline with its page; its leftover goes too.
+    let small = b"a small release".repeat(10);
+    hub.put_asset("files", "r/small", &small);
 
     let spoke = Server::start();
     spoke.create_feed("files", "assets");
@@ -280,6 +284,7 @@ fn leftover_partial_transfers_complete_or_start_over() {
     longer.extend_from_slice(b"and then some");
     std::fs::write(partial.join(hex(&bodies[1])), &longer).unwrap();
     std::fs::write(partial.join(hex(&bodies[2])), vec![b'x'; bodies[2].len() / 2]).unwrap();
+    std::fs::write(partial.join(hex(&small)), b"wrong").unwrap();
 
     spoke.outgoing(
         "from-hub",
@@ -297,6 +302,7 @@ fn leftover_partial_transfers_complete_or_start_over() {
             "r/{i} differs on the spoke"
         );
     }
+    assert!(spoke.serves("files", "r/small", &small));
     assert_eq!(partial_bytes(&spoke), 0, "partial transfers left behind");
     spoke.cli_ok(&["replication", "verify", "from-hub"]);
 }
@@ -347,8 +353,14 @@ fn an_item_replaced_during_the_copy_is_skipped_and_its_new_version_follows() {
         let m = l["message"].as_str().unwrap();
         m.contains("latest.txt") && m.contains("changed on the other side")
     });
-    assert!(logged, "the skipped item was not logged: {first:#}");
-    assert_eq!(first["report"]["feeds"][0]["pulled"]["added"], 8, "{first:#}");
+    // Either the old blob was gone by the time it was asked for (the item
+    // is skipped, saying so), or it came in the same batch as the others
+    // (the old version is copied, and the new one follows).
+    let added = first["report"]["feeds"][0]["pulled"]["added"].as_u64();
+    assert!(
+        (logged && added == Some(8)) || added == Some(9),
+        "neither skipped with a log line nor copied: {first:#}"
+    );
     for (i, f) in big.iter().enumerate() {
         assert!(spoke.serves("files", &format!("big/{i}"), &std::fs::read(f).unwrap()));
     }

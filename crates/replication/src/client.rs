@@ -106,12 +106,19 @@ impl Remote {
         anchor: i64,
         limit: usize,
         wait_secs: u64,
+        extras: PageExtras,
     ) -> Result<ChangesPage, ReplError> {
         let mut query = vec![
             ("since", since.to_string()),
             ("limit", limit.to_string()),
             ("wait", wait_secs.to_string()),
         ];
+        if extras.count_deletes {
+            query.push(("count_deletes", "true".into()));
+        }
+        if extras.inline_max > 0 {
+            query.push(("inline_max", extras.inline_max.to_string()));
+        }
         if anchor != 0 {
             query.push(("anchor", anchor.to_string()));
         }
@@ -193,6 +200,25 @@ impl Remote {
             )));
         }
         Ok(Box::pin(resp.bytes_stream().map_err(std::io::Error::other)))
+    }
+
+    /// Asks for many blobs at once (`POST blobs/batch`, see
+    /// [`crate::batch`]); the frames are read from the returned reader as
+    /// they arrive.
+    pub async fn fetch_batch(
+        &self,
+        wants: Vec<crate::batch::BlobWant>,
+    ) -> Result<crate::batch::FrameReader, ReplError> {
+        let resp = self
+            .req(Method::POST, "/blobs/batch")
+            .json(&crate::batch::BatchRequest { blobs: wants })
+            .send()
+            .await
+            .map_err(transport)?;
+        let resp = Self::check(resp).await?;
+        Ok(crate::batch::FrameReader::new(Box::pin(
+            resp.bytes_stream().map_err(std::io::Error::other),
+        )))
     }
 
     pub async fn put_blob(&self, digest: &Digest, body: ByteStream, size: u64) -> Result<(), ReplError> {

@@ -239,6 +239,16 @@ pub struct ReplicationConfig {
     /// Bytes per second for blob transfers (None: unlimited).
     #[serde(default)]
     pub bandwidth_limit: Option<u64>,
+    /// Blobs up to this many bytes travel inline with the entries of a
+    /// page (pulling; at most 1 MiB of them per page), saving their round
+    /// trip; 0 turns it off.
+    #[serde(default = "default_inline_max")]
+    pub inline_max_bytes: u64,
+}
+
+/// Default of [`ReplicationConfig::inline_max_bytes`]: 64 KiB.
+pub fn default_inline_max() -> u64 {
+    64 << 10
 }
 
 impl ReplicationConfig {
@@ -361,6 +371,8 @@ pub struct CreateRequest {
     pub delete_guard: Option<DeleteGuard>,
     #[serde(default)]
     pub bandwidth_limit: Option<u64>,
+    #[serde(default)]
+    pub inline_max_bytes: Option<u64>,
 }
 
 impl CreateRequest {
@@ -408,6 +420,7 @@ impl CreateRequest {
             carry_downloads: self.carry_downloads,
             delete_guard: self.delete_guard.unwrap_or_default(),
             bandwidth_limit: self.bandwidth_limit,
+            inline_max_bytes: self.inline_max_bytes.unwrap_or_else(default_inline_max),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -442,6 +455,9 @@ pub struct UpdateRequest {
     pub bandwidth_limit: Option<u64>,
     #[serde(default)]
     pub delete_guard: Option<DeleteGuard>,
+    /// Blobs up to this many bytes travel inline with pages; 0 turns it off.
+    #[serde(default)]
+    pub inline_max_bytes: Option<u64>,
 }
 
 impl UpdateRequest {
@@ -481,6 +497,9 @@ impl UpdateRequest {
         }
         if let Some(v) = self.bandwidth_limit {
             cfg.bandwidth_limit = (v > 0).then_some(v);
+        }
+        if let Some(v) = self.inline_max_bytes {
+            cfg.inline_max_bytes = v;
         }
         if let Some(g) = self.delete_guard {
             if !(0.0..=1.0).contains(&g.max_share) {

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 
 use ferry_core::rfc3339;
 use ferry_store::{FeedRecord, ReplicationRecord, now_millis};
-use ferry_types::{FeedName, InstanceId, ItemKey};
+use ferry_types::{Digest, FeedName, InstanceId, ItemKey};
 use serde::Serialize;
 
 use crate::client::Remote;
@@ -20,12 +20,13 @@ use crate::filter::Filter;
 use crate::protocol::*;
 use crate::{ReplError, Replicator};
 
+mod fetch;
 mod guard;
 mod pull;
 mod push;
 mod stuck;
 
-const PAGE: usize = 500;
+pub(crate) const PAGE: usize = 500;
 /// Deletions within this window count together against the delete guard.
 const GUARD_WINDOW_MS: i64 = 3_600_000;
 
@@ -152,6 +153,10 @@ pub(crate) struct Run<'a> {
     /// (restored from a backup, re-created): what it wrote may be newer
     /// here than there, and pushing compares in full.
     remote_went_back: bool,
+    /// The other side serves `blobs/batch` (from its handshake).
+    batch: bool,
+    /// Blobs the current page carried inline.
+    inline: HashMap<Digest, bytes::Bytes>,
 }
 
 impl<'a> Run<'a> {
@@ -184,6 +189,8 @@ impl<'a> Run<'a> {
             lags: Vec::new(),
             stuck_known: HashMap::new(),
             remote_went_back: false,
+            batch: false,
+            inline: HashMap::new(),
         })
     }
 
@@ -242,16 +249,31 @@ impl<'a> Run<'a> {
         };
         let resp = self.remote.handshake(&req).await?;
         self.remote_id = Some(resp.instance_id);
+        self.batch = resp.features.iter().any(|f| f == crate::batch::BLOB_BATCH);
         self.report.remote_instance = Some(resp.instance_id);
         Ok(resp)
     }
 
-    pub async fn execute(&mut self) -> Result<(), ReplError> {
+    /// The handshake of a recent execution if there is one (no round
+    /// trip), else a new one, kept for the next executions.
+    async fn connect(&mut self) -> Result<(HandshakeResponse, bool), ReplError> {
+        if let Some(hs) = self.r.cached_handshake(self.rec.id) {
+            self.remote_id = Some(hs.instance_id);
+            self.report.remote_instance = Some(hs.instance_id);
+            self.batch = hs.features.iter().any(|f| f == crate::batch::BLOB_BATCH);
+            return Ok((hs, true));
+        }
         let hs = self.handshake().await?;
-        let verb = if self.dry {
-            "planning against"
-        } else {
-            "connected to"
+        self.r.keep_handshake(self.rec.id, hs.clone());
+        Ok((hs, false))
+    }
+
+    pub async fn execute(&mut self) -> Result<(), ReplError> {
+        let (hs, reused) = self.connect().await?;
+        let verb = match (self.dry, reused) {
+            (true, _) => "planning against",
+            (false, false) => "connected to",
+            (false, true) => "still connected to",
         };
         self.log(
             "info",

@@ -136,6 +136,7 @@ impl Replicator {
             ferry_version: env!("CARGO_PKG_VERSION").into(),
             replication: name.clone(),
             mode: ours,
+            features: vec![crate::batch::BLOB_BATCH.to_string()],
         })
     }
 
@@ -183,11 +184,20 @@ impl Replicator {
         &self,
         s: &Session,
         feed: &str,
-        since: i64,
-        anchor: Option<i64>,
-        limit: usize,
-        wait: u64,
+        q: PageQuery,
     ) -> Result<ChangesPage, ReplError> {
+        let PageQuery {
+            since,
+            anchor,
+            limit,
+            wait,
+            count_deletes,
+            inline_max,
+        } = q;
+        let extras = PageExtras {
+            count_deletes,
+            inline_max,
+        };
         self.require_read(s)?;
         let feed = self.session_feed(s, feed).await?;
         let limit = limit.clamp(1, MAX_PAGE);
@@ -202,6 +212,9 @@ impl Replicator {
             diverged,
             next_anchor: None,
             last_anchor,
+            deletes_ahead: None,
+            inline: Vec::new(),
+            instance_id: Some(self.ferry().instance_id()),
         };
         if since < horizon {
             let last_seq = meta.last_seq(feed.id).await?;
@@ -256,13 +269,18 @@ impl Replicator {
             self.anchor_at(feed.id, last_seq).await?
         };
         let oldest_pending = changes.first().map(|c| c.stamp.time.millis());
+        let deletes_ahead = if extras.count_deletes {
+            Some(self.store().deletions_after(feed.id, since).await?)
+        } else {
+            None
+        };
         let mut seen = HashSet::new();
         let keys: Vec<ItemKey> = changes
             .into_iter()
             .filter(|c| seen.insert(c.key.clone()))
             .map(|c| c.key)
             .collect();
-        let entries = self
+        let entries: Vec<WireEntry> = self
             .store()
             .entries_for(feed.id, &keys)
             .await?
@@ -270,6 +288,7 @@ impl Replicator {
             .map(WireEntry::from)
             .filter(|e| Self::readable(s, e))
             .collect();
+        let inline = self.inline_blobs(&entries, extras.inline_max).await;
         Ok(ChangesPage {
             entries,
             next,
@@ -279,7 +298,51 @@ impl Replicator {
             diverged: false,
             next_anchor,
             last_anchor,
+            deletes_ahead,
+            inline,
+            instance_id: Some(self.ferry().instance_id()),
         })
+    }
+
+    /// The small blobs of a page's live entries, up to [`INLINE_BUDGET`]
+    /// bytes in all. A blob that cannot be read whole here is left out
+    /// (the receiver then asks for it as usual, and learns what is wrong).
+    async fn inline_blobs(&self, entries: &[WireEntry], max: u64) -> Vec<InlineBlob> {
+        use base64::Engine as _;
+        use futures::TryStreamExt;
+        let mut out = Vec::new();
+        if max == 0 {
+            return out;
+        }
+        let mut used = 0u64;
+        let mut seen = HashSet::new();
+        for d in entries.iter().filter(|e| !e.deleted).flat_map(|e| e.blobs.iter()) {
+            if !seen.insert(*d) {
+                continue;
+            }
+            let Ok(Some(size)) = self.ferry().blob_size(d).await else {
+                continue;
+            };
+            if size > max || used + size > INLINE_BUDGET {
+                continue;
+            }
+            let Ok(body) = self.ferry().read_blob(d, None).await else {
+                continue;
+            };
+            let Ok(chunks) = body.stream.try_collect::<Vec<bytes::Bytes>>().await else {
+                continue;
+            };
+            let bytes: Vec<u8> = chunks.concat();
+            if bytes.len() as u64 != size {
+                continue;
+            }
+            used += size;
+            out.push(InlineBlob {
+                digest: *d,
+                data: base64::engine::general_purpose::STANDARD.encode(&bytes),
+            });
+        }
+        out
     }
 
     /// The anchor of the change at `seq` of a feed's log, if it is there.
@@ -539,5 +602,116 @@ impl Replicator {
             return Err(refuse());
         }
         Ok(())
+    }
+}
+
+impl Replicator {
+    /// Serves a batch of blobs (`POST blobs/batch`, see [`crate::batch`]):
+    /// each blob the peer may read (as [`Replicator::may_read_blob`]
+    /// decides) as a frame of its bytes from the requested offset, the
+    /// others as frames saying why not. The frames are produced as the
+    /// peer reads them; a blob found damaged while it is being sent cuts
+    /// the body. Errors: more than [`crate::batch::MAX_BATCH`] blobs.
+    pub async fn blob_batch(
+        &self,
+        s: &Session,
+        req: crate::batch::BatchRequest,
+    ) -> Result<ByteStream, ReplError> {
+        use crate::batch::{FrameHeader, MAX_BATCH};
+        if req.blobs.len() > MAX_BATCH {
+            return Err(ReplError::Invalid(format!("at most {MAX_BATCH} blobs per batch")));
+        }
+        let mut plan: Vec<(crate::batch::BlobWant, Option<(u16, String)>)> =
+            Vec::with_capacity(req.blobs.len());
+        for w in req.blobs {
+            let refusal = match self.may_read_blob(s, &w.digest).await {
+                Ok(()) => None,
+                Err(ReplError::Forbidden(m)) => Some((403, m)),
+                Err(ReplError::NotFound(m)) => Some((404, m)),
+                Err(e) => return Err(e),
+            };
+            plan.push((w, refusal));
+        }
+        let ferry = self.ferry().clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let refuse = |digest: Digest, status: u16, error: String| FrameHeader {
+                digest,
+                offset: 0,
+                length: 0,
+                status: Some(status),
+                error: Some(error),
+            };
+            for (w, refusal) in plan {
+                let header = if let Some((status, error)) = refusal {
+                    refuse(w.digest, status, error)
+                } else {
+                    match ferry.blob_size(&w.digest).await {
+                        Ok(Some(size)) if w.offset <= size => {
+                            match ferry.read_blob(&w.digest, Some(w.offset..size)).await {
+                                Ok(body) => {
+                                    let head = FrameHeader {
+                                        digest: w.digest,
+                                        offset: w.offset,
+                                        length: size - w.offset,
+                                        status: None,
+                                        error: None,
+                                    };
+                                    if tx.send(Ok(head.encode())).await.is_err() {
+                                        return;
+                                    }
+                                    let mut stream = body.stream;
+                                    let mut sent = 0u64;
+                                    while let Some(chunk) = stream.next().await {
+                                        let failed = chunk.is_err();
+                                        if let Ok(c) = &chunk {
+                                            sent += c.len() as u64;
+                                        }
+                                        if tx.send(chunk).await.is_err() || failed {
+                                            return;
+                                        }
+                                    }
+                                    if sent != size - w.offset {
+                                        let _ = tx
+                                            .send(Err(std::io::Error::other(format!(
+                                                "blob {} ended after {sent} of {} bytes",
+                                                w.digest,
+                                                size - w.offset
+                                            ))))
+                                            .await;
+                                        return;
+                                    }
+                                    continue;
+                                }
+                                Err(e) => refuse(w.digest, frame_status(&e), e.to_string()),
+                            }
+                        }
+                        Ok(Some(size)) => refuse(
+                            w.digest,
+                            416,
+                            format!(
+                                "offset {} is past the end of blob {} ({size} bytes)",
+                                w.offset, w.digest
+                            ),
+                        ),
+                        Ok(None) => refuse(w.digest, 404, format!("blob {} is not stored here", w.digest)),
+                        Err(e) => refuse(w.digest, frame_status(&e), e.to_string()),
+                    }
+                };
+                if tx.send(Ok(header.encode())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(crate::batch::channel_stream(rx))
+    }
+}
+
+/// The status a frame gives for a blob that cannot be read.
+fn frame_status(e: &ferry_core::CoreError) -> u16 {
+    match e {
+        ferry_core::CoreError::NotFound(_) => 404,
+        _ => 500,
     }
 }

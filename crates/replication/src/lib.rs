@@ -11,6 +11,7 @@
 //! Everything feed-type specific is already in the items: the engine moves
 //! entries (key, metadata, blob digests, stamp) and blobs, nothing else.
 
+pub mod batch;
 pub mod bundle;
 pub mod client;
 pub mod config;
@@ -64,7 +65,27 @@ struct Inner {
     /// The instance each incoming replication's peer last handshook as
     /// (by replication id): it may read back blobs of items it wrote.
     peers: Mutex<HashMap<i64, ferry_types::InstanceId>>,
+    /// Pages long polls brought, by replication id and local feed, with the
+    /// cursor and anchor they were asked from and when: an execution
+    /// starting there begins with it instead of asking again.
+    polled: Mutex<HashMap<(i64, FeedName), Polled>>,
+    /// Handshakes an execution may reuse, by replication id.
+    handshakes: Mutex<HashMap<i64, (std::time::Instant, protocol::HandshakeResponse)>>,
 }
+
+/// A page a long poll brought: asked from `since` with `anchor`, at `at`.
+struct Polled {
+    since: i64,
+    anchor: i64,
+    at: std::time::Instant,
+    page: protocol::ChangesPage,
+}
+
+/// How long a long poll's page may wait for the execution it woke.
+const POLLED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a handshake is reused by later executions (a failed execution
+/// or a change of the replication forgets it at once).
+const HANDSHAKE_REUSE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// How long a blob a peer sent counts as sent by it, awaiting the `apply`
 /// that references it; and how many such blobs are kept per replication.
@@ -140,6 +161,8 @@ impl Replicator {
             stopping: tokio::sync::watch::channel(false).0,
             received: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
+            polled: Mutex::new(HashMap::new()),
+            handshakes: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -301,6 +324,7 @@ impl Replicator {
                 }
             }
         }
+        self.forget_handshake(rec.id);
         if cfg.is_outgoing() {
             if reconnect {
                 // The long polls hold the old URL and token; the main loop
@@ -496,6 +520,9 @@ impl Replicator {
         if let Ok(mut r) = self.0.running.lock() {
             r.remove(&rec.id);
         }
+        if result.is_err() {
+            self.forget_handshake(rec.id);
+        }
         let (outcome, error) = match &result {
             Err(e) => ("failed", Some(e.to_string())),
             Ok(()) if run.report.needs_confirmation => ("needs-confirmation", None),
@@ -539,6 +566,60 @@ impl Replicator {
             error,
             report: run.report,
         })
+    }
+
+    /// Keeps a page a long poll brought (asked from `since`/`anchor`).
+    pub(crate) fn keep_polled(
+        &self,
+        id: i64,
+        feed: &FeedName,
+        since: i64,
+        anchor: i64,
+        page: protocol::ChangesPage,
+    ) {
+        if let Ok(mut p) = self.0.polled.lock() {
+            p.insert(
+                (id, feed.clone()),
+                Polled {
+                    since,
+                    anchor,
+                    at: std::time::Instant::now(),
+                    page,
+                },
+            );
+        }
+    }
+
+    /// The page a long poll brought for this feed pair, if it was asked
+    /// from this very cursor and anchor, recently.
+    pub(crate) fn take_polled(
+        &self,
+        id: i64,
+        feed: &FeedName,
+        since: i64,
+        anchor: i64,
+    ) -> Option<protocol::ChangesPage> {
+        let p = self.0.polled.lock().ok()?.remove(&(id, feed.clone()))?;
+        (p.since == since && p.anchor == anchor && p.at.elapsed() < POLLED_TTL).then_some(p.page)
+    }
+
+    pub(crate) fn cached_handshake(&self, id: i64) -> Option<protocol::HandshakeResponse> {
+        let h = self.0.handshakes.lock().ok()?;
+        h.get(&id)
+            .filter(|(at, _)| at.elapsed() < HANDSHAKE_REUSE)
+            .map(|(_, r)| r.clone())
+    }
+
+    pub(crate) fn keep_handshake(&self, id: i64, resp: protocol::HandshakeResponse) {
+        if let Ok(mut h) = self.0.handshakes.lock() {
+            h.insert(id, (std::time::Instant::now(), resp));
+        }
+    }
+
+    pub(crate) fn forget_handshake(&self, id: i64) {
+        if let Ok(mut h) = self.0.handshakes.lock() {
+            h.remove(&id);
+        }
     }
 
     pub(crate) fn set_next_run(&self, id: i64, at_millis: i64) {

@@ -40,6 +40,11 @@ pub struct HandshakeResponse {
     /// The incoming side's replication name and mode.
     pub replication: String,
     pub mode: Mode,
+    /// Optional parts of protocol v1 this side serves (e.g.
+    /// [`crate::batch::BLOB_BATCH`]); an older peer lists none, and the
+    /// outgoing side then keeps to the parts every v1 peer has.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 /// An item or a tombstone in its current state.
@@ -141,6 +146,66 @@ pub struct ChangesPage {
     /// The [`anchor`] of the change at `last_seq`.
     #[serde(default)]
     pub last_anchor: Option<i64>,
+    /// With [`PageExtras::count_deletes`]: how many keys changed after the
+    /// requested cursor are deleted now (at most what the rest of the log
+    /// would delete), so the delete guard need not read it twice. `None`
+    /// from a peer that does not count.
+    #[serde(default)]
+    pub deletes_ahead: Option<u64>,
+    /// With [`PageExtras::inline_max`]: small blobs the entries need,
+    /// carried in the page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inline: Vec<InlineBlob>,
+    /// The instance that answered (a receiver that reuses an earlier
+    /// handshake checks it is still talking to the same one).
+    #[serde(default)]
+    pub instance_id: Option<InstanceId>,
+}
+
+/// A blob carried in a page: its bytes, base64 (RFC 4648, standard
+/// alphabet), verified by the receiver against the digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InlineBlob {
+    pub digest: Digest,
+    pub data: String,
+}
+
+/// Most bytes of blobs one page carries inline.
+pub const INLINE_BUDGET: u64 = 1 << 20;
+
+/// The query of a `changes` request (`since`, `anchor`, `limit`, `wait`
+/// in seconds, and what older peers ignore: `count_deletes`,
+/// `inline_max`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct PageQuery {
+    #[serde(default)]
+    pub since: i64,
+    pub anchor: Option<i64>,
+    #[serde(default = "default_page")]
+    pub limit: usize,
+    #[serde(default)]
+    pub wait: u64,
+    #[serde(default)]
+    pub count_deletes: bool,
+    #[serde(default)]
+    pub inline_max: u64,
+}
+
+fn default_page() -> usize {
+    500
+}
+
+/// What a `changes` request asks for beyond the page (query parameters
+/// `count_deletes` and `inline_max`; older peers ignore them).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct PageExtras {
+    /// Count [`ChangesPage::deletes_ahead`].
+    #[serde(default)]
+    pub count_deletes: bool,
+    /// Carry blobs up to this many bytes inline ([`ChangesPage::inline`],
+    /// at most [`INLINE_BUDGET`] per page); 0: none.
+    #[serde(default)]
+    pub inline_max: u64,
 }
 
 /// A cursor's anchor: a fingerprint of the stamp of the change at the

@@ -14,7 +14,8 @@ use tokio::task::JoinHandle;
 use crate::Replicator;
 use crate::client::Remote;
 use crate::config::{Communication, ReplicationConfig};
-use crate::engine::{Direction, Lag, cursor_name};
+use crate::engine::{Direction, Lag, PAGE, cursor_name};
+use crate::protocol::PageExtras;
 
 const LONG_POLL_SECS: u64 = 25;
 /// First and longest wait before a failed long poll is tried again.
@@ -142,13 +143,25 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
                 loop {
                     let cursor = r.store().cursor(id, &cursor_name).await.unwrap_or(0);
                     let anchor = r.store().cursor(id, &anchor_name).await.unwrap_or(0);
-                    match remote.changes(&pair.remote, cursor, anchor, 1, LONG_POLL_SECS).await {
+                    // A whole page, with small blobs inline: the execution it
+                    // wakes starts from it, without asking again.
+                    let extras = PageExtras {
+                        count_deletes: cfg.mode.flows.delete_local,
+                        inline_max: cfg.inline_max_bytes,
+                    };
+                    match remote
+                        .changes(&pair.remote, cursor, anchor, PAGE, LONG_POLL_SECS, extras)
+                        .await
+                    {
                         Ok(page) if page.next > cursor || page.reset => {
                             backoff = RECONNECT_MIN;
                             let seconds = page
                                 .oldest_pending
                                 .map_or(0.0, |t| (now_millis() as f64 - t as f64).max(0.0) / 1000.0);
                             r.set_lag(id, &name, &pair.local, Lag { changes: page.last_seq - cursor, seconds });
+                            if !page.reset {
+                                r.keep_polled(id, &pair.local, cursor, anchor, page);
+                            }
                             wake.notify_one();
                             // Wait for an execution to move the cursor before polling again.
                             for _ in 0..600 {

@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/replication/v1/feeds/{feed}/stamps", post(stamps))
         .route("/api/replication/v1/feeds/{feed}/apply", post(apply))
         .route("/api/replication/v1/blobs/missing", post(missing))
+        .route("/api/replication/v1/blobs/batch", post(blob_batch))
         .route(
             "/api/replication/v1/blobs/{digest}",
             get(get_blob).head(get_blob).merge(put(put_blob)),
@@ -83,33 +84,17 @@ async fn handshake(
     ))
 }
 
-#[derive(Deserialize)]
-struct ChangesQuery {
-    #[serde(default)]
-    since: i64,
-    anchor: Option<i64>,
-    #[serde(default = "default_limit")]
-    limit: usize,
-    #[serde(default)]
-    wait: u64,
-}
-
-fn default_limit() -> usize {
-    500
-}
-
 async fn changes(
     State(st): State<AppState>,
     Peer(s): Peer,
     Path(feed): Path<String>,
-    Query(q): Query<ChangesQuery>,
+    Query(q): Query<PageQuery>,
 ) -> JsonResult<ChangesPage> {
-    Ok(Json(
-        st.replicator
-            .changes(&s, &feed, q.since, q.anchor, q.limit, q.wait)
-            .await
-            .map_err(repl)?,
-    ))
+    Ok(Json(st.replicator.changes(&s, &feed, q).await.map_err(repl)?))
+}
+
+fn default_limit() -> usize {
+    500
 }
 
 #[derive(Deserialize)]
@@ -250,6 +235,24 @@ async fn get_blob(
     crate::blobs::serve_blob(&st.ferry, &method, &headers, &d, "application/octet-stream", None)
         .await
         .map_err(err)
+}
+
+/// `POST blobs/batch`: many blobs in one streamed answer (frames, see
+/// `ferry_replication::batch`).
+async fn blob_batch(
+    State(st): State<AppState>,
+    Peer(s): Peer,
+    body: Result<Json<ferry_replication::batch::BatchRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let stream = st
+        .replicator
+        .blob_batch(&s, json_body(body)?)
+        .await
+        .map_err(repl)?;
+    Response::builder()
+        .header("content-type", "application/vnd.ferry.blob-batch")
+        .body(Body::from_stream(stream))
+        .map_err(|e| err(CoreError::Internal(e.to_string())))
 }
 
 async fn put_blob(

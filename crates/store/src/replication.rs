@@ -118,6 +118,10 @@ pub trait ReplicationStore: Send + Sync + 'static {
     async fn live_count(&self, feed: FeedId) -> Result<u64, StoreError>;
     /// Whether an item of one of `feeds` references the blob.
     async fn blob_referenced(&self, digest: &Digest, feeds: &[FeedId]) -> Result<bool, StoreError>;
+    /// How many keys of the feed are deleted now (tombstones) and were
+    /// changed after `since`: what a peer reading the log from `since`
+    /// would be asked to delete, at most.
+    async fn deletions_after(&self, feed: FeedId, since: i64) -> Result<u64, StoreError>;
     /// Whether a live item of one of `feeds` whose stamp has origin
     /// `origin` references the blob.
     async fn blob_written_by(

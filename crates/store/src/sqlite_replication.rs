@@ -433,6 +433,20 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 
+    async fn deletions_after(&self, feed: FeedId, since: i64) -> Result<u64, StoreError> {
+        self.read(move |c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(DISTINCT c.key) FROM changes c
+                 JOIN items i ON i.feed_id = c.feed_id AND i.key = c.key
+                 WHERE c.feed_id = ?1 AND c.seq > ?2 AND i.deleted = 1",
+                params![feed, since],
+                |r| r.get(0),
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn blob_written_by(
         &self,
         digest: &Digest,

@@ -3,13 +3,12 @@
 //! verified; entries are applied with their original stamps.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use ferry_store::{Entry, FeedRecord};
 use ferry_types::{Digest, FeedName, ItemKey};
-use futures::{StreamExt, TryStreamExt};
 
+use super::fetch::Fetched;
 use super::*;
 use crate::ReplError;
 
@@ -50,7 +49,23 @@ impl Run<'_> {
         // replica check need not read local writes up to here again.
         let local_last = self.r.ferry().metadata().last_seq(local.id).await?;
         let from_start = since == 0;
-        let mut page = self.remote.changes(remote, since, anchor, PAGE, 0).await?;
+        let guarded = self.cfg.mode.flows.delete_local && !self.confirm_deletes;
+        let inline_max = self.cfg.inline_max_bytes;
+        let extras = PageExtras {
+            count_deletes: guarded,
+            inline_max,
+        };
+        // A page the long poll brought is the first page, if it starts at
+        // this cursor (no round trip at all for a small change).
+        let mut page = match self.r.take_polled(self.rec.id, &local.name, since, anchor) {
+            Some(p) if !self.full => p,
+            _ => {
+                self.remote
+                    .changes(remote, since, anchor, PAGE, 0, extras)
+                    .await?
+            }
+        };
+        self.check_same_remote(&page)?;
         if page.reset || self.full {
             if page.diverged {
                 self.remote_went_back = true;
@@ -84,9 +99,9 @@ impl Run<'_> {
             .items_total
             .fetch_add((page.last_seq - since).max(0) as u64, Ordering::Relaxed);
         let more_pages = page.next < page.last_seq;
-        if self.cfg.mode.flows.delete_local
-            && !self.confirm_deletes
-            && (more_pages || page.entries.iter().any(|e| e.deleted))
+        // The other side counted the deletions ahead: none, nothing to
+        // guard (and its later pages are read once, not twice).
+        if guarded && page.deletes_ahead != Some(0) && (more_pages || page.entries.iter().any(|e| e.deleted))
         {
             let n = self
                 .count_pull_deletions(local, remote, since, page.clone())
@@ -101,9 +116,44 @@ impl Run<'_> {
             }
         }
         loop {
-            if !page.entries.is_empty() {
-                self.pull_entries(local, remote, &page.entries, fr).await?;
-            }
+            // The next page is asked for while this one's blobs move and
+            // its entries are applied.
+            let next = (page.next > since && page.next < page.last_seq).then(|| {
+                let (client, feed) = (self.remote.clone(), remote.clone());
+                let (from, at) = (page.next, page.next_anchor.unwrap_or(0));
+                async move {
+                    client
+                        .changes(
+                            &feed,
+                            from,
+                            at,
+                            PAGE,
+                            0,
+                            PageExtras {
+                                count_deletes: false,
+                                inline_max,
+                            },
+                        )
+                        .await
+                }
+            });
+            let entries = std::mem::take(&mut page.entries);
+            self.take_inline(std::mem::take(&mut page.inline));
+            let this = async {
+                if entries.is_empty() {
+                    Ok(())
+                } else {
+                    self.pull_entries(local, remote, &entries, fr).await
+                }
+            };
+            let (applied, prefetched) = match next {
+                Some(next) => {
+                    let (a, p) = tokio::join!(this, next);
+                    (a, Some(p))
+                }
+                None => (this.await, None),
+            };
+            applied?;
             let advanced = page.next > since;
             since = page.next.max(since);
             if advanced {
@@ -126,7 +176,15 @@ impl Run<'_> {
                 self.lags.push((local.name.clone(), lag));
                 break;
             }
-            page = self.remote.changes(remote, since, anchor, PAGE, 0).await?;
+            page = match prefetched {
+                Some(p) => p?,
+                None => {
+                    self.remote
+                        .changes(remote, since, anchor, PAGE, 0, PageExtras::default())
+                        .await?
+                }
+            };
+            self.check_same_remote(&page)?;
             if page.reset {
                 return Err(ReplError::Conflict(format!(
                     "the other side's change log of feed {} was pruned or replaced during the execution; the next execution compares in full",
@@ -275,7 +333,10 @@ impl Run<'_> {
                 return Ok(n);
             }
             since = page.next;
-            page = self.remote.changes(remote, since, 0, PAGE, 0).await?;
+            page = self
+                .remote
+                .changes(remote, since, 0, PAGE, 0, PageExtras::default())
+                .await?;
         }
     }
 
@@ -536,41 +597,11 @@ impl Run<'_> {
             }
         }
         let t_fetch = std::time::Instant::now();
-        let mut gone: HashSet<Digest> = HashSet::new();
-        let mut damaged: HashMap<Digest, String> = HashMap::new();
-        let mut fetched: Vec<(u64, tokio::task::JoinHandle<Result<(), ferry_store::StoreError>>)> =
-            Vec::with_capacity(need.len());
-        {
-            let mut pending = futures::stream::FuturesUnordered::new();
-            let mut queue = need.iter();
-            loop {
-                while pending.len() < BLOB_PARALLELISM {
-                    let Some(d) = queue.next() else { break };
-                    let fetch = self.fetch_blob(*d);
-                    pending.push(async move { (*d, fetch.await) });
-                }
-                match pending.next().await {
-                    Some((_, Ok(r))) => fetched.push(r),
-                    Some((d, Err(ReplError::Remote { status: 404, .. }))) => {
-                        gone.insert(d);
-                    }
-                    // The other side has the blob but cannot serve it
-                    // intact (missing file, corrupt bytes): this item waits,
-                    // the others go on.
-                    Some((d, Err(ReplError::Remote { status, message }))) if status >= 500 => {
-                        damaged.insert(
-                            d,
-                            format!("the other instance cannot serve blob {d} ({status}: {message})"),
-                        );
-                    }
-                    Some((d, Err(ReplError::Core(ferry_core::CoreError::Invalid(m))))) => {
-                        damaged.insert(d, format!("blob {d} arrived wrong from the other instance: {m}"));
-                    }
-                    Some((_, Err(e))) => return Err(e),
-                    None => break,
-                }
-            }
-        }
+        let Fetched {
+            mut fetched,
+            gone,
+            damaged,
+        } = self.fetch_blobs(need).await?;
         if !gone.is_empty() {
             let (kept, missing) = self
                 .drop_changed_meanwhile(local, remote, todo, &gone, fr)
@@ -667,71 +698,6 @@ impl Run<'_> {
             items = todo.len(), blobs = fetched.len(), bytes, fetch_ms, flush_ms,
             apply_ms = t_apply.elapsed().as_millis(), "pulled a page");
         Ok(())
-    }
-
-    /// Fetches one blob, resuming a transfer that broke earlier; returns the
-    /// bytes that crossed the wire.
-    async fn fetch_blob(
-        &self,
-        d: Digest,
-    ) -> Result<(u64, tokio::task::JoinHandle<Result<(), ferry_store::StoreError>>), ReplError> {
-        let limit = self.r.ferry().config().max_upload_bytes.max(u64::MAX / 2);
-        let mut attempt = 0;
-        loop {
-            // Exclusive: another execution fetching the same blob (another
-            // replication, or a feed pair sharing content) waits here, and
-            // then finds it stored.
-            let transfer = self.r.ferry().blob_store().begin_transfer(&d).await?;
-            if self.r.has_blob(&d).await? {
-                return Ok((0, tokio::spawn(async { Ok(()) })));
-            }
-            let offset = transfer.offset();
-            let progress = self.progress.clone();
-            let received = Arc::new(AtomicU64::new(0));
-            let counter = received.clone();
-            let result = async {
-                let stream = self.remote.fetch_blob(&d, offset).await?;
-                let counted = stream.inspect_ok(move |chunk| {
-                    progress.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                });
-                let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
-                let staged = self
-                    .r
-                    .ferry()
-                    .blob_store()
-                    .continue_transfer(transfer, throttled, limit)
-                    .await?;
-                self.r.ferry().commit_blob(staged).await?;
-                // Flushed to disk in the background, overlapping the next
-                // transfers; awaited before any item needs the blob.
-                let store = self.r.ferry().blob_store().clone();
-                Ok::<_, ReplError>(tokio::spawn(async move { store.sync(&[d]).await }))
-            }
-            .await;
-            match result {
-                Ok(flush) => {
-                    let n = received.load(Ordering::Relaxed);
-                    metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "pull")
-                        .increment(n);
-                    return Ok((n, flush));
-                }
-                Err(e @ (ReplError::Transport(_) | ReplError::Core(ferry_core::CoreError::Internal(_))))
-                    if attempt < 3 =>
-                {
-                    attempt += 1;
-                    tracing::warn!(target: "replication", blob = %d, attempt, error = %e, "blob transfer broke; resuming");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
-                }
-                // A resumed transfer that does not verify was discarded by
-                // the store; fetch the blob once more from its first byte.
-                Err(ReplError::Core(ferry_core::CoreError::Invalid(m))) if offset > 0 && attempt < 3 => {
-                    attempt += 1;
-                    tracing::warn!(target: "replication", blob = %d, error = %m, "resumed transfer did not verify; starting over");
-                }
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     /// The other side no longer serves some blobs that entries of this page
