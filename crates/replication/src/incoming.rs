@@ -180,12 +180,7 @@ impl Replicator {
     /// shutdown of this instance ends the wait at once). With `anchor`
     /// (from the page that gave `since`), a log that is not the one the
     /// cursor was taken from answers `reset` and `diverged`.
-    pub async fn changes(
-        &self,
-        s: &Session,
-        feed: &str,
-        q: PageQuery,
-    ) -> Result<ChangesPage, ReplError> {
+    pub async fn changes(&self, s: &Session, feed: &str, q: PageQuery) -> Result<ChangesPage, ReplError> {
         let PageQuery {
             since,
             anchor,

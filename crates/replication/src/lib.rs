@@ -339,10 +339,36 @@ impl Replicator {
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), ReplError> {
-        let (rec, _) = self.record(name).await?;
+        let (rec, cfg) = self.record(name).await?;
         self.0.scheduler.stop(rec.id);
         self.store().delete_replication(name).await?;
+        // The store may give this id to the next replication created: none
+        // of this one's live state may pass to it.
+        let id = rec.id;
+        if let Ok(mut m) = self.0.status.lock() {
+            m.remove(&id);
+        }
+        if let Ok(mut m) = self.0.received.lock() {
+            m.remove(&id);
+        }
+        if let Ok(mut m) = self.0.peers.lock() {
+            m.remove(&id);
+        }
+        if let Ok(mut m) = self.0.polled.lock() {
+            m.retain(|(i, _), _| *i != id);
+        }
+        self.forget_handshake(id);
+        for p in &cfg.feeds {
+            self.set_lag_gauges_to_zero(&rec.name, &p.local);
+        }
         Ok(())
+    }
+
+    fn set_lag_gauges_to_zero(&self, name: &str, feed: &FeedName) {
+        metrics::gauge!("ferry_replication_lag_changes", "replication" => name.to_string(), "feed" => feed.to_string())
+            .set(0.0);
+        metrics::gauge!("ferry_replication_lag_seconds", "replication" => name.to_string(), "feed" => feed.to_string())
+            .set(0.0);
     }
 
     /// A new sync token for an incoming replication, returned once.
