@@ -40,6 +40,20 @@ pub struct BatchRequest {
     pub blobs: Vec<BlobWant>,
 }
 
+/// What became of each blob of a `POST blobs/upload`, in frame order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadResponse {
+    pub results: Vec<UploadResult>,
+}
+
+/// One uploaded blob: stored, or refused with the reason.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadResult {
+    pub digest: Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The header line of one frame.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FrameHeader {

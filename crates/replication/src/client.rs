@@ -221,6 +221,16 @@ impl Remote {
         )))
     }
 
+    /// Pushes many blobs in one streamed body of frames (`POST
+    /// blobs/upload`); the answer says what became of each.
+    pub async fn upload_batch(&self, body: ByteStream) -> Result<crate::batch::UploadResponse, ReplError> {
+        let rb = self
+            .req(Method::POST, "/blobs/upload")
+            .header(reqwest::header::CONTENT_TYPE, "application/vnd.ferry.blob-batch")
+            .body(reqwest::Body::wrap_stream(body));
+        self.json(rb).await
+    }
+
     pub async fn put_blob(&self, digest: &Digest, body: ByteStream, size: u64) -> Result<(), ReplError> {
         let rb = self
             .req(Method::PUT, &format!("/blobs/{digest}"))

@@ -24,6 +24,7 @@ mod fetch;
 mod guard;
 mod pull;
 mod push;
+mod send;
 mod stuck;
 
 pub(crate) const PAGE: usize = 500;

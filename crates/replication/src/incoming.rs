@@ -551,6 +551,72 @@ impl Replicator {
         Ok(())
     }
 
+    /// Receives many blobs the peer pushes in one request (`POST
+    /// blobs/upload`, frames as in [`crate::batch`], each from byte 0):
+    /// each verified against its digest and committed as it arrives. A
+    /// blob whose bytes are wrong is answered as refused, the others are
+    /// kept. Errors: this side does not accept content, a malformed frame,
+    /// more than [`crate::batch::MAX_BATCH`] blobs, or a body cut short
+    /// (what arrived whole before the cut is kept).
+    pub async fn receive_batch(
+        &self,
+        s: &Session,
+        body: ByteStream,
+    ) -> Result<crate::batch::UploadResponse, ReplError> {
+        use crate::batch::{FrameReader, MAX_BATCH, UploadResult, channel_stream};
+        if !s.config.mode.flows.pull_missing {
+            return Err(ReplError::Forbidden(format!(
+                "replication {} on this instance is {}: it does not accept content",
+                s.record.name,
+                s.config.mode.describe()
+            )));
+        }
+        let mut reader = FrameReader::new(body);
+        let mut results = Vec::new();
+        loop {
+            let header = reader
+                .header()
+                .await
+                .map_err(|e| ReplError::Invalid(format!("blob upload: {e}")))?;
+            let Some(h) = header else { break };
+            if results.len() >= MAX_BATCH {
+                return Err(ReplError::Invalid(format!(
+                    "at most {MAX_BATCH} blobs per upload"
+                )));
+            }
+            if h.status.is_some() || h.offset != 0 {
+                return Err(ReplError::Invalid(format!(
+                    "blob upload: the frame of {} must carry the whole blob from byte 0",
+                    h.digest
+                )));
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            let (pumped, staged) = tokio::join!(
+                reader.pump(h.length, tx),
+                self.ferry().stage(channel_stream(rx), Some(h.digest))
+            );
+            pumped.map_err(|e| ReplError::Invalid(format!("blob upload broke inside {}: {e}", h.digest)))?;
+            match staged {
+                Ok(staged) => {
+                    self.ferry().commit_blob(staged).await?;
+                    self.note_received(s.record.id, h.digest);
+                    results.push(UploadResult {
+                        digest: h.digest,
+                        error: None,
+                    });
+                }
+                Err(ferry_core::CoreError::Invalid(m)) | Err(ferry_core::CoreError::TooLarge(m)) => {
+                    results.push(UploadResult {
+                        digest: h.digest,
+                        error: Some(m),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(crate::batch::UploadResponse { results })
+    }
+
     /// The ids of the session's feeds that exist here.
     async fn session_feed_ids(&self, s: &Session) -> Result<Vec<ferry_store::FeedId>, ReplError> {
         let mut ids = Vec::new();

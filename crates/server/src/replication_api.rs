@@ -34,6 +34,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/replication/v1/feeds/{feed}/apply", post(apply))
         .route("/api/replication/v1/blobs/missing", post(missing))
         .route("/api/replication/v1/blobs/batch", post(blob_batch))
+        .route("/api/replication/v1/blobs/upload", post(upload_batch))
         .route(
             "/api/replication/v1/blobs/{digest}",
             get(get_blob).head(get_blob).merge(put(put_blob)),
@@ -253,6 +254,21 @@ async fn blob_batch(
         .header("content-type", "application/vnd.ferry.blob-batch")
         .body(Body::from_stream(stream))
         .map_err(|e| err(CoreError::Internal(e.to_string())))
+}
+
+/// `POST blobs/upload`: many blobs pushed in one streamed body (frames).
+async fn upload_batch(
+    State(st): State<AppState>,
+    Peer(s): Peer,
+    body: Body,
+) -> JsonResult<ferry_replication::batch::UploadResponse> {
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    Ok(Json(
+        st.replicator
+            .receive_batch(&s, Box::pin(stream))
+            .await
+            .map_err(repl)?,
+    ))
 }
 
 async fn put_blob(

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 
 use ferry_store::FeedRecord;
 use ferry_types::{Digest, FeedName, ItemKey};
-use futures::TryStreamExt;
 
 use super::*;
 use crate::ReplError;
@@ -228,36 +227,17 @@ impl Run<'_> {
         // A blob that is damaged here holds back the items that need it
         // (named, retried by later executions); the others go on.
         let mut damaged: HashMap<Digest, String> = HashMap::new();
+        let mut send = Vec::with_capacity(missing.len());
         for d in &missing {
-            let size = match self.r.ferry().stored_blob_size(d).await {
-                Ok(size) => size,
+            match self.r.ferry().stored_blob_size(d).await {
+                Ok(size) => send.push((*d, size)),
                 Err(e @ ferry_core::CoreError::Damaged(_)) => {
                     damaged.insert(*d, e.to_string());
-                    continue;
                 }
                 Err(e) => return Err(e.into()),
-            };
-            let body = self.r.ferry().read_blob(d, None).await?.stream;
-            let progress = self.progress.clone();
-            let counted = body.inspect_ok(move |c| {
-                progress.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
-            });
-            let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
-            match self.remote.put_blob(d, throttled, size).await {
-                Ok(()) => {}
-                // The other side refused the bytes as not matching the
-                // digest: what is stored here is wrong.
-                Err(ReplError::Remote { status: 400, message }) => {
-                    damaged.insert(*d, format!("the other instance refused blob {d}: {message}"));
-                    continue;
-                }
-                Err(e) => return Err(e),
             }
-            fr.pushed.blobs += 1;
-            fr.pushed.bytes += size;
-            metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "push")
-                .increment(size);
         }
+        damaged.extend(self.send_blobs(send, fr).await?);
         let mut stuck = Vec::new();
         if !damaged.is_empty() {
             let mut kept_live = Vec::new();

@@ -1,0 +1,128 @@
+//! Moving blobs to the other side: in a few parallel streamed uploads of
+//! many blobs each (`POST blobs/upload`) when the peer offers
+//! [`crate::batch::BLOB_BATCH`], else one `PUT blobs/DIGEST` at a time.
+//! Either way the bandwidth cap applies, and the receiver verifies each
+//! blob against its digest before it keeps it.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use ferry_types::Digest;
+use futures::{StreamExt, TryStreamExt};
+
+use super::*;
+use crate::ReplError;
+use crate::batch::FrameHeader;
+
+/// Parallel uploads a page's blobs are spread over.
+const UPLOAD_STREAMS: usize = 4;
+/// Fewest blobs worth an upload stream of their own.
+const UPLOAD_MIN: usize = 32;
+
+impl Run<'_> {
+    /// Sends `blobs` (digest and size, all stored here); returns the ones
+    /// the other side refused, with why (their bytes here are wrong).
+    /// Errors: a broken link, or storage here.
+    pub(super) async fn send_blobs(
+        &self,
+        blobs: Vec<(Digest, u64)>,
+        fr: &mut FeedReport,
+    ) -> Result<HashMap<Digest, String>, ReplError> {
+        let mut refused = HashMap::new();
+        if blobs.is_empty() {
+            return Ok(refused);
+        }
+        if self.batch {
+            let streams = blobs.len().div_ceil(UPLOAD_MIN).clamp(1, UPLOAD_STREAMS);
+            let mut groups: Vec<Vec<(Digest, u64)>> = vec![Vec::new(); streams];
+            for (i, b) in blobs.into_iter().enumerate() {
+                groups[i % streams].push(b);
+            }
+            let results = futures::future::join_all(groups.iter().map(|g| self.upload_group(g))).await;
+            for (g, r) in groups.iter().zip(results) {
+                let sizes: HashMap<Digest, u64> = g.iter().copied().collect();
+                for u in r?.results {
+                    match u.error {
+                        Some(why) => {
+                            refused.insert(
+                                u.digest,
+                                format!("the other instance refused blob {}: {why}", u.digest),
+                            );
+                        }
+                        None => self.count_sent(fr, sizes.get(&u.digest).copied().unwrap_or(0)),
+                    }
+                }
+            }
+            return Ok(refused);
+        }
+        for (d, size) in blobs {
+            let body = self.r.ferry().read_blob(&d, None).await?.stream;
+            let progress = self.progress.clone();
+            let counted = body.inspect_ok(move |c| {
+                progress.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
+            });
+            let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
+            match self.remote.put_blob(&d, throttled, size).await {
+                Ok(()) => self.count_sent(fr, size),
+                // The other side refused the bytes as not matching the
+                // digest: what is stored here is wrong.
+                Err(ReplError::Remote { status: 400, message }) => {
+                    refused.insert(d, format!("the other instance refused blob {d}: {message}"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(refused)
+    }
+
+    fn count_sent(&self, fr: &mut FeedReport, size: u64) {
+        fr.pushed.blobs += 1;
+        fr.pushed.bytes += size;
+        metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "push")
+            .increment(size);
+    }
+
+    /// One streamed upload of `blobs` as frames, read from the store as the
+    /// request goes out. A blob that cannot be read whole here cuts the
+    /// upload (the blobs before it are kept there).
+    async fn upload_group(&self, blobs: &[(Digest, u64)]) -> Result<crate::batch::UploadResponse, ReplError> {
+        let ferry = self.r.ferry().clone();
+        let list = blobs.to_vec();
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+        let producer = tokio::spawn(async move {
+            for (d, size) in list {
+                let head = FrameHeader {
+                    digest: d,
+                    offset: 0,
+                    length: size,
+                    status: None,
+                    error: None,
+                };
+                if tx.send(Ok(head.encode())).await.is_err() {
+                    return;
+                }
+                let mut body = match ferry.read_blob(&d, None).await {
+                    Ok(b) => b.stream,
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                };
+                while let Some(chunk) = body.next().await {
+                    let failed = chunk.is_err();
+                    if tx.send(chunk).await.is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        let progress = self.progress.clone();
+        let counted = crate::batch::channel_stream(rx).inspect_ok(move |c| {
+            progress.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
+        });
+        let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
+        let result = self.remote.upload_batch(throttled).await;
+        producer.abort();
+        result
+    }
+}
