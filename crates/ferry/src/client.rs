@@ -250,6 +250,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             interval,
             carry_downloads,
             bandwidth_limit,
+            inline_max_bytes,
             conn,
         } => {
             let body = json!({
@@ -258,6 +259,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 "delete_local": delete_local, "delete_remote": delete_remote,
                 "include": include, "exclude": exclude, "interval": interval,
                 "carry_downloads": carry_downloads, "bandwidth_limit": bandwidth_limit,
+                "inline_max_bytes": inline_max_bytes,
             });
             call(&conn, Method::POST, "/api/v1/replications", Some(body)).await?;
             let dir = if outgoing.is_some() {
@@ -277,6 +279,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             interval,
             carry_downloads,
             bandwidth_limit,
+            inline_max_bytes,
             conn,
         } => {
             let mut body = serde_json::Map::new();
@@ -300,6 +303,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             set("interval", json!(interval));
             set("carry_downloads", json!(carry_downloads));
             set("bandwidth_limit", json!(bandwidth_limit));
+            set("inline_max_bytes", json!(inline_max_bytes));
             if body.is_empty() {
                 anyhow::bail!("nothing to change: give at least one option (see --help)");
             }

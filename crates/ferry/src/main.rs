@@ -143,6 +143,10 @@ pub enum ReplCmd {
         /// Cap blob transfers at this many bytes per second.
         #[arg(long)]
         bandwidth_limit: Option<u64>,
+        /// Pulling: blobs up to this many bytes travel inline with the
+        /// pages of changes (default 65536; 0 turns it off).
+        #[arg(long)]
+        inline_max_bytes: Option<u64>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -175,6 +179,10 @@ pub enum ReplCmd {
         /// Cap blob transfers at this many bytes per second; 0 removes the cap.
         #[arg(long)]
         bandwidth_limit: Option<u64>,
+        /// Pulling: blobs up to this many bytes travel inline with the
+        /// pages of changes; 0 turns it off.
+        #[arg(long)]
+        inline_max_bytes: Option<u64>,
         #[command(flatten)]
         conn: Conn,
     },

@@ -306,6 +306,23 @@ impl Server {
         );
     }
 
+    /// PUTs many assets from files (path in the feed, file) with one curl
+    /// process; asserts 201 for each.
+    pub fn put_asset_files(&self, feed: &str, assets: &[(String, PathBuf)]) {
+        self.curl_many(
+            assets.iter().map(|(path, file)| {
+                vec![
+                    "-X".to_string(),
+                    "PUT".into(),
+                    "--data-binary".into(),
+                    format!("@{}", file.display()),
+                    self.asset_url(feed, path),
+                ]
+            }),
+            "201",
+        );
+    }
+
     /// DELETEs many assets with one curl process; asserts 204 for each.
     pub fn delete_assets(&self, feed: &str, paths: &[String]) {
         self.curl_many(

@@ -1,0 +1,234 @@
+//! Replication over a long link, through `bench/latency_proxy.py` (a delay
+//! line that counts the HTTP requests and bytes that cross it): a first
+//! sync of many items costs a few requests, not one per blob, and a batched
+//! transfer cut off midway resumes without moving again the bytes it had.
+#![allow(clippy::unwrap_used)]
+mod support;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use support::{Server, wait_until};
+
+/// The benchmark's latency proxy in front of `target`.
+struct Proxy {
+    child: Child,
+    port: u16,
+    stats: PathBuf,
+}
+
+impl Proxy {
+    /// Starts the proxy adding `rtt_ms` per round trip, on `port` (0: any).
+    fn start(target: &Server, rtt_ms: u32, port: u16, stats: &Path) -> Proxy {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/latency_proxy.py");
+        let target = target.url.trim_start_matches("http://").to_string();
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--target", &target, "--rtt-ms", &rtt_ms.to_string()])
+            .args(["--listen", &port.to_string(), "--stats"])
+            .arg(stats)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = child.stdout.take().unwrap();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+            line.push(byte[0] as char);
+        }
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("proxy said {line:?}"));
+        Proxy {
+            child,
+            port,
+            stats: stats.to_path_buf(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The proxy's counters as of now.
+    fn stats(&self) -> serde_json::Value {
+        Command::new("kill")
+            .args(["-USR1", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        serde_json::from_slice(&std::fs::read(&self.stats).unwrap()).unwrap()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn random_file(dir: &Path, name: &str, size: usize) -> PathBuf {
+    let path = dir.join(name);
+    let mut data = vec![0u8; size];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut data)
+        .unwrap();
+    std::fs::write(&path, &data).unwrap();
+    path
+}
+
+/// Bytes held under a folder of the instance's blob store.
+fn bytes_under(s: &Server, dir: &str) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        std::fs::read_dir(p)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => walk(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(&s.data.join("blobs").join(dir))
+}
+
+/// Replication `from-hub` on `spoke`, pulling feed `files` through `proxy`.
+fn pull_through(spoke: &Server, proxy: &Proxy, token: &str, extra: &[&str]) {
+    let url = proxy.url();
+    let mut args = vec![
+        "replication",
+        "create",
+        "from-hub",
+        "--outgoing",
+        &url,
+        "--token",
+        token,
+        "--mode",
+        "pull",
+        "--feed",
+        "files",
+    ];
+    args.extend(extra);
+    spoke.cli_ok(&args);
+}
+
+#[test]
+fn a_first_sync_over_a_long_link_costs_a_few_requests_not_one_per_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    // 300 files too big to travel inline, 100 small ones that do.
+    let big: Vec<(String, PathBuf)> = (0..300)
+        .map(|i| {
+            (
+                format!("big/{i:03}"),
+                random_file(tmp.path(), &format!("b{i}"), 70 << 10),
+            )
+        })
+        .collect();
+    hub.put_asset_files("files", &big);
+    let small: Vec<(String, String)> = (0..100)
+        .map(|i| (format!("small/{i:03}"), format!("small file {i}")))
+        .collect();
+    hub.put_assets("files", &small);
+
+    let proxy = Proxy::start(&hub, 20, 0, &tmp.path().join("stats.json"));
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    pull_through(&spoke, &proxy, &token, &["--interval", "3600"]);
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    let stats = proxy.stats();
+
+    for (path, file) in big.iter().step_by(37) {
+        assert!(
+            spoke.serves("files", path, &std::fs::read(file).unwrap()),
+            "{path}"
+        );
+    }
+    assert!(spoke.serves("files", "small/042", b"small file 42"));
+    spoke.cli_ok(&["replication", "verify", "from-hub"]);
+    // 400 items: a handshake, a page of changes, a few batches — where one
+    // request per blob would be 400.
+    let requests = stats["http_requests"].as_u64().unwrap();
+    assert!(
+        requests <= 16,
+        "{requests} requests crossed the link for 400 items: {:#}",
+        stats["requests_by_kind"]
+    );
+}
+
+#[test]
+fn a_batched_transfer_cut_midway_resumes_without_moving_its_bytes_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    const SIZE: usize = 6 << 20;
+    let files: Vec<(String, PathBuf)> = (0..2)
+        .map(|i| {
+            (
+                format!("big/{i}"),
+                random_file(tmp.path(), &format!("f{i}"), SIZE),
+            )
+        })
+        .collect();
+    hub.put_asset_files("files", &files);
+
+    let mut proxy = Proxy::start(&hub, 0, 0, &tmp.path().join("stats-1.json"));
+    let port = proxy.port;
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    pull_through(
+        &spoke,
+        &proxy,
+        &token,
+        &["--interval", "3600", "--bandwidth-limit", "2000000"],
+    );
+    let mut run = Command::new(support::bin())
+        .args(["replication", "run", "from-hub", "--wait"])
+        .env("FERRY_URL", &spoke.url)
+        .env("FERRY_API_KEY", support::ADMIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(30, || bytes_under(&spoke, "partial") > 3 << 20),
+        "no transfer got going"
+    );
+    // The link goes down mid-blob.
+    proxy.kill();
+    let _ = run.wait();
+    let had = bytes_under(&spoke, "partial") + bytes_under(&spoke, "sha256");
+    assert!(had > 3 << 20, "only {had} bytes kept after the cut");
+
+    let proxy = Proxy::start(&hub, 0, port, &tmp.path().join("stats-2.json"));
+    spoke.cli_ok(&["replication", "update", "from-hub", "--bandwidth-limit", "0"]);
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    for (path, file) in &files {
+        assert!(
+            spoke.serves("files", path, &std::fs::read(file).unwrap()),
+            "{path}"
+        );
+    }
+    let moved = proxy.stats()["bytes_down"].as_u64().unwrap();
+    let left = (2 * SIZE) as u64 - had;
+    assert!(
+        moved <= left + (256 << 10),
+        "the second run moved {moved} bytes, though only {left} were missing"
+    );
+    assert_eq!(bytes_under(&spoke, "partial"), 0);
+}
