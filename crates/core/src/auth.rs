@@ -169,6 +169,203 @@ pub fn authorize_metrics(who: Option<&Principal>, public: bool) -> Result<(), Co
     }
 }
 
+// ---------------------------------------------------------------------------
+// Registry tokens (the OCI / Docker token flow)
+
+/// How long a registry token is valid.
+pub const REGISTRY_TOKEN_TTL_SECS: u64 = 300;
+
+/// What starts every registry token, so it is never taken for an API key.
+pub const REGISTRY_TOKEN_PREFIX: &str = "fbt.";
+
+/// One repository a registry token grants actions on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegistryGrant {
+    /// `FEED/NAME`, as in image references.
+    pub repository: String,
+    /// `pull`, `push`.
+    pub actions: Vec<String>,
+}
+
+/// The claims a registry token carries, signed with this process's secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegistryClaims {
+    /// The instance that issued it (a token of another instance in the
+    /// same process is refused).
+    pub iss: String,
+    /// Hex sha256 of the API key it was issued for; None: anonymous.
+    pub key: Option<String>,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the epoch.
+    pub exp: u64,
+    pub access: Vec<RegistryGrant>,
+}
+
+impl RegistryClaims {
+    /// Does the token grant `action` (`pull`/`push`) on `repository`?
+    pub fn grants(&self, repository: &str, action: &str) -> bool {
+        self.access
+            .iter()
+            .any(|g| g.repository == repository && g.actions.iter().any(|a| a == action))
+    }
+
+    /// Does the token grant anything on `repository`?
+    pub fn names(&self, repository: &str) -> bool {
+        self.access
+            .iter()
+            .any(|g| g.repository == repository && !g.actions.is_empty())
+    }
+
+    /// The key hash it was issued for, if any.
+    pub fn key_hash(&self) -> Option<[u8; 32]> {
+        let hex = self.key.as_deref()?;
+        hex::decode(hex).ok()?.try_into().ok()
+    }
+}
+
+/// The per-process secret registry tokens are signed with: random, kept
+/// in memory only, so a restart invalidates every token (clients ask for a
+/// new one on the next 401).
+fn token_secret() -> &'static [u8; 32] {
+    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    SECRET.get_or_init(rand::random)
+}
+
+/// HMAC-SHA256 (RFC 2104).
+fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    let mut ipad = [0x36u8; 64];
+    let mut opad = [0x5cu8; 64];
+    for (i, b) in key.iter().enumerate() {
+        ipad[i] ^= b;
+        opad[i] ^= b;
+    }
+    let inner = Sha256::new().chain_update(ipad).chain_update(message).finalize();
+    Sha256::new()
+        .chain_update(opad)
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// The current time in seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Signs `claims` into a registry token: `fbt.HEX(JSON).HEX(HMAC)`.
+pub fn issue_registry_token(claims: &RegistryClaims) -> Result<String, CoreError> {
+    let json = serde_json::to_vec(claims).map_err(|e| CoreError::Internal(format!("registry token: {e}")))?;
+    let payload = hex::encode(json);
+    let mac = hmac_sha256(token_secret(), payload.as_bytes());
+    Ok(format!("{REGISTRY_TOKEN_PREFIX}{payload}.{}", hex::encode(mac)))
+}
+
+/// Is `secret` shaped like a registry token (rather than an API key)?
+pub fn is_registry_token(secret: &str) -> bool {
+    secret.starts_with(REGISTRY_TOKEN_PREFIX)
+}
+
+/// Checks a registry token's signature, issuer and expiry at `now`
+/// (seconds); Unauthorized with the reason otherwise.
+pub fn verify_registry_token(token: &str, instance: &str, now: u64) -> Result<RegistryClaims, CoreError> {
+    use subtle::ConstantTimeEq as _;
+    let bad =
+        || CoreError::Unauthorized("invalid registry token; ask the token endpoint for a new one".into());
+    let rest = token.strip_prefix(REGISTRY_TOKEN_PREFIX).ok_or_else(bad)?;
+    let (payload, mac) = rest.split_once('.').ok_or_else(bad)?;
+    let mac = hex::decode(mac).map_err(|_| bad())?;
+    let expected = hmac_sha256(token_secret(), payload.as_bytes());
+    if !bool::from(expected.as_slice().ct_eq(&mac)) {
+        return Err(bad());
+    }
+    let json = hex::decode(payload).map_err(|_| bad())?;
+    let claims: RegistryClaims = serde_json::from_slice(&json).map_err(|_| bad())?;
+    if claims.iss != instance {
+        return Err(bad());
+    }
+    if now >= claims.exp {
+        return Err(CoreError::Unauthorized(
+            "the registry token has expired; ask the token endpoint for a new one".into(),
+        ));
+    }
+    Ok(claims)
+}
+
+/// A scope a client asks the token endpoint for: `repository:FEED/NAME:ACTIONS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryScope {
+    pub feed: FeedName,
+    /// The repository inside the feed.
+    pub name: String,
+    /// `pull`, `push`, `delete`, `*` as asked.
+    pub actions: Vec<String>,
+}
+
+/// Parses one scope of a token request. `Ok(None)` for resource types
+/// other than `repository` (e.g. `registry:catalog:*`), which grant
+/// nothing here; Invalid for a malformed one.
+pub fn parse_scope(scope: &str) -> Result<Option<RepositoryScope>, CoreError> {
+    let bad = |why: &str| {
+        CoreError::invalid(format!(
+            "invalid scope {scope:?}: {why}; expected repository:FEED/NAME:pull,push"
+        ))
+    };
+    let (ty, rest) = scope.split_once(':').ok_or_else(|| bad("no resource type"))?;
+    // The name may hold a port-less host only in other registries; the
+    // actions follow the last colon.
+    let (name, actions) = rest.rsplit_once(':').ok_or_else(|| bad("no actions"))?;
+    if ty != "repository" {
+        return Ok(None);
+    }
+    let (feed, repo) = name
+        .split_once('/')
+        .ok_or_else(|| bad("the name must be FEED/NAME"))?;
+    let feed = FeedName::new(feed).map_err(|e| bad(&e.to_string()))?;
+    if repo.is_empty() {
+        return Err(bad("the name must be FEED/NAME"));
+    }
+    let actions: Vec<String> = actions
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(a) = actions
+        .iter()
+        .find(|a| !matches!(a.as_str(), "pull" | "push" | "delete" | "*"))
+    {
+        return Err(bad(&format!("unknown action {a:?}")));
+    }
+    Ok(Some(RepositoryScope {
+        feed,
+        name: repo.to_owned(),
+        actions,
+    }))
+}
+
+/// The actions `who` is granted on a repository of `feed` (None: a feed
+/// that does not exist, or is of the wrong type), of those `asked`: `pull`
+/// where it may read, `push` (asked as `push`, `delete` or `*`) where it
+/// may write. A feed it may not see grants nothing, as a missing one.
+pub fn granted_actions(who: Option<&Principal>, feed: Option<&FeedRecord>, asked: &[String]) -> Vec<String> {
+    let Some(feed) = feed else {
+        return Vec::new();
+    };
+    let wants = |a: &str| asked.iter().any(|x| x == a || x == "*");
+    let mut out = Vec::new();
+    if wants("pull") && authorize_feed(who, feed, Action::Read).is_ok() {
+        out.push("pull".to_owned());
+    }
+    let wants_push = wants("push") || wants("delete");
+    if wants_push && authorize_feed(who, feed, Action::Write).is_ok() {
+        out.push("push".to_owned());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +479,103 @@ mod tests {
         assert!(a.starts_with("ferry_") && a.len() == 70);
         assert_ne!(a, generate_secret());
         assert_eq!(hash_secret(&a), hash_secret(&a));
+    }
+
+    fn claims(access: Vec<RegistryGrant>, exp: u64) -> RegistryClaims {
+        RegistryClaims {
+            iss: "inst".into(),
+            key: Some(hex::encode(hash_secret("k"))),
+            iat: 100,
+            exp,
+            access,
+        }
+    }
+
+    #[test]
+    fn registry_tokens_are_signed_scoped_and_expire() {
+        let grant = RegistryGrant {
+            repository: "f/app".into(),
+            actions: vec!["pull".into()],
+        };
+        let t = issue_registry_token(&claims(vec![grant], 400)).unwrap();
+        assert!(is_registry_token(&t));
+        let c = verify_registry_token(&t, "inst", 399).unwrap();
+        assert!(c.grants("f/app", "pull"));
+        assert!(!c.grants("f/app", "push"));
+        assert!(!c.grants("f/other", "pull"));
+        assert!(c.names("f/app") && !c.names("f/other"));
+        assert_eq!(c.key_hash(), Some(hash_secret("k")));
+        // Expired, another instance, tampered with, garbage.
+        assert!(
+            matches!(verify_registry_token(&t, "inst", 400), Err(CoreError::Unauthorized(m)) if m.contains("expired"))
+        );
+        assert!(verify_registry_token(&t, "other", 399).is_err());
+        let (payload, mac) = t.rsplit_once('.').unwrap();
+        let forged = hex::encode(
+            serde_json::to_vec(&claims(
+                vec![RegistryGrant {
+                    repository: "f/app".into(),
+                    actions: vec!["push".into()],
+                }],
+                400,
+            ))
+            .unwrap(),
+        );
+        assert!(
+            verify_registry_token(&format!("{REGISTRY_TOKEN_PREFIX}{forged}.{mac}"), "inst", 399).is_err()
+        );
+        assert!(verify_registry_token(&format!("{payload}.00"), "inst", 399).is_err());
+        for junk in ["", "fbt.", "fbt.zz.zz", "fbt.00", "ferry_abc"] {
+            assert!(verify_registry_token(junk, "inst", 0).is_err(), "{junk}");
+        }
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231_shape() {
+        // RFC 4231 test case 2 uses a short key; ours are 32 bytes, padded
+        // with zeros as HMAC pads them.
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(b"Jefe");
+        assert_eq!(
+            hex::encode(hmac_sha256(&key, b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn scopes() {
+        let s = parse_scope("repository:img/team/app:pull,push").unwrap().unwrap();
+        assert_eq!((s.feed.as_str(), s.name.as_str()), ("img", "team/app"));
+        assert_eq!(s.actions, vec!["pull", "push"]);
+        assert_eq!(parse_scope("registry:catalog:*").unwrap(), None);
+        for bad in [
+            "repository",
+            "repository:img:pull",
+            "repository:img/app:fly",
+            "repository:/app:pull",
+            "repository:img/:pull",
+        ] {
+            assert!(matches!(parse_scope(bad), Err(CoreError::Invalid(_))), "{bad}");
+        }
+        let public = feed(1, "pub", false);
+        let private = feed(2, "priv", true);
+        let asked = vec!["pull".to_owned(), "push".to_owned()];
+        assert_eq!(granted_actions(None, Some(&public), &asked), vec!["pull"]);
+        assert!(granted_actions(None, Some(&private), &asked).is_empty());
+        let reader = key(Permission::Read, None);
+        assert_eq!(
+            granted_actions(Some(&reader), Some(&private), &asked),
+            vec!["pull"]
+        );
+        let writer = key(Permission::Write, None);
+        assert_eq!(
+            granted_actions(Some(&writer), Some(&private), &asked),
+            vec!["pull", "push"]
+        );
+        assert_eq!(
+            granted_actions(Some(&writer), Some(&private), &["*".to_owned()]),
+            vec!["pull", "push"]
+        );
+        assert!(granted_actions(Some(&writer), None, &asked).is_empty());
     }
 }

@@ -13,10 +13,13 @@
 //! Only a caller who may read a feed is told that it is of another type
 //! than the URL's protocol.
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use base64::Engine;
+use ferry_core::auth::RegistryClaims;
 use ferry_core::{Action, CoreError, Principal, auth};
 use ferry_store::FeedRecord;
 use ferry_types::{FeedName, FeedType};
@@ -61,6 +64,53 @@ pub async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Option<P
     }
 }
 
+/// Who asks an OCI route (`/v2/`): a key (bearer or basic, as anywhere),
+/// or a registry token from `GET /v2/token` (bearer `fbt.…`), which stands
+/// for the key it was issued for (None: anonymous) limited to the
+/// repositories and actions it grants. A token whose key was deleted since
+/// is refused.
+pub async fn oci_credentials(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(Option<Principal>, Option<Arc<RegistryClaims>>), CoreError> {
+    let Some(secret) = presented_secret(headers)?.filter(|s| auth::is_registry_token(s)) else {
+        return Ok((principal(state, headers).await?, None));
+    };
+    let instance = state.ferry.instance_id().to_string();
+    let claims = auth::verify_registry_token(&secret, &instance, auth::unix_now())?;
+    let principal = match claims.key_hash() {
+        None => None,
+        Some(hash) => match state.ferry.metadata().key_by_hash(&hash).await? {
+            Some(key) => Some(Principal { key }),
+            None => {
+                return Err(CoreError::Unauthorized(
+                    "the API key this registry token was issued for no longer exists".into(),
+                ));
+            }
+        },
+    };
+    Ok((principal, Some(Arc::new(claims))))
+}
+
+/// Refuses an OCI request whose registry token does not grant `action`
+/// (`pull`/`push`) on `FEED/repo`: 401 (the client asks for a token with
+/// that scope) when it grants nothing there, 403 when it grants less.
+pub fn check_token_scope(claims: &RegistryClaims, repository: &str, action: &str) -> Result<(), CoreError> {
+    if claims.grants(repository, action) {
+        Ok(())
+    } else if claims.names(repository) {
+        Err(CoreError::Forbidden(format!(
+            "the registry token does not grant {action} on repository {repository} \
+             (the key's permission or scope does not allow it)"
+        )))
+    } else {
+        Err(CoreError::Unauthorized(format!(
+            "the registry token grants no access to repository {repository}; \
+             ask the token endpoint for scope repository:{repository}:{action}"
+        )))
+    }
+}
+
 /// A feed the caller may use for the request's action.
 #[derive(Debug, Clone)]
 pub struct FeedAccess {
@@ -68,6 +118,9 @@ pub struct FeedAccess {
     pub feed: FeedRecord,
     /// Who is asking (None: no key).
     pub principal: Option<Principal>,
+    /// The registry token presented on an OCI route, if any: what it
+    /// grants limits the request beyond the key's own permission.
+    pub token: Option<Arc<RegistryClaims>>,
 }
 
 fn type_for_prefix(prefix: &str) -> Option<(FeedType, Flavor)> {
@@ -92,7 +145,11 @@ impl FromRequestParts<AppState> for FeedAccess {
         };
         let err = |e: CoreError| ApiError { error: e, flavor };
         // Who asks comes first: a wrong key is refused alike for every feed.
-        let principal = principal(state, &parts.headers).await.map_err(err)?;
+        let (principal, token) = if ty == FeedType::Oci {
+            oci_credentials(state, &parts.headers).await.map_err(err)?
+        } else {
+            (principal(state, &parts.headers).await.map_err(err)?, None)
+        };
         let action = if matches!(parts.method, Method::GET | Method::HEAD) {
             Action::Read
         } else {
@@ -114,7 +171,20 @@ impl FromRequestParts<AppState> for FeedAccess {
             ))));
         }
         auth::authorize_feed(principal.as_ref(), &feed, action).map_err(err)?;
-        Ok(FeedAccess { feed, principal })
+        if let Some(claims) = &token {
+            // What the token must grant: push for writes and upload
+            // sessions, pull for the rest.
+            // (A path that names no endpoint is answered 404 by the handler.)
+            if let Some((repo, push)) = crate::oci::scope_of(path, &parts.method) {
+                let repository = format!("{name}/{repo}");
+                check_token_scope(claims, &repository, if push { "push" } else { "pull" }).map_err(err)?;
+            }
+        }
+        Ok(FeedAccess {
+            feed,
+            principal,
+            token,
+        })
     }
 }
 

@@ -109,7 +109,7 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> App {
         .merge(assets::routes())
         .merge(npm::routes())
         .merge(pypi::routes())
-        .merge(oci::routes())
+        .merge(oci::routes(&state))
         // Upload limits are enforced per route while streaming, not by buffering.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(track))

@@ -52,17 +52,19 @@ use crate::access::{self, Admin, FeedAccess};
 use crate::blobs::serve_blob;
 use crate::error::{ApiError, Flavor, note_failure, public_message, status_of};
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: &AppState) -> Router<AppState> {
     let uploads = Arc::new(Uploads::default());
     Router::new()
         .route("/v2", get(base))
         .route("/v2/", get(base))
         .route("/v2/_catalog", get(catalog))
+        .route("/v2/token", get(token))
         .route(
             "/v2/{feed}/{*rest}",
             get(read).put(put).post(post_upload).patch(patch).delete(remove),
         )
         .layer(Extension(uploads))
+        .layer(middleware::from_fn_with_state(state.clone(), challenge))
         .layer(middleware::map_response(api_version))
         .route("/api/v1/feeds/{name}/oci/prune-untagged", post(prune))
 }
@@ -76,6 +78,55 @@ async fn api_version(mut resp: Response) -> Response {
 }
 
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+
+/// The `service` of the registry token flow.
+const SERVICE: &str = "ferry";
+
+/// The registry as clients should see it: `Config::base_url` when set,
+/// else `http(s)://HOST` from the request (`X-Forwarded-Proto`, `Host`).
+fn registry_origin(st: &AppState, headers: &HeaderMap) -> Option<String> {
+    if let Some(base) = &st.ferry.config().base_url {
+        return Some(base.trim_end_matches('/').to_owned());
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok())?;
+    let valid = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    if !valid {
+        return None;
+    }
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| v == "http" || v == "https")
+        .unwrap_or_else(|| "http".to_owned());
+    Some(format!("{scheme}://{host}"))
+}
+
+/// Every 401 of the registry (but the token endpoint's own) challenges
+/// with the token flow: `Bearer realm="BASE/v2/token",service="ferry"`.
+/// Clients that send basic credentials up front never see it.
+async fn challenge(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let realm = registry_origin(&st, req.headers()).map(|o| format!("{o}/v2/token"));
+    let is_token_endpoint = req.uri().path() == "/v2/token";
+    let mut resp = next.run(req).await;
+    if resp.status() == StatusCode::UNAUTHORIZED
+        && !is_token_endpoint
+        && let Some(realm) = realm
+        && let Ok(v) = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\",service=\"{SERVICE}\""))
+    {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -233,6 +284,42 @@ fn target(path: &str) -> Result<(String, String, Target), Fail> {
     };
     let repo = segs[..name_len].join("/");
     Ok((feed.to_owned(), repo, t))
+}
+
+/// The repository a request under `/v2/{feed}/` is about, and whether a
+/// registry token must grant `push` for it (writes, and every upload
+/// session route) rather than `pull`. None for a path that names no
+/// endpoint.
+pub(crate) fn scope_of(path: &str, method: &Method) -> Option<(String, bool)> {
+    let (_, repo, t) = target(path).ok()?;
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let push = !read || matches!(t, Target::Upload(_) | Target::UploadStart);
+    Some((repo, push))
+}
+
+/// A well-formed digest of an algorithm the distribution spec registers
+/// but this registry does not store content under (sha512): nothing is
+/// held under it, so a lookup or delete answers 404, not 400.
+fn unheld_digest(s: &str) -> bool {
+    s.strip_prefix("sha512:").is_some_and(|h| {
+        h.len() == 128
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+fn blob_unknown(repo: &str, d: &str) -> Fail {
+    Fail::code(
+        ErrorCode::BlobUnknown,
+        CoreError::not_found(format!("blob {d} is not in repository {repo}")),
+    )
+}
+
+fn manifest_unknown(repo: &str, d: &str) -> Fail {
+    Fail::code(
+        ErrorCode::ManifestUnknown,
+        CoreError::not_found(format!("manifest {d} is not in repository {repo}")),
+    )
 }
 
 /// The query parameters, percent-decoded.
@@ -430,14 +517,150 @@ async fn base(State(st): State<AppState>, headers: HeaderMap) -> Reply {
             ),
         ));
     }
-    match access::principal(&st, &headers).await {
+    match access::oci_credentials(&st, &headers).await {
         Ok(_) => Ok(Json(json!({})).into_response()),
         Err(e) => Err(Fail::code(ErrorCode::Unauthorized, e)),
     }
 }
 
+/// `GET /v2/token?service=ferry&scope=repository:FEED/NAME:pull,push`: the
+/// registry token endpoint. Basic credentials (any user, an API key as
+/// password) or none (anonymous: pulls of public feeds); a wrong key is
+/// refused (401). The token grants, of the actions asked, those the key
+/// may do now: `pull` where it may read, `push` where it may write;
+/// nothing on a feed it may not see or that does not exist.
+async fn token(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    match token_inner(&st, &headers, &uri).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let status = status_of(&e);
+            let code = if status == StatusCode::UNAUTHORIZED {
+                "UNAUTHORIZED"
+            } else if status.is_client_error() {
+                "UNSUPPORTED"
+            } else {
+                "UNKNOWN"
+            };
+            let body = json!({ "errors": [{ "code": code, "message": public_message(&e) }] });
+            let mut resp = (status, Json(body)).into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"ferry\""),
+                );
+            }
+            note_failure(&mut resp, &e);
+            resp
+        }
+    }
+}
+
+async fn token_inner(st: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Response, CoreError> {
+    let principal = access::principal(st, headers).await.map_err(|e| match e {
+        CoreError::Unauthorized(m) => CoreError::Unauthorized(format!(
+            "{m}: log in with any user name and an API key as the password"
+        )),
+        e => e,
+    })?;
+    let q = query(uri);
+    if let Some(service) = param(&q, "service")
+        && !service.is_empty()
+        && service != SERVICE
+    {
+        return Err(CoreError::invalid(format!(
+            "unknown service {service:?}; this registry's service is {SERVICE:?}"
+        )));
+    }
+    // Each scope once, its actions merged: `scope` may repeat, and hold
+    // several scopes separated by spaces.
+    let mut asked: Vec<(ferry_types::FeedName, String, Vec<String>)> = Vec::new();
+    for scope in q
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' '))
+        .filter(|s| !s.is_empty())
+    {
+        let Some(s) = auth::parse_scope(scope)? else {
+            continue;
+        };
+        match asked.iter_mut().find(|(f, n, _)| *f == s.feed && *n == s.name) {
+            Some((_, _, actions)) => actions.extend(s.actions),
+            None => asked.push((s.feed, s.name, s.actions)),
+        }
+    }
+    if asked.len() > 64 {
+        return Err(CoreError::invalid("at most 64 repositories per token request"));
+    }
+    let mut access = Vec::new();
+    for (feed_name, name, actions) in asked {
+        let feed = match st.ferry.feed(&feed_name).await {
+            Ok(f) if f.feed_type == ferry_types::FeedType::Oci => Some(f),
+            Ok(_) | Err(CoreError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let granted = auth::granted_actions(principal.as_ref(), feed.as_ref(), &actions);
+        if !granted.is_empty() {
+            access.push(auth::RegistryGrant {
+                repository: format!("{feed_name}/{name}"),
+                actions: granted,
+            });
+        }
+    }
+    let now = auth::unix_now();
+    let claims = auth::RegistryClaims {
+        iss: st.ferry.instance_id().to_string(),
+        key: principal.as_ref().map(|p| hex_encode(&p.key.hash)),
+        iat: now,
+        exp: now + auth::REGISTRY_TOKEN_TTL_SECS,
+        access,
+    };
+    let token = auth::issue_registry_token(&claims)?;
+    let body = json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": auth::REGISTRY_TOKEN_TTL_SECS,
+        "issued_at": rfc3339(now),
+    });
+    let mut resp = Json(body).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// `secs` since the epoch as RFC 3339 (UTC).
+fn rfc3339(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 async fn catalog(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Reply {
-    let principal = access::principal(&st, &headers)
+    let (principal, _) = access::oci_credentials(&st, &headers)
         .await
         .map_err(|e| Fail::code(ErrorCode::Unauthorized, e))?;
     let q = query(&uri);
@@ -463,6 +686,8 @@ async fn read(
     let feed = &access.feed;
     let (feed_name, repo, t) = target(uri.path())?;
     match t {
+        Target::Blob(d) if unheld_digest(&d) => Err(blob_unknown(&repo, &d)),
+        Target::Manifest(d) if unheld_digest(&d) => Err(manifest_unknown(&repo, &d)),
         Target::Blob(d) => {
             let digest = digest_param(&d)?;
             let blob = oci::blob(ferry, feed, &repo, &digest).await?;
@@ -549,8 +774,26 @@ async fn post_upload(
     }
     oci::check_repository(&repo)?;
     let q = query(&uri);
-    // A mount that cannot be done falls back to an upload session.
-    if let Some(digest) = param(&q, "mount").and_then(|m| format::parse_digest(m).ok()) {
+    if let Some(alg) = param(&q, "digest-algorithm")
+        && alg != "sha256"
+    {
+        return Err(Fail::code(
+            ErrorCode::Unsupported,
+            CoreError::invalid(format!(
+                "digest-algorithm {alg:?} is not supported; this registry verifies uploads with sha256 only"
+            )),
+        ));
+    }
+    // A mount that cannot be done falls back to an upload session; with a
+    // registry token, only from a repository it grants pull on.
+    let mount_allowed = |from: Option<&str>| match (&access.token, from) {
+        (None, _) => true,
+        (Some(claims), Some(from)) => claims.grants(from, "pull"),
+        (Some(_), None) => false,
+    };
+    if let Some(digest) = param(&q, "mount").and_then(|m| format::parse_digest(m).ok())
+        && mount_allowed(param(&q, "from"))
+    {
         let from = param(&q, "from");
         if oci::mount(ferry, feed, access.principal.as_ref(), &repo, &digest, from).await? {
             return Ok(blob_created(&feed_name, &repo, &digest));
@@ -622,9 +865,34 @@ async fn put(
     match t {
         Target::Manifest(reference) => {
             oci::check_repository(&repo)?;
+            // `?tag=a&tag=b`: tags applied with the push (each checked
+            // before anything is written), one `OCI-Tag` each.
+            let q = query(&uri);
+            let mut tags: Vec<&str> = Vec::new();
+            for (_, tag) in q.iter().filter(|(k, _)| k == "tag") {
+                format::validate_tag(tag)?;
+                if !tags.contains(&tag.as_str()) {
+                    tags.push(tag);
+                }
+            }
+            if tags.len() > 100 {
+                return Err(Fail::code(
+                    ErrorCode::ManifestInvalid,
+                    CoreError::invalid("at most 100 tag parameters per manifest push"),
+                ));
+            }
             let body = read_manifest_body(&headers, body).await?;
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-            let put = oci::put_manifest(ferry, feed, &repo, &reference, content_type, body).await?;
+            let put = oci::put_manifest(ferry, feed, &repo, &reference, content_type, body.clone()).await?;
+            for tag in &tags {
+                let tagged = oci::put_manifest(ferry, feed, &repo, tag, content_type, body.clone()).await?;
+                if tagged.digest != put.digest {
+                    return Err(Fail::from(CoreError::Internal(format!(
+                        "tag {tag} was written for {} instead of {}",
+                        tagged.digest, put.digest
+                    ))));
+                }
+            }
             let mut h = vec![
                 (
                     header::LOCATION,
@@ -638,7 +906,13 @@ async fn put(
             if let Some(subject) = put.subject {
                 h.push((HeaderName::from_static("oci-subject"), subject.to_string()));
             }
-            Ok(empty(StatusCode::CREATED, h))
+            let mut resp = empty(StatusCode::CREATED, h);
+            for tag in tags {
+                if let Ok(v) = HeaderValue::from_str(tag) {
+                    resp.headers_mut().append(HeaderName::from_static("oci-tag"), v);
+                }
+            }
+            Ok(resp)
         }
         Target::Upload(id) => {
             let result = async {
@@ -712,6 +986,9 @@ async fn remove(
     let feed = &access.feed;
     let (_, repo, t) = target(uri.path())?;
     match t {
+        // What is not held cannot be deleted: answered as a lookup is.
+        Target::Blob(d) if unheld_digest(&d) => Err(blob_unknown(&repo, &d)),
+        Target::Manifest(d) if unheld_digest(&d) => Err(manifest_unknown(&repo, &d)),
         Target::Manifest(reference) => {
             oci::delete_manifest(ferry, feed, &repo, &reference).await?;
             Ok(StatusCode::ACCEPTED.into_response())
