@@ -429,8 +429,9 @@ impl Ferry {
         match self.0.blobs.get(digest, range).await {
             Ok(b) => Ok(b),
             Err(StoreError::BlobMissing(d)) => {
-                self.note_damage(d, DamageKind::Missing);
-                Err(integrity::damaged_error(&d, DamageKind::Missing))
+                // A quarantined blob is missing because it was corrupt.
+                let kind = self.note_damage(d, DamageKind::Missing);
+                Err(integrity::damaged_error(&d, kind))
             }
             Err(e) => Err(e.into()),
         }

@@ -565,15 +565,37 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("?")
                 .to_string();
-            let tmp = out.with_extension("partial");
+            // OUT.partial until complete; never left behind.
+            let mut tmp_name = out.as_os_str().to_owned();
+            tmp_name.push(".partial");
+            let tmp = std::path::PathBuf::from(tmp_name);
             let mut file = tokio::fs::File::create(&tmp)
                 .await
                 .with_context(|| format!("creating {}", tmp.display()))?;
             let mut body = resp.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                file.write_all(&chunk.context("the transfer broke")?).await?;
+            let mut received: u64 = 0;
+            let written: anyhow::Result<()> = async {
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| {
+                        anyhow::anyhow!(
+                            "the transfer broke after {received} bytes ({e}); nothing was written to {}. \
+                             If the instance found a damaged blob while sending it, its /health names the blob \
+                             and the next export names the items that need it; otherwise run the export again",
+                            out.display()
+                        )
+                    })?;
+                    received += chunk.len() as u64;
+                    file.write_all(&chunk).await?;
+                }
+                file.sync_all().await?;
+                Ok(())
             }
-            file.sync_all().await?;
+            .await;
+            if let Err(e) = written {
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
             tokio::fs::rename(&tmp, &out).await?;
             say!(
                 "wrote {entries} entries of {feed} (changes {since}..{until}) to {}; next time use --since {until}",

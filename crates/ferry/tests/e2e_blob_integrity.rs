@@ -264,6 +264,20 @@ fn a_bundle_export_refuses_damaged_blobs_naming_them_and_the_items() {
     let o = export(&out);
     assert!(!o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     assert!(!out.exists(), "a bundle was written although a blob is corrupt");
+    let partial: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .collect();
+    assert!(
+        partial.is_empty(),
+        "left behind: {:?}",
+        partial.iter().map(|e| e.path()).collect::<Vec<_>>()
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains("/health") && err.contains("nothing was written"),
+        "{err}"
+    );
     assert!(health(&s).contains(&format!("corrupt {rotten}")));
     // Known damage: refused before anything is sent, naming blob and item.
     let o = export(&out);
@@ -295,4 +309,36 @@ fn a_bundle_export_refuses_damaged_blobs_naming_them_and_the_items() {
     site.cli_ok(&["bundle", "import", "mirror", out.to_str().unwrap()]);
     assert!(site.serves("mirror", "lost.txt", b"lost"));
     assert!(site.serves("mirror", "fine.txt", b"fine"));
+}
+
+/// A part of a blob — a range, a resumed download — is never a way around
+/// the check: a file not known to be right is hashed whole before a part
+/// of it is served, and a rotten one answers an error naming it, never a
+/// 206 with wrong bytes.
+#[test]
+fn a_range_of_a_rotten_blob_is_refused_not_served() {
+    let s = Server::start();
+    s.create_feed("files", "assets");
+    let large = big(2 << 20, 7);
+    s.put_asset("files", "large.bin", &large);
+    let digest = s.asset_digests("files", "")["large.bin"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("part");
+    let url = s.asset_url("files", "large.bin");
+
+    // Intact: ranges are served (and the first one checked the file).
+    let (code, status, got) = download(&url, &out, &["-r", "100-199"]);
+    assert_eq!((code, status, got), (0, 206, 100));
+    assert_eq!(std::fs::read(&out).unwrap(), &large[100..200]);
+
+    // The file goes bad where the range reads.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    rot(&s, &digest, 150);
+    let (_, status, got) = download(&url, &out, &["-r", "100-199"]);
+    assert_ne!(status, 206, "a rotten part was served ({got} bytes)");
+    assert!(status >= 500, "{status}");
+    assert!(health(&s).contains(&digest), "{}", health(&s));
+    // A resumed download is refused the same way.
+    let (_, status, _) = download(&url, &out, &["-C", "1000"]);
+    assert!(status >= 500, "{status}");
 }

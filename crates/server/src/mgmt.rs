@@ -193,7 +193,7 @@ async fn fsck(
     if req.repair {
         // Damage found earlier (by reads) counts too, not only this pass's.
         let mut todo = report.damaged();
-        for d in st.ferry.damaged() {
+        for d in crate::ops::current_damage(&st).await {
             if !todo.contains(&d.digest) {
                 todo.push(d.digest);
             }
@@ -204,9 +204,9 @@ async fn fsck(
             .await
             .map_err(|e| ApiError::json(CoreError::from(e)))?;
     }
-    let remaining: Vec<Value> = st
-        .ferry
-        .damaged()
+    // Damage of blobs nothing references any more is not reported.
+    let remaining: Vec<Value> = crate::ops::current_damage(&st)
+        .await
         .into_iter()
         .map(|d| json!({ "digest": d.digest, "kind": d.kind }))
         .collect();

@@ -284,6 +284,20 @@ pub struct FsBlobStore {
     missing: Mutex<Vec<(Digest, i64)>>,
     /// Serializes writers of the missing record.
     missing_writer: tokio::sync::Mutex<()>,
+    /// Blobs whose file was hashed whole and found right, with the length
+    /// and modification time it had then: a partial range of such a file is
+    /// served as it is; any other is verified whole first.
+    verified: std::sync::Arc<Mutex<HashMap<Digest, FileStamp>>>,
+}
+
+/// What identifies a file's version cheaply: its length and mtime.
+type FileStamp = (u64, Option<std::time::SystemTime>);
+
+/// Most verified files remembered (then the memory starts over).
+const VERIFIED_MAX: usize = 200_000;
+
+fn file_stamp(meta: &std::fs::Metadata) -> FileStamp {
+    (meta.len(), meta.modified().ok())
 }
 
 type Quarantine = std::collections::BTreeMap<Digest, Vec<i64>>;
@@ -650,6 +664,7 @@ impl FsBlobStore {
             place: Default::default(),
             missing: Mutex::new(missing),
             missing_writer: tokio::sync::Mutex::new(()),
+            verified: std::sync::Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -841,15 +856,70 @@ impl BlobStore for FsBlobStore {
             None => (0, total_size),
             Some(r) => (r.start, r.end.min(total_size)),
         };
-        // The whole blob is read: verify it on the way.
-        let mut hasher = (start == 0 && end == total_size).then(Sha256Hasher::new);
+        let whole = start == 0 && end == total_size;
         let (root, path) = (self.root.clone(), self.blob_path(digest));
         let (place, quarantine) = (self.place.clone(), self.quarantine.clone());
+        let stamp = file_stamp(&opened);
+        let verified = self.verified.clone();
+        // A part of a file not known to be right is served only after the
+        // whole file was hashed (once per version of the file): a range, a
+        // resumed download, is never a way around the check.
+        let known_good = locked(&verified).get(&d) == Some(&stamp);
+        if !whole && !known_good {
+            let (root, path, place, quarantine, opened) = (
+                root.clone(),
+                path.clone(),
+                place.clone(),
+                quarantine.clone(),
+                opened.clone(),
+            );
+            let verified = verified.clone();
+            let check = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+                let mut f = std::fs::File::open(&path).map_err(|e| match e.kind() {
+                    io::ErrorKind::NotFound => StoreError::BlobMissing(d),
+                    _ => e.into(),
+                })?;
+                let mut h = Sha256Hasher::new();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    match io::Read::read(&mut f, &mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => h.update(&buf[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                let actual = h.finish();
+                if actual != d {
+                    tracing::error!(blob = %d, %actual, "stored blob is corrupt (found before serving a part of it); taken out of service");
+                    if let Err(e) = quarantine_file(&root, &path, &d, Some(&opened), &place, &quarantine) {
+                        tracing::error!(blob = %d, error = %e, "could not move the corrupt blob aside");
+                    }
+                    // Found missing from now on; the store reports it as
+                    // quarantined, so callers learn it is corrupt.
+                    return Err(StoreError::BlobMissing(d));
+                }
+                let mut v = locked(&verified);
+                if v.len() >= VERIFIED_MAX {
+                    v.clear();
+                }
+                v.insert(d, stamp);
+                Ok(())
+            });
+            check.await.map_err(|e| StoreError::Backend(e.to_string()))??;
+        }
+        // The whole blob is read: verify it on the way.
+        let mut hasher = whole.then(Sha256Hasher::new);
         // The verdict on the bytes read: None if they hash to the digest;
         // otherwise the blob is moved aside and the error to end with.
         let verdict = move |hasher: Sha256Hasher| -> Option<io::Error> {
             let actual = hasher.finish();
             if actual == d {
+                let mut v = locked(&verified);
+                if v.len() >= VERIFIED_MAX {
+                    v.clear();
+                }
+                v.insert(d, stamp);
                 return None;
             }
             tracing::error!(blob = %d, %actual, "stored blob is corrupt (found while reading it); taken out of service");
