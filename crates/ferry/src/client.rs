@@ -472,6 +472,18 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 }
             }
             if r["same"].as_bool() != Some(true) {
+                // Why the repair stopped short, in its own words.
+                let warnings: Vec<&str> = r["repair"]["report"]["log"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|l| l["level"] == "warn")
+                    .filter_map(|l| l["message"].as_str())
+                    .filter(|m| m.contains("--confirm-deletes"))
+                    .collect();
+                for w in &warnings {
+                    say!("{w}");
+                }
                 bail!("feeds of {name} differ");
             }
         }

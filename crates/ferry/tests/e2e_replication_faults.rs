@@ -806,6 +806,12 @@ fn a_pull_replica_follows_a_source_restored_from_a_backup_back() {
     assert!(log.contains("went back"), "{log}");
     assert!(!log.contains("tombstones have expired"), "{log}");
 
+    // A repair without confirmation says what it did not delete, and how.
+    let out = spoke.cli_fails(&["replication", "verify", "from-hub", "--repair"]);
+    assert!(
+        out.contains("lost.txt") && out.contains("--confirm-deletes"),
+        "{out}"
+    );
     let out = spoke.cli(&[
         "replication",
         "verify",

@@ -414,9 +414,15 @@ impl Run<'_> {
         // these deletions always wait for an operator's confirmation.
         if !self.confirm_deletes {
             self.report.needs_confirmation = true;
+            let named: Vec<&str> = gone.iter().take(10).map(|e| e.key.as_str()).collect();
+            let named = format!(
+                " ({}{})",
+                named.join(", "),
+                if gone.len() > 10 { ", …" } else { "" }
+            );
             let message = if self.remote_went_back {
                 format!(
-                    "feed {}: {} items here are absent on the other side, whose change log went back (restored from a backup, or re-created); nothing was deleted. {}",
+                    "feed {}: {} items here{named} are absent on the other side, whose change log went back (restored from a backup, or re-created); nothing was deleted. {}",
                     local.name,
                     gone.len(),
                     if replica {
@@ -433,14 +439,14 @@ impl Run<'_> {
                 )
             } else if self.repair && replica {
                 format!(
-                    "feed {}: {} items here are absent on the other side (written only here, or deleted there with their tombstones expired); nothing was deleted. To make this replica equal to its source, run `ferry replication verify {} --repair --confirm-deletes`",
+                    "feed {}: {} items here{named} are absent on the other side (written only here, or deleted there with their tombstones expired); nothing was deleted. To make this replica equal to its source, run `ferry replication verify {} --repair --confirm-deletes`",
                     local.name,
                     gone.len(),
                     self.rec.name
                 )
             } else {
                 format!(
-                    "feed {}: {} items that came from elsewhere are absent on the other side, whose tombstones have expired; nothing was deleted. If they were deleted there, run `ferry replication run {} --full --confirm-deletes`",
+                    "feed {}: {} items that came from elsewhere{named} are absent on the other side, whose tombstones have expired; nothing was deleted. If they were deleted there, run `ferry replication run {} --full --confirm-deletes`",
                     local.name,
                     gone.len(),
                     self.rec.name
