@@ -720,3 +720,240 @@ mod tests {
         assert!(decode(&Bytes::from(broken)).is_err());
     }
 }
+
+// ---------------------------------------------------------------------------
+// Search (`npm search`, `GET /-/v1/search`)
+
+/// Most results one search page may ask for (`size`).
+pub const MAX_SEARCH_SIZE: usize = 250;
+
+/// One package of a feed as `npm search` shows it: its current version
+/// (the `latest` dist-tag, else the version published last).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SearchEntry {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub keywords: Vec<String>,
+    /// Publication time of that version, RFC 3339.
+    pub date: String,
+    /// The `_npmUser` who published it (npm's `publisher.username`).
+    pub publisher: Option<String>,
+    /// `(username, email)` of each maintainer.
+    pub maintainers: Vec<(String, String)>,
+    pub homepage: Option<String>,
+    pub repository: Option<String>,
+    pub bugs: Option<String>,
+}
+
+/// A page of search results: the entries of the page with their score,
+/// and how many matched in all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchPage {
+    pub hits: Vec<(SearchEntry, f64)>,
+    pub total: usize,
+}
+
+fn keywords_of(manifest: &Value) -> Vec<String> {
+    match manifest.get("keywords") {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::String(s)) => s
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A URL field that may be a string or `{ "url": … }`.
+fn url_of(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("url").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn entry_of(name: &str, version: &StoredVersion) -> SearchEntry {
+    let m = &version.manifest;
+    let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+    let maintainers = m
+        .get("maintainers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| {
+                    let n = p.get("name").and_then(Value::as_str)?;
+                    let e = p.get("email").and_then(Value::as_str).unwrap_or_default();
+                    Some((n.to_owned(), e.to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    SearchEntry {
+        name: name.to_owned(),
+        version: version.version.clone(),
+        description: s("description").unwrap_or_default(),
+        keywords: keywords_of(m),
+        date: ferry_types::rfc3339_millis(version.published_millis),
+        publisher: m
+            .get("_npmUser")
+            .and_then(|u| u.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        maintainers,
+        homepage: s("homepage"),
+        repository: url_of(m.get("repository")),
+        bugs: url_of(m.get("bugs")),
+    }
+}
+
+/// Every package of the feed, for search; rendered once per feed change.
+async fn search_index(ferry: &Ferry, feed: &FeedRecord) -> Result<Vec<SearchEntry>, CoreError> {
+    let cached = ferry
+        .cached_index(feed, "npm\u{1f}search", || async {
+            let mut versions: BTreeMap<String, Vec<StoredVersion>> = BTreeMap::new();
+            for mut item in ferry.items(feed, "pkg/").await? {
+                let Ok(NpmItemKey::Version { name, version }) = format::parse_item_key(&item.key) else {
+                    continue;
+                };
+                let Some(manifest @ Value::Object(_)) = item.meta.get_mut("manifest").map(Value::take) else {
+                    continue;
+                };
+                versions.entry(name).or_default().push(StoredVersion {
+                    version,
+                    manifest,
+                    published_millis: item.created_at,
+                });
+            }
+            let mut latest: HashMap<String, String> = HashMap::new();
+            for item in ferry.items(feed, "tag/").await? {
+                if let Ok(NpmItemKey::Tag { name, tag }) = format::parse_item_key(&item.key)
+                    && tag == "latest"
+                    && let Some(v) = item.meta.get("version").and_then(Value::as_str)
+                {
+                    latest.insert(name, v.to_owned());
+                }
+            }
+            let entries: Vec<SearchEntry> = versions
+                .iter()
+                .filter_map(|(name, vs)| {
+                    let current = latest
+                        .get(name)
+                        .and_then(|l| vs.iter().find(|v| &v.version == l))
+                        .or_else(|| vs.iter().max_by_key(|v| v.published_millis))?;
+                    Some(entry_of(name, current))
+                })
+                .collect();
+            serde_json::to_vec(&entries)
+                .map(Bytes::from)
+                .map_err(|e| CoreError::Internal(format!("npm search index: {e}")))
+        })
+        .await?;
+    serde_json::from_slice(&cached).map_err(|e| CoreError::Internal(format!("npm search index: {e}")))
+}
+
+/// How well `entry` matches every term of `text` (lowercase words; a
+/// `keywords:K` term matches keyword K exactly); None if one does not.
+pub fn search_score(entry: &SearchEntry, text: &str) -> Option<f64> {
+    let name = entry.name.to_lowercase();
+    let description = entry.description.to_lowercase();
+    let keywords: Vec<String> = entry.keywords.iter().map(|k| k.to_lowercase()).collect();
+    let mut score = 0.0;
+    for term in text.split_whitespace().map(str::to_lowercase) {
+        if let Some(k) = term.strip_prefix("keywords:") {
+            let wanted: Vec<&str> = k.split(',').filter(|k| !k.is_empty()).collect();
+            if !wanted.iter().any(|w| keywords.iter().any(|k| k == w)) {
+                return None;
+            }
+            score += 5.0;
+            continue;
+        }
+        let term = term.as_str();
+        score += if name == term {
+            100.0
+        } else if name.contains(term) {
+            10.0
+        } else if keywords.iter().any(|k| k == term) {
+            5.0
+        } else if keywords.iter().any(|k| k.contains(term)) {
+            2.0
+        } else if description.contains(term) {
+            1.0
+        } else {
+            return None;
+        };
+    }
+    Some(score)
+}
+
+/// `npm search`: the packages of `feed` matching every term of `text` in
+/// their name, description or keywords, best first (then by name);
+/// `size` results from `from`.
+pub async fn search(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    text: &str,
+    from: usize,
+    size: usize,
+) -> Result<SearchPage, CoreError> {
+    let mut hits: Vec<(SearchEntry, f64)> = search_index(ferry, feed)
+        .await?
+        .into_iter()
+        .filter_map(|e| search_score(&e, text).map(|s| (e, s)))
+        .collect();
+    hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.name.cmp(&b.0.name)));
+    let total = hits.len();
+    let hits = hits
+        .into_iter()
+        .skip(from)
+        .take(size.min(MAX_SEARCH_SIZE))
+        .collect();
+    Ok(SearchPage { hits, total })
+}
+
+#[cfg(test)]
+mod search_tests {
+    use super::*;
+
+    fn entry(name: &str, description: &str, keywords: &[&str]) -> SearchEntry {
+        SearchEntry {
+            name: name.into(),
+            version: "1.0.0".into(),
+            description: description.into(),
+            keywords: keywords.iter().map(|k| (*k).to_owned()).collect(),
+            date: String::new(),
+            publisher: None,
+            maintainers: Vec::new(),
+            homepage: None,
+            repository: None,
+            bugs: None,
+        }
+    }
+
+    #[test]
+    fn terms_match_name_description_keywords() {
+        let e = entry("@acme/left-pad", "Pads strings on the left", &["String", "pad"]);
+        assert!(search_score(&e, "left-pad").is_some());
+        assert!(search_score(&e, "LEFT strings").is_some());
+        assert!(search_score(&e, "string").is_some());
+        assert!(search_score(&e, "keywords:pad").is_some());
+        assert!(search_score(&e, "keywords:left").is_none());
+        assert!(search_score(&e, "right").is_none());
+        assert!(search_score(&e, "left right").is_none());
+        assert_eq!(search_score(&e, ""), Some(0.0));
+        let exact = entry("pad", "", &[]);
+        assert!(search_score(&exact, "pad") > search_score(&e, "pad"));
+    }
+
+    #[test]
+    fn keywords_as_string_or_array() {
+        assert_eq!(
+            keywords_of(&serde_json::json!({"keywords": "a, b c"})),
+            vec!["a", "b", "c"]
+        );
+        assert_eq!(keywords_of(&serde_json::json!({"keywords": ["x", 1]})), vec!["x"]);
+        assert!(keywords_of(&serde_json::json!({})).is_empty());
+    }
+}

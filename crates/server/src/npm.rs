@@ -1,5 +1,14 @@
 //! `/npm/FEED/`: the npm registry protocol (publish, install, view,
-//! dist-tag, deprecate, unpublish, whoami, ping).
+//! dist-tag, deprecate, unpublish, whoami, ping, login, logout, search).
+//!
+//! `npm login` works as with other private registries: web login
+//! (`POST /-/v1/login`) answers 404, so npm falls back to the classic
+//! `PUT /-/user/org.couchdb.user:NAME`, where any user name and an API key
+//! as the password are accepted: the answer's `token` is the key itself,
+//! which npm stores in `.npmrc`. A password that is no key is refused (401,
+//! saying so). `npm logout` (`DELETE /-/user/token/…`) answers success and
+//! revokes nothing: the token is an API key the administrator manages
+//! (other machines and CI may share it); npm forgets it locally.
 //!
 //! Scoped names contain a `/` once decoded (`@scope%2fpkg` from npm,
 //! `@scope/pkg/-/pkg-1.0.0.tgz` in tarball URLs), so the path after
@@ -9,7 +18,7 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -31,6 +40,10 @@ pub fn routes() -> Router<AppState> {
         .route("/npm/{feed}", get(root))
         .route("/npm/{feed}/", get(root))
         .route(
+            "/npm/{feed}/-/user/{*rest}",
+            get(user_get).put(login).delete(logout).post(unsupported_post),
+        )
+        .route(
             "/npm/{feed}/{*rest}",
             get(read).put(write).delete(remove).post(unsupported_post),
         )
@@ -39,8 +52,13 @@ pub fn routes() -> Router<AppState> {
 /// Largest `npm dist-tag add` body (a JSON string holding a version).
 const DIST_TAG_BODY_LIMIT: usize = 4 << 10;
 
-const LOGIN_UNSUPPORTED: &str = "npm login is not supported by this registry; create an API key and \
-     configure it in .npmrc as //HOST:PORT/npm/FEED/:_authToken=KEY";
+const LOGIN_UNSUPPORTED: &str = "web login is not supported by this registry: log in with any user \
+     name and an API key as the password (npm falls back to that by itself)";
+
+/// Largest `npm login` body (user name, password, email, date).
+const LOGIN_BODY_LIMIT: usize = 64 << 10;
+
+const LOGIN_HOW: &str = "log in with any user name and an API key of this registry as the password";
 
 /// What a request under `/npm/{feed}/` is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +67,8 @@ enum Endpoint {
     Ping,
     /// `-/whoami`
     Whoami,
+    /// `-/v1/search`
+    Search,
     /// `-/user/…` and `-/v1/login` (npm login / adduser)
     Login,
     /// `-/package/{name}/dist-tags`
@@ -126,6 +146,7 @@ fn parse_segments(segs: &[&str]) -> Endpoint {
         return match &segs[1..] {
             ["ping"] => Endpoint::Ping,
             ["whoami"] => Endpoint::Whoami,
+            ["v1", "search"] => Endpoint::Search,
             ["user", ..] | ["v1", "login", ..] => Endpoint::Login,
             ["package", rest @ ..] => match split_name(rest) {
                 Some((name, ["dist-tags"])) => Endpoint::DistTags { name },
@@ -278,6 +299,100 @@ async fn unsupported_post(uri: Uri) -> Result<Response, ApiError> {
     }
 }
 
+/// `PUT /-/user/org.couchdb.user:NAME` (npm login, npm adduser): the
+/// password must be an API key that may read the feed; the answer's token
+/// is that key.
+async fn login(
+    State(st): State<AppState>,
+    Path((feed, rest)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    login_inner(&st.ferry, &feed, &rest, &headers, body)
+        .await
+        .map_err(ApiError::json)
+}
+
+/// The user name of `org.couchdb.user:NAME` (optionally `/-rev/REV`).
+fn login_user(rest: &str) -> Option<String> {
+    let first = rest.split('/').next()?;
+    let decoded = percent_encoding::percent_decode_str(first).decode_utf8().ok()?;
+    let name = decoded.strip_prefix("org.couchdb.user:")?;
+    (!name.is_empty() && name.len() <= 214 && !name.chars().any(char::is_control)).then(|| name.to_owned())
+}
+
+async fn login_inner(
+    ferry: &Ferry,
+    feed: &str,
+    rest: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, CoreError> {
+    let user = login_user(rest)
+        .ok_or_else(|| CoreError::invalid("expected PUT /-/user/org.couchdb.user:NAME (npm login)"))?;
+    let body = read_body(headers, body, LOGIN_BODY_LIMIT).await?;
+    let doc: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| CoreError::invalid(format!("the login body is not JSON: {e}")))?;
+    // The password; without one, a key presented in the request (a
+    // client already holding a token logs in again).
+    let presented = crate::access::presented_secret(headers)?.filter(|k| !k.is_empty());
+    let password = doc
+        .get("password")
+        .and_then(serde_json::Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .or(presented)
+        .ok_or_else(|| CoreError::Unauthorized(format!("no password was given: {LOGIN_HOW}")))?;
+    let password = password.as_str();
+    let principal = ferry.authenticate(password).await.map_err(|e| match e {
+        CoreError::Unauthorized(_) => CoreError::Unauthorized(format!(
+            "incorrect password for user {user}: the password is not an API key of this registry; {LOGIN_HOW}"
+        )),
+        e => e,
+    })?;
+    // The feed as a read would see it with this key: a private feed the
+    // key may not read is no feed.
+    let name = ferry_types::FeedName::new(feed).map_err(|e| CoreError::not_found(e.to_string()))?;
+    let found = match ferry.feed(&name).await {
+        Ok(f) => Some(f),
+        Err(CoreError::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let record = ferry_core::auth::visible_feed(Some(&principal), &name, found, ferry_core::Action::Read)?;
+    if record.feed_type != ferry_types::FeedType::Npm {
+        return Err(CoreError::not_found(format!(
+            "feed {name} is a {} feed, not npm",
+            record.feed_type
+        )));
+    }
+    Ok(json_response(
+        StatusCode::CREATED,
+        json!({
+            "ok": true,
+            "id": format!("org.couchdb.user:{user}"),
+            "rev": "1-ferry",
+            "token": password,
+            "key": principal.key.name,
+        }),
+    ))
+}
+
+/// `GET /-/user/org.couchdb.user:NAME`: there are no user documents.
+async fn user_get() -> Result<Response, ApiError> {
+    Err(ApiError::json(CoreError::not_found(format!(
+        "this registry has no user accounts; {LOGIN_HOW}"
+    ))))
+}
+
+/// `DELETE /-/user/token/TOKEN` (npm logout): success, revoking nothing
+/// (the token is an API key, which only the management API deletes).
+async fn logout(Path((_feed, rest)): Path<(String, String)>) -> Result<Response, ApiError> {
+    if !rest.starts_with("token/") {
+        return Err(ApiError::json(not_found()));
+    }
+    Ok(json_response(StatusCode::OK, json!({ "ok": true })))
+}
+
 async fn read_inner(
     ferry: &Ferry,
     access: &FeedAccess,
@@ -349,9 +464,140 @@ async fn read_inner(
             }
             Ok(resp)
         }
+        Endpoint::Search => {
+            let q = SearchQuery::parse(uri.query())?;
+            let base = registry_base(ferry, headers, uri, feed)?;
+            let page = npm::search(ferry, feed, &q.text, q.from, q.size).await?;
+            let mut resp = json_response(StatusCode::OK, render_search(&page, &base));
+            let cache = if feed.private {
+                "private, no-cache"
+            } else {
+                "no-cache"
+            };
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+            Ok(resp)
+        }
         Endpoint::Login => Err(CoreError::not_found(LOGIN_UNSUPPORTED)),
         Endpoint::Package { rev: Some(_), .. } | Endpoint::TarballRev | Endpoint::Unknown => Err(not_found()),
     }
+}
+
+/// The parameters of `GET /-/v1/search`.
+#[derive(Debug, PartialEq)]
+struct SearchQuery {
+    text: String,
+    size: usize,
+    from: usize,
+}
+
+/// Longest search text accepted.
+const MAX_SEARCH_TEXT: usize = 1024;
+
+impl SearchQuery {
+    /// `text`, `size` (default 20, at most [`npm::MAX_SEARCH_SIZE`]: more
+    /// is capped), `from` (default 0); `quality`, `popularity` and
+    /// `maintenance` weights must be numbers if given, and are otherwise
+    /// ignored. Anything malformed is refused (400) naming it.
+    fn parse(query: Option<&str>) -> Result<Self, CoreError> {
+        let mut q = SearchQuery {
+            text: String::new(),
+            size: 20,
+            from: 0,
+        };
+        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8()
+                .map_err(|_| CoreError::invalid(format!("search parameter {k} is not valid UTF-8")))?
+                .into_owned();
+            let number = |v: &str| {
+                v.trim().parse::<usize>().map_err(|_| {
+                    CoreError::invalid(format!(
+                        "search parameter {k} must be a non-negative integer, not {v:?}"
+                    ))
+                })
+            };
+            match k {
+                "text" => q.text = v,
+                "size" => q.size = number(&v)?.min(npm::MAX_SEARCH_SIZE),
+                "from" => q.from = number(&v)?,
+                "quality" | "popularity" | "maintenance"
+                    if !v.is_empty() && v.trim().parse::<f64>().map_or(true, |f| !f.is_finite()) =>
+                {
+                    return Err(CoreError::invalid(format!(
+                        "search parameter {k} must be a number, not {v:?}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if q.text.chars().count() > MAX_SEARCH_TEXT {
+            return Err(CoreError::invalid(format!(
+                "the search text is longer than {MAX_SEARCH_TEXT} characters"
+            )));
+        }
+        if q.size == 0 {
+            return Err(CoreError::invalid("search parameter size must be at least 1"));
+        }
+        Ok(q)
+    }
+}
+
+/// A search page in the shape of the npm registry's answer.
+fn render_search(page: &npm::SearchPage, base: &str) -> serde_json::Value {
+    let objects: Vec<serde_json::Value> = page
+        .hits
+        .iter()
+        .map(|(e, score)| {
+            let maintainers: Vec<serde_json::Value> = e
+                .maintainers
+                .iter()
+                .map(|(u, m)| json!({ "username": u, "email": m }))
+                .collect();
+            let publisher = e
+                .publisher
+                .clone()
+                .or_else(|| e.maintainers.first().map(|(u, _)| u.clone()))
+                .unwrap_or_default();
+            let mut links = serde_json::Map::new();
+            links.insert("npm".into(), json!(format!("{base}/{}", e.name)));
+            for (k, v) in [
+                ("homepage", &e.homepage),
+                ("repository", &e.repository),
+                ("bugs", &e.bugs),
+            ] {
+                if let Some(v) = v {
+                    links.insert(k.into(), json!(v));
+                }
+            }
+            let fin = score / (score + 10.0);
+            json!({
+                "package": {
+                    "name": e.name,
+                    "scope": e.name.strip_prefix('@').and_then(|s| s.split_once('/')).map_or("unscoped", |(s, _)| s),
+                    "version": e.version,
+                    "description": e.description,
+                    "keywords": e.keywords,
+                    "date": e.date,
+                    "publisher": { "username": publisher },
+                    "maintainers": maintainers,
+                    "links": links,
+                },
+                "score": {
+                    "final": fin,
+                    "detail": { "quality": fin, "popularity": fin, "maintenance": fin },
+                },
+                "searchScore": score,
+            })
+        })
+        .collect();
+    let now = ferry_store::now_millis();
+    json!({
+        "objects": objects,
+        "total": page.total,
+        "time": ferry_types::rfc3339_millis(now),
+    })
 }
 
 /// A rendered index with its validators; 304 when the client has it.
@@ -579,8 +825,9 @@ mod tests {
                 tag: s("beta")
             }
         );
+        assert_eq!(ep("/npm/f/-/v1/search"), Endpoint::Search);
         for unknown in [
-            "/npm/f/-/v1/search",
+            "/npm/f/-/v1/search/x",
             "/npm/f/p/",
             "/npm/f/@s",
             "/npm/f/p/-/",

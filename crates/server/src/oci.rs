@@ -619,7 +619,7 @@ async fn token_inner(st: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Re
         "token": token,
         "access_token": token,
         "expires_in": auth::REGISTRY_TOKEN_TTL_SECS,
-        "issued_at": rfc3339(now),
+        "issued_at": ferry_types::rfc3339_millis(i64::try_from(now.saturating_mul(1000)).unwrap_or(i64::MAX)),
     });
     let mut resp = Json(body).into_response();
     resp.headers_mut()
@@ -635,28 +635,6 @@ fn hex_encode(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
-}
-
-/// `secs` since the epoch as RFC 3339 (UTC).
-fn rfc3339(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 async fn catalog(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Reply {
