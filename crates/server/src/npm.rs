@@ -839,6 +839,42 @@ mod tests {
     }
 
     #[test]
+    fn login_paths_and_search_parameters() {
+        assert_eq!(login_user("org.couchdb.user:alice").as_deref(), Some("alice"));
+        assert_eq!(
+            login_user("org.couchdb.user:a%40b/-rev/1-x").as_deref(),
+            Some("a@b")
+        );
+        assert_eq!(login_user("org.couchdb.user:"), None);
+        assert_eq!(login_user("alice"), None);
+        assert_eq!(login_user("org.couchdb.user:%ff"), None);
+        let q = SearchQuery::parse(Some("text=left+pad&size=5&from=2&quality=0.5"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            q,
+            SearchQuery {
+                text: s("left pad"),
+                size: 5,
+                from: 2
+            }
+        );
+        let q = SearchQuery::parse(None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((q.text.as_str(), q.size, q.from), ("", 20, 0));
+        let q = SearchQuery::parse(Some("size=9999")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(q.size, npm::MAX_SEARCH_SIZE);
+        for bad in [
+            "size=x",
+            "size=0",
+            "from=-1",
+            "popularity=NaN",
+            "maintenance=x",
+            "text=%ff",
+        ] {
+            assert!(SearchQuery::parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn base_from_host_and_forwarded_proto() {
         let feed = FeedRecord {
             id: 1,

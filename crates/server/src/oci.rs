@@ -1071,6 +1071,38 @@ mod tests {
     }
 
     #[test]
+    fn token_scopes_and_unheld_digests() {
+        let get = Method::GET;
+        assert_eq!(
+            scope_of("/v2/f/team/app/manifests/v1", &get),
+            Some((s("team/app"), false))
+        );
+        assert_eq!(
+            scope_of("/v2/f/app/blobs/sha256:00", &Method::HEAD),
+            Some((s("app"), false))
+        );
+        assert_eq!(
+            scope_of("/v2/f/app/manifests/v1", &Method::PUT),
+            Some((s("app"), true))
+        );
+        assert_eq!(
+            scope_of("/v2/f/app/blobs/uploads/", &Method::POST),
+            Some((s("app"), true))
+        );
+        // Reading an upload session's status is part of a push.
+        assert_eq!(
+            scope_of("/v2/f/app/blobs/uploads/abc", &get),
+            Some((s("app"), true))
+        );
+        assert_eq!(scope_of("/v2/f/app", &get), None);
+        let d512 = format!("sha512:{}", "0a".repeat(64));
+        assert!(unheld_digest(&d512));
+        assert!(!unheld_digest(&format!("sha512:{}", "0A".repeat(64))));
+        assert!(!unheld_digest("sha512:abc"));
+        assert!(!unheld_digest(&format!("sha256:{}", "0a".repeat(32))));
+    }
+
+    #[test]
     fn queries() {
         let uri: Uri = "/x?mount=sha256%3Aab&from=f/app&n=&last=a+b"
             .parse()
