@@ -397,10 +397,11 @@ async fn digest_mismatch_stores_nothing() {
         .await;
     refused(&r, 400, "UNSUPPORTED");
     assert!(code(&r).contains("UNSUPPORTED") && r.text().contains("sha256"));
+    // A sha512 digest names nothing held here: 404, as the spec asks.
     refused(
         &o.get(&format!("/v2/img/app/blobs/{sha512}")).await,
-        400,
-        "UNSUPPORTED",
+        404,
+        "BLOB_UNKNOWN",
     );
     refused(&o.get("/v2/img/app/blobs/nonsense").await, 400, "DIGEST_INVALID");
     let r = o
