@@ -185,16 +185,24 @@ fn a_replicated_delete_of_a_manifest_a_live_index_lists_waits_as_stuck() {
     let (ok, out) = run(&b);
     assert!(!ok, "a refused delete must not look like success: {out}");
     assert!(out.contains(&child_key), "the stuck item is named: {out}");
+    // The execution this run started ("execution N of pair: …"); others
+    // the scheduler starts around the restarts may have ended since.
+    let id: i64 = out
+        .split_whitespace()
+        .skip_while(|w| *w != "execution")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no execution id in {out}"));
     let execs = ended(&b);
-    let stuck: Vec<&Value> = execs[0]["report"]["stuck"].as_array().unwrap().iter().collect();
+    let ours = execs.iter().find(|e| e["id"] == id).unwrap();
+    let stuck: Vec<&Value> = ours["report"]["stuck"].as_array().into_iter().flatten().collect();
     assert!(
         stuck.iter().any(|s| s["key"] == child_key.as_str()
             && s["reason"]
                 .as_str()
                 .unwrap()
                 .contains(&format!("referenced here by index {}", index.digest))),
-        "the stuck item and the index holding it: {:#}",
-        execs[0]
+        "the stuck item and the index holding it: {ours:#}"
     );
     // B still serves the index whole, the platform manifest included.
     assert!(serves(&sk, &on(&b, &child), &amd.manifest.bytes));
