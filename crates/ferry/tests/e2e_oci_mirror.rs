@@ -59,14 +59,17 @@ fn index_over(images: &[&Image]) -> Blob {
 
 /// Waits until every execution of `b`'s replication has ended; returns them.
 fn ended(b: &Server) -> Vec<Value> {
+    // One listing in which every execution has ended (the scheduler may
+    // start another one right after, after a change applied here).
+    let mut seen = Vec::new();
     assert!(
-        wait_until(SYNC, || b
-            .executions("pair")
-            .iter()
-            .all(|e| e["outcome"].is_string())),
+        wait_until(SYNC, || {
+            seen = b.executions("pair");
+            seen.iter().all(|e| e["outcome"].is_string())
+        }),
         "executions did not end"
     );
-    b.executions("pair")
+    seen
 }
 
 /// `ferry replication run pair --wait` on `b`: (success, stdout + stderr).
