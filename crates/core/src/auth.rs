@@ -276,9 +276,10 @@ pub fn verify_registry_token(token: &str, instance: &str, now: u64) -> Result<Re
         || CoreError::Unauthorized("invalid registry token; ask the token endpoint for a new one".into());
     let rest = token.strip_prefix(REGISTRY_TOKEN_PREFIX).ok_or_else(bad)?;
     let (payload, mac) = rest.split_once('.').ok_or_else(bad)?;
-    let mac = hex::decode(mac).map_err(|_| bad())?;
-    let expected = hmac_sha256(token_secret(), payload.as_bytes());
-    if !bool::from(expected.as_slice().ct_eq(&mac)) {
+    // The signature exactly as issued (lower-case hex): a token string
+    // that differs in any byte is not the token that was issued.
+    let expected = hex::encode(hmac_sha256(token_secret(), payload.as_bytes()));
+    if !bool::from(expected.as_bytes().ct_eq(mac.as_bytes())) {
         return Err(bad());
     }
     let json = hex::decode(payload).map_err(|_| bad())?;
@@ -511,6 +512,9 @@ mod tests {
         );
         assert!(verify_registry_token(&t, "other", 399).is_err());
         let (payload, mac) = t.rsplit_once('.').unwrap();
+        // The same signature spelled otherwise is another string: refused.
+        let upper = format!("{payload}.{}", mac.to_uppercase());
+        assert!(verify_registry_token(&upper, "inst", 399).is_err());
         let forged = hex::encode(
             serde_json::to_vec(&claims(
                 vec![RegistryGrant {
