@@ -117,11 +117,29 @@ async fn challenge(
 ) -> Response {
     let realm = registry_origin(&st, req.headers()).map(|o| format!("{o}/v2/token"));
     let is_token_endpoint = req.uri().path() == "/v2/token";
+    // The scope this request needs, so a client knows what to ask for.
+    let path = req.uri().path().to_owned();
+    let scope = scope_of(&path, req.method()).and_then(|(repo, push)| {
+        let feed = path.trim_start_matches('/').split('/').nth(1)?;
+        let ok = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
+        };
+        (ok(feed) && ok(&repo)).then(|| {
+            format!(
+                ",scope=\"repository:{feed}/{repo}:{}\"",
+                if push { "pull,push" } else { "pull" }
+            )
+        })
+    });
     let mut resp = next.run(req).await;
     if resp.status() == StatusCode::UNAUTHORIZED
         && !is_token_endpoint
         && let Some(realm) = realm
-        && let Ok(v) = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\",service=\"{SERVICE}\""))
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "Bearer realm=\"{realm}\",service=\"{SERVICE}\"{}",
+            scope.unwrap_or_default()
+        ))
     {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }

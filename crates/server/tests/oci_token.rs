@@ -159,7 +159,21 @@ async fn challenge_names_the_token_endpoint() {
     refused(&r, 401, "UNAUTHORIZED");
     assert_eq!(
         r.header("www-authenticate"),
-        Some("Bearer realm=\"https://reg.example:5000/v2/token\",service=\"ferry\"")
+        Some(
+            "Bearer realm=\"https://reg.example:5000/v2/token\",service=\"ferry\",scope=\"repository:secret/app:pull\""
+        )
+    );
+    // A push names the push scope it needs.
+    let r = reg
+        .send("POST", "/v2/secret/app/blobs/uploads/", None, &[], Body::empty())
+        .await;
+    refused(&r, 401, "UNAUTHORIZED");
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .ends_with(",scope=\"repository:secret/app:pull,push\""),
+        "{:?}",
+        r.header("www-authenticate")
     );
     // A wrong key presented up front: the same challenge.
     let b = basic("u", "wrong");
