@@ -12,24 +12,6 @@ use serde_json::{Value, json};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 
-async fn incoming(i: &Instance, name: &str, mode: &str) -> String {
-    let body = json!({ "name": name, "feeds": ["files"], "mode": mode }).to_string();
-    let r = i
-        .send("POST", "/api/v1/replications", Some(ADMIN), &[JSON], body)
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-    let r = i
-        .send(
-            "POST",
-            &format!("/api/v1/replications/{name}/tokens"),
-            Some(ADMIN),
-            &[],
-            Body::empty(),
-        )
-        .await;
-    r.json()["token"].as_str().unwrap().to_string()
-}
-
 fn handshake(mode: Value, instance: &str) -> String {
     json!({
         "protocol_versions": [1],
@@ -48,7 +30,7 @@ const OTHER: &str = "0123456789abcdef0123456789abcdef";
 async fn tokens_handshake_and_mode_permissions() {
     let i = Instance::new().await;
     i.feed("files", FeedType::Assets, false).await;
-    let token = incoming(&i, "edge", "push").await;
+    let token = i.incoming("edge", &["files"], "push").await;
 
     // No token, a wrong one, and a malformed one: 401.
     let hs = handshake(serde_json::from_str(PULL).unwrap(), OTHER);
@@ -173,7 +155,7 @@ async fn tokens_handshake_and_mode_permissions() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
     // A pull-only replication here (it receives) does not serve reads.
-    let pull_token = incoming(&i, "inbound", "pull").await;
+    let pull_token = i.incoming("inbound", &["files"], "pull").await;
     let r = i
         .send(
             "GET",
@@ -236,7 +218,7 @@ async fn tokens_handshake_and_mode_permissions() {
 async fn changes_page_by_cursor_and_long_poll() {
     let i = Instance::new().await;
     i.feed("files", FeedType::Assets, false).await;
-    let token = incoming(&i, "edge", "push").await;
+    let token = i.incoming("edge", &["files"], "push").await;
     for n in 0..5 {
         i.send(
             "PUT",
@@ -326,7 +308,7 @@ async fn changes_page_by_cursor_and_long_poll() {
 async fn replication_log_level_changes_at_run_time() {
     let i = Instance::new().await;
     i.feed("files", FeedType::Assets, false).await;
-    let token = incoming(&i, "edge", "push").await;
+    let token = i.incoming("edge", &["files"], "push").await;
     let hs = handshake(serde_json::from_str(PULL).unwrap(), OTHER);
     i.send(
         "POST",
@@ -397,7 +379,7 @@ async fn replication_log_level_changes_at_run_time() {
 async fn updates_refuse_bad_bodies_and_change_only_what_they_name() {
     let i = Instance::new().await;
     i.feed("files", FeedType::Assets, false).await;
-    incoming(&i, "edge", "push").await;
+    i.incoming("edge", &["files"], "push").await;
     let patch = |name: &str, body: &str| {
         let (path, body) = (format!("/api/v1/replications/{name}"), body.to_string());
         let i = &i;

@@ -14,25 +14,6 @@ use serde_json::{Value, json};
 const JSON: (&str, &str) = ("content-type", "application/json");
 const PEER: &str = "0123456789abcdef0123456789abcdef";
 
-/// An incoming replication over `feeds` in `mode`, and a token for it.
-async fn incoming(i: &Instance, name: &str, feeds: &[&str], mode: &str) -> String {
-    let body = json!({ "name": name, "feeds": feeds, "mode": mode }).to_string();
-    let r = i
-        .send("POST", "/api/v1/replications", Some(ADMIN), &[JSON], body)
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-    let r = i
-        .send(
-            "POST",
-            &format!("/api/v1/replications/{name}/tokens"),
-            Some(ADMIN),
-            &[],
-            Body::empty(),
-        )
-        .await;
-    r.json()["token"].as_str().unwrap().to_string()
-}
-
 /// A stamp of the peer, a little after now.
 fn stamp() -> Value {
     let ms = std::time::SystemTime::now()
@@ -75,7 +56,7 @@ async fn a_sync_token_cannot_learn_of_or_reference_blobs_outside_its_replication
     put_asset(&i, "pub-assets", "public.txt", b"public").await;
     let d = Digest::of(secret);
     let public_d = Digest::of(b"public");
-    let token = incoming(&i, "inbound", &["pub-assets"], "pull").await;
+    let token = i.incoming("inbound", &["pub-assets"], "pull").await;
 
     // Existence is answered within the replication's feeds only.
     let r = i
@@ -149,7 +130,7 @@ async fn applied_entries_are_checked_as_their_feed_type_checks_uploads() {
     i.feed("img", FeedType::Oci, false).await;
     put_asset(&i, "files", "a.txt", b"abc").await;
     let a = Digest::of(b"abc");
-    let token = incoming(&i, "inbound", &["files", "js", "py", "img"], "pull").await;
+    let token = i.incoming("inbound", &["files", "js", "py", "img"], "pull").await;
     let good = json!({ "content_type": "text/plain", "size": 3 });
 
     let refused = [

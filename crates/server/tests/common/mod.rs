@@ -46,6 +46,25 @@ impl Reply {
 }
 
 impl Instance {
+    /// Creates an incoming replication over `feeds` in `mode` and returns
+    /// a new sync token for it.
+    pub async fn incoming(&self, name: &str, feeds: &[&str], mode: &str) -> String {
+        let body = serde_json::json!({ "name": name, "feeds": feeds, "mode": mode }).to_string();
+        let r = self
+            .send(
+                "POST",
+                "/api/v1/replications",
+                Some(ADMIN),
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let path = format!("/api/v1/replications/{name}/tokens");
+        let r = self.send("POST", &path, Some(ADMIN), &[], Body::empty()).await;
+        r.json()["token"].as_str().unwrap().to_string()
+    }
+
     pub async fn new() -> Self {
         Self::with_config(ferry_core::Config::default()).await
     }
