@@ -1115,6 +1115,18 @@ fn tags_naming<'a>(tags: impl Iterator<Item = (&'a str, &'a [Digest])>, digest: 
 }
 
 /// `index (tags: a, b)` or `index (untagged)`, for refusals.
+/// Each of `indexes` with the tags (of `tags`, tag → what it points at)
+/// naming it, for messages.
+fn describe_indexes(indexes: &[Digest], tags: &[(String, Vec<Digest>)]) -> Vec<String> {
+    indexes
+        .iter()
+        .map(|index| {
+            let names = tags_naming(tags.iter().map(|(t, r)| (t.as_str(), r.as_slice())), index);
+            describe_index(index, &names)
+        })
+        .collect()
+}
+
 fn describe_index(index: &Digest, tags: &[String]) -> String {
     if tags.is_empty() {
         format!("{index} (untagged)")
@@ -1156,13 +1168,7 @@ fn referenced_by_index(digest: &Digest, indexes: &[Digest], tags: &[ItemRecord])
             }
         })
         .collect();
-    let described: Vec<String> = indexes
-        .iter()
-        .map(|index| {
-            let names = tags_naming(tags.iter().map(|(t, r)| (t.as_str(), r.as_slice())), index);
-            describe_index(index, &names)
-        })
-        .collect();
+    let described = describe_indexes(indexes, &tags);
     let message = match described.as_slice() {
         [one] => format!("manifest {digest} is referenced by index {one}; delete the index first"),
         many => format!(
@@ -1343,13 +1349,7 @@ fn still_referenced(
 ) -> String {
     let mut why = Vec::new();
     if !indexes.is_empty() {
-        let described: Vec<String> = indexes
-            .iter()
-            .map(|index| {
-                let names = tags_naming(tags.iter().map(|(t, r)| (t.as_str(), r.as_slice())), index);
-                describe_index(index, &names)
-            })
-            .collect();
+        let described = describe_indexes(indexes, tags);
         why.push(match described.as_slice() {
             [one] => format!("is referenced here by index {one}"),
             many => format!("is referenced here by indexes {}", many.join(", ")),

@@ -169,6 +169,40 @@ impl FrameReader {
     }
 }
 
+/// The sending half of a frame stream (a response or request body).
+pub type FrameSender = tokio::sync::mpsc::Sender<std::io::Result<Bytes>>;
+
+/// Sends one blob's frame into `tx`: `header` (whose `length` the body
+/// must give exactly), then the body's bytes. False when the stream must
+/// end here: the reader went away, or the body failed or gave another
+/// length (the error went into `tx`, which cuts the stream: a frame is
+/// never short).
+pub async fn send_frame(tx: &FrameSender, header: &FrameHeader, mut body: ByteStream) -> bool {
+    if tx.send(Ok(header.encode())).await.is_err() {
+        return false;
+    }
+    let mut sent = 0u64;
+    while let Some(chunk) = body.next().await {
+        let failed = chunk.is_err();
+        if let Ok(c) = &chunk {
+            sent += c.len() as u64;
+        }
+        if tx.send(chunk).await.is_err() || failed {
+            return false;
+        }
+    }
+    if sent != header.length {
+        let _ = tx
+            .send(Err(std::io::Error::other(format!(
+                "blob {} ended after {sent} of {} bytes",
+                header.digest, header.length
+            ))))
+            .await;
+        return false;
+    }
+    true
+}
+
 /// A byte stream fed by [`FrameReader::pump`].
 pub fn channel_stream(rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> ByteStream {
     Box::pin(futures::stream::unfold(rx, |mut rx| async move {

@@ -249,19 +249,23 @@ impl<'a> Run<'a> {
             feeds,
         };
         let resp = self.remote.handshake(&req).await?;
-        self.remote_id = Some(resp.instance_id);
-        self.batch = resp.features.iter().any(|f| f == crate::batch::BLOB_BATCH);
-        self.report.remote_instance = Some(resp.instance_id);
+        self.adopt(&resp);
         Ok(resp)
+    }
+
+    /// Takes what a handshake says of the other side: its instance and the
+    /// optional parts of the protocol it serves.
+    fn adopt(&mut self, hs: &HandshakeResponse) {
+        self.remote_id = Some(hs.instance_id);
+        self.report.remote_instance = Some(hs.instance_id);
+        self.batch = hs.features.iter().any(|f| f == crate::batch::BLOB_BATCH);
     }
 
     /// The handshake of a recent execution if there is one (no round
     /// trip), else a new one, kept for the next executions.
     async fn connect(&mut self) -> Result<(HandshakeResponse, bool), ReplError> {
         if let Some(hs) = self.r.cached_handshake(self.rec.id) {
-            self.remote_id = Some(hs.instance_id);
-            self.report.remote_instance = Some(hs.instance_id);
-            self.batch = hs.features.iter().any(|f| f == crate::batch::BLOB_BATCH);
+            self.adopt(&hs);
             return Ok((hs, true));
         }
         let hs = self.handshake().await?;

@@ -696,7 +696,6 @@ impl Replicator {
         let ferry = self.ferry().clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
         tokio::spawn(async move {
-            use futures::StreamExt;
             let refuse = |digest: Digest, status: u16, error: String| FrameHeader {
                 digest,
                 offset: 0,
@@ -719,28 +718,7 @@ impl Replicator {
                                         status: None,
                                         error: None,
                                     };
-                                    if tx.send(Ok(head.encode())).await.is_err() {
-                                        return;
-                                    }
-                                    let mut stream = body.stream;
-                                    let mut sent = 0u64;
-                                    while let Some(chunk) = stream.next().await {
-                                        let failed = chunk.is_err();
-                                        if let Ok(c) = &chunk {
-                                            sent += c.len() as u64;
-                                        }
-                                        if tx.send(chunk).await.is_err() || failed {
-                                            return;
-                                        }
-                                    }
-                                    if sent != size - w.offset {
-                                        let _ = tx
-                                            .send(Err(std::io::Error::other(format!(
-                                                "blob {} ended after {sent} of {} bytes",
-                                                w.digest,
-                                                size - w.offset
-                                            ))))
-                                            .await;
+                                    if !crate::batch::send_frame(&tx, &head, body.stream).await {
                                         return;
                                     }
                                     continue;

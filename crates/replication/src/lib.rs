@@ -359,16 +359,9 @@ impl Replicator {
         }
         self.forget_handshake(id);
         for p in &cfg.feeds {
-            self.set_lag_gauges_to_zero(&rec.name, &p.local);
+            set_lag_gauges(&rec.name, &p.local, Lag::default());
         }
         Ok(())
-    }
-
-    fn set_lag_gauges_to_zero(&self, name: &str, feed: &FeedName) {
-        metrics::gauge!("ferry_replication_lag_changes", "replication" => name.to_string(), "feed" => feed.to_string())
-            .set(0.0);
-        metrics::gauge!("ferry_replication_lag_seconds", "replication" => name.to_string(), "feed" => feed.to_string())
-            .set(0.0);
     }
 
     /// A new sync token for an incoming replication, returned once.
@@ -655,10 +648,7 @@ impl Replicator {
     }
 
     pub(crate) fn set_lag(&self, id: i64, name: &str, feed: &FeedName, lag: Lag) {
-        metrics::gauge!("ferry_replication_lag_changes", "replication" => name.to_string(), "feed" => feed.to_string())
-            .set(lag.changes as f64);
-        metrics::gauge!("ferry_replication_lag_seconds", "replication" => name.to_string(), "feed" => feed.to_string())
-            .set(lag.seconds);
+        set_lag_gauges(name, feed, lag);
         if let Ok(mut st) = self.0.status.lock() {
             st.entry(id).or_default().lag.insert(feed.to_string(), lag);
         }
@@ -758,4 +748,12 @@ impl Replicator {
         self.0.scheduler.wake(rec.id);
         Ok(())
     }
+}
+
+/// The lag gauges of one feed pair of replication `name`.
+fn set_lag_gauges(name: &str, feed: &FeedName, lag: Lag) {
+    metrics::gauge!("ferry_replication_lag_changes", "replication" => name.to_string(), "feed" => feed.to_string())
+        .set(lag.changes as f64);
+    metrics::gauge!("ferry_replication_lag_seconds", "replication" => name.to_string(), "feed" => feed.to_string())
+        .set(lag.seconds);
 }

@@ -460,10 +460,9 @@ pub async fn serve_blob(
 /// (curl: exit 18), never a complete file under the right `ETag`. The blob
 /// is quarantined at that moment, so the next request answers 500 naming
 /// it, and `/health` and `ferry_blobs_damaged` count it. A range that
-/// leaves part of the blob out cannot be verified by itself and is served
-/// as stored: clients that resume check the digest of what they assemble
-/// (OCI, pip, npm, replication peers do), and the blob is caught by the
-/// next whole read or `fsck`.
+/// leaves part of the blob out is served only from a file the store has
+/// hashed whole since it last changed; otherwise the whole file is hashed
+/// first, and a corrupt one answers 500 like any other damaged blob.
 pub async fn serve_download(
     ferry: &Ferry,
     method: &Method,

@@ -208,3 +208,46 @@ async fn track(req: Request, next: Next) -> Response {
     metrics::histogram!("ferry_http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
     resp
 }
+
+/// The origin clients reach this instance at: `Config::base_url` when set,
+/// else `http(s)://HOST` from the request (`Host`, or the URI's authority;
+/// the scheme from `X-Forwarded-Proto`, http or https only). Errors
+/// (`CoreError::Invalid`): no host, or one that is not a plain host name.
+pub(crate) fn public_origin(
+    ferry: &Ferry,
+    headers: &axum::http::HeaderMap,
+    authority: Option<&str>,
+) -> Result<String, CoreError> {
+    match &ferry.config().base_url {
+        Some(base) => Ok(base.trim_end_matches('/').to_owned()),
+        None => request_origin(headers, authority),
+    }
+}
+
+/// [`public_origin`] as the request shows it (no configured base URL).
+pub(crate) fn request_origin(
+    headers: &axum::http::HeaderMap,
+    authority: Option<&str>,
+) -> Result<String, CoreError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or(authority)
+        .ok_or_else(|| CoreError::invalid("a Host header is required"))?;
+    let valid = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    if !valid {
+        return Err(CoreError::invalid(format!("invalid Host header {host:?}")));
+    }
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| v == "http" || v == "https")
+        .unwrap_or_else(|| "http".to_owned());
+    Ok(format!("{scheme}://{host}"))
+}

@@ -207,35 +207,16 @@ fn registry_base(
     uri: &Uri,
     feed: &FeedRecord,
 ) -> Result<String, CoreError> {
-    if let Some(base) = &ferry.config().base_url {
-        return Ok(format!("{}/npm/{}", base.trim_end_matches('/'), feed.name));
+    if ferry.config().base_url.is_some() {
+        let origin = crate::public_origin(ferry, headers, None)?;
+        return Ok(format!("{origin}/npm/{}", feed.name));
     }
     request_base(headers, uri, feed)
 }
 
 fn request_base(headers: &HeaderMap, uri: &Uri, feed: &FeedRecord) -> Result<String, CoreError> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
-        .ok_or_else(|| CoreError::invalid("a Host header is required"))?;
-    let valid = !host.is_empty()
-        && host.len() <= 255
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
-    if !valid {
-        return Err(CoreError::invalid(format!("invalid Host header {host:?}")));
-    }
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| v == "http" || v == "https")
-        .unwrap_or_else(|| "http".to_owned());
-    Ok(format!("{scheme}://{host}/npm/{}", feed.name))
+    let origin = crate::request_origin(headers, uri.authority().map(|a| a.as_str()))?;
+    Ok(format!("{origin}/npm/{}", feed.name))
 }
 
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response {

@@ -85,26 +85,7 @@ const SERVICE: &str = "ferry";
 /// The registry as clients should see it: `Config::base_url` when set,
 /// else `http(s)://HOST` from the request (`X-Forwarded-Proto`, `Host`).
 fn registry_origin(st: &AppState, headers: &HeaderMap) -> Option<String> {
-    if let Some(base) = &st.ferry.config().base_url {
-        return Some(base.trim_end_matches('/').to_owned());
-    }
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok())?;
-    let valid = !host.is_empty()
-        && host.len() <= 255
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
-    if !valid {
-        return None;
-    }
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| v == "http" || v == "https")
-        .unwrap_or_else(|| "http".to_owned());
-    Some(format!("{scheme}://{host}"))
+    crate::public_origin(&st.ferry, headers, None).ok()
 }
 
 /// Every 401 of the registry (but the token endpoint's own) challenges

@@ -300,6 +300,16 @@ fn file_stamp(meta: &std::fs::Metadata) -> FileStamp {
     (meta.len(), meta.modified().ok())
 }
 
+/// Notes that the file of `d` with `stamp` hashed right (bounded: past
+/// [`VERIFIED_MAX`] the memory starts over).
+fn remember_verified(verified: &Mutex<HashMap<Digest, FileStamp>>, d: Digest, stamp: FileStamp) {
+    let mut v = locked(verified);
+    if v.len() >= VERIFIED_MAX {
+        v.clear();
+    }
+    v.insert(d, stamp);
+}
+
 type Quarantine = std::collections::BTreeMap<Digest, Vec<i64>>;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
@@ -875,21 +885,10 @@ impl BlobStore for FsBlobStore {
             );
             let verified = verified.clone();
             let check = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-                let mut f = std::fs::File::open(&path).map_err(|e| match e.kind() {
+                let (actual, _) = hash_file(&path).map_err(|e| match e.kind() {
                     io::ErrorKind::NotFound => StoreError::BlobMissing(d),
                     _ => e.into(),
                 })?;
-                let mut h = Sha256Hasher::new();
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    match io::Read::read(&mut f, &mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => h.update(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                let actual = h.finish();
                 if actual != d {
                     tracing::error!(blob = %d, %actual, "stored blob is corrupt (found before serving a part of it); taken out of service");
                     if let Err(e) = quarantine_file(&root, &path, &d, Some(&opened), &place, &quarantine) {
@@ -899,11 +898,7 @@ impl BlobStore for FsBlobStore {
                     // quarantined, so callers learn it is corrupt.
                     return Err(StoreError::BlobMissing(d));
                 }
-                let mut v = locked(&verified);
-                if v.len() >= VERIFIED_MAX {
-                    v.clear();
-                }
-                v.insert(d, stamp);
+                remember_verified(&verified, d, stamp);
                 Ok(())
             });
             check.await.map_err(|e| StoreError::Backend(e.to_string()))??;
@@ -915,11 +910,7 @@ impl BlobStore for FsBlobStore {
         let verdict = move |hasher: Sha256Hasher| -> Option<io::Error> {
             let actual = hasher.finish();
             if actual == d {
-                let mut v = locked(&verified);
-                if v.len() >= VERIFIED_MAX {
-                    v.clear();
-                }
-                v.insert(d, stamp);
+                remember_verified(&verified, d, stamp);
                 return None;
             }
             tracing::error!(blob = %d, %actual, "stored blob is corrupt (found while reading it); taken out of service");

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use ferry_types::Digest;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 
 use super::*;
 use crate::ReplError;
@@ -98,21 +98,15 @@ impl Run<'_> {
                     status: None,
                     error: None,
                 };
-                if tx.send(Ok(head.encode())).await.is_err() {
-                    return;
-                }
-                let mut body = match ferry.read_blob(&d, None).await {
+                let body = match ferry.read_blob(&d, None).await {
                     Ok(b) => b.stream,
                     Err(e) => {
                         let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                         return;
                     }
                 };
-                while let Some(chunk) = body.next().await {
-                    let failed = chunk.is_err();
-                    if tx.send(chunk).await.is_err() || failed {
-                        return;
-                    }
+                if !crate::batch::send_frame(&tx, &head, body).await {
+                    return;
                 }
             }
         });
