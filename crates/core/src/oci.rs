@@ -33,7 +33,7 @@
 //! action must be the one that does. Pushing an index writes the manifests
 //! it lists again too, so they are never older than the index.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -42,10 +42,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 pub use ferry_formats::oci::ErrorCode;
 use ferry_formats::oci::{
-    self as format, BlobLinkMeta, ManifestMeta, OciError, OciItemKey, Reference, Referrer, TagMeta,
+    self as format, BlobLinkMeta, ManifestMeta, OciDigest, OciError, OciItemKey, Reference, Referrer,
+    Sha512Digest, Sha512Hasher, TagMeta,
 };
 use ferry_store::{
-    ByteStream, Change, ChangeOp, FeedId, FeedRecord, ItemRecord, Precondition, StoreError, now_millis,
+    ByteStream, Change, ChangeOp, FeedId, FeedRecord, ItemRecord, Precondition, StagedBlob, StoreError,
+    now_millis,
 };
 use ferry_types::{Digest, FeedName, FeedType, ItemKey, Stamp};
 use serde::Serialize;
@@ -123,7 +125,7 @@ impl From<OciError> for Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-fn blob_unknown(repo: &str, digest: &Digest) -> Error {
+fn blob_unknown(repo: &str, digest: &dyn fmt::Display) -> Error {
     Error::new(
         ErrorCode::BlobUnknown,
         CoreError::not_found(format!("blob {digest} is not in repository {repo}")),
@@ -242,6 +244,108 @@ pub async fn in_repository(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest:
     Ok(set_contains(&repo_blobs(ferry, feed, repo).await?, digest))
 }
 
+/// One entry of a repository's alias set: a sha512 digest and the sha256
+/// identity of the same content.
+const ALIAS_ENTRY: usize = 64 + 32;
+
+/// The sha512 aliases `repo`'s items record, as sorted (sha512, sha256)
+/// pairs (a cache entry): each manifest's own, those its descriptors use,
+/// and those of upload links pushed by sha512.
+async fn repo_aliases(ferry: &Ferry, feed: &FeedRecord, repo: &str) -> Result<Bytes> {
+    let key = format!("oci\u{1f}repo-aliases\u{1f}{repo}");
+    Ok(ferry
+        .cached_index(feed, &key, || async {
+            let mut pairs: BTreeMap<Sha512Digest, Digest> = BTreeMap::new();
+            for prefix in [format::manifest_prefix(repo), format::blob_prefix(repo)] {
+                for item in repo_items(ferry, feed, repo, &prefix)
+                    .await
+                    .map_err(|e| e.error)?
+                {
+                    match format::parse_item_key(&item.key) {
+                        Some(OciItemKey::Manifest { digest, .. }) => {
+                            if let Ok(meta) = serde_json::from_value::<ManifestMeta>(item.meta) {
+                                pairs.extend(meta.sha512.map(|s| (s, digest)));
+                                pairs.extend(meta.aliases);
+                            }
+                        }
+                        Some(OciItemKey::Blob { digest, .. }) => {
+                            if let Ok(link) = serde_json::from_value::<BlobLinkMeta>(item.meta) {
+                                pairs.extend(link.sha512.map(|s| (s, digest)));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let mut out = Vec::with_capacity(pairs.len() * ALIAS_ENTRY);
+            for (s, d) in pairs {
+                out.extend_from_slice(s.as_bytes());
+                out.extend_from_slice(d.as_bytes());
+            }
+            Ok(Bytes::from(out))
+        })
+        .await?)
+}
+
+/// The sha256 identity of `digest` in `repo`: a sha256 digest is its own;
+/// a sha512 digest is known only through the repository's items (see
+/// [`repo_aliases`]). None: nothing in the repository is stored under it.
+/// Whether a sha256 digest is in the repository is for the caller to ask.
+pub async fn resolve(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    repo: &str,
+    digest: &OciDigest,
+) -> Result<Option<Digest>> {
+    let sha512 = match digest {
+        OciDigest::Sha256(d) => return Ok(Some(*d)),
+        OciDigest::Sha512(s) => s,
+    };
+    Ok(alias_of(&repo_aliases(ferry, feed, repo).await?, sha512))
+}
+
+/// The sha256 identity `set` (from [`repo_aliases`]) gives `sha512`.
+fn alias_of(set: &Bytes, sha512: &Sha512Digest) -> Option<Digest> {
+    let entries: Vec<&[u8]> = set.chunks_exact(ALIAS_ENTRY).collect();
+    let i = entries
+        .binary_search_by(|e| e[..64].cmp(sha512.as_bytes().as_slice()))
+        .ok()?;
+    <[u8; 32]>::try_from(&entries[i][64..])
+        .ok()
+        .map(Digest::from_bytes)
+}
+
+/// Hashes the staged bytes with sha512: they must be `expected`
+/// (DIGEST_INVALID otherwise; the caller drops the staged file).
+async fn check_staged_sha512(staged: &StagedBlob, expected: &Sha512Digest) -> Result<()> {
+    let path = staged.path().to_owned();
+    let actual = tokio::task::spawn_blocking(move || -> std::io::Result<Sha512Digest> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha512Hasher::default();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(hasher.finish());
+            }
+            hasher.update(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(join_error)?
+    .map_err(|e| CoreError::Internal(format!("reading a staged upload: {e}")))?;
+    if actual != *expected {
+        return Err(Error::new(
+            ErrorCode::DigestInvalid,
+            CoreError::invalid(format!(
+                "the content's digest is {actual}, not {expected}; nothing was stored"
+            )),
+        ));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // Blobs
 
@@ -252,17 +356,18 @@ pub struct BlobInfo {
     pub size: u64,
 }
 
-/// The blob `digest` of `repo` (BLOB_UNKNOWN unless it is in the repository).
-pub async fn blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &Digest) -> Result<BlobInfo> {
+/// The blob `digest` (sha256, or a sha512 alias) of `repo` (BLOB_UNKNOWN
+/// unless it is in the repository). The info names its sha256 identity.
+pub async fn blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &OciDigest) -> Result<BlobInfo> {
     check_repository(repo)?;
-    if !in_repository(ferry, feed, repo, digest).await? {
+    let Some(id) = resolve(ferry, feed, repo, digest).await? else {
+        return Err(blob_unknown(repo, digest));
+    };
+    if !in_repository(ferry, feed, repo, &id).await? {
         return Err(blob_unknown(repo, digest));
     }
-    match ferry.blob_size(digest).await? {
-        Some(size) => Ok(BlobInfo {
-            digest: *digest,
-            size,
-        }),
+    match ferry.blob_size(&id).await? {
+        Some(size) => Ok(BlobInfo { digest: id, size }),
         None => Err(blob_unknown(repo, digest)),
     }
 }
@@ -270,10 +375,26 @@ pub async fn blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &Digest)
 /// Links a present blob into `repo` (an upload or a mount). A link that is
 /// there already is written again: every accepted client write takes a new
 /// stamp, so it wins over an older delete of the link made elsewhere
-/// (replication keeps the later stamp).
-async fn link(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &Digest, size: u64) -> Result<()> {
+/// (replication keeps the later stamp). `sha512` is the digest the client
+/// named the blob by, if it used sha512; a link that has one keeps it.
+async fn link(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    repo: &str,
+    digest: &Digest,
+    size: u64,
+    sha512: Option<Sha512Digest>,
+) -> Result<()> {
     let key = format::blob_key(repo, digest)?;
-    let meta = meta_value(&BlobLinkMeta { size })?;
+    let sha512 = match sha512 {
+        Some(s) => Some(s),
+        None => ferry
+            .item(feed, &key)
+            .await?
+            .and_then(|i| serde_json::from_value::<BlobLinkMeta>(i.meta).ok())
+            .and_then(|l| l.sha512),
+    };
+    let meta = meta_value(&BlobLinkMeta { size, sha512 })?;
     ferry
         .write(
             feed,
@@ -284,24 +405,44 @@ async fn link(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &Digest, siz
 }
 
 /// A monolithic upload (`POST …/blobs/uploads/?digest=` with the body):
-/// streams `body` into staging, verifies it against `expected`
-/// (DIGEST_INVALID, nothing stored), commits and links it. Returns its size.
+/// streams `body` into staging, verifies it against `expected` (sha256 as
+/// it streams; sha512 over the staged file; DIGEST_INVALID, nothing
+/// stored), commits and links it. Returns its size.
 pub async fn upload(
     ferry: &Ferry,
     feed: &FeedRecord,
     repo: &str,
     body: ByteStream,
-    expected: &Digest,
+    expected: &OciDigest,
 ) -> Result<u64> {
     check_repository(repo)?;
     let staged = ferry
         .blob_store()
-        .stage(body, ferry.config().max_upload_bytes, Some(*expected))
+        .stage(body, ferry.config().max_upload_bytes, expected.sha256())
         .await
         .map_err(upload_error)?;
+    commit_upload(ferry, feed, repo, staged, expected).await
+}
+
+/// Commits verified upload bytes and links them into `repo`; a sha512
+/// `expected` is checked first.
+async fn commit_upload(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    repo: &str,
+    staged: StagedBlob,
+    expected: &OciDigest,
+) -> Result<u64> {
+    let sha512 = match expected {
+        OciDigest::Sha512(s) => {
+            check_staged_sha512(&staged, s).await?;
+            Some(*s)
+        }
+        OciDigest::Sha256(_) => None,
+    };
     let size = staged.size();
     let digest = ferry.commit_blob(staged).await?;
-    link(ferry, feed, repo, &digest, size).await?;
+    link(ferry, feed, repo, &digest, size, sha512).await?;
     Ok(size)
 }
 
@@ -314,7 +455,7 @@ pub async fn mount(
     feed: &FeedRecord,
     principal: Option<&Principal>,
     repo: &str,
-    digest: &Digest,
+    digest: &OciDigest,
     from: Option<&str>,
 ) -> Result<bool> {
     check_repository(repo)?;
@@ -323,24 +464,38 @@ pub async fn mount(
         Some((other_feed, other_repo)) if other_feed != feed.name.as_str() => {
             mountable_from(ferry, principal, other_feed, other_repo, digest).await
         }
-        // This feed: the named repository first (cheap), then the whole feed.
+        // This feed: the named repository first (cheap), then the whole
+        // feed (by sha256: a sha512 alias is known per repository).
         _ => {
             let named = match source {
                 Some((_, r)) if format::validate_repository(r).is_ok() => {
-                    in_repository(ferry, feed, r, digest).await?
+                    match resolve(ferry, feed, r, digest).await? {
+                        Some(id) if in_repository(ferry, feed, r, &id).await? => Some(id),
+                        _ => None,
+                    }
                 }
-                _ => false,
+                _ => None,
             };
-            named || set_contains(&feed_blobs(ferry, feed).await?, digest)
+            match (named, digest) {
+                (Some(id), _) => Some(id),
+                (None, OciDigest::Sha256(d)) => {
+                    set_contains(&feed_blobs(ferry, feed).await?, d).then_some(*d)
+                }
+                (None, OciDigest::Sha512(_)) => None,
+            }
         }
     };
-    if !found {
-        return Ok(false);
-    }
-    let Some(size) = ferry.blob_size(digest).await? else {
+    let Some(id) = found else {
         return Ok(false);
     };
-    link(ferry, feed, repo, digest, size).await?;
+    let Some(size) = ferry.blob_size(&id).await? else {
+        return Ok(false);
+    };
+    let sha512 = match digest {
+        OciDigest::Sha512(s) => Some(*s),
+        OciDigest::Sha256(_) => None,
+    };
+    link(ferry, feed, repo, &id, size, sha512).await?;
     Ok(true)
 }
 
@@ -351,28 +506,32 @@ async fn mountable_from(
     principal: Option<&Principal>,
     feed_name: &str,
     repo: &str,
-    digest: &Digest,
-) -> bool {
-    let Ok(name) = FeedName::new(feed_name) else {
-        return false;
-    };
-    let Ok(source) = ferry.feed(&name).await else {
-        return false;
-    };
+    digest: &OciDigest,
+) -> Option<Digest> {
+    let name = FeedName::new(feed_name).ok()?;
+    let source = ferry.feed(&name).await.ok()?;
     if source.feed_type != FeedType::Oci
         || auth::authorize_feed(principal, &source, Action::Read).is_err()
         || format::validate_repository(repo).is_err()
     {
-        return false;
+        return None;
     }
-    in_repository(ferry, &source, repo, digest).await.unwrap_or(false)
+    let id = resolve(ferry, &source, repo, digest).await.ok()??;
+    in_repository(ferry, &source, repo, &id)
+        .await
+        .unwrap_or(false)
+        .then_some(id)
 }
 
 /// `DELETE …/blobs/DIGEST`: removes the repository's link to the blob. The
 /// content stays readable through the repository while one of its
 /// manifests lists it, and is collected once no item references it.
-pub async fn delete_blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &Digest) -> Result<()> {
+pub async fn delete_blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, named: &OciDigest) -> Result<()> {
     check_repository(repo)?;
+    let Some(id) = resolve(ferry, feed, repo, named).await? else {
+        return Err(blob_unknown(repo, named));
+    };
+    let digest = &id;
     let key = format::blob_key(repo, digest)?;
     if ferry.item(feed, &key).await?.is_some() {
         match ferry
@@ -386,7 +545,7 @@ pub async fn delete_blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, digest: &
     if in_repository(ferry, feed, repo, digest).await? {
         return Ok(());
     }
-    Err(blob_unknown(repo, digest))
+    Err(blob_unknown(repo, named))
 }
 
 // ---------------------------------------------------------------------------
@@ -1000,13 +1159,16 @@ pub async fn finish_upload(
     feed: &FeedRecord,
     repo: &str,
     id: &str,
-    expected: &Digest,
+    expected: &OciDigest,
     range: Option<(u64, u64)>,
     body: ByteStream,
 ) -> Result<u64> {
     let in_use = uploads.enter(ferry, feed, repo, id).await?;
     append(ferry, uploads, &in_use, id, range, body).await?;
-    let staged = ferry.blob_store().upload_finish(id, expected).await;
+    let staged = ferry
+        .blob_store()
+        .upload_finish(id, expected.sha256().as_ref())
+        .await;
     if !matches!(staged, Err(StoreError::Conflict(_))) {
         uploads.remove(id)?;
     }
@@ -1016,10 +1178,7 @@ pub async fn finish_upload(
         Err(StoreError::NotFound(_)) => return Err(upload_unknown(id)),
         Err(e) => return Err(upload_error(e)),
     };
-    let size = staged.size();
-    let digest = ferry.commit_blob(staged).await?;
-    link(ferry, feed, repo, &digest, size).await?;
-    Ok(size)
+    commit_upload(ferry, feed, repo, staged, expected).await
 }
 
 /// `DELETE …/blobs/uploads/ID`: discards the session.
@@ -1378,9 +1537,15 @@ fn still_referenced(
 /// What a manifest PUT stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutManifest {
+    /// The manifest's sha256 identity.
     pub digest: Digest,
-    /// The `subject` the manifest refers to (answered as `OCI-Subject`).
-    pub subject: Option<Digest>,
+    /// The digest to answer with (`Location`, `Docker-Content-Digest`):
+    /// the reference's when it is a digest (sha256 or sha512), else the
+    /// sha256 identity.
+    pub named: OciDigest,
+    /// The `subject` the manifest refers to, as it writes it (answered as
+    /// `OCI-Subject`).
+    pub subject: Option<OciDigest>,
 }
 
 /// `PUT …/manifests/REFERENCE`: validates the manifest (media type,
@@ -1411,30 +1576,51 @@ pub async fn put_manifest(
     }
     let ct = content_type.map(str::to_owned);
     let parse_body = body.clone();
-    let (parsed, digest) = tokio::task::spawn_blocking(move || {
+    let (parsed, digest, sha512) = tokio::task::spawn_blocking(move || {
         (
             format::parse_manifest(&parse_body, ct.as_deref()),
             Digest::of(&parse_body),
+            Sha512Digest::of(&parse_body),
         )
     })
     .await
     .map_err(join_error)?;
     let manifest = parsed?;
-    if let Reference::Digest(d) = &reference
-        && *d != digest
-    {
-        return Err(Error::new(
-            ErrorCode::DigestInvalid,
-            CoreError::invalid(format!(
-                "the manifest's digest is {digest}, not {d} as the reference says"
-            )),
-        ));
-    }
+    let named = match &reference {
+        Reference::Digest(d) => {
+            let actual = match d {
+                OciDigest::Sha256(_) => OciDigest::Sha256(digest),
+                OciDigest::Sha512(_) => OciDigest::Sha512(sha512),
+            };
+            if actual != *d {
+                return Err(Error::new(
+                    ErrorCode::DigestInvalid,
+                    CoreError::invalid(format!(
+                        "the manifest's digest is {actual}, not {d} as the reference says"
+                    )),
+                ));
+            }
+            *d
+        }
+        Reference::Tag(_) => OciDigest::Sha256(digest),
+    };
 
-    // Everything the manifest needs must be in the repository.
+    // Everything the manifest needs must be in the repository (a sha512
+    // digest through the aliases the repository's items record).
     let have = repo_blobs(ferry, feed, repo).await?;
     let mut blobs = vec![digest];
-    for (d, claimed) in manifest.required_blobs() {
+    for (named_blob, claimed) in manifest.required_blobs() {
+        let d = match resolve(ferry, feed, repo, &named_blob).await? {
+            Some(d) if set_contains(&have, &d) => d,
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::ManifestBlobUnknown,
+                    CoreError::invalid(format!(
+                        "blob {named_blob} referenced by the manifest is not in repository {repo}; push it first"
+                    )),
+                ));
+            }
+        };
         if !set_contains(&have, &d) {
             return Err(Error::new(
                 ErrorCode::ManifestBlobUnknown,
@@ -1465,10 +1651,21 @@ pub async fn put_manifest(
     // From here to the write: no delete of a child in between (nor a prune
     // that would miss the new index or tag).
     let _repo_lock = lock_repository(feed, repo).await;
+    let aliases = repo_aliases(ferry, feed, repo).await?;
+    let known = |s: &Sha512Digest| alias_of(&aliases, s);
+    let size = body.len() as u64;
+    let meta = manifest.item_meta(size, sha512, known).map_err(|d| {
+        Error::new(
+            ErrorCode::ManifestBlobUnknown,
+            CoreError::invalid(format!(
+                "{d}, which the manifest refers to, is not in repository {repo}; push it first"
+            )),
+        )
+    })?;
     let mut writes = Vec::new();
-    for child in manifest.children() {
-        let Some(item) = ferry.item(feed, &format::manifest_key(repo, &child)?).await? else {
-            return Err(child_unknown(repo, &child));
+    for child in &meta.children {
+        let Some(item) = ferry.item(feed, &format::manifest_key(repo, child)?).await? else {
+            return Err(child_unknown(repo, child));
         };
         blobs.extend(item.blobs.iter().copied());
     }
@@ -1476,12 +1673,10 @@ pub async fn put_manifest(
     // written again with the index: they take stamps as new as its own, so
     // an older delete of one of them made elsewhere loses to this push
     // instead of leaving the index without its child once replicated.
-    writes.extend(restamp_listed(ferry, feed, repo, &manifest.children()).await?);
+    writes.extend(restamp_listed(ferry, feed, repo, &meta.children).await?);
     let mut seen = HashSet::new();
     blobs.retain(|d| seen.insert(*d));
 
-    let size = body.len() as u64;
-    let meta = manifest.item_meta(size);
     let staged = ferry.stage_bytes(body).await?;
     ferry.commit_blob(staged).await?;
 
@@ -1522,7 +1717,8 @@ pub async fn put_manifest(
     }
     Ok(PutManifest {
         digest,
-        subject: meta.subject,
+        named,
+        subject: manifest.subject.as_ref().map(|s| s.digest),
     })
 }
 
@@ -1572,7 +1768,11 @@ async fn restamp_listed(
 pub struct StoredManifest {
     /// The manifest item (downloads are counted on it).
     pub key: ItemKey,
+    /// Its sha256 identity (the blob served).
     pub digest: Digest,
+    /// The digest to answer with: the reference's when it is a digest,
+    /// else the sha256 identity.
+    pub named: OciDigest,
     pub media_type: String,
     pub size: u64,
     pub created_at: i64,
@@ -1603,11 +1803,19 @@ pub async fn manifest(
 ) -> Result<StoredManifest> {
     check_repository(repo)?;
     let reference = format::parse_reference(reference)?;
-    let digest = match &reference {
-        Reference::Digest(d) => *d,
-        Reference::Tag(t) => tag_target(ferry, feed, repo, t)
-            .await?
-            .ok_or_else(|| manifest_unknown(repo, &reference))?,
+    let (digest, named) = match &reference {
+        Reference::Digest(d) => (
+            resolve(ferry, feed, repo, d)
+                .await?
+                .ok_or_else(|| manifest_unknown(repo, &reference))?,
+            *d,
+        ),
+        Reference::Tag(t) => {
+            let d = tag_target(ferry, feed, repo, t)
+                .await?
+                .ok_or_else(|| manifest_unknown(repo, &reference))?;
+            (d, OciDigest::Sha256(d))
+        }
     };
     let key = format::manifest_key(repo, &digest)?;
     let item = ferry
@@ -1618,6 +1826,7 @@ pub async fn manifest(
     Ok(StoredManifest {
         key,
         digest,
+        named,
         media_type: meta.media_type,
         size: meta.size,
         created_at: item.created_at,
@@ -1641,8 +1850,12 @@ pub async fn delete_manifest(ferry: &Ferry, feed: &FeedRecord, repo: &str, refer
             format::tag_key(repo, tag)?,
             Precondition::Present,
         )],
-        Reference::Digest(digest) => {
+        Reference::Digest(named) => {
             _repo_lock = lock_repository(feed, repo).await;
+            let Some(digest) = resolve(ferry, feed, repo, named).await? else {
+                return Err(manifest_unknown(repo, &reference));
+            };
+            let digest = &digest;
             let key = format::manifest_key(repo, digest)?;
             if ferry.item(feed, &key).await?.is_none() {
                 return Err(manifest_unknown(repo, &reference));
@@ -1798,10 +2011,15 @@ pub async fn referrers(
     ferry: &Ferry,
     feed: &FeedRecord,
     repo: &str,
-    digest: &Digest,
+    subject: &OciDigest,
     artifact_type: Option<&str>,
 ) -> Result<Bytes> {
     check_repository(repo)?;
+    // A subject nothing here is stored under has no referrers (yet).
+    let Some(digest) = resolve(ferry, feed, repo, subject).await? else {
+        return Ok(Bytes::from(format::render_referrers(&[])));
+    };
+    let digest = &digest;
     let key = format!(
         "oci\u{1f}referrers\u{1f}{repo}\u{1f}{digest}\u{1f}{}",
         artifact_type.unwrap_or_default()
@@ -2082,7 +2300,7 @@ mod tests {
                 &self.feed,
                 repo,
                 bytes_stream(data),
-                &Digest::of(data),
+                &Digest::of(data).into(),
             )
             .await);
         }
@@ -2365,6 +2583,8 @@ mod tests {
             layers: Vec::new(),
             children: children.to_vec(),
             annotations: None,
+            sha512: None,
+            aliases: Default::default(),
         };
         let mut blobs = vec![d];
         blobs.extend(children);

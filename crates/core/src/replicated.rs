@@ -111,6 +111,9 @@ impl Ferry {
             }
             FeedType::Oci => {
                 let check = oci::validate_item(key, live).map_err(|e| CoreError::invalid(e.to_string()))?;
+                if let oci::ItemCheck::Link { digest, sha512 } = check {
+                    self.check_sha512(key.as_str(), &digest, &sha512).await?;
+                }
                 if let (oci::ItemCheck::Manifest { digest, meta }, Some((_, blobs))) = (check, live) {
                     let size = self.replicated_blob_size(key.as_str(), &digest).await?;
                     if size > MAX_MANIFEST_BYTES {
@@ -125,6 +128,9 @@ impl Ferry {
                     }
                     oci::check_manifest_item(&bytes, &meta, blobs)
                         .map_err(|e| CoreError::invalid(format!("OCI item {key}: {e}")))?;
+                    for (sha512, blob) in &meta.aliases {
+                        self.check_sha512(key.as_str(), blob, sha512).await?;
+                    }
                 }
             }
         }
@@ -141,6 +147,29 @@ impl Ferry {
                 "{key} needs blob {blob}, which is not stored here (send it first)"
             ))),
         }
+    }
+
+    /// The stored blob `blob` must hash to `sha512`, the digest an OCI item
+    /// names it by (the blob store knows only its sha256 identity).
+    async fn check_sha512(
+        &self,
+        key: &str,
+        blob: &Digest,
+        sha512: &oci::Sha512Digest,
+    ) -> Result<(), CoreError> {
+        self.replicated_blob_size(key, blob).await?;
+        let mut hasher = oci::Sha512Hasher::default();
+        let mut body = self.read_blob(blob, None).await?.stream;
+        while let Some(chunk) = body.next().await {
+            hasher.update(&chunk.map_err(|e| CoreError::Internal(e.to_string()))?);
+        }
+        let actual = hasher.finish();
+        if actual != *sha512 {
+            return Err(CoreError::invalid(format!(
+                "OCI item {key}: blob {blob} hashes to {actual}, not {sha512} as the item says"
+            )));
+        }
+        Ok(())
     }
 
     /// The stored blob must be as long as the item's metadata says.

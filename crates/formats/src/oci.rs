@@ -21,8 +21,14 @@
 //! before any manifest references it. A blob is *in* a repository when a
 //! link or a manifest item of that repository lists it.
 //!
+//! Keys and blob lists name content by its sha256 identity only. A client
+//! may also write sha512 digests ([`OciDigest`]); the items record which
+//! sha256 each one names ([`ManifestMeta::sha512`] and
+//! [`ManifestMeta::aliases`], [`BlobLinkMeta::sha512`]), so a repository
+//! serves content under both.
+//!
 //! Everything else (tag lists, the catalog, referrers, which blobs a
-//! repository holds) is derived from these items.
+//! repository holds, the sha512 aliases) is derived from these items.
 
 use std::fmt;
 
@@ -201,10 +207,122 @@ pub fn validate_tag(tag: &str) -> Result<(), OciError> {
     }
 }
 
-/// Parses a digest as clients send it (`algorithm:encoded`). Only sha256 is
-/// stored: a well-formed digest of another algorithm is `UNSUPPORTED`, a
-/// malformed one `DIGEST_INVALID`.
-pub fn parse_digest(s: &str) -> Result<Digest, OciError> {
+/// A sha512 digest: the second algorithm the OCI image specification
+/// registers (`sha512:` and 128 lowercase hex characters). Content is
+/// stored under its sha256 identity; a sha512 digest is an alias that the
+/// items of a repository record (see [`ManifestMeta::aliases`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Sha512Digest([u8; 64]);
+
+impl Sha512Digest {
+    /// The digest of `data`, computed in one go (small inputs only).
+    pub fn of(data: &[u8]) -> Self {
+        let mut h = Sha512Hasher::default();
+        h.update(data);
+        h.finish()
+    }
+
+    /// Parses the bare 128-character lowercase hex form.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 128
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+        let mut out = [0u8; 64];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Self(out))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 64] {
+        &self.0
+    }
+
+    pub fn from_bytes(bytes: [u8; 64]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl fmt::Display for Sha512Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha512:{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Sha512Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha512:{}", &hex::encode(self.0)[..12])
+    }
+}
+
+impl Serialize for Sha512Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha512Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.strip_prefix("sha512:")
+            .and_then(Self::from_hex)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid sha512 digest {s:?}")))
+    }
+}
+
+/// Incremental sha512 that yields a [`Sha512Digest`].
+#[derive(Clone, Default)]
+pub struct Sha512Hasher(sha2::Sha512);
+
+impl Sha512Hasher {
+    pub fn update(&mut self, data: &[u8]) {
+        sha2::Digest::update(&mut self.0, data);
+    }
+    pub fn finish(self) -> Sha512Digest {
+        Sha512Digest(sha2::Digest::finalize(self.0).into())
+    }
+}
+
+/// A digest as OCI clients write it: sha256 (the content's identity in
+/// the blob store) or sha512 (an alias of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OciDigest {
+    Sha256(Digest),
+    Sha512(Sha512Digest),
+}
+
+impl OciDigest {
+    /// The sha256 identity, when the digest is one.
+    pub fn sha256(&self) -> Option<Digest> {
+        match self {
+            OciDigest::Sha256(d) => Some(*d),
+            OciDigest::Sha512(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for OciDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OciDigest::Sha256(d) => write!(f, "{d}"),
+            OciDigest::Sha512(d) => write!(f, "{d}"),
+        }
+    }
+}
+
+impl From<Digest> for OciDigest {
+    fn from(d: Digest) -> Self {
+        OciDigest::Sha256(d)
+    }
+}
+
+/// Parses a digest as clients send it (`algorithm:encoded`, the image
+/// specification's grammar). sha256 and sha512 are accepted; a well-formed
+/// digest of another algorithm is `UNSUPPORTED`, a malformed one
+/// `DIGEST_INVALID`.
+pub fn parse_digest(s: &str) -> Result<OciDigest, OciError> {
     let invalid = |why: &str| OciError::new(ErrorCode::DigestInvalid, format!("invalid digest {s:?}: {why}"));
     let Some((alg, encoded)) = s.split_once(':') else {
         return Err(invalid("expected ALGORITHM:HEX"));
@@ -220,20 +338,33 @@ pub fn parse_digest(s: &str) -> Result<Digest, OciError> {
     if !alg_ok || !enc_ok {
         return Err(invalid("expected ALGORITHM:HEX"));
     }
-    if alg != "sha256" {
-        return Err(OciError::new(
+    match alg {
+        "sha256" => Digest::from_hex(encoded)
+            .map(OciDigest::Sha256)
+            .map_err(|_| invalid("a sha256 digest is 64 lowercase hex characters")),
+        "sha512" => Sha512Digest::from_hex(encoded)
+            .map(OciDigest::Sha512)
+            .ok_or_else(|| invalid("a sha512 digest is 128 lowercase hex characters")),
+        _ => Err(OciError::new(
             ErrorCode::Unsupported,
-            format!("digest algorithm {alg:?} is not supported; this registry stores sha256 digests only"),
-        ));
+            format!(
+                "digest algorithm {alg:?} is not supported; this registry accepts sha256 and sha512 digests"
+            ),
+        )),
     }
-    Digest::from_hex(encoded).map_err(|_| invalid("a sha256 digest is 64 lowercase hex characters"))
+}
+
+/// The sha256 digest an item key ends with (items are keyed by content
+/// identity only).
+fn parse_identity(s: &str) -> Option<Digest> {
+    parse_digest(s).ok()?.sha256()
 }
 
 /// What `/manifests/{reference}` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reference {
     Tag(String),
-    Digest(Digest),
+    Digest(OciDigest),
 }
 
 impl fmt::Display for Reference {
@@ -277,7 +408,8 @@ pub fn parse_content_range(s: &str) -> Option<(u64, u64)> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Descriptor {
     pub media_type: String,
-    pub digest: Digest,
+    /// As the manifest writes it (sha256 or sha512).
+    pub digest: OciDigest,
     pub size: u64,
     pub urls: Vec<String>,
     pub artifact_type: Option<String>,
@@ -328,9 +460,10 @@ impl Manifest {
 
     /// The blobs that must be in the repository before this manifest is
     /// accepted: the config and every layer except external ones, each
-    /// with the size the manifest claims.
-    pub fn required_blobs(&self) -> Vec<(Digest, u64)> {
-        let mut out: Vec<(Digest, u64)> = Vec::new();
+    /// with the size the manifest claims, digests as the manifest writes
+    /// them.
+    pub fn required_blobs(&self) -> Vec<(OciDigest, u64)> {
+        let mut out: Vec<(OciDigest, u64)> = Vec::new();
         for d in self.config.iter().chain(&self.layers) {
             if !d.is_external() && !out.iter().any(|(x, _)| *x == d.digest) {
                 out.push((d.digest, d.size));
@@ -339,9 +472,9 @@ impl Manifest {
         out
     }
 
-    /// The child manifests of an index.
-    pub fn children(&self) -> Vec<Digest> {
-        let mut out: Vec<Digest> = Vec::new();
+    /// The child manifests of an index, as the index writes their digests.
+    pub fn children(&self) -> Vec<OciDigest> {
+        let mut out: Vec<OciDigest> = Vec::new();
         for d in &self.manifests {
             if !out.contains(&d.digest) {
                 out.push(d.digest);
@@ -350,18 +483,58 @@ impl Manifest {
         out
     }
 
-    /// The item metadata for this manifest, whose bytes are `size` long.
-    pub fn item_meta(&self, size: u64) -> ManifestMeta {
-        ManifestMeta {
+    /// The item metadata for this manifest, whose bytes are `size` long
+    /// and hash to `sha512`. Every digest is stored as its sha256
+    /// identity: `resolve` gives the identity of a sha512 digest (the
+    /// aliases of the repository), and each one used is kept in
+    /// [`ManifestMeta::aliases`]. `Err` names the first sha512 digest
+    /// `resolve` does not know (an external layer's is left out instead:
+    /// it is never stored here).
+    pub fn item_meta(
+        &self,
+        size: u64,
+        sha512: Sha512Digest,
+        resolve: impl Fn(&Sha512Digest) -> Option<Digest>,
+    ) -> Result<ManifestMeta, OciDigest> {
+        let mut aliases = std::collections::BTreeMap::new();
+        let mut identity = |d: &OciDigest| -> Result<Digest, OciDigest> {
+            match d {
+                OciDigest::Sha256(x) => Ok(*x),
+                OciDigest::Sha512(s) => {
+                    let x = resolve(s).ok_or(*d)?;
+                    aliases.insert(*s, x);
+                    Ok(x)
+                }
+            }
+        };
+        let subject = self.subject.as_ref().map(|s| identity(&s.digest)).transpose()?;
+        let config = self.config.as_ref().map(|c| identity(&c.digest)).transpose()?;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            if l.is_external() && matches!(l.digest, OciDigest::Sha512(_)) {
+                continue;
+            }
+            layers.push(identity(&l.digest)?);
+        }
+        let mut children = Vec::new();
+        for c in self.children() {
+            let c = identity(&c)?;
+            if !children.contains(&c) {
+                children.push(c);
+            }
+        }
+        Ok(ManifestMeta {
             media_type: self.media_type.clone(),
             size,
             artifact_type: self.effective_artifact_type(),
-            subject: self.subject.as_ref().map(|s| s.digest),
-            config: self.config.as_ref().map(|c| c.digest),
-            layers: self.layers.iter().map(|l| l.digest).collect(),
-            children: self.children(),
+            subject,
+            config,
+            layers,
+            children,
             annotations: self.annotations.clone(),
-        }
+            sha512: Some(sha512),
+            aliases,
+        })
     }
 }
 
@@ -616,6 +789,16 @@ pub struct ManifestMeta {
     pub children: Vec<Digest>,
     #[serde(default)]
     pub annotations: Option<Map<String, Value>>,
+    /// The sha512 digest of the manifest's bytes, so that it can be
+    /// fetched by either digest (absent on items written before Ferry
+    /// kept it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha512: Option<Sha512Digest>,
+    /// The sha256 identity of each sha512 digest the manifest writes (its
+    /// config, layers, children or subject): the repository serves those
+    /// blobs and manifests under both.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub aliases: std::collections::BTreeMap<Sha512Digest, Digest>,
 }
 
 /// Metadata of a `tag/{repo}/{tag}` item.
@@ -629,6 +812,9 @@ pub struct TagMeta {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobLinkMeta {
     pub size: u64,
+    /// The blob's sha512 digest, when it was pushed (or mounted) under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha512: Option<Sha512Digest>,
 }
 
 /// An item key of an OCI feed, parsed.
@@ -681,11 +867,11 @@ pub fn parse_item_key(key: &ItemKey) -> Option<OciItemKey> {
     match kind {
         "manifest" => Some(OciItemKey::Manifest {
             repo,
-            digest: parse_digest(last).ok()?,
+            digest: parse_identity(last)?,
         }),
         "blob" => Some(OciItemKey::Blob {
             repo,
-            digest: parse_digest(last).ok()?,
+            digest: parse_identity(last)?,
         }),
         "tag" => {
             validate_tag(last).ok()?;
@@ -744,8 +930,11 @@ pub fn render_catalog(repositories: &[String]) -> Vec<u8> {
 /// stored bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ItemCheck {
-    /// Nothing more: a tombstone, a tag or an upload link.
+    /// Nothing more: a tombstone, a tag or an upload link by sha256 only.
     Done,
+    /// An upload link that names its blob by sha512 too: the stored blob
+    /// must hash to it.
+    Link { digest: Digest, sha512: Sha512Digest },
     /// A manifest item: its bytes are the blob `digest`; parsed with
     /// `meta.media_type` they must give `meta` back (see
     /// [`check_manifest_item`]).
@@ -786,32 +975,54 @@ pub fn validate_item(key: &ItemKey, live: Option<(&Value, &[Digest])>) -> Result
             Ok(ItemCheck::Done)
         }
         OciItemKey::Blob { digest, .. } => {
-            let _: BlobLinkMeta =
+            let link: BlobLinkMeta =
                 serde_json::from_value(meta.clone()).map_err(|e| invalid(format!("metadata: {e}")))?;
             if blobs != [digest] {
                 return Err(invalid("an upload link carries exactly its blob".into()));
             }
-            Ok(ItemCheck::Done)
+            Ok(match link.sha512 {
+                Some(sha512) => ItemCheck::Link { digest, sha512 },
+                None => ItemCheck::Done,
+            })
         }
     }
 }
 
 /// Checks a manifest item's metadata and blobs against the manifest's own
-/// bytes, as a push would: the bytes parse as `meta.media_type`, give the
-/// same item metadata, and every blob and child manifest they reference
-/// is among the item's blobs.
+/// bytes, as a push would: the bytes parse as `meta.media_type`, hash to
+/// `meta.sha512` when the item gives one, give the same item metadata
+/// (sha512 digests resolved through the item's own `aliases`, which must
+/// be exactly those the manifest writes), and every blob and child
+/// manifest they reference is among the item's blobs. What is left to the
+/// caller: that each blob of `meta.aliases` hashes to its sha512 digest.
 pub fn check_manifest_item(bytes: &[u8], meta: &ManifestMeta, blobs: &[Digest]) -> Result<(), OciError> {
     let invalid = |why: &str| OciError::new(ErrorCode::ManifestInvalid, why.to_string());
     let manifest = parse_manifest(bytes, Some(&meta.media_type))?;
-    let expected = manifest.item_meta(bytes.len() as u64);
+    let own = Sha512Digest::of(bytes);
+    if meta.sha512.is_some_and(|s| s != own) {
+        return Err(invalid("the item's sha512 digest is not the manifest's"));
+    }
+    let mut expected = manifest
+        .item_meta(bytes.len() as u64, own, |s| meta.aliases.get(s).copied())
+        .map_err(|d| {
+            invalid(&format!(
+                "the manifest references {d}, which the item does not resolve"
+            ))
+        })?;
+    expected.sha512 = meta.sha512;
     if &expected != meta {
         return Err(invalid("the item's metadata does not match the manifest's bytes"));
     }
+    let identity = |d: &OciDigest| match d {
+        OciDigest::Sha256(x) => Some(*x),
+        OciDigest::Sha512(s) => meta.aliases.get(s).copied(),
+    };
     let referenced = manifest
         .required_blobs()
         .into_iter()
         .map(|(d, _)| d)
-        .chain(manifest.children());
+        .chain(manifest.children())
+        .filter_map(|d| identity(&d));
     for d in referenced {
         if !blobs.contains(&d) {
             return Err(invalid(&format!(
@@ -828,6 +1039,14 @@ mod tests {
 
     fn d(data: &[u8]) -> Digest {
         Digest::of(data)
+    }
+
+    fn od(data: &[u8]) -> OciDigest {
+        OciDigest::Sha256(Digest::of(data))
+    }
+
+    fn no_alias(_: &Sha512Digest) -> Option<Digest> {
+        None
     }
 
     fn desc(mt: &str, data: &[u8]) -> Value {
@@ -888,11 +1107,32 @@ mod tests {
             assert!(validate_tag(bad).is_err(), "{bad:?}");
         }
         let dg = d(b"x");
-        assert_eq!(parse_reference(&dg.to_string()), Ok(Reference::Digest(dg)));
+        assert_eq!(
+            parse_reference(&dg.to_string()),
+            Ok(Reference::Digest(OciDigest::Sha256(dg)))
+        );
         assert_eq!(parse_reference("v1"), Ok(Reference::Tag("v1".into())));
         assert_eq!(code(parse_reference("sha256:abc")), ErrorCode::DigestInvalid);
+        // sha512: 128 lowercase hex characters, shown as given.
+        let s512 = Sha512Digest::of(b"x");
         assert_eq!(
-            code(parse_reference(&format!("sha512:{}", "a".repeat(128)))),
+            parse_reference(&s512.to_string()),
+            Ok(Reference::Digest(OciDigest::Sha512(s512)))
+        );
+        assert_eq!(
+            s512.to_string(),
+            "sha512:a4abd4448c49562d828115d13a1fccea927f52b4d5459297f8b43e42da89238bc13626e43dcb38ddb082488927ec904fb42057443983e88585179d50551afe62"
+        );
+        assert_eq!(
+            code(parse_reference(&format!("sha512:{}", "a".repeat(64)))),
+            ErrorCode::DigestInvalid
+        );
+        assert_eq!(
+            code(parse_reference(&format!("sha512:{}", "A".repeat(128)))),
+            ErrorCode::DigestInvalid
+        );
+        assert_eq!(
+            code(parse_reference(&format!("blake3:{}", "a".repeat(64)))),
             ErrorCode::Unsupported
         );
         assert_eq!(code(parse_digest("nocolon")), ErrorCode::DigestInvalid);
@@ -922,10 +1162,12 @@ mod tests {
             m.effective_artifact_type().as_deref(),
             Some("application/vnd.oci.image.config.v1+json")
         );
-        assert_eq!(m.required_blobs(), vec![(d(b"{}"), 2), (d(b"layer"), 5)]);
-        let meta = m.item_meta(100);
+        assert_eq!(m.required_blobs(), vec![(od(b"{}"), 2), (od(b"layer"), 5)]);
+        let meta = m.item_meta(100, Sha512Digest::of(b"m"), no_alias).unwrap();
         assert_eq!(meta.layers, vec![d(b"layer")]);
         assert_eq!(meta.config, Some(d(b"{}")));
+        assert_eq!(meta.sha512, Some(Sha512Digest::of(b"m")));
+        assert!(meta.aliases.is_empty());
         let back: ManifestMeta = serde_json::from_value(serde_json::to_value(&meta).unwrap()).unwrap();
         assert_eq!(back, meta);
 
@@ -942,7 +1184,7 @@ mod tests {
             m.effective_artifact_type().as_deref(),
             Some("application/vnd.example.sig")
         );
-        assert_eq!(m.subject.map(|s| s.digest), Some(d(b"target")));
+        assert_eq!(m.subject.map(|s| s.digest), Some(od(b"target")));
 
         // Without mediaType: from Content-Type, else from the structure.
         let mut bare = image(json!({}));
@@ -970,7 +1212,7 @@ mod tests {
         }]}));
         assert_eq!(
             parse(&foreign, None).unwrap().required_blobs(),
-            vec![(d(b"{}"), 2)]
+            vec![(od(b"{}"), 2)]
         );
     }
 
@@ -983,7 +1225,7 @@ mod tests {
         });
         let m = parse(&idx, Some(OCI_INDEX)).unwrap();
         assert_eq!(m.kind, ManifestKind::Index);
-        assert_eq!(m.children(), vec![d(b"a"), d(b"b")]);
+        assert_eq!(m.children(), vec![od(b"a"), od(b"b")]);
         assert!(m.required_blobs().is_empty());
         assert_eq!(m.effective_artifact_type(), None);
         let list = json!({
@@ -1043,7 +1285,7 @@ mod tests {
         assert_eq!(
             invalid(
                 image(
-                    json!({ "layers": [{ "mediaType": "a/b", "digest": format!("sha512:{}", "a".repeat(128)), "size": 1 }] })
+                    json!({ "layers": [{ "mediaType": "a/b", "digest": format!("md5:{}", "a".repeat(32)), "size": 1 }] })
                 ),
                 None
             ),
@@ -1112,6 +1354,65 @@ mod tests {
         assert_eq!(parse_item_key(&ItemKey::new("tag/app").unwrap()), None);
     }
 
+    /// A manifest that writes sha512 digests: stored by sha256 identity,
+    /// with the aliases it used; a replicated item must carry exactly
+    /// those aliases, and its own sha512 must be its bytes'.
+    #[test]
+    fn sha512_descriptors() {
+        let s = |data: &[u8]| Sha512Digest::of(data).to_string();
+        let doc = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": s(b"{}"), "size": 2 },
+            "layers": [
+                { "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": s(b"layer"), "size": 5 },
+                { "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d(b"other").to_string(), "size": 5 },
+            ],
+        });
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let m = parse_manifest(&bytes, None).unwrap();
+        let known = |x: &Sha512Digest| {
+            [
+                (Sha512Digest::of(b"{}"), d(b"{}")),
+                (Sha512Digest::of(b"layer"), d(b"layer")),
+            ]
+            .into_iter()
+            .find(|(k, _)| k == x)
+            .map(|(_, v)| v)
+        };
+        // Unknown sha512 digest: named.
+        assert_eq!(
+            m.item_meta(1, Sha512Digest::of(&bytes), no_alias),
+            Err(OciDigest::Sha512(Sha512Digest::of(b"{}")))
+        );
+        let meta = m
+            .item_meta(bytes.len() as u64, Sha512Digest::of(&bytes), known)
+            .unwrap();
+        assert_eq!(meta.config, Some(d(b"{}")));
+        assert_eq!(meta.layers, vec![d(b"layer"), d(b"other")]);
+        assert_eq!(meta.aliases.len(), 2);
+        let back: ManifestMeta = serde_json::from_value(serde_json::to_value(&meta).unwrap()).unwrap();
+        assert_eq!(back, meta);
+
+        let blobs = [Digest::of(&bytes), d(b"{}"), d(b"layer"), d(b"other")];
+        assert_eq!(check_manifest_item(&bytes, &meta, &blobs), Ok(()));
+        // Written by an older Ferry: no sha512 of its own.
+        let mut old = meta.clone();
+        old.sha512 = None;
+        assert_eq!(check_manifest_item(&bytes, &old, &blobs), Ok(()));
+        // A wrong own sha512, a missing alias, an extra alias, a blob left out.
+        let mut bad = meta.clone();
+        bad.sha512 = Some(Sha512Digest::of(b"else"));
+        assert!(check_manifest_item(&bytes, &bad, &blobs).is_err());
+        let mut bad = meta.clone();
+        bad.aliases.remove(&Sha512Digest::of(b"layer"));
+        assert!(check_manifest_item(&bytes, &bad, &blobs).is_err());
+        let mut bad = meta.clone();
+        bad.aliases.insert(Sha512Digest::of(b"more"), d(b"more"));
+        assert!(check_manifest_item(&bytes, &bad, &blobs).is_err());
+        assert!(check_manifest_item(&bytes, &meta, &blobs[..3]).is_err());
+    }
+
     #[test]
     fn rendered_documents() {
         let meta = ManifestMeta {
@@ -1123,6 +1424,8 @@ mod tests {
             layers: vec![],
             children: vec![],
             annotations: Some(Map::from_iter([("k".to_string(), json!("v"))])),
+            sha512: None,
+            aliases: Default::default(),
         };
         let doc: Value = serde_json::from_slice(&render_referrers(&[Referrer {
             digest: d(b"r"),

@@ -76,11 +76,13 @@ proptest! {
         }
         if let Ok(m) = oci::parse_manifest(&bytes, None) {
             // Whatever parses gives consistent derived data.
-            let meta = m.item_meta(bytes.len() as u64);
-            let mut blobs = vec![Digest::of(&bytes)];
-            blobs.extend(m.required_blobs().into_iter().map(|(d, _)| d));
-            blobs.extend(m.children());
-            prop_assert!(oci::check_manifest_item(&bytes, &meta, &blobs).is_ok());
+            // (A mutation cannot make a sha512 digest this test could resolve.)
+            if let Ok(meta) = m.item_meta(bytes.len() as u64, oci::Sha512Digest::of(&bytes), |_| None) {
+                let mut blobs = vec![Digest::of(&bytes)];
+                blobs.extend(m.required_blobs().into_iter().filter_map(|(d, _)| d.sha256()));
+                blobs.extend(m.children().into_iter().filter_map(|d| d.sha256()));
+                prop_assert!(oci::check_manifest_item(&bytes, &meta, &blobs).is_ok());
+            }
         }
     }
 

@@ -41,8 +41,9 @@ use bytes::Bytes;
 use ferry_core::oci::{self, ErrorCode, Page, Uploads};
 use ferry_core::{Action, CoreError, auth};
 use ferry_formats::oci as format;
+use ferry_formats::oci::OciDigest;
 use ferry_store::ByteStream;
-use ferry_types::{Digest, FeedName};
+use ferry_types::FeedName;
 use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -296,31 +297,6 @@ pub(crate) fn scope_of(path: &str, method: &Method) -> Option<(String, bool)> {
     Some((repo, push))
 }
 
-/// A well-formed digest of an algorithm the distribution spec registers
-/// but this registry does not store content under (sha512): nothing is
-/// held under it, so a lookup or delete answers 404, not 400.
-fn unheld_digest(s: &str) -> bool {
-    s.strip_prefix("sha512:").is_some_and(|h| {
-        h.len() == 128
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
-fn blob_unknown(repo: &str, d: &str) -> Fail {
-    Fail::code(
-        ErrorCode::BlobUnknown,
-        CoreError::not_found(format!("blob {d} is not in repository {repo}")),
-    )
-}
-
-fn manifest_unknown(repo: &str, d: &str) -> Fail {
-    Fail::code(
-        ErrorCode::ManifestUnknown,
-        CoreError::not_found(format!("manifest {d} is not in repository {repo}")),
-    )
-}
-
 /// The query parameters, percent-decoded.
 fn query(uri: &Uri) -> Vec<(String, String)> {
     let decode = |s: &str| {
@@ -377,7 +353,7 @@ fn listing(body: Vec<u8>, page: &Page, path: &str, n: Option<usize>) -> Response
     resp
 }
 
-fn digest_param(s: &str) -> Result<Digest, Fail> {
+fn digest_param(s: &str) -> Result<OciDigest, Fail> {
     Ok(format::parse_digest(s)?)
 }
 
@@ -459,8 +435,8 @@ fn session_headers(feed: &str, repo: &str, status: &oci::UploadStatus) -> Vec<(H
     ]
 }
 
-/// 201 for a blob now in the repository.
-fn blob_created(feed: &str, repo: &str, digest: &Digest) -> Response {
+/// 201 for a blob now in the repository, named as the client named it.
+fn blob_created(feed: &str, repo: &str, digest: &OciDigest) -> Response {
     empty(
         StatusCode::CREATED,
         vec![
@@ -473,7 +449,7 @@ fn blob_created(feed: &str, repo: &str, digest: &Digest) -> Response {
     )
 }
 
-fn with_digest(mut resp: Response, digest: &Digest) -> Response {
+fn with_digest(mut resp: Response, digest: &OciDigest) -> Response {
     if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
         resp.headers_mut()
             .insert(HeaderName::from_static(DOCKER_CONTENT_DIGEST), v);
@@ -663,8 +639,6 @@ async fn read(
     let feed = &access.feed;
     let (feed_name, repo, t) = target(uri.path())?;
     match t {
-        Target::Blob(d) if unheld_digest(&d) => Err(blob_unknown(&repo, &d)),
-        Target::Manifest(d) if unheld_digest(&d) => Err(manifest_unknown(&repo, &d)),
         Target::Blob(d) => {
             let digest = digest_param(&d)?;
             let blob = oci::blob(ferry, feed, &repo, &digest).await?;
@@ -677,7 +651,7 @@ async fn read(
                 None,
             )
             .await?;
-            Ok(with_digest(resp, &blob.digest))
+            Ok(with_digest(resp, &digest))
         }
         Target::Manifest(reference) => {
             let m = oci::manifest(ferry, feed, &repo, &reference).await?;
@@ -693,7 +667,7 @@ async fn read(
             if method == Method::GET && resp.status() == StatusCode::OK {
                 ferry.count_download(feed, &m.key);
             }
-            Ok(with_digest(resp, &m.digest))
+            Ok(with_digest(resp, &m.named))
         }
         Target::Tags => {
             let q = query(&uri);
@@ -751,13 +725,16 @@ async fn post_upload(
     }
     oci::check_repository(&repo)?;
     let q = query(&uri);
+    // The session itself is the same for either algorithm: the digest
+    // that closes it is what the content is verified against.
     if let Some(alg) = param(&q, "digest-algorithm")
         && alg != "sha256"
+        && alg != "sha512"
     {
         return Err(Fail::code(
             ErrorCode::Unsupported,
             CoreError::invalid(format!(
-                "digest-algorithm {alg:?} is not supported; this registry verifies uploads with sha256 only"
+                "digest-algorithm {alg:?} is not supported; this registry verifies uploads with sha256 or sha512"
             )),
         ));
     }
@@ -873,11 +850,11 @@ async fn put(
             let mut h = vec![
                 (
                     header::LOCATION,
-                    format!("{}/manifests/{}", base_path(&feed_name, &repo), put.digest),
+                    format!("{}/manifests/{}", base_path(&feed_name, &repo), put.named),
                 ),
                 (
                     HeaderName::from_static(DOCKER_CONTENT_DIGEST),
-                    put.digest.to_string(),
+                    put.named.to_string(),
                 ),
             ];
             if let Some(subject) = put.subject {
@@ -896,7 +873,7 @@ async fn put(
                 let d = param(&query(&uri), "digest").map(str::to_owned).ok_or_else(|| {
                     Fail::code(
                         ErrorCode::DigestInvalid,
-                        CoreError::invalid("closing an upload needs ?digest=sha256:…"),
+                        CoreError::invalid("closing an upload needs ?digest=sha256:… (or sha512:…)"),
                     )
                 })?;
                 let digest = digest_param(&d)?;
@@ -963,9 +940,6 @@ async fn remove(
     let feed = &access.feed;
     let (_, repo, t) = target(uri.path())?;
     match t {
-        // What is not held cannot be deleted: answered as a lookup is.
-        Target::Blob(d) if unheld_digest(&d) => Err(blob_unknown(&repo, &d)),
-        Target::Manifest(d) if unheld_digest(&d) => Err(manifest_unknown(&repo, &d)),
         Target::Manifest(reference) => {
             oci::delete_manifest(ferry, feed, &repo, &reference).await?;
             Ok(StatusCode::ACCEPTED.into_response())
@@ -1070,7 +1044,7 @@ mod tests {
     }
 
     #[test]
-    fn token_scopes_and_unheld_digests() {
+    fn token_scopes() {
         let get = Method::GET;
         assert_eq!(
             scope_of("/v2/f/team/app/manifests/v1", &get),
@@ -1094,11 +1068,6 @@ mod tests {
             Some((s("app"), true))
         );
         assert_eq!(scope_of("/v2/f/app", &get), None);
-        let d512 = format!("sha512:{}", "0a".repeat(64));
-        assert!(unheld_digest(&d512));
-        assert!(!unheld_digest(&format!("sha512:{}", "0A".repeat(64))));
-        assert!(!unheld_digest("sha512:abc"));
-        assert!(!unheld_digest(&format!("sha256:{}", "0a".repeat(32))));
     }
 
     #[test]

@@ -570,7 +570,19 @@ async fn sha512_digests_are_unknown_not_invalid() {
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
-    // An upload that could never complete is refused up front.
+    // An algorithm this registry cannot verify is refused up front.
+    let r = reg
+        .send(
+            "POST",
+            "/v2/img/app/blobs/uploads/?digest-algorithm=blake3",
+            Some(&w),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    refused(&r, 400, "UNSUPPORTED");
+    assert!(r.text().contains("sha512"), "{}", r.text());
+    // Closing a session with a sha512 digest the content does not have.
     let r = reg
         .send(
             "POST",
@@ -580,20 +592,8 @@ async fn sha512_digests_are_unknown_not_invalid() {
             Body::empty(),
         )
         .await;
-    refused(&r, 400, "UNSUPPORTED");
-    assert!(r.text().contains("sha256"), "{}", r.text());
-    let r = reg
-        .send(
-            "POST",
-            "/v2/img/app/blobs/uploads/?digest-algorithm=sha256",
-            Some(&w),
-            &[],
-            Body::empty(),
-        )
-        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
     let session = r.header("location").unwrap().to_owned();
-    // Closing a session with a sha512 digest: 400 naming sha256.
     let r = reg
         .send(
             "PUT",
@@ -603,16 +603,5 @@ async fn sha512_digests_are_unknown_not_invalid() {
             b"data".to_vec(),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
-    assert!(r.text().contains("sha256"), "{}", r.text());
-    let r = reg
-        .send(
-            "POST",
-            &format!("/v2/img/app/blobs/uploads/?digest={d512}"),
-            Some(&w),
-            &[],
-            b"data".to_vec(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    refused(&r, 400, "DIGEST_INVALID");
 }

@@ -246,10 +246,11 @@ pub trait BlobStore: Send + Sync + 'static {
         Err(StoreError::NotFound(format!("upload {id}")))
     }
 
-    /// Ends session `id`: its content, verified against `expected`, becomes
-    /// a staged blob. On a mismatch the session is discarded
-    /// ([`StoreError::DigestMismatch`]).
-    async fn upload_finish(&self, id: &str, _expected: &Digest) -> Result<StagedBlob, StoreError> {
+    /// Ends session `id`: its content, verified against `expected` when
+    /// given (else the caller verifies it, e.g. against another
+    /// algorithm's digest), becomes a staged blob. On a mismatch the
+    /// session is discarded ([`StoreError::DigestMismatch`]).
+    async fn upload_finish(&self, id: &str, _expected: Option<&Digest>) -> Result<StagedBlob, StoreError> {
         Err(StoreError::NotFound(format!("upload {id}")))
     }
 
@@ -1186,7 +1187,7 @@ impl BlobStore for FsBlobStore {
         Ok(size)
     }
 
-    async fn upload_finish(&self, id: &str, expected: &Digest) -> Result<StagedBlob, StoreError> {
+    async fn upload_finish(&self, id: &str, expected: Option<&Digest>) -> Result<StagedBlob, StoreError> {
         let path = self
             .upload_path(id)
             .ok_or_else(|| StoreError::NotFound(format!("upload {id}")))?;
@@ -1199,7 +1200,9 @@ impl BlobStore for FsBlobStore {
             size,
             committed: false,
         };
-        if staged.digest != *expected {
+        if let Some(expected) = expected
+            && staged.digest != *expected
+        {
             return Err(StoreError::DigestMismatch {
                 expected: *expected,
                 actual: staged.digest,
@@ -1420,7 +1423,10 @@ mod tests {
         // The next append follows at once; whatever the dropped one's writer
         // still had in hand must not end up in the content.
         assert_eq!(store.upload_append(&id, body(&[b"gh"]), 100).await.unwrap(), 8);
-        let staged = store.upload_finish(&id, &Digest::of(b"abcdefgh")).await.unwrap();
+        let staged = store
+            .upload_finish(&id, Some(&Digest::of(b"abcdefgh")))
+            .await
+            .unwrap();
         assert_eq!((staged.digest(), staged.size()), (Digest::of(b"abcdefgh"), 8));
         store.commit(staged).await.unwrap();
         assert_eq!(
@@ -1441,7 +1447,7 @@ mod tests {
         let id = store.upload_begin().await.unwrap();
         store.upload_append(&id, body(&[b"xyz"]), 100).await.unwrap();
         assert!(matches!(
-            store.upload_finish(&id, &Digest::of(b"xyq")).await,
+            store.upload_finish(&id, Some(&Digest::of(b"xyq"))).await,
             Err(StoreError::DigestMismatch { .. })
         ));
         assert_eq!(store.upload_len(&id).await.unwrap(), None);
