@@ -193,8 +193,13 @@ pub struct RegistryClaims {
     /// The instance that issued it (a token of another instance in the
     /// same process is refused).
     pub iss: String,
-    /// Hex sha256 of the API key it was issued for; None: anonymous.
+    /// Hex sha256 of the API key it was issued for; None: anonymous. In
+    /// the signed token it is masked (XOR with `HMAC(secret, "key:" +
+    /// nonce)`), so a token seen in a log does not show the key's hash.
     pub key: Option<String>,
+    /// Random per token (hex), the mask's input; set when issued.
+    #[serde(default)]
+    pub nonce: String,
     /// Issued at, seconds since the epoch.
     pub iat: u64,
     /// Expires at, seconds since the epoch.
@@ -255,9 +260,29 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Signs `claims` into a registry token: `fbt.HEX(JSON).HEX(HMAC)`.
+/// XORs a hex key hash with the pad of `nonce` (its own inverse); None if
+/// `hex_hash` is not 32 bytes of hex.
+fn mask_key(hex_hash: &str, nonce: &str) -> Option<String> {
+    let hash: [u8; 32] = hex::decode(hex_hash).ok()?.try_into().ok()?;
+    let pad = hmac_sha256(token_secret(), format!("key:{nonce}").as_bytes());
+    Some(hex::encode(std::array::from_fn::<u8, 32, _>(|i| {
+        hash[i] ^ pad[i]
+    })))
+}
+
+/// Signs `claims` into a registry token: `fbt.HEX(JSON).HEX(HMAC)`, the
+/// key hash masked under a fresh nonce.
 pub fn issue_registry_token(claims: &RegistryClaims) -> Result<String, CoreError> {
-    let json = serde_json::to_vec(claims).map_err(|e| CoreError::Internal(format!("registry token: {e}")))?;
+    let mut claims = claims.clone();
+    claims.nonce = hex::encode(rand::random::<[u8; 16]>());
+    if let Some(k) = &claims.key {
+        claims.key = Some(
+            mask_key(k, &claims.nonce)
+                .ok_or_else(|| CoreError::Internal("registry token: the key hash is not 32 bytes".into()))?,
+        );
+    }
+    let json =
+        serde_json::to_vec(&claims).map_err(|e| CoreError::Internal(format!("registry token: {e}")))?;
     let payload = hex::encode(json);
     let mac = hmac_sha256(token_secret(), payload.as_bytes());
     Ok(format!("{REGISTRY_TOKEN_PREFIX}{payload}.{}", hex::encode(mac)))
@@ -283,7 +308,10 @@ pub fn verify_registry_token(token: &str, instance: &str, now: u64) -> Result<Re
         return Err(bad());
     }
     let json = hex::decode(payload).map_err(|_| bad())?;
-    let claims: RegistryClaims = serde_json::from_slice(&json).map_err(|_| bad())?;
+    let mut claims: RegistryClaims = serde_json::from_slice(&json).map_err(|_| bad())?;
+    if let Some(k) = &claims.key {
+        claims.key = Some(mask_key(k, &claims.nonce).ok_or_else(bad)?);
+    }
     if claims.iss != instance {
         return Err(bad());
     }
@@ -328,6 +356,7 @@ pub fn parse_scope(scope: &str) -> Result<Option<RepositoryScope>, CoreError> {
     if repo.is_empty() {
         return Err(bad("the name must be FEED/NAME"));
     }
+    ferry_formats::oci::validate_repository(repo).map_err(|e| bad(&e.message))?;
     let actions: Vec<String> = actions
         .split(',')
         .map(str::trim)
@@ -486,6 +515,7 @@ mod tests {
         RegistryClaims {
             iss: "inst".into(),
             key: Some(hex::encode(hash_secret("k"))),
+            nonce: String::new(),
             iat: 100,
             exp,
             access,
@@ -506,6 +536,19 @@ mod tests {
         assert!(!c.grants("f/other", "pull"));
         assert!(c.names("f/app") && !c.names("f/other"));
         assert_eq!(c.key_hash(), Some(hash_secret("k")));
+        // The key's hash is not readable in the token, and two tokens for
+        // the same key do not share its masked form.
+        let hash_hex = hex::encode(hash_secret("k"));
+        let json = String::from_utf8(hex::decode(t[4..].split_once('.').unwrap().0).unwrap()).unwrap();
+        assert!(!json.contains(&hash_hex), "{json}");
+        let t2 = issue_registry_token(&claims(vec![], 400)).unwrap();
+        let json2 = String::from_utf8(hex::decode(t2[4..].split_once('.').unwrap().0).unwrap()).unwrap();
+        let masked = |j: &str| serde_json::from_str::<serde_json::Value>(j).unwrap()["key"].clone();
+        assert_ne!(masked(&json), masked(&json2));
+        assert_eq!(
+            verify_registry_token(&t2, "inst", 0).unwrap().key_hash(),
+            Some(hash_secret("k"))
+        );
         // Expired, another instance, tampered with, garbage.
         assert!(
             matches!(verify_registry_token(&t, "inst", 400), Err(CoreError::Unauthorized(m)) if m.contains("expired"))
@@ -558,6 +601,10 @@ mod tests {
             "repository:img/app:fly",
             "repository:/app:pull",
             "repository:img/:pull",
+            "repository:img/App:pull",
+            "repository:img/a//b:pull",
+            "repository:img/../x:pull",
+            "repository:img/a b:pull",
         ] {
             assert!(matches!(parse_scope(bad), Err(CoreError::Invalid(_))), "{bad}");
         }

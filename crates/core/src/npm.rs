@@ -271,6 +271,7 @@ pub async fn put_package(
     name: &str,
     body: ByteStream,
     url_rev: Option<&str>,
+    publisher: Option<&str>,
 ) -> Result<PutOutcome, CoreError> {
     format::validate_existing_package_name(name)?;
     let pkg = load(ferry, feed, name).await?;
@@ -323,7 +324,7 @@ pub async fn put_package(
             let staged = staged
                 .filter(|s| s.size() == p.size())
                 .ok_or_else(|| CoreError::Internal("the staged tarball is not the one streamed".into()))?;
-            publish(ferry, feed, &pkg, *p, staged).await
+            publish(ferry, feed, &pkg, *p, staged, publisher).await
         }
         PutRequest::Update(u) => {
             drop(staged);
@@ -429,6 +430,7 @@ async fn publish(
     pkg: &Package,
     p: PendingPublish,
     staged: StagedBlob,
+    publisher: Option<&str>,
 ) -> Result<PutOutcome, CoreError> {
     if pkg.versions.iter().any(|v| v.version == p.version()) {
         return Err(republish_refused(p.version()));
@@ -442,7 +444,15 @@ async fn publish(
     })
     .await
     .map_err(join_error)??;
-    let meta = meta_value(&p.item_metadata())?;
+    let mut meta = meta_value(&p.item_metadata())?;
+    // Who published it, as the registry knows them (the API key's name);
+    // whatever `_npmUser` the client sent was dropped with the other `_`
+    // fields. npm shows it as the publisher (`npm search`, `npm view`).
+    if let Some(user) = publisher
+        && let Some(m) = meta.get_mut("manifest").and_then(Value::as_object_mut)
+    {
+        m.insert("_npmUser".into(), serde_json::json!({ "name": user }));
+    }
     let Publish {
         name,
         version,

@@ -32,7 +32,9 @@ fn get(url: &str, auth: Option<&str>) -> (u16, String, Vec<u8>) {
         args.extend(["-u", &user]);
     }
     let (st, body) = curl(&args);
-    let h = std::fs::read_to_string(&headers).unwrap_or_default().to_ascii_lowercase();
+    let h = std::fs::read_to_string(&headers)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     (st, h, body)
 }
 
@@ -40,7 +42,17 @@ fn push_blob(hub: &Server, key: &str, repo: &str, digest: &str, data: &[u8]) -> 
     let url = format!("{}/v2/images/{repo}/blobs/uploads/?digest={digest}", hub.url);
     let user = format!("ferry:{key}");
     let (st, body) = curl_stdin(
-        &["-X", "POST", "-u", &user, "-H", "content-type: application/octet-stream", "--data-binary", "@-", &url],
+        &[
+            "-X",
+            "POST",
+            "-u",
+            &user,
+            "-H",
+            "content-type: application/octet-stream",
+            "--data-binary",
+            "@-",
+            &url,
+        ],
         data,
     );
     (st, String::from_utf8_lossy(&body).to_string())
@@ -53,8 +65,11 @@ fn an_image_named_by_sha512_digests_replicates_and_is_served_under_them() {
     let token = hub.incoming("edge", &["images"], "push");
     let key = hub.key("ci", "write");
 
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
-    let layer: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+    let layer: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     for blob in [&config, &layer] {
         let (st, body) = push_blob(&hub, &key, "team/app", &sha512(blob), blob);
         assert_eq!(st, 201, "{body}");
@@ -83,7 +98,17 @@ fn an_image_named_by_sha512_digests_replicates_and_is_served_under_them() {
     );
     let user = format!("ferry:{key}");
     let (st, body) = curl_stdin(
-        &["-X", "PUT", "-u", &user, "-H", &format!("content-type: {MANIFEST}"), "--data-binary", "@-", &url],
+        &[
+            "-X",
+            "PUT",
+            "-u",
+            &user,
+            "-H",
+            &format!("content-type: {MANIFEST}"),
+            "--data-binary",
+            "@-",
+            &url,
+        ],
         &manifest,
     );
     assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));

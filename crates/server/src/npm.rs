@@ -625,7 +625,8 @@ async fn write_inner(
             // Streamed: a publish body carries the whole tarball.
             check_content_length(headers, npm::put_body_limit(ferry))?;
             let body: ByteStream = Box::pin(body.into_data_stream().map_err(std::io::Error::other));
-            match npm::put_package(ferry, feed, &name, body, rev.as_deref()).await? {
+            let publisher = access.principal.as_ref().map(|p| p.key.name.as_str());
+            match npm::put_package(ferry, feed, &name, body, rev.as_deref(), publisher).await? {
                 PutOutcome::Published { version, dist_tags } => Ok(json_response(
                     StatusCode::CREATED,
                     json!({ "ok": true, "id": name, "version": version, "dist-tags": dist_tags }),

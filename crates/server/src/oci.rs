@@ -585,6 +585,7 @@ async fn token_inner(st: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Re
     let claims = auth::RegistryClaims {
         iss: st.ferry.instance_id().to_string(),
         key: principal.as_ref().map(|p| hex_encode(&p.key.hash)),
+        nonce: String::new(),
         iat: now,
         exp: now + auth::REGISTRY_TOKEN_TTL_SECS,
         access,

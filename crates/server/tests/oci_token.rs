@@ -417,6 +417,7 @@ async fn tokens_expire_and_die_with_their_key() {
                 .map(|b| format!("{b:02x}"))
                 .collect(),
         ),
+        nonce: String::new(),
         iat: now.saturating_sub(600),
         exp,
         access: vec![grant.clone()],
@@ -604,4 +605,36 @@ async fn sha512_digests_are_unknown_not_invalid() {
         )
         .await;
     refused(&r, 400, "DIGEST_INVALID");
+}
+
+/// A scope naming a repository no image reference could name is refused
+/// with the reason, not granted; a token never shows the key's hash.
+#[tokio::test]
+async fn malformed_repository_scopes_are_refused_and_tokens_hide_the_key() {
+    let reg = Reg::new(ferry_core::Config::default()).await;
+    for bad in [
+        "repository:img/App:pull",
+        "repository:img/a//b:pull",
+        "repository:img/..:pull",
+        "repository:img/a%20b:pull",
+    ] {
+        let r = reg.token(Some(("u", &reg.r)), &[bad]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
+        assert!(r.text().contains("invalid scope"), "{}", r.text());
+    }
+    let r = reg.token(Some(("u", &reg.r)), &["repository:img/app:pull"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let payload = token.strip_prefix("fbt.").unwrap().split_once('.').unwrap().0;
+    let bytes: Vec<u8> = (0..payload.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&payload[i..i + 2], 16).unwrap())
+        .collect();
+    let claims = String::from_utf8(bytes).unwrap();
+    let hash: String = auth::hash_secret(&reg.r)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(!claims.contains(&hash), "{claims}");
+    assert!(!claims.contains(&reg.r), "{claims}");
 }
