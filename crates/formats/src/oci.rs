@@ -144,7 +144,7 @@ pub fn validate_repository(name: &str) -> Result<(), OciError> {
     let bad = |why: &str| {
         Err(OciError::new(
             ErrorCode::NameInvalid,
-            format!("invalid repository name {name:?}: {why}"),
+            format!("invalid repository name {:?}: {why}", shortened(name)),
         ))
     };
     if name.is_empty() {
@@ -202,7 +202,8 @@ pub fn validate_tag(tag: &str) -> Result<(), OciError> {
         Ok(())
     } else {
         Err(manifest_invalid(format!(
-            "invalid tag {tag:?}: tags are 1 to {MAX_TAG_LEN} characters of [A-Za-z0-9_.-], not starting with '.' or '-'"
+            "invalid tag {:?}: tags are 1 to {MAX_TAG_LEN} characters of [A-Za-z0-9_.-], not starting with '.' or '-'",
+            shortened(tag)
         )))
     }
 }
@@ -323,7 +324,12 @@ impl From<Digest> for OciDigest {
 /// digest of another algorithm is `UNSUPPORTED`, a malformed one
 /// `DIGEST_INVALID`.
 pub fn parse_digest(s: &str) -> Result<OciDigest, OciError> {
-    let invalid = |why: &str| OciError::new(ErrorCode::DigestInvalid, format!("invalid digest {s:?}: {why}"));
+    let invalid = |why: &str| {
+        OciError::new(
+            ErrorCode::DigestInvalid,
+            format!("invalid digest {:?}: {why}", shortened(s)),
+        )
+    };
     let Some((alg, encoded)) = s.split_once(':') else {
         return Err(invalid("expected ALGORITHM:HEX"));
     };
@@ -351,6 +357,15 @@ pub fn parse_digest(s: &str) -> Result<OciDigest, OciError> {
                 "digest algorithm {alg:?} is not supported; this registry accepts sha256 and sha512 digests"
             ),
         )),
+    }
+}
+
+/// `s` cut to its first 140 characters (a digest is at most 135), so an
+/// error message never echoes a huge value back.
+fn shortened(s: &str) -> String {
+    match s.char_indices().nth(140) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
     }
 }
 
@@ -1136,6 +1151,10 @@ mod tests {
             ErrorCode::Unsupported
         );
         assert_eq!(code(parse_digest("nocolon")), ErrorCode::DigestInvalid);
+        let huge = format!("sha256:{}", "a".repeat(60_000));
+        let e = parse_digest(&huge).unwrap_err();
+        assert_eq!(e.code, ErrorCode::DigestInvalid);
+        assert!(e.message.len() < 300, "{}", e.message.len());
         assert_eq!(code(parse_digest("SHA256:abc")), ErrorCode::DigestInvalid);
         assert_eq!(
             code(parse_digest(&format!("sha256:{}", "A".repeat(64)))),

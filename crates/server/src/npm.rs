@@ -531,16 +531,21 @@ fn render_search(page: &npm::SearchPage, base: &str) -> serde_json::Value {
         .hits
         .iter()
         .map(|(e, score)| {
-            let maintainers: Vec<serde_json::Value> = e
-                .maintainers
-                .iter()
-                .map(|(u, m)| json!({ "username": u, "email": m }))
-                .collect();
             let publisher = e
                 .publisher
                 .clone()
                 .or_else(|| e.maintainers.first().map(|(u, _)| u.clone()))
                 .unwrap_or_default();
+            // A package that names no maintainers is maintained by whoever
+            // published it (npm prints an empty list as a blank line).
+            let mut maintainers: Vec<serde_json::Value> = e
+                .maintainers
+                .iter()
+                .map(|(u, m)| json!({ "username": u, "email": m }))
+                .collect();
+            if maintainers.is_empty() && !publisher.is_empty() {
+                maintainers.push(json!({ "username": publisher, "email": "" }));
+            }
             let mut links = serde_json::Map::new();
             links.insert("npm".into(), json!(format!("{base}/{}", e.name)));
             for (k, v) in [

@@ -59,7 +59,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/v2", get(base))
         .route("/v2/", get(base))
         .route("/v2/_catalog", get(catalog))
-        .route("/v2/token", get(token))
+        .route("/v2/token", get(token).post(oauth_token))
         .route(
             "/v2/{feed}/{*rest}",
             get(read).put(put).post(post_upload).patch(patch).delete(remove),
@@ -299,14 +299,18 @@ pub(crate) fn scope_of(path: &str, method: &Method) -> Option<(String, bool)> {
 
 /// The query parameters, percent-decoded.
 fn query(uri: &Uri) -> Vec<(String, String)> {
+    form_params(uri.query().unwrap_or_default())
+}
+
+/// `application/x-www-form-urlencoded` pairs (a query string or a form
+/// body), percent-decoded, `+` as space.
+fn form_params(s: &str) -> Vec<(String, String)> {
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(&s.replace('+', " "))
             .decode_utf8_lossy()
             .into_owned()
     };
-    uri.query()
-        .unwrap_or_default()
-        .split('&')
+    s.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
@@ -505,7 +509,72 @@ async fn base(State(st): State<AppState>, headers: HeaderMap) -> Reply {
 /// may do now: `pull` where it may read, `push` where it may write;
 /// nothing on a feed it may not see or that does not exist.
 async fn token(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    match token_inner(&st, &headers, &uri).await {
+    let issued = async {
+        let principal = access::principal(&st, &headers).await.map_err(|e| match e {
+            CoreError::Unauthorized(m) => CoreError::Unauthorized(format!(
+                "{m}: log in with any user name and an API key as the password"
+            )),
+            e => e,
+        })?;
+        token_inner(&st, principal, &query(&uri)).await
+    };
+    token_answer(issued.await)
+}
+
+/// Largest form body of the OAuth2 token request.
+const MAX_TOKEN_FORM: usize = 64 << 10;
+
+/// `POST /v2/token` with an `application/x-www-form-urlencoded` body: the
+/// OAuth2 form of the token endpoint (Docker's "token authentication with
+/// OAuth2"), which containerd and the Docker CLI use first.
+/// `grant_type=password` with `username` (any) and `password` (an API
+/// key), `service` and `scope` as in the GET form; no refresh tokens are
+/// issued, so `grant_type=refresh_token` is refused (400), and so is a
+/// missing password (401: this form has no anonymous access).
+async fn oauth_token(State(st): State<AppState>, body: Body) -> Response {
+    let issued = async {
+        let form = axum::body::to_bytes(body, MAX_TOKEN_FORM).await.map_err(|_| {
+            CoreError::invalid(format!("the token request form exceeds {MAX_TOKEN_FORM} bytes"))
+        })?;
+        let form = std::str::from_utf8(&form)
+            .map_err(|_| CoreError::invalid("the token request form is not UTF-8"))?;
+        let params = form_params(form);
+        match param(&params, "grant_type") {
+            Some("password") => {}
+            Some("refresh_token") => {
+                return Err(CoreError::invalid(
+                    "unsupported grant_type refresh_token: this registry issues no refresh tokens; use grant_type=password",
+                ));
+            }
+            other => {
+                return Err(CoreError::invalid(format!(
+                    "unsupported grant_type {:?}; use grant_type=password",
+                    other.unwrap_or_default()
+                )));
+            }
+        }
+        let password = param(&params, "password")
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                CoreError::Unauthorized(
+                    "no password: use any user name and an API key as the password".into(),
+                )
+            })?;
+        let principal = st.ferry.authenticate(password).await.map_err(|e| match e {
+            CoreError::Unauthorized(m) => CoreError::Unauthorized(format!(
+                "{m}: log in with any user name and an API key as the password"
+            )),
+            e => e,
+        })?;
+        token_inner(&st, Some(principal), &params).await
+    };
+    token_answer(issued.await)
+}
+
+/// The token endpoint's answer: the token, or the error in the
+/// registry's error shape (401 with a Basic challenge).
+fn token_answer(issued: Result<Response, CoreError>) -> Response {
+    match issued {
         Ok(resp) => resp,
         Err(e) => {
             let status = status_of(&e);
@@ -530,15 +599,14 @@ async fn token(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Resp
     }
 }
 
-async fn token_inner(st: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Response, CoreError> {
-    let principal = access::principal(st, headers).await.map_err(|e| match e {
-        CoreError::Unauthorized(m) => CoreError::Unauthorized(format!(
-            "{m}: log in with any user name and an API key as the password"
-        )),
-        e => e,
-    })?;
-    let q = query(uri);
-    if let Some(service) = param(&q, "service")
+/// Issues a token for `principal` (None: anonymous) over the `service`
+/// and `scope` parameters in `q`.
+async fn token_inner(
+    st: &AppState,
+    principal: Option<ferry_core::Principal>,
+    q: &[(String, String)],
+) -> Result<Response, CoreError> {
+    if let Some(service) = param(q, "service")
         && !service.is_empty()
         && service != SERVICE
     {

@@ -446,7 +446,8 @@ async fn tokens_expire_and_die_with_their_key() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     // Tampered with: refused.
-    let tampered = format!("{}0", &valid[..valid.len() - 1]);
+    let last = if valid.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("{}{last}", &valid[..valid.len() - 1]);
     let r = reg
         .send(
             "GET",
@@ -637,4 +638,71 @@ async fn malformed_repository_scopes_are_refused_and_tokens_hide_the_key() {
         .collect();
     assert!(!claims.contains(&hash), "{claims}");
     assert!(!claims.contains(&reg.r), "{claims}");
+}
+
+/// The OAuth2 form of the token endpoint (`POST /v2/token`), which
+/// containerd and the Docker CLI try first: a password grant with an API
+/// key gives the same token as the GET form; other grants and a missing
+/// or wrong password are refused with the reason.
+#[tokio::test]
+async fn the_oauth2_form_of_the_token_endpoint() {
+    let reg = Reg::new(ferry_core::Config::default()).await;
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let reg = &reg;
+    let post = |body: String| async move { reg.send("POST", "/v2/token", None, &[form], body).await };
+    let r = post(format!(
+        "grant_type=password&service=ferry&client_id=containerd&username=any&password={}&scope=repository%3Aimg%2Fapp%3Apull%2Cpush",
+        reg.w
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["expires_in"], auth::REGISTRY_TOKEN_TTL_SECS);
+    let bearer = format!("Bearer {}", v["access_token"].as_str().unwrap());
+    // It works for a push on the scope it names.
+    let r = reg
+        .send(
+            "POST",
+            "/v2/img/app/blobs/uploads/",
+            Some(&bearer),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    // A read key gets pull only.
+    let r = post(format!(
+        "grant_type=password&service=ferry&username=u&password={}&scope=repository:img/app:pull,push",
+        reg.r
+    ))
+    .await;
+    let bearer = format!("Bearer {}", r.json()["access_token"].as_str().unwrap());
+    let r = reg
+        .send(
+            "POST",
+            "/v2/img/app/blobs/uploads/",
+            Some(&bearer),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    refused(&r, 403, "DENIED");
+
+    let r = post("grant_type=refresh_token&refresh_token=x&service=ferry".into()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("refresh"), "{}", r.text());
+    let r = post("grant_type=client_credentials".into()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let r = post("grant_type=password&username=u".into()).await;
+    refused(&r, 401, "UNAUTHORIZED");
+    let r = post("grant_type=password&username=u&password=ferry_wrong".into()).await;
+    refused(&r, 401, "UNAUTHORIZED");
+    let r = post(format!(
+        "grant_type=password&password={}&scope=repository:img/App:pull",
+        reg.w
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let r = post("x".repeat(100 << 10)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
 }
