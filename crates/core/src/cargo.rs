@@ -297,6 +297,22 @@ pub async fn set_yanked(
     Ok(())
 }
 
+/// Deletes a version (Ferry's own; cargo has no command for it): the
+/// index file drops its line, the `.crate` is no longer served, and the
+/// deletion replicates. NotFound when there is no such version.
+pub async fn delete_version(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    name: &str,
+    vers: &str,
+) -> Result<(), CoreError> {
+    let v = version(ferry, feed, name, vers).await?;
+    ferry
+        .write(feed, vec![LocalWrite::delete(v.key, Precondition::Present)])
+        .await?;
+    Ok(())
+}
+
 /// A rendered index file with its validators.
 #[derive(Debug, Clone)]
 pub struct IndexFile {

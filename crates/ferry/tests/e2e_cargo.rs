@@ -136,6 +136,23 @@ fn publish_build_yank_and_search_on_the_hub_and_on_a_spoke() {
         "the unyank did not reach the spoke"
     );
     assert_eq!(fresh_app(&edge, "edge-app-2"), "0.1.1 base greeted");
+    // A version deleted on the hub (Ferry's own API) leaves the spoke too.
+    let (status, _) = curl(&[
+        "-X",
+        "DELETE",
+        "-H",
+        &format!("Authorization: {key}"),
+        &format!("{}/cargo/rs/api/v1/crates/ferry-base/0.1.1", hub.url),
+    ]);
+    assert_eq!(status, 200);
+    assert!(
+        wait_until(20, || {
+            let lines = index_lines(&spoke, "rs", "fe/rr/ferry-base");
+            !lines.is_empty() && lines.iter().all(|l| l["vers"] != "0.1.1")
+        }),
+        "the deletion did not reach the spoke"
+    );
+    assert_eq!(fresh_app(&edge, "edge-app-3"), "0.1.0 base greeted");
     let out = spoke.cli_ok(&["replication", "verify", "from-hub"]);
     assert!(out.contains(": same"), "{out}");
 }

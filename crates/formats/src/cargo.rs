@@ -34,6 +34,7 @@
 //! | `GET api/v1/crates/{name}/owners` | — |
 //! | `GET api/v1/crates?q=&per_page=` | [`search_entry`] |
 //! | `GET api/v1/crates/{name}/{version}/download` (the `dl` URL) | [`version_key`] |
+//! | `DELETE api/v1/crates/{name}/{version}` (Ferry's own) | [`version_key`] |
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -188,11 +189,12 @@ pub fn parse_item_key(key: &ItemKey) -> Result<(&str, &str), FormatError> {
 /// files").
 pub fn index_path(name: &str) -> String {
     let n = name.to_ascii_lowercase();
-    match n.len() {
-        1 => format!("1/{n}"),
-        2 => format!("2/{n}"),
-        3 => format!("3/{}/{n}", &n[..1]),
-        _ => format!("{}/{}/{n}", &n[..2], &n[2..4]),
+    let c: Vec<char> = n.chars().collect();
+    let part = |r: std::ops::Range<usize>| c[r].iter().collect::<String>();
+    match c.len() {
+        0..=2 => format!("{}/{n}", c.len()),
+        3 => format!("3/{}/{n}", part(0..1)),
+        _ => format!("{}/{}/{n}", part(0..2), part(2..4)),
     }
 }
 

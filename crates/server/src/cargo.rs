@@ -12,6 +12,7 @@
 //! | GET | `api/v1/crates/{name}/owners` | who may publish: the feed's write keys (to an admin key), else a stand-in naming the feed |
 //! | GET | `api/v1/crates?q=&per_page=` | search |
 //! | GET, HEAD | `api/v1/crates/{name}/{version}/download` | the `.crate` (the `dl` URL; Range, ETag); counts downloads |
+//! | DELETE | `api/v1/crates/{name}/{version}` | delete a version (Ferry's own: cargo has no such command) |
 //!
 //! Errors are cargo's `{"errors":[{"detail":"..."}]}` with a 4xx/5xx status,
 //! which cargo prints. cargo sends its token as the bare `Authorization`
@@ -51,6 +52,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/cargo/{feed}/api/v1/crates/{name}/{version}/download",
             get(download),
+        )
+        .route(
+            "/cargo/{feed}/api/v1/crates/{name}/{version}",
+            delete(delete_version),
         )
         .route("/cargo/{feed}/api/v1/crates/{name}/{version}/yank", delete(yank))
         .route("/cargo/{feed}/api/v1/crates/{name}/{version}/unyank", put(unyank))
@@ -115,7 +120,9 @@ async fn index_file(
 
 /// Whether the client's copy is current: `If-None-Match` names the ETag,
 /// or (without `If-None-Match`) `If-Modified-Since` is not before the last
-/// change (RFC 9110 §13.1.3, at the second).
+/// change (RFC 9110 §13.1.3, at the second). `Last-Modified` is the newest
+/// change of a live version, so deleting the newest version moves it back:
+/// the ETag (a hash of the file, which cargo revalidates with) is exact.
 fn not_modified(headers: &HeaderMap, file: &IndexFile) -> bool {
     if headers.contains_key(header::IF_NONE_MATCH) {
         return if_none_match(headers, &file.etag);
@@ -181,6 +188,17 @@ async fn unyank(
     Path((_, name, version)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     cargo::set_yanked(&st.ferry, &access.feed, &name, &version, false)
+        .await
+        .map_err(err)?;
+    Ok(axum::Json(json!({ "ok": true })).into_response())
+}
+
+async fn delete_version(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    Path((_, name, version)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    cargo::delete_version(&st.ferry, &access.feed, &name, &version)
         .await
         .map_err(err)?;
     Ok(axum::Json(json!({ "ok": true })).into_response())

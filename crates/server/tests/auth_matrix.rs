@@ -796,7 +796,7 @@ async fn seed_cargo(i: &Instance, f: usize) -> Seeded {
     let FeedDef { name, tag, .. } = FEEDS[f];
     admin(i, cargo_publish(name, &format!("{tag}-crate"), &marker(tag))).await;
     per_cred(|ci| async move {
-        for krate in ["yk", "uy"] {
+        for krate in ["yk", "uy", "del"] {
             admin(i, cargo_publish(name, &format!("{krate}{ci}"), "doomed")).await;
         }
     })
@@ -1113,6 +1113,9 @@ impl Routes {
         });
         self.add("cargo PUT unyank", vis, W, f, move |_, ci| {
             cargo("PUT", format!("api/v1/crates/uy{ci}/1.0.0/unyank"))
+        });
+        self.add("cargo DELETE version", vis, W, f, move |_, ci| {
+            cargo("DELETE", format!("api/v1/crates/del{ci}/1.0.0"))
         });
     }
 

@@ -386,7 +386,7 @@ async fn bad_names_bodies_and_archives_are_refused() {
         let r = reg.publish_body(body(&m, &krate)).await;
         cargo_error(&r, status, says);
     }
-    let r = reg.cargo("GET", "4/ar/ch/arch", None, &[], Body::empty()).await;
+    let r = reg.cargo("GET", "ar/ch/arch", None, &[], Body::empty()).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(reg.i.staging_files(), 0);
     // Nothing was stored.
@@ -465,6 +465,63 @@ async fn yank_unyank_search_and_owners() {
         )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // Deleting a version (Ferry's own) drops its line and its download.
+    assert_eq!(reg.publish("gone", "1.0.0").await.status, StatusCode::OK);
+    assert_eq!(reg.publish("gone", "1.1.0").await.status, StatusCode::OK);
+    let r = reg
+        .cargo("DELETE", "api/v1/crates/gone/1.1.0", None, &[], Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = reg
+        .cargo(
+            "DELETE",
+            "api/v1/crates/gone/1.1.0",
+            Some(&reg.key),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let vers: Vec<Value> = reg
+        .index("go/ne/gone")
+        .await
+        .iter()
+        .map(|l| l["vers"].clone())
+        .collect();
+    assert_eq!(vers, [json!("1.0.0")]);
+    let r = reg
+        .cargo(
+            "GET",
+            "api/v1/crates/gone/1.1.0/download",
+            None,
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = reg
+        .cargo(
+            "DELETE",
+            "api/v1/crates/gone/1.1.0",
+            Some(&reg.key),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    cargo_error(&r, StatusCode::NOT_FOUND, "does not have a version `1.1.0`");
+    let r = reg
+        .cargo(
+            "DELETE",
+            "api/v1/crates/gone/1.0.0",
+            Some(&reg.key),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = reg.cargo("GET", "go/ne/gone", None, &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     // Search shows the highest version that is not yanked.
     let r = reg
