@@ -11,6 +11,10 @@
 //! Names are compared as cargo compares them: case-insensitively, with `-`
 //! and `_` equivalent. A crate keeps the spelling it was first published
 //! with; a publish under another spelling of the same name is refused.
+//! Not covered: two spellings published at the same moment (different
+//! versions, so different keys, here or on two instances before either has
+//! the other's) both get in; each index file then lists the versions whose
+//! lowercased name is the one its path names.
 
 use std::sync::{Arc, Mutex};
 
@@ -121,6 +125,7 @@ fn take_stream(reader: BodyReader, remaining: u64, tail: Arc<Mutex<Tail>>) -> By
 /// What a publish stored.
 #[derive(Debug, Clone)]
 pub struct Published {
+    /// The version's item metadata (its index line included).
     pub item: CrateItem,
 }
 
@@ -246,7 +251,9 @@ async fn check_new_version(
 pub struct StoredVersion {
     pub key: ItemKey,
     pub item: CrateItem,
+    /// The `.crate` blob (its sha256 is the index line's `cksum`).
     pub digest: Digest,
+    /// When the item last changed (Unix ms).
     pub modified: i64,
 }
 

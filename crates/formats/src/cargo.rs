@@ -267,6 +267,7 @@ pub struct CrateItem {
 }
 
 impl CrateItem {
+    /// The item's metadata as stored.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
@@ -436,6 +437,7 @@ struct PublishDep {
 pub struct Publish {
     /// The index line, without `cksum` yet (filled by [`Publish::into_item`]).
     pub entry: IndexEntry,
+    /// The manifest's description, kept for search.
     pub description: Option<String>,
 }
 
