@@ -13,7 +13,8 @@ use support::cargo::Cargo;
 use support::{Server, curl, wait_until};
 
 const BASE: &str = "pub fn base() -> &'static str { \"base\" }\n";
-const GREET: &str = "pub fn greet() -> String { format!(\"{} greeted\", ferry_base::base()) }\n";
+/// The second crate uses the first under another name (a renamed dependency).
+const GREET: &str = "pub fn greet() -> String { format!(\"{} greeted\", basis::base()) }\n";
 const MAIN: &str = "fn main() { println!(\"{} {}\", ferry_base::VERSION, ferry_greet::greet()); }\n";
 const APP_DEPS: &[(&str, &str)] = &[("ferry-base", "0.1"), ("ferry_greet", "0.1")];
 
@@ -53,8 +54,13 @@ fn publish_build_yank_and_search_on_the_hub_and_on_a_spoke() {
     let base = cargo.library("ferry-base", "0.1.0", &[], BASE);
     let out = cargo.publish(&base);
     assert!(out.contains("Published ferry-base v0.1.0"), "{out}");
-    let greet = cargo.library("ferry_greet", "0.1.0", &[("ferry-base", "0.1")], GREET);
-    cargo.publish(&greet);
+    let greet = cargo.library("ferry_greet", "0.1.0", &[("basis=ferry-base", "0.1")], GREET);
+    // Verified: cargo builds the packaged crate, its dependency fetched from the registry.
+    let out = cargo.ok(&greet, &["publish", "--registry", "ferry"]);
+    assert!(
+        out.contains("Compiling ferry-base v0.1.0") && out.contains("Published ferry_greet v0.1.0"),
+        "{out}"
+    );
     // The same version again: cargo finds it in the index and refuses
     // before uploading (the registry's own 409 is in cargo_api.rs).
     let out = cargo.fail(&base, &["publish", "--registry", "ferry", "--no-verify"]);
@@ -69,9 +75,11 @@ fn publish_build_yank_and_search_on_the_hub_and_on_a_spoke() {
     let newer = cargo.library("ferry-base", "0.1.1", &[], BASE);
     cargo.publish(&newer);
 
-    // The index line of the dependent names its dependency as cargo sent it.
+    // The index line of the dependent names its dependency as the index
+    // format wants a rename: `name` the alias, `package` the crate.
     let lines = index_lines(&hub, "rs", "fe/rr/ferry_greet");
-    assert_eq!(lines[0]["deps"][0]["name"], "ferry-base");
+    assert_eq!(lines[0]["deps"][0]["name"], "basis");
+    assert_eq!(lines[0]["deps"][0]["package"], "ferry-base");
     assert_eq!(lines[0]["deps"][0]["req"], "^0.1");
 
     let app = cargo.binary("app", APP_DEPS, MAIN);

@@ -95,8 +95,8 @@ impl Cargo {
     }
 
     /// Writes a library crate `name` `version` whose `VERSION` constant is its
-    /// version and whose dependencies (`(name, requirement)`) come from the
-    /// registry; `body` is appended to `src/lib.rs`. Returns its folder.
+    /// version and whose dependencies (`(name, requirement)`, `alias=name`
+    /// for a renamed one) come from the registry; `body` is appended to `src/lib.rs`. Returns its folder.
     pub fn library(&self, name: &str, version: &str, deps: &[(&str, &str)], body: &str) -> PathBuf {
         let dir = self.dir.path().join("src").join(format!("{name}-{version}"));
         write_crate(
@@ -130,9 +130,16 @@ fn write_crate(dir: &Path, name: &str, version: &str, deps: &[(&str, &str)], fil
          description = \"{name}, made by a Ferry test\"\nlicense = \"MIT\"\n\n[dependencies]\n"
     );
     for (dep, req) in deps {
-        manifest.push_str(&format!(
-            "{dep} = {{ version = \"{req}\", registry = \"ferry\" }}\n"
-        ));
+        // `alias=crate`: a renamed dependency (`package = "crate"`).
+        let line = match dep.split_once('=') {
+            Some((alias, package)) => {
+                format!(
+                    "{alias} = {{ package = \"{package}\", version = \"{req}\", registry = \"ferry\" }}\n"
+                )
+            }
+            None => format!("{dep} = {{ version = \"{req}\", registry = \"ferry\" }}\n"),
+        };
+        manifest.push_str(&line);
     }
     std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
     std::fs::write(dir.join("src").join(file), code).unwrap();
