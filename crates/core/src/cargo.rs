@@ -389,10 +389,65 @@ fn readable(rec: ItemRecord) -> Option<StoredVersion> {
     }
 }
 
+/// One crate in the search summary: its canonical name, what search shows
+/// of it, and its versions' descriptions, lowercased (matched against).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SearchRow {
+    canonical: String,
+    shown: serde_json::Value,
+    descriptions: Vec<String>,
+}
+
+/// Every crate of the feed as search sees it, in canonical order: rendered
+/// from the items and cached until the feed changes, like index files.
+async fn search_summary(ferry: &Ferry, feed: &FeedRecord) -> Result<Vec<SearchRow>, CoreError> {
+    let cached = ferry
+        .cached_index(feed, "cargo:search", || async {
+            let mut groups: Vec<(String, Vec<CrateItem>)> = Vec::new();
+            for v in ferry
+                .items(feed, "crate/")
+                .await?
+                .into_iter()
+                .filter_map(readable)
+            {
+                let Ok((canonical, _)) = parse_item_key(&v.key) else {
+                    continue;
+                };
+                match groups.last_mut() {
+                    Some((c, items)) if c == canonical => items.push(v.item),
+                    _ => groups.push((canonical.to_owned(), vec![v.item])),
+                }
+            }
+            let rows: Vec<SearchRow> = groups
+                .into_iter()
+                .filter_map(|(canonical, items)| {
+                    let shown = search_entry(&items)?;
+                    let mut descriptions: Vec<String> = items
+                        .iter()
+                        .filter_map(|i| i.description.as_deref().map(str::to_lowercase))
+                        .collect();
+                    descriptions.sort();
+                    descriptions.dedup();
+                    Some(SearchRow {
+                        canonical,
+                        shown,
+                        descriptions,
+                    })
+                })
+                .collect();
+            serde_json::to_vec(&rows)
+                .map(Bytes::from)
+                .map_err(|e| CoreError::Internal(format!("cargo search summary: {e}")))
+        })
+        .await?;
+    serde_json::from_slice(&cached).map_err(|e| CoreError::Internal(format!("cargo search summary: {e}")))
+}
+
 /// `cargo search`: crates whose name or description contains `query`
 /// (case-insensitively, `-` and `_` alike in names; empty: every crate),
 /// exact name first, then by name; at most `per_page` of them, and how many
-/// matched in all. Each is `{"name", "max_version", "description"}`.
+/// matched in all. Each is `{"name", "max_version", "description"}`, the
+/// highest version that is not yanked.
 pub async fn search(
     ferry: &Ferry,
     feed: &FeedRecord,
@@ -401,40 +456,21 @@ pub async fn search(
 ) -> Result<(Vec<serde_json::Value>, usize), CoreError> {
     let q = query.trim().to_lowercase();
     let q_name = canonical_name(&q);
-    let mut groups: Vec<(String, Vec<CrateItem>)> = Vec::new();
-    for v in ferry
-        .items(feed, "crate/")
+    let mut hits: Vec<(bool, SearchRow)> = search_summary(ferry, feed)
         .await?
         .into_iter()
-        .filter_map(readable)
-    {
-        let Ok((canonical, _)) = parse_item_key(&v.key) else {
-            continue;
-        };
-        match groups.last_mut() {
-            Some((c, items)) if c == canonical => items.push(v.item),
-            _ => groups.push((canonical.to_owned(), vec![v.item])),
-        }
-    }
-    let mut hits: Vec<(bool, String, serde_json::Value)> = groups
-        .into_iter()
-        .filter(|(canonical, items)| {
-            q.is_empty()
-                || canonical.contains(&q_name)
-                || items.iter().any(|i| {
-                    i.description
-                        .as_deref()
-                        .is_some_and(|d| d.to_lowercase().contains(&q))
-                })
+        .filter(|r| {
+            q.is_empty() || r.canonical.contains(&q_name) || r.descriptions.iter().any(|d| d.contains(&q))
         })
-        .filter_map(|(canonical, items)| search_entry(&items).map(|e| (canonical != q_name, canonical, e)))
+        .map(|r| (r.canonical != q_name, r))
         .collect();
-    hits.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    // Exact name first; the summary is in name order already.
+    hits.sort_by_key(|h| h.0);
     let total = hits.len();
     Ok((
         hits.into_iter()
             .take(per_page.min(MAX_PER_PAGE))
-            .map(|h| h.2)
+            .map(|h| h.1.shown)
             .collect(),
         total,
     ))
