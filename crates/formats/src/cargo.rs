@@ -54,19 +54,15 @@ pub const MAX_VERSION_LEN: usize = 256;
 /// Largest JSON part of a publish body read into memory.
 pub const MAX_PUBLISH_JSON: u32 = 1 << 20;
 
-/// Names cargo and crates.io keep for the toolchain, and Windows device
-/// names (a crate so named could not be unpacked there). Compared in
-/// canonical form.
+/// The standard library's crate names, which a dependency could never
+/// mean, and Windows device names (a crate so named could not be unpacked
+/// there). Compared in canonical form.
 const RESERVED: &[&str] = &[
     "alloc",
     "core",
     "proc_macro",
     "std",
     "test",
-    "build",
-    "cargo",
-    "rustc",
-    "rustdoc",
     "con",
     "prn",
     "aux",
