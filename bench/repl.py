@@ -25,6 +25,11 @@ usage: repl.py COMMAND ARGS...
   lag-devpi PRIMARY REPLICA INDEX USER PASSWORD SPACING_MS POLL_MS TIMEOUT_S WHEEL...
       the same for devpi: uploads each wheel to PRIMARY/INDEX/ as twine does
       and polls REPLICA for the file's URL
+  lag-cargo HUB SPOKE FEED KEY COUNT SPACING_MS POLL_MS TIMEOUT_S
+      the same for a cargo feed: publishes COUNT versions of one crate on HUB
+      (PUT /cargo/FEED/api/v1/crates/new, the body cargo sends, with a .crate
+      made here) and polls the crate's index file on SPOKE until it has the
+      version's line (what `cargo update` reads)
   stats FILE
       p50/p99/max of the lags in a lag-* output
   carried FILE AFTER_MS
@@ -318,6 +323,71 @@ def pace(prev_start, spacing_s):
             time.sleep(wait)
 
 
+def cargo_publish_body(name, vers):
+    """cargo's publish body: u32-LE length + JSON, u32-LE length + .crate."""
+    import gzip
+    import io
+    import tarfile
+
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as t:
+        for path, data in (
+            ("Cargo.toml", f'[package]\nname = "{name}"\nversion = "{vers}"\nedition = "2021"\n'.encode()),
+            ("src/lib.rs", f"pub const VERSION: &str = {vers!r};\n".replace("'", '"').encode()),
+        ):
+            info = tarfile.TarInfo(f"{name}-{vers}/{path}")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    krate = gzip.compress(tar.getvalue())
+    meta = json.dumps(
+        {"name": name, "vers": vers, "deps": [], "features": {}, "description": "lag probe", "links": None}
+    ).encode()
+    return len(meta).to_bytes(4, "little") + meta + len(krate).to_bytes(4, "little") + krate
+
+
+def cargo_index_path(name):
+    n = name.lower()
+    if len(n) <= 2:
+        return f"{len(n)}/{n}"
+    if len(n) == 3:
+        return f"3/{n[0]}/{n}"
+    return f"{n[:2]}/{n[2:4]}/{n}"
+
+
+def lag_cargo(hub, spoke, feed, key, count, spacing_ms, poll_ms, timeout):
+    pub, look = Conn(hub, timeout=30), Conn(spoke, timeout=30)
+    headers = {"Authorization": key}  # as cargo sends it
+    name = "ferry-lag-probe"
+    index = f"/cargo/{feed}/{cargo_index_path(name)}"
+    lags, from_start, polls = [], [], []
+    prev = None
+    try:
+        for i in range(-1, count):  # -1: a warm-up publish, not counted
+            pace(prev, spacing_ms / 1000.0)
+            vers = f"0.{i + 1}.0"
+            body = cargo_publish_body(name, vers)
+            prev = t_start = time.perf_counter()
+            st, resp = pub.request("PUT", f"/cargo/{feed}/api/v1/crates/new", body=body, headers=headers)
+            t_done = time.perf_counter()
+            if st != 200:
+                raise SystemExit(f"publish {name} {vers}: HTTP {st}: {resp[:200]!r}")
+            needle = f'"vers":"{vers}"'.encode()
+            seen, _, n = poll_until(
+                look, index, lambda s, b: s == 200 and needle in b, poll_ms / 1000.0, t_done + timeout
+            )
+            if seen is None:
+                raise SystemExit(f"{name} {vers} not in the spoke's index within {timeout} s")
+            if i >= 0:
+                lags.append((seen - t_done) * 1000.0)
+                from_start.append((seen - t_start) * 1000.0)
+                polls.append(n)
+    finally:
+        pub.close()
+        look.close()
+    # The index file is small: headers and body arrive together.
+    print(json.dumps({"lag_ms": lags, "headers_lag_ms": lags, "from_put_start_ms": from_start, "polls": polls}))
+
+
 def lag_ferry(hub, spoke, feed, key, count, spacing_ms, poll_ms, timeout):
     pub, look = Conn(hub, timeout=30), Conn(spoke, timeout=30)
     put_headers = dict(auth(key))
@@ -519,6 +589,8 @@ def main(argv):
         return wait_exec(a[0], a[1], a[2], int(a[3]), float(a[4]))
     elif cmd == "lag-ferry":
         lag_ferry(a[0], a[1], a[2], a[3], int(a[4]), float(a[5]), float(a[6]), float(a[7]))
+    elif cmd == "lag-cargo":
+        lag_cargo(a[0], a[1], a[2], a[3], int(a[4]), float(a[5]), float(a[6]), float(a[7]))
     elif cmd == "lag-devpi":
         lag_devpi(a[0], a[1], a[2], a[3], a[4], float(a[5]), float(a[6]), float(a[7]), a[8:])
     elif cmd == "stats":

@@ -2,12 +2,13 @@
 //! blob uploads, item writes through the change log, reads, index caching,
 //! download counting and garbage collection. No HTTP, no SQL.
 //!
-//! Feed-type modules (`assets`, `npm`, `pypi`) turn client requests that
+//! Feed-type modules (`assets`, `npm`, `pypi`, `oci`, `cargo`) turn client requests that
 //! the server has parsed into item writes, using `ferry-formats`.
 
 pub mod assets;
 pub mod auth;
 mod cache;
+pub mod cargo;
 mod clock;
 mod error;
 mod integrity;

@@ -6,7 +6,7 @@
 //! manifest's own bytes). A peer's token is no licence to store what no
 //! client could.
 
-use ferry_formats::{assets, npm, oci, pypi};
+use ferry_formats::{assets, cargo, npm, oci, pypi};
 use ferry_store::{Change, ChangeOp, FeedRecord};
 use ferry_types::{Digest, FeedType};
 use futures::StreamExt;
@@ -107,6 +107,13 @@ impl Ferry {
                 if let Some(file) = pypi::validate_item(key, live)? {
                     self.check_size(key.as_str(), &file.sha256, Some(file.size))
                         .await?;
+                }
+            }
+            FeedType::Cargo => {
+                // The blob is the .crate its `cksum` (sha256) names, so the
+                // digest check is the checksum check; the size must agree.
+                if let (Some(item), Some((_, blobs))) = (cargo::validate_item(key, live)?, live) {
+                    self.check_size(key.as_str(), &blobs[0], Some(item.size)).await?;
                 }
             }
             FeedType::Oci => {

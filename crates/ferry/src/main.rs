@@ -299,6 +299,7 @@ enum FeedCmd {
     /// Create a feed.
     Create {
         name: String,
+        /// assets, npm, pypi, oci or cargo.
         #[arg(long = "type")]
         feed_type: String,
         #[arg(long)]

@@ -4,7 +4,7 @@
 //! suite (`PROPTEST_CASES` raises it for a longer session).
 #![allow(clippy::unwrap_used)]
 
-use ferry_formats::{assets, npm, oci, pypi};
+use ferry_formats::{ArchiveLimits, assets, cargo, npm, oci, pypi};
 use ferry_types::{Digest, ItemKey};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -108,6 +108,7 @@ proptest! {
         let _ = npm::validate_item(&key, item);
         let _ = pypi::validate_item(&key, item);
         let _ = oci::validate_item(&key, item);
+        let _ = cargo::validate_item(&key, item);
     }
 
     #[test]
@@ -149,5 +150,29 @@ proptest! {
         if let Ok(k) = pypi::file_key(&a, &b) {
             prop_assert!(pypi::parse_file_key(&k).is_ok(), "a key it builds must parse back");
         }
+    }
+
+    #[test]
+    fn cargo_names_paths_keys_and_publish_bodies_never_panic(
+        a in token(),
+        b in token(),
+        meta in json_value(),
+        bytes in prop::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let _ = cargo::validate_crate_name(&a);
+        let _ = cargo::version_without_build(&b);
+        let _ = cargo::index_path(&a);
+        if let Some(name) = cargo::parse_index_path(&a) {
+            prop_assert_eq!(cargo::index_path(&name), a.clone(), "a path it reads must be the name's path");
+        }
+        if let Ok(k) = cargo::version_key(&a, &b) {
+            prop_assert!(cargo::parse_item_key(&k).is_ok(), "a key it builds must parse back");
+        }
+        let _ = cargo::parse_publish_json(&serde_json::to_vec(&meta).unwrap());
+        let _ = cargo::parse_publish_json(&bytes);
+        let _ = cargo::inspect_crate(bytes.as_slice(), &a, &b, &ArchiveLimits::default());
+        let mut gz = vec![0x1f, 0x8b];
+        gz.extend_from_slice(&bytes);
+        let _ = cargo::inspect_crate(gz.as_slice(), &a, &b, &ArchiveLimits::default());
     }
 }

@@ -1,5 +1,6 @@
 //! Include/exclude filters on item names. An item's name is what a user
-//! thinks of: the package for npm and PyPI, the path for assets.
+//! thinks of: the package for npm and PyPI, the path for assets, the crate for
+//! cargo (lowercase, `_` for `-`).
 
 use ferry_types::{FeedType, ItemKey};
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -18,6 +19,11 @@ pub fn item_name(ty: FeedType, key: &ItemKey) -> &str {
         }
         // NORMALIZED/FILENAME
         FeedType::Pypi => k.split_once('/').map_or(k, |(n, _)| n),
+        // crate/CANONICAL/VERSION: the crate name, lowercase with `_` for `-`.
+        FeedType::Cargo => {
+            let rest = k.split_once('/').map_or(k, |(_, r)| r);
+            rest.split_once('/').map_or(rest, |(name, _)| name)
+        }
         // manifest/REPOSITORY/DIGEST or tag/REPOSITORY/TAG, where REPOSITORY may nest.
         FeedType::Oci => {
             let rest = k.split_once('/').map_or(k, |(_, r)| r);
@@ -84,6 +90,7 @@ mod tests {
         );
         assert_eq!(item_name(FeedType::Assets, &k("a/b.txt")), "a/b.txt");
         assert_eq!(item_name(FeedType::Oci, &k("tag/team/app/latest")), "team/app");
+        assert_eq!(item_name(FeedType::Cargo, &k("crate/my_crate/1.0.0")), "my_crate");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! Private feeds are invisible to callers who may not read them (the rule
 //! is [`ferry_core::auth`]'s): for every route family (assets, npm, PyPI,
-//! OCI) an existing private feed answers such a caller exactly as a
+//! OCI, cargo) an existing private feed answers such a caller exactly as a
 //! missing feed does. Without a key, any feed that is not public answers
 //! 401 with the `WWW-Authenticate` challenge; with a key that may not read
 //! it, 404 "feed NAME not found"; a wrong key, 401 before anything else.
@@ -27,8 +27,9 @@ use ferry_types::{FeedName, FeedType};
 use crate::AppState;
 use crate::error::{ApiError, Flavor};
 
-/// The API key presented, if any: `Authorization: Bearer KEY`, or basic
-/// auth with any user name and the key as password.
+/// The API key presented, if any: `Authorization: Bearer KEY`, basic auth
+/// with any user name and the key as password, or the key alone as the
+/// whole header value (`Authorization: KEY`, what cargo sends).
 pub fn presented_secret(headers: &HeaderMap) -> Result<Option<String>, CoreError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
@@ -48,6 +49,8 @@ pub fn presented_secret(headers: &HeaderMap) -> Result<Option<String>, CoreError
             let (_, password) = decoded.split_once(':').unwrap_or(("", decoded.as_str()));
             Ok(Some(password.to_string()))
         }
+        // No scheme: the value is the key itself (cargo's token).
+        _ if rest.is_empty() => Ok(Some(scheme.to_string())),
         _ => Err(CoreError::Unauthorized(format!(
             "unsupported authorization scheme {scheme:?}"
         ))),
@@ -129,6 +132,7 @@ fn type_for_prefix(prefix: &str) -> Option<(FeedType, Flavor)> {
         "npm" => Some((FeedType::Npm, Flavor::Json)),
         "pypi" => Some((FeedType::Pypi, Flavor::Text)),
         "v2" => Some((FeedType::Oci, Flavor::Oci)),
+        "cargo" => Some((FeedType::Cargo, Flavor::Cargo)),
         _ => None,
     }
 }

@@ -1,6 +1,6 @@
 //! The one mapping from [`CoreError`] to HTTP responses. Feed protocols
 //! differ only in how they word the body: npm and the management API want
-//! JSON, the rest plain text. Failures the log must tell are handed to the
+//! JSON, OCI and cargo their `errors` arrays, the rest plain text. Failures the log must tell are handed to the
 //! middleware in `lib.rs` as a [`Failure`] (it knows the feed and client).
 
 use axum::Json;
@@ -14,6 +14,9 @@ pub enum Flavor {
     Json,
     /// OCI distribution: `{"errors":[{"code","message"}]}`.
     Oci,
+    /// cargo's registry Web API: `{"errors":[{"detail"}]}`, which cargo
+    /// shows after the status.
+    Cargo,
 }
 
 /// A failed request: the error and how its protocol wants it worded.
@@ -111,6 +114,11 @@ impl IntoResponse for ApiError {
                 let body = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
                 (status, Json(body)).into_response()
             }
+            Flavor::Cargo => (
+                status,
+                Json(serde_json::json!({ "errors": [{ "detail": message }] })),
+            )
+                .into_response(),
         };
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(

@@ -73,7 +73,7 @@ const fn feed(name: &'static str, ty: FeedType, private: bool, tag: &'static str
     }
 }
 
-const FEEDS: [FeedDef; 10] = [
+const FEEDS: [FeedDef; 12] = [
     feed("pub-assets", FeedType::Assets, false, "pa"),
     feed("pub-npm", FeedType::Npm, false, "pn"),
     feed("pub-pypi", FeedType::Pypi, false, "pp"),
@@ -86,6 +86,9 @@ const FEEDS: [FeedDef; 10] = [
     feed("walled-assets", FeedType::Assets, true, "wa"),
     // Public and empty: the feed the "elsewhere" write key may write.
     feed("side-assets", FeedType::Assets, false, "sa"),
+    // cargo feeds, in no replication.
+    feed("pub-cargo", FeedType::Cargo, false, "pc"),
+    feed("priv-cargo", FeedType::Cargo, true, "xc"),
 ];
 const WALLED: usize = 8;
 const SIDE: usize = 9;
@@ -760,7 +763,45 @@ async fn seed(i: &Instance, f: usize) -> Seeded {
         FeedType::Npm => seed_npm(i, f).await,
         FeedType::Pypi => seed_pypi(i, f).await,
         FeedType::Oci => seed_oci(i, f).await,
+        FeedType::Cargo => seed_cargo(i, f).await,
     }
+}
+
+/// cargo's publish body of `name` 1.0.0 whose description (and source) is
+/// `description`.
+fn cargo_publish(feed: &str, name: &str, description: &str) -> Req {
+    let manifest = format!("[package]\nname = \"{name}\"\nversion = \"1.0.0\"\n");
+    let lib = format!("pub const S: &str = {description:?};\n");
+    let (toml_path, lib_path) = (
+        format!("{name}-1.0.0/Cargo.toml"),
+        format!("{name}-1.0.0/src/lib.rs"),
+    );
+    let krate = dist::gzip(&dist::tar(&[
+        (toml_path.as_str(), manifest.as_bytes()),
+        (lib_path.as_str(), lib.as_bytes()),
+    ]));
+    let meta =
+        json!({ "name": name, "vers": "1.0.0", "deps": [], "features": {}, "description": description })
+            .to_string();
+    let mut b = (meta.len() as u32).to_le_bytes().to_vec();
+    b.extend_from_slice(meta.as_bytes());
+    b.extend_from_slice(&(krate.len() as u32).to_le_bytes());
+    b.extend_from_slice(&krate);
+    Req::new("PUT", format!("/cargo/{feed}/api/v1/crates/new"))
+        .header(HOST.0, HOST.1)
+        .body(b)
+}
+
+async fn seed_cargo(i: &Instance, f: usize) -> Seeded {
+    let FeedDef { name, tag, .. } = FEEDS[f];
+    admin(i, cargo_publish(name, &format!("{tag}-crate"), &marker(tag))).await;
+    per_cred(|ci| async move {
+        for krate in ["yk", "uy", "del"] {
+            admin(i, cargo_publish(name, &format!("{krate}{ci}"), "doomed")).await;
+        }
+    })
+    .await;
+    Seeded::default()
 }
 
 /// An incoming replication and a token of it.
@@ -1040,6 +1081,44 @@ impl Routes {
         });
     }
 
+    fn cargo(&mut self, vis: Vis) {
+        use Rule::{FeedRead as R, FeedWrite as W};
+        let f = feed_index(FeedType::Cargo, vis);
+        let FeedDef { name: n, tag: t, .. } = FEEDS[f];
+        let cargo =
+            move |method, path: String| Req::new(method, format!("/cargo/{n}/{path}")).header(HOST.0, HOST.1);
+        self.add("cargo GET config.json", vis, R, f, move |_, _| {
+            cargo("GET", "config.json".into())
+        });
+        self.add("cargo GET index file", vis, R, f, move |_, _| {
+            cargo("GET", format!("{t}/-c/{t}-crate"))
+        });
+        self.add("cargo GET download", vis, R, f, move |_, _| {
+            cargo("GET", format!("api/v1/crates/{t}-crate/1.0.0/download"))
+        });
+        self.add("cargo HEAD download", vis, R, f, move |_, _| {
+            cargo("HEAD", format!("api/v1/crates/{t}-crate/1.0.0/download"))
+        });
+        self.add("cargo GET search", vis, R, f, move |_, _| {
+            cargo("GET", format!("api/v1/crates?q={t}&per_page=10"))
+        });
+        self.add("cargo GET owners", vis, R, f, move |_, _| {
+            cargo("GET", format!("api/v1/crates/{t}-crate/owners"))
+        });
+        self.add("cargo PUT publish", vis, W, f, move |_, ci| {
+            cargo_publish(n, &format!("new{ci}"), "fresh")
+        });
+        self.add("cargo DELETE yank", vis, W, f, move |_, ci| {
+            cargo("DELETE", format!("api/v1/crates/yk{ci}/1.0.0/yank"))
+        });
+        self.add("cargo PUT unyank", vis, W, f, move |_, ci| {
+            cargo("PUT", format!("api/v1/crates/uy{ci}/1.0.0/unyank"))
+        });
+        self.add("cargo DELETE version", vis, W, f, move |_, ci| {
+            cargo("DELETE", format!("api/v1/crates/del{ci}/1.0.0"))
+        });
+    }
+
     fn oci(&mut self, vis: Vis) {
         use Rule::{FeedRead as R, FeedWrite as W};
         let f = feed_index(FeedType::Oci, vis);
@@ -1311,6 +1390,7 @@ fn routes() -> Vec<Route> {
         r.npm(vis);
         r.pypi(vis);
         r.oci(vis);
+        r.cargo(vis);
         r.management_of_feeds(vis);
         r.replication_of_feed(vis);
     }
@@ -1354,6 +1434,10 @@ fn secrets() -> Vec<Secret> {
                 add(format!("{t}_proj"), owner, true);
             }
             FeedType::Oci => add(format!("{t}-app"), owner, true),
+            FeedType::Cargo => {
+                add(format!("{t}-crate"), owner, true);
+                add(format!("{t}_crate"), owner, true);
+            }
         }
         for cred in [Cred::ReadScoped, Cred::WriteScoped, Cred::AdminScoped] {
             add(key_name(cred, f).unwrap(), Owner::Key, true);

@@ -19,17 +19,19 @@ const JSON: (&str, &str) = ("content-type", "application/json");
 /// A well-formed key that matches no key.
 const WRONG: &str = "ferry_0000000000000000000000000000000000000000000000000000000000000000";
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const PUBLIC: [(&str, FeedType); 4] = [
+const PUBLIC: [(&str, FeedType); 5] = [
     ("pub-assets", FeedType::Assets),
     ("pub-npm", FeedType::Npm),
     ("pub-pypi", FeedType::Pypi),
     ("pub-oci", FeedType::Oci),
+    ("pub-cargo", FeedType::Cargo),
 ];
-const PRIVATE: [(&str, FeedType); 4] = [
+const PRIVATE: [(&str, FeedType); 5] = [
     ("f-assets", FeedType::Assets),
     ("f-npm", FeedType::Npm),
     ("f-pypi", FeedType::Pypi),
     ("f-oci", FeedType::Oci),
+    ("f-cargo", FeedType::Cargo),
 ];
 
 fn digest(data: &[u8]) -> String {
@@ -172,6 +174,7 @@ enum Family {
     Npm,
     Pypi,
     Oci,
+    Cargo,
     Management,
 }
 
@@ -262,6 +265,19 @@ fn requests(family: Family, f: &str) -> Vec<Req> {
             Req::new("DELETE", format!("/v2/{f}/app/blobs/{zero}")),
             Req::new("DELETE", format!("/v2/{f}/app/blobs/uploads/abc")),
         ],
+        Family::Cargo => vec![
+            Req::new("GET", format!("/cargo/{f}/config.json")),
+            Req::new("GET", format!("/cargo/{f}/3/p/pkg")),
+            Req::new("GET", format!("/cargo/{f}/1/x")),
+            Req::new("GET", format!("/cargo/{f}/api/v1/crates?q=pkg")),
+            Req::new("GET", format!("/cargo/{f}/api/v1/crates/pkg/owners")),
+            Req::new("GET", format!("/cargo/{f}/api/v1/crates/pkg/1.0.0/download")),
+            Req::new("HEAD", format!("/cargo/{f}/api/v1/crates/pkg/1.0.0/download")),
+            Req::new("PUT", format!("/cargo/{f}/api/v1/crates/new")).body(vec![0u8; 8]),
+            Req::new("DELETE", format!("/cargo/{f}/api/v1/crates/pkg/1.0.0/yank")),
+            Req::new("PUT", format!("/cargo/{f}/api/v1/crates/pkg/1.0.0/unyank")),
+            Req::new("DELETE", format!("/cargo/{f}/api/v1/crates/pkg/1.0.0")),
+        ],
         Family::Management => vec![
             Req::new("GET", format!("/api/v1/feeds/{f}")),
             Req::new("DELETE", format!("/api/v1/feeds/{f}")),
@@ -281,6 +297,7 @@ fn targets(family: Family) -> Vec<&'static str> {
         Family::Npm => vec!["f-npm", "f-pypi"],
         Family::Pypi => vec!["f-pypi", "f-oci"],
         Family::Oci => vec!["f-oci", "f-assets"],
+        Family::Cargo => vec!["f-cargo", "f-npm"],
         Family::Management => vec!["f-assets", "f-oci"],
     }
 }
@@ -321,6 +338,7 @@ async fn private_feeds_answer_outsiders_exactly_as_missing_feeds() {
         Family::Npm,
         Family::Pypi,
         Family::Oci,
+        Family::Cargo,
         Family::Management,
     ] {
         for feed in targets(family) {
@@ -384,7 +402,13 @@ async fn a_key_that_may_read_a_private_feed_sees_it() {
         .send("GET", "/v2/f-oci/app/tags/list", key, &[], Body::empty())
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    for family in [Family::Assets, Family::Npm, Family::Pypi, Family::Oci] {
+    for family in [
+        Family::Assets,
+        Family::Npm,
+        Family::Pypi,
+        Family::Oci,
+        Family::Cargo,
+    ] {
         let [own, other] = targets(family)[..] else {
             unreachable!()
         };

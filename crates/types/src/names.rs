@@ -42,10 +42,17 @@ pub enum FeedType {
     Npm,
     Pypi,
     Oci,
+    Cargo,
 }
 
 impl FeedType {
-    pub const ALL: [FeedType; 4] = [FeedType::Assets, FeedType::Npm, FeedType::Pypi, FeedType::Oci];
+    pub const ALL: [FeedType; 5] = [
+        FeedType::Assets,
+        FeedType::Npm,
+        FeedType::Pypi,
+        FeedType::Oci,
+        FeedType::Cargo,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,6 +60,7 @@ impl FeedType {
             FeedType::Npm => "npm",
             FeedType::Pypi => "pypi",
             FeedType::Oci => "oci",
+            FeedType::Cargo => "cargo",
         }
     }
 }
@@ -163,7 +171,7 @@ mod tests {
     fn feed_types() {
         assert_eq!("npm".parse::<FeedType>(), Ok(FeedType::Npm));
         let err = "maven".parse::<FeedType>().unwrap_err();
-        assert!(err.to_string().contains("assets, npm, pypi, oci"));
+        assert!(err.to_string().contains("assets, npm, pypi, oci, cargo"));
     }
 
     #[test]
