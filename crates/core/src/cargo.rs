@@ -198,6 +198,7 @@ pub async fn publish(ferry: &Ferry, feed: &FeedRecord, body: ByteStream) -> Resu
     let size = staged.size();
     let digest = ferry.commit_blob(staged).await?;
     let item = publish.into_item(&digest, size);
+    let _crate_lock = lock_crate(feed, &name).await;
     check_new_version(ferry, feed, &key, &name, &vers).await?;
     let write = LocalWrite::upsert(key, item.to_json(), vec![digest], Precondition::Absent);
     match ferry.write(feed, vec![write]).await {
@@ -220,6 +221,37 @@ async fn inspect(ferry: &Ferry, staged: &StagedBlob, name: &str, vers: &str) -> 
     .map_err(|e| CoreError::Internal(format!(".crate inspection failed: {e}")))?
 }
 
+/// The one spelling a crate is shown under: that of its earliest-written
+/// version (ties by version key), the same on every instance. Versions
+/// that arrived under another spelling (published on two instances before
+/// either saw the other) are shown under it too, so a crate has one index
+/// file and one name whatever its versions were published as.
+fn display_name(versions: &[StoredVersion]) -> Option<&str> {
+    versions
+        .iter()
+        .min_by(|a, b| a.created.cmp(&b.created).then_with(|| a.key.cmp(&b.key)))
+        .map(|v| v.item.index.name.as_str())
+}
+
+/// How many locks the crates of every feed share (by hash).
+const CRATE_LOCK_STRIPES: usize = 64;
+
+static CRATE_LOCKS: [tokio::sync::Mutex<()>; CRATE_LOCK_STRIPES] =
+    [const { tokio::sync::Mutex::const_new(()) }; CRATE_LOCK_STRIPES];
+
+/// Serializes, on this instance, the last check and the write of publishes
+/// of one crate (any spelling), so two spellings published at once cannot
+/// both pass the check. Crates share stripes by hash; a collision only
+/// makes one wait for the other.
+async fn lock_crate(feed: &FeedRecord, name: &str) -> tokio::sync::MutexGuard<'static, ()> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (feed.id, canonical_name(name)).hash(&mut h);
+    CRATE_LOCKS[(h.finish() as usize) % CRATE_LOCK_STRIPES]
+        .lock()
+        .await
+}
+
 /// Refuses a version the crate has (Conflict, as cargo shows it), and a
 /// crate name spelled otherwise than the crate's existing versions.
 async fn check_new_version(
@@ -232,15 +264,13 @@ async fn check_new_version(
     if ferry.item(feed, key).await?.is_some() {
         return Err(already_uploaded(name, vers));
     }
-    let existing = ferry.items_page(feed, &crate_key_prefix(name), None, 1).await?;
-    if let Some(item) = existing.first()
-        && let Ok(other) = CrateItem::from_json(&item.meta)
-        && other.index.name != name
+    let existing = versions(ferry, feed, name).await?;
+    if let Some(shown) = display_name(&existing)
+        && shown != name
     {
         return Err(CoreError::conflict(format!(
-            "crate `{name}` is the existing crate `{}` spelled otherwise (names differing only in case or \
-             `-`/`_` are the same crate); publish it as `{}`",
-            other.index.name, other.index.name
+            "crate `{name}` is the existing crate `{shown}` spelled otherwise (names differing only in case or \
+             `-`/`_` are the same crate); publish it as `{shown}`"
         )));
     }
     Ok(())
@@ -255,6 +285,9 @@ pub struct StoredVersion {
     pub digest: Digest,
     /// When the item last changed (Unix ms).
     pub modified: i64,
+    /// When the version was first written (Unix ms; the same on every
+    /// instance, replication carries it).
+    pub created: i64,
 }
 
 impl StoredVersion {
@@ -269,6 +302,7 @@ impl StoredVersion {
             item,
             digest,
             modified: rec.updated_at,
+            created: rec.created_at,
         })
     }
 }
@@ -331,23 +365,29 @@ pub struct IndexFile {
 }
 
 /// The index file of the crate whose lowercase name is `lower` (the name an
-/// index path holds): one line per version. Rendered from the items and
-/// cached until the feed changes. NotFound when the crate has no versions
-/// spelled so (cargo then tries other spellings by itself).
+/// index path holds): one line per version, every line under the crate's
+/// one shown spelling ([`display_name`]). Rendered from the items and
+/// cached until the feed changes. NotFound when the crate is not shown
+/// under a spelling that lowercases to `lower` (cargo then tries the other
+/// spellings by itself, and names the right one).
 pub async fn index_file(ferry: &Ferry, feed: &FeedRecord, lower: &str) -> Result<IndexFile, CoreError> {
     let cached = ferry
         .cached_index(feed, &format!("cargo:index:{lower}"), || async {
-            let mut modified = 0;
-            let mut entries: Vec<IndexEntry> = Vec::new();
-            for v in versions(ferry, feed, lower).await? {
-                if v.item.index.name.to_ascii_lowercase() == lower {
-                    modified = modified.max(v.modified);
-                    entries.push(v.item.index);
-                }
-            }
-            if entries.is_empty() {
+            let all = versions(ferry, feed, lower).await?;
+            let Some(shown) = display_name(&all).map(str::to_owned) else {
+                return Ok(Bytes::new());
+            };
+            if shown.to_ascii_lowercase() != lower {
                 return Ok(Bytes::new());
             }
+            let modified = all.iter().map(|v| v.modified).max().unwrap_or(0);
+            let entries: Vec<IndexEntry> = all
+                .into_iter()
+                .map(|v| IndexEntry {
+                    name: shown.clone(),
+                    ..v.item.index
+                })
+                .collect();
             let body = render_index_file(&entries);
             let etag = &Digest::of(&body).hex()[..32];
             // Cached as one value: a header line with the validators, then
@@ -403,7 +443,7 @@ struct SearchRow {
 async fn search_summary(ferry: &Ferry, feed: &FeedRecord) -> Result<Vec<SearchRow>, CoreError> {
     let cached = ferry
         .cached_index(feed, "cargo:search", || async {
-            let mut groups: Vec<(String, Vec<CrateItem>)> = Vec::new();
+            let mut groups: Vec<(String, Vec<StoredVersion>)> = Vec::new();
             for v in ferry
                 .items(feed, "crate/")
                 .await?
@@ -413,15 +453,19 @@ async fn search_summary(ferry: &Ferry, feed: &FeedRecord) -> Result<Vec<SearchRo
                 let Ok((canonical, _)) = parse_item_key(&v.key) else {
                     continue;
                 };
+                let canonical = canonical.to_owned();
                 match groups.last_mut() {
-                    Some((c, items)) if c == canonical => items.push(v.item),
-                    _ => groups.push((canonical.to_owned(), vec![v.item])),
+                    Some((c, versions)) if *c == canonical => versions.push(v),
+                    _ => groups.push((canonical, vec![v])),
                 }
             }
             let rows: Vec<SearchRow> = groups
                 .into_iter()
-                .filter_map(|(canonical, items)| {
-                    let shown = search_entry(&items)?;
+                .filter_map(|(canonical, versions)| {
+                    let name = display_name(&versions)?.to_owned();
+                    let items: Vec<CrateItem> = versions.into_iter().map(|v| v.item).collect();
+                    let mut shown = search_entry(&items)?;
+                    shown["name"] = serde_json::Value::String(name);
                     let mut descriptions: Vec<String> = items
                         .iter()
                         .filter_map(|i| i.description.as_deref().map(str::to_lowercase))

@@ -12,8 +12,11 @@
 //! `{canonical}` is the crate name lowercased with `-` written as `_`
 //! ([`canonical_name`]): cargo compares names case-insensitively with `-`
 //! and `_` equivalent, so one crate has one key prefix whatever the
-//! spelling; the spelling it was first published with is kept in the index
-//! line's `name`. `{version}` is the semver version without build metadata
+//! spelling; each version keeps the spelling it was published with in its
+//! index line's `name`, and the crate is shown (index file, search) under
+//! one spelling, its earliest-written version's, even when versions arrive
+//! by replication under another. A `.crate` may unpack to at most
+//! [`MAX_UNPACKED_CRATE`] (cargo's own limit). `{version}` is the semver version without build metadata
 //! (`1.0.0+a` and `1.0.0+b` are the same version to cargo). The index line
 //! is the JSON object cargo reads from the sparse index ([`IndexEntry`]);
 //! its `cksum` is the sha256 of the `.crate`, which is the item's blob
@@ -53,6 +56,9 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_VERSION_LEN: usize = 256;
 /// Largest JSON part of a publish body read into memory.
 pub const MAX_PUBLISH_JSON: u32 = 1 << 20;
+/// Most bytes a `.crate` may unpack to: cargo's own limit (512 MiB), so
+/// nothing is accepted that no cargo could unpack.
+pub const MAX_UNPACKED_CRATE: u64 = 512 << 20;
 
 /// The standard library's crate names, which a dependency could never
 /// mean, and Windows device names (a crate so named could not be unpacked
@@ -564,6 +570,10 @@ pub fn inspect_crate<R: Read>(
     vers: &str,
     limits: &ArchiveLimits,
 ) -> Result<(), FormatError> {
+    let limits = &ArchiveLimits {
+        max_unpacked_bytes: limits.max_unpacked_bytes.min(MAX_UNPACKED_CRATE),
+        ..*limits
+    };
     let mut crate_file = crate_file;
     let mut magic = [0u8; 2];
     let mut got = 0;

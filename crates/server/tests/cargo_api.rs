@@ -745,3 +745,120 @@ async fn replicated_versions_must_match_their_crate() {
     let lines = spoke.index("re/pl/replica").await;
     assert_eq!(lines[0]["cksum"], digest.hex());
 }
+
+/// One crate, one name: spellings that differ only in case or `-`/`_`
+/// published at the same moment cannot both get in, and versions that
+/// arrive by replication under another spelling are shown under the
+/// crate's one spelling (its earliest-written version's), in one index
+/// file.
+#[tokio::test]
+async fn a_crate_has_one_spelling_even_when_spellings_race_or_replicate() {
+    let reg = Reg::new().await;
+    for round in 0..4 {
+        let spellings = [
+            format!("Sp{round}-x"),
+            format!("sp{round}_x"),
+            format!("SP{round}_X"),
+            format!("sp{round}-x"),
+        ];
+        let (a, b, c, d) = tokio::join!(
+            reg.publish(&spellings[0], "0.0.0"),
+            reg.publish(&spellings[1], "0.1.0"),
+            reg.publish(&spellings[2], "0.2.0"),
+            reg.publish(&spellings[3], "0.3.0"),
+        );
+        let results = [a, b, c, d];
+        let won: Vec<usize> = (0..4).filter(|i| results[*i].status == StatusCode::OK).collect();
+        assert_eq!(
+            won.len(),
+            1,
+            "round {round}: {:?}",
+            results.iter().map(|r| r.text()).collect::<Vec<_>>()
+        );
+        let winner = &spellings[won[0]];
+        for (i, r) in results.iter().enumerate() {
+            if i != won[0] {
+                cargo_error(r, StatusCode::CONFLICT, "spelled otherwise");
+            }
+        }
+        let lower = winner.to_ascii_lowercase();
+        let lines = reg
+            .index(&format!("{}/{}/{lower}", &lower[..2], &lower[2..4]))
+            .await;
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["name"], winner.as_str());
+        // The other lowercase spelling has no index file of its own.
+        let other = if lower.contains('-') {
+            lower.replace('-', "_")
+        } else {
+            lower.replace('_', "-")
+        };
+        let r = reg
+            .cargo(
+                "GET",
+                &format!("{}/{}/{other}", &other[..2], &other[2..4]),
+                None,
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    }
+
+    // A hub publishes `zed_x` 0.1.0; a spoke, before it sees it, publishes
+    // `Zed-X` 0.2.0; then the hub's version arrives. Both versions are
+    // shown under the earlier-written spelling, in one index file.
+    let hub = Reg::new().await;
+    assert_eq!(hub.publish("zed_x", "0.1.0").await.status, StatusCode::OK);
+    let hub_feed = hub.i.ferry.feed(&FeedName::new("rs").unwrap()).await.unwrap();
+    let item = hub
+        .i
+        .ferry
+        .items(&hub_feed, "crate/zed_x/")
+        .await
+        .unwrap()
+        .remove(0);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let spoke = Reg::new().await;
+    assert_eq!(spoke.publish("Zed-X", "0.2.0").await.status, StatusCode::OK);
+    let feed = spoke.i.ferry.feed(&FeedName::new("rs").unwrap()).await.unwrap();
+    let staged = spoke
+        .i
+        .ferry
+        .stage_bytes(Bytes::from(dot_crate("zed_x", "0.1.0")))
+        .await
+        .unwrap();
+    let digest = spoke.i.ferry.commit_blob(staged).await.unwrap();
+    spoke
+        .i
+        .ferry
+        .apply(
+            &feed,
+            vec![Change {
+                key: item.key.clone(),
+                stamp: item.stamp,
+                op: ChangeOp::Upsert {
+                    meta: item.meta.clone(),
+                    blobs: vec![digest],
+                    created_at: Some(item.created_at),
+                },
+            }],
+        )
+        .await
+        .unwrap();
+    let lines = spoke.index("ze/d_/zed_x").await;
+    let names: Vec<&str> = lines.iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["zed_x", "zed_x"], "{lines:?}");
+    let r = spoke.cargo("GET", "ze/d-/zed-x", None, &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    // Publishing under the spoke's own earlier spelling is now refused too.
+    cargo_error(
+        &spoke.publish("Zed-X", "0.3.0").await,
+        StatusCode::CONFLICT,
+        "`zed_x`",
+    );
+    let r = spoke
+        .cargo("GET", "api/v1/crates?q=zed", None, &[], Body::empty())
+        .await;
+    assert_eq!(r.json()["crates"][0]["name"], "zed_x", "{}", r.text());
+}

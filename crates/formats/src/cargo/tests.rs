@@ -228,6 +228,29 @@ fn crate_files() {
     };
     let e = inspect_crate(good.as_slice(), "demo", "0.1.0", &limits).unwrap_err();
     assert!(matches!(e, FormatError::TooLarge(_)), "{e}");
+    // Whatever the instance's archive limit, no more than cargo itself
+    // unpacks (512 MiB): a member declaring 600 MiB is refused from its
+    // header, before any of it is read.
+    let mut tar = Vec::new();
+    let mut h = tar::Header::new_gnu();
+    h.set_path("demo-0.1.0/huge").unwrap();
+    h.set_size(600 << 20);
+    h.set_mode(0o644);
+    h.set_entry_type(EntryType::Regular);
+    h.set_cksum();
+    tar.extend_from_slice(h.as_bytes());
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(&tar).unwrap();
+    let declared = gz.finish().unwrap();
+    let generous = ArchiveLimits {
+        max_unpacked_bytes: 4 << 30,
+        ..ArchiveLimits::default()
+    };
+    let e = inspect_crate(declared.as_slice(), "demo", "0.1.0", &generous).unwrap_err();
+    assert!(
+        matches!(&e, FormatError::TooLarge(m) if m.contains(&MAX_UNPACKED_CRATE.to_string())),
+        "{e}"
+    );
 }
 
 #[test]
