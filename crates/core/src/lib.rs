@@ -52,6 +52,13 @@ pub struct Config {
     /// elsewhere (replication, bundles) may be. Further ahead, the change
     /// is refused: one bad clock must not freeze a key everywhere.
     pub max_clock_skew: Duration,
+    /// The name this instance reports to the instances it replicates with
+    /// (shown in their view of their peers). `None`: the host name.
+    pub instance_name: Option<String>,
+    /// A peer of an incoming replication not seen for this many of its
+    /// intervals (as it reports them; 60 s when it does not) is stale.
+    /// A request in progress (a long poll) counts as seen. Default 3.
+    pub peer_stale_intervals: u32,
     /// Whether `/metrics` answers without a key. Off by default: metrics
     /// name every feed, private ones too, and every replication (see
     /// [`auth::authorize_metrics`]).
@@ -84,6 +91,8 @@ impl Default for Config {
             archive: ArchiveLimits::default(),
             blob_lease: Duration::from_secs(3600),
             max_clock_skew: Duration::from_secs(300),
+            instance_name: None,
+            peer_stale_intervals: 3,
             metrics_public: false,
             base_url: None,
             oci_upload_idle_timeout: Duration::from_secs(600),

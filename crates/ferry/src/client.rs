@@ -422,6 +422,52 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 print_report(&e["report"])?;
             }
         }
+        ReplCmd::Peers { name, json, conn } => {
+            let list = call(
+                &conn,
+                Method::GET,
+                &format!("/api/v1/replications/{name}/peers"),
+                None,
+            )
+            .await?;
+            if json {
+                return print_json(&list);
+            }
+            let peers = list.as_array().cloned().unwrap_or_default();
+            if peers.is_empty() {
+                say!("no instance has connected to {name} yet");
+            }
+            for p in &peers {
+                let state = if p["stale"].as_bool() == Some(true) {
+                    "STALE"
+                } else if p["connected"].as_bool() == Some(true) {
+                    "connected"
+                } else {
+                    "seen"
+                };
+                say!(
+                    "{}\t{}\t{}\tFerry {}\tfrom {}\tlast contact {:.0} s ago\tlag {:.1} s",
+                    p["instance_id"].as_str().unwrap_or("?"),
+                    p["name"].as_str().unwrap_or("-"),
+                    state,
+                    p["ferry_version"].as_str().unwrap_or("?"),
+                    p["address"].as_str().unwrap_or("?"),
+                    p["seconds_since_contact"].as_f64().unwrap_or(0.0),
+                    p["lag_seconds"].as_f64().unwrap_or(0.0),
+                );
+                for (feed, f) in p["feeds"].as_object().into_iter().flatten() {
+                    say!(
+                        "  {feed}: cursor {}, {} changes behind ({:.1} s)",
+                        f["cursor"],
+                        f["lag_changes"],
+                        f["lag_seconds"].as_f64().unwrap_or(0.0)
+                    );
+                }
+                if let Some(e) = p["last_error"]["message"].as_str() {
+                    say!("  last error: {e}");
+                }
+            }
+        }
         ReplCmd::Plan { name, json, conn } => {
             let r = call(
                 &conn,

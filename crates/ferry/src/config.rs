@@ -26,6 +26,12 @@ pub struct Config {
     pub fsck_sample: f64,
     /// How far ahead of this clock a replicated stamp may be, in seconds.
     pub max_clock_skew_secs: u64,
+    /// The name this instance reports to the instances it replicates with
+    /// (unset: the host name).
+    pub instance_name: Option<String>,
+    /// A peer of an incoming replication not seen for this many of its
+    /// intervals is shown stale.
+    pub peer_stale_intervals: u32,
     /// The URL clients reach this instance at behind a reverse proxy
     /// (`https://example.test/registry`); absolute URLs Ferry emits (npm
     /// tarballs) start with it. Unset: taken from each request.
@@ -83,6 +89,8 @@ impl Default for Config {
             fsck_interval_secs: 86_400,
             fsck_sample: 0.05,
             max_clock_skew_secs: 300,
+            instance_name: None,
+            peer_stale_intervals: 3,
             metrics_public: false,
             base_url: None,
             log: "info".into(),
@@ -145,6 +153,14 @@ impl Config {
             cfg.max_clock_skew_secs = v
                 .parse()
                 .with_context(|| format!("FERRY_MAX_CLOCK_SKEW_SECS={v:?}"))?;
+        }
+        if let Ok(v) = std::env::var("FERRY_INSTANCE_NAME") {
+            cfg.instance_name = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Ok(v) = std::env::var("FERRY_PEER_STALE_INTERVALS") {
+            cfg.peer_stale_intervals = v
+                .parse()
+                .with_context(|| format!("FERRY_PEER_STALE_INTERVALS={v:?}"))?;
         }
         if let Ok(v) = std::env::var("FERRY_HEADER_READ_TIMEOUT_SECS") {
             cfg.header_read_timeout_secs = v

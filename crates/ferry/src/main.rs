@@ -229,6 +229,15 @@ pub enum ReplCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Show the instances that connect to an incoming replication: name,
+    /// versions, address, last contact, lag per feed, last error, stale.
+    Peers {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Show what an execution would copy and delete, changing nothing.
     Plan {
         name: String,

@@ -68,6 +68,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let core_cfg = ferry_core::Config {
         max_upload_bytes: cfg.max_upload_bytes,
         max_clock_skew: Duration::from_secs(cfg.max_clock_skew_secs),
+        instance_name: cfg.instance_name.clone(),
+        peer_stale_intervals: cfg.peer_stale_intervals.max(1),
         metrics_public: cfg.metrics_public,
         base_url: cfg.base_url.clone(),
         ..Default::default()

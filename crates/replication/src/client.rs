@@ -34,14 +34,19 @@ pub struct Remote {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// This instance's id, sent as [`INSTANCE_HEADER`] on every request.
+    instance: String,
 }
 
 impl Remote {
-    pub fn new(http: reqwest::Client, url: &str, token: &str) -> Self {
+    /// A client of the replication API at `url`, authenticating with sync
+    /// token `token` and naming itself as instance `instance`.
+    pub fn new(http: reqwest::Client, url: &str, token: &str, instance: ferry_types::InstanceId) -> Self {
         Self {
             http,
             base: format!("{}{BASE_PATH}", url.trim_end_matches('/')),
             token: token.to_string(),
+            instance: instance.to_string(),
         }
     }
 
@@ -49,6 +54,7 @@ impl Remote {
         self.http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token)
+            .header(INSTANCE_HEADER, &self.instance)
     }
 
     async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ReplError> {

@@ -177,7 +177,7 @@ impl<'a> Run<'a> {
             r,
             rec,
             cfg,
-            remote: Remote::new(r.http().clone(), url, token),
+            remote: Remote::new(r.http().clone(), url, token, r.ferry().instance_id()),
             filter: Filter::new(&cfg.include, &cfg.exclude)?,
             remote_id: None,
             dry: false,
@@ -247,6 +247,8 @@ impl<'a> Run<'a> {
             ferry_version: env!("CARGO_PKG_VERSION").into(),
             mode: self.cfg.mode,
             feeds,
+            instance_name: Some(crate::peers::instance_name(self.r.ferry())),
+            interval_secs: Some(self.cfg.interval_secs),
         };
         let resp = self.remote.handshake(&req).await?;
         self.adopt(&resp);

@@ -16,11 +16,16 @@ use crate::filter::Filter;
 use crate::protocol::{anchor as anchor_of, *};
 use crate::{ReplError, Replicator, token};
 
-/// A verified peer: the replication its token belongs to.
+/// A verified peer: the replication its token belongs to, and the
+/// instance it names itself as (see [`crate::peers`]).
 #[derive(Clone)]
 pub struct Session {
     pub record: ReplicationRecord,
     pub config: ReplicationConfig,
+    /// The instance id the request named (`Ferry-Instance`), if valid.
+    pub instance: Option<String>,
+    /// Notes the end of this request as contact with the peer.
+    pub request: Option<std::sync::Arc<crate::peers::PeerRequest>>,
 }
 
 const MAX_PAGE: usize = 1000;
@@ -29,8 +34,15 @@ const MAX_DIGESTS: usize = 10_000;
 const MAX_WAIT: u64 = 60;
 
 impl Replicator {
-    /// Verifies a sync token (constant-time comparison of its secret).
-    pub async fn session(&self, presented: &str) -> Result<Session, ReplError> {
+    /// Verifies a sync token (constant-time comparison of its secret) and
+    /// notes the request as contact with the peer `instance` names
+    /// (its `Ferry-Instance` header) from `address`.
+    pub async fn session(
+        &self,
+        presented: &str,
+        instance: Option<&str>,
+        address: Option<String>,
+    ) -> Result<Session, ReplError> {
         let refuse = || ReplError::Unauthorized("invalid or revoked sync token".into());
         let (id, secret) = token::split(presented).ok_or_else(refuse)?;
         let rec = self.store().sync_token(id).await?.ok_or_else(refuse)?;
@@ -52,7 +64,17 @@ impl Replicator {
         if config.communication != Communication::Incoming {
             return Err(refuse());
         }
-        Ok(Session { record, config })
+        let mut s = Session {
+            record,
+            config,
+            instance: None,
+            request: None,
+        };
+        if let Some(request) = self.peer_request(&s, instance, id, address) {
+            s.instance = instance.map(str::to_owned);
+            s.request = Some(std::sync::Arc::new(request));
+        }
+        Ok(s)
     }
 
     /// Checks that the peer's configuration fits this one.
@@ -123,6 +145,7 @@ impl Replicator {
         if let Ok(mut peers) = self.0.peers.lock() {
             peers.insert(s.record.id, req.instance_id);
         }
+        self.peer_handshake(s, &req, version).await;
         self.diag().log(
             Level::Debug,
             format!(
@@ -181,6 +204,13 @@ impl Replicator {
     /// (from the page that gave `since`), a log that is not the one the
     /// cursor was taken from answers `reset` and `diverged`.
     pub async fn changes(&self, s: &Session, feed: &str, q: PageQuery) -> Result<ChangesPage, ReplError> {
+        let since = q.since;
+        let page = self.changes_page(s, feed, q).await?;
+        self.peer_page(s, feed, since, &page);
+        Ok(page)
+    }
+
+    async fn changes_page(&self, s: &Session, feed: &str, q: PageQuery) -> Result<ChangesPage, ReplError> {
         let PageQuery {
             since,
             anchor,

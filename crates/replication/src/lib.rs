@@ -20,6 +20,7 @@ pub mod engine;
 mod error;
 pub mod filter;
 pub mod incoming;
+pub mod peers;
 pub mod protocol;
 pub mod repair;
 mod scheduler;
@@ -65,6 +66,9 @@ struct Inner {
     /// The instance each incoming replication's peer last handshook as
     /// (by replication id): it may read back blobs of items it wrote.
     peers: Mutex<HashMap<i64, ferry_types::InstanceId>>,
+    /// The hub's view of the instances connecting to incoming
+    /// replications (see [`peers`]).
+    peer_book: peers::PeerBook,
     /// Pages long polls brought, by replication id and local feed, with the
     /// cursor and anchor they were asked from and when: an execution
     /// starting there begins with it instead of asking again.
@@ -161,6 +165,7 @@ impl Replicator {
             stopping: tokio::sync::watch::channel(false).0,
             received: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
+            peer_book: peers::PeerBook::default(),
             polled: Mutex::new(HashMap::new()),
             handshakes: Mutex::new(HashMap::new()),
         }))
@@ -354,6 +359,7 @@ impl Replicator {
         if let Ok(mut m) = self.0.peers.lock() {
             m.remove(&id);
         }
+        self.forget_peers(id);
         if let Ok(mut m) = self.0.polled.lock() {
             m.retain(|(i, _), _| *i != id);
         }

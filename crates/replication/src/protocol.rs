@@ -30,7 +30,19 @@ pub struct HandshakeRequest {
     /// The outgoing side's mode.
     pub mode: Mode,
     pub feeds: Vec<WireFeed>,
+    /// The name the outgoing instance goes by (shown in the other side's
+    /// view of its peers); absent from older peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_name: Option<String>,
+    /// Seconds between the outgoing side's scheduled executions, so the
+    /// other side can tell when it is overdue; absent from older peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_secs: Option<u64>,
 }
+
+/// Header the outgoing side names its instance id with on every request,
+/// so the incoming side can tell apart instances that share a token.
+pub const INSTANCE_HEADER: &str = "ferry-instance";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HandshakeResponse {

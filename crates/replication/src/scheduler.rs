@@ -125,7 +125,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
     let Communication::Outgoing { url, token } = &cfg.communication else {
         return;
     };
-    let remote = Remote::new(r.http().clone(), url, token);
+    let remote = Remote::new(r.http().clone(), url, token, r.ferry().instance_id());
     let mut tasks = Vec::new();
     for pair in cfg.feeds.clone() {
         if cfg.mode.flows.pulls() {

@@ -174,7 +174,7 @@ async fn guard(req: Request, next: Next) -> Response {
 
 /// The peer address of the request's connection, if the server recorded
 /// it ([`App`]) or a test set one.
-fn client_addr(ext: &Extensions) -> Option<SocketAddr> {
+pub(crate) fn client_addr(ext: &Extensions) -> Option<SocketAddr> {
     ext.get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
         .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0))

@@ -28,6 +28,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/replications/{name}/tokens/{id}", delete(revoke_token))
         .route("/api/v1/replications/{name}/run", post(run))
         .route("/api/v1/replications/{name}/executions", get(executions))
+        .route("/api/v1/replications/{name}/peers", get(peers))
         .route("/api/v1/replications/{name}/plan", post(plan))
         .route("/api/v1/replications/{name}/verify", post(verify))
         .route(
@@ -216,6 +217,12 @@ async fn executions(
         .await
         .map_err(repl)?;
     Ok(Json(json!(list)))
+}
+
+/// The instances that connect to incoming replication `name` (see
+/// `ferry_replication::peers`), newest contact first, with `stale` flags.
+async fn peers(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
+    Ok(Json(json!(st.replicator.peers(&name).await.map_err(repl)?)))
 }
 
 async fn plan(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {

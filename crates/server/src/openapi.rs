@@ -113,6 +113,10 @@ pub fn document() -> Value {
                     o
                 })
             },
+            "/api/v1/replications/{name}/peers": {
+                "parameters": name_param,
+                "get": op("The instances that connect to an incoming replication, newest contact first: instance id, reported name, Ferry and protocol version, address, token id, first and last contact, interval, per feed the cursor asked from and the lag in changes and seconds, the last error answered it, whether a request of it is in progress (`connected`) and whether it is `stale` (not seen for `peer_stale_intervals` of its intervals); 400 for an outgoing replication", "200", None)
+            },
             "/api/v1/replications/{name}/plan": {
                 "parameters": name_param,
                 "post": op("What an execution would copy and delete, changing nothing", "200", None)

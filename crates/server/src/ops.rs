@@ -91,8 +91,10 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<impl 
         let who = access::principal(&st, &headers).await.map_err(ApiError::text)?;
         auth::authorize_metrics(who.as_ref(), public).map_err(ApiError::text)?;
     }
-    // Sets `ferry_blobs_damaged` (0 included) before rendering.
+    // Sets `ferry_blobs_damaged` (0 included) and the per-peer gauges of
+    // incoming replications before rendering.
     current_damage(&st).await;
+    st.replicator.set_peer_gauges().await;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),

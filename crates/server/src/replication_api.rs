@@ -61,8 +61,28 @@ impl FromRequestParts<AppState> for Peer {
         let token = presented_secret(&parts.headers)
             .map_err(err)?
             .ok_or_else(|| err(CoreError::Unauthorized("a sync token is required".into())))?;
-        st.replicator.session(&token).await.map(Peer).map_err(repl)
+        let instance = parts
+            .headers
+            .get(ferry_replication::protocol::INSTANCE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let address = crate::client_addr(&parts.extensions).map(|a| a.ip().to_string());
+        st.replicator
+            .session(&token, instance, address)
+            .await
+            .map(Peer)
+            .map_err(repl)
     }
+}
+
+/// An error answered to the peer of `s`: noted in the hub's view of its
+/// peers, then mapped like any.
+fn failed(
+    st: &AppState,
+    s: &ferry_replication::incoming::Session,
+    e: ferry_replication::ReplError,
+) -> ApiError {
+    st.replicator.peer_error(s, &e);
+    repl(e)
 }
 
 type JsonResult<T> = Result<Json<T>, ApiError>;
@@ -81,7 +101,7 @@ async fn handshake(
         st.replicator
             .handshake(&s, json_body(body)?)
             .await
-            .map_err(repl)?,
+            .map_err(|e| failed(&st, &s, e))?,
     ))
 }
 
@@ -91,7 +111,12 @@ async fn changes(
     Path(feed): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> JsonResult<ChangesPage> {
-    Ok(Json(st.replicator.changes(&s, &feed, q).await.map_err(repl)?))
+    Ok(Json(
+        st.replicator
+            .changes(&s, &feed, q)
+            .await
+            .map_err(|e| failed(&st, &s, e))?,
+    ))
 }
 
 fn default_limit() -> usize {
@@ -120,7 +145,7 @@ async fn entries(
         st.replicator
             .entries(&s, &feed, after, q.limit)
             .await
-            .map_err(repl)?,
+            .map_err(|e| failed(&st, &s, e))?,
     ))
 }
 
@@ -134,7 +159,7 @@ async fn lookup(
         .replicator
         .lookup(&s, &feed, json_body(body)?.keys)
         .await
-        .map_err(repl)?;
+        .map_err(|e| failed(&st, &s, e))?;
     Ok(Json(EntriesPage {
         entries,
         next_after: None,
@@ -160,7 +185,7 @@ async fn digest(
         st.replicator
             .feed_digest_for(&s, &feed, &include, &exclude)
             .await
-            .map_err(repl)?,
+            .map_err(|e| failed(&st, &s, e))?,
     ))
 }
 
@@ -189,7 +214,7 @@ async fn stamps(
         st.replicator
             .stamps(&s, &feed, json_body(body)?.keys)
             .await
-            .map_err(repl)?,
+            .map_err(|e| failed(&st, &s, e))?,
     ))
 }
 
@@ -203,7 +228,7 @@ async fn apply(
         st.replicator
             .apply_pushed(&s, &feed, json_body(body)?.entries)
             .await
-            .map_err(repl)?,
+            .map_err(|e| failed(&st, &s, e))?,
     ))
 }
 
@@ -216,7 +241,7 @@ async fn missing(
         .replicator
         .missing_blobs(&s, json_body(body)?.digests)
         .await
-        .map_err(repl)?;
+        .map_err(|e| failed(&st, &s, e))?;
     Ok(Json(DigestList { digests }))
 }
 
@@ -232,7 +257,10 @@ async fn get_blob(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let d = parse_digest(&digest)?;
-    st.replicator.may_read_blob(&s, &d).await.map_err(repl)?;
+    st.replicator
+        .may_read_blob(&s, &d)
+        .await
+        .map_err(|e| failed(&st, &s, e))?;
     crate::blobs::serve_blob(&st.ferry, &method, &headers, &d, "application/octet-stream", None)
         .await
         .map_err(err)
@@ -249,7 +277,7 @@ async fn blob_batch(
         .replicator
         .blob_batch(&s, json_body(body)?)
         .await
-        .map_err(repl)?;
+        .map_err(|e| failed(&st, &s, e))?;
     Response::builder()
         .header("content-type", "application/vnd.ferry.blob-batch")
         .body(Body::from_stream(stream))
@@ -267,7 +295,7 @@ async fn upload_batch(
         st.replicator
             .receive_batch(&s, Box::pin(stream))
             .await
-            .map_err(repl)?,
+            .map_err(|e| failed(&st, &s, e))?,
     ))
 }
 
@@ -282,5 +310,5 @@ async fn put_blob(
     st.replicator
         .receive_blob(&s, &d, Box::pin(stream))
         .await
-        .map_err(repl)
+        .map_err(|e| failed(&st, &s, e))
 }

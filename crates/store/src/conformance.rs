@@ -614,6 +614,29 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
     assert!(s.blob_referenced(&d, &[f.id]).await.unwrap());
     assert!(!s.blob_referenced(&d, &[f.id + 1000]).await.unwrap());
 
+    // Peers of an incoming replication: saved, replaced, listed by
+    // instance, forgotten; gone with the replication.
+    s.save_peer(r.id, "b-inst", json!({"last_contact": 1}))
+        .await
+        .unwrap();
+    s.save_peer(r.id, "a-inst", json!({"last_contact": 2}))
+        .await
+        .unwrap();
+    s.save_peer(r.id, "b-inst", json!({"last_contact": 3}))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.peers(r.id).await.unwrap(),
+        vec![
+            ("a-inst".to_string(), json!({"last_contact": 2})),
+            ("b-inst".to_string(), json!({"last_contact": 3}))
+        ]
+    );
+    assert!(s.forget_peer(r.id, "a-inst").await.unwrap());
+    assert!(!s.forget_peer(r.id, "a-inst").await.unwrap());
+    assert_eq!(s.peers(r.id).await.unwrap().len(), 1);
+
     assert!(s.delete_replication("r1").await.unwrap());
     assert_eq!(s.sync_token("tok2").await.unwrap(), None);
+    assert!(s.peers(r.id).await.unwrap().is_empty());
 }

@@ -92,6 +92,20 @@ pub trait ReplicationStore: Send + Sync + 'static {
     /// Every named position whose name starts with `prefix`, by name.
     async fn cursors(&self, replication: i64, prefix: &str) -> Result<Vec<(String, i64)>, StoreError>;
 
+    /// Saves what this instance knows of `instance`, a peer of incoming
+    /// replication `replication` (opaque JSON of the replication layer),
+    /// replacing what was saved before.
+    async fn save_peer(
+        &self,
+        replication: i64,
+        instance: &str,
+        state: serde_json::Value,
+    ) -> Result<(), StoreError>;
+    /// Every peer saved for `replication`: `(instance, state)`, by instance.
+    async fn peers(&self, replication: i64) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
+    /// Forgets peer `instance` of `replication`; whether it was saved.
+    async fn forget_peer(&self, replication: i64, instance: &str) -> Result<bool, StoreError>;
+
     async fn start_execution(&self, replication: i64, trigger: &str) -> Result<i64, StoreError>;
     async fn finish_execution(
         &self,

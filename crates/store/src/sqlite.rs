@@ -120,6 +120,16 @@ INSERT OR IGNORE INTO api_key_feeds (key_id, feed_id)
     WHERE k.feeds IS NOT NULL;
 ALTER TABLE api_keys DROP COLUMN feeds;
 "#,
+    // The instances that connect to an incoming replication, as last seen
+    // (the hub's view of its spokes): state is the replication layer's JSON.
+    r#"
+CREATE TABLE replication_peers (
+    replication_id INTEGER NOT NULL REFERENCES replications(id) ON DELETE CASCADE,
+    instance TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (replication_id, instance)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Index in [`MIGRATIONS`] of the one that scopes keys by feed id.

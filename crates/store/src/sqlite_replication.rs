@@ -280,6 +280,57 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 
+    async fn save_peer(
+        &self,
+        replication: i64,
+        instance: &str,
+        state: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let instance = instance.to_string();
+        let state = state.to_string();
+        self.write_tx(move |tx| {
+            tx.execute(
+                "INSERT INTO replication_peers (replication_id, instance, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (replication_id, instance) DO UPDATE SET state = excluded.state",
+                params![replication, instance, state],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn peers(&self, replication: i64) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare(
+                "SELECT instance, state FROM replication_peers WHERE replication_id = ?1 ORDER BY instance",
+            )?;
+            let rows = st
+                .query_map(params![replication], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(i, s)| {
+                    serde_json::from_str(&s)
+                        .map(|v| (i, v))
+                        .map_err(|e| StoreError::Backend(format!("replication peer state: {e}")))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn forget_peer(&self, replication: i64, instance: &str) -> Result<bool, StoreError> {
+        let instance = instance.to_string();
+        self.write_tx(move |tx| {
+            Ok(tx.execute(
+                "DELETE FROM replication_peers WHERE replication_id = ?1 AND instance = ?2",
+                params![replication, instance],
+            )? > 0)
+        })
+        .await
+    }
+
     async fn start_execution(&self, replication: i64, trigger: &str) -> Result<i64, StoreError> {
         let trigger = trigger.to_string();
         self.write_tx(move |tx| {

@@ -70,7 +70,10 @@ impl Instance {
     }
 
     pub async fn with_config(cfg: ferry_core::Config) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::open_in(tempfile::tempdir().unwrap(), cfg).await
+    }
+
+    async fn open_in(dir: tempfile::TempDir, cfg: ferry_core::Config) -> Self {
         let meta = SqliteStore::open(dir.path().join("ferry.db")).await.unwrap();
         let blobs = FsBlobStore::open(dir.path().join("blobs")).await.unwrap();
         let meta = Arc::new(meta);
@@ -82,6 +85,16 @@ impl Instance {
             .into_router()
             .layer(MockConnectInfo(CLIENT));
         Self { ferry, router, dir }
+    }
+
+    /// The same data directory opened again by a new instance (as after
+    /// a restart); this one is closed.
+    pub async fn reopen(self) -> Self {
+        let Instance { ferry, router, dir } = self;
+        drop(router);
+        let cfg = ferry.config().clone();
+        drop(ferry);
+        Self::open_in(dir, cfg).await
     }
 
     pub async fn feed(&self, name: &str, ty: FeedType, private: bool) {

@@ -1,0 +1,92 @@
+//! The hub's view of its spokes with real instances (issue 16): two
+//! spokes pulling from one hub are listed by `ferry replication peers`
+//! with the names they report, their cursors and lag; a spoke killed
+//! turns stale in the listing and in the metrics, while the other stays
+//! fresh.
+#![allow(clippy::unwrap_used)]
+mod support;
+
+use serde_json::Value;
+use support::{Server, curl, wait_until};
+
+fn peers(hub: &Server) -> Vec<Value> {
+    let out = hub.cli_ok(&["replication", "peers", "edge", "--json"]);
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn named<'a>(list: &'a [Value], name: &str) -> Option<&'a Value> {
+    list.iter().find(|p| p["name"] == name)
+}
+
+#[test]
+fn a_hub_lists_its_spokes_and_flags_the_one_that_stopped() {
+    let hub = Server::start_with(&[("FERRY_PEER_STALE_INTERVALS", "2")]);
+    hub.create_feed("files", "assets");
+    let key = hub.key("ci", "write");
+    let token = hub.incoming("edge", &["files"], "push");
+    let mut spokes = Vec::new();
+    for name in ["site-a", "site-b"] {
+        let s = Server::start_with(&[("FERRY_INSTANCE_NAME", name)]);
+        s.create_feed("files", "assets");
+        s.outgoing("from-hub", &["files"], &hub, &token, "pull", &["--interval", "1"]);
+        spokes.push(s);
+    }
+    let url = format!("{}/assets/files/readme.txt", hub.url);
+    let (st, _) = support::curl_stdin(&["-T", "-", "-u", &format!("ci:{key}"), &url], b"hello");
+    assert_eq!(st, 201);
+
+    // Both spokes listed by name, each caught up with the file.
+    assert!(
+        wait_until(30, || {
+            let list = peers(&hub);
+            ["site-a", "site-b"].iter().all(|n| {
+                named(&list, n).is_some_and(|p| {
+                    p["feeds"]["files"]["lag_changes"] == 0
+                        && p["feeds"]["files"]["cursor"].as_i64().unwrap_or(0) >= 1
+                        && p["stale"] == false
+                })
+            })
+        }),
+        "spokes not listed as caught up: {:?}",
+        peers(&hub)
+    );
+    let list = peers(&hub);
+    let a = named(&list, "site-a").unwrap();
+    assert_eq!(a["interval_secs"], 1);
+    assert_eq!(a["address"], "127.0.0.1");
+    assert!(a["ferry_version"].as_str().unwrap().contains('.'));
+    let text = hub.cli_ok(&["replication", "peers", "edge"]);
+    assert!(text.contains("site-a") && text.contains("site-b"), "{text}");
+
+    // site-a is killed: stale after two of its 1 s intervals; site-b not.
+    spokes[0].kill();
+    assert!(
+        wait_until(30, || named(&peers(&hub), "site-a")
+            .is_some_and(|p| p["stale"] == true)),
+        "site-a never turned stale: {:?}",
+        peers(&hub)
+    );
+    let list = peers(&hub);
+    assert_eq!(named(&list, "site-b").unwrap()["stale"], false);
+    assert!(hub.cli_ok(&["replication", "peers", "edge"]).contains("STALE"));
+    let (st, body) = curl(&[
+        "-H",
+        &format!("authorization: Bearer {}", support::ADMIN),
+        &format!("{}/metrics", hub.url),
+    ]);
+    assert_eq!(st, 200);
+    let m = String::from_utf8_lossy(&body);
+    let stale = |name: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("ferry_replication_peer_stale") && l.contains(&format!("name=\"{name}\""))
+            })
+            .map(|l| l.ends_with(" 1"))
+    };
+    assert_eq!(stale("site-a"), Some(true), "{m}");
+    assert_eq!(stale("site-b"), Some(false), "{m}");
+}

@@ -1,0 +1,391 @@
+//! The hub's view of its spokes: every instance that connects to one of
+//! this instance's incoming replications, as this side sees it — which
+//! token it uses, from where, which Ferry and protocol it speaks, when it
+//! was first and last seen, how far behind it is in each feed it reads,
+//! and the last error this side answered it.
+//!
+//! The outgoing side names its instance id on every request
+//! ([`INSTANCE_HEADER`](crate::protocol::INSTANCE_HEADER)) and, in the handshake, its name and interval.
+//! Peers are kept in memory and saved through
+//! [`ReplicationStore::save_peer`](ferry_store::ReplicationStore::save_peer)
+//! on each handshake and at most every [`SAVE_EVERY_MS`] otherwise, so the
+//! view survives a restart of this side.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use ferry_core::Ferry;
+use ferry_store::now_millis;
+use serde::{Deserialize, Serialize};
+
+use crate::incoming::Session;
+use crate::protocol::{ChangesPage, HandshakeRequest};
+use crate::{ReplError, Replicator};
+
+/// How often, at most, a peer's state is saved outside handshakes.
+pub const SAVE_EVERY_MS: i64 = 5_000;
+/// The interval assumed for a peer that does not report one, in seconds.
+pub const DEFAULT_INTERVAL_SECS: u64 = 60;
+/// Longest instance name kept (longer ones are cut).
+const MAX_NAME: usize = 128;
+
+/// How far a peer is behind in one feed it reads, as of its last page.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerFeed {
+    /// The cursor (change log seq) it asked from.
+    pub cursor: i64,
+    /// Changes in the log after that cursor when it asked.
+    pub lag_changes: i64,
+    /// Seconds between the oldest change it had not read and its request
+    /// (0 when it had read everything).
+    pub lag_seconds: f64,
+    /// When it asked (milliseconds since the epoch).
+    pub at: i64,
+}
+
+/// An error this side answered a peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerError {
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    pub message: String,
+}
+
+/// What this side knows of one peer (saved as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerState {
+    pub instance_id: String,
+    /// The name it reports (its `instance_name`, else its host name).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub ferry_version: Option<String>,
+    #[serde(default)]
+    pub protocol_version: Option<u32>,
+    /// The address its last request came from.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The id of the sync token it used last (`fst_ID_…`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Milliseconds since the epoch.
+    pub first_contact: i64,
+    /// Milliseconds since the epoch: the start or end of its latest request.
+    pub last_contact: i64,
+    /// Seconds between its scheduled executions, as it reported them.
+    #[serde(default)]
+    pub interval_secs: Option<u64>,
+    /// By feed (this side's name).
+    #[serde(default)]
+    pub feeds: BTreeMap<String, PeerFeed>,
+    #[serde(default)]
+    pub last_error: Option<PeerError>,
+}
+
+/// A peer as the API shows it: its state, whether a request of it is in
+/// progress right now, and whether it is stale.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    #[serde(flatten)]
+    pub state: PeerState,
+    /// A request of it (such as a long poll) is in progress.
+    pub connected: bool,
+    /// Seconds since its last contact (0 while connected).
+    pub seconds_since_contact: f64,
+    /// Its largest lag in seconds over the feeds it reads.
+    pub lag_seconds: f64,
+    /// Not seen for longer than `peer_stale_intervals` of its intervals.
+    pub stale: bool,
+}
+
+#[derive(Default)]
+struct Entry {
+    state: PeerState,
+    /// Requests of it in progress.
+    in_flight: u32,
+    /// When its state was last saved (0: never).
+    saved_at: i64,
+}
+
+/// The peers of every incoming replication, by replication id and
+/// instance id.
+#[derive(Default)]
+pub(crate) struct PeerBook {
+    entries: Mutex<HashMap<(i64, String), Entry>>,
+}
+
+/// A request of a peer in progress: its end counts as contact.
+pub struct PeerRequest {
+    r: Replicator,
+    key: (i64, String),
+}
+
+impl Drop for PeerRequest {
+    fn drop(&mut self) {
+        let now = now_millis();
+        let save = {
+            let Ok(mut m) = self.r.0.peer_book.entries.lock() else {
+                return;
+            };
+            let Some(e) = m.get_mut(&self.key) else {
+                return;
+            };
+            e.in_flight = e.in_flight.saturating_sub(1);
+            e.state.last_contact = now;
+            take_save(e, now, false)
+        };
+        if let Some(state) = save
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let r = self.r.clone();
+            let id = self.key.0;
+            rt.spawn(async move { r.save_peer_state(id, state).await });
+        }
+    }
+}
+
+/// The state to save now, if it is due (or `force`d).
+fn take_save(e: &mut Entry, now: i64, force: bool) -> Option<PeerState> {
+    if force || now - e.saved_at >= SAVE_EVERY_MS {
+        e.saved_at = now;
+        Some(e.state.clone())
+    } else {
+        None
+    }
+}
+
+/// The name this instance reports to its peers: `instance_name` from the
+/// configuration, else the host name, else its instance id.
+pub fn instance_name(ferry: &Ferry) -> String {
+    if let Some(n) = ferry.config().instance_name.as_deref().filter(|n| !n.is_empty()) {
+        return n.to_owned();
+    }
+    // Read once: the host name does not change under a running process.
+    static HOST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| cut(h.trim()))
+            .filter(|h| !h.is_empty())
+    })
+    .clone()
+    .unwrap_or_else(|| ferry.instance_id().to_string())
+}
+
+fn cut(s: &str) -> String {
+    s.chars().take(MAX_NAME).collect()
+}
+
+impl Replicator {
+    /// Notes the start of a request of peer `instance` (from
+    /// [`INSTANCE_HEADER`](crate::protocol::INSTANCE_HEADER)) on incoming replication `s` with token
+    /// `token_id` from `address`; the returned guard notes its end.
+    /// None when the request names no valid instance id (an older peer:
+    /// it is known from its handshakes only).
+    pub fn peer_request(
+        &self,
+        s: &Session,
+        instance: Option<&str>,
+        token_id: &str,
+        address: Option<String>,
+    ) -> Option<PeerRequest> {
+        let instance = instance?.parse::<ferry_types::InstanceId>().ok()?.to_string();
+        let now = now_millis();
+        let key = (s.record.id, instance.clone());
+        let mut m = self.0.peer_book.entries.lock().ok()?;
+        let e = m.entry(key.clone()).or_insert_with(|| Entry {
+            state: PeerState {
+                instance_id: instance,
+                first_contact: now,
+                ..PeerState::default()
+            },
+            ..Entry::default()
+        });
+        e.in_flight += 1;
+        e.state.last_contact = now;
+        e.state.token = Some(token_id.to_owned());
+        if address.is_some() {
+            e.state.address = address;
+        }
+        Some(PeerRequest { r: self.clone(), key })
+    }
+
+    /// Records what a handshake says of its peer, and saves it.
+    pub(crate) async fn peer_handshake(&self, s: &Session, req: &HandshakeRequest, protocol_version: u32) {
+        let now = now_millis();
+        let key = (s.record.id, req.instance_id.to_string());
+        let state = {
+            let Ok(mut m) = self.0.peer_book.entries.lock() else {
+                return;
+            };
+            let e = m.entry(key.clone()).or_insert_with(|| Entry {
+                state: PeerState {
+                    instance_id: key.1.clone(),
+                    first_contact: now,
+                    ..PeerState::default()
+                },
+                ..Entry::default()
+            });
+            e.state.last_contact = now;
+            e.state.name = req.instance_name.as_deref().map(cut);
+            e.state.ferry_version = Some(cut(&req.ferry_version));
+            e.state.protocol_version = Some(protocol_version);
+            e.state.interval_secs = req.interval_secs;
+            take_save(e, now, true)
+        };
+        if let Some(state) = state {
+            self.save_peer_state(key.0, state).await;
+        }
+    }
+
+    /// Records how far the peer of `s` is in `feed`, from the page it was
+    /// answered for its cursor `since`.
+    pub(crate) fn peer_page(&self, s: &Session, feed: &str, since: i64, page: &ChangesPage) {
+        let Some(instance) = &s.instance else {
+            return;
+        };
+        let now = now_millis();
+        let Ok(mut m) = self.0.peer_book.entries.lock() else {
+            return;
+        };
+        let Some(e) = m.get_mut(&(s.record.id, instance.clone())) else {
+            return;
+        };
+        let lag_seconds = page.oldest_pending.map_or(0.0, |ms| {
+            (now - i64::try_from(ms).unwrap_or(now)).max(0) as f64 / 1000.0
+        });
+        e.state.feeds.insert(
+            feed.to_owned(),
+            PeerFeed {
+                cursor: since,
+                lag_changes: (page.last_seq - since).max(0),
+                lag_seconds,
+                at: now,
+            },
+        );
+        e.state.last_contact = now;
+    }
+
+    /// Records an error answered to the peer of `s`.
+    pub fn peer_error(&self, s: &Session, err: &ReplError) {
+        let Some(instance) = &s.instance else {
+            return;
+        };
+        if let Ok(mut m) = self.0.peer_book.entries.lock()
+            && let Some(e) = m.get_mut(&(s.record.id, instance.clone()))
+        {
+            e.state.last_error = Some(PeerError {
+                at: now_millis(),
+                message: cut_message(&err.to_string()),
+            });
+            e.saved_at = 0;
+        }
+    }
+
+    async fn save_peer_state(&self, replication: i64, state: PeerState) {
+        let Ok(value) = serde_json::to_value(&state) else {
+            return;
+        };
+        if let Err(e) = self
+            .store()
+            .save_peer(replication, &state.instance_id, value)
+            .await
+        {
+            tracing::warn!("saving replication peer {}: {e}", state.instance_id);
+        }
+    }
+
+    /// The peers of incoming replication `name`, saved and live, by last
+    /// contact (newest first). NotFound for an unknown replication;
+    /// Invalid for an outgoing one (its peer is the one it connects to).
+    pub async fn peers(&self, name: &str) -> Result<Vec<PeerView>, ReplError> {
+        let (rec, cfg) = self.record(name).await?;
+        if cfg.is_outgoing() {
+            return Err(ReplError::Invalid(format!(
+                "replication {name} is outgoing: peers are listed on the incoming side, where other instances connect"
+            )));
+        }
+        let mut states: HashMap<String, (PeerState, u32)> = HashMap::new();
+        for (instance, value) in self.store().peers(rec.id).await? {
+            if let Ok(state) = serde_json::from_value::<PeerState>(value) {
+                states.insert(instance, (state, 0));
+            }
+        }
+        if let Ok(m) = self.0.peer_book.entries.lock() {
+            for ((id, instance), e) in m.iter() {
+                if *id == rec.id {
+                    states.insert(instance.clone(), (e.state.clone(), e.in_flight));
+                }
+            }
+        }
+        let now = now_millis();
+        let multiple = u64::from(self.ferry().config().peer_stale_intervals.max(1));
+        let mut out: Vec<PeerView> = states
+            .into_values()
+            .map(|(state, in_flight)| {
+                let connected = in_flight > 0;
+                let since = if connected {
+                    0.0
+                } else {
+                    (now - state.last_contact).max(0) as f64 / 1000.0
+                };
+                let allowed = multiple * state.interval_secs.unwrap_or(DEFAULT_INTERVAL_SECS).max(1);
+                let lag_seconds = state.feeds.values().map(|f| f.lag_seconds).fold(0.0, f64::max);
+                PeerView {
+                    connected,
+                    seconds_since_contact: since,
+                    lag_seconds,
+                    stale: !connected && since > allowed as f64,
+                    state,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.state
+                .last_contact
+                .cmp(&a.state.last_contact)
+                .then_with(|| a.state.instance_id.cmp(&b.state.instance_id))
+        });
+        Ok(out)
+    }
+
+    /// Sets the per-peer gauges of every incoming replication (called as
+    /// metrics are rendered): `ferry_replication_peer_lag_seconds`,
+    /// `ferry_replication_peer_last_contact_seconds` (seconds since) and
+    /// `ferry_replication_peer_stale` (1 or 0), labelled by replication,
+    /// instance id and reported name.
+    pub async fn set_peer_gauges(&self) {
+        let Ok(records) = self.store().replications().await else {
+            return;
+        };
+        for rec in records {
+            let Ok(list) = self.peers(&rec.name).await else {
+                continue;
+            };
+            for p in list {
+                let labels = [
+                    ("replication", rec.name.clone()),
+                    ("instance", p.state.instance_id.clone()),
+                    ("name", p.state.name.clone().unwrap_or_default()),
+                ];
+                metrics::gauge!("ferry_replication_peer_lag_seconds", &labels).set(p.lag_seconds);
+                metrics::gauge!("ferry_replication_peer_last_contact_seconds", &labels)
+                    .set(p.seconds_since_contact);
+                metrics::gauge!("ferry_replication_peer_stale", &labels).set(if p.stale { 1.0 } else { 0.0 });
+            }
+        }
+    }
+
+    /// Forgets the live state of every peer of replication `id` (it was
+    /// deleted; the store drops the saved state with it).
+    pub(crate) fn forget_peers(&self, id: i64) {
+        if let Ok(mut m) = self.0.peer_book.entries.lock() {
+            m.retain(|(r, _), _| *r != id);
+        }
+    }
+}
+
+fn cut_message(s: &str) -> String {
+    s.chars().take(1000).collect()
+}

@@ -1,0 +1,300 @@
+//! The hub's view of its spokes (issue 16), in process: every instance
+//! that uses an incoming replication's tokens is listed with what it
+//! reported, where it is in each feed and how far behind, the last error
+//! answered it, and turns stale when it stops coming; the same in the
+//! metrics, and after a restart of the hub.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use common::{ADMIN, Instance};
+use ferry_types::FeedType;
+use serde_json::{Value, json};
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+const PULL: &str = r#"{"name":"pull","flows":{"pull_missing":true,"push_missing":false,"delete_local":true,"delete_remote":false}}"#;
+const SPOKE_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const SPOKE_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+fn handshake(instance: &str, name: &str, interval: u64) -> String {
+    json!({
+        "protocol_versions": [1],
+        "instance_id": instance,
+        "ferry_version": "9.9.9",
+        "mode": serde_json::from_str::<Value>(PULL).unwrap(),
+        "feeds": [{ "outgoing": "files", "incoming": "files", "type": "assets" }],
+        "instance_name": name,
+        "interval_secs": interval,
+    })
+    .to_string()
+}
+
+async fn put_asset(i: &Instance, path: &str) {
+    let r = i
+        .send(
+            "PUT",
+            &format!("/assets/files/{path}"),
+            Some(ADMIN),
+            &[],
+            b"x".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+}
+
+/// A request of the replication API from `instance` with `token`.
+async fn from(
+    i: &Instance,
+    instance: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: String,
+) -> common::Reply {
+    i.send(
+        method,
+        &format!("/api/replication/v1/{path}"),
+        Some(token),
+        &[JSON, ("ferry-instance", instance)],
+        body,
+    )
+    .await
+}
+
+async fn peers(i: &Instance) -> Vec<Value> {
+    let r = i
+        .send(
+            "GET",
+            "/api/v1/replications/edge/peers",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json().as_array().unwrap().clone()
+}
+
+fn peer<'a>(list: &'a [Value], instance: &str) -> &'a Value {
+    list.iter()
+        .find(|p| p["instance_id"] == instance)
+        .unwrap_or_else(|| panic!("{instance} not listed: {list:?}"))
+}
+
+#[tokio::test]
+async fn the_hub_lists_its_spokes_with_cursors_lag_errors_and_staleness() {
+    let cfg = ferry_core::Config {
+        peer_stale_intervals: 2,
+        ..ferry_core::Config::default()
+    };
+    let hub = Instance::with_config(cfg).await;
+    hub.feed("files", FeedType::Assets, false).await;
+    for n in 0..5 {
+        put_asset(&hub, &format!("f{n}.txt")).await;
+    }
+    let token = hub.incoming("edge", &["files"], "push").await;
+    assert!(peers(&hub).await.is_empty());
+
+    // Spoke A: handshakes, reads two changes of five, then all of them.
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "POST",
+        "handshake",
+        handshake(SPOKE_A, "site-a", 1),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "GET",
+        "feeds/files/changes?since=0&limit=2",
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let list = peers(&hub).await;
+    let a = peer(&list, SPOKE_A);
+    assert_eq!(a["name"], "site-a");
+    assert_eq!(a["ferry_version"], "9.9.9");
+    assert_eq!(a["protocol_version"], 1);
+    assert_eq!(a["interval_secs"], 1);
+    assert_eq!(a["address"], common::CLIENT.ip().to_string());
+    assert!(token.starts_with(&format!("fst_{}", a["token"].as_str().unwrap())));
+    assert_eq!(a["feeds"]["files"]["cursor"], 0);
+    assert_eq!(a["feeds"]["files"]["lag_changes"], 5);
+    assert!(a["feeds"]["files"]["lag_seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(a["stale"], false);
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "GET",
+        "feeds/files/changes?since=2&limit=100",
+        String::new(),
+    )
+    .await;
+    let next = r.json()["next"].as_i64().unwrap();
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "GET",
+        &format!("feeds/files/changes?since={next}"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let list = peers(&hub).await;
+    let a = peer(&list, SPOKE_A);
+    assert_eq!(a["feeds"]["files"]["cursor"], next);
+    assert_eq!(a["feeds"]["files"]["lag_changes"], 0);
+    assert_eq!(a["feeds"]["files"]["lag_seconds"], 0.0);
+
+    // Spoke B shares the token; its refused request is its last error.
+    let r = from(
+        &hub,
+        SPOKE_B,
+        &token,
+        "POST",
+        "handshake",
+        handshake(SPOKE_B, "site-b", 60),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = from(
+        &hub,
+        SPOKE_B,
+        &token,
+        "GET",
+        "feeds/other/changes?since=0",
+        String::new(),
+    )
+    .await;
+    assert!(r.status.is_client_error());
+    let list = peers(&hub).await;
+    assert_eq!(list.len(), 2);
+    let b = peer(&list, SPOKE_B);
+    assert_eq!(b["name"], "site-b");
+    assert!(
+        b["last_error"]["message"].as_str().unwrap().contains("other"),
+        "{b}"
+    );
+    assert!(peer(&list, SPOKE_A)["last_error"].is_null());
+
+    // A request without a valid instance id is not a peer of its own.
+    let r = from(
+        &hub,
+        "not-an-id",
+        &token,
+        "GET",
+        "feeds/files/changes?since=0",
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(peers(&hub).await.len(), 2);
+
+    // Spoke A (interval 1 s, stale after 2) stops coming: stale after ~2 s;
+    // B (interval 60 s) is not. The metrics say the same.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let list = peers(&hub).await;
+    assert_eq!(peer(&list, SPOKE_A)["stale"], true);
+    assert_eq!(peer(&list, SPOKE_B)["stale"], false);
+    let m = hub
+        .send("GET", "/metrics", Some(ADMIN), &[], Body::empty())
+        .await
+        .text();
+    let line = |metric: &str, instance: &str| {
+        m.lines()
+            .find(|l| l.starts_with(metric) && l.contains(instance))
+            .unwrap_or_else(|| panic!("no {metric} for {instance} in\n{m}"))
+            .to_owned()
+    };
+    assert!(line("ferry_replication_peer_stale", SPOKE_A).ends_with(" 1"));
+    assert!(line("ferry_replication_peer_stale", SPOKE_B).ends_with(" 0"));
+    assert!(line("ferry_replication_peer_last_contact_seconds", SPOKE_A).contains("name=\"site-a\""));
+    line("ferry_replication_peer_lag_seconds", SPOKE_B);
+
+    // Back: fresh again.
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "GET",
+        &format!("feeds/files/changes?since={next}"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(peer(&peers(&hub).await, SPOKE_A)["stale"], false);
+
+    // Outgoing replications have no peers list; unknown ones are 404.
+    let r = hub
+        .send(
+            "GET",
+            "/api/v1/replications/nope/peers",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    // Only an admin key sees them.
+    let reader = hub.key("reader", ferry_store::Permission::Read, None).await;
+    let r = hub
+        .send(
+            "GET",
+            "/api/v1/replications/edge/peers",
+            Some(&reader),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert!(
+        r.status == StatusCode::FORBIDDEN || r.status == StatusCode::UNAUTHORIZED,
+        "{}",
+        r.status
+    );
+}
+
+/// The view survives a restart: a handshake is saved at once.
+#[tokio::test]
+async fn peers_are_saved_and_gone_with_their_replication() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "POST",
+        "handshake",
+        handshake(SPOKE_A, "site-a", 30),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let reopened = hub.reopen().await;
+    let list = peers(&reopened).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["name"], "site-a");
+    assert_eq!(list[0]["connected"], false);
+    let r = reopened
+        .send(
+            "DELETE",
+            "/api/v1/replications/edge",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text());
+    reopened.incoming("edge", &["files"], "push").await;
+    assert!(peers(&reopened).await.is_empty());
+}
