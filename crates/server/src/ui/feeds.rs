@@ -93,7 +93,7 @@ async fn feed_row(
 ) -> Result<FeedRow, ApiError> {
     let items = st.ferry.items(&feed, "").await.map_err(html_err)?;
     let mut digests: Vec<_> = items.iter().flat_map(|i| i.blobs.iter().cloned()).collect();
-    digests.sort_unstable_by(|a, b| a.to_string().cmp(&b.to_string()));
+    digests.sort_unstable_by_key(|a| a.to_string());
     digests.dedup();
     let size = if digests.len() <= 5000 {
         let mut total = 0;

@@ -535,7 +535,6 @@ fn token_page(st: &AppState, who: &Signed, o: &Overview, token: &str, created: b
         } }
         p { a.button href={ "/replications/" (seg(&o.name)) } { "Go to the replication" } }
     };
-    let _ = who;
     page("Sync token", Some(who), Nav::Replication, body)
 }
 
@@ -596,11 +595,12 @@ async fn detail(
                     thead { tr { th { "Token id" } th { "Created" } th { "State" } th {} } }
                     tbody { @for t in &tokens {
                         @let id = t["id"].as_str().map(str::to_owned).unwrap_or_else(|| t["id"].to_string());
+                        @let revoked = t["revoked"].as_bool() == Some(true);
                         tr {
                             td { code { (id) } }
                             td { (t["created_at"].as_i64().map(when).unwrap_or_default()) }
-                            td { @if t["revoked"].as_bool() == Some(true) || !t["revoked_at"].is_null() { "revoked" } @else { "active" } }
-                            td.actions { @if !(t["revoked"].as_bool() == Some(true) || !t["revoked_at"].is_null()) {
+                            td { @if revoked { "revoked" } @else { "active" } }
+                            td.actions { @if !revoked {
                                 (post_button(&who, &format!("{base}/tokens/{}/revoke", seg(&id)), "Revoke", "small danger"))
                             } }
                         }
