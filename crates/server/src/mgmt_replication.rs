@@ -169,8 +169,21 @@ async fn update(
     body: Result<Json<UpdateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult {
     let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
-    st.replicator.update(&name, req).await.map_err(repl)?;
-    overview(&st, &name).await
+    let o = update_replication(&st, &name, req)
+        .await
+        .map_err(ApiError::json)?;
+    Ok(Json(json!(o)))
+}
+
+/// Changes what `replication update` may change (the API and the web UI);
+/// a new URL or token is checked against the other end first.
+pub(crate) async fn update_replication(
+    st: &AppState,
+    name: &str,
+    req: UpdateRequest,
+) -> Result<Overview, CoreError> {
+    st.replicator.update(name, req).await?;
+    replication_overview(st, name).await
 }
 
 async fn remove(

@@ -427,3 +427,78 @@ async fn assets_are_served_with_cache_headers_and_pages_need_no_inline_script() 
     let r = i.send("GET", "/api/v1/feeds", None, &[], Body::empty()).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_replication_is_edited_through_the_same_update_as_the_api() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    i.incoming("edge", &["files"], "push").await;
+    let cookie = session(&i, ADMIN).await;
+    let form_page = page(&i, &cookie, "/replications/edge/edit").await;
+    assert_eq!(form_page.status, StatusCode::OK, "{}", form_page.text());
+    let csrf = csrf_of(&form_page);
+    let r = post(
+        &i,
+        &cookie,
+        "/replications/edge/edit",
+        Some(ORIGIN),
+        &[
+            ("csrf", &csrf),
+            ("include", "docs/**\nbin/*"),
+            ("exclude", ""),
+            ("bandwidth", "5000"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let api = i
+        .send(
+            "GET",
+            "/api/v1/replications/edge",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    let cfg = &api.json()["config"];
+    assert_eq!(cfg["include"], serde_json::json!(["docs/**", "bin/*"]));
+    assert_eq!(cfg["bandwidth_limit"], 5000);
+    // A bad number is said in plain words, and nothing changes.
+    let r = post(
+        &i,
+        &cookie,
+        "/replications/edge/edit",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("include", ""), ("bandwidth", "lots")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("The bandwidth cap must be a whole number"));
+    let api = i
+        .send(
+            "GET",
+            "/api/v1/replications/edge",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(api.json()["config"]["bandwidth_limit"], 5000);
+
+    // The detail page offers a new token; it is shown once with the values for the other side.
+    let detail = page(&i, &cookie, "/replications/edge").await;
+    assert!(detail.text().contains("New sync token"));
+    let r = post(
+        &i,
+        &cookie,
+        "/replications/edge/tokens",
+        Some(ORIGIN),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text().contains("fst_") && r.text().contains("shown once"));
+    // The overview's polling endpoint.
+    let j = page(&i, &cookie, "/ui/api/overview").await;
+    assert_eq!(j.json()["replications"][0]["state"], "incoming");
+}

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_core::CoreError;
 use ferry_replication::Overview;
-use ferry_replication::config::{Communication, CreateRequest};
+use ferry_replication::config::{Communication, CreateRequest, UpdateRequest};
 use ferry_store::ExecutionRecord;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/replications/{name}/tokens", post(new_token))
         .route("/replications/{name}/tokens/{id}/revoke", post(revoke_token))
         .route("/replications/{name}/delete", get(delete_confirm).post(delete))
+        .route("/replications/{name}/edit", get(edit_form).post(edit))
         .route("/replications/{name}/plan", get(plan))
         .route("/replications/{name}/executions/{id}", get(execution))
         .route("/executions", get(all_executions))
@@ -568,6 +569,7 @@ async fn detail(
                     }
                     a.button href={ (base) "/plan" } { "Plan" }
                 }
+                a.button href={ (base) "/edit" } { "Edit" }
                 a.button.danger href={ (base) "/delete" } { "Delete…" }
             }
         }
@@ -955,4 +957,114 @@ async fn set_level(State(st): State<AppState>, p: Posted) -> Result<Response, Ap
     p.who.admin()?;
     core_api::set_log_level(&st, p.form.get("level")).map_err(html_err)?;
     Ok(Redirect::to("/diagnostics").into_response())
+}
+
+// ------------------------------------------------------------ edit
+
+async fn edit_form(
+    State(st): State<AppState>,
+    who: Signed,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    who.admin()?;
+    let o = core_api::replication_overview(&st, &name)
+        .await
+        .map_err(html_err)?;
+    Ok(edit_page(&who, &o, None, StatusCode::OK))
+}
+
+fn edit_page(who: &Signed, o: &Overview, msg: Option<&str>, status: StatusCode) -> Response {
+    let c = &o.config;
+    let url = match &c.communication {
+        Communication::Outgoing { url, .. } => Some(url.as_str()),
+        Communication::Incoming => None,
+    };
+    let body = html! {
+        p.crumbs { a href={ "/replications/" (seg(&o.name)) } { "Replication " (o.name) } " / edit" }
+        h1 { "Edit replication " (o.name) }
+        p.hint { "The feeds, the direction and the mode are what the other instance agreed to; to change them, delete the replication and configure a new one." }
+        (problem(msg))
+        form.card method="post" action={ "/replications/" (seg(&o.name)) "/edit" } {
+            (csrf_field(who))
+            @if let Some(u) = url {
+                div.grid2 {
+                    div { label for="url" { "Other instance's URL" } input #url type="url" name="url" value=(u); }
+                    div { label for="token" { "New sync token (empty: keep the current one)" }
+                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…"; }
+                }
+            }
+            div.grid2 {
+                div { label for="include" { "Include (globs, one a line)" } textarea #include name="include" rows="2" { (c.include.join("\n")) } }
+                div { label for="exclude" { "Exclude (globs, one a line)" } textarea #exclude name="exclude" rows="2" { (c.exclude.join("\n")) } }
+                @if url.is_some() {
+                    div { label for="interval" { "Interval (seconds between runs)" } input #interval type="number" min="1" name="interval" value=(c.interval_secs); }
+                }
+                div { label for="bandwidth" { "Bandwidth cap (bytes per second, empty: none)" }
+                    input #bandwidth type="number" min="1" name="bandwidth" value=[c.bandwidth_limit]; }
+            }
+            label.check { input type="checkbox" name="carry_downloads" value="1" checked[c.carry_downloads]; " Carry download counts" }
+            button.primary type="submit" { "Save changes" }
+            " " a href={ "/replications/" (seg(&o.name)) } { "Cancel" }
+        }
+    };
+    let mut resp = page("Edit replication", Some(who), Nav::Replication, body);
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn edit(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -> Result<Response, ApiError> {
+    p.who.admin()?;
+    let o = core_api::replication_overview(&st, &name)
+        .await
+        .map_err(html_err)?;
+    let f = &p.form;
+    let lines = |s: &str| -> Vec<String> {
+        s.split([',', '\n'])
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let number = |s: &str, what: &str| -> Result<Option<u64>, CoreError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse()
+            .map(Some)
+            .map_err(|_| CoreError::invalid(format!("{what} must be a whole number, not {s:?}.")))
+    };
+    let outgoing = o.config.is_outgoing();
+    let interval = if outgoing { f.get("interval") } else { "" };
+    let req = number(interval, "The interval").and_then(|interval| {
+        let bandwidth = number(f.get("bandwidth"), "The bandwidth cap")?;
+        Ok(UpdateRequest {
+            outgoing: (outgoing && !f.get("url").trim().is_empty()).then(|| f.get("url").trim().to_owned()),
+            token: (outgoing && !f.get("token").trim().is_empty()).then(|| f.get("token").trim().to_owned()),
+            include: Some(lines(f.get("include"))),
+            exclude: Some(lines(f.get("exclude"))),
+            interval,
+            carry_downloads: Some(f.on("carry_downloads")),
+            // 0 removes the cap.
+            bandwidth_limit: Some(bandwidth.unwrap_or(0)),
+            ..UpdateRequest::default()
+        })
+    });
+    let result = match req {
+        Ok(req) => core_api::update_replication(&st, &name, req).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => Ok(Redirect::to(&format!("/replications/{}", seg(&name))).into_response()),
+        Err(e @ CoreError::Internal(_)) => Err(html_err(e)),
+        Err(e) => {
+            let status = crate::error::status_of(&e);
+            let status = if status.is_client_error() {
+                status
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            Ok(edit_page(&p.who, &o, Some(&plain(&e)), status))
+        }
+    }
 }
