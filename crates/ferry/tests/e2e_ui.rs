@@ -108,8 +108,31 @@ async fn css(c: &Client, sel: &str) -> fantoccini::elements::Element {
     }
 }
 
+/// The page's main text (read again if the page was being replaced).
 async fn text(c: &Client) -> String {
-    c.find(Locator::Css("main")).await.unwrap().text().await.unwrap()
+    for _ in 0..50 {
+        if let Ok(main) = c.find(Locator::Css("main")).await
+            && let Ok(t) = main.text().await
+        {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no readable page: {}", c.source().await.unwrap_or_default())
+}
+
+/// The main text once it contains `needle` (after a form was sent, the
+/// next page may take a moment); the last text seen otherwise.
+async fn wait_text(c: &Client, needle: &str) -> String {
+    let mut t = String::new();
+    for _ in 0..100 {
+        t = text(c).await;
+        if t.contains(needle) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t
 }
 
 async fn fill(c: &Client, sel: &str, value: &str) {
@@ -143,7 +166,7 @@ async fn create_feed(c: &Client, server: &Server, name: &str) {
         .await
         .unwrap();
     click(c, "form[action='/feeds'] button[type=submit]").await;
-    let t = text(c).await;
+    let t = wait_text(c, "created").await;
     assert!(t.contains(&format!("Feed {name} (assets) created")), "{t}");
 }
 
@@ -364,10 +387,24 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     );
     shot(&c, "feed-browser").await;
     click(&c, "#items a").await;
-    let t = text(&c).await;
+    let t = wait_text(&c, "sha256:").await;
     assert!(t.contains("tools/app-1.0.tar.gz") && t.contains("sha256:"), "{t}");
     shot(&c, "item").await;
 
+    c.goto(&format!("{}/replications/from-hub/edit", spoke.url))
+        .await
+        .unwrap();
+    css(&c, "#url").await;
+    shot(&c, "replication-edit").await;
+    c.goto(&format!("{}/feeds/releases/delete", spoke.url))
+        .await
+        .unwrap();
+    let t = text(&c).await;
+    assert!(
+        t.contains("1 items") && t.contains("from-hub"),
+        "the confirmation names what goes: {t}"
+    );
+    shot(&c, "feed-delete").await;
     c.goto(&format!("{}/executions", spoke.url)).await.unwrap();
     css(&c, "table.executions").await;
     shot(&c, "executions").await;
@@ -386,7 +423,8 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         .await
         .unwrap();
     click(&c, "form[action='/diagnostics/level'] button").await;
-    assert_eq!(css(&c, "#current-level").await.text().await.unwrap(), "debug");
+    let t = wait_text(&c, "now: debug").await;
+    assert!(t.contains("now: debug"), "the level changed at run time: {t}");
     shot(&c, "diagnostics").await;
     c.goto(&format!("{}/replications/edge", hub.url)).await.unwrap();
     css(&c, "h1").await;
