@@ -167,19 +167,19 @@ async fn overview(State(st): State<AppState>, who: Signed) -> Result<Response, A
                     tbody {
                         @for (o, last) in &rows {
                             tr data-repl=(o.name) {
-                                td { a href={ "/replications/" (seg(&o.name)) } { (o.name) } }
-                                td { (feeds_of(o)) }
-                                td { (direction(o)) }
-                                td { (o.config.mode.describe()) }
-                                td {
+                                td data-label="Name" { a href={ "/replications/" (seg(&o.name)) } { (o.name) } }
+                                td data-label="Feeds" { (feeds_of(o)) }
+                                td data-label="Communication" { (direction(o)) }
+                                td data-label="Mode" { (o.config.mode.describe()) }
+                                td data-label="State" {
                                     span.state data-field="state" { (o.status.state) }
                                     div.progress data-field="progress" {
                                         @if let Some(r) = &o.running { (progress_text(r)) }
                                     }
                                 }
-                                td data-field="last" { (last_text(o, last.as_ref())) }
-                                td data-field="lag" { (lag_text(o)) }
-                                td.muted { (o.status.next_run.as_deref().unwrap_or("—")) }
+                                td data-field="last" data-label="Last execution" { (last_text(o, last.as_ref())) }
+                                td data-field="lag" data-label="Lag" { (lag_text(o)) }
+                                td.muted data-label="Next run" { (o.status.next_run.as_deref().unwrap_or("—")) }
                                 td.actions {
                                     @if o.config.is_outgoing() {
                                         (post_button(&who, &format!("/replications/{}/run", seg(&o.name)), "Run now", "small"))
