@@ -128,6 +128,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     say!("listening on {scheme}://{addr}");
     let stopping = replicator.clone();
     let router = ferry_server::router(ferry.clone(), replicator).into_router();
+    // The web UI sends its session cookie `Secure` over TLS.
+    let router = if acceptor.is_some() {
+        router.layer(axum::Extension(ferry_server::ui::ServedOverTls))
+    } else {
+        router
+    };
     let grace = cfg.shutdown_grace_secs;
     listener::serve(
         listener,

@@ -17,6 +17,8 @@ pub enum Flavor {
     /// cargo's registry Web API: `{"errors":[{"detail"}]}`, which cargo
     /// shows after the status.
     Cargo,
+    /// The web UI: a readable error page (`ui::error_page`).
+    Html,
 }
 
 /// A failed request: the error and how its protocol wants it worded.
@@ -37,6 +39,12 @@ impl ApiError {
         Self {
             error: error.into(),
             flavor: Flavor::Json,
+        }
+    }
+    pub fn html(error: impl Into<CoreError>) -> Self {
+        Self {
+            error: error.into(),
+            flavor: Flavor::Html,
         }
     }
 }
@@ -114,13 +122,14 @@ impl IntoResponse for ApiError {
                 let body = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
                 (status, Json(body)).into_response()
             }
+            Flavor::Html => crate::ui::error_page(status, &message),
             Flavor::Cargo => (
                 status,
                 Json(serde_json::json!({ "errors": [{ "detail": message }] })),
             )
                 .into_response(),
         };
-        if status == StatusCode::UNAUTHORIZED {
+        if status == StatusCode::UNAUTHORIZED && self.flavor != Flavor::Html {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"ferry\""),

@@ -15,6 +15,7 @@ mod openapi;
 mod ops;
 mod pypi;
 mod replication_api;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub ferry: Ferry,
     pub replicator: Replicator,
     pub metrics: PrometheusHandle,
+    /// The web UI's signed-in sessions (in memory, capped).
+    pub sessions: std::sync::Arc<ui::Sessions>,
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every
@@ -101,6 +104,7 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> App {
         ferry,
         replicator,
         metrics: prometheus(),
+        sessions: std::sync::Arc::new(ui::Sessions::default()),
     };
     let router = Router::new()
         .merge(ops::routes())
@@ -112,6 +116,7 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> App {
         .merge(pypi::routes())
         .merge(cargo::routes())
         .merge(oci::routes(&state))
+        .merge(ui::routes())
         // Upload limits are enforced per route while streaming, not by buffering.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(track))
@@ -128,8 +133,7 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> App {
 ///   becomes [`CoreError::BrokenBody`] wherever the body was being read;
 /// - every response gets `X-Content-Type-Options: nosniff`, and the
 ///   sandboxing `Content-Security-Policy` [`blobs::SANDBOX_POLICY`] unless
-///   it set a policy of its own (no response does today; a future web UI
-///   would), so user content and pages rendered from user data can never
+///   it set a policy of its own (the web UI's pages do: [`ui::PAGE_POLICY`]), so user content and pages rendered from user data can never
 ///   run script in Ferry's origin (per-type rule: [`blobs::content_headers`]);
 /// - a request that failed is logged here, once, with its feed and the
 ///   client's address: a server fault at ERROR (its cause is not shown to

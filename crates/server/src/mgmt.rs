@@ -62,17 +62,22 @@ async fn create_feed(
     body: Result<Json<NewFeed>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
-    let name = parse_name(&req.name)?;
-    let ty: FeedType = req
-        .feed_type
-        .parse()
-        .map_err(|e| ApiError::json(CoreError::from(e)))?;
-    let feed = st
-        .ferry
-        .create_feed(&name, ty, req.private)
+    let feed = new_feed(&st.ferry, &req.name, &req.feed_type, req.private)
         .await
         .map_err(ApiError::json)?;
     Ok((StatusCode::CREATED, Json(json!(feed))))
+}
+
+/// Creates a feed from the names a client sent (the API and the web UI).
+pub(crate) async fn new_feed(
+    ferry: &ferry_core::Ferry,
+    name: &str,
+    feed_type: &str,
+    private: bool,
+) -> Result<ferry_store::FeedRecord, CoreError> {
+    let name = FeedName::new(name).map_err(CoreError::from)?;
+    let ty: FeedType = feed_type.parse().map_err(CoreError::from)?;
+    ferry.create_feed(&name, ty, private).await
 }
 
 async fn get_feed(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
@@ -109,24 +114,35 @@ async fn create_key(
     body: Result<Json<NewKey>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
-    let permission = Permission::parse(&req.permission).ok_or_else(|| {
-        ApiError::json(CoreError::invalid(format!(
-            "permission {:?} is not one of read, write, admin",
-            req.permission
-        )))
-    })?;
-    let feeds = req
-        .feeds
-        .map(|fs| fs.iter().map(|f| parse_name(f)).collect::<Result<Vec<_>, _>>())
-        .transpose()?;
-    let (rec, secret) = st
-        .ferry
-        .create_key(&req.name, permission, feeds)
+    let (rec, secret) = new_key(&st.ferry, &req.name, &req.permission, req.feeds)
         .await
         .map_err(ApiError::json)?;
     let mut out = json!(rec);
     out["key"] = json!(secret);
     Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// Creates an API key from what a client sent (the API and the web UI);
+/// returns it and its secret.
+pub(crate) async fn new_key(
+    ferry: &ferry_core::Ferry,
+    name: &str,
+    permission: &str,
+    feeds: Option<Vec<String>>,
+) -> Result<(ferry_store::ApiKeyRecord, String), CoreError> {
+    let permission = Permission::parse(permission).ok_or_else(|| {
+        CoreError::invalid(format!(
+            "permission {permission:?} is not one of read, write, admin"
+        ))
+    })?;
+    let feeds = feeds
+        .map(|fs| {
+            fs.iter()
+                .map(|f| FeedName::new(f).map_err(CoreError::from))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    ferry.create_key(name, permission, feeds).await
 }
 
 async fn delete_key(

@@ -101,17 +101,14 @@ async fn own_status(st: &AppState, mut o: Overview) -> Overview {
 }
 
 async fn list(State(st): State<AppState>, _: Admin) -> JsonResult {
-    let mut list = Vec::new();
-    for o in st.replicator.overview().await.map_err(repl)? {
-        list.push(own_status(&st, o).await);
-    }
+    let list = replication_overviews(&st).await.map_err(ApiError::json)?;
     Ok(Json(json!(list)))
 }
 
 /// One replication's overview (see [`own_status`]).
 async fn overview(st: &AppState, name: &str) -> JsonResult {
-    let o = st.replicator.get(name).await.map_err(repl)?;
-    Ok(Json(json!(own_status(st, o).await)))
+    let o = replication_overview(st, name).await.map_err(ApiError::json)?;
+    Ok(Json(json!(o)))
 }
 
 async fn create(
@@ -120,10 +117,46 @@ async fn create(
     body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
+    let o = create_replication(&st, req).await.map_err(ApiError::json)?;
+    Ok((StatusCode::CREATED, Json(json!(o))))
+}
+
+/// Creates a replication as a client asked (the API and the web UI): an
+/// outgoing one is checked against the other end by a handshake first.
+pub(crate) async fn create_replication(st: &AppState, req: CreateRequest) -> Result<Overview, CoreError> {
     let name = req.name.clone();
-    let cfg = req.into_config().map_err(repl)?;
-    st.replicator.create(&name, cfg).await.map_err(repl)?;
-    Ok((StatusCode::CREATED, overview(&st, &name).await?))
+    let cfg = req.into_config()?;
+    st.replicator.create(&name, cfg).await?;
+    replication_overview(st, &name).await
+}
+
+/// Every replication's overview with its own live status (the API and the web UI).
+pub(crate) async fn replication_overviews(st: &AppState) -> Result<Vec<Overview>, CoreError> {
+    let mut list = Vec::new();
+    for o in st.replicator.overview().await? {
+        list.push(own_status(st, o).await);
+    }
+    Ok(list)
+}
+
+/// One replication's overview with its own live status.
+pub(crate) async fn replication_overview(st: &AppState, name: &str) -> Result<Overview, CoreError> {
+    let o = st.replicator.get(name).await?;
+    Ok(own_status(st, o).await)
+}
+
+/// "Run now" without waiting (the API and the web UI).
+pub(crate) async fn run_now(st: &AppState, name: &str) -> Result<(), CoreError> {
+    Ok(st.replicator.trigger(name).await?)
+}
+
+/// The replication log's minimum level, from its name (the API and the web UI).
+pub(crate) fn set_log_level(st: &AppState, level: &str) -> Result<Level, CoreError> {
+    let level = Level::parse(level).ok_or_else(|| {
+        CoreError::invalid(format!("level {level:?} is not one of debug, info, warn, error"))
+    })?;
+    st.replicator.diag().set_min_level(level);
+    Ok(level)
 }
 
 async fn show(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
@@ -137,8 +170,21 @@ async fn update(
     body: Result<Json<UpdateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult {
     let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
-    st.replicator.update(&name, req).await.map_err(repl)?;
-    overview(&st, &name).await
+    let o = update_replication(&st, &name, req)
+        .await
+        .map_err(ApiError::json)?;
+    Ok(Json(json!(o)))
+}
+
+/// Changes what `replication update` may change (the API and the web UI);
+/// a new URL or token is checked against the other end first.
+pub(crate) async fn update_replication(
+    st: &AppState,
+    name: &str,
+    req: UpdateRequest,
+) -> Result<Overview, CoreError> {
+    st.replicator.update(name, req).await?;
+    replication_overview(st, name).await
 }
 
 async fn remove(
@@ -195,7 +241,7 @@ async fn run(
             .map_err(repl)?;
         return Ok((StatusCode::OK, Json(json!(result))));
     }
-    st.replicator.trigger(&name).await.map_err(repl)?;
+    run_now(&st, &name).await.map_err(ApiError::json)?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "started": true }))))
 }
 
@@ -284,13 +330,7 @@ async fn set_level(
     body: Result<Json<LevelRequest>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult {
     let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
-    let level = Level::parse(&req.level).ok_or_else(|| {
-        ApiError::json(CoreError::invalid(format!(
-            "level {:?} is not one of debug, info, warn, error",
-            req.level
-        )))
-    })?;
-    st.replicator.diag().set_min_level(level);
+    let level = set_log_level(&st, &req.level).map_err(ApiError::json)?;
     Ok(Json(json!({ "min_level": level })))
 }
 

@@ -1,0 +1,602 @@
+//! The web UI, served at `/`: server-rendered pages (maud escapes every
+//! value it is given), one vendored stylesheet and one script under
+//! `/ui/assets/`, no inline script (`PAGE_POLICY`).
+//!
+//! Every action calls the same core functions as the management API
+//! (`mgmt`, `mgmt_replication`, `ferry_core`, `ferry_replication`), and
+//! every permission is decided by `ferry_core::auth`, as there.
+//!
+//! Sessions: signing in with an API key creates a session in memory
+//! ([`Sessions`], at most [`MAX_SESSIONS`], each for [`SESSION_TTL`]); the
+//! cookie (`ferry_session`, HttpOnly, SameSite=Strict, Secure over TLS)
+//! holds only a random id. The session keeps the key's hash, and each
+//! request looks the key up again, so a deleted key signs its sessions out.
+//! Every POST goes through [`Posted`]: its `Origin` (or, without one, its
+//! `Referer`) must be this instance, and its form must carry the session's
+//! CSRF token.
+
+mod feeds;
+mod replication;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use ferry_core::{CoreError, Principal, auth};
+use ferry_store::Permission;
+use maud::{DOCTYPE, Markup, html};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The Content-Security-Policy of every UI page: scripts and styles from
+/// this origin only (no inline script), forms posted here only, never framed.
+pub const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// At most this many sessions are kept; signing in past it ends the oldest.
+pub const MAX_SESSIONS: usize = 1000;
+/// A session ends this long after sign-in.
+pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+const COOKIE: &str = "ferry_session";
+
+const CSS: &str = include_str!("assets/ferry.css");
+const JS: &str = include_str!("assets/ferry.js");
+
+/// Marks requests that arrived over TLS (set by the binary), so the
+/// session cookie is sent `Secure`.
+#[derive(Clone, Copy, Debug)]
+pub struct ServedOverTls;
+
+#[derive(Clone)]
+struct Session {
+    key_hash: [u8; 32],
+    csrf: String,
+    expires: Instant,
+}
+
+/// The signed-in sessions, in memory.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new session for the key: its id and CSRF token. Expired sessions
+    /// go first; at the cap, the oldest is ended.
+    fn create(&self, key_hash: [u8; 32]) -> (String, String) {
+        let id = auth::generate_secret();
+        let csrf = auth::generate_secret();
+        let now = Instant::now();
+        let mut map = self.lock();
+        map.retain(|_, s| s.expires > now);
+        while map.len() >= MAX_SESSIONS {
+            let oldest = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => map.remove(&k),
+                None => break,
+            };
+        }
+        map.insert(
+            id.clone(),
+            Session {
+                key_hash,
+                csrf: csrf.clone(),
+                expires: now + SESSION_TTL,
+            },
+        );
+        (id, csrf)
+    }
+
+    fn get(&self, id: &str) -> Option<Session> {
+        let mut map = self.lock();
+        match map.get(id) {
+            Some(s) if s.expires > Instant::now() => Some(s.clone()),
+            Some(_) => {
+                map.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// How many sessions are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/ui/assets/{file}", get(asset))
+        .merge(replication::routes())
+        .merge(feeds::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+}
+
+// ------------------------------------------------------------ sessions
+
+/// A signed-in caller: the key (looked up again on this request) and the
+/// session's CSRF token. Without a session, pages redirect to `/login`.
+pub(crate) struct Signed {
+    pub principal: Principal,
+    pub csrf: String,
+    session: String,
+}
+
+impl Signed {
+    pub fn is_admin(&self) -> bool {
+        auth::authorize_admin(Some(&self.principal)).is_ok()
+    }
+
+    /// The management API's rule: an instance admin key.
+    pub fn admin(&self) -> Result<(), ApiError> {
+        auth::authorize_admin(Some(&self.principal)).map_err(ApiError::html)
+    }
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+impl FromRequestParts<AppState> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let to_login = || Redirect::to("/login").into_response();
+        let id = cookie_value(&parts.headers, COOKIE).ok_or_else(to_login)?;
+        let session = st.sessions.get(&id).ok_or_else(to_login)?;
+        let key = st
+            .ferry
+            .metadata()
+            .key_by_hash(&session.key_hash)
+            .await
+            .map_err(|e| ApiError::html(CoreError::from(e)).into_response())?;
+        let Some(key) = key else {
+            st.sessions.remove(&id);
+            return Err(to_login());
+        };
+        Ok(Signed {
+            principal: Principal { key },
+            csrf: session.csrf,
+            session: id,
+        })
+    }
+}
+
+/// Whether the request says it comes from a page of this instance: its
+/// `Origin`, or without one its `Referer`, is this instance's origin (as
+/// the request names it, or the configured base URL).
+fn same_origin(st: &AppState, headers: &HeaderMap, authority: Option<&str>) -> bool {
+    let mut ours = Vec::new();
+    if let Ok(o) = crate::request_origin(headers, authority) {
+        ours.push(o.to_ascii_lowercase());
+        // Behind TLS the request names no scheme; accept https for the same host.
+        ours.push(o.to_ascii_lowercase().replacen("http://", "https://", 1));
+    }
+    if let Some(base) = &st.ferry.config().base_url {
+        let u = base.trim_end_matches('/').to_ascii_lowercase();
+        // The origin part of the base URL (scheme://host[:port]).
+        let origin = match u.find("://") {
+            Some(i) => match u[i + 3..].find('/') {
+                Some(j) => u[..i + 3 + j].to_owned(),
+                None => u,
+            },
+            None => u,
+        };
+        ours.push(origin);
+    }
+    let theirs = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some(o) => o.to_ascii_lowercase(),
+        None => match headers.get(header::REFERER).and_then(|v| v.to_str().ok()) {
+            Some(r) => {
+                let r = r.to_ascii_lowercase();
+                match ours.iter().find(|o| r.starts_with(&format!("{o}/")) || r == **o) {
+                    Some(o) => o.clone(),
+                    None => return false,
+                }
+            }
+            None => return false,
+        },
+    };
+    ours.contains(&theirs)
+}
+
+fn forbidden(msg: &str) -> Response {
+    ApiError::html(CoreError::Forbidden(msg.to_owned())).into_response()
+}
+
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A form posted by a signed-in caller from a page of this instance, with
+/// the session's CSRF token. Every UI POST but sign-in takes one.
+pub(crate) struct Posted {
+    pub who: Signed,
+    pub form: Fields,
+}
+
+/// A posted form's fields, in order (a name may repeat).
+pub(crate) struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    pub fn get(&self, name: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+    pub fn on(&self, name: &str) -> bool {
+        !self.get(name).is_empty()
+    }
+}
+
+impl FromRequest<AppState> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, st: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        if !same_origin(st, &parts.headers, parts.uri.authority().map(|a| a.as_str())) {
+            return Err(forbidden(
+                "this form was not sent from a page of this Ferry instance (its Origin is another site), so it was refused",
+            ));
+        }
+        let who = Signed::from_request_parts(&mut parts, st).await?;
+        let req = Request::from_parts(parts, body);
+        let Form(fields) = Form::<Vec<(String, String)>>::from_request(req, st)
+            .await
+            .map_err(|e| ApiError::html(CoreError::invalid(e.body_text())).into_response())?;
+        let form = Fields(fields);
+        if !constant_eq(form.get("csrf"), &who.csrf) {
+            return Err(forbidden(
+                "this form's security token is missing or out of date; reload the page and try again",
+            ));
+        }
+        Ok(Posted { who, form })
+    }
+}
+
+// ------------------------------------------------------------ pages
+
+/// Which part of the navigation a page belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nav {
+    Replication,
+    Executions,
+    Feeds,
+    Diagnostics,
+    Keys,
+    None,
+}
+
+/// A complete page: the layout around `body`, with the UI's CSP.
+pub(crate) fn page(title: &str, who: Option<&Signed>, nav: Nav, body: Markup) -> Response {
+    let admin = who.is_some_and(|w| w.is_admin());
+    let link = |n: Nav, href: &'static str, label: &'static str| {
+        html! { a href=(href) aria-current=[(nav == n).then_some("page")] { (label) } }
+    };
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Ferry" }
+                link rel="stylesheet" href="/ui/assets/ferry.css";
+                script src="/ui/assets/ferry.js" defer {}
+            }
+            body {
+                header.top {
+                    a.brand href="/" { "Ferry" }
+                    @if let Some(w) = who {
+                        nav {
+                            @if admin {
+                                (link(Nav::Replication, "/", "Replication"))
+                                (link(Nav::Executions, "/executions", "Executions"))
+                            }
+                            (link(Nav::Feeds, "/feeds", "Feeds"))
+                            @if admin {
+                                (link(Nav::Diagnostics, "/diagnostics", "Diagnostics"))
+                                (link(Nav::Keys, "/keys", "API keys"))
+                            }
+                        }
+                        form.signout method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(w.csrf);
+                            span.who title="signed in with this API key" {
+                                (w.principal.key.name) " · " (w.principal.key.permission.as_str())
+                            }
+                            button.link type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    };
+    html_response(StatusCode::OK, markup)
+}
+
+pub(crate) fn html_response(status: StatusCode, markup: Markup) -> Response {
+    let mut resp = (status, markup.into_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_POLICY),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    resp
+}
+
+/// The page a failed UI request shows (the error mapping in `error.rs`
+/// calls it for [`crate::error::Flavor::Html`]).
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    let title = match status {
+        StatusCode::FORBIDDEN => "Not allowed",
+        StatusCode::NOT_FOUND => "Not found",
+        StatusCode::UNAUTHORIZED => "Sign-in needed",
+        StatusCode::CONFLICT => "Conflict",
+        s if s.is_client_error() => "That did not work",
+        _ => "Something went wrong",
+    };
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Ferry" }
+                link rel="stylesheet" href="/ui/assets/ferry.css";
+            }
+            body {
+                header.top { a.brand href="/" { "Ferry" } }
+                main {
+                    h1 { (title) }
+                    p.error role="alert" { (message) }
+                    p { a href="/" { "Back to the start page" } }
+                }
+            }
+        }
+    };
+    html_response(status, markup)
+}
+
+/// A red box with a problem, for forms shown again.
+pub(crate) fn problem(msg: Option<&str>) -> Markup {
+    html! {
+        @if let Some(m) = msg { p.error role="alert" { (m) } }
+    }
+}
+
+pub(crate) fn csrf_field(who: &Signed) -> Markup {
+    html! { input type="hidden" name="csrf" value=(who.csrf); }
+}
+
+/// A button that posts to `action` (with the CSRF token).
+pub(crate) fn post_button(who: &Signed, action: &str, label: &str, class: &str) -> Markup {
+    html! {
+        form.inline method="post" action=(action) {
+            (csrf_field(who))
+            button type="submit" class=(class) { (label) }
+        }
+    }
+}
+
+/// A path segment, percent-encoded.
+pub(crate) fn seg(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+pub(crate) fn when(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub(crate) fn duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
+// ------------------------------------------------------------ sign-in
+
+async fn login_page(who: Option<Signed>) -> Response {
+    if who.is_some() {
+        return Redirect::to("/").into_response();
+    }
+    login_form(StatusCode::OK, None)
+}
+
+fn login_form(status: StatusCode, msg: Option<&str>) -> Response {
+    let mut resp = page(
+        "Sign in",
+        None,
+        Nav::None,
+        html! {
+            section.narrow {
+                h1 { "Sign in to Ferry" }
+                (problem(msg))
+                form method="post" action="/login" {
+                    label for="key" { "API key" }
+                    input #key type="password" name="key" autocomplete="current-password" required autofocus;
+                    p.hint { "The admin key is printed on the first start and kept in " code { "DATA_DIR/admin.key" } ". Any API key signs in; what it may do is what it may do on the API." }
+                    button.primary type="submit" { "Sign in" }
+                }
+            }
+        },
+    );
+    *resp.status_mut() = status;
+    resp
+}
+
+impl axum::extract::OptionalFromRequestParts<AppState> for Signed {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Option<Self>, Self::Rejection> {
+        Ok(
+            <Signed as FromRequestParts<AppState>>::from_request_parts(parts, st)
+                .await
+                .ok(),
+        )
+    }
+}
+
+async fn login(State(st): State<AppState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if !same_origin(&st, &parts.headers, parts.uri.authority().map(|a| a.as_str())) {
+        return forbidden("this sign-in was not sent from a page of this Ferry instance, so it was refused");
+    }
+    let secure = parts.extensions.get::<ServedOverTls>().is_some()
+        || crate::public_origin(
+            &st.ferry,
+            &parts.headers,
+            parts.uri.authority().map(|a| a.as_str()),
+        )
+        .is_ok_and(|o| o.starts_with("https://"));
+    let req = Request::from_parts(parts, body);
+    let Ok(Form(fields)) = Form::<Vec<(String, String)>>::from_request(req, &st).await else {
+        return login_form(
+            StatusCode::BAD_REQUEST,
+            Some("The form could not be read; try again."),
+        );
+    };
+    let key = Fields(fields).get("key").trim().to_owned();
+    if key.is_empty() {
+        return login_form(StatusCode::BAD_REQUEST, Some("Enter an API key."));
+    }
+    match st.ferry.authenticate(&key).await {
+        Ok(p) => {
+            let (id, _) = st.sessions.create(p.key.hash);
+            let cookie = format!(
+                "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+                SESSION_TTL.as_secs(),
+                if secure { "; Secure" } else { "" }
+            );
+            let to = if p.key.permission == Permission::Admin {
+                "/"
+            } else {
+                "/feeds"
+            };
+            let mut resp = Redirect::to(to).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Err(CoreError::Unauthorized(_)) => login_form(
+            StatusCode::UNAUTHORIZED,
+            Some(
+                "That API key is not known here. Check that you copied all of it, and that it was not revoked.",
+            ),
+        ),
+        Err(e) => ApiError::html(e).into_response(),
+    }
+}
+
+async fn logout(State(st): State<AppState>, posted: Posted) -> Response {
+    st.sessions.remove(&posted.who.session);
+    let mut resp = Redirect::to("/login").into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("ferry_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    resp
+}
+
+// ------------------------------------------------------------ assets
+
+async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    let (body, ty) = match file.as_str() {
+        "ferry.css" => (CSS, "text/css; charset=utf-8"),
+        "ferry.js" => (JS, "text/javascript; charset=utf-8"),
+        _ => return ApiError::html(CoreError::not_found(format!("no asset {file}"))).into_response(),
+    };
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ty));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_POLICY),
+    );
+    resp
+}

@@ -1,0 +1,1070 @@
+//! Replication pages: the overview (landing page), the new-replication
+//! wizard, one replication, its tokens, plan and executions, and the
+//! diagnostic center. Instance admin keys only, as on the API.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_core::CoreError;
+use ferry_replication::Overview;
+use ferry_replication::config::{Communication, CreateRequest, UpdateRequest};
+use ferry_store::ExecutionRecord;
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    Fields, Nav, Posted, Signed, bytes, csrf_field, duration, page, post_button, problem, seg, when,
+};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::mgmt_replication as core_api;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/ui/api/overview", get(overview_json))
+        .route("/replications/new", get(new_form).post(create))
+        .route("/replications/{name}", get(detail))
+        .route("/replications/{name}/run", post(run))
+        .route("/replications/{name}/confirm", post(confirm))
+        .route("/replications/{name}/tokens", post(new_token))
+        .route("/replications/{name}/tokens/{id}/revoke", post(revoke_token))
+        .route("/replications/{name}/delete", get(delete_confirm).post(delete))
+        .route("/replications/{name}/edit", get(edit_form).post(edit))
+        .route("/replications/{name}/plan", get(plan))
+        .route("/replications/{name}/executions/{id}", get(execution))
+        .route("/executions", get(all_executions))
+        .route("/diagnostics", get(diagnostics))
+        .route("/diagnostics/level", post(set_level))
+}
+
+fn html_err(e: impl Into<CoreError>) -> ApiError {
+    ApiError::html(e)
+}
+
+fn feeds_of(o: &Overview) -> String {
+    o.config
+        .feeds
+        .iter()
+        .map(|p| {
+            if p.local == p.remote {
+                p.local.to_string()
+            } else {
+                format!("{} = {}", p.local, p.remote)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn direction(o: &Overview) -> Markup {
+    match &o.config.communication {
+        Communication::Incoming => html! { "incoming" },
+        Communication::Outgoing { url, .. } => html! { "outgoing → " code { (url) } },
+    }
+}
+
+/// "12 of 40 items · 3.1 MB · 1.0 MB/s · about 20 s left"
+fn progress_text(running: &Value) -> String {
+    let done = running["items_done"].as_u64().unwrap_or(0);
+    let total = running["items_total"].as_u64().unwrap_or(0);
+    let b = running["bytes_done"].as_u64().unwrap_or(0);
+    let rate = running["bytes_per_second"].as_f64().unwrap_or(0.0);
+    let mut s = if total > 0 {
+        format!("{done} of {total} items")
+    } else {
+        format!("{done} items")
+    };
+    s.push_str(&format!(" · {}", bytes(b)));
+    if rate > 0.0 {
+        s.push_str(&format!(" · {}/s", bytes(rate as u64)));
+    }
+    if let Some(eta) = running["eta_seconds"].as_f64() {
+        s.push_str(&format!(" · about {} left", duration(eta)));
+    }
+    s
+}
+
+fn lag_text(o: &Overview) -> String {
+    if o.status.lag.is_empty() {
+        return "—".into();
+    }
+    let changes: i64 = o.status.lag.values().map(|l| l.changes).sum();
+    let secs = o.status.lag.values().map(|l| l.seconds).fold(0.0, f64::max);
+    if changes == 0 {
+        "up to date".into()
+    } else {
+        format!("{changes} changes, {}", duration(secs))
+    }
+}
+
+fn outcome_class(outcome: Option<&str>) -> &'static str {
+    match outcome {
+        Some("succeeded") => "ok",
+        Some("failed") => "bad",
+        Some(_) => "warn",
+        None => "running",
+    }
+}
+
+fn last_text(o: &Overview, last: Option<&ExecutionRecord>) -> Markup {
+    match (o.status.last_outcome.as_deref(), last) {
+        (None, _) => html! { span.muted { "never run" } },
+        (Some(outcome), Some(e)) => html! {
+            a href={ "/replications/" (seg(&o.name)) "/executions/" (e.id) } {
+                span class={ "badge " (outcome_class(Some(outcome))) } { (outcome) }
+            }
+            " " span.muted { (when(e.started_at)) }
+            @if let Some(end) = e.ended_at { " · " span.muted { (duration((end - e.started_at) as f64 / 1000.0)) } }
+        },
+        (Some(outcome), None) => {
+            html! { span class={ "badge " (outcome_class(Some(outcome))) } { (outcome) } }
+        }
+    }
+}
+
+async fn last_execution(st: &AppState, o: &Overview) -> Option<ExecutionRecord> {
+    let id = o.status.last_execution?;
+    st.replicator
+        .executions(&o.name, 3)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|e| e.id == id)
+}
+
+// ------------------------------------------------------------ overview
+
+async fn overview(State(st): State<AppState>, who: Signed) -> Result<Response, ApiError> {
+    if !who.is_admin() {
+        return Ok(Redirect::to("/feeds").into_response());
+    }
+    let list = core_api::replication_overviews(&st).await.map_err(html_err)?;
+    let mut rows = Vec::new();
+    for o in &list {
+        rows.push((o, last_execution(&st, o).await));
+    }
+    let body = html! {
+        div.titlebar {
+            h1 { "Replication" }
+            a.button.primary href="/replications/new" { "Configure New Replication" }
+        }
+        @if list.is_empty() {
+            div.empty {
+                p { "No replications yet." }
+                p { "A replication keeps feeds on this instance and on another one the same. "
+                    "One side accepts the connection (incoming, with a sync token), the other opens it (outgoing)." }
+                a.button.primary href="/replications/new" { "Configure New Replication" }
+            }
+        } @else {
+            div.table-wrap {
+                table #overview {
+                    thead { tr { th { "Name" } th { "Feeds (local = remote)" } th { "Communication" } th { "Mode" }
+                        th { "State" } th { "Last execution" } th { "Lag" } th { "Next run" } th { span.sr { "Actions" } } } }
+                    tbody {
+                        @for (o, last) in &rows {
+                            tr data-repl=(o.name) {
+                                td data-label="Name" { a href={ "/replications/" (seg(&o.name)) } { (o.name) } }
+                                td data-label="Feeds" { (feeds_of(o)) }
+                                td data-label="Communication" { (direction(o)) }
+                                td data-label="Mode" { (o.config.mode.describe()) }
+                                td data-label="State" {
+                                    span.state data-field="state" { (o.status.state) }
+                                    div.progress data-field="progress" {
+                                        @if let Some(r) = &o.running { (progress_text(r)) }
+                                    }
+                                }
+                                td data-field="last" data-label="Last execution" { (last_text(o, last.as_ref())) }
+                                td data-field="lag" data-label="Lag" { (lag_text(o)) }
+                                td.muted data-label="Next run" { (o.status.next_run.as_deref().unwrap_or("—")) }
+                                td.actions {
+                                    @if o.config.is_outgoing() {
+                                        (post_button(&who, &format!("/replications/{}/run", seg(&o.name)), "Run now", "small"))
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            p.hint { "This page updates itself while executions run." }
+        }
+    };
+    Ok(page("Replication", Some(&who), Nav::Replication, body))
+}
+
+/// What the overview's script polls: each replication's state, progress,
+/// last execution and lag, as text.
+async fn overview_json(State(st): State<AppState>, who: Signed) -> Result<Json<Value>, ApiError> {
+    who.admin()?;
+    let list = core_api::replication_overviews(&st).await.map_err(html_err)?;
+    let mut out = Vec::new();
+    for o in &list {
+        let last = last_execution(&st, o).await;
+        out.push(json!({
+            "name": o.name,
+            "state": o.status.state,
+            "progress": o.running.as_ref().map(progress_text).unwrap_or_default(),
+            "last": last_text(o, last.as_ref()).into_string(),
+            "lag": lag_text(o),
+        }));
+    }
+    Ok(Json(json!({ "replications": out })))
+}
+
+async fn run(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -> Result<Response, ApiError> {
+    p.who.admin()?;
+    core_api::run_now(&st, &name).await.map_err(html_err)?;
+    let back = if p.form.get("back") == "detail" {
+        format!("/replications/{}", seg(&name))
+    } else {
+        "/".into()
+    };
+    Ok(Redirect::to(&back).into_response())
+}
+
+/// Runs again with the delete guard's deletions confirmed (waits for it).
+async fn confirm(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    p: Posted,
+) -> Result<Response, ApiError> {
+    p.who.admin()?;
+    let r = st
+        .replicator
+        .run(&name, "manual", true, false)
+        .await
+        .map_err(html_err)?;
+    Ok(Redirect::to(&format!("/replications/{}/executions/{}", seg(&name), r.id)).into_response())
+}
+
+// ------------------------------------------------------------ wizard
+
+#[derive(Default)]
+struct Draft {
+    name: String,
+    feeds: Vec<(String, String)>,
+    direction: String,
+    url: String,
+    token: String,
+    mode: String,
+    flows: [bool; 4],
+    include: String,
+    exclude: String,
+    interval: String,
+    bandwidth: String,
+    carry_downloads: bool,
+}
+
+impl Draft {
+    fn from_form(f: &Fields) -> Draft {
+        let feeds = f
+            .all("feed")
+            .into_iter()
+            .map(|l| {
+                let remote = f.get(&format!("remote:{l}")).trim();
+                (
+                    l.to_owned(),
+                    if remote.is_empty() {
+                        l.to_owned()
+                    } else {
+                        remote.to_owned()
+                    },
+                )
+            })
+            .collect();
+        Draft {
+            name: f.get("name").trim().to_owned(),
+            feeds,
+            direction: f.get("direction").to_owned(),
+            url: f.get("url").trim().to_owned(),
+            token: f.get("token").trim().to_owned(),
+            mode: f.get("mode").to_owned(),
+            flows: [
+                f.on("pull_missing"),
+                f.on("push_missing"),
+                f.on("delete_local"),
+                f.on("delete_remote"),
+            ],
+            include: f.get("include").to_owned(),
+            exclude: f.get("exclude").to_owned(),
+            interval: f.get("interval").trim().to_owned(),
+            bandwidth: f.get("bandwidth").trim().to_owned(),
+            carry_downloads: f.on("carry_downloads"),
+        }
+    }
+
+    fn request(&self) -> Result<CreateRequest, CoreError> {
+        if self.feeds.is_empty() {
+            return Err(CoreError::invalid(
+                "Choose at least one feed to replicate (step 1).",
+            ));
+        }
+        let lines = |s: &str| -> Vec<String> {
+            s.split([',', '\n'])
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let number = |s: &str, what: &str| -> Result<Option<u64>, CoreError> {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            s.parse()
+                .map(Some)
+                .map_err(|_| CoreError::invalid(format!("{what} must be a whole number, not {s:?}.")))
+        };
+        let outgoing = self.direction == "outgoing";
+        if outgoing && (self.url.is_empty() || self.token.is_empty()) {
+            return Err(CoreError::invalid(
+                "An outgoing replication needs the other instance's URL and the sync token it gave you (step 2).",
+            ));
+        }
+        let custom = self.mode == "custom";
+        Ok(CreateRequest {
+            name: self.name.clone(),
+            feeds: self.feeds.iter().map(|(l, r)| format!("{l}={r}")).collect(),
+            outgoing: outgoing.then(|| self.url.clone()),
+            token: outgoing.then(|| self.token.clone()),
+            mode: self.mode.clone(),
+            pull_missing: custom && self.flows[0],
+            push_missing: custom && self.flows[1],
+            delete_local: custom && self.flows[2],
+            delete_remote: custom && self.flows[3],
+            include: lines(&self.include),
+            exclude: lines(&self.exclude),
+            interval: number(&self.interval, "The interval")?,
+            carry_downloads: self.carry_downloads,
+            bandwidth_limit: number(&self.bandwidth, "The bandwidth cap")?,
+            ..CreateRequest::default()
+        })
+    }
+}
+
+async fn new_form(State(st): State<AppState>, who: Signed) -> Result<Response, ApiError> {
+    who.admin()?;
+    let draft = Draft {
+        direction: "incoming".into(),
+        mode: "mirror".into(),
+        interval: "60".into(),
+        ..Draft::default()
+    };
+    wizard(&st, &who, &draft, None, StatusCode::OK).await
+}
+
+async fn wizard(
+    st: &AppState,
+    who: &Signed,
+    d: &Draft,
+    msg: Option<&str>,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let feeds = st.ferry.feeds().await.map_err(html_err)?;
+    let chosen = |name: &str| d.feeds.iter().find(|(l, _)| l == name).map(|(_, r)| r.as_str());
+    let flow = |i: usize, name: &str, label: &str| {
+        html! {
+            label.check { input type="checkbox" name=(name) value="1" checked[d.flows[i]]; " " (label) }
+        }
+    };
+    let body = html! {
+        h1 { "Configure New Replication" }
+        (problem(msg))
+        @if feeds.is_empty() {
+            div.empty {
+                p { "There are no feeds to replicate yet." }
+                a.button.primary href="/feeds#create" { "Create a feed" }
+            }
+        } @else {
+        form.wizard method="post" action="/replications/new" {
+            (csrf_field(who))
+            fieldset {
+                legend { span.step { "1" } "Feeds" }
+                p.hint { "Tick the feeds to replicate. The remote name is the feed's name on the other instance; leave it empty when it is the same." }
+                div.table-wrap { table {
+                    thead { tr { th { "Replicate" } th { "Local feed" } th { "Type" } th { "Remote name" } } }
+                    tbody {
+                        @for f in &feeds {
+                            @let id = format!("feed-{}", f.name);
+                            tr {
+                                td { input type="checkbox" id=(id) name="feed" value=(f.name) checked[chosen(f.name.as_str()).is_some()]; }
+                                td { label for=(id) { (f.name) } }
+                                td { (f.feed_type.to_string()) }
+                                td { input type="text" name={ "remote:" (f.name) } aria-label={ "remote name for " (f.name) }
+                                    placeholder=(f.name) value=(chosen(f.name.as_str()).filter(|r| *r != f.name.as_str()).unwrap_or("")); }
+                            }
+                        }
+                    }
+                } }
+            }
+            fieldset {
+                legend { span.step { "2" } "Communication" }
+                label.radio { input type="radio" name="direction" value="incoming" checked[d.direction != "outgoing"];
+                    " " strong { "Incoming" } " — the other instance connects here. You get a sync token to give it." }
+                label.radio { input type="radio" name="direction" value="outgoing" checked[d.direction == "outgoing"];
+                    " " strong { "Outgoing" } " — this instance connects to the other one with the token it gave you." }
+                div.grid2 {
+                    div { label for="url" { "Other instance's URL (outgoing)" }
+                        input #url type="url" name="url" placeholder="https://hub.example.com:8765" value=(d.url); }
+                    div { label for="token" { "Sync token from the other instance (outgoing)" }
+                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…" value=(d.token); }
+                }
+                p.hint { "An outgoing replication is checked right away by a handshake with the other instance." }
+            }
+            fieldset {
+                legend { span.step { "3" } "Replication mode" }
+                @for (value, label, help) in [
+                    ("mirror", "Mirror", "both sides end up the same: copy what is missing either way, delete what the other side deleted"),
+                    ("pull", "Pull", "copy what the other side has to this instance"),
+                    ("push", "Push", "copy what this instance has to the other side"),
+                    ("custom", "Custom", "choose the four flows below"),
+                ] {
+                    label.radio { input type="radio" name="mode" value=(value) checked[d.mode == value]; " " strong { (label) } " — " (help) }
+                }
+                div.flows {
+                    p.hint { "Custom mode only:" }
+                    (flow(0, "pull_missing", "Pull missing items"))
+                    (flow(1, "push_missing", "Push missing items"))
+                    (flow(2, "delete_local", "Delete local items deleted on the other side"))
+                    (flow(3, "delete_remote", "Delete remote items deleted here"))
+                }
+                div.grid2 {
+                    div { label for="include" { "Include (globs, one a line)" } textarea #include name="include" rows="2" { (d.include) } }
+                    div { label for="exclude" { "Exclude (globs, one a line)" } textarea #exclude name="exclude" rows="2" { (d.exclude) } }
+                    div { label for="interval" { "Interval (seconds between runs)" } input #interval type="number" min="1" name="interval" value=(d.interval); }
+                    div { label for="bandwidth" { "Bandwidth cap (bytes per second, empty: none)" } input #bandwidth type="number" min="1" name="bandwidth" value=(d.bandwidth); }
+                }
+                label.check { input type="checkbox" name="carry_downloads" value="1" checked[d.carry_downloads]; " Carry download counts" }
+            }
+            fieldset {
+                legend { span.step { "4" } "Summary" }
+                label for="name" { "Replication name" }
+                input #name type="text" name="name" required pattern="[A-Za-z0-9._\\-]{1,100}" value=(d.name)
+                    placeholder="e.g. hub-to-edge";
+                p.hint { "Letters, digits, '-', '_' and '.'. Check the steps above, then create it." }
+                button.primary type="submit" { "Create replication" }
+            }
+        }
+        }
+    };
+    let mut resp = page("New replication", Some(who), Nav::Replication, body);
+    *resp.status_mut() = status;
+    Ok(resp)
+}
+
+/// A handshake or validation problem, in plain words.
+fn plain(e: &CoreError) -> String {
+    let msg = crate::error::public_message(e);
+    match e {
+        CoreError::Unauthorized(_) => format!(
+            "The other instance did not accept the sync token: it is wrong, or it was revoked. \
+             Ask for a new token on the other instance's incoming replication. ({msg})"
+        ),
+        CoreError::Unavailable(_) => {
+            format!("The other instance could not be reached. Check the URL and that it is running. ({msg})")
+        }
+        _ => msg,
+    }
+}
+
+async fn create(State(st): State<AppState>, p: Posted) -> Result<Response, ApiError> {
+    p.who.admin()?;
+    let draft = Draft::from_form(&p.form);
+    let result = match draft.request() {
+        Ok(req) => core_api::create_replication(&st, req).await,
+        Err(e) => Err(e),
+    };
+    let o = match result {
+        Ok(o) => o,
+        Err(e @ CoreError::Internal(_)) => return Err(html_err(e)),
+        Err(e) => {
+            let status = crate::error::status_of(&e);
+            let status = if status.is_client_error() {
+                status
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            return wizard(&st, &p.who, &draft, Some(&plain(&e)), status).await;
+        }
+    };
+    if o.config.is_outgoing() {
+        return Ok(Redirect::to(&format!("/replications/{}", seg(&o.name))).into_response());
+    }
+    // Incoming: the token, shown once, and what the other side enters.
+    let token = st.replicator.new_token(&o.name).await.map_err(html_err)?;
+    Ok(token_page(&st, &p.who, &o, &token, true))
+}
+
+fn token_page(st: &AppState, who: &Signed, o: &Overview, token: &str, created: bool) -> Response {
+    let origin = st
+        .ferry
+        .config()
+        .base_url
+        .clone()
+        .unwrap_or_else(|| "this instance's URL (as the other instance reaches it)".into());
+    let feeds: Vec<String> = o
+        .config
+        .feeds
+        .iter()
+        .map(|p| format!("{}={}", p.remote, p.local))
+        .collect();
+    let body = html! {
+        h1 { @if created { "Replication " (o.name) " created" } @else { "New sync token for " (o.name) } }
+        div.notice {
+            p { strong { "This token is shown once." } " Copy it now and enter it on the other instance." }
+            div.copyrow {
+                input #sync-token type="text" readonly value=(token) aria-label="sync token";
+                button.copy type="button" data-copy="sync-token" { "Copy" }
+            }
+        }
+        h2 { "On the other instance" }
+        p { "Configure a new replication there with these values:" }
+        dl.values {
+            dt { "Communication" } dd { "Outgoing" }
+            dt { "URL" } dd { code #peer-url { (origin) } }
+            dt { "Token" } dd { "the token above" }
+            dt { "Feeds (its local = this side's)" } dd { code { (feeds.join(", ")) } }
+            dt { "Replication mode" } dd { code { (o.config.mode.expected_peer()) } }
+        }
+        p.hint { "From the command line: " code {
+            "ferry replication create " (o.name) " "
+            @for f in &feeds { "--feed " (f) " " }
+            "--outgoing URL --token TOKEN --mode " (o.config.mode.expected_peer())
+        } }
+        p { a.button href={ "/replications/" (seg(&o.name)) } { "Go to the replication" } }
+    };
+    page("Sync token", Some(who), Nav::Replication, body)
+}
+
+// ------------------------------------------------------------ one replication
+
+async fn detail(
+    State(st): State<AppState>,
+    who: Signed,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    who.admin()?;
+    let o = core_api::replication_overview(&st, &name)
+        .await
+        .map_err(html_err)?;
+    let execs = st.replicator.executions(&name, 50).await.map_err(html_err)?;
+    let tokens = if o.config.is_outgoing() {
+        Vec::new()
+    } else {
+        st.replicator.tokens(&name).await.map_err(html_err)?
+    };
+    let base = format!("/replications/{}", seg(&name));
+    let body = html! {
+        div.titlebar {
+            h1 { "Replication " (o.name) }
+            div.buttons {
+                @if o.config.is_outgoing() {
+                    form.inline method="post" action={ (base) "/run" } {
+                        (csrf_field(&who))
+                        input type="hidden" name="back" value="detail";
+                        button.primary type="submit" { "Run now" }
+                    }
+                    a.button href={ (base) "/plan" } { "Plan" }
+                }
+                a.button href={ (base) "/edit" } { "Edit" }
+                a.button.danger href={ (base) "/delete" } { "Delete…" }
+            }
+        }
+        dl.values {
+            dt { "Feeds (local = remote)" } dd { (feeds_of(&o)) }
+            dt { "Communication" } dd { (direction(&o)) }
+            dt { "Mode" } dd { (o.config.mode.describe()) }
+            dt { "State" } dd { (o.status.state)
+                @if let Some(r) = &o.running { " · " (progress_text(r)) } }
+            @if let Some(e) = &o.status.last_error { dt { "Last error" } dd.error-text { (e) } }
+            dt { "Lag" } dd { (lag_text(&o)) }
+            @if o.config.is_outgoing() {
+                dt { "Interval" } dd { (o.config.interval_secs) " s" }
+                dt { "Next run" } dd { (o.status.next_run.as_deref().unwrap_or("—")) }
+            }
+            @if !o.config.include.is_empty() { dt { "Include" } dd { (o.config.include.join(", ")) } }
+            @if !o.config.exclude.is_empty() { dt { "Exclude" } dd { (o.config.exclude.join(", ")) } }
+            dt { "Bandwidth cap" } dd { (o.config.bandwidth_limit.map(|b| format!("{}/s", bytes(b))).unwrap_or_else(|| "none".into())) }
+        }
+        @if !o.config.is_outgoing() {
+            h2 { "Sync tokens" }
+            @if tokens.is_empty() { p.muted { "No tokens. Create one for the instance that will connect." } }
+            @else {
+                div.table-wrap { table {
+                    thead { tr { th { "Token id" } th { "Created" } th { "State" } th {} } }
+                    tbody { @for t in &tokens {
+                        @let id = t["id"].as_str().map(str::to_owned).unwrap_or_else(|| t["id"].to_string());
+                        @let revoked = t["revoked"].as_bool() == Some(true);
+                        tr {
+                            td { code { (id) } }
+                            td { (t["created_at"].as_i64().map(when).unwrap_or_default()) }
+                            td { @if revoked { "revoked" } @else { "active" } }
+                            td.actions { @if !revoked {
+                                (post_button(&who, &format!("{base}/tokens/{}/revoke", seg(&id)), "Revoke", "small danger"))
+                            } }
+                        }
+                    } }
+                } }
+            }
+            (post_button(&who, &format!("{base}/tokens"), "New sync token", ""))
+        }
+        h2 { "Executions" }
+        (executions_table(&name, &execs, None))
+    };
+    Ok(page(
+        &format!("Replication {name}"),
+        Some(&who),
+        Nav::Replication,
+        body,
+    ))
+}
+
+fn counts_sum(e: &ExecutionRecord) -> (u64, u64, u64, u64) {
+    let mut copied = 0;
+    let mut deleted = 0;
+    let mut skipped = 0;
+    let mut b = 0;
+    if let Some(feeds) = e.report["feeds"].as_array() {
+        for f in feeds {
+            for dir in ["pulled", "pushed"] {
+                let c = &f[dir];
+                copied += c["added"].as_u64().unwrap_or(0) + c["updated"].as_u64().unwrap_or(0);
+                deleted += c["deleted"].as_u64().unwrap_or(0);
+                skipped += c["skipped"].as_u64().unwrap_or(0);
+                b += c["bytes"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    (copied, deleted, skipped, b)
+}
+
+fn executions_table(name: &str, execs: &[ExecutionRecord], names: Option<&[String]>) -> Markup {
+    html! {
+        @if execs.is_empty() { p.muted { "No executions yet." } }
+        @else {
+            div.table-wrap { table.executions {
+                thead { tr {
+                    @if names.is_some() { th { "Replication" } }
+                    th { "#" } th { "Outcome" } th { "Trigger" } th { "Started" } th { "Took" }
+                    th.num { "Copied" } th.num { "Deleted" } th.num { "Skipped" } th.num { "Bytes" }
+                } }
+                tbody { @for (i, e) in execs.iter().enumerate() {
+                    @let n = names.and_then(|ns| ns.get(i)).map(String::as_str).unwrap_or(name);
+                    @let (c, d, s, b) = counts_sum(e);
+                    tr {
+                        @if names.is_some() { td { a href={ "/replications/" (seg(n)) } { (n) } } }
+                        td { a href={ "/replications/" (seg(n)) "/executions/" (e.id) } { "#" (e.id) } }
+                        td { span class={ "badge " (outcome_class(e.outcome.as_deref())) } { (e.outcome.as_deref().unwrap_or("running")) } }
+                        td { (e.trigger) }
+                        td { (when(e.started_at)) }
+                        td { @if let Some(end) = e.ended_at { (duration((end - e.started_at) as f64 / 1000.0)) } @else { "…" } }
+                        td.num { (c) } td.num { (d) } td.num { (s) } td.num { (bytes(b)) }
+                    }
+                } }
+            } }
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ExecFilter {
+    level: String,
+    outcome: String,
+}
+
+async fn execution(
+    State(st): State<AppState>,
+    who: Signed,
+    Path((name, id)): Path<(String, i64)>,
+    Query(f): Query<ExecFilter>,
+) -> Result<Response, ApiError> {
+    who.admin()?;
+    let execs = st.replicator.executions(&name, 200).await.map_err(html_err)?;
+    let e = execs.into_iter().find(|e| e.id == id).ok_or_else(|| {
+        html_err(CoreError::not_found(format!(
+            "execution {id} of replication {name} not found"
+        )))
+    })?;
+    let report = &e.report;
+    let lines: Vec<&Value> = report["log"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|line| f.level.is_empty() || line["level"].as_str() == Some(f.level.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let base = format!("/replications/{}", seg(&name));
+    let body = html! {
+        p.crumbs { a href=(base) { "Replication " (name) } " / execution #" (e.id) }
+        div.titlebar {
+            h1 { "Execution #" (e.id) " " span class={ "badge " (outcome_class(e.outcome.as_deref())) } { (e.outcome.as_deref().unwrap_or("running")) } }
+        }
+        dl.values {
+            dt { "Trigger" } dd { (e.trigger) }
+            dt { "Started" } dd { (when(e.started_at)) }
+            dt { "Took" } dd { @if let Some(end) = e.ended_at { (duration((end - e.started_at) as f64 / 1000.0)) } @else { "still running" } }
+            @if let Some(err) = report["error"].as_str() { dt { "Error" } dd.error-text { (err) } }
+        }
+        @if report["needs_confirmation"].as_bool() == Some(true) {
+            div.notice.warn {
+                p { strong { "Held by the delete guard." } " This run would delete more items than the guard allows, so it stopped before deleting. Check the plan, then confirm to run it with the deletions." }
+                a.button href={ (base) "/plan" } { "See the plan" }
+                " "
+                (post_button(&who, &format!("{base}/confirm"), "Confirm deletions and run", "danger"))
+            }
+        }
+        h2 { "Per feed" }
+        (feed_counts(report))
+        h2 { "Log" }
+        form.filters method="get" {
+            label for="level" { "Level" }
+            select #level name="level" {
+                option value="" selected[f.level.is_empty()] { "all" }
+                @for l in ["debug", "info", "warn", "error"] { option value=(l) selected[f.level == l] { (l) } }
+            }
+            button type="submit" { "Filter" }
+        }
+        @if lines.is_empty() { p.muted { "No log lines." } }
+        @else {
+            div.table-wrap { table.log #log {
+                tbody { @for l in &lines {
+                    tr class={ "lvl-" (l["level"].as_str().unwrap_or("")) } {
+                        td.muted { (l["time"].as_str().unwrap_or("")) }
+                        td { (l["level"].as_str().unwrap_or("")) }
+                        td { (l["message"].as_str().unwrap_or("")) }
+                    }
+                } }
+            } }
+        }
+    };
+    Ok(page(
+        &format!("Execution #{id}"),
+        Some(&who),
+        Nav::Executions,
+        body,
+    ))
+}
+
+fn feed_counts(report: &Value) -> Markup {
+    let feeds = report["feeds"].as_array().cloned().unwrap_or_default();
+    html! {
+        @if feeds.is_empty() { p.muted { "Nothing recorded per feed." } }
+        @else {
+            div.table-wrap { table.counts #counts {
+                thead { tr { th { "Feed (local = remote)" } th { "Direction" }
+                    th.num { "Copied" } th.num { "Updated" } th.num { "Deleted" } th.num { "Skipped" } th.num { "Conflicts" } th.num { "Bytes" } } }
+                tbody { @for f in &feeds { @for dir in ["pulled", "pushed"] {
+                    @let c = &f[dir];
+                    tr {
+                        td { (f["local"].as_str().unwrap_or("")) " = " (f["remote"].as_str().unwrap_or("")) }
+                        td { (dir) }
+                        td.num data-count="copied" { (c["added"].as_u64().unwrap_or(0)) }
+                        td.num { (c["updated"].as_u64().unwrap_or(0)) }
+                        td.num { (c["deleted"].as_u64().unwrap_or(0)) }
+                        td.num { (c["skipped"].as_u64().unwrap_or(0)) }
+                        td.num { (c["conflicts"].as_u64().unwrap_or(0)) }
+                        td.num { (bytes(c["bytes"].as_u64().unwrap_or(0))) }
+                    }
+                } } }
+            } }
+        }
+    }
+}
+
+async fn all_executions(
+    State(st): State<AppState>,
+    who: Signed,
+    Query(f): Query<ExecFilter>,
+) -> Result<Response, ApiError> {
+    who.admin()?;
+    let list = core_api::replication_overviews(&st).await.map_err(html_err)?;
+    let mut all: Vec<(String, ExecutionRecord)> = Vec::new();
+    for o in &list {
+        for e in st.replicator.executions(&o.name, 50).await.map_err(html_err)? {
+            all.push((o.name.clone(), e));
+        }
+    }
+    all.retain(|(_, e)| f.outcome.is_empty() || e.outcome.as_deref().unwrap_or("running") == f.outcome);
+    all.sort_by_key(|(_, e)| std::cmp::Reverse(e.started_at));
+    all.truncate(200);
+    let names: Vec<String> = all.iter().map(|(n, _)| n.clone()).collect();
+    let execs: Vec<ExecutionRecord> = all.into_iter().map(|(_, e)| e).collect();
+    let body = html! {
+        h1 { "Executions" }
+        form.filters method="get" {
+            label for="outcome" { "Outcome" }
+            select #outcome name="outcome" {
+                option value="" selected[f.outcome.is_empty()] { "all" }
+                @for o in ["running", "succeeded", "failed", "needs-confirmation"] { option value=(o) selected[f.outcome == o] { (o) } }
+            }
+            button type="submit" { "Filter" }
+        }
+        (executions_table("", &execs, Some(&names)))
+    };
+    Ok(page("Executions", Some(&who), Nav::Executions, body))
+}
+
+async fn new_token(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    p: Posted,
+) -> Result<Response, ApiError> {
+    p.who.admin()?;
+    let o = core_api::replication_overview(&st, &name)
+        .await
+        .map_err(html_err)?;
+    let token = st.replicator.new_token(&name).await.map_err(html_err)?;
+    Ok(token_page(&st, &p.who, &o, &token, false))
+}
+
+async fn revoke_token(
+    State(st): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    p: Posted,
+) -> Result<Response, ApiError> {
+    p.who.admin()?;
+    st.replicator.revoke_token(&name, &id).await.map_err(html_err)?;
+    Ok(Redirect::to(&format!("/replications/{}", seg(&name))).into_response())
+}
+
+async fn delete_confirm(
+    State(st): State<AppState>,
+    who: Signed,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    who.admin()?;
+    let o = core_api::replication_overview(&st, &name)
+        .await
+        .map_err(html_err)?;
+    let body = html! {
+        h1 { "Delete replication " (o.name) "?" }
+        p { "The replication, its sync tokens, cursors and execution history go. "
+            "The feeds (" (feeds_of(&o)) ") and their items stay on both instances." }
+        form method="post" action={ "/replications/" (seg(&name)) "/delete" } {
+            (csrf_field(&who))
+            button.danger type="submit" { "Delete replication " (o.name) }
+            " " a href={ "/replications/" (seg(&name)) } { "Cancel" }
+        }
+    };
+    Ok(page("Delete replication", Some(&who), Nav::Replication, body))
+}
+
+async fn delete(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    p: Posted,
+) -> Result<Response, ApiError> {
+    p.who.admin()?;
+    st.replicator.delete(&name).await.map_err(html_err)?;
+    Ok(Redirect::to("/").into_response())
+}
+
+async fn plan(
+    State(st): State<AppState>,
+    who: Signed,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    who.admin()?;
+    let report = st.replicator.plan(&name).await.map_err(html_err)?;
+    let report = json!(report);
+    let body = html! {
+        p.crumbs { a href={ "/replications/" (seg(&name)) } { "Replication " (name) } " / plan" }
+        h1 { "What a run would do" }
+        p.hint { "Nothing was changed. Counts are what an execution now would copy and delete." }
+        (feed_counts(&report))
+        h2 { "Details" }
+        @if let Some(lines) = report["log"].as_array() {
+            div.table-wrap { table.log { tbody { @for l in lines { tr {
+                td { (l["level"].as_str().unwrap_or("")) } td { (l["message"].as_str().unwrap_or("")) }
+            } } } } }
+        }
+    };
+    Ok(page("Plan", Some(&who), Nav::Replication, body))
+}
+
+// ------------------------------------------------------------ diagnostics
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DiagFilter {
+    level: String,
+    category: String,
+}
+
+async fn diagnostics(
+    State(st): State<AppState>,
+    who: Signed,
+    Query(f): Query<DiagFilter>,
+) -> Result<Response, ApiError> {
+    who.admin()?;
+    let d = st.replicator.diag();
+    let min = json!(d.min_level()).as_str().unwrap_or("info").to_owned();
+    let lines = d.recent(2000);
+    let mut categories: Vec<&str> = lines.iter().map(|l| l.category).collect();
+    categories.sort_unstable();
+    categories.dedup();
+    let shown: Vec<_> = lines
+        .iter()
+        .filter(|l| f.level.is_empty() || json!(l.level).as_str() == Some(f.level.as_str()))
+        .filter(|l| f.category.is_empty() || l.category == f.category)
+        .rev()
+        .take(500)
+        .collect();
+    let body = html! {
+        h1 { "Diagnostic center" }
+        p.hint { "The replication log: what peers asked of this instance and what its executions did. Newest first." }
+        form.filters method="post" action="/diagnostics/level" {
+            (csrf_field(&who))
+            label for="min-level" { "Record messages from level" }
+            select #min-level name="level" {
+                @for l in ["debug", "info", "warn", "error"] { option value=(l) selected[min == l] { (l) } }
+            }
+            button type="submit" { "Change level" }
+            span.muted { " now: " strong #current-level { (min) } " (takes effect at once, no restart)" }
+        }
+        form.filters method="get" {
+            label for="f-level" { "Level" }
+            select #f-level name="level" {
+                option value="" selected[f.level.is_empty()] { "all" }
+                @for l in ["debug", "info", "warn", "error"] { option value=(l) selected[f.level == l] { (l) } }
+            }
+            label for="f-cat" { "Category" }
+            select #f-cat name="category" {
+                option value="" selected[f.category.is_empty()] { "all" }
+                @for c in &categories { option value=(c) selected[f.category == *c] { (c) } }
+            }
+            button type="submit" { "Filter" }
+        }
+        @if shown.is_empty() { div.empty { p { "No replication log messages" @if !f.level.is_empty() || !f.category.is_empty() { " match this filter" } "." } } }
+        @else {
+            div.table-wrap { table.log #diag { tbody { @for l in &shown { tr {
+                td.muted { (l.time) }
+                td { (json!(l.level).as_str().unwrap_or("")) }
+                td { (l.category) }
+                td { (l.message) }
+            } } } } }
+        }
+    };
+    Ok(page("Diagnostics", Some(&who), Nav::Diagnostics, body))
+}
+
+async fn set_level(State(st): State<AppState>, p: Posted) -> Result<Response, ApiError> {
+    p.who.admin()?;
+    core_api::set_log_level(&st, p.form.get("level")).map_err(html_err)?;
+    Ok(Redirect::to("/diagnostics").into_response())
+}
+
+// ------------------------------------------------------------ edit
+
+async fn edit_form(
+    State(st): State<AppState>,
+    who: Signed,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    who.admin()?;
+    let o = core_api::replication_overview(&st, &name)
+        .await
+        .map_err(html_err)?;
+    Ok(edit_page(&who, &o, None, StatusCode::OK))
+}
+
+fn edit_page(who: &Signed, o: &Overview, msg: Option<&str>, status: StatusCode) -> Response {
+    let c = &o.config;
+    let url = match &c.communication {
+        Communication::Outgoing { url, .. } => Some(url.as_str()),
+        Communication::Incoming => None,
+    };
+    let body = html! {
+        p.crumbs { a href={ "/replications/" (seg(&o.name)) } { "Replication " (o.name) } " / edit" }
+        h1 { "Edit replication " (o.name) }
+        p.hint { "The feeds, the direction and the mode are what the other instance agreed to; to change them, delete the replication and configure a new one." }
+        (problem(msg))
+        form.card method="post" action={ "/replications/" (seg(&o.name)) "/edit" } {
+            (csrf_field(who))
+            @if let Some(u) = url {
+                div.grid2 {
+                    div { label for="url" { "Other instance's URL" } input #url type="url" name="url" value=(u); }
+                    div { label for="token" { "New sync token (empty: keep the current one)" }
+                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…"; }
+                }
+            }
+            div.grid2 {
+                div { label for="include" { "Include (globs, one a line)" } textarea #include name="include" rows="2" { (c.include.join("\n")) } }
+                div { label for="exclude" { "Exclude (globs, one a line)" } textarea #exclude name="exclude" rows="2" { (c.exclude.join("\n")) } }
+                @if url.is_some() {
+                    div { label for="interval" { "Interval (seconds between runs)" } input #interval type="number" min="1" name="interval" value=(c.interval_secs); }
+                }
+                div { label for="bandwidth" { "Bandwidth cap (bytes per second, empty: none)" }
+                    input #bandwidth type="number" min="1" name="bandwidth" value=[c.bandwidth_limit]; }
+            }
+            label.check { input type="checkbox" name="carry_downloads" value="1" checked[c.carry_downloads]; " Carry download counts" }
+            button.primary type="submit" { "Save changes" }
+            " " a href={ "/replications/" (seg(&o.name)) } { "Cancel" }
+        }
+    };
+    let mut resp = page("Edit replication", Some(who), Nav::Replication, body);
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn edit(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -> Result<Response, ApiError> {
+    p.who.admin()?;
+    let o = core_api::replication_overview(&st, &name)
+        .await
+        .map_err(html_err)?;
+    let f = &p.form;
+    let lines = |s: &str| -> Vec<String> {
+        s.split([',', '\n'])
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let number = |s: &str, what: &str| -> Result<Option<u64>, CoreError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse()
+            .map(Some)
+            .map_err(|_| CoreError::invalid(format!("{what} must be a whole number, not {s:?}.")))
+    };
+    let outgoing = o.config.is_outgoing();
+    let interval = if outgoing { f.get("interval") } else { "" };
+    let req = number(interval, "The interval").and_then(|interval| {
+        let bandwidth = number(f.get("bandwidth"), "The bandwidth cap")?;
+        Ok(UpdateRequest {
+            outgoing: (outgoing && !f.get("url").trim().is_empty()).then(|| f.get("url").trim().to_owned()),
+            token: (outgoing && !f.get("token").trim().is_empty()).then(|| f.get("token").trim().to_owned()),
+            include: Some(lines(f.get("include"))),
+            exclude: Some(lines(f.get("exclude"))),
+            interval,
+            carry_downloads: Some(f.on("carry_downloads")),
+            // 0 removes the cap.
+            bandwidth_limit: Some(bandwidth.unwrap_or(0)),
+            ..UpdateRequest::default()
+        })
+    });
+    let result = match req {
+        Ok(req) => core_api::update_replication(&st, &name, req).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => Ok(Redirect::to(&format!("/replications/{}", seg(&name))).into_response()),
+        Err(e @ CoreError::Internal(_)) => Err(html_err(e)),
+        Err(e) => {
+            let status = crate::error::status_of(&e);
+            let status = if status.is_client_error() {
+                status
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            Ok(edit_page(&p.who, &o, Some(&plain(&e)), status))
+        }
+    }
+}
