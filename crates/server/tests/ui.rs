@@ -502,3 +502,47 @@ async fn a_replication_is_edited_through_the_same_update_as_the_api() {
     let j = page(&i, &cookie, "/ui/api/overview").await;
     assert_eq!(j.json()["replications"][0]["state"], "incoming");
 }
+
+/// An incoming replication's page lists the instances that connect with
+/// its tokens (the hub's view of its spokes), names escaped.
+#[tokio::test]
+async fn an_incoming_replication_shows_the_instances_that_connect() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    let token = i.incoming("edge", &["files"], "push").await;
+    let cookie = session(&i, ADMIN).await;
+    let r = page(&i, &cookie, "/replications/edge").await;
+    assert!(r.text().contains("No instance has connected yet"), "{}", r.text());
+    let hs = serde_json::json!({
+        "protocol_versions": [1],
+        "instance_id": "cccccccccccccccccccccccccccccccc",
+        "ferry_version": "1.2.3",
+        "mode": {"name":"pull","flows":{"pull_missing":true,"push_missing":false,"delete_local":true,"delete_remote":false}},
+        "feeds": [{ "outgoing": "files", "incoming": "files", "type": "assets" }],
+        "instance_name": "site-<script>alert(1)</script>",
+        "interval_secs": 60,
+    })
+    .to_string();
+    let r = i
+        .send(
+            "POST",
+            "/api/replication/v1/handshake",
+            Some(&token),
+            &[
+                ("content-type", "application/json"),
+                ("ferry-instance", "cccccccccccccccccccccccccccccccc"),
+            ],
+            hs,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let html = page(&i, &cookie, "/replications/edge").await.text();
+    assert!(html.contains("Connected instances"), "{html}");
+    assert!(html.contains("cccccccccccccccccccccccccccccccc"), "{html}");
+    assert!(
+        html.contains("site-&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(!html.contains("<script>alert(1)"), "{html}");
+    assert!(html.contains("1.2.3"), "{html}");
+}

@@ -551,10 +551,13 @@ async fn detail(
         .await
         .map_err(html_err)?;
     let execs = st.replicator.executions(&name, 50).await.map_err(html_err)?;
-    let tokens = if o.config.is_outgoing() {
-        Vec::new()
+    let (tokens, peers) = if o.config.is_outgoing() {
+        (Vec::new(), Vec::new())
     } else {
-        st.replicator.tokens(&name).await.map_err(html_err)?
+        (
+            st.replicator.tokens(&name).await.map_err(html_err)?,
+            st.replicator.peers(&name).await.map_err(html_err)?,
+        )
     };
     let base = format!("/replications/{}", seg(&name));
     let body = html! {
@@ -610,6 +613,32 @@ async fn detail(
                 } }
             }
             (post_button(&who, &format!("{base}/tokens"), "New sync token", ""))
+            h2 { "Connected instances" }
+            @if peers.is_empty() { p.muted { "No instance has connected yet. Give one of the tokens above to the instance that will replicate with this one." } }
+            @else {
+                div.table-wrap { table {
+                    thead { tr {
+                        th { "Instance" } th { "State" } th { "Last contact" } th { "Lag" }
+                        th { "Feeds (cursor, behind)" } th { "Version" } th { "Address" } th { "Last error" }
+                    } }
+                    tbody { @for p in &peers {
+                        tr {
+                            td { (p.state.name.as_deref().unwrap_or("—")) br; code.muted { (p.state.instance_id) } }
+                            td { @if p.stale { span.badge.bad { "stale" } }
+                                 @else if p.connected { span.badge.ok { "connected" } }
+                                 @else { span.badge { "seen" } } }
+                            td { (when(p.state.last_contact)) }
+                            td { (duration(p.lag_seconds)) }
+                            td { @for (feed, f) in &p.state.feeds {
+                                (feed) ": " (f.cursor) ", " (f.lag_changes) " behind" br;
+                            } }
+                            td { (p.state.ferry_version.as_deref().unwrap_or("?")) }
+                            td { (p.state.address.as_deref().unwrap_or("?")) }
+                            td.error-text { (p.state.last_error.as_ref().map(|e| e.message.as_str()).unwrap_or("")) }
+                        }
+                    } }
+                } }
+            }
         }
         h2 { "Executions" }
         (executions_table(&name, &execs, None))
