@@ -69,7 +69,8 @@ pub async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Option<P
 
 /// Who asks a nuget route: the `X-NuGet-ApiKey` header NuGet clients send
 /// with pushes and deletes, unless an `Authorization` header is present
-/// (which then decides, as on every route).
+/// (which then decides, as on every route). A wrong `X-NuGet-ApiKey` is
+/// Forbidden (403), not Unauthorized.
 pub async fn nuget_principal(state: &AppState, headers: &HeaderMap) -> Result<Option<Principal>, CoreError> {
     if headers.contains_key(header::AUTHORIZATION) {
         return principal(state, headers).await;
@@ -82,9 +83,17 @@ pub async fn nuget_principal(state: &AppState, headers: &HeaderMap) -> Result<Op
                 .map_err(|_| CoreError::Unauthorized("malformed X-NuGet-ApiKey header".into()))?
                 .trim();
             if key.is_empty() {
-                Ok(None)
-            } else {
-                state.ferry.authenticate(key).await.map(Some)
+                return Ok(None);
+            }
+            // NuGet clients answer a 401 by prompting for a user name and
+            // password; a key they sent that is wrong is 403, as
+            // nuget.org and NuGet.Server answer it.
+            match state.ferry.authenticate(key).await {
+                Ok(p) => Ok(Some(p)),
+                Err(CoreError::Unauthorized(_)) => Err(CoreError::Forbidden(
+                    "the API key (X-NuGet-ApiKey) is invalid".into(),
+                )),
+                Err(e) => Err(e),
             }
         }
     }

@@ -546,6 +546,13 @@ async fn push(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/"));
     let (staged, file_name) = if multipart {
+        let (parts, body) = req.into_parts();
+        let boundary = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(boundary_of)
+            .unwrap_or_default();
+        let req = Request::from_parts(parts, tolerate_bare_lf(body, &boundary));
         let mut form = Multipart::from_request(req, st)
             .await
             .map_err(|e| CoreError::invalid(format!("malformed multipart push: {}", e.body_text())))?;
@@ -569,4 +576,69 @@ async fn push(
         format!("pushed {} {}\n", item.id, item.version),
     )
         .into_response())
+}
+
+/// The `boundary` parameter of a multipart content type.
+fn boundary_of(content_type: &str) -> Option<String> {
+    content_type.split(';').find_map(|p| {
+        let (k, v) = p.trim().split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| v.trim().trim_matches('"').to_owned())
+    })
+}
+
+/// nuget.exe 2.x ends its multipart push with `\n--BOUNDARY--` (a bare LF
+/// before the closing delimiter, nothing after), which RFC 2046 parsers
+/// refuse. This passes the body through unchanged except for that: the
+/// last bytes are held back and, when they are such a closing delimiter,
+/// the missing CR is put in. Memory: the held-back tail only.
+fn tolerate_bare_lf(body: axum::body::Body, boundary: &str) -> axum::body::Body {
+    use futures::StreamExt as _;
+    let close = format!("\n--{boundary}--").into_bytes();
+    let hold = close.len() + 8;
+    let stream = body.into_data_stream();
+    let fixed = futures::stream::unfold(
+        (stream, bytes::BytesMut::new(), false),
+        move |(mut s, mut buf, done)| {
+            let close = close.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    match s.next().await {
+                        Some(Ok(chunk)) => {
+                            buf.extend_from_slice(&chunk);
+                            if buf.len() > hold {
+                                let out = buf.split_to(buf.len() - hold).freeze();
+                                return Some((Ok::<Bytes, std::io::Error>(out), (s, buf, false)));
+                            }
+                        }
+                        Some(Err(e)) => return Some((Err(std::io::Error::other(e)), (s, buf, true))),
+                        None => {
+                            let end = buf
+                                .iter()
+                                .rposition(|b| !b.is_ascii_whitespace())
+                                .map_or(0, |i| i + 1);
+                            if end >= close.len()
+                                && buf[end - close.len()..end] == close[..]
+                                && (end == close.len() || buf[end - close.len() - 1] != b'\r')
+                            {
+                                let at = end - close.len();
+                                let mut out = bytes::BytesMut::with_capacity(buf.len() + 3);
+                                out.extend_from_slice(&buf[..at]);
+                                out.extend_from_slice(b"\r");
+                                out.extend_from_slice(&buf[at..end]);
+                                out.extend_from_slice(b"\r\n");
+                                buf = out;
+                            }
+                            return Some((Ok(buf.freeze()), (s, bytes::BytesMut::new(), true)));
+                        }
+                    }
+                }
+            }
+        },
+    );
+    axum::body::Body::from_stream(fixed)
 }

@@ -536,6 +536,24 @@ async fn pushes_by_every_client_route() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    // nuget.exe 2.8.7's exact shape (captured from it): file name
+    // `package`, and a bare LF before the closing delimiter, nothing after.
+    let data = nupkg("Old.Client", "1.0.0", "");
+    let mut body = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"package\"; filename=\"package\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&data);
+    body.extend_from_slice(format!("\n--{BOUNDARY}--").as_bytes());
+    let ct = format!("multipart/form-data; boundary={BOUNDARY}");
+    let k = f.key.clone();
+    let r = f
+        .req("PUT", "", &[("content-type", &ct), ("x-nuget-apikey", &k)], body)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let d = f.get("api/v2/package/Old.Client/1.0.0").await;
+    assert_eq!(d.body, data, "the stored .nupkg is the file part exactly");
     // A bare body (no multipart) with a Bearer key.
     let bare = nupkg("Bare.Push", "1.0.0", "");
     let auth = format!("Bearer {}", f.key);
@@ -545,6 +563,7 @@ async fn pushes_by_every_client_route() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let s = f.json("v3/search?q=push").await;
     assert_eq!(s["totalHits"], 3);
+    assert_eq!(f.json("v3/search?q=old.client").await["totalHits"], 1);
 }
 
 #[tokio::test]
@@ -571,7 +590,7 @@ async fn bad_pushes_are_refused_and_store_nothing() {
         f.push_to("v3/package", Some(&reader), "package.nupkg", &good)
             .await,
     );
-    bad(StatusCode::UNAUTHORIZED, "")(
+    bad(StatusCode::FORBIDDEN, "API key")(
         f.push_to("v3/package", Some("wrong-key"), "package.nupkg", &good)
             .await,
     );

@@ -27,30 +27,44 @@ impl Nuget {
         }
     }
 
+    /// nuget.exe 2.8.7 on mono spins forever wrapping text to a console
+    /// 0 columns wide (what it sees on a pipe), so it runs under `script`
+    /// on a pseudo-terminal set to 200 columns; the terminal's escape
+    /// sequences are stripped from what it prints.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(super::tool("nuget"));
+        let quoted: Vec<String> = std::iter::once(super::tool("nuget").display().to_string())
+            .chain(args.iter().map(|a| (*a).to_owned()))
+            .chain(std::iter::once("-NonInteractive".to_owned()))
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
+        let mut c = Command::new("script");
         let home = self.dir.path().join("home");
-        c.args(args)
-            .arg("-NonInteractive")
-            .current_dir(self.dir.path())
-            .env("HOME", &home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_DATA_HOME", home.join(".local/share"))
-            .env("MONO_ENV_OPTIONS", "")
-            .env("NUGET_PACKAGES", home.join("packages"))
-            .env("EnableNuGetPackageRestore", "true");
+        c.args([
+            "-qec",
+            &format!("stty cols 200 rows 50; exec {}", quoted.join(" ")),
+            "/dev/null",
+        ])
+        .current_dir(self.dir.path())
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .env("NUGET_PACKAGES", home.join("packages"));
         c
     }
 
-    /// Runs nuget; returns (success, stdout + stderr).
+    /// Runs nuget; returns (success, what it printed, escapes stripped).
     pub fn run(&self, args: &[&str]) -> (bool, String) {
-        let out = self.cmd(args).output().unwrap();
+        let out = self
+            .cmd(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        (out.status.success(), text)
+        (out.status.success(), strip_escapes(&text))
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
@@ -65,15 +79,10 @@ impl Nuget {
         text
     }
 
+    /// `nuget push FILE` (nuget.exe 2.8 on mono mishandles absolute paths,
+    /// so files are named relative to the client's dir).
     pub fn push(&self, file: &Path, key: &str) -> String {
-        self.ok(&[
-            "push",
-            file.to_str().unwrap(),
-            "-Source",
-            &self.source,
-            "-ApiKey",
-            key,
-        ])
+        self.ok(&["push", &rel(file), "-Source", &self.source, "-ApiKey", key])
     }
 
     /// `nuget list TERM` (v2 `Search()`), lines `Id Version`.
@@ -91,14 +100,7 @@ impl Nuget {
     /// `nuget install ID` into `out` (a folder under the client's dir).
     pub fn install(&self, id: &str, extra: &[&str], out: &str) -> (PathBuf, String) {
         let dest = self.dir.path().join(out);
-        let mut args = vec![
-            "install",
-            id,
-            "-Source",
-            &self.source,
-            "-OutputDirectory",
-            dest.to_str().unwrap(),
-        ];
+        let mut args = vec!["install", id, "-Source", &self.source, "-OutputDirectory", out];
         args.extend_from_slice(extra);
         let text = self.ok(&args);
         (dest, text)
@@ -110,6 +112,34 @@ impl Nuget {
         std::fs::write(&path, nupkg(id, version, deps, files)).unwrap();
         path
     }
+}
+
+/// The file name of `file` (which is in the client's dir).
+pub fn rel(file: &Path) -> String {
+    file.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Text without terminal escape sequences (`ESC [ … letter`, `ESC = >`) and CRs.
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                Some('[') => {
+                    while let Some(n) = chars.next() {
+                        if n.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A `.nupkg` as `nuget pack` lays it out (OPC parts included).
