@@ -405,10 +405,10 @@ pub fn v2_query<'a>(all: &'a [Stored], q: &V2Query) -> Result<V2Page<'a>, CoreEr
         } else if !i.listed {
             continue;
         }
-        if let Some(t) = &term {
-            if (!q.include_prerelease && v.is_prerelease()) || !t.split_whitespace().all(|w| i.matches(w)) {
-                continue;
-            }
+        if let Some(t) = &term
+            && ((!q.include_prerelease && v.is_prerelease()) || !t.split_whitespace().all(|w| i.matches(w)))
+        {
+            continue;
         }
         if let Some((wanted, all_versions)) = &q.updates {
             let Some((_, installed)) = wanted.iter().find(|(id, _)| id.eq_ignore_ascii_case(&i.id)) else {

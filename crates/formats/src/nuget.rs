@@ -1276,7 +1276,7 @@ mod tests {
 
     #[test]
     fn versions_order_as_nuget_does() {
-        let mut vs = vec![
+        let mut vs = [
             v("1.0.0"),
             v("1.0.0-beta"),
             v("1.0.0-alpha.10"),

@@ -122,19 +122,18 @@ pub fn rel(file: &Path) -> String {
 /// Text without terminal escape sequences (`ESC [ … letter`, `ESC = >`) and CRs.
 fn strip_escapes(s: &str) -> String {
     let mut out = String::new();
-    let mut chars = s.chars().peekable();
+    let mut chars = s.chars();
     while let Some(c) = chars.next() {
         match c {
-            '\u{1b}' => match chars.next() {
-                Some('[') => {
-                    while let Some(n) = chars.next() {
+            '\u{1b}' => {
+                if chars.next() == Some('[') {
+                    for n in chars.by_ref() {
                         if n.is_ascii_alphabetic() {
                             break;
                         }
                     }
                 }
-                _ => {}
-            },
+            }
             '\r' => {}
             c => out.push(c),
         }
