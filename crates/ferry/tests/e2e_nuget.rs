@@ -5,8 +5,10 @@
 //! pushed and installed through the v2 feed, duplicate and keyless pushes
 //! refused; then a spoke that pulled the feed serves the same, and an
 //! unlist on the hub hides the package from search on the spoke. The
-//! `.nupkg`s are written by the test. v3 clients (dotnet, Chocolatey 2.x)
-//! do not run here: their request shapes are in `nuget_api.rs`.
+//! `.nupkg`s are written by the test. The second test drives nuget.exe 5.8
+//! (npm's `nuget-exe`, on mono) over v3 the same way. dotnet and
+//! Chocolatey 2.x do not run here: their request shapes are in
+//! `nuget_api.rs`.
 #![allow(clippy::unwrap_used)]
 mod support;
 
@@ -146,4 +148,75 @@ fn push_list_install_and_unlist_on_the_hub_and_a_spoke() {
     assert!(dir.join("Ferry.Tool.2.1.0/tools/chocolateyInstall.ps1").exists());
     let out = spoke.cli_ok(&["replication", "verify", "from-hub"]);
     assert!(out.contains(": same"), "{out}");
+}
+
+#[test]
+fn a_v3_client_pushes_searches_installs_and_unlists_through_a_spoke() {
+    let hub = Server::start();
+    hub.create_feed("net", "nuget");
+    let key = hub.key("nuget-v3", "write");
+    let client = Nuget::v3(&hub, "net");
+    let base = client.pack("V3.Base", "1.0.0", &[], &[("lib/net45/V3.Base.txt", b"v3 base")]);
+    let app = client.pack(
+        "V3.App",
+        "2.0.0-rc.1",
+        &[("V3.Base", "1.0.0")],
+        &[("lib/net45/V3.App.txt", b"v3 app")],
+    );
+    for p in [&base, &app] {
+        let out = client.push(p, &key);
+        assert!(out.contains("Your package was pushed"), "{out}");
+    }
+    // Search (SearchQueryService) with prereleases.
+    let out = client.ok(&["search", "v3", "-Source", &client.source, "-PreRelease"]);
+    assert!(
+        out.contains("V3.App | 2.0.0-rc.1") && out.contains("V3.Base | 1.0.0"),
+        "{out}"
+    );
+
+    // A spoke that pulled the feed installs the prerelease and its
+    // dependency through registrations and the flat container.
+    let spoke = Server::start();
+    spoke.create_feed("net", "nuget");
+    let token = hub.incoming("edges", &["net"], "push");
+    spoke.outgoing(
+        "from-hub",
+        &["net"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    let out = spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let edge = Nuget::v3(&spoke, "net");
+    let (dir, out) = edge.install("V3.App", &["-PreRelease"], "pkgs");
+    assert!(
+        out.contains("Successfully installed 'V3.App 2.0.0-rc.1'"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("V3.Base.1.0.0/lib/net45/V3.Base.txt")).unwrap(),
+        b"v3 base"
+    );
+
+    // nuget delete over v3 (PackagePublish DELETE) unlists on the hub; the
+    // spoke's search stops showing it.
+    let out = client.ok(&[
+        "delete",
+        "V3.Base",
+        "1.0.0",
+        "-Source",
+        &client.source,
+        "-ApiKey",
+        &key,
+    ]);
+    assert!(out.contains("V3.Base 1.0.0 was deleted"), "{out}");
+    assert!(
+        wait_until(20, || !search_ids(&spoke, "net", "v3")
+            .contains(&"v3.base".to_owned())),
+        "the unlist did not reach the spoke"
+    );
+    let out = edge.ok(&["search", "v3", "-Source", &edge.source, "-PreRelease"]);
+    assert!(out.contains("V3.App") && !out.contains("V3.Base |"), "{out}");
 }

@@ -14,6 +14,21 @@ use super::Server;
 pub struct Nuget {
     pub dir: tempfile::TempDir,
     pub source: String,
+    /// The program and its first arguments (`nuget`, or `mono NuGet.exe`).
+    exe: Vec<String>,
+}
+
+/// nuget.exe 5.8.0 from npm's `nuget-exe` (a v3 client), which
+/// `scripts/test` installs into `.nuget-test`.
+pub fn nuget5_exe() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.nuget-test/node_modules/nuget-exe/nuget-5.8.0.exe");
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/test, which installs it",
+        p.display()
+    );
+    p
 }
 
 impl Nuget {
@@ -24,6 +39,22 @@ impl Nuget {
         Self {
             dir,
             source: format!("{}/nuget/{feed}/", server.url),
+            exe: vec![super::tool("nuget").display().to_string()],
+        }
+    }
+
+    /// nuget.exe 5.8 on mono, speaking v3 to `server`'s feed `feed`
+    /// (its service index).
+    pub fn v3(server: &Server, feed: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        Self {
+            dir,
+            source: format!("{}/nuget/{feed}/v3/index.json", server.url),
+            exe: vec![
+                super::tool("mono").display().to_string(),
+                nuget5_exe().display().to_string(),
+            ],
         }
     }
 
@@ -32,7 +63,10 @@ impl Nuget {
     /// on a pseudo-terminal set to 200 columns; the terminal's escape
     /// sequences are stripped from what it prints.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let quoted: Vec<String> = std::iter::once(super::tool("nuget").display().to_string())
+        let quoted: Vec<String> = self
+            .exe
+            .iter()
+            .cloned()
             .chain(args.iter().map(|a| (*a).to_owned()))
             .chain(std::iter::once("-NonInteractive".to_owned()))
             .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
