@@ -2,7 +2,7 @@
 //! blob uploads, item writes through the change log, reads, index caching,
 //! download counting and garbage collection. No HTTP, no SQL.
 //!
-//! Feed-type modules (`assets`, `npm`, `pypi`, `oci`, `cargo`) turn client requests that
+//! Feed-type modules (`assets`, `npm`, `pypi`, `oci`, `cargo`, `nuget`) turn client requests that
 //! the server has parsed into item writes, using `ferry-formats`.
 
 pub mod assets;
@@ -13,6 +13,7 @@ mod clock;
 mod error;
 mod integrity;
 pub mod npm;
+pub mod nuget;
 pub mod oci;
 pub mod pypi;
 mod replicated;

@@ -6,7 +6,7 @@
 //! manifest's own bytes). A peer's token is no licence to store what no
 //! client could.
 
-use ferry_formats::{assets, cargo, npm, oci, pypi};
+use ferry_formats::{assets, cargo, npm, nuget, oci, pypi};
 use ferry_store::{Change, ChangeOp, FeedRecord};
 use ferry_types::{Digest, FeedType};
 use futures::StreamExt;
@@ -113,6 +113,12 @@ impl Ferry {
                 // The blob is the .crate its `cksum` (sha256) names, so the
                 // digest check is the checksum check; the size must agree.
                 if let (Some(item), Some((_, blobs))) = (cargo::validate_item(key, live)?, live) {
+                    self.check_size(key.as_str(), &blobs[0], Some(item.size)).await?;
+                }
+            }
+            FeedType::Nuget => {
+                // The blob is the .nupkg; its size must be the one recorded.
+                if let (Some(item), Some((_, blobs))) = (nuget::validate_item(key, live)?, live) {
                     self.check_size(key.as_str(), &blobs[0], Some(item.size)).await?;
                 }
             }

@@ -308,7 +308,7 @@ enum FeedCmd {
     /// Create a feed.
     Create {
         name: String,
-        /// assets, npm, pypi, oci or cargo.
+        /// assets, npm, pypi, oci, cargo or nuget.
         #[arg(long = "type")]
         feed_type: String,
         #[arg(long)]

@@ -5,6 +5,7 @@
 pub mod assets;
 pub mod cargo;
 pub mod npm;
+pub mod nuget;
 pub mod oci;
 pub mod pypi;
 

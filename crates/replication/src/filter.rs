@@ -1,6 +1,6 @@
 //! Include/exclude filters on item names. An item's name is what a user
 //! thinks of: the package for npm and PyPI, the path for assets, the crate for
-//! cargo (lowercase, `_` for `-`).
+//! cargo (lowercase, `_` for `-`), the package id for nuget (lowercase).
 
 use ferry_types::{FeedType, ItemKey};
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -23,6 +23,11 @@ pub fn item_name(ty: FeedType, key: &ItemKey) -> &str {
         FeedType::Cargo => {
             let rest = k.split_once('/').map_or(k, |(_, r)| r);
             rest.split_once('/').map_or(rest, |(name, _)| name)
+        }
+        // pkg/ID/VERSION: the package id, lowercase.
+        FeedType::Nuget => {
+            let rest = k.split_once('/').map_or(k, |(_, r)| r);
+            rest.split_once('/').map_or(rest, |(id, _)| id)
         }
         // manifest/REPOSITORY/DIGEST or tag/REPOSITORY/TAG, where REPOSITORY may nest.
         FeedType::Oci => {
@@ -91,6 +96,10 @@ mod tests {
         assert_eq!(item_name(FeedType::Assets, &k("a/b.txt")), "a/b.txt");
         assert_eq!(item_name(FeedType::Oci, &k("tag/team/app/latest")), "team/app");
         assert_eq!(item_name(FeedType::Cargo, &k("crate/my_crate/1.0.0")), "my_crate");
+        assert_eq!(
+            item_name(FeedType::Nuget, &k("pkg/newtonsoft.json/13.0.1")),
+            "newtonsoft.json"
+        );
     }
 
     #[test]

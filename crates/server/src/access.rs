@@ -6,7 +6,7 @@
 //!
 //! Private feeds are invisible to callers who may not read them (the rule
 //! is [`ferry_core::auth`]'s): for every route family (assets, npm, PyPI,
-//! OCI, cargo) an existing private feed answers such a caller exactly as a
+//! OCI, cargo, nuget) an existing private feed answers such a caller exactly as a
 //! missing feed does. Without a key, any feed that is not public answers
 //! 401 with the `WWW-Authenticate` challenge; with a key that may not read
 //! it, 404 "feed NAME not found"; a wrong key, 401 before anything else.
@@ -64,6 +64,38 @@ pub async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Option<P
         None => Ok(None),
         Some(s) if s.is_empty() => Ok(None),
         Some(secret) => state.ferry.authenticate(&secret).await.map(Some),
+    }
+}
+
+/// Who asks a nuget route: the `X-NuGet-ApiKey` header NuGet clients send
+/// with pushes and deletes, unless an `Authorization` header is present
+/// (which then decides, as on every route). A wrong `X-NuGet-ApiKey` is
+/// Forbidden (403), not Unauthorized.
+pub async fn nuget_principal(state: &AppState, headers: &HeaderMap) -> Result<Option<Principal>, CoreError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return principal(state, headers).await;
+    }
+    match headers.get("x-nuget-apikey") {
+        None => Ok(None),
+        Some(v) => {
+            let key = v
+                .to_str()
+                .map_err(|_| CoreError::Unauthorized("malformed X-NuGet-ApiKey header".into()))?
+                .trim();
+            if key.is_empty() {
+                return Ok(None);
+            }
+            // NuGet clients answer a 401 by prompting for a user name and
+            // password; a key they sent that is wrong is 403, as
+            // nuget.org and NuGet.Server answer it.
+            match state.ferry.authenticate(key).await {
+                Ok(p) => Ok(Some(p)),
+                Err(CoreError::Unauthorized(_)) => Err(CoreError::Forbidden(
+                    "the API key (X-NuGet-ApiKey) is invalid".into(),
+                )),
+                Err(e) => Err(e),
+            }
+        }
     }
 }
 
@@ -133,6 +165,7 @@ fn type_for_prefix(prefix: &str) -> Option<(FeedType, Flavor)> {
         "pypi" => Some((FeedType::Pypi, Flavor::Text)),
         "v2" => Some((FeedType::Oci, Flavor::Oci)),
         "cargo" => Some((FeedType::Cargo, Flavor::Cargo)),
+        "nuget" => Some((FeedType::Nuget, Flavor::Text)),
         _ => None,
     }
 }
@@ -151,6 +184,8 @@ impl FromRequestParts<AppState> for FeedAccess {
         // Who asks comes first: a wrong key is refused alike for every feed.
         let (principal, token) = if ty == FeedType::Oci {
             oci_credentials(state, &parts.headers).await.map_err(err)?
+        } else if ty == FeedType::Nuget {
+            (nuget_principal(state, &parts.headers).await.map_err(err)?, None)
         } else {
             (principal(state, &parts.headers).await.map_err(err)?, None)
         };

@@ -10,6 +10,7 @@ pub mod error;
 mod mgmt;
 mod mgmt_replication;
 mod npm;
+mod nuget;
 mod oci;
 mod openapi;
 mod ops;
@@ -115,6 +116,7 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> App {
         .merge(npm::routes())
         .merge(pypi::routes())
         .merge(cargo::routes())
+        .merge(nuget::routes())
         .merge(oci::routes(&state))
         .merge(ui::routes())
         // Upload limits are enforced per route while streaming, not by buffering.

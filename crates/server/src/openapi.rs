@@ -170,7 +170,7 @@ pub fn document() -> Value {
                     "type": "object", "required": ["name", "type"],
                     "properties": {
                         "name": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$" },
-                        "type": { "type": "string", "enum": ["assets", "npm", "pypi", "oci", "cargo"] },
+                        "type": { "type": "string", "enum": ["assets", "npm", "pypi", "oci", "cargo", "nuget"] },
                         "private": { "type": "boolean", "default": false }
                     }
                 },

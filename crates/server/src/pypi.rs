@@ -41,7 +41,7 @@ use crate::error::ApiError;
 const MAX_FORM_FIELD: usize = 64 << 10;
 /// Room for the form's other fields (description, classifiers, ...) on top
 /// of the upload limit, when judging a request by its `Content-Length`.
-const FORM_SLACK: u64 = 16 << 20;
+pub(crate) const FORM_SLACK: u64 = 16 << 20;
 /// Largest yank request body.
 const MAX_YANK_BODY: usize = 64 << 10;
 
@@ -354,7 +354,7 @@ fn form_value(text: &str, key: &str) -> Result<Option<String>, CoreError> {
 }
 
 /// A multipart error: the client's body broke off, or the form is malformed.
-fn bad_multipart(e: MultipartError) -> CoreError {
+pub(crate) fn bad_multipart(e: MultipartError) -> CoreError {
     CoreError::from_body_error(&e)
         .unwrap_or_else(|| CoreError::invalid(format!("malformed multipart upload: {}", e.body_text())))
 }
@@ -452,7 +452,7 @@ async fn read_text(name: &str, field: &mut Field<'_>) -> Result<String, CoreErro
 /// Streams the file part into staging. The part borrows the request, so it
 /// is pumped through a small channel into the `'static` stream staging
 /// wants, in this same task; memory stays bounded by the channel.
-async fn stage_field(ferry: &Ferry, field: &mut Field<'_>) -> Result<StagedBlob, CoreError> {
+pub(crate) async fn stage_field(ferry: &Ferry, field: &mut Field<'_>) -> Result<StagedBlob, CoreError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
     let body: ByteStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))

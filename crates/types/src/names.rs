@@ -43,15 +43,17 @@ pub enum FeedType {
     Pypi,
     Oci,
     Cargo,
+    Nuget,
 }
 
 impl FeedType {
-    pub const ALL: [FeedType; 5] = [
+    pub const ALL: [FeedType; 6] = [
         FeedType::Assets,
         FeedType::Npm,
         FeedType::Pypi,
         FeedType::Oci,
         FeedType::Cargo,
+        FeedType::Nuget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +63,7 @@ impl FeedType {
             FeedType::Pypi => "pypi",
             FeedType::Oci => "oci",
             FeedType::Cargo => "cargo",
+            FeedType::Nuget => "nuget",
         }
     }
 }
@@ -171,7 +174,7 @@ mod tests {
     fn feed_types() {
         assert_eq!("npm".parse::<FeedType>(), Ok(FeedType::Npm));
         let err = "maven".parse::<FeedType>().unwrap_err();
-        assert!(err.to_string().contains("assets, npm, pypi, oci, cargo"));
+        assert!(err.to_string().contains("assets, npm, pypi, oci, cargo, nuget"));
     }
 
     #[test]

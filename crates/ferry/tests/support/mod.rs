@@ -4,6 +4,7 @@
 
 pub mod cargo;
 pub mod npm;
+pub mod nuget;
 pub mod pypi;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,1435 @@
+//! nuget feeds: `.nupkg` packages for .NET and Chocolatey, served over the
+//! NuGet v3 API (Microsoft Learn, "NuGet Server API": service index,
+//! PackagePublish, PackageBaseAddress, RegistrationsBaseUrl,
+//! SearchQueryService, SearchAutocompleteService) and the NuGet v2 OData
+//! feed (OData v2 Atom as NuGet 2.x and Chocolatey parse it).
+//!
+//! # Item layout
+//!
+//! | key | metadata | blobs |
+//! | --- | --- | --- |
+//! | `pkg/{id lowercase}/{normalized version lowercase}` | a [`PackageItem`]: the nuspec's fields, the id's display case, `listed`, size, SHA-512 | the `.nupkg` |
+//!
+//! Ids compare case-insensitively ([`id_key`]); versions are normalized as
+//! NuGet does ([`NuGetVersion::normalized`]), so `1.0`, `1.0.0` and
+//! `1.0.0+build` are one key. Unlisting rewrites the item with
+//! `listed: false` (a new stamp, so it replicates); a hard delete is a
+//! deleted item. Nothing rendered here is stored: indexes, search results
+//! and feeds are derived from the items on every instance.
+//!
+//! # Endpoints (base `/nuget/{feed}`)
+//!
+//! | request | function |
+//! | --- | --- |
+//! | `GET v3/index.json` | [`render_service_index`] |
+//! | `GET v3/registration{,-semver2}/{id}/index.json`, `…/{version}.json` | [`render_registration_index`], [`render_registration_leaf`] |
+//! | `GET v3/flatcontainer/{id}/index.json` | [`render_versions`] |
+//! | `GET v3/search`, `v3/autocomplete` | [`render_search`], [`render_autocomplete`] |
+//! | `PUT v3/package`, `api/v2/package` | [`inspect_nupkg`], [`PackageItem`] |
+//! | `GET /`, `$metadata` | [`render_service_document`], [`render_metadata`] |
+//! | `GET Packages()`, `FindPackagesById()`, `Search()`, `GetUpdates()` | [`render_feed`] |
+
+use std::cmp::Ordering;
+use std::io::{Read, Seek};
+
+use ferry_types::{Digest, ItemKey};
+use quick_xml::events::Event;
+use serde::{Deserialize, Serialize};
+
+use crate::{ArchiveLimits, FormatError};
+
+pub mod odata;
+
+/// Longest package id (nuget.org's limit).
+pub const MAX_ID_LEN: usize = 100;
+/// Longest version string accepted.
+pub const MAX_VERSION_LEN: usize = 256;
+/// Versions per registration page; the index inlines its pages below
+/// [`INLINE_LIMIT`] versions.
+pub const PAGE_SIZE: usize = 64;
+/// Below this many versions the registration index carries its pages.
+pub const INLINE_LIMIT: usize = 128;
+
+// ---------------------------------------------------------------------------
+// Ids and versions
+
+/// Validates a package id as NuGet does: 1–100 characters, ASCII letters,
+/// digits and `_`, in runs separated by single `.` or `-`.
+pub fn validate_id(id: &str) -> Result<(), FormatError> {
+    let bad = |why: &str| Err(FormatError::invalid(format!("invalid package id `{id}`: {why}")));
+    if id.is_empty() {
+        return bad("must not be empty");
+    }
+    if id.len() > MAX_ID_LEN {
+        return bad("longer than 100 characters");
+    }
+    let mut prev_sep = true;
+    for c in id.chars() {
+        if c == '.' || c == '-' {
+            if prev_sep {
+                return bad("`.` and `-` must separate letters, digits or `_`");
+            }
+            prev_sep = true;
+        } else if c.is_ascii_alphanumeric() || c == '_' {
+            prev_sep = false;
+        } else {
+            return bad(&format!("the character {c:?} is not allowed"));
+        }
+    }
+    if prev_sep {
+        return bad("must not end with `.` or `-`");
+    }
+    Ok(())
+}
+
+/// The form ids are compared and keyed in: lowercase.
+pub fn id_key(id: &str) -> String {
+    id.to_ascii_lowercase()
+}
+
+/// A NuGet version: SemVer 2.0 with an optional fourth number, as NuGet
+/// parses it (`1.0` is `1.0.0`; leading zeros are dropped; build metadata
+/// is kept for display only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NuGetVersion {
+    pub numbers: [u64; 4],
+    /// Dot-separated prerelease labels, display case; empty: a release.
+    pub prerelease: Vec<String>,
+    pub build: Option<String>,
+}
+
+impl NuGetVersion {
+    /// Parses a version as NuGet accepts it in a nuspec or a URL.
+    pub fn parse(s: &str) -> Result<Self, FormatError> {
+        let bad = |why: &str| Err(FormatError::invalid(format!("invalid version `{s}`: {why}")));
+        let s = s.trim();
+        if s.is_empty() {
+            return bad("empty");
+        }
+        if s.len() > MAX_VERSION_LEN {
+            return bad("longer than 256 characters");
+        }
+        let (rest, build) = match s.split_once('+') {
+            Some((r, b)) => {
+                if b.is_empty() || !b.split('.').all(ident_ok) {
+                    return bad("malformed build metadata");
+                }
+                (r, Some(b.to_owned()))
+            }
+            None => (s, None),
+        };
+        let (core, pre) = match rest.split_once('-') {
+            Some((c, p)) => (c, Some(p)),
+            None => (rest, None),
+        };
+        let parts: Vec<&str> = core.split('.').collect();
+        if parts.len() < 2 || parts.len() > 4 {
+            return bad("must have two to four numbers");
+        }
+        let mut numbers = [0u64; 4];
+        for (i, p) in parts.iter().enumerate() {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return bad("the numbers must be digits");
+            }
+            numbers[i] = match p.trim_start_matches('0') {
+                "" => 0,
+                digits => match digits.parse() {
+                    Ok(n) if n <= i32::MAX as u64 => n,
+                    _ => return bad("a number is too large"),
+                },
+            };
+        }
+        let prerelease = match pre {
+            None => Vec::new(),
+            Some(p) => {
+                let labels: Vec<String> = p.split('.').map(str::to_owned).collect();
+                if p.is_empty() || !labels.iter().all(|l| ident_ok(l)) {
+                    return bad("malformed prerelease label");
+                }
+                labels
+            }
+        };
+        Ok(Self {
+            numbers,
+            prerelease,
+            build,
+        })
+    }
+
+    /// NuGet's normalized form: three numbers, the fourth when non-zero,
+    /// `-prerelease`; no build metadata.
+    pub fn normalized(&self) -> String {
+        let [a, b, c, d] = self.numbers;
+        let mut out = format!("{a}.{b}.{c}");
+        if d != 0 {
+            out.push_str(&format!(".{d}"));
+        }
+        if !self.prerelease.is_empty() {
+            out.push('-');
+            out.push_str(&self.prerelease.join("."));
+        }
+        out
+    }
+
+    /// The normalized form lowercased: item keys and v3 URLs.
+    pub fn key(&self) -> String {
+        self.normalized().to_ascii_lowercase()
+    }
+
+    pub fn is_prerelease(&self) -> bool {
+        !self.prerelease.is_empty()
+    }
+
+    /// SemVer 2.0 only: dotted prerelease labels or build metadata, which
+    /// SemVer 1 clients cannot read.
+    pub fn is_semver2(&self) -> bool {
+        self.prerelease.len() > 1 || self.build.is_some()
+    }
+}
+
+fn ident_ok(l: &str) -> bool {
+    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+impl Ord for NuGetVersion {
+    /// NuGet's order: the numbers, a release after its prereleases, labels
+    /// compared as SemVer 2 does but case-insensitively.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.numbers.cmp(&other.numbers).then_with(|| {
+            match (self.prerelease.is_empty(), other.prerelease.is_empty()) {
+                (true, true) => Ordering::Equal,
+                (true, false) => Ordering::Greater,
+                (false, true) => Ordering::Less,
+                (false, false) => {
+                    for (a, b) in self.prerelease.iter().zip(&other.prerelease) {
+                        let o = match (a.parse::<u64>(), b.parse::<u64>()) {
+                            (Ok(x), Ok(y)) => x.cmp(&y),
+                            (Ok(_), Err(_)) => Ordering::Less,
+                            (Err(_), Ok(_)) => Ordering::Greater,
+                            (Err(_), Err(_)) => a.to_ascii_lowercase().cmp(&b.to_ascii_lowercase()),
+                        };
+                        if o != Ordering::Equal {
+                            return o;
+                        }
+                    }
+                    self.prerelease.len().cmp(&other.prerelease.len())
+                }
+            }
+        })
+    }
+}
+
+impl PartialOrd for NuGetVersion {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The key prefix of every version of a package: `pkg/{id lowercase}/`.
+pub fn package_prefix(id: &str) -> String {
+    format!("pkg/{}/", id_key(id))
+}
+
+/// The item key of one version (any id case, any version spelling).
+pub fn version_key(id: &str, version: &str) -> Result<ItemKey, FormatError> {
+    validate_id(id)?;
+    let v = NuGetVersion::parse(version)?;
+    ItemKey::new(format!("pkg/{}/{}", id_key(id), v.key())).map_err(|e| FormatError::invalid(e.to_string()))
+}
+
+/// `(id lowercase, version key)` of an item key.
+pub fn parse_item_key(key: &ItemKey) -> Result<(&str, &str), FormatError> {
+    let bad = || FormatError::invalid(format!("{key} is not a nuget item key (pkg/ID/VERSION)"));
+    let rest = key.as_str().strip_prefix("pkg/").ok_or_else(bad)?;
+    let (id, version) = rest.split_once('/').ok_or_else(bad)?;
+    if version.contains('/') {
+        return Err(bad());
+    }
+    Ok((id, version))
+}
+
+// ---------------------------------------------------------------------------
+// The package item
+
+/// One dependency of a dependency group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    pub id: String,
+    /// The version range as written (`1.0`, `[1.0,2.0)`); empty: any.
+    #[serde(default)]
+    pub range: String,
+}
+
+/// Dependencies for one target framework (empty string: any framework).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DependencyGroup {
+    #[serde(default)]
+    pub target_framework: String,
+    #[serde(default)]
+    pub dependencies: Vec<Dependency>,
+}
+
+/// What a feed stores about one package version: the nuspec's fields, the
+/// listed state and what is known of the `.nupkg` blob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackageItem {
+    /// The id in the case it was pushed with.
+    pub id: String,
+    /// The normalized version, display case.
+    pub version: String,
+    /// The version as the nuspec wrote it.
+    #[serde(default)]
+    pub original_version: String,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub authors: String,
+    #[serde(default)]
+    pub owners: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub summary: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// SPDX license expression (`<license type="expression">`).
+    #[serde(default)]
+    pub license: String,
+    #[serde(default)]
+    pub license_url: String,
+    #[serde(default)]
+    pub project_url: String,
+    #[serde(default)]
+    pub icon_url: String,
+    #[serde(default)]
+    pub release_notes: String,
+    #[serde(default)]
+    pub copyright: String,
+    #[serde(default)]
+    pub require_license_acceptance: bool,
+    #[serde(default)]
+    pub dependency_groups: Vec<DependencyGroup>,
+    #[serde(default)]
+    pub package_types: Vec<String>,
+    #[serde(default)]
+    pub min_client_version: String,
+    pub listed: bool,
+    /// When it was pushed (Unix ms).
+    pub published: i64,
+    pub size: u64,
+    /// SHA-512 of the `.nupkg`, base64 (v2's `PackageHash`).
+    pub sha512: String,
+}
+
+impl PackageItem {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, FormatError> {
+        serde_json::from_value(v.clone())
+            .map_err(|e| FormatError::invalid(format!("nuget item metadata: {e}")))
+    }
+
+    /// The parsed version (the stored one is normalized, so this parses).
+    pub fn parsed_version(&self) -> NuGetVersion {
+        NuGetVersion::parse(&self.version).unwrap_or(NuGetVersion {
+            numbers: [0; 4],
+            prerelease: Vec::new(),
+            build: None,
+        })
+    }
+
+    /// SemVer 2 packages: the version, or a dependency range, needs SemVer 2.
+    pub fn is_semver2(&self) -> bool {
+        NuGetVersion::parse(&self.original_version).is_ok_and(|v| v.is_semver2())
+            || self.parsed_version().is_semver2()
+    }
+
+    /// The item key.
+    pub fn key(&self) -> Result<ItemKey, FormatError> {
+        version_key(&self.id, &self.version)
+    }
+
+    /// v2's `Dependencies` string: `id:range:framework|…`.
+    pub fn v2_dependencies(&self) -> String {
+        let mut parts = Vec::new();
+        for g in &self.dependency_groups {
+            if g.dependencies.is_empty() {
+                parts.push(format!("::{}", g.target_framework));
+            }
+            for d in &g.dependencies {
+                parts.push(format!("{}:{}:{}", d.id, d.range, g.target_framework));
+            }
+        }
+        parts.join("|")
+    }
+
+    /// Whether `q` (lowercase) occurs in the id, title, description or tags.
+    pub fn matches(&self, q: &str) -> bool {
+        q.is_empty()
+            || self.id.to_ascii_lowercase().contains(q)
+            || self.title.to_lowercase().contains(q)
+            || self.description.to_lowercase().contains(q)
+            || self.tags.iter().any(|t| t.to_lowercase().contains(q))
+    }
+}
+
+/// Checks a replicated item: its key, its metadata and its one blob.
+/// `Ok(None)` for a deletion.
+pub fn validate_item(
+    key: &ItemKey,
+    live: Option<(&serde_json::Value, &[Digest])>,
+) -> Result<Option<PackageItem>, FormatError> {
+    let (id, version) = parse_item_key(key)?;
+    let Some((meta, blobs)) = live else {
+        return Ok(None);
+    };
+    let item = PackageItem::from_json(meta)?;
+    validate_id(&item.id)?;
+    let v = NuGetVersion::parse(&item.version)?;
+    if id_key(&item.id) != id || v.key() != version {
+        return Err(FormatError::invalid(format!(
+            "nuget item {key}: its metadata describes {} {}",
+            item.id, item.version
+        )));
+    }
+    if blobs.len() != 1 {
+        return Err(FormatError::invalid(format!(
+            "nuget item {key}: must have exactly one blob"
+        )));
+    }
+    Ok(Some(item))
+}
+
+// ---------------------------------------------------------------------------
+// Reading a .nupkg
+
+/// What a `.nupkg` says of itself (its nuspec), before the server adds the
+/// listed state, size and hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nuspec {
+    pub id: String,
+    pub version: NuGetVersion,
+    pub item: PackageItem,
+    /// The nuspec's bytes, as served by the flat container.
+    pub raw: Vec<u8>,
+}
+
+/// Reads a `.nupkg` (a zip): at most `limits.max_entries` entries, no more
+/// than `limits.max_unpacked_bytes` declared uncompressed, no entry whose
+/// name escapes the package (absolute, `..`, drive letters), exactly one
+/// `.nuspec` at the root (read up to `limits.max_metadata_bytes`). Errors:
+/// Invalid for a file that is not a zip, a missing or second nuspec, bad
+/// paths or a bad nuspec; TooLarge for size and entry-count bombs.
+pub fn inspect_nupkg<R: Read + Seek>(reader: R, limits: &ArchiveLimits) -> Result<Nuspec, FormatError> {
+    let mut zip = zip::ZipArchive::new(reader)
+        .map_err(|e| FormatError::invalid(format!("the package is not a valid .nupkg (zip) file: {e}")))?;
+    if zip.len() as u64 > limits.max_entries {
+        return Err(FormatError::too_large(format!(
+            "the package has {} entries, more than the {} allowed",
+            zip.len(),
+            limits.max_entries
+        )));
+    }
+    let mut total: u64 = 0;
+    let mut nuspec: Option<usize> = None;
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index_raw(i)
+            .map_err(|e| FormatError::invalid(format!("the package's zip entry {i} is unreadable: {e}")))?;
+        let name = entry.name().to_owned();
+        check_entry_name(&name)?;
+        total = total.saturating_add(entry.size());
+        if total > limits.max_unpacked_bytes {
+            return Err(FormatError::too_large(format!(
+                "the package expands to more than {} bytes",
+                limits.max_unpacked_bytes
+            )));
+        }
+        if !name.contains('/') && name.to_ascii_lowercase().ends_with(".nuspec") {
+            if nuspec.is_some() {
+                return Err(FormatError::invalid(
+                    "the package has more than one .nuspec at its root",
+                ));
+            }
+            nuspec = Some(i);
+        }
+    }
+    let index = nuspec.ok_or_else(|| FormatError::invalid("the package has no .nuspec at its root"))?;
+    let entry = zip
+        .by_index(index)
+        .map_err(|e| FormatError::invalid(format!("the package's .nuspec is unreadable: {e}")))?;
+    let mut raw = Vec::new();
+    entry
+        .take(limits.max_metadata_bytes + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| FormatError::invalid(format!("the package's .nuspec is unreadable: {e}")))?;
+    if raw.len() as u64 > limits.max_metadata_bytes {
+        return Err(FormatError::too_large(format!(
+            "the package's .nuspec is larger than {} bytes",
+            limits.max_metadata_bytes
+        )));
+    }
+    parse_nuspec(raw)
+}
+
+fn check_entry_name(name: &str) -> Result<(), FormatError> {
+    let bad = || {
+        Err(FormatError::invalid(format!(
+            "the package has an entry with an unsafe path: {name:?}"
+        )))
+    };
+    if name.is_empty() || name.starts_with('/') || name.starts_with('\\') || name.contains('\0') {
+        return bad();
+    }
+    if name.len() > 1 && name.as_bytes()[1] == b':' {
+        return bad();
+    }
+    if name.split(['/', '\\']).any(|seg| seg == "..") {
+        return bad();
+    }
+    Ok(())
+}
+
+/// Parses a nuspec document (`<package><metadata>…`): id, version, the
+/// descriptive fields, dependency groups (and a flat `<dependencies>`
+/// list, which is the any-framework group) and package types.
+pub fn parse_nuspec(raw: Vec<u8>) -> Result<Nuspec, FormatError> {
+    let text = std::str::from_utf8(raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&raw))
+        .map_err(|_| FormatError::invalid("the .nuspec is not UTF-8"))?
+        .to_owned();
+    let bad = |e: &dyn std::fmt::Display| FormatError::invalid(format!("the .nuspec is not valid XML: {e}"));
+    let mut reader = quick_xml::Reader::from_str(&text);
+    let mut path: Vec<String> = Vec::new();
+    let mut item = PackageItem {
+        id: String::new(),
+        version: String::new(),
+        original_version: String::new(),
+        title: String::new(),
+        authors: String::new(),
+        owners: String::new(),
+        description: String::new(),
+        summary: String::new(),
+        tags: Vec::new(),
+        license: String::new(),
+        license_url: String::new(),
+        project_url: String::new(),
+        icon_url: String::new(),
+        release_notes: String::new(),
+        copyright: String::new(),
+        require_license_acceptance: false,
+        dependency_groups: Vec::new(),
+        package_types: Vec::new(),
+        min_client_version: String::new(),
+        listed: true,
+        published: 0,
+        size: 0,
+        sha512: String::new(),
+    };
+    let mut license_type = String::new();
+    let mut text_buf = String::new();
+    loop {
+        let ev = reader.read_event().map_err(|e| bad(&e))?;
+        match ev {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                let mut attrs = std::collections::HashMap::new();
+                for a in e.attributes() {
+                    let a = a.map_err(|e| bad(&e))?;
+                    let k = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
+                    let v = a.unescape_value().map_err(|e| bad(&e))?.into_owned();
+                    attrs.insert(k, v);
+                }
+                let parent = path.last().map(String::as_str);
+                match (parent, name.as_str()) {
+                    (Some("metadata"), "metadata") => {}
+                    (Some("metadata"), "license") => {
+                        license_type = attrs.get("type").cloned().unwrap_or_default();
+                    }
+                    (Some("dependencies"), "group") => item.dependency_groups.push(DependencyGroup {
+                        target_framework: attrs.get("targetFramework").cloned().unwrap_or_default(),
+                        dependencies: Vec::new(),
+                    }),
+                    (Some("dependencies" | "group"), "dependency") => {
+                        let dep = Dependency {
+                            id: attrs.get("id").cloned().unwrap_or_default(),
+                            range: attrs.get("version").cloned().unwrap_or_default(),
+                        };
+                        validate_id(&dep.id)?;
+                        if parent == Some("dependencies") {
+                            match item
+                                .dependency_groups
+                                .iter_mut()
+                                .find(|g| g.target_framework.is_empty())
+                            {
+                                Some(g) => g.dependencies.push(dep),
+                                None => item.dependency_groups.push(DependencyGroup {
+                                    target_framework: String::new(),
+                                    dependencies: vec![dep],
+                                }),
+                            }
+                        } else if let Some(g) = item.dependency_groups.last_mut() {
+                            g.dependencies.push(dep);
+                        }
+                    }
+                    (Some("packageTypes"), "packageType") => {
+                        if let Some(n) = attrs.get("name") {
+                            item.package_types.push(n.clone());
+                        }
+                    }
+                    (Some("package"), "metadata") => {
+                        if let Some(v) = attrs.get("minClientVersion") {
+                            item.min_client_version = v.clone();
+                        }
+                    }
+                    _ => {}
+                }
+                text_buf.clear();
+                if matches!(ev, Event::Start(_)) {
+                    path.push(name);
+                }
+            }
+            Event::Text(t) => text_buf.push_str(&t.unescape().map_err(|e| bad(&e))?),
+            Event::CData(c) => text_buf.push_str(&String::from_utf8_lossy(&c.into_inner())),
+            Event::End(_) => {
+                let name = path.pop().unwrap_or_default();
+                if path.len() == 2 && path[0] == "package" && path[1] == "metadata" {
+                    let v = text_buf.trim().to_owned();
+                    match name.as_str() {
+                        "id" => item.id = v,
+                        "version" => item.original_version = v,
+                        "title" => item.title = v,
+                        "authors" => item.authors = v,
+                        "owners" => item.owners = v,
+                        "description" => item.description = v,
+                        "summary" => item.summary = v,
+                        "tags" => {
+                            item.tags = v
+                                .split([' ', ',', ';'])
+                                .filter(|t| !t.is_empty())
+                                .map(str::to_owned)
+                                .collect()
+                        }
+                        "license" if license_type == "expression" => item.license = v,
+                        "licenseUrl" => item.license_url = v,
+                        "projectUrl" => item.project_url = v,
+                        "iconUrl" => item.icon_url = v,
+                        "releaseNotes" => item.release_notes = v,
+                        "copyright" => item.copyright = v,
+                        "requireLicenseAcceptance" => {
+                            item.require_license_acceptance = v.eq_ignore_ascii_case("true")
+                        }
+                        _ => {}
+                    }
+                }
+                text_buf.clear();
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if item.id.is_empty() {
+        return Err(FormatError::invalid("the .nuspec has no <id>"));
+    }
+    validate_id(&item.id)?;
+    if item.original_version.is_empty() {
+        return Err(FormatError::invalid("the .nuspec has no <version>"));
+    }
+    let version = NuGetVersion::parse(&item.original_version)?;
+    item.version = version.normalized();
+    if item.description.is_empty() {
+        return Err(FormatError::invalid("the .nuspec has no <description>"));
+    }
+    Ok(Nuspec {
+        id: item.id.clone(),
+        version,
+        item,
+        raw,
+    })
+}
+
+/// Checks the file name a client sent with a push against the package:
+/// `package.nupkg` (what nuget.exe and dotnet send) or any name not ending
+/// in `.nupkg` passes; otherwise it must be `{id}.{version}.nupkg` in any
+/// case, with the version as written or normalized.
+pub fn check_file_name(file_name: &str, spec: &Nuspec) -> Result<(), FormatError> {
+    let lower = file_name.to_ascii_lowercase();
+    let base = lower.rsplit(['/', '\\']).next().unwrap_or(&lower);
+    let Some(stem) = base.strip_suffix(".nupkg") else {
+        return Ok(());
+    };
+    if stem == "package" {
+        return Ok(());
+    }
+    let id = id_key(&spec.id);
+    let ok = [
+        spec.item.original_version.to_ascii_lowercase(),
+        spec.version.key(),
+    ]
+    .iter()
+    .any(|v| stem == format!("{id}.{v}"));
+    if ok {
+        Ok(())
+    } else {
+        Err(FormatError::invalid(format!(
+            "the file name {file_name:?} does not match the package inside ({} {})",
+            spec.id, spec.item.original_version
+        )))
+    }
+}
+
+/// A nuspec rendered from the stored metadata (what the flat container
+/// serves as `{id}.nuspec`): the fields NuGet reads to resolve a package.
+pub fn render_nuspec(item: &PackageItem) -> String {
+    let mut m = String::new();
+    let mut field = |name: &str, v: &str| {
+        if !v.is_empty() {
+            m.push_str(&format!("    <{name}>{}</{name}>\n", xml_escape(v)));
+        }
+    };
+    field("id", &item.id);
+    field("version", &item.version);
+    field("title", &item.title);
+    field("authors", &item.authors);
+    field("owners", &item.owners);
+    field("description", &item.description);
+    field("summary", &item.summary);
+    field("releaseNotes", &item.release_notes);
+    field("copyright", &item.copyright);
+    field("tags", &item.tags.join(" "));
+    field("projectUrl", &item.project_url);
+    field("iconUrl", &item.icon_url);
+    field("licenseUrl", &item.license_url);
+    if !item.license.is_empty() {
+        m.push_str(&format!(
+            "    <license type=\"expression\">{}</license>\n",
+            xml_escape(&item.license)
+        ));
+    }
+    if !item.dependency_groups.is_empty() {
+        m.push_str("    <dependencies>\n");
+        for g in &item.dependency_groups {
+            m.push_str(&format!(
+                "      <group targetFramework=\"{}\">\n",
+                xml_escape(&g.target_framework)
+            ));
+            for d in &g.dependencies {
+                m.push_str(&format!(
+                    "        <dependency id=\"{}\" version=\"{}\" />\n",
+                    xml_escape(&d.id),
+                    xml_escape(&d.range)
+                ));
+            }
+            m.push_str("      </group>\n");
+        }
+        m.push_str("    </dependencies>\n");
+    }
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<package xmlns=\"http://schemas.microsoft.com/packaging/2013/05/nuspec.xsd\">\n  <metadata>\n{m}  </metadata>\n</package>\n"
+    )
+}
+
+// ---------------------------------------------------------------------------
+// v3 JSON
+
+/// The v3 service index: every resource under `base` (`…/nuget/FEED`).
+pub fn render_service_index(base: &str) -> serde_json::Value {
+    let mut resources = Vec::new();
+    let mut add = |id: String, types: &[&str], comment: &str| {
+        for t in types {
+            resources.push(serde_json::json!({ "@id": id, "@type": t, "comment": comment }));
+        }
+    };
+    add(
+        format!("{base}/v3/package"),
+        &["PackagePublish/2.0.0"],
+        "push, unlist (DELETE), relist (POST)",
+    );
+    add(
+        format!("{base}/v3/flatcontainer/"),
+        &["PackageBaseAddress/3.0.0"],
+        "versions lists, .nupkg and .nuspec downloads",
+    );
+    add(
+        format!("{base}/v3/registration/"),
+        &[
+            "RegistrationsBaseUrl",
+            "RegistrationsBaseUrl/3.0.0-beta",
+            "RegistrationsBaseUrl/3.0.0-rc",
+        ],
+        "package metadata, SemVer 1 versions only",
+    );
+    add(
+        format!("{base}/v3/registration-semver2/"),
+        &[
+            "RegistrationsBaseUrl/3.4.0",
+            "RegistrationsBaseUrl/3.6.0",
+            "RegistrationsBaseUrl/Versioned",
+        ],
+        "package metadata, SemVer 2 versions included",
+    );
+    add(
+        format!("{base}/v3/search"),
+        &[
+            "SearchQueryService",
+            "SearchQueryService/3.0.0-beta",
+            "SearchQueryService/3.0.0-rc",
+            "SearchQueryService/3.5.0",
+        ],
+        "search",
+    );
+    add(
+        format!("{base}/v3/autocomplete"),
+        &[
+            "SearchAutocompleteService",
+            "SearchAutocompleteService/3.0.0-beta",
+            "SearchAutocompleteService/3.0.0-rc",
+            "SearchAutocompleteService/3.5.0",
+        ],
+        "autocomplete",
+    );
+    add(
+        format!("{base}/"),
+        &["LegacyGallery", "LegacyGallery/2.0.0"],
+        "the NuGet v2 (OData) feed",
+    );
+    serde_json::json!({ "version": "3.0.0", "resources": resources })
+}
+
+/// Where a package's files are (the flat container, `PackageBaseAddress`).
+pub fn content_url(base: &str, item: &PackageItem) -> String {
+    let id = id_key(&item.id);
+    let v = item.version.to_ascii_lowercase();
+    format!("{base}/v3/flatcontainer/{id}/{v}/{id}.{v}.nupkg")
+}
+
+/// The versions list of the flat container: every version, listed or not,
+/// normalized and lowercase, ascending.
+pub fn render_versions(items: &[PackageItem]) -> serde_json::Value {
+    let mut vs: Vec<NuGetVersion> = items.iter().map(PackageItem::parsed_version).collect();
+    vs.sort();
+    serde_json::json!({ "versions": vs.iter().map(NuGetVersion::key).collect::<Vec<_>>() })
+}
+
+fn published(item: &PackageItem) -> String {
+    // Unlisted packages carry 1900 as their publish date, as nuget.org's do.
+    if item.listed {
+        ferry_types::rfc3339_millis(item.published)
+    } else {
+        "1900-01-01T00:00:00.000Z".to_owned()
+    }
+}
+
+fn catalog_entry(reg: &str, base: &str, item: &PackageItem) -> serde_json::Value {
+    let id = id_key(&item.id);
+    let v = item.version.to_ascii_lowercase();
+    serde_json::json!({
+        "@id": format!("{reg}{id}/{v}.json"),
+        "@type": "PackageDetails",
+        "id": item.id,
+        "version": item.version,
+        "title": item.title,
+        "authors": item.authors,
+        "description": item.description,
+        "summary": item.summary,
+        "tags": item.tags,
+        "licenseExpression": item.license,
+        "licenseUrl": item.license_url,
+        "projectUrl": item.project_url,
+        "iconUrl": item.icon_url,
+        "releaseNotes": item.release_notes,
+        "requireLicenseAcceptance": item.require_license_acceptance,
+        "listed": item.listed,
+        "published": published(item),
+        "packageContent": content_url(base, item),
+        "packageTypes": item.package_types.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
+        "dependencyGroups": item.dependency_groups.iter().map(|g| serde_json::json!({
+            "@type": "PackageDependencyGroup",
+            "targetFramework": g.target_framework,
+            "dependencies": g.dependencies.iter().map(|d| serde_json::json!({
+                "@type": "PackageDependency",
+                "id": d.id,
+                "range": if d.range.is_empty() { "(, )".to_owned() } else { d.range.clone() },
+                "registration": format!("{reg}{}/index.json", id_key(&d.id)),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The registration of one package. `reg` is the registration base URL
+/// (ending in `/`), `base` the feed's. `items` are the versions this
+/// variant shows, in any order. Pages hold [`PAGE_SIZE`] versions; below
+/// [`INLINE_LIMIT`] versions they are inlined, otherwise only linked.
+pub fn render_registration_index(reg: &str, base: &str, items: &[PackageItem]) -> serde_json::Value {
+    let mut sorted: Vec<&PackageItem> = items.iter().collect();
+    sorted.sort_by_key(|i| i.parsed_version());
+    let id = sorted.first().map(|i| id_key(&i.id)).unwrap_or_default();
+    let index = format!("{reg}{id}/index.json");
+    let inline = sorted.len() < INLINE_LIMIT;
+    let pages: Vec<serde_json::Value> = sorted
+        .chunks(PAGE_SIZE)
+        .map(|chunk| {
+            let lower = chunk
+                .first()
+                .map(|i| i.version.to_ascii_lowercase())
+                .unwrap_or_default();
+            let upper = chunk
+                .last()
+                .map(|i| i.version.to_ascii_lowercase())
+                .unwrap_or_default();
+            let mut page = serde_json::json!({
+                "@id": format!("{reg}{id}/page/{lower}/{upper}.json"),
+                "@type": "catalog:CatalogPage",
+                "count": chunk.len(),
+                "lower": lower,
+                "upper": upper,
+                "parent": index,
+            });
+            if inline {
+                page["items"] =
+                    serde_json::Value::Array(chunk.iter().map(|i| leaf_in_page(reg, base, i)).collect());
+            }
+            page
+        })
+        .collect();
+    serde_json::json!({
+        "@id": index,
+        "@type": ["catalog:CatalogRoot", "PackageRegistration", "catalog:Permalink"],
+        "count": pages.len(),
+        "items": pages,
+    })
+}
+
+/// One registration page (`…/page/{lower}/{upper}.json`): the versions in
+/// that range, with their leaves. None when no page has those bounds.
+pub fn render_registration_page(
+    reg: &str,
+    base: &str,
+    items: &[PackageItem],
+    lower: &str,
+    upper: &str,
+) -> Option<serde_json::Value> {
+    let mut sorted: Vec<&PackageItem> = items.iter().collect();
+    sorted.sort_by_key(|i| i.parsed_version());
+    let chunk = sorted.chunks(PAGE_SIZE).find(|c| {
+        c.first().is_some_and(|i| i.version.eq_ignore_ascii_case(lower))
+            && c.last().is_some_and(|i| i.version.eq_ignore_ascii_case(upper))
+    })?;
+    let id = id_key(&chunk[0].id);
+    Some(serde_json::json!({
+        "@id": format!("{reg}{id}/page/{lower}/{upper}.json"),
+        "@type": "catalog:CatalogPage",
+        "count": chunk.len(),
+        "lower": lower,
+        "upper": upper,
+        "parent": format!("{reg}{id}/index.json"),
+        "items": chunk.iter().map(|i| leaf_in_page(reg, base, i)).collect::<Vec<_>>(),
+    }))
+}
+
+fn leaf_in_page(reg: &str, base: &str, item: &PackageItem) -> serde_json::Value {
+    let id = id_key(&item.id);
+    let v = item.version.to_ascii_lowercase();
+    serde_json::json!({
+        "@id": format!("{reg}{id}/{v}.json"),
+        "@type": "Package",
+        "catalogEntry": catalog_entry(reg, base, item),
+        "packageContent": content_url(base, item),
+        "registration": format!("{reg}{id}/index.json"),
+    })
+}
+
+/// A registration leaf (`…/{id}/{version}.json`).
+pub fn render_registration_leaf(reg: &str, base: &str, item: &PackageItem) -> serde_json::Value {
+    let id = id_key(&item.id);
+    let v = item.version.to_ascii_lowercase();
+    serde_json::json!({
+        "@id": format!("{reg}{id}/{v}.json"),
+        "@type": ["Package", "http://schema.nuget.org/catalog#Permalink"],
+        "catalogEntry": format!("{reg}{id}/{v}.json"),
+        "listed": item.listed,
+        "published": published(item),
+        "packageContent": content_url(base, item),
+        "registration": format!("{reg}{id}/index.json"),
+    })
+}
+
+/// One search result: a package with its shown versions (ascending, the
+/// last is `version`), listed versions only.
+pub fn render_search_result(reg: &str, base: &str, versions: &[&PackageItem]) -> serde_json::Value {
+    let Some(latest) = versions.last() else {
+        return serde_json::Value::Null;
+    };
+    let id = id_key(&latest.id);
+    serde_json::json!({
+        "@id": format!("{reg}{id}/index.json"),
+        "@type": "Package",
+        "registration": format!("{reg}{id}/index.json"),
+        "id": latest.id,
+        "version": latest.version,
+        "title": latest.title,
+        "description": latest.description,
+        "summary": latest.summary,
+        "tags": latest.tags,
+        "authors": latest.authors.split(',').map(str::trim).filter(|a| !a.is_empty()).collect::<Vec<_>>(),
+        "owners": latest.owners.split(',').map(str::trim).filter(|a| !a.is_empty()).collect::<Vec<_>>(),
+        "iconUrl": latest.icon_url,
+        "licenseUrl": latest.license_url,
+        "projectUrl": latest.project_url,
+        "totalDownloads": 0,
+        "verified": false,
+        "packageTypes": if latest.package_types.is_empty() {
+            vec![serde_json::json!({"name": "Dependency"})]
+        } else {
+            latest.package_types.iter().map(|n| serde_json::json!({"name": n})).collect()
+        },
+        "versions": versions.iter().map(|i| serde_json::json!({
+            "version": i.version,
+            "downloads": 0,
+            "@id": format!("{reg}{id}/{}.json", i.version.to_ascii_lowercase()),
+        })).collect::<Vec<_>>(),
+        "packageContent": content_url(base, latest),
+    })
+}
+
+/// The search response: `{"totalHits", "data"}`.
+pub fn render_search(total: usize, data: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({ "totalHits": total, "data": data })
+}
+
+/// The autocomplete response: ids, or the versions of one id.
+pub fn render_autocomplete(total: usize, data: Vec<String>) -> serde_json::Value {
+    serde_json::json!({ "totalHits": total, "data": data })
+}
+
+// ---------------------------------------------------------------------------
+// v2 Atom/OData XML
+
+/// XML text escaping (`&`, `<`, `>`, `"`, `'`).
+pub fn xml_escape(s: &str) -> String {
+    quick_xml::escape::escape(s).into_owned()
+}
+
+/// The OData service document at the feed root.
+pub fn render_service_document(base: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\" standalone=\"yes\"?>\n\
+<service xml:base=\"{b}/\" xmlns=\"http://www.w3.org/2007/app\" xmlns:atom=\"http://www.w3.org/2005/Atom\">\
+<workspace><atom:title>Default</atom:title><collection href=\"Packages\"><atom:title>Packages</atom:title></collection></workspace></service>\n",
+        b = xml_escape(base)
+    )
+}
+
+const V2_PROPS: &[(&str, &str)] = &[
+    ("Id", "Edm.String"),
+    ("Version", "Edm.String"),
+    ("NormalizedVersion", "Edm.String"),
+    ("Authors", "Edm.String"),
+    ("Copyright", "Edm.String"),
+    ("Created", "Edm.DateTime"),
+    ("Dependencies", "Edm.String"),
+    ("Description", "Edm.String"),
+    ("DownloadCount", "Edm.Int32"),
+    ("GalleryDetailsUrl", "Edm.String"),
+    ("IconUrl", "Edm.String"),
+    ("IsLatestVersion", "Edm.Boolean"),
+    ("IsAbsoluteLatestVersion", "Edm.Boolean"),
+    ("IsPrerelease", "Edm.Boolean"),
+    ("Language", "Edm.String"),
+    ("LastUpdated", "Edm.DateTime"),
+    ("Published", "Edm.DateTime"),
+    ("PackageHash", "Edm.String"),
+    ("PackageHashAlgorithm", "Edm.String"),
+    ("PackageSize", "Edm.Int64"),
+    ("ProjectUrl", "Edm.String"),
+    ("ReportAbuseUrl", "Edm.String"),
+    ("ReleaseNotes", "Edm.String"),
+    ("RequireLicenseAcceptance", "Edm.Boolean"),
+    ("Summary", "Edm.String"),
+    ("Tags", "Edm.String"),
+    ("Title", "Edm.String"),
+    ("VersionDownloadCount", "Edm.Int32"),
+    ("MinClientVersion", "Edm.String"),
+    ("LastEdited", "Edm.DateTime"),
+    ("LicenseUrl", "Edm.String"),
+    ("LicenseNames", "Edm.String"),
+    ("LicenseReportUrl", "Edm.String"),
+];
+
+/// The `$metadata` EDMX: the `V2FeedPackage` entity and the service
+/// operations NuGet 2.x looks for before using them (`Search`,
+/// `FindPackagesById`, `GetUpdates`).
+pub fn render_metadata() -> String {
+    let mut props = String::new();
+    for (name, ty) in V2_PROPS {
+        let nullable = if matches!(*name, "Id" | "Version") {
+            "false"
+        } else {
+            "true"
+        };
+        props.push_str(&format!(
+            "<Property Name=\"{name}\" Type=\"{ty}\" Nullable=\"{nullable}\" />"
+        ));
+    }
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\" standalone=\"yes\"?>\n\
+<edmx:Edmx Version=\"1.0\" xmlns:edmx=\"http://schemas.microsoft.com/ado/2007/06/edmx\">\
+<edmx:DataServices xmlns:m=\"http://schemas.microsoft.com/ado/2007/08/dataservices/metadata\" m:DataServiceVersion=\"2.0\">\
+<Schema Namespace=\"NuGetGallery\" xmlns:d=\"http://schemas.microsoft.com/ado/2007/08/dataservices\" xmlns:m=\"http://schemas.microsoft.com/ado/2007/08/dataservices/metadata\" xmlns=\"http://schemas.microsoft.com/ado/2006/04/edm\">\
+<EntityType Name=\"V2FeedPackage\" m:HasStream=\"true\"><Key><PropertyRef Name=\"Id\" /><PropertyRef Name=\"Version\" /></Key>{props}</EntityType>\
+<EntityContainer Name=\"FeedContext_x0060_1\" m:IsDefaultEntityContainer=\"true\">\
+<EntitySet Name=\"Packages\" EntityType=\"NuGetGallery.V2FeedPackage\" />\
+<FunctionImport Name=\"Search\" EntitySet=\"Packages\" ReturnType=\"Collection(NuGetGallery.V2FeedPackage)\" m:HttpMethod=\"GET\">\
+<Parameter Name=\"searchTerm\" Type=\"Edm.String\" Mode=\"In\" /><Parameter Name=\"targetFramework\" Type=\"Edm.String\" Mode=\"In\" /><Parameter Name=\"includePrerelease\" Type=\"Edm.Boolean\" Mode=\"In\" /></FunctionImport>\
+<FunctionImport Name=\"FindPackagesById\" EntitySet=\"Packages\" ReturnType=\"Collection(NuGetGallery.V2FeedPackage)\" m:HttpMethod=\"GET\">\
+<Parameter Name=\"id\" Type=\"Edm.String\" Mode=\"In\" /></FunctionImport>\
+<FunctionImport Name=\"GetUpdates\" EntitySet=\"Packages\" ReturnType=\"Collection(NuGetGallery.V2FeedPackage)\" m:HttpMethod=\"GET\">\
+<Parameter Name=\"packageIds\" Type=\"Edm.String\" Mode=\"In\" /><Parameter Name=\"versions\" Type=\"Edm.String\" Mode=\"In\" />\
+<Parameter Name=\"includePrerelease\" Type=\"Edm.Boolean\" Mode=\"In\" /><Parameter Name=\"includeAllVersions\" Type=\"Edm.Boolean\" Mode=\"In\" />\
+<Parameter Name=\"targetFrameworks\" Type=\"Edm.String\" Mode=\"In\" /><Parameter Name=\"versionConstraints\" Type=\"Edm.String\" Mode=\"In\" /></FunctionImport>\
+</EntityContainer></Schema></edmx:DataServices></edmx:Edmx>\n"
+    )
+}
+
+/// One v2 entry, with what the feed knows of its place among the
+/// package's versions.
+#[derive(Debug, Clone)]
+pub struct V2Entry<'a> {
+    pub item: &'a PackageItem,
+    /// The newest listed release of the id.
+    pub is_latest: bool,
+    /// The newest listed version of the id, prereleases included.
+    pub is_absolute_latest: bool,
+    pub updated: i64,
+}
+
+fn date(ms: i64) -> String {
+    ferry_types::rfc3339_millis(ms)
+}
+
+fn entry_xml(base: &str, e: &V2Entry<'_>) -> String {
+    let i = e.item;
+    let key = format!(
+        "Packages(Id='{}',Version='{}')",
+        xml_escape(&i.id),
+        xml_escape(&i.version)
+    );
+    let published = if i.listed {
+        date(i.published)
+    } else {
+        "1900-01-01T00:00:00.000Z".to_owned()
+    };
+    let s = |name: &str, v: &str| {
+        if v.is_empty() {
+            format!("<d:{name} m:null=\"true\" />")
+        } else {
+            format!("<d:{name}>{}</d:{name}>", xml_escape(v))
+        }
+    };
+    let typed = |name: &str, ty: &str, v: String| format!("<d:{name} m:type=\"{ty}\">{v}</d:{name}>");
+    let mut p = String::new();
+    p.push_str(&s("Id", &i.id));
+    p.push_str(&s("Version", &i.version));
+    p.push_str(&s("NormalizedVersion", &i.version));
+    p.push_str(&s("Authors", &i.authors));
+    p.push_str(&s("Copyright", &i.copyright));
+    p.push_str(&typed("Created", "Edm.DateTime", date(i.published)));
+    p.push_str(&format!(
+        "<d:Dependencies>{}</d:Dependencies>",
+        xml_escape(&i.v2_dependencies())
+    ));
+    p.push_str(&s("Description", &i.description));
+    p.push_str(&typed("DownloadCount", "Edm.Int32", "0".into()));
+    p.push_str(&s("GalleryDetailsUrl", ""));
+    p.push_str(&s("IconUrl", &i.icon_url));
+    p.push_str(&typed("IsLatestVersion", "Edm.Boolean", e.is_latest.to_string()));
+    p.push_str(&typed(
+        "IsAbsoluteLatestVersion",
+        "Edm.Boolean",
+        e.is_absolute_latest.to_string(),
+    ));
+    p.push_str(&typed(
+        "IsPrerelease",
+        "Edm.Boolean",
+        i.parsed_version().is_prerelease().to_string(),
+    ));
+    p.push_str(&s("Language", ""));
+    p.push_str(&typed("LastUpdated", "Edm.DateTime", date(e.updated)));
+    p.push_str(&typed("Published", "Edm.DateTime", published));
+    p.push_str(&s("PackageHash", &i.sha512));
+    p.push_str(&s("PackageHashAlgorithm", "SHA512"));
+    p.push_str(&typed("PackageSize", "Edm.Int64", i.size.to_string()));
+    p.push_str(&s("ProjectUrl", &i.project_url));
+    p.push_str(&s("ReportAbuseUrl", ""));
+    p.push_str(&s("ReleaseNotes", &i.release_notes));
+    p.push_str(&typed(
+        "RequireLicenseAcceptance",
+        "Edm.Boolean",
+        i.require_license_acceptance.to_string(),
+    ));
+    p.push_str(&s("Summary", &i.summary));
+    p.push_str(&s("Tags", &i.tags.join(" ")));
+    p.push_str(&s("Title", &i.title));
+    p.push_str(&typed("VersionDownloadCount", "Edm.Int32", "0".into()));
+    p.push_str(&s("MinClientVersion", &i.min_client_version));
+    p.push_str(&typed("LastEdited", "Edm.DateTime", date(e.updated)));
+    p.push_str(&s("LicenseUrl", &i.license_url));
+    p.push_str(&s("LicenseNames", &i.license));
+    p.push_str(&s("LicenseReportUrl", ""));
+    let summary = if i.summary.is_empty() {
+        &i.description
+    } else {
+        &i.summary
+    };
+    format!(
+        "<entry><id>{b}/{key}</id>\
+<category term=\"NuGetGallery.V2FeedPackage\" scheme=\"http://schemas.microsoft.com/ado/2007/08/dataservices/scheme\" />\
+<link rel=\"edit\" title=\"V2FeedPackage\" href=\"{key}\" />\
+<title type=\"text\">{id}</title><summary type=\"text\">{summary}</summary><updated>{updated}</updated>\
+<author><name>{authors}</name></author>\
+<link rel=\"edit-media\" title=\"V2FeedPackage\" href=\"{key}/$value\" />\
+<content type=\"application/zip\" src=\"{b}/api/v2/package/{id}/{version}\" />\
+<m:properties>{p}</m:properties></entry>",
+        b = xml_escape(base),
+        id = xml_escape(&i.id),
+        version = xml_escape(&i.version),
+        summary = xml_escape(summary),
+        updated = date(e.updated),
+        authors = xml_escape(&i.authors),
+    )
+}
+
+/// A v2 feed (`Packages()`, `Search()`, `FindPackagesById()`,
+/// `GetUpdates()`): `title` names the collection, `next` is the URL of
+/// the next page (absolute) when there is one, `count` the inline count
+/// (`$inlinecount=allpages`) when asked for.
+pub fn render_feed(
+    base: &str,
+    title: &str,
+    entries: &[V2Entry<'_>],
+    next: Option<&str>,
+    count: Option<usize>,
+    now: i64,
+) -> String {
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\" standalone=\"yes\"?>\n\
+<feed xml:base=\"{b}/\" xmlns=\"http://www.w3.org/2005/Atom\" xmlns:d=\"http://schemas.microsoft.com/ado/2007/08/dataservices\" xmlns:m=\"http://schemas.microsoft.com/ado/2007/08/dataservices/metadata\">\
+<id>{b}/{t}</id><title type=\"text\">{t}</title><updated>{u}</updated><link rel=\"self\" title=\"{t}\" href=\"{t}\" />",
+        b = xml_escape(base),
+        t = xml_escape(title),
+        u = date(now),
+    );
+    if let Some(c) = count {
+        out.push_str(&format!("<m:count>{c}</m:count>"));
+    }
+    for e in entries {
+        out.push_str(&entry_xml(base, e));
+    }
+    if let Some(n) = next {
+        out.push_str(&format!("<link rel=\"next\" href=\"{}\" />", xml_escape(n)));
+    }
+    out.push_str("</feed>\n");
+    out
+}
+
+/// A single v2 entry document (`Packages(Id='…',Version='…')`).
+pub fn render_entry(base: &str, e: &V2Entry<'_>) -> String {
+    let body = entry_xml(base, e);
+    let body = body.replacen(
+        "<entry>",
+        &format!(
+            "<entry xml:base=\"{b}/\" xmlns=\"http://www.w3.org/2005/Atom\" xmlns:d=\"http://schemas.microsoft.com/ado/2007/08/dataservices\" xmlns:m=\"http://schemas.microsoft.com/ado/2007/08/dataservices/metadata\">",
+            b = xml_escape(base)
+        ),
+        1,
+    );
+    format!("<?xml version=\"1.0\" encoding=\"utf-8\" standalone=\"yes\"?>\n{body}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::io::Write;
+
+    use super::*;
+
+    fn v(s: &str) -> NuGetVersion {
+        NuGetVersion::parse(s).unwrap()
+    }
+
+    #[test]
+    fn versions_normalize_as_nuget_does() {
+        assert_eq!(v("1.0").normalized(), "1.0.0");
+        assert_eq!(v("01.002.0003").normalized(), "1.2.3");
+        assert_eq!(v("1.2.3.0").normalized(), "1.2.3");
+        assert_eq!(v("1.2.3.4").normalized(), "1.2.3.4");
+        assert_eq!(v("1.0.0-Beta.1+sha.abc").normalized(), "1.0.0-Beta.1");
+        assert_eq!(v("1.0.0-Beta").key(), "1.0.0-beta");
+        assert!(v("1.0.0+meta").is_semver2());
+        assert!(v("1.0.0-a.1").is_semver2());
+        assert!(!v("1.0.0-alpha").is_semver2());
+        for bad in ["", "1", "1.2.3.4.5", "a.b", "1.0-", "1.0+", "1.0.0-a..b", "-1.0"] {
+            assert!(NuGetVersion::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn versions_order_as_nuget_does() {
+        let mut vs = [
+            v("1.0.0"),
+            v("1.0.0-beta"),
+            v("1.0.0-alpha.10"),
+            v("1.0.0-alpha.2"),
+            v("0.9.9.9"),
+            v("1.0.0.1"),
+        ];
+        vs.sort();
+        let got: Vec<String> = vs.iter().map(NuGetVersion::normalized).collect();
+        assert_eq!(
+            got,
+            [
+                "0.9.9.9",
+                "1.0.0-alpha.2",
+                "1.0.0-alpha.10",
+                "1.0.0-beta",
+                "1.0.0",
+                "1.0.0.1"
+            ]
+        );
+        assert_eq!(v("1.0.0-BETA").cmp(&v("1.0.0-beta")), Ordering::Equal);
+    }
+
+    #[test]
+    fn ids_validate() {
+        for ok in ["Foo", "Foo.Bar-Baz", "a_b.c1"] {
+            validate_id(ok).unwrap();
+        }
+        for bad in ["", ".foo", "foo.", "a..b", "a/b", "a b", "ä"] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            version_key("Foo.Bar", "1.0").unwrap().as_str(),
+            "pkg/foo.bar/1.0.0"
+        );
+    }
+
+    fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, data) in entries {
+            w.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    const NUSPEC: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<package xmlns="http://schemas.microsoft.com/packaging/2013/05/nuspec.xsd">
+  <metadata minClientVersion="2.8">
+    <id>Demo.Lib</id><version>1.02</version><title>Demo &amp; Lib</title>
+    <authors>Ann, Bob</authors><description>A demo.</description>
+    <tags>demo test</tags><license type="expression">MIT</license>
+    <projectUrl>https://example.test/</projectUrl><releaseNotes><![CDATA[fixed <things>]]></releaseNotes>
+    <dependencies>
+      <group targetFramework="net45"><dependency id="Base" version="[1.0,2.0)" /></group>
+      <group targetFramework="netstandard2.0" />
+    </dependencies>
+    <packageTypes><packageType name="Dependency" /></packageTypes>
+  </metadata>
+</package>"#;
+
+    #[test]
+    fn nupkg_is_read() {
+        let z = zip(&[("Demo.Lib.nuspec", NUSPEC.as_bytes()), ("lib/net45/a.dll", b"x")]);
+        let spec = inspect_nupkg(std::io::Cursor::new(z), &ArchiveLimits::default()).unwrap();
+        let i = &spec.item;
+        assert_eq!(
+            (i.id.as_str(), i.version.as_str(), i.original_version.as_str()),
+            ("Demo.Lib", "1.2.0", "1.02")
+        );
+        assert_eq!(i.title, "Demo & Lib");
+        assert_eq!(i.tags, ["demo", "test"]);
+        assert_eq!(i.license, "MIT");
+        assert_eq!(i.release_notes, "fixed <things>");
+        assert_eq!(i.min_client_version, "2.8");
+        assert_eq!(i.dependency_groups.len(), 2);
+        assert_eq!(i.dependency_groups[0].dependencies[0].range, "[1.0,2.0)");
+        assert_eq!(i.v2_dependencies(), "Base:[1.0,2.0):net45|::netstandard2.0");
+        assert_eq!(i.package_types, ["Dependency"]);
+        check_file_name("demo.lib.1.2.0.nupkg", &spec).unwrap();
+        check_file_name("Demo.Lib.1.02.nupkg", &spec).unwrap();
+        check_file_name("package.nupkg", &spec).unwrap();
+        assert!(check_file_name("Other.1.0.0.nupkg", &spec).is_err());
+    }
+
+    #[test]
+    fn bad_nupkgs_are_refused() {
+        let lim = ArchiveLimits::default();
+        let read = |z: Vec<u8>| inspect_nupkg(std::io::Cursor::new(z), &lim);
+        assert!(
+            read(b"not a zip".to_vec())
+                .unwrap_err()
+                .to_string()
+                .contains("not a valid")
+        );
+        assert!(
+            read(zip(&[("a.txt", b"x")]))
+                .unwrap_err()
+                .to_string()
+                .contains("no .nuspec")
+        );
+        let two = zip(&[("a.nuspec", NUSPEC.as_bytes()), ("b.nuspec", NUSPEC.as_bytes())]);
+        assert!(read(two).unwrap_err().to_string().contains("more than one"));
+        let trav = zip(&[("a.nuspec", NUSPEC.as_bytes()), ("../evil", b"x")]);
+        assert!(read(trav).unwrap_err().to_string().contains("unsafe path"));
+        let small = ArchiveLimits {
+            max_unpacked_bytes: 1000,
+            ..lim
+        };
+        let big = vec![0u8; 10_000];
+        let bomb = zip(&[("a.nuspec", NUSPEC.as_bytes()), ("big", &big)]);
+        assert!(matches!(
+            inspect_nupkg(std::io::Cursor::new(bomb), &small),
+            Err(FormatError::TooLarge(_))
+        ));
+        let bad_id = NUSPEC.replace("<id>Demo.Lib</id>", "<id>../x</id>");
+        assert!(
+            read(zip(&[("a.nuspec", bad_id.as_bytes())]))
+                .unwrap_err()
+                .to_string()
+                .contains("invalid package id")
+        );
+        let bad_v = NUSPEC.replace("<version>1.02</version>", "<version>one</version>");
+        assert!(
+            read(zip(&[("a.nuspec", bad_v.as_bytes())]))
+                .unwrap_err()
+                .to_string()
+                .contains("invalid version")
+        );
+    }
+
+    #[test]
+    fn registration_inlines_pages_below_128() {
+        let spec = parse_nuspec(NUSPEC.as_bytes().to_vec()).unwrap();
+        let mk = |n: usize| -> Vec<PackageItem> {
+            (0..n)
+                .map(|k| {
+                    let mut i = spec.item.clone();
+                    i.version = format!("1.0.{k}");
+                    i
+                })
+                .collect()
+        };
+        let small = render_registration_index("http://h/r/", "http://h", &mk(3));
+        assert_eq!(small["count"], 1);
+        assert_eq!(small["items"][0]["items"].as_array().unwrap().len(), 3);
+        assert_eq!(small["items"][0]["upper"], "1.0.2");
+        let big = render_registration_index("http://h/r/", "http://h", &mk(130));
+        assert_eq!(big["count"], 3);
+        assert!(big["items"][0].get("items").is_none());
+        let page =
+            render_registration_page("http://h/r/", "http://h", &mk(130), "1.0.64", "1.0.127").unwrap();
+        assert_eq!(page["count"], 64);
+    }
+}

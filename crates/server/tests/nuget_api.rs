@@ -1,0 +1,691 @@
+//! The NuGet protocol, in process: pushes as nuget.exe, dotnet and
+//! Chocolatey send them (multipart with `X-NuGet-ApiKey`), every v3
+//! resource (service index, PackagePublish, PackageBaseAddress,
+//! registrations with their SemVer 2 variant and paging, search,
+//! autocomplete), the v2 OData queries NuGet 2.x and Chocolatey send
+//! (request shapes from the NuGet Server API documentation and the
+//! clients' v2 feed code: `FindPackagesById()`, `Search()`, `Packages()`
+//! with `$filter`/`$orderby`/`$skip`/`$top`, `GetUpdates()`, `next` links),
+//! unlist/relist/delete, and the bad pushes a feed must refuse.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use std::io::Write;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use common::{ADMIN, Instance, Reply};
+use ferry_store::Permission;
+use ferry_types::FeedType;
+use serde_json::Value;
+
+const HOST: &str = "nuget.test:5000";
+const BASE: &str = "http://nuget.test:5000/nuget/pkgs";
+const BOUNDARY: &str = "----ferry-test-boundary";
+
+fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data) in entries {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+fn nuspec(id: &str, version: &str, deps: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<package xmlns="http://schemas.microsoft.com/packaging/2013/05/nuspec.xsd">
+  <metadata>
+    <id>{id}</id><version>{version}</version><title>{id} title</title>
+    <authors>Ferry Team</authors><description>The {id} demo package.</description>
+    <tags>ferry demo</tags><projectUrl>https://example.test/{id}</projectUrl>
+    <dependencies>{deps}</dependencies>
+  </metadata>
+</package>"#
+    )
+}
+
+fn nupkg(id: &str, version: &str, deps: &str) -> Vec<u8> {
+    zip(&[
+        (&format!("{id}.nuspec"), nuspec(id, version, deps).as_bytes()),
+        ("lib/net45/demo.dll", b"MZ not really"),
+    ])
+}
+
+/// A multipart push body as nuget.exe and dotnet build it: one part named
+/// `package`, file name `package.nupkg`.
+fn multipart(file_name: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"package\"; filename=\"{file_name}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    b.extend_from_slice(data);
+    b.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    b
+}
+
+struct Feed {
+    i: Instance,
+    key: String,
+}
+
+impl Feed {
+    async fn new() -> Self {
+        Self::with(ferry_core::Config::default(), false).await
+    }
+
+    async fn with(cfg: ferry_core::Config, private: bool) -> Self {
+        let i = Instance::with_config(cfg).await;
+        i.feed("pkgs", FeedType::Nuget, private).await;
+        let key = i.key("nuget-ci", Permission::Write, Some(&["pkgs"])).await;
+        Self { i, key }
+    }
+
+    async fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Reply {
+        let mut h = vec![("host", HOST)];
+        h.extend_from_slice(headers);
+        self.i
+            .send(method, &format!("/nuget/pkgs/{path}"), None, &h, body)
+            .await
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.req("GET", path, &[], Body::empty()).await
+    }
+
+    async fn json(&self, path: &str) -> Value {
+        let r = self.get(path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        r.json()
+    }
+
+    async fn xml(&self, path: &str) -> String {
+        let r = self.get(path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        r.text()
+    }
+
+    /// A push as `nuget push` / `dotnet nuget push` sends it.
+    async fn push_to(&self, path: &str, key: Option<&str>, file_name: &str, data: &[u8]) -> Reply {
+        let ct = format!("multipart/form-data; boundary={BOUNDARY}");
+        let mut h = vec![("content-type", ct.as_str())];
+        if let Some(k) = key {
+            h.push(("x-nuget-apikey", k));
+        }
+        self.req("PUT", path, &h, multipart(file_name, data)).await
+    }
+
+    async fn push(&self, id: &str, version: &str, deps: &str) {
+        let r = self
+            .push_to(
+                "v3/package",
+                Some(&self.key),
+                "package.nupkg",
+                &nupkg(id, version, deps),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+}
+
+fn entries(xml: &str) -> usize {
+    xml.matches("<entry>").count()
+}
+
+fn versions_in(xml: &str) -> Vec<String> {
+    xml.split("<d:Version>")
+        .skip(1)
+        .map(|s| s.split('<').next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn service_index_lists_every_resource() {
+    let f = Feed::new().await;
+    let idx = f.json("v3/index.json").await;
+    assert_eq!(idx["version"], "3.0.0");
+    let find = |t: &str| {
+        idx["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["@type"] == t)
+            .unwrap_or_else(|| panic!("no {t}"))["@id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(find("PackagePublish/2.0.0"), format!("{BASE}/v3/package"));
+    assert_eq!(
+        find("PackageBaseAddress/3.0.0"),
+        format!("{BASE}/v3/flatcontainer/")
+    );
+    assert_eq!(find("RegistrationsBaseUrl"), format!("{BASE}/v3/registration/"));
+    assert_eq!(
+        find("RegistrationsBaseUrl/3.6.0"),
+        format!("{BASE}/v3/registration-semver2/")
+    );
+    assert_eq!(find("SearchQueryService/3.5.0"), format!("{BASE}/v3/search"));
+    assert_eq!(
+        find("SearchAutocompleteService"),
+        format!("{BASE}/v3/autocomplete")
+    );
+    // v2 service document and metadata, what NuGet 2.x reads first.
+    let doc = f.xml("").await;
+    assert!(doc.contains("<collection href=\"Packages\">"), "{doc}");
+    let meta = f.xml("$metadata").await;
+    for func in ["Search", "FindPackagesById", "GetUpdates"] {
+        assert!(
+            meta.contains(&format!("FunctionImport Name=\"{func}\"")),
+            "{func}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn push_then_flat_container_registration_and_downloads() {
+    let f = Feed::new().await;
+    let pkg = nupkg(
+        "Demo.Lib",
+        "1.0",
+        "<group targetFramework=\"net45\"><dependency id=\"Demo.Base\" version=\"[1.0,2.0)\" /></group>",
+    );
+    let r = f.push_to("v3/package", Some(&f.key), "package.nupkg", &pkg).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    f.push("Demo.Lib", "1.1.0-beta", "").await;
+    // Versions list: lowercase, normalized, ascending.
+    let v = f.json("v3/flatcontainer/demo.lib/index.json").await;
+    assert_eq!(v["versions"], serde_json::json!(["1.0.0", "1.1.0-beta"]));
+    // The .nupkg as pushed, by its lowercase flat-container name.
+    let d = f
+        .get("v3/flatcontainer/demo.lib/1.0.0/demo.lib.1.0.0.nupkg")
+        .await;
+    assert_eq!(d.status, StatusCode::OK);
+    assert_eq!(d.body, pkg);
+    let head = f
+        .req(
+            "HEAD",
+            "v3/flatcontainer/demo.lib/1.0.0/demo.lib.1.0.0.nupkg",
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
+    let spec = f.get("v3/flatcontainer/demo.lib/1.0.0/demo.lib.nuspec").await;
+    assert_eq!(spec.status, StatusCode::OK);
+    assert!(
+        spec.text().contains("<id>Demo.Lib</id>") && spec.text().contains("id=\"Demo.Base\""),
+        "{}",
+        spec.text()
+    );
+    assert_eq!(
+        f.get("v3/flatcontainer/demo.lib/9.9.9/demo.lib.9.9.9.nupkg")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        f.get("v3/flatcontainer/nope/index.json").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Registration: one inlined page, leaves with catalog entries.
+    let reg = f.json("v3/registration/Demo.Lib/index.json").await;
+    assert_eq!(reg["count"], 1);
+    let page = &reg["items"][0];
+    assert_eq!(
+        (page["lower"].as_str(), page["upper"].as_str()),
+        (Some("1.0.0"), Some("1.1.0-beta"))
+    );
+    let leaf = &page["items"][0];
+    assert_eq!(leaf["catalogEntry"]["id"], "Demo.Lib");
+    assert_eq!(leaf["catalogEntry"]["version"], "1.0.0");
+    assert_eq!(leaf["catalogEntry"]["listed"], true);
+    assert_eq!(
+        leaf["packageContent"],
+        format!("{BASE}/v3/flatcontainer/demo.lib/1.0.0/demo.lib.1.0.0.nupkg")
+    );
+    let group = &leaf["catalogEntry"]["dependencyGroups"][0];
+    assert_eq!(group["targetFramework"], "net45");
+    assert_eq!(group["dependencies"][0]["id"], "Demo.Base");
+    assert_eq!(group["dependencies"][0]["range"], "[1.0,2.0)");
+    let one = f.json("v3/registration/demo.lib/1.0.0.json").await;
+    assert_eq!(one["listed"], true);
+    assert_eq!(
+        one["registration"],
+        format!("{BASE}/v3/registration/demo.lib/index.json")
+    );
+    // The v2 download route serves the same bytes.
+    let d2 = f.get("api/v2/package/Demo.Lib/1.0.0").await;
+    assert_eq!(d2.body, pkg);
+    // Build metadata is not part of identity: 1.0.0+x is 1.0.0.
+    let dup = f
+        .push_to(
+            "v3/package",
+            Some(&f.key),
+            "package.nupkg",
+            &nupkg("DEMO.lib", "1.0.0+build.7", ""),
+        )
+        .await;
+    assert_eq!(dup.status, StatusCode::CONFLICT, "{}", dup.text());
+    assert!(dup.text().contains("already exists"));
+}
+
+#[tokio::test]
+async fn semver2_variant_and_large_registrations_page() {
+    let f = Feed::new().await;
+    f.push("Paged", "2.0.0-rc.1", "").await;
+    // SemVer 1 registration hides the SemVer 2 version; 3.6.0 shows it.
+    assert_eq!(
+        f.get("v3/registration/paged/index.json").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r2 = f.json("v3/registration-semver2/paged/index.json").await;
+    assert_eq!(r2["items"][0]["upper"], "2.0.0-rc.1");
+    for k in 0..129 {
+        f.push("Paged", &format!("1.0.{k}"), "").await;
+    }
+    // 129 SemVer 1 versions: 3 pages, linked, not inlined.
+    let reg = f.json("v3/registration/paged/index.json").await;
+    assert_eq!(reg["count"], 3);
+    assert!(reg["items"][0].get("items").is_none());
+    let page_url = reg["items"][1]["@id"].as_str().unwrap();
+    let page = f.json(page_url.strip_prefix(&format!("{BASE}/")).unwrap()).await;
+    assert_eq!(page["count"], 64);
+    assert_eq!(page["items"].as_array().unwrap().len(), 64);
+    // v2 FindPackagesById pages by 100 with a next link NuGet follows.
+    let first = f.xml("FindPackagesById()?id='Paged'").await;
+    assert_eq!(entries(&first), 100);
+    let next = first
+        .split("<link rel=\"next\" href=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let next = next.replace("&amp;", "&");
+    let second = f.xml(next.strip_prefix(&format!("{BASE}/")).unwrap()).await;
+    // 29 more SemVer 1 versions; the SemVer 2 one needs semVerLevel=2.0.0.
+    assert_eq!(entries(&second), 29, "{next}");
+    assert!(!second.contains("rel=\"next\""));
+    let all = f
+        .xml("FindPackagesById()?id='paged'&semVerLevel=2.0.0&$top=200")
+        .await;
+    assert_eq!(entries(&all), 100);
+}
+
+#[tokio::test]
+async fn search_and_autocomplete_as_dotnet_asks() {
+    let f = Feed::new().await;
+    f.push("Alpha.Core", "1.0.0", "").await;
+    f.push("Alpha.Core", "2.0.0-preview", "").await;
+    f.push("Beta.Tools", "0.1.0", "").await;
+    f.push("Gamma", "1.0.0+meta", "").await;
+    // dotnet package search: q, skip, take, prerelease, semVerLevel.
+    let s = f
+        .json("v3/search?q=alpha&skip=0&take=20&prerelease=true&semVerLevel=2.0.0")
+        .await;
+    assert_eq!(s["totalHits"], 1);
+    assert_eq!(s["data"][0]["id"], "Alpha.Core");
+    assert_eq!(s["data"][0]["version"], "2.0.0-preview");
+    assert_eq!(s["data"][0]["versions"].as_array().unwrap().len(), 2);
+    let s = f.json("v3/search?q=alpha&prerelease=false").await;
+    assert_eq!(s["data"][0]["version"], "1.0.0");
+    // Everything, SemVer 1 only: Gamma (build metadata) is SemVer 2.
+    let s = f.json("v3/search?q=&take=10").await;
+    assert_eq!(s["totalHits"], 2);
+    let s = f.json("v3/search?q=&take=1&skip=1&semVerLevel=2.0.0").await;
+    assert_eq!(s["totalHits"], 3);
+    assert_eq!(s["data"].as_array().unwrap().len(), 1);
+    assert_eq!(s["data"][0]["id"], "Beta.Tools");
+    // Description and tags match too.
+    let s = f.json("v3/search?q=demo%20package").await;
+    assert_eq!(s["totalHits"], 2);
+    let s = f.json("v3/search?q=nothing-like-it").await;
+    assert_eq!(s["totalHits"], 0);
+    let s = f.json("v3/search?q=ferry").await;
+    assert_eq!(s["totalHits"], 2);
+    let a = f.json("v3/autocomplete?q=al&prerelease=true").await;
+    assert_eq!(a["data"], serde_json::json!(["Alpha.Core"]));
+    let a = f.json("v3/autocomplete?id=alpha.core&prerelease=true").await;
+    assert_eq!(a["data"], serde_json::json!(["1.0.0", "2.0.0-preview"]));
+    assert_eq!(f.get("v3/search?take=x").await.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn unlist_relist_and_hard_delete() {
+    let f = Feed::new().await;
+    f.push("Gone.Soon", "1.0.0", "").await;
+    f.push("Gone.Soon", "1.1.0", "").await;
+    // dotnet nuget delete: DELETE {PackagePublish}/{id}/{version} with the key.
+    let k = f.key.clone();
+    let r = f
+        .req(
+            "DELETE",
+            "v3/package/Gone.Soon/1.1.0",
+            &[("x-nuget-apikey", &k)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let s = f.json("v3/search?q=gone").await;
+    assert_eq!(s["data"][0]["version"], "1.0.0");
+    // Still downloadable and in the versions list; listed: false.
+    let v = f.json("v3/flatcontainer/gone.soon/index.json").await;
+    assert_eq!(v["versions"].as_array().unwrap().len(), 2);
+    let leaf = f.json("v3/registration/gone.soon/1.1.0.json").await;
+    assert_eq!(leaf["listed"], false);
+    assert!(leaf["published"].as_str().unwrap().starts_with("1900"));
+    // v2: IsLatestVersion moves back; Packages() leaves it out.
+    let latest = f.xml("Packages()?$filter=IsLatestVersion").await;
+    assert_eq!(versions_in(&latest), ["1.0.0"]);
+    // Relist (nuget.org's POST).
+    let r = f
+        .req(
+            "POST",
+            "api/v2/package/Gone.Soon/1.1.0",
+            &[("x-nuget-apikey", &k)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(f.json("v3/search?q=gone").await["data"][0]["version"], "1.1.0");
+    // Unlisting needs a key; a hard delete an admin key.
+    let r = f
+        .req("DELETE", "v3/package/Gone.Soon/1.1.0", &[], Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = f
+        .req(
+            "DELETE",
+            "v3/package/Gone.Soon/1.1.0?hard=true",
+            &[("x-nuget-apikey", &k)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = f
+        .req(
+            "DELETE",
+            "v3/package/Gone.Soon/1.1.0?hard=true",
+            &[("x-nuget-apikey", ADMIN)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let v = f.json("v3/flatcontainer/gone.soon/index.json").await;
+    assert_eq!(v["versions"], serde_json::json!(["1.0.0"]));
+    assert_eq!(
+        f.get("api/v2/package/Gone.Soon/1.1.0").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn v2_queries_as_nuget2_and_chocolatey_send_them() {
+    let f = Feed::new().await;
+    f.push("Choco.App", "1.0.0", "").await;
+    f.push(
+        "Choco.App",
+        "1.2.0",
+        "<dependency id=\"Choco.Dep\" version=\"1.0\" />",
+    )
+    .await;
+    f.push("Choco.App", "2.0.0-beta", "").await;
+    f.push("Choco.Dep", "1.0.0", "").await;
+    f.push("Other", "3.0.0", "").await;
+    // nuget.exe 2.x / choco 1.x `list`: Search() with IsLatestVersion.
+    let x = f
+        .xml("Search()?$filter=IsLatestVersion&$orderby=Id&searchTerm='choco'&targetFramework=''&includePrerelease=false&$skip=0&$top=30")
+        .await;
+    assert_eq!(versions_in(&x), ["1.2.0", "1.0.0"]);
+    assert!(x.contains("<d:Id>Choco.App</d:Id>") && x.contains("<d:Id>Choco.Dep</d:Id>"));
+    assert!(
+        x.contains("<d:Dependencies>Choco.Dep:1.0:</d:Dependencies>"),
+        "{x}"
+    );
+    assert!(x.contains(&format!(
+        "<content type=\"application/zip\" src=\"{BASE}/api/v2/package/Choco.App/1.2.0\" />"
+    )));
+    assert!(x.contains("<d:PackageHashAlgorithm>SHA512</d:PackageHashAlgorithm>"));
+    // Chocolatey 2.x (NuGet.Client v2 feed): prerelease, SemVer 2 level.
+    let x = f
+        .xml("Search()?$filter=IsAbsoluteLatestVersion&searchTerm='choco.app'&targetFramework=''&includePrerelease=true&$skip=0&$top=30&semVerLevel=2.0.0")
+        .await;
+    assert_eq!(versions_in(&x), ["2.0.0-beta"]);
+    // `/$count` (NuGet 2.x asks it for paging totals).
+    assert_eq!(
+        f.get("Search()/$count?searchTerm='choco'&includePrerelease=false")
+            .await
+            .text(),
+        "3"
+    );
+    // Install by id: FindPackagesById (Chocolatey 2.x adds semVerLevel).
+    let x = f.xml("FindPackagesById()?id='choco.app'&semVerLevel=2.0.0").await;
+    assert_eq!(versions_in(&x), ["1.0.0", "1.2.0", "2.0.0-beta"]);
+    assert!(x.contains("<d:IsLatestVersion m:type=\"Edm.Boolean\">true</d:IsLatestVersion>"));
+    // Older clients: Packages() with tolower(Id), and the entry by key.
+    let x = f
+        .xml("Packages()?$filter=(tolower(Id)%20eq%20'choco.app')%20and%20IsLatestVersion")
+        .await;
+    assert_eq!(versions_in(&x), ["1.2.0"]);
+    let x = f.xml("Packages(Id='Choco.App',Version='1.2.0')").await;
+    assert!(
+        x.starts_with("<?xml") && x.contains("<d:Version>1.2.0</d:Version>"),
+        "{x}"
+    );
+    assert_eq!(
+        f.get("Packages(Id='Choco.App',Version='9.0.0')").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let d = f.get("Packages(Id='Choco.App',Version='1.2.0')/$value").await;
+    assert_eq!(d.status, StatusCode::OK);
+    // substringof/startswith, or, $orderby desc, $skip/$top.
+    let x = f
+        .xml("Packages()?$filter=substringof('app',tolower(Id))%20or%20startswith(tolower(Id),'oth')&$orderby=Version%20desc&$skip=1&$top=2")
+        .await;
+    assert_eq!(versions_in(&x), ["2.0.0-beta", "1.2.0"]);
+    let x = f
+        .xml("Packages()?$filter=IsLatestVersion&$inlinecount=allpages&$top=1")
+        .await;
+    assert!(x.contains("<m:count>3</m:count>"), "{x}");
+    // GetUpdates (choco outdated / nuget update).
+    let x = f
+        .xml("GetUpdates()?packageIds='Choco.App|Other'&versions='1.0.0|3.0.0'&includePrerelease=false&includeAllVersions=false&targetFrameworks=''&versionConstraints='|'")
+        .await;
+    assert_eq!(versions_in(&x), ["1.2.0"]);
+    let x = f
+        .xml("GetUpdates()?packageIds='Choco.App'&versions='1.0.0'&includePrerelease=true&includeAllVersions=true")
+        .await;
+    assert_eq!(versions_in(&x), ["1.2.0", "2.0.0-beta"]);
+    // A filter outside the subset is refused, not ignored.
+    assert_eq!(
+        f.get("Packages()?$filter=evil(Id)").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        f.get("Packages()?$orderby=concat(Title,Id)").await.status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn pushes_by_every_client_route() {
+    let f = Feed::new().await;
+    // NuGet 2.x with the source as the feed root; Chocolatey with /api/v2/package.
+    let r = f
+        .push_to(
+            "",
+            Some(&f.key),
+            "package.nupkg",
+            &nupkg("Root.Push", "1.0.0", ""),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = f
+        .push_to(
+            "api/v2/package/",
+            Some(&f.key),
+            "Api.Push.1.0.0.nupkg",
+            &nupkg("Api.Push", "1.0.0", ""),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    // nuget.exe 2.8.7's exact shape (captured from it): file name
+    // `package`, and a bare LF before the closing delimiter, nothing after.
+    let data = nupkg("Old.Client", "1.0.0", "");
+    let mut body = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"package\"; filename=\"package\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&data);
+    body.extend_from_slice(format!("\n--{BOUNDARY}--").as_bytes());
+    let ct = format!("multipart/form-data; boundary={BOUNDARY}");
+    let k = f.key.clone();
+    let r = f
+        .req("PUT", "", &[("content-type", &ct), ("x-nuget-apikey", &k)], body)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let d = f.get("api/v2/package/Old.Client/1.0.0").await;
+    assert_eq!(d.body, data, "the stored .nupkg is the file part exactly");
+    // A bare body (no multipart) with a Bearer key.
+    let bare = nupkg("Bare.Push", "1.0.0", "");
+    let auth = format!("Bearer {}", f.key);
+    let r = f
+        .req("PUT", "v3/package", &[("authorization", &auth)], bare)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let s = f.json("v3/search?q=push").await;
+    assert_eq!(s["totalHits"], 3);
+    assert_eq!(f.json("v3/search?q=old.client").await["totalHits"], 1);
+}
+
+#[tokio::test]
+async fn bad_pushes_are_refused_and_store_nothing() {
+    let cfg = ferry_core::Config {
+        archive: ferry_formats::ArchiveLimits {
+            max_unpacked_bytes: 64 << 10,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let f = Feed::with(cfg, false).await;
+    let reader = f.i.key("reader", Permission::Read, Some(&["pkgs"])).await;
+    let good = nupkg("Good.One", "1.0.0", "");
+    let bad = |status: StatusCode, says: &'static str| {
+        move |r: Reply| {
+            assert_eq!(r.status, status, "{}", r.text());
+            assert!(r.text().contains(says), "{says:?} not in {:?}", r.text());
+        }
+    };
+    let k = f.key.clone();
+    bad(StatusCode::UNAUTHORIZED, "")(f.push_to("v3/package", None, "package.nupkg", &good).await);
+    bad(StatusCode::FORBIDDEN, "")(
+        f.push_to("v3/package", Some(&reader), "package.nupkg", &good)
+            .await,
+    );
+    bad(StatusCode::FORBIDDEN, "API key")(
+        f.push_to("v3/package", Some("wrong-key"), "package.nupkg", &good)
+            .await,
+    );
+    bad(StatusCode::BAD_REQUEST, "not a valid .nupkg")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", b"hello").await,
+    );
+    let none = zip(&[("lib/a.dll", b"x")]);
+    bad(StatusCode::BAD_REQUEST, "no .nuspec")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &none).await,
+    );
+    let spec = nuspec("Two.Specs", "1.0.0", "");
+    let two = zip(&[("a.nuspec", spec.as_bytes()), ("b.nuspec", spec.as_bytes())]);
+    bad(StatusCode::BAD_REQUEST, "more than one .nuspec")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &two).await,
+    );
+    let bad_id = zip(&[("x.nuspec", nuspec("bad id!", "1.0.0", "").as_bytes())]);
+    bad(StatusCode::BAD_REQUEST, "invalid package id")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &bad_id).await,
+    );
+    let bad_v = zip(&[("x.nuspec", nuspec("Fine", "1.x", "").as_bytes())]);
+    bad(StatusCode::BAD_REQUEST, "invalid version")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &bad_v).await,
+    );
+    bad(StatusCode::BAD_REQUEST, "does not match")(
+        f.push_to("v3/package", Some(&k), "Other.Name.1.0.0.nupkg", &good)
+            .await,
+    );
+    let trav = zip(&[
+        ("Good.One.nuspec", nuspec("Good.One", "1.0.0", "").as_bytes()),
+        ("../../etc/x", b"x"),
+    ]);
+    bad(StatusCode::BAD_REQUEST, "unsafe path")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &trav).await,
+    );
+    // A bomb: 1 MiB of zeros compresses to ~1 KiB, over the 64 KiB limit.
+    let zeros = vec![0u8; 1 << 20];
+    let bomb = zip(&[
+        ("Good.One.nuspec", nuspec("Good.One", "1.0.0", "").as_bytes()),
+        ("big.bin", &zeros),
+    ]);
+    assert!(bomb.len() < 16 << 10);
+    bad(StatusCode::PAYLOAD_TOO_LARGE, "expands")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &bomb).await,
+    );
+    // Nothing stored, nothing left in staging.
+    let s = f.json("v3/search?q=&semVerLevel=2.0.0").await;
+    assert_eq!(s["totalHits"], 0);
+    assert_eq!(f.i.staging_files(), 0);
+    // The good one goes in once; the second time is 409.
+    let r = f
+        .push_to("v3/package", Some(&k), "Good.One.1.0.0.nupkg", &good)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    bad(StatusCode::CONFLICT, "already exists")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &good).await,
+    );
+}
+
+#[tokio::test]
+async fn private_feeds_need_a_key_to_read() {
+    let f = Feed::with(ferry_core::Config::default(), true).await;
+    f.push("Secret", "1.0.0", "").await;
+    assert_eq!(f.get("v3/index.json").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        f.get("FindPackagesById()?id='Secret'").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // NuGet clients read with basic credentials (any user, the key as password).
+    let basic = format!("Basic {}", base64_encode(format!("ci:{}", f.key).as_bytes()));
+    let r = f
+        .req(
+            "GET",
+            "v3/search?q=secret",
+            &[("authorization", &basic)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["totalHits"], 1);
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
