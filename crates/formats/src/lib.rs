@@ -3,6 +3,7 @@
 //! this crate does no file, network or database I/O of its own.
 
 pub mod assets;
+pub mod debian;
 pub mod npm;
 pub mod oci;
 pub mod pypi;

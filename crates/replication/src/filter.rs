@@ -18,6 +18,8 @@ pub fn item_name(ty: FeedType, key: &ItemKey) -> &str {
         }
         // NORMALIZED/FILENAME
         FeedType::Pypi => k.split_once('/').map_or(k, |(n, _)| n),
+        // deb/DIST/COMPONENT/NAME/VERSION/ARCH: the package name.
+        FeedType::Debian => k.split('/').nth(3).unwrap_or(k),
         // manifest/REPOSITORY/DIGEST or tag/REPOSITORY/TAG, where REPOSITORY may nest.
         FeedType::Oci => {
             let rest = k.split_once('/').map_or(k, |(_, r)| r);

@@ -129,6 +129,7 @@ fn type_for_prefix(prefix: &str) -> Option<(FeedType, Flavor)> {
         "npm" => Some((FeedType::Npm, Flavor::Json)),
         "pypi" => Some((FeedType::Pypi, Flavor::Text)),
         "v2" => Some((FeedType::Oci, Flavor::Oci)),
+        "debian" => Some((FeedType::Debian, Flavor::Text)),
         _ => None,
     }
 }

@@ -5,6 +5,7 @@
 pub mod access;
 mod assets;
 pub mod blobs;
+mod debian;
 pub mod error;
 mod mgmt;
 mod mgmt_replication;
@@ -109,6 +110,7 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> App {
         .merge(assets::routes())
         .merge(npm::routes())
         .merge(pypi::routes())
+        .merge(debian::routes())
         .merge(oci::routes(&state))
         // Upload limits are enforced per route while streaming, not by buffering.
         .layer(DefaultBodyLimit::disable())

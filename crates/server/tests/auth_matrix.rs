@@ -760,6 +760,8 @@ async fn seed(i: &Instance, f: usize) -> Seeded {
         FeedType::Npm => seed_npm(i, f).await,
         FeedType::Pypi => seed_pypi(i, f).await,
         FeedType::Oci => seed_oci(i, f).await,
+        // Debian routes are covered by debian_api; the matrix has no debian feed yet.
+        FeedType::Debian => unimplemented!("no debian feed in the matrix"),
     }
 }
 
@@ -1354,6 +1356,7 @@ fn secrets() -> Vec<Secret> {
                 add(format!("{t}_proj"), owner, true);
             }
             FeedType::Oci => add(format!("{t}-app"), owner, true),
+            FeedType::Debian => unimplemented!("no debian feed in the matrix"),
         }
         for cred in [Cred::ReadScoped, Cred::WriteScoped, Cred::AdminScoped] {
             add(key_name(cred, f).unwrap(), Owner::Key, true);

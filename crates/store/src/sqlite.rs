@@ -120,6 +120,15 @@ INSERT OR IGNORE INTO api_key_feeds (key_id, feed_id)
     WHERE k.feeds IS NOT NULL;
 ALTER TABLE api_keys DROP COLUMN feeds;
 "#,
+    // Feed signing keys (debian, rpm): the armored OpenPGP secret key of a
+    // feed. Never part of an item, a change or a bundle.
+    r#"
+CREATE TABLE signing_keys (
+    feed_id INTEGER PRIMARY KEY REFERENCES feeds(id) ON DELETE CASCADE,
+    secret TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Index in [`MIGRATIONS`] of the one that scopes keys by feed id.
@@ -859,6 +868,37 @@ impl MetadataStore for SqliteStore {
         let name = name.to_string();
         self.write_tx(move |tx| Ok(tx.execute("DELETE FROM api_keys WHERE name = ?1", [&name])? > 0))
             .await
+    }
+
+    async fn signing_key(&self, feed: FeedId) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT secret FROM signing_keys WHERE feed_id = ?1",
+                [feed],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn put_signing_key(&self, feed: FeedId, secret: &str) -> Result<(), StoreError> {
+        let secret = secret.to_string();
+        self.write_tx(move |tx| {
+            let exists: Option<i64> = tx
+                .query_row("SELECT id FROM feeds WHERE id = ?1", [feed], |r| r.get(0))
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("feed id {feed}")));
+            }
+            tx.execute(
+                "INSERT INTO signing_keys (feed_id, secret, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (feed_id) DO UPDATE SET secret = excluded.secret, updated_at = excluded.updated_at",
+                params![feed, secret, now_millis()],
+            )?;
+            Ok(())
+        })
+        .await
     }
 }
 

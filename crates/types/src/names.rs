@@ -42,10 +42,17 @@ pub enum FeedType {
     Npm,
     Pypi,
     Oci,
+    Debian,
 }
 
 impl FeedType {
-    pub const ALL: [FeedType; 4] = [FeedType::Assets, FeedType::Npm, FeedType::Pypi, FeedType::Oci];
+    pub const ALL: [FeedType; 5] = [
+        FeedType::Assets,
+        FeedType::Npm,
+        FeedType::Pypi,
+        FeedType::Oci,
+        FeedType::Debian,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,6 +60,7 @@ impl FeedType {
             FeedType::Npm => "npm",
             FeedType::Pypi => "pypi",
             FeedType::Oci => "oci",
+            FeedType::Debian => "debian",
         }
     }
 }
