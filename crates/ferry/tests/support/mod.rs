@@ -2,6 +2,7 @@
 //! directory on a free loopback port, and real clients against it.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
+pub mod debian;
 pub mod npm;
 pub mod pypi;
 
