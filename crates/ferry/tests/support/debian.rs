@@ -170,7 +170,7 @@ impl Apt {
         for e in std::fs::read_dir(&dl).unwrap() {
             std::fs::remove_file(e.unwrap().path()).unwrap();
         }
-        run_ok(&mut self.cmd("apt-get").args(["download", "-q", name]));
+        run_ok(self.cmd("apt-get").args(["download", "-q", name]));
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dl)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -183,8 +183,7 @@ impl Apt {
     /// against the (empty) status file; the `.deb`s apt fetched, by file name.
     pub fn fetch_with_dependencies(&self, name: &str) -> Vec<PathBuf> {
         run_ok(
-            &mut self
-                .cmd("apt-get")
+            self.cmd("apt-get")
                 .args(["install", "-y", "-q", "--download-only", name]),
         );
         let archives = self.dir.path().join("cache/archives");
@@ -199,7 +198,7 @@ impl Apt {
 
     /// The candidate version apt would install.
     pub fn candidate(&self, name: &str) -> String {
-        let out = run_ok(&mut self.cmd("apt-cache").args(["policy", name]));
+        let out = run_ok(self.cmd("apt-cache").args(["policy", name]));
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .find_map(|l| l.trim().strip_prefix("Candidate: ").map(str::to_string))
