@@ -49,6 +49,9 @@ const DEFAULT_ARCHITECTURES: [&str; 2] = ["amd64", "arm64"];
 #[derive(Debug)]
 pub struct Publication {
     seq: i64,
+    /// The packages it was rendered from, by item key: the next rendering
+    /// starts from them and reads only the keys changed since `seq`.
+    pkgs: Arc<BTreeMap<String, DebMeta>>,
     /// Files under `dists/DIST/`, by relative path.
     files: HashMap<String, Bytes>,
 }
@@ -259,7 +262,15 @@ async fn publication(ferry: &Ferry, feed: &FeedRecord, dist: &str) -> Result<Arc
     if let Some(p) = cached(ferry)? {
         return Ok(p);
     }
-    let pkgs = packages(ferry, feed, Some(dist)).await?;
+    let previous = ferry
+        .0
+        .debian
+        .dists
+        .lock()
+        .map_err(lock_err)?
+        .get(&id)
+        .and_then(|s| s.current.clone());
+    let pkgs = Arc::new(current_packages(ferry, feed, dist, previous.as_deref()).await?);
     if pkgs.is_empty() {
         return Err(CoreError::not_found(format!(
             "distribution {dist} of feed {} has no packages",
@@ -268,15 +279,17 @@ async fn publication(ferry: &Ferry, feed: &FeedRecord, dist: &str) -> Result<Arc
     }
     let origin = feed.name.to_string();
     let suite = dist.to_owned();
-    let (release, files, by_hash) = tokio::task::spawn_blocking(move || render(&origin, &suite, &pkgs))
-        .await
-        .map_err(|e| CoreError::Internal(format!("rendering failed: {e}")))??;
+    let input = pkgs.clone();
+    let (release, files, by_hash) =
+        tokio::task::spawn_blocking(move || render(&origin, &suite, &input, previous.as_deref()))
+            .await
+            .map_err(|e| CoreError::Internal(format!("rendering failed: {e}")))??;
     let (inrelease, detached) = ferry.sign_text(feed, release.clone()).await?;
     let mut files = files;
     files.insert("Release".into(), Bytes::from(release));
     files.insert("InRelease".into(), Bytes::from(inrelease));
     files.insert("Release.gpg".into(), Bytes::from(detached));
-    let p = Arc::new(Publication { seq, files });
+    let p = Arc::new(Publication { seq, pkgs, files });
     let mut states = ferry.0.debian.dists.lock().map_err(lock_err)?;
     let state = states.entry(id).or_default();
     state.current = Some(p.clone());
@@ -287,10 +300,76 @@ async fn publication(ferry: &Ferry, feed: &FeedRecord, dist: &str) -> Result<Arc
     Ok(p)
 }
 
+/// Most changes read to bring a previous rendering's packages up to date;
+/// past that, the distribution is read whole.
+const MAX_INCREMENTAL_CHANGES: usize = 5000;
+
+/// The distribution's live packages by key: the previous rendering's,
+/// updated with the keys changed since (each read as it is now), or all
+/// of them read from the store when there is no previous rendering or too
+/// much changed.
+async fn current_packages(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    dist: &str,
+    previous: Option<&Publication>,
+) -> Result<BTreeMap<String, DebMeta>, CoreError> {
+    let prefix = dist_prefix(dist)?;
+    if let Some(prev) = previous {
+        let changes = ferry
+            .metadata()
+            .changes_since(feed.id, prev.seq, MAX_INCREMENTAL_CHANGES)
+            .await?;
+        if changes.len() < MAX_INCREMENTAL_CHANGES {
+            let mut pkgs = (*prev.pkgs).clone();
+            let keys: BTreeSet<_> = changes
+                .into_iter()
+                .map(|c| c.key)
+                .filter(|k| k.as_str().starts_with(&prefix))
+                .collect();
+            for key in keys {
+                let live = ferry.item(feed, &key).await?.map(|i| DebMeta::from_json(&i.meta));
+                match live {
+                    Some(Ok(m)) => {
+                        pkgs.insert(key.as_str().to_owned(), m);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(key = %key, "skipping unreadable debian item: {e}");
+                        pkgs.remove(key.as_str());
+                    }
+                    None => {
+                        pkgs.remove(key.as_str());
+                    }
+                }
+            }
+            return Ok(pkgs);
+        }
+    }
+    let mut pkgs = BTreeMap::new();
+    for item in ferry.items(feed, &prefix).await? {
+        match DebMeta::from_json(&item.meta) {
+            Ok(m) => {
+                pkgs.insert(item.key.as_str().to_owned(), m);
+            }
+            Err(e) => tracing::warn!(key = %item.key, "skipping unreadable debian item: {e}"),
+        }
+    }
+    Ok(pkgs)
+}
+
 type Rendered = (String, HashMap<String, Bytes>, HashMap<String, Bytes>);
 
 /// Renders a distribution's indexes and its (unsigned) `Release`.
-fn render(origin: &str, dist: &str, pkgs: &[DebMeta]) -> Result<Rendered, CoreError> {
+/// `Packages.gz` and `.xz` of an index whose text did not change since
+/// `previous` are taken from it rather than compressed again; the others
+/// are compressed in parallel.
+fn render(
+    origin: &str,
+    dist: &str,
+    pkgs: &BTreeMap<String, DebMeta>,
+    previous: Option<&Publication>,
+) -> Result<Rendered, CoreError> {
+    let pkgs: Vec<&DebMeta> = pkgs.values().collect();
     let archs = release_architectures(
         pkgs.iter().map(|p| p.architecture.as_str()),
         &DEFAULT_ARCHITECTURES,
@@ -320,10 +399,31 @@ fn render(origin: &str, dist: &str, pkgs: &[DebMeta]) -> Result<Rendered, CoreEr
     let mut files = HashMap::new();
     let mut by_hash = HashMap::new();
     let mut listed = Vec::new();
-    for ((c, a), text) in texts {
-        let plain = Bytes::from(text.into_bytes());
-        let gz = Bytes::from(gzip(&plain)?);
-        let xz = Bytes::from(xz(&plain)?);
+    let texts: Vec<((String, String), Bytes)> = texts
+        .into_iter()
+        .map(|(k, t)| (k, Bytes::from(t.into_bytes())))
+        .collect();
+    let compressed: Vec<Result<(Bytes, Bytes), CoreError>> = std::thread::scope(|scope| {
+        let jobs: Vec<Job<'_>> = texts
+            .iter()
+            .map(
+                |((c, a), plain)| match unchanged(previous, &format!("{c}/binary-{a}/"), plain) {
+                    Some((gz, xz)) => Job::Reused(gz, xz),
+                    None => {
+                        Job::Compressing(scope.spawn(move || gzip(plain)), scope.spawn(move || xz(plain)))
+                    }
+                },
+            )
+            .collect();
+        jobs.into_iter()
+            .map(|job| match job {
+                Job::Reused(gz, xz) => Ok((gz, xz)),
+                Job::Compressing(gz, xz) => Ok((Bytes::from(joined(gz)?), Bytes::from(joined(xz)?))),
+            })
+            .collect()
+    });
+    for (((c, a), plain), packed) in texts.into_iter().zip(compressed) {
+        let (gz, xz) = packed?;
         for (name, body) in [("Packages", plain), ("Packages.gz", gz), ("Packages.xz", xz)] {
             let path = format!("{c}/binary-{a}/{name}");
             let sha256 = hex::encode(Sha256::digest(&body));
@@ -350,6 +450,33 @@ fn render(origin: &str, dist: &str, pkgs: &[DebMeta]) -> Result<Rendered, CoreEr
     Ok((deb::render_release(&info, &listed), files, by_hash))
 }
 
+/// One index's compressed forms: taken from the previous rendering, or
+/// being made on threads of their own.
+enum Job<'scope> {
+    Reused(Bytes, Bytes),
+    Compressing(
+        std::thread::ScopedJoinHandle<'scope, Result<Vec<u8>, CoreError>>,
+        std::thread::ScopedJoinHandle<'scope, Result<Vec<u8>, CoreError>>,
+    ),
+}
+
+fn joined(h: std::thread::ScopedJoinHandle<'_, Result<Vec<u8>, CoreError>>) -> Result<Vec<u8>, CoreError> {
+    h.join()
+        .map_err(|_| CoreError::Internal("compression thread panicked".into()))?
+}
+
+/// The `.gz` and `.xz` of `dir`'s `Packages` in `previous`, if its text is `plain`.
+fn unchanged(previous: Option<&Publication>, dir: &str, plain: &Bytes) -> Option<(Bytes, Bytes)> {
+    let p = previous?;
+    if p.files.get(&format!("{dir}Packages"))? != plain {
+        return None;
+    }
+    Some((
+        p.files.get(&format!("{dir}Packages.gz"))?.clone(),
+        p.files.get(&format!("{dir}Packages.xz"))?.clone(),
+    ))
+}
+
 fn gzip(data: &[u8]) -> Result<Vec<u8>, CoreError> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(data)
@@ -358,7 +485,8 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>, CoreError> {
 }
 
 fn xz(data: &[u8]) -> Result<Vec<u8>, CoreError> {
-    let mut enc = xz2::write::XzEncoder::new(Vec::new(), 6);
+    // Preset 1: apt reads it alike, and publishing stays fast.
+    let mut enc = xz2::write::XzEncoder::new(Vec::new(), 1);
     enc.write_all(data)
         .and_then(|_| enc.finish())
         .map_err(|e| CoreError::Internal(format!("xz: {e}")))
