@@ -2,8 +2,10 @@
 //! blob uploads, item writes through the change log, reads, index caching,
 //! download counting and garbage collection. No HTTP, no SQL.
 //!
-//! Feed-type modules (`assets`, `npm`, `pypi`) turn client requests that
-//! the server has parsed into item writes, using `ferry-formats`.
+//! Feed-type modules (`assets`, `npm`, `pypi`, `oci`, `debian`) turn client
+//! requests that the server has parsed into item writes, using
+//! `ferry-formats`; `signing` keeps the OpenPGP keys of the feed types that
+//! sign their indexes.
 
 pub mod assets;
 pub mod auth;

@@ -468,3 +468,88 @@ async fn debian_signing_key_export_import_and_never_in_a_bundle() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn debian_private_feeds_need_a_key_and_uploads_a_write_key() {
+    let i = Instance::new().await;
+    i.feed("secret", FeedType::Debian, true).await;
+    let reader = i
+        .key("reader", ferry_store::Permission::Read, Some(&["secret"]))
+        .await;
+    let pkg = deb(&control("demo", "1.0", "all", ""), b"x", Compression::Gz);
+    let r = i
+        .send(
+            "PUT",
+            "/debian/secret/upload/stable/main",
+            Some(&reader),
+            &[],
+            pkg.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(
+        put(&i, "/debian/secret/upload/stable/main", pkg).await.status,
+        StatusCode::CREATED
+    );
+    for path in ["/debian/secret/dists/stable/InRelease", "/debian/secret/key.gpg"] {
+        assert_eq!(i.get(path).await.status, StatusCode::UNAUTHORIZED, "{path}");
+        // apt sends the key as basic auth.
+        let basic = format!("Basic {}", base64_encode(&format!("apt:{reader}")));
+        let r = i
+            .send("GET", path, None, &[("authorization", &basic)], Body::empty())
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn debian_replicated_items_are_checked_like_uploads() {
+    use ferry_store::{Change, ChangeOp};
+    let i = setup().await;
+    let pkg = deb(&control("demo", "1.0", "amd64", ""), b"x", Compression::Gz);
+    let r = put(&i, "/debian/apt/upload/stable/main", pkg).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let feed = i
+        .ferry
+        .feed(&ferry_types::FeedName::new("apt").unwrap())
+        .await
+        .unwrap();
+    let item = i.ferry.items(&feed, "deb/").await.unwrap().remove(0);
+    let forge = |key: &str, meta: serde_json::Value| Change {
+        key: ferry_types::ItemKey::new(key).unwrap(),
+        stamp: i.ferry.clock().stamp(),
+        op: ChangeOp::Upsert {
+            meta,
+            blobs: item.blobs.clone(),
+            created_at: None,
+        },
+    };
+    // The same item under another key, a pool path elsewhere, a control
+    // paragraph naming another package: each refused.
+    let mut other_path = item.meta.clone();
+    other_path["filename"] = "pool/main/d/demo/../../../../etc/passwd".into();
+    let mut other_control = item.meta.clone();
+    other_control["control"] = "Package: evil\nVersion: 1.0\nArchitecture: amd64".into();
+    for (key, meta) in [
+        ("deb/stable/main/other/1.0/amd64", item.meta.clone()),
+        ("deb/stable/main/demo/1.0/amd64", other_path),
+        ("deb/stable/main/demo/1.0/amd64", other_control),
+        ("deb/stable/main/../1.0/amd64", item.meta.clone()),
+    ] {
+        let r = i.ferry.apply(&feed, vec![forge(key, meta)]).await;
+        assert!(
+            matches!(r, Err(ferry_core::CoreError::Invalid(_))),
+            "{key}: {r:?}"
+        );
+    }
+    // The genuine item applies.
+    i.ferry
+        .apply(&feed, vec![forge(item.key.as_str(), item.meta.clone())])
+        .await
+        .unwrap();
+}

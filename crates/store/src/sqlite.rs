@@ -182,6 +182,26 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Mode 0600 for the database and its WAL files: they hold API key
+/// hashes and feed signing keys (secret keys), for this instance's eyes only.
+fn restrict_to_owner(db: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut name = db.as_os_str().to_owned();
+        for suffix in ["", "-wal", "-shm"] {
+            name.push(suffix);
+            let path = PathBuf::from(&name);
+            if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| StoreError::Backend(format!("restricting {}: {e}", path.display())))?;
+            }
+            name = db.as_os_str().to_owned();
+        }
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
@@ -204,6 +224,7 @@ impl SqliteStore {
         let writer = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
             let mut conn = open_conn(&p)?;
             migrate(&mut conn)?;
+            restrict_to_owner(&p)?;
             Ok(conn)
         })
         .await
@@ -977,6 +998,19 @@ mod key_scope_migration {
                  ('none-left', x'03', 'read', '["gone","older"]', 0);"#,
         )
         .unwrap();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_database_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let _store = SqliteStore::open(&path).await.unwrap();
+        for f in [path.clone(), dir.path().join("meta.db-wal")] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
     }
 
     #[tokio::test]
