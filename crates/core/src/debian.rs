@@ -63,8 +63,9 @@ struct DistState {
     by_hash: VecDeque<(i64, HashMap<String, Bytes>)>,
 }
 
-/// Pool path → the `.deb`'s blob.
-type PoolMap = Arc<HashMap<String, Digest>>;
+/// Pool path → the items there (every distribution holding that
+/// package version) and their `.deb`'s blob.
+type PoolMap = Arc<HashMap<String, BTreeMap<String, Digest>>>;
 
 /// What Ferry keeps in memory for debian feeds.
 #[derive(Default)]
@@ -120,8 +121,8 @@ pub async fn upload(
         }
         return Err(changed_file(&meta));
     }
-    if let Some(other) = pool_map(ferry, feed).await?.get(&meta.filename)
-        && *other != meta.sha256
+    if let Some(others) = pool_map(ferry, feed).await?.get(&meta.filename)
+        && others.values().any(|d| *d != meta.sha256)
     {
         return Err(changed_file(&meta));
     }
@@ -181,18 +182,66 @@ pub async fn packages(
 }
 
 /// Pool path → blob, for the feed's current change-log position.
-async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<Arc<HashMap<String, Digest>>, CoreError> {
+async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<PoolMap, CoreError> {
     let seq = ferry.current_seq(feed.id).await?;
-    if let Some((at, map)) = ferry.0.debian.pools.lock().map_err(lock_err)?.get(&feed.id)
+    let previous = ferry
+        .0
+        .debian
+        .pools
+        .lock()
+        .map_err(lock_err)?
+        .get(&feed.id)
+        .cloned();
+    if let Some((at, map)) = &previous
         && *at == seq
     {
         return Ok(map.clone());
     }
-    let map: HashMap<String, Digest> = packages(ferry, feed, None)
-        .await?
-        .into_iter()
-        .map(|m| (m.filename, m.sha256))
-        .collect();
+    let mut changed = None;
+    if let Some((at, _)) = &previous {
+        let changes = ferry
+            .metadata()
+            .changes_since(feed.id, *at, MAX_INCREMENTAL_CHANGES)
+            .await?;
+        if changes.len() < MAX_INCREMENTAL_CHANGES {
+            changed = Some(changes.into_iter().map(|c| c.key).collect::<BTreeSet<_>>());
+        }
+    }
+    let map = match (previous, changed) {
+        (Some((_, prev)), Some(keys)) => {
+            let mut map = (*prev).clone();
+            for key in keys {
+                let Some(path) = pool_path_of_key(&key) else {
+                    continue;
+                };
+                let live = ferry.item(feed, &key).await?;
+                let entry = map.entry(path.clone()).or_default();
+                match live.and_then(|i| i.blobs.first().copied()) {
+                    Some(d) => {
+                        entry.insert(key.as_str().to_owned(), d);
+                    }
+                    None => {
+                        entry.remove(key.as_str());
+                        if entry.is_empty() {
+                            map.remove(&path);
+                        }
+                    }
+                }
+            }
+            map
+        }
+        _ => {
+            let mut map: HashMap<String, BTreeMap<String, Digest>> = HashMap::new();
+            for item in ferry.items(feed, "deb/").await? {
+                if let (Some(path), Some(d)) = (pool_path_of_key(&item.key), item.blobs.first()) {
+                    map.entry(path)
+                        .or_default()
+                        .insert(item.key.as_str().to_owned(), *d);
+                }
+            }
+            map
+        }
+    };
     let map = Arc::new(map);
     ferry
         .0
@@ -204,6 +253,15 @@ async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<Arc<HashMap<String
     Ok(map)
 }
 
+/// The pool path of the package an item key names (None: not a package key).
+fn pool_path_of_key(key: &ferry_types::ItemKey) -> Option<String> {
+    let parts: Vec<&str> = key.as_str().splitn(6, '/').collect();
+    let ["deb", _, comp, name, version, arch] = parts[..] else {
+        return None;
+    };
+    deb::pool_path(comp, name, version, arch).ok()
+}
+
 /// The blob of `pool/...` (`path` without the leading `pool/`). NotFound
 /// when no package of the feed lives there.
 pub async fn pool_file(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<Digest, CoreError> {
@@ -211,7 +269,7 @@ pub async fn pool_file(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<D
     pool_map(ferry, feed)
         .await?
         .get(&full)
-        .copied()
+        .and_then(|items| items.values().next().copied())
         .ok_or_else(|| CoreError::not_found(format!("{full} not found")))
 }
 
@@ -478,15 +536,16 @@ fn unchanged(previous: Option<&Publication>, dir: &str, plain: &Bytes) -> Option
 }
 
 fn gzip(data: &[u8]) -> Result<Vec<u8>, CoreError> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(data)
         .and_then(|_| enc.finish())
         .map_err(|e| CoreError::Internal(format!("gzip: {e}")))
 }
 
 fn xz(data: &[u8]) -> Result<Vec<u8>, CoreError> {
-    // Preset 1: apt reads it alike, and publishing stays fast.
-    let mut enc = xz2::write::XzEncoder::new(Vec::new(), 1);
+    // Preset 0 (and gzip level 1): apt reads them alike, and publishing
+    // a large distribution stays fast.
+    let mut enc = xz2::write::XzEncoder::new(Vec::new(), 0);
     enc.write_all(data)
         .and_then(|_| enc.finish())
         .map_err(|e| CoreError::Internal(format!("xz: {e}")))
