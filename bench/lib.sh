@@ -19,6 +19,8 @@ declare -A DEB_PACKAGE=(
     [npm]=npm
     [twine]=twine
     [/usr/bin/time]=time
+    [apt-ftparchive]=apt-utils
+    [xz]=xz-utils
 )
 
 # ensure_commands CMD...: installs the Debian packages for any missing

@@ -2,14 +2,17 @@
 //! blob uploads, item writes through the change log, reads, index caching,
 //! download counting and garbage collection. No HTTP, no SQL.
 //!
-//! Feed-type modules (`assets`, `npm`, `pypi`, `oci`, `cargo`, `nuget`) turn client requests that
-//! the server has parsed into item writes, using `ferry-formats`.
+//! Feed-type modules (`assets`, `npm`, `pypi`, `oci`, `cargo`, `nuget`,
+//! `debian`) turn client requests that the server has parsed into item
+//! writes, using `ferry-formats`; `signing` keeps the OpenPGP keys of the
+//! feed types that sign their indexes.
 
 pub mod assets;
 pub mod auth;
 mod cache;
 pub mod cargo;
 mod clock;
+pub mod debian;
 mod error;
 mod integrity;
 pub mod npm;
@@ -17,6 +20,7 @@ pub mod nuget;
 pub mod oci;
 pub mod pypi;
 mod replicated;
+pub mod signing;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -168,6 +172,11 @@ struct Inner {
     cache: IndexCache,
     downloads: Mutex<HashMap<(FeedId, ItemKey), u64>>,
     damage: integrity::DamageLog,
+    /// Parsed signing keys by feed ([`signing`]).
+    signing_keys: Mutex<HashMap<FeedId, signing::SigningKey>>,
+    /// Held while a feed's first signing key is generated.
+    signing_gen: tokio::sync::Mutex<()>,
+    debian: debian::State,
 }
 
 /// A key limited to a feed that does not exist is refused.
@@ -210,6 +219,9 @@ impl Ferry {
             cache: IndexCache::default(),
             downloads: Mutex::new(HashMap::new()),
             damage: Default::default(),
+            signing_keys: Mutex::new(HashMap::new()),
+            signing_gen: tokio::sync::Mutex::new(()),
+            debian: Default::default(),
         })))
     }
 
@@ -238,6 +250,13 @@ impl Ferry {
         private: bool,
     ) -> Result<FeedRecord, CoreError> {
         let f = self.0.meta.create_feed(name, ty, private).await?;
+        // Instance-local state keyed by id must not outlive a deleted
+        // feed whose id the store gives again.
+        self.0.signing_keys.lock().map_err(lock_err)?.remove(&f.id);
+        debian::forget_feed(self, f.id);
+        if signing::signs(ty) {
+            self.signing_key(&f).await?;
+        }
         self.0
             .feeds
             .write()
@@ -288,6 +307,8 @@ impl Ferry {
         }
         if let Some(id) = id {
             self.0.cache.forget_feed(id);
+            self.0.signing_keys.lock().map_err(lock_err)?.remove(&id);
+            debian::forget_feed(self, id);
             self.0.seqs.lock().map_err(lock_err)?.remove(&id);
             self.0
                 .downloads
@@ -688,7 +709,7 @@ impl Ferry {
     }
 
     /// The feed's change-log position, from memory once known.
-    async fn current_seq(&self, feed: FeedId) -> Result<i64, CoreError> {
+    pub(crate) async fn current_seq(&self, feed: FeedId) -> Result<i64, CoreError> {
         if let Some(tx) = self.0.seqs.lock().map_err(lock_err)?.get(&feed) {
             return Ok(*tx.borrow());
         }

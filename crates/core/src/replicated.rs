@@ -122,6 +122,11 @@ impl Ferry {
                     self.check_size(key.as_str(), &blobs[0], Some(item.size)).await?;
                 }
             }
+            FeedType::Debian => {
+                if let Some(m) = ferry_formats::debian::validate_item(key, live)? {
+                    self.check_size(key.as_str(), &m.sha256, Some(m.size)).await?;
+                }
+            }
             FeedType::Oci => {
                 let check = oci::validate_item(key, live).map_err(|e| CoreError::invalid(e.to_string()))?;
                 if let oci::ItemCheck::Link { digest, sha512 } = check {

@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{BundleCmd, Conn, FeedCmd, KeyCmd, ReplCmd};
+use crate::{BundleCmd, Conn, FeedCmd, FeedKeyCmd, KeyCmd, ReplCmd};
 
 /// The HTTP client of this process: http:// and https:// URLs, trusting the
 /// system's CAs and those in `--tls-ca-file` (`FERRY_TLS_CA_FILE`). Built
@@ -91,6 +91,35 @@ pub async fn feed(cmd: FeedCmd) -> anyhow::Result<()> {
         FeedCmd::Delete { name, conn } => {
             call(&conn, Method::DELETE, &format!("/api/v1/feeds/{name}"), None).await?;
             say!("deleted feed {name}");
+        }
+        FeedCmd::Key(FeedKeyCmd::Import { feed, file, conn }) => {
+            let secret = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading the key from standard input")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let body = json!({ "secret_key": secret });
+            let v = call(
+                &conn,
+                Method::PUT,
+                &format!("/api/v1/feeds/{feed}/signing-key"),
+                Some(body),
+            )
+            .await?;
+            say!(
+                "feed {feed} now signs with key {}",
+                v["fingerprint"].as_str().unwrap_or("?")
+            );
+        }
+        FeedCmd::Key(FeedKeyCmd::Export { feed, conn }) => {
+            let v = call(
+                &conn,
+                Method::GET,
+                &format!("/api/v1/feeds/{feed}/signing-key"),
+                None,
+            )
+            .await?;
+            say!("{}", v["public_key"].as_str().unwrap_or_default().trim_end());
         }
     }
     Ok(())

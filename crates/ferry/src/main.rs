@@ -329,6 +329,29 @@ enum FeedCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// The feed's signing key (debian feeds): import one, export the public part.
+    #[command(subcommand)]
+    Key(FeedKeyCmd),
+}
+
+#[derive(Subcommand)]
+pub enum FeedKeyCmd {
+    /// Replace the feed's signing key by an armored OpenPGP secret key read
+    /// from FILE ("-": standard input), so every instance of a fleet signs
+    /// with one key.
+    Import {
+        feed: String,
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the feed's armored public signing key (for apt's signed-by:
+    /// `gpg --dearmor`, or fetch /debian/FEED/key.gpg).
+    Export {
+        feed: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Subcommand)]

@@ -4,6 +4,7 @@
 
 pub mod assets;
 pub mod cargo;
+pub mod debian;
 pub mod npm;
 pub mod nuget;
 pub mod oci;

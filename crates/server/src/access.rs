@@ -166,6 +166,7 @@ fn type_for_prefix(prefix: &str) -> Option<(FeedType, Flavor)> {
         "v2" => Some((FeedType::Oci, Flavor::Oci)),
         "cargo" => Some((FeedType::Cargo, Flavor::Cargo)),
         "nuget" => Some((FeedType::Nuget, Flavor::Text)),
+        "debian" => Some((FeedType::Debian, Flavor::Text)),
         _ => None,
     }
 }

@@ -6,6 +6,7 @@ pub mod access;
 mod assets;
 pub mod blobs;
 mod cargo;
+mod debian;
 pub mod error;
 mod mgmt;
 mod mgmt_replication;
@@ -117,6 +118,7 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> App {
         .merge(pypi::routes())
         .merge(cargo::routes())
         .merge(nuget::routes())
+        .merge(debian::routes())
         .merge(oci::routes(&state))
         .merge(ui::routes())
         // Upload limits are enforced per route while streaming, not by buffering.

@@ -22,6 +22,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/instance", get(instance))
         .route("/api/v1/feeds", get(list_feeds).post(create_feed))
         .route("/api/v1/feeds/{name}", get(get_feed).delete(delete_feed))
+        .route(
+            "/api/v1/feeds/{name}/signing-key",
+            get(get_signing_key).put(import_signing_key),
+        )
         .route("/api/v1/keys", get(list_keys).post(create_key))
         .route("/api/v1/keys/{name}", axum::routing::delete(delete_key))
         .route("/api/v1/gc", post(gc))
@@ -95,6 +99,43 @@ async fn delete_feed(
         .await
         .map_err(ApiError::json)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The feed's public signing key: its fingerprint and armored public key.
+async fn get_signing_key(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
+    let feed = st.ferry.feed(&parse_name(&name)?).await.map_err(ApiError::json)?;
+    let key = st.ferry.signing_key(&feed).await.map_err(ApiError::json)?;
+    signing_key_json(&key)
+}
+
+fn signing_key_json(key: &ferry_core::signing::SigningKey) -> JsonResult {
+    Ok(Json(json!({
+        "fingerprint": key.fingerprint(),
+        "public_key": key.public_armored().map_err(ApiError::json)?,
+    })))
+}
+
+#[derive(Deserialize)]
+struct ImportKey {
+    secret_key: String,
+}
+
+/// Replaces the feed's signing key by an imported armored secret key;
+/// answers with its public part (never the secret).
+async fn import_signing_key(
+    State(st): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    body: Result<Json<ImportKey>, axum::extract::rejection::JsonRejection>,
+) -> JsonResult {
+    let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
+    let feed = st.ferry.feed(&parse_name(&name)?).await.map_err(ApiError::json)?;
+    let key = st
+        .ferry
+        .import_signing_key(&feed, req.secret_key)
+        .await
+        .map_err(ApiError::json)?;
+    signing_key_json(&key)
 }
 
 async fn list_keys(State(st): State<AppState>, _: Admin) -> JsonResult {

@@ -766,6 +766,8 @@ async fn seed(i: &Instance, f: usize) -> Seeded {
         FeedType::Cargo => seed_cargo(i, f).await,
         // The matrix has no nuget feeds yet (nuget_api.rs covers its keys).
         FeedType::Nuget => unreachable!("no nuget feed in FEEDS"),
+        // Debian routes are covered by debian_api; the matrix has no debian feed yet.
+        FeedType::Debian => unimplemented!("no debian feed in the matrix"),
     }
 }
 
@@ -1441,6 +1443,7 @@ fn secrets() -> Vec<Secret> {
                 add(format!("{t}_crate"), owner, true);
             }
             FeedType::Nuget => {}
+            FeedType::Debian => unimplemented!("no debian feed in the matrix"),
         }
         for cred in [Cred::ReadScoped, Cred::WriteScoped, Cred::AdminScoped] {
             add(key_name(cred, f).unwrap(), Owner::Key, true);

@@ -48,6 +48,26 @@ pub async fn run(store: &dyn MetadataStore) {
     listing(store).await;
     blobs_and_collection(store).await;
     api_keys(store).await;
+    signing_keys(store).await;
+}
+
+async fn signing_keys(s: &dyn MetadataStore) {
+    let name = FeedName::new("conf-signing").unwrap();
+    let f = s.create_feed(&name, FeedType::Assets, false).await.unwrap();
+    assert_eq!(s.signing_key(f.id).await.unwrap(), None);
+    s.put_signing_key(f.id, "first").await.unwrap();
+    assert_eq!(s.signing_key(f.id).await.unwrap().as_deref(), Some("first"));
+    s.put_signing_key(f.id, "second").await.unwrap();
+    assert_eq!(s.signing_key(f.id).await.unwrap().as_deref(), Some("second"));
+    assert!(matches!(
+        s.put_signing_key(f.id + 1000, "x").await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Deleting the feed deletes its key: a feed created again starts without one.
+    assert!(s.delete_feed(&name).await.unwrap());
+    let g = s.create_feed(&name, FeedType::Assets, false).await.unwrap();
+    assert_eq!(s.signing_key(g.id).await.unwrap(), None);
+    assert!(s.delete_feed(&name).await.unwrap());
 }
 
 async fn instance_id_is_stable(s: &dyn MetadataStore) {

@@ -299,4 +299,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Every key, by name, with its current scope.
     async fn keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
     async fn delete_key(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// The feed's signing key (an armored OpenPGP secret key), if it has
+    /// one. Instance-local: never part of an item, a change or a bundle,
+    /// and never served. Deleting the feed deletes it.
+    async fn signing_key(&self, feed: FeedId) -> Result<Option<String>, StoreError>;
+    /// Sets (or replaces) the feed's signing key. NotFound if the feed
+    /// does not exist.
+    async fn put_signing_key(&self, feed: FeedId, secret: &str) -> Result<(), StoreError>;
 }

@@ -130,6 +130,15 @@ CREATE TABLE replication_peers (
     PRIMARY KEY (replication_id, instance)
 ) WITHOUT ROWID;
 "#,
+    // Feed signing keys (debian, rpm): the armored OpenPGP secret key of a
+    // feed. Never part of an item, a change or a bundle.
+    r#"
+CREATE TABLE signing_keys (
+    feed_id INTEGER PRIMARY KEY REFERENCES feeds(id) ON DELETE CASCADE,
+    secret TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Index in [`MIGRATIONS`] of the one that scopes keys by feed id.
@@ -183,6 +192,26 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Mode 0600 for the database and its WAL files: they hold API key
+/// hashes and feed signing keys (secret keys), for this instance's eyes only.
+fn restrict_to_owner(db: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut name = db.as_os_str().to_owned();
+        for suffix in ["", "-wal", "-shm"] {
+            name.push(suffix);
+            let path = PathBuf::from(&name);
+            if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| StoreError::Backend(format!("restricting {}: {e}", path.display())))?;
+            }
+            name = db.as_os_str().to_owned();
+        }
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
@@ -205,6 +234,7 @@ impl SqliteStore {
         let writer = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
             let mut conn = open_conn(&p)?;
             migrate(&mut conn)?;
+            restrict_to_owner(&p)?;
             Ok(conn)
         })
         .await
@@ -870,6 +900,37 @@ impl MetadataStore for SqliteStore {
         self.write_tx(move |tx| Ok(tx.execute("DELETE FROM api_keys WHERE name = ?1", [&name])? > 0))
             .await
     }
+
+    async fn signing_key(&self, feed: FeedId) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT secret FROM signing_keys WHERE feed_id = ?1",
+                [feed],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn put_signing_key(&self, feed: FeedId, secret: &str) -> Result<(), StoreError> {
+        let secret = secret.to_string();
+        self.write_tx(move |tx| {
+            let exists: Option<i64> = tx
+                .query_row("SELECT id FROM feeds WHERE id = ?1", [feed], |r| r.get(0))
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("feed id {feed}")));
+            }
+            tx.execute(
+                "INSERT INTO signing_keys (feed_id, secret, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (feed_id) DO UPDATE SET secret = excluded.secret, updated_at = excluded.updated_at",
+                params![feed, secret, now_millis()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 fn insert_key(tx: &rusqlite::Transaction<'_>, key: NewApiKey) -> Result<ApiKeyRecord, StoreError> {
@@ -947,6 +1008,19 @@ mod key_scope_migration {
                  ('none-left', x'03', 'read', '["gone","older"]', 0);"#,
         )
         .unwrap();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_database_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let _store = SqliteStore::open(&path).await.unwrap();
+        for f in [path.clone(), dir.path().join("meta.db-wal")] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
     }
 
     #[tokio::test]

@@ -44,16 +44,18 @@ pub enum FeedType {
     Oci,
     Cargo,
     Nuget,
+    Debian,
 }
 
 impl FeedType {
-    pub const ALL: [FeedType; 6] = [
+    pub const ALL: [FeedType; 7] = [
         FeedType::Assets,
         FeedType::Npm,
         FeedType::Pypi,
         FeedType::Oci,
         FeedType::Cargo,
         FeedType::Nuget,
+        FeedType::Debian,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +66,7 @@ impl FeedType {
             FeedType::Oci => "oci",
             FeedType::Cargo => "cargo",
             FeedType::Nuget => "nuget",
+            FeedType::Debian => "debian",
         }
     }
 }

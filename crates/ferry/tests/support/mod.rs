@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 pub mod cargo;
+pub mod debian;
 pub mod npm;
 pub mod nuget;
 pub mod pypi;

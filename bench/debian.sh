@@ -1,0 +1,158 @@
+# shellcheck shell=bash
+# The debian part of bench/run: Ferry's debian feeds against apt-ftparchive
+# (building a signed distribution from the same files) and reprepro
+# (publishing one more package into a distribution until apt sees it).
+# See bench/README.md. Sourced by bench/run after lib.sh. Helpers:
+# bench/debian.py (generating tiny .debs, uploading them).
+
+DEB_FEED=apt
+
+debian_settings() {
+    DEB_SIZES=${BENCH_DEB_SIZES:-$([ -n "$QUICK" ] && echo "200 1000" || echo "1000 10000")}
+    local n
+    for n in $DEB_SIZES; do
+        [[ $n =~ ^[1-9][0-9]*$ ]] && [ "$n" -le 100000 ] ||
+            { echo "BENCH_DEB_SIZES: '$n' is not a number from 1 to 100000" >&2; return 1; }
+    done
+}
+
+deb_now_ms() { date +%s%3N; }
+
+# deb_gpg_home DIR: a GnuPG home with one Ed25519 signing key, for
+# apt-ftparchive's signatures and reprepro's SignWith (made before timing).
+deb_gpg_home() {
+    mkdir -p -m 700 "$1"
+    GNUPGHOME=$1 gpg --batch --quiet --passphrase '' --quick-gen-key "Bench <bench@example.com>" ed25519 sign never 2>/dev/null
+    GNUPGHOME=$1 gpg --batch --quiet --export >"$1/key.gpg"
+}
+
+# deb_apt_conf DIR SOURCE_LINE: an apt of its own (state, cache, sources,
+# trusted keys under DIR); prints the APT_CONFIG path.
+deb_apt_conf() {
+    local d=$1 line=$2
+    mkdir -p "$d"/{state/lists/partial,cache/archives/partial,sources.list.d,trusted.gpg.d,preferences.d,apt.conf.d,log}
+    : >"$d/status"
+    echo "$line" >"$d/sources.list"
+    cat >"$d/apt.conf" <<EOF
+Dir::State "$d/state"; Dir::State::status "$d/status"; Dir::Cache "$d/cache";
+Dir::Etc::SourceList "$d/sources.list"; Dir::Etc::SourceParts "$d/sources.list.d";
+Dir::Etc::Trusted "$d/trusted.gpg"; Dir::Etc::TrustedParts "$d/trusted.gpg.d";
+Dir::Etc::Preferences "$d/preferences"; Dir::Etc::PreferencesParts "$d/preferences.d";
+Dir::Etc::Parts "$d/apt.conf.d"; Dir::Log "$d/log";
+Debug::NoLocking "true"; APT::Sandbox::User "root";
+APT::Architecture "amd64"; APT::Architectures { "amd64"; }; Acquire::Languages "none";
+EOF
+    echo "$d/apt.conf"
+}
+
+# deb_apt_sees CONF PKG: apt-get update, then whether PKG has a candidate.
+deb_apt_sees() {
+    APT_CONFIG=$1 timeout 120 apt-get update -qq >/dev/null 2>&1 || return 1
+    APT_CONFIG=$1 apt-cache policy "$2" 2>/dev/null | grep -q 'Candidate: 1.0'
+}
+
+# deb_until_seen CONF PKG: updates until apt sees PKG (at most 60 s).
+deb_until_seen() {
+    local i
+    for ((i = 0; i < 600; i++)); do
+        deb_apt_sees "$1" "$2" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# bench_debian_size N: the figures for a distribution of N packages.
+bench_debian_size() {
+    local n=$1 dir=$BENCH_TMP/debian-$1 t0 t1 ftp_ms ferry_ms rep_ms fone_ms rep_pub_ms fone_pub_ms conf
+    mkdir -p "$dir"
+    log "debian: generating $n .debs and one more"
+    python3 "$BENCH_DIR/debian.py" make "$dir/debs" "$n" || return 1
+    python3 "$BENCH_DIR/debian.py" make "$dir/extra" 1 bench-extra || return 1
+    local extra=$dir/extra/bench-extra-000000_1.0_amd64.deb
+    deb_gpg_home "$dir/gnupg" || return 1
+
+    # apt-ftparchive: Packages (+ .gz, .xz), Release, InRelease and Release.gpg from the files.
+    local ftp=$dir/ftp
+    mkdir -p "$ftp/pool/main" "$ftp/dists/bookworm/main/binary-amd64"
+    cp "$dir"/debs/*.deb "$ftp/pool/main/"
+    sync
+    t0=$(deb_now_ms)
+    (
+        cd "$ftp" &&
+            apt-ftparchive packages pool/main >dists/bookworm/main/binary-amd64/Packages &&
+            gzip -k -9 dists/bookworm/main/binary-amd64/Packages &&
+            xz -k dists/bookworm/main/binary-amd64/Packages &&
+            apt-ftparchive -o APT::FTPArchive::Release::Codename=bookworm -o APT::FTPArchive::Release::Suite=bookworm \
+                release dists/bookworm >dists/bookworm/Release.tmp &&
+            mv dists/bookworm/Release.tmp dists/bookworm/Release &&
+            GNUPGHOME=$dir/gnupg gpg --batch --yes --clearsign -o dists/bookworm/InRelease dists/bookworm/Release &&
+            GNUPGHOME=$dir/gnupg gpg --batch --yes -abs -o dists/bookworm/Release.gpg dists/bookworm/Release
+    ) || { log "apt-ftparchive failed"; return 1; }
+    t1=$(deb_now_ms)
+    ftp_ms=$((t1 - t0))
+
+    # Ferry: upload every file, until a signed InRelease listing them is served.
+    start_ferry "debian-$n"
+    local pid=$FERRY_PID url=$FERRY_URL last
+    ferry_feed "$DEB_FEED" debian || return 1
+    last=$(printf 'bench-pkg-%06d' $((n - 1)))
+    t0=$(deb_now_ms)
+    python3 "$BENCH_DIR/debian.py" upload "$url" "$BENCH_KEY" "$DEB_FEED" bookworm main "$dir/debs" 2 || return 1
+    curl -sf "$url/debian/$DEB_FEED/dists/bookworm/InRelease" -o "$dir/InRelease" || return 1
+    t1=$(deb_now_ms)
+    curl -sf "$url/debian/$DEB_FEED/dists/bookworm/main/binary-amd64/Packages" | grep -q "^Package: $last\$" ||
+        { log "Ferry's Packages lacks $last"; return 1; }
+    grep -q 'BEGIN PGP SIGNATURE' "$dir/InRelease" || return 1
+    ferry_ms=$((t1 - t0))
+
+    # One more package until apt sees it: reprepro includedeb (file: repository).
+    local rep=$dir/reprepro
+    mkdir -p "$rep/conf"
+    printf 'Codename: bookworm\nSuite: bookworm\nArchitectures: amd64\nComponents: main\nSignWith: yes\n' >"$rep/conf/distributions"
+    log "debian: filling reprepro with $n packages (not timed)"
+    (cd "$dir/debs" && find . -name '*.deb' -print0 | GNUPGHOME=$dir/gnupg xargs -0 -n 2000 reprepro -b "$rep" -s includedeb bookworm) >/dev/null 2>&1 ||
+        { log "reprepro includedeb failed"; return 1; }
+    conf=$(deb_apt_conf "$dir/apt-reprepro" "deb [signed-by=$dir/gnupg/key.gpg] file:$rep bookworm main")
+    deb_apt_sees "$conf" "$last" || { log "apt does not see reprepro's repository"; return 1; }
+    t0=$(deb_now_ms)
+    GNUPGHOME=$dir/gnupg reprepro -b "$rep" -s includedeb bookworm "$extra" >/dev/null 2>&1 || return 1
+    rep_pub_ms=$(($(deb_now_ms) - t0))
+    deb_until_seen "$conf" bench-extra-000000 || { log "apt never saw reprepro's new package"; return 1; }
+    t1=$(deb_now_ms)
+    rep_ms=$((t1 - t0))
+
+    # The same on Ferry: PUT, then apt-get update until it sees it.
+    curl -sf "$url/debian/$DEB_FEED/key.gpg" -o "$dir/ferry-key.gpg" || return 1
+    conf=$(deb_apt_conf "$dir/apt-ferry" "deb [signed-by=$dir/ferry-key.gpg] $url/debian/$DEB_FEED bookworm main")
+    deb_apt_sees "$conf" "$last" || { log "apt does not see Ferry's repository"; return 1; }
+    t0=$(deb_now_ms)
+    curl -sf -o /dev/null -u "bench:$BENCH_KEY" -T "$extra" "$url/debian/$DEB_FEED/upload/bookworm/main" || return 1
+    curl -sf -o /dev/null "$url/debian/$DEB_FEED/dists/bookworm/InRelease" || return 1
+    fone_pub_ms=$(($(deb_now_ms) - t0))
+    deb_until_seen "$conf" bench-extra-000000 || { log "apt never saw Ferry's new package"; return 1; }
+    t1=$(deb_now_ms)
+    fone_ms=$((t1 - t0))
+    stop_ferry_now "$pid"
+
+    local r
+    r=$(ratio "$ferry_ms" "$ftp_ms")
+    add_row "debian build $n pkgs until signed InRelease, ms (incl. HTTP upload)" "$ferry_ms" "$ftp_ms" "${r}x" "<= 1.00x" \
+        "$(awk -v r="$r" 'BEGIN { print (r != "-" && r <= 1.0) ? "ok" : "FAIL" }')"
+    r=$(ratio "$fone_ms" "$rep_ms")
+    add_row "debian one more into $n until apt sees it, ms" "$fone_ms" "$rep_ms" "${r}x" "<= 0.20x" \
+        "$(awk -v r="$r" 'BEGIN { print (r != "-" && r <= 0.2) ? "ok" : "FAIL" }')"
+    r=$(ratio "$fone_pub_ms" "$rep_pub_ms")
+    add_row "debian one more into $n, publish only (PUT + signed InRelease vs includedeb), ms" "$fone_pub_ms" "$rep_pub_ms" "${r}x" "<= 0.20x" \
+        "$(awk -v r="$r" 'BEGIN { print (r != "-" && r <= 0.2) ? "ok" : "FAIL" }')"
+    DEB_ONE_MORE+=("$n:$fone_ms")
+    rm -rf "$dir"
+}
+
+bench_debian() {
+    DEB_ONE_MORE=()
+    local n
+    for n in $DEB_SIZES; do
+        bench_debian_size "$n" || return 1
+    done
+    note "debian one more until apt sees it (size:ms): ${DEB_ONE_MORE[*]} (must not grow in proportion to the size)"
+}

@@ -1,0 +1,555 @@
+//! Debian feeds, in process: uploads of `.deb`s built byte by byte, the
+//! indexes and signed release files apt reads, by-hash generations,
+//! deletes, bad input, and the feed signing key (export, import, never in
+//! a bundle).
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use common::{ADMIN, Instance};
+use ferry_testkit::debian::{Compression, control, deb};
+use ferry_types::FeedType;
+use sha2::{Digest as _, Sha256};
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex(&Sha256::digest(b))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn put(i: &Instance, path: &str, body: Vec<u8>) -> common::Reply {
+    i.send("PUT", path, Some(ADMIN), &[], body).await
+}
+
+async fn setup() -> Instance {
+    let i = Instance::new().await;
+    i.feed("apt", FeedType::Debian, false).await;
+    i
+}
+
+/// The `Release` entries (path → (sha256, size)) of one hash list.
+fn release_list(release: &str, list: &str) -> Vec<(String, String, u64)> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in release.lines() {
+        if let Some(entry) = line.strip_prefix(' ') {
+            if inside {
+                let mut f = entry.split_whitespace();
+                let (h, s, p) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+                out.push((p.to_string(), h.to_string(), s.parse().unwrap()));
+            }
+        } else {
+            inside = line == format!("{list}:");
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn debian_upload_publishes_signed_indexes() {
+    let i = setup().await;
+    let lib = deb(&control("libdemo", "1.0-1", "all", ""), b"lib", Compression::Xz);
+    let app = deb(
+        &control("demo", "1:2.0", "amd64", "Depends: libdemo\n"),
+        b"app",
+        Compression::Gz,
+    );
+    let r = put(&i, "/debian/apt/upload/bookworm/main", lib.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(
+        r.json()["filename"],
+        "pool/main/libd/libdemo/libdemo_1.0-1_all.deb"
+    );
+    let r = put(&i, "/debian/apt/upload/bookworm/main", app.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(r.json()["filename"], "pool/main/d/demo/demo_2.0_amd64.deb");
+    assert_eq!(r.json()["version"], "1:2.0");
+
+    // The all package is in binary-all and in the amd64 index.
+    let amd64 = i
+        .get("/debian/apt/dists/bookworm/main/binary-amd64/Packages")
+        .await;
+    assert_eq!(amd64.status, StatusCode::OK);
+    let text = amd64.text();
+    assert!(text.contains("Package: demo\nVersion: 1:2.0\n"), "{text}");
+    assert!(text.contains("Package: libdemo\n"), "{text}");
+    assert!(
+        text.contains(&format!("SHA256: {}\n", sha256_hex(&app))),
+        "{text}"
+    );
+    assert!(text.contains(&format!("Size: {}\n", app.len())), "{text}");
+    assert!(text.contains("Depends: libdemo\n"));
+    let all = i
+        .get("/debian/apt/dists/bookworm/main/binary-all/Packages")
+        .await
+        .text();
+    assert!(
+        all.contains("Package: libdemo\n") && !all.contains("Package: demo\n"),
+        "{all}"
+    );
+
+    // Release lists every index with its real size and hashes.
+    let release = i.get("/debian/apt/dists/bookworm/Release").await.text();
+    for field in [
+        "Suite: bookworm\n",
+        "Codename: bookworm\n",
+        "Architectures: all amd64\n",
+        "Components: main\n",
+        "Acquire-By-Hash: yes\n",
+    ] {
+        assert!(release.contains(field), "{field} in {release}");
+    }
+    assert!(!release.contains("Valid-Until"));
+    let date = release.lines().find(|l| l.starts_with("Date: ")).unwrap();
+    assert!(date.ends_with(" UTC"), "{date}");
+    let listed = release_list(&release, "SHA256");
+    assert_eq!(listed.len(), 6, "{release}");
+    for (path, hash, size) in &listed {
+        let body = i.get(&format!("/debian/apt/dists/bookworm/{path}")).await;
+        assert_eq!(body.status, StatusCode::OK, "{path}");
+        assert_eq!(
+            (sha256_hex(&body.body), body.body.len() as u64),
+            (hash.clone(), *size),
+            "{path}"
+        );
+        let dir = path.rsplit_once('/').unwrap().0;
+        let by_hash = i
+            .get(&format!("/debian/apt/dists/bookworm/{dir}/by-hash/SHA256/{hash}"))
+            .await;
+        assert_eq!(by_hash.body, body.body, "{path} by hash");
+    }
+    assert_eq!(release_list(&release, "SHA512").len(), 6);
+
+    // InRelease clearsigns that same Release; Release.gpg is detached.
+    let inrelease = i.get("/debian/apt/dists/bookworm/InRelease").await.text();
+    assert!(
+        inrelease.starts_with("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n"),
+        "{inrelease}"
+    );
+    assert!(inrelease.contains(&release), "{inrelease}");
+    let gpg = i.get("/debian/apt/dists/bookworm/Release.gpg").await.text();
+    assert!(gpg.starts_with("-----BEGIN PGP SIGNATURE-----"), "{gpg}");
+
+    // The pool serves the uploaded bytes.
+    let got = i.get("/debian/apt/pool/main/d/demo/demo_2.0_amd64.deb").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body, app);
+    assert_eq!(
+        i.get("/debian/apt/pool/main/d/demo/demo_9_amd64.deb")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The public key, armored and binary; never a secret key.
+    let asc = i.get("/debian/apt/key.asc").await.text();
+    assert!(asc.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"), "{asc}");
+    let bin = i.get("/debian/apt/key.gpg").await.body;
+    assert_eq!(bin[0] & 0x80, 0x80, "an OpenPGP packet");
+    assert!(!String::from_utf8_lossy(&bin).contains("PRIVATE"));
+}
+
+#[tokio::test]
+async fn debian_same_bytes_are_a_noop_other_bytes_a_conflict() {
+    let i = setup().await;
+    let a = deb(&control("demo", "1.0", "amd64", ""), b"one", Compression::Gz);
+    let b = deb(&control("demo", "1.0", "amd64", ""), b"two", Compression::Gz);
+    assert_eq!(
+        put(&i, "/debian/apt/upload/stable/main", a.clone()).await.status,
+        StatusCode::CREATED
+    );
+    let feed = i
+        .ferry
+        .feed(&ferry_types::FeedName::new("apt").unwrap())
+        .await
+        .unwrap();
+    let seq = i.ferry.metadata().last_seq(feed.id).await.unwrap();
+    assert_eq!(
+        put(&i, "/debian/apt/upload/stable/main", a.clone()).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        i.ferry.metadata().last_seq(feed.id).await.unwrap(),
+        seq,
+        "same bytes: nothing written"
+    );
+    let r = put(&i, "/debian/apt/upload/stable/main", b.clone()).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("already exists"), "{}", r.text());
+    // The same pool path in another distribution with other bytes too.
+    let r = put(&i, "/debian/apt/upload/testing/main", b).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    // With the same bytes it may live in several distributions.
+    assert_eq!(
+        put(&i, "/debian/apt/upload/testing/main", a.clone()).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        i.get("/debian/apt/pool/main/d/demo/demo_1.0_amd64.deb")
+            .await
+            .body,
+        a
+    );
+    assert_eq!(i.staging_files(), 0);
+}
+
+#[tokio::test]
+async fn debian_bad_uploads_are_refused_and_store_nothing() {
+    let i = setup().await;
+    let good = deb(&control("demo", "1.0", "amd64", ""), b"x", Compression::Zst);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "/debian/apt/upload/stable/main",
+            b"just some text, not an archive".to_vec(),
+            "not a Debian package",
+        ),
+        (
+            "/debian/apt/upload/stable/main",
+            good[..good.len() - 40].to_vec(),
+            "not a Debian package",
+        ),
+        (
+            "/debian/apt/upload/stable/main",
+            deb(&control("../../etc", "1.0", "amd64", ""), b"x", Compression::Gz),
+            "invalid Package",
+        ),
+        (
+            "/debian/apt/upload/stable/main",
+            deb(
+                &control("demo", "1.0/../../x", "amd64", ""),
+                b"x",
+                Compression::Gz,
+            ),
+            "invalid Version",
+        ),
+        (
+            "/debian/apt/upload/stable/main",
+            deb(&control("demo", "1.0", "../amd64", ""), b"x", Compression::Gz),
+            "invalid Architecture",
+        ),
+        (
+            "/debian/apt/upload/stable/main",
+            deb(
+                "Package: demo\nVersion: 1.0\nDescription: x\n",
+                b"x",
+                Compression::Gz,
+            ),
+            "no Architecture field",
+        ),
+        (
+            "/debian/apt/upload/stable/main",
+            deb("Package: demo\nArchitecture: all\n", b"x", Compression::Gz),
+            "no Version field",
+        ),
+        (
+            "/debian/apt/upload/stable/main",
+            deb("Version: 1.0\nArchitecture: all\n", b"x", Compression::Gz),
+            "no Package field",
+        ),
+        (
+            "/debian/apt/upload/..%2Fx/main",
+            good.clone(),
+            "invalid distribution",
+        ),
+        (
+            "/debian/apt/upload/stable/.main",
+            good.clone(),
+            "invalid component",
+        ),
+    ];
+    for (path, body, why) in cases {
+        let r = put(&i, path, body).await;
+        assert!(
+            r.status.is_client_error(),
+            "{path} {why}: {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(r.text().contains(why), "{why}: {}", r.text());
+    }
+    let feed = i
+        .ferry
+        .feed(&ferry_types::FeedName::new("apt").unwrap())
+        .await
+        .unwrap();
+    assert!(i.ferry.items(&feed, "").await.unwrap().is_empty());
+    assert_eq!(i.staging_files(), 0);
+    // And the good one goes in (zstd-compressed members).
+    assert_eq!(
+        put(&i, "/debian/apt/upload/stable/main", good).await.status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn debian_delete_and_by_hash_generations() {
+    let i = setup().await;
+    let v1 = deb(&control("demo", "1.0", "amd64", ""), b"1", Compression::Gz);
+    let v2 = deb(&control("demo", "2.0", "amd64", ""), b"2", Compression::Gz);
+    put(&i, "/debian/apt/upload/stable/main", v1).await;
+    let old = i
+        .get("/debian/apt/dists/stable/main/binary-amd64/Packages")
+        .await
+        .body;
+    put(&i, "/debian/apt/upload/stable/main", v2).await;
+    let new = i
+        .get("/debian/apt/dists/stable/main/binary-amd64/Packages")
+        .await
+        .text();
+    assert!(
+        new.contains("Version: 1.0\n") && new.contains("Version: 2.0\n"),
+        "{new}"
+    );
+    // A client holding the older InRelease still gets the older index by hash.
+    let by_hash = format!(
+        "/debian/apt/dists/stable/main/binary-amd64/by-hash/SHA256/{}",
+        sha256_hex(&old)
+    );
+    assert_eq!(i.get(&by_hash).await.body, old);
+
+    let r = i
+        .send(
+            "DELETE",
+            "/debian/apt/package/stable/main/demo/1.0/amd64",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let after = i
+        .get("/debian/apt/dists/stable/main/binary-amd64/Packages")
+        .await
+        .text();
+    assert!(
+        !after.contains("Version: 1.0\n") && after.contains("Version: 2.0\n"),
+        "{after}"
+    );
+    assert_eq!(
+        i.get("/debian/apt/pool/main/d/demo/demo_1.0_amd64.deb")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let r = i
+        .send(
+            "DELETE",
+            "/debian/apt/package/stable/main/demo/1.0/amd64",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Without a write key nothing is deleted or uploaded.
+    let r = i
+        .send(
+            "DELETE",
+            "/debian/apt/package/stable/main/demo/2.0/amd64",
+            None,
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        i.get("/debian/apt/dists/nothing/Release").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn debian_signing_key_export_import_and_never_in_a_bundle() {
+    let a = setup().await;
+    let b = setup().await;
+    let ka = a
+        .send(
+            "GET",
+            "/api/v1/feeds/apt/signing-key",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await
+        .json();
+    let kb = b
+        .send(
+            "GET",
+            "/api/v1/feeds/apt/signing-key",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await
+        .json();
+    assert_ne!(ka["fingerprint"], kb["fingerprint"], "each feed gets its own key");
+    assert!(ka.get("secret_key").is_none());
+    assert_eq!(
+        ka["public_key"].as_str().unwrap(),
+        a.get("/debian/apt/key.asc").await.text()
+    );
+
+    // Import a's secret key into b (read from a's store, as an operator exports it with gpg).
+    let feed = a
+        .ferry
+        .feed(&ferry_types::FeedName::new("apt").unwrap())
+        .await
+        .unwrap();
+    let secret = a.ferry.metadata().signing_key(feed.id).await.unwrap().unwrap();
+    let body = serde_json::json!({ "secret_key": secret }).to_string();
+    let hdr = [("content-type", "application/json")];
+    let r = b
+        .send("PUT", "/api/v1/feeds/apt/signing-key", Some(ADMIN), &hdr, body)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["fingerprint"], ka["fingerprint"]);
+    assert_eq!(
+        b.get("/debian/apt/key.gpg").await.body,
+        a.get("/debian/apt/key.gpg").await.body
+    );
+
+    // Not a key, or a public key only: refused.
+    let pubkey = serde_json::json!({ "secret_key": ka["public_key"] }).to_string();
+    let r = b
+        .send("PUT", "/api/v1/feeds/apt/signing-key", Some(ADMIN), &hdr, pubkey)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let r = b
+        .send(
+            "PUT",
+            "/api/v1/feeds/apt/signing-key",
+            Some(ADMIN),
+            &hdr,
+            r#"{"secret_key":"nope"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    // Only admins see or set keys.
+    assert_eq!(
+        b.send("GET", "/api/v1/feeds/apt/signing-key", None, &[], Body::empty())
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A bundle of the feed carries the package, never the secret key.
+    put(
+        &a,
+        "/debian/apt/upload/stable/main",
+        deb(&control("demo", "1.0", "all", ""), b"x", Compression::Gz),
+    )
+    .await;
+    let bundle = a
+        .send(
+            "GET",
+            "/api/v1/feeds/apt/bundle?since=0",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(bundle.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&bundle.body);
+    assert!(text.contains("deb/stable/main/demo/1.0/all"));
+    assert!(!text.contains("PRIVATE KEY") && !text.contains(secret.lines().nth(3).unwrap()));
+    // Other feed types have no signing key.
+    a.feed("files", FeedType::Assets, false).await;
+    let r = a
+        .send(
+            "GET",
+            "/api/v1/feeds/files/signing-key",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn debian_private_feeds_need_a_key_and_uploads_a_write_key() {
+    let i = Instance::new().await;
+    i.feed("secret", FeedType::Debian, true).await;
+    let reader = i
+        .key("reader", ferry_store::Permission::Read, Some(&["secret"]))
+        .await;
+    let pkg = deb(&control("demo", "1.0", "all", ""), b"x", Compression::Gz);
+    let r = i
+        .send(
+            "PUT",
+            "/debian/secret/upload/stable/main",
+            Some(&reader),
+            &[],
+            pkg.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(
+        put(&i, "/debian/secret/upload/stable/main", pkg).await.status,
+        StatusCode::CREATED
+    );
+    for path in ["/debian/secret/dists/stable/InRelease", "/debian/secret/key.gpg"] {
+        assert_eq!(i.get(path).await.status, StatusCode::UNAUTHORIZED, "{path}");
+        // apt sends the key as basic auth.
+        let basic = format!("Basic {}", base64_encode(&format!("apt:{reader}")));
+        let r = i
+            .send("GET", path, None, &[("authorization", &basic)], Body::empty())
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn debian_replicated_items_are_checked_like_uploads() {
+    use ferry_store::{Change, ChangeOp};
+    let i = setup().await;
+    let pkg = deb(&control("demo", "1.0", "amd64", ""), b"x", Compression::Gz);
+    let r = put(&i, "/debian/apt/upload/stable/main", pkg).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let feed = i
+        .ferry
+        .feed(&ferry_types::FeedName::new("apt").unwrap())
+        .await
+        .unwrap();
+    let item = i.ferry.items(&feed, "deb/").await.unwrap().remove(0);
+    let forge = |key: &str, meta: serde_json::Value| Change {
+        key: ferry_types::ItemKey::new(key).unwrap(),
+        stamp: i.ferry.clock().stamp(),
+        op: ChangeOp::Upsert {
+            meta,
+            blobs: item.blobs.clone(),
+            created_at: None,
+        },
+    };
+    // The same item under another key, a pool path elsewhere, a control
+    // paragraph naming another package: each refused.
+    let mut other_path = item.meta.clone();
+    other_path["filename"] = "pool/main/d/demo/../../../../etc/passwd".into();
+    let mut other_control = item.meta.clone();
+    other_control["control"] = "Package: evil\nVersion: 1.0\nArchitecture: amd64".into();
+    for (key, meta) in [
+        ("deb/stable/main/other/1.0/amd64", item.meta.clone()),
+        ("deb/stable/main/demo/1.0/amd64", other_path),
+        ("deb/stable/main/demo/1.0/amd64", other_control),
+        ("deb/stable/main/../1.0/amd64", item.meta.clone()),
+    ] {
+        let r = i.ferry.apply(&feed, vec![forge(key, meta)]).await;
+        assert!(
+            matches!(r, Err(ferry_core::CoreError::Invalid(_))),
+            "{key}: {r:?}"
+        );
+    }
+    // The genuine item applies.
+    i.ferry
+        .apply(&feed, vec![forge(item.key.as_str(), item.meta.clone())])
+        .await
+        .unwrap();
+}
