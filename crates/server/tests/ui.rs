@@ -394,10 +394,11 @@ async fn hostile_names_are_escaped_everywhere() {
 
 #[tokio::test]
 async fn sessions_are_capped_and_the_oldest_ends_first() {
+    // Per key: its own oldest session ends.
     let i = Instance::new().await;
     let first = session(&i, ADMIN).await;
     let mut last = String::new();
-    for _ in 0..ferry_server::ui::MAX_SESSIONS {
+    for _ in 0..ferry_server::ui::MAX_SESSIONS_PER_KEY {
         last = session(&i, ADMIN).await;
     }
     assert_eq!(page(&i, &last, "/").await.status, StatusCode::OK);
@@ -405,8 +406,27 @@ async fn sessions_are_capped_and_the_oldest_ends_first() {
     assert_eq!(
         r.status,
         StatusCode::SEE_OTHER,
-        "the oldest session was ended at the cap"
+        "the key's oldest session was ended at its cap"
     );
+    // Another key signing in over and over never ends the admin's session.
+    let reader = i.key("reader", Permission::Read, None).await;
+    for _ in 0..(ferry_server::ui::MAX_SESSIONS_PER_KEY * 3) {
+        sign_in(&i, &reader).await;
+    }
+    assert_eq!(page(&i, &last, "/").await.status, StatusCode::OK);
+    // At the instance's cap, signing in is refused; nobody is signed out.
+    let per_key = ferry_server::ui::MAX_SESSIONS_PER_KEY;
+    let keys_needed = ferry_server::ui::MAX_SESSIONS / per_key;
+    for k in 0..keys_needed {
+        let key = i.key(&format!("k{k}"), Permission::Read, None).await;
+        for _ in 0..per_key {
+            sign_in(&i, &key).await;
+        }
+    }
+    let late = i.key("late", Permission::Read, None).await;
+    let r = sign_in(&i, &late).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(page(&i, &last, "/").await.status, StatusCode::OK);
 }
 
 #[tokio::test]

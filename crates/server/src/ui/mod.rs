@@ -40,8 +40,12 @@ use crate::error::ApiError;
 pub const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
      connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// At most this many sessions are kept; signing in past it ends the oldest.
+/// At most this many sessions are kept on the instance; past it, signing
+/// in is refused until one ends (no key can end another key's sessions).
 pub const MAX_SESSIONS: usize = 1000;
+/// At most this many sessions per API key; signing in past it ends that
+/// key's oldest session.
+pub const MAX_SESSIONS_PER_KEY: usize = 20;
 /// A session ends this long after sign-in.
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 const COOKIE: &str = "ferry_session";
@@ -73,19 +77,31 @@ impl Sessions {
     }
 
     /// A new session for the key: its id and CSRF token. Expired sessions
-    /// go first; at the cap, the oldest is ended.
-    fn create(&self, key_hash: [u8; 32]) -> (String, String) {
+    /// go first; at [`MAX_SESSIONS_PER_KEY`] the key's own oldest session
+    /// ends; None at [`MAX_SESSIONS`] (sessions of other keys are never
+    /// ended to make room).
+    fn create(&self, key_hash: [u8; 32]) -> Option<(String, String)> {
         let id = auth::generate_secret();
         let csrf = auth::generate_secret();
         let now = Instant::now();
         let mut map = self.lock();
         map.retain(|_, s| s.expires > now);
-        while map.len() >= MAX_SESSIONS {
-            let oldest = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone());
+        loop {
+            let own: Vec<(&String, &Session)> = map.iter().filter(|(_, s)| s.key_hash == key_hash).collect();
+            if own.len() < MAX_SESSIONS_PER_KEY {
+                break;
+            }
+            let oldest = own
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| (*k).clone());
             match oldest {
                 Some(k) => map.remove(&k),
                 None => break,
             };
+        }
+        if map.len() >= MAX_SESSIONS {
+            return None;
         }
         map.insert(
             id.clone(),
@@ -95,7 +111,7 @@ impl Sessions {
                 expires: now + SESSION_TTL,
             },
         );
-        (id, csrf)
+        Some((id, csrf))
     }
 
     fn get(&self, id: &str) -> Option<Session> {
@@ -542,7 +558,14 @@ async fn login(State(st): State<AppState>, req: Request) -> Response {
     }
     match st.ferry.authenticate(&key).await {
         Ok(p) => {
-            let (id, _) = st.sessions.create(p.key.hash);
+            let Some((id, _)) = st.sessions.create(p.key.hash) else {
+                return login_form(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(
+                        "Too many people are signed in to this instance right now; try again when some sessions have ended.",
+                    ),
+                );
+            };
             let cookie = format!(
                 "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
                 SESSION_TTL.as_secs(),
