@@ -539,6 +539,7 @@ pub fn parse_nuspec(raw: Vec<u8>) -> Result<Nuspec, FormatError> {
                     let a = a.map_err(|e| bad(&e))?;
                     let k = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
                     let v = a.unescape_value().map_err(|e| bad(&e))?.into_owned();
+                    check_xml_chars(&v)?;
                     attrs.insert(k, v);
                 }
                 let parent = path.last().map(String::as_str);
@@ -590,7 +591,11 @@ pub fn parse_nuspec(raw: Vec<u8>) -> Result<Nuspec, FormatError> {
                     path.push(name);
                 }
             }
-            Event::Text(t) => text_buf.push_str(&t.unescape().map_err(|e| bad(&e))?),
+            Event::Text(t) => {
+                let t = t.unescape().map_err(|e| bad(&e))?;
+                check_xml_chars(&t)?;
+                text_buf.push_str(&t);
+            }
             Event::CData(c) => text_buf.push_str(&String::from_utf8_lossy(&c.into_inner())),
             Event::End(_) => {
                 let name = path.pop().unwrap_or_default();
@@ -1006,9 +1011,34 @@ pub fn render_autocomplete(total: usize, data: Vec<String>) -> serde_json::Value
 // ---------------------------------------------------------------------------
 // v2 Atom/OData XML
 
-/// XML text escaping (`&`, `<`, `>`, `"`, `'`).
+/// Whether XML 1.0 allows `c` in a document (§2.2 `Char`: tab, newline,
+/// carriage return, and everything from U+0020 but U+FFFE and U+FFFF).
+pub fn xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+}
+
+/// XML text escaping (`&`, `<`, `>`, `"`, `'`), leaving out characters XML
+/// 1.0 does not allow at all (one such character in a description would
+/// make the whole feed unreadable to every client).
 pub fn xml_escape(s: &str) -> String {
-    quick_xml::escape::escape(s).into_owned()
+    if s.chars().all(xml_char) {
+        quick_xml::escape::escape(s).into_owned()
+    } else {
+        let kept: String = s.chars().filter(|c| xml_char(*c)).collect();
+        quick_xml::escape::escape(&kept).into_owned()
+    }
+}
+
+/// Refuses text holding characters XML 1.0 does not allow (written raw or
+/// as character references such as `&#x1;`).
+fn check_xml_chars(text: &str) -> Result<(), FormatError> {
+    match text.chars().find(|c| !xml_char(*c)) {
+        Some(c) => Err(FormatError::invalid(format!(
+            "the .nuspec holds the character U+{:04X}, which XML does not allow",
+            u32::from(c)
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The OData service document at the feed root.
@@ -1407,6 +1437,19 @@ mod tests {
                 .to_string()
                 .contains("invalid version")
         );
+        // Characters XML does not allow, raw or as references: refused, so
+        // one package cannot make the v2 feed unreadable for every client.
+        let desc = "<description>A demo.</description>";
+        assert!(NUSPEC.contains(desc));
+        for bad in ["bad \u{b}\u{1} chars", "bad &#x1; ref", "nul \u{0}"] {
+            let spec = NUSPEC.replace(desc, &format!("<description>{bad}</description>"));
+            let e = read(zip(&[("a.nuspec", spec.as_bytes())]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("XML does not allow"), "{bad:?}: {e}");
+        }
+        // And the v2 renderer never writes one, whatever it is given.
+        assert_eq!(xml_escape("a\u{1}b<\u{b}"), "ab&lt;");
     }
 
     #[test]
