@@ -30,7 +30,7 @@
 //! | `GET Packages()`, `FindPackagesById()`, `Search()`, `GetUpdates()` | [`render_feed`] |
 
 use std::cmp::Ordering;
-use std::io::{Read, Seek};
+use std::io::{self, Read, Seek};
 
 use ferry_types::{Digest, ItemKey};
 use quick_xml::events::Event;
@@ -457,6 +457,27 @@ pub fn inspect_nupkg<R: Read + Seek>(reader: R, limits: &ArchiveLimits) -> Resul
         }
     }
     let index = nuspec.ok_or_else(|| FormatError::invalid("the package has no .nuspec at its root"))?;
+    // Every entry inflated once, no further than it declares: a header that
+    // understates its entry's size (a bomb the sum above cannot see) or
+    // bytes that do not match their CRC are refused here, not by the
+    // clients that would unpack them.
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| FormatError::invalid(format!("the package's zip entry {i} is unreadable: {e}")))?;
+        let declared = entry.size();
+        let name = entry.name().to_owned();
+        let inflated = io::copy(
+            &mut (&mut entry).take(declared.saturating_add(1)),
+            &mut io::sink(),
+        )
+        .map_err(|e| FormatError::invalid(format!("the package's entry {name:?} is corrupt: {e}")))?;
+        if inflated > declared {
+            return Err(FormatError::too_large(format!(
+                "the package's entry {name:?} expands past the {declared} bytes its header declares"
+            )));
+        }
+    }
     let entry = zip
         .by_index(index)
         .map_err(|e| FormatError::invalid(format!("the package's .nuspec is unreadable: {e}")))?;
@@ -1450,6 +1471,33 @@ mod tests {
         }
         // And the v2 renderer never writes one, whatever it is given.
         assert_eq!(xml_escape("a\u{1}b<\u{b}"), "ab&lt;");
+
+        // A bomb whose headers understate its size: 1 MiB of zeros declared
+        // as 1000 bytes in both the local and the central header.
+        let zeros = vec![0u8; 1 << 20];
+        let mut liar = zip(&[("a.nuspec", NUSPEC.as_bytes()), ("content/z.bin", &zeros)]);
+        let name = b"content/z.bin";
+        let mut patched = 0;
+        for at in 0..liar.len().saturating_sub(4) {
+            let sig: [u8; 4] = liar[at..at + 4].try_into().unwrap();
+            // Local header: sizes at 18/22, name length at 26, name at 30.
+            if &sig == b"PK\x03\x04" && liar.get(at + 30..at + 30 + name.len()) == Some(name.as_slice()) {
+                liar[at + 22..at + 26].copy_from_slice(&1000u32.to_le_bytes());
+                patched += 1;
+            }
+            // Central header: sizes at 20/24, name at 46.
+            if &sig == b"PK\x01\x02" && liar.get(at + 46..at + 46 + name.len()) == Some(name.as_slice()) {
+                liar[at + 24..at + 28].copy_from_slice(&1000u32.to_le_bytes());
+                patched += 1;
+            }
+        }
+        assert_eq!(patched, 2);
+        let e = read(liar).unwrap_err();
+        assert!(
+            matches!(e, FormatError::TooLarge(_) | FormatError::Invalid(_)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("content/z.bin"), "{e}");
     }
 
     #[test]
