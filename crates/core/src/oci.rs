@@ -1621,14 +1621,6 @@ pub async fn put_manifest(
                 ));
             }
         };
-        if !set_contains(&have, &d) {
-            return Err(Error::new(
-                ErrorCode::ManifestBlobUnknown,
-                CoreError::invalid(format!(
-                    "blob {d} referenced by the manifest is not in repository {repo}; push it first"
-                )),
-            ));
-        }
         match ferry.blob_size(&d).await? {
             Some(actual) if actual == claimed => {}
             Some(actual) => {

@@ -144,6 +144,19 @@ impl Drop for PeerRequest {
     }
 }
 
+/// The entry of peer `key` (replication id, instance id), first seen
+/// `now` if it is new.
+fn entry_for<'a>(m: &'a mut HashMap<(i64, String), Entry>, key: &(i64, String), now: i64) -> &'a mut Entry {
+    m.entry(key.clone()).or_insert_with(|| Entry {
+        state: PeerState {
+            instance_id: key.1.clone(),
+            first_contact: now,
+            ..PeerState::default()
+        },
+        ..Entry::default()
+    })
+}
+
 /// The state to save now, if it is due (or `force`d).
 fn take_save(e: &mut Entry, now: i64, force: bool) -> Option<PeerState> {
     if force || now - e.saved_at >= SAVE_EVERY_MS {
@@ -194,14 +207,7 @@ impl Replicator {
         let now = now_millis();
         let key = (s.record.id, instance.clone());
         let mut m = self.0.peer_book.entries.lock().ok()?;
-        let e = m.entry(key.clone()).or_insert_with(|| Entry {
-            state: PeerState {
-                instance_id: instance,
-                first_contact: now,
-                ..PeerState::default()
-            },
-            ..Entry::default()
-        });
+        let e = entry_for(&mut m, &key, now);
         e.in_flight += 1;
         e.state.last_contact = now;
         e.state.token = Some(token_id.to_owned());
@@ -219,14 +225,7 @@ impl Replicator {
             let Ok(mut m) = self.0.peer_book.entries.lock() else {
                 return;
             };
-            let e = m.entry(key.clone()).or_insert_with(|| Entry {
-                state: PeerState {
-                    instance_id: key.1.clone(),
-                    first_contact: now,
-                    ..PeerState::default()
-                },
-                ..Entry::default()
-            });
+            let e = entry_for(&mut m, &key, now);
             e.state.last_contact = now;
             e.state.name = req.instance_name.as_deref().map(cut);
             e.state.ferry_version = Some(cut(&req.ferry_version));
