@@ -389,6 +389,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             print_report(&r["report"])?;
             match outcome {
                 "succeeded" => {}
+                "stopped" => bail!("execution was stopped before it ended"),
                 "needs-confirmation" => {
                     bail!("execution stopped before deleting; rerun with --confirm-deletes to proceed")
                 }
@@ -397,6 +398,16 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                     r["error"].as_str().unwrap_or("see the log above")
                 ),
             }
+        }
+        ReplCmd::Stop { name, conn } => {
+            let r = call(
+                &conn,
+                Method::POST,
+                &format!("/api/v1/replications/{name}/stop"),
+                None,
+            )
+            .await?;
+            say!("stopped execution {} of {name}", r["stopped"]);
         }
         ReplCmd::List { json, conn } => {
             let list = call(&conn, Method::GET, "/api/v1/replications", None).await?;

@@ -214,6 +214,13 @@ pub enum ReplCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Stop the running execution (it ends with outcome `stopped`; the
+    /// replication stays scheduled and goes on from there next time).
+    Stop {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// List replications with their state, last execution, lag and next run.
     List {
         #[arg(long)]

@@ -366,3 +366,79 @@ fn an_item_replaced_during_the_copy_is_skipped_and_its_new_version_follows() {
     }
     spoke.cli_ok(&["replication", "verify", "from-hub"]);
 }
+
+#[test]
+fn stop_ends_a_running_execution_at_once_and_the_next_one_resumes_its_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let files: Vec<(String, PathBuf)> = (1..=2)
+        .map(|i| {
+            let name = format!("disk-{i}.img");
+            (format!("images/{name}"), random_file(tmp.path(), &name, SIZE))
+        })
+        .collect();
+    for (p, f) in &files {
+        hub.put_asset_file("files", p, f);
+    }
+
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600", "--bandwidth-limit", LIMIT],
+    );
+    assert!(
+        wait_until(SYNC, || partial_bytes(&spoke) >= 4 << 20),
+        "no transfer in flight"
+    );
+    let running = spoke.cli_json(&["replication", "list", "--json"])[0]["running"]["execution"]
+        .as_i64()
+        .expect("a running execution");
+    let out = spoke.cli_ok(&["replication", "stop", "from-hub"]);
+    assert!(out.contains(&format!("stopped execution {running}")), "{out}");
+
+    // It ends now, not when its blobs are done: stopped, with who did it.
+    assert!(wait_until(10, || {
+        spoke.cli_json(&["replication", "list", "--json"])[0]["status"]["state"] == "idle"
+    }));
+    let stopped = spoke
+        .executions("from-hub")
+        .into_iter()
+        .find(|e| e["id"] == running)
+        .unwrap();
+    assert_eq!(stopped["outcome"], "stopped", "{stopped:#}");
+    let log = stopped["report"]["log"].to_string();
+    assert!(log.contains("stopped by key admin"), "{log}");
+    let kept = partial_bytes(&spoke) + committed_bytes(&spoke);
+    assert!(kept < 2 * SIZE, "everything arrived before the stop");
+    assert!(spoke.asset_digests("files", "images/").len() < 2);
+
+    // A second stop has nothing to stop.
+    let again = spoke.cli(&["replication", "stop", "from-hub"]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("no running execution"), "{err}");
+
+    // The next execution goes on from the bytes the stopped one kept.
+    spoke.cli_ok(&["replication", "update", "from-hub", "--bandwidth-limit", "0"]);
+    let out = spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert_identical(&spoke, &files, tmp.path());
+    let moved: u64 = spoke
+        .executions("from-hub")
+        .iter()
+        .filter(|e| e["id"].as_i64() > Some(running))
+        .map(|e| e["report"]["feeds"][0]["pulled"]["bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        moved + kept <= 2 * SIZE,
+        "the stopped transfer started over: {moved} bytes after it, {kept} kept"
+    );
+    assert_eq!(partial_bytes(&spoke), 0);
+}

@@ -102,6 +102,11 @@ pub struct Progress {
     pub items_total: AtomicU64,
     pub bytes: AtomicU64,
     pub started: AtomicU64,
+    /// Signalled by [`crate::Replicator::stop_execution`]: the execution
+    /// ends at its next await point.
+    pub stop: tokio::sync::Notify,
+    /// Who asked it to stop (for the log line).
+    pub stopped_by: std::sync::Mutex<Option<String>>,
 }
 
 /// How far a pulled feed is behind the other side.

@@ -504,6 +504,30 @@ impl Replicator {
             .await
     }
 
+    /// Stops the running execution of replication `name`, if any: it ends
+    /// at its next await point with outcome `stopped` and a log line naming
+    /// `by`; the replication itself stays scheduled (its next run goes on
+    /// from the cursors saved so far). Returns the stopped execution's id,
+    /// or None when nothing was running.
+    ///
+    /// Errors: [`ReplError::NotFound`] for an unknown replication.
+    pub async fn stop_execution(&self, name: &str, by: &str) -> Result<Option<i64>, ReplError> {
+        let (rec, _) = self.record(name).await?;
+        let running = self
+            .0
+            .running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&rec.id).cloned());
+        Ok(running.map(|(exec_id, progress)| {
+            if let Ok(mut b) = progress.stopped_by.lock() {
+                *b = Some(by.to_string());
+            }
+            progress.stop.notify_one();
+            exec_id
+        }))
+    }
+
     /// Runs one execution unless one is already running (then returns None).
     pub(crate) async fn run_if_idle(
         &self,
@@ -541,17 +565,42 @@ impl Replicator {
             .confirm_deletes(confirm_deletes)
             .full(full)
             .repair(trigger == "repair");
-        let result = run.execute().await;
+        // A stop drops the execution at its next await point: as after a
+        // kill, what was applied stays (each change is applied with its
+        // item, cursors only move past applied changes) and a partial blob
+        // is resumed by the next execution.
+        let result = tokio::select! {
+            r = run.execute() => Some(r),
+            _ = progress.stop.notified() => None,
+        };
         if let Ok(mut r) = self.0.running.lock() {
             r.remove(&rec.id);
         }
-        if result.is_err() {
+        if !matches!(result, Some(Ok(()))) {
             self.forget_handshake(rec.id);
         }
         let (outcome, error) = match &result {
-            Err(e) => ("failed", Some(e.to_string())),
-            Ok(()) if run.report.needs_confirmation => ("needs-confirmation", None),
-            Ok(()) => ("succeeded", None),
+            None => {
+                let by = progress
+                    .stopped_by
+                    .lock()
+                    .ok()
+                    .and_then(|b| b.clone())
+                    .unwrap_or_else(|| "an operator".into());
+                run.report.log.push(engine::LogLine {
+                    time: ferry_core::rfc3339(now_millis()),
+                    level: "warn",
+                    message: format!(
+                        "stopped by {by} after {} items and {} bytes; the next execution goes on from there",
+                        progress.items.load(Ordering::Relaxed),
+                        progress.bytes.load(Ordering::Relaxed)
+                    ),
+                });
+                ("stopped", None)
+            }
+            Some(Err(e)) => ("failed", Some(e.to_string())),
+            Some(Ok(())) if run.report.needs_confirmation => ("needs-confirmation", None),
+            Some(Ok(())) => ("succeeded", None),
         };
         if let Some(e) = &error {
             // A failure before the first feed (handshake) has no log line yet.

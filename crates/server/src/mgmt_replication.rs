@@ -27,6 +27,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/replications/{name}/tokens", get(tokens).post(new_token))
         .route("/api/v1/replications/{name}/tokens/{id}", delete(revoke_token))
         .route("/api/v1/replications/{name}/run", post(run))
+        .route("/api/v1/replications/{name}/stop", post(stop))
         .route("/api/v1/replications/{name}/executions", get(executions))
         .route("/api/v1/replications/{name}/peers", get(peers))
         .route("/api/v1/replications/{name}/plan", post(plan))
@@ -243,6 +244,30 @@ async fn run(
     }
     run_now(&st, &name).await.map_err(ApiError::json)?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "started": true }))))
+}
+
+/// Stops the running execution (the API and the web UI): `by` names who
+/// asked, for the execution's log. Returns the stopped execution's id, or
+/// None when none was running.
+pub(crate) async fn stop_execution(st: &AppState, name: &str, by: &str) -> Result<Option<i64>, CoreError> {
+    Ok(st.replicator.stop_execution(name, by).await?)
+}
+
+/// `POST .../stop`: 200 `{"stopped": ID}`, or 409 when no execution runs.
+async fn stop(
+    State(st): State<AppState>,
+    Admin(p): Admin,
+    Path(name): Path<String>,
+) -> JsonResult {
+    match stop_execution(&st, &name, &format!("key {}", p.key.name))
+        .await
+        .map_err(ApiError::json)?
+    {
+        Some(id) => Ok(Json(json!({ "stopped": id }))),
+        None => Err(ApiError::json(CoreError::Conflict(format!(
+            "replication {name} has no running execution"
+        )))),
+    }
 }
 
 #[derive(Deserialize)]

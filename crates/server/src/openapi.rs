@@ -110,6 +110,14 @@ pub fn document() -> Value {
                     o
                 })
             },
+            "/api/v1/replications/{name}/stop": {
+                "parameters": name_param,
+                "post": ({
+                    let mut o = op("Stop the running execution: it ends at once with outcome `stopped` (what it applied stays; the next execution goes on from there); `{\"stopped\": ID}`; 409 when none runs", "200", None);
+                    o["responses"]["409"] = json!({ "description": "no execution is running" });
+                    o
+                })
+            },
             "/api/v1/replications/{name}/executions": {
                 "parameters": name_param,
                 "get": ({
