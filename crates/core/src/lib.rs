@@ -22,7 +22,7 @@ pub mod pypi;
 mod replicated;
 pub mod signing;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -448,6 +448,81 @@ impl Ferry {
         self.0.blobs.commit(staged).await?;
         self.clear_damage(&digest);
         Ok(digest)
+    }
+
+    /// Commits small blobs held in memory, many at once: one lease
+    /// transaction, then one pass of the blob store
+    /// ([`BlobStore::put_many`]) that verifies each against its digest and
+    /// places it as [`Ferry::commit_blob`] does (an intact copy in place
+    /// stays, a wrong one is replaced). Returns each blob's outcome in
+    /// order: a blob whose bytes do not match its digest is
+    /// [`CoreError::Invalid`] alone. Blobs the collector is deleting right
+    /// now wait for it, one by one, as in `commit_blob`. Not yet durable:
+    /// [`BlobStore::sync`] them before an item relies on them.
+    ///
+    /// Errors: the stores' own failures (then some blobs may be placed,
+    /// leased, and collected later if nothing references them).
+    pub async fn commit_small_blobs(
+        &self,
+        blobs: Vec<(Digest, Bytes)>,
+    ) -> Result<Vec<Result<(), CoreError>>, CoreError> {
+        let lease_until = now_millis() + self.0.config.blob_lease.as_millis() as i64;
+        let sizes: Vec<(Digest, u64)> = blobs.iter().map(|(d, b)| (*d, b.len() as u64)).collect();
+        let busy: HashSet<Digest> = self
+            .0
+            .meta
+            .lease_blobs(&sizes, lease_until)
+            .await?
+            .into_iter()
+            .collect();
+        let mut out: Vec<Option<Result<(), CoreError>>> = (0..blobs.len()).map(|_| None).collect();
+        let mut batch = Vec::with_capacity(blobs.len());
+        let mut slots = Vec::with_capacity(blobs.len());
+        for (i, (d, b)) in blobs.into_iter().enumerate() {
+            if busy.contains(&d) {
+                // Rare: the collector is deleting this very blob; the
+                // one-by-one path waits for it.
+                let body: ByteStream = Box::pin(futures::stream::once(async move { Ok(b) }));
+                out[i] = Some(match self.stage(body, Some(d)).await {
+                    Ok(staged) => self.commit_blob(staged).await.map(|_| ()),
+                    Err(e @ CoreError::Invalid(_)) => Err(e),
+                    Err(e) => return Err(e),
+                });
+            } else {
+                slots.push(i);
+                batch.push((d, b));
+            }
+        }
+        let digests: Vec<Digest> = batch.iter().map(|(d, _)| *d).collect();
+        let placed = self.0.blobs.put_many(batch).await?;
+        for ((i, d), r) in slots.into_iter().zip(digests).zip(placed) {
+            out[i] = Some(match r {
+                Ok(_) => {
+                    self.clear_damage(&d);
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            });
+        }
+        Ok(out.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
+    }
+
+    /// Which of `digests` are committed here: registered in the metadata
+    /// store and their file present (one query and one pass over the files,
+    /// whatever their number).
+    pub async fn present_blobs(&self, digests: &[Digest]) -> Result<HashSet<Digest>, CoreError> {
+        let registered = self.0.meta.blobs_present(digests).await?;
+        let candidates: Vec<Digest> = digests
+            .iter()
+            .filter(|d| registered.contains(d))
+            .copied()
+            .collect();
+        let sizes = self.0.blobs.sizes(&candidates).await?;
+        Ok(candidates
+            .into_iter()
+            .zip(sizes)
+            .filter_map(|(d, s)| s.map(|_| d))
+            .collect())
     }
 
     pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, CoreError> {

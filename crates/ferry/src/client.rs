@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{BundleCmd, Conn, FeedCmd, FeedKeyCmd, KeyCmd, ReplCmd};
+use crate::{BundleCmd, ConfigCmd, Conn, FeedCmd, FeedKeyCmd, KeyCmd, ReplCmd};
 
 /// The HTTP client of this process: http:// and https:// URLs, trusting the
 /// system's CAs and those in `--tls-ca-file` (`FERRY_TLS_CA_FILE`). Built
@@ -626,6 +626,53 @@ async fn checked(conn: &Conn, resp: reqwest::Response) -> anyhow::Result<reqwest
         bail!("{reason} (pass --api-key or set FERRY_API_KEY)");
     }
     bail!("{} {}", status.as_u16(), reason.trim())
+}
+
+pub async fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
+    match cmd {
+        ConfigCmd::Apply { file, conn } => {
+            let cfg = crate::config::Config::load(Some(&file))?;
+            let decls = cfg.declarations()?.context("the file declares nothing")?;
+            let body = serde_json::to_value(&decls)?;
+            let r = call(&conn, Method::PUT, "/api/v1/config", Some(body))
+                .await
+                .with_context(|| format!("{} was not applied; nothing changed", file.display()))?;
+            for (kind, list) in [("feed", &r["feeds"]), ("replication", &r["replications"])] {
+                for pair in list.as_array().into_iter().flatten() {
+                    say!(
+                        "{kind} {}: {}",
+                        pair[0].as_str().unwrap_or("?"),
+                        pair[1].as_str().unwrap_or("?")
+                    );
+                }
+            }
+            if let Some(n) = r["tokens_added"].as_u64().filter(|n| *n > 0) {
+                say!("{n} accepted token(s) added");
+            }
+            for name in r["pruned"].as_array().into_iter().flatten() {
+                say!("replication {}: deleted (prune)", name.as_str().unwrap_or("?"));
+            }
+        }
+        ConfigCmd::Export { conn } => {
+            let r = call(&conn, Method::GET, "/api/v1/config", None).await?;
+            let decls: ferry_server::declare::Declarations = serde_json::from_value(r)?;
+            let text = toml::to_string_pretty(&decls).context("rendering TOML")?;
+            say!("# ferry config export: feeds and replications (outgoing tokens from the environment)");
+            say!("{}", text.trim_end());
+        }
+        ConfigCmd::Token => {
+            let (token, id, hash) = ferry_replication::token::generate();
+            say!("token (for the outgoing side's token_file or token_env):");
+            say!("{token}");
+            say!("");
+            say!("for the incoming replication's declaration on the other instance:");
+            say!(
+                "accept_tokens = [{{ id = \"{id}\", sha256 = \"{}\" }}]",
+                hex::encode(hash)
+            );
+        }
+    }
+    Ok(())
 }
 
 pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use ferry_server::declare::{Declarations, FeedDecl, ReplicationDecl};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,18 +65,17 @@ pub struct Config {
     /// PEM bundle of CA certificates trusted, besides the system's, for
     /// outgoing replications.
     pub tls_ca_file: Option<PathBuf>,
-    /// Feeds declared as code: created at start if missing.
+    /// Feeds declared as code: created at start (and on SIGHUP, `ferry
+    /// config apply`) if missing.
     pub feeds: Vec<FeedDecl>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FeedDecl {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub feed_type: String,
-    #[serde(default)]
-    pub private: bool,
+    /// Replications declared as code: created or updated in place.
+    pub replications: Vec<ReplicationDecl>,
+    /// Delete replications this file does not declare.
+    pub prune: bool,
+    /// The file this was read from (to resolve `token_file` and re-read on
+    /// SIGHUP).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -103,6 +103,9 @@ impl Default for Config {
             tls_key: None,
             tls_ca_file: None,
             feeds: Vec::new(),
+            replications: Vec::new(),
+            prune: false,
+            source: None,
         }
     }
 }
@@ -114,7 +117,18 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?
+                let mut cfg: Config =
+                    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+                let (feeds, replications) =
+                    (header_lines(&text, "feeds"), header_lines(&text, "replications"));
+                for (f, line) in cfg.feeds.iter_mut().zip(feeds) {
+                    f.line = Some(line);
+                }
+                for (r, line) in cfg.replications.iter_mut().zip(replications) {
+                    r.line = Some(line);
+                }
+                cfg.source = Some(path.to_path_buf());
+                cfg
             }
             None => Config::default(),
         };
@@ -230,6 +244,81 @@ impl Config {
             cfg.log = v;
         }
         Ok(cfg)
+    }
+}
+
+/// The 1-based lines of the `[[NAME]]` table headers in a TOML text, in
+/// order (the k-th is the k-th element of the array of tables).
+fn header_lines(text: &str, name: &str) -> Vec<u32> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let l = l.trim();
+            l.strip_prefix("[[")
+                .and_then(|r| r.split(']').next())
+                .is_some_and(|inner| inner.trim() == name)
+        })
+        .map(|(i, _)| i as u32 + 1)
+        .collect()
+}
+
+/// The feeds and replications a configuration file declares, with every
+/// `token_file` (relative to the file) and `token_env` resolved into
+/// `token`.
+///
+/// Errors: a token file that cannot be read or is empty, a variable that
+/// is unset or empty, or both given; each naming the declaration's line.
+pub fn declarations(
+    file: &Path,
+    feeds: &[FeedDecl],
+    replications: &[ReplicationDecl],
+    prune: bool,
+) -> anyhow::Result<Declarations> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut out = Declarations {
+        prune,
+        feeds: feeds.to_vec(),
+        replications: Vec::new(),
+    };
+    for r in replications {
+        let mut r = r.clone();
+        let at = || {
+            let line = r.line.map(|l| format!(" line {l}")).unwrap_or_default();
+            format!("{}{line}: replication {}", file.display(), r.name)
+        };
+        let given = [r.token.is_some(), r.token_file.is_some(), r.token_env.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            anyhow::bail!("{}: give one of token, token_file and token_env", at());
+        }
+        if let Some(f) = r.token_file.take() {
+            let path = base.join(&f);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{}: reading token_file {}", at(), path.display()))?;
+            let t = text.trim();
+            if t.is_empty() {
+                anyhow::bail!("{}: token_file {} is empty", at(), path.display());
+            }
+            r.token = Some(t.to_string());
+        }
+        if let Some(var) = r.token_env.take() {
+            match std::env::var(&var) {
+                Ok(t) if !t.trim().is_empty() => r.token = Some(t.trim().to_string()),
+                _ => anyhow::bail!("{}: token_env {var} is not set", at()),
+            }
+        }
+        out.replications.push(r);
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// This configuration's declarations, secrets resolved (see
+    /// [`declarations`]); `None` when it was not read from a file.
+    pub fn declarations(&self) -> anyhow::Result<Option<Declarations>> {
+        let Some(file) = &self.source else {
+            return Ok(None);
+        };
+        declarations(file, &self.feeds, &self.replications, self.prune).map(Some)
     }
 }
 

@@ -80,6 +80,31 @@ enum Command {
     /// Air-gap bundles: a feed's changes in a file, for instances without a network path.
     #[command(subcommand)]
     Bundle(BundleCmd),
+    /// Configuration as code: feeds and replications declared in a TOML file.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// Apply FILE's [[feeds]] and [[replications]] to a running instance:
+    /// what is declared is created or updated; what is not is left alone
+    /// unless the file says prune = true. Nothing changes if any
+    /// declaration cannot be applied (the error names its line).
+    Apply {
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the running feeds and replications as such a file (outgoing
+    /// tokens as token_env = "FERRY_TOKEN_<NAME>", never the secret).
+    Export {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Make a new sync token offline: the token for the outgoing side's
+    /// token_file, and the accept_tokens entry for the incoming side's file.
+    Token,
 }
 
 #[derive(Subcommand)]
@@ -478,6 +503,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => client::fsck(conn, repair, sample, json).await,
         Command::Replication(cmd) => client::replication(cmd).await,
         Command::Bundle(cmd) => client::bundle(cmd).await,
+        Command::Config(cmd) => client::config(cmd).await,
     }
 }
 

@@ -9,7 +9,6 @@ use anyhow::Context;
 use ferry_core::Ferry;
 use ferry_replication::Replicator;
 use ferry_store::{FsBlobStore, SqliteStore};
-use ferry_types::{FeedName, FeedType};
 
 use crate::config::Config;
 use crate::{listener, tls};
@@ -80,22 +79,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
 
     ensure_admin_key(&ferry, &cfg.data_dir).await?;
-    for decl in &cfg.feeds {
-        let name = FeedName::new(decl.name.clone())?;
-        let ty: FeedType = decl.feed_type.parse()?;
-        match ferry.feed(&name).await {
-            Ok(existing) if existing.feed_type != ty => {
-                anyhow::bail!(
-                    "feed {name} is declared as {ty} but exists as {}",
-                    existing.feed_type
-                )
-            }
-            Ok(_) => {}
-            Err(_) => {
-                ferry.create_feed(&name, ty, decl.private).await?;
-                tracing::info!(feed = %name, "created declared feed");
-            }
-        }
+    if let Some(decls) = cfg.declarations()? {
+        let applied = ferry_server::declare::apply(&ferry, &replicator, &decls)
+            .await
+            .with_context(|| format!("applying {}", source_name(&cfg)))?;
+        log_applied(&applied);
+    }
+    if let Some(path) = cfg.source.clone() {
+        reapply_on_sighup(path, ferry.clone(), replicator.clone())?;
     }
 
     spawn_background(ferry.clone(), cfg.gc_interval_secs);
@@ -174,6 +165,55 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path) -> anyhow::Result<()> 
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
+    Ok(())
+}
+
+fn source_name(cfg: &Config) -> String {
+    cfg.source
+        .as_ref()
+        .map_or_else(|| "the configuration".into(), |p| p.display().to_string())
+}
+
+fn log_applied(a: &ferry_server::declare::Applied) {
+    use ferry_replication::declare::Change;
+    let count = |list: &[(String, Change)], c: Change| list.iter().filter(|(_, x)| *x == c).count();
+    tracing::info!(
+        feeds_created = count(&a.feeds, Change::Created),
+        replications_created = count(&a.replications, Change::Created),
+        replications_updated = count(&a.replications, Change::Updated),
+        unchanged = count(&a.feeds, Change::Unchanged) + count(&a.replications, Change::Unchanged),
+        tokens_added = a.tokens_added,
+        pruned = a.pruned.len(),
+        "configuration applied"
+    );
+}
+
+/// On SIGHUP, reads the configuration file again and applies its feeds and
+/// replications (other settings take effect at the next start). A file
+/// that cannot be read or applied is logged and changes nothing.
+fn reapply_on_sighup(path: std::path::PathBuf, ferry: Ferry, replicator: Replicator) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let decls = Config::load(Some(&path)).and_then(|c| c.declarations());
+            let result = match decls {
+                Ok(Some(d)) => ferry_server::declare::apply(&ferry, &replicator, &d)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Ok(None) => continue,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(applied) => log_applied(&applied),
+                Err(e) => tracing::error!(
+                    file = %path.display(),
+                    error = format!("{e:#}"),
+                    "configuration not applied; the running one stays"
+                ),
+            }
+        }
+    });
     Ok(())
 }
 

@@ -425,10 +425,22 @@ fn stop_ends_a_running_execution_at_once_and_the_next_one_resumes_its_bytes() {
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("no running execution"), "{err}");
 
-    // The next execution goes on from the bytes the stopped one kept.
+    // Stopped means stopped: the hub's pending changes (which its long
+    // poll keeps reporting) do not restart it before its schedule.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let latest = spoke.executions("from-hub")[0].clone();
+    assert_eq!(latest["id"], running, "an execution started by itself after the stop: {latest:#}");
+
+    // "Run now" resumes it (recorded as manual), from the bytes the
+    // stopped one kept.
     spoke.cli_ok(&["replication", "update", "from-hub", "--bandwidth-limit", "0"]);
-    let out = spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
-    assert!(out.contains("succeeded"), "{out}");
+    spoke.cli_ok(&["replication", "run", "from-hub"]);
+    assert!(wait_until(SYNC, || {
+        let e = spoke.executions("from-hub")[0].clone();
+        e["id"] != running && e["outcome"] == "succeeded"
+    }));
+    let resumed = spoke.executions("from-hub")[0].clone();
+    assert_eq!(resumed["trigger"], "manual", "{resumed:#}");
     assert_identical(&spoke, &files, tmp.path());
     let moved: u64 = spoke
         .executions("from-hub")

@@ -25,6 +25,9 @@ pub const BLOB_BATCH: &str = "blob-batch";
 pub const MAX_BATCH: usize = 1000;
 /// Longest frame header accepted (bytes, without the newline).
 const MAX_HEADER: usize = 4096;
+/// Most bytes [`FrameReader::read_whole`] sets aside up front (the frame's
+/// own length when smaller; callers keep whole reads to small frames).
+const MAX_WHOLE: usize = 4 << 20;
 
 /// One blob asked for, from byte `offset` on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +133,34 @@ impl FrameReader {
         }
         let n = (self.buf.len() as u64).min(left) as usize;
         Ok(self.buf.split_to(n).freeze())
+    }
+
+    /// Reads exactly `length` bytes of the current frame into one buffer
+    /// (for small frames, kept in memory). If the body breaks or ends
+    /// first, returns what arrived with the error.
+    pub async fn read_whole(&mut self, length: u64) -> Result<Bytes, (Bytes, std::io::Error)> {
+        let length = usize::try_from(length).unwrap_or(usize::MAX);
+        if self.buf.len() >= length {
+            return Ok(self.buf.split_to(length).freeze());
+        }
+        let mut out = BytesMut::with_capacity(length.min(MAX_WHOLE));
+        out.extend_from_slice(&self.buf.split());
+        while out.len() < length {
+            match self.body.next().await {
+                Some(Ok(chunk)) => {
+                    let need = length - out.len();
+                    if chunk.len() <= need {
+                        out.extend_from_slice(&chunk);
+                    } else {
+                        out.extend_from_slice(&chunk[..need]);
+                        self.buf.extend_from_slice(&chunk[need..]);
+                    }
+                }
+                Some(Err(e)) => return Err((out.freeze(), e)),
+                None => return Err((out.freeze(), broken("the blob batch ended inside a blob"))),
+            }
+        }
+        Ok(out.freeze())
     }
 
     /// Reads and drops `length` bytes (a frame not wanted after all).
@@ -254,6 +285,36 @@ mod tests {
             assert_eq!(r.header().await.unwrap(), Some(e.clone()));
             assert_eq!(r.header().await.unwrap(), None);
         }
+    }
+
+    #[tokio::test]
+    async fn whole_frames_are_read_across_chunks_and_a_cut_keeps_what_arrived() {
+        let h = FrameHeader {
+            digest: Digest::of(b"hello world"),
+            offset: 0,
+            length: 11,
+            status: None,
+            error: None,
+        };
+        let mut all = h.encode().to_vec();
+        all.extend_from_slice(b"hello world");
+        all.extend_from_slice(&h.encode());
+        let all: &'static [u8] = Box::leak(all.into_boxed_slice());
+        for cut in 1..all.len() {
+            let (a, b) = all.split_at(cut);
+            let mut r = FrameReader::new(stream_of(vec![a, b]));
+            assert_eq!(r.header().await.unwrap(), Some(h.clone()));
+            assert_eq!(&r.read_whole(11).await.unwrap()[..], b"hello world");
+            assert_eq!(r.header().await.unwrap(), Some(h.clone()), "cut at {cut}");
+        }
+        let mut v = h.encode().to_vec();
+        v.extend_from_slice(b"hello");
+        let v: &'static [u8] = Box::leak(v.into_boxed_slice());
+        let mut r = FrameReader::new(stream_of(vec![v]));
+        r.header().await.unwrap();
+        let (kept, e) = r.read_whole(11).await.unwrap_err();
+        assert_eq!(&kept[..], b"hello");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
     }
 
     #[tokio::test]

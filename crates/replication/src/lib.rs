@@ -15,6 +15,7 @@ pub mod batch;
 pub mod bundle;
 pub mod client;
 pub mod config;
+pub mod declare;
 pub mod diag;
 pub mod engine;
 mod error;
@@ -249,16 +250,7 @@ impl Replicator {
     // ------------------------------------------------------------ configure
 
     pub async fn create(&self, name: &str, cfg: ReplicationConfig) -> Result<ReplicationRecord, ReplError> {
-        if name.is_empty()
-            || name.len() > 100
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(ReplError::Invalid(format!(
-                "replication name {name:?} must be 1 to 100 letters, digits, '-', '_' or '.'"
-            )));
-        }
+        declare::check_name(name)?;
         cfg.validate()?;
         for p in &cfg.feeds {
             self.ferry().feed(&p.local).await.map_err(|_| {
@@ -272,32 +264,13 @@ impl Replicator {
         let rec = self.store().create_replication(name, value).await?;
         if cfg.is_outgoing() {
             // Check the other end now, so an impossible setup is refused at once.
-            if let Err(e) = self.check_other_end(&rec, &cfg).await {
+            if let Err(e) = self.probe_other_end(&rec, &cfg).await {
                 self.store().delete_replication(name).await?;
                 return Err(e);
             }
             self.0.scheduler.start(self.clone(), rec.id, name.to_string());
         }
         Ok(rec)
-    }
-
-    /// Handshakes with the other end of an outgoing replication; fails when
-    /// that end refuses the setup or the token. An end that cannot be
-    /// reached is only logged: the scheduler keeps trying.
-    async fn check_other_end(
-        &self,
-        rec: &ReplicationRecord,
-        cfg: &ReplicationConfig,
-    ) -> Result<(), ReplError> {
-        let mut run = Run::new(self, rec, cfg, Arc::new(Progress::default()))?;
-        match run.handshake().await {
-            Ok(_) => Ok(()),
-            Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => Err(e),
-            Err(e) => {
-                tracing::warn!(replication = %rec.name, error = %e, "other instance not reachable yet; will retry");
-                Ok(())
-            }
-        }
     }
 
     /// Changes a replication's connection, filters or schedule. A new URL or
@@ -309,14 +282,29 @@ impl Replicator {
         let reconnect = req.changes_connection();
         let cfg = req.apply_to(&old)?;
         if reconnect {
-            self.check_other_end(&rec, &cfg).await?;
+            self.probe_other_end(&rec, &cfg).await?;
         }
-        let value = serde_json::to_value(&cfg).map_err(|e| ReplError::Invalid(e.to_string()))?;
+        let value = self.replace_config(&rec, &old, &cfg, reconnect).await?;
+        Ok(ReplicationRecord { config: value, ..rec })
+    }
+
+    /// Stores `cfg` as replication `rec`'s configuration (once no execution
+    /// runs with the old one), restarts its cursors when the filters
+    /// changed, and wakes it; `reconnect` restarts its long polls (new URL,
+    /// token, mode or feeds). Returns the stored JSON.
+    async fn replace_config(
+        &self,
+        rec: &ReplicationRecord,
+        old: &ReplicationConfig,
+        cfg: &ReplicationConfig,
+        reconnect: bool,
+    ) -> Result<serde_json::Value, ReplError> {
+        let value = serde_json::to_value(cfg).map_err(|e| ReplError::Invalid(e.to_string()))?;
         {
             // Not while an execution runs with the old settings.
             let lock = self.lock_for(rec.id);
             let _guard = lock.lock().await;
-            self.store().update_replication(name, value.clone()).await?;
+            self.store().update_replication(&rec.name, value.clone()).await?;
             if cfg.include != old.include || cfg.exclude != old.exclude {
                 // Items a filter left out were passed over by the cursors;
                 // from the start again, so a wider filter brings them (what
@@ -336,11 +324,11 @@ impl Replicator {
                 // reads the configuration afresh every time.
                 self.0
                     .scheduler
-                    .restart_watchers(self.clone(), rec.id, name.to_string());
+                    .restart_watchers(self.clone(), rec.id, rec.name.clone());
             }
             self.0.scheduler.wake(rec.id);
         }
-        Ok(ReplicationRecord { config: value, ..rec })
+        Ok(value)
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), ReplError> {
@@ -513,12 +501,7 @@ impl Replicator {
     /// Errors: [`ReplError::NotFound`] for an unknown replication.
     pub async fn stop_execution(&self, name: &str, by: &str) -> Result<Option<i64>, ReplError> {
         let (rec, _) = self.record(name).await?;
-        let running = self
-            .0
-            .running
-            .lock()
-            .ok()
-            .and_then(|r| r.get(&rec.id).cloned());
+        let running = self.0.running.lock().ok().and_then(|r| r.get(&rec.id).cloned());
         Ok(running.map(|(exec_id, progress)| {
             if let Ok(mut b) = progress.stopped_by.lock() {
                 *b = Some(by.to_string());
@@ -561,7 +544,7 @@ impl Replicator {
         if let Ok(mut r) = self.0.running.lock() {
             r.insert(rec.id, (exec_id, progress.clone()));
         }
-        let mut run = Run::new(self, rec, cfg, progress)?
+        let mut run = Run::new(self, rec, cfg, progress.clone())?
             .confirm_deletes(confirm_deletes)
             .full(full)
             .repair(trigger == "repair");
@@ -792,7 +775,9 @@ impl Replicator {
         Ok(())
     }
 
-    /// Wakes a replication's scheduler to run now (in the background).
+    /// An operator's "Run now": wakes the replication's scheduler to run an
+    /// execution in the background (recorded with trigger `manual`; after
+    /// a stop, this is what resumes it before its schedule).
     pub async fn trigger(&self, name: &str) -> Result<(), ReplError> {
         let (rec, cfg) = self.record(name).await?;
         if !cfg.is_outgoing() {
@@ -800,7 +785,7 @@ impl Replicator {
                 "replication {name} is incoming: run it from the outgoing instance"
             )));
         }
-        self.0.scheduler.wake(rec.id);
+        self.0.scheduler.wake_manual(rec.id);
         Ok(())
     }
 }

@@ -23,8 +23,24 @@ const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(3);
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// What wakes a replication's main loop: something to move (a long poll's
+/// answer, a local change, a changed configuration), or an operator's
+/// "Run now" (`manual`, which also resumes a stopped replication before
+/// its schedule).
+#[derive(Default)]
+pub(crate) struct Wake {
+    notify: Notify,
+    manual: std::sync::atomic::AtomicBool,
+}
+
+impl Wake {
+    fn change(&self) {
+        self.notify.notify_one();
+    }
+}
+
 /// A running replication's wake-up signal and its tasks.
-type Tasks = (Arc<Notify>, Vec<JoinHandle<()>>);
+type Tasks = (Arc<Wake>, Vec<JoinHandle<()>>);
 
 #[derive(Default)]
 pub(crate) struct Scheduler {
@@ -37,7 +53,7 @@ impl Scheduler {
         if tasks.contains_key(&id) {
             return;
         }
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::default());
         let mut handles = vec![tokio::spawn(main_loop(r.clone(), id, name.clone(), wake.clone()))];
         handles.push(tokio::spawn(watchers(r, id, name, wake.clone())));
         tasks.insert(id, (wake, handles));
@@ -81,7 +97,18 @@ impl Scheduler {
         if let Ok(tasks) = self.tasks.lock()
             && let Some((wake, _)) = tasks.get(&id)
         {
-            wake.notify_one();
+            wake.change();
+        }
+    }
+
+    /// An operator's "Run now": the execution it starts is recorded with
+    /// trigger `manual`, and it runs even after a stop.
+    pub fn wake_manual(&self, id: i64) {
+        if let Ok(tasks) = self.tasks.lock()
+            && let Some((wake, _)) = tasks.get(&id)
+        {
+            wake.manual.store(true, std::sync::atomic::Ordering::SeqCst);
+            wake.notify.notify_one();
         }
     }
 }
@@ -91,17 +118,17 @@ async fn load(r: &Replicator, name: &str) -> Option<ReplicationConfig> {
     serde_json::from_value(rec.config).ok()
 }
 
-async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
+async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
     let mut trigger = "schedule";
     let mut failures: u32 = 0;
     loop {
         let Some(cfg) = load(&r, &name).await else { return };
-        let failed = match r.run_if_idle(id, trigger).await {
-            Ok(Some(res)) => res.outcome == "failed",
-            Ok(None) => false,
+        let (failed, stopped) = match r.run_if_idle(id, trigger).await {
+            Ok(Some(res)) => (res.outcome == "failed", res.outcome == "stopped"),
+            Ok(None) => (false, false),
             Err(e) => {
                 tracing::warn!(target: "replication", replication = %name, error = %e, "execution could not start");
-                true
+                (true, false)
             }
         };
         failures = if failed { failures.saturating_add(1) } else { 0 };
@@ -112,15 +139,27 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
             interval
         };
         r.set_next_run(id, now_millis() + delay.as_millis() as i64);
-        trigger = tokio::select! {
-            _ = tokio::time::sleep(delay) => "schedule",
-            _ = wake.notified() => "change",
+        let due = tokio::time::Instant::now() + delay;
+        trigger = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => break "schedule",
+                _ = wake.notify.notified() => {
+                    if wake.manual.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        break "manual";
+                    }
+                    // An operator stopped the last execution: what the
+                    // other side has waits for the schedule or "Run now".
+                    if !stopped {
+                        break "change";
+                    }
+                }
+            }
         };
     }
 }
 
 /// Wakes the main loop when there is something to move.
-async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
+async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
     let Some(cfg) = load(&r, &name).await else { return };
     let Communication::Outgoing { url, token } = &cfg.communication else {
         return;
@@ -162,7 +201,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
                             if !page.reset {
                                 r.keep_polled(id, &pair.local, cursor, anchor, page);
                             }
-                            wake.notify_one();
+                            wake.change();
                             // Wait for an execution to move the cursor before polling again.
                             for _ in 0..600 {
                                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -196,7 +235,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
                 while rx.changed().await.is_ok() {
                     tokio::time::sleep(DEBOUNCE).await;
                     rx.borrow_and_update();
-                    wake.notify_one();
+                    wake.change();
                 }
             }));
         }

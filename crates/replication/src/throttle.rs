@@ -35,6 +35,14 @@ impl Rate {
     }
 }
 
+/// Waits until `n` more bytes are due under the shared budget `rate`
+/// (none: at once), for bytes read whole rather than streamed.
+pub async fn pace(rate: &Option<Arc<Rate>>, n: u64) {
+    if let Some(rate) = rate {
+        tokio::time::sleep_until(rate.due(n)).await;
+    }
+}
+
 /// Paces `stream` against the shared budget `rate` (none: unlimited).
 pub fn limit(stream: ByteStream, rate: Option<Arc<Rate>>) -> ByteStream {
     let Some(rate) = rate else { return stream };

@@ -7,6 +7,7 @@ mod assets;
 pub mod blobs;
 mod cargo;
 mod debian;
+pub mod declare;
 pub mod error;
 mod mgmt;
 mod mgmt_replication;
@@ -112,6 +113,7 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> App {
         .merge(ops::routes())
         .merge(mgmt::routes())
         .merge(mgmt_replication::routes())
+        .merge(declare::routes())
         .merge(replication_api::routes())
         .merge(assets::routes())
         .merge(npm::routes())

@@ -254,11 +254,7 @@ pub(crate) async fn stop_execution(st: &AppState, name: &str, by: &str) -> Resul
 }
 
 /// `POST .../stop`: 200 `{"stopped": ID}`, or 409 when no execution runs.
-async fn stop(
-    State(st): State<AppState>,
-    Admin(p): Admin,
-    Path(name): Path<String>,
-) -> JsonResult {
+async fn stop(State(st): State<AppState>, Admin(p): Admin, Path(name): Path<String>) -> JsonResult {
     match stop_execution(&st, &name, &format!("key {}", p.key.name))
         .await
         .map_err(ApiError::json)?

@@ -218,6 +218,54 @@ pub trait BlobStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// [`BlobStore::size`] of each of `digests`, in their order (`None`:
+    /// not stored). Stores that can look many up at once override it.
+    async fn sizes(&self, digests: &[Digest]) -> Result<Vec<Option<u64>>, StoreError> {
+        let mut out = Vec::with_capacity(digests.len());
+        for d in digests {
+            out.push(self.size(d).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`BlobStore::begin_transfer`] of each of `digests`, taken in digest
+    /// order (so two callers claiming overlapping sets never wait on each
+    /// other in a circle) and returned in that order, duplicates dropped.
+    async fn begin_transfers(&self, digests: &[Digest]) -> Result<Vec<Transfer>, StoreError> {
+        let mut sorted = digests.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let mut out = Vec::with_capacity(sorted.len());
+        for d in &sorted {
+            out.push(self.begin_transfer(d).await?);
+        }
+        Ok(out)
+    }
+
+    /// Stores small blobs held in memory, each as [`BlobStore::stage`] with
+    /// its digest expected followed by [`BlobStore::commit`]: the bytes are
+    /// verified against the digest (a mismatch is that blob's
+    /// [`StoreError::DigestMismatch`], the others go on), an intact copy in
+    /// place is kept, a missing or wrong one replaced. Returns each blob's
+    /// outcome in order. Not yet durable: [`BlobStore::sync`] them. Stores
+    /// that can do it in one pass override it.
+    async fn put_many(
+        &self,
+        blobs: Vec<(Digest, Bytes)>,
+    ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(blobs.len());
+        for (d, bytes) in blobs {
+            let limit = bytes.len() as u64;
+            let body: ByteStream = Box::pin(futures::stream::once(async move { Ok(bytes) }));
+            match self.stage(body, limit, Some(d)).await {
+                Ok(staged) => out.push(Ok(self.commit(staged).await?)),
+                Err(e @ StoreError::DigestMismatch { .. }) => out.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     // ---- upload sessions: one client upload sent in several requests ----
     //
     // A session is kept in a per-session file and hashed as it grows; it
@@ -735,6 +783,23 @@ impl FsBlobStore {
         Ok((hasher, state.size, held))
     }
 
+    /// Takes the exclusive claim on `digest`'s transfer, waiting while
+    /// another writer holds it.
+    async fn claim_transfer(&self, digest: &Digest) -> Result<TransferClaim, StoreError> {
+        let lock = {
+            let mut locks = self
+                .transfers
+                .lock()
+                .map_err(|_| StoreError::Backend("transfer locks poisoned".into()))?;
+            locks.entry(*digest).or_default().clone()
+        };
+        Ok(TransferClaim {
+            digest: *digest,
+            locks: self.transfers.clone(),
+            guard: Some(lock.lock_owned().await),
+        })
+    }
+
     fn partial_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("partial").join(digest.hex())
     }
@@ -1029,28 +1094,125 @@ impl BlobStore for FsBlobStore {
         for batch in digests.chunks(32) {
             let flushes = batch.iter().map(|d| {
                 let path = self.blob_path(d);
-                async move { tokio::fs::File::open(path).await?.sync_data().await }
+                tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data())
             });
             for r in futures::future::join_all(flushes).await {
-                r?;
+                r.map_err(|e| StoreError::Backend(format!("blob flush: {e}")))??;
             }
         }
         Ok(())
     }
 
+    async fn sizes(&self, digests: &[Digest]) -> Result<Vec<Option<u64>>, StoreError> {
+        let paths: Vec<PathBuf> = digests.iter().map(|d| self.blob_path(d)).collect();
+        tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .map(|p| match std::fs::metadata(p) {
+                    Ok(m) => Ok(Some(m.len())),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(StoreError::Io(e)),
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob sizes: {e}")))?
+    }
+
+    async fn begin_transfers(&self, digests: &[Digest]) -> Result<Vec<Transfer>, StoreError> {
+        let mut sorted = digests.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let mut claims = Vec::with_capacity(sorted.len());
+        for d in &sorted {
+            claims.push(self.claim_transfer(d).await?);
+        }
+        let partials: Vec<PathBuf> = sorted.iter().map(|d| self.partial_path(d)).collect();
+        let offsets = tokio::task::spawn_blocking(move || {
+            partials
+                .iter()
+                .map(|p| match std::fs::metadata(p) {
+                    // Empty: nothing to resume (held exclusively by the claim).
+                    Ok(m) if m.len() == 0 => {
+                        let _ = std::fs::remove_file(p);
+                        Ok(0)
+                    }
+                    Ok(m) => Ok(m.len()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+                    Err(e) => Err(StoreError::Io(e)),
+                })
+                .collect::<Result<Vec<u64>, StoreError>>()
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob transfers: {e}")))??;
+        Ok(sorted
+            .into_iter()
+            .zip(offsets)
+            .zip(claims)
+            .map(|((d, offset), claim)| Transfer::new(d, offset, Box::new(claim)))
+            .collect())
+    }
+
+    async fn put_many(
+        &self,
+        blobs: Vec<(Digest, Bytes)>,
+    ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
+        let (root, place, quarantine) = (self.root.clone(), self.place.clone(), self.quarantine.clone());
+        let results = tokio::task::spawn_blocking(move || -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
+            let mut out = Vec::with_capacity(blobs.len());
+            let mut made_dirs = std::collections::HashSet::new();
+            for (digest, bytes) in blobs {
+                let actual = Digest::of(&bytes);
+                if actual != digest {
+                    out.push(Err(StoreError::DigestMismatch { expected: digest, actual }));
+                    continue;
+                }
+                let dest = blob_path_in(&root, &digest);
+                // As `commit`: what is in place is re-hashed first.
+                let found = match hash_file(&dest) {
+                    Ok((a, size)) if a == digest => BlobCheck::Intact { size },
+                    Ok((a, size)) => {
+                        tracing::warn!(blob = %digest, actual = %a, size, "stored blob was corrupt; replaced by a verified copy");
+                        BlobCheck::Corrupt { actual: a, size }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => BlobCheck::Missing,
+                    Err(e) => return Err(StoreError::Io(e)),
+                };
+                if let BlobCheck::Intact { .. } = found {
+                    out.push(Ok(found));
+                    continue;
+                }
+                let staging = root.join("staging").join(hex::encode(rand::random::<[u8; 16]>()));
+                let written = (|| {
+                    use std::io::Write;
+                    let mut f = std::fs::File::create(&staging)?;
+                    f.write_all(&bytes)?;
+                    if let Some(dir) = dest.parent()
+                        && made_dirs.insert(dir.to_path_buf())
+                    {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    let _placing = locked(&place);
+                    std::fs::rename(&staging, &dest)
+                })();
+                if let Err(e) = written {
+                    let _ = std::fs::remove_file(&staging);
+                    return Err(StoreError::Io(e));
+                }
+                if locked(&quarantine).contains_key(&digest) {
+                    resolve_quarantine(&root, &digest, &quarantine)?;
+                }
+                out.push(Ok(found));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob put: {e}")))??;
+        Ok(results)
+    }
+
     async fn begin_transfer(&self, digest: &Digest) -> Result<Transfer, StoreError> {
-        let lock = {
-            let mut locks = self
-                .transfers
-                .lock()
-                .map_err(|_| StoreError::Backend("transfer locks poisoned".into()))?;
-            locks.entry(*digest).or_default().clone()
-        };
-        let claim = TransferClaim {
-            digest: *digest,
-            locks: self.transfers.clone(),
-            guard: Some(lock.lock_owned().await),
-        };
+        let claim = self.claim_transfer(digest).await?;
         let offset = match tokio::fs::metadata(self.partial_path(digest)).await {
             Ok(m) => m.len(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,

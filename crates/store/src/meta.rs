@@ -274,6 +274,38 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn lease_blob(&self, digest: &Digest, size: u64, lease_until: i64) -> Result<(), StoreError>;
     /// Whether the blob is registered as present.
     async fn blob_present(&self, digest: &Digest) -> Result<bool, StoreError>;
+    /// [`MetaStore::lease_blob`] for many blobs (digest, size) at once;
+    /// returns the digests that were not leased because the collector is
+    /// deleting them (the others are). Stores that can do it in one
+    /// transaction override it.
+    async fn lease_blobs(
+        &self,
+        blobs: &[(Digest, u64)],
+        lease_until: i64,
+    ) -> Result<Vec<Digest>, StoreError> {
+        let mut busy = Vec::new();
+        for (d, size) in blobs {
+            match self.lease_blob(d, *size, lease_until).await {
+                Ok(()) => {}
+                Err(StoreError::BlobBusy(_)) => busy.push(*d),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(busy)
+    }
+    /// Which of `digests` are registered as present ([`MetaStore::blob_present`]).
+    async fn blobs_present(
+        &self,
+        digests: &[Digest],
+    ) -> Result<std::collections::HashSet<Digest>, StoreError> {
+        let mut out = std::collections::HashSet::new();
+        for d in digests {
+            if self.blob_present(d).await? {
+                out.insert(*d);
+            }
+        }
+        Ok(out)
+    }
     /// Blobs registered as present, with their sizes (bytes), in digest
     /// order after `after`, at most `limit` (for `fsck`).
     async fn blobs_after(

@@ -772,6 +772,52 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn lease_blobs(
+        &self,
+        blobs: &[(Digest, u64)],
+        lease_until: i64,
+    ) -> Result<Vec<Digest>, StoreError> {
+        let blobs = blobs.to_vec();
+        self.write_tx(move |tx| {
+            let mut busy = Vec::new();
+            let now = now_millis();
+            let mut deleting = tx.prepare_cached("SELECT deleting FROM blobs WHERE digest = ?1")?;
+            let mut lease = tx.prepare_cached(
+                "INSERT INTO blobs (digest, size, deleting, lease_until, created_at) VALUES (?1, ?2, 0, ?3, ?4)
+                 ON CONFLICT (digest) DO UPDATE SET lease_until = MAX(lease_until, ?3)",
+            )?;
+            for (d, size) in &blobs {
+                let gone: Option<bool> = deleting.query_row([d.as_bytes()], |r| r.get(0)).optional()?;
+                if gone == Some(true) {
+                    busy.push(*d);
+                    continue;
+                }
+                lease.execute(params![d.as_bytes(), *size as i64, lease_until, now])?;
+            }
+            Ok(busy)
+        })
+        .await
+    }
+
+    async fn blobs_present(
+        &self,
+        digests: &[Digest],
+    ) -> Result<std::collections::HashSet<Digest>, StoreError> {
+        let digests = digests.to_vec();
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT deleting FROM blobs WHERE digest = ?1")?;
+            let mut out = std::collections::HashSet::new();
+            for d in digests {
+                let v: Option<bool> = st.query_row([d.as_bytes()], |r| r.get(0)).optional()?;
+                if v == Some(false) {
+                    out.insert(d);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn blob_present(&self, digest: &Digest) -> Result<bool, StoreError> {
         let d = *digest;
         self.read(move |c| {

@@ -25,6 +25,12 @@ const BATCH_STREAMS: usize = 4;
 const BATCH_MIN: usize = 32;
 /// Attempts of a batch before its transport error ends the execution.
 const BATCH_ATTEMPTS: u32 = 4;
+/// Frames up to this many bytes (starting at byte 0) are read whole into
+/// memory and committed in groups ([`Run::flush_small`]).
+const SMALL_FRAME: u64 = 1 << 20;
+/// Most blobs, and bytes, committed in one group.
+const SMALL_GROUP: usize = 128;
+const SMALL_GROUP_BYTES: usize = 8 << 20;
 
 /// A blob transfer whose bytes are committed; the handle flushes it.
 pub(super) type Flush = JoinHandle<Result<(), StoreError>>;
@@ -32,12 +38,33 @@ pub(super) type Flush = JoinHandle<Result<(), StoreError>>;
 /// What fetching a page's blobs came to.
 #[derive(Default)]
 pub(super) struct Fetched {
-    /// Bytes that crossed the wire per committed blob, with its flush.
-    pub fetched: Vec<(u64, Flush)>,
+    /// Blobs committed.
+    pub blobs: u64,
+    /// Bytes that crossed the wire for them.
+    pub bytes: u64,
+    /// Their flushes (one per blob, or one per group of small blobs),
+    /// awaited before any item relies on them.
+    pub flushes: Vec<Flush>,
     /// Not on the other side (its item changed there, or the blob is lost).
     pub gone: HashSet<Digest>,
     /// The other side cannot serve them intact, or they arrived wrong.
     pub damaged: HashMap<Digest, String>,
+}
+
+impl Fetched {
+    fn one(&mut self, bytes: u64, flush: Flush) {
+        self.blobs += 1;
+        self.bytes += bytes;
+        self.flushes.push(flush);
+    }
+
+    fn extend(&mut self, other: Fetched) {
+        self.blobs += other.blobs;
+        self.bytes += other.bytes;
+        self.flushes.extend(other.flushes);
+        self.gone.extend(other.gone);
+        self.damaged.extend(other.damaged);
+    }
 }
 
 /// What one batch stream came to; `retry` did not arrive whole.
@@ -54,25 +81,16 @@ impl Run<'_> {
     pub(super) async fn fetch_blobs(&self, need: Vec<Digest>) -> Result<Fetched, ReplError> {
         let mut out = Fetched::default();
         // Blobs the page carried inline first: no request at all.
-        let mut rest = Vec::with_capacity(need.len());
-        for d in need {
-            match self.inline.get(&d) {
-                Some(data) => match self.store_inline(d, data.clone()).await? {
-                    Some(done) => out.fetched.push(done),
-                    None => rest.push(d),
-                },
-                None => rest.push(d),
-            }
+        let (inline, mut need): (Vec<Digest>, Vec<Digest>) =
+            need.into_iter().partition(|d| self.inline.contains_key(d));
+        if !inline.is_empty() {
+            need.extend(self.store_inline(inline, &mut out).await?);
         }
-        let need = rest;
         if need.is_empty() {
             return Ok(out);
         }
         if self.batch {
-            let more = self.fetch_batched(need).await?;
-            out.fetched.extend(more.fetched);
-            out.gone.extend(more.gone);
-            out.damaged.extend(more.damaged);
+            out.extend(self.fetch_batched(need).await?);
             return Ok(out);
         }
         let mut pending = futures::stream::FuturesUnordered::new();
@@ -84,7 +102,7 @@ impl Run<'_> {
                 pending.push(async move { (*d, fetch.await) });
             }
             match pending.next().await {
-                Some((_, Ok(r))) => out.fetched.push(r),
+                Some((_, Ok((n, flush)))) => out.one(n, flush),
                 Some((d, Err(ReplError::Remote { status: 404, .. }))) => {
                     out.gone.insert(d);
                 }
@@ -108,31 +126,92 @@ impl Run<'_> {
         Ok(out)
     }
 
-    /// Stores a blob that came inline in a page, verified against its
-    /// digest; `None` if the bytes are wrong (it is then asked for as usual).
-    async fn store_inline(&self, d: Digest, data: bytes::Bytes) -> Result<Option<(u64, Flush)>, ReplError> {
-        let n = data.len() as u64;
-        let body: ferry_store::ByteStream = Box::pin(futures::stream::once(async move { Ok(data) }));
-        let staged = match self.r.ferry().stage(body, Some(d)).await {
-            Ok(s) => s,
-            Err(ferry_core::CoreError::Invalid(m)) => {
-                tracing::warn!(target: "replication", blob = %d, error = %m, "an inline blob did not verify; fetching it");
-                return Ok(None);
+    /// Stores the blobs that came inline in a page, verified against their
+    /// digests, as one group; returns those whose bytes were wrong (they
+    /// are then asked for as usual).
+    async fn store_inline(&self, digests: Vec<Digest>, out: &mut Fetched) -> Result<Vec<Digest>, ReplError> {
+        let blobs: Vec<(Digest, bytes::Bytes)> = digests
+            .iter()
+            .filter_map(|d| self.inline.get(d).map(|b| (*d, b.clone())))
+            .collect();
+        let sizes: Vec<u64> = blobs.iter().map(|(_, b)| b.len() as u64).collect();
+        let results = self.r.ferry().commit_small_blobs(blobs).await?;
+        let mut stored = Vec::new();
+        let mut wrong = Vec::new();
+        let mut n = 0;
+        for ((d, size), r) in digests.into_iter().zip(sizes).zip(results) {
+            match r {
+                Ok(()) => {
+                    stored.push(d);
+                    n += size;
+                }
+                Err(ferry_core::CoreError::Invalid(m)) => {
+                    tracing::warn!(target: "replication", blob = %d, error = %m, "an inline blob did not verify; fetching it");
+                    wrong.push(d);
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        };
-        self.r.ferry().commit_blob(staged).await?;
-        // What an earlier, broken transfer of it left is not needed now.
-        let store = self.r.ferry().blob_store();
-        let leftover = store.begin_transfer(&d).await?;
-        if leftover.offset() > 0 {
-            store.discard_transfer(leftover).await?;
+        }
+        // What earlier, broken transfers of them left is not needed now.
+        let store = self.r.ferry().blob_store().clone();
+        for t in store.begin_transfers(&stored).await? {
+            if t.offset() > 0 {
+                store.discard_transfer(t).await?;
+            }
         }
         self.progress.bytes.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "pull")
             .increment(n);
+        out.blobs += stored.len() as u64;
+        out.bytes += n;
+        out.flushes
+            .push(tokio::spawn(async move { store.sync(&stored).await }));
+        Ok(wrong)
+    }
+
+    /// Commits the small blobs read whole so far as one group, then lets
+    /// their claims go; a blob whose bytes are wrong is marked damaged
+    /// alone.
+    async fn flush_small(
+        &self,
+        small: &mut Vec<(Digest, bytes::Bytes, Transfer)>,
+        g: &mut Group,
+    ) -> Result<(), ReplError> {
+        if small.is_empty() {
+            return Ok(());
+        }
+        let (blobs, claims): (Vec<(Digest, bytes::Bytes)>, Vec<Transfer>) = std::mem::take(small)
+            .into_iter()
+            .map(|(d, b, t)| ((d, b), t))
+            .unzip();
+        let sizes: Vec<(Digest, u64)> = blobs.iter().map(|(d, b)| (*d, b.len() as u64)).collect();
+        let results = self.r.ferry().commit_small_blobs(blobs).await?;
+        drop(claims);
+        let mut stored = Vec::new();
+        let mut n = 0;
+        for ((d, size), r) in sizes.into_iter().zip(results) {
+            match r {
+                Ok(()) => {
+                    stored.push(d);
+                    n += size;
+                }
+                Err(ferry_core::CoreError::Invalid(m)) => {
+                    g.done
+                        .damaged
+                        .insert(d, format!("blob {d} arrived wrong from the other instance: {m}"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "pull")
+            .increment(n);
         let store = self.r.ferry().blob_store().clone();
-        Ok(Some((n, tokio::spawn(async move { store.sync(&[d]).await }))))
+        g.done.blobs += stored.len() as u64;
+        g.done.bytes += n;
+        g.done
+            .flushes
+            .push(tokio::spawn(async move { store.sync(&stored).await }));
+        Ok(())
     }
 
     /// Keeps the blobs a page carried inline, for [`Self::fetch_blobs`].
@@ -179,9 +258,7 @@ impl Run<'_> {
             let mut error = None;
             for r in results {
                 let g = r?;
-                out.fetched.extend(g.done.fetched);
-                out.gone.extend(g.done.gone);
-                out.damaged.extend(g.done.damaged);
+                out.extend(g.done);
                 retry.extend(g.retry);
                 if g.error.is_some() {
                     error = g.error;
@@ -213,11 +290,15 @@ impl Run<'_> {
         let limit = self.r.ferry().config().max_upload_bytes.max(u64::MAX / 2);
         digests.sort();
         digests.dedup();
+        // Claimed first, then looked up: one stored by another execution
+        // while this waited for its claim is not fetched again.
+        let transfers = store.begin_transfers(&digests).await?;
+        let present = self.r.ferry().present_blobs(&digests).await?;
         let mut claims: HashMap<Digest, Transfer> = HashMap::new();
         let mut wants = Vec::new();
-        for d in digests {
-            let transfer = store.begin_transfer(&d).await?;
-            if self.r.has_blob(&d).await? {
+        for transfer in transfers {
+            let d = transfer.digest();
+            if present.contains(&d) {
                 continue;
             }
             wants.push(BlobWant {
@@ -230,6 +311,8 @@ impl Run<'_> {
         if wants.is_empty() {
             return Ok(g);
         }
+        let mut small: Vec<(Digest, bytes::Bytes, Transfer)> = Vec::new();
+        let mut small_bytes = 0usize;
         let mut reader = match self.remote.fetch_batch(wants).await {
             Ok(r) => r,
             Err(e @ ReplError::Transport(_)) => {
@@ -283,6 +366,36 @@ impl Run<'_> {
                 )));
                 break;
             }
+            if header.offset == 0 && header.length <= SMALL_FRAME {
+                match reader.read_whole(header.length).await {
+                    Ok(bytes) => {
+                        let n = bytes.len();
+                        crate::throttle::pace(&self.rate, n as u64).await;
+                        self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        small.push((d, bytes, transfer));
+                        small_bytes += n;
+                        if small.len() >= SMALL_GROUP || small_bytes >= SMALL_GROUP_BYTES {
+                            self.flush_small(&mut small, &mut g).await?;
+                            small_bytes = 0;
+                        }
+                        continue;
+                    }
+                    Err((arrived, e)) => {
+                        // Kept in its partial file, as a large frame's
+                        // bytes are: the next request resumes from there.
+                        self.progress
+                            .bytes
+                            .fetch_add(arrived.len() as u64, Ordering::Relaxed);
+                        let broken = std::io::Error::new(e.kind(), e.to_string());
+                        let body: ferry_store::ByteStream =
+                            Box::pin(futures::stream::iter([Ok(arrived), Err(broken)]));
+                        let _ = store.continue_transfer(transfer, body, limit).await;
+                        g.retry.push(d);
+                        g.error = Some(ReplError::Transport(e.to_string()));
+                        break;
+                    }
+                }
+            }
             let (tx, rx) = tokio::sync::mpsc::channel(8);
             let progress = self.progress.clone();
             let received = Arc::new(AtomicU64::new(0));
@@ -310,9 +423,7 @@ impl Run<'_> {
             match stored {
                 Ok(()) => {
                     let store = store.clone();
-                    g.done
-                        .fetched
-                        .push((n, tokio::spawn(async move { store.sync(&[d]).await })));
+                    g.done.one(n, tokio::spawn(async move { store.sync(&[d]).await }));
                 }
                 // A resumed transfer that does not verify was discarded:
                 // ask once more from the first byte.
@@ -327,6 +438,8 @@ impl Run<'_> {
                 Err(e) => return Err(e),
             }
         }
+        // Small blobs read whole are committed whatever ended the body.
+        self.flush_small(&mut small, &mut g).await?;
         // Asked for, not answered (the body was cut before their frame).
         g.retry.extend(claims.into_keys());
         Ok(g)

@@ -593,18 +593,22 @@ impl Run<'_> {
             return Ok(());
         }
         // Blobs first: an item becomes visible only with all its blobs.
-        let mut need: Vec<Digest> = Vec::new();
+        let mut wanted: Vec<Digest> = Vec::new();
         let mut seen = HashSet::new();
         for e in &todo {
             for d in &e.blobs {
-                if seen.insert(*d) && !self.r.has_blob(d).await? {
-                    need.push(*d);
+                if seen.insert(*d) {
+                    wanted.push(*d);
                 }
             }
         }
+        let here = self.r.ferry().present_blobs(&wanted).await?;
+        let need: Vec<Digest> = wanted.into_iter().filter(|d| !here.contains(d)).collect();
         let t_fetch = std::time::Instant::now();
         let Fetched {
-            mut fetched,
+            blobs,
+            bytes,
+            flushes,
             gone,
             damaged,
         } = self.fetch_blobs(need).await?;
@@ -632,14 +636,12 @@ impl Run<'_> {
         }
         let fetch_ms = t_fetch.elapsed().as_millis();
         // Durable before any item that needs them is applied.
-        let mut bytes = 0;
-        for (n, flush) in &mut fetched {
-            bytes += *n;
+        for flush in flushes {
             flush.await.map_err(|e| ReplError::Transport(e.to_string()))??;
         }
         let flush_ms = t_fetch.elapsed().as_millis() - fetch_ms;
         let t_apply = std::time::Instant::now();
-        fr.pulled.blobs += fetched.len() as u64;
+        fr.pulled.blobs += blobs;
         fr.pulled.bytes += bytes;
 
         // Checked as the feed type checks an upload (now that the blobs are
@@ -701,7 +703,7 @@ impl Run<'_> {
             .items
             .fetch_add(todo.len() as u64, Ordering::Relaxed);
         tracing::debug!(target: "replication", replication = %self.rec.name, feed = %local.name,
-            items = todo.len(), blobs = fetched.len(), bytes, fetch_ms, flush_ms,
+            items = todo.len(), blobs, bytes, fetch_ms, flush_ms,
             apply_ms = t_apply.elapsed().as_millis(), "pulled a page");
         Ok(())
     }

@@ -1,0 +1,241 @@
+//! Configuration as code: a hub and three spokes set up only by their TOML
+//! files (`ferry serve --config FILE`, one command each) converge; a changed
+//! file applied on SIGHUP brings a new feed pair and leaves an undeclared
+//! replication alone (deleted only with `prune = true`); an invalid file is
+//! refused naming its line and changes nothing, at start, on SIGHUP and by
+//! `ferry config apply`; `ferry config export` round-trips.
+#![allow(clippy::unwrap_used)]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::{ADMIN, Server, bin, wait_until};
+
+const SYNC: u64 = 60;
+
+/// `ferry config token`: (token, the accept_tokens line).
+fn offline_token() -> (String, String) {
+    let out = Command::new(bin()).args(["config", "token"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text.lines().find(|l| l.starts_with("fst_")).unwrap().to_string();
+    let accept = text
+        .lines()
+        .find(|l| l.starts_with("accept_tokens"))
+        .unwrap()
+        .to_string();
+    (token, accept)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn spoke_file(hub: &Server, extra_pairs: &str, extra: &str) -> String {
+    format!(
+        r#"# a spoke, from one file
+[[feeds]]
+name = "files"
+type = "assets"
+
+[[feeds]]
+name = "docs"
+type = "assets"
+
+[[replications]]
+name = "from-hub"
+feeds = ["files"{extra_pairs}]
+outgoing = "{hub}"
+token_file = "hub.token"
+mode = "pull"
+interval = 3600
+{extra}"#,
+        hub = hub.url
+    )
+}
+
+const DOWNSTREAM: &str = r#"
+[[replications]]
+name = "downstream"
+feeds = ["files"]
+mode = "push"
+"#;
+
+fn replication_names(s: &Server) -> Vec<String> {
+    let list = s.cli_json(&["replication", "list", "--json"]);
+    let mut names: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn hup(s: &Server) {
+    let st = Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn a_fleet_from_files_converges_and_follows_its_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (token, accept) = offline_token();
+    let hub_conf = write(
+        tmp.path(),
+        "hub.toml",
+        &format!(
+            r#"[[feeds]]
+name = "files"
+type = "assets"
+
+[[feeds]]
+name = "docs"
+type = "assets"
+
+[[replications]]
+name = "edge"
+feeds = ["files", "docs"]
+mode = "push"
+{accept}
+"#
+        ),
+    );
+    let hub = Server::start_with(&[("FERRY_CONFIG", hub_conf.to_str().unwrap())]);
+    hub.put_asset("files", "app/v1.txt", b"version one");
+    hub.put_asset("docs", "guide.txt", b"read me");
+
+    // Three spokes, each one command with its file; one token for all.
+    let mut spokes = Vec::new();
+    for i in 0..3 {
+        let dir = tmp.path().join(format!("spoke{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("hub.token"), format!("{token}\n")).unwrap();
+        let conf = write(&dir, "spoke.toml", &spoke_file(&hub, "", DOWNSTREAM));
+        let s = Server::start_with(&[
+            ("FERRY_CONFIG", conf.to_str().unwrap()),
+            ("FERRY_INSTANCE_NAME", &format!("spoke-{i}")),
+        ]);
+        spokes.push((s, conf));
+    }
+    for (s, _) in &spokes {
+        assert!(
+            wait_until(SYNC, || s.asset_digests("files", "app/").len() == 1),
+            "a spoke did not converge from its file"
+        );
+        assert_eq!(s.get_asset("files", "app/v1.txt").1, b"version one");
+        assert_eq!(replication_names(s), ["downstream", "from-hub"]);
+    }
+    // The hub sees all three, by name.
+    let peers = hub.cli_json(&["replication", "peers", "edge", "--json"]);
+    assert_eq!(peers.as_array().unwrap().len(), 3, "{peers:#}");
+
+    // SIGHUP: a new feed pair arrives; the dropped declaration stays.
+    let (s0, conf0) = &spokes[0];
+    assert!(s0.lacks("docs", "guide.txt"));
+    std::fs::write(conf0, spoke_file(&hub, r#", "docs""#, "")).unwrap();
+    hup(s0);
+    assert!(
+        wait_until(SYNC, || s0.get_asset("docs", "guide.txt").1 == b"read me"),
+        "the feed pair added to the file did not arrive after SIGHUP"
+    );
+    assert_eq!(replication_names(s0), ["downstream", "from-hub"]);
+
+    // An invalid file changes nothing, neither on SIGHUP nor by apply;
+    // the error names the line.
+    let before = s0.cli_ok(&["config", "export"]);
+    // (It also declares a new feed: not left behind either.)
+    let bad = spoke_file(
+        &hub,
+        r#", "nope""#,
+        "\n[[feeds]]\nname = \"extra\"\ntype = \"npm\"\n",
+    );
+    let bad_line = bad.lines().position(|l| l == "[[replications]]").unwrap() + 1;
+    std::fs::write(conf0, &bad).unwrap();
+    hup(s0);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let err = s0.cli_fails(&["config", "apply", conf0.to_str().unwrap()]);
+    assert!(
+        err.contains(&format!("line {bad_line}")) && err.contains("nope"),
+        "{err}"
+    );
+    assert_eq!(s0.cli_ok(&["config", "export"]), before);
+    // A mode the hub does not fit is refused by the hub's own words, before
+    // anything changes.
+    let mismatch = spoke_file(&hub, r#", "docs""#, "").replace(r#"mode = "pull""#, r#"mode = "mirror""#);
+    std::fs::write(conf0, &mismatch).unwrap();
+    let err = s0.cli_fails(&["config", "apply", conf0.to_str().unwrap()]);
+    assert!(
+        err.contains(&format!("line {bad_line}")) && err.contains("mode"),
+        "{err}"
+    );
+    assert_eq!(s0.cli_ok(&["config", "export"]), before);
+
+    // prune = true deletes what the file no longer declares.
+    std::fs::write(
+        conf0,
+        format!("prune = true\n{}", spoke_file(&hub, r#", "docs""#, "")),
+    )
+    .unwrap();
+    let out = s0.cli_ok(&["config", "apply", conf0.to_str().unwrap()]);
+    assert!(out.contains("downstream: deleted"), "{out}");
+    assert_eq!(replication_names(s0), ["from-hub"]);
+
+    // Export round-trips: applied back (token from the environment it
+    // names), nothing changes, and it exports the same again.
+    let exported = s0.cli_ok(&["config", "export"]);
+    assert!(!exported.contains(&token[20..]), "a secret was exported");
+    assert!(
+        exported.contains(r#"token_env = "FERRY_TOKEN_FROM_HUB""#),
+        "{exported}"
+    );
+    let again = write(tmp.path(), "exported.toml", &exported);
+    let out = Command::new(bin())
+        .args(["config", "apply", again.to_str().unwrap()])
+        .env("FERRY_URL", &s0.url)
+        .env("FERRY_API_KEY", ADMIN)
+        .env("FERRY_TOKEN_FROM_HUB", &token)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!said.contains("created") && !said.contains("updated"), "{said}");
+    assert_eq!(s0.cli_ok(&["config", "export"]), exported);
+    // The hub's export carries the accepted token, by id and hash only.
+    let hub_export = hub.cli_ok(&["config", "export"]);
+    assert!(
+        hub_export.contains(&token[4..20]) && !hub_export.contains(&token[21..]),
+        "{hub_export}"
+    );
+}
+
+#[test]
+fn a_file_that_cannot_be_applied_stops_the_start_naming_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = write(
+        tmp.path(),
+        "bad.toml",
+        "[[feeds]]\nname = \"files\"\ntype = \"assets\"\n\n[[replications]]\nname = \"r\"\nfeeds = [\"missing\"]\nmode = \"push\"\n",
+    );
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("FERRY_CONFIG", &conf)
+        .env("FERRY_ADMIN_KEY", ADMIN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("line 5") && err.contains("missing"), "{err}");
+}

@@ -1,0 +1,225 @@
+//! Replications declared as code (a configuration file applied at start,
+//! on SIGHUP or by `ferry config apply`): what declaring a configuration
+//! under a name would change, checked without changing anything, and then
+//! doing it. The file format and the all-or-nothing apply across feeds and
+//! replications live in the server crate (`ferry_server::declare`); this
+//! module only knows one replication at a time.
+
+use std::sync::Arc;
+
+use ferry_store::ReplicationRecord;
+use serde::Serialize;
+
+use crate::config::{Communication, ReplicationConfig};
+use crate::engine::{Progress, Run};
+use crate::{ReplError, Replicator, token};
+
+/// What declaring a replication does to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// A sync token an incoming replication accepts, declared ahead of time
+/// by its public id (16 hex digits) and the sha256 of its secret part
+/// (`fst_<id>_<secret>`, see [`crate::token`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedToken {
+    pub id: String,
+    pub secret_sha256: [u8; 32],
+}
+
+impl Replicator {
+    /// What [`Replicator::declare`] would do with `cfg` under `name`,
+    /// changing nothing. The local feeds must exist. An outgoing
+    /// replication that is new, or whose URL, token, mode or feeds change,
+    /// is checked against the other end by a handshake: a refusal (wrong or
+    /// revoked token, mode mismatch, feed type mismatch, the same instance)
+    /// is an error; an end that cannot be reached is not (the scheduler
+    /// keeps trying, as after `replication create`).
+    ///
+    /// Errors: [`ReplError::Invalid`] for a bad name or configuration, a
+    /// missing feed or a change of direction (incoming ↔ outgoing: delete
+    /// the replication first); the handshake's refusals.
+    pub async fn check_declaration(&self, name: &str, cfg: &ReplicationConfig) -> Result<Change, ReplError> {
+        check_name(name)?;
+        cfg.validate()?;
+        for p in &cfg.feeds {
+            self.ferry().feed(&p.local).await.map_err(|_| {
+                ReplError::Invalid(format!(
+                    "feed {} does not exist on this instance and is not declared",
+                    p.local
+                ))
+            })?;
+        }
+        let old = match self.store().replication(name).await? {
+            Some(rec) => Some(Self::parse(&rec)?),
+            None => None,
+        };
+        let change = match &old {
+            None => Change::Created,
+            Some(old) if old == cfg => return Ok(Change::Unchanged),
+            Some(old) if old.is_outgoing() != cfg.is_outgoing() => {
+                let was = if old.is_outgoing() { "outgoing" } else { "incoming" };
+                return Err(ReplError::Invalid(format!(
+                    "replication {name} exists as {was}; a declaration cannot change its direction \
+                     (delete it first: ferry replication delete {name})"
+                )));
+            }
+            Some(_) => Change::Updated,
+        };
+        let reconnects = old.as_ref().is_none_or(|old| {
+            old.communication != cfg.communication || old.mode != cfg.mode || old.feeds != cfg.feeds
+        });
+        if cfg.is_outgoing() && reconnects {
+            let probe = ReplicationRecord {
+                id: 0,
+                name: name.to_string(),
+                config: serde_json::Value::Null,
+                created_at: 0,
+            };
+            self.probe_other_end(&probe, cfg).await?;
+        }
+        Ok(change)
+    }
+
+    /// Creates replication `name` with `cfg`, or replaces the configuration
+    /// of the existing one in place (its cursors, tokens and history stay;
+    /// a changed filter restarts its cursors, as `update` does; an
+    /// execution in progress ends first). Call
+    /// [`Replicator::check_declaration`] first: this checks the other end
+    /// only where `create`/`update` would.
+    ///
+    /// Errors: as [`Replicator::create`]; a change of direction.
+    pub async fn declare(&self, name: &str, cfg: &ReplicationConfig) -> Result<Change, ReplError> {
+        let Some(rec) = self.store().replication(name).await? else {
+            self.create(name, cfg.clone()).await?;
+            return Ok(Change::Created);
+        };
+        let old = Self::parse(&rec)?;
+        if &old == cfg {
+            return Ok(Change::Unchanged);
+        }
+        if old.is_outgoing() != cfg.is_outgoing() {
+            return Err(ReplError::Invalid(format!(
+                "replication {name} cannot change its direction"
+            )));
+        }
+        let reconnect =
+            old.communication != cfg.communication || old.mode != cfg.mode || old.feeds != cfg.feeds;
+        self.replace_config(&rec, &old, cfg, reconnect).await?;
+        Ok(Change::Updated)
+    }
+
+    /// Whether incoming replication `name` (which may not exist yet) can
+    /// accept token `t`, changing nothing: true when it would be added,
+    /// false when it is already there (a revoked one stays revoked:
+    /// revoking is the operator's word).
+    ///
+    /// Errors: [`ReplError::Invalid`] for a malformed id, an id another
+    /// replication holds, or one accepted with another secret.
+    pub async fn check_token(&self, name: &str, t: &AcceptedToken) -> Result<bool, ReplError> {
+        check_token_id(&t.id)?;
+        let own = self.store().replication(name).await?.map(|r| r.id);
+        match self.store().sync_token(&t.id).await? {
+            Some(existing) if Some(existing.replication_id) != own => Err(ReplError::Invalid(format!(
+                "token {} belongs to another replication",
+                t.id
+            ))),
+            Some(existing) if existing.hash != t.secret_sha256 => Err(ReplError::Invalid(format!(
+                "token {} is already accepted with another secret",
+                t.id
+            ))),
+            Some(_) => Ok(false),
+            None => Ok(true),
+        }
+    }
+
+    /// Adds token `t` to incoming replication `name` (see
+    /// [`Replicator::check_token`]); returns whether it was added.
+    ///
+    /// Errors: as `check_token`; [`ReplError::Invalid`] for an outgoing
+    /// replication.
+    pub async fn accept_token(&self, name: &str, t: &AcceptedToken) -> Result<bool, ReplError> {
+        let (rec, cfg) = self.record(name).await?;
+        if cfg.communication != Communication::Incoming {
+            return Err(ReplError::Invalid(format!(
+                "replication {name} is outgoing: only incoming replications accept tokens"
+            )));
+        }
+        if !self.check_token(name, t).await? {
+            return Ok(false);
+        }
+        self.store()
+            .add_sync_token(rec.id, &t.id, t.secret_sha256)
+            .await?;
+        Ok(true)
+    }
+
+    /// The tokens incoming replication `name` accepts (not revoked), for
+    /// exporting the configuration: ids and secret hashes, never secrets.
+    pub async fn accepted_tokens(&self, name: &str) -> Result<Vec<AcceptedToken>, ReplError> {
+        let (rec, _) = self.record(name).await?;
+        Ok(self
+            .store()
+            .sync_tokens(rec.id)
+            .await?
+            .into_iter()
+            .filter(|t| !t.revoked)
+            .map(|t| AcceptedToken {
+                id: t.id,
+                secret_sha256: t.hash,
+            })
+            .collect())
+    }
+
+    /// Handshakes with the other end of outgoing configuration `cfg`
+    /// (nothing is stored). A refusal is an error; an end that cannot be
+    /// reached is logged, and not an error.
+    pub(crate) async fn probe_other_end(
+        &self,
+        rec: &ReplicationRecord,
+        cfg: &ReplicationConfig,
+    ) -> Result<(), ReplError> {
+        let mut run = Run::new(self, rec, cfg, Arc::new(Progress::default()))?;
+        match run.handshake().await {
+            Ok(_) => Ok(()),
+            Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => Err(e),
+            Err(e) => {
+                tracing::warn!(replication = %rec.name, error = %e, "other instance not reachable yet; will retry");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Replication names: 1 to 100 letters, digits, `-`, `_` or `.`.
+pub(crate) fn check_name(name: &str) -> Result<(), ReplError> {
+    if name.is_empty()
+        || name.len() > 100
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ReplError::Invalid(format!(
+            "replication name {name:?} must be 1 to 100 letters, digits, '-', '_' or '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// A token id as [`token::generate`] makes them: 16 lowercase hex digits.
+fn check_token_id(id: &str) -> Result<(), ReplError> {
+    let probe = format!("fst_{id}_{}", "0".repeat(64));
+    if token::split(&probe).is_none_or(|(i, _)| i != id)
+        || !id.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    {
+        return Err(ReplError::Invalid(format!(
+            "token id {id:?} must be 16 lowercase hex digits (the part after fst_)"
+        )));
+    }
+    Ok(())
+}

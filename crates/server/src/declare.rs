@@ -1,0 +1,468 @@
+//! Configuration as code: feeds and replications declared in the TOML
+//! configuration file (`[[feeds]]`, `[[replications]]`), applied at start,
+//! on SIGHUP, and by `ferry config apply FILE` (`PUT /api/v1/config`);
+//! `ferry config export` (`GET /api/v1/config`) gives the running
+//! configuration back in the same shape, without secrets.
+//!
+//! Applying is all or nothing as far as anything can be checked first:
+//! every declaration is validated, every declared feed's type compared,
+//! and every outgoing replication that is new or changes how it reaches
+//! the other end is checked by a handshake *before* anything changes; a
+//! failure is an error naming the declaration's line in the file and
+//! leaves the running configuration as it was. Then feeds are created
+//! (never changed or deleted), replications created or updated in place
+//! (cursors, tokens and history kept), declared tokens added, and, when the
+//! file says `prune = true`, replications it does not declare deleted.
+
+use std::collections::HashSet;
+
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::routing::get;
+use axum::{Json, Router};
+use ferry_core::{CoreError, Ferry};
+use ferry_replication::config::{CreateRequest, DeleteGuard};
+use ferry_replication::declare::{AcceptedToken, Change};
+use ferry_replication::{ReplError, Replicator};
+use ferry_types::{FeedName, FeedType};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::access::Admin;
+use crate::error::ApiError;
+
+/// The declarations of one configuration file (its `prune`, `[[feeds]]`
+/// and `[[replications]]`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Declarations {
+    /// Delete replications the file does not declare (feeds are never
+    /// deleted by a file).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prune: bool,
+    #[serde(default)]
+    pub feeds: Vec<FeedDecl>,
+    #[serde(default)]
+    pub replications: Vec<ReplicationDecl>,
+}
+
+/// `[[feeds]]`: created at apply when missing.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeedDecl {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub feed_type: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
+    /// The declaration's line in its file (set by the reader, for errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+}
+
+/// `[[replications]]`: every option of `replication create`. Outgoing when
+/// `outgoing` (the other instance's URL) is set (else incoming; `incoming =
+/// true` may say so), with its sync token given
+/// as `token`, `token_file` (relative to the file) or `token_env` (a
+/// variable's name); the reader of the file resolves the last two into
+/// `token` before applying. An incoming replication may list the tokens it
+/// accepts (`accept_tokens`), so a hub can be provisioned ahead of time.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationDecl {
+    pub name: String,
+    /// `LOCAL[=REMOTE]` pairs.
+    pub feeds: Vec<String>,
+    /// The other instance connects here (say it, or leave `outgoing` out).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incoming: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outgoing: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pull_missing: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub push_missing: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_local: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_remote: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Seconds between executions (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub carry_downloads: bool,
+    /// Bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_max_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_guard: Option<DeleteGuard>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accept_tokens: Vec<TokenDecl>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+}
+
+/// A sync token an incoming replication accepts: its id (the 16 hex digits
+/// after `fst_`) and the sha256 (hex) of its secret part (the 64 hex digits
+/// after the second `_`). `ferry config token` prints a new pair.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenDecl {
+    pub id: String,
+    pub sha256: String,
+}
+
+/// What an apply did, per declaration.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Applied {
+    /// Feed name → created or unchanged.
+    pub feeds: Vec<(String, Change)>,
+    /// Replication name → created, updated or unchanged.
+    pub replications: Vec<(String, Change)>,
+    /// Tokens added to incoming replications.
+    pub tokens_added: usize,
+    /// Replications deleted by `prune`.
+    pub pruned: Vec<String>,
+}
+
+/// A declaration that cannot be applied: where it is and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{what}: {message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct DeclareError {
+    pub line: Option<u32>,
+    /// "feed NAME" or "replication NAME".
+    pub what: String,
+    pub message: String,
+}
+
+impl DeclareError {
+    fn new(line: Option<u32>, what: String, e: impl std::fmt::Display) -> Self {
+        DeclareError {
+            line,
+            what,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl ReplicationDecl {
+    /// The replication's configuration; the token must be resolved.
+    fn request(&self) -> Result<CreateRequest, ReplError> {
+        if self.token_file.is_some() || self.token_env.is_some() {
+            return Err(ReplError::Invalid(
+                "token_file and token_env are read by the program that reads the file; send token".into(),
+            ));
+        }
+        if self.incoming && self.outgoing.is_some() {
+            return Err(ReplError::Invalid(
+                "incoming = true and outgoing = URL exclude each other".into(),
+            ));
+        }
+        if self.outgoing.is_some() && !self.accept_tokens.is_empty() {
+            return Err(ReplError::Invalid(
+                "accept_tokens goes with incoming replications (no outgoing URL)".into(),
+            ));
+        }
+        Ok(CreateRequest {
+            name: self.name.clone(),
+            feeds: self.feeds.clone(),
+            outgoing: self.outgoing.clone(),
+            token: self.token.clone(),
+            mode: self.mode.clone(),
+            pull_missing: self.pull_missing,
+            push_missing: self.push_missing,
+            delete_local: self.delete_local,
+            delete_remote: self.delete_remote,
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            interval: self.interval,
+            carry_downloads: self.carry_downloads,
+            delete_guard: self.delete_guard,
+            bandwidth_limit: self.bandwidth_limit,
+            inline_max_bytes: self.inline_max_bytes,
+        })
+    }
+
+    fn tokens(&self) -> Result<Vec<AcceptedToken>, ReplError> {
+        self.accept_tokens
+            .iter()
+            .map(|t| {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(&t.sha256, &mut hash).map_err(|_| {
+                    ReplError::Invalid(format!(
+                        "accept_tokens: sha256 of token {} must be 64 hex digits",
+                        t.id
+                    ))
+                })?;
+                Ok(AcceptedToken {
+                    id: t.id.clone(),
+                    secret_sha256: hash,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Applies `decls` (see the module docs for the order and what is
+/// checked first).
+///
+/// Errors: [`DeclareError`] naming the first declaration that cannot be
+/// applied; when it comes from a check, nothing has changed.
+pub async fn apply(
+    ferry: &Ferry,
+    replicator: &Replicator,
+    decls: &Declarations,
+) -> Result<Applied, DeclareError> {
+    let mut applied = Applied::default();
+    // 1. Feeds: names, types, duplicates; which are missing.
+    let mut seen = HashSet::new();
+    let mut missing = Vec::new();
+    for f in &decls.feeds {
+        let what = format!("feed {}", f.name);
+        let err = |e: &dyn std::fmt::Display| DeclareError::new(f.line, what.clone(), e);
+        let name = FeedName::new(f.name.clone()).map_err(|e| err(&e))?;
+        let ty: FeedType = f.feed_type.parse().map_err(|e| err(&e))?;
+        if !seen.insert(name.clone()) {
+            return Err(err(&"declared twice"));
+        }
+        match ferry.feed(&name).await {
+            Ok(existing) if existing.feed_type != ty => {
+                return Err(err(&format_args!("exists as {}, not {ty}", existing.feed_type)));
+            }
+            Ok(existing) if existing.private != f.private => {
+                let (is, says) = if existing.private {
+                    ("private", "public")
+                } else {
+                    ("public", "private")
+                };
+                return Err(err(&format_args!(
+                    "exists as a {is} feed; the file says {says} (a feed's visibility is not changed in place)"
+                )));
+            }
+            Ok(_) => applied.feeds.push((f.name.clone(), Change::Unchanged)),
+            Err(CoreError::NotFound(_)) => missing.push((name, ty, f)),
+            Err(e) => return Err(err(&e)),
+        }
+    }
+    // 2. Replications: each configuration on its own.
+    let mut names = HashSet::new();
+    let mut token_ids = HashSet::new();
+    let mut planned = Vec::new();
+    for r in &decls.replications {
+        let what = format!("replication {}", r.name);
+        let err = |e: &dyn std::fmt::Display| DeclareError::new(r.line, what.clone(), e);
+        if !names.insert(r.name.clone()) {
+            return Err(err(&"declared twice"));
+        }
+        let cfg = r
+            .request()
+            .and_then(CreateRequest::into_config)
+            .map_err(|e| err(&e))?;
+        let tokens = r.tokens().map_err(|e| err(&e))?;
+        if let Some(t) = tokens.iter().find(|t| !token_ids.insert(t.id.clone())) {
+            return Err(err(&format_args!("token {} is declared twice", t.id)));
+        }
+        planned.push((r, cfg, tokens));
+    }
+    // 3. Missing feeds are created (and removed again if a check fails:
+    //    they are empty), so that replications can be checked against them.
+    let mut created: Vec<FeedName> = Vec::new();
+    for (name, ty, f) in &missing {
+        if let Err(e) = ferry.create_feed(name, *ty, f.private).await {
+            undo_feeds(ferry, &created).await;
+            return Err(DeclareError::new(f.line, format!("feed {name}"), e));
+        }
+        created.push(name.clone());
+    }
+    // 4. Every replication checked (the other end included) before any changes.
+    for (r, cfg, tokens) in &planned {
+        let mut check = replicator.check_declaration(&r.name, cfg).await.map(|_| ());
+        for t in tokens {
+            if check.is_ok() {
+                check = replicator.check_token(&r.name, t).await.map(|_| ());
+            }
+        }
+        if let Err(e) = check {
+            undo_feeds(ferry, &created).await;
+            return Err(DeclareError::new(r.line, format!("replication {}", r.name), e));
+        }
+    }
+    let prune: Vec<String> = if decls.prune {
+        replicator
+            .overview()
+            .await
+            .map_err(|e| DeclareError::new(None, "prune".into(), e))?
+            .into_iter()
+            .map(|o| o.name)
+            .filter(|n| !names.contains(n))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for name in &created {
+        applied.feeds.push((name.to_string(), Change::Created));
+    }
+    for (name, _, f) in &missing {
+        tracing::info!(feed = %name, line = ?f.line, "created declared feed");
+    }
+    // 5. Changes.
+    for (r, cfg, tokens) in &planned {
+        let what = format!("replication {}", r.name);
+        let change = replicator
+            .declare(&r.name, cfg)
+            .await
+            .map_err(|e| DeclareError::new(r.line, what.clone(), e))?;
+        for t in tokens {
+            if replicator
+                .accept_token(&r.name, t)
+                .await
+                .map_err(|e| DeclareError::new(r.line, what.clone(), e))?
+            {
+                applied.tokens_added += 1;
+            }
+        }
+        if change != Change::Unchanged {
+            tracing::info!(replication = %r.name, change = ?change, "applied declared replication");
+        }
+        applied.replications.push((r.name.clone(), change));
+    }
+    for name in prune {
+        replicator
+            .delete(&name)
+            .await
+            .map_err(|e| DeclareError::new(None, format!("replication {name}"), e))?;
+        tracing::info!(replication = %name, "deleted undeclared replication (prune)");
+        applied.pruned.push(name);
+    }
+    Ok(applied)
+}
+
+async fn undo_feeds(ferry: &Ferry, created: &[FeedName]) {
+    for name in created {
+        if let Err(e) = ferry.delete_feed(name).await {
+            tracing::warn!(feed = %name, error = %e, "could not remove a feed created by a failed apply");
+        }
+    }
+}
+
+/// The running configuration as declarations: every feed, every
+/// replication with its options; outgoing tokens are replaced by
+/// `token_env = "FERRY_TOKEN_<NAME>"` (a secret never leaves), incoming
+/// replications list the tokens they accept by id and secret hash.
+pub async fn export(ferry: &Ferry, replicator: &Replicator) -> Result<Declarations, CoreError> {
+    let mut decls = Declarations::default();
+    for f in ferry.feeds().await? {
+        decls.feeds.push(FeedDecl {
+            name: f.name.to_string(),
+            feed_type: f.feed_type.to_string(),
+            private: f.private,
+            line: None,
+        });
+    }
+    for o in replicator.overview().await? {
+        let c = &o.config;
+        let f = c.mode.flows;
+        let custom = c.mode.name == ferry_replication::config::ModeName::Custom;
+        let mut r = ReplicationDecl {
+            name: o.name.clone(),
+            feeds: c
+                .feeds
+                .iter()
+                .map(|p| {
+                    if p.local == p.remote {
+                        p.local.to_string()
+                    } else {
+                        format!("{}={}", p.local, p.remote)
+                    }
+                })
+                .collect(),
+            mode: c.mode.name.as_str().into(),
+            pull_missing: custom && f.pull_missing,
+            push_missing: custom && f.push_missing,
+            delete_local: custom && f.delete_local,
+            delete_remote: custom && f.delete_remote,
+            include: c.include.clone(),
+            exclude: c.exclude.clone(),
+            interval: Some(c.interval_secs),
+            carry_downloads: c.carry_downloads,
+            bandwidth_limit: c.bandwidth_limit,
+            inline_max_bytes: (c.inline_max_bytes != ferry_replication::config::default_inline_max())
+                .then_some(c.inline_max_bytes),
+            delete_guard: (c.delete_guard != DeleteGuard::default()).then_some(c.delete_guard),
+            ..Default::default()
+        };
+        match &c.communication {
+            ferry_replication::config::Communication::Outgoing { url, .. } => {
+                r.outgoing = Some(url.clone());
+                r.token_env = Some(token_env_name(&o.name));
+            }
+            ferry_replication::config::Communication::Incoming => {
+                r.incoming = true;
+                r.accept_tokens = replicator
+                    .accepted_tokens(&o.name)
+                    .await?
+                    .into_iter()
+                    .map(|t| TokenDecl {
+                        id: t.id,
+                        sha256: hex::encode(t.secret_sha256),
+                    })
+                    .collect();
+            }
+        }
+        decls.replications.push(r);
+    }
+    Ok(decls)
+}
+
+/// The variable an exported outgoing replication takes its token from:
+/// `FERRY_TOKEN_` and the name in capitals, other characters as `_`.
+pub fn token_env_name(replication: &str) -> String {
+    let tail: String = replication
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("FERRY_TOKEN_{tail}")
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/v1/config", get(get_config).put(put_config))
+}
+
+async fn get_config(State(st): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
+    let decls = export(&st.ferry, &st.replicator).await.map_err(ApiError::json)?;
+    Ok(Json(json!(decls)))
+}
+
+/// `PUT /api/v1/config`: 200 with what changed, or 400 naming the
+/// declaration (and its line, when the client sent lines).
+async fn put_config(
+    State(st): State<AppState>,
+    _: Admin,
+    body: Result<Json<Declarations>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(decls) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
+    let applied = apply(&st.ferry, &st.replicator, &decls)
+        .await
+        .map_err(|e| ApiError::json(CoreError::invalid(e.to_string())))?;
+    Ok(Json(json!(applied)))
+}

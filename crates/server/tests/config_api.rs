@@ -1,0 +1,155 @@
+//! Configuration as code through the management API (`PUT`/`GET
+//! /api/v1/config`), in process: what an apply creates, updates and leaves
+//! alone, that a refused declaration changes nothing, the tokens an
+//! incoming replication accepts ahead of time, and who may apply.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use axum::http::StatusCode;
+use common::{ADMIN, Instance};
+use ferry_store::Permission;
+use serde_json::{Value, json};
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+async fn put(i: &Instance, key: Option<&str>, body: Value) -> common::Reply {
+    i.send("PUT", "/api/v1/config", key, &[JSON], body.to_string())
+        .await
+}
+
+async fn export(i: &Instance) -> Value {
+    let r = i
+        .send("GET", "/api/v1/config", Some(ADMIN), &[], String::new())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()
+}
+
+fn hub() -> Value {
+    json!({
+        "feeds": [{ "name": "files", "type": "assets" }, { "name": "docs", "type": "assets", "private": true }],
+        "replications": [{
+            "name": "edge", "feeds": ["files", "docs"], "incoming": true, "mode": "push",
+            "accept_tokens": [{ "id": "0123456789abcdef", "sha256": "ab".repeat(32) }],
+            "line": 9
+        }]
+    })
+}
+
+#[tokio::test]
+async fn apply_creates_updates_and_refuses_without_changing_anything() {
+    let i = Instance::new().await;
+    let r = put(&i, Some(ADMIN), hub()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["feeds"], json!([["files", "created"], ["docs", "created"]]));
+    assert_eq!(v["replications"], json!([["edge", "created"]]));
+    assert_eq!(v["tokens_added"], 1);
+    let first = export(&i).await;
+    assert_eq!(
+        first["replications"][0]["accept_tokens"][0]["id"],
+        "0123456789abcdef"
+    );
+    let docs = first["feeds"].as_array().unwrap().iter().find(|f| f["name"] == "docs").unwrap();
+    assert_eq!(docs["private"], true);
+
+    // The same again: nothing changes.
+    let v = put(&i, Some(ADMIN), hub()).await.json();
+    assert_eq!(v["replications"], json!([["edge", "unchanged"]]));
+    assert_eq!(v["tokens_added"], 0);
+
+    // An option changed: updated in place, tokens kept.
+    let mut changed = hub();
+    changed["replications"][0]["exclude"] = json!(["tmp/**"]);
+    let v = put(&i, Some(ADMIN), changed).await.json();
+    assert_eq!(v["replications"], json!([["edge", "updated"]]));
+    let now = export(&i).await;
+    assert_eq!(now["replications"][0]["exclude"], json!(["tmp/**"]));
+    assert_eq!(
+        now["replications"][0]["accept_tokens"],
+        first["replications"][0]["accept_tokens"]
+    );
+
+    // Each refusal names the declaration (and its line) and changes nothing:
+    // not even the new feed declared beside it.
+    let before = export(&i).await;
+    let refusals: Vec<(Value, &str)> = vec![
+        (
+            json!({ "feeds": [{ "name": "files", "type": "npm" }] }),
+            "exists as assets",
+        ),
+        (
+            json!({ "feeds": [{ "name": "docs", "type": "assets" }] }),
+            "private",
+        ),
+        (
+            json!({ "feeds": [{ "name": "Bad Name", "type": "assets" }] }),
+            "Bad Name",
+        ),
+        (
+            json!({ "feeds": [{ "name": "x", "type": "rubygems" }] }),
+            "rubygems",
+        ),
+        (
+            json!({ "replications": [{ "name": "edge", "feeds": ["files"], "mode": "push" }, { "name": "edge", "feeds": ["files"], "mode": "push" }] }),
+            "declared twice",
+        ),
+        (
+            json!({ "feeds": [{ "name": "fresh", "type": "npm" }], "replications": [{ "name": "r2", "feeds": ["fresh", "missing"], "mode": "push", "line": 12 }] }),
+            "line 12: replication r2: feed missing",
+        ),
+        (
+            json!({ "replications": [{ "name": "edge", "feeds": ["files"], "outgoing": "http://127.0.0.1:9", "token": "fst_0123456789abcdef_x", "mode": "pull" }] }),
+            "direction",
+        ),
+        (
+            json!({ "replications": [{ "name": "r3", "feeds": ["files"], "outgoing": "http://127.0.0.1:9", "token_file": "t", "mode": "pull" }] }),
+            "token_file",
+        ),
+        (
+            json!({ "replications": [{ "name": "r4", "feeds": ["files"], "mode": "push", "accept_tokens": [{ "id": "short", "sha256": "ab".repeat(32) }] }] }),
+            "16 lowercase hex",
+        ),
+        (
+            json!({ "replications": [{ "name": "r5", "feeds": ["files"], "mode": "push", "accept_tokens": [{ "id": "0123456789abcdef", "sha256": "cd".repeat(32) }] }] }),
+            "another replication",
+        ),
+        (
+            json!({ "replications": [{ "name": "r6", "feeds": ["files"], "mode": "sideways" }] }),
+            "sideways",
+        ),
+        (json!({ "surprise": 1 }), "surprise"),
+    ];
+    for (body, why) in refusals {
+        let r = put(&i, Some(ADMIN), body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
+        assert!(r.text().contains(why), "{why}: {}", r.text());
+        assert_eq!(export(&i).await, before, "{body} changed something");
+    }
+
+    // prune deletes what is not declared; feeds stay.
+    let v = put(
+        &i,
+        Some(ADMIN),
+        json!({ "prune": true, "feeds": [{ "name": "files", "type": "assets" }] }),
+    )
+    .await
+    .json();
+    assert_eq!(v["pruned"], json!(["edge"]));
+    let after = export(&i).await;
+    assert_eq!(after["replications"], json!([]));
+    assert_eq!(after["feeds"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn only_admins_apply_or_read_the_configuration() {
+    let i = Instance::new().await;
+    let writer = i.key("writer", Permission::Write, None).await;
+    assert_eq!(put(&i, None, hub()).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(put(&i, Some(&writer), hub()).await.status, StatusCode::FORBIDDEN);
+    let r = i
+        .send("GET", "/api/v1/config", Some(&writer), &[], String::new())
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(export(&i).await["feeds"], json!([]));
+}
