@@ -3,7 +3,7 @@
 //! it may read only what this side pushes, and write only what this side
 //! pulls.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use ferry_store::{ByteStream, FeedRecord, ReplicationRecord, StagedBlob};
@@ -714,8 +714,24 @@ impl Replicator {
         }
         let mut plan: Vec<(crate::batch::BlobWant, Option<(u16, String)>)> =
             Vec::with_capacity(req.blobs.len());
+        // A side that sends content: one lookup for the whole batch.
+        let referenced = if s.config.mode.flows.push_missing {
+            let ids = self.session_feed_ids(s).await?;
+            let digests: Vec<Digest> = req.blobs.iter().map(|w| w.digest).collect();
+            Some(self.store().blobs_referenced(&digests, &ids).await?)
+        } else {
+            None
+        };
         for w in req.blobs {
-            let refusal = match self.may_read_blob(s, &w.digest).await {
+            let allowed = match &referenced {
+                Some(set) if set.contains(&w.digest) => Ok(()),
+                Some(_) => Err(ReplError::NotFound(format!(
+                    "blob {} is not in the feeds of this replication",
+                    w.digest
+                ))),
+                None => self.may_read_blob(s, &w.digest).await,
+            };
+            let refusal = match allowed {
                 Ok(()) => None,
                 Err(ReplError::Forbidden(m)) => Some((403, m)),
                 Err(ReplError::NotFound(m)) => Some((404, m)),
@@ -723,6 +739,13 @@ impl Replicator {
             };
             plan.push((w, refusal));
         }
+        // Sizes of everything that may be sent, in one pass.
+        let readable: Vec<Digest> = plan.iter().filter(|(_, r)| r.is_none()).map(|(w, _)| w.digest).collect();
+        let sizes: HashMap<Digest, Option<u64>> = readable
+            .iter()
+            .copied()
+            .zip(self.ferry().blob_store().sizes(&readable).await?)
+            .collect();
         let ferry = self.ferry().clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
         tokio::spawn(async move {
@@ -737,8 +760,8 @@ impl Replicator {
                 let header = if let Some((status, error)) = refusal {
                     refuse(w.digest, status, error)
                 } else {
-                    match ferry.blob_size(&w.digest).await {
-                        Ok(Some(size)) if w.offset <= size => {
+                    match sizes.get(&w.digest).copied().flatten() {
+                        Some(size) if w.offset <= size => {
                             match ferry.read_blob(&w.digest, Some(w.offset..size)).await {
                                 Ok(body) => {
                                     let head = FrameHeader {
@@ -756,7 +779,7 @@ impl Replicator {
                                 Err(e) => refuse(w.digest, frame_status(&e), e.to_string()),
                             }
                         }
-                        Ok(Some(size)) => refuse(
+                        Some(size) => refuse(
                             w.digest,
                             416,
                             format!(
@@ -764,8 +787,7 @@ impl Replicator {
                                 w.offset, w.digest
                             ),
                         ),
-                        Ok(None) => refuse(w.digest, 404, format!("blob {} is not stored here", w.digest)),
-                        Err(e) => refuse(w.digest, frame_status(&e), e.to_string()),
+                        None => refuse(w.digest, 404, format!("blob {} is not stored here", w.digest)),
                     }
                 };
                 if tx.send(Ok(header.encode())).await.is_err() {

@@ -132,6 +132,22 @@ pub trait ReplicationStore: Send + Sync + 'static {
     async fn live_count(&self, feed: FeedId) -> Result<u64, StoreError>;
     /// Whether an item of one of `feeds` references the blob.
     async fn blob_referenced(&self, digest: &Digest, feeds: &[FeedId]) -> Result<bool, StoreError>;
+    /// Which of `digests` an item of one of `feeds` references (as
+    /// [`ReplicationStore::blob_referenced`], for many at once; stores
+    /// that can look them up in one go override it).
+    async fn blobs_referenced(
+        &self,
+        digests: &[Digest],
+        feeds: &[FeedId],
+    ) -> Result<std::collections::HashSet<Digest>, StoreError> {
+        let mut out = std::collections::HashSet::new();
+        for d in digests {
+            if self.blob_referenced(d, feeds).await? {
+                out.insert(*d);
+            }
+        }
+        Ok(out)
+    }
     /// How many keys of the feed are deleted now (tombstones) and were
     /// changed after `since`: what a peer reading the log from `since`
     /// would be asked to delete, at most.

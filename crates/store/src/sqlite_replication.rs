@@ -484,6 +484,29 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 
+    async fn blobs_referenced(
+        &self,
+        digests: &[Digest],
+        feeds: &[FeedId],
+    ) -> Result<std::collections::HashSet<Digest>, StoreError> {
+        let (digests, feeds) = (digests.to_vec(), feeds.to_vec());
+        self.read(move |c| {
+            let mut st =
+                c.prepare_cached("SELECT 1 FROM item_blobs WHERE digest = ?1 AND feed_id = ?2 LIMIT 1")?;
+            let mut out = std::collections::HashSet::new();
+            for d in digests {
+                for f in &feeds {
+                    if st.query_row(params![d.as_bytes(), f], |_| Ok(())).optional()?.is_some() {
+                        out.insert(d);
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn deletions_after(&self, feed: FeedId, since: i64) -> Result<u64, StoreError> {
         self.read(move |c| {
             let n: i64 = c.query_row(
