@@ -561,7 +561,7 @@ impl Replicator {
         if let Ok(mut r) = self.0.running.lock() {
             r.insert(rec.id, (exec_id, progress.clone()));
         }
-        let mut run = Run::new(self, rec, cfg, progress)?
+        let mut run = Run::new(self, rec, cfg, progress.clone())?
             .confirm_deletes(confirm_deletes)
             .full(full)
             .repair(trigger == "repair");
