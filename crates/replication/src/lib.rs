@@ -87,6 +87,8 @@ struct Polled {
 
 /// How long a long poll's page may wait for the execution it woke.
 const POLLED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long [`Replicator::check_connection`] waits for the other end.
+pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// How long a handshake is reused by later executions (a failed execution
 /// or a change of the replication forgets it at once).
 const HANDSHAKE_REUSE: std::time::Duration = std::time::Duration::from_secs(300);
@@ -298,6 +300,47 @@ impl Replicator {
                 Ok(())
             }
         }
+    }
+
+    /// Handshakes with the other end that outgoing configuration `cfg`
+    /// (named `name`, not stored) points at, and says what went wrong,
+    /// unreachable included: the web UI's check on the spot. It is the
+    /// handshake `create` and `update` make ([`Run::handshake`]), without
+    /// their leniency for an end that cannot be reached yet; nothing is
+    /// stored here. Gives up after [`CHECK_TIMEOUT`].
+    pub async fn check_connection(
+        &self,
+        name: &str,
+        cfg: &ReplicationConfig,
+    ) -> Result<protocol::HandshakeResponse, ReplError> {
+        cfg.validate()?;
+        let rec = ReplicationRecord {
+            id: 0,
+            name: name.to_string(),
+            config: serde_json::Value::Null,
+            created_at: 0,
+        };
+        let mut run = Run::new(self, &rec, cfg, Arc::new(Progress::default()))?;
+        tokio::time::timeout(CHECK_TIMEOUT, run.handshake())
+            .await
+            .unwrap_or_else(|_| {
+                Err(ReplError::Transport(format!(
+                    "no answer within {} s",
+                    CHECK_TIMEOUT.as_secs()
+                )))
+            })
+    }
+
+    /// [`Replicator::check_connection`] for the configuration `req` would
+    /// give replication `name` (its current token when `req` names none).
+    pub async fn check_update(
+        &self,
+        name: &str,
+        req: &UpdateRequest,
+    ) -> Result<protocol::HandshakeResponse, ReplError> {
+        let (_, old) = self.record(name).await?;
+        let cfg = req.clone().apply_to(&old)?;
+        self.check_connection(name, &cfg).await
     }
 
     /// Changes a replication's connection, filters or schedule. A new URL or
@@ -513,12 +556,7 @@ impl Replicator {
     /// Errors: [`ReplError::NotFound`] for an unknown replication.
     pub async fn stop_execution(&self, name: &str, by: &str) -> Result<Option<i64>, ReplError> {
         let (rec, _) = self.record(name).await?;
-        let running = self
-            .0
-            .running
-            .lock()
-            .ok()
-            .and_then(|r| r.get(&rec.id).cloned());
+        let running = self.0.running.lock().ok().and_then(|r| r.get(&rec.id).cloned());
         Ok(running.map(|(exec_id, progress)| {
             if let Ok(mut b) = progress.stopped_by.lock() {
                 *b = Some(by.to_string());
@@ -792,7 +830,8 @@ impl Replicator {
         Ok(())
     }
 
-    /// Wakes a replication's scheduler to run now (in the background).
+    /// Wakes a replication's scheduler to run now (in the background); the
+    /// execution is recorded with trigger `manual`.
     pub async fn trigger(&self, name: &str) -> Result<(), ReplError> {
         let (rec, cfg) = self.record(name).await?;
         if !cfg.is_outgoing() {
@@ -800,7 +839,7 @@ impl Replicator {
                 "replication {name} is incoming: run it from the outgoing instance"
             )));
         }
-        self.0.scheduler.wake(rec.id);
+        self.0.scheduler.wake_manual(rec.id);
         Ok(())
     }
 }

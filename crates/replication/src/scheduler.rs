@@ -4,6 +4,7 @@
 //! replication at a time; a wake-up during an execution runs another after.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +25,22 @@ const RECONNECT_MAX: Duration = Duration::from_secs(3);
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// A running replication's wake-up signal and its tasks.
-type Tasks = (Arc<Notify>, Vec<JoinHandle<()>>);
+type Tasks = (Arc<Wake>, Vec<JoinHandle<()>>);
+
+/// Wakes a replication's main loop. `manual` says an operator asked
+/// ("Run now"), so the execution it starts is recorded with trigger
+/// `manual` rather than `change` (a watcher's wake).
+#[derive(Default)]
+pub(crate) struct Wake {
+    notify: Notify,
+    manual: AtomicBool,
+}
+
+impl Wake {
+    fn notify_one(&self) {
+        self.notify.notify_one();
+    }
+}
 
 #[derive(Default)]
 pub(crate) struct Scheduler {
@@ -37,7 +53,7 @@ impl Scheduler {
         if tasks.contains_key(&id) {
             return;
         }
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::default());
         let mut handles = vec![tokio::spawn(main_loop(r.clone(), id, name.clone(), wake.clone()))];
         handles.push(tokio::spawn(watchers(r, id, name, wake.clone())));
         tasks.insert(id, (wake, handles));
@@ -84,6 +100,17 @@ impl Scheduler {
             wake.notify_one();
         }
     }
+
+    /// Wakes the replication because an operator asked to run it now: the
+    /// next execution is recorded with trigger `manual`.
+    pub fn wake_manual(&self, id: i64) {
+        if let Ok(tasks) = self.tasks.lock()
+            && let Some((wake, _)) = tasks.get(&id)
+        {
+            wake.manual.store(true, Ordering::SeqCst);
+            wake.notify_one();
+        }
+    }
 }
 
 async fn load(r: &Replicator, name: &str) -> Option<ReplicationConfig> {
@@ -91,7 +118,7 @@ async fn load(r: &Replicator, name: &str) -> Option<ReplicationConfig> {
     serde_json::from_value(rec.config).ok()
 }
 
-async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
+async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
     let mut trigger = "schedule";
     let mut failures: u32 = 0;
     loop {
@@ -114,13 +141,15 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
         r.set_next_run(id, now_millis() + delay.as_millis() as i64);
         trigger = tokio::select! {
             _ = tokio::time::sleep(delay) => "schedule",
-            _ = wake.notified() => "change",
+            _ = wake.notify.notified() => {
+                if wake.manual.swap(false, Ordering::SeqCst) { "manual" } else { "change" }
+            }
         };
     }
 }
 
 /// Wakes the main loop when there is something to move.
-async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Notify>) {
+async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
     let Some(cfg) = load(&r, &name).await else { return };
     let Communication::Outgoing { url, token } = &cfg.communication else {
         return;
