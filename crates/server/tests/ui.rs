@@ -1134,3 +1134,112 @@ async fn an_item_is_deleted_from_its_page_after_a_confirmation_naming_it() {
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
 }
+
+/// The plan page lists the items a run would copy and delete and, for
+/// each that would not move, why.
+#[tokio::test]
+async fn the_plan_lists_each_item_and_why_it_would_not_move() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    for (k, v) in [("same.txt", "s"), ("old.txt", "o"), ("skip/x.txt", "x")] {
+        let r = hub
+            .send("PUT", &format!("/assets/files/{k}"), Some(ADMIN), &[], v)
+            .await;
+        assert!(r.status.is_success(), "{}", r.text());
+    }
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let url = hub.serve().await;
+    let spoke = Instance::new().await;
+    spoke.feed("files", FeedType::Assets, false).await;
+    let r = api(
+        &spoke,
+        "POST",
+        "/api/v1/replications",
+        Some(serde_json::json!({
+            "name": "from-hub", "feeds": ["files"], "mode": "pull", "outgoing": url, "token": token,
+            "interval": 3600, "exclude": ["skip/**"],
+            // Any deletion waits for a confirmation.
+            "delete_guard": {"max_share": 0.0, "max_items": 0},
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let first = running_or_done(&spoke, "from-hub").await;
+    assert_eq!(ended(&spoke, "from-hub", first).await["outcome"], "succeeded");
+    assert_eq!(spoke.get("/assets/files/same.txt").await.status, StatusCode::OK);
+    // On the hub: one deleted, one new.
+    hub.send("DELETE", "/assets/files/old.txt", Some(ADMIN), &[], Body::empty())
+        .await;
+    hub.send("PUT", "/assets/files/new.txt", Some(ADMIN), &[], "n")
+        .await;
+    // A new filter compares from the start again; the guard holds every
+    // execution before it moves its cursor.
+    let r = api(
+        &spoke,
+        "PATCH",
+        "/api/v1/replications/from-hub",
+        Some(serde_json::json!({ "exclude": ["skip/**", "tmp/**"] })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    let cookie = session(&spoke, ADMIN).await;
+    let r = page(&spoke, &cookie, "/replications/from-hub/plan").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let html = r.text();
+    let row = |key: &str| -> String {
+        let at = html
+            .find(&format!("<code class=\"break\">{key}</code>"))
+            .unwrap_or_else(|| panic!("{key} listed: {html}"));
+        html[at..at + html[at..].find("</tr>").unwrap()].to_string()
+    };
+    assert!(row("new.txt").contains(">copy<"), "{}", row("new.txt"));
+    assert!(
+        row("old.txt").contains(">delete<") && row("old.txt").contains("held by the delete guard"),
+        "{}",
+        row("old.txt")
+    );
+    assert!(
+        row("same.txt").contains("already the same"),
+        "{}",
+        row("same.txt")
+    );
+    assert!(
+        row("skip/x.txt").contains("filtered out"),
+        "{}",
+        row("skip/x.txt")
+    );
+    assert!(
+        html.contains("Would move (2)") && html.contains("Would not move (2)"),
+        "{html}"
+    );
+    // Nothing moved.
+    assert_eq!(
+        spoke.get("/assets/files/new.txt").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(spoke.get("/assets/files/old.txt").await.status, StatusCode::OK);
+    // The API's plan carries the same list.
+    let j = api(&spoke, "POST", "/api/v1/replications/from-hub/plan", None)
+        .await
+        .json();
+    assert_eq!(j["feeds"][0]["plan"]["total"], 4, "{j}");
+}
+
+/// The id of replication `name`'s first execution, running or ended.
+async fn running_or_done(i: &Instance, name: &str) -> i64 {
+    for _ in 0..200 {
+        let list = api(i, "GET", &format!("/api/v1/replications/{name}/executions"), None)
+            .await
+            .json();
+        if let Some(id) = list
+            .as_array()
+            .and_then(|l| l.last())
+            .and_then(|e| e["id"].as_i64())
+        {
+            return id;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no execution of {name}");
+}

@@ -1024,8 +1024,14 @@ async fn plan(
     let body = html! {
         p.crumbs { a href={ "/replications/" (seg(&name)) } { "Replication " (name) } " / plan" }
         h1 { "What a run would do" }
-        p.hint { "Nothing was changed. Counts are what an execution now would copy and delete." }
+        p.hint { "Nothing was changed. Counts are what an execution now would copy and delete; below, item by item, with the reason for each item that would not move." }
         (feed_counts(&report))
+        @if report["needs_confirmation"].as_bool() == Some(true) {
+            div.notice.warn { p { strong { "Held by the delete guard." } " A run would stop before the deletions marked held below until they are confirmed." } }
+        }
+        @for f in report["feeds"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            (plan_items(f))
+        }
         h2 { "Details" }
         @if let Some(lines) = report["log"].as_array() {
             div.table-wrap { table.log { tbody { @for l in lines { tr {
@@ -1034,6 +1040,51 @@ async fn plan(
         }
     };
     Ok(page("Plan", Some(&who), Nav::Replication, body))
+}
+
+/// One feed pair's items in a plan: what would move, then what would not
+/// and why.
+fn plan_items(f: &Value) -> Markup {
+    let items = f["plan"]["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let total = f["plan"]["total"].as_u64().unwrap_or(0);
+    let (moving, staying): (Vec<&Value>, Vec<&Value>) = items.iter().partition(|i| i["action"] != "none");
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_owned();
+    html! {
+        h2 { "Feed " (s(f, "local")) " = " (s(f, "remote")) }
+        @if total == 0 {
+            p.muted { "Nothing to compare: no changes on either side since the last execution." }
+        } @else {
+            @if total > items.len() as u64 {
+                p.hint { "The first " (items.len()) " of " (total) " items are listed." }
+            }
+            h3 { "Would move (" (moving.len()) ")" }
+            @if moving.is_empty() { p.muted { "Nothing." } } @else {
+                div.table-wrap { table.plan data-plan="move" {
+                    thead { tr { th { "Item" } th { "Direction" } th { "Action" } th { "Note" } } }
+                    tbody { @for i in &moving { tr {
+                        td { code.break { (s(i, "key")) } }
+                        td { (s(i, "direction")) }
+                        td { span class={ "badge " (if i["action"] == "delete" { "bad" } else { "ok" }) } { (s(i, "action")) } }
+                        td { (s(i, "why")) }
+                    } } }
+                } }
+            }
+            h3 { "Would not move (" (staying.len()) ")" }
+            @if staying.is_empty() { p.muted { "Nothing." } } @else {
+                div.table-wrap { table.plan data-plan="stay" {
+                    thead { tr { th { "Item" } th { "Direction" } th { "Why" } } }
+                    tbody { @for i in &staying { tr {
+                        td { code.break { (s(i, "key")) } }
+                        td { (s(i, "direction")) }
+                        td { (s(i, "why")) }
+                    } } }
+                } }
+            }
+        }
+    }
 }
 
 // ------------------------------------------------------------ diagnostics
