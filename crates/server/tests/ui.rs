@@ -519,8 +519,32 @@ async fn a_replication_is_edited_through_the_same_update_as_the_api() {
         &[("csrf", &csrf)],
     )
     .await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert!(r.text().contains("fst_") && r.text().contains("shown once"));
+    // POST/redirect/GET: the token page shows it once; a reload does not.
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/replications/edge/token"));
+    let shown = page(&i, &cookie, "/replications/edge/token").await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert!(shown.text().contains("fst_") && shown.text().contains("shown once"));
+    let again = page(&i, &cookie, "/replications/edge/token").await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    assert!(!again.text().contains("fst_") && again.text().contains("was shown once"));
+    // A new key: the same, on the keys page.
+    let r = post(
+        &i,
+        &cookie,
+        "/keys",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("name", "ci"), ("permission", "write")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/keys"));
+    let keys = page(&i, &cookie, "/keys").await.text();
+    assert!(
+        keys.contains("Key <strong>ci</strong> created") && keys.contains("id=\"new-key\""),
+        "{keys}"
+    );
+    assert!(!page(&i, &cookie, "/keys").await.text().contains("id=\"new-key\""));
     // The overview's polling endpoint.
     let j = page(&i, &cookie, "/ui/api/overview").await;
     assert_eq!(j.json()["replications"][0]["state"], "incoming");

@@ -446,7 +446,18 @@ async fn item(
 
 async fn keys(State(st): State<AppState>, who: Signed) -> Result<Response, ApiError> {
     who.admin()?;
-    render_keys(&st, &who, None, None, StatusCode::OK).await
+    let flash = match st.sessions.take_flash(&who.session) {
+        Some(super::Flash::Key { name, secret }) => Some((name, secret)),
+        _ => None,
+    };
+    render_keys(
+        &st,
+        &who,
+        None,
+        flash.as_ref().map(|(n, s)| (n.as_str(), s.as_str())),
+        StatusCode::OK,
+    )
+    .await
 }
 
 async fn render_keys(
@@ -516,7 +527,15 @@ async fn create_key(State(st): State<AppState>, p: Posted) -> Result<Response, A
     let feeds = (!feeds.is_empty()).then_some(feeds);
     match crate::mgmt::new_key(&st.ferry, &name, p.form.get("permission"), feeds).await {
         Ok((rec, secret)) => {
-            render_keys(&st, &p.who, None, Some((&rec.name, &secret)), StatusCode::CREATED).await
+            // POST/redirect/GET: the key list shows the secret once.
+            st.sessions.set_flash(
+                &p.who.session,
+                super::Flash::Key {
+                    name: rec.name.clone(),
+                    secret,
+                },
+            );
+            Ok(Redirect::to("/keys").into_response())
         }
         Err(e @ CoreError::Internal(_)) => Err(html_err(e)),
         Err(e) => {

@@ -68,6 +68,24 @@ struct Session {
     key_hash: [u8; 32],
     csrf: String,
     expires: Instant,
+    /// A secret a form created (a new API key or sync token), kept for the
+    /// page its redirect leads to, which shows it once and drops it.
+    flash: Option<Flash>,
+}
+
+/// A secret to show once on the page after a redirect (POST/redirect/GET
+/// for forms that create one).
+#[derive(Clone)]
+pub(crate) enum Flash {
+    /// A new API key: its name and secret.
+    Key { name: String, secret: String },
+    /// A sync token of replication `replication`; `created`: with the
+    /// replication itself.
+    Token {
+        replication: String,
+        token: String,
+        created: bool,
+    },
 }
 
 /// The signed-in sessions, in memory.
@@ -114,6 +132,7 @@ impl Sessions {
                 key_hash,
                 csrf: csrf.clone(),
                 expires: now + SESSION_TTL,
+                flash: None,
             },
         );
         Some((id, csrf))
@@ -129,6 +148,18 @@ impl Sessions {
             }
             None => None,
         }
+    }
+
+    /// Keeps `flash` for the session's next page that asks for it.
+    pub(crate) fn set_flash(&self, id: &str, flash: Flash) {
+        if let Some(s) = self.lock().get_mut(id) {
+            s.flash = Some(flash);
+        }
+    }
+
+    /// The session's flash, once.
+    pub(crate) fn take_flash(&self, id: &str) -> Option<Flash> {
+        self.lock().get_mut(id).and_then(|s| s.flash.take())
     }
 
     fn remove(&self, id: &str) {
@@ -246,7 +277,7 @@ fn prefixed_links(html: &str, prefix: &str) -> String {
 pub(crate) struct Signed {
     pub principal: Principal,
     pub csrf: String,
-    session: String,
+    pub session: String,
 }
 
 impl Signed {

@@ -32,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/replications/{name}/stop", post(stop))
         .route("/replications/{name}/confirm", post(confirm))
         .route("/replications/{name}/tokens", post(new_token))
+        .route("/replications/{name}/token", get(token_shown))
         .route("/replications/{name}/tokens/{id}/revoke", post(revoke_token))
         .route("/replications/{name}/delete", get(delete_confirm).post(delete))
         .route("/replications/{name}/edit", get(edit_form).post(edit))
@@ -608,7 +609,44 @@ async fn create(State(st): State<AppState>, p: Posted) -> Result<Response, ApiEr
     }
     // Incoming: the token, shown once, and what the other side enters.
     let token = st.replicator.new_token(&o.name).await.map_err(html_err)?;
-    Ok(token_page(&st, &p.who, &o, &token, true))
+    Ok(token_redirect(&st, &p.who, &o.name, token, true))
+}
+
+/// POST/redirect/GET for a new sync token: kept in the session for the
+/// token page, which shows it once.
+fn token_redirect(st: &AppState, who: &Signed, name: &str, token: String, created: bool) -> Response {
+    st.sessions.set_flash(
+        &who.session,
+        super::Flash::Token {
+            replication: name.to_owned(),
+            token,
+            created,
+        },
+    );
+    Redirect::to(&format!("/replications/{}/token", seg(name))).into_response()
+}
+
+/// The page after a new sync token: the token, once. Reloaded (the token
+/// already shown), it says so.
+async fn token_shown(
+    State(st): State<AppState>,
+    who: Signed,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    who.admin()?;
+    let o = core_api::replication_overview(&st, &name)
+        .await
+        .map_err(html_err)?;
+    match st.sessions.take_flash(&who.session) {
+        Some(super::Flash::Token {
+            replication,
+            token,
+            created,
+        }) if replication == o.name => Ok(token_page(&st, &who, &o, &token, created)),
+        _ => Err(html_err(CoreError::not_found(format!(
+            "the sync token of {name} was shown once and is not kept; create a new one on the replication's page"
+        )))),
+    }
 }
 
 fn token_page(st: &AppState, who: &Signed, o: &Overview, token: &str, created: bool) -> Response {
@@ -967,8 +1005,8 @@ async fn new_token(
     let o = core_api::replication_overview(&st, &name)
         .await
         .map_err(html_err)?;
-    let token = st.replicator.new_token(&name).await.map_err(html_err)?;
-    Ok(token_page(&st, &p.who, &o, &token, false))
+    let token = st.replicator.new_token(&o.name).await.map_err(html_err)?;
+    Ok(token_redirect(&st, &p.who, &o.name, token, false))
 }
 
 async fn revoke_token(
