@@ -147,6 +147,11 @@ async fn click(c: &Client, sel: &str) {
 
 async fn sign_in(c: &Client, server: &Server, key: &str) {
     c.goto(&format!("{}/login", server.url)).await.unwrap();
+    // Each instance keeps its own session cookie, also on one host: an
+    // instance signed in earlier is signed in still.
+    if c.find(Locator::Css("form.signout")).await.is_ok() {
+        return;
+    }
     fill(c, "#key", key).await;
     click(c, "form[action='/login'] button[type=submit]").await;
     css(c, "form.signout").await;
@@ -288,6 +293,31 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     );
     shot(&c, "wizard-error-mode").await;
 
+    // An address where nothing answers: said so, the values kept, and
+    // "create it anyway" offered.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    wizard(
+        &c,
+        &spoke,
+        "from-hub",
+        "releases",
+        Some((&closed, &token)),
+        "pull",
+    )
+    .await;
+    submit_wizard(&c).await;
+    let err = css(&c, "p.error").await.text().await.unwrap();
+    assert!(err.contains("could not be reached"), "{err}");
+    assert_eq!(
+        css(&c, "#url").await.prop("value").await.unwrap().unwrap(),
+        closed
+    );
+    css(&c, "input[name=anyway]").await;
+    shot(&c, "wizard-error-unreachable").await;
+
     // The right one.
     wizard(
         &c,
@@ -339,6 +369,11 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(ran, "Run now added an execution that succeeded");
+    let newest = execution_rows(&c, &detail).await.remove(0);
+    assert!(
+        newest.contains("manual"),
+        "Run now is recorded as manual: {newest}"
+    );
     shot(&c, "replication").await;
 
     // The execution that copied the file.
@@ -390,6 +425,13 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     let t = wait_text(&c, "sha256:").await;
     assert!(t.contains("tools/app-1.0.tar.gz") && t.contains("sha256:"), "{t}");
     shot(&c, "item").await;
+    // Deleting it asks first, naming the item.
+    click(&c, "a.button.danger").await;
+    let t = wait_text(&c, "cannot be undone").await;
+    assert!(t.contains("the file tools/app-1.0.tar.gz"), "{t}");
+    shot(&c, "item-delete").await;
+    click(&c, "main form a").await;
+    wait_text(&c, "sha256:").await;
 
     c.goto(&format!("{}/replications/from-hub/edit", spoke.url))
         .await
