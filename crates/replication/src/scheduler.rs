@@ -1,7 +1,9 @@
 //! When executions run: every `interval_secs`, on demand, as soon as the
 //! other side's change log grows (long polling, for pulling replications),
 //! and shortly after a local change (for pushing ones). One execution per
-//! replication at a time; a wake-up during an execution runs another after.
+//! replication at a time; a wake-up during an execution runs another after
+//! — except after an execution an operator stopped: then only the schedule
+//! or "Run now" start the next one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,12 +125,12 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
     let mut failures: u32 = 0;
     loop {
         let Some(cfg) = load(&r, &name).await else { return };
-        let failed = match r.run_if_idle(id, trigger).await {
-            Ok(Some(res)) => res.outcome == "failed",
-            Ok(None) => false,
+        let (failed, stopped) = match r.run_if_idle(id, trigger).await {
+            Ok(Some(res)) => (res.outcome == "failed", res.outcome == "stopped"),
+            Ok(None) => (false, false),
             Err(e) => {
                 tracing::warn!(target: "replication", replication = %name, error = %e, "execution could not start");
-                true
+                (true, false)
             }
         };
         failures = if failed { failures.saturating_add(1) } else { 0 };
@@ -139,10 +141,20 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
             interval
         };
         r.set_next_run(id, now_millis() + delay.as_millis() as i64);
-        trigger = tokio::select! {
-            _ = tokio::time::sleep(delay) => "schedule",
-            _ = wake.notify.notified() => {
-                if wake.manual.swap(false, Ordering::SeqCst) { "manual" } else { "change" }
+        let deadline = tokio::time::Instant::now() + delay;
+        trigger = loop {
+            let manual = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break "schedule",
+                _ = wake.notify.notified() => wake.manual.swap(false, Ordering::SeqCst),
+            };
+            if manual {
+                break "manual";
+            }
+            // An operator stopped the execution: changes the watchers saw
+            // (before the stop, or since) wait for the next scheduled run
+            // or a "Run now", or the stop would be undone at once.
+            if !stopped {
+                break "change";
             }
         };
     }
