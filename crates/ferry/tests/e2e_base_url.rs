@@ -102,6 +102,63 @@ fn npm_and_pip_install_through_a_path_prefix_proxy() {
     s.stop();
 }
 
+/// The web UI through the same proxy: links, forms, assets, redirects and
+/// the session cookie's path carry the prefix, so signing in and moving
+/// around never leaves it.
+#[test]
+fn the_web_ui_works_through_a_path_prefix_proxy() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let origin = format!("http://127.0.0.1:{proxy_port}");
+    let base = format!("{origin}/registry");
+    let mut s = Server::start_with(&[("FERRY_BASE_URL", &base)]);
+    let _proxy = Proxy::start(&s.addr, "registry", proxy_port);
+    let (st, login) = curl(&[&format!("{base}/login")]);
+    assert_eq!(st, 200);
+    let login = String::from_utf8_lossy(&login);
+    assert!(login.contains("action=\"/registry/login\""), "{login}");
+    assert!(
+        login.contains("href=\"/registry/ui/assets/ferry.css\""),
+        "{login}"
+    );
+    let (st, _) = curl(&[&format!("{origin}/registry/ui/assets/ferry.css")]);
+    assert_eq!(st, 200);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let headers = tmp.path().join("headers");
+    let (st, _) = curl(&[
+        "-D",
+        headers.to_str().unwrap(),
+        "-H",
+        &format!("Origin: {origin}"),
+        "--data-urlencode",
+        &format!("key={ADMIN}"),
+        &format!("{base}/login"),
+    ]);
+    assert_eq!(st, 303);
+    let headers = std::fs::read_to_string(&headers).unwrap();
+    let header = |name: &str| -> String {
+        headers
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name}: {headers}"))
+    };
+    assert_eq!(header("location"), "/registry/");
+    let cookie = header("set-cookie");
+    assert!(cookie.contains("Path=/registry/;"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap();
+    let (st, home) = curl(&["-H", &format!("Cookie: {pair}"), &format!("{base}/")]);
+    assert_eq!(st, 200);
+    let home = String::from_utf8_lossy(&home);
+    assert!(home.contains("href=\"/registry/replications/new\""), "{home}");
+    assert!(home.contains("action=\"/registry/logout\""), "{home}");
+    s.stop();
+}
+
 #[test]
 fn a_bad_base_url_is_refused_at_start() {
     for bad in ["ftp://x", "http://", "https://h/p?q=1", "no-scheme.example"] {

@@ -4,7 +4,9 @@
 //! up entirely through the UI, a file is published on the hub with curl,
 //! "Run now" on the spoke copies it, and the execution and the spoke's
 //! feed browser show it. The wizard's handshake problems (wrong token,
-//! mode mismatch) are shown as readable errors; a read-only key is
+//! mode mismatch, unreachable) are shown as readable errors; the plan of
+//! a slow (capped) execution lists its items and why one would not move,
+//! and Stop on the overview ends it; a read-only key is
 //! offered no write action; a form posted from another origin is refused.
 //! Every page is saved as a screenshot at 1280 and 390 px under `docs/ui/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -147,6 +149,11 @@ async fn click(c: &Client, sel: &str) {
 
 async fn sign_in(c: &Client, server: &Server, key: &str) {
     c.goto(&format!("{}/login", server.url)).await.unwrap();
+    // Each instance keeps its own session cookie, also on one host: an
+    // instance signed in earlier is signed in still.
+    if c.find(Locator::Css("form.signout")).await.is_ok() {
+        return;
+    }
     fill(c, "#key", key).await;
     click(c, "form[action='/login'] button[type=submit]").await;
     css(c, "form.signout").await;
@@ -288,6 +295,31 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     );
     shot(&c, "wizard-error-mode").await;
 
+    // An address where nothing answers: said so, the values kept, and
+    // "create it anyway" offered.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    wizard(
+        &c,
+        &spoke,
+        "from-hub",
+        "releases",
+        Some((&closed, &token)),
+        "pull",
+    )
+    .await;
+    submit_wizard(&c).await;
+    let err = css(&c, "p.error").await.text().await.unwrap();
+    assert!(err.contains("could not be reached"), "{err}");
+    assert_eq!(
+        css(&c, "#url").await.prop("value").await.unwrap().unwrap(),
+        closed
+    );
+    css(&c, "input[name=anyway]").await;
+    shot(&c, "wizard-error-unreachable").await;
+
     // The right one.
     wizard(
         &c,
@@ -339,6 +371,11 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(ran, "Run now added an execution that succeeded");
+    let newest = execution_rows(&c, &detail).await.remove(0);
+    assert!(
+        newest.contains("manual"),
+        "Run now is recorded as manual: {newest}"
+    );
     shot(&c, "replication").await;
 
     // The execution that copied the file.
@@ -390,6 +427,13 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     let t = wait_text(&c, "sha256:").await;
     assert!(t.contains("tools/app-1.0.tar.gz") && t.contains("sha256:"), "{t}");
     shot(&c, "item").await;
+    // Deleting it asks first, naming the item.
+    click(&c, "a.button.danger").await;
+    let t = wait_text(&c, "cannot be undone").await;
+    assert!(t.contains("the file tools/app-1.0.tar.gz"), "{t}");
+    shot(&c, "item-delete").await;
+    click(&c, "main form a").await;
+    wait_text(&c, "sha256:").await;
 
     c.goto(&format!("{}/replications/from-hub/edit", spoke.url))
         .await
@@ -408,11 +452,49 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     c.goto(&format!("{}/executions", spoke.url)).await.unwrap();
     css(&c, "table.executions").await;
     shot(&c, "executions").await;
+    // ---- a slow execution: the plan lists its items, and Stop ends it.
+    // A cap of 1 KB/s and an exclude pattern, set on the edit page.
+    c.goto(&format!("{}/replications/from-hub/edit", spoke.url))
+        .await
+        .unwrap();
+    fill(&c, "#bandwidth", "1000").await;
+    fill(&c, "#exclude", "*.tmp").await;
+    click(&c, "form.card button[type=submit]").await;
+    css(&c, "dl.values").await;
+    hub.put_asset("releases", "tools/app-2.0.tar.gz", &vec![b'2'; 300_000]);
+    hub.put_asset("releases", "notes.tmp", b"scratch\n");
+    c.goto(&format!("{}/", spoke.url)).await.unwrap();
+    let stop = "tr[data-repl='from-hub'] form[data-field=stop]:not([hidden]) button";
+    css(&c, stop).await;
     c.goto(&format!("{}/replications/from-hub/plan", spoke.url))
         .await
         .unwrap();
-    css(&c, "h1").await;
+    let t = wait_text(&c, "Would not move").await;
+    let moving = css(&c, "table[data-plan=move]").await.text().await.unwrap();
+    assert!(
+        moving.contains("tools/app-2.0.tar.gz") && moving.contains("copy"),
+        "{t}"
+    );
+    let staying = css(&c, "table[data-plan=stay]").await.text().await.unwrap();
+    assert!(
+        staying.contains("notes.tmp") && staying.contains("filtered out"),
+        "{t}"
+    );
     shot(&c, "plan").await;
+    c.goto(&format!("{}/", spoke.url)).await.unwrap();
+    shot(&c, "overview-running").await;
+    click(&c, stop).await;
+    css(&c, "#overview").await;
+    let mut stopped = false;
+    for _ in 0..50 {
+        if execution_rows(&c, &detail).await[0].contains("stopped") {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(stopped, "Stop ended the running execution");
+    shot(&c, "replication-stopped").await;
 
     // ---- diagnostic center on the hub: the level changes at run time.
     sign_in(&c, &hub, ADMIN).await;

@@ -61,6 +61,62 @@ pub struct FeedReport {
     pub remote: FeedName,
     pub pulled: Counts,
     pub pushed: Counts,
+    /// A plan only ([`crate::Replicator::plan`]): the items it looked at,
+    /// what a run would do with each and, for one that would not move or
+    /// would be held, why. The first [`PLAN_ITEMS`], with the total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanItems>,
+}
+
+/// How many items a plan lists per feed pair (the rest are counted).
+pub const PLAN_ITEMS: usize = 500;
+
+/// The items a plan lists for one feed pair (see [`FeedReport::plan`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlanItems {
+    pub items: Vec<PlannedItem>,
+    /// How many items the plan looked at (more than `items` holds past
+    /// [`PLAN_ITEMS`]).
+    pub total: u64,
+}
+
+/// One item of a plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedItem {
+    pub key: ItemKey,
+    /// "pull" or "push".
+    pub direction: &'static str,
+    /// "copy", "update", "delete", or "none" when it would not move.
+    pub action: &'static str,
+    /// Why it would not move, or why a deletion would be held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+impl FeedReport {
+    /// Notes one item of a plan (nothing outside a plan: `dry` false).
+    fn plan_item(
+        &mut self,
+        dry: bool,
+        direction: &'static str,
+        key: &ItemKey,
+        action: &'static str,
+        why: Option<String>,
+    ) {
+        if !dry {
+            return;
+        }
+        let plan = self.plan.get_or_insert_with(PlanItems::default);
+        plan.total += 1;
+        if plan.items.len() < PLAN_ITEMS {
+            plan.items.push(PlannedItem {
+                key: key.clone(),
+                direction,
+                action,
+                why,
+            });
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -163,6 +219,9 @@ pub(crate) struct Run<'a> {
     batch: bool,
     /// Blobs the current page carried inline.
     inline: HashMap<Digest, bytes::Bytes>,
+    /// A plan only: the delete guard would hold the current phase's
+    /// deletions (the plan lists them as held).
+    guard_held: bool,
 }
 
 impl<'a> Run<'a> {
@@ -197,6 +256,7 @@ impl<'a> Run<'a> {
             remote_went_back: false,
             batch: false,
             inline: HashMap::new(),
+            guard_held: false,
         })
     }
 
@@ -303,6 +363,7 @@ impl<'a> Run<'a> {
                 remote: pair.remote.clone(),
                 pulled: Counts::default(),
                 pushed: Counts::default(),
+                plan: None,
             };
             let mut result = Ok(());
             self.remote_went_back = false;
@@ -361,6 +422,41 @@ impl<'a> Run<'a> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// What a plan lists for an entry a run would send to the other side
+/// (`direction`), where it is `live_on_target` or not.
+fn plan_planned(
+    fr: &mut FeedReport,
+    direction: &'static str,
+    e: &WireEntry,
+    live_on_target: bool,
+    held: bool,
+) {
+    let (action, why) = match (e.deleted, live_on_target) {
+        (true, true) if held => (
+            "delete",
+            Some(
+                "held by the delete guard: a run stops before deleting until the deletions are confirmed"
+                    .to_string(),
+            ),
+        ),
+        (true, true) => ("delete", None),
+        (true, false) => ("none", Some("already deleted there".to_string())),
+        (false, true) => ("update", None),
+        (false, false) => ("copy", None),
+    };
+    fr.plan_item(true, direction, &e.key, action, why);
+}
+
+/// Why a plan lists an entry that the replication does not carry: left
+/// out by the filters, or by the mode (`flow` names what it does not do).
+fn not_carried(filter: &Filter, ty: ferry_types::FeedType, e: &WireEntry, flow: &str) -> String {
+    if !filter.admits(ty, &e.key) {
+        "filtered out by the replication's include/exclude patterns".into()
+    } else {
+        format!("the replication's mode does not {flow}")
     }
 }
 

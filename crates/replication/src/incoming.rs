@@ -52,6 +52,13 @@ impl Replicator {
                 Level::Warn,
                 format!("refused a request with invalid or revoked sync token {id}"),
             );
+            if ok {
+                // The caller holds the whole token: it may learn that it
+                // was revoked (and so ask for a new one).
+                return Err(ReplError::Unauthorized(format!(
+                    "sync token {id} was revoked on this instance"
+                )));
+            }
             return Err(refuse());
         }
         let record = self

@@ -88,6 +88,8 @@ struct Polled {
 
 /// How long a long poll's page may wait for the execution it woke.
 const POLLED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long [`Replicator::check_connection`] waits for the other end.
+pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// How long a handshake is reused by later executions (a failed execution
 /// or a change of the replication forgets it at once).
 const HANDSHAKE_REUSE: std::time::Duration = std::time::Duration::from_secs(300);
@@ -271,6 +273,47 @@ impl Replicator {
             self.0.scheduler.start(self.clone(), rec.id, name.to_string());
         }
         Ok(rec)
+    }
+
+    /// Handshakes with the other end that outgoing configuration `cfg`
+    /// (named `name`, not stored) points at, and says what went wrong,
+    /// unreachable included: the web UI's check on the spot. It is the
+    /// handshake `create` and `update` make ([`Run::handshake`]), without
+    /// their leniency for an end that cannot be reached yet; nothing is
+    /// stored here. Gives up after [`CHECK_TIMEOUT`].
+    pub async fn check_connection(
+        &self,
+        name: &str,
+        cfg: &ReplicationConfig,
+    ) -> Result<protocol::HandshakeResponse, ReplError> {
+        cfg.validate()?;
+        let rec = ReplicationRecord {
+            id: 0,
+            name: name.to_string(),
+            config: serde_json::Value::Null,
+            created_at: 0,
+        };
+        let mut run = Run::new(self, &rec, cfg, Arc::new(Progress::default()))?;
+        tokio::time::timeout(CHECK_TIMEOUT, run.handshake())
+            .await
+            .unwrap_or_else(|_| {
+                Err(ReplError::Transport(format!(
+                    "no answer within {} s",
+                    CHECK_TIMEOUT.as_secs()
+                )))
+            })
+    }
+
+    /// [`Replicator::check_connection`] for the configuration `req` would
+    /// give replication `name` (its current token when `req` names none).
+    pub async fn check_update(
+        &self,
+        name: &str,
+        req: &UpdateRequest,
+    ) -> Result<protocol::HandshakeResponse, ReplError> {
+        let (_, old) = self.record(name).await?;
+        let cfg = req.clone().apply_to(&old)?;
+        self.check_connection(name, &cfg).await
     }
 
     /// Changes a replication's connection, filters or schedule. A new URL or

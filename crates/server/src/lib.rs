@@ -122,7 +122,7 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> App {
         .merge(nuget::routes())
         .merge(debian::routes())
         .merge(oci::routes(&state))
-        .merge(ui::routes())
+        .merge(ui::routes(&state))
         // Upload limits are enforced per route while streaming, not by buffering.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(track))

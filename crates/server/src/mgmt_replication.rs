@@ -131,6 +131,19 @@ pub(crate) async fn create_replication(st: &AppState, req: CreateRequest) -> Res
     replication_overview(st, &name).await
 }
 
+/// Checks an outgoing replication as a client asked for it, before it is
+/// created (the web UI's wizard): the handshake `create` makes, failing
+/// also when the other end cannot be reached or is not a Ferry instance.
+pub(crate) async fn check_outgoing(st: &AppState, req: &CreateRequest) -> Result<(), ReplError> {
+    let cfg = req.clone().into_config()?;
+    st.replicator.check_connection(&req.name, &cfg).await.map(|_| ())
+}
+
+/// [`check_outgoing`] for an update that changes the URL or the token.
+pub(crate) async fn check_update(st: &AppState, name: &str, req: &UpdateRequest) -> Result<(), ReplError> {
+    st.replicator.check_update(name, req).await.map(|_| ())
+}
+
 /// Every replication's overview with its own live status (the API and the web UI).
 pub(crate) async fn replication_overviews(st: &AppState) -> Result<Vec<Overview>, CoreError> {
     let mut list = Vec::new();

@@ -130,10 +130,7 @@ async fn dispatch(
             ["v3", "package", id, ver] | ["api", "v2", "package", id, ver] | [id, ver] => {
                 let hard = flag(&ps, "hard");
                 if hard {
-                    let admin = access.principal.as_ref().is_some_and(|p| {
-                        p.key.permission == Permission::Admin && p.key.covers(access.feed.id)
-                    });
-                    if !admin {
+                    if !may_delete_for_good(access.principal.as_ref(), &access.feed) {
                         return Err(CoreError::Forbidden(
                             "deleting a package for good takes an admin key; without ?hard=true it is unlisted".into(),
                         )
@@ -156,6 +153,15 @@ async fn dispatch(
         },
         _ => Err(CoreError::invalid(format!("method {method} is not supported here")).into()),
     }
+}
+
+/// Whether `who` may delete a package version for good (not just unlist
+/// it): an admin key covering the feed. The API and the web UI ask this.
+pub(crate) fn may_delete_for_good(
+    who: Option<&ferry_core::Principal>,
+    feed: &ferry_store::FeedRecord,
+) -> bool {
+    who.is_some_and(|p| p.key.permission == Permission::Admin && p.key.covers(feed.id))
 }
 
 fn not_found(rest: &str) -> ApiError {

@@ -103,7 +103,7 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_the_session() 
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(r.header("location"), Some("/"));
     let set = r.header("set-cookie").unwrap();
-    assert!(set.starts_with("ferry_session="), "{set}");
+    assert!(set.starts_with("ferry_session_"), "{set}");
     assert!(set.contains("HttpOnly"), "{set}");
     assert!(set.contains("SameSite=Strict"), "{set}");
     assert!(!set.contains("Secure"), "plain HTTP: no Secure flag: {set}");
@@ -236,12 +236,15 @@ async fn posts_from_another_origin_or_without_the_token_are_refused() {
         &[("csrf", &csrf), ("name", "good"), ("type", "assets")],
     )
     .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    // POST/redirect/GET: to the new feed's page, which says it was created.
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/feeds/good?created=1"));
+    let shown = page(&i, &cookie, "/feeds/good?created=1").await.text();
     assert!(
-        r.text().contains("/assets/good/PATH"),
-        "client hint: {}",
-        r.text()
+        shown.contains("Feed <strong>good</strong> (assets) created"),
+        "{shown}"
     );
+    assert!(shown.contains("/assets/good/PATH"), "client hint: {shown}");
     // A Referer of this instance stands in for a missing Origin.
     let r = i
         .send(
@@ -257,7 +260,7 @@ async fn posts_from_another_origin_or_without_the_token_are_refused() {
             form(&[("csrf", &csrf), ("name", "good2"), ("type", "npm")]),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
     assert_eq!(i.ferry.feeds().await.unwrap().len(), 2);
 }
 
@@ -516,8 +519,32 @@ async fn a_replication_is_edited_through_the_same_update_as_the_api() {
         &[("csrf", &csrf)],
     )
     .await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert!(r.text().contains("fst_") && r.text().contains("shown once"));
+    // POST/redirect/GET: the token page shows it once; a reload does not.
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/replications/edge/token"));
+    let shown = page(&i, &cookie, "/replications/edge/token").await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert!(shown.text().contains("fst_") && shown.text().contains("shown once"));
+    let again = page(&i, &cookie, "/replications/edge/token").await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    assert!(!again.text().contains("fst_") && again.text().contains("was shown once"));
+    // A new key: the same, on the keys page.
+    let r = post(
+        &i,
+        &cookie,
+        "/keys",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("name", "ci"), ("permission", "write")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/keys"));
+    let keys = page(&i, &cookie, "/keys").await.text();
+    assert!(
+        keys.contains("Key <strong>ci</strong> created") && keys.contains("id=\"new-key\""),
+        "{keys}"
+    );
+    assert!(!page(&i, &cookie, "/keys").await.text().contains("id=\"new-key\""));
     // The overview's polling endpoint.
     let j = page(&i, &cookie, "/ui/api/overview").await;
     assert_eq!(j.json()["replications"][0]["state"], "incoming");
@@ -565,4 +592,678 @@ async fn an_incoming_replication_shows_the_instances_that_connect() {
     );
     assert!(!html.contains("<script>alert(1)"), "{html}");
     assert!(html.contains("1.2.3"), "{html}");
+}
+
+// ------------------------------------------------------------ peers for the wizard and executions
+
+/// A stand-in for another instance: it answers the replication handshake
+/// and never answers anything else (so an execution stays running).
+async fn slow_peer() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    if !text.starts_with("POST /api/replication/v1/handshake") {
+                        // Hold the connection: the execution waits here.
+                        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        continue;
+                    }
+                    let body = serde_json::json!({
+                        "protocol_version": 1,
+                        "instance_id": "dddddddddddddddddddddddddddddddd",
+                        "ferry_version": "9.9.9",
+                        "replication": "edge",
+                        "mode": {"name":"push","flows":{"pull_missing":false,"push_missing":true,"delete_local":false,"delete_remote":true}},
+                    })
+                    .to_string();
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    sock.write_all(resp.as_bytes()).await.ok();
+                    buf.clear();
+                }
+            });
+        }
+    });
+    url
+}
+
+/// An HTTP server that is not Ferry: every request gets a 404 web page.
+async fn web_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            [("content-type", "text/html")],
+            "<html><body><h1>404 Not Found</h1><hr>nginx</body></html>",
+        )
+    });
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.ok();
+    });
+    url
+}
+
+async fn api(i: &Instance, method: &str, path: &str, body: Option<serde_json::Value>) -> Reply {
+    match body {
+        Some(b) => {
+            i.send(
+                method,
+                path,
+                Some(ADMIN),
+                &[("content-type", "application/json")],
+                b.to_string(),
+            )
+            .await
+        }
+        None => i.send(method, path, Some(ADMIN), &[], Body::empty()).await,
+    }
+}
+
+/// Waits until replication `name` runs an execution other than `not`; its id.
+async fn running_execution(i: &Instance, name: &str, not: Option<i64>) -> i64 {
+    for _ in 0..200 {
+        let o = api(i, "GET", &format!("/api/v1/replications/{name}"), None)
+            .await
+            .json();
+        if let Some(id) = o["running"]["execution"].as_i64()
+            && Some(id) != not
+        {
+            return id;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no execution of {name} started");
+}
+
+async fn execution_record(i: &Instance, name: &str, id: i64) -> serde_json::Value {
+    let list = api(i, "GET", &format!("/api/v1/replications/{name}/executions"), None)
+        .await
+        .json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no execution {id}: {list}"))
+}
+
+/// Waits until execution `id` has ended; its record.
+async fn ended(i: &Instance, name: &str, id: i64) -> serde_json::Value {
+    for _ in 0..200 {
+        let e = execution_record(i, name, id).await;
+        if !e["outcome"].is_null() {
+            return e;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("execution {id} did not end");
+}
+
+/// The opening tag of the overview's Stop form for replication edge.
+fn stop_form_tag(html: &str) -> &str {
+    let at = html
+        .find("action=\"/replications/edge/stop\"")
+        .expect("a Stop form");
+    &html[at..at + html[at..].find('>').unwrap()]
+}
+
+/// "Stop" is offered only while an execution runs, stops it through the
+/// API's `stop_execution` (outcome stopped, a log line naming the key),
+/// and the outcome filter finds it; "Run now" is recorded as `manual`.
+#[tokio::test]
+async fn a_running_execution_is_stopped_from_the_ui_and_run_now_is_recorded_as_manual() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    let peer = slow_peer().await;
+    let r = api(
+        &i,
+        "POST",
+        "/api/v1/replications",
+        Some(serde_json::json!({
+            "name": "edge", "feeds": ["files"], "mode": "pull",
+            "outgoing": peer, "token": "fst_a_b", "interval": 3600,
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let cookie = session(&i, ADMIN).await;
+    // The first (scheduled) execution hangs on the peer.
+    let first = running_execution(&i, "edge", None).await;
+    let home = page(&i, &cookie, "/").await.text();
+    assert!(!stop_form_tag(&home).contains("hidden"), "{home}");
+    let detail = page(&i, &cookie, "/replications/edge").await;
+    assert!(detail.text().contains(">Stop<"), "{}", detail.text());
+    let csrf = csrf_of(&detail);
+    let r = post(
+        &i,
+        &cookie,
+        "/replications/edge/stop",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("back", "detail")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/replications/edge"));
+    let e = ended(&i, "edge", first).await;
+    assert_eq!(e["outcome"], "stopped");
+    let shown = page(&i, &cookie, &format!("/replications/edge/executions/{first}"))
+        .await
+        .text();
+    assert!(shown.contains("badge stopped"), "{shown}");
+    assert!(shown.contains("stopped by key"), "{shown}");
+    let filtered = page(&i, &cookie, "/executions?outcome=stopped").await.text();
+    assert!(filtered.contains(&format!("#{first}")), "{filtered}");
+    assert!(
+        filtered.contains("<option value=\"stopped\" selected"),
+        "{filtered}"
+    );
+    // Nothing runs now: no Stop offered, and forcing one says so.
+    let home = page(&i, &cookie, "/").await.text();
+    assert!(stop_form_tag(&home).contains("hidden"), "{home}");
+    let r = post(
+        &i,
+        &cookie,
+        "/replications/edge/stop",
+        Some(ORIGIN),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("no running execution"), "{}", r.text());
+
+    // Run now: recorded as manual (not as a watcher's "change").
+    let r = post(
+        &i,
+        &cookie,
+        "/replications/edge/run",
+        Some(ORIGIN),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let second = running_execution(&i, "edge", Some(first)).await;
+    assert_eq!(execution_record(&i, "edge", second).await["trigger"], "manual");
+    let table = page(&i, &cookie, "/replications/edge").await.text();
+    assert!(table.contains("<td>manual</td>"), "{table}");
+    // The API's "run" is the same.
+    let r = api(&i, "POST", "/api/v1/replications/edge/stop", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    ended(&i, "edge", second).await;
+    let r = api(&i, "POST", "/api/v1/replications/edge/run", None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let third = running_execution(&i, "edge", Some(second)).await;
+    assert_eq!(execution_record(&i, "edge", third).await["trigger"], "manual");
+    api(&i, "POST", "/api/v1/replications/edge/stop", None).await;
+}
+
+/// The wizard's outgoing step, posted with `url` and `token`: the reply.
+async fn wizard_post(
+    i: &Instance,
+    cookie: &str,
+    url: &str,
+    token: &str,
+    mode: &str,
+    extra: &[(&str, &str)],
+) -> Reply {
+    let csrf = csrf_of(&page(i, cookie, "/replications/new").await);
+    let mut fields = vec![
+        ("csrf", csrf.as_str()),
+        ("feed", "files"),
+        ("direction", "outgoing"),
+        ("url", url),
+        ("token", token),
+        ("mode", mode),
+        ("interval", "60"),
+        ("name", "to-hub"),
+    ];
+    fields.extend_from_slice(extra);
+    post(i, cookie, "/replications/new", Some(ORIGIN), &fields).await
+}
+
+async fn nothing_created(spoke: &Instance) {
+    let r = api(spoke, "GET", "/api/v1/replications/to-hub", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+}
+
+/// The wizard checks the other end on the spot and says each problem in
+/// plain words, keeping what was entered; nothing is created.
+#[tokio::test]
+async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let hub_url = hub.serve().await;
+    let spoke = Instance::new().await;
+    spoke.feed("files", FeedType::Assets, false).await;
+    let cookie = session(&spoke, ADMIN).await;
+
+    // Unreachable: said so, the values stay, and "create anyway" is offered.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let r = wizard_post(&spoke, &cookie, &closed, &token, "pull", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    let t = r.text();
+    assert!(t.contains("could not be reached at"), "{t}");
+    assert!(
+        t.contains(&format!("value=\"{closed}\"")) && t.contains("value=\"to-hub\""),
+        "{t}"
+    );
+    assert!(t.contains("name=\"anyway\""), "{t}");
+    nothing_created(&spoke).await;
+
+    // Not a Ferry instance.
+    let web = web_server().await;
+    let r = wizard_post(&spoke, &cookie, &web, &token, "pull", &[]).await;
+    assert!(r.text().contains("is not a Ferry instance"), "{}", r.text());
+    assert!(r.text().contains("HTTP 404"), "{}", r.text());
+    nothing_created(&spoke).await;
+
+    // Wrong token.
+    let r = wizard_post(&spoke, &cookie, &hub_url, "fst_nope_nope", "pull", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert!(r.text().contains("did not accept the sync token"), "{}", r.text());
+    nothing_created(&spoke).await;
+
+    // Mode mismatch: both modes and the fix.
+    let r = wizard_post(&spoke, &cookie, &hub_url, &token, "push", &[]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    let t = r.text();
+    assert!(t.contains("replication mode mismatch"), "{t}");
+    assert!(t.contains("set the outgoing side to pull"), "{t}");
+    nothing_created(&spoke).await;
+
+    // Revoked token.
+    let tokens = api(&hub, "GET", "/api/v1/replications/edge/tokens", None)
+        .await
+        .json();
+    let id = tokens[0]["id"].as_str().unwrap().to_string();
+    let r = api(
+        &hub,
+        "DELETE",
+        &format!("/api/v1/replications/edge/tokens/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = wizard_post(&spoke, &cookie, &hub_url, &token, "pull", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert!(r.text().contains("The sync token was revoked"), "{}", r.text());
+    nothing_created(&spoke).await;
+
+    // Feed type mismatch.
+    let token = api(&hub, "POST", "/api/v1/replications/edge/tokens", None)
+        .await
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = Instance::new().await;
+    other.feed("files", FeedType::Npm, false).await;
+    let other_cookie = session(&other, ADMIN).await;
+    let r = wizard_post(&other, &other_cookie, &hub_url, &token, "pull", &[]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("feed type mismatch"), "{}", r.text());
+
+    // The same instance.
+    let own_token = spoke.incoming("self", &["files"], "push").await;
+    let spoke_url = spoke.serve().await;
+    let r = wizard_post(&spoke, &cookie, &spoke_url, &own_token, "pull", &[]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("same instance"), "{}", r.text());
+    nothing_created(&spoke).await;
+
+    // All well: created, and its page shown.
+    let r = wizard_post(&spoke, &cookie, &hub_url, &token, "pull", &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/replications/to%2Dhub"));
+    // Unreachable, with "create anyway" ticked: created (it keeps trying).
+    let r = api(&spoke, "DELETE", "/api/v1/replications/to-hub", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = wizard_post(&spoke, &cookie, &closed, &token, "pull", &[("anyway", "1")]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+
+    // Editing to an unreachable URL is refused the same way, nothing changed.
+    let edit = page(&spoke, &cookie, "/replications/to-hub/edit").await;
+    let csrf = csrf_of(&edit);
+    let r = post(
+        &spoke,
+        &cookie,
+        "/replications/to-hub/edit",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("url", &web), ("interval", "60")],
+    )
+    .await;
+    assert!(r.text().contains("is not a Ferry instance"), "{}", r.text());
+    let o = api(&spoke, "GET", "/api/v1/replications/to-hub", None)
+        .await
+        .json();
+    assert_eq!(o["config"]["url"], closed.as_str(), "{o}");
+}
+
+/// Browsers keep one cookie jar per host, whatever the port: two
+/// instances on one host must not sign each other out.
+#[tokio::test]
+async fn two_instances_on_one_host_keep_their_own_sessions_in_one_cookie_jar() {
+    let a = Instance::new().await;
+    let b = Instance::new().await;
+    let mut jar: Vec<(String, String)> = Vec::new();
+    for i in [&a, &b] {
+        let c = session(i, ADMIN).await;
+        let (name, value) = c.split_once('=').unwrap();
+        jar.retain(|(n, _)| n != name);
+        jar.push((name.to_string(), value.to_string()));
+    }
+    assert_eq!(jar.len(), 2, "each instance names its cookie: {jar:?}");
+    let header = jar
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    for i in [&a, &b] {
+        let r = page(i, &header, "/").await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "still signed in: {:?}",
+            r.header("location")
+        );
+        assert!(r.text().contains("Sign out"));
+    }
+}
+
+/// Behind a proxy at /registry/: every link, form, asset, redirect and the
+/// cookie's Path carry the prefix.
+#[tokio::test]
+async fn under_a_base_url_path_every_link_form_redirect_and_cookie_carry_the_prefix() {
+    let cfg = ferry_core::Config {
+        base_url: Some("http://ferry.test/registry/".into()),
+        ..ferry_core::Config::default()
+    };
+    let i = Instance::with_config(cfg).await;
+    i.feed("files", FeedType::Assets, false).await;
+    i.send("PUT", "/assets/files/a/b.txt", Some(ADMIN), &[], "hello")
+        .await;
+    i.incoming("edge", &["files"], "push").await;
+    let r = sign_in(&i, ADMIN).await;
+    assert_eq!(r.header("location"), Some("/registry/"));
+    let set = r.header("set-cookie").unwrap();
+    assert!(set.contains("Path=/registry/;"), "{set}");
+    let cookie = session_cookie(&r);
+    let unprefixed = |html: &str| -> Vec<String> {
+        let mut bad = Vec::new();
+        for attr in ["href", "action", "src", "data-poll"] {
+            let needle = format!(" {attr}=\"/");
+            let mut rest = html;
+            while let Some(at) = rest.find(&needle) {
+                let tail = &rest[at + needle.len() - 1..];
+                if !tail.starts_with("/registry/") {
+                    bad.push(tail.chars().take(40).collect());
+                }
+                rest = &rest[at + needle.len()..];
+            }
+        }
+        bad
+    };
+    for path in [
+        "/",
+        "/feeds",
+        "/feeds/files",
+        "/feeds/files/item?key=a/b.txt",
+        "/replications/new",
+        "/replications/edge",
+        "/executions",
+        "/diagnostics",
+        "/keys",
+    ] {
+        let r = page(&i, &cookie, path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        let html = r.text();
+        assert!(
+            html.contains("href=\"/registry/ui/assets/ferry.css\""),
+            "{path}: {html}"
+        );
+        assert!(html.contains("action=\"/registry/logout\""), "{path}");
+        assert_eq!(unprefixed(&html), Vec::<String>::new(), "{path}");
+    }
+    assert!(
+        page(&i, &cookie, "/")
+            .await
+            .text()
+            .contains("data-poll=\"/registry/ui/api/overview\"")
+    );
+    assert!(
+        page(&i, &cookie, "/feeds/files/item?key=a/b.txt")
+            .await
+            .text()
+            .contains("href=\"/registry/assets/files/a/b%2Etxt\"")
+    );
+    // Redirects after a form, and to sign-in.
+    let csrf = csrf_of(&page(&i, &cookie, "/feeds").await);
+    let r = post(
+        &i,
+        &cookie,
+        "/feeds",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("name", "more"), ("type", "npm")],
+    )
+    .await;
+    assert_eq!(r.header("location"), Some("/registry/feeds/more?created=1"));
+    let r = i
+        .send("GET", "/feeds", None, &[("host", HOST)], Body::empty())
+        .await;
+    assert_eq!(r.header("location"), Some("/registry/login"));
+    let r = post(&i, &cookie, "/logout", Some(ORIGIN), &[("csrf", &csrf)]).await;
+    assert!(r.header("set-cookie").unwrap().contains("Path=/registry/;"));
+}
+
+/// An item is deleted from its page with a confirmation that names it,
+/// through the feed type's own delete; a read-only key is not offered it
+/// and is refused when it forces it.
+#[tokio::test]
+async fn an_item_is_deleted_from_its_page_after_a_confirmation_naming_it() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    let r = i
+        .send("PUT", "/assets/files/dir/app.tar", Some(ADMIN), &[], "bytes")
+        .await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let reader = i.key("reader", Permission::Read, None).await;
+    let rc = session(&i, &reader).await;
+    let shown = page(&i, &rc, "/feeds/files/item?key=dir/app.tar").await.text();
+    assert!(!shown.contains("/item/delete"), "{shown}");
+    let csrf = csrf_of(&page(&i, &rc, "/feeds").await);
+    let r = post(
+        &i,
+        &rc,
+        "/feeds/files/item/delete",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("key", "dir/app.tar")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(i.get("/assets/files/dir/app.tar").await.status, StatusCode::OK);
+
+    let writer = i.key("writer", Permission::Write, Some(&["files"])).await;
+    let wc = session(&i, &writer).await;
+    let shown = page(&i, &wc, "/feeds/files/item?key=dir/app.tar").await.text();
+    assert!(
+        shown.contains("href=\"/feeds/files/item/delete?key=dir%2Fapp%2Etar\""),
+        "{shown}"
+    );
+    let confirm = page(&i, &wc, "/feeds/files/item/delete?key=dir%2Fapp%2Etar").await;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text());
+    assert!(
+        confirm.text().contains("Delete the file dir/app.tar"),
+        "{}",
+        confirm.text()
+    );
+    let csrf = csrf_of(&confirm);
+    let r = post(
+        &i,
+        &wc,
+        "/feeds/files/item/delete",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("key", "dir/app.tar")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/feeds/files?deleted=dir%2Fapp%2Etar"));
+    assert_eq!(
+        i.get("/assets/files/dir/app.tar").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let shown = page(&i, &wc, "/feeds/files?deleted=dir%2Fapp%2Etar").await.text();
+    assert!(shown.contains("Deleted <code>dir/app.tar</code>"), "{shown}");
+    // Gone: a second delete says so.
+    let r = post(
+        &i,
+        &wc,
+        "/feeds/files/item/delete",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("key", "dir/app.tar")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+}
+
+/// The plan page lists the items a run would copy and delete and, for
+/// each that would not move, why.
+#[tokio::test]
+async fn the_plan_lists_each_item_and_why_it_would_not_move() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    for (k, v) in [("same.txt", "s"), ("old.txt", "o"), ("skip/x.txt", "x")] {
+        let r = hub
+            .send("PUT", &format!("/assets/files/{k}"), Some(ADMIN), &[], v)
+            .await;
+        assert!(r.status.is_success(), "{}", r.text());
+    }
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let url = hub.serve().await;
+    let spoke = Instance::new().await;
+    spoke.feed("files", FeedType::Assets, false).await;
+    let r = api(
+        &spoke,
+        "POST",
+        "/api/v1/replications",
+        Some(serde_json::json!({
+            "name": "from-hub", "feeds": ["files"], "mode": "pull", "outgoing": url, "token": token,
+            "interval": 3600, "exclude": ["skip/**"],
+            // Any deletion waits for a confirmation.
+            "delete_guard": {"max_share": 0.0, "max_items": 0},
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let first = running_or_done(&spoke, "from-hub").await;
+    assert_eq!(ended(&spoke, "from-hub", first).await["outcome"], "succeeded");
+    assert_eq!(spoke.get("/assets/files/same.txt").await.status, StatusCode::OK);
+    // On the hub: one deleted, one new.
+    hub.send("DELETE", "/assets/files/old.txt", Some(ADMIN), &[], Body::empty())
+        .await;
+    hub.send("PUT", "/assets/files/new.txt", Some(ADMIN), &[], "n")
+        .await;
+    // A new filter compares from the start again; the guard holds every
+    // execution before it moves its cursor.
+    let r = api(
+        &spoke,
+        "PATCH",
+        "/api/v1/replications/from-hub",
+        Some(serde_json::json!({ "exclude": ["skip/**", "tmp/**"] })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    let cookie = session(&spoke, ADMIN).await;
+    let r = page(&spoke, &cookie, "/replications/from-hub/plan").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let html = r.text();
+    let row = |key: &str| -> String {
+        let at = html
+            .find(&format!("<code class=\"break\">{key}</code>"))
+            .unwrap_or_else(|| panic!("{key} listed: {html}"));
+        html[at..at + html[at..].find("</tr>").unwrap()].to_string()
+    };
+    assert!(row("new.txt").contains(">copy<"), "{}", row("new.txt"));
+    assert!(
+        row("old.txt").contains(">delete<") && row("old.txt").contains("held by the delete guard"),
+        "{}",
+        row("old.txt")
+    );
+    assert!(
+        row("same.txt").contains("already the same"),
+        "{}",
+        row("same.txt")
+    );
+    assert!(
+        row("skip/x.txt").contains("filtered out"),
+        "{}",
+        row("skip/x.txt")
+    );
+    assert!(
+        html.contains("Would move (2)") && html.contains("Would not move (2)"),
+        "{html}"
+    );
+    // Nothing moved.
+    assert_eq!(
+        spoke.get("/assets/files/new.txt").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(spoke.get("/assets/files/old.txt").await.status, StatusCode::OK);
+    // The API's plan carries the same list.
+    let j = api(&spoke, "POST", "/api/v1/replications/from-hub/plan", None)
+        .await
+        .json();
+    assert_eq!(j["feeds"][0]["plan"]["total"], 4, "{j}");
+}
+
+/// The id of replication `name`'s first execution, running or ended.
+async fn running_or_done(i: &Instance, name: &str) -> i64 {
+    for _ in 0..200 {
+        let list = api(i, "GET", &format!("/api/v1/replications/{name}/executions"), None)
+            .await
+            .json();
+        if let Some(id) = list
+            .as_array()
+            .and_then(|l| l.last())
+            .and_then(|e| e["id"].as_i64())
+        {
+            return id;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no execution of {name}");
 }

@@ -34,6 +34,7 @@ impl Run<'_> {
     ) -> Result<(), ReplError> {
         let cursor_name = cursor_name(Direction::Pull, &local.name, remote);
         let anchor_name = format!("{cursor_name}:anchor");
+        self.guard_held = false;
         let store = self.r.store().clone();
         self.load_stuck(Direction::Pull, local, remote).await?;
         let (mut since, mut anchor) = if self.full {
@@ -113,6 +114,7 @@ impl Run<'_> {
                 if !self.dry {
                     return Ok(());
                 }
+                self.guard_held = true;
             }
         }
         loop {
@@ -412,6 +414,14 @@ impl Run<'_> {
         // Absent is ambiguous — deleted there with the tombstone expired, or
         // never there (a feed that also pulls from another instance) — so
         // these deletions always wait for an operator's confirmation.
+        if self.dry {
+            let why = (!self.confirm_deletes).then(|| {
+                "held until confirmed: absent on the other side, whose tombstone has expired (run with --full --confirm-deletes)".to_string()
+            });
+            for e in &gone {
+                fr.plan_item(true, "pull", &e.key, "delete", why.clone());
+            }
+        }
         if !self.confirm_deletes {
             self.report.needs_confirmation = true;
             let named: Vec<&str> = gone.iter().take(10).map(|e| e.key.as_str()).collect();
@@ -506,6 +516,17 @@ impl Run<'_> {
         entries: &[WireEntry],
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
+        if self.dry {
+            for e in entries.iter().filter(|e| !self.wanted_from_remote(local, e)) {
+                let flow = if e.deleted {
+                    "delete items here"
+                } else {
+                    "copy items here"
+                };
+                let why = not_carried(&self.filter, local.feed_type, e, flow);
+                fr.plan_item(true, "pull", &e.key, "none", Some(why));
+            }
+        }
         let admitted: Vec<&WireEntry> = entries
             .iter()
             .filter(|e| self.wanted_from_remote(local, e))
@@ -526,12 +547,20 @@ impl Run<'_> {
         let mut stuck: Vec<(ItemKey, String)> = Vec::new();
         for e in admitted {
             if let Err(refused) = self.r.ferry().check_stamp(&e.key, &e.stamp) {
+                fr.plan_item(self.dry, "pull", &e.key, "none", Some(refused.to_string()));
                 stuck.push((e.key.clone(), refused.to_string()));
                 continue;
             }
             match locals.get(&e.key) {
                 Some(l) if l.stamp == e.stamp => {
                     fr.pulled.skipped += 1;
+                    fr.plan_item(
+                        self.dry,
+                        "pull",
+                        &e.key,
+                        "none",
+                        Some("already the same on both sides".into()),
+                    );
                     settled.push(e.key.clone());
                 }
                 Some(l)
@@ -572,6 +601,18 @@ impl Run<'_> {
                 }
                 Some(l) if l.stamp > e.stamp => {
                     settled.push(e.key.clone());
+                    let why = if l.stamp.origin != e.stamp.origin {
+                        format!(
+                            "older stamp: the other side's version ({}) conflicts with this instance's newer one ({}), which is kept",
+                            e.stamp, l.stamp
+                        )
+                    } else {
+                        format!(
+                            "older stamp: this instance already has a newer version ({} after {})",
+                            l.stamp, e.stamp
+                        )
+                    };
+                    fr.plan_item(self.dry, "pull", &e.key, "none", Some(why));
                     if l.stamp.origin != e.stamp.origin {
                         fr.pulled.conflicts += 1;
                         self.log("warn", format!(
@@ -589,6 +630,7 @@ impl Run<'_> {
             for e in &todo {
                 let live_here = locals.get(&e.key).is_some_and(|l| l.live.is_some());
                 count_planned(&mut fr.pulled, e, live_here);
+                plan_planned(fr, "pull", e, live_here, self.guard_held);
             }
             return Ok(());
         }

@@ -35,6 +35,7 @@ impl Run<'_> {
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
         let cursor_name = cursor_name(Direction::Push, &local.name, remote);
+        self.guard_held = false;
         let meta = self.r.ferry().metadata().clone();
         let mut since = if self.full {
             0
@@ -111,8 +112,12 @@ impl Run<'_> {
                 let n = self.count_push_deletions(local, since).await?;
                 let size = self.remote.digest(remote, &[], &[]).await?.items;
                 let key = guard_key("push", local, remote);
-                if n > 0 && self.guard_trips(local, &key, n, size).await? && !self.dry {
-                    return Ok(());
+                if n > 0 && self.guard_trips(local, &key, n, size).await? {
+                    if !self.dry {
+                        return Ok(());
+                    }
+                    // A plan goes on, listing the deletions as held.
+                    self.guard_held = true;
                 }
             }
             self.push_entries(local, remote, entries, fr).await?;
@@ -166,6 +171,21 @@ impl Run<'_> {
         entries: Vec<WireEntry>,
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
+        if self.dry {
+            for e in entries.iter().filter(|e| !self.wanted_by_remote(local, e)) {
+                let why = if !self.remote_went_back && Some(e.stamp.origin) == self.remote_id {
+                    "written by the other instance: it has this version or a newer one".to_string()
+                } else {
+                    let flow = if e.deleted {
+                        "delete items there"
+                    } else {
+                        "copy items there"
+                    };
+                    not_carried(&self.filter, local.feed_type, e, flow)
+                };
+                fr.plan_item(true, "push", &e.key, "none", Some(why));
+            }
+        }
         let admitted: Vec<WireEntry> = entries
             .into_iter()
             .filter(|e| self.wanted_by_remote(local, e))
@@ -187,8 +207,22 @@ impl Run<'_> {
                 settled.push(e.key.clone());
             }
             match t {
-                Some((s, _)) if s == e.stamp => fr.pushed.skipped += 1,
+                Some((s, _)) if s == e.stamp => {
+                    fr.pushed.skipped += 1;
+                    fr.plan_item(
+                        self.dry,
+                        "push",
+                        &e.key,
+                        "none",
+                        Some("already the same on both sides".into()),
+                    );
+                }
                 Some((s, _)) if s > e.stamp => {
+                    let why = format!(
+                        "older stamp: the other instance has a newer version ({s} after {})",
+                        e.stamp
+                    );
+                    fr.plan_item(self.dry, "push", &e.key, "none", Some(why));
                     if s.origin != e.stamp.origin {
                         fr.pushed.conflicts += 1;
                         self.log("warn", format!(
@@ -208,6 +242,7 @@ impl Run<'_> {
         if self.dry {
             for (e, live) in todo.iter().zip(&live_there) {
                 count_planned(&mut fr.pushed, e, *live);
+                plan_planned(fr, "push", e, *live, self.guard_held);
             }
             return Ok(());
         }

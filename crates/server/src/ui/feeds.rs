@@ -25,6 +25,10 @@ pub fn routes() -> Router<AppState> {
         .route("/feeds", get(list).post(create))
         .route("/feeds/{name}", get(browse))
         .route("/feeds/{name}/item", get(item))
+        .route(
+            "/feeds/{name}/item/delete",
+            get(item_delete_confirm).post(item_delete),
+        )
         .route("/feeds/{name}/delete", get(delete_confirm).post(delete))
         .route("/keys", get(keys).post(create_key))
         .route("/keys/{name}/revoke", post(revoke_key))
@@ -146,7 +150,6 @@ async fn list(State(st): State<AppState>, who: Signed, headers: HeaderMap) -> Re
         &headers,
         &NewFeedDraft::default(),
         None,
-        None,
         StatusCode::OK,
     )
     .await
@@ -158,7 +161,6 @@ async fn render_list(
     headers: &HeaderMap,
     draft: &NewFeedDraft,
     msg: Option<&str>,
-    created: Option<&FeedRecord>,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
     let repls = replications_by_feed(st, who).await;
@@ -174,12 +176,6 @@ async fn render_list(
     let admin = who.is_admin();
     let body = html! {
         h1 { "Feeds" }
-        @if let Some(f) = created {
-            div.notice {
-                p { "Feed " strong { (f.name) } " (" (f.feed_type.to_string()) ") created. Point clients at it:" }
-                (client_hint(f.feed_type, &origin, f.name.as_str()))
-            }
-        }
         @if rows.is_empty() {
             div.empty { p { "No feeds yet." @if admin { " Create one below." } } }
         } @else {
@@ -234,18 +230,8 @@ async fn create(State(st): State<AppState>, headers: HeaderMap, p: Posted) -> Re
         private: p.form.on("private"),
     };
     match crate::mgmt::new_feed(&st.ferry, &draft.name, &draft.ty, draft.private).await {
-        Ok(f) => {
-            render_list(
-                &st,
-                &p.who,
-                &headers,
-                &NewFeedDraft::default(),
-                None,
-                Some(&f),
-                StatusCode::CREATED,
-            )
-            .await
-        }
+        // POST/redirect/GET: the new feed's page, which says it was created.
+        Ok(f) => Ok(Redirect::to(&format!("/feeds/{}?created=1", seg(f.name.as_str()))).into_response()),
         Err(e @ CoreError::Internal(_)) => Err(html_err(e)),
         Err(e) => {
             let status = crate::error::status_of(&e);
@@ -255,7 +241,6 @@ async fn create(State(st): State<AppState>, headers: HeaderMap, p: Posted) -> Re
                 &headers,
                 &draft,
                 Some(&crate::error::public_message(&e)),
-                None,
                 status,
             )
             .await
@@ -307,6 +292,10 @@ async fn delete(
 struct BrowseQuery {
     prefix: String,
     key: String,
+    /// Set by the redirect after the feed was created.
+    created: String,
+    /// Set by the redirect after an item was deleted: its key.
+    deleted: String,
 }
 
 /// How a feed type's item keys group: (group, entry) — a package and its
@@ -349,7 +338,16 @@ async fn browse(
         div.titlebar {
             h1 { (fname) " " span.badge { (feed.feed_type.to_string()) } @if feed.private { " " span.badge.warn { "private" } } }
         }
-        details { summary { "Client configuration" } (client_hint(feed.feed_type, &origin, &fname)) }
+        @if !q.created.is_empty() {
+            div.notice role="status" {
+                p { "Feed " strong { (fname) } " (" (feed.feed_type.to_string()) ") created. Point clients at it:" }
+                (client_hint(feed.feed_type, &origin, &fname))
+            }
+        }
+        @if !q.deleted.is_empty() {
+            div.notice role="status" { p { "Deleted " code { (q.deleted) } " from " (fname) "." } }
+        }
+        details open[!q.created.is_empty()] { summary { "Client configuration" } (client_hint(feed.feed_type, &origin, &fname)) }
         form.filters method="get" {
             label for="prefix" { "Key starts with" }
             input #prefix type="text" name="prefix" value=(q.prefix);
@@ -405,9 +403,24 @@ async fn item(
         let path: Vec<String> = it.key.as_str().split('/').map(seg).collect();
         format!("/assets/{}/{}", seg(&fname), path.join("/"))
     });
+    // Delete is offered only to a key that may do it (as on the protocol).
+    let deletion = match deletion_of(feed.feed_type, &it.key) {
+        Ok(d) => may_delete(&who, &feed, &d).is_ok().then_some(Ok(d)),
+        Err(why) => auth::authorize_feed(Some(&who.principal), &feed, Action::Write)
+            .is_ok()
+            .then_some(Err(why)),
+    };
     let body = html! {
         p.crumbs { a href="/feeds" { "Feeds" } " / " a href={ "/feeds/" (seg(&fname)) } { (fname) } " / item" }
-        h1.break { (it.key.as_str()) }
+        div.titlebar {
+            h1.break { (it.key.as_str()) }
+            @if let Some(Ok(_)) = &deletion {
+                div.buttons {
+                    a.button.danger href={ "/feeds/" (seg(&fname)) "/item/delete?key=" (seg(it.key.as_str())) } { "Delete…" }
+                }
+            }
+        }
+        @if let Some(Err(why)) = &deletion { p.hint { (why) } }
         dl.values {
             dt { "Feed" } dd { (fname) " (" (feed.feed_type.to_string()) ")" }
             dt { "Size" } dd { (bytes(blobs.iter().map(|(_, s)| s.unwrap_or(0)).sum())) }
@@ -433,7 +446,18 @@ async fn item(
 
 async fn keys(State(st): State<AppState>, who: Signed) -> Result<Response, ApiError> {
     who.admin()?;
-    render_keys(&st, &who, None, None, StatusCode::OK).await
+    let flash = match st.sessions.take_flash(&who.session) {
+        Some(super::Flash::Key { name, secret }) => Some((name, secret)),
+        _ => None,
+    };
+    render_keys(
+        &st,
+        &who,
+        None,
+        flash.as_ref().map(|(n, s)| (n.as_str(), s.as_str())),
+        StatusCode::OK,
+    )
+    .await
 }
 
 async fn render_keys(
@@ -503,7 +527,15 @@ async fn create_key(State(st): State<AppState>, p: Posted) -> Result<Response, A
     let feeds = (!feeds.is_empty()).then_some(feeds);
     match crate::mgmt::new_key(&st.ferry, &name, p.form.get("permission"), feeds).await {
         Ok((rec, secret)) => {
-            render_keys(&st, &p.who, None, Some((&rec.name, &secret)), StatusCode::CREATED).await
+            // POST/redirect/GET: the key list shows the secret once.
+            st.sessions.set_flash(
+                &p.who.session,
+                super::Flash::Key {
+                    name: rec.name.clone(),
+                    secret,
+                },
+            );
+            Ok(Redirect::to("/keys").into_response())
         }
         Err(e @ CoreError::Internal(_)) => Err(html_err(e)),
         Err(e) => {
@@ -521,4 +553,231 @@ async fn revoke_key(
     p.who.admin()?;
     st.ferry.delete_key(&name).await.map_err(html_err)?;
     Ok(Redirect::to("/keys").into_response())
+}
+
+// ------------------------------------------------------------ item delete
+
+/// The feed type's own delete operation (the one its protocol's DELETE
+/// calls in `ferry_core`) that removes one item.
+enum Deletion {
+    Asset(String),
+    PypiFile {
+        project: String,
+        filename: String,
+    },
+    OciManifest {
+        repo: String,
+        reference: String,
+    },
+    OciBlob {
+        repo: String,
+        digest: String,
+    },
+    CargoVersion {
+        name: String,
+        vers: String,
+    },
+    NugetVersion {
+        id: String,
+        ver: String,
+    },
+    DebianPackage {
+        dist: String,
+        component: String,
+        name: String,
+        version: String,
+        arch: String,
+    },
+    NpmTag {
+        name: String,
+        tag: String,
+    },
+}
+
+impl Deletion {
+    /// What the confirmation and the button name.
+    fn describe(&self) -> String {
+        match self {
+            Deletion::Asset(p) => format!("the file {p}"),
+            Deletion::PypiFile { project, filename } => format!("the file {filename} of {project}"),
+            Deletion::OciManifest { repo, reference } if reference.contains(':') => {
+                format!("the manifest {repo}@{reference} (and the tags pointing at it)")
+            }
+            Deletion::OciManifest { repo, reference } => format!("the tag {repo}:{reference}"),
+            Deletion::OciBlob { repo, digest } => format!("the blob {digest} of {repo}"),
+            Deletion::CargoVersion { name, vers } => format!("version {vers} of crate {name}"),
+            Deletion::NugetVersion { id, ver } => format!("version {ver} of package {id}, for good"),
+            Deletion::DebianPackage {
+                name,
+                version,
+                arch,
+                dist,
+                ..
+            } => {
+                format!("{name} {version} ({arch}) from {dist}")
+            }
+            Deletion::NpmTag { name, tag } => format!("the dist-tag {tag} of {name}"),
+        }
+    }
+
+    async fn run(&self, ferry: &ferry_core::Ferry, feed: &FeedRecord) -> Result<(), CoreError> {
+        use ferry_core::{assets, cargo, debian, npm, nuget, oci, pypi};
+        match self {
+            Deletion::Asset(p) => assets::delete(ferry, feed, p).await,
+            Deletion::PypiFile { project, filename } => {
+                pypi::delete_file(ferry, feed, project, filename).await
+            }
+            Deletion::OciManifest { repo, reference } => oci::delete_manifest(ferry, feed, repo, reference)
+                .await
+                .map_err(|e| e.error),
+            Deletion::OciBlob { repo, digest } => {
+                let named =
+                    ferry_formats::oci::parse_digest(digest).map_err(|e| CoreError::invalid(e.message))?;
+                oci::delete_blob(ferry, feed, repo, &named)
+                    .await
+                    .map_err(|e| e.error)
+            }
+            Deletion::CargoVersion { name, vers } => cargo::delete_version(ferry, feed, name, vers).await,
+            Deletion::NugetVersion { id, ver } => nuget::delete(ferry, feed, id, ver).await,
+            Deletion::DebianPackage {
+                dist,
+                component,
+                name,
+                version,
+                arch,
+            } => debian::delete(ferry, feed, dist, component, name, version, arch).await,
+            Deletion::NpmTag { name, tag } => npm::delete_dist_tag(ferry, feed, name, tag).await,
+        }
+    }
+}
+
+/// How item `key` of a `ty` feed is deleted, or why the web UI does not
+/// offer it (and what does).
+fn deletion_of(ty: FeedType, key: &ItemKey) -> Result<Deletion, String> {
+    let s = key.as_str();
+    let unknown = || format!("{s} is not an item this page can delete");
+    #[allow(unreachable_patterns)]
+    match ty {
+        FeedType::Assets => Ok(Deletion::Asset(s.to_owned())),
+        FeedType::Pypi => ferry_formats::pypi::parse_file_key(key)
+            .map(|(p, f)| Deletion::PypiFile {
+                project: p.to_owned(),
+                filename: f.to_owned(),
+            })
+            .map_err(|_| unknown()),
+        FeedType::Oci => match ferry_formats::oci::parse_item_key(key) {
+            Some(ferry_formats::oci::OciItemKey::Manifest { repo, digest }) => Ok(Deletion::OciManifest {
+                repo,
+                reference: digest.to_string(),
+            }),
+            Some(ferry_formats::oci::OciItemKey::Tag { repo, tag }) => {
+                Ok(Deletion::OciManifest { repo, reference: tag })
+            }
+            Some(ferry_formats::oci::OciItemKey::Blob { repo, digest }) => Ok(Deletion::OciBlob {
+                repo,
+                digest: digest.to_string(),
+            }),
+            None => Err(unknown()),
+        },
+        FeedType::Cargo => ferry_formats::cargo::parse_item_key(key)
+            .map(|(n, v)| Deletion::CargoVersion {
+                name: n.to_owned(),
+                vers: v.to_owned(),
+            })
+            .map_err(|_| unknown()),
+        FeedType::Nuget => ferry_formats::nuget::parse_item_key(key)
+            .map(|(i, v)| Deletion::NugetVersion {
+                id: i.to_owned(),
+                ver: v.to_owned(),
+            })
+            .map_err(|_| unknown()),
+        FeedType::Debian => match s.split('/').collect::<Vec<_>>().as_slice() {
+            ["deb", dist, component, name, version, arch] => Ok(Deletion::DebianPackage {
+                dist: (*dist).to_owned(),
+                component: (*component).to_owned(),
+                name: (*name).to_owned(),
+                version: (*version).to_owned(),
+                arch: (*arch).to_owned(),
+            }),
+            _ => Err(unknown()),
+        },
+        FeedType::Npm => match ferry_formats::npm::parse_item_key(key) {
+            Ok(ferry_formats::npm::NpmItemKey::Tag { name, tag }) => Ok(Deletion::NpmTag { name, tag }),
+            Ok(ferry_formats::npm::NpmItemKey::Version { name, version }) => Err(format!(
+                "npm versions are removed with npm itself: npm unpublish {name}@{version} --registry REGISTRY_URL"
+            )),
+            _ => Err(unknown()),
+        },
+        _ => Err(unknown()),
+    }
+}
+
+/// Whether `who` may run `d` on `feed`: what the feed type's protocol asks
+/// for its DELETE (write on the feed; NuGet's delete for good: an admin
+/// key covering it).
+fn may_delete(who: &Signed, feed: &FeedRecord, d: &Deletion) -> Result<(), ApiError> {
+    auth::authorize_feed(Some(&who.principal), feed, Action::Write).map_err(html_err)?;
+    if matches!(d, Deletion::NugetVersion { .. })
+        && !crate::nuget::may_delete_for_good(Some(&who.principal), feed)
+    {
+        return Err(html_err(CoreError::Forbidden(
+            "deleting a NuGet package version for good takes an admin key".into(),
+        )));
+    }
+    Ok(())
+}
+
+/// The feed, the item key and how to delete it, for a caller allowed to.
+async fn deletable(
+    st: &AppState,
+    who: &Signed,
+    name: &str,
+    key: &str,
+) -> Result<(FeedRecord, ItemKey, Deletion), ApiError> {
+    let feed = readable(st, who, name).await?;
+    let key = ItemKey::new(key).map_err(|e| html_err(CoreError::not_found(e.to_string())))?;
+    let d = deletion_of(feed.feed_type, &key).map_err(|m| html_err(CoreError::invalid(m)))?;
+    may_delete(who, &feed, &d)?;
+    Ok((feed, key, d))
+}
+
+async fn item_delete_confirm(
+    State(st): State<AppState>,
+    who: Signed,
+    Path(name): Path<String>,
+    Query(q): Query<BrowseQuery>,
+) -> Result<Response, ApiError> {
+    let (feed, key, d) = deletable(&st, &who, &name, &q.key).await?;
+    let fname = feed.name.to_string();
+    let back = format!("/feeds/{}/item?key={}", seg(&fname), seg(key.as_str()));
+    let body = html! {
+        p.crumbs { a href="/feeds" { "Feeds" } " / " a href={ "/feeds/" (seg(&fname)) } { (fname) } " / delete item" }
+        h1.break { "Delete " (key.as_str()) "?" }
+        div.notice.warn {
+            p { "This deletes " strong { (d.describe()) } " from feed " strong { (fname) } ". Clients can no longer download it, "
+                "and replications that copy this feed delete it on the other side too. It cannot be undone." }
+        }
+        form method="post" action={ "/feeds/" (seg(&fname)) "/item/delete" } {
+            (csrf_field(&who))
+            input type="hidden" name="key" value=(key.as_str());
+            button.danger type="submit" { "Delete " (d.describe()) }
+            " " a href=(back) { "Cancel" }
+        }
+    };
+    Ok(page("Delete item", Some(&who), Nav::Feeds, body))
+}
+
+async fn item_delete(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    p: Posted,
+) -> Result<Response, ApiError> {
+    let (feed, key, d) = deletable(&st, &p.who, &name, p.form.get("key")).await?;
+    d.run(&st.ferry, &feed).await.map_err(html_err)?;
+    Ok(Redirect::to(&format!(
+        "/feeds/{}?deleted={}",
+        seg(feed.name.as_str()),
+        seg(key.as_str())
+    ))
+    .into_response())
 }

@@ -8,8 +8,14 @@
 //!
 //! Sessions: signing in with an API key creates a session in memory
 //! ([`Sessions`], at most [`MAX_SESSIONS`], each for [`SESSION_TTL`]); the
-//! cookie (`ferry_session`, HttpOnly, SameSite=Strict, Secure over TLS)
-//! holds only a random id. The session keeps the key's hash, and each
+//! cookie (`ferry_session_` and a short hash of the instance id, so that
+//! instances on two ports of one host, which browsers do not tell apart
+//! for cookies, keep their own sessions; HttpOnly, SameSite=Strict, Secure
+//! over TLS) holds only a random id.
+//!
+//! Behind a reverse proxy under a path prefix (`base_url` with a path),
+//! [`under_prefix`] puts the prefix in front of every link, form action,
+//! asset and redirect the pages make; the cookie's `Path` carries it too. The session keeps the key's hash, and each
 //! request looks the key up again, so a deleted key signs its sessions out.
 //! Every POST goes through [`Posted`]: its `Origin` (or, without one, its
 //! `Referer`) must be this instance, and its form must carry the session's
@@ -48,7 +54,6 @@ pub const MAX_SESSIONS: usize = 1000;
 pub const MAX_SESSIONS_PER_KEY: usize = 20;
 /// A session ends this long after sign-in.
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
-const COOKIE: &str = "ferry_session";
 
 const CSS: &str = include_str!("assets/ferry.css");
 const JS: &str = include_str!("assets/ferry.js");
@@ -63,6 +68,24 @@ struct Session {
     key_hash: [u8; 32],
     csrf: String,
     expires: Instant,
+    /// A secret a form created (a new API key or sync token), kept for the
+    /// page its redirect leads to, which shows it once and drops it.
+    flash: Option<Flash>,
+}
+
+/// A secret to show once on the page after a redirect (POST/redirect/GET
+/// for forms that create one).
+#[derive(Clone)]
+pub(crate) enum Flash {
+    /// A new API key: its name and secret.
+    Key { name: String, secret: String },
+    /// A sync token of replication `replication`; `created`: with the
+    /// replication itself.
+    Token {
+        replication: String,
+        token: String,
+        created: bool,
+    },
 }
 
 /// The signed-in sessions, in memory.
@@ -109,6 +132,7 @@ impl Sessions {
                 key_hash,
                 csrf: csrf.clone(),
                 expires: now + SESSION_TTL,
+                flash: None,
             },
         );
         Some((id, csrf))
@@ -126,6 +150,18 @@ impl Sessions {
         }
     }
 
+    /// Keeps `flash` for the session's next page that asks for it.
+    pub(crate) fn set_flash(&self, id: &str, flash: Flash) {
+        if let Some(s) = self.lock().get_mut(id) {
+            s.flash = Some(flash);
+        }
+    }
+
+    /// The session's flash, once.
+    pub(crate) fn take_flash(&self, id: &str) -> Option<Flash> {
+        self.lock().get_mut(id).and_then(|s| s.flash.take())
+    }
+
     fn remove(&self, id: &str) {
         self.lock().remove(id);
     }
@@ -140,7 +176,7 @@ impl Sessions {
     }
 }
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(st: &AppState) -> Router<AppState> {
     Router::new()
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
@@ -148,6 +184,90 @@ pub fn routes() -> Router<AppState> {
         .merge(replication::routes())
         .merge(feeds::routes())
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .layer(axum::middleware::from_fn_with_state(st.clone(), under_prefix))
+}
+
+/// The session cookie's name on this instance: `ferry_session_` and the
+/// first 8 hex digits of the SHA-256 of the instance id.
+pub fn cookie_name(st: &AppState) -> String {
+    let h = auth::hash_secret(&st.ferry.instance_id().to_string());
+    let short: String = h[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("ferry_session_{short}")
+}
+
+/// The path part of `base_url` without its trailing '/' ("" when Ferry is
+/// served at the root of its host, "/registry" behind a proxy that serves
+/// it under `/registry/`).
+pub(crate) fn base_path(st: &AppState) -> String {
+    let Some(base) = &st.ferry.config().base_url else {
+        return String::new();
+    };
+    let rest = base.split_once("://").map_or(base.as_str(), |(_, r)| r);
+    match rest.find('/') {
+        Some(i) => rest[i..].trim_end_matches('/').to_owned(),
+        None => String::new(),
+    }
+}
+
+/// Puts the `base_url` path prefix in front of the UI's own URLs: the
+/// `Location` of redirects, and `href`, `action`, `src` and `data-poll`
+/// attributes that start with one '/' in pages (and in HTML carried in the
+/// overview's JSON). Every value from users is escaped by maud (`"` too),
+/// so such an attribute can only come from the templates.
+async fn under_prefix(State(st): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+    let prefix = base_path(&st);
+    let resp = next.run(req).await;
+    if prefix.is_empty() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    if let Some(loc) = parts.headers.get(header::LOCATION).and_then(|v| v.to_str().ok())
+        && loc.starts_with('/')
+        && !loc.starts_with("//")
+        && let Ok(v) = HeaderValue::from_str(&format!("{prefix}{loc}"))
+    {
+        parts.headers.insert(header::LOCATION, v);
+    }
+    let rewrite = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/html") || t.starts_with("application/json"));
+    if !rewrite {
+        return Response::from_parts(parts, body);
+    }
+    let bytes = match axum::body::to_bytes(body, 32 << 20).await {
+        Ok(b) => b,
+        Err(e) => return ApiError::html(CoreError::Internal(format!("UI page body: {e}"))).into_response(),
+    };
+    let text = prefixed_links(&String::from_utf8_lossy(&bytes), &prefix);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(text))
+}
+
+/// `html` with `prefix` before every local URL in a link attribute.
+fn prefixed_links(html: &str, prefix: &str) -> String {
+    let mut out = html.to_owned();
+    for attr in ["href", "action", "src", "data-poll"] {
+        // As written in a page, and inside a JSON string.
+        for quote in ["\"", "\\\""] {
+            let needle = format!(" {attr}={quote}/");
+            let mut result = String::with_capacity(out.len());
+            let mut rest = out.as_str();
+            while let Some(i) = rest.find(&needle) {
+                let end = i + needle.len();
+                result.push_str(&rest[..end - 1]);
+                if !rest[end..].starts_with('/') {
+                    result.push_str(prefix);
+                }
+                result.push('/');
+                rest = &rest[end..];
+            }
+            result.push_str(rest);
+            out = result;
+        }
+    }
+    out
 }
 
 // ------------------------------------------------------------ sessions
@@ -157,7 +277,7 @@ pub fn routes() -> Router<AppState> {
 pub(crate) struct Signed {
     pub principal: Principal,
     pub csrf: String,
-    session: String,
+    pub session: String,
 }
 
 impl Signed {
@@ -187,7 +307,7 @@ impl FromRequestParts<AppState> for Signed {
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
         let to_login = || Redirect::to("/login").into_response();
-        let id = cookie_value(&parts.headers, COOKIE).ok_or_else(to_login)?;
+        let id = cookie_value(&parts.headers, &cookie_name(st)).ok_or_else(to_login)?;
         let session = st.sessions.get(&id).ok_or_else(to_login)?;
         let key = st
             .ferry
@@ -567,7 +687,9 @@ async fn login(State(st): State<AppState>, req: Request) -> Response {
                 );
             };
             let cookie = format!(
-                "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+                "{}={id}; Path={}/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+                cookie_name(&st),
+                base_path(&st),
                 SESSION_TTL.as_secs(),
                 if secure { "; Secure" } else { "" }
             );
@@ -595,10 +717,14 @@ async fn login(State(st): State<AppState>, req: Request) -> Response {
 async fn logout(State(st): State<AppState>, posted: Posted) -> Response {
     st.sessions.remove(&posted.who.session);
     let mut resp = Redirect::to("/login").into_response();
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("ferry_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    let gone = format!(
+        "{}=; Path={}/; HttpOnly; SameSite=Strict; Max-Age=0",
+        cookie_name(&st),
+        base_path(&st)
     );
+    if let Ok(v) = HeaderValue::from_str(&gone) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
     resp
 }
 

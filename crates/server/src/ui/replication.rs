@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_core::CoreError;
-use ferry_replication::Overview;
 use ferry_replication::config::{Communication, CreateRequest, UpdateRequest};
+use ferry_replication::{Overview, ReplError};
 use ferry_store::ExecutionRecord;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -29,8 +29,10 @@ pub fn routes() -> Router<AppState> {
         .route("/replications/new", get(new_form).post(create))
         .route("/replications/{name}", get(detail))
         .route("/replications/{name}/run", post(run))
+        .route("/replications/{name}/stop", post(stop))
         .route("/replications/{name}/confirm", post(confirm))
         .route("/replications/{name}/tokens", post(new_token))
+        .route("/replications/{name}/token", get(token_shown))
         .route("/replications/{name}/tokens/{id}/revoke", post(revoke_token))
         .route("/replications/{name}/delete", get(delete_confirm).post(delete))
         .route("/replications/{name}/edit", get(edit_form).post(edit))
@@ -105,6 +107,7 @@ fn outcome_class(outcome: Option<&str>) -> &'static str {
     match outcome {
         Some("succeeded") => "ok",
         Some("failed") => "bad",
+        Some("stopped") => "stopped",
         Some(_) => "warn",
         None => "running",
     }
@@ -161,7 +164,7 @@ async fn overview(State(st): State<AppState>, who: Signed) -> Result<Response, A
             }
         } @else {
             div.table-wrap {
-                table #overview {
+                table #overview data-poll="/ui/api/overview" {
                     thead { tr { th { "Name" } th { "Feeds (local = remote)" } th { "Communication" } th { "Mode" }
                         th { "State" } th { "Last execution" } th { "Lag" } th { "Next run" } th { span.sr { "Actions" } } } }
                     tbody {
@@ -183,6 +186,13 @@ async fn overview(State(st): State<AppState>, who: Signed) -> Result<Response, A
                                 td.actions {
                                     @if o.config.is_outgoing() {
                                         (post_button(&who, &format!("/replications/{}/run", seg(&o.name)), "Run now", "small"))
+                                        " "
+                                        // Shown while an execution runs (the script keeps it current).
+                                        form.inline method="post" action={ "/replications/" (seg(&o.name)) "/stop" }
+                                            data-field="stop" hidden[o.running.is_none()] {
+                                            (csrf_field(&who))
+                                            button.small.danger type="submit" { "Stop" }
+                                        }
                                     }
                                 }
                             }
@@ -208,6 +218,7 @@ async fn overview_json(State(st): State<AppState>, who: Signed) -> Result<Json<V
             "name": o.name,
             "state": o.status.state,
             "progress": o.running.as_ref().map(progress_text).unwrap_or_default(),
+            "running": o.running.is_some(),
             "last": last_text(o, last.as_ref()).into_string(),
             "lag": lag_text(o),
         }));
@@ -218,6 +229,27 @@ async fn overview_json(State(st): State<AppState>, who: Signed) -> Result<Json<V
 async fn run(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -> Result<Response, ApiError> {
     p.who.admin()?;
     core_api::run_now(&st, &name).await.map_err(html_err)?;
+    let back = if p.form.get("back") == "detail" {
+        format!("/replications/{}", seg(&name))
+    } else {
+        "/".into()
+    };
+    Ok(Redirect::to(&back).into_response())
+}
+
+/// Stops the running execution (the same `stop_execution` as the API);
+/// with none running, says so.
+async fn stop(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -> Result<Response, ApiError> {
+    p.who.admin()?;
+    let by = format!("key {} (web UI)", p.who.principal.key.name);
+    let stopped = core_api::stop_execution(&st, &name, &by)
+        .await
+        .map_err(html_err)?;
+    if stopped.is_none() {
+        return Err(html_err(CoreError::Conflict(format!(
+            "replication {name} has no running execution to stop (it may have just ended)"
+        ))));
+    }
     let back = if p.form.get("back") == "detail" {
         format!("/replications/{}", seg(&name))
     } else {
@@ -257,6 +289,10 @@ struct Draft {
     interval: String,
     bandwidth: String,
     carry_downloads: bool,
+    /// "Create it anyway" ticked: an unreachable other end is not refused.
+    anyway: bool,
+    /// The last check could not reach the other end: offer "anyway".
+    unreachable: bool,
 }
 
 impl Draft {
@@ -294,6 +330,8 @@ impl Draft {
             interval: f.get("interval").trim().to_owned(),
             bandwidth: f.get("bandwidth").trim().to_owned(),
             carry_downloads: f.on("carry_downloads"),
+            anyway: f.on("anyway"),
+            unreachable: false,
         }
     }
 
@@ -413,6 +451,10 @@ async fn wizard(
                         input #token type="password" name="token" autocomplete="off" placeholder="fst_…" value=(d.token); }
                 }
                 p.hint { "An outgoing replication is checked right away by a handshake with the other instance." }
+                @if d.unreachable {
+                    label.check { input type="checkbox" name="anyway" value="1" checked[d.anyway];
+                        " Create it anyway: the other instance is not running yet (executions keep trying to reach it)" }
+                }
             }
             fieldset {
                 legend { span.step { "3" } "Replication mode" }
@@ -470,11 +512,83 @@ fn plain(e: &CoreError) -> String {
     }
 }
 
+/// What the on-the-spot handshake found, in plain words, with the status
+/// the wizard answers with and whether the other end was not reached (or
+/// is not a Ferry instance). Every rule is the other instance's or the
+/// engine's: this only words their errors for a person.
+fn handshake_words(e: &ReplError, url: &str) -> (StatusCode, String, bool) {
+    let not_ferry = |what: String| {
+        (
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "{url} answered, but it is not a Ferry instance: {what}. Enter the other Ferry instance's own address \
+                 (as in its base_url, e.g. https://hub.example.com:8765), not a web page or another server."
+            ),
+            true,
+        )
+    };
+    match e {
+        ReplError::Transport(m) if m.contains("decoding") => {
+            not_ferry("its answer to the replication handshake was not Ferry's".into())
+        }
+        ReplError::Transport(m) => (
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "The other instance could not be reached at {url}: {m}. Check the URL (scheme, host and port), \
+                 and that the other instance is running and reachable from this one."
+            ),
+            true,
+        ),
+        ReplError::Remote { status, .. } if matches!(status, 300..=399 | 404 | 405 | 406 | 415 | 501) => {
+            not_ferry(format!("it has no replication API (it answered HTTP {status})"))
+        }
+        ReplError::Remote { status, message } => (
+            StatusCode::BAD_GATEWAY,
+            format!("The other instance answered HTTP {status}: {message}"),
+            false,
+        ),
+        ReplError::Unauthorized(m) if m.contains("was revoked") => (
+            StatusCode::UNAUTHORIZED,
+            "The sync token was revoked on the other instance. Create a new token on its incoming replication \
+             (Replication → the replication → New sync token) and enter that one."
+                .into(),
+            false,
+        ),
+        ReplError::Unauthorized(_) => (
+            StatusCode::UNAUTHORIZED,
+            "The other instance did not accept the sync token: it is wrong, or it belongs to another instance. \
+             Check that you copied all of it (it starts with fst_), or create a new one on the other instance's incoming replication."
+                .into(),
+            false,
+        ),
+        ReplError::Refused(m) => (
+            StatusCode::CONFLICT,
+            format!("The other instance refused this replication: {m}."),
+            false,
+        ),
+        ReplError::Core(c) => (crate::error::status_of(c), crate::error::public_message(c), false),
+        ReplError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone(), false),
+        ReplError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone(), false),
+        e => (StatusCode::BAD_REQUEST, e.to_string(), false),
+    }
+}
+
 async fn create(State(st): State<AppState>, p: Posted) -> Result<Response, ApiError> {
     p.who.admin()?;
-    let draft = Draft::from_form(&p.form);
+    let mut draft = Draft::from_form(&p.form);
     let result = match draft.request() {
-        Ok(req) => core_api::create_replication(&st, req).await,
+        Ok(req) => {
+            if req.outgoing.is_some()
+                && let Err(e) = core_api::check_outgoing(&st, &req).await
+            {
+                let (status, words, unreachable) = handshake_words(&e, &draft.url);
+                if !(unreachable && draft.anyway) {
+                    draft.unreachable = unreachable;
+                    return wizard(&st, &p.who, &draft, Some(&words), status).await;
+                }
+            }
+            core_api::create_replication(&st, req).await
+        }
         Err(e) => Err(e),
     };
     let o = match result {
@@ -495,7 +609,44 @@ async fn create(State(st): State<AppState>, p: Posted) -> Result<Response, ApiEr
     }
     // Incoming: the token, shown once, and what the other side enters.
     let token = st.replicator.new_token(&o.name).await.map_err(html_err)?;
-    Ok(token_page(&st, &p.who, &o, &token, true))
+    Ok(token_redirect(&st, &p.who, &o.name, token, true))
+}
+
+/// POST/redirect/GET for a new sync token: kept in the session for the
+/// token page, which shows it once.
+fn token_redirect(st: &AppState, who: &Signed, name: &str, token: String, created: bool) -> Response {
+    st.sessions.set_flash(
+        &who.session,
+        super::Flash::Token {
+            replication: name.to_owned(),
+            token,
+            created,
+        },
+    );
+    Redirect::to(&format!("/replications/{}/token", seg(name))).into_response()
+}
+
+/// The page after a new sync token: the token, once. Reloaded (the token
+/// already shown), it says so.
+async fn token_shown(
+    State(st): State<AppState>,
+    who: Signed,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    who.admin()?;
+    let o = core_api::replication_overview(&st, &name)
+        .await
+        .map_err(html_err)?;
+    match st.sessions.take_flash(&who.session) {
+        Some(super::Flash::Token {
+            replication,
+            token,
+            created,
+        }) if replication == o.name => Ok(token_page(&st, &who, &o, &token, created)),
+        _ => Err(html_err(CoreError::not_found(format!(
+            "the sync token of {name} was shown once and is not kept; create a new one on the replication's page"
+        )))),
+    }
 }
 
 fn token_page(st: &AppState, who: &Signed, o: &Overview, token: &str, created: bool) -> Response {
@@ -569,6 +720,13 @@ async fn detail(
                         (csrf_field(&who))
                         input type="hidden" name="back" value="detail";
                         button.primary type="submit" { "Run now" }
+                    }
+                    @if o.running.is_some() {
+                        form.inline method="post" action={ (base) "/stop" } {
+                            (csrf_field(&who))
+                            input type="hidden" name="back" value="detail";
+                            button.danger type="submit" { "Stop" }
+                        }
                     }
                     a.button href={ (base) "/plan" } { "Plan" }
                 }
@@ -829,7 +987,7 @@ async fn all_executions(
             label for="outcome" { "Outcome" }
             select #outcome name="outcome" {
                 option value="" selected[f.outcome.is_empty()] { "all" }
-                @for o in ["running", "succeeded", "failed", "needs-confirmation"] { option value=(o) selected[f.outcome == o] { (o) } }
+                @for o in ["running", "succeeded", "failed", "stopped", "needs-confirmation", "interrupted"] { option value=(o) selected[f.outcome == o] { (o) } }
             }
             button type="submit" { "Filter" }
         }
@@ -847,8 +1005,8 @@ async fn new_token(
     let o = core_api::replication_overview(&st, &name)
         .await
         .map_err(html_err)?;
-    let token = st.replicator.new_token(&name).await.map_err(html_err)?;
-    Ok(token_page(&st, &p.who, &o, &token, false))
+    let token = st.replicator.new_token(&o.name).await.map_err(html_err)?;
+    Ok(token_redirect(&st, &p.who, &o.name, token, false))
 }
 
 async fn revoke_token(
@@ -904,8 +1062,14 @@ async fn plan(
     let body = html! {
         p.crumbs { a href={ "/replications/" (seg(&name)) } { "Replication " (name) } " / plan" }
         h1 { "What a run would do" }
-        p.hint { "Nothing was changed. Counts are what an execution now would copy and delete." }
+        p.hint { "Nothing was changed. Counts are what an execution now would copy and delete; below, item by item, with the reason for each item that would not move." }
         (feed_counts(&report))
+        @if report["needs_confirmation"].as_bool() == Some(true) {
+            div.notice.warn { p { strong { "Held by the delete guard." } " A run would stop before the deletions marked held below until they are confirmed." } }
+        }
+        @for f in report["feeds"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            (plan_items(f))
+        }
         h2 { "Details" }
         @if let Some(lines) = report["log"].as_array() {
             div.table-wrap { table.log { tbody { @for l in lines { tr {
@@ -914,6 +1078,51 @@ async fn plan(
         }
     };
     Ok(page("Plan", Some(&who), Nav::Replication, body))
+}
+
+/// One feed pair's items in a plan: what would move, then what would not
+/// and why.
+fn plan_items(f: &Value) -> Markup {
+    let items = f["plan"]["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let total = f["plan"]["total"].as_u64().unwrap_or(0);
+    let (moving, staying): (Vec<&Value>, Vec<&Value>) = items.iter().partition(|i| i["action"] != "none");
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_owned();
+    html! {
+        h2 { "Feed " (s(f, "local")) " = " (s(f, "remote")) }
+        @if total == 0 {
+            p.muted { "Nothing to compare: no changes on either side since the last execution." }
+        } @else {
+            @if total > items.len() as u64 {
+                p.hint { "The first " (items.len()) " of " (total) " items are listed." }
+            }
+            h3 { "Would move (" (moving.len()) ")" }
+            @if moving.is_empty() { p.muted { "Nothing." } } @else {
+                div.table-wrap { table.plan data-plan="move" {
+                    thead { tr { th { "Item" } th { "Direction" } th { "Action" } th { "Note" } } }
+                    tbody { @for i in &moving { tr {
+                        td { code.break { (s(i, "key")) } }
+                        td { (s(i, "direction")) }
+                        td { span class={ "badge " (if i["action"] == "delete" { "bad" } else { "ok" }) } { (s(i, "action")) } }
+                        td { (s(i, "why")) }
+                    } } }
+                } }
+            }
+            h3 { "Would not move (" (staying.len()) ")" }
+            @if staying.is_empty() { p.muted { "Nothing." } } @else {
+                div.table-wrap { table.plan data-plan="stay" {
+                    thead { tr { th { "Item" } th { "Direction" } th { "Why" } } }
+                    tbody { @for i in &staying { tr {
+                        td { code.break { (s(i, "key")) } }
+                        td { (s(i, "direction")) }
+                        td { (s(i, "why")) }
+                    } } }
+                } }
+            }
+        }
+    }
 }
 
 // ------------------------------------------------------------ diagnostics
@@ -1080,7 +1289,22 @@ async fn edit(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -
         })
     });
     let result = match req {
-        Ok(req) => core_api::update_replication(&st, &name, req).await,
+        Ok(req) => {
+            if req.changes_connection()
+                && let Err(e) = core_api::check_update(&st, &name, &req).await
+            {
+                let url = req
+                    .outgoing
+                    .clone()
+                    .unwrap_or_else(|| match &o.config.communication {
+                        Communication::Outgoing { url, .. } => url.clone(),
+                        Communication::Incoming => String::new(),
+                    });
+                let (status, words, _) = handshake_words(&e, &url);
+                return Ok(edit_page(&p.who, &o, Some(&words), status));
+            }
+            core_api::update_replication(&st, &name, req).await
+        }
         Err(e) => Err(e),
     };
     match result {

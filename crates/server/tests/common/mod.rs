@@ -141,6 +141,18 @@ impl Instance {
         }
     }
 
+    /// Serves this instance's router on a TCP port of 127.0.0.1 (for another
+    /// in-process instance to replicate with); returns its URL.
+    pub async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = self.router.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router).await.ok();
+        });
+        url
+    }
+
     pub async fn get(&self, uri: &str) -> Reply {
         self.send("GET", uri, None, &[], Body::empty()).await
     }

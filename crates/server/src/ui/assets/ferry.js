@@ -28,7 +28,8 @@ function poll(table) {
   function update() {
     if (busy || document.hidden) return;
     busy = true;
-    fetch("/ui/api/overview", { credentials: "same-origin", headers: { "Accept": "application/json" } })
+    // The page names the URL (with the base_url path prefix, if any).
+    fetch(table.getAttribute("data-poll") || "/ui/api/overview", { credentials: "same-origin", headers: { "Accept": "application/json" } })
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (data) {
         if (!data) return;
@@ -40,6 +41,8 @@ function poll(table) {
           set(row, "state", r.state);
           set(row, "progress", r.progress);
           set(row, "lag", r.lag);
+          var stop = row.querySelector('[data-field="stop"]');
+          if (stop) stop.hidden = !r.running;
           var last = row.querySelector('[data-field="last"]');
           // The server renders this cell with every value escaped.
           if (last && last.getAttribute("data-html") !== r.last) {
