@@ -34,6 +34,9 @@ const SMALL_GROUP_BYTES: usize = 8 << 20;
 
 /// A blob transfer whose bytes are committed; the handle flushes it.
 pub(super) type Flush = JoinHandle<Result<(), StoreError>>;
+/// A group of small blobs being committed: their sizes, and each one's
+/// outcome.
+type SmallCommit = JoinHandle<Result<(Vec<(Digest, u64)>, Vec<Result<(), ferry_core::CoreError>>), ReplError>>;
 
 /// What fetching a page's blobs came to.
 #[derive(Default)]
@@ -169,24 +172,43 @@ impl Run<'_> {
         Ok(wrong)
     }
 
-    /// Commits the small blobs read whole so far as one group, then lets
-    /// their claims go; a blob whose bytes are wrong is marked damaged
-    /// alone.
+    /// Starts committing the small blobs read whole so far as one group,
+    /// in the background (their claims go when it is done), once the group
+    /// before it is settled: one group in flight per stream, so the disk
+    /// work overlaps the reading of the next frames.
     async fn flush_small(
         &self,
         small: &mut Vec<(Digest, bytes::Bytes, Transfer)>,
+        inflight: &mut Option<SmallCommit>,
         g: &mut Group,
     ) -> Result<(), ReplError> {
+        self.settle_small(inflight, g).await?;
         if small.is_empty() {
             return Ok(());
         }
-        let (blobs, claims): (Vec<(Digest, bytes::Bytes)>, Vec<Transfer>) = std::mem::take(small)
-            .into_iter()
-            .map(|(d, b, t)| ((d, b), t))
-            .unzip();
-        let sizes: Vec<(Digest, u64)> = blobs.iter().map(|(d, b)| (*d, b.len() as u64)).collect();
-        let results = self.r.ferry().commit_small_blobs(blobs).await?;
-        drop(claims);
+        let batch = std::mem::take(small);
+        let ferry = self.r.ferry().clone();
+        *inflight = Some(tokio::spawn(async move {
+            let (blobs, claims): (Vec<(Digest, bytes::Bytes)>, Vec<Transfer>) =
+                batch.into_iter().map(|(d, b, t)| ((d, b), t)).unzip();
+            let sizes: Vec<(Digest, u64)> = blobs.iter().map(|(d, b)| (*d, b.len() as u64)).collect();
+            let results = ferry.commit_small_blobs(blobs).await;
+            drop(claims);
+            Ok((sizes, results?))
+        }));
+        Ok(())
+    }
+
+    /// Waits for the group [`Self::flush_small`] started, if any, and
+    /// counts it into `g`: a blob whose bytes were wrong is marked damaged
+    /// alone; the others get one flush together.
+    async fn settle_small(&self, inflight: &mut Option<SmallCommit>, g: &mut Group) -> Result<(), ReplError> {
+        let Some(handle) = inflight.take() else {
+            return Ok(());
+        };
+        let (sizes, results) = handle
+            .await
+            .map_err(|e| ReplError::Transport(format!("committing small blobs: {e}")))??;
         let mut stored = Vec::new();
         let mut n = 0;
         for ((d, size), r) in sizes.into_iter().zip(results) {
@@ -312,6 +334,7 @@ impl Run<'_> {
             return Ok(g);
         }
         let mut small: Vec<(Digest, bytes::Bytes, Transfer)> = Vec::new();
+        let mut inflight: Option<SmallCommit> = None;
         let mut small_bytes = 0usize;
         let mut reader = match self.remote.fetch_batch(wants).await {
             Ok(r) => r,
@@ -375,7 +398,7 @@ impl Run<'_> {
                         small.push((d, bytes, transfer));
                         small_bytes += n;
                         if small.len() >= SMALL_GROUP || small_bytes >= SMALL_GROUP_BYTES {
-                            self.flush_small(&mut small, &mut g).await?;
+                            self.flush_small(&mut small, &mut inflight, &mut g).await?;
                             small_bytes = 0;
                         }
                         continue;
@@ -439,7 +462,8 @@ impl Run<'_> {
             }
         }
         // Small blobs read whole are committed whatever ended the body.
-        self.flush_small(&mut small, &mut g).await?;
+        self.flush_small(&mut small, &mut inflight, &mut g).await?;
+        self.settle_small(&mut inflight, &mut g).await?;
         // Asked for, not answered (the body was cut before their frame).
         g.retry.extend(claims.into_keys());
         Ok(g)
