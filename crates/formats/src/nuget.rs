@@ -423,8 +423,19 @@ pub struct Nuspec {
 /// Invalid for a file that is not a zip, a missing or second nuspec, bad
 /// paths or a bad nuspec; TooLarge for size and entry-count bombs.
 pub fn inspect_nupkg<R: Read + Seek>(reader: R, limits: &ArchiveLimits) -> Result<Nuspec, FormatError> {
-    let mut zip = zip::ZipArchive::new(reader)
-        .map_err(|e| FormatError::invalid(format!("the package is not a valid .nupkg (zip) file: {e}")))?;
+    let open = |r: R| {
+        zip::ZipArchive::new(r)
+            .map_err(|e| FormatError::invalid(format!("the package is not a valid .nupkg (zip) file: {e}")))
+    };
+    // The zip reader keeps one entry per name (the last): a second entry
+    // of the same name, a second nuspec say, would be invisible to every
+    // check below yet unpacked by clients. Its central directory is
+    // walked here, and such a package refused.
+    let zip = open(reader)?;
+    let (start, listed) = (zip.central_directory_start(), zip.len());
+    let mut reader = zip.into_inner();
+    check_unique_names(&mut reader, start, listed, limits)?;
+    let mut zip = open(reader)?;
     if zip.len() as u64 > limits.max_entries {
         return Err(FormatError::too_large(format!(
             "the package has {} entries, more than the {} allowed",
@@ -493,6 +504,63 @@ pub fn inspect_nupkg<R: Read + Seek>(reader: R, limits: &ArchiveLimits) -> Resul
         )));
     }
     parse_nuspec(raw)
+}
+
+/// Walks the central directory at `start` (its file headers, up to the
+/// end records) and refuses a package naming an entry twice, or holding
+/// more file headers than the `listed` entries the zip reader saw.
+fn check_unique_names<R: Read + Seek>(
+    reader: &mut R,
+    start: u64,
+    listed: usize,
+    limits: &ArchiveLimits,
+) -> Result<(), FormatError> {
+    let unreadable = |e: io::Error| FormatError::invalid(format!("the package's central directory is unreadable: {e}"));
+    reader.seek(io::SeekFrom::Start(start)).map_err(unreadable)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut header = [0u8; 46];
+    loop {
+        match reader.read_exact(&mut header[..4]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(unreadable(e)),
+        }
+        if header[..4] != *b"PK\x01\x02" {
+            break;
+        }
+        reader.read_exact(&mut header[4..]).map_err(unreadable)?;
+        let field = |at: usize| u64::from(u16::from_le_bytes([header[at], header[at + 1]]));
+        let (name_len, skip) = (field(28), field(30) + field(32));
+        let mut name = Vec::new();
+        reader
+            .by_ref()
+            .take(name_len)
+            .read_to_end(&mut name)
+            .map_err(unreadable)?;
+        reader
+            .seek(io::SeekFrom::Current(i64::try_from(skip).unwrap_or(i64::MAX)))
+            .map_err(unreadable)?;
+        if seen.len() as u64 >= limits.max_entries {
+            return Err(FormatError::too_large(format!(
+                "the package has more than the {} entries allowed",
+                limits.max_entries
+            )));
+        }
+        if seen.contains(&name) {
+            return Err(FormatError::invalid(format!(
+                "the package holds two entries named {:?}; a .nupkg names each entry once",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        seen.insert(name);
+    }
+    if seen.len() != listed {
+        return Err(FormatError::invalid(format!(
+            "the package's central directory holds {} file headers where its end record declares {listed}",
+            seen.len()
+        )));
+    }
+    Ok(())
 }
 
 fn check_entry_name(name: &str) -> Result<(), FormatError> {
@@ -675,27 +743,32 @@ pub fn parse_nuspec(raw: Vec<u8>) -> Result<Nuspec, FormatError> {
     })
 }
 
+/// Whether `file_name` is `{id}.{version}{ext}` for this id and version as
+/// NuGet compares them: the id in any case, the version in any spelling
+/// that normalizes to the same (`1.0` and `01.0.0` are `1.0.0`; build
+/// metadata is ignored), `ext` (lowercase, with its dot) in any case.
+pub fn names_package(file_name: &str, id: &str, version: &NuGetVersion, ext: &str) -> bool {
+    let lower = file_name.to_ascii_lowercase();
+    lower
+        .strip_suffix(ext)
+        .and_then(|stem| stem.strip_prefix(&id_key(id)))
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|v| NuGetVersion::parse(v).ok())
+        .is_some_and(|v| v.key() == version.key())
+}
+
 /// Checks the file name a client sent with a push against the package:
 /// `package.nupkg` (what nuget.exe and dotnet send) or any name not ending
-/// in `.nupkg` passes; otherwise it must be `{id}.{version}.nupkg` in any
-/// case, with the version as written or normalized.
+/// in `.nupkg` passes; otherwise it must name the package
+/// ([`names_package`]: the id in any case, the version as NuGet
+/// normalizes it).
 pub fn check_file_name(file_name: &str, spec: &Nuspec) -> Result<(), FormatError> {
     let lower = file_name.to_ascii_lowercase();
     let base = lower.rsplit(['/', '\\']).next().unwrap_or(&lower);
-    let Some(stem) = base.strip_suffix(".nupkg") else {
-        return Ok(());
-    };
-    if stem == "package" {
+    if !base.ends_with(".nupkg") || base == "package.nupkg" {
         return Ok(());
     }
-    let id = id_key(&spec.id);
-    let ok = [
-        spec.item.original_version.to_ascii_lowercase(),
-        spec.version.key(),
-    ]
-    .iter()
-    .any(|v| stem == format!("{id}.{v}"));
-    if ok {
+    if names_package(base, &spec.id, &spec.version, ".nupkg") {
         Ok(())
     } else {
         Err(FormatError::invalid(format!(
@@ -1412,6 +1485,26 @@ mod tests {
         check_file_name("Demo.Lib.1.02.nupkg", &spec).unwrap();
         check_file_name("package.nupkg", &spec).unwrap();
         assert!(check_file_name("Other.1.0.0.nupkg", &spec).is_err());
+        // The version as NuGet normalizes it: any spelling of 1.2.0.
+        for ok in [
+            "DEMO.LIB.1.2.nupkg",
+            "demo.lib.01.02.00.nupkg",
+            "demo.lib.1.2.0.0.nupkg",
+            "demo.lib.1.2.0+sha.abc.nupkg",
+            "dir/Demo.Lib.1.2.0.NUPKG",
+        ] {
+            check_file_name(ok, &spec).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "demo.lib.1.2.1.nupkg",
+            "demo.lib.1.2.0-beta.nupkg",
+            "demo.lib.nupkg",
+            "demo.lib1.2.0.nupkg",
+            "demo.1.2.0.nupkg",
+            "demo.lib.x.nupkg",
+        ] {
+            assert!(check_file_name(bad, &spec).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -1432,6 +1525,8 @@ mod tests {
         );
         let two = zip(&[("a.nuspec", NUSPEC.as_bytes()), ("b.nuspec", NUSPEC.as_bytes())]);
         assert!(read(two).unwrap_err().to_string().contains("more than one"));
+        let cased = zip(&[("Demo.Lib.nuspec", NUSPEC.as_bytes()), ("demo.lib.NUSPEC", NUSPEC.as_bytes())]);
+        assert!(read(cased).unwrap_err().to_string().contains("more than one"));
         let trav = zip(&[("a.nuspec", NUSPEC.as_bytes()), ("../evil", b"x")]);
         assert!(read(trav).unwrap_err().to_string().contains("unsafe path"));
         let small = ArchiveLimits {
@@ -1498,6 +1593,59 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("content/z.bin"), "{e}");
+    }
+
+    /// A zip of `entries` in which every `from` in an entry name is then
+    /// renamed `to` (local and central headers alike): how a package with
+    /// two entries of one name is made, which `zip::ZipWriter` refuses.
+    fn zip_renamed(entries: &[(&str, &[u8])], from: &str, to: &str) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let mut z = zip(entries);
+        let (from, to) = (from.as_bytes(), to.as_bytes());
+        let mut renamed = 0;
+        for at in 0..z.len().saturating_sub(4) {
+            let name_at = match &z[at..at + 4] {
+                b"PK\x03\x04" => at + 30,
+                b"PK\x01\x02" => at + 46,
+                _ => continue,
+            };
+            if z.get(name_at..name_at + from.len()) == Some(from) {
+                z[name_at..name_at + to.len()].copy_from_slice(to);
+                renamed += 1;
+            }
+        }
+        assert_eq!(renamed, 2, "one entry named {from:?}");
+        z
+    }
+
+    #[test]
+    fn a_name_twice_in_the_zip_is_refused() {
+        let lim = ArchiveLimits::default();
+        let evil = NUSPEC.replace("<id>Demo.Lib</id>", "<id>Evil.Lib</id>");
+        // Two root nuspecs of one name: the zip reader shows only the second.
+        let z = zip_renamed(
+            &[("Demo.Lib.nuspec", NUSPEC.as_bytes()), ("Demo.Lib.nuspeX", evil.as_bytes())],
+            "Demo.Lib.nuspeX",
+            "Demo.Lib.nuspec",
+        );
+        let e = inspect_nupkg(std::io::Cursor::new(z), &lim).unwrap_err();
+        assert!(matches!(e, FormatError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("two entries named \"Demo.Lib.nuspec\""), "{e}");
+        // Any other entry twice as well.
+        let z = zip_renamed(
+            &[
+                ("Demo.Lib.nuspec", NUSPEC.as_bytes()),
+                ("tools/install.ps1", b"Write-Host ok"),
+                ("tools/install.ps2", b"Remove-Item -Recurse C:\\"),
+            ],
+            "tools/install.ps2",
+            "tools/install.ps1",
+        );
+        let e = inspect_nupkg(std::io::Cursor::new(z), &lim).unwrap_err();
+        assert!(e.to_string().contains("two entries named \"tools/install.ps1\""), "{e}");
+        // The same package with distinct names is fine.
+        let z = zip(&[("Demo.Lib.nuspec", NUSPEC.as_bytes()), ("tools/install.ps1", b"x")]);
+        inspect_nupkg(std::io::Cursor::new(z), &lim).unwrap();
     }
 
     #[test]

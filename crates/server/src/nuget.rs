@@ -179,8 +179,7 @@ impl Ctx<'_> {
         let download = match segs {
             ["v3", "flatcontainer", id, ver, file] if file.to_ascii_lowercase().ends_with(".nupkg") => {
                 let s = nuget::version(ferry, feed, id, ver).await?;
-                let want = format!("{}.{}.nupkg", format::id_key(id), ver.to_ascii_lowercase());
-                if file.to_ascii_lowercase() != want {
+                if !format::names_package(file, id, &s.item.parsed_version(), ".nupkg") {
                     return Err(not_found(rest));
                 }
                 Some(s)

@@ -33,6 +33,28 @@ fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
+/// A zip of `entries` whose entry named `from` is then renamed `to` in
+/// its local and central headers: two entries of one name, which
+/// `zip::ZipWriter` would refuse to write.
+fn zip_renamed(entries: &[(&str, &[u8])], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut z = zip(entries);
+    let mut renamed = 0;
+    for at in 0..z.len().saturating_sub(4) {
+        let name_at = match &z[at..at + 4] {
+            b"PK\x03\x04" => at + 30,
+            b"PK\x01\x02" => at + 46,
+            _ => continue,
+        };
+        if z.get(name_at..name_at + from.len()) == Some(from.as_bytes()) {
+            z[name_at..name_at + to.len()].copy_from_slice(to.as_bytes());
+            renamed += 1;
+        }
+    }
+    assert_eq!(renamed, 2);
+    z
+}
+
 fn nuspec(id: &str, version: &str, deps: &str) -> String {
     format!(
         r#"<?xml version="1.0" encoding="utf-8"?>
@@ -635,6 +657,28 @@ async fn bad_pushes_are_refused_and_store_nothing() {
     bad(StatusCode::PAYLOAD_TOO_LARGE, "expands")(
         f.push_to("v3/package", Some(&k), "package.nupkg", &bomb).await,
     );
+    // A second root nuspec of the same name, which the zip reader alone
+    // would hide (it keeps the last entry of a name): refused.
+    let evil = nuspec("Evil.One", "6.6.6", "");
+    let twice = zip_renamed(
+        &[
+            ("Good.One.nuspec", nuspec("Good.One", "1.0.0", "").as_bytes()),
+            ("Good.One.nuspeX", evil.as_bytes()),
+        ],
+        "Good.One.nuspeX",
+        "Good.One.nuspec",
+    );
+    bad(StatusCode::BAD_REQUEST, "two entries named \"Good.One.nuspec\"")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &twice).await,
+    );
+    // Two root nuspecs whose names differ in case only.
+    let cased = zip(&[
+        ("Good.One.nuspec", nuspec("Good.One", "1.0.0", "").as_bytes()),
+        ("good.one.NUSPEC", evil.as_bytes()),
+    ]);
+    bad(StatusCode::BAD_REQUEST, "more than one .nuspec")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &cased).await,
+    );
     // Nothing stored, nothing left in staging.
     let s = f.json("v3/search?q=&semVerLevel=2.0.0").await;
     assert_eq!(s["totalHits"], 0);
@@ -647,6 +691,55 @@ async fn bad_pushes_are_refused_and_store_nothing() {
     bad(StatusCode::CONFLICT, "already exists")(
         f.push_to("v3/package", Some(&k), "package.nupkg", &good).await,
     );
+}
+
+#[tokio::test]
+async fn file_names_compare_versions_as_nuget_normalizes_them() {
+    let f = Feed::new().await;
+    let k = f.key.clone();
+    // v2 push file names: any spelling of the version, any id case.
+    for (file, id, version) in [
+        ("Norm.A.1.0.nupkg", "Norm.A", "1.0.0"),
+        ("norm.b.01.0.0.nupkg", "Norm.B", "1.0"),
+        ("NORM.C.1.0.0+build.5.nupkg", "Norm.C", "1.0.0"),
+        ("Norm.D.1.0.0.0.nupkg", "Norm.D", "1.0.0"),
+    ] {
+        let r = f
+            .push_to("api/v2/package", Some(&k), file, &nupkg(id, version, ""))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{file}: {}", r.text());
+    }
+    // Another version or id is still a mismatch.
+    for file in ["Norm.E.1.0.1.nupkg", "Norm.1.0.0.nupkg", "Norm.E.1.0.0-rc.nupkg"] {
+        let r = f
+            .push_to("api/v2/package", Some(&k), file, &nupkg("Norm.E", "1.0", ""))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{file}: {}", r.text());
+        assert!(r.text().contains("does not match"), "{}", r.text());
+    }
+    // Flat container downloads: the version in the file name may be
+    // spelled as the client has it.
+    let pkg = f
+        .get("v3/flatcontainer/norm.b/1.0.0/norm.b.1.0.0.nupkg")
+        .await;
+    assert_eq!(pkg.status, StatusCode::OK);
+    for path in [
+        "v3/flatcontainer/norm.b/1.0/norm.b.1.0.nupkg",
+        "v3/flatcontainer/norm.b/1.0.0/norm.b.1.0.nupkg",
+        "v3/flatcontainer/Norm.B/01.0.0/Norm.B.01.0.0.nupkg",
+        "v3/flatcontainer/norm.b/1.0.0/NORM.B.1.0.0+meta.nupkg",
+    ] {
+        let r = f.get(path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        assert_eq!(r.body, pkg.body, "{path}");
+    }
+    for path in [
+        "v3/flatcontainer/norm.b/1.0.0/norm.b.1.0.1.nupkg",
+        "v3/flatcontainer/norm.b/1.0.0/norm.c.1.0.0.nupkg",
+        "v3/flatcontainer/norm.b/1.0.0/norm.b.nupkg",
+    ] {
+        assert_eq!(f.get(path).await.status, StatusCode::NOT_FOUND, "{path}");
+    }
 }
 
 #[tokio::test]
