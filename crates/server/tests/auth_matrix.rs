@@ -409,7 +409,12 @@ fn expected(route: &Route, cred: Cred) -> Exp {
     if route.name.ends_with(NUGET_KEY)
         && matches!(
             cred,
-            Cred::Wrong | Cred::Revoked | Cred::SyncPush | Cred::SyncPull | Cred::SyncMirror | Cred::SyncRevoked
+            Cred::Wrong
+                | Cred::Revoked
+                | Cred::SyncPush
+                | Cred::SyncPull
+                | Cred::SyncMirror
+                | Cred::SyncRevoked
         )
     {
         return F;
@@ -864,6 +869,7 @@ fn nuget_push(feed: &str, path: &str, id: &str, description: &str) -> Req {
     b.extend_from_slice(&nupkg(id, description));
     b.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
     Req::new("PUT", format!("/nuget/{feed}/{path}"))
+        .header(HOST.0, HOST.1)
         .header(
             "content-type",
             format!("multipart/form-data; boundary={BOUNDARY}"),
@@ -877,13 +883,18 @@ const NUGET_DOOMED: [&str; 7] = ["ul", "ulb", "ulr", "rl", "rlb", "hd", "hdk"];
 
 async fn seed_nuget(i: &Instance, f: usize) -> Seeded {
     let FeedDef { name, tag, .. } = FEEDS[f];
-    admin(i, nuget_push(name, "v3/package", &format!("{tag}-pkg"), &marker(tag))).await;
+    admin(
+        i,
+        nuget_push(name, "v3/package", &format!("{tag}-pkg"), &marker(tag)),
+    )
+    .await;
     per_cred(|ci| async move {
         for p in NUGET_DOOMED {
             admin(i, nuget_push(name, "v3/package", &format!("{p}{ci}"), "doomed")).await;
         }
         for p in ["rl", "rlb"] {
-            admin(i, Req::new("DELETE", format!("/nuget/{name}/v3/package/{p}{ci}/1.0.0"))).await;
+            let unlist = Req::new("DELETE", format!("/nuget/{name}/v3/package/{p}{ci}/1.0.0"));
+            admin(i, unlist.header(HOST.0, HOST.1)).await;
         }
     })
     .await;
@@ -1209,35 +1220,118 @@ impl Routes {
         use Rule::{FeedRead as R, FeedWrite as W};
         let f = feed_index(FeedType::Nuget, vis);
         let FeedDef { name: n, tag: t, .. } = FEEDS[f];
-        let at = move |method, path: String| Req::new(method, format!("/nuget/{n}/{path}"));
+        let at =
+            move |method, path: String| Req::new(method, format!("/nuget/{n}/{path}")).header(HOST.0, HOST.1);
         let with_key = |mut r: Req| {
             r.nuget_key = true;
             r
         };
         let reads: [(&'static str, &'static str, String); 23] = [
             ("nuget GET v3 service index", "GET", "v3/index.json".into()),
-            ("nuget GET v3 versions", "GET", format!("v3/flatcontainer/{t}-pkg/index.json")),
-            ("nuget GET v3 .nupkg", "GET", format!("v3/flatcontainer/{t}-pkg/1.0.0/{t}-pkg.1.0.0.nupkg")),
-            ("nuget HEAD v3 .nupkg", "HEAD", format!("v3/flatcontainer/{t}-pkg/1.0.0/{t}-pkg.1.0.0.nupkg")),
-            ("nuget GET v3 .nuspec", "GET", format!("v3/flatcontainer/{t}-pkg/1.0.0/{t}-pkg.nuspec")),
-            ("nuget GET v3 registration index", "GET", format!("v3/registration/{t}-pkg/index.json")),
-            ("nuget GET v3 registration leaf", "GET", format!("v3/registration/{t}-pkg/1.0.0.json")),
-            ("nuget GET v3 registration (SemVer 2)", "GET", format!("v3/registration-semver2/{t}-pkg/index.json")),
-            ("nuget GET v3 search", "GET", format!("v3/search?q={t}&semVerLevel=2.0.0")),
-            ("nuget GET v3 autocomplete", "GET", format!("v3/autocomplete?q={t}")),
-            ("nuget GET v3 autocomplete versions", "GET", format!("v3/autocomplete?id={t}-pkg")),
+            (
+                "nuget GET v3 versions",
+                "GET",
+                format!("v3/flatcontainer/{t}-pkg/index.json"),
+            ),
+            (
+                "nuget GET v3 .nupkg",
+                "GET",
+                format!("v3/flatcontainer/{t}-pkg/1.0.0/{t}-pkg.1.0.0.nupkg"),
+            ),
+            (
+                "nuget HEAD v3 .nupkg",
+                "HEAD",
+                format!("v3/flatcontainer/{t}-pkg/1.0.0/{t}-pkg.1.0.0.nupkg"),
+            ),
+            (
+                "nuget GET v3 .nuspec",
+                "GET",
+                format!("v3/flatcontainer/{t}-pkg/1.0.0/{t}-pkg.nuspec"),
+            ),
+            (
+                "nuget GET v3 registration index",
+                "GET",
+                format!("v3/registration/{t}-pkg/index.json"),
+            ),
+            (
+                "nuget GET v3 registration leaf",
+                "GET",
+                format!("v3/registration/{t}-pkg/1.0.0.json"),
+            ),
+            (
+                "nuget GET v3 registration (SemVer 2)",
+                "GET",
+                format!("v3/registration-semver2/{t}-pkg/index.json"),
+            ),
+            (
+                "nuget GET v3 search",
+                "GET",
+                format!("v3/search?q={t}&semVerLevel=2.0.0"),
+            ),
+            (
+                "nuget GET v3 autocomplete",
+                "GET",
+                format!("v3/autocomplete?q={t}"),
+            ),
+            (
+                "nuget GET v3 autocomplete versions",
+                "GET",
+                format!("v3/autocomplete?id={t}-pkg"),
+            ),
             ("nuget GET v2 service document", "GET", String::new()),
             ("nuget GET v2 $metadata", "GET", "$metadata".into()),
-            ("nuget GET v2 Packages()", "GET", "Packages()?$filter=IsLatestVersion&$top=30".into()),
-            ("nuget GET v2 Packages()/$count", "GET", "Packages()/$count".into()),
-            ("nuget GET v2 Packages(Id,Version)", "GET", format!("Packages(Id='{t}-pkg',Version='1.0.0')")),
-            ("nuget GET v2 FindPackagesById()", "GET", format!("FindPackagesById()?id='{t}-pkg'")),
-            ("nuget GET v2 Search()", "GET", format!("Search()?searchTerm='{t}'&targetFramework=''&includePrerelease=false")),
-            ("nuget GET v2 GetUpdates()", "GET", format!("GetUpdates()?packageIds='{t}-pkg'&versions='0.9'&includePrerelease=false&includeAllVersions=false")),
-            ("nuget GET v2 download", "GET", format!("api/v2/package/{t}-pkg/1.0.0")),
-            ("nuget HEAD v2 download", "HEAD", format!("api/v2/package/{t}-pkg/1.0.0")),
-            ("nuget GET v2 download (package/)", "GET", format!("package/{t}-pkg/1.0.0")),
-            ("nuget GET v2 $value", "GET", format!("Packages(Id='{t}-pkg',Version='1.0.0')/$value")),
+            (
+                "nuget GET v2 Packages()",
+                "GET",
+                "Packages()?$filter=IsLatestVersion&$top=30".into(),
+            ),
+            (
+                "nuget GET v2 Packages()/$count",
+                "GET",
+                "Packages()/$count".into(),
+            ),
+            (
+                "nuget GET v2 Packages(Id,Version)",
+                "GET",
+                format!("Packages(Id='{t}-pkg',Version='1.0.0')"),
+            ),
+            (
+                "nuget GET v2 FindPackagesById()",
+                "GET",
+                format!("FindPackagesById()?id='{t}-pkg'"),
+            ),
+            (
+                "nuget GET v2 Search()",
+                "GET",
+                format!("Search()?searchTerm='{t}'&targetFramework=''&includePrerelease=false"),
+            ),
+            (
+                "nuget GET v2 GetUpdates()",
+                "GET",
+                format!(
+                    "GetUpdates()?packageIds='{t}-pkg'&versions='0.9'&includePrerelease=false&includeAllVersions=false"
+                ),
+            ),
+            (
+                "nuget GET v2 download",
+                "GET",
+                format!("api/v2/package/{t}-pkg/1.0.0"),
+            ),
+            (
+                "nuget HEAD v2 download",
+                "HEAD",
+                format!("api/v2/package/{t}-pkg/1.0.0"),
+            ),
+            (
+                "nuget GET v2 download (package/)",
+                "GET",
+                format!("package/{t}-pkg/1.0.0"),
+            ),
+            (
+                "nuget GET v2 $value",
+                "GET",
+                format!("Packages(Id='{t}-pkg',Version='1.0.0')/$value"),
+            ),
         ];
         for (name, method, path) in reads {
             self.add(name, vis, R, f, move |_, _| at(method, path.clone()));
@@ -1254,18 +1348,26 @@ impl Routes {
         self.add("nuget DELETE unlist (v3)", vis, W, f, move |_, ci| {
             at("DELETE", format!("v3/package/ul{ci}/1.0.0"))
         });
-        self.add("nuget DELETE unlist (v2) (X-NuGet-ApiKey)", vis, W, f, move |_, ci| {
-            with_key(at("DELETE", format!("api/v2/package/ulb{ci}/1.0.0")))
-        });
+        self.add(
+            "nuget DELETE unlist (v2) (X-NuGet-ApiKey)",
+            vis,
+            W,
+            f,
+            move |_, ci| with_key(at("DELETE", format!("api/v2/package/ulb{ci}/1.0.0"))),
+        );
         self.add("nuget DELETE unlist (v2 root)", vis, W, f, move |_, ci| {
             at("DELETE", format!("ulr{ci}/1.0.0"))
         });
         self.add("nuget POST relist (v3)", vis, W, f, move |_, ci| {
             at("POST", format!("v3/package/rl{ci}/1.0.0"))
         });
-        self.add("nuget POST relist (v2) (X-NuGet-ApiKey)", vis, W, f, move |_, ci| {
-            with_key(at("POST", format!("api/v2/package/rlb{ci}/1.0.0")))
-        });
+        self.add(
+            "nuget POST relist (v2) (X-NuGet-ApiKey)",
+            vis,
+            W,
+            f,
+            move |_, ci| with_key(at("POST", format!("api/v2/package/rlb{ci}/1.0.0"))),
+        );
         self.add(HARD_DELETE, vis, W, f, move |_, ci| {
             at("DELETE", format!("v3/package/hd{ci}/1.0.0?hard=true"))
         });
