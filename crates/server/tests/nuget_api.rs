@@ -719,9 +719,7 @@ async fn file_names_compare_versions_as_nuget_normalizes_them() {
     }
     // Flat container downloads: the version in the file name may be
     // spelled as the client has it.
-    let pkg = f
-        .get("v3/flatcontainer/norm.b/1.0.0/norm.b.1.0.0.nupkg")
-        .await;
+    let pkg = f.get("v3/flatcontainer/norm.b/1.0.0/norm.b.1.0.0.nupkg").await;
     assert_eq!(pkg.status, StatusCode::OK);
     for path in [
         "v3/flatcontainer/norm.b/1.0/norm.b.1.0.nupkg",
@@ -740,6 +738,115 @@ async fn file_names_compare_versions_as_nuget_normalizes_them() {
     ] {
         assert_eq!(f.get(path).await.status, StatusCode::NOT_FOUND, "{path}");
     }
+}
+
+#[tokio::test]
+async fn v2_search_and_updates_take_target_frameworks_as_clients_send_them() {
+    let f = Feed::new().await;
+    f.push("Tf.Any", "1.0.0", "").await;
+    f.push("Tf.Std", "1.0.0", "<group targetFramework=\"netstandard2.0\" />")
+        .await;
+    f.push("Tf.Std", "1.1.0", "<group targetFramework=\"netstandard2.0\" />")
+        .await;
+    f.push("Tf.Core", "1.0.0", "<group targetFramework=\"net6.0\" />")
+        .await;
+    f.push(
+        "Tf.Classic",
+        "1.0.0",
+        "<group targetFramework=\".NETFramework4.5\" /><group targetFramework=\"net6.0\" />",
+    )
+    .await;
+    let ids = |xml: &str| -> Vec<String> {
+        let mut v: Vec<String> = xml
+            .split("<d:Id>")
+            .skip(1)
+            .map(|s| s.split('<').next().unwrap().to_owned())
+            .collect();
+        v.dedup();
+        v
+    };
+    let search = |tf: &str| format!("Search()?searchTerm='tf'&targetFramework={tf}&includePrerelease=false");
+    // Chocolatey sends '' and NuGet 2.x a bare name or a |-separated list.
+    assert_eq!(
+        ids(&f.xml(&search("''")).await),
+        ["Tf.Any", "Tf.Classic", "Tf.Core", "Tf.Std"]
+    );
+    assert_eq!(ids(&f.xml(&search("'net45'")).await), ["Tf.Any", "Tf.Classic"]);
+    assert_eq!(
+        ids(&f.xml(&search("'%7Cnet472%7C'")).await),
+        ["Tf.Any", "Tf.Classic", "Tf.Std"]
+    );
+    assert_eq!(
+        ids(&f.xml(&search("'net45%7Cnet8.0'")).await),
+        ["Tf.Any", "Tf.Classic", "Tf.Core", "Tf.Std"]
+    );
+    // A framework it does not know filters nothing out.
+    assert_eq!(ids(&f.xml(&search("'uap10.0'")).await).len(), 4);
+    let count = f
+        .get(&search("'net45'").replace("Search()", "Search()/$count"))
+        .await;
+    assert_eq!(count.text(), "2");
+    // GetUpdates(): targetFrameworks as nuget.exe sends it.
+    let updates = |tfs: &str| {
+        format!(
+            "GetUpdates()?packageIds='Tf.Std'&versions='1.0.0'&includePrerelease=false&includeAllVersions=false&targetFrameworks={tfs}&versionConstraints=''"
+        )
+    };
+    assert_eq!(versions_in(&f.xml(&updates("''")).await), ["1.1.0"]);
+    assert_eq!(versions_in(&f.xml(&updates("'net461'")).await), ["1.1.0"]);
+    assert!(versions_in(&f.xml(&updates("'net40'")).await).is_empty());
+}
+
+/// `<d:NAME m:type="Edm.Int32">N</d:NAME>` of the first entry.
+fn int_property(xml: &str, name: &str) -> u64 {
+    let open = format!("<d:{name} m:type=\"Edm.Int32\">");
+    let at = xml.find(&open).unwrap_or_else(|| panic!("no {name} in {xml}")) + open.len();
+    xml[at..].split('<').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn downloads_are_counted_and_shown_in_search_and_v2() {
+    let f = Feed::new().await;
+    f.push("Counted", "1.0.0", "").await;
+    f.push("Counted", "2.0.0", "").await;
+    f.push("Other.Pkg", "1.0.0", "").await;
+    // Rendered (and cached) before any download.
+    let s = f.json("v3/search?q=counted").await;
+    assert_eq!(s["data"][0]["totalDownloads"], 0);
+    let v2 = "FindPackagesById()?id='Counted'";
+    assert_eq!(int_property(&f.xml(v2).await, "DownloadCount"), 0);
+    // Three downloads of 1.0.0 by each route, one of 2.0.0; a HEAD is no download.
+    for path in [
+        "v3/flatcontainer/counted/1.0.0/counted.1.0.0.nupkg",
+        "api/v2/package/Counted/1.0.0",
+        "Packages(Id='Counted',Version='1.0.0')/$value",
+        "package/Counted/2.0.0",
+    ] {
+        assert_eq!(f.get(path).await.status, StatusCode::OK, "{path}");
+    }
+    let head = f
+        .req("HEAD", "api/v2/package/Counted/2.0.0", &[], Body::empty())
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
+    f.i.ferry.flush_downloads().await.unwrap();
+    let s = f.json("v3/search?q=counted").await;
+    let hit = &s["data"][0];
+    assert_eq!(hit["id"], "Counted");
+    assert_eq!(hit["totalDownloads"], 4);
+    assert_eq!(hit["versions"][0]["downloads"], 3);
+    assert_eq!(hit["versions"][1]["downloads"], 1);
+    let xml = f.xml(v2).await;
+    assert_eq!(versions_in(&xml), ["1.0.0", "2.0.0"]);
+    assert_eq!(int_property(&xml, "DownloadCount"), 4);
+    assert_eq!(int_property(&xml, "VersionDownloadCount"), 3);
+    let entry = f.xml("Packages(Id='Counted',Version='2.0.0')").await;
+    assert_eq!(int_property(&entry, "VersionDownloadCount"), 1);
+    // Chocolatey's "most downloaded first".
+    let top = f
+        .xml("Packages()?$filter=IsLatestVersion&$orderby=DownloadCount%20desc,Id")
+        .await;
+    let first = top.find("<d:Id>Counted</d:Id>").unwrap();
+    assert!(first < top.find("<d:Id>Other.Pkg</d:Id>").unwrap(), "{top}");
 }
 
 #[tokio::test]
