@@ -11,9 +11,18 @@ use ferry_store::FeedId;
 
 const MAX_ENTRIES: usize = 10_000;
 
+/// One rendered body and what it was rendered at.
+struct Entry {
+    seq: i64,
+    counts: u64,
+    body: Bytes,
+}
+
+/// Rendered bodies by feed, then by key (looked up by `&str`: no key is
+/// built to serve a hit).
 #[derive(Default)]
 pub struct IndexCache {
-    entries: RwLock<HashMap<(FeedId, String), (i64, u64, Bytes)>>,
+    entries: RwLock<HashMap<FeedId, HashMap<String, Entry>>>,
 }
 
 impl IndexCache {
@@ -21,10 +30,10 @@ impl IndexCache {
     /// position `seq` and download-count generation `counts`.
     pub fn get(&self, feed: FeedId, key: &str, seq: i64, counts: u64) -> Option<Bytes> {
         let map = self.entries.read().ok()?;
-        match map.get(&(feed, key.to_string())) {
-            Some((at, n, body)) if *at == seq && *n == counts => Some(body.clone()),
-            _ => None,
-        }
+        map.get(&feed)?
+            .get(key)
+            .filter(|e| e.seq == seq && e.counts == counts)
+            .map(|e| e.body.clone())
     }
 
     /// Drops everything rendered for a deleted feed: the store may give
@@ -32,20 +41,26 @@ impl IndexCache {
     /// feed's indexes.
     pub fn forget_feed(&self, feed: FeedId) {
         if let Ok(mut map) = self.entries.write() {
-            map.retain(|(f, _), _| *f != feed);
+            map.remove(&feed);
         }
     }
 
     /// Keeps `body` as rendered at `seq` and generation `counts`.
     pub fn put(&self, feed: FeedId, key: &str, seq: i64, counts: u64, body: Bytes) {
         if let Ok(mut map) = self.entries.write() {
-            if map.len() >= MAX_ENTRIES {
-                map.retain(|_, (at, ..)| *at >= seq);
-                if map.len() >= MAX_ENTRIES {
+            let len =
+                |m: &HashMap<FeedId, HashMap<String, Entry>>| m.values().map(HashMap::len).sum::<usize>();
+            if len(&map) >= MAX_ENTRIES {
+                for feed_map in map.values_mut() {
+                    feed_map.retain(|_, e| e.seq >= seq);
+                }
+                if len(&map) >= MAX_ENTRIES {
                     map.clear();
                 }
             }
-            map.insert((feed, key.to_string()), (seq, counts, body));
+            map.entry(feed)
+                .or_default()
+                .insert(key.to_owned(), Entry { seq, counts, body });
         }
     }
 }
