@@ -171,6 +171,9 @@ struct Inner {
     seqs: Mutex<HashMap<FeedId, watch::Sender<i64>>>,
     cache: IndexCache,
     downloads: Mutex<HashMap<(FeedId, ItemKey), u64>>,
+    /// Per feed: how many times download counts were recorded for it
+    /// since start-up ([`Ferry::cached_index_counted`]).
+    counted: Mutex<HashMap<FeedId, u64>>,
     damage: integrity::DamageLog,
     /// Parsed signing keys by feed ([`signing`]).
     signing_keys: Mutex<HashMap<FeedId, signing::SigningKey>>,
@@ -218,6 +221,7 @@ impl Ferry {
             seqs: Mutex::new(HashMap::new()),
             cache: IndexCache::default(),
             downloads: Mutex::new(HashMap::new()),
+            counted: Mutex::new(HashMap::new()),
             damage: Default::default(),
             signing_keys: Mutex::new(HashMap::new()),
             signing_gen: tokio::sync::Mutex::new(()),
@@ -315,6 +319,7 @@ impl Ferry {
                 .lock()
                 .map_err(lock_err)?
                 .retain(|(f, _), _| *f != id);
+            self.0.counted.lock().map_err(lock_err)?.remove(&id);
         }
         Ok(())
     }
@@ -774,12 +779,51 @@ impl Ferry {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Bytes, CoreError>>,
     {
+        self.cached_at(feed, key, 0, render).await
+    }
+
+    /// As [`Ferry::cached_index`], for an answer that also shows download
+    /// counts: it is rendered again once the feed changes or new counts
+    /// are recorded ([`Ferry::flush_downloads`], every few seconds while
+    /// the feed is downloaded from).
+    pub async fn cached_index_counted<F, Fut>(
+        &self,
+        feed: &FeedRecord,
+        key: &str,
+        render: F,
+    ) -> Result<Bytes, CoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Bytes, CoreError>>,
+    {
+        let counts = self
+            .0
+            .counted
+            .lock()
+            .map_err(lock_err)?
+            .get(&feed.id)
+            .copied()
+            .unwrap_or(0);
+        self.cached_at(feed, key, counts, render).await
+    }
+
+    async fn cached_at<F, Fut>(
+        &self,
+        feed: &FeedRecord,
+        key: &str,
+        counts: u64,
+        render: F,
+    ) -> Result<Bytes, CoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Bytes, CoreError>>,
+    {
         let seq = self.current_seq(feed.id).await?;
-        if let Some(hit) = self.0.cache.get(feed.id, key, seq) {
+        if let Some(hit) = self.0.cache.get(feed.id, key, seq, counts) {
             return Ok(hit);
         }
         let body = render().await?;
-        self.0.cache.put(feed.id, key, seq, body.clone());
+        self.0.cache.put(feed.id, key, seq, counts, body.clone());
         Ok(body)
     }
 
@@ -801,6 +845,8 @@ impl Ferry {
         }
     }
 
+    /// Writes the downloads counted since the last flush to the store (the
+    /// server does so every few seconds).
     pub async fn flush_downloads(&self) -> Result<(), CoreError> {
         let pending = std::mem::take(&mut *self.0.downloads.lock().map_err(lock_err)?);
         let mut by_feed: HashMap<FeedId, Vec<(ItemKey, u64)>> = HashMap::new();
@@ -809,6 +855,7 @@ impl Ferry {
         }
         for (feed, counts) in by_feed {
             self.0.meta.add_downloads(feed, &counts).await?;
+            *self.0.counted.lock().map_err(lock_err)?.entry(feed).or_default() += 1;
         }
         Ok(())
     }

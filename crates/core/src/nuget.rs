@@ -17,7 +17,8 @@ use base64::Engine;
 use bytes::Bytes;
 use ferry_formats::nuget::odata::{self, Value};
 use ferry_formats::nuget::{
-    NuGetVersion, PackageItem, V2Entry, check_file_name, id_key, inspect_nupkg, package_prefix, version_key,
+    NuGetVersion, PackageItem, V2Entry, check_file_name, id_key, inspect_nupkg, package_prefix, supports_any,
+    version_key,
 };
 use ferry_store::{FeedRecord, ItemRecord, Precondition, StagedBlob};
 use ferry_types::{Digest, ItemKey};
@@ -37,6 +38,9 @@ pub struct Stored {
     pub digest: String,
     /// When the item last changed (Unix ms).
     pub modified: i64,
+    /// Downloads of this version recorded on this instance.
+    #[serde(default)]
+    pub downloads: u64,
 }
 
 impl Stored {
@@ -51,6 +55,7 @@ impl Stored {
             item,
             digest: digest.hex(),
             modified: rec.updated_at,
+            downloads: rec.downloads,
         })
     }
 
@@ -191,10 +196,11 @@ pub async fn package(ferry: &Ferry, feed: &FeedRecord, id: &str) -> Result<Vec<S
         .collect())
 }
 
-/// Every version in the feed, in key order: read once per feed change.
+/// Every version in the feed, in key order, with its download count: read
+/// once per feed change or recording of counts.
 pub async fn all(ferry: &Ferry, feed: &FeedRecord) -> Result<Vec<Stored>, CoreError> {
     let bytes = ferry
-        .cached_index(feed, "nuget:all", || async {
+        .cached_index_counted(feed, "nuget:all", || async {
             let all: Vec<Stored> = ferry
                 .items(feed, "pkg/")
                 .await?
@@ -209,19 +215,27 @@ pub async fn all(ferry: &Ferry, feed: &FeedRecord) -> Result<Vec<Stored>, CoreEr
     serde_json::from_slice(&bytes).map_err(|e| CoreError::Internal(format!("nuget summary: {e}")))
 }
 
-/// A response rendered by `render` and kept until the feed changes; `key`
-/// names it (the request URL, base included, is a good key).
+/// A response rendered by `render` and kept until the feed changes (and,
+/// when it shows download counts, `counted`, until new counts are
+/// recorded); `key` names it (the request URL, base included, is a good
+/// key).
 pub async fn cached<F, Fut>(
     ferry: &Ferry,
     feed: &FeedRecord,
     key: &str,
+    counted: bool,
     render: F,
 ) -> Result<Bytes, CoreError>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<Bytes, CoreError>>,
 {
-    ferry.cached_index(feed, &format!("nuget:r:{key}"), render).await
+    let key = format!("nuget:r:{key}");
+    if counted {
+        ferry.cached_index_counted(feed, &key, render).await
+    } else {
+        ferry.cached_index(feed, &key, render).await
+    }
 }
 
 /// The newest change of any version (Unix ms), for feed `updated` dates.
@@ -236,8 +250,7 @@ pub fn newest(items: &[Stored]) -> i64 {
 /// (case-insensitively; `id:x` or `packageid:x` matches the id exactly),
 /// exact id first then by id; listed versions only, without prereleases
 /// unless `prerelease`, without SemVer 2 versions unless `semver2`.
-/// Returns the total and the `skip`/`take` page, each package's versions
-/// ascending.
+/// Returns the total and the `skip`/`take` page.
 pub fn search(
     all: &[Stored],
     q: &str,
@@ -245,28 +258,42 @@ pub fn search(
     take: usize,
     prerelease: bool,
     semver2: bool,
-) -> (usize, Vec<Vec<PackageItem>>) {
+) -> (usize, Vec<SearchHit>) {
     let q = q.trim().to_lowercase();
     let exact = q
         .strip_prefix("packageid:")
         .or_else(|| q.strip_prefix("id:"))
         .map(str::to_owned);
-    let mut groups: BTreeMap<String, Vec<PackageItem>> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<(PackageItem, u64)>> = BTreeMap::new();
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     for s in all {
+        *totals.entry(id_key(&s.item.id)).or_default() += s.downloads;
         if visible(&s.item, prerelease, semver2) {
-            groups.entry(id_key(&s.item.id)).or_default().push(s.item.clone());
+            groups
+                .entry(id_key(&s.item.id))
+                .or_default()
+                .push((s.item.clone(), s.downloads));
         }
     }
-    let mut hits: Vec<(bool, Vec<PackageItem>)> = groups
+    let mut hits: Vec<(bool, SearchHit)> = groups
         .into_iter()
         .filter_map(|(id, mut vs)| {
-            vs.sort_by_key(PackageItem::parsed_version);
-            let latest = vs.last()?;
+            vs.sort_by_key(|v| v.0.parsed_version());
+            let latest = &vs.last()?.0;
             let hit = match &exact {
                 Some(e) => &id == e,
-                None => vs.iter().any(|v| v.matches(&q)) || latest.matches(&q),
+                None => vs.iter().any(|v| v.0.matches(&q)) || latest.matches(&q),
             };
-            hit.then(|| (id != q, vs))
+            let total_downloads = totals.get(&id).copied().unwrap_or_default();
+            hit.then(|| {
+                (
+                    id != q,
+                    SearchHit {
+                        versions: vs,
+                        total_downloads,
+                    },
+                )
+            })
         })
         .collect();
     hits.sort_by_key(|h| h.0);
@@ -279,6 +306,15 @@ pub fn search(
             .map(|h| h.1)
             .collect(),
     )
+}
+
+/// One package found by [`search`].
+#[derive(Debug, Clone)]
+pub struct SearchHit {
+    /// The versions shown, ascending, with their downloads.
+    pub versions: Vec<(PackageItem, u64)>,
+    /// Downloads of every version of the package, unlisted ones included.
+    pub total_downloads: u64,
 }
 
 fn visible(item: &PackageItem, prerelease: bool, semver2: bool) -> bool {
@@ -342,6 +378,10 @@ pub struct V2Query {
     /// `GetUpdates()`: `(id, installed version)` pairs and whether every
     /// newer version is wanted (`includeAllVersions`).
     pub updates: Option<(Vec<(String, String)>, bool)>,
+    /// `Search()`'s `targetFramework`, `GetUpdates()`'s
+    /// `targetFrameworks`: versions whose dependency groups serve none of
+    /// them are left out ([`supports_any`]); empty: no filter.
+    pub target_frameworks: Vec<String>,
 }
 
 /// One page of a v2 answer.
@@ -361,9 +401,12 @@ pub struct V2Page<'a> {
 /// single-package lookups, as on nuget.org. Errors: Invalid for a filter
 /// or order outside the supported subset.
 pub fn v2_query<'a>(all: &'a [Stored], q: &V2Query) -> Result<V2Page<'a>, CoreError> {
-    // Latest flags per id, over listed versions this client may see.
+    // Latest flags per id, over listed versions this client may see; the
+    // id's downloads over all its versions.
     let mut latest: BTreeMap<String, (Option<NuGetVersion>, Option<NuGetVersion>)> = BTreeMap::new();
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     for s in all {
+        *totals.entry(id_key(&s.item.id)).or_default() += s.downloads;
         let i = &s.item;
         if !i.listed || (!q.semver2 && i.is_semver2()) {
             continue;
@@ -397,6 +440,8 @@ pub fn v2_query<'a>(all: &'a [Stored], q: &V2Query) -> Result<V2Page<'a>, CoreEr
             is_latest: i.listed && rel.as_ref() == Some(&v),
             is_absolute_latest: i.listed && abs.as_ref() == Some(&v),
             updated: s.modified,
+            downloads: s.downloads,
+            package_downloads: totals.get(&id_key(&i.id)).copied().unwrap_or_default(),
         };
         if let Some(id) = &q.id {
             if !i.id.eq_ignore_ascii_case(id) {
@@ -424,6 +469,9 @@ pub fn v2_query<'a>(all: &'a [Stored], q: &V2Query) -> Result<V2Page<'a>, CoreEr
             if !all_versions && newest.as_ref() != Some(&v) {
                 continue;
             }
+        }
+        if !supports_any(i, &q.target_frameworks) {
+            continue;
         }
         if let Some(f) = &filter {
             let prop = |p: &str| property(&entry, p);
@@ -521,7 +569,8 @@ fn property(e: &V2Entry<'_>, p: &str) -> Option<Value> {
         "IsAbsoluteLatestVersion" => Some(Value::Bool(e.is_absolute_latest)),
         "IsPrerelease" => Some(Value::Bool(i.parsed_version().is_prerelease())),
         "Listed" => Some(Value::Bool(i.listed)),
-        "DownloadCount" | "VersionDownloadCount" => Some(Value::Num(0)),
+        "DownloadCount" => Some(Value::Num(i64::try_from(e.package_downloads).unwrap_or(i64::MAX))),
+        "VersionDownloadCount" => Some(Value::Num(i64::try_from(e.downloads).unwrap_or(i64::MAX))),
         "PackageSize" => Some(Value::Num(i.size as i64)),
         "Published" | "Created" | "LastUpdated" | "LastEdited" => s(""),
         _ => None,

@@ -375,6 +375,126 @@ impl PackageItem {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Target frameworks
+
+/// A target framework reduced to what [`supports_any`] compares: its
+/// family and version (`major * 100 + minor * 10 + patch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framework {
+    /// .NET Framework (`net45`, `net4.7.2`, `.NETFramework4.5`).
+    Classic(u32),
+    /// .NET Standard (`netstandard2.0`).
+    Standard(u32),
+    /// .NET Core and .NET 5+ (`netcoreapp3.1`, `net6.0`, `net8.0-windows`).
+    Core(u32),
+}
+
+/// Parses the target framework names nuspecs and clients write, short
+/// (`net45`, `netstandard2.0`, `net6.0`) or long (`.NETFramework4.5`);
+/// None for any other (portable profiles, Xamarin, native, …).
+fn parse_framework(name: &str) -> Option<Framework> {
+    let lower = name.trim().to_ascii_lowercase();
+    // `net8.0-windows`: the platform does not matter here.
+    let lower = lower.split('-').next().unwrap_or_default();
+    let (family, digits): (fn(u32) -> Framework, &str) = if let Some(v) = lower
+        .strip_prefix(".netframework")
+        .or_else(|| lower.strip_prefix("netframework"))
+    {
+        (Framework::Classic, v.trim_start_matches('v'))
+    } else if let Some(v) = lower
+        .strip_prefix(".netstandard")
+        .or_else(|| lower.strip_prefix("netstandard"))
+    {
+        (Framework::Standard, v)
+    } else if let Some(v) = lower
+        .strip_prefix(".netcoreapp")
+        .or_else(|| lower.strip_prefix("netcoreapp"))
+    {
+        (Framework::Core, v)
+    } else if let Some(v) = lower.strip_prefix("net") {
+        (Framework::Classic, v)
+    } else {
+        return None;
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    // `45`, `451`: one digit per component; `4.5`, `10.0`: dotted.
+    let parts: Vec<u32> = if digits.contains('.') {
+        digits.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?
+    } else {
+        digits.bytes().map(|b| u32::from(b - b'0')).collect()
+    };
+    let part = |i: usize| parts.get(i).copied().unwrap_or(0).min(9);
+    let major = parts.first().copied()?;
+    let version = major.min(99) * 100 + part(1) * 10 + part(2);
+    Some(match family(version) {
+        // `net5.0` and later are .NET Core.
+        Framework::Classic(_) if major >= 5 => Framework::Core(version),
+        f => f,
+    })
+}
+
+/// The newest .NET Standard a framework runs.
+fn standard_of(target: Framework) -> Option<u32> {
+    match target {
+        Framework::Standard(v) => Some(v),
+        Framework::Classic(v) if v >= 461 => Some(200),
+        Framework::Classic(v) if v >= 460 => Some(130),
+        Framework::Classic(v) if v >= 451 => Some(120),
+        Framework::Classic(v) if v >= 450 => Some(110),
+        Framework::Core(v) if v >= 300 => Some(210),
+        Framework::Core(v) if v >= 200 => Some(200),
+        Framework::Core(_) => Some(160),
+        Framework::Classic(_) => None,
+    }
+}
+
+/// Whether a project targeting `target` can use what was built for `built`.
+fn compatible(target: Framework, built: Framework) -> bool {
+    match (target, built) {
+        (Framework::Classic(t), Framework::Classic(b)) | (Framework::Core(t), Framework::Core(b)) => b <= t,
+        (_, Framework::Standard(b)) => standard_of(target).is_some_and(|t| b <= t),
+        _ => false,
+    }
+}
+
+/// Whether a package may serve a project targeting any of `targets` (the
+/// v2 `targetFramework` / `targetFrameworks` parameters), judged by its
+/// dependency groups: a package without groups, with an any-framework
+/// group, or with a group or a target this does not know, may; otherwise
+/// one of its groups must be compatible with one of the targets (the
+/// .NET Framework, .NET Standard and .NET Core/.NET 5+ rules, simplified:
+/// no portable profiles, no platform checks).
+pub fn supports_any(item: &PackageItem, targets: &[String]) -> bool {
+    let Some(targets) = targets
+        .iter()
+        .map(|t| parse_framework(t))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return true;
+    };
+    if targets.is_empty() || item.dependency_groups.is_empty() {
+        return true;
+    }
+    let Some(groups) = item
+        .dependency_groups
+        .iter()
+        .map(|g| {
+            if g.target_framework.trim().is_empty() {
+                None
+            } else {
+                parse_framework(&g.target_framework)
+            }
+        })
+        .collect::<Option<Vec<_>>>()
+    else {
+        return true;
+    };
+    targets.iter().any(|t| groups.iter().any(|g| compatible(*t, *g)))
+}
+
 /// Checks a replicated item: its key, its metadata and its one blob.
 /// `Ok(None)` for a deletion.
 pub fn validate_item(
@@ -423,8 +543,19 @@ pub struct Nuspec {
 /// Invalid for a file that is not a zip, a missing or second nuspec, bad
 /// paths or a bad nuspec; TooLarge for size and entry-count bombs.
 pub fn inspect_nupkg<R: Read + Seek>(reader: R, limits: &ArchiveLimits) -> Result<Nuspec, FormatError> {
-    let mut zip = zip::ZipArchive::new(reader)
-        .map_err(|e| FormatError::invalid(format!("the package is not a valid .nupkg (zip) file: {e}")))?;
+    let open = |r: R| {
+        zip::ZipArchive::new(r)
+            .map_err(|e| FormatError::invalid(format!("the package is not a valid .nupkg (zip) file: {e}")))
+    };
+    // The zip reader keeps one entry per name (the last): a second entry
+    // of the same name, a second nuspec say, would be invisible to every
+    // check below yet unpacked by clients. Its central directory is
+    // walked here, and such a package refused.
+    let zip = open(reader)?;
+    let (start, listed) = (zip.central_directory_start(), zip.len());
+    let mut reader = zip.into_inner();
+    check_unique_names(&mut reader, start, listed, limits)?;
+    let mut zip = open(reader)?;
     if zip.len() as u64 > limits.max_entries {
         return Err(FormatError::too_large(format!(
             "the package has {} entries, more than the {} allowed",
@@ -493,6 +624,64 @@ pub fn inspect_nupkg<R: Read + Seek>(reader: R, limits: &ArchiveLimits) -> Resul
         )));
     }
     parse_nuspec(raw)
+}
+
+/// Walks the central directory at `start` (its file headers, up to the
+/// end records) and refuses a package naming an entry twice, or holding
+/// more file headers than the `listed` entries the zip reader saw.
+fn check_unique_names<R: Read + Seek>(
+    reader: &mut R,
+    start: u64,
+    listed: usize,
+    limits: &ArchiveLimits,
+) -> Result<(), FormatError> {
+    let unreadable =
+        |e: io::Error| FormatError::invalid(format!("the package's central directory is unreadable: {e}"));
+    reader.seek(io::SeekFrom::Start(start)).map_err(unreadable)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut header = [0u8; 46];
+    loop {
+        match reader.read_exact(&mut header[..4]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(unreadable(e)),
+        }
+        if header[..4] != *b"PK\x01\x02" {
+            break;
+        }
+        reader.read_exact(&mut header[4..]).map_err(unreadable)?;
+        let field = |at: usize| u64::from(u16::from_le_bytes([header[at], header[at + 1]]));
+        let (name_len, skip) = (field(28), field(30) + field(32));
+        let mut name = Vec::new();
+        reader
+            .by_ref()
+            .take(name_len)
+            .read_to_end(&mut name)
+            .map_err(unreadable)?;
+        reader
+            .seek(io::SeekFrom::Current(i64::try_from(skip).unwrap_or(i64::MAX)))
+            .map_err(unreadable)?;
+        if seen.len() as u64 >= limits.max_entries {
+            return Err(FormatError::too_large(format!(
+                "the package has more than the {} entries allowed",
+                limits.max_entries
+            )));
+        }
+        if seen.contains(&name) {
+            return Err(FormatError::invalid(format!(
+                "the package holds two entries named {:?}; a .nupkg names each entry once",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        seen.insert(name);
+    }
+    if seen.len() != listed {
+        return Err(FormatError::invalid(format!(
+            "the package's central directory holds {} file headers where its end record declares {listed}",
+            seen.len()
+        )));
+    }
+    Ok(())
 }
 
 fn check_entry_name(name: &str) -> Result<(), FormatError> {
@@ -675,27 +864,32 @@ pub fn parse_nuspec(raw: Vec<u8>) -> Result<Nuspec, FormatError> {
     })
 }
 
+/// Whether `file_name` is `{id}.{version}{ext}` for this id and version as
+/// NuGet compares them: the id in any case, the version in any spelling
+/// that normalizes to the same (`1.0` and `01.0.0` are `1.0.0`; build
+/// metadata is ignored), `ext` (lowercase, with its dot) in any case.
+pub fn names_package(file_name: &str, id: &str, version: &NuGetVersion, ext: &str) -> bool {
+    let lower = file_name.to_ascii_lowercase();
+    lower
+        .strip_suffix(ext)
+        .and_then(|stem| stem.strip_prefix(&id_key(id)))
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|v| NuGetVersion::parse(v).ok())
+        .is_some_and(|v| v.key() == version.key())
+}
+
 /// Checks the file name a client sent with a push against the package:
 /// `package.nupkg` (what nuget.exe and dotnet send) or any name not ending
-/// in `.nupkg` passes; otherwise it must be `{id}.{version}.nupkg` in any
-/// case, with the version as written or normalized.
+/// in `.nupkg` passes; otherwise it must name the package
+/// ([`names_package`]: the id in any case, the version as NuGet
+/// normalizes it).
 pub fn check_file_name(file_name: &str, spec: &Nuspec) -> Result<(), FormatError> {
     let lower = file_name.to_ascii_lowercase();
     let base = lower.rsplit(['/', '\\']).next().unwrap_or(&lower);
-    let Some(stem) = base.strip_suffix(".nupkg") else {
-        return Ok(());
-    };
-    if stem == "package" {
+    if !base.ends_with(".nupkg") || base == "package.nupkg" {
         return Ok(());
     }
-    let id = id_key(&spec.id);
-    let ok = [
-        spec.item.original_version.to_ascii_lowercase(),
-        spec.version.key(),
-    ]
-    .iter()
-    .any(|v| stem == format!("{id}.{v}"));
-    if ok {
+    if names_package(base, &spec.id, &spec.version, ".nupkg") {
         Ok(())
     } else {
         Err(FormatError::invalid(format!(
@@ -983,8 +1177,13 @@ pub fn render_registration_leaf(reg: &str, base: &str, item: &PackageItem) -> se
 
 /// One search result: a package with its shown versions (ascending, the
 /// last is `version`), listed versions only.
-pub fn render_search_result(reg: &str, base: &str, versions: &[&PackageItem]) -> serde_json::Value {
-    let Some(latest) = versions.last() else {
+pub fn render_search_result(
+    reg: &str,
+    base: &str,
+    versions: &[(&PackageItem, u64)],
+    total_downloads: u64,
+) -> serde_json::Value {
+    let Some(&(latest, _)) = versions.last() else {
         return serde_json::Value::Null;
     };
     let id = id_key(&latest.id);
@@ -1003,16 +1202,16 @@ pub fn render_search_result(reg: &str, base: &str, versions: &[&PackageItem]) ->
         "iconUrl": latest.icon_url,
         "licenseUrl": latest.license_url,
         "projectUrl": latest.project_url,
-        "totalDownloads": 0,
+        "totalDownloads": total_downloads,
         "verified": false,
         "packageTypes": if latest.package_types.is_empty() {
             vec![serde_json::json!({"name": "Dependency"})]
         } else {
             latest.package_types.iter().map(|n| serde_json::json!({"name": n})).collect()
         },
-        "versions": versions.iter().map(|i| serde_json::json!({
+        "versions": versions.iter().map(|(i, downloads)| serde_json::json!({
             "version": i.version,
-            "downloads": 0,
+            "downloads": downloads,
             "@id": format!("{reg}{id}/{}.json", i.version.to_ascii_lowercase()),
         })).collect::<Vec<_>>(),
         "packageContent": content_url(base, latest),
@@ -1153,6 +1352,10 @@ pub struct V2Entry<'a> {
     /// The newest listed version of the id, prereleases included.
     pub is_absolute_latest: bool,
     pub updated: i64,
+    /// Downloads of this version (`VersionDownloadCount`).
+    pub downloads: u64,
+    /// Downloads of every version of the id (`DownloadCount`).
+    pub package_downloads: u64,
 }
 
 fn date(ms: i64) -> String {
@@ -1191,7 +1394,11 @@ fn entry_xml(base: &str, e: &V2Entry<'_>) -> String {
         xml_escape(&i.v2_dependencies())
     ));
     p.push_str(&s("Description", &i.description));
-    p.push_str(&typed("DownloadCount", "Edm.Int32", "0".into()));
+    p.push_str(&typed(
+        "DownloadCount",
+        "Edm.Int32",
+        e.package_downloads.to_string(),
+    ));
     p.push_str(&s("GalleryDetailsUrl", ""));
     p.push_str(&s("IconUrl", &i.icon_url));
     p.push_str(&typed("IsLatestVersion", "Edm.Boolean", e.is_latest.to_string()));
@@ -1222,7 +1429,11 @@ fn entry_xml(base: &str, e: &V2Entry<'_>) -> String {
     p.push_str(&s("Summary", &i.summary));
     p.push_str(&s("Tags", &i.tags.join(" ")));
     p.push_str(&s("Title", &i.title));
-    p.push_str(&typed("VersionDownloadCount", "Edm.Int32", "0".into()));
+    p.push_str(&typed(
+        "VersionDownloadCount",
+        "Edm.Int32",
+        e.downloads.to_string(),
+    ));
     p.push_str(&s("MinClientVersion", &i.min_client_version));
     p.push_str(&typed("LastEdited", "Edm.DateTime", date(e.updated)));
     p.push_str(&s("LicenseUrl", &i.license_url));
@@ -1412,6 +1623,26 @@ mod tests {
         check_file_name("Demo.Lib.1.02.nupkg", &spec).unwrap();
         check_file_name("package.nupkg", &spec).unwrap();
         assert!(check_file_name("Other.1.0.0.nupkg", &spec).is_err());
+        // The version as NuGet normalizes it: any spelling of 1.2.0.
+        for ok in [
+            "DEMO.LIB.1.2.nupkg",
+            "demo.lib.01.02.00.nupkg",
+            "demo.lib.1.2.0.0.nupkg",
+            "demo.lib.1.2.0+sha.abc.nupkg",
+            "dir/Demo.Lib.1.2.0.NUPKG",
+        ] {
+            check_file_name(ok, &spec).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "demo.lib.1.2.1.nupkg",
+            "demo.lib.1.2.0-beta.nupkg",
+            "demo.lib.nupkg",
+            "demo.lib1.2.0.nupkg",
+            "demo.1.2.0.nupkg",
+            "demo.lib.x.nupkg",
+        ] {
+            assert!(check_file_name(bad, &spec).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -1432,6 +1663,11 @@ mod tests {
         );
         let two = zip(&[("a.nuspec", NUSPEC.as_bytes()), ("b.nuspec", NUSPEC.as_bytes())]);
         assert!(read(two).unwrap_err().to_string().contains("more than one"));
+        let cased = zip(&[
+            ("Demo.Lib.nuspec", NUSPEC.as_bytes()),
+            ("demo.lib.NUSPEC", NUSPEC.as_bytes()),
+        ]);
+        assert!(read(cased).unwrap_err().to_string().contains("more than one"));
         let trav = zip(&[("a.nuspec", NUSPEC.as_bytes()), ("../evil", b"x")]);
         assert!(read(trav).unwrap_err().to_string().contains("unsafe path"));
         let small = ArchiveLimits {
@@ -1498,6 +1734,118 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("content/z.bin"), "{e}");
+    }
+
+    /// A zip of `entries` in which every `from` in an entry name is then
+    /// renamed `to` (local and central headers alike): how a package with
+    /// two entries of one name is made, which `zip::ZipWriter` refuses.
+    fn zip_renamed(entries: &[(&str, &[u8])], from: &str, to: &str) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let mut z = zip(entries);
+        let (from, to) = (from.as_bytes(), to.as_bytes());
+        let mut renamed = 0;
+        for at in 0..z.len().saturating_sub(4) {
+            let name_at = match &z[at..at + 4] {
+                b"PK\x03\x04" => at + 30,
+                b"PK\x01\x02" => at + 46,
+                _ => continue,
+            };
+            if z.get(name_at..name_at + from.len()) == Some(from) {
+                z[name_at..name_at + to.len()].copy_from_slice(to);
+                renamed += 1;
+            }
+        }
+        assert_eq!(renamed, 2, "one entry named {from:?}");
+        z
+    }
+
+    #[test]
+    fn a_name_twice_in_the_zip_is_refused() {
+        let lim = ArchiveLimits::default();
+        let evil = NUSPEC.replace("<id>Demo.Lib</id>", "<id>Evil.Lib</id>");
+        // Two root nuspecs of one name: the zip reader shows only the second.
+        let z = zip_renamed(
+            &[
+                ("Demo.Lib.nuspec", NUSPEC.as_bytes()),
+                ("Demo.Lib.nuspeX", evil.as_bytes()),
+            ],
+            "Demo.Lib.nuspeX",
+            "Demo.Lib.nuspec",
+        );
+        let e = inspect_nupkg(std::io::Cursor::new(z), &lim).unwrap_err();
+        assert!(matches!(e, FormatError::Invalid(_)), "{e}");
+        assert!(
+            e.to_string().contains("two entries named \"Demo.Lib.nuspec\""),
+            "{e}"
+        );
+        // Any other entry twice as well.
+        let z = zip_renamed(
+            &[
+                ("Demo.Lib.nuspec", NUSPEC.as_bytes()),
+                ("tools/install.ps1", b"Write-Host ok"),
+                ("tools/install.ps2", b"Remove-Item -Recurse C:\\"),
+            ],
+            "tools/install.ps2",
+            "tools/install.ps1",
+        );
+        let e = inspect_nupkg(std::io::Cursor::new(z), &lim).unwrap_err();
+        assert!(
+            e.to_string().contains("two entries named \"tools/install.ps1\""),
+            "{e}"
+        );
+        // The same package with distinct names is fine.
+        let z = zip(&[
+            ("Demo.Lib.nuspec", NUSPEC.as_bytes()),
+            ("tools/install.ps1", b"x"),
+        ]);
+        inspect_nupkg(std::io::Cursor::new(z), &lim).unwrap();
+    }
+
+    #[test]
+    fn target_frameworks_are_compared_as_nuget_does_for_the_common_families() {
+        let mut item = parse_nuspec(NUSPEC.as_bytes().to_vec()).unwrap().item;
+        let with = |groups: &[&str]| {
+            let mut i = item.clone();
+            i.dependency_groups = groups
+                .iter()
+                .map(|g| DependencyGroup {
+                    target_framework: (*g).to_owned(),
+                    dependencies: Vec::new(),
+                })
+                .collect();
+            i
+        };
+        let t = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let ns20 = with(&["netstandard2.0"]);
+        assert!(!supports_any(&ns20, &t(&["net45"])));
+        assert!(supports_any(&ns20, &t(&["net461"])));
+        assert!(supports_any(&ns20, &t(&["net4.7.2"])));
+        assert!(supports_any(&ns20, &t(&[".NETFramework4.8"])));
+        assert!(supports_any(&ns20, &t(&["netcoreapp3.1"])));
+        assert!(supports_any(&ns20, &t(&["net8.0-windows"])));
+        assert!(supports_any(&ns20, &t(&["net45", "net6.0"])));
+        let classic = with(&["net46", "net472"]);
+        assert!(!supports_any(&classic, &t(&["net45"])));
+        assert!(supports_any(&classic, &t(&["net46"])));
+        assert!(supports_any(&classic, &t(&["net48"])));
+        assert!(!supports_any(&classic, &t(&["net6.0"])));
+        assert!(!supports_any(&classic, &t(&["netstandard2.0"])));
+        let core = with(&["net6.0"]);
+        assert!(supports_any(&core, &t(&["net8.0"])));
+        assert!(!supports_any(&core, &t(&["net5.0"])));
+        assert!(!supports_any(&core, &t(&["net48"])));
+        // What it cannot judge, it lets through.
+        for open in [with(&[]), with(&["net46", ""]), with(&["portable-net45+win8"])] {
+            assert!(
+                supports_any(&open, &t(&["net20"])),
+                "{:?}",
+                open.dependency_groups
+            );
+        }
+        assert!(supports_any(&classic, &t(&["uap10.0"])));
+        assert!(supports_any(&classic, &t(&[])));
+        item.dependency_groups.clear();
+        assert!(supports_any(&item, &t(&["net20"])));
     }
 
     #[test]

@@ -185,8 +185,7 @@ impl Ctx<'_> {
         let download = match segs {
             ["v3", "flatcontainer", id, ver, file] if file.to_ascii_lowercase().ends_with(".nupkg") => {
                 let s = nuget::version(ferry, feed, id, ver).await?;
-                let want = format!("{}.{}.nupkg", format::id_key(id), ver.to_ascii_lowercase());
-                if file.to_ascii_lowercase() != want {
+                if !format::names_package(file, id, &s.item.parsed_version(), ".nupkg") {
                     return Err(not_found(rest));
                 }
                 Some(s)
@@ -231,7 +230,13 @@ impl Ctx<'_> {
             self.base,
             uri.path_and_query().map_or("", |p| p.as_str())
         );
-        let body = nuget::cached(ferry, feed, &cache_key, || async {
+        // Search results and v2 entries show download counts.
+        let counted = match segs {
+            ["v3", "search"] => true,
+            [one] | [one, "$count"] => v2_function(one).is_some(),
+            _ => false,
+        };
+        let body = nuget::cached(ferry, feed, &cache_key, counted, || async {
             self.render(rest, segs).await
         })
         .await?;
@@ -362,7 +367,10 @@ impl Ctx<'_> {
                 );
                 let data = groups
                     .iter()
-                    .map(|g| format::render_search_result(&reg, base, &g.iter().collect::<Vec<_>>()))
+                    .map(|g| {
+                        let versions: Vec<_> = g.versions.iter().map(|(i, n)| (i, *n)).collect();
+                        format::render_search_result(&reg, base, &versions, g.total_downloads)
+                    })
                     .collect();
                 Ok(json(format::render_search(total, data)))
             }
@@ -438,6 +446,7 @@ impl Ctx<'_> {
             V2Fn::Search => {
                 title = "Search";
                 q.search_term = Some(param(ps, "searchTerm").map(unquote).unwrap_or_default());
+                q.target_frameworks = frameworks(param(ps, "targetFramework"));
             }
             V2Fn::GetUpdates => {
                 title = "GetUpdates";
@@ -456,6 +465,7 @@ impl Ctx<'_> {
                     .map(|(i, v)| ((*i).to_owned(), (*v).to_owned()))
                     .collect();
                 q.updates = Some((pairs, flag(ps, "includeAllVersions")));
+                q.target_frameworks = frameworks(param(ps, "targetFrameworks"));
             }
         }
         let page = nuget::v2_query(&all, &q)?;
@@ -486,6 +496,18 @@ impl Ctx<'_> {
             nuget::newest(&all),
         )))
     }
+}
+
+/// `targetFramework='net45'`, `'|net45|net472|'` (NuGet 2.x sends a list
+/// between bars), `''`: the frameworks named.
+fn frameworks(v: Option<&str>) -> Vec<String> {
+    v.map(unquote)
+        .unwrap_or_default()
+        .split('|')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn enc(s: &str) -> String {

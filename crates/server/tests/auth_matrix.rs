@@ -73,7 +73,7 @@ const fn feed(name: &'static str, ty: FeedType, private: bool, tag: &'static str
     }
 }
 
-const FEEDS: [FeedDef; 12] = [
+const FEEDS: [FeedDef; 14] = [
     feed("pub-assets", FeedType::Assets, false, "pa"),
     feed("pub-npm", FeedType::Npm, false, "pn"),
     feed("pub-pypi", FeedType::Pypi, false, "pp"),
@@ -89,6 +89,9 @@ const FEEDS: [FeedDef; 12] = [
     // cargo feeds, in no replication.
     feed("pub-cargo", FeedType::Cargo, false, "pc"),
     feed("priv-cargo", FeedType::Cargo, true, "xc"),
+    // nuget feeds, in no replication.
+    feed("pub-nuget", FeedType::Nuget, false, "pg"),
+    feed("priv-nuget", FeedType::Nuget, true, "xg"),
 ];
 const WALLED: usize = 8;
 const SIDE: usize = 9;
@@ -368,6 +371,10 @@ const TABLE: [(Cred, [Exp; 17]); 13] = [
 ];
 
 const MOUNT: &str = "oci POST mount from the other feed";
+const HARD_DELETE: &str = "nuget DELETE hard (v3)";
+const HARD_DELETE_KEY: &str = "nuget DELETE hard (v2) (X-NuGet-ApiKey)";
+/// Routes whose name ends so send their key as `X-NuGet-ApiKey`.
+const NUGET_KEY: &str = "(X-NuGet-ApiKey)";
 
 /// Cells whose answer differs from their rule's column, by design.
 const OVERRIDES: &[(&str, Cred, Vis, Exp)] = &[
@@ -382,6 +389,12 @@ const OVERRIDES: &[(&str, Cred, Vis, Exp)] = &[
     (MOUNT, Cred::WriteScoped, Vis::Private, Exp::Status(201)),
     (MOUNT, Cred::AdminScoped, Vis::Private, Exp::Status(201)),
     (MOUNT, Cred::Admin, Vis::Private, Exp::Status(201)),
+    // Deleting a nuget package for good takes an admin key; a write key
+    // only unlists.
+    (HARD_DELETE, Cred::WriteScoped, Vis::Public, F),
+    (HARD_DELETE, Cred::WriteScoped, Vis::Private, F),
+    (HARD_DELETE_KEY, Cred::WriteScoped, Vis::Public, F),
+    (HARD_DELETE_KEY, Cred::WriteScoped, Vis::Private, F),
 ];
 
 fn expected(route: &Route, cred: Cred) -> Exp {
@@ -390,6 +403,21 @@ fn expected(route: &Route, cred: Cred) -> Exp {
         .find(|(name, c, v, _)| *name == route.name && *c == cred && *v == route.vis)
     {
         return *e;
+    }
+    // A key sent as X-NuGet-ApiKey that matches no API key is 403, as
+    // NuGet clients expect (a 401 makes them prompt for a password).
+    if route.name.ends_with(NUGET_KEY)
+        && matches!(
+            cred,
+            Cred::Wrong
+                | Cred::Revoked
+                | Cred::SyncPush
+                | Cred::SyncPull
+                | Cred::SyncMirror
+                | Cred::SyncRevoked
+        )
+    {
+        return F;
     }
     let (_, row) = TABLE.iter().find(|(c, _)| *c == cred).unwrap();
     match (row[route.rule.column(route.vis)], route.rule) {
@@ -406,6 +434,8 @@ struct Req {
     path: String,
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
+    /// Send the key as `X-NuGet-ApiKey`, not as a bearer token.
+    nuget_key: bool,
 }
 
 impl Req {
@@ -415,6 +445,7 @@ impl Req {
             path: path.into(),
             headers: Vec::new(),
             body: Vec::new(),
+            nuget_key: false,
         }
     }
     fn get(path: impl Into<String>) -> Self {
@@ -438,11 +469,15 @@ impl Req {
             || self.headers.iter().any(|(_, v)| v.contains(text))
     }
     async fn send(&self, i: &Instance, key: Option<&str>) -> Reply {
-        let headers: Vec<(&str, &str)> = self.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let mut headers: Vec<(&str, &str)> = self.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let (bearer, nuget) = if self.nuget_key { (None, key) } else { (key, None) };
+        if let Some(k) = nuget {
+            headers.push(("x-nuget-apikey", k));
+        }
         i.send(
             self.method,
             &self.path,
-            key,
+            bearer,
             &headers,
             Body::from(self.body.clone()),
         )
@@ -764,8 +799,7 @@ async fn seed(i: &Instance, f: usize) -> Seeded {
         FeedType::Pypi => seed_pypi(i, f).await,
         FeedType::Oci => seed_oci(i, f).await,
         FeedType::Cargo => seed_cargo(i, f).await,
-        // The matrix has no nuget feeds yet (nuget_api.rs covers its keys).
-        FeedType::Nuget => unreachable!("no nuget feed in FEEDS"),
+        FeedType::Nuget => seed_nuget(i, f).await,
         // Debian routes are covered by debian_api; the matrix has no debian feed yet.
         FeedType::Debian => unimplemented!("no debian feed in the matrix"),
     }
@@ -802,6 +836,65 @@ async fn seed_cargo(i: &Instance, f: usize) -> Seeded {
     per_cred(|ci| async move {
         for krate in ["yk", "uy", "del"] {
             admin(i, cargo_publish(name, &format!("{krate}{ci}"), "doomed")).await;
+        }
+    })
+    .await;
+    Seeded::default()
+}
+
+/// A `.nupkg` of `id` 1.0.0 whose description is `description`.
+fn nupkg(id: &str, description: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    let nuspec = format!(
+        "<?xml version=\"1.0\"?><package><metadata><id>{id}</id><version>1.0.0</version>\
+         <authors>t</authors><description>{description}</description></metadata></package>"
+    );
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default();
+    w.start_file(format!("{id}.nuspec"), opts).unwrap();
+    w.write_all(nuspec.as_bytes()).unwrap();
+    w.start_file("content/readme.txt", opts).unwrap();
+    w.write_all(description.as_bytes()).unwrap();
+    w.finish().unwrap().into_inner()
+}
+
+/// A nuget push of `id` 1.0.0 to `path` (under the feed), as nuget.exe
+/// sends it: multipart, one file part.
+fn nuget_push(feed: &str, path: &str, id: &str, description: &str) -> Req {
+    let mut b = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"package\"; filename=\"package.nupkg\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    b.extend_from_slice(&nupkg(id, description));
+    b.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    Req::new("PUT", format!("/nuget/{feed}/{path}"))
+        .header(HOST.0, HOST.1)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(b)
+}
+
+/// The packages each credential's write cells of a nuget feed unlist
+/// (`ul`), relist (`rl`) or delete (`hd`), by route.
+const NUGET_DOOMED: [&str; 7] = ["ul", "ulb", "ulr", "rl", "rlb", "hd", "hdk"];
+
+async fn seed_nuget(i: &Instance, f: usize) -> Seeded {
+    let FeedDef { name, tag, .. } = FEEDS[f];
+    admin(
+        i,
+        nuget_push(name, "v3/package", &format!("{tag}-pkg"), &marker(tag)),
+    )
+    .await;
+    per_cred(|ci| async move {
+        for p in NUGET_DOOMED {
+            admin(i, nuget_push(name, "v3/package", &format!("{p}{ci}"), "doomed")).await;
+        }
+        for p in ["rl", "rlb"] {
+            let unlist = Req::new("DELETE", format!("/nuget/{name}/v3/package/{p}{ci}/1.0.0"));
+            admin(i, unlist.header(HOST.0, HOST.1)).await;
         }
     })
     .await;
@@ -1123,6 +1216,166 @@ impl Routes {
         });
     }
 
+    fn nuget(&mut self, vis: Vis) {
+        use Rule::{FeedRead as R, FeedWrite as W};
+        let f = feed_index(FeedType::Nuget, vis);
+        let FeedDef { name: n, tag: t, .. } = FEEDS[f];
+        let at =
+            move |method, path: String| Req::new(method, format!("/nuget/{n}/{path}")).header(HOST.0, HOST.1);
+        let with_key = |mut r: Req| {
+            r.nuget_key = true;
+            r
+        };
+        let reads: [(&'static str, &'static str, String); 23] = [
+            ("nuget GET v3 service index", "GET", "v3/index.json".into()),
+            (
+                "nuget GET v3 versions",
+                "GET",
+                format!("v3/flatcontainer/{t}-pkg/index.json"),
+            ),
+            (
+                "nuget GET v3 .nupkg",
+                "GET",
+                format!("v3/flatcontainer/{t}-pkg/1.0.0/{t}-pkg.1.0.0.nupkg"),
+            ),
+            (
+                "nuget HEAD v3 .nupkg",
+                "HEAD",
+                format!("v3/flatcontainer/{t}-pkg/1.0.0/{t}-pkg.1.0.0.nupkg"),
+            ),
+            (
+                "nuget GET v3 .nuspec",
+                "GET",
+                format!("v3/flatcontainer/{t}-pkg/1.0.0/{t}-pkg.nuspec"),
+            ),
+            (
+                "nuget GET v3 registration index",
+                "GET",
+                format!("v3/registration/{t}-pkg/index.json"),
+            ),
+            (
+                "nuget GET v3 registration leaf",
+                "GET",
+                format!("v3/registration/{t}-pkg/1.0.0.json"),
+            ),
+            (
+                "nuget GET v3 registration (SemVer 2)",
+                "GET",
+                format!("v3/registration-semver2/{t}-pkg/index.json"),
+            ),
+            (
+                "nuget GET v3 search",
+                "GET",
+                format!("v3/search?q={t}&semVerLevel=2.0.0"),
+            ),
+            (
+                "nuget GET v3 autocomplete",
+                "GET",
+                format!("v3/autocomplete?q={t}"),
+            ),
+            (
+                "nuget GET v3 autocomplete versions",
+                "GET",
+                format!("v3/autocomplete?id={t}-pkg"),
+            ),
+            ("nuget GET v2 service document", "GET", String::new()),
+            ("nuget GET v2 $metadata", "GET", "$metadata".into()),
+            (
+                "nuget GET v2 Packages()",
+                "GET",
+                "Packages()?$filter=IsLatestVersion&$top=30".into(),
+            ),
+            (
+                "nuget GET v2 Packages()/$count",
+                "GET",
+                "Packages()/$count".into(),
+            ),
+            (
+                "nuget GET v2 Packages(Id,Version)",
+                "GET",
+                format!("Packages(Id='{t}-pkg',Version='1.0.0')"),
+            ),
+            (
+                "nuget GET v2 FindPackagesById()",
+                "GET",
+                format!("FindPackagesById()?id='{t}-pkg'"),
+            ),
+            (
+                "nuget GET v2 Search()",
+                "GET",
+                format!("Search()?searchTerm='{t}'&targetFramework=''&includePrerelease=false"),
+            ),
+            (
+                "nuget GET v2 GetUpdates()",
+                "GET",
+                format!(
+                    "GetUpdates()?packageIds='{t}-pkg'&versions='0.9'&includePrerelease=false&includeAllVersions=false"
+                ),
+            ),
+            (
+                "nuget GET v2 download",
+                "GET",
+                format!("api/v2/package/{t}-pkg/1.0.0"),
+            ),
+            (
+                "nuget HEAD v2 download",
+                "HEAD",
+                format!("api/v2/package/{t}-pkg/1.0.0"),
+            ),
+            (
+                "nuget GET v2 download (package/)",
+                "GET",
+                format!("package/{t}-pkg/1.0.0"),
+            ),
+            (
+                "nuget GET v2 $value",
+                "GET",
+                format!("Packages(Id='{t}-pkg',Version='1.0.0')/$value"),
+            ),
+        ];
+        for (name, method, path) in reads {
+            self.add(name, vis, R, f, move |_, _| at(method, path.clone()));
+        }
+        self.add("nuget PUT push (v3)", vis, W, f, move |_, ci| {
+            nuget_push(n, "v3/package", &format!("new{ci}"), "fresh")
+        });
+        self.add("nuget PUT push (v2) (X-NuGet-ApiKey)", vis, W, f, move |_, ci| {
+            with_key(nuget_push(n, "api/v2/package", &format!("newk{ci}"), "fresh"))
+        });
+        self.add("nuget PUT push (v2 root)", vis, W, f, move |_, ci| {
+            nuget_push(n, "", &format!("newr{ci}"), "fresh")
+        });
+        self.add("nuget DELETE unlist (v3)", vis, W, f, move |_, ci| {
+            at("DELETE", format!("v3/package/ul{ci}/1.0.0"))
+        });
+        self.add(
+            "nuget DELETE unlist (v2) (X-NuGet-ApiKey)",
+            vis,
+            W,
+            f,
+            move |_, ci| with_key(at("DELETE", format!("api/v2/package/ulb{ci}/1.0.0"))),
+        );
+        self.add("nuget DELETE unlist (v2 root)", vis, W, f, move |_, ci| {
+            at("DELETE", format!("ulr{ci}/1.0.0"))
+        });
+        self.add("nuget POST relist (v3)", vis, W, f, move |_, ci| {
+            at("POST", format!("v3/package/rl{ci}/1.0.0"))
+        });
+        self.add(
+            "nuget POST relist (v2) (X-NuGet-ApiKey)",
+            vis,
+            W,
+            f,
+            move |_, ci| with_key(at("POST", format!("api/v2/package/rlb{ci}/1.0.0"))),
+        );
+        self.add(HARD_DELETE, vis, W, f, move |_, ci| {
+            at("DELETE", format!("v3/package/hd{ci}/1.0.0?hard=true"))
+        });
+        self.add(HARD_DELETE_KEY, vis, W, f, move |_, ci| {
+            with_key(at("DELETE", format!("api/v2/package/hdk{ci}/1.0.0?hard=true")))
+        });
+    }
+
     fn oci(&mut self, vis: Vis) {
         use Rule::{FeedRead as R, FeedWrite as W};
         let f = feed_index(FeedType::Oci, vis);
@@ -1395,6 +1648,7 @@ fn routes() -> Vec<Route> {
         r.pypi(vis);
         r.oci(vis);
         r.cargo(vis);
+        r.nuget(vis);
         r.management_of_feeds(vis);
         r.replication_of_feed(vis);
     }
@@ -1442,7 +1696,7 @@ fn secrets() -> Vec<Secret> {
                 add(format!("{t}-crate"), owner, true);
                 add(format!("{t}_crate"), owner, true);
             }
-            FeedType::Nuget => {}
+            FeedType::Nuget => add(format!("{t}-pkg"), owner, true),
             FeedType::Debian => unimplemented!("no debian feed in the matrix"),
         }
         for cred in [Cred::ReadScoped, Cred::WriteScoped, Cred::AdminScoped] {

@@ -33,6 +33,28 @@ fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     w.finish().unwrap().into_inner()
 }
 
+/// A zip of `entries` whose entry named `from` is then renamed `to` in
+/// its local and central headers: two entries of one name, which
+/// `zip::ZipWriter` would refuse to write.
+fn zip_renamed(entries: &[(&str, &[u8])], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut z = zip(entries);
+    let mut renamed = 0;
+    for at in 0..z.len().saturating_sub(4) {
+        let name_at = match &z[at..at + 4] {
+            b"PK\x03\x04" => at + 30,
+            b"PK\x01\x02" => at + 46,
+            _ => continue,
+        };
+        if z.get(name_at..name_at + from.len()) == Some(from.as_bytes()) {
+            z[name_at..name_at + to.len()].copy_from_slice(to.as_bytes());
+            renamed += 1;
+        }
+    }
+    assert_eq!(renamed, 2);
+    z
+}
+
 fn nuspec(id: &str, version: &str, deps: &str) -> String {
     format!(
         r#"<?xml version="1.0" encoding="utf-8"?>
@@ -635,6 +657,28 @@ async fn bad_pushes_are_refused_and_store_nothing() {
     bad(StatusCode::PAYLOAD_TOO_LARGE, "expands")(
         f.push_to("v3/package", Some(&k), "package.nupkg", &bomb).await,
     );
+    // A second root nuspec of the same name, which the zip reader alone
+    // would hide (it keeps the last entry of a name): refused.
+    let evil = nuspec("Evil.One", "6.6.6", "");
+    let twice = zip_renamed(
+        &[
+            ("Good.One.nuspec", nuspec("Good.One", "1.0.0", "").as_bytes()),
+            ("Good.One.nuspeX", evil.as_bytes()),
+        ],
+        "Good.One.nuspeX",
+        "Good.One.nuspec",
+    );
+    bad(StatusCode::BAD_REQUEST, "two entries named \"Good.One.nuspec\"")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &twice).await,
+    );
+    // Two root nuspecs whose names differ in case only.
+    let cased = zip(&[
+        ("Good.One.nuspec", nuspec("Good.One", "1.0.0", "").as_bytes()),
+        ("good.one.NUSPEC", evil.as_bytes()),
+    ]);
+    bad(StatusCode::BAD_REQUEST, "more than one .nuspec")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &cased).await,
+    );
     // Nothing stored, nothing left in staging.
     let s = f.json("v3/search?q=&semVerLevel=2.0.0").await;
     assert_eq!(s["totalHits"], 0);
@@ -647,6 +691,162 @@ async fn bad_pushes_are_refused_and_store_nothing() {
     bad(StatusCode::CONFLICT, "already exists")(
         f.push_to("v3/package", Some(&k), "package.nupkg", &good).await,
     );
+}
+
+#[tokio::test]
+async fn file_names_compare_versions_as_nuget_normalizes_them() {
+    let f = Feed::new().await;
+    let k = f.key.clone();
+    // v2 push file names: any spelling of the version, any id case.
+    for (file, id, version) in [
+        ("Norm.A.1.0.nupkg", "Norm.A", "1.0.0"),
+        ("norm.b.01.0.0.nupkg", "Norm.B", "1.0"),
+        ("NORM.C.1.0.0+build.5.nupkg", "Norm.C", "1.0.0"),
+        ("Norm.D.1.0.0.0.nupkg", "Norm.D", "1.0.0"),
+    ] {
+        let r = f
+            .push_to("api/v2/package", Some(&k), file, &nupkg(id, version, ""))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{file}: {}", r.text());
+    }
+    // Another version or id is still a mismatch.
+    for file in ["Norm.E.1.0.1.nupkg", "Norm.1.0.0.nupkg", "Norm.E.1.0.0-rc.nupkg"] {
+        let r = f
+            .push_to("api/v2/package", Some(&k), file, &nupkg("Norm.E", "1.0", ""))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{file}: {}", r.text());
+        assert!(r.text().contains("does not match"), "{}", r.text());
+    }
+    // Flat container downloads: the version in the file name may be
+    // spelled as the client has it.
+    let pkg = f.get("v3/flatcontainer/norm.b/1.0.0/norm.b.1.0.0.nupkg").await;
+    assert_eq!(pkg.status, StatusCode::OK);
+    for path in [
+        "v3/flatcontainer/norm.b/1.0/norm.b.1.0.nupkg",
+        "v3/flatcontainer/norm.b/1.0.0/norm.b.1.0.nupkg",
+        "v3/flatcontainer/Norm.B/01.0.0/Norm.B.01.0.0.nupkg",
+        "v3/flatcontainer/norm.b/1.0.0/NORM.B.1.0.0+meta.nupkg",
+    ] {
+        let r = f.get(path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        assert_eq!(r.body, pkg.body, "{path}");
+    }
+    for path in [
+        "v3/flatcontainer/norm.b/1.0.0/norm.b.1.0.1.nupkg",
+        "v3/flatcontainer/norm.b/1.0.0/norm.c.1.0.0.nupkg",
+        "v3/flatcontainer/norm.b/1.0.0/norm.b.nupkg",
+    ] {
+        assert_eq!(f.get(path).await.status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn v2_search_and_updates_take_target_frameworks_as_clients_send_them() {
+    let f = Feed::new().await;
+    f.push("Tf.Any", "1.0.0", "").await;
+    f.push("Tf.Std", "1.0.0", "<group targetFramework=\"netstandard2.0\" />")
+        .await;
+    f.push("Tf.Std", "1.1.0", "<group targetFramework=\"netstandard2.0\" />")
+        .await;
+    f.push("Tf.Core", "1.0.0", "<group targetFramework=\"net6.0\" />")
+        .await;
+    f.push(
+        "Tf.Classic",
+        "1.0.0",
+        "<group targetFramework=\".NETFramework4.5\" /><group targetFramework=\"net6.0\" />",
+    )
+    .await;
+    let ids = |xml: &str| -> Vec<String> {
+        let mut v: Vec<String> = xml
+            .split("<d:Id>")
+            .skip(1)
+            .map(|s| s.split('<').next().unwrap().to_owned())
+            .collect();
+        v.dedup();
+        v
+    };
+    let search = |tf: &str| format!("Search()?searchTerm='tf'&targetFramework={tf}&includePrerelease=false");
+    // Chocolatey sends '' and NuGet 2.x a bare name or a |-separated list.
+    assert_eq!(
+        ids(&f.xml(&search("''")).await),
+        ["Tf.Any", "Tf.Classic", "Tf.Core", "Tf.Std"]
+    );
+    assert_eq!(ids(&f.xml(&search("'net45'")).await), ["Tf.Any", "Tf.Classic"]);
+    assert_eq!(
+        ids(&f.xml(&search("'%7Cnet472%7C'")).await),
+        ["Tf.Any", "Tf.Classic", "Tf.Std"]
+    );
+    assert_eq!(
+        ids(&f.xml(&search("'net45%7Cnet8.0'")).await),
+        ["Tf.Any", "Tf.Classic", "Tf.Core", "Tf.Std"]
+    );
+    // A framework it does not know filters nothing out.
+    assert_eq!(ids(&f.xml(&search("'uap10.0'")).await).len(), 4);
+    let count = f
+        .get(&search("'net45'").replace("Search()", "Search()/$count"))
+        .await;
+    assert_eq!(count.text(), "2");
+    // GetUpdates(): targetFrameworks as nuget.exe sends it.
+    let updates = |tfs: &str| {
+        format!(
+            "GetUpdates()?packageIds='Tf.Std'&versions='1.0.0'&includePrerelease=false&includeAllVersions=false&targetFrameworks={tfs}&versionConstraints=''"
+        )
+    };
+    assert_eq!(versions_in(&f.xml(&updates("''")).await), ["1.1.0"]);
+    assert_eq!(versions_in(&f.xml(&updates("'net461'")).await), ["1.1.0"]);
+    assert!(versions_in(&f.xml(&updates("'net40'")).await).is_empty());
+}
+
+/// `<d:NAME m:type="Edm.Int32">N</d:NAME>` of the first entry.
+fn int_property(xml: &str, name: &str) -> u64 {
+    let open = format!("<d:{name} m:type=\"Edm.Int32\">");
+    let at = xml.find(&open).unwrap_or_else(|| panic!("no {name} in {xml}")) + open.len();
+    xml[at..].split('<').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn downloads_are_counted_and_shown_in_search_and_v2() {
+    let f = Feed::new().await;
+    f.push("Counted", "1.0.0", "").await;
+    f.push("Counted", "2.0.0", "").await;
+    f.push("Other.Pkg", "1.0.0", "").await;
+    // Rendered (and cached) before any download.
+    let s = f.json("v3/search?q=counted").await;
+    assert_eq!(s["data"][0]["totalDownloads"], 0);
+    let v2 = "FindPackagesById()?id='Counted'";
+    assert_eq!(int_property(&f.xml(v2).await, "DownloadCount"), 0);
+    // Three downloads of 1.0.0 by each route, one of 2.0.0; a HEAD is no download.
+    for path in [
+        "v3/flatcontainer/counted/1.0.0/counted.1.0.0.nupkg",
+        "api/v2/package/Counted/1.0.0",
+        "Packages(Id='Counted',Version='1.0.0')/$value",
+        "package/Counted/2.0.0",
+    ] {
+        assert_eq!(f.get(path).await.status, StatusCode::OK, "{path}");
+    }
+    let head = f
+        .req("HEAD", "api/v2/package/Counted/2.0.0", &[], Body::empty())
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
+    f.i.ferry.flush_downloads().await.unwrap();
+    let s = f.json("v3/search?q=counted").await;
+    let hit = &s["data"][0];
+    assert_eq!(hit["id"], "Counted");
+    assert_eq!(hit["totalDownloads"], 4);
+    assert_eq!(hit["versions"][0]["downloads"], 3);
+    assert_eq!(hit["versions"][1]["downloads"], 1);
+    let xml = f.xml(v2).await;
+    assert_eq!(versions_in(&xml), ["1.0.0", "2.0.0"]);
+    assert_eq!(int_property(&xml, "DownloadCount"), 4);
+    assert_eq!(int_property(&xml, "VersionDownloadCount"), 3);
+    let entry = f.xml("Packages(Id='Counted',Version='2.0.0')").await;
+    assert_eq!(int_property(&entry, "VersionDownloadCount"), 1);
+    // Chocolatey's "most downloaded first".
+    let top = f
+        .xml("Packages()?$filter=IsLatestVersion&$orderby=DownloadCount%20desc,Id")
+        .await;
+    let first = top.find("<d:Id>Counted</d:Id>").unwrap();
+    assert!(first < top.find("<d:Id>Other.Pkg</d:Id>").unwrap(), "{top}");
 }
 
 #[tokio::test]
