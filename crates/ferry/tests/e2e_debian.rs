@@ -108,6 +108,47 @@ fn apt_installs_signed_packages_from_the_hub_and_a_spoke() {
     }
     apt_checks(&hub, tmp.path(), &demo2, &lib);
 
+    // Packages.xz (which apt prefers) is one xz stream of many blocks and
+    // Packages.gz many gzip members, one per bucket of packages: apt reads
+    // them whole, and sees packages of every bucket.
+    let names: Vec<String> = (0..12).map(|i| format!("tool{i}")).collect();
+    for name in &names {
+        let deb = build_deb(tmp.path(), name, "1.0", "amd64", None, name);
+        let (st, body) = upload(&hub, &key, "apt", "bookworm", "main", &deb);
+        assert_eq!(st, 201, "{body}");
+    }
+    let hub_key_file = tmp.path().join("hub-buckets.gpg");
+    fetch(&format!("{}/key.gpg", feed_url(&hub, "apt")), &hub_key_file);
+    let apt = Apt::new(&feed_url(&hub, "apt"), "bookworm", "main", &hub_key_file);
+    apt.update_ok();
+    for name in &names {
+        assert_eq!(apt.candidate(name), "1.0", "apt sees {name}");
+    }
+    let apt_gz = Apt::new(&feed_url(&hub, "apt"), "bookworm", "main", &hub_key_file);
+    let out = apt_gz.get(&[
+        "-o",
+        "Acquire::CompressionTypes::Order::=gz",
+        "-o",
+        "Acquire::GzipIndexes=true",
+        "update",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let lists: Vec<String> = std::fs::read_dir(apt_gz.dir.path().join("state/lists"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        lists.iter().any(|l| l.ends_with("binary-amd64_Packages.gz")),
+        "apt kept the gzip'd index: {lists:?}"
+    );
+    for name in &names {
+        assert_eq!(
+            apt_gz.candidate(name),
+            "1.0",
+            "apt sees {name} through Packages.gz"
+        );
+    }
+
     // The spoke pulls the feed and signs its own indexes with its own key.
     let token = hub.incoming("edges", &["apt"], "push");
     spoke.outgoing(
