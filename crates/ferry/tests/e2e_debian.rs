@@ -1,7 +1,7 @@
 //! Debian feeds with the real apt-get against the real binary, on a hub
 //! and on a spoke that pulled from it: signed updates, downloads that give
 //! back the published bytes, dependencies (an amd64 package on an `all`
-//! one) unpacked into a scratch root with `dpkg -x`, the newest of two
+//! one) installed by `dpkg --root` into a scratch root, the newest of two
 //! versions picked, deletions reaching the spoke, apt refusing tampered
 //! indexes and a wrong key, `sqv` accepting the signatures, and two
 //! instances sharing one imported key. apt never touches the machine's own
@@ -37,10 +37,43 @@ fn apt_checks(s: &Server, dir: &Path, demo2: &Path, lib: &Path) {
         .collect();
     assert_eq!(names, ["demo_2.0_amd64.deb", "libdemo_1.0_all.deb"], "{names:?}");
     assert_eq!(std::fs::read(&debs[1]).unwrap(), std::fs::read(lib).unwrap());
+    // Installed (the `all` package on amd64 too) by dpkg into a scratch
+    // root with a database of its own: the machine's is never touched.
     let root = tempfile::tempdir().unwrap();
-    for d in &debs {
-        run_ok(Command::new("dpkg").arg("-x").arg(d).arg(root.path()));
+    let machine_status = std::fs::read("/var/lib/dpkg/status").ok();
+    let r = root.path();
+    for sub in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+        "var/log",
+    ] {
+        std::fs::create_dir_all(r.join(sub)).unwrap();
     }
+    std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(r.join("var/lib/dpkg/available"), "").unwrap();
+    run_ok(
+        Command::new("dpkg")
+            .arg(format!("--root={}", r.display()))
+            .arg(format!("--log={}", r.join("var/log/dpkg.log").display()))
+            .args(["--force-not-root", "--force-script-chrootless", "-i"])
+            .args(&debs),
+    );
+    let status = std::fs::read_to_string(r.join("var/lib/dpkg/status")).unwrap();
+    for (name, version, arch) in [("demo", "2.0", "amd64"), ("libdemo", "1.0", "all")] {
+        let entry = status
+            .split("\n\n")
+            .find(|p| p.starts_with(&format!("Package: {name}\n")))
+            .unwrap_or_else(|| panic!("{name} not in the scratch status: {status}"));
+        assert!(entry.contains("Status: install ok installed"), "{entry}");
+        assert!(entry.contains(&format!("Version: {version}\n")), "{entry}");
+        assert!(entry.contains(&format!("Architecture: {arch}\n")), "{entry}");
+    }
+    assert_eq!(
+        std::fs::read("/var/lib/dpkg/status").ok(),
+        machine_status,
+        "the machine's dpkg database is untouched"
+    );
     assert_eq!(
         std::fs::read_to_string(root.path().join("usr/share/demo/2.0")).unwrap(),
         "demo two"
@@ -124,23 +157,21 @@ fn apt_installs_signed_packages_from_the_hub_and_a_spoke() {
     for name in &names {
         assert_eq!(apt.candidate(name), "1.0", "apt sees {name}");
     }
-    let apt_gz = Apt::new(&feed_url(&hub, "apt"), "bookworm", "main", &hub_key_file);
-    let out = apt_gz.get(&[
-        "-o",
-        "Acquire::CompressionTypes::Order::=gz",
-        "-o",
-        "Acquire::GzipIndexes=true",
-        "update",
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let lists: Vec<String> = std::fs::read_dir(apt_gz.dir.path().join("state/lists"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        lists.iter().any(|l| l.ends_with("binary-amd64_Packages.gz")),
-        "apt kept the gzip'd index: {lists:?}"
+    // The same through Packages.gz alone (a copy without the others).
+    let copy = tempfile::tempdir().unwrap();
+    let repo = local_copy(&hub, copy.path());
+    for a in ["amd64", "all"] {
+        let dir = repo.join(format!("dists/bookworm/main/binary-{a}"));
+        std::fs::remove_file(dir.join("Packages")).unwrap();
+        std::fs::remove_file(dir.join("Packages.xz")).unwrap();
+    }
+    let apt_gz = Apt::new(
+        &format!("file:{}", repo.display()),
+        "bookworm",
+        "main",
+        &hub_key_file,
     );
+    apt_gz.update_ok();
     for name in &names {
         assert_eq!(
             apt_gz.candidate(name),
