@@ -16,9 +16,16 @@
 //! distribution stay served under `by-hash/SHA256/HEX`, so a client holding
 //! a slightly older `InRelease` never meets a hash mismatch.
 //!
+//! What the next rendering starts from is kept too (`Model`): every
+//! package's paragraph, in buckets by name, and every index bucket
+//! compressed ([`crate::debindex`]). A publish reads the items changed
+//! since and recompresses only their buckets, so its cost barely grows
+//! with the number of other packages in the distribution.
+//!
 //! | request | answer |
 //! | --- | --- |
 //! | `PUT /debian/FEED/upload/DIST/COMPONENT` | [`upload`] |
+//! | `POST /debian/FEED/upload/DIST/COMPONENT` (multipart) | [`inspect`] each, then [`publish`] |
 //! | `DELETE /debian/FEED/package/DIST/COMPONENT/NAME/VERSION/ARCH` | [`delete`] |
 //! | `GET /debian/FEED/dists/DIST/...` | [`dist_file`] |
 //! | `GET /debian/FEED/pool/...` | [`pool_file`] |
