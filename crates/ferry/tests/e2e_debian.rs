@@ -375,3 +375,112 @@ fn two_instances_with_one_imported_key_serve_one_client() {
     let err = a.cli(&["feed", "key", "import", "apt", asc.to_str().unwrap()]);
     assert!(!err.status.success());
 }
+
+#[test]
+fn an_imported_key_that_signs_with_a_subkey_is_trusted_by_apt_and_sqv() {
+    let tmp = tempfile::tempdir().unwrap();
+    // As gpg makes keys by default: a primary key that only certifies,
+    // and a subkey that signs.
+    let gnupg = tmp.path().join("gnupg");
+    std::fs::create_dir_all(&gnupg).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let gpg = |args: &[&str]| {
+        let mut c = Command::new("gpg");
+        c.arg("--batch").arg("--homedir").arg(&gnupg).args(args);
+        c
+    };
+    run_ok(&mut gpg(&[
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "Sub Signer <sub@example.com>",
+        "ed25519",
+        "cert",
+        "never",
+    ]));
+    let listing =
+        String::from_utf8(run_ok(&mut gpg(&["--with-colons", "--list-keys", "sub@example.com"])).stdout)
+            .unwrap();
+    let primary = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("fpr:::::::::"))
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    run_ok(&mut gpg(&[
+        "--passphrase",
+        "",
+        "--quick-add-key",
+        &primary,
+        "ed25519",
+        "sign",
+        "never",
+    ]));
+    let listing =
+        String::from_utf8(run_ok(&mut gpg(&["--with-colons", "--list-keys", "sub@example.com"])).stdout)
+            .unwrap();
+    let fprs: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("fpr:::::::::"))
+        .map(|f| f.trim_end_matches(':'))
+        .collect();
+    assert_eq!(fprs.len(), 2, "{listing}");
+    let subkey = fprs[1].to_string();
+    let secret = tmp.path().join("sub.asc");
+    let out = run_ok(&mut gpg(&["--armor", "--export-secret-keys", "sub@example.com"]));
+    std::fs::write(&secret, &out.stdout).unwrap();
+
+    let s = Server::start();
+    s.create_feed("apt", "debian");
+    let said = s.cli_ok(&["feed", "key", "import", "apt", secret.to_str().unwrap()]);
+    assert!(said.contains("now signs with key"), "{said}");
+    let key = s.key("ci", "write");
+    let demo = build_deb(tmp.path(), "demo", "1.0", "amd64", None, "demo");
+    assert_eq!(upload(&s, &key, "apt", "bookworm", "main", &demo).0, 201);
+
+    let keyring = tmp.path().join("sub.gpg");
+    fetch(&format!("{}/key.gpg", feed_url(&s, "apt")), &keyring);
+    let apt = Apt::new(&feed_url(&s, "apt"), "bookworm", "main", &keyring);
+    apt.update_ok();
+    assert_eq!(apt.candidate("demo"), "1.0");
+    // sqv names the key that made the signature: the subkey.
+    let (_, inrelease) = curl(&[&format!("{}/dists/bookworm/InRelease", feed_url(&s, "apt"))]);
+    let out = sqv_inrelease(&String::from_utf8(inrelease).unwrap(), &keyring, tmp.path());
+    assert!(
+        out.status.success(),
+        "sqv InRelease: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The signature was made by the subkey (its issuer is the subkey's id).
+    let packets = run_ok(&mut gpg(&[
+        "--list-packets",
+        tmp.path().join("inrelease.sig").to_str().unwrap(),
+    ]));
+    let packets = String::from_utf8_lossy(&packets.stdout).to_uppercase();
+    let subkey_id = &subkey[subkey.len() - 16..];
+    assert!(
+        packets.contains(&format!("KEYID {subkey_id}")),
+        "not signed by the subkey {subkey}: {packets}"
+    );
+    let (release, gpg_sig) = (tmp.path().join("Release"), tmp.path().join("Release.gpg"));
+    fetch(
+        &format!("{}/dists/bookworm/Release", feed_url(&s, "apt")),
+        &release,
+    );
+    fetch(
+        &format!("{}/dists/bookworm/Release.gpg", feed_url(&s, "apt")),
+        &gpg_sig,
+    );
+    let out = run_ok(
+        Command::new("sqv")
+            .arg("--keyring")
+            .arg(&keyring)
+            .arg(&gpg_sig)
+            .arg(&release),
+    );
+    assert!(!out.stdout.is_empty());
+}
