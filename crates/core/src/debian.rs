@@ -333,7 +333,13 @@ pub async fn publish(
         })
         .collect();
     match ferry.write(feed, writes).await {
-        Ok(_) => Ok(metas),
+        Ok(outcomes) => {
+            let written = committed
+                .iter()
+                .map(|(_, i, d)| (metas[*i].filename.clone(), metas[*i].key(), *d));
+            note_in_pool_map(ferry, feed, &outcomes, written);
+            Ok(metas)
+        }
         Err(CoreError::Conflict(_)) if committed.len() == 1 => Err(changed_file(&metas[committed[0].1])),
         Err(CoreError::Conflict(e)) => Err(CoreError::conflict(format!(
             "{e}: another upload of one of these versions came first; nothing of this batch was published"
@@ -466,6 +472,56 @@ async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<Arc<PoolMap>, Core
         .map_err(lock_err)?
         .insert(feed.id, (seq, map.clone()));
     Ok(map)
+}
+
+/// Adds what an upload just wrote to the feed's pool map, if the map was
+/// up to date until the upload's first change and the upload's changes
+/// follow each other in the log: the next upload then finds it current
+/// instead of reading back this upload's items.
+fn note_in_pool_map(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    outcomes: &[ferry_store::WriteOutcome],
+    written: impl Iterator<
+        Item = (
+            String,
+            Result<ferry_types::ItemKey, ferry_formats::FormatError>,
+            Digest,
+        ),
+    >,
+) {
+    let seqs: Option<Vec<i64>> = outcomes
+        .iter()
+        .map(|o| match o {
+            ferry_store::WriteOutcome::Applied { seq } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    let Some(seqs) = seqs else { return };
+    let (Some(first), Some(last)) = (seqs.iter().min(), seqs.iter().max()) else {
+        return;
+    };
+    if last - first + 1 != seqs.len() as i64 {
+        return;
+    }
+    let Ok(mut pools) = ferry.0.debian.pools.lock() else {
+        return;
+    };
+    let Some((at, map)) = pools.get_mut(&feed.id) else {
+        return;
+    };
+    if *at != first - 1 {
+        return;
+    }
+    let inner = Arc::make_mut(map);
+    for (path, key, digest) in written {
+        let Ok(key) = key else { return };
+        inner
+            .entry(path)
+            .or_default()
+            .insert(key.as_str().to_owned(), digest);
+    }
+    *at = *last;
 }
 
 /// The pool path of the package an item key names (None: not a package key).
