@@ -615,6 +615,13 @@ async fn debian_bulk_upload_is_all_or_nothing() {
     // Sent again: no-ops.
     let r = post_many(&i, "/debian/apt/upload/bookworm/main", &debs[..3]).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    // The pool knows every file of the upload at once: other bytes under
+    // one of its pool paths, in another distribution, are refused.
+    let other = deb(&control("bulk39", "1.0", "amd64", ""), b"other", Compression::Gz);
+    let r = put(&i, "/debian/apt/upload/trixie/main", other).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    let r = put(&i, "/debian/apt/upload/trixie/main", debs[39].clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
 
     // One bad file, or one changed published version, refuses the whole
     // upload: the good files beside it are not published either.
