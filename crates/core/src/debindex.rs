@@ -132,9 +132,12 @@ fn xz_err(why: &str) -> CoreError {
     CoreError::Internal(format!("xz stream: {why}"))
 }
 
+/// A stream's flags, its blocks and its index records.
+type XzParts = ([u8; 2], Bytes, Vec<(u64, u64)>);
+
 /// Splits one complete xz stream into its stream flags, its blocks (as
 /// they lie in the stream) and its index records.
-fn split_xz_stream(s: &[u8]) -> Result<([u8; 2], Bytes, Vec<(u64, u64)>), CoreError> {
+fn split_xz_stream(s: &[u8]) -> Result<XzParts, CoreError> {
     if s.len() < 24 || s[..6] != XZ_MAGIC || s[s.len() - 2..] != XZ_FOOTER_MAGIC {
         return Err(xz_err("not a single xz stream"));
     }

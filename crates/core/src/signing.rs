@@ -120,6 +120,9 @@ impl SigningKey {
     /// gives it the signing flag (as gpg makes keys: a certify-only
     /// primary with a signing subkey). A signature names the key that
     /// made it, and apt's gpgv and `sqv` find it in the feed's public key.
+    // rPGP takes `&impl SigningKey` and implements it for `Box<&dyn SigningKey>`
+    // (not for `&dyn SigningKey`): the box lets one function return either key.
+    #[allow(clippy::redundant_allocation)]
     fn signer(&self) -> Result<Box<&dyn pgp::types::SigningKey>, CoreError> {
         let key = &*self.0;
         let self_sigs: Vec<&pgp::packet::Signature> = key
