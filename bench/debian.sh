@@ -51,7 +51,8 @@ EOF
 # deb_apt_sees CONF PKG: apt-get update, then whether PKG has a candidate.
 deb_apt_sees() {
     APT_CONFIG=$1 timeout 120 apt-get update -qq >/dev/null 2>&1 || return 1
-    APT_CONFIG=$1 apt-cache policy "$2" 2>/dev/null | grep -q 'Candidate: 1.0'
+    # grep without -q reads to the end: apt-cache is never cut off (SIGPIPE, and pipefail)
+    APT_CONFIG=$1 apt-cache policy "$2" 2>/dev/null | grep 'Candidate: 1.0' >/dev/null
 }
 
 # deb_until_seen CONF PKG: updates until apt sees PKG (at most 60 s).
