@@ -6,15 +6,28 @@
   debian.py upload URL KEY FEED DIST COMP DIR [CONNS]
                                   PUT every .deb of DIR over CONNS keep-alive
                                   connections (default 2); exits 1 on any non-201
+  debian.py bulk URL KEY FEED DIST COMP DIR [CONNS] [BATCH]
+                                  POST the .debs of DIR as multipart bulk uploads
+                                  of BATCH files each (default 500; what
+                                  `curl -F deb=@a.deb -F deb=@b.deb ...` sends)
+                                  over CONNS connections (default 2)
+  debian.py lag HUB KEY FEED DIST COMP DIR APT_CONF
+                                  PUT each .deb of DIR to HUB, then run
+                                  apt-get update (APT_CONFIG=APT_CONF, a source on
+                                  the spoke) until apt-cache policy shows it;
+                                  prints {"lag_ms": [...]} (the first is a warm-up)
 """
 import base64
 import gzip
 import http.client
 import io
+import json
 import os
+import subprocess
 import sys
 import tarfile
 import threading
+import time
 import urllib.parse
 
 
@@ -90,12 +103,101 @@ def upload(url, key, feed, dist, comp, directory, conns=2):
         sys.exit(1)
 
 
+def bulk(url, key, feed, dist, comp, directory, conns=2, batch=500):
+    u = urllib.parse.urlsplit(url)
+    files = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".deb"))
+    auth = "Basic " + base64.b64encode(f"bench:{key}".encode()).decode()
+    batches = [files[i:i + batch] for i in range(0, len(files), batch)]
+    failures = []
+    boundary = "ferrybenchbulk" + os.urandom(8).hex()
+
+    def body_of(paths):
+        out = []
+        for path in paths:
+            out.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="deb"; '
+                f'filename="{os.path.basename(path)}"\r\n\r\n'.encode()
+            )
+            with open(path, "rb") as f:
+                out.append(f.read())
+            out.append(b"\r\n")
+        out.append(f"--{boundary}--\r\n".encode())
+        return b"".join(out)
+
+    def worker(part):
+        c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+        for paths in part:
+            body = body_of(paths)
+            c.request("POST", f"/debian/{feed}/upload/{dist}/{comp}", body=body,
+                      headers={"Authorization": auth, "Content-Length": str(len(body)),
+                               "Content-Type": f"multipart/form-data; boundary={boundary}"})
+            r = c.getresponse()
+            text = r.read()
+            if r.status != 201:
+                failures.append(f"{paths[0]}...: {r.status} {text[:200]!r}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(batches[i::conns],)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        print("\n".join(failures[:5]), file=sys.stderr)
+        sys.exit(1)
+
+
+def apt_sees(conf, name):
+    env = dict(os.environ, APT_CONFIG=conf)
+    up = subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=120)
+    if up.returncode != 0:
+        return False
+    pol = subprocess.run(["apt-cache", "policy", name], env=env, capture_output=True, timeout=60)
+    return b"Candidate: 1.0" in pol.stdout
+
+
+def lag(hub, key, feed, dist, comp, directory, conf, timeout=60):
+    u = urllib.parse.urlsplit(hub)
+    auth = "Basic " + base64.b64encode(f"bench:{key}".encode()).decode()
+    files = sorted(f for f in os.listdir(directory) if f.endswith(".deb"))
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    lags, updates, from_start = [], [], []
+    for i, name in enumerate(files):
+        with open(os.path.join(directory, name), "rb") as f:
+            body = f.read()
+        t_start = time.perf_counter()
+        c.request("PUT", f"/debian/{feed}/upload/{dist}/{comp}", body=body,
+                  headers={"Authorization": auth, "Content-Length": str(len(body))})
+        r = c.getresponse()
+        text = r.read()
+        if r.status != 201:
+            raise SystemExit(f"{name}: {r.status} {text[:200]!r}")
+        t_done = time.perf_counter()
+        pkg = name.split("_")[0]
+        n = 0
+        while not apt_sees(conf, pkg):
+            n += 1
+            if time.perf_counter() - t_done > timeout:
+                raise SystemExit(f"apt on the spoke never saw {pkg}")
+        if i > 0:
+            seen = time.perf_counter()
+            lags.append((seen - t_done) * 1000.0)
+            from_start.append((seen - t_start) * 1000.0)
+            updates.append(n + 1)
+    # repl.py stats reads these keys; "polls" are apt-get update runs.
+    print(json.dumps({"lag_ms": lags, "headers_lag_ms": lags, "from_put_start_ms": from_start, "polls": updates}))
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "make":
         make(sys.argv[2], int(sys.argv[3]), *(sys.argv[4:5]))
     elif cmd == "upload":
         upload(*sys.argv[2:8], int(sys.argv[8]) if len(sys.argv) > 8 else 2)
+    elif cmd == "bulk":
+        bulk(*sys.argv[2:8], *(int(a) for a in sys.argv[8:10]))
+    elif cmd == "lag":
+        lag(*sys.argv[2:9])
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

@@ -9,6 +9,9 @@ DEB_FEED=apt
 
 debian_settings() {
     DEB_SIZES=${BENCH_DEB_SIZES:-$([ -n "$QUICK" ] && echo "200 1000" || echo "1000 10000")}
+    DEB_LAG_N=${BENCH_DEB_LAG_PUBLISHES:-20}
+    [[ $DEB_LAG_N =~ ^[1-9][0-9]*$ ]] && [ "$DEB_LAG_N" -le 1000 ] ||
+        { echo "BENCH_DEB_LAG_PUBLISHES: '$DEB_LAG_N' is not a number from 1 to 1000" >&2; return 1; }
     local n
     for n in $DEB_SIZES; do
         [[ $n =~ ^[1-9][0-9]*$ ]] && [ "$n" -le 100000 ] ||
@@ -48,7 +51,8 @@ EOF
 # deb_apt_sees CONF PKG: apt-get update, then whether PKG has a candidate.
 deb_apt_sees() {
     APT_CONFIG=$1 timeout 120 apt-get update -qq >/dev/null 2>&1 || return 1
-    APT_CONFIG=$1 apt-cache policy "$2" 2>/dev/null | grep -q 'Candidate: 1.0'
+    # grep without -q reads to the end: apt-cache is never cut off (SIGPIPE, and pipefail)
+    APT_CONFIG=$1 apt-cache policy "$2" 2>/dev/null | grep 'Candidate: 1.0' >/dev/null
 }
 
 # deb_until_seen CONF PKG: updates until apt sees PKG (at most 60 s).
@@ -97,11 +101,13 @@ bench_debian_size() {
     ferry_feed "$DEB_FEED" debian || return 1
     last=$(printf 'bench-pkg-%06d' $((n - 1)))
     t0=$(deb_now_ms)
-    python3 "$BENCH_DIR/debian.py" upload "$url" "$BENCH_KEY" "$DEB_FEED" bookworm main "$dir/debs" 2 || return 1
+    python3 "$BENCH_DIR/debian.py" bulk "$url" "$BENCH_KEY" "$DEB_FEED" bookworm main "$dir/debs" 2 500 || return 1
     curl -sf "$url/debian/$DEB_FEED/dists/bookworm/InRelease" -o "$dir/InRelease" || return 1
     t1=$(deb_now_ms)
-    curl -sf "$url/debian/$DEB_FEED/dists/bookworm/main/binary-amd64/Packages" | grep -q "^Package: $last\$" ||
-        { log "Ferry's Packages lacks $last"; return 1; }
+    # (into a file: grep -q may stop reading before curl is done)
+    curl -sf "$url/debian/$DEB_FEED/dists/bookworm/main/binary-amd64/Packages" -o "$dir/Packages" &&
+        [ "$(grep -c '^Package: ' "$dir/Packages")" -eq "$n" ] && grep -q "^Package: $last\$" "$dir/Packages" ||
+        { log "Ferry's Packages lacks $last or does not list $n packages"; return 1; }
     grep -q 'BEGIN PGP SIGNATURE' "$dir/InRelease" || return 1
     ferry_ms=$((t1 - t0))
 
@@ -148,6 +154,44 @@ bench_debian_size() {
     rm -rf "$dir"
 }
 
+# bench_debian_lag: publish on a hub -> apt-get update on a spoke (pulling
+# the feed from the hub) sees it; DEB_LAG_N publishes.
+bench_debian_lag() {
+    local dir=$BENCH_TMP/debian-lag stats conf p50 p99 result
+    mkdir -p "$dir"
+    python3 "$BENCH_DIR/debian.py" make "$dir/base" 1000 bench-base || return 1
+    python3 "$BENCH_DIR/debian.py" make "$dir/lag" $((DEB_LAG_N + 1)) bench-lag || return 1
+    start_ferry debian-hub
+    HUB_URL=$FERRY_URL HUB_PID=$FERRY_PID
+    start_ferry debian-spoke
+    SPOKE_URL=$FERRY_URL SPOKE_PID=$FERRY_PID
+    fcli "$HUB_URL" feed create "$DEB_FEED" --type debian >/dev/null &&
+        fcli "$SPOKE_URL" feed create "$DEB_FEED" --type debian >/dev/null &&
+        fcli "$HUB_URL" replication create edge --feed "$DEB_FEED" --incoming --mode push >/dev/null &&
+        HUB_TOKEN=$(fcli "$HUB_URL" replication token edge) &&
+        fcli "$SPOKE_URL" replication create from-hub --feed "$DEB_FEED" --outgoing "$HUB_URL" \
+            --token "$HUB_TOKEN" --mode pull --interval 3600 >/dev/null ||
+        { note "debian: cannot set up the hub and spoke"; return 1; }
+    python3 "$BENCH_DIR/debian.py" bulk "$HUB_URL" "$BENCH_KEY" "$DEB_FEED" bookworm main "$dir/base" 2 500 || return 1
+    repl_run_wait 300 || { note "debian: the first execution failed"; return 1; }
+    sleep 1 # the long poll is in place
+    curl -sf "$SPOKE_URL/debian/$DEB_FEED/key.gpg" -o "$dir/spoke-key.gpg" || return 1
+    conf=$(deb_apt_conf "$dir/apt-spoke" "deb [signed-by=$dir/spoke-key.gpg] $SPOKE_URL/debian/$DEB_FEED bookworm main")
+    deb_apt_sees "$conf" bench-base-000999 || { log "apt does not see the spoke's repository"; return 1; }
+    log "debian: $DEB_LAG_N publishes on the hub (1,000 packages), apt-get update on the spoke until it sees each"
+    timeout $((DEB_LAG_N * 60 + 120)) python3 "$BENCH_DIR/debian.py" lag "$HUB_URL" "$BENCH_KEY" "$DEB_FEED" bookworm main \
+        "$dir/lag" "$conf" >"$dir/lag.json" || { note "debian: the lag run failed"; return 1; }
+    stats=$(python3 "$BENCH_DIR/repl.py" stats "$dir/lag.json") || return 1
+    log "debian lag: $(tr '\n' ' ' <<<"$stats")"
+    p50=$(kv p50 "$stats") p99=$(kv p99 "$stats")
+    if awk -v x="$p99" 'BEGIN { exit !(x < 1000) }'; then result=ok; else result=FAIL; fi
+    add_row "debian publish on hub -> apt-get update on spoke sees it, p99 ms ($DEB_LAG_N publishes)" "$(fmt "$p99")" "-" "-" "< 1000 ms" "$result"
+    add_row "debian publish on hub -> apt-get update on spoke sees it, p50 ms" "$(fmt "$p50")" "-" "-" "-" "info"
+    stop_ferry_now "$SPOKE_PID"
+    stop_ferry_now "$HUB_PID"
+    rm -rf "$dir"
+}
+
 bench_debian() {
     DEB_ONE_MORE=()
     local n
@@ -155,4 +199,5 @@ bench_debian() {
         bench_debian_size "$n" || return 1
     done
     note "debian one more until apt sees it (size:ms): ${DEB_ONE_MORE[*]} (must not grow in proportion to the size)"
+    bench_debian_lag || return 1
 }

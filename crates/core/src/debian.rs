@@ -16,15 +16,22 @@
 //! distribution stay served under `by-hash/SHA256/HEX`, so a client holding
 //! a slightly older `InRelease` never meets a hash mismatch.
 //!
+//! What the next rendering starts from is kept too (`Model`): every
+//! package's paragraph, in buckets by name, and every index bucket
+//! compressed ([`crate::debindex`]). A publish reads the items changed
+//! since and recompresses only their buckets, so its cost barely grows
+//! with the number of other packages in the distribution.
+//!
 //! | request | answer |
 //! | --- | --- |
 //! | `PUT /debian/FEED/upload/DIST/COMPONENT` | [`upload`] |
+//! | `POST /debian/FEED/upload/DIST/COMPONENT` (multipart) | [`inspect`] each, then [`publish`] |
 //! | `DELETE /debian/FEED/package/DIST/COMPONENT/NAME/VERSION/ARCH` | [`delete`] |
 //! | `GET /debian/FEED/dists/DIST/...` | [`dist_file`] |
 //! | `GET /debian/FEED/pool/...` | [`pool_file`] |
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -33,8 +40,8 @@ use ferry_formats::debian::{
 };
 use ferry_store::{FeedId, FeedRecord, Precondition, StagedBlob, now_millis};
 use ferry_types::Digest;
-use sha2::{Digest as _, Sha256, Sha512};
 
+use crate::debindex::{self, BUCKETS, Packed, bucket_of};
 use crate::{CoreError, Ferry, LocalWrite};
 
 pub use ferry_formats::debian::DebMeta as Meta;
@@ -49,9 +56,6 @@ const DEFAULT_ARCHITECTURES: [&str; 2] = ["amd64", "arm64"];
 #[derive(Debug)]
 pub struct Publication {
     seq: i64,
-    /// The packages it was rendered from, by item key: the next rendering
-    /// starts from them and reads only the keys changed since `seq`.
-    pkgs: Arc<BTreeMap<String, DebMeta>>,
     /// Files under `dists/DIST/`, by relative path.
     files: HashMap<String, Bytes>,
 }
@@ -59,19 +63,122 @@ pub struct Publication {
 #[derive(Default)]
 struct DistState {
     current: Option<Arc<Publication>>,
+    /// What the next rendering starts from (taken while rendering).
+    model: Option<Model>,
     /// Index files of recent renderings, by sha256 hex, newest last.
     by_hash: VecDeque<(i64, HashMap<String, Bytes>)>,
 }
 
+/// A distribution's packages as the last rendering saw them: each
+/// package's `Packages` paragraph in its bucket ([`debindex::bucket_of`]),
+/// and each index bucket's text and compressed forms, dropped when a
+/// package of that bucket changes. A publish reads the changed items and
+/// recompresses their buckets only.
+#[derive(Default)]
+struct Model {
+    seq: i64,
+    entries: HashMap<String, Entry>,
+    /// (component, bucket) → item keys, in key order.
+    buckets: HashMap<(String, usize), BTreeSet<String>>,
+    /// How many packages of each architecture, and of each component.
+    archs: BTreeMap<String, usize>,
+    comps: BTreeMap<String, usize>,
+    /// (component, architecture, bucket) → that bucket of that index.
+    packed: HashMap<(String, String, usize), Arc<Packed>>,
+}
+
+struct Entry {
+    component: String,
+    architecture: String,
+    bucket: usize,
+    paragraph: String,
+}
+
+impl Model {
+    fn insert(&mut self, key: String, meta: &DebMeta) {
+        self.remove(&key);
+        let bucket = bucket_of(&meta.package);
+        self.invalidate(&meta.component, &meta.architecture, bucket);
+        *self.archs.entry(meta.architecture.clone()).or_default() += 1;
+        *self.comps.entry(meta.component.clone()).or_default() += 1;
+        self.buckets
+            .entry((meta.component.clone(), bucket))
+            .or_default()
+            .insert(key.clone());
+        self.entries.insert(
+            key,
+            Entry {
+                component: meta.component.clone(),
+                architecture: meta.architecture.clone(),
+                bucket,
+                paragraph: meta.paragraph(),
+            },
+        );
+    }
+
+    fn remove(&mut self, key: &str) {
+        let Some(e) = self.entries.remove(key) else {
+            return;
+        };
+        self.invalidate(&e.component, &e.architecture, e.bucket);
+        decrement(&mut self.archs, &e.architecture);
+        decrement(&mut self.comps, &e.component);
+        let id = (e.component, e.bucket);
+        if let Some(keys) = self.buckets.get_mut(&id) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.buckets.remove(&id);
+            }
+        }
+    }
+
+    /// Drops the compressed buckets a package of `arch` in `bucket` is part
+    /// of: its architecture's, or every architecture's for `all`.
+    fn invalidate(&mut self, component: &str, arch: &str, bucket: usize) {
+        if arch == "all" {
+            self.packed
+                .retain(|(c, _, b), _| !(c == component && *b == bucket));
+        } else {
+            self.packed
+                .remove(&(component.to_owned(), arch.to_owned(), bucket));
+        }
+    }
+
+    /// The text of one bucket of `component`'s `binary-ARCH/Packages`:
+    /// its packages of `arch` and of `all`.
+    fn bucket_text(&self, component: &str, arch: &str, bucket: usize) -> String {
+        let mut text = String::new();
+        if let Some(keys) = self.buckets.get(&(component.to_owned(), bucket)) {
+            for e in keys.iter().filter_map(|k| self.entries.get(k)) {
+                if e.architecture == arch || e.architecture == "all" {
+                    text.push_str(&e.paragraph);
+                }
+            }
+        }
+        text
+    }
+}
+
+fn decrement(counts: &mut BTreeMap<String, usize>, key: &str) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
 /// Pool path → the items there (every distribution holding that
 /// package version) and their `.deb`'s blob.
-type PoolMap = Arc<HashMap<String, BTreeMap<String, Digest>>>;
+type PoolMap = HashMap<String, BTreeMap<String, Digest>>;
 
 /// What Ferry keeps in memory for debian feeds.
 #[derive(Default)]
 pub(crate) struct State {
     dists: Mutex<HashMap<(FeedId, String), DistState>>,
-    pools: Mutex<HashMap<FeedId, (i64, PoolMap)>>,
+    pools: Mutex<HashMap<FeedId, (i64, Arc<PoolMap>)>>,
+    /// Serializes bringing pool maps up to date (each is updated in place).
+    pool_refresh: tokio::sync::Mutex<()>,
     render: tokio::sync::Mutex<()>,
 }
 
@@ -104,33 +211,139 @@ pub async fn upload(
 ) -> Result<DebMeta, CoreError> {
     deb::check_dist(dist)?;
     deb::check_component(component)?;
+    let info = inspect(ferry, &staged).await?;
+    let mut metas = publish(ferry, feed, dist, component, vec![(staged, info)]).await?;
+    metas
+        .pop()
+        .ok_or_else(|| CoreError::Internal("upload published nothing".into()))
+}
+
+/// Reads a staged upload's control file (Debian Policy §5.3, `deb(5)`),
+/// off the async threads. Invalid: not a `.deb`, or its control file
+/// lacks or misspells `Package`, `Version` or `Architecture`.
+pub async fn inspect(ferry: &Ferry, staged: &StagedBlob) -> Result<deb::DebInfo, CoreError> {
     let path = staged.path().to_path_buf();
     let limits = ferry.config().archive;
-    let info = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&path)
             .map_err(|e| CoreError::Internal(format!("opening staged upload {}: {e}", path.display())))?;
         inspect_deb(BufReader::new(file), &limits).map_err(CoreError::from)
     })
     .await
-    .map_err(|e| CoreError::Internal(format!("archive inspection failed: {e}")))??;
-    let meta = DebMeta::new(dist, component, &info, staged.size(), staged.digest())?;
-    let key = meta.key()?;
-    if let Some(existing) = ferry.item(feed, &key).await? {
-        if existing.blobs.first() == Some(&meta.sha256) {
-            return Ok(meta);
+    .map_err(|e| CoreError::Internal(format!("archive inspection failed: {e}")))?
+}
+
+/// How many item reads or blob commits of one batch are in flight at once.
+const BATCH_CONCURRENCY: usize = 16;
+
+/// Publishes inspected `.deb`s into `dist`/`component` all at once (a bulk
+/// import, like `reprepro includedeb DIST FILES...`): every package is
+/// checked first, and one that conflicts (another file under a published
+/// version, here or at its pool path, or two different files of one
+/// version in the batch) refuses the whole batch with nothing stored.
+/// Versions already published with the same bytes are no-ops. The new
+/// items are written in one transaction. Returns each upload's metadata,
+/// in order.
+pub async fn publish(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    dist: &str,
+    component: &str,
+    uploads: Vec<(StagedBlob, deb::DebInfo)>,
+) -> Result<Vec<DebMeta>, CoreError> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    deb::check_dist(dist)?;
+    deb::check_component(component)?;
+    let mut metas = Vec::with_capacity(uploads.len());
+    let mut staged = Vec::with_capacity(uploads.len());
+    let mut in_batch: HashMap<String, Digest> = HashMap::new();
+    for (blob, info) in uploads {
+        let meta = DebMeta::new(dist, component, &info, blob.size(), blob.digest())?;
+        match in_batch.get(&meta.filename) {
+            Some(d) if *d != meta.sha256 => return Err(changed_file(&meta)),
+            Some(_) => {
+                metas.push(meta);
+                continue;
+            }
+            None => {}
         }
-        return Err(changed_file(&meta));
+        in_batch.insert(meta.filename.clone(), meta.sha256);
+        staged.push((meta.key()?, metas.len(), blob));
+        metas.push(meta);
     }
-    if let Some(others) = pool_map(ferry, feed).await?.get(&meta.filename)
-        && others.values().any(|d| *d != meta.sha256)
-    {
-        return Err(changed_file(&meta));
+    // Owned futures (no borrows held across the stream): Send as the server needs.
+    let lookups: Vec<_> = staged
+        .iter()
+        .map(|(key, _, _)| {
+            let (ferry, feed, key) = (ferry.clone(), feed.clone(), key.clone());
+            async move {
+                Ok::<_, CoreError>(
+                    ferry
+                        .item(&feed, &key)
+                        .await?
+                        .and_then(|i| i.blobs.first().copied()),
+                )
+            }
+        })
+        .collect();
+    let existing: Vec<Option<Digest>> = futures::stream::iter(lookups)
+        .buffered(BATCH_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let pools = pool_map(ferry, feed).await?;
+    let mut fresh = Vec::new();
+    for ((key, i, blob), found) in staged.into_iter().zip(existing) {
+        let meta = &metas[i];
+        match found {
+            Some(d) if d == meta.sha256 => continue,
+            Some(_) => return Err(changed_file(meta)),
+            None => {}
+        }
+        if let Some(others) = pools.get(&meta.filename)
+            && others.values().any(|d| *d != meta.sha256)
+        {
+            return Err(changed_file(meta));
+        }
+        fresh.push((key, i, blob));
     }
-    let digest = ferry.commit_blob(staged).await?;
-    let write = LocalWrite::upsert(key, meta.to_json(), vec![digest], Precondition::Absent);
-    match ferry.write(feed, vec![write]).await {
-        Ok(_) => Ok(meta),
-        Err(CoreError::Conflict(_)) => Err(changed_file(&meta)),
+    drop(pools);
+    if fresh.is_empty() {
+        return Ok(metas);
+    }
+    let commits: Vec<_> = fresh
+        .into_iter()
+        .map(|(key, i, blob)| {
+            let ferry = ferry.clone();
+            async move { Ok::<_, CoreError>((key, i, ferry.commit_blob(blob).await?)) }
+        })
+        .collect();
+    let committed: Vec<(ferry_types::ItemKey, usize, Digest)> = futures::stream::iter(commits)
+        .buffered(BATCH_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let writes: Vec<LocalWrite> = committed
+        .iter()
+        .map(|(key, i, digest)| {
+            LocalWrite::upsert(
+                key.clone(),
+                metas[*i].to_json(),
+                vec![*digest],
+                Precondition::Absent,
+            )
+        })
+        .collect();
+    match ferry.write(feed, writes).await {
+        Ok(outcomes) => {
+            let written = committed
+                .iter()
+                .map(|(_, i, d)| (metas[*i].filename.clone(), metas[*i].key(), *d));
+            note_in_pool_map(ferry, feed, &outcomes, written);
+            Ok(metas)
+        }
+        Err(CoreError::Conflict(_)) if committed.len() == 1 => Err(changed_file(&metas[committed[0].1])),
+        Err(CoreError::Conflict(e)) => Err(CoreError::conflict(format!(
+            "{e}: another upload of one of these versions came first; nothing of this batch was published"
+        ))),
         Err(e) => Err(e),
     }
 }
@@ -181,22 +394,31 @@ pub async fn packages(
     Ok(out)
 }
 
-/// Pool path → blob, for the feed's current change-log position.
-async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<PoolMap, CoreError> {
+/// Pool path → blob, for the feed's current change-log position. The map
+/// kept from the last call is updated in place with the keys changed since.
+async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<Arc<PoolMap>, CoreError> {
     let seq = ferry.current_seq(feed.id).await?;
-    let previous = ferry
-        .0
-        .debian
-        .pools
-        .lock()
-        .map_err(lock_err)?
-        .get(&feed.id)
-        .cloned();
-    if let Some((at, map)) = &previous
-        && *at == seq
-    {
-        return Ok(map.clone());
+    let cached = |ferry: &Ferry| -> Result<Option<Arc<PoolMap>>, CoreError> {
+        Ok(ferry
+            .0
+            .debian
+            .pools
+            .lock()
+            .map_err(lock_err)?
+            .get(&feed.id)
+            .filter(|(at, _)| *at >= seq)
+            .map(|(_, map)| map.clone()))
+    };
+    if let Some(map) = cached(ferry)? {
+        return Ok(map);
     }
+    let _refreshing = ferry.0.debian.pool_refresh.lock().await;
+    if let Some(map) = cached(ferry)? {
+        return Ok(map);
+    }
+    // Taken out so that, once readers let go of it, it is updated in place.
+    let previous = ferry.0.debian.pools.lock().map_err(lock_err)?.remove(&feed.id);
+    let seq = ferry.current_seq(feed.id).await?;
     let mut changed = None;
     if let Some((at, _)) = &previous {
         let changes = ferry
@@ -208,14 +430,14 @@ async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<PoolMap, CoreError
         }
     }
     let map = match (previous, changed) {
-        (Some((_, prev)), Some(keys)) => {
-            let mut map = (*prev).clone();
+        (Some((_, mut map)), Some(keys)) => {
+            let inner = Arc::make_mut(&mut map);
             for key in keys {
                 let Some(path) = pool_path_of_key(&key) else {
                     continue;
                 };
                 let live = ferry.item(feed, &key).await?;
-                let entry = map.entry(path.clone()).or_default();
+                let entry = inner.entry(path.clone()).or_default();
                 match live.and_then(|i| i.blobs.first().copied()) {
                     Some(d) => {
                         entry.insert(key.as_str().to_owned(), d);
@@ -223,7 +445,7 @@ async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<PoolMap, CoreError
                     None => {
                         entry.remove(key.as_str());
                         if entry.is_empty() {
-                            map.remove(&path);
+                            inner.remove(&path);
                         }
                     }
                 }
@@ -231,7 +453,7 @@ async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<PoolMap, CoreError
             map
         }
         _ => {
-            let mut map: HashMap<String, BTreeMap<String, Digest>> = HashMap::new();
+            let mut map: PoolMap = HashMap::new();
             for item in ferry.items(feed, "deb/").await? {
                 if let (Some(path), Some(d)) = (pool_path_of_key(&item.key), item.blobs.first()) {
                     map.entry(path)
@@ -239,10 +461,9 @@ async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<PoolMap, CoreError
                         .insert(item.key.as_str().to_owned(), *d);
                 }
             }
-            map
+            Arc::new(map)
         }
     };
-    let map = Arc::new(map);
     ferry
         .0
         .debian
@@ -251,6 +472,56 @@ async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<PoolMap, CoreError
         .map_err(lock_err)?
         .insert(feed.id, (seq, map.clone()));
     Ok(map)
+}
+
+/// Adds what an upload just wrote to the feed's pool map, if the map was
+/// up to date until the upload's first change and the upload's changes
+/// follow each other in the log: the next upload then finds it current
+/// instead of reading back this upload's items.
+fn note_in_pool_map(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    outcomes: &[ferry_store::WriteOutcome],
+    written: impl Iterator<
+        Item = (
+            String,
+            Result<ferry_types::ItemKey, ferry_formats::FormatError>,
+            Digest,
+        ),
+    >,
+) {
+    let seqs: Option<Vec<i64>> = outcomes
+        .iter()
+        .map(|o| match o {
+            ferry_store::WriteOutcome::Applied { seq } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    let Some(seqs) = seqs else { return };
+    let (Some(first), Some(last)) = (seqs.iter().min(), seqs.iter().max()) else {
+        return;
+    };
+    if last - first + 1 != seqs.len() as i64 {
+        return;
+    }
+    let Ok(mut pools) = ferry.0.debian.pools.lock() else {
+        return;
+    };
+    let Some((at, map)) = pools.get_mut(&feed.id) else {
+        return;
+    };
+    if *at != first - 1 {
+        return;
+    }
+    let inner = Arc::make_mut(map);
+    for (path, key, digest) in written {
+        let Ok(key) = key else { return };
+        inner
+            .entry(path)
+            .or_default()
+            .insert(key.as_str().to_owned(), digest);
+    }
+    *at = *last;
 }
 
 /// The pool path of the package an item key names (None: not a package key).
@@ -311,7 +582,7 @@ async fn publication(ferry: &Ferry, feed: &FeedRecord, dist: &str) -> Result<Arc
             .map_err(lock_err)?
             .get(&id)
             .and_then(|s| s.current.clone())
-            .filter(|p| p.seq == seq))
+            .filter(|p| p.seq >= seq))
     };
     if let Some(p) = cached(ferry)? {
         return Ok(p);
@@ -320,16 +591,17 @@ async fn publication(ferry: &Ferry, feed: &FeedRecord, dist: &str) -> Result<Arc
     if let Some(p) = cached(ferry)? {
         return Ok(p);
     }
+    let seq = ferry.current_seq(feed.id).await?;
     let previous = ferry
         .0
         .debian
         .dists
         .lock()
         .map_err(lock_err)?
-        .get(&id)
-        .and_then(|s| s.current.clone());
-    let pkgs = Arc::new(current_packages(ferry, feed, dist, previous.as_deref()).await?);
-    if pkgs.is_empty() {
+        .get_mut(&id)
+        .and_then(|s| s.model.take());
+    let mut model = current_model(ferry, feed, dist, previous, seq).await?;
+    if model.entries.is_empty() {
         return Err(CoreError::not_found(format!(
             "distribution {dist} of feed {} has no packages",
             feed.name
@@ -337,19 +609,22 @@ async fn publication(ferry: &Ferry, feed: &FeedRecord, dist: &str) -> Result<Arc
     }
     let origin = feed.name.to_string();
     let suite = dist.to_owned();
-    let input = pkgs.clone();
-    let (release, files, by_hash) =
-        tokio::task::spawn_blocking(move || render(&origin, &suite, &input, previous.as_deref()))
-            .await
-            .map_err(|e| CoreError::Internal(format!("rendering failed: {e}")))??;
-    let (inrelease, detached) = ferry.sign_text(feed, release.clone()).await?;
-    let mut files = files;
+    let (model, rendered) = tokio::task::spawn_blocking(move || {
+        let rendered = render(&origin, &suite, &mut model);
+        (model, rendered)
+    })
+    .await
+    .map_err(|e| CoreError::Internal(format!("rendering failed: {e}")))?;
+    let (release, mut files, by_hash) = rendered?;
+    let signed = ferry.sign_text(feed, release.clone()).await;
+    let mut states = ferry.0.debian.dists.lock().map_err(lock_err)?;
+    let state = states.entry(id).or_default();
+    state.model = Some(model);
+    let (inrelease, detached) = signed?;
     files.insert("Release".into(), Bytes::from(release));
     files.insert("InRelease".into(), Bytes::from(inrelease));
     files.insert("Release.gpg".into(), Bytes::from(detached));
-    let p = Arc::new(Publication { seq, pkgs, files });
-    let mut states = ferry.0.debian.dists.lock().map_err(lock_err)?;
-    let state = states.entry(id).or_default();
+    let p = Arc::new(Publication { seq, files });
     state.current = Some(p.clone());
     state.by_hash.push_back((seq, by_hash));
     while state.by_hash.len() > BY_HASH_GENERATIONS {
@@ -362,24 +637,23 @@ async fn publication(ferry: &Ferry, feed: &FeedRecord, dist: &str) -> Result<Arc
 /// past that, the distribution is read whole.
 const MAX_INCREMENTAL_CHANGES: usize = 5000;
 
-/// The distribution's live packages by key: the previous rendering's,
-/// updated with the keys changed since (each read as it is now), or all
-/// of them read from the store when there is no previous rendering or too
-/// much changed.
-async fn current_packages(
+/// The distribution's live packages at `seq`: the previous model updated
+/// with the keys changed since (each read as it is now), or all of them
+/// read from the store when there is none or too much changed.
+async fn current_model(
     ferry: &Ferry,
     feed: &FeedRecord,
     dist: &str,
-    previous: Option<&Publication>,
-) -> Result<BTreeMap<String, DebMeta>, CoreError> {
+    previous: Option<Model>,
+    seq: i64,
+) -> Result<Model, CoreError> {
     let prefix = dist_prefix(dist)?;
-    if let Some(prev) = previous {
+    if let Some(mut model) = previous {
         let changes = ferry
             .metadata()
-            .changes_since(feed.id, prev.seq, MAX_INCREMENTAL_CHANGES)
+            .changes_since(feed.id, model.seq, MAX_INCREMENTAL_CHANGES)
             .await?;
         if changes.len() < MAX_INCREMENTAL_CHANGES {
-            let mut pkgs = (*prev.pkgs).clone();
             let keys: BTreeSet<_> = changes
                 .into_iter()
                 .map(|c| c.key)
@@ -388,112 +662,78 @@ async fn current_packages(
             for key in keys {
                 let live = ferry.item(feed, &key).await?.map(|i| DebMeta::from_json(&i.meta));
                 match live {
-                    Some(Ok(m)) => {
-                        pkgs.insert(key.as_str().to_owned(), m);
-                    }
+                    Some(Ok(m)) => model.insert(key.as_str().to_owned(), &m),
                     Some(Err(e)) => {
                         tracing::warn!(key = %key, "skipping unreadable debian item: {e}");
-                        pkgs.remove(key.as_str());
+                        model.remove(key.as_str());
                     }
-                    None => {
-                        pkgs.remove(key.as_str());
-                    }
+                    None => model.remove(key.as_str()),
                 }
             }
-            return Ok(pkgs);
+            model.seq = seq;
+            return Ok(model);
         }
     }
-    let mut pkgs = BTreeMap::new();
+    let mut model = Model {
+        seq,
+        ..Model::default()
+    };
     for item in ferry.items(feed, &prefix).await? {
         match DebMeta::from_json(&item.meta) {
-            Ok(m) => {
-                pkgs.insert(item.key.as_str().to_owned(), m);
-            }
+            Ok(m) => model.insert(item.key.as_str().to_owned(), &m),
             Err(e) => tracing::warn!(key = %item.key, "skipping unreadable debian item: {e}"),
         }
     }
-    Ok(pkgs)
+    Ok(model)
 }
 
 type Rendered = (String, HashMap<String, Bytes>, HashMap<String, Bytes>);
 
-/// Renders a distribution's indexes and its (unsigned) `Release`.
-/// `Packages.gz` and `.xz` of an index whose text did not change since
-/// `previous` are taken from it rather than compressed again; the others
-/// are compressed in parallel.
-fn render(
-    origin: &str,
-    dist: &str,
-    pkgs: &BTreeMap<String, DebMeta>,
-    previous: Option<&Publication>,
-) -> Result<Rendered, CoreError> {
-    let pkgs: Vec<&DebMeta> = pkgs.values().collect();
-    let archs = release_architectures(
-        pkgs.iter().map(|p| p.architecture.as_str()),
-        &DEFAULT_ARCHITECTURES,
-    );
-    let components: Vec<String> = pkgs
-        .iter()
-        .map(|p| p.component.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut texts: BTreeMap<(String, String), String> = BTreeMap::new();
+/// Renders a distribution's indexes and its (unsigned) `Release`: the
+/// buckets the model has no compressed form of are compressed (in
+/// parallel), then every index is assembled from its buckets and hashed.
+fn render(origin: &str, dist: &str, model: &mut Model) -> Result<Rendered, CoreError> {
+    let archs = release_architectures(model.archs.keys().map(String::as_str), &DEFAULT_ARCHITECTURES);
+    let components: Vec<String> = model.comps.keys().cloned().collect();
+    let mut todo = Vec::new();
     for c in &components {
         for a in &archs {
-            texts.insert((c.clone(), a.clone()), String::new());
-        }
-    }
-    for p in pkgs {
-        let para = p.paragraph();
-        for a in &archs {
-            if (p.architecture == *a || p.architecture == "all")
-                && let Some(t) = texts.get_mut(&(p.component.clone(), a.clone()))
-            {
-                t.push_str(&para);
+            for b in 0..BUCKETS {
+                let id = (c.clone(), a.clone(), b);
+                if !model.packed.contains_key(&id) {
+                    let text = Bytes::from(model.bucket_text(c, a, b).into_bytes());
+                    todo.push((id, text));
+                }
             }
         }
     }
+    model.packed.extend(compress_all(todo)?);
     let mut files = HashMap::new();
     let mut by_hash = HashMap::new();
     let mut listed = Vec::new();
-    let texts: Vec<((String, String), Bytes)> = texts
-        .into_iter()
-        .map(|(k, t)| (k, Bytes::from(t.into_bytes())))
-        .collect();
-    let compressed: Vec<Result<(Bytes, Bytes), CoreError>> = std::thread::scope(|scope| {
-        let jobs: Vec<Job<'_>> = texts
-            .iter()
-            .map(
-                |((c, a), plain)| match unchanged(previous, &format!("{c}/binary-{a}/"), plain) {
-                    Some((gz, xz)) => Job::Reused(gz, xz),
-                    None => {
-                        Job::Compressing(scope.spawn(move || gzip(plain)), scope.spawn(move || xz(plain)))
-                    }
-                },
-            )
-            .collect();
-        jobs.into_iter()
-            .map(|job| match job {
-                Job::Reused(gz, xz) => Ok((gz, xz)),
-                Job::Compressing(gz, xz) => Ok((Bytes::from(joined(gz)?), Bytes::from(joined(xz)?))),
-            })
-            .collect()
-    });
-    for (((c, a), plain), packed) in texts.into_iter().zip(compressed) {
-        let (gz, xz) = packed?;
-        for (name, body) in [("Packages", plain), ("Packages.gz", gz), ("Packages.xz", xz)] {
-            let path = format!("{c}/binary-{a}/{name}");
-            let sha256 = hex::encode(Sha256::digest(&body));
-            let sha512 = hex::encode(Sha512::digest(&body));
-            listed.push(IndexFile {
-                path: path.clone(),
-                size: body.len() as u64,
-                sha256: sha256.clone(),
-                sha512,
-            });
-            by_hash.insert(sha256, body.clone());
-            files.insert(path, body);
+    for c in &components {
+        for a in &archs {
+            let parts = (0..BUCKETS)
+                .map(|b| {
+                    model
+                        .packed
+                        .get(&(c.clone(), a.clone(), b))
+                        .map(|p| &**p)
+                        .ok_or_else(|| CoreError::Internal("index bucket missing".into()))
+                })
+                .collect::<Result<Vec<&Packed>, CoreError>>()?;
+            let hashed = debindex::assemble(&parts)?;
+            for (name, h) in ["Packages", "Packages.gz", "Packages.xz"].into_iter().zip(hashed) {
+                let path = format!("{c}/binary-{a}/{name}");
+                listed.push(IndexFile {
+                    path: path.clone(),
+                    size: h.body.len() as u64,
+                    sha256: h.sha256.clone(),
+                    sha512: h.sha512,
+                });
+                by_hash.insert(h.sha256, h.body.clone());
+                files.insert(path, h.body);
+            }
         }
     }
     let info = ReleaseInfo {
@@ -508,45 +748,43 @@ fn render(
     Ok((deb::render_release(&info, &listed), files, by_hash))
 }
 
-/// One index's compressed forms: taken from the previous rendering, or
-/// being made on threads of their own.
-enum Job<'scope> {
-    Reused(Bytes, Bytes),
-    Compressing(
-        std::thread::ScopedJoinHandle<'scope, Result<Vec<u8>, CoreError>>,
-        std::thread::ScopedJoinHandle<'scope, Result<Vec<u8>, CoreError>>,
-    ),
-}
+type BucketId = (String, String, usize);
 
-fn joined(h: std::thread::ScopedJoinHandle<'_, Result<Vec<u8>, CoreError>>) -> Result<Vec<u8>, CoreError> {
-    h.join()
-        .map_err(|_| CoreError::Internal("compression thread panicked".into()))?
-}
-
-/// The `.gz` and `.xz` of `dir`'s `Packages` in `previous`, if its text is `plain`.
-fn unchanged(previous: Option<&Publication>, dir: &str, plain: &Bytes) -> Option<(Bytes, Bytes)> {
-    let p = previous?;
-    if p.files.get(&format!("{dir}Packages"))? != plain {
-        return None;
+/// Compresses bucket texts on as many threads as there are cores.
+fn compress_all(todo: Vec<(BucketId, Bytes)>) -> Result<Vec<(BucketId, Arc<Packed>)>, CoreError> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(todo.len());
+    if threads <= 1 {
+        return todo
+            .into_iter()
+            .map(|(id, text)| Ok((id, Arc::new(Packed::new(text)?))))
+            .collect();
     }
-    Some((
-        p.files.get(&format!("{dir}Packages.gz"))?.clone(),
-        p.files.get(&format!("{dir}Packages.xz"))?.clone(),
-    ))
-}
-
-fn gzip(data: &[u8]) -> Result<Vec<u8>, CoreError> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(data)
-        .and_then(|_| enc.finish())
-        .map_err(|e| CoreError::Internal(format!("gzip: {e}")))
-}
-
-fn xz(data: &[u8]) -> Result<Vec<u8>, CoreError> {
-    // Preset 0 (and gzip level 1): apt reads them alike, and publishing
-    // a large distribution stays fast.
-    let mut enc = xz2::write::XzEncoder::new(Vec::new(), 0);
-    enc.write_all(data)
-        .and_then(|_| enc.finish())
-        .map_err(|e| CoreError::Internal(format!("xz: {e}")))
+    let mut shares: Vec<Vec<(BucketId, Bytes)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, job) in todo.into_iter().enumerate() {
+        shares[i % threads].push(job);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                scope.spawn(move || {
+                    share
+                        .into_iter()
+                        .map(|(id, text)| Ok((id, Arc::new(Packed::new(text)?))))
+                        .collect::<Result<Vec<_>, CoreError>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.extend(
+                h.join()
+                    .map_err(|_| CoreError::Internal("compression thread panicked".into()))??,
+            );
+        }
+        Ok(out)
+    })
 }

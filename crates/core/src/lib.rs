@@ -13,6 +13,7 @@ mod cache;
 pub mod cargo;
 mod clock;
 pub mod debian;
+mod debindex;
 mod error;
 mod integrity;
 pub mod npm;

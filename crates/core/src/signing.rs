@@ -113,10 +113,46 @@ impl SigningKey {
         hex::encode_upper(self.0.fingerprint().as_bytes())
     }
 
+    /// The key that makes signatures: the primary key if its
+    /// self-signatures let it sign (the key flags subpacket, RFC 9580
+    /// §5.2.3.29; a key whose self-signatures carry no flags at all is
+    /// taken to sign), else the newest subkey whose binding signature
+    /// gives it the signing flag (as gpg makes keys: a certify-only
+    /// primary with a signing subkey). A signature names the key that
+    /// made it, and apt's gpgv and `sqv` find it in the feed's public key.
+    // rPGP takes `&impl SigningKey` and implements it for `Box<&dyn SigningKey>`
+    // (not for `&dyn SigningKey`): the box lets one function return either key.
+    #[allow(clippy::redundant_allocation)]
+    fn signer(&self) -> Result<Box<&dyn pgp::types::SigningKey>, CoreError> {
+        let key = &*self.0;
+        let self_sigs: Vec<&pgp::packet::Signature> = key
+            .details
+            .users
+            .iter()
+            .flat_map(|u| u.signatures.iter())
+            .chain(key.details.direct_signatures.iter())
+            .collect();
+        let has_flags = |s: &pgp::packet::Signature| {
+            s.config().is_some_and(|c| {
+                c.hashed_subpackets()
+                    .any(|p| matches!(p.data, pgp::packet::SubpacketData::KeyFlags(_)))
+            })
+        };
+        if self_sigs.iter().any(|s| s.key_flags().sign()) || !self_sigs.iter().any(|s| has_flags(s)) {
+            return Ok(Box::new(&key.primary_key));
+        }
+        key.secret_subkeys
+            .iter()
+            .filter(|sub| sub.signatures.iter().any(|s| s.key_flags().sign()))
+            .max_by_key(|sub| sub.key.created_at())
+            .map(|sub| Box::new(&sub.key as &dyn pgp::types::SigningKey))
+            .ok_or_else(|| CoreError::invalid("neither the key nor any of its subkeys may sign (key flags)"))
+    }
+
     /// A clearsigned message (`InRelease`), SHA-256.
     pub fn clearsign(&self, text: &str) -> Result<String, CoreError> {
         let msg =
-            CleartextSignedMessage::sign(rand08::rngs::OsRng, text, &self.0.primary_key, &Password::empty())
+            CleartextSignedMessage::sign(rand08::rngs::OsRng, text, &self.signer()?, &Password::empty())
                 .map_err(pgp_err("clearsigning"))?;
         msg.to_armored_string(Default::default())
             .map_err(pgp_err("armoring a signature"))
@@ -126,7 +162,7 @@ impl SigningKey {
     pub fn detached(&self, data: &[u8]) -> Result<String, CoreError> {
         let sig = DetachedSignature::sign_binary_data(
             rand08::rngs::OsRng,
-            &self.0.primary_key,
+            &self.signer()?,
             &Password::empty(),
             HashAlgorithm::Sha256,
             data,

@@ -1,7 +1,7 @@
 //! Debian feeds with the real apt-get against the real binary, on a hub
 //! and on a spoke that pulled from it: signed updates, downloads that give
 //! back the published bytes, dependencies (an amd64 package on an `all`
-//! one) unpacked into a scratch root with `dpkg -x`, the newest of two
+//! one) installed by `dpkg --root` into a scratch root, the newest of two
 //! versions picked, deletions reaching the spoke, apt refusing tampered
 //! indexes and a wrong key, `sqv` accepting the signatures, and two
 //! instances sharing one imported key. apt never touches the machine's own
@@ -37,10 +37,43 @@ fn apt_checks(s: &Server, dir: &Path, demo2: &Path, lib: &Path) {
         .collect();
     assert_eq!(names, ["demo_2.0_amd64.deb", "libdemo_1.0_all.deb"], "{names:?}");
     assert_eq!(std::fs::read(&debs[1]).unwrap(), std::fs::read(lib).unwrap());
+    // Installed (the `all` package on amd64 too) by dpkg into a scratch
+    // root with a database of its own: the machine's is never touched.
     let root = tempfile::tempdir().unwrap();
-    for d in &debs {
-        run_ok(Command::new("dpkg").arg("-x").arg(d).arg(root.path()));
+    let machine_status = std::fs::read("/var/lib/dpkg/status").ok();
+    let r = root.path();
+    for sub in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+        "var/log",
+    ] {
+        std::fs::create_dir_all(r.join(sub)).unwrap();
     }
+    std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(r.join("var/lib/dpkg/available"), "").unwrap();
+    run_ok(
+        Command::new("dpkg")
+            .arg(format!("--root={}", r.display()))
+            .arg(format!("--log={}", r.join("var/log/dpkg.log").display()))
+            .args(["--force-not-root", "--force-script-chrootless", "-i"])
+            .args(&debs),
+    );
+    let status = std::fs::read_to_string(r.join("var/lib/dpkg/status")).unwrap();
+    for (name, version, arch) in [("demo", "2.0", "amd64"), ("libdemo", "1.0", "all")] {
+        let entry = status
+            .split("\n\n")
+            .find(|p| p.starts_with(&format!("Package: {name}\n")))
+            .unwrap_or_else(|| panic!("{name} not in the scratch status: {status}"));
+        assert!(entry.contains("Status: install ok installed"), "{entry}");
+        assert!(entry.contains(&format!("Version: {version}\n")), "{entry}");
+        assert!(entry.contains(&format!("Architecture: {arch}\n")), "{entry}");
+    }
+    assert_eq!(
+        std::fs::read("/var/lib/dpkg/status").ok(),
+        machine_status,
+        "the machine's dpkg database is untouched"
+    );
     assert_eq!(
         std::fs::read_to_string(root.path().join("usr/share/demo/2.0")).unwrap(),
         "demo two"
@@ -107,6 +140,45 @@ fn apt_installs_signed_packages_from_the_hub_and_a_spoke() {
         assert_eq!(st, 201, "{body}");
     }
     apt_checks(&hub, tmp.path(), &demo2, &lib);
+
+    // Packages.xz (which apt prefers) is one xz stream of many blocks and
+    // Packages.gz many gzip members, one per bucket of packages: apt reads
+    // them whole, and sees packages of every bucket.
+    let names: Vec<String> = (0..12).map(|i| format!("tool{i}")).collect();
+    for name in &names {
+        let deb = build_deb(tmp.path(), name, "1.0", "amd64", None, name);
+        let (st, body) = upload(&hub, &key, "apt", "bookworm", "main", &deb);
+        assert_eq!(st, 201, "{body}");
+    }
+    let hub_key_file = tmp.path().join("hub-buckets.gpg");
+    fetch(&format!("{}/key.gpg", feed_url(&hub, "apt")), &hub_key_file);
+    let apt = Apt::new(&feed_url(&hub, "apt"), "bookworm", "main", &hub_key_file);
+    apt.update_ok();
+    for name in &names {
+        assert_eq!(apt.candidate(name), "1.0", "apt sees {name}");
+    }
+    // The same through Packages.gz alone (a copy without the others).
+    let copy = tempfile::tempdir().unwrap();
+    let repo = local_copy(&hub, copy.path());
+    for a in ["amd64", "all"] {
+        let dir = repo.join(format!("dists/bookworm/main/binary-{a}"));
+        std::fs::remove_file(dir.join("Packages")).unwrap();
+        std::fs::remove_file(dir.join("Packages.xz")).unwrap();
+    }
+    let apt_gz = Apt::new(
+        &format!("file:{}", repo.display()),
+        "bookworm",
+        "main",
+        &hub_key_file,
+    );
+    apt_gz.update_ok();
+    for name in &names {
+        assert_eq!(
+            apt_gz.candidate(name),
+            "1.0",
+            "apt sees {name} through Packages.gz"
+        );
+    }
 
     // The spoke pulls the feed and signs its own indexes with its own key.
     let token = hub.incoming("edges", &["apt"], "push");
@@ -302,4 +374,113 @@ fn two_instances_with_one_imported_key_serve_one_client() {
     // A passphrase-protected or public-only key is refused by the CLI.
     let err = a.cli(&["feed", "key", "import", "apt", asc.to_str().unwrap()]);
     assert!(!err.status.success());
+}
+
+#[test]
+fn an_imported_key_that_signs_with_a_subkey_is_trusted_by_apt_and_sqv() {
+    let tmp = tempfile::tempdir().unwrap();
+    // As gpg makes keys by default: a primary key that only certifies,
+    // and a subkey that signs.
+    let gnupg = tmp.path().join("gnupg");
+    std::fs::create_dir_all(&gnupg).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let gpg = |args: &[&str]| {
+        let mut c = Command::new("gpg");
+        c.arg("--batch").arg("--homedir").arg(&gnupg).args(args);
+        c
+    };
+    run_ok(&mut gpg(&[
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "Sub Signer <sub@example.com>",
+        "ed25519",
+        "cert",
+        "never",
+    ]));
+    let listing =
+        String::from_utf8(run_ok(&mut gpg(&["--with-colons", "--list-keys", "sub@example.com"])).stdout)
+            .unwrap();
+    let primary = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("fpr:::::::::"))
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    run_ok(&mut gpg(&[
+        "--passphrase",
+        "",
+        "--quick-add-key",
+        &primary,
+        "ed25519",
+        "sign",
+        "never",
+    ]));
+    let listing =
+        String::from_utf8(run_ok(&mut gpg(&["--with-colons", "--list-keys", "sub@example.com"])).stdout)
+            .unwrap();
+    let fprs: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("fpr:::::::::"))
+        .map(|f| f.trim_end_matches(':'))
+        .collect();
+    assert_eq!(fprs.len(), 2, "{listing}");
+    let subkey = fprs[1].to_string();
+    let secret = tmp.path().join("sub.asc");
+    let out = run_ok(&mut gpg(&["--armor", "--export-secret-keys", "sub@example.com"]));
+    std::fs::write(&secret, &out.stdout).unwrap();
+
+    let s = Server::start();
+    s.create_feed("apt", "debian");
+    let said = s.cli_ok(&["feed", "key", "import", "apt", secret.to_str().unwrap()]);
+    assert!(said.contains("now signs with key"), "{said}");
+    let key = s.key("ci", "write");
+    let demo = build_deb(tmp.path(), "demo", "1.0", "amd64", None, "demo");
+    assert_eq!(upload(&s, &key, "apt", "bookworm", "main", &demo).0, 201);
+
+    let keyring = tmp.path().join("sub.gpg");
+    fetch(&format!("{}/key.gpg", feed_url(&s, "apt")), &keyring);
+    let apt = Apt::new(&feed_url(&s, "apt"), "bookworm", "main", &keyring);
+    apt.update_ok();
+    assert_eq!(apt.candidate("demo"), "1.0");
+    // sqv names the key that made the signature: the subkey.
+    let (_, inrelease) = curl(&[&format!("{}/dists/bookworm/InRelease", feed_url(&s, "apt"))]);
+    let out = sqv_inrelease(&String::from_utf8(inrelease).unwrap(), &keyring, tmp.path());
+    assert!(
+        out.status.success(),
+        "sqv InRelease: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The signature was made by the subkey (its issuer is the subkey's id).
+    let packets = run_ok(&mut gpg(&[
+        "--list-packets",
+        tmp.path().join("inrelease.sig").to_str().unwrap(),
+    ]));
+    let packets = String::from_utf8_lossy(&packets.stdout).to_uppercase();
+    let subkey_id = &subkey[subkey.len() - 16..];
+    assert!(
+        packets.contains(&format!("KEYID {subkey_id}")),
+        "not signed by the subkey {subkey}: {packets}"
+    );
+    let (release, gpg_sig) = (tmp.path().join("Release"), tmp.path().join("Release.gpg"));
+    fetch(
+        &format!("{}/dists/bookworm/Release", feed_url(&s, "apt")),
+        &release,
+    );
+    fetch(
+        &format!("{}/dists/bookworm/Release.gpg", feed_url(&s, "apt")),
+        &gpg_sig,
+    );
+    let out = run_ok(
+        Command::new("sqv")
+            .arg("--keyring")
+            .arg(&keyring)
+            .arg(&gpg_sig)
+            .arg(&release),
+    );
+    assert!(!out.stdout.is_empty());
 }

@@ -38,7 +38,7 @@ use futures::StreamExt as _;
 use futures::future::join_all;
 use serde_json::{Value, json};
 use sha1::Sha1;
-use sha2::{Digest as _, Sha512};
+use sha2::{Digest as _, Sha256, Sha512};
 
 /// A well-formed API key that matches no key.
 const WRONG: &str = "ferry_0000000000000000000000000000000000000000000000000000000000000000";
@@ -73,7 +73,7 @@ const fn feed(name: &'static str, ty: FeedType, private: bool, tag: &'static str
     }
 }
 
-const FEEDS: [FeedDef; 14] = [
+const FEEDS: [FeedDef; 16] = [
     feed("pub-assets", FeedType::Assets, false, "pa"),
     feed("pub-npm", FeedType::Npm, false, "pn"),
     feed("pub-pypi", FeedType::Pypi, false, "pp"),
@@ -92,6 +92,9 @@ const FEEDS: [FeedDef; 14] = [
     // nuget feeds, in no replication.
     feed("pub-nuget", FeedType::Nuget, false, "pg"),
     feed("priv-nuget", FeedType::Nuget, true, "xg"),
+    // debian feeds, in no replication.
+    feed("pub-debian", FeedType::Debian, false, "pd"),
+    feed("priv-debian", FeedType::Debian, true, "xd"),
 ];
 const WALLED: usize = 8;
 const SIDE: usize = 9;
@@ -126,6 +129,10 @@ fn other_feed(ty: FeedType, vis: Vis) -> usize {
 /// Content only a caller who may read feed `tag` may ever see.
 fn marker(tag: &str) -> String {
     format!("c0ntent-{tag}")
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn digest(data: &[u8]) -> String {
@@ -800,9 +807,54 @@ async fn seed(i: &Instance, f: usize) -> Seeded {
         FeedType::Oci => seed_oci(i, f).await,
         FeedType::Cargo => seed_cargo(i, f).await,
         FeedType::Nuget => seed_nuget(i, f).await,
-        // Debian routes are covered by debian_api; the matrix has no debian feed yet.
-        FeedType::Debian => unimplemented!("no debian feed in the matrix"),
+        FeedType::Debian => seed_debian(i, f).await,
     }
+}
+
+/// A `.deb` of `name` 1.0 for amd64 whose control file carries `marker`.
+fn debian_deb(name: &str, marker: &str) -> Vec<u8> {
+    use ferry_testkit::debian::{Compression, control, deb};
+    let extra = format!("X-Marker: {marker}\n");
+    deb(
+        &control(name, "1.0", "amd64", &extra),
+        marker.as_bytes(),
+        Compression::Gz,
+    )
+}
+
+/// The bulk upload of one `.deb` (`curl -F deb=@FILE`).
+fn debian_bulk(feed: &str, name: &str) -> Req {
+    let mut b = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"deb\"; filename=\"{name}.deb\"\r\n\r\n"
+    )
+    .into_bytes();
+    b.extend_from_slice(&debian_deb(name, "fresh"));
+    b.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    Req::new("POST", format!("/debian/{feed}/upload/bookworm/main"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(b)
+}
+
+async fn seed_debian(i: &Instance, f: usize) -> Seeded {
+    let FeedDef { name, tag, .. } = FEEDS[f];
+    let upload = |pkg: String, marker: String| {
+        Req::new("PUT", format!("/debian/{name}/upload/bookworm/main")).body(debian_deb(&pkg, &marker))
+    };
+    let r = admin(i, upload(format!("{tag}-pkg"), marker(tag))).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "setup: debian upload: {}",
+        r.text()
+    );
+    per_cred(|ci| async move {
+        admin(i, upload(format!("del{ci}"), "doomed".into())).await;
+    })
+    .await;
+    Seeded::default()
 }
 
 /// cargo's publish body of `name` 1.0.0 whose description (and source) is
@@ -1376,6 +1428,70 @@ impl Routes {
         });
     }
 
+    fn debian(&mut self, vis: Vis) {
+        use Rule::{FeedRead as R, FeedWrite as W};
+        let f = feed_index(FeedType::Debian, vis);
+        let FeedDef { name: n, tag: t, .. } = FEEDS[f];
+        let dist = move |path: &str| format!("/debian/{n}/dists/bookworm/{path}");
+        for file in [
+            "InRelease",
+            "Release",
+            "Release.gpg",
+            "main/binary-amd64/Packages",
+            "main/binary-amd64/Packages.gz",
+            "main/binary-amd64/Packages.xz",
+        ] {
+            self.add(
+                match file {
+                    "InRelease" => "debian GET InRelease",
+                    "Release" => "debian GET Release",
+                    "Release.gpg" => "debian GET Release.gpg",
+                    "main/binary-amd64/Packages" => "debian GET Packages",
+                    "main/binary-amd64/Packages.gz" => "debian GET Packages.gz",
+                    _ => "debian GET Packages.xz",
+                },
+                vis,
+                R,
+                f,
+                move |_, _| Req::get(dist(file)),
+            );
+        }
+        // By hash: the Packages of the generation served when asked.
+        self.add("debian GET by-hash", vis, R, f, move |_, _| {
+            Req::get(dist(&format!(
+                "main/binary-all/by-hash/SHA256/{}",
+                hex_sha256(b"")
+            )))
+        });
+        let pool = move |method| {
+            Req::new(
+                method,
+                format!("/debian/{n}/pool/main/{}/{t}-pkg/{t}-pkg_1.0_amd64.deb", &t[..1]),
+            )
+        };
+        self.add("debian GET pool file", vis, R, f, move |_, _| pool("GET"));
+        self.add("debian HEAD pool file", vis, R, f, move |_, _| pool("HEAD"));
+        self.add("debian GET key.asc", vis, R, f, move |_, _| {
+            Req::get(format!("/debian/{n}/key.asc"))
+        });
+        self.add("debian GET key.gpg", vis, R, f, move |_, _| {
+            Req::get(format!("/debian/{n}/key.gpg"))
+        });
+        self.add("debian PUT upload", vis, W, f, move |_, ci| {
+            Req::new("PUT", format!("/debian/{n}/upload/bookworm/main"))
+                .body(debian_deb(&format!("new{ci}"), "fresh"))
+        });
+        self.add("debian POST bulk upload", vis, W, f, move |_, ci| {
+            debian_bulk(n, &format!("bulk{ci}"))
+        });
+        self.add("debian DELETE package", vis, W, f, move |_, ci| {
+            Req::new(
+                "DELETE",
+                format!("/debian/{n}/package/bookworm/main/del{ci}/1.0/amd64"),
+            )
+        });
+    }
+
     fn oci(&mut self, vis: Vis) {
         use Rule::{FeedRead as R, FeedWrite as W};
         let f = feed_index(FeedType::Oci, vis);
@@ -1649,6 +1765,7 @@ fn routes() -> Vec<Route> {
         r.oci(vis);
         r.cargo(vis);
         r.nuget(vis);
+        r.debian(vis);
         r.management_of_feeds(vis);
         r.replication_of_feed(vis);
     }
@@ -1697,7 +1814,7 @@ fn secrets() -> Vec<Secret> {
                 add(format!("{t}_crate"), owner, true);
             }
             FeedType::Nuget => add(format!("{t}-pkg"), owner, true),
-            FeedType::Debian => unimplemented!("no debian feed in the matrix"),
+            FeedType::Debian => add(format!("{t}-pkg"), owner, true),
         }
         for cred in [Cred::ReadScoped, Cred::WriteScoped, Cred::AdminScoped] {
             add(key_name(cred, f).unwrap(), Owner::Key, true);

@@ -553,3 +553,221 @@ async fn debian_replicated_items_are_checked_like_uploads() {
         .await
         .unwrap();
 }
+
+/// A `multipart/form-data` body with one `deb` file part per `.deb`.
+fn multipart(debs: &[Vec<u8>]) -> (String, Vec<u8>) {
+    let boundary = "ferry-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (n, d) in debs.iter().enumerate() {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"deb\"; filename=\"p{n}.deb\"\r\n\
+                 Content-Type: application/vnd.debian.binary-package\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(d);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn post_many(i: &Instance, path: &str, debs: &[Vec<u8>]) -> common::Reply {
+    let (ct, body) = multipart(debs);
+    i.send("POST", path, Some(ADMIN), &[("content-type", &ct)], body)
+        .await
+}
+
+fn pkg(name: &str, version: &str, arch: &str) -> Vec<u8> {
+    deb(
+        &control(name, version, arch, ""),
+        name.as_bytes(),
+        Compression::Gz,
+    )
+}
+
+#[tokio::test]
+async fn debian_bulk_upload_is_all_or_nothing() {
+    let i = setup().await;
+    let debs: Vec<Vec<u8>> = (0..40)
+        .map(|n| pkg(&format!("bulk{n}"), "1.0", "amd64"))
+        .collect();
+    let r = post_many(&i, "/debian/apt/upload/bookworm/main", &debs).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let listed = r.json();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 40);
+    assert_eq!(listed[7]["filename"], "pool/main/b/bulk7/bulk7_1.0_amd64.deb");
+    let text = i
+        .get("/debian/apt/dists/bookworm/main/binary-amd64/Packages")
+        .await
+        .text();
+    for n in 0..40 {
+        assert!(text.contains(&format!("Package: bulk{n}\n")), "bulk{n}: {text}");
+    }
+    assert_eq!(
+        i.get("/debian/apt/pool/main/b/bulk7/bulk7_1.0_amd64.deb")
+            .await
+            .body,
+        debs[7]
+    );
+    // Sent again: no-ops.
+    let r = post_many(&i, "/debian/apt/upload/bookworm/main", &debs[..3]).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    // The pool knows every file of the upload at once: other bytes under
+    // one of its pool paths, in another distribution, are refused.
+    let other = deb(&control("bulk39", "1.0", "amd64", ""), b"other", Compression::Gz);
+    let r = put(&i, "/debian/apt/upload/trixie/main", other).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    let r = put(&i, "/debian/apt/upload/trixie/main", debs[39].clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+
+    // One bad file, or one changed published version, refuses the whole
+    // upload: the good files beside it are not published either.
+    let fresh = pkg("fresh", "1.0", "amd64");
+    let r = post_many(
+        &i,
+        "/debian/apt/upload/bookworm/main",
+        &[fresh.clone(), b"not a deb".to_vec()],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let changed = deb(&control("bulk3", "1.0", "amd64", ""), b"other", Compression::Gz);
+    let r = post_many(&i, "/debian/apt/upload/bookworm/main", &[fresh.clone(), changed]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    let twice = [
+        pkg("twin", "1.0", "amd64"),
+        deb(&control("twin", "1.0", "amd64", ""), b"x", Compression::Gz),
+    ];
+    let r = post_many(&i, "/debian/apt/upload/bookworm/main", &twice).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    let r = post_many(&i, "/debian/apt/upload/bookworm/main", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let text = i
+        .get("/debian/apt/dists/bookworm/main/binary-amd64/Packages")
+        .await
+        .text();
+    assert!(
+        !text.contains("Package: fresh\n") && !text.contains("Package: twin\n"),
+        "{text}"
+    );
+    assert_eq!(
+        i.get("/debian/apt/pool/main/f/fresh/fresh_1.0_amd64.deb")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(i.staging_files(), 0);
+
+    // Writing needs a write key, like a single upload.
+    let (ct, body) = multipart(&[fresh]);
+    let r = i
+        .send(
+            "POST",
+            "/debian/apt/upload/bookworm/main",
+            None,
+            &[("content-type", &ct)],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+}
+
+/// Decodes the way apt does: one gzip member after another (zlib's
+/// gzread), and a single xz stream (apt 2.6 stops at the first one).
+fn apt_decode(name: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    if name.ends_with(".gz") {
+        flate2::read::MultiGzDecoder::new(body)
+            .read_to_end(&mut out)
+            .unwrap();
+    } else if name.ends_with(".xz") {
+        xz2::read::XzDecoder::new(body).read_to_end(&mut out).unwrap();
+    } else {
+        out = body.to_vec();
+    }
+    out
+}
+
+#[tokio::test]
+async fn debian_compressed_indexes_stay_whole_as_packages_come_and_go() {
+    let i = setup().await;
+    let debs: Vec<Vec<u8>> = (0..150)
+        .map(|n| {
+            pkg(
+                &format!("many{n}"),
+                "1.0",
+                if n % 10 == 0 { "all" } else { "amd64" },
+            )
+        })
+        .collect();
+    let r = post_many(&i, "/debian/apt/upload/bookworm/main", &debs).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let check = |expect_present: Vec<String>, expect_absent: Vec<String>| {
+        let i = &i;
+        async move {
+            let release = i.get("/debian/apt/dists/bookworm/Release").await.text();
+            for arch in ["amd64", "all"] {
+                let dir = format!("main/binary-{arch}");
+                let plain = i
+                    .get(&format!("/debian/apt/dists/bookworm/{dir}/Packages"))
+                    .await
+                    .body;
+                for name in ["Packages", "Packages.gz", "Packages.xz"] {
+                    let body = i
+                        .get(&format!("/debian/apt/dists/bookworm/{dir}/{name}"))
+                        .await
+                        .body;
+                    assert_eq!(apt_decode(name, &body), plain, "{dir}/{name}");
+                    let listed = release_list(&release, "SHA256");
+                    let entry = listed
+                        .iter()
+                        .find(|(p, _, _)| *p == format!("{dir}/{name}"))
+                        .unwrap();
+                    assert_eq!((entry.1.clone(), entry.2), (sha256_hex(&body), body.len() as u64));
+                }
+                let text = String::from_utf8(plain).unwrap();
+                for p in &expect_present {
+                    let n = p.trim_start_matches("many").parse::<usize>().unwrap();
+                    let is_all = n % 10 == 0 && n < 150;
+                    assert_eq!(
+                        text.contains(&format!("Package: {p}\n")),
+                        arch == "amd64" || is_all,
+                        "{p} in {arch}"
+                    );
+                }
+                for p in &expect_absent {
+                    assert!(!text.contains(&format!("Package: {p}\n")), "{p} gone from {arch}");
+                }
+            }
+        }
+    };
+    let all: Vec<String> = (0..150).map(|n| format!("many{n}")).collect();
+    check(all.clone(), vec![]).await;
+    // One more, and one deleted (an `all` one: it leaves every index).
+    assert_eq!(
+        put(
+            &i,
+            "/debian/apt/upload/bookworm/main",
+            pkg("many150", "1.0", "amd64")
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    let r = i
+        .send(
+            "DELETE",
+            "/debian/apt/package/bookworm/main/many20/1.0/all",
+            Some(ADMIN),
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let mut present: Vec<String> = all.into_iter().filter(|p| p != "many20").collect();
+    present.push("many150".into());
+    check(present, vec!["many20".into()]).await;
+}
