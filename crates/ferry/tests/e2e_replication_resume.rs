@@ -383,7 +383,7 @@ fn stop_ends_a_running_execution_at_once_and_the_next_one_resumes_its_bytes() {
         hub.put_asset_file("files", p, f);
     }
 
-    let spoke = Server::start();
+    let mut spoke = Server::start();
     spoke.create_feed("files", "assets");
     spoke.outgoing(
         "from-hub",
@@ -426,10 +426,25 @@ fn stop_ends_a_running_execution_at_once_and_the_next_one_resumes_its_bytes() {
     assert!(err.contains("no running execution"), "{err}");
 
     // Stopped means stopped: the hub's pending changes (which its long
-    // poll keeps reporting) do not restart it before its schedule.
+    // poll keeps reporting) do not restart it before its schedule, nor
+    // does a restart of the spoke; the overview still shows the stopped
+    // execution after it.
     std::thread::sleep(std::time::Duration::from_secs(3));
     let latest = spoke.executions("from-hub")[0].clone();
-    assert_eq!(latest["id"], running, "an execution started by itself after the stop: {latest:#}");
+    assert_eq!(
+        latest["id"], running,
+        "an execution started by itself after the stop: {latest:#}"
+    );
+    spoke.restart();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let latest = spoke.executions("from-hub")[0].clone();
+    assert_eq!(
+        latest["id"], running,
+        "an execution started by itself after the restart: {latest:#}"
+    );
+    let view = spoke.cli_json(&["replication", "list", "--json"]);
+    assert_eq!(view[0]["status"]["last_execution"], running, "{view:#}");
+    assert_eq!(view[0]["status"]["last_outcome"], "stopped", "{view:#}");
 
     // "Run now" resumes it (recorded as manual), from the bytes the
     // stopped one kept.

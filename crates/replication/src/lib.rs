@@ -812,6 +812,21 @@ impl Replicator {
         }
         for rec in self.store().replications().await? {
             if Self::parse(&rec)?.is_outgoing() {
+                // The overview shows the last execution before the restart
+                // until a new one ends.
+                if let Some(last) = self.store().executions(rec.id, 1).await?.into_iter().next()
+                    && let Ok(mut st) = self.0.status.lock()
+                {
+                    let s = st.entry(rec.id).or_default();
+                    s.state = "idle".into();
+                    s.last_execution = Some(last.id);
+                    s.last_outcome = last.outcome.clone();
+                    s.last_error = last
+                        .report
+                        .get("error")
+                        .and_then(|e| e.as_str())
+                        .map(str::to_owned);
+                }
                 self.0.scheduler.start(self.clone(), rec.id, rec.name.clone());
             }
         }

@@ -231,6 +231,8 @@ impl Replicator {
             e.state.ferry_version = Some(cut(&req.ferry_version));
             e.state.protocol_version = Some(protocol_version);
             e.state.interval_secs = req.interval_secs;
+            // Accepted: whatever was refused before is settled.
+            e.state.last_error = None;
             take_save(e, now, true)
         };
         if let Some(state) = state {

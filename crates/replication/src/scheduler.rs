@@ -121,22 +121,38 @@ async fn load(r: &Replicator, name: &str) -> Option<ReplicationConfig> {
 async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
     let mut trigger = "schedule";
     let mut failures: u32 = 0;
+    // Stopped by an operator before this instance (re)started: it stays
+    // stopped until its schedule comes round or "Run now".
+    let mut held_since = match r.store().executions(id, 1).await {
+        Ok(list) => list
+            .into_iter()
+            .next()
+            .filter(|e| e.outcome.as_deref() == Some("stopped"))
+            .map(|e| e.ended_at.unwrap_or(e.started_at)),
+        Err(_) => None,
+    };
     loop {
         let Some(cfg) = load(&r, &name).await else { return };
-        let (failed, stopped) = match r.run_if_idle(id, trigger).await {
-            Ok(Some(res)) => (res.outcome == "failed", res.outcome == "stopped"),
-            Ok(None) => (false, false),
-            Err(e) => {
-                tracing::warn!(target: "replication", replication = %name, error = %e, "execution could not start");
-                (true, false)
-            }
+        let interval = Duration::from_secs(cfg.interval_secs);
+        let (failed, stopped, delay) = if let Some(since) = held_since.take() {
+            let left = (since + interval.as_millis() as i64 - now_millis()).max(0);
+            (false, true, Duration::from_millis(left as u64))
+        } else {
+            let (failed, stopped) = match r.run_if_idle(id, trigger).await {
+                Ok(Some(res)) => (res.outcome == "failed", res.outcome == "stopped"),
+                Ok(None) => (false, false),
+                Err(e) => {
+                    tracing::warn!(target: "replication", replication = %name, error = %e, "execution could not start");
+                    (true, false)
+                }
+            };
+            (failed, stopped, interval)
         };
         failures = if failed { failures.saturating_add(1) } else { 0 };
-        let interval = Duration::from_secs(cfg.interval_secs);
         let delay = if failed {
             interval.min(Duration::from_secs(1 << failures.min(6)))
         } else {
-            interval
+            delay
         };
         r.set_next_run(id, now_millis() + delay.as_millis() as i64);
         let due = tokio::time::Instant::now() + delay;

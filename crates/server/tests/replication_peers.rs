@@ -187,6 +187,19 @@ async fn the_hub_lists_its_spokes_with_cursors_lag_errors_and_staleness() {
         "{b}"
     );
     assert!(peer(&list, SPOKE_A)["last_error"].is_null());
+    // Its next accepted handshake settles it: an old refusal is not shown
+    // as the state of a peer that works.
+    let r = from(
+        &hub,
+        SPOKE_B,
+        &token,
+        "POST",
+        "handshake",
+        handshake(SPOKE_B, "site-b", 60),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(peer(&peers(&hub).await, SPOKE_B)["last_error"].is_null());
 
     // A request without a valid instance id is not a peer of its own.
     let r = from(
