@@ -429,7 +429,10 @@ fn stop_ends_a_running_execution_at_once_and_the_next_one_resumes_its_bytes() {
     // poll keeps reporting) do not restart it before its schedule.
     std::thread::sleep(std::time::Duration::from_secs(3));
     let latest = spoke.executions("from-hub")[0].clone();
-    assert_eq!(latest["id"], running, "an execution started by itself after the stop: {latest:#}");
+    assert_eq!(
+        latest["id"], running,
+        "an execution started by itself after the stop: {latest:#}"
+    );
 
     // "Run now" resumes it (recorded as manual), from the bytes the
     // stopped one kept.

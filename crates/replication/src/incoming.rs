@@ -747,7 +747,11 @@ impl Replicator {
             plan.push((w, refusal));
         }
         // Sizes of everything that may be sent, in one pass.
-        let readable: Vec<Digest> = plan.iter().filter(|(_, r)| r.is_none()).map(|(w, _)| w.digest).collect();
+        let readable: Vec<Digest> = plan
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(w, _)| w.digest)
+            .collect();
         let sizes: HashMap<Digest, Option<u64>> = readable
             .iter()
             .copied()

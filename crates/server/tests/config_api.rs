@@ -50,7 +50,12 @@ async fn apply_creates_updates_and_refuses_without_changing_anything() {
         first["replications"][0]["accept_tokens"][0]["id"],
         "0123456789abcdef"
     );
-    let docs = first["feeds"].as_array().unwrap().iter().find(|f| f["name"] == "docs").unwrap();
+    let docs = first["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "docs")
+        .unwrap();
     assert_eq!(docs["private"], true);
 
     // The same again: nothing changes.

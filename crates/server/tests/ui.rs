@@ -847,6 +847,8 @@ async fn wizard_post(
         ("interval", "60"),
         ("name", "to-hub"),
     ];
+    // An extra field replaces the default one of that name.
+    fields.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
     fields.extend_from_slice(extra);
     post(i, cookie, "/replications/new", Some(ORIGIN), &fields).await
 }
@@ -876,7 +878,18 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     let r = wizard_post(&spoke, &cookie, &closed, &token, "pull", &[]).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     let t = r.text();
-    assert!(t.contains("could not be reached at"), "{t}");
+    assert!(
+        t.contains(&format!("Nothing answers at {closed}: connection refused.")),
+        "{t}"
+    );
+    for library in [
+        "error sending request",
+        "tcp connect error",
+        "os error",
+        "client error",
+    ] {
+        assert!(!t.contains(library), "library text {library:?} shown: {t}");
+    }
     assert!(
         t.contains(&format!("value=\"{closed}\"")) && t.contains("value=\"to-hub\""),
         "{t}"
@@ -889,6 +902,29 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     let r = wizard_post(&spoke, &cookie, &web, &token, "pull", &[]).await;
     assert!(r.text().contains("is not a Ferry instance"), "{}", r.text());
     assert!(r.text().contains("HTTP 404"), "{}", r.text());
+    // It answered: "create it anyway" is not offered, and forcing it is refused.
+    assert!(!r.text().contains("name=\"anyway\""), "{}", r.text());
+    nothing_created(&spoke).await;
+    let r = wizard_post(&spoke, &cookie, &web, &token, "pull", &[("anyway", "1")]).await;
+    assert!(r.text().contains("is not a Ferry instance"), "{}", r.text());
+    nothing_created(&spoke).await;
+
+    // An interval of 0 names the form's field, not the CLI's flag.
+    let r = wizard_post(
+        &spoke,
+        &cookie,
+        &closed,
+        &token,
+        "pull",
+        &[("anyway", "1"), ("interval", "0")],
+    )
+    .await;
+    let t = r.text();
+    assert!(
+        t.contains("Interval (seconds between runs) must be at least 1 second"),
+        "{t}"
+    );
+    assert!(!t.contains("--interval"), "{t}");
     nothing_created(&spoke).await;
 
     // Wrong token.
@@ -967,6 +1003,45 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     )
     .await;
     assert!(r.text().contains("is not a Ferry instance"), "{}", r.text());
+    let o = api(&spoke, "GET", "/api/v1/replications/to-hub", None)
+        .await
+        .json();
+    assert_eq!(o["config"]["url"], closed.as_str(), "{o}");
+
+    // A failing check on the edit page keeps every typed value.
+    let other_closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let r = post(
+        &spoke,
+        &cookie,
+        "/replications/to-hub/edit",
+        Some(ORIGIN),
+        &[
+            ("csrf", &csrf),
+            ("url", &other_closed),
+            ("token", "fst_typed_token"),
+            ("interval", "45"),
+            ("bandwidth", "123456"),
+            ("include", "keep/**"),
+            ("exclude", "skip/**"),
+            ("carry_downloads", "1"),
+        ],
+    )
+    .await;
+    let t = r.text();
+    assert!(t.contains(&format!("Nothing answers at {other_closed}")), "{t}");
+    for typed in [
+        format!("value=\"{other_closed}\""),
+        "value=\"fst_typed_token\"".into(),
+        "value=\"45\"".into(),
+        "value=\"123456\"".into(),
+        ">keep/**</textarea>".into(),
+        ">skip/**</textarea>".into(),
+    ] {
+        assert!(t.contains(&typed), "{typed} lost: {t}");
+    }
     let o = api(&spoke, "GET", "/api/v1/replications/to-hub", None)
         .await
         .json();

@@ -496,7 +496,11 @@ impl ReplicationStore for SqliteStore {
             let mut out = std::collections::HashSet::new();
             for d in digests {
                 for f in &feeds {
-                    if st.query_row(params![d.as_bytes(), f], |_| Ok(())).optional()?.is_some() {
+                    if st
+                        .query_row(params![d.as_bytes(), f], |_| Ok(()))
+                        .optional()?
+                        .is_some()
+                    {
                         out.insert(d);
                         break;
                     }

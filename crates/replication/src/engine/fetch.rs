@@ -36,7 +36,8 @@ const SMALL_GROUP_BYTES: usize = 8 << 20;
 pub(super) type Flush = JoinHandle<Result<(), StoreError>>;
 /// A group of small blobs being committed: their sizes, and each one's
 /// outcome.
-type SmallCommit = JoinHandle<Result<(Vec<(Digest, u64)>, Vec<Result<(), ferry_core::CoreError>>), ReplError>>;
+type SmallCommit =
+    JoinHandle<Result<(Vec<(Digest, u64)>, Vec<Result<(), ferry_core::CoreError>>), ReplError>>;
 
 /// What fetching a page's blobs came to.
 #[derive(Default)]

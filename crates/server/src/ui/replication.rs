@@ -497,25 +497,79 @@ async fn wizard(
     Ok(resp)
 }
 
-/// A handshake or validation problem, in plain words.
+/// A handshake or validation problem, in plain words: the engine's
+/// messages name the CLI's flags, the form names its own fields.
 fn plain(e: &CoreError) -> String {
-    let msg = crate::error::public_message(e);
+    let msg = field_words(&crate::error::public_message(e));
     match e {
         CoreError::Unauthorized(_) => format!(
             "The other instance did not accept the sync token: it is wrong, or it was revoked. \
              Ask for a new token on the other instance's incoming replication. ({msg})"
         ),
         CoreError::Unavailable(_) => {
-            format!("The other instance could not be reached. Check the URL and that it is running. ({msg})")
+            let (why, _) = transport_words(&msg);
+            format!("The other instance could not be reached: {why}. Check the URL and that it is running.")
         }
         _ => msg,
     }
 }
 
+/// The CLI's flag names in an engine message, as the form's fields.
+fn field_words(msg: &str) -> String {
+    let mut out = msg.to_owned();
+    for (flag, field) in [
+        ("--interval", "Interval (seconds between runs)"),
+        ("--outgoing", "Other instance's URL"),
+        ("--token", "a sync token"),
+        ("--include", "Include"),
+        ("--exclude", "Exclude"),
+        ("--feed", "Feed"),
+        ("--name", "Replication name"),
+    ] {
+        out = out.replace(flag, field);
+    }
+    out
+}
+
+/// Why nothing answered at the other end, short: the last cause of a
+/// transport error without the library's wrapping ("error sending request
+/// for url (…): client error (Connect): tcp connect error: …"), and
+/// whether it is an end that did not answer at all (refused, timed out,
+/// unknown host), as opposed to one that answered wrongly.
+fn transport_words(m: &str) -> (String, bool) {
+    let lower = m.to_ascii_lowercase();
+    if lower.contains("connection refused") {
+        return ("connection refused".into(), true);
+    }
+    if lower.contains("timed out") || lower.contains("timeout") || lower.contains("deadline has elapsed") {
+        return ("no answer in time".into(), true);
+    }
+    if lower.contains("dns error")
+        || lower.contains("failed to lookup")
+        || lower.contains("name or service not known")
+    {
+        return ("the host name is not known".into(), true);
+    }
+    if lower.contains("network is unreachable")
+        || lower.contains("no route to host")
+        || lower.contains("host is unreachable")
+    {
+        return ("no route to that host".into(), true);
+    }
+    let last = m.rsplit(": ").next().unwrap_or(m);
+    let last = match last.find(" (os error") {
+        Some(at) => &last[..at],
+        None => last,
+    };
+    (last.trim().to_owned(), false)
+}
+
 /// What the on-the-spot handshake found, in plain words, with the status
-/// the wizard answers with and whether the other end was not reached (or
-/// is not a Ferry instance). Every rule is the other instance's or the
-/// engine's: this only words their errors for a person.
+/// the wizard answers with and whether nothing answered at the other end
+/// (refused, timed out: only then is "create it anyway" offered; a server
+/// that answered but is not Ferry is never created anyway). Every rule is
+/// the other instance's or the engine's: this only words their errors for
+/// a person.
 fn handshake_words(e: &ReplError, url: &str) -> (StatusCode, String, bool) {
     let not_ferry = |what: String| {
         (
@@ -524,21 +578,28 @@ fn handshake_words(e: &ReplError, url: &str) -> (StatusCode, String, bool) {
                 "{url} answered, but it is not a Ferry instance: {what}. Enter the other Ferry instance's own address \
                  (as in its base_url, e.g. https://hub.example.com:8765), not a web page or another server."
             ),
-            true,
+            false,
         )
     };
     match e {
         ReplError::Transport(m) if m.contains("decoding") => {
             not_ferry("its answer to the replication handshake was not Ferry's".into())
         }
-        ReplError::Transport(m) => (
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "The other instance could not be reached at {url}: {m}. Check the URL (scheme, host and port), \
-                 and that the other instance is running and reachable from this one."
-            ),
-            true,
-        ),
+        ReplError::Transport(m) => {
+            let (why, unreachable) = transport_words(m);
+            let words = if unreachable {
+                format!(
+                    "Nothing answers at {url}: {why}. Check the URL (scheme, host and port), \
+                     and that the other instance is running and reachable from this one."
+                )
+            } else {
+                format!(
+                    "The other instance could not be reached at {url}: {why}. Check the URL (scheme, host and port), \
+                     and that it is a Ferry instance reachable from this one."
+                )
+            };
+            (StatusCode::BAD_GATEWAY, words, unreachable)
+        }
         ReplError::Remote { status, .. } if matches!(status, 300..=399 | 404 | 405 | 406 | 415 | 501) => {
             not_ferry(format!("it has no replication API (it answered HTTP {status})"))
         }
@@ -566,10 +627,14 @@ fn handshake_words(e: &ReplError, url: &str) -> (StatusCode, String, bool) {
             format!("The other instance refused this replication: {m}."),
             false,
         ),
-        ReplError::Core(c) => (crate::error::status_of(c), crate::error::public_message(c), false),
+        ReplError::Core(c) => (
+            crate::error::status_of(c),
+            field_words(&crate::error::public_message(c)),
+            false,
+        ),
         ReplError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone(), false),
         ReplError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone(), false),
-        e => (StatusCode::BAD_REQUEST, e.to_string(), false),
+        e => (StatusCode::BAD_REQUEST, field_words(&e.to_string()), false),
     }
 }
 
@@ -1208,15 +1273,54 @@ async fn edit_form(
     let o = core_api::replication_overview(&st, &name)
         .await
         .map_err(html_err)?;
-    Ok(edit_page(&who, &o, None, StatusCode::OK))
+    Ok(edit_page(&who, &o, &EditValues::saved(&o), None, StatusCode::OK))
 }
 
-fn edit_page(who: &Signed, o: &Overview, msg: Option<&str>, status: StatusCode) -> Response {
-    let c = &o.config;
-    let url = match &c.communication {
-        Communication::Outgoing { url, .. } => Some(url.as_str()),
-        Communication::Incoming => None,
-    };
+/// What the edit form shows: the saved values, or what was typed when a
+/// check failed (so nothing typed is lost).
+struct EditValues {
+    url: Option<String>,
+    token: String,
+    include: String,
+    exclude: String,
+    interval: String,
+    bandwidth: String,
+    carry_downloads: bool,
+}
+
+impl EditValues {
+    fn saved(o: &Overview) -> EditValues {
+        let c = &o.config;
+        EditValues {
+            url: match &c.communication {
+                Communication::Outgoing { url, .. } => Some(url.clone()),
+                Communication::Incoming => None,
+            },
+            token: String::new(),
+            include: c.include.join("\n"),
+            exclude: c.exclude.join("\n"),
+            interval: c.interval_secs.to_string(),
+            bandwidth: c.bandwidth_limit.map(|b| b.to_string()).unwrap_or_default(),
+            carry_downloads: c.carry_downloads,
+        }
+    }
+
+    fn typed(o: &Overview, f: &Fields) -> EditValues {
+        let outgoing = o.config.is_outgoing();
+        EditValues {
+            url: outgoing.then(|| f.get("url").trim().to_owned()),
+            token: f.get("token").trim().to_owned(),
+            include: f.get("include").to_owned(),
+            exclude: f.get("exclude").to_owned(),
+            interval: f.get("interval").trim().to_owned(),
+            bandwidth: f.get("bandwidth").trim().to_owned(),
+            carry_downloads: f.on("carry_downloads"),
+        }
+    }
+}
+
+fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, status: StatusCode) -> Response {
+    let url = v.url.as_deref();
     let body = html! {
         p.crumbs { a href={ "/replications/" (seg(&o.name)) } { "Replication " (o.name) } " / edit" }
         h1 { "Edit replication " (o.name) }
@@ -1228,19 +1332,19 @@ fn edit_page(who: &Signed, o: &Overview, msg: Option<&str>, status: StatusCode) 
                 div.grid2 {
                     div { label for="url" { "Other instance's URL" } input #url type="url" name="url" value=(u); }
                     div { label for="token" { "New sync token (empty: keep the current one)" }
-                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…"; }
+                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…" value=(v.token); }
                 }
             }
             div.grid2 {
-                div { label for="include" { "Include (globs, one a line)" } textarea #include name="include" rows="2" { (c.include.join("\n")) } }
-                div { label for="exclude" { "Exclude (globs, one a line)" } textarea #exclude name="exclude" rows="2" { (c.exclude.join("\n")) } }
+                div { label for="include" { "Include (globs, one a line)" } textarea #include name="include" rows="2" { (v.include) } }
+                div { label for="exclude" { "Exclude (globs, one a line)" } textarea #exclude name="exclude" rows="2" { (v.exclude) } }
                 @if url.is_some() {
-                    div { label for="interval" { "Interval (seconds between runs)" } input #interval type="number" min="1" name="interval" value=(c.interval_secs); }
+                    div { label for="interval" { "Interval (seconds between runs)" } input #interval type="number" min="1" name="interval" value=(v.interval); }
                 }
                 div { label for="bandwidth" { "Bandwidth cap (bytes per second, empty: none)" }
-                    input #bandwidth type="number" min="1" name="bandwidth" value=[c.bandwidth_limit]; }
+                    input #bandwidth type="number" min="1" name="bandwidth" value=(v.bandwidth); }
             }
-            label.check { input type="checkbox" name="carry_downloads" value="1" checked[c.carry_downloads]; " Carry download counts" }
+            label.check { input type="checkbox" name="carry_downloads" value="1" checked[v.carry_downloads]; " Carry download counts" }
             button.primary type="submit" { "Save changes" }
             " " a href={ "/replications/" (seg(&o.name)) } { "Cancel" }
         }
@@ -1301,7 +1405,13 @@ async fn edit(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -
                         Communication::Incoming => String::new(),
                     });
                 let (status, words, _) = handshake_words(&e, &url);
-                return Ok(edit_page(&p.who, &o, Some(&words), status));
+                return Ok(edit_page(
+                    &p.who,
+                    &o,
+                    &EditValues::typed(&o, f),
+                    Some(&words),
+                    status,
+                ));
             }
             core_api::update_replication(&st, &name, req).await
         }
@@ -1317,7 +1427,13 @@ async fn edit(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -
             } else {
                 StatusCode::BAD_GATEWAY
             };
-            Ok(edit_page(&p.who, &o, Some(&plain(&e)), status))
+            Ok(edit_page(
+                &p.who,
+                &o,
+                &EditValues::typed(&o, f),
+                Some(&plain(&e)),
+                status,
+            ))
         }
     }
 }
