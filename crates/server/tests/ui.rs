@@ -1240,7 +1240,13 @@ async fn an_item_is_deleted_from_its_page_after_a_confirmation_naming_it() {
 async fn the_plan_lists_each_item_and_why_it_would_not_move() {
     let hub = Instance::new().await;
     hub.feed("files", FeedType::Assets, false).await;
-    for (k, v) in [("same.txt", "s"), ("old.txt", "o"), ("skip/x.txt", "x")] {
+    for (k, v) in [
+        ("same.txt", "s"),
+        ("same2.txt", "s2"),
+        ("old.txt", "o"),
+        ("skip/x.txt", "x"),
+        ("gone.txt", "g"),
+    ] {
         let r = hub
             .send("PUT", &format!("/assets/files/{k}"), Some(ADMIN), &[], v)
             .await;
@@ -1266,10 +1272,33 @@ async fn the_plan_lists_each_item_and_why_it_would_not_move() {
     let first = running_or_done(&spoke, "from-hub").await;
     assert_eq!(ended(&spoke, "from-hub", first).await["outcome"], "succeeded");
     assert_eq!(spoke.get("/assets/files/same.txt").await.status, StatusCode::OK);
-    // On the hub: one deleted, one new.
+    // Deleted on the hub, and that deletion carried to the spoke (confirmed):
+    // a tombstone on both sides.
+    hub.send(
+        "DELETE",
+        "/assets/files/gone.txt",
+        Some(ADMIN),
+        &[],
+        Body::empty(),
+    )
+    .await;
+    let r = api(
+        &spoke,
+        "POST",
+        "/api/v1/replications/from-hub/run",
+        Some(serde_json::json!({ "confirm_deletes": true })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        spoke.get("/assets/files/gone.txt").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // On the hub: one deleted, one new (200 KB).
+    let big = "b".repeat(200_000);
     hub.send("DELETE", "/assets/files/old.txt", Some(ADMIN), &[], Body::empty())
         .await;
-    hub.send("PUT", "/assets/files/new.txt", Some(ADMIN), &[], "n")
+    hub.send("PUT", "/assets/files/new.txt", Some(ADMIN), &[], big)
         .await;
     // A new filter compares from the start again; the guard holds every
     // execution before it moves its cursor.
@@ -1293,6 +1322,24 @@ async fn the_plan_lists_each_item_and_why_it_would_not_move() {
         html[at..at + html[at..].find("</tr>").unwrap()].to_string()
     };
     assert!(row("new.txt").contains(">copy<"), "{}", row("new.txt"));
+    // Its size, and the total to move.
+    assert!(row("new.txt").contains(">200.0 KB<"), "{}", row("new.txt"));
+    assert!(
+        html.contains("Bytes to move: <strong>200.0 KB</strong>"),
+        "{html}"
+    );
+    // Items the same on both sides are listed as such, even with no change
+    // since the last execution; a tombstone on both sides is not "the same".
+    assert!(
+        row("same2.txt").contains("already the same"),
+        "{}",
+        row("same2.txt")
+    );
+    assert!(
+        row("gone.txt").contains("deleted on both sides") && !row("gone.txt").contains("already the same"),
+        "{}",
+        row("gone.txt")
+    );
     assert!(
         row("old.txt").contains(">delete<") && row("old.txt").contains("held by the delete guard"),
         "{}",
@@ -1309,7 +1356,7 @@ async fn the_plan_lists_each_item_and_why_it_would_not_move() {
         row("skip/x.txt")
     );
     assert!(
-        html.contains("Would move (2)") && html.contains("Would not move (2)"),
+        html.contains("Would move (2)") && html.contains("Would not move (4)"),
         "{html}"
     );
     // Nothing moved.
@@ -1322,7 +1369,22 @@ async fn the_plan_lists_each_item_and_why_it_would_not_move() {
     let j = api(&spoke, "POST", "/api/v1/replications/from-hub/plan", None)
         .await
         .json();
-    assert_eq!(j["feeds"][0]["plan"]["total"], 4, "{j}");
+    assert_eq!(j["feeds"][0]["plan"]["total"], 6, "{j}");
+
+    // With no change since the last execution, the plan still lists what
+    // is the same on both sides (not "Nothing").
+    let r = api(
+        &spoke,
+        "POST",
+        "/api/v1/replications/from-hub/run",
+        Some(serde_json::json!({ "confirm_deletes": true })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let html = page(&spoke, &cookie, "/replications/from-hub/plan").await.text();
+    assert!(html.contains("Would move (0)"), "{html}");
+    assert!(html.contains("Would not move (4)"), "{html}");
+    assert!(html.contains("already the same"), "{html}");
 }
 
 /// The id of replication `name`'s first execution, running or ended.

@@ -946,7 +946,7 @@ async fn execution(
         .as_array()
         .map(|l| {
             l.iter()
-                .filter(|line| f.level.is_empty() || line["level"].as_str() == Some(f.level.as_str()))
+                .filter(|line| at_least(line["level"].as_str().unwrap_or(""), &f.level))
                 .collect()
         })
         .unwrap_or_default();
@@ -1000,6 +1000,19 @@ async fn execution(
         Nav::Executions,
         body,
     ))
+}
+
+/// A level filter is a minimum: "info" shows info, warn and error.
+fn at_least(level: &str, min: &str) -> bool {
+    let rank = |l: &str| match l {
+        "trace" => 0,
+        "debug" => 1,
+        "info" => 2,
+        "warn" => 3,
+        "error" => 4,
+        _ => 2,
+    };
+    min.is_empty() || rank(level) >= rank(min)
 }
 
 fn feed_counts(report: &Value) -> Markup {
@@ -1155,6 +1168,7 @@ fn plan_items(f: &Value) -> Markup {
     let total = f["plan"]["total"].as_u64().unwrap_or(0);
     let (moving, staying): (Vec<&Value>, Vec<&Value>) = items.iter().partition(|i| i["action"] != "none");
     let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_owned();
+    let to_move = f["pulled"]["bytes"].as_u64().unwrap_or(0) + f["pushed"]["bytes"].as_u64().unwrap_or(0);
     html! {
         h2 { "Feed " (s(f, "local")) " = " (s(f, "remote")) }
         @if total == 0 {
@@ -1165,12 +1179,15 @@ fn plan_items(f: &Value) -> Markup {
             }
             h3 { "Would move (" (moving.len()) ")" }
             @if moving.is_empty() { p.muted { "Nothing." } } @else {
+                p #plan-total { "Bytes to move: " strong { (bytes(to_move)) }
+                    span.muted { " (blobs the receiving side does not hold yet, each counted once)" } }
                 div.table-wrap { table.plan data-plan="move" {
-                    thead { tr { th { "Item" } th { "Direction" } th { "Action" } th { "Note" } } }
+                    thead { tr { th { "Item" } th { "Direction" } th { "Action" } th.num { "Size" } th { "Note" } } }
                     tbody { @for i in &moving { tr {
                         td { code.break { (s(i, "key")) } }
                         td { (s(i, "direction")) }
                         td { span class={ "badge " (if i["action"] == "delete" { "bad" } else { "ok" }) } { (s(i, "action")) } }
+                        td.num { @if let Some(n) = i["size"].as_u64() { (bytes(n)) } @else { "—" } }
                         td { (s(i, "why")) }
                     } } }
                 } }
