@@ -1404,3 +1404,52 @@ async fn running_or_done(i: &Instance, name: &str) -> i64 {
     }
     panic!("no execution of {name}");
 }
+
+/// On an instance with only an outgoing replication: the diagnostic
+/// center says whose log it shows and points to the executions, and an
+/// execution's log filtered at "info" still shows its error lines.
+#[tokio::test]
+async fn diagnostics_says_what_it_shows_and_a_level_filter_is_a_minimum() {
+    let spoke = Instance::new().await;
+    spoke.feed("files", FeedType::Assets, false).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let r = api(
+        &spoke,
+        "POST",
+        "/api/v1/replications",
+        Some(serde_json::json!({
+            "name": "to-nowhere", "feeds": ["files"], "mode": "pull", "outgoing": closed,
+            "token": "fst_x_y", "interval": 3600,
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    api(
+        &spoke,
+        "POST",
+        "/api/v1/replications/to-nowhere/run",
+        Some(serde_json::json!({ "wait": true })),
+    )
+    .await;
+    let id = running_or_done(&spoke, "to-nowhere").await;
+    let rec = ended(&spoke, "to-nowhere", id).await;
+    assert_eq!(rec["outcome"], "failed", "{rec}");
+
+    let cookie = session(&spoke, ADMIN).await;
+    let html = page(&spoke, &cookie, "/diagnostics").await.text();
+    assert!(html.contains("what other instances asked of this one"), "{html}");
+    assert!(html.contains("href=\"/executions\""), "{html}");
+    assert!(!html.contains("what its executions did"), "{html}");
+
+    let path = format!("/replications/to-nowhere/executions/{id}");
+    let all = page(&spoke, &cookie, &path).await.text();
+    assert!(all.contains("class=\"lvl-error\""), "{all}");
+    let info = page(&spoke, &cookie, &format!("{path}?level=info")).await.text();
+    assert!(info.contains("class=\"lvl-error\""), "info hides errors: {info}");
+    let error = page(&spoke, &cookie, &format!("{path}?level=error")).await.text();
+    assert!(error.contains("class=\"lvl-error\""), "{error}");
+    assert!(!error.contains("class=\"lvl-info\""), "{error}");
+}

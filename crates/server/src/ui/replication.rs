@@ -974,7 +974,7 @@ async fn execution(
         (feed_counts(report))
         h2 { "Log" }
         form.filters method="get" {
-            label for="level" { "Level" }
+            label for="level" { "Level (at least)" }
             select #level name="level" {
                 option value="" selected[f.level.is_empty()] { "all" }
                 @for l in ["debug", "info", "warn", "error"] { option value=(l) selected[f.level == l] { (l) } }
@@ -1230,14 +1230,16 @@ async fn diagnostics(
     categories.dedup();
     let shown: Vec<_> = lines
         .iter()
-        .filter(|l| f.level.is_empty() || json!(l.level).as_str() == Some(f.level.as_str()))
+        .filter(|l| at_least(json!(l.level).as_str().unwrap_or(""), &f.level))
         .filter(|l| f.category.is_empty() || l.category == f.category)
         .rev()
         .take(500)
         .collect();
     let body = html! {
         h1 { "Diagnostic center" }
-        p.hint { "The replication log: what peers asked of this instance and what its executions did. Newest first." }
+        p.hint #diag-scope { "The incoming side's replication log: what other instances asked of this one (handshakes, changes, blobs, refusals), newest first. "
+            "What this instance's own executions did is in each execution's log: see "
+            a href="/executions" { "Executions" } "." }
         form.filters method="post" action="/diagnostics/level" {
             (csrf_field(&who))
             label for="min-level" { "Record messages from level" }
@@ -1248,7 +1250,7 @@ async fn diagnostics(
             span.muted { " now: " strong #current-level { (min) } " (takes effect at once, no restart)" }
         }
         form.filters method="get" {
-            label for="f-level" { "Level" }
+            label for="f-level" { "Level (at least)" }
             select #f-level name="level" {
                 option value="" selected[f.level.is_empty()] { "all" }
                 @for l in ["debug", "info", "warn", "error"] { option value=(l) selected[f.level == l] { (l) } }
@@ -1260,7 +1262,13 @@ async fn diagnostics(
             }
             button type="submit" { "Filter" }
         }
-        @if shown.is_empty() { div.empty { p { "No replication log messages" @if !f.level.is_empty() || !f.category.is_empty() { " match this filter" } "." } } }
+        @if shown.is_empty() { div.empty {
+            p { "No replication log messages" @if !f.level.is_empty() || !f.category.is_empty() { " match this filter" } "." }
+            @if f.level.is_empty() && f.category.is_empty() {
+                p.muted { "No other instance has asked anything of this one yet. For outgoing replications, see "
+                    a href="/executions" { "Executions" } "." }
+            }
+        } }
         @else {
             div.table-wrap { table.log #diag { tbody { @for l in &shown { tr {
                 td.muted { (l.time) }
