@@ -411,6 +411,17 @@ async fn sessions_are_capped_and_the_oldest_ends_first() {
         StatusCode::SEE_OTHER,
         "the key's oldest session was ended at its cap"
     );
+    // The login page it leads to says why.
+    let to = r.header("location").unwrap().to_string();
+    let login = page(&i, &first, &to).await.text();
+    assert!(
+        login.contains("Signed out: this key signed in elsewhere more than 20 times"),
+        "{to}: {login}"
+    );
+    // A session that was never there (or signed out) gets no such words.
+    let r = page(&i, "ferry_session=nope", "/").await;
+    let to = r.header("location").unwrap().to_string();
+    assert!(!page(&i, "", &to).await.text().contains("Signed out:"));
     // Another key signing in over and over never ends the admin's session.
     let reader = i.key("reader", Permission::Read, None).await;
     for _ in 0..(ferry_server::ui::MAX_SESSIONS_PER_KEY * 3) {
