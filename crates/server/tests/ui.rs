@@ -1243,6 +1243,137 @@ async fn an_item_is_deleted_from_its_page_after_a_confirmation_naming_it() {
     )
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    // Its confirm page (an old tab, a back button) offers no Delete.
+    let confirm = page(&i, &wc, "/feeds/files/item/delete?key=dir%2Fapp%2Etar").await;
+    assert_eq!(confirm.status, StatusCode::NOT_FOUND);
+    let t = confirm.text();
+    assert!(t.contains("dir/app.tar is already gone"), "{t}");
+    assert!(!t.contains("/item/delete\""), "Delete still offered: {t}");
+}
+
+/// The small things a first look stumbles on: times, the apt line,
+/// notices after a delete, a refused key keeping its name, plurals, and
+/// words that do not break in the middle at phone width.
+#[tokio::test]
+async fn first_look_details() {
+    let i = Instance::new().await;
+    let cookie = session(&i, ADMIN).await;
+    let csrf = csrf_of(&page(&i, &cookie, "/feeds").await);
+    // The debian feed's hint: the real sources line and the key download.
+    let r = post(
+        &i,
+        &cookie,
+        "/feeds",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("name", "apt"), ("type", "debian")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let shown = page(&i, &cookie, r.header("location").unwrap()).await.text();
+    assert!(
+        shown.contains(
+            "deb [signed-by=/etc/apt/keyrings/ferry-apt.gpg] http://ferry.test/debian/apt bookworm main"
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("http://ferry.test/debian/apt/key.gpg"), "{shown}");
+    assert!(!shown.contains("See the README"), "{shown}");
+
+    // One item in one folder.
+    i.feed("files", FeedType::Assets, false).await;
+    let r = i
+        .send("PUT", "/assets/files/dir/app.tar", Some(ADMIN), &[], "bytes")
+        .await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let shown = page(&i, &cookie, "/feeds/files").await.text();
+    assert!(shown.contains("1 item in 1 folder<"), "{shown}");
+
+    // Deleting a feed says so.
+    let confirm = page(&i, &cookie, "/feeds/apt/delete").await;
+    let r = post(
+        &i,
+        &cookie,
+        "/feeds/apt/delete",
+        Some(ORIGIN),
+        &[("csrf", &csrf_of(&confirm))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let shown = page(&i, &cookie, r.header("location").unwrap()).await.text();
+    assert!(shown.contains("Feed <strong>apt</strong> deleted"), "{shown}");
+
+    // A refused key keeps what was typed.
+    i.key("taken", Permission::Read, None).await;
+    let r = post(
+        &i,
+        &cookie,
+        "/keys",
+        Some(ORIGIN),
+        &[
+            ("csrf", &csrf),
+            ("name", "taken"),
+            ("permission", "write"),
+            ("feed", "files"),
+        ],
+    )
+    .await;
+    assert!(r.status.is_client_error(), "{}", r.text());
+    let t = r.text();
+    assert!(
+        t.contains("id=\"key-name\"") && t.contains("value=\"taken\""),
+        "{t}"
+    );
+    assert!(t.contains("value=\"write\" selected"), "{t}");
+    assert!(t.contains("value=\"files\" checked"), "{t}");
+
+    // Next run, like the other times; deleting a replication says so.
+    let r = api(
+        &i,
+        "POST",
+        "/api/v1/replications",
+        Some(serde_json::json!({
+            "name": "later", "feeds": ["files"], "mode": "pull", "outgoing": "http://127.0.0.1:9",
+            "token": "fst_x_y", "interval": 3600,
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let mut next = serde_json::Value::Null;
+    for _ in 0..100 {
+        next = api(&i, "GET", "/api/v1/replications/later", None).await.json()["status"]["next_run"].clone();
+        if next.is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let raw = next.as_str().expect("a next run").to_string();
+    let shown = page(&i, &cookie, "/").await.text();
+    assert!(!shown.contains(&raw), "raw {raw}: {shown}");
+    let plain = format!("{} {} UTC", &raw[..10], &raw[11..19]);
+    assert!(shown.contains(&plain), "{plain}: {shown}");
+    let confirm = page(&i, &cookie, "/replications/later/delete").await;
+    let r = post(
+        &i,
+        &cookie,
+        "/replications/later/delete",
+        Some(ORIGIN),
+        &[("csrf", &csrf_of(&confirm))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let shown = page(&i, &cookie, r.header("location").unwrap()).await.text();
+    assert!(
+        shown.contains("Replication <strong>later</strong> deleted"),
+        "{shown}"
+    );
+
+    // Badges and short words do not break in the middle.
+    let css = i.get("/ui/assets/ferry.css").await.text();
+    assert!(!css.contains("td { overflow-wrap: anywhere"), "{css}");
+    assert!(
+        css.contains(".badge { display: inline-block; white-space: nowrap"),
+        "{css}"
+    );
 }
 
 /// The plan page lists the items a run would copy and delete and, for

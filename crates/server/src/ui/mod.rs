@@ -617,6 +617,26 @@ pub(crate) fn when(ms: i64) -> String {
     )
 }
 
+/// An RFC 3339 UTC time (`2026-12-01T04:12:13.312Z`) the way the other
+/// times are shown (`2026-12-01 04:12:13 UTC`); anything else as it is.
+pub(crate) fn when_text(t: &str) -> String {
+    let b = t.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    if t.ends_with('Z')
+        && b.get(10) == Some(&b'T')
+        && digits(0..4)
+        && digits(5..7)
+        && digits(8..10)
+        && digits(11..13)
+        && digits(14..16)
+        && digits(17..19)
+    {
+        format!("{} {} UTC", &t[..10], &t[11..19])
+    } else {
+        t.to_owned()
+    }
+}
+
 pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut v = n as f64;

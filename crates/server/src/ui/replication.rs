@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::{
     Fields, Nav, Posted, Signed, bytes, csrf_field, duration, page, post_button, problem, seg, when,
+    when_text,
 };
 use crate::AppState;
 use crate::error::ApiError;
@@ -141,7 +142,18 @@ async fn last_execution(st: &AppState, o: &Overview) -> Option<ExecutionRecord> 
 
 // ------------------------------------------------------------ overview
 
-async fn overview(State(st): State<AppState>, who: Signed) -> Result<Response, ApiError> {
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OverviewQuery {
+    /// Set by the redirect after a replication was deleted: its name.
+    deleted: String,
+}
+
+async fn overview(
+    State(st): State<AppState>,
+    who: Signed,
+    Query(q): Query<OverviewQuery>,
+) -> Result<Response, ApiError> {
     if !who.is_admin() {
         return Ok(Redirect::to("/feeds").into_response());
     }
@@ -154,6 +166,9 @@ async fn overview(State(st): State<AppState>, who: Signed) -> Result<Response, A
         div.titlebar {
             h1 { "Replication" }
             a.button.primary href="/replications/new" { "Configure New Replication" }
+        }
+        @if !q.deleted.is_empty() {
+            div.notice role="status" #deleted-notice { p { "Replication " strong { (q.deleted) } " deleted." } }
         }
         @if list.is_empty() {
             div.empty {
@@ -182,7 +197,7 @@ async fn overview(State(st): State<AppState>, who: Signed) -> Result<Response, A
                                 }
                                 td data-field="last" data-label="Last execution" { (last_text(o, last.as_ref())) }
                                 td data-field="lag" data-label="Lag" { (lag_text(o)) }
-                                td.muted data-label="Next run" { (o.status.next_run.as_deref().unwrap_or("—")) }
+                                td.muted data-label="Next run" { (o.status.next_run.as_deref().map(when_text).unwrap_or_else(|| "—".into())) }
                                 td.actions {
                                     @if o.config.is_outgoing() {
                                         (post_button(&who, &format!("/replications/{}/run", seg(&o.name)), "Run now", "small"))
@@ -809,7 +824,7 @@ async fn detail(
             dt { "Lag" } dd { (lag_text(&o)) }
             @if o.config.is_outgoing() {
                 dt { "Interval" } dd { (o.config.interval_secs) " s" }
-                dt { "Next run" } dd { (o.status.next_run.as_deref().unwrap_or("—")) }
+                dt { "Next run" } dd { (o.status.next_run.as_deref().map(when_text).unwrap_or_else(|| "—".into())) }
             }
             @if !o.config.include.is_empty() { dt { "Include" } dd { (o.config.include.join(", ")) } }
             @if !o.config.exclude.is_empty() { dt { "Exclude" } dd { (o.config.exclude.join(", ")) } }
@@ -1126,7 +1141,7 @@ async fn delete(
 ) -> Result<Response, ApiError> {
     p.who.admin()?;
     st.replicator.delete(&name).await.map_err(html_err)?;
-    Ok(Redirect::to("/").into_response())
+    Ok(Redirect::to(&format!("/?deleted={}", seg(&name))).into_response())
 }
 
 async fn plan(
