@@ -117,13 +117,14 @@ fn outcome_class(outcome: Option<&str>) -> &'static str {
 fn last_text(o: &Overview, last: Option<&ExecutionRecord>) -> Markup {
     match (o.status.last_outcome.as_deref(), last) {
         (None, _) => html! { span.muted { "never run" } },
-        (Some(outcome), Some(e)) => html! {
+        // One element, so that the phone layout's cell keeps it together.
+        (Some(outcome), Some(e)) => html! { span {
             a href={ "/replications/" (seg(&o.name)) "/executions/" (e.id) } {
                 span class={ "badge " (outcome_class(Some(outcome))) } { (outcome) }
             }
             " " span.muted { (when(e.started_at)) }
             @if let Some(end) = e.ended_at { " · " span.muted { (duration((end - e.started_at) as f64 / 1000.0)) } }
-        },
+        } },
         (Some(outcome), None) => {
             html! { span class={ "badge " (outcome_class(Some(outcome))) } { (outcome) } }
         }
