@@ -301,18 +301,22 @@ impl<'a> Run<'a> {
         });
     }
 
-    /// A plan only, after [`Self::execute`]: lists the other side's live
-    /// items the plan has not listed yet — the same on both sides, or left
-    /// out by the filters — so "would not move" tells what is already in
-    /// place, not only what changed since the last execution. Tombstones
-    /// on both sides are not listed. Stops at [`PLAN_ITEMS`] per pair.
+    /// A plan only, after [`Self::execute`]: lists the live items the plan
+    /// has not listed yet — the same on both sides, or left out by the
+    /// filters — so "would not move" tells what is already in place, not
+    /// only what changed since the last execution. A replication that
+    /// pulls reads the other side's entries (as a full pull does); one that
+    /// only pushes reads its own and asks the other side's stamps (as a
+    /// push does: the other side does not send its entries then).
+    /// Tombstones on both sides are not listed. Stops at [`PLAN_ITEMS`]
+    /// per pair.
     pub async fn plan_unchanged(&mut self) -> Result<(), ReplError> {
-        let flows = self.cfg.mode.flows;
-        let direction = if flows.pulls() { "pull" } else { "push" };
+        let pulls = self.cfg.mode.flows.pulls();
+        let direction = if pulls { "pull" } else { "push" };
         let mut feeds = std::mem::take(&mut self.report.feeds);
         for fr in &mut feeds {
             let local = self.r.ferry().feed(&fr.local).await?;
-            let mut listed: HashSet<ItemKey> = fr
+            let listed: HashSet<ItemKey> = fr
                 .plan
                 .as_ref()
                 .map(|p| p.items.iter().map(|i| i.key.clone()).collect())
@@ -322,34 +326,68 @@ impl<'a> Run<'a> {
                 if fr.plan.as_ref().is_some_and(|p| p.items.len() >= PLAN_ITEMS) {
                     break;
                 }
-                let page = self.remote.entries(&fr.remote, after.as_ref(), PAGE).await?;
-                let fresh: Vec<&WireEntry> = page
-                    .entries
-                    .iter()
-                    .filter(|e| !e.deleted && !listed.contains(&e.key))
-                    .collect();
-                let keys: Vec<ItemKey> = fresh.iter().map(|e| e.key.clone()).collect();
-                let here: HashMap<ItemKey, Stamp> = self
-                    .r
-                    .store()
-                    .entries_for(local.id, &keys)
-                    .await?
-                    .into_iter()
-                    .filter(|e| e.live.is_some())
-                    .map(|e| (e.key, e.stamp))
-                    .collect();
-                for e in fresh {
+                // Live items not listed yet, each with whether the other
+                // end holds it at the same stamp.
+                let (fresh, next) = if pulls {
+                    let page = self.remote.entries(&fr.remote, after.as_ref(), PAGE).await?;
+                    let theirs: Vec<WireEntry> = page
+                        .entries
+                        .into_iter()
+                        .filter(|e| !e.deleted && !listed.contains(&e.key))
+                        .collect();
+                    let keys: Vec<ItemKey> = theirs.iter().map(|e| e.key.clone()).collect();
+                    let here: HashMap<ItemKey, Stamp> = self
+                        .r
+                        .store()
+                        .entries_for(local.id, &keys)
+                        .await?
+                        .into_iter()
+                        .filter(|e| e.live.is_some())
+                        .map(|e| (e.key, e.stamp))
+                        .collect();
+                    let fresh: Vec<(WireEntry, bool)> = theirs
+                        .into_iter()
+                        .map(|e| {
+                            let same = here.get(&e.key) == Some(&e.stamp);
+                            (e, same)
+                        })
+                        .collect();
+                    (fresh, page.next_after)
+                } else {
+                    let page = self.r.store().entries(local.id, after.as_ref(), PAGE).await?;
+                    let next = (page.len() == PAGE)
+                        .then(|| page.last().map(|e| e.key.clone()))
+                        .flatten();
+                    let mine: Vec<WireEntry> = page
+                        .into_iter()
+                        .map(WireEntry::from)
+                        .filter(|e| !e.deleted && !listed.contains(&e.key))
+                        .collect();
+                    let theirs = if mine.is_empty() {
+                        Vec::new()
+                    } else {
+                        let keys = mine.iter().map(|e| e.key.clone()).collect();
+                        self.remote.stamps(&fr.remote, keys).await?.stamps
+                    };
+                    let fresh: Vec<(WireEntry, bool)> = mine
+                        .into_iter()
+                        .zip(theirs.into_iter().chain(std::iter::repeat(None)))
+                        .map(|(e, t)| {
+                            let same = matches!(t, Some((s, false)) if s == e.stamp);
+                            (e, same)
+                        })
+                        .collect();
+                    (fresh, next)
+                };
+                for (e, same) in &fresh {
                     if !self.filter.admits(local.feed_type, &e.key) {
                         let why = not_carried(&self.filter, local.feed_type, e, "carry it");
                         fr.plan_item(true, direction, &e.key, "none", Some(why));
-                    } else if here.get(&e.key) == Some(&e.stamp) {
+                    } else if *same {
                         fr.plan_item(true, direction, &e.key, "none", Some(same_on_both_sides(e)));
-                    } else {
-                        continue;
                     }
-                    listed.insert(e.key.clone());
                 }
-                match page.next_after {
+                match next {
                     Some(k) => after = Some(k),
                     None => break,
                 }

@@ -1595,3 +1595,53 @@ async fn diagnostics_says_what_it_shows_and_a_level_filter_is_a_minimum() {
     assert!(error.contains("class=\"lvl-error\""), "{error}");
     assert!(!error.contains("class=\"lvl-info\""), "{error}");
 }
+
+/// A push-only replication's plan (the other side sends no entries then)
+/// also lists what is already the same, and what it would copy with its
+/// size.
+#[tokio::test]
+async fn a_push_plan_lists_what_is_the_same_and_what_it_would_copy() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "pull").await;
+    let url = hub.serve().await;
+    let spoke = Instance::new().await;
+    spoke.feed("files", FeedType::Assets, false).await;
+    let r = spoke
+        .send("PUT", "/assets/files/a.txt", Some(ADMIN), &[], "aaaa")
+        .await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let r = api(
+        &spoke,
+        "POST",
+        "/api/v1/replications",
+        Some(serde_json::json!({
+            "name": "to-hub", "feeds": ["files"], "mode": "push", "outgoing": url, "token": token,
+            "interval": 3600,
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let first = running_or_done(&spoke, "to-hub").await;
+    assert_eq!(ended(&spoke, "to-hub", first).await["outcome"], "succeeded");
+    assert_eq!(hub.get("/assets/files/a.txt").await.status, StatusCode::OK);
+    let r = spoke
+        .send("PUT", "/assets/files/b.txt", Some(ADMIN), &[], "b".repeat(2500))
+        .await;
+    assert!(r.status.is_success(), "{}", r.text());
+
+    let cookie = session(&spoke, ADMIN).await;
+    let r = page(&spoke, &cookie, "/replications/to-hub/plan").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let html = r.text();
+    assert!(
+        html.contains("Would move (1)") && html.contains("Would not move (1)"),
+        "{html}"
+    );
+    assert!(html.contains("Bytes to move: <strong>2.5 KB</strong>"), "{html}");
+    let at = html
+        .find("<code class=\"break\">a.txt</code>")
+        .expect("a.txt listed");
+    let row = &html[at..at + html[at..].find("</tr>").unwrap()];
+    assert!(row.contains("already the same on both sides"), "{row}");
+}
