@@ -185,6 +185,25 @@ impl Remote {
         Ok(r.digests)
     }
 
+    /// A blob's size on the other side (a HEAD request), None when it does
+    /// not hold it. For a plan: what copying an item would move.
+    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, ReplError> {
+        let resp = self
+            .req(Method::HEAD, &format!("/blobs/{digest}"))
+            .send()
+            .await
+            .map_err(transport)?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = Self::check(resp).await?;
+        Ok(resp
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()))
+    }
+
     /// Streams a blob from byte `offset` on.
     pub async fn fetch_blob(&self, digest: &Digest, offset: u64) -> Result<ByteStream, ReplError> {
         let mut rb = self.req(Method::GET, &format!("/blobs/{digest}"));

@@ -5,13 +5,13 @@
 //! with their original stamps, and saves the cursor only once what it
 //! covers is applied — so an interrupted execution resumes and converges.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use ferry_core::rfc3339;
 use ferry_store::{FeedRecord, ReplicationRecord, now_millis};
-use ferry_types::{Digest, FeedName, InstanceId, ItemKey};
+use ferry_types::{Digest, FeedName, InstanceId, ItemKey, Stamp};
 use serde::Serialize;
 
 use crate::client::Remote;
@@ -91,6 +91,10 @@ pub struct PlannedItem {
     /// Why it would not move, or why a deletion would be held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// For an item a run would copy or update: its size (the bytes of its
+    /// blobs; what is already on the receiving side included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 impl FeedReport {
@@ -114,6 +118,7 @@ impl FeedReport {
                 direction,
                 action,
                 why,
+                size: None,
             });
         }
     }
@@ -296,6 +301,102 @@ impl<'a> Run<'a> {
         });
     }
 
+    /// A plan only, after [`Self::execute`]: lists the live items the plan
+    /// has not listed yet — the same on both sides, or left out by the
+    /// filters — so "would not move" tells what is already in place, not
+    /// only what changed since the last execution. A replication that
+    /// pulls reads the other side's entries (as a full pull does); one that
+    /// only pushes reads its own and asks the other side's stamps (as a
+    /// push does: the other side does not send its entries then).
+    /// Tombstones on both sides are not listed. Stops at [`PLAN_ITEMS`]
+    /// per pair.
+    pub async fn plan_unchanged(&mut self) -> Result<(), ReplError> {
+        let pulls = self.cfg.mode.flows.pulls();
+        let direction = if pulls { "pull" } else { "push" };
+        let mut feeds = std::mem::take(&mut self.report.feeds);
+        for fr in &mut feeds {
+            let local = self.r.ferry().feed(&fr.local).await?;
+            let listed: HashSet<ItemKey> = fr
+                .plan
+                .as_ref()
+                .map(|p| p.items.iter().map(|i| i.key.clone()).collect())
+                .unwrap_or_default();
+            let mut after: Option<ItemKey> = None;
+            loop {
+                if fr.plan.as_ref().is_some_and(|p| p.items.len() >= PLAN_ITEMS) {
+                    break;
+                }
+                // Live items not listed yet, each with whether the other
+                // end holds it at the same stamp.
+                let (fresh, next) = if pulls {
+                    let page = self.remote.entries(&fr.remote, after.as_ref(), PAGE).await?;
+                    let theirs: Vec<WireEntry> = page
+                        .entries
+                        .into_iter()
+                        .filter(|e| !e.deleted && !listed.contains(&e.key))
+                        .collect();
+                    let keys: Vec<ItemKey> = theirs.iter().map(|e| e.key.clone()).collect();
+                    let here: HashMap<ItemKey, Stamp> = self
+                        .r
+                        .store()
+                        .entries_for(local.id, &keys)
+                        .await?
+                        .into_iter()
+                        .filter(|e| e.live.is_some())
+                        .map(|e| (e.key, e.stamp))
+                        .collect();
+                    let fresh: Vec<(WireEntry, bool)> = theirs
+                        .into_iter()
+                        .map(|e| {
+                            let same = here.get(&e.key) == Some(&e.stamp);
+                            (e, same)
+                        })
+                        .collect();
+                    (fresh, page.next_after)
+                } else {
+                    let page = self.r.store().entries(local.id, after.as_ref(), PAGE).await?;
+                    let next = (page.len() == PAGE)
+                        .then(|| page.last().map(|e| e.key.clone()))
+                        .flatten();
+                    let mine: Vec<WireEntry> = page
+                        .into_iter()
+                        .map(WireEntry::from)
+                        .filter(|e| !e.deleted && !listed.contains(&e.key))
+                        .collect();
+                    let theirs = if mine.is_empty() {
+                        Vec::new()
+                    } else {
+                        let keys = mine.iter().map(|e| e.key.clone()).collect();
+                        self.remote.stamps(&fr.remote, keys).await?.stamps
+                    };
+                    let fresh: Vec<(WireEntry, bool)> = mine
+                        .into_iter()
+                        .zip(theirs.into_iter().chain(std::iter::repeat(None)))
+                        .map(|(e, t)| {
+                            let same = matches!(t, Some((s, false)) if s == e.stamp);
+                            (e, same)
+                        })
+                        .collect();
+                    (fresh, next)
+                };
+                for (e, same) in &fresh {
+                    if !self.filter.admits(local.feed_type, &e.key) {
+                        let why = not_carried(&self.filter, local.feed_type, e, "carry it");
+                        fr.plan_item(true, direction, &e.key, "none", Some(why));
+                    } else if *same {
+                        fr.plan_item(true, direction, &e.key, "none", Some(same_on_both_sides(e)));
+                    }
+                }
+                match next {
+                    Some(k) => after = Some(k),
+                    None => break,
+                }
+            }
+        }
+        self.report.feeds = feeds;
+        Ok(())
+    }
+
     pub async fn handshake(&mut self) -> Result<HandshakeResponse, ReplError> {
         let mut feeds = Vec::new();
         for p in &self.cfg.feeds {
@@ -426,13 +527,15 @@ impl<'a> Run<'a> {
 }
 
 /// What a plan lists for an entry a run would send to the other side
-/// (`direction`), where it is `live_on_target` or not.
+/// (`direction`), where it is `live_on_target` or not; `size` is the
+/// item's size when it would be copied or updated.
 fn plan_planned(
     fr: &mut FeedReport,
     direction: &'static str,
     e: &WireEntry,
     live_on_target: bool,
     held: bool,
+    size: Option<u64>,
 ) {
     let (action, why) = match (e.deleted, live_on_target) {
         (true, true) if held => (
@@ -448,6 +551,24 @@ fn plan_planned(
         (false, false) => ("copy", None),
     };
     fr.plan_item(true, direction, &e.key, action, why);
+    if !e.deleted
+        && let Some(item) = fr
+            .plan
+            .as_mut()
+            .and_then(|p| p.items.last_mut())
+            .filter(|i| i.key == e.key)
+    {
+        item.size = size;
+    }
+}
+
+/// Why a plan does not move an entry both sides hold at the same stamp.
+fn same_on_both_sides(e: &WireEntry) -> String {
+    if e.deleted {
+        "deleted on both sides".into()
+    } else {
+        "already the same on both sides".into()
+    }
 }
 
 /// Why a plan lists an entry that the replication does not carry: left

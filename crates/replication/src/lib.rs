@@ -740,6 +740,9 @@ impl Replicator {
         let (rec, cfg) = self.record(name).await?;
         let mut run = Run::new(self, &rec, &cfg, Arc::new(Progress::default()))?.dry_run();
         run.execute().await?;
+        // A run compares only what changed since the last one: the plan
+        // also lists what is already the same on both sides.
+        run.plan_unchanged().await?;
         Ok(run.report)
     }
 

@@ -411,6 +411,17 @@ async fn sessions_are_capped_and_the_oldest_ends_first() {
         StatusCode::SEE_OTHER,
         "the key's oldest session was ended at its cap"
     );
+    // The login page it leads to says why.
+    let to = r.header("location").unwrap().to_string();
+    let login = page(&i, &first, &to).await.text();
+    assert!(
+        login.contains("Signed out: this key signed in elsewhere more than 20 times"),
+        "{to}: {login}"
+    );
+    // A session that was never there (or signed out) gets no such words.
+    let r = page(&i, "ferry_session=nope", "/").await;
+    let to = r.header("location").unwrap().to_string();
+    assert!(!page(&i, "", &to).await.text().contains("Signed out:"));
     // Another key signing in over and over never ends the admin's session.
     let reader = i.key("reader", Permission::Read, None).await;
     for _ in 0..(ferry_server::ui::MAX_SESSIONS_PER_KEY * 3) {
@@ -847,6 +858,8 @@ async fn wizard_post(
         ("interval", "60"),
         ("name", "to-hub"),
     ];
+    // An extra field replaces the default one of that name.
+    fields.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
     fields.extend_from_slice(extra);
     post(i, cookie, "/replications/new", Some(ORIGIN), &fields).await
 }
@@ -876,7 +889,18 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     let r = wizard_post(&spoke, &cookie, &closed, &token, "pull", &[]).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     let t = r.text();
-    assert!(t.contains("could not be reached at"), "{t}");
+    assert!(
+        t.contains(&format!("Nothing answers at {closed}: connection refused.")),
+        "{t}"
+    );
+    for library in [
+        "error sending request",
+        "tcp connect error",
+        "os error",
+        "client error",
+    ] {
+        assert!(!t.contains(library), "library text {library:?} shown: {t}");
+    }
     assert!(
         t.contains(&format!("value=\"{closed}\"")) && t.contains("value=\"to-hub\""),
         "{t}"
@@ -889,6 +913,29 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     let r = wizard_post(&spoke, &cookie, &web, &token, "pull", &[]).await;
     assert!(r.text().contains("is not a Ferry instance"), "{}", r.text());
     assert!(r.text().contains("HTTP 404"), "{}", r.text());
+    // It answered: "create it anyway" is not offered, and forcing it is refused.
+    assert!(!r.text().contains("name=\"anyway\""), "{}", r.text());
+    nothing_created(&spoke).await;
+    let r = wizard_post(&spoke, &cookie, &web, &token, "pull", &[("anyway", "1")]).await;
+    assert!(r.text().contains("is not a Ferry instance"), "{}", r.text());
+    nothing_created(&spoke).await;
+
+    // An interval of 0 names the form's field, not the CLI's flag.
+    let r = wizard_post(
+        &spoke,
+        &cookie,
+        &closed,
+        &token,
+        "pull",
+        &[("anyway", "1"), ("interval", "0")],
+    )
+    .await;
+    let t = r.text();
+    assert!(
+        t.contains("Interval (seconds between runs) must be at least 1 second"),
+        "{t}"
+    );
+    assert!(!t.contains("--interval"), "{t}");
     nothing_created(&spoke).await;
 
     // Wrong token.
@@ -967,6 +1014,45 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     )
     .await;
     assert!(r.text().contains("is not a Ferry instance"), "{}", r.text());
+    let o = api(&spoke, "GET", "/api/v1/replications/to-hub", None)
+        .await
+        .json();
+    assert_eq!(o["config"]["url"], closed.as_str(), "{o}");
+
+    // A failing check on the edit page keeps every typed value.
+    let other_closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let r = post(
+        &spoke,
+        &cookie,
+        "/replications/to-hub/edit",
+        Some(ORIGIN),
+        &[
+            ("csrf", &csrf),
+            ("url", &other_closed),
+            ("token", "fst_typed_token"),
+            ("interval", "45"),
+            ("bandwidth", "123456"),
+            ("include", "keep/**"),
+            ("exclude", "skip/**"),
+            ("carry_downloads", "1"),
+        ],
+    )
+    .await;
+    let t = r.text();
+    assert!(t.contains(&format!("Nothing answers at {other_closed}")), "{t}");
+    for typed in [
+        format!("value=\"{other_closed}\""),
+        "value=\"fst_typed_token\"".into(),
+        "value=\"45\"".into(),
+        "value=\"123456\"".into(),
+        ">keep/**</textarea>".into(),
+        ">skip/**</textarea>".into(),
+    ] {
+        assert!(t.contains(&typed), "{typed} lost: {t}");
+    }
     let o = api(&spoke, "GET", "/api/v1/replications/to-hub", None)
         .await
         .json();
@@ -1157,6 +1243,137 @@ async fn an_item_is_deleted_from_its_page_after_a_confirmation_naming_it() {
     )
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    // Its confirm page (an old tab, a back button) offers no Delete.
+    let confirm = page(&i, &wc, "/feeds/files/item/delete?key=dir%2Fapp%2Etar").await;
+    assert_eq!(confirm.status, StatusCode::NOT_FOUND);
+    let t = confirm.text();
+    assert!(t.contains("dir/app.tar is already gone"), "{t}");
+    assert!(!t.contains("/item/delete\""), "Delete still offered: {t}");
+}
+
+/// The small things a first look stumbles on: times, the apt line,
+/// notices after a delete, a refused key keeping its name, plurals, and
+/// words that do not break in the middle at phone width.
+#[tokio::test]
+async fn first_look_details() {
+    let i = Instance::new().await;
+    let cookie = session(&i, ADMIN).await;
+    let csrf = csrf_of(&page(&i, &cookie, "/feeds").await);
+    // The debian feed's hint: the real sources line and the key download.
+    let r = post(
+        &i,
+        &cookie,
+        "/feeds",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("name", "apt"), ("type", "debian")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let shown = page(&i, &cookie, r.header("location").unwrap()).await.text();
+    assert!(
+        shown.contains(
+            "deb [signed-by=/etc/apt/keyrings/ferry-apt.gpg] http://ferry.test/debian/apt bookworm main"
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("http://ferry.test/debian/apt/key.gpg"), "{shown}");
+    assert!(!shown.contains("See the README"), "{shown}");
+
+    // One item in one folder.
+    i.feed("files", FeedType::Assets, false).await;
+    let r = i
+        .send("PUT", "/assets/files/dir/app.tar", Some(ADMIN), &[], "bytes")
+        .await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let shown = page(&i, &cookie, "/feeds/files").await.text();
+    assert!(shown.contains("1 item in 1 folder<"), "{shown}");
+
+    // Deleting a feed says so.
+    let confirm = page(&i, &cookie, "/feeds/apt/delete").await;
+    let r = post(
+        &i,
+        &cookie,
+        "/feeds/apt/delete",
+        Some(ORIGIN),
+        &[("csrf", &csrf_of(&confirm))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let shown = page(&i, &cookie, r.header("location").unwrap()).await.text();
+    assert!(shown.contains("Feed <strong>apt</strong> deleted"), "{shown}");
+
+    // A refused key keeps what was typed.
+    i.key("taken", Permission::Read, None).await;
+    let r = post(
+        &i,
+        &cookie,
+        "/keys",
+        Some(ORIGIN),
+        &[
+            ("csrf", &csrf),
+            ("name", "taken"),
+            ("permission", "write"),
+            ("feed", "files"),
+        ],
+    )
+    .await;
+    assert!(r.status.is_client_error(), "{}", r.text());
+    let t = r.text();
+    assert!(
+        t.contains("id=\"key-name\"") && t.contains("value=\"taken\""),
+        "{t}"
+    );
+    assert!(t.contains("value=\"write\" selected"), "{t}");
+    assert!(t.contains("value=\"files\" checked"), "{t}");
+
+    // Next run, like the other times; deleting a replication says so.
+    let r = api(
+        &i,
+        "POST",
+        "/api/v1/replications",
+        Some(serde_json::json!({
+            "name": "later", "feeds": ["files"], "mode": "pull", "outgoing": "http://127.0.0.1:9",
+            "token": "fst_x_y", "interval": 3600,
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let mut next = serde_json::Value::Null;
+    for _ in 0..100 {
+        next = api(&i, "GET", "/api/v1/replications/later", None).await.json()["status"]["next_run"].clone();
+        if next.is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let raw = next.as_str().expect("a next run").to_string();
+    let shown = page(&i, &cookie, "/").await.text();
+    assert!(!shown.contains(&raw), "raw {raw}: {shown}");
+    let plain = format!("{} {} UTC", &raw[..10], &raw[11..19]);
+    assert!(shown.contains(&plain), "{plain}: {shown}");
+    let confirm = page(&i, &cookie, "/replications/later/delete").await;
+    let r = post(
+        &i,
+        &cookie,
+        "/replications/later/delete",
+        Some(ORIGIN),
+        &[("csrf", &csrf_of(&confirm))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let shown = page(&i, &cookie, r.header("location").unwrap()).await.text();
+    assert!(
+        shown.contains("Replication <strong>later</strong> deleted"),
+        "{shown}"
+    );
+
+    // Badges and short words do not break in the middle.
+    let css = i.get("/ui/assets/ferry.css").await.text();
+    assert!(!css.contains("td { overflow-wrap: anywhere"), "{css}");
+    assert!(
+        css.contains(".badge { display: inline-block; white-space: nowrap"),
+        "{css}"
+    );
 }
 
 /// The plan page lists the items a run would copy and delete and, for
@@ -1165,7 +1382,13 @@ async fn an_item_is_deleted_from_its_page_after_a_confirmation_naming_it() {
 async fn the_plan_lists_each_item_and_why_it_would_not_move() {
     let hub = Instance::new().await;
     hub.feed("files", FeedType::Assets, false).await;
-    for (k, v) in [("same.txt", "s"), ("old.txt", "o"), ("skip/x.txt", "x")] {
+    for (k, v) in [
+        ("same.txt", "s"),
+        ("same2.txt", "s2"),
+        ("old.txt", "o"),
+        ("skip/x.txt", "x"),
+        ("gone.txt", "g"),
+    ] {
         let r = hub
             .send("PUT", &format!("/assets/files/{k}"), Some(ADMIN), &[], v)
             .await;
@@ -1191,10 +1414,33 @@ async fn the_plan_lists_each_item_and_why_it_would_not_move() {
     let first = running_or_done(&spoke, "from-hub").await;
     assert_eq!(ended(&spoke, "from-hub", first).await["outcome"], "succeeded");
     assert_eq!(spoke.get("/assets/files/same.txt").await.status, StatusCode::OK);
-    // On the hub: one deleted, one new.
+    // Deleted on the hub, and that deletion carried to the spoke (confirmed):
+    // a tombstone on both sides.
+    hub.send(
+        "DELETE",
+        "/assets/files/gone.txt",
+        Some(ADMIN),
+        &[],
+        Body::empty(),
+    )
+    .await;
+    let r = api(
+        &spoke,
+        "POST",
+        "/api/v1/replications/from-hub/run",
+        Some(serde_json::json!({ "confirm_deletes": true })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        spoke.get("/assets/files/gone.txt").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // On the hub: one deleted, one new (200 KB).
+    let big = "b".repeat(200_000);
     hub.send("DELETE", "/assets/files/old.txt", Some(ADMIN), &[], Body::empty())
         .await;
-    hub.send("PUT", "/assets/files/new.txt", Some(ADMIN), &[], "n")
+    hub.send("PUT", "/assets/files/new.txt", Some(ADMIN), &[], big)
         .await;
     // A new filter compares from the start again; the guard holds every
     // execution before it moves its cursor.
@@ -1218,6 +1464,24 @@ async fn the_plan_lists_each_item_and_why_it_would_not_move() {
         html[at..at + html[at..].find("</tr>").unwrap()].to_string()
     };
     assert!(row("new.txt").contains(">copy<"), "{}", row("new.txt"));
+    // Its size, and the total to move.
+    assert!(row("new.txt").contains(">200.0 KB<"), "{}", row("new.txt"));
+    assert!(
+        html.contains("Bytes to move: <strong>200.0 KB</strong>"),
+        "{html}"
+    );
+    // Items the same on both sides are listed as such, even with no change
+    // since the last execution; a tombstone on both sides is not "the same".
+    assert!(
+        row("same2.txt").contains("already the same"),
+        "{}",
+        row("same2.txt")
+    );
+    assert!(
+        row("gone.txt").contains("deleted on both sides") && !row("gone.txt").contains("already the same"),
+        "{}",
+        row("gone.txt")
+    );
     assert!(
         row("old.txt").contains(">delete<") && row("old.txt").contains("held by the delete guard"),
         "{}",
@@ -1234,7 +1498,7 @@ async fn the_plan_lists_each_item_and_why_it_would_not_move() {
         row("skip/x.txt")
     );
     assert!(
-        html.contains("Would move (2)") && html.contains("Would not move (2)"),
+        html.contains("Would move (2)") && html.contains("Would not move (4)"),
         "{html}"
     );
     // Nothing moved.
@@ -1247,7 +1511,22 @@ async fn the_plan_lists_each_item_and_why_it_would_not_move() {
     let j = api(&spoke, "POST", "/api/v1/replications/from-hub/plan", None)
         .await
         .json();
-    assert_eq!(j["feeds"][0]["plan"]["total"], 4, "{j}");
+    assert_eq!(j["feeds"][0]["plan"]["total"], 6, "{j}");
+
+    // With no change since the last execution, the plan still lists what
+    // is the same on both sides (not "Nothing").
+    let r = api(
+        &spoke,
+        "POST",
+        "/api/v1/replications/from-hub/run",
+        Some(serde_json::json!({ "confirm_deletes": true })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let html = page(&spoke, &cookie, "/replications/from-hub/plan").await.text();
+    assert!(html.contains("Would move (0)"), "{html}");
+    assert!(html.contains("Would not move (4)"), "{html}");
+    assert!(html.contains("already the same"), "{html}");
 }
 
 /// The id of replication `name`'s first execution, running or ended.
@@ -1266,4 +1545,103 @@ async fn running_or_done(i: &Instance, name: &str) -> i64 {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("no execution of {name}");
+}
+
+/// On an instance with only an outgoing replication: the diagnostic
+/// center says whose log it shows and points to the executions, and an
+/// execution's log filtered at "info" still shows its error lines.
+#[tokio::test]
+async fn diagnostics_says_what_it_shows_and_a_level_filter_is_a_minimum() {
+    let spoke = Instance::new().await;
+    spoke.feed("files", FeedType::Assets, false).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let r = api(
+        &spoke,
+        "POST",
+        "/api/v1/replications",
+        Some(serde_json::json!({
+            "name": "to-nowhere", "feeds": ["files"], "mode": "pull", "outgoing": closed,
+            "token": "fst_x_y", "interval": 3600,
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    api(
+        &spoke,
+        "POST",
+        "/api/v1/replications/to-nowhere/run",
+        Some(serde_json::json!({ "wait": true })),
+    )
+    .await;
+    let id = running_or_done(&spoke, "to-nowhere").await;
+    let rec = ended(&spoke, "to-nowhere", id).await;
+    assert_eq!(rec["outcome"], "failed", "{rec}");
+
+    let cookie = session(&spoke, ADMIN).await;
+    let html = page(&spoke, &cookie, "/diagnostics").await.text();
+    assert!(html.contains("what other instances asked of this one"), "{html}");
+    assert!(html.contains("href=\"/executions\""), "{html}");
+    assert!(!html.contains("what its executions did"), "{html}");
+
+    let path = format!("/replications/to-nowhere/executions/{id}");
+    let all = page(&spoke, &cookie, &path).await.text();
+    assert!(all.contains("class=\"lvl-error\""), "{all}");
+    let info = page(&spoke, &cookie, &format!("{path}?level=info")).await.text();
+    assert!(info.contains("class=\"lvl-error\""), "info hides errors: {info}");
+    let error = page(&spoke, &cookie, &format!("{path}?level=error")).await.text();
+    assert!(error.contains("class=\"lvl-error\""), "{error}");
+    assert!(!error.contains("class=\"lvl-info\""), "{error}");
+}
+
+/// A push-only replication's plan (the other side sends no entries then)
+/// also lists what is already the same, and what it would copy with its
+/// size.
+#[tokio::test]
+async fn a_push_plan_lists_what_is_the_same_and_what_it_would_copy() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "pull").await;
+    let url = hub.serve().await;
+    let spoke = Instance::new().await;
+    spoke.feed("files", FeedType::Assets, false).await;
+    let r = spoke
+        .send("PUT", "/assets/files/a.txt", Some(ADMIN), &[], "aaaa")
+        .await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let r = api(
+        &spoke,
+        "POST",
+        "/api/v1/replications",
+        Some(serde_json::json!({
+            "name": "to-hub", "feeds": ["files"], "mode": "push", "outgoing": url, "token": token,
+            "interval": 3600,
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let first = running_or_done(&spoke, "to-hub").await;
+    assert_eq!(ended(&spoke, "to-hub", first).await["outcome"], "succeeded");
+    assert_eq!(hub.get("/assets/files/a.txt").await.status, StatusCode::OK);
+    let r = spoke
+        .send("PUT", "/assets/files/b.txt", Some(ADMIN), &[], "b".repeat(2500))
+        .await;
+    assert!(r.status.is_success(), "{}", r.text());
+
+    let cookie = session(&spoke, ADMIN).await;
+    let r = page(&spoke, &cookie, "/replications/to-hub/plan").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let html = r.text();
+    assert!(
+        html.contains("Would move (1)") && html.contains("Would not move (1)"),
+        "{html}"
+    );
+    assert!(html.contains("Bytes to move: <strong>2.5 KB</strong>"), "{html}");
+    let at = html
+        .find("<code class=\"break\">a.txt</code>")
+        .expect("a.txt listed");
+    let row = &html[at..at + html[at..].find("</tr>").unwrap()];
+    assert!(row.contains("already the same on both sides"), "{row}");
 }

@@ -559,7 +559,7 @@ impl Run<'_> {
                         "pull",
                         &e.key,
                         "none",
-                        Some("already the same on both sides".into()),
+                        Some(super::same_on_both_sides(e)),
                     );
                     settled.push(e.key.clone());
                 }
@@ -627,10 +627,27 @@ impl Run<'_> {
             }
         }
         if self.dry {
+            // Sizes: each blob once; what is here already is not moved.
+            let mut seen: HashSet<Digest> = HashSet::new();
             for e in &todo {
                 let live_here = locals.get(&e.key).is_some_and(|l| l.live.is_some());
                 count_planned(&mut fr.pulled, e, live_here);
-                plan_planned(fr, "pull", e, live_here, self.guard_held);
+                let mut size = None;
+                if !e.deleted {
+                    let mut total = 0u64;
+                    for d in &e.blobs {
+                        let (n, here) = match self.r.ferry().blob_size(d).await? {
+                            Some(n) => (n, true),
+                            None => (self.remote.blob_size(d).await?.unwrap_or(0), false),
+                        };
+                        total += n;
+                        if !here && seen.insert(*d) {
+                            fr.pulled.bytes += n;
+                        }
+                    }
+                    size = Some(total);
+                }
+                plan_planned(fr, "pull", e, live_here, self.guard_held, size);
             }
             return Ok(());
         }

@@ -214,7 +214,7 @@ impl Run<'_> {
                         "push",
                         &e.key,
                         "none",
-                        Some("already the same on both sides".into()),
+                        Some(super::same_on_both_sides(&e)),
                     );
                 }
                 Some((s, _)) if s > e.stamp => {
@@ -240,9 +240,34 @@ impl Run<'_> {
             }
         }
         if self.dry {
+            // Sizes: each blob once; what the other side holds is not moved.
+            let mut digests: Vec<Digest> = todo
+                .iter()
+                .filter(|e| !e.deleted)
+                .flat_map(|e| e.blobs.iter().copied())
+                .collect();
+            digests.sort();
+            digests.dedup();
+            let mut missing: HashSet<Digest> = if digests.is_empty() {
+                HashSet::new()
+            } else {
+                self.remote.missing(digests).await?.into_iter().collect()
+            };
             for (e, live) in todo.iter().zip(&live_there) {
                 count_planned(&mut fr.pushed, e, *live);
-                plan_planned(fr, "push", e, *live, self.guard_held);
+                let mut size = None;
+                if !e.deleted {
+                    let mut total = 0u64;
+                    for d in &e.blobs {
+                        let n = self.r.ferry().blob_size(d).await?.unwrap_or(0);
+                        total += n;
+                        if missing.remove(d) {
+                            fr.pushed.bytes += n;
+                        }
+                    }
+                    size = Some(total);
+                }
+                plan_planned(fr, "push", e, *live, self.guard_held, size);
             }
             return Ok(());
         }

@@ -79,7 +79,18 @@ fn client_hint(ty: FeedType, origin: &str, feed: &str) -> Markup {
         FeedType::Cargo => html! {
             pre { "# .cargo/config.toml\n[registries." (feed) "]\nindex = \"sparse+" (origin) "/cargo/" (feed) "/\"" }
         },
-        _ => html! { p.muted { "See the README for this feed type's client configuration." } },
+        FeedType::Nuget => html! {
+            pre { "nuget sources add -Name ferry -Source " (origin) "/nuget/" (feed) "/v3/index.json\n"
+                  "nuget push PKG.nupkg -Source " (origin) "/nuget/" (feed) "/v3/index.json -ApiKey KEY\n"
+                  "# NuGet 2.x, Chocolatey: " (origin) "/nuget/" (feed) "/" }
+        },
+        FeedType::Debian => html! {
+            pre { "curl -o /etc/apt/keyrings/ferry-" (feed) ".gpg " (origin) "/debian/" (feed) "/key.gpg\n"
+                  "echo \"deb [signed-by=/etc/apt/keyrings/ferry-" (feed) ".gpg] " (origin) "/debian/" (feed) " bookworm main\" \\\n"
+                  "    > /etc/apt/sources.list.d/ferry-" (feed) ".list\n"
+                  "apt-get update\n"
+                  "# upload: curl -T PKG.deb -u any:KEY " (origin) "/debian/" (feed) "/upload/bookworm/main" }
+        },
     }
 }
 
@@ -143,13 +154,19 @@ struct NewFeedDraft {
     private: bool,
 }
 
-async fn list(State(st): State<AppState>, who: Signed, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn list(
+    State(st): State<AppState>,
+    who: Signed,
+    headers: HeaderMap,
+    Query(q): Query<BrowseQuery>,
+) -> Result<Response, ApiError> {
+    let deleted = (!q.deleted.is_empty()).then_some(q.deleted.as_str());
     render_list(
         &st,
         &who,
         &headers,
         &NewFeedDraft::default(),
-        None,
+        (None, deleted),
         StatusCode::OK,
     )
     .await
@@ -160,7 +177,7 @@ async fn render_list(
     who: &Signed,
     headers: &HeaderMap,
     draft: &NewFeedDraft,
-    msg: Option<&str>,
+    (msg, deleted): (Option<&str>, Option<&str>),
     status: StatusCode,
 ) -> Result<Response, ApiError> {
     let repls = replications_by_feed(st, who).await;
@@ -176,6 +193,9 @@ async fn render_list(
     let admin = who.is_admin();
     let body = html! {
         h1 { "Feeds" }
+        @if let Some(d) = deleted {
+            div.notice role="status" #deleted-notice { p { "Feed " strong { (d) } " deleted, with its items." } }
+        }
         @if rows.is_empty() {
             div.empty { p { "No feeds yet." @if admin { " Create one below." } } }
         } @else {
@@ -240,7 +260,7 @@ async fn create(State(st): State<AppState>, headers: HeaderMap, p: Posted) -> Re
                 &p.who,
                 &headers,
                 &draft,
-                Some(&crate::error::public_message(&e)),
+                (Some(&crate::error::public_message(&e)), None),
                 status,
             )
             .await
@@ -261,7 +281,7 @@ async fn delete_confirm(
         h1 { "Delete feed " (row.feed.name) "?" }
         div.notice.warn {
             p { "This deletes the " (row.feed.feed_type.to_string()) " feed " strong { (row.feed.name) } " with its "
-                strong { (row.items) " items" } @if let Some(s) = row.size { " (" (bytes(s)) ")" } ". It cannot be undone." }
+                strong { (count(row.items, "item")) } @if let Some(s) = row.size { " (" (bytes(s)) ")" } ". It cannot be undone." }
             @if !row.replications.is_empty() {
                 p { "Replications that use it: " (row.replications.join(", ")) ". They will fail for this feed until they are changed or deleted." }
             }
@@ -269,7 +289,7 @@ async fn delete_confirm(
         }
         form method="post" action={ "/feeds/" (seg(&name)) "/delete" } {
             (csrf_field(&who))
-            button.danger type="submit" { "Delete feed " (row.feed.name) " and its " (row.items) " items" }
+            button.danger type="submit" { "Delete feed " (row.feed.name) " and its " (count(row.items, "item")) }
             " " a href="/feeds" { "Cancel" }
         }
     };
@@ -284,7 +304,7 @@ async fn delete(
     p.who.admin()?;
     let name = FeedName::new(&name).map_err(|e| html_err(CoreError::from(e)))?;
     st.ferry.delete_feed(&name).await.map_err(html_err)?;
-    Ok(Redirect::to("/feeds").into_response())
+    Ok(Redirect::to(&format!("/feeds?deleted={}", seg(name.as_str()))).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -304,6 +324,15 @@ fn group_of(key: &str) -> (String, String) {
     match key.rsplit_once('/') {
         Some((g, e)) => (g.to_owned(), e.to_owned()),
         None => (String::new(), key.to_owned()),
+    }
+}
+
+/// "1 item", "2 items".
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -356,13 +385,13 @@ async fn browse(
         @if items.is_empty() {
             div.empty { p { "This feed holds no items" @if !q.prefix.is_empty() { " under " code { (q.prefix) } } "." } }
         } @else {
-            p.muted { (items.len()) " items in " (groups.len()) " " (glabel.to_lowercase()) "s" }
+            p.muted #item-count { (count(items.len(), "item")) " in " (count(groups.len(), &glabel.to_lowercase())) }
             div.table-wrap { table #items {
                 thead { tr { th { (glabel) } th { (elabel) } th.num { "Blobs" } th.num { "Downloads" } th { "Updated" } } }
                 tbody { @for (g, list) in &groups { @for (i, it) in list.iter().enumerate() {
                     tr {
-                        td { @if i == 0 { strong { (if g.is_empty() { "/" } else { g.as_str() }) } } }
-                        td { a href={ "/feeds/" (seg(&fname)) "/item?key=" (seg(it.key.as_str())) } { (group_of(it.key.as_str()).1) } }
+                        td.long { @if i == 0 { strong { (if g.is_empty() { "/" } else { g.as_str() }) } } }
+                        td.long { a href={ "/feeds/" (seg(&fname)) "/item?key=" (seg(it.key.as_str())) } { (group_of(it.key.as_str()).1) } }
                         td.num { (it.blobs.len()) }
                         td.num { (it.downloads) }
                         td.muted { (when(it.updated_at)) }
@@ -455,9 +484,18 @@ async fn keys(State(st): State<AppState>, who: Signed) -> Result<Response, ApiEr
         &who,
         None,
         flash.as_ref().map(|(n, s)| (n.as_str(), s.as_str())),
+        &KeyDraft::default(),
         StatusCode::OK,
     )
     .await
+}
+
+/// What the create-key form shows again after a refusal.
+#[derive(Default)]
+struct KeyDraft {
+    name: String,
+    permission: String,
+    feeds: Vec<String>,
 }
 
 async fn render_keys(
@@ -465,6 +503,7 @@ async fn render_keys(
     who: &Signed,
     msg: Option<&str>,
     created: Option<(&str, &str)>,
+    draft: &KeyDraft,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
     let keys = st.ferry.keys().await.map_err(html_err)?;
@@ -501,14 +540,15 @@ async fn render_keys(
         form.card method="post" action="/keys" {
             (csrf_field(who))
             div.grid3 {
-                div { label for="key-name" { "Name" } input #key-name type="text" name="name" required placeholder="e.g. ci-publisher"; }
+                div { label for="key-name" { "Name" } input #key-name type="text" name="name" required placeholder="e.g. ci-publisher" value=(draft.name); }
                 div { label for="key-perm" { "Permission" } select #key-perm name="permission" {
-                    option value="read" { "read" } option value="write" { "write" } option value="admin" { "admin" }
+                    @for p in ["read", "write", "admin"] { option value=(p) selected[draft.permission == p] { (p) } }
                 } }
                 div {
                     fieldset.plain {
                         legend { "Feeds (none ticked: every feed)" }
-                        @for f in &feeds { label.check { input type="checkbox" name="feed" value=(f.name); " " (f.name) } }
+                        @for f in &feeds { label.check { input type="checkbox" name="feed" value=(f.name)
+                            checked[draft.feeds.iter().any(|d| d.as_str() == f.name.as_str())]; " " (f.name) } }
                     }
                 }
             }
@@ -524,6 +564,11 @@ async fn create_key(State(st): State<AppState>, p: Posted) -> Result<Response, A
     p.who.admin()?;
     let name = p.form.get("name").trim().to_owned();
     let feeds: Vec<String> = p.form.all("feed").into_iter().map(str::to_owned).collect();
+    let draft = KeyDraft {
+        name: name.clone(),
+        permission: p.form.get("permission").to_owned(),
+        feeds: feeds.clone(),
+    };
     let feeds = (!feeds.is_empty()).then_some(feeds);
     match crate::mgmt::new_key(&st.ferry, &name, p.form.get("permission"), feeds).await {
         Ok((rec, secret)) => {
@@ -540,7 +585,15 @@ async fn create_key(State(st): State<AppState>, p: Posted) -> Result<Response, A
         Err(e @ CoreError::Internal(_)) => Err(html_err(e)),
         Err(e) => {
             let status = crate::error::status_of(&e);
-            render_keys(&st, &p.who, Some(&crate::error::public_message(&e)), None, status).await
+            render_keys(
+                &st,
+                &p.who,
+                Some(&crate::error::public_message(&e)),
+                None,
+                &draft,
+                status,
+            )
+            .await
         }
     }
 }
@@ -750,6 +803,19 @@ async fn item_delete_confirm(
     let (feed, key, d) = deletable(&st, &who, &name, &q.key).await?;
     let fname = feed.name.to_string();
     let back = format!("/feeds/{}/item?key={}", seg(&fname), seg(key.as_str()));
+    if st.ferry.item(&feed, &key).await.map_err(html_err)?.is_none() {
+        let body = html! {
+            p.crumbs { a href="/feeds" { "Feeds" } " / " a href={ "/feeds/" (seg(&fname)) } { (fname) } " / delete item" }
+            h1.break { (key.as_str()) " is already gone" }
+            div.notice role="status" #already-gone {
+                p { "Feed " strong { (fname) } " no longer holds " code { (key.as_str()) } ": it was deleted already. Nothing to do." }
+            }
+            a.button href={ "/feeds/" (seg(&fname)) } { "Back to " (fname) }
+        };
+        let mut resp = page("Already gone", Some(&who), Nav::Feeds, body);
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        return Ok(resp);
+    }
     let body = html! {
         p.crumbs { a href="/feeds" { "Feeds" } " / " a href={ "/feeds/" (seg(&fname)) } { (fname) } " / delete item" }
         h1.break { "Delete " (key.as_str()) "?" }

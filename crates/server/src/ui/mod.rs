@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -92,7 +92,13 @@ pub(crate) enum Flash {
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Session>>,
+    /// Sessions ended by the per-key cap, until they would have expired:
+    /// the login page they are sent to says why they ended.
+    capped: Mutex<HashMap<String, Instant>>,
 }
+
+/// How many capped session ids are remembered at most.
+const MAX_CAPPED: usize = 10 * MAX_SESSIONS;
 
 impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -109,6 +115,7 @@ impl Sessions {
         let now = Instant::now();
         let mut map = self.lock();
         map.retain(|_, s| s.expires > now);
+        let mut ended = Vec::new();
         loop {
             let own: Vec<(&String, &Session)> = map.iter().filter(|(_, s)| s.key_hash == key_hash).collect();
             if own.len() < MAX_SESSIONS_PER_KEY {
@@ -119,9 +126,21 @@ impl Sessions {
                 .min_by_key(|(_, s)| s.expires)
                 .map(|(k, _)| (*k).clone());
             match oldest {
-                Some(k) => map.remove(&k),
+                Some(k) => {
+                    if let Some(s) = map.remove(&k) {
+                        ended.push((k, s.expires));
+                    }
+                }
                 None => break,
             };
+        }
+        if !ended.is_empty() {
+            let mut capped = self.capped.lock().unwrap_or_else(|p| p.into_inner());
+            capped.retain(|_, until| *until > now);
+            if capped.len() + ended.len() > MAX_CAPPED {
+                capped.clear();
+            }
+            capped.extend(ended);
         }
         if map.len() >= MAX_SESSIONS {
             return None;
@@ -164,6 +183,12 @@ impl Sessions {
 
     fn remove(&self, id: &str) {
         self.lock().remove(id);
+    }
+
+    /// Whether session `id` was ended by the per-key cap.
+    fn was_capped(&self, id: &str) -> bool {
+        let capped = self.capped.lock().unwrap_or_else(|p| p.into_inner());
+        capped.get(id).is_some_and(|until| *until > Instant::now())
     }
 
     /// How many sessions are held.
@@ -308,7 +333,13 @@ impl FromRequestParts<AppState> for Signed {
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
         let to_login = || Redirect::to("/login").into_response();
         let id = cookie_value(&parts.headers, &cookie_name(st)).ok_or_else(to_login)?;
-        let session = st.sessions.get(&id).ok_or_else(to_login)?;
+        let session = st.sessions.get(&id).ok_or_else(|| {
+            if st.sessions.was_capped(&id) {
+                Redirect::to("/login?ended=cap").into_response()
+            } else {
+                to_login()
+            }
+        })?;
         let key = st
             .ferry
             .metadata()
@@ -586,6 +617,26 @@ pub(crate) fn when(ms: i64) -> String {
     )
 }
 
+/// An RFC 3339 UTC time (`2026-12-01T04:12:13.312Z`) the way the other
+/// times are shown (`2026-12-01 04:12:13 UTC`); anything else as it is.
+pub(crate) fn when_text(t: &str) -> String {
+    let b = t.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    if t.ends_with('Z')
+        && b.get(10) == Some(&b'T')
+        && digits(0..4)
+        && digits(5..7)
+        && digits(8..10)
+        && digits(11..13)
+        && digits(14..16)
+        && digits(17..19)
+    {
+        format!("{} {} UTC", &t[..10], &t[11..19])
+    } else {
+        t.to_owned()
+    }
+}
+
 pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut v = n as f64;
@@ -612,11 +663,23 @@ pub(crate) fn duration(secs: f64) -> String {
 
 // ------------------------------------------------------------ sign-in
 
-async fn login_page(who: Option<Signed>) -> Response {
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct LoginQuery {
+    ended: String,
+}
+
+async fn login_page(who: Option<Signed>, Query(q): Query<LoginQuery>) -> Response {
     if who.is_some() {
         return Redirect::to("/").into_response();
     }
-    login_form(StatusCode::OK, None)
+    let msg = (q.ended == "cap").then(|| {
+        format!(
+            "Signed out: this key signed in elsewhere more than {MAX_SESSIONS_PER_KEY} times, \
+             which ends its oldest session. Sign in again."
+        )
+    });
+    login_form(StatusCode::OK, msg.as_deref())
 }
 
 fn login_form(status: StatusCode, msg: Option<&str>) -> Response {

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::{
     Fields, Nav, Posted, Signed, bytes, csrf_field, duration, page, post_button, problem, seg, when,
+    when_text,
 };
 use crate::AppState;
 use crate::error::ApiError;
@@ -116,13 +117,14 @@ fn outcome_class(outcome: Option<&str>) -> &'static str {
 fn last_text(o: &Overview, last: Option<&ExecutionRecord>) -> Markup {
     match (o.status.last_outcome.as_deref(), last) {
         (None, _) => html! { span.muted { "never run" } },
-        (Some(outcome), Some(e)) => html! {
+        // One element, so that the phone layout's cell keeps it together.
+        (Some(outcome), Some(e)) => html! { span {
             a href={ "/replications/" (seg(&o.name)) "/executions/" (e.id) } {
                 span class={ "badge " (outcome_class(Some(outcome))) } { (outcome) }
             }
             " " span.muted { (when(e.started_at)) }
             @if let Some(end) = e.ended_at { " · " span.muted { (duration((end - e.started_at) as f64 / 1000.0)) } }
-        },
+        } },
         (Some(outcome), None) => {
             html! { span class={ "badge " (outcome_class(Some(outcome))) } { (outcome) } }
         }
@@ -141,7 +143,18 @@ async fn last_execution(st: &AppState, o: &Overview) -> Option<ExecutionRecord> 
 
 // ------------------------------------------------------------ overview
 
-async fn overview(State(st): State<AppState>, who: Signed) -> Result<Response, ApiError> {
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OverviewQuery {
+    /// Set by the redirect after a replication was deleted: its name.
+    deleted: String,
+}
+
+async fn overview(
+    State(st): State<AppState>,
+    who: Signed,
+    Query(q): Query<OverviewQuery>,
+) -> Result<Response, ApiError> {
     if !who.is_admin() {
         return Ok(Redirect::to("/feeds").into_response());
     }
@@ -154,6 +167,9 @@ async fn overview(State(st): State<AppState>, who: Signed) -> Result<Response, A
         div.titlebar {
             h1 { "Replication" }
             a.button.primary href="/replications/new" { "Configure New Replication" }
+        }
+        @if !q.deleted.is_empty() {
+            div.notice role="status" #deleted-notice { p { "Replication " strong { (q.deleted) } " deleted." } }
         }
         @if list.is_empty() {
             div.empty {
@@ -182,7 +198,7 @@ async fn overview(State(st): State<AppState>, who: Signed) -> Result<Response, A
                                 }
                                 td data-field="last" data-label="Last execution" { (last_text(o, last.as_ref())) }
                                 td data-field="lag" data-label="Lag" { (lag_text(o)) }
-                                td.muted data-label="Next run" { (o.status.next_run.as_deref().unwrap_or("—")) }
+                                td.muted data-label="Next run" { (o.status.next_run.as_deref().map(when_text).unwrap_or_else(|| "—".into())) }
                                 td.actions {
                                     @if o.config.is_outgoing() {
                                         (post_button(&who, &format!("/replications/{}/run", seg(&o.name)), "Run now", "small"))
@@ -497,25 +513,79 @@ async fn wizard(
     Ok(resp)
 }
 
-/// A handshake or validation problem, in plain words.
+/// A handshake or validation problem, in plain words: the engine's
+/// messages name the CLI's flags, the form names its own fields.
 fn plain(e: &CoreError) -> String {
-    let msg = crate::error::public_message(e);
+    let msg = field_words(&crate::error::public_message(e));
     match e {
         CoreError::Unauthorized(_) => format!(
             "The other instance did not accept the sync token: it is wrong, or it was revoked. \
              Ask for a new token on the other instance's incoming replication. ({msg})"
         ),
         CoreError::Unavailable(_) => {
-            format!("The other instance could not be reached. Check the URL and that it is running. ({msg})")
+            let (why, _) = transport_words(&msg);
+            format!("The other instance could not be reached: {why}. Check the URL and that it is running.")
         }
         _ => msg,
     }
 }
 
+/// The CLI's flag names in an engine message, as the form's fields.
+fn field_words(msg: &str) -> String {
+    let mut out = msg.to_owned();
+    for (flag, field) in [
+        ("--interval", "Interval (seconds between runs)"),
+        ("--outgoing", "Other instance's URL"),
+        ("--token", "a sync token"),
+        ("--include", "Include"),
+        ("--exclude", "Exclude"),
+        ("--feed", "Feed"),
+        ("--name", "Replication name"),
+    ] {
+        out = out.replace(flag, field);
+    }
+    out
+}
+
+/// Why nothing answered at the other end, short: the last cause of a
+/// transport error without the library's wrapping ("error sending request
+/// for url (…): client error (Connect): tcp connect error: …"), and
+/// whether it is an end that did not answer at all (refused, timed out,
+/// unknown host), as opposed to one that answered wrongly.
+fn transport_words(m: &str) -> (String, bool) {
+    let lower = m.to_ascii_lowercase();
+    if lower.contains("connection refused") {
+        return ("connection refused".into(), true);
+    }
+    if lower.contains("timed out") || lower.contains("timeout") || lower.contains("deadline has elapsed") {
+        return ("no answer in time".into(), true);
+    }
+    if lower.contains("dns error")
+        || lower.contains("failed to lookup")
+        || lower.contains("name or service not known")
+    {
+        return ("the host name is not known".into(), true);
+    }
+    if lower.contains("network is unreachable")
+        || lower.contains("no route to host")
+        || lower.contains("host is unreachable")
+    {
+        return ("no route to that host".into(), true);
+    }
+    let last = m.rsplit(": ").next().unwrap_or(m);
+    let last = match last.find(" (os error") {
+        Some(at) => &last[..at],
+        None => last,
+    };
+    (last.trim().to_owned(), false)
+}
+
 /// What the on-the-spot handshake found, in plain words, with the status
-/// the wizard answers with and whether the other end was not reached (or
-/// is not a Ferry instance). Every rule is the other instance's or the
-/// engine's: this only words their errors for a person.
+/// the wizard answers with and whether nothing answered at the other end
+/// (refused, timed out: only then is "create it anyway" offered; a server
+/// that answered but is not Ferry is never created anyway). Every rule is
+/// the other instance's or the engine's: this only words their errors for
+/// a person.
 fn handshake_words(e: &ReplError, url: &str) -> (StatusCode, String, bool) {
     let not_ferry = |what: String| {
         (
@@ -524,21 +594,28 @@ fn handshake_words(e: &ReplError, url: &str) -> (StatusCode, String, bool) {
                 "{url} answered, but it is not a Ferry instance: {what}. Enter the other Ferry instance's own address \
                  (as in its base_url, e.g. https://hub.example.com:8765), not a web page or another server."
             ),
-            true,
+            false,
         )
     };
     match e {
         ReplError::Transport(m) if m.contains("decoding") => {
             not_ferry("its answer to the replication handshake was not Ferry's".into())
         }
-        ReplError::Transport(m) => (
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "The other instance could not be reached at {url}: {m}. Check the URL (scheme, host and port), \
-                 and that the other instance is running and reachable from this one."
-            ),
-            true,
-        ),
+        ReplError::Transport(m) => {
+            let (why, unreachable) = transport_words(m);
+            let words = if unreachable {
+                format!(
+                    "Nothing answers at {url}: {why}. Check the URL (scheme, host and port), \
+                     and that the other instance is running and reachable from this one."
+                )
+            } else {
+                format!(
+                    "The other instance could not be reached at {url}: {why}. Check the URL (scheme, host and port), \
+                     and that it is a Ferry instance reachable from this one."
+                )
+            };
+            (StatusCode::BAD_GATEWAY, words, unreachable)
+        }
         ReplError::Remote { status, .. } if matches!(status, 300..=399 | 404 | 405 | 406 | 415 | 501) => {
             not_ferry(format!("it has no replication API (it answered HTTP {status})"))
         }
@@ -566,10 +643,14 @@ fn handshake_words(e: &ReplError, url: &str) -> (StatusCode, String, bool) {
             format!("The other instance refused this replication: {m}."),
             false,
         ),
-        ReplError::Core(c) => (crate::error::status_of(c), crate::error::public_message(c), false),
+        ReplError::Core(c) => (
+            crate::error::status_of(c),
+            field_words(&crate::error::public_message(c)),
+            false,
+        ),
         ReplError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone(), false),
         ReplError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone(), false),
-        e => (StatusCode::BAD_REQUEST, e.to_string(), false),
+        e => (StatusCode::BAD_REQUEST, field_words(&e.to_string()), false),
     }
 }
 
@@ -744,7 +825,7 @@ async fn detail(
             dt { "Lag" } dd { (lag_text(&o)) }
             @if o.config.is_outgoing() {
                 dt { "Interval" } dd { (o.config.interval_secs) " s" }
-                dt { "Next run" } dd { (o.status.next_run.as_deref().unwrap_or("—")) }
+                dt { "Next run" } dd { (o.status.next_run.as_deref().map(when_text).unwrap_or_else(|| "—".into())) }
             }
             @if !o.config.include.is_empty() { dt { "Include" } dd { (o.config.include.join(", ")) } }
             @if !o.config.exclude.is_empty() { dt { "Exclude" } dd { (o.config.exclude.join(", ")) } }
@@ -881,7 +962,7 @@ async fn execution(
         .as_array()
         .map(|l| {
             l.iter()
-                .filter(|line| f.level.is_empty() || line["level"].as_str() == Some(f.level.as_str()))
+                .filter(|line| at_least(line["level"].as_str().unwrap_or(""), &f.level))
                 .collect()
         })
         .unwrap_or_default();
@@ -909,7 +990,7 @@ async fn execution(
         (feed_counts(report))
         h2 { "Log" }
         form.filters method="get" {
-            label for="level" { "Level" }
+            label for="level" { "Level (at least)" }
             select #level name="level" {
                 option value="" selected[f.level.is_empty()] { "all" }
                 @for l in ["debug", "info", "warn", "error"] { option value=(l) selected[f.level == l] { (l) } }
@@ -935,6 +1016,19 @@ async fn execution(
         Nav::Executions,
         body,
     ))
+}
+
+/// A level filter is a minimum: "info" shows info, warn and error.
+fn at_least(level: &str, min: &str) -> bool {
+    let rank = |l: &str| match l {
+        "trace" => 0,
+        "debug" => 1,
+        "info" => 2,
+        "warn" => 3,
+        "error" => 4,
+        _ => 2,
+    };
+    min.is_empty() || rank(level) >= rank(min)
 }
 
 fn feed_counts(report: &Value) -> Markup {
@@ -1048,7 +1142,7 @@ async fn delete(
 ) -> Result<Response, ApiError> {
     p.who.admin()?;
     st.replicator.delete(&name).await.map_err(html_err)?;
-    Ok(Redirect::to("/").into_response())
+    Ok(Redirect::to(&format!("/?deleted={}", seg(&name))).into_response())
 }
 
 async fn plan(
@@ -1090,6 +1184,7 @@ fn plan_items(f: &Value) -> Markup {
     let total = f["plan"]["total"].as_u64().unwrap_or(0);
     let (moving, staying): (Vec<&Value>, Vec<&Value>) = items.iter().partition(|i| i["action"] != "none");
     let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_owned();
+    let to_move = f["pulled"]["bytes"].as_u64().unwrap_or(0) + f["pushed"]["bytes"].as_u64().unwrap_or(0);
     html! {
         h2 { "Feed " (s(f, "local")) " = " (s(f, "remote")) }
         @if total == 0 {
@@ -1100,12 +1195,15 @@ fn plan_items(f: &Value) -> Markup {
             }
             h3 { "Would move (" (moving.len()) ")" }
             @if moving.is_empty() { p.muted { "Nothing." } } @else {
+                p #plan-total { "Bytes to move: " strong { (bytes(to_move)) }
+                    span.muted { " (blobs the receiving side does not hold yet, each counted once)" } }
                 div.table-wrap { table.plan data-plan="move" {
-                    thead { tr { th { "Item" } th { "Direction" } th { "Action" } th { "Note" } } }
+                    thead { tr { th { "Item" } th { "Direction" } th { "Action" } th.num { "Size" } th { "Note" } } }
                     tbody { @for i in &moving { tr {
                         td { code.break { (s(i, "key")) } }
                         td { (s(i, "direction")) }
                         td { span class={ "badge " (if i["action"] == "delete" { "bad" } else { "ok" }) } { (s(i, "action")) } }
+                        td.num { @if let Some(n) = i["size"].as_u64() { (bytes(n)) } @else { "—" } }
                         td { (s(i, "why")) }
                     } } }
                 } }
@@ -1148,14 +1246,16 @@ async fn diagnostics(
     categories.dedup();
     let shown: Vec<_> = lines
         .iter()
-        .filter(|l| f.level.is_empty() || json!(l.level).as_str() == Some(f.level.as_str()))
+        .filter(|l| at_least(json!(l.level).as_str().unwrap_or(""), &f.level))
         .filter(|l| f.category.is_empty() || l.category == f.category)
         .rev()
         .take(500)
         .collect();
     let body = html! {
         h1 { "Diagnostic center" }
-        p.hint { "The replication log: what peers asked of this instance and what its executions did. Newest first." }
+        p.hint #diag-scope { "The incoming side's replication log: what other instances asked of this one (handshakes, changes, blobs, refusals), newest first. "
+            "What this instance's own executions did is in each execution's log: see "
+            a href="/executions" { "Executions" } "." }
         form.filters method="post" action="/diagnostics/level" {
             (csrf_field(&who))
             label for="min-level" { "Record messages from level" }
@@ -1166,7 +1266,7 @@ async fn diagnostics(
             span.muted { " now: " strong #current-level { (min) } " (takes effect at once, no restart)" }
         }
         form.filters method="get" {
-            label for="f-level" { "Level" }
+            label for="f-level" { "Level (at least)" }
             select #f-level name="level" {
                 option value="" selected[f.level.is_empty()] { "all" }
                 @for l in ["debug", "info", "warn", "error"] { option value=(l) selected[f.level == l] { (l) } }
@@ -1178,7 +1278,13 @@ async fn diagnostics(
             }
             button type="submit" { "Filter" }
         }
-        @if shown.is_empty() { div.empty { p { "No replication log messages" @if !f.level.is_empty() || !f.category.is_empty() { " match this filter" } "." } } }
+        @if shown.is_empty() { div.empty {
+            p { "No replication log messages" @if !f.level.is_empty() || !f.category.is_empty() { " match this filter" } "." }
+            @if f.level.is_empty() && f.category.is_empty() {
+                p.muted { "No other instance has asked anything of this one yet. For outgoing replications, see "
+                    a href="/executions" { "Executions" } "." }
+            }
+        } }
         @else {
             div.table-wrap { table.log #diag { tbody { @for l in &shown { tr {
                 td.muted { (l.time) }
@@ -1208,15 +1314,54 @@ async fn edit_form(
     let o = core_api::replication_overview(&st, &name)
         .await
         .map_err(html_err)?;
-    Ok(edit_page(&who, &o, None, StatusCode::OK))
+    Ok(edit_page(&who, &o, &EditValues::saved(&o), None, StatusCode::OK))
 }
 
-fn edit_page(who: &Signed, o: &Overview, msg: Option<&str>, status: StatusCode) -> Response {
-    let c = &o.config;
-    let url = match &c.communication {
-        Communication::Outgoing { url, .. } => Some(url.as_str()),
-        Communication::Incoming => None,
-    };
+/// What the edit form shows: the saved values, or what was typed when a
+/// check failed (so nothing typed is lost).
+struct EditValues {
+    url: Option<String>,
+    token: String,
+    include: String,
+    exclude: String,
+    interval: String,
+    bandwidth: String,
+    carry_downloads: bool,
+}
+
+impl EditValues {
+    fn saved(o: &Overview) -> EditValues {
+        let c = &o.config;
+        EditValues {
+            url: match &c.communication {
+                Communication::Outgoing { url, .. } => Some(url.clone()),
+                Communication::Incoming => None,
+            },
+            token: String::new(),
+            include: c.include.join("\n"),
+            exclude: c.exclude.join("\n"),
+            interval: c.interval_secs.to_string(),
+            bandwidth: c.bandwidth_limit.map(|b| b.to_string()).unwrap_or_default(),
+            carry_downloads: c.carry_downloads,
+        }
+    }
+
+    fn typed(o: &Overview, f: &Fields) -> EditValues {
+        let outgoing = o.config.is_outgoing();
+        EditValues {
+            url: outgoing.then(|| f.get("url").trim().to_owned()),
+            token: f.get("token").trim().to_owned(),
+            include: f.get("include").to_owned(),
+            exclude: f.get("exclude").to_owned(),
+            interval: f.get("interval").trim().to_owned(),
+            bandwidth: f.get("bandwidth").trim().to_owned(),
+            carry_downloads: f.on("carry_downloads"),
+        }
+    }
+}
+
+fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, status: StatusCode) -> Response {
+    let url = v.url.as_deref();
     let body = html! {
         p.crumbs { a href={ "/replications/" (seg(&o.name)) } { "Replication " (o.name) } " / edit" }
         h1 { "Edit replication " (o.name) }
@@ -1228,19 +1373,19 @@ fn edit_page(who: &Signed, o: &Overview, msg: Option<&str>, status: StatusCode) 
                 div.grid2 {
                     div { label for="url" { "Other instance's URL" } input #url type="url" name="url" value=(u); }
                     div { label for="token" { "New sync token (empty: keep the current one)" }
-                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…"; }
+                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…" value=(v.token); }
                 }
             }
             div.grid2 {
-                div { label for="include" { "Include (globs, one a line)" } textarea #include name="include" rows="2" { (c.include.join("\n")) } }
-                div { label for="exclude" { "Exclude (globs, one a line)" } textarea #exclude name="exclude" rows="2" { (c.exclude.join("\n")) } }
+                div { label for="include" { "Include (globs, one a line)" } textarea #include name="include" rows="2" { (v.include) } }
+                div { label for="exclude" { "Exclude (globs, one a line)" } textarea #exclude name="exclude" rows="2" { (v.exclude) } }
                 @if url.is_some() {
-                    div { label for="interval" { "Interval (seconds between runs)" } input #interval type="number" min="1" name="interval" value=(c.interval_secs); }
+                    div { label for="interval" { "Interval (seconds between runs)" } input #interval type="number" min="1" name="interval" value=(v.interval); }
                 }
                 div { label for="bandwidth" { "Bandwidth cap (bytes per second, empty: none)" }
-                    input #bandwidth type="number" min="1" name="bandwidth" value=[c.bandwidth_limit]; }
+                    input #bandwidth type="number" min="1" name="bandwidth" value=(v.bandwidth); }
             }
-            label.check { input type="checkbox" name="carry_downloads" value="1" checked[c.carry_downloads]; " Carry download counts" }
+            label.check { input type="checkbox" name="carry_downloads" value="1" checked[v.carry_downloads]; " Carry download counts" }
             button.primary type="submit" { "Save changes" }
             " " a href={ "/replications/" (seg(&o.name)) } { "Cancel" }
         }
@@ -1301,7 +1446,13 @@ async fn edit(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -
                         Communication::Incoming => String::new(),
                     });
                 let (status, words, _) = handshake_words(&e, &url);
-                return Ok(edit_page(&p.who, &o, Some(&words), status));
+                return Ok(edit_page(
+                    &p.who,
+                    &o,
+                    &EditValues::typed(&o, f),
+                    Some(&words),
+                    status,
+                ));
             }
             core_api::update_replication(&st, &name, req).await
         }
@@ -1317,7 +1468,13 @@ async fn edit(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -
             } else {
                 StatusCode::BAD_GATEWAY
             };
-            Ok(edit_page(&p.who, &o, Some(&plain(&e)), status))
+            Ok(edit_page(
+                &p.who,
+                &o,
+                &EditValues::typed(&o, f),
+                Some(&plain(&e)),
+                status,
+            ))
         }
     }
 }
