@@ -401,6 +401,12 @@ fn impossible_configurations_are_refused_with_a_reason() {
     );
     let out = create("from-hub", "files", "push");
     assert!(!out.status.success(), "push against push must be refused");
+    // Two equal modes read as a mismatch only with what pairs with what.
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("which pairs with pull on the outgoing side"),
+        "{err}"
+    );
 
     // Feed type mismatch.
     let out = create("typed", "pkgs=files", "pull");

@@ -246,6 +246,9 @@ pub struct ReplicationConfig {
     pub inline_max_bytes: u64,
 }
 
+/// Longest URL of another instance accepted (characters).
+const MAX_URL: usize = 2048;
+
 /// Default of [`ReplicationConfig::inline_max_bytes`]: 64 KiB.
 pub fn default_inline_max() -> u64 {
     64 << 10
@@ -265,6 +268,12 @@ impl ReplicationConfig {
             }
         }
         if let Communication::Outgoing { url, token } = &self.communication {
+            if url.len() > MAX_URL {
+                return Err(ReplError::Invalid(format!(
+                    "the other instance's URL is {} characters long; at most {MAX_URL} are accepted",
+                    url.len()
+                )));
+            }
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ReplError::Invalid(format!(
                     "--outgoing {url:?} must be an http:// or https:// URL"
@@ -575,6 +584,11 @@ mod update_tests {
             })
             .contains("http")
         );
+        let long = bad(UpdateRequest {
+            outgoing: Some(format!("http://hub/{}", "a".repeat(200_000))),
+            ..Default::default()
+        });
+        assert!(long.contains("at most 2048") && long.len() < 200, "{long}");
         assert!(
             bad(UpdateRequest {
                 interval: Some(0),

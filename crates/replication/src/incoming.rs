@@ -116,9 +116,10 @@ impl Replicator {
         let ours = s.config.mode;
         if req.mode.flows != ours.flows.mirror_image() {
             let msg = format!(
-                "replication mode mismatch: the outgoing instance is set to {} but replication {name} on the incoming instance is set to {}; set the outgoing side to {} (or the incoming side to {})",
-                req.mode.describe(),
+                "replication mode mismatch: replication {name} on the incoming instance is set to {}, which pairs with {} on the outgoing side, but the outgoing instance is set to {}; set the outgoing side to {} (or the incoming side to {})",
                 ours.describe(),
+                ours.expected_peer(),
+                req.mode.describe(),
                 ours.expected_peer(),
                 req.mode.expected_peer()
             );

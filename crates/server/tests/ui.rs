@@ -995,7 +995,7 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     // All well: created, and its page shown.
     let r = wizard_post(&spoke, &cookie, &hub_url, &token, "pull", &[]).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
-    assert_eq!(r.header("location"), Some("/replications/to%2Dhub"));
+    assert_eq!(r.header("location"), Some("/replications/to-hub"));
     // Unreachable, with "create anyway" ticked: created (it keeps trying).
     let r = api(&spoke, "DELETE", "/api/v1/replications/to-hub", None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
@@ -1154,7 +1154,7 @@ async fn under_a_base_url_path_every_link_form_redirect_and_cookie_carry_the_pre
         page(&i, &cookie, "/feeds/files/item?key=a/b.txt")
             .await
             .text()
-            .contains("href=\"/registry/assets/files/a/b%2Etxt\"")
+            .contains("href=\"/registry/assets/files/a/b.txt\"")
     );
     // Redirects after a form, and to sign-in.
     let csrf = csrf_of(&page(&i, &cookie, "/feeds").await);
@@ -1178,6 +1178,48 @@ async fn under_a_base_url_path_every_link_form_redirect_and_cookie_carry_the_pre
 /// An item is deleted from its page with a confirmation that names it,
 /// through the feed type's own delete; a read-only key is not offered it
 /// and is refused when it forces it.
+#[tokio::test]
+async fn an_items_download_link_works_for_every_feed_and_path_spelling() {
+    let i = Instance::new().await;
+    let cookie = session(&i, ADMIN).await;
+    for (feed, path) in [
+        ("f-assets", "b/s.bin"),
+        ("my-files-2", "dir-1/x_y.tar.gz"),
+        ("files", "v1.0/~tilde_name.txt"),
+    ] {
+        i.feed(feed, FeedType::Assets, false).await;
+        let r = i
+            .send(
+                "PUT",
+                &format!("/assets/{feed}/{path}"),
+                Some(ADMIN),
+                &[],
+                "payload",
+            )
+            .await;
+        assert!(r.status.is_success(), "{feed}/{path}: {}", r.text());
+        let shown = page(&i, &cookie, &format!("/feeds/{feed}/item?key={path}"))
+            .await
+            .text();
+        let href = shown
+            .split(" download>")
+            .next()
+            .and_then(|s| s.rsplit("href=\"").next())
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_default()
+            .to_string();
+        assert!(href.starts_with(&format!("/assets/{feed}/")), "{href}");
+        let got = i.send("GET", &href, None, &[], String::new()).await;
+        assert_eq!(
+            got.status,
+            StatusCode::OK,
+            "{feed}/{path}: {href}: {}",
+            got.text()
+        );
+        assert_eq!(got.text(), "payload");
+    }
+}
+
 #[tokio::test]
 async fn an_item_is_deleted_from_its_page_after_a_confirmation_naming_it() {
     let i = Instance::new().await;
@@ -1206,10 +1248,10 @@ async fn an_item_is_deleted_from_its_page_after_a_confirmation_naming_it() {
     let wc = session(&i, &writer).await;
     let shown = page(&i, &wc, "/feeds/files/item?key=dir/app.tar").await.text();
     assert!(
-        shown.contains("href=\"/feeds/files/item/delete?key=dir%2Fapp%2Etar\""),
+        shown.contains("href=\"/feeds/files/item/delete?key=dir%2Fapp.tar\""),
         "{shown}"
     );
-    let confirm = page(&i, &wc, "/feeds/files/item/delete?key=dir%2Fapp%2Etar").await;
+    let confirm = page(&i, &wc, "/feeds/files/item/delete?key=dir%2Fapp.tar").await;
     assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text());
     assert!(
         confirm.text().contains("Delete the file dir/app.tar"),
@@ -1226,12 +1268,12 @@ async fn an_item_is_deleted_from_its_page_after_a_confirmation_naming_it() {
     )
     .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
-    assert_eq!(r.header("location"), Some("/feeds/files?deleted=dir%2Fapp%2Etar"));
+    assert_eq!(r.header("location"), Some("/feeds/files?deleted=dir%2Fapp.tar"));
     assert_eq!(
         i.get("/assets/files/dir/app.tar").await.status,
         StatusCode::NOT_FOUND
     );
-    let shown = page(&i, &wc, "/feeds/files?deleted=dir%2Fapp%2Etar").await.text();
+    let shown = page(&i, &wc, "/feeds/files?deleted=dir%2Fapp.tar").await.text();
     assert!(shown.contains("Deleted <code>dir/app.tar</code>"), "{shown}");
     // Gone: a second delete says so.
     let r = post(
@@ -1244,7 +1286,7 @@ async fn an_item_is_deleted_from_its_page_after_a_confirmation_naming_it() {
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
     // Its confirm page (an old tab, a back button) offers no Delete.
-    let confirm = page(&i, &wc, "/feeds/files/item/delete?key=dir%2Fapp%2Etar").await;
+    let confirm = page(&i, &wc, "/feeds/files/item/delete?key=dir%2Fapp.tar").await;
     assert_eq!(confirm.status, StatusCode::NOT_FOUND);
     let t = confirm.text();
     assert!(t.contains("dir/app.tar is already gone"), "{t}");

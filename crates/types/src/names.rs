@@ -13,7 +13,13 @@ pub struct FeedName(String);
 impl FeedName {
     pub fn new(s: impl Into<String>) -> Result<Self, InvalidValue> {
         let s = s.into();
-        let bad = |r: &str| Err(InvalidValue::new("feed name", format!("{s:?}: {r}")));
+        // A name far too long is not echoed whole.
+        let shown: String = if s.chars().count() > 80 {
+            format!("{}…", s.chars().take(80).collect::<String>())
+        } else {
+            s.clone()
+        };
+        let bad = |r: &str| Err(InvalidValue::new("feed name", format!("{shown:?}: {r}")));
         if s.is_empty() || s.len() > 64 {
             return bad("must be 1 to 64 characters");
         }
@@ -171,6 +177,9 @@ mod tests {
         for bad in ["", "-x", "Upper", "a/b", "a b", "..", &"x".repeat(65)] {
             assert!(FeedName::new(bad).is_err(), "{bad:?} accepted");
         }
+        // A 5,000-character name is not echoed back whole.
+        let e = FeedName::new("y".repeat(5000)).unwrap_err().to_string();
+        assert!(e.contains("must be 1 to 64") && e.len() < 200, "{e}");
     }
 
     #[test]

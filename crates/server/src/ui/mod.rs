@@ -589,9 +589,24 @@ pub(crate) fn post_button(who: &Signed, action: &str, label: &str, class: &str) 
     }
 }
 
-/// A path segment, percent-encoded.
+/// What a path segment keeps as it is: RFC 3986's unreserved characters
+/// (letters, digits, `-`, `.`, `_`, `~`); everything else is
+/// percent-encoded. Feed routes outside the UI (downloads) take their
+/// names literally, so a name's `-` must stay a `-`.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A path segment, percent-encoded (RFC 3986 section 3.3); a segment that
+/// is only dots is encoded whole, so a browser never takes it for `.` or
+/// `..` and resolves it away.
 pub(crate) fn seg(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    if !s.is_empty() && s.bytes().all(|b| b == b'.') {
+        return "%2E".repeat(s.len());
+    }
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 pub(crate) fn when(ms: i64) -> String {
