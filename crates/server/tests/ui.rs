@@ -1217,7 +1217,43 @@ async fn an_items_download_link_works_for_every_feed_and_path_spelling() {
             got.text()
         );
         assert_eq!(got.text(), "payload");
+        // Every item's blobs download from its page too, whatever the feed type.
+        let blob = shown
+            .split("/item/blob?")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_default()
+            .replace("&amp;", "&");
+        let blob_url = format!("/feeds/{feed}/item/blob?{blob}");
+        let got = page(&i, &cookie, &blob_url).await;
+        assert_eq!(got.status, StatusCode::OK, "{blob_url}: {}", got.text());
+        assert_eq!(got.text(), "payload");
     }
+    // Only the item's own blobs, and only for a key that may read the feed.
+    let other = format!("sha256:{}", "0".repeat(64));
+    let r = page(
+        &i,
+        &cookie,
+        &format!("/feeds/files/item/blob?key=v1.0/~tilde_name.txt&digest={other}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    i.feed("secret", FeedType::Assets, true).await;
+    let r = i
+        .send("PUT", "/assets/secret/s.txt", Some(ADMIN), &[], "hidden")
+        .await;
+    assert!(r.status.is_success());
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"hidden"))
+    );
+    let scoped = i.key("scoped", Permission::Read, Some(&["files"])).await;
+    let sc = session(&i, &scoped).await;
+    let url = format!("/feeds/secret/item/blob?key=s.txt&digest={digest}");
+    let r = page(&i, &sc, &url).await;
+    assert!(r.status.is_client_error(), "{}", r.status);
+    assert!(!r.text().contains("hidden"));
+    assert_eq!(page(&i, &cookie, &url).await.text(), "hidden");
 }
 
 #[tokio::test]

@@ -25,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/feeds", get(list).post(create))
         .route("/feeds/{name}", get(browse))
         .route("/feeds/{name}/item", get(item))
+        .route("/feeds/{name}/item/blob", get(item_blob))
         .route(
             "/feeds/{name}/item/delete",
             get(item_delete_confirm).post(item_delete),
@@ -403,6 +404,52 @@ async fn browse(
     Ok(page(&format!("Feed {fname}"), Some(&who), Nav::Feeds, body))
 }
 
+/// `?key=&digest=` of an item's blob download.
+#[derive(Deserialize)]
+struct BlobQuery {
+    key: String,
+    digest: String,
+}
+
+/// Downloads one blob of an item, for every feed type (the item page links
+/// each of its blobs here): the key must be able to read the feed, and the
+/// blob must be one of the item's. Served like every blob (verified as it
+/// streams, ranges, conditional requests, the content rule), named after
+/// the item's last path segment.
+async fn item_blob(
+    State(st): State<AppState>,
+    who: Signed,
+    Path(name): Path<String>,
+    Query(q): Query<BlobQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let feed = readable(&st, &who, &name).await?;
+    let key = ItemKey::new(&q.key).map_err(|e| html_err(CoreError::not_found(e.to_string())))?;
+    let digest: ferry_types::Digest = q
+        .digest
+        .parse()
+        .map_err(|_| html_err(CoreError::invalid("digest must be sha256:<64 hex digits>")))?;
+    let it = st.ferry.item(&feed, &key).await.map_err(html_err)?;
+    let Some(it) = it.filter(|it| it.blobs.contains(&digest)) else {
+        return Err(html_err(CoreError::not_found(format!(
+            "item {key} of feed {} has no blob {digest}",
+            feed.name
+        ))));
+    };
+    let filename = key.as_str().rsplit('/').next().unwrap_or_default().to_string();
+    crate::blobs::serve_download(
+        &st.ferry,
+        &axum::http::Method::GET,
+        &headers,
+        &digest,
+        "application/octet-stream",
+        Some(it.updated_at),
+        Some(&filename),
+    )
+    .await
+    .map_err(html_err)
+}
+
 async fn item(
     State(st): State<AppState>,
     who: Signed,
@@ -463,7 +510,10 @@ async fn item(
         h2 { "Blobs" }
         @if blobs.is_empty() { p.muted { "None." } } @else {
             div.table-wrap { table { thead { tr { th { "Digest" } th.num { "Size" } } }
-                tbody { @for (d, s) in &blobs { tr { td { code.break { (d) } } td.num { (s.map(bytes).unwrap_or_else(|| "missing".into())) } } } } } }
+                tbody { @for (d, s) in &blobs { tr {
+                    td { a href={ "/feeds/" (seg(&fname)) "/item/blob?key=" (seg(it.key.as_str())) "&digest=" (d) } download { code.break { (d) } } }
+                    td.num { (s.map(bytes).unwrap_or_else(|| "missing".into())) }
+                } } } } }
         }
         h2 { "Metadata" }
         pre.meta { (meta) }
