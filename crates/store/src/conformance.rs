@@ -575,6 +575,16 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
     assert_eq!(s.close_interrupted_executions().await.unwrap(), 1);
     let ex = s.executions(r.id, 10).await.unwrap();
     assert_eq!((ex[0].id, ex[0].outcome.as_deref()), (cut, Some("interrupted")));
+    // Its log says why it ended, with a time.
+    let line = &ex[0].report["log"][0];
+    assert_eq!(line["level"], "warn", "{}", ex[0].report);
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("interrupted")
+    );
+    assert!(line["time"].as_str().unwrap_or_default().ends_with('Z'), "{line}");
     let e = s.start_execution(r.id, "manual").await.unwrap();
     assert_eq!(s.executions(r.id, 10).await.unwrap()[0].outcome, None);
     s.finish_execution(e, "succeeded", json!({"added": 1}))

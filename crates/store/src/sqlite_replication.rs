@@ -369,9 +369,18 @@ impl ReplicationStore for SqliteStore {
 
     async fn close_interrupted_executions(&self) -> Result<u64, StoreError> {
         self.write_tx(|tx| {
+            // The log says why it ended (the report of a running execution
+            // is still the empty one it started with).
             let n = tx.execute(
-                "UPDATE executions SET outcome = 'interrupted', ended_at = ?1 WHERE outcome IS NULL",
-                [now_millis()],
+                "UPDATE executions SET outcome = 'interrupted', ended_at = ?1,
+                     report = '{\"log\":[{\"time\":\"' || strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch')
+                              || '\",\"level\":\"warn\",\"message\":\"' || ?2 || '\"}]}'
+                 WHERE outcome IS NULL",
+                params![
+                    now_millis(),
+                    "interrupted: the instance stopped while this execution ran; what it applied stays, \
+                     and the next execution goes on from there"
+                ],
             )?;
             Ok(n as u64)
         })
