@@ -363,10 +363,7 @@ pub fn parse_digest(s: &str) -> Result<OciDigest, OciError> {
 /// `s` cut to its first 140 characters (a digest is at most 135), so an
 /// error message never echoes a huge value back.
 fn shortened(s: &str) -> String {
-    match s.char_indices().nth(140) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
+    ferry_types::shortened(s, 140)
 }
 
 /// The sha256 digest an item key ends with (items are keyed by content

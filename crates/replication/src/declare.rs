@@ -45,16 +45,7 @@ impl Replicator {
     /// missing feed or a change of direction (incoming ↔ outgoing: delete
     /// the replication first); the handshake's refusals.
     pub async fn check_declaration(&self, name: &str, cfg: &ReplicationConfig) -> Result<Change, ReplError> {
-        check_name(name)?;
-        cfg.validate()?;
-        for p in &cfg.feeds {
-            self.ferry().feed(&p.local).await.map_err(|_| {
-                ReplError::Invalid(format!(
-                    "feed {} does not exist on this instance and is not declared",
-                    p.local
-                ))
-            })?;
-        }
+        self.check_new_config(name, cfg, " and is not declared").await?;
         let old = match self.store().replication(name).await? {
             Some(rec) => Some(Self::parse(&rec)?),
             None => None,
@@ -75,15 +66,32 @@ impl Replicator {
             old.communication != cfg.communication || old.mode != cfg.mode || old.feeds != cfg.feeds
         });
         if cfg.is_outgoing() && reconnects {
-            let probe = ReplicationRecord {
-                id: 0,
-                name: name.to_string(),
-                config: serde_json::Value::Null,
-                created_at: 0,
-            };
-            self.probe_other_end(&probe, cfg).await?;
+            self.probe_other_end(&unsaved(name), cfg).await?;
         }
         Ok(change)
+    }
+
+    /// What `create` and a declaration check of a configuration before
+    /// anything is stored: the name, the configuration itself, and that
+    /// each local feed exists (`missing` ends the message for one that
+    /// does not).
+    pub(crate) async fn check_new_config(
+        &self,
+        name: &str,
+        cfg: &ReplicationConfig,
+        missing: &str,
+    ) -> Result<(), ReplError> {
+        check_name(name)?;
+        cfg.validate()?;
+        for p in &cfg.feeds {
+            self.ferry().feed(&p.local).await.map_err(|_| {
+                ReplError::Invalid(format!(
+                    "feed {} does not exist on this instance{missing}",
+                    p.local
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     /// Creates replication `name` with `cfg`, or replaces the configuration
@@ -196,6 +204,17 @@ impl Replicator {
     }
 }
 
+/// A record for a configuration not stored (yet): what a handshake needs
+/// to name the replication.
+pub(crate) fn unsaved(name: &str) -> ReplicationRecord {
+    ReplicationRecord {
+        id: 0,
+        name: name.to_string(),
+        config: serde_json::Value::Null,
+        created_at: 0,
+    }
+}
+
 /// Replication names: 1 to 100 letters, digits, `-`, `_` or `.`.
 pub(crate) fn check_name(name: &str) -> Result<(), ReplError> {
     if name.is_empty()
@@ -205,7 +224,8 @@ pub(crate) fn check_name(name: &str) -> Result<(), ReplError> {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         return Err(ReplError::Invalid(format!(
-            "replication name {name:?} must be 1 to 100 letters, digits, '-', '_' or '.'"
+            "replication name {:?} must be 1 to 100 letters, digits, '-', '_' or '.'",
+            ferry_types::shortened(name, 120)
         )));
     }
     Ok(())

@@ -252,16 +252,7 @@ impl Replicator {
     // ------------------------------------------------------------ configure
 
     pub async fn create(&self, name: &str, cfg: ReplicationConfig) -> Result<ReplicationRecord, ReplError> {
-        declare::check_name(name)?;
-        cfg.validate()?;
-        for p in &cfg.feeds {
-            self.ferry().feed(&p.local).await.map_err(|_| {
-                ReplError::Invalid(format!(
-                    "feed {} does not exist on this instance; create it first",
-                    p.local
-                ))
-            })?;
-        }
+        self.check_new_config(name, &cfg, "; create it first").await?;
         let value = serde_json::to_value(&cfg).map_err(|e| ReplError::Invalid(e.to_string()))?;
         let rec = self.store().create_replication(name, value).await?;
         if cfg.is_outgoing() {
@@ -287,12 +278,7 @@ impl Replicator {
         cfg: &ReplicationConfig,
     ) -> Result<protocol::HandshakeResponse, ReplError> {
         cfg.validate()?;
-        let rec = ReplicationRecord {
-            id: 0,
-            name: name.to_string(),
-            config: serde_json::Value::Null,
-            created_at: 0,
-        };
+        let rec = declare::unsaved(name);
         let mut run = Run::new(self, &rec, cfg, Arc::new(Progress::default()))?;
         tokio::time::timeout(CHECK_TIMEOUT, run.handshake())
             .await

@@ -286,6 +286,7 @@ pub async fn apply(
             undo_feeds(ferry, &created).await;
             return Err(DeclareError::new(f.line, format!("feed {name}"), e));
         }
+        tracing::info!(feed = %name, line = ?f.line, "created declared feed");
         created.push(name.clone());
     }
     // 4. Every replication checked (the other end included) before any changes.
@@ -315,9 +316,6 @@ pub async fn apply(
     };
     for name in &created {
         applied.feeds.push((name.to_string(), Change::Created));
-    }
-    for (name, _, f) in &missing {
-        tracing::info!(feed = %name, line = ?f.line, "created declared feed");
     }
     // 5. Changes.
     for (r, cfg, tokens) in &planned {

@@ -13,6 +13,15 @@ pub use names::{FeedName, FeedType, ItemKey};
 pub use stamp::{Hlc, InstanceId, Stamp};
 pub use time::rfc3339_millis;
 
+/// `s` cut to its first `max_chars` characters, with `…` when cut: an error
+/// message names a refused value without echoing a huge one back whole.
+pub fn shortened(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
 /// Why a value was refused. The message is meant for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what}: {reason}")]

@@ -14,11 +14,7 @@ impl FeedName {
     pub fn new(s: impl Into<String>) -> Result<Self, InvalidValue> {
         let s = s.into();
         // A name far too long is not echoed whole.
-        let shown: String = if s.chars().count() > 80 {
-            format!("{}…", s.chars().take(80).collect::<String>())
-        } else {
-            s.clone()
-        };
+        let shown = crate::shortened(&s, 80);
         let bad = |r: &str| Err(InvalidValue::new("feed name", format!("{shown:?}: {r}")));
         if s.is_empty() || s.len() > 64 {
             return bad("must be 1 to 64 characters");
@@ -85,7 +81,10 @@ impl FromStr for FeedType {
             .find(|t| t.as_str() == s)
             .ok_or_else(|| {
                 let known: Vec<_> = FeedType::ALL.iter().map(|t| t.as_str()).collect();
-                InvalidValue::new("feed type", format!("{s:?} is not one of {}", known.join(", ")))
+                InvalidValue::new(
+                    "feed type",
+                    format!("{:?} is not one of {}", crate::shortened(s, 80), known.join(", ")),
+                )
             })
     }
 }
