@@ -157,7 +157,8 @@ async fn upload_many(
         let ferry = st.ferry.clone();
         match over {
             Some(chunk) => {
-                let staged = stage_rest(&st.ferry, [head.freeze(), chunk], &mut field).await?;
+                let staged =
+                    crate::pypi::stage_field_after(&st.ferry, vec![head.freeze(), chunk], &mut field).await?;
                 let info = debian::inspect(&st.ferry, &staged).await;
                 slots.push(Slot::Ready(Box::new(info.map(|i| (staged, i)))));
             }
@@ -191,59 +192,6 @@ async fn upload_many(
     let metas = debian::publish(&st.ferry, &access.feed, &dist, &component, uploads).await?;
     let body: Vec<serde_json::Value> = metas.iter().map(meta_json).collect();
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
-}
-
-/// Stages a large part: the bytes already read, then the rest of the
-/// field as it arrives.
-async fn stage_rest(
-    ferry: &ferry_core::Ferry,
-    read: [bytes::Bytes; 2],
-    field: &mut axum::extract::multipart::Field<'_>,
-) -> Result<StagedBlob, CoreError> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
-    let body: ferry_store::ByteStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
-    let mut broken: Option<CoreError> = None;
-    let result = {
-        let pump = async {
-            for b in read {
-                if tx.send(Ok(b)).await.is_err() {
-                    return;
-                }
-            }
-            loop {
-                match field.chunk().await {
-                    Ok(Some(chunk)) => {
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = tx.send(Err(std::io::Error::other(e.body_text()))).await;
-                        broken = Some(crate::pypi::bad_multipart(e));
-                        break;
-                    }
-                }
-            }
-            // Dropping the sender ends the stream.
-            drop(tx);
-        };
-        let stage = ferry.stage(body, None);
-        tokio::pin!(pump, stage);
-        let mut pumped = false;
-        loop {
-            tokio::select! {
-                r = &mut stage => break r,
-                () = &mut pump, if !pumped => pumped = true,
-            }
-        }
-    };
-    match (result, broken) {
-        (Err(_), Some(why)) => Err(why),
-        (r, _) => r,
-    }
 }
 
 async fn delete_package(

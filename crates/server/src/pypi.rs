@@ -453,6 +453,16 @@ async fn read_text(name: &str, field: &mut Field<'_>) -> Result<String, CoreErro
 /// is pumped through a small channel into the `'static` stream staging
 /// wants, in this same task; memory stays bounded by the channel.
 pub(crate) async fn stage_field(ferry: &Ferry, field: &mut Field<'_>) -> Result<StagedBlob, CoreError> {
+    stage_field_after(ferry, Vec::new(), field).await
+}
+
+/// [`stage_field`] of a part whose first bytes (`read`) were already taken
+/// from it (e.g. to look at them first): those, then the rest as it comes.
+pub(crate) async fn stage_field_after(
+    ferry: &Ferry,
+    read: Vec<Bytes>,
+    field: &mut Field<'_>,
+) -> Result<StagedBlob, CoreError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
     let body: ByteStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -460,6 +470,11 @@ pub(crate) async fn stage_field(ferry: &Ferry, field: &mut Field<'_>) -> Result<
     let mut broken: Option<CoreError> = None;
     let result = {
         let pump = async {
+            for b in read {
+                if tx.send(Ok(b)).await.is_err() {
+                    return;
+                }
+            }
             loop {
                 match field.chunk().await {
                     Ok(Some(chunk)) => {
