@@ -6,12 +6,16 @@
 //!   API keys. Every item write appends to the change log in the same
 //!   transaction; deletes leave tombstones.
 //!
-//! [`conformance`] is the one test suite every metadata backend must pass.
+//! Metadata backends: [`SqliteStore`] (embedded default) and [`PgStore`]
+//! (PostgreSQL). [`conformance`] is the one test suite every metadata
+//! backend must pass.
 
 mod blob;
 pub mod conformance;
 mod error;
 mod meta;
+mod postgres;
+mod postgres_replication;
 mod replication;
 mod sqlite;
 mod sqlite_replication;
@@ -20,6 +24,7 @@ pub use blob::{BlobBody, BlobCheck, BlobStore, ByteStream, FsBlobStore, StagedBl
 pub use error::StoreError;
 pub use meta::*;
 pub use replication::*;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch, the one time unit stored.

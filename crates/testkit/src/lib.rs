@@ -1,4 +1,5 @@
 //! Test fixtures shared by the test suites of several crates. Not shipped.
 
 pub mod debian;
+pub mod pg;
 pub mod pypi;
