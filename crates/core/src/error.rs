@@ -129,7 +129,9 @@ impl From<StoreError> for CoreError {
                 CoreError::TooLarge(format!("upload exceeds the limit of {limit} bytes"))
             }
             e @ StoreError::DigestMismatch { .. } => CoreError::Invalid(e.to_string()),
-            e @ (StoreError::BlobBusy(_) | StoreError::Unavailable(_) | StoreError::Contention(_)) => CoreError::Unavailable(e.to_string()),
+            e @ (StoreError::BlobBusy(_) | StoreError::Unavailable(_) | StoreError::Contention(_)) => {
+                CoreError::Unavailable(e.to_string())
+            }
             // `pour` hands back the body's own error: a client's broken
             // request body is the client's event, anything else our fault.
             StoreError::Io(e) => CoreError::from_body_error(&e)

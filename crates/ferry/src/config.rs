@@ -65,6 +65,12 @@ pub struct Config {
     /// PEM bundle of CA certificates trusted, besides the system's, for
     /// outgoing replications.
     pub tls_ca_file: Option<PathBuf>,
+    /// PostgreSQL for the metadata instead of SQLite in `data_dir`:
+    /// `postgres://USER@HOST:PORT/DATABASE` (libpq's URL form, `sslmode`
+    /// and all). The password may stay out of the file: from
+    /// `FERRY_DATABASE_URL`, `PGPASSWORD` or `~/.pgpass`. Nodes given the
+    /// same database are one instance.
+    pub database_url: Option<String>,
     /// Feeds declared as code: created at start (and on SIGHUP, `ferry
     /// config apply`) if missing.
     pub feeds: Vec<FeedDecl>,
@@ -102,6 +108,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_ca_file: None,
+            database_url: None,
             feeds: Vec::new(),
             replications: Vec::new(),
             prune: false,
@@ -132,6 +139,9 @@ impl Config {
             }
             None => Config::default(),
         };
+        if let Ok(v) = std::env::var("FERRY_DATABASE_URL") {
+            cfg.database_url = Some(v).filter(|v| !v.is_empty());
+        }
         if let Ok(v) = std::env::var("FERRY_DATA_DIR") {
             cfg.data_dir = v.into();
         }

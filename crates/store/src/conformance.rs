@@ -705,7 +705,11 @@ async fn change_log_never_skips(nodes: &[std::sync::Arc<dyn MetadataStore>]) {
         let (mut cursor, mut seen) = (0i64, Vec::new());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         while seen.len() < total {
-            assert!(std::time::Instant::now() < deadline, "reader saw {} of {total}", seen.len());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reader saw {} of {total}",
+                seen.len()
+            );
             let page = reader_node.changes_since(f.id, cursor, 7).await.unwrap();
             if page.is_empty() {
                 tokio::task::yield_now().await;
@@ -749,7 +753,11 @@ async fn change_log_never_skips(nodes: &[std::sync::Arc<dyn MetadataStore>]) {
     let mut seen_sorted = seen.clone();
     seen_sorted.sort();
     seen_sorted.dedup();
-    assert_eq!(seen_sorted.len(), total, "the follower saw every change exactly once");
+    assert_eq!(
+        seen_sorted.len(),
+        total,
+        "the follower saw every change exactly once"
+    );
     let logged: Vec<String> = all.iter().map(|c| c.key.as_str().to_string()).collect();
     assert_eq!(seen, logged, "the follower saw the log in its order");
     nodes[0].delete_feed(&f.name).await.unwrap();

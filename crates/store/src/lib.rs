@@ -23,8 +23,8 @@ mod sqlite_replication;
 pub use blob::{BlobBody, BlobCheck, BlobStore, ByteStream, FsBlobStore, StagedBlob, Transfer};
 pub use error::StoreError;
 pub use meta::*;
-pub use replication::*;
 pub use postgres::PgStore;
+pub use replication::*;
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch, the one time unit stored.

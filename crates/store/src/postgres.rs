@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_types::{Digest, FeedName, FeedType, Hlc, InstanceId, ItemKey, Stamp};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
+use std::sync::Arc;
+use tokio::sync::broadcast;
 
 use crate::meta::*;
 use crate::{StoreError, now_millis};
@@ -143,12 +145,85 @@ const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// "storage unavailable" (503).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The `LISTEN`/`NOTIFY` channel that carries [`StoreEvent`]s between the
+/// nodes sharing a database. Payloads: `c FEED SEQ` (change log grew),
+/// `d FEED NAME` (feed deleted), `k FEED` (signing key set).
+const EVENTS_CHANNEL: &str = "ferry_events";
+
 /// PostgreSQL metadata store. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
     /// `host:port/database`, without credentials, for logs.
     target: String,
+    events: Arc<Events>,
+}
+
+/// The events of every node's writes, as this node's listener connection
+/// hears them; the listener stops with the last clone of the store.
+struct Events {
+    tx: broadcast::Sender<StoreEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn parse_event(payload: &str) -> Option<StoreEvent> {
+    let mut parts = payload.split(' ');
+    let kind = parts.next()?;
+    let feed: FeedId = parts.next()?.parse().ok()?;
+    match kind {
+        "c" => Some(StoreEvent::FeedChanged {
+            feed,
+            seq: parts.next()?.parse().ok()?,
+        }),
+        "d" => Some(StoreEvent::FeedDeleted {
+            feed,
+            name: FeedName::new(parts.next()?).ok()?,
+        }),
+        "k" => Some(StoreEvent::SigningKeyChanged { feed }),
+        _ => None,
+    }
+}
+
+/// Forwards what the listener hears until the store is dropped. A broken
+/// connection may have lost notifications: it says so with
+/// [`StoreEvent::Resync`], and the listener reconnects (and listens
+/// again) by itself.
+async fn forward_events(mut listener: PgListener, tx: broadcast::Sender<StoreEvent>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => match parse_event(n.payload()) {
+                Some(ev) => {
+                    let _ = tx.send(ev);
+                }
+                None => tracing::warn!(payload = n.payload(), "unknown store event"),
+            },
+            Ok(None) => {
+                tracing::warn!("the database connection carrying change notifications broke; reconnecting");
+                let _ = tx.send(StoreEvent::Resync);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for change notifications failed; retrying in 1 s");
+                let _ = tx.send(StoreEvent::Resync);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Queues a notification, sent when (and only if) the transaction commits.
+async fn notify(c: &mut PgConnection, payload: String) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(EVENTS_CHANNEL)
+        .bind(payload)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
 }
 
 impl std::fmt::Debug for PgStore {
@@ -166,8 +241,8 @@ impl PgStore {
     /// or refuses the login; [`StoreError::Backend`] for a malformed URL or
     /// a database whose schema is newer than this build.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let opts = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Backend(format!("database URL: {e}")))?;
+        let opts =
+            PgConnectOptions::from_str(url).map_err(|e| StoreError::Backend(format!("database URL: {e}")))?;
         let target = format!(
             "{}:{}/{}",
             opts.get_host(),
@@ -184,7 +259,15 @@ impl PgStore {
                 sqlx::Error::Database(d) => StoreError::Unavailable(format!("database {target}: {d}")),
                 other => StoreError::from(other),
             })?;
-        let store = Self { pool, target };
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(EVENTS_CHANNEL).await?;
+        let (tx, _) = broadcast::channel(4096);
+        let task = tokio::spawn(forward_events(listener, tx.clone()));
+        let store = Self {
+            pool,
+            target,
+            events: Arc::new(Events { tx, task }),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -330,7 +413,8 @@ async fn key_record(c: &mut PgConnection, r: &PgRow) -> Result<ApiKeyRecord, Sto
             .map(|row| {
                 Ok(ScopedFeed {
                     id: row.try_get("id")?,
-                    name: FeedName::new(row.try_get::<String, _>("name")?).map_err(|_| bad_row("feed name"))?,
+                    name: FeedName::new(row.try_get::<String, _>("name")?)
+                        .map_err(|_| bad_row("feed name"))?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -345,7 +429,8 @@ async fn key_record(c: &mut PgConnection, r: &PgRow) -> Result<ApiKeyRecord, Sto
             .try_get::<Vec<u8>, _>("hash")?
             .try_into()
             .map_err(|_| bad_row("key hash"))?,
-        permission: Permission::parse(r.try_get::<&str, _>("permission")?).ok_or_else(|| bad_row("key permission"))?,
+        permission: Permission::parse(r.try_get::<&str, _>("permission")?)
+            .ok_or_else(|| bad_row("key permission"))?,
         feeds,
         created_at: r.try_get("created_at")?,
     })
@@ -393,11 +478,12 @@ async fn apply_change(
     order: StampOrder,
 ) -> Result<Applied, StoreError> {
     let key = change.key.as_str();
-    let existing = sqlx::query("SELECT deleted, stamp_time, stamp_origin FROM items WHERE feed_id = $1 AND key = $2")
-        .bind(feed)
-        .bind(key)
-        .fetch_optional(&mut *c)
-        .await?;
+    let existing =
+        sqlx::query("SELECT deleted, stamp_time, stamp_origin FROM items WHERE feed_id = $1 AND key = $2")
+            .bind(feed)
+            .bind(key)
+            .fetch_optional(&mut *c)
+            .await?;
     let existing = match existing {
         Some(r) => Some((
             r.try_get::<bool, _>("deleted")?,
@@ -461,7 +547,7 @@ async fn apply_change(
                     .iter()
                     .map(|r| r.try_get::<Vec<u8>, _>("digest"))
                     .collect::<Result<_, _>>()?;
-                if let Some(d) = blobs.iter().find(|d| !present.contains(&d.as_bytes().to_vec())) {
+                if let Some(d) = blobs.iter().find(|d| !present.contains(d.as_bytes().as_slice())) {
                     return Err(StoreError::BlobMissing(*d));
                 }
             }
@@ -563,6 +649,7 @@ async fn write_batch(
             .bind(seq)
             .execute(&mut *c)
             .await?;
+        notify(c, format!("c {feed} {seq}")).await?;
     }
     Ok(out)
 }
@@ -571,8 +658,6 @@ async fn write_batch(
 fn prefix_end(prefix: &str) -> String {
     format!("{prefix}\u{10FFFF}")
 }
-
-
 
 #[async_trait]
 impl MetadataStore for PgStore {
@@ -648,12 +733,19 @@ impl MetadataStore for PgStore {
     }
 
     async fn delete_feed(&self, name: &FeedName) -> Result<bool, StoreError> {
-        let n = sqlx::query("DELETE FROM feeds WHERE name = $1")
-            .bind(name.as_str())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
+        store_tx!(self, |c| async {
+            let id: Option<i64> = sqlx::query_scalar("DELETE FROM feeds WHERE name = $1 RETURNING id")
+                .bind(name.as_str())
+                .fetch_optional(&mut *c)
+                .await?;
+            match id {
+                Some(id) => {
+                    notify(c, format!("d {id} {name}")).await?;
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        })
     }
 
     async fn write_ordered(
@@ -702,11 +794,13 @@ impl MetadataStore for PgStore {
     }
 
     async fn tombstone(&self, feed: FeedId, key: &ItemKey) -> Result<Option<Stamp>, StoreError> {
-        let row = sqlx::query("SELECT stamp_time, stamp_origin FROM items WHERE feed_id = $1 AND key = $2 AND deleted")
-            .bind(feed)
-            .bind(key.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT stamp_time, stamp_origin FROM items WHERE feed_id = $1 AND key = $2 AND deleted",
+        )
+        .bind(feed)
+        .bind(key.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| stamp_from(r.try_get("stamp_time")?, r.try_get::<&str, _>("stamp_origin")?))
             .transpose()
     }
@@ -827,10 +921,11 @@ impl MetadataStore for PgStore {
         &self,
         digests: &[Digest],
     ) -> Result<std::collections::HashSet<Digest>, StoreError> {
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT digest FROM blobs WHERE digest = ANY($1) AND NOT deleting")
-            .bind(digest_params(digests))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT digest FROM blobs WHERE digest = ANY($1) AND NOT deleting")
+                .bind(digest_params(digests))
+                .fetch_all(&self.pool)
+                .await?;
         rows.into_iter().map(digest_from).collect()
     }
 
@@ -840,13 +935,20 @@ impl MetadataStore for PgStore {
         limit: usize,
     ) -> Result<Vec<(Digest, u64)>, StoreError> {
         let after: Vec<u8> = after.map(|d| d.as_bytes().to_vec()).unwrap_or_default();
-        let rows = sqlx::query("SELECT digest, size FROM blobs WHERE NOT deleting AND digest > $1 ORDER BY digest LIMIT $2")
-            .bind(after)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT digest, size FROM blobs WHERE NOT deleting AND digest > $1 ORDER BY digest LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
-            .map(|r| Ok((digest_from(r.try_get("digest")?)?, r.try_get::<i64, _>("size")? as u64)))
+            .map(|r| {
+                Ok((
+                    digest_from(r.try_get("digest")?)?,
+                    r.try_get::<i64, _>("size")? as u64,
+                ))
+            })
             .collect()
     }
 
@@ -945,10 +1047,12 @@ impl MetadataStore for PgStore {
     }
 
     async fn signing_key(&self, feed: FeedId) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT secret FROM signing_keys WHERE feed_id = $1")
-            .bind(feed)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT secret FROM signing_keys WHERE feed_id = $1")
+                .bind(feed)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn put_signing_key(&self, feed: FeedId, secret: &str) -> Result<(), StoreError> {
@@ -969,8 +1073,13 @@ impl MetadataStore for PgStore {
             .bind(now_millis())
             .execute(&mut *c)
             .await?;
+            notify(c, format!("k {feed}")).await?;
             Ok(())
         })
+    }
+
+    fn events(&self) -> Option<broadcast::Receiver<StoreEvent>> {
+        Some(self.events.tx.subscribe())
     }
 }
 
@@ -981,11 +1090,12 @@ async fn insert_key(c: &mut PgConnection, key: &NewApiKey) -> Result<ApiKeyRecor
         for f in feeds {
             // FOR SHARE: the feed cannot be deleted before the scope row
             // referring to it is in.
-            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM feeds WHERE id = $1 AND name = $2 FOR SHARE")
-                .bind(f.id)
-                .bind(f.name.as_str())
-                .fetch_optional(&mut *c)
-                .await?;
+            let exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM feeds WHERE id = $1 AND name = $2 FOR SHARE")
+                    .bind(f.id)
+                    .bind(f.name.as_str())
+                    .fetch_optional(&mut *c)
+                    .await?;
             if exists.is_none() {
                 return Err(StoreError::NotFound(format!("feed {}", f.name)));
             }

@@ -19,7 +19,8 @@ fn replication_record(r: &PgRow) -> Result<ReplicationRecord, StoreError> {
     Ok(ReplicationRecord {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
-        config: serde_json::from_str(r.try_get::<&str, _>("config")?).map_err(|_| bad_row("replication config"))?,
+        config: serde_json::from_str(r.try_get::<&str, _>("config")?)
+            .map_err(|_| bad_row("replication config"))?,
         created_at: r.try_get("created_at")?,
     })
 }
@@ -46,7 +47,8 @@ fn entry_record(r: &PgRow) -> Result<Entry, StoreError> {
         None
     } else {
         Some(LiveEntry {
-            meta: serde_json::from_str(r.try_get::<&str, _>("meta")?).map_err(|_| bad_row("item metadata"))?,
+            meta: serde_json::from_str(r.try_get::<&str, _>("meta")?)
+                .map_err(|_| bad_row("item metadata"))?,
             blobs: decode_blobs(r.try_get::<&str, _>("blobs")?)?,
             created_at: r.try_get("created_at")?,
             downloads: r.try_get::<i64, _>("downloads")? as u64,
@@ -190,11 +192,12 @@ impl ReplicationStore for PgStore {
     }
 
     async fn cursor(&self, replication: i64, name: &str) -> Result<i64, StoreError> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT value FROM cursors WHERE replication_id = $1 AND name = $2")
-            .bind(replication)
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await?;
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT value FROM cursors WHERE replication_id = $1 AND name = $2")
+                .bind(replication)
+                .bind(name)
+                .fetch_optional(self.pool())
+                .await?;
         Ok(v.unwrap_or(0))
     }
 
@@ -426,7 +429,11 @@ impl ReplicationStore for PgStore {
         Ok(self.blobs_referenced(&[*digest], feeds).await?.contains(digest))
     }
 
-    async fn blobs_referenced(&self, digests: &[Digest], feeds: &[FeedId]) -> Result<HashSet<Digest>, StoreError> {
+    async fn blobs_referenced(
+        &self,
+        digests: &[Digest],
+        feeds: &[FeedId],
+    ) -> Result<HashSet<Digest>, StoreError> {
         let rows: Vec<Vec<u8>> = sqlx::query_scalar(
             "SELECT DISTINCT digest FROM item_blobs WHERE digest = ANY($1) AND feed_id = ANY($2)",
         )

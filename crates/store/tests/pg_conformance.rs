@@ -40,7 +40,10 @@ async fn nodes_on_one_database_share_the_instance_and_its_feeds() {
     assert!(b.feed(&name).await.unwrap().is_some());
     drop((a, b));
     let again = PgStore::connect(&db.url).await.unwrap();
-    assert!(again.feed(&name).await.unwrap().is_some(), "kept across reconnect");
+    assert!(
+        again.feed(&name).await.unwrap().is_some(),
+        "kept across reconnect"
+    );
 }
 
 #[tokio::test]
@@ -70,4 +73,57 @@ async fn a_lost_database_is_unavailable_then_recovers() {
     }
     assert!(ok, "the pool reconnects by itself");
     assert!(store.feed(&name).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_node_hears_what_another_node_wrote() {
+    use ferry_store::{Change, ChangeOp, Precondition, StoreEvent};
+    let db = TestDatabase::new();
+    let a = PgStore::connect(&db.url).await.unwrap();
+    let b = PgStore::connect(&db.url).await.unwrap();
+    let mut heard = b.events().expect("a shared store has events");
+    let next = async |rx: &mut tokio::sync::broadcast::Receiver<StoreEvent>| {
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+    };
+    let name = ferry_types::FeedName::new("heard").unwrap();
+    let f = a
+        .create_feed(&name, ferry_types::FeedType::Assets, false)
+        .await
+        .unwrap();
+    let change = Change {
+        key: ferry_types::ItemKey::new("k").unwrap(),
+        stamp: ferry_types::Stamp {
+            time: ferry_types::Hlc(5),
+            origin: a.instance_id().await.unwrap(),
+        },
+        op: ChangeOp::Upsert {
+            meta: serde_json::json!({}),
+            blobs: vec![],
+            created_at: None,
+        },
+    };
+    a.write(f.id, vec![(change, Precondition::Any)]).await.unwrap();
+    assert_eq!(
+        next(&mut heard).await,
+        StoreEvent::FeedChanged { feed: f.id, seq: 1 }
+    );
+    a.put_signing_key(f.id, "secret").await.unwrap();
+    assert_eq!(
+        next(&mut heard).await,
+        StoreEvent::SigningKeyChanged { feed: f.id }
+    );
+    // A failed write says nothing.
+    let bad = a.write(f.id + 999, vec![]).await;
+    assert!(matches!(bad, Err(StoreError::NotFound(_))));
+    a.delete_feed(&name).await.unwrap();
+    assert_eq!(
+        next(&mut heard).await,
+        StoreEvent::FeedDeleted {
+            feed: f.id,
+            name: name.clone()
+        }
+    );
 }

@@ -26,6 +26,8 @@ pub struct TestDatabase {
     name: String,
     /// The private cluster, when no shared server was given.
     cluster: Option<Cluster>,
+    /// Copies made by [`TestDatabase::snapshot`].
+    snapshots: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestDatabase {
@@ -53,7 +55,33 @@ impl TestDatabase {
             admin_url,
             name,
             cluster,
+            snapshots: Default::default(),
         }
+    }
+
+    /// Copies the database (no one may be connected to it) and returns the
+    /// copy's name, for [`TestDatabase::restore`]. The copy is dropped
+    /// with this value.
+    pub fn snapshot(&self) -> String {
+        let snap = format!("{}_s{}", self.name, unique());
+        psql(
+            &self.admin_url,
+            &format!("CREATE DATABASE {snap} TEMPLATE {}", self.name),
+        );
+        self.snapshots.lock().unwrap().push(snap.clone());
+        snap
+    }
+
+    /// Replaces the database by the copy [`TestDatabase::snapshot`] made.
+    pub fn restore(&self, snapshot: &str) {
+        psql(
+            &self.admin_url,
+            &format!("DROP DATABASE {} WITH (FORCE)", self.name),
+        );
+        psql(
+            &self.admin_url,
+            &format!("CREATE DATABASE {} TEMPLATE {snapshot}", self.name),
+        );
     }
 
     /// The admin URL of the server the database lives on.
@@ -84,15 +112,19 @@ impl Default for TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if self.cluster.is_none() {
-            let _ = Command::new("psql")
-                .args([
-                    self.admin_url.as_str(),
-                    "-qc",
-                    &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let mut names = vec![self.name.clone()];
+            names.extend(self.snapshots.lock().map(|s| s.clone()).unwrap_or_default());
+            for name in names {
+                let _ = Command::new("psql")
+                    .args([
+                        self.admin_url.as_str(),
+                        "-qc",
+                        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
     }
 }
@@ -170,10 +202,9 @@ fn run_as() -> Option<(u32, u32)> {
         return None;
     }
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let line = passwd
-        .lines()
-        .find(|l| l.starts_with("postgres:"))
-        .expect("a postgres user (Debian's postgresql package creates it) to run PostgreSQL as, since root may not");
+    let line = passwd.lines().find(|l| l.starts_with("postgres:")).expect(
+        "a postgres user (Debian's postgresql package creates it) to run PostgreSQL as, since root may not",
+    );
     let f: Vec<&str> = line.split(':').collect();
     Some((f[2].parse().unwrap(), f[3].parse().unwrap()))
 }
@@ -245,7 +276,11 @@ impl Cluster {
                 "max_connections=200",
             ])
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join("server.log")).map(Stdio::from).unwrap_or(Stdio::null()));
+            .stderr(
+                std::fs::File::create(self.dir.join("server.log"))
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            );
         if let Some((uid, gid)) = self.owner {
             cmd.uid(uid).gid(gid);
         }
