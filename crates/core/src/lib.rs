@@ -88,6 +88,11 @@ pub struct Config {
     /// Most OCI upload sessions open at once on the instance. Default
     /// 10000.
     pub oci_max_upload_sessions: usize,
+    /// How long a node's claim to run a replication's executions lasts
+    /// without renewal (renewed every third of it while one runs). When
+    /// nodes share a database, a dead node's executions are taken over
+    /// after at most this long.
+    pub execution_lease: Duration,
 }
 
 impl Default for Config {
@@ -105,6 +110,7 @@ impl Default for Config {
             oci_max_upload_sessions_per_key: 100,
             oci_max_upload_sessions_per_feed: 1000,
             oci_max_upload_sessions: 10_000,
+            execution_lease: Duration::from_secs(30),
         }
     }
 }

@@ -71,6 +71,10 @@ pub struct Config {
     /// `FERRY_DATABASE_URL`, `PGPASSWORD` or `~/.pgpass`. Nodes given the
     /// same database are one instance.
     pub database_url: Option<String>,
+    /// Seconds a node's claim to run a replication's executions lasts
+    /// unrenewed (nodes sharing a database take over a dead node's
+    /// executions after at most this long).
+    pub execution_lease_secs: u64,
     /// Feeds declared as code: created at start (and on SIGHUP, `ferry
     /// config apply`) if missing.
     pub feeds: Vec<FeedDecl>,
@@ -109,6 +113,7 @@ impl Default for Config {
             tls_key: None,
             tls_ca_file: None,
             database_url: None,
+            execution_lease_secs: 30,
             feeds: Vec::new(),
             replications: Vec::new(),
             prune: false,
@@ -139,6 +144,11 @@ impl Config {
             }
             None => Config::default(),
         };
+        if let Ok(v) = std::env::var("FERRY_EXECUTION_LEASE_SECS") {
+            cfg.execution_lease_secs = v
+                .parse()
+                .with_context(|| format!("FERRY_EXECUTION_LEASE_SECS={v:?}"))?;
+        }
         if let Ok(v) = std::env::var("FERRY_DATABASE_URL") {
             cfg.database_url = Some(v).filter(|v| !v.is_empty());
         }

@@ -90,6 +90,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         peer_stale_intervals: cfg.peer_stale_intervals.max(1),
         metrics_public: cfg.metrics_public,
         base_url: cfg.base_url.clone(),
+        execution_lease: Duration::from_secs(cfg.execution_lease_secs.max(3)),
         ..Default::default()
     };
     let ferry = Ferry::open(meta, Arc::new(blobs), core_cfg).await?;

@@ -518,6 +518,57 @@ async fn key_scopes_follow_feed_identity(s: &dyn MetadataStore) {
 }
 
 /// The contract of [`crate::ReplicationStore`], for backends that keep replications.
+/// One node at a time runs a replication's executions; a lease that ran
+/// out is taken over, closing what its holder left running.
+async fn execution_leases<S: crate::ReplicationStore>(s: &S, r: i64) {
+    let t = now_millis();
+    assert!(s.take_execution_lease(r, "node-a", t, t + 30_000).await.unwrap());
+    assert!(
+        !s.take_execution_lease(r, "node-b", t + 1, t + 30_000)
+            .await
+            .unwrap(),
+        "held by a"
+    );
+    assert!(
+        s.take_execution_lease(r, "node-a", t + 2, t + 40_000)
+            .await
+            .unwrap(),
+        "renewed"
+    );
+    // a runs an execution; b's start-up leaves it alone while a's lease runs.
+    let running = s.start_execution(r, "schedule").await.unwrap();
+    assert_eq!(s.close_interrupted_executions("node-b", t + 3).await.unwrap(), 0);
+    assert_eq!(s.executions(r, 1).await.unwrap()[0].outcome, None);
+    // a dies: once its lease ran out, b takes over and closes a's execution.
+    assert!(
+        !s.take_execution_lease(r, "node-b", t + 40_000, t + 70_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.take_execution_lease(r, "node-b", t + 40_001, t + 70_000)
+            .await
+            .unwrap()
+    );
+    let ex = &s.executions(r, 1).await.unwrap()[0];
+    assert_eq!((ex.id, ex.outcome.as_deref()), (running, Some("interrupted")));
+    // Given up, it is free at once.
+    s.release_execution_lease(r, "node-a").await.unwrap();
+    assert!(
+        !s.take_execution_lease(r, "node-a", t + 40_002, t + 70_000)
+            .await
+            .unwrap(),
+        "a no longer holds it"
+    );
+    s.release_execution_lease(r, "node-b").await.unwrap();
+    assert!(
+        s.take_execution_lease(r, "node-a", t + 40_003, t + 70_000)
+            .await
+            .unwrap()
+    );
+    s.release_execution_lease(r, "node-a").await.unwrap();
+}
+
 pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) {
     let r = s.create_replication("r1", json!({"mode": "pull"})).await.unwrap();
     assert!(matches!(
@@ -572,7 +623,10 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
     assert_eq!(s.cursors(r.id, "pull:").await.unwrap().len(), 2);
 
     let cut = s.start_execution(r.id, "manual").await.unwrap();
-    assert_eq!(s.close_interrupted_executions().await.unwrap(), 1);
+    assert_eq!(
+        s.close_interrupted_executions("me", now_millis()).await.unwrap(),
+        1
+    );
     let ex = s.executions(r.id, 10).await.unwrap();
     assert_eq!((ex[0].id, ex[0].outcome.as_deref()), (cut, Some("interrupted")));
     // Its log says why it ended, with a time.
@@ -585,6 +639,7 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
             .starts_with("interrupted")
     );
     assert!(line["time"].as_str().unwrap_or_default().ends_with('Z'), "{line}");
+    execution_leases(s, r.id).await;
     let e = s.start_execution(r.id, "manual").await.unwrap();
     assert_eq!(s.executions(r.id, 10).await.unwrap()[0].outcome, None);
     s.finish_execution(e, "succeeded", json!({"added": 1}))

@@ -25,7 +25,8 @@ use crate::{StoreError, now_millis};
 /// ones applied. Text columns that are compared or ordered use the `C`
 /// collation, so keys order by their bytes as in SQLite, whatever the
 /// database's locale.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE feeds (
     id BIGSERIAL PRIMARY KEY,
@@ -132,7 +133,16 @@ CREATE TABLE replication_peers (
     state TEXT NOT NULL,
     PRIMARY KEY (replication_id, instance)
 );
-"#];
+"#,
+    // Which node runs a replication's executions, until when (ms).
+    r#"
+CREATE TABLE execution_leases (
+    replication_id BIGINT PRIMARY KEY REFERENCES replications(id) ON DELETE CASCADE,
+    holder TEXT NOT NULL,
+    until BIGINT NOT NULL
+);
+"#,
+];
 
 /// The advisory lock key under which migrations run (any constant; nodes
 /// starting together wait for each other instead of racing).

@@ -335,24 +335,68 @@ impl ReplicationStore for PgStore {
         })
     }
 
-    async fn close_interrupted_executions(&self) -> Result<u64, StoreError> {
-        // The log says why it ended (the report of a running execution is
-        // still the empty one it started with). json_build_object keeps the
-        // keys in the order given, as the report's other lines have them.
-        let n = sqlx::query(
-            "UPDATE executions SET outcome = 'interrupted', ended_at = $1,
-                 report = json_build_object('log', json_build_array(json_build_object(
-                     'time', to_char(to_timestamp($1::bigint / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                     'level', 'warn',
-                     'message', $2::text)))::text
-             WHERE outcome IS NULL",
-        )
-        .bind(now_millis())
-        .bind(INTERRUPTED)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        Ok(n)
+    async fn close_interrupted_executions(&self, holder: &str, now: i64) -> Result<u64, StoreError> {
+        store_tx!(self, |c| close_running(c, None, holder, now))
+    }
+
+    async fn take_execution_lease(
+        &self,
+        replication: i64,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        store_tx!(self, |c| async {
+            // The replication's row serializes nodes racing for its lease.
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM replications WHERE id = $1 FOR UPDATE")
+                    .bind(replication)
+                    .fetch_optional(&mut *c)
+                    .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("replication id {replication}")));
+            }
+            let current = sqlx::query("SELECT holder, until FROM execution_leases WHERE replication_id = $1")
+                .bind(replication)
+                .fetch_optional(&mut *c)
+                .await?;
+            let current: Option<(String, i64)> = match current {
+                Some(r) => Some((r.try_get("holder")?, r.try_get("until")?)),
+                None => None,
+            };
+            match &current {
+                Some((h, u)) if h != holder && *u >= now => return Ok(false),
+                Some((h, _)) if h == holder => {}
+                _ => {
+                    // Taken over (or first taken): what the last holder left
+                    // running will never end by itself.
+                    close_running(c, Some(replication), holder, now).await?;
+                }
+            }
+            sqlx::query(
+                "INSERT INTO execution_leases (replication_id, holder, until) VALUES ($1, $2, $3)
+                 ON CONFLICT (replication_id) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until",
+            )
+            .bind(replication)
+            .bind(holder)
+            .bind(until)
+            .execute(&mut *c)
+            .await?;
+            Ok(true)
+        })
+    }
+
+    async fn release_execution_lease(&self, replication: i64, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM execution_leases WHERE replication_id = $1 AND holder = $2")
+            .bind(replication)
+            .bind(holder)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    fn shared_by_nodes(&self) -> bool {
+        true
     }
 
     async fn executions(&self, replication: i64, limit: usize) -> Result<Vec<ExecutionRecord>, StoreError> {
@@ -528,4 +572,36 @@ impl ReplicationStore for PgStore {
             .await?;
         Ok(v.unwrap_or(0))
     }
+}
+
+/// Ends executions left running as interrupted — of one replication, or
+/// of every replication whose lease no other holder than `holder` holds at
+/// `now` — with a log line saying why (the report of a running execution
+/// is still the empty one it started with). `json_build_object` keeps the
+/// keys in the order given, as the report's other lines have them.
+async fn close_running(
+    c: &mut sqlx::PgConnection,
+    replication: Option<i64>,
+    holder: &str,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let n = sqlx::query(
+        "UPDATE executions SET outcome = 'interrupted', ended_at = $1,
+             report = json_build_object('log', json_build_array(json_build_object(
+                 'time', to_char(to_timestamp($1::bigint / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                 'level', 'warn',
+                 'message', $2::text)))::text
+         WHERE outcome IS NULL
+           AND ($3::bigint IS NULL OR replication_id = $3)
+           AND NOT EXISTS (SELECT 1 FROM execution_leases l WHERE l.replication_id = executions.replication_id
+                           AND l.holder <> $4 AND l.until >= $1)",
+    )
+    .bind(now)
+    .bind(INTERRUPTED)
+    .bind(replication)
+    .bind(holder)
+    .execute(&mut *c)
+    .await?
+    .rows_affected();
+    Ok(n)
 }

@@ -69,6 +69,26 @@ impl Server {
         s
     }
 
+    /// A node of a cluster: an instance on the given data directory (its
+    /// blobs, shared with the other nodes) and database URL (its metadata,
+    /// shared with the other nodes), with extra `env`.
+    pub fn start_node(data: &Path, database_url: &str, env: &[(&str, &str)]) -> Self {
+        let mut env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        env.push(("FERRY_DATABASE_URL".to_string(), database_url.to_string()));
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            addr: String::new(),
+            data: data.to_path_buf(),
+            _dir: None,
+            env,
+            db: None,
+        };
+        s.spawn("127.0.0.1:0");
+        s
+    }
+
     fn spawn(&mut self, listen: &str) {
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--data-dir"])
