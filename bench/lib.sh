@@ -189,12 +189,20 @@ BENCH_KEY=bench-admin-key-0123456789
 # start_ferry NAME: a fresh instance with its own data dir on a port it
 # picks itself. Sets FERRY_PID and FERRY_URL.
 start_ferry() {
-    local name=$1 dir i addr
+    local name=$1 dir i addr data dburl=
     dir="$BENCH_TMP/ferry-$name"
     mkdir -p "$dir"
+    data=${BENCH_FERRY_DATA:-$dir/data}
+    # With BENCH_PG_ADMIN (bench/postgres.sh), metadata in PostgreSQL: a new
+    # database per instance, or BENCH_FERRY_DB_URL for nodes sharing one.
+    if [ -n "${BENCH_FERRY_DB_URL:-}" ]; then
+        dburl=$BENCH_FERRY_DB_URL
+    elif [ -n "${BENCH_PG_ADMIN:-}" ]; then
+        dburl=$(pg_new_database "$name")
+    fi
     # shellcheck disable=SC2153 # FERRY_BIN is set by bench/run
-    FERRY_ADMIN_KEY=$BENCH_KEY FERRY_LOG=${FERRY_LOG:-warn} \
-        "$FERRY_BIN" serve --data-dir "$dir/data" --listen 127.0.0.1:0 \
+    FERRY_ADMIN_KEY=$BENCH_KEY FERRY_LOG=${FERRY_LOG:-warn} FERRY_DATABASE_URL=$dburl \
+        "$FERRY_BIN" serve --data-dir "$data" --listen 127.0.0.1:0 \
         >"$dir/stdout.log" 2>"$dir/stderr.log" &
     FERRY_PID=$!
     BENCH_PIDS+=("$FERRY_PID")

@@ -93,6 +93,11 @@ pub struct Config {
     /// nodes share a database, a dead node's executions are taken over
     /// after at most this long.
     pub execution_lease: Duration,
+    /// This node's name among the nodes sharing a database (the holder of
+    /// its execution leases). Stable across restarts of the node, so that
+    /// a restarted node takes its own leases back at once; distinct per
+    /// node. `None`: a random name per process.
+    pub node_name: Option<String>,
 }
 
 impl Default for Config {
@@ -111,6 +116,7 @@ impl Default for Config {
             oci_max_upload_sessions_per_feed: 1000,
             oci_max_upload_sessions: 10_000,
             execution_lease: Duration::from_secs(30),
+            node_name: None,
         }
     }
 }

@@ -75,6 +75,10 @@ pub struct Config {
     /// unrenewed (nodes sharing a database take over a dead node's
     /// executions after at most this long).
     pub execution_lease_secs: u64,
+    /// This node's name among nodes sharing a database; by default
+    /// `HOSTNAME:LISTEN` (random when listening on port 0). It must stay
+    /// the same across restarts of a node and differ between nodes.
+    pub node_name: Option<String>,
     /// Feeds declared as code: created at start (and on SIGHUP, `ferry
     /// config apply`) if missing.
     pub feeds: Vec<FeedDecl>,
@@ -114,6 +118,7 @@ impl Default for Config {
             tls_ca_file: None,
             database_url: None,
             execution_lease_secs: 30,
+            node_name: None,
             feeds: Vec::new(),
             replications: Vec::new(),
             prune: false,
@@ -144,6 +149,9 @@ impl Config {
             }
             None => Config::default(),
         };
+        if let Ok(v) = std::env::var("FERRY_NODE_NAME") {
+            cfg.node_name = Some(v).filter(|v| !v.is_empty());
+        }
         if let Ok(v) = std::env::var("FERRY_EXECUTION_LEASE_SECS") {
             cfg.execution_lease_secs = v
                 .parse()

@@ -80,9 +80,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 (store.clone(), store)
             }
         };
-    let blobs = FsBlobStore::open(cfg.data_dir.join("blobs"))
-        .await
-        .context("opening blob store")?;
+    // With a shared database, other nodes may share the blob folder too:
+    // each node stages its uploads apart from the others'.
+    let blobs = if cfg.database_url.is_some() {
+        FsBlobStore::open_shared(cfg.data_dir.join("blobs")).await
+    } else {
+        FsBlobStore::open(cfg.data_dir.join("blobs")).await
+    }
+    .context("opening blob store")?;
     let core_cfg = ferry_core::Config {
         max_upload_bytes: cfg.max_upload_bytes,
         max_clock_skew: Duration::from_secs(cfg.max_clock_skew_secs),
@@ -91,6 +96,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics_public: cfg.metrics_public,
         base_url: cfg.base_url.clone(),
         execution_lease: Duration::from_secs(cfg.execution_lease_secs.max(3)),
+        node_name: cfg.node_name.clone().or_else(|| default_node_name(cfg.listen)),
         ..Default::default()
     };
     let ferry = Ferry::open(meta, Arc::new(blobs), core_cfg).await?;
@@ -137,6 +143,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // not stop the server.
     say!("listening on {scheme}://{addr}");
     let stopping = replicator.clone();
+    let leases = replicator.clone();
     let router = ferry_server::router(ferry.clone(), replicator).into_router();
     // The web UI sends its session cookie `Secure` over TLS.
     let router = if acceptor.is_some() {
@@ -159,6 +166,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stop_signal(),
     )
     .await?;
+    leases.release_leases().await;
     ferry.flush_downloads().await?;
     tracing::info!("stopped");
     Ok(())
@@ -348,4 +356,16 @@ async fn stop_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// `HOSTNAME:LISTEN`, the same at every start of a node on a fixed
+/// address; `None` (a random name) for port 0, whose address changes.
+fn default_node_name(listen: std::net::SocketAddr) -> Option<String> {
+    if listen.port() == 0 {
+        return None;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    Some(format!("{host}:{listen}"))
 }

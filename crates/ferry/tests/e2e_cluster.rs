@@ -149,3 +149,43 @@ fn an_execution_cut_by_a_killed_node_is_finished_by_another() {
     assert_eq!(served, hub.asset_digests("files", ""));
     assert!(b.verified("from-hub"));
 }
+
+#[test]
+fn a_node_that_loses_its_database_answers_503_and_recovers_by_itself() {
+    let mut db = TestDatabase::private();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Server::start_node(&dir.path().join("data"), &db.url, &[]);
+    node.create_feed("files", "assets");
+    node.put_asset("files", "kept.txt", b"written before the outage");
+    let ready = || support::curl(&["-s", "-o", "/dev/null", &format!("{}/ready", node.url)]).0;
+    assert_eq!(ready(), 200);
+
+    db.kill_server();
+    assert!(
+        wait_until(15, || ready() == 503),
+        "/ready still answers while the database is down"
+    );
+    let (code, body) = support::curl(&["-s", &node.asset_url("files", "kept.txt")]);
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    let (code, _) = support::curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-T",
+        "/etc/hostname",
+        "-H",
+        &format!("Authorization: Bearer {}", support::ADMIN),
+        &node.asset_url("files", "during.txt"),
+    ]);
+    assert_eq!(code, 503, "an upload during the outage");
+
+    db.restart_server();
+    assert!(wait_until(30, || ready() == 200), "/ready did not recover");
+    assert!(node.serves("files", "kept.txt", b"written before the outage"));
+    assert!(
+        node.lacks("files", "during.txt"),
+        "nothing of the refused upload is stored"
+    );
+    node.put_asset("files", "after.txt", b"written after");
+    assert!(node.serves("files", "after.txt", b"written after"));
+}

@@ -53,9 +53,10 @@ pub struct Replicator(Arc<Inner>);
 struct Inner {
     ferry: Ferry,
     store: Arc<dyn ReplicationStore>,
-    /// This node's name as the holder of execution leases: random per
-    /// process when nodes share the store, one fixed name otherwise (a
-    /// restarted instance takes its own leases back at once).
+    /// This node's name as the holder of execution leases: the configured
+    /// node name (or a random one) when nodes share the store, one fixed
+    /// name otherwise (a restarted instance takes its own leases back at
+    /// once).
     node: String,
     http: reqwest::Client,
     diag: DiagLog,
@@ -161,7 +162,11 @@ impl Replicator {
     /// private CA).
     pub fn with_http_client(ferry: Ferry, store: Arc<dyn ReplicationStore>, http: reqwest::Client) -> Self {
         let node = if store.shared_by_nodes() {
-            format!("node-{}", ferry_types::InstanceId::random())
+            ferry
+                .config()
+                .node_name
+                .clone()
+                .unwrap_or_else(|| format!("node-{}", ferry_types::InstanceId::random()))
         } else {
             "this-instance".to_string()
         };
@@ -189,6 +194,40 @@ impl Replicator {
     pub fn shutdown(&self) {
         self.0.stopping.send_replace(true);
         self.0.scheduler.stop_all();
+    }
+
+    /// Gives up the execution leases this node holds (after a graceful
+    /// stop, so other nodes — or this node restarted under another name —
+    /// need not wait for them to run out). Failures are only logged.
+    pub async fn release_leases(&self) {
+        let Ok(recs) = self.store().replications().await else {
+            return;
+        };
+        for rec in recs {
+            if let Err(e) = self.store().release_execution_lease(rec.id, &self.0.node).await {
+                tracing::warn!(target: "replication", error = %e, "giving up an execution lease failed; it runs out by itself");
+            }
+        }
+    }
+
+    /// Waits (up to twice the lease) for this node to hold replication
+    /// `id`'s execution lease: another node's execution ends, or the lease
+    /// of a node that died runs out. Conflict if it never does.
+    async fn wait_for_lease(&self, rec: &ReplicationRecord) -> Result<(), ReplError> {
+        let lease = self.ferry().config().execution_lease;
+        let deadline = tokio::time::Instant::now() + lease * 2;
+        loop {
+            if self.take_lease(rec.id).await? {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ReplError::Conflict(format!(
+                    "an execution of {} is running on another node of this instance",
+                    rec.name
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
     }
 
     /// A receiver that turns true when [`Replicator::shutdown`] is called.
@@ -527,6 +566,8 @@ impl Replicator {
         let _guard = lock.lock().await;
         // Read again: an update may have changed it while this waited.
         let (rec, cfg) = self.record(name).await?;
+        // Another node's execution of it ends first, too.
+        self.wait_for_lease(&rec).await?;
         self.execute_locked(&rec, &cfg, trigger, confirm_deletes, full)
             .await
     }

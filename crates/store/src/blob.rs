@@ -320,6 +320,11 @@ pub trait BlobStore: Send + Sync + 'static {
 /// `missing` (one `sha256:HEX MILLIS` line each, replaced atomically).
 pub struct FsBlobStore {
     root: PathBuf,
+    /// Where uploads are staged: `staging/`, or `staging/node-ID/` of this
+    /// process when several nodes share the folder ([`FsBlobStore::open_shared`]).
+    staging: PathBuf,
+    /// The files of OCI upload sessions: `uploads/` or `uploads/node-ID/`.
+    uploads_dir: PathBuf,
     uploads: Mutex<HashMap<String, UploadState>>,
     /// One lock per digest whose partial file a transfer is writing.
     transfers: std::sync::Arc<Mutex<TransferLocks>>,
@@ -699,23 +704,83 @@ fn write_missing(root: &Path, missing: &[(Digest, i64)]) -> io::Result<()> {
     std::fs::File::open(root)?.sync_all()
 }
 
+/// How old another node's scratch files in a shared blob folder must be
+/// before a starting node removes them (that node is taken to be gone).
+const SHARED_SCRATCH_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes the entries of `dir` last modified longer than `age` ago.
+async fn remove_older_than(dir: &Path, age: std::time::Duration) -> Result<(), StoreError> {
+    let mut rd = match tokio::fs::read_dir(dir).await {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    while let Some(e) = rd.next_entry().await? {
+        let meta = e.metadata().await?;
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|a| a > age);
+        if old {
+            let r = if meta.is_dir() {
+                tokio::fs::remove_dir_all(e.path()).await
+            } else {
+                tokio::fs::remove_file(e.path()).await
+            };
+            if let Err(err) = r
+                && err.kind() != io::ErrorKind::NotFound
+            {
+                return Err(err.into());
+            }
+        }
+    }
+    Ok(())
+}
+
 impl FsBlobStore {
+    /// Opens (creating as needed) the blob folder `root`, for this process
+    /// alone: uploads left in `staging/` and `uploads/` by a stopped process
+    /// are removed.
     pub async fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let root = root.into();
+        Self::open_with(root.into(), None).await
+    }
+
+    /// Opens a blob folder that several nodes of one instance share (a
+    /// network file system): this process stages its uploads in
+    /// `staging/node-ID/` and `uploads/node-ID/` of its own, and removes
+    /// only scratch files nobody touched for a day (those of nodes gone),
+    /// never the uploads other nodes are receiving.
+    pub async fn open_shared(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let node = format!("node-{}", hex::encode(rand::random::<[u8; 8]>()));
+        Self::open_with(root.into(), Some(node)).await
+    }
+
+    async fn open_with(root: PathBuf, node: Option<String>) -> Result<Self, StoreError> {
         tokio::fs::create_dir_all(root.join("sha256")).await?;
-        let staging = root.join("staging");
-        // Client uploads that were in flight when the process stopped are
-        // garbage; replication transfers (`partial/`) resume instead.
-        if tokio::fs::try_exists(&staging).await? {
-            tokio::fs::remove_dir_all(&staging).await?;
-        }
-        tokio::fs::create_dir_all(&staging).await?;
         tokio::fs::create_dir_all(root.join("partial")).await?;
-        // Upload sessions live in memory too: after a restart they are gone.
-        let uploads = root.join("uploads");
-        if tokio::fs::try_exists(&uploads).await? {
-            tokio::fs::remove_dir_all(&uploads).await?;
-        }
+        let (staging, uploads) = match &node {
+            None => {
+                // Client uploads that were in flight when the process
+                // stopped are garbage; replication transfers (`partial/`)
+                // resume instead. Upload sessions live in memory too: after
+                // a restart they are gone.
+                for dir in ["staging", "uploads"] {
+                    let dir = root.join(dir);
+                    if tokio::fs::try_exists(&dir).await? {
+                        tokio::fs::remove_dir_all(&dir).await?;
+                    }
+                }
+                (root.join("staging"), root.join("uploads"))
+            }
+            Some(node) => {
+                for dir in ["staging", "uploads"] {
+                    remove_older_than(&root.join(dir), SHARED_SCRATCH_MAX_AGE).await?;
+                }
+                (root.join("staging").join(node), root.join("uploads").join(node))
+            }
+        };
+        tokio::fs::create_dir_all(&staging).await?;
         tokio::fs::create_dir_all(&uploads).await?;
         let (quarantine, missing) = {
             let root = root.clone();
@@ -727,6 +792,8 @@ impl FsBlobStore {
         };
         Ok(Self {
             root,
+            staging,
+            uploads_dir: uploads,
             uploads: Mutex::new(HashMap::new()),
             transfers: Default::default(),
             quarantine: std::sync::Arc::new(Mutex::new(quarantine)),
@@ -743,7 +810,7 @@ impl FsBlobStore {
             && id
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        valid.then(|| self.root.join("uploads").join(id))
+        valid.then(|| self.uploads_dir.join(id))
     }
 
     fn sessions(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, UploadState>>, StoreError> {
@@ -840,7 +907,7 @@ impl BlobStore for FsBlobStore {
         expected: Option<Digest>,
     ) -> Result<StagedBlob, StoreError> {
         let name: [u8; 16] = rand::random();
-        let path = self.root.join("staging").join(hex::encode(name));
+        let path = self.staging.join(hex::encode(name));
         let file = tokio::fs::File::create(&path).await?.into_std().await;
         // From here on, dropping `staged` removes the file on every early return.
         let mut staged = StagedBlob {
@@ -1203,6 +1270,7 @@ impl BlobStore for FsBlobStore {
         blobs: Vec<(Digest, Bytes)>,
     ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
         let (root, place, quarantine) = (self.root.clone(), self.place.clone(), self.quarantine.clone());
+        let staging_dir = self.staging.clone();
         let results = tokio::task::spawn_blocking(move || -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
             let mut out = Vec::with_capacity(blobs.len());
             let mut made_dirs = std::collections::HashSet::new();
@@ -1227,7 +1295,7 @@ impl BlobStore for FsBlobStore {
                     out.push(Ok(found));
                     continue;
                 }
-                let staging = root.join("staging").join(hex::encode(rand::random::<[u8; 16]>()));
+                let staging = staging_dir.join(hex::encode(rand::random::<[u8; 16]>()));
                 let written = (|| {
                     use std::io::Write;
                     let mut f = std::fs::File::create(&staging)?;
@@ -1324,7 +1392,7 @@ impl BlobStore for FsBlobStore {
             });
         }
         let name: [u8; 16] = rand::random();
-        let path = self.root.join("staging").join(hex::encode(name));
+        let path = self.staging.join(hex::encode(name));
         tokio::fs::rename(&partial, &path).await?;
         drop(transfer);
         Ok(StagedBlob {
@@ -1422,10 +1490,7 @@ impl BlobStore for FsBlobStore {
         file.set_len(size).await?;
         file.sync_all().await?;
         drop(file);
-        let dest = self
-            .root
-            .join("staging")
-            .join(hex::encode(rand::random::<[u8; 16]>()));
+        let dest = self.staging.join(hex::encode(rand::random::<[u8; 16]>()));
         tokio::fs::rename(&staged.path, &dest).await?;
         staged.path = dest;
         Ok(staged)
@@ -1488,6 +1553,41 @@ mod tests {
             store.get(&d, None).await,
             Err(StoreError::BlobMissing(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_node_opening_a_shared_folder_leaves_other_nodes_uploads_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FsBlobStore::open_shared(dir.path()).await.unwrap();
+        // A node that is gone left scratch files two days ago.
+        let gone = dir.path().join("staging").join("node-gone");
+        std::fs::create_dir_all(&gone).unwrap();
+        let old = std::fs::File::create(gone.join("upload")).unwrap();
+        let two_days = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+        old.set_modified(two_days).unwrap();
+        drop(old);
+        filetime_dir(&gone, two_days);
+        // Node a is receiving an upload when node b starts.
+        let staged = a.stage(body(&[b"in flight on a"]), 100, None).await.unwrap();
+        let b = FsBlobStore::open_shared(dir.path()).await.unwrap();
+        let d = staged.digest();
+        a.commit(staged).await.unwrap();
+        assert_eq!(read_all(b.get(&d, None).await.unwrap()).await, b"in flight on a");
+        assert!(!gone.exists(), "a gone node's day-old scratch files stay");
+        // A store of one process still empties what a stopped one left.
+        let single = dir.path().join("single");
+        let s = FsBlobStore::open(&single).await.unwrap();
+        let left = s.stage(body(&[b"left"]), 100, None).await.unwrap();
+        std::mem::forget(left);
+        drop(s);
+        FsBlobStore::open(&single).await.unwrap();
+        assert_eq!(std::fs::read_dir(single.join("staging")).unwrap().count(), 0);
+    }
+
+    /// Sets a directory's modification time (its entries were written after it).
+    fn filetime_dir(dir: &std::path::Path, t: std::time::SystemTime) {
+        let f = std::fs::File::open(dir).unwrap();
+        f.set_modified(t).unwrap();
     }
 
     #[tokio::test]

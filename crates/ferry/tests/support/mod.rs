@@ -52,6 +52,13 @@ impl Server {
         let db = if on_postgres() && !env.iter().any(|(k, _)| k == "FERRY_DATABASE_URL") {
             let db = ferry_testkit::pg::TestDatabase::new();
             env.push(("FERRY_DATABASE_URL".to_string(), db.url.clone()));
+            // A test's instance first listens on port 0 (a random node name)
+            // and keeps its address across restarts (a fixed one): after a
+            // kill, the restarted node waits for the old name's lease to
+            // run out, as another node would. Keep that short.
+            if !env.iter().any(|(k, _)| k == "FERRY_EXECUTION_LEASE_SECS") {
+                env.push(("FERRY_EXECUTION_LEASE_SECS".to_string(), "4".to_string()));
+            }
             Some(db)
         } else {
             None
