@@ -130,6 +130,11 @@ impl From<StoreError> for CoreError {
             }
             e @ StoreError::DigestMismatch { .. } => CoreError::Invalid(e.to_string()),
             e @ StoreError::BlobBusy(_) => CoreError::Unavailable(e.to_string()),
+            // The cause names the backend's address: logged, not shown.
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "storage unavailable");
+                CoreError::Unavailable("storage is unavailable; retry later".into())
+            }
             // `pour` hands back the body's own error: a client's broken
             // request body is the client's event, anything else our fault.
             StoreError::Io(e) => CoreError::from_body_error(&e)

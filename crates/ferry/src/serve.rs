@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_core::Ferry;
 use ferry_replication::Replicator;
-use ferry_store::{FsBlobStore, SqliteStore};
+use ferry_store::{BlobStore, FsBlobStore, S3BlobStore, SqliteStore};
 
-use crate::config::Config;
+use crate::config::{BlobStoreConfig, Config};
 use crate::{listener, tls};
 
 /// Runs the instance until SIGTERM/SIGINT: opens the stores, declares the
@@ -61,9 +61,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let meta = SqliteStore::open(cfg.data_dir.join("ferry.db"))
         .await
         .context("opening metadata database")?;
-    let blobs = FsBlobStore::open(cfg.data_dir.join("blobs"))
-        .await
-        .context("opening blob store")?;
+    let blobs = open_blobs(&cfg).await?;
     let core_cfg = ferry_core::Config {
         max_upload_bytes: cfg.max_upload_bytes,
         max_clock_skew: Duration::from_secs(cfg.max_clock_skew_secs),
@@ -74,7 +72,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ..Default::default()
     };
     let meta = Arc::new(meta);
-    let ferry = Ferry::open(meta.clone(), Arc::new(blobs), core_cfg).await?;
+    let ferry = Ferry::open(meta.clone(), blobs, core_cfg).await?;
     let replicator = Replicator::with_http_client(ferry.clone(), meta, http);
     tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
 
@@ -329,4 +327,27 @@ async fn stop_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Opens the configured blob store and says which it is: the folder
+/// `data_dir/blobs`, or an S3 bucket (with `data_dir/blob-spool` for what
+/// is still being received).
+async fn open_blobs(cfg: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    Ok(match &cfg.blob_store {
+        BlobStoreConfig::Fs => {
+            let dir = cfg.data_dir.join("blobs");
+            say!("blob store: filesystem {}", dir.display());
+            Arc::new(FsBlobStore::open(&dir).await.context("opening blob store")?)
+        }
+        BlobStoreConfig::S3(s3) => {
+            let store_cfg = s3.resolve(cfg.source.as_deref())?;
+            let what = store_cfg.describe();
+            say!("blob store: s3 {what}");
+            Arc::new(
+                S3BlobStore::open(store_cfg, cfg.data_dir.join("blob-spool"))
+                    .await
+                    .with_context(|| format!("opening blob store (s3 {what})"))?,
+            )
+        }
+    })
 }

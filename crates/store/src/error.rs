@@ -23,6 +23,10 @@ pub enum StoreError {
     TooLarge { limit: u64 },
     #[error("content digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
+    /// A remote backend (an S3 bucket) cannot be reached or refused the
+    /// request; retrying later may work (503 at the HTTP edge).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     #[error("storage backend: {0}")]
     Backend(String),
     #[error("storage i/o: {0}")]

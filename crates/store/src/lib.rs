@@ -6,13 +6,17 @@
 //!   API keys. Every item write appends to the change log in the same
 //!   transaction; deletes leave tombstones.
 //!
-//! [`conformance`] is the one test suite every metadata backend must pass.
+//! [`conformance`] is the one test suite every metadata backend must pass;
+//! [`blob_conformance`] the one every blob backend ([`FsBlobStore`],
+//! [`S3BlobStore`]) must pass.
 
 mod blob;
+pub mod blob_conformance;
 pub mod conformance;
 mod error;
 mod meta;
 mod replication;
+mod s3;
 mod sqlite;
 mod sqlite_replication;
 
@@ -20,6 +24,7 @@ pub use blob::{BlobBody, BlobCheck, BlobStore, ByteStream, FsBlobStore, StagedBl
 pub use error::StoreError;
 pub use meta::*;
 pub use replication::*;
+pub use s3::{DEFAULT_PART_SIZE, MIN_PART_SIZE, S3BlobStore, S3Config};
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch, the one time unit stored.
