@@ -136,8 +136,28 @@ struct Inner {
     /// Objects hashed whole and found right, by ETag: a part of such an
     /// object is served as it is; any other is verified whole first.
     verified: Mutex<HashMap<Digest, String>>,
-    /// Striped locks serializing commits of one digest on this node.
-    commits: Vec<tokio::sync::Mutex<()>>,
+    /// One lock per digest being committed (or quarantined) on this node.
+    commits: Arc<Mutex<CommitLocks>>,
+}
+
+type CommitLocks = HashMap<Digest, Arc<tokio::sync::Mutex<()>>>;
+
+/// Holds a digest's commit lock; forgets the digest's entry once nobody
+/// else holds or waits for it.
+struct CommitClaim {
+    digest: Digest,
+    locks: Arc<Mutex<CommitLocks>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for CommitClaim {
+    fn drop(&mut self) {
+        let mut locks = locked(&self.locks);
+        drop(self.guard.take());
+        if locks.get(&self.digest).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(&self.digest);
+        }
+    }
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
@@ -250,7 +270,7 @@ impl S3BlobStore {
             missing: Mutex::new(Vec::new()),
             records: tokio::sync::Mutex::new(()),
             verified: Mutex::new(HashMap::new()),
-            commits: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            commits: Arc::default(),
         };
         inner.sweep_multipart().await?;
         let quarantined = inner.read_record(QUARANTINE_RECORD).await?;
@@ -347,8 +367,14 @@ impl Inner {
         StoreError::Unavailable(format!("S3 {op} on {}: {e}", self.location))
     }
 
-    fn commit_lock(&self, d: &Digest) -> &tokio::sync::Mutex<()> {
-        &self.commits[d.as_bytes()[0] as usize % self.commits.len()]
+    /// Serializes commits and quarantines of `d` on this node.
+    async fn commit_lock(&self, d: &Digest) -> CommitClaim {
+        let lock = locked(&self.commits).entry(*d).or_default().clone();
+        CommitClaim {
+            digest: *d,
+            locks: self.commits.clone(),
+            guard: Some(lock.lock_owned().await),
+        }
     }
 
     /// HeadObject: size and ETag, or None.
@@ -531,7 +557,7 @@ impl Inner {
     /// object (a verified copy committed meanwhile stays).
     async fn quarantine_object(&self, d: &Digest, etag: Option<&str>) -> Result<(), StoreError> {
         let key = self.key(d);
-        let _placing = self.commit_lock(d).lock().await;
+        let _placing = self.commit_lock(d).await;
         match self.head(d).await? {
             None => return Ok(()),
             Some((_, now)) if etag.is_some() && now.as_deref() != etag => return Ok(()),
@@ -562,7 +588,7 @@ impl Inner {
     /// Stores `bytes` (already verified to be `d`) unless an intact copy is
     /// in place.
     async fn put_small(&self, d: Digest, bytes: Bytes) -> Result<BlobCheck, StoreError> {
-        let _one = self.commit_lock(&d).lock().await;
+        let _one = self.commit_lock(&d).await;
         let found = self.found(&d).await?;
         if let BlobCheck::Intact { .. } = found {
             return Ok(found);
@@ -645,7 +671,7 @@ impl BlobStore for S3BlobStore {
     async fn commit(&self, staged: StagedBlob) -> Result<BlobCheck, StoreError> {
         let inner = &self.inner;
         let d = staged.digest();
-        let _one = inner.commit_lock(&d).lock().await;
+        let _one = inner.commit_lock(&d).await;
         let found = inner.found(&d).await?;
         match found {
             BlobCheck::Intact { .. } => return Ok(found),

@@ -182,3 +182,97 @@ async fn an_unreachable_bucket_is_unavailable_until_it_is_back() {
     store.ready().await.unwrap();
     assert_eq!(store.size(&d).await.unwrap(), Some(4));
 }
+
+fn direct_client(server: &S3Server) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&server.endpoint)
+        .with_bucket_name(BUCKET)
+        .with_region("us-east-1")
+        .with_allow_http(true)
+        .with_access_key_id(s3s::ACCESS_KEY)
+        .with_secret_access_key(s3s::SECRET_KEY)
+        .build()
+        .unwrap()
+}
+
+/// A multipart upload left by a crash (journalled in the spool) is aborted
+/// when the store opens; one whose commit is dropped midway is aborted at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_multipart_uploads_are_aborted() {
+    use object_store::multipart::MultipartStore;
+    let server = S3Server::start(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let client = direct_client(&server);
+    let key = object_store::path::Path::from("t/sha256/00/left-behind");
+    let id = client.create_multipart(&key).await.unwrap();
+    let part = client
+        .put_part(&key, &id, 0, Bytes::from(vec![1u8; 5 << 20]).into())
+        .await
+        .unwrap();
+    std::fs::create_dir_all(spool.join("multipart")).unwrap();
+    std::fs::write(spool.join("multipart/crashed"), format!("{key}\n{id}\n")).unwrap();
+    let store = open(&server, &spool).await;
+    assert!(
+        files_under(&spool.join("multipart")).is_empty(),
+        "the journal entry is gone"
+    );
+    assert!(
+        client.complete_multipart(&key, &id, vec![part]).await.is_err(),
+        "the upload was aborted"
+    );
+
+    // A commit dropped while its parts go up.
+    let content: Vec<u8> = (0..(40u32 << 20)).map(|i| (i % 249) as u8).collect();
+    let d = Digest::of(&content);
+    let staged = store
+        .stage(stream_of(content, 1 << 20), u64::MAX, Some(d))
+        .await
+        .unwrap();
+    let cut = tokio::time::timeout(std::time::Duration::from_millis(30), store.commit(staged)).await;
+    assert!(cut.is_err(), "the commit finished before it could be dropped");
+    let mut cleaned = false;
+    for _ in 0..200 {
+        if files_under(&spool.join("multipart")).is_empty() {
+            cleaned = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(cleaned, "the dropped upload was not aborted");
+    assert_eq!(store.size(&d).await.unwrap(), None);
+    assert!(files_under(&spool.join("staging")).is_empty());
+}
+
+/// A part of an object not yet verified on this node is served only once
+/// the whole object hashed right; a wrong one is taken out of service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_a_corrupt_object_is_never_served() {
+    let server = S3Server::start(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let store = open(&server, &spool).await;
+    let staged = store
+        .stage(stream_of(b"0123456789".to_vec(), 4), 100, None)
+        .await
+        .unwrap();
+    let d = staged.digest();
+    store.commit(staged).await.unwrap();
+    let hex = d.hex();
+    let object = server
+        .root()
+        .join(BUCKET)
+        .join(format!("t/sha256/{}/{hex}", &hex[..2]));
+    std::fs::write(&object, b"0123456780").unwrap();
+    let fresh = open(&server, &spool).await;
+    assert!(matches!(
+        fresh.get(&d, Some(2..5)).await,
+        Err(StoreError::BlobMissing(_))
+    ));
+    assert!(fresh.is_quarantined(&d));
+    assert!(!object.exists());
+    let aside = files_under(&server.root().join(BUCKET).join("t/corrupt"));
+    assert_eq!(aside.len(), 1, "a copy is kept aside: {aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), b"0123456780");
+}
