@@ -354,6 +354,47 @@ mod tests {
     }
 
     #[test]
+    fn blob_store_defaults_to_the_folder_and_takes_s3_settings() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert!(matches!(cfg.blob_store, BlobStoreConfig::Fs));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s3-secret"), "s3cr3t\n").unwrap();
+        let cfg: Config = toml::from_str(
+            r#"
+            [blob_store]
+            type = "s3"
+            endpoint = "http://127.0.0.1:9000"
+            bucket = "blobs"
+            path_style = true
+            allow_http = true
+            prefix = "prod/"
+            access_key_id = "AKIA1"
+            secret_access_key_file = "s3-secret"
+            part_size_mib = 16
+            "#,
+        )
+        .unwrap();
+        let BlobStoreConfig::S3(s3) = &cfg.blob_store else {
+            panic!("not s3: {:?}", cfg.blob_store);
+        };
+        let resolved = s3.resolve(Some(&dir.path().join("ferry.toml"))).unwrap();
+        assert_eq!(resolved.region, "us-east-1");
+        assert_eq!(resolved.access_key_id.as_deref(), Some("AKIA1"));
+        assert_eq!(resolved.secret_access_key.as_deref(), Some("s3cr3t"));
+        assert_eq!(resolved.part_size, 16 << 20);
+        assert!(
+            !format!("{resolved:?}").contains("s3cr3t"),
+            "the secret is never printed"
+        );
+        assert_eq!(resolved.describe(), "bucket blobs at http://127.0.0.1:9000");
+        assert!(
+            toml::from_str::<Config>("[blob_store]\ntype = \"s3\"\nbucket = \"b\"\nbuckt = 1").is_err(),
+            "typos must not pass silently"
+        );
+        assert!(toml::from_str::<Config>("[blob_store]\ntype = \"gcs\"").is_err());
+    }
+
+    #[test]
     fn parses_limits_and_tls() {
         let cfg: Config = toml::from_str(
             r#"

@@ -340,7 +340,11 @@ async fn open_blobs(cfg: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
             Arc::new(FsBlobStore::open(&dir).await.context("opening blob store")?)
         }
         BlobStoreConfig::S3(s3) => {
-            let store_cfg = s3.resolve(cfg.source.as_deref())?;
+            // Reads the secret's file, if any: off the async threads.
+            let (settings, source) = (s3.clone(), cfg.source.clone());
+            let store_cfg = tokio::task::spawn_blocking(move || settings.resolve(source.as_deref()))
+                .await
+                .context("reading the blob store's settings")??;
             let what = store_cfg.describe();
             say!("blob store: s3 {what}");
             Arc::new(
