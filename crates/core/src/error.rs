@@ -129,11 +129,8 @@ impl From<StoreError> for CoreError {
                 CoreError::TooLarge(format!("upload exceeds the limit of {limit} bytes"))
             }
             e @ StoreError::DigestMismatch { .. } => CoreError::Invalid(e.to_string()),
-            e @ StoreError::BlobBusy(_) => CoreError::Unavailable(e.to_string()),
-            // The cause names the backend's address: logged, not shown.
-            StoreError::Unavailable(cause) => {
-                tracing::warn!(%cause, "storage unavailable");
-                CoreError::Unavailable("storage is unavailable; retry later".into())
+            e @ (StoreError::BlobBusy(_) | StoreError::Unavailable(_) | StoreError::Contention(_)) => {
+                CoreError::Unavailable(e.to_string())
             }
             // `pour` hands back the body's own error: a client's broken
             // request body is the client's event, anything else our fault.

@@ -33,7 +33,7 @@ use ferry_formats::ArchiveLimits;
 use ferry_store::{
     ApiKeyRecord, BlobBody, BlobStore, ByteStream, Change, ChangeOp, FeedId, FeedRecord, ItemRecord,
     MetadataStore, NewApiKey, Permission, Precondition, ScopedFeed, StagedBlob, StampOrder, StoreError,
-    WriteOutcome, now_millis,
+    StoreEvent, WriteOutcome, now_millis,
 };
 use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey, Stamp};
 use tokio::sync::watch;
@@ -88,6 +88,11 @@ pub struct Config {
     /// Most OCI upload sessions open at once on the instance. Default
     /// 10000.
     pub oci_max_upload_sessions: usize,
+    /// How long a node's claim to run a replication's executions lasts
+    /// without renewal (renewed every third of it while one runs). When
+    /// nodes share a database, a dead node's executions are taken over
+    /// after at most this long.
+    pub execution_lease: Duration,
 }
 
 impl Default for Config {
@@ -105,6 +110,7 @@ impl Default for Config {
             oci_max_upload_sessions_per_key: 100,
             oci_max_upload_sessions_per_feed: 1000,
             oci_max_upload_sessions: 10_000,
+            execution_lease: Duration::from_secs(30),
         }
     }
 }
@@ -213,7 +219,8 @@ impl Ferry {
             );
         }
         let floor = stored.min(ceiling);
-        Ok(Self(Arc::new(Inner {
+        let events = meta.events();
+        let ferry = Self(Arc::new(Inner {
             meta,
             blobs,
             clock: Clock::new(instance, floor),
@@ -227,7 +234,11 @@ impl Ferry {
             signing_keys: Mutex::new(HashMap::new()),
             signing_gen: tokio::sync::Mutex::new(()),
             debian: Default::default(),
-        })))
+        }));
+        if let Some(rx) = events {
+            tokio::spawn(follow_store_events(Arc::downgrade(&ferry.0), rx));
+        }
+        Ok(ferry)
     }
 
     pub fn instance_id(&self) -> InstanceId {
@@ -311,16 +322,59 @@ impl Ferry {
             return Err(CoreError::not_found(format!("feed {name} not found")));
         }
         if let Some(id) = id {
-            self.0.cache.forget_feed(id);
-            self.0.signing_keys.lock().map_err(lock_err)?.remove(&id);
-            debian::forget_feed(self, id);
-            self.0.seqs.lock().map_err(lock_err)?.remove(&id);
-            self.0
-                .downloads
-                .lock()
-                .map_err(lock_err)?
-                .retain(|(f, _), _| *f != id);
-            self.0.counted.lock().map_err(lock_err)?.remove(&id);
+            self.forget_feed_state(id)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets what this process keeps in memory under a feed id that no
+    /// longer names a feed.
+    fn forget_feed_state(&self, id: FeedId) -> Result<(), CoreError> {
+        self.0.cache.forget_feed(id);
+        self.0.signing_keys.lock().map_err(lock_err)?.remove(&id);
+        debian::forget_feed(self, id);
+        self.0.seqs.lock().map_err(lock_err)?.remove(&id);
+        self.0
+            .downloads
+            .lock()
+            .map_err(lock_err)?
+            .retain(|(f, _), _| *f != id);
+        self.0.counted.lock().map_err(lock_err)?.remove(&id);
+        Ok(())
+    }
+
+    /// Applies one event of a store shared with other nodes
+    /// ([`MetadataStore::events`]) to what this process keeps in memory:
+    /// change-log positions (which wake long polls and retire rendered
+    /// indexes), the feeds by name, parsed signing keys.
+    async fn apply_store_event(&self, event: StoreEvent) -> Result<(), CoreError> {
+        match event {
+            StoreEvent::FeedChanged { feed, seq } => {
+                self.notify(feed, &[WriteOutcome::Applied { seq }])?;
+            }
+            StoreEvent::FeedDeleted { feed, name } => {
+                let mut feeds = self.0.feeds.write().map_err(lock_err)?;
+                if feeds.get(&name).is_some_and(|f| f.id == feed) {
+                    feeds.remove(&name);
+                }
+                drop(feeds);
+                self.forget_feed_state(feed)?;
+            }
+            StoreEvent::SigningKeyChanged { feed } => {
+                self.0.signing_keys.lock().map_err(lock_err)?.remove(&feed);
+                debian::forget_feed(self, feed);
+            }
+            StoreEvent::Resync => {
+                // Feeds are looked up again; every watched change log is
+                // read again (a long poll whose feed moved answers).
+                self.0.feeds.write().map_err(lock_err)?.clear();
+                self.0.signing_keys.lock().map_err(lock_err)?.clear();
+                let watched: Vec<FeedId> = self.0.seqs.lock().map_err(lock_err)?.keys().copied().collect();
+                for feed in watched {
+                    let seq = self.0.meta.last_seq(feed).await?;
+                    self.notify(feed, &[WriteOutcome::Applied { seq }])?;
+                }
+            }
         }
         Ok(())
     }
@@ -904,4 +958,31 @@ pub fn validate_base_url(url: &str) -> Result<String, CoreError> {
 /// RFC 3339 (UTC, milliseconds) for a millisecond timestamp; used in indexes.
 pub fn rfc3339(millis: i64) -> String {
     ferry_types::rfc3339_millis(millis)
+}
+
+/// Follows the events of a shared store for as long as the instance
+/// lives. Events missed because this process fell behind are made up for
+/// by a [`StoreEvent::Resync`].
+async fn follow_store_events(
+    ferry: std::sync::Weak<Inner>,
+    mut rx: tokio::sync::broadcast::Receiver<StoreEvent>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "fell behind the store's change notifications; re-reading"
+                );
+                StoreEvent::Resync
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let Some(inner) = ferry.upgrade() else { return };
+        if let Err(e) = Ferry(inner).apply_store_event(event).await {
+            tracing::warn!(error = %e, "applying a change notification of the shared store failed");
+        }
+    }
 }

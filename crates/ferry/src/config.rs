@@ -65,6 +65,16 @@ pub struct Config {
     /// PEM bundle of CA certificates trusted, besides the system's, for
     /// outgoing replications.
     pub tls_ca_file: Option<PathBuf>,
+    /// PostgreSQL for the metadata instead of SQLite in `data_dir`:
+    /// `postgres://USER@HOST:PORT/DATABASE` (libpq's URL form, `sslmode`
+    /// and all). The password may stay out of the file: from
+    /// `FERRY_DATABASE_URL`, `PGPASSWORD` or `~/.pgpass`. Nodes given the
+    /// same database are one instance.
+    pub database_url: Option<String>,
+    /// Seconds a node's claim to run a replication's executions lasts
+    /// unrenewed (nodes sharing a database take over a dead node's
+    /// executions after at most this long).
+    pub execution_lease_secs: u64,
     /// Feeds declared as code: created at start (and on SIGHUP, `ferry
     /// config apply`) if missing.
     pub feeds: Vec<FeedDecl>,
@@ -105,6 +115,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_ca_file: None,
+            database_url: None,
+            execution_lease_secs: 30,
             feeds: Vec::new(),
             replications: Vec::new(),
             prune: false,
@@ -136,6 +148,14 @@ impl Config {
             }
             None => Config::default(),
         };
+        if let Ok(v) = std::env::var("FERRY_EXECUTION_LEASE_SECS") {
+            cfg.execution_lease_secs = v
+                .parse()
+                .with_context(|| format!("FERRY_EXECUTION_LEASE_SECS={v:?}"))?;
+        }
+        if let Ok(v) = std::env::var("FERRY_DATABASE_URL") {
+            cfg.database_url = Some(v).filter(|v| !v.is_empty());
+        }
         if let Ok(v) = std::env::var("FERRY_DATA_DIR") {
             cfg.data_dir = v.into();
         }

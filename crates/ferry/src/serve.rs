@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_core::Ferry;
 use ferry_replication::Replicator;
-use ferry_store::{BlobStore, FsBlobStore, S3BlobStore, SqliteStore};
+use ferry_store::{
+    BlobStore, FsBlobStore, MetadataStore, PgStore, ReplicationStore, S3BlobStore, SqliteStore,
+};
 
 use crate::config::{BlobStoreConfig, Config};
 use crate::{listener, tls};
@@ -58,9 +60,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let meta = SqliteStore::open(cfg.data_dir.join("ferry.db"))
-        .await
-        .context("opening metadata database")?;
+    let (meta, replication_store): (Arc<dyn MetadataStore>, Arc<dyn ReplicationStore>) =
+        match &cfg.database_url {
+            Some(url) => {
+                let store = Arc::new(
+                    PgStore::connect(url)
+                        .await
+                        .context("connecting to the PostgreSQL database")?,
+                );
+                say!("metadata: PostgreSQL at {}", store.target());
+                (store.clone(), store)
+            }
+            None => {
+                let path = cfg.data_dir.join("ferry.db");
+                let store = Arc::new(
+                    SqliteStore::open(&path)
+                        .await
+                        .context("opening metadata database")?,
+                );
+                say!("metadata: SQLite at {}", path.display());
+                (store.clone(), store)
+            }
+        };
     let blobs = open_blobs(&cfg).await?;
     let core_cfg = ferry_core::Config {
         max_upload_bytes: cfg.max_upload_bytes,
@@ -69,11 +90,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         peer_stale_intervals: cfg.peer_stale_intervals.max(1),
         metrics_public: cfg.metrics_public,
         base_url: cfg.base_url.clone(),
+        execution_lease: Duration::from_secs(cfg.execution_lease_secs.max(3)),
         ..Default::default()
     };
-    let meta = Arc::new(meta);
-    let ferry = Ferry::open(meta.clone(), blobs, core_cfg).await?;
-    let replicator = Replicator::with_http_client(ferry.clone(), meta, http);
+    let ferry = Ferry::open(meta, blobs, core_cfg).await?;
+    let replicator = Replicator::with_http_client(ferry.clone(), replication_store, http);
     tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
 
     ensure_admin_key(&ferry, &cfg.data_dir).await?;

@@ -405,8 +405,18 @@ fn a_pushed_stamp_a_day_ahead_of_the_clock_is_refused() {
 
 // ------------------------------------------------- 3. the source went backwards
 
-fn copy_dir(from: &Path, to: &Path) {
-    support::run_ok(Command::new("cp").arg("-a").arg(from).arg(to));
+/// A backup of a stopped instance: its data directory, and its database
+/// when it keeps its metadata in PostgreSQL.
+fn back_up(server: &support::Server, to: &Path) {
+    support::run_ok(Command::new("cp").arg("-a").arg(&server.data).arg(to));
+    server.snapshot_database(to);
+}
+
+/// Puts a stopped instance back as [`back_up`] saved it.
+fn restore(server: &support::Server, from: &Path) {
+    std::fs::remove_dir_all(&server.data).unwrap();
+    support::run_ok(Command::new("cp").arg("-a").arg(from).arg(&server.data));
+    server.restore_database(from);
 }
 
 #[test]
@@ -427,7 +437,7 @@ fn a_source_restored_from_a_backup_is_compared_in_full_and_its_new_content_arriv
 
     // A backup of the hub, taken while it is stopped.
     assert!(hub.stop().success());
-    copy_dir(&hub.data, &backup);
+    back_up(&hub, &backup);
     hub.restart();
     hub.put_asset("files", "f3", b"third");
     hub.put_asset("files", "f4", b"fourth");
@@ -439,8 +449,7 @@ fn a_source_restored_from_a_backup_is_compared_in_full_and_its_new_content_arriv
     // The hub is restored from the backup: its change log is back at f2, and
     // two new publishes bring it to the length the spoke's cursor has.
     assert!(hub.stop().success());
-    std::fs::remove_dir_all(&hub.data).unwrap();
-    copy_dir(&backup, &hub.data);
+    restore(&hub, &backup);
     hub.restart();
     hub.put_asset("files", "f5", b"fifth");
     hub.put_asset("files", "f6", b"sixth");
@@ -764,7 +773,7 @@ fn a_pull_replica_follows_a_source_restored_from_a_backup_back() {
     hub.put_asset("files", "gone.txt", b"deleted after the backup");
     assert!(run().status.success());
     assert!(hub.stop().success());
-    copy_dir(&hub.data, &backup);
+    back_up(&hub, &backup);
     hub.restart();
 
     // After the backup: an overwrite, a deletion and a new file.
@@ -776,8 +785,7 @@ fn a_pull_replica_follows_a_source_restored_from_a_backup_back() {
     assert!(spoke.lacks("files", "gone.txt"));
 
     assert!(hub.stop().success());
-    std::fs::remove_dir_all(&hub.data).unwrap();
-    copy_dir(&backup, &hub.data);
+    restore(&hub, &backup);
     hub.restart();
     hub.put_asset("files", "fresh.txt", b"after the restore");
     let out = run();
@@ -855,7 +863,7 @@ fn a_mirror_gives_a_hub_restored_from_a_backup_the_writes_it_lost() {
     hub.put_asset("files", "gone.txt", b"deleted after the backup");
     assert!(run().status.success());
     assert!(hub.stop().success());
-    copy_dir(&hub.data, &backup);
+    back_up(&hub, &backup);
     hub.restart();
     hub.put_asset("files", "over.txt", b"new version");
     hub.delete_asset("files", "gone.txt");
@@ -864,8 +872,7 @@ fn a_mirror_gives_a_hub_restored_from_a_backup_the_writes_it_lost() {
     assert!(edge.serves("files", "lost.txt", b"only in the lost history"));
 
     assert!(hub.stop().success());
-    std::fs::remove_dir_all(&hub.data).unwrap();
-    copy_dir(&backup, &hub.data);
+    restore(&hub, &backup);
     hub.restart();
     let out = run();
     let text = format!(

@@ -53,6 +53,10 @@ pub struct Replicator(Arc<Inner>);
 struct Inner {
     ferry: Ferry,
     store: Arc<dyn ReplicationStore>,
+    /// This node's name as the holder of execution leases: random per
+    /// process when nodes share the store, one fixed name otherwise (a
+    /// restarted instance takes its own leases back at once).
+    node: String,
     http: reqwest::Client,
     diag: DiagLog,
     locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
@@ -156,9 +160,15 @@ impl Replicator {
     /// (built from [`Replicator::http_client_builder`], e.g. trusting a
     /// private CA).
     pub fn with_http_client(ferry: Ferry, store: Arc<dyn ReplicationStore>, http: reqwest::Client) -> Self {
+        let node = if store.shared_by_nodes() {
+            format!("node-{}", ferry_types::InstanceId::random())
+        } else {
+            "this-instance".to_string()
+        };
         Replicator(Arc::new(Inner {
             ferry,
             store,
+            node,
             http,
             diag: DiagLog::default(),
             locks: Mutex::new(HashMap::new()),
@@ -553,13 +563,74 @@ impl Replicator {
         let Some(rec) = self.store().replication_by_id(rec_id).await? else {
             return Ok(None);
         };
+        // Another node of this instance runs it: its turn, not an error.
+        if !self.take_lease(rec.id).await? {
+            return Ok(None);
+        }
         let cfg = Self::parse(&rec)?;
         self.execute_locked(&rec, &cfg, trigger, false, false)
             .await
             .map(Some)
     }
 
+    /// Takes (or renews) this node's lease on running replication `id`'s
+    /// executions ([`ReplicationStore::take_execution_lease`]).
+    async fn take_lease(&self, id: i64) -> Result<bool, ReplError> {
+        let now = now_millis();
+        let until = now + self.ferry().config().execution_lease.as_millis() as i64;
+        Ok(self
+            .store()
+            .take_execution_lease(id, &self.0.node, now, until)
+            .await?)
+    }
+
+    /// Renews the lease while an execution runs; returns (ending the
+    /// execution) only when the lease is lost: another node took it over,
+    /// or it ran out while the store could not be reached.
+    async fn hold_lease(&self, id: i64) -> String {
+        let lease = self.ferry().config().execution_lease;
+        let mut held_until = now_millis() + lease.as_millis() as i64;
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match self.take_lease(id).await {
+                Ok(true) => held_until = now_millis() + lease.as_millis() as i64,
+                Ok(false) => {
+                    return "this node (another node of the instance took over its execution lease)".into();
+                }
+                Err(e) => {
+                    tracing::warn!(target: "replication", error = %e, "renewing the execution lease failed");
+                    if now_millis() >= held_until {
+                        return format!("this node (its execution lease ran out: {e})");
+                    }
+                }
+            }
+        }
+    }
+
     async fn execute_locked(
+        &self,
+        rec: &ReplicationRecord,
+        cfg: &ReplicationConfig,
+        trigger: &str,
+        confirm_deletes: bool,
+        full: bool,
+    ) -> Result<ExecutionResult, ReplError> {
+        if !self.take_lease(rec.id).await? {
+            return Err(ReplError::Conflict(format!(
+                "an execution of {} is running on another node of this instance",
+                rec.name
+            )));
+        }
+        let result = self
+            .execute_leased(rec, cfg, trigger, confirm_deletes, full)
+            .await;
+        if let Err(e) = self.store().release_execution_lease(rec.id, &self.0.node).await {
+            tracing::warn!(target: "replication", error = %e, "giving up the execution lease failed; it runs out by itself");
+        }
+        result
+    }
+
+    async fn execute_leased(
         &self,
         rec: &ReplicationRecord,
         cfg: &ReplicationConfig,
@@ -584,6 +655,12 @@ impl Replicator {
         let result = tokio::select! {
             r = run.execute() => Some(r),
             _ = progress.stop.notified() => None,
+            by = self.hold_lease(rec.id) => {
+                if let Ok(mut b) = progress.stopped_by.lock() {
+                    *b = Some(by);
+                }
+                None
+            }
         };
         if let Ok(mut r) = self.0.running.lock() {
             r.remove(&rec.id);
@@ -795,7 +872,10 @@ impl Replicator {
 
     /// Starts the schedulers of every outgoing replication.
     pub async fn start(&self) -> Result<(), ReplError> {
-        let n = self.store().close_interrupted_executions().await?;
+        let n = self
+            .store()
+            .close_interrupted_executions(&self.0.node, now_millis())
+            .await?;
         if n > 0 {
             tracing::warn!(target: "replication", executions = n, "executions cut short by the last stop are marked interrupted");
         }

@@ -518,6 +518,57 @@ async fn key_scopes_follow_feed_identity(s: &dyn MetadataStore) {
 }
 
 /// The contract of [`crate::ReplicationStore`], for backends that keep replications.
+/// One node at a time runs a replication's executions; a lease that ran
+/// out is taken over, closing what its holder left running.
+async fn execution_leases<S: crate::ReplicationStore>(s: &S, r: i64) {
+    let t = now_millis();
+    assert!(s.take_execution_lease(r, "node-a", t, t + 30_000).await.unwrap());
+    assert!(
+        !s.take_execution_lease(r, "node-b", t + 1, t + 30_000)
+            .await
+            .unwrap(),
+        "held by a"
+    );
+    assert!(
+        s.take_execution_lease(r, "node-a", t + 2, t + 40_000)
+            .await
+            .unwrap(),
+        "renewed"
+    );
+    // a runs an execution; b's start-up leaves it alone while a's lease runs.
+    let running = s.start_execution(r, "schedule").await.unwrap();
+    assert_eq!(s.close_interrupted_executions("node-b", t + 3).await.unwrap(), 0);
+    assert_eq!(s.executions(r, 1).await.unwrap()[0].outcome, None);
+    // a dies: once its lease ran out, b takes over and closes a's execution.
+    assert!(
+        !s.take_execution_lease(r, "node-b", t + 40_000, t + 70_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.take_execution_lease(r, "node-b", t + 40_001, t + 70_000)
+            .await
+            .unwrap()
+    );
+    let ex = &s.executions(r, 1).await.unwrap()[0];
+    assert_eq!((ex.id, ex.outcome.as_deref()), (running, Some("interrupted")));
+    // Given up, it is free at once.
+    s.release_execution_lease(r, "node-a").await.unwrap();
+    assert!(
+        !s.take_execution_lease(r, "node-a", t + 40_002, t + 70_000)
+            .await
+            .unwrap(),
+        "a no longer holds it"
+    );
+    s.release_execution_lease(r, "node-b").await.unwrap();
+    assert!(
+        s.take_execution_lease(r, "node-a", t + 40_003, t + 70_000)
+            .await
+            .unwrap()
+    );
+    s.release_execution_lease(r, "node-a").await.unwrap();
+}
+
 pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) {
     let r = s.create_replication("r1", json!({"mode": "pull"})).await.unwrap();
     assert!(matches!(
@@ -572,7 +623,10 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
     assert_eq!(s.cursors(r.id, "pull:").await.unwrap().len(), 2);
 
     let cut = s.start_execution(r.id, "manual").await.unwrap();
-    assert_eq!(s.close_interrupted_executions().await.unwrap(), 1);
+    assert_eq!(
+        s.close_interrupted_executions("me", now_millis()).await.unwrap(),
+        1
+    );
     let ex = s.executions(r.id, 10).await.unwrap();
     assert_eq!((ex[0].id, ex[0].outcome.as_deref()), (cut, Some("interrupted")));
     // Its log says why it ended, with a time.
@@ -585,6 +639,7 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
             .starts_with("interrupted")
     );
     assert!(line["time"].as_str().unwrap_or_default().ends_with('Z'), "{line}");
+    execution_leases(s, r.id).await;
     let e = s.start_execution(r.id, "manual").await.unwrap();
     assert_eq!(s.executions(r.id, 10).await.unwrap()[0].outcome, None);
     s.finish_execution(e, "succeeded", json!({"added": 1}))
@@ -669,4 +724,187 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
     assert!(s.delete_replication("r1").await.unwrap());
     assert_eq!(s.sync_token("tok2").await.unwrap(), None);
     assert!(s.peers(r.id).await.unwrap().is_empty());
+}
+
+/// The contract under concurrency, for every backend: `nodes` are handles
+/// on one store — for a database that several Ferry nodes share, one
+/// handle per node (separate connection pools), so that the checks run
+/// across nodes as well as within one.
+///
+/// - The change log never lets a reader skip a change: while writers on
+///   every node append to one feed, a reader that follows the log with a
+///   cursor (as a replication does) sees every change exactly once, in
+///   increasing sequence order.
+/// - Of several nodes creating the same key with [`Precondition::Absent`]
+///   at once, exactly one succeeds; the others get a conflict.
+/// - The collector never takes a blob that a write on another node is
+///   making an item refer to: at the end every live item's blobs are
+///   present.
+pub async fn run_concurrent(nodes: Vec<std::sync::Arc<dyn MetadataStore>>) {
+    assert!(!nodes.is_empty());
+    change_log_never_skips(&nodes).await;
+    one_of_concurrent_creates_wins(&nodes).await;
+    collection_never_takes_a_blob_being_referenced(&nodes).await;
+}
+
+async fn change_log_never_skips(nodes: &[std::sync::Arc<dyn MetadataStore>]) {
+    const WRITERS: usize = 8;
+    const PER_WRITER: usize = 60;
+    let f = nodes[0]
+        .create_feed(&FeedName::new("conc-log").unwrap(), FeedType::Assets, false)
+        .await
+        .unwrap();
+    let total = WRITERS * PER_WRITER;
+    let reader_node = nodes[nodes.len() - 1].clone();
+    let reader = tokio::spawn(async move {
+        let (mut cursor, mut seen) = (0i64, Vec::new());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while seen.len() < total {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reader saw {} of {total}",
+                seen.len()
+            );
+            let page = reader_node.changes_since(f.id, cursor, 7).await.unwrap();
+            if page.is_empty() {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            for c in page {
+                assert!(c.seq > cursor, "sequence numbers go up");
+                cursor = c.seq;
+                seen.push(c.key.as_str().to_string());
+            }
+        }
+        (cursor, seen)
+    });
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let node = nodes[w % nodes.len()].clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while i < PER_WRITER {
+                // Batches of 1 to 3 changes.
+                let n = (1 + (w + i) % 3).min(PER_WRITER - i);
+                let batch = (i..i + n)
+                    .map(|j| {
+                        let mut c = upsert(&format!("w{w}-{j}"), 1 + j as u64, vec![]);
+                        c.stamp.origin = InstanceId::from_bytes([w as u8 + 1; 16]);
+                        (c, Precondition::Any)
+                    })
+                    .collect();
+                node.write(f.id, batch).await.unwrap();
+                i += n;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let (cursor, seen) = reader.await.unwrap();
+    let all = nodes[0].changes_since(f.id, 0, total + 10).await.unwrap();
+    assert_eq!(all.len(), total);
+    assert_eq!(cursor, nodes[0].last_seq(f.id).await.unwrap());
+    let mut seen_sorted = seen.clone();
+    seen_sorted.sort();
+    seen_sorted.dedup();
+    assert_eq!(
+        seen_sorted.len(),
+        total,
+        "the follower saw every change exactly once"
+    );
+    let logged: Vec<String> = all.iter().map(|c| c.key.as_str().to_string()).collect();
+    assert_eq!(seen, logged, "the follower saw the log in its order");
+    nodes[0].delete_feed(&f.name).await.unwrap();
+}
+
+async fn one_of_concurrent_creates_wins(nodes: &[std::sync::Arc<dyn MetadataStore>]) {
+    let f = nodes[0]
+        .create_feed(&FeedName::new("conc-absent").unwrap(), FeedType::Assets, false)
+        .await
+        .unwrap();
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for w in 0..6usize {
+            let node = nodes[w % nodes.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = upsert(&format!("same-{round}"), 1 + w as u64, vec![]);
+                c.stamp.origin = InstanceId::from_bytes([w as u8 + 1; 16]);
+                node.write(f.id, vec![(c, Precondition::Absent)]).await
+            }));
+        }
+        let (mut won, mut refused) = (0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(StoreError::Conflict(_)) => refused += 1,
+                Err(e) => panic!("unexpected: {e}"),
+            }
+        }
+        assert_eq!((won, refused), (1, 5), "round {round}");
+    }
+    nodes[0].delete_feed(&f.name).await.unwrap();
+}
+
+async fn collection_never_takes_a_blob_being_referenced(nodes: &[std::sync::Arc<dyn MetadataStore>]) {
+    let f = nodes[0]
+        .create_feed(&FeedName::new("conc-gc").unwrap(), FeedType::Assets, false)
+        .await
+        .unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = {
+        let (node, done) = (nodes[0].clone(), done.clone());
+        tokio::spawn(async move {
+            let mut taken = 0usize;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let marked = node.gc_mark(now_millis() + 3_600_000, 5).await.unwrap();
+                taken += marked.len();
+                node.gc_forget(&marked).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            taken
+        })
+    };
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let node = nodes[w % nodes.len()].clone();
+        writers.push(tokio::spawn(async move {
+            let mut written = 0;
+            for i in 0..50 {
+                let d = Digest::of(format!("conc-gc-{w}-{i}").as_bytes());
+                // Leased with an expired lease: the collector may take it
+                // at any moment until an item refers to it.
+                match node.lease_blob(&d, 1, 0).await {
+                    Ok(()) | Err(StoreError::BlobBusy(_)) => {}
+                    Err(e) => panic!("lease: {e}"),
+                }
+                let mut c = upsert(&format!("g{w}-{i}"), 1, vec![d]);
+                c.stamp.origin = InstanceId::from_bytes([w as u8 + 1; 16]);
+                match node.write(f.id, vec![(c, Precondition::Any)]).await {
+                    Ok(_) => written += 1,
+                    Err(StoreError::BlobMissing(_)) => {}
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+            written
+        }));
+    }
+    let mut written = 0;
+    for w in writers {
+        written += w.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    collector.await.unwrap();
+    let items = nodes[0].items(f.id, "", None, 1000).await.unwrap();
+    assert_eq!(items.len(), written);
+    for it in &items {
+        for d in &it.blobs {
+            assert!(
+                nodes[0].blob_present(d).await.unwrap(),
+                "{} refers to blob {d}, which the collector took",
+                it.key
+            );
+        }
+    }
+    nodes[0].delete_feed(&f.name).await.unwrap();
 }

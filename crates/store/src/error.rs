@@ -23,12 +23,18 @@ pub enum StoreError {
     TooLarge { limit: u64 },
     #[error("content digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
-    /// A remote backend (an S3 bucket) cannot be reached or refused the
-    /// request; retrying later may work (503 at the HTTP edge).
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
     #[error("storage backend: {0}")]
     Backend(String),
+    /// The backend cannot be reached (a database connection or a bucket
+    /// that does not answer): nothing was written; the caller may retry.
+    /// Answered 503.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The database aborted the transaction to break a deadlock or a
+    /// serialization conflict with another writer; nothing was written.
+    /// Stores retry it themselves a few times; answered 503 if it persists.
+    #[error("storage contention: {0}; retry")]
+    Contention(String),
     #[error("storage i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -36,5 +42,21 @@ pub enum StoreError {
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Backend(e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(format!("database: {e}")),
+            sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")) => {
+                StoreError::Contention(d.to_string())
+            }
+            other => StoreError::Backend(other.to_string()),
+        }
     }
 }

@@ -6,15 +6,18 @@
 //!   API keys. Every item write appends to the change log in the same
 //!   transaction; deletes leave tombstones.
 //!
-//! [`conformance`] is the one test suite every metadata backend must pass;
-//! [`blob_conformance`] the one every blob backend ([`FsBlobStore`],
-//! [`S3BlobStore`]) must pass.
+//! Metadata backends: [`SqliteStore`] (embedded default) and [`PgStore`]
+//! (PostgreSQL). [`conformance`] is the one test suite every metadata
+//! backend must pass; [`blob_conformance`] the one every blob backend
+//! ([`FsBlobStore`], [`S3BlobStore`]) must pass.
 
 mod blob;
 pub mod blob_conformance;
 pub mod conformance;
 mod error;
 mod meta;
+mod postgres;
+mod postgres_replication;
 mod replication;
 mod s3;
 mod sqlite;
@@ -23,6 +26,7 @@ mod sqlite_replication;
 pub use blob::{BlobBody, BlobCheck, BlobStore, ByteStream, FsBlobStore, StagedBlob, Transfer};
 pub use error::StoreError;
 pub use meta::*;
+pub use postgres::PgStore;
 pub use replication::*;
 pub use s3::{DEFAULT_PART_SIZE, MIN_PART_SIZE, S3BlobStore, S3Config};
 pub use sqlite::SqliteStore;

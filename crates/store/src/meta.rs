@@ -201,6 +201,23 @@ pub struct NewApiKey {
     pub feeds: Option<Vec<ScopedFeed>>,
 }
 
+/// What another node sharing this store did, that a node keeping state in
+/// memory must hear about ([`MetadataStore::events`]). Every event is
+/// also delivered to the node that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// The feed's change log grew to `seq` (a long poll on it may answer,
+    /// an index rendered below `seq` is stale).
+    FeedChanged { feed: FeedId, seq: i64 },
+    /// The feed was deleted: forget everything kept under its id and name.
+    FeedDeleted { feed: FeedId, name: FeedName },
+    /// The feed's signing key was set or replaced.
+    SigningKeyChanged { feed: FeedId },
+    /// Events may have been lost (the connection that carries them broke):
+    /// re-read whatever is kept from the store.
+    Resync,
+}
+
 /// The metadata of one Ferry instance. Implementations keep every method's
 /// effect atomic; [`crate::conformance`] states the contract as tests.
 #[async_trait]
@@ -339,4 +356,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Sets (or replaces) the feed's signing key. NotFound if the feed
     /// does not exist.
     async fn put_signing_key(&self, feed: FeedId, secret: &str) -> Result<(), StoreError>;
+
+    /// Events of writes made through any handle on this store, including
+    /// other nodes sharing its database, or `None` for a store only one
+    /// process uses (SQLite: that process already knows what it wrote).
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
+        None
+    }
 }

@@ -114,8 +114,35 @@ pub trait ReplicationStore: Send + Sync + 'static {
         report: serde_json::Value,
     ) -> Result<(), StoreError>;
     /// Closes executions that never ended (the process stopped during them)
-    /// with the outcome "interrupted"; returns how many.
-    async fn close_interrupted_executions(&self) -> Result<u64, StoreError>;
+    /// with the outcome "interrupted" and a log line saying so; returns how
+    /// many. Executions of a replication whose execution lease another
+    /// holder than `holder` still holds at `now` (ms) are left alone: that
+    /// node is running them.
+    async fn close_interrupted_executions(&self, holder: &str, now: i64) -> Result<u64, StoreError>;
+
+    /// Takes, or renews, the lease that lets `holder` (a node) run
+    /// executions of replication `replication`, until `until` (ms). True if
+    /// `holder` holds it now; false while another holder's lease runs
+    /// (`until` of that lease at or after `now`). Taking over a lease that
+    /// ran out closes the executions its holder left running as
+    /// interrupted (as [`ReplicationStore::close_interrupted_executions`]).
+    async fn take_execution_lease(
+        &self,
+        replication: i64,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError>;
+    /// Gives the lease up (if `holder` holds it) so another node need not
+    /// wait for it to run out.
+    async fn release_execution_lease(&self, replication: i64, holder: &str) -> Result<(), StoreError>;
+    /// Whether several processes (nodes) may share this store, so that
+    /// execution leases must tell them apart. False for a store only one
+    /// process opens (SQLite): its leases survive that process's restart
+    /// under the same holder.
+    fn shared_by_nodes(&self) -> bool {
+        false
+    }
     /// Newest first.
     async fn executions(&self, replication: i64, limit: usize) -> Result<Vec<ExecutionRecord>, StoreError>;
 

@@ -139,6 +139,14 @@ CREATE TABLE signing_keys (
     updated_at INTEGER NOT NULL
 );
 "#,
+    // Who runs a replication's executions, until when (ms).
+    r#"
+CREATE TABLE execution_leases (
+    replication_id INTEGER PRIMARY KEY REFERENCES replications(id) ON DELETE CASCADE,
+    holder TEXT NOT NULL,
+    until INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Index in [`MIGRATIONS`] of the one that scopes keys by feed id.

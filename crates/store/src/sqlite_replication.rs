@@ -367,22 +367,55 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 
-    async fn close_interrupted_executions(&self) -> Result<u64, StoreError> {
-        self.write_tx(|tx| {
-            // The log says why it ended (the report of a running execution
-            // is still the empty one it started with).
-            let n = tx.execute(
-                "UPDATE executions SET outcome = 'interrupted', ended_at = ?1,
-                     report = '{\"log\":[{\"time\":\"' || strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch')
-                              || '\",\"level\":\"warn\",\"message\":\"' || ?2 || '\"}]}'
-                 WHERE outcome IS NULL",
-                params![
-                    now_millis(),
-                    "interrupted: the instance stopped while this execution ran; what it applied stays, \
-                     and the next execution goes on from there"
-                ],
+    async fn close_interrupted_executions(&self, holder: &str, now: i64) -> Result<u64, StoreError> {
+        let holder = holder.to_string();
+        self.write_tx(move |tx| close_running(tx, None, &holder, now))
+            .await
+    }
+
+    async fn take_execution_lease(
+        &self,
+        replication: i64,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let holder = holder.to_string();
+        self.write_tx(move |tx| {
+            let current: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT holder, until FROM execution_leases WHERE replication_id = ?1",
+                    [replication],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            match &current {
+                Some((h, u)) if *h != holder && *u >= now => return Ok(false),
+                Some((h, _)) if *h == holder => {}
+                _ => {
+                    // Taken over (or first taken): what the last holder left
+                    // running will never end by itself.
+                    close_running(tx, Some(replication), &holder, now)?;
+                }
+            }
+            tx.execute(
+                "INSERT INTO execution_leases (replication_id, holder, until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (replication_id) DO UPDATE SET holder = ?2, until = ?3",
+                params![replication, holder, until],
             )?;
-            Ok(n as u64)
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn release_execution_lease(&self, replication: i64, holder: &str) -> Result<(), StoreError> {
+        let holder = holder.to_string();
+        self.write_tx(move |tx| {
+            tx.execute(
+                "DELETE FROM execution_leases WHERE replication_id = ?1 AND holder = ?2",
+                params![replication, holder],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -603,3 +636,30 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 }
+
+/// Ends executions left running as interrupted — of one replication, or
+/// of every replication whose lease no other holder than `holder` holds at
+/// `now` — with a log line saying why (the report of a running execution
+/// is still the empty one it started with).
+fn close_running(
+    tx: &rusqlite::Transaction<'_>,
+    replication: Option<i64>,
+    holder: &str,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let n = tx.execute(
+        "UPDATE executions SET outcome = 'interrupted', ended_at = ?1,
+             report = '{\"log\":[{\"time\":\"' || strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch')
+                      || '\",\"level\":\"warn\",\"message\":\"' || ?2 || '\"}]}'
+         WHERE outcome IS NULL
+           AND (?3 IS NULL OR replication_id = ?3)
+           AND NOT EXISTS (SELECT 1 FROM execution_leases l WHERE l.replication_id = executions.replication_id
+                           AND l.holder != ?4 AND l.until >= ?1)",
+        params![now, INTERRUPTED, replication, holder],
+    )?;
+    Ok(n as u64)
+}
+
+/// The log line an execution cut by a stop of its node ends with.
+pub(crate) const INTERRUPTED: &str = "interrupted: the instance stopped while this execution ran; what it applied stays, \
+                                      and the next execution goes on from there";

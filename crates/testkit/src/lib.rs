@@ -1,5 +1,6 @@
 //! Test fixtures shared by the test suites of several crates. Not shipped.
 
 pub mod debian;
+pub mod pg;
 pub mod pypi;
 pub mod s3s;

@@ -22,6 +22,16 @@ pub struct Server {
     pub data: PathBuf,
     _dir: Option<tempfile::TempDir>,
     env: Vec<(String, String)>,
+    /// The instance's PostgreSQL database, when the suite runs on that
+    /// backend (`FERRY_TEST_BACKEND=postgres`); dropped after the server.
+    db: Option<ferry_testkit::pg::TestDatabase>,
+}
+
+/// Whether this run puts every instance's metadata in PostgreSQL
+/// (`FERRY_TEST_BACKEND=postgres`, as `scripts/test`'s second pass sets)
+/// instead of SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("FERRY_TEST_BACKEND").is_ok_and(|v| v == "postgres")
 }
 
 pub fn bin() -> &'static str {
@@ -37,7 +47,15 @@ impl Server {
     pub fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let db = if on_postgres() && !env.iter().any(|(k, _)| k == "FERRY_DATABASE_URL") {
+            let db = ferry_testkit::pg::TestDatabase::new();
+            env.push(("FERRY_DATABASE_URL".to_string(), db.url.clone()));
+            Some(db)
+        } else {
+            None
+        };
         let mut s = Server {
             child: None,
             url: String::new(),
@@ -45,6 +63,27 @@ impl Server {
             data,
             _dir: Some(dir),
             env,
+            db,
+        };
+        s.spawn("127.0.0.1:0");
+        s
+    }
+
+    /// A node of a cluster: an instance on the given data directory (its
+    /// blobs, shared with the other nodes) and database URL (its metadata,
+    /// shared with the other nodes), with extra `env`.
+    pub fn start_node(data: &Path, database_url: &str, env: &[(&str, &str)]) -> Self {
+        let mut env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        env.push(("FERRY_DATABASE_URL".to_string(), database_url.to_string()));
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            addr: String::new(),
+            data: data.to_path_buf(),
+            _dir: None,
+            env,
+            db: None,
         };
         s.spawn("127.0.0.1:0");
         s
@@ -114,6 +153,25 @@ impl Server {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.spawn(&addr);
+    }
+
+    /// With the metadata in PostgreSQL: saves a copy of the (stopped)
+    /// instance's database, named in `backup_dir` for
+    /// [`Server::restore_database`]. Nothing to do on SQLite (the database
+    /// is a file in the data directory).
+    pub fn snapshot_database(&self, backup_dir: &Path) {
+        if let Some(db) = &self.db {
+            let snap = db.snapshot();
+            std::fs::write(backup_dir.join(".pg-snapshot"), snap).unwrap();
+        }
+    }
+
+    /// Puts back the database [`Server::snapshot_database`] saved.
+    pub fn restore_database(&self, backup_dir: &Path) {
+        if let Some(db) = &self.db {
+            let snap = std::fs::read_to_string(backup_dir.join(".pg-snapshot")).unwrap();
+            db.restore(&snap);
+        }
     }
 
     pub fn pid(&self) -> u32 {
