@@ -141,8 +141,22 @@ fn an_s3_backed_instance_serves_replicates_resumes_and_survives_the_bucket_going
     let kept = partial_bytes(&spoke);
     assert!(kept > 0, "the partial transfers were lost");
     spoke.restart();
-    let out = spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
-    assert!(out.contains("succeeded"), "{out}");
+    // (On PostgreSQL the killed process's execution lease must run out
+    // first: the restarted one is another node.)
+    let mut out = String::new();
+    let ran = wait_until(SYNC, || {
+        let o = spoke.cli(&["replication", "run", "from-hub", "--wait"]);
+        out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if !o.status.success() {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        o.status.success()
+    });
+    assert!(ran && out.contains("succeeded"), "{out}");
     let resumed: u64 = spoke
         .executions("from-hub")
         .iter()
