@@ -129,8 +129,14 @@ impl From<StoreError> for CoreError {
                 CoreError::TooLarge(format!("upload exceeds the limit of {limit} bytes"))
             }
             e @ StoreError::DigestMismatch { .. } => CoreError::Invalid(e.to_string()),
-            e @ (StoreError::BlobBusy(_) | StoreError::Unavailable(_) | StoreError::Contention(_)) => {
+            e @ (StoreError::BlobBusy(_) | StoreError::Contention(_)) => {
                 CoreError::Unavailable(e.to_string())
+            }
+            // The cause names the database or bucket (host, port, name):
+            // the operator's log has it, a client gets the gist.
+            e @ StoreError::Unavailable(_) => {
+                tracing::warn!(cause = %e, "storage unavailable");
+                CoreError::Unavailable("storage is unavailable; retry later".into())
             }
             // `pour` hands back the body's own error: a client's broken
             // request body is the client's event, anything else our fault.

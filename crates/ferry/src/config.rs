@@ -86,6 +86,9 @@ pub struct Config {
     pub replications: Vec<ReplicationDecl>,
     /// Delete replications this file does not declare.
     pub prune: bool,
+    /// Where blobs are kept: `data_dir/blobs` (the default) or an
+    /// S3-compatible bucket (`[blob_store] type = "s3"`).
+    pub blob_store: BlobStoreConfig,
     /// The file this was read from (to resolve `token_file` and re-read on
     /// SIGHUP).
     #[serde(skip)]
@@ -122,6 +125,7 @@ impl Default for Config {
             feeds: Vec::new(),
             replications: Vec::new(),
             prune: false,
+            blob_store: BlobStoreConfig::default(),
             source: None,
         }
     }
@@ -378,6 +382,47 @@ mod tests {
     }
 
     #[test]
+    fn blob_store_defaults_to_the_folder_and_takes_s3_settings() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert!(matches!(cfg.blob_store, BlobStoreConfig::Fs));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s3-secret"), "s3cr3t\n").unwrap();
+        let cfg: Config = toml::from_str(
+            r#"
+            [blob_store]
+            type = "s3"
+            endpoint = "http://127.0.0.1:9000"
+            bucket = "blobs"
+            path_style = true
+            allow_http = true
+            prefix = "prod/"
+            access_key_id = "AKIA1"
+            secret_access_key_file = "s3-secret"
+            part_size_mib = 16
+            "#,
+        )
+        .unwrap();
+        let BlobStoreConfig::S3(s3) = &cfg.blob_store else {
+            panic!("not s3: {:?}", cfg.blob_store);
+        };
+        let resolved = s3.resolve(Some(&dir.path().join("ferry.toml"))).unwrap();
+        assert_eq!(resolved.region, "us-east-1");
+        assert_eq!(resolved.access_key_id.as_deref(), Some("AKIA1"));
+        assert_eq!(resolved.secret_access_key.as_deref(), Some("s3cr3t"));
+        assert_eq!(resolved.part_size, 16 << 20);
+        assert!(
+            !format!("{resolved:?}").contains("s3cr3t"),
+            "the secret is never printed"
+        );
+        assert_eq!(resolved.describe(), "bucket blobs at http://127.0.0.1:9000");
+        assert!(
+            toml::from_str::<Config>("[blob_store]\ntype = \"s3\"\nbucket = \"b\"\nbuckt = 1").is_err(),
+            "typos must not pass silently"
+        );
+        assert!(toml::from_str::<Config>("[blob_store]\ntype = \"gcs\"").is_err());
+    }
+
+    #[test]
     fn parses_limits_and_tls() {
         let cfg: Config = toml::from_str(
             r#"
@@ -409,5 +454,82 @@ mod tests {
         );
         assert_eq!(d.max_connections, None, "derived from the open-file limit");
         assert_eq!(d.shutdown_grace_secs, 30);
+    }
+}
+
+/// The `[blob_store]` table: `type = "fs"` (the default, `data_dir/blobs`)
+/// or `type = "s3"` with the bucket's settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum BlobStoreConfig {
+    #[default]
+    Fs,
+    S3(S3Settings),
+}
+
+/// An S3-compatible bucket for blobs. Credentials come from
+/// `access_key_id`/`secret_access_key_file` when given, else from the usual
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`
+/// variables; a secret never has to be in this file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// The S3 API's URL (`https://s3.example.net`, `http://127.0.0.1:9000`);
+    /// unset for AWS itself (by region).
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Path-style requests (`endpoint/bucket/key`), which most
+    /// self-hosted servers need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Prepended to every object key (`ferry/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// Allow an `http://` endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+    pub access_key_id: Option<String>,
+    /// A file holding the secret access key (relative to this file).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Multipart part size in MiB (at least 5; default 8).
+    pub part_size_mib: Option<usize>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+impl S3Settings {
+    /// The store's configuration, credentials resolved (`source`: the
+    /// configuration file, for a relative `secret_access_key_file`).
+    pub fn resolve(&self, source: Option<&Path>) -> anyhow::Result<ferry_store::S3Config> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let secret = match &self.secret_access_key_file {
+            Some(f) => {
+                let path = match source.and_then(Path::parent) {
+                    Some(dir) if f.is_relative() => dir.join(f),
+                    _ => f.clone(),
+                };
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!("reading blob_store.secret_access_key_file {}", path.display())
+                })?;
+                Some(text.trim().to_string())
+            }
+            None => env("AWS_SECRET_ACCESS_KEY"),
+        };
+        Ok(ferry_store::S3Config {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            prefix: self.prefix.clone(),
+            allow_http: self.allow_http,
+            access_key_id: self.access_key_id.clone().or_else(|| env("AWS_ACCESS_KEY_ID")),
+            secret_access_key: secret,
+            session_token: env("AWS_SESSION_TOKEN"),
+            part_size: self.part_size_mib.unwrap_or(0) << 20,
+        })
     }
 }

@@ -8,9 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_core::Ferry;
 use ferry_replication::Replicator;
-use ferry_store::{FsBlobStore, MetadataStore, PgStore, ReplicationStore, SqliteStore};
+use ferry_store::{
+    BlobStore, FsBlobStore, MetadataStore, PgStore, ReplicationStore, S3BlobStore, SqliteStore,
+};
 
-use crate::config::Config;
+use crate::config::{BlobStoreConfig, Config};
 use crate::{listener, tls};
 
 /// Runs the instance until SIGTERM/SIGINT: opens the stores, declares the
@@ -80,14 +82,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 (store.clone(), store)
             }
         };
-    // With a shared database, other nodes may share the blob folder too:
-    // each node stages its uploads apart from the others'.
-    let blobs = if cfg.database_url.is_some() {
-        FsBlobStore::open_shared(cfg.data_dir.join("blobs")).await
-    } else {
-        FsBlobStore::open(cfg.data_dir.join("blobs")).await
-    }
-    .context("opening blob store")?;
+    let blobs = open_blobs(&cfg).await?;
     let core_cfg = ferry_core::Config {
         max_upload_bytes: cfg.max_upload_bytes,
         max_clock_skew: Duration::from_secs(cfg.max_clock_skew_secs),
@@ -99,7 +94,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         node_name: cfg.node_name.clone().or_else(|| default_node_name(cfg.listen)),
         ..Default::default()
     };
-    let ferry = Ferry::open(meta, Arc::new(blobs), core_cfg).await?;
+    let ferry = Ferry::open(meta, blobs, core_cfg).await?;
     let replicator = Replicator::with_http_client(ferry.clone(), replication_store, http);
     tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
 
@@ -368,4 +363,38 @@ fn default_node_name(listen: std::net::SocketAddr) -> Option<String> {
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
     Some(format!("{host}:{listen}"))
+}
+
+/// Opens the configured blob store and says which it is: the folder
+/// `data_dir/blobs`, or an S3 bucket (with `data_dir/blob-spool` for what
+/// is still being received).
+async fn open_blobs(cfg: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    Ok(match &cfg.blob_store {
+        BlobStoreConfig::Fs => {
+            let dir = cfg.data_dir.join("blobs");
+            say!("blob store: filesystem {}", dir.display());
+            // With a shared database, other nodes may share the folder too:
+            // each node stages its uploads apart from the others'.
+            let store = if cfg.database_url.is_some() {
+                FsBlobStore::open_shared(&dir).await
+            } else {
+                FsBlobStore::open(&dir).await
+            };
+            Arc::new(store.context("opening blob store")?)
+        }
+        BlobStoreConfig::S3(s3) => {
+            // Reads the secret's file, if any: off the async threads.
+            let (settings, source) = (s3.clone(), cfg.source.clone());
+            let store_cfg = tokio::task::spawn_blocking(move || settings.resolve(source.as_deref()))
+                .await
+                .context("reading the blob store's settings")??;
+            let what = store_cfg.describe();
+            say!("blob store: s3 {what}");
+            Arc::new(
+                S3BlobStore::open(store_cfg, cfg.data_dir.join("blob-spool"))
+                    .await
+                    .with_context(|| format!("opening blob store (s3 {what})"))?,
+            )
+        }
+    })
 }

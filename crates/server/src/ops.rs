@@ -73,11 +73,25 @@ pub(crate) async fn current_damage(st: &AppState) -> Vec<ferry_core::Damage> {
     st.ferry.damaged()
 }
 
-/// Ready when the metadata store answers.
+/// Ready when the metadata store answers and the blob store can be
+/// reached ([`ferry_store::BlobStore::ready`]: a bucket answers).
 async fn ready(State(st): State<AppState>) -> impl IntoResponse {
-    match st.ferry.feeds().await {
-        Ok(_) => (StatusCode::OK, "ready\n".to_string()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+    if let Err(e) = st.ferry.feeds().await {
+        tracing::warn!(error = %e, "not ready: metadata store");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the metadata database is unavailable\n".to_string(),
+        );
+    }
+    match st.ferry.blob_store().ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: blob store");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: blob storage is unavailable\n".to_string(),
+            )
+        }
     }
 }
 

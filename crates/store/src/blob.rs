@@ -306,6 +306,13 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn upload_abort(&self, _id: &str) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// Whether the store can serve now: a cheap round trip to a remote
+    /// backend ([`StoreError::Unavailable`] while it cannot be reached).
+    /// Local stores are always ready.
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Blobs as files under one directory: `sha256/ab/abcd…` for content,

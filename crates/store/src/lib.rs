@@ -8,15 +8,18 @@
 //!
 //! Metadata backends: [`SqliteStore`] (embedded default) and [`PgStore`]
 //! (PostgreSQL). [`conformance`] is the one test suite every metadata
-//! backend must pass.
+//! backend must pass; [`blob_conformance`] the one every blob backend
+//! ([`FsBlobStore`], [`S3BlobStore`]) must pass.
 
 mod blob;
+pub mod blob_conformance;
 pub mod conformance;
 mod error;
 mod meta;
 mod postgres;
 mod postgres_replication;
 mod replication;
+mod s3;
 mod sqlite;
 mod sqlite_replication;
 
@@ -25,6 +28,7 @@ pub use error::StoreError;
 pub use meta::*;
 pub use postgres::PgStore;
 pub use replication::*;
+pub use s3::{DEFAULT_PART_SIZE, MIN_PART_SIZE, S3BlobStore, S3Config};
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch, the one time unit stored.

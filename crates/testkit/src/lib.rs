@@ -3,3 +3,4 @@
 pub mod debian;
 pub mod pg;
 pub mod pypi;
+pub mod s3s;
