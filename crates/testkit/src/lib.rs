@@ -2,3 +2,4 @@
 
 pub mod debian;
 pub mod pypi;
+pub mod rpm;
