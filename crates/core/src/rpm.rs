@@ -13,8 +13,9 @@
 //! in `repomd.xml` and signs it with the feed's key ([`crate::signing`]):
 //! `repomd.xml.asc`, detached and armored. A rendering is kept for the
 //! feed's change-log position it was made at; the files of the last
-//! [`GENERATIONS`] renderings stay served, so a client holding a slightly
-//! older `repomd.xml` still finds what it names.
+//! [`GENERATIONS`] renderings, and of every rendering superseded less than
+//! [`RETAIN_SUPERSEDED`] ago (at most [`MAX_GENERATIONS`]), stay served, so
+//! a client holding a slightly older `repomd.xml` still finds what it names.
 //!
 //! Cost of a publish: each package's three XML fragments are rendered once
 //! (when its item is first seen) and kept in one of [`BUCKETS`] buckets
@@ -47,8 +48,14 @@ use crate::{CoreError, Ferry, LocalWrite};
 
 pub use ferry_formats::rpm::RpmMeta as Meta;
 
-/// How many renderings' repodata files stay served.
+/// How many renderings' repodata files stay served at least.
 pub const GENERATIONS: usize = 4;
+/// How long an older rendering's files stay served after it was
+/// superseded, so that a client that has just read its `repomd.xml` finds
+/// them even while publishes follow each other quickly...
+pub const RETAIN_SUPERSEDED: std::time::Duration = std::time::Duration::from_secs(120);
+/// ... up to this many renderings (bounding memory under a publish storm).
+pub const MAX_GENERATIONS: usize = 32;
 /// How many buckets each repodata file is split into.
 pub const BUCKETS: usize = 256;
 /// Key prefix of a feed's packages.
@@ -149,8 +156,9 @@ impl Model {
 struct FeedState {
     current: Option<Arc<Publication>>,
     model: Option<Model>,
-    /// Repodata files of recent renderings by file name, newest last.
-    generations: VecDeque<(i64, HashMap<String, Bytes>)>,
+    /// Repodata files of recent renderings by file name, newest last,
+    /// each with when it was superseded (None: the current one).
+    generations: VecDeque<(Option<std::time::Instant>, HashMap<String, Bytes>)>,
 }
 
 /// What Ferry keeps in memory for rpm feeds.
@@ -337,8 +345,17 @@ async fn publication(ferry: &Ferry, feed: &FeedRecord) -> Result<Arc<Publication
         asc: Bytes::from(asc?),
     });
     state.current = Some(p.clone());
-    state.generations.push_back((seq, files));
-    while state.generations.len() > GENERATIONS {
+    let now = std::time::Instant::now();
+    if let Some(last) = state.generations.back_mut() {
+        last.0 = Some(now);
+    }
+    state.generations.push_back((None, files));
+    while state.generations.len() > GENERATIONS
+        && state.generations.front().is_some_and(|(superseded, _)| {
+            state.generations.len() > MAX_GENERATIONS
+                || superseded.is_some_and(|t| now.duration_since(t) > RETAIN_SUPERSEDED)
+        })
+    {
         state.generations.pop_front();
     }
     Ok(p)

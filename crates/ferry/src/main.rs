@@ -361,7 +361,7 @@ enum FeedCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// The feed's signing key (debian feeds): import one, export the public part.
+    /// The feed's signing key (debian and rpm feeds): import one, export the public part.
     #[command(subcommand)]
     Key(FeedKeyCmd),
 }
@@ -377,7 +377,7 @@ pub enum FeedKeyCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Print the feed's armored public signing key (for apt's signed-by:
+    /// Print the feed's armored public signing key (dnf's gpgkey as is; for apt's signed-by:
     /// `gpg --dearmor`, or fetch /debian/FEED/key.gpg).
     Export {
         feed: String,
