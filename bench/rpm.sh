@@ -31,11 +31,12 @@ rpm_gen() {
 # cache, install root); prints the options to pass.
 rpm_dnf_conf() {
     local d=$1
-    mkdir -p "$d"/{repos,cache,root}
+    mkdir -p "$d"/{repos,cache,root,log}
     printf '[bench]\nname=bench\nbaseurl=%s\nenabled=1\ngpgcheck=0\nrepo_gpgcheck=1\ngpgkey=file://%s\nmetadata_expire=0\n' \
         "$2" "$3" >"$d/repos/bench.repo"
     printf '[main]\nreposdir=%s/repos\ncachedir=%s/cache\n' "$d" "$d" >"$d/dnf.conf"
-    echo "-y -q --config=$d/dnf.conf --installroot=$d/root --releasever=12 --setopt=reposdir=$d/repos --setopt=cachedir=$d/cache"
+    # (no plugins: Debian's write outside the install root)
+    echo "-y -q --config=$d/dnf.conf --installroot=$d/root --releasever=12 --setopt=reposdir=$d/repos --setopt=cachedir=$d/cache --setopt=logdir=$d/log --noplugins"
 }
 
 # rpm_dnf_sees OPTS PKG: makecache --refresh, then whether PKG is available.

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 use support::rpm::{Dnf, build_rpm, upload};
-use support::{Server, curl, run_ok};
+use support::{Server, curl, run_ok, sha256_file};
 
 fn feed_url(s: &Server, feed: &str) -> String {
     format!("{}/rpm/{feed}/", s.url)
@@ -68,11 +68,8 @@ fn dnf_checks(s: &Server, dir: &Path, app2: &Path, lib: &Path) {
         "app-2.0-1.noarch.rpm",
         "dnf picks the newest"
     );
-    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(app2).unwrap());
-    assert_eq!(
-        std::fs::read(dnf.download("liba")).unwrap(),
-        std::fs::read(lib).unwrap()
-    );
+    assert_eq!(sha256_file(&got), sha256_file(app2), "the published bytes");
+    assert_eq!(sha256_file(&dnf.download("liba")), sha256_file(lib));
     let out = dnf.install(&["app"]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("liba"), "the dependency is pulled in: {said}");

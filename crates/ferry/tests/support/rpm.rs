@@ -59,7 +59,7 @@ impl Dnf {
     pub fn new(baseurl: &str, key: &Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        for sub in ["repos", "cache", "root"] {
+        for sub in ["repos", "cache", "root", "log"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
         std::fs::write(
@@ -96,7 +96,14 @@ impl Dnf {
             .arg("--releasever=12")
             .arg(format!("--setopt=reposdir={}", d.join("repos").display()))
             .arg(format!("--setopt=cachedir={}", d.join("cache").display()))
+            .arg(format!("--setopt=logdir={}", d.join("log").display()))
             .arg("--setopt=install_weak_deps=False")
+            // Debian's dnf plugins write outside the install root
+            // (`local` keeps every package in /var/lib/dnf/plugins/local,
+            // `generate_completion_cache` writes /var/cache/dnf): only
+            // `download` is wanted.
+            .arg("--disableplugin=*")
+            .arg("--enableplugin=download")
             .args(args);
         c
     }
