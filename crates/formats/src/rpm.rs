@@ -516,7 +516,7 @@ fn read_info(m: &::rpm::PackageMetadata, header_start: u64, header_end: u64) -> 
             .collect(),
         Err(_) => Vec::new(),
     };
-    changelog.sort_by(|a, b| b.date.cmp(&a.date));
+    changelog.sort_by_key(|c| std::cmp::Reverse(c.date));
     changelog.truncate(MAX_CHANGELOG);
     let archive_size = m
         .signature
@@ -846,7 +846,7 @@ mod tests {
     fn not_an_rpm_and_truncated_are_refused() {
         let e = inspect_rpm(&b"hello"[..], 5).unwrap_err();
         assert!(e.to_string().contains("not an RPM"), "{e}");
-        let mut lead = vec![0u8; 96];
+        let mut lead = [0u8; 96];
         lead[..4].copy_from_slice(&LEAD_MAGIC);
         let e = inspect_rpm(&lead[..], 96).unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");

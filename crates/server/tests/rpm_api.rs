@@ -205,7 +205,7 @@ async fn rpm_same_nevra_is_a_no_op_or_a_conflict_and_deletes_remove() {
         del("/rpm/yum/package/demo/1.0-1/noarch").await,
         StatusCode::NO_CONTENT
     );
-    let primary = repodata(&i, "primary").await;
+    let primary = repodata(i, "primary").await;
     assert!(
         primary.contains("packages=\"1\"") && !primary.contains("<name>demo</name>"),
         "{primary}"
@@ -225,7 +225,7 @@ async fn rpm_same_nevra_is_a_no_op_or_a_conflict_and_deletes_remove() {
         del("/rpm/yum/package/other/0:1.0-1/noarch").await,
         StatusCode::NOT_FOUND
     );
-    assert!(repodata(&i, "primary").await.contains("packages=\"0\""));
+    assert!(repodata(i, "primary").await.contains("packages=\"0\""));
     let r = i.send("PUT", "/rpm/yum/upload", None, &[], one).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
