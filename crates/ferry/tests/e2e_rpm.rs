@@ -122,6 +122,12 @@ fn dnf_installs_signed_packages_from_the_hub_and_a_spoke() {
         "{repo}"
     );
     assert!(repo.contains("repo_gpgcheck=1\n"), "{repo}");
+    let dnf = Dnf::add_repo(&format!("{}config.repo", feed_url(&hub, "yum")));
+    dnf.makecache_ok();
+    assert_eq!(
+        dnf.available(),
+        ["app-1.0-1.noarch", "app-2.0-1.noarch", "liba-1.0-1.noarch"]
+    );
 
     // The spoke pulls the feed and signs its own repodata with its own key.
     let token = hub.incoming("edges", &["yum"], "push");

@@ -57,13 +57,9 @@ impl Dnf {
     /// A dnf whose only repository is `baseurl` with `repo_gpgcheck=1`
     /// and the armored key at `key`.
     pub fn new(baseurl: &str, key: &Path) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        for sub in ["repos", "cache", "root", "log"] {
-            std::fs::create_dir_all(d.join(sub)).unwrap();
-        }
+        let dnf = Self::empty();
         std::fs::write(
-            d.join("repos/ferry.repo"),
+            dnf.dir.path().join("repos/ferry.repo"),
             format!(
                 "[ferry]\nname=ferry\nbaseurl={baseurl}\nenabled=1\ngpgcheck=0\nrepo_gpgcheck=1\n\
                  gpgkey=file://{}\nmetadata_expire=0\n",
@@ -71,6 +67,25 @@ impl Dnf {
             ),
         )
         .unwrap();
+        dnf
+    }
+
+    /// A dnf whose repository is what `dnf config-manager --add-repo URL`
+    /// made of the `.repo` file at `url` (its key fetched from the feed).
+    pub fn add_repo(url: &str) -> Self {
+        let dnf = Self::empty();
+        let mut c = dnf.cmd(&["config-manager", "--add-repo", url]);
+        c.arg("--enableplugin=config-manager");
+        run_ok(&mut c);
+        dnf
+    }
+
+    fn empty() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["repos", "cache", "root", "log"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
         std::fs::write(
             d.join("dnf.conf"),
             format!(
