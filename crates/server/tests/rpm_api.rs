@@ -97,6 +97,26 @@ async fn rpm_upload_publishes_signed_repodata() {
     );
     assert_eq!(j["location"], "packages/libdemo/0/libdemo-1.0-1.noarch.rpm");
     assert_eq!(put(&i, app.clone()).await.status, StatusCode::CREATED);
+    let tool = rpm(&Spec {
+        name: "tool",
+        version: "3.0",
+        release: "2.el9",
+        arch: "x86_64",
+        epoch: 4,
+        dirs: &["/var/lib/tool"],
+        ghosts: &["/var/log/tool.log"],
+        recommends: &["demo"],
+        suggests: &["libdemo"],
+        files: &[("/etc/tool.conf", b"x=1\n")],
+        build_time: 1_700_000_000,
+        ..Default::default()
+    });
+    let r = put(&i, tool).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(
+        (&r.json()["epoch"], &r.json()["release"]),
+        (&4.into(), &"2.el9".into())
+    );
 
     // repomd.xml names three gzip files by hash, with their real sizes and checksums.
     let repomd = i.get("/rpm/yum/repodata/repomd.xml").await;
@@ -120,7 +140,20 @@ async fn rpm_upload_publishes_signed_repodata() {
     assert!(key.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"), "{key}");
 
     let primary = repodata(&i, "primary").await;
-    assert!(primary.contains("packages=\"2\""), "{primary}");
+    assert!(primary.contains("packages=\"3\""), "{primary}");
+    assert!(
+        primary.contains("<version epoch=\"4\" ver=\"3.0\" rel=\"2.el9\"/>"),
+        "{primary}"
+    );
+    assert!(
+        primary.contains("<rpm:recommends>\n      <rpm:entry name=\"demo\"/>"),
+        "{primary}"
+    );
+    assert!(
+        primary.contains("<rpm:suggests>\n      <rpm:entry name=\"libdemo\"/>"),
+        "{primary}"
+    );
+    assert!(primary.contains("<file>/etc/tool.conf</file>"), "{primary}");
     assert!(primary.contains("<name>demo</name>") && primary.contains("<name>libdemo</name>"));
     assert!(primary.contains("<rpm:entry name=\"libdemo\"/>"), "{primary}");
     assert!(primary.contains(&format!("pkgid=\"YES\">{}</checksum>", sha256_hex(&app))));

@@ -13,6 +13,12 @@ pub struct Spec<'a> {
     pub requires: &'a [&'a str],
     /// Files: absolute path and content.
     pub files: &'a [(&'a str, &'a [u8])],
+    /// Directories the package owns (empty ones), and ghost files.
+    pub dirs: &'a [&'a str],
+    pub ghosts: &'a [&'a str],
+    /// Weak dependencies: recommended and suggested package names.
+    pub recommends: &'a [&'a str],
+    pub suggests: &'a [&'a str],
     /// A fixed build time (seconds), so that equal specs build equal bytes.
     pub build_time: u32,
 }
@@ -37,6 +43,20 @@ pub fn rpm(spec: &Spec<'_>) -> Vec<u8> {
     }
     for r in spec.requires {
         b.requires(::rpm::Dependency::any(*r));
+    }
+    for r in spec.recommends {
+        b.recommends(::rpm::Dependency::any(*r));
+    }
+    for r in spec.suggests {
+        b.suggests(::rpm::Dependency::any(*r));
+    }
+    for d in spec.dirs {
+        b.with_dir_entry(::rpm::FileOptions::dir(*d))
+            .expect("dir options");
+    }
+    for g in spec.ghosts {
+        b.with_ghost(::rpm::FileOptions::ghost(*g))
+            .expect("ghost options");
     }
     for (path, content) in spec.files {
         b.with_file_contents(content.to_vec(), ::rpm::FileOptions::new(*path))
