@@ -145,15 +145,10 @@ fn dnf_installs_signed_packages_from_the_hub_and_a_spoke() {
     assert_ne!(hub_key, spoke_key, "each instance signs with its own key");
     dnf_checks(&spoke, tmp.path(), &app2, &lib);
 
-    // A deletion on the hub reaches the spoke's primary.xml.
-    let (st, _) = curl(&[
-        "-X",
-        "DELETE",
-        "-u",
-        &format!("ci:{key}"),
-        &format!("{}package/app/2.0-1/noarch", feed_url(&hub, "yum")),
-    ]);
-    assert_eq!(st, 204);
+    // A deletion on the hub (with the CLI) reaches the spoke's primary.xml.
+    let said = hub.cli_ok(&["rpm", "delete", "yum", "app", "2.0-1", "noarch"]);
+    assert!(said.contains("deleted app-2.0-1.noarch from feed yum"), "{said}");
+    assert!(!primary(&hub).contains("ver=\"2.0\""));
     spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
     let p = primary(&spoke);
     assert!(p.contains("packages=\"2\""), "{p}");
