@@ -3,7 +3,7 @@
 //! download counting and garbage collection. No HTTP, no SQL.
 //!
 //! Feed-type modules (`assets`, `npm`, `pypi`, `oci`, `cargo`, `nuget`,
-//! `debian`) turn client requests that the server has parsed into item
+//! `debian`, `rpm`) turn client requests that the server has parsed into item
 //! writes, using `ferry-formats`; `signing` keeps the OpenPGP keys of the
 //! feed types that sign their indexes.
 
@@ -21,6 +21,7 @@ pub mod nuget;
 pub mod oci;
 pub mod pypi;
 mod replicated;
+pub mod rpm;
 pub mod signing;
 
 use std::collections::{HashMap, HashSet};
@@ -193,6 +194,7 @@ struct Inner {
     /// Held while a feed's first signing key is generated.
     signing_gen: tokio::sync::Mutex<()>,
     debian: debian::State,
+    rpm: rpm::State,
 }
 
 /// A key limited to a feed that does not exist is refused.
@@ -240,6 +242,7 @@ impl Ferry {
             signing_keys: Mutex::new(HashMap::new()),
             signing_gen: tokio::sync::Mutex::new(()),
             debian: Default::default(),
+            rpm: Default::default(),
         }));
         if let Some(rx) = events {
             tokio::spawn(follow_store_events(Arc::downgrade(&ferry.0), rx));
@@ -276,6 +279,7 @@ impl Ferry {
         // feed whose id the store gives again.
         self.0.signing_keys.lock().map_err(lock_err)?.remove(&f.id);
         debian::forget_feed(self, f.id);
+        rpm::forget_feed(self, f.id);
         if signing::signs(ty) {
             self.signing_key(&f).await?;
         }
@@ -339,6 +343,7 @@ impl Ferry {
         self.0.cache.forget_feed(id);
         self.0.signing_keys.lock().map_err(lock_err)?.remove(&id);
         debian::forget_feed(self, id);
+        rpm::forget_feed(self, id);
         self.0.seqs.lock().map_err(lock_err)?.remove(&id);
         self.0
             .downloads
@@ -369,6 +374,7 @@ impl Ferry {
             StoreEvent::SigningKeyChanged { feed } => {
                 self.0.signing_keys.lock().map_err(lock_err)?.remove(&feed);
                 debian::forget_feed(self, feed);
+                rpm::forget_feed(self, feed);
             }
             StoreEvent::Resync => {
                 // Feeds are looked up again; every watched change log is

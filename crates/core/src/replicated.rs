@@ -127,6 +127,12 @@ impl Ferry {
                     self.check_size(key.as_str(), &m.sha256, Some(m.size)).await?;
                 }
             }
+            FeedType::Rpm => {
+                // The blob is the .rpm; its size must be the one recorded.
+                if let Some(m) = ferry_formats::rpm::validate_item(key, live)? {
+                    self.check_size(key.as_str(), &m.sha256, Some(m.size)).await?;
+                }
+            }
             FeedType::Oci => {
                 let check = oci::validate_item(key, live).map_err(|e| CoreError::invalid(e.to_string()))?;
                 if let oci::ItemCheck::Link { digest, sha512 } = check {

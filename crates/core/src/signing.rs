@@ -1,5 +1,5 @@
 //! Feed signing keys: one OpenPGP key per feed whose type signs its
-//! indexes (debian `InRelease`/`Release.gpg`; rpm `repomd.xml.asc` later).
+//! indexes (debian `InRelease`/`Release.gpg`; rpm `repomd.xml.asc`).
 //!
 //! A key is generated when such a feed is created (a v4 Ed25519 key,
 //! "EdDSA legacy" in RFC 9580 terms, which gpgv and Debian's `sqv` both
@@ -28,7 +28,7 @@ use crate::{CoreError, Ferry};
 
 /// Whether feeds of this type get a signing key.
 pub fn signs(ty: FeedType) -> bool {
-    matches!(ty, FeedType::Debian)
+    matches!(ty, FeedType::Debian | FeedType::Rpm)
 }
 
 /// A feed's signing key, parsed.
@@ -254,6 +254,7 @@ impl Ferry {
             .insert(feed.id, key.clone());
         self.0.cache.forget_feed(feed.id);
         crate::debian::forget_feed(self, feed.id);
+        crate::rpm::forget_feed(self, feed.id);
         Ok(key)
     }
 
@@ -261,5 +262,12 @@ impl Ferry {
     pub async fn sign_text(&self, feed: &FeedRecord, text: String) -> Result<(String, String), CoreError> {
         let key = self.signing_key(feed).await?;
         blocking(move || Ok((key.clearsign(&text)?, key.detached(text.as_bytes())?))).await
+    }
+
+    /// A detached armored signature over `data` with the feed's key
+    /// (rpm's `repomd.xml.asc`).
+    pub async fn sign_detached(&self, feed: &FeedRecord, data: bytes::Bytes) -> Result<String, CoreError> {
+        let key = self.signing_key(feed).await?;
+        blocking(move || key.detached(&data)).await
     }
 }

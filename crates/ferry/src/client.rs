@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{BundleCmd, ConfigCmd, Conn, FeedCmd, FeedKeyCmd, KeyCmd, ReplCmd};
+use crate::{BundleCmd, ConfigCmd, Conn, FeedCmd, FeedKeyCmd, KeyCmd, ReplCmd, RpmCmd};
 
 /// The HTTP client of this process: http:// and https:// URLs, trusting the
 /// system's CAs and those in `--tls-ca-file` (`FERRY_TLS_CA_FILE`). Built
@@ -120,6 +120,23 @@ pub async fn feed(cmd: FeedCmd) -> anyhow::Result<()> {
             )
             .await?;
             say!("{}", v["public_key"].as_str().unwrap_or_default().trim_end());
+        }
+    }
+    Ok(())
+}
+
+pub async fn rpm(cmd: RpmCmd) -> anyhow::Result<()> {
+    match cmd {
+        RpmCmd::Delete {
+            feed,
+            name,
+            evr,
+            arch,
+            conn,
+        } => {
+            let path = format!("/rpm/{feed}/package/{name}/{evr}/{arch}");
+            call(&conn, Method::DELETE, &path, None).await?;
+            say!("deleted {name}-{evr}.{arch} from feed {feed}");
         }
     }
     Ok(())

@@ -83,6 +83,23 @@ enum Command {
     /// Configuration as code: feeds and replications declared in a TOML file.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Packages of rpm feeds.
+    #[command(subcommand)]
+    Rpm(RpmCmd),
+}
+
+#[derive(Subcommand)]
+pub enum RpmCmd {
+    /// Delete one package of an rpm feed (as `DELETE /rpm/FEED/package/NAME/EVR/ARCH`).
+    Delete {
+        feed: String,
+        name: String,
+        /// `[EPOCH:]VERSION-RELEASE`, e.g. `1.0-1` or `2:1.0-1.el9`.
+        evr: String,
+        arch: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Subcommand)]
@@ -340,7 +357,7 @@ enum FeedCmd {
     /// Create a feed.
     Create {
         name: String,
-        /// assets, npm, pypi, oci, cargo or nuget.
+        /// assets, npm, pypi, oci, cargo, nuget, debian or rpm.
         #[arg(long = "type")]
         feed_type: String,
         #[arg(long)]
@@ -361,7 +378,7 @@ enum FeedCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// The feed's signing key (debian feeds): import one, export the public part.
+    /// The feed's signing key (debian and rpm feeds): import one, export the public part.
     #[command(subcommand)]
     Key(FeedKeyCmd),
 }
@@ -377,7 +394,7 @@ pub enum FeedKeyCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Print the feed's armored public signing key (for apt's signed-by:
+    /// Print the feed's armored public signing key (dnf's gpgkey as is; for apt's signed-by:
     /// `gpg --dearmor`, or fetch /debian/FEED/key.gpg).
     Export {
         feed: String,
@@ -504,6 +521,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replication(cmd) => client::replication(cmd).await,
         Command::Bundle(cmd) => client::bundle(cmd).await,
         Command::Config(cmd) => client::config(cmd).await,
+        Command::Rpm(cmd) => client::rpm(cmd).await,
     }
 }
 

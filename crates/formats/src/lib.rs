@@ -9,6 +9,7 @@ pub mod npm;
 pub mod nuget;
 pub mod oci;
 pub mod pypi;
+pub mod rpm;
 
 /// Why an upload or a request body was refused. The message is shown to the
 /// user as the reason of a 4xx response.

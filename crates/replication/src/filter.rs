@@ -31,6 +31,8 @@ pub fn item_name(ty: FeedType, key: &ItemKey) -> &str {
         }
         // deb/DIST/COMPONENT/NAME/VERSION/ARCH: the package name.
         FeedType::Debian => k.split('/').nth(3).unwrap_or(k),
+        // rpm/NAME/EPOCH:VERSION-RELEASE/ARCH: the package name.
+        FeedType::Rpm => k.split('/').nth(1).unwrap_or(k),
         // manifest/REPOSITORY/DIGEST or tag/REPOSITORY/TAG, where REPOSITORY may nest.
         FeedType::Oci => {
             let rest = k.split_once('/').map_or(k, |(_, r)| r);

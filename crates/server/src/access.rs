@@ -167,6 +167,7 @@ fn type_for_prefix(prefix: &str) -> Option<(FeedType, Flavor)> {
         "cargo" => Some((FeedType::Cargo, Flavor::Cargo)),
         "nuget" => Some((FeedType::Nuget, Flavor::Text)),
         "debian" => Some((FeedType::Debian, Flavor::Text)),
+        "rpm" => Some((FeedType::Rpm, Flavor::Text)),
         _ => None,
     }
 }

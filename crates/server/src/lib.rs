@@ -18,6 +18,7 @@ mod openapi;
 mod ops;
 mod pypi;
 mod replication_api;
+mod rpm;
 pub mod ui;
 
 use std::convert::Infallible;
@@ -121,6 +122,7 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> App {
         .merge(cargo::routes())
         .merge(nuget::routes())
         .merge(debian::routes())
+        .merge(rpm::routes())
         .merge(oci::routes(&state))
         .merge(ui::routes(&state))
         // Upload limits are enforced per route while streaming, not by buffering.

@@ -57,7 +57,7 @@ pub fn document() -> Value {
             },
             "/api/v1/feeds/{name}/signing-key": {
                 "parameters": name_param,
-                "get": op("The feed's signing key (debian feeds): { fingerprint, public_key } with the armored OpenPGP public key; the secret key is never returned", "200", None),
+                "get": op("The feed's signing key (debian and rpm feeds): { fingerprint, public_key } with the armored OpenPGP public key; the secret key is never returned", "200", None),
                 "put": op("Import an armored OpenPGP secret key ({ secret_key }) as the feed's signing key, so that instances of a fleet sign with one key; answers { fingerprint, public_key }. 400 if it is not an unprotected secret key that can sign", "200", None)
             },
             "/api/v1/keys": {
@@ -183,7 +183,7 @@ pub fn document() -> Value {
                     "type": "object", "required": ["name", "type"],
                     "properties": {
                         "name": { "type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$" },
-                        "type": { "type": "string", "enum": ["assets", "npm", "pypi", "oci", "cargo", "nuget", "debian"] },
+                        "type": { "type": "string", "enum": ["assets", "npm", "pypi", "oci", "cargo", "nuget", "debian", "rpm"] },
                         "private": { "type": "boolean", "default": false }
                     }
                 },

@@ -73,7 +73,7 @@ const fn feed(name: &'static str, ty: FeedType, private: bool, tag: &'static str
     }
 }
 
-const FEEDS: [FeedDef; 16] = [
+const FEEDS: [FeedDef; 18] = [
     feed("pub-assets", FeedType::Assets, false, "pa"),
     feed("pub-npm", FeedType::Npm, false, "pn"),
     feed("pub-pypi", FeedType::Pypi, false, "pp"),
@@ -95,6 +95,9 @@ const FEEDS: [FeedDef; 16] = [
     // debian feeds, in no replication.
     feed("pub-debian", FeedType::Debian, false, "pd"),
     feed("priv-debian", FeedType::Debian, true, "xd"),
+    // rpm feeds, in no replication.
+    feed("pub-rpm", FeedType::Rpm, false, "pr"),
+    feed("priv-rpm", FeedType::Rpm, true, "xr"),
 ];
 const WALLED: usize = 8;
 const SIDE: usize = 9;
@@ -629,6 +632,8 @@ struct OciFx {
 #[derive(Default)]
 struct Seeded {
     asset_digest: Option<String>,
+    /// An rpm feed's `repodata/HEX-primary.xml.gz` after seeding.
+    rpm_primary: Option<String>,
     oci: Option<OciFx>,
 }
 
@@ -643,6 +648,9 @@ struct Fx {
     oci: HashMap<usize, OciFx>,
     /// The digest of each assets feed's file.
     asset_digest: HashMap<usize, String>,
+    /// Each rpm feed's primary repodata file name after seeding (served
+    /// on while the matrix's writes make newer ones).
+    rpm_primary: HashMap<usize, String>,
     /// Per credential: a token of replication `tok-host` to revoke.
     revocable: Vec<String>,
 }
@@ -702,7 +710,7 @@ async fn seed_assets(i: &Instance, f: usize) -> Seeded {
     }
     Seeded {
         asset_digest: Some(digest(content.as_bytes())),
-        oci: None,
+        ..Seeded::default()
     }
 }
 
@@ -790,6 +798,7 @@ async fn seed_oci(i: &Instance, f: usize) -> Seeded {
     .await;
     Seeded {
         asset_digest: None,
+        rpm_primary: None,
         oci: Some(OciFx {
             manifest_digest: digest(&manifest),
             manifest,
@@ -808,6 +817,7 @@ async fn seed(i: &Instance, f: usize) -> Seeded {
         FeedType::Cargo => seed_cargo(i, f).await,
         FeedType::Nuget => seed_nuget(i, f).await,
         FeedType::Debian => seed_debian(i, f).await,
+        FeedType::Rpm => seed_rpm(i, f).await,
     }
 }
 
@@ -855,6 +865,47 @@ async fn seed_debian(i: &Instance, f: usize) -> Seeded {
     })
     .await;
     Seeded::default()
+}
+
+/// An `.rpm` of `name` 1.0-1 (noarch) whose file carries `marker`.
+fn rpm_file(name: &str, marker: &str) -> Vec<u8> {
+    let content = marker.as_bytes();
+    let path = format!("/usr/share/{name}/{marker}");
+    ferry_testkit::rpm::rpm(&ferry_testkit::rpm::Spec {
+        name,
+        version: "1.0",
+        release: "1",
+        arch: "noarch",
+        files: &[(path.as_str(), content)],
+        build_time: 1_700_000_000,
+        ..Default::default()
+    })
+}
+
+async fn seed_rpm(i: &Instance, f: usize) -> Seeded {
+    let FeedDef { name, tag, .. } = FEEDS[f];
+    let upload = |pkg: String, marker: String| {
+        Req::new("PUT", format!("/rpm/{name}/upload")).body(rpm_file(&pkg, &marker))
+    };
+    let r = admin(i, upload(format!("{tag}-pkg"), marker(tag))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "setup: rpm upload: {}", r.text());
+    per_cred(|ci| async move {
+        admin(i, upload(format!("del{ci}"), "doomed".into())).await;
+    })
+    .await;
+    let repomd = admin(i, Req::get(format!("/rpm/{name}/repodata/repomd.xml")))
+        .await
+        .text();
+    let primary = repomd
+        .split("<location href=\"repodata/")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("setup: repomd.xml names primary")
+        .to_owned();
+    Seeded {
+        rpm_primary: Some(primary),
+        ..Seeded::default()
+    }
 }
 
 /// cargo's publish body of `name` 1.0.0 whose description (and source) is
@@ -1035,10 +1086,14 @@ impl Fx {
             seed_replications(&i),
         );
         let mut asset_digest = HashMap::new();
+        let mut rpm_primary = HashMap::new();
         let mut oci = HashMap::new();
         for (f, s) in seeded.into_iter().enumerate() {
             if let Some(d) = s.asset_digest {
                 asset_digest.insert(f, d);
+            }
+            if let Some(p) = s.rpm_primary {
+                rpm_primary.insert(f, p);
             }
             if let Some(o) = s.oci {
                 oci.insert(f, o);
@@ -1053,6 +1108,7 @@ impl Fx {
             tokens,
             oci,
             asset_digest,
+            rpm_primary,
             revocable,
         }
     }
@@ -1492,6 +1548,43 @@ impl Routes {
         });
     }
 
+    fn rpm(&mut self, vis: Vis) {
+        use Rule::{FeedRead as R, FeedWrite as W};
+        let f = feed_index(FeedType::Rpm, vis);
+        let FeedDef { name: n, tag: t, .. } = FEEDS[f];
+        self.add("rpm GET repomd.xml", vis, R, f, move |_, _| {
+            Req::get(format!("/rpm/{n}/repodata/repomd.xml"))
+        });
+        self.add("rpm GET repomd.xml.asc", vis, R, f, move |_, _| {
+            Req::get(format!("/rpm/{n}/repodata/repomd.xml.asc"))
+        });
+        // A repodata file by hash, of the rendering after seeding (older
+        // renderings' files stay served).
+        self.add("rpm GET repodata file", vis, R, f, move |fx, _| {
+            Req::get(format!("/rpm/{n}/repodata/{}", fx.rpm_primary[&f]))
+        });
+        let pkg = move |method| {
+            Req::new(
+                method,
+                format!("/rpm/{n}/packages/{t}-pkg/0/{t}-pkg-1.0-1.noarch.rpm"),
+            )
+        };
+        self.add("rpm GET package", vis, R, f, move |_, _| pkg("GET"));
+        self.add("rpm HEAD package", vis, R, f, move |_, _| pkg("HEAD"));
+        self.add("rpm GET key.asc", vis, R, f, move |_, _| {
+            Req::get(format!("/rpm/{n}/key.asc"))
+        });
+        self.add("rpm GET config.repo", vis, R, f, move |_, _| {
+            Req::get(format!("/rpm/{n}/config.repo")).header(HOST.0, HOST.1)
+        });
+        self.add("rpm PUT upload", vis, W, f, move |_, ci| {
+            Req::new("PUT", format!("/rpm/{n}/upload")).body(rpm_file(&format!("new{ci}"), "fresh"))
+        });
+        self.add("rpm DELETE package", vis, W, f, move |_, ci| {
+            Req::new("DELETE", format!("/rpm/{n}/package/del{ci}/1.0-1/noarch"))
+        });
+    }
+
     fn oci(&mut self, vis: Vis) {
         use Rule::{FeedRead as R, FeedWrite as W};
         let f = feed_index(FeedType::Oci, vis);
@@ -1766,6 +1859,7 @@ fn routes() -> Vec<Route> {
         r.cargo(vis);
         r.nuget(vis);
         r.debian(vis);
+        r.rpm(vis);
         r.management_of_feeds(vis);
         r.replication_of_feed(vis);
     }
@@ -1815,6 +1909,7 @@ fn secrets() -> Vec<Secret> {
             }
             FeedType::Nuget => add(format!("{t}-pkg"), owner, true),
             FeedType::Debian => add(format!("{t}-pkg"), owner, true),
+            FeedType::Rpm => add(format!("{t}-pkg"), owner, true),
         }
         for cred in [Cred::ReadScoped, Cred::WriteScoped, Cred::AdminScoped] {
             add(key_name(cred, f).unwrap(), Owner::Key, true);

@@ -1356,6 +1356,21 @@ async fn first_look_details() {
     );
     assert!(shown.contains("http://ferry.test/debian/apt/key.gpg"), "{shown}");
     assert!(!shown.contains("See the README"), "{shown}");
+    // The rpm feed's hint: the one-line dnf setup.
+    let r = post(
+        &i,
+        &cookie,
+        "/feeds",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("name", "yum"), ("type", "rpm")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let shown = page(&i, &cookie, r.header("location").unwrap()).await.text();
+    assert!(
+        shown.contains("dnf config-manager --add-repo http://ferry.test/rpm/yum/config.repo"),
+        "{shown}"
+    );
 
     // One item in one folder.
     i.feed("files", FeedType::Assets, false).await;

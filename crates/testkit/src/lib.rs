@@ -3,4 +3,5 @@
 pub mod debian;
 pub mod pg;
 pub mod pypi;
+pub mod rpm;
 pub mod s3s;

@@ -47,10 +47,11 @@ pub enum FeedType {
     Cargo,
     Nuget,
     Debian,
+    Rpm,
 }
 
 impl FeedType {
-    pub const ALL: [FeedType; 7] = [
+    pub const ALL: [FeedType; 8] = [
         FeedType::Assets,
         FeedType::Npm,
         FeedType::Pypi,
@@ -58,6 +59,7 @@ impl FeedType {
         FeedType::Cargo,
         FeedType::Nuget,
         FeedType::Debian,
+        FeedType::Rpm,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +71,7 @@ impl FeedType {
             FeedType::Cargo => "cargo",
             FeedType::Nuget => "nuget",
             FeedType::Debian => "debian",
+            FeedType::Rpm => "rpm",
         }
     }
 }

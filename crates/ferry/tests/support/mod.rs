@@ -7,6 +7,7 @@ pub mod debian;
 pub mod npm;
 pub mod nuget;
 pub mod pypi;
+pub mod rpm;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

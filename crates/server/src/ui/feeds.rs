@@ -92,6 +92,11 @@ fn client_hint(ty: FeedType, origin: &str, feed: &str) -> Markup {
                   "apt-get update\n"
                   "# upload: curl -T PKG.deb -u any:KEY " (origin) "/debian/" (feed) "/upload/bookworm/main" }
         },
+        FeedType::Rpm => html! {
+            pre { "dnf config-manager --add-repo " (origin) "/rpm/" (feed) "/config.repo\n"
+                  "# or: baseurl=" (origin) "/rpm/" (feed) "/ with repo_gpgcheck=1, gpgkey=" (origin) "/rpm/" (feed) "/key.asc\n"
+                  "# upload: curl -T PKG.rpm -u any:KEY " (origin) "/rpm/" (feed) "/upload" }
+        },
     }
 }
 
@@ -691,6 +696,11 @@ enum Deletion {
         version: String,
         arch: String,
     },
+    RpmPackage {
+        name: String,
+        evr: String,
+        arch: String,
+    },
     NpmTag {
         name: String,
         tag: String,
@@ -719,6 +729,7 @@ impl Deletion {
             } => {
                 format!("{name} {version} ({arch}) from {dist}")
             }
+            Deletion::RpmPackage { name, evr, arch } => format!("{name}-{evr}.{arch}"),
             Deletion::NpmTag { name, tag } => format!("the dist-tag {tag} of {name}"),
         }
     }
@@ -749,6 +760,9 @@ impl Deletion {
                 version,
                 arch,
             } => debian::delete(ferry, feed, dist, component, name, version, arch).await,
+            Deletion::RpmPackage { name, evr, arch } => {
+                ferry_core::rpm::delete(ferry, feed, name, evr, arch).await
+            }
             Deletion::NpmTag { name, tag } => npm::delete_dist_tag(ferry, feed, name, tag).await,
         }
     }
@@ -800,6 +814,14 @@ fn deletion_of(ty: FeedType, key: &ItemKey) -> Result<Deletion, String> {
                 component: (*component).to_owned(),
                 name: (*name).to_owned(),
                 version: (*version).to_owned(),
+                arch: (*arch).to_owned(),
+            }),
+            _ => Err(unknown()),
+        },
+        FeedType::Rpm => match s.split('/').collect::<Vec<_>>().as_slice() {
+            ["rpm", name, evr, arch] => Ok(Deletion::RpmPackage {
+                name: (*name).to_owned(),
+                evr: (*evr).to_owned(),
                 arch: (*arch).to_owned(),
             }),
             _ => Err(unknown()),

@@ -1,0 +1,155 @@
+//! RPM feeds, `/rpm/FEED/`: a dnf/yum repository
+//! (`baseurl=http://HOST:PORT/rpm/FEED/`).
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `PUT /rpm/FEED/upload` | upload an `.rpm` (the body, `curl -T`); 201 with name, epoch, version, release, arch, location |
+//! | `DELETE /rpm/FEED/package/NAME/EVR/ARCH` | delete one package (`EVR` is `[EPOCH:]VERSION-RELEASE`); 204 |
+//! | `GET /rpm/FEED/repodata/repomd.xml`, `repomd.xml.asc` | the repository index and its detached signature |
+//! | `GET /rpm/FEED/repodata/HEX-{primary,filelists,other}.xml.gz` | repodata of the current and recent renderings |
+//! | `GET /rpm/FEED/packages/NAME/EPOCH/NAME-VERSION-RELEASE.ARCH.rpm` | the packages (Range, ETag) |
+//! | `GET /rpm/FEED/key.asc` | the feed's public signing key, armored |
+//! | `GET /rpm/FEED/config.repo` | a `.repo` file for `dnf config-manager --add-repo` |
+//!
+//! Rendering and signing happen in `ferry_core::rpm`; uploads stream into
+//! the blob store's staging and are inspected off the async threads.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
+use ferry_core::{CoreError, rpm};
+use futures::TryStreamExt;
+use serde_json::json;
+
+use crate::AppState;
+use crate::access::FeedAccess;
+use crate::blobs::serve_download;
+use crate::error::ApiError;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/rpm/{feed}/upload", put(upload))
+        .route("/rpm/{feed}/package/{name}/{evr}/{arch}", delete(delete_package))
+        .route("/rpm/{feed}/repodata/{file}", get(repodata_file))
+        .route("/rpm/{feed}/packages/{*path}", get(package_file))
+        .route("/rpm/{feed}/key.asc", get(key_asc))
+        .route("/rpm/{feed}/config.repo", get(config_repo))
+}
+
+async fn upload(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limit = st.ferry.config().max_upload_bytes;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(CoreError::TooLarge(format!(
+            "upload of {len} bytes exceeds the limit of {limit} bytes"
+        ))
+        .into());
+    }
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let staged = st.ferry.stage(Box::pin(stream), None).await?;
+    let meta = rpm::upload(&st.ferry, &access.feed, staged).await?;
+    let i = &meta.info;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "name": i.name,
+            "epoch": i.epoch,
+            "version": i.version,
+            "release": i.release,
+            "arch": i.arch,
+            "location": meta.location(),
+            "size": meta.size,
+            "sha256": meta.sha256,
+        })),
+    )
+        .into_response())
+}
+
+async fn delete_package(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    Path((_, name, evr, arch)): Path<(String, String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    rpm::delete(&st.ferry, &access.feed, &name, &evr, &arch).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn repodata_file(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    Path((_, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let body = rpm::repodata_file(&st.ferry, &access.feed, &file).await?;
+    let (content_type, cache) = match file.as_str() {
+        "repomd.xml" => ("application/xml", "no-cache"),
+        "repomd.xml.asc" => ("application/pgp-signature", "no-cache"),
+        // Named by their hash: they never change.
+        _ => ("application/gzip", "max-age=86400"),
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, cache),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn package_file(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    Path((_, path)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let digest = rpm::package_file(&st.ferry, &access.feed, &path).await?;
+    let filename = path.rsplit('/').next();
+    Ok(serve_download(
+        &st.ferry,
+        &method,
+        &headers,
+        &digest,
+        "application/x-rpm",
+        None,
+        filename,
+    )
+    .await?)
+}
+
+async fn key_asc(State(st): State<AppState>, access: FeedAccess) -> Result<Response, ApiError> {
+    let key = st.ferry.signing_key(&access.feed).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/pgp-keys")],
+        key.public_armored()?,
+    )
+        .into_response())
+}
+
+/// A `.repo` file naming the feed: `repo_gpgcheck=1` with the feed's key;
+/// `gpgcheck=0` since Ferry never signs packages (signatures inside them
+/// are the uploader's: set `gpgcheck=1` and add the uploader's key to check them).
+async fn config_repo(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let origin = crate::public_origin(&st.ferry, &headers, uri.authority().map(|a| a.as_str()))?;
+    let feed = access.feed.name.to_string();
+    let body = format!(
+        "[ferry-{feed}]\nname=Ferry feed {feed}\nbaseurl={origin}/rpm/{feed}/\nenabled=1\ngpgcheck=0\nrepo_gpgcheck=1\ngpgkey={origin}/rpm/{feed}/key.asc\n"
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}

@@ -1,0 +1,325 @@
+//! RPM feeds, in process: uploads of `.rpm`s built by the `rpm` crate,
+//! the repodata dnf reads (`repomd.xml` and what it names, older
+//! generations), downloads, deletes, and bad input.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use std::io::Read;
+
+use axum::http::StatusCode;
+use common::{ADMIN, Instance};
+use ferry_testkit::rpm::{Spec, rpm};
+use ferry_types::FeedType;
+use sha2::{Digest as _, Sha256};
+
+fn sha256_hex(b: &[u8]) -> String {
+    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn put(i: &Instance, body: Vec<u8>) -> common::Reply {
+    i.send("PUT", "/rpm/yum/upload", Some(ADMIN), &[], body).await
+}
+
+async fn setup() -> Instance {
+    let i = Instance::new().await;
+    i.feed("yum", FeedType::Rpm, false).await;
+    i
+}
+
+fn package(name: &str, version: &str, requires: &[&str], marker: &str) -> Vec<u8> {
+    let path = format!("/usr/share/{name}/{marker}");
+    rpm(&Spec {
+        name,
+        version,
+        release: "1",
+        arch: "noarch",
+        requires,
+        files: &[
+            (path.as_str(), marker.as_bytes()),
+            ("/usr/bin/zzzzzz", b"#!/bin/true\n"),
+        ],
+        build_time: 1_700_000_000,
+        ..Default::default()
+    })
+}
+
+/// `repomd.xml`'s `(type, href, checksum, size, open-checksum)` entries.
+fn repomd_entries(repomd: &str) -> Vec<(String, String, String, u64, String)> {
+    let mut out = Vec::new();
+    for data in repomd.split("<data type=\"").skip(1) {
+        let kind = data.split('"').next().unwrap().to_owned();
+        let between = |a: &str, b: &str| data.split(a).nth(1).unwrap().split(b).next().unwrap().to_owned();
+        out.push((
+            kind,
+            between("<location href=\"", "\""),
+            between("<checksum type=\"sha256\">", "<"),
+            between("<size>", "<").parse().unwrap(),
+            between("<open-checksum type=\"sha256\">", "<"),
+        ));
+    }
+    out
+}
+
+fn gunzip(b: &[u8]) -> String {
+    let mut s = String::new();
+    flate2::read::MultiGzDecoder::new(b)
+        .read_to_string(&mut s)
+        .unwrap();
+    s
+}
+
+/// The uncompressed repodata file of `kind` the current `repomd.xml` names.
+async fn repodata(i: &Instance, kind: &str) -> String {
+    let repomd = i.get("/rpm/yum/repodata/repomd.xml").await.text();
+    let (_, href, ..) = repomd_entries(&repomd).into_iter().find(|e| e.0 == kind).unwrap();
+    let r = i.get(&format!("/rpm/yum/{href}")).await;
+    assert_eq!(r.status, StatusCode::OK, "{href}");
+    gunzip(&r.body)
+}
+
+#[tokio::test]
+async fn rpm_upload_publishes_signed_repodata() {
+    let i = setup().await;
+    let lib = package("libdemo", "1.0", &[], "lib-marker");
+    let app = package("demo", "2.0", &["libdemo"], "app-marker");
+    let r = put(&i, lib.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let j = r.json();
+    assert_eq!(
+        (&j["name"], &j["epoch"], &j["version"], &j["release"], &j["arch"]),
+        (
+            &"libdemo".into(),
+            &0.into(),
+            &"1.0".into(),
+            &"1".into(),
+            &"noarch".into()
+        )
+    );
+    assert_eq!(j["location"], "packages/libdemo/0/libdemo-1.0-1.noarch.rpm");
+    assert_eq!(put(&i, app.clone()).await.status, StatusCode::CREATED);
+    let tool = rpm(&Spec {
+        name: "tool",
+        version: "3.0",
+        release: "2.el9",
+        arch: "x86_64",
+        epoch: 4,
+        dirs: &["/var/lib/tool"],
+        ghosts: &["/var/log/tool.log"],
+        recommends: &["demo"],
+        suggests: &["libdemo"],
+        files: &[("/etc/tool.conf", b"x=1\n")],
+        build_time: 1_700_000_000,
+        ..Default::default()
+    });
+    let r = put(&i, tool).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(
+        (&r.json()["epoch"], &r.json()["release"]),
+        (&4.into(), &"2.el9".into())
+    );
+
+    // repomd.xml names three gzip files by hash, with their real sizes and checksums.
+    let repomd = i.get("/rpm/yum/repodata/repomd.xml").await;
+    assert_eq!(repomd.status, StatusCode::OK);
+    let entries = repomd_entries(&repomd.text());
+    let kinds: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(kinds, ["primary", "filelists", "other"]);
+    for (kind, href, sum, size, open) in &entries {
+        assert_eq!(href, &format!("repodata/{sum}-{kind}.xml.gz"));
+        let body = i.get(&format!("/rpm/yum/{href}")).await;
+        assert_eq!(body.status, StatusCode::OK);
+        assert_eq!(
+            (sha256_hex(&body.body), body.body.len() as u64),
+            (sum.clone(), *size)
+        );
+        assert_eq!(&sha256_hex(gunzip(&body.body).as_bytes()), open);
+    }
+    let asc = i.get("/rpm/yum/repodata/repomd.xml.asc").await.text();
+    assert!(asc.starts_with("-----BEGIN PGP SIGNATURE-----"), "{asc}");
+    let key = i.get("/rpm/yum/key.asc").await.text();
+    assert!(key.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"), "{key}");
+
+    let primary = repodata(&i, "primary").await;
+    assert!(primary.contains("packages=\"3\""), "{primary}");
+    assert!(
+        primary.contains("<version epoch=\"4\" ver=\"3.0\" rel=\"2.el9\"/>"),
+        "{primary}"
+    );
+    assert!(
+        primary.contains("<rpm:recommends>\n      <rpm:entry name=\"demo\"/>"),
+        "{primary}"
+    );
+    assert!(
+        primary.contains("<rpm:suggests>\n      <rpm:entry name=\"libdemo\"/>"),
+        "{primary}"
+    );
+    assert!(primary.contains("<file>/etc/tool.conf</file>"), "{primary}");
+    assert!(primary.contains("<name>demo</name>") && primary.contains("<name>libdemo</name>"));
+    assert!(primary.contains("<rpm:entry name=\"libdemo\"/>"), "{primary}");
+    assert!(primary.contains(&format!("pkgid=\"YES\">{}</checksum>", sha256_hex(&app))));
+    assert!(primary.contains("<file>/usr/bin/zzzzzz</file>"), "{primary}");
+    assert!(primary.contains("<location href=\"packages/demo/0/demo-2.0-1.noarch.rpm\"/>"));
+    let filelists = repodata(&i, "filelists").await;
+    assert!(
+        filelists.contains("<file>/usr/share/demo/app-marker</file>"),
+        "{filelists}"
+    );
+    let other = repodata(&i, "other").await;
+    assert!(other.contains("- first build</changelog>"), "{other}");
+
+    // Downloads return the uploaded bytes.
+    let got = i.get("/rpm/yum/packages/demo/0/demo-2.0-1.noarch.rpm").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body, app);
+    assert_eq!(
+        i.get("/rpm/yum/packages/demo/0/demo-9-1.noarch.rpm").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // config.repo points dnf at the feed with repo_gpgcheck.
+    let repo = i
+        .send(
+            "GET",
+            "/rpm/yum/config.repo",
+            None,
+            &[("host", "rpm.example:8765")],
+            axum::body::Body::empty(),
+        )
+        .await
+        .text();
+    assert!(
+        repo.contains("baseurl=http://rpm.example:8765/rpm/yum/\n"),
+        "{repo}"
+    );
+    assert!(
+        repo.contains("repo_gpgcheck=1\n")
+            && repo.contains("gpgkey=http://rpm.example:8765/rpm/yum/key.asc\n")
+    );
+}
+
+#[tokio::test]
+async fn rpm_same_nevra_is_a_no_op_or_a_conflict_and_deletes_remove() {
+    let i = setup().await;
+    let one = package("demo", "1.0", &[], "one");
+    assert_eq!(put(&i, one.clone()).await.status, StatusCode::CREATED);
+    let first = i.get("/rpm/yum/repodata/repomd.xml").await.text();
+    let old_primary = repomd_entries(&first)[0].1.clone();
+    // The same bytes again: nothing changes.
+    assert_eq!(put(&i, one.clone()).await.status, StatusCode::CREATED);
+    // Other bytes under the same NEVRA: 409, and nothing is stored.
+    let r = put(&i, package("demo", "1.0", &[], "two")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(
+        r.text().contains("demo-0:1.0-1.noarch already exists"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(i.get("/rpm/yum/repodata/repomd.xml").await.text(), first);
+    assert_eq!(i.staging_files(), 0);
+
+    // Another package: a new generation; the previous one's files stay served.
+    assert_eq!(
+        put(&i, package("other", "1.0", &[], "o")).await.status,
+        StatusCode::CREATED
+    );
+    assert!(repodata(&i, "primary").await.contains("packages=\"2\""));
+    assert_eq!(
+        i.get(&format!("/rpm/yum/{old_primary}")).await.status,
+        StatusCode::OK
+    );
+
+    let i = &i;
+    let del = |path: &'static str| async move {
+        i.send("DELETE", path, Some(ADMIN), &[], axum::body::Body::empty())
+            .await
+            .status
+    };
+    assert_eq!(
+        del("/rpm/yum/package/demo/1.0-1/noarch").await,
+        StatusCode::NO_CONTENT
+    );
+    let primary = repodata(i, "primary").await;
+    assert!(
+        primary.contains("packages=\"1\"") && !primary.contains("<name>demo</name>"),
+        "{primary}"
+    );
+    assert_eq!(
+        i.get("/rpm/yum/packages/demo/0/demo-1.0-1.noarch.rpm")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    // With an explicit epoch too; a second delete finds nothing.
+    assert_eq!(
+        del("/rpm/yum/package/other/0:1.0-1/noarch").await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        del("/rpm/yum/package/other/0:1.0-1/noarch").await,
+        StatusCode::NOT_FOUND
+    );
+    assert!(repodata(i, "primary").await.contains("packages=\"0\""));
+    let r = i.send("PUT", "/rpm/yum/upload", None, &[], one).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+/// `rpm` with every occurrence of `from` replaced by `to` (same length):
+/// a header saying what no builder would write.
+fn patched(rpm: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut out = rpm.to_vec();
+    let mut n = 0;
+    let mut at = 0;
+    while let Some(p) = out[at..].windows(from.len()).position(|w| w == from) {
+        out[at + p..at + p + from.len()].copy_from_slice(to);
+        at += p + from.len();
+        n += 1;
+    }
+    assert!(n > 0, "nothing to patch");
+    out
+}
+
+#[tokio::test]
+async fn rpm_bad_uploads_are_refused_and_store_nothing() {
+    let i = setup().await;
+    let good = package("zzzzzz", "1.0", &[], "m");
+    let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
+        (
+            b"just some text, not a package".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not an RPM",
+        ),
+        (
+            good[..good.len() / 2].to_vec(),
+            StatusCode::BAD_REQUEST,
+            "truncated",
+        ),
+        (good[..200].to_vec(), StatusCode::BAD_REQUEST, "truncated"),
+        // The name is one path segment; so is every file-list entry.
+        (
+            patched(&good, b"zzzzzz\0", b"../../\0"),
+            StatusCode::BAD_REQUEST,
+            "package name",
+        ),
+        (
+            patched(&good, b"/usr/share/", b"/usr/../../"),
+            StatusCode::BAD_REQUEST,
+            "not a plain absolute path",
+        ),
+    ];
+    for (n, (body, status, reason)) in cases.into_iter().enumerate() {
+        let r = put(&i, body).await;
+        assert_eq!(r.status, status, "case {n}: {}", r.text());
+        assert!(r.text().contains(reason), "case {n}: {}", r.text());
+    }
+    assert_eq!(i.staging_files(), 0);
+    assert!(repodata(&i, "primary").await.contains("packages=\"0\""));
+    let feed = i
+        .ferry
+        .feed(&ferry_types::FeedName::new("yum").unwrap())
+        .await
+        .unwrap();
+    assert!(i.ferry.items(&feed, "").await.unwrap().is_empty());
+    // The good one still goes in.
+    assert_eq!(put(&i, good).await.status, StatusCode::CREATED);
+}
