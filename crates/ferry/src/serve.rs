@@ -98,7 +98,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let replicator = Replicator::with_http_client(ferry.clone(), replication_store, http);
     tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
 
-    ensure_admin_key(&ferry, &cfg.data_dir).await?;
+    ensure_admin_key(&ferry, &cfg.data_dir, cfg.database_url.is_some()).await?;
     if let Some(decls) = cfg.declarations()? {
         let applied = ferry_server::declare::apply(&ferry, &replicator, &decls)
             .await
@@ -169,17 +169,47 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// The admin key: `FERRY_ADMIN_KEY` if set; else the one in
 /// `DATA_DIR/admin.key`; else a new one, printed once and saved there (0600).
-async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path) -> anyhow::Result<()> {
+async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyhow::Result<()> {
     if let Ok(key) = std::env::var("FERRY_ADMIN_KEY")
         && !key.is_empty()
     {
         ferry.set_admin_key(&key).await?;
         return Ok(());
     }
+    // Nodes sharing a database are one instance with one admin key: a node
+    // never replaces the key another node made (its own admin.key, or none,
+    // is not a reason to lock everyone else out).
+    let stored = if shared {
+        ferry
+            .keys()
+            .await?
+            .into_iter()
+            .find(|k| k.name == "admin")
+            .map(|k| k.hash)
+    } else {
+        None
+    };
     let path = data_dir.join("admin.key");
     match std::fs::read_to_string(&path) {
-        Ok(key) => ferry.set_admin_key(key.trim()).await?,
+        Ok(key) => match stored {
+            Some(hash) if hash != ferry_core::auth::hash_secret(key.trim()) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    "this node's admin.key is not the admin key of the instance (another node sharing the database set it); it is not used, and the instance's key stays"
+                );
+            }
+            Some(_) => {}
+            None => ferry.set_admin_key(key.trim()).await?,
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if stored.is_some() {
+                say!(
+                    "admin API key: the instance has one already (made by another node sharing its database); \
+                     copy that node's admin.key to {} or set FERRY_ADMIN_KEY",
+                    path.display()
+                );
+                return Ok(());
+            }
             let key = ferry_core::auth::generate_secret();
             write_private(&path, &key)?;
             ferry.set_admin_key(&key).await?;

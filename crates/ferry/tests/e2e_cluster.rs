@@ -108,6 +108,9 @@ fn an_execution_cut_by_a_killed_node_is_finished_by_another() {
     let data = dir.path().join("data");
     let env = [("FERRY_EXECUTION_LEASE_SECS", "3")];
     let mut a = Server::start_node(&data, &db.url, &env);
+    // Node b runs from before the replication exists: it learns of it from
+    // the shared database, not from its own start.
+    let b = Server::start_node(&data, &db.url, &env);
     a.create_feed("files", "assets");
     a.outgoing(
         "from-hub",
@@ -125,7 +128,6 @@ fn an_execution_cut_by_a_killed_node_is_finished_by_another() {
             .is_some_and(|e| e["outcome"].is_null())),
         "node a never started an execution"
     );
-    let b = Server::start_node(&data, &db.url, &env);
     std::thread::sleep(Duration::from_millis(1500));
     let running = a.executions("from-hub")[0].clone();
     assert!(running["outcome"].is_null(), "still running on a: {running}");
@@ -188,4 +190,41 @@ fn a_node_that_loses_its_database_answers_503_and_recovers_by_itself() {
     );
     node.put_asset("files", "after.txt", b"written after");
     assert!(node.serves("files", "after.txt", b"written after"));
+}
+
+#[test]
+fn a_node_with_a_data_directory_of_its_own_keeps_the_instances_admin_key() {
+    let db = TestDatabase::new();
+    let dir = tempfile::tempdir().unwrap();
+    // No FERRY_ADMIN_KEY: the first node makes the key and saves it.
+    let env = [("FERRY_ADMIN_KEY", "")];
+    let a = Server::start_node(&dir.path().join("a"), &db.url, &env);
+    let key = std::fs::read_to_string(dir.path().join("a/admin.key")).unwrap();
+    let feeds = |s: &Server, key: &str| {
+        support::curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-H",
+            &format!("Authorization: Bearer {}", key.trim()),
+            &format!("{}/api/v1/feeds", s.url),
+        ])
+        .0
+    };
+    assert_eq!(feeds(&a, &key), 200);
+    // A second node on another data directory neither makes a new key nor
+    // replaces the instance's; one with a stale admin.key does not either.
+    let b = Server::start_node(&dir.path().join("b"), &db.url, &env);
+    assert!(!dir.path().join("b/admin.key").exists(), "a second key was made");
+    std::fs::create_dir_all(dir.path().join("c")).unwrap();
+    std::fs::write(
+        dir.path().join("c/admin.key"),
+        "ferry_a-stale-key-of-another-instance",
+    )
+    .unwrap();
+    let c = Server::start_node(&dir.path().join("c"), &db.url, &env);
+    for s in [&a, &b, &c] {
+        assert_eq!(feeds(s, &key), 200, "the instance's admin key stopped working");
+        assert_eq!(feeds(s, "ferry_a-stale-key-of-another-instance"), 401);
+    }
 }

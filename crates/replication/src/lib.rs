@@ -940,7 +940,44 @@ impl Replicator {
                 self.0.scheduler.start(self.clone(), rec.id, rec.name.clone());
             }
         }
+        if self.store().shared_by_nodes() {
+            tokio::spawn(self.clone().follow_other_nodes());
+        }
         Ok(())
+    }
+
+    /// With nodes sharing the store: schedules here the outgoing
+    /// replications another node created, and stops those another node
+    /// deleted, every third of the execution lease (so every node can take
+    /// over any replication's executions).
+    async fn follow_other_nodes(self) {
+        let period = (self.ferry().config().execution_lease / 3).max(std::time::Duration::from_secs(1));
+        let mut stopping = self.shutdown_signal();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = stopping.changed() => return,
+            }
+            if *stopping.borrow() {
+                return;
+            }
+            let Ok(recs) = self.store().replications().await else {
+                continue;
+            };
+            let mut present = std::collections::HashSet::new();
+            for rec in recs {
+                if Self::parse(&rec).is_ok_and(|c| c.is_outgoing()) {
+                    present.insert(rec.id);
+                    // A no-op for one already scheduled here.
+                    self.0.scheduler.start(self.clone(), rec.id, rec.name.clone());
+                }
+            }
+            for id in self.0.scheduler.ids() {
+                if !present.contains(&id) {
+                    self.0.scheduler.stop(id);
+                }
+            }
+        }
     }
 
     /// An operator's "Run now": wakes the replication's scheduler to run an

@@ -82,6 +82,14 @@ impl Scheduler {
         }
     }
 
+    /// The replications scheduled here.
+    pub fn ids(&self) -> Vec<i64> {
+        self.tasks
+            .lock()
+            .map(|t| t.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Stops every replication's tasks (the instance is shutting down).
     pub fn stop_all(&self) {
         if let Ok(mut tasks) = self.tasks.lock() {

@@ -332,6 +332,8 @@ pub struct FsBlobStore {
     staging: PathBuf,
     /// The files of OCI upload sessions: `uploads/` or `uploads/node-ID/`.
     uploads_dir: PathBuf,
+    /// This node's liveness lock in a shared folder (held while open).
+    _node_lock: Option<std::fs::File>,
     uploads: Mutex<HashMap<String, UploadState>>,
     /// One lock per digest whose partial file a transfer is writing.
     transfers: std::sync::Arc<Mutex<TransferLocks>>,
@@ -711,38 +713,81 @@ fn write_missing(root: &Path, missing: &[(Digest, i64)]) -> io::Result<()> {
     std::fs::File::open(root)?.sync_all()
 }
 
-/// How old another node's scratch files in a shared blob folder must be
-/// before a starting node removes them (that node is taken to be gone).
-const SHARED_SCRATCH_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Where the nodes sharing a blob folder keep their liveness locks:
+/// `staging/.nodes/node-ID.lock`, held (`flock`) for as long as the node's
+/// store is open.
+const NODE_LOCKS: &str = ".nodes";
 
-/// Removes the entries of `dir` last modified longer than `age` ago.
-async fn remove_older_than(dir: &Path, age: std::time::Duration) -> Result<(), StoreError> {
-    let mut rd = match tokio::fs::read_dir(dir).await {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    while let Some(e) = rd.next_entry().await? {
-        let meta = e.metadata().await?;
-        let old = meta
-            .modified()
-            .ok()
-            .and_then(|m| m.elapsed().ok())
-            .is_some_and(|a| a > age);
-        if old {
-            let r = if meta.is_dir() {
-                tokio::fs::remove_dir_all(e.path()).await
-            } else {
-                tokio::fs::remove_file(e.path()).await
-            };
-            if let Err(err) = r
-                && err.kind() != io::ErrorKind::NotFound
-            {
-                return Err(err.into());
+/// Takes this node's liveness lock, then removes the scratch of every node
+/// that no longer holds its lock (it stopped or died): its `staging/` and
+/// `uploads/` directories and its lock file. The lock is taken before the
+/// node's own directories exist, so a starting node never mistakes a live
+/// node's new directory for a dead one's. Loose files directly under
+/// `staging/` and `uploads/` (left by a store opened for one process) go
+/// too. Blocking: run it on the blocking pool.
+fn claim_shared_scratch(root: &Path, node: &str) -> io::Result<std::fs::File> {
+    use rustix::fs::{FlockOperation, flock};
+    let locks = root.join("staging").join(NODE_LOCKS);
+    std::fs::create_dir_all(&locks)?;
+    std::fs::create_dir_all(root.join("uploads"))?;
+    let own = std::fs::File::create(locks.join(format!("{node}.lock")))?;
+    flock(&own, FlockOperation::NonBlockingLockExclusive).map_err(io::Error::from)?;
+    // Whose lock can be taken is gone.
+    let mut alive: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for e in std::fs::read_dir(&locks)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(other) = name.strip_suffix(".lock") else {
+            continue;
+        };
+        if other == node {
+            alive.insert(other.to_string());
+            continue;
+        }
+        let f = match std::fs::File::open(e.path()) {
+            Ok(f) => f,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        match flock(&f, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                // Dead: its lock file goes last, while this holds it.
+                for dir in ["staging", "uploads"] {
+                    remove_all_quietly(&root.join(dir).join(other))?;
+                }
+                remove_all_quietly(&e.path())?;
+            }
+            Err(_) => {
+                alive.insert(other.to_string());
             }
         }
     }
-    Ok(())
+    for dir in ["staging", "uploads"] {
+        for e in std::fs::read_dir(root.join(dir))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == NODE_LOCKS || alive.contains(&name) {
+                continue;
+            }
+            // A directory of a node without a lock file is garbage of an
+            // older layout; a loose file is an upload of a one-process store.
+            remove_all_quietly(&e.path())?;
+        }
+    }
+    Ok(own)
+}
+
+/// Removes a file or a directory tree; already gone is fine.
+fn remove_all_quietly(path: &Path) -> io::Result<()> {
+    let r = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match r {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 impl FsBlobStore {
@@ -754,10 +799,11 @@ impl FsBlobStore {
     }
 
     /// Opens a blob folder that several nodes of one instance share (a
-    /// network file system): this process stages its uploads in
-    /// `staging/node-ID/` and `uploads/node-ID/` of its own, and removes
-    /// only scratch files nobody touched for a day (those of nodes gone),
-    /// never the uploads other nodes are receiving.
+    /// network file system with working `flock`): this process stages its
+    /// uploads in `staging/node-ID/` and `uploads/node-ID/` of its own,
+    /// holds a liveness lock while open, and removes the scratch of nodes
+    /// that no longer hold theirs (stopped or died) — never the uploads
+    /// other nodes are receiving.
     pub async fn open_shared(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let node = format!("node-{}", hex::encode(rand::random::<[u8; 8]>()));
         Self::open_with(root.into(), Some(node)).await
@@ -765,6 +811,7 @@ impl FsBlobStore {
 
     async fn open_with(root: PathBuf, node: Option<String>) -> Result<Self, StoreError> {
         tokio::fs::create_dir_all(root.join("sha256")).await?;
+        let mut node_lock = None;
         tokio::fs::create_dir_all(root.join("partial")).await?;
         let (staging, uploads) = match &node {
             None => {
@@ -781,9 +828,11 @@ impl FsBlobStore {
                 (root.join("staging"), root.join("uploads"))
             }
             Some(node) => {
-                for dir in ["staging", "uploads"] {
-                    remove_older_than(&root.join(dir), SHARED_SCRATCH_MAX_AGE).await?;
-                }
+                let (r, n) = (root.clone(), node.clone());
+                let lock = tokio::task::spawn_blocking(move || claim_shared_scratch(&r, &n))
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("blob store: {e}")))??;
+                node_lock = Some(lock);
                 (root.join("staging").join(node), root.join("uploads").join(node))
             }
         };
@@ -801,6 +850,7 @@ impl FsBlobStore {
             root,
             staging,
             uploads_dir: uploads,
+            _node_lock: node_lock,
             uploads: Mutex::new(HashMap::new()),
             transfers: Default::default(),
             quarantine: std::sync::Arc::new(Mutex::new(quarantine)),
@@ -1566,21 +1616,26 @@ mod tests {
     async fn a_node_opening_a_shared_folder_leaves_other_nodes_uploads_alone() {
         let dir = tempfile::tempdir().unwrap();
         let a = FsBlobStore::open_shared(dir.path()).await.unwrap();
-        // A node that is gone left scratch files two days ago.
-        let gone = dir.path().join("staging").join("node-gone");
-        std::fs::create_dir_all(&gone).unwrap();
-        let old = std::fs::File::create(gone.join("upload")).unwrap();
-        let two_days = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
-        old.set_modified(two_days).unwrap();
-        drop(old);
-        filetime_dir(&gone, two_days);
+        // A node that died left an upload behind.
+        let dying = FsBlobStore::open_shared(dir.path()).await.unwrap();
+        let left = dying.stage(body(&[b"cut short"]), 100, None).await.unwrap();
+        let dying_dir = dying.staging.clone();
+        std::mem::forget(left);
+        drop(dying);
+        assert!(dying_dir.exists());
         // Node a is receiving an upload when node b starts.
         let staged = a.stage(body(&[b"in flight on a"]), 100, None).await.unwrap();
         let b = FsBlobStore::open_shared(dir.path()).await.unwrap();
+        assert!(!dying_dir.exists(), "a dead node's scratch stays");
         let d = staged.digest();
         a.commit(staged).await.unwrap();
         assert_eq!(read_all(b.get(&d, None).await.unwrap()).await, b"in flight on a");
-        assert!(!gone.exists(), "a gone node's day-old scratch files stay");
+        // Only the live nodes' directories (and the locks) remain.
+        let names: std::collections::BTreeSet<String> = std::fs::read_dir(dir.path().join("staging"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
         // A store of one process still empties what a stopped one left.
         let single = dir.path().join("single");
         let s = FsBlobStore::open(&single).await.unwrap();
@@ -1589,12 +1644,6 @@ mod tests {
         drop(s);
         FsBlobStore::open(&single).await.unwrap();
         assert_eq!(std::fs::read_dir(single.join("staging")).unwrap().count(), 0);
-    }
-
-    /// Sets a directory's modification time (its entries were written after it).
-    fn filetime_dir(dir: &std::path::Path, t: std::time::SystemTime) {
-        let f = std::fs::File::open(dir).unwrap();
-        f.set_modified(t).unwrap();
     }
 
     #[tokio::test]

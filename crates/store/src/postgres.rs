@@ -251,6 +251,12 @@ impl PgStore {
     /// or refuses the login; [`StoreError::Backend`] for a malformed URL or
     /// a database whose schema is newer than this build.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            let scheme = url.split_once("://").map_or("(none)", |(s, _)| s);
+            return Err(StoreError::Backend(format!(
+                "database URL: the scheme must be postgres:// or postgresql://, not {scheme}"
+            )));
+        }
         let opts =
             PgConnectOptions::from_str(url).map_err(|e| StoreError::Backend(format!("database URL: {e}")))?;
         let target = format!(

@@ -571,3 +571,20 @@ impl Server {
         spoke
     }
 }
+
+/// Files under a blob folder's `staging/` (uploads being received), but
+/// for the liveness locks of nodes sharing the folder (`.nodes/`).
+pub fn staged_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != ".nodes")
+        .map(|e| {
+            if e.file_type().unwrap().is_dir() {
+                staged_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
