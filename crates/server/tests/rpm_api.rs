@@ -323,3 +323,48 @@ async fn rpm_bad_uploads_are_refused_and_store_nothing() {
     // The good one still goes in.
     assert_eq!(put(&i, good).await.status, StatusCode::CREATED);
 }
+
+/// Where the payload starts: after the lead, the signature header (padded
+/// to 8 bytes) and the main header (the RPM file format).
+fn payload_start(rpm: &[u8]) -> usize {
+    let be = |at: usize| u32::from_be_bytes(rpm[at..at + 4].try_into().unwrap()) as usize;
+    let sig = 96;
+    let sig_len = 16 + be(sig + 8) * 16 + be(sig + 12);
+    let main = sig + sig_len + (8 - sig_len % 8) % 8;
+    main + 16 + be(main + 8) * 16 + be(main + 12)
+}
+
+#[tokio::test]
+async fn rpm_corrupted_packages_are_refused_by_their_digests() {
+    let i = setup().await;
+    let good = package("digested", "1.0", &[], "payload-marker");
+    // One byte of the compressed payload flipped, the length kept.
+    let mut payload = good.clone();
+    let at = payload_start(&good) + (good.len() - payload_start(&good)) / 2;
+    payload[at] ^= 0x40;
+    // One byte of the header's description flipped.
+    let header = patched(&good, b"built by ferry's tests", b"built by ferry's tesTs");
+    for (n, (body, reason)) in [
+        (payload, "payload digest RPMTAG_PAYLOADDIGEST (SHA-256) mismatch"),
+        (header, "header digest RPMSIGTAG_SHA256 (SHA-256) mismatch"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(body.len(), good.len());
+        let r = put(&i, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "case {n}: {}", r.text());
+        assert!(r.text().contains(reason), "case {n}: {}", r.text());
+    }
+    assert_eq!(i.staging_files(), 0);
+    let feed = i
+        .ferry
+        .feed(&ferry_types::FeedName::new("yum").unwrap())
+        .await
+        .unwrap();
+    assert!(i.ferry.items(&feed, "").await.unwrap().is_empty());
+    assert!(repodata(&i, "primary").await.contains("packages=\"0\""));
+    // The intact package goes in.
+    let r = put(&i, good).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+}
