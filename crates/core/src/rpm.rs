@@ -249,8 +249,9 @@ const BATCH_CONCURRENCY: usize = 16;
 /// one that conflicts (another file under a published NEVRA, or two
 /// different files of one NEVRA in the batch) refuses the whole batch,
 /// naming its part, with nothing stored. NEVRAs already published with
-/// the same bytes are no-ops. The new blobs are committed concurrently
-/// (their fsyncs overlap) and the new items written in one transaction.
+/// the same bytes are no-ops. The new blobs are committed together
+/// ([`Ferry::commit_staged_blobs`]: one lease transaction, placed
+/// concurrently) and the new items written in one transaction.
 /// Returns each upload's metadata, in order (for a no-op, the stored one).
 pub async fn publish(
     ferry: &Ferry,
@@ -311,17 +312,14 @@ pub async fn publish(
     if new.is_empty() {
         return Ok(metas);
     }
-    let commits: Vec<_> = new
+    let (places, blobs): (Vec<(ItemKey, usize)>, Vec<StagedBlob>) =
+        new.into_iter().map(|(key, i, blob)| ((key, i), blob)).unzip();
+    let digests = ferry.commit_staged_blobs(blobs).await?;
+    let committed: Vec<(ItemKey, usize, Digest)> = places
         .into_iter()
-        .map(|(key, i, blob)| {
-            let ferry = ferry.clone();
-            async move { Ok::<_, CoreError>((key, i, ferry.commit_blob(blob).await?)) }
-        })
+        .zip(digests)
+        .map(|((key, i), d)| (key, i, d))
         .collect();
-    let committed: Vec<(ItemKey, usize, Digest)> = futures::stream::iter(commits)
-        .buffered(BATCH_CONCURRENCY)
-        .try_collect()
-        .await?;
     let writes: Vec<LocalWrite> = committed
         .iter()
         .map(|(key, i, digest)| {

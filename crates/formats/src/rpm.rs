@@ -409,7 +409,8 @@ pub fn inspect_rpm<R: Read>(mut reader: R, len: u64) -> Result<RpmInfo, FormatEr
     let header = raw
         .get(header_start as usize..header_end as usize)
         .ok_or_else(truncated)?;
-    verify_digests(&parsed, header, reader, len - header_end)?;
+    let payload_len = len.checked_sub(header_end).ok_or_else(truncated)?;
+    verify_digests(&parsed, header, reader, payload_len)?;
     Ok(info)
 }
 
