@@ -522,6 +522,43 @@ impl Ferry {
         Ok(digest)
     }
 
+    /// Commits staged blobs, many at once: one lease transaction for all
+    /// (instead of one per blob, as [`Ferry::commit_blob`] takes), then
+    /// each placed as `commit_blob` places it, `BATCH` at a time. A blob
+    /// the collector is deleting right now waits for it, alone, as in
+    /// `commit_blob`. Returns the digests in order. Errors: the stores'
+    /// own failures (then some blobs may be placed and leased, and are
+    /// collected later if nothing references them).
+    pub async fn commit_staged_blobs(&self, staged: Vec<StagedBlob>) -> Result<Vec<Digest>, CoreError> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        const BATCH: usize = 16;
+        let lease_until = now_millis() + self.0.config.blob_lease.as_millis() as i64;
+        let sizes: Vec<(Digest, u64)> = staged.iter().map(|s| (s.digest(), s.size())).collect();
+        let busy: HashSet<Digest> = self
+            .0
+            .meta
+            .lease_blobs(&sizes, lease_until)
+            .await?
+            .into_iter()
+            .collect();
+        let commits: Vec<_> = staged
+            .into_iter()
+            .map(|s| {
+                let (ferry, busy) = (self.clone(), busy.contains(&s.digest()));
+                async move {
+                    if busy {
+                        return ferry.commit_blob(s).await;
+                    }
+                    let digest = s.digest();
+                    ferry.0.blobs.commit(s).await?;
+                    ferry.clear_damage(&digest);
+                    Ok::<_, CoreError>(digest)
+                }
+            })
+            .collect();
+        futures::stream::iter(commits).buffered(BATCH).try_collect().await
+    }
+
     /// Commits small blobs held in memory, many at once: one lease
     /// transaction, then one pass of the blob store
     /// ([`BlobStore::put_many`]) that verifies each against its digest and

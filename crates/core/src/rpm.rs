@@ -30,6 +30,7 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `PUT /rpm/FEED/upload` | [`upload`] |
+//! | `POST /rpm/FEED/upload` (multipart) | [`inspect`] each, then [`publish`] |
 //! | `DELETE /rpm/FEED/package/NAME/EVR/ARCH` | [`delete`] |
 //! | `GET /rpm/FEED/repodata/...` | [`repodata_file`] |
 //! | `GET /rpm/FEED/packages/...` | [`package_file`] |
@@ -196,32 +197,160 @@ pub async fn inspect(staged: &StagedBlob) -> Result<RpmInfo, CoreError> {
 }
 
 /// Publishes a staged `.rpm`: reads its headers, then commits the blob
-/// and writes the item. The same NEVRA again with the same bytes is a
-/// no-op (returning the stored metadata); with other bytes it is a
-/// conflict (409). Invalid input is refused before anything is stored.
+/// and writes the item ([`publish`] of one). The same NEVRA again with the
+/// same bytes is a no-op (returning the stored metadata); with other bytes
+/// it is a conflict (409). Invalid input is refused before anything is stored.
 pub async fn upload(ferry: &Ferry, feed: &FeedRecord, staged: StagedBlob) -> Result<RpmMeta, CoreError> {
     let info = inspect(&staged).await?;
-    let meta = RpmMeta {
-        info,
-        size: staged.size(),
-        sha256: staged.digest(),
-        uploaded: (now_millis() / 1000).max(0) as u64,
-    };
-    let key = meta.key()?;
-    if let Some(item) = ferry.item(feed, &key).await? {
-        return if item.blobs.first() == Some(&meta.sha256) {
-            Ok(RpmMeta::from_json(&item.meta).unwrap_or(meta))
-        } else {
-            Err(changed_file(&meta))
-        };
+    let mut metas = publish(ferry, feed, vec![Upload::new(staged, info)]).await?;
+    metas
+        .pop()
+        .ok_or_else(|| CoreError::Internal("upload published nothing".into()))
+}
+
+/// One inspected `.rpm` of a [`publish`]: its staged bytes, its header
+/// data ([`inspect`]) and how refusals name it (`part`: e.g.
+/// `part 3 (hello-1.0-1.x86_64.rpm)`; empty for a single upload).
+pub struct Upload {
+    pub part: String,
+    pub staged: StagedBlob,
+    pub info: RpmInfo,
+}
+
+impl Upload {
+    /// An upload refusals do not name (a single `PUT`).
+    pub fn new(staged: StagedBlob, info: RpmInfo) -> Self {
+        Upload {
+            part: String::new(),
+            staged,
+            info,
+        }
     }
-    let digest = ferry.commit_blob(staged).await?;
-    let write = LocalWrite::upsert(key, meta.to_json(), vec![digest], Precondition::Absent);
-    match ferry.write(feed, vec![write]).await {
-        Ok(_) => Ok(meta),
-        Err(CoreError::Conflict(_)) => Err(changed_file(&meta)),
+}
+
+/// `e` with the part it is about in front of its message (4xx errors only).
+pub fn in_part(part: &str, e: CoreError) -> CoreError {
+    if part.is_empty() {
+        return e;
+    }
+    match e {
+        CoreError::Invalid(m) => CoreError::Invalid(format!("{part}: {m}")),
+        CoreError::TooLarge(m) => CoreError::TooLarge(format!("{part}: {m}")),
+        CoreError::Conflict(m) => CoreError::Conflict(format!("{part}: {m}")),
+        e => e,
+    }
+}
+
+/// How many item reads or blob commits of one batch are in flight at once.
+const BATCH_CONCURRENCY: usize = 16;
+
+/// Publishes inspected `.rpm`s all at once (a bulk import, like
+/// `createrepo_c` over a directory): every package is checked first, and
+/// one that conflicts (another file under a published NEVRA, or two
+/// different files of one NEVRA in the batch) refuses the whole batch,
+/// naming its part, with nothing stored. NEVRAs already published with
+/// the same bytes are no-ops. The new blobs are committed together
+/// ([`Ferry::commit_staged_blobs`]: one lease transaction, placed
+/// concurrently) and the new items written in one transaction.
+/// Returns each upload's metadata, in order (for a no-op, the stored one).
+pub async fn publish(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    uploads: Vec<Upload>,
+) -> Result<Vec<RpmMeta>, CoreError> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    let uploaded = (now_millis() / 1000).max(0) as u64;
+    let mut metas = Vec::with_capacity(uploads.len());
+    let mut parts = Vec::with_capacity(uploads.len());
+    let mut fresh = Vec::with_capacity(uploads.len());
+    let mut in_batch: HashMap<ItemKey, Digest> = HashMap::new();
+    for u in uploads {
+        let meta = RpmMeta {
+            info: u.info,
+            size: u.staged.size(),
+            sha256: u.staged.digest(),
+            uploaded,
+        };
+        let key = meta.key().map_err(|e| in_part(&u.part, e.into()))?;
+        match in_batch.get(&key) {
+            Some(d) if *d != meta.sha256 => {
+                return Err(in_part(&u.part, changed_in_batch(&meta)));
+            }
+            Some(_) => {}
+            None => {
+                in_batch.insert(key.clone(), meta.sha256);
+                fresh.push((key, metas.len(), u.staged));
+            }
+        }
+        metas.push(meta);
+        parts.push(u.part);
+    }
+    // Owned futures (no borrows held across the stream): Send as the server needs.
+    let lookups: Vec<_> = fresh
+        .iter()
+        .map(|(key, _, _)| {
+            let (ferry, feed, key) = (ferry.clone(), feed.clone(), key.clone());
+            async move { ferry.item(&feed, &key).await }
+        })
+        .collect();
+    let existing: Vec<_> = futures::stream::iter(lookups)
+        .buffered(BATCH_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut new = Vec::with_capacity(fresh.len());
+    for ((key, i, blob), found) in fresh.into_iter().zip(existing) {
+        match found {
+            Some(item) if item.blobs.first() == Some(&metas[i].sha256) => {
+                if let Ok(stored) = RpmMeta::from_json(&item.meta) {
+                    metas[i] = stored;
+                }
+            }
+            Some(_) => return Err(in_part(&parts[i], changed_file(&metas[i]))),
+            None => new.push((key, i, blob)),
+        }
+    }
+    if new.is_empty() {
+        return Ok(metas);
+    }
+    let (places, blobs): (Vec<(ItemKey, usize)>, Vec<StagedBlob>) =
+        new.into_iter().map(|(key, i, blob)| ((key, i), blob)).unzip();
+    let digests = ferry.commit_staged_blobs(blobs).await?;
+    let committed: Vec<(ItemKey, usize, Digest)> = places
+        .into_iter()
+        .zip(digests)
+        .map(|((key, i), d)| (key, i, d))
+        .collect();
+    let writes: Vec<LocalWrite> = committed
+        .iter()
+        .map(|(key, i, digest)| {
+            LocalWrite::upsert(
+                key.clone(),
+                metas[*i].to_json(),
+                vec![*digest],
+                Precondition::Absent,
+            )
+        })
+        .collect();
+    match ferry.write(feed, writes).await {
+        Ok(_) => Ok(metas),
+        Err(CoreError::Conflict(_)) if committed.len() == 1 => {
+            let i = committed[0].1;
+            Err(in_part(&parts[i], changed_file(&metas[i])))
+        }
+        Err(CoreError::Conflict(e)) => Err(CoreError::conflict(format!(
+            "{e}: another upload of one of these packages came first; nothing of this batch was published"
+        ))),
         Err(e) => Err(e),
     }
+}
+
+fn changed_in_batch(meta: &RpmMeta) -> CoreError {
+    CoreError::conflict(format!(
+        "{}-{}.{} is in this upload twice with different content; nothing of this batch was published",
+        meta.info.name,
+        meta.evr(),
+        meta.info.arch
+    ))
 }
 
 fn changed_file(meta: &RpmMeta) -> CoreError {

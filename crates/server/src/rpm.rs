@@ -4,6 +4,7 @@
 //! | route | what |
 //! | --- | --- |
 //! | `PUT /rpm/FEED/upload` | upload an `.rpm` (the body, `curl -T`); 201 with name, epoch, version, release, arch, location |
+//! | `POST /rpm/FEED/upload` | upload many `.rpm`s at once (`multipart/form-data`, one file part each: `curl -F rpm=@a.rpm -F rpm=@b.rpm`); all or nothing, a refusal names its part; 201 with one such object per part |
 //! | `DELETE /rpm/FEED/package/NAME/EVR/ARCH` | delete one package (`EVR` is `[EPOCH:]VERSION-RELEASE`); 204 |
 //! | `GET /rpm/FEED/repodata/repomd.xml`, `repomd.xml.asc` | the repository index and its detached signature |
 //! | `GET /rpm/FEED/repodata/HEX-{primary,filelists,other}.xml.gz` | repodata of the current and recent renderings |
@@ -16,10 +17,12 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
+use bytes::BytesMut;
 use ferry_core::{CoreError, rpm};
 use futures::TryStreamExt;
 use serde_json::json;
@@ -31,7 +34,7 @@ use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/rpm/{feed}/upload", put(upload))
+        .route("/rpm/{feed}/upload", put(upload).post(upload_many))
         .route("/rpm/{feed}/package/{name}/{evr}/{arch}", delete(delete_package))
         .route("/rpm/{feed}/repodata/{file}", get(repodata_file))
         .route("/rpm/{feed}/packages/{*path}", get(package_file))
@@ -59,21 +62,142 @@ async fn upload(
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let staged = st.ferry.stage(Box::pin(stream), None).await?;
     let meta = rpm::upload(&st.ferry, &access.feed, staged).await?;
+    Ok((StatusCode::CREATED, axum::Json(meta_json(&meta))).into_response())
+}
+
+fn meta_json(meta: &rpm::Meta) -> serde_json::Value {
     let i = &meta.info;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({
-            "name": i.name,
-            "epoch": i.epoch,
-            "version": i.version,
-            "release": i.release,
-            "arch": i.arch,
-            "location": meta.location(),
-            "size": meta.size,
-            "sha256": meta.sha256,
-        })),
-    )
-        .into_response())
+    json!({
+        "name": i.name,
+        "epoch": i.epoch,
+        "version": i.version,
+        "release": i.release,
+        "arch": i.arch,
+        "location": meta.location(),
+        "size": meta.size,
+        "sha256": meta.sha256,
+    })
+}
+
+/// Parts up to this size (bytes) are read whole and then staged and
+/// inspected concurrently (so their fsyncs and digests overlap); larger
+/// ones stream into staging one at a time.
+const BUFFERED_PART: usize = 1 << 20;
+/// How many buffered parts are staged and inspected at once.
+const STAGING_CONCURRENCY: usize = 32;
+/// Most `.rpm`s one bulk upload may carry.
+const MAX_PARTS: usize = 10_000;
+
+type Inspected = Result<rpm::Upload, CoreError>;
+
+/// A part being staged and inspected, or done.
+enum Slot {
+    Ready(Box<Inspected>),
+    Running(tokio::task::JoinHandle<Inspected>),
+}
+
+impl Slot {
+    async fn result(self) -> Inspected {
+        match self {
+            Slot::Ready(r) => *r,
+            Slot::Running(h) => h
+                .await
+                .map_err(|e| CoreError::Internal(format!("staging an upload failed: {e}")))?,
+        }
+    }
+}
+
+/// Stages (already read) bytes of one part and inspects them.
+async fn stage_and_inspect(ferry: ferry_core::Ferry, part: String, bytes: bytes::Bytes) -> Inspected {
+    let staged = ferry.stage_bytes(bytes).await?;
+    let info = rpm::inspect(&staged).await.map_err(|e| rpm::in_part(&part, e))?;
+    Ok(rpm::Upload { part, staged, info })
+}
+
+/// A bulk upload: every file part of a `multipart/form-data` body is an
+/// `.rpm` (parts without a file name are skipped). Each is staged and
+/// inspected (headers, digests; [`rpm::inspect`]), then all are
+/// published at once ([`rpm::publish`]): one invalid or conflicting file
+/// refuses the whole upload with its part named (`part N (FILE)`: 400,
+/// 409 or 413), and nothing is stored. At most [`MAX_PARTS`] parts, each
+/// within the upload size limit. 201 with one object per part, in order.
+async fn upload_many(
+    State(st): State<AppState>,
+    access: FeedAccess,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let mut multipart = multipart.map_err(|e| {
+        CoreError::invalid(format!(
+            "expected multipart/form-data with one .rpm per file part (curl -F rpm=@FILE ...): {}",
+            e.body_text()
+        ))
+    })?;
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut running = std::collections::VecDeque::new();
+    while let Some(mut field) = multipart.next_field().await.map_err(crate::pypi::bad_multipart)? {
+        let Some(file) = field.file_name() else {
+            continue;
+        };
+        let part = format!("part {} ({})", slots.len() + 1, ferry_types::shortened(file, 120));
+        if slots.len() == MAX_PARTS {
+            return Err(
+                CoreError::invalid(format!("a bulk upload carries at most {MAX_PARTS} files")).into(),
+            );
+        }
+        let mut head = BytesMut::new();
+        let mut over = None;
+        while let Some(chunk) = field.chunk().await.map_err(crate::pypi::bad_multipart)? {
+            if head.len() + chunk.len() > BUFFERED_PART {
+                over = Some(chunk);
+                break;
+            }
+            head.extend_from_slice(&chunk);
+        }
+        match over {
+            Some(chunk) => {
+                let staged =
+                    crate::pypi::stage_field_after(&st.ferry, vec![head.freeze(), chunk], &mut field)
+                        .await
+                        .map_err(|e| rpm::in_part(&part, e))?;
+                let info = rpm::inspect(&staged).await.map_err(|e| rpm::in_part(&part, e));
+                slots.push(Slot::Ready(Box::new(info.map(|info| rpm::Upload {
+                    part,
+                    staged,
+                    info,
+                }))));
+            }
+            None => {
+                // At most STAGING_CONCURRENCY in flight: wait for the oldest.
+                if running.len() >= STAGING_CONCURRENCY
+                    && let Some(i) = running.pop_front()
+                {
+                    let slot = std::mem::replace(
+                        &mut slots[i],
+                        Slot::Ready(Box::new(Err(CoreError::Internal(String::new())))),
+                    );
+                    slots[i] = Slot::Ready(Box::new(slot.result().await));
+                }
+                running.push_back(slots.len());
+                slots.push(Slot::Running(tokio::spawn(stage_and_inspect(
+                    st.ferry.clone(),
+                    part,
+                    head.freeze(),
+                ))));
+            }
+        }
+    }
+    if slots.is_empty() {
+        return Err(CoreError::invalid("the upload has no file parts (curl -F rpm=@FILE ...)").into());
+    }
+    // Every part finished (and, on a refusal, its staging removed) before answering.
+    let mut results = Vec::with_capacity(slots.len());
+    for slot in slots {
+        results.push(slot.result().await);
+    }
+    let uploads = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let metas = rpm::publish(&st.ferry, &access.feed, uploads).await?;
+    let body: Vec<serde_json::Value> = metas.iter().map(meta_json).collect();
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
 async fn delete_package(

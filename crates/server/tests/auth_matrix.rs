@@ -848,6 +848,22 @@ fn debian_bulk(feed: &str, name: &str) -> Req {
         .body(b)
 }
 
+/// The bulk upload of one `.rpm` (`curl -F rpm=@FILE`).
+fn rpm_bulk(feed: &str, name: &str) -> Req {
+    let mut b = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"rpm\"; filename=\"{name}.rpm\"\r\n\r\n"
+    )
+    .into_bytes();
+    b.extend_from_slice(&rpm_file(name, "fresh"));
+    b.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    Req::new("POST", format!("/rpm/{feed}/upload"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(b)
+}
+
 async fn seed_debian(i: &Instance, f: usize) -> Seeded {
     let FeedDef { name, tag, .. } = FEEDS[f];
     let upload = |pkg: String, marker: String| {
@@ -1579,6 +1595,9 @@ impl Routes {
         });
         self.add("rpm PUT upload", vis, W, f, move |_, ci| {
             Req::new("PUT", format!("/rpm/{n}/upload")).body(rpm_file(&format!("new{ci}"), "fresh"))
+        });
+        self.add("rpm POST bulk upload", vis, W, f, move |_, ci| {
+            rpm_bulk(n, &format!("bulk{ci}"))
         });
         self.add("rpm DELETE package", vis, W, f, move |_, ci| {
             Req::new("DELETE", format!("/rpm/{n}/package/del{ci}/1.0-1/noarch"))

@@ -323,3 +323,154 @@ async fn rpm_bad_uploads_are_refused_and_store_nothing() {
     // The good one still goes in.
     assert_eq!(put(&i, good).await.status, StatusCode::CREATED);
 }
+
+/// Where the payload starts: after the lead, the signature header (padded
+/// to 8 bytes) and the main header (the RPM file format).
+fn payload_start(rpm: &[u8]) -> usize {
+    let be = |at: usize| u32::from_be_bytes(rpm[at..at + 4].try_into().unwrap()) as usize;
+    let sig = 96;
+    let sig_len = 16 + be(sig + 8) * 16 + be(sig + 12);
+    let main = sig + sig_len + (8 - sig_len % 8) % 8;
+    main + 16 + be(main + 8) * 16 + be(main + 12)
+}
+
+#[tokio::test]
+async fn rpm_corrupted_packages_are_refused_by_their_digests() {
+    let i = setup().await;
+    let good = package("digested", "1.0", &[], "payload-marker");
+    // One byte of the compressed payload flipped, the length kept.
+    let mut payload = good.clone();
+    let at = payload_start(&good) + (good.len() - payload_start(&good)) / 2;
+    payload[at] ^= 0x40;
+    // One byte of the header's description flipped.
+    let header = patched(&good, b"built by ferry's tests", b"built by ferry's tesTs");
+    for (n, (body, reason)) in [
+        (payload, "payload digest RPMTAG_PAYLOADDIGEST (SHA-256) mismatch"),
+        (header, "header digest RPMSIGTAG_SHA256 (SHA-256) mismatch"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(body.len(), good.len());
+        let r = put(&i, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "case {n}: {}", r.text());
+        assert!(r.text().contains(reason), "case {n}: {}", r.text());
+    }
+    assert_eq!(i.staging_files(), 0);
+    let feed = i
+        .ferry
+        .feed(&ferry_types::FeedName::new("yum").unwrap())
+        .await
+        .unwrap();
+    assert!(i.ferry.items(&feed, "").await.unwrap().is_empty());
+    assert!(repodata(&i, "primary").await.contains("packages=\"0\""));
+    // The intact package goes in.
+    let r = put(&i, good).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+}
+
+const BOUNDARY: &str = "ferry-rpm-bulk-boundary";
+
+/// `POST /rpm/yum/upload` with one file part per `(file name, bytes)`.
+async fn bulk(i: &Instance, parts: &[(&str, &[u8])]) -> common::Reply {
+    let mut b = Vec::new();
+    for (name, bytes) in parts {
+        b.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"rpm\"; filename=\"{name}\"\r\n\
+                 Content-Type: application/x-rpm\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        b.extend_from_slice(bytes);
+        b.extend_from_slice(b"\r\n");
+    }
+    b.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    let ct = format!("multipart/form-data; boundary={BOUNDARY}");
+    i.send(
+        "POST",
+        "/rpm/yum/upload",
+        Some(ADMIN),
+        &[("content-type", ct.as_str())],
+        b,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn rpm_bulk_upload_is_all_or_nothing_and_names_the_bad_part() {
+    let i = setup().await;
+    let feed = i
+        .ferry
+        .feed(&ferry_types::FeedName::new("yum").unwrap())
+        .await
+        .unwrap();
+    let stored = package("stored", "1.0", &[], "s");
+    assert_eq!(put(&i, stored.clone()).await.status, StatusCode::CREATED);
+    let (a, b) = (
+        package("alpha", "1.0", &[], "a"),
+        package("beta", "1.0", &["alpha"], "b"),
+    );
+    let mut corrupt = b.clone();
+    let at = payload_start(&b) + (b.len() - payload_start(&b)) / 2;
+    corrupt[at] ^= 0x40;
+    let (restored, alpha2) = (
+        package("stored", "1.0", &[], "t"),
+        package("alpha", "1.0", &[], "z"),
+    );
+    type Case<'a> = (Vec<(&'a str, &'a [u8])>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec![("a.rpm", &a), ("b.rpm", &corrupt)],
+            StatusCode::BAD_REQUEST,
+            "part 2 (b.rpm): payload digest RPMTAG_PAYLOADDIGEST (SHA-256) mismatch",
+        ),
+        (
+            vec![("a.rpm", &a), ("junk.rpm", b"not a package")],
+            StatusCode::BAD_REQUEST,
+            "part 2 (junk.rpm): not an RPM",
+        ),
+        // Other bytes under a published NEVRA.
+        (
+            vec![("a.rpm", &a), ("s.rpm", &restored)],
+            StatusCode::CONFLICT,
+            "part 2 (s.rpm): stored-0:1.0-1.noarch already exists",
+        ),
+        // One NEVRA twice with different bytes.
+        (
+            vec![("a.rpm", &a), ("a2.rpm", &alpha2)],
+            StatusCode::CONFLICT,
+            "part 2 (a2.rpm): alpha-0:1.0-1.noarch is in this upload twice",
+        ),
+        (vec![], StatusCode::BAD_REQUEST, "no file parts"),
+    ];
+    for (n, (parts, status, reason)) in cases.into_iter().enumerate() {
+        let r = bulk(&i, &parts).await;
+        assert_eq!(r.status, status, "case {n}: {}", r.text());
+        assert!(r.text().contains(reason), "case {n}: {}", r.text());
+        assert_eq!(i.ferry.items(&feed, "").await.unwrap().len(), 1, "case {n}");
+        assert_eq!(i.staging_files(), 0, "case {n}");
+    }
+
+    // A good batch (the stored package again is a no-op): 201 with every part, in order.
+    let r = bulk(&i, &[("a.rpm", &a), ("b.rpm", &b), ("s.rpm", &stored)]).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let names: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["alpha", "beta", "stored"]);
+    assert_eq!(r.json()[1]["location"], "packages/beta/0/beta-1.0-1.noarch.rpm");
+    let primary = repodata(&i, "primary").await;
+    assert!(primary.contains("packages=\"3\""), "{primary}");
+    let got = i.get("/rpm/yum/packages/beta/0/beta-1.0-1.noarch.rpm").await;
+    assert_eq!(got.body, b);
+    // Unauthenticated: refused.
+    let r = i
+        .send("POST", "/rpm/yum/upload", None, &[], axum::body::Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
