@@ -167,8 +167,24 @@ fn a_node_that_loses_its_database_answers_503_and_recovers_by_itself() {
         wait_until(15, || ready() == 503),
         "/ready still answers while the database is down"
     );
-    let (code, body) = support::curl(&["-s", &node.asset_url("files", "kept.txt")]);
-    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    let (code, head) = support::curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &node.asset_url("files", "kept.txt"),
+    ]);
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert_eq!(code, 503, "{head}");
+    assert!(
+        head.contains("retry-after: 5"),
+        "a 503 says when to retry: {head}"
+    );
+    assert!(
+        !head.contains("127.0.0.1:"),
+        "the database's address is not for clients: {head}"
+    );
     let (code, _) = support::curl(&[
         "-s",
         "-o",

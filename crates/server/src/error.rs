@@ -129,6 +129,11 @@ impl IntoResponse for ApiError {
             )
                 .into_response(),
         };
+        // Storage away, contention, a collector at work: worth a retry soon.
+        if status == StatusCode::SERVICE_UNAVAILABLE && !resp.headers().contains_key(header::RETRY_AFTER) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         if status == StatusCode::UNAUTHORIZED && self.flavor != Flavor::Html {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
