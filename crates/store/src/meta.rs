@@ -86,6 +86,53 @@ pub enum StampOrder {
     Overwrite,
 }
 
+/// Judges one change against what is stored under its key (`existing`:
+/// whether that is a tombstone, and its stamp), the same for every
+/// backend: the precondition first, then the stamp order. `Ok(Err(o))`:
+/// nothing to write, the outcome is `o`; `Ok(Ok(stamp))`: write with
+/// `stamp` (a local write may move past the stored one).
+///
+/// Errors: Conflict / NotFound for a failed precondition;
+/// [`StoreError::Superseded`] for a local write that cannot pass the
+/// stored stamp below its ceiling.
+pub fn judge_change(
+    existing: Option<(bool, Stamp)>,
+    change: &Change,
+    pre: Precondition,
+    order: StampOrder,
+) -> Result<Result<Stamp, WriteOutcome>, StoreError> {
+    let key = change.key.as_str();
+    let live = matches!(existing, Some((false, _)));
+    match pre {
+        Precondition::Absent if live => return Err(StoreError::Conflict(format!("{key} already exists"))),
+        Precondition::Present if !live => return Err(StoreError::NotFound(key.to_string())),
+        _ => {}
+    }
+    let mut stamp = change.stamp;
+    if let Some((_, current)) = existing {
+        if current == change.stamp && !matches!(order, StampOrder::LocalWrite { .. }) {
+            return Ok(Err(WriteOutcome::AlreadyApplied));
+        }
+        if current >= change.stamp {
+            match order {
+                StampOrder::LaterWins => return Ok(Err(WriteOutcome::Superseded { current })),
+                StampOrder::LocalWrite { ceiling } => {
+                    let after = Hlc(current.time.0.saturating_add(1));
+                    if after == current.time || after > ceiling {
+                        return Err(StoreError::Superseded {
+                            key: key.to_string(),
+                            current,
+                        });
+                    }
+                    stamp.time = after;
+                }
+                StampOrder::Overwrite => {}
+            }
+        }
+    }
+    Ok(Ok(stamp))
+}
+
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {

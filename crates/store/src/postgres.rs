@@ -507,34 +507,10 @@ async fn apply_change(
         )),
         None => None,
     };
-    let live = matches!(existing, Some((false, _)));
-    match pre {
-        Precondition::Absent if live => return Err(StoreError::Conflict(format!("{key} already exists"))),
-        Precondition::Present if !live => return Err(StoreError::NotFound(key.to_string())),
-        _ => {}
-    }
-    let mut stamp = change.stamp;
-    if let Some((_, current)) = existing {
-        if current == change.stamp && !matches!(order, StampOrder::LocalWrite { .. }) {
-            return Ok(Applied::Done(WriteOutcome::AlreadyApplied));
-        }
-        if current >= change.stamp {
-            match order {
-                StampOrder::LaterWins => return Ok(Applied::Done(WriteOutcome::Superseded { current })),
-                StampOrder::LocalWrite { ceiling } => {
-                    let after = Hlc(current.time.0.saturating_add(1));
-                    if after == current.time || after > ceiling {
-                        return Err(StoreError::Superseded {
-                            key: key.to_string(),
-                            current,
-                        });
-                    }
-                    stamp.time = after;
-                }
-                StampOrder::Overwrite => {}
-            }
-        }
-    }
+    let stamp = match judge_change(existing, change, pre, order)? {
+        Ok(stamp) => stamp,
+        Err(outcome) => return Ok(Applied::Done(outcome)),
+    };
     let now = now_millis();
     let stamp_time = stamp.time.0 as i64;
     let origin = stamp.origin.to_string();

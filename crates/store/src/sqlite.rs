@@ -423,35 +423,14 @@ fn apply_change(
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    let live = matches!(existing, Some((false, _, _)));
-    match pre {
-        Precondition::Absent if live => return Err(StoreError::Conflict(format!("{key} already exists"))),
-        Precondition::Present if !live => return Err(StoreError::NotFound(key.to_string())),
-        _ => {}
-    }
-    let mut stamp = change.stamp;
-    if let Some((_, time, origin)) = &existing {
-        let current = stamp_from(*time, origin)?;
-        if current == change.stamp && !matches!(order, StampOrder::LocalWrite { .. }) {
-            return Ok(WriteOutcome::AlreadyApplied);
-        }
-        if current >= change.stamp {
-            match order {
-                StampOrder::LaterWins => return Ok(WriteOutcome::Superseded { current }),
-                StampOrder::LocalWrite { ceiling } => {
-                    let after = Hlc(current.time.0.saturating_add(1));
-                    if after == current.time || after > ceiling {
-                        return Err(StoreError::Superseded {
-                            key: key.to_string(),
-                            current,
-                        });
-                    }
-                    stamp.time = after;
-                }
-                StampOrder::Overwrite => {}
-            }
-        }
-    }
+    let existing = match existing {
+        Some((deleted, time, origin)) => Some((deleted, stamp_from(time, &origin)?)),
+        None => None,
+    };
+    let stamp = match judge_change(existing, change, pre, order)? {
+        Ok(stamp) => stamp,
+        Err(outcome) => return Ok(outcome),
+    };
     let now = now_millis();
     let stamp_time = stamp.time.0 as i64;
     let origin = stamp.origin.to_string();
