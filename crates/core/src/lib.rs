@@ -642,7 +642,33 @@ impl Ferry {
     /// whose file is gone is recorded as damaged and answered with
     /// [`CoreError::Damaged`].
     pub async fn read_blob(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobBody, CoreError> {
-        match self.0.blobs.get(digest, range).await {
+        self.read_blob_as(digest, range, false).await
+    }
+
+    /// [`Ferry::read_blob`] for another instance replicating, which
+    /// verifies every blob against its digest itself: a blob hashed right
+    /// here a short while ago and unchanged since is not hashed again on
+    /// its way out ([`ferry_store::BlobStore::get_for_verifier`]).
+    pub async fn read_blob_for_peer(
+        &self,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<BlobBody, CoreError> {
+        self.read_blob_as(digest, range, true).await
+    }
+
+    async fn read_blob_as(
+        &self,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+        peer: bool,
+    ) -> Result<BlobBody, CoreError> {
+        let read = if peer {
+            self.0.blobs.get_for_verifier(digest, range).await
+        } else {
+            self.0.blobs.get(digest, range).await
+        };
+        match read {
             Ok(b) => Ok(b),
             Err(StoreError::BlobMissing(d)) => {
                 // A quarantined blob is missing because it was corrupt.

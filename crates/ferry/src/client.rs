@@ -297,15 +297,17 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             carry_downloads,
             bandwidth_limit,
             inline_max_bytes,
+            sources,
             conn,
         } => {
+            let blob_sources = sources.to_json()?.unwrap_or_else(|| json!([]));
             let body = json!({
                 "name": name, "feeds": feeds, "outgoing": outgoing, "token": token, "mode": mode,
                 "pull_missing": pull_missing, "push_missing": push_missing,
                 "delete_local": delete_local, "delete_remote": delete_remote,
                 "include": include, "exclude": exclude, "interval": interval,
                 "carry_downloads": carry_downloads, "bandwidth_limit": bandwidth_limit,
-                "inline_max_bytes": inline_max_bytes,
+                "inline_max_bytes": inline_max_bytes, "blob_sources": blob_sources,
             });
             call(&conn, Method::POST, "/api/v1/replications", Some(body)).await?;
             let dir = if outgoing.is_some() {
@@ -326,6 +328,8 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             carry_downloads,
             bandwidth_limit,
             inline_max_bytes,
+            sources,
+            no_blob_sources,
             conn,
         } => {
             let mut body = serde_json::Map::new();
@@ -350,6 +354,12 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             set("carry_downloads", json!(carry_downloads));
             set("bandwidth_limit", json!(bandwidth_limit));
             set("inline_max_bytes", json!(inline_max_bytes));
+            if no_blob_sources {
+                set("blob_sources", json!([]));
+            }
+            if let Some(list) = sources.to_json()? {
+                set("blob_sources", list);
+            }
             if body.is_empty() {
                 anyhow::bail!("nothing to change: give at least one option (see --help)");
             }

@@ -323,24 +323,50 @@ pub fn declarations(
             anyhow::bail!("{}: give one of token, token_file and token_env", at());
         }
         if let Some(f) = r.token_file.take() {
-            let path = base.join(&f);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("{}: reading token_file {}", at(), path.display()))?;
-            let t = text.trim();
-            if t.is_empty() {
-                anyhow::bail!("{}: token_file {} is empty", at(), path.display());
-            }
-            r.token = Some(t.to_string());
+            r.token = Some(read_token_file(&base.join(&f)).with_context(at)?);
         }
         if let Some(var) = r.token_env.take() {
-            match std::env::var(&var) {
-                Ok(t) if !t.trim().is_empty() => r.token = Some(t.trim().to_string()),
-                _ => anyhow::bail!("{}: token_env {var} is not set", at()),
+            r.token = Some(read_token_env(&var).with_context(at)?);
+        }
+        for b in &mut r.blob_sources {
+            let at = || format!("{}, blob source {}", at(), b.url);
+            let given = [b.token.is_some(), b.token_file.is_some(), b.token_env.is_some()];
+            if given.iter().filter(|g| **g).count() > 1 {
+                anyhow::bail!("{}: give one of token, token_file and token_env", at());
+            }
+            if let Some(f) = b.token_file.take() {
+                b.token = Some(read_token_file(&base.join(&f)).with_context(at)?);
+            }
+            if let Some(var) = b.token_env.take() {
+                b.token = Some(read_token_env(&var).with_context(at)?);
             }
         }
         out.replications.push(r);
     }
     Ok(out)
+}
+
+/// A sync token from a `token_file`: its contents, trimmed.
+///
+/// Errors: the file cannot be read, or holds only white space.
+fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading token_file {}", path.display()))?;
+    let t = text.trim();
+    if t.is_empty() {
+        anyhow::bail!("token_file {} is empty", path.display());
+    }
+    Ok(t.to_string())
+}
+
+/// A sync token from the variable a `token_env` names.
+///
+/// Errors: the variable is unset or empty.
+fn read_token_env(var: &str) -> anyhow::Result<String> {
+    match std::env::var(var) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ => anyhow::bail!("token_env {var} is not set"),
+    }
 }
 
 impl Config {
@@ -420,6 +446,50 @@ mod tests {
             "typos must not pass silently"
         );
         assert!(toml::from_str::<Config>("[blob_store]\ntype = \"gcs\"").is_err());
+    }
+
+    #[test]
+    fn blob_source_tokens_come_from_files_and_variables_never_the_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spoke.toml");
+        std::fs::write(dir.path().join("cache.token"), "fst_cache\n").unwrap();
+        let cfg: Config = toml::from_str(
+            r#"
+            [[replications]]
+            name = "from-hub"
+            feeds = ["files"]
+            outgoing = "http://hub:8765"
+            token = "fst_hub"
+            mode = "pull"
+
+            [[replications.blob_sources]]
+            url = "http://cache:8765"
+            token_file = "cache.token"
+
+            [[replications.blob_sources]]
+            url = "http://neighbour:8765"
+            token_env = "FERRY_TEST_NEIGHBOUR_TOKEN_UNSET"
+            "#,
+        )
+        .unwrap();
+        let err = declarations(&file, &cfg.feeds, &cfg.replications, false).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("blob source http://neighbour:8765")
+                && text.contains("FERRY_TEST_NEIGHBOUR_TOKEN_UNSET"),
+            "{text}"
+        );
+        let mut one = cfg.replications.clone();
+        one[0].blob_sources.truncate(1);
+        let d = declarations(&file, &cfg.feeds, &one, false).unwrap();
+        let b = &d.replications[0].blob_sources[0];
+        assert_eq!(
+            (b.token.as_deref(), b.token_file.as_deref()),
+            (Some("fst_cache"), None)
+        );
+        one[0].blob_sources[0].token = Some("fst_also".into());
+        let both = declarations(&file, &cfg.feeds, &one, false).unwrap_err();
+        assert!(format!("{both:#}").contains("one of token, token_file and token_env"));
     }
 
     #[test]

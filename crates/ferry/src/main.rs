@@ -190,6 +190,8 @@ pub enum ReplCmd {
         #[arg(long)]
         inline_max_bytes: Option<u64>,
         #[command(flatten)]
+        sources: BlobSourceArgs,
+        #[command(flatten)]
         conn: Conn,
     },
     /// Change a replication's URL, token, filters, interval, download counts
@@ -225,6 +227,11 @@ pub enum ReplCmd {
         /// pages of changes; 0 turns it off.
         #[arg(long)]
         inline_max_bytes: Option<u64>,
+        #[command(flatten)]
+        sources: BlobSourceArgs,
+        /// Remove every blob source.
+        #[arg(long, conflicts_with = "blob_sources")]
+        no_blob_sources: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -327,6 +334,46 @@ pub enum ReplCmd {
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+/// Blob sources of an outgoing replication: other instances (a site
+/// cache, a neighbouring spoke) asked first for the blobs it pulls.
+#[derive(Args, Clone, Default)]
+pub struct BlobSourceArgs {
+    /// Another instance to take blobs from before the other side
+    /// (repeatable, asked in order); each needs a --blob-source-token.
+    #[arg(long = "blob-source", value_name = "URL")]
+    blob_sources: Vec<String>,
+    /// A sync token of an incoming replication on the blob source named
+    /// at the same position.
+    #[arg(long = "blob-source-token", value_name = "TOKEN")]
+    blob_source_tokens: Vec<String>,
+}
+
+impl BlobSourceArgs {
+    /// The sources as the API takes them (`[{url, token}]`); `None` when
+    /// none were named.
+    ///
+    /// Errors: a different number of URLs and tokens.
+    pub fn to_json(&self) -> anyhow::Result<Option<serde_json::Value>> {
+        if self.blob_sources.len() != self.blob_source_tokens.len() {
+            anyhow::bail!(
+                "{} --blob-source and {} --blob-source-token given: name one token per source, in the same order",
+                self.blob_sources.len(),
+                self.blob_source_tokens.len()
+            );
+        }
+        if self.blob_sources.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::Value::Array(
+            self.blob_sources
+                .iter()
+                .zip(&self.blob_source_tokens)
+                .map(|(url, token)| serde_json::json!({ "url": url, "token": token }))
+                .collect(),
+        )))
+    }
 }
 
 /// How to reach a running instance.

@@ -5,86 +5,11 @@
 #![allow(clippy::unwrap_used)]
 mod support;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
+use support::proxy::{Proxy, random_file};
 use support::{Server, wait_until};
-
-/// The benchmark's latency proxy in front of `target`.
-struct Proxy {
-    child: Child,
-    port: u16,
-    stats: PathBuf,
-}
-
-impl Proxy {
-    /// Starts the proxy adding `rtt_ms` per round trip, on `port` (0: any).
-    fn start(target: &Server, rtt_ms: u32, port: u16, stats: &Path) -> Proxy {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/latency_proxy.py");
-        let target = target.url.trim_start_matches("http://").to_string();
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--target", &target, "--rtt-ms", &rtt_ms.to_string()])
-            .args(["--listen", &port.to_string(), "--stats"])
-            .arg(stats)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut out = child.stdout.take().unwrap();
-        let mut byte = [0u8; 1];
-        while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
-            line.push(byte[0] as char);
-        }
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("proxy said {line:?}"));
-        Proxy {
-            child,
-            port,
-            stats: stats.to_path_buf(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The proxy's counters as of now.
-    fn stats(&self) -> serde_json::Value {
-        Command::new("kill")
-            .args(["-USR1", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        serde_json::from_slice(&std::fs::read(&self.stats).unwrap()).unwrap()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn random_file(dir: &Path, name: &str, size: usize) -> PathBuf {
-    let path = dir.join(name);
-    let mut data = vec![0u8; size];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut data)
-        .unwrap();
-    std::fs::write(&path, &data).unwrap();
-    path
-}
 
 /// Bytes held under a folder of the instance's blob store.
 fn bytes_under(s: &Server, dir: &str) -> u64 {

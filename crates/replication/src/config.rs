@@ -176,6 +176,24 @@ pub enum Communication {
     Outgoing { url: String, token: String },
 }
 
+/// Another Ferry instance an outgoing replication may take blobs from
+/// (a site cache, a neighbouring spoke), with a sync token of one of its
+/// incoming replications that sends content. Metadata never comes from a
+/// source, only blobs, each verified against its digest like any transfer;
+/// a blob no source has (or a source that fails) comes from the
+/// replication's own peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobSource {
+    /// The source's base URL (`http://` or `https://`).
+    pub url: String,
+    /// A sync token (`fst_ID_SECRET`) of an incoming replication there.
+    pub token: String,
+}
+
+/// Most blob sources one replication may name.
+pub const MAX_BLOB_SOURCES: usize = 8;
+
 /// One feed pair: a local feed and the feed of the same type on the other side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedPair {
@@ -244,6 +262,10 @@ pub struct ReplicationConfig {
     /// trip; 0 turns it off.
     #[serde(default = "default_inline_max")]
     pub inline_max_bytes: u64,
+    /// Outgoing, pulling: other instances asked first for the blobs a
+    /// page needs, in this order ([`BlobSource`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blob_sources: Vec<BlobSource>,
 }
 
 /// Longest URL of another instance accepted (characters).
@@ -283,11 +305,76 @@ impl ReplicationConfig {
                 return Err(ReplError::Invalid("--outgoing needs --token".into()));
             }
         }
+        self.validate_blob_sources()?;
         if self.interval_secs == 0 {
             return Err(ReplError::Invalid("--interval must be at least 1 second".into()));
         }
         crate::filter::Filter::new(&self.include, &self.exclude)?;
         Ok(())
+    }
+
+    fn validate_blob_sources(&self) -> Result<(), ReplError> {
+        if self.blob_sources.is_empty() {
+            return Ok(());
+        }
+        let Communication::Outgoing { url: peer, .. } = &self.communication else {
+            return Err(ReplError::Invalid(
+                "blob sources go with outgoing replications (this side fetches the blobs)".into(),
+            ));
+        };
+        if self.blob_sources.len() > MAX_BLOB_SOURCES {
+            return Err(ReplError::Invalid(format!(
+                "{} blob sources named; at most {MAX_BLOB_SOURCES} are accepted",
+                self.blob_sources.len()
+            )));
+        }
+        let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+        for (i, s) in self.blob_sources.iter().enumerate() {
+            if s.url.len() > MAX_URL {
+                return Err(ReplError::Invalid(format!(
+                    "blob source {} is {} characters long; at most {MAX_URL} are accepted",
+                    i + 1,
+                    s.url.len()
+                )));
+            }
+            if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
+                return Err(ReplError::Invalid(format!(
+                    "blob source {:?} must be an http:// or https:// URL",
+                    ferry_types::shortened(&s.url, 200)
+                )));
+            }
+            if crate::token::split(&s.token).is_none() {
+                return Err(ReplError::Invalid(format!(
+                    "blob source {} needs a sync token (fst_...) of an incoming replication there",
+                    s.url
+                )));
+            }
+            if same(&s.url, peer) {
+                return Err(ReplError::Invalid(format!(
+                    "blob source {} is the replication's own peer; name other instances",
+                    s.url
+                )));
+            }
+            if self.blob_sources[..i].iter().any(|o| same(&o.url, &s.url)) {
+                return Err(ReplError::Invalid(format!(
+                    "blob source {} is named twice",
+                    s.url
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest blob the other side is asked to carry inline with its
+    /// pages: [`Self::inline_max_bytes`], or none when blob sources are
+    /// named (small blobs then come from the sources too, sparing the
+    /// other side's link).
+    pub fn inline_from_peer(&self) -> u64 {
+        if self.blob_sources.is_empty() {
+            self.inline_max_bytes
+        } else {
+            0
+        }
     }
 
     pub fn is_outgoing(&self) -> bool {
@@ -299,6 +386,12 @@ impl ReplicationConfig {
     pub fn redacted(mut self) -> Self {
         if let Communication::Outgoing { token, .. } = &mut self.communication {
             *token = match crate::token::split(token) {
+                Some((id, _)) => format!("fst_{id}_…"),
+                None => "…".into(),
+            };
+        }
+        for s in &mut self.blob_sources {
+            s.token = match crate::token::split(&s.token) {
                 Some((id, _)) => format!("fst_{id}_…"),
                 None => "…".into(),
             };
@@ -382,6 +475,9 @@ pub struct CreateRequest {
     pub bandwidth_limit: Option<u64>,
     #[serde(default)]
     pub inline_max_bytes: Option<u64>,
+    /// Other instances to take blobs from first ([`BlobSource`]).
+    #[serde(default)]
+    pub blob_sources: Vec<BlobSource>,
 }
 
 impl CreateRequest {
@@ -430,6 +526,7 @@ impl CreateRequest {
             delete_guard: self.delete_guard.unwrap_or_default(),
             bandwidth_limit: self.bandwidth_limit,
             inline_max_bytes: self.inline_max_bytes.unwrap_or_else(default_inline_max),
+            blob_sources: self.blob_sources,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -467,6 +564,9 @@ pub struct UpdateRequest {
     /// Blobs up to this many bytes travel inline with pages; 0 turns it off.
     #[serde(default)]
     pub inline_max_bytes: Option<u64>,
+    /// Replaces the blob sources (an empty list: none).
+    #[serde(default)]
+    pub blob_sources: Option<Vec<BlobSource>>,
 }
 
 impl UpdateRequest {
@@ -510,6 +610,9 @@ impl UpdateRequest {
         if let Some(v) = self.inline_max_bytes {
             cfg.inline_max_bytes = v;
         }
+        if let Some(v) = self.blob_sources {
+            cfg.blob_sources = v;
+        }
         if let Some(g) = self.delete_guard {
             if !(0.0..=1.0).contains(&g.max_share) {
                 return Err(ReplError::Invalid(
@@ -531,6 +634,54 @@ impl UpdateRequest {
 #[cfg(test)]
 mod update_tests {
     use super::*;
+
+    fn source(url: &str) -> BlobSource {
+        BlobSource {
+            url: url.into(),
+            token: format!("fst_0123456789abcdef_{}", "5e".repeat(32)),
+        }
+    }
+
+    #[test]
+    fn blob_sources_are_checked_and_their_tokens_never_shown() {
+        let with = |sources: Vec<BlobSource>| {
+            UpdateRequest {
+                blob_sources: Some(sources),
+                ..Default::default()
+            }
+            .apply_to(&outgoing())
+        };
+        let ok = with(vec![source("http://cache:8765"), source("https://neighbour/")]).unwrap();
+        assert_eq!(ok.blob_sources.len(), 2);
+        let shown = serde_json::to_string(&ok.clone().redacted()).unwrap();
+        assert!(
+            !shown.contains("5e5e5e") && shown.contains("fst_0123456789abcdef_"),
+            "{shown}"
+        );
+        assert!(
+            with(vec![]).unwrap().blob_sources.is_empty(),
+            "an empty list removes them"
+        );
+        let refused = |sources: Vec<BlobSource>| with(sources).unwrap_err().to_string();
+        assert!(refused(vec![source("ftp://cache")]).contains("http"));
+        assert!(refused(vec![source("http://hub:8765/")]).contains("own peer"));
+        assert!(refused(vec![source("http://c"), source("http://c/")]).contains("twice"));
+        assert!(refused((0..9).map(|i| source(&format!("http://c{i}"))).collect()).contains("at most 8"));
+        let mut no_token = source("http://c");
+        no_token.token = "secret".into();
+        assert!(refused(vec![no_token]).contains("sync token"));
+        let incoming = CreateRequest {
+            name: "r".into(),
+            feeds: vec!["files".into()],
+            mode: "pull".into(),
+            blob_sources: vec![source("http://c")],
+            ..Default::default()
+        }
+        .into_config()
+        .unwrap_err()
+        .to_string();
+        assert!(incoming.contains("outgoing"), "{incoming}");
+    }
 
     fn outgoing() -> ReplicationConfig {
         CreateRequest {

@@ -53,6 +53,14 @@ pub struct Counts {
     pub conflicts: u64,
     pub blobs: u64,
     pub bytes: u64,
+    /// Of `bytes`, those fetched from blob sources instead of the other
+    /// side (pulling).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub source_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -222,6 +230,8 @@ pub(crate) struct Run<'a> {
     remote_went_back: bool,
     /// The other side serves `blobs/batch` (from its handshake).
     batch: bool,
+    /// Other instances asked for blobs before the other side.
+    sources: Vec<fetch::Source>,
     /// Blobs the current page carried inline.
     inline: HashMap<Digest, bytes::Bytes>,
     /// A plan only: the delete guard would hold the current phase's
@@ -260,6 +270,15 @@ impl<'a> Run<'a> {
             stuck_known: HashMap::new(),
             remote_went_back: false,
             batch: false,
+            sources: cfg
+                .blob_sources
+                .iter()
+                .map(|s| fetch::Source {
+                    url: s.url.clone(),
+                    remote: Remote::new(r.http().clone(), &s.url, &s.token, r.ferry().instance_id()),
+                    down: std::sync::atomic::AtomicBool::new(false),
+                })
+                .collect(),
             inline: HashMap::new(),
             guard_held: false,
         })
@@ -479,8 +498,13 @@ impl<'a> Run<'a> {
                 first_error.get_or_insert(e);
             }
             let (p, q) = (&fr.pulled, &fr.pushed);
+            let from_sources = if p.source_bytes > 0 {
+                format!(", {} of them from blob sources", p.source_bytes)
+            } else {
+                String::new()
+            };
             let summary = format!(
-                "feed {} ⇄ {}: pulled +{} ~{} -{} ({} skipped, {} conflicts, {} bytes); pushed +{} ~{} -{} ({} skipped, {} conflicts, {} bytes)",
+                "feed {} ⇄ {}: pulled +{} ~{} -{} ({} skipped, {} conflicts, {} bytes{}); pushed +{} ~{} -{} ({} skipped, {} conflicts, {} bytes)",
                 fr.local,
                 fr.remote,
                 p.added,
@@ -489,6 +513,7 @@ impl<'a> Run<'a> {
                 p.skipped,
                 p.conflicts,
                 p.bytes,
+                from_sources,
                 q.added,
                 q.updated,
                 q.deleted,

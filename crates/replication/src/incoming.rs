@@ -359,7 +359,7 @@ impl Replicator {
             if size > max || used + size > INLINE_BUDGET {
                 continue;
             }
-            let Ok(body) = self.ferry().read_blob(d, None).await else {
+            let Ok(body) = self.ferry().read_blob_for_peer(d, None).await else {
                 continue;
             };
             let Ok(chunks) = body.stream.try_collect::<Vec<bytes::Bytes>>().await else {
@@ -774,7 +774,7 @@ impl Replicator {
                 } else {
                     match sizes.get(&w.digest).copied().flatten() {
                         Some(size) if w.offset <= size => {
-                            match ferry.read_blob(&w.digest, Some(w.offset..size)).await {
+                            match ferry.read_blob_for_peer(&w.digest, Some(w.offset..size)).await {
                                 Ok(body) => {
                                     let head = FrameHeader {
                                         digest: w.digest,

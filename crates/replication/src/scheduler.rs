@@ -189,6 +189,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
         return;
     };
     let remote = Remote::new(r.http().clone(), url, token, r.ferry().instance_id());
+    let inline_max = cfg.inline_from_peer();
     let mut tasks = Vec::new();
     for pair in cfg.feeds.clone() {
         if cfg.mode.flows.pulls() {
@@ -210,7 +211,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                     // wakes starts from it, without asking again.
                     let extras = PageExtras {
                         count_deletes: cfg.mode.flows.delete_local,
-                        inline_max: cfg.inline_max_bytes,
+                        inline_max,
                     };
                     match remote
                         .changes(&pair.remote, cursor, anchor, PAGE, LONG_POLL_SECS, extras)

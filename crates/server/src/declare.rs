@@ -112,8 +112,28 @@ pub struct ReplicationDecl {
     pub delete_guard: Option<DeleteGuard>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accept_tokens: Vec<TokenDecl>,
+    /// Outgoing: other instances asked first for blobs, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blob_sources: Vec<BlobSourceDecl>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<u32>,
+}
+
+/// `blob_sources = [{ url = "...", token_file = "..." }]` of an outgoing
+/// replication: another instance to take blobs from, with a sync token of
+/// an incoming replication there, given like the replication's own token
+/// (`token`, `token_file` or `token_env`; the reader of the file resolves
+/// the last two into `token`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BlobSourceDecl {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
 }
 
 /// A sync token an incoming replication accepts: its id (the 16 hex digits
@@ -172,6 +192,24 @@ impl ReplicationDecl {
                 "incoming = true and outgoing = URL exclude each other".into(),
             ));
         }
+        let mut blob_sources = Vec::new();
+        for b in &self.blob_sources {
+            if b.token_file.is_some() || b.token_env.is_some() {
+                return Err(ReplError::Invalid(
+                    "a blob source's token_file and token_env are read by the program that reads the file; send token".into(),
+                ));
+            }
+            let Some(token) = b.token.clone() else {
+                return Err(ReplError::Invalid(format!(
+                    "blob source {} needs token, token_file or token_env",
+                    b.url
+                )));
+            };
+            blob_sources.push(ferry_replication::config::BlobSource {
+                url: b.url.clone(),
+                token,
+            });
+        }
         if self.outgoing.is_some() && !self.accept_tokens.is_empty() {
             return Err(ReplError::Invalid(
                 "accept_tokens goes with incoming replications (no outgoing URL)".into(),
@@ -194,6 +232,7 @@ impl ReplicationDecl {
             delete_guard: self.delete_guard,
             bandwidth_limit: self.bandwidth_limit,
             inline_max_bytes: self.inline_max_bytes,
+            blob_sources,
         })
     }
 
@@ -407,6 +446,16 @@ pub async fn export(ferry: &Ferry, replicator: &Replicator) -> Result<Declaratio
             ferry_replication::config::Communication::Outgoing { url, .. } => {
                 r.outgoing = Some(url.clone());
                 r.token_env = Some(token_env_name(&o.name));
+                r.blob_sources = c
+                    .blob_sources
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| BlobSourceDecl {
+                        url: b.url.clone(),
+                        token_env: Some(format!("{}_SOURCE_{}", token_env_name(&o.name), i + 1)),
+                        ..Default::default()
+                    })
+                    .collect();
             }
             ferry_replication::config::Communication::Incoming => {
                 r.incoming = true;

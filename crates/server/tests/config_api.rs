@@ -124,6 +124,14 @@ async fn apply_creates_updates_and_refuses_without_changing_anything() {
             "sideways",
         ),
         (json!({ "surprise": 1 }), "surprise"),
+        (
+            json!({ "replications": [{ "name": "r7", "feeds": ["files"], "mode": "push", "blob_sources": [{ "url": "http://127.0.0.1:10", "token": format!("fst_fedcba9876543210_{}", "cd".repeat(32)) }] }] }),
+            "blob sources go with outgoing",
+        ),
+        (
+            json!({ "replications": [{ "name": "r8", "feeds": ["files"], "outgoing": "http://127.0.0.1:9", "token": format!("fst_0123456789abcdef_{}", "ab".repeat(32)), "mode": "pull", "blob_sources": [{ "url": "http://127.0.0.1:10" }] }] }),
+            "needs token, token_file or token_env",
+        ),
     ];
     for (body, why) in refusals {
         let r = put(&i, Some(ADMIN), body.clone()).await;
@@ -144,6 +152,28 @@ async fn apply_creates_updates_and_refuses_without_changing_anything() {
     let after = export(&i).await;
     assert_eq!(after["replications"], json!([]));
     assert_eq!(after["feeds"].as_array().unwrap().len(), 2);
+
+    // Blob sources of an outgoing replication (its other end not reachable
+    // yet, which a declaration allows): exported by URL with the variable
+    // their token is read from, never the secret.
+    let secret = "cd".repeat(32);
+    let v = put(
+        &i,
+        Some(ADMIN),
+        json!({ "replications": [{
+            "name": "up", "feeds": ["files"], "outgoing": "http://127.0.0.1:9",
+            "token": format!("fst_0123456789abcdef_{}", "ab".repeat(32)), "mode": "pull",
+            "blob_sources": [{ "url": "http://127.0.0.1:10", "token": format!("fst_fedcba9876543210_{secret}") }]
+        }] }),
+    )
+    .await;
+    assert_eq!(v.status, StatusCode::OK, "{}", v.text());
+    let out = export(&i).await;
+    assert_eq!(
+        out["replications"][0]["blob_sources"],
+        json!([{ "url": "http://127.0.0.1:10", "token_env": "FERRY_TOKEN_UP_SOURCE_1" }])
+    );
+    assert!(!out.to_string().contains(&secret), "{out}");
 }
 
 #[tokio::test]

@@ -142,6 +142,19 @@ pub trait BlobStore: Send + Sync + 'static {
     /// leaves out part of the blob cannot be verified and is not.
     async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobBody, StoreError>;
 
+    /// [`BlobStore::get`] for a reader that verifies every blob against its
+    /// digest itself (another instance replicating): a whole blob whose
+    /// file was hashed right a short while ago and has not changed since
+    /// (e.g. just written) is served without hashing it once more. The
+    /// reader's own check then stands for both.
+    async fn get_for_verifier(
+        &self,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<BlobBody, StoreError> {
+        self.get(digest, range).await
+    }
+
     /// Removes a blob; removing a missing blob is not an error.
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError>;
 
@@ -350,7 +363,7 @@ pub struct FsBlobStore {
     /// Blobs whose file was hashed whole and found right, with the length
     /// and modification time it had then: a partial range of such a file is
     /// served as it is; any other is verified whole first.
-    verified: std::sync::Arc<Mutex<HashMap<Digest, FileStamp>>>,
+    verified: std::sync::Arc<Mutex<HashMap<Digest, (FileStamp, std::time::Instant)>>>,
 }
 
 /// What identifies a file's version cheaply: its length and mtime.
@@ -365,12 +378,35 @@ fn file_stamp(meta: &std::fs::Metadata) -> FileStamp {
 
 /// Notes that the file of `d` with `stamp` hashed right (bounded: past
 /// [`VERIFIED_MAX`] the memory starts over).
-fn remember_verified(verified: &Mutex<HashMap<Digest, FileStamp>>, d: Digest, stamp: FileStamp) {
+fn remember_verified(
+    verified: &Mutex<HashMap<Digest, (FileStamp, std::time::Instant)>>,
+    d: Digest,
+    stamp: FileStamp,
+) {
     let mut v = locked(verified);
     if v.len() >= VERIFIED_MAX {
         v.clear();
     }
-    v.insert(d, stamp);
+    v.insert(d, (stamp, std::time::Instant::now()));
+}
+
+/// How long a file hashed right (and unchanged since) is served without
+/// hashing it again to a reader that verifies every blob itself
+/// ([`BlobStore::get_for_verifier`]). Past it the file is hashed again, so
+/// damage that came after the last hash is found here too.
+const TRUST_VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Whether the file of `d` with `stamp` hashed right since it last changed
+/// (`within`: and no longer ago than that).
+fn verified_since(
+    verified: &Mutex<HashMap<Digest, (FileStamp, std::time::Instant)>>,
+    d: &Digest,
+    stamp: &FileStamp,
+    within: Option<std::time::Duration>,
+) -> bool {
+    locked(verified)
+        .get(d)
+        .is_some_and(|(s, at)| s == stamp && within.is_none_or(|w| at.elapsed() < w))
 }
 
 type Quarantine = std::collections::BTreeMap<Digest, Vec<i64>>;
@@ -540,21 +576,36 @@ impl Drop for AppendGuard<'_> {
 const READ_CHUNK: usize = 256 * 1024;
 
 /// How many bytes a blob writer lets pile up in the page cache before it
-/// asks the kernel to start writing them out, so that the flush at the end
-/// (before the blob counts as stored) finds little left to do.
+/// starts writing them out ([`Writeback`]).
 const WRITEBACK_EVERY: usize = 8 << 20;
 
-/// Starts writing a file's dirty pages to the device without waiting for
-/// it (Linux starts write-back on this advice, and drops pages already
-/// written, which a blob being received will not read again soon). A
-/// failure only means the final flush does all the work.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &std::fs::File) {
-    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
+/// The write-back of a file being written, started in the background so
+/// that the flush at the end (before the blob counts as stored) finds
+/// little left to do. One flush of the file at a time runs on the blocking
+/// pool, through a second handle of the file, while the writer goes on.
+/// The written pages stay in the page cache: content just pushed is often
+/// read at once (a pull right after a push, a spoke fetching a fresh
+/// publish), and dropping them (as `POSIX_FADV_DONTNEED` does) made those
+/// first reads go to the disk. A failure here only means the final flush
+/// does all the work.
+#[derive(Default)]
+struct Writeback {
+    running: Option<tokio::task::JoinHandle<()>>,
 }
 
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &std::fs::File) {}
+impl Writeback {
+    fn start(&mut self, file: &std::fs::File) {
+        if self.running.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let (Ok(rt), Ok(f)) = (tokio::runtime::Handle::try_current(), file.try_clone()) else {
+            return;
+        };
+        self.running = Some(rt.spawn_blocking(move || {
+            let _ = f.sync_data();
+        }));
+    }
+}
 
 /// What [`pour`] leaves: the file, the hash of what went through it (if it
 /// was hashing), and the bytes the file now holds.
@@ -586,6 +637,7 @@ async fn pour(
         let mut hasher = hasher;
         let mut out = std::io::BufWriter::with_capacity(READ_CHUNK, file);
         let mut unflushed = 0;
+        let mut writeback = Writeback::default();
         while let Some(chunk) = rx.blocking_recv() {
             if let Some(h) = &mut hasher {
                 h.update(&chunk);
@@ -593,7 +645,8 @@ async fn pour(
             out.write_all(&chunk)?;
             unflushed += chunk.len();
             if unflushed >= WRITEBACK_EVERY {
-                start_writeback(out.get_ref());
+                out.flush()?;
+                writeback.start(out.get_ref());
                 unflushed = 0;
             }
         }
@@ -955,97 +1008,15 @@ impl FsBlobStore {
     }
 }
 
-#[async_trait]
-impl BlobStore for FsBlobStore {
-    async fn stage(
+impl FsBlobStore {
+    /// [`BlobStore::get`]; with `trust_recent`, as
+    /// [`BlobStore::get_for_verifier`].
+    async fn read(
         &self,
-        body: ByteStream,
-        limit: u64,
-        expected: Option<Digest>,
-    ) -> Result<StagedBlob, StoreError> {
-        let name: [u8; 16] = rand::random();
-        let path = self.staging.join(hex::encode(name));
-        let file = tokio::fs::File::create(&path).await?.into_std().await;
-        // From here on, dropping `staged` removes the file on every early return.
-        let mut staged = StagedBlob {
-            path,
-            digest: Digest::from_bytes([0; 32]),
-            size: 0,
-            committed: false,
-        };
-        let poured = pour(body, file, Some(Sha256Hasher::new()), 0, limit, ()).await?;
-        let file = poured.file;
-        tokio::task::spawn_blocking(move || file.sync_all())
-            .await
-            .map_err(|e| StoreError::Backend(format!("blob writer: {e}")))??;
-        staged.size = poured.size;
-        let Some(hasher) = poured.hasher else {
-            return Err(StoreError::Backend("blob writer lost its hash".into()));
-        };
-        staged.digest = hasher.finish();
-        if let Some(expected) = expected
-            && expected != staged.digest
-        {
-            return Err(StoreError::DigestMismatch {
-                expected,
-                actual: staged.digest,
-            });
-        }
-        Ok(staged)
-    }
-
-    async fn commit(&self, mut staged: StagedBlob) -> Result<BlobCheck, StoreError> {
-        let dest = self.blob_path(&staged.digest);
-        let found = self.check(&staged.digest).await?;
-        match found {
-            BlobCheck::Intact { .. } => return Ok(found), // `staged` is dropped
-            BlobCheck::Corrupt { actual, size } => tracing::warn!(
-                blob = %staged.digest, %actual, size,
-                "stored blob was corrupt; replaced by a verified copy"
-            ),
-            BlobCheck::Missing => {}
-        }
-        if let Some(dir) = dest.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        // A rename replaces atomically: readers that opened the old file
-        // keep reading it, new readers get the verified copy. It holds the
-        // place lock, so a reader that found the old bytes wrong moves
-        // aside only the old file.
-        let (from, place) = (staged.path.clone(), self.place.clone());
-        tokio::task::spawn_blocking(move || {
-            let _placing = locked(&place);
-            std::fs::rename(from, dest)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("blob commit: {e}")))??;
-        staged.committed = true;
-        self.resolve(&staged.digest).await?;
-        Ok(found)
-    }
-
-    async fn check(&self, digest: &Digest) -> Result<BlobCheck, StoreError> {
-        let path = self.blob_path(digest);
-        let want = *digest;
-        tokio::task::spawn_blocking(move || match hash_file(&path) {
-            Ok((actual, size)) if actual == want => Ok(BlobCheck::Intact { size }),
-            Ok((actual, size)) => Ok(BlobCheck::Corrupt { actual, size }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BlobCheck::Missing),
-            Err(e) => Err(StoreError::Io(e)),
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("blob check: {e}")))?
-    }
-
-    async fn size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
-        match tokio::fs::metadata(self.blob_path(digest)).await {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobBody, StoreError> {
+        digest: &Digest,
+        range: Option<Range<u64>>,
+        trust_recent: bool,
+    ) -> Result<BlobBody, StoreError> {
         let path = self.blob_path(digest);
         let d = *digest;
         let wants_whole = range.as_ref().is_none_or(|r| r.start == 0);
@@ -1072,6 +1043,9 @@ impl BlobStore for FsBlobStore {
             (&file).take(size).read_to_end(&mut buf)?;
             if buf.len() as u64 != size {
                 return Ok(Opened::Small(size, Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shrank"))));
+            }
+            if trust_recent && verified_since(&verified, &d, &file_stamp(&meta), Some(TRUST_VERIFIED_FOR)) {
+                return Ok(Opened::Small(size, Ok(Bytes::from(buf))));
             }
             let actual = Digest::of(&buf);
             if actual == d {
@@ -1109,7 +1083,7 @@ impl BlobStore for FsBlobStore {
         // A part of a file not known to be right is served only after the
         // whole file was hashed (once per version of the file): a range, a
         // resumed download, is never a way around the check.
-        let known_good = locked(&verified).get(&d) == Some(&stamp);
+        let known_good = verified_since(&verified, &d, &stamp, None);
         if !whole && !known_good {
             let (root, path, place, quarantine, opened) = (
                 root.clone(),
@@ -1138,8 +1112,10 @@ impl BlobStore for FsBlobStore {
             });
             check.await.map_err(|e| StoreError::Backend(e.to_string()))??;
         }
-        // The whole blob is read: verify it on the way.
-        let mut hasher = whole.then(Sha256Hasher::new);
+        // The whole blob is read: verify it on the way (unless its reader
+        // verifies it and it was hashed right a short while ago).
+        let trusted = trust_recent && verified_since(&verified, &d, &stamp, Some(TRUST_VERIFIED_FOR));
+        let mut hasher = (whole && !trusted).then(Sha256Hasher::new);
         // The verdict on the bytes read: None if they hash to the digest;
         // otherwise the blob is moved aside and the error to end with.
         let verdict = move |hasher: Sha256Hasher| -> Option<io::Error> {
@@ -1208,6 +1184,115 @@ impl BlobStore for FsBlobStore {
             total_size,
             stream: Box::pin(stream),
         })
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn stage(
+        &self,
+        body: ByteStream,
+        limit: u64,
+        expected: Option<Digest>,
+    ) -> Result<StagedBlob, StoreError> {
+        let name: [u8; 16] = rand::random();
+        let path = self.staging.join(hex::encode(name));
+        let file = tokio::fs::File::create(&path).await?.into_std().await;
+        // From here on, dropping `staged` removes the file on every early return.
+        let mut staged = StagedBlob {
+            path,
+            digest: Digest::from_bytes([0; 32]),
+            size: 0,
+            committed: false,
+        };
+        let poured = pour(body, file, Some(Sha256Hasher::new()), 0, limit, ()).await?;
+        let file = poured.file;
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| StoreError::Backend(format!("blob writer: {e}")))??;
+        staged.size = poured.size;
+        let Some(hasher) = poured.hasher else {
+            return Err(StoreError::Backend("blob writer lost its hash".into()));
+        };
+        staged.digest = hasher.finish();
+        if let Some(expected) = expected
+            && expected != staged.digest
+        {
+            return Err(StoreError::DigestMismatch {
+                expected,
+                actual: staged.digest,
+            });
+        }
+        Ok(staged)
+    }
+
+    async fn commit(&self, mut staged: StagedBlob) -> Result<BlobCheck, StoreError> {
+        let dest = self.blob_path(&staged.digest);
+        let found = self.check(&staged.digest).await?;
+        match found {
+            BlobCheck::Intact { .. } => return Ok(found), // `staged` is dropped
+            BlobCheck::Corrupt { actual, size } => tracing::warn!(
+                blob = %staged.digest, %actual, size,
+                "stored blob was corrupt; replaced by a verified copy"
+            ),
+            BlobCheck::Missing => {}
+        }
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        // A rename replaces atomically: readers that opened the old file
+        // keep reading it, new readers get the verified copy. It holds the
+        // place lock, so a reader that found the old bytes wrong moves
+        // aside only the old file.
+        let (from, place) = (staged.path.clone(), self.place.clone());
+        let (verified, d) = (self.verified.clone(), staged.digest);
+        tokio::task::spawn_blocking(move || {
+            let _placing = locked(&place);
+            std::fs::rename(from, &dest)?;
+            // Hashed on its way in: known good as it now lies.
+            if let Ok(meta) = std::fs::metadata(&dest) {
+                remember_verified(&verified, d, file_stamp(&meta));
+            }
+            Ok::<_, io::Error>(())
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob commit: {e}")))??;
+        staged.committed = true;
+        self.resolve(&staged.digest).await?;
+        Ok(found)
+    }
+
+    async fn check(&self, digest: &Digest) -> Result<BlobCheck, StoreError> {
+        let path = self.blob_path(digest);
+        let want = *digest;
+        tokio::task::spawn_blocking(move || match hash_file(&path) {
+            Ok((actual, size)) if actual == want => Ok(BlobCheck::Intact { size }),
+            Ok((actual, size)) => Ok(BlobCheck::Corrupt { actual, size }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BlobCheck::Missing),
+            Err(e) => Err(StoreError::Io(e)),
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob check: {e}")))?
+    }
+
+    async fn size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        match tokio::fs::metadata(self.blob_path(digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobBody, StoreError> {
+        self.read(digest, range, false).await
+    }
+
+    async fn get_for_verifier(
+        &self,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<BlobBody, StoreError> {
+        self.read(digest, range, true).await
     }
 
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
@@ -1327,7 +1412,7 @@ impl BlobStore for FsBlobStore {
         blobs: Vec<(Digest, Bytes)>,
     ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
         let (root, place, quarantine) = (self.root.clone(), self.place.clone(), self.quarantine.clone());
-        let staging_dir = self.staging.clone();
+        let (staging_dir, verified) = (self.staging.clone(), self.verified.clone());
         let results = tokio::task::spawn_blocking(move || -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
             let mut out = Vec::with_capacity(blobs.len());
             let mut made_dirs = std::collections::HashSet::new();
@@ -1363,7 +1448,9 @@ impl BlobStore for FsBlobStore {
                         std::fs::create_dir_all(dir)?;
                     }
                     let _placing = locked(&place);
-                    std::fs::rename(&staging, &dest)
+                    std::fs::rename(&staging, &dest)?;
+                    remember_verified(&verified, digest, file_stamp(&f.metadata()?));
+                    Ok::<_, io::Error>(())
                 })();
                 if let Err(e) = written {
                     let _ = std::fs::remove_file(&staging);
@@ -1721,6 +1808,46 @@ mod tests {
 
     /// A stored blob whose bytes went wrong is replaced by the next
     /// verified copy committed; an intact one is left as it is.
+    /// A read for a verifying peer skips the second hash only for a file
+    /// unchanged since it was hashed: a file changed behind the store's
+    /// back (bit rot rewritten, an operator's edit) is hashed on the way
+    /// out, found wrong and taken out of service as by any read.
+    #[tokio::test]
+    async fn reads_for_a_verifying_peer_hash_a_file_that_changed_since_its_last_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        for size in [100usize, 3 << 20] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let one: ByteStream = Box::pin(futures::stream::iter([Ok(Bytes::from(data.clone()))]));
+            let staged = store.stage(one, u64::MAX, None).await.unwrap();
+            let d = staged.digest();
+            store.commit(staged).await.unwrap();
+            assert_eq!(
+                read_all(store.get_for_verifier(&d, None).await.unwrap()).await,
+                data
+            );
+            // Same length, other bytes, a later mtime.
+            let mut wrong = data.clone();
+            wrong[size / 2] ^= 0xff;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::fs::write(store.blob_path(&d), &wrong).unwrap();
+            let body = store.get_for_verifier(&d, None).await.unwrap();
+            let mut stream = body.stream;
+            let mut got = Vec::new();
+            let mut failed = None;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(c) => got.extend_from_slice(&c),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            let e = failed.unwrap_or_else(|| panic!("{size} bytes: the changed file was served unchecked"));
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            assert_ne!(got, wrong, "{size} bytes: the wrong bytes went out whole");
+            assert!(store.is_quarantined(&d), "{size} bytes: not taken out of service");
+        }
+    }
+
     #[tokio::test]
     async fn commit_replaces_a_corrupt_blob_and_keeps_an_intact_one() {
         let dir = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@ pub mod cargo;
 pub mod debian;
 pub mod npm;
 pub mod nuget;
+pub mod proxy;
 pub mod pypi;
 pub mod rpm;
 
@@ -525,12 +526,26 @@ impl Server {
         mode: &str,
         extra: &[&str],
     ) {
+        self.outgoing_url(name, feeds, &other.url, token, mode, extra);
+    }
+
+    /// Creates an outgoing replication to the instance at `url` (e.g.
+    /// through a proxy) with `token`; `extra` adds flags.
+    pub fn outgoing_url(
+        &self,
+        name: &str,
+        feeds: &[&str],
+        url: &str,
+        token: &str,
+        mode: &str,
+        extra: &[&str],
+    ) {
         let mut args = vec![
             "replication",
             "create",
             name,
             "--outgoing",
-            &other.url,
+            url,
             "--token",
             token,
             "--mode",

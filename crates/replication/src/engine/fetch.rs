@@ -39,6 +39,15 @@ pub(super) type Flush = JoinHandle<Result<(), StoreError>>;
 type SmallCommit =
     JoinHandle<Result<(Vec<(Digest, u64)>, Vec<Result<(), ferry_core::CoreError>>), ReplError>>;
 
+/// A blob source of the running execution
+/// ([`crate::config::BlobSource`]).
+pub(super) struct Source {
+    pub url: String,
+    pub remote: Remote,
+    /// It failed during this execution: not asked again until the next.
+    pub down: std::sync::atomic::AtomicBool,
+}
+
 /// What fetching a page's blobs came to.
 #[derive(Default)]
 pub(super) struct Fetched {
@@ -46,6 +55,10 @@ pub(super) struct Fetched {
     pub blobs: u64,
     /// Bytes that crossed the wire for them.
     pub bytes: u64,
+    /// Of `bytes`, those that came from blob sources.
+    pub source_bytes: u64,
+    /// What the execution log should say (a blob source that failed).
+    pub notes: Vec<String>,
     /// Their flushes (one per blob, or one per group of small blobs),
     /// awaited before any item relies on them.
     pub flushes: Vec<Flush>,
@@ -65,6 +78,8 @@ impl Fetched {
     fn extend(&mut self, other: Fetched) {
         self.blobs += other.blobs;
         self.bytes += other.bytes;
+        self.source_bytes += other.source_bytes;
+        self.notes.extend(other.notes);
         self.flushes.extend(other.flushes);
         self.gone.extend(other.gone);
         self.damaged.extend(other.damaged);
@@ -90,11 +105,20 @@ impl Run<'_> {
         if !inline.is_empty() {
             need.extend(self.store_inline(inline, &mut out).await?);
         }
+        if !need.is_empty() && !self.sources.is_empty() {
+            need = self.fetch_from_sources(need, &mut out).await?;
+        }
         if need.is_empty() {
             return Ok(out);
         }
         if self.batch {
-            out.extend(self.fetch_batched(need).await?);
+            let (done, left, error) = self.fetch_batched(&self.remote, need, BATCH_ATTEMPTS).await?;
+            out.extend(done);
+            if !left.is_empty() {
+                return Err(error.unwrap_or_else(|| {
+                    ReplError::Transport(format!("{} blobs did not arrive whole", left.len()))
+                }));
+            }
             return Ok(out);
         }
         let mut pending = futures::stream::FuturesUnordered::new();
@@ -263,10 +287,62 @@ impl Run<'_> {
         }
     }
 
-    /// [`Self::fetch_blobs`] through `blobs/batch`: the digests are spread
-    /// over up to [`BATCH_STREAMS`] requests at once; what a cut left
-    /// unfinished is asked for again (from the byte it reached).
-    async fn fetch_batched(&self, need: Vec<Digest>) -> Result<Fetched, ReplError> {
+    /// Asks the blob sources, in order, for the blobs in `need`; returns
+    /// those none of them delivered (the peer is asked for them). A
+    /// source's refusal or lack of a blob only moves it on to the next; a
+    /// source that fails (unreachable, cut, older than `blobs/batch`) is
+    /// not asked again in this execution, and what it left half-sent is
+    /// resumed from the byte it reached — every blob is verified against
+    /// its digest whoever sent it.
+    async fn fetch_from_sources(
+        &self,
+        mut need: Vec<Digest>,
+        out: &mut Fetched,
+    ) -> Result<Vec<Digest>, ReplError> {
+        for src in &self.sources {
+            if need.is_empty() {
+                break;
+            }
+            if src.down.load(Ordering::Relaxed) {
+                continue;
+            }
+            let asked = need.len();
+            let (mut got, mut left, error) = self.fetch_batched(&src.remote, need, 1).await?;
+            left.extend(got.gone.drain());
+            for (d, why) in got.damaged.drain() {
+                tracing::warn!(target: "replication", replication = %self.rec.name, source = %src.url, blob = %d, "{why}");
+                left.push(d);
+            }
+            if let Some(e) = error {
+                src.down.store(true, Ordering::Relaxed);
+                out.notes.push(format!(
+                    "blob source {} failed ({e}); {} blobs asked of it come from the other instance instead",
+                    src.url,
+                    left.len()
+                ));
+            }
+            metrics::counter!("ferry_replication_source_bytes_total", "replication" => self.rec.name.clone(), "source" => src.url.clone())
+                .increment(got.bytes);
+            tracing::debug!(target: "replication", source = %src.url, asked, delivered = got.blobs, bytes = got.bytes, "blob source");
+            got.source_bytes = got.bytes;
+            out.extend(got);
+            need = left;
+        }
+        Ok(need)
+    }
+
+    /// [`Self::fetch_blobs`] through `blobs/batch` of `remote` (the peer,
+    /// or a blob source): the digests are spread over up to
+    /// [`BATCH_STREAMS`] requests at once; what a cut left unfinished is
+    /// asked for again (from the byte it reached), `attempts` times in all.
+    /// Returns what arrived, what did not, and the last error that broke a
+    /// request.
+    async fn fetch_batched(
+        &self,
+        remote: &Remote,
+        need: Vec<Digest>,
+        attempts: u32,
+    ) -> Result<(Fetched, Vec<Digest>, Option<ReplError>), ReplError> {
         let mut out = Fetched::default();
         let mut todo = need;
         let mut attempt = 0;
@@ -276,7 +352,8 @@ impl Run<'_> {
             for (i, d) in todo.iter().enumerate() {
                 groups[i % streams].push(*d);
             }
-            let results = futures::future::join_all(groups.into_iter().map(|g| self.fetch_group(g))).await;
+            let results =
+                futures::future::join_all(groups.into_iter().map(|g| self.fetch_group(remote, g))).await;
             let mut retry = Vec::new();
             let mut error = None;
             for r in results {
@@ -288,13 +365,11 @@ impl Run<'_> {
                 }
             }
             if retry.is_empty() {
-                return Ok(out);
+                return Ok((out, retry, error));
             }
             attempt += 1;
-            if attempt >= BATCH_ATTEMPTS {
-                return Err(error.unwrap_or_else(|| {
-                    ReplError::Transport(format!("{} blobs did not arrive whole", retry.len()))
-                }));
+            if attempt >= attempts {
+                return Ok((out, retry, error));
             }
             if let Some(e) = &error {
                 tracing::warn!(target: "replication", blobs = retry.len(), attempt, error = %e, "blob batch broke; resuming");
@@ -308,7 +383,7 @@ impl Run<'_> {
     /// executions claiming overlapping sets never wait on each other in a
     /// circle), asks for the ones still missing from the byte their
     /// transfer reached, and stores each frame as it arrives.
-    async fn fetch_group(&self, mut digests: Vec<Digest>) -> Result<Group, ReplError> {
+    async fn fetch_group(&self, remote: &Remote, mut digests: Vec<Digest>) -> Result<Group, ReplError> {
         let store = self.r.ferry().blob_store().clone();
         let limit = self.r.ferry().config().max_upload_bytes.max(u64::MAX / 2);
         digests.sort();
@@ -337,9 +412,19 @@ impl Run<'_> {
         let mut small: Vec<(Digest, bytes::Bytes, Transfer)> = Vec::new();
         let mut inflight: Option<SmallCommit> = None;
         let mut small_bytes = 0usize;
-        let mut reader = match self.remote.fetch_batch(wants).await {
+        let from_source = !std::ptr::eq(remote, &self.remote);
+        let mut reader = match remote.fetch_batch(wants).await {
             Ok(r) => r,
+            // A blob source that refuses the whole request (wrong token,
+            // no `blobs/batch`) fails like one that cannot be reached.
             Err(e @ ReplError::Transport(_)) => {
+                g.retry = claims.into_keys().collect();
+                g.error = Some(e);
+                return Ok(g);
+            }
+            Err(e @ (ReplError::Unauthorized(_) | ReplError::Forbidden(_) | ReplError::Remote { .. }))
+                if from_source =>
+            {
                 g.retry = claims.into_keys().collect();
                 g.error = Some(e);
                 return Ok(g);

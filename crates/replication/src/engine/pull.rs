@@ -51,7 +51,7 @@ impl Run<'_> {
         let local_last = self.r.ferry().metadata().last_seq(local.id).await?;
         let from_start = since == 0;
         let guarded = self.cfg.mode.flows.delete_local && !self.confirm_deletes;
-        let inline_max = self.cfg.inline_max_bytes;
+        let inline_max = self.cfg.inline_from_peer();
         let extras = PageExtras {
             count_deletes: guarded,
             inline_max,
@@ -667,10 +667,16 @@ impl Run<'_> {
         let Fetched {
             blobs,
             bytes,
+            source_bytes,
+            notes,
             flushes,
             gone,
             damaged,
         } = self.fetch_blobs(need).await?;
+        for note in notes {
+            self.log("warn", note);
+        }
+        fr.pulled.source_bytes += source_bytes;
         if !gone.is_empty() {
             let (kept, missing) = self
                 .drop_changed_meanwhile(local, remote, todo, &gone, fr)

@@ -56,7 +56,7 @@ impl Run<'_> {
             return Ok(refused);
         }
         for (d, size) in blobs {
-            let body = self.r.ferry().read_blob(&d, None).await?.stream;
+            let body = self.r.ferry().read_blob_for_peer(&d, None).await?.stream;
             let progress = self.progress.clone();
             let counted = body.inspect_ok(move |c| {
                 progress.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
@@ -98,7 +98,7 @@ impl Run<'_> {
                     status: None,
                     error: None,
                 };
-                let body = match ferry.read_blob(&d, None).await {
+                let body = match ferry.read_blob_for_peer(&d, None).await {
                     Ok(b) => b.stream,
                     Err(e) => {
                         let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;

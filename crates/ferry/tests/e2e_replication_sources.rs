@@ -1,0 +1,180 @@
+//! Peers sharing blobs: spokes at one site take their metadata from the hub
+//! and their blobs from a site cache (a blob source), so the hub sends one
+//! copy of each blob to the site however many spokes there are; a site
+//! cache that dies mid-run leaves the spokes to fetch the rest from the hub,
+//! each blob verified by its digest whoever sent it.
+#![allow(clippy::unwrap_used)]
+mod support;
+
+use std::path::PathBuf;
+
+use support::proxy::{Proxy, random_file};
+use support::{Server, wait_until};
+
+/// A spoke pulling `files` from the hub (through `hub_url`) with `token`,
+/// taking blobs from the site cache first.
+fn spoke(hub_url: &str, token: &str, cache: &Server, cache_token: &str, extra: &[&str]) -> Server {
+    let s = Server::start();
+    s.create_feed("files", "assets");
+    let mut args = vec![
+        "replication",
+        "create",
+        "from-hub",
+        "--outgoing",
+        hub_url,
+        "--token",
+        token,
+        "--mode",
+        "pull",
+        "--feed",
+        "files",
+        "--interval",
+        "3600",
+        "--blob-source",
+        &cache.url,
+        "--blob-source-token",
+        cache_token,
+    ];
+    args.extend(extra);
+    s.cli_ok(&args);
+    s
+}
+
+/// Every file is served by `s` with its published bytes.
+fn serves_all(s: &Server, files: &[(String, PathBuf)]) -> bool {
+    files
+        .iter()
+        .all(|(path, file)| s.serves("files", path, &std::fs::read(file).unwrap()))
+}
+
+#[test]
+fn ten_spokes_behind_a_site_cache_cost_the_hub_one_copy_and_survive_its_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let hub_token = hub.incoming("edge", &["files"], "push");
+    // 24 files of 256 KiB: 6 MiB, none small enough to travel inline.
+    let files: Vec<(String, PathBuf)> = (0..24)
+        .map(|i| {
+            (
+                format!("pkg/{i:02}.bin"),
+                random_file(tmp.path(), &format!("f{i}"), 256 << 10),
+            )
+        })
+        .collect();
+    let copy: u64 = files.iter().map(|(_, f)| f.metadata().unwrap().len()).sum();
+    hub.put_asset_files("files", &files);
+    // Everything the hub sends crosses this proxy, which counts it.
+    let proxy = Proxy::start(&hub, 0, 0, &tmp.path().join("stats.json"));
+
+    // The site cache: a spoke of the hub that serves its spokes' blobs.
+    let mut cache = Server::start();
+    cache.create_feed("files", "assets");
+    cache.outgoing_url(
+        "from-hub",
+        &["files"],
+        &proxy.url(),
+        &hub_token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    cache.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(serves_all(&cache, &files));
+    let cache_token = cache.incoming("site", &["files"], "push");
+    let after_cache = proxy.stats()["bytes_down"].as_u64().unwrap();
+    assert!(after_cache >= copy, "the cache got {after_cache} bytes of {copy}");
+
+    // Ten spokes: metadata from the hub, blobs from the cache.
+    let spokes: Vec<Server> = (0..10)
+        .map(|_| spoke(&proxy.url(), &hub_token, &cache, &cache_token, &[]))
+        .collect();
+    for s in &spokes {
+        s.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    }
+    for (i, s) in spokes.iter().enumerate() {
+        assert!(serves_all(s, &files), "spoke {i} lacks files");
+        s.cli_ok(&["replication", "verify", "from-hub"]);
+    }
+    let total = proxy.stats()["bytes_down"].as_u64().unwrap();
+    let for_spokes = total - after_cache;
+    assert!(
+        for_spokes < copy / 4,
+        "the hub sent {for_spokes} bytes to ten spokes for {copy} bytes of blobs the site cache had"
+    );
+    assert!(
+        total < copy + copy / 2,
+        "the hub sent {total} bytes in all, more than one copy ({copy}) and metadata"
+    );
+    // The reports say where the bytes came from.
+    let executions = spokes[0].executions("from-hub");
+    let sum = |field: &str| -> u64 {
+        executions
+            .iter()
+            .map(|e| e["report"]["feeds"][0]["pulled"][field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(
+        (sum("bytes"), sum("source_bytes")),
+        (copy, copy),
+        "{executions:#?}"
+    );
+    let log = serde_json::to_string(&executions).unwrap();
+    assert!(
+        log.contains(&format!("{copy} bytes, {copy} of them from blob sources")),
+        "{log}"
+    );
+    // The cache counts the spokes among its peers.
+    let peers = cache.cli_json(&["replication", "peers", "site", "--json"]);
+    assert_eq!(peers.as_array().map(Vec::len), Some(10), "{peers:#}");
+
+    // Twelve more files of 1 MiB; the cache has them, three new spokes
+    // (slowed by a bandwidth cap) start and the cache dies under them.
+    let more: Vec<(String, PathBuf)> = (0..12)
+        .map(|i| {
+            (
+                format!("more/{i:02}.bin"),
+                random_file(tmp.path(), &format!("m{i}"), 1 << 20),
+            )
+        })
+        .collect();
+    hub.put_asset_files("files", &more);
+    cache.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(serves_all(&cache, &more));
+    // Each starts its first execution as it is created, capped at 1 MB/s
+    // so that all three are mid-transfer when the cache dies.
+    let cut_at = proxy.stats()["bytes_down"].as_u64().unwrap();
+    let late: Vec<Server> = (0..3)
+        .map(|_| {
+            spoke(
+                &proxy.url(),
+                &hub_token,
+                &cache,
+                &cache_token,
+                &["--include", "more/**", "--bandwidth-limit", "1000000"],
+            )
+        })
+        .collect();
+    cache.kill();
+    for (i, s) in late.iter().enumerate() {
+        assert!(
+            wait_until(90, || serves_all(s, &more)),
+            "late spoke {i} did not converge without the cache"
+        );
+        // The execution that lost the cache says so (it may still be
+        // finishing when the last file is served).
+        assert!(
+            wait_until(30, || {
+                let log = serde_json::to_string(&s.executions("from-hub")).unwrap();
+                log.contains("blob source") && log.contains("failed")
+            }),
+            "late spoke {i}'s log does not say the cache failed: {:#?}",
+            s.executions("from-hub")
+        );
+        s.cli_ok(&["replication", "verify", "from-hub"]);
+    }
+    let from_hub = proxy.stats()["bytes_down"].as_u64().unwrap() - cut_at;
+    assert!(
+        from_hub > (1 << 20),
+        "after the cache died the hub sent only {from_hub} bytes: the spokes did not fall back to it"
+    );
+}
