@@ -170,6 +170,74 @@ pub fn authorize_metrics(who: Option<&Principal>, public: bool) -> Result<(), Co
 }
 
 // ---------------------------------------------------------------------------
+// Keys remembered for the metrics scrape during a metadata outage
+
+/// How long a key verified against the metadata store keeps opening
+/// `/metrics` while the store cannot be reached (from its last successful
+/// check). Short, because a key revoked on another node while this node
+/// heard nothing (its connection to the database broken) stays usable for
+/// metrics alone until then.
+pub const REMEMBERED_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// Most keys remembered at once (a scraper or two use one key each).
+pub const REMEMBERED_KEYS_MAX: usize = 64;
+
+/// Keys that may read metrics, recently verified against the metadata
+/// store, by secret hash: while the store is unreachable, a scrape with one
+/// of them still gets the metrics (which then say the database is down)
+/// instead of a 503. Bounded ([`REMEMBERED_KEYS_MAX`], oldest check
+/// dropped first) and expiring ([`REMEMBERED_KEY_TTL`]); a key deleted or
+/// replaced on another node is forgotten when the store's event says so
+/// ([`crate::Ferry`] follows them), one deleted on this node empties it,
+/// and a key the store no longer knows is dropped when next presented.
+#[derive(Default)]
+pub(crate) struct RememberedKeys {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (ApiKeyRecord, std::time::Instant)>>,
+}
+
+impl RememberedKeys {
+    fn entries(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], (ApiKeyRecord, std::time::Instant)>>
+    {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers `key` as verified now under its secret hash `hash`.
+    pub(crate) fn remember(&self, hash: [u8; 32], key: ApiKeyRecord) {
+        let now = std::time::Instant::now();
+        let mut entries = self.entries();
+        entries.retain(|_, (_, at)| now.duration_since(*at) < REMEMBERED_KEY_TTL);
+        if entries.len() >= REMEMBERED_KEYS_MAX && !entries.contains_key(&hash) {
+            let oldest = entries.iter().min_by_key(|(_, (_, at))| *at).map(|(h, _)| *h);
+            if let Some(h) = oldest {
+                entries.remove(&h);
+            }
+        }
+        entries.insert(hash, (key, now));
+    }
+
+    /// The key verified under `hash` less than [`REMEMBERED_KEY_TTL`] ago.
+    pub(crate) fn recall(&self, hash: &[u8; 32]) -> Option<ApiKeyRecord> {
+        let entries = self.entries();
+        let (key, at) = entries.get(hash)?;
+        (at.elapsed() < REMEMBERED_KEY_TTL).then(|| key.clone())
+    }
+
+    /// Drops the key remembered under `hash` (revoked, or unknown to the store).
+    pub(crate) fn forget(&self, hash: &[u8; 32]) {
+        self.entries().remove(hash);
+    }
+
+    /// Drops every remembered key (a key was deleted or replaced).
+    pub(crate) fn clear(&self) {
+        self.entries().clear();
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Registry tokens (the OCI / Docker token flow)
 
 /// How long a registry token is valid.
@@ -628,5 +696,27 @@ mod tests {
             vec!["pull", "push"]
         );
         assert!(granted_actions(Some(&writer), None, &asked).is_empty());
+    }
+
+    #[test]
+    fn remembered_keys_are_bounded_and_forgotten_on_revocation() {
+        let keys = RememberedKeys::default();
+        let hash = |i: usize| {
+            let mut h = [0u8; 32];
+            h[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            h
+        };
+        for i in 0..REMEMBERED_KEYS_MAX + 10 {
+            keys.remember(hash(i), key(Permission::Read, None).key);
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        assert_eq!(keys.entries().len(), REMEMBERED_KEYS_MAX);
+        assert!(keys.recall(&hash(0)).is_none(), "the oldest is dropped first");
+        let newest = hash(REMEMBERED_KEYS_MAX + 9);
+        assert!(keys.recall(&newest).is_some());
+        keys.forget(&newest);
+        assert!(keys.recall(&newest).is_none());
+        keys.clear();
+        assert!(keys.recall(&hash(20)).is_none());
     }
 }

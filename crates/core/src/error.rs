@@ -134,7 +134,7 @@ impl From<StoreError> for CoreError {
             }
             // The cause names the database or bucket (host, port, name):
             // the operator's log has it, a client gets the gist.
-            e @ StoreError::Unavailable(_) => {
+            e @ (StoreError::Unavailable(_) | StoreError::NoBucket(_) | StoreError::Connect { .. }) => {
                 tracing::warn!(cause = %e, "storage unavailable");
                 CoreError::Unavailable("storage is unavailable; retry later".into())
             }

@@ -45,6 +45,10 @@ pub use clock::Clock;
 pub use error::CoreError;
 pub use integrity::{Damage, DamageKind, FsckReport};
 
+/// How long `/metrics` waits for the metadata store before taking it as
+/// down ([`Ferry::metadata_reachable`], [`Ferry::authenticate_metrics`]).
+pub const STORE_CHECK_WAIT: Duration = Duration::from_secs(2);
+
 /// Limits, timings and exposure settings of one instance.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -195,6 +199,8 @@ struct Inner {
     signing_gen: tokio::sync::Mutex<()>,
     debian: debian::State,
     rpm: rpm::State,
+    /// Keys verified for `/metrics`, usable while the store is away.
+    remembered_keys: auth::RememberedKeys,
 }
 
 /// A key limited to a feed that does not exist is refused.
@@ -243,6 +249,7 @@ impl Ferry {
             signing_gen: tokio::sync::Mutex::new(()),
             debian: Default::default(),
             rpm: Default::default(),
+            remembered_keys: Default::default(),
         }));
         if let Some(rx) = events {
             tokio::spawn(follow_store_events(Arc::downgrade(&ferry.0), rx));
@@ -376,7 +383,10 @@ impl Ferry {
                 debian::forget_feed(self, feed);
                 rpm::forget_feed(self, feed);
             }
+            StoreEvent::KeyRevoked { hash } => self.0.remembered_keys.forget(&hash),
             StoreEvent::Resync => {
+                // Remembered keys stay: a broken listener is what an outage
+                // looks like, and they are what serves metrics then.
                 // Feeds are looked up again; every watched change log is
                 // read again (a long poll whose feed moved answers).
                 self.0.feeds.write().map_err(lock_err)?.clear();
@@ -467,6 +477,7 @@ impl Ferry {
                 feeds: None,
             })
             .await?;
+        self.0.remembered_keys.clear();
         Ok(())
     }
 
@@ -478,7 +489,57 @@ impl Ferry {
         if !self.0.meta.delete_key(name).await? {
             return Err(CoreError::not_found(format!("API key {name:?} not found")));
         }
+        self.0.remembered_keys.clear();
         Ok(())
+    }
+
+    /// Whether the metadata store answers a feed listing within
+    /// [`STORE_CHECK_WAIT`] (for `/metrics`, which must answer quickly
+    /// during an outage rather than wait for the pool's timeout).
+    pub async fn metadata_reachable(&self) -> bool {
+        matches!(
+            tokio::time::timeout(STORE_CHECK_WAIT, self.0.meta.feeds()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The principal for a metrics scrape's secret. While the metadata
+    /// store answers (`store_up`, and the look-up does not fail as
+    /// unavailable within [`STORE_CHECK_WAIT`]) this is
+    /// [`Ferry::authenticate`], and a key that may read metrics is
+    /// remembered; while it does not, a key verified less than
+    /// [`auth::REMEMBERED_KEY_TTL`] ago is accepted as it was then, so a
+    /// monitoring system keeps seeing the instance (and the outage).
+    /// Errors: Unauthorized for a key the store does not know; Unavailable
+    /// during an outage for a key not remembered.
+    pub async fn authenticate_metrics(&self, secret: &str, store_up: bool) -> Result<Principal, CoreError> {
+        let hash = auth::hash_secret(secret);
+        let remembered = &self.0.remembered_keys;
+        if store_up {
+            match tokio::time::timeout(STORE_CHECK_WAIT, self.0.meta.key_by_hash(&hash)).await {
+                Ok(Ok(Some(key))) => {
+                    if key.feeds.is_none() {
+                        remembered.remember(hash, key.clone());
+                    }
+                    return Ok(Principal { key });
+                }
+                Ok(Ok(None)) => {
+                    remembered.forget(&hash);
+                    return Err(CoreError::Unauthorized("invalid API key".into()));
+                }
+                Ok(Err(StoreError::Unavailable(m))) => {
+                    tracing::debug!(cause = %m, "metrics: store unavailable; using remembered keys");
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => tracing::debug!("metrics: the store did not answer in time; using remembered keys"),
+            }
+        }
+        match remembered.recall(&hash) {
+            Some(key) => Ok(Principal { key }),
+            None => Err(CoreError::Unavailable(
+                "storage is unavailable and this key was not verified recently; retry later".into(),
+            )),
+        }
     }
 
     // ---- blobs ----

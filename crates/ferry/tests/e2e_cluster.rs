@@ -1,7 +1,9 @@
 //! Several `ferry serve` nodes on one PostgreSQL database and one blob
 //! folder, as one instance: what one node writes, every node serves and
 //! long-polling peers hear at once; a replication's execution runs on one
-//! node at a time and, when that node is killed, is finished by another.
+//! node at a time and, when that node is killed, is finished by another;
+//! npm, twine and skopeo writing through three nodes at once; a lost
+//! database (503s, metrics still scraped) and one refused at start.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -9,7 +11,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ferry_testkit::pg::TestDatabase;
-use support::{Server, wait_until};
+use support::npm::Npm;
+use support::oci::{Image, Layout, Skopeo, layer};
+use support::pypi::{client, dist, twine_upload, write_dists};
+use support::{Server, run_ok, wait_until};
 
 fn cluster(db: &TestDatabase, data: &std::path::Path, n: usize, env: &[(&str, &str)]) -> Vec<Server> {
     (0..n).map(|_| Server::start_node(data, &db.url, env)).collect()
@@ -152,21 +157,67 @@ fn an_execution_cut_by_a_killed_node_is_finished_by_another() {
     assert!(b.verified("from-hub"));
 }
 
+/// `GET /metrics` with `key`: (status, body).
+fn scrape(node: &Server, key: &str) -> (u16, String) {
+    let (code, body) = support::curl(&[
+        "-s",
+        "-H",
+        &format!("Authorization: Bearer {key}"),
+        &format!("{}/metrics", node.url),
+    ]);
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of an unlabelled metric line `name VALUE`.
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 #[test]
 fn a_node_that_loses_its_database_answers_503_and_recovers_by_itself() {
     let mut db = TestDatabase::private();
     let dir = tempfile::tempdir().unwrap();
     let node = Server::start_node(&dir.path().join("data"), &db.url, &[]);
+    // A second node, through which a key is revoked.
+    let other = Server::start_node(&dir.path().join("data"), &db.url, &[]);
     node.create_feed("files", "assets");
     node.put_asset("files", "kept.txt", b"written before the outage");
     let ready = || support::curl(&["-s", "-o", "/dev/null", &format!("{}/ready", node.url)]).0;
     assert_eq!(ready(), 200);
+
+    // A monitoring system scrapes with a read key; another key was used
+    // once and then revoked through the other node.
+    let scraper = node.key("scraper", "read");
+    let revoked = node.key("revoked", "read");
+    let (code, body) = scrape(&node, &scraper);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(metric(&body, "ferry_database_up"), Some(1.0), "{body}");
+    assert_eq!(metric(&body, "ferry_blob_store_up"), Some(1.0), "{body}");
+    assert_eq!(scrape(&node, &revoked).0, 200);
+    // Node a hears of the revocation by the database's notification alone
+    // (it is not asked about the key again before the outage).
+    other.cli_ok(&["key", "delete", "revoked"]);
+    std::thread::sleep(Duration::from_millis(500));
 
     db.kill_server();
     assert!(
         wait_until(15, || ready() == 503),
         "/ready still answers while the database is down"
     );
+    // The scrape still works with the key verified before the outage, and
+    // shows the outage, in well under a scrape timeout.
+    let t = Instant::now();
+    let (code, body) = scrape(&node, &scraper);
+    assert_eq!(code, 200, "metrics during the outage: {body}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(metric(&body, "ferry_database_up"), Some(0.0), "{body}");
+    assert_eq!(metric(&body, "ferry_blob_store_up"), Some(1.0), "{body}");
+    // Not with the revoked key, a key never verified, or none.
+    assert_ne!(scrape(&node, &revoked).0, 200, "the revoked key opened metrics");
+    assert_ne!(scrape(&node, "ferry_never-seen-key").0, 200);
+    let (code, _) = support::curl(&["-s", "-o", "/dev/null", &format!("{}/metrics", node.url)]);
+    assert_eq!(code, 401);
     let (code, head) = support::curl(&[
         "-s",
         "-D",
@@ -199,6 +250,10 @@ fn a_node_that_loses_its_database_answers_503_and_recovers_by_itself() {
 
     db.restart_server();
     assert!(wait_until(30, || ready() == 200), "/ready did not recover");
+    let (code, body) = scrape(&node, &scraper);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(metric(&body, "ferry_database_up"), Some(1.0), "{body}");
+    assert_eq!(scrape(&node, &revoked).0, 401, "a revoked key reads metrics");
     assert!(node.serves("files", "kept.txt", b"written before the outage"));
     assert!(
         node.lacks("files", "during.txt"),
@@ -206,6 +261,34 @@ fn a_node_that_loses_its_database_answers_503_and_recovers_by_itself() {
     );
     node.put_asset("files", "after.txt", b"written after");
     assert!(node.serves("files", "after.txt", b"written after"));
+}
+
+/// A database that cannot be reached at start stops `ferry serve` with the
+/// cause and the URL without its password, not "pool timed out".
+#[test]
+fn a_database_that_refuses_the_connection_is_named_at_start() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://ferry:s3cret-pw@127.0.0.1:{port}/ferry");
+    let out = support::run_fail(
+        std::process::Command::new(support::bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("FERRY_DATABASE_URL", &url)
+            .env("FERRY_ADMIN_KEY", support::ADMIN),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("postgres://ferry@127.0.0.1:{port}/ferry")),
+        "{err}"
+    );
+    assert!(err.contains("refused the connection"), "{err}");
+    assert!(!err.contains("s3cret-pw"), "the password is shown: {err}");
+    assert!(!err.contains("timed out"), "{err}");
 }
 
 #[test]
@@ -243,4 +326,119 @@ fn a_node_with_a_data_directory_of_its_own_keeps_the_instances_admin_key() {
         assert_eq!(feeds(s, &key), 200, "the instance's admin key stopped working");
         assert_eq!(feeds(s, "ferry_a-stale-key-of-another-instance"), 401);
     }
+}
+
+/// npm install, pip download and skopeo (inspect, copy back) through `node`:
+/// it serves everything the three clients wrote, whichever node took it.
+fn serves_all_three(node: &Server, key: &str, img: &Image, tmp: &std::path::Path, label: &str) {
+    // npm: a fresh cache, so the tarball comes from this node.
+    let npm = Npm::new(node, "js", key);
+    let app = npm.project("app");
+    run_ok(&mut npm.cmd(&app, &format!("cache-{label}"), &["install", "cluster-greet"]));
+    let installed = std::fs::read_to_string(app.join("node_modules/cluster-greet/index.js")).unwrap();
+    assert!(installed.contains("cluster-greet@1.0.0"), "{label}: {installed}");
+
+    // pip: both files of the release.
+    let index = format!("{}/pypi/py/simple/", node.url);
+    for (what, extra) in [("wheel", &[][..]), ("sdist", &["--no-binary", ":all:"][..])] {
+        let dest = tmp.join(format!("pip-{label}-{what}"));
+        run_ok(
+            client("pip")
+                .args(["download", "--no-cache-dir", "--no-deps", "--index-url", &index])
+                .args(extra)
+                .arg("--dest")
+                .arg(&dest)
+                .arg("cluster-demo==1.0"),
+        );
+        let files: Vec<_> = std::fs::read_dir(&dest).unwrap().flatten().collect();
+        assert_eq!(files.len(), 1, "{label}: pip downloaded {files:?}");
+    }
+
+    // skopeo: the manifest byte for byte, and a whole copy back.
+    let sk = Skopeo::new();
+    let reference = format!("{}/img/team/app:v1", node.addr);
+    let raw = sk.inspect(&reference, true, None, &[]).unwrap();
+    assert!(raw == img.manifest.bytes, "{label}: the manifest changed");
+    let pulled = sk.pull_ok(
+        &format!("{}/img/team/app:v1", node.addr),
+        &tmp.join(format!("oci-{label}")),
+        "v1",
+        None,
+    );
+    pulled.assert_holds("v1", &img.manifest, &img.blobs());
+}
+
+#[test]
+fn three_nodes_take_npm_pypi_and_oci_uploads_at_once_and_each_serves_all() {
+    let db = TestDatabase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(&db, &dir.path().join("data"), 3, &[]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    a.create_feed("js", "npm");
+    b.create_feed("py", "pypi");
+    c.create_feed("img", "oci");
+    let key = a.key("ci", "write");
+    let tmp = tempfile::tempdir().unwrap();
+
+    // What the three clients send.
+    let npm = Npm::new(a, "js", &key);
+    let pkg = npm.package(
+        "cluster-greet",
+        "1.0.0",
+        &[],
+        "module.exports = \"cluster-greet@1.0.0\";\n",
+    );
+    let dists = write_dists(
+        tmp.path(),
+        &[
+            dist::wheel("Cluster.Demo", "1.0", "cluster_demo", None),
+            dist::sdist("Cluster.Demo", "1.0", None),
+        ],
+    );
+    let src = Layout::create(&tmp.path().join("src"));
+    let img = Image::new(vec![layer(600_000), layer(80_000)], "amd64");
+    src.add_image("v1", &img);
+    let sk = Skopeo::new();
+
+    // npm publish through a, twine upload through b, skopeo copy through c,
+    // all at once.
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let publish = s.spawn(|| run_ok(&mut npm.cmd(&pkg, "cache", &["publish"])));
+        let upload = s.spawn(|| run_ok(&mut twine_upload(b, "py", &key, &dists, &[])));
+        let push = s.spawn(|| sk.push_ok(&src, "v1", &format!("{}/img/team/app:v1", c.addr), &key));
+        publish.join().unwrap();
+        upload.join().unwrap();
+        push.join().unwrap();
+    });
+    eprintln!("three clients through three nodes: {:?}", t.elapsed());
+
+    // Every node serves all of it (the image copied back through another
+    // node than the one it was pushed to, the others likewise).
+    for (node, label) in [(a, "a"), (b, "b"), (c, "c")] {
+        serves_all_three(node, &key, &img, tmp.path(), label);
+    }
+
+    // A spoke pulling from node b gets all of it.
+    let token = a.incoming("to-spokes", &["js", "py", "img"], "push");
+    let spoke = Server::start();
+    spoke.create_feed("js", "npm");
+    spoke.create_feed("py", "pypi");
+    spoke.create_feed("img", "oci");
+    spoke.outgoing(
+        "from-cluster",
+        &["js", "py", "img"],
+        b,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    let out = spoke.cli_ok(&["replication", "run", "from-cluster", "--wait"]);
+    assert!(
+        spoke.verified("from-cluster"),
+        "{out}\n{:#?}",
+        spoke.executions("from-cluster")
+    );
+    let spoke_key = spoke.key("reader", "read");
+    serves_all_three(&spoke, &spoke_key, &img, tmp.path(), "spoke");
 }

@@ -203,3 +203,46 @@ fn an_s3_backed_instance_serves_replicates_resumes_and_survives_the_bucket_going
     hub.stop();
     spoke.stop();
 }
+
+/// A `[blob_store]` bucket that does not exist stops `ferry serve` at
+/// start with a message naming it (s3s-fs answers a GET inside a missing
+/// bucket with NoSuchKey, so the start asks about the bucket itself).
+#[test]
+fn a_bucket_that_does_not_exist_stops_the_start_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(BUCKET);
+    let conf = tmp.path().join("missing.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[blob_store]\ntype = \"s3\"\nendpoint = \"{}\"\nbucket = \"never-created\"\n\
+             region = \"us-east-1\"\npath_style = true\nallow_http = true\n",
+            s3.endpoint
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(support::bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("FERRY_CONFIG", &conf)
+        .env("FERRY_ADMIN_KEY", support::ADMIN)
+        .env("AWS_ACCESS_KEY_ID", s3s::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", s3s::SECRET_KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_until(30, || child.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        exited,
+        "ferry serve started on a bucket that does not exist: {err}"
+    );
+    assert!(!out.status.success());
+    assert!(err.contains("bucket never-created at http://127.0.0.1:"), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+}

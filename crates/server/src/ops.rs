@@ -99,16 +99,45 @@ async fn ready(State(st): State<AppState>) -> impl IntoResponse {
 /// so they need a key that is not limited to some feeds (any permission),
 /// unless the instance makes them public (`Config::metrics_public`); see
 /// [`auth::authorize_metrics`].
+///
+/// They answer during an outage of the metadata database too: the store
+/// gets [`ferry_core::STORE_CHECK_WAIT`] to answer, and while it does not,
+/// a key verified recently ([`ferry_core::Ferry::authenticate_metrics`])
+/// still opens them. `ferry_database_up` and `ferry_blob_store_up` (1 or 0)
+/// say whether the metadata store and the blob store answer now; what
+/// needs the database (damage references, peer gauges) keeps its last
+/// values meanwhile.
 async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
     let public = st.ferry.config().metrics_public;
+    let database_up = st.ferry.metadata_reachable().await;
     if !public {
-        let who = access::principal(&st, &headers).await.map_err(ApiError::text)?;
+        let who = match access::presented_secret(&headers).map_err(ApiError::text)? {
+            Some(secret) if !secret.is_empty() => Some(
+                st.ferry
+                    .authenticate_metrics(&secret, database_up)
+                    .await
+                    .map_err(ApiError::text)?,
+            ),
+            _ => None,
+        };
         auth::authorize_metrics(who.as_ref(), public).map_err(ApiError::text)?;
     }
-    // Sets `ferry_blobs_damaged` (0 included) and the per-peer gauges of
-    // incoming replications before rendering.
-    current_damage(&st).await;
-    st.replicator.set_peer_gauges().await;
+    let blob_store_up = matches!(
+        tokio::time::timeout(ferry_core::STORE_CHECK_WAIT, st.ferry.blob_store().ready()).await,
+        Ok(Ok(()))
+    );
+    metrics::gauge!("ferry_database_up").set(if database_up { 1.0 } else { 0.0 });
+    metrics::gauge!("ferry_blob_store_up").set(if blob_store_up { 1.0 } else { 0.0 });
+    if database_up {
+        // Sets `ferry_blobs_damaged` (0 included) and the per-peer gauges
+        // of incoming replications before rendering.
+        current_damage(&st).await;
+        st.replicator.set_peer_gauges().await;
+    } else {
+        // What is known in memory, without asking the store about
+        // references (sets `ferry_blobs_damaged`).
+        st.ferry.damaged();
+    }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),

@@ -30,6 +30,11 @@ pub enum StoreError {
     /// Answered 503.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The S3 bucket (named by the string: `bucket B at ENDPOINT`) does not
+    /// exist. Refused at start; answered 503 (like
+    /// [`StoreError::Unavailable`]) if it goes away later.
+    #[error("S3 {0} does not exist (NoSuchBucket): create it, or correct `bucket` in [blob_store]")]
+    NoBucket(String),
     /// The database aborted the transaction to break a deadlock or a
     /// serialization conflict with another writer; nothing was written.
     /// Stores retry it themselves a few times; answered 503 if it persists.
@@ -37,6 +42,37 @@ pub enum StoreError {
     Contention(String),
     #[error("storage i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The database could not be connected to at start: `url` is its URL
+    /// without the password, `cause` why (the server refused the
+    /// connection, the login failed, the database does not exist...).
+    #[error("cannot connect to the database at {url}: {cause}")]
+    Connect { url: String, cause: ConnectFailure },
+}
+
+/// Why a connection to the database failed, as far as the client can tell.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    /// Nothing listens at the address (connection refused).
+    #[error("the server refused the connection (is PostgreSQL running and listening on that host and port?)")]
+    Refused,
+    /// The address could not be reached (no route, name not resolved...).
+    #[error("the server cannot be reached: {0}")]
+    Unreachable(String),
+    /// The server did not answer in time.
+    #[error("the server did not answer within {0} s")]
+    NoAnswer(u64),
+    /// The login was refused (wrong password, no `pg_hba.conf` entry...).
+    #[error("authentication failed for user {user:?}: {message}")]
+    Authentication { user: String, message: String },
+    /// The database named in the URL does not exist on the server.
+    #[error("database {0:?} does not exist (create it first, e.g. `createdb`)")]
+    NoDatabase(String),
+    /// TLS negotiation failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Anything else the server or the driver said.
+    #[error("{0}")]
+    Other(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

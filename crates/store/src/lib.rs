@@ -24,7 +24,7 @@ mod sqlite;
 mod sqlite_replication;
 
 pub use blob::{BlobBody, BlobCheck, BlobStore, ByteStream, FsBlobStore, StagedBlob, Transfer};
-pub use error::StoreError;
+pub use error::{ConnectFailure, StoreError};
 pub use meta::*;
 pub use postgres::PgStore;
 pub use replication::*;

@@ -260,6 +260,10 @@ pub enum StoreEvent {
     FeedDeleted { feed: FeedId, name: FeedName },
     /// The feed's signing key was set or replaced.
     SigningKeyChanged { feed: FeedId },
+    /// The API key with this secret hash was deleted or replaced: whatever
+    /// was remembered of it (a credential verified for the metrics scrape)
+    /// is forgotten.
+    KeyRevoked { hash: [u8; 32] },
     /// Events may have been lost (the connection that carries them broke):
     /// re-read whatever is kept from the store.
     Resync,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use crate::meta::*;
-use crate::{StoreError, now_millis};
+use crate::{ConnectFailure, StoreError, now_millis};
 
 /// Schema migrations, applied in order; `ferry_schema.version` counts the
 /// ones applied. Text columns that are compared or ordered use the `C`
@@ -157,7 +157,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `LISTEN`/`NOTIFY` channel that carries [`StoreEvent`]s between the
 /// nodes sharing a database. Payloads: `c FEED SEQ` (change log grew),
-/// `d FEED NAME` (feed deleted), `k FEED` (signing key set).
+/// `d FEED NAME` (feed deleted), `k FEED` (signing key set), `K HASH` (the
+/// API key with this secret hash, in hex, deleted or replaced).
 const EVENTS_CHANNEL: &str = "ferry_events";
 
 /// PostgreSQL metadata store. Cheap to clone (the pool is shared).
@@ -183,6 +184,11 @@ impl Drop for Events {
 }
 
 fn parse_event(payload: &str) -> Option<StoreEvent> {
+    if let Some(hex_hash) = payload.strip_prefix("K ") {
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(hex_hash, &mut hash).ok()?;
+        return Some(StoreEvent::KeyRevoked { hash });
+    }
     let mut parts = payload.split(' ');
     let kind = parts.next()?;
     let feed: FeedId = parts.next()?.parse().ok()?;
@@ -236,6 +242,67 @@ async fn notify(c: &mut PgConnection, payload: String) -> Result<(), StoreError>
     Ok(())
 }
 
+/// The start error for a pool that could not connect: names the database
+/// URL (without its password) and the cause. The pool retries a refused
+/// connection until its timeout and then only says it timed out, so in that
+/// case one more connection is tried alone to learn why.
+async fn connect_error(opts: &PgConnectOptions, e: sqlx::Error) -> StoreError {
+    use sqlx::Connection;
+    let e = match e {
+        sqlx::Error::PoolTimedOut => {
+            match tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(opts)).await {
+                Ok(Ok(c)) => {
+                    let _ = c.close().await;
+                    sqlx::Error::PoolTimedOut
+                }
+                Ok(Err(e)) => e,
+                Err(_) => sqlx::Error::PoolTimedOut,
+            }
+        }
+        e => e,
+    };
+    StoreError::Connect {
+        url: redacted_url(opts),
+        cause: connect_failure(opts, e),
+    }
+}
+
+/// What a failed connection attempt says about its cause.
+fn connect_failure(opts: &PgConnectOptions, e: sqlx::Error) -> ConnectFailure {
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+        sqlx::Error::Io(io) => ConnectFailure::Unreachable(io.to_string()),
+        sqlx::Error::PoolTimedOut => ConnectFailure::NoAnswer(ACQUIRE_TIMEOUT.as_secs()),
+        sqlx::Error::Tls(t) => ConnectFailure::Tls(t.to_string()),
+        sqlx::Error::Database(d) => match d.code().as_deref() {
+            // invalid_password, invalid_authorization_specification
+            Some("28P01" | "28000") => ConnectFailure::Authentication {
+                user: opts.get_username().to_string(),
+                message: d.message().to_string(),
+            },
+            // invalid_catalog_name
+            Some("3D000") => ConnectFailure::NoDatabase(
+                opts.get_database()
+                    .unwrap_or_else(|| opts.get_username())
+                    .to_string(),
+            ),
+            _ => ConnectFailure::Other(d.message().to_string()),
+        },
+        other => ConnectFailure::Other(other.to_string()),
+    }
+}
+
+/// The database's URL without its password or parameters:
+/// `postgres://USER@HOST:PORT/DATABASE` (a Unix socket as `?host=DIR`).
+fn redacted_url(opts: &PgConnectOptions) -> String {
+    let user = opts.get_username();
+    let db = opts.get_database().unwrap_or(user);
+    match opts.get_socket() {
+        Some(dir) => format!("postgres://{user}@/{db}?host={}", dir.display()),
+        None => format!("postgres://{user}@{}:{}/{db}", opts.get_host(), opts.get_port()),
+    }
+}
+
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore").field("target", &self.target).finish()
@@ -247,9 +314,12 @@ impl PgStore {
     /// libpq's URL form with its `sslmode` and other parameters) and runs
     /// the migrations this build knows that the database has not had.
     ///
-    /// Errors: [`StoreError::Unavailable`] when the server does not answer
-    /// or refuses the login; [`StoreError::Backend`] for a malformed URL or
-    /// a database whose schema is newer than this build.
+    /// Errors: [`StoreError::Connect`] when no connection can be made,
+    /// naming the URL without its password and the cause (refused, no
+    /// answer, authentication failed, no such database);
+    /// [`StoreError::Backend`] for a malformed URL or a database whose
+    /// schema is newer than this build; [`StoreError::Unavailable`] if the
+    /// server goes away while the store opens.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             let scheme = url.split_once("://").map_or("(none)", |(s, _)| s);
@@ -265,16 +335,18 @@ impl PgStore {
             opts.get_port(),
             opts.get_database().unwrap_or("")
         );
-        let pool = PgPoolOptions::new()
+        let pool = match PgPoolOptions::new()
             .max_connections(DEFAULT_MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
-            .map_err(|e| match e {
-                sqlx::Error::Configuration(m) => StoreError::Backend(format!("database URL: {m}")),
-                sqlx::Error::Database(d) => StoreError::Unavailable(format!("database {target}: {d}")),
-                other => StoreError::from(other),
-            })?;
+        {
+            Ok(pool) => pool,
+            Err(sqlx::Error::Configuration(m)) => {
+                return Err(StoreError::Backend(format!("database URL: {m}")));
+            }
+            Err(e) => return Err(connect_error(&opts, e).await),
+        };
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(EVENTS_CHANNEL).await?;
         let (tx, _) = broadcast::channel(4096);
@@ -997,10 +1069,14 @@ impl MetadataStore for PgStore {
 
     async fn put_named_key(&self, key: NewApiKey) -> Result<ApiKeyRecord, StoreError> {
         store_tx!(self, |c| async {
-            sqlx::query("DELETE FROM api_keys WHERE name = $1")
-                .bind(&key.name)
-                .execute(&mut *c)
-                .await?;
+            let replaced: Vec<Vec<u8>> =
+                sqlx::query_scalar("DELETE FROM api_keys WHERE name = $1 RETURNING hash")
+                    .bind(&key.name)
+                    .fetch_all(&mut *c)
+                    .await?;
+            for old in replaced.iter().filter(|h| h.as_slice() != key.hash.as_slice()) {
+                notify(c, format!("K {}", hex::encode(old))).await?;
+            }
             insert_key(c, &key).await
         })
     }
@@ -1030,12 +1106,17 @@ impl MetadataStore for PgStore {
     }
 
     async fn delete_key(&self, name: &str) -> Result<bool, StoreError> {
-        let n = sqlx::query("DELETE FROM api_keys WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
+        store_tx!(self, |c| async {
+            let deleted: Vec<Vec<u8>> =
+                sqlx::query_scalar("DELETE FROM api_keys WHERE name = $1 RETURNING hash")
+                    .bind(name)
+                    .fetch_all(&mut *c)
+                    .await?;
+            for hash in &deleted {
+                notify(c, format!("K {}", hex::encode(hash))).await?;
+            }
+            Ok(!deleted.is_empty())
+        })
     }
 
     async fn signing_key(&self, feed: FeedId) -> Result<Option<String>, StoreError> {

@@ -19,8 +19,10 @@
 //! objects under `{prefix}records/`, rewritten whole.
 //!
 //! Every failure to reach the bucket is [`StoreError::Unavailable`] (503 at
-//! the HTTP edge); a missing object is [`StoreError::BlobMissing`] or
-//! `None`/[`BlobCheck::Missing`] as the trait says.
+//! the HTTP edge), a bucket that does not exist [`StoreError::NoBucket`]
+//! (asked at open and by `ready`, with a list request); a missing object
+//! is [`StoreError::BlobMissing`] or `None`/[`BlobCheck::Missing`] as the
+//! trait says.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -34,6 +36,7 @@ use bytes::Bytes;
 use ferry_types::{Digest, Sha256Hasher};
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
 use object_store::{
@@ -112,8 +115,9 @@ impl S3Config {
 /// A [`BlobStore`] over an S3-compatible bucket, with a node-local spool
 /// directory for what is still being received (see the module docs).
 ///
-/// S3 operations used: GetObject (whole and with `Range`), HeadObject,
-/// PutObject, DeleteObject, CopyObject (quarantine only),
+/// S3 operations used: ListObjectsV2 (one key, to check that the bucket
+/// exists: at open and in [`BlobStore::ready`]), GetObject (whole and with
+/// `Range`), HeadObject, PutObject, DeleteObject, CopyObject (quarantine only),
 /// CreateMultipartUpload, UploadPart, CompleteMultipartUpload and
 /// AbortMultipartUpload.
 pub struct S3BlobStore {
@@ -207,6 +211,7 @@ impl S3BlobStore {
     /// reads the quarantine and missing records.
     ///
     /// Errors: [`StoreError::Backend`] for an invalid configuration,
+    /// [`StoreError::NoBucket`] if the bucket does not exist,
     /// [`StoreError::Unavailable`] if the bucket cannot be reached,
     /// [`StoreError::Io`] for the spool.
     pub async fn open(cfg: S3Config, spool: impl Into<PathBuf>) -> Result<Self, StoreError> {
@@ -272,6 +277,7 @@ impl S3BlobStore {
             verified: Mutex::new(HashMap::new()),
             commits: Arc::default(),
         };
+        inner.check_bucket().await?;
         inner.sweep_multipart().await?;
         let quarantined = inner.read_record(QUARANTINE_RECORD).await?;
         *locked(&inner.quarantine) = quarantined.into_iter().collect();
@@ -502,6 +508,29 @@ impl Inner {
                 pending.abort().await;
                 Err(self.unavailable("CompleteMultipartUpload", e))
             }
+        }
+    }
+
+    /// Asks about the bucket itself (ListObjectsV2 for at most one key under
+    /// the prefix): a GET or HEAD of a key cannot tell a missing bucket
+    /// from a missing key on every server (s3s-fs answers NoSuchKey), a
+    /// list request can. [`StoreError::NoBucket`] when the bucket does not
+    /// exist, [`StoreError::Unavailable`] when the request fails otherwise
+    /// (server away, credentials refused, no `s3:ListBucket` permission).
+    async fn check_bucket(&self) -> Result<(), StoreError> {
+        let opts = PaginatedListOptions {
+            max_keys: Some(1),
+            ..Default::default()
+        };
+        let prefix = (!self.prefix.is_empty()).then_some(self.prefix.as_str());
+        match self.s3.list_paginated(prefix, opts).await {
+            Ok(_) => Ok(()),
+            // object_store keeps S3's error code only in the message (its
+            // request error type is not public).
+            Err(e) if e.to_string().contains("NoSuchBucket") => {
+                Err(StoreError::NoBucket(self.location.clone()))
+            }
+            Err(e) => Err(self.unavailable("ListObjectsV2", e)),
         }
     }
 
@@ -884,13 +913,7 @@ impl BlobStore for S3BlobStore {
     /// HeadObject of the quarantine record: found or not, the bucket
     /// answered.
     async fn ready(&self) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let key = Key::from(format!("{}{QUARANTINE_RECORD}", inner.prefix));
-        match inner.s3.head(&key).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(inner.unavailable("HeadObject", e)),
-        }
+        self.inner.check_bucket().await
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use ferry_store::{MetadataStore, PgStore, StoreError};
+use ferry_store::{ConnectFailure, MetadataStore, PgStore, StoreError};
 use ferry_testkit::pg::TestDatabase;
 
 #[tokio::test]
@@ -76,6 +76,56 @@ async fn a_lost_database_is_unavailable_then_recovers() {
 }
 
 #[tokio::test]
+async fn a_failed_connection_at_start_names_its_cause_and_the_url_without_password() {
+    // Nothing listens on a free port: "refused", not "pool timed out".
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://ferry:hunter2@127.0.0.1:{port}/ferry");
+    let err = PgStore::connect(&url).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            StoreError::Connect {
+                cause: ConnectFailure::Refused,
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("postgres://ferry@127.0.0.1:{port}/ferry")),
+        "{text}"
+    );
+    assert!(text.contains("refused the connection"), "{text}");
+    assert!(!text.contains("hunter2"), "the password is shown: {text}");
+
+    // A server that answers, but not for this database or this user.
+    let db = TestDatabase::new();
+    let (server, _) = db.server_url().rsplit_once('/').unwrap();
+    let err = PgStore::connect(&format!("{server}/ferry_no_such_database"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Connect { cause: ConnectFailure::NoDatabase(d), .. } if d == "ferry_no_such_database"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    let (_, host) = server.split_once('@').unwrap();
+    let err = PgStore::connect(&format!("postgres://ferry_no_such_role:pw@{host}/postgres"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Connect { cause: ConnectFailure::Authentication { user, .. }, .. } if user == "ferry_no_such_role"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains(":pw@"), "{err}");
+}
+
+#[tokio::test]
 async fn a_node_hears_what_another_node_wrote() {
     use ferry_store::{Change, ChangeOp, Precondition, StoreEvent};
     let db = TestDatabase::new();
@@ -126,4 +176,17 @@ async fn a_node_hears_what_another_node_wrote() {
             name: name.clone()
         }
     );
+    // A key revoked (deleted, or replaced under its name) is named by its
+    // hash; creating one says nothing.
+    let key = |name: &str, hash: u8| ferry_store::NewApiKey {
+        name: name.into(),
+        hash: [hash; 32],
+        permission: ferry_store::Permission::Read,
+        feeds: None,
+    };
+    a.create_key(key("scraper", 1)).await.unwrap();
+    a.put_named_key(key("scraper", 2)).await.unwrap();
+    assert_eq!(next(&mut heard).await, StoreEvent::KeyRevoked { hash: [1; 32] });
+    assert!(a.delete_key("scraper").await.unwrap());
+    assert_eq!(next(&mut heard).await, StoreEvent::KeyRevoked { hash: [2; 32] });
 }

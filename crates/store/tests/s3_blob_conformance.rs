@@ -183,6 +183,36 @@ async fn an_unreachable_bucket_is_unavailable_until_it_is_back() {
     assert_eq!(store.size(&d).await.unwrap(), Some(4));
 }
 
+/// A bucket that does not exist is refused at open, naming it (s3s-fs
+/// answers NoSuchKey to a GET inside a missing bucket: only a question
+/// about the bucket itself tells), and `ready` fails while the bucket is
+/// gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_is_refused_at_open_and_fails_ready() {
+    let server = S3Server::start(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&server);
+    cfg.bucket = "no-such-bucket".into();
+    match S3BlobStore::open(cfg, dir.path().join("spool-a")).await {
+        Err(e @ StoreError::NoBucket(_)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("bucket no-such-bucket at http://127.0.0.1:"),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("expected NoBucket, got {e}"),
+        Ok(_) => panic!("a store opened on a bucket that does not exist"),
+    }
+    let store = open(&server, &dir.path().join("spool-b")).await;
+    store.ready().await.unwrap();
+    let (bucket, away) = (server.root().join(BUCKET), server.root().join("away"));
+    std::fs::rename(&bucket, &away).unwrap();
+    assert!(matches!(store.ready().await, Err(StoreError::NoBucket(_))));
+    std::fs::rename(&away, &bucket).unwrap();
+    store.ready().await.unwrap();
+}
+
 fn direct_client(server: &S3Server) -> object_store::aws::AmazonS3 {
     object_store::aws::AmazonS3Builder::new()
         .with_endpoint(&server.endpoint)
