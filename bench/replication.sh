@@ -258,10 +258,15 @@ repl_full_inner() {
         SPOKE_PID='' SPOKE_DIR=''
         sync
     done
-    local rs_fsync=
+    local rs_fsync= rs_fsync_cpu=
     if [[ $(rsync --help 2>/dev/null) == *--fsync* ]]; then
+        d0=$(proc_cpu_ms "$RSYNCD_PID" children)
         rs_fsync=$(rsync_timed "$dest" --fsync) || rs_fsync=
-        [ -n "$rs_fsync" ] && log "repl-full: rsync -a --fsync: $rs_fsync s"
+        d1=$(proc_cpu_ms "$RSYNCD_PID" children)
+        if [ -n "$rs_fsync" ]; then
+            rs_fsync_cpu=$(($(cat "$BENCH_TMP/rsync.cpu_ms") + d1 - d0))
+            log "repl-full: rsync -a --fsync: $rs_fsync s, CPU $rs_fsync_cpu ms (client and daemon)"
+        fi
         rm -rf -- "$dest"
     fi
     stop_now "$RSYNCD_PID"
@@ -305,6 +310,9 @@ repl_full_inner() {
         "-" "-" "info"
     if [ -n "$rs_fsync" ]; then
         add_row "repl-full vs rsync -a --fsync, s" "$(fmt "$fe_m" 2)" "$(fmt "$rs_fsync" 2)" "$(ratio "$fe_m" "$rs_fsync")" "-" "info"
+        rs_fsync_cpu=$(awk -v m="$rs_fsync_cpu" -v g="$gib" 'BEGIN { print m / 1000 / g }')
+        add_row "repl-full CPU s per GiB vs rsync -a --fsync (one run)" "$(fmt "$fe_g" 2)" "$(fmt "$rs_fsync_cpu" 2)" \
+            "$(ratio "$fe_g" "$rs_fsync_cpu")" "-" "info"
     fi
 }
 
