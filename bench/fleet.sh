@@ -189,7 +189,10 @@ fleet_inner() {
     h0=$(fleet_ticks "$HUB_PID")
     s0=$(fleet_ticks "${spoke_pids[@]}")
     t0=$(now_ms)
-    sleep "$FLEET_IDLE_S"
+    # in the background and waited for, so that SIGINT/SIGTERM stop the
+    # fleet at once instead of after the idle window
+    sleep "$FLEET_IDLE_S" &
+    wait $!
     t1=$(now_ms)
     h1=$(fleet_ticks "$HUB_PID")
     s1=$(fleet_ticks "${spoke_pids[@]}")
