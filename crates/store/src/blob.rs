@@ -30,9 +30,27 @@ pub struct StagedBlob {
     digest: Digest,
     size: u64,
     committed: bool,
+    /// The flush of the staged file, started when it was written and
+    /// awaited before it is placed ([`StagedBlob::flushed`]): a caller
+    /// staging many uploads one after another (a bulk upload's parts) does
+    /// not wait for each flush before reading the next, and the device
+    /// takes the flushes together.
+    flushing: Option<tokio::task::JoinHandle<io::Result<()>>>,
 }
 
 impl StagedBlob {
+    /// Waits until the staged bytes are on stable storage.
+    ///
+    /// Errors: the flush failed (the file cannot be trusted to survive a
+    /// crash, so it must not be placed).
+    pub(crate) async fn flushed(&mut self) -> Result<(), StoreError> {
+        if let Some(h) = self.flushing.take() {
+            h.await
+                .map_err(|e| StoreError::Backend(format!("blob flush: {e}")))??;
+        }
+        Ok(())
+    }
+
     pub fn digest(&self) -> Digest {
         self.digest
     }
@@ -1212,12 +1230,11 @@ impl BlobStore for FsBlobStore {
             digest: Digest::from_bytes([0; 32]),
             size: 0,
             committed: false,
+            flushing: None,
         };
         let poured = pour(body, file, Some(Sha256Hasher::new()), 0, limit, ()).await?;
         let file = poured.file;
-        tokio::task::spawn_blocking(move || file.sync_all())
-            .await
-            .map_err(|e| StoreError::Backend(format!("blob writer: {e}")))??;
+        staged.flushing = Some(tokio::task::spawn_blocking(move || file.sync_all()));
         staged.size = poured.size;
         let Some(hasher) = poured.hasher else {
             return Err(StoreError::Backend("blob writer lost its hash".into()));
@@ -1235,6 +1252,7 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn commit(&self, mut staged: StagedBlob) -> Result<BlobCheck, StoreError> {
+        staged.flushed().await?;
         let dest = self.blob_path(&staged.digest);
         let found = self.check(&staged.digest).await?;
         match found {
@@ -1552,6 +1570,7 @@ impl BlobStore for FsBlobStore {
             digest: actual,
             size: on_disk,
             committed: false,
+            flushing: None,
         })
     }
 
@@ -1626,6 +1645,7 @@ impl BlobStore for FsBlobStore {
             digest: hasher.finish(),
             size,
             committed: false,
+            flushing: None,
         };
         if let Some(expected) = expected
             && staged.digest != *expected
