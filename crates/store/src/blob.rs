@@ -597,36 +597,28 @@ impl Drop for AppendGuard<'_> {
 const WRITE_SLICE: usize = 64 << 10;
 
 /// How many bytes a blob writer lets pile up in the page cache before it
-/// starts writing them out ([`Writeback`]).
+/// starts writing them out ([`start_writeback`]).
 const WRITEBACK_EVERY: usize = 8 << 20;
 
-/// The write-back of a file being written, started in the background so
-/// that the flush at the end (before the blob counts as stored) finds
-/// little left to do. One flush of the file at a time runs on the blocking
-/// pool, through a second handle of the file, while the writer goes on.
-/// The written pages stay in the page cache: content just pushed is often
-/// read at once (a pull right after a push, a spoke fetching a fresh
-/// publish), and dropping them (as `POSIX_FADV_DONTNEED` does) made those
-/// first reads go to the disk. A failure here only means the final flush
-/// does all the work.
-#[derive(Default)]
-struct Writeback {
-    running: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Writeback {
-    fn start(&mut self, file: &std::fs::File) {
-        if self.running.as_ref().is_some_and(|h| !h.is_finished()) {
-            return;
-        }
-        let (Ok(rt), Ok(f)) = (tokio::runtime::Handle::try_current(), file.try_clone()) else {
-            return;
-        };
-        self.running = Some(rt.spawn_blocking(move || {
-            let _ = f.sync_data();
-        }));
+/// Starts writing the window `[offset, offset + len)` of a file to the
+/// device without waiting for it, so that the flush at the end (before
+/// the blob counts as stored) finds little left to do. Linux starts
+/// write-back of a range on `POSIX_FADV_DONTNEED` and drops only its pages
+/// that are already clean: asked for the window just written (all dirty),
+/// it drops next to nothing and the pages stay cached — content just
+/// pushed is often read at once (a pull right after a push, a spoke
+/// fetching a fresh publish). Asking for the whole file, as the writer
+/// once did, dropped every earlier window and made those first reads go to
+/// the disk. A failure only means the final flush does all the work.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    if let Some(len) = std::num::NonZeroU64::new(len) {
+        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
     }
 }
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
 /// What [`pour`] leaves: the file, the hash of what went through it (if it
 /// was hashing), and the bytes the file now holds.
@@ -653,6 +645,7 @@ async fn pour(
 ) -> Result<Poured, StoreError> {
     use std::io::Write;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let start = size;
     let writer = tokio::task::spawn_blocking(move || -> io::Result<(std::fs::File, Option<Sha256Hasher>)> {
         let _hold = hold;
         let mut hasher = hasher;
@@ -661,7 +654,7 @@ async fn pour(
         // size goes to the file without being copied into it.
         let mut out = std::io::BufWriter::with_capacity(WRITE_SLICE, file);
         let mut unflushed = 0;
-        let mut writeback = Writeback::default();
+        let mut window_start = start;
         while let Some(chunk) = rx.blocking_recv() {
             for piece in chunk.chunks(WRITE_SLICE) {
                 if let Some(h) = &mut hasher {
@@ -672,7 +665,8 @@ async fn pour(
             unflushed += chunk.len();
             if unflushed >= WRITEBACK_EVERY {
                 out.flush()?;
-                writeback.start(out.get_ref());
+                start_writeback(out.get_ref(), window_start, unflushed as u64);
+                window_start += unflushed as u64;
                 unflushed = 0;
             }
         }
