@@ -178,3 +178,70 @@ fn ten_spokes_behind_a_site_cache_cost_the_hub_one_copy_and_survive_its_loss() {
         "after the cache died the hub sent only {from_hub} bytes: the spokes did not fall back to it"
     );
 }
+
+/// A blob source that accepts connections and never answers, and one that
+/// answers but may not send the blobs: neither holds the execution up,
+/// both are named in its log, and the spoke converges from the hub.
+#[test]
+fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let hub_token = hub.incoming("edge", &["files"], "push");
+    let files: Vec<(String, PathBuf)> = (0..3)
+        .map(|i| {
+            (
+                format!("f/{i}.bin"),
+                random_file(tmp.path(), &format!("f{i}"), 200 << 10),
+            )
+        })
+        .collect();
+    hub.put_asset_files("files", &files);
+    // Accepts (the kernel completes the handshake) and never answers.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging_url = format!("http://{}", hanging.local_addr().unwrap());
+    // A cache whose replication for the spokes does not send content.
+    let cache = Server::start();
+    cache.create_feed("files", "assets");
+    cache.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &hub_token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    cache.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    let pull_only = cache.incoming("site", &["files"], "pull");
+
+    for (source, token, says) in [
+        (hanging_url.as_str(), hub_token.as_str(), "no answer within 15 s"),
+        (cache.url.as_str(), pull_only.as_str(), "does not send content"),
+    ] {
+        let s = Server::start();
+        s.create_feed("files", "assets");
+        s.outgoing(
+            "from-hub",
+            &["files"],
+            &hub,
+            &hub_token,
+            "pull",
+            &[
+                "--interval",
+                "3600",
+                "--blob-source",
+                source,
+                "--blob-source-token",
+                token,
+            ],
+        );
+        s.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+        assert!(
+            wait_until(60, || serves_all(&s, &files)),
+            "the spoke did not converge past source {source}"
+        );
+        let log = serde_json::to_string(&s.executions("from-hub")).unwrap();
+        assert!(log.contains("blob source") && log.contains(says), "{says}: {log}");
+    }
+    drop(hanging);
+}

@@ -29,6 +29,26 @@ fn transport(e: reqwest::Error) -> ReplError {
     ReplError::Transport(msg)
 }
 
+/// `body`, ending with a [`std::io::ErrorKind::TimedOut`] error when its
+/// next bytes take longer than `d` to come (time spent by the reader
+/// between its reads does not count).
+fn stalling(body: ByteStream, d: Duration) -> ByteStream {
+    Box::pin(futures::stream::unfold(Some(body), move |state| async move {
+        let mut body = state?;
+        match tokio::time::timeout(d, futures::StreamExt::next(&mut body)).await {
+            Ok(Some(item)) => Some((item, Some(body))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no bytes for {} s", d.as_secs()),
+                )),
+                None,
+            )),
+        }
+    }))
+}
+
 #[derive(Clone)]
 pub struct Remote {
     http: reqwest::Client,
@@ -36,6 +56,10 @@ pub struct Remote {
     token: String,
     /// This instance's id, sent as [`INSTANCE_HEADER`] on every request.
     instance: String,
+    /// Longest wait for an answer, or for the next bytes of a streamed
+    /// one, before the request counts as broken (blob sources: one that
+    /// hangs is left out instead of holding the execution).
+    stall: Option<Duration>,
 }
 
 impl Remote {
@@ -47,7 +71,15 @@ impl Remote {
             base: format!("{}{BASE_PATH}", url.trim_end_matches('/')),
             token: token.to_string(),
             instance: instance.to_string(),
+            stall: None,
         }
+    }
+
+    /// The same client, giving up on a `blobs/batch` request whose answer,
+    /// or whose next bytes, take longer than `d` (see [`Remote::fetch_batch`]).
+    pub fn with_stall_timeout(mut self, d: Duration) -> Self {
+        self.stall = Some(d);
+        self
     }
 
     fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
@@ -234,16 +266,23 @@ impl Remote {
         &self,
         wants: Vec<crate::batch::BlobWant>,
     ) -> Result<crate::batch::FrameReader, ReplError> {
-        let resp = self
+        let send = self
             .req(Method::POST, "/blobs/batch")
             .json(&crate::batch::BatchRequest { blobs: wants })
-            .send()
-            .await
-            .map_err(transport)?;
+            .send();
+        let resp = match self.stall {
+            Some(d) => tokio::time::timeout(d, send)
+                .await
+                .map_err(|_| ReplError::Transport(format!("no answer within {} s", d.as_secs())))?,
+            None => send.await,
+        }
+        .map_err(transport)?;
         let resp = Self::check(resp).await?;
-        Ok(crate::batch::FrameReader::new(Box::pin(
-            resp.bytes_stream().map_err(std::io::Error::other),
-        )))
+        let body: ByteStream = Box::pin(resp.bytes_stream().map_err(std::io::Error::other));
+        Ok(crate::batch::FrameReader::new(match self.stall {
+            Some(d) => stalling(body, d),
+            None => body,
+        }))
     }
 
     /// Pushes many blobs in one streamed body of frames (`POST

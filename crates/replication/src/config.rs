@@ -296,9 +296,12 @@ impl ReplicationConfig {
                     url.len()
                 )));
             }
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            let parsed = reqwest::Url::parse(url).ok().filter(|u| {
+                matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+            });
+            if parsed.is_none() {
                 return Err(ReplError::Invalid(format!(
-                    "--outgoing {url:?} must be an http:// or https:// URL"
+                    "--outgoing {url:?} must be an http:// or https:// URL with a host"
                 )));
             }
             if token.is_empty() {
@@ -337,9 +340,24 @@ impl ReplicationConfig {
                     s.url.len()
                 )));
             }
-            if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
+            let parsed = reqwest::Url::parse(&s.url).ok().filter(|u| {
+                matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+            });
+            let Some(parsed) = parsed else {
                 return Err(ReplError::Invalid(format!(
-                    "blob source {:?} must be an http:// or https:// URL",
+                    "blob source {:?} must be an http:// or https:// URL with a host",
+                    ferry_types::shortened(&s.url, 200)
+                )));
+            };
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err(ReplError::Invalid(format!(
+                    "blob source {}: leave the user and password out of the URL (the sync token authenticates)",
+                    parsed.host_str().unwrap_or_default()
+                )));
+            }
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(ReplError::Invalid(format!(
+                    "blob source {:?}: give the instance's base URL, without ? or #",
                     ferry_types::shortened(&s.url, 200)
                 )));
             }
@@ -664,6 +682,11 @@ mod update_tests {
         );
         let refused = |sources: Vec<BlobSource>| with(sources).unwrap_err().to_string();
         assert!(refused(vec![source("ftp://cache")]).contains("http"));
+        for bad in ["http://", "http://12 7.0.0.1:x/%%", "http://127.0.0.1:99999"] {
+            assert!(refused(vec![source(bad)]).contains("with a host"), "{bad}");
+        }
+        assert!(refused(vec![source("http://user:pw@cache")]).contains("password"));
+        assert!(refused(vec![source("http://cache/x?y=1")]).contains("without ? or #"));
         assert!(refused(vec![source("http://hub:8765/")]).contains("own peer"));
         assert!(refused(vec![source("http://c"), source("http://c/")]).contains("twice"));
         assert!(refused((0..9).map(|i| source(&format!("http://c{i}"))).collect()).contains("at most 8"));

@@ -275,8 +275,10 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|s| fetch::Source {
                     url: s.url.clone(),
-                    remote: Remote::new(r.http().clone(), &s.url, &s.token, r.ferry().instance_id()),
+                    remote: Remote::new(r.http().clone(), &s.url, &s.token, r.ferry().instance_id())
+                        .with_stall_timeout(fetch::SOURCE_STALL),
                     down: std::sync::atomic::AtomicBool::new(false),
+                    refused: std::sync::atomic::AtomicBool::new(false),
                 })
                 .collect(),
             inline: HashMap::new(),

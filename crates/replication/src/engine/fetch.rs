@@ -32,6 +32,10 @@ const SMALL_FRAME: u64 = 1 << 20;
 const SMALL_GROUP: usize = 128;
 const SMALL_GROUP_BYTES: usize = 8 << 20;
 
+/// How long a blob source may take to answer, or to send its next bytes,
+/// before it counts as failed (and the other side is asked instead).
+pub(super) const SOURCE_STALL: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A blob transfer whose bytes are committed; the handle flushes it.
 pub(super) type Flush = JoinHandle<Result<(), StoreError>>;
 /// A group of small blobs being committed: their sizes, and each one's
@@ -46,6 +50,8 @@ pub(super) struct Source {
     pub remote: Remote,
     /// It failed during this execution: not asked again until the next.
     pub down: std::sync::atomic::AtomicBool,
+    /// Its refusal of a blob was logged in this execution.
+    pub refused: std::sync::atomic::AtomicBool,
 }
 
 /// What fetching a page's blobs came to.
@@ -308,6 +314,18 @@ impl Run<'_> {
             }
             let asked = need.len();
             let (mut got, mut left, error) = self.fetch_batched(&src.remote, need, 1).await?;
+            // The first refusal's words (403: it sends no content; 404: its
+            // feeds do not hold the blob), said once for the execution.
+            let refusals = std::mem::take(&mut got.notes);
+            if let Some(why) = refusals.first()
+                && !src.refused.swap(true, Ordering::Relaxed)
+            {
+                out.notes.push(format!(
+                    "blob source {} did not send {} of the blobs asked of it ({why}); they come from the other instance",
+                    src.url,
+                    got.gone.len()
+                ));
+            }
             left.extend(got.gone.drain());
             for (d, why) in got.damaged.drain() {
                 tracing::warn!(target: "replication", replication = %self.rec.name, source = %src.url, blob = %d, "{why}");
@@ -451,6 +469,9 @@ impl Run<'_> {
                 let message = header.error.unwrap_or_default();
                 match status {
                     404 | 403 => {
+                        if from_source && g.done.notes.is_empty() {
+                            g.done.notes.push(format!("{status}: {message}"));
+                        }
                         g.done.gone.insert(d);
                     }
                     // Asked from past its end: what is held here is wrong.
