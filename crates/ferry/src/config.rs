@@ -318,32 +318,42 @@ pub fn declarations(
             let line = r.line.map(|l| format!(" line {l}")).unwrap_or_default();
             format!("{}{line}: replication {}", file.display(), r.name)
         };
-        let given = [r.token.is_some(), r.token_file.is_some(), r.token_env.is_some()];
-        if given.iter().filter(|g| **g).count() > 1 {
-            anyhow::bail!("{}: give one of token, token_file and token_env", at());
-        }
-        if let Some(f) = r.token_file.take() {
-            r.token = Some(read_token_file(&base.join(&f)).with_context(at)?);
-        }
-        if let Some(var) = r.token_env.take() {
-            r.token = Some(read_token_env(&var).with_context(at)?);
-        }
+        resolve_token(&mut r.token, &mut r.token_file, &mut r.token_env, base).with_context(at)?;
         for b in &mut r.blob_sources {
             let at = || format!("{}, blob source {}", at(), b.url);
-            let given = [b.token.is_some(), b.token_file.is_some(), b.token_env.is_some()];
-            if given.iter().filter(|g| **g).count() > 1 {
-                anyhow::bail!("{}: give one of token, token_file and token_env", at());
-            }
-            if let Some(f) = b.token_file.take() {
-                b.token = Some(read_token_file(&base.join(&f)).with_context(at)?);
-            }
-            if let Some(var) = b.token_env.take() {
-                b.token = Some(read_token_env(&var).with_context(at)?);
-            }
+            resolve_token(&mut b.token, &mut b.token_file, &mut b.token_env, base).with_context(at)?;
         }
         out.replications.push(r);
     }
     Ok(out)
+}
+
+/// Resolves a declaration's secret: a `token_file` (relative to `base`)
+/// or a `token_env` becomes `token`; both are then empty.
+///
+/// Errors: more than one of the three given, or the file or variable
+/// cannot give a token ([`read_token_file`], [`read_token_env`]).
+fn resolve_token(
+    token: &mut Option<String>,
+    file: &mut Option<String>,
+    env: &mut Option<String>,
+    base: &Path,
+) -> anyhow::Result<()> {
+    if [token.is_some(), file.is_some(), env.is_some()]
+        .iter()
+        .filter(|g| **g)
+        .count()
+        > 1
+    {
+        anyhow::bail!("give one of token, token_file and token_env");
+    }
+    if let Some(f) = file.take() {
+        *token = Some(read_token_file(&base.join(f))?);
+    }
+    if let Some(var) = env.take() {
+        *token = Some(read_token_env(&var)?);
+    }
+    Ok(())
 }
 
 /// A sync token from a `token_file`: its contents, trimmed.

@@ -402,17 +402,17 @@ impl ReplicationConfig {
     /// The configuration to show: an outgoing token keeps its id (to tell
     /// which of the other side's tokens it is) and loses its secret.
     pub fn redacted(mut self) -> Self {
-        if let Communication::Outgoing { token, .. } = &mut self.communication {
+        let redact = |token: &mut String| {
             *token = match crate::token::split(token) {
                 Some((id, _)) => format!("fst_{id}_…"),
                 None => "…".into(),
             };
+        };
+        if let Communication::Outgoing { token, .. } = &mut self.communication {
+            redact(token);
         }
         for s in &mut self.blob_sources {
-            s.token = match crate::token::split(&s.token) {
-                Some((id, _)) => format!("fst_{id}_…"),
-                None => "…".into(),
-            };
+            redact(&mut s.token);
         }
         self
     }
