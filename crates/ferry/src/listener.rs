@@ -594,12 +594,13 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         }
         let stall = Arc::new(Stall::default());
         let timeout = self.body_timeout;
-        let (peer, method, path) = (self.peer, req.method().clone(), req.uri().path().to_owned());
+        // Clones of shared parts (no copies), for the log line only.
+        let (peer, method, uri) = (self.peer, req.method().clone(), req.uri().clone());
         let timed_out = move || {
             tracing::warn!(
                 client = %peer,
                 %method,
-                ?path,
+                path = ?uri.path(),
                 "the client's request body sent nothing for {} s; answered 408",
                 timeout.as_secs()
             );

@@ -147,13 +147,16 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> App {
 ///   client's address: a server fault at ERROR (its cause is not shown to
 ///   the client), a broken request body at WARN, as the client event it is.
 async fn guard(req: Request, next: Next) -> Response {
+    // Kept for the failure log only: clones of shared parts, no copies.
     let client = client_addr(req.extensions());
-    let feed = feed_of(&req);
+    let matched = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let uri = req.uri().clone();
     let req = req.map(|body| Body::new(body.map_err(CoreError::client_body_error)));
     let mut resp = next.run(req).await;
     if let Some(failure) = resp.extensions_mut().remove::<error::Failure>() {
+        let path = uri.path();
+        let feed = matched.and_then(|m| feed_of(m.as_str(), path));
         let feed = feed.as_deref().unwrap_or("-");
         let client = client.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         match failure {
@@ -192,12 +195,12 @@ pub(crate) fn client_addr(ext: &Extensions) -> Option<SocketAddr> {
         .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0))
 }
 
-/// The feed a request is about: the path segment the matched route calls
-/// `{feed}` (every feed protocol and the replication API name it so).
-fn feed_of(req: &Request) -> Option<String> {
-    let template = req.extensions().get::<MatchedPath>()?.as_str();
+/// The feed a request is about: the segment of `path` that the matched
+/// route's `template` calls `{feed}` (every feed protocol and the
+/// replication API name it so).
+fn feed_of(template: &str, path: &str) -> Option<String> {
     let at = template.split('/').position(|seg| seg == "{feed}")?;
-    let seg = req.uri().path().split('/').nth(at)?;
+    let seg = path.split('/').nth(at)?;
     Some(
         percent_encoding::percent_decode_str(seg)
             .decode_utf8_lossy()
