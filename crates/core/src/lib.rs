@@ -681,6 +681,11 @@ impl Ferry {
     /// store and their file present (one query and one pass over the files,
     /// whatever their number).
     pub async fn present_blobs(&self, digests: &[Digest]) -> Result<HashSet<Digest>, CoreError> {
+        Ok(self.present_blob_sizes(digests).await?.into_keys().collect())
+    }
+
+    /// [`Ferry::present_blobs`] with each one's size in bytes.
+    pub async fn present_blob_sizes(&self, digests: &[Digest]) -> Result<HashMap<Digest, u64>, CoreError> {
         let registered = self.0.meta.blobs_present(digests).await?;
         let candidates: Vec<Digest> = digests
             .iter()
@@ -691,7 +696,7 @@ impl Ferry {
         Ok(candidates
             .into_iter()
             .zip(sizes)
-            .filter_map(|(d, s)| s.map(|_| d))
+            .filter_map(|(d, s)| s.map(|n| (d, n)))
             .collect())
     }
 

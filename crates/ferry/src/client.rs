@@ -465,6 +465,9 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                     r["status"]["next_run"].as_str().unwrap_or("-"),
                     if lag.is_empty() { "-".into() } else { lag.join(",") }
                 );
+                if r["running"].is_object() {
+                    say!("  {}", running_text(&r["running"]));
+                }
             }
         }
         ReplCmd::Executions { name, json, conn } => {
@@ -800,4 +803,29 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A running execution's progress on one line: "running: 12/40 items,
+/// 3.1 MiB moved, 7.0 MiB to go, 1.0 MiB/s, about 7 s left (by bytes)".
+fn running_text(run: &Value) -> String {
+    let mib = |v: &Value| v.as_f64().map(|b| format!("{:.1} MiB", b / 1_048_576.0));
+    let mut parts = vec![format!(
+        "{}/{} items",
+        run["items_done"].as_u64().unwrap_or(0),
+        run["items_total"].as_u64().unwrap_or(0)
+    )];
+    if let Some(b) = mib(&run["bytes_done"]) {
+        parts.push(format!("{b} moved"));
+    }
+    if let Some(b) = mib(&run["bytes_remaining"]) {
+        parts.push(format!("{b} to go"));
+    }
+    if let Some(b) = mib(&run["bytes_per_second"]) {
+        parts.push(format!("{b}/s"));
+    }
+    if let Some(eta) = run["eta_seconds"].as_f64() {
+        let basis = run["eta_basis"].as_str().unwrap_or("items");
+        parts.push(format!("about {eta:.0} s left (by {basis})"));
+    }
+    format!("running: {}", parts.join(", "))
 }

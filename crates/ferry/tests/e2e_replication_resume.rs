@@ -170,6 +170,25 @@ fn kill_9_of_spoke_or_hub_during_large_transfers_resumes_and_never_shows_partial
         progress["execution"].is_i64() && progress["bytes_per_second"].as_f64() > Some(0.0),
         "{progress:#}"
     );
+    // The time left is judged by bytes: the hub counted the backlog's
+    // bytes (three distinct files), and what is left shrinks as they move.
+    let total = 3 * SIZE;
+    assert_eq!(progress["bytes_total"].as_u64(), Some(total), "{progress:#}");
+    let left = progress["bytes_remaining"].as_u64().unwrap_or(u64::MAX);
+    let done = progress["bytes_done"].as_u64().unwrap_or(0);
+    assert!(left < total && left + done <= total, "{progress:#}");
+    assert_eq!(progress["eta_basis"], "bytes", "{progress:#}");
+    let rate = progress["bytes_per_second"].as_f64().unwrap_or(0.0);
+    let eta = progress["eta_seconds"].as_f64().unwrap_or(-1.0);
+    assert!(
+        (eta - left as f64 / rate).abs() < 1.0 + eta * 0.5,
+        "the time left is not the bytes left at the rate so far: {progress:#}"
+    );
+    let shown = spoke.cli_ok(&["replication", "list"]);
+    assert!(
+        shown.contains("MiB to go") && shown.contains("(by bytes)"),
+        "{shown}"
+    );
 
     // Kill the spoke once several MiB sit in partial transfers.
     assert!(

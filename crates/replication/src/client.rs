@@ -154,6 +154,9 @@ impl Remote {
         if extras.count_deletes {
             query.push(("count_deletes", "true".into()));
         }
+        if extras.count_bytes {
+            query.push(("count_bytes", "true".into()));
+        }
         if extras.inline_max > 0 {
             query.push(("inline_max", extras.inline_max.to_string()));
         }

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_core::rfc3339;
 use ferry_store::{FeedRecord, ReplicationRecord, now_millis};
@@ -169,13 +169,43 @@ pub struct Progress {
     pub items: AtomicU64,
     /// Changes to go through, as known from the cursors at the start.
     pub items_total: AtomicU64,
+    /// Bytes moved (from the peer and blob sources, or pushed).
     pub bytes: AtomicU64,
+    /// Bytes of the backlog: what the other side (pulling) or this side
+    /// (pushing) counted at the start of each feed pair as referenced by
+    /// live items changed after the cursor; 0 while unknown (a peer that
+    /// does not count).
+    pub bytes_total: AtomicU64,
+    /// Of `bytes_total`, bytes that needed no transfer: blobs already on
+    /// the receiving side, shared between items, or of items skipped.
+    pub bytes_skipped: AtomicU64,
     pub started: AtomicU64,
     /// Signalled by [`crate::Replicator::stop_execution`]: the execution
     /// ends at its next await point.
     pub stop: tokio::sync::Notify,
     /// Who asked it to stop (for the log line).
     pub stopped_by: std::sync::Mutex<Option<String>>,
+}
+
+impl Progress {
+    /// Bytes of the backlog still to move: [`Progress::bytes_total`] less
+    /// what moved or needed no transfer; `None` while the total is unknown.
+    pub fn bytes_remaining(&self) -> Option<u64> {
+        let total = self.bytes_total.load(Ordering::Relaxed);
+        (total > 0).then(|| {
+            total
+                .saturating_sub(self.bytes.load(Ordering::Relaxed))
+                .saturating_sub(self.bytes_skipped.load(Ordering::Relaxed))
+        })
+    }
+}
+
+/// The byte budget of the feed pair being replicated: what its backlog
+/// was counted at, and how much of it was moved or found here so far.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FeedBytes {
+    pub ahead: u64,
+    pub accounted: u64,
 }
 
 /// How far a pulled feed is behind the other side.
@@ -237,6 +267,8 @@ pub(crate) struct Run<'a> {
     /// A plan only: the delete guard would hold the current phase's
     /// deletions (the plan lists them as held).
     guard_held: bool,
+    /// The current feed pair's byte budget, when its backlog was counted.
+    feed_bytes: Option<FeedBytes>,
 }
 
 impl<'a> Run<'a> {
@@ -283,7 +315,35 @@ impl<'a> Run<'a> {
                 .collect(),
             inline: HashMap::new(),
             guard_held: false,
+            feed_bytes: None,
         })
+    }
+
+    /// Starts the byte budget of a feed pair whose backlog was counted at
+    /// `ahead` bytes ([`Progress::bytes_total`]).
+    pub(crate) fn begin_feed_bytes(&mut self, ahead: u64) {
+        self.progress.bytes_total.fetch_add(ahead, Ordering::Relaxed);
+        self.feed_bytes = Some(FeedBytes { ahead, accounted: 0 });
+    }
+
+    /// Counts `moved` bytes transferred and `found` bytes that needed no
+    /// transfer (already on the receiving side) against the budget.
+    pub(crate) fn account_feed_bytes(&mut self, moved: u64, found: u64) {
+        self.progress.bytes_skipped.fetch_add(found, Ordering::Relaxed);
+        if let Some(b) = &mut self.feed_bytes {
+            b.accounted = b.accounted.saturating_add(moved).saturating_add(found);
+        }
+    }
+
+    /// Ends the feed pair's budget: what it was counted at but never moved
+    /// (blobs shared between items, items skipped or settled) needs no
+    /// transfer, so the next feed pair's remaining bytes start true.
+    pub(crate) fn end_feed_bytes(&mut self) {
+        if let Some(b) = self.feed_bytes.take() {
+            self.progress
+                .bytes_skipped
+                .fetch_add(b.ahead.saturating_sub(b.accounted), Ordering::Relaxed);
+        }
     }
 
     /// The client of the other instance this run talks to.

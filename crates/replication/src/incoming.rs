@@ -225,10 +225,12 @@ impl Replicator {
             limit,
             wait,
             count_deletes,
+            count_bytes,
             inline_max,
         } = q;
         let extras = PageExtras {
             count_deletes,
+            count_bytes,
             inline_max,
         };
         self.require_read(s)?;
@@ -246,6 +248,7 @@ impl Replicator {
             next_anchor: None,
             last_anchor,
             deletes_ahead: None,
+            bytes_ahead: None,
             inline: Vec::new(),
             instance_id: Some(self.ferry().instance_id()),
         };
@@ -307,6 +310,11 @@ impl Replicator {
         } else {
             None
         };
+        let bytes_ahead = if extras.count_bytes {
+            Some(self.store().live_bytes_after(feed.id, since).await?)
+        } else {
+            None
+        };
         let mut seen = HashSet::new();
         let keys: Vec<ItemKey> = changes
             .into_iter()
@@ -332,6 +340,7 @@ impl Replicator {
             next_anchor,
             last_anchor,
             deletes_ahead,
+            bytes_ahead,
             inline,
             instance_id: Some(self.ferry().instance_id()),
         })

@@ -508,14 +508,23 @@ impl Replicator {
                     p.items_total.load(Ordering::Relaxed),
                 );
                 let items_rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-                let eta = (items_rate > 0.0 && total > done).then(|| (total - done) as f64 / items_rate);
+                let bytes_rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+                let bytes_remaining = p.bytes_remaining();
+                let (eta, basis) = eta(
+                    (total.saturating_sub(done), items_rate),
+                    bytes_remaining.map(|left| (left, bytes_rate)),
+                );
                 serde_json::json!({
                     "execution": id,
                     "items_done": done,
                     "items_total": total,
                     "bytes_done": bytes,
-                    "bytes_per_second": if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
+                    "bytes_total": (p.bytes_total.load(Ordering::Relaxed) > 0)
+                        .then(|| p.bytes_total.load(Ordering::Relaxed)),
+                    "bytes_remaining": bytes_remaining,
+                    "bytes_per_second": bytes_rate,
                     "eta_seconds": eta,
+                    "eta_basis": basis,
                 })
             });
         if status.state.is_empty() {
@@ -1001,4 +1010,46 @@ fn set_lag_gauges(name: &str, feed: &FeedName, lag: Lag) {
         .set(lag.changes as f64);
     metrics::gauge!("ferry_replication_lag_seconds", "replication" => name.to_string(), "feed" => feed.to_string())
         .set(lag.seconds);
+}
+
+/// The time left of a running execution, in seconds, and what it was
+/// judged by: `"bytes"` (bytes still to move at the byte rate so far) while
+/// the backlog's bytes are known, some remain and some have moved; else
+/// `"items"` (items left at the item rate so far). `items` and `bytes` are
+/// (left, per second). `None`: nothing to judge by yet, or nothing left.
+fn eta(items: (u64, f64), bytes: Option<(u64, f64)>) -> (Option<f64>, Option<&'static str>) {
+    if let Some((left, rate)) = bytes
+        && left > 0
+        && rate > 0.0
+    {
+        return (Some(left as f64 / rate), Some("bytes"));
+    }
+    let (left, rate) = items;
+    if left > 0 && rate > 0.0 {
+        (Some(left as f64 / rate), Some("items"))
+    } else {
+        (None, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eta;
+
+    #[test]
+    fn time_left_is_judged_by_bytes_while_they_are_known() {
+        // 3 large files: 1 item of 3 done, 200 MB left at 10 MB/s → 20 s,
+        // whatever the item rate says.
+        assert_eq!(
+            eta((2, 0.5), Some((200_000_000, 10_000_000.0))),
+            (Some(20.0), Some("bytes"))
+        );
+        // No byte count from the other side: by items.
+        assert_eq!(eta((2, 0.5), None), (Some(4.0), Some("items")));
+        // Every byte moved, deletions left: by items.
+        assert_eq!(eta((10, 5.0), Some((0, 1.0))), (Some(2.0), Some("items")));
+        // Nothing moved yet, no item done: no guess.
+        assert_eq!(eta((3, 0.0), Some((100, 0.0))), (None, None));
+        assert_eq!(eta((0, 1.0), Some((0, 1.0))), (None, None));
+    }
 }

@@ -164,6 +164,12 @@ pub struct ChangesPage {
     /// from a peer that does not count.
     #[serde(default)]
     pub deletes_ahead: Option<u64>,
+    /// With [`PageExtras::count_bytes`]: bytes of the distinct blobs that
+    /// live items changed after the requested cursor reference (what the
+    /// reader may have to move, at most; progress by bytes). `None` from a
+    /// peer that does not count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_ahead: Option<u64>,
     /// With [`PageExtras::inline_max`]: small blobs the entries need,
     /// carried in the page.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -187,7 +193,7 @@ pub const INLINE_BUDGET: u64 = 1 << 20;
 
 /// The query of a `changes` request (`since`, `anchor`, `limit`, `wait`
 /// in seconds, and what older peers ignore: `count_deletes`,
-/// `inline_max`).
+/// `count_bytes`, `inline_max`).
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct PageQuery {
     #[serde(default)]
@@ -200,6 +206,8 @@ pub struct PageQuery {
     #[serde(default)]
     pub count_deletes: bool,
     #[serde(default)]
+    pub count_bytes: bool,
+    #[serde(default)]
     pub inline_max: u64,
 }
 
@@ -208,12 +216,17 @@ fn default_page() -> usize {
 }
 
 /// What a `changes` request asks for beyond the page (query parameters
-/// `count_deletes` and `inline_max`; older peers ignore them).
+/// `count_deletes`, `count_bytes` and `inline_max`; older peers ignore
+/// them).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct PageExtras {
     /// Count [`ChangesPage::deletes_ahead`].
     #[serde(default)]
     pub count_deletes: bool,
+    /// Count [`ChangesPage::bytes_ahead`] (asked on the first page of an
+    /// execution).
+    #[serde(default)]
+    pub count_bytes: bool,
     /// Carry blobs up to this many bytes inline ([`ChangesPage::inline`],
     /// at most [`INLINE_BUDGET`] per page); 0: none.
     #[serde(default)]

@@ -211,6 +211,10 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                     // wakes starts from it, without asking again.
                     let extras = PageExtras {
                         count_deletes: cfg.mode.flows.delete_local,
+                        // The page may start the next execution, whose
+                        // progress is judged by bytes (a small sum for a
+                        // small change).
+                        count_bytes: true,
                         inline_max,
                     };
                     match remote

@@ -699,6 +699,42 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
     assert!(s.blob_referenced(&d, &[f.id]).await.unwrap());
     assert!(!s.blob_referenced(&d, &[f.id + 1000]).await.unwrap());
 
+    // The bytes a reader from a cursor may have to move: each blob of a
+    // live item changed after it, once, at its stored size.
+    let (big, small) = (Digest::of(b"bytes-ahead-big"), Digest::of(b"bytes-ahead-small"));
+    s.lease_blob(&big, 100, 0).await.unwrap();
+    s.lease_blob(&small, 30, 0).await.unwrap();
+    let before = s.last_seq(f.id).await.unwrap();
+    s.write(
+        f.id,
+        vec![
+            (upsert("ahead-1", 6, vec![big]), Precondition::Any),
+            (upsert("ahead-2", 7, vec![big, small]), Precondition::Any),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.live_bytes_after(f.id, before).await.unwrap(),
+        130,
+        "each blob once"
+    );
+    assert_eq!(
+        s.live_bytes_after(f.id, before + 1).await.unwrap(),
+        130,
+        "only changes after the cursor"
+    );
+    s.write(f.id, vec![(delete("ahead-2", 8), Precondition::Any)])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.live_bytes_after(f.id, before).await.unwrap(),
+        100,
+        "a deleted item's blobs need not move"
+    );
+    let last = s.last_seq(f.id).await.unwrap();
+    assert_eq!(s.live_bytes_after(f.id, last).await.unwrap(), 0);
+
     // Peers of an incoming replication: saved, replaced, listed by
     // instance, forgotten; gone with the replication.
     s.save_peer(r.id, "b-inst", json!({"last_contact": 1}))

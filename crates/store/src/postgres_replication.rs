@@ -501,6 +501,21 @@ impl ReplicationStore for PgStore {
         Ok(n as u64)
     }
 
+    async fn live_bytes_after(&self, feed: FeedId, since: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(b.size), 0)::BIGINT FROM blobs b WHERE b.digest IN (
+                 SELECT ib.digest FROM changes c
+                 JOIN items i ON i.feed_id = c.feed_id AND i.key = c.key AND NOT i.deleted
+                 JOIN item_blobs ib ON ib.feed_id = c.feed_id AND ib.key = c.key
+                 WHERE c.feed_id = $1 AND c.seq > $2)",
+        )
+        .bind(feed)
+        .bind(since)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+
     async fn blob_written_by(
         &self,
         digest: &Digest,

@@ -179,6 +179,11 @@ pub trait ReplicationStore: Send + Sync + 'static {
     /// changed after `since`: what a peer reading the log from `since`
     /// would be asked to delete, at most.
     async fn deletions_after(&self, feed: FeedId, since: i64) -> Result<u64, StoreError>;
+    /// Bytes of the distinct blobs that live items of the feed changed
+    /// after `since` reference (each digest once, sizes as stored): what a
+    /// peer reading the log from `since` may have to move, at most. One
+    /// scan of the changes after `since`.
+    async fn live_bytes_after(&self, feed: FeedId, since: i64) -> Result<u64, StoreError>;
     /// Whether a live item of one of `feeds` whose stamp has origin
     /// `origin` references the blob.
     async fn blob_written_by(

@@ -567,6 +567,22 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 
+    async fn live_bytes_after(&self, feed: FeedId, since: i64) -> Result<u64, StoreError> {
+        self.read(move |c| {
+            let n: i64 = c.query_row(
+                "SELECT COALESCE(SUM(b.size), 0) FROM blobs b WHERE b.digest IN (
+                     SELECT ib.digest FROM changes c
+                     JOIN items i ON i.feed_id = c.feed_id AND i.key = c.key AND i.deleted = 0
+                     JOIN item_blobs ib ON ib.feed_id = c.feed_id AND ib.key = c.key
+                     WHERE c.feed_id = ?1 AND c.seq > ?2)",
+                params![feed, since],
+                |r| r.get(0),
+            )?;
+            Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
     async fn blob_written_by(
         &self,
         digest: &Digest,

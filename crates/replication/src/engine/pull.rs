@@ -54,6 +54,7 @@ impl Run<'_> {
         let inline_max = self.cfg.inline_from_peer();
         let extras = PageExtras {
             count_deletes: guarded,
+            count_bytes: true,
             inline_max,
         };
         // A page the long poll brought is the first page, if it starts at
@@ -99,6 +100,9 @@ impl Run<'_> {
         self.progress
             .items_total
             .fetch_add((page.last_seq - since).max(0) as u64, Ordering::Relaxed);
+        if let Some(ahead) = page.bytes_ahead {
+            self.begin_feed_bytes(ahead);
+        }
         let more_pages = page.next < page.last_seq;
         // The other side counted the deletions ahead: none, nothing to
         // guard (and its later pages are read once, not twice).
@@ -133,6 +137,7 @@ impl Run<'_> {
                             0,
                             PageExtras {
                                 count_deletes: false,
+                                count_bytes: false,
                                 inline_max,
                             },
                         )
@@ -176,6 +181,7 @@ impl Run<'_> {
                     seconds: 0.0,
                 };
                 self.lags.push((local.name.clone(), lag));
+                self.end_feed_bytes();
                 break;
             }
             page = match prefetched {
@@ -661,8 +667,9 @@ impl Run<'_> {
                 }
             }
         }
-        let here = self.r.ferry().present_blobs(&wanted).await?;
-        let need: Vec<Digest> = wanted.into_iter().filter(|d| !here.contains(d)).collect();
+        let here = self.r.ferry().present_blob_sizes(&wanted).await?;
+        let need: Vec<Digest> = wanted.into_iter().filter(|d| !here.contains_key(d)).collect();
+        let found: u64 = here.values().sum();
         let t_fetch = std::time::Instant::now();
         let Fetched {
             blobs,
@@ -676,6 +683,7 @@ impl Run<'_> {
         for note in notes {
             self.log("warn", note);
         }
+        self.account_feed_bytes(bytes, found);
         fr.pulled.source_bytes += source_bytes;
         if !gone.is_empty() {
             let (kept, missing) = self

@@ -83,10 +83,15 @@ impl Run<'_> {
         self.progress
             .items_total
             .fetch_add(pending.max(0) as u64, Ordering::Relaxed);
+        if !self.dry && pending > 0 {
+            let ahead = self.r.store().live_bytes_after(local.id, since).await?;
+            self.begin_feed_bytes(ahead);
+        }
         let mut guard_checked = false;
         loop {
             let changes = meta.changes_since(local.id, since, PAGE).await?;
             let Some(last) = changes.last().map(|c| c.seq) else {
+                self.end_feed_bytes();
                 return Ok(());
             };
             let mut seen = HashSet::new();
@@ -282,8 +287,17 @@ impl Run<'_> {
         let missing = if digests.is_empty() {
             Vec::new()
         } else {
-            self.remote.missing(digests).await?
+            self.remote.missing(digests.clone()).await?
         };
+        if self.feed_bytes.is_some() {
+            // What the other side holds already needs no transfer.
+            let held: Vec<Digest> = {
+                let missing: HashSet<&Digest> = missing.iter().collect();
+                digests.into_iter().filter(|d| !missing.contains(d)).collect()
+            };
+            let found: u64 = self.r.ferry().present_blob_sizes(&held).await?.values().sum();
+            self.account_feed_bytes(0, found);
+        }
         // A blob that is damaged here holds back the items that need it
         // (named, retried by later executions); the others go on.
         let mut damaged: HashMap<Digest, String> = HashMap::new();
@@ -297,7 +311,9 @@ impl Run<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
+        let sending: u64 = send.iter().map(|(_, size)| *size).sum();
         damaged.extend(self.send_blobs(send, fr).await?);
+        self.account_feed_bytes(sending, 0);
         let mut stuck = Vec::new();
         if !damaged.is_empty() {
             let mut kept_live = Vec::new();

@@ -70,7 +70,7 @@ fn direction(o: &Overview) -> Markup {
     }
 }
 
-/// "12 of 40 items · 3.1 MB · 1.0 MB/s · about 20 s left"
+/// "12 of 40 items · 3.1 MB · 7.0 MB to go · 1.0 MB/s · about 7 s left"
 fn progress_text(running: &Value) -> String {
     let done = running["items_done"].as_u64().unwrap_or(0);
     let total = running["items_total"].as_u64().unwrap_or(0);
@@ -82,6 +82,9 @@ fn progress_text(running: &Value) -> String {
         format!("{done} items")
     };
     s.push_str(&format!(" · {}", bytes(b)));
+    if let Some(left) = running["bytes_remaining"].as_u64() {
+        s.push_str(&format!(" · {} to go", bytes(left)));
+    }
     if rate > 0.0 {
         s.push_str(&format!(" · {}/s", bytes(rate as u64)));
     }
