@@ -320,6 +320,31 @@ async fn semver2_variant_and_large_registrations_page() {
     let page = f.json(page_url.strip_prefix(&format!("{BASE}/")).unwrap()).await;
     assert_eq!(page["count"], 64);
     assert_eq!(page["items"].as_array().unwrap().len(), 64);
+    // A page revalidates like the index; unlisting a version on it moves its tag.
+    let page_path = page_url.strip_prefix(&format!("{BASE}/")).unwrap();
+    let tag = f.get(page_path).await.header("etag").unwrap().to_owned();
+    assert_eq!(
+        f.get_if_none_match(page_path, &tag).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    let on_page = page["items"][0]["catalogEntry"]["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let k = f.key.clone();
+    let r = f
+        .req(
+            "DELETE",
+            &format!("v3/package/Paged/{on_page}"),
+            &[("x-nuget-apikey", &k)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let after = f.get_if_none_match(page_path, &tag).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_ne!(after.header("etag"), Some(tag.as_str()));
+    assert_eq!(after.json()["items"][0]["catalogEntry"]["listed"], false);
     // v2 FindPackagesById pages by 100 with a next link NuGet follows.
     let first = f.xml("FindPackagesById()?id='Paged'").await;
     assert_eq!(entries(&first), 100);
