@@ -1800,7 +1800,12 @@ async fn blob_sources_are_edited_listed_by_url_and_their_tokens_never_shown() {
         let cookie = cookie.clone();
         let spoke = &spoke;
         async move {
-            let mut fields: Vec<(&str, &str)> = vec![("csrf", &csrf), ("url", &hub_url), ("interval", "60")];
+            let mut fields: Vec<(&str, &str)> = vec![
+                ("csrf", &csrf),
+                ("url", &hub_url),
+                ("interval", "60"),
+                ("blob_sources_form", "1"),
+            ];
             fields.extend(rows.iter().map(|(k, v)| (*k, v.as_str())));
             post(
                 spoke,
@@ -1859,6 +1864,18 @@ async fn blob_sources_are_edited_listed_by_url_and_their_tokens_never_shown() {
     let s = cfg_sources().await;
     assert_eq!(s[0]["url"], "https://neighbour.site");
     assert_eq!(s[1]["token"], "fst_00000000000000bb_…", "{s}");
+
+    // A post without the rows (an older page, a script) leaves them alone.
+    let r = post(
+        &spoke,
+        &cookie,
+        "/replications/from-hub/edit",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("url", &hub_url), ("interval", "90")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(cfg_sources().await, s);
 
     // Refused with the reason, nothing changed, what was typed kept and escaped.
     let before = cfg_sources().await;

@@ -1400,6 +1400,9 @@ fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, stat
             @if url.is_some() {
                 fieldset #blob-source-rows {
                     legend { "Blob sources" }
+                    // Marks a form that carries the rows: a post without
+                    // them (an older page, a script) leaves the sources alone.
+                    input type="hidden" name="blob_sources_form" value="1";
                     p.hint { "Other Ferry instances (a site cache, a neighbouring spoke) asked for blobs before this one's peer, in this order; metadata always comes from the peer. \
                         Give each source's URL and a sync token of an incoming replication there. \
                         An empty token keeps the one stored for that URL; an empty URL removes the row." }
@@ -1497,7 +1500,7 @@ async fn edit(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -
     let interval = if outgoing { f.get("interval") } else { "" };
     let req = number(interval, "The interval").and_then(|interval| {
         let bandwidth = number(f.get("bandwidth"), "The bandwidth cap")?;
-        let blob_sources = if outgoing {
+        let blob_sources = if outgoing && f.on("blob_sources_form") {
             Some(blob_sources(&source_rows(f))?)
         } else {
             None
