@@ -389,10 +389,10 @@ pub async fn index_file(ferry: &Ferry, feed: &FeedRecord, lower: &str) -> Result
                 })
                 .collect();
             let body = render_index_file(&entries);
-            let etag = &Digest::of(&body).hex()[..32];
+            let etag = crate::content_etag(&body);
             // Cached as one value: a header line with the validators, then
             // the file.
-            let mut out = format!("{modified} \"{etag}\"\n").into_bytes();
+            let mut out = format!("{modified} {etag}\n").into_bytes();
             out.extend_from_slice(&body);
             Ok(Bytes::from(out))
         })

@@ -40,7 +40,7 @@ use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey, Stamp};
 use tokio::sync::watch;
 
 pub use auth::{Action, Principal};
-pub use cache::IndexCache;
+pub use cache::{IndexCache, Rendered, content_etag};
 pub use clock::Clock;
 pub use error::CoreError;
 pub use integrity::{Damage, DamageKind, FsckReport};
@@ -1001,6 +1001,30 @@ impl Ferry {
             .copied()
             .unwrap_or(0);
         self.cached_at(feed, key, counts, render).await
+    }
+
+    /// As [`Ferry::cached_index`] (with `counted`, as
+    /// [`Ferry::cached_index_counted`]), for an answer served with an
+    /// entity tag: the tag is computed once per rendering and kept with
+    /// the body, so a hit costs no hashing.
+    pub async fn cached_rendered<F, Fut>(
+        &self,
+        feed: &FeedRecord,
+        key: &str,
+        counted: bool,
+        render: F,
+    ) -> Result<Rendered, CoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Bytes, CoreError>>,
+    {
+        let packed = || async { render().await.map(|b| Rendered::pack(&b)) };
+        let value = if counted {
+            self.cached_index_counted(feed, key, packed).await?
+        } else {
+            self.cached_index(feed, key, packed).await?
+        };
+        Rendered::unpack(&value).ok_or_else(|| CoreError::Internal(format!("cached answer {key} is damaged")))
     }
 
     async fn cached_at<F, Fut>(

@@ -24,7 +24,7 @@ use ferry_store::{FeedRecord, ItemRecord, Precondition, StagedBlob};
 use ferry_types::{Digest, ItemKey};
 use sha2::Digest as _;
 
-use crate::{CoreError, Ferry, LocalWrite};
+use crate::{CoreError, Ferry, LocalWrite, Rendered};
 
 /// Largest page a v2 query or v3 search returns.
 pub const MAX_PAGE: usize = 100;
@@ -217,25 +217,22 @@ pub async fn all(ferry: &Ferry, feed: &FeedRecord) -> Result<Vec<Stored>, CoreEr
 
 /// A response rendered by `render` and kept until the feed changes (and,
 /// when it shows download counts, `counted`, until new counts are
-/// recorded); `key` names it (the request URL, base included, is a good
-/// key).
+/// recorded), with its entity tag; `key` names it (the request URL, base
+/// included, is a good key).
 pub async fn cached<F, Fut>(
     ferry: &Ferry,
     feed: &FeedRecord,
     key: &str,
     counted: bool,
     render: F,
-) -> Result<Bytes, CoreError>
+) -> Result<Rendered, CoreError>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<Bytes, CoreError>>,
 {
-    let key = format!("nuget:r:{key}");
-    if counted {
-        ferry.cached_index_counted(feed, &key, render).await
-    } else {
-        ferry.cached_index(feed, &key, render).await
-    }
+    ferry
+        .cached_rendered(feed, &format!("nuget:r:{key}"), counted, render)
+        .await
 }
 
 /// The newest change of any version (Unix ms), for feed `updated` dates.

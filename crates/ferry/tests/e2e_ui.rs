@@ -441,6 +441,42 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         .unwrap();
     css(&c, "#url").await;
     shot(&c, "replication-edit").await;
+    // Blob sources: a bad URL is refused with the reason, a good one is
+    // listed by URL on the replication's page with its token in no page,
+    // and emptying the URL removes it again.
+    let secret = "c3".repeat(32);
+    let source_token = format!("fst_00000000000000c3_{secret}");
+    fill(&c, "#source-url-0", "ftp://cache.site").await;
+    fill(&c, "#source-token-0", &source_token).await;
+    click(&c, "form.card button[type=submit]").await;
+    let t = wait_text(&c, "must be an http:// or https:// URL").await;
+    assert!(
+        t.contains("blob source \"ftp://cache.site\" must be an http:// or https:// URL with a host"),
+        "{t}"
+    );
+    fill(&c, "#source-url-0", "http://cache.site:8765").await;
+    fill(&c, "#source-token-0", &source_token).await;
+    click(&c, "form.card button[type=submit]").await;
+    let listed = css(&c, "#blob-sources").await.text().await.unwrap();
+    assert!(listed.contains("http://cache.site:8765"), "{listed}");
+    assert!(
+        !c.source().await.unwrap().contains(&secret),
+        "a stored token is in the page"
+    );
+    shot(&c, "replication-blob-sources").await;
+    c.goto(&format!("{}/replications/from-hub/edit", spoke.url))
+        .await
+        .unwrap();
+    let kept = css(&c, "#source-url-0").await.prop("value").await.unwrap();
+    assert_eq!(kept.as_deref(), Some("http://cache.site:8765"));
+    assert!(
+        !c.source().await.unwrap().contains(&secret),
+        "a stored token is in the edit form"
+    );
+    fill(&c, "#source-url-0", "").await;
+    click(&c, "form.card button[type=submit]").await;
+    let listed = css(&c, "#blob-sources").await.text().await.unwrap();
+    assert!(listed.contains("none"), "{listed}");
     c.goto(&format!("{}/feeds/releases/delete", spoke.url))
         .await
         .unwrap();

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ArchiveLimits, FormatError};
 
+pub mod framework;
 pub mod odata;
 
 /// Longest package id (nuget.org's limit).
@@ -378,99 +379,17 @@ impl PackageItem {
 // ---------------------------------------------------------------------------
 // Target frameworks
 
-/// A target framework reduced to what [`supports_any`] compares: its
-/// family and version (`major * 100 + minor * 10 + patch`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framework {
-    /// .NET Framework (`net45`, `net4.7.2`, `.NETFramework4.5`).
-    Classic(u32),
-    /// .NET Standard (`netstandard2.0`).
-    Standard(u32),
-    /// .NET Core and .NET 5+ (`netcoreapp3.1`, `net6.0`, `net8.0-windows`).
-    Core(u32),
-}
-
-/// Parses the target framework names nuspecs and clients write, short
-/// (`net45`, `netstandard2.0`, `net6.0`) or long (`.NETFramework4.5`);
-/// None for any other (portable profiles, Xamarin, native, …).
-fn parse_framework(name: &str) -> Option<Framework> {
-    let lower = name.trim().to_ascii_lowercase();
-    // `net8.0-windows`: the platform does not matter here.
-    let lower = lower.split('-').next().unwrap_or_default();
-    let (family, digits): (fn(u32) -> Framework, &str) = if let Some(v) = lower
-        .strip_prefix(".netframework")
-        .or_else(|| lower.strip_prefix("netframework"))
-    {
-        (Framework::Classic, v.trim_start_matches('v'))
-    } else if let Some(v) = lower
-        .strip_prefix(".netstandard")
-        .or_else(|| lower.strip_prefix("netstandard"))
-    {
-        (Framework::Standard, v)
-    } else if let Some(v) = lower
-        .strip_prefix(".netcoreapp")
-        .or_else(|| lower.strip_prefix("netcoreapp"))
-    {
-        (Framework::Core, v)
-    } else if let Some(v) = lower.strip_prefix("net") {
-        (Framework::Classic, v)
-    } else {
-        return None;
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return None;
-    }
-    // `45`, `451`: one digit per component; `4.5`, `10.0`: dotted.
-    let parts: Vec<u32> = if digits.contains('.') {
-        digits.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?
-    } else {
-        digits.bytes().map(|b| u32::from(b - b'0')).collect()
-    };
-    let part = |i: usize| parts.get(i).copied().unwrap_or(0).min(9);
-    let major = parts.first().copied()?;
-    let version = major.min(99) * 100 + part(1) * 10 + part(2);
-    Some(match family(version) {
-        // `net5.0` and later are .NET Core.
-        Framework::Classic(_) if major >= 5 => Framework::Core(version),
-        f => f,
-    })
-}
-
-/// The newest .NET Standard a framework runs.
-fn standard_of(target: Framework) -> Option<u32> {
-    match target {
-        Framework::Standard(v) => Some(v),
-        Framework::Classic(v) if v >= 461 => Some(200),
-        Framework::Classic(v) if v >= 460 => Some(130),
-        Framework::Classic(v) if v >= 451 => Some(120),
-        Framework::Classic(v) if v >= 450 => Some(110),
-        Framework::Core(v) if v >= 300 => Some(210),
-        Framework::Core(v) if v >= 200 => Some(200),
-        Framework::Core(_) => Some(160),
-        Framework::Classic(_) => None,
-    }
-}
-
-/// Whether a project targeting `target` can use what was built for `built`.
-fn compatible(target: Framework, built: Framework) -> bool {
-    match (target, built) {
-        (Framework::Classic(t), Framework::Classic(b)) | (Framework::Core(t), Framework::Core(b)) => b <= t,
-        (_, Framework::Standard(b)) => standard_of(target).is_some_and(|t| b <= t),
-        _ => false,
-    }
-}
-
 /// Whether a package may serve a project targeting any of `targets` (the
 /// v2 `targetFramework` / `targetFrameworks` parameters), judged by its
-/// dependency groups: a package without groups, with an any-framework
-/// group, or with a group or a target this does not know, may; otherwise
-/// one of its groups must be compatible with one of the targets (the
-/// .NET Framework, .NET Standard and .NET Core/.NET 5+ rules, simplified:
-/// no portable profiles, no platform checks).
+/// dependency groups as NuGet judges frameworks ([`framework`]): a
+/// package without groups, with an any-framework group, or with a group
+/// or a target NuGet's rules do not cover here (Xamarin, Mono, …) may;
+/// otherwise one of its groups must be compatible with one of the targets.
 pub fn supports_any(item: &PackageItem, targets: &[String]) -> bool {
+    use framework::Framework;
     let Some(targets) = targets
         .iter()
-        .map(|t| parse_framework(t))
+        .map(|t| Framework::parse(t))
         .collect::<Option<Vec<_>>>()
     else {
         return true;
@@ -485,14 +404,14 @@ pub fn supports_any(item: &PackageItem, targets: &[String]) -> bool {
             if g.target_framework.trim().is_empty() {
                 None
             } else {
-                parse_framework(&g.target_framework)
+                Framework::parse(&g.target_framework)
             }
         })
         .collect::<Option<Vec<_>>>()
     else {
         return true;
     };
-    targets.iter().any(|t| groups.iter().any(|g| compatible(*t, *g)))
+    targets.iter().any(|t| groups.iter().any(|g| t.runs(g)))
 }
 
 /// Checks a replicated item: its key, its metadata and its one blob.
@@ -1802,7 +1721,7 @@ mod tests {
     }
 
     #[test]
-    fn target_frameworks_are_compared_as_nuget_does_for_the_common_families() {
+    fn target_frameworks_are_compared_as_nuget_does() {
         let mut item = parse_nuspec(NUSPEC.as_bytes().to_vec()).unwrap().item;
         let with = |groups: &[&str]| {
             let mut i = item.clone();
@@ -1835,14 +1754,20 @@ mod tests {
         assert!(!supports_any(&core, &t(&["net5.0"])));
         assert!(!supports_any(&core, &t(&["net48"])));
         // What it cannot judge, it lets through.
-        for open in [with(&[]), with(&["net46", ""]), with(&["portable-net45+win8"])] {
+        for open in [with(&[]), with(&["net46", ""]), with(&["monoandroid10"])] {
             assert!(
                 supports_any(&open, &t(&["net20"])),
                 "{:?}",
                 open.dependency_groups
             );
         }
-        assert!(supports_any(&classic, &t(&["uap10.0"])));
+        assert!(!supports_any(&classic, &t(&["uap10.0"])));
+        assert!(supports_any(&classic, &t(&["monoandroid10"])));
+        let portable = with(&["portable-net45+win8+wpa81"]);
+        assert!(supports_any(&portable, &t(&["net46"])));
+        assert!(!supports_any(&portable, &t(&["net40"])));
+        assert!(!supports_any(&with(&["net6.0-windows"]), &t(&["net8.0"])));
+        assert!(supports_any(&with(&["net6.0-windows"]), &t(&["net8.0-windows"])));
         assert!(supports_any(&classic, &t(&[])));
         item.dependency_groups.clear();
         assert!(supports_any(&item, &t(&["net20"])));

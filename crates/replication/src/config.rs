@@ -582,7 +582,8 @@ pub struct UpdateRequest {
     /// Blobs up to this many bytes travel inline with pages; 0 turns it off.
     #[serde(default)]
     pub inline_max_bytes: Option<u64>,
-    /// Replaces the blob sources (an empty list: none).
+    /// Replaces the blob sources (an empty list: none). A source given
+    /// with an empty token keeps the token stored for its URL.
     #[serde(default)]
     pub blob_sources: Option<Vec<BlobSource>>,
 }
@@ -628,7 +629,17 @@ impl UpdateRequest {
         if let Some(v) = self.inline_max_bytes {
             cfg.inline_max_bytes = v;
         }
-        if let Some(v) = self.blob_sources {
+        if let Some(mut v) = self.blob_sources {
+            // A source named again without a token keeps the one stored
+            // for its URL (as an update without `token` keeps the
+            // outgoing one): a form that never shows stored tokens can
+            // send the list back.
+            let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+            for s in v.iter_mut().filter(|s| s.token.is_empty()) {
+                if let Some(kept) = old.blob_sources.iter().find(|o| same(&o.url, &s.url)) {
+                    s.token = kept.token.clone();
+                }
+            }
             cfg.blob_sources = v;
         }
         if let Some(g) = self.delete_guard {
@@ -704,6 +715,35 @@ mod update_tests {
         .unwrap_err()
         .to_string();
         assert!(incoming.contains("outgoing"), "{incoming}");
+    }
+
+    #[test]
+    fn a_source_named_again_without_its_token_keeps_the_stored_one() {
+        let mut old = outgoing();
+        old.blob_sources = vec![source("http://cache:8765")];
+        let again = |url: &str, token: &str| {
+            UpdateRequest {
+                blob_sources: Some(vec![BlobSource {
+                    url: url.into(),
+                    token: token.into(),
+                }]),
+                ..Default::default()
+            }
+            .apply_to(&old)
+        };
+        // The same URL (a final / aside): the stored token stays.
+        let kept = again("http://cache:8765/", "").unwrap();
+        assert_eq!(kept.blob_sources[0].token, old.blob_sources[0].token);
+        assert_eq!(kept.blob_sources[0].url, "http://cache:8765/");
+        // A new token replaces it.
+        let other = format!("fst_fedcba9876543210_{}", "7a".repeat(32));
+        assert_eq!(
+            again("http://cache:8765", &other).unwrap().blob_sources[0].token,
+            other
+        );
+        // Another URL has no stored token to keep.
+        let e = again("http://other:8765", "").unwrap_err().to_string();
+        assert!(e.contains("needs a sync token"), "{e}");
     }
 
     fn outgoing() -> ReplicationConfig {

@@ -164,6 +164,46 @@ pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
         .is_some_and(|list| list.any(|t| t.weak_eq(&current)))
 }
 
+/// A rendered answer (an index, a search, a feed document) with its
+/// validator, for every protocol that serves one: `ETag: etag`,
+/// `Cache-Control: no-cache` (`private, no-cache` on a private feed: a
+/// shared cache must not keep it) so clients revalidate, and 304 without
+/// a body when `If-None-Match` names `etag` ([`if_none_match`]). A HEAD
+/// gets the headers and `Content-Length` of the GET. Callers add what
+/// their protocol needs more (`Vary`, …) to what this returns, 304 or not.
+pub fn rendered_response(
+    method: &Method,
+    headers: &HeaderMap,
+    private: bool,
+    body: bytes::Bytes,
+    content_type: &str,
+    etag: &str,
+) -> Response {
+    let fresh = if_none_match(headers, etag);
+    let mut resp = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else if *method == Method::HEAD {
+        let mut r = StatusCode::OK.into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        r
+    } else {
+        body.into_response()
+    };
+    let h = resp.headers_mut();
+    if !fresh && let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(if private { "private, no-cache" } else { "no-cache" }),
+    );
+    resp
+}
+
 /// A single HTTP-date header (RFC 9110 §5.6.7); absent, repeated or not a
 /// date → `None` (the condition is then ignored, §13.1.3-4).
 fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {

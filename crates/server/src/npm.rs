@@ -32,7 +32,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::access::FeedAccess;
-use crate::blobs::{if_none_match, serve_download};
+use crate::blobs::{rendered_response, serve_download};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -403,7 +403,7 @@ async fn read_inner(
             } else {
                 (p.full, "application/json", format!("\"{}\"", p.rev))
             };
-            Ok(index_response(headers, feed, body, content_type, &etag))
+            Ok(index_response(method, headers, feed, body, content_type, &etag))
         }
         Endpoint::Version { name, spec } => {
             let base = registry_base(ferry, headers, uri, feed)?;
@@ -586,34 +586,19 @@ fn render_search(page: &npm::SearchPage, base: &str) -> serde_json::Value {
     })
 }
 
-/// A rendered index with its validators; 304 when the client has it.
+/// A rendered index with its validators ([`rendered_response`]); 304 when
+/// the client has it. The abbreviated and full packuments share the URL.
 fn index_response(
+    method: &Method,
     headers: &HeaderMap,
     feed: &FeedRecord,
     body: Bytes,
     content_type: &str,
     etag: &str,
 ) -> Response {
-    let cache_control = if feed.private {
-        "private, no-cache"
-    } else {
-        "no-cache"
-    };
-    let matches = if_none_match(headers, etag);
-    let mut resp = if matches {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        body.into_response()
-    };
-    let h = resp.headers_mut();
-    if !matches && let Ok(v) = HeaderValue::from_str(content_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        h.insert(header::ETAG, v);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
-    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    let mut resp = rendered_response(method, headers, feed.private, body, content_type, etag);
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
     resp
 }
 

@@ -22,7 +22,9 @@
 //! The API key may come as `X-NuGet-ApiKey` (what NuGet clients send),
 //! Bearer or basic ([`crate::access`]). Errors are plain text with the
 //! status, which NuGet clients show. Every rendered answer is cached until
-//! the feed changes, keyed by its URL.
+//! the feed changes, keyed by its URL, with a strong `ETag` (a hash of its
+//! bytes) that `If-None-Match` is answered against (304, no body);
+//! `.nupkg` downloads are tagged by their digest.
 
 use axum::Router;
 use axum::extract::{FromRequest, Multipart, Request, State};
@@ -40,7 +42,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::AppState;
 use crate::access::FeedAccess;
-use crate::blobs::serve_download;
+use crate::blobs::{rendered_response, serve_download};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -236,31 +238,21 @@ impl Ctx<'_> {
             [one] | [one, "$count"] => v2_function(one).is_some(),
             _ => false,
         };
-        let body = nuget::cached(ferry, feed, &cache_key, counted, || async {
+        let answer = nuget::cached(ferry, feed, &cache_key, counted, || async {
             self.render(rest, segs).await
         })
         .await?;
-        let mut resp = if *self.method == Method::HEAD {
-            let mut r = StatusCode::OK.into_response();
-            if let Ok(v) = HeaderValue::from_str(&body.len().to_string()) {
-                r.headers_mut().insert(header::CONTENT_LENGTH, v);
-            }
-            r
-        } else {
-            body.into_response()
-        };
-        let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(if feed.private {
-                "private, no-cache"
-            } else {
-                "no-cache"
-            }),
+        let mut resp = rendered_response(
+            self.method,
+            self.headers,
+            feed.private,
+            answer.body,
+            ct,
+            &answer.etag,
         );
         if ct == XML || ct.starts_with("application/xml") || ct.contains("entry") {
-            h.insert("DataServiceVersion", HeaderValue::from_static("2.0;"));
+            resp.headers_mut()
+                .insert("DataServiceVersion", HeaderValue::from_static("2.0;"));
         }
         Ok(resp)
     }

@@ -320,6 +320,31 @@ async fn semver2_variant_and_large_registrations_page() {
     let page = f.json(page_url.strip_prefix(&format!("{BASE}/")).unwrap()).await;
     assert_eq!(page["count"], 64);
     assert_eq!(page["items"].as_array().unwrap().len(), 64);
+    // A page revalidates like the index; unlisting a version on it moves its tag.
+    let page_path = page_url.strip_prefix(&format!("{BASE}/")).unwrap();
+    let tag = f.get(page_path).await.header("etag").unwrap().to_owned();
+    assert_eq!(
+        f.get_if_none_match(page_path, &tag).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    let on_page = page["items"][0]["catalogEntry"]["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let k = f.key.clone();
+    let r = f
+        .req(
+            "DELETE",
+            &format!("v3/package/Paged/{on_page}"),
+            &[("x-nuget-apikey", &k)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let after = f.get_if_none_match(page_path, &tag).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_ne!(after.header("etag"), Some(tag.as_str()));
+    assert_eq!(after.json()["items"][0]["catalogEntry"]["listed"], false);
     // v2 FindPackagesById pages by 100 with a next link NuGet follows.
     let first = f.xml("FindPackagesById()?id='Paged'").await;
     assert_eq!(entries(&first), 100);
@@ -756,6 +781,14 @@ async fn v2_search_and_updates_take_target_frameworks_as_clients_send_them() {
         "<group targetFramework=\".NETFramework4.5\" /><group targetFramework=\"net6.0\" />",
     )
     .await;
+    f.push(
+        "Tf.Pcl",
+        "1.0.0",
+        "<group targetFramework=\"portable-net45+win8+wpa81\" />",
+    )
+    .await;
+    f.push("Tf.Win", "1.0.0", "<group targetFramework=\"net6.0-windows\" />")
+        .await;
     let ids = |xml: &str| -> Vec<String> {
         let mut v: Vec<String> = xml
             .split("<d:Id>")
@@ -769,23 +802,40 @@ async fn v2_search_and_updates_take_target_frameworks_as_clients_send_them() {
     // Chocolatey sends '' and NuGet 2.x a bare name or a |-separated list.
     assert_eq!(
         ids(&f.xml(&search("''")).await),
-        ["Tf.Any", "Tf.Classic", "Tf.Core", "Tf.Std"]
+        ["Tf.Any", "Tf.Classic", "Tf.Core", "Tf.Pcl", "Tf.Std", "Tf.Win"]
     );
-    assert_eq!(ids(&f.xml(&search("'net45'")).await), ["Tf.Any", "Tf.Classic"]);
+    // A portable profile serves each framework it names.
+    assert_eq!(
+        ids(&f.xml(&search("'net45'")).await),
+        ["Tf.Any", "Tf.Classic", "Tf.Pcl"]
+    );
     assert_eq!(
         ids(&f.xml(&search("'%7Cnet472%7C'")).await),
-        ["Tf.Any", "Tf.Classic", "Tf.Std"]
+        ["Tf.Any", "Tf.Classic", "Tf.Pcl", "Tf.Std"]
     );
+    // A platform asset needs the platform; a neutral one serves it.
     assert_eq!(
         ids(&f.xml(&search("'net45%7Cnet8.0'")).await),
-        ["Tf.Any", "Tf.Classic", "Tf.Core", "Tf.Std"]
+        ["Tf.Any", "Tf.Classic", "Tf.Core", "Tf.Pcl", "Tf.Std"]
     );
-    // A framework it does not know filters nothing out.
-    assert_eq!(ids(&f.xml(&search("'uap10.0'")).await).len(), 4);
+    assert_eq!(
+        ids(&f.xml(&search("'net8.0-windows'")).await),
+        ["Tf.Any", "Tf.Classic", "Tf.Core", "Tf.Std", "Tf.Win"]
+    );
+    // UWP: Windows 8 assets of the portable profile; not .NET Standard 2.0.
+    assert_eq!(ids(&f.xml(&search("'uap10.0'")).await), ["Tf.Any", "Tf.Pcl"]);
+    // A portable project: a profile covering its own (not .NET Standard
+    // 2.0: Profile7 maps to 1.1).
+    assert_eq!(
+        ids(&f.xml(&search("'portable-net45%2Bwin8'")).await),
+        ["Tf.Any", "Tf.Pcl"]
+    );
+    // A framework it does not know (Xamarin, Mono) filters nothing out.
+    assert_eq!(ids(&f.xml(&search("'monoandroid10'")).await).len(), 6);
     let count = f
         .get(&search("'net45'").replace("Search()", "Search()/$count"))
         .await;
-    assert_eq!(count.text(), "2");
+    assert_eq!(count.text(), "3");
     // GetUpdates(): targetFrameworks as nuget.exe sends it.
     let updates = |tfs: &str| {
         format!(
@@ -888,4 +938,278 @@ fn base64_encode(b: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Every v3 and v2 answer a client reads, by the paths the clients ask.
+const TAGGED: &[&str] = &[
+    "v3/index.json",
+    "v3/flatcontainer/tagged.pkg/index.json",
+    "v3/flatcontainer/tagged.pkg/1.0.0/tagged.pkg.nuspec",
+    "v3/flatcontainer/tagged.pkg/1.0.0/tagged.pkg.1.0.0.nupkg",
+    "v3/registration/tagged.pkg/index.json",
+    "v3/registration-semver2/tagged.pkg/index.json",
+    "v3/registration/tagged.pkg/1.0.0.json",
+    "v3/search?q=tagged&prerelease=true&semVerLevel=2.0.0",
+    "v3/autocomplete?q=tagged",
+    "v3/autocomplete?id=tagged.pkg",
+    "",
+    "$metadata",
+    "Packages()",
+    "Packages()/$count",
+    "Packages(Id='Tagged.Pkg',Version='1.0.0')",
+    "FindPackagesById()?id='Tagged.Pkg'",
+    "Search()?searchTerm='tagged'&targetFramework=''&includePrerelease=false",
+    "GetUpdates()?packageIds='Tagged.Pkg'&versions='0.9.0'&includePrerelease=false&includeAllVersions=true&targetFrameworks=''&versionConstraints=''",
+    "api/v2/package/Tagged.Pkg/1.0.0",
+];
+
+impl Feed {
+    async fn get_if_none_match(&self, path: &str, tag: &str) -> Reply {
+        self.req("GET", path, &[("if-none-match", tag)], Body::empty())
+            .await
+    }
+}
+
+#[tokio::test]
+async fn every_answer_has_a_strong_etag_and_revalidates_with_304() {
+    let f = Feed::new().await;
+    f.push("Tagged.Pkg", "1.0.0", "").await;
+    f.push("Tagged.Pkg", "1.1.0", "").await;
+    for path in TAGGED {
+        let r = f.get(path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        let tag = r
+            .header("etag")
+            .unwrap_or_else(|| panic!("{path}: no ETag"))
+            .to_owned();
+        assert!(
+            tag.starts_with('"') && tag.ends_with('"') && tag.len() > 2,
+            "{path}: not a strong tag: {tag}"
+        );
+        assert!(!r.body.is_empty(), "{path}");
+        // The same representation again: the same tag.
+        let again = f.get(path).await;
+        assert_eq!(again.header("etag"), Some(tag.as_str()), "{path}");
+        assert_eq!(again.body, r.body, "{path}");
+        // A client holding it: 304, no body, the tag again.
+        for held in [
+            tag.clone(),
+            format!("W/{tag}"),
+            format!("\"other\", {tag}"),
+            "*".to_owned(),
+        ] {
+            let c = f.get_if_none_match(path, &held).await;
+            assert_eq!(c.status, StatusCode::NOT_MODIFIED, "{path} with {held}");
+            assert!(c.body.is_empty(), "{path}: 304 with a body");
+            assert_eq!(c.header("etag"), Some(tag.as_str()), "{path}");
+        }
+        let head = f
+            .req("HEAD", path, &[("if-none-match", &tag)], Body::empty())
+            .await;
+        assert_eq!(head.status, StatusCode::NOT_MODIFIED, "HEAD {path}");
+        // A client holding something else: the whole answer.
+        let other = f.get_if_none_match(path, "\"not-this-one\"").await;
+        assert_eq!(other.status, StatusCode::OK, "{path}");
+        assert_eq!(other.body, r.body, "{path}");
+        assert_eq!(other.header("etag"), Some(tag.as_str()), "{path}");
+    }
+    // The .nupkg's tag is its digest (as every download of a blob).
+    let nupkg = f.get("api/v2/package/Tagged.Pkg/1.0.0").await;
+    let digest = format!("\"{}\"", ferry_types::Digest::of(&nupkg.body));
+    assert_eq!(nupkg.header("etag"), Some(digest.as_str()));
+    // Revalidating a download is not a download.
+    f.i.ferry.flush_downloads().await.unwrap();
+    let counted = |xml: &str| int_property(xml, "VersionDownloadCount");
+    let before = counted(&f.xml("Packages(Id='Tagged.Pkg',Version='1.0.0')").await);
+    let c = f
+        .get_if_none_match(
+            "v3/flatcontainer/tagged.pkg/1.0.0/tagged.pkg.1.0.0.nupkg",
+            &digest,
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::NOT_MODIFIED);
+    f.i.ferry.flush_downloads().await.unwrap();
+    assert_eq!(
+        counted(&f.xml("Packages(Id='Tagged.Pkg',Version='1.0.0')").await),
+        before
+    );
+}
+
+/// What a client holds of every URL: the tag and the body it came with.
+type Held = Vec<(String, Vec<u8>)>;
+
+impl Feed {
+    async fn hold(&self) -> Held {
+        let mut held = Vec::new();
+        for path in TAGGED {
+            let r = self.get(path).await;
+            assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+            held.push((r.header("etag").unwrap().to_owned(), r.body));
+        }
+        held
+    }
+
+    /// Revalidates every URL held before `step`: a changed answer comes
+    /// whole with a new tag, an unchanged one is 304. Returns the paths
+    /// whose answer changed.
+    async fn revalidate(&self, before: &Held, step: &str) -> (Held, Vec<&'static str>) {
+        let mut changed = Vec::new();
+        let now = self.hold().await;
+        for ((path, (tag, body)), (new_tag, new_body)) in TAGGED.iter().zip(before).zip(&now) {
+            let c = self.get_if_none_match(path, tag).await;
+            if new_body != body {
+                assert_ne!(new_tag, tag, "after {step}: {path} changed under the same ETag");
+                assert_eq!(
+                    c.status,
+                    StatusCode::OK,
+                    "after {step}: {path} answered 304 but changed"
+                );
+                assert_eq!(&c.body, new_body, "after {step}: {path}");
+                changed.push(*path);
+            } else {
+                assert_eq!(new_tag, tag, "after {step}: {path}");
+                assert_eq!(c.status, StatusCode::NOT_MODIFIED, "after {step}: {path}");
+            }
+        }
+        (now, changed)
+    }
+}
+
+#[tokio::test]
+async fn etags_change_with_push_unlist_relist_and_download_counts() {
+    let f = Feed::new().await;
+    f.push("Tagged.Pkg", "1.0.0", "").await;
+    let held = f.hold().await;
+    let k = f.key.clone();
+
+    // A push of 1.1.0: the lists, registrations, search and v2 feeds move.
+    f.push("Tagged.Pkg", "1.1.0", "").await;
+    let (held, changed) = f.revalidate(&held, "push").await;
+    for path in [
+        "v3/flatcontainer/tagged.pkg/index.json",
+        "v3/registration/tagged.pkg/index.json",
+        "v3/registration-semver2/tagged.pkg/index.json",
+        "v3/search?q=tagged&prerelease=true&semVerLevel=2.0.0",
+        "v3/autocomplete?id=tagged.pkg",
+        "Packages()",
+        "Packages()/$count",
+        "FindPackagesById()?id='Tagged.Pkg'",
+        "Search()?searchTerm='tagged'&targetFramework=''&includePrerelease=false",
+        "GetUpdates()?packageIds='Tagged.Pkg'&versions='0.9.0'&includePrerelease=false&includeAllVersions=true&targetFrameworks=''&versionConstraints=''",
+    ] {
+        assert!(changed.contains(&path), "push left {path} as it was: {changed:?}");
+    }
+    // What the push did not touch is still current.
+    for path in ["v3/index.json", "$metadata", "api/v2/package/Tagged.Pkg/1.0.0"] {
+        assert!(!changed.contains(&path), "push changed {path}");
+    }
+
+    // Unlisting 1.0.0: its registration says listed: false, search and
+    // v2 listings drop it; the flat container still lists every version
+    // (as nuget.org), so its tag stays.
+    let r = f
+        .req(
+            "DELETE",
+            "v3/package/Tagged.Pkg/1.0.0",
+            &[("x-nuget-apikey", &k)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let (held, changed) = f.revalidate(&held, "unlist").await;
+    for path in [
+        "v3/registration/tagged.pkg/index.json",
+        "v3/registration/tagged.pkg/1.0.0.json",
+        "v3/search?q=tagged&prerelease=true&semVerLevel=2.0.0",
+        "Packages()",
+        "Packages(Id='Tagged.Pkg',Version='1.0.0')",
+        "FindPackagesById()?id='Tagged.Pkg'",
+    ] {
+        assert!(
+            changed.contains(&path),
+            "unlist left {path} as it was: {changed:?}"
+        );
+    }
+    assert!(!changed.contains(&"v3/flatcontainer/tagged.pkg/index.json"));
+    let leaf = f.json("v3/registration/tagged.pkg/1.0.0.json").await;
+    assert_eq!(leaf["listed"], false);
+
+    // Relisting moves them again.
+    let r = f
+        .req(
+            "POST",
+            "v3/package/Tagged.Pkg/1.0.0",
+            &[("x-nuget-apikey", &k)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let (held, changed) = f.revalidate(&held, "relist").await;
+    for path in [
+        "v3/registration/tagged.pkg/index.json",
+        "v3/registration/tagged.pkg/1.0.0.json",
+        "Packages()",
+        "Packages(Id='Tagged.Pkg',Version='1.0.0')",
+    ] {
+        assert!(
+            changed.contains(&path),
+            "relist left {path} as it was: {changed:?}"
+        );
+    }
+    assert_eq!(
+        f.json("v3/registration/tagged.pkg/1.0.0.json").await["listed"],
+        true
+    );
+
+    // Downloads recorded: the answers showing counts move, the others not.
+    assert_eq!(
+        f.get("v3/flatcontainer/tagged.pkg/1.1.0/tagged.pkg.1.1.0.nupkg")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    f.i.ferry.flush_downloads().await.unwrap();
+    let (_, changed) = f.revalidate(&held, "a download").await;
+    for path in [
+        "v3/search?q=tagged&prerelease=true&semVerLevel=2.0.0",
+        "FindPackagesById()?id='Tagged.Pkg'",
+    ] {
+        assert!(
+            changed.contains(&path),
+            "a download left {path} as it was: {changed:?}"
+        );
+    }
+    for path in [
+        "v3/registration/tagged.pkg/index.json",
+        "v3/flatcontainer/tagged.pkg/index.json",
+    ] {
+        assert!(!changed.contains(&path), "a download changed {path}");
+    }
+}
+
+#[tokio::test]
+async fn answers_are_tagged_per_host_they_name() {
+    // The same URL asked through another host renders other links: another tag.
+    let f = Feed::new().await;
+    f.push("Tagged.Pkg", "1.0.0", "").await;
+    let path = "/nuget/pkgs/v3/registration/tagged.pkg/index.json";
+    let a =
+        f.i.send("GET", path, None, &[("host", "a.test")], Body::empty())
+            .await;
+    let b =
+        f.i.send("GET", path, None, &[("host", "b.test")], Body::empty())
+            .await;
+    assert!(a.text().contains("http://a.test/") && b.text().contains("http://b.test/"));
+    let (ta, tb) = (a.header("etag").unwrap(), b.header("etag").unwrap());
+    assert_ne!(ta, tb);
+    let c =
+        f.i.send(
+            "GET",
+            path,
+            None,
+            &[("host", "b.test"), ("if-none-match", ta)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::OK);
 }

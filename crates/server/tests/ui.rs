@@ -1738,3 +1738,201 @@ async fn a_push_plan_lists_what_is_the_same_and_what_it_would_copy() {
     let row = &html[at..at + html[at..].find("</tr>").unwrap()];
     assert!(row.contains("already the same on both sides"), "{row}");
 }
+
+/// An outgoing replication's blob sources: listed by URL on its page,
+/// added, replaced and cleared on the edit page (an empty token keeps the
+/// stored one, as for the outgoing token), a bad one refused with the
+/// reason; no stored token ever in a page, everything typed escaped.
+#[tokio::test]
+async fn blob_sources_are_edited_listed_by_url_and_their_tokens_never_shown() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let hub_token = hub.incoming("edge", &["files"], "push").await;
+    let hub_url = hub.serve().await;
+    let spoke = Instance::new().await;
+    spoke.feed("files", FeedType::Assets, false).await;
+    let r = api(
+        &spoke,
+        "POST",
+        "/api/v1/replications",
+        Some(serde_json::json!({
+            "name": "from-hub", "feeds": ["files"], "outgoing": hub_url,
+            "token": hub_token, "mode": "pull",
+        })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let secret_a = "a1".repeat(32);
+    let secret_b = "b2".repeat(32);
+    let token_a = format!("fst_00000000000000aa_{secret_a}");
+    let token_b = format!("fst_00000000000000bb_{secret_b}");
+    let hub_secret = hub_token.rsplit('_').next().unwrap().to_owned();
+    let cfg_sources = || async {
+        api(&spoke, "GET", "/api/v1/replications/from-hub", None)
+            .await
+            .json()["config"]["blob_sources"]
+            .clone()
+    };
+    let cookie = session(&spoke, ADMIN).await;
+    let no_secret = |t: &str, when: &str| {
+        for s in [&secret_a, &secret_b, &hub_secret] {
+            assert!(
+                !t.contains(s.as_str()),
+                "{when}: a stored token's secret is in the page"
+            );
+        }
+    };
+
+    // None yet: the page says so; the edit form offers empty rows.
+    let detail = page(&spoke, &cookie, "/replications/from-hub").await.text();
+    assert!(
+        detail.contains("Blob sources") && detail.contains("none (every blob comes from the other instance)"),
+        "{detail}"
+    );
+    let edit = page(&spoke, &cookie, "/replications/from-hub/edit").await;
+    let csrf = csrf_of(&edit);
+    assert_eq!(edit.text().matches("name=\"source_url\"").count(), 2);
+    no_secret(&edit.text(), "edit form");
+
+    let save = |rows: Vec<(&'static str, String)>| {
+        let csrf = csrf.clone();
+        let hub_url = hub_url.clone();
+        let cookie = cookie.clone();
+        let spoke = &spoke;
+        async move {
+            let mut fields: Vec<(&str, &str)> = vec![
+                ("csrf", &csrf),
+                ("url", &hub_url),
+                ("interval", "60"),
+                ("blob_sources_form", "1"),
+            ];
+            fields.extend(rows.iter().map(|(k, v)| (*k, v.as_str())));
+            post(
+                spoke,
+                &cookie,
+                "/replications/from-hub/edit",
+                Some(ORIGIN),
+                &fields,
+            )
+            .await
+        }
+    };
+
+    // Add one: listed by URL, its token redacted in the API, not in any page.
+    let r = save(vec![
+        ("source_url", "http://cache.site:8765".into()),
+        ("source_token", token_a.clone()),
+        ("source_url", String::new()),
+        ("source_token", String::new()),
+    ])
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(
+        cfg_sources().await,
+        serde_json::json!([{ "url": "http://cache.site:8765", "token": "fst_00000000000000aa_…" }])
+    );
+    let detail = page(&spoke, &cookie, "/replications/from-hub").await.text();
+    assert!(detail.contains("<code>http://cache.site:8765</code>"), "{detail}");
+    no_secret(&detail, "detail");
+    let edit = page(&spoke, &cookie, "/replications/from-hub/edit").await.text();
+    assert!(edit.contains("value=\"http://cache.site:8765\""), "{edit}");
+    assert!(edit.contains("empty: keep the current one"));
+    no_secret(&edit, "edit form");
+
+    // Its token left empty keeps the stored one; a second source is added.
+    let r = save(vec![
+        ("source_url", "http://cache.site:8765/".into()),
+        ("source_token", String::new()),
+        ("source_url", "https://neighbour.site".into()),
+        ("source_token", token_b.clone()),
+    ])
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let s = cfg_sources().await;
+    assert_eq!(s[0]["token"], "fst_00000000000000aa_…", "{s}");
+    assert_eq!(s[1]["url"], "https://neighbour.site");
+    assert_eq!(s[1]["token"], "fst_00000000000000bb_…");
+    // Replaced: a new token for the first, in the other order.
+    let r = save(vec![
+        ("source_url", "https://neighbour.site".into()),
+        ("source_token", String::new()),
+        ("source_url", "http://cache.site:8765".into()),
+        ("source_token", token_b.clone()),
+    ])
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let s = cfg_sources().await;
+    assert_eq!(s[0]["url"], "https://neighbour.site");
+    assert_eq!(s[1]["token"], "fst_00000000000000bb_…", "{s}");
+
+    // A post without the rows (an older page, a script) leaves them alone.
+    let r = post(
+        &spoke,
+        &cookie,
+        "/replications/from-hub/edit",
+        Some(ORIGIN),
+        &[("csrf", &csrf), ("url", &hub_url), ("interval", "90")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    assert_eq!(cfg_sources().await, s);
+
+    // Refused with the reason, nothing changed, what was typed kept and escaped.
+    let before = cfg_sources().await;
+    for (rows, reason) in [
+        (
+            vec![
+                ("source_url", "ftp://cache.site".to_owned()),
+                ("source_token", token_a.clone()),
+            ],
+            "must be an http:// or https:// URL with a host",
+        ),
+        (
+            vec![
+                ("source_url", "http://new.site".to_owned()),
+                ("source_token", String::new()),
+            ],
+            "blob source http://new.site needs a sync token",
+        ),
+        (
+            vec![("source_url", String::new()), ("source_token", token_a.clone())],
+            "has a sync token but no URL",
+        ),
+        (
+            vec![("source_url", hub_url.clone()), ("source_token", token_a.clone())],
+            "own peer; name other instances",
+        ),
+        (
+            vec![
+                (
+                    "source_url",
+                    "http://x.site/\"><script>alert(1)</script>".to_owned(),
+                ),
+                ("source_token", String::new()),
+            ],
+            "needs a sync token",
+        ),
+    ] {
+        let r = save(rows.iter().map(|(k, v)| (*k, v.clone())).collect()).await;
+        let t = r.text();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{t}");
+        assert!(t.contains(reason), "{reason}: {t}");
+        assert!(!t.contains("<script>alert(1)</script>"), "not escaped: {t}");
+        no_secret(&t.replace(&token_a, ""), "refusal");
+        assert_eq!(cfg_sources().await, before);
+    }
+
+    // Cleared: every URL emptied.
+    let r = save(vec![
+        ("source_url", String::new()),
+        ("source_token", String::new()),
+        ("source_url", String::new()),
+        ("source_token", String::new()),
+    ])
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let cleared = cfg_sources().await;
+    assert!(cleared.is_null() || cleared == serde_json::json!([]), "{cleared}");
+    let detail = page(&spoke, &cookie, "/replications/from-hub").await.text();
+    assert!(detail.contains("none (every blob comes from the other instance)"));
+}

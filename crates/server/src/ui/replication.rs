@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_core::CoreError;
-use ferry_replication::config::{Communication, CreateRequest, UpdateRequest};
+use ferry_replication::config::{BlobSource, Communication, CreateRequest, MAX_BLOB_SOURCES, UpdateRequest};
 use ferry_replication::{Overview, ReplError};
 use ferry_store::ExecutionRecord;
 use maud::{Markup, html};
@@ -830,6 +830,13 @@ async fn detail(
                 dt { "Interval" } dd { (o.config.interval_secs) " s" }
                 dt { "Next run" } dd { (o.status.next_run.as_deref().map(when_text).unwrap_or_else(|| "—".into())) }
             }
+            @if o.config.is_outgoing() {
+                dt { "Blob sources" }
+                dd #blob-sources {
+                    @if o.config.blob_sources.is_empty() { "none (every blob comes from the other instance)" }
+                    @else { ol { @for s in &o.config.blob_sources { li { code { (s.url) } } } } }
+                }
+            }
             @if !o.config.include.is_empty() { dt { "Include" } dd { (o.config.include.join(", ")) } }
             @if !o.config.exclude.is_empty() { dt { "Exclude" } dd { (o.config.exclude.join(", ")) } }
             dt { "Bandwidth cap" } dd { (o.config.bandwidth_limit.map(|b| format!("{}/s", bytes(b))).unwrap_or_else(|| "none".into())) }
@@ -1325,6 +1332,9 @@ async fn edit_form(
 struct EditValues {
     url: Option<String>,
     token: String,
+    /// Blob sources as (URL, token) rows: saved ones with an empty token
+    /// (a stored token is never put in a page), typed ones as typed.
+    sources: Vec<(String, String)>,
     include: String,
     exclude: String,
     interval: String,
@@ -1341,6 +1351,11 @@ impl EditValues {
                 Communication::Incoming => None,
             },
             token: String::new(),
+            sources: c
+                .blob_sources
+                .iter()
+                .map(|b| (b.url.clone(), String::new()))
+                .collect(),
             include: c.include.join("\n"),
             exclude: c.exclude.join("\n"),
             interval: c.interval_secs.to_string(),
@@ -1354,6 +1369,10 @@ impl EditValues {
         EditValues {
             url: outgoing.then(|| f.get("url").trim().to_owned()),
             token: f.get("token").trim().to_owned(),
+            sources: source_rows(f)
+                .into_iter()
+                .map(|(u, t)| (u.to_owned(), t.to_owned()))
+                .collect(),
             include: f.get("include").to_owned(),
             exclude: f.get("exclude").to_owned(),
             interval: f.get("interval").trim().to_owned(),
@@ -1365,6 +1384,8 @@ impl EditValues {
 
 fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, status: StatusCode) -> Response {
     let url = v.url.as_deref();
+    // Up to two empty rows to add sources with, within the limit.
+    let empty_row = (String::new(), String::new());
     let body = html! {
         p.crumbs { a href={ "/replications/" (seg(&o.name)) } { "Replication " (o.name) } " / edit" }
         h1 { "Edit replication " (o.name) }
@@ -1377,6 +1398,26 @@ fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, stat
                     div { label for="url" { "Other instance's URL" } input #url type="url" name="url" value=(u); }
                     div { label for="token" { "New sync token (empty: keep the current one)" }
                         input #token type="password" name="token" autocomplete="off" placeholder="fst_…" value=(v.token); }
+                }
+            }
+            @if url.is_some() {
+                fieldset #blob-source-rows {
+                    legend { "Blob sources" }
+                    // Marks a form that carries the rows: a post without
+                    // them (an older page, a script) leaves the sources alone.
+                    input type="hidden" name="blob_sources_form" value="1";
+                    p.hint { "Other Ferry instances (a site cache, a neighbouring spoke) asked for blobs before this one's peer, in this order; metadata always comes from the peer. \
+                        Give each source's URL and a sync token of an incoming replication there. \
+                        An empty token keeps the one stored for that URL; an empty URL removes the row." }
+                    @for (i, (u, t)) in v.sources.iter().chain(std::iter::repeat_n(&empty_row, MAX_BLOB_SOURCES.saturating_sub(v.sources.len()).min(2))).enumerate() {
+                        div.grid2 {
+                            div { label for={ "source-url-" (i) } { "Source " (i + 1) " URL" }
+                                input id={ "source-url-" (i) } type="url" name="source_url" placeholder="http://cache.site:8765" value=(u); }
+                            div { label for={ "source-token-" (i) } { "Source " (i + 1) " sync token" }
+                                input id={ "source-token-" (i) } type="password" name="source_token" autocomplete="off"
+                                    placeholder=(if u.is_empty() { "fst_…" } else { "empty: keep the current one" }) value=(t); }
+                        }
+                    }
                 }
             }
             div.grid2 {
@@ -1396,6 +1437,44 @@ fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, stat
     let mut resp = page("Edit replication", Some(who), Nav::Replication, body);
     *resp.status_mut() = status;
     resp
+}
+
+/// The blob source rows of the edit form, (URL, token) trimmed, rows
+/// left wholly empty dropped.
+fn source_rows(f: &Fields) -> Vec<(&str, &str)> {
+    let urls = f.all("source_url");
+    let tokens = f.all("source_token");
+    (0..urls.len().max(tokens.len()))
+        .map(|i| {
+            (
+                urls.get(i).map_or("", |u| u.trim()),
+                tokens.get(i).map_or("", |t| t.trim()),
+            )
+        })
+        .filter(|(u, t)| !u.is_empty() || !t.is_empty())
+        .collect()
+}
+
+/// The blob sources the edit form asks for, in its order: each row's URL
+/// with its token. A row whose token is left empty is sent without one,
+/// which keeps the token stored for that URL ([`UpdateRequest`]: as the
+/// outgoing token, empty keeps it); the list is checked there.
+fn blob_sources(rows: &[(&str, &str)]) -> Result<Vec<BlobSource>, CoreError> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, (url, token))| {
+            if url.is_empty() {
+                return Err(CoreError::invalid(format!(
+                    "Blob source {} has a sync token but no URL: give the source's URL, or clear its token to remove the row.",
+                    i + 1
+                )));
+            }
+            Ok(BlobSource {
+                url: (*url).to_owned(),
+                token: (*token).to_owned(),
+            })
+        })
+        .collect()
 }
 
 async fn edit(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -> Result<Response, ApiError> {
@@ -1424,7 +1503,13 @@ async fn edit(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -
     let interval = if outgoing { f.get("interval") } else { "" };
     let req = number(interval, "The interval").and_then(|interval| {
         let bandwidth = number(f.get("bandwidth"), "The bandwidth cap")?;
+        let blob_sources = if outgoing && f.on("blob_sources_form") {
+            Some(blob_sources(&source_rows(f))?)
+        } else {
+            None
+        };
         Ok(UpdateRequest {
+            blob_sources,
             outgoing: (outgoing && !f.get("url").trim().is_empty()).then(|| f.get("url").trim().to_owned()),
             token: (outgoing && !f.get("token").trim().is_empty()).then(|| f.get("token").trim().to_owned()),
             include: Some(lines(f.get("include"))),
