@@ -213,10 +213,45 @@ fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
     );
     cache.cli_ok(&["replication", "run", "from-hub", "--wait"]);
     let pull_only = cache.incoming("site", &["files"], "pull");
+    // A source that can never serve is refused when it is named, with why.
+    let refused_spoke = Server::start();
+    refused_spoke.create_feed("files", "assets");
+    let out = refused_spoke.cli(&[
+        "replication",
+        "create",
+        "from-hub",
+        "--outgoing",
+        &hub.url,
+        "--token",
+        &hub_token,
+        "--mode",
+        "pull",
+        "--feed",
+        "files",
+        "--blob-source",
+        &cache.url,
+        "--blob-source-token",
+        &pull_only,
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("blob source") && said.contains("sends no content"),
+        "{said}"
+    );
+    assert!(
+        refused_spoke
+            .cli_json(&["replication", "list", "--json"])
+            .as_array()
+            .is_some_and(|a| a.is_empty()),
+        "a refused replication was kept"
+    );
+    // One that could when it was named, and refuses later (its token
+    // revoked there), is left out of the run and named in its log.
+    let revoked = cache.incoming("site-content", &["files"], "push");
 
     for (source, token, says) in [
         (hanging_url.as_str(), hub_token.as_str(), "no answer within 15 s"),
-        (cache.url.as_str(), pull_only.as_str(), "does not send content"),
+        (cache.url.as_str(), revoked.as_str(), "refused the sync token"),
     ] {
         let s = Server::start();
         s.create_feed("files", "assets");
@@ -235,9 +270,23 @@ fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
                 token,
             ],
         );
+        let mut expected = files.clone();
+        if token == revoked {
+            // Named while it served; then revoked there, and more published.
+            assert!(wait_until(60, || serves_all(&s, &files)));
+            let id = token.split('_').nth(1).unwrap();
+            cache.cli_ok(&["replication", "revoke", "site-content", id]);
+            let more = vec![(
+                "f/later.bin".to_string(),
+                random_file(tmp.path(), "later", 200 << 10),
+            )];
+            hub.put_asset_files("files", &more);
+            cache.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+            expected.extend(more);
+        }
         s.cli_ok(&["replication", "run", "from-hub", "--wait"]);
         assert!(
-            wait_until(60, || serves_all(&s, &files)),
+            wait_until(60, || serves_all(&s, &expected)),
             "the spoke did not converge past source {source}"
         );
         let log = serde_json::to_string(&s.executions("from-hub")).unwrap();

@@ -8,9 +8,12 @@
 use std::sync::Arc;
 
 use ferry_store::ReplicationRecord;
+use ferry_types::Digest;
 use serde::Serialize;
 
-use crate::config::{Communication, ReplicationConfig};
+use crate::batch::BlobWant;
+use crate::client::Remote;
+use crate::config::{BlobSource, Communication, ReplicationConfig};
 use crate::engine::{Progress, Run};
 use crate::{ReplError, Replicator, token};
 
@@ -67,6 +70,12 @@ impl Replicator {
         });
         if cfg.is_outgoing() && reconnects {
             self.probe_other_end(&unsaved(name), cfg).await?;
+        }
+        let sources_changed = old
+            .as_ref()
+            .is_none_or(|old| old.blob_sources != cfg.blob_sources);
+        if sources_changed {
+            self.probe_sources(name, &cfg.blob_sources).await?;
         }
         Ok(change)
     }
@@ -203,6 +212,74 @@ impl Replicator {
         }
     }
 }
+
+impl Replicator {
+    /// Asks each blob source in `sources` for one blob no feed holds, as a
+    /// run would ask it (`POST blobs/batch` with the source's token), so
+    /// that a source that can never serve is refused when it is named
+    /// rather than found out at each run. Refused (an error naming the
+    /// source): a token it does not accept (401), a replication there that
+    /// sends no content (403, per blob or whole), an instance without
+    /// batched transfers. A source that cannot be reached, or does not
+    /// answer within [`SOURCE_PROBE_TIMEOUT`], is not an error (a site
+    /// cache may be down for a while); it is logged, and runs leave it out
+    /// while it stays so.
+    pub(crate) async fn probe_sources(&self, name: &str, sources: &[BlobSource]) -> Result<(), ReplError> {
+        for src in sources {
+            let remote = Remote::new(
+                self.http().clone(),
+                &src.url,
+                &src.token,
+                self.ferry().instance_id(),
+            )
+            .with_stall_timeout(SOURCE_PROBE_TIMEOUT);
+            let refusal = |why: String| {
+                ReplError::Invalid(format!(
+                    "blob source {} cannot serve replication {name}: {why}",
+                    src.url
+                ))
+            };
+            let want = vec![BlobWant {
+                digest: Digest::of(b"ferry: blob source probe"),
+                offset: 0,
+            }];
+            let mut frames = match remote.fetch_batch(want).await {
+                Ok(frames) => frames,
+                Err(ReplError::Unauthorized(m)) => {
+                    return Err(refusal(format!("it does not accept the token ({m})")));
+                }
+                Err(ReplError::Forbidden(m)) => return Err(refusal(format!("it refuses the token ({m})"))),
+                Err(ReplError::NotFound(_)) => {
+                    return Err(refusal(
+                        "it does not offer batched blob transfers (not a Ferry instance, or an older one)"
+                            .into(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(replication = name, source = %src.url, error = %e, "blob source not reachable yet; runs leave it out while it stays so");
+                    continue;
+                }
+            };
+            match frames.header().await {
+                Ok(Some(h)) if h.status == Some(403) => {
+                    return Err(refusal(format!(
+                        "its replication for this token sends no content ({})",
+                        h.error.unwrap_or_default()
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(replication = name, source = %src.url, error = %e, "blob source did not answer in full; runs leave it out while it stays so");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long a blob source may take to answer the probe of
+/// [`Replicator::probe_sources`].
+pub(crate) const SOURCE_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A record for a configuration not stored (yet): what a handshake needs
 /// to name the replication.

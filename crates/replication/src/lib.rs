@@ -306,7 +306,11 @@ impl Replicator {
         let rec = self.store().create_replication(name, value).await?;
         if cfg.is_outgoing() {
             // Check the other end now, so an impossible setup is refused at once.
-            if let Err(e) = self.probe_other_end(&rec, &cfg).await {
+            let probed = match self.probe_other_end(&rec, &cfg).await {
+                Ok(()) => self.probe_sources(name, &cfg.blob_sources).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = probed {
                 self.store().delete_replication(name).await?;
                 return Err(e);
             }
@@ -361,6 +365,9 @@ impl Replicator {
         let cfg = req.apply_to(&old)?;
         if reconnect {
             self.probe_other_end(&rec, &cfg).await?;
+        }
+        if cfg.blob_sources != old.blob_sources {
+            self.probe_sources(name, &cfg.blob_sources).await?;
         }
         let value = self.replace_config(&rec, &old, &cfg, reconnect).await?;
         Ok(ReplicationRecord { config: value, ..rec })
