@@ -58,6 +58,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .build()
         .context("building the replication HTTP client")?;
 
+    // A file that does not parse, or names a secret that cannot be read,
+    // is refused before anything is written to the data directory.
+    let decls = cfg.declarations()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let (meta, replication_store): (Arc<dyn MetadataStore>, Arc<dyn ReplicationStore>) =
@@ -98,13 +101,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let replicator = Replicator::with_http_client(ferry.clone(), replication_store, http);
     tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
 
-    ensure_admin_key(&ferry, &cfg.data_dir, cfg.database_url.is_some()).await?;
-    if let Some(decls) = cfg.declarations()? {
+    if let Some(decls) = decls {
         let applied = ferry_server::declare::apply(&ferry, &replicator, &decls)
             .await
             .with_context(|| format!("applying {}", source_name(&cfg)))?;
         log_applied(&applied);
     }
+    // After the declarations: a file refused on an empty data directory
+    // leaves no admin key behind (the fixed file's start makes it).
+    ensure_admin_key(&ferry, &cfg.data_dir, cfg.database_url.is_some()).await?;
     if let Some(path) = cfg.source.clone() {
         reapply_on_sighup(path, ferry.clone(), replicator.clone())?;
     }

@@ -239,3 +239,44 @@ fn a_file_that_cannot_be_applied_stops_the_start_naming_its_line() {
     assert!(!out.status.success());
     assert!(err.contains("line 5") && err.contains("missing"), "{err}");
 }
+
+#[test]
+fn a_refused_file_on_an_empty_data_directory_leaves_no_admin_key_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let serve = |conf: &Path, data: &Path| {
+        Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .env("FERRY_CONFIG", conf)
+            .env_remove("FERRY_ADMIN_KEY")
+            .output()
+            .unwrap()
+    };
+    // Applying fails (an undeclared feed): no key is made or printed.
+    let bad = write(
+        tmp.path(),
+        "bad.toml",
+        "[[replications]]\nname = \"r\"\nfeeds = [\"missing\"]\nmode = \"push\"\n",
+    );
+    let data = tmp.path().join("data");
+    let out = serve(&bad, &data);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(!data.join("admin.key").exists(), "{said}");
+    assert!(!said.contains("admin API key"), "{said}");
+    // A secret that cannot be read: refused before the data directory exists.
+    let unreadable = write(
+        tmp.path(),
+        "secret.toml",
+        "[[feeds]]\nname = \"files\"\ntype = \"assets\"\n\n[[replications]]\nname = \"r\"\nfeeds = [\"files\"]\noutgoing = \"http://127.0.0.1:9\"\ntoken_file = \"no-such.token\"\nmode = \"pull\"\n",
+    );
+    let fresh = tmp.path().join("fresh");
+    let out = serve(&unreadable, &fresh);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no-such.token"), "{err}");
+    assert!(!fresh.exists(), "the data directory was written: {err}");
+}
