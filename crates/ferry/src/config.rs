@@ -145,8 +145,10 @@ impl Config {
                 for (f, line) in cfg.feeds.iter_mut().zip(feeds) {
                     f.line = Some(line);
                 }
-                for (r, line) in cfg.replications.iter_mut().zip(replications) {
+                let ends: Vec<u32> = replications.iter().skip(1).copied().chain([u32::MAX]).collect();
+                for ((r, line), end) in cfg.replications.iter_mut().zip(replications).zip(ends) {
                     r.line = Some(line);
+                    source_lines(&text, line, end, &mut r.blob_sources);
                 }
                 cfg.source = Some(path.to_path_buf());
                 cfg
@@ -281,6 +283,27 @@ impl Config {
 
 /// The 1-based lines of the `[[NAME]]` table headers in a TOML text, in
 /// order (the k-th is the k-th element of the array of tables).
+/// Sets each blob source's line: the first line, after the previous
+/// source's, between the replication's header (`from`) and the next one
+/// (`to`, exclusive) that holds its URL as a quoted string.
+fn source_lines(text: &str, from: u32, to: u32, sources: &mut [ferry_server::declare::BlobSourceDecl]) {
+    let mut after = from;
+    for s in sources {
+        let quoted = [format!("\"{}\"", s.url), format!("'{}'", s.url)];
+        let found = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i as u32 + 1, l))
+            .filter(|(n, _)| *n >= after && *n < to)
+            .find(|(_, l)| quoted.iter().any(|q| l.contains(q.as_str())))
+            .map(|(n, _)| n);
+        if let Some(n) = found {
+            s.line = Some(n);
+            after = n;
+        }
+    }
+}
+
 fn header_lines(text: &str, name: &str) -> Vec<u32> {
     text.lines()
         .enumerate()

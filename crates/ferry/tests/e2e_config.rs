@@ -280,3 +280,33 @@ fn a_refused_file_on_an_empty_data_directory_leaves_no_admin_key_behind() {
     assert!(!out.status.success() && err.contains("no-such.token"), "{err}");
     assert!(!fresh.exists(), "the data directory was written: {err}");
 }
+
+#[test]
+fn an_error_in_a_blob_source_names_the_sources_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = format!("fst_0123456789abcdef_{}", "5e".repeat(32));
+    let text = format!(
+        "[[feeds]]\nname = \"files\"\ntype = \"assets\"\n\n\
+         [[replications]]\nname = \"r\"\nfeeds = [\"files\"]\noutgoing = \"http://127.0.0.1:9\"\n\
+         token = \"{token}\"\nmode = \"pull\"\n\n\
+         [[replications.blob_sources]]\nurl = \"http://127.0.0.1:10\"\ntoken = \"{token}\"\n\n\
+         [[replications.blob_sources]]\nurl = \"http://someone:secret@cache.site:8765\"\ntoken = \"{token}\"\n"
+    );
+    // The second source's url is on line 17.
+    assert_eq!(text.lines().position(|l| l.contains("cache.site")), Some(16));
+    let conf = write(tmp.path(), "sources.toml", &text);
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("FERRY_CONFIG", &conf)
+        .env("FERRY_ADMIN_KEY", ADMIN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("line 17") && err.contains("user and password"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "the URL's password was echoed: {err}");
+}

@@ -128,6 +128,9 @@ pub struct ReplicationDecl {
 #[serde(deny_unknown_fields)]
 pub struct BlobSourceDecl {
     pub url: String,
+    /// The line of its `url` in the file (set by the reader, for errors).
+    #[serde(skip)]
+    pub line: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,6 +183,26 @@ impl DeclareError {
 }
 
 impl ReplicationDecl {
+    /// The line an error `message` about this declaration points at: the
+    /// line of the blob source it names (by URL, by host, or as "blob
+    /// source N"), else the declaration's own.
+    fn line_of(&self, message: &str) -> Option<u32> {
+        let named = self.blob_sources.iter().enumerate().find(|(i, b)| {
+            let host = b
+                .url
+                .split("://")
+                .nth(1)
+                .and_then(|rest| rest.split(['/', '?', '#']).next())
+                .map(|authority| authority.rsplit('@').next().unwrap_or(authority))
+                .map(|hostport| hostport.split(':').next().unwrap_or(hostport));
+            message.contains("blob source")
+                && (message.contains(b.url.as_str())
+                    || message.contains(&format!("blob source {} ", i + 1))
+                    || host.is_some_and(|h| !h.is_empty() && message.contains(&format!("blob source {h}:"))))
+        });
+        named.and_then(|(_, b)| b.line).or(self.line)
+    }
+
     /// The replication's configuration; the token must be resolved.
     fn request(&self) -> Result<CreateRequest, ReplError> {
         if self.token_file.is_some() || self.token_env.is_some() {
@@ -310,7 +333,7 @@ pub async fn apply(
         let cfg = r
             .request()
             .and_then(CreateRequest::into_config)
-            .map_err(|e| err(&e))?;
+            .map_err(|e| DeclareError::new(r.line_of(&e.to_string()), what.clone(), e))?;
         let tokens = r.tokens().map_err(|e| err(&e))?;
         if let Some(t) = tokens.iter().find(|t| !token_ids.insert(t.id.clone())) {
             return Err(err(&format_args!("token {} is declared twice", t.id)));
@@ -338,7 +361,8 @@ pub async fn apply(
         }
         if let Err(e) = check {
             undo_feeds(ferry, &created).await;
-            return Err(DeclareError::new(r.line, format!("replication {}", r.name), e));
+            let line = r.line_of(&e.to_string());
+            return Err(DeclareError::new(line, format!("replication {}", r.name), e));
         }
     }
     let prune: Vec<String> = if decls.prune {
