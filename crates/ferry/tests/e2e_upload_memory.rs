@@ -687,7 +687,7 @@ fn npm_publish_of_a_large_tarball_streams() {
     );
     assert_eq!(dist["shasum"].as_str().unwrap().len(), 40, "{dist}");
     assert_eq!(dist["fileCount"], 2);
-    assert_eq!(support::staged_files(&s.data.join("blobs/staging")), 0);
+    assert_eq!(support::staged_files(&s.staging_dir()), 0);
     assert_within_budget("npm publish", &g);
 }
 
@@ -766,7 +766,7 @@ fn replication_blob_push_of_a_large_blob_streams() {
     };
     push(5, 1 << 20);
     let g = measure(&s, "replication blob PUT (200 MiB)", || push(6, BIG));
-    assert_eq!(support::staged_files(&s.data.join("blobs/staging")), 0);
+    assert_eq!(support::staged_files(&s.staging_dir()), 0);
     assert_within_budget("replication blob PUT", &g);
 }
 
