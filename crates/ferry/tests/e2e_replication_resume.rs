@@ -92,7 +92,11 @@ impl Watcher {
 /// Bytes of complete blobs in the blob store.
 fn committed_bytes(s: &Server) -> u64 {
     let mut total = 0;
-    for dir in std::fs::read_dir(s.blob_root()).unwrap() {
+    // (A bucket has no sha256/ folder before its first blob.)
+    let Ok(dirs) = std::fs::read_dir(s.blob_root()) else {
+        return 0;
+    };
+    for dir in dirs {
         for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
             total += f.unwrap().metadata().unwrap().len();
         }

@@ -812,11 +812,15 @@ fn verifying_stream(st: Verifying) -> ByteStream {
                     }
                     tracing::error!(blob = %st.digest, %actual, "stored blob is corrupt (found while reading it); taken out of service");
                     let (inner, d, etag) = (st.inner.clone(), st.digest, st.etag.clone());
-                    tokio::spawn(async move {
+                    // Out of service before the reader hears of it (a retry
+                    // must not get the object again); spawned, so that a
+                    // reader dropping the stream meanwhile does not stop it.
+                    let taken_out = tokio::spawn(async move {
                         if let Err(e) = inner.quarantine_object(&d, etag.as_deref()).await {
                             tracing::error!(blob = %d, error = %e, "could not take the corrupt blob out of service");
                         }
                     });
+                    let _ = taken_out.await;
                     let e = corrupt_read(&st.digest, &actual);
                     return Some((Err(e), st));
                 }
