@@ -15,11 +15,12 @@
 //! aborted at once, and whatever a crash left is aborted at the next open.
 //! Blobs taken out of service are copied to `{prefix}corrupt/HEX-MILLIS`
 //! (where S3's CopyObject allows, up to 5 GiB) and deleted from their key.
-//! The outstanding quarantines and the blobs found missing are one empty
+//! The outstanding quarantines and the blobs found missing are one small
 //! marker object per digest (`{prefix}damage/quarantined/HEX`,
 //! `{prefix}damage/missing/HEX`, holding the time in milliseconds),
-//! written and deleted one by one, never read, changed and written back: several nodes sharing the bucket record and resolve
-//! damage without losing each other's records.
+//! written and deleted one by one, never read, changed and written back:
+//! several nodes sharing the bucket record and resolve damage without
+//! losing each other's records.
 //!
 //! Several nodes may share one bucket (and prefix): each keeps its spool
 //! in its own data directory, or — when the data directory is shared too —
