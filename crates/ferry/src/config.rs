@@ -169,6 +169,8 @@ impl Config {
         if let Ok(v) = std::env::var("FERRY_DATA_DIR") {
             cfg.data_dir = v.into();
         }
+        cfg.blob_store
+            .apply_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))?;
         if let Ok(v) = std::env::var("FERRY_LISTEN") {
             cfg.listen = v
                 .parse()
@@ -482,6 +484,68 @@ mod tests {
     }
 
     #[test]
+    fn blob_store_variables_override_the_file() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        // From nothing: the variables alone make an S3 store.
+        let mut b = BlobStoreConfig::Fs;
+        b.apply_env(vars(&[
+            ("FERRY_BLOB_STORE", "s3"),
+            ("FERRY_S3_ENDPOINT", "http://127.0.0.1:9000"),
+            ("FERRY_S3_BUCKET", "node-blobs"),
+            ("FERRY_S3_PATH_STYLE", "true"),
+            ("FERRY_S3_ALLOW_HTTP", "true"),
+            ("FERRY_S3_PART_SIZE_MIB", "6"),
+        ]))
+        .unwrap();
+        let BlobStoreConfig::S3(s3) = &b else {
+            panic!("{b:?}")
+        };
+        let r = s3.resolve(None).unwrap();
+        assert_eq!(r.describe(), "bucket node-blobs at http://127.0.0.1:9000");
+        assert!(r.path_style && r.allow_http);
+        assert_eq!((r.region.as_str(), r.part_size), ("us-east-1", 6 << 20));
+        // Over a file's bucket: only what is set changes.
+        let mut b: Config =
+            toml::from_str("[blob_store]\ntype = \"s3\"\nbucket = \"b\"\nprefix = \"p/\"").unwrap();
+        b.blob_store
+            .apply_env(vars(&[("FERRY_S3_BUCKET", "other")]))
+            .unwrap();
+        let BlobStoreConfig::S3(s3) = &b.blob_store else {
+            panic!()
+        };
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("other", "p/"));
+        // Back to the folder, whatever the file says.
+        b.blob_store
+            .apply_env(vars(&[("FERRY_BLOB_STORE", "fs")]))
+            .unwrap();
+        assert!(matches!(b.blob_store, BlobStoreConfig::Fs));
+        // Mistakes are named.
+        let err = BlobStoreConfig::Fs
+            .apply_env(vars(&[("FERRY_S3_BUCKET", "x")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("FERRY_BLOB_STORE=s3"), "{err}");
+        let err = BlobStoreConfig::Fs
+            .apply_env(vars(&[("FERRY_BLOB_STORE", "s3")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("FERRY_S3_BUCKET"), "{err}");
+        assert!(
+            BlobStoreConfig::Fs
+                .apply_env(vars(&[("FERRY_BLOB_STORE", "gcs")]))
+                .is_err()
+        );
+        let err = BlobStoreConfig::Fs
+            .apply_env(vars(&[
+                ("FERRY_BLOB_STORE", "s3"),
+                ("FERRY_S3_BUCKET", "b"),
+                ("FERRY_S3_PATH_STYLE", "yes"),
+            ]))
+            .unwrap_err();
+        assert!(err.to_string().contains("FERRY_S3_PATH_STYLE"), "{err}");
+    }
+
+    #[test]
     fn blob_source_tokens_come_from_files_and_variables_never_the_export() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("spoke.toml");
@@ -602,6 +666,96 @@ pub struct S3Settings {
 
 fn default_region() -> String {
     "us-east-1".into()
+}
+
+/// The variables that override `[blob_store]`, with the S3 setting each
+/// sets (see [`BlobStoreConfig::apply_env`]).
+pub const S3_ENV: [&str; 7] = [
+    "FERRY_S3_ENDPOINT",
+    "FERRY_S3_BUCKET",
+    "FERRY_S3_REGION",
+    "FERRY_S3_PATH_STYLE",
+    "FERRY_S3_PREFIX",
+    "FERRY_S3_ALLOW_HTTP",
+    "FERRY_S3_PART_SIZE_MIB",
+];
+
+impl BlobStoreConfig {
+    /// Applies the environment over the file's `[blob_store]`:
+    /// `FERRY_BLOB_STORE` (`fs` or `s3`) picks the type (`s3` keeps the
+    /// file's bucket settings, if any), and `FERRY_S3_ENDPOINT`,
+    /// `FERRY_S3_BUCKET`, `FERRY_S3_REGION`, `FERRY_S3_PATH_STYLE`,
+    /// `FERRY_S3_PREFIX`, `FERRY_S3_ALLOW_HTTP` and
+    /// `FERRY_S3_PART_SIZE_MIB` override the bucket's settings one by one.
+    /// `env` looks a variable up (None when unset or empty).
+    ///
+    /// Errors: an unknown type, an unparsable value, `FERRY_S3_*` set while
+    /// the blob store is the folder, or an S3 store without a bucket.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        match env("FERRY_BLOB_STORE").as_deref() {
+            None => {}
+            Some("fs") => *self = BlobStoreConfig::Fs,
+            Some("s3") => {
+                if matches!(self, BlobStoreConfig::Fs) {
+                    *self = BlobStoreConfig::S3(S3Settings {
+                        endpoint: None,
+                        bucket: String::new(),
+                        region: default_region(),
+                        path_style: false,
+                        prefix: String::new(),
+                        allow_http: false,
+                        access_key_id: None,
+                        secret_access_key_file: None,
+                        part_size_mib: None,
+                    });
+                }
+            }
+            Some(other) => anyhow::bail!("FERRY_BLOB_STORE={other:?}: expected fs or s3"),
+        }
+        let s3 = match self {
+            BlobStoreConfig::S3(s3) => s3,
+            BlobStoreConfig::Fs => {
+                if let Some(k) = S3_ENV.iter().find(|k| env(k).is_some()) {
+                    anyhow::bail!(
+                        "{k} is set but blobs are kept in the data directory: set FERRY_BLOB_STORE=s3 \
+                         (or [blob_store] type = \"s3\") to keep them in a bucket"
+                    );
+                }
+                return Ok(());
+            }
+        };
+        let flag = |k: &str, v: String| -> anyhow::Result<bool> {
+            v.parse().with_context(|| format!("{k}={v:?} (true or false)"))
+        };
+        if let Some(v) = env("FERRY_S3_ENDPOINT") {
+            s3.endpoint = Some(v);
+        }
+        if let Some(v) = env("FERRY_S3_BUCKET") {
+            s3.bucket = v;
+        }
+        if let Some(v) = env("FERRY_S3_REGION") {
+            s3.region = v;
+        }
+        if let Some(v) = env("FERRY_S3_PATH_STYLE") {
+            s3.path_style = flag("FERRY_S3_PATH_STYLE", v)?;
+        }
+        if let Some(v) = env("FERRY_S3_PREFIX") {
+            s3.prefix = v;
+        }
+        if let Some(v) = env("FERRY_S3_ALLOW_HTTP") {
+            s3.allow_http = flag("FERRY_S3_ALLOW_HTTP", v)?;
+        }
+        if let Some(v) = env("FERRY_S3_PART_SIZE_MIB") {
+            s3.part_size_mib = Some(
+                v.parse()
+                    .with_context(|| format!("FERRY_S3_PART_SIZE_MIB={v:?}"))?,
+            );
+        }
+        if s3.bucket.is_empty() {
+            anyhow::bail!("the S3 blob store needs a bucket: [blob_store] bucket or FERRY_S3_BUCKET");
+        }
+        Ok(())
+    }
 }
 
 impl S3Settings {

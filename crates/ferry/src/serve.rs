@@ -425,11 +425,16 @@ async fn open_blobs(cfg: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
                 .context("reading the blob store's settings")??;
             let what = store_cfg.describe();
             say!("blob store: s3 {what}");
-            Arc::new(
-                S3BlobStore::open(store_cfg, cfg.data_dir.join("blob-spool"))
-                    .await
-                    .with_context(|| format!("opening blob store (s3 {what})"))?,
-            )
+            // With a shared database, other nodes may share the bucket and
+            // even the data directory: the spool then keeps this node's
+            // uploads and multipart journals apart from the others'.
+            let spool = cfg.data_dir.join("blob-spool");
+            let store = if cfg.database_url.is_some() {
+                S3BlobStore::open_shared(store_cfg, spool).await
+            } else {
+                S3BlobStore::open(store_cfg, spool).await
+            };
+            Arc::new(store.with_context(|| format!("opening blob store (s3 {what})"))?)
         }
     })
 }

@@ -176,7 +176,7 @@ fn kill_during_upload_leaves_no_partial_item() {
     assert_eq!(curl(&[&url]).0, 404, "a partial upload became visible");
     // (Nodes sharing a blob folder keep a directory and a liveness lock
     // each under staging/: count the uploads only.)
-    let staging = s.data.join("blobs/staging");
+    let staging = s.staging_dir();
     assert_eq!(support::staged_files(&staging), 0, "staging not cleaned");
     // The feed works normally afterwards.
     let (st, _) = curl(&[

@@ -6,23 +6,17 @@
 #![allow(clippy::unwrap_used)]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use support::{ADMIN, Server, curl, wait_until};
 
-/// The file holding blob `digest` (`sha256:…`) in an instance's store.
-fn blob_file(s: &Server, digest: &str) -> PathBuf {
-    let hex = digest.trim_start_matches("sha256:");
-    s.data.join("blobs/sha256").join(&hex[..2]).join(hex)
-}
-
-/// Flips one byte of a stored blob (same length, other bytes).
+/// Flips one byte of a stored blob (same length, other bytes): in the
+/// blob folder, or in the bucket's object (the second pass).
 fn rot(s: &Server, digest: &str, at: usize) {
-    let path = blob_file(s, digest);
-    let mut bytes = std::fs::read(&path).unwrap();
+    let mut bytes = std::fs::read(s.blob_path(digest)).unwrap();
     bytes[at] ^= 0xff;
-    std::fs::write(&path, &bytes).unwrap();
+    s.damage_blob(digest, &bytes);
 }
 
 /// `curl` downloading `url` to `out` with `extra` arguments: (curl's exit
@@ -104,9 +98,8 @@ fn a_blob_rotten_on_disk_is_never_served_as_a_complete_download() {
         "{h}"
     );
     assert_eq!(gauge(&s), Some(1));
-    assert!(!blob_file(&s, &large_d).exists());
-    let quarantined = std::fs::read_dir(s.data.join("blobs/corrupt")).unwrap().count();
-    assert_eq!(quarantined, 1);
+    assert!(!s.blob_path(&large_d).exists());
+    assert_eq!(s.quarantined_copies(), 1);
 
     // A blob of one chunk, and a range that covers the whole blob, are
     // verified as well.
@@ -163,7 +156,7 @@ fn known_damage_survives_a_restart_until_it_is_repaired() {
     let d = s.asset_digests("files", "");
     let (rotten, lost) = (d["rotten.bin"].clone(), d["lost.txt"].clone());
     rot(&s, &rotten, 100);
-    std::fs::remove_file(blob_file(&s, &lost)).unwrap();
+    s.remove_blob(&lost);
     // Found by reads.
     assert_eq!(s.get_asset("files", "lost.txt").0, 500);
     let _ = s.get_asset("files", "rotten.bin");
@@ -221,7 +214,7 @@ fn damage_nothing_needs_any_more_is_forgotten_promptly() {
     s.put_asset("files", "keep.txt", b"fine");
     let d = s.asset_digests("files", "");
     rot(&s, &d["rotten.bin"], 5);
-    std::fs::remove_file(blob_file(&s, &d["lost.txt"])).unwrap();
+    s.remove_blob(&d["lost.txt"]);
     let out = s.cli_fails(&["fsck"]);
     assert!(out.contains("corrupt") && out.contains("missing"), "{out}");
     assert!(health(&s).contains("degraded"));
@@ -290,7 +283,7 @@ fn a_bundle_export_refuses_damaged_blobs_naming_them_and_the_items() {
     s.delete_asset("files", "rotten.bin");
     s.put_asset("files", "lost.txt", b"lost");
     let lost = s.asset_digests("files", "")["lost.txt"].clone();
-    std::fs::remove_file(blob_file(&s, &lost)).unwrap();
+    s.remove_blob(&lost);
     let o = export(&out);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success());

@@ -1,20 +1,99 @@
 //! Several `ferry serve` nodes on one PostgreSQL database and one blob
-//! folder, as one instance: what one node writes, every node serves and
-//! long-polling peers hear at once; a replication's execution runs on one
-//! node at a time and, when that node is killed, is finished by another;
-//! npm, twine and skopeo writing through three nodes at once; a lost
-//! database (503s, metrics still scraped) and one refused at start.
+//! folder — or one S3 bucket (s3s-fs) — as one instance: what one node
+//! writes, every node serves and long-polling peers hear at once; a
+//! replication's execution runs on one node at a time and, when that node
+//! is killed, is finished by another; npm, twine, skopeo and curl writing
+//! through three nodes at once; an OCI upload session stays with its node;
+//! a lost database (503s, metrics still scraped) and one refused at start.
+//! The tests that matter for the blob store run on both (`Blobs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_testkit::pg::TestDatabase;
 use support::npm::Npm;
 use support::oci::{Image, Layout, Skopeo, layer};
 use support::pypi::{client, dist, twine_upload, write_dists};
-use support::{Server, run_ok, wait_until};
+use support::{Bucket, Server, run_ok, wait_until};
+
+/// Where the nodes of a cluster keep their blobs.
+#[derive(Clone, Copy, Debug)]
+enum Blobs {
+    /// One blob folder: every node on the same data directory.
+    Folder,
+    /// One bucket (and prefix); every node on a data directory of its own
+    /// (its spool), as nodes on separate machines would be.
+    Bucket,
+}
+
+/// The shared storage of a cluster's nodes, and how to start one more.
+struct Shared {
+    db: TestDatabase,
+    dir: tempfile::TempDir,
+    blobs: Blobs,
+    bucket: Option<Bucket>,
+    started: usize,
+}
+
+impl Shared {
+    fn new(blobs: Blobs) -> Self {
+        Self::on(TestDatabase::new(), blobs)
+    }
+
+    fn on(db: TestDatabase, blobs: Blobs) -> Self {
+        let bucket = matches!(blobs, Blobs::Bucket).then(Bucket::new);
+        Shared {
+            db,
+            dir: tempfile::tempdir().unwrap(),
+            blobs,
+            bucket,
+            started: 0,
+        }
+    }
+
+    /// The data directory of the next node.
+    fn next_data(&mut self) -> PathBuf {
+        self.started += 1;
+        match self.blobs {
+            Blobs::Folder => self.dir.path().join("data"),
+            Blobs::Bucket => self.dir.path().join(format!("node-{}", self.started)),
+        }
+    }
+
+    fn node(&mut self, env: &[(&str, &str)]) -> Server {
+        let data = self.next_data();
+        Server::start_node_on(&data, &self.db.url, self.bucket.as_ref(), env)
+    }
+
+    fn nodes(&mut self, n: usize, env: &[(&str, &str)]) -> Vec<Server> {
+        (0..n).map(|_| self.node(env)).collect()
+    }
+
+    /// The content objects in the bucket (`sha256/*/*`).
+    fn objects(&self) -> usize {
+        let Some(b) = &self.bucket else { return 0 };
+        count_files(&b.object_path("sha256"))
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count_files(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
 
 fn cluster(db: &TestDatabase, data: &std::path::Path, n: usize, env: &[(&str, &str)]) -> Vec<Server> {
     (0..n).map(|_| Server::start_node(data, &db.url, env)).collect()
@@ -91,6 +170,15 @@ fn nodes_share_one_instance_and_wake_each_others_long_polls() {
 
 #[test]
 fn an_execution_cut_by_a_killed_node_is_finished_by_another() {
+    execution_cut_by_a_killed_node_is_finished_by_another(Blobs::Folder);
+}
+
+#[test]
+fn on_one_bucket_an_execution_cut_by_a_killed_node_is_finished_by_another() {
+    execution_cut_by_a_killed_node_is_finished_by_another(Blobs::Bucket);
+}
+
+fn execution_cut_by_a_killed_node_is_finished_by_another(blobs: Blobs) {
     // The hub: an ordinary instance with content worth a few seconds of
     // transfer at the spoke cluster's bandwidth cap.
     let hub = Server::start();
@@ -108,14 +196,12 @@ fn an_execution_cut_by_a_killed_node_is_finished_by_another() {
 
     // The spoke is a cluster of two nodes that take over a dead node's
     // executions after 3 s.
-    let db = TestDatabase::new();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let mut shared = Shared::new(blobs);
     let env = [("FERRY_EXECUTION_LEASE_SECS", "3")];
-    let mut a = Server::start_node(&data, &db.url, &env);
+    let mut a = shared.node(&env);
     // Node b runs from before the replication exists: it learns of it from
     // the shared database, not from its own start.
-    let b = Server::start_node(&data, &db.url, &env);
+    let b = shared.node(&env);
     a.create_feed("files", "assets");
     a.outgoing(
         "from-hub",
@@ -155,6 +241,11 @@ fn an_execution_cut_by_a_killed_node_is_finished_by_another() {
     assert_eq!(served.len(), files.len(), "{served:?}");
     assert_eq!(served, hub.asset_digests("files", ""));
     assert!(b.verified("from-hub"));
+    if let Blobs::Bucket = blobs {
+        // Each blob once in the bucket, however many nodes fetched it.
+        assert_eq!(shared.objects(), files.len(), "{blobs:?}");
+    }
+    b.cli_ok(&["fsck"]);
 }
 
 /// `GET /metrics` with `key`: (status, body).
@@ -370,9 +461,17 @@ fn serves_all_three(node: &Server, key: &str, img: &Image, tmp: &std::path::Path
 
 #[test]
 fn three_nodes_take_npm_pypi_and_oci_uploads_at_once_and_each_serves_all() {
-    let db = TestDatabase::new();
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = cluster(&db, &dir.path().join("data"), 3, &[]);
+    three_nodes_take_uploads_at_once_and_each_serves_all(Blobs::Folder);
+}
+
+#[test]
+fn three_nodes_on_one_bucket_take_uploads_at_once_and_each_serves_all() {
+    three_nodes_take_uploads_at_once_and_each_serves_all(Blobs::Bucket);
+}
+
+fn three_nodes_take_uploads_at_once_and_each_serves_all(blobs: Blobs) {
+    let mut shared = Shared::new(blobs);
+    let nodes = shared.nodes(3, &[]);
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     a.create_feed("js", "npm");
     b.create_feed("py", "pypi");
@@ -399,25 +498,65 @@ fn three_nodes_take_npm_pypi_and_oci_uploads_at_once_and_each_serves_all() {
     let img = Image::new(vec![layer(600_000), layer(80_000)], "amd64");
     src.add_image("v1", &img);
     let sk = Skopeo::new();
+    // And curl: files larger than a part (multipart uploads to a bucket),
+    // one of them sent through two nodes at once.
+    a.create_feed("files", "assets");
+    let big: Vec<(String, Vec<u8>)> = (0..2u32)
+        .map(|i| {
+            let body: Vec<u8> = (0..(7u32 << 20))
+                .map(|j| (j.wrapping_mul(2_654_435_761 + i) >> 11) as u8)
+                .collect();
+            (format!("big-{i}.bin"), body)
+        })
+        .collect();
 
     // npm publish through a, twine upload through b, skopeo copy through c,
-    // all at once.
+    // curl through all three, all at once.
     let t = Instant::now();
     std::thread::scope(|s| {
         let publish = s.spawn(|| run_ok(&mut npm.cmd(&pkg, "cache", &["publish"])));
         let upload = s.spawn(|| run_ok(&mut twine_upload(b, "py", &key, &dists, &[])));
         let push = s.spawn(|| sk.push_ok(&src, "v1", &format!("{}/img/team/app:v1", c.addr), &key));
+        let curls: Vec<_> = [(a, "a", 0), (b, "b", 0), (c, "c", 1)]
+            .into_iter()
+            .map(|(node, label, i)| {
+                let (name, body) = &big[i];
+                s.spawn(move || node.put_asset("files", &format!("{label}/{name}"), body))
+            })
+            .collect();
         publish.join().unwrap();
         upload.join().unwrap();
         push.join().unwrap();
+        for c in curls {
+            c.join().unwrap();
+        }
     });
-    eprintln!("three clients through three nodes: {:?}", t.elapsed());
+    eprintln!("four clients through three nodes ({blobs:?}): {:?}", t.elapsed());
 
     // Every node serves all of it (the image copied back through another
     // node than the one it was pushed to, the others likewise).
     for (node, label) in [(a, "a"), (b, "b"), (c, "c")] {
         serves_all_three(node, &key, &img, tmp.path(), label);
+        for (path, i) in [("a/big-0.bin", 0), ("b/big-0.bin", 0), ("c/big-1.bin", 1)] {
+            assert!(node.serves("files", path, &big[i].1), "{label} serves {path}");
+        }
+        // A range of a blob another node wrote.
+        let (st, part) = support::curl(&["-r", "6000000-6000099", &node.asset_url("files", "c/big-1.bin")]);
+        assert_eq!(
+            (st, part.as_slice()),
+            (206, &big[1].1[6_000_000..6_000_100]),
+            "{label}"
+        );
     }
+    if let Blobs::Bucket = blobs {
+        // npm: tarball; pypi: wheel, its metadata, sdist; oci: 2 layers,
+        // config, manifest; curl: 2 distinct files. Once each.
+        assert_eq!(shared.objects(), 10, "content stored once per digest");
+    }
+
+    // An OCI chunked upload stays with the node that began it (sessions
+    // are per node: sticky sessions). Another node says so plainly.
+    oci_session_stays_with_its_node(a, b, &key);
 
     // A spoke pulling from node b gets all of it.
     let token = a.incoming("to-spokes", &["js", "py", "img"], "push");
@@ -441,4 +580,195 @@ fn three_nodes_take_npm_pypi_and_oci_uploads_at_once_and_each_serves_all() {
     );
     let spoke_key = spoke.key("reader", "read");
     serves_all_three(&spoke, &spoke_key, &img, tmp.path(), "spoke");
+}
+
+/// A chunked upload begun on `a`: a PATCH through `b` is 404
+/// `BLOB_UPLOAD_UNKNOWN`, and the session goes on through `a`, whose
+/// finished blob `b` serves.
+fn oci_session_stays_with_its_node(a: &Server, b: &Server, key: &str) {
+    let auth = format!("Authorization: Bearer {key}");
+    let (st, head) = support::curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        &format!("{}/v2/img/team/app/blobs/uploads/", a.url),
+    ]);
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert_eq!(st, 202, "{head}");
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .unwrap()
+        .trim()
+        .to_string();
+    let path = location.trim_start_matches(&a.url).to_string();
+    let chunk = b"one chunk of a layer, sent through the wrong node";
+    let patch = |node: &Server, body: &[u8]| {
+        support::curl_stdin(
+            &[
+                "-X",
+                "PATCH",
+                "-H",
+                &auth,
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                "@-",
+                &format!("{}{path}", node.url),
+            ],
+            body,
+        )
+    };
+    let (st, body) = patch(b, chunk);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(st, 404, "{body}");
+    assert!(body.contains("BLOB_UPLOAD_UNKNOWN"), "{body}");
+    let (st, body) = patch(a, chunk);
+    assert_eq!(st, 202, "{}", String::from_utf8_lossy(&body));
+    let digest = format!("sha256:{}", ferry_types::Digest::of(chunk).hex());
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let (st, body) = support::curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &auth,
+        &format!("{}{path}{sep}digest={digest}", a.url),
+    ]);
+    assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
+    let (st, got) = support::curl(&["-H", &auth, &format!("{}/v2/img/team/app/blobs/{digest}", b.url)]);
+    assert_eq!((st, got.as_slice()), (200, &chunk[..]));
+}
+
+/// The holder of the one execution lease in the cluster's database.
+fn lease_holder(db: &TestDatabase) -> Option<String> {
+    let out = std::process::Command::new("psql")
+        .args([db.url.as_str(), "-qtAc", "SELECT holder FROM execution_leases"])
+        .output()
+        .unwrap();
+    let holder = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!holder.is_empty()).then_some(holder)
+}
+
+/// Three nodes on one database and one bucket push a feed to a spoke; the
+/// node running the execution is killed (`kill -9`) midway, another node
+/// takes the replication over and finishes it: the spoke holds exactly
+/// the cluster's items, and `verify` agrees on both sides.
+#[test]
+fn on_one_bucket_a_push_to_a_spoke_cut_by_a_killed_node_is_finished_by_another() {
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    let token = spoke.incoming("from-cluster", &["files"], "pull");
+
+    let mut shared = Shared::new(Blobs::Bucket);
+    let mut nodes: Vec<Server> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|name| shared.node(&[("FERRY_EXECUTION_LEASE_SECS", "3"), ("FERRY_NODE_NAME", name)]))
+        .collect();
+    nodes[0].create_feed("files", "assets");
+    // Content written through every node, worth a few seconds at the cap.
+    let files: Vec<(String, Vec<u8>)> = (0..12u32)
+        .map(|i| {
+            let body: Vec<u8> = (0..400_000u32).map(|j| ((j * 29 + i * 13) % 253) as u8).collect();
+            (format!("f{i}.bin"), body)
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (n, node) in nodes.iter().enumerate() {
+            let files = &files;
+            s.spawn(move || {
+                for (path, body) in files.iter().skip(n).step_by(3) {
+                    node.put_asset("files", path, body);
+                }
+            });
+        }
+    });
+    nodes[1].outgoing(
+        "to-spoke",
+        &["files"],
+        &spoke,
+        &token,
+        "push",
+        &["--interval", "2", "--bandwidth-limit", "1000000"],
+    );
+    // Whichever node's scheduler starts it first runs the execution.
+    let mut running = None;
+    assert!(
+        wait_until(20, || {
+            running = nodes[0]
+                .executions("to-spoke")
+                .first()
+                .filter(|e| e["outcome"].is_null())
+                .cloned();
+            running.is_some()
+        }),
+        "no node started an execution"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let holder = lease_holder(&shared.db).expect("a node holds the lease");
+    let victim = ["node-a", "node-b", "node-c"]
+        .iter()
+        .position(|n| *n == holder)
+        .unwrap();
+    let running = running.unwrap();
+    let still = nodes[(victim + 1) % 3]
+        .executions("to-spoke")
+        .into_iter()
+        .find(|e| e["id"] == running["id"])
+        .unwrap();
+    assert!(still["outcome"].is_null(), "still running on {holder}: {still}");
+    let before_kill = spoke.asset_digests("files", "").len();
+    assert!(
+        before_kill < files.len(),
+        "the push finished before the kill ({before_kill} items)"
+    );
+    nodes[victim].kill();
+    eprintln!(
+        "killed {holder} with {before_kill} of {} items on the spoke",
+        files.len()
+    );
+
+    // Another node takes the lease over once it runs out and finishes.
+    let other = &nodes[(victim + 1) % 3];
+    assert!(
+        wait_until(60, || files
+            .iter()
+            .all(|(p, body)| spoke.serves("files", p, body))),
+        "no other node finished the push {holder} was killed in: {:#?}",
+        other.executions("to-spoke")
+    );
+    let execs = other.executions("to-spoke");
+    let cut = execs.iter().find(|e| e["id"] == running["id"]).unwrap();
+    assert_eq!(cut["outcome"], "interrupted", "{cut}");
+    assert!(execs.iter().any(|e| e["outcome"] == "succeeded"), "{execs:#?}");
+    let new_holder = lease_holder(&shared.db);
+    assert_ne!(
+        new_holder.as_deref(),
+        Some(holder.as_str()),
+        "the dead node still holds the lease"
+    );
+    // Nothing lost or doubled.
+    let served = spoke.asset_digests("files", "");
+    assert_eq!(served.len(), files.len(), "{served:?}");
+    assert_eq!(served, other.asset_digests("files", ""));
+    assert!(other.verified("to-spoke"), "verify disagrees");
+    assert_eq!(shared.objects(), files.len(), "each blob once in the bucket");
+    for node in nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, n)| n)
+    {
+        for (p, body) in &files {
+            assert!(node.serves("files", p, body), "{p}");
+        }
+    }
 }

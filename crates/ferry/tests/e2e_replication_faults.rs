@@ -70,10 +70,11 @@ fn sha256_hex(data: &[u8]) -> String {
         .to_string()
 }
 
-/// The committed blob files of an instance (`blobs/sha256/*/*`).
+/// The committed blob files of an instance (`sha256/*/*` of its blob
+/// folder or bucket).
 fn blob_files(s: &Server) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    let Ok(dirs) = std::fs::read_dir(s.data.join("blobs/sha256")) else {
+    let Ok(dirs) = std::fs::read_dir(s.blob_root()) else {
         return files;
     };
     for dir in dirs {
@@ -119,7 +120,7 @@ fn corrupt_blobs(s: &Server) -> Vec<String> {
 
 /// Whether blob `digest` (hex) is stored intact on `s`.
 fn blob_intact(s: &Server, digest: &str) -> Result<(), String> {
-    let path = s.data.join("blobs/sha256").join(&digest[..2]).join(digest);
+    let path = s.blob_path(digest);
     if !path.exists() {
         return Err(format!("blob {digest} is not stored"));
     }

@@ -5,8 +5,6 @@
 #![allow(clippy::unwrap_used)]
 mod support;
 
-use std::path::PathBuf;
-
 use support::{ADMIN, Server, curl, wait_until};
 
 /// A hub with feed `files` (incoming push) and a spoke pulling it with a
@@ -17,12 +15,6 @@ fn pull_pair() -> (Server, Server) {
     let token = hub.incoming("edge", &["files"], "push");
     let spoke = Server::pulling_spoke(&hub, "files", &token);
     (hub, spoke)
-}
-
-/// The file holding blob `digest` (`sha256:…`) in an instance's store.
-fn blob_file(s: &Server, digest: &str) -> PathBuf {
-    let hex = digest.trim_start_matches("sha256:");
-    s.data.join("blobs/sha256").join(&hex[..2]).join(hex)
 }
 
 fn run(spoke: &Server) -> std::process::Output {
@@ -109,7 +101,7 @@ fn a_blob_missing_on_the_hub_holds_back_only_its_item_until_it_is_restored() {
     }
     let digests = hub.asset_digests("files", "");
     let lost = digests["f3.bin"].clone();
-    std::fs::remove_file(blob_file(&hub, &lost)).unwrap();
+    hub.remove_blob(&lost);
 
     // The hub says what is wrong, here and in its health and metrics.
     let (st, body) = hub.get_asset("files", "f3.bin");
@@ -172,8 +164,8 @@ fn fsck_finds_missing_and_corrupt_blobs_and_repairs_them_from_a_peer() {
     // One blob rots (same length, other bytes), one disappears.
     let mut rotten = big.clone();
     rotten[1000] ^= 0xff;
-    std::fs::write(blob_file(&spoke, &big_d), &rotten).unwrap();
-    std::fs::remove_file(blob_file(&spoke, &small_d)).unwrap();
+    spoke.damage_blob(&big_d, &rotten);
+    spoke.remove_blob(&small_d);
 
     let out = spoke.cli_fails(&["fsck"]);
     assert!(out.contains(&format!("corrupt {big_d}")), "{out}");
@@ -198,7 +190,7 @@ fn fsck_finds_missing_and_corrupt_blobs_and_repairs_them_from_a_peer() {
     assert_eq!(String::from_utf8_lossy(&health).trim(), "ok");
 
     // Without a peer to ask, repair says so and fails.
-    std::fs::remove_file(blob_file(&hub, &small_d)).unwrap();
+    hub.remove_blob(&small_d);
     let out = hub.cli_fails(&["fsck", "--repair"]);
     assert!(out.contains("no outgoing replication"), "{out}");
     assert!(wait_until(5, || hub.cli(&["fsck"]).status.code() == Some(1)));
@@ -237,7 +229,7 @@ fn a_hub_repairs_from_the_spoke_it_pushes_to_and_takes_nothing_else_from_it() {
     let digest = hub.asset_digests("files", "")["big.bin"].clone();
     let mut rotten = big.clone();
     rotten[7] ^= 0x01;
-    std::fs::write(blob_file(&hub, &digest), &rotten).unwrap();
+    hub.damage_blob(&digest, &rotten);
     let out = hub.cli_ok(&["fsck", "--repair"]);
     assert!(
         out.contains(&format!("repaired {digest} from replication to-edge")),

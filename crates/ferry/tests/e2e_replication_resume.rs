@@ -30,7 +30,7 @@ fn random_file(dir: &Path, name: &str, size: u64) -> PathBuf {
 
 /// Bytes in the blob store's `partial/` folder (transfers in flight).
 fn partial_bytes(s: &Server) -> u64 {
-    std::fs::read_dir(s.data.join("blobs/partial"))
+    std::fs::read_dir(s.partial_dir())
         .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
         .unwrap_or(0)
 }
@@ -92,7 +92,11 @@ impl Watcher {
 /// Bytes of complete blobs in the blob store.
 fn committed_bytes(s: &Server) -> u64 {
     let mut total = 0;
-    for dir in std::fs::read_dir(s.data.join("blobs/sha256")).unwrap() {
+    // (A bucket has no sha256/ folder before its first blob.)
+    let Ok(dirs) = std::fs::read_dir(s.blob_root()) else {
+        return 0;
+    };
+    for dir in dirs {
         for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
             total += f.unwrap().metadata().unwrap().len();
         }
@@ -290,7 +294,7 @@ fn leftover_partial_transfers_complete_or_start_over() {
 
     let spoke = Server::start();
     spoke.create_feed("files", "assets");
-    let partial = spoke.data.join("blobs/partial");
+    let partial = spoke.partial_dir();
     std::fs::create_dir_all(&partial).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let hex = |b: &[u8]| {

@@ -16,6 +16,12 @@ use support::{Server, wait_until};
 fn spoke(hub_url: &str, token: &str, cache: &Server, cache_token: &str, extra: &[&str]) -> Server {
     let s = Server::start();
     s.create_feed("files", "assets");
+    pull_from(&s, hub_url, token, cache, cache_token, extra);
+    s
+}
+
+/// Creates `s`'s replication `from-hub` as [`spoke`] does.
+fn pull_from(s: &Server, hub_url: &str, token: &str, cache: &Server, cache_token: &str, extra: &[&str]) {
     let mut args = vec![
         "replication",
         "create",
@@ -37,7 +43,6 @@ fn spoke(hub_url: &str, token: &str, cache: &Server, cache_token: &str, extra: &
     ];
     args.extend(extra);
     s.cli_ok(&args);
-    s
 }
 
 /// Every file is served by `s` with its published bytes.
@@ -142,18 +147,26 @@ fn ten_spokes_behind_a_site_cache_cost_the_hub_one_copy_and_survive_its_loss() {
     assert!(serves_all(&cache, &more));
     // Each starts its first execution as it is created, capped at 1 MB/s
     // so that all three are mid-transfer when the cache dies.
+    // (The instances start first, so that their replications start
+    // together: a slow start must not let the first one finish meanwhile.)
     let cut_at = proxy.stats()["bytes_down"].as_u64().unwrap();
     let late: Vec<Server> = (0..3)
         .map(|_| {
-            spoke(
-                &proxy.url(),
-                &hub_token,
-                &cache,
-                &cache_token,
-                &["--include", "more/**", "--bandwidth-limit", "1000000"],
-            )
+            let s = Server::start();
+            s.create_feed("files", "assets");
+            s
         })
         .collect();
+    for s in &late {
+        pull_from(
+            s,
+            &proxy.url(),
+            &hub_token,
+            &cache,
+            &cache_token,
+            &["--include", "more/**", "--bandwidth-limit", "1000000"],
+        );
+    }
     cache.kill();
     for (i, s) in late.iter().enumerate() {
         assert!(

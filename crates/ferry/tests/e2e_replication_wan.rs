@@ -26,7 +26,11 @@ fn bytes_under(s: &Server, dir: &str) -> u64 {
             })
             .unwrap_or(0)
     }
-    walk(&s.data.join("blobs").join(dir))
+    match dir {
+        "sha256" => walk(&s.blob_root()),
+        "partial" => walk(&s.partial_dir()),
+        other => panic!("no blob area {other}"),
+    }
 }
 
 /// Replication `from-hub` on `spoke`, pulling feed `files` through `proxy`.

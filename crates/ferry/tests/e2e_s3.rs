@@ -42,6 +42,8 @@ fn s3_config(dir: &Path, s3: &S3Server, prefix: &str) -> PathBuf {
 fn s3_server(conf: &Path) -> Server {
     Server::start_with(&[
         ("FERRY_CONFIG", conf.to_str().unwrap()),
+        // The file's bucket, in every pass (not the harness's).
+        ("FERRY_BLOB_STORE", "s3"),
         ("AWS_ACCESS_KEY_ID", s3s::ACCESS_KEY),
         ("AWS_SECRET_ACCESS_KEY", s3s::SECRET_KEY),
     ])

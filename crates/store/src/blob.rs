@@ -365,6 +365,8 @@ pub struct FsBlobStore {
     uploads_dir: PathBuf,
     /// This node's liveness lock in a shared folder (held while open).
     _node_lock: Option<std::fs::File>,
+    /// This node's name in a shared folder (`node-HEX`).
+    node: Option<String>,
     uploads: Mutex<HashMap<String, UploadState>>,
     /// One lock per digest whose partial file a transfer is writing.
     transfers: std::sync::Arc<Mutex<TransferLocks>>,
@@ -924,6 +926,7 @@ impl FsBlobStore {
             staging,
             uploads_dir: uploads,
             _node_lock: node_lock,
+            node,
             uploads: Mutex::new(HashMap::new()),
             transfers: Default::default(),
             quarantine: std::sync::Arc::new(Mutex::new(quarantine)),
@@ -932,6 +935,43 @@ impl FsBlobStore {
             missing_writer: tokio::sync::Mutex::new(()),
             verified: std::sync::Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// This node's name when the folder is shared
+    /// ([`FsBlobStore::open_shared`]), else None.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// Whether the node named `node` (another node sharing this folder) is
+    /// gone: it holds no liveness lock (it stopped or died, or its lock
+    /// file was removed by a node that found it dead). A name that is not
+    /// a node name is never gone.
+    pub async fn node_is_gone(&self, node: &str) -> Result<bool, StoreError> {
+        let valid = node
+            .strip_prefix("node-")
+            .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !valid {
+            return Ok(false);
+        }
+        let path = self
+            .root
+            .join("staging")
+            .join(NODE_LOCKS)
+            .join(format!("{node}.lock"));
+        tokio::task::spawn_blocking(move || -> io::Result<bool> {
+            use rustix::fs::{FlockOperation, flock};
+            let f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+                Err(e) => return Err(e),
+            };
+            // Taken: nobody holds it. Released when `f` closes.
+            Ok(flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok())
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob store: {e}")))?
+        .map_err(StoreError::from)
     }
 
     /// The file of session `id`, or None if `id` is not a session id.

@@ -14,9 +14,20 @@
 //! (`multipart/`) until completed or aborted: a failed or dropped upload is
 //! aborted at once, and whatever a crash left is aborted at the next open.
 //! Blobs taken out of service are copied to `{prefix}corrupt/HEX-MILLIS`
-//! (where S3's CopyObject allows, up to 5 GiB) and deleted from their key;
-//! the outstanding quarantines and the record of missing blobs are two small
-//! objects under `{prefix}records/`, rewritten whole.
+//! (where S3's CopyObject allows, up to 5 GiB) and deleted from their key.
+//! The outstanding quarantines and the blobs found missing are one small
+//! marker object per digest (`{prefix}damage/quarantined/HEX`,
+//! `{prefix}damage/missing/HEX`, holding the time in milliseconds),
+//! written and deleted one by one, never read, changed and written back:
+//! several nodes sharing the bucket record and resolve damage without
+//! losing each other's records.
+//!
+//! Several nodes may share one bucket (and prefix): each keeps its spool
+//! in its own data directory, or — when the data directory is shared too —
+//! opens it with [`S3BlobStore::open_shared`], which stages in a directory
+//! of its own and journals its multipart uploads under
+//! `multipart/node-ID/`, so that a starting node aborts only the uploads of
+//! nodes that died, never one another node is sending.
 //!
 //! Every failure to reach the bucket is [`StoreError::Unavailable`] (503 at
 //! the HTTP edge), a bucket that does not exist [`StoreError::NoBucket`]
@@ -132,10 +143,14 @@ struct Inner {
     spool_root: PathBuf,
     location: String,
     part_size: usize,
-    /// Outstanding quarantines: digest → when.
+    /// Where this node journals its multipart uploads:
+    /// `spool/multipart/` or `spool/multipart/node-ID/`.
+    journal_dir: PathBuf,
+    /// Outstanding quarantines: digest → when (those on record when this
+    /// node started and those it made since).
     quarantine: Mutex<BTreeMap<Digest, i64>>,
     missing: Mutex<Vec<(Digest, i64)>>,
-    /// Serializes rewrites of the two record objects.
+    /// Serializes updates of the missing markers by this node.
     records: tokio::sync::Mutex<()>,
     /// Objects hashed whole and found right, by ETag: a part of such an
     /// object is served as it is; any other is verified whole first.
@@ -184,9 +199,18 @@ fn corrupt_read(digest: &Digest, actual: &Digest) -> io::Error {
     )
 }
 
-const QUARANTINE_RECORD: &str = "records/quarantined";
-const MISSING_RECORD: &str = "records/missing";
+/// The single record objects an earlier version rewrote whole; read once,
+/// turned into markers and deleted.
+const LEGACY_QUARANTINE_RECORD: &str = "records/quarantined";
+const LEGACY_MISSING_RECORD: &str = "records/missing";
+/// One marker object per outstanding quarantine, under this. (Not under
+/// `records/quarantined/`: on servers that keep objects as files, such as
+/// s3s-fs, a key cannot be both an object and a folder of objects.)
+const QUARANTINE_MARKERS: &str = "damage/quarantined/";
+/// One marker object per blob found missing, under this.
+const MISSING_MARKERS: &str = "damage/missing/";
 
+#[cfg(test)]
 fn render_record(list: &[(Digest, i64)]) -> Bytes {
     let mut out = String::new();
     for (d, at) in list {
@@ -215,7 +239,21 @@ impl S3BlobStore {
     /// [`StoreError::Unavailable`] if the bucket cannot be reached,
     /// [`StoreError::Io`] for the spool.
     pub async fn open(cfg: S3Config, spool: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let spool_root = spool.into();
+        Self::open_with(cfg, spool.into(), false).await
+    }
+
+    /// Like [`S3BlobStore::open`], for a spool directory that other nodes
+    /// of the instance may share (a data directory on a network file
+    /// system): the spool is opened with [`FsBlobStore::open_shared`]
+    /// (staging and upload sessions in directories of this node's own, a
+    /// liveness lock held while open) and multipart uploads are journalled
+    /// under `multipart/node-ID/`. At open, only the journals of nodes that
+    /// no longer hold their liveness lock (stopped or died) are aborted.
+    pub async fn open_shared(cfg: S3Config, spool: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::open_with(cfg, spool.into(), true).await
+    }
+
+    async fn open_with(cfg: S3Config, spool_root: PathBuf, shared: bool) -> Result<Self, StoreError> {
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&cfg.bucket)
             .with_region(if cfg.region.is_empty() {
@@ -262,13 +300,22 @@ impl S3BlobStore {
             0 => DEFAULT_PART_SIZE,
             n => n.max(MIN_PART_SIZE),
         };
-        let spool = FsBlobStore::open(&spool_root).await?;
-        tokio::fs::create_dir_all(spool_root.join("multipart")).await?;
+        let spool = if shared {
+            FsBlobStore::open_shared(&spool_root).await?
+        } else {
+            FsBlobStore::open(&spool_root).await?
+        };
+        let journal_dir = match spool.node() {
+            Some(node) => spool_root.join("multipart").join(node),
+            None => spool_root.join("multipart"),
+        };
+        tokio::fs::create_dir_all(&journal_dir).await?;
         let inner = Inner {
             s3: Arc::new(s3),
             prefix,
             spool,
             spool_root,
+            journal_dir,
             location: cfg.describe(),
             part_size,
             quarantine: Mutex::new(BTreeMap::new()),
@@ -279,10 +326,16 @@ impl S3BlobStore {
         };
         inner.check_bucket().await?;
         inner.sweep_multipart().await?;
-        let quarantined = inner.read_record(QUARANTINE_RECORD).await?;
+        inner
+            .migrate_legacy_record(LEGACY_QUARANTINE_RECORD, QUARANTINE_MARKERS)
+            .await?;
+        inner
+            .migrate_legacy_record(LEGACY_MISSING_RECORD, MISSING_MARKERS)
+            .await?;
+        let quarantined = inner.list_markers(QUARANTINE_MARKERS).await?;
         *locked(&inner.quarantine) = quarantined.into_iter().collect();
         let mut missing = Vec::new();
-        for (d, at) in inner.read_record(MISSING_RECORD).await? {
+        for (d, at) in inner.list_markers(MISSING_MARKERS).await? {
             if inner.head(&d).await?.is_none() {
                 missing.push((d, at));
             }
@@ -461,10 +514,7 @@ impl Inner {
             .create_multipart(&key)
             .await
             .map_err(|e| self.unavailable("CreateMultipartUpload", e))?;
-        let journal = self
-            .spool_root
-            .join("multipart")
-            .join(hex::encode(rand::random::<[u8; 16]>()));
+        let journal = self.journal_dir.join(hex::encode(rand::random::<[u8; 16]>()));
         let pending = PendingUpload {
             s3: self.s3.clone(),
             key: key.clone(),
@@ -534,51 +584,136 @@ impl Inner {
         }
     }
 
-    /// Aborts the multipart uploads journalled by an earlier run.
+    /// Aborts the multipart uploads journalled by an earlier run: every
+    /// journal when this store has the spool to itself; with a shared
+    /// spool, loose journals (a one-process run's) and those of nodes that
+    /// no longer hold their liveness lock, never a live node's.
     async fn sweep_multipart(&self) -> Result<(), StoreError> {
-        let mut dir = tokio::fs::read_dir(self.spool_root.join("multipart")).await?;
+        let root = self.spool_root.join("multipart");
+        let own = self.spool.node();
+        let mut dir = tokio::fs::read_dir(&root).await?;
         while let Some(entry) = dir.next_entry().await? {
-            let text = tokio::fs::read_to_string(entry.path()).await.unwrap_or_default();
-            let mut lines = text.lines();
-            let (Some(key), Some(id)) = (lines.next(), lines.next()) else {
-                let _ = tokio::fs::remove_file(entry.path()).await;
+            if !entry.file_type().await?.is_dir() {
+                self.abort_journalled(&entry.path()).await?;
                 continue;
-            };
-            match self.s3.abort_multipart(&Key::from(key), &id.to_string()).await {
-                Ok(()) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(self.unavailable("AbortMultipartUpload", e)),
             }
-            tracing::info!(key, "aborted a multipart upload left by an earlier run");
-            tokio::fs::remove_file(entry.path()).await?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if own == Some(name.as_str()) {
+                continue;
+            }
+            if own.is_some() && !self.spool.node_is_gone(&name).await? {
+                continue; // a live node's uploads in flight
+            }
+            let mut journals = tokio::fs::read_dir(entry.path()).await?;
+            while let Some(j) = journals.next_entry().await? {
+                self.abort_journalled(&j.path()).await?;
+            }
+            match tokio::fs::remove_dir(entry.path()).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
 
-    async fn read_record(&self, name: &str) -> Result<Vec<(Digest, i64)>, StoreError> {
-        let key = Key::from(format!("{}{name}", self.prefix));
-        let got = match self.s3.get(&key).await {
-            Ok(g) => g,
-            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(self.unavailable("GetObject", e)),
+    /// Aborts the multipart upload journalled in `path` and removes the
+    /// journal.
+    async fn abort_journalled(&self, path: &FsPath) -> Result<(), StoreError> {
+        let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
+        let mut lines = text.lines();
+        let (Some(key), Some(id)) = (lines.next(), lines.next()) else {
+            let _ = tokio::fs::remove_file(path).await;
+            return Ok(());
         };
-        let bytes = got.bytes().await.map_err(|e| self.unavailable("GetObject", e))?;
-        Ok(parse_record(&String::from_utf8_lossy(&bytes)))
+        match self.s3.abort_multipart(&Key::from(key), &id.to_string()).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(self.unavailable("AbortMultipartUpload", e)),
+        }
+        tracing::info!(key, "aborted a multipart upload left by an earlier run");
+        match tokio::fs::remove_file(path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    async fn write_record(&self, name: &str, list: &[(Digest, i64)]) -> Result<(), StoreError> {
-        let key = Key::from(format!("{}{name}", self.prefix));
+    /// The key of `d`'s marker under `markers` (a `damage/…/` prefix).
+    fn marker(&self, markers: &str, d: &Digest) -> Key {
+        Key::from(format!("{}{markers}{}", self.prefix, d.hex()))
+    }
+
+    /// The digests marked under `markers`, each with the time its marker
+    /// holds (its LastModified if it holds none).
+    async fn list_markers(&self, markers: &str) -> Result<Vec<(Digest, i64)>, StoreError> {
+        let prefix = Key::from(format!("{}{markers}", self.prefix));
+        let metas: Vec<object_store::ObjectMeta> = self
+            .s3
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.unavailable("ListObjectsV2", e))?;
+        let found: Vec<Option<(Digest, i64)>> = futures::stream::iter(metas)
+            .map(|m| async move {
+                let Some(d) = m.location.filename().and_then(|f| Digest::from_hex(f).ok()) else {
+                    return Ok(None);
+                };
+                let got = match self.s3.get(&m.location).await {
+                    Ok(g) => g,
+                    Err(e) if is_not_found(&e) => return Ok(None), // resolved meanwhile
+                    Err(e) => return Err(self.unavailable("GetObject", e)),
+                };
+                let body = got.bytes().await.map_err(|e| self.unavailable("GetObject", e))?;
+                let at = String::from_utf8_lossy(&body)
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| m.last_modified.timestamp_millis());
+                Ok(Some((d, at)))
+            })
+            .buffered(REQUESTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Marks `d` under `markers`, found at `at` (ms); rewriting a marker
+    /// is harmless.
+    async fn put_marker(&self, markers: &str, d: &Digest, at: i64) -> Result<(), StoreError> {
         self.s3
-            .put(&key, PutPayload::from(render_record(list)))
+            .put(&self.marker(markers, d), PutPayload::from(at.to_string()))
             .await
             .map_err(|e| self.unavailable("PutObject", e))?;
         Ok(())
     }
 
-    async fn write_quarantine_record(&self) -> Result<(), StoreError> {
-        let _one = self.records.lock().await;
-        let list: Vec<(Digest, i64)> = locked(&self.quarantine).iter().map(|(d, at)| (*d, *at)).collect();
-        self.write_record(QUARANTINE_RECORD, &list).await
+    /// Removes `d`'s marker under `markers`; none there is fine.
+    async fn delete_marker(&self, markers: &str, d: &Digest) -> Result<(), StoreError> {
+        match self.s3.delete(&self.marker(markers, d)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(self.unavailable("DeleteObject", e)),
+        }
+    }
+
+    /// Turns a record object an earlier version rewrote whole into one
+    /// marker per digest, then deletes it.
+    async fn migrate_legacy_record(&self, name: &str, markers: &str) -> Result<(), StoreError> {
+        let key = Key::from(format!("{}{name}", self.prefix));
+        let got = match self.s3.get(&key).await {
+            Ok(g) => g,
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(self.unavailable("GetObject", e)),
+        };
+        let bytes = got.bytes().await.map_err(|e| self.unavailable("GetObject", e))?;
+        for (d, at) in parse_record(&String::from_utf8_lossy(&bytes)) {
+            self.put_marker(markers, &d, at).await?;
+        }
+        match self.s3.delete(&key).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(self.unavailable("DeleteObject", e)),
+        }
     }
 
     /// Takes `d`'s object out of service: copied aside (best effort), then
@@ -602,16 +737,23 @@ impl Inner {
             .await
             .map_err(|e| self.unavailable("DeleteObject", e))?;
         locked(&self.verified).remove(d);
+        self.put_marker(QUARANTINE_MARKERS, d, at).await?;
         locked(&self.quarantine).insert(*d, at);
-        self.write_quarantine_record().await
+        Ok(())
     }
 
-    /// Ends `d`'s quarantine, if any.
-    async fn resolve(&self, d: &Digest) -> Result<(), StoreError> {
-        if locked(&self.quarantine).remove(d).is_none() {
+    /// Ends `d`'s quarantine. `placed`: a verified copy was just written
+    /// under its key, so a quarantine another node made is ended too (its
+    /// marker deleted whether or not this node knew of it); otherwise only
+    /// a quarantine this node knows of is ended.
+    async fn resolve(&self, d: &Digest, placed: bool) -> Result<(), StoreError> {
+        let known = locked(&self.quarantine).contains_key(d);
+        if !known && !placed {
             return Ok(());
         }
-        self.write_quarantine_record().await
+        self.delete_marker(QUARANTINE_MARKERS, d).await?;
+        locked(&self.quarantine).remove(d);
+        Ok(())
     }
 
     /// Stores `bytes` (already verified to be `d`) unless an intact copy is
@@ -671,11 +813,15 @@ fn verifying_stream(st: Verifying) -> ByteStream {
                     }
                     tracing::error!(blob = %st.digest, %actual, "stored blob is corrupt (found while reading it); taken out of service");
                     let (inner, d, etag) = (st.inner.clone(), st.digest, st.etag.clone());
-                    tokio::spawn(async move {
+                    // Out of service before the reader hears of it (a retry
+                    // must not get the object again); spawned, so that a
+                    // reader dropping the stream meanwhile does not stop it.
+                    let taken_out = tokio::spawn(async move {
                         if let Err(e) = inner.quarantine_object(&d, etag.as_deref()).await {
                             tracing::error!(blob = %d, error = %e, "could not take the corrupt blob out of service");
                         }
                     });
+                    let _ = taken_out.await;
                     let e = corrupt_read(&st.digest, &actual);
                     return Some((Err(e), st));
                 }
@@ -712,7 +858,7 @@ impl BlobStore for S3BlobStore {
         }
         inner.upload_file(&d, staged.path(), staged.size()).await?;
         drop(staged);
-        inner.resolve(&d).await?;
+        inner.resolve(&d, true).await?;
         Ok(found)
     }
 
@@ -810,7 +956,7 @@ impl BlobStore for S3BlobStore {
             Err(e) => return Err(inner.unavailable("DeleteObject", e)),
         }
         locked(&inner.verified).remove(digest);
-        inner.resolve(digest).await
+        inner.resolve(digest, true).await
     }
 
     async fn quarantine(&self, digest: &Digest) -> Result<(), StoreError> {
@@ -829,17 +975,29 @@ impl BlobStore for S3BlobStore {
     }
 
     async fn release_quarantine(&self, digest: &Digest) -> Result<(), StoreError> {
-        self.inner.resolve(digest).await
+        self.inner.resolve(digest, true).await
     }
 
     fn missing_on_record(&self) -> Vec<(Digest, i64)> {
         locked(&self.inner.missing).clone()
     }
 
+    /// Writes the markers of blobs newly found missing and deletes those
+    /// of blobs this node knew as missing and no longer lists; markers
+    /// other nodes wrote meanwhile are left alone.
     async fn record_missing(&self, missing: &[(Digest, i64)]) -> Result<(), StoreError> {
-        let _one = self.inner.records.lock().await;
-        self.inner.write_record(MISSING_RECORD, missing).await?;
-        *locked(&self.inner.missing) = missing.to_vec();
+        let inner = &self.inner;
+        let _one = inner.records.lock().await;
+        let before: std::collections::BTreeSet<Digest> =
+            locked(&inner.missing).iter().map(|(d, _)| *d).collect();
+        let now: std::collections::BTreeSet<Digest> = missing.iter().map(|(d, _)| *d).collect();
+        for (d, at) in missing.iter().filter(|(d, _)| !before.contains(d)) {
+            inner.put_marker(MISSING_MARKERS, d, *at).await?;
+        }
+        for d in before.difference(&now) {
+            inner.delete_marker(MISSING_MARKERS, d).await?;
+        }
+        *locked(&inner.missing) = missing.to_vec();
         Ok(())
     }
 
@@ -881,7 +1039,8 @@ impl BlobStore for S3BlobStore {
                     return Ok(Err(StoreError::DigestMismatch { expected: d, actual }));
                 }
                 let found = inner.put_small(d, bytes).await?;
-                inner.resolve(&d).await?;
+                let placed = !matches!(found, BlobCheck::Intact { .. });
+                inner.resolve(&d, placed).await?;
                 Ok(Ok(found))
             })
             .buffered(REQUESTS_IN_FLIGHT)
@@ -910,8 +1069,7 @@ impl BlobStore for S3BlobStore {
         self.inner.spool.upload_abort(id).await
     }
 
-    /// HeadObject of the quarantine record: found or not, the bucket
-    /// answered.
+    /// ListObjectsV2 of one key under the prefix: the bucket answered.
     async fn ready(&self) -> Result<(), StoreError> {
         self.inner.check_bucket().await
     }

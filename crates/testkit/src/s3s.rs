@@ -37,6 +37,22 @@ pub fn binary() -> PathBuf {
     }
 }
 
+/// Base64, URL-safe alphabet, no padding.
+fn base64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -66,6 +82,43 @@ impl S3Server {
     /// The folder the server keeps its buckets in.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Creates the (empty) bucket `bucket`; an existing one stays.
+    pub fn create_bucket(&self, bucket: &str) {
+        std::fs::create_dir_all(self.root.join(bucket)).unwrap();
+    }
+
+    /// The file that holds object `key` of `bucket`.
+    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(bucket).join(key)
+    }
+
+    /// Replaces object `key`'s bytes behind the server's back, as a disk
+    /// going bad would — and as S3 would answer after an overwrite, with a
+    /// new ETag (the MD5 of the new bytes): s3s-fs keeps an object's ETag
+    /// in a side file, which is removed, so the server computes it again.
+    pub fn damage_object(&self, bucket: &str, key: &str, bytes: &[u8]) {
+        std::fs::write(self.object_path(bucket, key), bytes).unwrap();
+        let _ = std::fs::remove_file(self.internal_info_path(bucket, key));
+    }
+
+    /// Removes object `key` behind the server's back (its file and side
+    /// file), as a lost object.
+    pub fn remove_object(&self, bucket: &str, key: &str) {
+        std::fs::remove_file(self.object_path(bucket, key)).unwrap();
+        let _ = std::fs::remove_file(self.internal_info_path(bucket, key));
+    }
+
+    /// s3s-fs's side file of an object (ETag and checksums):
+    /// `ROOT/.bucket-B64(bucket).object-B64(key).internal.json`, base64
+    /// URL-safe without padding.
+    fn internal_info_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            base64url(bucket.as_bytes()),
+            base64url(key.as_bytes())
+        ))
     }
 
     fn spawn(&mut self) {
@@ -122,5 +175,18 @@ impl S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64url_matches_the_standard() {
+        assert_eq!(super::base64url(b""), "");
+        assert_eq!(super::base64url(b"f"), "Zg");
+        assert_eq!(super::base64url(b"fo"), "Zm8");
+        assert_eq!(super::base64url(b"foo"), "Zm9v");
+        assert_eq!(super::base64url(b"foob"), "Zm9vYg");
+        assert_eq!(super::base64url(&[0xfb, 0xff]), "-_8");
     }
 }

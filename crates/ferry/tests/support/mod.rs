@@ -13,9 +13,17 @@ pub mod rpm;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use ferry_testkit::s3s::{self, S3Server};
+
 pub const ADMIN: &str = "e2e-admin-key";
+
+/// Pass in a server's `env` to keep its blobs in its data directory in
+/// every pass: for tests about the folder itself. Each use says why.
+pub const FS_BLOBS: (&str, &str) = ("FERRY_BLOB_STORE", "fs");
 
 pub struct Server {
     child: Option<Child>,
@@ -27,6 +35,71 @@ pub struct Server {
     /// The instance's PostgreSQL database, when the suite runs on that
     /// backend (`FERRY_TEST_BACKEND=postgres`); dropped after the server.
     db: Option<ferry_testkit::pg::TestDatabase>,
+    /// The instance's bucket, when its blobs are in S3 (the second pass);
+    /// the s3s-fs process stops when its last user is dropped.
+    pub bucket: Option<Bucket>,
+}
+
+/// A bucket of the test process's s3s-fs server.
+#[derive(Clone)]
+pub struct Bucket {
+    pub server: Arc<S3Server>,
+    pub name: String,
+}
+
+impl Bucket {
+    /// A new, empty bucket on the process's shared s3s-fs server.
+    pub fn new() -> Self {
+        let server = shared_s3();
+        let name = format!("ferry-{}", NEXT_BUCKET.fetch_add(1, Ordering::Relaxed));
+        server.create_bucket(&name);
+        Bucket { server, name }
+    }
+
+    /// The environment that puts a `ferry serve`'s blobs in this bucket,
+    /// as a user configures it (`FERRY_BLOB_STORE=s3`, `FERRY_S3_*`, the
+    /// AWS credential variables).
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("FERRY_BLOB_STORE", "s3"),
+            ("FERRY_S3_ENDPOINT", self.server.endpoint.as_str()),
+            ("FERRY_S3_BUCKET", self.name.as_str()),
+            ("FERRY_S3_PATH_STYLE", "true"),
+            ("FERRY_S3_ALLOW_HTTP", "true"),
+            ("FERRY_S3_PART_SIZE_MIB", "5"),
+            ("AWS_ACCESS_KEY_ID", s3s::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", s3s::SECRET_KEY),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// The file s3s-fs keeps object `key` in.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.server.object_path(&self.name, key)
+    }
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static NEXT_BUCKET: AtomicUsize = AtomicUsize::new(0);
+static SHARED_S3: Mutex<Weak<S3Server>> = Mutex::new(Weak::new());
+
+/// The test process's s3s-fs server, started on first use and stopped (by
+/// its PID, when the last [`Arc`] is dropped) after its last user.
+pub fn shared_s3() -> Arc<S3Server> {
+    let mut shared = SHARED_S3.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = shared.upgrade() {
+        return s;
+    }
+    let s = Arc::new(S3Server::start("ferry-e2e"));
+    *shared = Arc::downgrade(&s);
+    s
 }
 
 /// Whether this run puts every instance's metadata in PostgreSQL
@@ -34,6 +107,13 @@ pub struct Server {
 /// instead of SQLite.
 pub fn on_postgres() -> bool {
     std::env::var("FERRY_TEST_BACKEND").is_ok_and(|v| v == "postgres")
+}
+
+/// Whether this run puts every instance's blobs in an S3 bucket of its
+/// own (on one s3s-fs per test process) instead of its data directory:
+/// the second pass runs on PostgreSQL and S3 together.
+pub fn on_s3() -> bool {
+    on_postgres()
 }
 
 pub fn bin() -> &'static str {
@@ -65,6 +145,15 @@ impl Server {
         } else {
             None
         };
+        // A test that names a blob store (FS_BLOBS, or its own bucket)
+        // keeps it.
+        let bucket = if on_s3() && !env.iter().any(|(k, _)| k == "FERRY_BLOB_STORE") {
+            let b = Bucket::new();
+            env.extend(b.env());
+            Some(b)
+        } else {
+            None
+        };
         let mut s = Server {
             child: None,
             url: String::new(),
@@ -73,6 +162,7 @@ impl Server {
             _dir: Some(dir),
             env,
             db,
+            bucket,
         };
         s.spawn("127.0.0.1:0");
         s
@@ -82,9 +172,25 @@ impl Server {
     /// blobs, shared with the other nodes) and database URL (its metadata,
     /// shared with the other nodes), with extra `env`.
     pub fn start_node(data: &Path, database_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_node_on(data, database_url, None, env)
+    }
+
+    /// A node of a cluster whose blobs are in `bucket` (shared with the
+    /// other nodes) when given, else in the `data` directory's folder.
+    pub fn start_node_on(
+        data: &Path,
+        database_url: &str,
+        bucket: Option<&Bucket>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut env: Vec<(String, String)> =
             env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         env.push(("FERRY_DATABASE_URL".to_string(), database_url.to_string()));
+        if let Some(b) = bucket {
+            env.extend(b.env());
+        } else {
+            env.push((FS_BLOBS.0.to_string(), FS_BLOBS.1.to_string()));
+        }
         let mut s = Server {
             child: None,
             url: String::new(),
@@ -93,6 +199,7 @@ impl Server {
             _dir: None,
             env,
             db: None,
+            bucket: bucket.cloned(),
         };
         s.spawn("127.0.0.1:0");
         s
@@ -217,6 +324,81 @@ impl Server {
         self.cli_ok(&["key", "create", name, "--permission", permission])
             .trim()
             .to_string()
+    }
+}
+
+/// Where a server keeps its blobs, for tests that look at or damage them
+/// behind its back: the data directory's folder, or the s3s-fs folder of
+/// its bucket (same layout: `sha256/ab/abcd…`, `corrupt/`).
+impl Server {
+    /// The file holding blob `digest` (`sha256:HEX` or `HEX`).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        let key = format!("sha256/{}/{hex}", &hex[..2]);
+        match &self.bucket {
+            Some(b) => b.object_path(&key),
+            None => self.data.join("blobs").join(key),
+        }
+    }
+
+    /// The folder of committed blobs (`…/sha256`).
+    pub fn blob_root(&self) -> PathBuf {
+        match &self.bucket {
+            Some(b) => b.object_path("sha256"),
+            None => self.data.join("blobs/sha256"),
+        }
+    }
+
+    /// Replaces blob `digest`'s bytes behind the server's back (in a
+    /// bucket: with the new ETag S3 would give them).
+    pub fn damage_blob(&self, digest: &str, bytes: &[u8]) {
+        match &self.bucket {
+            Some(b) => {
+                let hex = digest.trim_start_matches("sha256:");
+                b.server
+                    .damage_object(&b.name, &format!("sha256/{}/{hex}", &hex[..2]), bytes);
+            }
+            None => std::fs::write(self.blob_path(digest), bytes).unwrap(),
+        }
+    }
+
+    /// Removes blob `digest` behind the server's back.
+    pub fn remove_blob(&self, digest: &str) {
+        match &self.bucket {
+            Some(b) => {
+                let hex = digest.trim_start_matches("sha256:");
+                b.server
+                    .remove_object(&b.name, &format!("sha256/{}/{hex}", &hex[..2]));
+            }
+            None => std::fs::remove_file(self.blob_path(digest)).unwrap(),
+        }
+    }
+
+    /// The copies of blobs taken out of service (`corrupt/`).
+    pub fn quarantined_copies(&self) -> usize {
+        let dir = match &self.bucket {
+            Some(b) => b.object_path("corrupt"),
+            None => self.data.join("blobs/corrupt"),
+        };
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Where uploads are staged: the blob folder's `staging/`, or the
+    /// spool's with a bucket.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.scratch().join("staging")
+    }
+
+    /// Where resumable transfers are kept (`partial/`).
+    pub fn partial_dir(&self) -> PathBuf {
+        self.scratch().join("partial")
+    }
+
+    fn scratch(&self) -> PathBuf {
+        match &self.bucket {
+            Some(_) => self.data.join("blob-spool"),
+            None => self.data.join("blobs"),
+        }
     }
 }
 
