@@ -27,13 +27,6 @@ mod tls;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// mimalloc instead of the C library's allocator: a request allocates and
-/// frees a few dozen small objects across the runtime's threads, where
-/// glibc's arenas cost about a tenth of the CPU of a cached index request
-/// (`perf`, `bench/run index-rps`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
