@@ -344,8 +344,16 @@ pub fn declarations(
             format!("{}{line}: replication {}", file.display(), r.name)
         };
         resolve_token(&mut r.token, &mut r.token_file, &mut r.token_env, base).with_context(at)?;
+        let (name, line) = (r.name.clone(), r.line);
         for b in &mut r.blob_sources {
-            let at = || format!("{}, blob source {}", at(), b.url);
+            let at = || {
+                let line = b.line.or(line).map(|l| format!(" line {l}")).unwrap_or_default();
+                format!(
+                    "{}{line}: replication {name}, blob source {}",
+                    file.display(),
+                    b.url
+                )
+            };
             resolve_token(&mut b.token, &mut b.token_file, &mut b.token_env, base).with_context(at)?;
         }
         out.replications.push(r);

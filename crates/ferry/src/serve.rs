@@ -101,6 +101,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let replicator = Replicator::with_http_client(ferry.clone(), replication_store, http);
     tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
 
+    // Executions the last stop cut are closed before a declaration can
+    // start one of this run's.
+    replicator.close_interrupted().await?;
     if let Some(decls) = decls {
         let applied = ferry_server::declare::apply(&ferry, &replicator, &decls)
             .await

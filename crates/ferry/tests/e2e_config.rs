@@ -126,6 +126,10 @@ mode = "push"
         spokes.push((s, conf));
     }
     for (s, _) in &spokes {
+        // Started by the file at start-up: never taken for one the last
+        // stop cut (the start-up sweep runs before the file applies).
+        let first = s.executions("from-hub");
+        assert!(first.iter().all(|e| e["outcome"] != "interrupted"), "{first:#?}");
         assert!(
             wait_until(SYNC, || s.asset_digests("files", "app/").len() == 1),
             "a spoke did not converge from its file"
@@ -309,4 +313,13 @@ fn an_error_in_a_blob_source_names_the_sources_line() {
         "{err}"
     );
     assert!(!err.contains("secret"), "the URL's password was echoed: {err}");
+    // The same file applied to a running instance names the same line.
+    let running = Server::start();
+    let out = running.cli(&["config", "apply", conf.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("line 17") && err.contains("user and password"),
+        "{err}"
+    );
 }

@@ -492,3 +492,52 @@ fn stop_ends_a_running_execution_at_once_and_the_next_one_resumes_its_bytes() {
     );
     assert_eq!(partial_bytes(&spoke), 0);
 }
+
+#[test]
+fn bytes_to_go_leave_out_what_the_spoke_already_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let files: Vec<(String, PathBuf)> = (0..3)
+        .map(|i| {
+            let name = format!("big-{i}.img");
+            (format!("images/{name}"), random_file(tmp.path(), &name, SIZE))
+        })
+        .collect();
+    hub.put_asset_files("files", &files);
+    // The spoke holds the first file's content already, under another name.
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.put_asset_file("files", "local/copy.img", &files[0].1);
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600", "--bandwidth-limit", LIMIT],
+    );
+    let mut seen = Vec::new();
+    assert!(wait_until(SYNC, || {
+        let view = spoke.cli_json(&["replication", "list", "--json"]);
+        let run = &view[0]["running"];
+        if run["bytes_done"].as_u64() > Some(0) && run["bytes_remaining"].is_u64() {
+            seen.push(run.clone());
+        }
+        seen.len() >= 3 || (view[0]["status"]["state"] != "running" && !seen.is_empty())
+    }));
+    for run in &seen {
+        let (done, left) = (
+            run["bytes_done"].as_u64().unwrap(),
+            run["bytes_remaining"].as_u64().unwrap(),
+        );
+        assert_eq!(run["bytes_total"].as_u64(), Some(3 * SIZE), "{run:#}");
+        // Two files move; the third is counted as here from the start.
+        assert!(
+            done + left <= 2 * SIZE && done + left >= 2 * SIZE - (1 << 20),
+            "the held file is still counted as to go: {run:#}"
+        );
+    }
+    assert!(wait_until(SYNC, || spoke.asset_digests("files", "images/").len() == 3));
+}

@@ -251,6 +251,30 @@ fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
         !out.status.success() && said.contains("blob source") && said.contains("sends no content"),
         "{said}"
     );
+    // So is a URL where something answers, but not a Ferry instance's base.
+    let not_ferry = format!("{}/not-a-base", cache.url);
+    let out = refused_spoke.cli(&[
+        "replication",
+        "create",
+        "from-hub",
+        "--outgoing",
+        &hub.url,
+        "--token",
+        &hub_token,
+        "--mode",
+        "pull",
+        "--feed",
+        "files",
+        "--blob-source",
+        &not_ferry,
+        "--blob-source-token",
+        &pull_only,
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("answered HTTP 404") && said.len() < 2000,
+        "{said}"
+    );
     assert!(
         refused_spoke
             .cli_json(&["replication", "list", "--json"])

@@ -249,14 +249,21 @@ impl Replicator {
                     return Err(refusal(format!("it does not accept the token ({m})")));
                 }
                 Err(ReplError::Forbidden(m)) => return Err(refusal(format!("it refuses the token ({m})"))),
-                Err(ReplError::NotFound(_)) => {
-                    return Err(refusal(
-                        "it does not offer batched blob transfers (not a Ferry instance, or an older one)"
-                            .into(),
-                    ));
+                // Something answers there, but not as a Ferry instance's
+                // base URL would (no batched transfers): refused. A server
+                // error other than 501 may be a proxy in front of a cache
+                // that is down for a while.
+                Err(ReplError::Remote { status, message })
+                    if ((400..500).contains(&status) && status != 408 && status != 429) || status == 501 =>
+                {
+                    return Err(refusal(format!(
+                        "it answered HTTP {status} to a batched blob request ({}): not a Ferry instance offering batched transfers at this base URL",
+                        ferry_types::shortened(message.trim(), 120)
+                    )));
                 }
                 Err(e) => {
-                    tracing::warn!(replication = name, source = %src.url, error = %e, "blob source not reachable yet; runs leave it out while it stays so");
+                    let error = ferry_types::shortened(&e.to_string(), 200);
+                    tracing::warn!(replication = name, source = %src.url, %error, "blob source not reachable yet; runs leave it out while it stays so");
                     continue;
                 }
             };

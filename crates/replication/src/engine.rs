@@ -201,11 +201,11 @@ impl Progress {
 }
 
 /// The byte budget of the feed pair being replicated: what its backlog
-/// was counted at, and how much of it was moved or found here so far.
+/// was counted at, and the run's bytes moved and skipped when it began.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct FeedBytes {
     pub ahead: u64,
-    pub accounted: u64,
+    pub base: u64,
 }
 
 /// How far a pulled feed is behind the other side.
@@ -269,6 +269,10 @@ pub(crate) struct Run<'a> {
     guard_held: bool,
     /// The current feed pair's byte budget, when its backlog was counted.
     feed_bytes: Option<FeedBytes>,
+    /// Blobs claimed by this run so far: a partial transfer an earlier
+    /// execution left is counted as needing no transfer up to the byte it
+    /// reached, at the blob's first claim only.
+    resumed: std::sync::Mutex<HashSet<Digest>>,
 }
 
 impl<'a> Run<'a> {
@@ -316,6 +320,7 @@ impl<'a> Run<'a> {
             inline: HashMap::new(),
             guard_held: false,
             feed_bytes: None,
+            resumed: std::sync::Mutex::new(HashSet::new()),
         })
     }
 
@@ -323,15 +328,35 @@ impl<'a> Run<'a> {
     /// `ahead` bytes ([`Progress::bytes_total`]).
     pub(crate) fn begin_feed_bytes(&mut self, ahead: u64) {
         self.progress.bytes_total.fetch_add(ahead, Ordering::Relaxed);
-        self.feed_bytes = Some(FeedBytes { ahead, accounted: 0 });
+        self.feed_bytes = Some(FeedBytes {
+            ahead,
+            base: self.bytes_counted(),
+        });
     }
 
-    /// Counts `moved` bytes transferred and `found` bytes that needed no
-    /// transfer (already on the receiving side) against the budget.
-    pub(crate) fn account_feed_bytes(&mut self, moved: u64, found: u64) {
+    /// Bytes moved and skipped so far in this run.
+    fn bytes_counted(&self) -> u64 {
+        self.progress
+            .bytes
+            .load(Ordering::Relaxed)
+            .saturating_add(self.progress.bytes_skipped.load(Ordering::Relaxed))
+    }
+
+    /// Counts `found` bytes of the backlog that need no transfer (blobs
+    /// already on the receiving side), as soon as they are known.
+    pub(crate) fn skip_bytes(&self, found: u64) {
         self.progress.bytes_skipped.fetch_add(found, Ordering::Relaxed);
-        if let Some(b) = &mut self.feed_bytes {
-            b.accounted = b.accounted.saturating_add(moved).saturating_add(found);
+    }
+
+    /// Counts the bytes a partial transfer of `digest` left by an earlier
+    /// execution already holds (`offset` at its first claim in this run):
+    /// they are not moved again.
+    pub(crate) fn skip_resumed(&self, digest: Digest, offset: u64) {
+        // The first claim in this run counts; a later one (after a cut in
+        // this run) resumes bytes this run moved and counted already.
+        let first = self.resumed.lock().is_ok_and(|mut seen| seen.insert(digest));
+        if first && offset > 0 {
+            self.skip_bytes(offset);
         }
     }
 
@@ -340,9 +365,8 @@ impl<'a> Run<'a> {
     /// transfer, so the next feed pair's remaining bytes start true.
     pub(crate) fn end_feed_bytes(&mut self) {
         if let Some(b) = self.feed_bytes.take() {
-            self.progress
-                .bytes_skipped
-                .fetch_add(b.ahead.saturating_sub(b.accounted), Ordering::Relaxed);
+            let done = self.bytes_counted().saturating_sub(b.base);
+            self.skip_bytes(b.ahead.saturating_sub(done));
         }
     }
 

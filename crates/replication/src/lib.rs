@@ -81,6 +81,9 @@ struct Inner {
     polled: Mutex<HashMap<(i64, FeedName), Polled>>,
     /// Handshakes an execution may reuse, by replication id.
     handshakes: Mutex<HashMap<i64, (std::time::Instant, protocol::HandshakeResponse)>>,
+    /// The executions the last stop cut were closed
+    /// ([`Replicator::close_interrupted`]): done once, before any starts.
+    recovered: std::sync::atomic::AtomicBool,
 }
 
 /// A page a long poll brought: asked from `since` with `anchor`, at `at`.
@@ -186,6 +189,7 @@ impl Replicator {
             peer_book: peers::PeerBook::default(),
             polled: Mutex::new(HashMap::new()),
             handshakes: Mutex::new(HashMap::new()),
+            recovered: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -929,13 +933,7 @@ impl Replicator {
 
     /// Starts the schedulers of every outgoing replication.
     pub async fn start(&self) -> Result<(), ReplError> {
-        let n = self
-            .store()
-            .close_interrupted_executions(&self.0.node, now_millis())
-            .await?;
-        if n > 0 {
-            tracing::warn!(target: "replication", executions = n, "executions cut short by the last stop are marked interrupted");
-        }
+        self.close_interrupted().await?;
         for rec in self.store().replications().await? {
             if Self::parse(&rec)?.is_outgoing() {
                 // The overview shows the last execution before the restart
@@ -958,6 +956,27 @@ impl Replicator {
         }
         if self.store().shared_by_nodes() {
             tokio::spawn(self.clone().follow_other_nodes());
+        }
+        Ok(())
+    }
+
+    /// Marks the executions this node's last stop cut short as
+    /// `interrupted`, once per process: call it before anything can start
+    /// an execution (a configuration file's replications), so that none
+    /// of this run's own executions is taken for one of them. [`start`]
+    /// calls it if it was not called yet.
+    ///
+    /// [`start`]: Replicator::start
+    pub async fn close_interrupted(&self) -> Result<(), ReplError> {
+        if self.0.recovered.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let n = self
+            .store()
+            .close_interrupted_executions(&self.0.node, now_millis())
+            .await?;
+        if n > 0 {
+            tracing::warn!(target: "replication", executions = n, "executions cut short by the last stop are marked interrupted");
         }
         Ok(())
     }

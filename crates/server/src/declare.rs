@@ -129,7 +129,7 @@ pub struct ReplicationDecl {
 pub struct BlobSourceDecl {
     pub url: String,
     /// The line of its `url` in the file (set by the reader, for errors).
-    #[serde(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,

@@ -417,6 +417,7 @@ impl Run<'_> {
             if present.contains(&d) {
                 continue;
             }
+            self.skip_resumed(d, transfer.offset());
             wants.push(BlobWant {
                 digest: d,
                 offset: transfer.offset(),
@@ -590,6 +591,7 @@ impl Run<'_> {
                 return Ok((0, tokio::spawn(async { Ok(()) })));
             }
             let offset = transfer.offset();
+            self.skip_resumed(d, offset);
             let progress = self.progress.clone();
             let received = Arc::new(AtomicU64::new(0));
             let counter = received.clone();

@@ -669,7 +669,8 @@ impl Run<'_> {
         }
         let here = self.r.ferry().present_blob_sizes(&wanted).await?;
         let need: Vec<Digest> = wanted.into_iter().filter(|d| !here.contains_key(d)).collect();
-        let found: u64 = here.values().sum();
+        // What is here already is known before anything moves.
+        self.skip_bytes(here.values().sum());
         let t_fetch = std::time::Instant::now();
         let Fetched {
             blobs,
@@ -683,7 +684,6 @@ impl Run<'_> {
         for note in notes {
             self.log("warn", note);
         }
-        self.account_feed_bytes(bytes, found);
         fr.pulled.source_bytes += source_bytes;
         if !gone.is_empty() {
             let (kept, missing) = self

@@ -296,7 +296,7 @@ impl Run<'_> {
                 digests.into_iter().filter(|d| !missing.contains(d)).collect()
             };
             let found: u64 = self.r.ferry().present_blob_sizes(&held).await?.values().sum();
-            self.account_feed_bytes(0, found);
+            self.skip_bytes(found);
         }
         // A blob that is damaged here holds back the items that need it
         // (named, retried by later executions); the others go on.
@@ -311,9 +311,7 @@ impl Run<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let sending: u64 = send.iter().map(|(_, size)| *size).sum();
         damaged.extend(self.send_blobs(send, fr).await?);
-        self.account_feed_bytes(sending, 0);
         let mut stuck = Vec::new();
         if !damaged.is_empty() {
             let mut kept_live = Vec::new();
