@@ -63,7 +63,7 @@ enum Command {
     /// non-zero while any is damaged.
     Fsck {
         /// Fetch verified copies of damaged blobs from replication peers
-        /// (the other side of outgoing replications that pull).
+        /// (the other side of outgoing replications of any mode).
         #[arg(long)]
         repair: bool,
         /// Check only this share of blobs, chosen at random (0.0 to 1.0).
