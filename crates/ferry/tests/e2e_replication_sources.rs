@@ -229,50 +229,40 @@ fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
     // A source that can never serve is refused when it is named, with why.
     let refused_spoke = Server::start();
     refused_spoke.create_feed("files", "assets");
-    let out = refused_spoke.cli(&[
-        "replication",
-        "create",
-        "from-hub",
-        "--outgoing",
-        &hub.url,
-        "--token",
-        &hub_token,
-        "--mode",
-        "pull",
-        "--feed",
-        "files",
-        "--blob-source",
-        &cache.url,
-        "--blob-source-token",
-        &pull_only,
-    ]);
-    let said = String::from_utf8_lossy(&out.stderr);
+    // `create` naming one blob source: whether it succeeded, and stderr.
+    let create_with_source = |url: &str, token: &str| {
+        let out = refused_spoke.cli(&[
+            "replication",
+            "create",
+            "from-hub",
+            "--outgoing",
+            &hub.url,
+            "--token",
+            &hub_token,
+            "--mode",
+            "pull",
+            "--feed",
+            "files",
+            "--blob-source",
+            url,
+            "--blob-source-token",
+            token,
+        ]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, said) = create_with_source(&cache.url, &pull_only);
     assert!(
-        !out.status.success() && said.contains("blob source") && said.contains("sends no content"),
+        !ok && said.contains("blob source") && said.contains("sends no content"),
         "{said}"
     );
     // So is a URL where something answers, but not a Ferry instance's base.
     let not_ferry = format!("{}/not-a-base", cache.url);
-    let out = refused_spoke.cli(&[
-        "replication",
-        "create",
-        "from-hub",
-        "--outgoing",
-        &hub.url,
-        "--token",
-        &hub_token,
-        "--mode",
-        "pull",
-        "--feed",
-        "files",
-        "--blob-source",
-        &not_ferry,
-        "--blob-source-token",
-        &pull_only,
-    ]);
-    let said = String::from_utf8_lossy(&out.stderr);
+    let (ok, said) = create_with_source(&not_ferry, &pull_only);
     assert!(
-        !out.status.success() && said.contains("answered HTTP 404") && said.len() < 2000,
+        !ok && said.contains("answered HTTP 404") && said.len() < 2000,
         "{said}"
     );
     assert!(

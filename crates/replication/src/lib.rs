@@ -530,8 +530,7 @@ impl Replicator {
                     "items_done": done,
                     "items_total": total,
                     "bytes_done": bytes,
-                    "bytes_total": (p.bytes_total.load(Ordering::Relaxed) > 0)
-                        .then(|| p.bytes_total.load(Ordering::Relaxed)),
+                    "bytes_total": bytes_remaining.map(|_| p.bytes_total.load(Ordering::Relaxed)),
                     "bytes_remaining": bytes_remaining,
                     "bytes_per_second": bytes_rate,
                     "eta_seconds": eta,
