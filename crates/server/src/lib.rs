@@ -51,8 +51,19 @@ pub struct AppState {
     pub sessions: std::sync::Arc<ui::Sessions>,
 }
 
+/// How often the recorder's pending histogram samples are folded into
+/// their summaries ([`PrometheusHandle::run_upkeep`]).
+pub const METRICS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The process-wide Prometheus recorder (installed once, shared by every
-/// router built in this process).
+/// router built in this process), with its upkeep thread.
+///
+/// A recorder made by `build_recorder` keeps every histogram sample (8
+/// bytes per request for `ferry_http_request_duration_seconds`) until
+/// something drains it, and only a scrape of `/metrics` would: an instance
+/// nobody scrapes grew its heap with every request it answered. One thread
+/// per process drains them every [`METRICS_UPKEEP_INTERVAL`], whatever
+/// runtime the routers run on.
 fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -61,6 +72,18 @@ fn prometheus() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; then ours just stays empty.
             let _ = metrics::set_global_recorder(recorder);
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ferry-metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(METRICS_UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histogram samples are drained only when /metrics is scraped");
+            }
             handle
         })
         .clone()
