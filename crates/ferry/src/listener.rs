@@ -46,7 +46,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -590,6 +590,24 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             return Box::pin(async move {
                 drop(busy);
                 Ok(resp)
+            });
+        }
+        if req.body().is_end_stream() {
+            // No body (most reads): nothing can stall, nothing to watch.
+            let mut req = req.map(|_| Body::empty());
+            req.extensions_mut().insert(ConnectInfo(self.peer));
+            let router = self.router.clone();
+            return Box::pin(async move {
+                let resp = match router.oneshot(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                };
+                Ok(resp.map(|b| {
+                    Body::new(Guarded {
+                        inner: b,
+                        _busy: busy,
+                    })
+                }))
             });
         }
         let stall = Arc::new(Stall::default());

@@ -8,6 +8,7 @@ pub mod blobs;
 mod cargo;
 mod debian;
 pub mod declare;
+mod edge;
 pub mod error;
 mod mgmt;
 mod mgmt_replication;
@@ -25,19 +26,14 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{Extensions, HeaderValue, header};
-use axum::middleware::{self, AddExtension, Next};
-use axum::response::Response;
+use axum::http::{Extensions, header};
+use axum::middleware::AddExtension;
 use axum::serve::{IncomingStream, Listener};
 use ferry_core::{CoreError, Ferry};
 use ferry_replication::Replicator;
-use http_body_util::BodyExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower::{Layer, Service};
 
@@ -148,66 +144,11 @@ pub fn router(ferry: Ferry, replicator: Replicator) -> App {
         .merge(rpm::routes())
         .merge(oci::routes(&state))
         .merge(ui::routes(&state))
-        // Upload limits are enforced per route while streaming, not by buffering.
-        .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn(track))
-        .layer(middleware::from_fn(guard))
+        // One layer around every route: body errors, limits, security
+        // headers, failure log and request metrics (see `edge`).
+        .layer(edge::Edge)
         .with_state(state);
     App(router)
-}
-
-/// What every request and response goes through, so that no handler can
-/// forget it:
-///
-/// - the request body's errors are marked as the client's
-///   ([`CoreError::client_body_error`]): a client that goes away mid-upload
-///   becomes [`CoreError::BrokenBody`] wherever the body was being read;
-/// - every response gets `X-Content-Type-Options: nosniff`, and the
-///   sandboxing `Content-Security-Policy` [`blobs::SANDBOX_POLICY`] unless
-///   it set a policy of its own (the web UI's pages do: [`ui::PAGE_POLICY`]), so user content and pages rendered from user data can never
-///   run script in Ferry's origin (per-type rule: [`blobs::content_headers`]);
-/// - a request that failed is logged here, once, with its feed and the
-///   client's address: a server fault at ERROR (its cause is not shown to
-///   the client), a broken request body at WARN, as the client event it is.
-async fn guard(req: Request, next: Next) -> Response {
-    // Kept for the failure log only: clones of shared parts, no copies.
-    let client = client_addr(req.extensions());
-    let matched = req.extensions().get::<MatchedPath>().cloned();
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    let req = req.map(|body| Body::new(body.map_err(CoreError::client_body_error)));
-    let mut resp = next.run(req).await;
-    if let Some(failure) = resp.extensions_mut().remove::<error::Failure>() {
-        let path = uri.path();
-        let feed = matched.and_then(|m| feed_of(m.as_str(), path));
-        let feed = feed.as_deref().unwrap_or("-");
-        let client = client.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-        match failure {
-            error::Failure::Internal(cause) => {
-                tracing::error!(feed, client, %method, ?path, %cause, "request failed");
-            }
-            error::Failure::BrokenBody(cause) => tracing::warn!(
-                feed,
-                client,
-                %method,
-                ?path,
-                %cause,
-                "client's request body broke off (the client went away or sent a broken stream); nothing was stored"
-            ),
-        }
-    }
-    let headers = resp.headers_mut();
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
-        headers.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(blobs::SANDBOX_POLICY),
-        );
-    }
-    resp
 }
 
 /// The peer address of the request's connection, if the server recorded
@@ -216,37 +157,6 @@ pub(crate) fn client_addr(ext: &Extensions) -> Option<SocketAddr> {
     ext.get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
         .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0))
-}
-
-/// The feed a request is about: the segment of `path` that the matched
-/// route's `template` calls `{feed}` (every feed protocol and the
-/// replication API name it so).
-fn feed_of(template: &str, path: &str) -> Option<String> {
-    let at = template.split('/').position(|seg| seg == "{feed}")?;
-    let seg = path.split('/').nth(at)?;
-    Some(
-        percent_encoding::percent_decode_str(seg)
-            .decode_utf8_lossy()
-            .into_owned(),
-    )
-}
-
-async fn track(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let resp = next.run(req).await;
-    let labels = [
-        ("method", method),
-        ("route", route.unwrap_or_else(|| "unmatched".into())),
-        ("status", resp.status().as_u16().to_string()),
-    ];
-    metrics::counter!("ferry_http_requests_total", &labels).increment(1);
-    metrics::histogram!("ferry_http_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
-    resp
 }
 
 /// The origin clients reach this instance at: `Config::base_url` when set,

@@ -198,3 +198,46 @@ async fn operations_endpoints() {
     assert_eq!(m.status, StatusCode::OK);
     assert!(m.text().contains("ferry_http_requests_total"), "{}", m.text());
 }
+
+/// A client inventing request methods cannot add metric series: every
+/// method Ferry does not route is counted as `OTHER`, while the routed
+/// ones keep their names, with the route's template and the status.
+#[tokio::test]
+async fn request_metrics_keep_a_bounded_set_of_labels() {
+    let i = Instance::new().await;
+    i.feed("labels", ferry_types::FeedType::Assets, false).await;
+    for n in 0..50 {
+        let method = format!("BREW{n}");
+        let r = i
+            .send(&method, "/assets/labels/tea.txt", None, &[], Body::empty())
+            .await;
+        assert!(r.status.is_client_error(), "{method}: {}", r.status);
+    }
+    assert_eq!(
+        i.get("/assets/labels/none.txt").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let reader = i.key("scraper", Permission::Read, None).await;
+    let m = i.send("GET", "/metrics", Some(&reader), &[], Body::empty()).await;
+    assert_eq!(m.status, StatusCode::OK);
+    let text = m.text();
+    assert!(
+        !text.contains("BREW"),
+        "an invented method became a label:\n{text}"
+    );
+    let series = |method: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("ferry_http_requests_total{") && l.contains(&format!("method=\"{method}\""))
+            })
+            .count()
+    };
+    assert!(series("OTHER") >= 1, "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("ferry_http_requests_total{")
+            && l.contains("method=\"GET\"")
+            && l.contains("route=\"/assets/{feed}/{*path}\"")
+            && l.contains("status=\"404\"")),
+        "{text}"
+    );
+}
