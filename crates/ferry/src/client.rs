@@ -808,7 +808,8 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
 /// A running execution's progress on one line: "running: 12/40 items,
 /// 3.1 MiB moved, 7.0 MiB to go, 1.0 MiB/s, about 7 s left (by bytes)".
 fn running_text(run: &Value) -> String {
-    let mib = |v: &Value| v.as_f64().map(|b| format!("{:.1} MiB", b / 1_048_576.0));
+    // The web UI shows these with the same rule.
+    let mib = |v: &Value| v.as_f64().map(ferry_types::binary_size);
     let mut parts = vec![format!(
         "{}/{} items",
         run["items_done"].as_u64().unwrap_or(0),

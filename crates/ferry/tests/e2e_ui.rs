@@ -490,14 +490,18 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     css(&c, "table.executions").await;
     shot(&c, "executions").await;
     // ---- a slow execution: the plan lists its items, and Stop ends it.
-    // A cap of 1 KB/s and an exclude pattern, set on the edit page.
+    // A cap of 1000 bytes/s and an exclude pattern, set on the edit page.
     c.goto(&format!("{}/replications/from-hub/edit", spoke.url))
         .await
         .unwrap();
     fill(&c, "#bandwidth", "1000").await;
     fill(&c, "#exclude", "*.tmp").await;
     click(&c, "form.card button[type=submit]").await;
-    css(&c, "dl.values").await;
+    let values = css(&c, "dl.values").await.text().await.unwrap();
+    assert!(
+        values.contains("1000 B/s"),
+        "the cap, as the CLI writes sizes: {values}"
+    );
     hub.put_asset("releases", "tools/app-2.0.tar.gz", &vec![b'2'; 300_000]);
     hub.put_asset("releases", "notes.tmp", b"scratch\n");
     c.goto(&format!("{}/", spoke.url)).await.unwrap();
@@ -512,15 +516,15 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         moving.contains("tools/app-2.0.tar.gz") && moving.contains("copy"),
         "{t}"
     );
-    // Its size, and the total to move.
-    assert!(moving.contains("300.0 KB"), "{t}");
+    // Its size, and the total to move, in the CLI's binary units.
+    assert!(moving.contains("293.0 KiB"), "{t}");
     assert!(
         css(&c, "#plan-total")
             .await
             .text()
             .await
             .unwrap()
-            .contains("300.0 KB"),
+            .contains("293.0 KiB"),
         "{t}"
     );
     let staying = css(&c, "table[data-plan=stay]").await.text().await.unwrap();
@@ -530,6 +534,16 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     );
     shot(&c, "plan").await;
     c.goto(&format!("{}/", spoke.url)).await.unwrap();
+    // The running execution's progress reads as the CLI's does: what is
+    // left of the 293 KiB at 1000 bytes/s, in KiB on both.
+    let progress = wait_text(&c, "KiB to go").await;
+    assert!(progress.contains("KiB to go"), "{progress}");
+    assert!(
+        !progress.contains(" KB") && !progress.contains(" MB"),
+        "decimal units on the overview: {progress}"
+    );
+    let listed = spoke.cli_ok(&["replication", "list"]);
+    assert!(listed.contains("KiB to go"), "{listed}");
     shot(&c, "overview-running").await;
     click(&c, stop).await;
     css(&c, "#overview").await;

@@ -1557,10 +1557,10 @@ async fn the_plan_lists_each_item_and_why_it_would_not_move() {
         html[at..at + html[at..].find("</tr>").unwrap()].to_string()
     };
     assert!(row("new.txt").contains(">copy<"), "{}", row("new.txt"));
-    // Its size, and the total to move.
-    assert!(row("new.txt").contains(">200.0 KB<"), "{}", row("new.txt"));
+    // Its size, and the total to move, in the CLI's binary units.
+    assert!(row("new.txt").contains(">195.3 KiB<"), "{}", row("new.txt"));
     assert!(
-        html.contains("Bytes to move: <strong>200.0 KB</strong>"),
+        html.contains("Bytes to move: <strong>195.3 KiB</strong>"),
         "{html}"
     );
     // Items the same on both sides are listed as such, even with no change
@@ -1731,7 +1731,7 @@ async fn a_push_plan_lists_what_is_the_same_and_what_it_would_copy() {
         html.contains("Would move (1)") && html.contains("Would not move (1)"),
         "{html}"
     );
-    assert!(html.contains("Bytes to move: <strong>2.5 KB</strong>"), "{html}");
+    assert!(html.contains("Bytes to move: <strong>2.4 KiB</strong>"), "{html}");
     let at = html
         .find("<code class=\"break\">a.txt</code>")
         .expect("a.txt listed");

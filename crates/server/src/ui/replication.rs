@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Fields, Nav, Posted, Signed, bytes, csrf_field, duration, page, post_button, problem, seg, when,
+    Fields, Nav, Posted, Signed, bytes, csrf_field, duration, page, post_button, problem, rate, seg, when,
     when_text,
 };
 use crate::AppState;
@@ -70,12 +70,12 @@ fn direction(o: &Overview) -> Markup {
     }
 }
 
-/// "12 of 40 items · 3.1 MB · 7.0 MB to go · 1.0 MB/s · about 7 s left"
+/// "12 of 40 items · 3.1 MiB · 7.0 MiB to go · 1.0 MiB/s · about 7 s left"
 fn progress_text(running: &Value) -> String {
     let done = running["items_done"].as_u64().unwrap_or(0);
     let total = running["items_total"].as_u64().unwrap_or(0);
     let b = running["bytes_done"].as_u64().unwrap_or(0);
-    let rate = running["bytes_per_second"].as_f64().unwrap_or(0.0);
+    let per_second = running["bytes_per_second"].as_f64().unwrap_or(0.0);
     let mut s = if total > 0 {
         format!("{done} of {total} items")
     } else {
@@ -85,8 +85,8 @@ fn progress_text(running: &Value) -> String {
     if let Some(left) = running["bytes_remaining"].as_u64() {
         s.push_str(&format!(" · {} to go", bytes(left)));
     }
-    if rate > 0.0 {
-        s.push_str(&format!(" · {}/s", bytes(rate as u64)));
+    if per_second > 0.0 {
+        s.push_str(&format!(" · {}", rate(per_second)));
     }
     if let Some(eta) = running["eta_seconds"].as_f64() {
         s.push_str(&format!(" · about {} left", duration(eta)));
@@ -839,7 +839,7 @@ async fn detail(
             }
             @if !o.config.include.is_empty() { dt { "Include" } dd { (o.config.include.join(", ")) } }
             @if !o.config.exclude.is_empty() { dt { "Exclude" } dd { (o.config.exclude.join(", ")) } }
-            dt { "Bandwidth cap" } dd { (o.config.bandwidth_limit.map(|b| format!("{}/s", bytes(b))).unwrap_or_else(|| "none".into())) }
+            dt { "Bandwidth cap" } dd { (o.config.bandwidth_limit.map(|b| rate(b as f64)).unwrap_or_else(|| "none".into())) }
         }
         @if !o.config.is_outgoing() {
             h2 { "Sync tokens" }
