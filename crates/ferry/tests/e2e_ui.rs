@@ -321,7 +321,9 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     css(&c, "input[name=anyway]").await;
     shot(&c, "wizard-error-unreachable").await;
 
-    // The right one.
+    // A blob source that refuses its token (a Ferry instance that knows
+    // no such token): said on the form, nothing created.
+    let source_secret = "d4".repeat(32);
     wizard(
         &c,
         &spoke,
@@ -331,6 +333,53 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         "pull",
     )
     .await;
+    fill(&c, "#source-url-0", &spoke.url).await;
+    fill(
+        &c,
+        "#source-token-0",
+        &format!("fst_00000000000000d4_{source_secret}"),
+    )
+    .await;
+    submit_wizard(&c).await;
+    let err = css(&c, "p.error").await.text().await.unwrap();
+    assert!(
+        err.contains(&format!("blob source {}", spoke.url)) && err.contains("does not accept the token"),
+        "{err}"
+    );
+    assert_eq!(
+        css(&c, "#source-url-0")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(spoke.url.as_str())
+    );
+    assert!(!spoke.cli_ok(&["replication", "list"]).contains("from-hub"));
+    shot(&c, "wizard-error-source").await;
+
+    // The right one, with a blob source that is not running yet (accepted:
+    // runs leave it out while it stays so): listed on its page.
+    let cache = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    wizard(
+        &c,
+        &spoke,
+        "from-hub",
+        "releases",
+        Some((&hub.url, &token)),
+        "pull",
+    )
+    .await;
+    fill(&c, "#source-url-0", &cache).await;
+    fill(
+        &c,
+        "#source-token-0",
+        &format!("fst_00000000000000d4_{source_secret}"),
+    )
+    .await;
     submit_wizard(&c).await;
     css(&c, "dl.values").await;
     let t = text(&c).await;
@@ -338,6 +387,9 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         t.contains("Replication from-hub") && t.contains("outgoing"),
         "{t}"
     );
+    let listed = css(&c, "#blob-sources").await.text().await.unwrap();
+    assert!(listed.contains(&cache), "{listed}");
+    assert!(!c.source().await.unwrap().contains(&source_secret));
 
     // ---- Run now on the overview; the execution succeeds with its counts and log.
     // (The spoke's first scheduled run, and its long poll of the hub, may

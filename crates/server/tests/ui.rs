@@ -1936,3 +1936,96 @@ async fn blob_sources_are_edited_listed_by_url_and_their_tokens_never_shown() {
     let detail = page(&spoke, &cookie, "/replications/from-hub").await.text();
     assert!(detail.contains("none (every blob comes from the other instance)"));
 }
+
+/// The wizard offers blob sources: a source is checked as on the edit
+/// page, a refused one is said on the form and creates nothing, an
+/// accepted one is listed on the new replication's page.
+#[tokio::test]
+async fn the_wizard_takes_blob_sources_and_a_refused_one_creates_nothing() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let hub_url = hub.serve().await;
+    // A site cache: another instance with an incoming replication that sends.
+    let cache = Instance::new().await;
+    cache.feed("files", FeedType::Assets, false).await;
+    let cache_token = cache.incoming("site", &["files"], "push").await;
+    let cache_url = cache.serve().await;
+    let spoke = Instance::new().await;
+    spoke.feed("files", FeedType::Assets, false).await;
+    let cookie = session(&spoke, ADMIN).await;
+
+    // The fresh wizard offers two empty source rows.
+    let fresh = page(&spoke, &cookie, "/replications/new").await.text();
+    assert_eq!(fresh.matches("name=\"source_url\"").count(), 2, "{fresh}");
+    assert_eq!(fresh.matches("name=\"source_token\"").count(), 2, "{fresh}");
+
+    let wrong = format!("fst_00000000000000d4_{}", "d4".repeat(32));
+    for (rows, status, reason) in [
+        // Refused by the source itself, at create.
+        (
+            vec![
+                ("source_url", cache_url.as_str()),
+                ("source_token", wrong.as_str()),
+            ],
+            StatusCode::BAD_REQUEST,
+            format!("blob source {cache_url} cannot serve replication to-hub: it does not accept the token"),
+        ),
+        // Refused by the same checks as on the edit page.
+        (
+            vec![
+                ("source_url", "ftp://cache.site"),
+                ("source_token", cache_token.as_str()),
+            ],
+            StatusCode::BAD_REQUEST,
+            "blob source &quot;ftp://cache.site&quot; must be an http:// or https:// URL with a host".into(),
+        ),
+        (
+            vec![("source_url", "http://new.site"), ("source_token", "")],
+            StatusCode::BAD_REQUEST,
+            "blob source http://new.site needs a sync token".into(),
+        ),
+        (
+            vec![("source_url", ""), ("source_token", cache_token.as_str())],
+            StatusCode::BAD_REQUEST,
+            "Blob source 1 has a sync token but no URL".into(),
+        ),
+        (
+            vec![
+                ("source_url", hub_url.as_str()),
+                ("source_token", cache_token.as_str()),
+            ],
+            StatusCode::BAD_REQUEST,
+            "own peer; name other instances".into(),
+        ),
+    ] {
+        let r = wizard_post(&spoke, &cookie, &hub_url, &token, "pull", &rows).await;
+        let t = r.text();
+        assert_eq!(r.status, status, "{reason}: {t}");
+        assert!(t.contains("class=\"error\""), "{t}");
+        assert!(t.contains(&reason), "{reason}: {t}");
+        nothing_created(&spoke).await;
+    }
+
+    // Accepted: created, and listed by URL on its page.
+    let r = wizard_post(
+        &spoke,
+        &cookie,
+        &hub_url,
+        &token,
+        "pull",
+        &[("source_url", &cache_url), ("source_token", &cache_token)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let cfg = api(&spoke, "GET", "/api/v1/replications/to-hub", None)
+        .await
+        .json();
+    assert_eq!(
+        cfg["config"]["blob_sources"][0]["url"],
+        cache_url.as_str(),
+        "{cfg}"
+    );
+    let detail = page(&spoke, &cookie, "/replications/to-hub").await.text();
+    assert!(detail.contains(&format!("<code>{cache_url}</code>")), "{detail}");
+}

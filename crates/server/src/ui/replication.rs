@@ -301,6 +301,8 @@ struct Draft {
     direction: String,
     url: String,
     token: String,
+    /// Blob sources as (URL, token) rows, as typed.
+    sources: Vec<(String, String)>,
     mode: String,
     flows: [bool; 4],
     include: String,
@@ -337,6 +339,10 @@ impl Draft {
             direction: f.get("direction").to_owned(),
             url: f.get("url").trim().to_owned(),
             token: f.get("token").trim().to_owned(),
+            sources: source_rows(f)
+                .into_iter()
+                .map(|(u, t)| (u.to_owned(), t.to_owned()))
+                .collect(),
             mode: f.get("mode").to_owned(),
             flows: [
                 f.on("pull_missing"),
@@ -381,6 +387,12 @@ impl Draft {
                 "An outgoing replication needs the other instance's URL and the sync token it gave you (step 2).",
             ));
         }
+        let rows: Vec<(&str, &str)> = self
+            .sources
+            .iter()
+            .map(|(u, t)| (u.as_str(), t.as_str()))
+            .collect();
+        let blob_sources = blob_sources(&rows)?;
         let custom = self.mode == "custom";
         Ok(CreateRequest {
             name: self.name.clone(),
@@ -397,6 +409,7 @@ impl Draft {
             interval: number(&self.interval, "The interval")?,
             carry_downloads: self.carry_downloads,
             bandwidth_limit: number(&self.bandwidth, "The bandwidth cap")?,
+            blob_sources,
             ..CreateRequest::default()
         })
     }
@@ -470,6 +483,13 @@ async fn wizard(
                         input #token type="password" name="token" autocomplete="off" placeholder="fst_…" value=(d.token); }
                 }
                 p.hint { "An outgoing replication is checked right away by a handshake with the other instance." }
+                fieldset #blob-source-rows {
+                    legend { "Blob sources (outgoing, optional)" }
+                    p.hint { "Other Ferry instances (a site cache, a neighbouring spoke) asked for blobs before the other instance, in this order; metadata always comes from the other instance. \
+                        Give each source's URL and a sync token of an incoming replication there. Each is checked when the replication is created. \
+                        Up to " (MAX_BLOB_SOURCES) "; more can be added on the replication's edit page." }
+                    (source_fields(&d.sources, &[]))
+                }
                 @if d.unreachable {
                     label.check { input type="checkbox" name="anyway" value="1" checked[d.anyway];
                         " Create it anyway: the other instance is not running yet (executions keep trying to reach it)" }
@@ -1384,8 +1404,7 @@ impl EditValues {
 
 fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, status: StatusCode) -> Response {
     let url = v.url.as_deref();
-    // Up to two empty rows to add sources with, within the limit.
-    let empty_row = (String::new(), String::new());
+    let saved: Vec<String> = o.config.blob_sources.iter().map(|b| b.url.clone()).collect();
     let body = html! {
         p.crumbs { a href={ "/replications/" (seg(&o.name)) } { "Replication " (o.name) } " / edit" }
         h1 { "Edit replication " (o.name) }
@@ -1409,15 +1428,7 @@ fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, stat
                     p.hint { "Other Ferry instances (a site cache, a neighbouring spoke) asked for blobs before this one's peer, in this order; metadata always comes from the peer. \
                         Give each source's URL and a sync token of an incoming replication there. \
                         An empty token keeps the one stored for that URL; an empty URL removes the row." }
-                    @for (i, (u, t)) in v.sources.iter().chain(std::iter::repeat_n(&empty_row, MAX_BLOB_SOURCES.saturating_sub(v.sources.len()).min(2))).enumerate() {
-                        div.grid2 {
-                            div { label for={ "source-url-" (i) } { "Source " (i + 1) " URL" }
-                                input id={ "source-url-" (i) } type="url" name="source_url" placeholder="http://cache.site:8765" value=(u); }
-                            div { label for={ "source-token-" (i) } { "Source " (i + 1) " sync token" }
-                                input id={ "source-token-" (i) } type="password" name="source_token" autocomplete="off"
-                                    placeholder=(if u.is_empty() { "fst_…" } else { "empty: keep the current one" }) value=(t); }
-                        }
-                    }
+                    (source_fields(&v.sources, &saved))
                 }
             }
             div.grid2 {
@@ -1439,8 +1450,31 @@ fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, stat
     resp
 }
 
-/// The blob source rows of the edit form, (URL, token) trimmed, rows
-/// left wholly empty dropped.
+/// The blob source rows of the wizard and the edit form: each row's URL
+/// and token as typed (saved rows come with an empty token). A row whose
+/// URL is among `saved` says that an empty token keeps the stored one. Up
+/// to two empty rows follow, within [`MAX_BLOB_SOURCES`].
+fn source_fields(rows: &[(String, String)], saved: &[String]) -> Markup {
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    let empty = MAX_BLOB_SOURCES.saturating_sub(rows.len()).min(2);
+    let blank = (String::new(), String::new());
+    let rows = rows.iter().chain(std::iter::repeat_n(&blank, empty));
+    html! {
+        @for (i, (u, t)) in rows.enumerate() {
+            @let keeps = !u.is_empty() && saved.iter().any(|s| same(s, u));
+            div.grid2 {
+                div { label for={ "source-url-" (i) } { "Source " (i + 1) " URL" }
+                    input id={ "source-url-" (i) } type="url" name="source_url" placeholder="http://cache.site:8765" value=(u); }
+                div { label for={ "source-token-" (i) } { "Source " (i + 1) " sync token" }
+                    input id={ "source-token-" (i) } type="password" name="source_token" autocomplete="off"
+                        placeholder=(if keeps { "empty: keep the current one" } else { "fst_…" }) value=(t); }
+            }
+        }
+    }
+}
+
+/// The blob source rows of the wizard and the edit form, (URL, token)
+/// trimmed, rows left wholly empty dropped.
 fn source_rows(f: &Fields) -> Vec<(&str, &str)> {
     let urls = f.all("source_url");
     let tokens = f.all("source_token");
@@ -1455,7 +1489,7 @@ fn source_rows(f: &Fields) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// The blob sources the edit form asks for, in its order: each row's URL
+/// The blob sources the wizard or the edit form asks for, in its order: each row's URL
 /// with its token. A row whose token is left empty is sent without one,
 /// which keeps the token stored for that URL ([`UpdateRequest`]: as the
 /// outgoing token, empty keeps it); the list is checked there.
