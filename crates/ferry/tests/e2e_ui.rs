@@ -322,7 +322,8 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     shot(&c, "wizard-error-unreachable").await;
 
     // A blob source that refuses its token (a Ferry instance that knows
-    // no such token): said on the form, nothing created.
+    // no such token): said on the form, nothing created, and the tokens
+    // typed are not sent back.
     let source_secret = "d4".repeat(32);
     wizard(
         &c,
@@ -346,6 +347,7 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         err.contains(&format!("blob source {}", spoke.url)) && err.contains("does not accept the token"),
         "{err}"
     );
+    assert!(err.contains("type them again"), "{err}");
     assert_eq!(
         css(&c, "#source-url-0")
             .await
@@ -354,6 +356,15 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
             .unwrap()
             .as_deref(),
         Some(spoke.url.as_str())
+    );
+    for field in ["#token", "#source-token-0"] {
+        let v = css(&c, field).await.prop("value").await.unwrap();
+        assert_eq!(v.as_deref(), Some(""), "{field} came back filled");
+    }
+    let html = c.source().await.unwrap();
+    assert!(
+        !html.contains(&source_secret) && !html.contains(&token[21..]),
+        "a typed token is in the page"
     );
     assert!(!spoke.cli_ok(&["replication", "list"]).contains("from-hub"));
     shot(&c, "wizard-error-source").await;

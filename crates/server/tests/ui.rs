@@ -1019,7 +1019,8 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
         .json();
     assert_eq!(o["config"]["url"], closed.as_str(), "{o}");
 
-    // A failing check on the edit page keeps every typed value.
+    // A failing check on the edit page keeps every typed value but the
+    // token, which is asked for again.
     let other_closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
@@ -1045,7 +1046,7 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     assert!(t.contains(&format!("Nothing answers at {other_closed}")), "{t}");
     for typed in [
         format!("value=\"{other_closed}\""),
-        "value=\"fst_typed_token\"".into(),
+        "type them again".into(),
         "value=\"45\"".into(),
         "value=\"123456\"".into(),
         ">keep/**</textarea>".into(),
@@ -1053,6 +1054,10 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     ] {
         assert!(t.contains(&typed), "{typed} lost: {t}");
     }
+    assert!(
+        !t.contains("fst_typed_token"),
+        "the typed token is in the page: {t}"
+    );
     let o = api(&spoke, "GET", "/api/v1/replications/to-hub", None)
         .await
         .json();
@@ -1918,7 +1923,9 @@ async fn blob_sources_are_edited_listed_by_url_and_their_tokens_never_shown() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{t}");
         assert!(t.contains(reason), "{reason}: {t}");
         assert!(!t.contains("<script>alert(1)</script>"), "not escaped: {t}");
-        no_secret(&t.replace(&token_a, ""), "refusal");
+        // Not even the token just typed comes back.
+        assert!(!t.contains(&token_a), "the typed token is in the page: {t}");
+        no_secret(&t, "refusal");
         assert_eq!(cfg_sources().await, before);
     }
 
@@ -2028,4 +2035,115 @@ async fn the_wizard_takes_blob_sources_and_a_refused_one_creates_nothing() {
     );
     let detail = page(&spoke, &cookie, "/replications/to-hub").await.text();
     assert!(detail.contains(&format!("<code>{cache_url}</code>")), "{detail}");
+}
+
+/// A refused form comes back with what was typed, but never a secret: the
+/// token fields are empty and the error says to type them again.
+#[tokio::test]
+async fn a_refused_form_never_sends_a_typed_secret_back() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let hub_url = hub.serve().await;
+    let spoke = Instance::new().await;
+    spoke.feed("files", FeedType::Assets, false).await;
+    let cookie = session(&spoke, ADMIN).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let typed_source = format!("fst_00000000000000e5_{}", "e5".repeat(32));
+    let secrets = |t: &str| -> Vec<String> {
+        [token.as_str(), typed_source.as_str()]
+            .into_iter()
+            .flat_map(|s| [s.to_owned(), s.rsplit('_').next().unwrap().to_owned()])
+            .filter(|s| t.contains(s.as_str()))
+            .collect()
+    };
+
+    // The wizard: the other end cannot be reached; the URL, the source's
+    // URL and the name come back, the tokens do not.
+    let r = wizard_post(
+        &spoke,
+        &cookie,
+        &closed,
+        &token,
+        "pull",
+        &[
+            ("source_url", "http://cache.site:8765"),
+            ("source_token", &typed_source),
+        ],
+    )
+    .await;
+    let t = r.text();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{t}");
+    assert!(t.contains("Nothing answers at"), "{t}");
+    assert_eq!(
+        secrets(&t),
+        Vec::<String>::new(),
+        "a typed token is in the page: {t}"
+    );
+    assert!(t.contains("type them again"), "{t}");
+    assert!(
+        t.contains(&format!("value=\"{closed}\""))
+            && t.contains("value=\"http://cache.site:8765\"")
+            && t.contains("value=\"to-hub\""),
+        "{t}"
+    );
+    // The wizard refused by a check of its own, with a token typed.
+    let r = wizard_post(&spoke, &cookie, &hub_url, &token, "pull", &[("interval", "0")]).await;
+    let t = r.text();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{t}");
+    assert!(
+        t.contains("must be at least 1 second") && t.contains("type them again"),
+        "{t}"
+    );
+    assert_eq!(
+        secrets(&t),
+        Vec::<String>::new(),
+        "a typed token is in the page: {t}"
+    );
+    nothing_created(&spoke).await;
+    // Nothing typed: nothing to type again.
+    let r = wizard_post(&spoke, &cookie, "", "", "pull", &[]).await;
+    let t = r.text();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{t}");
+    assert!(!t.contains("type them again"), "{t}");
+
+    // The edit form: a new token the other end refuses, and a source.
+    let r = wizard_post(&spoke, &cookie, &hub_url, &token, "pull", &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let csrf = csrf_of(&page(&spoke, &cookie, "/replications/to-hub/edit").await);
+    let wrong = format!("fst_00000000000000f6_{}", "f6".repeat(32));
+    let r = post(
+        &spoke,
+        &cookie,
+        "/replications/to-hub/edit",
+        Some(ORIGIN),
+        &[
+            ("csrf", &csrf),
+            ("url", &hub_url),
+            ("token", &wrong),
+            ("interval", "60"),
+            ("blob_sources_form", "1"),
+            ("source_url", "http://cache.site:8765"),
+            ("source_token", &typed_source),
+        ],
+    )
+    .await;
+    let t = r.text();
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{t}");
+    for s in [&wrong, &"f6".repeat(32), &typed_source, &"e5".repeat(32)] {
+        assert!(!t.contains(s.as_str()), "a typed token is in the page: {t}");
+    }
+    assert!(t.contains("type them again"), "{t}");
+    assert!(t.contains("value=\"http://cache.site:8765\""), "{t}");
+    // A new source's row does not say its empty token keeps one.
+    assert!(!t.contains("placeholder=\"empty: keep the current one\""), "{t}");
+
+    // Sign-in: a wrong key is not put back either.
+    let typed_key = "ferry_k_not-known-here-0123456789";
+    let r = sign_in(&spoke, typed_key).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(!r.text().contains(typed_key), "{}", r.text());
 }

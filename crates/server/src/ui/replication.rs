@@ -300,8 +300,10 @@ struct Draft {
     feeds: Vec<(String, String)>,
     direction: String,
     url: String,
+    /// The sync token as typed: used for the request, never put back in a page.
     token: String,
-    /// Blob sources as (URL, token) rows, as typed.
+    /// Blob sources as (URL, token) rows, as typed; the tokens are used
+    /// for the request and never put back in a page.
     sources: Vec<(String, String)>,
     mode: String,
     flows: [bool; 4],
@@ -434,6 +436,9 @@ async fn wizard(
     status: StatusCode,
 ) -> Result<Response, ApiError> {
     let feeds = st.ferry.feeds().await.map_err(html_err)?;
+    let typed = std::iter::once(d.token.as_str()).chain(d.sources.iter().map(|(_, t)| t.as_str()));
+    let msg = msg.map(|m| refusal_words(m, typed));
+    let msg = msg.as_deref();
     let chosen = |name: &str| d.feeds.iter().find(|(l, _)| l == name).map(|(_, r)| r.as_str());
     let flow = |i: usize, name: &str, label: &str| {
         html! {
@@ -480,7 +485,7 @@ async fn wizard(
                     div { label for="url" { "Other instance's URL (outgoing)" }
                         input #url type="url" name="url" placeholder="https://hub.example.com:8765" value=(d.url); }
                     div { label for="token" { "Sync token from the other instance (outgoing)" }
-                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…" value=(d.token); }
+                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…"; }
                 }
                 p.hint { "An outgoing replication is checked right away by a handshake with the other instance." }
                 fieldset #blob-source-rows {
@@ -1348,12 +1353,14 @@ async fn edit_form(
 }
 
 /// What the edit form shows: the saved values, or what was typed when a
-/// check failed (so nothing typed is lost).
+/// check failed (so nothing typed is lost but the secrets, which are
+/// never put in a page).
 struct EditValues {
     url: Option<String>,
+    /// The new sync token as typed (empty for saved values); never shown.
     token: String,
-    /// Blob sources as (URL, token) rows: saved ones with an empty token
-    /// (a stored token is never put in a page), typed ones as typed.
+    /// Blob sources as (URL, token) rows: saved ones with an empty token,
+    /// typed ones as typed. A token is never shown, stored or typed.
     sources: Vec<(String, String)>,
     include: String,
     exclude: String,
@@ -1404,6 +1411,9 @@ impl EditValues {
 
 fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, status: StatusCode) -> Response {
     let url = v.url.as_deref();
+    let typed = std::iter::once(v.token.as_str()).chain(v.sources.iter().map(|(_, t)| t.as_str()));
+    let msg = msg.map(|m| refusal_words(m, typed));
+    let msg = msg.as_deref();
     let saved: Vec<String> = o.config.blob_sources.iter().map(|b| b.url.clone()).collect();
     let body = html! {
         p.crumbs { a href={ "/replications/" (seg(&o.name)) } { "Replication " (o.name) } " / edit" }
@@ -1416,7 +1426,7 @@ fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, stat
                 div.grid2 {
                     div { label for="url" { "Other instance's URL" } input #url type="url" name="url" value=(u); }
                     div { label for="token" { "New sync token (empty: keep the current one)" }
-                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…" value=(v.token); }
+                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…"; }
                 }
             }
             @if url.is_some() {
@@ -1451,26 +1461,52 @@ fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, stat
 }
 
 /// The blob source rows of the wizard and the edit form: each row's URL
-/// and token as typed (saved rows come with an empty token). A row whose
-/// URL is among `saved` says that an empty token keeps the stored one. Up
-/// to two empty rows follow, within [`MAX_BLOB_SOURCES`].
+/// (as typed or saved) and a token field that is always empty — a token,
+/// stored or typed, is never put in a page. A row whose URL is among
+/// `saved` says that an empty token keeps the stored one. Up to two empty
+/// rows follow, within [`MAX_BLOB_SOURCES`].
 fn source_fields(rows: &[(String, String)], saved: &[String]) -> Markup {
     let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
     let empty = MAX_BLOB_SOURCES.saturating_sub(rows.len()).min(2);
-    let blank = (String::new(), String::new());
-    let rows = rows.iter().chain(std::iter::repeat_n(&blank, empty));
+    let urls = rows
+        .iter()
+        .map(|(u, _)| u.as_str())
+        .chain(std::iter::repeat_n("", empty));
     html! {
-        @for (i, (u, t)) in rows.enumerate() {
+        @for (i, u) in urls.enumerate() {
             @let keeps = !u.is_empty() && saved.iter().any(|s| same(s, u));
             div.grid2 {
                 div { label for={ "source-url-" (i) } { "Source " (i + 1) " URL" }
                     input id={ "source-url-" (i) } type="url" name="source_url" placeholder="http://cache.site:8765" value=(u); }
                 div { label for={ "source-token-" (i) } { "Source " (i + 1) " sync token" }
                     input id={ "source-token-" (i) } type="password" name="source_token" autocomplete="off"
-                        placeholder=(if keeps { "empty: keep the current one" } else { "fst_…" }) value=(t); }
+                        placeholder=(if keeps { "empty: keep the current one" } else { "fst_…" }); }
             }
         }
     }
+}
+
+/// What a refused form says: `msg`, with any of the secrets typed into it
+/// cut out (an engine or the other end may quote what it was given), and,
+/// when a secret was typed, that it has to be typed again — the form
+/// comes back with its token fields empty, since a secret is never put
+/// in a page.
+fn refusal_words<'a>(msg: &str, typed: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = msg.to_owned();
+    let mut any = false;
+    for secret in typed.into_iter().filter(|t| !t.is_empty()) {
+        any = true;
+        out = out.replace(secret, "…");
+    }
+    if any {
+        if !out.trim_end().ends_with(['.', '!', '?']) {
+            out = format!("{}.", out.trim_end());
+        }
+        out.push_str(
+            " The sync tokens you typed are not shown again: type them again before you send the form.",
+        );
+    }
+    out
 }
 
 /// The blob source rows of the wizard and the edit form, (URL, token)
