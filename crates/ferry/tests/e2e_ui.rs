@@ -4,7 +4,10 @@
 //! up entirely through the UI, a file is published on the hub with curl,
 //! "Run now" on the spoke copies it, and the execution and the spoke's
 //! feed browser show it. The wizard's handshake problems (wrong token,
-//! mode mismatch, unreachable) are shown as readable errors; the plan of
+//! mode mismatch, unreachable, a blob source that refuses its token) are
+//! shown as readable errors, with the typed tokens not sent back; a
+//! replication is created with a blob source; sizes and rates read in the
+//! CLI's binary units; the plan of
 //! a slow (capped) execution lists its items and why one would not move,
 //! and Stop on the overview ends it; a read-only key is
 //! offered no write action; a form posted from another origin is refused.

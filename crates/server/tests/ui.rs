@@ -1,6 +1,8 @@
 //! The web UI in process: sign-in and sign-out, the session cookie's
 //! flags, CSRF refusals, what a read-only key is offered and refused,
-//! escaping of hostile names, and the session cap.
+//! escaping of hostile names, and the session cap; the replication
+//! wizard and edit form (blob sources, refusals in plain words, typed
+//! tokens never sent back), plans in the CLI's binary units.
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -492,7 +492,7 @@ async fn wizard(
                     legend { "Blob sources (outgoing, optional)" }
                     p.hint { "Other Ferry instances (a site cache, a neighbouring spoke) asked for blobs before the other instance, in this order; metadata always comes from the other instance. \
                         Give each source's URL and a sync token of an incoming replication there. Each is checked when the replication is created. \
-                        Up to " (MAX_BLOB_SOURCES) "; more can be added on the replication's edit page." }
+                        Up to " (MAX_BLOB_SOURCES) " in all: rows beyond these two are added on the replication's edit page." }
                     (source_fields(&d.sources, &[]))
                 }
                 @if d.unreachable {
