@@ -808,19 +808,20 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
 /// A running execution's progress on one line: "running: 12/40 items,
 /// 3.1 MiB moved, 7.0 MiB to go, 1.0 MiB/s, about 7 s left (by bytes)".
 fn running_text(run: &Value) -> String {
-    let mib = |v: &Value| v.as_f64().map(|b| format!("{:.1} MiB", b / 1_048_576.0));
+    // The web UI shows these with the same rule.
+    let size = |v: &Value| v.as_f64().map(ferry_types::binary_size);
     let mut parts = vec![format!(
         "{}/{} items",
         run["items_done"].as_u64().unwrap_or(0),
         run["items_total"].as_u64().unwrap_or(0)
     )];
-    if let Some(b) = mib(&run["bytes_done"]) {
+    if let Some(b) = size(&run["bytes_done"]) {
         parts.push(format!("{b} moved"));
     }
-    if let Some(b) = mib(&run["bytes_remaining"]) {
+    if let Some(b) = size(&run["bytes_remaining"]) {
         parts.push(format!("{b} to go"));
     }
-    if let Some(b) = mib(&run["bytes_per_second"]) {
+    if let Some(b) = size(&run["bytes_per_second"]) {
         parts.push(format!("{b}/s"));
     }
     if let Some(eta) = run["eta_seconds"].as_f64() {

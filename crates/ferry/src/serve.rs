@@ -23,7 +23,11 @@ use crate::{listener, tls};
 /// what is still open, and returns `Ok` (exit 0).
 ///
 /// Errors: unreadable data directory, database or TLS files, a declared feed
-/// that exists with another type, or an address that cannot be bound.
+/// that exists with another type, or an address that cannot be bound. A
+/// start refused before it serves — the configuration file cannot be
+/// applied, a store cannot be opened — on a data directory that held no
+/// instance (SQLite) leaves that directory as it found it
+/// ([`FirstStart`]); one that held an instance keeps it as it was.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let fd_limit = listener::raise_fd_limit();
     let limits = listener::Limits {
@@ -59,60 +63,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("building the replication HTTP client")?;
 
     // A file that does not parse, or names a secret that cannot be read,
-    // is refused before anything is written to the data directory.
+    // is refused before anything is written to the data directory; one
+    // that cannot be applied on a data directory that held no instance
+    // leaves it as it was found.
     let decls = cfg.declarations()?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let (meta, replication_store): (Arc<dyn MetadataStore>, Arc<dyn ReplicationStore>) =
-        match &cfg.database_url {
-            Some(url) => {
-                let store = Arc::new(
-                    PgStore::connect(url)
-                        .await
-                        .context("connecting to the PostgreSQL database")?,
-                );
-                say!("metadata: PostgreSQL at {}", store.target());
-                (store.clone(), store)
+    let first = FirstStart::note(&cfg.data_dir, cfg.database_url.is_none());
+    let (ferry, replicator) = match open_and_declare(&cfg, decls, http).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            if let Some(first) = first {
+                first.undo();
             }
-            None => {
-                let path = cfg.data_dir.join("ferry.db");
-                let store = Arc::new(
-                    SqliteStore::open(&path)
-                        .await
-                        .context("opening metadata database")?,
-                );
-                say!("metadata: SQLite at {}", path.display());
-                (store.clone(), store)
-            }
-        };
-    let blobs = open_blobs(&cfg).await?;
-    let core_cfg = ferry_core::Config {
-        max_upload_bytes: cfg.max_upload_bytes,
-        max_clock_skew: Duration::from_secs(cfg.max_clock_skew_secs),
-        instance_name: cfg.instance_name.clone(),
-        peer_stale_intervals: cfg.peer_stale_intervals.max(1),
-        metrics_public: cfg.metrics_public,
-        base_url: cfg.base_url.clone(),
-        execution_lease: Duration::from_secs(cfg.execution_lease_secs.max(3)),
-        node_name: cfg.node_name.clone().or_else(|| default_node_name(cfg.listen)),
-        ..Default::default()
+            return Err(e);
+        }
     };
-    let ferry = Ferry::open(meta, blobs, core_cfg).await?;
-    let replicator = Replicator::with_http_client(ferry.clone(), replication_store, http);
-    tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
-
-    // Executions the last stop cut are closed before a declaration can
-    // start one of this run's.
-    replicator.close_interrupted().await?;
-    if let Some(decls) = decls {
-        let applied = ferry_server::declare::apply(&ferry, &replicator, &decls)
-            .await
-            .with_context(|| format!("applying {}", source_name(&cfg)))?;
-        log_applied(&applied);
-    }
-    // After the declarations: a file refused on an empty data directory
-    // leaves no admin key behind (the fixed file's start makes it).
-    ensure_admin_key(&ferry, &cfg.data_dir, cfg.database_url.is_some()).await?;
     if let Some(path) = cfg.source.clone() {
         reapply_on_sighup(path, ferry.clone(), replicator.clone())?;
     }
@@ -173,6 +137,175 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ferry.flush_downloads().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the stores and the instance in the data directory, closes the
+/// executions the last stop cut, applies the declarations and makes sure
+/// of the admin key: everything a start does before it serves. An error
+/// here is a refused start ([`FirstStart::undo`] then puts a data
+/// directory that held no instance back as it was).
+async fn open_and_declare(
+    cfg: &Config,
+    decls: Option<ferry_server::declare::Declarations>,
+    http: reqwest::Client,
+) -> anyhow::Result<(Ferry, Replicator)> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let (meta, replication_store): (Arc<dyn MetadataStore>, Arc<dyn ReplicationStore>) =
+        match &cfg.database_url {
+            Some(url) => {
+                let store = Arc::new(
+                    PgStore::connect(url)
+                        .await
+                        .context("connecting to the PostgreSQL database")?,
+                );
+                say!("metadata: PostgreSQL at {}", store.target());
+                (store.clone(), store)
+            }
+            None => {
+                let path = cfg.data_dir.join("ferry.db");
+                let store = Arc::new(
+                    SqliteStore::open(&path)
+                        .await
+                        .context("opening metadata database")?,
+                );
+                say!("metadata: SQLite at {}", path.display());
+                (store.clone(), store)
+            }
+        };
+    let blobs = open_blobs(cfg).await?;
+    let core_cfg = ferry_core::Config {
+        max_upload_bytes: cfg.max_upload_bytes,
+        max_clock_skew: Duration::from_secs(cfg.max_clock_skew_secs),
+        instance_name: cfg.instance_name.clone(),
+        peer_stale_intervals: cfg.peer_stale_intervals.max(1),
+        metrics_public: cfg.metrics_public,
+        base_url: cfg.base_url.clone(),
+        execution_lease: Duration::from_secs(cfg.execution_lease_secs.max(3)),
+        node_name: cfg.node_name.clone().or_else(|| default_node_name(cfg.listen)),
+        ..Default::default()
+    };
+    let ferry = Ferry::open(meta, blobs, core_cfg).await?;
+    let replicator = Replicator::with_http_client(ferry.clone(), replication_store, http);
+    tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
+
+    // Executions the last stop cut are closed before a declaration can
+    // start one of this run's.
+    replicator.close_interrupted().await?;
+    if let Some(decls) = decls {
+        let applied = ferry_server::declare::apply(&ferry, &replicator, &decls)
+            .await
+            .with_context(|| format!("applying {}", source_name(cfg)))?;
+        log_applied(&applied);
+    }
+    // After the declarations: a file refused on an empty data directory
+    // leaves no admin key behind (the fixed file's start makes it).
+    ensure_admin_key(&ferry, &cfg.data_dir, cfg.database_url.is_some()).await?;
+    Ok((ferry, replicator))
+}
+
+/// What a start may make in a data directory that held no instance: the
+/// SQLite database and its journal files, the blob folders, the admin key.
+const MADE_BY_A_FIRST_START: [&str; 6] = [
+    "ferry.db",
+    "ferry.db-wal",
+    "ferry.db-shm",
+    "blobs",
+    "blob-spool",
+    "admin.key",
+];
+
+/// A data directory as a start found it, when it held no instance (no
+/// `ferry.db`; metadata in SQLite): which of [`MADE_BY_A_FIRST_START`]
+/// were absent, what those that were there held (a blob folder without a
+/// database gets the store's folders), and which directories of its path
+/// did not exist. A refused start removes exactly what was not there
+/// ([`FirstStart::undo`]) and nothing else: whatever was there before
+/// stays. With a database URL the instance lives in the database, not
+/// here, and nothing is noted.
+struct FirstStart {
+    data_dir: std::path::PathBuf,
+    absent: Vec<&'static str>,
+    /// Folders among [`MADE_BY_A_FIRST_START`] that were there, with the
+    /// names they held.
+    present: Vec<(std::path::PathBuf, std::collections::HashSet<std::ffi::OsString>)>,
+    /// The data directory and the parents `create_dir_all` will make,
+    /// deepest first.
+    missing_dirs: Vec<std::path::PathBuf>,
+}
+
+impl FirstStart {
+    fn note(data_dir: &Path, sqlite: bool) -> Option<FirstStart> {
+        let exists = |p: &Path| p.symlink_metadata().is_ok();
+        if !sqlite || exists(&data_dir.join("ferry.db")) {
+            return None;
+        }
+        let mut missing_dirs = Vec::new();
+        let mut dir = data_dir;
+        while !dir.as_os_str().is_empty() && !exists(dir) {
+            missing_dirs.push(dir.to_path_buf());
+            match dir.parent() {
+                Some(parent) => dir = parent,
+                None => break,
+            }
+        }
+        let (absent, there): (Vec<&'static str>, Vec<&'static str>) = MADE_BY_A_FIRST_START
+            .into_iter()
+            .partition(|name| !exists(&data_dir.join(name)));
+        let present = there
+            .into_iter()
+            .map(|name| data_dir.join(name))
+            .filter(|p| p.is_dir())
+            .filter_map(|p| {
+                // Unreadable: nothing in it is removed.
+                let names = std::fs::read_dir(&p)
+                    .ok()?
+                    .filter_map(|e| e.ok().map(|e| e.file_name()))
+                    .collect();
+                Some((p, names))
+            })
+            .collect();
+        Some(FirstStart {
+            data_dir: data_dir.to_path_buf(),
+            absent,
+            present,
+            missing_dirs,
+        })
+    }
+
+    /// Removes what this start made: the entries noted absent, what is
+    /// new in the folders noted present, then the directories it created,
+    /// each only if empty by then. A failure is logged; the start's own
+    /// error is what the caller reports.
+    fn undo(self) {
+        let remove = |path: &Path| {
+            let removed = match path.symlink_metadata() {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+                Ok(_) => std::fs::remove_file(path),
+                Err(_) => return,
+            };
+            if let Err(e) = removed {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove what the refused start made");
+            }
+        };
+        for name in self.absent {
+            remove(&self.data_dir.join(name));
+        }
+        for (dir, held) in self.present {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.filter_map(Result::ok) {
+                if !held.contains(&e.file_name()) {
+                    remove(&e.path());
+                }
+            }
+        }
+        for dir in self.missing_dirs {
+            // Not empty: something else is in it now, and it stays.
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
 }
 
 /// The admin key: `FERRY_ADMIN_KEY` if set; else the one in

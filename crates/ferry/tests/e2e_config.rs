@@ -272,6 +272,8 @@ fn a_refused_file_on_an_empty_data_directory_leaves_no_admin_key_behind() {
     assert!(!out.status.success(), "{said}");
     assert!(!data.join("admin.key").exists(), "{said}");
     assert!(!said.contains("admin API key"), "{said}");
+    // Nor anything else: the data directory did not exist, and does not.
+    assert!(!data.exists(), "the refused start left {:?}", listing(&data));
     // A secret that cannot be read: refused before the data directory exists.
     let unreadable = write(
         tmp.path(),
@@ -283,6 +285,151 @@ fn a_refused_file_on_an_empty_data_directory_leaves_no_admin_key_behind() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no-such.token"), "{err}");
     assert!(!fresh.exists(), "the data directory was written: {err}");
+}
+
+/// The names under `dir`, recursively, sorted (empty when it is absent).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `ferry serve --config conf --data-dir data` without an admin key in
+/// the environment, until it ends: (succeeded, what it said).
+fn serve_once(conf: &Path, data: &Path) -> (bool, String) {
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env("FERRY_CONFIG", conf)
+        .env_remove("FERRY_ADMIN_KEY")
+        .env_remove("FERRY_DATABASE_URL")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+/// A file that parses but whose declarations cannot be applied — a
+/// replication of a feed that is neither declared nor there, or one the
+/// other end refuses — leaves a data directory that held no instance as
+/// it found it: not created, still empty, or with only what it held (no
+/// database, journal, blob folder or key made by the start). One that
+/// held an instance keeps it whole.
+#[test]
+fn a_file_that_cannot_be_applied_leaves_a_data_directory_without_an_instance_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let undeclared = write(
+        tmp.path(),
+        "undeclared.toml",
+        "[[feeds]]\nname = \"files\"\ntype = \"assets\"\n\n[[replications]]\nname = \"r\"\nfeeds = [\"missing\"]\nmode = \"push\"\n",
+    );
+
+    // Not there, nor its parent: neither is made.
+    let parent = tmp.path().join("new");
+    let nested = parent.join("data");
+    let (ok, said) = serve_once(&undeclared, &nested);
+    assert!(
+        !ok && said.contains("line 5") && said.contains("missing"),
+        "{said}"
+    );
+    assert!(!parent.exists(), "the refused start left {:?}", listing(&parent));
+
+    // There and empty: stays, empty.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (ok, said) = serve_once(&undeclared, &empty);
+    assert!(!ok, "{said}");
+    assert_eq!(listing(&empty), Vec::<String>::new(), "{said}");
+
+    // Holding other things (even a blob folder, without a database): they
+    // stay, and only they.
+    let kept = tmp.path().join("kept");
+    std::fs::create_dir_all(kept.join("blobs")).unwrap();
+    std::fs::write(kept.join("blobs/keep.me"), b"mine").unwrap();
+    std::fs::write(kept.join("notes.txt"), b"mine too").unwrap();
+    let (ok, said) = serve_once(&undeclared, &kept);
+    assert!(!ok, "{said}");
+    assert_eq!(listing(&kept), ["blobs", "blobs/keep.me", "notes.txt"], "{said}");
+    assert_eq!(std::fs::read(kept.join("blobs/keep.me")).unwrap(), b"mine");
+
+    // The other end refuses the replication (a token it does not know).
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    hub.incoming("edge", &["files"], "push");
+    let refused = write(
+        tmp.path(),
+        "refused.toml",
+        &format!(
+            "[[feeds]]\nname = \"files\"\ntype = \"assets\"\n\n[[replications]]\nname = \"from-hub\"\nfeeds = [\"files\"]\n\
+             outgoing = \"{}\"\ntoken = \"fst_00000000000000ab_{}\"\nmode = \"pull\"\n",
+            hub.url,
+            "ab".repeat(32)
+        ),
+    );
+    let fresh = tmp.path().join("fresh");
+    let (ok, said) = serve_once(&refused, &fresh);
+    assert!(!ok && said.contains("line 5"), "{said}");
+    assert!(!fresh.exists(), "the refused start left {:?}", listing(&fresh));
+
+    // A data directory that holds an instance keeps all of it.
+    let good = write(
+        tmp.path(),
+        "good.toml",
+        "[[feeds]]\nname = \"files\"\ntype = \"assets\"\n",
+    );
+    let held = tmp.path().join("held");
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&held)
+        .env("FERRY_CONFIG", &good)
+        .env_remove("FERRY_ADMIN_KEY")
+        .env_remove("FERRY_DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let url = lines
+        .find_map(|l| l.ok()?.strip_prefix("listening on ").map(str::to_owned))
+        .expect("the first start did not listen");
+    // Serving (its signal handlers in place) before it is stopped.
+    assert!(wait_until(10, || support::curl(&[&format!("{url}/health")]).0 == 200));
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    child.wait().unwrap();
+    let key = std::fs::read_to_string(held.join("admin.key")).unwrap();
+    let before = listing(&held);
+    assert!(before.contains(&"ferry.db".to_string()), "{before:?}");
+    let (ok, said) = serve_once(&undeclared, &held);
+    assert!(!ok, "{said}");
+    let after = listing(&held);
+    for entry in &before {
+        // The journal files come and go with the database's connections.
+        if !entry.starts_with("ferry.db-") {
+            assert!(after.contains(entry), "{entry} is gone: {after:?}");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(held.join("admin.key")).unwrap(), key);
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! up entirely through the UI, a file is published on the hub with curl,
 //! "Run now" on the spoke copies it, and the execution and the spoke's
 //! feed browser show it. The wizard's handshake problems (wrong token,
-//! mode mismatch, unreachable) are shown as readable errors; the plan of
+//! mode mismatch, unreachable, a blob source that refuses its token) are
+//! shown as readable errors, with the typed tokens not sent back; a
+//! replication is created with a blob source; sizes and rates read in the
+//! CLI's binary units; the plan of
 //! a slow (capped) execution lists its items and why one would not move,
 //! and Stop on the overview ends it; a read-only key is
 //! offered no write action; a form posted from another origin is refused.
@@ -321,7 +324,10 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     css(&c, "input[name=anyway]").await;
     shot(&c, "wizard-error-unreachable").await;
 
-    // The right one.
+    // A blob source that refuses its token (a Ferry instance that knows
+    // no such token): said on the form, nothing created, and the tokens
+    // typed are not sent back.
+    let source_secret = "d4".repeat(32);
     wizard(
         &c,
         &spoke,
@@ -331,6 +337,63 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         "pull",
     )
     .await;
+    fill(&c, "#source-url-0", &spoke.url).await;
+    fill(
+        &c,
+        "#source-token-0",
+        &format!("fst_00000000000000d4_{source_secret}"),
+    )
+    .await;
+    submit_wizard(&c).await;
+    let err = css(&c, "p.error").await.text().await.unwrap();
+    assert!(
+        err.contains(&format!("blob source {}", spoke.url)) && err.contains("does not accept the token"),
+        "{err}"
+    );
+    assert!(err.contains("type them again"), "{err}");
+    assert_eq!(
+        css(&c, "#source-url-0")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(spoke.url.as_str())
+    );
+    for field in ["#token", "#source-token-0"] {
+        let v = css(&c, field).await.prop("value").await.unwrap();
+        assert_eq!(v.as_deref(), Some(""), "{field} came back filled");
+    }
+    let html = c.source().await.unwrap();
+    assert!(
+        !html.contains(&source_secret) && !html.contains(&token[21..]),
+        "a typed token is in the page"
+    );
+    assert!(!spoke.cli_ok(&["replication", "list"]).contains("from-hub"));
+    shot(&c, "wizard-error-source").await;
+
+    // The right one, with a blob source that is not running yet (accepted:
+    // runs leave it out while it stays so): listed on its page.
+    let cache = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    wizard(
+        &c,
+        &spoke,
+        "from-hub",
+        "releases",
+        Some((&hub.url, &token)),
+        "pull",
+    )
+    .await;
+    fill(&c, "#source-url-0", &cache).await;
+    fill(
+        &c,
+        "#source-token-0",
+        &format!("fst_00000000000000d4_{source_secret}"),
+    )
+    .await;
     submit_wizard(&c).await;
     css(&c, "dl.values").await;
     let t = text(&c).await;
@@ -338,6 +401,9 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         t.contains("Replication from-hub") && t.contains("outgoing"),
         "{t}"
     );
+    let listed = css(&c, "#blob-sources").await.text().await.unwrap();
+    assert!(listed.contains(&cache), "{listed}");
+    assert!(!c.source().await.unwrap().contains(&source_secret));
 
     // ---- Run now on the overview; the execution succeeds with its counts and log.
     // (The spoke's first scheduled run, and its long poll of the hub, may
@@ -490,14 +556,18 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     css(&c, "table.executions").await;
     shot(&c, "executions").await;
     // ---- a slow execution: the plan lists its items, and Stop ends it.
-    // A cap of 1 KB/s and an exclude pattern, set on the edit page.
+    // A cap of 1000 bytes/s and an exclude pattern, set on the edit page.
     c.goto(&format!("{}/replications/from-hub/edit", spoke.url))
         .await
         .unwrap();
     fill(&c, "#bandwidth", "1000").await;
     fill(&c, "#exclude", "*.tmp").await;
     click(&c, "form.card button[type=submit]").await;
-    css(&c, "dl.values").await;
+    let values = css(&c, "dl.values").await.text().await.unwrap();
+    assert!(
+        values.contains("1000 B/s"),
+        "the cap, as the CLI writes sizes: {values}"
+    );
     hub.put_asset("releases", "tools/app-2.0.tar.gz", &vec![b'2'; 300_000]);
     hub.put_asset("releases", "notes.tmp", b"scratch\n");
     c.goto(&format!("{}/", spoke.url)).await.unwrap();
@@ -512,15 +582,15 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         moving.contains("tools/app-2.0.tar.gz") && moving.contains("copy"),
         "{t}"
     );
-    // Its size, and the total to move.
-    assert!(moving.contains("300.0 KB"), "{t}");
+    // Its size, and the total to move, in the CLI's binary units.
+    assert!(moving.contains("293.0 KiB"), "{t}");
     assert!(
         css(&c, "#plan-total")
             .await
             .text()
             .await
             .unwrap()
-            .contains("300.0 KB"),
+            .contains("293.0 KiB"),
         "{t}"
     );
     let staying = css(&c, "table[data-plan=stay]").await.text().await.unwrap();
@@ -530,6 +600,16 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     );
     shot(&c, "plan").await;
     c.goto(&format!("{}/", spoke.url)).await.unwrap();
+    // The running execution's progress reads as the CLI's does: what is
+    // left of the 293 KiB at 1000 bytes/s, in KiB on both.
+    let progress = wait_text(&c, "KiB to go").await;
+    assert!(progress.contains("KiB to go"), "{progress}");
+    assert!(
+        !progress.contains(" KB") && !progress.contains(" MB"),
+        "decimal units on the overview: {progress}"
+    );
+    let listed = spoke.cli_ok(&["replication", "list"]);
+    assert!(listed.contains("KiB to go"), "{listed}");
     shot(&c, "overview-running").await;
     click(&c, stop).await;
     css(&c, "#overview").await;

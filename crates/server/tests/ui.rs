@@ -1,6 +1,8 @@
 //! The web UI in process: sign-in and sign-out, the session cookie's
 //! flags, CSRF refusals, what a read-only key is offered and refused,
-//! escaping of hostile names, and the session cap.
+//! escaping of hostile names, and the session cap; the replication
+//! wizard and edit form (blob sources, refusals in plain words, typed
+//! tokens never sent back), plans in the CLI's binary units.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -1019,7 +1021,8 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
         .json();
     assert_eq!(o["config"]["url"], closed.as_str(), "{o}");
 
-    // A failing check on the edit page keeps every typed value.
+    // A failing check on the edit page keeps every typed value but the
+    // token, which is asked for again.
     let other_closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
@@ -1045,7 +1048,7 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     assert!(t.contains(&format!("Nothing answers at {other_closed}")), "{t}");
     for typed in [
         format!("value=\"{other_closed}\""),
-        "value=\"fst_typed_token\"".into(),
+        "type them again".into(),
         "value=\"45\"".into(),
         "value=\"123456\"".into(),
         ">keep/**</textarea>".into(),
@@ -1053,6 +1056,10 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     ] {
         assert!(t.contains(&typed), "{typed} lost: {t}");
     }
+    assert!(
+        !t.contains("fst_typed_token"),
+        "the typed token is in the page: {t}"
+    );
     let o = api(&spoke, "GET", "/api/v1/replications/to-hub", None)
         .await
         .json();
@@ -1557,10 +1564,10 @@ async fn the_plan_lists_each_item_and_why_it_would_not_move() {
         html[at..at + html[at..].find("</tr>").unwrap()].to_string()
     };
     assert!(row("new.txt").contains(">copy<"), "{}", row("new.txt"));
-    // Its size, and the total to move.
-    assert!(row("new.txt").contains(">200.0 KB<"), "{}", row("new.txt"));
+    // Its size, and the total to move, in the CLI's binary units.
+    assert!(row("new.txt").contains(">195.3 KiB<"), "{}", row("new.txt"));
     assert!(
-        html.contains("Bytes to move: <strong>200.0 KB</strong>"),
+        html.contains("Bytes to move: <strong>195.3 KiB</strong>"),
         "{html}"
     );
     // Items the same on both sides are listed as such, even with no change
@@ -1731,7 +1738,7 @@ async fn a_push_plan_lists_what_is_the_same_and_what_it_would_copy() {
         html.contains("Would move (1)") && html.contains("Would not move (1)"),
         "{html}"
     );
-    assert!(html.contains("Bytes to move: <strong>2.5 KB</strong>"), "{html}");
+    assert!(html.contains("Bytes to move: <strong>2.4 KiB</strong>"), "{html}");
     let at = html
         .find("<code class=\"break\">a.txt</code>")
         .expect("a.txt listed");
@@ -1918,7 +1925,9 @@ async fn blob_sources_are_edited_listed_by_url_and_their_tokens_never_shown() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{t}");
         assert!(t.contains(reason), "{reason}: {t}");
         assert!(!t.contains("<script>alert(1)</script>"), "not escaped: {t}");
-        no_secret(&t.replace(&token_a, ""), "refusal");
+        // Not even the token just typed comes back.
+        assert!(!t.contains(&token_a), "the typed token is in the page: {t}");
+        no_secret(&t, "refusal");
         assert_eq!(cfg_sources().await, before);
     }
 
@@ -1935,4 +1944,208 @@ async fn blob_sources_are_edited_listed_by_url_and_their_tokens_never_shown() {
     assert!(cleared.is_null() || cleared == serde_json::json!([]), "{cleared}");
     let detail = page(&spoke, &cookie, "/replications/from-hub").await.text();
     assert!(detail.contains("none (every blob comes from the other instance)"));
+}
+
+/// The wizard offers blob sources: a source is checked as on the edit
+/// page, a refused one is said on the form and creates nothing, an
+/// accepted one is listed on the new replication's page.
+#[tokio::test]
+async fn the_wizard_takes_blob_sources_and_a_refused_one_creates_nothing() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let hub_url = hub.serve().await;
+    // A site cache: another instance with an incoming replication that sends.
+    let cache = Instance::new().await;
+    cache.feed("files", FeedType::Assets, false).await;
+    let cache_token = cache.incoming("site", &["files"], "push").await;
+    let cache_url = cache.serve().await;
+    let spoke = Instance::new().await;
+    spoke.feed("files", FeedType::Assets, false).await;
+    let cookie = session(&spoke, ADMIN).await;
+
+    // The fresh wizard offers two empty source rows.
+    let fresh = page(&spoke, &cookie, "/replications/new").await.text();
+    assert_eq!(fresh.matches("name=\"source_url\"").count(), 2, "{fresh}");
+    assert_eq!(fresh.matches("name=\"source_token\"").count(), 2, "{fresh}");
+
+    let wrong = format!("fst_00000000000000d4_{}", "d4".repeat(32));
+    for (rows, status, reason) in [
+        // Refused by the source itself, at create.
+        (
+            vec![
+                ("source_url", cache_url.as_str()),
+                ("source_token", wrong.as_str()),
+            ],
+            StatusCode::BAD_REQUEST,
+            format!("blob source {cache_url} cannot serve replication to-hub: it does not accept the token"),
+        ),
+        // Refused by the same checks as on the edit page.
+        (
+            vec![
+                ("source_url", "ftp://cache.site"),
+                ("source_token", cache_token.as_str()),
+            ],
+            StatusCode::BAD_REQUEST,
+            "blob source &quot;ftp://cache.site&quot; must be an http:// or https:// URL with a host".into(),
+        ),
+        (
+            vec![("source_url", "http://new.site"), ("source_token", "")],
+            StatusCode::BAD_REQUEST,
+            "blob source http://new.site needs a sync token".into(),
+        ),
+        (
+            vec![("source_url", ""), ("source_token", cache_token.as_str())],
+            StatusCode::BAD_REQUEST,
+            "Blob source 1 has a sync token but no URL".into(),
+        ),
+        (
+            vec![
+                ("source_url", hub_url.as_str()),
+                ("source_token", cache_token.as_str()),
+            ],
+            StatusCode::BAD_REQUEST,
+            "own peer; name other instances".into(),
+        ),
+    ] {
+        let r = wizard_post(&spoke, &cookie, &hub_url, &token, "pull", &rows).await;
+        let t = r.text();
+        assert_eq!(r.status, status, "{reason}: {t}");
+        assert!(t.contains("class=\"error\""), "{t}");
+        assert!(t.contains(&reason), "{reason}: {t}");
+        nothing_created(&spoke).await;
+    }
+
+    // Accepted: created, and listed by URL on its page.
+    let r = wizard_post(
+        &spoke,
+        &cookie,
+        &hub_url,
+        &token,
+        "pull",
+        &[("source_url", &cache_url), ("source_token", &cache_token)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let cfg = api(&spoke, "GET", "/api/v1/replications/to-hub", None)
+        .await
+        .json();
+    assert_eq!(
+        cfg["config"]["blob_sources"][0]["url"],
+        cache_url.as_str(),
+        "{cfg}"
+    );
+    let detail = page(&spoke, &cookie, "/replications/to-hub").await.text();
+    assert!(detail.contains(&format!("<code>{cache_url}</code>")), "{detail}");
+}
+
+/// A refused form comes back with what was typed, but never a secret: the
+/// token fields are empty and the error says to type them again.
+#[tokio::test]
+async fn a_refused_form_never_sends_a_typed_secret_back() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let hub_url = hub.serve().await;
+    let spoke = Instance::new().await;
+    spoke.feed("files", FeedType::Assets, false).await;
+    let cookie = session(&spoke, ADMIN).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let typed_source = format!("fst_00000000000000e5_{}", "e5".repeat(32));
+    let secrets = |t: &str| -> Vec<String> {
+        [token.as_str(), typed_source.as_str()]
+            .into_iter()
+            .flat_map(|s| [s.to_owned(), s.rsplit('_').next().unwrap().to_owned()])
+            .filter(|s| t.contains(s.as_str()))
+            .collect()
+    };
+
+    // The wizard: the other end cannot be reached; the URL, the source's
+    // URL and the name come back, the tokens do not.
+    let r = wizard_post(
+        &spoke,
+        &cookie,
+        &closed,
+        &token,
+        "pull",
+        &[
+            ("source_url", "http://cache.site:8765"),
+            ("source_token", &typed_source),
+        ],
+    )
+    .await;
+    let t = r.text();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{t}");
+    assert!(t.contains("Nothing answers at"), "{t}");
+    assert_eq!(
+        secrets(&t),
+        Vec::<String>::new(),
+        "a typed token is in the page: {t}"
+    );
+    assert!(t.contains("type them again"), "{t}");
+    assert!(
+        t.contains(&format!("value=\"{closed}\""))
+            && t.contains("value=\"http://cache.site:8765\"")
+            && t.contains("value=\"to-hub\""),
+        "{t}"
+    );
+    // The wizard refused by a check of its own, with a token typed.
+    let r = wizard_post(&spoke, &cookie, &hub_url, &token, "pull", &[("interval", "0")]).await;
+    let t = r.text();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{t}");
+    assert!(
+        t.contains("must be at least 1 second") && t.contains("type them again"),
+        "{t}"
+    );
+    assert_eq!(
+        secrets(&t),
+        Vec::<String>::new(),
+        "a typed token is in the page: {t}"
+    );
+    nothing_created(&spoke).await;
+    // Nothing typed: nothing to type again.
+    let r = wizard_post(&spoke, &cookie, "", "", "pull", &[]).await;
+    let t = r.text();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{t}");
+    assert!(!t.contains("type them again"), "{t}");
+
+    // The edit form: a new token the other end refuses, and a source.
+    let r = wizard_post(&spoke, &cookie, &hub_url, &token, "pull", &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let csrf = csrf_of(&page(&spoke, &cookie, "/replications/to-hub/edit").await);
+    let wrong = format!("fst_00000000000000f6_{}", "f6".repeat(32));
+    let r = post(
+        &spoke,
+        &cookie,
+        "/replications/to-hub/edit",
+        Some(ORIGIN),
+        &[
+            ("csrf", &csrf),
+            ("url", &hub_url),
+            ("token", &wrong),
+            ("interval", "60"),
+            ("blob_sources_form", "1"),
+            ("source_url", "http://cache.site:8765"),
+            ("source_token", &typed_source),
+        ],
+    )
+    .await;
+    let t = r.text();
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{t}");
+    for s in [&wrong, &"f6".repeat(32), &typed_source, &"e5".repeat(32)] {
+        assert!(!t.contains(s.as_str()), "a typed token is in the page: {t}");
+    }
+    assert!(t.contains("type them again"), "{t}");
+    assert!(t.contains("value=\"http://cache.site:8765\""), "{t}");
+    // A new source's row does not say its empty token keeps one.
+    assert!(!t.contains("placeholder=\"empty: keep the current one\""), "{t}");
+
+    // Sign-in: a wrong key is not put back either.
+    let typed_key = "ferry_k_not-known-here-0123456789";
+    let r = sign_in(&spoke, typed_key).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(!r.text().contains(typed_key), "{}", r.text());
 }

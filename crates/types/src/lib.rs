@@ -5,11 +5,13 @@
 
 mod digest;
 mod names;
+mod size;
 mod stamp;
 mod time;
 
 pub use digest::{Digest, Sha256Hasher};
 pub use names::{FeedName, FeedType, ItemKey};
+pub use size::binary_size;
 pub use stamp::{Hlc, InstanceId, Stamp};
 pub use time::rfc3339_millis;
 

@@ -652,19 +652,14 @@ pub(crate) fn when_text(t: &str) -> String {
     }
 }
 
+/// A size as the CLI prints it too ([`ferry_types::binary_size`]).
 pub(crate) fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    ferry_types::binary_size(n as f64)
+}
+
+/// A rate as the CLI prints it too: a size per second.
+pub(crate) fn rate(bytes_per_second: f64) -> String {
+    format!("{}/s", ferry_types::binary_size(bytes_per_second))
 }
 
 pub(crate) fn duration(secs: f64) -> String {

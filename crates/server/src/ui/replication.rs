@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Fields, Nav, Posted, Signed, bytes, csrf_field, duration, page, post_button, problem, seg, when,
+    Fields, Nav, Posted, Signed, bytes, csrf_field, duration, page, post_button, problem, rate, seg, when,
     when_text,
 };
 use crate::AppState;
@@ -70,12 +70,12 @@ fn direction(o: &Overview) -> Markup {
     }
 }
 
-/// "12 of 40 items · 3.1 MB · 7.0 MB to go · 1.0 MB/s · about 7 s left"
+/// "12 of 40 items · 3.1 MiB · 7.0 MiB to go · 1.0 MiB/s · about 7 s left"
 fn progress_text(running: &Value) -> String {
     let done = running["items_done"].as_u64().unwrap_or(0);
     let total = running["items_total"].as_u64().unwrap_or(0);
     let b = running["bytes_done"].as_u64().unwrap_or(0);
-    let rate = running["bytes_per_second"].as_f64().unwrap_or(0.0);
+    let per_second = running["bytes_per_second"].as_f64().unwrap_or(0.0);
     let mut s = if total > 0 {
         format!("{done} of {total} items")
     } else {
@@ -85,8 +85,8 @@ fn progress_text(running: &Value) -> String {
     if let Some(left) = running["bytes_remaining"].as_u64() {
         s.push_str(&format!(" · {} to go", bytes(left)));
     }
-    if rate > 0.0 {
-        s.push_str(&format!(" · {}/s", bytes(rate as u64)));
+    if per_second > 0.0 {
+        s.push_str(&format!(" · {}", rate(per_second)));
     }
     if let Some(eta) = running["eta_seconds"].as_f64() {
         s.push_str(&format!(" · about {} left", duration(eta)));
@@ -300,7 +300,11 @@ struct Draft {
     feeds: Vec<(String, String)>,
     direction: String,
     url: String,
+    /// The sync token as typed: used for the request, never put back in a page.
     token: String,
+    /// Blob sources as (URL, token) rows, as typed; the tokens are used
+    /// for the request and never put back in a page.
+    sources: Vec<(String, String)>,
     mode: String,
     flows: [bool; 4],
     include: String,
@@ -337,6 +341,10 @@ impl Draft {
             direction: f.get("direction").to_owned(),
             url: f.get("url").trim().to_owned(),
             token: f.get("token").trim().to_owned(),
+            sources: source_rows(f)
+                .into_iter()
+                .map(|(u, t)| (u.to_owned(), t.to_owned()))
+                .collect(),
             mode: f.get("mode").to_owned(),
             flows: [
                 f.on("pull_missing"),
@@ -381,6 +389,12 @@ impl Draft {
                 "An outgoing replication needs the other instance's URL and the sync token it gave you (step 2).",
             ));
         }
+        let rows: Vec<(&str, &str)> = self
+            .sources
+            .iter()
+            .map(|(u, t)| (u.as_str(), t.as_str()))
+            .collect();
+        let blob_sources = blob_sources(&rows)?;
         let custom = self.mode == "custom";
         Ok(CreateRequest {
             name: self.name.clone(),
@@ -397,6 +411,7 @@ impl Draft {
             interval: number(&self.interval, "The interval")?,
             carry_downloads: self.carry_downloads,
             bandwidth_limit: number(&self.bandwidth, "The bandwidth cap")?,
+            blob_sources,
             ..CreateRequest::default()
         })
     }
@@ -421,6 +436,9 @@ async fn wizard(
     status: StatusCode,
 ) -> Result<Response, ApiError> {
     let feeds = st.ferry.feeds().await.map_err(html_err)?;
+    let typed = std::iter::once(d.token.as_str()).chain(d.sources.iter().map(|(_, t)| t.as_str()));
+    let msg = msg.map(|m| refusal_words(m, typed));
+    let msg = msg.as_deref();
     let chosen = |name: &str| d.feeds.iter().find(|(l, _)| l == name).map(|(_, r)| r.as_str());
     let flow = |i: usize, name: &str, label: &str| {
         html! {
@@ -467,9 +485,16 @@ async fn wizard(
                     div { label for="url" { "Other instance's URL (outgoing)" }
                         input #url type="url" name="url" placeholder="https://hub.example.com:8765" value=(d.url); }
                     div { label for="token" { "Sync token from the other instance (outgoing)" }
-                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…" value=(d.token); }
+                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…"; }
                 }
                 p.hint { "An outgoing replication is checked right away by a handshake with the other instance." }
+                fieldset #blob-source-rows {
+                    legend { "Blob sources (outgoing, optional)" }
+                    p.hint { "Other Ferry instances (a site cache, a neighbouring spoke) asked for blobs before the other instance, in this order; metadata always comes from the other instance. \
+                        Give each source's URL and a sync token of an incoming replication there. Each is checked when the replication is created. \
+                        Up to " (MAX_BLOB_SOURCES) " in all: rows beyond these two are added on the replication's edit page." }
+                    (source_fields(&d.sources, &[]))
+                }
                 @if d.unreachable {
                     label.check { input type="checkbox" name="anyway" value="1" checked[d.anyway];
                         " Create it anyway: the other instance is not running yet (executions keep trying to reach it)" }
@@ -839,7 +864,7 @@ async fn detail(
             }
             @if !o.config.include.is_empty() { dt { "Include" } dd { (o.config.include.join(", ")) } }
             @if !o.config.exclude.is_empty() { dt { "Exclude" } dd { (o.config.exclude.join(", ")) } }
-            dt { "Bandwidth cap" } dd { (o.config.bandwidth_limit.map(|b| format!("{}/s", bytes(b))).unwrap_or_else(|| "none".into())) }
+            dt { "Bandwidth cap" } dd { (o.config.bandwidth_limit.map(|b| rate(b as f64)).unwrap_or_else(|| "none".into())) }
         }
         @if !o.config.is_outgoing() {
             h2 { "Sync tokens" }
@@ -1328,12 +1353,14 @@ async fn edit_form(
 }
 
 /// What the edit form shows: the saved values, or what was typed when a
-/// check failed (so nothing typed is lost).
+/// check failed (so nothing typed is lost but the secrets, which are
+/// never put in a page).
 struct EditValues {
     url: Option<String>,
+    /// The new sync token as typed (empty for saved values); never shown.
     token: String,
-    /// Blob sources as (URL, token) rows: saved ones with an empty token
-    /// (a stored token is never put in a page), typed ones as typed.
+    /// Blob sources as (URL, token) rows: saved ones with an empty token,
+    /// typed ones as typed. A token is never shown, stored or typed.
     sources: Vec<(String, String)>,
     include: String,
     exclude: String,
@@ -1384,8 +1411,10 @@ impl EditValues {
 
 fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, status: StatusCode) -> Response {
     let url = v.url.as_deref();
-    // Up to two empty rows to add sources with, within the limit.
-    let empty_row = (String::new(), String::new());
+    let typed = std::iter::once(v.token.as_str()).chain(v.sources.iter().map(|(_, t)| t.as_str()));
+    let msg = msg.map(|m| refusal_words(m, typed));
+    let msg = msg.as_deref();
+    let saved: Vec<String> = o.config.blob_sources.iter().map(|b| b.url.clone()).collect();
     let body = html! {
         p.crumbs { a href={ "/replications/" (seg(&o.name)) } { "Replication " (o.name) } " / edit" }
         h1 { "Edit replication " (o.name) }
@@ -1397,7 +1426,7 @@ fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, stat
                 div.grid2 {
                     div { label for="url" { "Other instance's URL" } input #url type="url" name="url" value=(u); }
                     div { label for="token" { "New sync token (empty: keep the current one)" }
-                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…" value=(v.token); }
+                        input #token type="password" name="token" autocomplete="off" placeholder="fst_…"; }
                 }
             }
             @if url.is_some() {
@@ -1409,15 +1438,7 @@ fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, stat
                     p.hint { "Other Ferry instances (a site cache, a neighbouring spoke) asked for blobs before this one's peer, in this order; metadata always comes from the peer. \
                         Give each source's URL and a sync token of an incoming replication there. \
                         An empty token keeps the one stored for that URL; an empty URL removes the row." }
-                    @for (i, (u, t)) in v.sources.iter().chain(std::iter::repeat_n(&empty_row, MAX_BLOB_SOURCES.saturating_sub(v.sources.len()).min(2))).enumerate() {
-                        div.grid2 {
-                            div { label for={ "source-url-" (i) } { "Source " (i + 1) " URL" }
-                                input id={ "source-url-" (i) } type="url" name="source_url" placeholder="http://cache.site:8765" value=(u); }
-                            div { label for={ "source-token-" (i) } { "Source " (i + 1) " sync token" }
-                                input id={ "source-token-" (i) } type="password" name="source_token" autocomplete="off"
-                                    placeholder=(if u.is_empty() { "fst_…" } else { "empty: keep the current one" }) value=(t); }
-                        }
-                    }
+                    (source_fields(&v.sources, &saved))
                 }
             }
             div.grid2 {
@@ -1439,8 +1460,57 @@ fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, stat
     resp
 }
 
-/// The blob source rows of the edit form, (URL, token) trimmed, rows
-/// left wholly empty dropped.
+/// The blob source rows of the wizard and the edit form: each row's URL
+/// (as typed or saved) and a token field that is always empty — a token,
+/// stored or typed, is never put in a page. A row whose URL is among
+/// `saved` says that an empty token keeps the stored one. Up to two empty
+/// rows follow, within [`MAX_BLOB_SOURCES`].
+fn source_fields(rows: &[(String, String)], saved: &[String]) -> Markup {
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    let empty = MAX_BLOB_SOURCES.saturating_sub(rows.len()).min(2);
+    let urls = rows
+        .iter()
+        .map(|(u, _)| u.as_str())
+        .chain(std::iter::repeat_n("", empty));
+    html! {
+        @for (i, u) in urls.enumerate() {
+            @let keeps = !u.is_empty() && saved.iter().any(|s| same(s, u));
+            div.grid2 {
+                div { label for={ "source-url-" (i) } { "Source " (i + 1) " URL" }
+                    input id={ "source-url-" (i) } type="url" name="source_url" placeholder="http://cache.site:8765" value=(u); }
+                div { label for={ "source-token-" (i) } { "Source " (i + 1) " sync token" }
+                    input id={ "source-token-" (i) } type="password" name="source_token" autocomplete="off"
+                        placeholder=(if keeps { "empty: keep the current one" } else { "fst_…" }); }
+            }
+        }
+    }
+}
+
+/// What a refused form says: `msg`, with any of the secrets typed into it
+/// cut out (an engine or the other end may quote what it was given), and,
+/// when a secret was typed, that it has to be typed again — the form
+/// comes back with its token fields empty, since a secret is never put
+/// in a page.
+fn refusal_words<'a>(msg: &str, typed: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = msg.to_owned();
+    let mut any = false;
+    for secret in typed.into_iter().filter(|t| !t.is_empty()) {
+        any = true;
+        out = out.replace(secret, "…");
+    }
+    if any {
+        if !out.trim_end().ends_with(['.', '!', '?']) {
+            out = format!("{}.", out.trim_end());
+        }
+        out.push_str(
+            " The sync tokens you typed are not shown again: type them again before you send the form.",
+        );
+    }
+    out
+}
+
+/// The blob source rows of the wizard and the edit form, (URL, token)
+/// trimmed, rows left wholly empty dropped.
 fn source_rows(f: &Fields) -> Vec<(&str, &str)> {
     let urls = f.all("source_url");
     let tokens = f.all("source_token");
@@ -1455,7 +1525,7 @@ fn source_rows(f: &Fields) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// The blob sources the edit form asks for, in its order: each row's URL
+/// The blob sources the wizard or the edit form asks for, in its order: each row's URL
 /// with its token. A row whose token is left empty is sent without one,
 /// which keeps the token stored for that URL ([`UpdateRequest`]: as the
 /// outgoing token, empty keeps it); the list is checked there.
