@@ -125,11 +125,21 @@ impl FrameReader {
     /// The next chunk of at most `left` bytes of the current frame.
     /// Errors: the body broke or ended early.
     pub async fn chunk(&mut self, left: u64) -> std::io::Result<Bytes> {
-        if self.buf.is_empty() {
-            match self.body.next().await {
-                Some(chunk) => self.buf.extend_from_slice(&chunk?),
+        while self.buf.is_empty() {
+            // Nothing buffered: the body's own chunk is handed on as it is
+            // (no copy); only what follows the frame is kept back.
+            let mut chunk = match self.body.next().await {
+                Some(chunk) => chunk?,
                 None => return Err(broken("the blob batch ended inside a blob")),
+            };
+            if chunk.is_empty() {
+                continue;
             }
+            let n = (chunk.len() as u64).min(left) as usize;
+            if n < chunk.len() {
+                self.buf.extend_from_slice(&chunk.split_off(n));
+            }
+            return Ok(chunk);
         }
         let n = (self.buf.len() as u64).min(left) as usize;
         Ok(self.buf.split_to(n).freeze())
@@ -285,6 +295,35 @@ mod tests {
             assert_eq!(r.header().await.unwrap(), Some(e.clone()));
             assert_eq!(r.header().await.unwrap(), None);
         }
+    }
+
+    #[tokio::test]
+    async fn frames_in_tiny_and_empty_chunks_are_read_back() {
+        let h = FrameHeader {
+            digest: Digest::of(b"hello world"),
+            offset: 0,
+            length: 11,
+            status: None,
+            error: None,
+        };
+        let mut all = h.encode().to_vec();
+        all.extend_from_slice(b"hello world");
+        all.extend_from_slice(&h.encode());
+        all.extend_from_slice(b"hello world");
+        let all: &'static [u8] = Box::leak(all.into_boxed_slice());
+        // One byte at a time, with an empty chunk after each.
+        let parts: Vec<&'static [u8]> = all.chunks(1).flat_map(|c| [c, &[][..]]).collect();
+        let mut r = FrameReader::new(stream_of(parts));
+        for _ in 0..2 {
+            assert_eq!(r.header().await.unwrap(), Some(h.clone()));
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let pump = r.pump(11, tx);
+            let collect = channel_stream(rx).map(|c| c.unwrap().to_vec()).concat();
+            let (p, got) = tokio::join!(pump, collect);
+            p.unwrap();
+            assert_eq!(&got[..], b"hello world");
+        }
+        assert_eq!(r.header().await.unwrap(), None);
     }
 
     #[tokio::test]
