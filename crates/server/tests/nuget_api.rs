@@ -704,6 +704,24 @@ async fn bad_pushes_are_refused_and_store_nothing() {
     bad(StatusCode::BAD_REQUEST, "more than one .nuspec")(
         f.push_to("v3/package", Some(&k), "package.nupkg", &cased).await,
     );
+    // A dependency range or group framework that would forge entries in
+    // v2's `Dependencies` (`id:range:framework|…`): refused.
+    let forged = nupkg(
+        "Forged.Deps",
+        "1.0.0",
+        "<dependency id=\"Good.Dep\" version=\"1.0|Evil:6.6.6:net45\" />",
+    );
+    bad(StatusCode::BAD_REQUEST, "invalid version range")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &forged).await,
+    );
+    let forged = nupkg(
+        "Forged.Group",
+        "1.0.0",
+        "<group targetFramework=\"net45|Evil:1.0\"><dependency id=\"Good.Dep\" version=\"1.0\" /></group>",
+    );
+    bad(StatusCode::BAD_REQUEST, "invalid targetFramework")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &forged).await,
+    );
     // Nothing stored, nothing left in staging.
     let s = f.json("v3/search?q=&semVerLevel=2.0.0").await;
     assert_eq!(s["totalHits"], 0);
