@@ -736,6 +736,35 @@ async fn bad_pushes_are_refused_and_store_nothing() {
     );
 }
 
+/// Versions of one package pushed at once in different id cases keep one
+/// display case, as pushes one after another do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_at_once_in_different_cases_keep_one_display_case() {
+    let f = Feed::new().await;
+    let k = f.key.clone();
+    for round in 0..4 {
+        let spellings = ["Case.Pkg", "CASE.PKG", "case.pkg", "cAsE.pKg"].map(|s| format!("{s}{round}"));
+        let pushes = spellings.iter().enumerate().map(|(n, id)| {
+            let data = nupkg(id, &format!("{}.0.0", n + 1), "");
+            let k = k.clone();
+            let f = &f;
+            async move { f.push_to("v3/package", Some(&k), "package.nupkg", &data).await }
+        });
+        for r in futures::future::join_all(pushes).await {
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        }
+        let x = f.xml(&format!("FindPackagesById()?id='case.pkg{round}'")).await;
+        let mut ids: Vec<&str> = x
+            .split("<d:Id>")
+            .skip(1)
+            .filter_map(|p| p.split("</d:Id>").next())
+            .collect();
+        assert_eq!(ids.len(), 4, "{x}");
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "one package, one display case: {ids:?}");
+    }
+}
+
 #[tokio::test]
 async fn file_names_compare_versions_as_nuget_normalizes_them() {
     let f = Feed::new().await;
