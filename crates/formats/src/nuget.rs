@@ -764,7 +764,12 @@ pub fn parse_nuspec(raw: Vec<u8>) -> Result<Nuspec, FormatError> {
                 }
                 text_buf.clear();
             }
-            Event::Eof => break,
+            Event::Eof => {
+                if let Some(open) = path.last() {
+                    return Err(bad(&format!("it ends before <{open}> is closed")));
+                }
+                break;
+            }
             _ => {}
         }
     }
@@ -1704,6 +1709,12 @@ mod tests {
                 .to_string();
             assert!(e.contains("XML does not allow"), "{bad:?}: {e}");
         }
+        // A nuspec cut short is said to be one, not to lack its fields.
+        let cut = &NUSPEC[..NUSPEC.find("<title>").unwrap()];
+        let e = read(zip(&[("a.nuspec", cut.as_bytes())]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid XML") && e.contains("<metadata>"), "{e}");
         // And the v2 renderer never writes one, whatever it is given.
         assert_eq!(xml_escape("a\u{1}b<\u{b}"), "ab&lt;");
 

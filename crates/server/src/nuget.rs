@@ -407,6 +407,11 @@ impl Ctx<'_> {
         let title;
         match func {
             V2Fn::Entry(id, ver) => {
+                if count_only {
+                    return Err(CoreError::invalid(
+                        "$count counts a collection (Packages(), Search(), …), not one package",
+                    ));
+                }
                 let s = nuget::version(ferry, feed, &id, &ver).await?;
                 let mut q1 = V2Query {
                     id: Some(s.item.id.clone()),
@@ -450,6 +455,11 @@ impl Ctx<'_> {
                     return Err(CoreError::invalid(
                         "GetUpdates(): packageIds and versions must pair up",
                     ));
+                }
+                if let Some(bad) = versions.iter().find(|v| format::NuGetVersion::parse(v).is_err()) {
+                    return Err(CoreError::invalid(format!(
+                        "GetUpdates(): {bad:?} in versions is not a NuGet version"
+                    )));
                 }
                 let pairs = ids
                     .iter()

@@ -559,6 +559,23 @@ async fn v2_queries_as_nuget2_and_chocolatey_send_them() {
         f.get("Packages()?$orderby=concat(Title,Id)").await.status,
         StatusCode::BAD_REQUEST
     );
+    // Malformed requests are 400 with the reason, never an answer that
+    // looks like one to the question asked.
+    for (path, says) in [
+        ("Packages()?$orderby=Id%20desc%20extra", "after the direction"),
+        (
+            "GetUpdates()?packageIds='Choco.App'&versions='garbage'",
+            "not a NuGet version",
+        ),
+        (
+            "Packages(Id='Choco.App',Version='1.2.0')/$count",
+            "counts a collection",
+        ),
+    ] {
+        let r = f.get(path).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.text());
+        assert!(r.text().contains(says), "{path}: {}", r.text());
+    }
 }
 
 #[tokio::test]
