@@ -130,7 +130,19 @@ async fn dispatch(
         },
         Method::DELETE => match segs.as_slice() {
             ["v3", "package", id, ver] | ["api", "v2", "package", id, ver] | [id, ver] => {
-                let hard = flag(&ps, "hard");
+                let hard = match param(&ps, "hard")
+                    .map(|v| unquote(v).to_ascii_lowercase())
+                    .as_deref()
+                {
+                    None | Some("" | "false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(CoreError::invalid(format!(
+                            "hard={other} is neither true (delete for good) nor false (unlist); nothing was changed"
+                        ))
+                        .into());
+                    }
+                };
                 if hard {
                     if !may_delete_for_good(access.principal.as_ref(), &access.feed) {
                         return Err(CoreError::Forbidden(

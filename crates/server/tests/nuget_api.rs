@@ -411,6 +411,19 @@ async fn unlist_relist_and_hard_delete() {
     f.push("Gone.Soon", "1.1.0", "").await;
     // dotnet nuget delete: DELETE {PackagePublish}/{id}/{version} with the key.
     let k = f.key.clone();
+    // A `hard` that is neither true nor false changes nothing (it used to
+    // unlist, where a client asking `hard=1` meant a delete).
+    let r = f
+        .req(
+            "DELETE",
+            "v3/package/Gone.Soon/1.1.0?hard=1",
+            &[("x-nuget-apikey", &k)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("nothing was changed"), "{}", r.text());
+    assert_eq!(f.json("v3/search?q=gone").await["data"][0]["version"], "1.1.0");
     let r = f
         .req(
             "DELETE",
