@@ -126,7 +126,11 @@ pub async fn push(
     item.size = staged.size();
     item.sha512 = sha512;
     item.published = ferry_store::now_millis();
-    // Keep the display case the id already has in this feed.
+    let digest = ferry.commit_blob(staged).await?;
+    // Keep the display case the id already has in this feed: looked up and
+    // written under the package's lock, so versions pushed at once in
+    // different cases (`Case.Pkg 1.0`, `CASE.PKG 2.0`) end in one case.
+    let _guard = lock_package(feed, &item.id).await;
     if let Some(first) = ferry
         .items_page(feed, &package_prefix(&item.id), None, 1)
         .await?
@@ -135,13 +139,29 @@ pub async fn push(
     {
         item.id = other.id;
     }
-    let digest = ferry.commit_blob(staged).await?;
     let write = LocalWrite::upsert(key, item.to_json(), vec![digest], Precondition::Absent);
     match ferry.write(feed, vec![write]).await {
         Ok(_) => Ok(item),
         Err(CoreError::Conflict(_)) => Err(exists()),
         Err(e) => Err(e),
     }
+}
+
+const PACKAGE_LOCK_STRIPES: usize = 64;
+
+static PACKAGE_LOCKS: [tokio::sync::Mutex<()>; PACKAGE_LOCK_STRIPES] =
+    [const { tokio::sync::Mutex::const_new(()) }; PACKAGE_LOCK_STRIPES];
+
+/// Serializes, on this instance, the display-case lookup and the write of
+/// pushes of one package id (any case). Packages share stripes by hash; a
+/// collision only makes one push wait for another's lookup and write.
+async fn lock_package(feed: &FeedRecord, id: &str) -> tokio::sync::MutexGuard<'static, ()> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (feed.id, id_key(id)).hash(&mut h);
+    PACKAGE_LOCKS[(h.finish() as usize) % PACKAGE_LOCK_STRIPES]
+        .lock()
+        .await
 }
 
 /// One version by any id case and version spelling. NotFound otherwise.

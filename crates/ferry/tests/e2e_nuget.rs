@@ -220,3 +220,55 @@ fn a_v3_client_pushes_searches_installs_and_unlists_through_a_spoke() {
     let out = edge.ok(&["search", "v3", "-Source", &edge.source, "-PreRelease"]);
     assert!(out.contains("V3.App") && !out.contains("V3.Base |"), "{out}");
 }
+
+/// A private feed with nuget.exe 2.8.7 as the README says to use it: the
+/// client reads the feed before it pushes, so a push to the bare URL stops
+/// at a credentials prompt, and goes through a source added with the key
+/// as password. A dependency written as an interval (`[1.0,2.0)`, which
+/// the push now checks) is taken and resolves through the v2 feed.
+#[test]
+fn a_private_feed_takes_pushes_and_installs_through_a_source_with_credentials() {
+    let hub = Server::start();
+    hub.cli_ok(&["feed", "create", "secret", "--type", "nuget", "--private"]);
+    let key = hub.key("nuget-private", "write");
+    let mut client = Nuget::new(&hub, "secret");
+    let base = client.pack("Priv.Base", "1.5.0", &[], &[("lib/net45/Priv.Base.txt", b"pb")]);
+    let app = client.pack(
+        "Priv.App",
+        "1.0.0",
+        &[("Priv.Base", "[1.0,2.0)")],
+        &[("lib/net45/Priv.App.txt", b"pa")],
+    );
+    let out = client.fail(&["push", &rel(&base), "-Source", &client.source, "-ApiKey", &key]);
+    assert!(out.contains("credentials"), "{out}");
+    client.ok(&[
+        "sources",
+        "add",
+        "-Name",
+        "ferry",
+        "-Source",
+        &client.source,
+        "-Username",
+        "any",
+        "-Password",
+        &key,
+    ]);
+    // From here on the client names the source, as the README says.
+    client.source = "ferry".to_owned();
+    for p in [&base, &app] {
+        let out = client.push(p, &key);
+        assert!(out.contains("Your package was pushed"), "{out}");
+    }
+    let listed: Vec<String> = client
+        .list("priv", &[])
+        .into_iter()
+        .filter(|l| !l.starts_with("Using credentials"))
+        .collect();
+    assert_eq!(listed, ["Priv.App 1.0.0", "Priv.Base 1.5.0"]);
+    let (dir, out) = client.install("Priv.App", &[], "private");
+    assert!(out.contains("Successfully installed 'Priv.App"), "{out}");
+    assert_eq!(
+        std::fs::read(dir.join("Priv.Base.1.5.0/lib/net45/Priv.Base.txt")).unwrap(),
+        b"pb"
+    );
+}

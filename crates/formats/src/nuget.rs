@@ -677,16 +677,21 @@ pub fn parse_nuspec(raw: Vec<u8>) -> Result<Nuspec, FormatError> {
                     (Some("metadata"), "license") => {
                         license_type = attrs.get("type").cloned().unwrap_or_default();
                     }
-                    (Some("dependencies"), "group") => item.dependency_groups.push(DependencyGroup {
-                        target_framework: attrs.get("targetFramework").cloned().unwrap_or_default(),
-                        dependencies: Vec::new(),
-                    }),
+                    (Some("dependencies"), "group") => {
+                        let target_framework = attrs.get("targetFramework").cloned().unwrap_or_default();
+                        validate_framework_name(&target_framework)?;
+                        item.dependency_groups.push(DependencyGroup {
+                            target_framework,
+                            dependencies: Vec::new(),
+                        })
+                    }
                     (Some("dependencies" | "group"), "dependency") => {
                         let dep = Dependency {
                             id: attrs.get("id").cloned().unwrap_or_default(),
                             range: attrs.get("version").cloned().unwrap_or_default(),
                         };
                         validate_id(&dep.id)?;
+                        validate_range(&dep.id, &dep.range)?;
                         if parent == Some("dependencies") {
                             match item
                                 .dependency_groups
@@ -759,7 +764,12 @@ pub fn parse_nuspec(raw: Vec<u8>) -> Result<Nuspec, FormatError> {
                 }
                 text_buf.clear();
             }
-            Event::Eof => break,
+            Event::Eof => {
+                if let Some(open) = path.last() {
+                    return Err(bad(&format!("it ends before <{open}> is closed")));
+                }
+                break;
+            }
             _ => {}
         }
     }
@@ -781,6 +791,81 @@ pub fn parse_nuspec(raw: Vec<u8>) -> Result<Nuspec, FormatError> {
         item,
         raw,
     })
+}
+
+/// Checks a dependency's version range as NuGet writes one (Microsoft
+/// Learn, "Package versioning", version ranges): empty (any), a minimum
+/// version (`1.0`, floating `1.0.*`), or an interval `[1.0]`, `[1.0,2.0)`,
+/// `(,2.0]`, `(1.0,)`. Anything else is refused, as nuget.org refuses it:
+/// v2 feeds carry dependencies as `id:range:framework|…`, so a range with
+/// a `:` or `|` in it would show clients dependencies the package does
+/// not have.
+fn validate_range(id: &str, range: &str) -> Result<(), FormatError> {
+    let bad = |why: &str| {
+        Err(FormatError::invalid(format!(
+            "the dependency on {id} has an invalid version range `{range}`: {why}"
+        )))
+    };
+    let version = |v: &str| -> bool {
+        let v = v.trim();
+        if let Some(stem) = v.strip_suffix('*') {
+            // Floating: `*`, `1.*`, `1.0.*`, `1.0.0-*`, `1.0.0-beta*`.
+            return !stem.contains('*')
+                && stem
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        }
+        // NuGet reads a lone major number (`2`, `2-beta`) as `2.0`.
+        let at = v.find(['-', '+']).unwrap_or(v.len());
+        let (core, tail) = v.split_at(at);
+        NuGetVersion::parse(v).is_ok()
+            || (!core.contains('.') && NuGetVersion::parse(&format!("{core}.0{tail}")).is_ok())
+    };
+    let r = range.trim();
+    if r.is_empty() {
+        return Ok(());
+    }
+    let (open, close) = (r.as_bytes()[0], r.as_bytes()[r.len() - 1]);
+    if !matches!(open, b'[' | b'(') {
+        return if version(r) { Ok(()) } else { bad("not a version") };
+    }
+    if r.len() < 2 || !matches!(close, b']' | b')') {
+        return bad("an interval ends with `]` or `)`");
+    }
+    let inner = &r[1..r.len() - 1];
+    match inner.split_once(',') {
+        None if open == b'[' && close == b']' && version(inner) => Ok(()),
+        None => bad("an exact version is written `[1.0]`"),
+        Some((lo, hi)) => {
+            let (lo, hi) = (lo.trim(), hi.trim());
+            if lo.is_empty() && hi.is_empty() {
+                return bad("an interval names at least one version");
+            }
+            if (!lo.is_empty() && !version(lo)) || (!hi.is_empty() && !version(hi)) {
+                return bad("not a version");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Checks a dependency group's `targetFramework` as NuGet could read one
+/// (`net45`, `netstandard2.0`, `.NETFramework,Version=v4.5`,
+/// `portable-net45+win8`, `net6.0-windows10.0.19041`, empty for any):
+/// ASCII letters, digits and `.,=+-_ ` only. Frameworks this server does
+/// not judge are kept (see [`framework`]), but a `:` or `|` would corrupt
+/// v2's `Dependencies` (`id:range:framework|…`) and is refused.
+fn validate_framework_name(tf: &str) -> Result<(), FormatError> {
+    if tf.len() > 256
+        || !tf
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".,=+-_ ".contains(&b))
+    {
+        return Err(FormatError::invalid(format!(
+            "a dependency group has an invalid targetFramework `{tf}`"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `file_name` is `{id}.{version}{ext}` for this id and version as
@@ -1624,6 +1709,12 @@ mod tests {
                 .to_string();
             assert!(e.contains("XML does not allow"), "{bad:?}: {e}");
         }
+        // A nuspec cut short is said to be one, not to lack its fields.
+        let cut = &NUSPEC[..NUSPEC.find("<title>").unwrap()];
+        let e = read(zip(&[("a.nuspec", cut.as_bytes())]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid XML") && e.contains("<metadata>"), "{e}");
         // And the v2 renderer never writes one, whatever it is given.
         assert_eq!(xml_escape("a\u{1}b<\u{b}"), "ab&lt;");
 
@@ -1653,6 +1744,72 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("content/z.bin"), "{e}");
+    }
+
+    /// Dependency ranges and group frameworks are read as NuGet reads them;
+    /// one that is not (a `|` or `:` would forge entries in v2's
+    /// `Dependencies` string) refuses the package.
+    #[test]
+    fn dependency_ranges_and_frameworks_are_checked() {
+        let with = |range: &str, tf: &str| {
+            let deps = format!(
+                "<dependencies><group targetFramework=\"{tf}\"><dependency id=\"Base\" version=\"{range}\" /></group></dependencies>"
+            );
+            let spec = NUSPEC.replace(
+                NUSPEC
+                    .split("<dependencies>")
+                    .nth(1)
+                    .and_then(|r| r.split("</dependencies>").next())
+                    .map(|inner| format!("<dependencies>{inner}</dependencies>"))
+                    .unwrap()
+                    .as_str(),
+                &deps,
+            );
+            parse_nuspec(spec.into_bytes())
+        };
+        for ok in [
+            "",
+            "1.0",
+            "2",
+            "1.0.0-beta",
+            "[1.0]",
+            "[1.0,2.0)",
+            "(,2.0]",
+            "(1.0,)",
+            "[ 1.0 , 2.0 ]",
+            "1.0.*",
+            "*",
+            "1.0.0-*",
+            "[1.0,2)",
+        ] {
+            assert!(with(ok, "net45").is_ok(), "{ok:?}: {:?}", with(ok, "net45"));
+        }
+        for bad in [
+            "1.0|Evil:6.6.6:net45",
+            "1.0:net45",
+            "[1.0",
+            "[1.0,2.0,3.0]",
+            "(1.0)",
+            "[,]",
+            "banana",
+            "1.*.0",
+        ] {
+            let e = with(bad, "net45").unwrap_err().to_string();
+            assert!(e.contains("invalid version range"), "{bad:?}: {e}");
+        }
+        for ok in [
+            "",
+            ".NETFramework,Version=v4.5",
+            "portable-net45+win8+wpa81",
+            "net6.0-windows10.0.19041",
+            "MonoAndroid10",
+        ] {
+            assert!(with("1.0", ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["net45|Evil:1.0", "net45:x", "net<45>"] {
+            let e = with("1.0", bad).unwrap_err().to_string();
+            assert!(e.contains("invalid targetFramework"), "{bad:?}: {e}");
+        }
     }
 
     /// A zip of `entries` in which every `from` in an entry name is then

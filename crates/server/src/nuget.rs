@@ -130,7 +130,19 @@ async fn dispatch(
         },
         Method::DELETE => match segs.as_slice() {
             ["v3", "package", id, ver] | ["api", "v2", "package", id, ver] | [id, ver] => {
-                let hard = flag(&ps, "hard");
+                let hard = match param(&ps, "hard")
+                    .map(|v| unquote(v).to_ascii_lowercase())
+                    .as_deref()
+                {
+                    None | Some("" | "false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(CoreError::invalid(format!(
+                            "hard={other} is neither true (delete for good) nor false (unlist); nothing was changed"
+                        ))
+                        .into());
+                    }
+                };
                 if hard {
                     if !may_delete_for_good(access.principal.as_ref(), &access.feed) {
                         return Err(CoreError::Forbidden(
@@ -407,6 +419,11 @@ impl Ctx<'_> {
         let title;
         match func {
             V2Fn::Entry(id, ver) => {
+                if count_only {
+                    return Err(CoreError::invalid(
+                        "$count counts a collection (Packages(), Search(), …), not one package",
+                    ));
+                }
                 let s = nuget::version(ferry, feed, &id, &ver).await?;
                 let mut q1 = V2Query {
                     id: Some(s.item.id.clone()),
@@ -450,6 +467,11 @@ impl Ctx<'_> {
                     return Err(CoreError::invalid(
                         "GetUpdates(): packageIds and versions must pair up",
                     ));
+                }
+                if let Some(bad) = versions.iter().find(|v| format::NuGetVersion::parse(v).is_err()) {
+                    return Err(CoreError::invalid(format!(
+                        "GetUpdates(): {bad:?} in versions is not a NuGet version"
+                    )));
                 }
                 let pairs = ids
                     .iter()

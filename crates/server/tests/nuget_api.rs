@@ -411,6 +411,19 @@ async fn unlist_relist_and_hard_delete() {
     f.push("Gone.Soon", "1.1.0", "").await;
     // dotnet nuget delete: DELETE {PackagePublish}/{id}/{version} with the key.
     let k = f.key.clone();
+    // A `hard` that is neither true nor false changes nothing (it used to
+    // unlist, where a client asking `hard=1` meant a delete).
+    let r = f
+        .req(
+            "DELETE",
+            "v3/package/Gone.Soon/1.1.0?hard=1",
+            &[("x-nuget-apikey", &k)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("nothing was changed"), "{}", r.text());
+    assert_eq!(f.json("v3/search?q=gone").await["data"][0]["version"], "1.1.0");
     let r = f
         .req(
             "DELETE",
@@ -559,6 +572,23 @@ async fn v2_queries_as_nuget2_and_chocolatey_send_them() {
         f.get("Packages()?$orderby=concat(Title,Id)").await.status,
         StatusCode::BAD_REQUEST
     );
+    // Malformed requests are 400 with the reason, never an answer that
+    // looks like one to the question asked.
+    for (path, says) in [
+        ("Packages()?$orderby=Id%20desc%20extra", "after the direction"),
+        (
+            "GetUpdates()?packageIds='Choco.App'&versions='garbage'",
+            "not a NuGet version",
+        ),
+        (
+            "Packages(Id='Choco.App',Version='1.2.0')/$count",
+            "counts a collection",
+        ),
+    ] {
+        let r = f.get(path).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.text());
+        assert!(r.text().contains(says), "{path}: {}", r.text());
+    }
 }
 
 #[tokio::test]
@@ -704,6 +734,24 @@ async fn bad_pushes_are_refused_and_store_nothing() {
     bad(StatusCode::BAD_REQUEST, "more than one .nuspec")(
         f.push_to("v3/package", Some(&k), "package.nupkg", &cased).await,
     );
+    // A dependency range or group framework that would forge entries in
+    // v2's `Dependencies` (`id:range:framework|…`): refused.
+    let forged = nupkg(
+        "Forged.Deps",
+        "1.0.0",
+        "<dependency id=\"Good.Dep\" version=\"1.0|Evil:6.6.6:net45\" />",
+    );
+    bad(StatusCode::BAD_REQUEST, "invalid version range")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &forged).await,
+    );
+    let forged = nupkg(
+        "Forged.Group",
+        "1.0.0",
+        "<group targetFramework=\"net45|Evil:1.0\"><dependency id=\"Good.Dep\" version=\"1.0\" /></group>",
+    );
+    bad(StatusCode::BAD_REQUEST, "invalid targetFramework")(
+        f.push_to("v3/package", Some(&k), "package.nupkg", &forged).await,
+    );
     // Nothing stored, nothing left in staging.
     let s = f.json("v3/search?q=&semVerLevel=2.0.0").await;
     assert_eq!(s["totalHits"], 0);
@@ -716,6 +764,35 @@ async fn bad_pushes_are_refused_and_store_nothing() {
     bad(StatusCode::CONFLICT, "already exists")(
         f.push_to("v3/package", Some(&k), "package.nupkg", &good).await,
     );
+}
+
+/// Versions of one package pushed at once in different id cases keep one
+/// display case, as pushes one after another do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_at_once_in_different_cases_keep_one_display_case() {
+    let f = Feed::new().await;
+    let k = f.key.clone();
+    for round in 0..4 {
+        let spellings = ["Case.Pkg", "CASE.PKG", "case.pkg", "cAsE.pKg"].map(|s| format!("{s}{round}"));
+        let pushes = spellings.iter().enumerate().map(|(n, id)| {
+            let data = nupkg(id, &format!("{}.0.0", n + 1), "");
+            let k = k.clone();
+            let f = &f;
+            async move { f.push_to("v3/package", Some(&k), "package.nupkg", &data).await }
+        });
+        for r in futures::future::join_all(pushes).await {
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        }
+        let x = f.xml(&format!("FindPackagesById()?id='case.pkg{round}'")).await;
+        let mut ids: Vec<&str> = x
+            .split("<d:Id>")
+            .skip(1)
+            .filter_map(|p| p.split("</d:Id>").next())
+            .collect();
+        assert_eq!(ids.len(), 4, "{x}");
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "one package, one display case: {ids:?}");
+    }
 }
 
 #[tokio::test]

@@ -27,11 +27,14 @@
 //!   platform needs the project's platform, at that platform version or
 //!   later (`net6.0-windows` serves `net8.0-windows`, not `net8.0`);
 //! - `A` .NET Standard: `P` implements that version or a later one (the
-//!   .NET Standard table: `net45` 1.1, `net451` 1.2, `net46` 1.3, `net461`
-//!   2.0, `netcoreapp1.x` 1.6, `netcoreapp2.x` 2.0, `netcoreapp3.x` and
-//!   `net5.0`+ 2.1, `win8` 1.1, `win81` and `wpa81` 1.2, `wp8` 1.0, `uap10.0`
-//!   1.4 and `uap10.0.16299` 2.0, `tizen4` 2.0, `tizen6` 2.1);
-//! - UWP uses Windows 8/8.1 and `wpa81` assets;
+//!   .NET Standard table as NuGet applies it, NuGet.Client's
+//!   `DefaultFrameworkMappings`: `net45` 1.1, `net451` 1.2, `net46` 1.3,
+//!   `net461` 2.0, `netcoreapp1.x` 1.6, `netcoreapp2.x` 2.0,
+//!   `netcoreapp3.x` and `net5.0`+ 2.1, `win8` 1.1, `win81` and `wpa81`
+//!   1.2, `netcore50` 1.4, `wp8` and `wp81` 1.0, `uap10.0` 1.4 and
+//!   `uap10.0.15064` 2.0, `tizen3` 1.6, `tizen4` 2.0, `tizen6` 2.1);
+//! - UWP uses Windows 8/8.1, `netcore50` and `wpa81` assets; a `net6.0`+
+//!   project for the `tizen` platform uses Tizen assets;
 //! - `A` portable: `P` is compatible with one of the profile's frameworks;
 //! - `P` portable: an `A` portable that covers every framework of `P`'s
 //!   profile, or a .NET Standard the profile maps to (`Profile7` 1.1,
@@ -231,7 +234,9 @@ impl Framework {
             "wpa" | "windowsphoneapp" => no_tail(Framework::PhoneApp(version.unwrap_or(v(8, 1)))),
             "wp" | "windowsphone" => no_tail(Framework::Phone(version.unwrap_or(v(7, 0)))),
             "sl" | "silverlight" => no_tail(Framework::Silverlight(version?)),
-            "tizen" => no_tail(Framework::Tizen(version?)),
+            // NuGet takes a bare `tizen` as `tizen3` (its equivalence
+            // `tizen <-> tizen3`).
+            "tizen" => no_tail(Framework::Tizen(version.unwrap_or(v(3, 0)))),
             "portable" | ".netportable" => portable(tail?),
             _ => None,
         }
@@ -250,17 +255,24 @@ impl Framework {
             Framework::Core(c, _) if at_least(c, v(3, 0)) => Some(v(2, 1)),
             Framework::Core(c, _) if at_least(c, v(2, 0)) => Some(v(2, 0)),
             Framework::Core(_, _) => Some(v(1, 6)),
-            Framework::Store(s) if at_least(s, v(5, 0)) => Some(v(1, 3)),
+            // netcore50 -> netstandard1.4 (NuGet.Client's mappings; its
+            // compatibility tests: netcore50 takes 1.4, not 1.5).
+            Framework::Store(s) if at_least(s, v(5, 0)) => Some(v(1, 4)),
             Framework::Store(s) if at_least(s, [4, 5, 1, 0]) => Some(v(1, 2)),
             Framework::Store(_) => Some(v(1, 1)),
-            Framework::Uap(u) if at_least(u, [10, 0, 16299, 0]) => Some(v(2, 0)),
+            // "UAP 10.0.15064.0 projects support NETStandard2.0" (NuGet.Client;
+            // Microsoft Learn's .NET Standard table names 10.0.16299 as
+            // the first UWP to run it, but NuGet resolves from 15064).
+            Framework::Uap(u) if at_least(u, [10, 0, 15064, 0]) => Some(v(2, 0)),
             Framework::Uap(_) => Some(v(1, 4)),
             Framework::PhoneApp(_) => Some(v(1, 2)),
             Framework::Phone(p) if at_least(p, v(8, 0)) => Some(v(1, 0)),
             Framework::Phone(_) | Framework::Silverlight(_) => None,
             Framework::Tizen(t) if at_least(t, v(6, 0)) => Some(v(2, 1)),
             Framework::Tizen(t) if at_least(t, v(4, 0)) => Some(v(2, 0)),
-            Framework::Tizen(_) => Some(v(1, 6)),
+            // NuGet maps Tizen from tizen3 on; nothing older.
+            Framework::Tizen(t) if at_least(t, v(3, 0)) => Some(v(1, 6)),
+            Framework::Tizen(_) => None,
             Framework::Portable(_, profile) => PROFILE_STANDARD
                 .iter()
                 .find(|(p, _)| Some(*p) == *profile)
@@ -303,9 +315,15 @@ impl Framework {
                             .is_some_and(|(n, pv)| n == name && version <= pv),
                     }
             }
-            // UWP uses what was built for Windows 8/8.1 and Windows Phone 8.1 apps.
+            // UWP uses what was built for Windows 8/8.1, netcore50 and
+            // Windows Phone 8.1 apps.
             (F::Uap(_), F::Store(a)) => a <= &[5, 0, 0, 0],
             (F::Uap(_), F::PhoneApp(_)) => true,
+            // A .NET 6+ project for the Tizen platform uses Tizen assets of
+            // any version (NuGet.Client's CompatibilityProvider: for a
+            // net6.0+ platform project, a `tizen` candidate is compatible
+            // when the platform is `tizen`).
+            (F::Core(p, Some((platform, _))), F::Tizen(_)) => *p >= v(6, 0) && platform == "tizen",
             _ => false,
         }
     }
@@ -437,7 +455,6 @@ mod tests {
             "net6.0-Windows!",
             "portable-Profile1",
             "portable-monoandroid10+xamarinios10",
-            "tizen",
             "",
         ] {
             assert_eq!(Framework::parse(unknown), None, "{unknown}");
@@ -474,6 +491,7 @@ mod tests {
         ("netstandard2.1", "netcoreapp3.0", true),
         ("netstandard2.1", "net5.0", true),
         ("netstandard2.1", "net8.0-windows", true),
+        ("netstandard2.2", "net5.0", false),
         ("netstandard1.1", "win8", true),
         ("netstandard1.2", "win8", false),
         ("netstandard1.2", "win81", true),
@@ -484,7 +502,28 @@ mod tests {
         ("netstandard1.4", "uap10.0", true),
         ("netstandard2.0", "uap10.0", false),
         ("netstandard2.0", "uap10.0.16299", true),
+        // NuGet.Client DefaultFrameworkMappings: "UAP 10.0.15064.0 projects
+        // support NETStandard2.0" (CompatibilityTests: uap10.0.15064.0 takes
+        // netstandard2.0, not 2.1); below it UAP stays at 1.4.
+        ("netstandard2.0", "uap10.0.15064", true),
+        ("netstandard2.1", "uap10.0.15064", false),
+        ("netstandard2.0", "uap10.0.14393", false),
+        ("netstandard1.4", "uap10.0.14393", true),
+        // "netcore50 -> dotnet5.5, netstandard1.4" (DefaultFrameworkMappings;
+        // CompatibilityTests: netcore50 takes netstandard1.4, not 1.5).
+        ("netstandard1.4", "netcore50", true),
+        ("netstandard1.5", "netcore50", false),
+        // "wp8, wp81 -> netstandard1.0"; Silverlight none.
+        ("netstandard1.0", "wp81", true),
+        ("netstandard1.1", "wp81", false),
+        // Tizen: "Tizen3 projects support NETStandard1.6", Tizen4 2.0,
+        // Tizen6 2.1; a bare `tizen` is `tizen3` ("tizen <-> tizen3").
+        ("netstandard1.6", "tizen3", true),
+        ("netstandard2.0", "tizen3", false),
+        ("netstandard1.6", "tizen", true),
         ("netstandard2.0", "tizen4", true),
+        ("netstandard2.1", "tizen4", false),
+        ("netstandard2.1", "tizen6", true),
         ("netstandard1.3", "netstandard2.0", true),
         ("netstandard2.0", "netstandard1.6", false),
         // .NET Core and .NET 5+.
@@ -504,6 +543,19 @@ mod tests {
         ("net6.0-windows10.0.19041", "net6.0-windows10.0.17763", false),
         ("net6.0-windows10.0.17763", "net6.0-windows10.0.19041", true),
         ("net6.0-android31.0", "net7.0-android33.0", true),
+        // NuGet.Client CompatibilityTests: "net5.0-<platform><lowVersion> is
+        // compatible with net5.0-<platform><higherVersion>", not the reverse.
+        ("net5.0-android8.0", "net5.0-android9.0", true),
+        ("net5.0-ios15.0", "net5.0-ios14.0", false),
+        ("net5.0-android", "net5.0-ios", false),
+        // A net6.0+ Tizen project uses Tizen assets (CompatibilityTests:
+        // `net6.0-tizen9.0` takes `tizen9.0`); no other platform does, and
+        // net5.0 is before that rule.
+        ("tizen9.0", "net6.0-tizen9.0", true),
+        ("tizen4.0", "net8.0-tizen", true),
+        ("tizen9.0", "net6.0-android", false),
+        ("tizen4.0", "net6.0", false),
+        ("tizen4.0", "net5.0-tizen", false),
         // Windows Store, UWP, Windows Phone, Silverlight.
         ("win8", "win81", true),
         ("win81", "win8", false),
@@ -511,6 +563,13 @@ mod tests {
         ("win81", "uap10.0", true),
         ("wpa81", "uap10.0", true),
         ("uap10.0", "win81", false),
+        // CompatibilityTests: uap10.0 takes netcore50 (one way), netcore50
+        // takes win81 and win8 but not wpa81.
+        ("netcore50", "uap10.0", true),
+        ("uap10.0", "netcore50", false),
+        ("win81", "netcore50", true),
+        ("wpa81", "netcore50", false),
+        ("netcore50", "win81", false),
         ("wp8", "wp81", true),
         ("wp81", "wpa81", false),
         ("sl4", "sl5", true),

@@ -342,6 +342,11 @@ pub fn parse_orderby(s: &str) -> Result<Vec<(String, bool)>, FormatError> {
                 )));
             }
         };
+        if let Some(extra) = words.next() {
+            return Err(FormatError::invalid(format!(
+                "unsupported $orderby: {part} (`{extra}` after the direction)"
+            )));
+        }
         out.push((prop.to_owned(), desc));
     }
     Ok(out)
@@ -408,6 +413,9 @@ mod tests {
             [("DownloadCount".to_owned(), true), ("Id".to_owned(), false)]
         );
         assert!(parse_orderby("concat(Title,Id)").is_err());
+        // Words after the direction are refused, not ignored.
+        assert!(parse_orderby("Id desc extra").is_err());
+        assert!(parse_orderby("Id asc, Version desc").is_ok());
         assert_eq!(unquote("'a''b'"), "a'b");
         assert_eq!(unquote("x"), "x");
     }
