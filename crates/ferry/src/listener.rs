@@ -659,6 +659,16 @@ fn plain(status: StatusCode, text: String) -> Response<Body> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    // Answers made here never reach the router's `edge` layer: the same
+    // security headers as every other answer.
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(ferry_server::blobs::SANDBOX_POLICY),
+    );
     resp
 }
 

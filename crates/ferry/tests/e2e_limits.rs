@@ -56,8 +56,8 @@ fn until_closed(c: &mut TcpStream, max: Duration) -> (Vec<u8>, Option<Instant>) 
     }
 }
 
-/// Reads one response head (through the blank line) and returns its status.
-fn read_status(c: &mut TcpStream, max: Duration) -> Option<u16> {
+/// Reads one response head (through the blank line), lower-cased.
+fn read_head(c: &mut TcpStream, max: Duration) -> Option<String> {
     c.set_read_timeout(Some(max)).unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -67,8 +67,12 @@ fn read_status(c: &mut TcpStream, max: Duration) -> Option<u16> {
             _ => return None,
         }
     }
-    let line = String::from_utf8_lossy(&head);
-    line.split_whitespace().nth(1)?.parse().ok()
+    Some(String::from_utf8_lossy(&head).to_ascii_lowercase())
+}
+
+/// Reads one response head (through the blank line) and returns its status.
+fn read_status(c: &mut TcpStream, max: Duration) -> Option<u16> {
+    read_head(c, max)?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `GET /health` on a new connection: status and how long it took.
@@ -236,9 +240,16 @@ fn uploads_that_keep_moving_pass_and_stalled_bodies_are_cut() {
     c.write_all(head.as_bytes()).unwrap();
     c.write_all(&[b'y'; 100]).unwrap();
     let start = Instant::now();
-    let status = read_status(&mut c, Duration::from_secs(8));
+    let head = read_head(&mut c, Duration::from_secs(8)).unwrap_or_default();
     let took = start.elapsed();
+    let status: Option<u16> = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
     assert_eq!(status, Some(408), "a stalled body is answered 408");
+    // Made by the listener, not the router: the same security headers.
+    assert!(
+        head.contains("x-content-type-options: nosniff")
+            && head.contains("content-security-policy: default-src 'none'; sandbox"),
+        "the 408 lacks the security headers:\n{head}"
+    );
     assert!(
         (1.5..=4.0).contains(&took.as_secs_f64()),
         "408 after {took:?}, expected about 2 s"

@@ -413,7 +413,7 @@ fn classify(content_type: &str) -> Class {
 /// text/plain, OCI manifests as `application/vnd...+json`) are passive, so
 /// what npm, pip, uv and skopeo receive is unchanged. On top of this every
 /// response carries `X-Content-Type-Options: nosniff` and
-/// [`SANDBOX_POLICY`] (the middleware in `lib.rs`).
+/// [`SANDBOX_POLICY`] (the `edge` layer).
 pub fn content_headers(stored: &str, filename: Option<&str>) -> ContentHeaders {
     let octet = || HeaderValue::from_static("application/octet-stream");
     let (content_type, attachment) = match classify(stored) {

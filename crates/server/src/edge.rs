@@ -15,6 +15,8 @@
 //! - A request that failed is logged here, once, with its feed and the
 //!   client's address: a server fault at ERROR (its cause is not shown to
 //!   the client), a broken request body at WARN, as the client event it is.
+//! - A 405 or 404 the router makes itself (empty) gets a plain-text
+//!   reason.
 //! - Every request is counted in `ferry_http_requests_total` and timed in
 //!   `ferry_http_request_duration_seconds`, labelled by method, route
 //!   template and status ([`RequestMetrics`]).
@@ -35,7 +37,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::body::HttpBody as _;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use ferry_core::CoreError;
 use http_body_util::BodyExt;
@@ -142,6 +144,7 @@ fn finish(seen: &Seen, resp: &mut Response) {
     if let Some(failure) = resp.extensions_mut().remove::<error::Failure>() {
         log_failure(seen, failure);
     }
+    give_reason(seen, resp);
     let headers = resp.headers_mut();
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -153,6 +156,37 @@ fn finish(seen: &Seen, resp: &mut Response) {
             HeaderValue::from_static(blobs::SANDBOX_POLICY),
         );
     }
+}
+
+/// A refusal the router made itself (405 for a method the route does not
+/// take, 404 for a path no route matches) comes with an empty body; it
+/// gets a plain-text reason, as every other refusal has. HEAD answers stay
+/// bodiless.
+fn give_reason(seen: &Seen, resp: &mut Response) {
+    let status = resp.status();
+    if seen.method == Method::HEAD
+        || !matches!(status, StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_FOUND)
+        || resp.body().size_hint().exact() != Some(0)
+        || resp.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return;
+    }
+    let path = seen.uri.path();
+    // (The router adds `Allow` after this layer has run.)
+    let reason = if status == StatusCode::METHOD_NOT_ALLOWED {
+        format!(
+            "method {} is not allowed on {path:?}; the Allow header lists the methods that are\n",
+            seen.method
+        )
+    } else {
+        format!("{path:?} not found\n")
+    };
+    *resp.body_mut() = Body::from(reason);
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
 }
 
 fn log_failure(seen: &Seen, failure: error::Failure) {

@@ -30,7 +30,7 @@ use axum::Router;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::MethodRouter;
 use bytes::Bytes;
 use ferry_core::CoreError;
 use ferry_core::nuget::{self, Stored, V2Query};
@@ -46,10 +46,18 @@ use crate::blobs::{rendered_response, serve_download};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
+    // The methods NuGet clients use; any other is 405 with `Allow`, before
+    // the key is looked at.
+    let methods = || -> MethodRouter<AppState> {
+        axum::routing::get(dispatch)
+            .put(dispatch)
+            .delete(dispatch)
+            .post(dispatch)
+    };
     Router::new()
-        .route("/nuget/{feed}", any(dispatch))
-        .route("/nuget/{feed}/", any(dispatch))
-        .route("/nuget/{feed}/{*rest}", any(dispatch))
+        .route("/nuget/{feed}", methods())
+        .route("/nuget/{feed}/", methods())
+        .route("/nuget/{feed}/{*rest}", methods())
 }
 
 const XML: &str = "application/atom+xml;type=feed;charset=utf-8";

@@ -677,3 +677,40 @@ async fn a_client_that_breaks_off_its_upload_is_a_client_event_on_every_route() 
         "{lines:#?}"
     );
 }
+
+/// A refusal the router makes itself says why, as every other refusal
+/// does: a method a route does not take is 405 with `Allow` and a reason,
+/// a path no route matches is 404 with a reason; HEAD answers stay empty.
+/// NuGet routes refuse a method no NuGet client uses before asking for a
+/// key.
+#[tokio::test]
+async fn refusals_by_the_router_carry_a_reason() {
+    let i = Instance::new().await;
+    i.feed("pkgs", ferry_types::FeedType::Nuget, false).await;
+    for path in [
+        "/health",
+        "/nuget/pkgs/v3/index.json",
+        "/nuget/pkgs/FindPackagesById()",
+    ] {
+        let r = i.send("BREW", path, None, &[], Body::empty()).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{path}: {}", r.text());
+        let allow = r.header("allow").unwrap_or_default().to_owned();
+        assert!(allow.contains("GET"), "{path}: allow {allow:?}");
+        assert!(
+            r.text().contains("method BREW is not allowed"),
+            "{path}: {}",
+            r.text()
+        );
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    }
+    let r = i.get("/no/such/route").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.text().contains("not found"), "{}", r.text());
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain"))
+    );
+    let r = i.send("HEAD", "/no/such/route", None, &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.is_empty(), "a HEAD answer has no body");
+}
