@@ -233,23 +233,13 @@ fn display_name(versions: &[StoredVersion]) -> Option<&str> {
         .map(|v| v.item.index.name.as_str())
 }
 
-/// How many locks the crates of every feed share (by hash).
-const CRATE_LOCK_STRIPES: usize = 64;
-
-static CRATE_LOCKS: [tokio::sync::Mutex<()>; CRATE_LOCK_STRIPES] =
-    [const { tokio::sync::Mutex::const_new(()) }; CRATE_LOCK_STRIPES];
+static CRATE_LOCKS: crate::name_locks::NameLocks = crate::name_locks::NameLocks::new();
 
 /// Serializes, on this instance, the last check and the write of publishes
 /// of one crate (any spelling), so two spellings published at once cannot
-/// both pass the check. Crates share stripes by hash; a collision only
-/// makes one wait for the other.
+/// both pass the check.
 async fn lock_crate(feed: &FeedRecord, name: &str) -> tokio::sync::MutexGuard<'static, ()> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (feed.id, canonical_name(name)).hash(&mut h);
-    CRATE_LOCKS[(h.finish() as usize) % CRATE_LOCK_STRIPES]
-        .lock()
-        .await
+    CRATE_LOCKS.lock(feed.id, &canonical_name(name)).await
 }
 
 /// Refuses a version the crate has (Conflict, as cargo shows it), and a

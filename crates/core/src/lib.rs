@@ -16,6 +16,7 @@ pub mod debian;
 mod debindex;
 mod error;
 mod integrity;
+mod name_locks;
 pub mod npm;
 pub mod nuget;
 pub mod oci;

@@ -147,21 +147,12 @@ pub async fn push(
     }
 }
 
-const PACKAGE_LOCK_STRIPES: usize = 64;
-
-static PACKAGE_LOCKS: [tokio::sync::Mutex<()>; PACKAGE_LOCK_STRIPES] =
-    [const { tokio::sync::Mutex::const_new(()) }; PACKAGE_LOCK_STRIPES];
+static PACKAGE_LOCKS: crate::name_locks::NameLocks = crate::name_locks::NameLocks::new();
 
 /// Serializes, on this instance, the display-case lookup and the write of
-/// pushes of one package id (any case). Packages share stripes by hash; a
-/// collision only makes one push wait for another's lookup and write.
+/// pushes of one package id (any case).
 async fn lock_package(feed: &FeedRecord, id: &str) -> tokio::sync::MutexGuard<'static, ()> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (feed.id, id_key(id)).hash(&mut h);
-    PACKAGE_LOCKS[(h.finish() as usize) % PACKAGE_LOCK_STRIPES]
-        .lock()
-        .await
+    PACKAGE_LOCKS.lock(feed.id, &id_key(id)).await
 }
 
 /// One version by any id case and version spelling. NotFound otherwise.

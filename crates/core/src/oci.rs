@@ -35,7 +35,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1198,11 +1198,7 @@ pub async fn cancel_upload(
 // ---------------------------------------------------------------------------
 // References between manifests
 
-/// How many locks the repositories of every feed share (by hash).
-const REPO_LOCK_STRIPES: usize = 64;
-
-static REPO_LOCKS: [tokio::sync::Mutex<()>; REPO_LOCK_STRIPES] =
-    [const { tokio::sync::Mutex::const_new(()) }; REPO_LOCK_STRIPES];
+static REPO_LOCKS: crate::name_locks::NameLocks = crate::name_locks::NameLocks::new();
 
 /// Serializes, on this instance, what adds or removes references between
 /// the manifests of repository `repo`: manifest PUTs (an index listing its
@@ -1211,11 +1207,7 @@ static REPO_LOCKS: [tokio::sync::Mutex<()>; REPO_LOCK_STRIPES] =
 /// "no index lists this manifest" still holds when the delete commits, and
 /// an index push that checked its children finds them still there.
 ///
-/// The locks are process-wide: repositories (of every feed, and of every
-/// `Ferry` a process runs) share [`REPO_LOCK_STRIPES`] of them by hash; a
-/// collision only makes one wait for the other. A task holds one at a time
-/// and awaits nothing but its own store while holding it, so they cannot
-/// deadlock.
+/// The locks are process-wide stripes ([`crate::name_locks::NameLocks`]).
 ///
 /// Changes applied by replication take no lock: a received delete of a
 /// manifest that a live index lists is refused instead (see
@@ -1226,11 +1218,7 @@ static REPO_LOCKS: [tokio::sync::Mutex<()>; REPO_LOCK_STRIPES] =
 /// until the index goes), but the other one receives the index without
 /// the child; preventing that would take coordination between instances.
 async fn lock_repository(feed: &FeedRecord, repo: &str) -> tokio::sync::MutexGuard<'static, ()> {
-    let mut h = DefaultHasher::new();
-    feed.id.hash(&mut h);
-    repo.hash(&mut h);
-    let stripe = (h.finish() % REPO_LOCK_STRIPES as u64) as usize;
-    REPO_LOCKS[stripe].lock().await
+    REPO_LOCKS.lock(feed.id, repo).await
 }
 
 /// The manifests an item of repository manifest `digest` lists as

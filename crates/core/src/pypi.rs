@@ -16,7 +16,6 @@
 //! by its own file name); preventing that would take coordination between
 //! instances.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::BufReader;
 
 use bytes::Bytes;
@@ -166,26 +165,16 @@ async fn refuse_equivalent(
     Ok(())
 }
 
-/// How many locks the projects of every feed share (by hash).
-const PROJECT_LOCK_STRIPES: usize = 64;
-
-static PROJECT_LOCKS: [tokio::sync::Mutex<()>; PROJECT_LOCK_STRIPES] =
-    [const { tokio::sync::Mutex::const_new(()) }; PROJECT_LOCK_STRIPES];
+static PROJECT_LOCKS: crate::name_locks::NameLocks = crate::name_locks::NameLocks::new();
 
 /// Serializes, on this instance, the final check and the write of uploads
 /// to project `normalized` of `feed`: an upload reads the project's files
 /// and writes its own while holding the lock, so of two equivalent uploads
 /// at once (different file names, so different keys, which a store
-/// precondition cannot catch) the second sees the first. The locks are
-/// process-wide stripes shared by hash (a collision only makes one upload
-/// wait for another's check and write, which do no archive work); a task
-/// holds one at a time, so they cannot deadlock.
+/// precondition cannot catch) the second sees the first. The check and
+/// write do no archive work.
 async fn lock_project(feed: &FeedRecord, normalized: &str) -> tokio::sync::MutexGuard<'static, ()> {
-    let mut h = DefaultHasher::new();
-    feed.id.hash(&mut h);
-    normalized.hash(&mut h);
-    let stripe = (h.finish() % PROJECT_LOCK_STRIPES as u64) as usize;
-    PROJECT_LOCKS[stripe].lock().await
+    PROJECT_LOCKS.lock(feed.id, normalized).await
 }
 
 /// Every file of `project` (any spelling), in key order. Items whose

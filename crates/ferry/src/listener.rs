@@ -602,12 +602,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                     Ok(resp) => resp,
                     Err(never) => match never {},
                 };
-                Ok(resp.map(|b| {
-                    Body::new(Guarded {
-                        inner: b,
-                        _busy: busy,
-                    })
-                }))
+                Ok(guarded(resp, busy))
             });
         }
         let stall = Arc::new(Stall::default());
@@ -640,14 +635,19 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             if stall.fired.load(Ordering::Acquire) {
                 return timed_out();
             }
-            Ok(resp.map(|b| {
-                Body::new(Guarded {
-                    inner: b,
-                    _busy: busy,
-                })
-            }))
+            Ok(guarded(resp, busy))
         })
     }
+}
+
+/// `resp` with its body holding the request's [`Busy`] mark until sent.
+fn guarded(resp: Response<Body>, busy: Busy) -> Response<Body> {
+    resp.map(|b| {
+        Body::new(Guarded {
+            inner: b,
+            _busy: busy,
+        })
+    })
 }
 
 fn plain(status: StatusCode, text: String) -> Response<Body> {
