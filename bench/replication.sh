@@ -102,6 +102,26 @@ proc_cpu_ms() {
 # files and bytes under a folder
 tree_size() { find "$1" -type f -printf '%s\n' | awk '{ n++; b += $1 } END { printf "%d %d\n", n, b }'; }
 
+# settle_cache DIR: the same page cache before every run of a copy. What
+# earlier runs wrote stays on disk (see repl_full_inner) but its pages are
+# dropped, so that a run neither finds memory full of the last run's copy
+# (reclaiming it is the receiver's cost) nor takes pages a VM guest never
+# touched (each one a fault in the host); DIR, the source, and both
+# programs are read back in.
+# Needs root for /proc/sys/vm/drop_caches; without it the caches stay as
+# they are and a note says so once.
+settle_cache() {
+    sync
+    if [ -w /proc/sys/vm/drop_caches ]; then
+        echo 1 >/proc/sys/vm/drop_caches
+    elif [ -z "${SETTLE_NOTED:-}" ]; then
+        SETTLE_NOTED=1
+        note "page cache not dropped between runs (not root): runs may differ in the memory they find free"
+    fi
+    find "$1" -type f -exec cat {} + >/dev/null
+    cat -- "$FERRY_BIN" "$(command -v rsync)" >/dev/null
+}
+
 # ---------------------------------------------------------------- repl-full
 
 # start_rsyncd DIR: an rsync daemon serving DIR read-only as module "blobs"
@@ -173,7 +193,7 @@ bench_repl_full() {
     [ -n "${RSYNCD_PID:-}" ] && stop_now "$RSYNCD_PID"
     RSYNCD_PID=''
     repl_stop_pair
-    rm -rf -- "$BENCH_TMP/full-src" "$BENCH_TMP/full-rsync"
+    rm -rf -- "$BENCH_TMP/full-src" "$BENCH_TMP"/full-rsync-* "$BENCH_TMP"/ferry-full-spoke-*
     return $rc
 }
 
@@ -192,7 +212,11 @@ repl_full_inner() {
     items=$(kv items "$out")
     secs=$(kv seconds "$out")
     log "repl-full: uploaded $items items in $secs s ($(awk -v b="$total" -v s="$secs" 'BEGIN { printf "%.0f", b / 1048576 / s }') MiB/s)"
-    rm -rf -- "$src"
+    # Nothing is deleted until the part ends: on ext4 without a journal,
+    # creating a file skips every inode of its group freed in the last
+    # minutes (recently_deleted), and a thousand files removed just before
+    # a run made that run's creates cost as much as a third of its CPU.
+    # Each run writes into a folder of its own instead.
 
     blobdir=$HUB_DIR/data/blobs/sha256
     [ -d "$blobdir" ] || { note "repl-full: no blob folder at $blobdir"; return 1; }
@@ -203,7 +227,6 @@ repl_full_inner() {
     # The two alternate, RF_RUNS times each, so that a burst of noise from
     # elsewhere on the machine hits both; medians are compared.
     start_rsyncd "$blobdir" || { note "repl-full: the rsync daemon did not start"; return 1; }
-    dest=$BENCH_TMP/full-rsync
     local run rs_runs=() rs_cpu_runs=() fe_runs=() fe_cpu_runs=() wall_runs=()
     local rs_cli_runs=() rs_srv_runs=() fe_hub_runs=() fe_spoke_runs=()
     local t0 t1 carried_out added bytes exec_s d0 d1 h0 h1 s0 s1 cpu sha
@@ -214,6 +237,8 @@ repl_full_inner() {
         note "repl-full: openssl speed -evp sha256 gave no figure: the CPU-per-GiB target is not checked"
     fi
     for ((run = 1; run <= RF_RUNS; run++)); do
+        dest=$BENCH_TMP/full-rsync-$run
+        settle_cache "$blobdir"
         d0=$(proc_cpu_ms "$RSYNCD_PID" children)
         rs=$(rsync_timed "$dest") || { note "repl-full: rsync failed"; return 1; }
         [ "$(tree_size "$dest")" = "$hub_tree" ] ||
@@ -223,11 +248,10 @@ repl_full_inner() {
         rs_runs+=("$rs") rs_cpu_runs+=("$cpu")
         rs_cli_runs+=("$(cat "$BENCH_TMP/rsync.cpu_ms")") rs_srv_runs+=("$((d1 - d0))")
         log "repl-full run $run: rsync -a: $rs s ($(awk -v b="${hub_tree#* }" -v s="$rs" 'BEGIN { printf "%.0f", b / 1048576 / s }') MiB/s), CPU $cpu ms (client and daemon)"
-        rm -rf -- "$dest"
 
         # Ferry: a fresh spoke pulls the whole feed.
+        settle_cache "$blobdir"
         repl_spoke "full-spoke-$run" || { note "repl-full: cannot set up the spoke"; return 1; }
-        sync
         h0=$(proc_cpu_ms "$HUB_PID")
         s0=$(proc_cpu_ms "$SPOKE_PID")
         t0=$(now_ms)
@@ -254,12 +278,13 @@ repl_full_inner() {
         [ "$(kv carrying "$carried_out")" = 1 ] ||
             note "repl-full: the copy took $(kv carrying "$carried_out") executions; the time is from the first start to the last end"
         stop_ferry_now "$SPOKE_PID"
-        rm -rf -- "$SPOKE_DIR"
         SPOKE_PID='' SPOKE_DIR=''
         sync
     done
     local rs_fsync= rs_fsync_cpu=
     if [[ $(rsync --help 2>/dev/null) == *--fsync* ]]; then
+        dest=$BENCH_TMP/full-rsync-fsync
+        settle_cache "$blobdir"
         d0=$(proc_cpu_ms "$RSYNCD_PID" children)
         rs_fsync=$(rsync_timed "$dest" --fsync) || rs_fsync=
         d1=$(proc_cpu_ms "$RSYNCD_PID" children)
@@ -267,7 +292,6 @@ repl_full_inner() {
             rs_fsync_cpu=$(($(cat "$BENCH_TMP/rsync.cpu_ms") + d1 - d0))
             log "repl-full: rsync -a --fsync: $rs_fsync s, CPU $rs_fsync_cpu ms (client and daemon)"
         fi
-        rm -rf -- "$dest"
     fi
     stop_now "$RSYNCD_PID"
     RSYNCD_PID=''

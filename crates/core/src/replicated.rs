@@ -13,6 +13,9 @@ use futures::StreamExt;
 
 use crate::{CoreError, Ferry};
 
+/// Sizes of stored blobs, by digest, as [`Ferry::present_blob_sizes`] gives them.
+type Sizes = std::collections::HashMap<Digest, u64>;
+
 /// Largest OCI manifest read back to check a replicated manifest item.
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
@@ -53,9 +56,19 @@ impl Ferry {
         changes: &[Change],
         overwrite: bool,
     ) -> Result<Vec<Option<String>>, CoreError> {
+        // The sizes of every blob the changes name, looked up at once (one
+        // query and one pass over the files, not two hand-overs per item).
+        let mut named = std::collections::HashSet::new();
+        for c in changes {
+            if let ChangeOp::Upsert { blobs, .. } = &c.op {
+                named.extend(blobs.iter().copied());
+            }
+        }
+        let named: Vec<Digest> = named.into_iter().collect();
+        let sizes = self.present_blob_sizes(&named).await?;
         let mut verdicts = Vec::with_capacity(changes.len());
         for c in changes {
-            match self.check_received_item(feed, c).await {
+            match self.check_received_item(feed, c, &sizes).await {
                 Ok(()) => verdicts.push(None),
                 Err(CoreError::Invalid(why)) => verdicts.push(Some(why)),
                 Err(e) => return Err(e),
@@ -75,7 +88,12 @@ impl Ferry {
     }
 
     /// One received change by itself: its stamp and its item.
-    async fn check_received_item(&self, feed: &FeedRecord, change: &Change) -> Result<(), CoreError> {
+    async fn check_received_item(
+        &self,
+        feed: &FeedRecord,
+        change: &Change,
+        sizes: &Sizes,
+    ) -> Result<(), CoreError> {
         self.check_stamp(&change.key, &change.stamp)?;
         let key = &change.key;
         let live = match &change.op {
@@ -87,13 +105,13 @@ impl Ferry {
                 assets::validate_item(key, live)?;
                 if let Some((meta, blobs)) = live {
                     let size = meta.get("size").and_then(|v| v.as_u64());
-                    self.check_size(key.as_str(), &blobs[0], size).await?;
+                    self.check_size(key.as_str(), &blobs[0], size, sizes).await?;
                 }
             }
             FeedType::Npm => {
                 if let (Some(sri), Some((_, blobs))) = (npm::validate_item(key, live)?, live) {
                     let mut hasher = npm::IntegrityHasher::default();
-                    self.replicated_blob_size(key.as_str(), &blobs[0]).await?;
+                    self.replicated_blob_size(key.as_str(), &blobs[0], sizes).await?;
                     let mut body = self.read_blob(&blobs[0], None).await?.stream;
                     while let Some(chunk) = body.next().await {
                         hasher.update(&chunk.map_err(|e| CoreError::Internal(e.to_string()))?);
@@ -105,7 +123,7 @@ impl Ferry {
             }
             FeedType::Pypi => {
                 if let Some(file) = pypi::validate_item(key, live)? {
-                    self.check_size(key.as_str(), &file.sha256, Some(file.size))
+                    self.check_size(key.as_str(), &file.sha256, Some(file.size), sizes)
                         .await?;
                 }
             }
@@ -113,33 +131,37 @@ impl Ferry {
                 // The blob is the .crate its `cksum` (sha256) names, so the
                 // digest check is the checksum check; the size must agree.
                 if let (Some(item), Some((_, blobs))) = (cargo::validate_item(key, live)?, live) {
-                    self.check_size(key.as_str(), &blobs[0], Some(item.size)).await?;
+                    self.check_size(key.as_str(), &blobs[0], Some(item.size), sizes)
+                        .await?;
                 }
             }
             FeedType::Nuget => {
                 // The blob is the .nupkg; its size must be the one recorded.
                 if let (Some(item), Some((_, blobs))) = (nuget::validate_item(key, live)?, live) {
-                    self.check_size(key.as_str(), &blobs[0], Some(item.size)).await?;
+                    self.check_size(key.as_str(), &blobs[0], Some(item.size), sizes)
+                        .await?;
                 }
             }
             FeedType::Debian => {
                 if let Some(m) = ferry_formats::debian::validate_item(key, live)? {
-                    self.check_size(key.as_str(), &m.sha256, Some(m.size)).await?;
+                    self.check_size(key.as_str(), &m.sha256, Some(m.size), sizes)
+                        .await?;
                 }
             }
             FeedType::Rpm => {
                 // The blob is the .rpm; its size must be the one recorded.
                 if let Some(m) = ferry_formats::rpm::validate_item(key, live)? {
-                    self.check_size(key.as_str(), &m.sha256, Some(m.size)).await?;
+                    self.check_size(key.as_str(), &m.sha256, Some(m.size), sizes)
+                        .await?;
                 }
             }
             FeedType::Oci => {
                 let check = oci::validate_item(key, live).map_err(|e| CoreError::invalid(e.to_string()))?;
                 if let oci::ItemCheck::Link { digest, sha512 } = check {
-                    self.check_sha512(key.as_str(), &digest, &sha512).await?;
+                    self.check_sha512(key.as_str(), &digest, &sha512, sizes).await?;
                 }
                 if let (oci::ItemCheck::Manifest { digest, meta }, Some((_, blobs))) = (check, live) {
-                    let size = self.replicated_blob_size(key.as_str(), &digest).await?;
+                    let size = self.replicated_blob_size(key.as_str(), &digest, sizes).await?;
                     if size > MAX_MANIFEST_BYTES {
                         return Err(CoreError::invalid(format!(
                             "OCI item {key}: the manifest is {size} bytes, over {MAX_MANIFEST_BYTES}"
@@ -153,7 +175,7 @@ impl Ferry {
                     oci::check_manifest_item(&bytes, &meta, blobs)
                         .map_err(|e| CoreError::invalid(format!("OCI item {key}: {e}")))?;
                     for (sha512, blob) in &meta.aliases {
-                        self.check_sha512(key.as_str(), blob, sha512).await?;
+                        self.check_sha512(key.as_str(), blob, sha512, sizes).await?;
                     }
                 }
             }
@@ -163,7 +185,12 @@ impl Ferry {
 
     /// The size of a blob a received item names; it must have been
     /// transferred first.
-    async fn replicated_blob_size(&self, key: &str, blob: &Digest) -> Result<u64, CoreError> {
+    /// `sizes`: what [`Ferry::present_blob_sizes`] found for the blobs of
+    /// the batch; a blob not among them is looked up by itself.
+    async fn replicated_blob_size(&self, key: &str, blob: &Digest, sizes: &Sizes) -> Result<u64, CoreError> {
+        if let Some(size) = sizes.get(blob) {
+            return Ok(*size);
+        }
         let registered = self.0.meta.blob_present(blob).await?;
         match self.0.blobs.size(blob).await? {
             Some(size) if registered => Ok(size),
@@ -180,8 +207,9 @@ impl Ferry {
         key: &str,
         blob: &Digest,
         sha512: &oci::Sha512Digest,
+        sizes: &Sizes,
     ) -> Result<(), CoreError> {
-        self.replicated_blob_size(key, blob).await?;
+        self.replicated_blob_size(key, blob, sizes).await?;
         let mut hasher = oci::Sha512Hasher::default();
         let mut body = self.read_blob(blob, None).await?.stream;
         while let Some(chunk) = body.next().await {
@@ -197,8 +225,14 @@ impl Ferry {
     }
 
     /// The stored blob must be as long as the item's metadata says.
-    async fn check_size(&self, key: &str, blob: &Digest, claimed: Option<u64>) -> Result<(), CoreError> {
-        let stored = self.replicated_blob_size(key, blob).await?;
+    async fn check_size(
+        &self,
+        key: &str,
+        blob: &Digest,
+        claimed: Option<u64>,
+        sizes: &Sizes,
+    ) -> Result<(), CoreError> {
+        let stored = self.replicated_blob_size(key, blob, sizes).await?;
         match claimed {
             Some(n) if n == stored => Ok(()),
             _ => Err(CoreError::invalid(format!(

@@ -598,6 +598,9 @@ impl Drop for AppendGuard<'_> {
 /// cache costs several times more per byte here).
 const WRITE_SLICE: usize = 64 << 10;
 
+/// Most bytes of ready chunks [`pour`] hands to its writer at once.
+const POUR_BATCH: usize = 1 << 20;
+
 /// How many bytes a blob writer lets pile up in the page cache before it
 /// starts writing them out ([`start_writeback`]).
 const WRITEBACK_EVERY: usize = 8 << 20;
@@ -645,8 +648,9 @@ async fn pour(
     limit: u64,
     hold: impl Send + 'static,
 ) -> Result<Poured, StoreError> {
+    use futures::FutureExt as _;
     use std::io::Write;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(4);
     let start = size;
     let writer = tokio::task::spawn_blocking(move || -> io::Result<(std::fs::File, Option<Sha256Hasher>)> {
         let _hold = hold;
@@ -657,14 +661,16 @@ async fn pour(
         let mut out = std::io::BufWriter::with_capacity(WRITE_SLICE, file);
         let mut unflushed = 0;
         let mut window_start = start;
-        while let Some(chunk) = rx.blocking_recv() {
-            for piece in chunk.chunks(WRITE_SLICE) {
-                if let Some(h) = &mut hasher {
-                    h.update(piece);
+        while let Some(batch) = rx.blocking_recv() {
+            for chunk in batch {
+                for piece in chunk.chunks(WRITE_SLICE) {
+                    if let Some(h) = &mut hasher {
+                        h.update(piece);
+                    }
+                    out.write_all(piece)?;
                 }
-                out.write_all(piece)?;
+                unflushed += chunk.len();
             }
-            unflushed += chunk.len();
             if unflushed >= WRITEBACK_EVERY {
                 out.flush()?;
                 start_writeback(out.get_ref(), window_start, unflushed as u64);
@@ -676,23 +682,46 @@ async fn pour(
         Ok((file, hasher))
     });
     let mut failure = None;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(chunk) => {
-                size += chunk.len() as u64;
-                if size > limit {
-                    drop(tx);
-                    let _ = writer.await;
-                    return Err(StoreError::TooLarge { limit });
+    let mut ended = false;
+    while !ended {
+        // The chunks that are ready go to the writer together (up to
+        // POUR_BATCH bytes): each hand-over can wake the writer's thread,
+        // and each wake-up costs as much as hashing a few kilobytes.
+        let mut batch = Vec::new();
+        let mut batched = 0;
+        let mut next = body.next().await;
+        loop {
+            match next {
+                Some(Ok(chunk)) => {
+                    size += chunk.len() as u64;
+                    if size > limit {
+                        drop(tx);
+                        let _ = writer.await;
+                        return Err(StoreError::TooLarge { limit });
+                    }
+                    batched += chunk.len();
+                    batch.push(chunk);
                 }
-                if tx.send(chunk).await.is_err() {
-                    break; // the writer failed; its error is below
+                Some(Err(e)) => {
+                    failure = Some(e);
+                    ended = true;
+                    break;
+                }
+                None => {
+                    ended = true;
+                    break;
                 }
             }
-            Err(e) => {
-                failure = Some(e);
+            if batched >= POUR_BATCH {
                 break;
             }
+            match body.next().now_or_never() {
+                Some(n) => next = n,
+                None => break, // nothing more yet: hand over what is here
+            }
+        }
+        if !batch.is_empty() && tx.send(batch).await.is_err() {
+            break; // the writer failed; its error is below
         }
     }
     drop(tx);
@@ -1327,35 +1356,43 @@ impl BlobStore for FsBlobStore {
     async fn commit(&self, mut staged: StagedBlob) -> Result<BlobCheck, StoreError> {
         staged.flushed().await?;
         let dest = self.blob_path(&staged.digest);
-        let found = self.check(&staged.digest).await?;
-        match found {
-            BlobCheck::Intact { .. } => return Ok(found), // `staged` is dropped
-            BlobCheck::Corrupt { actual, size } => tracing::warn!(
-                blob = %staged.digest, %actual, size,
-                "stored blob was corrupt; replaced by a verified copy"
-            ),
-            BlobCheck::Missing => {}
-        }
-        if let Some(dir) = dest.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        // A rename replaces atomically: readers that opened the old file
-        // keep reading it, new readers get the verified copy. It holds the
-        // place lock, so a reader that found the old bytes wrong moves
-        // aside only the old file.
         let (from, place) = (staged.path.clone(), self.place.clone());
         let (verified, d) = (self.verified.clone(), staged.digest);
-        tokio::task::spawn_blocking(move || {
+        // One blocking call for the look at what is in place, the folder
+        // and the rename (each a thread hand-over of its own otherwise).
+        let found = tokio::task::spawn_blocking(move || -> Result<BlobCheck, StoreError> {
+            let found = match hash_file(&dest) {
+                Ok((actual, size)) if actual == d => return Ok(BlobCheck::Intact { size }),
+                Ok((actual, size)) => BlobCheck::Corrupt { actual, size },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => BlobCheck::Missing,
+                Err(e) => return Err(StoreError::Io(e)),
+            };
+            if let BlobCheck::Corrupt { actual, size } = &found {
+                tracing::warn!(
+                    blob = %d, %actual, size,
+                    "stored blob was corrupt; replaced by a verified copy"
+                );
+            }
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            // A rename replaces atomically: readers that opened the old
+            // file keep reading it, new readers get the verified copy. It
+            // holds the place lock, so a reader that found the old bytes
+            // wrong moves aside only the old file.
             let _placing = locked(&place);
             std::fs::rename(from, &dest)?;
             // Hashed on its way in: known good as it now lies.
             if let Ok(meta) = std::fs::metadata(&dest) {
                 remember_verified(&verified, d, file_stamp(&meta));
             }
-            Ok::<_, io::Error>(())
+            Ok(found)
         })
         .await
         .map_err(|e| StoreError::Backend(format!("blob commit: {e}")))??;
+        if let BlobCheck::Intact { .. } = found {
+            return Ok(found); // `staged` is dropped
+        }
         staged.committed = true;
         self.resolve(&staged.digest).await?;
         Ok(found)
@@ -1585,22 +1622,23 @@ impl BlobStore for FsBlobStore {
     ) -> Result<StagedBlob, StoreError> {
         let digest = transfer.digest();
         let partial = self.partial_path(&digest);
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&partial)
-            .await?
-            .into_std()
-            .await;
         // The claim makes this the only writer, and the body starts at the
         // claim's offset: anything past it in the file is cut off.
         let start = transfer.offset();
-        file.set_len(start)?;
-        {
+        let p = partial.clone();
+        let file = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
             use std::io::Seek;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&p)?;
+            file.set_len(start)?;
             file.seek(io::SeekFrom::Start(start))?;
-        }
+            Ok(file)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob transfer: {e}")))??;
         let fresh = start == 0;
         let poured = match pour(body, file, fresh.then(Sha256Hasher::new), start, limit, ()).await {
             Ok(p) => p,
@@ -1611,32 +1649,39 @@ impl BlobStore for FsBlobStore {
             Err(e) => return Err(e), // a broken body: what arrived is kept
         };
         let size = poured.size;
-        let on_disk = poured.file.metadata()?.len();
-        drop(poured.file);
-        let actual = match poured.hasher {
-            // Fresh and exclusive: the file holds exactly the bytes hashed,
-            // which its length confirms.
-            Some(hasher) if on_disk == size => hasher.finish(),
-            // Resumed (or a length that does not add up): hash what the
-            // file holds, off the async threads.
-            _ => {
-                let p = partial.clone();
-                tokio::task::spawn_blocking(move || hash_file(&p))
-                    .await
-                    .map_err(|e| StoreError::Backend(e.to_string()))??
-                    .0
+        let name: [u8; 16] = rand::random();
+        let path = self.staging.join(hex::encode(name));
+        let (p, to) = (partial.clone(), path.clone());
+        let file = poured.file;
+        let hasher = poured.hasher;
+        // One blocking call: the length on disk, the hash of a resumed
+        // file, and (when it is right) the move to staging.
+        let (actual, on_disk) = tokio::task::spawn_blocking(move || -> io::Result<(Digest, u64)> {
+            let on_disk = file.metadata()?.len();
+            drop(file);
+            let actual = match hasher {
+                // Fresh and exclusive: the file holds exactly the bytes
+                // hashed, which its length confirms.
+                Some(hasher) if on_disk == size => hasher.finish(),
+                // Resumed (or a length that does not add up): hash what
+                // the file holds.
+                _ => hash_file(&p)?.0,
+            };
+            if actual == digest {
+                std::fs::rename(&p, &to)?;
+            } else {
+                let _ = std::fs::remove_file(&p);
             }
-        };
+            Ok((actual, on_disk))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob transfer: {e}")))??;
         if actual != digest {
-            let _ = tokio::fs::remove_file(&partial).await;
             return Err(StoreError::DigestMismatch {
                 expected: digest,
                 actual,
             });
         }
-        let name: [u8; 16] = rand::random();
-        let path = self.staging.join(hex::encode(name));
-        tokio::fs::rename(&partial, &path).await?;
         drop(transfer);
         Ok(StagedBlob {
             path,

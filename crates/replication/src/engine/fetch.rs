@@ -36,6 +36,20 @@ const SMALL_GROUP_BYTES: usize = 8 << 20;
 /// before it counts as failed (and the other side is asked instead).
 pub(super) const SOURCE_STALL: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// Large frames of one batch stream being stored at once while the next
+/// frames are read (their bytes wait in memory, 8 chunks each at most).
+const STORING_AHEAD: usize = 3;
+
+/// A large frame handed from the reading to the storing side of
+/// [`Run::fetch_group`]: its digest, the offset it resumed from, its bytes
+/// so far, and the storing of them (transfer, verification, commit).
+struct Storing<'a> {
+    digest: Digest,
+    offset: u64,
+    received: Arc<AtomicU64>,
+    stored: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ReplError>> + Send + 'a>>,
+}
+
 /// A blob transfer whose bytes are committed; the handle flushes it.
 pub(super) type Flush = JoinHandle<Result<(), StoreError>>;
 /// A group of small blobs being committed: their sizes, and each one's
@@ -450,128 +464,189 @@ impl Run<'_> {
             }
             Err(e) => return Err(e),
         };
-        loop {
-            let header = match reader.header().await {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => {
-                    g.error = Some(ReplError::Transport(e.to_string()));
-                    break;
-                }
-            };
-            let d = header.digest;
-            let Some(transfer) = claims.remove(&d) else {
-                g.error = Some(ReplError::Transport(format!(
-                    "the other instance sent blob {d}, which was not asked for"
-                )));
-                break;
-            };
-            if let Some(status) = header.status {
-                let message = header.error.unwrap_or_default();
-                match status {
-                    404 | 403 => {
-                        if from_source && g.done.notes.is_empty() {
-                            g.done.notes.push(format!("{status}: {message}"));
-                        }
-                        g.done.gone.insert(d);
-                    }
-                    // Asked from past its end: what is held here is wrong.
-                    416 => {
-                        store.discard_transfer(transfer).await?;
-                        g.retry.push(d);
-                    }
-                    _ => {
-                        g.done.damaged.insert(
-                            d,
-                            format!("the other instance cannot serve blob {d} ({status}: {message})"),
-                        );
-                    }
-                }
-                continue;
-            }
-            if header.offset != transfer.offset() {
-                g.error = Some(ReplError::Transport(format!(
-                    "the other instance sent blob {d} from byte {}, not {}",
-                    header.offset,
-                    transfer.offset()
-                )));
-                break;
-            }
-            if header.offset == 0 && header.length <= SMALL_FRAME {
-                match reader.read_whole(header.length).await {
-                    Ok(bytes) => {
-                        let n = bytes.len();
-                        crate::throttle::pace(&self.rate, n as u64).await;
-                        self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                        small.push((d, bytes, transfer));
-                        small_bytes += n;
-                        if small.len() >= SMALL_GROUP || small_bytes >= SMALL_GROUP_BYTES {
-                            self.flush_small(&mut small, &mut inflight, &mut g).await?;
-                            small_bytes = 0;
-                        }
-                        continue;
-                    }
-                    Err((arrived, e)) => {
-                        // Kept in its partial file, as a large frame's
-                        // bytes are: the next request resumes from there.
-                        self.progress
-                            .bytes
-                            .fetch_add(arrived.len() as u64, Ordering::Relaxed);
-                        let broken = std::io::Error::new(e.kind(), e.to_string());
-                        let body: ferry_store::ByteStream =
-                            Box::pin(futures::stream::iter([Ok(arrived), Err(broken)]));
-                        let _ = store.continue_transfer(transfer, body, limit).await;
-                        g.retry.push(d);
+        // Large frames are stored (written, verified, committed) while the
+        // frames after them are read: `reading` hands each one to `storing`
+        // with the receiving end of its bytes, and `storing` keeps up to
+        // [`STORING_AHEAD`] of them going. Both run in this task, so a
+        // chunk passes from one to the other without a thread's wake-up.
+        let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::channel::<Storing<'_>>(1);
+        // Frames whose bytes broke off: their outcome is a retry, whatever
+        // storing them came to.
+        let mut broken: HashSet<Digest> = HashSet::new();
+        let reading = async {
+            loop {
+                let header = match reader.header().await {
+                    Ok(Some(h)) => h,
+                    Ok(None) => break,
+                    Err(e) => {
                         g.error = Some(ReplError::Transport(e.to_string()));
                         break;
                     }
+                };
+                let d = header.digest;
+                let Some(transfer) = claims.remove(&d) else {
+                    g.error = Some(ReplError::Transport(format!(
+                        "the other instance sent blob {d}, which was not asked for"
+                    )));
+                    break;
+                };
+                if let Some(status) = header.status {
+                    let message = header.error.unwrap_or_default();
+                    match status {
+                        404 | 403 => {
+                            if from_source && g.done.notes.is_empty() {
+                                g.done.notes.push(format!("{status}: {message}"));
+                            }
+                            g.done.gone.insert(d);
+                        }
+                        // Asked from past its end: what is held here is wrong.
+                        416 => {
+                            store.discard_transfer(transfer).await?;
+                            g.retry.push(d);
+                        }
+                        _ => {
+                            g.done.damaged.insert(
+                                d,
+                                format!("the other instance cannot serve blob {d} ({status}: {message})"),
+                            );
+                        }
+                    }
+                    continue;
+                }
+                if header.offset != transfer.offset() {
+                    g.error = Some(ReplError::Transport(format!(
+                        "the other instance sent blob {d} from byte {}, not {}",
+                        header.offset,
+                        transfer.offset()
+                    )));
+                    break;
+                }
+                if header.offset == 0 && header.length <= SMALL_FRAME {
+                    match reader.read_whole(header.length).await {
+                        Ok(bytes) => {
+                            let n = bytes.len();
+                            crate::throttle::pace(&self.rate, n as u64).await;
+                            self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            small.push((d, bytes, transfer));
+                            small_bytes += n;
+                            if small.len() >= SMALL_GROUP || small_bytes >= SMALL_GROUP_BYTES {
+                                self.flush_small(&mut small, &mut inflight, &mut g).await?;
+                                small_bytes = 0;
+                            }
+                            continue;
+                        }
+                        Err((arrived, e)) => {
+                            // Kept in its partial file, as a large frame's
+                            // bytes are: the next request resumes from there.
+                            self.progress
+                                .bytes
+                                .fetch_add(arrived.len() as u64, Ordering::Relaxed);
+                            let broken = std::io::Error::new(e.kind(), e.to_string());
+                            let body: ferry_store::ByteStream =
+                                Box::pin(futures::stream::iter([Ok(arrived), Err(broken)]));
+                            let _ = store.continue_transfer(transfer, body, limit).await;
+                            g.retry.push(d);
+                            g.error = Some(ReplError::Transport(e.to_string()));
+                            break;
+                        }
+                    }
+                }
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let progress = self.progress.clone();
+                let received = Arc::new(AtomicU64::new(0));
+                let counter = received.clone();
+                let counted = crate::batch::channel_stream(rx).inspect_ok(move |chunk| {
+                    progress.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                });
+                let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
+                let store = store.clone();
+                let stored = Box::pin(async move {
+                    let staged = store.continue_transfer(transfer, throttled, limit).await?;
+                    self.r.ferry().commit_blob(staged).await?;
+                    Ok::<_, ReplError>(())
+                });
+                let job = Storing {
+                    digest: d,
+                    offset: header.offset,
+                    received,
+                    stored,
+                };
+                if jobs_tx.send(job).await.is_err() {
+                    break; // storing failed; its error is below
+                }
+                if let Err(e) = reader.pump(header.length, tx).await {
+                    // What arrived is kept; the next request resumes from it.
+                    broken.insert(d);
+                    g.retry.push(d);
+                    g.error = Some(ReplError::Transport(e.to_string()));
+                    break;
                 }
             }
-            let (tx, rx) = tokio::sync::mpsc::channel(8);
-            let progress = self.progress.clone();
-            let received = Arc::new(AtomicU64::new(0));
-            let counter = received.clone();
-            let counted = crate::batch::channel_stream(rx).inspect_ok(move |chunk| {
-                progress.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            });
-            let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
-            let stored = async {
-                let staged = store.continue_transfer(transfer, throttled, limit).await?;
-                self.r.ferry().commit_blob(staged).await?;
-                Ok::<_, ReplError>(())
-            };
-            let (pumped, stored) = tokio::join!(reader.pump(header.length, tx), stored);
-            let n = received.load(Ordering::Relaxed);
+            drop(jobs_tx);
+            // Small blobs read whole are committed whatever ended the body.
+            self.flush_small(&mut small, &mut inflight, &mut g).await?;
+            self.settle_small(&mut inflight, &mut g).await?;
+            Ok::<_, ReplError>(())
+        };
+        let storing = async {
+            let mut going = futures::stream::FuturesUnordered::new();
+            let mut stored = Vec::new();
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    job = jobs_rx.recv(), if open && going.len() < STORING_AHEAD => match job {
+                        Some(job) => going.push(async move {
+                            let outcome = job.stored.await;
+                            (job.digest, job.offset, job.received.load(Ordering::Relaxed), outcome)
+                        }),
+                        None => open = false,
+                    },
+                    Some(done) = going.next(), if !going.is_empty() => {
+                        // A failure of the store here (not of the bytes)
+                        // stops the reading: later frames would fail alike.
+                        let fatal = matches!(&done.3, Err(e) if !matches!(e, ReplError::Core(ferry_core::CoreError::Invalid(_))));
+                        stored.push(done);
+                        if fatal {
+                            jobs_rx.close();
+                            open = false;
+                        }
+                    }
+                    else => break,
+                }
+            }
+            stored
+        };
+        let (read, stored) = tokio::join!(reading, storing);
+        let mut failure = read.err();
+        for (d, offset, n, outcome) in stored {
             metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "pull")
                 .increment(n);
-            if let Err(e) = pumped {
-                // What arrived is kept; the next request resumes from it.
-                g.retry.push(d);
-                g.error = Some(ReplError::Transport(e.to_string()));
-                break;
+            if broken.contains(&d) {
+                continue; // asked for again, from where its bytes broke off
             }
-            match stored {
+            match outcome {
                 Ok(()) => {
                     let store = store.clone();
                     g.done.one(n, tokio::spawn(async move { store.sync(&[d]).await }));
                 }
                 // A resumed transfer that does not verify was discarded:
                 // ask once more from the first byte.
-                Err(ReplError::Core(ferry_core::CoreError::Invalid(_))) if header.offset > 0 => {
-                    g.retry.push(d)
-                }
+                Err(ReplError::Core(ferry_core::CoreError::Invalid(_))) if offset > 0 => g.retry.push(d),
                 Err(ReplError::Core(ferry_core::CoreError::Invalid(m))) => {
                     g.done
                         .damaged
                         .insert(d, format!("blob {d} arrived wrong from the other instance: {m}"));
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    g.retry.push(d);
+                    failure.get_or_insert(e);
+                }
             }
         }
-        // Small blobs read whole are committed whatever ended the body.
-        self.flush_small(&mut small, &mut inflight, &mut g).await?;
-        self.settle_small(&mut inflight, &mut g).await?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
         // Asked for, not answered (the body was cut before their frame).
         g.retry.extend(claims.into_keys());
         Ok(g)
