@@ -54,8 +54,11 @@ impl FsckReport {
 /// across restarts: corrupt blobs are the store's outstanding quarantines
 /// ([`BlobStore::quarantined`](ferry_store::BlobStore::quarantined)), and
 /// missing ones its small durable record
-/// ([`BlobStore::record_missing`](ferry_store::BlobStore::record_missing)),
-/// read on first use. No blob is re-hashed to rebuild it.
+/// ([`BlobStore::mark_missing`](ferry_store::BlobStore::mark_missing), one
+/// record per digest), read on first use and followed on every use: records
+/// other nodes sharing the blob store added or removed (the store re-reads
+/// them at a bounded interval) are added or removed here too. No blob is
+/// re-hashed to rebuild it.
 #[derive(Default)]
 pub(crate) struct DamageLog {
     state: std::sync::Mutex<Option<DamageState>>,
@@ -71,36 +74,49 @@ struct DamageState {
     forgotten: BTreeSet<Digest>,
     /// When [`Ferry::forget_unreferenced_damage`] last asked about a blob.
     asked_at: std::collections::HashMap<Digest, std::time::Instant>,
+    /// The blob store's records of missing blobs as last seen here.
+    on_record: BTreeSet<Digest>,
 }
 
 impl Ferry {
     /// Runs `f` on the damage state, reading the durable record first if
     /// this is the first use. None if the lock is poisoned.
     fn with_damage<R>(&self, f: impl FnOnce(&mut DamageState) -> R) -> Option<R> {
+        let on_record: BTreeMap<Digest, i64> = self.0.blobs.missing_on_record().into_iter().collect();
         let mut guard = self.0.damage.state.lock().ok()?;
-        let state = guard.get_or_insert_with(|| {
-            let known = self
-                .0
-                .blobs
-                .missing_on_record()
-                .into_iter()
-                .map(|(digest, found_at)| {
-                    (
-                        digest,
-                        Damage {
-                            digest,
-                            kind: DamageKind::Missing,
-                            found_at,
-                        },
-                    )
-                })
-                .collect();
-            DamageState {
-                known,
-                forgotten: BTreeSet::new(),
-                asked_at: Default::default(),
+        let state = guard.get_or_insert_with(DamageState::default);
+        // Records that appeared (another node found the blob missing, or
+        // this is the first use) are known damage; records that went away
+        // (another node found the blob again, or it was stored again) end
+        // the damage known as missing.
+        for (digest, found_at) in &on_record {
+            if !state.on_record.contains(digest) && !state.known.contains_key(digest) {
+                state.known.insert(
+                    *digest,
+                    Damage {
+                        digest: *digest,
+                        kind: DamageKind::Missing,
+                        found_at: *found_at,
+                    },
+                );
             }
-        });
+        }
+        let gone: Vec<Digest> = state
+            .on_record
+            .iter()
+            .filter(|d| !on_record.contains_key(d))
+            .copied()
+            .collect();
+        for digest in gone {
+            if state
+                .known
+                .get(&digest)
+                .is_some_and(|d| d.kind == DamageKind::Missing)
+            {
+                state.known.remove(&digest);
+            }
+        }
+        state.on_record = on_record.into_keys().collect();
         Some(f(state))
     }
 
@@ -170,7 +186,7 @@ impl Ferry {
             before != Some(kind) && (before == Some(DamageKind::Missing) || kind == DamageKind::Missing)
         });
         if changed == Some(true) {
-            self.save_missing();
+            self.save_missing(digest);
         }
         self.damaged();
         kind
@@ -184,7 +200,7 @@ impl Ferry {
         if let Some(Some(d)) = removed {
             tracing::info!(blob = %digest, "damaged blob replaced by a verified copy");
             if d.kind == DamageKind::Missing {
-                self.save_missing();
+                self.save_missing(*digest);
             }
         }
         self.damaged();
@@ -202,7 +218,7 @@ impl Ferry {
                 .is_some_and(|d| d.kind == DamageKind::Missing)
         });
         if was_missing == Some(true) {
-            self.save_missing();
+            self.save_missing(*digest);
         }
         self.damaged();
     }
@@ -257,28 +273,41 @@ impl Ferry {
             .unwrap_or(false)
     }
 
-    /// Writes the record of missing blobs in the background, in order:
-    /// each write takes the state as it is when its turn comes.
-    fn save_missing(&self) {
+    /// Writes or removes `digest`'s record of being missing in the
+    /// background, in order: each write takes the digest's state as it is
+    /// when its turn comes.
+    fn save_missing(&self, digest: Digest) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let me = self.clone();
         rt.spawn(async move {
             let _turn = me.0.damage.writer.lock().await;
-            let missing: Vec<(Digest, i64)> = me
+            let missing_since = me
                 .with_damage(|st| {
                     st.known
-                        .values()
+                        .get(&digest)
                         .filter(|d| d.kind == DamageKind::Missing)
-                        .map(|d| (d.digest, d.found_at))
-                        .collect()
+                        .map(|d| d.found_at)
                 })
-                .unwrap_or_default();
-            if let Err(e) = me.0.blobs.record_missing(&missing).await {
-                tracing::error!(error = %e, "could not record the blobs found missing; they are reported until the next restart");
+                .flatten();
+            let saved = match missing_since {
+                Some(at) => me.0.blobs.mark_missing(&digest, at).await,
+                None => me.0.blobs.unmark_missing(&digest).await,
+            };
+            if let Err(e) = saved {
+                tracing::error!(blob = %digest, error = %e, "could not record whether a blob is missing; reported as it is here until the next restart");
             }
         });
+    }
+
+    /// Reads the blob store's damage records again (what other nodes
+    /// sharing it recorded or resolved since its last periodic reading),
+    /// for an answer that must be current: `fsck`, repair.
+    pub async fn refresh_damage(&self) -> Result<(), CoreError> {
+        self.0.blobs.refresh_damage().await?;
+        self.damaged();
+        Ok(())
     }
 
     /// The size of a blob an item references, for serving it. A blob that
@@ -301,6 +330,8 @@ impl Ferry {
         if !(0.0..=1.0).contains(&sample) || sample.is_nan() {
             return Err(CoreError::invalid("the sample must be between 0 and 1"));
         }
+        // What other nodes sharing the blob store recorded or resolved.
+        self.refresh_damage().await?;
         let mut report = FsckReport::default();
         let mut after: Option<Digest> = None;
         loop {

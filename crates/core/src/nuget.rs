@@ -17,8 +17,8 @@ use base64::Engine;
 use bytes::Bytes;
 use ferry_formats::nuget::odata::{self, Value};
 use ferry_formats::nuget::{
-    NuGetVersion, PackageItem, V2Entry, check_file_name, id_key, inspect_nupkg, package_prefix, supports_any,
-    version_key,
+    NuGetVersion, PackageItem, V2Entry, VersionRange, check_file_name, id_key, inspect_nupkg, package_prefix,
+    supports_any, version_key,
 };
 use ferry_store::{FeedRecord, ItemRecord, Precondition, StagedBlob};
 use ferry_types::{Digest, ItemKey};
@@ -383,14 +383,23 @@ pub struct V2Query {
     pub include_prerelease: bool,
     /// `FindPackagesById()`: the id.
     pub id: Option<String>,
-    /// `GetUpdates()`: `(id, installed version)` pairs and whether every
-    /// newer version is wanted (`includeAllVersions`).
-    pub updates: Option<(Vec<(String, String)>, bool)>,
+    /// `GetUpdates()`: `(id, installed version, constraint)` for each
+    /// package asked about (`versionConstraints`: only versions in the
+    /// range are updates) and whether every newer version is wanted
+    /// (`includeAllVersions`).
+    pub updates: Option<(Vec<UpdateAsked>, bool)>,
+    /// `$skiptoken='ID','VERSION'` (as nuget.org's next links carry): only
+    /// entries after that package version, in the default order.
+    pub after: Option<(String, NuGetVersion)>,
     /// `Search()`'s `targetFramework`, `GetUpdates()`'s
     /// `targetFrameworks`: versions whose dependency groups serve none of
     /// them are left out ([`supports_any`]); empty: no filter.
     pub target_frameworks: Vec<String>,
 }
+
+/// A package `GetUpdates()` asks about: id, installed version, and the
+/// range updates must be in (`versionConstraints`), if any.
+pub type UpdateAsked = (String, String, Option<VersionRange>);
 
 /// One page of a v2 answer.
 #[derive(Debug)]
@@ -435,6 +444,32 @@ pub fn v2_query<'a>(all: &'a [Stored], q: &V2Query) -> Result<V2Page<'a>, CoreEr
         .map(odata::parse_filter)
         .transpose()?;
     let term = q.search_term.as_deref().map(|t| t.trim().to_lowercase());
+    // GetUpdates() without includeAllVersions: per id, the newest listed
+    // version this client may see within the id's constraint.
+    let mut newest_wanted: BTreeMap<String, NuGetVersion> = BTreeMap::new();
+    if let Some((wanted, false)) = &q.updates {
+        for s in all {
+            let i = &s.item;
+            if !i.listed || (!q.semver2 && i.is_semver2()) {
+                continue;
+            }
+            let v = i.parsed_version();
+            if !q.include_prerelease && v.is_prerelease() {
+                continue;
+            }
+            let Some((_, _, constraint)) = wanted.iter().find(|(id, _, _)| id.eq_ignore_ascii_case(&i.id))
+            else {
+                continue;
+            };
+            if constraint.as_ref().is_some_and(|c| !c.contains(&v)) {
+                continue;
+            }
+            let e = newest_wanted.entry(id_key(&i.id)).or_insert_with(|| v.clone());
+            if v > *e {
+                *e = v;
+            }
+        }
+    }
     let mut out: Vec<V2Entry<'a>> = Vec::new();
     for s in all {
         let i = &s.item;
@@ -464,17 +499,25 @@ pub fn v2_query<'a>(all: &'a [Stored], q: &V2Query) -> Result<V2Page<'a>, CoreEr
             continue;
         }
         if let Some((wanted, all_versions)) = &q.updates {
-            let Some((_, installed)) = wanted.iter().find(|(id, _)| id.eq_ignore_ascii_case(&i.id)) else {
+            let Some((_, installed, constraint)) =
+                wanted.iter().find(|(id, _, _)| id.eq_ignore_ascii_case(&i.id))
+            else {
                 continue;
             };
+            if constraint.as_ref().is_some_and(|c| !c.contains(&v)) {
+                continue;
+            }
             let Ok(installed) = NuGetVersion::parse(installed) else {
                 continue;
             };
             if v <= installed || (!q.include_prerelease && v.is_prerelease()) {
                 continue;
             }
-            let newest = if q.include_prerelease { &abs } else { &rel };
-            if !all_versions && newest.as_ref() != Some(&v) {
+            if !all_versions
+                && newest_wanted
+                    .get(&id_key(&i.id))
+                    .is_none_or(|n| n.cmp(&v).is_ne())
+            {
                 continue;
             }
         }
@@ -510,6 +553,15 @@ pub fn v2_query<'a>(all: &'a [Stored], q: &V2Query) -> Result<V2Page<'a>, CoreEr
             .cmp(&id_key(&b.item.id))
             .then_with(|| a.item.parsed_version().cmp(&b.item.parsed_version()))
     });
+    if let Some((id, version)) = &q.after {
+        if !order.is_empty() {
+            return Err(CoreError::invalid(
+                "$skiptoken continues the default order (by Id, then Version); it cannot be used with $orderby",
+            ));
+        }
+        let id = id_key(id);
+        out.retain(|e| (id_key(&e.item.id), e.item.parsed_version()) > (id.clone(), version.clone()));
+    }
     let total = out.len();
     let page = q.top.unwrap_or(MAX_PAGE).min(MAX_PAGE);
     let entries: Vec<V2Entry<'a>> = out.into_iter().skip(q.skip).take(page).collect();

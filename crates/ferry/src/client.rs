@@ -265,8 +265,14 @@ fn print_report(report: &Value) -> anyhow::Result<()> {
             f["local"].as_str().unwrap_or("?"),
             f["remote"].as_str().unwrap_or("?"),
         );
-        say!("  {l} <- {r}: pulled {}", counts_line(&f["pulled"]));
-        say!("  {l} -> {r}: pushed {}", counts_line(&f["pushed"]));
+        // Only the directions the mode runs (a report recorded before
+        // reports said so shows both).
+        if f["pulls"].as_bool().unwrap_or(true) {
+            say!("  {l} <- {r}: pulled {}", counts_line(&f["pulled"]));
+        }
+        if f["pushes"].as_bool().unwrap_or(true) {
+            say!("  {l} -> {r}: pushed {}", counts_line(&f["pushed"]));
+        }
     }
     for line in report["log"].as_array().into_iter().flatten() {
         say!(

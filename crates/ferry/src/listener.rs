@@ -18,6 +18,14 @@
 //!   overflow reserve answers `/health`, `/ready` and `/metrics` and 503s
 //!   anything else; past that, new connections are closed at once.
 //!
+//! * **request heads**: at most [`MAX_HEADERS`] header fields and
+//!   [`MAX_HEAD_BYTES`] of request line and headers; past either, 431 with
+//!   a plain-text reason and the security headers every answer carries.
+//!   hyper's own limits are set above ours (four times the fields, twice
+//!   the bytes), so only a head past those gets hyper's own bare 431;
+//!   hyper's 400 for a request it cannot parse (such as an unparseable
+//!   `Content-Length`) is its own too, as no request reaches us to answer.
+//!
 //! Long polls (`GET /api/replication/v1/feeds/F/changes?wait=N`) are exempt
 //! by design: once a request's headers are in, nothing above times out the
 //! time the server takes to answer; only a client that stops sending its
@@ -297,6 +305,9 @@ async fn serve_connection<S>(
         max_connections: limits.max_connections,
     };
     let mut http = hyper::server::conn::http1::Builder::new();
+    // Above our own limits (see `head_too_large`), so that a head past
+    // ours reaches us and is answered with a reason.
+    http.max_headers(HYPER_MAX_HEADERS).max_buf_size(HYPER_MAX_BUF);
     // hyper's own header timer runs from the end of the previous response,
     // so it would also cut idle kept-alive connections at the header
     // timeout; `Conn::deadline` times headers and idleness separately.
@@ -565,6 +576,43 @@ impl Drop for Registered {
 
 // ---------------------------------------------------------------- service
 
+/// The most header fields a request may carry (hyper's default): past it,
+/// 431 with a reason.
+pub const MAX_HEADERS: usize = 100;
+/// The most bytes a request's line and headers may take: past it, 431 with
+/// a reason.
+pub const MAX_HEAD_BYTES: usize = 256 * 1024;
+/// hyper's own limits, above ours: only a head past these gets hyper's bare
+/// 431 (no reason, no security headers). hyper keeps a request's header
+/// indices on the heap once `max_headers` is set; its read buffer grows
+/// only as far as a client sends.
+const HYPER_MAX_HEADERS: usize = 4 * MAX_HEADERS;
+const HYPER_MAX_BUF: usize = 2 * MAX_HEAD_BYTES;
+
+/// Why `req`'s head is past [`MAX_HEADERS`] or [`MAX_HEAD_BYTES`], if it is.
+/// Its size is counted as sent: the request line and each `name: value`
+/// line with its line end.
+fn head_too_large<B>(req: &Request<B>) -> Option<String> {
+    let fields = req.headers().len();
+    if fields > MAX_HEADERS {
+        return Some(format!(
+            "request header fields too large: {fields} header fields, at most {MAX_HEADERS} are accepted\n"
+        ));
+    }
+    let line = req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n".len() + 1;
+    let bytes = req
+        .headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4);
+    (bytes > MAX_HEAD_BYTES).then(|| {
+        format!(
+            "request header fields too large: {} KiB of request line and headers, at most {} KiB are accepted\n",
+            bytes.div_ceil(1024),
+            MAX_HEAD_BYTES / 1024
+        )
+    })
+}
+
 /// The router, as one connection's hyper service.
 #[derive(Clone)]
 struct ConnService {
@@ -585,6 +633,13 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let busy = Busy::begin(&self.conn);
+        if let Some(why) = head_too_large(&req) {
+            let resp = plain(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why);
+            return Box::pin(async move {
+                drop(busy);
+                Ok(resp)
+            });
+        }
         if self.conn.overflow && !OPS_PATHS.contains(&req.uri().path()) {
             let resp = too_many_connections(self.max_connections);
             return Box::pin(async move {

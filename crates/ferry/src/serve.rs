@@ -27,7 +27,10 @@ use crate::{listener, tls};
 /// start refused before it serves — the configuration file cannot be
 /// applied, a store cannot be opened — on a data directory that held no
 /// instance (SQLite) leaves that directory as it found it
-/// ([`FirstStart`]); one that held an instance keeps it as it was.
+/// ([`FirstStart`]); one that held an instance keeps it as it was. With
+/// PostgreSQL, a database that held no instance is emptied again
+/// ([`PgStore::undo_first_start`]) and the data directory put back the
+/// same way; a database that held one is never touched.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let fd_limit = listener::raise_fd_limit();
     let limits = listener::Limits {
@@ -68,10 +71,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // leaves it as it was found.
     let decls = cfg.declarations()?;
     let first = FirstStart::note(&cfg.data_dir, cfg.database_url.is_none());
-    let (ferry, replicator) = match open_and_declare(&cfg, decls, http).await {
+    let mut empty_database = None;
+    let (ferry, replicator) = match open_and_declare(&cfg, decls, http, &mut empty_database).await {
         Ok(opened) => opened,
         Err(e) => {
-            if let Some(first) = first {
+            let undo = match (&cfg.database_url, empty_database) {
+                (None, _) => true,
+                // The database held an instance before (or was never
+                // reached): neither it nor the data directory is touched.
+                (Some(_), None) => false,
+                (Some(_), Some(db)) => match db.undo_first_start().await {
+                    Ok(undone) => undone,
+                    Err(undo) => {
+                        tracing::warn!(error = %undo, "could not remove what the refused start wrote to the database");
+                        false
+                    }
+                },
+            };
+            if undo && let Some(first) = first {
                 first.undo();
             }
             return Err(e);
@@ -143,11 +160,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 /// executions the last stop cut, applies the declarations and makes sure
 /// of the admin key: everything a start does before it serves. An error
 /// here is a refused start ([`FirstStart::undo`] then puts a data
-/// directory that held no instance back as it was).
+/// directory that held no instance back as it was). `empty_database` is
+/// set to the PostgreSQL store when the database held no instance before
+/// this start, for the undo.
 async fn open_and_declare(
     cfg: &Config,
     decls: Option<ferry_server::declare::Declarations>,
     http: reqwest::Client,
+    empty_database: &mut Option<Arc<PgStore>>,
 ) -> anyhow::Result<(Ferry, Replicator)> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
@@ -160,6 +180,13 @@ async fn open_and_declare(
                         .context("connecting to the PostgreSQL database")?,
                 );
                 say!("metadata: PostgreSQL at {}", store.target());
+                if !store
+                    .holds_instance()
+                    .await
+                    .context("reading the PostgreSQL database")?
+                {
+                    *empty_database = Some(store.clone());
+                }
                 (store.clone(), store)
             }
             None => {
@@ -221,8 +248,9 @@ const MADE_BY_A_FIRST_START: [&str; 6] = [
 /// database gets the store's folders), and which directories of its path
 /// did not exist. A refused start removes exactly what was not there
 /// ([`FirstStart::undo`]) and nothing else: whatever was there before
-/// stays. With a database URL the instance lives in the database, not
-/// here, and nothing is noted.
+/// stays. With a database URL the instance lives in the database: the
+/// directory is noted whatever it holds, and put back only when the
+/// database held no instance either (the caller decides).
 struct FirstStart {
     data_dir: std::path::PathBuf,
     absent: Vec<&'static str>,
@@ -237,7 +265,7 @@ struct FirstStart {
 impl FirstStart {
     fn note(data_dir: &Path, sqlite: bool) -> Option<FirstStart> {
         let exists = |p: &Path| p.symlink_metadata().is_ok();
-        if !sqlite || exists(&data_dir.join("ferry.db")) {
+        if sqlite && exists(&data_dir.join("ferry.db")) {
             return None;
         }
         let mut missing_dirs = Vec::new();

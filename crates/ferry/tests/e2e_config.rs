@@ -309,13 +309,14 @@ fn listing(dir: &Path) -> Vec<String> {
 
 /// `ferry serve --config conf --data-dir data` without an admin key in
 /// the environment, until it ends: (succeeded, what it said).
-fn serve_once(conf: &Path, data: &Path) -> (bool, String) {
+fn serve_once(conf: &Path, data: &Path, backend: &Backend) -> (bool, String) {
     let out = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .env("FERRY_CONFIG", conf)
         .env_remove("FERRY_ADMIN_KEY")
         .env_remove("FERRY_DATABASE_URL")
+        .envs(backend.env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     let said = format!(
@@ -326,12 +327,72 @@ fn serve_once(conf: &Path, data: &Path) -> (bool, String) {
     (out.status.success(), said)
 }
 
+/// Where a `ferry serve` of the test keeps its instance: the data
+/// directory alone (SQLite, blob folder), or on the suite's second pass a
+/// fresh PostgreSQL database and S3 bucket of its own.
+struct Backend {
+    env: Vec<(String, String)>,
+    db: Option<ferry_testkit::pg::TestDatabase>,
+    _bucket: Option<support::Bucket>,
+}
+
+impl Backend {
+    fn new() -> Self {
+        if !support::on_postgres() {
+            return Backend {
+                env: Vec::new(),
+                db: None,
+                _bucket: None,
+            };
+        }
+        let db = ferry_testkit::pg::TestDatabase::new();
+        let bucket = support::Bucket::new();
+        let mut env = bucket.env();
+        env.push(("FERRY_DATABASE_URL".into(), db.url.clone()));
+        Backend {
+            env,
+            db: Some(db),
+            _bucket: Some(bucket),
+        }
+    }
+
+    /// What the database holds, one line per row of the tables a start
+    /// writes (instance id, feeds, keys, replications, tokens), or
+    /// nothing when the schema was never made; empty without PostgreSQL.
+    fn rows(&self) -> String {
+        let Some(db) = &self.db else {
+            return String::new();
+        };
+        let out = Command::new("psql")
+            .args([
+                db.url.as_str(),
+                "-qtAc",
+                "SELECT 'meta ' || k || ' ' || v FROM meta \
+                 UNION ALL SELECT 'feed ' || name FROM feeds \
+                 UNION ALL SELECT 'key ' || name FROM api_keys \
+                 UNION ALL SELECT 'replication ' || name FROM replications \
+                 UNION ALL SELECT 'token ' || id FROM sync_tokens \
+                 UNION ALL SELECT 'feed seq ' || nextval('feeds_id_seq')",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && err.contains("does not exist") {
+            return String::new();
+        }
+        assert!(out.status.success(), "{err}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
 /// A file that parses but whose declarations cannot be applied — a
 /// replication of a feed that is neither declared nor there, or one the
 /// other end refuses — leaves a data directory that held no instance as
 /// it found it: not created, still empty, or with only what it held (no
 /// database, journal, blob folder or key made by the start). One that
-/// held an instance keeps it whole.
+/// held an instance keeps it whole. On PostgreSQL (the suite's second
+/// pass) the database is left as found too: without an instance, holding
+/// none of the rows the start wrote; with one, every row.
 #[test]
 fn a_file_that_cannot_be_applied_leaves_a_data_directory_without_an_instance_as_it_was() {
     let tmp = tempfile::tempdir().unwrap();
@@ -344,17 +405,31 @@ fn a_file_that_cannot_be_applied_leaves_a_data_directory_without_an_instance_as_
     // Not there, nor its parent: neither is made.
     let parent = tmp.path().join("new");
     let nested = parent.join("data");
-    let (ok, said) = serve_once(&undeclared, &nested);
+    let backend = Backend::new();
+    let (ok, said) = serve_once(&undeclared, &nested, &backend);
     assert!(
         !ok && said.contains("line 5") && said.contains("missing"),
         "{said}"
     );
     assert!(!parent.exists(), "the refused start left {:?}", listing(&parent));
+    // Once more on the same database, its schema now made by the first.
+    let (ok, said) = serve_once(&undeclared, &nested, &backend);
+    assert!(!ok, "{said}");
+    assert!(!parent.exists(), "the refused start left {:?}", listing(&parent));
+    if backend.db.is_some() {
+        // The schema is there (the start made it), empty, its sequences
+        // restarted.
+        let rows = backend.rows();
+        assert_eq!(
+            rows, "feed seq 1",
+            "the refused start left in the database: {rows}"
+        );
+    }
 
     // There and empty: stays, empty.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let (ok, said) = serve_once(&undeclared, &empty);
+    let (ok, said) = serve_once(&undeclared, &empty, &Backend::new());
     assert!(!ok, "{said}");
     assert_eq!(listing(&empty), Vec::<String>::new(), "{said}");
 
@@ -364,7 +439,7 @@ fn a_file_that_cannot_be_applied_leaves_a_data_directory_without_an_instance_as_
     std::fs::create_dir_all(kept.join("blobs")).unwrap();
     std::fs::write(kept.join("blobs/keep.me"), b"mine").unwrap();
     std::fs::write(kept.join("notes.txt"), b"mine too").unwrap();
-    let (ok, said) = serve_once(&undeclared, &kept);
+    let (ok, said) = serve_once(&undeclared, &kept, &Backend::new());
     assert!(!ok, "{said}");
     assert_eq!(listing(&kept), ["blobs", "blobs/keep.me", "notes.txt"], "{said}");
     assert_eq!(std::fs::read(kept.join("blobs/keep.me")).unwrap(), b"mine");
@@ -384,9 +459,19 @@ fn a_file_that_cannot_be_applied_leaves_a_data_directory_without_an_instance_as_
         ),
     );
     let fresh = tmp.path().join("fresh");
-    let (ok, said) = serve_once(&refused, &fresh);
+    let backend = Backend::new();
+    let (ok, said) = serve_once(&refused, &fresh, &backend);
     assert!(!ok && said.contains("line 5"), "{said}");
     assert!(!fresh.exists(), "the refused start left {:?}", listing(&fresh));
+    if backend.db.is_some() {
+        // The schema is there (the start made it), empty, its sequences
+        // restarted.
+        let rows = backend.rows();
+        assert_eq!(
+            rows, "feed seq 1",
+            "the refused start left in the database: {rows}"
+        );
+    }
 
     // A data directory that holds an instance keeps all of it.
     let good = write(
@@ -395,12 +480,14 @@ fn a_file_that_cannot_be_applied_leaves_a_data_directory_without_an_instance_as_
         "[[feeds]]\nname = \"files\"\ntype = \"assets\"\n",
     );
     let held = tmp.path().join("held");
+    let backend = Backend::new();
     let mut child = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&held)
         .env("FERRY_CONFIG", &good)
         .env_remove("FERRY_ADMIN_KEY")
         .env_remove("FERRY_DATABASE_URL")
+        .envs(backend.env.iter().map(|(k, v)| (k, v)))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -419,13 +506,31 @@ fn a_file_that_cannot_be_applied_leaves_a_data_directory_without_an_instance_as_
     child.wait().unwrap();
     let key = std::fs::read_to_string(held.join("admin.key")).unwrap();
     let before = listing(&held);
-    assert!(before.contains(&"ferry.db".to_string()), "{before:?}");
-    let (ok, said) = serve_once(&undeclared, &held);
+    let rows_before = backend.rows();
+    if backend.db.is_some() {
+        assert!(
+            rows_before.contains("meta instance_id") && rows_before.contains("feed files"),
+            "{rows_before}"
+        );
+    } else {
+        assert!(before.contains(&"ferry.db".to_string()), "{before:?}");
+    }
+    let (ok, said) = serve_once(&undeclared, &held, &backend);
     assert!(!ok, "{said}");
+    // (The sequence read moves on by one per reading.)
+    let keep = |rows: String| -> Vec<String> {
+        rows.lines()
+            .filter(|l| !l.starts_with("feed seq"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(keep(backend.rows()), keep(rows_before), "the database changed");
     let after = listing(&held);
     for entry in &before {
-        // The journal files come and go with the database's connections.
-        if !entry.starts_with("ferry.db-") {
+        // The journal files come and go with the database's connections;
+        // a node's scratch in a shared spool is its own (a new node id per
+        // start).
+        if !entry.starts_with("ferry.db-") && !entry.contains("node-") {
             assert!(after.contains(entry), "{entry} is gone: {after:?}");
         }
     }

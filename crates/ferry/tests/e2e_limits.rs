@@ -338,3 +338,37 @@ fn long_polls_outlive_every_timeout_and_health_answers_while_every_connection_is
     );
     assert_eq!(health(&s).0, Some(200));
 }
+
+/// A request head past the limits (too many header fields, or too many
+/// bytes of headers) is answered 431 with a plain-text reason and the
+/// security headers every answer carries — not hyper's bare 431.
+#[test]
+fn oversized_request_heads_are_refused_with_a_reason_and_the_security_headers() {
+    let s = Server::start();
+    let many: String = (0..150).map(|i| format!("X-Many-{i}: v\r\n")).collect();
+    let big = format!("X-Big: {}\r\n", "a".repeat(300 * 1024));
+    for (extra, says) in [
+        (many, "151 header fields, at most 100"),
+        (big, "KiB of request line and headers"),
+    ] {
+        let mut c = connect(&s);
+        c.write_all(format!("GET /health HTTP/1.1\r\nHost: ferry\r\n{extra}\r\n").as_bytes())
+            .unwrap();
+        let (got, _) = until_closed(&mut c, Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 431"), "{text}");
+        assert!(text.contains("x-content-type-options: nosniff"), "{text}");
+        assert!(
+            text.contains("content-security-policy: default-src 'none'; sandbox"),
+            "{text}"
+        );
+        assert!(text.contains("content-type: text/plain"), "{text}");
+        assert!(text.contains(&says.to_ascii_lowercase()), "{text}");
+    }
+    // Within the limits: served.
+    let mut c = connect(&s);
+    let fine: String = (0..90).map(|i| format!("X-Some-{i}: v\r\n")).collect();
+    c.write_all(format!("GET /health HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n{fine}\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(read_status(&mut c, Duration::from_secs(5)), Some(200));
+}

@@ -479,6 +479,9 @@ fn executions_and_overview_show_runs_counts_logs_lag_and_next_run() {
     }
     let manual = spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
     assert!(manual.contains("succeeded"), "{manual}");
+    // A pull shows what it pulled, never a pushed figure.
+    assert!(manual.contains("pulled +"), "{manual}");
+    assert!(!manual.contains("pushed"), "{manual}");
     let second: Vec<(String, Vec<u8>)> = (0..2)
         .map(|i| {
             (
@@ -522,6 +525,10 @@ fn executions_and_overview_show_runs_counts_logs_lag_and_next_run() {
         bytes += pulled["bytes"].as_u64().unwrap();
         blobs += pulled["blobs"].as_u64().unwrap();
         assert_eq!(feeds[0]["pushed"]["added"], 0, "a pull never pushes");
+        assert_eq!(
+            (&feeds[0]["pulls"], &feeds[0]["pushes"]),
+            (&json!(true), &json!(false))
+        );
         let log = e["report"]["log"].as_array().unwrap();
         assert!(
             log.iter()
@@ -549,6 +556,7 @@ fn executions_and_overview_show_runs_counts_logs_lag_and_next_run() {
         text.contains("manual") && text.contains("succeeded") && text.contains("pulled +"),
         "{text}"
     );
+    assert!(!text.contains("pushed"), "{text}");
 
     // The overview: idle, last outcome, no lag, next run about an interval away.
     let overview = spoke.cli_json(&["replication", "list", "--json"]);

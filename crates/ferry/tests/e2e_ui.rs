@@ -470,6 +470,11 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     assert!(opened, "an execution copied one item");
     let counts = css(&c, "#counts").await.text().await.unwrap();
     assert!(counts.contains("releases = releases"), "{counts}");
+    // A pull shows its pulled figures only.
+    assert!(
+        counts.contains("pulled") && !counts.contains("pushed"),
+        "{counts}"
+    );
     assert_eq!(
         css(&c, "#counts td[data-count=copied]")
             .await

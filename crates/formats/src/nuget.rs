@@ -793,6 +793,97 @@ pub fn parse_nuspec(raw: Vec<u8>) -> Result<Nuspec, FormatError> {
     })
 }
 
+/// A version range as NuGet writes one for a constraint (Microsoft Learn,
+/// "Package versioning", version ranges): a minimum version (`1.0`: 1.0
+/// or later), an exact version `[1.0]`, or an interval `[1.0,2.0)`,
+/// `(,2.0]`, `(1.0,)`. A lone major number reads as `N.0`. Floating
+/// versions (`1.0.*`) choose a version to install, not a set to keep, and
+/// are not ranges here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRange {
+    /// The lower bound and whether it is included.
+    pub min: Option<(NuGetVersion, bool)>,
+    /// The upper bound and whether it is included.
+    pub max: Option<(NuGetVersion, bool)>,
+}
+
+impl VersionRange {
+    /// Parses `text` (see [`VersionRange`]). Errors: `Invalid` saying what
+    /// is wrong.
+    pub fn parse(text: &str) -> Result<Self, FormatError> {
+        let bad = |why: &str| FormatError::invalid(format!("`{text}` is not a version range: {why}"));
+        let version = |v: &str| -> Result<NuGetVersion, FormatError> {
+            let v = v.trim();
+            if v.contains('*') {
+                return Err(bad("a floating version chooses one version, it is not a range"));
+            }
+            NuGetVersion::parse(v).or_else(|e| {
+                let at = v.find(['-', '+']).unwrap_or(v.len());
+                let (core, tail) = v.split_at(at);
+                if core.contains('.') {
+                    return Err(e);
+                }
+                NuGetVersion::parse(&format!("{core}.0{tail}")).map_err(|_| e)
+            })
+        };
+        let r = text.trim();
+        if r.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        let (open, close) = (r.as_bytes()[0], r.as_bytes()[r.len() - 1]);
+        if !matches!(open, b'[' | b'(') {
+            return Ok(VersionRange {
+                min: Some((version(r)?, true)),
+                max: None,
+            });
+        }
+        if r.len() < 2 || !matches!(close, b']' | b')') {
+            return Err(bad("an interval ends with `]` or `)`"));
+        }
+        let inner = &r[1..r.len() - 1];
+        let Some((lo, hi)) = inner.split_once(',') else {
+            if open == b'[' && close == b']' {
+                let v = version(inner)?;
+                return Ok(VersionRange {
+                    min: Some((v.clone(), true)),
+                    max: Some((v, true)),
+                });
+            }
+            return Err(bad("an exact version is written `[1.0]`"));
+        };
+        let (lo, hi) = (lo.trim(), hi.trim());
+        if lo.is_empty() && hi.is_empty() {
+            return Err(bad("an interval names at least one version"));
+        }
+        let min = (!lo.is_empty()).then(|| version(lo)).transpose()?;
+        let max = (!hi.is_empty()).then(|| version(hi)).transpose()?;
+        if let (Some(a), Some(b)) = (&min, &max)
+            && (a > b || (a.cmp(b).is_eq() && !(open == b'[' && close == b']')))
+        {
+            return Err(bad("it holds no version"));
+        }
+        Ok(VersionRange {
+            min: min.map(|v| (v, open == b'[')),
+            max: max.map(|v| (v, close == b']')),
+        })
+    }
+
+    /// Whether `v` is in the range.
+    pub fn contains(&self, v: &NuGetVersion) -> bool {
+        let above = match &self.min {
+            None => true,
+            Some((m, true)) => v >= m,
+            Some((m, false)) => v > m,
+        };
+        let below = match &self.max {
+            None => true,
+            Some((m, true)) => v <= m,
+            Some((m, false)) => v < m,
+        };
+        above && below
+    }
+}
+
 /// Checks a dependency's version range as NuGet writes one (Microsoft
 /// Learn, "Package versioning", version ranges): empty (any), a minimum
 /// version (`1.0`, floating `1.0.*`), or an interval `[1.0]`, `[1.0,2.0)`,
@@ -1749,6 +1840,32 @@ mod tests {
     /// Dependency ranges and group frameworks are read as NuGet reads them;
     /// one that is not (a `|` or `:` would forge entries in v2's
     /// `Dependencies` string) refuses the package.
+    #[test]
+    fn version_ranges_hold_what_nuget_says() {
+        let v = |s: &str| NuGetVersion::parse(s).unwrap();
+        let r = |s: &str| VersionRange::parse(s).unwrap();
+        assert!(r("1.0").contains(&v("1.0.0")) && r("1.0").contains(&v("9.0")));
+        assert!(!r("1.0").contains(&v("0.9")));
+        assert!(r("[1.0]").contains(&v("1.0.0")) && !r("[1.0]").contains(&v("1.0.1")));
+        assert!(r("[1.0,2.0)").contains(&v("1.5")) && !r("[1.0,2.0)").contains(&v("2.0")));
+        assert!(r("(1.0,2.0]").contains(&v("2.0")) && !r("(1.0,2.0]").contains(&v("1.0")));
+        assert!(r("(,2.0]").contains(&v("0.1")) && r("(1.0,)").contains(&v("99.0")));
+        assert!(r("[2,3)").contains(&v("2.5")));
+        for bad in [
+            "",
+            "garbage",
+            "[1.0",
+            "(1.0)",
+            "(,)",
+            "[2.0,1.0]",
+            "(1.0,1.0)",
+            "1.0.*",
+            "[a,b]",
+        ] {
+            assert!(VersionRange::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
     #[test]
     fn dependency_ranges_and_frameworks_are_checked() {
         let with = |range: &str, tf: &str| {

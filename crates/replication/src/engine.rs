@@ -67,6 +67,12 @@ fn is_zero(n: &u64) -> bool {
 pub struct FeedReport {
     pub local: FeedName,
     pub remote: FeedName,
+    /// Whether the replication's mode pulls into this feed pair (else
+    /// `pulled` stays zero and is not shown).
+    pub pulls: bool,
+    /// Whether it pushes from this feed pair (else `pushed` stays zero and
+    /// is not shown).
+    pub pushes: bool,
     pub pulled: Counts,
     pub pushed: Counts,
     /// A plan only ([`crate::Replicator::plan`]): the items it looked at,
@@ -567,6 +573,8 @@ impl<'a> Run<'a> {
             let mut fr = FeedReport {
                 local: pair.local.clone(),
                 remote: pair.remote.clone(),
+                pulls: flows.pulls(),
+                pushes: flows.pushes(),
                 pulled: Counts::default(),
                 pushed: Counts::default(),
                 plan: None,
@@ -589,24 +597,27 @@ impl<'a> Run<'a> {
             } else {
                 String::new()
             };
-            let summary = format!(
-                "feed {} ⇄ {}: pulled +{} ~{} -{} ({} skipped, {} conflicts, {} bytes{}); pushed +{} ~{} -{} ({} skipped, {} conflicts, {} bytes)",
-                fr.local,
-                fr.remote,
-                p.added,
-                p.updated,
-                p.deleted,
-                p.skipped,
-                p.conflicts,
-                p.bytes,
-                from_sources,
-                q.added,
-                q.updated,
-                q.deleted,
-                q.skipped,
-                q.conflicts,
-                q.bytes
-            );
+            // Only the directions the mode runs: a pull has nothing pushed
+            // to tell, and the other way round.
+            let mut said = Vec::new();
+            if fr.pulls {
+                said.push(format!(
+                    "pulled +{} ~{} -{} ({} skipped, {} conflicts, {} bytes{})",
+                    p.added, p.updated, p.deleted, p.skipped, p.conflicts, p.bytes, from_sources
+                ));
+            }
+            if fr.pushes {
+                said.push(format!(
+                    "pushed +{} ~{} -{} ({} skipped, {} conflicts, {} bytes)",
+                    q.added, q.updated, q.deleted, q.skipped, q.conflicts, q.bytes
+                ));
+            }
+            let arrow = match (fr.pulls, fr.pushes) {
+                (true, false) => "←",
+                (false, true) => "→",
+                _ => "⇄",
+            };
+            let summary = format!("feed {} {arrow} {}: {}", fr.local, fr.remote, said.join("; "));
             self.log("info", summary);
             self.report.feeds.push(fr);
         }

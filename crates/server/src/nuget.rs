@@ -16,7 +16,7 @@
 //! | GET | `v3/search?q=&skip=&take=&prerelease=&semVerLevel=` | search |
 //! | GET | `v3/autocomplete?q=&id=&skip=&take=&prerelease=&semVerLevel=` | ids, or versions of `id` |
 //! | GET | `` , `$metadata` | v2 service document, EDMX |
-//! | GET | `Packages()`, `Packages(Id='..',Version='..')`, `FindPackagesById()?id=`, `Search()?searchTerm=&targetFramework=&includePrerelease=`, `GetUpdates()?packageIds=&versions=&includePrerelease=&includeAllVersions=` | v2 Atom feeds and entries (`$filter`, `$orderby`, `$skip`, `$top`, `$inlinecount`, `/$count`, `next` links) |
+//! | GET | `Packages()`, `Packages(Id='..',Version='..')`, `FindPackagesById()?id=`, `Search()?searchTerm=&targetFramework=&includePrerelease=`, `GetUpdates()?packageIds=&versions=&includePrerelease=&includeAllVersions=&versionConstraints=` | v2 Atom feeds and entries (`$filter`, `$orderby`, `$skip`, `$top`, `$skiptoken='Id','Version'`, `$inlinecount`, `/$count`, `next` links) |
 //! | GET, HEAD | `api/v2/package/{id}/{ver}`, `package/{id}/{ver}`, `Packages(..)/$value` | v2 download |
 //!
 //! The API key may come as `X-NuGet-ApiKey` (what NuGet clients send),
@@ -422,6 +422,7 @@ impl Ctx<'_> {
             top: number(ps, "$top")?,
             semver2: semver2(ps),
             include_prerelease: flag(ps, "includePrerelease"),
+            after: skiptoken(ps)?,
             ..V2Query::default()
         };
         let title;
@@ -481,10 +482,38 @@ impl Ctx<'_> {
                         "GetUpdates(): {bad:?} in versions is not a NuGet version"
                     )));
                 }
+                // One range per id, `|`-separated, empty for none; no
+                // parameter (or an empty one) constrains nothing.
+                let constraints = param(ps, "versionConstraints").map(unquote).unwrap_or_default();
+                let constraints: Vec<Option<format::VersionRange>> = if constraints.trim().is_empty() {
+                    vec![None; ids.len()]
+                } else {
+                    let parts: Vec<&str> = constraints.split('|').collect();
+                    if parts.len() != ids.len() {
+                        return Err(CoreError::invalid(format!(
+                            "GetUpdates(): versionConstraints must hold one version range per id in packageIds \
+                             ({} ids, {} ranges), `|`-separated",
+                            ids.len(),
+                            parts.len()
+                        )));
+                    }
+                    parts
+                        .iter()
+                        .map(|c| {
+                            (!c.trim().is_empty())
+                                .then(|| format::VersionRange::parse(c))
+                                .transpose()
+                                .map_err(|e| {
+                                    CoreError::invalid(format!("GetUpdates(): versionConstraints: {e}"))
+                                })
+                        })
+                        .collect::<Result<_, _>>()?
+                };
                 let pairs = ids
                     .iter()
                     .zip(&versions)
-                    .map(|(i, v)| ((*i).to_owned(), (*v).to_owned()))
+                    .zip(constraints)
+                    .map(|((i, v), c)| ((*i).to_owned(), (*v).to_owned(), c))
                     .collect();
                 q.updates = Some((pairs, flag(ps, "includeAllVersions")));
                 q.target_frameworks = frameworks(param(ps, "targetFrameworks"));
@@ -518,6 +547,32 @@ impl Ctx<'_> {
             nuget::newest(&all),
         )))
     }
+}
+
+/// `$skiptoken='ID','VERSION'`, the form nuget.org's next links carry:
+/// continue after that package version. Anything else is 400 with the
+/// reason (this feed's own next links page with `$skip`).
+fn skiptoken(ps: &[(String, String)]) -> Result<Option<(String, format::NuGetVersion)>, CoreError> {
+    let Some(raw) = param(ps, "$skiptoken") else {
+        return Ok(None);
+    };
+    let bad = || {
+        CoreError::invalid(format!(
+            "$skiptoken must be 'Id','Version' (the package to continue after), not {raw:?}; \
+             this feed's next links page with $skip"
+        ))
+    };
+    let (id, version) = raw.trim().split_once(',').ok_or_else(bad)?;
+    let quoted = |s: &str| {
+        let s = s.trim();
+        (s.len() >= 2 && s.starts_with('\'') && s.ends_with('\'')).then(|| s[1..s.len() - 1].to_owned())
+    };
+    let (id, version) = (quoted(id).ok_or_else(bad)?, quoted(version).ok_or_else(bad)?);
+    if id.is_empty() || id.contains('\'') {
+        return Err(bad());
+    }
+    let version = format::NuGetVersion::parse(&version).map_err(|_| bad())?;
+    Ok(Some((id, version)))
 }
 
 /// `targetFramework='net45'`, `'|net45|net472|'` (NuGet 2.x sends a list

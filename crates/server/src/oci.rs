@@ -11,7 +11,7 @@
 //! | `GET /v2/_catalog?n=&last=` | `FEED/NAME` of every readable OCI feed, `Link` to the next page |
 //! | `HEAD/GET …/blobs/DIGEST` | the blob (Range), `Docker-Content-Digest` |
 //! | `DELETE …/blobs/DIGEST` | 202; removes the repository's upload link |
-//! | `POST …/blobs/uploads/` | 202 + session `Location`; `?digest=` with a body: 201 (monolithic); `?mount=&from=`: 201 if the blob is in the feed, else a session; 429 TOOMANYREQUESTS + `Retry-After` past the open-session caps (per key, per feed, per instance; see [`Uploads`]) |
+//! | `POST …/blobs/uploads/` | 202 + session `Location`; `?digest=` with a body: 201 (monolithic); `?mount=&from=`: 201 if the blob is in the feed, else a session; content without `?digest=` → 400 BLOB_UPLOAD_INVALID; 429 TOOMANYREQUESTS + `Retry-After` past the open-session caps (per key, per feed, per instance; see [`Uploads`]) |
 //! | `PATCH …/blobs/uploads/ID` | appends a chunk (`Content-Range` optional; out of order → 416) |
 //! | `GET …/blobs/uploads/ID` | 204 with `Range` |
 //! | `PUT …/blobs/uploads/ID?digest=` | 201; closes the session, optionally with a last chunk |
@@ -807,6 +807,12 @@ async fn post_upload(
             )),
         ));
     }
+    // Only the monolithic form (`?digest=`) carries the blob; a POST that
+    // starts a session (or mounts) carries none.
+    let mut body = Some(body);
+    if param(&q, "digest").is_none() {
+        no_content(&headers, body.take()).await?;
+    }
     // A mount that cannot be done falls back to an upload session; with a
     // registry token, only from a repository it grants pull on.
     let mount_allowed = |from: Option<&str>| match (&access.token, from) {
@@ -824,14 +830,47 @@ async fn post_upload(
     } else if let Some(d) = param(&q, "digest") {
         let digest = digest_param(d)?;
         check_length(&headers, ferry.config().max_upload_bytes)?;
+        let body = body.take().unwrap_or_else(Body::empty);
         oci::upload(ferry, feed, &repo, body_stream(body), &digest).await?;
         return Ok(blob_created(&feed_name, &repo, &digest));
     }
+    // A mount that fell back to a session, with `?digest=` as well.
+    no_content(&headers, body.take()).await?;
     let status = oci::start_upload(ferry, &uploads, feed, access.principal.as_ref(), &repo).await?;
     Ok(empty(
         StatusCode::ACCEPTED,
         session_headers(&feed_name, &repo, &status),
     ))
+}
+
+/// Refuses a request body with content where the OCI distribution spec
+/// has none (a POST that starts an upload session or mounts): 400
+/// BLOB_UPLOAD_INVALID saying where the bytes go. A declared length other
+/// than 0 is refused unread; a body without one is read for at most its
+/// first byte.
+async fn no_content(headers: &HeaderMap, body: Option<Body>) -> Result<(), Fail> {
+    let refuse = || {
+        Fail::code(
+            ErrorCode::BlobUploadInvalid,
+            CoreError::invalid(
+                "a POST that starts an upload session carries no content; send the blob with PATCH or PUT \
+                 to the session's Location, or in this POST with ?digest= (a monolithic upload)",
+            ),
+        )
+    };
+    let Some(body) = body else {
+        return Ok(());
+    };
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+        if len.as_bytes() != b"0" {
+            return Err(refuse());
+        }
+        return Ok(());
+    }
+    match axum::body::to_bytes(body, 0).await {
+        Ok(b) if b.is_empty() => Ok(()),
+        _ => Err(refuse()),
+    }
 }
 
 async fn patch(

@@ -563,6 +563,24 @@ async fn v2_queries_as_nuget2_and_chocolatey_send_them() {
         .xml("GetUpdates()?packageIds='Choco.App'&versions='1.0.0'&includePrerelease=true&includeAllVersions=true")
         .await;
     assert_eq!(versions_in(&x), ["1.2.0", "2.0.0-beta"]);
+    // versionConstraints: one range per id, `|`-separated; the newest
+    // update within it (or every one with includeAllVersions).
+    let x = f
+        .xml("GetUpdates()?packageIds='Choco.App|Other'&versions='1.0.0|3.0.0'&includePrerelease=true&includeAllVersions=false&versionConstraints='(,1.2.0]|'")
+        .await;
+    assert_eq!(versions_in(&x), ["1.2.0"]);
+    let x = f
+        .xml("GetUpdates()?packageIds='Choco.App'&versions='1.0.0'&includePrerelease=true&includeAllVersions=true&versionConstraints='[2.0.0-alpha,3.0)'")
+        .await;
+    assert_eq!(versions_in(&x), ["2.0.0-beta"]);
+    let x = f
+        .xml("GetUpdates()?packageIds='Choco.App'&versions='1.0.0'&includePrerelease=false&includeAllVersions=false&versionConstraints='(,1.2.0)'")
+        .await;
+    assert_eq!(versions_in(&x), Vec::<String>::new());
+    // $skiptoken='Id','Version' continues after that version.
+    let x = f.xml("Packages()?$skiptoken='Choco.App','1.2.0'").await;
+    assert!(!versions_in(&x).contains(&"1.2.0".to_string()), "{x}");
+    assert!(versions_in(&x).contains(&"2.0.0-beta".to_string()), "{x}");
     // A filter outside the subset is refused, not ignored.
     assert_eq!(
         f.get("Packages()?$filter=evil(Id)").await.status,
@@ -583,6 +601,24 @@ async fn v2_queries_as_nuget2_and_chocolatey_send_them() {
         (
             "Packages(Id='Choco.App',Version='1.2.0')/$count",
             "counts a collection",
+        ),
+        (
+            "GetUpdates()?packageIds='Choco.App'&versions='1.0.0'&versionConstraints='garbage'",
+            "versionConstraints",
+        ),
+        (
+            "GetUpdates()?packageIds='Choco.App'&versions='1.0.0'&versionConstraints='[1.0,2.0)|[1.0,)'",
+            "one version range per id",
+        ),
+        (
+            "GetUpdates()?packageIds='Choco.App'&versions='1.0.0'&versionConstraints='1.0.*'",
+            "floating",
+        ),
+        ("Packages()?$skiptoken=garbage", "$skiptoken"),
+        ("Packages()?$skiptoken='Choco.App','nope'", "$skiptoken"),
+        (
+            "Packages()?$skiptoken='Choco.App','1.0.0'&$orderby=Id",
+            "cannot be used with $orderby",
         ),
     ] {
         let r = f.get(path).await;

@@ -566,6 +566,66 @@ async fn upload_sessions_cancel_and_unknown() {
     refused(&r, 403, "DENIED");
 }
 
+/// A POST that starts an upload session (or mounts) carries no content:
+/// with some — declared, or streamed without a length — it is refused
+/// with a reason and no session starts; an empty body is fine, and the
+/// monolithic form (`?digest=`) takes its body.
+#[tokio::test]
+async fn a_session_start_with_content_is_refused() {
+    let o = Oci::new().await;
+    let start = "/v2/img/app/blobs/uploads/";
+    let r = o.send("POST", start, &[], b"stray bytes".to_vec()).await;
+    refused(&r, 400, "BLOB_UPLOAD_INVALID");
+    assert!(r.text().contains("carries no content"), "{}", r.text());
+    assert!(r.header("location").is_none());
+    let r = o
+        .send("POST", start, &[("content-length", "3")], b"abc".to_vec())
+        .await;
+    refused(&r, 400, "BLOB_UPLOAD_INVALID");
+    let streamed = Body::from_stream(futures::stream::iter(vec![Ok::<_, std::io::Error>(
+        bytes::Bytes::from_static(b"x"),
+    )]));
+    refused(
+        &o.send("POST", start, &[], streamed).await,
+        400,
+        "BLOB_UPLOAD_INVALID",
+    );
+    let mount = format!("{start}?mount={}&from=img/other", digest(b"nowhere"));
+    refused(
+        &o.send("POST", &mount, &[], b"abc".to_vec()).await,
+        400,
+        "BLOB_UPLOAD_INVALID",
+    );
+    // Empty: declared, streamed, or none at all.
+    let r = o
+        .send("POST", start, &[("content-length", "0")], Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let empty = Body::from_stream(futures::stream::iter(
+        Vec::<Result<bytes::Bytes, std::io::Error>>::new(),
+    ));
+    assert_eq!(
+        o.send("POST", start, &[], empty).await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        o.send("POST", &mount, &[], Body::empty()).await.status,
+        StatusCode::ACCEPTED
+    );
+    // The monolithic form carries the blob.
+    let data = b"monolithic".to_vec();
+    let r = o
+        .send(
+            "POST",
+            &format!("{start}?digest={}", digest(&data)),
+            &[],
+            data.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(o.i.staging_files(), 0);
+}
+
 #[tokio::test]
 async fn cross_repository_mount() {
     let o = Oci::new().await;

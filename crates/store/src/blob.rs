@@ -205,17 +205,38 @@ pub trait BlobStore: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The durable record of blobs found missing, as last given to
-    /// [`BlobStore::record_missing`] (less those stored again since),
-    /// read when the store was opened: digest and when it was found (ms).
+    /// The durable records of blobs found missing ([`BlobStore::mark_missing`],
+    /// less those stored again since): digest and when it was found (ms),
+    /// in digest order. Read when the store was opened and, where several
+    /// nodes share the store, refreshed (see [`BlobStore::refresh_damage`]);
+    /// answered from memory.
     fn missing_on_record(&self) -> Vec<(Digest, i64)> {
         Vec::new()
     }
 
-    /// Replaces the durable record of blobs found missing (a small list,
-    /// written whole and atomically).
-    async fn record_missing(&self, missing: &[(Digest, i64)]) -> Result<(), StoreError> {
-        let _ = missing;
+    /// Records durably that `digest` was found missing at `at` (ms since
+    /// the Unix epoch): one record of its own per digest, so nodes sharing
+    /// the store never write over each other's records. Marking it again
+    /// is harmless.
+    async fn mark_missing(&self, digest: &Digest, at: i64) -> Result<(), StoreError> {
+        let _ = (digest, at);
+        Ok(())
+    }
+
+    /// Removes the record that `digest` was found missing (whichever node
+    /// wrote it); none is fine.
+    async fn unmark_missing(&self, digest: &Digest) -> Result<(), StoreError> {
+        let _ = digest;
+        Ok(())
+    }
+
+    /// Reads the damage records again (outstanding quarantines and blobs
+    /// found missing), taking in those other nodes sharing the store wrote
+    /// or removed since. A store opened for several nodes also does this by
+    /// itself at a bounded interval; a caller that needs an answer now
+    /// (`fsck`, repair) calls it first. Stores no other process writes to
+    /// have nothing to do.
+    async fn refresh_damage(&self) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -354,8 +375,13 @@ pub trait BlobStore: Send + Sync + 'static {
 /// A blob taken out of service is renamed to `corrupt/HEX-MILLIS`; once a
 /// verified copy replaces it (or nothing needs it) the name gets a
 /// `.resolved` suffix, so what is still outstanding survives a restart
-/// without any other record. Blobs found missing are recorded in
-/// `missing` (one `sha256:HEX MILLIS` line each, replaced atomically).
+/// without any other record. Blobs found missing are recorded by one
+/// marker file each, `damage/missing/HEX` (written atomically, removed
+/// alone). Opened shared ([`FsBlobStore::open_shared`]), the store reads
+/// `corrupt/` and `damage/missing/` again every [`crate::DAMAGE_REFRESH`]
+/// ([`FsBlobStore::set_damage_refresh`]): two directory listings and one
+/// small read per new marker, so what other nodes record or resolve is
+/// seen here within that interval.
 pub struct FsBlobStore {
     root: PathBuf,
     /// Where uploads are staged: `staging/`, or `staging/node-ID/` of this
@@ -376,10 +402,14 @@ pub struct FsBlobStore {
     /// verifying reader never moves aside a verified copy committed
     /// meanwhile.
     place: std::sync::Arc<Mutex<()>>,
-    /// The record of blobs found missing, as read at open.
-    missing: Mutex<Vec<(Digest, i64)>>,
-    /// Serializes writers of the missing record.
-    missing_writer: tokio::sync::Mutex<()>,
+    /// The blobs found missing, as last read or written here.
+    missing: std::sync::Arc<Mutex<Vec<(Digest, i64)>>>,
+    /// Serializes writes and readings of the damage records by this node.
+    damage_io: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The refresh interval, when the folder is shared.
+    refresh_every: Option<std::sync::Arc<crate::refresh::RefreshEvery>>,
+    /// Reads the damage records again periodically (shared folder only).
+    _refresher: Option<crate::refresh::Refresher>,
     /// Blobs whose file was hashed whole and found right, with the length
     /// and modification time it had then: a partial range of such a file is
     /// served as it is; any other is verified whole first.
@@ -822,38 +852,135 @@ fn load_quarantine(root: &Path) -> io::Result<Quarantine> {
     Ok(outstanding)
 }
 
-const MISSING_RECORD: &str = "missing";
+/// The single record file of blobs found missing an earlier version
+/// rewrote whole (nodes sharing the folder overwrote each other's): turned
+/// into markers at open, then removed.
+const LEGACY_MISSING_RECORD: &str = "missing";
+/// One marker file per blob found missing (`damage/missing/HEX`, holding
+/// the time found in ms), written atomically (temporary file + rename) and
+/// removed one by one: never read, changed and written back.
+const MISSING_MARKERS: &str = "damage/missing";
 
-/// The record of blobs found missing, less those stored again since.
-fn load_missing(root: &Path) -> io::Result<Vec<(Digest, i64)>> {
-    let text = match std::fs::read_to_string(root.join(MISSING_RECORD)) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    Ok(text
-        .lines()
+fn parse_record(text: &str) -> Vec<(Digest, i64)> {
+    text.lines()
         .filter_map(|l| {
             let (d, at) = l.split_once(' ')?;
             Some((d.parse::<Digest>().ok()?, at.trim().parse::<i64>().ok()?))
         })
-        .filter(|(d, _)| !blob_path_in(root, d).exists())
-        .collect())
+        .collect()
 }
 
-/// Writes the record of blobs found missing: a temporary file, flushed,
-/// renamed over the old one, and the directory flushed.
-fn write_missing(root: &Path, missing: &[(Digest, i64)]) -> io::Result<()> {
+/// Writes `d`'s missing marker: a temporary file of this writer's own,
+/// flushed, renamed into place, and the directory flushed.
+fn write_missing_marker(root: &Path, d: &Digest, at: i64) -> io::Result<()> {
     use std::io::Write;
-    let tmp = root.join(format!("{MISSING_RECORD}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    for (d, at) in missing {
-        writeln!(f, "{d} {at}")?;
+    let dir = root.join(MISSING_MARKERS);
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!(".{}.{:016x}.tmp", d.hex(), rand::random::<u64>()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(at.to_string().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(d.hex()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, root.join(MISSING_RECORD))?;
-    std::fs::File::open(root)?.sync_all()
+    written?;
+    std::fs::File::open(&dir)?.sync_all()
+}
+
+/// Removes `d`'s missing marker; none there is fine.
+fn remove_missing_marker(root: &Path, d: &Digest) -> io::Result<()> {
+    match std::fs::remove_file(root.join(MISSING_MARKERS).join(d.hex())) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Turns the single record file of an earlier version into one marker
+/// per digest, then removes it (a marker already there is kept).
+fn migrate_missing_record(root: &Path) -> io::Result<()> {
+    let path = root.join(LEGACY_MISSING_RECORD);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for (d, at) in parse_record(&text) {
+        if !root.join(MISSING_MARKERS).join(d.hex()).exists() {
+            write_missing_marker(root, &d, at)?;
+        }
+    }
+    std::fs::remove_file(&path)
+}
+
+/// The blobs found missing, from their markers, less those stored again
+/// since (whose markers are removed). `known` gives the times of markers
+/// read before, so a refresh reads only new markers.
+fn load_missing(root: &Path, known: &[(Digest, i64)]) -> io::Result<Vec<(Digest, i64)>> {
+    let entries = match std::fs::read_dir(root.join(MISSING_MARKERS)) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let known: HashMap<Digest, i64> = known.iter().copied().collect();
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Some(d) = entry.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()) else {
+            continue; // a writer's temporary file, or not ours
+        };
+        if blob_path_in(root, &d).exists() {
+            remove_missing_marker(root, &d)?;
+            continue;
+        }
+        let at = match known.get(&d) {
+            Some(at) => *at,
+            None => match std::fs::read_to_string(entry.path()) {
+                Ok(t) => t.trim().parse().unwrap_or_else(|_| crate::now_millis()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // removed meanwhile
+                Err(e) => return Err(e),
+            },
+        };
+        out.push((d, at));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// What reading the damage records again needs (shared with the refresher).
+#[derive(Clone)]
+struct FsDamage {
+    root: PathBuf,
+    quarantine: std::sync::Arc<Mutex<Quarantine>>,
+    place: std::sync::Arc<Mutex<()>>,
+    missing: std::sync::Arc<Mutex<Vec<(Digest, i64)>>>,
+    io: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl FsDamage {
+    /// Reads `corrupt/` and `damage/missing/` again. The quarantines are
+    /// read and replaced while no file is moved into or out of a blob's
+    /// place, so none this node makes meanwhile is lost.
+    async fn refresh(&self) -> Result<(), StoreError> {
+        let _one = self.io.lock().await;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            {
+                let _placing = locked(&me.place);
+                let q = load_quarantine(&me.root)?;
+                *locked(&me.quarantine) = q;
+            }
+            let known = locked(&me.missing).clone();
+            let m = load_missing(&me.root, &known)?;
+            *locked(&me.missing) = m;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob store: {e}")))??;
+        Ok(())
+    }
 }
 
 /// Where the nodes sharing a blob folder keep their liveness locks:
@@ -984,10 +1111,33 @@ impl FsBlobStore {
         let (quarantine, missing) = {
             let root = root.clone();
             tokio::task::spawn_blocking(move || -> io::Result<_> {
-                Ok((load_quarantine(&root)?, load_missing(&root)?))
+                migrate_missing_record(&root)?;
+                Ok((load_quarantine(&root)?, load_missing(&root, &[])?))
             })
             .await
             .map_err(|e| StoreError::Backend(format!("blob store: {e}")))??
+        };
+        let quarantine = std::sync::Arc::new(Mutex::new(quarantine));
+        let missing = std::sync::Arc::new(Mutex::new(missing));
+        let place: std::sync::Arc<Mutex<()>> = Default::default();
+        let damage_io: std::sync::Arc<tokio::sync::Mutex<()>> = Default::default();
+        let (refresh_every, refresher) = match &node {
+            None => (None, None),
+            Some(_) => {
+                let every = crate::refresh::RefreshEvery::new(crate::DAMAGE_REFRESH);
+                let records = FsDamage {
+                    root: root.clone(),
+                    quarantine: quarantine.clone(),
+                    place: place.clone(),
+                    missing: missing.clone(),
+                    io: damage_io.clone(),
+                };
+                let refresher = crate::refresh::spawn_refresher(every.clone(), move || {
+                    let records = records.clone();
+                    async move { records.refresh().await }
+                });
+                (Some(every), Some(refresher))
+            }
         };
         Ok(Self {
             root,
@@ -997,12 +1147,33 @@ impl FsBlobStore {
             node,
             uploads: Mutex::new(HashMap::new()),
             transfers: Default::default(),
-            quarantine: std::sync::Arc::new(Mutex::new(quarantine)),
-            place: Default::default(),
-            missing: Mutex::new(missing),
-            missing_writer: tokio::sync::Mutex::new(()),
+            quarantine,
+            place,
+            missing,
+            damage_io,
+            refresh_every,
+            _refresher: refresher,
             verified: std::sync::Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// Sets how often a shared store reads the damage records again
+    /// (default [`crate::DAMAGE_REFRESH`]); nothing for a store opened
+    /// alone, which no other process writes to.
+    pub fn set_damage_refresh(&self, every: std::time::Duration) {
+        if let Some(e) = &self.refresh_every {
+            e.set(every);
+        }
+    }
+
+    fn damage(&self) -> FsDamage {
+        FsDamage {
+            root: self.root.clone(),
+            quarantine: self.quarantine.clone(),
+            place: self.place.clone(),
+            missing: self.missing.clone(),
+            io: self.damage_io.clone(),
+        }
     }
 
     /// This node's name when the folder is shared
@@ -1128,10 +1299,18 @@ impl FsBlobStore {
         if !locked(&self.quarantine).contains_key(digest) {
             return Ok(());
         }
-        let (root, d, q) = (self.root.clone(), *digest, self.quarantine.clone());
-        tokio::task::spawn_blocking(move || resolve_quarantine(&root, &d, &q))
-            .await
-            .map_err(|e| StoreError::Backend(format!("blob store: {e}")))??;
+        let (root, d, q, place) = (
+            self.root.clone(),
+            *digest,
+            self.quarantine.clone(),
+            self.place.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let _placing = locked(&place);
+            resolve_quarantine(&root, &d, &q)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob store: {e}")))??;
         Ok(())
     }
 }
@@ -1469,14 +1648,32 @@ impl BlobStore for FsBlobStore {
         locked(&self.missing).clone()
     }
 
-    async fn record_missing(&self, missing: &[(Digest, i64)]) -> Result<(), StoreError> {
-        let _one_writer = self.missing_writer.lock().await;
-        let (root, list) = (self.root.clone(), missing.to_vec());
-        tokio::task::spawn_blocking(move || write_missing(&root, &list))
+    async fn mark_missing(&self, digest: &Digest, at: i64) -> Result<(), StoreError> {
+        let _one = self.damage_io.lock().await;
+        let (root, d) = (self.root.clone(), *digest);
+        tokio::task::spawn_blocking(move || write_missing_marker(&root, &d, at))
             .await
             .map_err(|e| StoreError::Backend(format!("blob store: {e}")))??;
-        *locked(&self.missing) = missing.to_vec();
+        let mut missing = locked(&self.missing);
+        match missing.binary_search_by(|(m, _)| m.cmp(digest)) {
+            Ok(i) => missing[i].1 = at,
+            Err(i) => missing.insert(i, (*digest, at)),
+        }
         Ok(())
+    }
+
+    async fn unmark_missing(&self, digest: &Digest) -> Result<(), StoreError> {
+        let _one = self.damage_io.lock().await;
+        let (root, d) = (self.root.clone(), *digest);
+        tokio::task::spawn_blocking(move || remove_missing_marker(&root, &d))
+            .await
+            .map_err(|e| StoreError::Backend(format!("blob store: {e}")))??;
+        locked(&self.missing).retain(|(m, _)| m != digest);
+        Ok(())
+    }
+
+    async fn refresh_damage(&self) -> Result<(), StoreError> {
+        self.damage().refresh().await
     }
 
     async fn sync(&self, digests: &[Digest]) -> Result<(), StoreError> {
@@ -1593,6 +1790,7 @@ impl BlobStore for FsBlobStore {
                     return Err(StoreError::Io(e));
                 }
                 if locked(&quarantine).contains_key(&digest) {
+                    let _placing = locked(&place);
                     resolve_quarantine(&root, &digest, &quarantine)?;
                 }
                 out.push(Ok(found));
@@ -2319,12 +2517,15 @@ mod tests {
         assert!(store.missing_on_record().is_empty());
         let staged = store.stage(body(&[b"back"]), 100, None).await.unwrap();
         let (back, gone) = (staged.digest(), Digest::of(b"gone"));
-        store.record_missing(&[(back, 1), (gone, 2)]).await.unwrap();
-        assert_eq!(store.missing_on_record(), vec![(back, 1), (gone, 2)]);
+        store.mark_missing(&back, 1).await.unwrap();
+        store.mark_missing(&gone, 2).await.unwrap();
+        let mut both = vec![(back, 1), (gone, 2)];
+        both.sort();
+        assert_eq!(store.missing_on_record(), both);
         store.commit(staged).await.unwrap();
         let store = FsBlobStore::open(dir.path()).await.unwrap();
         assert_eq!(store.missing_on_record(), vec![(gone, 2)]);
-        store.record_missing(&[]).await.unwrap();
+        store.unmark_missing(&gone).await.unwrap();
         let store = FsBlobStore::open(dir.path()).await.unwrap();
         assert!(store.missing_on_record().is_empty());
     }

@@ -484,10 +484,14 @@ where
     let gone = Digest::of(format!("gone {salt}").as_bytes());
     let back = format!("back {salt}");
     let back_d = Digest::of(back.as_bytes());
+    let mut both = vec![(gone, 5), (back_d, 6)];
+    both.sort();
     {
         let s = open().await;
-        s.record_missing(&[(gone, 5), (back_d, 6)]).await.unwrap();
-        assert_eq!(s.missing_on_record(), vec![(gone, 5), (back_d, 6)]);
+        s.mark_missing(&gone, 5).await.unwrap();
+        s.mark_missing(&back_d, 6).await.unwrap();
+        s.mark_missing(&back_d, 6).await.unwrap();
+        assert_eq!(s.missing_on_record(), both);
         let staged = s.stage(body(&[back.as_bytes()]), 1000, None).await.unwrap();
         s.commit(staged).await.unwrap();
     }
@@ -497,5 +501,111 @@ where
         vec![(gone, 5)],
         "less what was stored again"
     );
-    s.record_missing(&[]).await.unwrap();
+    s.unmark_missing(&gone).await.unwrap();
+    s.unmark_missing(&gone).await.unwrap();
+    assert_eq!(s.missing_on_record(), vec![]);
+    let s = open().await;
+    assert_eq!(s.missing_on_record(), vec![]);
+    s.delete(&back_d).await.unwrap();
+}
+
+/// How long [`several_nodes`] waits for one node to see what another
+/// recorded: the nodes' refresh interval is expected to be well below it.
+pub const SEVERAL_NODES_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until `cond` holds on `s`, for at most [`SEVERAL_NODES_BOUND`],
+/// without asking the store to refresh: only its own periodic re-reading
+/// can make it hold.
+async fn eventually(s: &dyn BlobStore, what: &str, cond: impl Fn(&dyn BlobStore) -> bool) {
+    let start = std::time::Instant::now();
+    while !cond(s) {
+        assert!(
+            start.elapsed() < SEVERAL_NODES_BOUND,
+            "{what}: not seen within {SEVERAL_NODES_BOUND:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn has(list: Vec<(Digest, i64)>, d: &Digest) -> bool {
+    list.iter().any(|(x, _)| x == d)
+}
+
+/// The damage records of several nodes sharing one storage, while they
+/// run: `open_node` opens one more node on it (shared, refreshing its
+/// damage records at an interval well below [`SEVERAL_NODES_BOUND`]).
+/// Node A records, node B sees it within the bound; B clears, A sees it
+/// cleared; both record different blobs at once and both records survive.
+pub async fn several_nodes<F, Fut>(open_node: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn BlobStore>>,
+{
+    let salt = format!("{:016x}", rand::random::<u64>());
+    let a = open_node().await;
+    let b = open_node().await;
+
+    // Missing: A marks, B sees; B clears, A sees it cleared.
+    let lost = Digest::of(format!("lost {salt}").as_bytes());
+    a.mark_missing(&lost, 7).await.unwrap();
+    eventually(&*b, "b sees a's missing record", |s| {
+        has(s.missing_on_record(), &lost)
+    })
+    .await;
+    assert!(
+        s_time(&b.missing_on_record(), &lost) == Some(7),
+        "with the time a recorded"
+    );
+    b.unmark_missing(&lost).await.unwrap();
+    eventually(&*a, "a sees b's clearing", |s| !has(s.missing_on_record(), &lost)).await;
+
+    // Quarantine: A takes a blob out of service, B sees it; a verified
+    // copy committed on B ends it, and A sees that.
+    let content = format!("suspect on several nodes {salt}");
+    let staged = a.stage(body(&[content.as_bytes()]), 1000, None).await.unwrap();
+    let d = staged.digest();
+    a.commit(staged).await.unwrap();
+    a.quarantine(&d).await.unwrap();
+    eventually(&*b, "b sees a's quarantine", |s| s.is_quarantined(&d)).await;
+    let copy = b.stage(body(&[content.as_bytes()]), 1000, Some(d)).await.unwrap();
+    b.commit(copy).await.unwrap();
+    assert!(!b.is_quarantined(&d));
+    eventually(&*a, "a sees the quarantine ended", |s| !s.is_quarantined(&d)).await;
+
+    // Both record at once, many each: no record is lost, on either node
+    // or on a node starting afterwards.
+    let mine = |who: &str, i: usize| Digest::of(format!("{who} {i} {salt}").as_bytes());
+    let (ours_a, ours_b): (Vec<Digest>, Vec<Digest>) = (0..20).map(|i| (mine("a", i), mine("b", i))).unzip();
+    let (a2, b2) = (a.clone(), b.clone());
+    let by_a = tokio::spawn(async move {
+        for (i, d) in ours_a.iter().enumerate() {
+            a2.mark_missing(d, i as i64).await.unwrap();
+        }
+    });
+    let by_b = tokio::spawn(async move {
+        for (i, d) in ours_b.iter().enumerate() {
+            b2.mark_missing(d, i as i64).await.unwrap();
+        }
+    });
+    by_a.await.unwrap();
+    by_b.await.unwrap();
+    let all: Vec<Digest> = (0..20).flat_map(|i| [mine("a", i), mine("b", i)]).collect();
+    for s in [&a, &b] {
+        eventually(&**s, "every record of both nodes", |s| {
+            let on = s.missing_on_record();
+            all.iter().all(|d| has(on.clone(), d))
+        })
+        .await;
+    }
+    let c = open_node().await;
+    let on = c.missing_on_record();
+    assert!(all.iter().all(|d| has(on.clone(), d)), "a record was lost");
+    for d in &all {
+        c.unmark_missing(d).await.unwrap();
+    }
+    c.delete(&d).await.unwrap();
+}
+
+fn s_time(list: &[(Digest, i64)], d: &Digest) -> Option<i64> {
+    list.iter().find(|(x, _)| x == d).map(|(_, at)| *at)
 }

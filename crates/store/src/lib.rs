@@ -18,6 +18,7 @@ mod error;
 mod meta;
 mod postgres;
 mod postgres_replication;
+mod refresh;
 mod replication;
 mod s3;
 mod sqlite;
@@ -27,6 +28,7 @@ pub use blob::{BlobBody, BlobCheck, BlobStore, ByteStream, FsBlobStore, StagedBl
 pub use error::{ConnectFailure, StoreError};
 pub use meta::*;
 pub use postgres::PgStore;
+pub use refresh::DAMAGE_REFRESH;
 pub use replication::*;
 pub use s3::{DEFAULT_PART_SIZE, MIN_PART_SIZE, S3BlobStore, S3Config};
 pub use sqlite::SqliteStore;

@@ -144,6 +144,27 @@ CREATE TABLE execution_leases (
 "#,
 ];
 
+/// Every table [`MIGRATIONS`] creates (but `ferry_schema`, which says
+/// which migrations ran), children before the tables they refer to.
+const TABLES: &[&str] = &[
+    "execution_leases",
+    "replication_peers",
+    "horizons",
+    "executions",
+    "cursors",
+    "sync_tokens",
+    "replications",
+    "signing_keys",
+    "api_key_feeds",
+    "api_keys",
+    "blobs",
+    "changes",
+    "item_blobs",
+    "items",
+    "feeds",
+    "meta",
+];
+
 /// The advisory lock key under which migrations run (any constant; nodes
 /// starting together wait for each other instead of racing).
 const MIGRATION_LOCK: i64 = 0x4665_7272_7953_6368; // "FerrySch"
@@ -408,6 +429,45 @@ impl PgStore {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Whether the database holds an instance: its id, made by the first
+    /// start that opened the instance ([`MetadataStore::instance_id`]).
+    pub async fn holds_instance(&self) -> Result<bool, StoreError> {
+        let v: Option<String> = sqlx::query_scalar("SELECT v FROM meta WHERE k = 'instance_id'")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(v.is_some())
+    }
+
+    /// Undoes a refused first start: empties every table of the schema
+    /// (sequences restarted), so the database holds no instance again, as
+    /// before the start. Call it only when [`PgStore::holds_instance`] said
+    /// no before the start opened the instance. The schema's tables stay
+    /// (empty, as a start makes them). Nothing is removed — `Ok(false)` —
+    /// once any API key exists: a start that completed (on another node
+    /// starting at the same time) makes the admin key, and its instance
+    /// stays. Runs under the migration lock, in one transaction.
+    pub async fn undo_first_start(&self) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("LOCK TABLE api_keys IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys")
+            .fetch_one(&mut *tx)
+            .await?;
+        if keys > 0 {
+            return Ok(false);
+        }
+        sqlx::raw_sql(&format!("TRUNCATE {} RESTART IDENTITY", TABLES.join(", ")))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
@@ -1205,4 +1265,21 @@ async fn insert_key(c: &mut PgConnection, key: &NewApiKey) -> Result<ApiKeyRecor
         feeds: scope,
         created_at: now,
     })
+}
+
+#[cfg(test)]
+mod table_list {
+    /// [`super::TABLES`] names exactly the tables the migrations create.
+    #[test]
+    fn names_every_table_the_migrations_create() {
+        let mut made: Vec<String> = super::MIGRATIONS
+            .iter()
+            .flat_map(|m| m.split("CREATE TABLE ").skip(1))
+            .filter_map(|rest| rest.split([' ', '(']).next().map(str::to_owned))
+            .collect();
+        made.sort();
+        let mut listed: Vec<String> = super::TABLES.iter().map(|t| t.to_string()).collect();
+        listed.sort();
+        assert_eq!(made, listed);
+    }
 }

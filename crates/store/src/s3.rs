@@ -20,7 +20,12 @@
 //! `{prefix}damage/missing/HEX`, holding the time in milliseconds),
 //! written and deleted one by one, never read, changed and written back:
 //! several nodes sharing the bucket record and resolve damage without
-//! losing each other's records.
+//! losing each other's records. A store opened shared lists the markers
+//! again every [`crate::DAMAGE_REFRESH`] (two ListObjectsV2, plus one
+//! GetObject per marker it has not read before and one HeadObject per new
+//! missing marker), so what other nodes record or resolve is seen within
+//! that interval; `fsck` and repair ask for a listing first
+//! ([`BlobStore::refresh_damage`]).
 //!
 //! Several nodes may share one bucket (and prefix): each keeps its spool
 //! in its own data directory, or — when the data directory is shared too —
@@ -133,6 +138,10 @@ impl S3Config {
 /// AbortMultipartUpload.
 pub struct S3BlobStore {
     inner: Arc<Inner>,
+    /// The refresh interval of the damage records, when shared.
+    refresh_every: Option<Arc<crate::refresh::RefreshEvery>>,
+    /// Lists the damage markers again periodically (shared only).
+    _refresher: Option<crate::refresh::Refresher>,
 }
 
 struct Inner {
@@ -149,8 +158,10 @@ struct Inner {
     /// Outstanding quarantines: digest → when (those on record when this
     /// node started and those it made since).
     quarantine: Mutex<BTreeMap<Digest, i64>>,
-    missing: Mutex<Vec<(Digest, i64)>>,
-    /// Serializes updates of the missing markers by this node.
+    /// Blobs found missing, by the markers last listed or written here.
+    missing: Mutex<BTreeMap<Digest, i64>>,
+    /// Serializes this node's writes of damage markers with its listings
+    /// of them, so a listing never drops a marker written meanwhile.
     records: tokio::sync::Mutex<()>,
     /// Objects hashed whole and found right, by ETag: a part of such an
     /// object is served as it is; any other is verified whole first.
@@ -229,6 +240,15 @@ fn parse_record(text: &str) -> Vec<(Digest, i64)> {
 }
 
 impl S3BlobStore {
+    /// Sets how often a shared store lists the damage markers again
+    /// (default [`crate::DAMAGE_REFRESH`]); nothing for a store opened
+    /// with [`S3BlobStore::open`].
+    pub fn set_damage_refresh(&self, every: Duration) {
+        if let Some(e) = &self.refresh_every {
+            e.set(every);
+        }
+    }
+
     /// Connects to the bucket described by `cfg`, with `spool` (a local
     /// directory, created if needed) for blobs being received. Aborts the
     /// multipart uploads an earlier run of this store left unfinished and
@@ -319,7 +339,7 @@ impl S3BlobStore {
             location: cfg.describe(),
             part_size,
             quarantine: Mutex::new(BTreeMap::new()),
-            missing: Mutex::new(Vec::new()),
+            missing: Mutex::new(BTreeMap::new()),
             records: tokio::sync::Mutex::new(()),
             verified: Mutex::new(HashMap::new()),
             commits: Arc::default(),
@@ -332,17 +352,28 @@ impl S3BlobStore {
         inner
             .migrate_legacy_record(LEGACY_MISSING_RECORD, MISSING_MARKERS)
             .await?;
-        let quarantined = inner.list_markers(QUARANTINE_MARKERS).await?;
-        *locked(&inner.quarantine) = quarantined.into_iter().collect();
-        let mut missing = Vec::new();
-        for (d, at) in inner.list_markers(MISSING_MARKERS).await? {
-            if inner.head(&d).await?.is_none() {
-                missing.push((d, at));
-            }
-        }
-        *locked(&inner.missing) = missing;
+        inner.refresh_damage().await?;
+        let inner = Arc::new(inner);
+        let (refresh_every, refresher) = if shared {
+            let every = crate::refresh::RefreshEvery::new(crate::DAMAGE_REFRESH);
+            let weak = Arc::downgrade(&inner);
+            let refresher = crate::refresh::spawn_refresher(every.clone(), move || {
+                let inner = weak.upgrade();
+                async move {
+                    match inner {
+                        Some(inner) => inner.refresh_damage().await,
+                        None => Ok(()),
+                    }
+                }
+            });
+            (Some(every), Some(refresher))
+        } else {
+            (None, None)
+        };
         Ok(Self {
-            inner: Arc::new(inner),
+            inner,
+            refresh_every,
+            _refresher: refresher,
         })
     }
 }
@@ -645,8 +676,13 @@ impl Inner {
     }
 
     /// The digests marked under `markers`, each with the time its marker
-    /// holds (its LastModified if it holds none).
-    async fn list_markers(&self, markers: &str) -> Result<Vec<(Digest, i64)>, StoreError> {
+    /// holds (its LastModified if it holds none); markers in `known` are
+    /// not read again (their time is taken from there).
+    async fn list_markers(
+        &self,
+        markers: &str,
+        known: &BTreeMap<Digest, i64>,
+    ) -> Result<Vec<(Digest, i64)>, StoreError> {
         let prefix = Key::from(format!("{}{markers}", self.prefix));
         let metas: Vec<object_store::ObjectMeta> = self
             .s3
@@ -659,6 +695,9 @@ impl Inner {
                 let Some(d) = m.location.filename().and_then(|f| Digest::from_hex(f).ok()) else {
                     return Ok(None);
                 };
+                if let Some(at) = known.get(&d) {
+                    return Ok(Some((d, *at)));
+                }
                 let got = match self.s3.get(&m.location).await {
                     Ok(g) => g,
                     Err(e) if is_not_found(&e) => return Ok(None), // resolved meanwhile
@@ -675,6 +714,26 @@ impl Inner {
             .try_collect()
             .await?;
         Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Lists the damage markers again: the quarantines, and the blobs found
+    /// missing less those stored again since (whose markers are deleted).
+    async fn refresh_damage(&self) -> Result<(), StoreError> {
+        let _one = self.records.lock().await;
+        let known_q = locked(&self.quarantine).clone();
+        let quarantined = self.list_markers(QUARANTINE_MARKERS, &known_q).await?;
+        let known_m = locked(&self.missing).clone();
+        let mut missing = BTreeMap::new();
+        for (d, at) in self.list_markers(MISSING_MARKERS, &known_m).await? {
+            if !known_m.contains_key(&d) && self.head(&d).await?.is_some() {
+                self.delete_marker(MISSING_MARKERS, &d).await?;
+                continue;
+            }
+            missing.insert(d, at);
+        }
+        *locked(&self.quarantine) = quarantined.into_iter().collect();
+        *locked(&self.missing) = missing;
+        Ok(())
     }
 
     /// Marks `d` under `markers`, found at `at` (ms); rewriting a marker
@@ -737,6 +796,7 @@ impl Inner {
             .await
             .map_err(|e| self.unavailable("DeleteObject", e))?;
         locked(&self.verified).remove(d);
+        let _records = self.records.lock().await;
         self.put_marker(QUARANTINE_MARKERS, d, at).await?;
         locked(&self.quarantine).insert(*d, at);
         Ok(())
@@ -751,6 +811,7 @@ impl Inner {
         if !known && !placed {
             return Ok(());
         }
+        let _records = self.records.lock().await;
         self.delete_marker(QUARANTINE_MARKERS, d).await?;
         locked(&self.quarantine).remove(d);
         Ok(())
@@ -979,26 +1040,33 @@ impl BlobStore for S3BlobStore {
     }
 
     fn missing_on_record(&self) -> Vec<(Digest, i64)> {
-        locked(&self.inner.missing).clone()
+        locked(&self.inner.missing)
+            .iter()
+            .map(|(d, at)| (*d, *at))
+            .collect()
     }
 
-    /// Writes the markers of blobs newly found missing and deletes those
-    /// of blobs this node knew as missing and no longer lists; markers
-    /// other nodes wrote meanwhile are left alone.
-    async fn record_missing(&self, missing: &[(Digest, i64)]) -> Result<(), StoreError> {
+    /// Puts `digest`'s missing marker (its own object: no other node's
+    /// marker is touched).
+    async fn mark_missing(&self, digest: &Digest, at: i64) -> Result<(), StoreError> {
         let inner = &self.inner;
         let _one = inner.records.lock().await;
-        let before: std::collections::BTreeSet<Digest> =
-            locked(&inner.missing).iter().map(|(d, _)| *d).collect();
-        let now: std::collections::BTreeSet<Digest> = missing.iter().map(|(d, _)| *d).collect();
-        for (d, at) in missing.iter().filter(|(d, _)| !before.contains(d)) {
-            inner.put_marker(MISSING_MARKERS, d, *at).await?;
-        }
-        for d in before.difference(&now) {
-            inner.delete_marker(MISSING_MARKERS, d).await?;
-        }
-        *locked(&inner.missing) = missing.to_vec();
+        inner.put_marker(MISSING_MARKERS, digest, at).await?;
+        locked(&inner.missing).insert(*digest, at);
         Ok(())
+    }
+
+    /// Deletes `digest`'s missing marker, whichever node put it.
+    async fn unmark_missing(&self, digest: &Digest) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let _one = inner.records.lock().await;
+        inner.delete_marker(MISSING_MARKERS, digest).await?;
+        locked(&inner.missing).remove(digest);
+        Ok(())
+    }
+
+    async fn refresh_damage(&self) -> Result<(), StoreError> {
+        self.inner.refresh_damage().await
     }
 
     async fn begin_transfer(&self, digest: &Digest) -> Result<Transfer, StoreError> {

@@ -15,3 +15,41 @@ async fn fs_blob_store_conforms() {
     })
     .await;
 }
+
+/// Nodes sharing one blob folder see each other's damage records while
+/// they run (each re-reads them every 200 ms here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_one_folder_see_each_others_damage_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("blobs");
+    ferry_store::blob_conformance::several_nodes(|| {
+        let root = root.clone();
+        async move {
+            let s = FsBlobStore::open_shared(root).await.unwrap();
+            s.set_damage_refresh(std::time::Duration::from_millis(200));
+            Arc::new(s) as Arc<dyn BlobStore>
+        }
+    })
+    .await;
+}
+
+/// The single `missing` record file of an earlier version becomes one
+/// marker per digest at open (and is removed).
+#[tokio::test]
+async fn a_single_missing_record_file_becomes_markers() {
+    use ferry_types::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("blobs");
+    std::fs::create_dir_all(&root).unwrap();
+    let (x, y) = (Digest::of(b"x"), Digest::of(b"y"));
+    std::fs::write(root.join("missing"), format!("{x} 11\n{y} 12\n")).unwrap();
+    let s = FsBlobStore::open_shared(&root).await.unwrap();
+    let mut want = vec![(x, 11), (y, 12)];
+    want.sort();
+    assert_eq!(s.missing_on_record(), want);
+    assert!(!root.join("missing").exists());
+    assert!(root.join("damage/missing").join(x.hex()).is_file());
+    drop(s);
+    let s = FsBlobStore::open(&root).await.unwrap();
+    assert_eq!(s.missing_on_record(), want);
+}

@@ -86,8 +86,8 @@ async fn nodes_never_overwrite_each_others_damage_records() {
     a.quarantine(&x).await.unwrap();
     b.quarantine(&y).await.unwrap();
     let (m1, m2) = (Digest::of(b"lost one"), Digest::of(b"lost two"));
-    a.record_missing(&[(m1, 1)]).await.unwrap();
-    b.record_missing(&[(m2, 2)]).await.unwrap();
+    a.mark_missing(&m1, 1).await.unwrap();
+    b.mark_missing(&m2, 2).await.unwrap();
 
     let mut both = vec![x, y];
     both.sort();
@@ -101,11 +101,28 @@ async fn nodes_never_overwrite_each_others_damage_records() {
     let again = put(&b, b"blob x, to be found corrupt by node a").await;
     assert_eq!(again, x);
     // Node a found m1 again; node b's record of m2 stays.
-    a.record_missing(&[]).await.unwrap();
+    a.unmark_missing(&m1).await.unwrap();
     let d = node(&server, &dir.path().join("d")).await;
     assert_eq!(digests(d.quarantined()), vec![y]);
     assert_eq!(digests(d.missing_on_record()), vec![m2]);
     assert!(matches!(d.check(&x).await.unwrap(), BlobCheck::Intact { .. }));
+}
+
+/// Nodes on one bucket see each other's damage markers while they run
+/// (each lists them again every 200 ms here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_one_bucket_see_each_others_damage_records() {
+    let server = S3Server::start(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let (server, dir, n) = (&server, &dir, &n);
+    ferry_store::blob_conformance::several_nodes(|| async move {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let s = node(server, &dir.path().join(format!("n{i}"))).await;
+        s.set_damage_refresh(std::time::Duration::from_millis(200));
+        std::sync::Arc::new(s) as std::sync::Arc<dyn BlobStore>
+    })
+    .await;
 }
 
 /// Nodes sharing one data directory (its spool) and one bucket: a node

@@ -1066,6 +1066,17 @@ fn at_least(level: &str, min: &str) -> bool {
     min.is_empty() || rank(level) >= rank(min)
 }
 
+/// The directions a feed pair's report counts: those the mode runs
+/// (`pulls`, `pushes`; a report recorded before they were kept shows
+/// both).
+fn ran(f: &Value) -> Vec<&'static str> {
+    [("pulls", "pulled"), ("pushes", "pushed")]
+        .into_iter()
+        .filter(|(flag, _)| f[*flag].as_bool().unwrap_or(true))
+        .map(|(_, dir)| dir)
+        .collect()
+}
+
 fn feed_counts(report: &Value) -> Markup {
     let feeds = report["feeds"].as_array().cloned().unwrap_or_default();
     html! {
@@ -1074,7 +1085,7 @@ fn feed_counts(report: &Value) -> Markup {
             div.table-wrap { table.counts #counts {
                 thead { tr { th { "Feed (local = remote)" } th { "Direction" }
                     th.num { "Copied" } th.num { "Updated" } th.num { "Deleted" } th.num { "Skipped" } th.num { "Conflicts" } th.num { "Bytes" } } }
-                tbody { @for f in &feeds { @for dir in ["pulled", "pushed"] {
+                tbody { @for f in &feeds { @for dir in ran(f) {
                     @let c = &f[dir];
                     tr {
                         td { (f["local"].as_str().unwrap_or("")) " = " (f["remote"].as_str().unwrap_or("")) }
@@ -1634,5 +1645,30 @@ async fn edit(State(st): State<AppState>, Path(name): Path<String>, p: Posted) -
                 status,
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    /// An execution's counts show the directions its mode runs; a report
+    /// recorded before reports said which shows both.
+    #[test]
+    fn counts_show_only_the_directions_that_ran() {
+        let zero = json!({"added": 0, "updated": 0, "deleted": 0, "skipped": 0, "conflicts": 0, "bytes": 0});
+        let pair = |extra: serde_json::Value| {
+            let mut f = json!({"local": "files", "remote": "files", "pulled": zero, "pushed": zero});
+            if let (Some(f), Some(extra)) = (f.as_object_mut(), extra.as_object()) {
+                f.extend(extra.clone());
+            }
+            super::feed_counts(&json!({ "feeds": [f] })).into_string()
+        };
+        let pull = pair(json!({"pulls": true, "pushes": false}));
+        assert!(pull.contains(">pulled<") && !pull.contains("pushed"), "{pull}");
+        let push = pair(json!({"pulls": false, "pushes": true}));
+        assert!(push.contains(">pushed<") && !push.contains("pulled"), "{push}");
+        let old = pair(json!({}));
+        assert!(old.contains(">pulled<") && old.contains(">pushed<"), "{old}");
     }
 }
