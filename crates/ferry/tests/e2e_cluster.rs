@@ -772,3 +772,159 @@ fn on_one_bucket_a_push_to_a_spoke_cut_by_a_killed_node_is_finished_by_another()
         }
     }
 }
+
+/// `curl` with the cookie jar `jar` (read and written): (status, response
+/// headers and body).
+fn browse(jar: &Path, args: &[&str]) -> (u16, String) {
+    let jar = jar.to_str().unwrap();
+    let mut all = vec!["-D", "-", "-b", jar, "-c", jar];
+    all.extend_from_slice(args);
+    let (st, body) = support::curl(&all);
+    (st, String::from_utf8_lossy(&body).to_string())
+}
+
+/// A form posted from a page of `node` (its origin), with the fields.
+fn post_form(jar: &Path, node: &Server, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
+    let origin = format!("Origin: {}", node.url);
+    let url = format!("{}{path}", node.url);
+    let encoded: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut args = vec!["-H", origin.as_str()];
+    for f in &encoded {
+        args.extend_from_slice(&["--data-urlencode", f.as_str()]);
+    }
+    args.push(url.as_str());
+    browse(jar, &args)
+}
+
+fn location(response: &str) -> Option<String> {
+    response.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("location").then(|| v.trim().to_string())
+    })
+}
+
+/// The CSRF token in a page's forms.
+fn csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..].split('"').next().unwrap().to_string()
+}
+
+/// The new key a page shows once, if it shows one.
+fn shown_key(page: &str) -> Option<String> {
+    let at = page.find("id=\"new-key\"")?;
+    let rest = &page[at..];
+    let v = rest.find("value=\"")? + 7;
+    Some(rest[v..].split('"').next()?.to_string())
+}
+
+/// Web UI sessions are the instance's, not a node's: signed in through
+/// node a, a page through node b is signed in; a key made by a form posted
+/// to a is shown once on b (and kept in the database only sealed); a key
+/// revoked on a signs its sessions out on b; signing out on b ends the
+/// session on a.
+#[test]
+fn a_web_ui_session_works_on_every_node() {
+    let db = TestDatabase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(&db, &dir.path().join("data"), 2, &[]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let jar = dir.path().join("admin.jar");
+
+    // Signed in on a.
+    let (st, resp) = post_form(&jar, a, "/login", &[("key", support::ADMIN)]);
+    assert_eq!(st, 303, "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("set-cookie: ferry_session_"),
+        "{resp}"
+    );
+    let cookie = std::fs::read_to_string(&jar).unwrap();
+    let id = cookie
+        .lines()
+        .find(|l| l.contains("ferry_session_"))
+        .and_then(|l| l.split('\t').next_back())
+        .unwrap()
+        .to_string();
+    // The database keeps the id's hash, never the id.
+    assert!(!psql(&db, "SELECT encode(id_hash, 'hex') FROM ui_sessions").contains(&id));
+    assert_eq!(psql(&db, "SELECT count(*) FROM ui_sessions"), "1");
+
+    // Signed in on b.
+    let (st, page) = browse(&jar, &[&format!("{}/keys", b.url)]);
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("API keys"), "{page}");
+    let token = csrf(&page);
+
+    // A key created by a form posted to a, shown once on b.
+    let (st, resp) = post_form(
+        &jar,
+        a,
+        "/keys",
+        &[("csrf", &token), ("name", "viewer"), ("permission", "read")],
+    );
+    assert_eq!((st, location(&resp).as_deref()), (303, Some("/keys")), "{resp}");
+    let sealed = psql(
+        &db,
+        "SELECT encode(flash, 'hex') FROM ui_sessions WHERE flash IS NOT NULL",
+    );
+    assert!(!sealed.is_empty(), "the flash is kept in the database");
+    let (_, page) = browse(&jar, &[&format!("{}/keys", b.url)]);
+    let secret = shown_key(&page).expect("the new key, shown on b");
+    assert!(secret.starts_with("ferry_"), "{secret}");
+    assert!(
+        !sealed.contains(&hex::encode(secret.as_bytes())),
+        "sealed, not in clear"
+    );
+    assert_eq!(
+        psql(&db, "SELECT count(*) FROM ui_sessions WHERE flash IS NOT NULL"),
+        "0",
+        "deleted on first read"
+    );
+    let (_, again) = browse(&jar, &[&format!("{}/keys", a.url)]);
+    assert_eq!(shown_key(&again), None, "shown once");
+
+    // The new key signs in on b; revoked through a, its session on b ends.
+    let viewer_jar = dir.path().join("viewer.jar");
+    let (st, resp) = post_form(&viewer_jar, b, "/login", &[("key", &secret)]);
+    assert_eq!(st, 303, "{resp}");
+    let (st, _) = browse(&viewer_jar, &[&format!("{}/feeds", a.url)]);
+    assert_eq!(st, 200);
+    let (st, resp) = post_form(&jar, a, "/keys/viewer/revoke", &[("csrf", &token)]);
+    assert_eq!(st, 303, "{resp}");
+    for node in [a, b] {
+        let (st, resp) = browse(&viewer_jar, &[&format!("{}/feeds", node.url)]);
+        assert_eq!((st, location(&resp).as_deref()), (303, Some("/login")), "{resp}");
+    }
+
+    // Signed out on b: signed out on a.
+    let (st, resp) = post_form(&jar, b, "/logout", &[("csrf", &token)]);
+    assert_eq!((st, location(&resp).as_deref()), (303, Some("/login")), "{resp}");
+    // The jar forgot the cookie; send the old one.
+    let old = format!("Cookie: {}={id}", cookie_name(&cookie));
+    let (st, resp) = support::curl(&["-D", "-", "-H", &old, &format!("{}/keys", a.url)]);
+    let resp = String::from_utf8_lossy(&resp).to_string();
+    assert_eq!((st, location(&resp).as_deref()), (303, Some("/login")), "{resp}");
+    assert_eq!(psql(&db, "SELECT count(*) FROM ui_sessions"), "0");
+}
+
+/// The session cookie's name in a curl cookie jar's text.
+fn cookie_name(jar: &str) -> String {
+    jar.lines()
+        .find(|l| l.contains("ferry_session_"))
+        .and_then(|l| l.split('\t').nth(5))
+        .unwrap()
+        .to_string()
+}
+
+/// One value (or rows joined by newlines) that `sql` selects in the
+/// cluster's database.
+fn psql(db: &TestDatabase, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([db.url.as_str(), "-qtAc", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -49,6 +49,215 @@ pub async fn run(store: &dyn MetadataStore) {
     blobs_and_collection(store).await;
     api_keys(store).await;
     signing_keys(store).await;
+    ui_sessions(store).await;
+}
+
+fn ui_session(id: u8, key: u8, at: i64) -> crate::NewUiSession {
+    crate::NewUiSession {
+        id_hash: [id; 32],
+        key_hash: [key; 32],
+        created_at: at,
+        expires_at: at + 1000,
+    }
+}
+
+/// UI sessions: created under per-key and total caps (the key's oldest
+/// ends, remembered as capped until it would have expired; past the total,
+/// refused), expire, end at sign-out and with their key (deleted or its
+/// secret replaced), and a flash is read once.
+async fn ui_sessions(s: &dyn MetadataStore) {
+    use crate::{UiSessionCreated::*, UiSessionLimits, UiSessionState};
+    let limits = UiSessionLimits {
+        per_key: 2,
+        total: 4,
+        capped: 10,
+    };
+    let t = now_millis();
+    assert_eq!(s.ui_session(&[1; 32], t).await.unwrap(), UiSessionState::Unknown);
+    assert_eq!(
+        s.create_ui_session(ui_session(1, 50, t), limits).await.unwrap(),
+        Created
+    );
+    match s.ui_session(&[1; 32], t + 1).await.unwrap() {
+        UiSessionState::Live(r) => {
+            assert_eq!(r.key_hash, [50; 32]);
+            assert_eq!((r.created_at, r.expires_at), (t, t + 1000));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Expired at its time.
+    assert_eq!(
+        s.ui_session(&[1; 32], t + 1000).await.unwrap(),
+        UiSessionState::Unknown
+    );
+
+    // A flash is read once, and only a live session keeps one.
+    assert_eq!(s.take_ui_flash(&[1; 32]).await.unwrap(), None);
+    s.put_ui_flash(&[1; 32], b"sealed one".to_vec()).await.unwrap();
+    s.put_ui_flash(&[1; 32], b"sealed two".to_vec()).await.unwrap();
+    assert_eq!(
+        s.take_ui_flash(&[1; 32]).await.unwrap(),
+        Some(b"sealed two".to_vec())
+    );
+    assert_eq!(s.take_ui_flash(&[1; 32]).await.unwrap(), None);
+    s.put_ui_flash(&[99; 32], b"nobody".to_vec()).await.unwrap();
+    assert_eq!(s.take_ui_flash(&[99; 32]).await.unwrap(), None);
+
+    // The key's cap ends its oldest session, remembered as capped; its
+    // flash goes with it.
+    s.put_ui_flash(&[1; 32], b"of the oldest".to_vec()).await.unwrap();
+    assert_eq!(
+        s.create_ui_session(ui_session(2, 50, t + 1), limits)
+            .await
+            .unwrap(),
+        Created
+    );
+    assert_eq!(
+        s.create_ui_session(ui_session(3, 50, t + 2), limits)
+            .await
+            .unwrap(),
+        Created
+    );
+    assert_eq!(
+        s.ui_session(&[1; 32], t + 3).await.unwrap(),
+        UiSessionState::Capped
+    );
+    assert_eq!(s.take_ui_flash(&[1; 32]).await.unwrap(), None);
+    assert!(matches!(
+        s.ui_session(&[2; 32], t + 3).await.unwrap(),
+        UiSessionState::Live(_)
+    ));
+    assert!(matches!(
+        s.ui_session(&[3; 32], t + 3).await.unwrap(),
+        UiSessionState::Live(_)
+    ));
+    assert_eq!(s.ui_session_count(t + 3).await.unwrap(), 2);
+    // Past the expiry a capped session is unknown too.
+    assert_eq!(
+        s.ui_session(&[1; 32], t + 1000).await.unwrap(),
+        UiSessionState::Unknown
+    );
+
+    // The instance's cap: refused, nobody's session ended.
+    assert_eq!(
+        s.create_ui_session(ui_session(4, 51, t + 3), limits)
+            .await
+            .unwrap(),
+        Created
+    );
+    assert_eq!(
+        s.create_ui_session(ui_session(5, 51, t + 4), limits)
+            .await
+            .unwrap(),
+        Created
+    );
+    assert_eq!(
+        s.create_ui_session(ui_session(6, 52, t + 5), limits)
+            .await
+            .unwrap(),
+        Full
+    );
+    assert_eq!(
+        s.ui_session(&[6; 32], t + 6).await.unwrap(),
+        UiSessionState::Unknown
+    );
+    assert_eq!(s.ui_session_count(t + 6).await.unwrap(), 4);
+    // Signing out makes room.
+    s.end_ui_session(&[5; 32]).await.unwrap();
+    s.end_ui_session(&[5; 32]).await.unwrap();
+    assert_eq!(
+        s.ui_session(&[5; 32], t + 6).await.unwrap(),
+        UiSessionState::Unknown
+    );
+    assert_eq!(
+        s.create_ui_session(ui_session(6, 52, t + 6), limits)
+            .await
+            .unwrap(),
+        Created
+    );
+
+    // Expired sessions are dropped at the next sign-in and stop counting.
+    assert_eq!(s.ui_session_count(t + 2000).await.unwrap(), 0);
+    let later = t + 2000;
+    for (i, id) in (10..14).enumerate() {
+        let created = s
+            .create_ui_session(ui_session(id, 53 + i as u8, later + i as i64), limits)
+            .await
+            .unwrap();
+        assert_eq!(created, Created);
+    }
+
+    // Deleting a key, or replacing its secret, ends its sessions.
+    let new = |name: &str, h: u8| NewApiKey {
+        name: name.into(),
+        hash: [h; 32],
+        permission: Permission::Read,
+        feeds: None,
+    };
+    s.create_key(new("conf-ui-a", 53)).await.unwrap();
+    s.put_named_key(new("conf-ui-b", 54)).await.unwrap();
+    s.put_named_key(new("conf-ui-b", 54)).await.unwrap();
+    assert!(
+        matches!(
+            s.ui_session(&[11; 32], later + 5).await.unwrap(),
+            UiSessionState::Live(_)
+        ),
+        "the same secret put again keeps its sessions"
+    );
+    assert!(s.delete_key("conf-ui-a").await.unwrap());
+    assert_eq!(
+        s.ui_session(&[10; 32], later + 5).await.unwrap(),
+        UiSessionState::Unknown
+    );
+    s.put_named_key(new("conf-ui-b", 55)).await.unwrap();
+    assert_eq!(
+        s.ui_session(&[11; 32], later + 5).await.unwrap(),
+        UiSessionState::Unknown
+    );
+    assert!(matches!(
+        s.ui_session(&[12; 32], later + 5).await.unwrap(),
+        UiSessionState::Live(_)
+    ));
+    assert!(s.delete_key("conf-ui-b").await.unwrap());
+    for id in 10..14 {
+        s.end_ui_session(&[id; 32]).await.unwrap();
+    }
+}
+
+/// Sign-ins of one key through several nodes at once: the per-key cap
+/// holds (no more than its allowance is live afterwards).
+async fn ui_session_caps_hold_across_nodes(nodes: &[std::sync::Arc<dyn MetadataStore>]) {
+    let limits = crate::UiSessionLimits {
+        per_key: 3,
+        total: 1000,
+        capped: 1000,
+    };
+    let t = now_millis();
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for i in 0..8u8 {
+            let node = node.clone();
+            let id = 100 + (n as u8) * 8 + i;
+            tasks.push(tokio::spawn(async move {
+                node.create_ui_session(ui_session(id, 77, t), limits)
+                    .await
+                    .unwrap()
+            }));
+        }
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), crate::UiSessionCreated::Created);
+    }
+    let mut live = 0;
+    for n in 0..nodes.len() {
+        for i in 0..8u8 {
+            let id = 100 + (n as u8) * 8 + i;
+            if let crate::UiSessionState::Live(_) = nodes[0].ui_session(&[id; 32], t + 1).await.unwrap() {
+                live += 1;
+            }
+        }
+    }
+    assert_eq!(live, 3, "one key's live sessions across nodes");
 }
 
 async fn signing_keys(s: &dyn MetadataStore) {
@@ -781,6 +990,7 @@ pub async fn run_concurrent(nodes: Vec<std::sync::Arc<dyn MetadataStore>>) {
     change_log_never_skips(&nodes).await;
     one_of_concurrent_creates_wins(&nodes).await;
     collection_never_takes_a_blob_being_referenced(&nodes).await;
+    ui_session_caps_hold_across_nodes(&nodes).await;
 }
 
 async fn change_log_never_skips(nodes: &[std::sync::Arc<dyn MetadataStore>]) {

@@ -271,8 +271,9 @@ pub enum StoreEvent {
 
 /// The metadata of one Ferry instance. Implementations keep every method's
 /// effect atomic; [`crate::conformance`] states the contract as tests.
+/// Every metadata store also keeps the UI sessions ([`crate::SessionStore`]).
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
+pub trait MetadataStore: crate::SessionStore + Send + Sync + 'static {
     /// This instance's id, created (randomly) and stored on first use.
     async fn instance_id(&self) -> Result<InstanceId, StoreError>;
     /// The highest stamp time of the items and tombstones this instance
