@@ -50,6 +50,222 @@ pub async fn run(store: &dyn MetadataStore) {
     api_keys(store).await;
     signing_keys(store).await;
     ui_sessions(store).await;
+    upload_sessions(store).await;
+}
+
+fn upload(id: &str, feed: FeedId, key: Option<(i64, i64)>, now: i64) -> crate::NewUploadSession {
+    crate::NewUploadSession {
+        id: id.into(),
+        feed,
+        repo: "team/app".into(),
+        key,
+        now,
+    }
+}
+
+/// OCI upload sessions: opened under per-key, per-feed and total caps
+/// (refusals say when the first of the group expires, or that all are in
+/// use), claimed by one request at a time, their length recorded at
+/// release, expired after the idle time unless a request holds them, and
+/// swept with a deleted key.
+async fn upload_sessions(s: &dyn MetadataStore) {
+    use crate::{UploadCap, UploadClaim, UploadLimits, UploadOpened};
+    let feed = s
+        .create_feed(&FeedName::new("conf-uploads").unwrap(), FeedType::Oci, false)
+        .await
+        .unwrap();
+    let other = s
+        .create_feed(&FeedName::new("conf-uploads-2").unwrap(), FeedType::Oci, false)
+        .await
+        .unwrap();
+    let k = s
+        .create_key(NewApiKey {
+            name: "conf-uploader".into(),
+            hash: [60; 32],
+            permission: Permission::Write,
+            feeds: None,
+        })
+        .await
+        .unwrap();
+    let key = Some((k.id, k.created_at));
+    let limits = UploadLimits {
+        idle_ms: 1000,
+        per_key: 2,
+        per_feed: 3,
+        total: 4,
+    };
+    let t = 1_000_000;
+    let opened = |r: UploadOpened| assert!(matches!(r, UploadOpened::Opened { .. }), "{r:?}");
+    opened(
+        s.open_upload(upload("u1", feed.id, key, t), limits)
+            .await
+            .unwrap(),
+    );
+    opened(
+        s.open_upload(upload("u2", feed.id, key, t + 10), limits)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        s.open_upload(upload("u3", feed.id, key, t + 20), limits)
+            .await
+            .unwrap(),
+        UploadOpened::Refused {
+            cap: UploadCap::Key,
+            next_expiry: Some(t + 1000),
+            expired: vec![]
+        }
+    );
+    opened(
+        s.open_upload(upload("a1", feed.id, None, t + 20), limits)
+            .await
+            .unwrap(),
+    );
+    // The feed's cap (3), then the instance's (4) for another feed.
+    assert!(matches!(
+        s.open_upload(upload("a2", feed.id, None, t + 20), limits)
+            .await
+            .unwrap(),
+        UploadOpened::Refused {
+            cap: UploadCap::Feed,
+            ..
+        }
+    ));
+    opened(
+        s.open_upload(upload("b1", other.id, None, t + 20), limits)
+            .await
+            .unwrap(),
+    );
+    assert!(matches!(
+        s.open_upload(upload("b2", other.id, None, t + 20), limits)
+            .await
+            .unwrap(),
+        UploadOpened::Refused {
+            cap: UploadCap::Instance,
+            ..
+        }
+    ));
+    assert_eq!(s.upload_count().await.unwrap(), 4);
+
+    // One request at a time; its release records the length.
+    let claim = |id: &'static str, repo: &'static str, now: i64, lease: i64| {
+        s.claim_upload(id, feed.id, repo, now, 1000, lease)
+    };
+    assert_eq!(
+        claim("u1", "team/app", t + 100, t + 5000).await.unwrap(),
+        UploadClaim::Claimed { size: 0 }
+    );
+    assert_eq!(
+        claim("u1", "team/app", t + 101, t + 5000).await.unwrap(),
+        UploadClaim::Busy
+    );
+    assert_eq!(
+        claim("u1", "team/other", t + 101, t + 5000).await.unwrap(),
+        UploadClaim::Unknown
+    );
+    assert_eq!(
+        claim("nope", "team/app", t + 101, t + 5000).await.unwrap(),
+        UploadClaim::Unknown
+    );
+    s.renew_upload("u1", t + 2000, t + 9000).await.unwrap();
+    // Held, it outlives its idle time; the others expire and are swept.
+    let swept = s.sweep_uploads(t + 3000, 1000, false).await.unwrap();
+    let mut swept_sorted = swept.clone();
+    swept_sorted.sort();
+    assert_eq!(swept_sorted, vec!["a1", "b1", "u2"]);
+    assert_eq!(
+        s.upload_length("u1", feed.id, "team/app", t + 3000, 1000)
+            .await
+            .unwrap(),
+        UploadClaim::Claimed { size: 0 }
+    );
+    s.release_upload("u1", t + 3000, Some(7)).await.unwrap();
+    assert_eq!(
+        claim("u1", "team/app", t + 3100, t + 3200).await.unwrap(),
+        UploadClaim::Claimed { size: 7 }
+    );
+    s.release_upload("u1", t + 3100, None).await.unwrap();
+    assert_eq!(
+        s.upload_length("u1", feed.id, "team/app", t + 3500, 1000)
+            .await
+            .unwrap(),
+        UploadClaim::Claimed { size: 7 }
+    );
+    // Expired when a request finds it.
+    assert_eq!(
+        claim("u1", "team/app", t + 4500, t + 5000).await.unwrap(),
+        UploadClaim::Expired
+    );
+    assert_eq!(
+        claim("u1", "team/app", t + 4500, t + 5000).await.unwrap(),
+        UploadClaim::Unknown
+    );
+
+    // A deleted key's sessions are swept (not while a request holds one).
+    opened(
+        s.open_upload(upload("r1", feed.id, key, t + 5000), limits)
+            .await
+            .unwrap(),
+    );
+    opened(
+        s.open_upload(upload("r2", feed.id, key, t + 5000), limits)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        claim("r2", "team/app", t + 5001, t + 6000).await.unwrap(),
+        UploadClaim::Claimed { size: 0 }
+    );
+    assert!(s.sweep_uploads(t + 5002, 1000, true).await.unwrap().is_empty());
+    assert!(s.delete_key("conf-uploader").await.unwrap());
+    assert_eq!(s.sweep_uploads(t + 5002, 1000, true).await.unwrap(), vec!["r1"]);
+    assert!(s.end_upload("r2").await.unwrap());
+    assert!(!s.end_upload("r2").await.unwrap());
+    assert_eq!(s.upload_count().await.unwrap(), 0);
+    // A deleted feed takes its sessions.
+    opened(
+        s.open_upload(upload("f1", other.id, None, t + 6000), limits)
+            .await
+            .unwrap(),
+    );
+    s.delete_feed(&other.name).await.unwrap();
+    assert_eq!(s.upload_count().await.unwrap(), 0);
+    s.delete_feed(&feed.name).await.unwrap();
+}
+
+/// Upload sessions opened through several nodes at once: the per-key cap holds.
+async fn upload_caps_hold_across_nodes(nodes: &[std::sync::Arc<dyn MetadataStore>]) {
+    let feed = nodes[0]
+        .create_feed(&FeedName::new("conf-uploads-c").unwrap(), FeedType::Oci, false)
+        .await
+        .unwrap();
+    let limits = crate::UploadLimits {
+        idle_ms: 600_000,
+        per_key: 5,
+        per_feed: 1000,
+        total: 1000,
+    };
+    let now = now_millis();
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for i in 0..6 {
+            let node = node.clone();
+            let id = format!("c{n}-{i}");
+            tasks.push(tokio::spawn(async move {
+                node.open_upload(upload(&id, feed.id, Some((4242, 1)), now), limits)
+                    .await
+                    .unwrap()
+            }));
+        }
+    }
+    let mut opened = 0;
+    for t in tasks {
+        if let crate::UploadOpened::Opened { .. } = t.await.unwrap() {
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, 5, "one key's sessions opened across nodes");
+    assert_eq!(nodes[0].upload_count().await.unwrap(), 5);
 }
 
 fn ui_session(id: u8, key: u8, at: i64) -> crate::NewUiSession {
@@ -991,6 +1207,7 @@ pub async fn run_concurrent(nodes: Vec<std::sync::Arc<dyn MetadataStore>>) {
     one_of_concurrent_creates_wins(&nodes).await;
     collection_never_takes_a_blob_being_referenced(&nodes).await;
     ui_session_caps_hold_across_nodes(&nodes).await;
+    upload_caps_hold_across_nodes(&nodes).await;
 }
 
 async fn change_log_never_skips(nodes: &[std::sync::Arc<dyn MetadataStore>]) {

@@ -157,6 +157,25 @@ CREATE TABLE ui_sessions (
 );
 CREATE INDEX ui_sessions_by_key ON ui_sessions (key_hash, created_at);
 "#,
+    // OCI upload sessions, shared by every node: feed, repository, the key
+    // that opened one (id and creation time), its length, when a request
+    // last used it and until when a request holds it (ms). Their bytes are
+    // in the blob store's upload area.
+    r#"
+CREATE TABLE oci_uploads (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    feed_id BIGINT NOT NULL REFERENCES feeds(id) ON DELETE CASCADE,
+    repo TEXT NOT NULL,
+    key_id BIGINT,
+    key_created_at BIGINT,
+    size BIGINT NOT NULL DEFAULT 0,
+    created_at BIGINT NOT NULL,
+    touched_at BIGINT NOT NULL,
+    held_until BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX oci_uploads_by_feed ON oci_uploads(feed_id);
+CREATE INDEX oci_uploads_by_key ON oci_uploads(key_id);
+"#,
 ];
 
 /// The advisory lock key under which migrations run (any constant; nodes

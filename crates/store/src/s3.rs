@@ -1053,6 +1053,10 @@ impl BlobStore for S3BlobStore {
         self.inner.spool.upload_begin().await
     }
 
+    async fn upload_resume(&self, id: &str, size: u64) -> Result<(), StoreError> {
+        self.inner.spool.upload_resume(id, size).await
+    }
+
     async fn upload_len(&self, id: &str) -> Result<Option<u64>, StoreError> {
         self.inner.spool.upload_len(id).await
     }

@@ -100,3 +100,129 @@ pub trait SessionStore: Send + Sync + 'static {
     /// How many live sessions exist at `now` (ms).
     async fn ui_session_count(&self, now: i64) -> Result<usize, StoreError>;
 }
+
+/// An OCI upload session to open.
+#[derive(Clone, Debug)]
+pub struct NewUploadSession {
+    /// The session id (32 hex characters, the blob store's).
+    pub id: String,
+    /// The feed it uploads to.
+    pub feed: crate::FeedId,
+    /// The repository it uploads to.
+    pub repo: String,
+    /// The API key that opened it (id and creation time, so a key made
+    /// later under a reused id is another key), if any.
+    pub key: Option<(i64, i64)>,
+    /// Opening time, ms since the epoch.
+    pub now: i64,
+}
+
+/// The caps and idle expiry under which upload sessions are opened.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadLimits {
+    /// A session with no request for this long (ms) expires.
+    pub idle_ms: i64,
+    /// Open sessions per API key.
+    pub per_key: usize,
+    /// Open sessions per feed.
+    pub per_feed: usize,
+    /// Open sessions in all.
+    pub total: usize,
+}
+
+/// Which cap refused a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadCap {
+    /// The API key's.
+    Key,
+    /// The feed's.
+    Feed,
+    /// The instance's.
+    Instance,
+}
+
+/// What opening an upload session did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UploadOpened {
+    /// Opened. `expired`: sessions found expired and forgotten first
+    /// (their files are the caller's to discard).
+    Opened { expired: Vec<String> },
+    /// Refused at `cap`; `next_expiry`: when the first of that cap's
+    /// sessions expires (ms), None when all of them are in use.
+    Refused {
+        cap: UploadCap,
+        next_expiry: Option<i64>,
+        expired: Vec<String>,
+    },
+}
+
+/// What claiming an upload session for a request found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UploadClaim {
+    /// Claimed until the lease given; the session holds `size` bytes.
+    Claimed { size: u64 },
+    /// Another request (on any node) holds it.
+    Busy,
+    /// No such session in that feed and repository.
+    Unknown,
+    /// It had expired: it is forgotten now, its file is the caller's to
+    /// discard.
+    Expired,
+}
+
+/// The OCI upload sessions of an instance, shared by its nodes: which
+/// feed, repository and key each belongs to, how many bytes it holds, when
+/// it was last used, and until when a request holds it. Counted here, the
+/// caps and idle expiry hold across nodes.
+#[async_trait]
+pub trait UploadSessionStore: Send + Sync + 'static {
+    /// Forgets expired sessions, then opens `session` unless a cap of
+    /// `limits` would be passed. Serialized against other openings on
+    /// every node.
+    async fn open_upload(
+        &self,
+        session: NewUploadSession,
+        limits: UploadLimits,
+    ) -> Result<UploadOpened, StoreError>;
+
+    /// Claims session `id` of `repo` in `feed` for one request until
+    /// `lease_until` (ms), touching it; an expired one is forgotten.
+    async fn claim_upload(
+        &self,
+        id: &str,
+        feed: crate::FeedId,
+        repo: &str,
+        now: i64,
+        idle_ms: i64,
+        lease_until: i64,
+    ) -> Result<UploadClaim, StoreError>;
+
+    /// Extends the claim of a request still using session `id`.
+    async fn renew_upload(&self, id: &str, now: i64, lease_until: i64) -> Result<(), StoreError>;
+
+    /// Ends a request's claim on session `id`, touching it and, when
+    /// given, recording its new length.
+    async fn release_upload(&self, id: &str, now: i64, size: Option<u64>) -> Result<(), StoreError>;
+
+    /// The length of session `id` of `repo` in `feed`, unless it is
+    /// unknown or expired (an expired one is forgotten: [`UploadClaim`]).
+    async fn upload_length(
+        &self,
+        id: &str,
+        feed: crate::FeedId,
+        repo: &str,
+        now: i64,
+        idle_ms: i64,
+    ) -> Result<UploadClaim, StoreError>;
+
+    /// Forgets session `id`; whether it existed.
+    async fn end_upload(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Forgets the sessions expired at `now` and, with `revoked`, those
+    /// of API keys that no longer exist; both only when no request holds
+    /// them. Returns their ids.
+    async fn sweep_uploads(&self, now: i64, idle_ms: i64, revoked: bool) -> Result<Vec<String>, StoreError>;
+
+    /// How many upload sessions are open.
+    async fn upload_count(&self) -> Result<usize, StoreError>;
+}

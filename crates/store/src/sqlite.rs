@@ -162,6 +162,25 @@ CREATE TABLE ui_sessions (
 ) WITHOUT ROWID;
 CREATE INDEX ui_sessions_by_key ON ui_sessions(key_hash, created_at);
 "#,
+    // OCI upload sessions, shared by every node: feed, repository, the key
+    // that opened one (id and creation time), its length, when a request
+    // last used it and until when a request holds it (ms). Their bytes are
+    // in the blob store's upload area.
+    r#"
+CREATE TABLE oci_uploads (
+    id TEXT PRIMARY KEY,
+    feed_id INTEGER NOT NULL REFERENCES feeds(id) ON DELETE CASCADE,
+    repo TEXT NOT NULL,
+    key_id INTEGER,
+    key_created_at INTEGER,
+    size INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    touched_at INTEGER NOT NULL,
+    held_until INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX oci_uploads_by_feed ON oci_uploads(feed_id);
+CREATE INDEX oci_uploads_by_key ON oci_uploads(key_id);
+"#,
 ];
 
 /// Index in [`MIGRATIONS`] of the one that scopes keys by feed id.

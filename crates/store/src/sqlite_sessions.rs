@@ -139,3 +139,213 @@ impl SessionStore for SqliteStore {
         .await
     }
 }
+
+/// Rows of sessions expired at `now` (no request for `idle` ms, none
+/// holding them).
+const UPLOAD_EXPIRED: &str = "touched_at + ?2 <= ?1 AND held_until <= ?1";
+/// Rows of sessions whose API key no longer exists (none holding them).
+const UPLOAD_REVOKED: &str = "key_id IS NOT NULL AND held_until <= ?1 AND NOT EXISTS \
+     (SELECT 1 FROM api_keys k WHERE k.id = oci_uploads.key_id AND k.created_at = oci_uploads.key_created_at)";
+
+fn delete_uploads_where(
+    tx: &rusqlite::Transaction<'_>,
+    cond: &str,
+    now: i64,
+    idle: i64,
+) -> Result<Vec<String>, StoreError> {
+    let uses_idle = cond.contains("?2");
+    let mut st = tx.prepare(&format!("DELETE FROM oci_uploads WHERE {cond} RETURNING id"))?;
+    let ids = if uses_idle {
+        st.query_map(params![now, idle], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?
+    } else {
+        st.query_map(params![now], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?
+    };
+    Ok(ids)
+}
+
+/// (count, earliest touch of a session no request holds) of the sessions `cond` selects.
+fn upload_group(
+    tx: &rusqlite::Transaction<'_>,
+    cond: &str,
+    p: &[&dyn rusqlite::ToSql],
+) -> Result<(usize, Option<i64>), StoreError> {
+    let (n, first): (i64, Option<i64>) = tx.query_row(
+        &format!(
+            "SELECT COUNT(*), MIN(CASE WHEN held_until <= ?1 THEN touched_at END) FROM oci_uploads WHERE {cond}"
+        ),
+        p,
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok((n as usize, first))
+}
+
+/// Finds session `id` of `repo` in `feed` and judges it at `now`: Unknown,
+/// Expired (deleted here), or Claimed with its size (its hold not yet
+/// judged: the caller looks at `held_until`).
+fn find_upload(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    feed: crate::FeedId,
+    repo: &str,
+    now: i64,
+    idle: i64,
+) -> Result<(UploadClaim, i64), StoreError> {
+    let row: Option<(i64, String, i64, i64, i64)> = tx
+        .query_row(
+            "SELECT feed_id, repo, size, touched_at, held_until FROM oci_uploads WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((f, r, size, touched, held)) = row else {
+        return Ok((UploadClaim::Unknown, 0));
+    };
+    if f != feed || r != repo {
+        return Ok((UploadClaim::Unknown, 0));
+    }
+    if touched.saturating_add(idle) <= now && held <= now {
+        tx.execute("DELETE FROM oci_uploads WHERE id = ?1", [id])?;
+        return Ok((UploadClaim::Expired, 0));
+    }
+    Ok((UploadClaim::Claimed { size: size as u64 }, held))
+}
+
+#[async_trait]
+impl UploadSessionStore for SqliteStore {
+    async fn open_upload(
+        &self,
+        s: NewUploadSession,
+        limits: UploadLimits,
+    ) -> Result<UploadOpened, StoreError> {
+        self.write_tx(move |tx| {
+            let now = s.now;
+            let expired = delete_uploads_where(tx, UPLOAD_EXPIRED, now, limits.idle_ms)?;
+            let mut groups = Vec::new();
+            if let Some((kid, kcreated)) = s.key {
+                groups.push((
+                    UploadCap::Key,
+                    upload_group(tx, "key_id = ?2 AND key_created_at = ?3", &[&now, &kid, &kcreated])?,
+                    limits.per_key,
+                ));
+            }
+            groups.push((UploadCap::Feed, upload_group(tx, "feed_id = ?2", &[&now, &s.feed])?, limits.per_feed));
+            groups.push((UploadCap::Instance, upload_group(tx, "?1 = ?1", &[&now])?, limits.total));
+            for (cap, (n, first), max) in groups {
+                if n >= max {
+                    return Ok(UploadOpened::Refused {
+                        cap,
+                        next_expiry: first.map(|t| t.saturating_add(limits.idle_ms)),
+                        expired,
+                    });
+                }
+            }
+            tx.execute(
+                "INSERT INTO oci_uploads (id, feed_id, repo, key_id, key_created_at, size, created_at, touched_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6)",
+                params![s.id, s.feed, s.repo, s.key.map(|k| k.0), s.key.map(|k| k.1), now],
+            )?;
+            Ok(UploadOpened::Opened { expired })
+        })
+        .await
+    }
+
+    async fn claim_upload(
+        &self,
+        id: &str,
+        feed: crate::FeedId,
+        repo: &str,
+        now: i64,
+        idle_ms: i64,
+        lease_until: i64,
+    ) -> Result<UploadClaim, StoreError> {
+        let (id, repo) = (id.to_owned(), repo.to_owned());
+        self.write_tx(move |tx| {
+            let (found, held) = find_upload(tx, &id, feed, &repo, now, idle_ms)?;
+            if !matches!(found, UploadClaim::Claimed { .. }) {
+                return Ok(found);
+            }
+            if held > now {
+                return Ok(UploadClaim::Busy);
+            }
+            tx.execute(
+                "UPDATE oci_uploads SET touched_at = ?2, held_until = ?3 WHERE id = ?1",
+                params![id, now, lease_until],
+            )?;
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn renew_upload(&self, id: &str, now: i64, lease_until: i64) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.write_tx(move |tx| {
+            tx.execute(
+                "UPDATE oci_uploads SET touched_at = ?2, held_until = ?3 WHERE id = ?1",
+                params![id, now, lease_until],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_upload(&self, id: &str, now: i64, size: Option<u64>) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.write_tx(move |tx| {
+            tx.execute(
+                "UPDATE oci_uploads SET touched_at = ?2, held_until = 0, size = COALESCE(?3, size) WHERE id = ?1",
+                params![id, now, size.map(|s| s as i64)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upload_length(
+        &self,
+        id: &str,
+        feed: crate::FeedId,
+        repo: &str,
+        now: i64,
+        idle_ms: i64,
+    ) -> Result<UploadClaim, StoreError> {
+        let (id, repo) = (id.to_owned(), repo.to_owned());
+        self.write_tx(move |tx| {
+            let (found, _) = find_upload(tx, &id, feed, &repo, now, idle_ms)?;
+            if matches!(found, UploadClaim::Claimed { .. }) {
+                tx.execute(
+                    "UPDATE oci_uploads SET touched_at = ?2 WHERE id = ?1",
+                    params![id, now],
+                )?;
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn end_upload(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write_tx(move |tx| Ok(tx.execute("DELETE FROM oci_uploads WHERE id = ?1", [id])? > 0))
+            .await
+    }
+
+    async fn sweep_uploads(&self, now: i64, idle_ms: i64, revoked: bool) -> Result<Vec<String>, StoreError> {
+        self.write_tx(move |tx| {
+            let mut ids = delete_uploads_where(tx, UPLOAD_EXPIRED, now, idle_ms)?;
+            if revoked {
+                ids.extend(delete_uploads_where(tx, UPLOAD_REVOKED, now, idle_ms)?);
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn upload_count(&self) -> Result<usize, StoreError> {
+        self.read(|c| {
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM oci_uploads", [], |r| r.get(0))?;
+            Ok(n as usize)
+        })
+        .await
+    }
+}
