@@ -323,6 +323,13 @@ pub trait BlobStore: Send + Sync + 'static {
         Err(StoreError::NotFound(format!("upload {id}")))
     }
 
+    /// Whether every process serving this store reaches the bytes of every
+    /// upload session (one process, or a folder all share): then a session
+    /// whose bytes [`BlobStore::upload_resume`] cannot find is gone for good.
+    fn upload_sessions_everywhere(&self) -> bool {
+        true
+    }
+
     /// The bytes received so far by session `id`, or None if there is none.
     async fn upload_len(&self, _id: &str) -> Result<Option<u64>, StoreError> {
         Ok(None)

@@ -1053,6 +1053,11 @@ impl BlobStore for S3BlobStore {
         self.inner.spool.upload_begin().await
     }
 
+    /// Sessions are in each node's spool: only one process reaches them all.
+    fn upload_sessions_everywhere(&self) -> bool {
+        self.inner.spool.node().is_none()
+    }
+
     async fn upload_resume(&self, id: &str, size: u64) -> Result<(), StoreError> {
         self.inner.spool.upload_resume(id, size).await
     }
