@@ -794,7 +794,15 @@ async fn sweep(sweeping: Arc<Mutex<bool>>, ferry: Ferry) {
             if let Ok(mut s) = sweeping.lock() {
                 *s = false;
             }
-            return;
+            // A session opened on this node meanwhile found the sweep
+            // still running: take it on again rather than leave it.
+            match ferry.metadata().upload_count().await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => match sweeping.lock() {
+                    Ok(mut s) if !*s => *s = true,
+                    _ => return,
+                },
+            }
         }
     }
 }
