@@ -779,9 +779,34 @@ fn sweep_period(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
 }
 
+/// Discards the session files that no session record names and that
+/// were last written more than the idle time ago (a file is created just
+/// before its record, so a young one may be a session being opened).
+async fn discard_orphans(ferry: &Ferry, idle: Duration) -> Result<()> {
+    let Some(before) = std::time::SystemTime::now().checked_sub(idle) else {
+        return Ok(());
+    };
+    let files = ferry.blob_store().stale_upload_files(before).await?;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let known: HashSet<String> = ferry
+        .metadata()
+        .uploads_known(&files)
+        .await?
+        .into_iter()
+        .collect();
+    let orphans: Vec<String> = files.into_iter().filter(|f| !known.contains(f)).collect();
+    discard(ferry, &orphans).await;
+    Ok(())
+}
+
 /// Discards expired sessions, and those of deleted keys, until none is
-/// left open on the instance.
+/// left open on the instance; first, files no session names.
 async fn sweep(sweeping: Arc<Mutex<bool>>, ferry: Ferry) {
+    if let Err(e) = discard_orphans(&ferry, Limits::of(&ferry).idle).await {
+        tracing::warn!("could not look for upload session files without a session: {e}");
+    }
     loop {
         let idle = Limits::of(&ferry);
         tokio::time::sleep(sweep_period(idle.idle)).await;

@@ -323,6 +323,14 @@ pub trait BlobStore: Send + Sync + 'static {
         Err(StoreError::NotFound(format!("upload {id}")))
     }
 
+    /// The ids of the upload session files this store holds that were
+    /// last written before `before` (to find files no session record
+    /// names any more: left by a node that stopped between forgetting a
+    /// session and removing its file, or by a deleted feed's sessions).
+    async fn stale_upload_files(&self, _before: std::time::SystemTime) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Whether every process serving this store reaches the bytes of every
     /// upload session (one process, or a folder all share): then a session
     /// whose bytes [`BlobStore::upload_resume`] cannot find is gone for good.
@@ -1828,6 +1836,36 @@ impl BlobStore for FsBlobStore {
         Ok(self.sessions()?.get(id).map(|s| s.size))
     }
 
+    async fn stale_upload_files(&self, before: std::time::SystemTime) -> Result<Vec<String>, StoreError> {
+        let dir = self.uploads_dir.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<Vec<String>> {
+            let mut out = Vec::new();
+            for e in std::fs::read_dir(&dir)? {
+                let e = e?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let is_id = name.len() == 32
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                if !is_id {
+                    continue;
+                }
+                let written = match e.metadata().and_then(|m| m.modified()) {
+                    Ok(t) => t,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(err),
+                };
+                if written < before {
+                    out.push(name);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob store: {e}")))?
+        .map_err(StoreError::from)
+    }
+
     async fn upload_append(&self, id: &str, body: ByteStream, limit: u64) -> Result<u64, StoreError> {
         let path = self
             .upload_path(id)
@@ -1897,14 +1935,14 @@ impl BlobStore for FsBlobStore {
         let Some(path) = self.upload_path(id) else {
             return Ok(());
         };
-        let known = self.sessions()?.remove(id).is_some();
-        // In a shared folder the session may be another node's.
-        if known || self.node.is_some() {
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
+        // The file goes even when this process does not hold the session:
+        // in a shared folder it may be another node's, and a file no
+        // session names is left over.
+        self.sessions()?.remove(id);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }
@@ -2206,6 +2244,16 @@ mod tests {
             a.upload_resume(&id, 0).await,
             Err(StoreError::NotFound(_))
         ));
+        // Files written before a time are listed as candidates for cleanup.
+        let old = a.upload_begin().await.unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        assert!(b.stale_upload_files(later).await.unwrap().contains(&old));
+        assert!(
+            !b.stale_upload_files(std::time::UNIX_EPOCH)
+                .await
+                .unwrap()
+                .contains(&old)
+        );
         // A node starting on the folder leaves live sessions alone.
         let id = a.upload_begin().await.unwrap();
         a.upload_append(&id, body(&[b"kept"]), 100).await.unwrap();

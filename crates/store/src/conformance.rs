@@ -219,6 +219,12 @@ async fn upload_sessions(s: &dyn MetadataStore) {
     assert!(s.sweep_uploads(t + 5002, 1000, true).await.unwrap().is_empty());
     assert!(s.delete_key("conf-uploader").await.unwrap());
     assert_eq!(s.sweep_uploads(t + 5002, 1000, true).await.unwrap(), vec!["r1"]);
+    assert_eq!(
+        s.uploads_known(&["r1".into(), "r2".into(), "zz".into()])
+            .await
+            .unwrap(),
+        vec!["r2".to_string()]
+    );
     assert!(s.end_upload("r2").await.unwrap());
     assert!(!s.end_upload("r2").await.unwrap());
     assert_eq!(s.upload_count().await.unwrap(), 0);

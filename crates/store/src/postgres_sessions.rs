@@ -346,4 +346,13 @@ impl UploadSessionStore for PgStore {
             .await?;
         Ok(n as usize)
     }
+
+    async fn uploads_known(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM oci_uploads WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
 }

@@ -1058,6 +1058,10 @@ impl BlobStore for S3BlobStore {
         self.inner.spool.node().is_none()
     }
 
+    async fn stale_upload_files(&self, before: std::time::SystemTime) -> Result<Vec<String>, StoreError> {
+        self.inner.spool.stale_upload_files(before).await
+    }
+
     async fn upload_resume(&self, id: &str, size: u64) -> Result<(), StoreError> {
         self.inner.spool.upload_resume(id, size).await
     }

@@ -225,4 +225,7 @@ pub trait UploadSessionStore: Send + Sync + 'static {
 
     /// How many upload sessions are open.
     async fn upload_count(&self) -> Result<usize, StoreError>;
+
+    /// Which of `ids` are open upload sessions.
+    async fn uploads_known(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
 }

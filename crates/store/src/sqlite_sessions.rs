@@ -348,4 +348,19 @@ impl UploadSessionStore for SqliteStore {
         })
         .await
     }
+
+    async fn uploads_known(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let ids = ids.to_vec();
+        self.read(move |c| {
+            let mut st = c.prepare("SELECT 1 FROM oci_uploads WHERE id = ?1")?;
+            let mut known = Vec::new();
+            for id in ids {
+                if st.exists([&id])? {
+                    known.push(id);
+                }
+            }
+            Ok(known)
+        })
+        .await
+    }
 }
