@@ -8,11 +8,12 @@
 //! lists it; the set is derived from the items and cached until the feed
 //! changes. Tag lists, the catalog and referrers are derived the same way.
 //!
-//! Upload sessions (chunked uploads) live in memory ([`Uploads`]) and in
-//! the blob store's upload area; a restart loses the sessions in flight
-//! (clients start the upload again). They are capped per API key, per feed
-//! and per instance, and expire after minutes without a request (see
-//! [`Uploads`]).
+//! Upload sessions (chunked uploads) are recorded in the metadata database
+//! and keep their bytes in the blob store's upload area, so any node of an
+//! instance continues a session another began (see [`Uploads`]); a
+//! one-process store loses the sessions in flight at a restart (clients
+//! start the upload again). They are capped per API key, per feed and per
+//! instance, and expire after minutes without a request.
 //!
 //! A manifest that an index of its repository lists (an OCI image index or
 //! a Docker manifest list, possibly nested) is never deleted while the
@@ -35,9 +36,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::hash::Hash;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 pub use ferry_formats::oci::ErrorCode;
@@ -46,8 +46,7 @@ use ferry_formats::oci::{
     Sha512Digest, Sha512Hasher, TagMeta,
 };
 use ferry_store::{
-    ByteStream, Change, ChangeOp, FeedId, FeedRecord, ItemRecord, Precondition, StagedBlob, StoreError,
-    now_millis,
+    ByteStream, Change, ChangeOp, FeedRecord, ItemRecord, Precondition, StagedBlob, StoreError, now_millis,
 };
 use ferry_types::{Digest, FeedName, FeedType, ItemKey, Stamp};
 use serde::Serialize;
@@ -551,95 +550,41 @@ pub async fn delete_blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, named: &O
 // ---------------------------------------------------------------------------
 // Upload sessions
 
-/// The upload sessions of one instance: which feed, repository and API key
-/// each belongs to, when it was last used, and whether a request is using
-/// it now. Their bytes are in the blob store's upload area.
+/// The upload sessions of one instance. Their records (feed, repository,
+/// the API key that opened each, length, last use, and a request's hold)
+/// are in the metadata database ([`ferry_store::UploadSessionStore`]), so
+/// every node of an instance continues a session any node began; their
+/// bytes are in the blob store's upload area, and a node that did not
+/// receive a session's last chunk hashes its bytes again
+/// ([`ferry_store::BlobStore::upload_resume`]) before it appends or
+/// finishes.
 ///
 /// Open sessions are capped per API key, per feed and on the whole
 /// instance ([`Config`](crate::Config)'s `oci_max_upload_sessions_per_key`,
-/// `oci_max_upload_sessions_per_feed` and `oci_max_upload_sessions`), so a
-/// key or a feed can use up only its own allowance; past a cap, opening a
-/// session is TOOMANYREQUESTS (429), naming the cap and when a session
-/// will expire. A session that gets no request for
-/// `oci_upload_idle_timeout` is discarded with its file: by a sweep that
-/// runs in the background while sessions are open, and at once by a
-/// request that finds it expired. A request in progress holds its session:
-/// a chunk that takes longer than the timeout to arrive is never cut by
-/// expiry, and its end counts as use. Sessions opened by an API key that
-/// has since been deleted stop counting: the sweep discards them (unless a
-/// request is using them), and so does opening a session before it refuses
-/// one over a cap.
+/// `oci_max_upload_sessions_per_feed` and `oci_max_upload_sessions`),
+/// counted in the database, so a key or a feed can use up only its own
+/// allowance on every node together; past a cap, opening a session is
+/// TOOMANYREQUESTS (429), naming the cap and when a session will expire.
+/// A session that gets no request for `oci_upload_idle_timeout` is
+/// discarded with its file: by a sweep that runs on a node in the
+/// background while sessions are open, and at once by a request that finds
+/// it expired. A request in progress holds its session (a hold in the
+/// database, renewed while the request runs, [`HOLD`] long, so a node that
+/// dies mid-request lets go): a chunk that takes longer than the timeout
+/// to arrive is never cut by expiry, a second request on the session
+/// meanwhile is refused, and the end of the request counts as use.
+/// Sessions opened by an API key that has since been deleted stop
+/// counting: the sweep discards them (unless a request holds them), and so
+/// does opening a session before it refuses one over a cap.
 #[derive(Default)]
 pub struct Uploads {
-    shared: Arc<Shared>,
+    /// Whether this node runs a sweep task.
+    sweeping: Arc<Mutex<bool>>,
 }
 
-#[derive(Default)]
-struct Shared {
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    sessions: HashMap<String, Session>,
-    /// Sessions being opened (their files are being created): they count
-    /// against the caps but cannot be used yet.
-    opening: HashMap<u64, Holder>,
-    next_opening: u64,
-    /// Whether a sweep task is running.
-    sweeping: bool,
-}
-
-/// Whom an upload session counts against.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Holder {
-    feed: FeedId,
-    /// The API key that opened the session.
-    key: Option<KeyRef>,
-}
-
-/// An API key, as upload sessions remember it: by id and creation time, so
-/// a key created later under a reused id is another key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct KeyRef {
-    id: i64,
-    created_at: i64,
-}
-
-impl KeyRef {
-    fn of(key: &ferry_store::ApiKeyRecord) -> Self {
-        Self {
-            id: key.id,
-            created_at: key.created_at,
-        }
-    }
-}
-
-struct Session {
-    holder: Holder,
-    repo: String,
-    /// When a request last used the session (its start, and for one that
-    /// appends or finishes, its end).
-    touched: Instant,
-    /// Requests appending to or finishing the session now. A session in
-    /// use never expires.
-    busy: u32,
-}
-
-impl Session {
-    /// When the session expires if nothing uses it; None while in use (or
-    /// if that is too far ahead for the clock).
-    fn expires(&self, idle: Duration) -> Option<Instant> {
-        if self.busy > 0 {
-            return None;
-        }
-        self.touched.checked_add(idle)
-    }
-
-    fn expired(&self, now: Instant, idle: Duration) -> bool {
-        self.expires(idle).is_some_and(|at| at <= now)
-    }
-}
+/// How long a request's hold on its session lasts unless renewed (every
+/// third of it while the request runs).
+pub const HOLD: Duration = Duration::from_secs(30);
 
 /// The session limits of [`Config`](crate::Config).
 #[derive(Debug, Clone, Copy)]
@@ -660,6 +605,19 @@ impl Limits {
             total: c.oci_max_upload_sessions,
         }
     }
+
+    fn idle_ms(&self) -> i64 {
+        i64::try_from(self.idle.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    fn store(&self) -> ferry_store::UploadLimits {
+        ferry_store::UploadLimits {
+            idle_ms: self.idle_ms(),
+            per_key: self.per_key,
+            per_feed: self.per_feed,
+            total: self.total,
+        }
+    }
 }
 
 /// Where an upload session stands.
@@ -671,140 +629,14 @@ pub struct UploadStatus {
     pub size: u64,
 }
 
-fn lock_err<T>(_: T) -> CoreError {
-    CoreError::Internal("upload sessions lock poisoned".into())
-}
-
-/// What looking a session up found.
-enum Lookup {
-    Found,
-    /// No such session in this repository.
-    Unknown,
-    /// It had expired; it is forgotten now and its file must go.
-    Expired,
-}
-
-impl Shared {
-    fn state(&self) -> Result<std::sync::MutexGuard<'_, State>> {
-        Ok(self.state.lock().map_err(lock_err)?)
-    }
-
-    /// Finds session `id` of `repo` in feed `feed`, touches it and, with
-    /// `enter`, counts one more request using it. An expired session is
-    /// forgotten.
-    fn lookup(&self, feed: FeedId, repo: &str, id: &str, idle: Duration, enter: bool) -> Result<Lookup> {
-        let mut st = self.state()?;
-        let now = Instant::now();
-        let Some(s) = st.sessions.get_mut(id) else {
-            return Ok(Lookup::Unknown);
-        };
-        if s.holder.feed != feed || s.repo != repo {
-            return Ok(Lookup::Unknown);
-        }
-        if s.expired(now, idle) {
-            st.sessions.remove(id);
-            return Ok(Lookup::Expired);
-        }
-        s.touched = now;
-        if enter {
-            s.busy += 1;
-        }
-        Ok(Lookup::Found)
-    }
-
-    /// Forgets and returns the sessions idle for `idle` or longer.
-    fn take_expired(st: &mut State, idle: Duration) -> Vec<String> {
-        let now = Instant::now();
-        let old: Vec<String> = st
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.expired(now, idle))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &old {
-            st.sessions.remove(id);
-        }
-        old
-    }
-
-    /// Forgets the sessions of API keys that no longer exist (except those
-    /// a request is using) and discards their files; how many there were.
-    async fn purge_revoked(&self, ferry: &Ferry) -> Result<usize> {
-        if !self.state()?.sessions.values().any(|s| s.holder.key.is_some()) {
-            return Ok(0);
-        }
-        let live: HashSet<KeyRef> = ferry.keys().await?.iter().map(KeyRef::of).collect();
-        let gone: Vec<String> = {
-            let mut st = self.state()?;
-            let gone: Vec<String> = st
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.busy == 0 && s.holder.key.is_some_and(|k| !live.contains(&k)))
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in &gone {
-                st.sessions.remove(id);
-            }
-            gone
-        };
-        discard(ferry, &gone).await;
-        Ok(gone.len())
-    }
-
-    /// Counts a session about to be opened for `holder`, unless that would
-    /// pass one of the caps.
-    fn reserve(self: &Arc<Self>, holder: Holder, limits: &Limits, who: &Who<'_>) -> Result<Opening> {
-        let mut st = self.state()?;
-        let all = st
-            .sessions
-            .values()
-            .map(|s| (&s.holder, s.expires(limits.idle)))
-            .chain(st.opening.values().map(|h| (h, None)));
-        let (mut by_key, mut by_feed, mut total) = (Vec::new(), Vec::new(), Vec::new());
-        for (h, expires) in all {
-            if holder.key.is_some() && h.key == holder.key {
-                by_key.push(expires);
-            }
-            if h.feed == holder.feed {
-                by_feed.push(expires);
-            }
-            total.push(expires);
-        }
-        let refused = if by_key.len() >= limits.per_key {
-            Some((Scope::Key(who.key.unwrap_or("?")), by_key, limits.per_key))
-        } else if by_feed.len() >= limits.per_feed {
-            Some((Scope::Feed(who.feed), by_feed, limits.per_feed))
-        } else if total.len() >= limits.total {
-            Some((Scope::Instance, total, limits.total))
-        } else {
-            None
-        };
-        if let Some((scope, group, cap)) = refused {
-            let next = group.into_iter().flatten().min();
-            return Err(too_many(scope, cap, limits.idle, next));
-        }
-        let n = st.next_opening;
-        st.next_opening += 1;
-        st.opening.insert(n, holder);
-        Ok(Opening {
-            shared: self.clone(),
-            n,
-            opened: false,
-        })
-    }
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// How the holder of a new session is named in a refusal.
 struct Who<'a> {
     key: Option<&'a str>,
     feed: &'a str,
-}
-
-/// Which cap a new session would pass.
-enum Scope<'a> {
-    Key(&'a str),
-    Feed(&'a str),
-    Instance,
 }
 
 /// A duration as people read it: `10m`, `9m 58s`, `42s`, `350ms`.
@@ -821,16 +653,23 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// TOOMANYREQUESTS: opening a session would pass `scope`'s cap. `next`:
-/// when the first of that scope's idle sessions expires (None: all are in
+/// TOOMANYREQUESTS: opening a session would pass `cap`. `left`: how long
+/// until the first of that cap's idle sessions expires (None: all are in
 /// use).
-fn too_many(scope: Scope<'_>, cap: usize, idle: Duration, next: Option<Instant>) -> Error {
-    let whose = match scope {
-        Scope::Key(name) => format!("for API key {name:?}: {cap}, the limit per key"),
-        Scope::Feed(name) => format!("in feed {name}: {cap}, the limit per feed"),
-        Scope::Instance => format!("on this server: {cap}, the limit for all feeds"),
+fn too_many(cap: ferry_store::UploadCap, who: &Who<'_>, limits: &Limits, left: Option<Duration>) -> Error {
+    let whose = match cap {
+        ferry_store::UploadCap::Key => format!(
+            "for API key {:?}: {}, the limit per key",
+            who.key.unwrap_or("?"),
+            limits.per_key
+        ),
+        ferry_store::UploadCap::Feed => {
+            format!("in feed {}: {}, the limit per feed", who.feed, limits.per_feed)
+        }
+        ferry_store::UploadCap::Instance => {
+            format!("on this server: {}, the limit for all feeds", limits.total)
+        }
     };
-    let left = next.map(|at| at.saturating_duration_since(Instant::now()));
     let when = match left {
         Some(left) => format!("the next of these in {}", human(left)),
         None => "and all of these are in use by requests now".to_owned(),
@@ -838,9 +677,9 @@ fn too_many(scope: Scope<'_>, cap: usize, idle: Duration, next: Option<Instant>)
     let message = format!(
         "too many open upload sessions {whose}. Finish or cancel some (DELETE the upload's URL), \
          or retry later: a session expires {} after its last request, {when}",
-        human(idle)
+        human(limits.idle)
     );
-    let wait = left.unwrap_or(idle);
+    let wait = left.unwrap_or(limits.idle);
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     Error {
         retry_after: Some(Duration::from_secs(secs.max(1))),
@@ -848,68 +687,84 @@ fn too_many(scope: Scope<'_>, cap: usize, idle: Duration, next: Option<Instant>)
     }
 }
 
-/// A session being opened, counted against the caps; uncounted when
-/// dropped unless [`Opening::open`] made it a session.
-struct Opening {
-    shared: Arc<Shared>,
-    n: u64,
-    opened: bool,
+/// A request holding a session (see [`Uploads::enter`]): its hold is
+/// renewed while it lives; released (the session touched, its new length
+/// recorded) by [`InUse::release`], or when dropped.
+struct InUse {
+    ferry: Ferry,
+    id: String,
+    /// The session's length when the request took it.
+    size: u64,
+    renew: Option<tokio::task::JoinHandle<()>>,
+    released: bool,
 }
 
-impl Opening {
-    /// Turns the reservation into session `id` of `repo`.
-    fn open(mut self, id: &str, repo: &str) -> Result<()> {
-        let mut st = self.shared.state()?;
-        let holder = st.opening.remove(&self.n).ok_or_else(|| {
-            Error::from(CoreError::Internal(
-                "an upload session being opened was lost".into(),
-            ))
-        })?;
-        st.sessions.insert(
-            id.to_owned(),
-            Session {
-                holder,
-                repo: repo.to_owned(),
-                touched: Instant::now(),
-                busy: 0,
-            },
-        );
-        self.opened = true;
-        Ok(())
-    }
-}
-
-impl Drop for Opening {
-    fn drop(&mut self) {
-        if !self.opened
-            && let Ok(mut st) = self.shared.state.lock()
-        {
-            st.opening.remove(&self.n);
+impl InUse {
+    fn new(ferry: &Ferry, id: &str, size: u64) -> Self {
+        let renew = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let (ferry, id) = (ferry.clone(), id.to_owned());
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(HOLD / 3).await;
+                    let now = ferry_store::now_millis();
+                    if let Err(e) = ferry.metadata().renew_upload(&id, now, now + ms(HOLD)).await {
+                        tracing::warn!(upload = %id, "could not renew the hold on an upload session: {e}");
+                    }
+                }
+            })
+        });
+        Self {
+            ferry: ferry.clone(),
+            id: id.to_owned(),
+            size,
+            renew,
+            released: false,
         }
     }
-}
 
-/// A request using a session (see [`Uploads::enter`]); when it ends, the
-/// session counts as used then.
-struct InUse {
-    shared: Arc<Shared>,
-    id: String,
+    fn stop_renewing(&mut self) {
+        if let Some(task) = self.renew.take() {
+            task.abort();
+        }
+    }
+
+    /// Ends the hold, recording the session's new length when given.
+    async fn release(mut self, size: Option<u64>) -> Result<()> {
+        self.stop_renewing();
+        self.released = true;
+        let now = ferry_store::now_millis();
+        self.ferry.metadata().release_upload(&self.id, now, size).await?;
+        Ok(())
+    }
+
+    /// Ends the hold of a session that is gone (finished or discarded).
+    fn forget(mut self) {
+        self.stop_renewing();
+        self.released = true;
+    }
 }
 
 impl Drop for InUse {
     fn drop(&mut self) {
-        if let Ok(mut st) = self.shared.state.lock()
-            && let Some(s) = st.sessions.get_mut(&self.id)
-        {
-            s.busy = s.busy.saturating_sub(1);
-            s.touched = Instant::now();
+        self.stop_renewing();
+        if self.released {
+            return;
+        }
+        // The request failed or went away: the session stays as it was.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (ferry, id) = (self.ferry.clone(), std::mem::take(&mut self.id));
+            rt.spawn(async move {
+                let now = ferry_store::now_millis();
+                if let Err(e) = ferry.metadata().release_upload(&id, now, None).await {
+                    tracing::warn!(upload = %id, "could not release an upload session: {e}");
+                }
+            });
         }
     }
 }
 
 /// Discards the files of forgotten sessions. A file that cannot be
-/// removed is logged: the session is gone either way, and the upload area
-/// is emptied at the next start.
+/// removed is logged: the session is gone either way.
 async fn discard(ferry: &Ferry, ids: &[String]) {
     for id in ids {
         if let Err(e) = ferry.blob_store().upload_abort(id).await {
@@ -924,99 +779,148 @@ fn sweep_period(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
 }
 
+/// Discards the session files that no session record names and that
+/// were last written more than the idle time ago (a file is created just
+/// before its record, so a young one may be a session being opened).
+async fn discard_orphans(ferry: &Ferry, idle: Duration) -> Result<()> {
+    let Some(before) = std::time::SystemTime::now().checked_sub(idle) else {
+        return Ok(());
+    };
+    let files = ferry.blob_store().stale_upload_files(before).await?;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let known: HashSet<String> = ferry
+        .metadata()
+        .uploads_known(&files)
+        .await?
+        .into_iter()
+        .collect();
+    let orphans: Vec<String> = files.into_iter().filter(|f| !known.contains(f)).collect();
+    discard(ferry, &orphans).await;
+    Ok(())
+}
+
 /// Discards expired sessions, and those of deleted keys, until none is
-/// left open (or the sessions themselves are gone).
-async fn sweep(shared: std::sync::Weak<Shared>, ferry: Ferry) {
+/// left open on the instance; first, files no session names.
+async fn sweep(sweeping: Arc<Mutex<bool>>, ferry: Ferry) {
+    if let Err(e) = discard_orphans(&ferry, Limits::of(&ferry).idle).await {
+        tracing::warn!("could not look for upload session files without a session: {e}");
+    }
     loop {
-        let idle = Limits::of(&ferry).idle;
-        tokio::time::sleep(sweep_period(idle)).await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let (expired, last) = {
-            let Ok(mut st) = shared.state.lock() else {
-                return;
-            };
-            let expired = Shared::take_expired(&mut st, idle);
-            let last = st.sessions.is_empty() && st.opening.is_empty();
-            if last {
-                st.sweeping = false;
-            }
-            (expired, last)
-        };
-        discard(&ferry, &expired).await;
-        if last {
-            return;
+        let idle = Limits::of(&ferry);
+        tokio::time::sleep(sweep_period(idle.idle)).await;
+        let now = ferry_store::now_millis();
+        match ferry.metadata().sweep_uploads(now, idle.idle_ms(), true).await {
+            Ok(gone) => discard(&ferry, &gone).await,
+            Err(e) => tracing::warn!("could not look for expired upload sessions: {e}"),
         }
-        if let Err(e) = shared.purge_revoked(&ferry).await {
-            tracing::warn!("could not look for upload sessions of deleted API keys: {e}");
+        if let Ok(0) = ferry.metadata().upload_count().await {
+            if let Ok(mut s) = sweeping.lock() {
+                *s = false;
+            }
+            // A session opened on this node meanwhile found the sweep
+            // still running: take it on again rather than leave it.
+            match ferry.metadata().upload_count().await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => match sweeping.lock() {
+                    Ok(mut s) if !*s => *s = true,
+                    _ => return,
+                },
+            }
         }
     }
 }
 
 impl Uploads {
-    /// How many sessions are open.
-    pub fn len(&self) -> usize {
-        self.shared.state.lock().map(|s| s.sessions.len()).unwrap_or(0)
-    }
-
-    /// Whether no session is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn remove(&self, id: &str) -> Result<()> {
-        self.shared.state()?.sessions.remove(id);
-        Ok(())
+    /// How many sessions are open on the instance.
+    pub async fn open_sessions(&self, ferry: &Ferry) -> Result<usize> {
+        Ok(ferry.metadata().upload_count().await?)
     }
 
     /// Checks that session `id` belongs to `repo` of `feed` (and has not
-    /// expired), and touches it; with `enter`, the returned guard marks
-    /// the session in use until it is dropped.
-    async fn lookup(
-        &self,
-        ferry: &Ferry,
-        feed: &FeedRecord,
-        repo: &str,
-        id: &str,
-        enter: bool,
-    ) -> Result<Option<InUse>> {
-        let idle = Limits::of(ferry).idle;
-        match self.shared.lookup(feed.id, repo, id, idle, enter)? {
-            Lookup::Found => Ok(enter.then(|| InUse {
-                shared: self.shared.clone(),
-                id: id.to_owned(),
-            })),
-            Lookup::Unknown => Err(upload_unknown(id)),
-            Lookup::Expired => {
+    /// expired), touching it; its length.
+    async fn lookup(&self, ferry: &Ferry, feed: &FeedRecord, repo: &str, id: &str) -> Result<u64> {
+        let limits = Limits::of(ferry);
+        let now = ferry_store::now_millis();
+        match ferry
+            .metadata()
+            .upload_length(id, feed.id, repo, now, limits.idle_ms())
+            .await?
+        {
+            ferry_store::UploadClaim::Claimed { size } => Ok(size),
+            ferry_store::UploadClaim::Expired => {
                 discard(ferry, &[id.to_owned()]).await;
                 Err(upload_unknown(id))
+            }
+            ferry_store::UploadClaim::Unknown | ferry_store::UploadClaim::Busy => Err(upload_unknown(id)),
+        }
+    }
+
+    /// Takes session `id` of `repo` in `feed` for one request: held in the
+    /// database until the returned guard is released or dropped, and its
+    /// bytes ready on this node (hashed again when another node received
+    /// the last chunk).
+    async fn enter(&self, ferry: &Ferry, feed: &FeedRecord, repo: &str, id: &str) -> Result<InUse> {
+        let limits = Limits::of(ferry);
+        let now = ferry_store::now_millis();
+        let size = match ferry
+            .metadata()
+            .claim_upload(id, feed.id, repo, now, limits.idle_ms(), now + ms(HOLD))
+            .await?
+        {
+            ferry_store::UploadClaim::Claimed { size } => size,
+            ferry_store::UploadClaim::Busy => {
+                return Err(upload_error(StoreError::Conflict(format!(
+                    "upload {id} is busy with another request"
+                ))));
+            }
+            ferry_store::UploadClaim::Unknown => return Err(upload_unknown(id)),
+            ferry_store::UploadClaim::Expired => {
+                discard(ferry, &[id.to_owned()]).await;
+                return Err(upload_unknown(id));
+            }
+        };
+        let held = InUse::new(ferry, id, size);
+        match ferry.blob_store().upload_resume(id, size).await {
+            Ok(()) => Ok(held),
+            Err(StoreError::NotFound(_)) => {
+                // Its bytes are out of this node's reach. Gone for good
+                // when every node reaches every session's bytes; else it
+                // may still go on through the node that has them.
+                if ferry.blob_store().upload_sessions_everywhere() {
+                    held.forget();
+                    ferry.metadata().end_upload(id).await?;
+                } else {
+                    held.release(None).await?;
+                }
+                Err(upload_unknown(id))
+            }
+            Err(e) => {
+                held.release(None).await?;
+                Err(upload_error(e))
             }
         }
     }
 
-    /// Marks session `id` in use by a request (see [`Uploads::lookup`]).
-    async fn enter(&self, ferry: &Ferry, feed: &FeedRecord, repo: &str, id: &str) -> Result<InUse> {
-        self.lookup(ferry, feed, repo, id, true)
-            .await?
-            .ok_or_else(|| CoreError::Internal("upload session guard missing".into()).into())
-    }
-
-    /// Starts the background sweep unless it runs (or there is no runtime
-    /// to run it on: expired sessions are then discarded when requests
-    /// find them).
+    /// Starts the background sweep on this node unless it runs (or there
+    /// is no runtime to run it on: expired sessions are then discarded
+    /// when requests find them).
     fn sweep_in_background(&self, ferry: &Ferry) -> Result<()> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Ok(());
         };
         {
-            let mut st = self.shared.state()?;
-            if st.sweeping {
+            let mut s = self
+                .sweeping
+                .lock()
+                .map_err(|_| CoreError::Internal("upload sweep lock poisoned".into()))?;
+            if *s {
                 return Ok(());
             }
-            st.sweeping = true;
+            *s = true;
         }
-        runtime.spawn(sweep(Arc::downgrade(&self.shared), ferry.clone()));
+        runtime.spawn(sweep(self.sweeping.clone(), ferry.clone()));
         Ok(())
     }
 }
@@ -1035,29 +939,53 @@ pub async fn start_upload(
 ) -> Result<UploadStatus> {
     check_repository(repo)?;
     let limits = Limits::of(ferry);
-    let expired = Shared::take_expired(&mut *uploads.shared.state()?, limits.idle);
-    discard(ferry, &expired).await;
-    let holder = Holder {
-        feed: feed.id,
-        key: principal.map(|p| KeyRef::of(&p.key)),
-    };
     let who = Who {
         key: principal.map(|p| p.key.name.as_str()),
         feed: feed.name.as_str(),
     };
-    let opening = match uploads.shared.reserve(holder.clone(), &limits, &who) {
-        Ok(o) => o,
-        Err(refused) => {
-            if uploads.shared.purge_revoked(ferry).await? == 0 {
-                return Err(refused);
-            }
-            uploads.shared.reserve(holder, &limits, &who)?
-        }
-    };
     let id = ferry.blob_store().upload_begin().await?;
-    if let Err(e) = opening.open(&id, repo) {
-        discard(ferry, std::slice::from_ref(&id)).await;
-        return Err(e);
+    let meta = ferry.metadata();
+    let mut purged = false;
+    loop {
+        let now = ferry_store::now_millis();
+        let session = ferry_store::NewUploadSession {
+            id: id.clone(),
+            feed: feed.id,
+            repo: repo.to_owned(),
+            key: principal.map(|p| (p.key.id, p.key.created_at)),
+            now,
+        };
+        let opened = match meta.open_upload(session, limits.store()).await {
+            Ok(o) => o,
+            Err(e) => {
+                discard(ferry, std::slice::from_ref(&id)).await;
+                return Err(e.into());
+            }
+        };
+        match opened {
+            ferry_store::UploadOpened::Opened { expired } => {
+                discard(ferry, &expired).await;
+                break;
+            }
+            ferry_store::UploadOpened::Refused {
+                cap,
+                next_expiry,
+                expired,
+            } => {
+                discard(ferry, &expired).await;
+                if !purged {
+                    purged = true;
+                    let gone = meta.sweep_uploads(now, limits.idle_ms(), true).await?;
+                    if !gone.is_empty() {
+                        discard(ferry, &gone).await;
+                        continue;
+                    }
+                }
+                discard(ferry, std::slice::from_ref(&id)).await;
+                let left = next_expiry.map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)));
+                return Err(too_many(cap, &who, &limits, left));
+            }
+        }
     }
     uploads.sweep_in_background(ferry)?;
     Ok(UploadStatus { id, size: 0 })
@@ -1071,38 +999,25 @@ pub async fn upload_status(
     repo: &str,
     id: &str,
 ) -> Result<UploadStatus> {
-    uploads.lookup(ferry, feed, repo, id, false).await?;
-    stored_length(ferry, uploads, id).await
+    let size = uploads.lookup(ferry, feed, repo, id).await?;
+    Ok(UploadStatus {
+        id: id.to_owned(),
+        size,
+    })
 }
 
-/// The length of session `id` in the blob store (forgetting the session
-/// if the store has lost it).
-async fn stored_length(ferry: &Ferry, uploads: &Uploads, id: &str) -> Result<UploadStatus> {
-    match ferry.blob_store().upload_len(id).await? {
-        Some(size) => Ok(UploadStatus {
-            id: id.to_owned(),
-            size,
-        }),
-        None => {
-            uploads.remove(id)?;
-            Err(upload_unknown(id))
-        }
-    }
-}
-
-/// Appends a chunk to a session the caller holds in use. `range` is the
-/// chunk's `Content-Range` (inclusive): it must start where the session
-/// ends, and the body may not run past its end (RANGE_INVALID, answered
-/// with 416; the session is unchanged).
+/// Appends a chunk to a session the caller holds. `range` is the chunk's
+/// `Content-Range` (inclusive): it must start where the session ends, and
+/// the body may not run past its end (RANGE_INVALID, answered with 416;
+/// the session is unchanged).
 async fn append(
     ferry: &Ferry,
-    uploads: &Uploads,
-    _in_use: &InUse,
-    id: &str,
+    held: &InUse,
     range: Option<(u64, u64)>,
     body: ByteStream,
 ) -> Result<UploadStatus> {
-    let current = stored_length(ferry, uploads, id).await?.size;
+    let id = held.id.as_str();
+    let current = held.size;
     let max = ferry.config().max_upload_bytes;
     let limit = match range {
         Some((start, _)) if start != current => {
@@ -1122,7 +1037,7 @@ async fn append(
             "the chunk carries more bytes than its Content-Range says".into(),
         )),
         Err(StoreError::NotFound(_)) => {
-            uploads.remove(id)?;
+            ferry.metadata().end_upload(id).await?;
             Err(upload_unknown(id))
         }
         Err(e) => Err(upload_error(e)),
@@ -1144,8 +1059,17 @@ pub async fn upload_chunk(
     range: Option<(u64, u64)>,
     body: ByteStream,
 ) -> Result<UploadStatus> {
-    let in_use = uploads.enter(ferry, feed, repo, id).await?;
-    append(ferry, uploads, &in_use, id, range, body).await
+    let held = uploads.enter(ferry, feed, repo, id).await?;
+    match append(ferry, &held, range, body).await {
+        Ok(status) => {
+            held.release(Some(status.size)).await?;
+            Ok(status)
+        }
+        Err(e) => {
+            held.release(None).await?;
+            Err(e)
+        }
+    }
 }
 
 /// `PUT …/blobs/uploads/ID?digest=`: appends the last chunk (possibly
@@ -1163,16 +1087,24 @@ pub async fn finish_upload(
     range: Option<(u64, u64)>,
     body: ByteStream,
 ) -> Result<u64> {
-    let in_use = uploads.enter(ferry, feed, repo, id).await?;
-    append(ferry, uploads, &in_use, id, range, body).await?;
+    let held = uploads.enter(ferry, feed, repo, id).await?;
+    let size = match append(ferry, &held, range, body).await {
+        Ok(status) => status.size,
+        Err(e) => {
+            held.release(None).await?;
+            return Err(e);
+        }
+    };
     let staged = ferry
         .blob_store()
         .upload_finish(id, expected.sha256().as_ref())
         .await;
-    if !matches!(staged, Err(StoreError::Conflict(_))) {
-        uploads.remove(id)?;
+    if matches!(staged, Err(StoreError::Conflict(_))) {
+        held.release(Some(size)).await?;
+    } else {
+        held.forget();
+        ferry.metadata().end_upload(id).await?;
     }
-    drop(in_use);
     let staged = match staged {
         Ok(s) => s,
         Err(StoreError::NotFound(_)) => return Err(upload_unknown(id)),
@@ -1189,8 +1121,8 @@ pub async fn cancel_upload(
     repo: &str,
     id: &str,
 ) -> Result<()> {
-    uploads.lookup(ferry, feed, repo, id, false).await?;
-    uploads.remove(id)?;
+    uploads.lookup(ferry, feed, repo, id).await?;
+    ferry.metadata().end_upload(id).await?;
     ferry.blob_store().upload_abort(id).await?;
     Ok(())
 }
@@ -2502,7 +2434,17 @@ mod tests {
         assert_eq!(sweep_period(Duration::from_secs(600)), Duration::from_secs(60));
         assert_eq!(sweep_period(ms(100)), ms(25));
         assert_eq!(sweep_period(Duration::ZERO), ms(10));
-        let e = too_many(Scope::Feed("img"), 5, Duration::from_secs(600), None);
+        let limits = Limits {
+            idle: Duration::from_secs(600),
+            per_key: 1,
+            per_feed: 5,
+            total: 9,
+        };
+        let who = Who {
+            key: None,
+            feed: "img",
+        };
+        let e = too_many(ferry_store::UploadCap::Feed, &who, &limits, None);
         assert_eq!(e.code, Some(ErrorCode::TooManyRequests));
         assert_eq!(e.retry_after, Some(Duration::from_secs(600)));
         assert!(

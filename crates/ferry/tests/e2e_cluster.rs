@@ -3,7 +3,9 @@
 //! writes, every node serves and long-polling peers hear at once; a
 //! replication's execution runs on one node at a time and, when that node
 //! is killed, is finished by another; npm, twine, skopeo and curl writing
-//! through three nodes at once; an OCI upload session stays with its node;
+//! through three nodes at once; an OCI upload session goes on through any
+//! node on one folder (and stays with its node on one bucket); web UI
+//! sessions work on every node;
 //! a lost database (503s, metrics still scraped) and one refused at start.
 //! The tests that matter for the blob store run on both (`Blobs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -554,9 +556,13 @@ fn three_nodes_take_uploads_at_once_and_each_serves_all(blobs: Blobs) {
         assert_eq!(shared.objects(), 10, "content stored once per digest");
     }
 
-    // An OCI chunked upload stays with the node that began it (sessions
-    // are per node: sticky sessions). Another node says so plainly.
-    oci_session_stays_with_its_node(a, b, &key);
+    match blobs {
+        // On one folder, an OCI chunked upload goes on through any node.
+        Blobs::Folder => oci_session_goes_on_through_any_node(a, b, &key),
+        // On one bucket, its bytes are in the spool of the node that began
+        // it (sticky sessions): another node says so plainly.
+        Blobs::Bucket => oci_session_stays_with_its_node(a, b, &key),
+    }
 
     // A spoke pulling from node b gets all of it.
     let token = a.incoming("to-spokes", &["js", "py", "img"], "push");
@@ -580,6 +586,131 @@ fn three_nodes_take_uploads_at_once_and_each_serves_all(blobs: Blobs) {
     );
     let spoke_key = spoke.key("reader", "read");
     serves_all_three(&spoke, &spoke_key, &img, tmp.path(), "spoke");
+}
+
+/// A new upload session on `node`: its path (from the `Location`).
+fn begin_upload(node: &Server, auth: &str) -> String {
+    let (st, head) = support::curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-X",
+        "POST",
+        "-H",
+        auth,
+        &format!("{}/v2/img/team/app/blobs/uploads/", node.url),
+    ]);
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert_eq!(st, 202, "{head}");
+    let location = location(&head).unwrap();
+    location.trim_start_matches(&node.url).to_string()
+}
+
+/// PATCH of `body` to the session at `path` through `node`.
+fn patch_upload(node: &Server, auth: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let (st, out) = support::curl_stdin(
+        &[
+            "-D",
+            "-",
+            "-X",
+            "PATCH",
+            "-H",
+            auth,
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            "@-",
+            &format!("{}{path}", node.url),
+        ],
+        body,
+    );
+    (st, String::from_utf8_lossy(&out).to_string())
+}
+
+/// PUT closing the session at `path` through `node` with `digest`.
+fn put_upload(node: &Server, auth: &str, path: &str, digest: &str) -> (u16, String) {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let (st, body) = support::curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        auth,
+        &format!("{}{path}{sep}digest={digest}", node.url),
+    ]);
+    (st, String::from_utf8_lossy(&body).to_string())
+}
+
+/// A chunked upload begun on `a` goes on through `b`, then `a`, and is
+/// finished through `b`: the digest is verified over bytes two nodes
+/// received (each hashing again what the other wrote), and both serve the
+/// blob. A wrong digest through the other node is DIGEST_INVALID.
+fn oci_session_goes_on_through_any_node(a: &Server, b: &Server, key: &str) {
+    let auth = format!("Authorization: Bearer {key}");
+    let path = begin_upload(a, &auth);
+    let (one, two) = (
+        b"the first chunk of a layer, through node b; ".as_slice(),
+        b"the second, through node a".as_slice(),
+    );
+    let (st, head) = patch_upload(b, &auth, &path, one);
+    assert_eq!(st, 202, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("range: 0-{}", one.len() - 1)),
+        "{head}"
+    );
+    // A chunk that does not start where the session ends is refused, on any node.
+    let (st, head) = support::curl_stdin(
+        &[
+            "-D",
+            "-",
+            "-X",
+            "PATCH",
+            "-H",
+            &auth,
+            "-H",
+            "Content-Range: 0-3",
+            "--data-binary",
+            "@-",
+            &format!("{}{path}", a.url),
+        ],
+        b"oops",
+    );
+    assert_eq!(st, 416, "{}", String::from_utf8_lossy(&head));
+    let (st, head) = patch_upload(a, &auth, &path, two);
+    assert_eq!(st, 202, "{head}");
+    let whole = [one, two].concat();
+    let digest = format!("sha256:{}", ferry_types::Digest::of(&whole).hex());
+    let (st, body) = put_upload(b, &auth, &path, &digest);
+    assert_eq!(st, 201, "{body}");
+    for node in [a, b] {
+        let (st, got) = support::curl(&[
+            "-H",
+            &auth,
+            &format!("{}/v2/img/team/app/blobs/{digest}", node.url),
+        ]);
+        assert_eq!((st, got.as_slice()), (200, whole.as_slice()));
+    }
+    // Finished, the session is gone on every node.
+    let (st, _) = patch_upload(a, &auth, &path, two);
+    assert_eq!(st, 404);
+
+    // A wrong digest, through the node that did not receive the bytes.
+    let path = begin_upload(b, &auth);
+    let (st, head) = patch_upload(a, &auth, &path, b"bytes that are not what the digest says");
+    assert_eq!(st, 202, "{head}");
+    let wrong = format!("sha256:{}", ferry_types::Digest::of(b"something else").hex());
+    let (st, body) = put_upload(b, &auth, &path, &wrong);
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("DIGEST_INVALID"), "{body}");
+    let (st, _) = support::curl(&[
+        "-I",
+        "-H",
+        &auth,
+        &format!("{}/v2/img/team/app/blobs/{wrong}", a.url),
+    ]);
+    assert_eq!(st, 404, "nothing stored");
 }
 
 /// A chunked upload begun on `a`: a PATCH through `b` is 404
@@ -771,4 +902,160 @@ fn on_one_bucket_a_push_to_a_spoke_cut_by_a_killed_node_is_finished_by_another()
             assert!(node.serves("files", p, body), "{p}");
         }
     }
+}
+
+/// `curl` with the cookie jar `jar` (read and written): (status, response
+/// headers and body).
+fn browse(jar: &Path, args: &[&str]) -> (u16, String) {
+    let jar = jar.to_str().unwrap();
+    let mut all = vec!["-D", "-", "-b", jar, "-c", jar];
+    all.extend_from_slice(args);
+    let (st, body) = support::curl(&all);
+    (st, String::from_utf8_lossy(&body).to_string())
+}
+
+/// A form posted from a page of `node` (its origin), with the fields.
+fn post_form(jar: &Path, node: &Server, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
+    let origin = format!("Origin: {}", node.url);
+    let url = format!("{}{path}", node.url);
+    let encoded: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut args = vec!["-H", origin.as_str()];
+    for f in &encoded {
+        args.extend_from_slice(&["--data-urlencode", f.as_str()]);
+    }
+    args.push(url.as_str());
+    browse(jar, &args)
+}
+
+fn location(response: &str) -> Option<String> {
+    response.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("location").then(|| v.trim().to_string())
+    })
+}
+
+/// The CSRF token in a page's forms.
+fn csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..].split('"').next().unwrap().to_string()
+}
+
+/// The new key a page shows once, if it shows one.
+fn shown_key(page: &str) -> Option<String> {
+    let at = page.find("id=\"new-key\"")?;
+    let rest = &page[at..];
+    let v = rest.find("value=\"")? + 7;
+    Some(rest[v..].split('"').next()?.to_string())
+}
+
+/// Web UI sessions are the instance's, not a node's: signed in through
+/// node a, a page through node b is signed in; a key made by a form posted
+/// to a is shown once on b (and kept in the database only sealed); a key
+/// revoked on a signs its sessions out on b; signing out on b ends the
+/// session on a.
+#[test]
+fn a_web_ui_session_works_on_every_node() {
+    let db = TestDatabase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(&db, &dir.path().join("data"), 2, &[]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let jar = dir.path().join("admin.jar");
+
+    // Signed in on a.
+    let (st, resp) = post_form(&jar, a, "/login", &[("key", support::ADMIN)]);
+    assert_eq!(st, 303, "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("set-cookie: ferry_session_"),
+        "{resp}"
+    );
+    let cookie = std::fs::read_to_string(&jar).unwrap();
+    let id = cookie
+        .lines()
+        .find(|l| l.contains("ferry_session_"))
+        .and_then(|l| l.split('\t').next_back())
+        .unwrap()
+        .to_string();
+    // The database keeps the id's hash, never the id.
+    assert!(!psql(&db, "SELECT encode(id_hash, 'hex') FROM ui_sessions").contains(&id));
+    assert_eq!(psql(&db, "SELECT count(*) FROM ui_sessions"), "1");
+
+    // Signed in on b.
+    let (st, page) = browse(&jar, &[&format!("{}/keys", b.url)]);
+    assert_eq!(st, 200, "{page}");
+    assert!(page.contains("API keys"), "{page}");
+    let token = csrf(&page);
+
+    // A key created by a form posted to a, shown once on b.
+    let (st, resp) = post_form(
+        &jar,
+        a,
+        "/keys",
+        &[("csrf", &token), ("name", "viewer"), ("permission", "read")],
+    );
+    assert_eq!((st, location(&resp).as_deref()), (303, Some("/keys")), "{resp}");
+    let sealed = psql(
+        &db,
+        "SELECT encode(flash, 'hex') FROM ui_sessions WHERE flash IS NOT NULL",
+    );
+    assert!(!sealed.is_empty(), "the flash is kept in the database");
+    let (_, page) = browse(&jar, &[&format!("{}/keys", b.url)]);
+    let secret = shown_key(&page).expect("the new key, shown on b");
+    assert!(secret.starts_with("ferry_"), "{secret}");
+    assert!(
+        !sealed.contains(&hex::encode(secret.as_bytes())),
+        "sealed, not in clear"
+    );
+    assert_eq!(
+        psql(&db, "SELECT count(*) FROM ui_sessions WHERE flash IS NOT NULL"),
+        "0",
+        "deleted on first read"
+    );
+    let (_, again) = browse(&jar, &[&format!("{}/keys", a.url)]);
+    assert_eq!(shown_key(&again), None, "shown once");
+
+    // The new key signs in on b; revoked through a, its session on b ends.
+    let viewer_jar = dir.path().join("viewer.jar");
+    let (st, resp) = post_form(&viewer_jar, b, "/login", &[("key", &secret)]);
+    assert_eq!(st, 303, "{resp}");
+    let (st, _) = browse(&viewer_jar, &[&format!("{}/feeds", a.url)]);
+    assert_eq!(st, 200);
+    let (st, resp) = post_form(&jar, a, "/keys/viewer/revoke", &[("csrf", &token)]);
+    assert_eq!(st, 303, "{resp}");
+    for node in [a, b] {
+        let (st, resp) = browse(&viewer_jar, &[&format!("{}/feeds", node.url)]);
+        assert_eq!((st, location(&resp).as_deref()), (303, Some("/login")), "{resp}");
+    }
+
+    // Signed out on b: signed out on a.
+    let (st, resp) = post_form(&jar, b, "/logout", &[("csrf", &token)]);
+    assert_eq!((st, location(&resp).as_deref()), (303, Some("/login")), "{resp}");
+    // The jar forgot the cookie; send the old one.
+    let old = format!("Cookie: {}={id}", cookie_name(&cookie));
+    let (st, resp) = support::curl(&["-D", "-", "-H", &old, &format!("{}/keys", a.url)]);
+    let resp = String::from_utf8_lossy(&resp).to_string();
+    assert_eq!((st, location(&resp).as_deref()), (303, Some("/login")), "{resp}");
+    assert_eq!(psql(&db, "SELECT count(*) FROM ui_sessions"), "0");
+}
+
+/// The session cookie's name in a curl cookie jar's text.
+fn cookie_name(jar: &str) -> String {
+    jar.lines()
+        .find(|l| l.contains("ferry_session_"))
+        .and_then(|l| l.split('\t').nth(5))
+        .unwrap()
+        .to_string()
+}
+
+/// One value (or rows joined by newlines) that `sql` selects in the
+/// cluster's database.
+fn psql(db: &TestDatabase, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([db.url.as_str(), "-qtAc", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -43,7 +43,7 @@ pub struct AppState {
     pub ferry: Ferry,
     pub replicator: Replicator,
     pub metrics: PrometheusHandle,
-    /// The web UI's signed-in sessions (in memory, capped).
+    /// The web UI's signed-in sessions (in the metadata database, capped).
     pub sessions: std::sync::Arc<ui::Sessions>,
 }
 
@@ -123,11 +123,12 @@ where
 
 /// The whole HTTP application for one instance.
 pub fn router(ferry: Ferry, replicator: Replicator) -> App {
+    let sessions = std::sync::Arc::new(ui::Sessions::new(ferry.metadata().clone()));
     let state = AppState {
         ferry,
         replicator,
         metrics: prometheus(),
-        sessions: std::sync::Arc::new(ui::Sessions::default()),
+        sessions,
     };
     let router = Router::new()
         .merge(ops::routes())

@@ -1804,6 +1804,38 @@ async fn idle_upload_sessions_expire_with_their_files() {
     session(&o, &a, "img").await;
 }
 
+/// A session file that no session record names (left by a node that
+/// stopped between forgetting a session and removing its file, or by a
+/// deleted feed's session) goes once it is older than the idle time, when
+/// the sweep starts; live sessions' files stay.
+#[tokio::test]
+async fn session_files_without_a_session_are_swept() {
+    let idle = std::time::Duration::from_secs(60);
+    let o = Oci::with_config(session_limits(idle, 10, 10, 10)).await;
+    let dir = o.i.dir.path().join("blobs/uploads");
+    let stray = dir.join("0123456789abcdef0123456789abcdef");
+    let young = dir.join("fedcba9876543210fedcba9876543210");
+    for f in [&stray, &young] {
+        std::fs::write(f, b"left over").unwrap();
+    }
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stray)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let live = session(&o, &o.w, "img").await;
+    eventually("the stray file swept", || !stray.exists()).await;
+    assert!(
+        young.exists(),
+        "younger than the idle time: maybe a session being opened"
+    );
+    assert_eq!(session_files(&o), 2);
+    let r = o.send("PATCH", &live, &[], b"still here".to_vec()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+}
+
 /// A chunk that takes longer than the idle timeout to arrive keeps its
 /// session (idle ones around it expire meanwhile), and the upload then
 /// finishes.

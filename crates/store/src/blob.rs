@@ -331,6 +331,34 @@ pub trait BlobStore: Send + Sync + 'static {
         ))
     }
 
+    /// Makes session `id` go on from its first `size` bytes on this
+    /// process: a session it holds at that length stays as it is (its
+    /// running hash kept: the fast path); otherwise, when the session's
+    /// file is where every node of the instance reaches it (another node
+    /// began it or appended last), that file's first `size` bytes are
+    /// hashed again and the session continues from there.
+    /// [`StoreError::NotFound`] when this store cannot reach the session's
+    /// bytes (or holds fewer than `size`), [`StoreError::Conflict`] while
+    /// a request on this process appends to it.
+    async fn upload_resume(&self, id: &str, _size: u64) -> Result<(), StoreError> {
+        Err(StoreError::NotFound(format!("upload {id}")))
+    }
+
+    /// The ids of the upload session files this store holds that were
+    /// last written before `before` (to find files no session record
+    /// names any more: left by a node that stopped between forgetting a
+    /// session and removing its file, or by a deleted feed's sessions).
+    async fn stale_upload_files(&self, _before: std::time::SystemTime) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Whether every process serving this store reaches the bytes of every
+    /// upload session (one process, or a folder all share): then a session
+    /// whose bytes [`BlobStore::upload_resume`] cannot find is gone for good.
+    fn upload_sessions_everywhere(&self) -> bool {
+        true
+    }
+
     /// The bytes received so far by session `id`, or None if there is none.
     async fn upload_len(&self, _id: &str) -> Result<Option<u64>, StoreError> {
         Ok(None)
@@ -387,7 +415,9 @@ pub struct FsBlobStore {
     /// Where uploads are staged: `staging/`, or `staging/node-ID/` of this
     /// process when several nodes share the folder ([`FsBlobStore::open_shared`]).
     staging: PathBuf,
-    /// The files of OCI upload sessions: `uploads/` or `uploads/node-ID/`.
+    /// The files of OCI upload sessions: `uploads/` for one process, or
+    /// `upload-sessions/`, which every node sharing the folder reaches
+    /// ([`FsBlobStore::open_shared`]; their records are in the database).
     uploads_dir: PathBuf,
     /// This node's liveness lock in a shared folder (held while open).
     _node_lock: Option<std::fs::File>,
@@ -585,6 +615,39 @@ fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
         size += n as u64;
         h.update(&buf[..n]);
     }
+}
+
+/// The running hash of the first `size` bytes of file `path` (a session
+/// file another node wrote). NotFound when the file is missing or shorter.
+fn hash_prefix(path: &Path, size: u64) -> io::Result<Sha256Hasher> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    if f.metadata()?.len() < size {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the upload session's file is shorter than its record",
+        ));
+    }
+    let mut h = Sha256Hasher::new();
+    let mut buf = vec![0u8; SEND_CHUNK];
+    let mut left = size;
+    let mut f = f.take(size);
+    while left > 0 {
+        let n = match f.read(&mut buf) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the upload session's file ended early",
+                ));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h)
 }
 
 /// What is known of an upload session: the hash and length of its content.
@@ -988,6 +1051,12 @@ impl FsDamage {
 /// store is open.
 const NODE_LOCKS: &str = ".nodes";
 
+/// The directory of OCI upload session files in a shared folder: any node
+/// may append to a session another began, so none is a node's own; a
+/// session's file goes when the session ends or expires (its record in the
+/// database says when).
+const SHARED_UPLOADS: &str = "upload-sessions";
+
 /// Takes this node's liveness lock, then removes the scratch of every node
 /// that no longer holds its lock (it stopped or died): its `staging/` and
 /// `uploads/` directories and its lock file. The lock is taken before the
@@ -1103,7 +1172,7 @@ impl FsBlobStore {
                     .await
                     .map_err(|e| StoreError::Backend(format!("blob store: {e}")))??;
                 node_lock = Some(lock);
-                (root.join("staging").join(node), root.join("uploads").join(node))
+                (root.join("staging").join(node), root.join(SHARED_UPLOADS))
             }
         };
         tokio::fs::create_dir_all(&staging).await?;
@@ -1226,6 +1295,39 @@ impl FsBlobStore {
         self.uploads
             .lock()
             .map_err(|_| StoreError::Backend("upload sessions lock poisoned".into()))
+    }
+
+    /// In a shared folder, forgets the running hashes of sessions whose
+    /// file is gone (finished or discarded through another node), once
+    /// this process holds many: they would otherwise stay until it stops.
+    async fn forget_sessions_gone_elsewhere(&self) -> Result<(), StoreError> {
+        const MANY: usize = 256;
+        let ids: Vec<String> = {
+            let sessions = self.sessions()?;
+            if sessions.len() < MANY {
+                return Ok(());
+            }
+            sessions
+                .iter()
+                .filter(|(_, st)| st.hasher.is_some())
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let dir = self.uploads_dir.clone();
+        let gone = tokio::task::spawn_blocking(move || {
+            ids.into_iter()
+                .filter(|id| !dir.join(id).exists())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob store: {e}")))?;
+        let mut sessions = self.sessions()?;
+        for id in gone {
+            if sessions.get(&id).is_some_and(|st| st.hasher.is_some()) {
+                sessions.remove(&id);
+            }
+        }
+        Ok(())
     }
 
     /// Returns a session's state after an append; false if the session was
@@ -1904,6 +2006,9 @@ impl BlobStore for FsBlobStore {
             .upload_path(&id)
             .ok_or_else(|| StoreError::Backend("generated an invalid upload id".into()))?;
         tokio::fs::File::create(&path).await?;
+        if self.node.is_some() {
+            self.forget_sessions_gone_elsewhere().await?;
+        }
         self.sessions()?.insert(
             id.clone(),
             UploadState {
@@ -1915,8 +2020,93 @@ impl BlobStore for FsBlobStore {
         Ok(id)
     }
 
+    async fn upload_resume(&self, id: &str, size: u64) -> Result<(), StoreError> {
+        let missing = || StoreError::NotFound(format!("upload {id}"));
+        let busy = || StoreError::Conflict(format!("upload {id} is busy with another request"));
+        let path = self.upload_path(id).ok_or_else(missing)?;
+        let writer = {
+            let sessions = self.sessions()?;
+            match sessions.get(id) {
+                Some(st) if st.hasher.is_none() => return Err(busy()),
+                Some(st) if st.size == size => None,
+                Some(st) => Some(Some(st.writer.clone())),
+                None => Some(None),
+            }
+        };
+        let Some(writer) = writer else {
+            // Held here at this length: the fast path, if the session was
+            // not finished or discarded through another node meanwhile.
+            return match tokio::fs::metadata(&path).await {
+                Ok(m) if m.len() >= size => Ok(()),
+                Ok(_) => Err(missing()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.sessions()?.remove(id);
+                    Err(missing())
+                }
+                Err(e) => Err(e.into()),
+            };
+        };
+        // Not held here at this length: the bytes are in the shared file.
+        // Wait for a writer of this process that may still be finishing.
+        let writer = writer.unwrap_or_else(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
+        let held = writer.clone().lock_owned().await;
+        let p = path.clone();
+        let hashed = tokio::task::spawn_blocking(move || hash_prefix(&p, size))
+            .await
+            .map_err(|e| StoreError::Backend(format!("blob store: {e}")))?;
+        let hasher = match hashed {
+            Ok(h) => h,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut sessions = self.sessions()?;
+        if sessions.get(id).is_some_and(|st| st.hasher.is_none()) {
+            return Err(busy());
+        }
+        sessions.insert(
+            id.to_owned(),
+            UploadState {
+                hasher: Some(hasher),
+                size,
+                writer,
+            },
+        );
+        drop(held);
+        Ok(())
+    }
+
     async fn upload_len(&self, id: &str) -> Result<Option<u64>, StoreError> {
         Ok(self.sessions()?.get(id).map(|s| s.size))
+    }
+
+    async fn stale_upload_files(&self, before: std::time::SystemTime) -> Result<Vec<String>, StoreError> {
+        let dir = self.uploads_dir.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<Vec<String>> {
+            let mut out = Vec::new();
+            for e in std::fs::read_dir(&dir)? {
+                let e = e?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let is_id = name.len() == 32
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                if !is_id {
+                    continue;
+                }
+                let written = match e.metadata().and_then(|m| m.modified()) {
+                    Ok(t) => t,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(err),
+                };
+                if written < before {
+                    out.push(name);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob store: {e}")))?
+        .map_err(StoreError::from)
     }
 
     async fn upload_append(&self, id: &str, body: ByteStream, limit: u64) -> Result<u64, StoreError> {
@@ -1988,12 +2178,14 @@ impl BlobStore for FsBlobStore {
         let Some(path) = self.upload_path(id) else {
             return Ok(());
         };
-        if self.sessions()?.remove(id).is_some() {
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
+        // The file goes even when this process does not hold the session:
+        // in a shared folder it may be another node's, and a file no
+        // session names is left over.
+        self.sessions()?.remove(id);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }
@@ -2250,6 +2442,66 @@ mod tests {
         assert_eq!(store.commit(third).await.unwrap(), BlobCheck::Intact { size: 11 });
         std::fs::remove_file(store.blob_path(&d)).unwrap();
         assert_eq!(store.check(&d).await.unwrap(), BlobCheck::Missing);
+    }
+
+    #[tokio::test]
+    async fn an_upload_session_goes_on_through_any_node_of_a_shared_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FsBlobStore::open_shared(dir.path()).await.unwrap();
+        let b = FsBlobStore::open_shared(dir.path()).await.unwrap();
+        let id = a.upload_begin().await.unwrap();
+        assert_eq!(a.upload_append(&id, body(&[b"abc"]), 100).await.unwrap(), 3);
+        // b re-hashes what a wrote and appends.
+        assert!(
+            matches!(b.upload_resume(&id, 4).await, Err(StoreError::NotFound(_))),
+            "past the file"
+        );
+        b.upload_resume(&id, 3).await.unwrap();
+        assert_eq!(b.upload_append(&id, body(&[b"de"]), 100).await.unwrap(), 5);
+        // b goes on with its own running hash (the fast path).
+        b.upload_resume(&id, 5).await.unwrap();
+        assert_eq!(b.upload_append(&id, body(&[b"f"]), 100).await.unwrap(), 6);
+        // a's state (3 bytes) is stale: resumed at 6, it hashes the file again.
+        a.upload_resume(&id, 6).await.unwrap();
+        assert_eq!(a.upload_append(&id, body(&[b"gh"]), 100).await.unwrap(), 8);
+        let d = Digest::of(b"abcdefgh");
+        let staged = a.upload_finish(&id, Some(&d)).await.unwrap();
+        assert_eq!((staged.digest(), staged.size()), (d, 8));
+        a.commit(staged).await.unwrap();
+        // A wrong digest through the other node is refused, and the session goes.
+        let id = a.upload_begin().await.unwrap();
+        a.upload_append(&id, body(&[b"xyz"]), 100).await.unwrap();
+        b.upload_resume(&id, 3).await.unwrap();
+        assert!(matches!(
+            b.upload_finish(&id, Some(&d)).await,
+            Err(StoreError::DigestMismatch { .. })
+        ));
+        assert!(matches!(
+            a.upload_resume(&id, 3).await,
+            Err(StoreError::NotFound(_))
+        ));
+        // Aborted through a node that never saw it, its file goes.
+        let id = a.upload_begin().await.unwrap();
+        b.upload_abort(&id).await.unwrap();
+        assert!(matches!(
+            a.upload_resume(&id, 0).await,
+            Err(StoreError::NotFound(_))
+        ));
+        // Files written before a time are listed as candidates for cleanup.
+        let old = a.upload_begin().await.unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        assert!(b.stale_upload_files(later).await.unwrap().contains(&old));
+        assert!(
+            !b.stale_upload_files(std::time::UNIX_EPOCH)
+                .await
+                .unwrap()
+                .contains(&old)
+        );
+        // A node starting on the folder leaves live sessions alone.
+        let id = a.upload_begin().await.unwrap();
+        a.upload_append(&id, body(&[b"kept"]), 100).await.unwrap();
+        let c = FsBlobStore::open_shared(dir.path()).await.unwrap();
+        c.upload_resume(&id, 4).await.unwrap();
     }
 
     #[tokio::test]

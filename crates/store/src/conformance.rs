@@ -49,6 +49,437 @@ pub async fn run(store: &dyn MetadataStore) {
     blobs_and_collection(store).await;
     api_keys(store).await;
     signing_keys(store).await;
+    ui_sessions(store).await;
+    upload_sessions(store).await;
+}
+
+fn upload(id: &str, feed: FeedId, key: Option<(i64, i64)>, now: i64) -> crate::NewUploadSession {
+    crate::NewUploadSession {
+        id: id.into(),
+        feed,
+        repo: "team/app".into(),
+        key,
+        now,
+    }
+}
+
+/// OCI upload sessions: opened under per-key, per-feed and total caps
+/// (refusals say when the first of the group expires, or that all are in
+/// use), claimed by one request at a time, their length recorded at
+/// release, expired after the idle time unless a request holds them, and
+/// swept with a deleted key.
+async fn upload_sessions(s: &dyn MetadataStore) {
+    use crate::{UploadCap, UploadClaim, UploadLimits, UploadOpened};
+    let feed = s
+        .create_feed(&FeedName::new("conf-uploads").unwrap(), FeedType::Oci, false)
+        .await
+        .unwrap();
+    let other = s
+        .create_feed(&FeedName::new("conf-uploads-2").unwrap(), FeedType::Oci, false)
+        .await
+        .unwrap();
+    let k = s
+        .create_key(NewApiKey {
+            name: "conf-uploader".into(),
+            hash: [60; 32],
+            permission: Permission::Write,
+            feeds: None,
+        })
+        .await
+        .unwrap();
+    let key = Some((k.id, k.created_at));
+    let limits = UploadLimits {
+        idle_ms: 1000,
+        per_key: 2,
+        per_feed: 3,
+        total: 4,
+    };
+    let t = 1_000_000;
+    let opened = |r: UploadOpened| assert!(matches!(r, UploadOpened::Opened { .. }), "{r:?}");
+    opened(
+        s.open_upload(upload("u1", feed.id, key, t), limits)
+            .await
+            .unwrap(),
+    );
+    opened(
+        s.open_upload(upload("u2", feed.id, key, t + 10), limits)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        s.open_upload(upload("u3", feed.id, key, t + 20), limits)
+            .await
+            .unwrap(),
+        UploadOpened::Refused {
+            cap: UploadCap::Key,
+            next_expiry: Some(t + 1000),
+            expired: vec![]
+        }
+    );
+    opened(
+        s.open_upload(upload("a1", feed.id, None, t + 20), limits)
+            .await
+            .unwrap(),
+    );
+    // The feed's cap (3), then the instance's (4) for another feed.
+    assert!(matches!(
+        s.open_upload(upload("a2", feed.id, None, t + 20), limits)
+            .await
+            .unwrap(),
+        UploadOpened::Refused {
+            cap: UploadCap::Feed,
+            ..
+        }
+    ));
+    opened(
+        s.open_upload(upload("b1", other.id, None, t + 20), limits)
+            .await
+            .unwrap(),
+    );
+    assert!(matches!(
+        s.open_upload(upload("b2", other.id, None, t + 20), limits)
+            .await
+            .unwrap(),
+        UploadOpened::Refused {
+            cap: UploadCap::Instance,
+            ..
+        }
+    ));
+    assert_eq!(s.upload_count().await.unwrap(), 4);
+
+    // One request at a time; its release records the length.
+    let claim = |id: &'static str, repo: &'static str, now: i64, lease: i64| {
+        s.claim_upload(id, feed.id, repo, now, 1000, lease)
+    };
+    assert_eq!(
+        claim("u1", "team/app", t + 100, t + 5000).await.unwrap(),
+        UploadClaim::Claimed { size: 0 }
+    );
+    assert_eq!(
+        claim("u1", "team/app", t + 101, t + 5000).await.unwrap(),
+        UploadClaim::Busy
+    );
+    assert_eq!(
+        claim("u1", "team/other", t + 101, t + 5000).await.unwrap(),
+        UploadClaim::Unknown
+    );
+    assert_eq!(
+        claim("nope", "team/app", t + 101, t + 5000).await.unwrap(),
+        UploadClaim::Unknown
+    );
+    s.renew_upload("u1", t + 2000, t + 9000).await.unwrap();
+    // Held, it outlives its idle time; the others expire and are swept.
+    let swept = s.sweep_uploads(t + 3000, 1000, false).await.unwrap();
+    let mut swept_sorted = swept.clone();
+    swept_sorted.sort();
+    assert_eq!(swept_sorted, vec!["a1", "b1", "u2"]);
+    assert_eq!(
+        s.upload_length("u1", feed.id, "team/app", t + 3000, 1000)
+            .await
+            .unwrap(),
+        UploadClaim::Claimed { size: 0 }
+    );
+    s.release_upload("u1", t + 3000, Some(7)).await.unwrap();
+    assert_eq!(
+        claim("u1", "team/app", t + 3100, t + 3200).await.unwrap(),
+        UploadClaim::Claimed { size: 7 }
+    );
+    s.release_upload("u1", t + 3100, None).await.unwrap();
+    assert_eq!(
+        s.upload_length("u1", feed.id, "team/app", t + 3500, 1000)
+            .await
+            .unwrap(),
+        UploadClaim::Claimed { size: 7 }
+    );
+    // Expired when a request finds it.
+    assert_eq!(
+        claim("u1", "team/app", t + 4500, t + 5000).await.unwrap(),
+        UploadClaim::Expired
+    );
+    assert_eq!(
+        claim("u1", "team/app", t + 4500, t + 5000).await.unwrap(),
+        UploadClaim::Unknown
+    );
+
+    // A deleted key's sessions are swept (not while a request holds one).
+    opened(
+        s.open_upload(upload("r1", feed.id, key, t + 5000), limits)
+            .await
+            .unwrap(),
+    );
+    opened(
+        s.open_upload(upload("r2", feed.id, key, t + 5000), limits)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        claim("r2", "team/app", t + 5001, t + 6000).await.unwrap(),
+        UploadClaim::Claimed { size: 0 }
+    );
+    assert!(s.sweep_uploads(t + 5002, 1000, true).await.unwrap().is_empty());
+    assert!(s.delete_key("conf-uploader").await.unwrap());
+    assert_eq!(s.sweep_uploads(t + 5002, 1000, true).await.unwrap(), vec!["r1"]);
+    assert_eq!(
+        s.uploads_known(&["r1".into(), "r2".into(), "zz".into()])
+            .await
+            .unwrap(),
+        vec!["r2".to_string()]
+    );
+    assert!(s.end_upload("r2").await.unwrap());
+    assert!(!s.end_upload("r2").await.unwrap());
+    assert_eq!(s.upload_count().await.unwrap(), 0);
+    // A deleted feed takes its sessions.
+    opened(
+        s.open_upload(upload("f1", other.id, None, t + 6000), limits)
+            .await
+            .unwrap(),
+    );
+    s.delete_feed(&other.name).await.unwrap();
+    assert_eq!(s.upload_count().await.unwrap(), 0);
+    s.delete_feed(&feed.name).await.unwrap();
+}
+
+/// Upload sessions opened through several nodes at once: the per-key cap holds.
+async fn upload_caps_hold_across_nodes(nodes: &[std::sync::Arc<dyn MetadataStore>]) {
+    let feed = nodes[0]
+        .create_feed(&FeedName::new("conf-uploads-c").unwrap(), FeedType::Oci, false)
+        .await
+        .unwrap();
+    let limits = crate::UploadLimits {
+        idle_ms: 600_000,
+        per_key: 5,
+        per_feed: 1000,
+        total: 1000,
+    };
+    let now = now_millis();
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for i in 0..6 {
+            let node = node.clone();
+            let id = format!("c{n}-{i}");
+            tasks.push(tokio::spawn(async move {
+                node.open_upload(upload(&id, feed.id, Some((4242, 1)), now), limits)
+                    .await
+                    .unwrap()
+            }));
+        }
+    }
+    let mut opened = 0;
+    for t in tasks {
+        if let crate::UploadOpened::Opened { .. } = t.await.unwrap() {
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, 5, "one key's sessions opened across nodes");
+    assert_eq!(nodes[0].upload_count().await.unwrap(), 5);
+}
+
+fn ui_session(id: u8, key: u8, at: i64) -> crate::NewUiSession {
+    crate::NewUiSession {
+        id_hash: [id; 32],
+        key_hash: [key; 32],
+        created_at: at,
+        expires_at: at + 1000,
+    }
+}
+
+/// UI sessions: created under per-key and total caps (the key's oldest
+/// ends, remembered as capped until it would have expired; past the total,
+/// refused), expire, end at sign-out and with their key (deleted or its
+/// secret replaced), and a flash is read once.
+async fn ui_sessions(s: &dyn MetadataStore) {
+    use crate::{UiSessionCreated::*, UiSessionLimits, UiSessionState};
+    let limits = UiSessionLimits {
+        per_key: 2,
+        total: 4,
+        capped: 10,
+    };
+    let t = now_millis();
+    assert_eq!(s.ui_session(&[1; 32], t).await.unwrap(), UiSessionState::Unknown);
+    assert_eq!(
+        s.create_ui_session(ui_session(1, 50, t), limits).await.unwrap(),
+        Created
+    );
+    match s.ui_session(&[1; 32], t + 1).await.unwrap() {
+        UiSessionState::Live(r) => {
+            assert_eq!(r.key_hash, [50; 32]);
+            assert_eq!((r.created_at, r.expires_at), (t, t + 1000));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Expired at its time.
+    assert_eq!(
+        s.ui_session(&[1; 32], t + 1000).await.unwrap(),
+        UiSessionState::Unknown
+    );
+
+    // A flash is read once, and only a live session keeps one.
+    assert_eq!(s.take_ui_flash(&[1; 32]).await.unwrap(), None);
+    s.put_ui_flash(&[1; 32], b"sealed one".to_vec()).await.unwrap();
+    s.put_ui_flash(&[1; 32], b"sealed two".to_vec()).await.unwrap();
+    assert_eq!(
+        s.take_ui_flash(&[1; 32]).await.unwrap(),
+        Some(b"sealed two".to_vec())
+    );
+    assert_eq!(s.take_ui_flash(&[1; 32]).await.unwrap(), None);
+    s.put_ui_flash(&[99; 32], b"nobody".to_vec()).await.unwrap();
+    assert_eq!(s.take_ui_flash(&[99; 32]).await.unwrap(), None);
+
+    // The key's cap ends its oldest session, remembered as capped; its
+    // flash goes with it.
+    s.put_ui_flash(&[1; 32], b"of the oldest".to_vec()).await.unwrap();
+    assert_eq!(
+        s.create_ui_session(ui_session(2, 50, t + 1), limits)
+            .await
+            .unwrap(),
+        Created
+    );
+    assert_eq!(
+        s.create_ui_session(ui_session(3, 50, t + 2), limits)
+            .await
+            .unwrap(),
+        Created
+    );
+    assert_eq!(
+        s.ui_session(&[1; 32], t + 3).await.unwrap(),
+        UiSessionState::Capped
+    );
+    assert_eq!(s.take_ui_flash(&[1; 32]).await.unwrap(), None);
+    assert!(matches!(
+        s.ui_session(&[2; 32], t + 3).await.unwrap(),
+        UiSessionState::Live(_)
+    ));
+    assert!(matches!(
+        s.ui_session(&[3; 32], t + 3).await.unwrap(),
+        UiSessionState::Live(_)
+    ));
+    assert_eq!(s.ui_session_count(t + 3).await.unwrap(), 2);
+    // Past the expiry a capped session is unknown too.
+    assert_eq!(
+        s.ui_session(&[1; 32], t + 1000).await.unwrap(),
+        UiSessionState::Unknown
+    );
+
+    // The instance's cap: refused, nobody's session ended.
+    assert_eq!(
+        s.create_ui_session(ui_session(4, 51, t + 3), limits)
+            .await
+            .unwrap(),
+        Created
+    );
+    assert_eq!(
+        s.create_ui_session(ui_session(5, 51, t + 4), limits)
+            .await
+            .unwrap(),
+        Created
+    );
+    assert_eq!(
+        s.create_ui_session(ui_session(6, 52, t + 5), limits)
+            .await
+            .unwrap(),
+        Full
+    );
+    assert_eq!(
+        s.ui_session(&[6; 32], t + 6).await.unwrap(),
+        UiSessionState::Unknown
+    );
+    assert_eq!(s.ui_session_count(t + 6).await.unwrap(), 4);
+    // Signing out makes room.
+    s.end_ui_session(&[5; 32]).await.unwrap();
+    s.end_ui_session(&[5; 32]).await.unwrap();
+    assert_eq!(
+        s.ui_session(&[5; 32], t + 6).await.unwrap(),
+        UiSessionState::Unknown
+    );
+    assert_eq!(
+        s.create_ui_session(ui_session(6, 52, t + 6), limits)
+            .await
+            .unwrap(),
+        Created
+    );
+
+    // Expired sessions are dropped at the next sign-in and stop counting.
+    assert_eq!(s.ui_session_count(t + 2000).await.unwrap(), 0);
+    let later = t + 2000;
+    for (i, id) in (10..14).enumerate() {
+        let created = s
+            .create_ui_session(ui_session(id, 53 + i as u8, later + i as i64), limits)
+            .await
+            .unwrap();
+        assert_eq!(created, Created);
+    }
+
+    // Deleting a key, or replacing its secret, ends its sessions.
+    let new = |name: &str, h: u8| NewApiKey {
+        name: name.into(),
+        hash: [h; 32],
+        permission: Permission::Read,
+        feeds: None,
+    };
+    s.create_key(new("conf-ui-a", 53)).await.unwrap();
+    s.put_named_key(new("conf-ui-b", 54)).await.unwrap();
+    s.put_named_key(new("conf-ui-b", 54)).await.unwrap();
+    assert!(
+        matches!(
+            s.ui_session(&[11; 32], later + 5).await.unwrap(),
+            UiSessionState::Live(_)
+        ),
+        "the same secret put again keeps its sessions"
+    );
+    assert!(s.delete_key("conf-ui-a").await.unwrap());
+    assert_eq!(
+        s.ui_session(&[10; 32], later + 5).await.unwrap(),
+        UiSessionState::Unknown
+    );
+    s.put_named_key(new("conf-ui-b", 55)).await.unwrap();
+    assert_eq!(
+        s.ui_session(&[11; 32], later + 5).await.unwrap(),
+        UiSessionState::Unknown
+    );
+    assert!(matches!(
+        s.ui_session(&[12; 32], later + 5).await.unwrap(),
+        UiSessionState::Live(_)
+    ));
+    assert!(s.delete_key("conf-ui-b").await.unwrap());
+    for id in 10..14 {
+        s.end_ui_session(&[id; 32]).await.unwrap();
+    }
+}
+
+/// Sign-ins of one key through several nodes at once: the per-key cap
+/// holds (no more than its allowance is live afterwards).
+async fn ui_session_caps_hold_across_nodes(nodes: &[std::sync::Arc<dyn MetadataStore>]) {
+    let limits = crate::UiSessionLimits {
+        per_key: 3,
+        total: 1000,
+        capped: 1000,
+    };
+    let t = now_millis();
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for i in 0..8u8 {
+            let node = node.clone();
+            let id = 100 + (n as u8) * 8 + i;
+            tasks.push(tokio::spawn(async move {
+                node.create_ui_session(ui_session(id, 77, t), limits)
+                    .await
+                    .unwrap()
+            }));
+        }
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), crate::UiSessionCreated::Created);
+    }
+    let mut live = 0;
+    for n in 0..nodes.len() {
+        for i in 0..8u8 {
+            let id = 100 + (n as u8) * 8 + i;
+            if let crate::UiSessionState::Live(_) = nodes[0].ui_session(&[id; 32], t + 1).await.unwrap() {
+                live += 1;
+            }
+        }
+    }
+    assert_eq!(live, 3, "one key's live sessions across nodes");
 }
 
 async fn signing_keys(s: &dyn MetadataStore) {
@@ -781,6 +1212,8 @@ pub async fn run_concurrent(nodes: Vec<std::sync::Arc<dyn MetadataStore>>) {
     change_log_never_skips(&nodes).await;
     one_of_concurrent_creates_wins(&nodes).await;
     collection_never_takes_a_blob_being_referenced(&nodes).await;
+    ui_session_caps_hold_across_nodes(&nodes).await;
+    upload_caps_hold_across_nodes(&nodes).await;
 }
 
 async fn change_log_never_skips(nodes: &[std::sync::Arc<dyn MetadataStore>]) {

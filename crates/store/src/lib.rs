@@ -18,11 +18,14 @@ mod error;
 mod meta;
 mod postgres;
 mod postgres_replication;
+mod postgres_sessions;
 mod refresh;
 mod replication;
 mod s3;
+mod sessions;
 mod sqlite;
 mod sqlite_replication;
+mod sqlite_sessions;
 
 pub use blob::{BlobBody, BlobCheck, BlobStore, ByteStream, FsBlobStore, StagedBlob, Transfer};
 pub use error::{ConnectFailure, StoreError};
@@ -31,6 +34,7 @@ pub use postgres::PgStore;
 pub use refresh::DAMAGE_REFRESH;
 pub use replication::*;
 pub use s3::{DEFAULT_PART_SIZE, MIN_PART_SIZE, S3BlobStore, S3Config};
+pub use sessions::*;
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch, the one time unit stored.

@@ -271,8 +271,10 @@ pub enum StoreEvent {
 
 /// The metadata of one Ferry instance. Implementations keep every method's
 /// effect atomic; [`crate::conformance`] states the contract as tests.
+/// Every metadata store also keeps the UI sessions ([`crate::SessionStore`])
+/// and the OCI upload sessions ([`crate::UploadSessionStore`]).
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
+pub trait MetadataStore: crate::SessionStore + crate::UploadSessionStore + Send + Sync + 'static {
     /// This instance's id, created (randomly) and stored on first use.
     async fn instance_id(&self) -> Result<InstanceId, StoreError>;
     /// The highest stamp time of the items and tombstones this instance

@@ -142,6 +142,40 @@ CREATE TABLE execution_leases (
     until BIGINT NOT NULL
 );
 "#,
+    // Web UI sessions, shared by every node: the SHA-256 of the session id
+    // (never the id), the key's hash, times (ms), whether the key's cap
+    // ended it (kept until it would have expired, to say why), and the
+    // sealed flash (only the browser holds the key that opens it).
+    r#"
+CREATE TABLE ui_sessions (
+    id_hash BYTEA PRIMARY KEY,
+    key_hash BYTEA NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    capped BOOLEAN NOT NULL DEFAULT false,
+    flash BYTEA
+);
+CREATE INDEX ui_sessions_by_key ON ui_sessions (key_hash, created_at);
+"#,
+    // OCI upload sessions, shared by every node: feed, repository, the key
+    // that opened one (id and creation time), its length, when a request
+    // last used it and until when a request holds it (ms). Their bytes are
+    // in the blob store's upload area.
+    r#"
+CREATE TABLE oci_uploads (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    feed_id BIGINT NOT NULL REFERENCES feeds(id) ON DELETE CASCADE,
+    repo TEXT NOT NULL,
+    key_id BIGINT,
+    key_created_at BIGINT,
+    size BIGINT NOT NULL DEFAULT 0,
+    created_at BIGINT NOT NULL,
+    touched_at BIGINT NOT NULL,
+    held_until BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX oci_uploads_by_feed ON oci_uploads(feed_id);
+CREATE INDEX oci_uploads_by_key ON oci_uploads(key_id);
+"#,
 ];
 
 /// Every table [`MIGRATIONS`] creates (but `ferry_schema`, which says
@@ -1135,6 +1169,11 @@ impl MetadataStore for PgStore {
                     .fetch_all(&mut *c)
                     .await?;
             for old in replaced.iter().filter(|h| h.as_slice() != key.hash.as_slice()) {
+                // A replaced secret ends the old one's UI sessions.
+                sqlx::query("DELETE FROM ui_sessions WHERE key_hash = $1")
+                    .bind(old)
+                    .execute(&mut *c)
+                    .await?;
                 notify(c, format!("K {}", hex::encode(old))).await?;
             }
             insert_key(c, &key).await
@@ -1173,6 +1212,11 @@ impl MetadataStore for PgStore {
                     .fetch_all(&mut *c)
                     .await?;
             for hash in &deleted {
+                // Its UI sessions end with it, on every node.
+                sqlx::query("DELETE FROM ui_sessions WHERE key_hash = $1")
+                    .bind(hash)
+                    .execute(&mut *c)
+                    .await?;
                 notify(c, format!("K {}", hex::encode(hash))).await?;
             }
             Ok(!deleted.is_empty())

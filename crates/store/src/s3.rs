@@ -1121,6 +1121,19 @@ impl BlobStore for S3BlobStore {
         self.inner.spool.upload_begin().await
     }
 
+    /// Sessions are in each node's spool: only one process reaches them all.
+    fn upload_sessions_everywhere(&self) -> bool {
+        self.inner.spool.node().is_none()
+    }
+
+    async fn stale_upload_files(&self, before: std::time::SystemTime) -> Result<Vec<String>, StoreError> {
+        self.inner.spool.stale_upload_files(before).await
+    }
+
+    async fn upload_resume(&self, id: &str, size: u64) -> Result<(), StoreError> {
+        self.inner.spool.upload_resume(id, size).await
+    }
+
     async fn upload_len(&self, id: &str) -> Result<Option<u64>, StoreError> {
         self.inner.spool.upload_len(id).await
     }

@@ -147,6 +147,40 @@ CREATE TABLE execution_leases (
     until INTEGER NOT NULL
 );
 "#,
+    // Web UI sessions, shared by every node: the SHA-256 of the session id
+    // (never the id), the key's hash, times (ms), whether the key's cap
+    // ended it (kept until it would have expired, to say why), and the
+    // sealed flash (only the browser holds the key that opens it).
+    r#"
+CREATE TABLE ui_sessions (
+    id_hash BLOB PRIMARY KEY,
+    key_hash BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    capped INTEGER NOT NULL DEFAULT 0,
+    flash BLOB
+) WITHOUT ROWID;
+CREATE INDEX ui_sessions_by_key ON ui_sessions(key_hash, created_at);
+"#,
+    // OCI upload sessions, shared by every node: feed, repository, the key
+    // that opened one (id and creation time), its length, when a request
+    // last used it and until when a request holds it (ms). Their bytes are
+    // in the blob store's upload area.
+    r#"
+CREATE TABLE oci_uploads (
+    id TEXT PRIMARY KEY,
+    feed_id INTEGER NOT NULL REFERENCES feeds(id) ON DELETE CASCADE,
+    repo TEXT NOT NULL,
+    key_id INTEGER,
+    key_created_at INTEGER,
+    size INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    touched_at INTEGER NOT NULL,
+    held_until INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX oci_uploads_by_feed ON oci_uploads(feed_id);
+CREATE INDEX oci_uploads_by_key ON oci_uploads(key_id);
+"#,
 ];
 
 /// Index in [`MIGRATIONS`] of the one that scopes keys by feed id.
@@ -898,6 +932,11 @@ impl MetadataStore for SqliteStore {
 
     async fn put_named_key(&self, key: NewApiKey) -> Result<ApiKeyRecord, StoreError> {
         self.write_tx(move |tx| {
+            // A replaced secret ends the old one's UI sessions.
+            tx.execute(
+                "DELETE FROM ui_sessions WHERE key_hash IN (SELECT hash FROM api_keys WHERE name = ?1 AND hash <> ?2)",
+                params![key.name, &key.hash[..]],
+            )?;
             tx.execute("DELETE FROM api_keys WHERE name = ?1", [&key.name])?;
             insert_key(tx, key)
         })
@@ -930,8 +969,15 @@ impl MetadataStore for SqliteStore {
 
     async fn delete_key(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_string();
-        self.write_tx(move |tx| Ok(tx.execute("DELETE FROM api_keys WHERE name = ?1", [&name])? > 0))
-            .await
+        self.write_tx(move |tx| {
+            // Its UI sessions end with it, on every node.
+            tx.execute(
+                "DELETE FROM ui_sessions WHERE key_hash IN (SELECT hash FROM api_keys WHERE name = ?1)",
+                [&name],
+            )?;
+            Ok(tx.execute("DELETE FROM api_keys WHERE name = ?1", [&name])? > 0)
+        })
+        .await
     }
 
     async fn signing_key(&self, feed: FeedId) -> Result<Option<String>, StoreError> {

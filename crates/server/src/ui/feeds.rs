@@ -530,7 +530,7 @@ async fn item(
 
 async fn keys(State(st): State<AppState>, who: Signed) -> Result<Response, ApiError> {
     who.admin()?;
-    let flash = match st.sessions.take_flash(&who.session) {
+    let flash = match st.sessions.take_flash(&who.session).await.map_err(html_err)? {
         Some(super::Flash::Key { name, secret }) => Some((name, secret)),
         _ => None,
     };
@@ -628,13 +628,16 @@ async fn create_key(State(st): State<AppState>, p: Posted) -> Result<Response, A
     match crate::mgmt::new_key(&st.ferry, &name, p.form.get("permission"), feeds).await {
         Ok((rec, secret)) => {
             // POST/redirect/GET: the key list shows the secret once.
-            st.sessions.set_flash(
-                &p.who.session,
-                super::Flash::Key {
-                    name: rec.name.clone(),
-                    secret,
-                },
-            );
+            st.sessions
+                .set_flash(
+                    &p.who.session,
+                    super::Flash::Key {
+                        name: rec.name.clone(),
+                        secret,
+                    },
+                )
+                .await
+                .map_err(html_err)?;
             Ok(Redirect::to("/keys").into_response())
         }
         Err(e @ CoreError::Internal(_)) => Err(html_err(e)),

@@ -6,8 +6,10 @@
 //! (`mgmt`, `mgmt_replication`, `ferry_core`, `ferry_replication`), and
 //! every permission is decided by `ferry_core::auth`, as there.
 //!
-//! Sessions: signing in with an API key creates a session in memory
-//! ([`Sessions`], at most [`MAX_SESSIONS`], each for [`SESSION_TTL`]); the
+//! Sessions: signing in with an API key creates a session in the metadata
+//! database, so every node of an instance knows it ([`Sessions`], at most
+//! [`MAX_SESSIONS`], each for [`SESSION_TTL`]; the database keeps the
+//! id's SHA-256 and flashes sealed with a key derived from the id); the
 //! cookie (`ferry_session_` and a short hash of the instance id, so that
 //! instances on two ports of one host, which browsers do not tell apart
 //! for cookies, keep their own sessions; HttpOnly, SameSite=Strict, Secure
@@ -24,9 +26,7 @@
 mod feeds;
 mod replication;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
@@ -63,19 +63,9 @@ const JS: &str = include_str!("assets/ferry.js");
 #[derive(Clone, Copy, Debug)]
 pub struct ServedOverTls;
 
-#[derive(Clone)]
-struct Session {
-    key_hash: [u8; 32],
-    csrf: String,
-    expires: Instant,
-    /// A secret a form created (a new API key or sync token), kept for the
-    /// page its redirect leads to, which shows it once and drops it.
-    flash: Option<Flash>,
-}
-
 /// A secret to show once on the page after a redirect (POST/redirect/GET
-/// for forms that create one).
-#[derive(Clone)]
+/// for forms that create one). Stored sealed ([`Sessions::set_flash`]).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Flash {
     /// A new API key: its name and secret.
     Key { name: String, secret: String },
@@ -88,116 +78,184 @@ pub(crate) enum Flash {
     },
 }
 
-/// The signed-in sessions, in memory.
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-    /// Sessions ended by the per-key cap, until they would have expired:
-    /// the login page they are sent to says why they ended.
-    capped: Mutex<HashMap<String, Instant>>,
-}
-
 /// How many capped session ids are remembered at most.
 const MAX_CAPPED: usize = 10 * MAX_SESSIONS;
 
+/// The signed-in sessions, kept in the metadata database so that every
+/// node of an instance knows them ([`ferry_store::SessionStore`]).
+///
+/// The session id is the cookie's value and nothing else holds it: the
+/// database keeps its SHA-256, the CSRF token is derived from it
+/// (HKDF-SHA256), and a flash is sealed with ChaCha20-Poly1305 under a
+/// key derived from it, so the database alone opens no flash and forges
+/// no form.
+pub struct Sessions {
+    store: std::sync::Arc<dyn ferry_store::MetadataStore>,
+}
+
+/// What a session id stands for on this request.
+enum SessionLookup {
+    /// Signed in with the key of this hash.
+    Live { key_hash: [u8; 32] },
+    /// Ended by its key's per-key cap.
+    Capped,
+    /// Not signed in.
+    Unknown,
+}
+
+/// Label of the HKDF output used as a session's CSRF token.
+const CSRF_INFO: &[u8] = b"ferry ui csrf v1";
+/// Label of the HKDF output used as a session's flash key.
+const FLASH_INFO: &[u8] = b"ferry ui flash v1";
+/// The HKDF salt of every session secret (domain separation only: the
+/// session id is 256 random bits).
+const SESSION_SALT: &[u8] = b"ferry ui session";
+
+/// An HKDF output length.
+struct OutLen(usize);
+
+impl ring::hkdf::KeyType for OutLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+fn session_prk(id: &str) -> ring::hkdf::Prk {
+    ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, SESSION_SALT).extract(id.as_bytes())
+}
+
+/// The CSRF token of session `id`: 32 bytes derived from the id, in hex.
+fn csrf_of(id: &str) -> String {
+    let mut out = [0u8; 32];
+    let prk = session_prk(id);
+    let filled = prk
+        .expand(&[CSRF_INFO], OutLen(out.len()))
+        .and_then(|okm| okm.fill(&mut out));
+    match filled {
+        Ok(()) => hex::encode(out),
+        // Unreachable (32 bytes is far below HKDF's limit); a token
+        // nobody can send is the safe answer.
+        Err(_) => auth::generate_secret(),
+    }
+}
+
+fn flash_key(id: &str) -> Result<ring::aead::LessSafeKey, ring::error::Unspecified> {
+    let prk = session_prk(id);
+    let okm = prk.expand(&[FLASH_INFO], &ring::aead::CHACHA20_POLY1305)?;
+    Ok(ring::aead::LessSafeKey::new(ring::aead::UnboundKey::from(okm)))
+}
+
+/// `flash` sealed for session `id`: a random nonce, then the ciphertext
+/// and its tag; the id's hash is the associated data.
+fn seal_flash(id: &str, flash: &Flash) -> Result<Vec<u8>, CoreError> {
+    let fail = |what: &str| CoreError::Internal(format!("sealing a UI flash: {what}"));
+    let key = flash_key(id).map_err(|_| fail("key"))?;
+    let mut text = serde_json::to_vec(flash).map_err(|e| fail(&e.to_string()))?;
+    let nonce: [u8; ring::aead::NONCE_LEN] = rand_nonce().map_err(|_| fail("nonce"))?;
+    key.seal_in_place_append_tag(
+        ring::aead::Nonce::assume_unique_for_key(nonce),
+        ring::aead::Aad::from(auth::hash_secret(id)),
+        &mut text,
+    )
+    .map_err(|_| fail("seal"))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&text);
+    Ok(out)
+}
+
+fn rand_nonce() -> Result<[u8; ring::aead::NONCE_LEN], ring::error::Unspecified> {
+    use ring::rand::SecureRandom;
+    let mut n = [0u8; ring::aead::NONCE_LEN];
+    ring::rand::SystemRandom::new().fill(&mut n)?;
+    Ok(n)
+}
+
+/// The flash `sealed` for session `id`, or None when it does not open
+/// (sealed for another session, or altered).
+fn open_flash(id: &str, sealed: &[u8]) -> Option<Flash> {
+    let key = flash_key(id).ok()?;
+    if sealed.len() < ring::aead::NONCE_LEN {
+        return None;
+    }
+    let (nonce, text) = sealed.split_at(ring::aead::NONCE_LEN);
+    let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut text = text.to_vec();
+    let plain = key
+        .open_in_place(nonce, ring::aead::Aad::from(auth::hash_secret(id)), &mut text)
+        .ok()?;
+    serde_json::from_slice(plain).ok()
+}
+
+fn now_ms() -> i64 {
+    ferry_store::now_millis()
+}
+
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    /// Sessions kept in `store`.
+    pub fn new(store: std::sync::Arc<dyn ferry_store::MetadataStore>) -> Self {
+        Self { store }
     }
 
-    /// A new session for the key: its id and CSRF token. Expired sessions
-    /// go first; at [`MAX_SESSIONS_PER_KEY`] the key's own oldest session
-    /// ends; None at [`MAX_SESSIONS`] (sessions of other keys are never
-    /// ended to make room).
-    fn create(&self, key_hash: [u8; 32]) -> Option<(String, String)> {
+    /// A new session for the key: its id. Expired sessions go first; at
+    /// [`MAX_SESSIONS_PER_KEY`] the key's own oldest session ends; None at
+    /// [`MAX_SESSIONS`] (sessions of other keys are never ended to make
+    /// room).
+    async fn create(&self, key_hash: [u8; 32]) -> Result<Option<String>, CoreError> {
         let id = auth::generate_secret();
-        let csrf = auth::generate_secret();
-        let now = Instant::now();
-        let mut map = self.lock();
-        map.retain(|_, s| s.expires > now);
-        let mut ended = Vec::new();
-        loop {
-            let own: Vec<(&String, &Session)> = map.iter().filter(|(_, s)| s.key_hash == key_hash).collect();
-            if own.len() < MAX_SESSIONS_PER_KEY {
-                break;
-            }
-            let oldest = own
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| (*k).clone());
-            match oldest {
-                Some(k) => {
-                    if let Some(s) = map.remove(&k) {
-                        ended.push((k, s.expires));
-                    }
-                }
-                None => break,
-            };
-        }
-        if !ended.is_empty() {
-            let mut capped = self.capped.lock().unwrap_or_else(|p| p.into_inner());
-            capped.retain(|_, until| *until > now);
-            if capped.len() + ended.len() > MAX_CAPPED {
-                capped.clear();
-            }
-            capped.extend(ended);
-        }
-        if map.len() >= MAX_SESSIONS {
-            return None;
-        }
-        map.insert(
-            id.clone(),
-            Session {
-                key_hash,
-                csrf: csrf.clone(),
-                expires: now + SESSION_TTL,
-                flash: None,
+        let now = now_ms();
+        let created = self
+            .store
+            .create_ui_session(
+                ferry_store::NewUiSession {
+                    id_hash: auth::hash_secret(&id),
+                    key_hash,
+                    created_at: now,
+                    expires_at: now.saturating_add(SESSION_TTL.as_millis() as i64),
+                },
+                ferry_store::UiSessionLimits {
+                    per_key: MAX_SESSIONS_PER_KEY,
+                    total: MAX_SESSIONS,
+                    capped: MAX_CAPPED,
+                },
+            )
+            .await?;
+        Ok(match created {
+            ferry_store::UiSessionCreated::Created => Some(id),
+            ferry_store::UiSessionCreated::Full => None,
+        })
+    }
+
+    async fn get(&self, id: &str) -> Result<SessionLookup, CoreError> {
+        Ok(
+            match self.store.ui_session(&auth::hash_secret(id), now_ms()).await? {
+                ferry_store::UiSessionState::Live(r) => SessionLookup::Live { key_hash: r.key_hash },
+                ferry_store::UiSessionState::Capped => SessionLookup::Capped,
+                ferry_store::UiSessionState::Unknown => SessionLookup::Unknown,
             },
-        );
-        Some((id, csrf))
+        )
     }
 
-    fn get(&self, id: &str) -> Option<Session> {
-        let mut map = self.lock();
-        match map.get(id) {
-            Some(s) if s.expires > Instant::now() => Some(s.clone()),
-            Some(_) => {
-                map.remove(id);
-                None
-            }
-            None => None,
-        }
+    /// Keeps `flash`, sealed, for the session's next page that asks for it.
+    pub(crate) async fn set_flash(&self, id: &str, flash: Flash) -> Result<(), CoreError> {
+        let sealed = seal_flash(id, &flash)?;
+        self.store.put_ui_flash(&auth::hash_secret(id), sealed).await?;
+        Ok(())
     }
 
-    /// Keeps `flash` for the session's next page that asks for it.
-    pub(crate) fn set_flash(&self, id: &str, flash: Flash) {
-        if let Some(s) = self.lock().get_mut(id) {
-            s.flash = Some(flash);
-        }
+    /// The session's flash, once (removed from the database as it is read).
+    pub(crate) async fn take_flash(&self, id: &str) -> Result<Option<Flash>, CoreError> {
+        let sealed = self.store.take_ui_flash(&auth::hash_secret(id)).await?;
+        Ok(sealed.and_then(|s| open_flash(id, &s)))
     }
 
-    /// The session's flash, once.
-    pub(crate) fn take_flash(&self, id: &str) -> Option<Flash> {
-        self.lock().get_mut(id).and_then(|s| s.flash.take())
+    async fn remove(&self, id: &str) -> Result<(), CoreError> {
+        self.store.end_ui_session(&auth::hash_secret(id)).await?;
+        Ok(())
     }
 
-    fn remove(&self, id: &str) {
-        self.lock().remove(id);
-    }
-
-    /// Whether session `id` was ended by the per-key cap.
-    fn was_capped(&self, id: &str) -> bool {
-        let capped = self.capped.lock().unwrap_or_else(|p| p.into_inner());
-        capped.get(id).is_some_and(|until| *until > Instant::now())
-    }
-
-    /// How many sessions are held.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// How many live sessions the instance holds.
+    pub async fn live(&self) -> Result<usize, CoreError> {
+        Ok(self.store.ui_session_count(now_ms()).await?)
     }
 }
 
@@ -333,26 +391,26 @@ impl FromRequestParts<AppState> for Signed {
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
         let to_login = || Redirect::to("/login").into_response();
         let id = cookie_value(&parts.headers, &cookie_name(st)).ok_or_else(to_login)?;
-        let session = st.sessions.get(&id).ok_or_else(|| {
-            if st.sessions.was_capped(&id) {
-                Redirect::to("/login?ended=cap").into_response()
-            } else {
-                to_login()
-            }
-        })?;
+        let failed = |e: CoreError| ApiError::html(e).into_response();
+        let key_hash = match st.sessions.get(&id).await.map_err(failed)? {
+            SessionLookup::Live { key_hash } => key_hash,
+            SessionLookup::Capped => return Err(Redirect::to("/login?ended=cap").into_response()),
+            SessionLookup::Unknown => return Err(to_login()),
+        };
         let key = st
             .ferry
             .metadata()
-            .key_by_hash(&session.key_hash)
+            .key_by_hash(&key_hash)
             .await
-            .map_err(|e| ApiError::html(CoreError::from(e)).into_response())?;
+            .map_err(|e| failed(CoreError::from(e)))?;
         let Some(key) = key else {
-            st.sessions.remove(&id);
+            // The key is gone (deleted on any node): so is the session.
+            st.sessions.remove(&id).await.map_err(failed)?;
             return Err(to_login());
         };
         Ok(Signed {
             principal: Principal { key },
-            csrf: session.csrf,
+            csrf: csrf_of(&id),
             session: id,
         })
     }
@@ -751,7 +809,11 @@ async fn login(State(st): State<AppState>, req: Request) -> Response {
     }
     match st.ferry.authenticate(&key).await {
         Ok(p) => {
-            let Some((id, _)) = st.sessions.create(p.key.hash) else {
+            let created = match st.sessions.create(p.key.hash).await {
+                Ok(c) => c,
+                Err(e) => return ApiError::html(e).into_response(),
+            };
+            let Some(id) = created else {
                 return login_form(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some(
@@ -788,7 +850,9 @@ async fn login(State(st): State<AppState>, req: Request) -> Response {
 }
 
 async fn logout(State(st): State<AppState>, posted: Posted) -> Response {
-    st.sessions.remove(&posted.who.session);
+    if let Err(e) = st.sessions.remove(&posted.who.session).await {
+        return ApiError::html(e).into_response();
+    }
     let mut resp = Redirect::to("/login").into_response();
     let gone = format!(
         "{}=; Path={}/; HttpOnly; SameSite=Strict; Max-Age=0",
@@ -821,4 +885,49 @@ async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Respon
         HeaderValue::from_static(PAGE_POLICY),
     );
     resp
+}
+
+#[cfg(test)]
+mod session_secret_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_flash_opens_only_for_its_session_and_unaltered() {
+        let id = auth::generate_secret();
+        let flash = Flash::Key {
+            name: "ci".into(),
+            secret: "ferry_secret_value".into(),
+        };
+        let sealed = seal_flash(&id, &flash).unwrap();
+        assert!(
+            !sealed
+                .windows(b"ferry_secret_value".len())
+                .any(|w| w == b"ferry_secret_value"),
+            "not in clear"
+        );
+        assert!(
+            matches!(open_flash(&id, &sealed), Some(Flash::Key { secret, .. }) if secret == "ferry_secret_value")
+        );
+        assert!(
+            open_flash(&auth::generate_secret(), &sealed).is_none(),
+            "another session"
+        );
+        let mut altered = sealed.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        assert!(open_flash(&id, &altered).is_none(), "altered");
+        assert!(open_flash(&id, &sealed[..5]).is_none(), "cut");
+        // Two seals of one flash differ (fresh nonce).
+        assert_ne!(seal_flash(&id, &flash).unwrap(), sealed);
+    }
+
+    #[test]
+    fn the_csrf_token_is_derived_from_the_session_id_alone() {
+        let id = auth::generate_secret();
+        assert_eq!(csrf_of(&id), csrf_of(&id));
+        assert_eq!(csrf_of(&id).len(), 64);
+        assert_ne!(csrf_of(&id), csrf_of(&auth::generate_secret()));
+        assert!(!csrf_of(&id).contains(&id[6..]));
+    }
 }

@@ -718,21 +718,30 @@ async fn create(State(st): State<AppState>, p: Posted) -> Result<Response, ApiEr
     }
     // Incoming: the token, shown once, and what the other side enters.
     let token = st.replicator.new_token(&o.name).await.map_err(html_err)?;
-    Ok(token_redirect(&st, &p.who, &o.name, token, true))
+    token_redirect(&st, &p.who, &o.name, token, true).await
 }
 
 /// POST/redirect/GET for a new sync token: kept in the session for the
 /// token page, which shows it once.
-fn token_redirect(st: &AppState, who: &Signed, name: &str, token: String, created: bool) -> Response {
-    st.sessions.set_flash(
-        &who.session,
-        super::Flash::Token {
-            replication: name.to_owned(),
-            token,
-            created,
-        },
-    );
-    Redirect::to(&format!("/replications/{}/token", seg(name))).into_response()
+async fn token_redirect(
+    st: &AppState,
+    who: &Signed,
+    name: &str,
+    token: String,
+    created: bool,
+) -> Result<Response, ApiError> {
+    st.sessions
+        .set_flash(
+            &who.session,
+            super::Flash::Token {
+                replication: name.to_owned(),
+                token,
+                created,
+            },
+        )
+        .await
+        .map_err(html_err)?;
+    Ok(Redirect::to(&format!("/replications/{}/token", seg(name))).into_response())
 }
 
 /// The page after a new sync token: the token, once. Reloaded (the token
@@ -746,7 +755,7 @@ async fn token_shown(
     let o = core_api::replication_overview(&st, &name)
         .await
         .map_err(html_err)?;
-    match st.sessions.take_flash(&who.session) {
+    match st.sessions.take_flash(&who.session).await.map_err(html_err)? {
         Some(super::Flash::Token {
             replication,
             token,
@@ -1146,7 +1155,7 @@ async fn new_token(
         .await
         .map_err(html_err)?;
     let token = st.replicator.new_token(&o.name).await.map_err(html_err)?;
-    Ok(token_redirect(&st, &p.who, &o.name, token, false))
+    token_redirect(&st, &p.who, &o.name, token, false).await
 }
 
 async fn revoke_token(
