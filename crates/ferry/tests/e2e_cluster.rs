@@ -226,17 +226,14 @@ fn execution_cut_by_a_killed_node_is_finished_by_another(blobs: Blobs) {
     assert!(running["outcome"].is_null(), "still running on a: {running}");
     a.kill();
 
-    // Node b takes over once a's lease runs out, closes a's execution as
-    // interrupted and finishes the job.
+    // Node b takes over once a's lease runs out and goes on with a's
+    // execution, under its id, to the end.
     assert!(
         wait_until(60, || files.iter().all(|(p, body)| b.serves("files", p, body))),
         "node b did not finish the execution node a was killed in: {:#?}",
         b.executions("from-hub")
     );
-    let execs = b.executions("from-hub");
-    let cut = execs.iter().find(|e| e["id"] == running["id"]).unwrap();
-    assert_eq!(cut["outcome"], "interrupted", "{cut}");
-    assert!(execs.iter().any(|e| e["outcome"] == "succeeded"), "{execs:#?}");
+    assert_taken_over_and_finished(&b, "from-hub", &running);
     // Nothing lost or doubled: the spoke holds exactly the hub's items,
     // and verify agrees.
     let served = b.asset_digests("files", "");
@@ -248,6 +245,34 @@ fn execution_cut_by_a_killed_node_is_finished_by_another(blobs: Blobs) {
         assert_eq!(shared.objects(), files.len(), "{blobs:?}");
     }
     b.cli_ok(&["fsck"]);
+}
+
+/// The execution `cut` (as a killed node left it running) of replication
+/// `name` ended `succeeded` on another node, which says in its log that it
+/// took it over; no other execution of it was cut short.
+fn assert_taken_over_and_finished(node: &Server, name: &str, cut: &serde_json::Value) {
+    let ended = || {
+        node.executions(name)
+            .into_iter()
+            .find(|e| e["id"] == cut["id"])
+            .filter(|e| !e["outcome"].is_null())
+    };
+    assert!(
+        wait_until(60, || ended().is_some()),
+        "execution {} never ended: {:#?}",
+        cut["id"],
+        node.executions(name)
+    );
+    let done = ended().unwrap();
+    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+    assert_eq!(
+        done["trigger"], cut["trigger"],
+        "the same execution, not a new one: {done:#}"
+    );
+    let log = done["report"]["log"].to_string();
+    assert!(log.contains("taken over by node"), "{log}");
+    let execs = node.executions(name);
+    assert!(execs.iter().all(|e| e["outcome"] != "interrupted"), "{execs:#?}");
 }
 
 /// `GET /metrics` with `key`: (status, body).
@@ -876,10 +901,7 @@ fn on_one_bucket_a_push_to_a_spoke_cut_by_a_killed_node_is_finished_by_another()
         "no other node finished the push {holder} was killed in: {:#?}",
         other.executions("to-spoke")
     );
-    let execs = other.executions("to-spoke");
-    let cut = execs.iter().find(|e| e["id"] == running["id"]).unwrap();
-    assert_eq!(cut["outcome"], "interrupted", "{cut}");
-    assert!(execs.iter().any(|e| e["outcome"] == "succeeded"), "{execs:#?}");
+    assert_taken_over_and_finished(other, "to-spoke", &running);
     let new_holder = lease_holder(&shared.db);
     assert_ne!(
         new_holder.as_deref(),

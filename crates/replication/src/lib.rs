@@ -698,7 +698,16 @@ impl Replicator {
         confirm_deletes: bool,
         full: bool,
     ) -> Result<ExecutionResult, ReplError> {
-        let exec_id = self.store().start_execution(rec.id, trigger).await?;
+        // An execution a node of this instance left running when its lease
+        // ran out (it died) goes on here under its own id.
+        let adopted = self
+            .store()
+            .adopt_execution(rec.id, &self.0.node, now_millis())
+            .await?;
+        let exec_id = match adopted {
+            Some(id) => id,
+            None => self.store().start_execution(rec.id, trigger).await?,
+        };
         let progress = Arc::new(Progress::default());
         progress.started.store(now_millis() as u64, Ordering::Relaxed);
         if let Ok(mut r) = self.0.running.lock() {
@@ -708,6 +717,18 @@ impl Replicator {
             .confirm_deletes(confirm_deletes)
             .full(full)
             .repair(trigger == "repair");
+        if adopted.is_some() {
+            tracing::warn!(target: "replication", replication = %rec.name, execution = exec_id, "taking over an execution another node left running");
+            run.report.log.push(engine::LogLine {
+                time: ferry_core::rfc3339(now_millis()),
+                level: "warn",
+                message: format!(
+                    "taken over by node {}: the node running this execution stopped renewing its lease; \
+                     what it applied stays, and this node goes on from the cursors it saved",
+                    self.0.node
+                ),
+            });
+        }
         // A stop drops the execution at its next await point: as after a
         // kill, what was applied stays (each change is applied with its
         // item, cursors only move past applied changes) and a partial blob
@@ -774,7 +795,7 @@ impl Replicator {
             report_json["error"] = serde_json::json!(e);
         }
         self.store()
-            .finish_execution(exec_id, outcome, report_json)
+            .finish_execution(exec_id, outcome, report_json, &self.0.node)
             .await?;
         if let Ok(mut st) = self.0.status.lock() {
             let s = st.entry(rec.id).or_default();
@@ -1004,6 +1025,7 @@ impl Replicator {
                     present.insert(rec.id);
                     // A no-op for one already scheduled here.
                     self.0.scheduler.start(self.clone(), rec.id, rec.name.clone());
+                    self.take_over_if_orphaned(rec.id).await;
                 }
             }
             for id in self.0.scheduler.ids() {
@@ -1012,6 +1034,30 @@ impl Replicator {
                 }
             }
         }
+    }
+
+    /// Goes on at once with replication `id`'s execution if a node left it
+    /// running and its lease ran out (the node died): rather than at that
+    /// replication's next scheduled time. While the node that runs it is
+    /// alive its lease holds, and this does nothing.
+    async fn take_over_if_orphaned(&self, id: i64) {
+        let running_here = self.0.running.lock().is_ok_and(|r| r.contains_key(&id));
+        if running_here {
+            return;
+        }
+        let orphaned = match self.store().executions(id, 1).await {
+            Ok(list) => list.first().is_some_and(|e| e.outcome.is_none()),
+            Err(_) => false,
+        };
+        if !orphaned {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.run_if_idle(id, "takeover").await {
+                tracing::warn!(target: "replication", replication = id, error = %e, "taking over an execution failed");
+            }
+        });
     }
 
     /// An operator's "Run now": wakes the replication's scheduler to run an

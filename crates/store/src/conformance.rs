@@ -950,7 +950,8 @@ async fn key_scopes_follow_feed_identity(s: &dyn MetadataStore) {
 
 /// The contract of [`crate::ReplicationStore`], for backends that keep replications.
 /// One node at a time runs a replication's executions; a lease that ran
-/// out is taken over, closing what its holder left running.
+/// out is taken over, and the new holder goes on with what the last one
+/// left running.
 async fn execution_leases<S: crate::ReplicationStore>(s: &S, r: i64) {
     let t = now_millis();
     assert!(s.take_execution_lease(r, "node-a", t, t + 30_000).await.unwrap());
@@ -970,7 +971,13 @@ async fn execution_leases<S: crate::ReplicationStore>(s: &S, r: i64) {
     let running = s.start_execution(r, "schedule").await.unwrap();
     assert_eq!(s.close_interrupted_executions("node-b", t + 3).await.unwrap(), 0);
     assert_eq!(s.executions(r, 1).await.unwrap()[0].outcome, None);
-    // a dies: once its lease ran out, b takes over and closes a's execution.
+    // a dies: once its lease ran out, b takes over and goes on with a's
+    // execution under its id; an older one a left is closed.
+    assert_eq!(
+        s.adopt_execution(r, "node-b", t + 40_000).await.unwrap(),
+        None,
+        "b does not hold the lease yet"
+    );
     assert!(
         !s.take_execution_lease(r, "node-b", t + 40_000, t + 70_000)
             .await
@@ -982,7 +989,49 @@ async fn execution_leases<S: crate::ReplicationStore>(s: &S, r: i64) {
             .unwrap()
     );
     let ex = &s.executions(r, 1).await.unwrap()[0];
-    assert_eq!((ex.id, ex.outcome.as_deref()), (running, Some("interrupted")));
+    assert_eq!((ex.id, ex.outcome.as_deref()), (running, None), "left for b");
+    assert_eq!(s.adopt_execution(r, "node-a", t + 40_001).await.unwrap(), None);
+    assert_eq!(
+        s.adopt_execution(r, "node-b", t + 40_001).await.unwrap(),
+        Some(running)
+    );
+    // a, still alive after all, cannot end what b goes on with; b can.
+    s.finish_execution(running, "stopped", json!({}), "node-a")
+        .await
+        .unwrap();
+    assert_eq!(s.executions(r, 1).await.unwrap()[0].outcome, None);
+    s.finish_execution(running, "succeeded", json!({}), "node-b")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.executions(r, 1).await.unwrap()[0].outcome.as_deref(),
+        Some("succeeded")
+    );
+    // Ended is ended: a late finish changes nothing.
+    s.finish_execution(running, "failed", json!({}), "node-b")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.executions(r, 1).await.unwrap()[0].outcome.as_deref(),
+        Some("succeeded")
+    );
+    // Two left running (a crash during a crash): the newer one goes on,
+    // the older one is closed.
+    let older = s.start_execution(r, "schedule").await.unwrap();
+    let newer = s.start_execution(r, "manual").await.unwrap();
+    assert_eq!(
+        s.adopt_execution(r, "node-b", t + 40_002).await.unwrap(),
+        Some(newer)
+    );
+    let two = s.executions(r, 2).await.unwrap();
+    assert_eq!(
+        (two[1].id, two[1].outcome.as_deref()),
+        (older, Some("interrupted"))
+    );
+    assert_eq!((two[0].id, two[0].outcome.as_deref()), (newer, None));
+    s.finish_execution(newer, "succeeded", json!({}), "node-b")
+        .await
+        .unwrap();
     // Given up, it is free at once.
     s.release_execution_lease(r, "node-a").await.unwrap();
     assert!(
@@ -1073,7 +1122,7 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
     execution_leases(s, r.id).await;
     let e = s.start_execution(r.id, "manual").await.unwrap();
     assert_eq!(s.executions(r.id, 10).await.unwrap()[0].outcome, None);
-    s.finish_execution(e, "succeeded", json!({"added": 1}))
+    s.finish_execution(e, "succeeded", json!({"added": 1}), "node-a")
         .await
         .unwrap();
     let ex = &s.executions(r.id, 10).await.unwrap()[0];

@@ -181,6 +181,8 @@ CREATE INDEX oci_uploads_by_key ON oci_uploads(key_id);
 /// Every table [`MIGRATIONS`] creates (but `ferry_schema`, which says
 /// which migrations ran), children before the tables they refer to.
 const TABLES: &[&str] = &[
+    "oci_uploads",
+    "ui_sessions",
     "execution_leases",
     "replication_peers",
     "horizons",

@@ -309,16 +309,22 @@ impl ReplicationStore for PgStore {
         id: i64,
         outcome: &str,
         report: serde_json::Value,
+        holder: &str,
     ) -> Result<(), StoreError> {
         let report = json_text(&report)?;
         store_tx!(self, |c| async {
             let replication: Option<i64> = sqlx::query_scalar(
-                "UPDATE executions SET ended_at = $2, outcome = $3, report = $4 WHERE id = $1 RETURNING replication_id",
+                "UPDATE executions SET ended_at = $2, outcome = $3, report = $4
+                 WHERE id = $1 AND outcome IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM execution_leases l WHERE l.replication_id = executions.replication_id
+                                   AND l.holder <> $5 AND l.until >= $2)
+                 RETURNING replication_id",
             )
             .bind(id)
             .bind(now_millis())
             .bind(outcome)
             .bind(&report)
+            .bind(holder)
             .fetch_optional(&mut *c)
             .await?;
             if let Some(replication) = replication {
@@ -367,11 +373,9 @@ impl ReplicationStore for PgStore {
             match &current {
                 Some((h, u)) if h != holder && *u >= now => return Ok(false),
                 Some((h, _)) if h == holder => {}
-                _ => {
-                    // Taken over (or first taken): what the last holder left
-                    // running will never end by itself.
-                    close_running(c, Some(replication), holder, now).await?;
-                }
+                // Taken over (or first taken): what the last holder left
+                // running is the new holder's to go on with (adopt_execution).
+                _ => {}
             }
             sqlx::query(
                 "INSERT INTO execution_leases (replication_id, holder, until) VALUES ($1, $2, $3)
@@ -383,6 +387,50 @@ impl ReplicationStore for PgStore {
             .execute(&mut *c)
             .await?;
             Ok(true)
+        })
+    }
+
+    async fn adopt_execution(
+        &self,
+        replication: i64,
+        holder: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        store_tx!(self, |c| async {
+            let held: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM execution_leases WHERE replication_id = $1 AND holder = $2 AND until >= $3 FOR UPDATE",
+            )
+            .bind(replication)
+            .bind(holder)
+            .bind(now)
+            .fetch_optional(&mut *c)
+            .await?;
+            if held.is_none() {
+                return Ok(None);
+            }
+            let newest: Option<i64> = sqlx::query_scalar(
+                "SELECT max(id) FROM executions WHERE replication_id = $1 AND outcome IS NULL",
+            )
+            .bind(replication)
+            .fetch_one(&mut *c)
+            .await?;
+            if let Some(id) = newest {
+                sqlx::query(
+                    "UPDATE executions SET outcome = 'interrupted', ended_at = $1,
+                         report = json_build_object('log', json_build_array(json_build_object(
+                             'time', to_char(to_timestamp($1::bigint / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                             'level', 'warn',
+                             'message', $2::text)))::text
+                     WHERE outcome IS NULL AND replication_id = $3 AND id < $4",
+                )
+                .bind(now)
+                .bind(INTERRUPTED)
+                .bind(replication)
+                .bind(id)
+                .execute(&mut *c)
+                .await?;
+            }
+            Ok(newest)
         })
     }
 

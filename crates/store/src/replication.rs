@@ -107,12 +107,29 @@ pub trait ReplicationStore: Send + Sync + 'static {
     async fn forget_peer(&self, replication: i64, instance: &str) -> Result<bool, StoreError>;
 
     async fn start_execution(&self, replication: i64, trigger: &str) -> Result<i64, StoreError>;
+    /// Ends execution `id` with `outcome` and `report`, as run by `holder`
+    /// (a node). Does nothing to an execution that already ended, nor to
+    /// one whose replication's lease another holder holds now: that node
+    /// took it over ([`ReplicationStore::adopt_execution`]) and ends it.
     async fn finish_execution(
         &self,
         id: i64,
         outcome: &str,
         report: serde_json::Value,
+        holder: &str,
     ) -> Result<(), StoreError>;
+    /// Takes over the execution of replication `replication` that a node
+    /// whose lease ran out left running, for `holder`, which must hold the
+    /// lease at `now` (ms): returns the newest execution of it that never
+    /// ended (it goes on under the same id), after closing any older ones
+    /// as interrupted. None when there is none, or `holder` does not hold
+    /// the lease.
+    async fn adopt_execution(
+        &self,
+        replication: i64,
+        holder: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError>;
     /// Closes executions that never ended (the process stopped during them)
     /// with the outcome "interrupted" and a log line saying so; returns how
     /// many. Executions of a replication whose execution lease another
@@ -124,8 +141,8 @@ pub trait ReplicationStore: Send + Sync + 'static {
     /// executions of replication `replication`, until `until` (ms). True if
     /// `holder` holds it now; false while another holder's lease runs
     /// (`until` of that lease at or after `now`). Taking over a lease that
-    /// ran out closes the executions its holder left running as
-    /// interrupted (as [`ReplicationStore::close_interrupted_executions`]).
+    /// ran out leaves the execution its holder left running as it is, for
+    /// the new holder to go on with ([`ReplicationStore::adopt_execution`]).
     async fn take_execution_lease(
         &self,
         replication: i64,

@@ -348,12 +348,17 @@ impl ReplicationStore for SqliteStore {
         id: i64,
         outcome: &str,
         report: serde_json::Value,
+        holder: &str,
     ) -> Result<(), StoreError> {
-        let outcome = outcome.to_string();
+        let (outcome, holder) = (outcome.to_string(), holder.to_string());
         self.write_tx(move |tx| {
+            let now = now_millis();
             tx.execute(
-                "UPDATE executions SET ended_at = ?2, outcome = ?3, report = ?4 WHERE id = ?1",
-                params![id, now_millis(), outcome, json_text(&report)?],
+                "UPDATE executions SET ended_at = ?2, outcome = ?3, report = ?4
+                 WHERE id = ?1 AND outcome IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM execution_leases l WHERE l.replication_id = executions.replication_id
+                                   AND l.holder != ?5 AND l.until >= ?2)",
+                params![id, now, outcome, json_text(&report)?, holder],
             )?;
             // Keep the newest 200 executions per replication.
             tx.execute(
@@ -392,11 +397,9 @@ impl ReplicationStore for SqliteStore {
             match &current {
                 Some((h, u)) if *h != holder && *u >= now => return Ok(false),
                 Some((h, _)) if *h == holder => {}
-                _ => {
-                    // Taken over (or first taken): what the last holder left
-                    // running will never end by itself.
-                    close_running(tx, Some(replication), &holder, now)?;
-                }
+                // Taken over (or first taken): what the last holder left
+                // running is the new holder's to go on with (adopt_execution).
+                _ => {}
             }
             tx.execute(
                 "INSERT INTO execution_leases (replication_id, holder, until) VALUES (?1, ?2, ?3)
@@ -404,6 +407,40 @@ impl ReplicationStore for SqliteStore {
                 params![replication, holder, until],
             )?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn adopt_execution(
+        &self,
+        replication: i64,
+        holder: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let holder = holder.to_string();
+        self.write_tx(move |tx| {
+            let held: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM execution_leases WHERE replication_id = ?1 AND holder = ?2 AND until >= ?3",
+                    params![replication, holder, now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if held.is_none() {
+                return Ok(None);
+            }
+            let newest: Option<i64> = tx
+                .query_row(
+                    "SELECT max(id) FROM executions WHERE replication_id = ?1 AND outcome IS NULL",
+                    [replication],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            if let Some(id) = newest {
+                close_running_before(tx, replication, id, now)?;
+            }
+            Ok(newest)
         })
         .await
     }
@@ -672,6 +709,24 @@ fn close_running(
            AND NOT EXISTS (SELECT 1 FROM execution_leases l WHERE l.replication_id = executions.replication_id
                            AND l.holder != ?4 AND l.until >= ?1)",
         params![now, INTERRUPTED, replication, holder],
+    )?;
+    Ok(n as u64)
+}
+
+/// Closes the executions of `replication` before `id` that never ended as
+/// interrupted (`id` is the one a new lease holder goes on with).
+fn close_running_before(
+    tx: &rusqlite::Transaction<'_>,
+    replication: i64,
+    id: i64,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let n = tx.execute(
+        "UPDATE executions SET outcome = 'interrupted', ended_at = ?1,
+             report = '{\"log\":[{\"time\":\"' || strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch')
+                      || '\",\"level\":\"warn\",\"message\":\"' || ?2 || '\"}]}'
+         WHERE outcome IS NULL AND replication_id = ?3 AND id < ?4",
+        params![now, INTERRUPTED, replication, id],
     )?;
     Ok(n as u64)
 }
