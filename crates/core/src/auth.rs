@@ -297,14 +297,6 @@ impl RegistryClaims {
     }
 }
 
-/// The per-process secret registry tokens are signed with: random, kept
-/// in memory only, so a restart invalidates every token (clients ask for a
-/// new one on the next 401).
-fn token_secret() -> &'static [u8; 32] {
-    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
-    SECRET.get_or_init(rand::random)
-}
-
 /// HMAC-SHA256 (RFC 2104).
 fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
     let mut ipad = [0x36u8; 64];
@@ -330,29 +322,30 @@ pub fn unix_now() -> u64 {
 
 /// XORs a hex key hash with the pad of `nonce` (its own inverse); None if
 /// `hex_hash` is not 32 bytes of hex.
-fn mask_key(hex_hash: &str, nonce: &str) -> Option<String> {
+fn mask_key(secret: &[u8; 32], hex_hash: &str, nonce: &str) -> Option<String> {
     let hash: [u8; 32] = hex::decode(hex_hash).ok()?.try_into().ok()?;
-    let pad = hmac_sha256(token_secret(), format!("key:{nonce}").as_bytes());
+    let pad = hmac_sha256(secret, format!("key:{nonce}").as_bytes());
     Some(hex::encode(std::array::from_fn::<u8, 32, _>(|i| {
         hash[i] ^ pad[i]
     })))
 }
 
 /// Signs `claims` into a registry token: `fbt.HEX(JSON).HEX(HMAC)`, the
-/// key hash masked under a fresh nonce.
-pub fn issue_registry_token(claims: &RegistryClaims) -> Result<String, CoreError> {
+/// key hash masked under a fresh nonce. `secret`: the instance's token
+/// key ([`crate::Ferry::registry_token_key`]; the same on every node).
+pub fn issue_registry_token(secret: &[u8; 32], claims: &RegistryClaims) -> Result<String, CoreError> {
     let mut claims = claims.clone();
     claims.nonce = hex::encode(rand::random::<[u8; 16]>());
     if let Some(k) = &claims.key {
         claims.key = Some(
-            mask_key(k, &claims.nonce)
+            mask_key(secret, k, &claims.nonce)
                 .ok_or_else(|| CoreError::Internal("registry token: the key hash is not 32 bytes".into()))?,
         );
     }
     let json =
         serde_json::to_vec(&claims).map_err(|e| CoreError::Internal(format!("registry token: {e}")))?;
     let payload = hex::encode(json);
-    let mac = hmac_sha256(token_secret(), payload.as_bytes());
+    let mac = hmac_sha256(secret, payload.as_bytes());
     Ok(format!("{REGISTRY_TOKEN_PREFIX}{payload}.{}", hex::encode(mac)))
 }
 
@@ -361,9 +354,15 @@ pub fn is_registry_token(secret: &str) -> bool {
     secret.starts_with(REGISTRY_TOKEN_PREFIX)
 }
 
-/// Checks a registry token's signature, issuer and expiry at `now`
-/// (seconds); Unauthorized with the reason otherwise.
-pub fn verify_registry_token(token: &str, instance: &str, now: u64) -> Result<RegistryClaims, CoreError> {
+/// Checks a registry token's signature (under `secret`, as
+/// [`issue_registry_token`]), issuer and expiry at `now` (seconds);
+/// Unauthorized with the reason otherwise.
+pub fn verify_registry_token(
+    secret: &[u8; 32],
+    token: &str,
+    instance: &str,
+    now: u64,
+) -> Result<RegistryClaims, CoreError> {
     use subtle::ConstantTimeEq as _;
     let bad =
         || CoreError::Unauthorized("invalid registry token; ask the token endpoint for a new one".into());
@@ -371,14 +370,14 @@ pub fn verify_registry_token(token: &str, instance: &str, now: u64) -> Result<Re
     let (payload, mac) = rest.split_once('.').ok_or_else(bad)?;
     // The signature exactly as issued (lower-case hex): a token string
     // that differs in any byte is not the token that was issued.
-    let expected = hex::encode(hmac_sha256(token_secret(), payload.as_bytes()));
+    let expected = hex::encode(hmac_sha256(secret, payload.as_bytes()));
     if !bool::from(expected.as_bytes().ct_eq(mac.as_bytes())) {
         return Err(bad());
     }
     let json = hex::decode(payload).map_err(|_| bad())?;
     let mut claims: RegistryClaims = serde_json::from_slice(&json).map_err(|_| bad())?;
     if let Some(k) = &claims.key {
-        claims.key = Some(mask_key(k, &claims.nonce).ok_or_else(bad)?);
+        claims.key = Some(mask_key(secret, k, &claims.nonce).ok_or_else(bad)?);
     }
     if claims.iss != instance {
         return Err(bad());
@@ -466,6 +465,9 @@ pub fn granted_actions(who: Option<&Principal>, feed: Option<&FeedRecord>, asked
 
 #[cfg(test)]
 mod tests {
+    /// A registry token key, as an instance's would be.
+    const KEY: [u8; 32] = [7; 32];
+
     use super::*;
     use ferry_store::ScopedFeed;
     use ferry_types::FeedType;
@@ -591,14 +593,21 @@ mod tests {
     }
 
     #[test]
+    fn a_registry_token_of_another_instance_key_is_refused() {
+        let t = issue_registry_token(&[8; 32], &claims(vec![], 400)).unwrap();
+        assert!(verify_registry_token(&KEY, &t, "inst", 399).is_err());
+        assert!(verify_registry_token(&[8; 32], &t, "inst", 399).is_ok());
+    }
+
+    #[test]
     fn registry_tokens_are_signed_scoped_and_expire() {
         let grant = RegistryGrant {
             repository: "f/app".into(),
             actions: vec!["pull".into()],
         };
-        let t = issue_registry_token(&claims(vec![grant], 400)).unwrap();
+        let t = issue_registry_token(&KEY, &claims(vec![grant], 400)).unwrap();
         assert!(is_registry_token(&t));
-        let c = verify_registry_token(&t, "inst", 399).unwrap();
+        let c = verify_registry_token(&KEY, &t, "inst", 399).unwrap();
         assert!(c.grants("f/app", "pull"));
         assert!(!c.grants("f/app", "push"));
         assert!(!c.grants("f/other", "pull"));
@@ -609,23 +618,23 @@ mod tests {
         let hash_hex = hex::encode(hash_secret("k"));
         let json = String::from_utf8(hex::decode(t[4..].split_once('.').unwrap().0).unwrap()).unwrap();
         assert!(!json.contains(&hash_hex), "{json}");
-        let t2 = issue_registry_token(&claims(vec![], 400)).unwrap();
+        let t2 = issue_registry_token(&KEY, &claims(vec![], 400)).unwrap();
         let json2 = String::from_utf8(hex::decode(t2[4..].split_once('.').unwrap().0).unwrap()).unwrap();
         let masked = |j: &str| serde_json::from_str::<serde_json::Value>(j).unwrap()["key"].clone();
         assert_ne!(masked(&json), masked(&json2));
         assert_eq!(
-            verify_registry_token(&t2, "inst", 0).unwrap().key_hash(),
+            verify_registry_token(&KEY, &t2, "inst", 0).unwrap().key_hash(),
             Some(hash_secret("k"))
         );
         // Expired, another instance, tampered with, garbage.
         assert!(
-            matches!(verify_registry_token(&t, "inst", 400), Err(CoreError::Unauthorized(m)) if m.contains("expired"))
+            matches!(verify_registry_token(&KEY, &t, "inst", 400), Err(CoreError::Unauthorized(m)) if m.contains("expired"))
         );
-        assert!(verify_registry_token(&t, "other", 399).is_err());
+        assert!(verify_registry_token(&KEY, &t, "other", 399).is_err());
         let (payload, mac) = t.rsplit_once('.').unwrap();
         // The same signature spelled otherwise is another string: refused.
         let upper = format!("{payload}.{}", mac.to_uppercase());
-        assert!(verify_registry_token(&upper, "inst", 399).is_err());
+        assert!(verify_registry_token(&KEY, &upper, "inst", 399).is_err());
         let forged = hex::encode(
             serde_json::to_vec(&claims(
                 vec![RegistryGrant {
@@ -637,11 +646,17 @@ mod tests {
             .unwrap(),
         );
         assert!(
-            verify_registry_token(&format!("{REGISTRY_TOKEN_PREFIX}{forged}.{mac}"), "inst", 399).is_err()
+            verify_registry_token(
+                &KEY,
+                &format!("{REGISTRY_TOKEN_PREFIX}{forged}.{mac}"),
+                "inst",
+                399
+            )
+            .is_err()
         );
-        assert!(verify_registry_token(&format!("{payload}.00"), "inst", 399).is_err());
+        assert!(verify_registry_token(&KEY, &format!("{payload}.00"), "inst", 399).is_err());
         for junk in ["", "fbt.", "fbt.zz.zz", "fbt.00", "ferry_abc"] {
-            assert!(verify_registry_token(junk, "inst", 0).is_err(), "{junk}");
+            assert!(verify_registry_token(&KEY, junk, "inst", 0).is_err(), "{junk}");
         }
     }
 

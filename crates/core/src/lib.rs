@@ -202,6 +202,9 @@ struct Inner {
     rpm: rpm::State,
     /// Keys verified for `/metrics`, usable while the store is away.
     remembered_keys: auth::RememberedKeys,
+    /// The key registry tokens are signed with: the instance's, so a token
+    /// one node issued is good on every node.
+    registry_token_key: [u8; 32],
 }
 
 /// A key limited to a feed that does not exist is refused.
@@ -222,6 +225,7 @@ impl Ferry {
         config: Config,
     ) -> Result<Self, CoreError> {
         let instance = meta.instance_id().await?;
+        let registry_token_key = meta.instance_secret("registry-tokens").await?;
         // A floor further ahead than the skew allows comes from a stamp
         // that should never have been stored; the clock does not follow it
         // (writes to that key are then refused as superseded, visibly).
@@ -239,6 +243,7 @@ impl Ferry {
             meta,
             blobs,
             clock: Clock::new(instance, floor),
+            registry_token_key,
             config,
             feeds: RwLock::new(HashMap::new()),
             seqs: Mutex::new(HashMap::new()),
@@ -260,6 +265,11 @@ impl Ferry {
 
     pub fn instance_id(&self) -> InstanceId {
         self.0.clock.instance()
+    }
+    /// The key registry tokens of this instance are signed with
+    /// ([`auth::issue_registry_token`]), the same on every node.
+    pub fn registry_token_key(&self) -> &[u8; 32] {
+        &self.0.registry_token_key
     }
     pub fn config(&self) -> &Config {
         &self.0.config

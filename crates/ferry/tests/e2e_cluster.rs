@@ -168,6 +168,44 @@ fn nodes_share_one_instance_and_wake_each_others_long_polls() {
         &format!("{}/npm/short-lived/anything", a.url),
     ]);
     assert_eq!(code, 401, "node a still serves a feed deleted through node b");
+
+    // A registry token one node issued is good on the other (OCI clients
+    // behind a load balancer ask one node for it and use it on the next).
+    a.cli_ok(&["feed", "create", "img", "--type", "oci"]);
+    let (code, body) = support::curl(&[
+        "-s",
+        "-u",
+        &format!("any:{}", support::ADMIN),
+        &format!(
+            "{}/v2/token?service=ferry&scope=repository:img/app:pull,push",
+            a.url
+        ),
+    ]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let token = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for node in [a, b] {
+        let (code, body) = support::curl(&[
+            "-s",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("{}/v2/img/app/tags/list", node.url),
+        ]);
+        // No such repository yet: 404 NAME_UNKNOWN, past authentication.
+        assert_eq!(code, 404, "{}: {}", node.url, String::from_utf8_lossy(&body));
+    }
+    // A token of another key is refused on every node alike.
+    let (code, _) = support::curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-H",
+        &format!("Authorization: Bearer {token}x"),
+        &format!("{}/v2/img/app/tags/list", b.url),
+    ]);
+    assert_eq!(code, 401);
 }
 
 #[test]

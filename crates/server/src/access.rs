@@ -112,7 +112,12 @@ pub async fn oci_credentials(
         return Ok((principal(state, headers).await?, None));
     };
     let instance = state.ferry.instance_id().to_string();
-    let claims = auth::verify_registry_token(&secret, &instance, auth::unix_now())?;
+    let claims = auth::verify_registry_token(
+        state.ferry.registry_token_key(),
+        &secret,
+        &instance,
+        auth::unix_now(),
+    )?;
     let principal = match claims.key_hash() {
         None => None,
         Some(hash) => match state.ferry.metadata().key_by_hash(&hash).await? {

@@ -658,7 +658,7 @@ async fn token_inner(
         exp: now + auth::REGISTRY_TOKEN_TTL_SECS,
         access,
     };
-    let token = auth::issue_registry_token(&claims)?;
+    let token = auth::issue_registry_token(st.ferry.registry_token_key(), &claims)?;
     let body = json!({
         "token": token,
         "access_token": token,

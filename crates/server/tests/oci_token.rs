@@ -422,7 +422,8 @@ async fn tokens_expire_and_die_with_their_key() {
         exp,
         access: vec![grant.clone()],
     };
-    let expired = auth::issue_registry_token(&claims(now - 1, &reg.r)).unwrap();
+    let expired =
+        auth::issue_registry_token(reg.i.ferry.registry_token_key(), &claims(now - 1, &reg.r)).unwrap();
     let r = reg
         .send(
             "GET",
@@ -434,7 +435,8 @@ async fn tokens_expire_and_die_with_their_key() {
         .await;
     refused(&r, 401, "UNAUTHORIZED");
     assert!(r.text().contains("expired"), "{}", r.text());
-    let valid = auth::issue_registry_token(&claims(now + 60, &reg.r)).unwrap();
+    let valid =
+        auth::issue_registry_token(reg.i.ferry.registry_token_key(), &claims(now + 60, &reg.r)).unwrap();
     let r = reg
         .send(
             "GET",

@@ -277,6 +277,12 @@ pub enum StoreEvent {
 pub trait MetadataStore: crate::SessionStore + crate::UploadSessionStore + Send + Sync + 'static {
     /// This instance's id, created (randomly) and stored on first use.
     async fn instance_id(&self) -> Result<InstanceId, StoreError>;
+    /// The instance's random 32-byte secret named `name` (e.g. the key
+    /// registry tokens are signed with), created on first use and the same
+    /// for every node sharing the store: nodes starting at once agree on
+    /// the first one written. Kept in the `meta` table as `secret:NAME`
+    /// (hex); whoever can read the database can read it.
+    async fn instance_secret(&self, name: &str) -> Result<[u8; 32], StoreError>;
     /// The highest stamp time of the items and tombstones this instance
     /// wrote (origin = [`MetadataStore::instance_id`]), so a restarted clock
     /// never goes backwards. Stamps received from elsewhere do not count:

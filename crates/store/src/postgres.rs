@@ -821,6 +821,21 @@ fn prefix_end(prefix: &str) -> String {
 
 #[async_trait]
 impl MetadataStore for PgStore {
+    async fn instance_secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let k = format!("secret:{name}");
+        // The first insert wins; every node reads the winner's secret.
+        sqlx::query("INSERT INTO meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING")
+            .bind(&k)
+            .bind(hex::encode(rand::random::<[u8; 32]>()))
+            .execute(&self.pool)
+            .await?;
+        let v: String = sqlx::query_scalar("SELECT v FROM meta WHERE k = $1")
+            .bind(&k)
+            .fetch_one(&self.pool)
+            .await?;
+        crate::sqlite::decode_secret(&v)
+    }
+
     async fn instance_id(&self) -> Result<InstanceId, StoreError> {
         // Nodes starting together agree: the first insert wins, every node
         // reads the winner's id.

@@ -533,6 +533,14 @@ fn apply_change(
     Ok(WriteOutcome::Applied { seq })
 }
 
+/// A secret as [`MetadataStore::instance_secret`] stores it: 64 hex digits.
+pub(crate) fn decode_secret(v: &str) -> Result<[u8; 32], StoreError> {
+    hex::decode(v)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad_row("instance secret"))
+}
+
 /// Smallest string greater than every string starting with `prefix`.
 fn prefix_end(prefix: &str) -> String {
     format!("{prefix}\u{10FFFF}")
@@ -540,6 +548,19 @@ fn prefix_end(prefix: &str) -> String {
 
 #[async_trait]
 impl MetadataStore for SqliteStore {
+    async fn instance_secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let k = format!("secret:{name}");
+        self.write_tx(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO meta (k, v) VALUES (?1, ?2)",
+                [&k, &hex::encode(rand::random::<[u8; 32]>())],
+            )?;
+            let v: String = tx.query_row("SELECT v FROM meta WHERE k = ?1", [&k], |r| r.get(0))?;
+            decode_secret(&v)
+        })
+        .await
+    }
+
     async fn instance_id(&self) -> Result<InstanceId, StoreError> {
         self.write_tx(|tx| {
             let existing: Option<String> = tx
