@@ -342,6 +342,18 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
     if let Ok(key) = std::env::var("FERRY_ADMIN_KEY")
         && !key.is_empty()
     {
+        // With nodes sharing a database, a different key here replaces the
+        // one every node uses: said loudly, never silently.
+        if shared
+            && let Some(k) = ferry.keys().await?.into_iter().find(|k| k.name == "admin")
+            && k.hash != ferry_core::auth::hash_secret(&key)
+        {
+            tracing::warn!(
+                "FERRY_ADMIN_KEY is not the instance's admin key: it replaces it for every node sharing this database \
+                 (the old key stops working everywhere); give every node the same FERRY_ADMIN_KEY"
+            );
+            say!("admin API key: FERRY_ADMIN_KEY replaced the instance's admin key on every node");
+        }
         ferry.set_admin_key(&key).await?;
         return Ok(());
     }

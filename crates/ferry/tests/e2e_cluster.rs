@@ -262,6 +262,29 @@ fn execution_cut_by_a_killed_node_is_finished_by_another(blobs: Blobs) {
     std::thread::sleep(Duration::from_millis(1500));
     let running = a.executions("from-hub")[0].clone();
     assert!(running["outcome"].is_null(), "still running on a: {running}");
+    // Node b shows the execution a runs, and says Stop belongs to a.
+    let overview = || {
+        let (code, body) = support::curl(&[
+            "-s",
+            "-H",
+            &format!("Authorization: Bearer {}", support::ADMIN),
+            &format!("{}/api/v1/replications/from-hub", b.url),
+        ]);
+        assert_eq!(code, 200);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    };
+    assert!(
+        wait_until(10, || overview()["status"]["last_execution"] == running["id"]),
+        "{:#}",
+        overview()
+    );
+    assert_eq!(overview()["status"]["state"], "running on another node");
+    let refused = b.cli(&["replication", "stop", "from-hub"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("runs on another node"),
+        "{said}"
+    );
     a.kill();
 
     // Node b takes over once a's lease runs out and goes on with a's

@@ -601,6 +601,16 @@ impl Replicator {
     pub async fn stop_execution(&self, name: &str, by: &str) -> Result<Option<i64>, ReplError> {
         let (rec, _) = self.record(name).await?;
         let running = self.0.running.lock().ok().and_then(|r| r.get(&rec.id).cloned());
+        if running.is_none()
+            && self.store().shared_by_nodes()
+            && let Some(e) = self.store().executions(rec.id, 1).await?.into_iter().next()
+            && e.outcome.is_none()
+        {
+            return Err(ReplError::Conflict(format!(
+                "execution {} of {name} runs on another node of this instance; stop it through that node",
+                e.id
+            )));
+        }
         Ok(running.map(|(exec_id, progress)| {
             if let Ok(mut b) = progress.stopped_by.lock() {
                 *b = Some(by.to_string());
@@ -1039,16 +1049,33 @@ impl Replicator {
     /// Goes on at once with replication `id`'s execution if a node left it
     /// running and its lease ran out (the node died): rather than at that
     /// replication's next scheduled time. While the node that runs it is
-    /// alive its lease holds, and this does nothing.
+    /// alive its lease holds, and this does nothing. Also shows here the
+    /// last execution another node ran.
     async fn take_over_if_orphaned(&self, id: i64) {
         let running_here = self.0.running.lock().is_ok_and(|r| r.contains_key(&id));
         if running_here {
             return;
         }
-        let orphaned = match self.store().executions(id, 1).await {
-            Ok(list) => list.first().is_some_and(|e| e.outcome.is_none()),
-            Err(_) => false,
+        let Ok(list) = self.store().executions(id, 1).await else {
+            return;
         };
+        let last = list.into_iter().next();
+        // What the other nodes ran shows here too (the overview of every
+        // node tells the instance's state, not only its own executions).
+        if let Some(e) = &last
+            && let Ok(mut st) = self.0.status.lock()
+        {
+            let s = st.entry(id).or_default();
+            s.state = if e.outcome.is_none() {
+                "running on another node".into()
+            } else {
+                "idle".into()
+            };
+            s.last_execution = Some(e.id);
+            s.last_outcome = e.outcome.clone();
+            s.last_error = e.report.get("error").and_then(|v| v.as_str()).map(str::to_owned);
+        }
+        let orphaned = last.is_some_and(|e| e.outcome.is_none());
         if !orphaned {
             return;
         }

@@ -146,7 +146,14 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
             let left = (since + interval.as_millis() as i64 - now_millis()).max(0);
             (false, true, Duration::from_millis(left as u64))
         } else {
-            let (failed, stopped) = match r.run_if_idle(id, trigger).await {
+            // "Run now" waits for an execution running on another node
+            // to end, then runs; the schedule just skips its turn.
+            let run = if trigger == "manual" {
+                r.run(&name, trigger, false, false).await.map(Some)
+            } else {
+                r.run_if_idle(id, trigger).await
+            };
+            let (failed, stopped) = match run {
                 Ok(Some(res)) => (res.outcome == "failed", res.outcome == "stopped"),
                 Ok(None) => (false, false),
                 Err(e) => {
