@@ -610,6 +610,10 @@ impl Run<'_> {
                         if fatal {
                             jobs_rx.close();
                             open = false;
+                            // A frame handed over but not started is
+                            // dropped with its bytes' receiver, so the
+                            // reading side is not left pumping into it.
+                            while jobs_rx.try_recv().is_ok() {}
                         }
                     }
                     else => break,
