@@ -339,24 +339,6 @@ impl FirstStart {
 /// The admin key: `FERRY_ADMIN_KEY` if set; else the one in
 /// `DATA_DIR/admin.key`; else a new one, printed once and saved there (0600).
 async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyhow::Result<()> {
-    if let Ok(key) = std::env::var("FERRY_ADMIN_KEY")
-        && !key.is_empty()
-    {
-        // With nodes sharing a database, a different key here replaces the
-        // one every node uses: said loudly, never silently.
-        if shared
-            && let Some(k) = ferry.keys().await?.into_iter().find(|k| k.name == "admin")
-            && k.hash != ferry_core::auth::hash_secret(&key)
-        {
-            tracing::warn!(
-                "FERRY_ADMIN_KEY is not the instance's admin key: it replaces it for every node sharing this database \
-                 (the old key stops working everywhere); give every node the same FERRY_ADMIN_KEY"
-            );
-            say!("admin API key: FERRY_ADMIN_KEY replaced the instance's admin key on every node");
-        }
-        ferry.set_admin_key(&key).await?;
-        return Ok(());
-    }
     // Nodes sharing a database are one instance with one admin key: a node
     // never replaces the key another node made (its own admin.key, or none,
     // is not a reason to lock everyone else out).
@@ -370,6 +352,21 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
     } else {
         None
     };
+    if let Ok(key) = std::env::var("FERRY_ADMIN_KEY")
+        && !key.is_empty()
+    {
+        // With nodes sharing a database, a different key here replaces the
+        // one every node uses: said loudly, never silently.
+        if stored.is_some_and(|hash| hash != ferry_core::auth::hash_secret(&key)) {
+            tracing::warn!(
+                "FERRY_ADMIN_KEY is not the instance's admin key: it replaces it for every node sharing this database \
+                 (the old key stops working everywhere); give every node the same FERRY_ADMIN_KEY"
+            );
+            say!("admin API key: FERRY_ADMIN_KEY replaced the instance's admin key on every node");
+        }
+        ferry.set_admin_key(&key).await?;
+        return Ok(());
+    }
     let path = data_dir.join("admin.key");
     match std::fs::read_to_string(&path) {
         Ok(key) => match stored {

@@ -709,11 +709,15 @@ impl Replicator {
         full: bool,
     ) -> Result<ExecutionResult, ReplError> {
         // An execution a node of this instance left running when its lease
-        // ran out (it died) goes on here under its own id.
-        let adopted = self
-            .store()
-            .adopt_execution(rec.id, &self.0.node, now_millis())
-            .await?;
+        // ran out (it died) goes on here under its own id. (A store only
+        // one process opens closes its cut executions at start instead.)
+        let adopted = if self.store().shared_by_nodes() {
+            self.store()
+                .adopt_execution(rec.id, &self.0.node, now_millis())
+                .await?
+        } else {
+            None
+        };
         let exec_id = match adopted {
             Some(id) => id,
             None => self.store().start_execution(rec.id, trigger).await?,
@@ -968,18 +972,8 @@ impl Replicator {
             if Self::parse(&rec)?.is_outgoing() {
                 // The overview shows the last execution before the restart
                 // until a new one ends.
-                if let Some(last) = self.store().executions(rec.id, 1).await?.into_iter().next()
-                    && let Ok(mut st) = self.0.status.lock()
-                {
-                    let s = st.entry(rec.id).or_default();
-                    s.state = "idle".into();
-                    s.last_execution = Some(last.id);
-                    s.last_outcome = last.outcome.clone();
-                    s.last_error = last
-                        .report
-                        .get("error")
-                        .and_then(|e| e.as_str())
-                        .map(str::to_owned);
+                if let Some(last) = self.store().executions(rec.id, 1).await?.into_iter().next() {
+                    self.show_last_execution(rec.id, &last, "idle");
                 }
                 self.0.scheduler.start(self.clone(), rec.id, rec.name.clone());
             }
@@ -1046,6 +1040,22 @@ impl Replicator {
         }
     }
 
+    /// Shows `last` as replication `id`'s last execution in the overview,
+    /// in `state`.
+    fn show_last_execution(&self, id: i64, last: &ExecutionRecord, state: &str) {
+        if let Ok(mut st) = self.0.status.lock() {
+            let s = st.entry(id).or_default();
+            s.state = state.into();
+            s.last_execution = Some(last.id);
+            s.last_outcome = last.outcome.clone();
+            s.last_error = last
+                .report
+                .get("error")
+                .and_then(|e| e.as_str())
+                .map(str::to_owned);
+        }
+    }
+
     /// Goes on at once with replication `id`'s execution if a node left it
     /// running and its lease ran out (the node died): rather than at that
     /// replication's next scheduled time. While the node that runs it is
@@ -1062,18 +1072,13 @@ impl Replicator {
         let last = list.into_iter().next();
         // What the other nodes ran shows here too (the overview of every
         // node tells the instance's state, not only its own executions).
-        if let Some(e) = &last
-            && let Ok(mut st) = self.0.status.lock()
-        {
-            let s = st.entry(id).or_default();
-            s.state = if e.outcome.is_none() {
-                "running on another node".into()
+        if let Some(e) = &last {
+            let state = if e.outcome.is_none() {
+                "running on another node"
             } else {
-                "idle".into()
+                "idle"
             };
-            s.last_execution = Some(e.id);
-            s.last_outcome = e.outcome.clone();
-            s.last_error = e.report.get("error").and_then(|v| v.as_str()).map(str::to_owned);
+            self.show_last_execution(id, e, state);
         }
         let orphaned = last.is_some_and(|e| e.outcome.is_none());
         if !orphaned {

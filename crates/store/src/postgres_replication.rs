@@ -342,7 +342,7 @@ impl ReplicationStore for PgStore {
     }
 
     async fn close_interrupted_executions(&self, holder: &str, now: i64) -> Result<u64, StoreError> {
-        store_tx!(self, |c| close_running(c, None, holder, now))
+        store_tx!(self, |c| close_running(c, None, holder, now, None))
     }
 
     async fn take_execution_lease(
@@ -415,20 +415,7 @@ impl ReplicationStore for PgStore {
             .fetch_one(&mut *c)
             .await?;
             if let Some(id) = newest {
-                sqlx::query(
-                    "UPDATE executions SET outcome = 'interrupted', ended_at = $1,
-                         report = json_build_object('log', json_build_array(json_build_object(
-                             'time', to_char(to_timestamp($1::bigint / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                             'level', 'warn',
-                             'message', $2::text)))::text
-                     WHERE outcome IS NULL AND replication_id = $3 AND id < $4",
-                )
-                .bind(now)
-                .bind(INTERRUPTED)
-                .bind(replication)
-                .bind(id)
-                .execute(&mut *c)
-                .await?;
+                close_running(c, Some(replication), holder, now, Some(id)).await?;
             }
             Ok(newest)
         })
@@ -640,13 +627,15 @@ impl ReplicationStore for PgStore {
 /// Ends executions left running as interrupted — of one replication, or
 /// of every replication whose lease no other holder than `holder` holds at
 /// `now` — with a log line saying why (the report of a running execution
-/// is still the empty one it started with). `json_build_object` keeps the
+/// is still the empty one it started with). With `before`, only those
+/// older than that execution (the one a new lease holder goes on with). `json_build_object` keeps the
 /// keys in the order given, as the report's other lines have them.
 async fn close_running(
     c: &mut sqlx::PgConnection,
     replication: Option<i64>,
     holder: &str,
     now: i64,
+    before: Option<i64>,
 ) -> Result<u64, StoreError> {
     let n = sqlx::query(
         "UPDATE executions SET outcome = 'interrupted', ended_at = $1,
@@ -656,6 +645,7 @@ async fn close_running(
                  'message', $2::text)))::text
          WHERE outcome IS NULL
            AND ($3::bigint IS NULL OR replication_id = $3)
+           AND ($5::bigint IS NULL OR id < $5)
            AND NOT EXISTS (SELECT 1 FROM execution_leases l WHERE l.replication_id = executions.replication_id
                            AND l.holder <> $4 AND l.until >= $1)",
     )
@@ -663,6 +653,7 @@ async fn close_running(
     .bind(INTERRUPTED)
     .bind(replication)
     .bind(holder)
+    .bind(before)
     .execute(&mut *c)
     .await?
     .rows_affected();

@@ -374,7 +374,7 @@ impl ReplicationStore for SqliteStore {
 
     async fn close_interrupted_executions(&self, holder: &str, now: i64) -> Result<u64, StoreError> {
         let holder = holder.to_string();
-        self.write_tx(move |tx| close_running(tx, None, &holder, now))
+        self.write_tx(move |tx| close_running(tx, None, &holder, now, None))
             .await
     }
 
@@ -438,7 +438,7 @@ impl ReplicationStore for SqliteStore {
                 .optional()?
                 .flatten();
             if let Some(id) = newest {
-                close_running_before(tx, replication, id, now)?;
+                close_running(tx, Some(replication), &holder, now, Some(id))?;
             }
             Ok(newest)
         })
@@ -693,12 +693,14 @@ impl ReplicationStore for SqliteStore {
 /// Ends executions left running as interrupted — of one replication, or
 /// of every replication whose lease no other holder than `holder` holds at
 /// `now` — with a log line saying why (the report of a running execution
-/// is still the empty one it started with).
+/// is still the empty one it started with). With `before`, only those
+/// older than that execution (the one a new lease holder goes on with).
 fn close_running(
     tx: &rusqlite::Transaction<'_>,
     replication: Option<i64>,
     holder: &str,
     now: i64,
+    before: Option<i64>,
 ) -> Result<u64, StoreError> {
     let n = tx.execute(
         "UPDATE executions SET outcome = 'interrupted', ended_at = ?1,
@@ -706,27 +708,10 @@ fn close_running(
                       || '\",\"level\":\"warn\",\"message\":\"' || ?2 || '\"}]}'
          WHERE outcome IS NULL
            AND (?3 IS NULL OR replication_id = ?3)
+           AND (?5 IS NULL OR id < ?5)
            AND NOT EXISTS (SELECT 1 FROM execution_leases l WHERE l.replication_id = executions.replication_id
                            AND l.holder != ?4 AND l.until >= ?1)",
-        params![now, INTERRUPTED, replication, holder],
-    )?;
-    Ok(n as u64)
-}
-
-/// Closes the executions of `replication` before `id` that never ended as
-/// interrupted (`id` is the one a new lease holder goes on with).
-fn close_running_before(
-    tx: &rusqlite::Transaction<'_>,
-    replication: i64,
-    id: i64,
-    now: i64,
-) -> Result<u64, StoreError> {
-    let n = tx.execute(
-        "UPDATE executions SET outcome = 'interrupted', ended_at = ?1,
-             report = '{\"log\":[{\"time\":\"' || strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch')
-                      || '\",\"level\":\"warn\",\"message\":\"' || ?2 || '\"}]}'
-         WHERE outcome IS NULL AND replication_id = ?3 AND id < ?4",
-        params![now, INTERRUPTED, replication, id],
+        params![now, INTERRUPTED, replication, holder, before],
     )?;
     Ok(n as u64)
 }
