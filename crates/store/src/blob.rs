@@ -1283,12 +1283,20 @@ impl FsBlobStore {
     }
 
     /// The file of session `id`, or None if `id` is not a session id.
-    fn upload_path(&self, id: &str) -> Option<PathBuf> {
+    /// The file of upload session `id` (None for an id that is not 32
+    /// lowercase hex characters).
+    pub(crate) fn upload_path(&self, id: &str) -> Option<PathBuf> {
         let valid = id.len() == 32
             && id
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         valid.then(|| self.uploads_dir.join(id))
+    }
+
+    /// How this process holds upload session `id`: its length here and
+    /// whether a request appends to or finishes it now; None when not held.
+    pub(crate) fn upload_held(&self, id: &str) -> Result<Option<(u64, bool)>, StoreError> {
+        Ok(self.sessions()?.get(id).map(|st| (st.size, st.hasher.is_none())))
     }
 
     fn sessions(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, UploadState>>, StoreError> {

@@ -59,6 +59,8 @@ use object_store::{
     ClientOptions, GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
+mod sessions;
+
 use crate::StoreError;
 use crate::blob::{BlobBody, BlobCheck, BlobStore, ByteStream, FsBlobStore, StagedBlob, Transfer};
 
@@ -529,20 +531,33 @@ impl Inner {
     /// PutObject up to a part, else a multipart upload (journalled, aborted
     /// on failure or drop).
     async fn upload_file(&self, d: &Digest, path: &FsPath, size: u64) -> Result<(), StoreError> {
-        let key = self.key(d);
+        let e_tag = self.put_file_range(&self.key(d), path, 0..size).await?;
+        self.remember_verified(*d, e_tag);
+        Ok(())
+    }
+
+    /// Writes bytes `range` of the file at `path` as the object `key`: one
+    /// PutObject up to a part, else a multipart upload (journalled, aborted
+    /// on failure or drop). Returns the new object's ETag.
+    async fn put_file_range(
+        &self,
+        key: &Key,
+        path: &FsPath,
+        range: Range<u64>,
+    ) -> Result<Option<String>, StoreError> {
+        let size = range.end.saturating_sub(range.start);
         if size <= self.part_size as u64 {
-            let bytes = tokio::fs::read(path).await?;
+            let bytes = read_part(path, range).await?;
             let put = self
                 .s3
-                .put(&key, PutPayload::from(bytes))
+                .put(key, PutPayload::from(bytes))
                 .await
                 .map_err(|e| self.unavailable("PutObject", e))?;
-            self.remember_verified(*d, put.e_tag);
-            return Ok(());
+            return Ok(put.e_tag);
         }
         let id = self
             .s3
-            .create_multipart(&key)
+            .create_multipart(key)
             .await
             .map_err(|e| self.unavailable("CreateMultipartUpload", e))?;
         let journal = self.journal_dir.join(hex::encode(rand::random::<[u8; 16]>()));
@@ -557,12 +572,13 @@ impl Inner {
             pending.abort().await;
             return Err(e.into());
         }
+        let base = range.start;
         let parts = part_ranges(size, self.part_size as u64);
         let uploaded: Result<Vec<PartId>, StoreError> = futures::stream::iter(parts.into_iter().enumerate())
-            .map(|(i, range)| {
-                let (key, id) = (&key, &id);
+            .map(|(i, part)| {
+                let id = &id;
                 async move {
-                    let bytes = read_part(path, range).await?;
+                    let bytes = read_part(path, base + part.start..base + part.end).await?;
                     self.s3
                         .put_part(key, id, i, PutPayload::from(bytes))
                         .await
@@ -579,11 +595,10 @@ impl Inner {
                 return Err(e);
             }
         };
-        match self.s3.complete_multipart(&key, &id, parts).await {
+        match self.s3.complete_multipart(key, &id, parts).await {
             Ok(put) => {
                 pending.done().await;
-                self.remember_verified(*d, put.e_tag);
-                Ok(())
+                Ok(put.e_tag)
             }
             Err(e) => {
                 pending.abort().await;
@@ -1121,33 +1136,71 @@ impl BlobStore for S3BlobStore {
         self.inner.spool.upload_begin().await
     }
 
-    /// Sessions are in each node's spool: only one process reaches them all.
+    /// One process, or several whose sessions go through the bucket
+    /// (`s3/sessions.rs`): either way every node reaches every session.
     fn upload_sessions_everywhere(&self) -> bool {
-        self.inner.spool.node().is_none()
+        true
     }
 
     async fn stale_upload_files(&self, before: std::time::SystemTime) -> Result<Vec<String>, StoreError> {
-        self.inner.spool.stale_upload_files(before).await
+        let mut ids = self.inner.spool.stale_upload_files(before).await?;
+        if self.inner.sessions_in_bucket() {
+            for id in self.inner.stale_sessions(before).await? {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        Ok(ids)
     }
 
+    /// On a store shared by nodes, a session this node does not hold at
+    /// `size` is fetched from its chunks in the bucket first.
     async fn upload_resume(&self, id: &str, size: u64) -> Result<(), StoreError> {
-        self.inner.spool.upload_resume(id, size).await
+        let here = self.inner.spool.upload_held(id)?.map(|(len, _)| len);
+        if !self.inner.sessions_in_bucket() || here == Some(size) {
+            return self.inner.spool.upload_resume(id, size).await;
+        }
+        self.inner.fetch_session(id, size).await
     }
 
     async fn upload_len(&self, id: &str) -> Result<Option<u64>, StoreError> {
         self.inner.spool.upload_len(id).await
     }
 
+    /// On a store shared by nodes, the appended bytes are also put in the
+    /// bucket before this returns (the session's new length is recorded
+    /// only after).
     async fn upload_append(&self, id: &str, body: ByteStream, limit: u64) -> Result<u64, StoreError> {
-        self.inner.spool.upload_append(id, body, limit).await
+        let before = self.inner.spool.upload_held(id)?.map(|(len, _)| len);
+        let after = self.inner.spool.upload_append(id, body, limit).await?;
+        if self.inner.sessions_in_bucket()
+            && let Some(before) = before
+            && after > before
+        {
+            self.inner.put_session_chunk(id, before..after).await?;
+        }
+        Ok(after)
     }
 
     async fn upload_finish(&self, id: &str, expected: Option<&Digest>) -> Result<StagedBlob, StoreError> {
-        self.inner.spool.upload_finish(id, expected).await
+        let staged = self.inner.spool.upload_finish(id, expected).await;
+        if self.inner.sessions_in_bucket() && !matches!(staged, Err(StoreError::Conflict(_))) {
+            // The session has ended; chunks left behind are found by the
+            // sweep (`stale_upload_files`).
+            if let Err(e) = self.inner.delete_session(id).await {
+                tracing::warn!(upload = %id, "could not delete an upload session's chunks: {e}");
+            }
+        }
+        staged
     }
 
     async fn upload_abort(&self, id: &str) -> Result<(), StoreError> {
-        self.inner.spool.upload_abort(id).await
+        self.inner.spool.upload_abort(id).await?;
+        if self.inner.sessions_in_bucket() {
+            self.inner.delete_session(id).await?;
+        }
+        Ok(())
     }
 
     /// ListObjectsV2 of one key under the prefix: the bucket answered.

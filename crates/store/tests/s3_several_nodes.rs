@@ -194,3 +194,136 @@ async fn a_starting_node_aborts_only_a_dead_nodes_uploads() {
     );
     drop((a, b));
 }
+
+/// The chunk objects of upload sessions in the bucket (any session).
+fn session_chunks(server: &S3Server) -> Vec<PathBuf> {
+    files_under(&server.object_path(BUCKET, "i/upload-sessions"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.len() == 41))
+        .collect()
+}
+
+/// An OCI upload session begun on node a goes on through node b (a chunk
+/// larger than a part, so sent as a multipart upload), then a again (it
+/// fetches only what b received), then b, which finishes it: the digest
+/// holds over bytes three requests on two nodes received, and the chunks
+/// are gone from the bucket. A session cancelled through the node that did
+/// not begin it is gone everywhere; one whose chunks are gone is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_session_goes_on_through_any_node_of_a_bucket() {
+    let server = S3Server::start(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&server, &dir.path().join("spool-a")).await;
+    let b = node(&server, &dir.path().join("spool-b")).await;
+    assert!(a.upload_sessions_everywhere());
+
+    let one = b"the first chunk, through node a. ".to_vec();
+    let two: Vec<u8> = (0..(6u32 << 20))
+        .map(|i| (i.wrapping_mul(31) >> 3) as u8)
+        .collect();
+    let three = b"the third, through node a again. ".to_vec();
+    let four = b"and the last, through b".to_vec();
+
+    let id = a.upload_begin().await.unwrap();
+    a.upload_resume(&id, 0).await.unwrap();
+    let mut len = a
+        .upload_append(&id, stream_of(one.clone()), u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(len, one.len() as u64);
+
+    b.upload_resume(&id, len).await.unwrap();
+    len = b
+        .upload_append(&id, stream_of(two.clone()), u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(len, (one.len() + two.len()) as u64);
+
+    a.upload_resume(&id, len).await.unwrap();
+    assert_eq!(a.upload_len(&id).await.unwrap(), Some(len));
+    len = a
+        .upload_append(&id, stream_of(three.clone()), u64::MAX)
+        .await
+        .unwrap();
+
+    b.upload_resume(&id, len).await.unwrap();
+    len = b
+        .upload_append(&id, stream_of(four.clone()), u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(session_chunks(&server).len(), 4);
+
+    let whole = [one.clone(), two, three, four].concat();
+    assert_eq!(len, whole.len() as u64);
+    let staged = b.upload_finish(&id, Some(&Digest::of(&whole))).await.unwrap();
+    let d = staged.digest();
+    b.commit(staged).await.unwrap();
+    assert!(matches!(a.check(&d).await.unwrap(), BlobCheck::Intact { .. }));
+    assert!(session_chunks(&server).is_empty(), "chunks left after finishing");
+    // Finished: no node can take the session on again.
+    assert!(a.upload_resume(&id, len).await.is_err());
+
+    // Cancelled through the node that did not begin it.
+    let id = a.upload_begin().await.unwrap();
+    let len = a
+        .upload_append(&id, stream_of(one.clone()), u64::MAX)
+        .await
+        .unwrap();
+    b.upload_resume(&id, len).await.unwrap();
+    b.upload_abort(&id).await.unwrap();
+    assert!(session_chunks(&server).is_empty());
+    assert!(matches!(
+        b.upload_resume(&id, len).await,
+        Err(ferry_store::StoreError::NotFound(_))
+    ));
+
+    // A session whose recorded length no chain of chunks reaches.
+    let id = a.upload_begin().await.unwrap();
+    let len = a
+        .upload_append(&id, stream_of(one.clone()), u64::MAX)
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.upload_resume(&id, len + 1).await,
+        Err(ferry_store::StoreError::NotFound(_))
+    ));
+    // The sweep finds its chunks once they are older than the idle time.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    let stale = b.stale_upload_files(later).await.unwrap();
+    assert!(stale.contains(&id), "{stale:?}");
+    assert!(
+        b.stale_upload_files(std::time::SystemTime::UNIX_EPOCH)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    b.upload_abort(&id).await.unwrap();
+    assert!(session_chunks(&server).is_empty());
+}
+
+/// A wrong digest at the end, through the node that received none of the
+/// bytes, discards the session and its chunks and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_digest_through_another_node_stores_nothing() {
+    let server = S3Server::start(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&server, &dir.path().join("spool-a")).await;
+    let b = node(&server, &dir.path().join("spool-b")).await;
+    let id = a.upload_begin().await.unwrap();
+    let body = b"bytes that are not what the digest says".to_vec();
+    let len = a
+        .upload_append(&id, stream_of(body.clone()), u64::MAX)
+        .await
+        .unwrap();
+    b.upload_resume(&id, len).await.unwrap();
+    let wrong = Digest::of(b"something else");
+    assert!(matches!(
+        b.upload_finish(&id, Some(&wrong)).await,
+        Err(ferry_store::StoreError::DigestMismatch { .. })
+    ));
+    assert!(session_chunks(&server).is_empty());
+    assert!(matches!(
+        b.check(&Digest::of(&body)).await.unwrap(),
+        BlobCheck::Missing
+    ));
+}
