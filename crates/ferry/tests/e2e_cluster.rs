@@ -279,6 +279,14 @@ fn execution_cut_by_a_killed_node_is_finished_by_another(blobs: Blobs) {
         overview()
     );
     assert_eq!(overview()["status"]["state"], "running on another node");
+    // ... and its log so far, which node a saves while it runs.
+    assert!(
+        wait_until(10, || b.executions("from-hub")[0]["report"]["log"]
+            .to_string()
+            .contains("connected to instance")),
+        "{:#?}",
+        b.executions("from-hub")
+    );
     let refused = b.cli(&["replication", "stop", "from-hub"]);
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -331,7 +339,10 @@ fn assert_taken_over_and_finished(node: &Server, name: &str, cut: &serde_json::V
         "the same execution, not a new one: {done:#}"
     );
     let log = done["report"]["log"].to_string();
-    assert!(log.contains("taken over by node"), "{log}");
+    // The killed node's lines come first, then the takeover.
+    let first = log.find("connected to instance");
+    let over = log.find("taken over by node");
+    assert!(first.is_some() && over.is_some() && first < over, "{log}");
     let execs = node.executions(name);
     assert!(execs.iter().all(|e| e["outcome"] != "interrupted"), "{execs:#?}");
 }
@@ -877,6 +888,15 @@ fn on_one_bucket_a_push_to_a_spoke_cut_by_a_killed_node_is_finished_by_another()
         .find(|e| e["id"] == running["id"])
         .unwrap();
     assert!(still["outcome"].is_null(), "still running on {holder}: {still}");
+    // Its log so far is saved while it runs, for every node to show.
+    let saved = || {
+        nodes[(victim + 1) % 3]
+            .executions("to-spoke")
+            .into_iter()
+            .find(|e| e["id"] == running["id"])
+            .is_some_and(|e| e["report"]["log"].to_string().contains("connected to instance"))
+    };
+    assert!(wait_until(10, saved), "the running execution's log was not saved");
     let before_kill = spoke.asset_digests("files", "").len();
     assert!(
         before_kill < files.len(),

@@ -138,11 +138,30 @@ impl FeedReport {
     }
 }
 
+/// One line of an execution's log: `time` (RFC 3339, UTC), `level`
+/// (`info`, `warn` or `error`) and what happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogLine {
     pub time: String,
     pub level: &'static str,
     pub message: String,
+}
+
+impl LogLine {
+    /// A line as saved in a report (`{"time", "level", "message"}`); an
+    /// unknown level reads as `info`. None for anything else.
+    pub fn from_saved(v: &serde_json::Value) -> Option<Self> {
+        let level = match v.get("level")?.as_str()? {
+            "error" => "error",
+            "warn" => "warn",
+            _ => "info",
+        };
+        Some(Self {
+            time: v.get("time")?.as_str()?.to_owned(),
+            level,
+            message: v.get("message")?.as_str()?.to_owned(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -191,9 +210,31 @@ pub struct Progress {
     pub stop: tokio::sync::Notify,
     /// Who asked it to stop (for the log line).
     pub stopped_by: std::sync::Mutex<Option<String>>,
+    /// The execution's log so far (a copy of [`Report::log`] that the
+    /// node holding the lease saves while it runs).
+    pub journal: std::sync::Mutex<Vec<LogLine>>,
 }
 
 impl Progress {
+    /// Adds `line` to [`Progress::journal`].
+    pub fn note(&self, line: &LogLine) {
+        if let Ok(mut j) = self.journal.lock() {
+            j.push(line.clone());
+        }
+    }
+
+    /// What the execution reported so far, as saved while it runs:
+    /// `{"log": [LogLine…], "running": {"items": N, "bytes": N}}`.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let log = self.journal.lock().map(|j| j.clone()).unwrap_or_default();
+        serde_json::json!({
+            "log": log,
+            "running": {
+                "items": self.items.load(Ordering::Relaxed),
+                "bytes": self.bytes.load(Ordering::Relaxed),
+            },
+        })
+    }
     /// Bytes of the backlog still to move: [`Progress::bytes_total`] less
     /// what moved or needed no transfer; `None` while the total is unknown.
     pub fn bytes_remaining(&self) -> Option<u64> {
@@ -405,11 +446,13 @@ impl<'a> Run<'a> {
             "warn" => tracing::warn!(target: "replication", replication = %self.rec.name, "{message}"),
             _ => tracing::info!(target: "replication", replication = %self.rec.name, "{message}"),
         }
-        self.report.log.push(LogLine {
+        let line = LogLine {
             time: rfc3339(now_millis()),
             level,
             message,
-        });
+        };
+        self.progress.note(&line);
+        self.report.log.push(line);
     }
 
     /// A plan only, after [`Self::execute`]: lists the live items the plan

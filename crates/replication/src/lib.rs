@@ -657,13 +657,26 @@ impl Replicator {
     /// Renews the lease while an execution runs; returns (ending the
     /// execution) only when the lease is lost: another node took it over,
     /// or it ran out while the store could not be reached.
-    async fn hold_lease(&self, id: i64) -> String {
+    /// Renews replication `id`'s execution lease every third of it while
+    /// execution `exec` runs, saving what it reported so far each time
+    /// (so a node taking it over, and every node showing it, has its log).
+    /// Returns (who stopped it) once the lease is lost.
+    async fn hold_lease(&self, id: i64, exec: i64, progress: &Progress) -> String {
         let lease = self.ferry().config().execution_lease;
         let mut held_until = now_millis() + lease.as_millis() as i64;
         loop {
             tokio::time::sleep(lease / 3).await;
             match self.take_lease(id).await {
-                Ok(true) => held_until = now_millis() + lease.as_millis() as i64,
+                Ok(true) => {
+                    held_until = now_millis() + lease.as_millis() as i64;
+                    if let Err(e) = self
+                        .store()
+                        .save_execution_report(exec, progress.snapshot(), &self.0.node)
+                        .await
+                    {
+                        tracing::warn!(target: "replication", error = %e, "saving a running execution's log failed");
+                    }
+                }
                 Ok(false) => {
                     return "this node (another node of the instance took over its execution lease)".into();
                 }
@@ -733,7 +746,30 @@ impl Replicator {
             .repair(trigger == "repair");
         if adopted.is_some() {
             tracing::warn!(target: "replication", replication = %rec.name, execution = exec_id, "taking over an execution another node left running");
-            run.report.log.push(engine::LogLine {
+            // The log the other node saved while it ran comes first.
+            let saved = self
+                .store()
+                .executions(rec.id, 10)
+                .await?
+                .into_iter()
+                .find(|e| e.id == exec_id)
+                .map(|e| e.report);
+            let earlier = saved
+                .as_ref()
+                .and_then(|r| r.get("log"))
+                .and_then(|l| l.as_array())
+                .map(|lines| {
+                    lines
+                        .iter()
+                        .filter_map(engine::LogLine::from_saved)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            for line in earlier {
+                progress.note(&line);
+                run.report.log.push(line);
+            }
+            let line = engine::LogLine {
                 time: ferry_core::rfc3339(now_millis()),
                 level: "warn",
                 message: format!(
@@ -741,7 +777,9 @@ impl Replicator {
                      what it applied stays, and this node goes on from the cursors it saved",
                     self.0.node
                 ),
-            });
+            };
+            progress.note(&line);
+            run.report.log.push(line);
         }
         // A stop drops the execution at its next await point: as after a
         // kill, what was applied stays (each change is applied with its
@@ -750,7 +788,7 @@ impl Replicator {
         let result = tokio::select! {
             r = run.execute() => Some(r),
             _ = progress.stop.notified() => None,
-            by = self.hold_lease(rec.id) => {
+            by = self.hold_lease(rec.id, exec_id, &progress) => {
                 if let Ok(mut b) = progress.stopped_by.lock() {
                     *b = Some(by);
                 }

@@ -969,6 +969,15 @@ async fn execution_leases<S: crate::ReplicationStore>(s: &S, r: i64) {
     );
     // a runs an execution; b's start-up leaves it alone while a's lease runs.
     let running = s.start_execution(r, "schedule").await.unwrap();
+    // What a has reported so far is saved while it runs.
+    let line = |m: &str| json!({"time": "2026-01-01T00:00:00.000Z", "level": "info", "message": m});
+    s.save_execution_report(running, json!({"log": [line("from a")]}), "node-a")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.executions(r, 1).await.unwrap()[0].report["log"][0]["message"],
+        "from a"
+    );
     assert_eq!(s.close_interrupted_executions("node-b", t + 3).await.unwrap(), 0);
     assert_eq!(s.executions(r, 1).await.unwrap()[0].outcome, None);
     // a dies: once its lease ran out, b takes over and goes on with a's
@@ -995,6 +1004,25 @@ async fn execution_leases<S: crate::ReplicationStore>(s: &S, r: i64) {
         s.adopt_execution(r, "node-b", t + 40_001).await.unwrap(),
         Some(running)
     );
+    // a, still alive after all, cannot save over what b goes on with.
+    s.save_execution_report(running, json!({"log": [line("late from a")]}), "node-a")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.executions(r, 1).await.unwrap()[0].report["log"][0]["message"],
+        "from a"
+    );
+    s.save_execution_report(
+        running,
+        json!({"log": [line("from a"), line("from b")]}),
+        "node-b",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.executions(r, 1).await.unwrap()[0].report["log"][1]["message"],
+        "from b"
+    );
     // a, still alive after all, cannot end what b goes on with; b can.
     s.finish_execution(running, "stopped", json!({}), "node-a")
         .await
@@ -1018,6 +1046,13 @@ async fn execution_leases<S: crate::ReplicationStore>(s: &S, r: i64) {
     // Two left running (a crash during a crash): the newer one goes on,
     // the older one is closed.
     let older = s.start_execution(r, "schedule").await.unwrap();
+    s.save_execution_report(
+        older,
+        json!({"log": [line("before the crash")], "feeds": []}),
+        "node-b",
+    )
+    .await
+    .unwrap();
     let newer = s.start_execution(r, "manual").await.unwrap();
     assert_eq!(
         s.adopt_execution(r, "node-b", t + 40_002).await.unwrap(),
@@ -1028,6 +1063,20 @@ async fn execution_leases<S: crate::ReplicationStore>(s: &S, r: i64) {
         (two[1].id, two[1].outcome.as_deref()),
         (older, Some("interrupted"))
     );
+    // Its saved lines stay, the reason it ended comes after them.
+    let log = two[1].report["log"].as_array().cloned().unwrap_or_default();
+    assert_eq!(log.len(), 2, "{}", two[1].report);
+    assert_eq!(log[0]["message"], "before the crash");
+    assert_eq!(log[1]["level"], "warn");
+    assert!(
+        log[1]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("interrupted"),
+        "{}",
+        two[1].report
+    );
+    assert!(two[1].report["feeds"].is_array(), "the rest of the report stays");
     assert_eq!((two[0].id, two[0].outcome.as_deref()), (newer, None));
     s.finish_execution(newer, "succeeded", json!({}), "node-b")
         .await

@@ -341,6 +341,30 @@ impl ReplicationStore for PgStore {
         })
     }
 
+    async fn save_execution_report(
+        &self,
+        id: i64,
+        report: serde_json::Value,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let report = json_text(&report)?;
+        store_tx!(self, |c| async {
+            sqlx::query(
+                "UPDATE executions SET report = $3
+                 WHERE id = $1 AND outcome IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM execution_leases l WHERE l.replication_id = executions.replication_id
+                                   AND l.holder <> $4 AND l.until >= $2)",
+            )
+            .bind(id)
+            .bind(now_millis())
+            .bind(&report)
+            .bind(holder)
+            .execute(&mut *c)
+            .await?;
+            Ok(())
+        })
+    }
+
     async fn close_interrupted_executions(&self, holder: &str, now: i64) -> Result<u64, StoreError> {
         store_tx!(self, |c| close_running(c, None, holder, now, None))
     }
@@ -639,10 +663,15 @@ async fn close_running(
 ) -> Result<u64, StoreError> {
     let n = sqlx::query(
         "UPDATE executions SET outcome = 'interrupted', ended_at = $1,
-             report = json_build_object('log', json_build_array(json_build_object(
-                 'time', to_char(to_timestamp($1::bigint / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                 'level', 'warn',
-                 'message', $2::text)))::text
+             report = (SELECT jsonb_set(r, '{log}',
+                              CASE WHEN jsonb_typeof(r -> 'log') = 'array' THEN r -> 'log' ELSE '[]'::jsonb END
+                              || jsonb_build_array(jsonb_build_object(
+                                 'time', to_char(to_timestamp($1::bigint / 1000.0) AT TIME ZONE 'UTC',
+                                                 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                                 'level', 'warn',
+                                 'message', $2::text)))
+                       FROM (SELECT CASE WHEN jsonb_typeof(report::jsonb) = 'object'
+                                         THEN report::jsonb ELSE '{}'::jsonb END AS r) AS cur)::text
          WHERE outcome IS NULL
            AND ($3::bigint IS NULL OR replication_id = $3)
            AND ($5::bigint IS NULL OR id < $5)

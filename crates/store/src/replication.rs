@@ -118,6 +118,17 @@ pub trait ReplicationStore: Send + Sync + 'static {
         report: serde_json::Value,
         holder: &str,
     ) -> Result<(), StoreError>;
+    /// Records what running execution `id` has reported so far (`report`,
+    /// as [`ReplicationStore::finish_execution`] takes it), as run by
+    /// `holder`, so that a node taking it over, and every node showing
+    /// it, has its log. Does nothing to an execution that ended, nor to
+    /// one whose replication's lease another holder holds now.
+    async fn save_execution_report(
+        &self,
+        id: i64,
+        report: serde_json::Value,
+        holder: &str,
+    ) -> Result<(), StoreError>;
     /// Takes over the execution of replication `replication` that a node
     /// whose lease ran out left running, for `holder`, which must hold the
     /// lease at `now` (ms): returns the newest execution of it that never
@@ -131,7 +142,8 @@ pub trait ReplicationStore: Send + Sync + 'static {
         now: i64,
     ) -> Result<Option<i64>, StoreError>;
     /// Closes executions that never ended (the process stopped during them)
-    /// with the outcome "interrupted" and a log line saying so; returns how
+    /// with the outcome "interrupted" and a log line saying so (after the
+    /// lines saved with [`ReplicationStore::save_execution_report`]); returns how
     /// many. Executions of a replication whose execution lease another
     /// holder than `holder` still holds at `now` (ms) are left alone: that
     /// node is running them.

@@ -372,6 +372,26 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 
+    async fn save_execution_report(
+        &self,
+        id: i64,
+        report: serde_json::Value,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let holder = holder.to_string();
+        self.write_tx(move |tx| {
+            tx.execute(
+                "UPDATE executions SET report = ?3
+                 WHERE id = ?1 AND outcome IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM execution_leases l WHERE l.replication_id = executions.replication_id
+                                   AND l.holder != ?4 AND l.until >= ?2)",
+                params![id, now_millis(), json_text(&report)?, holder],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn close_interrupted_executions(&self, holder: &str, now: i64) -> Result<u64, StoreError> {
         let holder = holder.to_string();
         self.write_tx(move |tx| close_running(tx, None, &holder, now, None))
@@ -704,8 +724,12 @@ fn close_running(
 ) -> Result<u64, StoreError> {
     let n = tx.execute(
         "UPDATE executions SET outcome = 'interrupted', ended_at = ?1,
-             report = '{\"log\":[{\"time\":\"' || strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch')
-                      || '\",\"level\":\"warn\",\"message\":\"' || ?2 || '\"}]}'
+             report = json_insert(
+                 CASE WHEN json_valid(report) AND json_type(report, '$.log') = 'array'
+                      THEN report ELSE '{\"log\":[]}' END,
+                 '$.log[#]',
+                 json_object('time', strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch'),
+                             'level', 'warn', 'message', ?2))
          WHERE outcome IS NULL
            AND (?3 IS NULL OR replication_id = ?3)
            AND (?5 IS NULL OR id < ?5)
