@@ -395,6 +395,8 @@ impl Ferry {
                 rpm::forget_feed(self, feed);
             }
             StoreEvent::KeyRevoked { hash } => self.0.remembered_keys.forget(&hash),
+            // The replication engine listens for these itself.
+            StoreEvent::StopRequested { .. } => {}
             StoreEvent::Resync => {
                 // Remembered keys stay: a broken listener is what an outage
                 // looks like, and they are what serves metrics then.

@@ -287,12 +287,6 @@ fn execution_cut_by_a_killed_node_is_finished_by_another(blobs: Blobs) {
         "{:#?}",
         b.executions("from-hub")
     );
-    let refused = b.cli(&["replication", "stop", "from-hub"]);
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && said.contains("runs on another node"),
-        "{said}"
-    );
     a.kill();
 
     // Node b takes over once a's lease runs out and goes on with a's
@@ -314,6 +308,96 @@ fn execution_cut_by_a_killed_node_is_finished_by_another(blobs: Blobs) {
         assert_eq!(shared.objects(), files.len(), "{blobs:?}");
     }
     b.cli_ok(&["fsck"]);
+}
+
+/// A Stop asked through the node that does not run the execution ends
+/// it on the node that does, at once (the database carries the request),
+/// and its log says who asked through which node. With nothing running,
+/// Stop says so on every node.
+#[test]
+fn a_stop_through_any_node_ends_the_execution_where_it_runs() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    for i in 0..12u32 {
+        let body: Vec<u8> = (0..400_000u32).map(|j| ((j * 17 + i * 5) % 253) as u8).collect();
+        hub.put_asset("files", &format!("f{i}.bin"), &body);
+    }
+    let token = hub.incoming("to-spokes", &["files"], "push");
+    let mut shared = Shared::new(Blobs::Folder);
+    let env = [("FERRY_EXECUTION_LEASE_SECS", "6")];
+    let a = shared.node(&env);
+    let b = shared.node(&env);
+    a.create_feed("files", "assets");
+    a.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600", "--bandwidth-limit", "300000"],
+    );
+    assert!(
+        wait_until(20, || a
+            .executions("from-hub")
+            .first()
+            .is_some_and(|e| e["outcome"].is_null())),
+        "no node started an execution"
+    );
+    let running = a.executions("from-hub")[0].clone();
+    let state = |node: &Server| {
+        let (code, body) = support::curl(&[
+            "-s",
+            "-H",
+            &format!("Authorization: Bearer {}", support::ADMIN),
+            &format!("{}/api/v1/replications/from-hub", node.url),
+        ]);
+        assert_eq!(code, 200);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["status"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut other = None;
+    assert!(
+        wait_until(20, || {
+            other = [&a, &b]
+                .into_iter()
+                .find(|n| state(n) == "running on another node");
+            other.is_some()
+        }),
+        "neither node says the execution runs on the other"
+    );
+    let other = other.unwrap();
+    let asked = other.cli_ok(&["replication", "stop", "from-hub"]);
+    assert!(asked.contains(&running["id"].to_string()), "{asked}");
+    let ended = || {
+        a.executions("from-hub")
+            .into_iter()
+            .find(|e| e["id"] == running["id"])
+            .filter(|e| !e["outcome"].is_null())
+    };
+    assert!(
+        wait_until(10, || ended().is_some()),
+        "the execution did not stop: {:#?}",
+        a.executions("from-hub")
+    );
+    let done = ended().unwrap();
+    assert_eq!(done["outcome"], "stopped", "{done:#}");
+    let log = done["report"]["log"].to_string();
+    assert!(log.contains("stopped by key admin (through node"), "{log}");
+    assert!(
+        hub.asset_digests("files", "").len() > b.asset_digests("files", "").len(),
+        "it stopped before the end"
+    );
+    // Nothing runs now: Stop says so through either node.
+    for node in [&a, &b] {
+        let out = node.cli(&["replication", "stop", "from-hub"]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && said.contains("no running execution"),
+            "{said}"
+        );
+    }
 }
 
 /// The execution `cut` (as a killed node left it running) of replication

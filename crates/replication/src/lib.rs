@@ -601,15 +601,12 @@ impl Replicator {
     pub async fn stop_execution(&self, name: &str, by: &str) -> Result<Option<i64>, ReplError> {
         let (rec, _) = self.record(name).await?;
         let running = self.0.running.lock().ok().and_then(|r| r.get(&rec.id).cloned());
-        if running.is_none()
-            && self.store().shared_by_nodes()
-            && let Some(e) = self.store().executions(rec.id, 1).await?.into_iter().next()
-            && e.outcome.is_none()
-        {
-            return Err(ReplError::Conflict(format!(
-                "execution {} of {name} runs on another node of this instance; stop it through that node",
-                e.id
-            )));
+        if running.is_none() && self.store().shared_by_nodes() {
+            // Another node may run it: ask it through the store; it stops
+            // at once where the store carries events, else at its next
+            // lease renewal (a third of the lease).
+            let by = format!("{by} (through node {})", self.0.node);
+            return Ok(self.store().request_execution_stop(rec.id, &by).await?);
         }
         Ok(running.map(|(exec_id, progress)| {
             if let Ok(mut b) = progress.stopped_by.lock() {
@@ -660,12 +657,42 @@ impl Replicator {
     /// Renews replication `id`'s execution lease every third of it while
     /// execution `exec` runs, saving what it reported so far each time
     /// (so a node taking it over, and every node showing it, has its log).
-    /// Returns (who stopped it) once the lease is lost.
+    /// Returns who stopped it: once the lease is lost, or when a Stop was
+    /// asked through another node (heard at once where the store carries
+    /// events, else at the next renewal).
     async fn hold_lease(&self, id: i64, exec: i64, progress: &Progress) -> String {
         let lease = self.ferry().config().execution_lease;
         let mut held_until = now_millis() + lease.as_millis() as i64;
+        let mut events = self
+            .store()
+            .shared_by_nodes()
+            .then(|| self.ferry().metadata().events())
+            .flatten();
+        // A Stop asked before this node took the execution over.
+        if let Some(by) = self.stop_requested(exec).await {
+            return by;
+        }
         loop {
-            tokio::time::sleep(lease / 3).await;
+            let renew = tokio::time::sleep(lease / 3);
+            tokio::pin!(renew);
+            loop {
+                tokio::select! {
+                    _ = &mut renew => break,
+                    ev = next_event(&mut events) => {
+                        let ask = match ev {
+                            Some(ferry_store::StoreEvent::StopRequested { execution }) => execution == exec,
+                            Some(ferry_store::StoreEvent::Resync) => true,
+                            _ => false,
+                        };
+                        if ask && let Some(by) = self.stop_requested(exec).await {
+                            return by;
+                        }
+                    }
+                }
+            }
+            if let Some(by) = self.stop_requested(exec).await {
+                return by;
+            }
             match self.take_lease(id).await {
                 Ok(true) => {
                     held_until = now_millis() + lease.as_millis() as i64;
@@ -686,6 +713,21 @@ impl Replicator {
                         return format!("this node (its execution lease ran out: {e})");
                     }
                 }
+            }
+        }
+    }
+
+    /// Who asked execution `exec` to stop through another node, if anyone
+    /// did (a store error counts as no).
+    async fn stop_requested(&self, exec: i64) -> Option<String> {
+        if !self.store().shared_by_nodes() {
+            return None;
+        }
+        match self.store().execution_stop_request(exec).await {
+            Ok(by) => by,
+            Err(e) => {
+                tracing::warn!(target: "replication", error = %e, "could not read whether an execution was asked to stop");
+                None
             }
         }
     }
@@ -1170,6 +1212,25 @@ fn eta(items: (u64, f64), bytes: Option<(u64, f64)>) -> (Option<f64>, Option<&'s
         (Some(left as f64 / rate), Some("items"))
     } else {
         (None, None)
+    }
+}
+
+/// The next event of a store shared by nodes; never, without one. A
+/// receiver that lagged behind says [`ferry_store::StoreEvent::Resync`]
+/// (events were missed); a closed one is dropped.
+async fn next_event(
+    events: &mut Option<tokio::sync::broadcast::Receiver<ferry_store::StoreEvent>>,
+) -> Option<ferry_store::StoreEvent> {
+    let Some(rx) = events else {
+        return std::future::pending().await;
+    };
+    match rx.recv().await {
+        Ok(ev) => Some(ev),
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(ferry_store::StoreEvent::Resync),
+        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+            *events = None;
+            None
+        }
     }
 }
 

@@ -979,6 +979,18 @@ async fn execution_leases<S: crate::ReplicationStore>(s: &S, r: i64) {
         "from a"
     );
     assert_eq!(s.close_interrupted_executions("node-b", t + 3).await.unwrap(), 0);
+    // A Stop asked through another node marks the running execution.
+    assert_eq!(s.execution_stop_request(running).await.unwrap(), None);
+    assert_eq!(
+        s.request_execution_stop(r, "key ops (through node b)")
+            .await
+            .unwrap(),
+        Some(running)
+    );
+    assert_eq!(
+        s.execution_stop_request(running).await.unwrap().as_deref(),
+        Some("key ops (through node b)")
+    );
     assert_eq!(s.executions(r, 1).await.unwrap()[0].outcome, None);
     // a dies: once its lease ran out, b takes over and goes on with a's
     // execution under its id; an older one a left is closed.
@@ -1081,6 +1093,9 @@ async fn execution_leases<S: crate::ReplicationStore>(s: &S, r: i64) {
     s.finish_execution(newer, "succeeded", json!({}), "node-b")
         .await
         .unwrap();
+    // Nothing runs: nothing to stop.
+    assert_eq!(s.request_execution_stop(r, "key ops").await.unwrap(), None);
+    assert_eq!(s.execution_stop_request(newer).await.unwrap(), None);
     // Given up, it is free at once.
     s.release_execution_lease(r, "node-a").await.unwrap();
     assert!(

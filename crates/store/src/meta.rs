@@ -260,6 +260,9 @@ pub enum StoreEvent {
     FeedDeleted { feed: FeedId, name: FeedName },
     /// The feed's signing key was set or replaced.
     SigningKeyChanged { feed: FeedId },
+    /// Someone asked through a node to stop execution `execution`
+    /// ([`crate::ReplicationStore::request_execution_stop`]).
+    StopRequested { execution: i64 },
     /// The API key with this secret hash was deleted or replaced: whatever
     /// was remembered of it (a credential verified for the metrics scrape)
     /// is forgotten.

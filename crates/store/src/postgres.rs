@@ -176,6 +176,11 @@ CREATE TABLE oci_uploads (
 CREATE INDEX oci_uploads_by_feed ON oci_uploads(feed_id);
 CREATE INDEX oci_uploads_by_key ON oci_uploads(key_id);
 "#,
+    // A Stop asked through a node that does not run the execution: who
+    // asked, read by the node that runs it (or takes it over).
+    r#"
+ALTER TABLE executions ADD COLUMN stop_by TEXT;
+"#,
 ];
 
 /// Every table [`MIGRATIONS`] creates (but `ferry_schema`, which says
@@ -215,7 +220,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The `LISTEN`/`NOTIFY` channel that carries [`StoreEvent`]s between the
 /// nodes sharing a database. Payloads: `c FEED SEQ` (change log grew),
 /// `d FEED NAME` (feed deleted), `k FEED` (signing key set), `K HASH` (the
-/// API key with this secret hash, in hex, deleted or replaced).
+/// API key with this secret hash, in hex, deleted or replaced), `s ID`
+/// (asked to stop execution ID).
 const EVENTS_CHANNEL: &str = "ferry_events";
 
 /// PostgreSQL metadata store. Cheap to clone (the pool is shared).
@@ -241,6 +247,11 @@ impl Drop for Events {
 }
 
 fn parse_event(payload: &str) -> Option<StoreEvent> {
+    if let Some(id) = payload.strip_prefix("s ") {
+        return Some(StoreEvent::StopRequested {
+            execution: id.parse().ok()?,
+        });
+    }
     if let Some(hex_hash) = payload.strip_prefix("K ") {
         let mut hash = [0u8; 32];
         hex::decode_to_slice(hex_hash, &mut hash).ok()?;
@@ -290,7 +301,7 @@ async fn forward_events(mut listener: PgListener, tx: broadcast::Sender<StoreEve
 }
 
 /// Queues a notification, sent when (and only if) the transaction commits.
-async fn notify(c: &mut PgConnection, payload: String) -> Result<(), StoreError> {
+pub(crate) async fn notify(c: &mut PgConnection, payload: String) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(EVENTS_CHANNEL)
         .bind(payload)

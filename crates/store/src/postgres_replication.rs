@@ -365,6 +365,33 @@ impl ReplicationStore for PgStore {
         })
     }
 
+    async fn request_execution_stop(&self, replication: i64, by: &str) -> Result<Option<i64>, StoreError> {
+        store_tx!(self, |c| async {
+            let id: Option<i64> = sqlx::query_scalar(
+                "UPDATE executions SET stop_by = $2
+                 WHERE id = (SELECT id FROM executions WHERE replication_id = $1 AND outcome IS NULL
+                             ORDER BY id DESC LIMIT 1)
+                 RETURNING id",
+            )
+            .bind(replication)
+            .bind(by)
+            .fetch_optional(&mut *c)
+            .await?;
+            if let Some(id) = id {
+                crate::postgres::notify(&mut *c, format!("s {id}")).await?;
+            }
+            Ok(id)
+        })
+    }
+
+    async fn execution_stop_request(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let by: Option<Option<String>> = sqlx::query_scalar("SELECT stop_by FROM executions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(by.flatten())
+    }
+
     async fn close_interrupted_executions(&self, holder: &str, now: i64) -> Result<u64, StoreError> {
         store_tx!(self, |c| close_running(c, None, holder, now, None))
     }

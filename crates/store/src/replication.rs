@@ -129,6 +129,15 @@ pub trait ReplicationStore: Send + Sync + 'static {
         report: serde_json::Value,
         holder: &str,
     ) -> Result<(), StoreError>;
+    /// Asks the node running replication `replication`'s execution to stop
+    /// it, on behalf of `by` (for its log): marks the newest execution of
+    /// it that has not ended, and returns its id (None when none runs).
+    /// Nodes sharing the store hear of it at once
+    /// ([`crate::StoreEvent::StopRequested`]) where the store carries events.
+    async fn request_execution_stop(&self, replication: i64, by: &str) -> Result<Option<i64>, StoreError>;
+    /// Who asked execution `id` to stop through
+    /// [`ReplicationStore::request_execution_stop`], if anyone did.
+    async fn execution_stop_request(&self, id: i64) -> Result<Option<String>, StoreError>;
     /// Takes over the execution of replication `replication` that a node
     /// whose lease ran out left running, for `holder`, which must hold the
     /// lease at `now` (ms): returns the newest execution of it that never

@@ -181,6 +181,11 @@ CREATE TABLE oci_uploads (
 CREATE INDEX oci_uploads_by_feed ON oci_uploads(feed_id);
 CREATE INDEX oci_uploads_by_key ON oci_uploads(key_id);
 "#,
+    // A Stop asked through a node that does not run the execution: who
+    // asked, read by the node that runs it (or takes it over).
+    r#"
+ALTER TABLE executions ADD COLUMN stop_by TEXT;
+"#,
 ];
 
 /// Index in [`MIGRATIONS`] of the one that scopes keys by feed id.

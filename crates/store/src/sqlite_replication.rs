@@ -392,6 +392,35 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 
+    async fn request_execution_stop(&self, replication: i64, by: &str) -> Result<Option<i64>, StoreError> {
+        let by = by.to_string();
+        self.write_tx(move |tx| {
+            let id: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM executions WHERE replication_id = ?1 AND outcome IS NULL ORDER BY id DESC LIMIT 1",
+                    [replication],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = id {
+                tx.execute("UPDATE executions SET stop_by = ?2 WHERE id = ?1", params![id, by])?;
+            }
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn execution_stop_request(&self, id: i64) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            Ok(
+                c.query_row("SELECT stop_by FROM executions WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()?
+                    .flatten(),
+            )
+        })
+        .await
+    }
+
     async fn close_interrupted_executions(&self, holder: &str, now: i64) -> Result<u64, StoreError> {
         let holder = holder.to_string();
         self.write_tx(move |tx| close_running(tx, None, &holder, now, None))

@@ -71,6 +71,12 @@ fn direction(o: &Overview) -> Markup {
 }
 
 /// "12 of 40 items · 3.1 MiB · 7.0 MiB to go · 1.0 MiB/s · about 7 s left"
+/// Whether an execution of `o` runs, here or on another node of the
+/// instance (Stop works through any node).
+fn stoppable(o: &Overview) -> bool {
+    o.running.is_some() || o.status.state == "running on another node"
+}
+
 fn progress_text(running: &Value) -> String {
     let done = running["items_done"].as_u64().unwrap_or(0);
     let total = running["items_total"].as_u64().unwrap_or(0);
@@ -208,7 +214,7 @@ async fn overview(
                                         " "
                                         // Shown while an execution runs (the script keeps it current).
                                         form.inline method="post" action={ "/replications/" (seg(&o.name)) "/stop" }
-                                            data-field="stop" hidden[o.running.is_none()] {
+                                            data-field="stop" hidden[!stoppable(o)] {
                                             (csrf_field(&who))
                                             button.small.danger type="submit" { "Stop" }
                                         }
@@ -237,7 +243,7 @@ async fn overview_json(State(st): State<AppState>, who: Signed) -> Result<Json<V
             "name": o.name,
             "state": o.status.state,
             "progress": o.running.as_ref().map(progress_text).unwrap_or_default(),
-            "running": o.running.is_some(),
+            "running": stoppable(o),
             "last": last_text(o, last.as_ref()).into_string(),
             "lag": lag_text(o),
         }));
@@ -839,7 +845,7 @@ async fn detail(
                         input type="hidden" name="back" value="detail";
                         button.primary type="submit" { "Run now" }
                     }
-                    @if o.running.is_some() {
+                    @if stoppable(&o) {
                         form.inline method="post" action={ (base) "/stop" } {
                             (csrf_field(&who))
                             input type="hidden" name="back" value="detail";
