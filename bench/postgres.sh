@@ -25,7 +25,7 @@ start_pg() {
     "${as[@]}" "$bin/initdb" -A trust -U postgres -E UTF8 -D "$dir/data" >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; return 1; }
     port=$(free_port)
     # A server as an operator would run one: fsync and synchronous commit on.
-    "${as[@]}" "$bin/postgres" -D "$dir/data" -h 127.0.0.1 -p "$port" -k "$dir" -c max_connections=300 \
+    "${as[@]}" "$bin/postgres" -D "$dir/data" -h 127.0.0.1 -p "$port" -k "$dir" -c max_connections=300 ${BENCH_PG_OPTS:-} \
         >"$dir/server.log" 2>&1 &
     BENCH_PIDS+=("$!")
     BENCH_PG_ADMIN="postgres://postgres@127.0.0.1:$port/postgres"

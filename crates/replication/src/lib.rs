@@ -660,7 +660,7 @@ impl Replicator {
     /// Returns who stopped it: once the lease is lost, or when a Stop was
     /// asked through another node (heard at once where the store carries
     /// events, else at the next renewal).
-    async fn hold_lease(&self, id: i64, exec: i64, progress: &Progress) -> String {
+    async fn hold_lease(&self, id: i64, exec: i64, adopted: bool, progress: &Progress) -> String {
         let lease = self.ferry().config().execution_lease;
         let mut held_until = now_millis() + lease.as_millis() as i64;
         let mut events = self
@@ -668,8 +668,9 @@ impl Replicator {
             .shared_by_nodes()
             .then(|| self.ferry().metadata().events())
             .flatten();
-        // A Stop asked before this node took the execution over.
-        if let Some(by) = self.stop_requested(exec).await {
+        // A Stop asked before this node took the execution over (one asked
+        // for a new execution finds it only once it runs: nothing to read).
+        if adopted && let Some(by) = self.stop_requested(exec).await {
             return by;
         }
         loop {
@@ -732,6 +733,9 @@ impl Replicator {
         }
     }
 
+    /// Runs one execution while this node holds replication `rec`'s
+    /// execution lease (its callers have just taken it: `run` through
+    /// `wait_for_lease`, `run_if_idle`), then gives the lease up.
     async fn execute_locked(
         &self,
         rec: &ReplicationRecord,
@@ -740,12 +744,6 @@ impl Replicator {
         confirm_deletes: bool,
         full: bool,
     ) -> Result<ExecutionResult, ReplError> {
-        if !self.take_lease(rec.id).await? {
-            return Err(ReplError::Conflict(format!(
-                "an execution of {} is running on another node of this instance",
-                rec.name
-            )));
-        }
         let result = self
             .execute_leased(rec, cfg, trigger, confirm_deletes, full)
             .await;
@@ -830,7 +828,7 @@ impl Replicator {
         let result = tokio::select! {
             r = run.execute() => Some(r),
             _ = progress.stop.notified() => None,
-            by = self.hold_lease(rec.id, exec_id, &progress) => {
+            by = self.hold_lease(rec.id, exec_id, adopted.is_some(), &progress) => {
                 if let Ok(mut b) = progress.stopped_by.lock() {
                     *b = Some(by);
                 }

@@ -92,6 +92,17 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")) => {
                 StoreError::Contention(d.to_string())
             }
+            // The server going away as seen from a connection it ends:
+            // SQLSTATE class 08 (connection exception), 57P01–57P05
+            // (shut down, crashed, not accepting connections yet, …) and
+            // 53300 (too many connections), PostgreSQL documentation,
+            // Appendix A. Unavailable (503, try again), not a fault.
+            sqlx::Error::Database(d)
+                if d.code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300") =>
+            {
+                StoreError::Unavailable(format!("database: {d}"))
+            }
             other => StoreError::Backend(other.to_string()),
         }
     }

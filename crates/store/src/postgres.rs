@@ -217,6 +217,14 @@ const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// "storage unavailable" (503).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A pooled connection idle for longer than this is pinged (one round
+/// trip) before a request gets it, so that one the server dropped (a
+/// restart, a failover: they take longer than this) is replaced instead
+/// of failing the request; one used more recently is handed over as it is
+/// (a replication execution or a busy node takes its connections back
+/// within milliseconds, and a ping on each would double its round trips).
+const PING_IF_IDLE_FOR: Duration = Duration::from_millis(250);
+
 /// The `LISTEN`/`NOTIFY` channel that carries [`StoreEvent`]s between the
 /// nodes sharing a database. Payloads: `c FEED SEQ` (change log grew),
 /// `d FEED NAME` (feed deleted), `k FEED` (signing key set), `K HASH` (the
@@ -406,6 +414,15 @@ impl PgStore {
         let pool = match PgPoolOptions::new()
             .max_connections(DEFAULT_MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(opts.clone())
             .await
         {
@@ -631,16 +648,38 @@ async fn key_record(c: &mut PgConnection, r: &PgRow) -> Result<ApiKeyRecord, Sto
     })
 }
 
+/// The `BEGIN` of a bookkeeping transaction: its commit returns before
+/// its WAL record is flushed (`synchronous_commit = off`, PostgreSQL
+/// documentation, "Asynchronous Commit").
+pub(crate) const BEGIN_BOOKKEEPING: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+
 /// Runs `$body` (an `async` block using the connection `$c`, returning
 /// `Result<T, StoreError>`) in a transaction and commits it; runs it again,
 /// up to three times in all, when PostgreSQL aborted it to break a
 /// deadlock or a serialization conflict ([`StoreError::Contention`]).
+///
+/// `store_tx!(store, bookkeeping, |c| ...)` commits asynchronously
+/// ([`BEGIN_BOOKKEEPING`]): for the replication engine's own records
+/// (execution records and logs, leases, cursors, peers, download counts),
+/// whose last fraction of a second may be lost when the *database server*
+/// crashes — the durability SQLite gives every commit in WAL mode with
+/// `synchronous=NORMAL` — never for items, changes, blobs, keys or
+/// configuration. WAL order still holds: a later synchronous commit
+/// flushes every earlier asynchronous one, so after a crash a cursor never
+/// names a change whose items were lost (a lost cursor only moves back,
+/// and pulling again is idempotent).
 macro_rules! store_tx {
-    ($store:expr, |$c:ident| $body:expr) => {{
+    ($store:expr, bookkeeping, |$c:ident| $body:expr) => {
+        $crate::postgres::store_tx!(@run $store, $store.pool().begin_with($crate::postgres::BEGIN_BOOKKEEPING), |$c| $body)
+    };
+    ($store:expr, |$c:ident| $body:expr) => {
+        $crate::postgres::store_tx!(@run $store, $store.pool().begin(), |$c| $body)
+    };
+    (@run $store:expr, $begin:expr, |$c:ident| $body:expr) => {{
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let mut tx = $store.pool().begin().await?;
+            let mut tx = $begin.await?;
             let out: Result<_, StoreError> = {
                 let $c: &mut sqlx::PgConnection = &mut tx;
                 $body.await
@@ -1039,17 +1078,19 @@ impl MetadataStore for PgStore {
         let mut pairs: Vec<(&str, i64)> = sum.into_iter().collect();
         pairs.sort();
         let (keys, ns): (Vec<&str>, Vec<i64>) = pairs.into_iter().unzip();
-        sqlx::query(
-            "UPDATE items SET downloads = items.downloads + v.n
-             FROM unnest($2::text[], $3::bigint[]) AS v(k, n)
-             WHERE items.feed_id = $1 AND items.key = v.k",
-        )
-        .bind(feed)
-        .bind(keys)
-        .bind(ns)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        store_tx!(self, bookkeeping, |c| async {
+            sqlx::query(
+                "UPDATE items SET downloads = items.downloads + v.n
+                 FROM unnest($2::text[], $3::bigint[]) AS v(k, n)
+                 WHERE items.feed_id = $1 AND items.key = v.k",
+            )
+            .bind(feed)
+            .bind(&keys)
+            .bind(&ns)
+            .execute(&mut *c)
+            .await?;
+            Ok(())
+        })
     }
 
     async fn lease_blob(&self, digest: &Digest, size: u64, lease_until: i64) -> Result<(), StoreError> {

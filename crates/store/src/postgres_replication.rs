@@ -212,7 +212,7 @@ impl ReplicationStore for PgStore {
         set: &[(String, i64)],
         clear: &[String],
     ) -> Result<(), StoreError> {
-        store_tx!(self, |c| async {
+        store_tx!(self, bookkeeping, |c| async {
             for (name, value) in set {
                 sqlx::query(
                     "INSERT INTO cursors (replication_id, name, value) VALUES ($1, $2, $3)
@@ -255,16 +255,19 @@ impl ReplicationStore for PgStore {
         instance: &str,
         state: serde_json::Value,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO replication_peers (replication_id, instance, state) VALUES ($1, $2, $3)
-             ON CONFLICT (replication_id, instance) DO UPDATE SET state = EXCLUDED.state",
-        )
-        .bind(replication)
-        .bind(instance)
-        .bind(json_text(&state)?)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        let state = json_text(&state)?;
+        store_tx!(self, bookkeeping, |c| async {
+            sqlx::query(
+                "INSERT INTO replication_peers (replication_id, instance, state) VALUES ($1, $2, $3)
+                 ON CONFLICT (replication_id, instance) DO UPDATE SET state = EXCLUDED.state",
+            )
+            .bind(replication)
+            .bind(instance)
+            .bind(&state)
+            .execute(&mut *c)
+            .await?;
+            Ok(())
+        })
     }
 
     async fn peers(&self, replication: i64) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
@@ -294,14 +297,16 @@ impl ReplicationStore for PgStore {
     }
 
     async fn start_execution(&self, replication: i64, trigger: &str) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO executions (replication_id, trigger, started_at, report) VALUES ($1, $2, $3, '{}') RETURNING id",
-        )
-        .bind(replication)
-        .bind(trigger)
-        .bind(now_millis())
-        .fetch_one(self.pool())
-        .await?)
+        store_tx!(self, bookkeeping, |c| async {
+            Ok(sqlx::query_scalar(
+                "INSERT INTO executions (replication_id, trigger, started_at, report) VALUES ($1, $2, $3, '{}') RETURNING id",
+            )
+            .bind(replication)
+            .bind(trigger)
+            .bind(now_millis())
+            .fetch_one(&mut *c)
+            .await?)
+        })
     }
 
     async fn finish_execution(
@@ -312,7 +317,7 @@ impl ReplicationStore for PgStore {
         holder: &str,
     ) -> Result<(), StoreError> {
         let report = json_text(&report)?;
-        store_tx!(self, |c| async {
+        store_tx!(self, bookkeeping, |c| async {
             let replication: Option<i64> = sqlx::query_scalar(
                 "UPDATE executions SET ended_at = $2, outcome = $3, report = $4
                  WHERE id = $1 AND outcome IS NULL
@@ -348,7 +353,7 @@ impl ReplicationStore for PgStore {
         holder: &str,
     ) -> Result<(), StoreError> {
         let report = json_text(&report)?;
-        store_tx!(self, |c| async {
+        store_tx!(self, bookkeeping, |c| async {
             sqlx::query(
                 "UPDATE executions SET report = $3
                  WHERE id = $1 AND outcome IS NULL
@@ -366,7 +371,7 @@ impl ReplicationStore for PgStore {
     }
 
     async fn request_execution_stop(&self, replication: i64, by: &str) -> Result<Option<i64>, StoreError> {
-        store_tx!(self, |c| async {
+        store_tx!(self, bookkeeping, |c| async {
             let id: Option<i64> = sqlx::query_scalar(
                 "UPDATE executions SET stop_by = $2
                  WHERE id = (SELECT id FROM executions WHERE replication_id = $1 AND outcome IS NULL
@@ -393,7 +398,7 @@ impl ReplicationStore for PgStore {
     }
 
     async fn close_interrupted_executions(&self, holder: &str, now: i64) -> Result<u64, StoreError> {
-        store_tx!(self, |c| close_running(c, None, holder, now, None))
+        store_tx!(self, bookkeeping, |c| close_running(c, None, holder, now, None))
     }
 
     async fn take_execution_lease(
@@ -403,7 +408,7 @@ impl ReplicationStore for PgStore {
         now: i64,
         until: i64,
     ) -> Result<bool, StoreError> {
-        store_tx!(self, |c| async {
+        store_tx!(self, bookkeeping, |c| async {
             // The replication's row serializes nodes racing for its lease.
             let exists: Option<i64> =
                 sqlx::query_scalar("SELECT id FROM replications WHERE id = $1 FOR UPDATE")
@@ -447,7 +452,7 @@ impl ReplicationStore for PgStore {
         holder: &str,
         now: i64,
     ) -> Result<Option<i64>, StoreError> {
-        store_tx!(self, |c| async {
+        store_tx!(self, bookkeeping, |c| async {
             let held: Option<i32> = sqlx::query_scalar(
                 "SELECT 1 FROM execution_leases WHERE replication_id = $1 AND holder = $2 AND until >= $3 FOR UPDATE",
             )
@@ -473,12 +478,14 @@ impl ReplicationStore for PgStore {
     }
 
     async fn release_execution_lease(&self, replication: i64, holder: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM execution_leases WHERE replication_id = $1 AND holder = $2")
-            .bind(replication)
-            .bind(holder)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        store_tx!(self, bookkeeping, |c| async {
+            sqlx::query("DELETE FROM execution_leases WHERE replication_id = $1 AND holder = $2")
+                .bind(replication)
+                .bind(holder)
+                .execute(&mut *c)
+                .await?;
+            Ok(())
+        })
     }
 
     fn shared_by_nodes(&self) -> bool {

@@ -12,6 +12,10 @@ use super::fetch::Fetched;
 use super::*;
 use crate::ReplError;
 
+/// Changes of this instance's own log read at a time when looking for
+/// local divergence to put back.
+const LOCAL_PAGE: usize = 2000;
+
 impl Run<'_> {
     pub(super) async fn pull_feed(
         &mut self,
@@ -285,10 +289,12 @@ impl Run<'_> {
         let meta = self.r.ferry().metadata().clone();
         let mut since = self.r.store().cursor(self.rec.id, &name).await?;
         loop {
-            let changes = meta.changes_since(local.id, since, 2000).await?;
+            let changes = meta.changes_since(local.id, since, LOCAL_PAGE).await?;
             let Some(last) = changes.last().map(|c| c.seq) else {
                 return Ok(());
             };
+            // A short page is the log's end: no read to find it empty.
+            let end = changes.len() < LOCAL_PAGE;
             let mut seen = HashSet::new();
             let keys: Vec<ItemKey> = changes
                 .into_iter()
@@ -306,6 +312,9 @@ impl Run<'_> {
             // A plan counts the repairs (in `pull_entries`) and moves nothing.
             if !self.dry {
                 self.r.store().set_cursor(self.rec.id, &name, since).await?;
+            }
+            if end {
+                return Ok(());
             }
         }
     }
