@@ -1,11 +1,16 @@
 //! Hostile request targets and bodies, through the real router: each is
 //! refused with a 4xx and a reason, in the error shape of the route's
-//! protocol, with the security headers; no route sees it; nothing is stored.
+//! protocol, with the security headers; no route sees it; nothing is stored;
+//! no body is read past its cap.
 #![allow(clippy::unwrap_used)]
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use axum::body::Body;
 use axum::http::StatusCode;
+use bytes::Bytes;
 use common::{ADMIN, Instance, Reply};
 use ferry_types::{FeedName, FeedType};
 
@@ -237,4 +242,97 @@ fn walk(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
         }
     }
     found
+}
+
+/// A body that would be 1 GiB, made as it is read; counts what was read.
+fn gigabyte_of_json(read: Arc<AtomicUsize>) -> Body {
+    const CHUNK: usize = 64 << 10;
+    let mut first = true;
+    let chunks = std::iter::from_fn(move || {
+        if read.load(Ordering::Relaxed) >= 1 << 30 {
+            return None;
+        }
+        read.fetch_add(CHUNK, Ordering::Relaxed);
+        let mut c = vec![b' '; CHUNK];
+        if first {
+            c[..9].copy_from_slice(b"{\"name\":\"");
+            c[9..].fill(b'x');
+            first = false;
+        } else {
+            c.fill(b'x');
+        }
+        Some(Ok::<_, std::io::Error>(Bytes::from(c)))
+    });
+    Body::from_stream(futures::stream::iter(chunks))
+}
+
+/// Every API and metadata endpoint that reads a JSON body whole refuses a
+/// 1 GiB one with 413 after reading at most a few MiB of it, with or
+/// without a declared length; nothing changes.
+#[tokio::test]
+async fn a_gigabyte_of_json_is_refused_413_after_a_bounded_read() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    i.feed("js", FeedType::Npm, false).await;
+    let token = i.incoming("in", &["files"], "mirror").await;
+    let json = ("content-type", "application/json");
+    let endpoints: [(&str, &str, Option<&str>, usize); 9] = [
+        ("POST", "/api/v1/feeds", Some(ADMIN), 1 << 20),
+        ("POST", "/api/v1/keys", Some(ADMIN), 1 << 20),
+        ("POST", "/api/v1/replications", Some(ADMIN), 1 << 20),
+        ("PUT", "/api/v1/config", Some(ADMIN), 1 << 20),
+        ("POST", "/api/v1/fsck", Some(ADMIN), 1 << 20),
+        ("POST", "/api/replication/v1/handshake", Some(&token), 16 << 20),
+        (
+            "POST",
+            "/api/replication/v1/feeds/files/apply",
+            Some(&token),
+            16 << 20,
+        ),
+        (
+            "POST",
+            "/api/replication/v1/blobs/missing",
+            Some(&token),
+            16 << 20,
+        ),
+        (
+            "PUT",
+            "/npm/js/-/package/pkg/dist-tags/latest",
+            Some(ADMIN),
+            16 << 20,
+        ),
+    ];
+    for (method, uri, key, cap) in endpoints {
+        for declared in [false, true] {
+            let read = Arc::new(AtomicUsize::new(0));
+            let mut headers = vec![json];
+            if declared {
+                headers.push(("content-length", "1073741824"));
+            }
+            let r = i
+                .send(method, uri, key, &headers, gigabyte_of_json(read.clone()))
+                .await;
+            let got = read.load(Ordering::Relaxed);
+            assert_eq!(
+                r.status,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "{method} {uri} (length declared: {declared}): {}",
+                r.text()
+            );
+            let why = r.text().to_lowercase();
+            assert!(
+                why.contains("too large") || why.contains("exceeds the limit"),
+                "{uri}: {why}"
+            );
+            assert!(
+                got <= cap + (1 << 20),
+                "{method} {uri} (length declared: {declared}) read {got} bytes of a 1 GiB body; the cap is {cap}"
+            );
+            assert_headers(&r, uri);
+        }
+    }
+    let r = i
+        .send("GET", "/api/v1/feeds", Some(ADMIN), &[], Body::empty())
+        .await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(2), "{}", r.text());
 }
