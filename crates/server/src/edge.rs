@@ -195,9 +195,11 @@ fn finish(seen: &Seen, resp: &mut Response) {
 /// Query parameters a route takes more than once: (route template, name).
 /// Everywhere else a parameter named twice is refused, since a route would
 /// silently take one of the values.
-const REPEATABLE: [(&str, &str); 3] = [
+const REPEATABLE: [(&str, &str); 4] = [
     // Docker and OCI clients ask for several scopes at once.
     ("/v2/token", "scope"),
+    // OCI 1.1: a manifest pushed under several tags at once.
+    ("/v2/{feed}/{*rest}", "tag"),
     ("/api/replication/v1/feeds/{feed}/digest", "include"),
     ("/api/replication/v1/feeds/{feed}/digest", "exclude"),
 ];
