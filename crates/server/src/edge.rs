@@ -454,3 +454,73 @@ impl RequestMetrics {
         (count, time)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(target: &str, route: Option<&str>) -> Option<String> {
+        target_refusal(&target.parse().expect("a URI"), route)
+    }
+
+    #[test]
+    fn ordinary_targets_pass() {
+        for t in [
+            "/",
+            "/assets/files/dir/file-1.0.tar.gz",
+            "/npm/js/@scope%2fpkg",
+            "/npm/js/-/v1/search?text=a+b&size=20",
+            "/pypi/py/simple/pkg/",
+            "/nuget/nu/Search()?searchTerm='x'&$top=30&semVerLevel=2.0.0",
+            "/assets/files/caf%C3%A9.txt",
+            "/assets/files/..x/x..",
+            "/health?",
+            "/health?&&a=1&&b=",
+        ] {
+            assert_eq!(check(t, None), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn encoding_nul_and_dot_segments_are_named() {
+        for (t, says) in [
+            ("/a%zz", "invalid percent-encoding \"%zz\""),
+            ("/a%", "invalid percent-encoding \"%\""),
+            ("/a%4", "invalid percent-encoding"),
+            ("/a%-1", "invalid percent-encoding"),
+            ("/a%c3", "not UTF-8"),
+            ("/a%00", "NUL"),
+            ("/a?b=%00", "parameter \"b\" has a NUL"),
+            ("/a?%00=1", "a parameter name has a NUL"),
+            ("/a/..", "'..' segments"),
+            ("/a/%2E%2e/b", "'..' segments"),
+            ("/a/.%2e", "'..' segments"),
+            ("/a/b%2f..%2fc", "'..' segments"),
+            ("/a/b%5c..%5cc", "'..' segments"),
+            ("/a/./b", "'.' and '..'"),
+        ] {
+            let why = check(t, None).unwrap_or_else(|| panic!("{t} passed"));
+            assert!(why.contains(says), "{t}: {why}");
+        }
+    }
+
+    #[test]
+    fn repeated_parameters_are_refused_unless_the_route_takes_a_list() {
+        let why = check("/x?a=1&b=2&A=3", Some("/x")).unwrap();
+        assert!(why.contains("\"a\" is given 2 times"), "{why}");
+        let why = check("/x?q=1&q=2&q=3", None).unwrap();
+        assert!(why.contains("given 3 times"), "{why}");
+        assert_eq!(check("/v2/token?scope=a&scope=b", Some("/v2/token")), None);
+        assert_eq!(
+            check(
+                "/v2/f/r/manifests/sha256:ab?tag=a&tag=b",
+                Some("/v2/{feed}/{*rest}")
+            ),
+            None
+        );
+        assert!(check("/v2/token?service=a&service=b", Some("/v2/token")).is_some());
+        // Many distinct names: no quadratic work, no refusal.
+        let many: String = (0..5_000).map(|i| format!("p{i}=1&")).collect();
+        assert_eq!(check(&format!("/x?{many}"), None), None);
+    }
+}
