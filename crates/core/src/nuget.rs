@@ -401,6 +401,11 @@ pub struct V2Query {
 /// range updates must be in (`versionConstraints`), if any.
 pub type UpdateAsked = (String, String, Option<VersionRange>);
 
+/// One pair `GetUpdates()` asks about, parsed: the installed version, the
+/// range updates must be in, and (without `includeAllVersions`) the newest
+/// update found for it so far.
+type AskedPair<'q> = (NuGetVersion, Option<&'q VersionRange>, Option<NuGetVersion>);
+
 /// One page of a v2 answer.
 #[derive(Debug)]
 pub struct V2Page<'a> {
@@ -444,29 +449,45 @@ pub fn v2_query<'a>(all: &'a [Stored], q: &V2Query) -> Result<V2Page<'a>, CoreEr
         .map(odata::parse_filter)
         .transpose()?;
     let term = q.search_term.as_deref().map(|t| t.trim().to_lowercase());
-    // GetUpdates() without includeAllVersions: per id, the newest listed
-    // version this client may see within the id's constraint.
-    let mut newest_wanted: BTreeMap<String, NuGetVersion> = BTreeMap::new();
-    if let Some((wanted, false)) = &q.updates {
-        for s in all {
-            let i = &s.item;
-            if !i.listed || (!q.semver2 && i.is_semver2()) {
-                continue;
-            }
-            let v = i.parsed_version();
-            if !q.include_prerelease && v.is_prerelease() {
-                continue;
-            }
-            let Some((_, _, constraint)) = wanted.iter().find(|(id, _, _)| id.eq_ignore_ascii_case(&i.id))
-            else {
+    // GetUpdates(): each pair asked about (id, installed version, range)
+    // is answered on its own — the same id may come twice, with different
+    // installed versions (projects on different versions) or ranges. The
+    // pairs by id, so an item is compared only with its own id's pairs.
+    let mut asked: BTreeMap<String, Vec<AskedPair<'_>>> = BTreeMap::new();
+    if let Some((wanted, _)) = &q.updates {
+        for (id, installed, constraint) in wanted {
+            // (The server refuses versions that do not parse.)
+            let Ok(installed) = NuGetVersion::parse(installed) else {
                 continue;
             };
-            if constraint.as_ref().is_some_and(|c| !c.contains(&v)) {
+            asked
+                .entry(id_key(id))
+                .or_default()
+                .push((installed, constraint.as_ref(), None));
+        }
+    }
+    // A version this client may see that is an update for a pair: listed,
+    // newer than the installed one, within the pair's range, a prerelease
+    // only when asked for.
+    let update_for =
+        |i: &PackageItem, v: &NuGetVersion, installed: &NuGetVersion, c: Option<&VersionRange>| {
+            i.listed
+                && (q.semver2 || !i.is_semver2())
+                && (q.include_prerelease || !v.is_prerelease())
+                && v > installed
+                && c.is_none_or(|c| c.contains(v))
+        };
+    // Without includeAllVersions: each pair's newest update.
+    if matches!(&q.updates, Some((_, false))) {
+        for s in all {
+            let Some(pairs) = asked.get_mut(&id_key(&s.item.id)) else {
                 continue;
-            }
-            let e = newest_wanted.entry(id_key(&i.id)).or_insert_with(|| v.clone());
-            if v > *e {
-                *e = v;
+            };
+            let v = s.item.parsed_version();
+            for (installed, c, newest) in pairs.iter_mut() {
+                if update_for(&s.item, &v, installed, *c) && newest.as_ref().is_none_or(|n| v > *n) {
+                    *newest = Some(v.clone());
+                }
             }
         }
     }
@@ -498,26 +519,13 @@ pub fn v2_query<'a>(all: &'a [Stored], q: &V2Query) -> Result<V2Page<'a>, CoreEr
         {
             continue;
         }
-        if let Some((wanted, all_versions)) = &q.updates {
-            let Some((_, installed, constraint)) =
-                wanted.iter().find(|(id, _, _)| id.eq_ignore_ascii_case(&i.id))
-            else {
-                continue;
-            };
-            if constraint.as_ref().is_some_and(|c| !c.contains(&v)) {
-                continue;
-            }
-            let Ok(installed) = NuGetVersion::parse(installed) else {
-                continue;
-            };
-            if v <= installed || (!q.include_prerelease && v.is_prerelease()) {
-                continue;
-            }
-            if !all_versions
-                && newest_wanted
-                    .get(&id_key(&i.id))
-                    .is_none_or(|n| n.cmp(&v).is_ne())
-            {
+        if let Some((_, all_versions)) = &q.updates {
+            let answers = asked.get(&id_key(&i.id)).is_some_and(|pairs| {
+                pairs.iter().any(|(installed, c, newest)| {
+                    update_for(i, &v, installed, *c) && (*all_versions || newest.as_ref() == Some(&v))
+                })
+            });
+            if !answers {
                 continue;
             }
         }

@@ -22,9 +22,16 @@
 //!   [`MAX_HEAD_BYTES`] of request line and headers; past either, 431 with
 //!   a plain-text reason and the security headers every answer carries.
 //!   hyper's own limits are set above ours (four times the fields, twice
-//!   the bytes), so only a head past those gets hyper's own bare 431;
-//!   hyper's 400 for a request it cannot parse (such as an unparseable
-//!   `Content-Length`) is its own too, as no request reaches us to answer.
+//!   the bytes); a head past those, and a request hyper cannot parse at all
+//!   (a malformed request line, method, URI or header line, an unparseable
+//!   `Content-Length` or `Transfer-Encoding`), never reaches the router:
+//!   hyper answers it itself and closes. That answer is bare (a status, no
+//!   reason, none of our headers), so it is replaced ([`Tracked`]): bytes
+//!   hyper writes while every earlier response has been flushed and no
+//!   request has reached the service since can only be its own refusal;
+//!   they are held back, and once the connection ends with hyper's parse
+//!   error the same status is sent with a plain-text reason naming what was
+//!   wrong and the security headers ([`unparsed_answer`]).
 //!
 //! Long polls (`GET /api/replication/v1/feeds/F/changes?wait=N`) are exempt
 //! by design: once a request's headers are in, nothing above times out the
@@ -45,7 +52,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -312,11 +319,10 @@ async fn serve_connection<S>(
     // so it would also cut idle kept-alive connections at the header
     // timeout; `Conn::deadline` times headers and idleness separately.
     http.header_read_timeout(None).keep_alive(!conn.overflow);
-    let connection = http.serve_connection(io, service);
-    let mut connection = std::pin::pin!(connection);
+    let mut connection = http.serve_connection(io, service);
     let mut draining = false;
     if *stop.borrow() {
-        connection.as_mut().graceful_shutdown();
+        Pin::new(&mut connection).graceful_shutdown();
         draining = true;
     }
     // The watchdog wakes at the connection's deadline, and at least every
@@ -326,14 +332,9 @@ async fn serve_connection<S>(
     let period = millis(limits.header_read_timeout.min(limits.keep_alive_timeout));
     let watchdog = tokio::time::sleep(Duration::ZERO);
     let mut watchdog = std::pin::pin!(watchdog);
-    loop {
+    let ended = loop {
         tokio::select! {
-            r = connection.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
+            r = &mut connection => break r,
             _ = conn.wake.notified() => {
                 if conn.is_evicted() {
                     tracing::debug!("closed an idle connection to make room for a new one");
@@ -353,10 +354,72 @@ async fn serve_connection<S>(
             _ = stop.changed(), if !draining => {
                 // Idle connections close now; one with a request in flight
                 // closes after its response.
-                connection.as_mut().graceful_shutdown();
+                Pin::new(&mut connection).graceful_shutdown();
                 draining = true;
             }
         }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
+        let status = conn.refused.load(Ordering::Acquire);
+        if status != 0 {
+            let io = connection.into_parts().io.into_inner();
+            unparsed_answer(io, status, &e, limits.header_read_timeout).await;
+        }
+    }
+}
+
+/// Answers a request hyper could not parse, in place of hyper's bare
+/// answer (held back by [`Tracked`]): the status hyper chose, a plain-text
+/// reason and the security headers; then closes, reading for a moment what
+/// the client still sends so that the close does not reset the connection
+/// before the client has read the answer. All within `within`.
+async fn unparsed_answer<S>(mut stream: Tracked<S>, status: u16, e: &hyper::Error, within: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.release();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let text = match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
+            "request header fields too large: the request head is past {} KiB or {HYPER_MAX_HEADERS} header fields; \
+             at most {} KiB and {MAX_HEADERS} header fields are accepted\n",
+            HYPER_MAX_BUF / 1024,
+            MAX_HEAD_BYTES / 1024,
+        ),
+        StatusCode::URI_TOO_LONG => {
+            "URI too long: the request target is past 64 KiB, the most accepted\n".to_owned()
+        }
+        _ => format!("bad request: {e}; the request is not valid HTTP/1.1 and was not read further\n"),
+    };
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+         connection: close\r\nx-content-type-options: nosniff\r\ncontent-security-policy: {}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Bad Request"),
+        text.len(),
+        ferry_server::blobs::SANDBOX_POLICY,
+    );
+    let answered = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(text.as_bytes()).await?;
+        stream.shutdown().await?;
+        // What the client still sends (the rest of an oversized head, a
+        // body), up to 1 MiB, so that closing does not reset the answer away.
+        let mut buf = [0u8; 8192];
+        let mut left = 1usize << 20;
+        while left > 0 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        io::Result::Ok(())
+    };
+    if let Ok(Err(e)) = tokio::time::timeout(within, answered).await {
+        tracing::debug!(error = %e, "could not answer a request that could not be parsed");
     }
 }
 
@@ -399,6 +462,12 @@ struct Conn {
     /// When the next request's first byte arrived (0: not yet). A new
     /// connection counts as started at accept.
     head_started: AtomicU64,
+    /// Every response given to hyper has been flushed and no request has
+    /// reached the service since: what hyper writes now is its own answer
+    /// to a request it could not parse (see [`Tracked`]).
+    settled: AtomicBool,
+    /// The status of that answer, held back (0: none).
+    refused: AtomicU16,
     /// Closed to make room for a new connection.
     evicted: AtomicBool,
     /// Wakes the connection task when it is evicted.
@@ -414,6 +483,8 @@ impl Conn {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(now),
             head_started: AtomicU64::new(now),
+            settled: AtomicBool::new(true),
+            refused: AtomicU16::new(0),
             evicted: AtomicBool::new(false),
             wake: Notify::new(),
         }
@@ -460,6 +531,8 @@ struct Busy(Arc<Conn>);
 impl Busy {
     fn begin(conn: &Arc<Conn>) -> Self {
         conn.busy.fetch_add(1, Ordering::AcqRel);
+        // A response is coming: hyper's writes are ours again.
+        conn.settled.store(false, Ordering::Release);
         conn.head_started.store(0, Ordering::Release);
         Busy(conn.clone())
     }
@@ -877,8 +950,23 @@ impl http_body::Body for Guarded {
 // --------------------------------------------------------------------- io
 
 /// The connection's byte stream: notes bytes arriving between requests (the
-/// start of the next request's headers) and fails a write the client has
-/// taken nothing of for `send_timeout`.
+/// start of the next request's headers), fails a write the client has
+/// taken nothing of for `send_timeout`, and holds back hyper's own answer
+/// to a request it could not parse.
+///
+/// hyper writes a response only for a request that reached the service,
+/// or, when it cannot parse a request head, a bare one of its own, after
+/// which it closes. It reads the next head only once the previous response
+/// is written, and calls `poll_flush` only once its buffer is empty; so when
+/// `poll_flush` succeeds with no request in progress, everything the
+/// service answered is on the wire ([`Conn::settled`]), and what hyper
+/// writes before the next request reaches the service is its own refusal.
+/// Those bytes are dropped (their status kept in [`Conn::refused`]) and the
+/// shutdown hyper asks for after them is not done, so that
+/// [`unparsed_answer`] can send the refusal with a reason. (Should hyper
+/// ever queue its refusal behind the unflushed tail of a response, the two
+/// go out together as hyper wrote them: the client gets hyper's bare
+/// answer, as before.)
 struct Tracked<S> {
     inner: S,
     conn: Arc<Conn>,
@@ -896,6 +984,30 @@ impl<S> Tracked<S> {
             timer: None,
             armed: false,
         }
+    }
+
+    /// Whether hyper's writes now are its own refusal, to hold back; the
+    /// first of them gives the refusal's status (`HTTP/1.1 NNN …`).
+    fn hold_back(&self, first: &[u8]) -> bool {
+        if !self.conn.settled.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.conn.refused.load(Ordering::Acquire) == 0 {
+            let status = first
+                .get(9..12)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| d.parse::<u16>().ok())
+                .filter(|s| (400..600).contains(s))
+                .unwrap_or(400);
+            self.conn.refused.store(status, Ordering::Release);
+        }
+        true
+    }
+
+    /// Writes pass through again (for the answer that replaces hyper's).
+    fn release(&self) {
+        self.conn.settled.store(false, Ordering::Release);
+        self.conn.refused.store(0, Ordering::Release);
     }
 
     fn check<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
@@ -935,6 +1047,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.hold_back(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.check(r, cx)
     }
@@ -945,6 +1060,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+        if this.hold_back(first) {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         this.check(r, cx)
     }
@@ -956,11 +1075,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_flush(cx);
+        // hyper flushes only an empty buffer: with no request in progress,
+        // every response it was given is now written.
+        if matches!(r, Poll::Ready(Ok(()))) && this.conn.busy.load(Ordering::Acquire) == 0 {
+            this.conn.settled.store(true, Ordering::Release);
+        }
         this.check(r, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // After its held-back refusal: the connection stays open for ours.
+        if this.conn.refused.load(Ordering::Acquire) != 0 {
+            return Poll::Ready(Ok(()));
+        }
         let r = Pin::new(&mut this.inner).poll_shutdown(cx);
         this.check(r, cx)
     }

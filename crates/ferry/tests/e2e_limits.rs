@@ -372,3 +372,176 @@ fn oversized_request_heads_are_refused_with_a_reason_and_the_security_headers() 
         .unwrap();
     assert_eq!(read_status(&mut c, Duration::from_secs(5)), Some(200));
 }
+
+/// What a refusal written on the connection must carry: the status, a
+/// plain-text reason, the security headers; then the connection closes.
+fn assert_refusal(got: &[u8], status: u16, says: &str, what: &str) {
+    let text = String::from_utf8_lossy(got).to_ascii_lowercase();
+    assert!(
+        text.starts_with(&format!("http/1.1 {status} ")),
+        "{what}: {text:?}"
+    );
+    assert!(
+        text.contains("content-type: text/plain; charset=utf-8"),
+        "{what}: {text:?}"
+    );
+    assert!(
+        text.contains("x-content-type-options: nosniff"),
+        "{what}: {text:?}"
+    );
+    assert!(
+        text.contains("content-security-policy: default-src 'none'; sandbox"),
+        "{what}: {text:?}"
+    );
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert!(
+        body.contains(&says.to_ascii_lowercase()),
+        "{what}: {body:?} lacks {says:?}"
+    );
+}
+
+/// Requests hyper cannot parse never reach the router; hyper's own bare
+/// answer (a status, nothing else) is replaced by the same status with a
+/// plain-text reason and the security headers — on a new connection, after
+/// a request on a kept-alive one, and pipelined behind one.
+#[test]
+fn requests_that_cannot_be_parsed_get_a_reason_and_the_security_headers() {
+    let s = Server::start();
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: ferry\r\n\r\n", "a".repeat(70 * 1024));
+    let huge_head = format!(
+        "GET /health HTTP/1.1\r\nHost: ferry\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2 << 20)
+    );
+    let fields: String = (0..500).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let many_fields = format!("GET /health HTTP/1.1\r\nHost: ferry\r\n{fields}\r\n");
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "header line without a colon",
+            b"GET /health HTTP/1.1\r\nHost: ferry\r\nNo colon here\r\n\r\n".to_vec(),
+            400,
+            "bad request: invalid http header parsed",
+        ),
+        (
+            "header name with a control byte",
+            b"GET /health HTTP/1.1\r\nHost: ferry\r\nX-B\x01d: v\r\n\r\n".to_vec(),
+            400,
+            "invalid http header parsed",
+        ),
+        (
+            "method that is not a token",
+            b"G(T /health HTTP/1.1\r\nHost: ferry\r\n\r\n".to_vec(),
+            400,
+            "invalid http method parsed",
+        ),
+        (
+            "garbage request line",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n".to_vec(),
+            400,
+            "bad request:",
+        ),
+        (
+            "request target with a control byte",
+            b"GET /he\x7falth HTTP/1.1\r\nHost: ferry\r\n\r\n".to_vec(),
+            400,
+            "bad request:",
+        ),
+        (
+            "unknown HTTP version",
+            b"GET /health HTTP/7.3\r\nHost: ferry\r\n\r\n".to_vec(),
+            400,
+            "invalid http version parsed",
+        ),
+        (
+            "unparseable Content-Length",
+            b"POST /api/v1/feeds HTTP/1.1\r\nHost: ferry\r\nContent-Length: 12abc\r\n\r\n".to_vec(),
+            400,
+            "invalid content-length parsed",
+        ),
+        (
+            "two different Content-Lengths",
+            b"POST /api/v1/feeds HTTP/1.1\r\nHost: ferry\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+                .to_vec(),
+            400,
+            "invalid content-length parsed",
+        ),
+        (
+            "Transfer-Encoding not ending in chunked",
+            b"POST /api/v1/feeds HTTP/1.1\r\nHost: ferry\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+                .to_vec(),
+            400,
+            "transfer-encoding",
+        ),
+        (
+            "request target past 64 KiB",
+            long_uri.into_bytes(),
+            414,
+            "uri too long",
+        ),
+        (
+            "head past hyper's own size limit",
+            huge_head.into_bytes(),
+            431,
+            "at most 256 kib and 100 header fields are accepted",
+        ),
+        (
+            "head past hyper's own field limit",
+            many_fields.into_bytes(),
+            431,
+            "at most 256 kib and 100 header fields are accepted",
+        ),
+    ];
+    for (what, request, status, says) in &cases {
+        let mut c = connect(&s);
+        // The client may still be writing when the server answers and
+        // closes (an oversized head): the answer is read all the same.
+        let _ = c.write_all(request);
+        let (got, closed) = until_closed(&mut c, Duration::from_secs(10));
+        assert!(closed.is_some(), "{what}: the connection stays open");
+        assert_refusal(&got, *status, says, what);
+    }
+
+    // After a request on a kept-alive connection.
+    let mut c = connect(&s);
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: ferry\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut c, Duration::from_secs(5)).unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0; len];
+    c.read_exact(&mut body).unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: ferry\r\nBroken\r\n\r\n")
+        .unwrap();
+    let (got, closed) = until_closed(&mut c, Duration::from_secs(5));
+    assert!(closed.is_some());
+    assert_refusal(
+        &got,
+        400,
+        "invalid http header parsed",
+        "after a kept-alive request",
+    );
+
+    // Pipelined behind a good request: its answer, then the refusal.
+    let mut c = connect(&s);
+    c.write_all(
+        b"GET /health HTTP/1.1\r\nHost: ferry\r\n\r\nGET /health HTTP/1.1\r\nHost: ferry\r\nBroken\r\n\r\n",
+    )
+    .unwrap();
+    let (got, closed) = until_closed(&mut c, Duration::from_secs(5));
+    assert!(closed.is_some());
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    let second = text
+        .find("http/1.1 400")
+        .unwrap_or_else(|| panic!("no refusal: {text}"));
+    assert_refusal(&got[second..], 400, "invalid http header parsed", "pipelined");
+
+    // And the server goes on serving.
+    let (status, _) = health(&s);
+    assert_eq!(status, Some(200));
+}

@@ -177,6 +177,18 @@ fn type_for_prefix(prefix: &str) -> Option<(FeedType, Flavor)> {
     }
 }
 
+/// How refusals on `path` are worded: the feed protocol's own error shape
+/// under a feed prefix, JSON on the management and replication APIs,
+/// plain text elsewhere.
+pub(crate) fn flavor_for_path(path: &str) -> Flavor {
+    let prefix = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    match type_for_prefix(prefix) {
+        Some((_, flavor)) => flavor,
+        None if prefix == "api" => Flavor::Json,
+        None => Flavor::Text,
+    }
+}
+
 impl FromRequestParts<AppState> for FeedAccess {
     type Rejection = ApiError;
 

@@ -515,8 +515,14 @@ pub fn token_env_name(replication: &str) -> String {
     format!("FERRY_TOKEN_{tail}")
 }
 
+/// The most a `PUT /api/v1/config` body may be, as every management API
+/// body (`mgmt`): past it, 413 before more is read.
+const MAX_CONFIG_BODY: usize = 1 << 20;
+
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/config", get(get_config).put(put_config))
+    Router::new()
+        .route("/api/v1/config", get(get_config).put(put_config))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_CONFIG_BODY))
 }
 
 async fn get_config(State(st): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {

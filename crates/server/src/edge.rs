@@ -15,6 +15,14 @@
 //! - A request that failed is logged here, once, with its feed and the
 //!   client's address: a server fault at ERROR (its cause is not shown to
 //!   the client), a broken request body at WARN, as the client event it is.
+//! - The request target is checked once, before any handler runs
+//!   ([`target_refusal`]): a path or query with invalid percent-encoding,
+//!   percent-encoded bytes that are not UTF-8, a NUL (`%00`), a path with a
+//!   `.` or `..` segment (also when the dots or the slash are
+//!   percent-encoded, or the separator is a backslash), or a query naming a
+//!   parameter more than once where the route takes one value, is answered
+//!   400 with the reason, in the error shape of the route's protocol. No
+//!   route ever sees such a target.
 //! - A 405 or 404 the router makes itself (empty) gets a plain-text
 //!   reason.
 //! - Every request is counted in `ferry_http_requests_total` and timed in
@@ -26,6 +34,7 @@
 //! on every call, and this path is taken by every index request a fleet
 //! makes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,13 +47,13 @@ use axum::body::Body;
 use axum::body::HttpBody as _;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use ferry_core::CoreError;
 use http_body_util::BodyExt;
 use metrics::{Counter, Histogram};
 use tower::{Layer, Service};
 
-use crate::{blobs, client_addr, error};
+use crate::{access, blobs, client_addr, error};
 
 /// The layer: wraps each route's service in [`EdgeService`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -94,13 +103,27 @@ where
             uri: req.uri().clone(),
             client: client_addr(req.extensions()),
         };
+        let route = seen.matched.as_ref().map(MatchedPath::as_str);
+        if let Some(why) = target_refusal(&seen.uri, route) {
+            let flavor = access::flavor_for_path(seen.uri.path());
+            let refused = error::ApiError {
+                error: CoreError::invalid(why),
+                flavor,
+            };
+            return EdgeFuture {
+                inner: None,
+                refused: Some(refused.into_response()),
+                seen: Some(seen),
+            };
+        }
         // A request without a body (most reads) has nothing to mark or lift.
         if !req.body().is_end_stream() {
             DefaultBodyLimit::disable().apply(&mut req);
             req = req.map(|body| Body::new(body.map_err(CoreError::client_body_error)));
         }
         EdgeFuture {
-            inner: self.inner.call(req),
+            inner: Some(self.inner.call(req)),
+            refused: None,
             seen: Some(seen),
         }
     }
@@ -109,8 +132,10 @@ where
 pin_project_lite::pin_project! {
     /// The inner service's response, finished as the module says.
     pub(crate) struct EdgeFuture<F> {
+        // None: the request was refused here (`refused`), never routed.
         #[pin]
-        inner: F,
+        inner: Option<F>,
+        refused: Option<Response>,
         seen: Option<Seen>,
     }
 }
@@ -123,10 +148,19 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut resp = match this.inner.poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(resp)) => resp,
+        let mut resp = match (this.inner.as_pin_mut(), this.refused.take()) {
+            (Some(inner), _) => match inner.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(resp)) => resp,
+            },
+            (None, Some(refused)) => refused,
+            // (Never: a future is not polled again once it completed.)
+            (None, None) => {
+                let gone =
+                    error::ApiError::text(CoreError::Internal("edge future polled after completion".into()));
+                gone.into_response()
+            }
         };
         if let Some(seen) = this.seen.take() {
             finish(&seen, &mut resp);
@@ -156,6 +190,127 @@ fn finish(seen: &Seen, resp: &mut Response) {
             HeaderValue::from_static(blobs::SANDBOX_POLICY),
         );
     }
+}
+
+/// Query parameters a route takes more than once: (route template, name).
+/// Everywhere else a parameter named twice is refused, since a route would
+/// silently take one of the values.
+const REPEATABLE: [(&str, &str); 4] = [
+    // Docker and OCI clients ask for several scopes at once.
+    ("/v2/token", "scope"),
+    // OCI 1.1: a manifest pushed under several tags at once.
+    ("/v2/{feed}/{*rest}", "tag"),
+    ("/api/replication/v1/feeds/{feed}/digest", "include"),
+    ("/api/replication/v1/feeds/{feed}/digest", "exclude"),
+];
+
+/// Why the request target (`uri`, matched to `route`) is refused, if it
+/// is: see the module docs. Checked on every request, so the common case —
+/// nothing percent-encoded, no dot segment — costs a scan of the path and
+/// query bytes, and a query one small vector of its parameter names.
+pub(crate) fn target_refusal(uri: &axum::http::Uri, route: Option<&str>) -> Option<String> {
+    let path = uri.path();
+    let decoded = match decode(path, false) {
+        Ok(d) => d,
+        Err(why) => return Some(format!("bad request path: {why}")),
+    };
+    if decoded.split(['/', '\\']).any(|seg| seg == "." || seg == "..") {
+        return Some(format!(
+            "bad request path {path:?}: '.' and '..' segments are not allowed (also when percent-encoded or separated by backslashes)"
+        ));
+    }
+    let query = uri.query()?;
+    let mut names: Vec<Cow<'_, str>> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = match decode(name, true) {
+            Ok(n) => n,
+            Err(why) => return Some(format!("bad query string: a parameter name has {why}")),
+        };
+        if let Err(why) = decode(value, true) {
+            return Some(format!("bad query string: parameter {name:?} has {why}"));
+        }
+        names.push(name);
+    }
+    // Sorted, so that a query of many parameters costs n log n, not n².
+    names.sort_unstable_by(|a, b| cmp_ignore_case(a, b));
+    let mut i = 0;
+    while i < names.len() {
+        let same = names[i..]
+            .iter()
+            .take_while(|n| n.eq_ignore_ascii_case(&names[i]))
+            .count();
+        let repeatable = route.is_some_and(|r| {
+            REPEATABLE
+                .iter()
+                .any(|(rt, n)| *rt == r && n.eq_ignore_ascii_case(&names[i]))
+        });
+        if same > 1 && !repeatable {
+            return Some(format!(
+                "bad query string: parameter {:?} is given {same} times; this route takes one value",
+                names[i]
+            ));
+        }
+        i += same;
+    }
+    None
+}
+
+fn cmp_ignore_case(a: &str, b: &str) -> std::cmp::Ordering {
+    a.bytes()
+        .map(|c| c.to_ascii_lowercase())
+        .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+}
+
+/// `s` percent-decoded (`+` as a space when `plus_is_space`, as in a query),
+/// or what is wrong with it: a `%` not followed by two hex digits, decoded
+/// bytes that are not UTF-8, a NUL. Borrowed when nothing needs decoding.
+fn decode(s: &str, plus_is_space: bool) -> Result<Cow<'_, str>, String> {
+    let needs = |b: &u8| *b == b'%' || (plus_is_space && *b == b'+');
+    if !s.as_bytes().iter().any(needs) {
+        // (A URI cannot carry a raw NUL; checked anyway, it costs nothing.)
+        if s.contains('\0') {
+            return Err("a NUL character".to_owned());
+        }
+        return Ok(Cow::Borrowed(s));
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| {
+                    let h = std::str::from_utf8(h).ok()?;
+                    u8::from_str_radix(h, 16)
+                        .ok()
+                        .filter(|_| h.bytes().all(|c| c.is_ascii_hexdigit()))
+                });
+                let Some(b) = hex else {
+                    let shown: String = s[i..].chars().take(3).collect();
+                    return Err(format!(
+                        "invalid percent-encoding {shown:?} (a '%' must be followed by two hex digits)"
+                    ));
+                };
+                if b == 0 {
+                    return Err("a NUL character (%00)".to_owned());
+                }
+                out.push(b);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| "percent-encoded bytes that are not UTF-8".to_owned())
 }
 
 /// A refusal the router made itself (405 for a method the route does not
@@ -297,5 +452,75 @@ impl RequestMetrics {
             }
         }
         (count, time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(target: &str, route: Option<&str>) -> Option<String> {
+        target_refusal(&target.parse().expect("a URI"), route)
+    }
+
+    #[test]
+    fn ordinary_targets_pass() {
+        for t in [
+            "/",
+            "/assets/files/dir/file-1.0.tar.gz",
+            "/npm/js/@scope%2fpkg",
+            "/npm/js/-/v1/search?text=a+b&size=20",
+            "/pypi/py/simple/pkg/",
+            "/nuget/nu/Search()?searchTerm='x'&$top=30&semVerLevel=2.0.0",
+            "/assets/files/caf%C3%A9.txt",
+            "/assets/files/..x/x..",
+            "/health?",
+            "/health?&&a=1&&b=",
+        ] {
+            assert_eq!(check(t, None), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn encoding_nul_and_dot_segments_are_named() {
+        for (t, says) in [
+            ("/a%zz", "invalid percent-encoding \"%zz\""),
+            ("/a%", "invalid percent-encoding \"%\""),
+            ("/a%4", "invalid percent-encoding"),
+            ("/a%-1", "invalid percent-encoding"),
+            ("/a%c3", "not UTF-8"),
+            ("/a%00", "NUL"),
+            ("/a?b=%00", "parameter \"b\" has a NUL"),
+            ("/a?%00=1", "a parameter name has a NUL"),
+            ("/a/..", "'..' segments"),
+            ("/a/%2E%2e/b", "'..' segments"),
+            ("/a/.%2e", "'..' segments"),
+            ("/a/b%2f..%2fc", "'..' segments"),
+            ("/a/b%5c..%5cc", "'..' segments"),
+            ("/a/./b", "'.' and '..'"),
+        ] {
+            let why = check(t, None).unwrap_or_else(|| panic!("{t} passed"));
+            assert!(why.contains(says), "{t}: {why}");
+        }
+    }
+
+    #[test]
+    fn repeated_parameters_are_refused_unless_the_route_takes_a_list() {
+        let why = check("/x?a=1&b=2&A=3", Some("/x")).unwrap();
+        assert!(why.contains("\"a\" is given 2 times"), "{why}");
+        let why = check("/x?q=1&q=2&q=3", None).unwrap();
+        assert!(why.contains("given 3 times"), "{why}");
+        assert_eq!(check("/v2/token?scope=a&scope=b", Some("/v2/token")), None);
+        assert_eq!(
+            check(
+                "/v2/f/r/manifests/sha256:ab?tag=a&tag=b",
+                Some("/v2/{feed}/{*rest}")
+            ),
+            None
+        );
+        assert!(check("/v2/token?service=a&service=b", Some("/v2/token")).is_some());
+        // Many distinct names: no quadratic work, no refusal.
+        let many: String = (0..5_000).map(|i| format!("p{i}=1&")).collect();
+        assert_eq!(check(&format!("/x?{many}"), None), None);
     }
 }

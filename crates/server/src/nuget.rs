@@ -468,14 +468,34 @@ impl Ctx<'_> {
             }
             V2Fn::GetUpdates => {
                 title = "GetUpdates";
+                // Positional pairs: the Nth id is installed at the Nth
+                // version. An empty element would shift every pair after
+                // it, so it is refused, not skipped.
                 let ids = param(ps, "packageIds").map(unquote).unwrap_or_default();
                 let versions = param(ps, "versions").map(unquote).unwrap_or_default();
-                let ids: Vec<&str> = ids.split('|').filter(|s| !s.is_empty()).collect();
-                let versions: Vec<&str> = versions.split('|').filter(|s| !s.is_empty()).collect();
+                let list = |s: &'_ str| -> Vec<String> {
+                    if s.trim().is_empty() {
+                        Vec::new()
+                    } else {
+                        s.split('|').map(|p| p.trim().to_owned()).collect()
+                    }
+                };
+                let (ids, versions) = (list(&ids), list(&versions));
                 if ids.len() != versions.len() {
-                    return Err(CoreError::invalid(
-                        "GetUpdates(): packageIds and versions must pair up",
-                    ));
+                    return Err(CoreError::invalid(format!(
+                        "GetUpdates(): packageIds and versions must pair up, one installed version per id \
+                         (`|`-separated): {} ids, {} versions",
+                        ids.len(),
+                        versions.len()
+                    )));
+                }
+                for (what, list) in [("packageIds", &ids), ("versions", &versions)] {
+                    if let Some(at) = list.iter().position(String::is_empty) {
+                        return Err(CoreError::invalid(format!(
+                            "GetUpdates(): {what} has an empty element at position {}",
+                            at + 1
+                        )));
+                    }
                 }
                 if let Some(bad) = versions.iter().find(|v| format::NuGetVersion::parse(v).is_err()) {
                     return Err(CoreError::invalid(format!(
@@ -513,7 +533,7 @@ impl Ctx<'_> {
                     .iter()
                     .zip(&versions)
                     .zip(constraints)
-                    .map(|((i, v), c)| ((*i).to_owned(), (*v).to_owned(), c))
+                    .map(|((i, v), c)| (i.clone(), v.clone(), c))
                     .collect();
                 q.updates = Some((pairs, flag(ps, "includeAllVersions")));
                 q.target_frameworks = frameworks(param(ps, "targetFrameworks"));

@@ -533,8 +533,15 @@ const MAX_TOKEN_FORM: usize = 64 << 10;
 /// missing password (401: this form has no anonymous access).
 async fn oauth_token(State(st): State<AppState>, body: Body) -> Response {
     let issued = async {
-        let form = axum::body::to_bytes(body, MAX_TOKEN_FORM).await.map_err(|_| {
-            CoreError::invalid(format!("the token request form exceeds {MAX_TOKEN_FORM} bytes"))
+        let form = axum::body::to_bytes(body, MAX_TOKEN_FORM).await.map_err(|e| {
+            let e = e.into_inner();
+            if e.is::<http_body_util::LengthLimitError>() {
+                CoreError::TooLarge(format!("the token request form exceeds {MAX_TOKEN_FORM} bytes"))
+            } else {
+                CoreError::from_body_error(&*e).unwrap_or_else(|| {
+                    CoreError::invalid(format!("could not read the token request form: {e}"))
+                })
+            }
         })?;
         let form = std::str::from_utf8(&form)
             .map_err(|_| CoreError::invalid("the token request form is not UTF-8"))?;

@@ -627,6 +627,68 @@ async fn v2_queries_as_nuget2_and_chocolatey_send_them() {
     }
 }
 
+/// `GetUpdates()` answers every id/version pair it is given, also the
+/// same id twice (projects on different versions, or with different
+/// ranges); pairs that do not line up are refused naming the counts or
+/// the empty element, never paired off by position after a gap.
+#[tokio::test]
+async fn get_updates_answers_each_pair_and_refuses_pairs_that_do_not_line_up() {
+    let f = Feed::new().await;
+    for v in ["1.0.0", "1.1.0", "1.5.0", "2.0.0", "3.0.0"] {
+        f.push("Lib.A", v, "").await;
+    }
+    f.push("Lib.B", "1.0.0", "").await;
+    f.push("Lib.B", "4.0.0", "").await;
+    let ask = |ids: &str, versions: &str, rest: &str| {
+        format!("GetUpdates()?packageIds='{ids}'&versions='{versions}'&includePrerelease=false{rest}")
+    };
+    // Each pair alone, then together: the answer is the union of theirs.
+    let x = f
+        .xml(&ask("Lib.A|Lib.B", "1.0.0|1.0.0", "&includeAllVersions=false"))
+        .await;
+    assert_eq!(versions_in(&x), ["3.0.0", "4.0.0"], "{x}");
+    // The same id twice, with a range on the first: each pair's newest
+    // update, not only the first pair's.
+    let x = f
+        .xml(&ask(
+            "Lib.A|Lib.A",
+            "1.0.0|2.0.0",
+            "&includeAllVersions=false&versionConstraints='[1.0.0,2.0.0)|'",
+        ))
+        .await;
+    assert_eq!(versions_in(&x), ["1.5.0", "3.0.0"], "{x}");
+    // includeAllVersions: every update of any pair, each version once.
+    let x = f
+        .xml(&ask("Lib.A|Lib.A", "2.0.0|1.1.0", "&includeAllVersions=true"))
+        .await;
+    assert_eq!(versions_in(&x), ["1.5.0", "2.0.0", "3.0.0"], "{x}");
+    // A pair already up to date answers nothing; the other still answers.
+    let x = f
+        .xml(&ask("Lib.A|Lib.B", "3.0.0|1.0.0", "&includeAllVersions=false"))
+        .await;
+    assert_eq!(versions_in(&x), ["4.0.0"], "{x}");
+    for (ids, versions, says) in [
+        ("Lib.A|Lib.B", "1.0.0", "2 ids, 1 versions"),
+        ("Lib.A", "1.0.0|2.0.0", "1 ids, 2 versions"),
+        ("Lib.A||Lib.B", "1.0.0|2.0.0", "3 ids, 2 versions"),
+        (
+            "Lib.A||Lib.B",
+            "1.0.0|1.0.0|1.0.0",
+            "packageIds has an empty element at position 2",
+        ),
+        (
+            "Lib.A|Lib.B",
+            "1.0.0|",
+            "versions has an empty element at position 2",
+        ),
+    ] {
+        let path = ask(ids, versions, "");
+        let r = f.get(&path).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.text());
+        assert!(r.text().contains(says), "{path}: {}", r.text());
+    }
+}
+
 #[tokio::test]
 async fn pushes_by_every_client_route() {
     let f = Feed::new().await;

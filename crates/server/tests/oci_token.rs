@@ -706,5 +706,5 @@ async fn the_oauth2_form_of_the_token_endpoint() {
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
     let r = post("x".repeat(100 << 10)).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
 }

@@ -1,0 +1,349 @@
+//! Hostile request targets and bodies, through the real router: each is
+//! refused with a 4xx and a reason, in the error shape of the route's
+//! protocol, with the security headers; no route sees it; nothing is stored;
+//! no body is read past its cap.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use bytes::Bytes;
+use common::{ADMIN, Instance, Reply};
+use ferry_types::{FeedName, FeedType};
+
+fn assert_headers(r: &Reply, what: &str) {
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{what}");
+    assert!(
+        r.header("content-security-policy")
+            .is_some_and(|p| p.contains("sandbox")),
+        "{what}: {:?}",
+        r.headers
+    );
+}
+
+/// `uri` is refused 400 at the edge, the answer naming `says`.
+async fn refused(i: &Instance, method: &str, uri: &str, says: &str) -> Reply {
+    let r = i.send(method, uri, Some(ADMIN), &[], Body::from("x")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{method} {uri}: {}", r.text());
+    assert!(
+        r.text().contains(says),
+        "{method} {uri}: {:?} lacks {says:?}",
+        r.text()
+    );
+    assert_headers(&r, uri);
+    r
+}
+
+#[tokio::test]
+async fn bad_percent_encoding_non_utf8_and_nul_in_path_or_query_are_refused_with_a_reason() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    for (uri, says) in [
+        ("/assets/files/a%zzb.txt", "invalid percent-encoding \"%zz\""),
+        ("/assets/files/a%2", "invalid percent-encoding"),
+        ("/assets/files/a%+1.txt", "invalid percent-encoding"),
+        ("/assets/files/a%ff%fe.txt", "not UTF-8"),
+        ("/assets/files/a%00.txt", "NUL"),
+        ("/assets/files/a.txt?x=%00", "NUL"),
+        ("/assets/files/a.txt?x=%c3%28", "not UTF-8"),
+        ("/assets/files/a.txt?x%zz=1", "invalid percent-encoding"),
+        ("/health?probe=%", "invalid percent-encoding"),
+        ("/no/such/route/%00", "NUL"),
+    ] {
+        let r = refused(&i, "PUT", uri, says).await;
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/plain; charset=utf-8"),
+            "{uri}"
+        );
+    }
+    // The protocol's own error shape: OCI's errors array, JSON on the APIs.
+    let r = refused(&i, "GET", "/v2/files/img/manifests/latest%00", "NUL").await;
+    assert_eq!(r.json()["errors"][0]["code"], "UNSUPPORTED", "{}", r.text());
+    let r = refused(&i, "GET", "/api/v1/feeds?x=%ff", "not UTF-8").await;
+    assert!(r.json()["error"].as_str().unwrap().contains("parameter \"x\""));
+    // Nothing was stored, nothing left in staging.
+    let r = i.get("/assets/files/").await;
+    assert!(!r.text().contains("<li"), "{}", r.text());
+    assert_eq!(i.staging_files(), 0);
+}
+
+#[tokio::test]
+async fn a_query_parameter_named_twice_is_refused_where_routes_take_one_value() {
+    let i = Instance::new().await;
+    i.feed("nu", FeedType::Nuget, false).await;
+    i.feed("js", FeedType::Npm, false).await;
+    for uri in [
+        "/nuget/nu/Search()?searchTerm='a'&searchTerm='b'",
+        // NuGet reads names without regard to case.
+        "/nuget/nu/Packages()?$top=1&$TOP=1000",
+        "/npm/js/-/v1/search?text=a&text=b",
+        "/api/v1/replications/x/executions?limit=1&limit=2",
+        // Percent-encoded, the same name.
+        "/npm/js/-/v1/search?text=a&%74ext=b",
+    ] {
+        refused(&i, "GET", uri, "is given 2 times; this route takes one value").await;
+    }
+    // Routes that take a list keep taking it.
+    let r = i
+        .send(
+            "GET",
+            "/v2/token?service=ferry&scope=a&scope=b",
+            None,
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert!(!r.text().contains("given 2 times"), "{}: {}", r.status, r.text());
+    let token = i.incoming("in", &["js"], "mirror").await;
+    let r = i
+        .send(
+            "GET",
+            "/api/replication/v1/feeds/js/digest?include=a*&include=b*&exclude=c",
+            Some(&token),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert!(!r.text().contains("given 2 times"), "{}: {}", r.status, r.text());
+    // Different names, and names alike but for a parameter's value: fine.
+    let r = i
+        .send(
+            "GET",
+            "/npm/js/-/v1/search?text=a&size=2",
+            None,
+            &[("host", "ferry")],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+/// `.`/`..` segments — plain, percent-encoded (`%2e%2e`, `..%2f`), or
+/// separated by backslashes (`%5c`) — never reach a feed route of any type;
+/// slashes and backslashes inside names are refused by each type's name
+/// rules; nothing is stored.
+#[tokio::test]
+async fn dot_segments_encoded_slashes_and_backslashes_never_reach_a_feed() {
+    let i = Instance::new().await;
+    for (name, ty) in [
+        ("files", FeedType::Assets),
+        ("js", FeedType::Npm),
+        ("py", FeedType::Pypi),
+        ("img", FeedType::Oci),
+        ("deb", FeedType::Debian),
+        ("rp", FeedType::Rpm),
+        ("nu", FeedType::Nuget),
+        ("cr", FeedType::Cargo),
+    ] {
+        i.feed(name, ty, false).await;
+    }
+    let dots = [
+        ("PUT", "/assets/files/%2e%2e/escape.txt"),
+        ("PUT", "/assets/files/a/..%2f..%2fescape.txt"),
+        ("PUT", "/assets/files/a/../escape.txt"),
+        ("PUT", "/assets/files/a%5c..%5cescape.txt"),
+        ("PUT", "/assets/%2e%2e/escape.txt"),
+        ("GET", "/assets/files/./a.txt"),
+        ("GET", "/npm/js/%2e%2e"),
+        ("GET", "/npm/js/@scope%2f..%2f..%2fadmin"),
+        ("PUT", "/npm/js/%2e%2e%2fpkg"),
+        ("GET", "/pypi/py/simple/%2e%2e/"),
+        ("GET", "/pypi/py/files/..%5c..%5cetc%5cpasswd"),
+        ("GET", "/v2/img/%2e%2e/manifests/latest"),
+        ("PUT", "/v2/img/a/%2E%2E/manifests/latest"),
+        ("GET", "/debian/deb/pool/main/..%2f..%2f..%2fetc/passwd"),
+        ("GET", "/debian/deb/dists/%2e%2e/Release"),
+        ("PUT", "/debian/deb/dists/stable%5c..%5c../x.deb"),
+        ("GET", "/rpm/rp/packages/%2e%2e/x.rpm"),
+        ("GET", "/rpm/rp/repodata/..%2frepomd.xml"),
+        ("GET", "/nuget/nu/v3/flatcontainer/%2e%2e/index.json"),
+        ("PUT", "/nuget/nu/api/v2/package/..%5c..%5cx"),
+        ("GET", "/cargo/cr/%2e%2e/config.json"),
+        ("GET", "/cargo/cr/api/v1/crates/%2e%2e/1.0.0/download"),
+    ];
+    for (method, uri) in dots {
+        refused(&i, method, uri, "'.' and '..' segments are not allowed").await;
+    }
+    // Slashes and backslashes inside one name: each type's own rules
+    // refuse them (4xx, never a server error, never stored).
+    let inside = [
+        ("PUT", "/assets/files/a%5cb.txt"),
+        ("GET", "/npm/js/a%5cb"),
+        ("GET", "/npm/js/a%2fb%2fc"),
+        ("GET", "/pypi/py/simple/a%5cb/"),
+        ("GET", "/pypi/py/simple/a%2fb/"),
+        ("GET", "/v2/img/a%5cb/manifests/latest"),
+        ("GET", "/v2/img/a%2fb/manifests/x%2fy"),
+        ("GET", "/debian/deb/dists/a%5cb/Release"),
+        ("GET", "/debian/deb/pool/main/a%2fb%5cc.deb"),
+        ("GET", "/rpm/rp/packages/a%5cb/0/a-1-1.x86_64.rpm"),
+        ("GET", "/nuget/nu/v3/flatcontainer/a%5cb/index.json"),
+        ("GET", "/nuget/nu/v3/registration/a%2fb/index.json"),
+        ("GET", "/cargo/cr/a%5cb/config.json"),
+        ("GET", "/cargo/cr/3/a/a%5cb"),
+        ("GET", "/assets/fi%5cles/a.txt"),
+        ("GET", "/npm/j%2fs/pkg"),
+    ];
+    for (method, uri) in inside {
+        let r = i.send(method, uri, Some(ADMIN), &[], Body::from("x")).await;
+        assert!(
+            r.status.is_client_error(),
+            "{method} {uri}: {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(!r.text().trim().is_empty(), "{method} {uri}: no reason");
+        assert_headers(&r, uri);
+    }
+    // Nothing was stored anywhere: no item in any feed, nothing staged,
+    // nothing written outside the blob store.
+    let r = i.get("/assets/files/").await;
+    assert!(
+        !r.text().contains("escape") && !r.text().contains("a\\b"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(i.staging_files(), 0);
+    for feed in ["files", "js", "py", "img", "deb", "rp", "nu", "cr"] {
+        let rec = i.ferry.feed(&FeedName::new(feed).unwrap()).await.unwrap();
+        let items = i.ferry.items(&rec, "").await.unwrap();
+        assert!(
+            items.is_empty(),
+            "{feed}: {:?}",
+            items.iter().map(|i| &i.key).collect::<Vec<_>>()
+        );
+    }
+    let escaped = walk(i.dir.path().parent().unwrap(), "escape");
+    assert!(escaped.is_empty(), "{escaped:?}");
+}
+
+/// Files under `dir` (not following links, two levels) whose name contains `needle`.
+fn walk(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(needle))
+            {
+                found.push(p.clone());
+            }
+            if depth < 6 && e.file_type().is_ok_and(|t| t.is_dir()) && p.starts_with(dir) {
+                stack.push((p, depth + 1));
+            }
+        }
+    }
+    found
+}
+
+/// A body that would be 1 GiB, made as it is read; counts what was read.
+fn gigabyte_of_json(read: Arc<AtomicUsize>) -> Body {
+    const CHUNK: usize = 64 << 10;
+    let mut first = true;
+    let chunks = std::iter::from_fn(move || {
+        if read.load(Ordering::Relaxed) >= 1 << 30 {
+            return None;
+        }
+        read.fetch_add(CHUNK, Ordering::Relaxed);
+        let mut c = vec![b' '; CHUNK];
+        if first {
+            c[..9].copy_from_slice(b"{\"name\":\"");
+            c[9..].fill(b'x');
+            first = false;
+        } else {
+            c.fill(b'x');
+        }
+        Some(Ok::<_, std::io::Error>(Bytes::from(c)))
+    });
+    Body::from_stream(futures::stream::iter(chunks))
+}
+
+/// Every API and metadata endpoint that reads a JSON body whole refuses a
+/// 1 GiB one with 413 after reading at most a few MiB of it, with or
+/// without a declared length; nothing changes.
+#[tokio::test]
+async fn a_gigabyte_of_json_is_refused_413_after_a_bounded_read() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    i.feed("js", FeedType::Npm, false).await;
+    i.feed("img", FeedType::Oci, false).await;
+    i.feed("py", FeedType::Pypi, false).await;
+    let token = i.incoming("in", &["files"], "mirror").await;
+    let json = ("content-type", "application/json");
+    let endpoints: [(&str, &str, Option<&str>, usize); 17] = [
+        ("POST", "/api/v1/feeds", Some(ADMIN), 1 << 20),
+        ("POST", "/api/v1/keys", Some(ADMIN), 1 << 20),
+        ("POST", "/api/v1/replications", Some(ADMIN), 1 << 20),
+        ("PUT", "/api/v1/config", Some(ADMIN), 1 << 20),
+        ("POST", "/api/v1/fsck", Some(ADMIN), 1 << 20),
+        ("PUT", "/api/v1/feeds/files/signing-key", Some(ADMIN), 1 << 20),
+        ("PUT", "/api/v1/logs/replication/level", Some(ADMIN), 1 << 20),
+        ("POST", "/api/v1/replications/in/verify", Some(ADMIN), 1 << 20),
+        ("POST", "/api/replication/v1/handshake", Some(&token), 16 << 20),
+        (
+            "POST",
+            "/api/replication/v1/feeds/files/apply",
+            Some(&token),
+            16 << 20,
+        ),
+        (
+            "POST",
+            "/api/replication/v1/feeds/files/stamps",
+            Some(&token),
+            16 << 20,
+        ),
+        (
+            "POST",
+            "/api/replication/v1/blobs/missing",
+            Some(&token),
+            16 << 20,
+        ),
+        (
+            "PUT",
+            "/npm/js/-/package/pkg/dist-tags/latest",
+            Some(ADMIN),
+            16 << 20,
+        ),
+        ("PUT", "/npm/js/-/user/org.couchdb.user:someone", None, 16 << 20),
+        ("PUT", "/v2/img/app/manifests/latest", Some(ADMIN), 16 << 20),
+        ("POST", "/v2/token", None, 1 << 20),
+        ("POST", "/pypi/py/yank/pkg/1.0", Some(ADMIN), 1 << 20),
+    ];
+    for (method, uri, key, cap) in endpoints {
+        for declared in [false, true] {
+            let read = Arc::new(AtomicUsize::new(0));
+            let mut headers = vec![json];
+            if declared {
+                headers.push(("content-length", "1073741824"));
+            }
+            let r = i
+                .send(method, uri, key, &headers, gigabyte_of_json(read.clone()))
+                .await;
+            let got = read.load(Ordering::Relaxed);
+            assert_eq!(
+                r.status,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "{method} {uri} (length declared: {declared}): {}",
+                r.text()
+            );
+            assert!(!r.text().trim().is_empty(), "{uri}: no reason");
+            assert!(
+                got <= cap + (1 << 20),
+                "{method} {uri} (length declared: {declared}) read {got} bytes of a 1 GiB body; the cap is {cap}"
+            );
+            assert_headers(&r, uri);
+        }
+    }
+    let r = i
+        .send("GET", "/api/v1/feeds", Some(ADMIN), &[], Body::empty())
+        .await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(4), "{}", r.text());
+}
