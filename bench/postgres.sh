@@ -25,6 +25,9 @@ start_pg() {
     "${as[@]}" "$bin/initdb" -A trust -U postgres -E UTF8 -D "$dir/data" >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; return 1; }
     port=$(free_port)
     # A server as an operator would run one: fsync and synchronous commit on.
+    # BENCH_PG_OPTS adds server settings for a look inside (e.g.
+    # "-c log_min_duration_statement=0 -c log_line_prefix=%m|%d|%p|" logs
+    # every statement with its database); figures are taken without it.
     "${as[@]}" "$bin/postgres" -D "$dir/data" -h 127.0.0.1 -p "$port" -k "$dir" -c max_connections=300 ${BENCH_PG_OPTS:-} \
         >"$dir/server.log" 2>&1 &
     BENCH_PIDS+=("$!")

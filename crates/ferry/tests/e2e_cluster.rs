@@ -1181,3 +1181,74 @@ fn psql(db: &TestDatabase, sql: &str) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Every node of a cluster keeps its own schedule and hears the same
+/// changes, yet an outgoing replication runs once per interval and once
+/// per change, not once per node; no execution is called a takeover while
+/// every node lives.
+#[test]
+fn nodes_run_a_replication_once_per_interval_and_change_not_once_each() {
+    let db = TestDatabase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    hub.put_asset("files", "first.txt", b"before the cluster pulls");
+    let token = hub.incoming("to-cluster", &["files"], "push");
+    let nodes = cluster(&db, &dir.path().join("data"), 3, &[]);
+    nodes[0].create_feed("files", "assets");
+    // Each node starts its schedule in its own phase.
+    nodes[0].outgoing("from-hub", &["files"], &hub, &token, "pull", &["--interval", "3"]);
+    assert!(wait_until(30, || nodes[2].serves(
+        "files",
+        "first.txt",
+        b"before the cluster pulls"
+    )));
+    // "Run now" through nodes 1 and 2, a second apart, sets each node's
+    // schedule in a phase of its own (as restarts and operators do).
+    for node in &nodes[1..] {
+        std::thread::sleep(Duration::from_millis(1000));
+        node.cli_ok(&["replication", "run", "from-hub"]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Quiet: only the schedules.
+    let before = nodes[1].executions("from-hub").len();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(12));
+    let secs = start.elapsed().as_secs_f64();
+    let all = nodes[1].executions("from-hub");
+    let quiet: Vec<_> = all.iter().take(all.len() - before).cloned().collect();
+    // Once per node would be up to 3 x 12 / 3.
+    assert!(
+        (quiet.len() as f64) <= secs / 3.0 + 2.0,
+        "{} executions in {secs:.1} s at a 3 s interval: {quiet:#?}",
+        quiet.len()
+    );
+    // Three publishes, each heard by every node's long poll.
+    let before = all.len();
+    for i in 0..3 {
+        hub.put_asset("files", &format!("news-{i}.txt"), b"news");
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    assert!(wait_until(30, || (0..3).all(|i| nodes[i].serves(
+        "files",
+        &format!("news-{i}.txt"),
+        b"news"
+    ))));
+    let all = nodes[1].executions("from-hub");
+    let busy: Vec<_> = all.iter().take(all.len() - before).cloned().collect();
+    let change = busy.iter().filter(|e| e["trigger"] == "change").count();
+    eprintln!(
+        "{secs:.1} s quiet: {} executions; 3 changes: {change} change executions on 3 nodes",
+        quiet.len()
+    );
+    assert!(change <= 4, "{change} executions for 3 changes: {busy:#?}");
+    let takeovers = quiet
+        .iter()
+        .chain(&busy)
+        .filter(|e| e["trigger"] == "takeover")
+        .count();
+    assert_eq!(
+        takeovers, 0,
+        "a takeover while every node lives: {quiet:#?} {busy:#?}"
+    );
+}

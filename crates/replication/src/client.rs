@@ -116,9 +116,24 @@ impl Remote {
         })
     }
 
+    /// Sends `rb` and reads its JSON answer. An answer that is not the
+    /// replication protocol's JSON is [`ReplError::Remote`] with its status
+    /// (something answered, but not as a Ferry instance does); a body cut
+    /// off on the way is [`ReplError::Transport`].
     async fn json<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ReplError> {
         let resp = rb.send().await.map_err(transport)?;
-        Self::check(resp).await?.json::<T>().await.map_err(transport)
+        let resp = Self::check(resp).await?;
+        let status = resp.status().as_u16();
+        resp.json::<T>().await.map_err(|e| {
+            if e.is_decode() {
+                ReplError::Remote {
+                    status,
+                    message: format!("its answer is not the replication protocol's JSON ({e})"),
+                }
+            } else {
+                transport(e)
+            }
+        })
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ReplError> {

@@ -194,8 +194,12 @@ impl Replicator {
     }
 
     /// Handshakes with the other end of outgoing configuration `cfg`
-    /// (nothing is stored). A refusal is an error; an end that cannot be
-    /// reached is logged, and not an error.
+    /// (nothing is stored). A refusal is an error, and so is an end that
+    /// answered but not as a Ferry instance (a status below 500 other than
+    /// the protocol's, or an answer that is not its JSON: a wrong URL, a
+    /// web server, an S3 endpoint); an end that cannot be reached, or
+    /// answers 5xx for now, is logged, and not an error (it may not be up
+    /// yet).
     pub(crate) async fn probe_other_end(
         &self,
         rec: &ReplicationRecord,
@@ -205,6 +209,16 @@ impl Replicator {
         match run.handshake().await {
             Ok(_) => Ok(()),
             Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => Err(e),
+            Err(ReplError::Remote { status, message }) if status < 500 => {
+                let url = match &cfg.communication {
+                    Communication::Outgoing { url, .. } => url.as_str(),
+                    Communication::Incoming => "the other end",
+                };
+                Err(ReplError::Refused(format!(
+                    "{url} answered HTTP {status} to the replication handshake ({message}): \
+                     not a Ferry instance at this URL"
+                )))
+            }
             Err(e) => {
                 tracing::warn!(replication = %rec.name, error = %e, "other instance not reachable yet; will retry");
                 Ok(())

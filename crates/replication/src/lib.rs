@@ -95,6 +95,10 @@ struct Polled {
 }
 
 /// How long a long poll's page may wait for the execution it woke.
+/// The trigger of an execution a node goes on with after the node that
+/// ran it died (its lease ran out).
+pub(crate) const TAKEOVER: &str = "takeover";
+
 const POLLED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long [`Replicator::check_connection`] waits for the other end.
 pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -634,6 +638,24 @@ impl Replicator {
         if !self.take_lease(rec.id).await? {
             return Ok(None);
         }
+        if trigger == TAKEOVER {
+            // Only an execution still left running is taken over. Holding
+            // the lease, this node reads the last one's state for good (its
+            // old holder can no longer close it): one that ended between the
+            // look that asked for a takeover and the lease is not followed
+            // by a new execution in its name.
+            let orphaned = match self.store().executions(rec.id, 1).await {
+                Ok(list) => list.first().is_some_and(|e| e.outcome.is_none()),
+                Err(e) => {
+                    self.give_up_lease(rec.id).await;
+                    return Err(e.into());
+                }
+            };
+            if !orphaned {
+                self.give_up_lease(rec.id).await;
+                return Ok(None);
+            }
+        }
         let cfg = Self::parse(&rec)?;
         self.execute_locked(&rec, &cfg, trigger, false, false)
             .await
@@ -747,10 +769,16 @@ impl Replicator {
         let result = self
             .execute_leased(rec, cfg, trigger, confirm_deletes, full)
             .await;
-        if let Err(e) = self.store().release_execution_lease(rec.id, &self.0.node).await {
+        self.give_up_lease(rec.id).await;
+        result
+    }
+
+    /// Gives up this node's lease on replication `id`'s executions (a
+    /// failure is only logged: the lease runs out by itself).
+    async fn give_up_lease(&self, id: i64) {
+        if let Err(e) = self.store().release_execution_lease(id, &self.0.node).await {
             tracing::warn!(target: "replication", error = %e, "giving up the execution lease failed; it runs out by itself");
         }
-        result
     }
 
     async fn execute_leased(
@@ -1164,7 +1192,7 @@ impl Replicator {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.run_if_idle(id, "takeover").await {
+            if let Err(e) = me.run_if_idle(id, TAKEOVER).await {
                 tracing::warn!(target: "replication", replication = id, error = %e, "taking over an execution failed");
             }
         });

@@ -139,12 +139,19 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
             .map(|e| e.ended_at.unwrap_or(e.started_at)),
         Err(_) => None,
     };
+    // When this loop was last woken (a change noticed, a schedule due).
+    let mut woken_at = now_millis();
     loop {
         let Some(cfg) = load(&r, &name).await else { return };
         let interval = Duration::from_secs(cfg.interval_secs);
+        let covered = covered_by_another_node(&r, id, trigger, woken_at, interval).await;
         let (failed, stopped, delay) = if let Some(since) = held_since.take() {
             let left = (since + interval.as_millis() as i64 - now_millis()).max(0);
             (false, true, Duration::from_millis(left as u64))
+        } else if let Some(next) = covered {
+            // Another node of the instance ran (or runs) it: this node's
+            // turn comes an interval after that execution started.
+            (false, false, next)
         } else {
             // "Run now" waits for an execution running on another node
             // to end, then runs; the schedule just skips its turn.
@@ -186,7 +193,40 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                 }
             }
         };
+        woken_at = now_millis();
     }
+}
+
+/// On a store shared by several nodes, whether another node's execution
+/// already does what this wake-up asks (every node keeps its own schedule
+/// and hears the same changes; without this each would run once per
+/// interval and once per change): for a schedule, an execution that
+/// started less than `interval` ago; for a change, one that started after
+/// this node heard of it (it reads from the cursor on, so it carries the
+/// change; the node running it, woken too, runs again after it if it
+/// started too early). Returns when this node's schedule comes round next,
+/// or None to run now. An operator's "Run now" and a takeover always run;
+/// a store error runs (the lease still keeps executions one at a time).
+async fn covered_by_another_node(
+    r: &Replicator,
+    id: i64,
+    trigger: &str,
+    woken_at: i64,
+    interval: Duration,
+) -> Option<Duration> {
+    if !r.store().shared_by_nodes() || !matches!(trigger, "schedule" | "change") {
+        return None;
+    }
+    let last = r.store().executions(id, 1).await.ok()?.into_iter().next()?;
+    let interval_ms = interval.as_millis() as i64;
+    let now = now_millis();
+    let covered = match trigger {
+        "schedule" => last.started_at + interval_ms > now,
+        _ => last.started_at >= woken_at,
+    };
+    covered.then(|| {
+        Duration::from_millis((last.started_at + interval_ms - now).clamp(1000, interval_ms.max(1000)) as u64)
+    })
 }
 
 /// Wakes the main loop when there is something to move.

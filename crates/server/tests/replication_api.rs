@@ -427,3 +427,78 @@ async fn updates_refuse_bad_bodies_and_change_only_what_they_name() {
     assert_eq!(cfg["mode"]["name"], "push", "{cfg}");
     assert_eq!(cfg["feeds"][0]["local"], "files");
 }
+
+/// A server that answers every request with `status`, `content_type` and
+/// `body` (an nginx error page, an S3 endpoint, a plain web site).
+async fn foreign_server(status: u16, content_type: &'static str, body: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let status = StatusCode::from_u16(status).unwrap();
+    let app =
+        axum::Router::new().fallback(move || async move { (status, [("content-type", content_type)], body) });
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.ok();
+    });
+    url
+}
+
+/// Creating an outgoing replication through the API: an end that answered
+/// but is not a Ferry instance is refused, naming what it answered, and
+/// nothing is created; one that cannot be reached yet is created (it may
+/// not be up yet) and retried.
+#[tokio::test]
+async fn an_outgoing_replication_to_something_that_is_not_ferry_is_refused() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    let s3 = foreign_server(
+        400,
+        "application/xml",
+        "<?xml version=\"1.0\"?><Error><Code>InvalidRequest</Code></Error>",
+    )
+    .await;
+    let nginx = foreign_server(
+        404,
+        "text/html",
+        "<html><body><h1>404 Not Found</h1></body></html>",
+    )
+    .await;
+    let site = foreign_server(200, "text/html", "<html><body>Welcome</body></html>").await;
+    for (url, status) in [(&s3, "HTTP 400"), (&nginx, "HTTP 404"), (&site, "HTTP 200")] {
+        let body = json!({ "name": "to-hub", "feeds": ["files"], "outgoing": url, "token": "fst_a_b", "mode": "pull" });
+        let r = i
+            .send(
+                "POST",
+                "/api/v1/replications",
+                Some(ADMIN),
+                &[JSON],
+                body.to_string(),
+            )
+            .await;
+        assert!(r.status.is_client_error(), "{url}: {} {}", r.status, r.text());
+        let t = r.text();
+        assert!(
+            t.contains("not a Ferry instance") && t.contains(status),
+            "{url}: {t}"
+        );
+        let r = i
+            .send("GET", "/api/v1/replications/to-hub", Some(ADMIN), &[], "")
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{url}: created anyway");
+    }
+    // Nothing listens there yet: created, to be tried again.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let body = json!({ "name": "to-hub", "feeds": ["files"], "outgoing": closed, "token": "fst_a_b", "mode": "pull" });
+    let r = i
+        .send(
+            "POST",
+            "/api/v1/replications",
+            Some(ADMIN),
+            &[JSON],
+            body.to_string(),
+        )
+        .await;
+    assert!(r.status.is_success(), "{} {}", r.status, r.text());
+}
