@@ -479,6 +479,14 @@ fn a_node_that_loses_its_database_answers_503_and_recovers_by_itself() {
         wait_until(15, || ready() == 503),
         "/ready still answers while the database is down"
     );
+    // Within a probe's timeout, not the pool's 5 s wait for a connection.
+    let t = Instant::now();
+    assert_eq!(ready(), 503);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "/ready took {:?}",
+        t.elapsed()
+    );
     // The scrape still works with the key verified before the outage, and
     // shows the outage, in well under a scrape timeout.
     let t = Instant::now();

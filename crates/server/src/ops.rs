@@ -73,10 +73,23 @@ pub(crate) async fn current_damage(st: &AppState) -> Vec<ferry_core::Damage> {
     st.ferry.damaged()
 }
 
-/// Ready when the metadata store answers and the blob store can be
-/// reached ([`ferry_store::BlobStore::ready`]: a bucket answers).
+/// How long `/ready` waits for the metadata store: less than the usual
+/// probe timeouts (Kubernetes: 1 s), where a request waits up to the
+/// pool's acquire timeout (5 s).
+const READY_WAIT: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// Ready when the metadata store answers (within [`READY_WAIT`]) and the
+/// blob store can be reached ([`ferry_store::BlobStore::ready`]: a bucket
+/// answers).
 async fn ready(State(st): State<AppState>) -> impl IntoResponse {
-    if let Err(e) = st.ferry.feeds().await {
+    let feeds = tokio::time::timeout(READY_WAIT, st.ferry.feeds())
+        .await
+        .unwrap_or_else(|_| {
+            Err(ferry_core::CoreError::Unavailable(
+                "no answer within 800 ms".into(),
+            ))
+        });
+    if let Err(e) = feeds {
         tracing::warn!(error = %e, "not ready: metadata store");
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -462,9 +462,16 @@ impl PgStore {
             .bind(MIGRATION_LOCK)
             .execute(&mut *tx)
             .await?;
-        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS ferry_schema (version INTEGER NOT NULL)")
-            .execute(&mut *tx)
+        // Looked up first: CREATE … IF NOT EXISTS on an existing table
+        // makes the server send a notice each node would log at start.
+        let known: Option<String> = sqlx::query_scalar("SELECT to_regclass('ferry_schema')::text")
+            .fetch_one(&mut *tx)
             .await?;
+        if known.is_none() {
+            sqlx::raw_sql("CREATE TABLE ferry_schema (version INTEGER NOT NULL)")
+                .execute(&mut *tx)
+                .await?;
+        }
         let version: Option<i32> = sqlx::query_scalar("SELECT version FROM ferry_schema")
             .fetch_optional(&mut *tx)
             .await?;
