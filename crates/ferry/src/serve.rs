@@ -461,6 +461,33 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether this node runs this period's turn of the instance's periodic
+/// job `job` (every `every`): the nodes sharing a store take turns, so
+/// the job runs about once per period however many nodes there are
+/// (counted per node in `ferry_periodic_job_runs_total{job}`)
+/// ([`ferry_store::MetadataStore::claim_periodic`]; claims count from a
+/// tenth of a period early, so a node whose tick comes a little early
+/// does not miss its turn). A store error skips the turn.
+async fn my_turn(ferry: &Ferry, job: &str, every: Duration) -> bool {
+    let every_ms = (every.as_millis() as i64).saturating_mul(9) / 10;
+    match ferry
+        .metadata()
+        .claim_periodic(job, ferry_store::now_millis(), every_ms)
+        .await
+    {
+        Ok(mine) => {
+            if mine {
+                metrics::counter!("ferry_periodic_job_runs_total", "job" => job.to_string()).increment(1);
+            }
+            mine
+        }
+        Err(e) => {
+            tracing::warn!(job, error = %e, "could not claim a periodic job's turn; skipped");
+            false
+        }
+    }
+}
+
 fn spawn_background(ferry: Ferry, gc_interval_secs: u64) {
     let f = ferry.clone();
     tokio::spawn(async move {
@@ -478,6 +505,9 @@ fn spawn_background(ferry: Ferry, gc_interval_secs: u64) {
             tick.tick().await; // not at start-up
             loop {
                 tick.tick().await;
+                if !my_turn(&ferry, "gc", Duration::from_secs(gc_interval_secs)).await {
+                    continue;
+                }
                 match ferry.collect_garbage().await {
                     Ok(r) => tracing::info!(blobs_deleted = r.blobs_deleted, "garbage collection"),
                     Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
@@ -499,6 +529,9 @@ fn spawn_fsck(ferry: Ferry, interval_secs: u64, sample: f64) {
         tick.tick().await;
         loop {
             tick.tick().await;
+            if !my_turn(&ferry, "fsck-sample", Duration::from_secs(interval_secs)).await {
+                continue;
+            }
             match ferry.fsck(sample).await {
                 Ok(r) if r.missing.is_empty() && r.corrupt.is_empty() => {
                     tracing::info!(
@@ -525,6 +558,9 @@ fn spawn_tombstone_pruning(replicator: Replicator, retention_secs: u64) {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
+            if !my_turn(replicator.ferry(), "prune-tombstones", Duration::from_secs(3600)).await {
+                continue;
+            }
             match replicator
                 .prune_tombstones(Duration::from_secs(retention_secs))
                 .await

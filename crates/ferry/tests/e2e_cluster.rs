@@ -1260,3 +1260,36 @@ fn nodes_run_a_replication_once_per_interval_and_change_not_once_each() {
         "a takeover while every node lives: {quiet:#?} {busy:#?}"
     );
 }
+
+/// The instance's periodic jobs (here garbage collection, every 2 s) run
+/// about once per period on a cluster, not once per node.
+#[test]
+fn nodes_take_turns_at_garbage_collection() {
+    let db = TestDatabase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(
+        &db,
+        &dir.path().join("data"),
+        3,
+        &[("FERRY_GC_INTERVAL_SECS", "2")],
+    );
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(11));
+    let runs: Vec<f64> = nodes
+        .iter()
+        .map(|n| {
+            let (code, body) = scrape(n, support::ADMIN);
+            assert_eq!(code, 200, "{body}");
+            metric(&body, "ferry_periodic_job_runs_total{job=\"gc\"}").unwrap_or(0.0)
+        })
+        .collect();
+    let secs = start.elapsed().as_secs_f64();
+    let total: f64 = runs.iter().sum();
+    eprintln!("garbage collections in {secs:.1} s at a 2 s interval on 3 nodes: {runs:?}");
+    // Once per node would be about 3 x (secs / 2 - 1).
+    assert!(total >= 2.0, "no node collected: {runs:?}");
+    assert!(
+        total <= secs / 1.8 + 1.0,
+        "{total} collections in {secs:.1} s at a 2 s interval: {runs:?}"
+    );
+}

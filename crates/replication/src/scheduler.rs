@@ -270,6 +270,14 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                     {
                         Ok(page) if page.next > cursor || page.reset => {
                             backoff = RECONNECT_MIN;
+                            // Another node of the instance, woken by the same
+                            // change, may have applied it meanwhile: nothing
+                            // to run for (poll again from where it got).
+                            if !page.reset
+                                && r.store().cursor(id, &cursor_name).await.unwrap_or(0) >= page.next
+                            {
+                                continue;
+                            }
                             let seconds = page
                                 .oldest_pending
                                 .map_or(0.0, |t| (now_millis() as f64 - t as f64).max(0.0) / 1000.0);

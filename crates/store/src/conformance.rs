@@ -51,6 +51,29 @@ pub async fn run(store: &dyn MetadataStore) {
     signing_keys(store).await;
     ui_sessions(store).await;
     upload_sessions(store).await;
+    periodic_jobs(store).await;
+}
+
+/// A periodic job is claimed once per period: the first claim wins, a
+/// claim within `every` of the last run does not, one at the period's end
+/// does; jobs are claimed apart.
+async fn periodic_jobs(s: &dyn MetadataStore) {
+    let t = 1_800_000_000_000i64;
+    assert!(
+        s.claim_periodic("conf-gc", t, 60_000).await.unwrap(),
+        "first claim"
+    );
+    assert!(!s.claim_periodic("conf-gc", t + 1, 60_000).await.unwrap());
+    assert!(!s.claim_periodic("conf-gc", t + 59_999, 60_000).await.unwrap());
+    assert!(
+        s.claim_periodic("conf-prune", t + 1, 60_000).await.unwrap(),
+        "another job"
+    );
+    assert!(
+        s.claim_periodic("conf-gc", t + 60_000, 60_000).await.unwrap(),
+        "next period"
+    );
+    assert!(!s.claim_periodic("conf-gc", t + 60_001, 60_000).await.unwrap());
 }
 
 fn upload(id: &str, feed: FeedId, key: Option<(i64, i64)>, now: i64) -> crate::NewUploadSession {
@@ -1327,6 +1350,25 @@ pub async fn run_concurrent(nodes: Vec<std::sync::Arc<dyn MetadataStore>>) {
     collection_never_takes_a_blob_being_referenced(&nodes).await;
     ui_session_caps_hold_across_nodes(&nodes).await;
     upload_caps_hold_across_nodes(&nodes).await;
+    one_node_claims_a_periodic_job(&nodes).await;
+}
+
+/// Of nodes claiming one period of a job at once, exactly one runs it.
+async fn one_node_claims_a_periodic_job(nodes: &[std::sync::Arc<dyn MetadataStore>]) {
+    let t = 1_900_000_000_000i64;
+    for round in 0..5i64 {
+        let claims: Vec<_> = (0..8)
+            .map(|i| {
+                let node = nodes[i % nodes.len()].clone();
+                tokio::spawn(async move { node.claim_periodic("conc-gc", t + round * 10_000, 10_000).await })
+            })
+            .collect();
+        let mut won = 0;
+        for c in claims {
+            won += usize::from(c.await.unwrap().unwrap());
+        }
+        assert_eq!(won, 1, "round {round}: {won} nodes claimed one period");
+    }
 }
 
 async fn change_log_never_skips(nodes: &[std::sync::Arc<dyn MetadataStore>]) {

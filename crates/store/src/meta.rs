@@ -286,6 +286,14 @@ pub trait MetadataStore: crate::SessionStore + crate::UploadSessionStore + Send 
     /// the first one written. Kept in the `meta` table as `secret:NAME`
     /// (hex); whoever can read the database can read it.
     async fn instance_secret(&self, name: &str) -> Result<[u8; 32], StoreError>;
+    /// Claims this period's run of the instance's periodic job `job` (GC,
+    /// tombstone pruning, the integrity sample): true, recording `now` (ms
+    /// since the epoch) as its last run, when no node of the instance ran
+    /// it at or after `now - every_ms`; false when one did (this node
+    /// skips its turn). Atomic across the nodes sharing the store: of
+    /// nodes claiming at once, one wins. Kept in the `meta` table as
+    /// `job:NAME` (the time as decimal text).
+    async fn claim_periodic(&self, job: &str, now: i64, every_ms: i64) -> Result<bool, StoreError>;
     /// The highest stamp time of the items and tombstones this instance
     /// wrote (origin = [`MetadataStore::instance_id`]), so a restarted clock
     /// never goes backwards. Stamps received from elsewhere do not count:

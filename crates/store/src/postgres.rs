@@ -893,6 +893,22 @@ impl MetadataStore for PgStore {
         crate::sqlite::decode_secret(&v)
     }
 
+    async fn claim_periodic(&self, job: &str, now: i64, every_ms: i64) -> Result<bool, StoreError> {
+        // The conflicting row's lock serializes nodes claiming at once: the
+        // second sees the first one's time and updates nothing.
+        let claimed: Option<String> = sqlx::query_scalar(
+            "INSERT INTO meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v
+             WHERE CASE WHEN meta.v ~ '^-?[0-9]{1,18}$' THEN meta.v::BIGINT <= $3 ELSE true END
+             RETURNING k",
+        )
+        .bind(format!("job:{job}"))
+        .bind(now.to_string())
+        .bind(now.saturating_sub(every_ms))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(claimed.is_some())
+    }
+
     async fn instance_id(&self) -> Result<InstanceId, StoreError> {
         // Nodes starting together agree: the first insert wins, every node
         // reads the winner's id.

@@ -566,6 +566,25 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn claim_periodic(&self, job: &str, now: i64, every_ms: i64) -> Result<bool, StoreError> {
+        let k = format!("job:{job}");
+        self.write_tx(move |tx| {
+            let last: Option<String> = tx
+                .query_row("SELECT v FROM meta WHERE k = ?1", [&k], |r| r.get(0))
+                .optional()?;
+            let last = last.and_then(|v| v.parse::<i64>().ok());
+            if last.is_some_and(|t| t > now.saturating_sub(every_ms)) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                [&k, &now.to_string()],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn instance_id(&self) -> Result<InstanceId, StoreError> {
         self.write_tx(|tx| {
             let existing: Option<String> = tx
