@@ -552,13 +552,19 @@ fn spawn_fsck(ferry: Ferry, interval_secs: u64, sample: f64) {
     });
 }
 
-/// Drops tombstones older than the retention, hourly (and once at start).
+/// Drops tombstones older than the retention, hourly for the instance
+/// (nodes take turns, [`my_turn`]), and once at each node's start.
 fn spawn_tombstone_pruning(replicator: Replicator, retention_secs: u64) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        let mut at_start = true;
         loop {
             tick.tick().await;
-            if !my_turn(replicator.ferry(), "prune-tombstones", Duration::from_secs(3600)).await {
+            // At start a node prunes whatever the others did (a restart
+            // applies a shorter retention at once); then they take turns.
+            let mine = my_turn(replicator.ferry(), "prune-tombstones", Duration::from_secs(3600)).await;
+            let first = std::mem::take(&mut at_start);
+            if !(mine || first) {
                 continue;
             }
             match replicator

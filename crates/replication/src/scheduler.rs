@@ -316,9 +316,17 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                 let Ok(mut rx) = r.ferry().subscribe(feed.id).await else {
                     return;
                 };
+                let cursor_name = cursor_name(Direction::Push, &pair.local, &pair.remote);
                 while rx.changed().await.is_ok() {
                     tokio::time::sleep(DEBOUNCE).await;
                     rx.borrow_and_update();
+                    // Already pushed (by another node of the instance, woken
+                    // by the same write): nothing to run for.
+                    let pushed = r.store().cursor(id, &cursor_name).await.unwrap_or(0);
+                    let last = r.ferry().metadata().last_seq(feed.id).await.unwrap_or(i64::MAX);
+                    if pushed >= last {
+                        continue;
+                    }
                     wake.change();
                 }
             }));
