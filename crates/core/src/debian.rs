@@ -41,6 +41,7 @@ use ferry_formats::debian::{
 use ferry_store::{FeedId, FeedRecord, Precondition, StagedBlob, now_millis};
 use ferry_types::Digest;
 
+use crate::bulk::{UploadBody, in_part};
 use crate::debindex::{self, BUCKETS, Packed, bucket_of};
 use crate::{CoreError, Ferry, LocalWrite};
 
@@ -212,7 +213,12 @@ pub async fn upload(
     deb::check_dist(dist)?;
     deb::check_component(component)?;
     let info = inspect(ferry, &staged).await?;
-    let mut metas = publish(ferry, feed, dist, component, vec![(staged, info)]).await?;
+    let upload = Upload {
+        part: String::new(),
+        body: UploadBody::Staged(staged),
+        info,
+    };
+    let mut metas = publish(ferry, feed, dist, component, vec![upload]).await?;
     metas
         .pop()
         .ok_or_else(|| CoreError::Internal("upload published nothing".into()))
@@ -233,8 +239,22 @@ pub async fn inspect(ferry: &Ferry, staged: &StagedBlob) -> Result<deb::DebInfo,
     .map_err(|e| CoreError::Internal(format!("archive inspection failed: {e}")))?
 }
 
-/// How many item reads or blob commits of one batch are in flight at once.
-const BATCH_CONCURRENCY: usize = 16;
+/// Reads the control file of a `.deb` held in memory (a small part of a
+/// bulk upload), as [`inspect`] does a staged one. Blocking work: call it
+/// off the async threads.
+pub fn inspect_memory(ferry: &Ferry, bytes: &Bytes) -> Result<deb::DebInfo, CoreError> {
+    inspect_deb(std::io::Cursor::new(bytes.as_ref()), &ferry.config().archive).map_err(CoreError::from)
+}
+
+/// One inspected `.deb` of a [`publish`]: its bytes (staged or in
+/// memory), its control data ([`inspect`], [`inspect_memory`]) and how
+/// refusals name it (`part`: e.g. `part 3 (hello_1.0_all.deb)`; empty for
+/// a single upload).
+pub struct Upload {
+    pub part: String,
+    pub body: UploadBody,
+    pub info: deb::DebInfo,
+}
 
 /// Publishes inspected `.deb`s into `dist`/`component` all at once (a bulk
 /// import, like `reprepro includedeb DIST FILES...`): every package is
@@ -249,60 +269,55 @@ pub async fn publish(
     feed: &FeedRecord,
     dist: &str,
     component: &str,
-    uploads: Vec<(StagedBlob, deb::DebInfo)>,
+    uploads: Vec<Upload>,
 ) -> Result<Vec<DebMeta>, CoreError> {
-    use futures::{StreamExt as _, TryStreamExt as _};
     deb::check_dist(dist)?;
     deb::check_component(component)?;
     let mut metas = Vec::with_capacity(uploads.len());
+    let mut parts = Vec::with_capacity(uploads.len());
     let mut staged = Vec::with_capacity(uploads.len());
     let mut in_batch: HashMap<String, Digest> = HashMap::new();
-    for (blob, info) in uploads {
-        let meta = DebMeta::new(dist, component, &info, blob.size(), blob.digest())?;
+    for Upload { part, body, info } in uploads {
+        let meta = DebMeta::new(dist, component, &info, body.size(), body.digest())
+            .map_err(|e| in_part(&part, e.into()))?;
         match in_batch.get(&meta.filename) {
-            Some(d) if *d != meta.sha256 => return Err(changed_file(&meta)),
+            Some(d) if *d != meta.sha256 => return Err(in_part(&part, changed_file(&meta))),
             Some(_) => {
                 metas.push(meta);
+                parts.push(part);
                 continue;
             }
             None => {}
         }
         in_batch.insert(meta.filename.clone(), meta.sha256);
-        staged.push((meta.key()?, metas.len(), blob));
+        staged.push((
+            meta.key().map_err(|e| in_part(&part, e.into()))?,
+            metas.len(),
+            body,
+        ));
         metas.push(meta);
+        parts.push(part);
     }
-    // Owned futures (no borrows held across the stream): Send as the server needs.
-    let lookups: Vec<_> = staged
-        .iter()
-        .map(|(key, _, _)| {
-            let (ferry, feed, key) = (ferry.clone(), feed.clone(), key.clone());
-            async move {
-                Ok::<_, CoreError>(
-                    ferry
-                        .item(&feed, &key)
-                        .await?
-                        .and_then(|i| i.blobs.first().copied()),
-                )
-            }
-        })
+    let keys: Vec<ferry_types::ItemKey> = staged.iter().map(|(key, _, _)| key.clone()).collect();
+    let existing: Vec<Option<Digest>> = ferry
+        .items_by_keys(feed, &keys)
+        .await?
+        .into_iter()
+        .map(|i| i.and_then(|i| i.blobs.first().copied()))
         .collect();
-    let existing: Vec<Option<Digest>> = futures::stream::iter(lookups)
-        .buffered(BATCH_CONCURRENCY)
-        .try_collect()
-        .await?;
     let pools = pool_map(ferry, feed).await?;
     let mut fresh = Vec::new();
     for ((key, i, blob), found) in staged.into_iter().zip(existing) {
         let meta = &metas[i];
         match found {
             Some(d) if d == meta.sha256 => continue,
-            Some(_) => return Err(changed_file(meta)),
+            Some(_) => return Err(in_part(&parts[i], changed_file(meta))),
             None => {}
         }
         if let Some(others) = pools.get(&meta.filename)
             && others.values().any(|d| *d != meta.sha256)
         {
-            return Err(changed_file(meta));
+            return Err(in_part(&parts[i], changed_file(meta)));
         }
         fresh.push((key, i, blob));
     }
@@ -310,17 +325,14 @@ pub async fn publish(
     if fresh.is_empty() {
         return Ok(metas);
     }
-    let commits: Vec<_> = fresh
+    let (places, bodies): (Vec<(ferry_types::ItemKey, usize)>, Vec<UploadBody>) =
+        fresh.into_iter().map(|(key, i, body)| ((key, i), body)).unzip();
+    let digests = ferry.commit_bodies(bodies).await?;
+    let committed: Vec<(ferry_types::ItemKey, usize, Digest)> = places
         .into_iter()
-        .map(|(key, i, blob)| {
-            let ferry = ferry.clone();
-            async move { Ok::<_, CoreError>((key, i, ferry.commit_blob(blob).await?)) }
-        })
+        .zip(digests)
+        .map(|((key, i), d)| (key, i, d))
         .collect();
-    let committed: Vec<(ferry_types::ItemKey, usize, Digest)> = futures::stream::iter(commits)
-        .buffered(BATCH_CONCURRENCY)
-        .try_collect()
-        .await?;
     let writes: Vec<LocalWrite> = committed
         .iter()
         .map(|(key, i, digest)| {
@@ -340,7 +352,10 @@ pub async fn publish(
             note_in_pool_map(ferry, feed, &outcomes, written);
             Ok(metas)
         }
-        Err(CoreError::Conflict(_)) if committed.len() == 1 => Err(changed_file(&metas[committed[0].1])),
+        Err(CoreError::Conflict(_)) if committed.len() == 1 => {
+            let i = committed[0].1;
+            Err(in_part(&parts[i], changed_file(&metas[i])))
+        }
         Err(CoreError::Conflict(e)) => Err(CoreError::conflict(format!(
             "{e}: another upload of one of these versions came first; nothing of this batch was published"
         ))),
@@ -432,11 +447,13 @@ async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<Arc<PoolMap>, Core
     let map = match (previous, changed) {
         (Some((_, mut map)), Some(keys)) => {
             let inner = Arc::make_mut(&mut map);
-            for key in keys {
-                let Some(path) = pool_path_of_key(&key) else {
-                    continue;
-                };
-                let live = ferry.item(feed, &key).await?;
+            let keyed: Vec<(ferry_types::ItemKey, String)> = keys
+                .into_iter()
+                .filter_map(|key| pool_path_of_key(&key).map(|path| (key, path)))
+                .collect();
+            let wanted: Vec<ferry_types::ItemKey> = keyed.iter().map(|(k, _)| k.clone()).collect();
+            let items = ferry.items_by_keys(feed, &wanted).await?;
+            for ((key, path), live) in keyed.into_iter().zip(items) {
                 let entry = inner.entry(path.clone()).or_default();
                 match live.and_then(|i| i.blobs.first().copied()) {
                     Some(d) => {
@@ -659,9 +676,10 @@ async fn current_model(
                 .map(|c| c.key)
                 .filter(|k| k.as_str().starts_with(&prefix))
                 .collect();
-            for key in keys {
-                let live = ferry.item(feed, &key).await?.map(|i| DebMeta::from_json(&i.meta));
-                match live {
+            let keys: Vec<ferry_types::ItemKey> = keys.into_iter().collect();
+            let items = ferry.items_by_keys(feed, &keys).await?;
+            for (key, item) in keys.into_iter().zip(items) {
+                match item.map(|i| DebMeta::from_json(&i.meta)) {
                     Some(Ok(m)) => model.insert(key.as_str().to_owned(), &m),
                     Some(Err(e)) => {
                         tracing::warn!(key = %key, "skipping unreadable debian item: {e}");

@@ -9,6 +9,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod bulk;
 mod cache;
 pub mod cargo;
 mod clock;
@@ -649,6 +650,16 @@ impl Ferry {
         &self,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Result<Vec<Result<(), CoreError>>, CoreError> {
+        self.commit_small_blobs_flushed(blobs, false).await
+    }
+
+    /// [`Ferry::commit_small_blobs`]; with `durable`, the placed blobs are
+    /// on stable storage when it returns ([`BlobStore::put_many_durable`]).
+    pub(crate) async fn commit_small_blobs_flushed(
+        &self,
+        blobs: Vec<(Digest, Bytes)>,
+        durable: bool,
+    ) -> Result<Vec<Result<(), CoreError>>, CoreError> {
         let lease_until = now_millis() + self.0.config.blob_lease.as_millis() as i64;
         let sizes: Vec<(Digest, u64)> = blobs.iter().map(|(d, b)| (*d, b.len() as u64)).collect();
         let busy: HashSet<Digest> = self
@@ -677,7 +688,11 @@ impl Ferry {
             }
         }
         let digests: Vec<Digest> = batch.iter().map(|(d, _)| *d).collect();
-        let placed = self.0.blobs.put_many(batch).await?;
+        let placed = if durable {
+            self.0.blobs.put_many_durable(batch).await?
+        } else {
+            self.0.blobs.put_many(batch).await?
+        };
         for ((i, d), r) in slots.into_iter().zip(digests).zip(placed) {
             out[i] = Some(match r {
                 Ok(_) => {
@@ -945,6 +960,16 @@ impl Ferry {
 
     pub async fn item(&self, feed: &FeedRecord, key: &ItemKey) -> Result<Option<ItemRecord>, CoreError> {
         Ok(self.0.meta.item(feed.id, key).await?)
+    }
+
+    /// The live item under each of `keys`, in order (`None` where there is
+    /// none), read at once ([`MetadataStore::items_by_keys`]).
+    pub async fn items_by_keys(
+        &self,
+        feed: &FeedRecord,
+        keys: &[ItemKey],
+    ) -> Result<Vec<Option<ItemRecord>>, CoreError> {
+        Ok(self.0.meta.items_by_keys(feed.id, keys).await?)
     }
 
     /// Every live item whose key starts with `prefix`, in key order.

@@ -45,6 +45,7 @@ use ferry_store::{FeedId, FeedRecord, Precondition, StagedBlob, now_millis};
 use ferry_types::{Digest, ItemKey};
 use sha2::{Digest as _, Sha256};
 
+use crate::bulk::UploadBody;
 use crate::{CoreError, Ferry, LocalWrite};
 
 pub use ferry_formats::rpm::RpmMeta as Meta;
@@ -196,53 +197,47 @@ pub async fn inspect(staged: &StagedBlob) -> Result<RpmInfo, CoreError> {
     .map_err(|e| CoreError::Internal(format!("rpm inspection failed: {e}")))?
 }
 
+/// Reads the headers of an `.rpm` held in memory (a small part of a bulk
+/// upload), as [`inspect`] does a staged one. Blocking work: call it off
+/// the async threads.
+pub fn inspect_memory(bytes: &Bytes) -> Result<RpmInfo, CoreError> {
+    fmt::inspect_rpm(std::io::Cursor::new(bytes.as_ref()), bytes.len() as u64).map_err(CoreError::from)
+}
+
 /// Publishes a staged `.rpm`: reads its headers, then commits the blob
 /// and writes the item ([`publish`] of one). The same NEVRA again with the
 /// same bytes is a no-op (returning the stored metadata); with other bytes
 /// it is a conflict (409). Invalid input is refused before anything is stored.
 pub async fn upload(ferry: &Ferry, feed: &FeedRecord, staged: StagedBlob) -> Result<RpmMeta, CoreError> {
     let info = inspect(&staged).await?;
-    let mut metas = publish(ferry, feed, vec![Upload::new(staged, info)]).await?;
+    let mut metas = publish(ferry, feed, vec![Upload::new(UploadBody::Staged(staged), info)]).await?;
     metas
         .pop()
         .ok_or_else(|| CoreError::Internal("upload published nothing".into()))
 }
 
-/// One inspected `.rpm` of a [`publish`]: its staged bytes, its header
-/// data ([`inspect`]) and how refusals name it (`part`: e.g.
-/// `part 3 (hello-1.0-1.x86_64.rpm)`; empty for a single upload).
+/// One inspected `.rpm` of a [`publish`]: its bytes (staged or in
+/// memory), its header data ([`inspect`], [`inspect_memory`]) and how
+/// refusals name it (`part`: e.g. `part 3 (hello-1.0-1.x86_64.rpm)`;
+/// empty for a single upload).
 pub struct Upload {
     pub part: String,
-    pub staged: StagedBlob,
+    pub body: UploadBody,
     pub info: RpmInfo,
 }
 
 impl Upload {
     /// An upload refusals do not name (a single `PUT`).
-    pub fn new(staged: StagedBlob, info: RpmInfo) -> Self {
+    pub fn new(body: UploadBody, info: RpmInfo) -> Self {
         Upload {
             part: String::new(),
-            staged,
+            body,
             info,
         }
     }
 }
 
-/// `e` with the part it is about in front of its message (4xx errors only).
-pub fn in_part(part: &str, e: CoreError) -> CoreError {
-    if part.is_empty() {
-        return e;
-    }
-    match e {
-        CoreError::Invalid(m) => CoreError::Invalid(format!("{part}: {m}")),
-        CoreError::TooLarge(m) => CoreError::TooLarge(format!("{part}: {m}")),
-        CoreError::Conflict(m) => CoreError::Conflict(format!("{part}: {m}")),
-        e => e,
-    }
-}
-
-/// How many item reads or blob commits of one batch are in flight at once.
-const BATCH_CONCURRENCY: usize = 16;
+pub use crate::bulk::in_part;
 
 /// Publishes inspected `.rpm`s all at once (a bulk import, like
 /// `createrepo_c` over a directory): every package is checked first, and
@@ -258,7 +253,6 @@ pub async fn publish(
     feed: &FeedRecord,
     uploads: Vec<Upload>,
 ) -> Result<Vec<RpmMeta>, CoreError> {
-    use futures::{StreamExt as _, TryStreamExt as _};
     let uploaded = (now_millis() / 1000).max(0) as u64;
     let mut metas = Vec::with_capacity(uploads.len());
     let mut parts = Vec::with_capacity(uploads.len());
@@ -267,8 +261,8 @@ pub async fn publish(
     for u in uploads {
         let meta = RpmMeta {
             info: u.info,
-            size: u.staged.size(),
-            sha256: u.staged.digest(),
+            size: u.body.size(),
+            sha256: u.body.digest(),
             uploaded,
         };
         let key = meta.key().map_err(|e| in_part(&u.part, e.into()))?;
@@ -279,24 +273,14 @@ pub async fn publish(
             Some(_) => {}
             None => {
                 in_batch.insert(key.clone(), meta.sha256);
-                fresh.push((key, metas.len(), u.staged));
+                fresh.push((key, metas.len(), u.body));
             }
         }
         metas.push(meta);
         parts.push(u.part);
     }
-    // Owned futures (no borrows held across the stream): Send as the server needs.
-    let lookups: Vec<_> = fresh
-        .iter()
-        .map(|(key, _, _)| {
-            let (ferry, feed, key) = (ferry.clone(), feed.clone(), key.clone());
-            async move { ferry.item(&feed, &key).await }
-        })
-        .collect();
-    let existing: Vec<_> = futures::stream::iter(lookups)
-        .buffered(BATCH_CONCURRENCY)
-        .try_collect()
-        .await?;
+    let keys: Vec<ItemKey> = fresh.iter().map(|(key, _, _)| key.clone()).collect();
+    let existing = ferry.items_by_keys(feed, &keys).await?;
     let mut new = Vec::with_capacity(fresh.len());
     for ((key, i, blob), found) in fresh.into_iter().zip(existing) {
         match found {
@@ -312,9 +296,9 @@ pub async fn publish(
     if new.is_empty() {
         return Ok(metas);
     }
-    let (places, blobs): (Vec<(ItemKey, usize)>, Vec<StagedBlob>) =
+    let (places, blobs): (Vec<(ItemKey, usize)>, Vec<UploadBody>) =
         new.into_iter().map(|(key, i, blob)| ((key, i), blob)).unzip();
-    let digests = ferry.commit_staged_blobs(blobs).await?;
+    let digests = ferry.commit_bodies(blobs).await?;
     let committed: Vec<(ItemKey, usize, Digest)> = places
         .into_iter()
         .zip(digests)
@@ -510,9 +494,10 @@ async fn current_model(
                 .map(|c| c.key)
                 .filter(|k| k.as_str().starts_with(PREFIX))
                 .collect();
-            for key in keys {
-                let live = ferry.item(feed, &key).await?.map(|i| RpmMeta::from_json(&i.meta));
-                match live {
+            let keys: Vec<ItemKey> = keys.into_iter().collect();
+            let items = ferry.items_by_keys(feed, &keys).await?;
+            for (key, item) in keys.into_iter().zip(items) {
+                match item.map(|i| RpmMeta::from_json(&i.meta)) {
                     Some(Ok(m)) => model.insert(key.as_str().to_owned(), &m),
                     Some(Err(e)) => {
                         tracing::warn!(key = %key, "skipping unreadable rpm item: {e}");

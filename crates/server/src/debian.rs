@@ -22,7 +22,6 @@ use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
-use bytes::BytesMut;
 use ferry_core::{CoreError, debian};
 use ferry_store::StagedBlob;
 use futures::TryStreamExt;
@@ -89,37 +88,31 @@ fn meta_json(meta: &debian::Meta) -> serde_json::Value {
     })
 }
 
-/// Parts up to this size are read whole and then staged concurrently (so
-/// their fsyncs overlap); larger ones stream into staging one at a time.
-const BUFFERED_PART: usize = 1 << 20;
-/// How many buffered parts are staged and inspected at once.
-const STAGING_CONCURRENCY: usize = 32;
-/// Most `.deb`s one bulk upload may carry.
-const MAX_PARTS: usize = 10_000;
+/// How debian feeds read a bulk upload's packages (their control files).
+#[derive(Clone)]
+struct ControlFiles;
 
-type Inspected = Result<(StagedBlob, ferry_formats::debian::DebInfo), CoreError>;
-
-/// A part being staged, or already staged.
-enum Slot {
-    Ready(Box<Inspected>),
-    Running(tokio::task::JoinHandle<Inspected>),
-}
-
-impl Slot {
-    async fn result(self) -> Inspected {
-        match self {
-            Slot::Ready(r) => *r,
-            Slot::Running(h) => h
-                .await
-                .map_err(|e| CoreError::Internal(format!("staging an upload failed: {e}")))?,
-        }
+impl crate::bulk::Inspect for ControlFiles {
+    type Info = ferry_formats::debian::DebInfo;
+    fn memory(&self, ferry: &ferry_core::Ferry, bytes: &bytes::Bytes) -> Result<Self::Info, CoreError> {
+        debian::inspect_memory(ferry, bytes)
+    }
+    async fn staged(
+        &self,
+        ferry: ferry_core::Ferry,
+        staged: StagedBlob,
+    ) -> Result<(StagedBlob, Self::Info), CoreError> {
+        let info = debian::inspect(&ferry, &staged).await?;
+        Ok((staged, info))
     }
 }
 
 /// A bulk upload: every file part of a `multipart/form-data` body is a
-/// `.deb` for `DIST`/`COMPONENT`. Each is staged and inspected, then all
-/// are published at once ([`debian::publish`]): one invalid or conflicting
-/// file refuses the whole upload, and nothing is stored.
+/// `.deb` for `DIST`/`COMPONENT`, read and inspected
+/// ([`crate::bulk::read_parts`]), then all are published at once
+/// ([`debian::publish`]): one invalid or conflicting file refuses the
+/// whole upload with its part named (`part N (FILE)`), and nothing is
+/// stored.
 async fn upload_many(
     State(st): State<AppState>,
     access: FeedAccess,
@@ -128,67 +121,21 @@ async fn upload_many(
 ) -> Result<Response, ApiError> {
     ferry_formats::debian::check_dist(&dist).map_err(CoreError::from)?;
     ferry_formats::debian::check_component(&component).map_err(CoreError::from)?;
-    let mut multipart = multipart.map_err(|e| {
-        CoreError::invalid(format!(
-            "expected multipart/form-data with one .deb per file part (curl -F deb=@FILE ...): {}",
-            e.body_text()
-        ))
-    })?;
-    let mut slots: Vec<Slot> = Vec::new();
-    let mut running = std::collections::VecDeque::new();
-    while let Some(mut field) = multipart.next_field().await.map_err(crate::pypi::bad_multipart)? {
-        if field.file_name().is_none() {
-            continue;
-        }
-        if slots.len() == MAX_PARTS {
-            return Err(
-                CoreError::invalid(format!("a bulk upload carries at most {MAX_PARTS} files")).into(),
-            );
-        }
-        let mut head = BytesMut::new();
-        let mut over = None;
-        while let Some(chunk) = field.chunk().await.map_err(crate::pypi::bad_multipart)? {
-            if head.len() + chunk.len() > BUFFERED_PART {
-                over = Some(chunk);
-                break;
-            }
-            head.extend_from_slice(&chunk);
-        }
-        let ferry = st.ferry.clone();
-        match over {
-            Some(chunk) => {
-                let staged =
-                    crate::pypi::stage_field_after(&st.ferry, vec![head.freeze(), chunk], &mut field).await?;
-                let info = debian::inspect(&st.ferry, &staged).await;
-                slots.push(Slot::Ready(Box::new(info.map(|i| (staged, i)))));
-            }
-            None => {
-                // At most STAGING_CONCURRENCY in flight: wait for the oldest.
-                if running.len() >= STAGING_CONCURRENCY
-                    && let Some(i) = running.pop_front()
-                {
-                    let slot = std::mem::replace(
-                        &mut slots[i],
-                        Slot::Ready(Box::new(Err(CoreError::Internal(String::new())))),
-                    );
-                    slots[i] = Slot::Ready(Box::new(slot.result().await));
-                }
-                running.push_back(slots.len());
-                slots.push(Slot::Running(tokio::spawn(async move {
-                    let staged = ferry.stage_bytes(head.freeze()).await?;
-                    let info = debian::inspect(&ferry, &staged).await?;
-                    Ok((staged, info))
-                })));
-            }
-        }
-    }
-    if slots.is_empty() {
-        return Err(CoreError::invalid("the upload has no file parts (curl -F deb=@FILE ...)").into());
-    }
-    let mut uploads = Vec::with_capacity(slots.len());
-    for slot in slots {
-        uploads.push(slot.result().await?);
-    }
+    let (parts, _held) = crate::bulk::read_parts(
+        &st.ferry,
+        multipart,
+        "one .deb per file part (curl -F deb=@FILE ...)",
+        ControlFiles,
+    )
+    .await?;
+    let uploads = parts
+        .into_iter()
+        .map(|p| debian::Upload {
+            part: p.label,
+            body: p.body,
+            info: p.info,
+        })
+        .collect();
     let metas = debian::publish(&st.ferry, &access.feed, &dist, &component, uploads).await?;
     let body: Vec<serde_json::Value> = metas.iter().map(meta_json).collect();
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())

@@ -5,6 +5,7 @@
 pub mod access;
 mod assets;
 pub mod blobs;
+mod bulk;
 mod cargo;
 mod debian;
 pub mod declare;

@@ -22,7 +22,6 @@ use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
-use bytes::BytesMut;
 use ferry_core::{CoreError, rpm};
 use futures::TryStreamExt;
 use serde_json::json;
@@ -79,122 +78,52 @@ fn meta_json(meta: &rpm::Meta) -> serde_json::Value {
     })
 }
 
-/// Parts up to this size (bytes) are read whole and then staged and
-/// inspected concurrently (so their fsyncs and digests overlap); larger
-/// ones stream into staging one at a time.
-const BUFFERED_PART: usize = 1 << 20;
-/// How many buffered parts are staged and inspected at once.
-const STAGING_CONCURRENCY: usize = 32;
-/// Most `.rpm`s one bulk upload may carry.
-const MAX_PARTS: usize = 10_000;
+/// How rpm feeds read a bulk upload's packages (their headers).
+#[derive(Clone)]
+struct RpmHeaders;
 
-type Inspected = Result<rpm::Upload, CoreError>;
-
-/// A part being staged and inspected, or done.
-enum Slot {
-    Ready(Box<Inspected>),
-    Running(tokio::task::JoinHandle<Inspected>),
-}
-
-impl Slot {
-    async fn result(self) -> Inspected {
-        match self {
-            Slot::Ready(r) => *r,
-            Slot::Running(h) => h
-                .await
-                .map_err(|e| CoreError::Internal(format!("staging an upload failed: {e}")))?,
-        }
+impl crate::bulk::Inspect for RpmHeaders {
+    type Info = ferry_formats::rpm::RpmInfo;
+    fn memory(&self, _: &ferry_core::Ferry, bytes: &bytes::Bytes) -> Result<Self::Info, CoreError> {
+        rpm::inspect_memory(bytes)
+    }
+    async fn staged(
+        &self,
+        _: ferry_core::Ferry,
+        staged: ferry_store::StagedBlob,
+    ) -> Result<(ferry_store::StagedBlob, Self::Info), CoreError> {
+        let info = rpm::inspect(&staged).await?;
+        Ok((staged, info))
     }
 }
 
-/// Stages (already read) bytes of one part and inspects them.
-async fn stage_and_inspect(ferry: ferry_core::Ferry, part: String, bytes: bytes::Bytes) -> Inspected {
-    let staged = ferry.stage_bytes(bytes).await?;
-    let info = rpm::inspect(&staged).await.map_err(|e| rpm::in_part(&part, e))?;
-    Ok(rpm::Upload { part, staged, info })
-}
-
 /// A bulk upload: every file part of a `multipart/form-data` body is an
-/// `.rpm` (parts without a file name are skipped). Each is staged and
-/// inspected (headers, digests; [`rpm::inspect`]), then all are
-/// published at once ([`rpm::publish`]): one invalid or conflicting file
-/// refuses the whole upload with its part named (`part N (FILE)`: 400,
-/// 409 or 413), and nothing is stored. At most [`MAX_PARTS`] parts, each
-/// within the upload size limit. 201 with one object per part, in order.
+/// `.rpm` (parts without a file name are skipped), read and inspected
+/// ([`crate::bulk::read_parts`]), then all are published at once
+/// ([`rpm::publish`]): one invalid or conflicting file refuses the whole
+/// upload with its part named (`part N (FILE)`: 400, 409 or 413), and
+/// nothing is stored. At most [`crate::bulk::MAX_PARTS`] parts, each within
+/// the upload size limit. 201 with one object per part, in order.
 async fn upload_many(
     State(st): State<AppState>,
     access: FeedAccess,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let mut multipart = multipart.map_err(|e| {
-        CoreError::invalid(format!(
-            "expected multipart/form-data with one .rpm per file part (curl -F rpm=@FILE ...): {}",
-            e.body_text()
-        ))
-    })?;
-    let mut slots: Vec<Slot> = Vec::new();
-    let mut running = std::collections::VecDeque::new();
-    while let Some(mut field) = multipart.next_field().await.map_err(crate::pypi::bad_multipart)? {
-        let Some(file) = field.file_name() else {
-            continue;
-        };
-        let part = format!("part {} ({})", slots.len() + 1, ferry_types::shortened(file, 120));
-        if slots.len() == MAX_PARTS {
-            return Err(
-                CoreError::invalid(format!("a bulk upload carries at most {MAX_PARTS} files")).into(),
-            );
-        }
-        let mut head = BytesMut::new();
-        let mut over = None;
-        while let Some(chunk) = field.chunk().await.map_err(crate::pypi::bad_multipart)? {
-            if head.len() + chunk.len() > BUFFERED_PART {
-                over = Some(chunk);
-                break;
-            }
-            head.extend_from_slice(&chunk);
-        }
-        match over {
-            Some(chunk) => {
-                let staged =
-                    crate::pypi::stage_field_after(&st.ferry, vec![head.freeze(), chunk], &mut field)
-                        .await
-                        .map_err(|e| rpm::in_part(&part, e))?;
-                let info = rpm::inspect(&staged).await.map_err(|e| rpm::in_part(&part, e));
-                slots.push(Slot::Ready(Box::new(info.map(|info| rpm::Upload {
-                    part,
-                    staged,
-                    info,
-                }))));
-            }
-            None => {
-                // At most STAGING_CONCURRENCY in flight: wait for the oldest.
-                if running.len() >= STAGING_CONCURRENCY
-                    && let Some(i) = running.pop_front()
-                {
-                    let slot = std::mem::replace(
-                        &mut slots[i],
-                        Slot::Ready(Box::new(Err(CoreError::Internal(String::new())))),
-                    );
-                    slots[i] = Slot::Ready(Box::new(slot.result().await));
-                }
-                running.push_back(slots.len());
-                slots.push(Slot::Running(tokio::spawn(stage_and_inspect(
-                    st.ferry.clone(),
-                    part,
-                    head.freeze(),
-                ))));
-            }
-        }
-    }
-    if slots.is_empty() {
-        return Err(CoreError::invalid("the upload has no file parts (curl -F rpm=@FILE ...)").into());
-    }
-    // Every part finished (and, on a refusal, its staging removed) before answering.
-    let mut results = Vec::with_capacity(slots.len());
-    for slot in slots {
-        results.push(slot.result().await);
-    }
-    let uploads = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let (parts, _held) = crate::bulk::read_parts(
+        &st.ferry,
+        multipart,
+        "one .rpm per file part (curl -F rpm=@FILE ...)",
+        RpmHeaders,
+    )
+    .await?;
+    let uploads = parts
+        .into_iter()
+        .map(|p| rpm::Upload {
+            part: p.label,
+            body: p.body,
+            info: p.info,
+        })
+        .collect();
     let metas = rpm::publish(&st.ferry, &access.feed, uploads).await?;
     let body: Vec<serde_json::Value> = metas.iter().map(meta_json).collect();
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())

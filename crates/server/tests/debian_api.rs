@@ -629,7 +629,9 @@ async fn debian_bulk_upload_is_all_or_nothing() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
 
     // One bad file, or one changed published version, refuses the whole
-    // upload: the good files beside it are not published either.
+    // upload, naming its part: the good files beside it are not published
+    // either, and not one byte of them is placed in the blob store.
+    let placed = i.blob_files();
     let fresh = pkg("fresh", "1.0", "amd64");
     let r = post_many(
         &i,
@@ -638,15 +640,19 @@ async fn debian_bulk_upload_is_all_or_nothing() {
     )
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("part 2 (p1.deb): "), "{}", r.text());
     let changed = deb(&control("bulk3", "1.0", "amd64", ""), b"other", Compression::Gz);
     let r = post_many(&i, "/debian/apt/upload/bookworm/main", &[fresh.clone(), changed]).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("part 2 (p1.deb): "), "{}", r.text());
     let twice = [
         pkg("twin", "1.0", "amd64"),
         deb(&control("twin", "1.0", "amd64", ""), b"x", Compression::Gz),
     ];
     let r = post_many(&i, "/debian/apt/upload/bookworm/main", &twice).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("part 2 (p1.deb): "), "{}", r.text());
+    assert_eq!(i.blob_files(), placed);
     let r = post_many(&i, "/debian/apt/upload/bookworm/main", &[]).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
     let text = i
@@ -775,4 +781,55 @@ async fn debian_compressed_indexes_stay_whole_as_packages_come_and_go() {
     let mut present: Vec<String> = all.into_iter().filter(|p| p != "many20").collect();
     present.push("many150".into());
     check(present, vec!["many20".into()]).await;
+}
+
+/// A bulk upload mixing parts read into memory (small) and parts streamed
+/// into staging (over 1 MiB): every part is published, in order, with its
+/// own bytes; a bad small part after a large one refuses the lot and
+/// leaves neither staged nor placed files behind.
+#[tokio::test]
+async fn debian_bulk_upload_mixes_small_and_large_parts_in_order() {
+    let i = setup().await;
+    // Incompressible data keeps the .deb over 1 MiB.
+    let mut noise = Vec::with_capacity(3 << 19);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while noise.len() < 3 << 19 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    let large = deb(&control("large", "1.0", "amd64", ""), &noise, Compression::Gz);
+    assert!(large.len() > 1 << 20);
+    let debs = vec![
+        pkg("small0", "1.0", "amd64"),
+        large.clone(),
+        pkg("small2", "1.0", "all"),
+        pkg("small3", "2.0", "amd64"),
+    ];
+    let placed = i.blob_files();
+    let mut bad = debs.clone();
+    bad.push(b"!<arch>\nbroken".to_vec());
+    let r = post_many(&i, "/debian/apt/upload/bookworm/main", &bad).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("part 5 (p4.deb): "), "{}", r.text());
+    assert_eq!(i.blob_files(), placed);
+    assert_eq!(i.staging_files(), 0);
+
+    let r = post_many(&i, "/debian/apt/upload/bookworm/main", &debs).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let names: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["package"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["small0", "large", "small2", "small3"]);
+    assert_eq!(i.blob_files(), placed + 4);
+    assert_eq!(i.staging_files(), 0);
+    let got = i.get("/debian/apt/pool/main/l/large/large_1.0_amd64.deb").await;
+    assert_eq!(got.body, large);
+    let got = i.get("/debian/apt/pool/main/s/small3/small3_2.0_amd64.deb").await;
+    assert_eq!(got.body, debs[3]);
 }

@@ -444,12 +444,15 @@ async fn rpm_bulk_upload_is_all_or_nothing_and_names_the_bad_part() {
         ),
         (vec![], StatusCode::BAD_REQUEST, "no file parts"),
     ];
+    // Nothing of a refused batch is placed in the blob store either.
+    let placed = i.blob_files();
     for (n, (parts, status, reason)) in cases.into_iter().enumerate() {
         let r = bulk(&i, &parts).await;
         assert_eq!(r.status, status, "case {n}: {}", r.text());
         assert!(r.text().contains(reason), "case {n}: {}", r.text());
         assert_eq!(i.ferry.items(&feed, "").await.unwrap().len(), 1, "case {n}");
         assert_eq!(i.staging_files(), 0, "case {n}");
+        assert_eq!(i.blob_files(), placed, "case {n}");
     }
 
     // A good batch (the stored package again is a no-op): 201 with every part, in order.

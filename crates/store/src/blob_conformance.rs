@@ -320,6 +320,45 @@ async fn put_many_and_sizes(s: &dyn BlobStore, salt: &str) {
     for d in [da, db] {
         s.delete(&d).await.unwrap();
     }
+
+    // Durable at once: a batch large enough for one flush of the lot (40
+    // blobs), a wrong one among them refused alone, one already in place
+    // kept; every other blob readable as written.
+    let many: Vec<Bytes> = (0..40).map(|n| Bytes::from(format!("many {n} {salt}"))).collect();
+    s.put_many(vec![(Digest::of(&many[0]), many[0].clone())])
+        .await
+        .unwrap();
+    let mut batch: Vec<(Digest, Bytes)> = many.iter().map(|m| (Digest::of(m), m.clone())).collect();
+    batch[7].1 = Bytes::from_static(b"not what the digest says");
+    let out = s.put_many_durable(batch.clone()).await.unwrap();
+    assert_eq!(out.len(), 40);
+    assert_eq!(
+        *out[0].as_ref().unwrap(),
+        BlobCheck::Intact {
+            size: many[0].len() as u64
+        }
+    );
+    assert!(matches!(out[7], Err(StoreError::DigestMismatch { .. })));
+    for (n, (d, _)) in batch.iter().enumerate() {
+        if n == 7 {
+            assert_eq!(s.sizes(&[*d]).await.unwrap(), vec![None]);
+            continue;
+        }
+        assert!(out[n].is_ok(), "blob {n}: {:?}", out[n]);
+        assert!(read(s, d, None).await == many[n], "blob {n}");
+        s.delete(d).await.unwrap();
+    }
+    // A small batch (flushed file by file) too.
+    let one = Bytes::from(format!("one {salt}"));
+    let d1 = Digest::of(&one);
+    assert_eq!(
+        *s.put_many_durable(vec![(d1, one.clone())]).await.unwrap()[0]
+            .as_ref()
+            .unwrap(),
+        BlobCheck::Missing
+    );
+    assert!(read(s, &d1, None).await == one);
+    s.delete(&d1).await.unwrap();
 }
 
 async fn quarantine_until_a_verified_copy(s: &dyn BlobStore, salt: &str) {

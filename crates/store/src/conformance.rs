@@ -760,6 +760,31 @@ async fn listing(s: &dyn MetadataStore) {
         .await
         .unwrap();
     assert!(s.items(g.id, "", None, 10).await.unwrap().is_empty());
+    // Many keys at once, in the order asked: a deleted key, a missing one,
+    // a repeated one, and another feed's view of the same keys.
+    let asked = [key("b/1"), key("a/2"), key("nope"), key("a/\u{e9}"), key("b/1")];
+    let found: Vec<Option<String>> = s
+        .items_by_keys(f.id, &asked)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.map(|i| i.key.as_str().to_string()))
+        .collect();
+    let some = |k: &str| Some(k.to_string());
+    assert_eq!(
+        found,
+        vec![some("b/1"), None, None, some("a/\u{e9}"), some("b/1")]
+    );
+    let by_one = s.item(f.id, &key("a/\u{e9}")).await.unwrap();
+    assert_eq!(s.items_by_keys(f.id, &asked).await.unwrap()[3], by_one);
+    assert!(
+        s.items_by_keys(g.id, &asked)
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_none)
+    );
+    assert!(s.items_by_keys(f.id, &[]).await.unwrap().is_empty());
 }
 
 async fn blobs_and_collection(s: &dyn MetadataStore) {

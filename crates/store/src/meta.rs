@@ -333,6 +333,21 @@ pub trait MetadataStore: crate::SessionStore + crate::UploadSessionStore + Send 
         order: StampOrder,
     ) -> Result<Vec<WriteOutcome>, StoreError>;
     async fn item(&self, feed: FeedId, key: &ItemKey) -> Result<Option<ItemRecord>, StoreError>;
+    /// The live item under each of `keys`, in the order given (`None`
+    /// where there is none): one read for the lot, as a bulk import checks
+    /// hundreds of keys at once. Backends override this default, which
+    /// reads them one by one.
+    async fn items_by_keys(
+        &self,
+        feed: FeedId,
+        keys: &[ItemKey],
+    ) -> Result<Vec<Option<ItemRecord>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.item(feed, k).await?);
+        }
+        Ok(out)
+    }
     /// Live items whose key starts with `prefix`, in key order, after `after`.
     async fn items(
         &self,

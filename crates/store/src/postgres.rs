@@ -1018,6 +1018,27 @@ impl MetadataStore for PgStore {
         .transpose()
     }
 
+    async fn items_by_keys(
+        &self,
+        feed: FeedId,
+        keys: &[ItemKey],
+    ) -> Result<Vec<Option<ItemRecord>>, StoreError> {
+        let wanted: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {ITEM_COLS} FROM items WHERE feed_id = $1 AND key = ANY($2) AND NOT deleted"
+        ))
+        .bind(feed)
+        .bind(&wanted)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let item = item_record(row)?;
+            found.insert(item.key.clone(), item);
+        }
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
     async fn items(
         &self,
         feed: FeedId,

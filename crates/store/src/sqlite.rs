@@ -710,6 +710,28 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn items_by_keys(
+        &self,
+        feed: FeedId,
+        keys: &[ItemKey],
+    ) -> Result<Vec<Option<ItemRecord>>, StoreError> {
+        let keys = keys.to_vec();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {ITEM_COLS} FROM items WHERE feed_id = ?1 AND key = ?2 AND deleted = 0"
+            ))?;
+            keys.iter()
+                .map(|key| {
+                    st.query_row(params![feed, key.as_str()], raw_item)
+                        .optional()?
+                        .map(item_record)
+                        .transpose()
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn items(
         &self,
         feed: FeedId,

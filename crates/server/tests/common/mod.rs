@@ -163,4 +163,14 @@ impl Instance {
             .unwrap()
             .count()
     }
+
+    /// Files in the blob tree (`blobs/sha256/XX/HEX`): what was placed.
+    #[allow(dead_code)]
+    pub fn blob_files(&self) -> usize {
+        let Ok(dirs) = std::fs::read_dir(self.dir.path().join("blobs/sha256")) else {
+            return 0;
+        };
+        dirs.map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+            .sum()
+    }
 }
