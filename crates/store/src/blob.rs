@@ -1445,98 +1445,152 @@ impl FsBlobStore {
     }
 }
 
-/// A [`FsBlobStore::put_many_flushed`] batch that writes at least this
-/// many blobs is made durable with one `syncfs(2)` of the blob folder's
-/// file system (Linux) instead of one `fdatasync(2)` per file: for a bulk
-/// import of 10,000 small packages, ~0.15 s instead of ~0.75 s here.
-#[cfg(target_os = "linux")]
-const SYNCFS_FROM: usize = 16;
+/// A [`FsBlobStore::put_many_flushed`] batch of at least this many blobs
+/// is flushed by [`FLUSHERS`] threads while it is written, instead of one
+/// file after another. (Not `syncfs(2)`: it would also wait for every
+/// other dirty page of the file system — a large upload in progress —
+/// and cost a bulk import 4× more with 300 MB dirty elsewhere, measured.)
+const FLUSH_IN_PARALLEL_FROM: usize = 16;
+/// Threads flushing the files of one large batch.
+const FLUSHERS: usize = 8;
+
+/// What [`place_blobs`] needs of the folder store.
+struct Placing {
+    root: PathBuf,
+    staging: PathBuf,
+    place: std::sync::Arc<Mutex<()>>,
+    quarantine: std::sync::Arc<Mutex<Quarantine>>,
+    verified: std::sync::Arc<Mutex<HashMap<Digest, (FileStamp, std::time::Instant)>>>,
+}
 
 impl FsBlobStore {
     /// [`BlobStore::put_many`] in one blocking pass; with `durable`, the
-    /// written blobs are on stable storage when it returns. Each file is
-    /// written under a staging name and renamed into place. Durability:
-    /// one flush per file, or, for a large batch on Linux, one `syncfs`
-    /// on a descriptor opened before the first write, so that a writeback
-    /// error on any of them is reported to it (errseq semantics: every
-    /// descriptor opened before an error sees it).
+    /// written blobs are on stable storage when it returns (each file
+    /// flushed with `fdatasync`, on [`FLUSHERS`] threads for a large
+    /// batch, while the next files are written).
     async fn put_many_flushed(
         &self,
         blobs: Vec<(Digest, Bytes)>,
         durable: bool,
     ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
-        let (root, place, quarantine) = (self.root.clone(), self.place.clone(), self.quarantine.clone());
-        let (staging_dir, verified) = (self.staging.clone(), self.verified.clone());
-        let results = tokio::task::spawn_blocking(move || -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
-            #[cfg(target_os = "linux")]
-            let whole_fs = if durable && blobs.len() >= SYNCFS_FROM {
-                Some(std::fs::File::open(&root)?)
-            } else {
-                None
-            };
-            #[cfg(not(target_os = "linux"))]
-            let whole_fs: Option<std::fs::File> = None;
-            let mut out = Vec::with_capacity(blobs.len());
-            let mut made_dirs = std::collections::HashSet::new();
-            for (digest, bytes) in blobs {
-                let actual = Digest::of(&bytes);
-                if actual != digest {
-                    out.push(Err(StoreError::DigestMismatch { expected: digest, actual }));
-                    continue;
+        let ctx = Placing {
+            root: self.root.clone(),
+            staging: self.staging.clone(),
+            place: self.place.clone(),
+            quarantine: self.quarantine.clone(),
+            verified: self.verified.clone(),
+        };
+        let results = tokio::task::spawn_blocking(
+            move || -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
+                if !durable || blobs.len() < FLUSH_IN_PARALLEL_FROM {
+                    return place_blobs(&ctx, blobs, durable, None);
                 }
-                let dest = blob_path_in(&root, &digest);
-                // As `commit`: what is in place is re-hashed first.
-                let found = match hash_file(&dest) {
-                    Ok((a, size)) if a == digest => BlobCheck::Intact { size },
-                    Ok((a, size)) => {
-                        tracing::warn!(blob = %digest, actual = %a, size, "stored blob was corrupt; replaced by a verified copy");
-                        BlobCheck::Corrupt { actual: a, size }
+                let (tx, rx) = std::sync::mpsc::channel::<std::fs::File>();
+                let rx = Mutex::new(rx);
+                std::thread::scope(|scope| {
+                    let workers: Vec<_> = (0..FLUSHERS)
+                        .map(|_| {
+                            let rx = &rx;
+                            scope.spawn(move || -> io::Result<()> {
+                                let mut outcome = Ok(());
+                                loop {
+                                    let next = locked(rx).recv();
+                                    let Ok(file) = next else { break };
+                                    if let Err(e) = file.sync_data()
+                                        && outcome.is_ok()
+                                    {
+                                        outcome = Err(e);
+                                    }
+                                }
+                                outcome
+                            })
+                        })
+                        .collect();
+                    let out = place_blobs(&ctx, blobs, false, Some(&tx));
+                    drop(tx);
+                    for w in workers {
+                        w.join()
+                            .map_err(|_| StoreError::Backend("blob flush thread panicked".into()))??;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => BlobCheck::Missing,
-                    Err(e) => return Err(StoreError::Io(e)),
-                };
-                if let BlobCheck::Intact { .. } = found {
-                    out.push(Ok(found));
-                    continue;
-                }
-                let staging = staging_dir.join(hex::encode(rand::random::<[u8; 16]>()));
-                let written = (|| {
-                    use std::io::Write;
-                    let mut f = std::fs::File::create(&staging)?;
-                    f.write_all(&bytes)?;
-                    if durable && whole_fs.is_none() {
-                        f.sync_data()?;
-                    }
-                    if let Some(dir) = dest.parent()
-                        && made_dirs.insert(dir.to_path_buf())
-                    {
-                        std::fs::create_dir_all(dir)?;
-                    }
-                    let _placing = locked(&place);
-                    std::fs::rename(&staging, &dest)?;
-                    remember_verified(&verified, digest, file_stamp(&f.metadata()?));
-                    Ok::<_, io::Error>(())
-                })();
-                if let Err(e) = written {
-                    let _ = std::fs::remove_file(&staging);
-                    return Err(StoreError::Io(e));
-                }
-                if locked(&quarantine).contains_key(&digest) {
-                    let _placing = locked(&place);
-                    resolve_quarantine(&root, &digest, &quarantine)?;
-                }
-                out.push(Ok(found));
-            }
-            #[cfg(target_os = "linux")]
-            if let Some(fs) = whole_fs {
-                rustix::fs::syncfs(&fs).map_err(io::Error::from)?;
-            }
-            Ok(out)
-        })
+                    out
+                })
+            },
+        )
         .await
         .map_err(|e| StoreError::Backend(format!("blob put: {e}")))??;
         Ok(results)
     }
+}
+
+/// Writes each blob under a staging name and renames it into place (an
+/// intact copy in place stays; bytes that do not match their digest are
+/// that blob's [`StoreError::DigestMismatch`]). Each written file is
+/// flushed here with `flush_here`, or handed to `flushers`.
+fn place_blobs(
+    ctx: &Placing,
+    blobs: Vec<(Digest, Bytes)>,
+    flush_here: bool,
+    flushers: Option<&std::sync::mpsc::Sender<std::fs::File>>,
+) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
+    let mut out = Vec::with_capacity(blobs.len());
+    let mut made_dirs = std::collections::HashSet::new();
+    for (digest, bytes) in blobs {
+        let actual = Digest::of(&bytes);
+        if actual != digest {
+            out.push(Err(StoreError::DigestMismatch {
+                expected: digest,
+                actual,
+            }));
+            continue;
+        }
+        let dest = blob_path_in(&ctx.root, &digest);
+        // As `commit`: what is in place is re-hashed first.
+        let found = match hash_file(&dest) {
+            Ok((a, size)) if a == digest => BlobCheck::Intact { size },
+            Ok((a, size)) => {
+                tracing::warn!(blob = %digest, actual = %a, size, "stored blob was corrupt; replaced by a verified copy");
+                BlobCheck::Corrupt { actual: a, size }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BlobCheck::Missing,
+            Err(e) => return Err(StoreError::Io(e)),
+        };
+        if let BlobCheck::Intact { .. } = found {
+            out.push(Ok(found));
+            continue;
+        }
+        let staging = ctx.staging.join(hex::encode(rand::random::<[u8; 16]>()));
+        let written = (|| {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&staging)?;
+            f.write_all(&bytes)?;
+            if flush_here {
+                f.sync_data()?;
+            }
+            if let Some(dir) = dest.parent()
+                && made_dirs.insert(dir.to_path_buf())
+            {
+                std::fs::create_dir_all(dir)?;
+            }
+            let _placing = locked(&ctx.place);
+            std::fs::rename(&staging, &dest)?;
+            remember_verified(&ctx.verified, digest, file_stamp(&f.metadata()?));
+            if let Some(tx) = flushers {
+                // The flushers end only when the sender is dropped.
+                let _ = tx.send(f);
+            }
+            Ok::<_, io::Error>(())
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&staging);
+            return Err(StoreError::Io(e));
+        }
+        if locked(&ctx.quarantine).contains_key(&digest) {
+            let _placing = locked(&ctx.place);
+            resolve_quarantine(&ctx.root, &digest, &ctx.quarantine)?;
+        }
+        out.push(Ok(found));
+    }
+    Ok(out)
 }
 
 impl FsBlobStore {
