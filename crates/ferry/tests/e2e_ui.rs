@@ -620,7 +620,12 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     css(&c, "#overview").await;
     let mut stopped = false;
     for _ in 0..50 {
-        if execution_rows(&c, &detail).await[0].contains("stopped") {
+        // (No rows for a moment while the page reloads.)
+        if execution_rows(&c, &detail)
+            .await
+            .first()
+            .is_some_and(|r| r.contains("stopped"))
+        {
             stopped = true;
             break;
         }

@@ -226,20 +226,19 @@ pub(crate) async fn read_parts<I: Inspect>(
                 }
             }
             None => {
-                // Past the memory budget: staged (flushed on its own).
+                // Past the memory budget: staged (flushed on its own)
+                // before the next part is read, so that no more than this
+                // one part is in memory beyond the budget.
                 if !group.is_empty() {
                     pending.push_back(spawn_group(ferry, &inspect, std::mem::take(&mut group)));
                     group_bytes = 0;
                 }
-                let (ferry, inspect) = (ferry.clone(), inspect.clone());
-                pending.push_back(Pending::Running(tokio::spawn(async move {
-                    let outcome = async {
-                        let staged = ferry.stage_bytes(head.freeze()).await?;
-                        let (s, info) = inspect.staged(ferry, staged).await?;
-                        Ok((UploadBody::Staged(s), info))
-                    };
-                    vec![outcome.await]
-                })));
+                let outcome = async {
+                    let staged = ferry.stage_bytes(head.freeze()).await?;
+                    let (s, info) = inspect.staged(ferry.clone(), staged).await?;
+                    Ok((UploadBody::Staged(s), info))
+                };
+                pending.push_back(Pending::Done(vec![outcome.await]));
             }
         }
     }
