@@ -55,6 +55,27 @@ impl UploadBody {
     }
 }
 
+/// One inspected package of a bulk import: how refusals name it (`part`:
+/// e.g. `part 3 (hello-1.0-1.x86_64.rpm)`; empty for a single upload), its
+/// bytes, and what its feed type read from it (`info`: RPM header data,
+/// a `.deb`'s control data).
+pub struct Upload<T> {
+    pub part: String,
+    pub body: UploadBody,
+    pub info: T,
+}
+
+impl<T> Upload<T> {
+    /// An upload refusals do not name (a single `PUT`).
+    pub fn new(body: UploadBody, info: T) -> Self {
+        Upload {
+            part: String::new(),
+            body,
+            info,
+        }
+    }
+}
+
 /// `e` with the part it is about in front of its message (4xx errors
 /// only): `part 3 (hello-1.0-1.x86_64.rpm): not an RPM …`. An empty `part`
 /// (a single upload) leaves it as it is.

@@ -213,11 +213,7 @@ pub async fn upload(
     deb::check_dist(dist)?;
     deb::check_component(component)?;
     let info = inspect(ferry, &staged).await?;
-    let upload = Upload {
-        part: String::new(),
-        body: UploadBody::Staged(staged),
-        info,
-    };
+    let upload = Upload::new(UploadBody::Staged(staged), info);
     let mut metas = publish(ferry, feed, dist, component, vec![upload]).await?;
     metas
         .pop()
@@ -246,15 +242,9 @@ pub fn inspect_memory(ferry: &Ferry, bytes: &Bytes) -> Result<deb::DebInfo, Core
     inspect_deb(std::io::Cursor::new(bytes.as_ref()), &ferry.config().archive).map_err(CoreError::from)
 }
 
-/// One inspected `.deb` of a [`publish`]: its bytes (staged or in
-/// memory), its control data ([`inspect`], [`inspect_memory`]) and how
-/// refusals name it (`part`: e.g. `part 3 (hello_1.0_all.deb)`; empty for
-/// a single upload).
-pub struct Upload {
-    pub part: String,
-    pub body: UploadBody,
-    pub info: deb::DebInfo,
-}
+/// One inspected `.deb` of a [`publish`], its control data read by
+/// [`inspect`] or [`inspect_memory`].
+pub type Upload = crate::bulk::Upload<deb::DebInfo>;
 
 /// Publishes inspected `.deb`s into `dist`/`component` all at once (a bulk
 /// import, like `reprepro includedeb DIST FILES...`): every package is

@@ -216,28 +216,11 @@ pub async fn upload(ferry: &Ferry, feed: &FeedRecord, staged: StagedBlob) -> Res
         .ok_or_else(|| CoreError::Internal("upload published nothing".into()))
 }
 
-/// One inspected `.rpm` of a [`publish`]: its bytes (staged or in
-/// memory), its header data ([`inspect`], [`inspect_memory`]) and how
-/// refusals name it (`part`: e.g. `part 3 (hello-1.0-1.x86_64.rpm)`;
-/// empty for a single upload).
-pub struct Upload {
-    pub part: String,
-    pub body: UploadBody,
-    pub info: RpmInfo,
-}
+/// One inspected `.rpm` of a [`publish`], its header data read by
+/// [`inspect`] or [`inspect_memory`].
+pub type Upload = crate::bulk::Upload<RpmInfo>;
 
-impl Upload {
-    /// An upload refusals do not name (a single `PUT`).
-    pub fn new(body: UploadBody, info: RpmInfo) -> Self {
-        Upload {
-            part: String::new(),
-            body,
-            info,
-        }
-    }
-}
-
-pub use crate::bulk::in_part;
+use crate::bulk::in_part;
 
 /// Publishes inspected `.rpm`s all at once (a bulk import, like
 /// `createrepo_c` over a directory): every package is checked first, and

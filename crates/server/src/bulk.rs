@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use axum::extract::Multipart;
 use axum::extract::multipart::MultipartRejection;
 use bytes::{Bytes, BytesMut};
-use ferry_core::bulk::{UploadBody, in_part};
+use ferry_core::bulk::{Upload, UploadBody, in_part};
 use ferry_core::{CoreError, Ferry};
 use ferry_store::StagedBlob;
 
@@ -83,14 +83,6 @@ pub(crate) trait Inspect: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(StagedBlob, Self::Info), CoreError>> + Send;
 }
 
-/// One package of a bulk upload: how refusals name it, its bytes, what
-/// was read from it.
-pub(crate) struct Part<T> {
-    pub label: String,
-    pub body: UploadBody,
-    pub info: T,
-}
-
 type Outcomes<T> = Vec<Result<(UploadBody, T), CoreError>>;
 
 /// Parts read so far, in order: finished, or still being inspected.
@@ -127,7 +119,7 @@ pub(crate) async fn read_parts<I: Inspect>(
     multipart: Result<Multipart, MultipartRejection>,
     usage: &str,
     inspect: I,
-) -> Result<(Vec<Part<I::Info>>, Held), CoreError> {
+) -> Result<(Vec<Upload<I::Info>>, Held), CoreError> {
     let mut multipart = multipart.map_err(|e| {
         CoreError::invalid(format!(
             "expected multipart/form-data with {usage}: {}",
@@ -259,7 +251,11 @@ pub(crate) async fn read_parts<I: Inspect>(
     let mut parts = Vec::with_capacity(labels.len());
     for (label, outcome) in labels.into_iter().zip(finished.into_iter().flatten()) {
         let (body, info) = outcome.map_err(|e| in_part(&label, e))?;
-        parts.push(Part { label, body, info });
+        parts.push(Upload {
+            part: label,
+            body,
+            info,
+        });
     }
     Ok((parts, held))
 }

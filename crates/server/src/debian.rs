@@ -121,21 +121,13 @@ async fn upload_many(
 ) -> Result<Response, ApiError> {
     ferry_formats::debian::check_dist(&dist).map_err(CoreError::from)?;
     ferry_formats::debian::check_component(&component).map_err(CoreError::from)?;
-    let (parts, _held) = crate::bulk::read_parts(
+    let (uploads, _held) = crate::bulk::read_parts(
         &st.ferry,
         multipart,
         "one .deb per file part (curl -F deb=@FILE ...)",
         ControlFiles,
     )
     .await?;
-    let uploads = parts
-        .into_iter()
-        .map(|p| debian::Upload {
-            part: p.label,
-            body: p.body,
-            info: p.info,
-        })
-        .collect();
     let metas = debian::publish(&st.ferry, &access.feed, &dist, &component, uploads).await?;
     let body: Vec<serde_json::Value> = metas.iter().map(meta_json).collect();
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())

@@ -109,21 +109,13 @@ async fn upload_many(
     access: FeedAccess,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let (parts, _held) = crate::bulk::read_parts(
+    let (uploads, _held) = crate::bulk::read_parts(
         &st.ferry,
         multipart,
         "one .rpm per file part (curl -F rpm=@FILE ...)",
         RpmHeaders,
     )
     .await?;
-    let uploads = parts
-        .into_iter()
-        .map(|p| rpm::Upload {
-            part: p.label,
-            body: p.body,
-            info: p.info,
-        })
-        .collect();
     let metas = rpm::publish(&st.ferry, &access.feed, uploads).await?;
     let body: Vec<serde_json::Value> = metas.iter().map(meta_json).collect();
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
