@@ -686,3 +686,32 @@ fn update_rotates_the_token_and_changes_filters_without_deleting() {
     let out = hub.cli_fails(&["replication", "update", "edge", "--token", &new_token]);
     assert!(out.contains("incoming"), "{out}");
 }
+
+/// `run --wait` right after publishes carries all of them, also while the
+/// spoke's long poll answers for the first one and wakes an execution of
+/// its own: a page a long poll brought shows the hub as it was then, and
+/// only the execution it woke may start from it (a CI run on PostgreSQL
+/// caught a manual run that took it and ended before the second publish).
+#[test]
+fn a_run_asked_after_publishes_carries_every_one_of_them() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let spoke = Server::pulling_spoke(&hub, "files", &token);
+    for i in 0..12 {
+        let (first, second) = (format!("a{i}.txt"), format!("b{i}.txt"));
+        hub.put_asset("files", &first, first.as_bytes());
+        // Time for the long poll to answer with the first alone.
+        std::thread::sleep(std::time::Duration::from_millis(i % 4 * 5));
+        hub.put_asset("files", &second, second.as_bytes());
+        let out = spoke.cli(&["replication", "run", "from-hub", "--wait"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            spoke.serves("files", &second, second.as_bytes()),
+            "round {i}: the run ended before {second}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(spoke.serves("files", &first, first.as_bytes()));
+    }
+    assert!(spoke.verified("from-hub"));
+}

@@ -288,6 +288,13 @@ pub(crate) struct Run<'a> {
     remote_id: Option<InstanceId>,
     /// Plan only: read and compare, change nothing.
     dry: bool,
+    /// Woken by a change the long poll heard: the page it brought is this
+    /// run's first page. Any other run asks the other side afresh, so that
+    /// it sees everything written there before it started.
+    from_change: bool,
+    /// Asked by an operator (run now, repair, plan): handshakes afresh
+    /// too, so a changed mode or a revoked token shows at once.
+    fresh: bool,
     /// Full comparison instead of cursors.
     full: bool,
     /// A repair (`verify --repair`): on a replica, items written only here
@@ -343,6 +350,8 @@ impl<'a> Run<'a> {
             filter: Filter::new(&cfg.include, &cfg.exclude)?,
             remote_id: None,
             dry: false,
+            from_change: false,
+            fresh: false,
             full: false,
             repair: false,
             confirm_deletes: false,
@@ -424,6 +433,16 @@ impl<'a> Run<'a> {
 
     pub fn dry_run(mut self) -> Self {
         self.dry = true;
+        self.fresh = true;
+        self
+    }
+    /// What started the run (an execution's trigger: `change`,
+    /// `schedule`, `manual`, `repair`, `takeover`, ...): only a `change`
+    /// run starts from the page its long poll brought, and `manual` and
+    /// `repair` runs handshake afresh.
+    pub fn trigger(mut self, trigger: &str) -> Self {
+        self.from_change = trigger == "change";
+        self.fresh |= matches!(trigger, "manual" | "repair");
         self
     }
     pub fn full(mut self, full: bool) -> Self {
@@ -586,7 +605,9 @@ impl<'a> Run<'a> {
     /// The handshake of a recent execution if there is one (no round
     /// trip), else a new one, kept for the next executions.
     async fn connect(&mut self) -> Result<(HandshakeResponse, bool), ReplError> {
-        if let Some(hs) = self.r.cached_handshake(self.rec.id) {
+        if !self.fresh
+            && let Some(hs) = self.r.cached_handshake(self.rec.id)
+        {
             self.adopt(&hs);
             return Ok((hs, true));
         }

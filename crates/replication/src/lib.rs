@@ -811,6 +811,7 @@ impl Replicator {
         let mut run = Run::new(self, rec, cfg, progress.clone())?
             .confirm_deletes(confirm_deletes)
             .full(full)
+            .trigger(trigger)
             .repair(trigger == "repair");
         if adopted.is_some() {
             tracing::warn!(target: "replication", replication = %rec.name, execution = exec_id, "taking over an execution another node left running");

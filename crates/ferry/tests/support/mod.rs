@@ -742,7 +742,16 @@ impl Server {
 
     /// `ferry replication verify NAME` succeeded.
     pub fn verified(&self, name: &str) -> bool {
-        self.cli(&["replication", "verify", name]).status.success()
+        let out = self.cli(&["replication", "verify", name]);
+        if !out.status.success() {
+            // Said for the case where the caller expected agreement.
+            eprintln!(
+                "verify {name}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out.status.success()
     }
 
     /// The executions of replication `name`, newest first.

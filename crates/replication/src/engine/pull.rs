@@ -61,10 +61,16 @@ impl Run<'_> {
             count_bytes: true,
             inline_max,
         };
-        // A page the long poll brought is the first page, if it starts at
-        // this cursor (no round trip at all for a small change).
-        let mut page = match self.r.take_polled(self.rec.id, &local.name, since, anchor) {
-            Some(p) if !self.full => p,
+        // A page the long poll brought is the first page of the run it
+        // woke, if it starts at this cursor (no round trip at all for a
+        // small change). It shows the other side as it was when it came:
+        // any other run (run now, a schedule) asks afresh, or it would end
+        // before what was written there since.
+        let polled = (self.from_change && !self.full && !self.dry)
+            .then(|| self.r.take_polled(self.rec.id, &local.name, since, anchor))
+            .flatten();
+        let mut page = match polled {
+            Some(p) => p,
             _ => {
                 self.remote
                     .changes(remote, since, anchor, PAGE, 0, extras)
