@@ -264,14 +264,17 @@ pub async fn publish(
     deb::check_dist(dist)?;
     deb::check_component(component)?;
     let mut metas = Vec::with_capacity(uploads.len());
-    let mut parts = Vec::with_capacity(uploads.len());
+    let mut parts: Vec<String> = Vec::with_capacity(uploads.len());
     let mut staged = Vec::with_capacity(uploads.len());
-    let mut in_batch: HashMap<String, Digest> = HashMap::new();
+    // Each pool file of the upload: its digest and the part it came in.
+    let mut in_batch: HashMap<String, (Digest, usize)> = HashMap::new();
     for Upload { part, body, info } in uploads {
         let meta = DebMeta::new(dist, component, &info, body.size(), body.digest())
             .map_err(|e| in_part(&part, e.into()))?;
         match in_batch.get(&meta.filename) {
-            Some(d) if *d != meta.sha256 => return Err(in_part(&part, changed_file(&meta))),
+            Some((d, first)) if *d != meta.sha256 => {
+                return Err(in_part(&part, changed_in_batch(&meta, &parts[*first])));
+            }
             Some(_) => {
                 metas.push(meta);
                 parts.push(part);
@@ -279,7 +282,7 @@ pub async fn publish(
             }
             None => {}
         }
-        in_batch.insert(meta.filename.clone(), meta.sha256);
+        in_batch.insert(meta.filename.clone(), (meta.sha256, metas.len()));
         staged.push((
             meta.key().map_err(|e| in_part(&part, e.into()))?,
             metas.len(),
@@ -351,6 +354,16 @@ pub async fn publish(
         ))),
         Err(e) => Err(e),
     }
+}
+
+/// The same pool file as `first` (the earlier part's label) with other
+/// bytes.
+fn changed_in_batch(meta: &DebMeta, first: &str) -> CoreError {
+    CoreError::conflict(format!(
+        "{} {} ({}) is in this upload twice with different content (also as {first}); \
+         nothing of this batch was published",
+        meta.package, meta.version, meta.architecture
+    ))
 }
 
 fn changed_file(meta: &DebMeta) -> CoreError {

@@ -238,9 +238,10 @@ pub async fn publish(
 ) -> Result<Vec<RpmMeta>, CoreError> {
     let uploaded = (now_millis() / 1000).max(0) as u64;
     let mut metas = Vec::with_capacity(uploads.len());
-    let mut parts = Vec::with_capacity(uploads.len());
+    let mut parts: Vec<String> = Vec::with_capacity(uploads.len());
     let mut fresh = Vec::with_capacity(uploads.len());
-    let mut in_batch: HashMap<ItemKey, Digest> = HashMap::new();
+    // Each package of the upload: its digest and the part it came in.
+    let mut in_batch: HashMap<ItemKey, (Digest, usize)> = HashMap::new();
     for u in uploads {
         let meta = RpmMeta {
             info: u.info,
@@ -250,12 +251,12 @@ pub async fn publish(
         };
         let key = meta.key().map_err(|e| in_part(&u.part, e.into()))?;
         match in_batch.get(&key) {
-            Some(d) if *d != meta.sha256 => {
-                return Err(in_part(&u.part, changed_in_batch(&meta)));
+            Some((d, first)) if *d != meta.sha256 => {
+                return Err(in_part(&u.part, changed_in_batch(&meta, &parts[*first])));
             }
             Some(_) => {}
             None => {
-                in_batch.insert(key.clone(), meta.sha256);
+                in_batch.insert(key.clone(), (meta.sha256, metas.len()));
                 fresh.push((key, metas.len(), u.body));
             }
         }
@@ -311,9 +312,11 @@ pub async fn publish(
     }
 }
 
-fn changed_in_batch(meta: &RpmMeta) -> CoreError {
+/// The same NEVRA as `first` (the earlier part's label) with other bytes.
+fn changed_in_batch(meta: &RpmMeta, first: &str) -> CoreError {
     CoreError::conflict(format!(
-        "{}-{}.{} is in this upload twice with different content; nothing of this batch was published",
+        "{}-{}.{} is in this upload twice with different content (also as {first}); \
+         nothing of this batch was published",
         meta.info.name,
         meta.evr(),
         meta.info.arch

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::Multipart;
-use axum::extract::multipart::MultipartRejection;
+use axum::extract::multipart::{Field, MultipartRejection};
 use bytes::{Bytes, BytesMut};
 use ferry_core::bulk::{Upload, UploadBody, in_part};
 use ferry_core::{CoreError, Ferry};
@@ -105,13 +105,14 @@ impl<T> Pending<T> {
     }
 }
 
-/// Reads every file part of a bulk upload (parts without a file name are
-/// skipped) and inspects each with `inspect`. `usage` completes "expected
+/// Reads every part of a bulk upload as one package and inspects each
+/// with `inspect` (a part that is no package, such as a text field, is
+/// refused with the others, never skipped). `usage` completes "expected
 /// multipart/form-data with …" in the refusal of a body that is not one.
 /// Every part is finished (a refused one's staging removed) before this
 /// returns. The bytes held in memory count against the process's budget
 /// until the returned [`Held`] is dropped: keep it until the upload is
-/// published. Errors: not multipart (400), no file part (400), more than
+/// published. Errors: not multipart (400), no part (400), more than
 /// [`MAX_PARTS`] (400), a part over the upload limit (413), an invalid
 /// part (its refusal, naming the part).
 pub(crate) async fn read_parts<I: Inspect>(
@@ -143,20 +144,13 @@ pub(crate) async fn read_parts<I: Inspect>(
             }
         };
         let mut field = field;
-        let Some(file) = field.file_name() else {
-            continue;
-        };
         if labels.len() == MAX_PARTS {
             failure = Some(CoreError::invalid(format!(
                 "a bulk upload carries at most {MAX_PARTS} files"
             )));
             break;
         }
-        labels.push(format!(
-            "part {} ({})",
-            labels.len() + 1,
-            ferry_types::shortened(file, 120)
-        ));
+        labels.push(part_label(labels.len() + 1, &field));
         let mut head = BytesMut::new();
         let mut over = None;
         loop {
@@ -244,9 +238,7 @@ pub(crate) async fn read_parts<I: Inspect>(
         return Err(e);
     }
     if labels.is_empty() {
-        return Err(CoreError::invalid(format!(
-            "the upload has no file parts ({usage})"
-        )));
+        return Err(CoreError::invalid(format!("the upload has no parts ({usage})")));
     }
     let mut parts = Vec::with_capacity(labels.len());
     for (label, outcome) in labels.into_iter().zip(finished.into_iter().flatten()) {
@@ -272,6 +264,53 @@ fn spawn_group<I: Inspect>(ferry: &Ferry, inspect: &I, group: Vec<Bytes>) -> Pen
             })
             .collect()
     }))
+}
+
+/// How a refusal names part `n` (from 1): `part 2 (b.deb)` by its file
+/// name, from `filename` or else RFC 5987's `filename*` (RFC 7578 §4.2:
+/// some clients send only that), else `part 2 (field "x")` by its form
+/// field name, else `part 2`.
+fn part_label(n: usize, field: &Field<'_>) -> String {
+    match (file_name_of(field), field.name()) {
+        (Some(file), _) => format!("part {n} ({})", ferry_types::shortened(&file, 120)),
+        (None, Some(field)) if !field.is_empty() => {
+            format!("part {n} (field {:?})", ferry_types::shortened(field, 60))
+        }
+        _ => format!("part {n}"),
+    }
+}
+
+/// A multipart part's file name: its `filename` parameter, or else RFC
+/// 5987's `filename*` (RFC 7578 §4.2 allows clients to send only that;
+/// multer reads only `filename`). None when it has neither.
+pub(crate) fn file_name_of(field: &Field<'_>) -> Option<String> {
+    field.file_name().map(str::to_owned).or_else(|| {
+        field
+            .headers()
+            .get(axum::http::header::CONTENT_DISPOSITION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(extended_file_name)
+    })
+}
+
+/// The `filename*` parameter of a Content-Disposition value (RFC 5987
+/// §3.2 `ext-value`: `charset'language'percent-encoded`, UTF-8 or
+/// ISO-8859-1), decoded; None when absent or malformed.
+fn extended_file_name(disposition: &str) -> Option<String> {
+    let value = disposition.split(';').find_map(|p| {
+        let (k, v) = p.trim().split_once('=')?;
+        k.trim().eq_ignore_ascii_case("filename*").then(|| v.trim())
+    })?;
+    let mut it = value.splitn(3, '\'');
+    let (charset, _language, encoded) = (it.next()?, it.next()?, it.next()?);
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(encoded).collect();
+    if charset.eq_ignore_ascii_case("utf-8") {
+        String::from_utf8(bytes).ok()
+    } else if charset.eq_ignore_ascii_case("iso-8859-1") {
+        Some(bytes.into_iter().map(char::from).collect())
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -303,5 +342,16 @@ mod tests {
         drop(others);
         drop(late);
         assert_eq!(HELD.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn extended_file_names_are_decoded() {
+        let d = "form-data; name=\"f\"; filename*=UTF-8''caf%C3%A9_1.0_all.deb";
+        assert_eq!(extended_file_name(d).as_deref(), Some("café_1.0_all.deb"));
+        let d = "form-data; name=f; filename*=iso-8859-1'en'caf%E9.rpm";
+        assert_eq!(extended_file_name(d).as_deref(), Some("café.rpm"));
+        assert_eq!(extended_file_name("form-data; name=f; filename*=koi8-r''x"), None);
+        assert_eq!(extended_file_name("form-data; name=f; filename*=x.deb"), None);
+        assert_eq!(extended_file_name("form-data; name=f"), None);
     }
 }

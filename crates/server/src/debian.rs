@@ -107,7 +107,7 @@ impl crate::bulk::Inspect for ControlFiles {
     }
 }
 
-/// A bulk upload: every file part of a `multipart/form-data` body is a
+/// A bulk upload: every part of a `multipart/form-data` body is a
 /// `.deb` for `DIST`/`COMPONENT`, read and inspected
 /// ([`crate::bulk::read_parts`]), then all are published at once
 /// ([`debian::publish`]): one invalid or conflicting file refuses the

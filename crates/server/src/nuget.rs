@@ -686,7 +686,7 @@ async fn push(
             if found.is_some() {
                 return Err(CoreError::invalid("the push has more than one part; send one .nupkg").into());
             }
-            let name = field.file_name().map(str::to_owned);
+            let name = crate::bulk::file_name_of(&field);
             let staged = crate::pypi::stage_field(&st.ferry, &mut field).await?;
             found = Some((staged, name));
         }

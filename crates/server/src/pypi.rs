@@ -392,11 +392,9 @@ async fn upload(
             if content.is_some() {
                 return Err(CoreError::invalid("the upload has more than one content field").into());
             }
-            let filename = field
-                .file_name()
+            let filename = crate::bulk::file_name_of(&field)
                 .filter(|f| !f.is_empty())
-                .ok_or_else(|| CoreError::invalid("the content field of the upload has no file name"))?
-                .to_owned();
+                .ok_or_else(|| CoreError::invalid("the content field of the upload has no file name"))?;
             pypi::check_filename(&filename)?;
             let staged = stage_field(&st.ferry, &mut field).await?;
             content = Some((filename, staged));

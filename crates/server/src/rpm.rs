@@ -97,8 +97,8 @@ impl crate::bulk::Inspect for RpmHeaders {
     }
 }
 
-/// A bulk upload: every file part of a `multipart/form-data` body is an
-/// `.rpm` (parts without a file name are skipped), read and inspected
+/// A bulk upload: every part of a `multipart/form-data` body is an `.rpm`
+/// (a part that is not, a text field too, refuses the upload), read and inspected
 /// ([`crate::bulk::read_parts`]), then all are published at once
 /// ([`rpm::publish`]): one invalid or conflicting file refuses the whole
 /// upload with its part named (`part N (FILE)`: 400, 409 or 413), and

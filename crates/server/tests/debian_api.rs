@@ -561,17 +561,28 @@ async fn debian_replicated_items_are_checked_like_uploads() {
 
 /// A `multipart/form-data` body with one `deb` file part per `.deb`.
 fn multipart(debs: &[Vec<u8>]) -> (String, Vec<u8>) {
+    let parts: Vec<(String, &[u8])> = debs
+        .iter()
+        .enumerate()
+        .map(|(n, d)| (format!("name=\"deb\"; filename=\"p{n}.deb\""), d.as_slice()))
+        .collect();
+    multipart_parts(&parts)
+}
+
+/// A `multipart/form-data` body of parts given by their Content-Disposition
+/// parameters (after `form-data; `) and bytes.
+fn multipart_parts(parts: &[(String, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "ferry-test-boundary-7d1f";
     let mut body = Vec::new();
-    for (n, d) in debs.iter().enumerate() {
+    for (disposition, bytes) in parts {
         body.extend_from_slice(
             format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"deb\"; filename=\"p{n}.deb\"\r\n\
+                "--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n\
                  Content-Type: application/vnd.debian.binary-package\r\n\r\n"
             )
             .as_bytes(),
         );
-        body.extend_from_slice(d);
+        body.extend_from_slice(bytes);
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
@@ -651,7 +662,13 @@ async fn debian_bulk_upload_is_all_or_nothing() {
     ];
     let r = post_many(&i, "/debian/apt/upload/bookworm/main", &twice).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
-    assert!(r.text().contains("part 2 (p1.deb): "), "{}", r.text());
+    assert!(
+        r.text().contains(
+            "part 2 (p1.deb): twin 1.0 (amd64) is in this upload twice with different content (also as part 1 (p0.deb))"
+        ),
+        "{}",
+        r.text()
+    );
     assert_eq!(i.blob_files(), placed);
     let r = post_many(&i, "/debian/apt/upload/bookworm/main", &[]).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
@@ -832,4 +849,71 @@ async fn debian_bulk_upload_mixes_small_and_large_parts_in_order() {
     assert_eq!(got.body, large);
     let got = i.get("/debian/apt/pool/main/s/small3/small3_2.0_amd64.deb").await;
     assert_eq!(got.body, debs[3]);
+}
+
+/// Every part of a bulk upload is a package: a file named only by RFC
+/// 5987's `filename*` is published like any other, and a part that is no
+/// package (a text field) refuses the upload naming it. Neither is
+/// skipped (they were: a package sent so was silently left out).
+#[tokio::test]
+async fn debian_bulk_upload_skips_no_part() {
+    let i = setup().await;
+    let starred = pkg("starred", "1.0", "amd64");
+    let plain = pkg("plain", "1.0", "amd64");
+    let post = |parts: Vec<(String, &[u8])>| {
+        let (ct, body) = multipart_parts(&parts);
+        let i = &i;
+        async move {
+            i.send(
+                "POST",
+                "/debian/apt/upload/bookworm/main",
+                Some(ADMIN),
+                &[("content-type", &ct)],
+                body,
+            )
+            .await
+        }
+    };
+    // A text field beside a package: refused, naming the field.
+    let r = post(vec![
+        ("name=\"deb\"; filename=\"plain.deb\"".into(), plain.as_slice()),
+        ("name=\"comment\"".into(), b"nightly build".as_slice()),
+    ])
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("part 2 (field \"comment\"): "), "{}", r.text());
+    // A package whose part has no name at all is still read.
+    let r = post(vec![
+        (
+            "name=\"deb\"; filename*=UTF-8''st%C3%A4rred.deb".into(),
+            starred.as_slice(),
+        ),
+        ("name=\"deb\"".into(), plain.as_slice()),
+    ])
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let listed = r.json();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["package"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["starred", "plain"], "{listed}");
+    // A bad file named by filename* is named by it.
+    let r = post(vec![(
+        "name=\"deb\"; filename*=UTF-8''b%C3%B6se.deb".into(),
+        b"not a deb".as_slice(),
+    )])
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("part 1 (böse.deb): "), "{}", r.text());
+    let text = i
+        .get("/debian/apt/dists/bookworm/main/binary-amd64/Packages")
+        .await
+        .text();
+    assert!(
+        text.contains("Package: starred\n") && text.contains("Package: plain\n"),
+        "{text}"
+    );
 }

@@ -24,9 +24,14 @@ fn multipart(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> Vec<u8> {
         );
     }
     if let Some((name, data)) = file {
+        // A name given as `*NAME` is sent as RFC 5987's `filename*` alone.
+        let param = match name.strip_prefix('*') {
+            Some(name) => format!("filename*=UTF-8''{name}"),
+            None => format!("filename=\"{name}\""),
+        };
         b.extend_from_slice(
             format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"content\"; {param}\r\nContent-Type: application/octet-stream\r\n\r\n"
             )
             .as_bytes(),
         );
@@ -358,6 +363,22 @@ async fn same_file_twice_is_409_other_files_of_the_version_are_fine() {
     let j = get_json(&i, "/pypi/py/simple/pkg/").await.json();
     assert_eq!(j["files"].as_array().unwrap().len(), 2);
     assert_eq!(i.staging_files(), 0);
+    // A client naming the file by `filename*` only is read the same way.
+    let other = dist::wheel("other", "2.0", "other", None);
+    let starred = format!("*{}", other.0);
+    let r = post_form(
+        &i,
+        "py",
+        Some(&w),
+        &twine_fields("other", "2.0", &other.0, &other.1),
+        Some((&starred, &other.1)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        i.get(&format!("/pypi/py/files/other/{}", other.0)).await.body,
+        other.1
+    );
 }
 
 #[tokio::test]

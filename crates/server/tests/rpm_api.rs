@@ -440,9 +440,9 @@ async fn rpm_bulk_upload_is_all_or_nothing_and_names_the_bad_part() {
         (
             vec![("a.rpm", &a), ("a2.rpm", &alpha2)],
             StatusCode::CONFLICT,
-            "part 2 (a2.rpm): alpha-0:1.0-1.noarch is in this upload twice",
+            "part 2 (a2.rpm): alpha-0:1.0-1.noarch is in this upload twice with different content (also as part 1 (a.rpm))",
         ),
-        (vec![], StatusCode::BAD_REQUEST, "no file parts"),
+        (vec![], StatusCode::BAD_REQUEST, "the upload has no parts"),
     ];
     // Nothing of a refused batch is placed in the blob store either.
     let placed = i.blob_files();
