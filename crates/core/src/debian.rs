@@ -403,8 +403,8 @@ pub async fn packages(
         None => "deb/".to_owned(),
     };
     let mut out = Vec::new();
-    for item in ferry.items(feed, &prefix).await? {
-        match DebMeta::from_json(&item.meta) {
+    for item in ferry.item_metas(feed, &prefix).await? {
+        match DebMeta::from_json_text(&item.meta) {
             Ok(m) => out.push(m),
             Err(e) => tracing::warn!(key = %item.key, "skipping unreadable debian item: {e}"),
         }
@@ -695,17 +695,23 @@ async fn current_model(
             return Ok(model);
         }
     }
-    let mut model = Model {
-        seq,
-        ..Model::default()
-    };
-    for item in ferry.items(feed, &prefix).await? {
-        match DebMeta::from_json(&item.meta) {
-            Ok(m) => model.insert(item.key.as_str().to_owned(), &m),
-            Err(e) => tracing::warn!(key = %item.key, "skipping unreadable debian item: {e}"),
+    let items = ferry.item_metas(feed, &prefix).await?;
+    // Parsing and rendering every package's paragraph is CPU work.
+    tokio::task::spawn_blocking(move || {
+        let mut model = Model {
+            seq,
+            ..Model::default()
+        };
+        for item in items {
+            match DebMeta::from_json_text(&item.meta) {
+                Ok(m) => model.insert(item.key.as_str().to_owned(), &m),
+                Err(e) => tracing::warn!(key = %item.key, "skipping unreadable debian item: {e}"),
+            }
         }
-    }
-    Ok(model)
+        model
+    })
+    .await
+    .map_err(|e| CoreError::Internal(format!("reading the distribution's packages failed: {e}")))
 }
 
 type Rendered = (String, HashMap<String, Bytes>, HashMap<String, Bytes>);

@@ -34,9 +34,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_formats::ArchiveLimits;
 use ferry_store::{
-    ApiKeyRecord, BlobBody, BlobStore, ByteStream, Change, ChangeOp, FeedId, FeedRecord, ItemRecord,
-    MetadataStore, NewApiKey, Permission, Precondition, ScopedFeed, StagedBlob, StampOrder, StoreError,
-    StoreEvent, WriteOutcome, now_millis,
+    ApiKeyRecord, BlobBody, BlobStore, ByteStream, Change, ChangeOp, FeedId, FeedRecord, ItemMetaText,
+    ItemRecord, MetadataStore, NewApiKey, Permission, Precondition, ScopedFeed, StagedBlob, StampOrder,
+    StoreError, StoreEvent, WriteOutcome, now_millis,
 };
 use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey, Stamp};
 use tokio::sync::watch;
@@ -981,6 +981,26 @@ impl Ferry {
                 .0
                 .meta
                 .items(feed.id, prefix, out.last().map(|i| &i.key), PAGE)
+                .await?;
+            let done = page.len() < PAGE;
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Keys and metadata text of every live item whose key starts with
+    /// `prefix`, in key order ([`MetadataStore::item_metas`]): for index
+    /// renderers, which parse the text into their own types.
+    pub async fn item_metas(&self, feed: &FeedRecord, prefix: &str) -> Result<Vec<ItemMetaText>, CoreError> {
+        const PAGE: usize = 2000;
+        let mut out: Vec<ItemMetaText> = Vec::new();
+        loop {
+            let page = self
+                .0
+                .meta
+                .item_metas(feed.id, prefix, out.last().map(|i| &i.key), PAGE)
                 .await?;
             let done = page.len() < PAGE;
             out.extend(page);

@@ -354,8 +354,8 @@ pub async fn delete(
 /// Every live package of the feed, in key order.
 pub async fn packages(ferry: &Ferry, feed: &FeedRecord) -> Result<Vec<RpmMeta>, CoreError> {
     let mut out = Vec::new();
-    for item in ferry.items(feed, PREFIX).await? {
-        match RpmMeta::from_json(&item.meta) {
+    for item in ferry.item_metas(feed, PREFIX).await? {
+        match RpmMeta::from_json_text(&item.meta) {
             Ok(m) => out.push(m),
             Err(e) => tracing::warn!(key = %item.key, "skipping unreadable rpm item: {e}"),
         }
@@ -496,17 +496,23 @@ async fn current_model(
             return Ok(model);
         }
     }
-    let mut model = Model {
-        seq,
-        ..Model::default()
-    };
-    for item in ferry.items(feed, PREFIX).await? {
-        match RpmMeta::from_json(&item.meta) {
-            Ok(m) => model.insert(item.key.as_str().to_owned(), &m),
-            Err(e) => tracing::warn!(key = %item.key, "skipping unreadable rpm item: {e}"),
+    let items = ferry.item_metas(feed, PREFIX).await?;
+    // Parsing and rendering every package's fragments is CPU work.
+    tokio::task::spawn_blocking(move || {
+        let mut model = Model {
+            seq,
+            ..Model::default()
+        };
+        for item in items {
+            match RpmMeta::from_json_text(&item.meta) {
+                Ok(m) => model.insert(item.key.as_str().to_owned(), &m),
+                Err(e) => tracing::warn!(key = %item.key, "skipping unreadable rpm item: {e}"),
+            }
         }
-    }
-    Ok(model)
+        model
+    })
+    .await
+    .map_err(|e| CoreError::Internal(format!("reading the feed's packages failed: {e}")))
 }
 
 fn gzip(data: &[u8]) -> Result<Bytes, CoreError> {

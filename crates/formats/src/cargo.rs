@@ -276,8 +276,7 @@ impl CrateItem {
 
     /// Reads an item's metadata. Errors: not a [`CrateItem`].
     pub fn from_json(meta: &serde_json::Value) -> Result<Self, FormatError> {
-        serde_json::from_value(meta.clone())
-            .map_err(|e| FormatError::invalid(format!("invalid cargo item metadata: {e}")))
+        Self::deserialize(meta).map_err(|e| FormatError::invalid(format!("invalid cargo item metadata: {e}")))
     }
 }
 

@@ -105,8 +105,13 @@ impl DebMeta {
     }
 
     pub fn from_json(v: &serde_json::Value) -> Result<Self, FormatError> {
-        serde_json::from_value(v.clone())
-            .map_err(|e| FormatError::invalid(format!("debian item metadata: {e}")))
+        Self::deserialize(v).map_err(|e| FormatError::invalid(format!("debian item metadata: {e}")))
+    }
+
+    /// Reads an item's metadata from its stored JSON text, without a
+    /// `serde_json::Value` in between.
+    pub fn from_json_text(text: &str) -> Result<Self, FormatError> {
+        serde_json::from_str(text).map_err(|e| FormatError::invalid(format!("debian item metadata: {e}")))
     }
 
     /// This package's paragraph of a `Packages` file (ending in a blank line).

@@ -328,8 +328,7 @@ impl PackageItem {
     }
 
     pub fn from_json(v: &serde_json::Value) -> Result<Self, FormatError> {
-        serde_json::from_value(v.clone())
-            .map_err(|e| FormatError::invalid(format!("nuget item metadata: {e}")))
+        Self::deserialize(v).map_err(|e| FormatError::invalid(format!("nuget item metadata: {e}")))
     }
 
     /// The parsed version (the stored one is normalized, so this parses).

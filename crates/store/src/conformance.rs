@@ -432,6 +432,35 @@ async fn ui_sessions(s: &dyn MetadataStore) {
         assert_eq!(created, Created);
     }
 
+    // Sessions of one key signed in within one millisecond: the first of
+    // them is the oldest, whatever their ids (they were ordered by id).
+    let roomy = UiSessionLimits {
+        per_key: 2,
+        total: 100,
+        capped: 10,
+    };
+    let same = later + 100;
+    for id in [40, 30, 20] {
+        let created = s
+            .create_ui_session(ui_session(id, 60, same), roomy)
+            .await
+            .unwrap();
+        assert_eq!(created, Created);
+    }
+    assert_eq!(
+        s.ui_session(&[40; 32], same).await.unwrap(),
+        UiSessionState::Capped
+    );
+    for id in [30, 20] {
+        assert!(matches!(
+            s.ui_session(&[id; 32], same).await.unwrap(),
+            UiSessionState::Live(_)
+        ));
+    }
+    for id in [40, 30, 20] {
+        s.end_ui_session(&[id; 32]).await.unwrap();
+    }
+
     // Deleting a key, or replacing its secret, ends its sessions.
     let new = |name: &str, h: u8| NewApiKey {
         name: name.into(),
@@ -785,6 +814,21 @@ async fn listing(s: &dyn MetadataStore) {
             .all(Option::is_none)
     );
     assert!(s.items_by_keys(f.id, &[]).await.unwrap().is_empty());
+    // Metadata as text: the same items, in the same order, the text
+    // parsing to the stored metadata; paged like items.
+    for (prefix, after, limit) in [("a/", None, 10), ("a/", Some(key("a/1")), 1), ("", None, 100)] {
+        let items = s.items(f.id, prefix, after.as_ref(), limit).await.unwrap();
+        let texts = s.item_metas(f.id, prefix, after.as_ref(), limit).await.unwrap();
+        assert_eq!(texts.len(), items.len(), "{prefix:?} after {after:?}");
+        for (t, i) in texts.iter().zip(&items) {
+            assert_eq!(t.key, i.key);
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&t.meta).unwrap(),
+                i.meta
+            );
+        }
+    }
+    assert!(s.item_metas(g.id, "", None, 10).await.unwrap().is_empty());
 }
 
 async fn blobs_and_collection(s: &dyn MetadataStore) {

@@ -1062,6 +1062,34 @@ impl MetadataStore for PgStore {
         .collect()
     }
 
+    async fn item_metas(
+        &self,
+        feed: FeedId,
+        prefix: &str,
+        after: Option<&ItemKey>,
+        limit: usize,
+    ) -> Result<Vec<ItemMetaText>, StoreError> {
+        sqlx::query(
+            "SELECT key, meta FROM items WHERE feed_id = $1 AND NOT deleted
+             AND key >= $2 AND key < $3 AND key > $4 ORDER BY key LIMIT $5",
+        )
+        .bind(feed)
+        .bind(prefix)
+        .bind(prefix_end(prefix))
+        .bind(after.map(|k| k.as_str()).unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ItemMetaText {
+                key: ItemKey::new(r.try_get::<String, _>("key")?).map_err(|_| bad_row("item key"))?,
+                meta: r.try_get("meta")?,
+            })
+        })
+        .collect()
+    }
+
     async fn tombstone(&self, feed: FeedId, key: &ItemKey) -> Result<Option<Stamp>, StoreError> {
         let row = sqlx::query(
             "SELECT stamp_time, stamp_origin FROM items WHERE feed_id = $1 AND key = $2 AND deleted",

@@ -33,13 +33,15 @@ impl SessionStore for PgStore {
                 .bind(now)
                 .execute(&mut *c)
                 .await?;
-            let own: Vec<Vec<u8>> = sqlx::query_scalar(
-                "SELECT id_hash FROM ui_sessions WHERE key_hash = $1 AND NOT capped \
+            let own: Vec<(Vec<u8>, i64)> = sqlx::query_as(
+                "SELECT id_hash, created_at FROM ui_sessions WHERE key_hash = $1 AND NOT capped \
                  ORDER BY created_at, id_hash",
             )
             .bind(&s.key_hash[..])
             .fetch_all(&mut *c)
             .await?;
+            let created_at = crate::sessions::after_own(&own, s.created_at);
+            let own: Vec<Vec<u8>> = own.into_iter().map(|(id, _)| id).collect();
             if own.len() >= limits.per_key {
                 let ending = own.len() + 1 - limits.per_key;
                 let remembered: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ui_sessions WHERE capped")
@@ -66,7 +68,7 @@ impl SessionStore for PgStore {
             )
             .bind(&s.id_hash[..])
             .bind(&s.key_hash[..])
-            .bind(s.created_at)
+            .bind(created_at)
             .bind(s.expires_at)
             .execute(&mut *c)
             .await?;

@@ -68,6 +68,14 @@ pub enum UiSessionState {
     Unknown,
 }
 
+/// When a key's new session counts as created: `now`, or just after the
+/// newest of its live sessions `own` (id hash, created ms; in creation
+/// order) when that is not earlier, so that the oldest session a cap ends
+/// is the first signed in, also within one millisecond.
+pub(crate) fn after_own(own: &[(Vec<u8>, i64)], now: i64) -> i64 {
+    own.iter().map(|(_, t)| t.saturating_add(1)).fold(now, i64::max)
+}
+
 /// The UI sessions of an instance, shared by its nodes. Every metadata
 /// backend implements it (see [`crate::conformance`]).
 #[async_trait]

@@ -757,6 +757,38 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn item_metas(
+        &self,
+        feed: FeedId,
+        prefix: &str,
+        after: Option<&ItemKey>,
+        limit: usize,
+    ) -> Result<Vec<ItemMetaText>, StoreError> {
+        let prefix = prefix.to_string();
+        let after = after.map(|k| k.as_str().to_string()).unwrap_or_default();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT key, meta FROM items WHERE feed_id = ?1 AND deleted = 0
+                 AND key >= ?2 AND key < ?3 AND key > ?4 ORDER BY key LIMIT ?5",
+            )?;
+            let rows = st
+                .query_map(
+                    params![feed, prefix, prefix_end(&prefix), after, limit as i64],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(key, meta)| {
+                    Ok(ItemMetaText {
+                        key: ItemKey::new(key).map_err(|_| bad_row("item key"))?,
+                        meta,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn tombstone(&self, feed: FeedId, key: &ItemKey) -> Result<Option<Stamp>, StoreError> {
         let key = key.clone();
         self.read(move |c| {

@@ -21,14 +21,16 @@ impl SessionStore for SqliteStore {
         self.write_tx(move |tx| {
             let now = s.created_at;
             tx.execute("DELETE FROM ui_sessions WHERE expires_at <= ?1", [now])?;
-            let own: Vec<Vec<u8>> = {
+            let own: Vec<(Vec<u8>, i64)> = {
                 let mut st = tx.prepare(
-                    "SELECT id_hash FROM ui_sessions WHERE key_hash = ?1 AND capped = 0 \
+                    "SELECT id_hash, created_at FROM ui_sessions WHERE key_hash = ?1 AND capped = 0 \
                      ORDER BY created_at, id_hash",
                 )?;
-                st.query_map([&s.key_hash[..]], |r| r.get(0))?
+                st.query_map([&s.key_hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?
             };
+            let created_at = after_own(&own, s.created_at);
+            let own: Vec<Vec<u8>> = own.into_iter().map(|(id, _)| id).collect();
             if own.len() >= limits.per_key {
                 let ending = own.len() + 1 - limits.per_key;
                 let remembered: i64 =
@@ -53,7 +55,7 @@ impl SessionStore for SqliteStore {
             }
             tx.execute(
                 "INSERT INTO ui_sessions (id_hash, key_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                params![&s.id_hash[..], &s.key_hash[..], s.created_at, s.expires_at],
+                params![&s.id_hash[..], &s.key_hash[..], created_at, s.expires_at],
             )?;
             Ok(UiSessionCreated::Created)
         })
