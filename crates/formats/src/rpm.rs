@@ -415,8 +415,22 @@ pub fn inspect_rpm<R: Read>(mut reader: R, len: u64) -> Result<RpmInfo, FormatEr
         let mut cursor = std::io::Cursor::new(&raw[..]);
         ::rpm::PackageMetadata::parse(&mut cursor)
     })
-    .map_err(|_| FormatError::invalid("not a valid RPM header"))?
-    .map_err(|e| FormatError::invalid(format!("not a valid RPM header: {e}")))?;
+    .map_err(|_| FormatError::invalid("not a valid RPM header"))
+    .and_then(|r| r.map_err(|e| FormatError::invalid(format!("not a valid RPM header: {e}"))))
+    .map_err(|e| {
+        // A header changed after it was made is first of all corrupted:
+        // said so when the signature header's digest of it disagrees.
+        let sig = &raw[LEAD_SIZE as usize..header_start as usize];
+        let header = &raw[header_start as usize..header_end as usize];
+        let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(header));
+        match signed_header_sha256(sig) {
+            Some(stated) if !stated.eq_ignore_ascii_case(&actual) => FormatError::invalid(format!(
+                "header digest RPMSIGTAG_SHA256 (SHA-256) mismatch: the package states {stated}, \
+                 its header hashes to {actual}; the package is corrupted"
+            )),
+            _ => e,
+        }
+    })?;
     let info = read_info(&parsed, header_start, header_end)?;
     // The signature header's size tag covers the main header and the payload.
     let declared = parsed
@@ -446,6 +460,27 @@ pub fn inspect_rpm<R: Read>(mut reader: R, len: u64) -> Result<RpmInfo, FormatEr
     let payload_len = len.checked_sub(header_end).ok_or_else(truncated)?;
     verify_digests(&parsed, header, reader, payload_len)?;
     Ok(info)
+}
+
+/// `RPMSIGTAG_SHA256` (tag 273, a hex string) of a signature header
+/// (`sig`: its 16-byte intro, index entries and data, as stored), read
+/// from its index directly: for naming a digest mismatch when the main
+/// header cannot be parsed. None when absent or unreadable.
+fn signed_header_sha256(sig: &[u8]) -> Option<String> {
+    const RPMSIGTAG_SHA256: u64 = 273;
+    const STRING_TYPE: u64 = 6;
+    let count = be32(sig.get(8..12)?) as usize;
+    let data = sig.get(16 + count.checked_mul(16)?..)?;
+    (0..count).find_map(|i| {
+        let entry = sig.get(16 + i * 16..32 + i * 16)?;
+        if be32(&entry[..4]) != RPMSIGTAG_SHA256 || be32(&entry[4..8]) != STRING_TYPE {
+            return None;
+        }
+        let text = data.get(be32(&entry[8..12]) as usize..)?;
+        let end = text.iter().position(|b| *b == 0)?;
+        let hex = std::str::from_utf8(&text[..end]).ok()?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_owned())
+    })
 }
 
 /// Size of the pieces the payload is read in while its digests are computed.

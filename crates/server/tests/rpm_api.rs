@@ -328,10 +328,17 @@ async fn rpm_bad_uploads_are_refused_and_store_nothing() {
 /// to 8 bytes) and the main header (the RPM file format).
 fn payload_start(rpm: &[u8]) -> usize {
     let be = |at: usize| u32::from_be_bytes(rpm[at..at + 4].try_into().unwrap()) as usize;
+    let main = main_header_start(rpm);
+    main + 16 + be(main + 8) * 16 + be(main + 12)
+}
+
+/// Where the main header starts: after the lead and the signature header
+/// (padded to 8 bytes).
+fn main_header_start(rpm: &[u8]) -> usize {
+    let be = |at: usize| u32::from_be_bytes(rpm[at..at + 4].try_into().unwrap()) as usize;
     let sig = 96;
     let sig_len = 16 + be(sig + 8) * 16 + be(sig + 12);
-    let main = sig + sig_len + (8 - sig_len % 8) % 8;
-    main + 16 + be(main + 8) * 16 + be(main + 12)
+    sig + sig_len + (8 - sig_len % 8) % 8
 }
 
 #[tokio::test]
@@ -344,9 +351,15 @@ async fn rpm_corrupted_packages_are_refused_by_their_digests() {
     payload[at] ^= 0x40;
     // One byte of the header's description flipped.
     let header = patched(&good, b"built by ferry's tests", b"built by ferry's tesTs");
+    // The main header's first index entry pointing past its data: the
+    // header no longer parses, and is still named corrupted by its digest.
+    let mut index = good.clone();
+    let entry = main_header_start(&good) + 16;
+    index[entry + 8..entry + 12].copy_from_slice(&0x00ff_fff0u32.to_be_bytes());
     for (n, (body, reason)) in [
         (payload, "payload digest RPMTAG_PAYLOADDIGEST (SHA-256) mismatch"),
         (header, "header digest RPMSIGTAG_SHA256 (SHA-256) mismatch"),
+        (index, "header digest RPMSIGTAG_SHA256 (SHA-256) mismatch"),
     ]
     .into_iter()
     .enumerate()
