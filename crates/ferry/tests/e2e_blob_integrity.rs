@@ -205,6 +205,29 @@ fn a_second_fsck_reports_the_quarantined_blob_as_corrupt_not_missing() {
     assert!(!third.contains("missing"), "{third}");
 }
 
+/// A blob file missing that no item references (an item deleted before the
+/// collector ran; a bulk import cut by kill -9 after leasing its blobs and
+/// before writing them) is not damage: `fsck` passes and lists nothing.
+#[test]
+fn fsck_reports_no_damage_of_blobs_nothing_references() {
+    let s = Server::start();
+    s.create_feed("files", "assets");
+    s.put_asset("files", "gone.txt", b"deleted before its blob");
+    s.put_asset("files", "keep.txt", b"fine");
+    let d = s.asset_digests("files", "");
+    s.delete_asset("files", "gone.txt");
+    s.remove_blob(&d["gone.txt"]);
+    let out = s.cli(&["fsck"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains(&d["gone.txt"]), "{text}");
+    assert_eq!(health(&s).trim(), "ok");
+    // The same file missing while an item needs it is damage.
+    s.remove_blob(&d["keep.txt"]);
+    let out = s.cli_fails(&["fsck"]);
+    assert!(out.contains(&format!("missing {}", d["keep.txt"])), "{out}");
+}
+
 #[test]
 fn damage_nothing_needs_any_more_is_forgotten_promptly() {
     let mut s = Server::start();
