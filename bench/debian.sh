@@ -101,7 +101,7 @@ bench_debian_size() {
     ferry_feed "$DEB_FEED" debian || return 1
     last=$(printf 'bench-pkg-%06d' $((n - 1)))
     t0=$(deb_now_ms)
-    python3 "$BENCH_DIR/debian.py" bulk "$url" "$BENCH_KEY" "$DEB_FEED" bookworm main "$dir/debs" 2 500 || return 1
+    bulk_upload "$url/debian/$DEB_FEED/upload/bookworm/main" "$dir/debs" deb deb 2 500 || return 1
     curl -sf "$url/debian/$DEB_FEED/dists/bookworm/InRelease" -o "$dir/InRelease" || return 1
     t1=$(deb_now_ms)
     # (into a file: grep -q may stop reading before curl is done)

@@ -86,7 +86,7 @@ bench_rpm_size() {
     local pid=$FERRY_PID url=$FERRY_URL
     ferry_feed "$RPM_FEED" rpm || return 1
     t0=$(rpm_now_ms)
-    python3 "$BENCH_DIR/rpm.py" bulk "$url" "$BENCH_KEY" "$RPM_FEED" "$dir/rpms" 2 500 || return 1
+    bulk_upload "$url/rpm/$RPM_FEED/upload" "$dir/rpms" rpm rpm 2 500 || return 1
     t1=$(rpm_now_ms)
     up_ms=$((t1 - t0))
     curl -sf "$url/rpm/$RPM_FEED/repodata/repomd.xml.asc" -o "$dir/repomd.xml.asc" || return 1
