@@ -1446,13 +1446,47 @@ impl FsBlobStore {
 }
 
 /// A [`FsBlobStore::put_many_flushed`] batch of at least this many blobs
-/// is flushed by [`FLUSHERS`] threads while it is written, instead of one
-/// file after another. (Not `syncfs(2)`: it would also wait for every
-/// other dirty page of the file system — a large upload in progress —
-/// and cost a bulk import 4× more with 300 MB dirty elsewhere, measured.)
+/// is flushed as a whole: with one `syncfs(2)` when little else waits to
+/// be written ([`SYNCFS_WHILE_DIRTY_BELOW`]), else by [`FLUSHERS`]
+/// threads while it is written, instead of one file after another.
 const FLUSH_IN_PARALLEL_FROM: usize = 16;
 /// Threads flushing the files of one large batch.
 const FLUSHERS: usize = 8;
+/// A large batch is flushed with one `syncfs(2)` of the blob folder's file
+/// system while the system holds fewer dirty and writeback bytes than this
+/// (`/proc/meminfo`, read before the batch is written): syncfs writes out
+/// every dirty page of the file system, not only the batch's, so with 300
+/// MB dirty elsewhere (a large upload in progress) it took 108 ms where
+/// per-file flushes took 27 ms for 500 files; with little dirty it is the
+/// cheaper one (10,000 small files: 0.15 s against ~0.7 s), and it also
+/// makes the batch's renames durable.
+const SYNCFS_WHILE_DIRTY_BELOW: u64 = 32 << 20;
+
+/// Dirty and writeback bytes of the whole system (`/proc/meminfo`), or
+/// None where that cannot be read (not Linux).
+fn system_dirty_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let mut sum = 0u64;
+    let mut found = 0;
+    for line in text.lines() {
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        if name == "Dirty" || name == "Writeback" {
+            let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+            sum = sum.saturating_add(kib.saturating_mul(1024));
+            found += 1;
+        }
+    }
+    (found == 2).then_some(sum)
+}
+
+/// Flushes the whole file system holding `dir` (`syncfs(2)`).
+#[cfg(target_os = "linux")]
+fn sync_file_system(dir: &Path) -> io::Result<()> {
+    let fs = std::fs::File::open(dir)?;
+    rustix::fs::syncfs(&fs).map_err(io::Error::from)
+}
 
 /// What [`place_blobs`] needs of the folder store.
 struct Placing {
@@ -1466,8 +1500,9 @@ struct Placing {
 impl FsBlobStore {
     /// [`BlobStore::put_many`] in one blocking pass; with `durable`, the
     /// written blobs are on stable storage when it returns (each file
-    /// flushed with `fdatasync`, on [`FLUSHERS`] threads for a large
-    /// batch, while the next files are written).
+    /// flushed with `fdatasync`; a large batch with one `syncfs` while
+    /// little else is dirty, else on [`FLUSHERS`] threads while the next
+    /// files are written).
     async fn put_many_flushed(
         &self,
         blobs: Vec<(Digest, Bytes)>,
@@ -1480,45 +1515,83 @@ impl FsBlobStore {
             quarantine: self.quarantine.clone(),
             verified: self.verified.clone(),
         };
-        let results = tokio::task::spawn_blocking(
-            move || -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
-                if !durable || blobs.len() < FLUSH_IN_PARALLEL_FROM {
-                    return place_blobs(&ctx, blobs, durable, None);
-                }
-                let (tx, rx) = std::sync::mpsc::channel::<std::fs::File>();
-                let rx = Mutex::new(rx);
-                std::thread::scope(|scope| {
-                    let workers: Vec<_> = (0..FLUSHERS)
-                        .map(|_| {
-                            let rx = &rx;
-                            scope.spawn(move || -> io::Result<()> {
-                                let mut outcome = Ok(());
-                                loop {
-                                    let next = locked(rx).recv();
-                                    let Ok(file) = next else { break };
-                                    if let Err(e) = file.sync_data()
-                                        && outcome.is_ok()
-                                    {
-                                        outcome = Err(e);
-                                    }
+        let flush = match durable {
+            false => Flush::None,
+            true if blobs.len() < FLUSH_IN_PARALLEL_FROM => Flush::EachFile,
+            true if cfg!(target_os = "linux")
+                && system_dirty_bytes().is_some_and(|d| d < SYNCFS_WHILE_DIRTY_BELOW) =>
+            {
+                Flush::FileSystem
+            }
+            true => Flush::Flushers,
+        };
+        tokio::task::spawn_blocking(move || place_batch(&ctx, blobs, flush))
+            .await
+            .map_err(|e| StoreError::Backend(format!("blob put: {e}")))?
+    }
+}
+
+/// How [`place_batch`] makes a batch durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Not at all (`put_many`).
+    None,
+    /// Each file flushed as it is written.
+    EachFile,
+    /// Each file handed to [`FLUSHERS`] threads as it is written.
+    Flushers,
+    /// One `syncfs(2)` once every file is written.
+    FileSystem,
+}
+
+/// [`place_blobs`], made durable as `flush` says. Blocking.
+fn place_batch(
+    ctx: &Placing,
+    blobs: Vec<(Digest, Bytes)>,
+    flush: Flush,
+) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
+    match flush {
+        Flush::None => place_blobs(ctx, blobs, false, None),
+        Flush::EachFile => place_blobs(ctx, blobs, true, None),
+        #[cfg(target_os = "linux")]
+        Flush::FileSystem => {
+            let out = place_blobs(ctx, blobs, false, None)?;
+            sync_file_system(&ctx.staging)?;
+            Ok(out)
+        }
+        #[cfg(not(target_os = "linux"))]
+        Flush::FileSystem => place_blobs(ctx, blobs, true, None),
+        Flush::Flushers => {
+            let (tx, rx) = std::sync::mpsc::channel::<std::fs::File>();
+            let rx = Mutex::new(rx);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..FLUSHERS)
+                    .map(|_| {
+                        let rx = &rx;
+                        scope.spawn(move || -> io::Result<()> {
+                            let mut outcome = Ok(());
+                            loop {
+                                let next = locked(rx).recv();
+                                let Ok(file) = next else { break };
+                                if let Err(e) = file.sync_data()
+                                    && outcome.is_ok()
+                                {
+                                    outcome = Err(e);
                                 }
-                                outcome
-                            })
+                            }
+                            outcome
                         })
-                        .collect();
-                    let out = place_blobs(&ctx, blobs, false, Some(&tx));
-                    drop(tx);
-                    for w in workers {
-                        w.join()
-                            .map_err(|_| StoreError::Backend("blob flush thread panicked".into()))??;
-                    }
-                    out
-                })
-            },
-        )
-        .await
-        .map_err(|e| StoreError::Backend(format!("blob put: {e}")))??;
-        Ok(results)
+                    })
+                    .collect();
+                let out = place_blobs(ctx, blobs, false, Some(&tx));
+                drop(tx);
+                for w in workers {
+                    w.join()
+                        .map_err(|_| StoreError::Backend("blob flush thread panicked".into()))??;
+                }
+                out
+            })
+        }
     }
 }
 
@@ -2335,6 +2408,48 @@ mod tests {
             out.extend_from_slice(&c.unwrap());
         }
         out
+    }
+
+    /// Every way a batch is flushed places the same blobs, intact, and
+    /// refuses only the one whose bytes do not match its digest.
+    #[tokio::test]
+    async fn a_batch_is_placed_alike_whichever_way_it_is_flushed() {
+        for flush in [Flush::None, Flush::EachFile, Flush::Flushers, Flush::FileSystem] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = FsBlobStore::open(dir.path()).await.unwrap();
+            let ctx = Placing {
+                root: store.root.clone(),
+                staging: store.staging.clone(),
+                place: store.place.clone(),
+                quarantine: store.quarantine.clone(),
+                verified: store.verified.clone(),
+            };
+            let mut blobs: Vec<(Digest, Bytes)> = (0..40u32)
+                .map(|i| {
+                    let b = Bytes::from(format!("blob {i} of a batch").repeat(i as usize + 1));
+                    (Digest::of(&b), b)
+                })
+                .collect();
+            let liar = Digest::of(b"other bytes");
+            blobs[7].0 = liar;
+            let expected: Vec<(Digest, Bytes)> = blobs.clone();
+            let out = tokio::task::spawn_blocking(move || place_batch(&ctx, blobs, flush))
+                .await
+                .unwrap()
+                .unwrap();
+            for (i, ((d, b), r)) in expected.iter().zip(&out).enumerate() {
+                if i == 7 {
+                    assert!(matches!(r, Err(StoreError::DigestMismatch { .. })), "{flush:?}");
+                    assert_eq!(store.size(d).await.unwrap(), None);
+                    continue;
+                }
+                assert!(matches!(r, Ok(BlobCheck::Missing)), "{flush:?} {i}: {r:?}");
+                assert_eq!(read_all(store.get(d, None).await.unwrap()).await, b.to_vec(), "{flush:?}");
+            }
+            assert_eq!(std::fs::read_dir(&store.staging).unwrap().count(), 0, "{flush:?}");
+        }
+        #[cfg(target_os = "linux")]
+        assert!(system_dirty_bytes().is_some());
     }
 
     #[tokio::test]
