@@ -132,8 +132,9 @@ bench_debian_size() {
     conf=$(deb_apt_conf "$dir/apt-ferry" "deb [signed-by=$dir/ferry-key.gpg] $url/debian/$DEB_FEED bookworm main")
     deb_apt_sees "$conf" "$last" || { log "apt does not see Ferry's repository"; return 1; }
     t0=$(deb_now_ms)
-    curl -sf -o /dev/null -u "bench:$BENCH_KEY" -T "$extra" "$url/debian/$DEB_FEED/upload/bookworm/main" || return 1
-    curl -sf -o /dev/null "$url/debian/$DEB_FEED/dists/bookworm/InRelease" || return 1
+    # One client process, as the baseline is one: the PUT, then InRelease.
+    curl --fail-early -sf -o /dev/null -u "bench:$BENCH_KEY" -T "$extra" "$url/debian/$DEB_FEED/upload/bookworm/main" \
+        --next -sf -o /dev/null "$url/debian/$DEB_FEED/dists/bookworm/InRelease" || return 1
     fone_pub_ms=$(($(deb_now_ms) - t0))
     deb_until_seen "$conf" bench-extra-000000 || { log "apt never saw Ferry's new package"; return 1; }
     t1=$(deb_now_ms)
