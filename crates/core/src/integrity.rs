@@ -350,7 +350,21 @@ impl Ferry {
                 report.checked += 1;
                 // Damage of a blob nothing needs any more is not reported.
                 let report_it = !self.damage_forgotten(&digest);
-                match self.0.blobs.check(&digest).await? {
+                let check = self.0.blobs.check(&digest).await?;
+                // A registered blob no item references is an upload under
+                // way, or one a crash cut before its item (its lease lets
+                // the collector take it later): its missing or corrupt
+                // file is not damage (a read verifies every blob anyway).
+                if !matches!(check, BlobCheck::Intact { .. }) && !self.0.meta.blob_in_use(&digest).await? {
+                    if let BlobCheck::Corrupt { actual, .. } = check {
+                        tracing::warn!(blob = %digest, %actual, "a stored blob no item references is corrupt; not reported");
+                    }
+                    if self.with_damage(|st| st.known.contains_key(&digest)) == Some(true) {
+                        self.forget_damage(&digest);
+                    }
+                    continue;
+                }
+                match check {
                     BlobCheck::Intact { size } => {
                         report.bytes += size;
                         self.clear_damage(&digest);
@@ -422,6 +436,44 @@ mod tests {
         ok(ferry.commit_blob(staged).await)
     }
 
+    /// A blob stored and referenced by an item of feed `files`.
+    async fn referenced(ferry: &Ferry, data: &'static [u8]) -> Digest {
+        use ferry_types::{FeedName, FeedType, ItemKey};
+        let d = store(ferry, data).await;
+        let name = ok(FeedName::new("files"));
+        let feed = match ok(ferry.feeds().await).into_iter().find(|f| f.name == name) {
+            Some(f) => f,
+            None => ok(ferry.create_feed(&name, FeedType::Assets, false).await),
+        };
+        let key = ok(ItemKey::new(format!("f/{}", d.hex())));
+        let write = crate::LocalWrite::upsert(
+            key,
+            serde_json::json!({}),
+            vec![d],
+            ferry_store::Precondition::Any,
+        );
+        ok(ferry.write(&feed, vec![write]).await);
+        d
+    }
+
+    /// A registered blob no item references (an upload under way, or cut
+    /// by a crash before its item) is not damage: fsck reports neither its
+    /// missing file nor its corrupt one.
+    #[tokio::test]
+    async fn fsck_reports_no_damage_of_blobs_no_item_needs() {
+        let dir = ok(tempfile::tempdir());
+        let ferry = open(dir.path()).await;
+        let lost = store(&ferry, b"leased, never referenced").await;
+        let rotten = store(&ferry, b"leased, then rotten").await;
+        let needed = referenced(&ferry, b"needed and lost").await;
+        ok(std::fs::remove_file(blob_path(dir.path(), &lost)));
+        ok(std::fs::write(blob_path(dir.path(), &rotten), b"rotten bytes"));
+        ok(std::fs::remove_file(blob_path(dir.path(), &needed)));
+        let report = ok(ferry.fsck(1.0).await);
+        assert_eq!((report.missing, report.corrupt), (vec![needed], vec![]));
+        assert_eq!(kinds(&ferry), vec![(needed, DamageKind::Missing)]);
+    }
+
     fn blob_path(dir: &std::path::Path, d: &Digest) -> std::path::PathBuf {
         let hex = d.hex();
         dir.join("blobs/sha256").join(&hex[..2]).join(hex)
@@ -438,8 +490,8 @@ mod tests {
     async fn damage_survives_a_restart_and_fsck_keeps_its_kind() {
         let dir = ok(tempfile::tempdir());
         let ferry = open(dir.path()).await;
-        let lost = store(&ferry, b"lost").await;
-        let rotten = store(&ferry, b"rotten").await;
+        let lost = referenced(&ferry, b"lost").await;
+        let rotten = referenced(&ferry, b"rotten").await;
         ok(std::fs::remove_file(blob_path(dir.path(), &lost)));
         ok(std::fs::write(blob_path(dir.path(), &rotten), b"rottem"));
         assert!(matches!(

@@ -2444,7 +2444,11 @@ mod tests {
                     continue;
                 }
                 assert!(matches!(r, Ok(BlobCheck::Missing)), "{flush:?} {i}: {r:?}");
-                assert_eq!(read_all(store.get(d, None).await.unwrap()).await, b.to_vec(), "{flush:?}");
+                assert_eq!(
+                    read_all(store.get(d, None).await.unwrap()).await,
+                    b.to_vec(),
+                    "{flush:?}"
+                );
             }
             assert_eq!(std::fs::read_dir(&store.staging).unwrap().count(), 0, "{flush:?}");
         }

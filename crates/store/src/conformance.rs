@@ -864,6 +864,10 @@ async fn blobs_and_collection(s: &dyn MetadataStore) {
         s.item(f.id, &key("uses-kept")).await.unwrap().unwrap().blobs,
         vec![kept]
     );
+    // In use: referenced by a live item, not merely registered or leased.
+    assert!(s.blob_in_use(&kept).await.unwrap());
+    assert!(!s.blob_in_use(&leased).await.unwrap());
+    assert!(!s.blob_in_use(&Digest::of(b"never registered")).await.unwrap());
 
     let marked = s.gc_mark(now_millis(), 100).await.unwrap();
     assert!(
@@ -889,6 +893,7 @@ async fn blobs_and_collection(s: &dyn MetadataStore) {
     s.write(f.id, vec![(delete("uses-kept", 5), Precondition::Any)])
         .await
         .unwrap();
+    assert!(!s.blob_in_use(&kept).await.unwrap());
     assert!(s.gc_mark(now_millis(), 100).await.unwrap().contains(&kept));
     // So does deleting the feed.
     s.lease_blob(&Digest::of(b"in-feed"), 1, past).await.unwrap();

@@ -406,6 +406,12 @@ pub trait MetadataStore: crate::SessionStore + crate::UploadSessionStore + Send 
     async fn lease_blob(&self, digest: &Digest, size: u64, lease_until: i64) -> Result<(), StoreError>;
     /// Whether the blob is registered as present.
     async fn blob_present(&self, digest: &Digest) -> Result<bool, StoreError>;
+    /// Whether a live item of any feed references the blob: what needs it
+    /// (the collector keeps it for that, or for its lease). A registered
+    /// blob nothing references — an upload still under way, or one a
+    /// crash cut before its item was written — is not damage when its
+    /// file is missing.
+    async fn blob_in_use(&self, digest: &Digest) -> Result<bool, StoreError>;
     /// [`MetaStore::lease_blob`] for many blobs (digest, size) at once;
     /// returns the digests that were not leased because the collector is
     /// deleting them (the others are). Stores that can do it in one

@@ -1216,6 +1216,14 @@ impl MetadataStore for PgStore {
         Ok(self.blobs_present(&[*digest]).await?.contains(digest))
     }
 
+    async fn blob_in_use(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM item_blobs WHERE digest = $1 LIMIT 1")
+            .bind(digest.as_bytes().as_slice())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     async fn blobs_present(
         &self,
         digests: &[Digest],

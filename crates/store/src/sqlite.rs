@@ -953,6 +953,19 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn blob_in_use(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let d = *digest;
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT 1 FROM item_blobs WHERE digest = ?1 LIMIT 1")?
+                    .query_row([d.as_bytes()], |_| Ok(()))
+                    .optional()?
+                    .is_some(),
+            )
+        })
+        .await
+    }
+
     async fn blobs_after(
         &self,
         after: Option<&Digest>,
