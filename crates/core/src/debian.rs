@@ -197,6 +197,10 @@ pub(crate) fn forget_feed(ferry: &Ferry, feed: FeedId) {
     }
 }
 
+/// Serializes the final check and write of a feed's publishes on this
+/// node (one stripe per feed).
+static PUBLISH_LOCKS: crate::name_locks::NameLocks = crate::name_locks::NameLocks::new();
+
 /// Publishes a staged `.deb` into `dist`/`component`: reads its control
 /// file (off the async threads), checks it, commits the blob and writes
 /// the item. The same package version again with the same bytes is a
@@ -321,11 +325,34 @@ pub async fn publish(
     let (places, bodies): (Vec<(ferry_types::ItemKey, usize)>, Vec<UploadBody>) =
         fresh.into_iter().map(|(key, i, body)| ((key, i), body)).unzip();
     let digests = ferry.commit_bodies(bodies).await?;
-    let committed: Vec<(ferry_types::ItemKey, usize, Digest)> = places
-        .into_iter()
-        .zip(digests)
-        .map(|((key, i), d)| (key, i, d))
-        .collect();
+    // Checked again under the feed's publish lock, against what uploads
+    // that ran beside this one wrote meanwhile: the same bytes are a no-op
+    // here too (two clients publishing one package at once both succeed),
+    // other bytes — also under the same pool path in another
+    // distribution — the conflict.
+    let _publishing = PUBLISH_LOCKS.lock(feed.id, "").await;
+    let keys: Vec<ferry_types::ItemKey> = places.iter().map(|(key, _)| key.clone()).collect();
+    let meanwhile = ferry.items_by_keys(feed, &keys).await?;
+    let pools = pool_map(ferry, feed).await?;
+    let mut committed: Vec<(ferry_types::ItemKey, usize, Digest)> = Vec::with_capacity(places.len());
+    for (((key, i), d), found) in places.into_iter().zip(digests).zip(meanwhile) {
+        let meta = &metas[i];
+        match found.and_then(|item| item.blobs.first().copied()) {
+            Some(stored) if stored == d => continue,
+            Some(_) => return Err(in_part(&parts[i], changed_file(meta))),
+            None => {}
+        }
+        if let Some(others) = pools.get(&meta.filename)
+            && others.values().any(|other| *other != d)
+        {
+            return Err(in_part(&parts[i], changed_file(meta)));
+        }
+        committed.push((key, i, d));
+    }
+    drop(pools);
+    if committed.is_empty() {
+        return Ok(metas);
+    }
     let writes: Vec<LocalWrite> = committed
         .iter()
         .map(|(key, i, digest)| {
@@ -350,7 +377,8 @@ pub async fn publish(
             Err(in_part(&parts[i], changed_file(&metas[i])))
         }
         Err(CoreError::Conflict(e)) => Err(CoreError::conflict(format!(
-            "{e}: another upload of one of these versions came first; nothing of this batch was published"
+            "{e}: another upload of one of these versions (on another node) came first; \
+             nothing of this batch was published"
         ))),
         Err(e) => Err(e),
     }

@@ -216,6 +216,10 @@ pub async fn upload(ferry: &Ferry, feed: &FeedRecord, staged: StagedBlob) -> Res
         .ok_or_else(|| CoreError::Internal("upload published nothing".into()))
 }
 
+/// Serializes the final check and write of a feed's publishes on this
+/// node (one stripe per feed).
+static PUBLISH_LOCKS: crate::name_locks::NameLocks = crate::name_locks::NameLocks::new();
+
 /// One inspected `.rpm` of a [`publish`], its header data read by
 /// [`inspect`] or [`inspect_memory`].
 pub type Upload = crate::bulk::Upload<RpmInfo>;
@@ -283,11 +287,28 @@ pub async fn publish(
     let (places, blobs): (Vec<(ItemKey, usize)>, Vec<UploadBody>) =
         new.into_iter().map(|(key, i, blob)| ((key, i), blob)).unzip();
     let digests = ferry.commit_bodies(blobs).await?;
-    let committed: Vec<(ItemKey, usize, Digest)> = places
-        .into_iter()
-        .zip(digests)
-        .map(|((key, i), d)| (key, i, d))
-        .collect();
+    // Checked again under the feed's publish lock, against what uploads
+    // that ran beside this one wrote meanwhile: the same bytes are a
+    // no-op here too (two clients publishing one package at once both
+    // succeed), other bytes the conflict.
+    let _publishing = PUBLISH_LOCKS.lock(feed.id, "").await;
+    let keys: Vec<ItemKey> = places.iter().map(|(key, _)| key.clone()).collect();
+    let meanwhile = ferry.items_by_keys(feed, &keys).await?;
+    let mut committed: Vec<(ItemKey, usize, Digest)> = Vec::with_capacity(places.len());
+    for (((key, i), d), found) in places.into_iter().zip(digests).zip(meanwhile) {
+        match found {
+            None => committed.push((key, i, d)),
+            Some(item) if item.blobs.first() == Some(&d) => {
+                if let Ok(stored) = RpmMeta::from_json(&item.meta) {
+                    metas[i] = stored;
+                }
+            }
+            Some(_) => return Err(in_part(&parts[i], changed_file(&metas[i]))),
+        }
+    }
+    if committed.is_empty() {
+        return Ok(metas);
+    }
     let writes: Vec<LocalWrite> = committed
         .iter()
         .map(|(key, i, digest)| {
@@ -306,7 +327,8 @@ pub async fn publish(
             Err(in_part(&parts[i], changed_file(&metas[i])))
         }
         Err(CoreError::Conflict(e)) => Err(CoreError::conflict(format!(
-            "{e}: another upload of one of these packages came first; nothing of this batch was published"
+            "{e}: another upload of one of these packages (on another node) came first; \
+             nothing of this batch was published"
         ))),
         Err(e) => Err(e),
     }

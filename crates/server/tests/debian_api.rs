@@ -917,3 +917,65 @@ async fn debian_bulk_upload_skips_no_part() {
         "{text}"
     );
 }
+
+/// Clients publishing the same package at once (a CI retry, two pipelines)
+/// all succeed: the same bytes are a no-op however the uploads interleave
+/// (a trial saw 409 "already exists with other content" for 19 of 150).
+/// Different bytes of one version at once: one wins, the others get 409.
+#[tokio::test]
+async fn debian_uploads_of_one_package_at_once_agree() {
+    let i = setup().await;
+    for round in 0..5 {
+        let same = pkg(&format!("race{round}"), "1.0", "amd64");
+        let puts = (0..6).map(|_| put(&i, "/debian/apt/upload/bookworm/main", same.clone()));
+        let bulks = (0..4).map(|_| {
+            post_many(
+                &i,
+                "/debian/apt/upload/bookworm/main",
+                std::slice::from_ref(&same),
+            )
+        });
+        let (puts, bulks) = futures::join!(futures::future::join_all(puts), futures::future::join_all(bulks));
+        for r in puts.iter().chain(&bulks) {
+            assert_eq!(r.status, StatusCode::CREATED, "round {round}: {}", r.text());
+        }
+        // Overlapping sets at once, identical bytes.
+        let set: Vec<Vec<u8>> = (0..6)
+            .map(|n| pkg(&format!("set{round}-{n}"), "1.0", "all"))
+            .collect();
+        let bulks = (0..4).map(|k| post_many(&i, "/debian/apt/upload/bookworm/main", &set[k..k + 3]));
+        for r in futures::future::join_all(bulks).await {
+            assert_eq!(r.status, StatusCode::CREATED, "round {round}: {}", r.text());
+        }
+        // Different bytes of one version at once: exactly one is published.
+        let rivals: Vec<Vec<u8>> = (0..4)
+            .map(|k| {
+                deb(
+                    &control(&format!("rival{round}"), "1.0", "amd64", ""),
+                    &[k as u8; 9],
+                    Compression::Gz,
+                )
+            })
+            .collect();
+        let puts = rivals
+            .iter()
+            .map(|b| put(&i, "/debian/apt/upload/bookworm/main", b.clone()));
+        let replies = futures::future::join_all(puts).await;
+        let won: Vec<usize> = (0..4)
+            .filter(|k| replies[*k].status == StatusCode::CREATED)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}");
+        for r in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+            assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+        }
+        let path = format!("/debian/apt/pool/main/r/rival{round}/rival{round}_1.0_amd64.deb");
+        assert_eq!(i.get(&path).await.body, rivals[won[0]]);
+    }
+    let text = i
+        .get("/debian/apt/dists/bookworm/main/binary-amd64/Packages")
+        .await
+        .text();
+    assert_eq!(text.matches("Package: race").count(), 5, "{text}");
+    assert_eq!(text.matches("Package: set").count(), 30, "{text}");
+    assert_eq!(i.staging_files(), 0);
+}

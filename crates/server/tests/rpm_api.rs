@@ -490,3 +490,33 @@ async fn rpm_bulk_upload_is_all_or_nothing_and_names_the_bad_part() {
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
+
+/// Clients publishing the same package at once all succeed (the same
+/// bytes are a no-op however the uploads interleave; a trial saw 409
+/// "already exists with other content"); different bytes of one NEVRA at
+/// once: one wins, the others get 409.
+#[tokio::test]
+async fn rpm_uploads_of_one_package_at_once_agree() {
+    let i = setup().await;
+    for round in 0..4 {
+        let same = package(&format!("race{round}"), "1.0", &[], "same");
+        let puts = (0..6).map(|_| put(&i, same.clone()));
+        let part = [("same.rpm", same.as_slice())];
+        let bulks = (0..4).map(|_| bulk(&i, &part));
+        let (puts, bulks) = futures::join!(futures::future::join_all(puts), futures::future::join_all(bulks));
+        for r in puts.iter().chain(&bulks) {
+            assert_eq!(r.status, StatusCode::CREATED, "round {round}: {}", r.text());
+        }
+        let rivals: Vec<Vec<u8>> = (0..4)
+            .map(|k| package(&format!("rival{round}"), "1.0", &[], &format!("marker-{k}")))
+            .collect();
+        let replies = futures::future::join_all(rivals.iter().map(|b| put(&i, b.clone()))).await;
+        let won = replies.iter().filter(|r| r.status == StatusCode::CREATED).count();
+        assert_eq!(won, 1, "round {round}");
+        for r in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+            assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+        }
+    }
+    assert!(repodata(&i, "primary").await.contains("packages=\"8\""));
+    assert_eq!(i.staging_files(), 0);
+}
