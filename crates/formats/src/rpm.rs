@@ -396,6 +396,11 @@ pub fn inspect_rpm<R: Read>(mut reader: R, len: u64) -> Result<RpmInfo, FormatEr
         let data = be32(&raw[at + 12..]);
         let body = count * 16 + data;
         let pad = if i == 0 { (8 - (data % 8)) % 8 } else { 0 };
+        // Sizes the file cannot hold are a damaged or cut file, not a
+        // large one.
+        if raw.len() as u64 + body + pad > len {
+            return Err(truncated());
+        }
         if raw.len() as u64 + body + pad > MAX_HEADER_BYTES {
             return Err(FormatError::too_large(format!(
                 "the RPM headers exceed {MAX_HEADER_BYTES} bytes"
@@ -1109,6 +1114,21 @@ mod tests {
         lead[..4].copy_from_slice(&LEAD_MAGIC);
         let e = inspect_rpm(&lead[..], 96).unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");
+        // A signature header claiming more entries than the file holds is
+        // a cut or damaged file (400); one the file could hold but over
+        // the limit is too large (413).
+        let claim = |count: u32, len: u64| {
+            let mut f = lead.to_vec();
+            f.extend_from_slice(&HEADER_MAGIC);
+            f.extend_from_slice(&[0; 4]);
+            f.extend_from_slice(&count.to_be_bytes());
+            f.extend_from_slice(&0u32.to_be_bytes());
+            inspect_rpm(&f[..], len).unwrap_err().to_string()
+        };
+        let e = claim(0x7fff_ffff, 112);
+        assert!(e.contains("truncated"), "{e}");
+        let e = claim(5_000_000, 1 << 30);
+        assert!(e.contains("exceed"), "{e}");
     }
 
     #[test]

@@ -127,7 +127,8 @@ pub(crate) async fn read_parts<I: Inspect>(
             e.body_text()
         ))
     })?;
-    let mut labels: Vec<String> = Vec::new();
+    // Each part's label, and whether it came without a file name.
+    let mut labels: Vec<(String, bool)> = Vec::new();
     let mut pending: VecDeque<Pending<I::Info>> = VecDeque::new();
     let mut finished: Vec<Outcomes<I::Info>> = Vec::new();
     let mut group: Vec<Bytes> = Vec::new();
@@ -150,7 +151,10 @@ pub(crate) async fn read_parts<I: Inspect>(
             )));
             break;
         }
-        labels.push(part_label(labels.len() + 1, &field));
+        labels.push((
+            part_label(labels.len() + 1, &field),
+            file_name_of(&field).is_none(),
+        ));
         let mut head = BytesMut::new();
         let mut over = None;
         loop {
@@ -241,8 +245,14 @@ pub(crate) async fn read_parts<I: Inspect>(
         return Err(CoreError::invalid(format!("the upload has no parts ({usage})")));
     }
     let mut parts = Vec::with_capacity(labels.len());
-    for (label, outcome) in labels.into_iter().zip(finished.into_iter().flatten()) {
-        let (body, info) = outcome.map_err(|e| in_part(&label, e))?;
+    for ((label, unnamed), outcome) in labels.into_iter().zip(finished.into_iter().flatten()) {
+        let (body, info) = outcome.map_err(|e| match in_part(&label, e) {
+            // Most likely a form field sent by mistake.
+            CoreError::Invalid(m) if unnamed => CoreError::Invalid(format!(
+                "{m} (the part has no file name: every part of a bulk upload is one package file)"
+            )),
+            e => e,
+        })?;
         parts.push(Upload {
             part: label,
             body,

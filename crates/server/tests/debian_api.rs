@@ -882,6 +882,7 @@ async fn debian_bulk_upload_skips_no_part() {
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
     assert!(r.text().contains("part 2 (field \"comment\"): "), "{}", r.text());
+    assert!(r.text().contains("the part has no file name"), "{}", r.text());
     // A package whose part has no name at all is still read.
     let r = post(vec![
         (
