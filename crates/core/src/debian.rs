@@ -295,30 +295,7 @@ pub async fn publish(
         metas.push(meta);
         parts.push(part);
     }
-    let keys: Vec<ferry_types::ItemKey> = staged.iter().map(|(key, _, _)| key.clone()).collect();
-    let existing: Vec<Option<Digest>> = ferry
-        .items_by_keys(feed, &keys)
-        .await?
-        .into_iter()
-        .map(|i| i.and_then(|i| i.blobs.first().copied()))
-        .collect();
-    let pools = pool_map(ferry, feed).await?;
-    let mut fresh = Vec::new();
-    for ((key, i, blob), found) in staged.into_iter().zip(existing) {
-        let meta = &metas[i];
-        match found {
-            Some(d) if d == meta.sha256 => continue,
-            Some(_) => return Err(in_part(&parts[i], changed_file(meta))),
-            None => {}
-        }
-        if let Some(others) = pools.get(&meta.filename)
-            && others.values().any(|d| *d != meta.sha256)
-        {
-            return Err(in_part(&parts[i], changed_file(meta)));
-        }
-        fresh.push((key, i, blob));
-    }
-    drop(pools);
+    let fresh = unpublished(ferry, feed, &metas, &parts, staged).await?;
     if fresh.is_empty() {
         return Ok(metas);
     }
@@ -331,25 +308,12 @@ pub async fn publish(
     // other bytes — also under the same pool path in another
     // distribution — the conflict.
     let _publishing = PUBLISH_LOCKS.lock(feed.id, "").await;
-    let keys: Vec<ferry_types::ItemKey> = places.iter().map(|(key, _)| key.clone()).collect();
-    let meanwhile = ferry.items_by_keys(feed, &keys).await?;
-    let pools = pool_map(ferry, feed).await?;
-    let mut committed: Vec<(ferry_types::ItemKey, usize, Digest)> = Vec::with_capacity(places.len());
-    for (((key, i), d), found) in places.into_iter().zip(digests).zip(meanwhile) {
-        let meta = &metas[i];
-        match found.and_then(|item| item.blobs.first().copied()) {
-            Some(stored) if stored == d => continue,
-            Some(_) => return Err(in_part(&parts[i], changed_file(meta))),
-            None => {}
-        }
-        if let Some(others) = pools.get(&meta.filename)
-            && others.values().any(|other| *other != d)
-        {
-            return Err(in_part(&parts[i], changed_file(meta)));
-        }
-        committed.push((key, i, d));
-    }
-    drop(pools);
+    let committed: Vec<(ferry_types::ItemKey, usize, Digest)> = places
+        .into_iter()
+        .zip(digests)
+        .map(|((key, i), d)| (key, i, d))
+        .collect();
+    let committed = unpublished(ferry, feed, &metas, &parts, committed).await?;
     if committed.is_empty() {
         return Ok(metas);
     }
@@ -382,6 +346,39 @@ pub async fn publish(
         ))),
         Err(e) => Err(e),
     }
+}
+
+/// Which of `candidates` (item key, index into `metas` and `parts`, and
+/// what goes with it) are not published yet: one published with the same
+/// bytes is a no-op; one published with other bytes, or whose pool path
+/// holds other bytes (in another distribution), is [`changed_file`],
+/// naming its part.
+async fn unpublished<T>(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    metas: &[DebMeta],
+    parts: &[String],
+    candidates: Vec<(ferry_types::ItemKey, usize, T)>,
+) -> Result<Vec<(ferry_types::ItemKey, usize, T)>, CoreError> {
+    let keys: Vec<ferry_types::ItemKey> = candidates.iter().map(|(key, _, _)| key.clone()).collect();
+    let existing = ferry.items_by_keys(feed, &keys).await?;
+    let pools = pool_map(ferry, feed).await?;
+    let mut out = Vec::with_capacity(candidates.len());
+    for ((key, i, with), found) in candidates.into_iter().zip(existing) {
+        let meta = &metas[i];
+        match found.and_then(|item| item.blobs.first().copied()) {
+            Some(stored) if stored == meta.sha256 => continue,
+            Some(_) => return Err(in_part(&parts[i], changed_file(meta))),
+            None => {}
+        }
+        if let Some(others) = pools.get(&meta.filename)
+            && others.values().any(|other| *other != meta.sha256)
+        {
+            return Err(in_part(&parts[i], changed_file(meta)));
+        }
+        out.push((key, i, with));
+    }
+    Ok(out)
 }
 
 /// The same pool file as `first` (the earlier part's label) with other

@@ -267,20 +267,7 @@ pub async fn publish(
         metas.push(meta);
         parts.push(u.part);
     }
-    let keys: Vec<ItemKey> = fresh.iter().map(|(key, _, _)| key.clone()).collect();
-    let existing = ferry.items_by_keys(feed, &keys).await?;
-    let mut new = Vec::with_capacity(fresh.len());
-    for ((key, i, blob), found) in fresh.into_iter().zip(existing) {
-        match found {
-            Some(item) if item.blobs.first() == Some(&metas[i].sha256) => {
-                if let Ok(stored) = RpmMeta::from_json(&item.meta) {
-                    metas[i] = stored;
-                }
-            }
-            Some(_) => return Err(in_part(&parts[i], changed_file(&metas[i]))),
-            None => new.push((key, i, blob)),
-        }
-    }
+    let new = unpublished(ferry, feed, &mut metas, &parts, fresh).await?;
     if new.is_empty() {
         return Ok(metas);
     }
@@ -292,20 +279,12 @@ pub async fn publish(
     // no-op here too (two clients publishing one package at once both
     // succeed), other bytes the conflict.
     let _publishing = PUBLISH_LOCKS.lock(feed.id, "").await;
-    let keys: Vec<ItemKey> = places.iter().map(|(key, _)| key.clone()).collect();
-    let meanwhile = ferry.items_by_keys(feed, &keys).await?;
-    let mut committed: Vec<(ItemKey, usize, Digest)> = Vec::with_capacity(places.len());
-    for (((key, i), d), found) in places.into_iter().zip(digests).zip(meanwhile) {
-        match found {
-            None => committed.push((key, i, d)),
-            Some(item) if item.blobs.first() == Some(&d) => {
-                if let Ok(stored) = RpmMeta::from_json(&item.meta) {
-                    metas[i] = stored;
-                }
-            }
-            Some(_) => return Err(in_part(&parts[i], changed_file(&metas[i]))),
-        }
-    }
+    let committed: Vec<(ItemKey, usize, Digest)> = places
+        .into_iter()
+        .zip(digests)
+        .map(|((key, i), d)| (key, i, d))
+        .collect();
+    let committed = unpublished(ferry, feed, &mut metas, &parts, committed).await?;
     if committed.is_empty() {
         return Ok(metas);
     }
@@ -332,6 +311,34 @@ pub async fn publish(
         ))),
         Err(e) => Err(e),
     }
+}
+
+/// Which of `candidates` (item key, index into `metas` and `parts`, and
+/// what goes with it) are not published yet. One published with the same
+/// bytes is a no-op (its `metas` entry becomes the stored metadata); one
+/// published with other bytes is [`changed_file`], naming its part.
+async fn unpublished<T>(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    metas: &mut [RpmMeta],
+    parts: &[String],
+    candidates: Vec<(ItemKey, usize, T)>,
+) -> Result<Vec<(ItemKey, usize, T)>, CoreError> {
+    let keys: Vec<ItemKey> = candidates.iter().map(|(key, _, _)| key.clone()).collect();
+    let existing = ferry.items_by_keys(feed, &keys).await?;
+    let mut out = Vec::with_capacity(candidates.len());
+    for ((key, i, with), found) in candidates.into_iter().zip(existing) {
+        match found {
+            None => out.push((key, i, with)),
+            Some(item) if item.blobs.first() == Some(&metas[i].sha256) => {
+                if let Ok(stored) = RpmMeta::from_json(&item.meta) {
+                    metas[i] = stored;
+                }
+            }
+            Some(_) => return Err(in_part(&parts[i], changed_file(&metas[i]))),
+        }
+    }
+    Ok(out)
 }
 
 /// The same NEVRA as `first` (the earlier part's label) with other bytes.

@@ -261,23 +261,18 @@ async fn fsck(
             .await
             .map_err(|e| ApiError::json(CoreError::from(e)))?;
     }
-    // Damage of blobs nothing references any more is not reported: not
-    // what this pass found either (a deleted item's blob before the
-    // collector ran, a cut import's leased blob never written).
-    let damage = crate::ops::current_damage(&st).await;
-    let needed = |d: &ferry_types::Digest| damage.iter().any(|x| x.digest == *d);
-    let missing: Vec<_> = report.missing.iter().filter(|d| needed(d)).collect();
-    let corrupt: Vec<_> = report.corrupt.iter().filter(|d| needed(d)).collect();
-    let remaining: Vec<Value> = damage
-        .iter()
+    // Damage of blobs nothing references any more is not reported.
+    let remaining: Vec<Value> = crate::ops::current_damage(&st)
+        .await
+        .into_iter()
         .map(|d| json!({ "digest": d.digest, "kind": d.kind }))
         .collect();
     Ok(Json(json!({
         "checked": report.checked,
         "bytes": report.bytes,
         "skipped": report.skipped,
-        "missing": missing,
-        "corrupt": corrupt,
+        "missing": report.missing,
+        "corrupt": report.corrupt,
         "repairs": repairs,
         "damaged": remaining,
     })))

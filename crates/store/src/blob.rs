@@ -1515,19 +1515,22 @@ impl FsBlobStore {
             quarantine: self.quarantine.clone(),
             verified: self.verified.clone(),
         };
-        let flush = match durable {
-            false => Flush::None,
-            true if blobs.len() < FLUSH_IN_PARALLEL_FROM => Flush::EachFile,
-            true if cfg!(target_os = "linux")
-                && system_dirty_bytes().is_some_and(|d| d < SYNCFS_WHILE_DIRTY_BELOW) =>
-            {
-                Flush::FileSystem
-            }
-            true => Flush::Flushers,
-        };
-        tokio::task::spawn_blocking(move || place_batch(&ctx, blobs, flush))
-            .await
-            .map_err(|e| StoreError::Backend(format!("blob put: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            // (Reading /proc/meminfo is file I/O: here, off the async threads.)
+            let flush = match durable {
+                false => Flush::None,
+                true if blobs.len() < FLUSH_IN_PARALLEL_FROM => Flush::EachFile,
+                true if cfg!(target_os = "linux")
+                    && system_dirty_bytes().is_some_and(|d| d < SYNCFS_WHILE_DIRTY_BELOW) =>
+                {
+                    Flush::FileSystem
+                }
+                true => Flush::Flushers,
+            };
+            place_batch(&ctx, blobs, flush)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("blob put: {e}")))?
     }
 }
 
