@@ -27,7 +27,9 @@ half-close; a reset or error on either side closes both.
 It listens on 127.0.0.1:PORT (--listen 0, the default: a free port) and
 prints the port it listens on as one line on stdout once it accepts
 connections. SIGTERM or SIGINT: stops, closes every connection, writes the
-stats and exits 0. It also exits by itself after --max-seconds (14400).
+stats and exits 0. SIGUSR2: cuts every open connection with a reset on both
+of its sockets (what is queued or in the kernel's buffers is lost, as when a
+link or a host dies) and goes on accepting new ones. It also exits by itself after --max-seconds (14400).
 
 --stats FILE: JSON, written atomically (FILE.tmp then rename) every 0.5 s,
 at once on SIGUSR1, and on exit:
@@ -58,6 +60,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -380,6 +383,18 @@ class Relay:
                 s.transport.abort()
         self._finish()
 
+    def reset(self):
+        """Aborts both sockets with SO_LINGER 0: each peer gets a reset, not
+        the bytes still buffered for it."""
+        for s in (self.client, self.server):
+            sock = s.transport.get_extra_info("socket") if s is not None and s.transport is not None else None
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+        self.abort()
+
     def _finish(self):
         if self.finished:
             return
@@ -422,6 +437,7 @@ async def main_async(args):
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, lambda: write_stats(args.stats, stats))
+    loop.add_signal_handler(signal.SIGUSR2, lambda: [r.reset() for r in list(relays)])
 
     async def periodic():
         while True:

@@ -16,12 +16,12 @@ use support::{Server, wait_until};
 fn spoke(hub_url: &str, token: &str, cache: &Server, cache_token: &str, extra: &[&str]) -> Server {
     let s = Server::start();
     s.create_feed("files", "assets");
-    pull_from(&s, hub_url, token, cache, cache_token, extra);
+    pull_from(&s, hub_url, token, &cache.url, cache_token, extra);
     s
 }
 
 /// Creates `s`'s replication `from-hub` as [`spoke`] does.
-fn pull_from(s: &Server, hub_url: &str, token: &str, cache: &Server, cache_token: &str, extra: &[&str]) {
+fn pull_from(s: &Server, hub_url: &str, token: &str, cache_url: &str, cache_token: &str, extra: &[&str]) {
     let mut args = vec![
         "replication",
         "create",
@@ -37,7 +37,7 @@ fn pull_from(s: &Server, hub_url: &str, token: &str, cache: &Server, cache_token
         "--interval",
         "3600",
         "--blob-source",
-        &cache.url,
+        cache_url,
         "--blob-source-token",
         cache_token,
     ];
@@ -149,6 +149,12 @@ fn ten_spokes_behind_a_site_cache_cost_the_hub_one_copy_and_survive_its_loss() {
     // so that all three are mid-transfer when the cache dies.
     // (The instances start first, so that their replications start
     // together: a slow start must not let the first one finish meanwhile.)
+    // They reach the cache through a proxy that resets its connections
+    // when the cache dies: else the bytes the cache had already written
+    // into its sockets' buffers (the kernel grows them to megabytes on
+    // loopback) would still arrive after its death, and a spoke could get
+    // every blob from a cache that is gone.
+    let cache_proxy = Proxy::start(&cache, 0, 0, &tmp.path().join("cache-stats.json"));
     let cut_at = proxy.stats()["bytes_down"].as_u64().unwrap();
     let late: Vec<Server> = (0..3)
         .map(|_| {
@@ -162,12 +168,13 @@ fn ten_spokes_behind_a_site_cache_cost_the_hub_one_copy_and_survive_its_loss() {
             s,
             &proxy.url(),
             &hub_token,
-            &cache,
+            &cache_proxy.url(),
             &cache_token,
             &["--include", "more/**", "--bandwidth-limit", "1000000"],
         );
     }
     cache.kill();
+    cache_proxy.cut();
     for (i, s) in late.iter().enumerate() {
         assert!(
             wait_until(90, || serves_all(s, &more)),

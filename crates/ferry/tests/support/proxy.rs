@@ -60,6 +60,17 @@ impl Proxy {
         serde_json::from_slice(&std::fs::read(&self.stats).unwrap()).unwrap()
     }
 
+    /// Cuts every open connection with a reset (SIGUSR2): the bytes in
+    /// flight through the proxy and in its sockets' buffers are lost, as
+    /// when the host behind it dies mid-transfer. New connections are
+    /// still accepted and forwarded.
+    pub fn cut(&self) {
+        Command::new("kill")
+            .args(["-USR2", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
