@@ -231,11 +231,24 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
 }
 
+/// Page size (bytes) of a database this version creates. `items` is a
+/// `WITHOUT ROWID` table, whose rows SQLite keeps whole in a page only up
+/// to about a quarter of it (1,002 bytes at 4 KiB, 2,030 at 8 KiB; the
+/// SQLite file format, "B-tree Page Format"): a package's metadata of
+/// 1-2 KiB (an rpm header's fields, a `.deb`'s control data) at 4 KiB
+/// spilled ~0.8 KiB into an overflow page of its own, 4.5 KiB per item,
+/// and a bulk import wrote and read four times the pages. A database
+/// made with another page size keeps it (SQLite changes it only by a
+/// `VACUUM` outside WAL mode).
+const PAGE_SIZE: u32 = 8192;
+
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
-    )?;
+    // page_size first: it applies only while the file is still empty.
+    conn.execute_batch(&format!(
+        "PRAGMA page_size={PAGE_SIZE}; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+         PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;"
+    ))?;
     // Room for every hot statement (rusqlite keeps 16 by default; a write
     // alone uses seven).
     conn.set_prepared_statement_cache_capacity(64);
@@ -1212,6 +1225,55 @@ mod key_scope_migration {
             let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", f.display());
         }
+    }
+
+    /// A new database has 8 KiB pages, where an item of a package's usual
+    /// metadata fits a page; one made by an earlier version (4 KiB) opens
+    /// and works as it is.
+    #[tokio::test]
+    async fn new_databases_hold_package_metadata_without_overflow_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let _store = SqliteStore::open(&path).await.unwrap();
+        let conn = open_conn(&path).unwrap();
+        let page: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        assert_eq!(page, PAGE_SIZE);
+        // 1,500 bytes of metadata: whole in an 8 KiB page, not at 4 KiB.
+        let meta = format!("{{\"m\":\"{}\"}}", "x".repeat(1500));
+        let overflow = |conn: &Connection| -> i64 {
+            conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, meta TEXT) WITHOUT ROWID")
+                .unwrap();
+            for i in 0..50 {
+                conn.execute("INSERT INTO t VALUES (?1, ?2)", params![i.to_string(), &meta])
+                    .unwrap();
+            }
+            conn.query_row(
+                "SELECT count(*) FROM dbstat WHERE name = 't' AND pagetype = 'overflow'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(overflow(&conn), 0);
+
+        let old = dir.path().join("old.db");
+        let conn = Connection::open(&old).unwrap();
+        conn.execute_batch("PRAGMA page_size=4096; PRAGMA journal_mode=WAL; CREATE TABLE x (a)")
+            .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&old).await.unwrap();
+        store
+            .create_feed(&ferry_types::FeedName::new("f").unwrap(), FeedType::Assets, false)
+            .await
+            .unwrap();
+        let conn = open_conn(&old).unwrap();
+        let page: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        assert_eq!(page, 4096);
+        assert_eq!(
+            overflow(&conn),
+            50,
+            "at 4 KiB each such row spills into a page of its own"
+        );
     }
 
     #[tokio::test]
