@@ -152,7 +152,10 @@ bench_debian_size() {
     add_row "debian one more into $n, publish only (PUT + signed InRelease vs includedeb), ms" "$fone_pub_ms" "$rep_pub_ms" "${r}x" "<= 0.20x" \
         "$(awk -v r="$r" 'BEGIN { print (r != "-" && r <= 0.2) ? "ok" : "FAIL" }')"
     DEB_ONE_MORE+=("$n:$fone_ms")
-    rm -rf "$dir"
+    # Left for the run's cleanup (the temp dir goes at exit): deleting
+    # thousands of files here would slow the next size's file creation on
+    # ext4 without a journal, which skips inodes freed in the last 60 s
+    # (`recently_deleted`), and measure that instead of the next figure.
 }
 
 # bench_debian_lag: publish on a hub -> apt-get update on a spoke (pulling
@@ -190,7 +193,10 @@ bench_debian_lag() {
     add_row "debian publish on hub -> apt-get update on spoke sees it, p50 ms" "$(fmt "$p50")" "-" "-" "-" "info"
     stop_ferry_now "$SPOKE_PID"
     stop_ferry_now "$HUB_PID"
-    rm -rf "$dir"
+    # Left for the run's cleanup (the temp dir goes at exit): deleting
+    # thousands of files here would slow the next size's file creation on
+    # ext4 without a journal, which skips inodes freed in the last 60 s
+    # (`recently_deleted`), and measure that instead of the next figure.
 }
 
 bench_debian() {

@@ -13,7 +13,7 @@
 //! written for a batch that is refused.
 
 use bytes::Bytes;
-use ferry_store::StagedBlob;
+use ferry_store::{HashedBytes, StagedBlob};
 use ferry_types::Digest;
 
 use crate::{CoreError, Ferry};
@@ -24,25 +24,22 @@ pub enum UploadBody {
     /// `PUT`); removed from staging if dropped before it is committed.
     Staged(StagedBlob),
     /// Read whole and hashed (a small part of a bulk upload); nothing is
-    /// written before [`Ferry::commit_bodies`].
-    Memory { digest: Digest, bytes: Bytes },
+    /// written before [`Ferry::commit_bodies`], which does not hash it again.
+    Memory(HashedBytes),
 }
 
 impl UploadBody {
     /// Holds `bytes` in memory with their SHA-256 (computed here: call it
     /// off the async threads for anything but a few KiB).
     pub fn in_memory(bytes: Bytes) -> Self {
-        UploadBody::Memory {
-            digest: Digest::of(&bytes),
-            bytes,
-        }
+        UploadBody::Memory(HashedBytes::new(bytes))
     }
 
     /// The SHA-256 of the bytes.
     pub fn digest(&self) -> Digest {
         match self {
             UploadBody::Staged(s) => s.digest(),
-            UploadBody::Memory { digest, .. } => *digest,
+            UploadBody::Memory(b) => b.digest(),
         }
     }
 
@@ -50,7 +47,7 @@ impl UploadBody {
     pub fn size(&self) -> u64 {
         match self {
             UploadBody::Staged(s) => s.size(),
-            UploadBody::Memory { bytes, .. } => bytes.len() as u64,
+            UploadBody::Memory(b) => b.bytes().len() as u64,
         }
     }
 }
@@ -108,11 +105,11 @@ impl Ferry {
             digests.push(body.digest());
             match body {
                 UploadBody::Staged(s) => staged.push(s),
-                UploadBody::Memory { digest, bytes } => memory.push((digest, bytes)),
+                UploadBody::Memory(b) => memory.push(b),
             }
         }
         if !memory.is_empty() {
-            for outcome in self.commit_small_blobs_flushed(memory, true).await? {
+            for outcome in self.commit_hashed_blobs(memory).await? {
                 outcome?;
             }
         }

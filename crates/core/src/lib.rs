@@ -34,12 +34,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_formats::ArchiveLimits;
 use ferry_store::{
-    ApiKeyRecord, BlobBody, BlobStore, ByteStream, Change, ChangeOp, FeedId, FeedRecord, ItemMetaText,
-    ItemRecord, MetadataStore, NewApiKey, Permission, Precondition, ScopedFeed, StagedBlob, StampOrder,
-    StoreError, StoreEvent, WriteOutcome, now_millis,
+    ApiKeyRecord, BlobBody, BlobCheck, BlobStore, ByteStream, Change, ChangeOp, FeedId, FeedRecord,
+    HashedBytes, ItemMetaText, ItemRecord, MetadataStore, NewApiKey, Permission, Precondition, ScopedFeed,
+    StagedBlob, StampOrder, StoreError, StoreEvent, WriteOutcome, now_millis,
 };
 use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey, Stamp};
 use tokio::sync::watch;
+
+/// What [`Ferry::lease_small_blobs`] gives: the digests the collector is
+/// deleting now, and an empty outcome slot per blob.
+type SmallLease = (HashSet<Digest>, Vec<Option<Result<(), CoreError>>>);
 
 pub use auth::{Action, Principal};
 pub use cache::{IndexCache, Rendered, content_etag};
@@ -650,49 +654,91 @@ impl Ferry {
         &self,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Result<Vec<Result<(), CoreError>>, CoreError> {
-        self.commit_small_blobs_flushed(blobs, false).await
-    }
-
-    /// [`Ferry::commit_small_blobs`]; with `durable`, the placed blobs are
-    /// on stable storage when it returns ([`BlobStore::put_many_durable`]).
-    pub(crate) async fn commit_small_blobs_flushed(
-        &self,
-        blobs: Vec<(Digest, Bytes)>,
-        durable: bool,
-    ) -> Result<Vec<Result<(), CoreError>>, CoreError> {
-        let lease_until = now_millis() + self.0.config.blob_lease.as_millis() as i64;
         let sizes: Vec<(Digest, u64)> = blobs.iter().map(|(d, b)| (*d, b.len() as u64)).collect();
-        let busy: HashSet<Digest> = self
-            .0
-            .meta
-            .lease_blobs(&sizes, lease_until)
-            .await?
-            .into_iter()
-            .collect();
-        let mut out: Vec<Option<Result<(), CoreError>>> = (0..blobs.len()).map(|_| None).collect();
+        let (busy, mut out) = self.lease_small_blobs(&sizes).await?;
         let mut batch = Vec::with_capacity(blobs.len());
         let mut slots = Vec::with_capacity(blobs.len());
         for (i, (d, b)) in blobs.into_iter().enumerate() {
             if busy.contains(&d) {
-                // Rare: the collector is deleting this very blob; the
-                // one-by-one path waits for it.
-                let body: ByteStream = Box::pin(futures::stream::once(async move { Ok(b) }));
-                out[i] = Some(match self.stage(body, Some(d)).await {
-                    Ok(staged) => self.commit_blob(staged).await.map(|_| ()),
-                    Err(e @ CoreError::Invalid(_)) => Err(e),
-                    Err(e) => return Err(e),
-                });
+                out[i] = Some(self.commit_small_blob_alone(d, b).await?);
             } else {
                 slots.push(i);
                 batch.push((d, b));
             }
         }
         let digests: Vec<Digest> = batch.iter().map(|(d, _)| *d).collect();
-        let placed = if durable {
-            self.0.blobs.put_many_durable(batch).await?
-        } else {
-            self.0.blobs.put_many(batch).await?
-        };
+        let placed = self.0.blobs.put_many(batch).await?;
+        Ok(self.small_blob_outcomes(out, slots, digests, placed))
+    }
+
+    /// [`Ferry::commit_small_blobs`] of bytes hashed here (not hashed
+    /// again), on stable storage when it returns
+    /// ([`BlobStore::put_many_durable`]): for a bulk import, whose items
+    /// are written next.
+    pub(crate) async fn commit_hashed_blobs(
+        &self,
+        blobs: Vec<HashedBytes>,
+    ) -> Result<Vec<Result<(), CoreError>>, CoreError> {
+        let sizes: Vec<(Digest, u64)> = blobs
+            .iter()
+            .map(|b| (b.digest(), b.bytes().len() as u64))
+            .collect();
+        let (busy, mut out) = self.lease_small_blobs(&sizes).await?;
+        let mut batch = Vec::with_capacity(blobs.len());
+        let mut slots = Vec::with_capacity(blobs.len());
+        for (i, b) in blobs.into_iter().enumerate() {
+            if busy.contains(&b.digest()) {
+                out[i] = Some(
+                    self.commit_small_blob_alone(b.digest(), b.bytes().clone())
+                        .await?,
+                );
+            } else {
+                slots.push(i);
+                batch.push(b);
+            }
+        }
+        let digests: Vec<Digest> = batch.iter().map(HashedBytes::digest).collect();
+        let placed = self.0.blobs.put_many_durable(batch).await?;
+        Ok(self.small_blob_outcomes(out, slots, digests, placed))
+    }
+
+    /// Leases blobs of these digests and sizes in one transaction; returns
+    /// those the collector is deleting right now (they go one by one, as
+    /// [`Ferry::commit_small_blob_alone`]) and an outcome slot per blob.
+    async fn lease_small_blobs(&self, sizes: &[(Digest, u64)]) -> Result<SmallLease, CoreError> {
+        let lease_until = now_millis() + self.0.config.blob_lease.as_millis() as i64;
+        let busy: HashSet<Digest> = self
+            .0
+            .meta
+            .lease_blobs(sizes, lease_until)
+            .await?
+            .into_iter()
+            .collect();
+        Ok((busy, (0..sizes.len()).map(|_| None).collect()))
+    }
+
+    /// Rare: the collector is deleting this very blob; staging and
+    /// committing it alone waits for it. Bytes that do not match `d` are
+    /// the blob's [`CoreError::Invalid`]; other errors fail the batch.
+    async fn commit_small_blob_alone(&self, d: Digest, b: Bytes) -> Result<Result<(), CoreError>, CoreError> {
+        let body: ByteStream = Box::pin(futures::stream::once(async move { Ok(b) }));
+        match self.stage(body, Some(d)).await {
+            Ok(staged) => Ok(self.commit_blob(staged).await.map(|_| ())),
+            Err(e @ CoreError::Invalid(_)) => Ok(Err(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Each blob's outcome in order: those placed together (`slots` into
+    /// `out`, with their `digests`) from `placed`, the rest as committed
+    /// alone.
+    fn small_blob_outcomes(
+        &self,
+        mut out: Vec<Option<Result<(), CoreError>>>,
+        slots: Vec<usize>,
+        digests: Vec<Digest>,
+        placed: Vec<Result<BlobCheck, StoreError>>,
+    ) -> Vec<Result<(), CoreError>> {
         for ((i, d), r) in slots.into_iter().zip(digests).zip(placed) {
             out[i] = Some(match r {
                 Ok(_) => {
@@ -702,7 +748,7 @@ impl Ferry {
                 Err(e) => Err(e.into()),
             });
         }
-        Ok(out.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
+        out.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
     }
 
     /// Which of `digests` are committed here: registered in the metadata

@@ -23,6 +23,38 @@ pub struct BlobBody {
     pub stream: ByteStream,
 }
 
+/// Bytes held in memory with their SHA-256, computed from these very bytes
+/// by [`HashedBytes::new`] (it cannot be made otherwise): a store places
+/// them without hashing them a second time. Bytes that came with a digest
+/// someone else claims (a replication peer's) go through
+/// [`BlobStore::put_many`], which verifies them.
+#[derive(Clone, Debug)]
+pub struct HashedBytes {
+    digest: Digest,
+    bytes: Bytes,
+}
+
+impl HashedBytes {
+    /// Hashes `bytes` (blocking work for more than a few KiB: call it off
+    /// the async threads).
+    pub fn new(bytes: Bytes) -> Self {
+        HashedBytes {
+            digest: Digest::of(&bytes),
+            bytes,
+        }
+    }
+
+    /// The SHA-256 of the bytes.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
 /// An upload that has been written to the staging area and hashed, but is
 /// not yet part of the store. Dropping it without committing removes it.
 pub struct StagedBlob {
@@ -318,16 +350,19 @@ pub trait BlobStore: Send + Sync + 'static {
         Ok(out)
     }
 
-    /// [`BlobStore::put_many`], then the stored blobs made durable
+    /// [`BlobStore::put_many`] of bytes hashed in this process (stores may
+    /// skip hashing them again), then the stored blobs made durable
     /// ([`BlobStore::sync`]) before it returns: for a caller that writes
     /// items referencing them next (a bulk import of packages). Stores that
     /// can flush a whole batch at once override it.
     async fn put_many_durable(
         &self,
-        blobs: Vec<(Digest, Bytes)>,
+        blobs: Vec<HashedBytes>,
     ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
-        let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
-        let out = self.put_many(blobs).await?;
+        let digests: Vec<Digest> = blobs.iter().map(HashedBytes::digest).collect();
+        let out = self
+            .put_many(blobs.into_iter().map(|b| (b.digest, b.bytes)).collect())
+            .await?;
         let stored: Vec<Digest> = digests
             .into_iter()
             .zip(&out)
@@ -1503,10 +1538,13 @@ impl FsBlobStore {
     /// flushed with `fdatasync`; a large batch with one `syncfs` while
     /// little else is dirty, else on [`FLUSHERS`] threads while the next
     /// files are written).
+    /// With `hashed`, each digest was computed from its bytes in this
+    /// process ([`HashedBytes`]) and is not checked again.
     async fn put_many_flushed(
         &self,
         blobs: Vec<(Digest, Bytes)>,
         durable: bool,
+        hashed: bool,
     ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
         let ctx = Placing {
             root: self.root.clone(),
@@ -1527,7 +1565,7 @@ impl FsBlobStore {
                 }
                 true => Flush::Flushers,
             };
-            place_batch(&ctx, blobs, flush)
+            place_batch(&ctx, blobs, flush, hashed)
         })
         .await
         .map_err(|e| StoreError::Backend(format!("blob put: {e}")))?
@@ -1552,18 +1590,19 @@ fn place_batch(
     ctx: &Placing,
     blobs: Vec<(Digest, Bytes)>,
     flush: Flush,
+    hashed: bool,
 ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
     match flush {
-        Flush::None => place_blobs(ctx, blobs, false, None),
-        Flush::EachFile => place_blobs(ctx, blobs, true, None),
+        Flush::None => place_blobs(ctx, blobs, hashed, false, None),
+        Flush::EachFile => place_blobs(ctx, blobs, hashed, true, None),
         #[cfg(target_os = "linux")]
         Flush::FileSystem => {
-            let out = place_blobs(ctx, blobs, false, None)?;
+            let out = place_blobs(ctx, blobs, hashed, false, None)?;
             sync_file_system(&ctx.staging)?;
             Ok(out)
         }
         #[cfg(not(target_os = "linux"))]
-        Flush::FileSystem => place_blobs(ctx, blobs, true, None),
+        Flush::FileSystem => place_blobs(ctx, blobs, hashed, true, None),
         Flush::Flushers => {
             let (tx, rx) = std::sync::mpsc::channel::<std::fs::File>();
             let rx = Mutex::new(rx);
@@ -1586,7 +1625,7 @@ fn place_batch(
                         })
                     })
                     .collect();
-                let out = place_blobs(ctx, blobs, false, Some(&tx));
+                let out = place_blobs(ctx, blobs, hashed, false, Some(&tx));
                 drop(tx);
                 for w in workers {
                     w.join()
@@ -1600,24 +1639,29 @@ fn place_batch(
 
 /// Writes each blob under a staging name and renames it into place (an
 /// intact copy in place stays; bytes that do not match their digest are
-/// that blob's [`StoreError::DigestMismatch`]). Each written file is
-/// flushed here with `flush_here`, or handed to `flushers`.
+/// that blob's [`StoreError::DigestMismatch`]; with `hashed`, each digest
+/// was computed from its bytes in this process and is not checked again).
+/// Each written file is flushed here with `flush_here`, or handed to
+/// `flushers`.
 fn place_blobs(
     ctx: &Placing,
     blobs: Vec<(Digest, Bytes)>,
+    hashed: bool,
     flush_here: bool,
     flushers: Option<&std::sync::mpsc::Sender<std::fs::File>>,
 ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
     let mut out = Vec::with_capacity(blobs.len());
     let mut made_dirs = std::collections::HashSet::new();
     for (digest, bytes) in blobs {
-        let actual = Digest::of(&bytes);
-        if actual != digest {
-            out.push(Err(StoreError::DigestMismatch {
-                expected: digest,
-                actual,
-            }));
-            continue;
+        if !hashed {
+            let actual = Digest::of(&bytes);
+            if actual != digest {
+                out.push(Err(StoreError::DigestMismatch {
+                    expected: digest,
+                    actual,
+                }));
+                continue;
+            }
         }
         let dest = blob_path_in(&ctx.root, &digest);
         // As `commit`: what is in place is re-hashed first.
@@ -2098,14 +2142,15 @@ impl BlobStore for FsBlobStore {
         &self,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
-        self.put_many_flushed(blobs, false).await
+        self.put_many_flushed(blobs, false, false).await
     }
 
     async fn put_many_durable(
         &self,
-        blobs: Vec<(Digest, Bytes)>,
+        blobs: Vec<HashedBytes>,
     ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
-        self.put_many_flushed(blobs, true).await
+        let blobs = blobs.into_iter().map(|b| (b.digest, b.bytes)).collect();
+        self.put_many_flushed(blobs, true, true).await
     }
 
     async fn begin_transfer(&self, digest: &Digest) -> Result<Transfer, StoreError> {
@@ -2436,7 +2481,7 @@ mod tests {
             let liar = Digest::of(b"other bytes");
             blobs[7].0 = liar;
             let expected: Vec<(Digest, Bytes)> = blobs.clone();
-            let out = tokio::task::spawn_blocking(move || place_batch(&ctx, blobs, flush))
+            let out = tokio::task::spawn_blocking(move || place_batch(&ctx, blobs, flush, false))
                 .await
                 .unwrap()
                 .unwrap();

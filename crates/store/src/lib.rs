@@ -27,7 +27,7 @@ mod sqlite;
 mod sqlite_replication;
 mod sqlite_sessions;
 
-pub use blob::{BlobBody, BlobCheck, BlobStore, ByteStream, FsBlobStore, StagedBlob, Transfer};
+pub use blob::{BlobBody, BlobCheck, BlobStore, ByteStream, FsBlobStore, HashedBytes, StagedBlob, Transfer};
 pub use error::{ConnectFailure, StoreError};
 pub use meta::*;
 pub use postgres::PgStore;
