@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use ferry_formats::rpm::{self as fmt, RepoFile, RpmInfo, RpmMeta};
-use ferry_store::{FeedId, FeedRecord, Precondition, StagedBlob, now_millis};
+use ferry_store::{FeedId, FeedRecord, ItemMetaText, Precondition, StagedBlob, now_millis};
 use ferry_types::{Digest, ItemKey};
 use sha2::{Digest as _, Sha256};
 
@@ -110,18 +110,32 @@ struct Model {
     packed: HashMap<(usize, usize), Arc<Member>>,
 }
 
+impl Entry {
+    /// The package of item `key` with its fragments rendered.
+    fn of(key: &str, meta: &RpmMeta) -> Entry {
+        Entry {
+            bucket: bucket_of(key),
+            xml: [
+                fmt::primary_package(meta),
+                fmt::filelists_package(meta),
+                fmt::other_package(meta),
+            ],
+        }
+    }
+}
+
 impl Model {
     fn insert(&mut self, key: String, meta: &RpmMeta) {
+        let entry = Entry::of(&key, meta);
+        self.put(key, entry);
+    }
+
+    /// [`Model::insert`] of a rendered entry.
+    fn put(&mut self, key: String, entry: Entry) {
         self.remove(&key);
-        let bucket = bucket_of(&key);
-        self.invalidate(bucket);
-        self.buckets.entry(bucket).or_default().insert(key.clone());
-        let xml = [
-            fmt::primary_package(meta),
-            fmt::filelists_package(meta),
-            fmt::other_package(meta),
-        ];
-        self.entries.insert(key, Entry { bucket, xml });
+        self.invalidate(entry.bucket);
+        self.buckets.entry(entry.bucket).or_default().insert(key.clone());
+        self.entries.insert(key, entry);
     }
 
     fn remove(&mut self, key: &str) {
@@ -532,16 +546,13 @@ async fn current_model(
             seq,
             ..Model::default()
         };
-        for item in items {
-            match RpmMeta::from_json_text(&item.meta) {
-                Ok(m) => model.insert(item.key.as_str().to_owned(), &m),
-                Err(e) => tracing::warn!(key = %item.key, "skipping unreadable rpm item: {e}"),
-            }
+        for (key, entry) in entries_of(items)? {
+            model.put(key, entry);
         }
-        model
+        Ok(model)
     })
     .await
-    .map_err(|e| CoreError::Internal(format!("reading the feed's packages failed: {e}")))
+    .map_err(|e| CoreError::Internal(format!("reading the feed's packages failed: {e}")))?
 }
 
 fn gzip(data: &[u8]) -> Result<Bytes, CoreError> {
@@ -626,6 +637,42 @@ fn pack(text: Bytes) -> Result<Arc<Member>, CoreError> {
     }
     let gz = gzip(&text)?;
     Ok(Arc::new(Member { plain: text, gz }))
+}
+
+/// Parses the items' metadata and renders their fragments, on as many
+/// threads as there are cores (the items split in as many runs); an
+/// unreadable item is left out with a warning. Blocking.
+fn entries_of(items: Vec<ItemMetaText>) -> Result<Vec<(String, Entry)>, CoreError> {
+    let entries = |run: &[ItemMetaText]| -> Vec<(String, Entry)> {
+        run.iter()
+            .filter_map(|item| match RpmMeta::from_json_text(&item.meta) {
+                Ok(m) => Some((item.key.as_str().to_owned(), Entry::of(item.key.as_str(), &m))),
+                Err(e) => {
+                    tracing::warn!(key = %item.key, "skipping unreadable rpm item: {e}");
+                    None
+                }
+            })
+            .collect()
+    };
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if threads <= 1 || items.len() < 256 {
+        return Ok(entries(&items));
+    }
+    let run = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(run)
+            .map(|c| scope.spawn(move || entries(c)))
+            .collect();
+        let mut out = Vec::with_capacity(items.len());
+        for h in handles {
+            out.extend(
+                h.join()
+                    .map_err(|_| CoreError::Internal("rendering thread panicked".into()))?,
+            );
+        }
+        Ok(out)
+    })
 }
 
 /// Compresses bucket texts on as many threads as there are cores.
@@ -729,5 +776,34 @@ mod tests {
         let m = meta("p0");
         model.remove(m.key().unwrap().as_str());
         assert_eq!(model.packed.len(), 3 * BUCKETS - 3);
+    }
+
+    /// A feed read whole is parsed and rendered on several threads: every
+    /// readable package comes out once, with the fragments one package
+    /// alone gets, and an unreadable one is left out.
+    #[test]
+    fn a_feed_read_whole_renders_every_package_once() {
+        let mut items: Vec<ItemMetaText> = (0..1001)
+            .map(|i| {
+                let m = meta(&format!("p{i:04}"));
+                ItemMetaText {
+                    key: m.key().unwrap(),
+                    meta: serde_json::to_string(&m.to_json()).unwrap(),
+                }
+            })
+            .collect();
+        items[500].meta = "{\"not\": \"an rpm\"}".into();
+        let entries = entries_of(items).unwrap();
+        assert_eq!(entries.len(), 1000);
+        let keys: BTreeSet<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys.len(), 1000);
+        for i in [0, 499, 501, 1000] {
+            let m = meta(&format!("p{i:04}"));
+            let key = m.key().unwrap();
+            let (_, e) = entries.iter().find(|(k, _)| k == key.as_str()).unwrap();
+            let alone = Entry::of(key.as_str(), &m);
+            assert_eq!((e.bucket, &e.xml), (alone.bucket, &alone.xml), "{key}");
+        }
+        assert!(keys.iter().all(|k| !k.contains("p0500")));
     }
 }
