@@ -123,7 +123,8 @@ pub(crate) async fn read_parts<I: Inspect>(
 ) -> Result<(Vec<Upload<I::Info>>, Held), CoreError> {
     let mut multipart = multipart.map_err(|e| {
         CoreError::invalid(format!(
-            "expected multipart/form-data with {usage}: {}",
+            "expected multipart/form-data with {usage}: {}; to upload one package as the \
+             whole body, PUT it (curl -T FILE)",
             e.body_text()
         ))
     })?;
@@ -260,6 +261,24 @@ pub(crate) async fn read_parts<I: Inspect>(
         });
     }
     Ok((parts, held))
+}
+
+/// Refuses a `PUT` whose body is `multipart/form-data` (`curl -X PUT -F
+/// …`): a `PUT` carries one package as its whole body, a bulk upload goes
+/// by `POST`. `field` is the bulk upload's form field (`rpm`, `deb`).
+/// Errors: 400 saying so.
+pub(crate) fn refuse_multipart_put(headers: &axum::http::HeaderMap, field: &str) -> Result<(), CoreError> {
+    let multipart = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("multipart/"));
+    if multipart {
+        return Err(CoreError::invalid(format!(
+            "a multipart body is a bulk upload: send it with POST (curl -F {field}=@FILE ...); \
+             a PUT carries one package as the whole body (curl -T FILE)"
+        )));
+    }
+    Ok(())
 }
 
 /// Hashes and inspects small parts on one blocking thread.

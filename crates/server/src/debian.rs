@@ -58,6 +58,7 @@ async fn upload(
     // Hopeless uploads are refused before their body is read.
     ferry_formats::debian::check_dist(&dist).map_err(CoreError::from)?;
     ferry_formats::debian::check_component(&component).map_err(CoreError::from)?;
+    crate::bulk::refuse_multipart_put(&headers, "deb")?;
     let limit = st.ferry.config().max_upload_bytes;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)

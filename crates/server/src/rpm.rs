@@ -47,6 +47,7 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    crate::bulk::refuse_multipart_put(&headers, "rpm")?;
     let limit = st.ferry.config().max_upload_bytes;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -185,6 +186,7 @@ async fn key_asc(State(st): State<AppState>, access: FeedAccess) -> Result<Respo
 /// A `.repo` file naming the feed: `repo_gpgcheck=1` with the feed's key;
 /// `gpgcheck=0` since Ferry never signs packages (signatures inside them
 /// are the uploader's: set `gpgcheck=1` and add the uploader's key to check them).
+/// A private feed's file says, commented out, where the credentials go.
 async fn config_repo(
     State(st): State<AppState>,
     access: FeedAccess,
@@ -193,8 +195,16 @@ async fn config_repo(
 ) -> Result<Response, ApiError> {
     let origin = crate::public_origin(&st.ferry, &headers, uri.authority().map(|a| a.as_str()))?;
     let feed = access.feed.name.to_string();
-    let body = format!(
+    let mut body = format!(
         "[ferry-{feed}]\nname=Ferry feed {feed}\nbaseurl={origin}/rpm/{feed}/\nenabled=1\ngpgcheck=0\nrepo_gpgcheck=1\ngpgkey={origin}/rpm/{feed}/key.asc\n"
     );
+    if access.feed.private {
+        body.push_str(
+            "# A private feed: dnf sends these on every request (any user name; the\n\
+             # password is an API key that may read the feed).\n\
+             #username=ferry\n\
+             #password=API_KEY\n",
+        );
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }

@@ -275,6 +275,23 @@ async fn debian_bad_uploads_are_refused_and_store_nothing() {
             r.text()
         );
     }
+    // A multipart body sent by PUT is told to go by POST.
+    let r = i
+        .send(
+            "PUT",
+            "/debian/apt/upload/stable/main",
+            Some(common::ADMIN),
+            &[("content-type", "multipart/form-data; boundary=x")],
+            b"--x\r\nContent-Disposition: form-data; name=\"deb\"; filename=\"a.deb\"\r\n\r\nx\r\n--x--\r\n"
+                .to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.text().contains("send it with POST (curl -F deb=@FILE"),
+        "{}",
+        r.text()
+    );
     let feed = i
         .ferry
         .feed(&ferry_types::FeedName::new("apt").unwrap())

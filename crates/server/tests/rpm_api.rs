@@ -520,3 +520,83 @@ async fn rpm_uploads_of_one_package_at_once_agree() {
     assert!(repodata(&i, "primary").await.contains("packages=\"8\""));
     assert_eq!(i.staging_files(), 0);
 }
+
+/// An upload sent the wrong way is told the right one: a multipart body by
+/// PUT, a bare package by POST. Neither stores anything.
+#[tokio::test]
+async fn rpm_uploads_sent_the_wrong_way_say_the_right_one() {
+    let i = setup().await;
+    let pkg = package("wrongway", "1.0", &[], "w");
+    let ct = format!("multipart/form-data; boundary={BOUNDARY}");
+    let mut body =
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"rpm\"; filename=\"w.rpm\"\r\n\r\n")
+            .into_bytes();
+    body.extend_from_slice(&pkg);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    let r = i
+        .send(
+            "PUT",
+            "/rpm/yum/upload",
+            Some(ADMIN),
+            &[("content-type", ct.as_str())],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(
+        r.text().contains("send it with POST (curl -F rpm=@FILE"),
+        "{}",
+        r.text()
+    );
+    let r = i
+        .send(
+            "POST",
+            "/rpm/yum/upload",
+            Some(ADMIN),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            pkg.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("PUT it (curl -T FILE)"), "{}", r.text());
+    assert_eq!(i.staging_files(), 0);
+    let primary = repodata(&i, "primary").await;
+    assert!(!primary.contains("wrongway"), "{primary}");
+    // The same package PUT as its body is published.
+    assert_eq!(put(&i, pkg).await.status, StatusCode::CREATED);
+}
+
+/// A private feed's `.repo` file says where dnf's credentials go; a public
+/// one's does not mention them.
+#[tokio::test]
+async fn a_private_feeds_repo_file_says_where_the_credentials_go() {
+    let i = setup().await;
+    i.feed("secret", FeedType::Rpm, true).await;
+    let host = [("host", "repo.example:8765")];
+    let public = i
+        .send(
+            "GET",
+            "/rpm/yum/config.repo",
+            None,
+            &host,
+            axum::body::Body::empty(),
+        )
+        .await;
+    assert_eq!(public.status, StatusCode::OK, "{}", public.text());
+    assert!(!public.text().contains("password"), "{}", public.text());
+    let private = i
+        .send(
+            "GET",
+            "/rpm/secret/config.repo",
+            Some(ADMIN),
+            &host,
+            axum::body::Body::empty(),
+        )
+        .await;
+    assert_eq!(private.status, StatusCode::OK);
+    let text = private.text();
+    assert!(
+        text.contains("baseurl=") && text.contains("#password=API_KEY"),
+        "{text}"
+    );
+}
