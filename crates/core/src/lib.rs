@@ -41,9 +41,15 @@ use ferry_store::{
 use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey, Stamp};
 use tokio::sync::watch;
 
-/// What [`Ferry::lease_small_blobs`] gives: the digests the collector is
-/// deleting now, and an empty outcome slot per blob.
-type SmallLease = (HashSet<Digest>, Vec<Option<Result<(), CoreError>>>);
+/// What [`Ferry::lease_small_blobs`] gives: an outcome slot per blob
+/// (filled for those committed alone), and the others for one pass of the
+/// blob store (`batch`), with their slots and digests.
+struct SmallBatch<T> {
+    out: Vec<Option<Result<(), CoreError>>>,
+    slots: Vec<usize>,
+    digests: Vec<Digest>,
+    batch: Vec<T>,
+}
 
 pub use auth::{Action, Principal};
 pub use cache::{IndexCache, Rendered, content_etag};
@@ -654,21 +660,9 @@ impl Ferry {
         &self,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Result<Vec<Result<(), CoreError>>, CoreError> {
-        let sizes: Vec<(Digest, u64)> = blobs.iter().map(|(d, b)| (*d, b.len() as u64)).collect();
-        let (busy, mut out) = self.lease_small_blobs(&sizes).await?;
-        let mut batch = Vec::with_capacity(blobs.len());
-        let mut slots = Vec::with_capacity(blobs.len());
-        for (i, (d, b)) in blobs.into_iter().enumerate() {
-            if busy.contains(&d) {
-                out[i] = Some(self.commit_small_blob_alone(d, b).await?);
-            } else {
-                slots.push(i);
-                batch.push((d, b));
-            }
-        }
-        let digests: Vec<Digest> = batch.iter().map(|(d, _)| *d).collect();
-        let placed = self.0.blobs.put_many(batch).await?;
-        Ok(self.small_blob_outcomes(out, slots, digests, placed))
+        let s = self.lease_small_blobs(blobs, |(d, b)| (*d, b)).await?;
+        let placed = self.0.blobs.put_many(s.batch).await?;
+        Ok(self.small_blob_outcomes(s.out, s.slots, s.digests, placed))
     }
 
     /// [`Ferry::commit_small_blobs`] of bytes hashed here (not hashed
@@ -679,42 +673,52 @@ impl Ferry {
         &self,
         blobs: Vec<HashedBytes>,
     ) -> Result<Vec<Result<(), CoreError>>, CoreError> {
-        let sizes: Vec<(Digest, u64)> = blobs
-            .iter()
-            .map(|b| (b.digest(), b.bytes().len() as u64))
-            .collect();
-        let (busy, mut out) = self.lease_small_blobs(&sizes).await?;
-        let mut batch = Vec::with_capacity(blobs.len());
-        let mut slots = Vec::with_capacity(blobs.len());
-        for (i, b) in blobs.into_iter().enumerate() {
-            if busy.contains(&b.digest()) {
-                out[i] = Some(
-                    self.commit_small_blob_alone(b.digest(), b.bytes().clone())
-                        .await?,
-                );
-            } else {
-                slots.push(i);
-                batch.push(b);
-            }
-        }
-        let digests: Vec<Digest> = batch.iter().map(HashedBytes::digest).collect();
-        let placed = self.0.blobs.put_many_durable(batch).await?;
-        Ok(self.small_blob_outcomes(out, slots, digests, placed))
+        let s = self.lease_small_blobs(blobs, |b| (b.digest(), b.bytes())).await?;
+        let placed = self.0.blobs.put_many_durable(s.batch).await?;
+        Ok(self.small_blob_outcomes(s.out, s.slots, s.digests, placed))
     }
 
-    /// Leases blobs of these digests and sizes in one transaction; returns
-    /// those the collector is deleting right now (they go one by one, as
-    /// [`Ferry::commit_small_blob_alone`]) and an outcome slot per blob.
-    async fn lease_small_blobs(&self, sizes: &[(Digest, u64)]) -> Result<SmallLease, CoreError> {
+    /// Leases `blobs` (each one's digest and bytes given by `parts`) in one
+    /// transaction. Those the collector is deleting right now are
+    /// committed alone, one by one ([`Ferry::commit_small_blob_alone`]);
+    /// the rest are returned for one pass of the blob store.
+    async fn lease_small_blobs<T>(
+        &self,
+        blobs: Vec<T>,
+        parts: for<'a> fn(&'a T) -> (Digest, &'a Bytes),
+    ) -> Result<SmallBatch<T>, CoreError> {
+        let sizes: Vec<(Digest, u64)> = blobs
+            .iter()
+            .map(|b| {
+                let (d, bytes) = parts(b);
+                (d, bytes.len() as u64)
+            })
+            .collect();
         let lease_until = now_millis() + self.0.config.blob_lease.as_millis() as i64;
         let busy: HashSet<Digest> = self
             .0
             .meta
-            .lease_blobs(sizes, lease_until)
+            .lease_blobs(&sizes, lease_until)
             .await?
             .into_iter()
             .collect();
-        Ok((busy, (0..sizes.len()).map(|_| None).collect()))
+        let mut s = SmallBatch {
+            out: (0..blobs.len()).map(|_| None).collect(),
+            slots: Vec::with_capacity(blobs.len()),
+            digests: Vec::with_capacity(blobs.len()),
+            batch: Vec::with_capacity(blobs.len()),
+        };
+        for (i, b) in blobs.into_iter().enumerate() {
+            let (d, bytes) = parts(&b);
+            if busy.contains(&d) {
+                s.out[i] = Some(self.commit_small_blob_alone(d, bytes.clone()).await?);
+            } else {
+                s.slots.push(i);
+                s.digests.push(d);
+                s.batch.push(b);
+            }
+        }
+        Ok(s)
     }
 
     /// Rare: the collector is deleting this very blob; staging and

@@ -385,7 +385,9 @@ async fn rpm_corrupted_packages_are_refused_by_their_digests() {
 const BOUNDARY: &str = "ferry-rpm-bulk-boundary";
 
 /// `POST /rpm/yum/upload` with one file part per `(file name, bytes)`.
-async fn bulk(i: &Instance, parts: &[(&str, &[u8])]) -> common::Reply {
+/// A `multipart/form-data` body with one `rpm` file part per (file name,
+/// bytes), and its content type.
+fn multipart(parts: &[(&str, &[u8])]) -> (String, Vec<u8>) {
     let mut b = Vec::new();
     for (name, bytes) in parts {
         b.extend_from_slice(
@@ -399,7 +401,11 @@ async fn bulk(i: &Instance, parts: &[(&str, &[u8])]) -> common::Reply {
         b.extend_from_slice(b"\r\n");
     }
     b.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    let ct = format!("multipart/form-data; boundary={BOUNDARY}");
+    (format!("multipart/form-data; boundary={BOUNDARY}"), b)
+}
+
+async fn bulk(i: &Instance, parts: &[(&str, &[u8])]) -> common::Reply {
+    let (ct, b) = multipart(parts);
     i.send(
         "POST",
         "/rpm/yum/upload",
@@ -527,12 +533,7 @@ async fn rpm_uploads_of_one_package_at_once_agree() {
 async fn rpm_uploads_sent_the_wrong_way_say_the_right_one() {
     let i = setup().await;
     let pkg = package("wrongway", "1.0", &[], "w");
-    let ct = format!("multipart/form-data; boundary={BOUNDARY}");
-    let mut body =
-        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"rpm\"; filename=\"w.rpm\"\r\n\r\n")
-            .into_bytes();
-    body.extend_from_slice(&pkg);
-    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    let (ct, body) = multipart(&[("w.rpm", &pkg)]);
     let r = i
         .send(
             "PUT",
