@@ -773,6 +773,18 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
+/// How [`pour`]'s writer puts the bytes into the file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    /// Through the page cache, where they stay for the reads that often
+    /// follow an upload at once; write-back is started every
+    /// [`WRITEBACK_EVERY`] bytes.
+    Cached,
+    /// Past the page cache ([`crate::direct`]); the file was opened with
+    /// `O_DIRECT` (`true`), or asked for it and was refused (`false`).
+    Direct(bool),
+}
+
 /// What [`pour`] leaves: the file, the hash of what went through it (if it
 /// was hashing), and the bytes the file now holds.
 struct Poured {
@@ -782,8 +794,8 @@ struct Poured {
 }
 
 /// Streams `body` into `file` (which already holds `size` bytes and is
-/// positioned after them): hashing and writing happen on one blocking
-/// thread, so the async workers only move chunks. Past `limit` bytes in all
+/// positioned after them) the way `sink` says: hashing and writing happen
+/// on one blocking thread, so the async workers only move chunks. Past `limit` bytes in all
 /// it stops with [`StoreError::TooLarge`]. If `body` fails midway, the error
 /// is returned once everything before it is written. If the caller's future is dropped,
 /// the writer finishes what it was handed and stops; `hold` is dropped when
@@ -791,6 +803,7 @@ struct Poured {
 async fn pour(
     mut body: ByteStream,
     file: std::fs::File,
+    sink: Sink,
     hasher: Option<Sha256Hasher>,
     mut size: u64,
     limit: u64,
@@ -803,6 +816,16 @@ async fn pour(
     let writer = tokio::task::spawn_blocking(move || -> io::Result<(std::fs::File, Option<Sha256Hasher>)> {
         let _hold = hold;
         let mut hasher = hasher;
+        if let Sink::Direct(direct) = sink {
+            let mut out = crate::direct::DirectWriter::new(file, direct, start);
+            while let Some(batch) = rx.blocking_recv() {
+                for chunk in batch {
+                    out.write(&chunk, &mut hasher)?;
+                }
+            }
+            // Also after a broken body: the file keeps every byte that came.
+            return Ok((out.finish()?, hasher));
+        }
         // Slices of a chunk are hashed and written one after the other
         // while they are still in the CPU's cache; a slice of the buffer's
         // size goes to the file without being copied into it.
@@ -1530,7 +1553,15 @@ struct Placing {
     place: std::sync::Arc<Mutex<()>>,
     quarantine: std::sync::Arc<Mutex<Quarantine>>,
     verified: std::sync::Arc<Mutex<HashMap<Digest, (FileStamp, std::time::Instant)>>>,
+    /// Blobs of [`DIRECT_FROM`] bytes or more are written past the page
+    /// cache ([`crate::direct`]).
+    direct: bool,
 }
+
+/// The smallest blob [`place_blobs`] writes past the page cache when asked
+/// to: below it, the device's latency for each file written on its own
+/// costs more than the copy into the cache saves.
+const DIRECT_FROM: usize = 256 << 10;
 
 impl FsBlobStore {
     /// [`BlobStore::put_many`] in one blocking pass; with `durable`, the
@@ -1539,12 +1570,15 @@ impl FsBlobStore {
     /// little else is dirty, else on [`FLUSHERS`] threads while the next
     /// files are written).
     /// With `hashed`, each digest was computed from its bytes in this
-    /// process ([`HashedBytes`]) and is not checked again.
+    /// process ([`HashedBytes`]) and is not checked again. With `direct`,
+    /// blobs of [`DIRECT_FROM`] bytes or more are written past the page
+    /// cache.
     async fn put_many_flushed(
         &self,
         blobs: Vec<(Digest, Bytes)>,
         durable: bool,
         hashed: bool,
+        direct: bool,
     ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
         let ctx = Placing {
             root: self.root.clone(),
@@ -1552,6 +1586,7 @@ impl FsBlobStore {
             place: self.place.clone(),
             quarantine: self.quarantine.clone(),
             verified: self.verified.clone(),
+            direct,
         };
         tokio::task::spawn_blocking(move || {
             // (Reading /proc/meminfo is file I/O: here, off the async threads.)
@@ -1681,8 +1716,16 @@ fn place_blobs(
         let staging = ctx.staging.join(hex::encode(rand::random::<[u8; 16]>()));
         let written = (|| {
             use std::io::Write;
-            let mut f = std::fs::File::create(&staging)?;
-            f.write_all(&bytes)?;
+            let f = if ctx.direct && bytes.len() >= DIRECT_FROM {
+                let (f, direct) = crate::direct::open_for_writing(&staging, true)?;
+                let mut w = crate::direct::DirectWriter::new(f, direct, 0);
+                w.write(&bytes, &mut None)?;
+                w.finish()?
+            } else {
+                let mut f = std::fs::File::create(&staging)?;
+                f.write_all(&bytes)?;
+                f
+            };
             if flush_here {
                 f.sync_data()?;
             }
@@ -1911,7 +1954,7 @@ impl BlobStore for FsBlobStore {
             committed: false,
             flushing: None,
         };
-        let poured = pour(body, file, Some(Sha256Hasher::new()), 0, limit, ()).await?;
+        let poured = pour(body, file, Sink::Cached, Some(Sha256Hasher::new()), 0, limit, ()).await?;
         let file = poured.file;
         staged.flushing = Some(tokio::task::spawn_blocking(move || file.sync_all()));
         staged.size = poured.size;
@@ -2142,7 +2185,8 @@ impl BlobStore for FsBlobStore {
         &self,
         blobs: Vec<(Digest, Bytes)>,
     ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
-        self.put_many_flushed(blobs, false, false).await
+        // Bytes from another instance: past the page cache (`crate::direct`).
+        self.put_many_flushed(blobs, false, false, true).await
     }
 
     async fn put_many_durable(
@@ -2150,7 +2194,7 @@ impl BlobStore for FsBlobStore {
         blobs: Vec<HashedBytes>,
     ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
         let blobs = blobs.into_iter().map(|b| (b.digest, b.bytes)).collect();
-        self.put_many_flushed(blobs, true, true).await
+        self.put_many_flushed(blobs, true, true, false).await
     }
 
     async fn begin_transfer(&self, digest: &Digest) -> Result<Transfer, StoreError> {
@@ -2175,21 +2219,21 @@ impl BlobStore for FsBlobStore {
         // claim's offset: anything past it in the file is cut off.
         let start = transfer.offset();
         let p = partial.clone();
-        let file = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
+        // Bytes from another instance go past the page cache (see
+        // `crate::direct`): a spoke writes a copy once and serves little
+        // of it at once, and the flush before commit finds them written.
+        let (file, direct) = tokio::task::spawn_blocking(move || -> io::Result<(std::fs::File, bool)> {
             use std::io::Seek;
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(&p)?;
+            let (mut file, direct) = crate::direct::open_for_writing(&p, true)?;
             file.set_len(start)?;
             file.seek(io::SeekFrom::Start(start))?;
-            Ok(file)
+            Ok((file, direct))
         })
         .await
         .map_err(|e| StoreError::Backend(format!("blob transfer: {e}")))??;
         let fresh = start == 0;
-        let poured = match pour(body, file, fresh.then(Sha256Hasher::new), start, limit, ()).await {
+        let sink = Sink::Direct(direct);
+        let poured = match pour(body, file, sink, fresh.then(Sha256Hasher::new), start, limit, ()).await {
             Ok(p) => p,
             Err(e @ StoreError::TooLarge { .. }) => {
                 let _ = tokio::fs::remove_file(&partial).await;
@@ -2376,7 +2420,7 @@ impl BlobStore for FsBlobStore {
             use std::io::Seek;
             file.seek(io::SeekFrom::Start(start))?;
         }
-        let poured = pour(body, file, Some(hasher), start, limit, writer).await?;
+        let poured = pour(body, file, Sink::Cached, Some(hasher), start, limit, writer).await?;
         let size = poured.size;
         let Some(hasher) = poured.hasher else {
             return Err(StoreError::Backend("blob writer lost its hash".into()));
@@ -2458,11 +2502,13 @@ mod tests {
         out
     }
 
-    /// Every way a batch is flushed places the same blobs, intact, and
-    /// refuses only the one whose bytes do not match its digest.
+    /// Every way a batch is flushed, and written (through the page cache
+    /// or past it), places the same blobs, intact, and refuses only the one
+    /// whose bytes do not match its digest.
     #[tokio::test]
     async fn a_batch_is_placed_alike_whichever_way_it_is_flushed() {
-        for flush in [Flush::None, Flush::EachFile, Flush::Flushers, Flush::FileSystem] {
+        let ways = [Flush::None, Flush::EachFile, Flush::Flushers, Flush::FileSystem];
+        for (flush, direct) in ways.into_iter().flat_map(|f| [(f, false), (f, true)]) {
             let dir = tempfile::tempdir().unwrap();
             let store = FsBlobStore::open(dir.path()).await.unwrap();
             let ctx = Placing {
@@ -2471,13 +2517,22 @@ mod tests {
                 place: store.place.clone(),
                 quarantine: store.quarantine.clone(),
                 verified: store.verified.clone(),
+                direct,
             };
+            // Some past DIRECT_FROM (of lengths no block size divides), the
+            // rest small.
             let mut blobs: Vec<(Digest, Bytes)> = (0..40u32)
                 .map(|i| {
-                    let b = Bytes::from(format!("blob {i} of a batch").repeat(i as usize + 1));
+                    let times = if i % 9 == 4 {
+                        20_000 + i as usize
+                    } else {
+                        i as usize + 1
+                    };
+                    let b = Bytes::from(format!("blob {i} of a batch").repeat(times));
                     (Digest::of(&b), b)
                 })
                 .collect();
+            assert!(blobs.iter().filter(|(_, b)| b.len() >= DIRECT_FROM).count() >= 3);
             let liar = Digest::of(b"other bytes");
             blobs[7].0 = liar;
             let expected: Vec<(Digest, Bytes)> = blobs.clone();
@@ -2487,15 +2542,22 @@ mod tests {
                 .unwrap();
             for (i, ((d, b), r)) in expected.iter().zip(&out).enumerate() {
                 if i == 7 {
-                    assert!(matches!(r, Err(StoreError::DigestMismatch { .. })), "{flush:?}");
+                    assert!(
+                        matches!(r, Err(StoreError::DigestMismatch { .. })),
+                        "{flush:?} {direct}"
+                    );
                     assert_eq!(store.size(d).await.unwrap(), None);
                     continue;
                 }
-                assert!(matches!(r, Ok(BlobCheck::Missing)), "{flush:?} {i}: {r:?}");
-                assert_eq!(
-                    read_all(store.get(d, None).await.unwrap()).await,
-                    b.to_vec(),
-                    "{flush:?}"
+                assert!(
+                    matches!(r, Ok(BlobCheck::Missing)),
+                    "{flush:?} {direct} {i}: {r:?}"
+                );
+                let got = read_all(store.get(d, None).await.unwrap()).await;
+                assert!(
+                    got == b.to_vec(),
+                    "{flush:?} {direct} {i}: {} bytes read",
+                    got.len()
                 );
             }
             assert_eq!(std::fs::read_dir(&store.staging).unwrap().count(), 0, "{flush:?}");

@@ -14,6 +14,7 @@
 mod blob;
 pub mod blob_conformance;
 pub mod conformance;
+mod direct;
 mod error;
 mod meta;
 mod postgres;
