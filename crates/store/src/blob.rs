@@ -1688,7 +1688,39 @@ fn place_blobs(
     let mut out = Vec::with_capacity(blobs.len());
     let mut made_dirs = std::collections::HashSet::new();
     for (digest, bytes) in blobs {
-        if !hashed {
+        let staging = ctx.staging.join(hex::encode(rand::random::<[u8; 16]>()));
+        // A blob written past the page cache is hashed as it is copied into
+        // the writer's buffer (one pass over its bytes, not two): written
+        // first, checked before anything else looks at it.
+        let mut staged = None;
+        if ctx.direct && bytes.len() >= DIRECT_FROM {
+            let mut hasher = (!hashed).then(Sha256Hasher::new);
+            let written = (|| {
+                let (f, direct) = crate::direct::open_for_writing(&staging, true)?;
+                let mut w = crate::direct::DirectWriter::new(f, direct, 0);
+                w.write(&bytes, &mut hasher)?;
+                w.finish()
+            })();
+            let f = match written {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&staging);
+                    return Err(StoreError::Io(e));
+                }
+            };
+            if let Some(actual) = hasher.map(Sha256Hasher::finish)
+                && actual != digest
+            {
+                drop(f);
+                let _ = std::fs::remove_file(&staging);
+                out.push(Err(StoreError::DigestMismatch {
+                    expected: digest,
+                    actual,
+                }));
+                continue;
+            }
+            staged = Some(f);
+        } else if !hashed {
             let actual = Digest::of(&bytes);
             if actual != digest {
                 out.push(Err(StoreError::DigestMismatch {
@@ -1707,24 +1739,29 @@ fn place_blobs(
                 BlobCheck::Corrupt { actual: a, size }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => BlobCheck::Missing,
-            Err(e) => return Err(StoreError::Io(e)),
+            Err(e) => {
+                if staged.is_some() {
+                    let _ = std::fs::remove_file(&staging);
+                }
+                return Err(StoreError::Io(e));
+            }
         };
         if let BlobCheck::Intact { .. } = found {
+            if staged.is_some() {
+                let _ = std::fs::remove_file(&staging);
+            }
             out.push(Ok(found));
             continue;
         }
-        let staging = ctx.staging.join(hex::encode(rand::random::<[u8; 16]>()));
         let written = (|| {
             use std::io::Write;
-            let f = if ctx.direct && bytes.len() >= DIRECT_FROM {
-                let (f, direct) = crate::direct::open_for_writing(&staging, true)?;
-                let mut w = crate::direct::DirectWriter::new(f, direct, 0);
-                w.write(&bytes, &mut None)?;
-                w.finish()?
-            } else {
-                let mut f = std::fs::File::create(&staging)?;
-                f.write_all(&bytes)?;
-                f
+            let f = match staged {
+                Some(f) => f,
+                None => {
+                    let mut f = std::fs::File::create(&staging)?;
+                    f.write_all(&bytes)?;
+                    f
+                }
             };
             if flush_here {
                 f.sync_data()?;
@@ -2533,15 +2570,17 @@ mod tests {
                 })
                 .collect();
             assert!(blobs.iter().filter(|(_, b)| b.len() >= DIRECT_FROM).count() >= 3);
+            // Liars: one small, one written past the page cache.
             let liar = Digest::of(b"other bytes");
             blobs[7].0 = liar;
+            blobs[13].0 = Digest::of(b"yet other bytes");
             let expected: Vec<(Digest, Bytes)> = blobs.clone();
             let out = tokio::task::spawn_blocking(move || place_batch(&ctx, blobs, flush, false))
                 .await
                 .unwrap()
                 .unwrap();
             for (i, ((d, b), r)) in expected.iter().zip(&out).enumerate() {
-                if i == 7 {
+                if i == 7 || i == 13 {
                     assert!(
                         matches!(r, Err(StoreError::DigestMismatch { .. })),
                         "{flush:?} {direct}"
