@@ -57,7 +57,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCmd),
-    /// Collect blobs that no item references, now.
+    /// Collect blobs that no item references, now (a blob stays at least an
+    /// hour after it was stored, so that an upload or replication can name
+    /// it in an item first).
     Gc(Conn),
     /// Re-hash stored blobs and report missing or corrupt ones; exit
     /// non-zero while any is damaged.

@@ -74,6 +74,13 @@ impl Filter {
         }
     }
 
+    /// Whether every item passes (no include and no exclude globs). Only
+    /// then does a backlog counted by feed (bytes ahead) say what this
+    /// replication will move.
+    pub fn is_everything(&self) -> bool {
+        self.include.is_none() && self.exclude.is_none()
+    }
+
     pub fn admits(&self, ty: FeedType, key: &ItemKey) -> bool {
         let name = item_name(ty, key);
         self.include.as_ref().is_none_or(|g| g.is_match(name))

@@ -636,7 +636,17 @@ impl Run<'_> {
                 }
                 // A resumed transfer that does not verify was discarded:
                 // ask once more from the first byte.
-                Err(ReplError::Core(ferry_core::CoreError::Invalid(_))) if offset > 0 => g.retry.push(d),
+                Err(ReplError::Core(ferry_core::CoreError::Invalid(m))) if offset > 0 => {
+                    let note = format!(
+                        "blob {d}: the {offset} bytes kept from an interrupted transfer did not verify with the rest ({m}); fetching it again from its first byte"
+                    );
+                    tracing::warn!(target: "replication", replication = %self.rec.name, "{note}");
+                    // (A source's notes are its refusals; the warning above says it.)
+                    if !from_source {
+                        g.done.notes.push(note);
+                    }
+                    g.retry.push(d);
+                }
                 Err(ReplError::Core(ferry_core::CoreError::Invalid(m))) => {
                     g.done
                         .damaged

@@ -110,7 +110,11 @@ impl Run<'_> {
         self.progress
             .items_total
             .fetch_add((page.last_seq - since).max(0) as u64, Ordering::Relaxed);
-        if let Some(ahead) = page.bytes_ahead {
+        // The other side counts the whole feed's backlog: with a filter
+        // here, what will move is unknown (no byte estimate, items only).
+        if let Some(ahead) = page.bytes_ahead
+            && self.filter.is_everything()
+        {
             self.begin_feed_bytes(ahead);
         }
         let more_pages = page.next < page.last_seq;
@@ -787,9 +791,11 @@ impl Run<'_> {
         }
         self.record_stuck(Direction::Pull, local, remote, stuck, &settled)
             .await?;
+        // Every change of the page is gone through, applied or not (left
+        // out by the filter, equal here already, or stuck).
         self.progress
             .items
-            .fetch_add(todo.len() as u64, Ordering::Relaxed);
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
         tracing::debug!(target: "replication", replication = %self.rec.name, feed = %local.name,
             items = todo.len(), blobs, bytes, fetch_ms, flush_ms,
             apply_ms = t_apply.elapsed().as_millis(), "pulled a page");
@@ -824,7 +830,7 @@ impl Run<'_> {
                 stuck.push((
                     e.key.clone(),
                     format!(
-                        "it needs blob {} that the other instance does not have",
+                        "it needs blob {} that the other instance cannot serve (missing or damaged there: its /health and `ferry fsck` say which)",
                         d.map(|d| d.to_string()).unwrap_or_default()
                     ),
                 ));

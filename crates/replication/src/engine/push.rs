@@ -83,7 +83,9 @@ impl Run<'_> {
         self.progress
             .items_total
             .fetch_add(pending.max(0) as u64, Ordering::Relaxed);
-        if !self.dry && pending > 0 {
+        // Counted for the whole feed: with a filter, what will move is
+        // unknown (no byte estimate, items only).
+        if !self.dry && pending > 0 && self.filter.is_everything() {
             let ahead = self.r.store().live_bytes_after(local.id, since).await?;
             self.begin_feed_bytes(ahead);
         }
@@ -191,11 +193,15 @@ impl Run<'_> {
                 fr.plan_item(true, "push", &e.key, "none", Some(why));
             }
         }
+        // Every change of the page is gone through, sent or not (left out
+        // by the filter, or the same there already).
+        let passed = entries.len() as u64;
         let admitted: Vec<WireEntry> = entries
             .into_iter()
             .filter(|e| self.wanted_by_remote(local, e))
             .collect();
         if admitted.is_empty() {
+            self.progress.items.fetch_add(passed, Ordering::Relaxed);
             return Ok(());
         }
         let theirs = self
@@ -333,7 +339,6 @@ impl Run<'_> {
                 .record_stuck(Direction::Push, local, remote, stuck, &settled)
                 .await;
         }
-        let n = todo.len() as u64;
         // Sent in batches of at most APPLY_BYTES of JSON (the other side
         // reads an apply body whole, and caps it).
         let mut outcomes = Vec::with_capacity(todo.len());
@@ -381,7 +386,7 @@ impl Run<'_> {
             }
             settled.push(e.key.clone());
         }
-        self.progress.items.fetch_add(n, Ordering::Relaxed);
+        self.progress.items.fetch_add(passed, Ordering::Relaxed);
         self.record_stuck(Direction::Push, local, remote, stuck, &settled)
             .await
     }
