@@ -54,7 +54,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::Router;
@@ -202,35 +202,33 @@ pub async fn serve(
                 shared: shared.clone(),
                 conn: conn.clone(),
             };
-            // Whatever the connection is doing, it ends when forced to.
-            let _ = force
-                .run_until_cancelled(async move {
-                    match tls {
-                        None => serve_connection(tcp, peer, conn, shared, stop).await,
-                        Some(acceptor) => {
-                            let handshake =
-                                tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(tcp));
-                            let stream = tokio::select! {
-                                r = handshake => match r {
-                                    Ok(Ok(s)) => s,
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(error = %e, "TLS handshake failed");
-                                        return;
-                                    }
-                                    Err(_) => {
-                                        tracing::debug!("TLS handshake timed out");
-                                        return;
-                                    }
-                                },
-                                _ = conn.evicted() => return,
-                                // No request yet: nothing to finish.
-                                _ = stop.wait_for(|stopping| *stopping) => return,
-                            };
-                            serve_connection(stream, peer, conn, shared, stop).await
-                        }
-                    }
-                })
-                .await;
+            // Whatever the connection is doing, it ends when forced to
+            // (`serve_connection` watches `force` itself, among the events
+            // it looks at only when they fire).
+            match tls {
+                None => serve_connection(tcp, peer, conn, shared, stop, force).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(tcp));
+                    let stream = tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        },
+                        _ = conn.evicted() => return,
+                        // No request yet: nothing to finish.
+                        _ = stop.wait_for(|stopping| *stopping) => return,
+                        _ = force.cancelled() => return,
+                    };
+                    serve_connection(stream, peer, conn, shared, stop, force).await
+                }
+            }
         });
     }
     drop(listener);
@@ -292,13 +290,15 @@ impl Shared {
     }
 }
 
-/// Serves one connection until it ends, is evicted, or outstays a timeout.
+/// Serves one connection until it ends, is evicted, outstays a timeout, or
+/// is forced closed (`force`, past the shutdown grace period).
 async fn serve_connection<S>(
     io: S,
     peer: SocketAddr,
     conn: Arc<Conn>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    force: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -333,15 +333,23 @@ async fn serve_connection<S>(
     let watchdog = tokio::time::sleep(Duration::ZERO);
     let mut watchdog = std::pin::pin!(watchdog);
     let ended = loop {
-        tokio::select! {
-            r = &mut connection => break r,
-            _ = conn.wake.notified() => {
+        // The connection is polled on every wake-up of this task (each
+        // request wakes it a few times); the other events only when one of
+        // them fired (`Beside`): each of them is a lock to take on every
+        // poll, and `stop` and `force` are shared by every connection.
+        let event = next_event(&conn, watchdog.as_mut(), &mut stop, draining, &force);
+        let event = match Beside::new(&mut connection, std::pin::pin!(event)).await {
+            Either::Main(r) => break r,
+            Either::Side(event) => event,
+        };
+        match event {
+            Event::Woken => {
                 if conn.is_evicted() {
                     tracing::debug!("closed an idle connection to make room for a new one");
                     return;
                 }
             }
-            _ = watchdog.as_mut() => {
+            Event::Watchdog => {
                 let now = now_ms();
                 let deadline = conn.deadline(limits);
                 if deadline.is_some_and(|d| d <= now) {
@@ -351,12 +359,13 @@ async fn serve_connection<S>(
                 let next = deadline.map_or(now + period, |d| d.min(now + period));
                 watchdog.as_mut().reset(instant_of(next));
             }
-            _ = stop.changed(), if !draining => {
+            Event::Stop => {
                 // Idle connections close now; one with a request in flight
                 // closes after its response.
                 Pin::new(&mut connection).graceful_shutdown();
                 draining = true;
             }
+            Event::Forced => return,
         }
     };
     if let Err(e) = ended {
@@ -364,8 +373,122 @@ async fn serve_connection<S>(
         let status = conn.refused.load(Ordering::Acquire);
         if status != 0 {
             let io = connection.into_parts().io.into_inner();
-            unparsed_answer(io, status, &e, limits.header_read_timeout).await;
+            let answer = unparsed_answer(io, status, &e, limits.header_read_timeout);
+            let _ = force.run_until_cancelled(answer).await;
         }
+    }
+}
+
+/// What happened to a connection, besides its requests.
+enum Event {
+    /// Its [`Conn::wake`] was notified (it may be evicted).
+    Woken,
+    /// The watchdog's time came.
+    Watchdog,
+    /// The server is stopping.
+    Stop,
+    /// The shutdown grace period ran out.
+    Forced,
+}
+
+/// The next [`Event`] of a connection (`Stop` only while not `draining`).
+async fn next_event(
+    conn: &Conn,
+    watchdog: Pin<&mut Sleep>,
+    stop: &mut watch::Receiver<bool>,
+    draining: bool,
+    force: &CancellationToken,
+) -> Event {
+    tokio::select! {
+        _ = conn.wake.notified() => Event::Woken,
+        _ = watchdog => Event::Watchdog,
+        _ = stop.changed(), if !draining => Event::Stop,
+        _ = force.cancelled() => Event::Forced,
+    }
+}
+
+/// Which of [`Beside`]'s futures completed first.
+enum Either<M, S> {
+    Main(M),
+    Side(S),
+}
+
+/// Two futures raced, the second (`side`) polled only when it has been
+/// woken (or this future's waker changed): `main` is polled on every
+/// wake-up as usual, `side` sits beside it at no cost until its own events
+/// fire. `main` wins a tie.
+struct Beside<'a, M, S: Future> {
+    main: &'a mut M,
+    side: Pin<&'a mut S>,
+    /// The waker `side` was last polled with; `None` before the first poll.
+    side_waker: Option<(Arc<SideWake>, Waker)>,
+}
+
+impl<'a, M, S: Future> Beside<'a, M, S> {
+    fn new(main: &'a mut M, side: Pin<&'a mut S>) -> Self {
+        Beside {
+            main,
+            side,
+            side_waker: None,
+        }
+    }
+}
+
+/// The waker [`Beside`] polls its side future with: notes that the side
+/// was woken, and wakes the task.
+struct SideWake {
+    woken: AtomicBool,
+    task: Waker,
+}
+
+impl std::task::Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+impl<M, S> Future for Beside<'_, M, S>
+where
+    M: Future + Unpin,
+    S: Future,
+{
+    type Output = Either<M::Output, S::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(out) = Pin::new(&mut *this.main).poll(cx) {
+            return Poll::Ready(Either::Main(out));
+        }
+        let poll_side = match &this.side_waker {
+            // Woken since its last poll (cleared before polling, so that
+            // a wake-up during the poll is not lost).
+            Some((wake, _)) if wake.task.will_wake(cx.waker()) => {
+                wake.woken.load(Ordering::Acquire) && wake.woken.swap(false, Ordering::AcqRel)
+            }
+            // First poll, or the task's waker changed: the side must
+            // register the new one.
+            _ => {
+                let wake = Arc::new(SideWake {
+                    woken: AtomicBool::new(false),
+                    task: cx.waker().clone(),
+                });
+                let waker = Waker::from(wake.clone());
+                this.side_waker = Some((wake, waker));
+                true
+            }
+        };
+        if poll_side && let Some((_, waker)) = &this.side_waker {
+            let mut side_cx = Context::from_waker(waker);
+            if let Poll::Ready(out) = this.side.as_mut().poll(&mut side_cx) {
+                return Poll::Ready(Either::Side(out));
+            }
+        }
+        Poll::Pending
     }
 }
 
