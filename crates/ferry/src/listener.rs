@@ -21,17 +21,20 @@
 //! * **request heads**: at most [`MAX_HEADERS`] header fields and
 //!   [`MAX_HEAD_BYTES`] of request line and headers; past either, 431 with
 //!   a plain-text reason and the security headers every answer carries.
-//!   hyper's own limits are set above ours (four times the fields, twice
-//!   the bytes); a head past those, and a request hyper cannot parse at all
-//!   (a malformed request line, method, URI or header line, an unparseable
-//!   `Content-Length` or `Transfer-Encoding`), never reaches the router:
-//!   hyper answers it itself and closes. That answer is bare (a status, no
+//!   hyper's field limit is ours (its default, which keeps the parse on the
+//!   stack) and its buffer twice our bytes; a head past those, and a
+//!   request hyper cannot parse at all (a malformed request line, method,
+//!   URI or header line, an unparseable `Content-Length` or
+//!   `Transfer-Encoding`), never reaches the router: hyper answers it
+//!   itself and closes. That answer is bare (a status, no
 //!   reason, none of our headers), so it is replaced ([`Tracked`]): bytes
 //!   hyper writes while every earlier response has been flushed and no
 //!   request has reached the service since can only be its own refusal;
 //!   they are held back, and once the connection ends with hyper's parse
 //!   error the same status is sent with a plain-text reason naming what was
-//!   wrong and the security headers ([`unparsed_answer`]).
+//!   wrong and the security headers ([`unparsed_answer`]; a head refused as
+//!   too large is read to its end first, when within hyper's buffer, so
+//!   the reason names its number of fields or its size).
 //!
 //! Long polls (`GET /api/replication/v1/feeds/F/changes?wait=N`) are exempt
 //! by design: once a request's headers are in, nothing above times out the
@@ -312,9 +315,10 @@ async fn serve_connection<S>(
         max_connections: limits.max_connections,
     };
     let mut http = hyper::server::conn::http1::Builder::new();
-    // Above our own limits (see `head_too_large`), so that a head past
-    // ours reaches us and is answered with a reason.
-    http.max_headers(HYPER_MAX_HEADERS).max_buf_size(HYPER_MAX_BUF);
+    // A head past our byte limit but within hyper's buffer reaches us
+    // (see `head_too_large`); one past hyper's limits is answered by
+    // `unparsed_answer`. Both answer with a reason.
+    http.max_buf_size(HYPER_MAX_BUF);
     // hyper's own header timer runs from the end of the previous response,
     // so it would also cut idle kept-alive connections at the header
     // timeout; `Conn::deadline` times headers and idleness separately.
@@ -372,8 +376,9 @@ async fn serve_connection<S>(
         tracing::debug!(error = %e, "connection ended with an error");
         let status = conn.refused.load(Ordering::Acquire);
         if status != 0 {
-            let io = connection.into_parts().io.into_inner();
-            let answer = unparsed_answer(io, status, &e, limits.header_read_timeout);
+            let parts = connection.into_parts();
+            let io = parts.io.into_inner();
+            let answer = unparsed_answer(io, parts.read_buf, status, &e, limits.header_read_timeout);
             let _ = force.run_until_cancelled(answer).await;
         }
     }
@@ -496,8 +501,11 @@ where
 /// answer (held back by [`Tracked`]): the status hyper chose, a plain-text
 /// reason and the security headers; then closes, reading for a moment what
 /// the client still sends so that the close does not reset the connection
-/// before the client has read the answer. All within `within`.
-async fn unparsed_answer<S>(mut stream: Tracked<S>, status: u16, e: &hyper::Error, within: Duration)
+/// before the client has read the answer. All within `within` (a head
+/// refused as too large is first read to its end, for as long again, so
+/// that the reason can name its size: `unread` is what hyper had read of
+/// it).
+async fn unparsed_answer<S>(mut stream: Tracked<S>, unread: Bytes, status: u16, e: &hyper::Error, within: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -505,12 +513,36 @@ where
     stream.release();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let text = match status {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
-            "request header fields too large: the request head is past {} KiB or {HYPER_MAX_HEADERS} header fields; \
-             at most {} KiB and {MAX_HEADERS} header fields are accepted\n",
-            HYPER_MAX_BUF / 1024,
-            MAX_HEAD_BYTES / 1024,
-        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            let mut head = unread.to_vec();
+            let counted = tokio::time::timeout(within, async {
+                let mut buf = [0u8; 8192];
+                loop {
+                    if let Some(size) = head_size(&head) {
+                        return Some(size);
+                    }
+                    if head.len() > HYPER_MAX_BUF {
+                        return None;
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return None,
+                    }
+                }
+            })
+            .await;
+            match counted {
+                Ok(Some((fields, bytes))) if fields > MAX_HEADERS || bytes > MAX_HEAD_BYTES => {
+                    too_large_reason(fields, bytes)
+                }
+                _ => format!(
+                    "request header fields too large: the request head is past {} KiB or {MAX_HEADERS} header fields; \
+                     at most {} KiB and {MAX_HEADERS} header fields are accepted\n",
+                    HYPER_MAX_BUF / 1024,
+                    MAX_HEAD_BYTES / 1024,
+                ),
+            }
+        }
         StatusCode::URI_TOO_LONG => {
             "URI too long: the request target is past 64 KiB, the most accepted\n".to_owned()
         }
@@ -778,11 +810,13 @@ pub const MAX_HEADERS: usize = 100;
 /// The most bytes a request's line and headers may take: past it, 431 with
 /// a reason.
 pub const MAX_HEAD_BYTES: usize = 256 * 1024;
-/// hyper's own limits, above ours: only a head past these gets hyper's bare
-/// 431 (no reason, no security headers). hyper keeps a request's header
-/// indices on the heap once `max_headers` is set; its read buffer grows
-/// only as far as a client sends.
-const HYPER_MAX_HEADERS: usize = 4 * MAX_HEADERS;
+/// hyper's own read buffer limit, above ours: a head past it is refused by
+/// hyper. hyper's field limit is its default, ours ([`MAX_HEADERS`]): with
+/// that one it parses a head's fields into arrays on the stack, where any
+/// other limit costs two heap arrays per request. A head past either is
+/// answered by hyper, and that answer is replaced by one naming the size
+/// ([`unparsed_answer`], [`head_size`]). The read buffer grows only as far
+/// as a client sends.
 const HYPER_MAX_BUF: usize = 2 * MAX_HEAD_BYTES;
 
 /// Why `req`'s head is past [`MAX_HEADERS`] or [`MAX_HEAD_BYTES`], if it is.
@@ -790,23 +824,63 @@ const HYPER_MAX_BUF: usize = 2 * MAX_HEAD_BYTES;
 /// line with its line end.
 fn head_too_large<B>(req: &Request<B>) -> Option<String> {
     let fields = req.headers().len();
-    if fields > MAX_HEADERS {
-        return Some(format!(
-            "request header fields too large: {fields} header fields, at most {MAX_HEADERS} are accepted\n"
-        ));
-    }
-    let line = req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n".len() + 1;
+    let target = {
+        // The target's length as written, without writing it anywhere.
+        struct Count(usize);
+        impl std::fmt::Write for Count {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0 += s.len();
+                Ok(())
+            }
+        }
+        let mut n = Count(0);
+        let _ = std::fmt::Write::write_fmt(&mut n, format_args!("{}", req.uri()));
+        n.0
+    };
+    let line = req.method().as_str().len() + target + " HTTP/1.1\r\n".len() + 1;
     let bytes = req
         .headers()
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4);
-    (bytes > MAX_HEAD_BYTES).then(|| {
+    (fields > MAX_HEADERS || bytes > MAX_HEAD_BYTES).then(|| too_large_reason(fields, bytes))
+}
+
+/// The reason a head of `fields` header fields and `bytes` bytes is
+/// refused: the first limit it is past.
+fn too_large_reason(fields: usize, bytes: usize) -> String {
+    if fields > MAX_HEADERS {
+        format!("request header fields too large: {fields} header fields, at most {MAX_HEADERS} are accepted\n")
+    } else {
         format!(
             "request header fields too large: {} KiB of request line and headers, at most {} KiB are accepted\n",
             bytes.div_ceil(1024),
             MAX_HEAD_BYTES / 1024
         )
-    })
+    }
+}
+
+/// The header fields and bytes of the request head at the start of `buf`
+/// (request line, field lines, the empty line that ends it; lines end in
+/// CRLF or LF, as hyper reads them), or `None` while its end is not in
+/// `buf`.
+fn head_size(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut lines = 0usize;
+    let mut start = 0usize;
+    for (i, b) in buf.iter().enumerate() {
+        if *b != b'\n' {
+            continue;
+        }
+        let line = &buf[start..i];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() && lines > 0 {
+            return Some((lines - 1, i + 1));
+        }
+        if !line.is_empty() {
+            lines += 1;
+        }
+        start = i + 1;
+    }
+    None
 }
 
 /// The router, as one connection's hyper service.
@@ -1220,6 +1294,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_head_is_measured_once_its_end_is_in() {
+        assert_eq!(head_size(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\nGET"), Some((2, 33)));
+        assert_eq!(head_size(b"\r\nGET / HTTP/1.1\nHost: a\n\n"), Some((1, 26)));
+        assert_eq!(head_size(b"GET / HTTP/1.1\r\n\r\n"), Some((0, 18)));
+        assert_eq!(head_size(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n"), None);
+        assert_eq!(head_size(b""), None);
+        let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
+        let head = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+        assert_eq!(head_size(head.as_bytes()), Some((151, head.len())));
+        assert!(too_large_reason(151, 4000).contains("151 header fields, at most 100 are accepted"));
+        assert!(too_large_reason(3, 300 * 1024).contains("300 KiB of request line and headers"));
+    }
 
     #[test]
     fn derived_cap_leaves_descriptors_for_files() {
