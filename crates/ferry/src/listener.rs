@@ -894,7 +894,50 @@ struct ConnService {
     max_connections: usize,
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+type BoxedResponse = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// A request's answer, as [`ConnService`] makes it: a future of its own
+/// type, so that the common case (a request without a body, routed) is
+/// not one more allocation per request.
+enum ResponseFuture {
+    /// Answered here, without the router; the request ends when polled.
+    Answered(Option<(Response<Body>, Busy)>),
+    /// A request without a body, routed.
+    Routed(tower::util::Oneshot<Router, Request<Body>>, Option<Busy>),
+    /// A request with a body, routed under the body's watch.
+    Watched(BoxedResponse),
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            ResponseFuture::Answered(answer) => match answer.take() {
+                Some((resp, busy)) => {
+                    drop(busy);
+                    Poll::Ready(Ok(resp))
+                }
+                // (Never: a future is not polled again once it completed.)
+                None => Poll::Ready(Ok(plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "answer polled after completion\n".to_owned(),
+                ))),
+            },
+            ResponseFuture::Routed(routed, busy) => {
+                let resp = match std::task::ready!(Pin::new(routed).poll(cx)) {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                };
+                Poll::Ready(Ok(match busy.take() {
+                    Some(busy) => guarded(resp, busy),
+                    None => resp,
+                }))
+            }
+            ResponseFuture::Watched(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<Body>;
@@ -905,30 +948,17 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let busy = Busy::begin(&self.conn);
         if let Some(why) = head_too_large(&req) {
             let resp = plain(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why);
-            return Box::pin(async move {
-                drop(busy);
-                Ok(resp)
-            });
+            return ResponseFuture::Answered(Some((resp, busy)));
         }
         if self.conn.overflow && !OPS_PATHS.contains(&req.uri().path()) {
             let resp = too_many_connections(self.max_connections);
-            return Box::pin(async move {
-                drop(busy);
-                Ok(resp)
-            });
+            return ResponseFuture::Answered(Some((resp, busy)));
         }
         if req.body().is_end_stream() {
             // No body (most reads): nothing can stall, nothing to watch.
             let mut req = req.map(|_| Body::empty());
             req.extensions_mut().insert(ConnectInfo(self.peer));
-            let router = self.router.clone();
-            return Box::pin(async move {
-                let resp = match router.oneshot(req).await {
-                    Ok(resp) => resp,
-                    Err(never) => match never {},
-                };
-                Ok(guarded(resp, busy))
-            });
+            return ResponseFuture::Routed(self.router.clone().oneshot(req), Some(busy));
         }
         let stall = Arc::new(Stall::default());
         let timeout = self.body_timeout;
@@ -947,7 +977,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let mut req = req.map(|b| Body::new(ProgressBody::new(b, timeout, stall.clone())));
         req.extensions_mut().insert(ConnectInfo(self.peer));
         let router = self.router.clone();
-        Box::pin(async move {
+        ResponseFuture::Watched(Box::pin(async move {
             let resp = tokio::select! {
                 biased;
                 r = router.oneshot(req) => match r {
@@ -961,7 +991,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 return timed_out();
             }
             Ok(guarded(resp, busy))
-        })
+        }))
     }
 }
 

@@ -395,10 +395,10 @@ async fn read_inner(
                 (
                     p.abbreviated,
                     format::ABBREVIATED_MEDIA_TYPE,
-                    format!("W/\"{}-abbreviated\"", p.rev),
+                    ["W/\"", &p.rev, "-abbreviated\""].concat(),
                 )
             } else {
-                (p.full, "application/json", format!("\"{}\"", p.rev))
+                (p.full, "application/json", ["\"", &p.rev, "\""].concat())
             };
             Ok(index_response(method, headers, feed, body, content_type, etag))
         }
