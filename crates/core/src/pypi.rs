@@ -376,7 +376,15 @@ pub async fn project_page(
 ) -> Result<Bytes, CoreError> {
     let normalized = normalized_project(project)?;
     // (One allocation of the exact length; `format!` guesses and grows.)
-    let cache_key = ["pypi:project:", &normalized, ":", format_tag(format), ":", files_base].concat();
+    let cache_key = [
+        "pypi:project:",
+        &normalized,
+        ":",
+        format_tag(format),
+        ":",
+        files_base,
+    ]
+    .concat();
     let body = ferry
         .cached_index(feed, &cache_key, || async {
             let files: Vec<FileMeta> = project_files(ferry, feed, &normalized)

@@ -211,7 +211,8 @@ pub async fn serve(
             match tls {
                 None => serve_connection(tcp, peer, conn, shared, stop, force).await,
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(tcp));
+                    let handshake =
+                        tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(tcp));
                     let stream = tokio::select! {
                         r = handshake => match r {
                             Ok(Ok(s)) => s,
@@ -505,8 +506,13 @@ where
 /// refused as too large is first read to its end, for as long again, so
 /// that the reason can name its size: `unread` is what hyper had read of
 /// it).
-async fn unparsed_answer<S>(mut stream: Tracked<S>, unread: Bytes, status: u16, e: &hyper::Error, within: Duration)
-where
+async fn unparsed_answer<S>(
+    mut stream: Tracked<S>,
+    unread: Bytes,
+    status: u16,
+    e: &hyper::Error,
+    within: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -849,7 +855,9 @@ fn head_too_large<B>(req: &Request<B>) -> Option<String> {
 /// refused: the first limit it is past.
 fn too_large_reason(fields: usize, bytes: usize) -> String {
     if fields > MAX_HEADERS {
-        format!("request header fields too large: {fields} header fields, at most {MAX_HEADERS} are accepted\n")
+        format!(
+            "request header fields too large: {fields} header fields, at most {MAX_HEADERS} are accepted\n"
+        )
     } else {
         format!(
             "request header fields too large: {} KiB of request line and headers, at most {} KiB are accepted\n",
@@ -1327,7 +1335,10 @@ mod tests {
 
     #[test]
     fn a_refused_head_is_measured_once_its_end_is_in() {
-        assert_eq!(head_size(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\nGET"), Some((2, 33)));
+        assert_eq!(
+            head_size(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\nGET"),
+            Some((2, 33))
+        );
         assert_eq!(head_size(b"\r\nGET / HTTP/1.1\nHost: a\n\n"), Some((1, 26)));
         assert_eq!(head_size(b"GET / HTTP/1.1\r\n\r\n"), Some((0, 18)));
         assert_eq!(head_size(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n"), None);
