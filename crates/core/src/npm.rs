@@ -159,7 +159,8 @@ pub async fn packument(
     // tarball URLs (the host the client reached). Both forms (full and
     // abbreviated) and the dist-tags are rendered together and kept in one
     // entry.
-    let key = format!("npm\u{1f}packument\u{1f}{name}\u{1f}{tarball_base}");
+    // (One allocation of the exact length; `format!` guesses and grows.)
+    let key = ["npm\u{1f}packument\u{1f}", name, "\u{1f}", tarball_base].concat();
     let cached = ferry
         .cached_index(feed, &key, || async {
             let pkg = load(ferry, feed, name).await?;

@@ -375,7 +375,16 @@ pub async fn project_page(
     files_base: &str,
 ) -> Result<Bytes, CoreError> {
     let normalized = normalized_project(project)?;
-    let cache_key = format!("pypi:project:{normalized}:{}:{files_base}", format_tag(format));
+    // (One allocation of the exact length; `format!` guesses and grows.)
+    let cache_key = [
+        "pypi:project:",
+        &normalized,
+        ":",
+        format_tag(format),
+        ":",
+        files_base,
+    ]
+    .concat();
     let body = ferry
         .cached_index(feed, &cache_key, || async {
             let files: Vec<FileMeta> = project_files(ferry, feed, &normalized)

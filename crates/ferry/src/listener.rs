@@ -21,17 +21,20 @@
 //! * **request heads**: at most [`MAX_HEADERS`] header fields and
 //!   [`MAX_HEAD_BYTES`] of request line and headers; past either, 431 with
 //!   a plain-text reason and the security headers every answer carries.
-//!   hyper's own limits are set above ours (four times the fields, twice
-//!   the bytes); a head past those, and a request hyper cannot parse at all
-//!   (a malformed request line, method, URI or header line, an unparseable
-//!   `Content-Length` or `Transfer-Encoding`), never reaches the router:
-//!   hyper answers it itself and closes. That answer is bare (a status, no
+//!   hyper's field limit is ours (its default, which keeps the parse on the
+//!   stack) and its buffer twice our bytes; a head past those, and a
+//!   request hyper cannot parse at all (a malformed request line, method,
+//!   URI or header line, an unparseable `Content-Length` or
+//!   `Transfer-Encoding`), never reaches the router: hyper answers it
+//!   itself and closes. That answer is bare (a status, no
 //!   reason, none of our headers), so it is replaced ([`Tracked`]): bytes
 //!   hyper writes while every earlier response has been flushed and no
 //!   request has reached the service since can only be its own refusal;
 //!   they are held back, and once the connection ends with hyper's parse
 //!   error the same status is sent with a plain-text reason naming what was
-//!   wrong and the security headers ([`unparsed_answer`]).
+//!   wrong and the security headers ([`unparsed_answer`]; a head refused as
+//!   too large is read to its end first, when within hyper's buffer, so
+//!   the reason names its number of fields or its size).
 //!
 //! Long polls (`GET /api/replication/v1/feeds/F/changes?wait=N`) are exempt
 //! by design: once a request's headers are in, nothing above times out the
@@ -54,7 +57,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::Router;
@@ -202,35 +205,34 @@ pub async fn serve(
                 shared: shared.clone(),
                 conn: conn.clone(),
             };
-            // Whatever the connection is doing, it ends when forced to.
-            let _ = force
-                .run_until_cancelled(async move {
-                    match tls {
-                        None => serve_connection(tcp, peer, conn, shared, stop).await,
-                        Some(acceptor) => {
-                            let handshake =
-                                tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(tcp));
-                            let stream = tokio::select! {
-                                r = handshake => match r {
-                                    Ok(Ok(s)) => s,
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(error = %e, "TLS handshake failed");
-                                        return;
-                                    }
-                                    Err(_) => {
-                                        tracing::debug!("TLS handshake timed out");
-                                        return;
-                                    }
-                                },
-                                _ = conn.evicted() => return,
-                                // No request yet: nothing to finish.
-                                _ = stop.wait_for(|stopping| *stopping) => return,
-                            };
-                            serve_connection(stream, peer, conn, shared, stop).await
-                        }
-                    }
-                })
-                .await;
+            // Whatever the connection is doing, it ends when forced to
+            // (`serve_connection` watches `force` itself, among the events
+            // it looks at only when they fire).
+            match tls {
+                None => serve_connection(tcp, peer, conn, shared, stop, force).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(tcp));
+                    let stream = tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        },
+                        _ = conn.evicted() => return,
+                        // No request yet: nothing to finish.
+                        _ = stop.wait_for(|stopping| *stopping) => return,
+                        _ = force.cancelled() => return,
+                    };
+                    serve_connection(stream, peer, conn, shared, stop, force).await
+                }
+            }
         });
     }
     drop(listener);
@@ -292,13 +294,15 @@ impl Shared {
     }
 }
 
-/// Serves one connection until it ends, is evicted, or outstays a timeout.
+/// Serves one connection until it ends, is evicted, outstays a timeout, or
+/// is forced closed (`force`, past the shutdown grace period).
 async fn serve_connection<S>(
     io: S,
     peer: SocketAddr,
     conn: Arc<Conn>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    force: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -312,9 +316,10 @@ async fn serve_connection<S>(
         max_connections: limits.max_connections,
     };
     let mut http = hyper::server::conn::http1::Builder::new();
-    // Above our own limits (see `head_too_large`), so that a head past
-    // ours reaches us and is answered with a reason.
-    http.max_headers(HYPER_MAX_HEADERS).max_buf_size(HYPER_MAX_BUF);
+    // A head past our byte limit but within hyper's buffer reaches us
+    // (see `head_too_large`); one past hyper's limits is answered by
+    // `unparsed_answer`. Both answer with a reason.
+    http.max_buf_size(HYPER_MAX_BUF);
     // hyper's own header timer runs from the end of the previous response,
     // so it would also cut idle kept-alive connections at the header
     // timeout; `Conn::deadline` times headers and idleness separately.
@@ -333,15 +338,23 @@ async fn serve_connection<S>(
     let watchdog = tokio::time::sleep(Duration::ZERO);
     let mut watchdog = std::pin::pin!(watchdog);
     let ended = loop {
-        tokio::select! {
-            r = &mut connection => break r,
-            _ = conn.wake.notified() => {
+        // The connection is polled on every wake-up of this task (each
+        // request wakes it a few times); the other events only when one of
+        // them fired (`Beside`): each of them is a lock to take on every
+        // poll, and `stop` and `force` are shared by every connection.
+        let event = next_event(&conn, watchdog.as_mut(), &mut stop, draining, &force);
+        let event = match Beside::new(&mut connection, std::pin::pin!(event)).await {
+            Either::Main(r) => break r,
+            Either::Side(event) => event,
+        };
+        match event {
+            Event::Woken => {
                 if conn.is_evicted() {
                     tracing::debug!("closed an idle connection to make room for a new one");
                     return;
                 }
             }
-            _ = watchdog.as_mut() => {
+            Event::Watchdog => {
                 let now = now_ms();
                 let deadline = conn.deadline(limits);
                 if deadline.is_some_and(|d| d <= now) {
@@ -351,21 +364,137 @@ async fn serve_connection<S>(
                 let next = deadline.map_or(now + period, |d| d.min(now + period));
                 watchdog.as_mut().reset(instant_of(next));
             }
-            _ = stop.changed(), if !draining => {
+            Event::Stop => {
                 // Idle connections close now; one with a request in flight
                 // closes after its response.
                 Pin::new(&mut connection).graceful_shutdown();
                 draining = true;
             }
+            Event::Forced => return,
         }
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
         let status = conn.refused.load(Ordering::Acquire);
         if status != 0 {
-            let io = connection.into_parts().io.into_inner();
-            unparsed_answer(io, status, &e, limits.header_read_timeout).await;
+            let parts = connection.into_parts();
+            let io = parts.io.into_inner();
+            let answer = unparsed_answer(io, parts.read_buf, status, &e, limits.header_read_timeout);
+            let _ = force.run_until_cancelled(answer).await;
         }
+    }
+}
+
+/// What happened to a connection, besides its requests.
+enum Event {
+    /// Its [`Conn::wake`] was notified (it may be evicted).
+    Woken,
+    /// The watchdog's time came.
+    Watchdog,
+    /// The server is stopping.
+    Stop,
+    /// The shutdown grace period ran out.
+    Forced,
+}
+
+/// The next [`Event`] of a connection (`Stop` only while not `draining`).
+async fn next_event(
+    conn: &Conn,
+    watchdog: Pin<&mut Sleep>,
+    stop: &mut watch::Receiver<bool>,
+    draining: bool,
+    force: &CancellationToken,
+) -> Event {
+    tokio::select! {
+        _ = conn.wake.notified() => Event::Woken,
+        _ = watchdog => Event::Watchdog,
+        _ = stop.changed(), if !draining => Event::Stop,
+        _ = force.cancelled() => Event::Forced,
+    }
+}
+
+/// Which of [`Beside`]'s futures completed first.
+enum Either<M, S> {
+    Main(M),
+    Side(S),
+}
+
+/// Two futures raced, the second (`side`) polled only when it has been
+/// woken (or this future's waker changed): `main` is polled on every
+/// wake-up as usual, `side` sits beside it at no cost until its own events
+/// fire. `main` wins a tie.
+struct Beside<'a, M, S: Future> {
+    main: &'a mut M,
+    side: Pin<&'a mut S>,
+    /// The waker `side` was last polled with; `None` before the first poll.
+    side_waker: Option<(Arc<SideWake>, Waker)>,
+}
+
+impl<'a, M, S: Future> Beside<'a, M, S> {
+    fn new(main: &'a mut M, side: Pin<&'a mut S>) -> Self {
+        Beside {
+            main,
+            side,
+            side_waker: None,
+        }
+    }
+}
+
+/// The waker [`Beside`] polls its side future with: notes that the side
+/// was woken, and wakes the task.
+struct SideWake {
+    woken: AtomicBool,
+    task: Waker,
+}
+
+impl std::task::Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+impl<M, S> Future for Beside<'_, M, S>
+where
+    M: Future + Unpin,
+    S: Future,
+{
+    type Output = Either<M::Output, S::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(out) = Pin::new(&mut *this.main).poll(cx) {
+            return Poll::Ready(Either::Main(out));
+        }
+        let poll_side = match &this.side_waker {
+            // Woken since its last poll (cleared before polling, so that
+            // a wake-up during the poll is not lost).
+            Some((wake, _)) if wake.task.will_wake(cx.waker()) => {
+                wake.woken.load(Ordering::Acquire) && wake.woken.swap(false, Ordering::AcqRel)
+            }
+            // First poll, or the task's waker changed: the side must
+            // register the new one.
+            _ => {
+                let wake = Arc::new(SideWake {
+                    woken: AtomicBool::new(false),
+                    task: cx.waker().clone(),
+                });
+                let waker = Waker::from(wake.clone());
+                this.side_waker = Some((wake, waker));
+                true
+            }
+        };
+        if poll_side && let Some((_, waker)) = &this.side_waker {
+            let mut side_cx = Context::from_waker(waker);
+            if let Poll::Ready(out) = this.side.as_mut().poll(&mut side_cx) {
+                return Poll::Ready(Either::Side(out));
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -373,21 +502,53 @@ async fn serve_connection<S>(
 /// answer (held back by [`Tracked`]): the status hyper chose, a plain-text
 /// reason and the security headers; then closes, reading for a moment what
 /// the client still sends so that the close does not reset the connection
-/// before the client has read the answer. All within `within`.
-async fn unparsed_answer<S>(mut stream: Tracked<S>, status: u16, e: &hyper::Error, within: Duration)
-where
+/// before the client has read the answer. All within `within` (a head
+/// refused as too large is first read to its end, for as long again, so
+/// that the reason can name its size: `unread` is what hyper had read of
+/// it).
+async fn unparsed_answer<S>(
+    mut stream: Tracked<S>,
+    unread: Bytes,
+    status: u16,
+    e: &hyper::Error,
+    within: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.release();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let text = match status {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
-            "request header fields too large: the request head is past {} KiB or {HYPER_MAX_HEADERS} header fields; \
-             at most {} KiB and {MAX_HEADERS} header fields are accepted\n",
-            HYPER_MAX_BUF / 1024,
-            MAX_HEAD_BYTES / 1024,
-        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            let mut head = unread.to_vec();
+            let counted = tokio::time::timeout(within, async {
+                let mut buf = [0u8; 8192];
+                loop {
+                    if let Some(size) = head_size(&head) {
+                        return Some(size);
+                    }
+                    if head.len() > HYPER_MAX_BUF {
+                        return None;
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return None,
+                    }
+                }
+            })
+            .await;
+            match counted {
+                Ok(Some((fields, bytes))) if fields > MAX_HEADERS || bytes > MAX_HEAD_BYTES => {
+                    too_large_reason(fields, bytes)
+                }
+                _ => format!(
+                    "request header fields too large: the request head is past {} KiB or {MAX_HEADERS} header fields; \
+                     at most {} KiB and {MAX_HEADERS} header fields are accepted\n",
+                    HYPER_MAX_BUF / 1024,
+                    MAX_HEAD_BYTES / 1024,
+                ),
+            }
+        }
         StatusCode::URI_TOO_LONG => {
             "URI too long: the request target is past 64 KiB, the most accepted\n".to_owned()
         }
@@ -655,11 +816,13 @@ pub const MAX_HEADERS: usize = 100;
 /// The most bytes a request's line and headers may take: past it, 431 with
 /// a reason.
 pub const MAX_HEAD_BYTES: usize = 256 * 1024;
-/// hyper's own limits, above ours: only a head past these gets hyper's bare
-/// 431 (no reason, no security headers). hyper keeps a request's header
-/// indices on the heap once `max_headers` is set; its read buffer grows
-/// only as far as a client sends.
-const HYPER_MAX_HEADERS: usize = 4 * MAX_HEADERS;
+/// hyper's own read buffer limit, above ours: a head past it is refused by
+/// hyper. hyper's field limit is its default, ours ([`MAX_HEADERS`]): with
+/// that one it parses a head's fields into arrays on the stack, where any
+/// other limit costs two heap arrays per request. A head past either is
+/// answered by hyper, and that answer is replaced by one naming the size
+/// ([`unparsed_answer`], [`head_size`]). The read buffer grows only as far
+/// as a client sends.
 const HYPER_MAX_BUF: usize = 2 * MAX_HEAD_BYTES;
 
 /// Why `req`'s head is past [`MAX_HEADERS`] or [`MAX_HEAD_BYTES`], if it is.
@@ -667,23 +830,65 @@ const HYPER_MAX_BUF: usize = 2 * MAX_HEAD_BYTES;
 /// line with its line end.
 fn head_too_large<B>(req: &Request<B>) -> Option<String> {
     let fields = req.headers().len();
-    if fields > MAX_HEADERS {
-        return Some(format!(
-            "request header fields too large: {fields} header fields, at most {MAX_HEADERS} are accepted\n"
-        ));
-    }
-    let line = req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n".len() + 1;
+    let target = {
+        // The target's length as written, without writing it anywhere.
+        struct Count(usize);
+        impl std::fmt::Write for Count {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0 += s.len();
+                Ok(())
+            }
+        }
+        let mut n = Count(0);
+        let _ = std::fmt::Write::write_fmt(&mut n, format_args!("{}", req.uri()));
+        n.0
+    };
+    let line = req.method().as_str().len() + target + " HTTP/1.1\r\n".len() + 1;
     let bytes = req
         .headers()
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4);
-    (bytes > MAX_HEAD_BYTES).then(|| {
+    (fields > MAX_HEADERS || bytes > MAX_HEAD_BYTES).then(|| too_large_reason(fields, bytes))
+}
+
+/// The reason a head of `fields` header fields and `bytes` bytes is
+/// refused: the first limit it is past.
+fn too_large_reason(fields: usize, bytes: usize) -> String {
+    if fields > MAX_HEADERS {
+        format!(
+            "request header fields too large: {fields} header fields, at most {MAX_HEADERS} are accepted\n"
+        )
+    } else {
         format!(
             "request header fields too large: {} KiB of request line and headers, at most {} KiB are accepted\n",
             bytes.div_ceil(1024),
             MAX_HEAD_BYTES / 1024
         )
-    })
+    }
+}
+
+/// The header fields and bytes of the request head at the start of `buf`
+/// (request line, field lines, the empty line that ends it; lines end in
+/// CRLF or LF, as hyper reads them), or `None` while its end is not in
+/// `buf`.
+fn head_size(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut lines = 0usize;
+    let mut start = 0usize;
+    for (i, b) in buf.iter().enumerate() {
+        if *b != b'\n' {
+            continue;
+        }
+        let line = &buf[start..i];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() && lines > 0 {
+            return Some((lines - 1, i + 1));
+        }
+        if !line.is_empty() {
+            lines += 1;
+        }
+        start = i + 1;
+    }
+    None
 }
 
 /// The router, as one connection's hyper service.
@@ -697,7 +902,50 @@ struct ConnService {
     max_connections: usize,
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+type BoxedResponse = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// A request's answer, as [`ConnService`] makes it: a future of its own
+/// type, so that the common case (a request without a body, routed) is
+/// not one more allocation per request.
+enum ResponseFuture {
+    /// Answered here, without the router; the request ends when polled.
+    Answered(Option<(Response<Body>, Busy)>),
+    /// A request without a body, routed.
+    Routed(tower::util::Oneshot<Router, Request<Body>>, Option<Busy>),
+    /// A request with a body, routed under the body's watch.
+    Watched(BoxedResponse),
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            ResponseFuture::Answered(answer) => match answer.take() {
+                Some((resp, busy)) => {
+                    drop(busy);
+                    Poll::Ready(Ok(resp))
+                }
+                // (Never: a future is not polled again once it completed.)
+                None => Poll::Ready(Ok(plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "answer polled after completion\n".to_owned(),
+                ))),
+            },
+            ResponseFuture::Routed(routed, busy) => {
+                let resp = match std::task::ready!(Pin::new(routed).poll(cx)) {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                };
+                Poll::Ready(Ok(match busy.take() {
+                    Some(busy) => guarded(resp, busy),
+                    None => resp,
+                }))
+            }
+            ResponseFuture::Watched(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<Body>;
@@ -708,30 +956,17 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let busy = Busy::begin(&self.conn);
         if let Some(why) = head_too_large(&req) {
             let resp = plain(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why);
-            return Box::pin(async move {
-                drop(busy);
-                Ok(resp)
-            });
+            return ResponseFuture::Answered(Some((resp, busy)));
         }
         if self.conn.overflow && !OPS_PATHS.contains(&req.uri().path()) {
             let resp = too_many_connections(self.max_connections);
-            return Box::pin(async move {
-                drop(busy);
-                Ok(resp)
-            });
+            return ResponseFuture::Answered(Some((resp, busy)));
         }
         if req.body().is_end_stream() {
             // No body (most reads): nothing can stall, nothing to watch.
             let mut req = req.map(|_| Body::empty());
             req.extensions_mut().insert(ConnectInfo(self.peer));
-            let router = self.router.clone();
-            return Box::pin(async move {
-                let resp = match router.oneshot(req).await {
-                    Ok(resp) => resp,
-                    Err(never) => match never {},
-                };
-                Ok(guarded(resp, busy))
-            });
+            return ResponseFuture::Routed(self.router.clone().oneshot(req), Some(busy));
         }
         let stall = Arc::new(Stall::default());
         let timeout = self.body_timeout;
@@ -750,7 +985,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let mut req = req.map(|b| Body::new(ProgressBody::new(b, timeout, stall.clone())));
         req.extensions_mut().insert(ConnectInfo(self.peer));
         let router = self.router.clone();
-        Box::pin(async move {
+        ResponseFuture::Watched(Box::pin(async move {
             let resp = tokio::select! {
                 biased;
                 r = router.oneshot(req) => match r {
@@ -764,7 +999,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 return timed_out();
             }
             Ok(guarded(resp, busy))
-        })
+        }))
     }
 }
 
@@ -1097,6 +1332,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_head_is_measured_once_its_end_is_in() {
+        assert_eq!(
+            head_size(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\nGET"),
+            Some((2, 33))
+        );
+        assert_eq!(head_size(b"\r\nGET / HTTP/1.1\nHost: a\n\n"), Some((1, 26)));
+        assert_eq!(head_size(b"GET / HTTP/1.1\r\n\r\n"), Some((0, 18)));
+        assert_eq!(head_size(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n"), None);
+        assert_eq!(head_size(b""), None);
+        let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
+        let head = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+        assert_eq!(head_size(head.as_bytes()), Some((151, head.len())));
+        assert!(too_large_reason(151, 4000).contains("151 header fields, at most 100 are accepted"));
+        assert!(too_large_reason(3, 300 * 1024).contains("300 KiB of request line and headers"));
+    }
 
     #[test]
     fn derived_cap_leaves_descriptors_for_files() {

@@ -487,7 +487,7 @@ fn requests_that_cannot_be_parsed_get_a_reason_and_the_security_headers() {
             "head past hyper's own field limit",
             many_fields.into_bytes(),
             431,
-            "at most 256 kib and 100 header fields are accepted",
+            "501 header fields, at most 100 are accepted",
         ),
     ];
     for (what, request, status, says) in &cases {

@@ -176,25 +176,28 @@ pub fn rendered_response(
     headers: &HeaderMap,
     private: bool,
     body: bytes::Bytes,
-    content_type: &str,
-    etag: &str,
+    content_type: &'static str,
+    etag: String,
 ) -> Response {
-    let fresh = if_none_match(headers, etag);
-    let mut resp = if fresh {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else if *method == Method::HEAD {
-        let mut r = StatusCode::OK.into_response();
-        r.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        r
-    } else {
-        body.into_response()
-    };
-    let h = resp.headers_mut();
-    if !fresh && let Ok(v) = HeaderValue::from_str(content_type) {
-        h.insert(header::CONTENT_TYPE, v);
+    let fresh = headers.contains_key(header::IF_NONE_MATCH) && if_none_match(headers, &etag);
+    let head = fresh || *method == Method::HEAD;
+    let len = body.len();
+    let mut resp = Response::new(if head { Body::empty() } else { Body::from(body) });
+    if fresh {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
     }
-    if let Ok(v) = HeaderValue::from_str(etag) {
+    let h = resp.headers_mut();
+    // Room for what this, the caller (`Vary`, …), the edge layer and
+    // axum's `Content-Length` add: no growing on the way out.
+    h.reserve(RESPONSE_HEADERS);
+    if !fresh {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if head {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
+    // (The tag's bytes are taken over, not copied.)
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(etag)) {
         h.insert(header::ETAG, v);
     }
     h.insert(
@@ -203,6 +206,11 @@ pub fn rendered_response(
     );
     resp
 }
+
+/// The header fields a response of an index or a page is made with room
+/// for: its own few, and the security headers and `Content-Length` added
+/// on its way out (growing a header map moves every field).
+pub const RESPONSE_HEADERS: usize = 10;
 
 /// A single HTTP-date header (RFC 9110 §5.6.7); absent, repeated or not a
 /// date → `None` (the condition is then ignored, §13.1.3-4).

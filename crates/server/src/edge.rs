@@ -171,9 +171,8 @@ where
 
 fn finish(seen: &Seen, resp: &mut Response) {
     let route = seen.matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let (count, time) = RequestMetrics::global().handles(&seen.method, route, resp.status().as_u16());
-    count.increment(1);
-    time.record(seen.start.elapsed().as_secs_f64());
+    let took = seen.start.elapsed().as_secs_f64();
+    RequestMetrics::global().record(&seen.method, route, resp.status().as_u16(), took);
 
     if let Some(failure) = resp.extensions_mut().remove::<error::Failure>() {
         log_failure(seen, failure);
@@ -420,19 +419,29 @@ impl RequestMetrics {
         METRICS.get_or_init(RequestMetrics::default)
     }
 
-    /// The counter and histogram of one label set, registered on first use.
-    fn handles(&self, method: &Method, route: &str, status: u16) -> (Counter, Histogram) {
+    /// Counts a request and records the seconds it `took` under its
+    /// labels, registering them on first use. A label set seen before is
+    /// recorded through its handles where they are kept (no handle is
+    /// cloned: that would be two more shared reference counts to move
+    /// per request).
+    fn record(&self, method: &Method, route: &str, status: u16, took: f64) {
         let method = method_label(method);
-        let find = |list: &Vec<Handles>| {
-            list.iter()
-                .find(|h| h.method == method && h.status == status)
-                .map(|h| (h.count.clone(), h.time.clone()))
-        };
         if let Ok(map) = self.by_route.read()
-            && let Some(found) = map.get(route).and_then(find)
+            && let Some(h) = map
+                .get(route)
+                .and_then(|list| list.iter().find(|h| h.method == method && h.status == status))
         {
-            return found;
+            h.count.increment(1);
+            h.time.record(took);
+            return;
         }
+        let (count, time) = self.register(method, route, status);
+        count.increment(1);
+        time.record(took);
+    }
+
+    /// The counter and histogram of one label set, registered.
+    fn register(&self, method: &'static str, route: &str, status: u16) -> (Counter, Histogram) {
         let labels = [
             ("method", method.to_owned()),
             ("route", route.to_owned()),
@@ -442,7 +451,7 @@ impl RequestMetrics {
         let time = metrics::histogram!("ferry_http_request_duration_seconds", &labels);
         if let Ok(mut map) = self.by_route.write() {
             let list = map.entry(Arc::from(route)).or_default();
-            if find(list).is_none() {
+            if !list.iter().any(|h| h.method == method && h.status == status) {
                 list.push(Handles {
                     method,
                     status,

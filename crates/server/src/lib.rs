@@ -38,14 +38,28 @@ use ferry_replication::Replicator;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower::{Layer, Service};
 
-/// What every handler gets.
+/// What every handler gets: [`AppParts`] behind one shared pointer, so
+/// that handing it to a handler (axum does so on every request, and the
+/// `State` extractor once more) costs one reference count, not one per
+/// part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<AppParts>);
+
+/// The parts of [`AppState`].
+pub struct AppParts {
     pub ferry: Ferry,
     pub replicator: Replicator,
     pub metrics: PrometheusHandle,
     /// The web UI's signed-in sessions (in the metadata database, capped).
     pub sessions: std::sync::Arc<ui::Sessions>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
 }
 
 /// How often the recorder's pending histogram samples are folded into
@@ -125,12 +139,12 @@ where
 /// The whole HTTP application for one instance.
 pub fn router(ferry: Ferry, replicator: Replicator) -> App {
     let sessions = std::sync::Arc::new(ui::Sessions::new(ferry.metadata().clone()));
-    let state = AppState {
+    let state = AppState(std::sync::Arc::new(AppParts {
         ferry,
         replicator,
         metrics: prometheus(),
         sessions,
-    };
+    }));
     let router = Router::new()
         .merge(ops::routes())
         .merge(mgmt::routes())
@@ -181,6 +195,16 @@ pub(crate) fn request_origin(
     headers: &axum::http::HeaderMap,
     authority: Option<&str>,
 ) -> Result<String, CoreError> {
+    request_origin_with(headers, authority, &[])
+}
+
+/// [`request_origin`] followed by the pieces of a `path`, built in one
+/// string.
+pub(crate) fn request_origin_with(
+    headers: &axum::http::HeaderMap,
+    authority: Option<&str>,
+    path: &[&str],
+) -> Result<String, CoreError> {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -198,8 +222,13 @@ pub(crate) fn request_origin(
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| v == "http" || v == "https")
-        .unwrap_or_else(|| "http".to_owned());
-    Ok(format!("{scheme}://{host}"))
+        .map(str::trim)
+        .and_then(|v| ["http", "https"].into_iter().find(|s| v.eq_ignore_ascii_case(s)))
+        .unwrap_or("http");
+    let len = scheme.len() + 3 + host.len() + path.iter().map(|p| p.len()).sum::<usize>();
+    let mut origin = String::with_capacity(len);
+    for piece in [scheme, "://", host].iter().chain(path) {
+        origin.push_str(piece);
+    }
+    Ok(origin)
 }

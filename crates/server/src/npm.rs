@@ -18,7 +18,7 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -215,8 +215,8 @@ fn registry_base(
 }
 
 fn request_base(headers: &HeaderMap, uri: &Uri, feed: &FeedRecord) -> Result<String, CoreError> {
-    let origin = crate::request_origin(headers, uri.authority().map(|a| a.as_str()))?;
-    Ok(format!("{origin}/npm/{}", feed.name))
+    let authority = uri.authority().map(|a| a.as_str());
+    crate::request_origin_with(headers, authority, &["/npm/", feed.name.as_str()])
 }
 
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response {
@@ -234,14 +234,11 @@ async fn root(_access: FeedAccess) -> Result<Response, ApiError> {
     Err(ApiError::json(not_found()))
 }
 
-async fn read(
-    State(st): State<AppState>,
-    access: FeedAccess,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    read_inner(&st.ferry, &access, &method, &uri, &headers)
+async fn read(State(st): State<AppState>, access: FeedAccess, req: Request) -> Result<Response, ApiError> {
+    // The request's own parts, borrowed (extracting `Method`, `Uri` and
+    // `HeaderMap` would copy them).
+    let (parts, _) = req.into_parts();
+    read_inner(&st.ferry, &access, &parts.method, &parts.uri, &parts.headers)
         .await
         .map_err(ApiError::json)
 }
@@ -398,12 +395,12 @@ async fn read_inner(
                 (
                     p.abbreviated,
                     format::ABBREVIATED_MEDIA_TYPE,
-                    format!("W/\"{}-abbreviated\"", p.rev),
+                    ["W/\"", &p.rev, "-abbreviated\""].concat(),
                 )
             } else {
-                (p.full, "application/json", format!("\"{}\"", p.rev))
+                (p.full, "application/json", ["\"", &p.rev, "\""].concat())
             };
-            Ok(index_response(method, headers, feed, body, content_type, &etag))
+            Ok(index_response(method, headers, feed, body, content_type, etag))
         }
         Endpoint::Version { name, spec } => {
             let base = registry_base(ferry, headers, uri, feed)?;
@@ -593,8 +590,8 @@ fn index_response(
     headers: &HeaderMap,
     feed: &FeedRecord,
     body: Bytes,
-    content_type: &str,
-    etag: &str,
+    content_type: &'static str,
+    etag: String,
 ) -> Response {
     let mut resp = rendered_response(method, headers, feed.private, body, content_type, etag);
     resp.headers_mut()

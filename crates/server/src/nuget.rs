@@ -268,7 +268,7 @@ impl Ctx<'_> {
             feed.private,
             answer.body,
             ct,
-            &answer.etag,
+            answer.etag,
         );
         if ct == XML || ct.starts_with("application/xml") || ct.contains("entry") {
             resp.headers_mut()

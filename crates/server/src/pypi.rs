@@ -122,15 +122,15 @@ async fn project_redirect(
 /// shared caches.
 fn page(content_type: &'static str, private: bool, body: Bytes) -> Response {
     let cache = if private { "private, no-cache" } else { "no-cache" };
-    (
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (header::VARY, HeaderValue::from_static("Accept")),
-            (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
-        ],
-        body,
-    )
-        .into_response()
+    let mut resp = Response::new(axum::body::Body::from(body));
+    let h = resp.headers_mut();
+    // Room for the edge layer's and axum's fields too: no growing on the
+    // way out.
+    h.reserve(crate::blobs::RESPONSE_HEADERS);
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    resp
 }
 
 fn accept(headers: &HeaderMap) -> Option<&str> {

@@ -14,8 +14,10 @@ impl FeedName {
     pub fn new(s: impl Into<String>) -> Result<Self, InvalidValue> {
         let s = s.into();
         // A name far too long is not echoed whole.
-        let shown = crate::shortened(&s, 80);
-        let bad = |r: &str| Err(InvalidValue::new("feed name", format!("{shown:?}: {r}")));
+        let bad = |r: &str| {
+            let shown = crate::shortened(&s, 80);
+            Err(InvalidValue::new("feed name", format!("{shown:?}: {r}")))
+        };
         if s.is_empty() || s.len() > 64 {
             return bad("must be 1 to 64 characters");
         }
