@@ -617,7 +617,10 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         "decimal units on the overview: {progress}"
     );
     let listed = spoke.cli_ok(&["replication", "list"]);
-    assert!(listed.contains("running") && !listed.contains("to go"), "{listed}");
+    assert!(
+        listed.contains("running") && !listed.contains("to go"),
+        "{listed}"
+    );
     shot(&c, "overview-running").await;
     click(&c, stop).await;
     css(&c, "#overview").await;

@@ -522,7 +522,9 @@ const MAX_CONFIG_BODY: usize = 1 << 20;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/config", get(get_config).put(put_config))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_CONFIG_BODY))
+        .layer(crate::edge::BodyCap {
+            limit: MAX_CONFIG_BODY,
+        })
 }
 
 async fn get_config(State(st): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {

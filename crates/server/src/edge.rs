@@ -104,7 +104,17 @@ where
             client: client_addr(req.extensions()),
         };
         let route = seen.matched.as_ref().map(MatchedPath::as_str);
-        if let Some(why) = target_refusal(&seen.uri, route) {
+        // RFC 9112 §3.2: a request with more than one Host field is a 400;
+        // links built from it would name whichever one came first.
+        let hosts = req.headers().get_all(header::HOST).iter().count();
+        let refusal = (hosts > 1)
+            .then(|| {
+                format!(
+                    "the request has {hosts} Host header fields; send exactly one (RFC 9112, section 3.2)"
+                )
+            })
+            .or_else(|| target_refusal(&seen.uri, route));
+        if let Some(why) = refusal {
             let flavor = access::flavor_for_path(seen.uri.path());
             let refused = error::ApiError {
                 error: CoreError::invalid(why),
@@ -531,5 +541,65 @@ mod tests {
         // Many distinct names: no quadratic work, no refusal.
         let many: String = (0..5_000).map(|i| format!("p{i}=1&")).collect();
         assert_eq!(check(&format!("/x?{many}"), None), None);
+    }
+}
+
+/// The cap of a group of routes whose bodies are read whole (JSON
+/// documents): a body that declares more in `Content-Length` is refused
+/// 413 at once, before any byte of it is read (a client that declared
+/// 2 MB and sent nothing would otherwise hold its connection until the
+/// body timeout); others are read up to `limit` bytes (axum's
+/// [`DefaultBodyLimit`]) and refused past it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyCap {
+    /// Bytes.
+    pub limit: usize,
+}
+
+impl<S> Layer<S> for BodyCap {
+    type Service = BodyCapService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyCapService {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+/// A route's service behind [`BodyCap`].
+#[derive(Debug, Clone)]
+pub(crate) struct BodyCapService<S> {
+    inner: S,
+    limit: usize,
+}
+
+impl<S> Service<Request> for BodyCapService<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<std::future::Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.limit as u64) {
+            let refused = error::ApiError::json(CoreError::TooLarge(format!(
+                "the request body exceeds the limit of {} bytes",
+                self.limit
+            )));
+            return futures::future::Either::Left(std::future::ready(Ok(refused.into_response())));
+        }
+        DefaultBodyLimit::max(self.limit).apply(&mut req);
+        futures::future::Either::Right(self.inner.call(req))
     }
 }

@@ -53,7 +53,9 @@ impl ApiError {
 /// 400 (with the parser's reason) for anything else.
 pub fn json_rejection(e: &axum::extract::rejection::JsonRejection) -> CoreError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        CoreError::TooLarge(format!("request body too large: {}", e.body_text()))
+        // (The cap itself is named by `edge::BodyCap` when Content-Length
+        // declares too much; here a body without one ran past it.)
+        CoreError::TooLarge("the request body exceeds the limit of this route".into())
     } else {
         CoreError::invalid(e.body_text())
     }

@@ -31,7 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/gc", post(gc))
         .route("/api/v1/fsck", post(fsck))
         // JSON bodies are read whole, so they are capped at 1 MiB: management bodies are small JSON documents.
-        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .layer(crate::edge::BodyCap { limit: 1 << 20 })
 }
 
 type JsonResult = Result<Json<Value>, ApiError>;

@@ -39,7 +39,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/logs/replication", get(logs))
         .route("/api/v1/logs/replication/level", put(set_level))
         // JSON bodies are read whole, so they are capped at 1 MiB: management bodies are small JSON documents (bundle import streams its body and is not held to it).
-        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .layer(crate::edge::BodyCap { limit: 1 << 20 })
 }
 
 fn repl(e: ReplError) -> ApiError {

@@ -347,3 +347,66 @@ async fn a_gigabyte_of_json_is_refused_413_after_a_bounded_read() {
         .await;
     assert_eq!(r.json().as_array().map(Vec::len), Some(4), "{}", r.text());
 }
+
+/// A management body that declares more than the 1 MiB cap in
+/// `Content-Length` is refused at once, before a byte of it arrives: a
+/// trial's client that declared 2 MB and sent nothing held its connection
+/// for the whole body timeout (60 s) and then got a 408.
+#[tokio::test]
+async fn a_declared_oversized_management_body_is_refused_before_it_is_sent() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    for (method, uri) in [
+        ("POST", "/api/v1/feeds"),
+        ("POST", "/api/v1/keys"),
+        ("POST", "/api/v1/replications"),
+        ("PUT", "/api/v1/config"),
+    ] {
+        for declared in ["1048577", "2000000", "99999999999"] {
+            let never: Body = Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+            let headers = [("content-type", "application/json"), ("content-length", declared)];
+            let r = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                i.send(method, uri, Some(ADMIN), &headers, never),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{method} {uri} declaring {declared} bytes waited for the body"));
+            assert_eq!(
+                r.status,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "{method} {uri}: {}",
+                r.text()
+            );
+            assert!(
+                r.text().contains("exceeds the limit of 1048576 bytes"),
+                "{method} {uri}: {}",
+                r.text()
+            );
+        }
+    }
+}
+
+/// Two Host fields are a 400 (RFC 9112 §3.2), not an answer whose links
+/// name the first one (a trial got an npm packument with tarball URLs on
+/// whichever host it sent first).
+#[tokio::test]
+async fn a_request_with_two_host_fields_is_refused() {
+    let i = Instance::new().await;
+    i.feed("js", FeedType::Npm, true).await;
+    let headers = [("host", "a.example"), ("host", "evil.example")];
+    for uri in ["/npm/js/left-pad", "/api/v1/feeds", "/health"] {
+        let r = i.send("GET", uri, Some(ADMIN), &headers, Body::empty()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{uri}: {}", r.text());
+        assert!(r.text().contains("2 Host header fields"), "{uri}: {}", r.text());
+    }
+    let r = i
+        .send(
+            "GET",
+            "/api/v1/feeds",
+            Some(ADMIN),
+            &[("host", "a.example")],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
