@@ -544,8 +544,24 @@ mod tests {
     }
 }
 
+/// 413 for a body past `limit` bytes, in the words every capped route uses.
+pub(crate) fn body_too_large(limit: u64) -> CoreError {
+    CoreError::TooLarge(format!("the request body exceeds the limit of {limit} bytes"))
+}
+
+/// Refuses (413) a body whose Content-Length is over `limit` bytes.
+pub(crate) fn check_content_length(headers: &axum::http::HeaderMap, limit: u64) -> Result<(), CoreError> {
+    match headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        Some(len) if len > limit => Err(body_too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
 /// The cap of a group of routes whose bodies are read whole (JSON
-/// documents): a body that declares more in `Content-Length` is refused
+/// documents, forms): a body that declares more in `Content-Length` is refused
 /// 413 at once, before any byte of it is read (a client that declared
 /// 2 MB and sent nothing would otherwise hold its connection until the
 /// body timeout); others are read up to `limit` bytes (axum's
@@ -587,16 +603,11 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.limit as u64) {
-            let refused = error::ApiError::json(CoreError::TooLarge(format!(
-                "the request body exceeds the limit of {} bytes",
-                self.limit
-            )));
+        if let Err(error) = check_content_length(req.headers(), self.limit as u64) {
+            let refused = error::ApiError {
+                error,
+                flavor: access::flavor_for_path(req.uri().path()),
+            };
             return futures::future::Either::Left(std::future::ready(Ok(refused.into_response())));
         }
         DefaultBodyLimit::max(self.limit).apply(&mut req);

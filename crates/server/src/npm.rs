@@ -33,6 +33,7 @@ use serde_json::json;
 use crate::AppState;
 use crate::access::FeedAccess;
 use crate::blobs::{rendered_response, serve_download};
+use crate::edge::{body_too_large, check_content_length};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -665,21 +666,6 @@ async fn remove_inner(ferry: &Ferry, access: &FeedAccess, uri: &Uri) -> Result<R
         // this request already removed.
         Endpoint::TarballRev => Ok(json_response(StatusCode::OK, json!({ "ok": true }))),
         _ => Err(not_found()),
-    }
-}
-
-fn body_too_large(limit: u64) -> CoreError {
-    CoreError::TooLarge(format!("the request body exceeds the limit of {limit} bytes"))
-}
-
-/// Refuses (413) a body whose Content-Length is over `limit` bytes.
-fn check_content_length(headers: &HeaderMap, limit: u64) -> Result<(), CoreError> {
-    match headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
-        Some(len) if len > limit => Err(body_too_large(limit)),
-        _ => Ok(()),
     }
 }
 

@@ -266,7 +266,7 @@ pub fn routes(st: &AppState) -> Router<AppState> {
         .route("/ui/assets/{file}", get(asset))
         .merge(replication::routes())
         .merge(feeds::routes())
-        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .layer(crate::edge::BodyCap { limit: 1 << 20 })
         .layer(axum::middleware::from_fn_with_state(st.clone(), under_prefix))
 }
 
