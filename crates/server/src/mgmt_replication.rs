@@ -32,14 +32,16 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/replications/{name}/peers", get(peers))
         .route("/api/v1/replications/{name}/plan", post(plan))
         .route("/api/v1/replications/{name}/verify", post(verify))
+        .route("/api/v1/logs/replication", get(logs))
+        .route("/api/v1/logs/replication/level", put(set_level))
+        // JSON bodies are read whole, so they are capped at 1 MiB: management bodies are small JSON documents.
+        .layer(crate::edge::BodyCap { limit: 1 << 20 })
+        // A bundle import streams its body (any size, with or without a
+        // Content-Length), so it is outside that cap.
         .route(
             "/api/v1/feeds/{name}/bundle",
             get(export_bundle).post(import_bundle),
         )
-        .route("/api/v1/logs/replication", get(logs))
-        .route("/api/v1/logs/replication/level", put(set_level))
-        // JSON bodies are read whole, so they are capped at 1 MiB: management bodies are small JSON documents (bundle import streams its body and is not held to it).
-        .layer(crate::edge::BodyCap { limit: 1 << 20 })
 }
 
 fn repl(e: ReplError) -> ApiError {

@@ -34,14 +34,20 @@ pub fn routes() -> Router<AppState> {
         .route("/api/replication/v1/feeds/{feed}/apply", post(apply))
         .route("/api/replication/v1/blobs/missing", post(missing))
         .route("/api/replication/v1/blobs/batch", post(blob_batch))
+        // JSON bodies are read whole, so they are capped at 16 MiB (one
+        // that declares more is refused at once): an `apply` page is split
+        // by the pushing side to stay well below it.
+        .layer(crate::edge::BodyCap { limit: MAX_JSON_BODY })
+        // Blob bodies stream and are not held to it.
         .route("/api/replication/v1/blobs/upload", post(upload_batch))
         .route(
             "/api/replication/v1/blobs/{digest}",
             get(get_blob).head(get_blob).merge(put(put_blob)),
         )
-        // JSON bodies are read whole, so they are capped at 16 MiB: an `apply` page is split by the pushing side to stay well below it; blob bodies stream and are not held to it.
-        .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
 }
+
+/// The most a JSON body of the replication API may be (bytes).
+const MAX_JSON_BODY: usize = 16 << 20;
 
 fn err(e: impl Into<CoreError>) -> ApiError {
     ApiError::json(e.into())

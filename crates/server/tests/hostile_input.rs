@@ -386,6 +386,96 @@ async fn a_declared_oversized_management_body_is_refused_before_it_is_sent() {
     }
 }
 
+/// The replication API's JSON bodies have a cap of their own (16 MiB): one
+/// that declares more is refused at once, as a management body is, not
+/// after the body timeout. Its blob uploads stream and are not held to it.
+#[tokio::test]
+async fn a_declared_oversized_replication_json_body_is_refused_before_it_is_sent() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    for uri in [
+        "/api/replication/v1/handshake",
+        "/api/replication/v1/feeds/files/entries",
+        "/api/replication/v1/feeds/files/stamps",
+        "/api/replication/v1/feeds/files/apply",
+        "/api/replication/v1/blobs/missing",
+        "/api/replication/v1/blobs/batch",
+    ] {
+        let never: Body = Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let headers = [
+            ("content-type", "application/json"),
+            ("content-length", "16777217"),
+        ];
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            i.send("POST", uri, Some("any-token"), &headers, never),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("POST {uri} declaring 16 MiB + 1 waited for the body"));
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{uri}: {}", r.text());
+        assert!(
+            r.text().contains("exceeds the limit of 16777216 bytes"),
+            "{uri}: {}",
+            r.text()
+        );
+        assert!(
+            r.json().get("error").is_some(),
+            "{uri}: not the API's JSON error shape: {}",
+            r.text()
+        );
+    }
+}
+
+/// An air-gap bundle is imported over HTTP whatever its size: the import
+/// streams its body, so the management API's 1 MiB cap on JSON bodies is
+/// not its limit (a bundle of 3 MB sent with a Content-Length, as
+/// `curl --data-binary @FILE` sends it, was refused 413).
+#[tokio::test]
+async fn a_bundle_larger_than_the_json_cap_is_imported_over_http() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    i.feed("copy", FeedType::Assets, false).await;
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let r = i
+        .send("PUT", "/assets/files/big.bin", Some(ADMIN), &[], data.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let bundle = i
+        .send(
+            "GET",
+            "/api/v1/feeds/files/bundle",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(bundle.status, StatusCode::OK, "{}", bundle.text());
+    assert!(
+        bundle.body.len() > 2 << 20,
+        "bundle of {} bytes",
+        bundle.body.len()
+    );
+    let len = bundle.body.len().to_string();
+    let r = i
+        .send(
+            "POST",
+            "/api/v1/feeds/copy/bundle",
+            Some(ADMIN),
+            &[("content-length", len.as_str())],
+            bundle.body,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let got = i.get("/assets/copy/big.bin").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(
+        got.body == data,
+        "the imported file differs from the exported one"
+    );
+}
+
 /// Two Host fields are a 400 (RFC 9112 §3.2), not an answer whose links
 /// name the first one (a trial got an npm packument with tarball URLs on
 /// whichever host it sent first).
