@@ -340,10 +340,51 @@ fn format_tag(format: IndexFormat) -> &'static str {
     }
 }
 
+/// A rendered simple API page and its entity tag.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The page (PEP 503 HTML or PEP 691 JSON).
+    pub body: Bytes,
+    /// A strong entity tag of `body` (RFC 9110 §8.8.3), quotes included:
+    /// the first 128 bits of its SHA-256 in hex, so a client's
+    /// `If-None-Match` is answered 304 until the page changes.
+    pub etag: String,
+}
+
+/// Length of the hex tag a cached page starts with.
+const PAGE_TAG: usize = 32;
+
+/// A page as cached: its tag's hex, then the page; empty stays empty
+/// ("no such project").
+fn tagged(body: Vec<u8>) -> Bytes {
+    if body.is_empty() {
+        return Bytes::new();
+    }
+    use sha2::Digest as _;
+    let sum = sha2::Sha256::digest(&body);
+    let mut out = Vec::with_capacity(PAGE_TAG + body.len());
+    out.extend_from_slice(hex::encode(&sum[..PAGE_TAG / 2]).as_bytes());
+    out.extend_from_slice(&body);
+    Bytes::from(out)
+}
+
+/// The page and its tag out of a cache entry made by [`tagged`].
+fn untag(entry: Bytes) -> Result<Page, CoreError> {
+    let tag = entry
+        .get(..PAGE_TAG)
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .ok_or_else(|| CoreError::Internal("corrupt cached simple page".into()))?;
+    let etag = ["\"", tag, "\""].concat();
+    Ok(Page {
+        body: entry.slice(PAGE_TAG..),
+        etag,
+    })
+}
+
 /// The root page of the simple API: every project of the feed.
-pub async fn root_page(ferry: &Ferry, feed: &FeedRecord, format: IndexFormat) -> Result<Bytes, CoreError> {
+pub async fn root_page(ferry: &Ferry, feed: &FeedRecord, format: IndexFormat) -> Result<Page, CoreError> {
     let cache_key = format!("pypi:root:{}", format_tag(format));
-    ferry
+    let entry = ferry
         .cached_index(feed, &cache_key, || async {
             let items = ferry.items(feed, "").await?;
             // Keys are in order, so one project's files are adjacent.
@@ -360,9 +401,10 @@ pub async fn root_page(ferry: &Ferry, feed: &FeedRecord, format: IndexFormat) ->
                 let shown = item.meta["name"].as_str().unwrap_or(project);
                 names.push(shown.to_owned());
             }
-            Ok(Bytes::from(render_root(names.iter().map(String::as_str), format)))
+            Ok(tagged(render_root(names.iter().map(String::as_str), format)))
         })
-        .await
+        .await?;
+    untag(entry)
 }
 
 /// A project's page of the simple API, with file links under
@@ -373,7 +415,7 @@ pub async fn project_page(
     project: &str,
     format: IndexFormat,
     files_base: &str,
-) -> Result<Bytes, CoreError> {
+) -> Result<Page, CoreError> {
     let normalized = normalized_project(project)?;
     // (One allocation of the exact length; `format!` guesses and grows.)
     let cache_key = [
@@ -396,12 +438,7 @@ pub async fn project_page(
                 // Cached as "no such project": rendered pages are never empty.
                 return Ok(Bytes::new());
             }
-            Ok(Bytes::from(render_project(
-                &normalized,
-                &files,
-                files_base,
-                format,
-            )))
+            Ok(tagged(render_project(&normalized, &files, files_base, format)))
         })
         .await?;
     if body.is_empty() {
@@ -410,5 +447,5 @@ pub async fn project_page(
             feed.name
         )));
     }
-    Ok(body)
+    untag(body)
 }

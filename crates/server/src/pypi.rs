@@ -2,7 +2,7 @@
 //!
 //! | method | path | what |
 //! | --- | --- | --- |
-//! | GET | `/simple/` | root index, PEP 503 HTML or PEP 691 JSON by `Accept` (`Vary: Accept`) |
+//! | GET | `/simple/` | root index, PEP 503 HTML or PEP 691 JSON by `Accept` (`Vary: Accept`); every page has a strong `ETag` (304 on `If-None-Match`) |
 //! | GET | `/simple/{project}/` | project page; other spellings (and a missing `/`) redirect (301) to the normalized URL |
 //! | GET, HEAD | `/files/{project}/{filename}` | the file (Range, ETag); counts downloads |
 //! | GET, HEAD | `/files/{project}/{filename}.metadata` | a wheel's core metadata (PEP 658) |
@@ -117,19 +117,22 @@ async fn project_redirect(
     ))
 }
 
-/// A simple API page with the negotiated type. Pages change whenever the
-/// feed does, so clients must revalidate; private feeds' pages are not for
-/// shared caches.
-fn page(content_type: &'static str, private: bool, body: Bytes) -> Response {
-    let cache = if private { "private, no-cache" } else { "no-cache" };
-    let mut resp = Response::new(axum::body::Body::from(body));
-    let h = resp.headers_mut();
-    // Room for the edge layer's and axum's fields too: no growing on the
-    // way out.
-    h.reserve(crate::blobs::RESPONSE_HEADERS);
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::VARY, HeaderValue::from_static("Accept"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+/// A simple API page with the negotiated type and its entity tag
+/// ([`rendered_response`](crate::blobs::rendered_response): 304 on a
+/// matching `If-None-Match`). Pages change whenever the feed does, so
+/// clients must revalidate; private feeds' pages are not for shared
+/// caches.
+fn page(
+    method: &Method,
+    headers: &HeaderMap,
+    content_type: &'static str,
+    private: bool,
+    page: pypi::Page,
+) -> Response {
+    let mut resp =
+        crate::blobs::rendered_response(method, headers, private, page.body, content_type, page.etag);
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
     resp
 }
 
@@ -140,11 +143,12 @@ fn accept(headers: &HeaderMap) -> Option<&str> {
 async fn root_index(
     State(st): State<AppState>,
     access: FeedAccess,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let n = negotiate(accept(&headers));
     let body = pypi::root_page(&st.ferry, &access.feed, n.format).await?;
-    Ok(page(n.content_type, access.feed.private, body))
+    Ok(page(&method, &headers, n.content_type, access.feed.private, body))
 }
 
 async fn project_index(
@@ -152,6 +156,7 @@ async fn project_index(
     access: FeedAccess,
     uri: axum::http::Uri,
     Path((_, project)): Path<(String, String)>,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let normalized = pypi::normalized_project(&project)?;
@@ -163,7 +168,7 @@ async fn project_index(
     }
     let n = negotiate(accept(&headers));
     let body = pypi::project_page(&st.ferry, &access.feed, &normalized, n.format, FILES_BASE).await?;
-    Ok(page(n.content_type, access.feed.private, body))
+    Ok(page(&method, &headers, n.content_type, access.feed.private, body))
 }
 
 async fn download(

@@ -1071,3 +1071,72 @@ async fn equivalent_uploads_at_once_do_not_both_get_in() {
         assert_eq!(page["files"].as_array().unwrap().len(), 1, "{page}");
     }
 }
+
+/// Simple pages carry an entity tag, one per page and format: a client
+/// that sends it back in `If-None-Match` gets 304 without the page until
+/// the feed changes (pip's HTTP cache revalidates so, each install through
+/// a far-away spoke).
+#[tokio::test]
+async fn simple_pages_have_entity_tags_and_answer_304_until_they_change() {
+    let (i, w) = setup().await;
+    let first = dist::wheel("tagged", "1.0", "tagged", None);
+    assert_eq!(
+        upload(&i, "py", &w, "tagged", "1.0", &first).await.status,
+        StatusCode::OK
+    );
+    for uri in ["/pypi/py/simple/", "/pypi/py/simple/tagged/"] {
+        let html = i.get(uri).await;
+        let json = get_json(&i, uri).await;
+        let (Some(tag), Some(json_tag)) = (html.header("etag"), json.header("etag")) else {
+            panic!("{uri}: no ETag: {:?} / {:?}", html.headers, json.headers);
+        };
+        assert!(
+            tag.starts_with('"') && tag.ends_with('"') && tag.len() > 2,
+            "{uri}: {tag}"
+        );
+        assert_ne!(tag, json_tag, "{uri}: the HTML and JSON forms share a tag");
+        assert_eq!(
+            i.get(uri).await.header("etag"),
+            Some(tag),
+            "{uri}: the tag is not stable"
+        );
+        let r = i
+            .send("GET", uri, None, &[("if-none-match", tag)], Body::empty())
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{uri}: {}", r.text());
+        assert!(r.body.is_empty(), "{uri}: a 304 with a body");
+        assert_eq!(r.header("etag"), Some(tag));
+        assert_eq!(r.header("vary"), Some("Accept"));
+        // The HTML page's tag does not validate the JSON page.
+        let r = i
+            .send(
+                "GET",
+                uri,
+                None,
+                &[("if-none-match", tag), ("accept", JSON)],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}");
+        assert!(r.text().contains("\"meta\""), "{uri}: {}", r.text());
+    }
+    let page = i.get("/pypi/py/simple/tagged/").await;
+    let old = page.header("etag").unwrap().to_owned();
+    let second = dist::wheel("tagged", "1.1", "tagged", None);
+    assert_eq!(
+        upload(&i, "py", &w, "tagged", "1.1", &second).await.status,
+        StatusCode::OK
+    );
+    let r = i
+        .send(
+            "GET",
+            "/pypi/py/simple/tagged/",
+            None,
+            &[("if-none-match", &old)],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "a changed page was answered 304");
+    assert!(r.text().contains("tagged-1.1-"), "{}", r.text());
+    assert_ne!(r.header("etag"), Some(old.as_str()));
+}
