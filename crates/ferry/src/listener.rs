@@ -34,7 +34,9 @@
 //!   error the same status is sent with a plain-text reason naming what was
 //!   wrong and the security headers ([`unparsed_answer`]; a head refused as
 //!   too large is read to its end first, when within hyper's buffer, so
-//!   the reason names its number of fields or its size).
+//!   the reason names its number of fields or its size). A client that
+//!   opens with HTTP/2's preface reads no HTTP/1.1 answer: it gets a GOAWAY
+//!   saying `HTTP_1_1_REQUIRED` ([`http2_refusal`]).
 //!
 //! Long polls (`GET /api/replication/v1/feeds/F/changes?wait=N`) are exempt
 //! by design: once a request's headers are in, nothing above times out the
@@ -381,8 +383,77 @@ async fn serve_connection<S>(
             let io = parts.io.into_inner();
             let answer = unparsed_answer(io, parts.read_buf, status, &e, limits.header_read_timeout);
             let _ = force.run_until_cancelled(answer).await;
+        } else if e.is_parse() {
+            // hyper answers nothing to an HTTP/2 connection preface.
+            let parts = connection.into_parts();
+            if parts.read_buf.starts_with(H2_PREFACE_START) {
+                let io = parts.io.into_inner();
+                let answer = http2_refusal(io, limits.header_read_timeout);
+                let _ = force.run_until_cancelled(answer).await;
+            }
         }
     }
+}
+
+/// How an HTTP/2 connection preface begins (RFC 9113 §3.4: a client that
+/// speaks HTTP/2 with prior knowledge sends it first).
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// Answers a client that opened with the HTTP/2 preface in HTTP/2's own
+/// terms, since it reads nothing else: the server's preface (an empty
+/// SETTINGS frame) and a GOAWAY with error `HTTP_1_1_REQUIRED` (0xd,
+/// RFC 9113 §7) whose debug data says why, then closes. Clients report
+/// that code (curl: "HTTP_1_1_REQUIRED") and, when they may, retry over
+/// HTTP/1.1. All within `within`.
+async fn http2_refusal<S>(mut stream: Tracked<S>, within: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.release();
+    let frames = http2_goaway_frames();
+    let answered = async {
+        stream.write_all(&frames).await?;
+        stream.shutdown().await?;
+        // What the client still sends (its SETTINGS, a first request), up
+        // to 64 KiB, so that closing does not reset the answer away.
+        let mut buf = [0u8; 8192];
+        let mut left = 64usize << 10;
+        while left > 0 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        io::Result::Ok(())
+    };
+    if let Ok(Err(e)) = tokio::time::timeout(within, answered).await {
+        tracing::debug!(error = %e, "could not refuse an HTTP/2 connection");
+    }
+}
+
+/// An empty SETTINGS frame, then GOAWAY (last stream 0, `HTTP_1_1_REQUIRED`)
+/// with a reason as debug data: RFC 9113 §4.1 frame layout (24-bit length,
+/// type, flags, 31-bit stream id), §6.5 SETTINGS, §6.8 GOAWAY.
+fn http2_goaway_frames() -> Vec<u8> {
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const HTTP_1_1_REQUIRED: u32 = 0xd;
+    let reason: &[u8] = b"this server speaks HTTP/1.1 only: send the request over HTTP/1.1 (without prior knowledge of HTTP/2)";
+    let frame = |kind: u8, payload: &[u8]| {
+        let len = u32::try_from(payload.len()).unwrap_or(0).to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, 0, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut goaway = Vec::with_capacity(8 + reason.len());
+    goaway.extend_from_slice(&0u32.to_be_bytes());
+    goaway.extend_from_slice(&HTTP_1_1_REQUIRED.to_be_bytes());
+    goaway.extend_from_slice(reason);
+    let mut out = frame(SETTINGS, &[]);
+    out.extend(frame(GOAWAY, &goaway));
+    out
 }
 
 /// What happened to a connection, besides its requests.

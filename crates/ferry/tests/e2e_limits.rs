@@ -400,6 +400,41 @@ fn assert_refusal(got: &[u8], status: u16, says: &str, what: &str) {
     );
 }
 
+/// A client that opens with HTTP/2's connection preface (prior knowledge,
+/// h2c) reads only HTTP/2 frames: it gets the server's SETTINGS and a
+/// GOAWAY with `HTTP_1_1_REQUIRED` (RFC 9113 §7, code 0xd) and a reason,
+/// then the connection closes (it got nothing and waited for the close).
+/// curl's `--http2-prior-knowledge` reports that code.
+#[test]
+fn an_http2_preface_is_told_in_http2_to_use_http_1_1() {
+    let s = Server::start();
+    let mut c = connect(&s);
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let (got, closed) = until_closed(&mut c, Duration::from_secs(10));
+    assert!(closed.is_some(), "the connection stays open");
+    // SETTINGS: empty, on stream 0.
+    assert_eq!(got.get(..9), Some(&[0, 0, 0, 4, 0, 0, 0, 0, 0][..]), "{got:?}");
+    // GOAWAY: its length, type 7, stream 0; last stream 0, error 0xd.
+    let goaway = &got[9..];
+    assert!(goaway.len() >= 17, "{got:?}");
+    let len = usize::from(goaway[1]) << 8 | usize::from(goaway[2]);
+    assert_eq!(&goaway[3..9], &[7, 0, 0, 0, 0, 0], "{got:?}");
+    assert_eq!(goaway.len(), 9 + len, "{got:?}");
+    assert_eq!(&goaway[9..17], &[0, 0, 0, 0, 0, 0, 0, 0xd], "{got:?}");
+    let reason = String::from_utf8_lossy(&goaway[17..]);
+    assert!(reason.contains("HTTP/1.1"), "{reason:?}");
+    // The server goes on serving HTTP/1.1.
+    let mut c = connect(&s);
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (got, _) = until_closed(&mut c, Duration::from_secs(10));
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "{got:?}"
+    );
+}
+
 /// Requests hyper cannot parse never reach the router; hyper's own bare
 /// answer (a status, nothing else) is replaced by the same status with a
 /// plain-text reason and the security headers — on a new connection, after
