@@ -98,6 +98,8 @@ struct Entry {
     bucket: usize,
     /// The package's fragments of primary, filelists, other.
     xml: [String; 3],
+    /// When it was uploaded, seconds since the epoch.
+    uploaded: u64,
 }
 
 /// A feed's packages as the last rendering saw them.
@@ -120,6 +122,7 @@ impl Entry {
                 fmt::filelists_package(meta),
                 fmt::other_package(meta),
             ],
+            uploaded: meta.uploaded,
         }
     }
 }
@@ -625,7 +628,12 @@ fn render(model: &mut Model) -> Result<(Bytes, HashMap<String, Bytes>), CoreErro
         });
         files.insert(name, gz);
     }
-    let repomd = fmt::render_repomd((now_millis() / 1000).max(0) as u64, &listed);
+    // The revision is the newest package's upload time, not the time of
+    // rendering: the same packages give the same `repomd.xml` after a
+    // restart and on every instance the feed is replicated to, so clients
+    // see no change where there is none.
+    let revision = model.entries.values().map(|e| e.uploaded).max().unwrap_or(0);
+    let repomd = fmt::render_repomd(revision, &listed);
     Ok((Bytes::from(repomd.into_bytes()), files))
 }
 

@@ -601,3 +601,32 @@ async fn a_private_feeds_repo_file_says_where_the_credentials_go() {
         "{text}"
     );
 }
+
+/// `repomd.xml` depends on the packages only: served again after a restart
+/// it is the same bytes (its revision was the time of rendering, so every
+/// restart looked like a change to every client), and its revision is the
+/// newest package's upload time.
+#[tokio::test]
+async fn repomd_is_the_same_after_a_restart() {
+    let i = setup().await;
+    let r = put(&i, package("stable", "1.0", &[], "one")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let uploaded = i.get("/rpm/yum/repodata/repomd.xml").await.text();
+    // Rendered again later in another second, after a restart.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let i = i.reopen().await;
+    let again = i.get("/rpm/yum/repodata/repomd.xml").await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.text(), uploaded, "repomd.xml changed across a restart");
+    let revision: u64 = uploaded
+        .split("<revision>")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no revision in {uploaded}"));
+    let primary = repodata(&i, "primary").await;
+    assert!(
+        primary.contains(&format!("<time file=\"{revision}\"")),
+        "revision {revision} is not the package's upload time: {primary}"
+    );
+}
