@@ -625,11 +625,13 @@ async fn unparsed_answer<S>(
         }
         _ => format!("bad request: {e}; the request is not valid HTTP/1.1 and was not read further\n"),
     };
+    // (RFC 9110 §6.6.1: a 4xx from a server with a clock carries Date.)
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+        "HTTP/1.1 {} {}\r\ndate: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
          connection: close\r\nx-content-type-options: nosniff\r\ncontent-security-policy: {}\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or("Bad Request"),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
         text.len(),
         ferry_server::blobs::SANDBOX_POLICY,
     );

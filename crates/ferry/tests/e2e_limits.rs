@@ -357,6 +357,7 @@ fn oversized_request_heads_are_refused_with_a_reason_and_the_security_headers() 
         let (got, _) = until_closed(&mut c, Duration::from_secs(5));
         let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
         assert!(text.starts_with("http/1.1 431"), "{text}");
+        assert!(text.contains("\r\ndate: "), "no Date: {text}");
         assert!(text.contains("x-content-type-options: nosniff"), "{text}");
         assert!(
             text.contains("content-security-policy: default-src 'none'; sandbox"),
@@ -389,6 +390,7 @@ fn assert_refusal(got: &[u8], status: u16, says: &str, what: &str) {
         text.contains("x-content-type-options: nosniff"),
         "{what}: {text:?}"
     );
+    assert!(text.contains("\r\ndate: "), "{what}: no Date: {text:?}");
     assert!(
         text.contains("content-security-policy: default-src 'none'; sandbox"),
         "{what}: {text:?}"
