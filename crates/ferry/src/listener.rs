@@ -381,6 +381,13 @@ async fn serve_connection<S>(
         if status != 0 {
             let parts = connection.into_parts();
             let io = parts.io.into_inner();
+            let head = conn.head_started.load(Ordering::Acquire);
+            let started = if head == 0 {
+                Instant::now()
+            } else {
+                instant_of(head)
+            };
+            ferry_server::record_unrouted(None, status, started.into_std());
             let answer = unparsed_answer(io, parts.read_buf, status, &e, limits.header_read_timeout);
             let _ = force.run_until_cancelled(answer).await;
         } else if e.is_parse() {
@@ -1027,12 +1034,20 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let busy = Busy::begin(&self.conn);
+        let refused = |resp: Response<Body>| {
+            ferry_server::record_unrouted(
+                Some(req.method()),
+                resp.status().as_u16(),
+                std::time::Instant::now(),
+            );
+            resp
+        };
         if let Some(why) = head_too_large(&req) {
-            let resp = plain(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why);
+            let resp = refused(plain(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
             return ResponseFuture::Answered(Some((resp, busy)));
         }
         if self.conn.overflow && !OPS_PATHS.contains(&req.uri().path()) {
-            let resp = too_many_connections(self.max_connections);
+            let resp = refused(too_many_connections(self.max_connections));
             return ResponseFuture::Answered(Some((resp, busy)));
         }
         if req.body().is_end_stream() {

@@ -372,6 +372,27 @@ fn oversized_request_heads_are_refused_with_a_reason_and_the_security_headers() 
     c.write_all(format!("GET /health HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n{fine}\r\n").as_bytes())
         .unwrap();
     assert_eq!(read_status(&mut c, Duration::from_secs(5)), Some(200));
+    // Both refusals are counted: the one hyper could not parse (past its
+    // field limit), the one past our byte limit before routing.
+    let text = metrics_text(&s);
+    for series in [
+        "ferry_http_requests_total{method=\"OTHER\",route=\"unparsed\",status=\"431\"} 1",
+        "ferry_http_requests_total{method=\"GET\",route=\"unrouted\",status=\"431\"} 1",
+    ] {
+        assert!(text.contains(series), "no {series:?} in {text}");
+    }
+}
+
+/// The instance's `/metrics` text.
+fn metrics_text(s: &Server) -> String {
+    let mut c = connect(s);
+    c.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: ferry\r\nAuthorization: Bearer {ADMIN}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let (got, _) = until_closed(&mut c, Duration::from_secs(10));
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// What a refusal written on the connection must carry: the status, a
@@ -581,4 +602,14 @@ fn requests_that_cannot_be_parsed_get_a_reason_and_the_security_headers() {
     // And the server goes on serving.
     let (status, _) = health(&s);
     assert_eq!(status, Some(200));
+
+    // Each refusal is counted, as every routed request is: 9 + 2 400s
+    // (the cases, after a kept-alive request, pipelined), one 414, two 431s.
+    let text = metrics_text(&s);
+    for (status, n) in [(400, 11), (414, 1), (431, 2)] {
+        let series = format!(
+            "ferry_http_requests_total{{method=\"OTHER\",route=\"unparsed\",status=\"{status}\"}} {n}"
+        );
+        assert!(text.contains(&series), "no {series:?} in {text}");
+    }
 }

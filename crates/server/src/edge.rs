@@ -182,7 +182,7 @@ where
 fn finish(seen: &Seen, resp: &mut Response) {
     let route = seen.matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let took = seen.start.elapsed().as_secs_f64();
-    RequestMetrics::global().record(&seen.method, route, resp.status().as_u16(), took);
+    RequestMetrics::global().record(method_label(&seen.method), route, resp.status().as_u16(), took);
 
     if let Some(failure) = resp.extensions_mut().remove::<error::Failure>() {
         log_failure(seen, failure);
@@ -423,6 +423,20 @@ pub(crate) fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// Counts a request the listener answered itself, never routed: under
+/// route `unparsed` and method `OTHER` one hyper could not parse (400, 414
+/// or 431; what it asked for is not known, so `method` is `None`), under
+/// route `unrouted` one refused before routing (431 for a head past the
+/// limits, 503 past the connection cap). Timed from `started` (its first
+/// byte, or when it reached the listener) to the answer.
+pub fn record_unrouted(method: Option<&Method>, status: u16, started: Instant) {
+    let (method, route) = match method {
+        Some(m) => (method_label(m), "unrouted"),
+        None => ("OTHER", "unparsed"),
+    };
+    RequestMetrics::global().record(method, route, status, started.elapsed().as_secs_f64());
+}
+
 impl RequestMetrics {
     fn global() -> &'static RequestMetrics {
         static METRICS: OnceLock<RequestMetrics> = OnceLock::new();
@@ -434,8 +448,7 @@ impl RequestMetrics {
     /// recorded through its handles where they are kept (no handle is
     /// cloned: that would be two more shared reference counts to move
     /// per request).
-    fn record(&self, method: &Method, route: &str, status: u16, took: f64) {
-        let method = method_label(method);
+    fn record(&self, method: &'static str, route: &str, status: u16, took: f64) {
         if let Ok(map) = self.by_route.read()
             && let Some(h) = map
                 .get(route)

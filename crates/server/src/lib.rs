@@ -137,6 +137,8 @@ where
 }
 
 /// The whole HTTP application for one instance.
+pub use edge::record_unrouted;
+
 pub fn router(ferry: Ferry, replicator: Replicator) -> App {
     let sessions = std::sync::Arc::new(ui::Sessions::new(ferry.metadata().clone()));
     let state = AppState(std::sync::Arc::new(AppParts {
