@@ -285,7 +285,9 @@ mod tests {
     fn routes(src: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for part in src.split(".route(").skip(1) {
+            // A route ends at the next layer or at the end of the function.
             let part = part.split(".layer(").next().unwrap_or(part);
+            let part = part.split("\n}").next().unwrap_or(part);
             let Some(path) = part.split('"').nth(1) else {
                 continue;
             };
