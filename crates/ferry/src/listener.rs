@@ -1072,6 +1072,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         };
         let mut req = req.map(|b| Body::new(ProgressBody::new(b, timeout, stall.clone())));
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        req.extensions_mut()
+            .insert(ferry_server::BodyWatch(stall.fired.clone()));
         let router = self.router.clone();
         ResponseFuture::Watched(Box::pin(async move {
             let resp = tokio::select! {
@@ -1146,7 +1148,8 @@ fn too_many_connections(max: usize) -> Response<Body> {
 /// Raised when a request body stalls.
 #[derive(Default)]
 struct Stall {
-    fired: AtomicBool,
+    /// Shared with the request's [`ferry_server::BodyWatch`].
+    fired: Arc<AtomicBool>,
     notify: Notify,
 }
 

@@ -262,6 +262,19 @@ fn uploads_that_keep_moving_pass_and_stalled_bodies_are_cut() {
         s.lacks("files", "stalled.bin"),
         "nothing of the stalled upload is stored"
     );
+    // Counted as the 408 the client got, not as the 400 the handler made
+    // of the broken body.
+    let text = metrics_text(&s);
+    let series = |status: u16| {
+        format!(
+            "ferry_http_requests_total{{method=\"PUT\",route=\"/assets/{{feed}}/{{*path}}\",status=\"{status}\"}}"
+        )
+    };
+    assert!(text.contains(&series(408)), "no 408 counted: {text}");
+    assert!(
+        !text.contains(&series(400)),
+        "the stalled upload counted as 400: {text}"
+    );
 
     let (status, took) = slow.join().unwrap();
     assert_eq!(status, Some(201), "a slow upload that keeps moving succeeds");

@@ -27,7 +27,9 @@
 //!   reason.
 //! - Every request is counted in `ferry_http_requests_total` and timed in
 //!   `ferry_http_request_duration_seconds`, labelled by method, route
-//!   template and status ([`RequestMetrics`]).
+//!   template and status ([`RequestMetrics`]); one whose body stalled is
+//!   counted as the 408 the server loop answers ([`BodyWatch`]), also when
+//!   that cut its handler short.
 //!
 //! The layer is a plain [`tower::Service`] with a future of its own, not
 //! `axum::middleware::from_fn`: that boxes the inner service and the future
@@ -39,6 +41,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -81,7 +84,17 @@ struct Seen {
     matched: Option<MatchedPath>,
     uri: axum::http::Uri,
     client: Option<SocketAddr>,
+    /// The listener's [`BodyWatch`] of a request with a body.
+    stalled: Option<Arc<AtomicBool>>,
 }
+
+/// Put on a request with a body by the server loop that watches the body
+/// for stalls: raised once the body sent nothing for the body timeout.
+/// The client is then answered 408 by the server loop, whatever the
+/// handler made of the broken body (or before it finished), and the
+/// request is counted as that 408.
+#[derive(Debug, Clone, Default)]
+pub struct BodyWatch(pub Arc<AtomicBool>);
 
 impl<S> Service<Request> for EdgeService<S>
 where
@@ -96,12 +109,13 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let seen = Seen {
+        let mut seen = Seen {
             start: Instant::now(),
             method: req.method().clone(),
             matched: req.extensions().get::<MatchedPath>().cloned(),
             uri: req.uri().clone(),
             client: client_addr(req.extensions()),
+            stalled: None,
         };
         let route = seen.matched.as_ref().map(MatchedPath::as_str);
         // RFC 9112 §3.2: a request with more than one Host field is a 400;
@@ -128,6 +142,7 @@ where
         }
         // A request without a body (most reads) has nothing to mark or lift.
         if !req.body().is_end_stream() {
+            seen.stalled = req.extensions().get::<BodyWatch>().map(|w| w.0.clone());
             DefaultBodyLimit::disable().apply(&mut req);
             req = req.map(|body| Body::new(body.map_err(CoreError::client_body_error)));
         }
@@ -148,6 +163,30 @@ pin_project_lite::pin_project! {
         refused: Option<Response>,
         seen: Option<Seen>,
     }
+
+    impl<F> PinnedDrop for EdgeFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped unanswered: the server loop gave up on the request.
+            // One whose body stalled was answered 408 there; count it.
+            let this = this.project();
+            if let Some(seen) = this.seen.take()
+                && stalled(&seen)
+            {
+                record_seen(&seen, StatusCode::REQUEST_TIMEOUT.as_u16());
+            }
+        }
+    }
+}
+
+/// Whether the request's body stalled ([`BodyWatch`]).
+fn stalled(seen: &Seen) -> bool {
+    seen.stalled.as_ref().is_some_and(|s| s.load(Ordering::Acquire))
+}
+
+fn record_seen(seen: &Seen, status: u16) {
+    let route = seen.matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let took = seen.start.elapsed().as_secs_f64();
+    RequestMetrics::global().record(method_label(&seen.method), route, status, took);
 }
 
 impl<F, E> Future for EdgeFuture<F>
@@ -180,9 +219,12 @@ where
 }
 
 fn finish(seen: &Seen, resp: &mut Response) {
-    let route = seen.matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let took = seen.start.elapsed().as_secs_f64();
-    RequestMetrics::global().record(method_label(&seen.method), route, resp.status().as_u16(), took);
+    let status = if stalled(seen) {
+        StatusCode::REQUEST_TIMEOUT
+    } else {
+        resp.status()
+    };
+    record_seen(seen, status.as_u16());
 
     if let Some(failure) = resp.extensions_mut().remove::<error::Failure>() {
         log_failure(seen, failure);
