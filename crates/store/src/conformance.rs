@@ -571,6 +571,12 @@ async fn feeds(s: &dyn MetadataStore) {
     assert!(s.delete_feed(&name).await.unwrap());
     assert!(!s.delete_feed(&name).await.unwrap());
     assert_eq!(s.feed(&name).await.unwrap(), None);
+    // A write that reaches the store after its feed was deleted (the two
+    // requests raced) is NotFound, a client's answer, not a backend fault.
+    let w = s
+        .write(f.id, vec![(upsert("late", 10, vec![]), Precondition::Any)])
+        .await;
+    assert!(matches!(w, Err(StoreError::NotFound(_))), "{w:?}");
 }
 
 async fn writes_follow_stamps_and_log_changes(s: &dyn MetadataStore) {

@@ -75,9 +75,20 @@ pub enum ConnectFailure {
     Other(String),
 }
 
+/// What a write whose feed (or item) another request deleted meanwhile
+/// says: every foreign key of the schema names a feed, or an item of one,
+/// so a violated one means the row it points to is gone.
+const REFERENT_GONE: &str =
+    "the feed or item this request writes to (deleted while the request was under way) was";
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        match e.sqlite_error() {
+            Some(f) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+                StoreError::NotFound(REFERENT_GONE.to_owned())
+            }
+            _ => StoreError::Backend(e.to_string()),
+        }
     }
 }
 
@@ -91,6 +102,10 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(format!("database: {e}")),
             sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")) => {
                 StoreError::Contention(d.to_string())
+            }
+            // 23503: foreign_key_violation.
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
+                StoreError::NotFound(REFERENT_GONE.to_owned())
             }
             // The server going away as seen from a connection it ends:
             // SQLSTATE class 08 (connection exception), 57P01–57P05
