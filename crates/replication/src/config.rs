@@ -278,6 +278,14 @@ pub fn default_inline_max() -> u64 {
 
 impl ReplicationConfig {
     pub fn validate(&self) -> Result<(), ReplError> {
+        // (Every way in checks it: create, update, a declaration in the
+        // configuration file.)
+        if !(0.0..=1.0).contains(&self.delete_guard.max_share) {
+            return Err(ReplError::Invalid(format!(
+                "the delete guard's share must be between 0 and 1 (got {})",
+                self.delete_guard.max_share
+            )));
+        }
         if self.feeds.is_empty() {
             return Err(ReplError::Invalid(
                 "a replication needs at least one --feed".into(),
@@ -643,11 +651,6 @@ impl UpdateRequest {
             cfg.blob_sources = v;
         }
         if let Some(g) = self.delete_guard {
-            if !(0.0..=1.0).contains(&g.max_share) {
-                return Err(ReplError::Invalid(
-                    "the delete guard's share must be between 0 and 1".into(),
-                ));
-            }
             cfg.delete_guard = g;
         }
         cfg.validate()?;

@@ -132,6 +132,16 @@ async fn apply_creates_updates_and_refuses_without_changing_anything() {
             json!({ "replications": [{ "name": "r8", "feeds": ["files"], "outgoing": "http://127.0.0.1:9", "token": format!("fst_0123456789abcdef_{}", "ab".repeat(32)), "mode": "pull", "blob_sources": [{ "url": "http://127.0.0.1:10" }] }] }),
             "needs token, token_file or token_env",
         ),
+        // The delete guard is held to the range `replication update` holds
+        // it to, for a new replication and for the existing one.
+        (
+            json!({ "replications": [{ "name": "r9", "feeds": ["files"], "mode": "push", "delete_guard": { "max_share": -0.5, "max_items": 1 }, "line": 30 }] }),
+            "line 30: replication r9: the delete guard's share must be between 0 and 1",
+        ),
+        (
+            json!({ "replications": [{ "name": "edge", "feeds": ["files", "docs"], "incoming": true, "mode": "push", "delete_guard": { "max_share": 5.0, "max_items": 1 } }] }),
+            "between 0 and 1",
+        ),
     ];
     for (body, why) in refusals {
         let r = put(&i, Some(ADMIN), body.clone()).await;
