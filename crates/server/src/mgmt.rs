@@ -94,11 +94,39 @@ async fn delete_feed(
     _: Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    st.ferry
-        .delete_feed(&parse_name(&name)?)
-        .await
-        .map_err(ApiError::json)?;
+    let name = parse_name(&name)?;
+    unreplicated(&st, &name).await.map_err(ApiError::json)?;
+    st.ferry.delete_feed(&name).await.map_err(ApiError::json)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Refuses (409) to let feed `name` go while a replication names it: the
+/// replication would go on naming a feed that is not there (its
+/// executions fail, and `ferry config export` writes a file that no
+/// longer applies). A replication's feeds are fixed: the caller deletes
+/// the replications first.
+pub(crate) async fn unreplicated(st: &AppState, name: &FeedName) -> Result<(), CoreError> {
+    let using: Vec<String> = st
+        .replicator
+        .overview()
+        .await
+        .map_err(CoreError::from)?
+        .into_iter()
+        .filter(|o| o.config.feeds.iter().any(|p| &p.local == name))
+        .map(|o| o.name)
+        .collect();
+    if using.is_empty() {
+        return Ok(());
+    }
+    Err(CoreError::Conflict(format!(
+        "feed {name} is replicated by {}: delete {} first (ferry replication delete NAME), then the feed",
+        using.join(", "),
+        if using.len() == 1 {
+            "that replication"
+        } else {
+            "those replications"
+        },
+    )))
 }
 
 /// The feed's public signing key: its fingerprint and armored public key.

@@ -502,3 +502,42 @@ async fn an_outgoing_replication_to_something_that_is_not_ferry_is_refused() {
         .await;
     assert!(r.status.is_success(), "{} {}", r.status, r.text());
 }
+
+/// A feed a replication names cannot be deleted (409 naming the
+/// replication): the replication would go on naming a feed that is not
+/// there, and `config export` would write a file that no longer applies.
+/// Once the replication is gone the feed can go.
+#[tokio::test]
+async fn a_replicated_feed_is_not_deleted_under_its_replication() {
+    let i = Instance::new().await;
+    i.feed("rf", FeedType::Assets, false).await;
+    i.incoming("inc", &["rf"], "push").await;
+    let r = i
+        .send("DELETE", "/api/v1/feeds/rf", Some(ADMIN), &[], Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(
+        r.text().contains("replicated by inc") && r.text().contains("ferry replication delete"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(i.get("/api/v1/feeds").await.status, StatusCode::UNAUTHORIZED);
+    let feeds = i
+        .send("GET", "/api/v1/feeds", Some(ADMIN), &[], Body::empty())
+        .await;
+    assert!(feeds.text().contains("\"rf\""), "the feed went: {}", feeds.text());
+    let r = i
+        .send(
+            "DELETE",
+            "/api/v1/replications/inc",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let r = i
+        .send("DELETE", "/api/v1/feeds/rf", Some(ADMIN), &[], Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+}

@@ -289,14 +289,18 @@ async fn delete_confirm(
             p { "This deletes the " (row.feed.feed_type.to_string()) " feed " strong { (row.feed.name) } " with its "
                 strong { (count(row.items, "item")) } @if let Some(s) = row.size { " (" (bytes(s)) ")" } ". It cannot be undone." }
             @if !row.replications.is_empty() {
-                p { "Replications that use it: " (row.replications.join(", ")) ". They will fail for this feed until they are changed or deleted." }
+                p { "Replications that use it: " (row.replications.join(", ")) ". A feed a replication names cannot be deleted: delete those replications first." }
             }
             p { "API keys scoped to it lose it." }
         }
-        form method="post" action={ "/feeds/" (seg(&name)) "/delete" } {
-            (csrf_field(&who))
-            button.danger type="submit" { "Delete feed " (row.feed.name) " and its " (count(row.items, "item")) }
-            " " a href="/feeds" { "Cancel" }
+        @if row.replications.is_empty() {
+            form method="post" action={ "/feeds/" (seg(&name)) "/delete" } {
+                (csrf_field(&who))
+                button.danger type="submit" { "Delete feed " (row.feed.name) " and its " (count(row.items, "item")) }
+                " " a href="/feeds" { "Cancel" }
+            }
+        } @else {
+            p { a href="/replications" { "Replications" } " · " a href="/feeds" { "Back to feeds" } }
         }
     };
     Ok(page("Delete feed", Some(&who), Nav::Feeds, body))
@@ -309,6 +313,7 @@ async fn delete(
 ) -> Result<Response, ApiError> {
     p.who.admin()?;
     let name = FeedName::new(&name).map_err(|e| html_err(CoreError::from(e)))?;
+    crate::mgmt::unreplicated(&st, &name).await.map_err(html_err)?;
     st.ferry.delete_feed(&name).await.map_err(html_err)?;
     Ok(Redirect::to(&format!("/feeds?deleted={}", seg(name.as_str()))).into_response())
 }
