@@ -138,6 +138,24 @@ pub fn document() -> Value {
                 "parameters": name_param,
                 "post": op_optional_body("Compare both ends' state per feed pair (`same` is true iff every pair holds the same items); with repair, run a full comparison first where they differ", "200", "VerifyRequest")
             },
+            "/api/v1/config": {
+                "get": op("The running configuration as declarations: every feed, every replication with its options; no secrets (outgoing tokens become token_env names, incoming ones are listed by id and SHA-256). What `ferry config export` prints, as JSON", "200", None),
+                "put": ({
+                    let mut o = op("Apply declarations (what `ferry config apply FILE` sends, the TOML file as JSON with token_file and token_env resolved): declared feeds and replications are created or updated, others left alone unless prune is true; a declaration that cannot be applied is refused (400, naming its line) and nothing changes. Body at most 1 MiB", "200", None);
+                    o["requestBody"] = json!({
+                        "required": true,
+                        "content": { "application/json": { "schema": {
+                            "type": "object",
+                            "properties": {
+                                "prune": { "type": "boolean", "default": false },
+                                "feeds": { "type": "array", "items": { "type": "object" } },
+                                "replications": { "type": "array", "items": { "type": "object" } }
+                            }
+                        } } }
+                    });
+                    o
+                })
+            },
             "/api/v1/feeds/{name}/bundle": {
                 "parameters": name_param,
                 "get": ({
@@ -312,7 +330,12 @@ mod tests {
     #[test]
     fn every_management_route_and_method_is_described() {
         let doc = document();
-        let src = [include_str!("mgmt.rs"), include_str!("mgmt_replication.rs")].concat();
+        let src = [
+            include_str!("mgmt.rs"),
+            include_str!("mgmt_replication.rs"),
+            include_str!("declare.rs"),
+        ]
+        .concat();
         let found = routes(&src);
         assert!(
             found
