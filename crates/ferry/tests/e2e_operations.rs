@@ -542,6 +542,10 @@ fn bad_parameters_of_the_replication_management_api_get_a_json_reason() {
             "/api/v1/feeds/files/bundle?since=x",
             "since must be a change-log position",
         ),
+        (
+            "/api/v1/feeds/files/bundle?since=-1",
+            "since must be a change-log position",
+        ),
     ] {
         let (st, v) = api("GET", path, None);
         assert_eq!(st, 400, "{path}: {v}");

@@ -383,7 +383,11 @@ async fn export_bundle(
     Path(name): Path<String>,
     q: Result<Query<Since>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
-    let q = query(q, "since must be a change-log position (a whole number)")?;
+    const SINCE: &str = "since must be a change-log position (a whole number from 0)";
+    let q = query(q, SINCE)?;
+    if q.since < 0 {
+        return Err(ApiError::json(CoreError::invalid(SINCE.to_owned())));
+    }
     let feed = ferry_types::FeedName::new(name).map_err(|e| ApiError::json(CoreError::from(e)))?;
     let (header, stream) = st.replicator.export_bundle(&feed, q.since).await.map_err(repl)?;
     axum::response::Response::builder()

@@ -98,6 +98,18 @@ fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) 
         .map_err(|e| err(crate::error::json_rejection(&e)))
 }
 
+/// Query parameters, or a 400 in the API's JSON error shape saying which
+/// one is wrong (not the parser's answer as plain text).
+fn query_params<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|e| {
+        let why = e.body_text();
+        let why = why
+            .strip_prefix("Failed to deserialize query string: ")
+            .unwrap_or(&why);
+        err(CoreError::invalid(format!("bad query string: {why}")))
+    })
+}
+
 async fn handshake(
     State(st): State<AppState>,
     Peer(s): Peer,
@@ -115,8 +127,9 @@ async fn changes(
     State(st): State<AppState>,
     Peer(s): Peer,
     Path(feed): Path<String>,
-    Query(q): Query<PageQuery>,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> JsonResult<ChangesPage> {
+    let q = query_params(q)?;
     Ok(Json(
         st.replicator
             .changes(&s, &feed, q)
@@ -140,8 +153,9 @@ async fn entries(
     State(st): State<AppState>,
     Peer(s): Peer,
     Path(feed): Path<String>,
-    Query(q): Query<EntriesQuery>,
+    q: Result<Query<EntriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> JsonResult<EntriesPage> {
+    let q = query_params(q)?;
     let after = q
         .after
         .map(ItemKey::new)

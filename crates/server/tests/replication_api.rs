@@ -541,3 +541,28 @@ async fn a_replicated_feed_is_not_deleted_under_its_replication() {
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
 }
+
+/// A malformed query parameter of the replication API is a 400 in the
+/// API's JSON error shape naming the parameter, as every other refusal
+/// there is (it was the query parser's message as plain text).
+#[tokio::test]
+async fn bad_query_parameters_are_refused_in_json() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    let token = i.incoming("edge", &["files"], "push").await;
+    for (uri, names) in [
+        ("/api/replication/v1/feeds/files/changes?since=abc", "since"),
+        ("/api/replication/v1/feeds/files/changes?anchor=zzz", "anchor"),
+        ("/api/replication/v1/feeds/files/changes?limit=-3", "limit"),
+        ("/api/replication/v1/feeds/files/entries?limit=x", "limit"),
+    ] {
+        let r = i.send("GET", uri, Some(&token), &[], Body::empty()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{uri}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"), "{uri}");
+        let why = r.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            why.contains("bad query string") && why.contains(names),
+            "{uri}: {why}"
+        );
+    }
+}
