@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use ferry_core::Ferry;
-use ferry_store::now_millis;
+use ferry_store::{FeedId, now_millis};
 use serde::{Deserialize, Serialize};
 
 use crate::incoming::Session;
@@ -29,15 +29,17 @@ pub const DEFAULT_INTERVAL_SECS: u64 = 60;
 /// Longest instance name kept (longer ones are cut).
 const MAX_NAME: usize = 128;
 
-/// How far a peer is behind in one feed it reads, as of its last page.
+/// How far a peer is behind in one feed it reads: saved as of its last
+/// page, shown as of the listing ([`Replicator::peers`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PeerFeed {
     /// The cursor (change log seq) it asked from.
     pub cursor: i64,
-    /// Changes in the log after that cursor when it asked.
+    /// Changes in the log after that cursor (when it asked; when listed,
+    /// now).
     pub lag_changes: i64,
-    /// Seconds between the oldest change it had not read and its request
-    /// (0 when it had read everything).
+    /// Seconds from the oldest change after that cursor to its request
+    /// (when listed: to now); 0 when it had read everything.
     pub lag_seconds: f64,
     /// When it asked (milliseconds since the epoch).
     pub at: i64,
@@ -321,6 +323,33 @@ impl Replicator {
             }
         }
         let now = now_millis();
+        // The lag as of now, not as of the peer's last request: a peer that
+        // stopped falls further behind with every change made here since.
+        let mut feed_ids: HashMap<String, Option<(FeedId, i64)>> = HashMap::new();
+        for (state, _) in states.values_mut() {
+            for (name, f) in state.feeds.iter_mut() {
+                if !feed_ids.contains_key(name) {
+                    feed_ids.insert(name.clone(), self.feed_position(name).await);
+                }
+                let Some(Some((feed, last_seq))) = feed_ids.get(name).copied() else {
+                    continue;
+                };
+                if last_seq <= f.cursor {
+                    continue;
+                }
+                f.lag_changes = last_seq - f.cursor;
+                let oldest = self
+                    .ferry()
+                    .metadata()
+                    .changes_since(feed, f.cursor, 1)
+                    .await?
+                    .first()
+                    .map(|c| i64::try_from(c.stamp.time.millis()).unwrap_or(now));
+                if let Some(ms) = oldest {
+                    f.lag_seconds = f.lag_seconds.max((now - ms).max(0) as f64 / 1000.0);
+                }
+            }
+        }
         let multiple = u64::from(self.ferry().config().peer_stale_intervals.max(1));
         let mut out: Vec<PeerView> = states
             .into_values()
@@ -349,6 +378,14 @@ impl Replicator {
                 .then_with(|| a.state.instance_id.cmp(&b.state.instance_id))
         });
         Ok(out)
+    }
+
+    /// Feed `name`'s id and last change-log position, if it exists.
+    async fn feed_position(&self, name: &str) -> Option<(FeedId, i64)> {
+        let name = ferry_types::FeedName::new(name).ok()?;
+        let feed = self.ferry().feed(&name).await.ok()?;
+        let last = self.ferry().metadata().last_seq(feed.id).await.ok()?;
+        Some((feed.id, last))
     }
 
     /// Sets the per-peer gauges of every incoming replication (called as

@@ -157,6 +157,45 @@ async fn the_hub_lists_its_spokes_with_cursors_lag_errors_and_staleness() {
     assert_eq!(a["feeds"]["files"]["lag_changes"], 0);
     assert_eq!(a["feeds"]["files"]["lag_seconds"], 0.0);
 
+    // Changes made here after its last request count at once: a spoke
+    // that stopped asking falls behind (it showed 0 until it asked again).
+    for n in 5..8 {
+        put_asset(&hub, &format!("f{n}.txt")).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let list = peers(&hub).await;
+    let a = peer(&list, SPOKE_A);
+    assert_eq!(a["feeds"]["files"]["cursor"], next);
+    assert_eq!(a["feeds"]["files"]["lag_changes"], 3, "{a}");
+    let behind = a["feeds"]["files"]["lag_seconds"].as_f64().unwrap();
+    assert!(behind >= 0.25, "lag {behind} s");
+    assert!(a["lag_seconds"].as_f64().unwrap() >= 0.25, "{a}");
+    // It catches up: no lag again.
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "GET",
+        &format!("feeds/files/changes?since={next}&limit=100"),
+        String::new(),
+    )
+    .await;
+    let caught_up = r.json()["next"].as_i64().unwrap();
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "GET",
+        &format!("feeds/files/changes?since={caught_up}"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let list = peers(&hub).await;
+    let a = peer(&list, SPOKE_A);
+    assert_eq!(a["feeds"]["files"]["lag_changes"], 0, "{a}");
+    assert_eq!(a["feeds"]["files"]["lag_seconds"], 0.0, "{a}");
+
     // Spoke B shares the token; its refused request is its last error.
     let r = from(
         &hub,
