@@ -348,7 +348,10 @@ pub async fn apply(
             undo_feeds(ferry, &created).await;
             return Err(DeclareError::new(f.line, format!("feed {name}"), e));
         }
-        tracing::info!(feed = %name, line = ?f.line, "created declared feed");
+        match f.line {
+            Some(line) => tracing::info!(feed = %name, line, "created declared feed"),
+            None => tracing::info!(feed = %name, "created declared feed"),
+        }
         created.push(name.clone());
     }
     // 4. Every replication checked (the other end included) before any changes.
@@ -414,8 +417,11 @@ pub async fn apply(
 
 async fn undo_feeds(ferry: &Ferry, created: &[FeedName]) {
     for name in created {
-        if let Err(e) = ferry.delete_feed(name).await {
-            tracing::warn!(feed = %name, error = %e, "could not remove a feed created by a failed apply");
+        match ferry.delete_feed(name).await {
+            Ok(_) => tracing::info!(feed = %name, "removed the declared feed again: the apply was refused"),
+            Err(e) => {
+                tracing::warn!(feed = %name, error = %e, "could not remove a feed created by a failed apply")
+            }
         }
     }
 }
