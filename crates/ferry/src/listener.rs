@@ -1050,6 +1050,16 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             let resp = refused(too_many_connections(self.max_connections));
             return ResponseFuture::Answered(Some((resp, busy)));
         }
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400 (the
+        // edge layer refuses more than one).
+        if req.version() == hyper::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+            let resp = refused(plain(
+                StatusCode::BAD_REQUEST,
+                "the request has no Host header field; HTTP/1.1 requires one (RFC 9112, section 3.2)\n"
+                    .to_owned(),
+            ));
+            return ResponseFuture::Answered(Some((resp, busy)));
+        }
         if req.body().is_end_stream() {
             // No body (most reads): nothing can stall, nothing to watch.
             let mut req = req.map(|_| Body::empty());

@@ -436,6 +436,25 @@ fn assert_refusal(got: &[u8], status: u16, says: &str, what: &str) {
     );
 }
 
+/// An HTTP/1.1 request without a Host field is a 400 with the reason
+/// (RFC 9112 §3.2); HTTP/1.0 has no such rule and is served.
+#[test]
+fn an_http_1_1_request_without_host_is_refused() {
+    let s = Server::start();
+    let mut c = connect(&s);
+    c.write_all(b"GET /health HTTP/1.1\r\n\r\n").unwrap();
+    let (got, closed) = until_closed(&mut c, Duration::from_secs(10));
+    assert!(closed.is_some(), "the connection stays open");
+    assert_refusal(&got, 400, "no host header field", "no Host");
+    let mut c = connect(&s);
+    c.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+    let (got, _) = until_closed(&mut c, Duration::from_secs(10));
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.0 200"),
+        "{got:?}"
+    );
+}
+
 /// A client that opens with HTTP/2's connection preface (prior knowledge,
 /// h2c) reads only HTTP/2 frames: it gets the server's SETTINGS and a
 /// GOAWAY with `HTTP_1_1_REQUIRED` (RFC 9113 §7, code 0xd) and a reason,
