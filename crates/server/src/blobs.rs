@@ -41,14 +41,12 @@ pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> RangeRequest {
     };
     let parsed = match (start.trim(), end.trim()) {
         ("", "") => None,
-        ("", suffix) => suffix
-            .parse::<u64>()
-            .ok()
+        ("", suffix) => position(suffix)
             .filter(|n| *n > 0)
             .map(|n| size.saturating_sub(n)..size),
-        (s, "") => s.parse::<u64>().ok().map(|s| s..size),
-        (s, e) => match (s.parse::<u64>(), e.parse::<u64>()) {
-            (Ok(s), Ok(e)) if s <= e => Some(s..(e.saturating_add(1)).min(size)),
+        (s, "") => position(s).map(|s| s..size),
+        (s, e) => match (position(s), position(e)) {
+            (Some(s), Some(e)) if s <= e => Some(s..(e.saturating_add(1)).min(size)),
             _ => None,
         },
     };
@@ -56,6 +54,16 @@ pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> RangeRequest {
         Some(r) if r.start < size && r.start < r.end => RangeRequest::Part(r),
         _ => RangeRequest::Unsatisfiable,
     }
+}
+
+/// A byte position or suffix length of a range (`1*DIGIT`, RFC 9110
+/// §14.1.1); one past what a u64 holds is that much (an end past the
+/// representation's is clamped to it, §14.1.2, however many digits).
+fn position(digits: &str) -> Option<u64> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse::<u64>().unwrap_or(u64::MAX))
 }
 
 /// The strong entity tag of a blob (RFC 9110 §8.8.3): its digest, quoted.
@@ -602,6 +610,16 @@ mod tests {
         assert_eq!(r("bytes=0-1,4-5", 10), RangeRequest::Whole);
         assert_eq!(r("items=0-1", 10), RangeRequest::Whole);
         assert_eq!(r("byte", 10), RangeRequest::Whole);
+        // Positions past a u64 are valid and clamp like any end past the
+        // size; only digits are positions.
+        assert_eq!(r("bytes=0-18446744073709551616", 10), RangeRequest::Part(0..10));
+        assert_eq!(
+            r("bytes=2-999999999999999999999999", 10),
+            RangeRequest::Part(2..10)
+        );
+        assert_eq!(r("bytes=-99999999999999999999", 10), RangeRequest::Part(0..10));
+        assert_eq!(r("bytes=99999999999999999999-", 10), RangeRequest::Unsatisfiable);
+        assert_eq!(r("bytes=+1-2", 10), RangeRequest::Unsatisfiable);
     }
 
     const TAG: &str = "\"sha256:ab\"";
