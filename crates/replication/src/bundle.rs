@@ -304,6 +304,12 @@ impl Replicator {
                         if hd.format != 1 {
                             return Err(bad(&format!("bundle format {} is not supported", hd.format)));
                         }
+                        if hd.since < 0 || hd.until < hd.since {
+                            return Err(bad(&format!(
+                                "the header's changes {}..{} are not a range of change-log positions",
+                                hd.since, hd.until
+                            )));
+                        }
                         if hd.feed_type != feed.feed_type {
                             return Err(ReplError::Invalid(format!(
                                 "the bundle holds a {} feed; {} is {}",

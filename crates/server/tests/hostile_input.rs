@@ -500,3 +500,59 @@ async fn a_request_with_two_host_fields_is_refused() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
+
+/// A bundle whose header names no range of change-log positions (since
+/// past until, or negative) is refused with the reason, nothing imported.
+#[tokio::test]
+async fn a_bundle_header_with_a_backwards_range_is_refused() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    i.feed("copy", FeedType::Assets, false).await;
+    let r = i
+        .send("PUT", "/assets/files/a.txt", Some(ADMIN), &[], b"a".to_vec())
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let bundle = i
+        .send(
+            "GET",
+            "/api/v1/feeds/files/bundle",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(bundle.status, StatusCode::OK);
+    for (since, until) in [(99, -1), (-5, 3), (4, 2)] {
+        // The same bundle, its header's range changed.
+        let mut out = tar::Builder::new(Vec::new());
+        let mut archive = tar::Archive::new(std::io::Cursor::new(bundle.body.clone()));
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().into_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            if path.to_str() == Some("ferry-bundle.json") {
+                let mut h: serde_json::Value = serde_json::from_slice(&data).unwrap();
+                h["since"] = since.into();
+                h["until"] = until.into();
+                data = serde_json::to_vec(&h).unwrap();
+            }
+            let mut header = entry.header().clone();
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            out.append(&header, data.as_slice()).unwrap();
+        }
+        let body = out.into_inner().unwrap();
+        let r = i
+            .send("POST", "/api/v1/feeds/copy/bundle", Some(ADMIN), &[], body)
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{since}..{until}: {}",
+            r.text()
+        );
+        assert!(r.text().contains("not a range"), "{}", r.text());
+        assert_eq!(i.get("/assets/copy/a.txt").await.status, StatusCode::NOT_FOUND);
+    }
+}
