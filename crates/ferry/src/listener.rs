@@ -416,16 +416,35 @@ async fn http2_refusal<S>(mut stream: Tracked<S>, within: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.release();
+    // (What the client still sends: its SETTINGS, a first request.)
     let frames = http2_goaway_frames();
+    if let Err(e) = answer_and_close(&mut stream, &[&frames], 64 << 10, within).await {
+        tracing::debug!(error = %e, "could not refuse an HTTP/2 connection");
+    }
+}
+
+/// Writes `parts` on `stream` and closes its sending side, then reads
+/// and drops what the client still sends, up to `drain` bytes, so that
+/// closing does not reset the answer away before the client read it.
+/// All within `within` (past it, Ok: the client had its chance).
+async fn answer_and_close<S>(
+    stream: &mut Tracked<S>,
+    parts: &[&[u8]],
+    drain: usize,
+    within: Duration,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let answered = async {
-        stream.write_all(&frames).await?;
+        for part in parts {
+            stream.write_all(part).await?;
+        }
         stream.shutdown().await?;
-        // What the client still sends (its SETTINGS, a first request), up
-        // to 64 KiB, so that closing does not reset the answer away.
         let mut buf = [0u8; 8192];
-        let mut left = 64usize << 10;
+        let mut left = drain;
         while left > 0 {
             let n = stream.read(&mut buf).await?;
             if n == 0 {
@@ -435,9 +454,7 @@ where
         }
         io::Result::Ok(())
     };
-    if let Ok(Err(e)) = tokio::time::timeout(within, answered).await {
-        tracing::debug!(error = %e, "could not refuse an HTTP/2 connection");
-    }
+    tokio::time::timeout(within, answered).await.unwrap_or(Ok(()))
 }
 
 /// An empty SETTINGS frame, then GOAWAY (last stream 0, `HTTP_1_1_REQUIRED`)
@@ -593,7 +610,7 @@ async fn unparsed_answer<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     stream.release();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let text = match status {
@@ -642,24 +659,9 @@ async fn unparsed_answer<S>(
         text.len(),
         ferry_server::blobs::SANDBOX_POLICY,
     );
-    let answered = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(text.as_bytes()).await?;
-        stream.shutdown().await?;
-        // What the client still sends (the rest of an oversized head, a
-        // body), up to 1 MiB, so that closing does not reset the answer away.
-        let mut buf = [0u8; 8192];
-        let mut left = 1usize << 20;
-        while left > 0 {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            left = left.saturating_sub(n);
-        }
-        io::Result::Ok(())
-    };
-    if let Ok(Err(e)) = tokio::time::timeout(within, answered).await {
+    // (What the client still sends: the rest of an oversized head, a body.)
+    let parts: [&[u8]; 2] = [head.as_bytes(), text.as_bytes()];
+    if let Err(e) = answer_and_close(&mut stream, &parts, 1 << 20, within).await {
         tracing::debug!(error = %e, "could not answer a request that could not be parsed");
     }
 }

@@ -325,11 +325,14 @@ impl Replicator {
         let now = now_millis();
         // The lag as of now, not as of the peer's last request: a peer that
         // stopped falls further behind with every change made here since.
+        // (Peers of one feed mostly share a cursor: each feed and each
+        // cursor is read once per listing.)
         let mut feed_ids: HashMap<String, Option<(FeedId, i64)>> = HashMap::new();
+        let mut oldest_after: HashMap<(FeedId, i64), Option<i64>> = HashMap::new();
         for (state, _) in states.values_mut() {
             for (name, f) in state.feeds.iter_mut() {
-                if !feed_ids.contains_key(name) {
-                    feed_ids.insert(name.clone(), self.feed_position(name).await);
+                if let std::collections::hash_map::Entry::Vacant(slot) = feed_ids.entry(name.clone()) {
+                    slot.insert(self.feed_position(name).await);
                 }
                 let Some(Some((feed, last_seq))) = feed_ids.get(name).copied() else {
                     continue;
@@ -338,14 +341,18 @@ impl Replicator {
                     continue;
                 }
                 f.lag_changes = last_seq - f.cursor;
-                let oldest = self
-                    .ferry()
-                    .metadata()
-                    .changes_since(feed, f.cursor, 1)
-                    .await?
-                    .first()
-                    .map(|c| i64::try_from(c.stamp.time.millis()).unwrap_or(now));
-                if let Some(ms) = oldest {
+                if let std::collections::hash_map::Entry::Vacant(slot) = oldest_after.entry((feed, f.cursor))
+                {
+                    let first = self
+                        .ferry()
+                        .metadata()
+                        .changes_since(feed, f.cursor, 1)
+                        .await?
+                        .first()
+                        .map(|c| i64::try_from(c.stamp.time.millis()).unwrap_or(now));
+                    slot.insert(first);
+                }
+                if let Some(Some(ms)) = oldest_after.get(&(feed, f.cursor)).copied() {
                     f.lag_seconds = f.lag_seconds.max((now - ms).max(0) as f64 / 1000.0);
                 }
             }
