@@ -19,8 +19,15 @@ pub struct Asset {
     pub digest: Digest,
     pub size: u64,
     pub content_type: String,
+    /// When the file was written at its origin (ms since the Unix epoch);
+    /// shown in JSON as RFC 3339 with milliseconds, as in folder listings.
+    #[serde(serialize_with = "millis_as_rfc3339")]
     pub modified: i64,
     pub downloads: u64,
+}
+
+fn millis_as_rfc3339<S: serde::Serializer>(millis: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::rfc3339(*millis))
 }
 
 /// One entry of a folder listing.
@@ -50,6 +57,7 @@ pub async fn put(
     expected: Option<Digest>,
 ) -> Result<Asset, CoreError> {
     let key = asset_key(path)?;
+    file_and_folder_apart(ferry, feed, key.as_str()).await?;
     let staged = ferry.stage(body, expected).await?;
     let size = staged.size();
     let digest = ferry.commit_blob(staged).await?;
@@ -65,14 +73,43 @@ pub async fn put(
             )],
         )
         .await?;
+    // The time the write was stamped with, as every listing (here and on
+    // replicas) shows it; a concurrent write of the same path may have
+    // replaced it already, and then this one's time is about now.
+    let modified = match ferry.item(feed, &key).await? {
+        Some(item) if item.blobs.first() == Some(&digest) => item.modified(),
+        _ => ferry_store::now_millis(),
+    };
     Ok(Asset {
         path: key.as_str().to_string(),
         digest,
         size,
         content_type: content_type.to_string(),
-        modified: ferry_store::now_millis(),
+        modified,
         downloads: 0,
     })
+}
+
+/// A path is a file or a folder, never both (as on a file system, and as a
+/// recursive download or a copy to disk needs): `Conflict` when a folder
+/// above `key` is a file, or when `key` is a folder holding files. Checked
+/// before the body is read, so a refused upload moves no bytes.
+async fn file_and_folder_apart(ferry: &Ferry, feed: &FeedRecord, key: &str) -> Result<(), CoreError> {
+    for (i, _) in key.match_indices('/') {
+        let above = &key[..i];
+        let above_key = asset_key(above)?;
+        if ferry.item(feed, &above_key).await?.is_some() {
+            return Err(CoreError::Conflict(format!(
+                "{above} is a file, so {key} cannot be stored under it: delete {above} first, or choose another path"
+            )));
+        }
+    }
+    if ferry.has_items(feed, &format!("{key}/")).await? {
+        return Err(CoreError::Conflict(format!(
+            "{key} is a folder holding files, so a file cannot be stored there: choose another path, or delete the folder's files first"
+        )));
+    }
+    Ok(())
 }
 
 pub async fn get(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<Asset, CoreError> {
@@ -93,7 +130,7 @@ pub async fn get(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<Asset, 
             .as_str()
             .unwrap_or("application/octet-stream")
             .to_string(),
-        modified: item.updated_at,
+        modified: item.modified(),
         downloads: item.downloads,
     })
 }
@@ -127,7 +164,7 @@ pub async fn list(ferry: &Ferry, feed: &FeedRecord, dir: &str) -> Result<Vec<Ent
                 kind: "file",
                 size: item.meta["size"].as_u64(),
                 digest: item.blobs.first().copied(),
-                modified: Some(crate::rfc3339(item.updated_at)),
+                modified: Some(crate::rfc3339(item.modified())),
                 downloads: Some(item.downloads),
             }),
         }

@@ -287,11 +287,12 @@ impl StoredVersion {
             .blobs
             .first()
             .ok_or_else(|| CoreError::Internal(format!("cargo item {} has no blob", rec.key)))?;
+        let modified = rec.modified();
         Ok(Self {
             key: rec.key,
             item,
             digest,
-            modified: rec.updated_at,
+            modified,
             created: rec.created_at,
         })
     }

@@ -34,7 +34,8 @@ pub struct Damage {
 /// What one `fsck` pass found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FsckReport {
-    /// Blobs re-hashed, and their bytes.
+    /// Blobs re-hashed, and their bytes (intact and corrupt alike; a
+    /// missing blob has none).
     pub checked: u64,
     pub bytes: u64,
     /// Registered blobs not checked (left out of the sample).
@@ -351,6 +352,10 @@ impl Ferry {
                 // Damage of a blob nothing needs any more is not reported.
                 let report_it = !self.damage_forgotten(&digest);
                 let check = self.0.blobs.check(&digest).await?;
+                // Every byte re-hashed counts, whatever it showed.
+                if let BlobCheck::Intact { size } | BlobCheck::Corrupt { size, .. } = check {
+                    report.bytes += size;
+                }
                 // A registered blob no item references is an upload under
                 // way, or one a crash cut before its item (its lease lets
                 // the collector take it later): its missing or corrupt
@@ -365,8 +370,7 @@ impl Ferry {
                     continue;
                 }
                 match check {
-                    BlobCheck::Intact { size } => {
-                        report.bytes += size;
+                    BlobCheck::Intact { .. } => {
                         self.clear_damage(&digest);
                     }
                     BlobCheck::Missing => {
@@ -503,6 +507,8 @@ mod tests {
             (first.missing.clone(), first.corrupt.clone()),
             (vec![lost], vec![rotten])
         );
+        // Both were looked at; the corrupt one's bytes were re-hashed.
+        assert_eq!((first.checked, first.bytes), (2, 6));
         let second = ok(ferry.fsck(1.0).await);
         assert_eq!((second.missing, second.corrupt), (vec![lost], vec![rotten]));
         let mut expected = vec![(lost, DamageKind::Missing), (rotten, DamageKind::Corrupt)];

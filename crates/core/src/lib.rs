@@ -1023,6 +1023,11 @@ impl Ferry {
     }
 
     /// Every live item whose key starts with `prefix`, in key order.
+    /// Whether any live item's key starts with `prefix` (one row read).
+    pub async fn has_items(&self, feed: &FeedRecord, prefix: &str) -> Result<bool, CoreError> {
+        Ok(!self.0.meta.items(feed.id, prefix, None, 1).await?.is_empty())
+    }
+
     pub async fn items(&self, feed: &FeedRecord, prefix: &str) -> Result<Vec<ItemRecord>, CoreError> {
         const PAGE: usize = 1000;
         let mut out: Vec<ItemRecord> = Vec::new();

@@ -54,7 +54,7 @@ impl Stored {
             key: rec.key.as_str().to_owned(),
             item,
             digest: digest.hex(),
-            modified: rec.updated_at,
+            modified: rec.modified(),
             downloads: rec.downloads,
         })
     }

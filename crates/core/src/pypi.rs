@@ -51,11 +51,12 @@ impl StoredFile {
             .blobs
             .first()
             .ok_or_else(|| CoreError::Internal(format!("PyPI item {} has no blob", item.key)))?;
+        let modified = item.modified();
         Ok(Self {
             key: item.key,
             meta,
             digest,
-            modified: item.updated_at,
+            modified,
             downloads: item.downloads,
         })
     }

@@ -715,3 +715,50 @@ fn a_run_asked_after_publishes_carries_every_one_of_them() {
     }
     assert!(spoke.verified("from-hub"));
 }
+
+/// A file's time is when it was written at its origin, on every instance:
+/// the PUT answer, the hub's listing and the spoke's listing and
+/// `Last-Modified` all show the hub's upload time, not when the spoke
+/// applied it.
+#[test]
+fn a_spoke_shows_the_hubs_upload_time_not_its_own() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let auth = format!("Authorization: Bearer {ADMIN}");
+    let (st, body) = support::curl_stdin(
+        &["-T", "-", "-H", &auth, &hub.asset_url("files", "dir/a.txt")],
+        b"first",
+    );
+    assert_eq!(st, 201);
+    let put: Value = serde_json::from_slice(&body).unwrap();
+    let put_time = put["modified"]
+        .as_str()
+        .unwrap_or_else(|| panic!("PUT answer: {put}"))
+        .to_owned();
+    // Late enough that an apply time would show in seconds, too.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let spoke = Server::pulling_spoke(&hub, "files", &token);
+    assert!(wait_until(SYNC, || spoke.serves("files", "dir/a.txt", b"first")));
+    let listed = |s: &Server| -> String {
+        let (st, body) = curl(&["-H", "Accept: application/json", &s.asset_url("files", "dir/")]);
+        assert_eq!(st, 200);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v[0]["modified"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(listed(&hub), put_time);
+    assert_eq!(listed(&spoke), put_time);
+    let last_modified = |s: &Server| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-I", &s.asset_url("files", "dir/a.txt")])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix("last-modified: "))
+            .unwrap_or_else(|| panic!("no Last-Modified: {text}"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(last_modified(&spoke), last_modified(&hub));
+}

@@ -84,20 +84,33 @@ impl Replicator {
         Ok(s)
     }
 
-    /// Checks that the peer's configuration fits this one.
+    /// Checks that the peer's configuration fits this one. The peer's
+    /// name, Ferry version and interval are recorded whether or not it is
+    /// accepted, so a refused one is listed under its name with the reason.
     pub async fn handshake(
         &self,
         s: &Session,
         req: HandshakeRequest,
     ) -> Result<HandshakeResponse, ReplError> {
-        let name = &s.record.name;
-        let Some(version) = req
+        let version = req
             .protocol_versions
             .iter()
             .copied()
             .filter(|v| SUPPORTED_VERSIONS.contains(v))
-            .max()
-        else {
+            .max();
+        let answer = self.check_handshake(s, &req, version).await;
+        self.peer_handshake(s, &req, version, answer.is_ok()).await;
+        answer
+    }
+
+    async fn check_handshake(
+        &self,
+        s: &Session,
+        req: &HandshakeRequest,
+        version: Option<u32>,
+    ) -> Result<HandshakeResponse, ReplError> {
+        let name = &s.record.name;
+        let Some(version) = version else {
             let msg = format!(
                 "no common replication protocol version: the other instance speaks {:?}, this one {:?}; upgrade the older Ferry",
                 req.protocol_versions, SUPPORTED_VERSIONS
@@ -153,7 +166,6 @@ impl Replicator {
         if let Ok(mut peers) = self.0.peers.lock() {
             peers.insert(s.record.id, req.instance_id);
         }
-        self.peer_handshake(s, &req, version).await;
         self.diag().log(
             Level::Debug,
             format!(

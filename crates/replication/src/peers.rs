@@ -219,8 +219,17 @@ impl Replicator {
         Some(PeerRequest { r: self.clone(), key })
     }
 
-    /// Records what a handshake says of its peer, and saves it.
-    pub(crate) async fn peer_handshake(&self, s: &Session, req: &HandshakeRequest, protocol_version: u32) {
+    /// Records what a handshake says of its peer (`protocol_version`: the
+    /// one agreed, None when none is shared), and saves it. An accepted
+    /// handshake settles the error refused before; a refused one is noted
+    /// by [`Replicator::peer_error`] as every refused request is.
+    pub(crate) async fn peer_handshake(
+        &self,
+        s: &Session,
+        req: &HandshakeRequest,
+        protocol_version: Option<u32>,
+        accepted: bool,
+    ) {
         let now = now_millis();
         let key = (s.record.id, req.instance_id.to_string());
         let state = {
@@ -231,10 +240,12 @@ impl Replicator {
             e.state.last_contact = now;
             e.state.name = req.instance_name.as_deref().map(cut);
             e.state.ferry_version = Some(cut(&req.ferry_version));
-            e.state.protocol_version = Some(protocol_version);
+            e.state.protocol_version = protocol_version;
             e.state.interval_secs = req.interval_secs;
-            // Accepted: whatever was refused before is settled.
-            e.state.last_error = None;
+            if accepted {
+                // Whatever was refused before is settled.
+                e.state.last_error = None;
+            }
             take_save(e, now, true)
         };
         if let Some(state) = state {

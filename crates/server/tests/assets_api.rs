@@ -511,3 +511,54 @@ fn base64_encode(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// A path is a file or a folder, never both: a file under a file, or a
+/// file where a folder holds files, is 409 with the reason, and nothing
+/// changes; once the way is clear, the upload goes through.
+#[tokio::test]
+async fn a_file_and_a_folder_never_share_a_path() {
+    let (i, w) = instance_with_files().await;
+    let put = |path: &'static str, body: &'static str| {
+        let (i, w) = (&i, &w);
+        async move {
+            i.send("PUT", &format!("/assets/files/{path}"), Some(w), &[], body)
+                .await
+        }
+    };
+    assert_eq!(put("col/a", "a file").await.status, StatusCode::CREATED);
+    let r = put("col/a/b", "under a file").await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("col/a is a file"), "{}", r.text());
+    let r = put("col/a/b/c.txt", "deeper").await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert_eq!(i.get("/assets/files/col/a/b").await.status, StatusCode::NOT_FOUND);
+
+    assert_eq!(
+        put("lib/x/y.txt", "in a folder").await.status,
+        StatusCode::CREATED
+    );
+    for folder in ["lib", "lib/x"] {
+        let r = put(folder, "over a folder").await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{folder}: {}", r.text());
+        assert!(r.text().contains("is a folder"), "{}", r.text());
+    }
+    let r = i.get("/assets/files/lib/x/y.txt").await;
+    assert_eq!(r.body, b"in a folder");
+    // A sibling whose name merely starts the same is its own path.
+    assert_eq!(put("lib/x.txt", "beside").await.status, StatusCode::CREATED);
+    assert_eq!(put("col/ab", "beside").await.status, StatusCode::CREATED);
+
+    // Replacing a file stays a plain overwrite; a cleared folder frees its name.
+    assert_eq!(put("col/a", "new content").await.status, StatusCode::CREATED);
+    let r = i
+        .send(
+            "DELETE",
+            "/assets/files/lib/x/y.txt",
+            Some(&w),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(put("lib/x", "now a file").await.status, StatusCode::CREATED);
+}

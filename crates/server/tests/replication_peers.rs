@@ -350,3 +350,43 @@ async fn peers_are_saved_and_gone_with_their_replication() {
     reopened.incoming("edge", &["files"], "push").await;
     assert!(peers(&reopened).await.is_empty());
 }
+
+/// A spoke whose handshake is refused (its mode does not pair with the
+/// hub's) is listed under the name and version it reported, with the
+/// reason; once it is set right, the error is gone.
+#[tokio::test]
+async fn a_refused_spoke_is_listed_by_name_with_the_reason() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let mut wrong: Value = serde_json::from_str(&handshake(SPOKE_B, "site-b", 30)).unwrap();
+    wrong["mode"] = json!({"name": "push", "flows": {
+        "pull_missing": false, "push_missing": true, "delete_local": false, "delete_remote": true
+    }});
+    let r = from(&hub, SPOKE_B, &token, "POST", "handshake", wrong.to_string()).await;
+    assert!(r.status.is_client_error(), "{} {}", r.status, r.text());
+    let list = peers(&hub).await;
+    let b = peer(&list, SPOKE_B);
+    assert_eq!(b["name"], "site-b", "{b}");
+    assert_eq!(b["ferry_version"], "9.9.9");
+    assert_eq!(b["interval_secs"], 30);
+    let error = b["last_error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{b}"));
+    assert!(error.contains("mode mismatch"), "{error}");
+
+    let r = from(
+        &hub,
+        SPOKE_B,
+        &token,
+        "POST",
+        "handshake",
+        handshake(SPOKE_B, "site-b", 30),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let list = peers(&hub).await;
+    let b = peer(&list, SPOKE_B);
+    assert!(b["last_error"].is_null(), "{b}");
+    assert_eq!(b["protocol_version"], 1);
+}

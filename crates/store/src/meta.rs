@@ -29,8 +29,22 @@ pub struct ItemRecord {
     pub stamp: Stamp,
     /// When the item was first written (ms); carried by replication.
     pub created_at: i64,
+    /// When this instance last stored the item (ms): on a replica, when
+    /// the change was applied here. What users see as the item's time is
+    /// [`ItemRecord::modified`].
     pub updated_at: i64,
     pub downloads: u64,
+}
+
+impl ItemRecord {
+    /// When this version of the item was written at its origin, in ms since
+    /// the Unix epoch: its stamp's clock reading ([`ferry_types::Hlc::millis`]).
+    /// The same on every instance holding this version (a spoke shows the
+    /// hub's upload time, not when it replicated the item), and later for
+    /// every later version of the item.
+    pub fn modified(&self) -> i64 {
+        i64::try_from(self.stamp.time.millis()).unwrap_or(i64::MAX)
+    }
 }
 
 /// A live item's key and its metadata as stored: JSON text, not parsed.

@@ -405,7 +405,7 @@ async fn browse(
                         td.long { a href={ "/feeds/" (seg(&fname)) "/item?key=" (seg(it.key.as_str())) } { (group_of(it.key.as_str()).1) } }
                         td.num { (it.blobs.len()) }
                         td.num { (it.downloads) }
-                        td.muted { (when(it.updated_at)) }
+                        td.muted { (when(it.modified())) }
                     }
                 } } }
             } }
@@ -453,7 +453,7 @@ async fn item_blob(
         &headers,
         &digest,
         "application/octet-stream",
-        Some(it.updated_at),
+        Some(it.modified()),
         Some(&filename),
     )
     .await
@@ -514,7 +514,7 @@ async fn item(
             dt { "Origin instance" } dd { code { (it.stamp.origin.to_string()) } }
             dt { "Stamp" } dd { code { (it.stamp.to_string()) } }
             dt { "Created" } dd { (when(it.created_at)) }
-            dt { "Updated" } dd { (when(it.updated_at)) }
+            dt { "Updated" } dd { (when(it.modified())) }
             @if let Some(d) = &download { dt { "Download" } dd { a href=(d) download { (d) } } }
         }
         h2 { "Blobs" }
