@@ -21,12 +21,12 @@ one() {
     local bin=$1 p d t0 t1 t2 t3 f res
     p=$(port) d=$tmp/run
     rm -rf -- "$d"
-    FERRY_ADMIN_KEY=k "$bin" serve --data-dir "$d" --listen "127.0.0.1:$p" >"$tmp/log" 2>&1 &
+    FERRY_ADMIN_KEY=fresh-push-admin-key "$bin" serve --data-dir "$d" --listen "127.0.0.1:$p" >"$tmp/log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do curl -fs "http://127.0.0.1:$p/ready" >/dev/null && break; sleep 0.1; done
-    FERRY_URL=http://127.0.0.1:$p FERRY_API_KEY=k "$bin" feed create files --type assets >/dev/null
+    FERRY_URL=http://127.0.0.1:$p FERRY_API_KEY=fresh-push-admin-key "$bin" feed create files --type assets >/dev/null
     t0=$(now)
-    curl -fs -H "Authorization: Bearer k" -T "$tmp/big.bin" "http://127.0.0.1:$p/assets/files/big.bin" -o /dev/null
+    curl -fs -H "Authorization: Bearer fresh-push-admin-key" -T "$tmp/big.bin" "http://127.0.0.1:$p/assets/files/big.bin" -o /dev/null
     t1=$(now)
     f=$(find "$d" -path '*sha256*' -type f -size +1M | head -1)
     res=$(fincore -b -n -o RES "$f" | tr -d ' ')

@@ -115,6 +115,10 @@ pub struct Config {
     /// a restarted node takes its own leases back at once; distinct per
     /// node. `None`: a random name per process.
     pub node_name: Option<String>,
+    /// The file the binary keeps this node's admin key in
+    /// (`DATA_DIR/admin.key`): removed when the key it holds is deleted,
+    /// so that no restart brings a revoked key back.
+    pub admin_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -134,6 +138,7 @@ impl Default for Config {
             oci_max_upload_sessions: 10_000,
             execution_lease: Duration::from_secs(30),
             node_name: None,
+            admin_key_file: None,
         }
     }
 }
@@ -509,11 +514,42 @@ impl Ferry {
         Ok(self.0.meta.keys().await?)
     }
 
+    /// Deletes (revokes) API key `name`. When it is the key this node's
+    /// admin key file holds ([`Config::admin_key_file`]), the file goes
+    /// too: a restart then makes a new admin key instead of bringing the
+    /// revoked one back. NotFound for an unknown name.
     pub async fn delete_key(&self, name: &str) -> Result<(), CoreError> {
+        let hash = self
+            .0
+            .meta
+            .keys()
+            .await?
+            .into_iter()
+            .find(|k| k.name == name)
+            .map(|k| k.hash);
         if !self.0.meta.delete_key(name).await? {
             return Err(CoreError::not_found(format!("API key {name:?} not found")));
         }
         self.0.remembered_keys.clear();
+        if let (Some(hash), Some(path)) = (hash, self.0.config.admin_key_file.clone()) {
+            let removed = tokio::task::spawn_blocking(move || match std::fs::read_to_string(&path) {
+                Ok(held) if auth::hash_secret(held.trim()) == hash => {
+                    std::fs::remove_file(&path).map(|()| Some(path))
+                }
+                _ => Ok(None),
+            })
+            .await
+            .map_err(|e| CoreError::Internal(format!("removing the admin key file: {e}")))?;
+            match removed {
+                Ok(Some(path)) => {
+                    tracing::info!(file = %path.display(), "the deleted key was this node's admin key file's; the file is removed")
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "the deleted key is in this node's admin key file, which could not be removed: delete it by hand, or a restart brings the key back")
+                }
+            }
+        }
         Ok(())
     }
 

@@ -1062,6 +1062,14 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             ));
             return ResponseFuture::Answered(Some((resp, busy)));
         }
+        // RFC 9112 §6.1: a server that receives a transfer coding it does
+        // not understand answers 501. Only `chunked` is understood here (its
+        // framing is hyper's); any other coding (gzip, deflate, compress)
+        // would otherwise be stored as the content.
+        if let Some(why) = unsupported_transfer_coding(req.headers()) {
+            let resp = refused(plain(StatusCode::NOT_IMPLEMENTED, why));
+            return ResponseFuture::Answered(Some((resp, busy)));
+        }
         if req.body().is_end_stream() {
             // No body (most reads): nothing can stall, nothing to watch.
             let mut req = req.map(|_| Body::empty());
@@ -1103,6 +1111,27 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             Ok(guarded(resp, busy))
         }))
     }
+}
+
+/// Why a request's `Transfer-Encoding` cannot be served: any coding but
+/// `chunked` (RFC 9112 §6.1, §7), named; None when there is none or only
+/// `chunked`.
+fn unsupported_transfer_coding(headers: &header::HeaderMap) -> Option<String> {
+    let mut others = Vec::new();
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                others.push(coding.chars().take(64).collect::<String>());
+            }
+        }
+    }
+    (!others.is_empty()).then(|| {
+        format!(
+            "transfer coding {:?} is not supported: send the body with Transfer-Encoding: chunked alone, or with Content-Length (RFC 9112, section 6.1)\n",
+            others.join(", ")
+        )
+    })
 }
 
 /// `resp` with its body holding the request's [`Busy`] mark until sent.

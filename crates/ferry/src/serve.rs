@@ -210,6 +210,7 @@ async fn open_and_declare(
         base_url: cfg.base_url.clone(),
         execution_lease: Duration::from_secs(cfg.execution_lease_secs.max(3)),
         node_name: cfg.node_name.clone().or_else(|| default_node_name(cfg.listen)),
+        admin_key_file: Some(cfg.data_dir.join("admin.key")),
         ..Default::default()
     };
     let ferry = Ferry::open(meta, blobs, core_cfg).await?;
@@ -336,25 +337,50 @@ impl FirstStart {
     }
 }
 
-/// The admin key: `FERRY_ADMIN_KEY` if set; else the one in
+/// Shortest `FERRY_ADMIN_KEY` accepted (a generated key is 43 characters).
+const MIN_ADMIN_KEY: usize = 12;
+
+/// The admin key (named `admin`): `FERRY_ADMIN_KEY` if set; else the one in
 /// `DATA_DIR/admin.key`; else a new one, printed once and saved there (0600).
+///
+/// A key is installed only while the instance has a key named `admin`
+/// (the variable then replaces it, as on every node sharing the database)
+/// or has no admin key at all (the first start, or an instance locked out
+/// by deleting its last admin key, which gets a new one). A deleted
+/// `admin` with other admin keys left stays deleted; deleting it also
+/// removes the file holding it ([`ferry_core::Ferry::delete_key`]), so no
+/// restart brings a revoked key back. Errors: a `FERRY_ADMIN_KEY` shorter
+/// than [`MIN_ADMIN_KEY`] or with spaces or control characters.
 async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyhow::Result<()> {
+    let keys = ferry.keys().await?;
+    let named = keys.iter().find(|k| k.name == "admin").map(|k| k.hash);
+    let any_admin = keys
+        .iter()
+        .any(|k| k.permission == ferry_store::Permission::Admin);
     // Nodes sharing a database are one instance with one admin key: a node
     // never replaces the key another node made (its own admin.key, or none,
     // is not a reason to lock everyone else out).
-    let stored = if shared {
-        ferry
-            .keys()
-            .await?
-            .into_iter()
-            .find(|k| k.name == "admin")
-            .map(|k| k.hash)
-    } else {
-        None
-    };
+    let stored = if shared { named } else { None };
+    let may_install = named.is_some() || !any_admin;
     if let Ok(key) = std::env::var("FERRY_ADMIN_KEY")
         && !key.is_empty()
     {
+        if key.chars().count() < MIN_ADMIN_KEY || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            anyhow::bail!(
+                "FERRY_ADMIN_KEY must be at least {MIN_ADMIN_KEY} characters without spaces or control characters \
+                 (it is a full admin credential); unset it to have a random one made"
+            );
+        }
+        if !may_install {
+            tracing::warn!(
+                "FERRY_ADMIN_KEY is not installed: the admin key was deleted and other admin keys remain \
+                 (a deleted key does not come back); unset FERRY_ADMIN_KEY or use an existing admin key"
+            );
+            return Ok(());
+        }
+        if named.is_none() && !keys.is_empty() {
+            tracing::warn!("no admin key was left: FERRY_ADMIN_KEY is installed as the admin key");
+        }
         // With nodes sharing a database, a different key here replaces the
         // one every node uses: said loudly, never silently.
         if stored.is_some_and(|hash| hash != ferry_core::auth::hash_secret(&key)) {
@@ -377,7 +403,11 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
                 );
             }
             Some(_) => {}
-            None => ferry.set_admin_key(key.trim()).await?,
+            None if may_install => ferry.set_admin_key(key.trim()).await?,
+            None => tracing::warn!(
+                file = %path.display(),
+                "the key in this file was deleted as the admin key and other admin keys remain: it is not installed again"
+            ),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if stored.is_some() {
@@ -388,10 +418,21 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
                 );
                 return Ok(());
             }
+            if any_admin {
+                // Deleted on purpose; other admin keys manage the instance.
+                return Ok(());
+            }
             let key = ferry_core::auth::generate_secret();
             write_private(&path, &key)?;
             ferry.set_admin_key(&key).await?;
-            say!("admin API key (shown once; saved to {}): {key}", path.display());
+            if keys.is_empty() {
+                say!("admin API key (shown once; saved to {}): {key}", path.display());
+            } else {
+                say!(
+                    "admin API key (shown once; saved to {}; the instance had no admin key left): {key}",
+                    path.display()
+                );
+            }
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }

@@ -431,3 +431,128 @@ fn a_client_that_disconnects_mid_upload_is_a_warning_naming_feed_and_client() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A server started by hand on `data` (`FERRY_ADMIN_KEY` as given, or
+/// unset), up to its "listening on" line: the child, its URL and what it
+/// printed before.
+fn serve_by_hand(
+    data: &std::path::Path,
+    admin_key: Option<&str>,
+) -> (std::process::Child, String, Vec<String>) {
+    let mut cmd = Command::new(support::bin());
+    cmd.args([
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .env("FERRY_LOG", "warn")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    match admin_key {
+        Some(k) => cmd.env("FERRY_ADMIN_KEY", k),
+        None => cmd.env_remove("FERRY_ADMIN_KEY"),
+    };
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(url) = line.strip_prefix("listening on ") {
+            let url = url.trim().to_owned();
+            // Keep draining stdout so the server never blocks on it.
+            std::thread::spawn(move || for _ in lines {});
+            return (child, url, seen);
+        }
+        seen.push(line);
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    panic!("the server stopped ({status}) before listening: {seen:?}");
+}
+
+fn keys_status(url: &str, key: &str) -> u16 {
+    support::curl(&[
+        "-H",
+        &format!("Authorization: Bearer {key}"),
+        &format!("{url}/api/v1/keys"),
+    ])
+    .0
+}
+
+/// A revoked admin key never comes back: deleting it removes the file it
+/// was kept in, a restart does not install it again while other admin
+/// keys remain, and an instance left with no admin key gets a new one
+/// (not the revoked one). A short `FERRY_ADMIN_KEY` is refused.
+#[test]
+fn a_deleted_admin_key_stays_deleted_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let (mut child, url, _) = serve_by_hand(&data, None);
+    let first = std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let run = |url: &str, key: &str, args: &[&str]| {
+        let out = Command::new(support::bin())
+            .args(args)
+            .args(["--url", url, "--api-key", key])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let second = run(&url, &first, &["key", "create", "ops", "--permission", "admin"]);
+    let second = second.split_whitespace().last().unwrap().to_owned();
+    assert_eq!(keys_status(&url, &second), 200, "new admin key {second:?}");
+    run(&url, &second, &["key", "delete", "admin"]);
+    assert_eq!(keys_status(&url, &first), 401);
+    assert!(!data.join("admin.key").exists(), "the revoked key's file is left");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (mut child, url, printed) = serve_by_hand(&data, None);
+    assert_eq!(keys_status(&url, &first), 401, "the revoked key came back");
+    assert_eq!(keys_status(&url, &second), 200);
+    assert!(!data.join("admin.key").exists(), "{printed:?}");
+    // The last admin key deletes itself: locked out until a restart,
+    // which makes a new key rather than reviving either.
+    run(&url, &second, &["key", "delete", "ops"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut child, url, printed) = serve_by_hand(&data, None);
+    let third = std::fs::read_to_string(data.join("admin.key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(third != first && third != second);
+    assert!(printed.iter().any(|l| l.contains(&third)), "{printed:?}");
+    assert_eq!(keys_status(&url, &third), 200);
+    assert_eq!(keys_status(&url, &first), 401);
+    assert_eq!(keys_status(&url, &second), 401);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = Command::new(support::bin())
+        .args([
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("FERRY_ADMIN_KEY", "abc")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FERRY_ADMIN_KEY must be at least 12 characters"),
+        "{err}"
+    );
+}

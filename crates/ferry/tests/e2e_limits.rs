@@ -645,3 +645,35 @@ fn requests_that_cannot_be_parsed_get_a_reason_and_the_security_headers() {
         assert!(text.contains(&series), "no {series:?} in {text}");
     }
 }
+
+/// A body in a transfer coding other than `chunked` (gzip, deflate, …) is
+/// 501 with the reason (RFC 9112 §6.1), never stored as the content;
+/// `chunked` alone is served as always.
+#[test]
+fn a_transfer_coding_other_than_chunked_is_501_and_stores_nothing() {
+    let s = Server::start();
+    s.create_feed("files", "assets");
+    for coding in ["gzip, chunked", "deflate,chunked", "x-custom, chunked"] {
+        let mut c = connect(&s);
+        let head = format!(
+            "PUT /assets/files/coded.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
+             Transfer-Encoding: {coding}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        let (got, _) = until_closed(&mut c, Duration::from_secs(10));
+        assert_refusal(&got, 501, "is not supported", coding);
+        assert!(s.lacks("files", "coded.txt"), "{coding}: stored");
+    }
+    let mut c = connect(&s);
+    let head = format!(
+        "PUT /assets/files/plain.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    let (got, _) = until_closed(&mut c, Duration::from_secs(10));
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 201"),
+        "{got:?}"
+    );
+    assert!(s.serves("files", "plain.txt", b"hello"));
+}

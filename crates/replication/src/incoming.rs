@@ -295,6 +295,9 @@ impl Replicator {
         }
         let mut rx = self.ferry().subscribe(feed.id).await?;
         if wait > 0 && *rx.borrow() <= since {
+            // Caught up: so it is listed while it waits, not as far behind
+            // as its last answered page said.
+            self.peer_caught_up(s, feed.name.as_str(), since);
             let mut stop = self.shutdown_signal();
             tokio::select! {
                 _ = tokio::time::timeout(

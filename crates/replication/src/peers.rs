@@ -281,6 +281,31 @@ impl Replicator {
         e.state.last_contact = now;
     }
 
+    /// Records that the peer of `s` has read all of `feed` up to `since`,
+    /// the end of its change log: it waits for the next change (a long
+    /// poll), and is not behind.
+    pub(crate) fn peer_caught_up(&self, s: &Session, feed: &str, since: i64) {
+        let Some(instance) = &s.instance else {
+            return;
+        };
+        let now = now_millis();
+        let Ok(mut m) = self.0.peer_book.entries.lock() else {
+            return;
+        };
+        if let Some(e) = m.get_mut(&(s.record.id, instance.clone())) {
+            e.state.feeds.insert(
+                feed.to_owned(),
+                PeerFeed {
+                    cursor: since,
+                    lag_changes: 0,
+                    lag_seconds: 0.0,
+                    at: now,
+                },
+            );
+            e.state.last_contact = now;
+        }
+    }
+
     /// Records an error answered to the peer of `s`.
     pub fn peer_error(&self, s: &Session, err: &ReplError) {
         let Some(instance) = &s.instance else {

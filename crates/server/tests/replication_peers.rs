@@ -390,3 +390,72 @@ async fn a_refused_spoke_is_listed_by_name_with_the_reason() {
     assert!(b["last_error"].is_null(), "{b}");
     assert_eq!(b["protocol_version"], 1);
 }
+
+/// A spoke that read everything and waits on a long poll is listed as not
+/// behind while it waits, not as far behind as its last answered page
+/// said (the hub would otherwise report lag the spoke does not have until
+/// the long poll ends).
+#[tokio::test]
+async fn a_spoke_waiting_on_a_long_poll_is_not_behind() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "POST",
+        "handshake",
+        handshake(SPOKE_A, "site-a", 60),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "GET",
+        "feeds/files/changes?since=0&limit=100",
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // One publish: the spoke's last page (since 0) is now one behind.
+    put_asset(&hub, "new.txt").await;
+    let behind = peers(&hub).await;
+    assert_eq!(peer(&behind, SPOKE_A)["feeds"]["files"]["lag_changes"], 1);
+    // It reads that change and waits for the next one.
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "GET",
+        "feeds/files/changes?since=0&limit=100",
+        String::new(),
+    )
+    .await;
+    let last = r.json()["last_seq"].as_i64().unwrap();
+    let waiting = {
+        let (hub, token) = (&hub, token.clone());
+        async move {
+            from(
+                hub,
+                SPOKE_A,
+                &token,
+                "GET",
+                &format!("feeds/files/changes?since={last}&wait=3"),
+                String::new(),
+            )
+            .await
+        }
+    };
+    let listing = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peers(&hub).await
+    };
+    let (answered, list) = tokio::join!(waiting, listing);
+    assert_eq!(answered.status, StatusCode::OK);
+    let a = peer(&list, SPOKE_A);
+    assert_eq!(a["feeds"]["files"]["cursor"], last, "{a}");
+    assert_eq!(a["feeds"]["files"]["lag_changes"], 0, "{a}");
+}
