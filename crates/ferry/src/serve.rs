@@ -70,6 +70,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // that cannot be applied on a data directory that held no instance
     // leaves it as it was found.
     let decls = cfg.declarations()?;
+    // Bound before the data directory is opened: a port in use refuses
+    // the start before anything is written (no instance, no admin key).
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
     let first = FirstStart::note(&cfg.data_dir, cfg.database_url.is_none());
     let mut empty_database = None;
     let (ferry, replicator) = match open_and_declare(&cfg, decls, http, &mut empty_database).await {
@@ -103,9 +108,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     replicator.start().await?;
     spawn_tombstone_pruning(replicator.clone(), cfg.tombstone_retention_secs);
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let acceptor = match &tls {
         Some(t) => {
@@ -171,6 +173,9 @@ async fn open_and_declare(
 ) -> anyhow::Result<(Ferry, Replicator)> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    if cfg.database_url.is_none() {
+        lock_data_dir(&cfg.data_dir)?;
+    }
     let (meta, replication_store): (Arc<dyn MetadataStore>, Arc<dyn ReplicationStore>) =
         match &cfg.database_url {
             Some(url) => {
@@ -230,6 +235,35 @@ async fn open_and_declare(
     // leaves no admin key behind (the fixed file's start makes it).
     ensure_admin_key(&ferry, &cfg.data_dir, cfg.database_url.is_some()).await?;
     Ok((ferry, replicator))
+}
+
+/// One `ferry serve` per data directory with SQLite metadata: an exclusive
+/// `flock` on the directory itself, held until the process exits (a second
+/// process on it would share the database and empty the first one's
+/// staging area at its start). Error when another process holds it; a file
+/// system without `flock` is served unlocked, with a warning. Nodes that
+/// share a PostgreSQL database keep their own data directories and take
+/// no lock here.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<()> {
+    let handle =
+        std::fs::File::open(dir).with_context(|| format!("opening data directory {}", dir.display()))?;
+    match handle.try_lock() {
+        Ok(()) => {
+            // Held for the life of the process.
+            static HELD: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+            let _ = HELD.set(handle);
+            Ok(())
+        }
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "data directory {} is in use by another `ferry serve` (one process serves a data directory); \
+             stop that one first, or start this one with another --data-dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not lock the data directory; make sure no other `ferry serve` uses it");
+            Ok(())
+        }
+    }
 }
 
 /// What a start may make in a data directory that held no instance: the

@@ -556,3 +556,55 @@ fn a_deleted_admin_key_stays_deleted_across_restarts() {
         "{err}"
     );
 }
+
+/// One `ferry serve` per data directory: a second one on the same
+/// directory is refused with the reason and touches nothing; a start on a
+/// port in use is refused before it makes an instance (no database, no
+/// admin key printed or saved).
+#[test]
+fn a_data_directory_in_use_and_a_busy_port_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let (mut first, url, _) = serve_by_hand(&data, None);
+    let out = Command::new(support::bin())
+        .args([
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("FERRY_ADMIN_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is in use by another `ferry serve`"), "{err}");
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap();
+    assert_eq!(keys_status(&url, key.trim()), 200);
+
+    let port = url.rsplit(':').next().unwrap();
+    let other = dir.path().join("other");
+    let out = Command::new(support::bin())
+        .args([
+            "serve",
+            "--data-dir",
+            other.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env_remove("FERRY_ADMIN_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("binding"), "{said}");
+    assert!(!said.contains("admin API key"), "{said}");
+    assert!(!other.join("ferry.db").exists() && !other.join("admin.key").exists());
+    first.kill().unwrap();
+    first.wait().unwrap();
+}
