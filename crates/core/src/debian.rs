@@ -66,7 +66,8 @@ struct DistState {
     current: Option<Arc<Publication>>,
     /// What the next rendering starts from (taken while rendering).
     model: Option<Model>,
-    /// Index files of recent renderings, by sha256 hex, newest last.
+    /// Index files of recent renderings, by `SHA256/HEX` and `SHA512/HEX`,
+    /// newest last.
     by_hash: VecDeque<(i64, HashMap<String, Bytes>)>,
 }
 
@@ -591,8 +592,9 @@ pub async fn pool_file(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<D
 
 /// A file under `dists/DIST/`: `Release`, `InRelease`, `Release.gpg`,
 /// `COMPONENT/binary-ARCH/Packages[.gz|.xz]`, or
-/// `COMPONENT/binary-ARCH/by-hash/SHA256/HEX` (current and recent
-/// renderings). NotFound for a distribution without packages.
+/// `COMPONENT/binary-ARCH/by-hash/{SHA256,SHA512}/HEX` (current and recent
+/// renderings; Release lists both hashes with `Acquire-By-Hash: yes`, and
+/// apt asks by the strongest). NotFound for a distribution without packages.
 pub async fn dist_file(ferry: &Ferry, feed: &FeedRecord, dist: &str, path: &str) -> Result<Bytes, CoreError> {
     deb::check_dist(dist).map_err(|e| CoreError::not_found(e.to_string()))?;
     let publication = publication(ferry, feed, dist).await?;
@@ -600,11 +602,11 @@ pub async fn dist_file(ferry: &Ferry, feed: &FeedRecord, dist: &str, path: &str)
         return Ok(body.clone());
     }
     let not_found = || CoreError::not_found(format!("dists/{dist}/{path} not found"));
-    if let Some((_, hex)) = path.split_once("/by-hash/SHA256/") {
+    if let Some((_, hash)) = path.split_once("/by-hash/") {
         let states = ferry.0.debian.dists.lock().map_err(lock_err)?;
         if let Some(state) = states.get(&(feed.id, dist.to_owned())) {
             for (_, files) in state.by_hash.iter().rev() {
-                if let Some(b) = files.get(hex) {
+                if let Some(b) = files.get(hash) {
                     return Ok(b.clone());
                 }
             }
@@ -777,13 +779,15 @@ fn render(origin: &str, dist: &str, model: &mut Model) -> Result<Rendered, CoreE
             let hashed = debindex::assemble(&parts)?;
             for (name, h) in ["Packages", "Packages.gz", "Packages.xz"].into_iter().zip(hashed) {
                 let path = format!("{c}/binary-{a}/{name}");
+                // apt asks by the strongest hash Release lists (SHA512).
+                by_hash.insert(format!("SHA256/{}", h.sha256), h.body.clone());
+                by_hash.insert(format!("SHA512/{}", h.sha512), h.body.clone());
                 listed.push(IndexFile {
                     path: path.clone(),
                     size: h.body.len() as u64,
-                    sha256: h.sha256.clone(),
+                    sha256: h.sha256,
                     sha512: h.sha512,
                 });
-                by_hash.insert(h.sha256, h.body.clone());
                 files.insert(path, h.body);
             }
         }

@@ -85,12 +85,41 @@ fn bundles_carry_changes_across_an_air_gap() {
     let truncated = dir.path().join("truncated.bundle");
     std::fs::write(&truncated, &std::fs::read(&third).unwrap()[..1200]).unwrap();
     let err = site.cli_fails(&["bundle", "import", "mirror", truncated.to_str().unwrap()]);
-    assert!(err.contains("400"), "{err}");
+    assert!(err.contains("400") && err.contains("truncated"), "{err}");
+    assert!(site.lacks("mirror", "c.txt"));
+    // A file that is no bundle at all is named as such: short, empty,
+    // another tar, or a tar header with a wrong checksum.
+    let mut other_tar = std::fs::read(&third).unwrap();
+    other_tar[..17].copy_from_slice(b"some-other-file.x");
+    let mut bad_sum = std::fs::read(&third).unwrap();
+    bad_sum[300] ^= 0x55;
+    for (name, bytes) in [
+        (
+            "garbage",
+            b"this is not a bundle
+"
+            .to_vec(),
+        ),
+        ("empty", Vec::new()),
+        ("other-tar", other_tar),
+        ("bad-checksum", bad_sum),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        let err = site.cli_fails(&["bundle", "import", "mirror", file.to_str().unwrap()]);
+        assert!(
+            err.contains("400") && err.contains("is not a Ferry bundle"),
+            "{name}: {err}"
+        );
+    }
     assert!(site.lacks("mirror", "c.txt"));
     // And one of another feed type.
     site.create_feed("pkgs", "npm");
     let err = site.cli_fails(&["bundle", "import", "pkgs", third.to_str().unwrap()]);
-    assert!(err.contains("assets"), "{err}");
+    assert!(
+        err.contains("holds a feed of type assets; feed pkgs is of type npm"),
+        "{err}"
+    );
     // The intact bundle goes in.
     site.cli_ok(&["bundle", "import", "mirror", third.to_str().unwrap()]);
     assert!(site.serves("mirror", "c.txt", b"cccccccccccccccccccccccc"));

@@ -26,7 +26,14 @@ fn apt_checks(s: &Server, dir: &Path, demo2: &Path, lib: &Path) {
     let key = dir.join(format!("key-{}.gpg", s.addr.replace([':', '.'], "-")));
     fetch(&format!("{}/key.gpg", feed_url(s, "apt")), &key);
     let apt = Apt::new(&feed_url(s, "apt"), "bookworm", "main", &key);
-    apt.update_ok();
+    let said = apt.update_ok();
+    // Every index apt asks for over HTTP is there: it asks by the
+    // strongest hash Release lists (by-hash/SHA512), and an `Ign:` line is
+    // a request it was refused and fell back from.
+    assert!(
+        !said.contains("Ign:"),
+        "apt-get update was refused a file:\n{said}"
+    );
     assert_eq!(apt.candidate("demo"), "2.0", "apt picks the newest version");
     let got = apt.download("demo");
     assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(demo2).unwrap());

@@ -416,6 +416,12 @@ fn impossible_configurations_are_refused_with_a_reason() {
         err.contains("type") && err.contains("npm") && err.contains("assets"),
         "{err}"
     );
+    // Said from the side the user stands on: the hub is "the incoming
+    // instance", not "here".
+    assert!(
+        err.contains("on the incoming instance") && !err.contains(" here"),
+        "{err}"
+    );
 
     // A feed the hub's replication does not carry.
     spoke.create_feed("other", "assets");

@@ -272,10 +272,30 @@ impl Replicator {
         let mut header: Option<BundleHeader> = None;
         let mut entries: Vec<WireEntry> = Vec::new();
         let mut report = ImportReport::default();
+        let mut first = true;
         loop {
             let mut block = [0u8; BLOCK];
-            if !read_block(&mut reader, &mut block).await? || block.iter().all(|b| *b == 0) {
-                break;
+            let read = read_block(&mut reader, &mut block).await;
+            // What does not begin as a bundle is named as such, not as a
+            // damaged one.
+            let not_a_bundle = || {
+                ReplError::Invalid(
+                    "this is not a Ferry bundle (a tar file that begins with ferry-bundle.json, as `ferry bundle export` writes)"
+                        .into(),
+                )
+            };
+            match read {
+                Err(_) if first => return Err(not_a_bundle()),
+                Err(e) => return Err(e),
+                Ok(false) if first => return Err(not_a_bundle()),
+                Ok(false) => break,
+                Ok(true) if block.iter().all(|b| *b == 0) => {
+                    if first {
+                        return Err(not_a_bundle());
+                    }
+                    break;
+                }
+                Ok(true) => {}
             }
             let h = tar::Header::from_byte_slice(&block);
             let path = h
@@ -283,6 +303,9 @@ impl Replicator {
                 .map_err(|_| bad("an entry name is not valid"))?
                 .to_string_lossy()
                 .into_owned();
+            if std::mem::take(&mut first) && (path != "ferry-bundle.json" || !tar_checksum_matches(&block)) {
+                return Err(not_a_bundle());
+            }
             let size = h.entry_size().map_err(|_| bad("an entry size is not valid"))?;
             match path.as_str() {
                 "ferry-bundle.json" | "entries.jsonl" => {
@@ -312,7 +335,7 @@ impl Replicator {
                         }
                         if hd.feed_type != feed.feed_type {
                             return Err(ReplError::Invalid(format!(
-                                "the bundle holds a {} feed; {} is {}",
+                                "the bundle holds a feed of type {}; feed {} is of type {}",
                                 hd.feed_type, feed.name, feed.feed_type
                             )));
                         }
@@ -417,6 +440,29 @@ fn item_list(items: &[ItemKey]) -> String {
         1 => format!("item {}", out[0]),
         _ => format!("items {}", out.join(", ")),
     }
+}
+
+/// Whether a tar header block's checksum field matches its bytes (POSIX
+/// ustar: the sum of all 512 bytes with the 8-byte checksum field taken as
+/// spaces, written in octal).
+fn tar_checksum_matches(block: &[u8; BLOCK]) -> bool {
+    let field = &block[148..156];
+    let stored = std::str::from_utf8(field)
+        .ok()
+        .map(|t| t.trim_matches(|c: char| c == '\0' || c == ' '))
+        .and_then(|t| u32::from_str_radix(t, 8).ok());
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                u32::from(b' ')
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    stored == Some(sum)
 }
 
 fn bad(why: &str) -> ReplError {

@@ -156,7 +156,7 @@ impl Replicator {
             })?;
             if local.feed_type != f.feed_type {
                 let msg = format!(
-                    "feed type mismatch: {} is {} on the outgoing instance but {} is {} here",
+                    "feed type mismatch: {} is {} on the outgoing instance but {} is {} on the incoming instance",
                     f.outgoing, f.feed_type, local.name, local.feed_type
                 );
                 self.diag().log(Level::Error, msg.clone());

@@ -8,7 +8,7 @@
 //! | `DELETE /debian/FEED/package/DIST/COMPONENT/NAME/VERSION/ARCH` | delete one package version; 204 |
 //! | `GET /debian/FEED/dists/DIST/{Release,InRelease,Release.gpg}` | the signed release files |
 //! | `GET /debian/FEED/dists/DIST/COMPONENT/binary-ARCH/Packages[.gz,.xz]` | indexes |
-//! | `GET /debian/FEED/dists/DIST/COMPONENT/binary-ARCH/by-hash/SHA256/HEX` | current and recent indexes by hash |
+//! | `GET /debian/FEED/dists/DIST/COMPONENT/binary-ARCH/by-hash/{SHA256,SHA512}/HEX` | current and recent indexes by hash |
 //! | `GET /debian/FEED/pool/...` | the `.deb`s (Range, ETag) |
 //! | `GET /debian/FEED/key.asc`, `key.gpg` | the feed's public signing key, armored and binary |
 //!

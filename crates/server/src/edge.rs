@@ -381,18 +381,38 @@ fn give_reason(seen: &Seen, resp: &mut Response) {
     // (The router adds `Allow` after this layer has run.)
     let reason = if status == StatusCode::METHOD_NOT_ALLOWED {
         format!(
-            "method {} is not allowed on {path:?}; the Allow header lists the methods that are\n",
+            "method {} is not allowed on {path:?}; the Allow header lists the methods that are",
             seen.method
         )
     } else {
-        format!("{path:?} not found\n")
+        format!("{path:?} not found")
     };
-    *resp.body_mut() = Body::from(reason);
+    // In the error shape of the protocol the path belongs to (JSON under
+    // `/api/`, as every other answer there).
+    let (body, content_type) = match access::flavor_for_path(path) {
+        error::Flavor::Json => (
+            serde_json::json!({ "error": reason }).to_string(),
+            "application/json",
+        ),
+        error::Flavor::Oci => {
+            let code = if status == StatusCode::NOT_FOUND {
+                "NAME_UNKNOWN"
+            } else {
+                "UNSUPPORTED"
+            };
+            let errors = serde_json::json!({ "errors": [{ "code": code, "message": reason }] });
+            (errors.to_string(), "application/json")
+        }
+        error::Flavor::Cargo => (
+            serde_json::json!({ "errors": [{ "detail": reason }] }).to_string(),
+            "application/json",
+        ),
+        error::Flavor::Text | error::Flavor::Html => (format!("{reason}\n"), "text/plain; charset=utf-8"),
+    };
+    *resp.body_mut() = Body::from(body);
     resp.headers_mut().remove(header::CONTENT_LENGTH);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
 }
 
 fn log_failure(seen: &Seen, failure: error::Failure) {

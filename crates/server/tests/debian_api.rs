@@ -121,7 +121,18 @@ async fn debian_upload_publishes_signed_indexes() {
             .await;
         assert_eq!(by_hash.body, body.body, "{path} by hash");
     }
-    assert_eq!(release_list(&release, "SHA512").len(), 6);
+    // apt asks by the strongest hash listed: every SHA512 is served too.
+    let listed = release_list(&release, "SHA512");
+    assert_eq!(listed.len(), 6);
+    for (path, hash, _) in &listed {
+        let body = i.get(&format!("/debian/apt/dists/bookworm/{path}")).await;
+        let dir = path.rsplit_once('/').unwrap().0;
+        let by_hash = i
+            .get(&format!("/debian/apt/dists/bookworm/{dir}/by-hash/SHA512/{hash}"))
+            .await;
+        assert_eq!(by_hash.status, StatusCode::OK, "{path} by SHA512");
+        assert_eq!(by_hash.body, body.body, "{path} by SHA512");
+    }
 
     // InRelease clearsigns that same Release; Release.gpg is detached.
     let inrelease = i.get("/debian/apt/dists/bookworm/InRelease").await.text();

@@ -713,4 +713,29 @@ async fn refusals_by_the_router_carry_a_reason() {
     let r = i.send("HEAD", "/no/such/route", None, &[], Body::empty()).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(r.body.is_empty(), "a HEAD answer has no body");
+    // Under the JSON APIs the reason is JSON, as every other answer there.
+    for path in [
+        "/api/v1/nosuch",
+        "/api/replication/v1/nosuch",
+        "/api/v1/feeds/x/y/z",
+    ] {
+        let r = i.get(path).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("not found"),
+            "{path}: {}",
+            r.text()
+        );
+    }
+    let r = i.send("BREW", "/api/v1/feeds", None, &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("method BREW is not allowed"),
+        "{}",
+        r.text()
+    );
 }
