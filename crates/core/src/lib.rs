@@ -191,7 +191,14 @@ impl LocalWrite {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GcReport {
     pub blobs_deleted: u64,
+    /// Kept bytes of interrupted replication transfers no transfer touched
+    /// for [`PARTIAL_IDLE`], removed.
+    pub partials_removed: u64,
 }
+
+/// How long the bytes of an interrupted replication transfer are kept for
+/// it to resume (7 days); after that, the collector removes them.
+pub const PARTIAL_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The instance: cheap to clone, shared by every request handler.
 #[derive(Clone)]
@@ -1235,7 +1242,16 @@ impl Ferry {
     /// Safe to run while the instance serves: the store marks a blob before
     /// its file is removed, and uploads of the same content wait for that.
     pub async fn collect_garbage(&self) -> Result<GcReport, CoreError> {
-        let mut report = GcReport::default();
+        self.collect_garbage_with(PARTIAL_IDLE).await
+    }
+
+    /// [`Ferry::collect_garbage`], removing interrupted transfers' bytes
+    /// idle for `partial_idle`.
+    pub async fn collect_garbage_with(&self, partial_idle: Duration) -> Result<GcReport, CoreError> {
+        let mut report = GcReport {
+            partials_removed: self.0.blobs.sweep_partials(partial_idle).await?,
+            ..GcReport::default()
+        };
         loop {
             let batch = self.0.meta.gc_mark(now_millis(), 500).await?;
             if batch.is_empty() {

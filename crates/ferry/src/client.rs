@@ -211,6 +211,12 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
 pub async fn gc(conn: Conn) -> anyhow::Result<()> {
     let report = call(&conn, Method::POST, "/api/v1/gc", None).await?;
     say!("deleted {} unreferenced blobs", report["blobs_deleted"]);
+    if report["partials_removed"].as_u64().is_some_and(|n| n > 0) {
+        say!(
+            "removed {} interrupted transfers left idle for a week",
+            report["partials_removed"]
+        );
+    }
     Ok(())
 }
 

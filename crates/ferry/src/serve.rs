@@ -584,7 +584,11 @@ fn spawn_background(ferry: Ferry, gc_interval_secs: u64) {
                     continue;
                 }
                 match ferry.collect_garbage().await {
-                    Ok(r) => tracing::info!(blobs_deleted = r.blobs_deleted, "garbage collection"),
+                    Ok(r) => tracing::info!(
+                        blobs_deleted = r.blobs_deleted,
+                        partials_removed = r.partials_removed,
+                        "garbage collection"
+                    ),
                     Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
                 }
             }

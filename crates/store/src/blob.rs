@@ -272,6 +272,15 @@ pub trait BlobStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Removes the bytes kept of interrupted replication transfers
+    /// (resumable from where they broke off) that no transfer has touched
+    /// for `idle`: e.g. of a replication deleted mid-transfer, whose blob no
+    /// execution asks for again. A transfer held now is left alone. Returns
+    /// how many were removed. Stores that keep none do nothing.
+    async fn sweep_partials(&self, _idle: std::time::Duration) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// Claims the resumable transfer of `digest`, waiting while another
     /// writer holds it. The claim says how many bytes an interrupted earlier
     /// transfer left (kept across restarts, so a transfer resumes where it
@@ -2154,6 +2163,70 @@ impl BlobStore for FsBlobStore {
         self.damage().refresh().await
     }
 
+    async fn sweep_partials(&self, idle: std::time::Duration) -> Result<u64, StoreError> {
+        let dir = self.root.join("partial");
+        let listed =
+            tokio::task::spawn_blocking(move || -> io::Result<Vec<(Digest, std::time::SystemTime)>> {
+                let mut out = Vec::new();
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+                    Err(e) => return Err(e),
+                };
+                for entry in entries {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    let Some(digest) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
+                        continue;
+                    };
+                    if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
+                        out.push((digest, modified));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| StoreError::Backend(format!("partial transfers: {e}")))??;
+        let mut removed = 0;
+        for (digest, modified) in listed {
+            if modified.elapsed().unwrap_or_default() < idle {
+                continue;
+            }
+            // Only a transfer no one holds: claimed here without waiting.
+            let lock = {
+                let mut locks = self
+                    .transfers
+                    .lock()
+                    .map_err(|_| StoreError::Backend("transfer locks poisoned".into()))?;
+                locks.entry(digest).or_default().clone()
+            };
+            let Ok(guard) = lock.try_lock_owned() else {
+                continue;
+            };
+            let claim = TransferClaim {
+                digest,
+                locks: self.transfers.clone(),
+                guard: Some(guard),
+            };
+            let path = self.partial_path(&digest);
+            // Touched again while this waited for its turn: still in use.
+            let idle_still = tokio::fs::metadata(&path)
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .is_some_and(|m| m.elapsed().unwrap_or_default() >= idle);
+            if idle_still {
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            drop(claim);
+        }
+        Ok(removed)
+    }
+
     async fn sync(&self, digests: &[Digest]) -> Result<(), StoreError> {
         // Many flushes in flight at once let the device merge the writes.
         for batch in digests.chunks(32) {
@@ -2730,6 +2803,47 @@ mod tests {
             Err(StoreError::DigestMismatch { .. })
         ));
         assert_eq!(store.begin_transfer(&other).await.unwrap().offset(), 0);
+    }
+
+    /// The kept bytes of a transfer idle past the sweep's age are removed
+    /// (the next transfer of that blob starts from its first byte); a
+    /// recent one, and one held by a transfer now, stay.
+    #[tokio::test]
+    async fn idle_interrupted_transfers_are_swept_and_busy_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        let broken = |bytes: &'static [u8]| -> ByteStream {
+            Box::pin(futures::stream::iter(vec![
+                Ok(Bytes::from_static(bytes)),
+                Err(io::Error::other("link dropped")),
+            ]))
+        };
+        let (old, held, fresh) = (
+            Digest::of(b"old transfer"),
+            Digest::of(b"held transfer"),
+            Digest::of(b"fresh transfer"),
+        );
+        for (d, part) in [(old, &b"old"[..]), (held, b"held"), (fresh, b"fresh")] {
+            let t = store.begin_transfer(&d).await.unwrap();
+            assert!(store.continue_transfer(t, broken(part), 100).await.is_err());
+        }
+        let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+        for d in [old, held] {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(store.partial_path(&d))
+                .unwrap();
+            f.set_modified(day_ago).unwrap();
+        }
+        let busy = store.begin_transfer(&held).await.unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(store.sweep_partials(hour).await.unwrap(), 1);
+        assert!(!store.partial_path(&old).exists());
+        assert!(store.partial_path(&held).exists() && store.partial_path(&fresh).exists());
+        assert_eq!(busy.offset(), 4);
+        drop(busy);
+        assert_eq!(store.begin_transfer(&old).await.unwrap().offset(), 0);
+        assert_eq!(store.begin_transfer(&fresh).await.unwrap().offset(), 5);
     }
 
     /// Two writers of one digest at once (two replications fetching the

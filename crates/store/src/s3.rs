@@ -1088,6 +1088,10 @@ impl BlobStore for S3BlobStore {
         self.inner.spool.begin_transfer(digest).await
     }
 
+    async fn sweep_partials(&self, idle: std::time::Duration) -> Result<u64, StoreError> {
+        self.inner.spool.sweep_partials(idle).await
+    }
+
     async fn begin_transfers(&self, digests: &[Digest]) -> Result<Vec<Transfer>, StoreError> {
         self.inner.spool.begin_transfers(digests).await
     }
