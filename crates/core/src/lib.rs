@@ -315,6 +315,13 @@ impl Ferry {
         ty: FeedType,
         private: bool,
     ) -> Result<FeedRecord, CoreError> {
+        // An OCI feed's name begins every repository name in it.
+        if ty == FeedType::Oci && !ferry_formats::oci::valid_feed_component(name.as_str()) {
+            return Err(CoreError::invalid(format!(
+                "{name} cannot name an OCI feed: image references begin with it (HOST/{name}/IMAGE), and OCI repository names \
+                 separate letters and digits only by '.', '_', '__' or '-' and never end in one"
+            )));
+        }
         let f = self.0.meta.create_feed(name, ty, private).await?;
         // Instance-local state keyed by id must not outlive a deleted
         // feed whose id the store gives again.

@@ -163,6 +163,13 @@ pub fn validate_repository(name: &str) -> Result<(), OciError> {
     Ok(())
 }
 
+/// Whether a feed name can be the first component of OCI repository names
+/// (`FEED/NAME`): letters and digits separated by `.`, `_`, `__` or runs
+/// of `-`, so it neither ends in a separator nor holds two in a row.
+pub fn valid_feed_component(name: &str) -> bool {
+    valid_component(name)
+}
+
 fn valid_component(c: &str) -> bool {
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let bytes = c.as_bytes();

@@ -241,3 +241,33 @@ async fn request_metrics_keep_a_bounded_set_of_labels() {
         "{text}"
     );
 }
+
+/// An OCI feed's name begins every image reference in it, so it must be a
+/// valid OCI repository name component; other feed types keep the wider
+/// feed name rules.
+#[tokio::test]
+async fn an_oci_feed_name_must_be_a_repository_name_component() {
+    let i = Instance::new().await;
+    let create = |name: &'static str, ty: &'static str| {
+        let i = &i;
+        async move {
+            let body = format!(r#"{{"name":"{name}","type":"{ty}"}}"#);
+            i.send("POST", "/api/v1/feeds", Some(ADMIN), &[JSON], body).await
+        }
+    };
+    for bad in ["x-", "a..b", "a._b", "a___b", "img."] {
+        let r = create(bad, "oci").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
+        assert!(
+            r.text().contains("cannot name an OCI feed"),
+            "{bad}: {}",
+            r.text()
+        );
+    }
+    for good in ["a.b", "a_b", "a__b", "a--b", "images2"] {
+        let r = create(good, "oci").await;
+        assert_eq!(r.status, StatusCode::CREATED, "{good}: {}", r.text());
+    }
+    // Not an OCI feed: the feed name rules alone.
+    assert_eq!(create("x-", "assets").await.status, StatusCode::CREATED);
+}
