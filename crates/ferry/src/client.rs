@@ -321,13 +321,16 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 "carry_downloads": carry_downloads, "bandwidth_limit": bandwidth_limit,
                 "inline_max_bytes": inline_max_bytes, "blob_sources": blob_sources,
             });
-            call(&conn, Method::POST, "/api/v1/replications", Some(body)).await?;
+            let created = call(&conn, Method::POST, "/api/v1/replications", Some(body)).await?;
             let dir = if outgoing.is_some() {
                 "outgoing"
             } else {
                 "incoming"
             };
             say!("created {dir} {mode} replication {name}");
+            if let Some(w) = created["warning"].as_str() {
+                esay!("warning: {w}");
+            }
         }
         ReplCmd::Update {
             name,

@@ -768,3 +768,33 @@ fn a_spoke_shows_the_hubs_upload_time_not_its_own() {
     };
     assert_eq!(last_modified(&spoke), last_modified(&hub));
 }
+
+/// A spoke may be set up before its hub is up: creating an outgoing
+/// replication to an instance that cannot be reached succeeds, and says so
+/// on the spot instead of only in the server's log.
+#[test]
+fn creating_a_replication_to_an_unreachable_hub_warns() {
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    let out = spoke.cli(&[
+        "replication",
+        "create",
+        "from-hub",
+        "--outgoing",
+        "http://127.0.0.1:1",
+        "--token",
+        "fst_0123456789abcdef_0000000000000000000000000000000000000000000000000000000000000000",
+        "--mode",
+        "pull",
+        "--feed",
+        "files",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: the other instance could not be reached yet"),
+        "{err}"
+    );
+    let list = spoke.cli_ok(&["replication", "list"]);
+    assert!(list.contains("from-hub"), "{list}");
+}

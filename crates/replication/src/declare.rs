@@ -204,10 +204,10 @@ impl Replicator {
         &self,
         rec: &ReplicationRecord,
         cfg: &ReplicationConfig,
-    ) -> Result<(), ReplError> {
+    ) -> Result<Option<String>, ReplError> {
         let mut run = Run::new(self, rec, cfg, Arc::new(Progress::default()))?;
         match run.handshake().await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(None),
             Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => Err(e),
             Err(ReplError::Remote { status, message }) if status < 500 => {
                 let url = match &cfg.communication {
@@ -221,7 +221,9 @@ impl Replicator {
             }
             Err(e) => {
                 tracing::warn!(replication = %rec.name, error = %e, "other instance not reachable yet; will retry");
-                Ok(())
+                Ok(Some(format!(
+                    "the other instance could not be reached yet ({e}); the replication is created and retries every interval"
+                )))
             }
         }
     }

@@ -308,14 +308,26 @@ impl Replicator {
 
     // ------------------------------------------------------------ configure
 
-    pub async fn create(&self, name: &str, cfg: ReplicationConfig) -> Result<ReplicationRecord, ReplError> {
+    /// Creates replication `name`. An outgoing one is checked against the
+    /// other end at once (a refused handshake refuses the creation); one
+    /// whose other end cannot be reached yet is created, and the returned
+    /// warning says so (it retries every interval).
+    pub async fn create(
+        &self,
+        name: &str,
+        cfg: ReplicationConfig,
+    ) -> Result<(ReplicationRecord, Option<String>), ReplError> {
         self.check_new_config(name, &cfg, "; create it first").await?;
         let value = serde_json::to_value(&cfg).map_err(|e| ReplError::Invalid(e.to_string()))?;
         let rec = self.store().create_replication(name, value).await?;
+        let mut warning = None;
         if cfg.is_outgoing() {
             // Check the other end now, so an impossible setup is refused at once.
             let probed = match self.probe_other_end(&rec, &cfg).await {
-                Ok(()) => self.probe_sources(name, &cfg.blob_sources).await,
+                Ok(w) => {
+                    warning = w;
+                    self.probe_sources(name, &cfg.blob_sources).await
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = probed {
@@ -324,7 +336,7 @@ impl Replicator {
             }
             self.0.scheduler.start(self.clone(), rec.id, name.to_string());
         }
-        Ok(rec)
+        Ok((rec, warning))
     }
 
     /// Handshakes with the other end that outgoing configuration `cfg`

@@ -120,17 +120,26 @@ async fn create(
     body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
-    let o = create_replication(&st, req).await.map_err(ApiError::json)?;
-    Ok((StatusCode::CREATED, Json(json!(o))))
+    let (o, warning) = create_replication(&st, req).await.map_err(ApiError::json)?;
+    let mut body = json!(o);
+    if let (Some(w), Some(obj)) = (warning, body.as_object_mut()) {
+        obj.insert("warning".into(), json!(w));
+    }
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
 /// Creates a replication as a client asked (the API and the web UI): an
-/// outgoing one is checked against the other end by a handshake first.
-pub(crate) async fn create_replication(st: &AppState, req: CreateRequest) -> Result<Overview, CoreError> {
+/// outgoing one is checked against the other end by a handshake first;
+/// one whose other end cannot be reached yet is created with a warning
+/// saying so.
+pub(crate) async fn create_replication(
+    st: &AppState,
+    req: CreateRequest,
+) -> Result<(Overview, Option<String>), CoreError> {
     let name = req.name.clone();
     let cfg = req.into_config()?;
-    st.replicator.create(&name, cfg).await?;
-    replication_overview(st, &name).await
+    let (_, warning) = st.replicator.create(&name, cfg).await?;
+    Ok((replication_overview(st, &name).await?, warning))
 }
 
 /// Checks an outgoing replication as a client asked for it, before it is

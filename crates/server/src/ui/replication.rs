@@ -702,7 +702,8 @@ async fn create(State(st): State<AppState>, p: Posted) -> Result<Response, ApiEr
                     return wizard(&st, &p.who, &draft, Some(&words), status).await;
                 }
             }
-            core_api::create_replication(&st, req).await
+            // (Unreachable and created anyway: the wizard said so above.)
+            core_api::create_replication(&st, req).await.map(|(o, _)| o)
         }
         Err(e) => Err(e),
     };
