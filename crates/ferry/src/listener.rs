@@ -1010,6 +1010,7 @@ impl Future for ResponseFuture {
                 }
                 // (Never: a future is not polled again once it completed.)
                 None => Poll::Ready(Ok(plain(
+                    "",
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "answer polled after completion\n".to_owned(),
                 ))),
@@ -1044,18 +1045,22 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             );
             resp
         };
+        // (The target, for the error shape of the refusals made here.)
+        let target = req.uri().clone();
+        let path = target.path();
         if let Some(why) = head_too_large(&req) {
-            let resp = refused(plain(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
+            let resp = refused(plain(path, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
             return ResponseFuture::Answered(Some((resp, busy)));
         }
         if self.conn.overflow && !OPS_PATHS.contains(&req.uri().path()) {
-            let resp = refused(too_many_connections(self.max_connections));
+            let resp = refused(too_many_connections(path, self.max_connections));
             return ResponseFuture::Answered(Some((resp, busy)));
         }
         // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400 (the
         // edge layer refuses more than one).
         if req.version() == hyper::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
             let resp = refused(plain(
+                path,
                 StatusCode::BAD_REQUEST,
                 "the request has no Host header field; HTTP/1.1 requires one (RFC 9112, section 3.2)\n"
                     .to_owned(),
@@ -1067,7 +1072,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         // framing is hyper's); any other coding (gzip, deflate, compress)
         // would otherwise be stored as the content.
         if let Some(why) = unsupported_transfer_coding(req.headers()) {
-            let resp = refused(plain(StatusCode::NOT_IMPLEMENTED, why));
+            let resp = refused(plain(path, StatusCode::NOT_IMPLEMENTED, why));
             return ResponseFuture::Answered(Some((resp, busy)));
         }
         if req.body().is_end_stream() {
@@ -1088,7 +1093,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 "the client's request body sent nothing for {} s; answered 408",
                 timeout.as_secs()
             );
-            Ok(body_timed_out(timeout))
+            Ok(body_timed_out(uri.path(), timeout))
         };
         let mut req = req.map(|b| Body::new(ProgressBody::new(b, timeout, stall.clone())));
         req.extensions_mut().insert(ConnectInfo(self.peer));
@@ -1144,13 +1149,17 @@ fn guarded(resp: Response<Body>, busy: Busy) -> Response<Body> {
     })
 }
 
-fn plain(status: StatusCode, text: String) -> Response<Body> {
-    let mut resp = Response::new(Body::from(text));
+/// An answer made here, worded as refusals on `path` are
+/// ([`ferry_server::refusal_body`]: JSON under `/api/` and npm, plain text
+/// on most feeds), closing the connection.
+fn plain(path: &str, status: StatusCode, text: String) -> Response<Body> {
+    let (body, content_type) = ferry_server::refusal_body(path, status, &text);
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        header::HeaderValue::from_static(content_type),
     );
     h.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     // Answers made here never reach the router's `edge` layer: the same
@@ -1166,8 +1175,9 @@ fn plain(status: StatusCode, text: String) -> Response<Body> {
     resp
 }
 
-fn body_timed_out(timeout: Duration) -> Response<Body> {
+fn body_timed_out(path: &str, timeout: Duration) -> Response<Body> {
     plain(
+        path,
         StatusCode::REQUEST_TIMEOUT,
         format!(
             "request body timed out: nothing received for {} s\n",
@@ -1176,8 +1186,9 @@ fn body_timed_out(timeout: Duration) -> Response<Body> {
     )
 }
 
-fn too_many_connections(max: usize) -> Response<Body> {
+fn too_many_connections(path: &str, max: usize) -> Response<Body> {
     let mut resp = plain(
+        path,
         StatusCode::SERVICE_UNAVAILABLE,
         format!("too many connections: this instance serves {max} at once; retry shortly\n"),
     );

@@ -677,3 +677,44 @@ fn a_transfer_coding_other_than_chunked_is_501_and_stores_nothing() {
     );
     assert!(s.serves("files", "plain.txt", b"hello"));
 }
+
+/// What the server loop answers before routing reads like every other
+/// refusal on that path: JSON under the management API and npm, plain
+/// text on plain-text feeds.
+#[test]
+fn refusals_before_routing_use_the_paths_error_shape() {
+    let s = Server::start();
+    for (target, json) in [
+        ("/api/v1/feeds", true),
+        ("/npm/pkgs/left-pad", true),
+        ("/assets/files/a.txt", false),
+    ] {
+        let mut c = connect(&s);
+        let head =
+            format!("PUT {target} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n");
+        c.write_all(head.as_bytes()).unwrap();
+        let (got, _) = until_closed(&mut c, Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&got).to_string();
+        assert!(text.starts_with("HTTP/1.1 501 "), "{target}: {text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        if json {
+            assert!(
+                text.to_ascii_lowercase()
+                    .contains("content-type: application/json"),
+                "{target}: {text}"
+            );
+            let v: serde_json::Value =
+                serde_json::from_str(body).unwrap_or_else(|e| panic!("{target}: {e}: {body}"));
+            assert!(
+                v["error"].as_str().unwrap().contains("is not supported"),
+                "{target}: {body}"
+            );
+        } else {
+            assert!(
+                text.to_ascii_lowercase().contains("content-type: text/plain"),
+                "{target}: {text}"
+            );
+            assert!(body.contains("is not supported"), "{target}: {body}");
+        }
+    }
+}

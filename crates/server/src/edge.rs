@@ -387,18 +387,31 @@ fn give_reason(seen: &Seen, resp: &mut Response) {
     } else {
         format!("{path:?} not found")
     };
-    // In the error shape of the protocol the path belongs to (JSON under
-    // `/api/`, as every other answer there).
-    let (body, content_type) = match access::flavor_for_path(path) {
+    let (body, content_type) = refusal_body(path, status, &reason);
+    *resp.body_mut() = Body::from(body);
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+}
+
+/// A refusal's body and `Content-Type` in the error shape of the protocol
+/// `path` belongs to: JSON `{"error"}` under `/api/` and npm, OCI's and
+/// cargo's `errors` arrays, plain text (one line) elsewhere. For answers
+/// made before or without a route (the router's own 404/405, and the
+/// server loop's 400/408/431/501/503), so they read like every other
+/// refusal on that path.
+pub fn refusal_body(path: &str, status: StatusCode, reason: &str) -> (String, &'static str) {
+    let reason = reason.trim_end();
+    match access::flavor_for_path(path) {
         error::Flavor::Json => (
             serde_json::json!({ "error": reason }).to_string(),
             "application/json",
         ),
         error::Flavor::Oci => {
-            let code = if status == StatusCode::NOT_FOUND {
-                "NAME_UNKNOWN"
-            } else {
-                "UNSUPPORTED"
+            let code = match status {
+                StatusCode::NOT_FOUND => "NAME_UNKNOWN",
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => "TOOMANYREQUESTS",
+                _ => "UNSUPPORTED",
             };
             let errors = serde_json::json!({ "errors": [{ "code": code, "message": reason }] });
             (errors.to_string(), "application/json")
@@ -408,11 +421,7 @@ fn give_reason(seen: &Seen, resp: &mut Response) {
             "application/json",
         ),
         error::Flavor::Text | error::Flavor::Html => (format!("{reason}\n"), "text/plain; charset=utf-8"),
-    };
-    *resp.body_mut() = Body::from(body);
-    resp.headers_mut().remove(header::CONTENT_LENGTH);
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
 }
 
 fn log_failure(seen: &Seen, failure: error::Failure) {

@@ -137,7 +137,7 @@ where
 }
 
 /// The whole HTTP application for one instance.
-pub use edge::{BodyWatch, record_unrouted};
+pub use edge::{BodyWatch, record_unrouted, refusal_body};
 
 pub fn router(ferry: Ferry, replicator: Replicator) -> App {
     let sessions = std::sync::Arc::new(ui::Sessions::new(ferry.metadata().clone()));
