@@ -561,4 +561,20 @@ async fn a_file_and_a_folder_never_share_a_path() {
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(put("lib/x", "now a file").await.status, StatusCode::CREATED);
+
+    // Racing: a file and a folder of one name at once, many times: one
+    // wins, the other is 409, never both.
+    for n in 0..20 {
+        let (file, under) = (
+            format!("/assets/files/race{n}/a"),
+            format!("/assets/files/race{n}/a/b"),
+        );
+        let (a, b) = tokio::join!(
+            i.send("PUT", &file, Some(&w), &[], "file"),
+            i.send("PUT", &under, Some(&w), &[], "under"),
+        );
+        let mut got = [a.status, b.status];
+        got.sort();
+        assert_eq!(got, [StatusCode::CREATED, StatusCode::CONFLICT], "round {n}");
+    }
 }
