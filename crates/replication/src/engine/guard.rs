@@ -30,10 +30,11 @@ impl Run<'_> {
         self.log(
             "warn",
             format!(
-                "feed {}: stopped before deleting {pending} of {size} items{earlier}; the limit is over {:.0}% and over {} items, and nothing more was deleted. Confirm with `ferry replication run {} --confirm-deletes`",
+                "feed {}: stopped before deleting {pending} of {size} items{earlier}; the limit is over {:.0}% and over {} items, and nothing more was deleted. Deletions made on the other side since are counted by the next execution (within 30 s while it holds); `ferry replication plan {}` shows the count now. Confirm with `ferry replication run {} --confirm-deletes`",
                 local.name,
                 g.max_share * 100.0,
                 g.max_items,
+                self.rec.name,
                 self.rec.name
             ),
         );
