@@ -146,13 +146,42 @@ impl Ferry {
                 if let Some(m) = ferry_formats::debian::validate_item(key, live)? {
                     self.check_size(key.as_str(), &m.sha256, Some(m.size), sizes)
                         .await?;
+                    // The package itself must be the one the metadata
+                    // names (the index lists it, and the feed signs that).
+                    let limits = self.config().archive;
+                    let info = self
+                        .inspect_stored(&m.sha256, move |r| {
+                            ferry_formats::debian::inspect_deb(r, &limits).map_err(CoreError::from)
+                        })
+                        .await?;
+                    let found = (&info.package, &info.version, &info.architecture);
+                    if found != (&m.package, &m.version, &m.architecture) {
+                        return Err(CoreError::invalid(format!(
+                            "debian item {key}: its .deb is {}_{}_{}, not the package its metadata names",
+                            info.package, info.version, info.architecture
+                        )));
+                    }
                 }
             }
             FeedType::Rpm => {
-                // The blob is the .rpm; its size must be the one recorded.
+                // The blob is the .rpm; its size must be the one recorded,
+                // and its headers say what the metadata says (the
+                // repodata is rendered from it, and the feed signs that).
                 if let Some(m) = ferry_formats::rpm::validate_item(key, live)? {
                     self.check_size(key.as_str(), &m.sha256, Some(m.size), sizes)
                         .await?;
+                    let len = m.size;
+                    let info = self
+                        .inspect_stored(&m.sha256, move |r| {
+                            ferry_formats::rpm::inspect_rpm(r, len).map_err(CoreError::from)
+                        })
+                        .await?;
+                    if info != m.info {
+                        return Err(CoreError::invalid(format!(
+                            "rpm item {key}: its metadata does not describe its .rpm (whose headers say {}-{}:{}-{}.{})",
+                            info.name, info.epoch, info.version, info.release, info.arch
+                        )));
+                    }
                 }
             }
             FeedType::Oci => {
@@ -181,6 +210,29 @@ impl Ferry {
             }
         }
         Ok(())
+    }
+
+    /// Reads a stored blob with `inspect` (a blocking parser over a
+    /// reader), off the async threads: a package's headers checked against
+    /// the metadata a peer sent with it.
+    async fn inspect_stored<T, F>(&self, blob: &Digest, inspect: F) -> Result<T, CoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(
+                std::io::BufReader<
+                    tokio_util::io::SyncIoBridge<
+                        tokio_util::io::StreamReader<ferry_store::ByteStream, bytes::Bytes>,
+                    >,
+                >,
+            ) -> Result<T, CoreError>
+            + Send
+            + 'static,
+    {
+        let body = self.read_blob(blob, None).await?.stream;
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body));
+        tokio::task::spawn_blocking(move || inspect(std::io::BufReader::new(reader)))
+            .await
+            .map_err(|e| CoreError::Internal(format!("package inspection failed: {e}")))?
     }
 
     /// The size of a blob a received item names; it must have been

@@ -1071,8 +1071,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         // not understand answers 501. Only `chunked` is understood here (its
         // framing is hyper's); any other coding (gzip, deflate, compress)
         // would otherwise be stored as the content.
-        if let Some(why) = unsupported_transfer_coding(req.headers()) {
-            let resp = refused(plain(path, StatusCode::NOT_IMPLEMENTED, why));
+        if let Some((status, why)) = unsupported_transfer_coding(req.headers()) {
+            let resp = refused(plain(path, status, why));
             return ResponseFuture::Answered(Some((resp, busy)));
         }
         if req.body().is_end_stream() {
@@ -1121,20 +1121,35 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 /// Why a request's `Transfer-Encoding` cannot be served: any coding but
 /// `chunked` (RFC 9112 §6.1, §7), named; None when there is none or only
 /// `chunked`.
-fn unsupported_transfer_coding(headers: &header::HeaderMap) -> Option<String> {
+fn unsupported_transfer_coding(headers: &header::HeaderMap) -> Option<(StatusCode, String)> {
     let mut others = Vec::new();
+    let mut chunked = 0;
     for value in headers.get_all(header::TRANSFER_ENCODING) {
         let text = String::from_utf8_lossy(value.as_bytes());
         for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-            if !coding.eq_ignore_ascii_case("chunked") {
+            if coding.eq_ignore_ascii_case("chunked") {
+                chunked += 1;
+            } else {
                 others.push(coding.chars().take(64).collect::<String>());
             }
         }
     }
-    (!others.is_empty()).then(|| {
-        format!(
-            "transfer coding {:?} is not supported: send the body with Transfer-Encoding: chunked alone, or with Content-Length (RFC 9112, section 6.1)\n",
-            others.join(", ")
+    if !others.is_empty() {
+        return Some((
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "transfer coding {:?} is not supported: send the body with Transfer-Encoding: chunked alone, or with Content-Length (RFC 9112, section 6.1)\n",
+                others.join(", ")
+            ),
+        ));
+    }
+    // RFC 9112 §6.1: chunked is never applied twice; a body framed so is
+    // read differently by different parsers (request smuggling).
+    (chunked > 1).then(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            "Transfer-Encoding names chunked more than once, which RFC 9112 (section 6.1) forbids\n"
+                .to_owned(),
         )
     })
 }

@@ -388,6 +388,23 @@ const MIN_ADMIN_KEY: usize = 12;
 async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyhow::Result<()> {
     let keys = ferry.keys().await?;
     let named = keys.iter().find(|k| k.name == "admin").map(|k| k.hash);
+    // A key a user made under the name `admin` with less permission is
+    // replaced when an admin key is installed: said, never silently.
+    let lesser = keys
+        .iter()
+        .find(|k| k.name == "admin" && k.permission != ferry_store::Permission::Admin)
+        .map(|k| format!("{:?}", k.permission).to_lowercase());
+    let replacing_lesser = |installing: bool| -> anyhow::Result<()> {
+        if let (true, Some(perm)) = (installing, &lesser) {
+            tracing::warn!(
+                "the key named admin ({perm} permission) is replaced by the admin key; its secret stops working"
+            );
+            say!(
+                "admin API key: the key named admin ({perm} permission) was replaced by the admin key; its secret stops working"
+            );
+        }
+        Ok(())
+    };
     let any_admin = keys
         .iter()
         .any(|k| k.permission == ferry_store::Permission::Admin);
@@ -424,6 +441,7 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
             );
             say!("admin API key: FERRY_ADMIN_KEY replaced the instance's admin key on every node");
         }
+        replacing_lesser(true)?;
         ferry.set_admin_key(&key).await?;
         return Ok(());
     }
@@ -437,7 +455,10 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
                 );
             }
             Some(_) => {}
-            None if may_install => ferry.set_admin_key(key.trim()).await?,
+            None if may_install => {
+                replacing_lesser(named != Some(ferry_core::auth::hash_secret(key.trim())))?;
+                ferry.set_admin_key(key.trim()).await?
+            }
             None => tracing::warn!(
                 file = %path.display(),
                 "the key in this file was deleted as the admin key and other admin keys remain: it is not installed again"
@@ -458,6 +479,7 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
             }
             let key = ferry_core::auth::generate_secret();
             write_private(&path, &key)?;
+            replacing_lesser(true)?;
             ferry.set_admin_key(&key).await?;
             if keys.is_empty() {
                 say!("admin API key (shown once; saved to {}): {key}", path.display());

@@ -520,8 +520,11 @@ fn a_deleted_admin_key_stays_deleted_across_restarts() {
     assert_eq!(keys_status(&url, &first), 401, "the revoked key came back");
     assert_eq!(keys_status(&url, &second), 200);
     assert!(!data.join("admin.key").exists(), "{printed:?}");
-    // The last admin key deletes itself: locked out until a restart,
-    // which makes a new key rather than reviving either.
+    // A read key takes the name; then the last admin key deletes itself:
+    // locked out until a restart, which makes a new key rather than
+    // reviving either, and says that the read key named admin is replaced.
+    let reader = run(&url, &second, &["key", "create", "admin", "--permission", "read"]);
+    let reader = reader.split_whitespace().last().unwrap().to_owned();
     run(&url, &second, &["key", "delete", "ops"]);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -532,6 +535,13 @@ fn a_deleted_admin_key_stays_deleted_across_restarts() {
         .to_owned();
     assert!(third != first && third != second);
     assert!(printed.iter().any(|l| l.contains(&third)), "{printed:?}");
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("the key named admin (read permission) was replaced")),
+        "{printed:?}"
+    );
+    assert_eq!(keys_status(&url, &reader), 401);
     assert_eq!(keys_status(&url, &third), 200);
     assert_eq!(keys_status(&url, &first), 401);
     assert_eq!(keys_status(&url, &second), 401);

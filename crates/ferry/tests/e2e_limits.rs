@@ -664,6 +664,19 @@ fn a_transfer_coding_other_than_chunked_is_501_and_stores_nothing() {
         assert_refusal(&got, 501, "is not supported", coding);
         assert!(s.lacks("files", "coded.txt"), "{coding}: stored");
     }
+    // Chunked twice is forbidden (RFC 9112 §6.1): parsers would disagree
+    // on the body.
+    for twice in ["chunked, chunked", "chunked,chunked"] {
+        let mut c = connect(&s);
+        let head = format!(
+            "PUT /assets/files/twice.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
+             Transfer-Encoding: {twice}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        let (got, _) = until_closed(&mut c, Duration::from_secs(10));
+        assert_refusal(&got, 400, "chunked more than once", twice);
+        assert!(s.lacks("files", "twice.txt"), "{twice}: stored");
+    }
     let mut c = connect(&s);
     let head = format!(
         "PUT /assets/files/plain.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\

@@ -580,6 +580,24 @@ async fn debian_replicated_items_are_checked_like_uploads() {
             "{key}: {r:?}"
         );
     }
+    // Metadata consistent in itself, for another package than its .deb:
+    // refused, since the index would list (and the feed sign) a lie.
+    let mut lie = item.meta.clone();
+    lie["package"] = "evil".into();
+    lie["filename"] = "pool/main/e/evil/evil_1.0_amd64.deb".into();
+    lie["control"] = lie["control"]
+        .as_str()
+        .unwrap()
+        .replace("Package: demo", "Package: evil")
+        .into();
+    let r = i
+        .ferry
+        .apply(&feed, vec![forge("deb/stable/main/evil/1.0/amd64", lie)])
+        .await;
+    assert!(
+        matches!(&r, Err(ferry_core::CoreError::Invalid(m)) if m.contains("its .deb is demo_1.0_amd64")),
+        "{r:?}"
+    );
     // The genuine item applies.
     i.ferry
         .apply(&feed, vec![forge(item.key.as_str(), item.meta.clone())])

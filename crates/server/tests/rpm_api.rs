@@ -630,3 +630,48 @@ async fn repomd_is_the_same_after_a_restart() {
         "revision {revision} is not the package's upload time: {primary}"
     );
 }
+
+/// A replicated rpm item whose metadata is consistent in itself but names
+/// another package than its `.rpm` holds is refused: the repodata would
+/// list it, and the feed sign that. The genuine item applies.
+#[tokio::test]
+async fn a_replicated_rpm_item_must_describe_its_package() {
+    use ferry_store::{Change, ChangeOp};
+    let i = setup().await;
+    assert_eq!(
+        put(&i, package("hello", "1.0", &[], "a")).await.status,
+        StatusCode::CREATED
+    );
+    let feed = i
+        .ferry
+        .feed(&ferry_types::FeedName::new("yum").unwrap())
+        .await
+        .unwrap();
+    let item = i.ferry.items(&feed, "rpm/").await.unwrap().remove(0);
+    let forge = |key: &str, meta: serde_json::Value| Change {
+        key: ferry_types::ItemKey::new(key).unwrap(),
+        stamp: i.ferry.clock().stamp(),
+        op: ChangeOp::Upsert {
+            meta,
+            blobs: item.blobs.clone(),
+            created_at: None,
+        },
+    };
+    let mut lie = item.meta.clone();
+    lie["name"] = "evil2".into();
+    let r = i
+        .ferry
+        .apply(&feed, vec![forge("rpm/evil2/0:1.0-1/noarch", lie)])
+        .await;
+    assert!(
+        matches!(&r, Err(ferry_core::CoreError::Invalid(m)) if m.contains("headers say hello")),
+        "{r:?}"
+    );
+    let listed = i.get("/rpm/yum/repodata/repomd.xml").await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert!(!repodata(&i, "primary").await.contains("evil2"));
+    i.ferry
+        .apply(&feed, vec![forge(item.key.as_str(), item.meta.clone())])
+        .await
+        .unwrap();
+}
