@@ -541,10 +541,11 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                     p["lag_seconds"].as_f64().unwrap_or(0.0),
                 );
                 for (feed, f) in p["feeds"].as_object().into_iter().flatten() {
+                    let behind = f["lag_changes"].as_i64().unwrap_or(0);
                     say!(
-                        "  {feed}: cursor {}, {} changes behind ({:.1} s)",
+                        "  {feed}: cursor {}, {behind} {} behind ({:.1} s)",
                         f["cursor"],
-                        f["lag_changes"],
+                        if behind == 1 { "change" } else { "changes" },
                         f["lag_seconds"].as_f64().unwrap_or(0.0)
                     );
                 }
@@ -796,6 +797,16 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
             let f = tokio::fs::File::open(&file)
                 .await
                 .with_context(|| format!("opening {}", file.display()))?;
+            // A directory opens, then fails mid-request as if the server
+            // could not be reached: said plainly instead.
+            if !f
+                .metadata()
+                .await
+                .with_context(|| format!("reading {}", file.display()))?
+                .is_file()
+            {
+                anyhow::bail!("{} is not a file: give the path of a bundle file", file.display());
+            }
             let req = request(&conn, Method::POST, &format!("/api/v1/feeds/{feed}/bundle"))
                 .await?
                 .body(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f)));

@@ -441,8 +441,11 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
             );
             say!("admin API key: FERRY_ADMIN_KEY replaced the instance's admin key on every node");
         }
-        replacing_lesser(true)?;
-        ferry.set_admin_key(&key).await?;
+        // Already the admin key: left as it is (its creation time too).
+        if named != Some(ferry_core::auth::hash_secret(&key)) || lesser.is_some() {
+            replacing_lesser(true)?;
+            ferry.set_admin_key(&key).await?;
+        }
         return Ok(());
     }
     let path = data_dir.join("admin.key");
@@ -456,8 +459,11 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
             }
             Some(_) => {}
             None if may_install => {
-                replacing_lesser(named != Some(ferry_core::auth::hash_secret(key.trim())))?;
-                ferry.set_admin_key(key.trim()).await?
+                let same = named == Some(ferry_core::auth::hash_secret(key.trim())) && lesser.is_none();
+                if !same {
+                    replacing_lesser(true)?;
+                    ferry.set_admin_key(key.trim()).await?
+                }
             }
             None => tracing::warn!(
                 file = %path.display(),

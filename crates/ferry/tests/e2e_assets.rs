@@ -618,3 +618,41 @@ fn a_data_directory_in_use_and_a_busy_port_are_refused_before_anything_is_writte
     first.kill().unwrap();
     first.wait().unwrap();
 }
+
+/// A restart with the same admin key leaves the key as it is: its
+/// creation time is when it was made, not the last start.
+#[test]
+fn the_admin_key_is_not_remade_at_every_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let key = "a-chosen-admin-key-0123";
+    let created = |url: &str| -> serde_json::Value {
+        let (st, body) = support::curl(&[
+            "-H",
+            &format!("Authorization: Bearer {key}"),
+            &format!("{url}/api/v1/keys"),
+        ]);
+        assert_eq!(st, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == "admin")
+            .unwrap()["created_at"]
+            .clone()
+    };
+    let mut times = Vec::new();
+    for env in [Some(key), Some(key), None] {
+        if env.is_none() {
+            // The same key from the file this time.
+            std::fs::write(data.join("admin.key"), key).unwrap();
+        }
+        let (mut child, url, _) = serve_by_hand(&data, env);
+        times.push(created(&url));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(times[0].is_number() || times[0].is_string(), "{times:?}");
+    assert!(times.iter().all(|t| *t == times[0]), "{times:?}");
+}

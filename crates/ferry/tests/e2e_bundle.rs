@@ -113,6 +113,12 @@ fn bundles_carry_changes_across_an_air_gap() {
         );
     }
     assert!(site.lacks("mirror", "c.txt"));
+    // A directory given as the bundle is named as such.
+    let err = site.cli_fails(&["bundle", "import", "mirror", dir.path().to_str().unwrap()]);
+    assert!(
+        err.contains("is not a file") && !err.contains("cannot reach"),
+        "{err}"
+    );
     // And one of another feed type.
     site.create_feed("pkgs", "npm");
     let err = site.cli_fails(&["bundle", "import", "pkgs", third.to_str().unwrap()]);

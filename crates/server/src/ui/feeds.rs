@@ -300,7 +300,7 @@ async fn delete_confirm(
                 " " a href="/feeds" { "Cancel" }
             }
         } @else {
-            p { a href="/replications" { "Replications" } " · " a href="/feeds" { "Back to feeds" } }
+            p { a href="/" { "Replications" } " · " a href="/feeds" { "Back to feeds" } }
         }
     };
     Ok(page("Delete feed", Some(&who), Nav::Feeds, body))
@@ -338,12 +338,28 @@ fn group_of(key: &str) -> (String, String) {
     }
 }
 
-/// "1 item", "2 items".
+/// "1 item", "2 items", "7 repositories".
 fn count(n: usize, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
+    } else if let Some(stem) = noun.strip_suffix('y')
+        && !stem.ends_with(['a', 'e', 'o', 'u'])
+    {
+        format!("{n} {stem}ies")
     } else {
         format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(super::count(1, "repository"), "1 repository");
+        assert_eq!(super::count(7, "repository"), "7 repositories");
+        assert_eq!(super::count(2, "item"), "2 items");
+        assert_eq!(super::count(3, "key"), "3 keys");
+        assert_eq!(super::count(0, "folder"), "0 folders");
     }
 }
 
