@@ -1046,8 +1046,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             resp
         };
         // (The target, for the error shape of the refusals made here.)
-        let target = req.uri().clone();
-        let path = target.path();
+        let path = req.uri().path();
         if let Some(why) = head_too_large(&req) {
             let resp = refused(plain(path, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
             return ResponseFuture::Answered(Some((resp, busy)));

@@ -256,39 +256,25 @@ impl Replicator {
     /// Records how far the peer of `s` is in `feed`, from the page it was
     /// answered for its cursor `since`.
     pub(crate) fn peer_page(&self, s: &Session, feed: &str, since: i64, page: &ChangesPage) {
-        let Some(instance) = &s.instance else {
-            return;
-        };
         let now = now_millis();
-        let Ok(mut m) = self.0.peer_book.entries.lock() else {
-            return;
-        };
-        let Some(e) = m.get_mut(&(s.record.id, instance.clone())) else {
-            return;
-        };
         let lag_seconds = page.oldest_pending.map_or(0.0, |ms| {
             (now - i64::try_from(ms).unwrap_or(now)).max(0) as f64 / 1000.0
         });
-        e.state.feeds.insert(
-            feed.to_owned(),
-            PeerFeed {
-                cursor: since,
-                lag_changes: (page.last_seq - since).max(0),
-                lag_seconds,
-                at: now,
-            },
-        );
-        e.state.last_contact = now;
+        self.peer_feed(s, feed, since, (page.last_seq - since).max(0), lag_seconds, now);
     }
 
     /// Records that the peer of `s` has read all of `feed` up to `since`,
     /// the end of its change log: it waits for the next change (a long
     /// poll), and is not behind.
     pub(crate) fn peer_caught_up(&self, s: &Session, feed: &str, since: i64) {
+        self.peer_feed(s, feed, since, 0, 0.0, now_millis());
+    }
+
+    /// Where the peer of `s` is in `feed` as of `now` (a contact too).
+    fn peer_feed(&self, s: &Session, feed: &str, cursor: i64, lag_changes: i64, lag_seconds: f64, now: i64) {
         let Some(instance) = &s.instance else {
             return;
         };
-        let now = now_millis();
         let Ok(mut m) = self.0.peer_book.entries.lock() else {
             return;
         };
@@ -296,9 +282,9 @@ impl Replicator {
             e.state.feeds.insert(
                 feed.to_owned(),
                 PeerFeed {
-                    cursor: since,
-                    lag_changes: 0,
-                    lag_seconds: 0.0,
+                    cursor,
+                    lag_changes,
+                    lag_seconds,
                     at: now,
                 },
             );

@@ -1469,18 +1469,35 @@ impl FsBlobStore {
     /// Takes the exclusive claim on `digest`'s transfer, waiting while
     /// another writer holds it.
     async fn claim_transfer(&self, digest: &Digest) -> Result<TransferClaim, StoreError> {
-        let lock = {
-            let mut locks = self
-                .transfers
-                .lock()
-                .map_err(|_| StoreError::Backend("transfer locks poisoned".into()))?;
-            locks.entry(*digest).or_default().clone()
-        };
-        Ok(TransferClaim {
+        let guard = self.transfer_lock(digest)?.lock_owned().await;
+        Ok(self.transfer_claim(digest, guard))
+    }
+
+    /// [`FsBlobStore::claim_transfer`] without waiting: None while another
+    /// writer holds the transfer.
+    fn try_claim_transfer(&self, digest: &Digest) -> Result<Option<TransferClaim>, StoreError> {
+        Ok(self
+            .transfer_lock(digest)?
+            .try_lock_owned()
+            .ok()
+            .map(|guard| self.transfer_claim(digest, guard)))
+    }
+
+    /// The lock of `digest`'s transfer (made on first use).
+    fn transfer_lock(&self, digest: &Digest) -> Result<std::sync::Arc<tokio::sync::Mutex<()>>, StoreError> {
+        let mut locks = self
+            .transfers
+            .lock()
+            .map_err(|_| StoreError::Backend("transfer locks poisoned".into()))?;
+        Ok(locks.entry(*digest).or_default().clone())
+    }
+
+    fn transfer_claim(&self, digest: &Digest, guard: tokio::sync::OwnedMutexGuard<()>) -> TransferClaim {
+        TransferClaim {
             digest: *digest,
             locks: self.transfers.clone(),
-            guard: Some(lock.lock_owned().await),
-        })
+            guard: Some(guard),
+        }
     }
 
     fn partial_path(&self, digest: &Digest) -> PathBuf {
@@ -2193,23 +2210,11 @@ impl BlobStore for FsBlobStore {
                 continue;
             }
             // Only a transfer no one holds: claimed here without waiting.
-            let lock = {
-                let mut locks = self
-                    .transfers
-                    .lock()
-                    .map_err(|_| StoreError::Backend("transfer locks poisoned".into()))?;
-                locks.entry(digest).or_default().clone()
-            };
-            let Ok(guard) = lock.try_lock_owned() else {
+            let Some(claim) = self.try_claim_transfer(&digest)? else {
                 continue;
             };
-            let claim = TransferClaim {
-                digest,
-                locks: self.transfers.clone(),
-                guard: Some(guard),
-            };
             let path = self.partial_path(&digest);
-            // Touched again while this waited for its turn: still in use.
+            // Touched again since it was listed: still in use.
             let idle_still = tokio::fs::metadata(&path)
                 .await
                 .ok()
