@@ -57,6 +57,11 @@ const DEFAULT_ARCHITECTURES: [&str; 2] = ["amd64", "arm64"];
 #[derive(Debug)]
 pub struct Publication {
     seq: i64,
+    /// When it was rendered (ms since the epoch; the `Last-Modified` of
+    /// its files): a second past the previous rendering's at least, so a
+    /// client's `If-Modified-Since` (whole seconds) never takes a newer
+    /// rendering for the one it has.
+    modified: i64,
     /// Files under `dists/DIST/`, by relative path.
     files: HashMap<String, Bytes>,
 }
@@ -172,7 +177,7 @@ fn decrement(counts: &mut BTreeMap<String, usize>, key: &str) {
 
 /// Pool path → the items there (every distribution holding that
 /// package version) and their `.deb`'s blob.
-type PoolMap = HashMap<String, BTreeMap<String, Digest>>;
+type PoolMap = HashMap<String, BTreeMap<String, (Digest, i64)>>;
 
 /// What Ferry keeps in memory for debian feeds.
 #[derive(Default)]
@@ -373,7 +378,7 @@ async fn unpublished<T>(
             None => {}
         }
         if let Some(others) = pools.get(&meta.filename)
-            && others.values().any(|other| *other != meta.sha256)
+            && others.values().any(|(other, _)| *other != meta.sha256)
         {
             return Err(in_part(&parts[i], changed_file(meta)));
         }
@@ -484,7 +489,7 @@ async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<Arc<PoolMap>, Core
             let items = ferry.items_by_keys(feed, &wanted).await?;
             for ((key, path), live) in keyed.into_iter().zip(items) {
                 let entry = inner.entry(path.clone()).or_default();
-                match live.and_then(|i| i.blobs.first().copied()) {
+                match live.and_then(|i| i.blobs.first().map(|d| (*d, i.modified()))) {
                     Some(d) => {
                         entry.insert(key.as_str().to_owned(), d);
                     }
@@ -504,7 +509,7 @@ async fn pool_map(ferry: &Ferry, feed: &FeedRecord) -> Result<Arc<PoolMap>, Core
                 if let (Some(path), Some(d)) = (pool_path_of_key(&item.key), item.blobs.first()) {
                     map.entry(path)
                         .or_default()
-                        .insert(item.key.as_str().to_owned(), *d);
+                        .insert(item.key.as_str().to_owned(), (*d, item.modified()));
                 }
             }
             Arc::new(map)
@@ -560,12 +565,14 @@ fn note_in_pool_map(
         return;
     }
     let inner = Arc::make_mut(map);
+    // Just written: changed now (as its stamp says, to the millisecond or so).
+    let modified = now_millis();
     for (path, key, digest) in written {
         let Ok(key) = key else { return };
         inner
             .entry(path)
             .or_default()
-            .insert(key.as_str().to_owned(), digest);
+            .insert(key.as_str().to_owned(), (digest, modified));
     }
     *at = *last;
 }
@@ -579,9 +586,10 @@ fn pool_path_of_key(key: &ferry_types::ItemKey) -> Option<String> {
     deb::pool_path(comp, name, version, arch).ok()
 }
 
-/// The blob of `pool/...` (`path` without the leading `pool/`). NotFound
-/// when no package of the feed lives there.
-pub async fn pool_file(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<Digest, CoreError> {
+/// The blob of `pool/...` (`path` without the leading `pool/`) and when
+/// its item last changed (ms since the epoch). NotFound when no package
+/// of the feed lives there.
+pub async fn pool_file(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<(Digest, i64), CoreError> {
     let full = format!("pool/{path}");
     pool_map(ferry, feed)
         .await?
@@ -590,16 +598,35 @@ pub async fn pool_file(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<D
         .ok_or_else(|| CoreError::not_found(format!("{full} not found")))
 }
 
+/// When a rendering that follows one of `previous` (ms) is dated: now, or
+/// a second past `previous` when now is not (HTTP-dates have whole
+/// seconds).
+pub(crate) fn next_modified(previous: Option<i64>) -> i64 {
+    let now = now_millis();
+    match previous {
+        Some(p) if now < p + 1000 => p + 1000,
+        _ => now,
+    }
+}
+
 /// A file under `dists/DIST/`: `Release`, `InRelease`, `Release.gpg`,
 /// `COMPONENT/binary-ARCH/Packages[.gz|.xz]`, or
 /// `COMPONENT/binary-ARCH/by-hash/{SHA256,SHA512}/HEX` (current and recent
 /// renderings; Release lists both hashes with `Acquire-By-Hash: yes`, and
-/// apt asks by the strongest). NotFound for a distribution without packages.
-pub async fn dist_file(ferry: &Ferry, feed: &FeedRecord, dist: &str, path: &str) -> Result<Bytes, CoreError> {
+/// apt asks by the strongest), with when the current rendering was made
+/// (ms since the epoch; `None` for a by-hash file, named by its content).
+/// NotFound for a distribution without packages.
+pub async fn dist_file(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    dist: &str,
+    path: &str,
+) -> Result<(Bytes, Option<i64>), CoreError> {
     deb::check_dist(dist).map_err(|e| CoreError::not_found(e.to_string()))?;
     let publication = publication(ferry, feed, dist).await?;
     if let Some(body) = publication.files.get(path) {
-        return Ok(body.clone());
+        let modified = (!path.contains("/by-hash/")).then_some(publication.modified);
+        return Ok((body.clone(), modified));
     }
     let not_found = || CoreError::not_found(format!("dists/{dist}/{path} not found"));
     if let Some((_, hash)) = path.split_once("/by-hash/") {
@@ -607,7 +634,7 @@ pub async fn dist_file(ferry: &Ferry, feed: &FeedRecord, dist: &str, path: &str)
         if let Some(state) = states.get(&(feed.id, dist.to_owned())) {
             for (_, files) in state.by_hash.iter().rev() {
                 if let Some(b) = files.get(hash) {
-                    return Ok(b.clone());
+                    return Ok((b.clone(), None));
                 }
             }
         }
@@ -671,7 +698,8 @@ async fn publication(ferry: &Ferry, feed: &FeedRecord, dist: &str) -> Result<Arc
     files.insert("Release".into(), Bytes::from(release));
     files.insert("InRelease".into(), Bytes::from(inrelease));
     files.insert("Release.gpg".into(), Bytes::from(detached));
-    let p = Arc::new(Publication { seq, files });
+    let modified = next_modified(state.current.as_ref().map(|c| c.modified));
+    let p = Arc::new(Publication { seq, modified, files });
     state.current = Some(p.clone());
     state.by_hash.push_back((seq, by_hash));
     while state.by_hash.len() > BY_HASH_GENERATIONS {

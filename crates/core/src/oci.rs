@@ -531,6 +531,24 @@ pub async fn delete_blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, named: &O
         return Err(blob_unknown(repo, named));
     };
     let digest = &id;
+    // A blob a manifest of the repository lists stays served while that
+    // manifest is here: refuse rather than answer 202 and go on serving it.
+    let users = manifests_listing(ferry, feed, repo, digest).await?;
+    if !users.is_empty() {
+        let message = match users.as_slice() {
+            [one] if one == &digest.to_string() => format!(
+                "{named} is a manifest of repository {repo}; delete it through /v2/{repo}/manifests/{named}"
+            ),
+            [one] => format!(
+                "blob {named} is used by manifest {one} of repository {repo}; delete that manifest first"
+            ),
+            many => format!(
+                "blob {named} is used by manifests {} of repository {repo}; delete those manifests first",
+                many.join(", ")
+            ),
+        };
+        return Err(Error::new(ErrorCode::Denied, CoreError::Conflict(message)));
+    }
     let key = format::blob_key(repo, digest)?;
     if ferry.item(feed, &key).await?.is_some() {
         match ferry
@@ -541,10 +559,30 @@ pub async fn delete_blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, named: &O
             Err(e) => return Err(e.into()),
         }
     }
-    if in_repository(ferry, feed, repo, digest).await? {
-        return Ok(());
-    }
     Err(blob_unknown(repo, named))
+}
+
+/// The manifests of `repo` (as `sha256:…`, sorted) whose item lists
+/// `digest`: the manifest itself, or one whose config, layers or
+/// subject it is.
+async fn manifests_listing(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    repo: &str,
+    digest: &Digest,
+) -> Result<Vec<String>> {
+    let mut users: Vec<String> = repo_items(ferry, feed, repo, &format::manifest_prefix(repo))
+        .await?
+        .into_iter()
+        .filter(|i| i.blobs.contains(digest))
+        .filter_map(|i| match format::parse_item_key(&i.key) {
+            Some(OciItemKey::Manifest { digest, .. }) => Some(digest.to_string()),
+            _ => None,
+        })
+        .collect();
+    users.sort();
+    users.dedup();
+    Ok(users)
 }
 
 // ---------------------------------------------------------------------------

@@ -83,6 +83,9 @@ const KINDS: [&str; 3] = ["primary", "filelists", "other"];
 #[derive(Debug)]
 struct Publication {
     seq: i64,
+    /// When it was rendered (ms since the epoch; see
+    /// `debian::next_modified`).
+    modified: i64,
     repomd: Bytes,
     asc: Bytes,
 }
@@ -409,32 +412,39 @@ pub async fn packages(ferry: &Ferry, feed: &FeedRecord) -> Result<Vec<RpmMeta>, 
     Ok(out)
 }
 
-/// The blob of `packages/PATH` (`path` without `packages/`). NotFound when
-/// no package of the feed lives there.
-pub async fn package_file(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<Digest, CoreError> {
+/// The blob of `packages/PATH` (`path` without `packages/`) and when its
+/// item last changed (ms since the epoch). NotFound when no package of the
+/// feed lives there.
+pub async fn package_file(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<(Digest, i64), CoreError> {
     let not_found = || CoreError::not_found(format!("packages/{path} not found"));
     let key: ItemKey = fmt::key_of_location(path).ok_or_else(not_found)?;
     ferry
         .item(feed, &key)
         .await?
-        .and_then(|i| i.blobs.first().copied())
+        .and_then(|i| i.blobs.first().map(|d| (*d, i.modified())))
         .ok_or_else(not_found)
 }
 
 /// A file under `repodata/`: `repomd.xml`, `repomd.xml.asc`, or a
-/// `HEX-TYPE.xml.gz` of the current or a recent rendering.
-pub async fn repodata_file(ferry: &Ferry, feed: &FeedRecord, name: &str) -> Result<Bytes, CoreError> {
+/// `HEX-TYPE.xml.gz` of the current or a recent rendering; with when the
+/// rendering was made (ms since the epoch) for the first two, `None` for
+/// a part named by its hash.
+pub async fn repodata_file(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    name: &str,
+) -> Result<(Bytes, Option<i64>), CoreError> {
     let publication = publication(ferry, feed).await?;
     match name {
-        "repomd.xml" => return Ok(publication.repomd.clone()),
-        "repomd.xml.asc" => return Ok(publication.asc.clone()),
+        "repomd.xml" => return Ok((publication.repomd.clone(), Some(publication.modified))),
+        "repomd.xml.asc" => return Ok((publication.asc.clone(), Some(publication.modified))),
         _ => {}
     }
     let feeds = ferry.0.rpm.feeds.lock().map_err(lock_err)?;
     if let Some(state) = feeds.get(&feed.id) {
         for (_, files) in state.generations.iter().rev() {
             if let Some(b) = files.get(name) {
-                return Ok(b.clone());
+                return Ok((b.clone(), None));
             }
         }
     }
@@ -484,8 +494,10 @@ async fn publication(ferry: &Ferry, feed: &FeedRecord) -> Result<Arc<Publication
     let mut feeds = ferry.0.rpm.feeds.lock().map_err(lock_err)?;
     let state = feeds.entry(feed.id).or_default();
     state.model = Some(model);
+    let modified = crate::debian::next_modified(state.current.as_ref().map(|c| c.modified));
     let p = Arc::new(Publication {
         seq,
+        modified,
         repomd,
         asc: Bytes::from(asc?),
     });

@@ -138,10 +138,36 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config {}", path.display()))?;
-                let mut cfg: Config =
-                    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+                // `line` is the reader's own note on each declaration (the
+                // API takes it from `config apply`), not a setting: an
+                // unknown key's message does not offer it, and the file may
+                // not set it.
+                let mut cfg: Config = toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace(", `line`", "")))
+                    .with_context(|| format!("parsing config {}", path.display()))?;
                 let (feeds, replications) =
                     (header_lines(&text, "feeds"), header_lines(&text, "replications"));
+                let noted = cfg
+                    .feeds
+                    .iter()
+                    .zip(&feeds)
+                    .find(|(f, _)| f.line.is_some())
+                    .map(|(_, l)| *l)
+                    .or_else(|| {
+                        cfg.replications
+                            .iter()
+                            .zip(&replications)
+                            .find(|(r, _)| {
+                                r.line.is_some() || r.blob_sources.iter().any(|b| b.line.is_some())
+                            })
+                            .map(|(_, l)| *l)
+                    });
+                if let Some(at) = noted {
+                    anyhow::bail!(
+                        "parsing config {}: line {at}: `line` is not a setting (the declaration's line is read from the file)",
+                        path.display()
+                    );
+                }
                 for (f, line) in cfg.feeds.iter_mut().zip(feeds) {
                     f.line = Some(line);
                 }
@@ -551,6 +577,33 @@ mod tests {
             ]))
             .unwrap_err();
         assert!(err.to_string().contains("FERRY_S3_PATH_STYLE"), "{err}");
+    }
+
+    /// `line` is the reader's note, not a setting: the file may not set
+    /// it, and an unknown key's message does not offer it.
+    #[test]
+    fn the_line_note_is_not_a_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            format!("{:#}", Config::load(Some(&file)).unwrap_err())
+        };
+        let e = load("[[feeds]]\nname = \"files\"\ntype = \"assets\"\nprivat = true\n");
+        assert!(
+            e.contains("unknown field `privat`") && e.contains("`private`"),
+            "{e}"
+        );
+        assert!(!e.contains("`line`"), "{e}");
+        let e = load(
+            "[[feeds]]\nname = \"a\"\ntype = \"assets\"\n\n[[feeds]]\nname = \"b\"\ntype = \"npm\"\nline = 1\n",
+        );
+        assert!(e.contains("line 5: `line` is not a setting"), "{e}");
+        let e = load(
+            "[[replications]]\nname = \"r\"\nfeeds = [\"a\"]\noutgoing = \"http://hub:8765\"\nmode = \"pull\"\n\
+             [[replications.blob_sources]]\nurl = \"http://cache:8765\"\nline = 2\n",
+        );
+        assert!(e.contains("line 1: `line` is not a setting"), "{e}");
     }
 
     #[test]

@@ -171,6 +171,7 @@ async fn open_and_declare(
     http: reqwest::Client,
     empty_database: &mut Option<Arc<PgStore>>,
 ) -> anyhow::Result<(Ferry, Replicator)> {
+    check_admin_key_env()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     if cfg.database_url.is_none() {
@@ -371,6 +372,22 @@ impl FirstStart {
     }
 }
 
+/// Refuses a `FERRY_ADMIN_KEY` that is set but too weak to be a full admin
+/// credential (under [`MIN_ADMIN_KEY`] characters, or with spaces or
+/// control characters), before the start opens or creates anything.
+fn check_admin_key_env() -> anyhow::Result<()> {
+    if let Ok(key) = std::env::var("FERRY_ADMIN_KEY")
+        && !key.is_empty()
+        && (key.chars().count() < MIN_ADMIN_KEY || key.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        anyhow::bail!(
+            "FERRY_ADMIN_KEY must be at least {MIN_ADMIN_KEY} characters without spaces or control characters \
+             (it is a full admin credential); unset it to have a random one made"
+        );
+    }
+    Ok(())
+}
+
 /// Shortest `FERRY_ADMIN_KEY` accepted (a generated key is 43 characters).
 const MIN_ADMIN_KEY: usize = 12;
 
@@ -416,12 +433,7 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
     if let Ok(key) = std::env::var("FERRY_ADMIN_KEY")
         && !key.is_empty()
     {
-        if key.chars().count() < MIN_ADMIN_KEY || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            anyhow::bail!(
-                "FERRY_ADMIN_KEY must be at least {MIN_ADMIN_KEY} characters without spaces or control characters \
-                 (it is a full admin credential); unset it to have a random one made"
-            );
-        }
+        check_admin_key_env()?;
         if !may_install {
             tracing::warn!(
                 "FERRY_ADMIN_KEY is not installed: the admin key was deleted and other admin keys remain \

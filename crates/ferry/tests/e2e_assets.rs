@@ -565,6 +565,26 @@ fn a_deleted_admin_key_stays_deleted_across_restarts() {
         err.contains("FERRY_ADMIN_KEY must be at least 12 characters"),
         "{err}"
     );
+    // Refused before the instance is opened: nothing says it was.
+    assert!(!err.contains("instance opened"), "{err}");
+    // On an empty directory a refused key makes no instance at all.
+    let fresh = dir.path().join("fresh");
+    let out = Command::new(support::bin())
+        .args([
+            "serve",
+            "--data-dir",
+            fresh.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("FERRY_ADMIN_KEY", "short key")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        !fresh.join("ferry.db").exists(),
+        "a refused start made a database"
+    );
 }
 
 /// One `ferry serve` per data directory: a second one on the same

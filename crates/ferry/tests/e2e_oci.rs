@@ -265,12 +265,59 @@ fn a_platform_manifest_of_an_index_cannot_be_deleted_before_the_index() {
     // its children.
     let del = sk.delete(&format!("{mrepo}:multi"), &writer);
     assert!(del.status.success(), "{}", String::from_utf8_lossy(&del.stderr));
+    // A layer a manifest still lists cannot be deleted: 409 naming the
+    // manifest, and it stays served.
+    let image = multi.image("amd64");
+    let layer_digest = image.layers[0].blob.digest.clone();
+    let blob_url = format!("{}/v2/containers/team/multi/blobs/{layer_digest}", s.url);
+    let delete_blob = || {
+        let (st, body) = curl(&["-X", "DELETE", "-u", &format!("ferry:{writer}"), &blob_url]);
+        (st, String::from_utf8_lossy(&body).to_string())
+    };
+    let (st, body) = delete_blob();
+    assert_eq!(st, 409, "DELETE of a listed layer: {body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["errors"][0]["code"], "DENIED", "{body}");
+    let message = err["errors"][0]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains(&image.manifest.digest) && message.contains("delete that manifest first"),
+        "{message}"
+    );
+    let (st, _) = curl(&["-u", &format!("ferry:{writer}"), "-o", "/dev/null", &blob_url]);
+    assert_eq!(st, 200, "the layer is still served after the refused DELETE");
+    // A manifest is not deleted through the blobs endpoint either.
+    let manifest_as_blob = format!(
+        "{}/v2/containers/team/multi/blobs/{}",
+        s.url, image.manifest.digest
+    );
+    let (st, body) = curl(&[
+        "-X",
+        "DELETE",
+        "-u",
+        &format!("ferry:{writer}"),
+        &manifest_as_blob,
+    ]);
+    assert_eq!(
+        st,
+        409,
+        "DELETE of a manifest as a blob: {}",
+        String::from_utf8_lossy(&body)
+    );
+
     for arch in ["amd64", "arm64"] {
         let child = &multi.image(arch).manifest.digest;
         let (st, body) = delete(child);
         assert_eq!(st, 202, "DELETE of the {arch} manifest after the index: {body}");
         assert!(sk.inspect(&format!("{mrepo}@{child}"), true, None, &[]).is_err());
     }
+    // No manifest lists the layer now: the DELETE is accepted and the
+    // layer is no longer served from the repository.
+    let (st, body) = delete_blob();
+    assert_eq!(st, 202, "DELETE of an unlisted layer: {body}");
+    let (st, _) = curl(&["-u", &format!("ferry:{writer}"), "-o", "/dev/null", &blob_url]);
+    assert_eq!(st, 404, "a deleted layer is still served");
+    let (st, body) = delete_blob();
+    assert_eq!(st, 404, "a second DELETE: {body}");
 }
 
 #[test]

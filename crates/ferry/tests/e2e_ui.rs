@@ -560,6 +560,21 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
     c.goto(&format!("{}/executions", spoke.url)).await.unwrap();
     css(&c, "table.executions").await;
     shot(&c, "executions").await;
+    // A filter on an outcome no execution has says so; one that is not an
+    // outcome is refused, naming those there are.
+    c.goto(&format!("{}/executions?outcome=needs-confirmation", spoke.url))
+        .await
+        .unwrap();
+    let t = text(&c).await;
+    assert!(t.contains("No executions with outcome needs-confirmation"), "{t}");
+    c.goto(&format!("{}/executions?outcome=bogus", spoke.url))
+        .await
+        .unwrap();
+    let t = text(&c).await;
+    assert!(
+        t.contains("unknown outcome \"bogus\"") && t.contains("succeeded"),
+        "{t}"
+    );
     // ---- a slow execution: the plan lists its items, and Stop ends it.
     // A cap of 1000 bytes/s and an exclude pattern, set on the edit page.
     c.goto(&format!("{}/replications/from-hub/edit", spoke.url))

@@ -1,18 +1,60 @@
 //! Asset feeds: files in folders. The item key is the validated path.
 
 use ferry_types::ItemKey;
+use unicode_normalization::{UnicodeNormalization, is_nfc};
 
 use crate::FormatError;
 
+/// Whether `c` is a format character that shows as nothing or reorders
+/// the text around it (Unicode general category Cf, as far as it is used
+/// to disguise names: soft hyphen, Arabic letter mark, Mongolian vowel
+/// separator, zero-width space/joiners, left-to-right and right-to-left
+/// marks, embeddings and overrides (the "Trojan Source" characters,
+/// CVE-2021-42574), word joiner and invisible operators, isolates,
+/// the byte order mark, interlinear annotation and tag characters).
+pub fn hidden_format_char(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x00AD
+            | 0x061C
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
+}
+
 /// Validates an asset path as received after percent-decoding (the router
-/// decodes once). Refuses anything that could escape the feed or be read two
-/// ways: empty, absolute, `.`/`..` segments, empty segments, backslashes,
-/// control characters and over-long paths.
+/// decodes once) and returns its key: the path in Unicode Normalization
+/// Form C (UAX #15), so a name written decomposed (`e` + U+0301, as macOS
+/// writes file names) and precomposed (`é`) is one file, found either way.
+/// Refuses anything that could escape the feed or be read two ways: empty,
+/// absolute, `.`/`..` segments, empty segments, backslashes, control
+/// characters, invisible and bidirectional formatting characters (see
+/// [`hidden_format_char`]) and paths over 1024 bytes.
 pub fn asset_key(path: &str) -> Result<ItemKey, FormatError> {
     let bad = |why: &str| {
         Err(FormatError::invalid(format!(
             "invalid asset path {path:?}: {why}"
         )))
+    };
+    if let Some(c) = path.chars().find(|c| hidden_format_char(*c)) {
+        return bad(&format!(
+            "invisible or text-direction character U+{:04X} is not allowed (a name could show as another)",
+            c as u32
+        ));
+    }
+    let composed: String;
+    let path = if is_nfc(path) {
+        path
+    } else {
+        composed = path.nfc().collect();
+        composed.as_str()
     };
     if path.is_empty() {
         return bad("empty");
@@ -96,6 +138,35 @@ mod tests {
         );
         assert_eq!(asset_dir_prefix("a/b/").unwrap(), "a/b/");
         assert_eq!(asset_dir_prefix("").unwrap(), "");
+    }
+
+    #[test]
+    fn names_are_kept_composed_and_invisible_characters_refused() {
+        let decomposed = "docs/cafe\u{301}/re\u{301}sume\u{301}.pdf";
+        let composed = "docs/caf\u{e9}/r\u{e9}sum\u{e9}.pdf";
+        assert_eq!(asset_key(decomposed).unwrap().as_str(), composed);
+        assert_eq!(asset_key(composed).unwrap().as_str(), composed);
+        assert_eq!(asset_dir_prefix("cafe\u{301}/").unwrap(), "caf\u{e9}/");
+        // A replicated key must already be in the form uploads store.
+        let key = ItemKey::new(decomposed).unwrap();
+        assert!(validate_item(&key, None).is_err());
+        for hidden in [
+            "invoice\u{202e}fdp.exe",
+            "pay\u{200b}roll.xlsx",
+            "a\u{200d}b",
+            "\u{feff}readme",
+            "x\u{2066}y\u{2069}",
+            "soft\u{ad}hyphen",
+            "tag\u{e0041}",
+        ] {
+            let e = asset_key(hidden).unwrap_err().to_string();
+            assert!(
+                e.contains("invisible or text-direction character"),
+                "{hidden:?}: {e}"
+            );
+        }
+        // Ordinary non-ASCII names are kept.
+        assert!(asset_key("日本語/файл ü.txt").is_ok());
     }
 
     #[test]

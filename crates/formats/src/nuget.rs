@@ -934,6 +934,11 @@ fn validate_range(id: &str, range: &str) -> Result<(), FormatError> {
             if (!lo.is_empty() && !version(lo)) || (!hi.is_empty() && !version(hi)) {
                 return bad("not a version");
             }
+            // Two fixed ends: the lower may not pass the upper, and equal
+            // ends hold a version only when both are included (`[1.0,1.0]`).
+            if !lo.contains('*') && !hi.contains('*') && VersionRange::parse(r).is_err() {
+                return bad("it holds no version (its lower end is above its upper end)");
+            }
             Ok(())
         }
     }
@@ -1897,6 +1902,8 @@ mod tests {
             "*",
             "1.0.0-*",
             "[1.0,2)",
+            "[1.0,1.0]",
+            "[1.0.*,2.0)",
         ] {
             assert!(with(ok, "net45").is_ok(), "{ok:?}: {:?}", with(ok, "net45"));
         }
@@ -1909,6 +1916,9 @@ mod tests {
             "[,]",
             "banana",
             "1.*.0",
+            "[2.0,1.0]",
+            "(1.0,1.0]",
+            "[3,2)",
         ] {
             let e = with(bad, "net45").unwrap_err().to_string();
             assert!(e.contains("invalid version range"), "{bad:?}: {e}");

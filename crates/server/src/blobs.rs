@@ -188,6 +188,67 @@ pub fn rendered_response(
     etag: String,
 ) -> Response {
     let fresh = headers.contains_key(header::IF_NONE_MATCH) && if_none_match(headers, &etag);
+    respond_rendered(method, fresh, private, body, content_type, etag)
+}
+
+/// A file of a signed repository index (apt's `Release`, `InRelease`,
+/// `Packages*`, by-hash files; dnf's `repomd.xml` and its parts) as
+/// [`rendered_response`] answers it, with the validators these clients
+/// use: `ETag` is the SHA-256 of the bytes (`"sha256:HEX"`, the same on
+/// every node for the same rendering), and `Last-Modified` is `modified`
+/// (ms since the epoch) when given — apt revalidates with
+/// `If-Modified-Since` only, which answers 304 when no `If-None-Match` is
+/// sent and the file is not newer than the date (RFC 9110 §13.1.3).
+/// `immutable` files (named by their hash) may be kept for a day instead
+/// of revalidated.
+pub fn index_file_response(
+    method: &Method,
+    headers: &HeaderMap,
+    private: bool,
+    body: bytes::Bytes,
+    content_type: &'static str,
+    modified: Option<i64>,
+    immutable: bool,
+) -> Response {
+    let etag = format!("\"{}\"", Digest::of(&body));
+    let modified = modified.map(|ms| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64));
+    let fresh = if headers.contains_key(header::IF_NONE_MATCH) {
+        if_none_match(headers, &etag)
+    } else {
+        matches!(
+            (http_date(headers, header::IF_MODIFIED_SINCE), modified),
+            (Some(date), Some(lm)) if secs(lm) <= secs(date)
+        )
+    };
+    let mut resp = respond_rendered(method, fresh, private, body, content_type, etag);
+    let h = resp.headers_mut();
+    if let Some(t) = modified
+        && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(t))
+    {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    if immutable {
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(if private {
+                "private, max-age=86400"
+            } else {
+                "max-age=86400"
+            }),
+        );
+    }
+    resp
+}
+
+/// [`rendered_response`] once freshness is decided (`fresh`: 304).
+fn respond_rendered(
+    method: &Method,
+    fresh: bool,
+    private: bool,
+    body: bytes::Bytes,
+    content_type: &'static str,
+    etag: String,
+) -> Response {
     let head = fresh || *method == Method::HEAD;
     let len = body.len();
     let mut resp = Response::new(if head { Body::empty() } else { Body::from(body) });

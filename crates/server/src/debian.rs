@@ -29,7 +29,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::access::FeedAccess;
-use crate::blobs::serve_download;
+use crate::blobs::{index_file_response, serve_download};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -147,8 +147,10 @@ async fn dist_file(
     State(st): State<AppState>,
     access: FeedAccess,
     Path((_, dist, path)): Path<(String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let body = debian::dist_file(&st.ferry, &access.feed, &dist, &path).await?;
+    let (body, modified) = debian::dist_file(&st.ferry, &access.feed, &dist, &path).await?;
     let content_type = if path.ends_with(".gz") {
         "application/gzip"
     } else if path.ends_with(".xz") {
@@ -158,22 +160,17 @@ async fn dist_file(
     } else {
         "text/plain; charset=utf-8"
     };
-    Ok((
-        [
-            (header::CONTENT_TYPE, content_type),
-            // Indexes change with every publish; by-hash files never do.
-            (
-                header::CACHE_CONTROL,
-                if path.contains("/by-hash/") {
-                    "max-age=86400"
-                } else {
-                    "no-cache"
-                },
-            ),
-        ],
+    // Indexes change with every publish (revalidated: ETag, Last-Modified);
+    // by-hash files never do.
+    Ok(index_file_response(
+        &method,
+        &headers,
+        access.feed.private,
         body,
-    )
-        .into_response())
+        content_type,
+        modified,
+        path.contains("/by-hash/"),
+    ))
 }
 
 async fn pool_file(
@@ -183,7 +180,7 @@ async fn pool_file(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let digest = debian::pool_file(&st.ferry, &access.feed, &path).await?;
+    let (digest, modified) = debian::pool_file(&st.ferry, &access.feed, &path).await?;
     let filename = path.rsplit('/').next();
     Ok(serve_download(
         &st.ferry,
@@ -191,7 +188,7 @@ async fn pool_file(
         &headers,
         &digest,
         "application/vnd.debian.binary-package",
-        None,
+        Some(modified),
         filename,
     )
     .await?)

@@ -10,7 +10,7 @@
 //! | `GET /v2/` | 200 with a valid key (or the empty basic credentials of an anonymous client); 401 + `WWW-Authenticate` without `Authorization` |
 //! | `GET /v2/_catalog?n=&last=` | `FEED/NAME` of every readable OCI feed, `Link` to the next page |
 //! | `HEAD/GET …/blobs/DIGEST` | the blob (Range), `Docker-Content-Digest` |
-//! | `DELETE …/blobs/DIGEST` | 202; removes the repository's upload link |
+//! | `DELETE …/blobs/DIGEST` | 202; removes the repository's upload link (409 DENIED while a manifest of the repository lists the blob, naming it) |
 //! | `POST …/blobs/uploads/` | 202 + session `Location`; `?digest=` with a body: 201 (monolithic); `?mount=&from=`: 201 if the blob is in the feed, else a session; content without `?digest=` → 400 BLOB_UPLOAD_INVALID; 429 TOOMANYREQUESTS + `Retry-After` past the open-session caps (per key, per feed, per instance; see [`Uploads`]) |
 //! | `PATCH …/blobs/uploads/ID` | appends a chunk (`Content-Range` optional; out of order → 416) |
 //! | `GET …/blobs/uploads/ID` | 204 with `Range` |

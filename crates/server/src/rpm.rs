@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::access::FeedAccess;
-use crate::blobs::serve_download;
+use crate::blobs::{index_file_response, serve_download};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -135,22 +135,26 @@ async fn repodata_file(
     State(st): State<AppState>,
     access: FeedAccess,
     Path((_, file)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let body = rpm::repodata_file(&st.ferry, &access.feed, &file).await?;
-    let (content_type, cache) = match file.as_str() {
-        "repomd.xml" => ("application/xml", "no-cache"),
-        "repomd.xml.asc" => ("application/pgp-signature", "no-cache"),
-        // Named by their hash: they never change.
-        _ => ("application/gzip", "max-age=86400"),
+    let (body, modified) = rpm::repodata_file(&st.ferry, &access.feed, &file).await?;
+    let content_type = match file.as_str() {
+        "repomd.xml" => "application/xml",
+        "repomd.xml.asc" => "application/pgp-signature",
+        _ => "application/gzip",
     };
-    Ok((
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, cache),
-        ],
+    // repomd.xml and its signature are revalidated (ETag, Last-Modified);
+    // the parts are named by their hash and never change.
+    Ok(index_file_response(
+        &method,
+        &headers,
+        access.feed.private,
         body,
-    )
-        .into_response())
+        content_type,
+        modified,
+        modified.is_none(),
+    ))
 }
 
 async fn package_file(
@@ -160,7 +164,7 @@ async fn package_file(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let digest = rpm::package_file(&st.ferry, &access.feed, &path).await?;
+    let (digest, modified) = rpm::package_file(&st.ferry, &access.feed, &path).await?;
     let filename = path.rsplit('/').next();
     Ok(serve_download(
         &st.ferry,
@@ -168,7 +172,7 @@ async fn package_file(
         &headers,
         &digest,
         "application/x-rpm",
-        None,
+        Some(modified),
         filename,
     )
     .await?)

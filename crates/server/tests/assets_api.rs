@@ -330,6 +330,11 @@ async fn traversal_is_refused_and_nothing_written() {
         "/assets/files/a%5cb",
         "/assets/files/a/./b",
         "/assets/files/a%00b",
+        // Names that would show as others: a right-to-left override, a
+        // zero-width space, a byte order mark.
+        "/assets/files/invoice%E2%80%AEfdp.exe",
+        "/assets/files/pay%E2%80%8Broll.xlsx",
+        "/assets/files/%EF%BB%BFreadme",
     ] {
         let r = i.send("PUT", bad, Some(&w), &[], "evil").await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
@@ -577,4 +582,47 @@ async fn a_file_and_a_folder_never_share_a_path() {
         got.sort();
         assert_eq!(got, [StatusCode::CREATED, StatusCode::CONFLICT], "round {n}");
     }
+}
+
+/// A name written decomposed (`e` + U+0301, as macOS writes file names)
+/// and precomposed (`é`) is one file: stored once, found either way,
+/// listed in the composed form.
+#[tokio::test]
+async fn decomposed_and_composed_names_are_one_file() {
+    let (i, w) = instance_with_files().await;
+    let r = i
+        .send(
+            "PUT",
+            "/assets/files/caf%65%CC%81/menu.txt",
+            Some(&w),
+            &[],
+            "soup",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    for url in [
+        "/assets/files/caf%C3%A9/menu.txt",
+        "/assets/files/cafe%CC%81/menu.txt",
+    ] {
+        let r = i.get(url).await;
+        assert_eq!(r.status, StatusCode::OK, "{url}");
+        assert_eq!(r.text(), "soup");
+    }
+    let r = i
+        .send("PUT", "/assets/files/caf%C3%A9/menu.txt", Some(&w), &[], "stew")
+        .await;
+    assert!(r.status.is_success(), "{}", r.text());
+    assert_eq!(i.get("/assets/files/cafe%CC%81/menu.txt").await.text(), "stew");
+    let r = i
+        .send(
+            "GET",
+            "/assets/files/",
+            None,
+            &[("accept", "application/json")],
+            Body::empty(),
+        )
+        .await;
+    let listed = r.json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["name"], "caf\u{e9}", "{listed}");
 }

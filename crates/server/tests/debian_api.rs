@@ -1026,3 +1026,82 @@ async fn debian_uploads_of_one_package_at_once_agree() {
     assert_eq!(text.matches("Package: set").count(), 30, "{text}");
     assert_eq!(i.staging_files(), 0);
 }
+
+/// apt revalidates `InRelease`/`Release` with `If-Modified-Since`: the
+/// release files and indexes carry `Last-Modified` and an `ETag` (their
+/// SHA-256), answer 304 while unchanged, and an upload (within the same
+/// second too) makes them new; by-hash files may be kept; `.deb`s carry
+/// their item's time.
+#[tokio::test]
+async fn debian_indexes_and_packages_carry_validators() {
+    let i = setup().await;
+    let lib = deb(&control("libdemo", "1.0-1", "all", ""), b"lib", Compression::Xz);
+    let r = put(&i, "/debian/apt/upload/bookworm/main", lib).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let url = "/debian/apt/dists/bookworm/InRelease";
+    let first = i.get(url).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let etag = first.header("etag").unwrap().to_owned();
+    assert_eq!(etag, format!("\"sha256:{}\"", sha256_hex(&first.body)));
+    let modified = first.header("last-modified").unwrap().to_owned();
+    assert_eq!(first.header("cache-control"), Some("no-cache"));
+    for cond in [
+        ("if-none-match", etag.as_str()),
+        ("if-modified-since", modified.as_str()),
+    ] {
+        let r = i.send("GET", url, None, &[cond], Body::empty()).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{cond:?}");
+        assert!(r.body.is_empty());
+    }
+    let packages = i
+        .get("/debian/apt/dists/bookworm/main/binary-amd64/Packages")
+        .await;
+    assert_eq!(packages.header("last-modified"), Some(modified.as_str()));
+
+    let app = deb(&control("demo", "2.0", "amd64", ""), b"app", Compression::Gz);
+    let r = put(&i, "/debian/apt/upload/bookworm/main", app).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    for cond in [
+        ("if-none-match", etag.as_str()),
+        ("if-modified-since", modified.as_str()),
+    ] {
+        let r = i.send("GET", url, None, &[cond], Body::empty()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{cond:?}: an upload left InRelease 'not modified'"
+        );
+        assert!(
+            r.text().contains("Package") || r.text().contains("SHA256"),
+            "{cond:?}"
+        );
+        let newer = httpdate::parse_http_date(r.header("last-modified").unwrap()).unwrap();
+        assert!(newer > httpdate::parse_http_date(&modified).unwrap());
+    }
+    let release = i.get("/debian/apt/dists/bookworm/Release").await.text();
+    let (path, hash, _) = release_list(&release, "SHA256")
+        .into_iter()
+        .find(|(p, ..)| p == "main/binary-amd64/Packages")
+        .unwrap();
+    let by_hash = i
+        .get(&format!(
+            "/debian/apt/dists/bookworm/{}/by-hash/SHA256/{hash}",
+            path.trim_end_matches("/Packages")
+        ))
+        .await;
+    assert_eq!(by_hash.status, StatusCode::OK);
+    assert_eq!(by_hash.header("cache-control"), Some("max-age=86400"));
+    assert_eq!(
+        by_hash.header("etag"),
+        Some(format!("\"sha256:{hash}\"").as_str())
+    );
+
+    let pool = "/debian/apt/pool/main/d/demo/demo_2.0_amd64.deb";
+    let got = i.get(pool).await;
+    assert_eq!(got.status, StatusCode::OK);
+    let lm = got.header("last-modified").unwrap().to_owned();
+    let r = i
+        .send("GET", pool, None, &[("if-modified-since", &lm)], Body::empty())
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+}

@@ -675,3 +675,85 @@ async fn a_replicated_rpm_item_must_describe_its_package() {
         .await
         .unwrap();
 }
+
+/// dnf and caches revalidate `repomd.xml`: it carries an `ETag` (its
+/// SHA-256) and a `Last-Modified`, answers 304 to either validator while
+/// unchanged, and a publish (within the same second too) makes it new to
+/// both; packages carry their item's time; hash-named parts may be kept.
+#[tokio::test]
+async fn rpm_indexes_and_packages_carry_validators() {
+    let i = setup().await;
+    let r = put(&i, package("alpha", "1.0", &[], "a")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let first = i.get("/rpm/yum/repodata/repomd.xml").await;
+    assert_eq!(first.status, StatusCode::OK);
+    let etag = first.header("etag").unwrap().to_owned();
+    assert_eq!(etag, format!("\"sha256:{}\"", sha256_hex(&first.body)));
+    let modified = first.header("last-modified").unwrap().to_owned();
+    assert_eq!(first.header("cache-control"), Some("no-cache"));
+    for cond in [
+        ("if-none-match", etag.as_str()),
+        ("if-modified-since", modified.as_str()),
+    ] {
+        let r = i
+            .send(
+                "GET",
+                "/rpm/yum/repodata/repomd.xml",
+                None,
+                &[cond],
+                axum::body::Body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{cond:?}");
+        assert!(r.body.is_empty());
+    }
+    let asc = i.get("/rpm/yum/repodata/repomd.xml.asc").await;
+    assert_eq!(asc.header("last-modified"), Some(modified.as_str()));
+
+    let r = put(&i, package("beta", "1.0", &[], "b")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    for cond in [
+        ("if-none-match", etag.as_str()),
+        ("if-modified-since", modified.as_str()),
+    ] {
+        let r = i
+            .send(
+                "GET",
+                "/rpm/yum/repodata/repomd.xml",
+                None,
+                &[cond],
+                axum::body::Body::empty(),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{cond:?}: a publish left repomd.xml 'not modified'"
+        );
+        assert!(r.text().contains("primary"), "{cond:?}");
+        let newer = httpdate::parse_http_date(r.header("last-modified").unwrap()).unwrap();
+        assert!(newer > httpdate::parse_http_date(&modified).unwrap());
+    }
+    let repomd = i.get("/rpm/yum/repodata/repomd.xml").await.text();
+    let (_, href, ..) = repomd_entries(&repomd)
+        .into_iter()
+        .find(|e| e.0 == "primary")
+        .unwrap();
+    let part = i.get(&format!("/rpm/yum/{href}")).await;
+    assert_eq!(part.header("cache-control"), Some("max-age=86400"));
+    assert!(part.header("etag").is_some());
+
+    let pkg = i.get("/rpm/yum/packages/alpha/0/alpha-1.0-1.noarch.rpm").await;
+    assert_eq!(pkg.status, StatusCode::OK);
+    let lm = pkg.header("last-modified").unwrap().to_owned();
+    let r = i
+        .send(
+            "GET",
+            "/rpm/yum/packages/alpha/0/alpha-1.0-1.noarch.rpm",
+            None,
+            &[("if-modified-since", &lm)],
+            axum::body::Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+}

@@ -995,6 +995,31 @@ struct ExecFilter {
     outcome: String,
 }
 
+/// Log levels a filter may name (empty: every level).
+const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+/// Execution outcomes a filter may name (empty: every outcome).
+const OUTCOMES: [&str; 6] = [
+    "running",
+    "succeeded",
+    "failed",
+    "stopped",
+    "needs-confirmation",
+    "interrupted",
+];
+
+/// A filter's `field` must be empty or one of `allowed`: an unknown value
+/// is a 400 naming the ones there are, not an empty list that reads as
+/// "nothing happened".
+fn check_choice(field: &str, value: &str, allowed: &[&str]) -> Result<(), ApiError> {
+    if value.is_empty() || allowed.contains(&value) {
+        return Ok(());
+    }
+    Err(html_err(CoreError::invalid(format!(
+        "unknown {field} {value:?}: one of {}",
+        allowed.join(", ")
+    ))))
+}
+
 async fn execution(
     State(st): State<AppState>,
     who: Signed,
@@ -1002,6 +1027,7 @@ async fn execution(
     Query(f): Query<ExecFilter>,
 ) -> Result<Response, ApiError> {
     who.admin()?;
+    check_choice("level", &f.level, &LEVELS)?;
     let execs = st.replicator.executions(&name, 200).await.map_err(html_err)?;
     let e = execs.into_iter().find(|e| e.id == id).ok_or_else(|| {
         html_err(CoreError::not_found(format!(
@@ -1125,6 +1151,7 @@ async fn all_executions(
     Query(f): Query<ExecFilter>,
 ) -> Result<Response, ApiError> {
     who.admin()?;
+    check_choice("outcome", &f.outcome, &OUTCOMES)?;
     let list = core_api::replication_overviews(&st).await.map_err(html_err)?;
     let mut all: Vec<(String, ExecutionRecord)> = Vec::new();
     for o in &list {
@@ -1143,11 +1170,15 @@ async fn all_executions(
             label for="outcome" { "Outcome" }
             select #outcome name="outcome" {
                 option value="" selected[f.outcome.is_empty()] { "all" }
-                @for o in ["running", "succeeded", "failed", "stopped", "needs-confirmation", "interrupted"] { option value=(o) selected[f.outcome == o] { (o) } }
+                @for o in OUTCOMES { option value=(o) selected[f.outcome == o] { (o) } }
             }
             button type="submit" { "Filter" }
         }
-        (executions_table("", &execs, Some(&names)))
+        @if execs.is_empty() && !f.outcome.is_empty() {
+            p.muted { "No executions with outcome " (f.outcome) " among the latest." }
+        } @else {
+            (executions_table("", &execs, Some(&names)))
+        }
     };
     Ok(page("Executions", Some(&who), Nav::Executions, body))
 }
@@ -1300,6 +1331,7 @@ async fn diagnostics(
     Query(f): Query<DiagFilter>,
 ) -> Result<Response, ApiError> {
     who.admin()?;
+    check_choice("level", &f.level, &LEVELS)?;
     let d = st.replicator.diag();
     let min = json!(d.min_level()).as_str().unwrap_or("info").to_owned();
     let lines = d.recent(2000);
