@@ -9,6 +9,7 @@
 
 pub mod assets;
 pub mod auth;
+mod blob_reader;
 pub mod bulk;
 mod cache;
 pub mod cargo;

@@ -133,6 +133,15 @@ impl Ferry {
                 if let (Some(item), Some((_, blobs))) = (cargo::validate_item(key, live)?, live) {
                     self.check_size(key.as_str(), &blobs[0], Some(item.size), sizes)
                         .await?;
+                    // Its `Cargo.toml` names the crate and version the
+                    // index line does (and it unpacks as an upload must).
+                    let limits = self.config().archive;
+                    let (name, vers) = (item.index.name.clone(), item.index.vers.clone());
+                    self.inspect_stored(&blobs[0], move |r| {
+                        cargo::inspect_crate(r, &name, &vers, &limits)
+                            .map_err(|e| CoreError::invalid(format!("cargo item {name} {vers}: {e}")))
+                    })
+                    .await?;
                 }
             }
             FeedType::Nuget => {
@@ -140,6 +149,12 @@ impl Ferry {
                 if let (Some(item), Some((_, blobs))) = (nuget::validate_item(key, live)?, live) {
                     self.check_size(key.as_str(), &blobs[0], Some(item.size), sizes)
                         .await?;
+                    // Its nuspec says what the metadata says (the feed's
+                    // listings and v2 `PackageHash` are rendered from it).
+                    let (spec, sha512) = self
+                        .inspect_nupkg_stored(key.as_str(), &blobs[0], item.size)
+                        .await?;
+                    nuget::check_item_describes(&item, &spec, &sha512)?;
                 }
             }
             FeedType::Debian => {
@@ -233,6 +248,41 @@ impl Ferry {
         tokio::task::spawn_blocking(move || inspect(std::io::BufReader::new(reader)))
             .await
             .map_err(|e| CoreError::Internal(format!("package inspection failed: {e}")))?
+    }
+
+    /// Reads the stored `.nupkg` of item `key`, `len` bytes, where it lies, off the async
+    /// threads: its nuspec as an upload's is read ([`nuget::inspect_nupkg`],
+    /// with its limits) and its SHA-512, base64. Errors: Invalid for what
+    /// an upload would be refused for.
+    async fn inspect_nupkg_stored(
+        &self,
+        key: &str,
+        blob: &Digest,
+        len: u64,
+    ) -> Result<(nuget::Nuspec, String), CoreError> {
+        use sha2::Digest as _;
+        let limits = self.config().archive;
+        let key = key.to_owned();
+        let reader = crate::blob_reader::SeekableBlob::new(
+            self.clone(),
+            *blob,
+            len,
+            tokio::runtime::Handle::current(),
+        );
+        tokio::task::spawn_blocking(move || -> Result<_, CoreError> {
+            let mut reader = std::io::BufReader::new(reader);
+            let spec = nuget::inspect_nupkg(&mut reader, &limits)
+                .map_err(|e| CoreError::invalid(format!("nuget item {key}: {e}")))?;
+            let mut hasher = sha2::Sha512::new();
+            std::io::Seek::rewind(&mut reader).map_err(|e| CoreError::Internal(e.to_string()))?;
+            std::io::copy(&mut reader, &mut hasher)
+                .map_err(|e| CoreError::Internal(format!("hashing a stored .nupkg: {e}")))?;
+            use base64::Engine as _;
+            let sha512 = base64::engine::general_purpose::STANDARD.encode(hasher.finalize());
+            Ok((spec, sha512))
+        })
+        .await
+        .map_err(|e| CoreError::Internal(format!(".nupkg inspection failed: {e}")))?
     }
 
     /// The size of a blob a received item names; it must have been

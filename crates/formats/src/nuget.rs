@@ -440,6 +440,51 @@ pub fn validate_item(
     Ok(Some(item))
 }
 
+/// Checks that a replicated item's metadata is what its `.nupkg` says:
+/// every nuspec field as [`inspect_nupkg`] reads it from `spec`, the id up
+/// to ASCII case (an instance shows an id in the case it first received),
+/// and `sha512` (base64 SHA-512 of the stored `.nupkg`, v2's
+/// `PackageHash`). What the server adds — listed state, publish time,
+/// size — is not the package's to say. Errors: Invalid naming the first
+/// field that differs.
+pub fn check_item_describes(item: &PackageItem, spec: &Nuspec, sha512: &str) -> Result<(), FormatError> {
+    let who = format!("{} {}", item.id, item.version);
+    if !item.id.eq_ignore_ascii_case(&spec.item.id) {
+        return Err(FormatError::invalid(format!(
+            "nuget item {who}: its .nupkg is {} {}",
+            spec.item.id, spec.item.version
+        )));
+    }
+    if item.sha512 != sha512 {
+        return Err(FormatError::invalid(format!(
+            "nuget item {who}: its metadata gives the .nupkg's SHA-512 as {:?}, but it is {sha512:?}",
+            item.sha512
+        )));
+    }
+    let expected = PackageItem {
+        id: item.id.clone(),
+        listed: item.listed,
+        published: item.published,
+        size: item.size,
+        sha512: item.sha512.clone(),
+        ..spec.item.clone()
+    };
+    let (claimed, found) = (item.to_json(), expected.to_json());
+    if let (Some(claimed), Some(found)) = (claimed.as_object(), found.as_object())
+        && let Some((field, value)) = found.iter().find(|(k, v)| claimed.get(*k) != Some(*v))
+    {
+        return Err(FormatError::invalid(format!(
+            "nuget item {who}: its metadata does not describe its .nupkg, whose nuspec gives {field} as {value}"
+        )));
+    }
+    if *item != expected {
+        return Err(FormatError::invalid(format!(
+            "nuget item {who}: its metadata does not describe its .nupkg"
+        )));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // Reading a .nupkg
 

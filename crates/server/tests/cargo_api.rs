@@ -680,7 +680,8 @@ fn base64_of(s: &str) -> String {
 }
 
 /// A replicated version is checked as a publish would be: the index line's
-/// `cksum` must be the digest of the blob it arrives with.
+/// `cksum` must be the digest of the blob it arrives with, and that
+/// `.crate`'s Cargo.toml must name the crate and version the line does.
 #[tokio::test]
 async fn replicated_versions_must_match_their_crate() {
     let hub = Reg::new().await;
@@ -735,6 +736,15 @@ async fn replicated_versions_must_match_their_crate() {
             .await
             .is_err()
     );
+    // An index line for another crate, carried by this crate's genuine
+    // bytes (checksum and size right): its Cargo.toml says otherwise.
+    let mut other_crate = item.meta.clone();
+    other_crate["index"]["name"] = json!("evil");
+    let mut forged = change(other_crate, digest);
+    forged.key = ItemKey::new("crate/evil/1.0.0").unwrap();
+    let e = spoke.i.ferry.apply(&feed, vec![forged]).await.unwrap_err();
+    assert!(e.to_string().contains("cargo item evil 1.0.0"), "{e}");
+    assert!(spoke.i.ferry.items(&feed, "").await.unwrap().is_empty());
     spoke
         .i
         .ferry

@@ -1388,3 +1388,100 @@ async fn answers_are_tagged_per_host_they_name() {
         .await;
     assert_eq!(c.status, StatusCode::OK);
 }
+
+/// A replicated version is checked against its `.nupkg` as a push is: the
+/// metadata a peer sends must be what the package's nuspec says (the
+/// listings, v2 feeds and `PackageHash` are rendered from it), and its
+/// SHA-512 the package's. The package here holds a 2 MiB entry before its
+/// nuspec, so the nuspec is read by seeking about the stored blob. The
+/// genuine item applies, and the spoke serves it.
+#[tokio::test]
+async fn replicated_versions_must_match_their_nupkg() {
+    use bytes::Bytes;
+    use ferry_store::{Change, ChangeOp};
+    use ferry_types::{FeedName, ItemKey};
+    let mut noise = Vec::with_capacity(2 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while noise.len() < 2 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    let deps = r#"<group targetFramework="net8.0"><dependency id="Dep.A" version="[1.0,2.0)" /></group>"#;
+    let package = zip(&[
+        ("lib/net8.0/big.dll", noise.as_slice()),
+        (
+            "Replica.Pkg.nuspec",
+            nuspec("Replica.Pkg", "1.2.0", deps).as_bytes(),
+        ),
+    ]);
+    let hub = Feed::new().await;
+    let r = hub
+        .push_to("v3/package", Some(&hub.key), "package.nupkg", &package)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let hub_feed = hub.i.ferry.feed(&FeedName::new("pkgs").unwrap()).await.unwrap();
+    let item = hub.i.ferry.items(&hub_feed, "").await.unwrap().remove(0);
+
+    let spoke = Feed::new().await;
+    let feed = spoke.i.ferry.feed(&FeedName::new("pkgs").unwrap()).await.unwrap();
+    let staged = spoke.i.ferry.stage_bytes(Bytes::from(package)).await.unwrap();
+    let digest = spoke.i.ferry.commit_blob(staged).await.unwrap();
+    assert_eq!(vec![digest], item.blobs);
+    let change = |key: &str, meta: Value| Change {
+        key: ItemKey::new(key).unwrap(),
+        stamp: spoke.i.ferry.clock().stamp(),
+        op: ChangeOp::Upsert {
+            meta,
+            blobs: vec![digest],
+            created_at: None,
+        },
+    };
+    let lie = |field: &str, value: Value| {
+        let mut meta = item.meta.clone();
+        meta[field] = value;
+        change(item.key.as_str(), meta)
+    };
+    let refused = |c: Change, says: &'static str| {
+        let (ferry, feed) = (spoke.i.ferry.clone(), feed.clone());
+        async move {
+            let e = ferry.apply(&feed, vec![c]).await.unwrap_err();
+            assert!(matches!(e, ferry_core::CoreError::Invalid(_)), "{e:?}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    };
+    refused(
+        lie("description", "Trust me.".into()),
+        "whose nuspec gives description",
+    )
+    .await;
+    refused(
+        lie("dependency_groups", serde_json::json!([])),
+        "whose nuspec gives dependency_groups",
+    )
+    .await;
+    refused(lie("sha512", "AAAA".into()), "SHA-512").await;
+    let mut other = item.meta.clone();
+    other["id"] = "Other.Pkg".into();
+    refused(change("pkg/other.pkg/1.2.0", other), "its .nupkg is Replica.Pkg").await;
+    assert!(spoke.i.ferry.items(&feed, "").await.unwrap().is_empty());
+
+    // What the instance adds is not the package's to say: an unlisted
+    // state, another publish time and the id in another case apply.
+    let mut genuine = item.meta.clone();
+    genuine["id"] = "replica.pkg".into();
+    genuine["listed"] = false.into();
+    genuine["published"] = 12345.into();
+    spoke
+        .i
+        .ferry
+        .apply(&feed, vec![change(item.key.as_str(), genuine)])
+        .await
+        .unwrap();
+    let got = spoke
+        .get("v3/flatcontainer/replica.pkg/1.2.0/replica.pkg.1.2.0.nupkg")
+        .await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert_eq!(vec![ferry_types::Digest::of(&got.body)], item.blobs);
+}
