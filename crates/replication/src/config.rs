@@ -315,6 +315,9 @@ impl ReplicationConfig {
             if token.is_empty() {
                 return Err(ReplError::Invalid("--outgoing needs --token".into()));
             }
+            if crate::token::split(token).is_none() {
+                return Err(ReplError::Invalid(crate::token::malformed(token)));
+            }
         }
         self.validate_blob_sources()?;
         if self.interval_secs == 0 {
@@ -754,7 +757,7 @@ mod update_tests {
             name: "r".into(),
             feeds: vec!["files".into()],
             outgoing: Some("http://hub:8765".into()),
-            token: Some("fst_a_b".into()),
+            token: Some(format!("fst_aaaaaaaaaaaaaaaa_{}", "b".repeat(64))),
             mode: "pull".into(),
             include: vec!["docs/**".into()],
             bandwidth_limit: Some(1000),
@@ -768,7 +771,7 @@ mod update_tests {
     fn updates_change_only_what_they_name() {
         let old = outgoing();
         let new = UpdateRequest {
-            token: Some("fst_c_d".into()),
+            token: Some(format!("fst_cccccccccccccccc_{}", "d".repeat(64))),
             include: Some(vec![]),
             bandwidth_limit: Some(0),
             ..Default::default()
@@ -779,7 +782,7 @@ mod update_tests {
             new.communication,
             Communication::Outgoing {
                 url: "http://hub:8765".into(),
-                token: "fst_c_d".into()
+                token: format!("fst_cccccccccccccccc_{}", "d".repeat(64))
             }
         );
         assert!(new.include.is_empty());
@@ -820,6 +823,15 @@ mod update_tests {
             })
             .contains("[")
         );
+        // What cannot be a sync token is refused, and not repeated.
+        let e = bad(UpdateRequest {
+            token: Some("fst_half-pasted".into()),
+            ..Default::default()
+        });
+        assert!(
+            e.contains("is not a sync token") && !e.contains("half-pasted"),
+            "{e}"
+        );
         let incoming = CreateRequest {
             name: "r".into(),
             feeds: vec!["files".into()],
@@ -829,7 +841,7 @@ mod update_tests {
         .into_config()
         .unwrap();
         let e = UpdateRequest {
-            token: Some("fst_x_y".into()),
+            token: Some(format!("fst_xxxxxxxxxxxxxxxx_{}", "y".repeat(64))),
             ..Default::default()
         }
         .apply_to(&incoming)

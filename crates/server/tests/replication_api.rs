@@ -391,7 +391,7 @@ async fn updates_refuse_bad_bodies_and_change_only_what_they_name() {
         (r#"{"interval":0}"#, "interval"),
         (r#"{"include":["["]}"#, "a broken glob"),
         (
-            r#"{"token":"fst_x_y"}"#,
+            r#"{"token":"fst_1111111111111111_yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"}"#,
             "an incoming replication has no token to set",
         ),
         (
@@ -464,7 +464,7 @@ async fn an_outgoing_replication_to_something_that_is_not_ferry_is_refused() {
     .await;
     let site = foreign_server(200, "text/html", "<html><body>Welcome</body></html>").await;
     for (url, status) in [(&s3, "HTTP 400"), (&nginx, "HTTP 404"), (&site, "HTTP 200")] {
-        let body = json!({ "name": "to-hub", "feeds": ["files"], "outgoing": url, "token": "fst_a_b", "mode": "pull" });
+        let body = json!({ "name": "to-hub", "feeds": ["files"], "outgoing": url, "token": "fst_0000000000000000_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "mode": "pull" });
         let r = i
             .send(
                 "POST",
@@ -490,7 +490,7 @@ async fn an_outgoing_replication_to_something_that_is_not_ferry_is_refused() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let body = json!({ "name": "to-hub", "feeds": ["files"], "outgoing": closed, "token": "fst_a_b", "mode": "pull" });
+    let body = json!({ "name": "to-hub", "feeds": ["files"], "outgoing": closed, "token": "fst_0000000000000000_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "mode": "pull" });
     let r = i
         .send(
             "POST",

@@ -765,7 +765,7 @@ async fn a_running_execution_is_stopped_from_the_ui_and_run_now_is_recorded_as_m
         "/api/v1/replications",
         Some(serde_json::json!({
             "name": "edge", "feeds": ["files"], "mode": "pull",
-            "outgoing": peer, "token": "fst_a_b", "interval": 3600,
+            "outgoing": peer, "token": "fst_0000000000000000_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "interval": 3600,
         })),
     )
     .await;
@@ -941,7 +941,15 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     nothing_created(&spoke).await;
 
     // Wrong token.
-    let r = wizard_post(&spoke, &cookie, &hub_url, "fst_nope_nope", "pull", &[]).await;
+    let r = wizard_post(
+        &spoke,
+        &cookie,
+        &hub_url,
+        "fst_nopenopenopenope_nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn",
+        "pull",
+        &[],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
     assert!(r.text().contains("did not accept the sync token"), "{}", r.text());
     nothing_created(&spoke).await;
@@ -1001,6 +1009,17 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     // Unreachable, with "create anyway" ticked: created (it keeps trying).
     let r = api(&spoke, "DELETE", "/api/v1/replications/to-hub", None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // ... but not with what cannot be a sync token (half of one pasted, or
+    // another secret): it would fail every execution once the other end
+    // is up. Nothing of it is echoed.
+    let half = &token[..40];
+    for typo in [half, "hunter2-secret"] {
+        let r = wizard_post(&spoke, &cookie, &closed, typo, "pull", &[("anyway", "1")]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        assert!(r.text().contains("is not a sync token"), "{}", r.text());
+        assert!(!r.text().contains(typo), "{}", r.text());
+        nothing_created(&spoke).await;
+    }
     let r = wizard_post(&spoke, &cookie, &closed, &token, "pull", &[("anyway", "1")]).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
 
@@ -1035,7 +1054,10 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
         &[
             ("csrf", &csrf),
             ("url", &other_closed),
-            ("token", "fst_typed_token"),
+            (
+                "token",
+                "fst_typedtokentyped1_tttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt",
+            ),
             ("interval", "45"),
             ("bandwidth", "123456"),
             ("include", "keep/**"),
@@ -1057,7 +1079,7 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
         assert!(t.contains(&typed), "{typed} lost: {t}");
     }
     assert!(
-        !t.contains("fst_typed_token"),
+        !t.contains("fst_typedtokentyped1_tttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt"),
         "the typed token is in the page: {t}"
     );
     let o = api(&spoke, "GET", "/api/v1/replications/to-hub", None)
@@ -1433,7 +1455,7 @@ async fn first_look_details() {
         "/api/v1/replications",
         Some(serde_json::json!({
             "name": "later", "feeds": ["files"], "mode": "pull", "outgoing": "http://127.0.0.1:9",
-            "token": "fst_x_y", "interval": 3600,
+            "token": "fst_1111111111111111_yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy", "interval": 3600,
         })),
     )
     .await;
@@ -1664,7 +1686,7 @@ async fn diagnostics_says_what_it_shows_and_a_level_filter_is_a_minimum() {
         "/api/v1/replications",
         Some(serde_json::json!({
             "name": "to-nowhere", "feeds": ["files"], "mode": "pull", "outgoing": closed,
-            "token": "fst_x_y", "interval": 3600,
+            "token": "fst_1111111111111111_yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy", "interval": 3600,
         })),
     )
     .await;
