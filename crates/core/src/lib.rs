@@ -1127,6 +1127,21 @@ impl Ferry {
         Ok(self.0.meta.items(feed.id, prefix, after, limit).await?)
     }
 
+    /// What `feed` holds in figures (live items, distinct blobs, their
+    /// bytes: [`ferry_store::MetadataStore::feed_usage`]), counted once
+    /// per change of the feed and kept in memory until the next.
+    pub async fn feed_usage(&self, feed: &FeedRecord) -> Result<ferry_store::FeedUsage, CoreError> {
+        let bytes = self
+            .cached_index(feed, "core:usage", || async {
+                let usage = self.0.meta.feed_usage(feed.id).await?;
+                serde_json::to_vec(&usage)
+                    .map(Bytes::from)
+                    .map_err(|e| CoreError::Internal(format!("feed usage: {e}")))
+            })
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| CoreError::Internal(format!("feed usage: {e}")))
+    }
+
     /// Serves a rendered index from memory while the feed has not changed
     /// since it was rendered; otherwise renders it again with `render`.
     pub async fn cached_index<F, Fut>(

@@ -2171,3 +2171,78 @@ async fn a_refused_form_never_sends_a_typed_secret_back() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(!r.text().contains(typed_key), "{}", r.text());
 }
+
+/// A large feed is browsed a page at a time, in key order, from the first
+/// page to the last by its "Next page" links, every item once; the feed
+/// list counts its items and the bytes of its distinct blobs (two items
+/// with one content count once); a page start that is no key is a 400.
+#[tokio::test]
+async fn a_large_feed_is_browsed_a_page_at_a_time() {
+    let i = Instance::new().await;
+    let cookie = session(&i, ADMIN).await;
+    i.feed("big", FeedType::Assets, false).await;
+    let puts = (0..450).map(|n| {
+        let i = &i;
+        async move {
+            // Two files share each content: 225 distinct blobs.
+            let body = format!("content {:04}", n / 2);
+            let r = i
+                .send(
+                    "PUT",
+                    &format!("/assets/big/d{}/f{n:03}.txt", n % 3),
+                    Some(ADMIN),
+                    &[],
+                    body,
+                )
+                .await;
+            assert!(r.status.is_success(), "{}", r.text());
+        }
+    });
+    futures::future::join_all(puts).await;
+    let list = page(&i, &cookie, "/feeds").await.text();
+    let row = list.split("href=\"/feeds/big\"").nth(1).unwrap_or_default();
+    let row = row.split("</tr>").next().unwrap_or_default();
+    // 225 blobs of 12 bytes: 2700 bytes.
+    assert!(row.contains(">450<") && row.contains("2.6 KiB"), "{row}");
+
+    let mut seen = Vec::new();
+    let mut url = "/feeds/big".to_string();
+    let mut pages = 0;
+    loop {
+        let r = page(&i, &cookie, &url).await;
+        assert_eq!(r.status, StatusCode::OK, "{url}: {}", r.text());
+        let t = r.text();
+        pages += 1;
+        assert!(t.contains("450 items in the feed"), "{t}");
+        let keys: Vec<String> = t
+            .split("/item?key=")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .map(|s| s.replace("%2F", "/"))
+            .collect();
+        assert!(keys.len() <= 200, "{}", keys.len());
+        seen.extend(keys);
+        match t.split("id=\"next-page\" rel=\"next\" href=\"").nth(1) {
+            Some(rest) => url = rest.split('"').next().unwrap().replace("&amp;", "&"),
+            None => break,
+        }
+        assert!(pages < 10, "the pages never end");
+    }
+    assert_eq!(pages, 3);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "key order, each once");
+    assert_eq!(seen.len(), 450);
+
+    // A prefix pages the same way (150 under d1/, one page).
+    let t = page(&i, &cookie, "/feeds/big?prefix=d1%2F").await.text();
+    assert!(t.contains("150 items in 1 folder<"), "{t}");
+    assert!(!t.contains("next-page"), "{t}");
+    // Past the end: said so, with the way back.
+    let t = page(&i, &cookie, "/feeds/big?after=zzz").await.text();
+    assert!(t.contains("No more items") && t.contains("First page"), "{t}");
+    let r = page(&i, &cookie, "/feeds/big?after=a%01b").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("not an item key"), "{}", r.text());
+}

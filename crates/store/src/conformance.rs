@@ -789,6 +789,15 @@ async fn listing(s: &dyn MetadataStore) {
         vec!["a/3"]
     );
     assert_eq!(names(s.items(f.id, "", None, 100).await.unwrap()).len(), 5);
+    // The deleted item is not counted; these items name no blob.
+    assert_eq!(
+        s.feed_usage(f.id).await.unwrap(),
+        FeedUsage {
+            items: 5,
+            blobs: 0,
+            bytes: 0
+        }
+    );
     // Other feeds do not leak in.
     let g = s
         .create_feed(&FeedName::new("conf-list2").unwrap(), FeedType::Assets, false)
@@ -866,6 +875,25 @@ async fn blobs_and_collection(s: &dyn MetadataStore) {
     )
     .await
     .unwrap();
+    // A blob two items name is one blob of the feed's bytes; another
+    // feed's items do not count.
+    let g = s
+        .create_feed(&FeedName::new("conf-gc-usage").unwrap(), FeedType::Assets, false)
+        .await
+        .unwrap();
+    for (feed, k) in [(f.id, "also-kept"), (g.id, "elsewhere")] {
+        s.write(feed, vec![(upsert(k, 1, vec![kept, leased]), Precondition::Any)])
+            .await
+            .unwrap();
+    }
+    let usage = s.feed_usage(f.id).await.unwrap();
+    assert_eq!((usage.items, usage.blobs, usage.bytes), (2, 2, 10));
+    s.write(f.id, vec![(delete("also-kept", 2), Precondition::Any)])
+        .await
+        .unwrap();
+    let usage = s.feed_usage(f.id).await.unwrap();
+    assert_eq!((usage.items, usage.blobs, usage.bytes), (1, 1, 4));
+    assert!(s.delete_feed(&g.name).await.unwrap());
     assert_eq!(
         s.item(f.id, &key("uses-kept")).await.unwrap().unwrap().blobs,
         vec![kept]

@@ -9,6 +9,17 @@ use crate::StoreError;
 /// Database id of a feed. Only meaningful inside one instance.
 pub type FeedId = i64;
 
+/// A feed's contents in figures ([`MetadataStore::feed_usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FeedUsage {
+    /// Live items.
+    pub items: u64,
+    /// Distinct blobs the live items name.
+    pub blobs: u64,
+    /// Those blobs' sizes summed, in bytes.
+    pub bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FeedRecord {
     #[serde(skip)]
@@ -411,6 +422,10 @@ pub trait MetadataStore: crate::SessionStore + crate::UploadSessionStore + Send 
     ) -> Result<Vec<ChangeRecord>, StoreError>;
     /// The newest change's seq (0 for an empty log).
     async fn last_seq(&self, feed: FeedId) -> Result<i64, StoreError>;
+    /// What `feed` holds: its live items (tombstones not counted), the
+    /// distinct blobs they name and those blobs' bytes (a blob two items
+    /// share counted once). One pass over the feed's rows, for overviews.
+    async fn feed_usage(&self, feed: FeedId) -> Result<FeedUsage, StoreError>;
     /// Adds download counts; not a change (counts are carried separately).
     async fn add_downloads(&self, feed: FeedId, counts: &[(ItemKey, u64)]) -> Result<(), StoreError>;
 

@@ -1141,6 +1141,25 @@ impl MetadataStore for PgStore {
         Ok(v.unwrap_or(0))
     }
 
+    async fn feed_usage(&self, feed: FeedId) -> Result<FeedUsage, StoreError> {
+        let items: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items WHERE feed_id = $1 AND NOT deleted")
+            .bind(feed)
+            .fetch_one(&self.pool)
+            .await?;
+        let (blobs, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0)::BIGINT FROM blobs
+             WHERE digest IN (SELECT digest FROM item_blobs WHERE feed_id = $1)",
+        )
+        .bind(feed)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(FeedUsage {
+            items: items.max(0) as u64,
+            blobs: blobs.max(0) as u64,
+            bytes: bytes.max(0) as u64,
+        })
+    }
+
     async fn add_downloads(&self, feed: FeedId, counts: &[(ItemKey, u64)]) -> Result<(), StoreError> {
         // One row per key (an UPDATE … FROM touches a row once).
         let mut sum: HashMap<&str, i64> = HashMap::new();

@@ -869,6 +869,28 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn feed_usage(&self, feed: FeedId) -> Result<FeedUsage, StoreError> {
+        self.read(move |c| {
+            let items: i64 = c.query_row(
+                "SELECT COUNT(*) FROM items WHERE feed_id = ?1 AND deleted = 0",
+                [feed],
+                |r| r.get(0),
+            )?;
+            let (blobs, bytes): (i64, i64) = c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs
+                 WHERE digest IN (SELECT digest FROM item_blobs WHERE feed_id = ?1)",
+                [feed],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(FeedUsage {
+                items: items.max(0) as u64,
+                blobs: blobs.max(0) as u64,
+                bytes: bytes.max(0) as u64,
+            })
+        })
+        .await
+    }
+
     async fn add_downloads(&self, feed: FeedId, counts: &[(ItemKey, u64)]) -> Result<(), StoreError> {
         let counts: Vec<(String, i64)> = counts
             .iter()

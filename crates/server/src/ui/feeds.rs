@@ -102,8 +102,9 @@ fn client_hint(ty: FeedType, origin: &str, feed: &str) -> Markup {
 
 struct FeedRow {
     feed: FeedRecord,
-    items: usize,
-    size: Option<u64>,
+    items: u64,
+    /// Bytes of the distinct blobs its items name.
+    size: u64,
     replications: Vec<String>,
 }
 
@@ -112,19 +113,7 @@ async fn feed_row(
     feed: FeedRecord,
     repls: &[(String, Vec<String>)],
 ) -> Result<FeedRow, ApiError> {
-    let items = st.ferry.items(&feed, "").await.map_err(html_err)?;
-    let mut digests: Vec<_> = items.iter().flat_map(|i| i.blobs.iter().cloned()).collect();
-    digests.sort_unstable_by_key(|a| a.to_string());
-    digests.dedup();
-    let size = if digests.len() <= 5000 {
-        let mut total = 0;
-        for d in &digests {
-            total += st.ferry.blob_size(d).await.map_err(html_err)?.unwrap_or(0);
-        }
-        Some(total)
-    } else {
-        None
-    };
+    let usage = st.ferry.feed_usage(&feed).await.map_err(html_err)?;
     let replications = repls
         .iter()
         .filter(|(_, feeds)| feeds.iter().any(|f| f == feed.name.as_str()))
@@ -132,8 +121,8 @@ async fn feed_row(
         .collect();
     Ok(FeedRow {
         feed,
-        items: items.len(),
-        size,
+        items: usage.items,
+        size: usage.bytes,
         replications,
     })
 }
@@ -213,7 +202,7 @@ async fn render_list(
                     td { (r.feed.feed_type.to_string()) }
                     td { @if r.feed.private { "private" } @else { "public" } }
                     td.num { (r.items) }
-                    td.num { (r.size.map(bytes).unwrap_or_else(|| "—".into())) }
+                    td.num { (bytes(r.size)) }
                     td { @if r.replications.is_empty() { span.muted { "none" } } @else {
                         @for (i, n) in r.replications.iter().enumerate() {
                             @if i > 0 { ", " } a href={ "/replications/" (seg(n)) } { (n) }
@@ -287,7 +276,7 @@ async fn delete_confirm(
         h1 { "Delete feed " (row.feed.name) "?" }
         div.notice.warn {
             p { "This deletes the " (row.feed.feed_type.to_string()) " feed " strong { (row.feed.name) } " with its "
-                strong { (count(row.items, "item")) } @if let Some(s) = row.size { " (" (bytes(s)) ")" } ". It cannot be undone." }
+                strong { (count(row.items, "item")) } " (" (bytes(row.size)) ")" ". It cannot be undone." }
             @if !row.replications.is_empty() {
                 p { "Replications that use it: " (row.replications.join(", ")) ". A feed a replication names cannot be deleted: delete those replications first." }
             }
@@ -322,6 +311,8 @@ async fn delete(
 #[serde(default)]
 struct BrowseQuery {
     prefix: String,
+    /// Paging: the page starts after this key (key order).
+    after: String,
     key: String,
     /// Set by the redirect after the feed was created.
     created: String,
@@ -339,7 +330,8 @@ fn group_of(key: &str) -> (String, String) {
 }
 
 /// "1 item", "2 items", "7 repositories".
-fn count(n: usize, noun: &str) -> String {
+fn count(n: impl TryInto<u64>, noun: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
     if n == 1 {
         format!("1 {noun}")
     } else if let Some(stem) = noun.strip_suffix('y')
@@ -363,6 +355,9 @@ mod tests {
     }
 }
 
+/// Items on one page of the feed browser.
+const BROWSE_PAGE: usize = 200;
+
 fn group_label(ty: FeedType) -> (&'static str, &'static str) {
     #[allow(unreachable_patterns)]
     match ty {
@@ -381,7 +376,42 @@ async fn browse(
     Query(q): Query<BrowseQuery>,
 ) -> Result<Response, ApiError> {
     let feed = readable(&st, &who, &name).await?;
-    let items = st.ferry.items(&feed, &q.prefix).await.map_err(html_err)?;
+    let after = match q.after.as_str() {
+        "" => None,
+        a => Some(ItemKey::new(a.to_owned()).map_err(|e| {
+            html_err(CoreError::invalid(format!(
+                "the page's start (after=) is not an item key: {e}"
+            )))
+        })?),
+    };
+    let mut items = st
+        .ferry
+        .items_page(&feed, &q.prefix, after.as_ref(), BROWSE_PAGE + 1)
+        .await
+        .map_err(html_err)?;
+    let more = items.len() > BROWSE_PAGE;
+    items.truncate(BROWSE_PAGE);
+    let paged = more || after.is_some();
+    // The whole feed's count is kept per change; a prefix's is not counted.
+    let total = match (paged, q.prefix.is_empty()) {
+        (true, true) => Some(st.ferry.feed_usage(&feed).await.map_err(html_err)?.items),
+        _ => None,
+    };
+    let here = |after: Option<&str>| {
+        let mut url = format!("/feeds/{}", seg(feed.name.as_str()));
+        let mut sep = '?';
+        if !q.prefix.is_empty() {
+            url.push_str(&format!("{sep}prefix={}", seg(&q.prefix)));
+            sep = '&';
+        }
+        if let Some(a) = after {
+            url.push_str(&format!("{sep}after={}", seg(a)));
+        }
+        url
+    };
+    let next = more
+        .then(|| items.last().map(|i| here(Some(i.key.as_str()))))
+        .flatten();
     let mut groups: BTreeMap<String, Vec<&ItemRecord>> = BTreeMap::new();
     for i in &items {
         groups.entry(group_of(i.key.as_str()).0).or_default().push(i);
@@ -409,10 +439,18 @@ async fn browse(
             input #prefix type="text" name="prefix" value=(q.prefix);
             button type="submit" { "Filter" }
         }
-        @if items.is_empty() {
+        @if items.is_empty() && after.is_some() {
+            div.empty { p { "No more items" @if !q.prefix.is_empty() { " under " code { (q.prefix) } } "." } }
+            p.pager { a href=(here(None)) { "First page" } }
+        } @else if items.is_empty() {
             div.empty { p { "This feed holds no items" @if !q.prefix.is_empty() { " under " code { (q.prefix) } } "." } }
         } @else {
-            p.muted #item-count { (count(items.len(), "item")) " in " (count(groups.len(), &glabel.to_lowercase())) }
+            p.muted #item-count {
+                @if paged { "This page: " }
+                (count(items.len(), "item")) " in " (count(groups.len(), &glabel.to_lowercase()))
+                @if let Some(t) = total { "; " (count(t, "item")) " in the feed" }
+                @if paged { ", in key order" }
+            }
             div.table-wrap { table #items {
                 thead { tr { th { (glabel) } th { (elabel) } th.num { "Blobs" } th.num { "Downloads" } th { "Updated" } } }
                 tbody { @for (g, list) in &groups { @for (i, it) in list.iter().enumerate() {
@@ -425,6 +463,12 @@ async fn browse(
                     }
                 } } }
             } }
+            @if paged {
+                nav.pager aria-label="Pages" {
+                    @if after.is_some() { a #first-page href=(here(None)) { "First page" } }
+                    @if let Some(n) = &next { " " a #next-page rel="next" href=(n) { "Next page" } }
+                }
+            }
         }
     };
     Ok(page(&format!("Feed {fname}"), Some(&who), Nav::Feeds, body))
