@@ -254,10 +254,25 @@ repl_full_inner() {
         repl_spoke "full-spoke-$run" || { note "repl-full: cannot set up the spoke"; return 1; }
         h0=$(proc_cpu_ms "$HUB_PID")
         s0=$(proc_cpu_ms "$SPOKE_PID")
+        local perf_pid=
+        if [ -n "${BENCH_PERF:-}" ]; then
+            # Where the CPU goes on both ends: a call-graph profile of the
+            # hub and the spoke during the copy (`perf report -i FILE`).
+            mkdir -p "$BENCH_PERF"
+            perf record -q -F 499 -g -p "$HUB_PID,$SPOKE_PID" -o "$BENCH_PERF/repl-full-$run.data" \
+                >"$BENCH_TMP/perf.log" 2>&1 &
+            perf_pid=$!
+            sleep 0.5
+        fi
         t0=$(now_ms)
         repl_connect "$HUB_URL" || { note "repl-full: cannot create the spoke's replication"; return 1; }
         repl_run_wait 1800 || { note "repl-full: run --wait failed"; return 1; }
         t1=$(now_ms)
+        if [ -n "$perf_pid" ]; then
+            kill -INT "$perf_pid" 2>/dev/null
+            wait "$perf_pid" 2>/dev/null
+            log "repl-full run $run: profile in $BENCH_PERF/repl-full-$run.data"
+        fi
         h1=$(proc_cpu_ms "$HUB_PID")
         s1=$(proc_cpu_ms "$SPOKE_PID")
         cpu=$((s1 - s0 + h1 - h0))

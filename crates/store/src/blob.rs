@@ -958,6 +958,16 @@ impl Drop for PooledChunk {
     }
 }
 
+/// A small blob's bytes read whole: in a pooled buffer, handed back to the
+/// pool when dropped, or in one of its own.
+fn small_chunk(buf: Vec<u8>, pooled: bool) -> Bytes {
+    if pooled {
+        Bytes::from_owner(PooledChunk(buf))
+    } else {
+        Bytes::from(buf)
+    }
+}
+
 /// What opening a blob for reading found: a small blob read whole (its
 /// size, and its bytes or why they cannot be served), or a file to stream.
 enum Opened {
@@ -1850,18 +1860,22 @@ impl FsBlobStore {
             if !whole || size > SMALL_READ {
                 return Ok(Opened::Large(file, meta));
             }
-            let mut buf = Vec::with_capacity(size as usize);
+            // Half a pooled buffer or more: one from the pool (no fresh
+            // pages to fault in), which a caller keeping the bytes holds
+            // at most twice over. Smaller ones get their own.
+            let pooled = size >= SEND_CHUNK as u64 / 2;
+            let mut buf = if pooled { read_buffer() } else { Vec::with_capacity(size as usize) };
             (&file).take(size).read_to_end(&mut buf)?;
             if buf.len() as u64 != size {
                 return Ok(Opened::Small(size, Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shrank"))));
             }
             if trust_recent && verified_since(&verified, &d, &file_stamp(&meta), Some(TRUST_VERIFIED_FOR)) {
-                return Ok(Opened::Small(size, Ok(Bytes::from(buf))));
+                return Ok(Opened::Small(size, Ok(small_chunk(buf, pooled))));
             }
             let actual = Digest::of(&buf);
             if actual == d {
                 remember_verified(&verified, d, file_stamp(&meta));
-                return Ok(Opened::Small(size, Ok(Bytes::from(buf))));
+                return Ok(Opened::Small(size, Ok(small_chunk(buf, pooled))));
             }
             tracing::error!(blob = %d, %actual, "stored blob is corrupt (found while reading it); taken out of service");
             if let Err(e) = quarantine_file(&root, &path, &d, Some(&meta), &place, &quarantine) {
