@@ -280,6 +280,13 @@ fn print_report(report: &Value) -> anyhow::Result<()> {
             say!("  {l} -> {r}: pushed {}", counts_line(&f["pushed"]));
         }
     }
+    if let Some(m) = report["moved"].as_object() {
+        say!(
+            "  not finished: {} changes gone through, {} bytes moved (the next execution goes on from there)",
+            m.get("changes").unwrap_or(&Value::Null),
+            m.get("bytes").unwrap_or(&Value::Null)
+        );
+    }
     for line in report["log"].as_array().into_iter().flatten() {
         say!(
             "  [{}] {}",

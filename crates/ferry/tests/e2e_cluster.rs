@@ -368,6 +368,17 @@ fn a_stop_through_any_node_ends_the_execution_where_it_runs() {
         "neither node says the execution runs on the other"
     );
     let other = other.unwrap();
+    // Some bytes moved (as the running execution's saved report says)
+    // before it is stopped: its record keeps them.
+    let moving = || {
+        a.executions("from-hub")
+            .into_iter()
+            .find(|e| e["id"] == running["id"])
+            .and_then(|e| e["report"]["running"]["bytes"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(wait_until(20, || moving() > 0), "no bytes moved");
+    let moved_before = moving();
     let asked = other.cli_ok(&["replication", "stop", "from-hub"]);
     assert!(asked.contains(&running["id"].to_string()), "{asked}");
     let ended = || {
@@ -385,6 +396,8 @@ fn a_stop_through_any_node_ends_the_execution_where_it_runs() {
     assert_eq!(done["outcome"], "stopped", "{done:#}");
     let log = done["report"]["log"].to_string();
     assert!(log.contains("stopped by key admin (through node"), "{log}");
+    let moved = done["report"]["moved"]["bytes"].as_u64().unwrap_or(0);
+    assert!(moved >= moved_before, "{moved} < {moved_before}: {done:#}");
     assert!(
         hub.asset_digests("files", "").len() > b.asset_digests("files", "").len(),
         "it stopped before the end"

@@ -174,6 +174,19 @@ pub struct Report {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stuck: Vec<StuckItem>,
     pub log: Vec<LogLine>,
+    /// Set when the execution was stopped or failed before the end: what
+    /// it had gone through by then, by its live counters, the feed pair
+    /// it did not finish included (which [`Report::feeds`] lacks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Moved>,
+}
+
+/// What an execution that did not finish had gone through
+/// ([`Report::moved`]): changes (applied or not) and bytes moved.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Moved {
+    pub changes: u64,
+    pub bytes: u64,
 }
 
 /// An item an execution could not copy, and why (its blob is missing or

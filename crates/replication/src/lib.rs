@@ -905,6 +905,12 @@ impl Replicator {
             Some(Ok(())) if run.report.needs_confirmation => ("needs-confirmation", None),
             Some(Ok(())) => ("succeeded", None),
         };
+        if !matches!(result, Some(Ok(()))) {
+            run.report.moved = Some(engine::Moved {
+                changes: progress.items.load(Ordering::Relaxed),
+                bytes: progress.bytes.load(Ordering::Relaxed),
+            });
+        }
         if let Some(e) = &error {
             // A failure before the first feed (handshake) has no log line yet.
             if run.report.log.iter().all(|l| l.level != "error") {

@@ -957,6 +957,9 @@ fn counts_sum(e: &ExecutionRecord) -> (u64, u64, u64, u64) {
             }
         }
     }
+    // Stopped or failed midway: the feed pair it was in is not in `feeds`,
+    // but its bytes moved.
+    b = b.max(e.report["moved"]["bytes"].as_u64().unwrap_or(0));
     (copied, deleted, skipped, b)
 }
 
@@ -1718,5 +1721,25 @@ mod tests {
         assert!(push.contains(">pushed<") && !push.contains("pulled"), "{push}");
         let old = pair(json!({}));
         assert!(old.contains(">pulled<") && old.contains(">pushed<"), "{old}");
+    }
+
+    /// A stopped execution's bytes include the feed pair it did not
+    /// finish (its report's `moved`), not only the finished ones.
+    #[test]
+    fn a_stopped_execution_counts_the_bytes_it_moved() {
+        let rec = |report: serde_json::Value| ferry_store::ExecutionRecord {
+            id: 1,
+            replication_id: 1,
+            trigger: "manual".into(),
+            started_at: 0,
+            ended_at: Some(1),
+            outcome: Some("stopped".into()),
+            report,
+        };
+        let finished = json!({"pulled": {"added": 2, "bytes": 700}});
+        let stopped = rec(json!({"feeds": [finished], "moved": {"changes": 9, "bytes": 5000}}));
+        assert_eq!(super::counts_sum(&stopped), (2, 0, 0, 5000));
+        let done = rec(json!({"feeds": [finished]}));
+        assert_eq!(super::counts_sum(&done), (2, 0, 0, 700));
     }
 }
