@@ -58,17 +58,14 @@ pub async fn put(
 ) -> Result<Asset, CoreError> {
     let key = asset_key(path)?;
     // Checked before the body moves (a refusal costs no transfer), and
-    // again with the write under the lock of the path's top folder, which
-    // every path that could collide with it shares: two uploads racing to
-    // make `a/b` a file and a folder serialize on this instance.
+    // again by the write itself (`PathFree`, in the store's transaction
+    // under the feed's write lock): two uploads racing to make `a/b` a
+    // file and a folder, on one node or on two, cannot both get in.
     file_and_folder_apart(ferry, feed, key.as_str()).await?;
     let staged = ferry.stage(body, expected).await?;
     let size = staged.size();
     let digest = ferry.commit_blob(staged).await?;
     let meta = serde_json::json!({ "content_type": content_type, "size": size });
-    let top = key.as_str().split('/').next().unwrap_or_default();
-    let _held = TOP_FOLDER_LOCKS.lock(feed.id, top).await;
-    file_and_folder_apart(ferry, feed, key.as_str()).await?;
     ferry
         .write(
             feed,
@@ -76,7 +73,7 @@ pub async fn put(
                 key.clone(),
                 meta,
                 vec![digest],
-                Precondition::Any,
+                Precondition::PathFree,
             )],
         )
         .await?;
@@ -96,9 +93,6 @@ pub async fn put(
         downloads: 0,
     })
 }
-
-/// Locks of assets' top folders (see [`put`]).
-static TOP_FOLDER_LOCKS: crate::name_locks::NameLocks = crate::name_locks::NameLocks::new();
 
 /// A path is a file or a folder, never both (as on a file system, and as a
 /// recursive download or a copy to disk needs): `Conflict` when a folder

@@ -752,6 +752,27 @@ async fn preconditions_and_atomic_batches(s: &dyn MetadataStore) {
     assert!(s.write(f.id, batch).await.is_err());
     assert_eq!(s.item(f.id, &key("v2")).await.unwrap(), None);
     assert_eq!(s.last_seq(f.id).await.unwrap(), 1);
+    // A path is a file or a folder: a live key above or below refuses a
+    // PathFree write; a deleted one, a sibling or a longer name does not.
+    let path = |k: &str, t: u64| s.write(f.id, vec![(upsert(k, t, vec![]), Precondition::PathFree)]);
+    path("p/q", 10).await.unwrap();
+    let r = path("p/q/r.txt", 11).await;
+    assert!(
+        matches!(&r, Err(StoreError::Conflict(m)) if m.contains("p/q is a file")),
+        "{r:?}"
+    );
+    let r = path("p", 11).await;
+    assert!(
+        matches!(&r, Err(StoreError::Conflict(m)) if m.contains("p is a folder")),
+        "{r:?}"
+    );
+    path("p/q2", 11).await.unwrap();
+    path("p/q.d/x", 11).await.unwrap();
+    path("p/q", 12).await.unwrap(); // replacing the file itself
+    s.write(f.id, vec![(delete("p/q", 13), Precondition::Any)])
+        .await
+        .unwrap();
+    path("p/q/r.txt", 14).await.unwrap();
     // A write naming a blob that is not stored is refused: no item without its blobs.
     let missing = Digest::of(b"never uploaded");
     let r = s
@@ -1455,6 +1476,7 @@ pub async fn run_concurrent(nodes: Vec<std::sync::Arc<dyn MetadataStore>>) {
     assert!(!nodes.is_empty());
     change_log_never_skips(&nodes).await;
     one_of_concurrent_creates_wins(&nodes).await;
+    a_file_and_a_folder_of_one_name_never_both_win(&nodes).await;
     collection_never_takes_a_blob_being_referenced(&nodes).await;
     ui_session_caps_hold_across_nodes(&nodes).await;
     upload_caps_hold_across_nodes(&nodes).await;
@@ -1547,6 +1569,50 @@ async fn change_log_never_skips(nodes: &[std::sync::Arc<dyn MetadataStore>]) {
     );
     let logged: Vec<String> = all.iter().map(|c| c.key.as_str().to_string()).collect();
     assert_eq!(seen, logged, "the follower saw the log in its order");
+    nodes[0].delete_feed(&f.name).await.unwrap();
+}
+
+/// Writers on every node racing to make one name a file and a folder
+/// (`d-N` and `d-N/f-W`): whatever the interleaving, the feed ends with
+/// the file or the folder's files, never both.
+async fn a_file_and_a_folder_of_one_name_never_both_win(nodes: &[std::sync::Arc<dyn MetadataStore>]) {
+    let f = nodes[0]
+        .create_feed(&FeedName::new("conc-path").unwrap(), FeedType::Assets, false)
+        .await
+        .unwrap();
+    for round in 0..8 {
+        let mut tasks = Vec::new();
+        for w in 0..6usize {
+            let node = nodes[w % nodes.len()].clone();
+            let k = if w % 3 == 0 {
+                format!("d-{round}")
+            } else {
+                format!("d-{round}/f-{w}")
+            };
+            tasks.push(tokio::spawn(async move {
+                let mut c = upsert(&k, 1 + w as u64, vec![]);
+                c.stamp.origin = InstanceId::from_bytes([w as u8 + 1; 16]);
+                node.write(f.id, vec![(c, Precondition::PathFree)]).await
+            }));
+        }
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => panic!("unexpected: {e}"),
+            }
+        }
+        let file = nodes[0].item(f.id, &key(&format!("d-{round}"))).await.unwrap();
+        let under = nodes[0]
+            .items(f.id, &format!("d-{round}/"), None, 10)
+            .await
+            .unwrap();
+        assert!(
+            file.is_some() == under.is_empty(),
+            "round {round}: file {} and {} files under it",
+            file.is_some(),
+            under.len()
+        );
+    }
     nodes[0].delete_feed(&f.name).await.unwrap();
 }
 

@@ -96,6 +96,41 @@ pub enum Precondition {
     Absent,
     /// There must be a live item under the key; else NotFound.
     Present,
+    /// As [`Precondition::Any`], and the key, read as a `/`-separated
+    /// path, must be neither under a live item (no live key is a folder
+    /// above it) nor above one (no live key starts with it and a `/`);
+    /// else Conflict, naming the one in the way. A file and a folder of
+    /// one name never both exist, also when two writers race on separate
+    /// nodes: it is judged in the write's transaction, under the feed's
+    /// write lock ([`path_conflict`] words the refusal).
+    PathFree,
+}
+
+/// The refusal of a [`Precondition::PathFree`] write of `key`: `file_above`
+/// is a live key that is a folder above it, `below` a live key under it.
+pub fn path_conflict(key: &str, file_above: Option<&str>, below: Option<&str>) -> Option<StoreError> {
+    if let Some(above) = file_above {
+        return Some(StoreError::Conflict(format!(
+            "{above} is a file, so {key} cannot be stored under it: delete {above} first, or choose another path"
+        )));
+    }
+    below.map(|_| {
+        StoreError::Conflict(format!(
+            "{key} is a folder holding files, so a file cannot be stored there: choose another path, or delete the folder's files first"
+        ))
+    })
+}
+
+/// The folders above `key` read as a `/`-separated path (`a/b/c` → `a`,
+/// `a/b`), and the bounds of the keys under it (`key/` ≤ k < `key0`:
+/// `0` follows `/` in byte order).
+pub fn path_neighbours(key: &str) -> (Vec<&str>, String, String) {
+    let above = key
+        .match_indices('/')
+        .map(|(i, _)| &key[..i])
+        .filter(|a| !a.is_empty())
+        .collect();
+    (above, format!("{key}/"), format!("{key}0"))
 }
 
 /// How a write orders its stamp against the stamp stored under its key.

@@ -732,6 +732,29 @@ async fn apply_change(
         )),
         None => None,
     };
+    if pre == Precondition::PathFree && matches!(change.op, ChangeOp::Upsert { .. }) {
+        // Under the feed row's lock (`write_batch`): a racing write of a
+        // path above or below this one, on any node, waits for this one.
+        let (above, lo, hi) = path_neighbours(key);
+        let file_above: Option<String> = sqlx::query_scalar(
+            "SELECT key FROM items WHERE feed_id = $1 AND key = ANY($2) AND NOT deleted ORDER BY key LIMIT 1",
+        )
+        .bind(feed)
+        .bind(&above)
+        .fetch_optional(&mut *c)
+        .await?;
+        let below: Option<String> = sqlx::query_scalar(
+            "SELECT key FROM items WHERE feed_id = $1 AND key >= $2 AND key < $3 AND NOT deleted LIMIT 1",
+        )
+        .bind(feed)
+        .bind(&lo)
+        .bind(&hi)
+        .fetch_optional(&mut *c)
+        .await?;
+        if let Some(e) = path_conflict(key, file_above.as_deref(), below.as_deref()) {
+            return Err(e);
+        }
+    }
     let stamp = match judge_change(existing, change, pre, order)? {
         Ok(stamp) => stamp,
         Err(outcome) => return Ok(Applied::Done(outcome)),

@@ -484,6 +484,29 @@ fn apply_change(
         Some((deleted, time, origin)) => Some((deleted, stamp_from(time, &origin)?)),
         None => None,
     };
+    if pre == Precondition::PathFree && matches!(change.op, ChangeOp::Upsert { .. }) {
+        let (above, lo, hi) = path_neighbours(key);
+        let mut file_above = None;
+        for a in above {
+            let live: Option<i64> = tx
+                .prepare_cached("SELECT 1 FROM items WHERE feed_id = ?1 AND key = ?2 AND deleted = 0")?
+                .query_row(params![feed, a], |r| r.get(0))
+                .optional()?;
+            if live.is_some() {
+                file_above = Some(a);
+                break;
+            }
+        }
+        let below: Option<String> = tx
+            .prepare_cached(
+                "SELECT key FROM items WHERE feed_id = ?1 AND key >= ?2 AND key < ?3 AND deleted = 0 LIMIT 1",
+            )?
+            .query_row(params![feed, lo, hi], |r| r.get(0))
+            .optional()?;
+        if let Some(e) = path_conflict(key, file_above, below.as_deref()) {
+            return Err(e);
+        }
+    }
     let stamp = match judge_change(existing, change, pre, order)? {
         Ok(stamp) => stamp,
         Err(outcome) => return Ok(outcome),
