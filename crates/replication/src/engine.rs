@@ -250,13 +250,16 @@ impl Progress {
     }
     /// Bytes of the backlog still to move: [`Progress::bytes_total`] less
     /// what moved or needed no transfer; `None` while the total is unknown.
+    /// Past the count (bytes the backlog did not include move: an item
+    /// left over by an earlier execution, retried behind the cursor, or a
+    /// blob fetched again after a cut) it is unknown again, not zero.
     pub fn bytes_remaining(&self) -> Option<u64> {
         let total = self.bytes_total.load(Ordering::Relaxed);
-        (total > 0).then(|| {
-            total
-                .saturating_sub(self.bytes.load(Ordering::Relaxed))
-                .saturating_sub(self.bytes_skipped.load(Ordering::Relaxed))
-        })
+        let counted = self
+            .bytes
+            .load(Ordering::Relaxed)
+            .saturating_add(self.bytes_skipped.load(Ordering::Relaxed));
+        (total > 0 && counted <= total).then(|| total - counted)
     }
 }
 
@@ -786,5 +789,27 @@ fn count_planned(c: &mut Counts, e: &WireEntry, live_on_target: bool) {
         (true, false) => c.skipped += 1,
         (false, true) => c.updated += 1,
         (false, false) => c.added += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes to go count down to zero while the backlog moves, and are
+    /// unknown (not zero) once more moves than the backlog was counted at.
+    #[test]
+    fn bytes_to_go_are_unknown_past_the_count() {
+        let p = Progress::default();
+        assert_eq!(p.bytes_remaining(), None, "nothing counted yet");
+        p.bytes_total.store(1000, Ordering::Relaxed);
+        p.bytes.store(300, Ordering::Relaxed);
+        p.bytes_skipped.store(200, Ordering::Relaxed);
+        assert_eq!(p.bytes_remaining(), Some(500));
+        p.bytes.store(800, Ordering::Relaxed);
+        assert_eq!(p.bytes_remaining(), Some(0));
+        // A left-over item retried behind the cursor moves more.
+        p.bytes.store(900, Ordering::Relaxed);
+        assert_eq!(p.bytes_remaining(), None);
     }
 }
