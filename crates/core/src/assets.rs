@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use ferry_formats::assets::{asset_dir_prefix, asset_key};
 use ferry_store::{ByteStream, FeedRecord, Precondition};
-use ferry_types::Digest;
+use ferry_types::{Digest, ItemKey};
 use serde::Serialize;
 
 use crate::{CoreError, Ferry, LocalWrite};
@@ -149,29 +149,54 @@ pub async fn delete(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<(), 
 
 /// The files and sub-folders directly inside folder `dir` ("" for the root).
 /// NotFound if the folder holds nothing (folders exist through their files).
+///
+/// Reads the folder's own files and one key of each sub-folder, not what
+/// the sub-folders hold: after the first key under `dir/sub/`, the next
+/// page starts past every key that can follow `dir/sub/` (`dir/sub/` and
+/// U+10FFFF, the greatest character: keys compare as UTF-8 bytes). So
+/// listing the root of a feed of a million files in a few folders costs
+/// a few pages, not a million items in memory.
 pub async fn list(ferry: &Ferry, feed: &FeedRecord, dir: &str) -> Result<Vec<Entry>, CoreError> {
+    const PAGE: usize = 500;
     let prefix = asset_dir_prefix(dir)?;
-    let items = ferry.items(feed, &prefix).await?;
-    if items.is_empty() && !prefix.is_empty() {
-        return Err(CoreError::not_found(format!("folder {dir} not found")));
-    }
     let mut folders: BTreeMap<String, ()> = BTreeMap::new();
     let mut files = Vec::new();
-    for item in items {
-        let rest = &item.key.as_str()[prefix.len()..];
-        match rest.split_once('/') {
-            Some((folder, _)) => {
-                folders.insert(folder.to_string(), ());
+    let mut after: Option<ItemKey> = None;
+    let mut any = false;
+    'pages: loop {
+        let page = ferry.items_page(feed, &prefix, after.as_ref(), PAGE).await?;
+        let full = page.len() == PAGE;
+        any |= !page.is_empty();
+        for item in page {
+            let rest = &item.key.as_str()[prefix.len()..];
+            match rest.split_once('/') {
+                Some((folder, _)) => {
+                    let new = folders.insert(folder.to_string(), ()).is_none();
+                    let past = ItemKey::new(format!("{prefix}{folder}/\u{10FFFF}"))
+                        .ok()
+                        .filter(|past| new && *past > item.key);
+                    if let Some(past) = past {
+                        after = Some(past);
+                        continue 'pages;
+                    }
+                }
+                None => files.push(Entry {
+                    name: rest.to_string(),
+                    kind: "file",
+                    size: item.meta["size"].as_u64(),
+                    digest: item.blobs.first().copied(),
+                    modified: Some(crate::rfc3339(item.modified())),
+                    downloads: Some(item.downloads),
+                }),
             }
-            None => files.push(Entry {
-                name: rest.to_string(),
-                kind: "file",
-                size: item.meta["size"].as_u64(),
-                digest: item.blobs.first().copied(),
-                modified: Some(crate::rfc3339(item.modified())),
-                downloads: Some(item.downloads),
-            }),
+            after = Some(item.key);
         }
+        if !full {
+            break;
+        }
+    }
+    if !any && !prefix.is_empty() {
+        return Err(CoreError::not_found(format!("folder {dir} not found")));
     }
     let mut out: Vec<Entry> = folders
         .into_keys()

@@ -626,3 +626,80 @@ async fn decomposed_and_composed_names_are_one_file() {
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["name"], "caf\u{e9}", "{listed}");
 }
+
+/// A folder listing names each sub-folder once and every file of its own,
+/// however many files the sub-folders hold and whatever sorts between
+/// them (`a0`, `a.b` and `a` itself sort around `a/…` byte by byte; a
+/// name made of the greatest character sorts last in its folder).
+#[tokio::test]
+async fn listings_skip_what_sub_folders_hold() {
+    let (i, w) = instance_with_files().await;
+    let mut paths: Vec<String> = (0..1200).map(|n| format!("a/deep/f{n:04}")).collect();
+    for p in [
+        "a/1",
+        "a/2/x",
+        "a0",
+        "a.b/c",
+        "b",
+        "a/\u{10FFFF}z",
+        "a/\u{10FFFF}/y",
+        "a/zz",
+    ] {
+        paths.push(p.to_string());
+    }
+    let puts = paths.iter().map(|p| {
+        let (i, w) = (&i, &w);
+        async move {
+            let url = format!("/assets/files/{}", utf8_percent(p));
+            let r = i.send("PUT", &url, Some(w), &[], "x").await;
+            assert_eq!(r.status, StatusCode::CREATED, "{p}: {}", r.text());
+        }
+    });
+    futures::future::join_all(puts).await;
+    let listed = |dir: &'static str| {
+        let i = &i;
+        async move {
+            let r = i
+                .send(
+                    "GET",
+                    &format!("/assets/files/{}", utf8_percent(dir)),
+                    None,
+                    &[("accept", "application/json")],
+                    Body::empty(),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{dir}: {}", r.text());
+            r.json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| format!("{}:{}", e["type"].as_str().unwrap(), e["name"].as_str().unwrap()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed("").await, ["folder:a", "folder:a.b", "file:a0", "file:b"]);
+    assert_eq!(
+        listed("a/").await,
+        [
+            "folder:2",
+            "folder:deep",
+            "folder:\u{10FFFF}",
+            "file:1",
+            "file:zz",
+            "file:\u{10FFFF}z"
+        ]
+    );
+    assert_eq!(listed("a/deep/").await.len(), 1200);
+}
+
+/// Percent-encodes every byte outside the unreserved set but `/`.
+fn utf8_percent(p: &str) -> String {
+    p.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -787,7 +787,7 @@ async fn listing(s: &dyn MetadataStore) {
         .create_feed(&FeedName::new("conf-list").unwrap(), FeedType::Assets, false)
         .await
         .unwrap();
-    let keys = ["a/1", "a/2", "a/3", "ab", "b/1", "a/\u{e9}"];
+    let keys = ["a/1", "a/2", "a/3", "ab", "b/1", "a/\u{e9}", "a/\u{10FFFF}x"];
     for (i, k) in keys.iter().enumerate() {
         s.write(f.id, vec![(upsert(k, i as u64 + 1, vec![]), Precondition::Any)])
             .await
@@ -803,18 +803,18 @@ async fn listing(s: &dyn MetadataStore) {
     };
     assert_eq!(
         names(s.items(f.id, "a/", None, 10).await.unwrap()),
-        vec!["a/1", "a/3", "a/\u{e9}"]
+        vec!["a/1", "a/3", "a/\u{e9}", "a/\u{10FFFF}x"]
     );
     assert_eq!(
         names(s.items(f.id, "a/", Some(&key("a/1")), 1).await.unwrap()),
         vec!["a/3"]
     );
-    assert_eq!(names(s.items(f.id, "", None, 100).await.unwrap()).len(), 5);
+    assert_eq!(names(s.items(f.id, "", None, 100).await.unwrap()).len(), 6);
     // The deleted item is not counted; these items name no blob.
     assert_eq!(
         s.feed_usage(f.id).await.unwrap(),
         FeedUsage {
-            items: 5,
+            items: 6,
             blobs: 0,
             bytes: 0
         }

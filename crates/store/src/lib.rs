@@ -38,6 +38,22 @@ pub use s3::{DEFAULT_PART_SIZE, MIN_PART_SIZE, S3BlobStore, S3Config};
 pub use sessions::*;
 pub use sqlite::SqliteStore;
 
+/// An exclusive upper bound for the keys (and names) that start with
+/// `prefix`, compared as UTF-8 bytes (SQLite's default, PostgreSQL's
+/// `COLLATE "C"`): `prefix` and 257 U+10FFFF, the greatest character.
+/// What follows the prefix in a key is at most 1,024 bytes (an item key's
+/// limit), so it differs from 257 of the greatest character at or before
+/// the 257th character, or is shorter: every key with the prefix sorts
+/// below the bound, also one whose rest begins with U+10FFFF (which a
+/// bound of one such character cut off), and every key at or past the
+/// prefix without it sorts above.
+pub(crate) fn prefix_end(prefix: &str) -> String {
+    let mut end = String::with_capacity(prefix.len() + 257 * 4);
+    end.push_str(prefix);
+    end.extend(std::iter::repeat_n('\u{10FFFF}', 257));
+    end
+}
+
 /// Milliseconds since the Unix epoch, the one time unit stored.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()

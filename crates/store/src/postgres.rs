@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use crate::meta::*;
-use crate::{ConnectFailure, StoreError, now_millis};
+use crate::{ConnectFailure, StoreError, now_millis, prefix_end};
 
 /// Schema migrations, applied in order; `ferry_schema.version` counts the
 /// ones applied. Text columns that are compared or ordered use the `C`
@@ -892,11 +892,6 @@ async fn write_batch(
         notify(c, format!("c {feed} {seq}")).await?;
     }
     Ok(out)
-}
-
-/// Smallest string greater than every string starting with `prefix`.
-fn prefix_end(prefix: &str) -> String {
-    format!("{prefix}\u{10FFFF}")
 }
 
 #[async_trait]

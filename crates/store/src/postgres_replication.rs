@@ -241,7 +241,7 @@ impl ReplicationStore for PgStore {
         )
         .bind(replication)
         .bind(prefix)
-        .bind(format!("{prefix}\u{10FFFF}"))
+        .bind(crate::prefix_end(prefix))
         .fetch_all(self.pool())
         .await?;
         rows.iter()

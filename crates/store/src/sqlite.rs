@@ -10,7 +10,7 @@ use ferry_types::{Digest, FeedName, FeedType, Hlc, InstanceId, ItemKey, Stamp};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::meta::*;
-use crate::{StoreError, now_millis};
+use crate::{StoreError, now_millis, prefix_end};
 
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -580,11 +580,6 @@ pub(crate) fn decode_secret(v: &str) -> Result<[u8; 32], StoreError> {
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| bad_row("instance secret"))
-}
-
-/// Smallest string greater than every string starting with `prefix`.
-fn prefix_end(prefix: &str) -> String {
-    format!("{prefix}\u{10FFFF}")
 }
 
 #[async_trait]

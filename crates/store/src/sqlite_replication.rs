@@ -267,7 +267,7 @@ impl ReplicationStore for SqliteStore {
     }
 
     async fn cursors(&self, replication: i64, prefix: &str) -> Result<Vec<(String, i64)>, StoreError> {
-        let (lo, hi) = (prefix.to_string(), format!("{prefix}\u{10FFFF}"));
+        let (lo, hi) = (prefix.to_string(), crate::prefix_end(prefix));
         self.read(move |c| {
             let mut st = c.prepare(
                 "SELECT name, value FROM cursors WHERE replication_id = ?1 AND name >= ?2 AND name < ?3 ORDER BY name",
