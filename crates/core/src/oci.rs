@@ -188,10 +188,24 @@ fn digest_set<'a>(items: impl Iterator<Item = &'a ItemRecord>) -> Bytes {
 }
 
 fn set_contains(set: &Bytes, digest: &Digest) -> bool {
-    let entries: Vec<&[u8]> = set.chunks_exact(32).collect();
-    entries
-        .binary_search_by(|e| (*e).cmp(digest.as_bytes().as_slice()))
-        .is_ok()
+    find_entry(set, 32, digest.as_bytes()).is_some()
+}
+
+/// Binary search of the sorted `width`-byte entries of `set` for the one
+/// that starts with `key`, in place (a lookup allocates nothing, however
+/// large the set).
+fn find_entry<'a>(set: &'a [u8], width: usize, key: &[u8]) -> Option<&'a [u8]> {
+    let (mut lo, mut hi) = (0, set.len() / width);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let entry = &set[mid * width..(mid + 1) * width];
+        match entry[..key.len()].cmp(key) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Some(entry),
+        }
+    }
+    None
 }
 
 /// The live items of `repo` under `prefix` (one of the repository prefixes),
@@ -305,13 +319,8 @@ pub async fn resolve(
 
 /// The sha256 identity `set` (from [`repo_aliases`]) gives `sha512`.
 fn alias_of(set: &Bytes, sha512: &Sha512Digest) -> Option<Digest> {
-    let entries: Vec<&[u8]> = set.chunks_exact(ALIAS_ENTRY).collect();
-    let i = entries
-        .binary_search_by(|e| e[..64].cmp(sha512.as_bytes().as_slice()))
-        .ok()?;
-    <[u8; 32]>::try_from(&entries[i][64..])
-        .ok()
-        .map(Digest::from_bytes)
+    let entry = find_entry(set, ALIAS_ENTRY, sha512.as_bytes())?;
+    <[u8; 32]>::try_from(&entry[64..]).ok().map(Digest::from_bytes)
 }
 
 /// Hashes the staged bytes with sha512: they must be `expected`
