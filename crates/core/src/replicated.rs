@@ -13,6 +13,21 @@ use futures::StreamExt;
 
 use crate::{CoreError, Ferry};
 
+/// A reader that hashes what passes through it for a `dist.integrity`
+/// check, while a parser reads the same bytes.
+struct IntegrityTee<R> {
+    inner: R,
+    hasher: npm::IntegrityHasher,
+}
+
+impl<R: std::io::Read> std::io::Read for IntegrityTee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Sizes of stored blobs, by digest, as [`Ferry::present_blob_sizes`] gives them.
 type Sizes = std::collections::HashMap<Digest, u64>;
 
@@ -109,22 +124,56 @@ impl Ferry {
                 }
             }
             FeedType::Npm => {
-                if let (Some(sri), Some((_, blobs))) = (npm::validate_item(key, live)?, live) {
-                    let mut hasher = npm::IntegrityHasher::default();
+                let sri = npm::validate_item(key, live)?;
+                let version = matches!(npm::parse_item_key(key)?, npm::NpmItemKey::Version { .. });
+                if let (true, Some((_, blobs))) = (version, live) {
+                    // One pass over the tarball: its package.json must name
+                    // this version (as a publish's must), and its bytes
+                    // must hash to the `dist.integrity` clients check.
                     self.replicated_blob_size(key.as_str(), &blobs[0], sizes).await?;
-                    let mut body = self.read_blob(&blobs[0], None).await?.stream;
-                    while let Some(chunk) = body.next().await {
-                        hasher.update(&chunk.map_err(|e| CoreError::Internal(e.to_string()))?);
-                    }
-                    hasher
-                        .check(&sri)
-                        .map_err(|e| CoreError::invalid(format!("npm item {key}: {e}")))?;
+                    let (key, limits) = (key.clone(), self.config().archive);
+                    self.inspect_stored(&blobs[0], move |r| {
+                        let mut tee = IntegrityTee {
+                            inner: r,
+                            hasher: npm::IntegrityHasher::default(),
+                        };
+                        npm::check_version_tarball(&key, &mut tee, &limits)?;
+                        std::io::copy(&mut tee, &mut std::io::sink())
+                            .map_err(|e| CoreError::Internal(format!("reading a stored tarball: {e}")))?;
+                        if let Some(sri) = sri {
+                            tee.hasher
+                                .check(&sri)
+                                .map_err(|e| CoreError::invalid(format!("npm item {key}: {e}")))?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
                 }
             }
             FeedType::Pypi => {
                 if let Some(file) = pypi::validate_item(key, live)? {
                     self.check_size(key.as_str(), &file.sha256, Some(file.size), sizes)
                         .await?;
+                    // The file's own core metadata says what the item
+                    // says (the simple index and PEP 658 serve it).
+                    let limits = self.config().archive;
+                    let reader = crate::blob_reader::SeekableBlob::new(
+                        self.clone(),
+                        file.sha256,
+                        file.size,
+                        tokio::runtime::Handle::current(),
+                    );
+                    let name = file.filename.clone();
+                    let (info, core) = tokio::task::spawn_blocking(move || {
+                        let info =
+                            pypi::inspect_distribution(&name, std::io::BufReader::new(reader), &limits)
+                                .map_err(|e| CoreError::invalid(format!("PyPI item {name}: {e}")))?;
+                        let core = info.core_metadata.as_deref().map(Digest::of);
+                        Ok::<_, CoreError>((info, core))
+                    })
+                    .await
+                    .map_err(|e| CoreError::Internal(format!("distribution inspection failed: {e}")))??;
+                    pypi::check_item_describes(&file, &info, core)?;
                 }
             }
             FeedType::Cargo => {

@@ -447,6 +447,33 @@ pub fn validate_item(
     }
 }
 
+/// Checks that the tarball of a replicated version item `key` is that
+/// version's: read as a publish's is (gzip, tar paths, size limits), its
+/// `package/package.json` must name the package and the version the key
+/// does — a peer cannot list one package's tarball under another's name.
+/// Reads `tarball` only as far as the inspection needs. Errors: Invalid
+/// (or TooLarge) naming the key; a key that is not a version's is Invalid.
+pub fn check_version_tarball<R: std::io::Read>(
+    key: &ItemKey,
+    tarball: R,
+    limits: &crate::ArchiveLimits,
+) -> Result<(), FormatError> {
+    let NpmItemKey::Version { name, version } = parse_item_key(key)? else {
+        return Err(FormatError::invalid(format!("npm item {key} is not a version")));
+    };
+    let info = tarball::inspect_tarball(tarball, limits)
+        .map_err(|e| FormatError::invalid(format!("npm item {key}: {e}")))?;
+    let json = &info.package_json;
+    let found_name = json.get("name").and_then(Value::as_str).unwrap_or("");
+    let found_version = json.get("version").and_then(Value::as_str).unwrap_or("");
+    if found_name != name || normalize_version(found_version).ok().as_deref() != Some(version.as_str()) {
+        return Err(FormatError::invalid(format!(
+            "npm item {key}: its tarball's package.json describes {found_name:?} {found_version:?}, not {name} {version}"
+        )));
+    }
+    Ok(())
+}
+
 /// Hashes a tarball as it streams by, to check a `dist.integrity`
 /// Subresource Integrity string against it without holding it whole.
 #[derive(Default)]

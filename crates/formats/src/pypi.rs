@@ -80,6 +80,53 @@ pub fn validate_item(
     Ok(Some(file))
 }
 
+/// Checks that a replicated file item's metadata is what its file says:
+/// `info` is the stored file inspected as an upload is
+/// ([`inspect_distribution`]), and every field an upload takes from it —
+/// name, normalized name, version, file name, kind, `Requires-Python`,
+/// summary, metadata version — must be the item's; so must the core
+/// metadata blob, when the item names one (`core_metadata_digest`: the
+/// digest of the core metadata `info` read). What the server adds (upload
+/// time, yanked state) is not the file's to say. Errors: Invalid naming
+/// the first field that differs.
+pub fn check_item_describes(
+    file: &FileMeta,
+    info: &DistInfo,
+    core_metadata_digest: Option<Digest>,
+) -> Result<(), FormatError> {
+    let expected = FileMeta {
+        yanked: file.yanked,
+        yanked_reason: file.yanked_reason.clone(),
+        core_metadata: file.core_metadata,
+        ..FileMeta::new(info, file.sha256, file.size, file.upload_time.clone())
+    };
+    let (claimed, found) = (
+        serde_json::to_value(file).unwrap_or_default(),
+        serde_json::to_value(&expected).unwrap_or_default(),
+    );
+    if let (Some(claimed), Some(found)) = (claimed.as_object(), found.as_object())
+        && let Some(field) = found
+            .keys()
+            .chain(claimed.keys())
+            .find(|k| claimed.get(*k) != found.get(*k))
+    {
+        let value = found.get(field).unwrap_or(&serde_json::Value::Null);
+        return Err(FormatError::invalid(format!(
+            "PyPI item {}/{}: its metadata does not describe its file, whose core metadata gives {field} as {value}",
+            file.normalized_name, file.filename
+        )));
+    }
+    if let Some(claimed) = file.core_metadata
+        && core_metadata_digest != Some(claimed)
+    {
+        return Err(FormatError::invalid(format!(
+            "PyPI item {}/{}: its core metadata blob {claimed} is not the file's own core metadata",
+            file.normalized_name, file.filename
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;
 

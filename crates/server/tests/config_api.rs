@@ -104,7 +104,7 @@ async fn apply_creates_updates_and_refuses_without_changing_anything() {
             "line 12: replication r2: feed missing",
         ),
         (
-            json!({ "replications": [{ "name": "edge", "feeds": ["files"], "outgoing": "http://127.0.0.1:9", "token": "fst_0123456789abcdef_x", "mode": "pull" }] }),
+            json!({ "replications": [{ "name": "edge", "feeds": ["files"], "outgoing": "http://127.0.0.1:9", "token": format!("fst_0123456789abcdef_{}", "ef".repeat(32)), "mode": "pull" }] }),
             "direction",
         ),
         (

@@ -864,3 +864,73 @@ async fn unpublish_one_version_then_the_package() {
     n.publish_ok("p", "1.0.0").await;
     assert_eq!(n.full("p").await["dist-tags"], json!({"latest": "1.0.0"}));
 }
+
+/// A replicated version is checked against its tarball as a publish is:
+/// an item listing one package's tarball under another package's name (or
+/// version) is refused even when its `dist.integrity` matches the bytes,
+/// and one whose integrity does not match is refused too; the genuine
+/// item applies and is served.
+#[tokio::test]
+async fn replicated_versions_must_match_their_tarball() {
+    use bytes::Bytes;
+    use ferry_store::{Change, ChangeOp};
+    let hub = Npm::new().await;
+    let bytes = hub.publish_ok("left-pad", "1.0.0").await;
+    let hub_feed = hub.i.ferry.feed(&FeedName::new("js").unwrap()).await.unwrap();
+    let item = hub.i.ferry.items(&hub_feed, "pkg/").await.unwrap().remove(0);
+
+    let spoke = Npm::new().await;
+    let feed = spoke.i.ferry.feed(&FeedName::new("js").unwrap()).await.unwrap();
+    let staged = spoke.i.ferry.stage_bytes(Bytes::from(bytes)).await.unwrap();
+    let digest = spoke.i.ferry.commit_blob(staged).await.unwrap();
+    let change = |key: &str, meta: Value| Change {
+        key: ItemKey::new(key).unwrap(),
+        stamp: spoke.i.ferry.clock().stamp(),
+        op: ChangeOp::Upsert {
+            meta,
+            blobs: vec![digest],
+            created_at: None,
+        },
+    };
+    // Another package's name, the genuine tarball and integrity.
+    let mut other = item.meta.clone();
+    other["manifest"]["name"] = json!("right-pad");
+    other["manifest"]["_id"] = json!("right-pad@1.0.0");
+    let e = spoke
+        .i
+        .ferry
+        .apply(&feed, vec![change("pkg/right-pad/1.0.0", other)])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("package.json describes"), "{e}");
+    // Another version.
+    let mut later = item.meta.clone();
+    later["manifest"]["version"] = json!("2.0.0");
+    let e = spoke
+        .i
+        .ferry
+        .apply(&feed, vec![change("pkg/left-pad/2.0.0", later)])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("package.json describes"), "{e}");
+    // An integrity the bytes do not have.
+    let mut lying = item.meta.clone();
+    lying["manifest"]["dist"]["integrity"] = json!(format!("sha512-{}", STANDARD.encode([7u8; 64])));
+    assert!(
+        spoke
+            .i
+            .ferry
+            .apply(&feed, vec![change(item.key.as_str(), lying)])
+            .await
+            .is_err()
+    );
+    assert_eq!(spoke.item_count().await, 0);
+    spoke
+        .i
+        .ferry
+        .apply(&feed, vec![change(item.key.as_str(), item.meta.clone())])
+        .await
+        .unwrap();
+    let r = spoke.get("/npm/js/left-pad/-/left-pad-1.0.0.tgz", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}

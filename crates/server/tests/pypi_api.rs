@@ -1140,3 +1140,85 @@ async fn simple_pages_have_entity_tags_and_answer_304_until_they_change() {
     assert!(r.text().contains("tagged-1.1-"), "{}", r.text());
     assert_ne!(r.header("etag"), Some(old.as_str()));
 }
+
+/// A replicated file is checked against its own core metadata as an
+/// upload is: an item whose Requires-Python, summary or name is not the
+/// file's is refused, and so is one naming another blob as the file's
+/// core metadata (PEP 658 would serve it); an sdist is checked too; the
+/// genuine items apply and are listed.
+#[tokio::test]
+async fn replicated_files_must_match_their_core_metadata() {
+    use bytes::Bytes;
+    use ferry_store::{Change, ChangeOp};
+    use ferry_types::{FeedName, ItemKey};
+    use serde_json::json;
+    let (hub, w) = setup().await;
+    let whl = dist::wheel("Demo", "1.0", "demo", Some(">=3.8"));
+    let sdist = dist::sdist("Demo", "1.0", Some(">=3.8"));
+    for f in [&whl, &sdist] {
+        let r = upload(&hub, "py", &w, "Demo", "1.0", f).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    let hub_feed = hub.ferry.feed(&FeedName::new("py").unwrap()).await.unwrap();
+    let items = hub.ferry.items(&hub_feed, "").await.unwrap();
+    assert_eq!(items.len(), 2);
+
+    let (spoke, _) = setup().await;
+    let feed = spoke.ferry.feed(&FeedName::new("py").unwrap()).await.unwrap();
+    // Every blob of the hub's items, stored on the spoke first.
+    for item in &items {
+        for d in &item.blobs {
+            let body = hub.ferry.read_blob(d, None).await.unwrap().stream;
+            let staged = spoke.ferry.stage(body, Some(*d)).await.unwrap();
+            spoke.ferry.commit_blob(staged).await.unwrap();
+        }
+    }
+    let change = |key: &ItemKey, meta: serde_json::Value, blobs: Vec<Digest>| Change {
+        key: key.clone(),
+        stamp: spoke.ferry.clock().stamp(),
+        op: ChangeOp::Upsert {
+            meta,
+            blobs,
+            created_at: None,
+        },
+    };
+    let refused = |c: Change, says: &'static str| {
+        let (ferry, feed) = (spoke.ferry.clone(), feed.clone());
+        async move {
+            let e = ferry.apply(&feed, vec![c]).await.unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    };
+    for item in &items {
+        let lie = |field: &str, value: serde_json::Value| {
+            let mut meta = item.meta.clone();
+            meta[field] = value;
+            change(&item.key, meta, item.blobs.clone())
+        };
+        refused(lie("requires_python", json!(">=2.7")), "requires_python").await;
+        refused(lie("summary", json!("Trust me.")), "summary").await;
+        refused(lie("name", json!("DEMO")), "name").await;
+    }
+    // The wheel's item naming the sdist as its core metadata.
+    let wheel = items.iter().find(|i| i.blobs.len() == 2).unwrap();
+    let sdist_blob = items.iter().find(|i| i.blobs.len() == 1).unwrap().blobs[0];
+    let mut meta = wheel.meta.clone();
+    meta["core_metadata"] = json!(sdist_blob);
+    refused(
+        change(&wheel.key, meta, vec![wheel.blobs[0], sdist_blob]),
+        "core metadata",
+    )
+    .await;
+    assert!(spoke.ferry.items(&feed, "").await.unwrap().is_empty());
+    for item in &items {
+        spoke
+            .ferry
+            .apply(
+                &feed,
+                vec![change(&item.key, item.meta.clone(), item.blobs.clone())],
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(project_names(&spoke, "py").await, ["Demo"]);
+}
