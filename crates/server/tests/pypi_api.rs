@@ -1148,7 +1148,6 @@ async fn simple_pages_have_entity_tags_and_answer_304_until_they_change() {
 /// genuine items apply and are listed.
 #[tokio::test]
 async fn replicated_files_must_match_their_core_metadata() {
-    use bytes::Bytes;
     use ferry_store::{Change, ChangeOp};
     use ferry_types::{FeedName, ItemKey};
     use serde_json::json;
