@@ -829,7 +829,7 @@ mod update_tests {
             ..Default::default()
         });
         assert!(
-            e.contains("is not a sync token") && !e.contains("half-pasted"),
+            e.contains("has not the shape of one") && !e.contains("half-pasted"),
             "{e}"
         );
         let incoming = CreateRequest {
@@ -841,7 +841,7 @@ mod update_tests {
         .into_config()
         .unwrap();
         let e = UpdateRequest {
-            token: Some(format!("fst_xxxxxxxxxxxxxxxx_{}", "y".repeat(64))),
+            token: Some(format!("fst_eeeeeeeeeeeeeeee_{}", "f".repeat(64))),
             ..Default::default()
         }
         .apply_to(&incoming)

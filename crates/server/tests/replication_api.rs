@@ -391,7 +391,7 @@ async fn updates_refuse_bad_bodies_and_change_only_what_they_name() {
         (r#"{"interval":0}"#, "interval"),
         (r#"{"include":["["]}"#, "a broken glob"),
         (
-            r#"{"token":"fst_1111111111111111_yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"}"#,
+            r#"{"token":"fst_1111111111111111_dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"}"#,
             "an incoming replication has no token to set",
         ),
         (

@@ -945,7 +945,7 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
         &spoke,
         &cookie,
         &hub_url,
-        "fst_nopenopenopenope_nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn",
+        "fst_00000000000000ee_eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee",
         "pull",
         &[],
     )
@@ -1016,7 +1016,7 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
     for typo in [half, "hunter2-secret"] {
         let r = wizard_post(&spoke, &cookie, &closed, typo, "pull", &[("anyway", "1")]).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
-        assert!(r.text().contains("is not a sync token"), "{}", r.text());
+        assert!(r.text().contains("has not the shape of one"), "{}", r.text());
         assert!(!r.text().contains(typo), "{}", r.text());
         nothing_created(&spoke).await;
     }
@@ -1056,7 +1056,7 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
             ("url", &other_closed),
             (
                 "token",
-                "fst_typedtokentyped1_tttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt",
+                "fst_7777777777777777_7777777777777777777777777777777777777777777777777777777777777777",
             ),
             ("interval", "45"),
             ("bandwidth", "123456"),
@@ -1079,7 +1079,7 @@ async fn the_wizard_says_what_is_wrong_with_the_other_end_in_plain_words() {
         assert!(t.contains(&typed), "{typed} lost: {t}");
     }
     assert!(
-        !t.contains("fst_typedtokentyped1_tttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt"),
+        !t.contains("fst_7777777777777777_7777777777777777777777777777777777777777777777777777777777777777"),
         "the typed token is in the page: {t}"
     );
     let o = api(&spoke, "GET", "/api/v1/replications/to-hub", None)
@@ -1455,7 +1455,7 @@ async fn first_look_details() {
         "/api/v1/replications",
         Some(serde_json::json!({
             "name": "later", "feeds": ["files"], "mode": "pull", "outgoing": "http://127.0.0.1:9",
-            "token": "fst_1111111111111111_yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy", "interval": 3600,
+            "token": "fst_1111111111111111_dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd", "interval": 3600,
         })),
     )
     .await;
@@ -1686,7 +1686,7 @@ async fn diagnostics_says_what_it_shows_and_a_level_filter_is_a_minimum() {
         "/api/v1/replications",
         Some(serde_json::json!({
             "name": "to-nowhere", "feeds": ["files"], "mode": "pull", "outgoing": closed,
-            "token": "fst_1111111111111111_yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy", "interval": 3600,
+            "token": "fst_1111111111111111_dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd", "interval": 3600,
         })),
     )
     .await;
