@@ -212,3 +212,94 @@ pub async fn list(ferry: &Ferry, feed: &FeedRecord, dir: &str) -> Result<Vec<Ent
     out.extend(files);
     Ok(out)
 }
+
+/// Of `changes` received from elsewhere and to be applied together, in
+/// order, the upserts that would make a path a file and a folder at once
+/// (a file under a live file, or a file where live files sit under it),
+/// judged on what is stored and what the changes before it leave: their
+/// positions and why. A delete of the file or of the folder's files
+/// earlier in the same batch clears the way, as it does applied alone.
+/// A refused change is not counted as applied for the ones after it.
+pub(crate) async fn path_conflicts(
+    ferry: &Ferry,
+    feed: &FeedRecord,
+    changes: &[&ferry_store::Change],
+) -> Result<Vec<(usize, String)>, CoreError> {
+    use std::collections::{HashMap, HashSet};
+    let upserts: Vec<usize> = (0..changes.len())
+        .filter(|i| matches!(changes[*i].op, ferry_store::ChangeOp::Upsert { .. }))
+        .collect();
+    if upserts.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Every folder above every written path, looked up at once.
+    let mut above: Vec<ItemKey> = upserts
+        .iter()
+        .flat_map(|i| {
+            let key = changes[*i].key.as_str();
+            key.match_indices('/')
+                .filter_map(|(at, _)| ItemKey::new(&key[..at]).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    above.sort();
+    let stored_live: HashSet<ItemKey> = ferry
+        .items_by_keys(feed, &above)
+        .await?
+        .into_iter()
+        .flatten()
+        .map(|i| i.key)
+        .collect();
+    // What the batch has done so far: key → live after it.
+    let mut overlay: HashMap<&str, bool> = HashMap::new();
+    let mut refused = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        let key = change.key.as_str();
+        if !matches!(change.op, ferry_store::ChangeOp::Upsert { .. }) {
+            overlay.insert(key, false);
+            continue;
+        }
+        let live = |k: &ItemKey, overlay: &HashMap<&str, bool>| {
+            overlay
+                .get(k.as_str())
+                .copied()
+                .unwrap_or_else(|| stored_live.contains(k))
+        };
+        let file_above = key
+            .match_indices('/')
+            .filter_map(|(at, _)| ItemKey::new(&key[..at]).ok())
+            .find(|k| live(k, &overlay));
+        if let Some(file) = file_above {
+            refused.push((
+                i,
+                format!("{key}: {file} is a file here, so {key} cannot be stored under it (a path is a file or a folder)"),
+            ));
+            continue;
+        }
+        let under = format!("{key}/");
+        let mut below = overlay.iter().any(|(k, live)| *live && k.starts_with(&under));
+        if !below {
+            // Stored files under it, less the ones the batch deleted.
+            let gone = overlay
+                .iter()
+                .filter(|(k, live)| !**live && k.starts_with(&under))
+                .count();
+            below = ferry
+                .items_page(feed, &under, None, gone + 1)
+                .await?
+                .iter()
+                .any(|item| overlay.get(item.key.as_str()) != Some(&false));
+        }
+        if below {
+            refused.push((
+                i,
+                format!("{key}: {key} is a folder holding files here, so a file cannot be stored there (a path is a file or a folder)"),
+            ));
+            continue;
+        }
+        overlay.insert(key, true);
+    }
+    Ok(refused)
+}

@@ -1010,7 +1010,20 @@ impl Ferry {
             .meta
             .write_ordered(
                 feed.id,
-                changes.into_iter().map(|c| (c, Precondition::Any)).collect(),
+                changes
+                    .into_iter()
+                    .map(|c| {
+                        // Assets: a path is a file or a folder; checked
+                        // before (`assets::path_conflicts`) and here again,
+                        // in the write, against a racing local upload.
+                        let pre = if feed.feed_type == ferry_types::FeedType::Assets {
+                            Precondition::PathFree
+                        } else {
+                            Precondition::Any
+                        };
+                        (c, pre)
+                    })
+                    .collect(),
                 order,
             )
             .await?;

@@ -89,6 +89,19 @@ impl Ferry {
                 Err(e) => return Err(e),
             }
         }
+        if feed.feed_type == FeedType::Assets {
+            // A path is a file or a folder, never both, whatever the order
+            // the changes come in (`Precondition::PathFree` holds the same
+            // at the write, against a local upload racing this batch).
+            let (at, passed): (Vec<usize>, Vec<&Change>) = changes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| verdicts[*i].is_none())
+                .unzip();
+            for (j, why) in crate::assets::path_conflicts(self, feed, &passed).await? {
+                verdicts[at[j]] = Some(why);
+            }
+        }
         if feed.feed_type == FeedType::Oci {
             let (at, passed): (Vec<usize>, Vec<&Change>) = changes
                 .iter()

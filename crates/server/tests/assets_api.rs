@@ -703,3 +703,100 @@ fn utf8_percent(p: &str) -> String {
         })
         .collect()
 }
+
+/// What arrives by replication or a bundle keeps a path a file or a
+/// folder, never both: a file under a file stored here, or a file where
+/// files sit under it, is refused with the reason (and retried by later
+/// executions), judged in the batch's order — a delete earlier in the
+/// same batch clears the way, a refused change clears nothing.
+#[tokio::test]
+async fn replicated_files_keep_a_path_a_file_or_a_folder() {
+    use bytes::Bytes;
+    use ferry_core::Applied;
+    use ferry_store::{Change, ChangeOp};
+    use ferry_types::{FeedName, ItemKey};
+    let (i, w) = instance_with_files().await;
+    for p in ["p", "dir/inner.txt"] {
+        let r = i
+            .send("PUT", &format!("/assets/files/{p}"), Some(&w), &[], "x")
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+    let feed = i.ferry.feed(&FeedName::new("files").unwrap()).await.unwrap();
+    let staged = i.ferry.stage_bytes(Bytes::from_static(b"remote")).await.unwrap();
+    let blob = i.ferry.commit_blob(staged).await.unwrap();
+    let up = |k: &str| Change {
+        key: ItemKey::new(k).unwrap(),
+        stamp: i.ferry.clock().stamp(),
+        op: ChangeOp::Upsert {
+            meta: serde_json::json!({ "content_type": "text/plain", "size": 6 }),
+            blobs: vec![blob],
+            created_at: None,
+        },
+    };
+    let del = |k: &str| Change {
+        key: ItemKey::new(k).unwrap(),
+        stamp: i.ferry.clock().stamp(),
+        op: ChangeOp::Delete,
+    };
+    let outcomes = |o: Vec<Applied>| {
+        o.into_iter()
+            .map(|a| match a {
+                Applied::Refused(why) => format!("refused: {why}"),
+                Applied::Written(_) => "written".into(),
+            })
+            .collect::<Vec<_>>()
+    };
+    // Under the file p; onto the folder dir; new and clear paths pass.
+    let got = outcomes(
+        i.ferry
+            .apply_each(
+                &feed,
+                vec![up("p/q"), up("dir"), up("fresh/a"), up("fresh")],
+                false,
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        got[0],
+        "refused: p/q: p is a file here, so p/q cannot be stored under it (a path is a file or a folder)"
+    );
+    assert!(
+        got[1].starts_with("refused: dir: dir is a folder holding files here"),
+        "{got:?}"
+    );
+    assert_eq!(got[2], "written");
+    assert!(got[3].starts_with("refused: fresh: fresh is a folder"), "{got:?}");
+    // The file deleted first in the same batch: its path becomes a folder;
+    // the folder's file deleted first: its path becomes a file.
+    let got = outcomes(
+        i.ferry
+            .apply_each(
+                &feed,
+                vec![del("p"), up("p/q"), del("dir/inner.txt"), up("dir")],
+                false,
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(got, ["written", "written", "written", "written"]);
+    let listed = i
+        .send(
+            "GET",
+            "/assets/files/",
+            None,
+            &[("accept", "application/json")],
+            Body::empty(),
+        )
+        .await
+        .json();
+    let mut names: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{}:{}", e["type"].as_str().unwrap(), e["name"].as_str().unwrap()))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["file:dir", "folder:fresh", "folder:p"]);
+}

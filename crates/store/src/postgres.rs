@@ -732,6 +732,12 @@ async fn apply_change(
         )),
         None => None,
     };
+    let stamp = match judge_change(existing, change, pre, order)? {
+        Ok(stamp) => stamp,
+        Err(outcome) => return Ok(Applied::Done(outcome)),
+    };
+    // Judged after the stamps: a change that would not be applied
+    // (superseded, already there) is no conflict.
     if pre == Precondition::PathFree && matches!(change.op, ChangeOp::Upsert { .. }) {
         // Under the feed row's lock (`write_batch`): a racing write of a
         // path above or below this one, on any node, waits for this one.
@@ -755,10 +761,6 @@ async fn apply_change(
             return Err(e);
         }
     }
-    let stamp = match judge_change(existing, change, pre, order)? {
-        Ok(stamp) => stamp,
-        Err(outcome) => return Ok(Applied::Done(outcome)),
-    };
     let now = now_millis();
     let stamp_time = stamp.time.0 as i64;
     let origin = stamp.origin.to_string();

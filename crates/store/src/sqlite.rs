@@ -484,6 +484,12 @@ fn apply_change(
         Some((deleted, time, origin)) => Some((deleted, stamp_from(time, &origin)?)),
         None => None,
     };
+    let stamp = match judge_change(existing, change, pre, order)? {
+        Ok(stamp) => stamp,
+        Err(outcome) => return Ok(outcome),
+    };
+    // Judged after the stamps: a change that would not be applied
+    // (superseded, already there) is no conflict.
     if pre == Precondition::PathFree && matches!(change.op, ChangeOp::Upsert { .. }) {
         let (above, lo, hi) = path_neighbours(key);
         let mut file_above = None;
@@ -507,10 +513,6 @@ fn apply_change(
             return Err(e);
         }
     }
-    let stamp = match judge_change(existing, change, pre, order)? {
-        Ok(stamp) => stamp,
-        Err(outcome) => return Ok(outcome),
-    };
     let now = now_millis();
     let stamp_time = stamp.time.0 as i64;
     let origin = stamp.origin.to_string();
