@@ -157,15 +157,22 @@ pub async fn delete(ferry: &Ferry, feed: &FeedRecord, path: &str) -> Result<(), 
 /// listing the root of a feed of a million files in a few folders costs
 /// a few pages, not a million items in memory.
 pub async fn list(ferry: &Ferry, feed: &FeedRecord, dir: &str) -> Result<Vec<Entry>, CoreError> {
+    // Pages grow while they hold files and shrink to a few keys after a
+    // jump (the next key is often another sub-folder's first): a folder
+    // of thousands of sub-folders costs a query of a few rows per
+    // sub-folder, not a full page each.
     const PAGE: usize = 500;
+    const AFTER_JUMP: usize = 4;
     let prefix = asset_dir_prefix(dir)?;
     let mut folders: BTreeMap<String, ()> = BTreeMap::new();
     let mut files = Vec::new();
     let mut after: Option<ItemKey> = None;
     let mut any = false;
+    let mut size = PAGE;
     'pages: loop {
-        let page = ferry.items_page(feed, &prefix, after.as_ref(), PAGE).await?;
-        let full = page.len() == PAGE;
+        let page = ferry.items_page(feed, &prefix, after.as_ref(), size).await?;
+        let full = page.len() == size;
+        size = (size * 4).min(PAGE);
         any |= !page.is_empty();
         for item in page {
             let rest = &item.key.as_str()[prefix.len()..];
@@ -177,6 +184,7 @@ pub async fn list(ferry: &Ferry, feed: &FeedRecord, dir: &str) -> Result<Vec<Ent
                         .filter(|past| new && *past > item.key);
                     if let Some(past) = past {
                         after = Some(past);
+                        size = AFTER_JUMP;
                         continue 'pages;
                     }
                 }

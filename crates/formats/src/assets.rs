@@ -12,21 +12,45 @@ use crate::FormatError;
 /// marks, embeddings and overrides (the "Trojan Source" characters,
 /// CVE-2021-42574), word joiner and invisible operators, isolates,
 /// the byte order mark, interlinear annotation and tag characters).
+///
+/// Also the characters that are not format characters but show as
+/// nothing all the same, or break a name's line: the combining grapheme
+/// joiner, the Hangul fillers, the Khmer inherent vowels, variation
+/// selectors (both blocks), and the line and paragraph separators.
 pub fn hidden_format_char(c: char) -> bool {
     matches!(
         c as u32,
         0x00AD
+            | 0x034F
             | 0x061C
+            | 0x115F
+            | 0x1160
+            | 0x17B4
+            | 0x17B5
             | 0x180E
             | 0x200B..=0x200F
+            | 0x2028
+            | 0x2029
             | 0x202A..=0x202E
             | 0x2060..=0x2064
             | 0x2066..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
             | 0xFEFF
+            | 0xFFA0
             | 0xFFF9..=0xFFFB
             | 0xE0001
             | 0xE0020..=0xE007F
+            | 0xE0100..=0xE01EF
     )
+}
+
+/// Whether `c` is a noncharacter (U+FDD0–U+FDEF and the last two code
+/// points of every plane, U+FFFE, U+FFFF … U+10FFFF): reserved by Unicode
+/// for a program's own use, never text to interchange (Unicode §23.7).
+pub fn noncharacter(c: char) -> bool {
+    let cp = c as u32;
+    (0xFDD0..=0xFDEF).contains(&cp) || cp & 0xFFFE == 0xFFFE
 }
 
 /// Validates an asset path as received after percent-decoding (the router
@@ -36,7 +60,8 @@ pub fn hidden_format_char(c: char) -> bool {
 /// Refuses anything that could escape the feed or be read two ways: empty,
 /// absolute, `.`/`..` segments, empty segments, backslashes, control
 /// characters, invisible and bidirectional formatting characters (see
-/// [`hidden_format_char`]) and paths over 1024 bytes.
+/// [`hidden_format_char`]), noncharacters ([`noncharacter`]), a name that
+/// starts with a combining mark, and paths over 1024 bytes.
 pub fn asset_key(path: &str) -> Result<ItemKey, FormatError> {
     let bad = |why: &str| {
         Err(FormatError::invalid(format!(
@@ -47,6 +72,21 @@ pub fn asset_key(path: &str) -> Result<ItemKey, FormatError> {
         return bad(&format!(
             "invisible or text-direction character U+{:04X} is not allowed (a name could show as another)",
             c as u32
+        ));
+    }
+    if let Some(c) = path.chars().find(|c| noncharacter(*c)) {
+        return bad(&format!(
+            "noncharacter U+{:04X} is not allowed (it is not text)",
+            c as u32
+        ));
+    }
+    if let Some(seg) = path.split('/').find(|seg| {
+        seg.chars()
+            .next()
+            .is_some_and(unicode_normalization::char::is_combining_mark)
+    }) {
+        return bad(&format!(
+            "the name {seg:?} starts with a combining mark, which would join what is shown before it"
         ));
     }
     let composed: String;
@@ -158,6 +198,12 @@ mod tests {
             "x\u{2066}y\u{2069}",
             "soft\u{ad}hyphen",
             "tag\u{e0041}",
+            // Not format characters, but shown as nothing all the same.
+            "\u{3164}.txt",
+            "a\u{115f}b",
+            "heart\u{fe0f}.png",
+            "line\u{2028}break",
+            "cgj\u{34f}x",
         ] {
             let e = asset_key(hidden).unwrap_err().to_string();
             assert!(
@@ -165,8 +211,16 @@ mod tests {
                 "{hidden:?}: {e}"
             );
         }
-        // Ordinary non-ASCII names are kept.
+        for non in ["a\u{ffff}", "b\u{fdd0}", "c\u{10ffff}", "d\u{1fffe}"] {
+            let e = asset_key(non).unwrap_err().to_string();
+            assert!(e.contains("noncharacter"), "{non:?}: {e}");
+        }
+        let e = asset_key("dir/\u{301}name").unwrap_err().to_string();
+        assert!(e.contains("starts with a combining mark"), "{e}");
+        // Ordinary non-ASCII names are kept, spaces (also no-break) too.
         assert!(asset_key("日本語/файл ü.txt").is_ok());
+        assert!(asset_key("no\u{a0}break.txt").is_ok());
+        assert!(asset_key("private\u{10fffd}.txt").is_ok());
     }
 
     #[test]
