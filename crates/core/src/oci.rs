@@ -544,15 +544,17 @@ pub async fn delete_blob(ferry: &Ferry, feed: &FeedRecord, repo: &str, named: &O
     // manifest is here: refuse rather than answer 202 and go on serving it.
     let users = manifests_listing(ferry, feed, repo, digest).await?;
     if !users.is_empty() {
+        // The repository as clients name it: the feed is its first part.
+        let full = format!("{}/{repo}", feed.name);
         let message = match users.as_slice() {
             [one] if one == &digest.to_string() => format!(
-                "{named} is a manifest of repository {repo}; delete it through /v2/{repo}/manifests/{named}"
+                "{named} is a manifest of repository {full}; delete it through /v2/{full}/manifests/{named}"
             ),
             [one] => format!(
-                "blob {named} is used by manifest {one} of repository {repo}; delete that manifest first"
+                "blob {named} is used by manifest {one} of repository {full}; delete that manifest first"
             ),
             many => format!(
-                "blob {named} is used by manifests {} of repository {repo}; delete those manifests first",
+                "blob {named} is used by manifests {} of repository {full}; delete those manifests first",
                 many.join(", ")
             ),
         };

@@ -291,7 +291,8 @@ pub fn validate_item(
     let Some((meta, blobs)) = live else {
         return Ok(None);
     };
-    let item = CrateItem::from_json(meta)?;
+    let item =
+        CrateItem::from_json(meta).map_err(|e| FormatError::invalid(format!("cargo item {key}: {e}")))?;
     let e = &item.index;
     validate_crate_name(&e.name)?;
     if canonical_name(&e.name) != name || version_without_build(&e.vers)? != vers {

@@ -170,7 +170,7 @@ pub fn validate_item(
     let Some((meta, blobs)) = live else {
         return Ok(None);
     };
-    let m = DebMeta::from_json(meta)?;
+    let m = DebMeta::from_json(meta).map_err(|e| FormatError::invalid(format!("debian item {key}: {e}")))?;
     if m.key()? != *key {
         return Err(FormatError::invalid(format!(
             "debian item {key}: its metadata names another package"

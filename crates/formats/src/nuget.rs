@@ -423,7 +423,8 @@ pub fn validate_item(
     let Some((meta, blobs)) = live else {
         return Ok(None);
     };
-    let item = PackageItem::from_json(meta)?;
+    let item =
+        PackageItem::from_json(meta).map_err(|e| FormatError::invalid(format!("nuget item {key}: {e}")))?;
     validate_id(&item.id)?;
     let v = NuGetVersion::parse(&item.version)?;
     if id_key(&item.id) != id || v.key() != version {

@@ -60,7 +60,8 @@ pub fn validate_item(
     let Some((meta, blobs)) = live else {
         return Ok(None);
     };
-    let file = FileMeta::from_json(meta)?;
+    let file =
+        FileMeta::from_json(meta).map_err(|e| FormatError::invalid(format!("PyPI item {key}: {e}")))?;
     if file.key()?.as_str() != key.as_str() {
         return Err(FormatError::invalid(format!(
             "PyPI item {key}: its metadata describes {}/{}",

@@ -323,7 +323,7 @@ pub fn validate_item(
     let Some((meta, blobs)) = live else {
         return Ok(None);
     };
-    let m = RpmMeta::from_json(meta)?;
+    let m = RpmMeta::from_json(meta).map_err(|e| FormatError::invalid(format!("rpm item {key}: {e}")))?;
     if m.key()? != *key {
         return Err(FormatError::invalid(format!(
             "rpm item {key}: its metadata names another package"

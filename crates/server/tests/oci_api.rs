@@ -1212,6 +1212,23 @@ async fn delete_by_tag_and_by_digest() {
         .await;
     refused(&r, 409, "DENIED");
     assert!(r.text().contains(&keep.digest), "{}", r.text());
+    // A manifest named at the blobs endpoint: the hint is the path that
+    // deletes it, feed included.
+    let r = o
+        .send(
+            "DELETE",
+            &format!("/v2/img/app/blobs/{}", keep.digest),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    refused(&r, 409, "DENIED");
+    assert!(
+        r.text()
+            .contains(&format!("/v2/img/app/manifests/{}", keep.digest)),
+        "{}",
+        r.text()
+    );
     assert_eq!(
         o.head(&format!("/v2/img/app/blobs/{kept_layer}")).await.status,
         StatusCode::OK

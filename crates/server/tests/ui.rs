@@ -2245,4 +2245,10 @@ async fn a_large_feed_is_browsed_a_page_at_a_time() {
     let r = page(&i, &cookie, "/feeds/big?after=a%01b").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
     assert!(r.text().contains("not an item key"), "{}", r.text());
+    let long = "x".repeat(1025);
+    for prefix in ["a%0Db", "%1B[31m", long.as_str()] {
+        let r = page(&i, &cookie, &format!("/feeds/big?prefix={prefix}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        assert!(r.text().contains("key prefix"), "{}", r.text());
+    }
 }

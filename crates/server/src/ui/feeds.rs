@@ -376,6 +376,12 @@ async fn browse(
     Query(q): Query<BrowseQuery>,
 ) -> Result<Response, ApiError> {
     let feed = readable(&st, &who, &name).await?;
+    // A prefix is the start of a key: held to a key's rules.
+    if q.prefix.len() > 1024 || q.prefix.chars().any(char::is_control) {
+        return Err(html_err(CoreError::invalid(
+            "the key prefix (prefix=) must be at most 1024 bytes without control characters",
+        )));
+    }
     let after = match q.after.as_str() {
         "" => None,
         a => Some(ItemKey::new(a.to_owned()).map_err(|e| {
