@@ -293,6 +293,7 @@ pub fn validate_item(
     };
     let item =
         CrateItem::from_json(meta).map_err(|e| FormatError::invalid(format!("cargo item {key}: {e}")))?;
+    crate::no_unknown_fields("cargo", key, meta, &item.to_json())?;
     let e = &item.index;
     validate_crate_name(&e.name)?;
     if canonical_name(&e.name) != name || version_without_build(&e.vers)? != vers {

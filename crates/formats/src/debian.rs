@@ -171,6 +171,7 @@ pub fn validate_item(
         return Ok(None);
     };
     let m = DebMeta::from_json(meta).map_err(|e| FormatError::invalid(format!("debian item {key}: {e}")))?;
+    crate::no_unknown_fields("debian", key, meta, &m.to_json())?;
     if m.key()? != *key {
         return Err(FormatError::invalid(format!(
             "debian item {key}: its metadata names another package"

@@ -53,3 +53,65 @@ impl Default for ArchiveLimits {
         }
     }
 }
+
+/// The first field of `received` (an item's metadata from another
+/// instance) that `known` — the same metadata read into its type and
+/// written back — lacks: a field no upload of that type sets, which a
+/// replica would otherwise store and serve. Nested objects and arrays are
+/// walked; a field given as `null` is as good as absent. Its dotted path,
+/// or None.
+pub(crate) fn unknown_field(received: &serde_json::Value, known: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match (received, known) {
+        (Value::Object(r), Value::Object(k)) => r.iter().find_map(|(name, v)| match k.get(name) {
+            None if v.is_null() => None,
+            None => Some(name.clone()),
+            Some(kv) => unknown_field(v, kv).map(|inner| format!("{name}.{inner}")),
+        }),
+        (Value::Array(r), Value::Array(k)) => r
+            .iter()
+            .zip(k)
+            .enumerate()
+            .find_map(|(i, (a, b))| unknown_field(a, b).map(|inner| format!("{i}.{inner}"))),
+        _ => None,
+    }
+}
+
+/// [`unknown_field`] as the refusal of item `key` of a feed of `what`.
+pub(crate) fn no_unknown_fields(
+    what: &str,
+    key: &ferry_types::ItemKey,
+    received: &serde_json::Value,
+    known: &serde_json::Value,
+) -> Result<(), FormatError> {
+    match unknown_field(received, known) {
+        Some(field) => Err(FormatError::invalid(format!(
+            "{what} item {key}: its metadata has a field no upload sets: {field}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod unknown_field_tests {
+    use serde_json::json;
+
+    #[test]
+    fn finds_fields_the_type_does_not_write() {
+        let known = json!({"a": 1, "deps": [{"n": "x"}], "o": {"p": 2}});
+        assert_eq!(super::unknown_field(&known, &known), None);
+        assert_eq!(super::unknown_field(&json!({"a": 1, "z": null}), &known), None);
+        assert_eq!(
+            super::unknown_field(&json!({"a": 1, "z": 3}), &known).as_deref(),
+            Some("z")
+        );
+        assert_eq!(
+            super::unknown_field(&json!({"deps": [{"n": "x", "evil": true}]}), &known).as_deref(),
+            Some("deps.0.evil")
+        );
+        assert_eq!(
+            super::unknown_field(&json!({"o": {"p": 2, "q": 1}}), &known).as_deref(),
+            Some("o.q")
+        );
+    }
+}

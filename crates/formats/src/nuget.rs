@@ -425,6 +425,7 @@ pub fn validate_item(
     };
     let item =
         PackageItem::from_json(meta).map_err(|e| FormatError::invalid(format!("nuget item {key}: {e}")))?;
+    crate::no_unknown_fields("nuget", key, meta, &item.to_json())?;
     validate_id(&item.id)?;
     let v = NuGetVersion::parse(&item.version)?;
     if id_key(&item.id) != id || v.key() != version {

@@ -62,6 +62,7 @@ pub fn validate_item(
     };
     let file =
         FileMeta::from_json(meta).map_err(|e| FormatError::invalid(format!("PyPI item {key}: {e}")))?;
+    crate::no_unknown_fields("PyPI", key, meta, &file.to_json())?;
     if file.key()?.as_str() != key.as_str() {
         return Err(FormatError::invalid(format!(
             "PyPI item {key}: its metadata describes {}/{}",

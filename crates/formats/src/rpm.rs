@@ -324,6 +324,7 @@ pub fn validate_item(
         return Ok(None);
     };
     let m = RpmMeta::from_json(meta).map_err(|e| FormatError::invalid(format!("rpm item {key}: {e}")))?;
+    crate::no_unknown_fields("rpm", key, meta, &m.to_json())?;
     if m.key()? != *key {
         return Err(FormatError::invalid(format!(
             "rpm item {key}: its metadata names another package"

@@ -745,6 +745,21 @@ async fn replicated_versions_must_match_their_crate() {
     let e = spoke.i.ferry.apply(&feed, vec![forged]).await.unwrap_err();
     assert!(e.to_string().contains("cargo item evil 1.0.0"), "{e}");
     assert!(spoke.i.ferry.items(&feed, "").await.unwrap().is_empty());
+    // A field no publish sets, which the index would serve.
+    for (path, value) in [("evil", json!(1)), ("index.evil", json!("x"))] {
+        let mut extra = item.meta.clone();
+        match path.split_once('.') {
+            Some((outer, inner)) => extra[outer][inner] = value,
+            None => extra[path] = value,
+        }
+        let e = spoke
+            .i
+            .ferry
+            .apply(&feed, vec![change(extra, digest)])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(&format!("no upload sets: {path}")), "{e}");
+    }
     spoke
         .i
         .ferry
