@@ -221,13 +221,17 @@ pub async fn list(ferry: &Ferry, feed: &FeedRecord, dir: &str) -> Result<Vec<Ent
     Ok(out)
 }
 
-/// Of `changes` received from elsewhere and to be applied together, in
-/// order, the upserts that would make a path a file and a folder at once
-/// (a file under a live file, or a file where live files sit under it),
-/// judged on what is stored and what the changes before it leave: their
-/// positions and why. A delete of the file or of the folder's files
-/// earlier in the same batch clears the way, as it does applied alone.
-/// A refused change is not counted as applied for the ones after it.
+/// Of `changes` received from elsewhere and to be applied together, the
+/// upserts that would make a path a file and a folder at once (a file
+/// under a live file, or a file where live files sit under it): their
+/// positions and why. Judged on the state the batch leaves, not on its
+/// order — a bundle exported `--since` an earlier point lists each key
+/// where it first changed, with its current state, so the delete that
+/// frees a path may come after the file that needs it: every delete of
+/// the batch counts as done, and the upserts are taken in order, each
+/// against what is stored and the upserts accepted before it. (The write
+/// applies the batch's deletes first too: [`crate::Ferry`]'s
+/// `write_received`.) A refused change frees or takes nothing.
 pub(crate) async fn path_conflicts(
     ferry: &Ferry,
     feed: &FeedRecord,
@@ -260,13 +264,16 @@ pub(crate) async fn path_conflicts(
         .flatten()
         .map(|i| i.key)
         .collect();
-    // What the batch has done so far: key → live after it.
-    let mut overlay: HashMap<&str, bool> = HashMap::new();
+    // The batch's effect so far: key → live. Every delete first.
+    let mut overlay: HashMap<&str, bool> = changes
+        .iter()
+        .filter(|c| matches!(c.op, ferry_store::ChangeOp::Delete))
+        .map(|c| (c.key.as_str(), false))
+        .collect();
     let mut refused = Vec::new();
     for (i, change) in changes.iter().enumerate() {
         let key = change.key.as_str();
         if !matches!(change.op, ferry_store::ChangeOp::Upsert { .. }) {
-            overlay.insert(key, false);
             continue;
         }
         let live = |k: &ItemKey, overlay: &HashMap<&str, bool>| {

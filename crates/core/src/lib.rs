@@ -1005,29 +1005,33 @@ impl Ferry {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let outcomes = self
-            .0
-            .meta
-            .write_ordered(
-                feed.id,
-                changes
-                    .into_iter()
-                    .map(|c| {
-                        // Assets: a path is a file or a folder; checked
-                        // before (`assets::path_conflicts`) and here again,
-                        // in the write, against a racing local upload.
-                        let pre = if feed.feed_type == ferry_types::FeedType::Assets {
-                            Precondition::PathFree
-                        } else {
-                            Precondition::Any
-                        };
-                        (c, pre)
-                    })
-                    .collect(),
-                order,
-            )
-            .await?;
-        self.notify(feed.id, &outcomes)?;
+        // Assets: a path is a file or a folder — judged before on the
+        // state the batch leaves (`assets::path_conflicts`) and again in
+        // the write, against a racing local upload. The write takes the
+        // batch's deletes first, as that judgement does (stamps decide
+        // between changes of one key, whatever their order), and the
+        // outcomes are given back in the batch's order.
+        let assets = feed.feed_type == ferry_types::FeedType::Assets;
+        let mut at: Vec<usize> = (0..changes.len()).collect();
+        if assets {
+            at.sort_by_key(|i| !matches!(changes[*i].op, ChangeOp::Delete));
+        }
+        let pre = if assets {
+            Precondition::PathFree
+        } else {
+            Precondition::Any
+        };
+        let mut slots: Vec<Option<Change>> = changes.into_iter().map(Some).collect();
+        let ordered: Vec<(Change, Precondition)> = at
+            .iter()
+            .filter_map(|i| slots[*i].take().map(|c| (c, pre)))
+            .collect();
+        let written = self.0.meta.write_ordered(feed.id, ordered, order).await?;
+        self.notify(feed.id, &written)?;
+        let mut outcomes = written.clone();
+        for (w, i) in written.into_iter().zip(&at) {
+            outcomes[*i] = w;
+        }
         Ok(outcomes)
     }
 

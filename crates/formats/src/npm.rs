@@ -414,8 +414,18 @@ pub fn validate_item(
     match parsed {
         NpmItemKey::Version { name, version } => {
             let manifest = parse_version_item_metadata(&bytes)?;
-            if meta.as_object().is_some_and(|o| o.len() != 1) {
-                return bad("metadata has fields a publish never sets".into());
+            if let Some(o) = meta.as_object()
+                && o.len() != 1
+            {
+                let extra: Vec<&str> = o
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|k| *k != "manifest")
+                    .collect();
+                return bad(format!(
+                    "metadata has fields a publish never sets: {}",
+                    extra.join(", ")
+                ));
             }
             if manifest.get("name").and_then(Value::as_str) != Some(name.as_str()) {
                 return bad(format!("the manifest does not name package {name:?}"));

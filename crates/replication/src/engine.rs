@@ -710,9 +710,10 @@ impl<'a> Run<'a> {
                 .map(|s| format!("{} in feed {}", s.key, s.feed))
                 .collect();
             let more = self.report.stuck.len().saturating_sub(names.len());
+            let n = self.report.stuck.len();
             first_error = Some(ReplError::Incomplete(format!(
-                "{} items could not be copied and will be retried: {}{}",
-                self.report.stuck.len(),
+                "{n} {} could not be copied and will be retried: {}{}",
+                if n == 1 { "item" } else { "items" },
                 names.join(", "),
                 if more > 0 {
                     format!(" and {more} more")

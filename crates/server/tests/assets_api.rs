@@ -707,8 +707,8 @@ fn utf8_percent(p: &str) -> String {
 /// What arrives by replication or a bundle keeps a path a file or a
 /// folder, never both: a file under a file stored here, or a file where
 /// files sit under it, is refused with the reason (and retried by later
-/// executions), judged in the batch's order — a delete earlier in the
-/// same batch clears the way, a refused change clears nothing.
+/// executions), judged on the state the batch leaves — a delete anywhere
+/// in the same batch clears the way, a refused change clears nothing.
 #[tokio::test]
 async fn replicated_files_keep_a_path_a_file_or_a_folder() {
     use bytes::Bytes;
@@ -781,6 +781,30 @@ async fn replicated_files_keep_a_path_a_file_or_a_folder() {
             .unwrap(),
     );
     assert_eq!(got, ["written", "written", "written", "written"]);
+    // A bundle exported `--since` an earlier point lists each key where it
+    // first changed, with its state now: the delete that frees a path may
+    // come after the file that needs it, and the batch still applies.
+    let r = i.send("PUT", "/assets/files/w", Some(&w), &[], "x").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let got = outcomes(
+        i.ferry
+            .apply_each(&feed, vec![up("w/x"), del("w")], false)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(got, ["written", "written"]);
+    assert_eq!(
+        i.send("GET", "/assets/files/w/x", None, &[], Body::empty())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        i.send("GET", "/assets/files/w", None, &[], Body::empty())
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
     let listed = i
         .send(
             "GET",
@@ -798,5 +822,5 @@ async fn replicated_files_keep_a_path_a_file_or_a_folder() {
         .map(|e| format!("{}:{}", e["type"].as_str().unwrap(), e["name"].as_str().unwrap()))
         .collect();
     names.sort();
-    assert_eq!(names, ["file:dir", "folder:fresh", "folder:p"]);
+    assert_eq!(names, ["file:dir", "folder:fresh", "folder:p", "folder:w"]);
 }
