@@ -259,7 +259,9 @@ repl_full_inner() {
             # Where the CPU goes on both ends: a call-graph profile of the
             # hub and the spoke during the copy (`perf report -i FILE`).
             mkdir -p "$BENCH_PERF"
-            perf record -q -F 499 -g -p "$HUB_PID,$SPOKE_PID" -o "$BENCH_PERF/repl-full-$run.data" \
+            # System-wide (-a): the threads either end starts during the
+            # copy are sampled too; `perf report --pid` picks one end.
+            perf record -q -F 1999 -a -o "$BENCH_PERF/repl-full-$run.data" \
                 >"$BENCH_TMP/perf.log" 2>&1 &
             perf_pid=$!
             sleep 0.5
