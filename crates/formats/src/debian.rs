@@ -444,6 +444,9 @@ pub fn inspect_deb<R: Read>(reader: R, limits: &ArchiveLimits) -> Result<DebInfo
                 if control.is_none() {
                     return Err(not_deb("data.tar comes before control.tar".into()));
                 }
+                if seen_data {
+                    return Err(not_deb(format!("a second data member, {n:?}")));
+                }
                 // Read through, so a truncated archive is noticed.
                 let want = entry.header().size();
                 let got = std::io::copy(&mut entry, &mut std::io::sink())
@@ -475,7 +478,13 @@ fn read_control_tar<R: Read>(name: &str, entry: R, limits: &ArchiveLimits) -> Re
     let decoder: Box<dyn Read + '_> = match name {
         "control.tar" => Box::new(bounded),
         "control.tar.gz" => Box::new(flate2::read::GzDecoder::new(bounded)),
-        "control.tar.xz" => Box::new(xz2::read::XzDecoder::new(bounded)),
+        "control.tar.xz" => {
+            // The stream names the dictionary its decoder needs; without a
+            // ceiling a 92 KB member could ask for gigabytes.
+            let stream = xz2::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0)
+                .map_err(|e| FormatError::invalid(format!("{name}: {e}")))?;
+            Box::new(xz2::read::XzDecoder::new_stream(bounded, stream))
+        }
         "control.tar.zst" => Box::new(
             zstd::stream::read::Decoder::new(bounded)
                 .map_err(|e| FormatError::invalid(format!("{name}: {e}")))?,
@@ -490,16 +499,33 @@ fn read_control_tar<R: Read>(name: &str, entry: R, limits: &ArchiveLimits) -> Re
     let entries = tar
         .entries()
         .map_err(|e| FormatError::invalid(format!("{name}: {e}")))?;
+    let unreadable = |e: std::io::Error| {
+        let memory = e.to_string().to_ascii_lowercase().contains("memory");
+        if memory {
+            FormatError::too_large(format!(
+                "{name}: its xz stream needs more than {} MiB of memory to decode",
+                XZ_MEMLIMIT >> 20
+            ))
+        } else {
+            FormatError::invalid(format!("{name}: {e}"))
+        }
+    };
+    // Read to the end: dpkg unpacks every member and the last `control`
+    // is the one it uses; a second one is refused rather than guessed at.
+    let mut control = None;
     for (n, e) in entries.enumerate() {
         if n as u64 >= limits.max_entries {
             return Err(FormatError::too_large(format!("{name} has too many entries")));
         }
-        let e = e.map_err(|e| FormatError::invalid(format!("{name}: {e}")))?;
-        let path = e
-            .path()
-            .map_err(|e| FormatError::invalid(format!("{name}: {e}")))?;
+        let e = e.map_err(unreadable)?;
+        let path = e.path().map_err(unreadable)?;
         let path = path.to_string_lossy();
         if path.trim_start_matches("./") == "control" {
+            if control.is_some() {
+                return Err(FormatError::invalid(format!(
+                    "{name} holds the control file twice (dpkg would use the last, Ferry the first): rebuild the package"
+                )));
+            }
             if e.header().size().unwrap_or(u64::MAX) > limits.max_metadata_bytes {
                 return Err(FormatError::too_large("the control file is too large"));
             }
@@ -507,11 +533,15 @@ fn read_control_tar<R: Read>(name: &str, entry: R, limits: &ArchiveLimits) -> Re
             e.take(limits.max_metadata_bytes)
                 .read_to_string(&mut text)
                 .map_err(|e| FormatError::invalid(format!("{name}: control: {e}")))?;
-            return Ok(text);
+            control = Some(text);
         }
     }
-    Err(FormatError::invalid(format!("{name} has no control file")))
+    control.ok_or_else(|| FormatError::invalid(format!("{name} has no control file")))
 }
+
+/// Most memory the xz decoder of a `control.tar.xz` may use: `xz -9`
+/// packs with a 64 MiB dictionary, which takes some 65 MiB to decode.
+const XZ_MEMLIMIT: u64 = 96 << 20;
 
 /// One index file of a distribution, as listed in `Release`.
 #[derive(Debug, Clone)]
@@ -717,6 +747,98 @@ mod tests {
         assert!(identify(parse_control("Package: hello\nVersion: 1.0\n").unwrap()).is_err());
         assert!(parse_control("Package: a\n\nPackage: b\n").is_err());
         assert!(parse_control("Package: a\nPackage: b\n").is_err());
+    }
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(path).unwrap();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append(&h, *data).unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    fn deb_of(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut ar = ar::Builder::new(Vec::new());
+        for (name, data) in members {
+            let h = ar::Header::new(name.as_bytes().to_vec(), data.len() as u64);
+            ar.append(&h, &data[..]).unwrap();
+        }
+        ar.into_inner().unwrap()
+    }
+
+    const CONTROL: &[u8] = b"Package: one\nVersion: 1.0\nArchitecture: all\nDescription: d\n x\n";
+
+    #[test]
+    fn a_control_file_given_twice_or_a_second_data_member_is_refused() {
+        let other = b"Package: two\nVersion: 6.6\nArchitecture: all\nDescription: d\n x\n";
+        let data = tar_of(&[("./usr/x", b"x")]);
+        let twice = deb_of(&[
+            ("debian-binary", b"2.0\n".to_vec()),
+            (
+                "control.tar",
+                tar_of(&[("./control", CONTROL), ("./control", other)]),
+            ),
+            ("data.tar", data.clone()),
+        ]);
+        let e = inspect_deb(&twice[..], &ArchiveLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds the control file twice"), "{e}");
+        let two_data = deb_of(&[
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar", tar_of(&[("./control", CONTROL)])),
+            ("data.tar", data.clone()),
+            ("data.tar", data.clone()),
+        ]);
+        let e = inspect_deb(&two_data[..], &ArchiveLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a second data member"), "{e}");
+        let once = deb_of(&[
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar", tar_of(&[("./control", CONTROL)])),
+            ("data.tar", data),
+        ]);
+        assert_eq!(
+            inspect_deb(&once[..], &ArchiveLimits::default()).unwrap().package,
+            "one"
+        );
+    }
+
+    #[test]
+    fn an_xz_control_member_asking_for_a_huge_dictionary_is_refused() {
+        use std::io::Write as _;
+        let mut enc = xz2::write::XzEncoder::new(Vec::new(), 1);
+        enc.write_all(&tar_of(&[("./control", CONTROL)])).unwrap();
+        let xz = enc.finish().unwrap();
+        let data = tar_of(&[("./usr/x", b"x")]);
+        let deb = |xz: Vec<u8>| {
+            deb_of(&[
+                ("debian-binary", b"2.0\n".to_vec()),
+                ("control.tar.xz", xz),
+                ("data.tar", data.clone()),
+            ])
+        };
+        assert!(inspect_deb(&deb(xz.clone())[..], &ArchiveLimits::default()).is_ok());
+        // The block header after the 12-byte stream header: its size, its
+        // flags, the LZMA2 filter (0x21) with one property byte, the
+        // dictionary size, then its CRC32. 36 says 1 GiB.
+        let mut big = xz;
+        let head = 12;
+        let size = (usize::from(big[head]) + 1) * 4;
+        assert_eq!(&big[head + 2..head + 4], &[0x21, 0x01]);
+        big[head + 4] = 36;
+        let mut crc = flate2::Crc::new();
+        crc.update(&big[head..head + size - 4]);
+        big[head + size - 4..head + size].copy_from_slice(&crc.sum().to_le_bytes());
+        let e = inspect_deb(&deb(big)[..], &ArchiveLimits::default()).unwrap_err();
+        assert!(matches!(e, FormatError::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("more than 96 MiB of memory"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,38 @@ pub mod oci;
 pub mod pypi;
 pub mod rpm;
 
+/// Inflates every entry of a zip archive once, no further than its header
+/// declares (APPNOTE.TXT 4.4.9), and so checks its CRC-32: an entry that
+/// understates its size (a bomb the sum of declared sizes cannot see) is
+/// [`FormatError::TooLarge`], one whose bytes do not match their CRC or
+/// cannot be inflated is [`FormatError::Invalid`]. `what` names the
+/// archive in the messages ("the package"). Refused here rather than by
+/// the clients that would unpack it after Ferry had published it.
+pub(crate) fn inflate_every_entry<R: std::io::Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    what: &str,
+) -> Result<(), FormatError> {
+    use std::io::Read as _;
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| FormatError::invalid(format!("{what}'s zip entry {i} is unreadable: {e}")))?;
+        let declared = entry.size();
+        let name = entry.name().to_owned();
+        let inflated = std::io::copy(
+            &mut (&mut entry).take(declared.saturating_add(1)),
+            &mut std::io::sink(),
+        )
+        .map_err(|e| FormatError::invalid(format!("{what}'s entry {name:?} is corrupt: {e}")))?;
+        if inflated > declared {
+            return Err(FormatError::too_large(format!(
+                "{what}'s entry {name:?} expands past the {declared} bytes its header declares"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Why an upload or a request body was refused. The message is shown to the
 /// user as the reason of a 4xx response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

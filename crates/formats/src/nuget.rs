@@ -553,27 +553,7 @@ pub fn inspect_nupkg<R: Read + Seek>(reader: R, limits: &ArchiveLimits) -> Resul
         }
     }
     let index = nuspec.ok_or_else(|| FormatError::invalid("the package has no .nuspec at its root"))?;
-    // Every entry inflated once, no further than it declares: a header that
-    // understates its entry's size (a bomb the sum above cannot see) or
-    // bytes that do not match their CRC are refused here, not by the
-    // clients that would unpack them.
-    for i in 0..zip.len() {
-        let mut entry = zip
-            .by_index(i)
-            .map_err(|e| FormatError::invalid(format!("the package's zip entry {i} is unreadable: {e}")))?;
-        let declared = entry.size();
-        let name = entry.name().to_owned();
-        let inflated = io::copy(
-            &mut (&mut entry).take(declared.saturating_add(1)),
-            &mut io::sink(),
-        )
-        .map_err(|e| FormatError::invalid(format!("the package's entry {name:?} is corrupt: {e}")))?;
-        if inflated > declared {
-            return Err(FormatError::too_large(format!(
-                "the package's entry {name:?} expands past the {declared} bytes its header declares"
-            )));
-        }
-    }
+    crate::inflate_every_entry(&mut zip, "the package")?;
     let entry = zip
         .by_index(index)
         .map_err(|e| FormatError::invalid(format!("the package's .nuspec is unreadable: {e}")))?;
@@ -704,11 +684,43 @@ pub fn parse_nuspec(raw: Vec<u8>) -> Result<Nuspec, FormatError> {
     };
     let mut license_type = String::new();
     let mut text_buf = String::new();
+    // Elements of <package> and of its <metadata> seen so far: the nuspec
+    // schema allows each once, and NuGet reads the first of a repeated one
+    // where a later one would be read here.
+    let mut seen: std::collections::HashSet<(usize, String)> = std::collections::HashSet::new();
+    let mut roots = 0;
     loop {
         let ev = reader.read_event().map_err(|e| bad(&e))?;
         match ev {
+            Event::Decl(ref d) => {
+                if let Some(enc) = d.encoding() {
+                    let enc = enc.map_err(|e| bad(&e))?;
+                    let enc = String::from_utf8_lossy(&enc).to_ascii_lowercase();
+                    if !matches!(enc.as_str(), "utf-8" | "utf8" | "us-ascii" | "ascii") {
+                        return Err(FormatError::invalid(format!(
+                            "the .nuspec declares encoding {enc:?}; a .nuspec must be UTF-8"
+                        )));
+                    }
+                }
+            }
             Event::Start(ref e) | Event::Empty(ref e) => {
                 let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if path.is_empty() {
+                    roots += 1;
+                    if roots > 1 {
+                        return Err(FormatError::invalid(format!(
+                            "the .nuspec has a second root element <{name}>"
+                        )));
+                    }
+                }
+                let in_package = path.len() == 1 && path[0] == "package";
+                let in_metadata = path.len() == 2 && path[0] == "package" && path[1] == "metadata";
+                if (in_package || in_metadata) && !seen.insert((path.len(), name.clone())) {
+                    let parent = if in_package { "package" } else { "metadata" };
+                    return Err(FormatError::invalid(format!(
+                        "the .nuspec has <{name}> twice in <{parent}> (NuGet reads the first; each may appear once)"
+                    )));
+                }
                 let mut attrs = std::collections::HashMap::new();
                 for a in e.attributes() {
                     let a = a.map_err(|e| bad(&e))?;
@@ -1915,6 +1927,45 @@ mod tests {
         ] {
             assert!(VersionRange::parse(bad).is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn repeated_metadata_a_second_root_or_a_foreign_encoding_is_refused() {
+        assert!(parse_nuspec(NUSPEC.as_bytes().to_vec()).is_ok());
+        let refused = |spec: String, says: &str| {
+            let e = parse_nuspec(spec.into_bytes()).unwrap_err().to_string();
+            assert!(e.contains(says), "{says}: {e}");
+        };
+        // NuGet reads the first <id>; a later one must not name the package.
+        refused(
+            NUSPEC.replace("<tags>", "<id>Evil</id><version>9.9.9</version><tags>"),
+            "<id> twice in <metadata>",
+        );
+        refused(
+            NUSPEC.replace("</metadata>", "</metadata><metadata><id>Evil</id><version>6.6.6</version><description>x</description></metadata>"),
+            "<metadata> twice in <package>",
+        );
+        refused(
+            NUSPEC.replace("<tags>demo test</tags>", "<tags>a</tags><tags>b</tags>"),
+            "<tags> twice",
+        );
+        refused(format!("{NUSPEC}<package/>"), "second root element");
+        refused(
+            NUSPEC.replace("encoding=\"utf-8\"", "encoding=\"utf-16\""),
+            "encoding \"utf-16\"",
+        );
+        // Nested elements of the same name elsewhere stay allowed.
+        assert!(
+            parse_nuspec(
+                NUSPEC
+                    .replace(
+                        "<group targetFramework=\"netstandard2.0\" />",
+                        "<group targetFramework=\"netstandard2.0\" /><group targetFramework=\"net6.0\" />"
+                    )
+                    .into_bytes()
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -362,6 +362,75 @@ fn be32(b: &[u8]) -> u64 {
     u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
+/// Most values, summed over a header's string-array entries, a header may
+/// declare: each becomes a string of its own when the header is read.
+/// The largest distribution packages list some 10^5 files in about ten
+/// such tags.
+const MAX_HEADER_STRINGS: u64 = 4_000_000;
+
+/// Checks the index of one RPM header (`header`: its 16-byte intro, its
+/// index entries and its data section, as stored) before the header is
+/// parsed: every entry has a known type, and the values it declares
+/// (`count` values from `offset`, at their smallest: one byte per string)
+/// fit in the data section; a tag appears once; and the entries together
+/// declare no more than twice the data section in fixed-size values and
+/// [`MAX_HEADER_STRINGS`] strings. The header's reader sets memory aside
+/// for what an entry declares before it looks at the data, so a header of
+/// a few hundred bytes declaring 2^32 values would otherwise exhaust the
+/// memory of the process (RPM's `headerVerifyInfo` refuses the same
+/// entries). Invalid: which entry is wrong and why.
+fn check_index(header: &[u8], what: &str) -> Result<(), FormatError> {
+    let bad = |why: String| FormatError::invalid(format!("not a valid RPM {what} header: {why}"));
+    let count = be32(&header[8..]);
+    let data = be32(&header[12..]);
+    let index = header.get(16..16 + count as usize * 16).unwrap_or_default();
+    let mut tags = std::collections::HashSet::with_capacity(count as usize);
+    let (mut fixed, mut strings) = (0u64, 0u64);
+    for (n, e) in index.chunks_exact(16).enumerate() {
+        let tag = be32(e);
+        let kind = be32(&e[4..]);
+        let offset = be32(&e[8..]);
+        let values = be32(&e[12..]);
+        // RPM's header types (rpmtag.h): CHAR, INT8, INT16, INT32, INT64,
+        // STRING, BIN, STRING_ARRAY, I18NSTRING; NULL carries nothing.
+        let width = match kind {
+            0 => 0,
+            1 | 2 | 6..=9 => 1,
+            3 => 2,
+            4 => 4,
+            5 => 8,
+            _ => return Err(bad(format!("entry {n} (tag {tag}) has unknown type {kind}"))),
+        };
+        if !tags.insert(tag) {
+            return Err(bad(format!("tag {tag} appears more than once")));
+        }
+        // An offset is a signed 32-bit number; a negative one is not in
+        // the data section either.
+        let smallest = values * width;
+        if offset > data || smallest > data - offset {
+            return Err(bad(format!(
+                "entry {n} (tag {tag}) declares {values} values from byte {offset}, past the {data}-byte data section"
+            )));
+        }
+        match kind {
+            8 | 9 => strings += values,
+            6 => strings += 1,
+            _ => fixed += smallest,
+        }
+    }
+    if fixed > data.saturating_mul(2) {
+        return Err(bad(format!(
+            "its entries declare {fixed} bytes of values in a {data}-byte data section"
+        )));
+    }
+    if strings > MAX_HEADER_STRINGS {
+        return Err(FormatError::too_large(format!(
+            "the RPM {what} header declares {strings} strings (at most {MAX_HEADER_STRINGS})"
+        )));
+    }
+    Ok(())
+}
+
 /// Reads the lead, the signature header and the main header of an `.rpm`
 /// (`len` bytes long) and what the repodata needs from them. Invalid:
 /// not an RPM (no lead or header magic), a source package, a header over
@@ -411,19 +480,24 @@ pub fn inspect_rpm<R: Read>(mut reader: R, len: u64) -> Result<RpmInfo, FormatEr
         raw.resize(from + (body + pad) as usize, 0);
         reader.read_exact(&mut raw[from..]).map_err(|_| truncated())?;
         if i == 0 {
+            // (The main header's index is checked with its parse, below.)
+            check_index(&raw[at..from + body as usize], what)?;
             header_start = raw.len() as u64;
         }
     }
     let header_end = raw.len() as u64;
     // The rpm crate's parser, on bytes whose sizes were checked above; a
     // panic inside it on crafted input is a refusal, not a crash.
-    let parsed = std::panic::catch_unwind(|| {
-        let mut cursor = std::io::Cursor::new(&raw[..]);
-        ::rpm::PackageMetadata::parse(&mut cursor)
-    })
-    .map_err(|_| FormatError::invalid("not a valid RPM header"))
-    .and_then(|r| r.map_err(|e| FormatError::invalid(format!("not a valid RPM header: {e}"))))
-    .map_err(|e| {
+    let parsed = check_index(&raw[header_start as usize..], "main")
+        .and_then(|()| {
+            std::panic::catch_unwind(|| {
+                let mut cursor = std::io::Cursor::new(&raw[..]);
+                ::rpm::PackageMetadata::parse(&mut cursor)
+            })
+            .map_err(|_| FormatError::invalid("not a valid RPM header"))
+        })
+        .and_then(|r| r.map_err(|e| FormatError::invalid(format!("not a valid RPM header: {e}"))))
+        .map_err(|e| {
         // A header changed after it was made is first of all corrupted:
         // said so when the signature header's digest of it disagrees.
         let sig = &raw[LEAD_SIZE as usize..header_start as usize];
@@ -1105,6 +1179,67 @@ mod tests {
         );
         assert!(parse_evr("1.0").is_err());
         assert!(parse_evr("x:1-1").is_err());
+    }
+
+    /// A lead, an empty signature header and a main header made of
+    /// `entries` (tag, type, offset, count) over `data`.
+    fn crafted(entries: &[(u32, u32, u32, u32)], data: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 96];
+        f[..4].copy_from_slice(&LEAD_MAGIC);
+        f[4] = 3;
+        f.extend_from_slice(&HEADER_MAGIC);
+        f.extend_from_slice(&[0; 12]);
+        f.extend_from_slice(&HEADER_MAGIC);
+        f.extend_from_slice(&[0; 4]);
+        f.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        f.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        for (tag, kind, offset, count) in entries {
+            for v in [tag, kind, offset, count] {
+                f.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        f.extend_from_slice(data);
+        f.extend_from_slice(&[0; 64]);
+        f
+    }
+
+    #[test]
+    fn header_entries_declaring_more_than_their_data_are_refused_before_parsing() {
+        // 2^32 - 1 INT64 values in 8 bytes of data: the header's reader
+        // would set aside 32 GiB for them and abort the process.
+        let f = crafted(&[(1000, 5, 0, u32::MAX)], &[0; 8]);
+        let e = inspect_rpm(&f[..], f.len() as u64).unwrap_err();
+        assert!(matches!(e, FormatError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("past the 8-byte data section"), "{e}");
+        // Many entries over the same bytes: each would be read into a
+        // value of its own (40 × 4 MB from one 4 MB header).
+        let data = vec![0u8; 1 << 20];
+        let many: Vec<_> = (0..40).map(|i| (1000 + i, 4, 0, 1 << 18)).collect();
+        let f = crafted(&many, &data);
+        let e = inspect_rpm(&f[..], f.len() as u64).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("bytes of values in a 1048576-byte data section"),
+            "{e}"
+        );
+        // An unknown type, a negative offset, a tag given twice.
+        for (entries, says) in [
+            (vec![(1000, 10, 0, 1)], "unknown type 10"),
+            (vec![(1000, 4, 0xffff_fff0, 1)], "past the"),
+            (
+                vec![(1000, 4, 0, 1), (1000, 4, 4, 1)],
+                "tag 1000 appears more than once",
+            ),
+        ] {
+            let f = crafted(&entries, &[0; 16]);
+            let e = inspect_rpm(&f[..], f.len() as u64).unwrap_err().to_string();
+            assert!(e.contains(says), "{says}: {e}");
+        }
+        // Millions of one-byte strings: a string each when read.
+        let data = vec![0u8; 5_000_000];
+        let f = crafted(&[(1117, 8, 0, 5_000_000)], &data);
+        let e = inspect_rpm(&f[..], f.len() as u64).unwrap_err();
+        assert!(matches!(e, FormatError::TooLarge(_)), "{e}");
     }
 
     #[test]

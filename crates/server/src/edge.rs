@@ -144,7 +144,18 @@ where
         if !req.body().is_end_stream() {
             seen.stalled = req.extensions().get::<BodyWatch>().map(|w| w.0.clone());
             DefaultBodyLimit::disable().apply(&mut req);
-            req = req.map(|body| Body::new(body.map_err(CoreError::client_body_error)));
+            let form = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::form_guard::boundary_of);
+            req = match form {
+                Some(boundary) => req.map(|body| {
+                    let guarded = crate::form_guard::FormGuard::new(body, &boundary);
+                    Body::new(guarded.map_err(CoreError::client_body_error))
+                }),
+                None => req.map(|body| Body::new(body.map_err(CoreError::client_body_error))),
+            };
         }
         EdgeFuture {
             inner: Some(self.inner.call(req)),

@@ -11,6 +11,7 @@ mod debian;
 pub mod declare;
 mod edge;
 pub mod error;
+mod form_guard;
 mod mgmt;
 mod mgmt_replication;
 mod npm;

@@ -248,6 +248,7 @@ fn read_zip_metadata<R: Read + Seek>(
     if size > limits.max_metadata_bytes {
         return Err(too_big_metadata(&source, limits));
     }
+    crate::inflate_every_entry(&mut zip, filename)?;
     let entry = zip
         .by_index(index)
         .map_err(|e| FormatError::invalid(format!("could not read {source} from {filename:?}: {e}")))?;

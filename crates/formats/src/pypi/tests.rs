@@ -320,7 +320,39 @@ fn lying_metadata_size_is_capped() {
         ..ArchiveLimits::default()
     };
     let m = too_large(inspect_with("foo-1.0-py3-none-any.whl", &bytes, limits));
-    assert!(m.contains("METADATA is larger than 1000"), "{m}");
+    assert!(m.contains("METADATA\" expands past the 100 bytes"), "{m}");
+}
+
+#[test]
+fn any_entry_inflating_past_its_declared_size_is_refused() {
+    // Not the metadata: a data file whose headers claim 10 bytes.
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    w.start_file("foo-1.0.dist-info/METADATA", opts).unwrap();
+    w.write_all(metadata("foo", "1.0").as_bytes()).unwrap();
+    w.start_file("foo/data.bin", opts).unwrap();
+    w.write_all(&vec![0u8; 1 << 20]).unwrap();
+    let mut bytes = w.finish().unwrap().into_inner();
+    let real = (1u32 << 20).to_le_bytes();
+    for (sig, off) in [([0x50, 0x4b, 0x03, 0x04], 22), ([0x50, 0x4b, 0x01, 0x02], 24)] {
+        let at = bytes
+            .windows(4)
+            .enumerate()
+            .filter(|(_, w)| *w == sig)
+            .map(|(i, _)| i + off)
+            .find(|&at| bytes[at..at + 4] == real)
+            .unwrap();
+        bytes[at..at + 4].copy_from_slice(&10u32.to_le_bytes());
+    }
+    let m = too_large(inspect_with(
+        "foo-1.0-py3-none-any.whl",
+        &bytes,
+        ArchiveLimits::default(),
+    ));
+    assert!(
+        m.contains("\"foo/data.bin\" expands past the 10 bytes its header declares"),
+        "{m}"
+    );
 }
 
 #[test]
