@@ -409,16 +409,13 @@ pub fn identify(fields: Vec<(String, String)>) -> Result<DebInfo, FormatError> {
 /// from the archive, never from a file name; sizes are bounded by `limits`.
 pub fn inspect_deb<R: Read>(reader: R, limits: &ArchiveLimits) -> Result<DebInfo, FormatError> {
     let not_deb = |why: String| FormatError::invalid(format!("not a Debian package (.deb): {why}"));
-    let mut ar = ar::Archive::new(reader);
+    let mut ar = DebMembers::new(reader).map_err(not_deb)?;
     let mut seen_binary = false;
     let mut control: Option<String> = None;
     let mut seen_data = false;
     let mut index = 0;
-    while let Some(entry) = ar.next_entry() {
-        let mut entry = entry.map_err(|e| not_deb(e.to_string()))?;
-        let name = String::from_utf8_lossy(entry.header().identifier())
-            .trim_end_matches('/')
-            .to_owned();
+    while let Some((name, size)) = ar.next_member().map_err(not_deb)? {
+        let mut entry = ar.member();
         match (index, name.as_str()) {
             (0, "debian-binary") => {
                 let mut v = String::new();
@@ -448,7 +445,7 @@ pub fn inspect_deb<R: Read>(reader: R, limits: &ArchiveLimits) -> Result<DebInfo
                     return Err(not_deb(format!("a second data member, {n:?}")));
                 }
                 // Read through, so a truncated archive is noticed.
-                let want = entry.header().size();
+                let want = size;
                 let got = std::io::copy(&mut entry, &mut std::io::sink())
                     .map_err(|e| not_deb(format!("{n}: {e}")))?;
                 if got != want {
@@ -471,6 +468,106 @@ pub fn inspect_deb<R: Read>(reader: R, limits: &ArchiveLimits) -> Result<DebInfo
         return Err(not_deb("no data.tar member (truncated?)".into()));
     }
     identify(parse_control(&control)?)
+}
+
+/// The members of a `.deb`'s `ar` archive, read in order (`deb(5)`:
+/// the common `ar` format, `!<arch>\n` then for each member a 60-byte
+/// header — name, mtime, owner, group, mode, decimal size, "`\n" — and
+/// its bytes, padded to an even length). Read here rather than with the
+/// `ar` crate, which sets aside memory for the sizes a GNU name table or
+/// a BSD long name declare before reading them (up to 10 GB from a
+/// 60-byte header); neither belongs in a `.deb`, and both are refused.
+struct DebMembers<R> {
+    reader: R,
+    /// Bytes of the current member not yet read, and its padding byte.
+    left: u64,
+    pad: bool,
+}
+
+impl<R: Read> DebMembers<R> {
+    fn new(mut reader: R) -> Result<Self, String> {
+        let mut magic = [0u8; 8];
+        reader
+            .read_exact(&mut magic)
+            .map_err(|_| "shorter than the ar archive's magic".to_owned())?;
+        if &magic != b"!<arch>\n" {
+            return Err("not an ar archive".into());
+        }
+        Ok(DebMembers {
+            reader,
+            left: 0,
+            pad: false,
+        })
+    }
+
+    /// The next member's name (trailing spaces and a GNU `/` cut) and
+    /// size, after skipping what is left of the current one; None at the
+    /// end of the archive.
+    fn next_member(&mut self) -> Result<Option<(String, u64)>, String> {
+        let skip = self.left + u64::from(self.pad);
+        let skipped = std::io::copy(&mut (&mut self.reader).take(skip), &mut std::io::sink())
+            .map_err(|e| e.to_string())?;
+        if skipped != skip {
+            return Err("truncated inside a member".into());
+        }
+        let mut head = [0u8; 60];
+        let mut got = 0;
+        while got < head.len() {
+            match self.reader.read(&mut head[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < head.len() || &head[58..] != b"`\n" {
+            return Err("a member header is cut off or damaged".into());
+        }
+        let name = std::str::from_utf8(&head[..16])
+            .map_err(|_| "a member name is not UTF-8".to_owned())?
+            .trim_end_matches(' ');
+        if name.starts_with('/') || name.starts_with("#1/") {
+            return Err(format!(
+                "member {name:?}: long-name tables and symbol tables do not belong in a .deb"
+            ));
+        }
+        let name = name.strip_suffix('/').unwrap_or(name).to_owned();
+        let size = std::str::from_utf8(&head[48..58])
+            .ok()
+            .map(|s| s.trim_end_matches(' '))
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| format!("member {name:?} has no decimal size"))?;
+        self.left = size;
+        self.pad = size % 2 == 1;
+        Ok(Some((name, size)))
+    }
+
+    /// The current member's bytes (as many as [`Self::next_member`]
+    /// said), counted so that the next call skips the rest.
+    fn member(&mut self) -> impl Read + '_ {
+        Member { members: self }
+    }
+}
+
+/// A reader of one member's bytes ([`DebMembers::member`]).
+struct Member<'a, R> {
+    members: &'a mut DebMembers<R>,
+}
+
+impl<R: Read> Read for Member<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = (buf.len() as u64).min(self.members.left) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.members.reader.read(&mut buf[..want])?;
+        self.members.left -= n as u64;
+        Ok(n)
+    }
 }
 
 fn read_control_tar<R: Read>(name: &str, entry: R, limits: &ArchiveLimits) -> Result<String, FormatError> {
@@ -808,6 +905,61 @@ mod tests {
             inspect_deb(&once[..], &ArchiveLimits::default()).unwrap().package,
             "one"
         );
+    }
+
+    #[test]
+    fn ar_name_tables_and_long_names_are_refused_before_any_allocation() {
+        let head = |name: &str, size: &str| {
+            let mut h = format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{size:<10}`\n", 0, 0, 0, 644).into_bytes();
+            assert_eq!(h.len(), 60);
+            h.splice(0..0, b"!<arch>\n".iter().copied());
+            h
+        };
+        // A GNU name table or a BSD long name declaring ~10 GB: the ar
+        // crate allocated that much before reading a byte of it.
+        for (name, says) in [
+            ("//", "long-name tables"),
+            ("#1/9999999999", "long-name tables"),
+            ("/", "symbol tables"),
+        ] {
+            let e = inspect_deb(&head(name, "9999999999")[..], &ArchiveLimits::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{name}: {e}");
+        }
+        for (bytes, says) in [
+            (head("debian-binary", "x1"), "no decimal size"),
+            (head("debian-binary", "10")[..40].to_vec(), "cut off or damaged"),
+            (b"!<arch>x".to_vec(), "not an ar archive"),
+        ] {
+            let e = inspect_deb(&bytes[..], &ArchiveLimits::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{says}: {e}");
+        }
+        // GNU-style names ("name/") and odd sizes padded to even are read.
+        let mut deb = b"!<arch>\n".to_vec();
+        for (name, data) in [
+            ("debian-binary/", b"2.0\n".to_vec()),
+            ("control.tar/", tar_of(&[("./control", CONTROL)])),
+            ("data.tar/", tar_of(&[("./usr/x", b"x")])),
+            ("_extra/", b"odd".to_vec()),
+        ] {
+            deb.extend_from_slice(&head(name, &data.len().to_string())[8..]);
+            deb.extend_from_slice(&data);
+            if data.len() % 2 == 1 {
+                deb.push(b'\n');
+            }
+        }
+        assert_eq!(
+            inspect_deb(&deb[..], &ArchiveLimits::default()).unwrap().package,
+            "one"
+        );
+        // Cut inside the data member.
+        let e = inspect_deb(&deb[..deb.len() - 700], &ArchiveLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncated"), "{e}");
     }
 
     #[test]

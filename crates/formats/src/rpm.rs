@@ -498,19 +498,19 @@ pub fn inspect_rpm<R: Read>(mut reader: R, len: u64) -> Result<RpmInfo, FormatEr
         })
         .and_then(|r| r.map_err(|e| FormatError::invalid(format!("not a valid RPM header: {e}"))))
         .map_err(|e| {
-        // A header changed after it was made is first of all corrupted:
-        // said so when the signature header's digest of it disagrees.
-        let sig = &raw[LEAD_SIZE as usize..header_start as usize];
-        let header = &raw[header_start as usize..header_end as usize];
-        let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(header));
-        match signed_header_sha256(sig) {
-            Some(stated) if !stated.eq_ignore_ascii_case(&actual) => FormatError::invalid(format!(
-                "header digest RPMSIGTAG_SHA256 (SHA-256) mismatch: the package states {stated}, \
+            // A header changed after it was made is first of all corrupted:
+            // said so when the signature header's digest of it disagrees.
+            let sig = &raw[LEAD_SIZE as usize..header_start as usize];
+            let header = &raw[header_start as usize..header_end as usize];
+            let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(header));
+            match signed_header_sha256(sig) {
+                Some(stated) if !stated.eq_ignore_ascii_case(&actual) => FormatError::invalid(format!(
+                    "header digest RPMSIGTAG_SHA256 (SHA-256) mismatch: the package states {stated}, \
                  its header hashes to {actual}; the package is corrupted"
-            )),
-            _ => e,
-        }
-    })?;
+                )),
+                _ => e,
+            }
+        })?;
     let info = read_info(&parsed, header_start, header_end)?;
     // The signature header's size tag covers the main header and the payload.
     let declared = parsed
