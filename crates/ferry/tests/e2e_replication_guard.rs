@@ -183,3 +183,45 @@ fn a_mass_deletion_arriving_in_small_executions_is_stopped_too() {
     assert_eq!(spoke.asset_digests("files", "i/").len(), 100);
     spoke.cli_ok(&["replication", "verify", "from-hub"]);
 }
+
+/// A first push of a feed that deleted many items before: its tombstones
+/// name items the other side never had, so pushing them deletes nothing
+/// there and the guard lets the push through (it held everything, the
+/// additions too, until an operator confirmed deleting nothing).
+#[test]
+fn tombstones_of_items_the_other_side_never_had_do_not_trip_the_push_guard() {
+    let hub = Server::start();
+    hub.create_feed("tomb", "assets");
+    let token = hub.incoming("tombin", &["tomb"], "pull");
+
+    let edge = Server::start();
+    edge.create_feed("tomb", "assets");
+    let gone: Vec<(String, String)> = (0..120)
+        .map(|i| (format!("old/item-{i:03}.txt"), format!("old item {i}")))
+        .collect();
+    edge.put_assets("tomb", &gone);
+    let paths: Vec<String> = gone.iter().map(|(p, _)| p.clone()).collect();
+    edge.delete_assets("tomb", &paths);
+    edge.put_assets("tomb", &[("keep.txt".to_string(), "kept".to_string())]);
+    edge.outgoing(
+        "push-out",
+        &["tomb"],
+        &hub,
+        &token,
+        "push",
+        &["--interval", "3600"],
+    );
+    assert!(
+        wait_until(SYNC, || hub.asset_digests("tomb", "").len() == 1),
+        "keep.txt did not reach the hub: {:#?}",
+        edge.executions("push-out")
+    );
+    assert!(
+        !edge
+            .executions("push-out")
+            .iter()
+            .any(|e| e["outcome"] == "needs-confirmation"),
+        "{:#?}",
+        edge.executions("push-out")
+    );
+}

@@ -49,6 +49,15 @@ fn stalling(body: ByteStream, d: Duration) -> ByteStream {
     }))
 }
 
+/// Longest wait for a handshake's whole answer (it does little work on
+/// the other side).
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait for the whole answer of a request without a bound of its
+/// own (change pages have theirs: the long poll's wait and 30 s). Applying
+/// a page of received items checks each against its package, so this is
+/// generous; blob transfers are bounded by their stall timeouts instead.
+const ANSWER_WAIT: Duration = Duration::from_secs(600);
+
 #[derive(Clone)]
 pub struct Remote {
     http: reqwest::Client,
@@ -121,6 +130,28 @@ impl Remote {
     /// (something answered, but not as a Ferry instance does); a body cut
     /// off on the way is [`ReplError::Transport`].
     async fn json<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ReplError> {
+        self.json_within(rb, ANSWER_WAIT).await
+    }
+
+    /// [`Remote::json`], given up as [`ReplError::Transport`] when the
+    /// whole answer has not come within `limit` (a peer that accepts the
+    /// connection and never answers would otherwise hold the caller for
+    /// good: a start, a `config apply`, an execution).
+    async fn json_within<T: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+        limit: Duration,
+    ) -> Result<T, ReplError> {
+        match tokio::time::timeout(limit, self.json_answer(rb)).await {
+            Ok(r) => r,
+            Err(_) => Err(ReplError::Transport(format!(
+                "the other instance did not answer within {} s",
+                limit.as_secs()
+            ))),
+        }
+    }
+
+    async fn json_answer<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ReplError> {
         let resp = rb.send().await.map_err(transport)?;
         let resp = Self::check(resp).await?;
         let status = resp.status().as_u16();
@@ -143,7 +174,8 @@ impl Remote {
     pub async fn handshake(&self, req: &HandshakeRequest) -> Result<HandshakeResponse, ReplError> {
         // Every 409 of the handshake refuses this configuration (mode, same
         // instance, feed type, feed not in the replication), whatever its words.
-        self.post("/handshake", req).await.map_err(|e| match e {
+        let rb = self.req(Method::POST, "/handshake").json(req);
+        self.json_within(rb, HANDSHAKE_WAIT).await.map_err(|e| match e {
             ReplError::Remote { status: 409, message } => ReplError::Refused(message),
             e => e,
         })
@@ -178,11 +210,12 @@ impl Remote {
         if anchor != 0 {
             query.push(("anchor", anchor.to_string()));
         }
+        let limit = Duration::from_secs(wait_secs + 30);
         let rb = self
             .req(Method::GET, &format!("/feeds/{feed}/changes"))
             .query(&query)
-            .timeout(Duration::from_secs(wait_secs + 30));
-        self.json(rb).await
+            .timeout(limit);
+        self.json_within(rb, limit).await
     }
 
     /// The other side's current entries for `keys` (unknown keys left out).
@@ -240,6 +273,7 @@ impl Remote {
     pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, ReplError> {
         let resp = self
             .req(Method::HEAD, &format!("/blobs/{digest}"))
+            .timeout(HANDSHAKE_WAIT)
             .send()
             .await
             .map_err(transport)?;
@@ -321,5 +355,41 @@ impl Remote {
         let resp = rb.send().await.map_err(transport)?;
         Self::check(resp).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that accepts connections and never answers ends a request
+    /// with a transport error after the bound, instead of holding it.
+    #[tokio::test]
+    async fn a_peer_that_never_answers_is_given_up_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                open.push(conn);
+            }
+        });
+        let remote = Remote::new(
+            reqwest::Client::new(),
+            &format!("http://{addr}"),
+            "fst_0123456789abcdef_x",
+            ferry_types::InstanceId::random(),
+        );
+        let rb = remote
+            .req(Method::POST, "/handshake")
+            .json(&serde_json::json!({}));
+        let started = std::time::Instant::now();
+        let r: Result<serde_json::Value, _> = remote.json_within(rb, Duration::from_millis(300)).await;
+        match r {
+            Err(ReplError::Transport(m)) => assert!(m.contains("did not answer within"), "{m}"),
+            other => panic!("expected a transport error, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        held.abort();
     }
 }

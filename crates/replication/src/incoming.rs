@@ -26,6 +26,13 @@ pub struct Session {
     pub instance: Option<String>,
     /// Notes the end of this request as contact with the peer.
     pub request: Option<std::sync::Arc<crate::peers::PeerRequest>>,
+    /// The id of the sync token the request presented (checked again
+    /// after a long poll's wait: a token revoked meanwhile gets nothing).
+    pub token_id: String,
+    /// The replication's include/exclude filter. New incoming
+    /// replications cannot have one ([`ReplicationConfig::validate`]);
+    /// one stored before that still narrows what is listed.
+    pub filter: Filter,
 }
 
 const MAX_PAGE: usize = 1000;
@@ -71,11 +78,14 @@ impl Replicator {
         if config.communication != Communication::Incoming {
             return Err(refuse());
         }
+        let filter = Filter::new(&config.include, &config.exclude)?;
         let mut s = Session {
             record,
             config,
             instance: None,
             request: None,
+            token_id: id.to_owned(),
+            filter,
         };
         if let Some(request) = self.peer_request(&s, instance, id, address) {
             s.instance = instance.map(str::to_owned);
@@ -209,13 +219,54 @@ impl Replicator {
 
     /// Keeps what this side's mode sends: content if it pushes missing
     /// items, tombstones if it propagates deletions.
-    fn readable(s: &Session, e: &WireEntry) -> bool {
+    fn readable(s: &Session, feed: &FeedRecord, e: &WireEntry) -> bool {
         let f = s.config.mode.flows;
-        if e.deleted {
+        let flows = if e.deleted {
             f.delete_remote
         } else {
             f.push_missing
+        };
+        flows && s.filter.admits(feed.feed_type, &e.key)
+    }
+
+    /// Checks, after a long poll waited, that the session still holds:
+    /// its token not revoked, its replication still incoming, sending,
+    /// and holding `feed`. Errors: as [`Replicator::session`] and
+    /// [`Replicator::changes`] would refuse a new request.
+    async fn still_valid(&self, s: &Session, feed: &FeedName) -> Result<(), ReplError> {
+        let gone =
+            || ReplError::Unauthorized(format!("sync token {} was revoked on this instance", s.token_id));
+        let token = self.store().sync_token(&s.token_id).await?.ok_or_else(gone)?;
+        if token.revoked || token.replication_id != s.record.id {
+            return Err(gone());
         }
+        let record = self
+            .store()
+            .replication_by_id(s.record.id)
+            .await?
+            .ok_or_else(|| ReplError::Unauthorized("invalid or revoked sync token".into()))?;
+        let config: ReplicationConfig =
+            serde_json::from_value(record.config).map_err(|e| ReplError::Invalid(e.to_string()))?;
+        let now = Session {
+            record: s.record.clone(),
+            config,
+            instance: None,
+            request: None,
+            token_id: s.token_id.clone(),
+            filter: s.filter.clone(),
+        };
+        if now.config.communication != Communication::Incoming {
+            return Err(ReplError::Unauthorized("invalid or revoked sync token".into()));
+        }
+        self.require_read(&now)?;
+        self.session_feed(&now, feed.as_str()).await?;
+        if now.config.include != s.config.include || now.config.exclude != s.config.exclude {
+            return Err(ReplError::Conflict(format!(
+                "replication {}'s filters changed while the request waited; ask again",
+                s.record.name
+            )));
+        }
+        Ok(())
     }
 
     /// A page of the change log after `since`, waiting up to `wait` seconds
@@ -306,6 +357,8 @@ impl Replicator {
                 ) => {}
                 _ = stop.wait_for(|stopping| *stopping) => {}
             }
+            // What waited may have been revoked or narrowed meanwhile.
+            self.still_valid(s, &feed.name).await?;
         }
         let changes = meta.changes_since(feed.id, since, limit).await?;
         let last_seq = meta.last_seq(feed.id).await?;
@@ -342,7 +395,7 @@ impl Replicator {
             .await?
             .into_iter()
             .map(WireEntry::from)
-            .filter(|e| Self::readable(s, e))
+            .filter(|e| Self::readable(s, &feed, e))
             .collect();
         let inline = self.inline_blobs(&entries, extras.inline_max).await;
         Ok(ChangesPage {
@@ -434,7 +487,7 @@ impl Replicator {
             .await?
             .into_iter()
             .map(WireEntry::from)
-            .filter(|e| Self::readable(s, e))
+            .filter(|e| Self::readable(s, &feed, e))
             .collect())
     }
 
@@ -458,7 +511,7 @@ impl Replicator {
         let entries = page
             .into_iter()
             .map(WireEntry::from)
-            .filter(|e| Self::readable(s, e))
+            .filter(|e| Self::readable(s, &feed, e))
             .collect();
         Ok(EntriesPage { entries, next_after })
     }
@@ -547,13 +600,31 @@ impl Replicator {
             }
         }
         let n = entries.len();
+        // An entry outside the replication's filter here is refused alone.
+        let inside: Vec<usize> = (0..n)
+            .filter(|&i| s.filter.admits(feed.feed_type, &entries[i].key))
+            .collect();
         // An entry this side refuses (its stamp too far ahead of this
         // clock, say) is answered as refused; the others are applied.
         let outcomes = self
             .ferry()
-            .apply_each(&feed, entries.iter().map(WireEntry::to_change).collect(), false)
+            .apply_each(
+                &feed,
+                inside.iter().map(|&i| entries[i].to_change()).collect(),
+                false,
+            )
             .await?;
-        let out: Vec<WireOutcome> = outcomes.into_iter().map(WireOutcome::from).collect();
+        let mut out: Vec<WireOutcome> = (0..n)
+            .map(|_| WireOutcome::Refused {
+                reason: format!(
+                    "outside replication {}'s include/exclude filter on this instance",
+                    s.record.name
+                ),
+            })
+            .collect();
+        for (i, o) in inside.into_iter().zip(outcomes) {
+            out[i] = WireOutcome::from(o);
+        }
         let applied = out.iter().filter(|o| **o == WireOutcome::Applied).count();
         self.diag().log(
             Level::Debug,
@@ -680,6 +751,26 @@ impl Replicator {
     }
 
     /// The ids of the session's feeds that exist here.
+    /// Whether an item the replication's filter admits references
+    /// `digest` (always, without a filter): a filtered replication's peer
+    /// reads no blob only items outside the filter hold.
+    async fn blob_admitted(&self, s: &Session, digest: &Digest) -> Result<bool, ReplError> {
+        if s.filter.is_everything() {
+            return Ok(true);
+        }
+        for p in &s.config.feeds {
+            let Ok(feed) = self.ferry().feed(&p.local).await else {
+                continue;
+            };
+            for key in self.store().blob_keys(digest, feed.id, 1000).await? {
+                if s.filter.admits(feed.feed_type, &key) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     async fn session_feed_ids(&self, s: &Session) -> Result<Vec<ferry_store::FeedId>, ReplError> {
         let mut ids = Vec::new();
         for p in &s.config.feeds {
@@ -698,7 +789,7 @@ impl Replicator {
     pub async fn may_read_blob(&self, s: &Session, digest: &Digest) -> Result<(), ReplError> {
         let ids = self.session_feed_ids(s).await?;
         if s.config.mode.flows.push_missing {
-            if !self.store().blob_referenced(digest, &ids).await? {
+            if !self.store().blob_referenced(digest, &ids).await? || !self.blob_admitted(s, digest).await? {
                 return Err(ReplError::NotFound(format!(
                     "blob {digest} is not in the feeds of this replication"
                 )));
@@ -756,7 +847,7 @@ impl Replicator {
         };
         for w in req.blobs {
             let allowed = match &referenced {
-                Some(set) if set.contains(&w.digest) => Ok(()),
+                Some(set) if set.contains(&w.digest) && self.blob_admitted(s, &w.digest).await? => Ok(()),
                 Some(_) => Err(ReplError::NotFound(format!(
                     "blob {} is not in the feeds of this replication",
                     w.digest

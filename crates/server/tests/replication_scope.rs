@@ -245,3 +245,126 @@ async fn applied_entries_are_checked_as_their_feed_type_checks_uploads() {
     assert_eq!(r.json()["outcomes"][0], json!("applied"), "{}", r.text());
     assert_eq!(i.get("/assets/files/ok/b.txt").await.body, b"abc");
 }
+
+/// A long poll opened before its token was revoked answers the refusal,
+/// not the change that ended its wait: the token was checked when the
+/// request came in and is checked again before anything is sent.
+#[tokio::test]
+async fn a_long_poll_whose_token_is_revoked_while_it_waits_gets_nothing() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    put_asset(&i, "files", "before.txt", b"before").await;
+    let token = i.incoming("edge", &["files"], "push").await;
+    let first = i
+        .send(
+            "GET",
+            "/api/replication/v1/feeds/files/changes?since=0",
+            Some(&token),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let since = first.json()["last_seq"].as_i64().unwrap();
+    let uri = format!("/api/replication/v1/feeds/files/changes?since={since}&wait=30&inline_max=100000");
+    let poll = i.send("GET", &uri, Some(&token), &[], Body::empty());
+    let revoke_then_publish = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let id = &token[4..20];
+        let r = i
+            .send(
+                "DELETE",
+                &format!("/api/v1/replications/edge/tokens/{id}"),
+                Some(ADMIN),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        put_asset(&i, "files", "after-revoke.txt", b"published after the revocation").await;
+    };
+    let (r, ()) = tokio::join!(poll, revoke_then_publish);
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert!(r.text().contains("revoked"), "{}", r.text());
+    assert!(!r.text().contains("after-revoke"), "{}", r.text());
+}
+
+/// An incoming replication's include/exclude filter holds for its peers:
+/// items outside it are not listed, their blobs not sent (by digest or in
+/// a batch), and pushed entries outside it are refused one by one.
+#[tokio::test]
+async fn an_incoming_replication_filter_narrows_what_its_peers_read() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    put_asset(&i, "files", "share/a.txt", b"shared").await;
+    let secret: &'static [u8] = b"outside the filter";
+    put_asset(&i, "files", "dir/secret.txt", secret).await;
+    let body = json!({ "name": "filtered", "feeds": ["files"], "mode": "push", "include": ["share/**"] });
+    let r = i
+        .send(
+            "POST",
+            "/api/v1/replications",
+            Some(ADMIN),
+            &[JSON],
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = i
+        .send(
+            "POST",
+            "/api/v1/replications/filtered/tokens",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    let r = i
+        .send(
+            "GET",
+            "/api/replication/v1/feeds/files/changes?since=0",
+            Some(&token),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.text().contains("share/a.txt"), "{}", r.text());
+    assert!(!r.text().contains("secret"), "{}", r.text());
+    let r = i
+        .send(
+            "GET",
+            "/api/replication/v1/feeds/files/entries",
+            Some(&token),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert!(!r.text().contains("secret"), "{}", r.text());
+    let d = Digest::of(secret);
+    let r = i
+        .send(
+            "GET",
+            &format!("/api/replication/v1/blobs/{d}"),
+            Some(&token),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    let shared = Digest::of(b"shared");
+    let r = i
+        .send(
+            "POST",
+            "/api/replication/v1/blobs/batch",
+            Some(&token),
+            &[JSON],
+            json!({ "blobs": [{ "digest": d }, { "digest": shared }] }).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(!r.text().contains("outside the filter"), "{}", r.text());
+    assert!(r.text().contains("\"status\":404"), "{}", r.text());
+    assert!(r.text().contains("shared"), "{}", r.text());
+}

@@ -1394,6 +1394,22 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
         .unwrap();
     assert!(s.blob_referenced(&d, &[f.id]).await.unwrap());
     assert!(!s.blob_referenced(&d, &[f.id + 1000]).await.unwrap());
+    s.write(
+        f.id,
+        vec![(upsert("also-with-blob", 6, vec![d]), Precondition::Any)],
+    )
+    .await
+    .unwrap();
+    let keys: Vec<String> = s
+        .blob_keys(&d, f.id, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().to_owned())
+        .collect();
+    assert_eq!(keys, ["also-with-blob", "with-blob"]);
+    assert_eq!(s.blob_keys(&d, f.id, 1).await.unwrap().len(), 1);
+    assert!(s.blob_keys(&d, f.id + 1000, 10).await.unwrap().is_empty());
 
     // The bytes a reader from a cursor may have to move: each blob of a
     // live item changed after it, once, at its stored size.

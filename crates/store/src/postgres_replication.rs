@@ -566,6 +566,25 @@ impl ReplicationStore for PgStore {
         Ok(self.blobs_referenced(&[*digest], feeds).await?.contains(digest))
     }
 
+    async fn blob_keys(
+        &self,
+        digest: &Digest,
+        feed: FeedId,
+        limit: usize,
+    ) -> Result<Vec<ItemKey>, StoreError> {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT key FROM item_blobs WHERE digest = $1 AND feed_id = $2 ORDER BY key LIMIT $3",
+        )
+        .bind(digest.as_bytes().as_slice())
+        .bind(feed)
+        .bind(limit as i64)
+        .fetch_all(self.pool())
+        .await?;
+        keys.iter()
+            .map(|k| ItemKey::new(k).map_err(|e| StoreError::Backend(e.to_string())))
+            .collect()
+    }
+
     async fn blobs_referenced(
         &self,
         digests: &[Digest],

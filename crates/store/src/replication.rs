@@ -197,6 +197,14 @@ pub trait ReplicationStore: Send + Sync + 'static {
     async fn live_count(&self, feed: FeedId) -> Result<u64, StoreError>;
     /// Whether an item of one of `feeds` references the blob.
     async fn blob_referenced(&self, digest: &Digest, feeds: &[FeedId]) -> Result<bool, StoreError>;
+    /// Keys of the items of `feed` that reference the blob, in key order,
+    /// at most `limit` of them.
+    async fn blob_keys(
+        &self,
+        digest: &Digest,
+        feed: FeedId,
+        limit: usize,
+    ) -> Result<Vec<ItemKey>, StoreError>;
     /// Which of `digests` an item of one of `feeds` references (as
     /// [`ReplicationStore::blob_referenced`], for many at once; stores
     /// that can look them up in one go override it).

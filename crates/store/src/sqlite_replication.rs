@@ -612,6 +612,29 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 
+    async fn blob_keys(
+        &self,
+        digest: &Digest,
+        feed: FeedId,
+        limit: usize,
+    ) -> Result<Vec<ItemKey>, StoreError> {
+        let d = *digest;
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT key FROM item_blobs WHERE digest = ?1 AND feed_id = ?2 ORDER BY key LIMIT ?3",
+            )?;
+            let keys = st
+                .query_map(params![d.as_bytes(), feed, limit as i64], |r| {
+                    r.get::<_, String>(0)
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            keys.into_iter()
+                .map(|k| ItemKey::new(&k).map_err(|e| StoreError::Backend(e.to_string())))
+                .collect()
+        })
+        .await
+    }
+
     async fn blobs_referenced(
         &self,
         digests: &[Digest],

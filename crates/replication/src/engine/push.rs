@@ -116,7 +116,7 @@ impl Run<'_> {
                 && entries.iter().any(|e| e.deleted)
             {
                 guard_checked = true;
-                let n = self.count_push_deletions(local, since).await?;
+                let n = self.count_push_deletions(local, remote, since).await?;
                 let size = self.remote.digest(remote, &[], &[]).await?.items;
                 let key = guard_key("push", local, remote);
                 if n > 0 && self.guard_trips(local, &key, n, size).await? {
@@ -138,7 +138,15 @@ impl Run<'_> {
         }
     }
 
-    async fn count_push_deletions(&self, local: &FeedRecord, mut since: i64) -> Result<u64, ReplError> {
+    /// How many items the deletions to push after `since` would remove on
+    /// the other side: the keys whose latest local change is a deletion
+    /// (within the filter), of which the other side holds a live item.
+    async fn count_push_deletions(
+        &self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        mut since: i64,
+    ) -> Result<u64, ReplError> {
         let meta = self.r.ferry().metadata().clone();
         let mut keys = HashSet::new();
         loop {
@@ -155,7 +163,20 @@ impl Run<'_> {
             }
             since = last;
         }
-        Ok(keys.len() as u64)
+        // Only a tombstone whose item the other side holds deletes
+        // anything there: tombstones of items it never had (or deleted
+        // itself, the pulled ones among them) do not count.
+        let keys: Vec<ItemKey> = keys.into_iter().collect();
+        let mut live = 0;
+        for chunk in keys.chunks(1000) {
+            let stamps = self.remote.stamps(remote, chunk.to_vec()).await?;
+            live += stamps
+                .stamps
+                .iter()
+                .filter(|s| matches!(s, Some((_, false))))
+                .count() as u64;
+        }
+        Ok(live)
     }
 
     fn wanted_by_remote(&self, local: &FeedRecord, e: &WireEntry) -> bool {
