@@ -891,3 +891,60 @@ fn a_mirror_gives_a_hub_restored_from_a_backup_the_writes_it_lost() {
     assert!(edge.serves("files", "over.txt", b"new version"));
     assert!(edge.verified("pair"));
 }
+
+/// The hub's count of refused (401) change-log requests, from `/metrics`.
+fn refused_polls(hub: &Server) -> u64 {
+    let auth = format!("Authorization: Bearer {ADMIN}");
+    let (st, body) = curl(&["-H", &auth, &format!("{}/metrics", hub.url)]);
+    assert_eq!(st, 200);
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| {
+            l.starts_with("ferry_http_requests_total")
+                && l.contains("/api/replication/v1/feeds/{feed}/changes")
+                && l.contains("status=\"401\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A spoke whose token the hub revoked stops long-polling in a loop: the
+/// refusal is an answer, not a broken link, so it asks again on its
+/// schedule (it asked every few seconds, for as long as it ran).
+#[test]
+fn a_spoke_whose_token_was_revoked_does_not_keep_polling() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    hub.put_assets("files", &[("a.txt".to_string(), "a".to_string())]);
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    assert!(wait_until(SYNC, || spoke.asset_digests("files", "").len() == 1));
+    hub.cli_ok(&[
+        "replication",
+        "revoke",
+        "edge",
+        &token["fst_".len().."fst_".len() + 16],
+    ]);
+    // The poll that was waiting gets the refusal within its wait.
+    assert!(
+        wait_until(SYNC, || refused_polls(&hub) >= 1),
+        "the waiting long poll was never refused"
+    );
+    let before = refused_polls(&hub);
+    std::thread::sleep(Duration::from_secs(8));
+    let after = refused_polls(&hub);
+    assert!(
+        after - before <= 1,
+        "the spoke polled {} more times in 8 s with a revoked token",
+        after - before
+    );
+}

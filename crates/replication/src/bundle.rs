@@ -391,7 +391,16 @@ impl Replicator {
         }
         let header = header.ok_or_else(|| bad("ferry-bundle.json is missing"))?;
         if header.entries != entries.len() as u64 {
-            return Err(bad("the bundle is truncated: fewer entries than its header says"));
+            let why = if (entries.len() as u64) < header.entries {
+                "truncated or edited"
+            } else {
+                "edited"
+            };
+            return Err(bad(&format!(
+                "the bundle is {why}: it holds {} entries, its header says {}",
+                entries.len(),
+                header.entries
+            )));
         }
         for e in &entries {
             for d in &e.blobs {

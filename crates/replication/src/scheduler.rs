@@ -22,6 +22,17 @@ const LONG_POLL_SECS: u64 = 25;
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(3);
 const DEBOUNCE: Duration = Duration::from_millis(150);
+/// Longest wait, in seconds, before a long poll the other side refused is
+/// asked again.
+const REFUSED_MAX: u64 = 300;
+
+/// Whether `e` is the other side's answer refusing the request (not a
+/// broken link or a restart, which a reconnect soon may cure).
+fn refused(e: &crate::ReplError) -> bool {
+    use crate::ReplError::*;
+    matches!(e, Unauthorized(_) | Forbidden(_) | Refused(_))
+        || matches!(e, Remote { status, .. } if (400..500).contains(status) && *status != 408 && *status != 429)
+}
 
 /// What wakes a replication's main loop: something to move (a long poll's
 /// answer, a local change, a changed configuration), or an operator's
@@ -295,6 +306,17 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                             }
                         }
                         Ok(_) => backoff = RECONNECT_MIN,
+                        Err(e) if refused(&e) => {
+                            // The other side answered and said no (a revoked
+                            // token, a changed replication): asking again at
+                            // once changes nothing. Ask again on the
+                            // replication's schedule, and every 5 minutes
+                            // at least (the executions report the error).
+                            tracing::debug!(target: "replication", replication = %name, error = %e, "long poll refused");
+                            backoff = RECONNECT_MIN;
+                            let wait = Duration::from_secs(cfg.interval_secs.clamp(RECONNECT_MAX.as_secs(), REFUSED_MAX));
+                            tokio::time::sleep(wait).await;
+                        }
                         Err(e) => {
                             // The other side restarting, or the link down:
                             // reconnect soon (a spoke's lag after a hub

@@ -415,8 +415,31 @@ pub async fn apply(
     Ok(applied)
 }
 
+/// Removes the feeds a refused apply created, each only while nothing was
+/// ever written to it: a feed a client stored into while the other ends
+/// were checked keeps what it was given (and is logged as kept).
 async fn undo_feeds(ferry: &Ferry, created: &[FeedName]) {
     for name in created {
+        let written = match ferry.feed(name).await {
+            Ok(feed) => ferry
+                .metadata()
+                .last_seq(feed.id)
+                .await
+                .map(|seq| seq > 0)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match written {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::warn!(feed = %name, "kept the declared feed although the apply was refused: content was stored in it meanwhile");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(feed = %name, error = %e, "kept the declared feed although the apply was refused: cannot tell whether it holds anything");
+                continue;
+            }
+        }
         match ferry.delete_feed(name).await {
             Ok(_) => tracing::info!(feed = %name, "removed the declared feed again: the apply was refused"),
             Err(e) => {
@@ -546,8 +569,13 @@ async fn put_config(
     body: Result<Json<Declarations>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(decls) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
-    let applied = apply(&st.ferry, &st.replicator, &decls)
+    // Applied to its end (or undone) even if the client goes away while
+    // the other ends are checked: a dropped request must not leave half
+    // of a file applied.
+    let (ferry, replicator) = (st.ferry.clone(), st.replicator.clone());
+    let applied = tokio::spawn(async move { apply(&ferry, &replicator, &decls).await })
         .await
+        .map_err(|e| ApiError::json(CoreError::Internal(format!("applying the configuration: {e}"))))?
         .map_err(|e| ApiError::json(CoreError::invalid(e.to_string())))?;
     Ok(Json(json!(applied)))
 }

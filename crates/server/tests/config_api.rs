@@ -198,3 +198,61 @@ async fn only_admins_apply_or_read_the_configuration() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(export(&i).await["feeds"], json!([]));
 }
+
+/// A refused apply removes the feeds it created only while nothing was
+/// stored in them: an upload into a declared feed while the other end of
+/// a declared replication is still being checked (here a peer that takes
+/// a second to refuse the token) keeps its content.
+#[tokio::test]
+async fn a_refused_apply_keeps_what_was_stored_in_a_feed_it_created_meanwhile() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = conn.read(&mut buf).await;
+                tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                let body = r#"{"error":"invalid or revoked sync token"}"#;
+                let answer = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let i = Instance::new().await;
+    let decls = json!({
+        "feeds": [{ "name": "newfeed", "type": "assets" }],
+        "replications": [{ "name": "out", "feeds": ["newfeed"], "outgoing": format!("http://{addr}"),
+            "token": format!("fst_0123456789abcdef_{}", "ab".repeat(32)), "mode": "pull", "line": 4 }]
+    });
+    let upload = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        i.send(
+            "PUT",
+            "/assets/newfeed/important.txt",
+            Some(ADMIN),
+            &[],
+            "keep me",
+        )
+        .await
+    };
+    let (applied, uploaded) = tokio::join!(put(&i, Some(ADMIN), decls), upload);
+    assert_eq!(applied.status, StatusCode::BAD_REQUEST, "{}", applied.text());
+    assert_eq!(uploaded.status, StatusCode::CREATED, "{}", uploaded.text());
+    let r = i
+        .send(
+            "GET",
+            "/assets/newfeed/important.txt",
+            Some(ADMIN),
+            &[],
+            String::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "the upload was lost: {}", r.text());
+    assert_eq!(r.text(), "keep me");
+    peer.abort();
+}

@@ -557,6 +557,71 @@ async fn a_bundle_header_with_a_backwards_range_is_refused() {
     }
 }
 
+/// A bundle whose entries.jsonl holds a line more, or fewer, than its
+/// header counts is refused, saying which, and applies nothing.
+#[tokio::test]
+async fn a_bundle_with_an_entry_added_or_dropped_is_refused_saying_which() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    i.feed("copy", FeedType::Assets, false).await;
+    for name in ["a.txt", "b.txt"] {
+        let r = i
+            .send(
+                "PUT",
+                &format!("/assets/files/{name}"),
+                Some(ADMIN),
+                &[],
+                name.as_bytes().to_vec(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+    let bundle = i
+        .send(
+            "GET",
+            "/api/v1/feeds/files/bundle",
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(bundle.status, StatusCode::OK);
+    for (edit, says) in [
+        (1i32, "holds 3 entries, its header says 2"),
+        (-1, "holds 1 entries, its header says 2"),
+    ] {
+        let mut out = tar::Builder::new(Vec::new());
+        let mut archive = tar::Archive::new(std::io::Cursor::new(bundle.body.clone()));
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().into_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            if path.to_str() == Some("entries.jsonl") {
+                let text = String::from_utf8(data).unwrap();
+                let mut lines: Vec<&str> = text.lines().collect();
+                if edit > 0 {
+                    lines.push(lines[0]);
+                } else {
+                    lines.pop();
+                }
+                data = format!("{}\n", lines.join("\n")).into_bytes();
+            }
+            let mut header = entry.header().clone();
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            out.append(&header, data.as_slice()).unwrap();
+        }
+        let body = out.into_inner().unwrap();
+        let r = i
+            .send("POST", "/api/v1/feeds/copy/bundle", Some(ADMIN), &[], body)
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        assert!(r.text().contains(says), "{says}: {}", r.text());
+        assert_eq!(i.get("/assets/copy/a.txt").await.status, StatusCode::NOT_FOUND);
+    }
+}
+
 /// A multipart body whose first part's header block never ends: one
 /// `name` parameter of up to 1 GiB, made as it is read; counts what was
 /// read.
