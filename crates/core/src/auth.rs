@@ -273,6 +273,11 @@ pub struct RegistryClaims {
     /// Expires at, seconds since the epoch.
     pub exp: u64,
     pub access: Vec<RegistryGrant>,
+    /// Granted `registry:catalog:*`: `GET /v2/_catalog` lists every
+    /// repository the key (or, anonymous, everyone) may read. Without it
+    /// the catalog lists only the repositories the token grants `pull` on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub catalog: bool,
 }
 
 impl RegistryClaims {
@@ -281,6 +286,13 @@ impl RegistryClaims {
         self.access
             .iter()
             .any(|g| g.repository == repository && g.actions.iter().any(|a| a == action))
+    }
+
+    /// May the token's holder see `repository` (`FEED/NAME`) listed in
+    /// the catalog? With `registry:catalog:*` every repository its key may
+    /// read (the caller checks that), otherwise those it grants `pull` on.
+    pub fn lists(&self, repository: &str) -> bool {
+        self.catalog || self.grants(repository, "pull")
     }
 
     /// Does the token grant anything on `repository`?
@@ -400,9 +412,17 @@ pub struct RepositoryScope {
     pub actions: Vec<String>,
 }
 
+/// Is `scope` the catalog scope, `registry:catalog:*` (Docker's token
+/// authentication: listing `GET /v2/_catalog`)?
+pub fn is_catalog_scope(scope: &str) -> bool {
+    scope
+        .strip_prefix("registry:catalog:")
+        .is_some_and(|actions| actions.split(',').any(|a| a == "*"))
+}
+
 /// Parses one scope of a token request. `Ok(None)` for resource types
-/// other than `repository` (e.g. `registry:catalog:*`), which grant
-/// nothing here; Invalid for a malformed one.
+/// other than `repository` (e.g. `registry:catalog:*`, see
+/// [`is_catalog_scope`]); Invalid for a malformed one.
 pub fn parse_scope(scope: &str) -> Result<Option<RepositoryScope>, CoreError> {
     let bad = |why: &str| {
         CoreError::invalid(format!(
@@ -589,6 +609,7 @@ mod tests {
             iat: 100,
             exp,
             access,
+            catalog: false,
         }
     }
 

@@ -1939,10 +1939,12 @@ async fn repositories(ferry: &Ferry, feed: &FeedRecord) -> Result<Vec<String>> {
 }
 
 /// `GET /v2/_catalog?n=&last=`: the repositories, as `FEED/NAME`, of every
-/// OCI feed `principal` may read, in lexical order after `last`.
+/// OCI feed `principal` may read and for which `listed` holds (a registry
+/// token's scope), in lexical order after `last`.
 pub async fn catalog(
     ferry: &Ferry,
     principal: Option<&Principal>,
+    listed: impl Fn(&str) -> bool,
     n: Option<usize>,
     last: Option<&str>,
 ) -> Result<Page> {
@@ -1953,7 +1955,10 @@ pub async fn catalog(
             continue;
         }
         for repo in repositories(ferry, &feed).await? {
-            names.push(format!("{}/{repo}", feed.name));
+            let name = format!("{}/{repo}", feed.name);
+            if listed(&name) {
+                names.push(name);
+            }
         }
     }
     names.sort();

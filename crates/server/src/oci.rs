@@ -624,12 +624,17 @@ async fn token_inner(
     // Each scope once, its actions merged: `scope` may repeat, and hold
     // several scopes separated by spaces.
     let mut asked: Vec<(ferry_types::FeedName, String, Vec<String>)> = Vec::new();
+    let mut catalog = false;
     for scope in q
         .iter()
         .filter(|(k, _)| k == "scope")
         .flat_map(|(_, v)| v.split(' '))
         .filter(|s| !s.is_empty())
     {
+        if auth::is_catalog_scope(scope) {
+            catalog = true;
+            continue;
+        }
         let Some(s) = auth::parse_scope(scope)? else {
             continue;
         };
@@ -664,6 +669,7 @@ async fn token_inner(
         iat: now,
         exp: now + auth::REGISTRY_TOKEN_TTL_SECS,
         access,
+        catalog,
     };
     let token = auth::issue_registry_token(st.ferry.registry_token_key(), &claims)?;
     let body = json!({
@@ -689,12 +695,15 @@ fn hex_encode(bytes: &[u8]) -> String {
 }
 
 async fn catalog(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Reply {
-    let (principal, _) = access::oci_credentials(&st, &headers)
+    let (principal, claims) = access::oci_credentials(&st, &headers)
         .await
         .map_err(|e| Fail::code(ErrorCode::Unauthorized, e))?;
     let q = query(&uri);
     let n = page_size(&q)?;
-    let page = oci::catalog(&st.ferry, principal.as_ref(), n, param(&q, "last")).await?;
+    // A registry token lists what it was issued for: every readable
+    // repository with `registry:catalog:*`, else those it may pull.
+    let listed = |repository: &str| claims.as_ref().is_none_or(|c| c.lists(repository));
+    let page = oci::catalog(&st.ferry, principal.as_ref(), listed, n, param(&q, "last")).await?;
     Ok(listing(
         format::render_catalog(&page.entries),
         &page,

@@ -289,6 +289,53 @@ async fn token_endpoint_with_and_without_credentials() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
 
+/// `GET /v2/_catalog` with a registry token lists what the token was
+/// issued for: the repositories it may pull, or with `registry:catalog:*`
+/// every repository its key may read; never a private feed's repositories
+/// for an anonymous token.
+#[tokio::test]
+async fn the_catalog_lists_what_a_token_was_issued_for() {
+    let reg = Reg::new(ferry_core::Config::default()).await;
+    let w = basic("ci", &reg.w);
+    reg.push_image(&w, "secret", "a", "v1").await;
+    reg.push_image(&w, "secret", "b", "v1").await;
+    reg.push_image(&w, "img", "pub", "v1").await;
+    let listed = |r: &Reply| -> Vec<String> {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        r.json()["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let reg = &reg;
+    let catalog = |auth: String| async move {
+        reg.send("GET", "/v2/_catalog", Some(&auth), &[], Body::empty())
+            .await
+    };
+
+    // Issued for one repository: only it is listed.
+    let t = reg
+        .bearer(Some(("me", &reg.r)), &["repository:secret/a:pull"])
+        .await;
+    assert_eq!(listed(&catalog(t).await), ["secret/a"]);
+    // Issued for nothing: nothing listed.
+    let t = reg.bearer(Some(("me", &reg.r)), &[]).await;
+    assert!(listed(&catalog(t).await).is_empty());
+    // Issued for the catalog: every repository the key may read.
+    let t = reg.bearer(Some(("me", &reg.r)), &["registry:catalog:*"]).await;
+    assert_eq!(listed(&catalog(t).await), ["img/pub", "secret/a", "secret/b"]);
+    // Anonymous with the catalog scope: the public feed's only.
+    let t = reg.bearer(None, &["registry:catalog:*"]).await;
+    assert_eq!(listed(&catalog(t).await), ["img/pub"]);
+    // Basic credentials (no token): what the key may read, as before.
+    assert_eq!(
+        listed(&catalog(basic("me", &reg.r)).await),
+        ["img/pub", "secret/a", "secret/b"]
+    );
+}
+
 #[tokio::test]
 async fn scopes_are_downgraded_and_enforced() {
     let reg = Reg::new(ferry_core::Config::default()).await;
@@ -421,6 +468,7 @@ async fn tokens_expire_and_die_with_their_key() {
         iat: now.saturating_sub(600),
         exp,
         access: vec![grant.clone()],
+        catalog: false,
     };
     let expired =
         auth::issue_registry_token(reg.i.ferry.registry_token_key(), &claims(now - 1, &reg.r)).unwrap();
