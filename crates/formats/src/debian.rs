@@ -592,13 +592,23 @@ fn read_control_tar<R: Read>(name: &str, entry: R, limits: &ArchiveLimits) -> Re
             )));
         }
     };
-    let mut tar = tar::Archive::new(decoder.take(limits.max_unpacked_bytes));
+    // A control member holds a few small files; read to its end (below),
+    // an unbounded one would be a small upload that decompresses, and
+    // fills a decoder's window, for as long as the archive limit allows.
+    let cap = limits.max_unpacked_bytes.min(CONTROL_UNPACKED_MAX);
+    let mut tar = tar::Archive::new(Capped {
+        inner: decoder,
+        left: cap,
+        cap,
+    });
     let entries = tar
         .entries()
         .map_err(|e| FormatError::invalid(format!("{name}: {e}")))?;
     let unreadable = |e: std::io::Error| {
         let memory = e.to_string().to_ascii_lowercase().contains("memory");
-        if memory {
+        if e.kind() == std::io::ErrorKind::FileTooLarge {
+            FormatError::too_large(format!("{name}: {e}"))
+        } else if memory {
             FormatError::too_large(format!(
                 "{name}: its xz stream needs more than {} MiB of memory to decode",
                 XZ_MEMLIMIT >> 20
@@ -634,6 +644,40 @@ fn read_control_tar<R: Read>(name: &str, entry: R, limits: &ArchiveLimits) -> Re
         }
     }
     control.ok_or_else(|| FormatError::invalid(format!("{name} has no control file")))
+}
+
+/// Most bytes a `control.tar*` member may unpack to, in bytes: its
+/// `control`, `md5sums`, `conffiles` and maintainer scripts take
+/// kilobytes to a few megabytes in real packages.
+pub const CONTROL_UNPACKED_MAX: u64 = 64 << 20;
+
+/// A reader that fails with `FileTooLarge` once more than `cap` bytes
+/// come out of `inner` (where `Read::take` would end quietly and leave
+/// the tar reader to report a truncated archive).
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    cap: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // At the cap: anything more is refused, the end is not.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::new(
+                    std::io::ErrorKind::FileTooLarge,
+                    format!("it unpacks to more than {} MiB", self.cap >> 20),
+                )),
+            };
+        }
+        let want = usize::try_from(self.left).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Most memory the xz decoder of a `control.tar.xz` may use: `xz -9`
@@ -991,6 +1035,38 @@ mod tests {
         let e = inspect_deb(&deb(big)[..], &ArchiveLimits::default()).unwrap_err();
         assert!(matches!(e, FormatError::TooLarge(_)), "{e}");
         assert!(e.to_string().contains("more than 96 MiB of memory"), "{e}");
+    }
+
+    #[test]
+    fn a_control_member_unpacking_past_its_cap_is_refused() {
+        // 65 MiB of zeros in a file beside `control`: the tar is read to
+        // its end, so the cap is reached whatever the order.
+        let junk = vec![0u8; (CONTROL_UNPACKED_MAX + (1 << 20)) as usize];
+        let control = tar_of(&[("./junk", &junk), ("./control", CONTROL)]);
+        drop(junk);
+        let data = tar_of(&[("./usr/x", b"x")]);
+        let deb = deb_of(&[
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar", control),
+            ("data.tar", data.clone()),
+        ]);
+        let e = inspect_deb(&deb[..], &ArchiveLimits::default()).unwrap_err();
+        assert!(matches!(e, FormatError::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("more than 64 MiB"), "{e}");
+        // At the cap exactly is fine: only what is past it is refused.
+        let fits = (CONTROL_UNPACKED_MAX as usize) - tar_of(&[("./junk", b""), ("./control", CONTROL)]).len();
+        let junk = vec![0u8; fits];
+        let control = tar_of(&[("./junk", &junk), ("./control", CONTROL)]);
+        assert_eq!(control.len() as u64, CONTROL_UNPACKED_MAX);
+        let deb = deb_of(&[
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar", control),
+            ("data.tar", data),
+        ]);
+        assert_eq!(
+            inspect_deb(&deb[..], &ArchiveLimits::default()).unwrap().package,
+            "one"
+        );
     }
 
     #[test]
