@@ -10,6 +10,7 @@ pub mod nuget;
 pub mod oci;
 pub mod pypi;
 pub mod rpm;
+mod zipdir;
 
 /// Inflates every entry of a zip archive once, no further than its header
 /// declares (APPNOTE.TXT 4.4.9), and so checks its CRC-32: an entry that

@@ -30,7 +30,7 @@
 //! | `GET Packages()`, `FindPackagesById()`, `Search()`, `GetUpdates()` | [`render_feed`] |
 
 use std::cmp::Ordering;
-use std::io::{self, Read, Seek};
+use std::io::{Read, Seek};
 
 use ferry_types::{Digest, ItemKey};
 use quick_xml::events::Event;
@@ -508,26 +508,21 @@ pub struct Nuspec {
 /// Invalid for a file that is not a zip, a missing or second nuspec, bad
 /// paths or a bad nuspec; TooLarge for size and entry-count bombs.
 pub fn inspect_nupkg<R: Read + Seek>(reader: R, limits: &ArchiveLimits) -> Result<Nuspec, FormatError> {
-    let open = |r: R| {
-        zip::ZipArchive::new(r)
-            .map_err(|e| FormatError::invalid(format!("the package is not a valid .nupkg (zip) file: {e}")))
-    };
     // The zip reader keeps one entry per name (the last): a second entry
     // of the same name, a second nuspec say, would be invisible to every
-    // check below yet unpacked by clients. Its central directory is
-    // walked here, and such a package refused.
-    let zip = open(reader)?;
-    let (start, listed) = (zip.central_directory_start(), zip.len());
-    let mut reader = zip.into_inner();
-    check_unique_names(&mut reader, start, listed, limits)?;
-    let mut zip = open(reader)?;
-    if zip.len() as u64 > limits.max_entries {
-        return Err(FormatError::too_large(format!(
-            "the package has {} entries, more than the {} allowed",
-            zip.len(),
-            limits.max_entries
-        )));
-    }
+    // check below yet unpacked by clients. Such a package is refused while
+    // its central directory is walked.
+    let mut seen = std::collections::HashSet::new();
+    let mut zip = crate::zipdir::open(reader, "the package", limits, |name| {
+        if seen.insert(name.to_vec()) {
+            return Ok(());
+        }
+        Err(FormatError::invalid(format!(
+            "the package holds two entries named {:?}; a .nupkg names each entry once",
+            String::from_utf8_lossy(name)
+        )))
+    })?;
+    drop(seen);
     let mut total: u64 = 0;
     let mut nuspec: Option<usize> = None;
     for i in 0..zip.len() {
@@ -569,64 +564,6 @@ pub fn inspect_nupkg<R: Read + Seek>(reader: R, limits: &ArchiveLimits) -> Resul
         )));
     }
     parse_nuspec(raw)
-}
-
-/// Walks the central directory at `start` (its file headers, up to the
-/// end records) and refuses a package naming an entry twice, or holding
-/// more file headers than the `listed` entries the zip reader saw.
-fn check_unique_names<R: Read + Seek>(
-    reader: &mut R,
-    start: u64,
-    listed: usize,
-    limits: &ArchiveLimits,
-) -> Result<(), FormatError> {
-    let unreadable =
-        |e: io::Error| FormatError::invalid(format!("the package's central directory is unreadable: {e}"));
-    reader.seek(io::SeekFrom::Start(start)).map_err(unreadable)?;
-    let mut seen = std::collections::HashSet::new();
-    let mut header = [0u8; 46];
-    loop {
-        match reader.read_exact(&mut header[..4]) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(unreadable(e)),
-        }
-        if header[..4] != *b"PK\x01\x02" {
-            break;
-        }
-        reader.read_exact(&mut header[4..]).map_err(unreadable)?;
-        let field = |at: usize| u64::from(u16::from_le_bytes([header[at], header[at + 1]]));
-        let (name_len, skip) = (field(28), field(30) + field(32));
-        let mut name = Vec::new();
-        reader
-            .by_ref()
-            .take(name_len)
-            .read_to_end(&mut name)
-            .map_err(unreadable)?;
-        reader
-            .seek(io::SeekFrom::Current(i64::try_from(skip).unwrap_or(i64::MAX)))
-            .map_err(unreadable)?;
-        if seen.len() as u64 >= limits.max_entries {
-            return Err(FormatError::too_large(format!(
-                "the package has more than the {} entries allowed",
-                limits.max_entries
-            )));
-        }
-        if seen.contains(&name) {
-            return Err(FormatError::invalid(format!(
-                "the package holds two entries named {:?}; a .nupkg names each entry once",
-                String::from_utf8_lossy(&name)
-            )));
-        }
-        seen.insert(name);
-    }
-    if seen.len() != listed {
-        return Err(FormatError::invalid(format!(
-            "the package's central directory holds {} file headers where its end record declares {listed}",
-            seen.len()
-        )));
-    }
-    Ok(())
 }
 
 fn check_entry_name(name: &str) -> Result<(), FormatError> {
@@ -1828,6 +1765,19 @@ mod tests {
         assert!(read(cased).unwrap_err().to_string().contains("more than one"));
         let trav = zip(&[("a.nuspec", NUSPEC.as_bytes()), ("../evil", b"x")]);
         assert!(read(trav).unwrap_err().to_string().contains("unsafe path"));
+        // More entries than allowed: refused from the end record, before
+        // the zip reader holds a header of them.
+        let few = ArchiveLimits {
+            max_entries: 2,
+            ..lim
+        };
+        let three = zip(&[("a.nuspec", NUSPEC.as_bytes()), ("b", b"x"), ("c", b"x")]);
+        let err = inspect_nupkg(std::io::Cursor::new(three), &few).unwrap_err();
+        assert!(matches!(err, FormatError::TooLarge(_)), "{err}");
+        assert!(
+            err.to_string().contains("more than 2 entries (3 declared)"),
+            "{err}"
+        );
         let small = ArchiveLimits {
             max_unpacked_bytes: 1000,
             ..lim

@@ -195,10 +195,7 @@ fn read_zip_metadata<R: Read + Seek>(
     let broken = |e: zip::result::ZipError| {
         FormatError::invalid(format!("{filename:?} is not a valid zip archive ({e})"))
     };
-    let mut zip = zip::ZipArchive::new(reader).map_err(broken)?;
-    if zip.len() as u64 > limits.max_entries {
-        return Err(too_many_entries(filename, limits));
-    }
+    let mut zip = crate::zipdir::open(reader, &format!("{filename:?}"), limits, |_| Ok(()))?;
     let want = parsed.normalized_name();
     let mut total: u64 = 0;
     // (index, path, declared size) of each metadata file found.
