@@ -46,6 +46,8 @@ pub fn item_name(ty: FeedType, key: &ItemKey) -> &str {
 pub struct Filter {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
+    /// A second filter an item must also pass ([`Filter::and`]).
+    also: Option<Box<Filter>>,
 }
 
 fn build(globs: &[String]) -> Result<Option<GlobSet>, ReplError> {
@@ -64,6 +66,7 @@ impl Filter {
         Ok(Self {
             include: build(include)?,
             exclude: build(exclude)?,
+            also: None,
         })
     }
 
@@ -71,20 +74,37 @@ impl Filter {
         Self {
             include: None,
             exclude: None,
+            also: None,
         }
+    }
+
+    /// The items both `self` and `other` admit: what a peer's own filter
+    /// may narrow, never widen, of the replication's.
+    pub fn and(mut self, other: Filter) -> Self {
+        if other.is_everything() {
+            return self;
+        }
+        self.also = Some(Box::new(match self.also.take() {
+            Some(inner) => inner.and(other),
+            None => other,
+        }));
+        self
     }
 
     /// Whether every item passes (no include and no exclude globs). Only
     /// then does a backlog counted by feed (bytes ahead) say what this
     /// replication will move.
     pub fn is_everything(&self) -> bool {
-        self.include.is_none() && self.exclude.is_none()
+        self.include.is_none()
+            && self.exclude.is_none()
+            && self.also.as_ref().is_none_or(|f| f.is_everything())
     }
 
     pub fn admits(&self, ty: FeedType, key: &ItemKey) -> bool {
         let name = item_name(ty, key);
         self.include.as_ref().is_none_or(|g| g.is_match(name))
             && !self.exclude.as_ref().is_some_and(|g| g.is_match(name))
+            && self.also.as_ref().is_none_or(|f| f.admits(ty, key))
     }
 }
 
@@ -111,6 +131,19 @@ mod tests {
             item_name(FeedType::Nuget, &k("pkg/newtonsoft.json/13.0.1")),
             "newtonsoft.json"
         );
+    }
+
+    #[test]
+    fn and_admits_what_both_admit() {
+        let mine = Filter::new(&["@acme/*".into()], &["@acme/secret".into()]).unwrap();
+        let asked = Filter::new(&["@acme/secret".into(), "@acme/ui".into(), "other".into()], &[]).unwrap();
+        let both = mine.and(asked);
+        assert!(!both.is_everything());
+        assert!(both.admits(FeedType::Npm, &k("pkg/@acme/ui/1.0.0")));
+        assert!(!both.admits(FeedType::Npm, &k("pkg/@acme/secret/1.0.0")));
+        assert!(!both.admits(FeedType::Npm, &k("pkg/other/1.0.0")));
+        assert!(!both.admits(FeedType::Npm, &k("pkg/@acme/db/1.0.0")));
+        assert!(Filter::everything().and(Filter::everything()).is_everything());
     }
 
     #[test]

@@ -350,15 +350,23 @@ impl Replicator {
             // as its last answered page said.
             self.peer_caught_up(s, feed.name.as_str(), since);
             let mut stop = self.shutdown_signal();
-            tokio::select! {
-                _ = tokio::time::timeout(
-                    Duration::from_secs(wait.min(MAX_WAIT)),
-                    rx.wait_for(|seq| *seq > since),
-                ) => {}
-                _ = stop.wait_for(|stopping| *stopping) => {}
+            let mut sessions = self.sessions_signal();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(MAX_WAIT));
+            loop {
+                let woken = tokio::select! {
+                    _ = tokio::time::timeout_at(deadline, rx.wait_for(|seq| *seq > since)) => false,
+                    _ = stop.wait_for(|stopping| *stopping) => false,
+                    // A token revoked or a replication changed: checked
+                    // at once, not when the wait ends.
+                    r = sessions.changed() => r.is_ok(),
+                };
+                // What waited may have been revoked or narrowed meanwhile.
+                self.still_valid(s, &feed.name).await?;
+                if !woken {
+                    break;
+                }
+                // Another session's change: wait on.
             }
-            // What waited may have been revoked or narrowed meanwhile.
-            self.still_valid(s, &feed.name).await?;
         }
         let changes = meta.changes_since(feed.id, since, limit).await?;
         let last_seq = meta.last_seq(feed.id).await?;
@@ -373,12 +381,15 @@ impl Replicator {
             self.anchor_at(feed.id, last_seq).await?
         };
         let oldest_pending = changes.first().map(|c| c.stamp.time.millis());
-        let deletes_ahead = if extras.count_deletes {
+        // Counted by feed, not by the replication's filter: a filtered
+        // replication's peer is not told (it then reads the pages).
+        let counted = s.filter.is_everything();
+        let deletes_ahead = if extras.count_deletes && counted {
             Some(self.store().deletions_after(feed.id, since).await?)
         } else {
             None
         };
-        let bytes_ahead = if extras.count_bytes {
+        let bytes_ahead = if extras.count_bytes && counted {
             Some(self.store().live_bytes_after(feed.id, since).await?)
         } else {
             None
@@ -524,7 +535,8 @@ impl Replicator {
         exclude: &[String],
     ) -> Result<FeedDigest, ReplError> {
         let feed = self.session_feed(s, feed).await?;
-        let filter = Filter::new(include, exclude)?;
+        // The peer's filter narrows the replication's; it cannot widen it.
+        let filter = Filter::new(include, exclude)?.and(s.filter.clone());
         self.feed_digest(&feed, &filter).await
     }
 
@@ -534,6 +546,10 @@ impl Replicator {
         let stamps = keys
             .iter()
             .map(|k| {
+                // Outside the replication's filter, nothing is said.
+                if !s.filter.admits(feed.feed_type, k) {
+                    return None;
+                }
                 found
                     .iter()
                     .find(|e| &e.key == k)

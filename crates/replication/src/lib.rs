@@ -66,6 +66,10 @@ struct Inner {
     scheduler: scheduler::Scheduler,
     /// Becomes true when the instance shuts down: long polls end at once.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Counts changes to what peers' sessions rest on (a token revoked, a
+    /// replication changed or deleted): waiting long polls wake on it and
+    /// check their session again.
+    sessions: tokio::sync::watch::Sender<u64>,
     /// Blobs each incoming replication's peer sent recently (by
     /// replication id), which its `apply` may then reference.
     received: Mutex<HashMap<i64, HashMap<Digest, std::time::Instant>>>,
@@ -188,6 +192,7 @@ impl Replicator {
             status: Mutex::new(HashMap::new()),
             scheduler: scheduler::Scheduler::default(),
             stopping: tokio::sync::watch::channel(false).0,
+            sessions: tokio::sync::watch::channel(0).0,
             received: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             peer_book: peers::PeerBook::default(),
@@ -241,6 +246,16 @@ impl Replicator {
     /// A receiver that turns true when [`Replicator::shutdown`] is called.
     pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         self.0.stopping.subscribe()
+    }
+
+    /// A receiver that changes whenever a sync token is revoked or a
+    /// replication is updated or deleted on this node.
+    pub(crate) fn sessions_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.sessions.subscribe()
+    }
+
+    fn sessions_changed(&self) {
+        self.0.sessions.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     pub fn ferry(&self) -> &Ferry {
@@ -410,6 +425,7 @@ impl Replicator {
             let lock = self.lock_for(rec.id);
             let _guard = lock.lock().await;
             self.store().update_replication(&rec.name, value.clone()).await?;
+            self.sessions_changed();
             if cfg.include != old.include || cfg.exclude != old.exclude {
                 // Items a filter left out were passed over by the cursors;
                 // from the start again, so a wider filter brings them (what
@@ -440,6 +456,7 @@ impl Replicator {
         let (rec, cfg) = self.record(name).await?;
         self.0.scheduler.stop(rec.id);
         self.store().delete_replication(name).await?;
+        self.sessions_changed();
         // The store may give this id to the next replication created: none
         // of this one's live state may pass to it.
         let id = rec.id;
@@ -484,6 +501,7 @@ impl Replicator {
                 "replication {name} has no token {id}"
             )));
         }
+        self.sessions_changed();
         Ok(())
     }
 

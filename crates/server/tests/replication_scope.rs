@@ -289,6 +289,66 @@ async fn a_long_poll_whose_token_is_revoked_while_it_waits_gets_nothing() {
     assert!(!r.text().contains("after-revoke"), "{}", r.text());
 }
 
+/// Revoking a token ends what its holder is waiting for: a long poll of
+/// 60 s answers the refusal once the token is revoked, with nothing
+/// published meanwhile; revoking another replication's token does not
+/// end it.
+#[tokio::test]
+async fn revoking_a_token_ends_its_long_poll_at_once() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    put_asset(&i, "files", "before.txt", b"before").await;
+    let token = i.incoming("edge", &["files"], "push").await;
+    let other = i.incoming("other-edge", &["files"], "push").await;
+    let first = i
+        .send(
+            "GET",
+            "/api/replication/v1/feeds/files/changes?since=0",
+            Some(&token),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    let since = first.json()["last_seq"].as_i64().unwrap();
+    let uri = format!("/api/replication/v1/feeds/files/changes?since={since}&wait=60");
+    let poll = i.send("GET", &uri, Some(&token), &[], Body::empty());
+    let revoke = |name: &'static str, token: String| {
+        let i = &i;
+        async move {
+            let r = i
+                .send(
+                    "DELETE",
+                    &format!("/api/v1/replications/{name}/tokens/{}", &token[4..20]),
+                    Some(ADMIN),
+                    &[],
+                    Body::empty(),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::NO_CONTENT);
+        }
+    };
+    let poll = async {
+        let started = std::time::Instant::now();
+        let r = poll.await;
+        (r, started.elapsed())
+    };
+    let revokes = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        revoke("other-edge", other).await;
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        revoke("edge", token.clone()).await;
+    };
+    let ((r, took), ()) = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        tokio::join!(poll, revokes)
+    })
+    .await
+    .expect("the long poll still waits 30 s after its token was revoked");
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    // Not ended by the other replication's revocation at 0.3 s (that
+    // would have answered an empty page, 200).
+    assert!(r.text().contains("revoked"), "{} after {took:?}", r.text());
+}
+
 /// An incoming replication's include/exclude filter holds for its peers:
 /// items outside it are not listed, their blobs not sent (by digest or in
 /// a batch), and pushed entries outside it are refused one by one.
@@ -367,4 +427,59 @@ async fn an_incoming_replication_filter_narrows_what_its_peers_read() {
     assert!(!r.text().contains("outside the filter"), "{}", r.text());
     assert!(r.text().contains("\"status\":404"), "{}", r.text());
     assert!(r.text().contains("shared"), "{}", r.text());
+
+    // The feed digest: a peer's own include narrows the replication's
+    // filter and cannot widen it, so probing a name outside it finds
+    // nothing, and asking for everything counts only what it may read.
+    let digest = |q: &'static str| {
+        let (i, token) = (&i, &token);
+        async move {
+            let r = i
+                .send(
+                    "GET",
+                    &format!("/api/replication/v1/feeds/files/digest{q}"),
+                    Some(token),
+                    &[],
+                    Body::empty(),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            r.json()
+        }
+    };
+    let probe = digest("?include=dir/secret.txt").await;
+    assert_eq!(probe["items"], 0, "{probe}");
+    assert_eq!(digest("?include=dir/**").await["items"], 0);
+    let all = digest("").await;
+    assert_eq!(all["items"], 1, "{all}");
+    assert_eq!(digest("?include=share/**").await, all);
+    // Stamps: none for a key outside the filter, though it is stored.
+    let r = i
+        .send(
+            "POST",
+            "/api/replication/v1/feeds/files/stamps",
+            Some(&token),
+            &[JSON],
+            json!({ "keys": ["dir/secret.txt", "share/a.txt"] }).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let stamps = &r.json()["stamps"];
+    assert!(stamps[0].is_null(), "{stamps}");
+    assert!(!stamps[1].is_null(), "{stamps}");
+    // Deletions and bytes ahead are counted by feed: not told to a
+    // filtered replication's peer (the secret's size would show).
+    let r = i
+        .send(
+            "GET",
+            "/api/replication/v1/feeds/files/changes?since=0&count_deletes=true&count_bytes=true",
+            Some(&token),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let page = r.json();
+    assert!(page["deletes_ahead"].is_null(), "{page}");
+    assert!(page["bytes_ahead"].is_null(), "{page}");
 }
