@@ -689,7 +689,7 @@ pub async fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
             let body = serde_json::to_value(&decls)?;
             let r = call(&conn, Method::PUT, "/api/v1/config", Some(body))
                 .await
-                .with_context(|| format!("{} was not applied; nothing changed", file.display()))?;
+                .with_context(|| format!("{} was not applied", file.display()))?;
             for (kind, list) in [("feed", &r["feeds"]), ("replication", &r["replications"])] {
                 for pair in list.as_array().into_iter().flatten() {
                     say!(

@@ -180,6 +180,51 @@ impl DeclareError {
             message: e.to_string(),
         }
     }
+
+    /// Says what a refusal before any change left: nothing, or the feeds
+    /// created for the file that could not be removed again.
+    fn undone(mut self, kept: &[FeedName]) -> Self {
+        if kept.is_empty() {
+            self.message.push_str("; nothing was changed");
+        } else {
+            let names: Vec<String> = kept.iter().map(ToString::to_string).collect();
+            self.message.push_str(&format!(
+                "; nothing else was changed, but feed {} created for the file was kept (something was stored in it meanwhile, or it could not be removed)",
+                names.join(", ")
+            ));
+        }
+        self
+    }
+
+    /// Says what was applied before this error stopped the apply.
+    fn after(mut self, applied: &Applied) -> Self {
+        let mut done: Vec<String> = applied
+            .feeds
+            .iter()
+            .filter(|(_, c)| *c != Change::Unchanged)
+            .map(|(n, c)| format!("feed {n} {c:?}").to_lowercase())
+            .collect();
+        done.extend(
+            applied
+                .replications
+                .iter()
+                .filter(|(_, c)| *c != Change::Unchanged)
+                .map(|(n, c)| format!("replication {n} {c:?}").to_lowercase()),
+        );
+        done.extend(
+            applied
+                .pruned
+                .iter()
+                .map(|n| format!("replication {n} deleted (prune)")),
+        );
+        if done.is_empty() {
+            self.message.push_str("; nothing was changed before it");
+        } else {
+            self.message
+                .push_str(&format!("; applied before it: {}", done.join(", ")));
+        }
+        self
+    }
 }
 
 impl ReplicationDecl {
@@ -289,13 +334,17 @@ pub async fn apply(
     replicator: &Replicator,
     decls: &Declarations,
 ) -> Result<Applied, DeclareError> {
+    // One apply at a time on this node: two identical files applied at
+    // once would both find a feed missing and the second fail to create it.
+    static APPLYING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = APPLYING.lock().await;
     let mut applied = Applied::default();
     // 1. Feeds: names, types, duplicates; which are missing.
     let mut seen = HashSet::new();
     let mut missing = Vec::new();
     for f in &decls.feeds {
         let what = format!("feed {}", f.name);
-        let err = |e: &dyn std::fmt::Display| DeclareError::new(f.line, what.clone(), e);
+        let err = |e: &dyn std::fmt::Display| DeclareError::new(f.line, what.clone(), e).undone(&[]);
         let name = FeedName::new(f.name.clone()).map_err(|e| err(&e))?;
         let ty: FeedType = f.feed_type.parse().map_err(|e| err(&e))?;
         if !seen.insert(name.clone()) {
@@ -326,14 +375,30 @@ pub async fn apply(
     let mut planned = Vec::new();
     for r in &decls.replications {
         let what = format!("replication {}", r.name);
-        let err = |e: &dyn std::fmt::Display| DeclareError::new(r.line, what.clone(), e);
+        let err = |e: &dyn std::fmt::Display| DeclareError::new(r.line, what.clone(), e).undone(&[]);
         if !names.insert(r.name.clone()) {
             return Err(err(&"declared twice"));
         }
         let cfg = r
             .request()
             .and_then(CreateRequest::into_config)
-            .map_err(|e| DeclareError::new(r.line_of(&e.to_string()), what.clone(), e))?;
+            .map_err(|e| DeclareError::new(r.line_of(&e.to_string()), what.clone(), e).undone(&[]))?;
+        // A feed neither declared nor here is refused now, before any feed
+        // is created for the file.
+        for p in &cfg.feeds {
+            if !seen.contains(&p.local) {
+                match ferry.feed(&p.local).await {
+                    Ok(_) => {}
+                    Err(CoreError::NotFound(_)) => {
+                        return Err(err(&format_args!(
+                            "feed {} is neither declared in the file nor on this instance",
+                            p.local
+                        )));
+                    }
+                    Err(e) => return Err(err(&e)),
+                }
+            }
+        }
         let tokens = r.tokens().map_err(|e| err(&e))?;
         if let Some(t) = tokens.iter().find(|t| !token_ids.insert(t.id.clone())) {
             return Err(err(&format_args!("token {} is declared twice", t.id)));
@@ -345,8 +410,8 @@ pub async fn apply(
     let mut created: Vec<FeedName> = Vec::new();
     for (name, ty, f) in &missing {
         if let Err(e) = ferry.create_feed(name, *ty, f.private).await {
-            undo_feeds(ferry, &created).await;
-            return Err(DeclareError::new(f.line, format!("feed {name}"), e));
+            let kept = undo_feeds(ferry, &created).await;
+            return Err(DeclareError::new(f.line, format!("feed {name}"), e).undone(&kept));
         }
         match f.line {
             Some(line) => tracing::info!(feed = %name, line, "created declared feed"),
@@ -363,20 +428,23 @@ pub async fn apply(
             }
         }
         if let Err(e) = check {
-            undo_feeds(ferry, &created).await;
+            let kept = undo_feeds(ferry, &created).await;
             let line = r.line_of(&e.to_string());
-            return Err(DeclareError::new(line, format!("replication {}", r.name), e));
+            return Err(DeclareError::new(line, format!("replication {}", r.name), e).undone(&kept));
         }
     }
     let prune: Vec<String> = if decls.prune {
-        replicator
-            .overview()
-            .await
-            .map_err(|e| DeclareError::new(None, "prune".into(), e))?
-            .into_iter()
-            .map(|o| o.name)
-            .filter(|n| !names.contains(n))
-            .collect()
+        match replicator.overview().await {
+            Ok(all) => all
+                .into_iter()
+                .map(|o| o.name)
+                .filter(|n| !names.contains(n))
+                .collect(),
+            Err(e) => {
+                let kept = undo_feeds(ferry, &created).await;
+                return Err(DeclareError::new(None, "prune".into(), e).undone(&kept));
+            }
+        }
     } else {
         Vec::new()
     };
@@ -389,12 +457,12 @@ pub async fn apply(
         let change = replicator
             .declare(&r.name, cfg)
             .await
-            .map_err(|e| DeclareError::new(r.line, what.clone(), e))?;
+            .map_err(|e| DeclareError::new(r.line, what.clone(), e).after(&applied))?;
         for t in tokens {
             if replicator
                 .accept_token(&r.name, t)
                 .await
-                .map_err(|e| DeclareError::new(r.line, what.clone(), e))?
+                .map_err(|e| DeclareError::new(r.line, what.clone(), e).after(&applied))?
             {
                 applied.tokens_added += 1;
             }
@@ -408,7 +476,7 @@ pub async fn apply(
         replicator
             .delete(&name)
             .await
-            .map_err(|e| DeclareError::new(None, format!("replication {name}"), e))?;
+            .map_err(|e| DeclareError::new(None, format!("replication {name}"), e).after(&applied))?;
         tracing::info!(replication = %name, "deleted undeclared replication (prune)");
         applied.pruned.push(name);
     }
@@ -417,8 +485,10 @@ pub async fn apply(
 
 /// Removes the feeds a refused apply created, each only while nothing was
 /// ever written to it: a feed a client stored into while the other ends
-/// were checked keeps what it was given (and is logged as kept).
-async fn undo_feeds(ferry: &Ferry, created: &[FeedName]) {
+/// were checked keeps what it was given (and is logged as kept). Returns
+/// the feeds kept.
+async fn undo_feeds(ferry: &Ferry, created: &[FeedName]) -> Vec<FeedName> {
+    let mut kept = Vec::new();
     for name in created {
         let written = match ferry.feed(name).await {
             Ok(feed) => ferry
@@ -433,20 +503,24 @@ async fn undo_feeds(ferry: &Ferry, created: &[FeedName]) {
             Ok(false) => {}
             Ok(true) => {
                 tracing::warn!(feed = %name, "kept the declared feed although the apply was refused: content was stored in it meanwhile");
+                kept.push(name.clone());
                 continue;
             }
             Err(e) => {
                 tracing::warn!(feed = %name, error = %e, "kept the declared feed although the apply was refused: cannot tell whether it holds anything");
+                kept.push(name.clone());
                 continue;
             }
         }
         match ferry.delete_feed(name).await {
             Ok(_) => tracing::info!(feed = %name, "removed the declared feed again: the apply was refused"),
             Err(e) => {
-                tracing::warn!(feed = %name, error = %e, "could not remove a feed created by a failed apply")
+                tracing::warn!(feed = %name, error = %e, "could not remove a feed created by a failed apply");
+                kept.push(name.clone());
             }
         }
     }
+    kept
 }
 
 /// The running configuration as declarations: every feed, every

@@ -254,5 +254,55 @@ async fn a_refused_apply_keeps_what_was_stored_in_a_feed_it_created_meanwhile() 
         .await;
     assert_eq!(r.status, StatusCode::OK, "the upload was lost: {}", r.text());
     assert_eq!(r.text(), "keep me");
+    // The refusal says the feed was kept, not that nothing changed.
+    assert!(
+        applied
+            .text()
+            .contains("feed newfeed created for the file was kept"),
+        "{}",
+        applied.text()
+    );
+    assert!(
+        !applied.text().contains("nothing was changed"),
+        "{}",
+        applied.text()
+    );
     peer.abort();
+}
+
+/// A replication naming a feed that is neither declared nor on the
+/// instance is refused before any declared feed is created, and the
+/// refusal says nothing changed.
+#[tokio::test]
+async fn a_replication_naming_an_unknown_feed_is_refused_before_anything_is_created() {
+    let i = Instance::new().await;
+    let decls = json!({
+        "feeds": [{ "name": "declared", "type": "assets" }],
+        "replications": [{ "name": "out", "feeds": ["declared", "nowhere"], "incoming": true, "mode": "push", "line": 7 }]
+    });
+    let r = put(&i, Some(ADMIN), decls).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("line 7"), "{}", r.text());
+    assert!(
+        r.text()
+            .contains("feed nowhere is neither declared in the file nor on this instance"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("nothing was changed"), "{}", r.text());
+    let feeds = export(&i).await["feeds"].clone();
+    assert_eq!(feeds, json!([]), "{feeds}");
+}
+
+/// Two identical files applied at once both succeed (one creates, the
+/// other finds it done), instead of the second failing on "already exists".
+#[tokio::test]
+async fn the_same_file_applied_twice_at_once_succeeds_twice() {
+    let i = Instance::new().await;
+    let (a, b) = tokio::join!(put(&i, Some(ADMIN), hub()), put(&i, Some(ADMIN), hub()));
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(b.status, StatusCode::OK, "{}", b.text());
+    let mut changes = [a.json()["feeds"][0][1].clone(), b.json()["feeds"][0][1].clone()];
+    changes.sort_by_key(ToString::to_string);
+    assert_eq!(changes, [json!("created"), json!("unchanged")]);
 }
