@@ -126,7 +126,53 @@ fn bundles_carry_changes_across_an_air_gap() {
         err.contains("holds a feed of type assets; feed pkgs is of type npm"),
         "{err}"
     );
+    // Cut or edited at an entry's boundary: without its end-of-archive
+    // blocks, with its header twice, without its blob (the header's count
+    // says one). Each refused whole: nothing applied, and the blob it
+    // carried neither stored nor left in staging.
+    let intact = std::fs::read(&third).unwrap();
+    let c_blob = format!(
+        "{:x}",
+        <sha2::Sha256 as sha2::Digest>::digest(b"cccccccccccccccccccccccc")
+    );
+    let header_len = tar_entry_len(&intact);
+    let entries_len = tar_entry_len(&intact[header_len..]);
+    let blob_len = tar_entry_len(&intact[header_len + entries_len..]);
+    let no_end = intact[..intact.len() - 1024].to_vec();
+    let twice = [&intact[..header_len], &intact[..]].concat();
+    let no_blob = [
+        &intact[..header_len + entries_len],
+        &intact[header_len + entries_len + blob_len..],
+    ]
+    .concat();
+    for (name, bytes, says) in [
+        ("no-end", no_end, "end-of-archive"),
+        ("header-twice", twice, "ferry-bundle.json twice"),
+        ("no-blob", no_blob, "carries 0 blobs, its header says 1"),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        let err = site.cli_fails(&["bundle", "import", "mirror", file.to_str().unwrap()]);
+        assert!(err.contains("400") && err.contains(says), "{name}: {err}");
+        assert!(site.lacks("mirror", "c.txt"), "{name}");
+        assert!(
+            !site.blob_path(&c_blob).exists(),
+            "{name}: the refused bundle's blob was stored"
+        );
+        let staged = std::fs::read_dir(site.staging_dir())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(staged, 0, "{name}: left in staging");
+    }
     // The intact bundle goes in.
     site.cli_ok(&["bundle", "import", "mirror", third.to_str().unwrap()]);
     assert!(site.serves("mirror", "c.txt", b"cccccccccccccccccccccccc"));
+}
+
+/// The length of the tar entry `b` begins with: its header block and its
+/// data padded to whole blocks (the size is octal at bytes 124..136).
+fn tar_entry_len(b: &[u8]) -> usize {
+    let field = std::str::from_utf8(&b[124..136]).unwrap();
+    let size = usize::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8).unwrap();
+    512 + size.div_ceil(512) * 512
 }

@@ -273,6 +273,11 @@ impl Replicator {
         let mut entries: Vec<WireEntry> = Vec::new();
         let mut report = ImportReport::default();
         let mut first = true;
+        let mut listed = false;
+        // Blobs wait in staging (removed if the import is refused) and are
+        // committed only once every check has passed.
+        let mut pending = Vec::new();
+        let mut carried: HashSet<Digest> = HashSet::new();
         loop {
             let mut block = [0u8; BLOCK];
             let read = read_block(&mut reader, &mut block).await;
@@ -288,10 +293,22 @@ impl Replicator {
                 Err(_) if first => return Err(not_a_bundle()),
                 Err(e) => return Err(e),
                 Ok(false) if first => return Err(not_a_bundle()),
-                Ok(false) => break,
+                // A tar ends with two zero blocks: without them the bundle
+                // was cut at an entry's end.
+                Ok(false) => {
+                    return Err(bad(
+                        "the bundle is truncated: it ends without tar's end-of-archive blocks",
+                    ));
+                }
                 Ok(true) if block.iter().all(|b| *b == 0) => {
                     if first {
                         return Err(not_a_bundle());
+                    }
+                    let mut second = [0u8; BLOCK];
+                    if !read_block(&mut reader, &mut second).await? || second.iter().any(|b| *b != 0) {
+                        return Err(bad(
+                            "the bundle is truncated or edited: its end-of-archive blocks are not two zero blocks",
+                        ));
                     }
                     break;
                 }
@@ -309,6 +326,14 @@ impl Replicator {
             let size = h.entry_size().map_err(|_| bad("an entry size is not valid"))?;
             match path.as_str() {
                 "ferry-bundle.json" | "entries.jsonl" => {
+                    let again = if path == "ferry-bundle.json" {
+                        header.is_some()
+                    } else {
+                        std::mem::replace(&mut listed, true)
+                    };
+                    if again {
+                        return Err(bad(&format!("it holds {path} twice")));
+                    }
                     if size > MAX_ENTRIES_BYTES {
                         return Err(bad("the entry list is too large"));
                     }
@@ -353,6 +378,9 @@ impl Replicator {
                         .ok_or_else(|| bad(&format!("unexpected entry {p:?}")))?;
                     let digest =
                         Digest::from_hex(hex).map_err(|_| bad(&format!("unexpected entry {p:?}")))?;
+                    if !carried.insert(digest) {
+                        return Err(bad(&format!("it carries blob {digest} twice")));
+                    }
                     // The blob streams from the bundle into staging through a
                     // channel, verified against its name as it goes.
                     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
@@ -382,8 +410,7 @@ impl Replicator {
                     if staged.size() != size {
                         return Err(bad("the bundle is truncated"));
                     }
-                    self.ferry().commit_blob(staged).await?;
-                    report.blobs_received += 1;
+                    pending.push(staged);
                 }
             }
             let mut pad = vec![0u8; padding(size).len()];
@@ -402,9 +429,16 @@ impl Replicator {
                 header.entries
             )));
         }
+        if header.blobs != pending.len() as u64 {
+            return Err(bad(&format!(
+                "the bundle is truncated or edited: it carries {} blobs, its header says {}",
+                pending.len(),
+                header.blobs
+            )));
+        }
         for e in &entries {
             for d in &e.blobs {
-                if !self.has_blob(d).await? {
+                if !carried.contains(d) && !self.has_blob(d).await? {
                     return Err(bad(&format!(
                         "{} needs blob {d}, which the bundle does not carry",
                         e.key
@@ -418,6 +452,10 @@ impl Replicator {
             self.ferry()
                 .check_stamp(&e.key, &e.stamp)
                 .map_err(|e| bad(&e.to_string()))?;
+        }
+        for staged in pending {
+            self.ferry().commit_blob(staged).await?;
+            report.blobs_received += 1;
         }
         report.entries = entries.len() as u64;
         report.until = header.until;
