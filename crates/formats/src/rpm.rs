@@ -33,6 +33,10 @@ pub const MAX_CHANGELOG: usize = 10;
 
 const LEAD_SIZE: u64 = 96;
 const LEAD_MAGIC: [u8; 4] = [0xed, 0xab, 0xee, 0xdb];
+/// Why a source package is refused: its lead says so, its header has no
+/// SOURCERPM (as rpm decides) or a SOURCEPACKAGE tag, or its architecture
+/// is `src`/`nosrc`.
+const SOURCE_RPM: &str = "source RPMs are not served by rpm feeds (upload binary packages)";
 const HEADER_MAGIC: [u8; 4] = [0x8e, 0xad, 0xe8, 0x01];
 
 /// One dependency (`provides`, `requires`, ...): a name and, when
@@ -451,6 +455,10 @@ pub fn inspect_rpm<R: Read>(mut reader: R, len: u64) -> Result<RpmInfo, FormatEr
             "not an RPM: the file does not start with the RPM lead magic",
         ));
     }
+    // The lead's type: 0 binary, 1 source (LSB 22.2.1).
+    if raw[6..8] != [0, 0] {
+        return Err(FormatError::invalid(SOURCE_RPM));
+    }
     // The signature header, padded to a multiple of 8, then the main header.
     let mut header_start = 0;
     for (i, what) in ["signature", "main"].into_iter().enumerate() {
@@ -805,10 +813,10 @@ fn read_info(m: &::rpm::PackageMetadata, header_start: u64, header_end: u64) -> 
         r.map(str::to_owned)
             .map_err(|e| FormatError::invalid(format!("the RPM header has no readable {what}: {e}")))
     };
-    if m.is_source_package() {
-        return Err(FormatError::invalid(
-            "source RPMs are not served by rpm feeds (upload binary packages)",
-        ));
+    // rpm itself takes a header without SOURCERPM for a source package
+    // (`headerIsSource`); createrepo names their architecture `src`.
+    if m.is_source_package() || m.get_source_rpm().is_err() {
+        return Err(FormatError::invalid(SOURCE_RPM));
     }
     let name = need(m.get_name(), "name")?;
     check_name(&name)?;
@@ -817,6 +825,9 @@ fn read_info(m: &::rpm::PackageMetadata, header_start: u64, header_end: u64) -> 
     let release = need(m.get_release(), "release")?;
     check_version("release", &release)?;
     let arch = need(m.get_arch(), "architecture")?;
+    if arch == "src" || arch == "nosrc" {
+        return Err(FormatError::invalid(SOURCE_RPM));
+    }
     check_arch(&arch)?;
     let epoch = match m.get_epoch() {
         Ok(e) => e,
@@ -1265,6 +1276,37 @@ mod tests {
         assert!(e.contains("truncated"), "{e}");
         let e = claim(5_000_000, 1 << 30);
         assert!(e.contains("exceed"), "{e}");
+    }
+
+    fn built(arch: &str) -> Vec<u8> {
+        let pkg = ::rpm::PackageBuilder::new("hello", "1.0", "MIT", arch, "a test package")
+            .release("1")
+            .build()
+            .unwrap();
+        let mut out = Vec::new();
+        pkg.write(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn source_packages_are_refused_by_lead_or_architecture() {
+        let ok = built("x86_64");
+        let info = inspect_rpm(&ok[..], ok.len() as u64).unwrap();
+        assert_eq!((info.name.as_str(), info.arch.as_str()), ("hello", "x86_64"));
+        // The same package, its lead saying "source".
+        let mut lead_says_source = ok.clone();
+        lead_says_source[6..8].copy_from_slice(&1u16.to_be_bytes());
+        for (what, f) in [
+            ("lead type 1", lead_says_source),
+            ("arch src", built("src")),
+            ("arch nosrc", built("nosrc")),
+        ] {
+            let e = inspect_rpm(&f[..], f.len() as u64).unwrap_err();
+            assert!(
+                e.to_string().contains("source RPMs are not served"),
+                "{what}: {e}"
+            );
+        }
     }
 
     #[test]
