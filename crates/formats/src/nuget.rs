@@ -512,13 +512,16 @@ pub fn inspect_nupkg<R: Read + Seek>(reader: R, limits: &ArchiveLimits) -> Resul
     // of the same name, a second nuspec say, would be invisible to every
     // check below yet unpacked by clients. Such a package is refused while
     // its central directory is walked.
+    // Names are compared without case: NuGet unpacks on Windows too, where
+    // `lib/a.dll` and `LIB/A.DLL` are one file and the second overwrites
+    // the first.
     let mut seen = std::collections::HashSet::new();
     let mut zip = crate::zipdir::open(reader, "the package", limits, |name| {
-        if seen.insert(name.to_vec()) {
+        if seen.insert(String::from_utf8_lossy(name).to_lowercase()) {
             return Ok(());
         }
         Err(FormatError::invalid(format!(
-            "the package holds two entries named {:?}; a .nupkg names each entry once",
+            "the package holds two entries named {:?} (compared without case); a .nupkg names each entry once",
             String::from_utf8_lossy(name)
         )))
     })?;
@@ -1762,7 +1765,18 @@ mod tests {
             ("Demo.Lib.nuspec", NUSPEC.as_bytes()),
             ("demo.lib.NUSPEC", NUSPEC.as_bytes()),
         ]);
-        assert!(read(cased).unwrap_err().to_string().contains("more than one"));
+        assert!(read(cased).unwrap_err().to_string().contains("two entries named"));
+        let cased = zip(&[
+            ("a.nuspec", NUSPEC.as_bytes()),
+            ("lib/a.dll", b"x"),
+            ("LIB/A.DLL", b"y"),
+        ]);
+        assert!(
+            read(cased)
+                .unwrap_err()
+                .to_string()
+                .contains("two entries named \"LIB/A.DLL\"")
+        );
         let trav = zip(&[("a.nuspec", NUSPEC.as_bytes()), ("../evil", b"x")]);
         assert!(read(trav).unwrap_err().to_string().contains("unsafe path"));
         // More entries than allowed: refused from the end record, before

@@ -30,8 +30,13 @@ use crate::error::{ApiError, Flavor};
 /// The API key presented, if any: `Authorization: Bearer KEY`, basic auth
 /// with any user name and the key as password, or the key alone as the
 /// whole header value (`Authorization: KEY`, what cargo sends).
+///
+/// Errors: Invalid (400) for a request carrying two `Authorization` headers
+/// (RFC 9110 §11.6.2 defines one credential per request: which of two
+/// counts would depend on the proxy in front); Unauthorized for a header
+/// that cannot be read.
 pub fn presented_secret(headers: &HeaderMap) -> Result<Option<String>, CoreError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let Some(value) = single(headers, header::AUTHORIZATION.as_str())? else {
         return Ok(None);
     };
     let value = value
@@ -57,6 +62,18 @@ pub fn presented_secret(headers: &HeaderMap) -> Result<Option<String>, CoreError
     }
 }
 
+/// The one value of credential header `name`, or None; two are refused.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h axum::http::HeaderValue>, CoreError> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(CoreError::invalid(format!(
+            "the request carries more than one {name} header; send one credential"
+        )));
+    }
+    Ok(first)
+}
+
 /// The authenticated principal, or None when no key was presented. A key
 /// that was presented but is wrong is refused (401), even for public reads.
 pub async fn principal(state: &AppState, headers: &HeaderMap) -> Result<Option<Principal>, CoreError> {
@@ -75,7 +92,7 @@ pub async fn nuget_principal(state: &AppState, headers: &HeaderMap) -> Result<Op
     if headers.contains_key(header::AUTHORIZATION) {
         return principal(state, headers).await;
     }
-    match headers.get("x-nuget-apikey") {
+    match single(headers, "x-nuget-apikey")? {
         None => Ok(None),
         Some(v) => {
             let key = v

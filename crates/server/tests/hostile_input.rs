@@ -690,3 +690,63 @@ async fn a_multipart_part_head_that_never_ends_is_refused_after_a_bounded_read()
         assert!(!r.text().contains(empty), "{uri}: {}", r.text());
     }
 }
+
+/// Two credentials in one request are refused, not settled by whichever
+/// header comes first (a proxy in front may keep the other): on a feed
+/// route, the management API, the replication API and NuGet's key header.
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    for uri in [
+        "/assets/files/a.txt",
+        "/api/v1/feeds",
+        "/api/replication/v1/feeds/files/changes?since=0",
+    ] {
+        let r = i
+            .send(
+                "GET",
+                uri,
+                Some(ADMIN),
+                &[("authorization", "Bearer not-the-admin-key")],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{uri}: {}", r.text());
+        assert!(
+            r.text().contains("more than one authorization header"),
+            "{uri}: {}",
+            r.text()
+        );
+    }
+    let r = i
+        .send(
+            "GET",
+            "/assets/files/a.txt",
+            None,
+            &[("authorization", &format!("Bearer {ADMIN}"))],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "one header still works: {}",
+        r.text()
+    );
+    let r = i
+        .send(
+            "PUT",
+            "/nuget/pkgs/api/v2/package",
+            None,
+            &[("x-nuget-apikey", ADMIN), ("x-nuget-apikey", "other")],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(
+        r.text().contains("more than one x-nuget-apikey header"),
+        "{}",
+        r.text()
+    );
+}

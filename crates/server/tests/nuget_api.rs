@@ -769,7 +769,7 @@ async fn bad_pushes_are_refused_and_store_nothing() {
         f.push_to("v3/package", Some("wrong-key"), "package.nupkg", &good)
             .await,
     );
-    bad(StatusCode::BAD_REQUEST, "not a valid .nupkg")(
+    bad(StatusCode::BAD_REQUEST, "the package is not a valid zip archive")(
         f.push_to("v3/package", Some(&k), "package.nupkg", b"hello").await,
     );
     let none = zip(&[("lib/a.dll", b"x")]);
@@ -824,14 +824,16 @@ async fn bad_pushes_are_refused_and_store_nothing() {
     bad(StatusCode::BAD_REQUEST, "two entries named \"Good.One.nuspec\"")(
         f.push_to("v3/package", Some(&k), "package.nupkg", &twice).await,
     );
-    // Two root nuspecs whose names differ in case only.
+    // Two root nuspecs whose names differ in case only (one file where
+    // NuGet unpacks on Windows).
     let cased = zip(&[
         ("Good.One.nuspec", nuspec("Good.One", "1.0.0", "").as_bytes()),
         ("good.one.NUSPEC", evil.as_bytes()),
     ]);
-    bad(StatusCode::BAD_REQUEST, "more than one .nuspec")(
-        f.push_to("v3/package", Some(&k), "package.nupkg", &cased).await,
-    );
+    bad(
+        StatusCode::BAD_REQUEST,
+        "two entries named \"good.one.NUSPEC\" (compared without case)",
+    )(f.push_to("v3/package", Some(&k), "package.nupkg", &cased).await);
     // A dependency range or group framework that would forge entries in
     // v2's `Dependencies` (`id:range:framework|…`): refused.
     let forged = nupkg(
