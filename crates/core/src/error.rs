@@ -45,7 +45,13 @@ pub enum CoreError {
 /// failure), [`CoreError::from_body_error`] tells it from a server fault.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct BrokenBody(#[source] Box<dyn std::error::Error + Send + Sync>);
+struct BrokenBody(#[source] Box<dyn std::error::Error + Send + Sync>, Refused);
+
+/// Whether the body was cut by the server's own check of it (a multipart
+/// part head past its limit: the client's fault, 400 with the reason)
+/// rather than broken by the client or its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refused(bool);
 
 impl BrokenBody {
     /// Finds a [`BrokenBody`] in `e` or its causes, looking inside
@@ -99,14 +105,25 @@ impl CoreError {
     /// peer's response during replication, a bundle) are never wrapped: a
     /// failure there stays what it was.
     pub fn client_body_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> std::io::Error {
-        std::io::Error::other(BrokenBody(e.into()))
+        std::io::Error::other(BrokenBody(e.into(), Refused(false)))
+    }
+
+    /// Wraps the error of a check the HTTP layer makes of a client's body
+    /// as it streams (a multipart part head past its limit): it reaches the
+    /// response as [`CoreError::Invalid`] with the check's reason, not as
+    /// a body that broke off.
+    pub fn client_body_refused(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> std::io::Error {
+        std::io::Error::other(BrokenBody(e.into(), Refused(true)))
     }
 
     /// [`CoreError::BrokenBody`] if `e` or one of its causes was made by
     /// [`CoreError::client_body_error`]; `None` for any other error, which
     /// the caller maps as it would have.
     pub fn from_body_error(e: &(dyn std::error::Error + 'static)) -> Option<Self> {
-        BrokenBody::find(e).map(|b| CoreError::BrokenBody(b.describe()))
+        BrokenBody::find(e).map(|b| match b.1 {
+            Refused(true) => CoreError::Invalid(b.0.to_string()),
+            Refused(false) => CoreError::BrokenBody(b.describe()),
+        })
     }
 }
 

@@ -152,7 +152,13 @@ where
             req = match form {
                 Some(boundary) => req.map(|body| {
                     let guarded = crate::form_guard::FormGuard::new(body, &boundary);
-                    Body::new(guarded.map_err(CoreError::client_body_error))
+                    Body::new(guarded.map_err(|e| {
+                        if e.is::<crate::form_guard::FormError>() {
+                            CoreError::client_body_refused(e)
+                        } else {
+                            CoreError::client_body_error(e)
+                        }
+                    }))
                 }),
                 None => req.map(|body| Body::new(body.map_err(CoreError::client_body_error))),
             };
