@@ -427,7 +427,7 @@ impl Ferry {
             }
             StoreEvent::KeyRevoked { hash } => self.0.remembered_keys.forget(&hash),
             // The replication engine listens for these itself.
-            StoreEvent::StopRequested { .. } => {}
+            StoreEvent::StopRequested { .. } | StoreEvent::SessionsChanged => {}
             StoreEvent::Resync => {
                 // Remembered keys stay: a broken listener is what an outage
                 // looks like, and they are what serves metrics then.

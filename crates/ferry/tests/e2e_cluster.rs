@@ -147,6 +147,36 @@ fn nodes_share_one_instance_and_wake_each_others_long_polls() {
     );
     eprintln!("write through a -> served by a spoke of b: {:?}", t.elapsed());
 
+    // Revoking the sync token through node a ends a long poll waiting on
+    // node b at once with the refusal, not at the end of its 60 s wait.
+    let changes = format!("{}/api/replication/v1/feeds/files/changes", b.url);
+    let bearer = format!("Authorization: Bearer {token}");
+    let (code, body) = support::curl(&["-H", &bearer, &format!("{changes}?since=0")]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let last = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["last_seq"]
+        .as_i64()
+        .unwrap();
+    let poll = {
+        let (url, bearer) = (format!("{changes}?since={last}&wait=60"), bearer.clone());
+        std::thread::spawn(move || support::curl(&["--max-time", "40", "-H", &bearer, &url]))
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let (code, body) = support::curl(&[
+        "-X",
+        "DELETE",
+        "-H",
+        &format!("Authorization: Bearer {}", support::ADMIN),
+        &format!("{}/api/v1/replications/to-spokes/tokens/{}", a.url, &token[4..20]),
+    ]);
+    assert_eq!(code, 204, "{}", String::from_utf8_lossy(&body));
+    let (code, body) = poll.join().unwrap();
+    assert_eq!(
+        code,
+        401,
+        "the long poll on node b did not end with the refusal (curl gives up at 40 s): {}",
+        String::from_utf8_lossy(&body)
+    );
+
     // A deleted feed is gone on every node.
     a.cli_ok(&["feed", "create", "short-lived", "--type", "npm"]);
     assert!(b.cli_ok(&["feed", "list"]).contains("short-lived"));

@@ -1123,6 +1123,26 @@ impl Replicator {
         }
         if self.store().shared_by_nodes() {
             tokio::spawn(self.clone().follow_other_nodes());
+            if let Some(mut events) = self.ferry().metadata().events() {
+                // A token revoked or a replication changed through another
+                // node ends the long polls waiting here as one through
+                // this node does.
+                let me = self.clone();
+                let mut stopping = self.shutdown_signal();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            ev = events.recv() => match ev {
+                                Ok(ferry_store::StoreEvent::SessionsChanged | ferry_store::StoreEvent::Resync)
+                                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => me.sessions_changed(),
+                                Ok(_) => {}
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                            },
+                            _ = stopping.changed() => return,
+                        }
+                    }
+                });
+            }
         }
         Ok(())
     }

@@ -335,6 +335,9 @@ pub enum StoreEvent {
     /// was remembered of it (a credential verified for the metrics scrape)
     /// is forgotten.
     KeyRevoked { hash: [u8; 32] },
+    /// A sync token was revoked, or a replication updated or deleted: a
+    /// peer's long poll waiting on this node checks its session again.
+    SessionsChanged,
     /// Events may have been lost (the connection that carries them broke):
     /// re-read whatever is kept from the store.
     Resync,

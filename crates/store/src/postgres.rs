@@ -229,7 +229,8 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_millis(250);
 /// nodes sharing a database. Payloads: `c FEED SEQ` (change log grew),
 /// `d FEED NAME` (feed deleted), `k FEED` (signing key set), `K HASH` (the
 /// API key with this secret hash, in hex, deleted or replaced), `s ID`
-/// (asked to stop execution ID).
+/// (asked to stop execution ID), `r` (a sync token revoked, a replication
+/// updated or deleted).
 const EVENTS_CHANNEL: &str = "ferry_events";
 
 /// PostgreSQL metadata store. Cheap to clone (the pool is shared).
@@ -255,6 +256,9 @@ impl Drop for Events {
 }
 
 fn parse_event(payload: &str) -> Option<StoreEvent> {
+    if payload == "r" {
+        return Some(StoreEvent::SessionsChanged);
+    }
     if let Some(id) = payload.strip_prefix("s ") {
         return Some(StoreEvent::StopRequested {
             execution: id.parse().ok()?,

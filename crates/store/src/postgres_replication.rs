@@ -7,7 +7,7 @@ use ferry_types::{Digest, InstanceId, ItemKey};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use crate::postgres::{bad_row, decode_blobs, digest_from, stamp_from, store_tx};
+use crate::postgres::{bad_row, decode_blobs, digest_from, notify, stamp_from, store_tx};
 use crate::replication::*;
 use crate::{FeedId, PgStore, StoreError, now_millis};
 
@@ -107,7 +107,7 @@ impl ReplicationStore for PgStore {
         if n == 0 {
             return Err(StoreError::NotFound(format!("replication {name}")));
         }
-        Ok(())
+        self.sessions_changed().await
     }
 
     async fn replication(&self, name: &str) -> Result<Option<ReplicationRecord>, StoreError> {
@@ -145,6 +145,9 @@ impl ReplicationStore for PgStore {
             .execute(self.pool())
             .await?
             .rows_affected();
+        if n > 0 {
+            self.sessions_changed().await?;
+        }
         Ok(n > 0)
     }
 
@@ -188,6 +191,9 @@ impl ReplicationStore for PgStore {
             .execute(self.pool())
             .await?
             .rows_affected();
+        if n > 0 {
+            self.sessions_changed().await?;
+        }
         Ok(n > 0)
     }
 
@@ -740,4 +746,13 @@ async fn close_running(
     .await?
     .rows_affected();
     Ok(n)
+}
+
+impl PgStore {
+    /// Tells every node that peers' sessions may have ended
+    /// ([`crate::StoreEvent::SessionsChanged`]).
+    async fn sessions_changed(&self) -> Result<(), StoreError> {
+        let mut c = self.pool().acquire().await?;
+        notify(&mut c, "r".into()).await
+    }
 }

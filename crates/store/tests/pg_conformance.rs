@@ -203,4 +203,17 @@ async fn a_node_hears_what_another_node_wrote() {
     assert_eq!(next(&mut heard).await, StoreEvent::KeyRevoked { hash: [1; 32] });
     assert!(a.delete_key("scraper").await.unwrap());
     assert_eq!(next(&mut heard).await, StoreEvent::KeyRevoked { hash: [2; 32] });
+    // A sync token revoked, a replication updated or deleted: peers'
+    // sessions are checked again on every node.
+    use ferry_store::ReplicationStore;
+    let r = a.create_replication("edge", serde_json::json!({})).await.unwrap();
+    a.add_sync_token(r.id, "0123456789abcdef", [3; 32]).await.unwrap();
+    assert!(a.revoke_sync_token(r.id, "0123456789abcdef").await.unwrap());
+    assert_eq!(next(&mut heard).await, StoreEvent::SessionsChanged);
+    a.update_replication("edge", serde_json::json!({ "changed": true }))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut heard).await, StoreEvent::SessionsChanged);
+    assert!(a.delete_replication("edge").await.unwrap());
+    assert_eq!(next(&mut heard).await, StoreEvent::SessionsChanged);
 }
