@@ -1112,6 +1112,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             if stall.fired.load(Ordering::Acquire) {
                 return timed_out();
             }
+            let unread = stall.unread.lock().ok().and_then(|mut u| u.take());
+            if let Some(rest) = unread {
+                tokio::spawn(linger(rest, LINGER.min(timeout)));
+            }
             Ok(guarded(resp, busy))
         }))
     }
@@ -1217,6 +1221,27 @@ struct Stall {
     /// Shared with the request's [`ferry_server::BodyWatch`].
     fired: Arc<AtomicBool>,
     notify: Notify,
+    /// The rest of a request body its handler dropped unread (see
+    /// [`linger`]).
+    unread: std::sync::Mutex<Option<Incoming>>,
+}
+
+/// How long the rest of a request body its handler left unread is read and
+/// dropped after the answer ([`linger`]).
+const LINGER: Duration = Duration::from_secs(30);
+
+/// Reads and drops the rest of a request body its handler left unread (an
+/// upload refused part-way: a digest mismatch, a size limit), for at most
+/// `within`, as nginx's lingering close does. Closing at once, with the
+/// client's bytes unread, makes the kernel reset the connection, and most
+/// clients (reqwest, and the `ferry` CLI with it) then report the reset
+/// ("broken pipe") instead of the answer that explains it; read to its
+/// end, the connection stays open for the next request.
+async fn linger(mut rest: Incoming, within: Duration) {
+    let _ = tokio::time::timeout(within, async {
+        while let Some(Ok(_)) = std::future::poll_fn(|cx| Pin::new(&mut rest).poll_frame(cx)).await {}
+    })
+    .await;
 }
 
 /// The error a stalled request body yields to its handler.
@@ -1239,7 +1264,8 @@ impl std::error::Error for BodyStalled {}
 /// while the handler waits for it (time the handler spends elsewhere does
 /// not count).
 struct ProgressBody {
-    inner: Incoming,
+    /// None once dropped (handed to [`Stall::unread`] when not at its end).
+    inner: Option<Incoming>,
     timeout: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     armed: bool,
@@ -1249,7 +1275,7 @@ struct ProgressBody {
 impl ProgressBody {
     fn new(inner: Incoming, timeout: Duration, stall: Arc<Stall>) -> Self {
         ProgressBody {
-            inner,
+            inner: Some(inner),
             timeout,
             timer: None,
             armed: false,
@@ -1270,7 +1296,10 @@ impl http_body::Body for ProgressBody {
         if this.stall.fired.load(Ordering::Acquire) {
             return Poll::Ready(Some(Err(BodyStalled(this.timeout).into())));
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.armed = false;
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
@@ -1287,11 +1316,26 @@ impl http_body::Body for ProgressBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+impl Drop for ProgressBody {
+    fn drop(&mut self) {
+        // A stalled body is not waited for again.
+        if let Some(rest) = self.inner.take()
+            && !rest.is_end_stream()
+            && !self.stall.fired.load(Ordering::Acquire)
+            && let Ok(mut unread) = self.stall.unread.lock()
+        {
+            *unread = Some(rest);
+        }
     }
 }
 

@@ -81,6 +81,16 @@ fn bundles_carry_changes_across_an_air_gap() {
     let err = site.cli_fails(&["bundle", "import", "mirror", corrupt.to_str().unwrap()]);
     assert!(err.contains("400") && err.contains("digest"), "{err}");
     assert!(site.lacks("mirror", "c.txt"));
+    // Refused with megabytes still to send: the CLI shows the server's
+    // reason, not the reset of a connection closed under it.
+    bytes.extend(std::iter::repeat_n(0u8, 16 << 20));
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let err = site.cli_fails(&["bundle", "import", "mirror", corrupt.to_str().unwrap()]);
+    assert!(
+        err.contains("400") && err.contains("digest mismatch") && !err.contains("cannot reach"),
+        "{err}"
+    );
+    assert!(site.lacks("mirror", "c.txt"));
     // So is a truncated one.
     let truncated = dir.path().join("truncated.bundle");
     std::fs::write(&truncated, &std::fs::read(&third).unwrap()[..1200]).unwrap();
