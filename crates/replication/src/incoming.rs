@@ -87,7 +87,7 @@ impl Replicator {
             token_id: id.to_owned(),
             filter,
         };
-        if let Some(request) = self.peer_request(&s, instance, id, address) {
+        if let Some(request) = self.peer_request(&s, instance, id, address).await {
             s.instance = instance.map(str::to_owned);
             s.request = Some(std::sync::Arc::new(request));
         }

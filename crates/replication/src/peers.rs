@@ -9,7 +9,10 @@
 //! Peers are kept in memory and saved through
 //! [`ReplicationStore::save_peer`](ferry_store::ReplicationStore::save_peer)
 //! on each handshake and at most every [`SAVE_EVERY_MS`] otherwise, so the
-//! view survives a restart of this side.
+//! view survives a restart of this side; a peer the book does not hold is
+//! read back from what was saved when it connects again (after a restart,
+//! or on another node of a cluster), so what it reported in its last
+//! handshake is kept though it does not shake hands again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -198,7 +201,7 @@ impl Replicator {
     /// `token_id` from `address`; the returned guard notes its end.
     /// None when the request names no valid instance id (an older peer:
     /// it is known from its handshakes only).
-    pub fn peer_request(
+    pub async fn peer_request(
         &self,
         s: &Session,
         instance: Option<&str>,
@@ -206,8 +209,9 @@ impl Replicator {
         address: Option<String>,
     ) -> Option<PeerRequest> {
         let instance = instance?.parse::<ferry_types::InstanceId>().ok()?.to_string();
-        let now = now_millis();
         let key = (s.record.id, instance.clone());
+        self.restore_peer(&key).await;
+        let now = now_millis();
         let mut m = self.0.peer_book.entries.lock().ok()?;
         let e = entry_for(&mut m, &key, now);
         e.in_flight += 1;
@@ -230,8 +234,9 @@ impl Replicator {
         protocol_version: Option<u32>,
         accepted: bool,
     ) {
-        let now = now_millis();
         let key = (s.record.id, req.instance_id.to_string());
+        self.restore_peer(&key).await;
+        let now = now_millis();
         let state = {
             let Ok(mut m) = self.0.peer_book.entries.lock() else {
                 return;
@@ -305,6 +310,43 @@ impl Replicator {
                 message: cut_message(&err.to_string()),
             });
             e.saved_at = 0;
+        }
+    }
+
+    /// Puts the saved state of peer `key` (replication id, instance id)
+    /// in the book when the book does not hold it: after a restart, or on
+    /// another node of a cluster, a peer that connects again keeps its
+    /// name, versions, interval, first contact and cursors instead of
+    /// starting over as a stranger (one read per peer and process).
+    async fn restore_peer(&self, key: &(i64, String)) {
+        let known = self
+            .0
+            .peer_book
+            .entries
+            .lock()
+            .map_or(true, |m| m.contains_key(key));
+        if known {
+            return;
+        }
+        let saved = match self.store().peers(key.0).await {
+            Ok(list) => list
+                .into_iter()
+                .find(|(instance, _)| *instance == key.1)
+                .and_then(|(_, value)| serde_json::from_value::<PeerState>(value).ok()),
+            Err(e) => {
+                tracing::warn!("reading the saved state of replication peer {}: {e}", key.1);
+                None
+            }
+        };
+        if let Some(state) = saved
+            && let Ok(mut m) = self.0.peer_book.entries.lock()
+        {
+            m.entry(key.clone()).or_insert_with(|| Entry {
+                state,
+                in_flight: 0,
+                // As saved: nothing new to save yet.
+                saved_at: now_millis(),
+            });
         }
     }
 

@@ -332,11 +332,32 @@ async fn peers_are_saved_and_gone_with_their_replication() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let first_contact = peers(&hub).await[0]["first_contact"].clone();
     let reopened = hub.reopen().await;
     let list = peers(&reopened).await;
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["name"], "site-a");
     assert_eq!(list[0]["connected"], false);
+    // A spoke that goes on reading without a new handshake (it was
+    // waiting on a long poll through the restart) keeps what it reported.
+    let r = from(
+        &reopened,
+        SPOKE_A,
+        &token,
+        "GET",
+        "feeds/files/changes?since=0&limit=10",
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let list = peers(&reopened).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let p = &list[0];
+    assert_eq!(p["name"], "site-a", "{p}");
+    assert_eq!(p["ferry_version"], "9.9.9", "{p}");
+    assert_eq!(p["interval_secs"], 30, "{p}");
+    assert_eq!(p["first_contact"], first_contact, "{p}");
+    assert_eq!(p["feeds"]["files"]["cursor"], 0, "{p}");
     let r = reopened
         .send(
             "DELETE",
