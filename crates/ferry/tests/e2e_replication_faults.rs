@@ -939,6 +939,16 @@ fn a_spoke_whose_token_was_revoked_does_not_keep_polling() {
         wait_until(SYNC, || refused_polls(&hub) >= 1),
         "the waiting long poll was never refused"
     );
+    // And the spoke says so at once, not at its next scheduled execution
+    // (an hour away): its latest execution failed, naming the revocation.
+    assert!(
+        wait_until(SYNC, || {
+            let latest = spoke.executions("from-hub").into_iter().next();
+            latest.is_some_and(|e| e["outcome"] == "failed" && e.to_string().contains("revoked"))
+        }),
+        "the spoke still shows its last success: {:?}",
+        spoke.executions("from-hub").first()
+    );
     let before = refused_polls(&hub);
     std::thread::sleep(Duration::from_secs(8));
     let after = refused_polls(&hub);

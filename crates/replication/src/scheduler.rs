@@ -262,6 +262,8 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
             let anchor_name = format!("{cursor_name}:anchor");
             tasks.push(tokio::spawn(async move {
                 let mut backoff = RECONNECT_MIN;
+                // Whether the last long poll was refused.
+                let mut refused_last = false;
                 loop {
                     let cursor = r.store().cursor(id, &cursor_name).await.unwrap_or(0);
                     let anchor = r.store().cursor(id, &anchor_name).await.unwrap_or(0);
@@ -281,6 +283,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                     {
                         Ok(page) if page.next > cursor || page.reset => {
                             backoff = RECONNECT_MIN;
+                            refused_last = false;
                             // Another node of the instance, woken by the same
                             // change, may have applied it meanwhile: nothing
                             // to run for (poll again from where it got).
@@ -305,14 +308,24 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                                 }
                             }
                         }
-                        Ok(_) => backoff = RECONNECT_MIN,
+                        Ok(_) => {
+                            backoff = RECONNECT_MIN;
+                            refused_last = false;
+                        }
                         Err(e) if refused(&e) => {
                             // The other side answered and said no (a revoked
                             // token, a changed replication): asking again at
                             // once changes nothing. Ask again on the
                             // replication's schedule, and every 5 minutes
-                            // at least (the executions report the error).
+                            // at least. The first refusal runs an execution
+                            // at once, which records the error as the
+                            // replication's state (it showed its last
+                            // success until its next scheduled execution).
                             tracing::debug!(target: "replication", replication = %name, error = %e, "long poll refused");
+                            if !refused_last {
+                                refused_last = true;
+                                wake.change();
+                            }
                             backoff = RECONNECT_MIN;
                             let wait = Duration::from_secs(cfg.interval_secs.clamp(RECONNECT_MAX.as_secs(), REFUSED_MAX));
                             tokio::time::sleep(wait).await;
