@@ -12,7 +12,7 @@ use ferry_store::{ByteStream, FeedRecord};
 use ferry_types::{Digest, FeedName, FeedType, InstanceId, ItemKey};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::protocol::WireEntry;
@@ -20,6 +20,11 @@ use crate::{ReplError, Replicator};
 
 const BLOCK: usize = 512;
 const MAX_ENTRIES_BYTES: u64 = 1 << 30;
+/// Largest `ferry-bundle.json`, in bytes (it is a few hundred).
+const MAX_HEADER_BYTES: u64 = 64 << 10;
+/// Longest line of `entries.jsonl` (one entry), in bytes: as much as a
+/// whole page of entries may be over the replication API.
+const MAX_ENTRY_LINE: usize = 16 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BundleHeader {
@@ -334,19 +339,26 @@ impl Replicator {
                     if again {
                         return Err(bad(&format!("it holds {path} twice")));
                     }
-                    if size > MAX_ENTRIES_BYTES {
-                        return Err(bad("the entry list is too large"));
-                    }
-                    let mut data = Vec::with_capacity(size as usize);
-                    (&mut reader)
-                        .take(size)
-                        .read_to_end(&mut data)
-                        .await
-                        .map_err(io)?;
-                    if (data.len() as u64) < size {
-                        return Err(bad("the bundle is truncated"));
-                    }
-                    if path == "ferry-bundle.json" {
+                    if path == "entries.jsonl" {
+                        if size > MAX_ENTRIES_BYTES {
+                            return Err(bad("the entry list is too large"));
+                        }
+                        read_entries((&mut reader).take(size), size, &mut entries).await?;
+                    } else {
+                        if size > MAX_HEADER_BYTES {
+                            return Err(bad(&format!(
+                                "ferry-bundle.json is {size} bytes; a bundle's header is at most {MAX_HEADER_BYTES}"
+                            )));
+                        }
+                        let mut data = Vec::with_capacity(size as usize);
+                        (&mut reader)
+                            .take(size)
+                            .read_to_end(&mut data)
+                            .await
+                            .map_err(io)?;
+                        if (data.len() as u64) < size {
+                            return Err(bad("the bundle is truncated"));
+                        }
                         let hd: BundleHeader =
                             serde_json::from_slice(&data).map_err(|e| bad(&format!("header: {e}")))?;
                         if hd.format != 1 {
@@ -365,11 +377,6 @@ impl Replicator {
                             )));
                         }
                         header = Some(hd);
-                    } else {
-                        for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                            entries
-                                .push(serde_json::from_slice(line).map_err(|e| bad(&format!("entry: {e}")))?);
-                        }
                     }
                 }
                 p => {
@@ -521,6 +528,54 @@ fn io(e: std::io::Error) -> ReplError {
 }
 
 /// Reads one tar block; false at a clean end of input.
+/// Parses `entries.jsonl` (`size` bytes of JSON lines, one [`WireEntry`]
+/// each) into `out` as it is read: one line at a time is held, and a line
+/// longer than [`MAX_ENTRY_LINE`] is refused before it is all read.
+async fn read_entries<R: AsyncBufRead + Unpin>(
+    mut r: R,
+    size: u64,
+    out: &mut Vec<WireEntry>,
+) -> Result<(), ReplError> {
+    let mut line: Vec<u8> = Vec::new();
+    let mut read: u64 = 0;
+    let mut parse = |line: &mut Vec<u8>| -> Result<(), ReplError> {
+        if !line.is_empty() {
+            out.push(
+                serde_json::from_slice(line).map_err(|e| bad(&format!("entry {}: {e}", out.len() + 1)))?,
+            );
+            line.clear();
+        }
+        Ok(())
+    };
+    loop {
+        let buf = r.fill_buf().await.map_err(io)?;
+        if buf.is_empty() {
+            break;
+        }
+        let end = buf.iter().position(|b| *b == b'\n');
+        let piece = &buf[..end.unwrap_or(buf.len())];
+        if line.len() + piece.len() > MAX_ENTRY_LINE {
+            return Err(bad(&format!(
+                "entry {} of entries.jsonl is longer than {} MiB",
+                out.len() + 1,
+                MAX_ENTRY_LINE >> 20
+            )));
+        }
+        line.extend_from_slice(piece);
+        let used = piece.len() + usize::from(end.is_some());
+        r.consume(used);
+        read += used as u64;
+        if end.is_some() {
+            parse(&mut line)?;
+        }
+    }
+    parse(&mut line)?;
+    if read < size {
+        return Err(bad("the bundle is truncated"));
+    }
+    Ok(())
+}
+
 async fn read_block<R: AsyncRead + Unpin>(r: &mut R, block: &mut [u8; BLOCK]) -> Result<bool, ReplError> {
     let mut filled = 0;
     while filled < BLOCK {
@@ -535,4 +590,41 @@ async fn read_block<R: AsyncRead + Unpin>(r: &mut R, block: &mut [u8; BLOCK]) ->
         filled += n;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const ENTRY: &str = r#"{"key":"a.txt","stamp":{"time":65536,"origin":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},"deleted":true}"#;
+
+    async fn entries_of(bytes: &[u8], size: u64) -> Result<Vec<WireEntry>, ReplError> {
+        let mut out = Vec::new();
+        // Read in small pieces, so lines span reads.
+        let r = tokio::io::BufReader::with_capacity(7, bytes);
+        read_entries(r, size, &mut out).await.map(|()| out)
+    }
+
+    #[tokio::test]
+    async fn entries_are_read_line_by_line_and_a_long_line_is_refused() {
+        let list = format!("{ENTRY}\n{ENTRY}\n\n{ENTRY}");
+        let got = entries_of(list.as_bytes(), list.len() as u64).await.unwrap();
+        assert_eq!(got.len(), 3);
+        // Fewer bytes than the tar header said: truncated.
+        let err = entries_of(list.as_bytes(), list.len() as u64 + 10).await.unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        // A line that is not an entry is named by its number.
+        let list = format!("{ENTRY}\n{{\"key\":1}}\n");
+        let err = entries_of(list.as_bytes(), list.len() as u64).await.unwrap_err();
+        assert!(err.to_string().contains("entry 2"), "{err}");
+        // One line past the limit is refused before it is all held.
+        let long = format!("{}\n", " ".repeat(MAX_ENTRY_LINE + 1));
+        let err = entries_of(long.as_bytes(), long.len() as u64).await.unwrap_err();
+        assert!(err.to_string().contains("longer than 16 MiB"), "{err}");
+        // At the limit it is read (and must then be an entry).
+        let padded = format!("{ENTRY}{}\n", " ".repeat(MAX_ENTRY_LINE - ENTRY.len()));
+        let got = entries_of(padded.as_bytes(), padded.len() as u64).await.unwrap();
+        assert_eq!(got.len(), 1);
+    }
 }
