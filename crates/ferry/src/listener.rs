@@ -659,9 +659,11 @@ async fn unparsed_answer<S>(
         text.len(),
         ferry_server::blobs::SANDBOX_POLICY,
     );
-    // (What the client still sends: the rest of an oversized head, a body.)
+    // What the client still sends (the rest of an oversized head, a body)
+    // is read and dropped, up to 64 MiB within `within`, so that a client
+    // sending its whole body before it reads can read the answer.
     let parts: [&[u8]; 2] = [head.as_bytes(), text.as_bytes()];
-    if let Err(e) = answer_and_close(&mut stream, &parts, 1 << 20, within).await {
+    if let Err(e) = answer_and_close(&mut stream, &parts, 64 << 20, within).await {
         tracing::debug!(error = %e, "could not answer a request that could not be parsed");
     }
 }
@@ -1030,6 +1032,16 @@ impl Future for ResponseFuture {
     }
 }
 
+impl ConnService {
+    /// Reads and drops the body of a request answered here without it
+    /// ([`linger`]), so the client reads the answer rather than a reset.
+    fn linger_on(&self, req: Request<Incoming>) {
+        if !req.body().is_end_stream() {
+            tokio::spawn(linger(req.into_body(), LINGER.min(self.body_timeout)));
+        }
+    }
+}
+
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -1049,10 +1061,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let path = req.uri().path();
         if let Some(why) = head_too_large(&req) {
             let resp = refused(plain(path, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
+            self.linger_on(req);
             return ResponseFuture::Answered(Some((resp, busy)));
         }
         if self.conn.overflow && !OPS_PATHS.contains(&req.uri().path()) {
             let resp = refused(too_many_connections(path, self.max_connections));
+            self.linger_on(req);
             return ResponseFuture::Answered(Some((resp, busy)));
         }
         // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400 (the
@@ -1064,6 +1078,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 "the request has no Host header field; HTTP/1.1 requires one (RFC 9112, section 3.2)\n"
                     .to_owned(),
             ));
+            self.linger_on(req);
             return ResponseFuture::Answered(Some((resp, busy)));
         }
         // RFC 9112 §6.1: a server that receives a transfer coding it does
@@ -1072,6 +1087,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         // would otherwise be stored as the content.
         if let Some((status, why)) = unsupported_transfer_coding(req.headers()) {
             let resp = refused(plain(path, status, why));
+            self.linger_on(req);
             return ResponseFuture::Answered(Some((resp, busy)));
         }
         if req.body().is_end_stream() {

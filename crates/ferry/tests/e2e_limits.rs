@@ -731,3 +731,67 @@ fn refusals_before_routing_use_the_paths_error_shape() {
         }
     }
 }
+
+/// A request refused before its body is read (wrong key, unknown feed, a
+/// head past its limits, no Host) is answered, and the rest of its body
+/// is read and dropped: a client that sends its whole body before reading
+/// the answer (the `ferry` CLI, reqwest, hyper) can send it all and then
+/// reads the reason, instead of a reset ("broken pipe") that hides it.
+#[test]
+fn a_request_refused_before_its_body_is_read_still_gets_its_reason_across() {
+    let s = Server::start();
+    s.create_feed("files", "assets");
+    let body = vec![b'x'; 24 << 20];
+    let many: String = (0..120).map(|i| format!("X-Many-{i}: v\r\n")).collect();
+    let len = body.len();
+    for (head, status, says) in [
+        (
+            format!(
+                "PUT /assets/files/a.bin HTTP/1.1\r\nHost: f\r\nAuthorization: Bearer wrong\r\nContent-Length: {len}\r\n\r\n"
+            ),
+            401,
+            "invalid api key",
+        ),
+        (
+            format!(
+                "PUT /assets/nosuch/a.bin HTTP/1.1\r\nHost: f\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: {len}\r\n\r\n"
+            ),
+            404,
+            "feed nosuch not found",
+        ),
+        (
+            format!(
+                "PUT /assets/files/a.bin HTTP/1.1\r\nAuthorization: Bearer {ADMIN}\r\nContent-Length: {len}\r\n\r\n"
+            ),
+            400,
+            "no host header field",
+        ),
+        (
+            format!("PUT /assets/files/a.bin HTTP/1.1\r\nHost: f\r\n{many}Content-Length: {len}\r\n\r\n"),
+            431,
+            "122 header fields, at most 100",
+        ),
+    ] {
+        let mut c = connect(&s);
+        c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(head.as_bytes()).unwrap();
+        let sent = c.write_all(&body);
+        assert!(
+            sent.is_ok(),
+            "{status}: the body could not be sent in full ({sent:?}): the server closed under it"
+        );
+        // (Routed refusals keep the connection open: read by length.)
+        let head = read_head(&mut c, Duration::from_secs(10)).unwrap_or_default();
+        assert!(head.starts_with(&format!("http/1.1 {status} ")), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{status}: no length: {head}"));
+        let mut text = vec![0u8; length];
+        c.read_exact(&mut text).unwrap();
+        let text = String::from_utf8_lossy(&text).to_ascii_lowercase();
+        assert!(text.contains(says), "{status}: {text}");
+    }
+    assert!(s.lacks("files", "a.bin"));
+}

@@ -612,7 +612,9 @@ mod tests {
         let got = entries_of(list.as_bytes(), list.len() as u64).await.unwrap();
         assert_eq!(got.len(), 3);
         // Fewer bytes than the tar header said: truncated.
-        let err = entries_of(list.as_bytes(), list.len() as u64 + 10).await.unwrap_err();
+        let err = entries_of(list.as_bytes(), list.len() as u64 + 10)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
         // A line that is not an entry is named by its number.
         let list = format!("{ENTRY}\n{{\"key\":1}}\n");
