@@ -792,6 +792,16 @@ fn a_request_refused_before_its_body_is_read_still_gets_its_reason_across() {
         c.read_exact(&mut text).unwrap();
         let text = String::from_utf8_lossy(&text).to_ascii_lowercase();
         assert!(text.contains(says), "{status}: {text}");
+        if !head.contains("connection: close") {
+            // The body was read to its end: the connection serves the next
+            // request.
+            c.write_all(b"GET /health HTTP/1.1\r\nHost: f\r\n\r\n").unwrap();
+            assert_eq!(
+                read_status(&mut c, Duration::from_secs(10)),
+                Some(200),
+                "{status}"
+            );
+        }
     }
     assert!(s.lacks("files", "a.bin"));
 }
