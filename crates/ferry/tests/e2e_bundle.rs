@@ -205,3 +205,48 @@ fn staged_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         })
         .collect()
 }
+
+/// An entry refused by the checks replication makes (here its metadata,
+/// edited within the same length so the tar stays whole) refuses the
+/// bundle whole, wherever it sits: the entries before it are not applied
+/// (they were, 500 at a time, before the refusal).
+#[test]
+fn one_refused_entry_past_the_first_five_hundred_refuses_the_bundle_whole() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let items: Vec<(String, String)> = (0..600)
+        .map(|i| (format!("c/{i:04}"), format!("item {i}")))
+        .collect();
+    hub.put_assets("files", &items);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("all.bundle");
+    export(&hub, "files", 0, &bundle);
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    // The 551st entry's content type gets a control character (BEL, as
+    // its JSON escape) in place of its first six characters.
+    let key = bytes.windows(8).position(|w| w == b"\"c/0550\"").unwrap();
+    let field = b"\"content_type\":\"";
+    let at = key
+        + bytes[key..]
+            .windows(field.len())
+            .position(|w| w == field)
+            .unwrap()
+        + field.len();
+    bytes[at..at + 6].copy_from_slice(b"\\u0007");
+    let edited = dir.path().join("edited.bundle");
+    std::fs::write(&edited, &bytes).unwrap();
+
+    let site = Server::start();
+    site.create_feed("files", "assets");
+    let err = site.cli_fails(&["bundle", "import", "files", edited.to_str().unwrap()]);
+    assert!(
+        err.contains("400") && err.contains("c/0550") && err.contains("nothing of the bundle was applied"),
+        "{err}"
+    );
+    assert!(site.lacks("files", "c/0000"), "the first entries were applied");
+    assert!(site.lacks("files", "c/0599"));
+    // The bundle as exported goes in whole.
+    let out = site.cli_ok(&["bundle", "import", "files", bundle.to_str().unwrap()]);
+    assert!(out.contains("600 applied"), "{out}");
+    assert!(site.serves("files", "c/0550", b"item 550"));
+}

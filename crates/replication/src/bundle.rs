@@ -464,6 +464,32 @@ impl Replicator {
             self.ferry().commit_blob(staged).await?;
             report.blobs_received += 1;
         }
+        // Every entry is checked as replication checks it (a package's
+        // contents against its metadata, which needs its blob stored)
+        // before any is applied: one refused entry refuses the bundle
+        // whole. Blobs stored for this and not referenced then are
+        // collected with the garbage once their lease ends.
+        let changes: Vec<_> = entries.iter().map(WireEntry::to_change).collect();
+        let verdicts = self
+            .ferry()
+            .check_replicated_batch(&feed, &changes, false)
+            .await?;
+        drop(changes);
+        let refused: Vec<(&WireEntry, String)> = entries
+            .iter()
+            .zip(verdicts)
+            .filter_map(|(e, v)| v.map(|why| (e, why)))
+            .collect();
+        if let Some((first, why)) = refused.first() {
+            let more = match refused.len() {
+                1 => String::new(),
+                n => format!(" ({} more entries are refused too)", n - 1),
+            };
+            return Err(ReplError::Invalid(format!(
+                "entry {} is refused: {why}{more}; nothing of the bundle was applied",
+                first.key
+            )));
+        }
         report.entries = entries.len() as u64;
         report.until = header.until;
         for chunk in entries.chunks(500) {
