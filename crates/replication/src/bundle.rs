@@ -553,7 +553,6 @@ fn io(e: std::io::Error) -> ReplError {
     ReplError::Invalid(format!("not a valid Ferry bundle: {e}"))
 }
 
-/// Reads one tar block; false at a clean end of input.
 /// Parses `entries.jsonl` (`size` bytes of JSON lines, one [`WireEntry`]
 /// each) into `out` as it is read: one line at a time is held, and a line
 /// longer than [`MAX_ENTRY_LINE`] is refused before it is all read.
@@ -602,6 +601,7 @@ async fn read_entries<R: AsyncBufRead + Unpin>(
     Ok(())
 }
 
+/// Reads one tar block; false at a clean end of input.
 async fn read_block<R: AsyncRead + Unpin>(r: &mut R, block: &mut [u8; BLOCK]) -> Result<bool, ReplError> {
     let mut filled = 0;
     while filled < BLOCK {
