@@ -234,19 +234,7 @@ impl Replicator {
     /// and holding `feed`. Errors: as [`Replicator::session`] and
     /// [`Replicator::changes`] would refuse a new request.
     async fn still_valid(&self, s: &Session, feed: &FeedName) -> Result<(), ReplError> {
-        let gone =
-            || ReplError::Unauthorized(format!("sync token {} was revoked on this instance", s.token_id));
-        let token = self.store().sync_token(&s.token_id).await?.ok_or_else(gone)?;
-        if token.revoked || token.replication_id != s.record.id {
-            return Err(gone());
-        }
-        let record = self
-            .store()
-            .replication_by_id(s.record.id)
-            .await?
-            .ok_or_else(|| ReplError::Unauthorized("invalid or revoked sync token".into()))?;
-        let config: ReplicationConfig =
-            serde_json::from_value(record.config).map_err(|e| ReplError::Invalid(e.to_string()))?;
+        let config = self.session_holds(&s.token_id, s.record.id).await?;
         let now = Session {
             record: s.record.clone(),
             config,
@@ -255,9 +243,6 @@ impl Replicator {
             token_id: s.token_id.clone(),
             filter: s.filter.clone(),
         };
-        if now.config.communication != Communication::Incoming {
-            return Err(ReplError::Unauthorized("invalid or revoked sync token".into()));
-        }
         self.require_read(&now)?;
         self.session_feed(&now, feed.as_str()).await?;
         if now.config.include != s.config.include || now.config.exclude != s.config.exclude {
@@ -267,6 +252,90 @@ impl Replicator {
             )));
         }
         Ok(())
+    }
+
+    /// The configuration of replication `replication` now, if sync token
+    /// `token_id` still opens it: not revoked, and the replication still
+    /// there and incoming. Errors: Unauthorized otherwise.
+    async fn session_holds(&self, token_id: &str, replication: i64) -> Result<ReplicationConfig, ReplError> {
+        let gone = || ReplError::Unauthorized(format!("sync token {token_id} was revoked on this instance"));
+        let token = self.store().sync_token(token_id).await?.ok_or_else(gone)?;
+        if token.revoked || token.replication_id != replication {
+            return Err(gone());
+        }
+        let record = self
+            .store()
+            .replication_by_id(replication)
+            .await?
+            .ok_or_else(|| ReplError::Unauthorized("invalid or revoked sync token".into()))?;
+        let config: ReplicationConfig =
+            serde_json::from_value(record.config).map_err(|e| ReplError::Invalid(e.to_string()))?;
+        if config.communication != Communication::Incoming {
+            return Err(ReplError::Unauthorized("invalid or revoked sync token".into()));
+        }
+        Ok(config)
+    }
+
+    /// Whether the token of session `s` still opens its replication (see
+    /// [`Self::guard_body`]). Errors: Unauthorized, naming the
+    /// revocation, when it no longer does.
+    pub async fn session_still_holds(&self, s: &Session) -> Result<(), ReplError> {
+        self.session_holds(&s.token_id, s.record.id).await.map(|_| ())
+    }
+
+    /// `body` (blob bytes sent to or received from the peer of `s`), cut
+    /// with an error as
+    /// soon as its session no longer holds ([`Self::session_holds`],
+    /// checked whenever a token is revoked or a replication changed, on
+    /// this node or another): a transfer under way ends with the
+    /// revocation of its token, not when its bytes run out (which a
+    /// bandwidth cap can make hours).
+    pub fn guard_body<B>(&self, s: &Session, body: B) -> ByteStream
+    where
+        B: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
+    {
+        use futures::StreamExt as _;
+        struct Guard<B> {
+            body: B,
+            sessions: Option<tokio::sync::watch::Receiver<u64>>,
+            r: Replicator,
+            token_id: String,
+            replication: i64,
+            cut: bool,
+        }
+        let state = Guard {
+            body,
+            sessions: Some(self.sessions_signal()),
+            r: self.clone(),
+            token_id: s.token_id.clone(),
+            replication: s.record.id,
+            cut: false,
+        };
+        Box::pin(futures::stream::unfold(state, |mut g| async move {
+            if g.cut {
+                return None;
+            }
+            loop {
+                let changed = match g.sessions.as_mut() {
+                    // The signal first: a body always ready (a file read
+                    // from cache) must not hide a revocation.
+                    Some(rx) => tokio::select! {
+                        biased;
+                        r = rx.changed() => r.is_ok(),
+                        chunk = g.body.next() => return chunk.map(|c| (c, g)),
+                    },
+                    None => return g.body.next().await.map(|c| (c, g)),
+                };
+                if !changed {
+                    g.sessions = None; // no more signals: only the body
+                    continue;
+                }
+                if let Err(e) = g.r.session_holds(&g.token_id, g.replication).await {
+                    g.cut = true;
+                    return Some((Err(std::io::Error::other(e.to_string())), g));
+                }
+            }
+        }))
     }
 
     /// A page of the change log after `since`, waiting up to `wait` seconds
@@ -938,7 +1007,7 @@ impl Replicator {
                 }
             }
         });
-        Ok(crate::batch::channel_stream(rx))
+        Ok(self.guard_body(s, crate::batch::channel_stream(rx)))
     }
 }
 

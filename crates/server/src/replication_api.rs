@@ -281,9 +281,14 @@ async fn get_blob(
         .may_read_blob(&s, &d)
         .await
         .map_err(|e| failed(&st, &s, e))?;
-    crate::blobs::serve_blob(&st.ferry, &method, &headers, &d, "application/octet-stream", None)
+    let resp = crate::blobs::serve_blob(&st.ferry, &method, &headers, &d, "application/octet-stream", None)
         .await
-        .map_err(err)
+        .map_err(err)?;
+    // Cut at once if the peer's token is revoked while the blob is sent.
+    Ok(resp.map(|body| {
+        let bytes = body.into_data_stream().map_err(std::io::Error::other);
+        Body::from_stream(st.replicator.guard_body(&s, bytes))
+    }))
 }
 
 /// `POST blobs/batch`: many blobs in one streamed answer (frames, see
@@ -310,13 +315,14 @@ async fn upload_batch(
     Peer(s): Peer,
     body: Body,
 ) -> JsonResult<ferry_replication::batch::UploadResponse> {
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    Ok(Json(
-        st.replicator
-            .receive_batch(&s, Box::pin(stream))
-            .await
-            .map_err(|e| failed(&st, &s, e))?,
-    ))
+    // Cut at once if the peer's token is revoked while the upload runs.
+    let stream = st
+        .replicator
+        .guard_body(&s, body.into_data_stream().map_err(std::io::Error::other));
+    match st.replicator.receive_batch(&s, stream).await {
+        Ok(r) => Ok(Json(r)),
+        Err(e) => Err(failed(&st, &s, cut_reason(&st, &s, e).await)),
+    }
 }
 
 async fn put_blob(
@@ -326,9 +332,24 @@ async fn put_blob(
     body: Body,
 ) -> Result<(), ApiError> {
     let d = parse_digest(&digest)?;
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    st.replicator
-        .receive_blob(&s, &d, Box::pin(stream))
-        .await
-        .map_err(|e| failed(&st, &s, e))
+    let stream = st
+        .replicator
+        .guard_body(&s, body.into_data_stream().map_err(std::io::Error::other));
+    match st.replicator.receive_blob(&s, &d, stream).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(failed(&st, &s, cut_reason(&st, &s, e).await)),
+    }
+}
+
+/// Why an upload failed: the revocation of its token when that is what
+/// cut its body (see `Replicator::guard_body`), else `e` itself.
+async fn cut_reason(
+    st: &AppState,
+    s: &Session,
+    e: ferry_replication::ReplError,
+) -> ferry_replication::ReplError {
+    match st.replicator.session_still_holds(s).await {
+        Err(revoked) => revoked,
+        Ok(()) => e,
+    }
 }

@@ -483,3 +483,115 @@ async fn an_incoming_replication_filter_narrows_what_its_peers_read() {
     assert!(page["deletes_ahead"].is_null(), "{page}");
     assert!(page["bytes_ahead"].is_null(), "{page}");
 }
+
+/// Revoking a sync token cuts the blob transfers its holder has under
+/// way (one blob, and a batch): the body ends in an error after the
+/// revocation instead of running to its end, which a bandwidth cap can
+/// make hours away.
+#[tokio::test]
+async fn revoking_a_token_cuts_a_blob_transfer_under_way() {
+    use futures::StreamExt as _;
+    const SIZE: usize = 32 << 20;
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    let big: Vec<u8> = (0..SIZE).map(|n| (n % 251) as u8).collect();
+    let d = Digest::of(&big);
+    let r = i
+        .send("PUT", "/assets/files/big.bin", Some(ADMIN), &[], big)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+
+    for (n, batch) in [(1, false), (2, true)] {
+        let name = format!("edge{n}");
+        let token = i.incoming(&name, &["files"], "push").await;
+        let req = if batch {
+            axum::http::Request::post("/api/replication/v1/blobs/batch")
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::from(json!({ "blobs": [{ "digest": d }] }).to_string()))
+        } else {
+            axum::http::Request::get(format!("/api/replication/v1/blobs/{d}"))
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+        };
+        let resp = tower::ServiceExt::oneshot(i.router.clone(), req.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body().into_data_stream();
+        let first = body.next().await.unwrap().unwrap();
+        let mut got = first.len();
+        assert!(got < SIZE, "the whole blob came in one chunk");
+        let r = i
+            .send(
+                "DELETE",
+                &format!("/api/v1/replications/{name}/tokens/{}", &token[4..20]),
+                Some(ADMIN),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        let mut cut = false;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => got += c.len(),
+                Err(_) => {
+                    cut = true;
+                    break;
+                }
+            }
+        }
+        assert!(
+            cut,
+            "batch={batch}: the transfer ran to its end ({got} bytes) after the revocation"
+        );
+        assert!(
+            got < SIZE,
+            "batch={batch}: {got} of {SIZE} bytes sent after the revocation"
+        );
+    }
+}
+
+/// The same for a blob a peer pushes: an upload still streaming when its
+/// token is revoked is refused at once (nothing stored), without waiting
+/// for the rest of its body.
+#[tokio::test]
+async fn revoking_a_token_cuts_a_blob_upload_under_way() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    let token = i.incoming("edge", &["files"], "pull").await;
+    let d = Digest::of(b"never sent in full");
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tx.send(Ok(bytes::Bytes::from_static(b"never sent")))
+        .await
+        .unwrap();
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|c| (c, rx))
+    }));
+    let uri = format!("/api/replication/v1/blobs/{d}");
+    let upload = i.send("PUT", &uri, Some(&token), &[], body);
+    let revoke = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let r = i
+            .send(
+                "DELETE",
+                &format!("/api/v1/replications/edge/tokens/{}", &token[4..20]),
+                Some(ADMIN),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+    };
+    let (r, ()) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        tokio::join!(upload, revoke)
+    })
+    .await
+    .expect("the upload still waits for its body 20 s after the revocation");
+    drop(tx);
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert!(r.text().contains("revoked"), "{}", r.text());
+    assert_eq!(i.blob_files(), 0);
+    assert_eq!(i.staging_files(), 0);
+}
