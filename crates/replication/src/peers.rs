@@ -191,8 +191,11 @@ pub fn instance_name(ferry: &Ferry) -> String {
     .unwrap_or_else(|| ferry.instance_id().to_string())
 }
 
+/// `s` as kept of what a peer reports: at most [`MAX_NAME`] characters,
+/// control characters (escape sequences a terminal would act on, line
+/// breaks) dropped.
 fn cut(s: &str) -> String {
-    s.chars().take(MAX_NAME).collect()
+    s.chars().filter(|c| !c.is_control()).take(MAX_NAME).collect()
 }
 
 impl Replicator {
@@ -210,7 +213,9 @@ impl Replicator {
     ) -> Option<PeerRequest> {
         let instance = instance?.parse::<ferry_types::InstanceId>().ok()?.to_string();
         let key = (s.record.id, instance.clone());
-        self.restore_peer(&key).await;
+        if !self.claim(&key, token_id).await {
+            return None;
+        }
         let now = now_millis();
         let mut m = self.0.peer_book.entries.lock().ok()?;
         let e = entry_for(&mut m, &key, now);
@@ -235,7 +240,9 @@ impl Replicator {
         accepted: bool,
     ) {
         let key = (s.record.id, req.instance_id.to_string());
-        self.restore_peer(&key).await;
+        if !self.claim(&key, &s.token_id).await {
+            return;
+        }
         let now = now_millis();
         let state = {
             let Ok(mut m) = self.0.peer_book.entries.lock() else {
@@ -311,6 +318,41 @@ impl Replicator {
             });
             e.saved_at = 0;
         }
+    }
+
+    /// Whether a request made with sync token `token_id` may speak for
+    /// peer `key` (replication id, instance id): a peer is bound to the
+    /// token it last used, so another holder of a token of the same
+    /// replication cannot rewrite its name, versions, cursors or errors by
+    /// naming its instance id. The binding passes to a new token once the
+    /// old one is revoked (rotation: give the spoke its new token, then
+    /// revoke the old). A refused claim is logged; the request is served
+    /// as any with a valid token, only not recorded.
+    async fn claim(&self, key: &(i64, String), token_id: &str) -> bool {
+        self.restore_peer(key).await;
+        let bound = {
+            let Ok(m) = self.0.peer_book.entries.lock() else {
+                return false;
+            };
+            m.get(key).and_then(|e| e.state.token.clone())
+        };
+        let Some(bound) = bound.filter(|t| t != token_id) else {
+            return true;
+        };
+        let holds = match self.store().sync_token(&bound).await {
+            Ok(Some(t)) => !t.revoked && t.replication_id == key.0,
+            Ok(None) => false,
+            // Unknown: keep the binding.
+            Err(_) => true,
+        };
+        if holds {
+            tracing::warn!(
+                "replication peer {}: a request with sync token {token_id} names it, but it is bound to sync token {bound}, which is not revoked; not recorded",
+                key.1
+            );
+            return false;
+        }
+        true
     }
 
     /// Puts the saved state of peer `key` (replication id, instance id)
@@ -495,6 +537,11 @@ impl Replicator {
     }
 }
 
+/// An error message as kept: at most 1000 characters, control
+/// characters (a peer's words may be quoted in it) shown as spaces.
 fn cut_message(s: &str) -> String {
-    s.chars().take(1000).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1000)
+        .collect()
 }

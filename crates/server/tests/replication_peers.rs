@@ -480,3 +480,70 @@ async fn a_spoke_waiting_on_a_long_poll_is_not_behind() {
     assert_eq!(a["feeds"]["files"]["cursor"], last, "{a}");
     assert_eq!(a["feeds"]["files"]["lag_changes"], 0, "{a}");
 }
+
+/// A spoke's entry is bound to its token: another holder of a token of
+/// the same replication naming the spoke's instance id does not rewrite
+/// its name, version, interval or error; once the spoke's token is
+/// revoked the binding passes to the token it uses next (rotation).
+/// Control characters a peer reports (terminal escape sequences, line
+/// breaks) are not kept.
+#[tokio::test]
+async fn another_token_cannot_rewrite_a_spoke_and_names_lose_control_characters() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let path = "/api/v1/replications/edge/tokens";
+    let other = hub
+        .send("POST", path, Some(ADMIN), &[], Body::empty())
+        .await
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "POST",
+        "handshake",
+        handshake(SPOKE_A, "site-a", 30),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let spoof = handshake(SPOKE_A, "\u{1b}[2J\u{1b}[31mowned\nline", 99999);
+    let r = from(&hub, SPOKE_A, &other, "POST", "handshake", spoof.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "the other token is valid: {}", r.text());
+    let list = peers(&hub).await;
+    let a = peer(&list, SPOKE_A);
+    assert_eq!(a["name"], "site-a", "{a}");
+    assert_eq!(a["interval_secs"], 30, "{a}");
+    assert!(
+        token.starts_with(&format!("fst_{}", a["token"].as_str().unwrap())),
+        "{a}"
+    );
+
+    // Rotation: the spoke's token revoked, the one it uses next takes over.
+    let r = hub
+        .send(
+            "DELETE",
+            &format!("{path}/{}", &token[4..20]),
+            Some(ADMIN),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = from(&hub, SPOKE_A, &other, "POST", "handshake", spoof).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let list = peers(&hub).await;
+    let a = peer(&list, SPOKE_A);
+    assert_eq!(a["interval_secs"], 99999, "{a}");
+    assert!(
+        other.starts_with(&format!("fst_{}", a["token"].as_str().unwrap())),
+        "{a}"
+    );
+    let name = a["name"].as_str().unwrap();
+    assert!(!name.chars().any(char::is_control), "{name:?}");
+    assert!(name.contains("owned") && name.contains("line"), "{name:?}");
+}
