@@ -424,7 +424,8 @@ fn each_replication_shows_the_lag_of_its_own_feeds_only() {
             }
         }
         let text = spoke.cli_ok(&["replication", "list"]);
-        for line in text.lines() {
+        // Indented lines are details of the replication above.
+        for line in text.lines().filter(|l| !l.starts_with(' ')) {
             let name = line.split('\t').next().unwrap();
             let lag = line.rsplit("lag=").next().unwrap();
             let mine = match name {

@@ -949,6 +949,12 @@ fn a_spoke_whose_token_was_revoked_does_not_keep_polling() {
         "the spoke still shows its last success: {:?}",
         spoke.executions("from-hub").first()
     );
+    // `replication list` names the reason, not only `last=failed`.
+    let text = spoke.cli_ok(&["replication", "list"]);
+    assert!(
+        text.contains("last=failed") && text.contains("last error:") && text.contains("revoked"),
+        "{text}"
+    );
     let before = refused_polls(&hub);
     std::thread::sleep(Duration::from_secs(8));
     let after = refused_polls(&hub);
