@@ -62,6 +62,21 @@ fn bundles_carry_changes_across_an_air_gap() {
     assert!(out.contains("2 applied"), "{out}");
     assert!(site.lacks("mirror", "gone.txt"));
     assert!(site.serves("mirror", "b.txt", b"b"));
+    // A `--since` past the last change is refused with the reason (such
+    // a bundle would promise changes that do not exist), and no file is
+    // left behind.
+    let ahead = dir.path().join("ahead.bundle");
+    let err = hub.cli_fails(&[
+        "bundle",
+        "export",
+        "files",
+        "--since",
+        &(until2 + 1000).to_string(),
+        "--out",
+        ahead.to_str().unwrap(),
+    ]);
+    assert!(err.contains("past the last change"), "{err}");
+    assert!(!ahead.exists(), "a refused export left {ahead:?}");
     // An older bundle imported late cannot bring the deleted item back.
     site.cli_ok(&["bundle", "import", "mirror", first.to_str().unwrap()]);
     assert!(

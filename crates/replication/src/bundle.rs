@@ -78,6 +78,15 @@ impl Replicator {
     ) -> Result<(Vec<WireEntry>, i64), ReplError> {
         let meta = self.ferry().metadata().clone();
         let until = meta.last_seq(feed.id).await?;
+        if since > until {
+            // Such a bundle would promise changes that do not exist (and
+            // its import refuses `until < since`).
+            return Err(ReplError::Invalid(format!(
+                "--since {since} is past the last change of feed {} ({until}): nothing to export; \
+                 a bundle's `until` is the next `--since` (was this instance restored from an older backup?)",
+                feed.name
+            )));
+        }
         let horizon = self.store().horizon(feed.id).await?;
         let mut out = Vec::new();
         if since < horizon || since == 0 {
