@@ -428,6 +428,7 @@ impl<'a> Run<'a> {
         // this run) resumes bytes this run moved and counted already.
         let first = self.resumed.lock().is_ok_and(|mut seen| seen.insert(digest));
         if first && offset > 0 {
+            tracing::info!(target: "replication", blob = %digest, offset, "resuming a transfer an earlier execution left: {offset} bytes are here already and are not moved again");
             self.skip_bytes(offset);
         }
     }
