@@ -297,13 +297,6 @@ fn print_report(report: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `s` safe to print on a terminal: control characters (escape
-/// sequences, line breaks) another instance put in a name or a message
-/// shown as `?`.
-fn printable(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
-}
-
 pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
     match cmd {
         ReplCmd::Create {
@@ -498,7 +491,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                     say!("  {}", running_text(&r["running"]));
                 }
                 if let Some(e) = r["status"]["last_error"].as_str() {
-                    say!("  last error: {}", printable(e));
+                    say!("  last error: {e}");
                 }
             }
         }
@@ -550,9 +543,9 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 say!(
                     "{}\t{}\t{}\tFerry {}\tfrom {}\tlast contact {:.0} s ago\tlag {:.1} s",
                     p["instance_id"].as_str().unwrap_or("?"),
-                    printable(p["name"].as_str().unwrap_or("-")),
+                    p["name"].as_str().unwrap_or("-"),
                     state,
-                    printable(p["ferry_version"].as_str().unwrap_or("?")),
+                    p["ferry_version"].as_str().unwrap_or("?"),
                     p["address"].as_str().unwrap_or("?"),
                     p["seconds_since_contact"].as_f64().unwrap_or(0.0),
                     p["lag_seconds"].as_f64().unwrap_or(0.0),
@@ -567,7 +560,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                     );
                 }
                 if let Some(e) = p["last_error"]["message"].as_str() {
-                    say!("  last error: {}", printable(e));
+                    say!("  last error: {e}");
                 }
             }
         }

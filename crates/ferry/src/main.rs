@@ -504,7 +504,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Standard output and error that a closed pipe does not turn into a panic.
+/// Standard output and error that a closed pipe does not turn into a panic,
+/// and that another party's words cannot take over a terminal through.
 ///
 /// Rust ignores SIGPIPE, so writing to a pipe whose reader has exited
 /// (`ferry replication list | head -0`) fails with EPIPE, and `println!`
@@ -512,11 +513,35 @@ fn main() -> ExitCode {
 /// later output is dropped and the command goes on to its own exit status
 /// (so `verify` still exits non-zero when feeds differ, saying why on
 /// standard error). Messages to a closed standard error are dropped.
+///
+/// Lines print names and messages that came from a server, and through it
+/// from other instances and clients (a peer's reported name, an error a
+/// hub answered, a package's description): control characters other than
+/// line breaks and tabs are shown as `?`, so an escape sequence in them
+/// cannot move the cursor, retitle the window or hide what is printed.
 pub mod out {
     use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+    /// `args` formatted, with control characters other than `\n` and `\t`
+    /// (ESC, CR, BEL, DEL, the C1 range) replaced by `?`.
+    pub fn printable(args: std::fmt::Arguments<'_>) -> String {
+        let text = args.to_string();
+        if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            return text;
+        }
+        text.chars()
+            .map(|c| {
+                if c.is_control() && c != '\n' && c != '\t' {
+                    '?'
+                } else {
+                    c
+                }
+            })
+            .collect()
+    }
 
     /// Writes one line to standard output.
     ///
@@ -525,8 +550,9 @@ pub mod out {
         if STDOUT_GONE.load(Ordering::Relaxed) {
             return Ok(());
         }
+        let text = printable(args);
         let mut stdout = std::io::stdout().lock();
-        match writeln!(stdout, "{args}").and_then(|()| stdout.flush()) {
+        match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
                 STDOUT_GONE.store(true, Ordering::Relaxed);
                 Ok(())
@@ -537,7 +563,7 @@ pub mod out {
 
     /// Writes one line to standard error; failures are ignored.
     pub fn eline(args: std::fmt::Arguments<'_>) {
-        let _ = writeln!(std::io::stderr().lock(), "{args}");
+        let _ = writeln!(std::io::stderr().lock(), "{}", printable(args));
     }
 }
 
