@@ -565,6 +565,19 @@ pub mod out {
     pub fn eline(args: std::fmt::Arguments<'_>) {
         let _ = writeln!(std::io::stderr().lock(), "{}", printable(args));
     }
+
+    #[cfg(test)]
+    mod tests {
+        /// A hub's error text, a peer's name: shown, not obeyed.
+        #[test]
+        fn escape_sequences_are_shown_not_obeyed() {
+            let hostile = "\u{1b}]0;owned\u{7}\u{1b}[2Jx\u{9b}31m\rover\u{7f}";
+            let got = super::printable(format_args!("last error: {hostile}\n\tnext"));
+            assert_eq!(got, "last error: ?]0;owned??[2Jx?31m?over?\n\tnext");
+            let plain = "name\twith tab, ünïcode";
+            assert_eq!(super::printable(format_args!("{plain}")), plain);
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
