@@ -31,6 +31,13 @@ pub const SAVE_EVERY_MS: i64 = 5_000;
 pub const DEFAULT_INTERVAL_SECS: u64 = 60;
 /// Longest instance name kept (longer ones are cut).
 const MAX_NAME: usize = 128;
+/// Most peers recorded per incoming replication; instances past it are
+/// served but not listed (a token holder inventing instance ids cannot
+/// grow the book, or `/metrics`, without bound).
+pub const MAX_PEERS: usize = 10_000;
+/// Longest interval a peer may report (a week, in seconds); shorter than
+/// a second counts as a second.
+const MAX_INTERVAL_SECS: u64 = 7 * 24 * 3600;
 
 /// How far a peer is behind in one feed it reads: saved as of its last
 /// page, shown as of the listing ([`Replicator::peers`]).
@@ -70,9 +77,14 @@ pub struct PeerState {
     /// The address its last request came from.
     #[serde(default)]
     pub address: Option<String>,
-    /// The id of the sync token it used last (`fst_ID_…`).
+    /// The id of the sync token it used last (`fst_ID_…`): the one it is
+    /// bound to ([`Replicator::claim`]).
     #[serde(default)]
     pub token: Option<String>,
+    /// The token it was bound to before, revoked (set when a new token
+    /// took the binding over: a rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_token: Option<String>,
     /// Milliseconds since the epoch.
     pub first_contact: i64,
     /// Milliseconds since the epoch: the start or end of its latest request.
@@ -117,6 +129,9 @@ struct Entry {
 #[derive(Default)]
 pub(crate) struct PeerBook {
     entries: Mutex<HashMap<(i64, String), Entry>>,
+    /// Refused claims already logged (replication, instance, token): one
+    /// warning each per process, not one per request.
+    warned: Mutex<std::collections::HashSet<(i64, String, String)>>,
 }
 
 /// A request of a peer in progress: its end counts as contact.
@@ -193,9 +208,35 @@ pub fn instance_name(ferry: &Ferry) -> String {
 
 /// `s` as kept of what a peer reports: at most [`MAX_NAME`] characters,
 /// control characters (escape sequences a terminal would act on, line
-/// breaks) dropped.
+/// breaks) and invisible format characters (bidirectional overrides,
+/// zero-width spaces: text that shows other than it reads) dropped.
 fn cut(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(MAX_NAME).collect()
+    s.chars()
+        .filter(|c| !c.is_control() && !is_format_char(*c))
+        .take(MAX_NAME)
+        .collect()
+}
+
+/// Unicode's format characters (general category Cf): invisible, some
+/// reorder the text around them (U+202E turns `exe.txt` around).
+fn is_format_char(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{600}'..='\u{605}'
+            | '\u{61c}'
+            | '\u{6dd}'
+            | '\u{70f}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{e0001}'
+            | '\u{e0020}'..='\u{e007f}'
+    )
 }
 
 impl Replicator {
@@ -250,10 +291,10 @@ impl Replicator {
             };
             let e = entry_for(&mut m, &key, now);
             e.state.last_contact = now;
-            e.state.name = req.instance_name.as_deref().map(cut);
+            e.state.name = req.instance_name.as_deref().map(cut).filter(|n| !n.is_empty());
             e.state.ferry_version = Some(cut(&req.ferry_version));
             e.state.protocol_version = protocol_version;
-            e.state.interval_secs = req.interval_secs;
+            e.state.interval_secs = req.interval_secs.map(|i| i.clamp(1, MAX_INTERVAL_SECS));
             if accepted {
                 // Whatever was refused before is settled.
                 e.state.last_error = None;
@@ -321,21 +362,39 @@ impl Replicator {
     }
 
     /// Whether a request made with sync token `token_id` may speak for
-    /// peer `key` (replication id, instance id): a peer is bound to the
-    /// token it last used, so another holder of a token of the same
-    /// replication cannot rewrite its name, versions, cursors or errors by
-    /// naming its instance id. The binding passes to a new token once the
-    /// old one is revoked (rotation: give the spoke its new token, then
-    /// revoke the old). A refused claim is logged; the request is served
-    /// as any with a valid token, only not recorded.
+    /// peer `key` (replication id, instance id), and if so binds it to
+    /// that token. A peer is bound to the token it uses, so another holder
+    /// of a token of the same replication cannot rewrite its name,
+    /// versions, cursors or errors by naming its instance id. Once the
+    /// bound token is revoked the binding passes to a token that speaks
+    /// for no other instance, or only for instances that were bound to
+    /// that same revoked token (a rotation, also of a token a group of
+    /// spokes shares); a token already speaking for another spoke cannot
+    /// take it over. A new peer is recorded while the replication has
+    /// fewer than [`MAX_PEERS`]. A refused claim is logged once per
+    /// instance and token; the request is served as any with a valid
+    /// token, only not recorded.
     async fn claim(&self, key: &(i64, String), token_id: &str) -> bool {
         self.restore_peer(key).await;
-        let bound = {
+        let (bound, known, count) = {
             let Ok(m) = self.0.peer_book.entries.lock() else {
                 return false;
             };
-            m.get(key).and_then(|e| e.state.token.clone())
+            let count = m.keys().filter(|(r, _)| *r == key.0).count();
+            let e = m.get(key);
+            (e.and_then(|e| e.state.token.clone()), e.is_some(), count)
         };
+        if !known {
+            if count >= MAX_PEERS {
+                self.refused_claim(
+                    key,
+                    token_id,
+                    &format!("the replication lists {MAX_PEERS} peers already"),
+                );
+                return false;
+            }
+            return true;
+        }
         let Some(bound) = bound.filter(|t| t != token_id) else {
             return true;
         };
@@ -346,13 +405,77 @@ impl Replicator {
             Err(_) => true,
         };
         if holds {
-            tracing::warn!(
-                "replication peer {}: a request with sync token {token_id} names it, but it is bound to sync token {bound}, which is not revoked; not recorded",
-                key.1
+            self.refused_claim(
+                key,
+                token_id,
+                &format!("it is bound to sync token {bound}, which is not revoked"),
             );
             return false;
         }
+        // The bound token is revoked: a successor may take over, a token
+        // that speaks for another spoke (and did not replace this one's)
+        // may not.
+        let mut others: HashMap<String, PeerState> = HashMap::new();
+        match self.store().peers(key.0).await {
+            Ok(list) => {
+                for (instance, value) in list {
+                    if let Ok(state) = serde_json::from_value::<PeerState>(value) {
+                        others.insert(instance, state);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("reading the saved peers of replication {}: {e}", key.0);
+                return false;
+            }
+        }
+        let Ok(mut m) = self.0.peer_book.entries.lock() else {
+            return false;
+        };
+        for ((r, instance), e) in m.iter() {
+            if *r == key.0 {
+                others.insert(instance.clone(), e.state.clone());
+            }
+        }
+        let speaks_for_another = others.iter().any(|(instance, st)| {
+            *instance != key.1
+                && st.token.as_deref() == Some(token_id)
+                && st.previous_token.as_deref() != Some(bound.as_str())
+        });
+        if speaks_for_another {
+            drop(m);
+            self.refused_claim(
+                key,
+                token_id,
+                &format!(
+                    "its sync token {bound} was revoked, but {token_id} speaks for another instance of the replication"
+                ),
+            );
+            return false;
+        }
+        if let Some(e) = m.get_mut(key) {
+            e.state.previous_token = Some(bound);
+            e.state.token = Some(token_id.to_owned());
+            e.saved_at = 0;
+        }
         true
+    }
+
+    /// Logs, once per process for each (peer, token), that a request with
+    /// `token_id` was not recorded for peer `key`, and why.
+    fn refused_claim(&self, key: &(i64, String), token_id: &str, why: &str) {
+        let first = self
+            .0
+            .peer_book
+            .warned
+            .lock()
+            .is_ok_and(|mut w| w.insert((key.0, key.1.clone(), token_id.to_owned())));
+        if first {
+            tracing::warn!(
+                "replication peer {}: requests with sync token {token_id} name it and are served, but not recorded for it: {why}",
+                key.1
+            );
+        }
     }
 
     /// Puts the saved state of peer `key` (replication id, instance id)

@@ -483,67 +483,137 @@ async fn a_spoke_waiting_on_a_long_poll_is_not_behind() {
 
 /// A spoke's entry is bound to its token: another holder of a token of
 /// the same replication naming the spoke's instance id does not rewrite
-/// its name, version, interval or error; once the spoke's token is
-/// revoked the binding passes to the token it uses next (rotation).
-/// Control characters a peer reports (terminal escape sequences, line
-/// breaks) are not kept.
+/// its name, version or interval — not while the spoke's token is valid,
+/// and not after it is revoked either when that other token speaks for a
+/// spoke of its own. A fresh token (a rotation) takes the binding over
+/// once the old one is revoked, also when a group of spokes shared the
+/// old token and now share the new one. What a peer reports loses control
+/// and invisible format characters; its interval is kept within a week.
 #[tokio::test]
 async fn another_token_cannot_rewrite_a_spoke_and_names_lose_control_characters() {
-    let hub = Instance::new().await;
+    const SPOKE_C: &str = "cccccccccccccccccccccccccccccccc";
+    const SPOKE_D: &str = "dddddddddddddddddddddddddddddddd";
+    let hub = &Instance::new().await;
     hub.feed("files", FeedType::Assets, false).await;
-    let token = hub.incoming("edge", &["files"], "push").await;
+    let token_a = hub.incoming("edge", &["files"], "push").await;
     let path = "/api/v1/replications/edge/tokens";
-    let other = hub
-        .send("POST", path, Some(ADMIN), &[], Body::empty())
-        .await
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let new_token = move || async move {
+        hub.send("POST", path, Some(ADMIN), &[], Body::empty())
+            .await
+            .json()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let revoke = move |token: String| async move {
+        let r = hub
+            .send(
+                "DELETE",
+                &format!("{path}/{}", &token[4..20]),
+                Some(ADMIN),
+                &[],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+    };
+    let shake = move |instance: &'static str, token: String, name: &'static str, interval: u64| async move {
+        let r = from(
+            hub,
+            instance,
+            &token,
+            "POST",
+            "handshake",
+            handshake(instance, name, interval),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "a valid token: {}", r.text());
+    };
+    let bound_to =
+        |p: &Value, token: &str| token.starts_with(&format!("fst_{}", p["token"].as_str().unwrap()));
+    let token_b = new_token().await;
+    shake(SPOKE_A, token_a.clone(), "site-a", 30).await;
+    shake(SPOKE_B, token_b.clone(), "site-b", 30).await;
 
+    // B's token names A: served, not recorded.
+    shake(SPOKE_A, token_b.clone(), "\u{1b}[2J\u{1b}[31mEVIL", 1).await;
+    let list = peers(hub).await;
+    let a = peer(&list, SPOKE_A);
+    assert_eq!(
+        (a["name"].as_str(), a["interval_secs"].as_u64()),
+        (Some("site-a"), Some(30)),
+        "{a}"
+    );
+    assert!(bound_to(a, &token_a), "{a}");
+
+    // Rotation: A gets a new token; until the old one is revoked, A keeps
+    // its binding (what it reports with the new one waits).
+    let rotated = new_token().await;
+    shake(SPOKE_A, rotated.clone(), "site-a2", 40).await;
+    assert!(bound_to(peer(&peers(hub).await, SPOKE_A), &token_a));
+    revoke(token_a).await;
+    // B's token still cannot take A over: it speaks for B.
+    shake(SPOKE_A, token_b.clone(), "EVIL", 1).await;
+    let list = peers(hub).await;
+    let a = peer(&list, SPOKE_A);
+    assert!(!bound_to(a, &token_b), "{a}");
+    assert_ne!(a["name"], "EVIL", "{a}");
+    // The new token does.
+    shake(SPOKE_A, rotated.clone(), "site-a2", 40).await;
+    let list = peers(hub).await;
+    let a = peer(&list, SPOKE_A);
+    assert!(bound_to(a, &rotated), "{a}");
+    assert_eq!(
+        (a["name"].as_str(), a["interval_secs"].as_u64()),
+        (Some("site-a2"), Some(40)),
+        "{a}"
+    );
+    let b = peer(&list, SPOKE_B);
+    assert_eq!(b["name"], "site-b", "{b}");
+
+    // A group sharing one token rotates to another shared one.
+    let shared = new_token().await;
+    shake(SPOKE_C, shared.clone(), "site-c", 30).await;
+    shake(SPOKE_D, shared.clone(), "site-d", 30).await;
+    let next = new_token().await;
+    revoke(shared).await;
+    shake(SPOKE_C, next.clone(), "site-c", 31).await;
+    shake(SPOKE_D, next.clone(), "site-d", 32).await;
+    let list = peers(hub).await;
+    for (instance, interval) in [(SPOKE_C, 31), (SPOKE_D, 32)] {
+        let p = peer(&list, instance);
+        assert!(bound_to(p, &next), "{p}");
+        assert_eq!(p["interval_secs"], interval, "{p}");
+    }
+
+    // What a peer reports is cleaned up.
+    let hostile = "\u{1b}]0;x\u{7}site\u{202e}txt.exe\u{200b}\nline";
     let r = from(
-        &hub,
+        hub,
         SPOKE_A,
-        &token,
+        &rotated,
         "POST",
         "handshake",
-        handshake(SPOKE_A, "site-a", 30),
+        handshake(SPOKE_A, hostile, 99_999_999_999),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let spoof = handshake(SPOKE_A, "\u{1b}[2J\u{1b}[31mowned\nline", 99999);
-    let r = from(&hub, SPOKE_A, &other, "POST", "handshake", spoof.clone()).await;
-    assert_eq!(r.status, StatusCode::OK, "the other token is valid: {}", r.text());
-    let list = peers(&hub).await;
+    let list = peers(hub).await;
     let a = peer(&list, SPOKE_A);
-    assert_eq!(a["name"], "site-a", "{a}");
-    assert_eq!(a["interval_secs"], 30, "{a}");
-    assert!(
-        token.starts_with(&format!("fst_{}", a["token"].as_str().unwrap())),
-        "{a}"
-    );
-
-    // Rotation: the spoke's token revoked, the one it uses next takes over.
-    let r = hub
-        .send(
-            "DELETE",
-            &format!("{path}/{}", &token[4..20]),
-            Some(ADMIN),
-            &[],
-            Body::empty(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = from(&hub, SPOKE_A, &other, "POST", "handshake", spoof).await;
+    assert_eq!(a["name"], "]0;xsitetxt.exeline", "{a}");
+    assert_eq!(a["interval_secs"], 7 * 24 * 3600, "{a}");
+    let r = from(
+        hub,
+        SPOKE_A,
+        &rotated,
+        "POST",
+        "handshake",
+        handshake(SPOKE_A, "\u{200b}\u{200b}", 0),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let list = peers(&hub).await;
+    let list = peers(hub).await;
     let a = peer(&list, SPOKE_A);
-    assert_eq!(a["interval_secs"], 99999, "{a}");
-    assert!(
-        other.starts_with(&format!("fst_{}", a["token"].as_str().unwrap())),
-        "{a}"
-    );
-    let name = a["name"].as_str().unwrap();
-    assert!(!name.chars().any(char::is_control), "{name:?}");
-    assert!(name.contains("owned") && name.contains("line"), "{name:?}");
+    assert!(a["name"].is_null(), "an invisible name is no name: {a}");
+    assert_eq!(a["interval_secs"], 1, "{a}");
 }
