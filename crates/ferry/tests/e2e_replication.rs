@@ -693,6 +693,54 @@ fn update_rotates_the_token_and_changes_filters_without_deleting() {
     assert!(out.contains("incoming"), "{out}");
 }
 
+/// The hub narrows and then widens its incoming replication's filter
+/// while a spoke follows it: narrowed, new items outside it do not
+/// travel and nothing is deleted; widened, what it hid arrives by itself
+/// within seconds (the spoke's long poll is told, the spoke compares in
+/// full), without a manual run and without the spoke falling back to its
+/// schedule (an hour here).
+#[test]
+fn a_hub_widening_its_filter_brings_what_it_hid_to_a_following_spoke() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    hub.put_asset("files", "docs/a.txt", b"a");
+    hub.put_asset("files", "sec/s1.txt", b"s1");
+    hub.cli_ok(&["replication", "update", "edge", "--exclude", "sec/**"]);
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    assert!(wait_until(SYNC, || spoke.serves("files", "docs/a.txt", b"a")));
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(spoke.lacks("files", "sec/s1.txt"));
+
+    hub.cli_ok(&["replication", "update", "edge", "--no-filters"]);
+    assert!(
+        wait_until(SYNC, || spoke.serves("files", "sec/s1.txt", b"s1")),
+        "what the hub's filter hid did not arrive after it was widened"
+    );
+    // Still following: the next publish arrives as quickly.
+    hub.put_asset("files", "sec/s2.txt", b"s2");
+    assert!(wait_until(SYNC, || spoke.serves("files", "sec/s2.txt", b"s2")));
+    spoke.cli_ok(&["replication", "verify", "from-hub"]);
+
+    // Narrowed again: nothing is deleted, new items outside do not travel,
+    // and the spoke keeps following what is inside.
+    hub.cli_ok(&["replication", "update", "edge", "--exclude", "sec/**"]);
+    hub.put_asset("files", "sec/s3.txt", b"s3");
+    hub.put_asset("files", "docs/b.txt", b"b");
+    assert!(wait_until(SYNC, || spoke.serves("files", "docs/b.txt", b"b")));
+    assert!(spoke.lacks("files", "sec/s3.txt"));
+    assert!(spoke.serves("files", "sec/s1.txt", b"s1"));
+}
+
 /// `run --wait` right after publishes carries all of them, also while the
 /// spoke's long poll answers for the first one and wakes an execution of
 /// its own: a page a long poll brought shows the hub as it was then, and

@@ -35,6 +35,9 @@ fn guard_key(phase: &str, local: &FeedRecord, remote: &FeedName) -> String {
     format!("guard:{phase}:{}:{remote}", local.name)
 }
 const BLOB_PARALLELISM: usize = 8;
+/// The cursor that keeps the other side's filter fingerprint (see
+/// [`Run::follow_remote_filter`]).
+const REMOTE_FILTER: &str = "remote-filter";
 
 /// What one phase (pull or push) of one feed pair did, in items, blobs and
 /// bytes. Entries the replication does not carry at all (left out by its
@@ -629,8 +632,43 @@ impl<'a> Run<'a> {
             return Ok((hs, true));
         }
         let hs = self.handshake().await?;
+        if !self.dry {
+            self.follow_remote_filter(&hs).await?;
+        }
         self.r.keep_handshake(self.rec.id, hs.clone());
         Ok((hs, false))
+    }
+
+    /// When the other side's filter changed since the last handshake
+    /// ([`HandshakeResponse::filter`]), the pull cursors start over: what
+    /// a narrower filter there hid was passed over by them, and a wider
+    /// one must bring it (what is already here is skipped by its stamp).
+    /// The fingerprint is kept as a cursor (its first 15 hex digits, so
+    /// never 0, which means "not seen yet").
+    async fn follow_remote_filter(&mut self, hs: &HandshakeResponse) -> Result<(), ReplError> {
+        let Some(fp) = hs.filter.as_deref() else {
+            return Ok(());
+        };
+        let Ok(now) = i64::from_str_radix(fp.get(..15).unwrap_or(fp), 16) else {
+            return Ok(());
+        };
+        let now = now | 1;
+        let seen = self.r.store().cursor(self.rec.id, REMOTE_FILTER).await?;
+        if seen == now {
+            return Ok(());
+        }
+        if seen != 0 {
+            for p in &self.cfg.feeds {
+                let cursor = cursor_name(Direction::Pull, &p.local, &p.remote);
+                self.r.store().set_cursor(self.rec.id, &cursor, 0).await?;
+            }
+            self.log(
+                "info",
+                "the other side's filter changed: its entries are compared in full, so what it hid before arrives now".into(),
+            );
+        }
+        self.r.store().set_cursor(self.rec.id, REMOTE_FILTER, now).await?;
+        Ok(())
     }
 
     pub async fn execute(&mut self) -> Result<(), ReplError> {

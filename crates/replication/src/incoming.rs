@@ -190,6 +190,7 @@ impl Replicator {
             replication: name.clone(),
             mode: ours,
             features: vec![crate::batch::BLOB_BATCH.to_string()],
+            filter: Some(filter_fingerprint(&s.config)),
         })
     }
 
@@ -284,12 +285,12 @@ impl Replicator {
     }
 
     /// `body` (blob bytes sent to or received from the peer of `s`), cut
-    /// with an error as
-    /// soon as its session no longer holds ([`Self::session_holds`],
-    /// checked whenever a token is revoked or a replication changed, on
-    /// this node or another): a transfer under way ends with the
-    /// revocation of its token, not when its bytes run out (which a
-    /// bandwidth cap can make hours).
+    /// with an error as soon as its session no longer holds
+    /// ([`Self::session_holds`]) or its replication's filters or feeds
+    /// changed — checked whenever a token is revoked or a replication
+    /// changed, on this node or another: a transfer under way ends with
+    /// the revocation of its token or the narrowing of what it may read,
+    /// not when its bytes run out (which a bandwidth cap can make hours).
     pub fn guard_body<B>(&self, s: &Session, body: B) -> ByteStream
     where
         B: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
@@ -301,6 +302,8 @@ impl Replicator {
             r: Replicator,
             token_id: String,
             replication: i64,
+            filter: String,
+            feeds: Vec<crate::config::FeedPair>,
             cut: bool,
         }
         let state = Guard {
@@ -309,6 +312,8 @@ impl Replicator {
             r: self.clone(),
             token_id: s.token_id.clone(),
             replication: s.record.id,
+            filter: filter_fingerprint(&s.config),
+            feeds: s.config.feeds.clone(),
             cut: false,
         };
         Box::pin(futures::stream::unfold(state, |mut g| async move {
@@ -330,9 +335,19 @@ impl Replicator {
                     g.sessions = None; // no more signals: only the body
                     continue;
                 }
-                if let Err(e) = g.r.session_holds(&g.token_id, g.replication).await {
+                let why = match g.r.session_holds(&g.token_id, g.replication).await {
+                    Err(e) => Some(e.to_string()),
+                    // What the peer may read narrowed (or changed): what
+                    // is under way was allowed by the old filter.
+                    Ok(now) if filter_fingerprint(&now) != g.filter || now.feeds != g.feeds => Some(
+                        "the replication's filters or feeds changed during the transfer; ask again"
+                            .to_owned(),
+                    ),
+                    Ok(_) => None,
+                };
+                if let Some(why) = why {
                     g.cut = true;
-                    return Some((Err(std::io::Error::other(e.to_string())), g));
+                    return Some((Err(std::io::Error::other(why)), g));
                 }
             }
         }))
@@ -1017,4 +1032,12 @@ fn frame_status(e: &ferry_core::CoreError) -> u16 {
         ferry_core::CoreError::NotFound(_) => 404,
         _ => 500,
     }
+}
+
+/// A fingerprint of `config`'s include/exclude filter: the first 16 hex
+/// digits of the SHA-256 of the patterns as JSON (see
+/// [`HandshakeResponse::filter`]).
+pub(crate) fn filter_fingerprint(config: &ReplicationConfig) -> String {
+    let patterns = serde_json::json!([config.include, config.exclude]).to_string();
+    ferry_types::Digest::of(patterns.as_bytes()).hex()[..16].to_owned()
 }

@@ -57,6 +57,13 @@ pub struct HandshakeResponse {
     /// outgoing side then keeps to the parts every v1 peer has.
     #[serde(default)]
     pub features: Vec<String>,
+    /// A fingerprint of the incoming replication's include/exclude filter
+    /// (16 hex digits; it changes when the filter does, and says nothing
+    /// of the patterns). An outgoing side that sees it change compares in
+    /// full: what a narrower filter hid is read again. None from an older
+    /// peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
 }
 
 /// An item or a tombstone in its current state.

@@ -31,7 +31,14 @@ const REFUSED_MAX: u64 = 300;
 fn refused(e: &crate::ReplError) -> bool {
     use crate::ReplError::*;
     matches!(e, Unauthorized(_) | Forbidden(_) | Refused(_))
-        || matches!(e, Remote { status, .. } if (400..500).contains(status) && *status != 408 && *status != 429)
+        || matches!(e, Remote { status, .. } if (400..500).contains(status) && !matches!(status, 408 | 409 | 429))
+}
+
+/// Whether `e` says the other side's replication changed under the
+/// request (409: its filters changed while a long poll waited): not a
+/// refusal; the next execution handshakes again and runs at once.
+fn changed_there(e: &crate::ReplError) -> bool {
+    matches!(e, crate::ReplError::Remote { status: 409, .. })
 }
 
 /// What wakes a replication's main loop: something to move (a long poll's
@@ -311,6 +318,12 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                         Ok(_) => {
                             backoff = RECONNECT_MIN;
                             refused_last = false;
+                        }
+                        Err(e) if changed_there(&e) => {
+                            tracing::debug!(target: "replication", replication = %name, error = %e, "the other side's replication changed");
+                            r.forget_handshake(id);
+                            wake.change();
+                            tokio::time::sleep(RECONNECT_MAX).await;
                         }
                         Err(e) if refused(&e) => {
                             // The other side answered and said no (a revoked

@@ -484,10 +484,10 @@ async fn an_incoming_replication_filter_narrows_what_its_peers_read() {
     assert!(page["bytes_ahead"].is_null(), "{page}");
 }
 
-/// Revoking a sync token cuts the blob transfers its holder has under
-/// way (one blob, and a batch): the body ends in an error after the
-/// revocation instead of running to its end, which a bandwidth cap can
-/// make hours away.
+/// Revoking a sync token, or narrowing its replication's filter, cuts the
+/// blob transfers its holder has under way (one blob, and a batch): the
+/// body ends in an error after the change instead of running to its end,
+/// which a bandwidth cap can make hours away.
 #[tokio::test]
 async fn revoking_a_token_cuts_a_blob_transfer_under_way() {
     use futures::StreamExt as _;
@@ -501,7 +501,12 @@ async fn revoking_a_token_cuts_a_blob_transfer_under_way() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
 
-    for (n, batch) in [(1, false), (2, true)] {
+    for (n, batch, narrow) in [
+        (1, false, false),
+        (2, true, false),
+        (3, false, true),
+        (4, true, true),
+    ] {
         let name = format!("edge{n}");
         let token = i.incoming(&name, &["files"], "push").await;
         let req = if batch {
@@ -522,16 +527,26 @@ async fn revoking_a_token_cuts_a_blob_transfer_under_way() {
         let first = body.next().await.unwrap().unwrap();
         let mut got = first.len();
         assert!(got < SIZE, "the whole blob came in one chunk");
-        let r = i
-            .send(
+        let r = if narrow {
+            i.send(
+                "PATCH",
+                &format!("/api/v1/replications/{name}"),
+                Some(ADMIN),
+                &[JSON],
+                json!({ "exclude": ["big*"] }).to_string(),
+            )
+            .await
+        } else {
+            i.send(
                 "DELETE",
                 &format!("/api/v1/replications/{name}/tokens/{}", &token[4..20]),
                 Some(ADMIN),
                 &[],
                 Body::empty(),
             )
-            .await;
-        assert_eq!(r.status, StatusCode::NO_CONTENT);
+            .await
+        };
+        assert!(r.status.is_success(), "{} {}", r.status, r.text());
         let mut cut = false;
         while let Some(chunk) = body.next().await {
             match chunk {
