@@ -161,3 +161,81 @@ fn a_batched_transfer_cut_midway_resumes_without_moving_its_bytes_again() {
     );
     assert_eq!(bytes_under(&spoke, "partial"), 0);
 }
+
+/// The push direction resumes too: a spoke pushing large blobs to the hub
+/// through a link that goes down mid-blob keeps what the hub received (the
+/// hub keeps the partial upload and says so in `blobs/missing`), and the
+/// next execution sends only the rest; every blob arrives intact.
+#[test]
+fn a_push_cut_midway_resumes_without_moving_its_bytes_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    // The hub accepts content from the spoke.
+    let token = hub.incoming("edge", &["files"], "pull");
+    const SIZE: usize = 6 << 20;
+    let files: Vec<(String, PathBuf)> = (0..2)
+        .map(|i| {
+            (
+                format!("big/{i}"),
+                random_file(tmp.path(), &format!("f{i}"), SIZE),
+            )
+        })
+        .collect();
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.put_asset_files("files", &files);
+
+    let mut proxy = Proxy::start(&hub, 0, 0, &tmp.path().join("stats-1.json"));
+    let port = proxy.port;
+    let url = proxy.url();
+    spoke.cli_ok(&[
+        "replication",
+        "create",
+        "to-hub",
+        "--outgoing",
+        &url,
+        "--token",
+        &token,
+        "--mode",
+        "push",
+        "--feed",
+        "files",
+        "--interval",
+        "3600",
+        "--bandwidth-limit",
+        "2000000",
+    ]);
+    let mut run = Command::new(support::bin())
+        .args(["replication", "run", "to-hub", "--wait"])
+        .env("FERRY_URL", &spoke.url)
+        .env("FERRY_API_KEY", support::ADMIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(30, || bytes_under(&hub, "partial") > 3 << 20),
+        "no upload got going"
+    );
+    // The link goes down mid-blob.
+    proxy.kill();
+    let _ = run.wait();
+    let had = bytes_under(&hub, "partial") + bytes_under(&hub, "sha256");
+    assert!(had > 3 << 20, "the hub kept only {had} bytes after the cut");
+
+    let proxy = Proxy::start(&hub, 0, port, &tmp.path().join("stats-2.json"));
+    spoke.cli_ok(&["replication", "update", "to-hub", "--bandwidth-limit", "0"]);
+    spoke.cli_ok(&["replication", "run", "to-hub", "--wait"]);
+    for (path, file) in &files {
+        assert!(hub.serves("files", path, &std::fs::read(file).unwrap()), "{path}");
+    }
+    let moved = proxy.stats()["bytes_up"].as_u64().unwrap();
+    let left = (2 * SIZE) as u64 - had;
+    assert!(
+        moved <= left + (256 << 10),
+        "the second run sent {moved} bytes, though only {left} were missing"
+    );
+    assert_eq!(bytes_under(&hub, "partial"), 0);
+    spoke.cli_ok(&["replication", "verify", "to-hub"]);
+}

@@ -53,8 +53,15 @@ pub struct UploadResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UploadResult {
     pub digest: Digest,
+    /// Why its bytes were refused (they do not hash to the digest, or it
+    /// is too large).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when the frame was not taken because it started past the bytes
+    /// this side holds of the blob (they changed since `blobs/missing`
+    /// said): send it again from this offset. Not a fault of the bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<u64>,
 }
 
 /// The header line of one frame.

@@ -263,9 +263,18 @@ impl Remote {
             .await
     }
 
-    pub async fn missing(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, ReplError> {
-        let r: DigestList = self.post("/blobs/missing", &DigestList { digests }).await?;
-        Ok(r.digests)
+    /// `POST blobs/missing`: which of `digests` the other side lacks, and
+    /// of those how many bytes it holds of ones an upload left partial
+    /// ([`DigestList::partial`]).
+    pub async fn missing(&self, digests: Vec<Digest>) -> Result<DigestList, ReplError> {
+        self.post(
+            "/blobs/missing",
+            &DigestList {
+                digests,
+                ..DigestList::default()
+            },
+        )
+        .await
     }
 
     /// A blob's size on the other side (a HEAD request), None when it does

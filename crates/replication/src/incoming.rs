@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use ferry_core::CoreError;
 use ferry_store::{ByteStream, FeedRecord, ReplicationRecord, StagedBlob};
 use ferry_types::{Digest, FeedName, ItemKey};
 use subtle::ConstantTimeEq;
@@ -736,7 +737,11 @@ impl Replicator {
         Ok(ApplyResponse { outcomes: out })
     }
 
-    pub async fn missing_blobs(&self, s: &Session, digests: Vec<Digest>) -> Result<Vec<Digest>, ReplError> {
+    /// The blobs of `digests` this side lacks, and of those the ones an
+    /// upload that broke off left the first bytes of (with how many: the
+    /// peer may resume them). Errors: this side does not accept content,
+    /// more than [`MAX_DIGESTS`] digests.
+    pub async fn missing_blobs(&self, s: &Session, digests: Vec<Digest>) -> Result<DigestList, ReplError> {
         if !s.config.mode.flows.pull_missing {
             return Err(ReplError::Forbidden(format!(
                 "replication {} on this instance is {}: it does not accept content",
@@ -761,7 +766,17 @@ impl Replicator {
                 out.push(d);
             }
         }
-        Ok(out)
+        let held = self.ferry().blob_store().partial_sizes(&out).await?;
+        let partial = out
+            .iter()
+            .zip(held)
+            .filter(|(_, n)| *n > 0)
+            .map(|(d, offset)| crate::batch::BlobWant { digest: *d, offset })
+            .collect();
+        Ok(DigestList {
+            digests: out,
+            partial,
+        })
     }
 
     /// Receives a blob the peer pushes; verified against its digest.
@@ -785,12 +800,16 @@ impl Replicator {
     }
 
     /// Receives many blobs the peer pushes in one request (`POST
-    /// blobs/upload`, frames as in [`crate::batch`], each from byte 0):
-    /// each verified against its digest and committed as it arrives. A
-    /// blob whose bytes are wrong is answered as refused, the others are
-    /// kept. Errors: this side does not accept content, a malformed frame,
-    /// more than [`crate::batch::MAX_BATCH`] blobs, or a body cut short
-    /// (what arrived whole before the cut is kept).
+    /// blobs/upload`, frames as in [`crate::batch`]): each appended to what
+    /// an earlier, broken upload left of it (a frame from byte 0 starts it
+    /// over; one from the offset `blobs/missing` gave resumes it; bytes
+    /// this side holds already are skipped), verified against its digest
+    /// as a whole and committed. A blob whose bytes are wrong is answered
+    /// as refused, one that starts past what this side holds is answered
+    /// with where to resume; the others are kept, and flushed before the
+    /// answer. Errors: this side does not accept content, a malformed
+    /// frame, more than [`crate::batch::MAX_BATCH`] blobs, or a body cut
+    /// short (what arrived is kept: the next upload resumes it).
     pub async fn receive_batch(
         &self,
         s: &Session,
@@ -804,49 +823,97 @@ impl Replicator {
                 s.config.mode.describe()
             )));
         }
+        let store = self.ferry().blob_store().clone();
+        let limit = self.ferry().config().max_upload_bytes;
         let mut reader = FrameReader::new(body);
         let mut results = Vec::new();
-        loop {
-            let header = reader
-                .header()
-                .await
-                .map_err(|e| ReplError::Invalid(format!("blob upload: {e}")))?;
-            let Some(h) = header else { break };
-            if results.len() >= MAX_BATCH {
-                return Err(ReplError::Invalid(format!(
-                    "at most {MAX_BATCH} blobs per upload"
-                )));
-            }
-            if h.status.is_some() || h.offset != 0 {
-                return Err(ReplError::Invalid(format!(
-                    "blob upload: the frame of {} must carry the whole blob from byte 0",
-                    h.digest
-                )));
-            }
-            let (tx, rx) = tokio::sync::mpsc::channel(8);
-            let (pumped, staged) = tokio::join!(
-                reader.pump(h.length, tx),
-                self.ferry().stage(channel_stream(rx), Some(h.digest))
-            );
-            pumped.map_err(|e| ReplError::Invalid(format!("blob upload broke inside {}: {e}", h.digest)))?;
-            match staged {
-                Ok(staged) => {
-                    self.ferry().commit_blob(staged).await?;
-                    self.note_received(s.record.id, h.digest);
+        let mut stored = Vec::new();
+        let broke =
+            |d: &Digest, e: std::io::Error| ReplError::Invalid(format!("blob upload broke inside {d}: {e}"));
+        let outcome = async {
+            loop {
+                let header = reader
+                    .header()
+                    .await
+                    .map_err(|e| ReplError::Invalid(format!("blob upload: {e}")))?;
+                let Some(h) = header else { break };
+                if results.len() >= MAX_BATCH {
+                    return Err(ReplError::Invalid(format!("at most {MAX_BATCH} blobs per upload")));
+                }
+                if h.status.is_some() {
+                    return Err(ReplError::Invalid(format!(
+                        "blob upload: the frame of {} carries a status; an upload carries blobs",
+                        h.digest
+                    )));
+                }
+                let d = h.digest;
+                let mut transfer = store.begin_transfer(&d).await?;
+                if h.offset == 0 && transfer.offset() > 0 {
+                    // Sent whole: what an earlier upload left goes.
+                    store.discard_transfer(transfer).await?;
+                    transfer = store.begin_transfer(&d).await?;
+                }
+                let held = transfer.offset();
+                if h.offset > held {
+                    drop(transfer);
+                    reader.skip(h.length).await.map_err(|e| broke(&d, e))?;
                     results.push(UploadResult {
-                        digest: h.digest,
+                        digest: d,
                         error: None,
+                        resume_from: Some(held),
                     });
+                    continue;
                 }
-                Err(ferry_core::CoreError::Invalid(m)) | Err(ferry_core::CoreError::TooLarge(m)) => {
-                    results.push(UploadResult {
-                        digest: h.digest,
-                        error: Some(m),
-                    });
+                // Bytes held already (another upload moved on since
+                // `blobs/missing` answered) are read past.
+                let overlap = (held - h.offset).min(h.length);
+                reader.skip(overlap).await.map_err(|e| broke(&d, e))?;
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let (pumped, staged) = tokio::join!(
+                    reader.pump(h.length - overlap, tx),
+                    store.continue_transfer(transfer, channel_stream(rx), limit)
+                );
+                // A cut keeps what arrived in the partial file.
+                pumped.map_err(|e| broke(&d, e))?;
+                match staged.map_err(CoreError::from) {
+                    Ok(staged) => {
+                        self.ferry().commit_blob(staged).await?;
+                        self.note_received(s.record.id, d);
+                        stored.push(d);
+                        results.push(UploadResult {
+                            digest: d,
+                            error: None,
+                            resume_from: None,
+                        });
+                    }
+                    // The bytes kept of a broken upload did not verify with
+                    // the rest (they were discarded): not the sender's
+                    // fault; it sends the blob again from its first byte.
+                    Err(CoreError::Invalid(m)) if held > 0 => {
+                        tracing::warn!(target: "replication", blob = %d, held, "a resumed upload did not verify ({m}); asking for it again from its first byte");
+                        results.push(UploadResult {
+                            digest: d,
+                            error: None,
+                            resume_from: Some(0),
+                        });
+                    }
+                    Err(CoreError::Invalid(m)) | Err(CoreError::TooLarge(m)) => {
+                        results.push(UploadResult {
+                            digest: d,
+                            error: Some(m),
+                            resume_from: None,
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             }
+            Ok(())
         }
+        .await;
+        // What was committed is flushed before it is reported kept (the
+        // peer applies items that need it next), also when the body broke.
+        store.sync(&stored).await.map_err(CoreError::from)?;
+        outcome?;
         Ok(crate::batch::UploadResponse { results })
     }
 

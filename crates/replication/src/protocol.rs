@@ -264,9 +264,17 @@ pub struct EntriesPage {
     pub next_after: Option<ItemKey>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Digests: the body of `blobs/missing`, and its answer (the ones this
+/// side lacks).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DigestList {
     pub digests: Vec<Digest>,
+    /// In an answer: those of `digests` this side holds the first bytes
+    /// of (an upload that broke off), with how many; a sender may send
+    /// them from there (`blobs/upload` frames from that offset). Empty in
+    /// requests and from older peers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partial: Vec<crate::batch::BlobWant>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

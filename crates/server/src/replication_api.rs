@@ -257,12 +257,12 @@ async fn missing(
     Peer(s): Peer,
     body: Result<Json<DigestList>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult<DigestList> {
-    let digests = st
+    let answer = st
         .replicator
         .missing_blobs(&s, json_body(body)?.digests)
         .await
         .map_err(|e| failed(&st, &s, e))?;
-    Ok(Json(DigestList { digests }))
+    Ok(Json(answer))
 }
 
 fn parse_digest(s: &str) -> Result<Digest, ApiError> {

@@ -305,6 +305,15 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Discards what an interrupted transfer of `digest` left.
     async fn discard_transfer(&self, transfer: Transfer) -> Result<(), StoreError>;
 
+    /// How many bytes interrupted transfers left of each of `digests`, in
+    /// their order (0: none), without claiming them: what a sender may
+    /// resume from (it can change before the sender's bytes arrive; the
+    /// claim taken then decides). Stores that keep no partial transfers
+    /// answer 0 for every digest.
+    async fn partial_sizes(&self, digests: &[Digest]) -> Result<Vec<u64>, StoreError> {
+        Ok(vec![0; digests.len()])
+    }
+
     /// Makes committed blobs durable (flushed to stable storage).
     async fn sync(&self, digests: &[Digest]) -> Result<(), StoreError> {
         let _ = digests;
@@ -2324,6 +2333,22 @@ impl BlobStore for FsBlobStore {
     ) -> Result<Vec<Result<BlobCheck, StoreError>>, StoreError> {
         let blobs = blobs.into_iter().map(|b| (b.digest, b.bytes)).collect();
         self.put_many_flushed(blobs, true, true, false).await
+    }
+
+    async fn partial_sizes(&self, digests: &[Digest]) -> Result<Vec<u64>, StoreError> {
+        let paths: Vec<PathBuf> = digests.iter().map(|d| self.partial_path(d)).collect();
+        tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .map(|p| match std::fs::metadata(p) {
+                    Ok(m) => Ok(m.len()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+                    Err(e) => Err(StoreError::from(e)),
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
     }
 
     async fn begin_transfer(&self, digest: &Digest) -> Result<Transfer, StoreError> {

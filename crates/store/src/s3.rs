@@ -1092,6 +1092,10 @@ impl BlobStore for S3BlobStore {
         self.inner.spool.sweep_partials(idle).await
     }
 
+    async fn partial_sizes(&self, digests: &[Digest]) -> Result<Vec<u64>, StoreError> {
+        self.inner.spool.partial_sizes(digests).await
+    }
+
     async fn begin_transfers(&self, digests: &[Digest]) -> Result<Vec<Transfer>, StoreError> {
         self.inner.spool.begin_transfers(digests).await
     }

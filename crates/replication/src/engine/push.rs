@@ -283,7 +283,7 @@ impl Run<'_> {
             let mut missing: HashSet<Digest> = if digests.is_empty() {
                 HashSet::new()
             } else {
-                self.remote.missing(digests).await?.into_iter().collect()
+                self.remote.missing(digests).await?.digests.into_iter().collect()
             };
             for (e, live) in todo.iter().zip(&live_there) {
                 count_planned(&mut fr.pushed, e, *live);
@@ -311,11 +311,16 @@ impl Run<'_> {
         let mut digests: Vec<Digest> = todo.iter().flat_map(|e| e.blobs.iter().copied()).collect();
         digests.sort();
         digests.dedup();
-        let missing = if digests.is_empty() {
-            Vec::new()
+        let DigestList {
+            digests: missing,
+            partial,
+        } = if digests.is_empty() {
+            DigestList::default()
         } else {
             self.remote.missing(digests.clone()).await?
         };
+        // Bytes an upload that broke off left there: sent from there on.
+        let held: HashMap<Digest, u64> = partial.into_iter().map(|w| (w.digest, w.offset)).collect();
         if self.feed_bytes.is_some() {
             // What the other side holds already needs no transfer.
             let held: Vec<Digest> = {
@@ -331,7 +336,7 @@ impl Run<'_> {
         let mut send = Vec::with_capacity(missing.len());
         for d in &missing {
             match self.r.ferry().stored_blob_size(d).await {
-                Ok(size) => send.push((*d, size)),
+                Ok(size) => send.push((*d, size, held.get(d).copied().filter(|o| *o < size).unwrap_or(0))),
                 Err(e @ ferry_core::CoreError::Damaged(_)) => {
                     damaged.insert(*d, e.to_string());
                 }

@@ -20,12 +20,17 @@ const UPLOAD_STREAMS: usize = 4;
 const UPLOAD_MIN: usize = 32;
 
 impl Run<'_> {
-    /// Sends `blobs` (digest and size, all stored here); returns the ones
-    /// the other side refused, with why (their bytes here are wrong).
-    /// Errors: a broken link, or storage here.
+    /// Sends `blobs` (digest, size, and the bytes the other side holds of
+    /// it already, all stored here): with `blobs/upload`, each from the
+    /// byte the other side holds (an upload that broke off resumes; the
+    /// bytes it kept are not sent again), else whole. Returns the ones
+    /// the other side refused, with why (their bytes here are wrong); one
+    /// it asked to be resumed from elsewhere is neither sent nor refused
+    /// (the next execution asks again). Errors: a broken link, or storage
+    /// here.
     pub(super) async fn send_blobs(
         &self,
-        blobs: Vec<(Digest, u64)>,
+        blobs: Vec<(Digest, u64, u64)>,
         fr: &mut FeedReport,
     ) -> Result<HashMap<Digest, String>, ReplError> {
         let mut refused = HashMap::new();
@@ -34,28 +39,57 @@ impl Run<'_> {
         }
         if self.batch {
             let streams = blobs.len().div_ceil(UPLOAD_MIN).clamp(1, UPLOAD_STREAMS);
-            let mut groups: Vec<Vec<(Digest, u64)>> = vec![Vec::new(); streams];
+            let mut groups: Vec<Vec<(Digest, u64, u64)>> = vec![Vec::new(); streams];
             for (i, b) in blobs.into_iter().enumerate() {
                 groups[i % streams].push(b);
             }
-            let results = futures::future::join_all(groups.iter().map(|g| self.upload_group(g))).await;
-            for (g, r) in groups.iter().zip(results) {
-                let sizes: HashMap<Digest, u64> = g.iter().copied().collect();
-                for u in r?.results {
-                    match u.error {
-                        Some(why) => {
-                            refused.insert(
-                                u.digest,
-                                format!("the other instance refused blob {}: {why}", u.digest),
-                            );
+            for (_, _, held) in groups.iter().flatten() {
+                if *held > 0 {
+                    self.skip_bytes(*held);
+                }
+            }
+            // Twice at most: a blob the other side asks for from another
+            // byte (what it held changed, or did not verify) goes again at
+            // once from there.
+            for attempt in 0..2 {
+                let results = futures::future::join_all(groups.iter().map(|g| self.upload_group(g))).await;
+                let mut again = Vec::new();
+                for (g, r) in groups.iter().zip(results) {
+                    let sizes: HashMap<Digest, (u64, u64)> =
+                        g.iter().map(|(d, n, o)| (*d, (*n, *o))).collect();
+                    for u in r?.results {
+                        let (size, held) = sizes.get(&u.digest).copied().unwrap_or((0, 0));
+                        match (u.error, u.resume_from) {
+                            (Some(why), _) => {
+                                refused.insert(
+                                    u.digest,
+                                    format!("the other instance refused blob {}: {why}", u.digest),
+                                );
+                            }
+                            (None, Some(from)) if from < size && attempt == 0 => {
+                                tracing::info!(target: "replication", blob = %u.digest, from, "the other instance asks for this blob from byte {from}");
+                                again.push((u.digest, size, from));
+                            }
+                            (None, Some(from)) => {
+                                tracing::warn!(target: "replication", blob = %u.digest, from, "the other instance still asks for this blob from another byte; the next execution sends it");
+                            }
+                            (None, None) => {
+                                if held > 0 {
+                                    tracing::info!(target: "replication", blob = %u.digest, held, "resumed an upload that broke off: {held} bytes were there already");
+                                }
+                                self.count_sent(fr, size - held)
+                            }
                         }
-                        None => self.count_sent(fr, sizes.get(&u.digest).copied().unwrap_or(0)),
                     }
                 }
+                if again.is_empty() {
+                    break;
+                }
+                groups = vec![again];
             }
             return Ok(refused);
         }
-        for (d, size) in blobs {
+        for (d, size, _) in blobs {
             let body = self.r.ferry().read_blob_for_peer(&d, None).await?.stream;
             let progress = self.progress.clone();
             let counted = body.inspect_ok(move |c| {
@@ -85,20 +119,24 @@ impl Run<'_> {
     /// One streamed upload of `blobs` as frames, read from the store as the
     /// request goes out. A blob that cannot be read whole here cuts the
     /// upload (the blobs before it are kept there).
-    async fn upload_group(&self, blobs: &[(Digest, u64)]) -> Result<crate::batch::UploadResponse, ReplError> {
+    async fn upload_group(
+        &self,
+        blobs: &[(Digest, u64, u64)],
+    ) -> Result<crate::batch::UploadResponse, ReplError> {
         let ferry = self.r.ferry().clone();
         let list = blobs.to_vec();
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
         let producer = tokio::spawn(async move {
-            for (d, size) in list {
+            for (d, size, held) in list {
                 let head = FrameHeader {
                     digest: d,
-                    offset: 0,
-                    length: size,
+                    offset: held,
+                    length: size - held,
                     status: None,
                     error: None,
                 };
-                let body = match ferry.read_blob_for_peer(&d, None).await {
+                let range = (held > 0).then_some(held..size);
+                let body = match ferry.read_blob_for_peer(&d, range).await {
                     Ok(b) => b.stream,
                     Err(e) => {
                         let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
