@@ -131,7 +131,8 @@ pub enum BundleCmd {
     /// Write the feed's changes after --since (default: everything) to a file.
     Export {
         feed: String,
-        #[arg(long, default_value_t = 0)]
+        /// A change-log position: the previous bundle's `until`.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         since: i64,
         #[arg(long)]
         out: std::path::PathBuf,

@@ -77,6 +77,18 @@ fn bundles_carry_changes_across_an_air_gap() {
     ]);
     assert!(err.contains("past the last change"), "{err}");
     assert!(!ahead.exists(), "a refused export left {ahead:?}");
+    // A negative one gets the server's reason, not a CLI parse error.
+    let err = hub.cli_fails(&[
+        "bundle",
+        "export",
+        "files",
+        "--since",
+        "-100",
+        "--out",
+        ahead.to_str().unwrap(),
+    ]);
+    assert!(err.contains("since") && err.contains("400"), "{err}");
+    assert!(!ahead.exists(), "a refused export left {ahead:?}");
     // An older bundle imported late cannot bring the deleted item back.
     site.cli_ok(&["bundle", "import", "mirror", first.to_str().unwrap()]);
     assert!(

@@ -82,8 +82,8 @@ impl Replicator {
             // Such a bundle would promise changes that do not exist (and
             // its import refuses `until < since`).
             return Err(ReplError::Invalid(format!(
-                "--since {since} is past the last change of feed {} ({until}): nothing to export; \
-                 a bundle's `until` is the next `--since` (was this instance restored from an older backup?)",
+                "since {since} is past the last change of feed {} ({until}): nothing to export; \
+                 a bundle's `until` is the next `since` (was this instance restored from an older backup?)",
                 feed.name
             )));
         }
