@@ -517,7 +517,28 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 print_report(&e["report"])?;
             }
         }
-        ReplCmd::Peers { name, json, conn } => {
+        ReplCmd::Peers {
+            name,
+            json,
+            forget: Some(instance),
+            conn,
+        } => {
+            let instance: ferry_types::InstanceId = instance.parse().map_err(|_| {
+                anyhow::anyhow!("--forget takes an instance id (32 hex digits, as `replication peers` lists)")
+            })?;
+            call(
+                &conn,
+                Method::DELETE,
+                &format!("/api/v1/replications/{name}/peers/{instance}"),
+                None,
+            )
+            .await?;
+            if json {
+                return print_json(&serde_json::json!({ "forgot": instance }));
+            }
+            say!("forgot peer {instance} of {name}");
+        }
+        ReplCmd::Peers { name, json, conn, .. } => {
             let list = call(
                 &conn,
                 Method::GET,

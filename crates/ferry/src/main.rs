@@ -294,6 +294,10 @@ pub enum ReplCmd {
         name: String,
         #[arg(long)]
         json: bool,
+        /// Forget this instance (by id) instead of listing: a spoke that
+        /// will not come back. It is listed again if it connects again.
+        #[arg(long, value_name = "INSTANCE")]
+        forget: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },

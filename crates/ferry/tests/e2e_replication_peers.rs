@@ -89,4 +89,18 @@ fn a_hub_lists_its_spokes_and_flags_the_one_that_stopped() {
     };
     assert_eq!(stale("site-a"), Some(true), "{m}");
     assert_eq!(stale("site-b"), Some(false), "{m}");
+
+    // The operator forgets the dead spoke: gone from the listing.
+    let id = named(&peers(&hub), "site-a").unwrap()["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = hub.cli_ok(&["replication", "peers", "edge", "--forget", &id]);
+    assert!(out.contains(&id), "{out}");
+    assert!(named(&peers(&hub), "site-a").is_none(), "{:?}", peers(&hub));
+    assert!(named(&peers(&hub), "site-b").is_some());
+    let err = hub.cli_fails(&["replication", "peers", "edge", "--forget", &id]);
+    assert!(err.contains("404") && err.contains("no peer"), "{err}");
+    let err = hub.cli_fails(&["replication", "peers", "edge", "--forget", "../../keys/x"]);
+    assert!(err.contains("instance id"), "{err}");
 }

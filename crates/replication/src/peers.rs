@@ -651,6 +651,33 @@ impl Replicator {
         }
     }
 
+    /// Forgets peer `instance` of incoming replication `name` (one that
+    /// will not come back: a decommissioned spoke, a refused attempt):
+    /// it is no longer listed, until it connects again. NotFound for an
+    /// unknown replication or a peer it does not list; Invalid for an
+    /// outgoing replication.
+    pub async fn forget_peer(&self, name: &str, instance: &str) -> Result<(), ReplError> {
+        let (rec, cfg) = self.record(name).await?;
+        if cfg.is_outgoing() {
+            return Err(ReplError::Invalid(format!(
+                "replication {name} is outgoing: peers are kept on the incoming side"
+            )));
+        }
+        let live = self
+            .0
+            .peer_book
+            .entries
+            .lock()
+            .is_ok_and(|mut m| m.remove(&(rec.id, instance.to_owned())).is_some());
+        let saved = self.store().forget_peer(rec.id, instance).await?;
+        if !live && !saved {
+            return Err(ReplError::NotFound(format!(
+                "replication {name} lists no peer {instance}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Forgets the live state of every peer of replication `id` (it was
     /// deleted; the store drops the saved state with it).
     pub(crate) fn forget_peers(&self, id: i64) {

@@ -30,6 +30,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/replications/{name}/stop", post(stop))
         .route("/api/v1/replications/{name}/executions", get(executions))
         .route("/api/v1/replications/{name}/peers", get(peers))
+        .route(
+            "/api/v1/replications/{name}/peers/{instance}",
+            delete(forget_peer),
+        )
         .route("/api/v1/replications/{name}/plan", post(plan))
         .route("/api/v1/replications/{name}/verify", post(verify))
         .route("/api/v1/logs/replication", get(logs))
@@ -314,6 +318,17 @@ async fn executions(
 /// `ferry_replication::peers`), newest contact first, with `stale` flags.
 async fn peers(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {
     Ok(Json(json!(st.replicator.peers(&name).await.map_err(repl)?)))
+}
+
+/// `DELETE …/peers/INSTANCE`: forgets one peer (204); 404 when it is not
+/// listed.
+async fn forget_peer(
+    State(st): State<AppState>,
+    _: Admin,
+    Path((name, instance)): Path<(String, String)>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    st.replicator.forget_peer(&name, &instance).await.map_err(repl)?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 async fn plan(State(st): State<AppState>, _: Admin, Path(name): Path<String>) -> JsonResult {

@@ -130,6 +130,13 @@ pub fn document() -> Value {
                 "parameters": name_param,
                 "get": op("The instances that connect to an incoming replication, newest contact first: instance id, reported name, Ferry and protocol version, address, token id, first and last contact, interval, per feed the cursor asked from and the lag in changes and seconds, the last error answered it, whether a request of it is in progress (`connected`) and whether it is `stale` (not seen for `peer_stale_intervals` of its intervals); 400 for an outgoing replication", "200", None)
             },
+            "/api/v1/replications/{name}/peers/{instance}": {
+                "parameters": [
+                    { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } },
+                    { "name": "instance", "in": "path", "required": true, "schema": { "type": "string" } }
+                ],
+                "delete": op("Forget one peer of an incoming replication (a spoke that will not come back; listed again if it connects again); 404 when it is not listed", "204", None)
+            },
             "/api/v1/replications/{name}/plan": {
                 "parameters": name_param,
                 "post": op("What an execution would copy and delete, changing nothing", "200", None)

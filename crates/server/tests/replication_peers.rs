@@ -358,6 +358,35 @@ async fn peers_are_saved_and_gone_with_their_replication() {
     assert_eq!(p["interval_secs"], 30, "{p}");
     assert_eq!(p["first_contact"], first_contact, "{p}");
     assert_eq!(p["feeds"]["files"]["cursor"], 0, "{p}");
+
+    // An operator forgets a peer: gone from the listing, also after a
+    // restart; a second time, or an unknown one, is 404.
+    let r = from(
+        &reopened,
+        SPOKE_B,
+        &token,
+        "POST",
+        "handshake",
+        handshake(SPOKE_B, "site-b", 30),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let uri = format!("/api/v1/replications/edge/peers/{SPOKE_B}");
+    // Only the admin may: not a sync token, not without a key.
+    for key in [Some(token.as_str()), None] {
+        let r = reopened.send("DELETE", &uri, key, &[], Body::empty()).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    }
+    for expected in [StatusCode::NO_CONTENT, StatusCode::NOT_FOUND] {
+        let r = reopened
+            .send("DELETE", &uri, Some(ADMIN), &[], Body::empty())
+            .await;
+        assert_eq!(r.status, expected, "{}", r.text());
+    }
+    let reopened = reopened.reopen().await;
+    let list = peers(&reopened).await;
+    assert!(list.iter().all(|p| p["instance_id"] != SPOKE_B), "{list:?}");
+    assert_eq!(list.len(), 1, "{list:?}");
     let r = reopened
         .send(
             "DELETE",
