@@ -35,6 +35,8 @@ const MAX_NAME: usize = 128;
 /// served but not listed (a token holder inventing instance ids cannot
 /// grow the book, or `/metrics`, without bound).
 pub const MAX_PEERS: usize = 10_000;
+/// Most tokens kept as candidates to take a peer over.
+const MAX_CANDIDATES: usize = 4;
 /// Longest interval a peer may report (a week, in seconds); shorter than
 /// a second counts as a second.
 const MAX_INTERVAL_SECS: u64 = 7 * 24 * 3600;
@@ -85,6 +87,11 @@ pub struct PeerState {
     /// took the binding over: a rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_token: Option<String>,
+    /// Other tokens that named it while its own was valid (at most
+    /// [`MAX_CANDIDATES`]): the ones that may take it over once that
+    /// token is revoked ([`Replicator::claim`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<String>,
     /// Milliseconds since the epoch.
     pub first_contact: i64,
     /// Milliseconds since the epoch: the start or end of its latest request.
@@ -386,11 +393,19 @@ impl Replicator {
         };
         if !known {
             if count >= MAX_PEERS {
-                self.refused_claim(
-                    key,
-                    token_id,
-                    &format!("the replication lists {MAX_PEERS} peers already"),
-                );
+                // Logged once per replication, not per invented id.
+                let first = self
+                    .0
+                    .peer_book
+                    .warned
+                    .lock()
+                    .is_ok_and(|mut w| w.insert((key.0, String::new(), String::new())));
+                if first {
+                    tracing::warn!(
+                        "replication {}: {MAX_PEERS} peers listed; requests of further instances are served but not recorded",
+                        key.0
+                    );
+                }
                 return false;
             }
             return true;
@@ -405,6 +420,16 @@ impl Replicator {
             Err(_) => true,
         };
         if holds {
+            // Remembered: the spoke's own new token, given to it before
+            // the old one is revoked, is the one to take over then.
+            if let Ok(mut m) = self.0.peer_book.entries.lock()
+                && let Some(e) = m.get_mut(key)
+                && !e.state.candidates.iter().any(|t| t == token_id)
+                && e.state.candidates.len() < MAX_CANDIDATES
+            {
+                e.state.candidates.push(token_id.to_owned());
+                e.saved_at = 0;
+            }
             self.refused_claim(
                 key,
                 token_id,
@@ -412,9 +437,12 @@ impl Replicator {
             );
             return false;
         }
-        // The bound token is revoked: a successor may take over, a token
-        // that speaks for another spoke (and did not replace this one's)
-        // may not.
+        // The bound token is revoked. Who may take over: not a token that
+        // speaks for another spoke (unless it replaced the same revoked
+        // token there: a group sharing tokens); among the tokens that named
+        // this peer while its own was valid, the one alone (the spoke's own
+        // new token, given to it before the old was revoked); with none of
+        // those, the first that asks.
         let mut others: HashMap<String, PeerState> = HashMap::new();
         match self.store().peers(key.0).await {
             Ok(list) => {
@@ -437,25 +465,49 @@ impl Replicator {
                 others.insert(instance.clone(), e.state.clone());
             }
         }
-        let speaks_for_another = others.iter().any(|(instance, st)| {
-            *instance != key.1
-                && st.token.as_deref() == Some(token_id)
-                && st.previous_token.as_deref() != Some(bound.as_str())
-        });
-        if speaks_for_another {
+        let speaks_for_another = |t: &str| {
+            others.iter().any(|(instance, st)| {
+                *instance != key.1
+                    && st.token.as_deref() == Some(t)
+                    && st.previous_token.as_deref() != Some(bound.as_str())
+            })
+        };
+        let eligible: Vec<String> = others
+            .get(&key.1)
+            .map(|st| {
+                st.candidates
+                    .iter()
+                    .filter(|t| !speaks_for_another(t))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let why = if speaks_for_another(token_id) {
+            Some(format!(
+                "its sync token {bound} was revoked, but {token_id} speaks for another instance of the replication"
+            ))
+        } else if eligible.len() > 1 {
+            Some(format!(
+                "its sync token {bound} was revoked, and several tokens named it before ({}); `replication peers --forget` starts it over",
+                eligible.join(", ")
+            ))
+        } else if eligible.first().is_some_and(|t| t != token_id) {
+            Some(format!(
+                "its sync token {bound} was revoked; {} named it before and takes it over",
+                eligible.join(", ")
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
             drop(m);
-            self.refused_claim(
-                key,
-                token_id,
-                &format!(
-                    "its sync token {bound} was revoked, but {token_id} speaks for another instance of the replication"
-                ),
-            );
+            self.refused_claim(key, token_id, &why);
             return false;
         }
         if let Some(e) = m.get_mut(key) {
             e.state.previous_token = Some(bound);
             e.state.token = Some(token_id.to_owned());
+            e.state.candidates.clear();
             e.saved_at = 0;
         }
         true
@@ -493,11 +545,8 @@ impl Replicator {
         if known {
             return;
         }
-        let saved = match self.store().peers(key.0).await {
-            Ok(list) => list
-                .into_iter()
-                .find(|(instance, _)| *instance == key.1)
-                .and_then(|(_, value)| serde_json::from_value::<PeerState>(value).ok()),
+        let saved = match self.store().peer(key.0, &key.1).await {
+            Ok(value) => value.and_then(|v| serde_json::from_value::<PeerState>(v).ok()),
             Err(e) => {
                 tracing::warn!("reading the saved state of replication peer {}: {e}", key.1);
                 None

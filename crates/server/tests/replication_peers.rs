@@ -587,6 +587,14 @@ async fn another_token_cannot_rewrite_a_spoke_and_names_lose_control_characters(
     let a = peer(&list, SPOKE_A);
     assert!(!bound_to(a, &token_b), "{a}");
     assert_ne!(a["name"], "EVIL", "{a}");
+    // Nor can a token no spoke uses yet: A named its new token before
+    // the old one was revoked, and that one takes over.
+    let lurker = new_token().await;
+    shake(SPOKE_A, lurker.clone(), "EVIL", 1).await;
+    let list = peers(hub).await;
+    let a = peer(&list, SPOKE_A);
+    assert!(!bound_to(a, &lurker), "an unused token took the spoke over: {a}");
+    assert_ne!(a["name"], "EVIL", "{a}");
     // The new token does.
     shake(SPOKE_A, rotated.clone(), "site-a2", 40).await;
     let list = peers(hub).await;

@@ -1465,7 +1465,10 @@ pub async fn run_replication<S: MetadataStore + crate::ReplicationStore>(s: &S) 
             ("b-inst".to_string(), json!({"last_contact": 3}))
         ]
     );
+    assert!(s.peer(r.id, "a-inst").await.unwrap().is_some());
+    assert!(s.peer(r.id, "no-such").await.unwrap().is_none());
     assert!(s.forget_peer(r.id, "a-inst").await.unwrap());
+    assert!(s.peer(r.id, "a-inst").await.unwrap().is_none());
     assert!(!s.forget_peer(r.id, "a-inst").await.unwrap());
     assert_eq!(s.peers(r.id).await.unwrap().len(), 1);
 

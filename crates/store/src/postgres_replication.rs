@@ -292,6 +292,22 @@ impl ReplicationStore for PgStore {
             .collect()
     }
 
+    async fn peer(&self, replication: i64, instance: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM replication_peers WHERE replication_id = $1 AND instance = $2",
+        )
+        .bind(replication)
+        .bind(instance)
+        .fetch_optional(self.pool())
+        .await?;
+        state
+            .map(|s| {
+                serde_json::from_str(&s)
+                    .map_err(|e| StoreError::Backend(format!("replication peer state: {e}")))
+            })
+            .transpose()
+    }
+
     async fn forget_peer(&self, replication: i64, instance: &str) -> Result<bool, StoreError> {
         let n = sqlx::query("DELETE FROM replication_peers WHERE replication_id = $1 AND instance = $2")
             .bind(replication)

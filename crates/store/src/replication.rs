@@ -103,6 +103,9 @@ pub trait ReplicationStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Every peer saved for `replication`: `(instance, state)`, by instance.
     async fn peers(&self, replication: i64) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
+    /// The saved state of peer `instance` of `replication`, if any (one
+    /// lookup, whatever the number of peers).
+    async fn peer(&self, replication: i64, instance: &str) -> Result<Option<serde_json::Value>, StoreError>;
     /// Forgets peer `instance` of `replication`; whether it was saved.
     async fn forget_peer(&self, replication: i64, instance: &str) -> Result<bool, StoreError>;
 

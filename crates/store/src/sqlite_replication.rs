@@ -320,6 +320,26 @@ impl ReplicationStore for SqliteStore {
         .await
     }
 
+    async fn peer(&self, replication: i64, instance: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let instance = instance.to_string();
+        self.read(move |c| {
+            let state: Option<String> = c
+                .query_row(
+                    "SELECT state FROM replication_peers WHERE replication_id = ?1 AND instance = ?2",
+                    params![replication, instance],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            state
+                .map(|s| {
+                    serde_json::from_str(&s)
+                        .map_err(|e| StoreError::Backend(format!("replication peer state: {e}")))
+                })
+                .transpose()
+        })
+        .await
+    }
+
     async fn forget_peer(&self, replication: i64, instance: &str) -> Result<bool, StoreError> {
         let instance = instance.to_string();
         self.write_tx(move |tx| {
