@@ -303,7 +303,9 @@ impl Replicator {
             r: Replicator,
             token_id: String,
             replication: i64,
-            filter: String,
+            /// What the peer could read when the transfer began.
+            include: Vec<String>,
+            exclude: Vec<String>,
             feeds: Vec<crate::config::FeedPair>,
             cut: bool,
         }
@@ -313,7 +315,8 @@ impl Replicator {
             r: self.clone(),
             token_id: s.token_id.clone(),
             replication: s.record.id,
-            filter: filter_fingerprint(&s.config),
+            include: s.config.include.clone(),
+            exclude: s.config.exclude.clone(),
             feeds: s.config.feeds.clone(),
             cut: false,
         };
@@ -340,10 +343,14 @@ impl Replicator {
                     Err(e) => Some(e.to_string()),
                     // What the peer may read narrowed (or changed): what
                     // is under way was allowed by the old filter.
-                    Ok(now) if filter_fingerprint(&now) != g.filter || now.feeds != g.feeds => Some(
-                        "the replication's filters or feeds changed during the transfer; ask again"
-                            .to_owned(),
-                    ),
+                    Ok(now)
+                        if now.include != g.include || now.exclude != g.exclude || now.feeds != g.feeds =>
+                    {
+                        Some(
+                            "the replication's filters or feeds changed during the transfer; ask again"
+                                .to_owned(),
+                        )
+                    }
                     Ok(_) => None,
                 };
                 if let Some(why) = why {

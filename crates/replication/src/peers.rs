@@ -372,27 +372,32 @@ impl Replicator {
     /// peer `key` (replication id, instance id), and if so binds it to
     /// that token. A peer is bound to the token it uses, so another holder
     /// of a token of the same replication cannot rewrite its name,
-    /// versions, cursors or errors by naming its instance id. Once the
-    /// bound token is revoked the binding passes to a token that speaks
-    /// for no other instance, or only for instances that were bound to
-    /// that same revoked token (a rotation, also of a token a group of
-    /// spokes shares); a token already speaking for another spoke cannot
-    /// take it over. A new peer is recorded while the replication has
-    /// fewer than [`MAX_PEERS`]. A refused claim is logged once per
-    /// instance and token; the request is served as any with a valid
-    /// token, only not recorded.
+    /// versions, cursors or errors by naming its instance id; the tokens
+    /// that do so while the bound one is valid are kept as candidates.
+    /// Once the bound token is revoked, the one candidate that speaks for
+    /// no other instance takes over (the spoke's own new token, given to
+    /// it before the old one was revoked); with no such candidate, the
+    /// first token that speaks for no other instance, or only for ones
+    /// bound to the same revoked token (a group of spokes sharing tokens),
+    /// does; with several, none does until the peer is forgotten. A new
+    /// peer is recorded while the replication has fewer than
+    /// [`MAX_PEERS`]. A refused claim is logged once per instance and
+    /// token (past the cap, once per replication); the request is served
+    /// as any with a valid token, only not recorded.
     async fn claim(&self, key: &(i64, String), token_id: &str) -> bool {
         self.restore_peer(key).await;
-        let (bound, known, count) = {
+        let (bound, full) = {
             let Ok(m) = self.0.peer_book.entries.lock() else {
                 return false;
             };
-            let count = m.keys().filter(|(r, _)| *r == key.0).count();
-            let e = m.get(key);
-            (e.and_then(|e| e.state.token.clone()), e.is_some(), count)
+            match m.get(key) {
+                Some(e) => (e.state.token.clone(), false),
+                // Counted only for a peer not yet known (not per request).
+                None => (None, m.keys().filter(|(r, _)| *r == key.0).count() >= MAX_PEERS),
+            }
         };
-        if !known {
-            if count >= MAX_PEERS {
+        if bound.is_none() {
+            if full {
                 // Logged once per replication, not per invented id.
                 let first = self
                     .0

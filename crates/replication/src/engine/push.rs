@@ -320,7 +320,7 @@ impl Run<'_> {
             self.remote.missing(digests.clone()).await?
         };
         // Bytes an upload that broke off left there: sent from there on.
-        let held: HashMap<Digest, u64> = partial.into_iter().map(|w| (w.digest, w.offset)).collect();
+        let kept: HashMap<Digest, u64> = partial.into_iter().map(|w| (w.digest, w.offset)).collect();
         if self.feed_bytes.is_some() {
             // What the other side holds already needs no transfer.
             let held: Vec<Digest> = {
@@ -336,7 +336,7 @@ impl Run<'_> {
         let mut send = Vec::with_capacity(missing.len());
         for d in &missing {
             match self.r.ferry().stored_blob_size(d).await {
-                Ok(size) => send.push((*d, size, held.get(d).copied().filter(|o| *o < size).unwrap_or(0))),
+                Ok(size) => send.push((*d, size, kept.get(d).copied().filter(|o| *o < size).unwrap_or(0))),
                 Err(e @ ferry_core::CoreError::Damaged(_)) => {
                     damaged.insert(*d, e.to_string());
                 }
