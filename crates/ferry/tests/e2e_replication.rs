@@ -741,6 +741,69 @@ fn a_hub_widening_its_filter_brings_what_it_hid_to_a_following_spoke() {
     assert!(spoke.serves("files", "sec/s1.txt", b"s1"));
 }
 
+/// A spoke pushing to a hub whose incoming filter leaves some of its items
+/// out sends nothing of those items — neither their entries nor their
+/// blobs (which would only wait on the hub for garbage collection) — and
+/// names them as held back; once the hub widens its filter, the next
+/// execution carries them.
+#[test]
+fn a_pushing_spoke_sends_nothing_of_what_the_hub_filter_refuses() {
+    use sha2::{Digest, Sha256};
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("from-edge", &["files"], "pull");
+    hub.cli_ok(&["replication", "update", "from-edge", "--exclude", "sec/**"]);
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    let secret = b"a secret only the edge may keep, for now".repeat(4096);
+    let secret_digest = format!("{:x}", Sha256::digest(&secret));
+    spoke.put_asset("files", "docs/a.txt", b"a");
+    spoke.put_asset("files", "sec/s.bin", &secret);
+    spoke.outgoing(
+        "to-hub",
+        &["files"],
+        &hub,
+        &token,
+        "push",
+        &["--interval", "3600"],
+    );
+    let run = || {
+        spoke.cli(&["replication", "run", "to-hub", "--wait"]);
+        spoke.executions("to-hub")[0].clone()
+    };
+    let first = run();
+    assert!(hub.serves("files", "docs/a.txt", b"a"));
+    assert!(hub.lacks("files", "sec/s.bin"));
+    assert!(
+        !hub.blob_path(&secret_digest).exists(),
+        "the blob of an item the hub refuses was sent to it"
+    );
+    let report = &first["report"];
+    let stuck = report["stuck"].to_string();
+    assert!(
+        stuck.contains("sec/s.bin") && stuck.contains("filter"),
+        "{report}"
+    );
+    let pushed_bytes: u64 = report["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["pushed"]["bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(pushed_bytes < 1024, "{report}");
+    // A second execution does not send it either.
+    run();
+    assert!(!hub.blob_path(&secret_digest).exists());
+
+    hub.cli_ok(&["replication", "update", "from-edge", "--no-filters"]);
+    let after = run();
+    assert!(hub.serves("files", "sec/s.bin", &secret), "{after}");
+    assert!(
+        after["report"]["stuck"].as_array().is_none_or(|a| a.is_empty()),
+        "{after}"
+    );
+}
+
 /// `run --wait` right after publishes carries all of them, also while the
 /// spoke's long poll answers for the first one and wakes an execution of
 /// its own: a page a long poll brought shows the hub as it was then, and

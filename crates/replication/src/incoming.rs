@@ -23,8 +23,12 @@ use crate::{ReplError, Replicator, token};
 pub struct Session {
     pub record: ReplicationRecord,
     pub config: ReplicationConfig,
-    /// The instance id the request named (`Ferry-Instance`), if valid.
+    /// The instance id the request named (`Ferry-Instance`), if valid
+    /// and recorded as its peer.
     pub instance: Option<String>,
+    /// The `Ferry-Instance` header as the request sent it, recorded or
+    /// not (a handshake must name the same instance in its body).
+    pub named: Option<String>,
     /// Notes the end of this request as contact with the peer.
     pub request: Option<std::sync::Arc<crate::peers::PeerRequest>>,
     /// The id of the sync token the request presented (checked again
@@ -84,6 +88,7 @@ impl Replicator {
             record,
             config,
             instance: None,
+            named: instance.map(str::to_owned),
             request: None,
             token_id: id.to_owned(),
             filter,
@@ -109,6 +114,16 @@ impl Replicator {
             .copied()
             .filter(|v| SUPPORTED_VERSIONS.contains(v))
             .max();
+        if let Some(named) = s.named.as_deref()
+            && named != req.instance_id.to_string()
+        {
+            // Recorded under neither id: one of them is not this peer's.
+            return Err(ReplError::Invalid(format!(
+                "the handshake names instance {} but its {} header names {named}: an instance has one id",
+                req.instance_id,
+                crate::protocol::INSTANCE_HEADER
+            )));
+        }
         let answer = self.check_handshake(s, &req, version).await;
         self.peer_handshake(s, &req, version, answer.is_ok()).await;
         answer
@@ -241,6 +256,7 @@ impl Replicator {
             record: s.record.clone(),
             config,
             instance: None,
+            named: None,
             request: None,
             token_id: s.token_id.clone(),
             filter: s.filter.clone(),
@@ -635,11 +651,15 @@ impl Replicator {
     pub async fn stamps(&self, s: &Session, feed: &str, keys: Vec<ItemKey>) -> Result<StampList, ReplError> {
         let feed = self.session_feed(s, feed).await?;
         let found = self.store().entries_for(feed.id, &keys).await?;
+        let mut outside = Vec::new();
         let stamps = keys
             .iter()
-            .map(|k| {
-                // Outside the replication's filter, nothing is said.
+            .enumerate()
+            .map(|(i, k)| {
+                // Outside the replication's filter, nothing is said but
+                // that it is outside (a pusher then sends nothing of it).
                 if !s.filter.admits(feed.feed_type, k) {
+                    outside.push(i as u32);
                     return None;
                 }
                 found
@@ -648,7 +668,7 @@ impl Replicator {
                     .map(|e| (e.stamp, e.live.is_none()))
             })
             .collect();
-        Ok(StampList { stamps })
+        Ok(StampList { stamps, outside })
     }
 
     /// Applies entries the peer pushes, if this side's mode pulls them.

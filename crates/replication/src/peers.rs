@@ -678,31 +678,62 @@ impl Replicator {
         Some((feed.id, last))
     }
 
-    /// Sets the per-peer gauges of every incoming replication (called as
-    /// metrics are rendered): `ferry_replication_peer_lag_seconds`,
+    /// The per-peer gauges of every incoming replication, in Prometheus'
+    /// text exposition format (0.0.4), rendered from the peers listed now:
+    /// `ferry_replication_peer_lag_seconds`,
     /// `ferry_replication_peer_last_contact_seconds` (seconds since) and
     /// `ferry_replication_peer_stale` (1 or 0), labelled by replication,
-    /// instance id and reported name.
-    pub async fn set_peer_gauges(&self) {
+    /// instance id and reported name. A forgotten peer, or one of a deleted
+    /// replication, is gone from the next scrape (a registered gauge would
+    /// stay until restart). Empty when no peer is listed or the store
+    /// cannot be read.
+    pub async fn peer_metrics(&self) -> String {
+        use std::fmt::Write as _;
         let Ok(records) = self.store().replications().await else {
-            return;
+            return String::new();
         };
+        let mut rows = Vec::new();
         for rec in records {
             let Ok(list) = self.peers(&rec.name).await else {
                 continue;
             };
             for p in list {
-                let labels = [
-                    ("replication", rec.name.clone()),
-                    ("instance", p.state.instance_id.clone()),
-                    ("name", p.state.name.clone().unwrap_or_default()),
-                ];
-                metrics::gauge!("ferry_replication_peer_lag_seconds", &labels).set(p.lag_seconds);
-                metrics::gauge!("ferry_replication_peer_last_contact_seconds", &labels)
-                    .set(p.seconds_since_contact);
-                metrics::gauge!("ferry_replication_peer_stale", &labels).set(if p.stale { 1.0 } else { 0.0 });
+                let labels = format!(
+                    "replication=\"{}\",instance=\"{}\",name=\"{}\"",
+                    label_value(&rec.name),
+                    label_value(&p.state.instance_id),
+                    label_value(p.state.name.as_deref().unwrap_or_default())
+                );
+                let stale = if p.stale { 1.0 } else { 0.0 };
+                rows.push((labels, [p.lag_seconds, p.seconds_since_contact, stale]));
             }
         }
+        let mut out = String::new();
+        if rows.is_empty() {
+            return out;
+        }
+        let gauges = [
+            (
+                "ferry_replication_peer_lag_seconds",
+                "Seconds the peer's oldest change not yet read has waited",
+            ),
+            (
+                "ferry_replication_peer_last_contact_seconds",
+                "Seconds since the peer's last request",
+            ),
+            (
+                "ferry_replication_peer_stale",
+                "1 when the peer has not been seen for its stale multiple of its interval",
+            ),
+        ];
+        for (i, (name, help)) in gauges.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (labels, values) in &rows {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", values[i]);
+            }
+        }
+        out
     }
 
     /// Forgets peer `instance` of incoming replication `name` (one that
@@ -748,4 +779,19 @@ fn cut_message(s: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(1000)
         .collect()
+}
+
+/// `v` as a Prometheus label value: backslash, double quote and line feed
+/// escaped (text exposition format 0.0.4).
+fn label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -286,6 +286,13 @@ pub struct KeyList {
 pub struct StampList {
     /// Per requested key: its stored stamp and whether it is a tombstone.
     pub stamps: Vec<Option<(Stamp, bool)>>,
+    /// Indices (into the request's keys) of the keys outside this side's
+    /// include/exclude filter for the replication: their stamp is `null`
+    /// and this side refuses them, so a pusher sends neither their blobs
+    /// nor their entries. Empty from peers older than this field (they
+    /// refuse such an entry only once it is applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outside: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

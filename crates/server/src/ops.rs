@@ -141,18 +141,22 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<impl 
     );
     metrics::gauge!("ferry_database_up").set(if database_up { 1.0 } else { 0.0 });
     metrics::gauge!("ferry_blob_store_up").set(if blob_store_up { 1.0 } else { 0.0 });
+    // The per-peer gauges of incoming replications are rendered from the
+    // peers listed now (a forgotten one is gone at once), after the rest.
+    let mut peers = String::new();
     if database_up {
-        // Sets `ferry_blobs_damaged` (0 included) and the per-peer gauges
-        // of incoming replications before rendering.
+        // Sets `ferry_blobs_damaged` (0 included) before rendering.
         current_damage(&st).await;
-        st.replicator.set_peer_gauges().await;
+        peers = st.replicator.peer_metrics().await;
     } else {
         // What is known in memory, without asking the store about
         // references (sets `ferry_blobs_damaged`).
         st.ferry.damaged();
     }
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(),
-    ))
+    let mut body = st.metrics.render();
+    if !peers.is_empty() && !body.is_empty() && !body.ends_with('\n') {
+        body.push('\n');
+    }
+    body.push_str(&peers);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
 }

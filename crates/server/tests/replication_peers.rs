@@ -78,6 +78,12 @@ async fn peers(i: &Instance) -> Vec<Value> {
     r.json().as_array().unwrap().clone()
 }
 
+async fn scrape(i: &Instance) -> String {
+    i.send("GET", "/metrics", Some(ADMIN), &[], Body::empty())
+        .await
+        .text()
+}
+
 fn peer<'a>(list: &'a [Value], instance: &str) -> &'a Value {
     list.iter()
         .find(|p| p["instance_id"] == instance)
@@ -383,6 +389,15 @@ async fn peers_are_saved_and_gone_with_their_replication() {
             .await;
         assert_eq!(r.status, expected, "{}", r.text());
     }
+    // Its gauges are gone from the next scrape, not kept until a restart.
+    let m = scrape(&reopened).await;
+    assert!(!m.contains(SPOKE_B), "{m}");
+    assert!(
+        m.contains(&format!(
+            "ferry_replication_peer_stale{{replication=\"edge\",instance=\"{SPOKE_A}\""
+        )),
+        "{m}"
+    );
     let reopened = reopened.reopen().await;
     let list = peers(&reopened).await;
     assert!(list.iter().all(|p| p["instance_id"] != SPOKE_B), "{list:?}");
@@ -397,6 +412,8 @@ async fn peers_are_saved_and_gone_with_their_replication() {
         )
         .await;
     assert!(r.status.is_success(), "{}", r.text());
+    let m = scrape(&reopened).await;
+    assert!(!m.contains("ferry_replication_peer_"), "{m}");
     reopened.incoming("edge", &["files"], "push").await;
     assert!(peers(&reopened).await.is_empty());
 }
@@ -653,4 +670,29 @@ async fn another_token_cannot_rewrite_a_spoke_and_names_lose_control_characters(
     let a = peer(&list, SPOKE_A);
     assert!(a["name"].is_null(), "an invisible name is no name: {a}");
     assert_eq!(a["interval_secs"], 1, "{a}");
+}
+
+/// A handshake whose body names another instance than its
+/// `Ferry-Instance` header is refused with both ids named, and the body's
+/// instance is not listed (one request made two half entries before).
+#[tokio::test]
+async fn a_handshake_naming_two_instances_is_refused_and_lists_neither_twice() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let r = from(
+        &hub,
+        SPOKE_A,
+        &token,
+        "POST",
+        "handshake",
+        handshake(SPOKE_B, "site-b", 30),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let text = r.text();
+    assert!(text.contains(SPOKE_A) && text.contains(SPOKE_B), "{text}");
+    let list = peers(&hub).await;
+    assert!(list.iter().all(|p| p["instance_id"] != SPOKE_B), "{list:?}");
+    assert!(list.len() <= 1, "{list:?}");
 }

@@ -225,16 +225,33 @@ impl Run<'_> {
             self.progress.items.fetch_add(passed, Ordering::Relaxed);
             return Ok(());
         }
-        let theirs = self
+        let StampList {
+            stamps: theirs,
+            outside,
+        } = self
             .remote
             .stamps(remote, admitted.iter().map(|e| e.key.clone()).collect())
-            .await?
-            .stamps;
+            .await?;
+        let outside: HashSet<usize> = outside.into_iter().map(|i| i as usize).collect();
         let mut todo = Vec::new();
         let mut live_there = Vec::new();
         // Keys with nothing (more) to send: their stuck marks, if any, go.
         let mut settled: Vec<ItemKey> = Vec::new();
-        for (e, t) in admitted.into_iter().zip(theirs) {
+        // Keys that cannot be copied now (kept, retried by later executions).
+        let mut stuck = Vec::new();
+        for (i, (e, t)) in admitted.into_iter().zip(theirs).enumerate() {
+            if outside.contains(&i) {
+                // The other side would refuse the entry: neither it nor
+                // its blobs are sent (they would only wait there for gc).
+                let why =
+                    "the other instance refused it: outside its include/exclude filter for this replication";
+                if self.dry {
+                    fr.plan_item(true, "push", &e.key, "none", Some(why.to_string()));
+                } else {
+                    stuck.push((e.key.clone(), why.to_string()));
+                }
+                continue;
+            }
             if matches!(t, Some((s, _)) if s >= e.stamp) {
                 settled.push(e.key.clone());
             }
@@ -305,7 +322,7 @@ impl Run<'_> {
         }
         if todo.is_empty() {
             return self
-                .record_stuck(Direction::Push, local, remote, Vec::new(), &settled)
+                .record_stuck(Direction::Push, local, remote, stuck, &settled)
                 .await;
         }
         let mut digests: Vec<Digest> = todo.iter().flat_map(|e| e.blobs.iter().copied()).collect();
@@ -344,7 +361,6 @@ impl Run<'_> {
             }
         }
         damaged.extend(self.send_blobs(send, fr).await?);
-        let mut stuck = Vec::new();
         if !damaged.is_empty() {
             let mut kept_live = Vec::new();
             let mut kept = Vec::new();
