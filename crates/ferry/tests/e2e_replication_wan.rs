@@ -162,31 +162,24 @@ fn a_batched_transfer_cut_midway_resumes_without_moving_its_bytes_again() {
     assert_eq!(bytes_under(&spoke, "partial"), 0);
 }
 
-/// The push direction resumes too: a spoke pushing large blobs to the hub
-/// through a link that goes down mid-blob keeps what the hub received (the
-/// hub keeps the partial upload and says so in `blobs/missing`), and the
-/// next execution sends only the rest; every blob arrives intact.
-#[test]
-fn a_push_cut_midway_resumes_without_moving_its_bytes_again() {
-    let tmp = tempfile::tempdir().unwrap();
+const SIZE: usize = 6 << 20;
+
+/// A spoke pushing two 6 MiB blobs to a hub through a proxy that is
+/// killed midway through the upload; returns the hub, the spoke, the
+/// files, the proxy's port and the bytes the hub held after the cut.
+fn push_cut_midway(tmp: &Path) -> (Server, Server, Vec<(String, PathBuf)>, u16, u64) {
     let hub = Server::start();
     hub.create_feed("files", "assets");
     // The hub accepts content from the spoke.
     let token = hub.incoming("edge", &["files"], "pull");
-    const SIZE: usize = 6 << 20;
     let files: Vec<(String, PathBuf)> = (0..2)
-        .map(|i| {
-            (
-                format!("big/{i}"),
-                random_file(tmp.path(), &format!("f{i}"), SIZE),
-            )
-        })
+        .map(|i| (format!("big/{i}"), random_file(tmp, &format!("f{i}"), SIZE)))
         .collect();
     let spoke = Server::start();
     spoke.create_feed("files", "assets");
     spoke.put_asset_files("files", &files);
 
-    let mut proxy = Proxy::start(&hub, 0, 0, &tmp.path().join("stats-1.json"));
+    let mut proxy = Proxy::start(&hub, 0, 0, &tmp.join("stats-1.json"));
     let port = proxy.port;
     let url = proxy.url();
     spoke.cli_ok(&[
@@ -224,6 +217,17 @@ fn a_push_cut_midway_resumes_without_moving_its_bytes_again() {
     let had = bytes_under(&hub, "partial") + bytes_under(&hub, "sha256");
     assert!(had > 3 << 20, "the hub kept only {had} bytes after the cut");
 
+    (hub, spoke, files, port, had)
+}
+
+/// The push direction resumes too: a spoke pushing large blobs to the hub
+/// through a link that goes down mid-blob keeps what the hub received (the
+/// hub keeps the partial upload and says so in `blobs/missing`), and the
+/// next execution sends only the rest; every blob arrives intact.
+#[test]
+fn a_push_cut_midway_resumes_without_moving_its_bytes_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, spoke, files, port, had) = push_cut_midway(tmp.path());
     let proxy = Proxy::start(&hub, 0, port, &tmp.path().join("stats-2.json"));
     spoke.cli_ok(&["replication", "update", "to-hub", "--bandwidth-limit", "0"]);
     spoke.cli_ok(&["replication", "run", "to-hub", "--wait"]);
@@ -235,6 +239,47 @@ fn a_push_cut_midway_resumes_without_moving_its_bytes_again() {
     assert!(
         moved <= left + (256 << 10),
         "the second run sent {moved} bytes, though only {left} were missing"
+    );
+    assert_eq!(bytes_under(&hub, "partial"), 0);
+    spoke.cli_ok(&["replication", "verify", "to-hub"]);
+}
+
+/// The bytes an interrupted upload left on the hub are damaged before the
+/// push resumes: the hub does not keep the resumed blob (it does not
+/// verify), asks for it from its first byte, and ends with it intact; the
+/// execution's report counts every byte that crossed, the attempt that
+/// was thrown away included.
+#[test]
+fn a_push_whose_kept_bytes_were_damaged_sends_it_again_and_reports_what_crossed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hub, spoke, files, port, _) = push_cut_midway(tmp.path());
+    let mut damaged = 0;
+    for e in std::fs::read_dir(hub.partial_dir()).unwrap() {
+        let path = e.unwrap().path();
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        if len > 0 {
+            std::fs::write(&path, vec![0u8; len]).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0, "nothing partial to damage");
+
+    let proxy = Proxy::start(&hub, 0, port, &tmp.path().join("stats-2.json"));
+    spoke.cli_ok(&["replication", "update", "to-hub", "--bandwidth-limit", "0"]);
+    spoke.cli_ok(&["replication", "run", "to-hub", "--wait"]);
+    for (path, file) in &files {
+        assert!(hub.serves("files", path, &std::fs::read(file).unwrap()), "{path}");
+    }
+    let moved = proxy.stats()["bytes_up"].as_u64().unwrap();
+    let carried = spoke
+        .executions("to-hub")
+        .into_iter()
+        .find(|e| e["report"]["feeds"][0]["pushed"]["blobs"].as_u64().unwrap_or(0) > 0)
+        .expect("no execution pushed a blob");
+    let reported = carried["report"]["feeds"][0]["pushed"]["bytes"].as_u64().unwrap();
+    assert!(
+        reported <= moved && moved - reported < 256 << 10,
+        "the report says {reported} bytes were pushed; {moved} crossed the link"
     );
     assert_eq!(bytes_under(&hub, "partial"), 0);
     spoke.cli_ok(&["replication", "verify", "to-hub"]);

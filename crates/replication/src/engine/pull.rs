@@ -823,8 +823,22 @@ impl Run<'_> {
             .remote
             .stamps(remote, hit.iter().map(|e| e.key.clone()).collect())
             .await?;
+        let outside: HashSet<usize> = now.outside.iter().map(|i| *i as usize).collect();
         let mut stuck = Vec::new();
-        for (e, current) in hit.iter().zip(now.stamps) {
+        for (i, (e, current)) in hit.iter().zip(now.stamps).enumerate() {
+            if outside.contains(&i) {
+                // The other side's filter was narrowed since the page was
+                // listed: the item is not to be copied (nor retried).
+                fr.pulled.skipped += 1;
+                self.log(
+                    "info",
+                    format!(
+                        "{} in feed {} was left out: the other instance's include/exclude filter for this replication no longer admits it",
+                        e.key, local.name
+                    ),
+                );
+                continue;
+            }
             if current.is_some_and(|(stamp, _)| stamp == e.stamp) {
                 let d = e.blobs.iter().find(|d| gone.contains(d)).copied();
                 stuck.push((

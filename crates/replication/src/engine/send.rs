@@ -48,6 +48,9 @@ impl Run<'_> {
                     self.skip_bytes(*held);
                 }
             }
+            // Bytes of attempts the other side did not keep (it asked for
+            // the blob again from another byte): they crossed all the same.
+            let mut wasted: HashMap<Digest, u64> = HashMap::new();
             // Twice at most: a blob the other side asks for from another
             // byte (what it held changed, or did not verify) goes again at
             // once from there.
@@ -68,6 +71,7 @@ impl Run<'_> {
                             }
                             (None, Some(from)) if from < size && attempt == 0 => {
                                 tracing::info!(target: "replication", blob = %u.digest, from, "the other instance asks for this blob from byte {from}");
+                                *wasted.entry(u.digest).or_default() += size - held;
                                 again.push((u.digest, size, from));
                             }
                             (None, Some(from)) => {
@@ -77,7 +81,8 @@ impl Run<'_> {
                                 if held > 0 {
                                     tracing::info!(target: "replication", blob = %u.digest, held, "resumed an upload that broke off: {held} bytes were there already");
                                 }
-                                self.count_sent(fr, size - held)
+                                let extra = wasted.get(&u.digest).copied().unwrap_or(0);
+                                self.count_sent(fr, size - held + extra)
                             }
                         }
                     }
