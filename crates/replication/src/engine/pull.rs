@@ -135,9 +135,11 @@ impl Run<'_> {
                 self.guard_held = true;
             }
         }
+        // The page before the one whose blobs move, being applied.
+        let mut pending: Option<Pending> = None;
         loop {
             // The next page is asked for while this one's blobs move and
-            // its entries are applied.
+            // the one before is applied.
             let next = (page.next > since && page.next < page.last_seq).then(|| {
                 let (client, feed) = (self.remote.clone(), remote.clone());
                 let (from, at) = (page.next, page.next_anchor.unwrap_or(0));
@@ -162,34 +164,61 @@ impl Run<'_> {
             self.take_inline(std::mem::take(&mut page.inline));
             let this = async {
                 if entries.is_empty() {
-                    Ok(())
+                    Ok(None)
                 } else {
-                    self.pull_entries(local, remote, &entries, fr).await
+                    self.prepare_page(local, remote, &entries, fr).await
                 }
             };
-            let (applied, prefetched) = match next {
+            let (prepared, prefetched) = match next {
                 Some(next) => {
                     let (a, p) = tokio::join!(this, next);
                     (a, Some(p))
                 }
                 None => (this.await, None),
             };
-            applied?;
+            // The page before, applied while this one's blobs moved, is
+            // finished first (its cursor saved), also when this one failed.
+            if let Some(before) = pending.take() {
+                self.finish_pending(local, remote, before, fr, &cursor_name, &anchor_name)
+                    .await?;
+            }
+            let prepared = prepared?;
             let advanced = page.next > since;
             since = page.next.max(since);
             if advanced {
                 anchor = page.next_anchor.unwrap_or(0);
             }
-            if !self.dry && advanced {
-                store
-                    .set_cursors(
-                        self.rec.id,
-                        &[(cursor_name.clone(), since), (anchor_name.clone(), anchor)],
-                        &[],
-                    )
-                    .await?;
+            let cursor = advanced.then_some((since, anchor));
+            match prepared {
+                // Applied in the background while the next page's blobs
+                // move; its cursor is saved once it is applied.
+                Some(mut prepared) => {
+                    let applying = start_apply(self.r.ferry().clone(), local.clone(), &mut prepared);
+                    pending = Some(Pending {
+                        page: prepared,
+                        applying,
+                        cursor,
+                    });
+                }
+                None => {
+                    if !self.dry
+                        && let Some((since, anchor)) = cursor
+                    {
+                        store
+                            .set_cursors(
+                                self.rec.id,
+                                &[(cursor_name.clone(), since), (anchor_name.clone(), anchor)],
+                                &[],
+                            )
+                            .await?;
+                    }
+                }
             }
             if since >= page.last_seq || !advanced {
+                if let Some(last) = pending.take() {
+                    self.finish_pending(local, remote, last, fr, &cursor_name, &anchor_name)
+                        .await?;
+                }
                 let lag = Lag {
                     changes: (page.last_seq - since).max(0),
                     seconds: 0.0,
@@ -198,24 +227,74 @@ impl Run<'_> {
                 self.end_feed_bytes();
                 break;
             }
-            page = match prefetched {
-                Some(p) => p?,
+            let following = match prefetched {
+                Some(p) => p,
                 None => {
                     self.remote
                         .changes(remote, since, anchor, PAGE, 0, PageExtras::default())
-                        .await?
+                        .await
                 }
             };
-            self.check_same_remote(&page)?;
-            if page.reset {
-                return Err(ReplError::Conflict(format!(
-                    "the other side's change log of feed {} was pruned or replaced during the execution; the next execution compares in full",
-                    local.name
-                )));
-            }
+            let following = following.and_then(|p| {
+                self.check_same_remote(&p)?;
+                if p.reset {
+                    return Err(ReplError::Conflict(format!(
+                        "the other side's change log of feed {} was pruned or replaced during the execution; the next execution compares in full",
+                        local.name
+                    )));
+                }
+                Ok(p)
+            });
+            page = match following {
+                Ok(p) => p,
+                Err(e) => {
+                    // What was fetched for the page before is applied
+                    // (and its cursor saved) before the execution ends.
+                    if let Some(last) = pending.take() {
+                        self.finish_pending(local, remote, last, fr, &cursor_name, &anchor_name)
+                            .await?;
+                    }
+                    return Err(e);
+                }
+            };
         }
         self.restore_local_divergence(local, remote, from_start.then_some(local_last), fr)
             .await
+    }
+
+    /// Finishes a page applied in the background ([`Self::finish_page`])
+    /// and saves the cursor past it.
+    async fn finish_pending(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        pending: Pending,
+        fr: &mut FeedReport,
+        cursor_name: &str,
+        anchor_name: &str,
+    ) -> Result<(), ReplError> {
+        let Pending {
+            page,
+            applying,
+            cursor,
+        } = pending;
+        self.finish_page(local, remote, page, applying, fr).await?;
+        if !self.dry
+            && let Some((since, anchor)) = cursor
+        {
+            self.r
+                .store()
+                .set_cursors(
+                    self.rec.id,
+                    &[
+                        (cursor_name.to_string(), since),
+                        (anchor_name.to_string(), anchor),
+                    ],
+                    &[],
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// Tries again the items earlier executions could not copy, as they
@@ -541,6 +620,26 @@ impl Run<'_> {
         entries: &[WireEntry],
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
+        let Some(mut page) = self.prepare_page(local, remote, entries, fr).await? else {
+            return Ok(());
+        };
+        let applying = start_apply(self.r.ferry().clone(), local.clone(), &mut page);
+        self.finish_page(local, remote, page, applying, fr).await
+    }
+
+    /// The first half of [`Self::pull_entries`]: compares the page's
+    /// entries with the local ones and fetches the blobs that are missing
+    /// (their flushes started). Returns what is to be applied, or None
+    /// when there is nothing (a plan: it only lists). The page's entries
+    /// that need nothing more are settled here; those that cannot be
+    /// copied are marked stuck when the page is finished.
+    async fn prepare_page(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        entries: &[WireEntry],
+        fr: &mut FeedReport,
+    ) -> Result<Option<PreparedPage>, ReplError> {
         if self.dry {
             for e in entries.iter().filter(|e| !self.wanted_from_remote(local, e)) {
                 let flow = if e.deleted {
@@ -674,7 +773,7 @@ impl Run<'_> {
                 }
                 plan_planned(fr, "pull", e, live_here, self.guard_held, size);
             }
-            return Ok(());
+            return Ok(None);
         }
         // Blobs first: an item becomes visible only with all its blobs.
         let mut wanted: Vec<Digest> = Vec::new();
@@ -726,32 +825,54 @@ impl Run<'_> {
             }
             todo = kept;
         }
-        let fetch_ms = t_fetch.elapsed().as_millis();
-        // Durable before any item that needs them is applied.
-        for flush in flushes {
-            flush.await.map_err(|e| ReplError::Transport(e.to_string()))??;
-        }
-        let flush_ms = t_fetch.elapsed().as_millis() - fetch_ms;
-        let t_apply = std::time::Instant::now();
         fr.pulled.blobs += blobs;
         fr.pulled.bytes += bytes;
+        let (reverted, normal): (Vec<WireEntry>, Vec<WireEntry>) =
+            todo.into_iter().cloned().partition(|e| reverts.contains(&e.key));
+        Ok(Some(PreparedPage {
+            normal,
+            reverted,
+            locals,
+            settled,
+            stuck,
+            flushes,
+            passed: entries.len() as u64,
+            blobs,
+            bytes,
+            fetch_ms: t_fetch.elapsed().as_millis(),
+        }))
+    }
 
-        // Checked as the feed type checks an upload (now that the blobs are
-        // here) as they are applied: what fails waits as stuck, naming why.
-        let (reverted, normal): (Vec<&WireEntry>, Vec<&WireEntry>) =
-            todo.iter().partition(|e| reverts.contains(&e.key));
-        let ferry = self.r.ferry().clone();
-        let mut outcomes = ferry
-            .apply_each(local, normal.iter().map(|e| e.to_change()).collect(), false)
-            .await?;
-        if !reverted.is_empty() {
-            outcomes.extend(
-                ferry
-                    .apply_each(local, reverted.iter().map(|e| e.to_change()).collect(), true)
-                    .await?,
-            );
-        }
-        for (e, o) in normal.iter().chain(reverted.iter()).zip(outcomes) {
+    /// The second half of [`Self::pull_entries`]: once `applying` (the
+    /// page's flushes awaited, then its entries applied, see
+    /// [`start_apply`]) is done, counts what became of each entry, marks
+    /// the entries that could not be copied as stuck (and clears the marks
+    /// of those settled) and adds the download counts.
+    async fn finish_page(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        page: PreparedPage,
+        applying: Applying,
+        fr: &mut FeedReport,
+    ) -> Result<(), ReplError> {
+        let PreparedPage {
+            normal,
+            reverted,
+            locals,
+            mut settled,
+            mut stuck,
+            flushes: _,
+            passed,
+            blobs,
+            bytes,
+            fetch_ms,
+        } = page;
+        let (outcomes, flush_ms, apply_ms) = applying
+            .await
+            .map_err(|e| ReplError::Transport(format!("applying a page: {e}")))??;
+        let todo: Vec<&WireEntry> = normal.iter().chain(reverted.iter()).collect();
+        for (e, o) in todo.iter().zip(outcomes) {
             let live_here = locals.get(&e.key).is_some_and(|l| l.live.is_some());
             match WireOutcome::from(o) {
                 WireOutcome::Refused { reason } => {
@@ -793,12 +914,9 @@ impl Run<'_> {
             .await?;
         // Every change of the page is gone through, applied or not (left
         // out by the filter, equal here already, or stuck).
-        self.progress
-            .items
-            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.progress.items.fetch_add(passed, Ordering::Relaxed);
         tracing::debug!(target: "replication", replication = %self.rec.name, feed = %local.name,
-            items = todo.len(), blobs, bytes, fetch_ms, flush_ms,
-            apply_ms = t_apply.elapsed().as_millis(), "pulled a page");
+            items = todo.len(), blobs, bytes, fetch_ms, flush_ms, apply_ms, "pulled a page");
         Ok(())
     }
 
@@ -861,4 +979,61 @@ impl Run<'_> {
         }
         Ok((kept, stuck))
     }
+}
+
+/// A page whose blobs are here (their flushes under way) and whose entries
+/// are not applied yet ([`Run::prepare_page`]).
+pub(super) struct PreparedPage {
+    /// Entries to apply as usual, and those that put back the other side's
+    /// version over a local divergence (applied with `overwrite`).
+    normal: Vec<WireEntry>,
+    reverted: Vec<WireEntry>,
+    /// The local entries of the page's keys before it was applied.
+    locals: HashMap<ItemKey, Entry>,
+    settled: Vec<ItemKey>,
+    stuck: Vec<(ItemKey, String)>,
+    flushes: Vec<super::fetch::Flush>,
+    /// Changes of the page gone through (applied or not).
+    passed: u64,
+    blobs: u64,
+    bytes: u64,
+    fetch_ms: u128,
+}
+
+/// A page being applied in the background: each entry's outcome, and the
+/// milliseconds its flushes and its apply took.
+pub(super) type Applying = tokio::task::JoinHandle<Result<(Vec<ferry_core::Applied>, u128, u128), ReplError>>;
+
+/// Applies `page` in a task of its own once its blobs are durable: its
+/// flushes first (an item is visible only with every blob it needs on
+/// disk), then its entries with their original stamps — each checked as
+/// its feed type checks an upload; what fails comes back as refused — and
+/// the reverting ones with `overwrite`. The next page's blobs can move
+/// meanwhile; pages are still applied one after the other, since the next
+/// one is applied only once this one's outcome was awaited.
+pub(super) fn start_apply(ferry: ferry_core::Ferry, local: FeedRecord, page: &mut PreparedPage) -> Applying {
+    let normal: Vec<_> = page.normal.iter().map(WireEntry::to_change).collect();
+    let reverted: Vec<_> = page.reverted.iter().map(WireEntry::to_change).collect();
+    let flushes = std::mem::take(&mut page.flushes);
+    tokio::spawn(async move {
+        let t = std::time::Instant::now();
+        for flush in flushes {
+            flush.await.map_err(|e| ReplError::Transport(e.to_string()))??;
+        }
+        let flush_ms = t.elapsed().as_millis();
+        let mut outcomes = ferry.apply_each(&local, normal, false).await?;
+        if !reverted.is_empty() {
+            outcomes.extend(ferry.apply_each(&local, reverted, true).await?);
+        }
+        Ok((outcomes, flush_ms, t.elapsed().as_millis() - flush_ms))
+    })
+}
+
+/// A page of the main pull loop being applied while the next one's blobs
+/// move, with the cursor (and anchor) to save once it is applied (None
+/// when the page did not advance it).
+struct Pending {
+    page: PreparedPage,
+    applying: Applying,
+    cursor: Option<(i64, i64)>,
 }
