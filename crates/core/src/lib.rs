@@ -852,6 +852,33 @@ impl Ferry {
         self.read_blob_as(digest, range, true).await
     }
 
+    /// Several small blobs read whole for another instance replicating
+    /// ([`Ferry::read_blob_for_peer`] of each, in one pass of the blob
+    /// store: [`ferry_store::BlobStore::get_small_for_verifier`]): per
+    /// digest, its bytes, None when it is larger than `max_each` bytes, or
+    /// why it cannot be read (a blob missing or found corrupt is noted as
+    /// damage, as a single read notes it).
+    ///
+    /// Errors: only those that concern no single blob.
+    pub async fn read_small_blobs_for_peer(
+        &self,
+        digests: &[Digest],
+        max_each: u64,
+    ) -> Result<Vec<Result<Option<Bytes>, CoreError>>, CoreError> {
+        let read = self.0.blobs.get_small_for_verifier(digests, max_each).await?;
+        Ok(read
+            .into_iter()
+            .map(|r| match r {
+                Ok(b) => Ok(b),
+                Err(StoreError::BlobMissing(d)) => {
+                    let kind = self.note_damage(d, DamageKind::Missing);
+                    Err(integrity::damaged_error(&d, kind))
+                }
+                Err(e) => Err(e.into()),
+            })
+            .collect())
+    }
+
     async fn read_blob_as(
         &self,
         digest: &Digest,

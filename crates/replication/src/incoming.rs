@@ -1077,47 +1077,135 @@ impl Replicator {
                 status: Some(status),
                 error: Some(error),
             };
-            for (w, refusal) in plan {
-                let header = if let Some((status, error)) = refusal {
-                    refuse(w.digest, status, error)
-                } else {
-                    match sizes.get(&w.digest).copied().flatten() {
-                        Some(size) if w.offset <= size => {
-                            match ferry.read_blob_for_peer(&w.digest, Some(w.offset..size)).await {
-                                Ok(body) => {
-                                    let head = FrameHeader {
-                                        digest: w.digest,
-                                        offset: w.offset,
-                                        length: size - w.offset,
-                                        status: None,
-                                        error: None,
-                                    };
-                                    if !crate::batch::send_frame(&tx, &head, body.stream).await {
-                                        return;
-                                    }
-                                    continue;
-                                }
-                                Err(e) => refuse(w.digest, frame_status(&e), e.to_string()),
+            let small = |(w, refusal): &(crate::batch::BlobWant, Option<(u16, String)>)| {
+                refusal.is_none()
+                    && w.offset == 0
+                    && sizes
+                        .get(&w.digest)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|n| n <= SMALL_BLOB)
+            };
+            let mut plan = plan.into_iter().peekable();
+            while let Some(first) = plan.next() {
+                // A run of small whole blobs is read in one pass of the
+                // store (one hop to a blocking thread for all of them).
+                if small(&first) {
+                    let mut run = vec![first.0];
+                    let mut bytes = 0;
+                    while run.len() < SMALL_RUN && bytes < SMALL_RUN_BYTES {
+                        match plan.next_if(|p| small(p)) {
+                            Some((w, _)) => {
+                                bytes += sizes.get(&w.digest).copied().flatten().unwrap_or(0);
+                                run.push(w);
                             }
+                            None => break,
                         }
-                        Some(size) => refuse(
-                            w.digest,
-                            416,
-                            format!(
-                                "offset {} is past the end of blob {} ({size} bytes)",
-                                w.offset, w.digest
-                            ),
-                        ),
-                        None => refuse(w.digest, 404, format!("blob {} is not stored here", w.digest)),
                     }
+                    let digests: Vec<Digest> = run.iter().map(|w| w.digest).collect();
+                    let read = match ferry.read_small_blobs_for_peer(&digests, SMALL_BLOB).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                            return;
+                        }
+                    };
+                    for (w, r) in run.into_iter().zip(read) {
+                        let sent = match r {
+                            Ok(Some(bytes)) => {
+                                let head = FrameHeader {
+                                    digest: w.digest,
+                                    offset: 0,
+                                    length: bytes.len() as u64,
+                                    status: None,
+                                    error: None,
+                                };
+                                let body: ByteStream =
+                                    Box::pin(futures::stream::once(async move { Ok(bytes) }));
+                                crate::batch::send_frame(&tx, &head, body).await
+                            }
+                            // Grown past a small read since it was sized:
+                            // streamed as a large one.
+                            Ok(None) => send_blob(&ferry, &tx, &w, &sizes).await,
+                            Err(e) => {
+                                let h = refuse(w.digest, frame_status(&e), e.to_string());
+                                tx.send(Ok(h.encode())).await.is_ok()
+                            }
+                        };
+                        if !sent {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                let (w, refusal) = first;
+                let sent = match refusal {
+                    Some((status, error)) => tx
+                        .send(Ok(refuse(w.digest, status, error).encode()))
+                        .await
+                        .is_ok(),
+                    None => send_blob(&ferry, &tx, &w, &sizes).await,
                 };
-                if tx.send(Ok(header.encode())).await.is_err() {
+                if !sent {
                     return;
                 }
             }
         });
         Ok(self.guard_body(s, crate::batch::channel_stream(rx)))
     }
+}
+
+/// Blobs of at most this many bytes, asked for whole, are read in runs
+/// ([`Replicator::blob_batch`]): up to [`SMALL_RUN`] of them or
+/// [`SMALL_RUN_BYTES`] at a time.
+const SMALL_BLOB: u64 = 1 << 20;
+const SMALL_RUN: usize = 64;
+const SMALL_RUN_BYTES: u64 = 8 << 20;
+
+/// Sends blob `w` as one frame of a batch (from its offset), or the frame
+/// that says why it cannot be (not stored, its offset past its end,
+/// unreadable). Returns false once the receiving side is gone or the
+/// body broke.
+async fn send_blob(
+    ferry: &ferry_core::Ferry,
+    tx: &crate::batch::FrameSender,
+    w: &crate::batch::BlobWant,
+    sizes: &HashMap<Digest, Option<u64>>,
+) -> bool {
+    use crate::batch::FrameHeader;
+    let refuse = |status: u16, error: String| FrameHeader {
+        digest: w.digest,
+        offset: 0,
+        length: 0,
+        status: Some(status),
+        error: Some(error),
+    };
+    let header = match sizes.get(&w.digest).copied().flatten() {
+        Some(size) if w.offset <= size => {
+            match ferry.read_blob_for_peer(&w.digest, Some(w.offset..size)).await {
+                Ok(body) => {
+                    let head = FrameHeader {
+                        digest: w.digest,
+                        offset: w.offset,
+                        length: size - w.offset,
+                        status: None,
+                        error: None,
+                    };
+                    return crate::batch::send_frame(tx, &head, body.stream).await;
+                }
+                Err(e) => refuse(frame_status(&e), e.to_string()),
+            }
+        }
+        Some(size) => refuse(
+            416,
+            format!(
+                "offset {} is past the end of blob {} ({size} bytes)",
+                w.offset, w.digest
+            ),
+        ),
+        None => refuse(404, format!("blob {} is not stored here", w.digest)),
+    };
+    tx.send(Ok(header.encode())).await.is_ok()
 }
 
 /// The status a frame gives for a blob that cannot be read.

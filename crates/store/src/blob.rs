@@ -205,6 +205,37 @@ pub trait BlobStore: Send + Sync + 'static {
         self.get(digest, range).await
     }
 
+    /// Several small blobs read whole for a reader that verifies them
+    /// itself, as [`Self::get_for_verifier`] reads one (checked against
+    /// its digest unless hashed right a short while ago; a corrupt one is
+    /// quarantined and answered as [`StoreError::Corrupt`]-like I/O error):
+    /// per digest, in order, its bytes, or None when it is larger than
+    /// `max_each` bytes (read it with `get_for_verifier`), or the error
+    /// reading it gave ([`StoreError::BlobMissing`] for one not stored).
+    /// The folder store reads them all in one blocking pass; the default
+    /// reads them one by one.
+    ///
+    /// Errors: only those that concern no single blob.
+    async fn get_small_for_verifier(
+        &self,
+        digests: &[Digest],
+        max_each: u64,
+    ) -> Result<Vec<Result<Option<Bytes>, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(digests.len());
+        for d in digests {
+            out.push(match self.size(d).await {
+                Ok(Some(n)) if n <= max_each => match self.get_for_verifier(d, None).await {
+                    Ok(body) => collect_small(body).await,
+                    Err(e) => Err(e),
+                },
+                Ok(Some(_)) => Ok(None),
+                Ok(None) => Err(StoreError::BlobMissing(*d)),
+                Err(e) => Err(e),
+            });
+        }
+        Ok(out)
+    }
+
     /// Removes a blob; removing a missing blob is not an error.
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError>;
 
@@ -979,6 +1010,90 @@ fn small_chunk(buf: Vec<u8>, pooled: bool) -> Bytes {
 
 /// What opening a blob for reading found: a small blob read whole (its
 /// size, and its bytes or why they cannot be served), or a file to stream.
+/// What reading a small blob whole needs of the folder store (on a
+/// blocking thread: [`SmallRead::open`]).
+struct SmallRead {
+    root: PathBuf,
+    verified: std::sync::Arc<Mutex<HashMap<Digest, (FileStamp, std::time::Instant)>>>,
+    place: std::sync::Arc<Mutex<()>>,
+    quarantine: std::sync::Arc<Mutex<Quarantine>>,
+    /// The reader verifies what it gets: a blob hashed right a short while
+    /// ago is not hashed again.
+    trust_recent: bool,
+}
+
+impl SmallRead {
+    /// Opens blob `d` at `path`: read whole, hashed and judged when it is
+    /// wanted whole (`wants_whole`, up to `wanted_end`) and at most
+    /// [`SMALL_READ`] bytes; otherwise the open file, to stream. Blocking.
+    fn open(
+        &self,
+        path: &Path,
+        d: Digest,
+        wants_whole: bool,
+        wanted_end: Option<u64>,
+    ) -> Result<Opened, StoreError> {
+        use std::io::Read;
+        let SmallRead {
+            root,
+            verified,
+            place,
+            quarantine,
+            trust_recent,
+        } = self;
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::BlobMissing(d)),
+            Err(e) => return Err(e.into()),
+        };
+        let meta = file.metadata()?;
+        let size = meta.len();
+        let whole = wants_whole && wanted_end.is_none_or(|end| end >= size);
+        if !whole || size > SMALL_READ {
+            return Ok(Opened::Large(file, meta));
+        }
+        // Half a pooled buffer or more: one from the pool (no fresh
+        // pages to fault in), which a caller keeping the bytes holds
+        // at most twice over. Smaller ones get their own.
+        let pooled = size >= SEND_CHUNK as u64 / 2;
+        let mut buf = if pooled {
+            read_buffer()
+        } else {
+            Vec::with_capacity(size as usize)
+        };
+        (&file).take(size).read_to_end(&mut buf)?;
+        if buf.len() as u64 != size {
+            return Ok(Opened::Small(
+                size,
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shrank")),
+            ));
+        }
+        if *trust_recent && verified_since(verified, &d, &file_stamp(&meta), Some(TRUST_VERIFIED_FOR)) {
+            return Ok(Opened::Small(size, Ok(small_chunk(buf, pooled))));
+        }
+        let actual = Digest::of(&buf);
+        if actual == d {
+            remember_verified(verified, d, file_stamp(&meta));
+            return Ok(Opened::Small(size, Ok(small_chunk(buf, pooled))));
+        }
+        tracing::error!(blob = %d, %actual, "stored blob is corrupt (found while reading it); taken out of service");
+        if let Err(e) = quarantine_file(root, path, &d, Some(&meta), place, quarantine) {
+            tracing::error!(blob = %d, error = %e, "could not move the corrupt blob aside");
+        }
+        Ok(Opened::Small(size, Err(corrupt_read(&d, &actual))))
+    }
+}
+
+/// A small body read whole into one buffer.
+async fn collect_small(body: BlobBody) -> Result<Option<Bytes>, StoreError> {
+    let mut stream = body.stream;
+    let mut buf = bytes::BytesMut::with_capacity(usize::try_from(body.total_size).unwrap_or(0));
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk?);
+    }
+    Ok(Some(buf.freeze()))
+}
+
 enum Opened {
     Small(u64, io::Result<Bytes>),
     Large(std::fs::File, std::fs::Metadata),
@@ -1856,44 +1971,16 @@ impl FsBlobStore {
         // One blocking reader per body, handing large chunks over a small
         // channel: far fewer thread hops than a read per poll. A small blob
         // read whole is read, hashed and judged in this first hop already.
-        let opened = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            use std::io::Read;
-            let file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::BlobMissing(d)),
-                Err(e) => return Err(e.into()),
-            };
-            let meta = file.metadata()?;
-            let size = meta.len();
-            let whole = wants_whole && wanted_end.is_none_or(|end| end >= size);
-            if !whole || size > SMALL_READ {
-                return Ok(Opened::Large(file, meta));
-            }
-            // Half a pooled buffer or more: one from the pool (no fresh
-            // pages to fault in), which a caller keeping the bytes holds
-            // at most twice over. Smaller ones get their own.
-            let pooled = size >= SEND_CHUNK as u64 / 2;
-            let mut buf = if pooled { read_buffer() } else { Vec::with_capacity(size as usize) };
-            (&file).take(size).read_to_end(&mut buf)?;
-            if buf.len() as u64 != size {
-                return Ok(Opened::Small(size, Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shrank"))));
-            }
-            if trust_recent && verified_since(&verified, &d, &file_stamp(&meta), Some(TRUST_VERIFIED_FOR)) {
-                return Ok(Opened::Small(size, Ok(small_chunk(buf, pooled))));
-            }
-            let actual = Digest::of(&buf);
-            if actual == d {
-                remember_verified(&verified, d, file_stamp(&meta));
-                return Ok(Opened::Small(size, Ok(small_chunk(buf, pooled))));
-            }
-            tracing::error!(blob = %d, %actual, "stored blob is corrupt (found while reading it); taken out of service");
-            if let Err(e) = quarantine_file(&root, &path, &d, Some(&meta), &place, &quarantine) {
-                tracing::error!(blob = %d, error = %e, "could not move the corrupt blob aside");
-            }
-            Ok(Opened::Small(size, Err(corrupt_read(&d, &actual))))
-        })
-        .await
-        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        let small = SmallRead {
+            root,
+            verified,
+            place,
+            quarantine,
+            trust_recent,
+        };
+        let opened = tokio::task::spawn_blocking(move || small.open(&path, d, wants_whole, wanted_end))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??;
         let (file, opened) = match opened {
             Opened::Large(file, meta) => (file, meta),
             Opened::Small(total_size, chunk) => {
@@ -2135,6 +2222,36 @@ impl BlobStore for FsBlobStore {
         range: Option<Range<u64>>,
     ) -> Result<BlobBody, StoreError> {
         self.read(digest, range, true).await
+    }
+
+    async fn get_small_for_verifier(
+        &self,
+        digests: &[Digest],
+        max_each: u64,
+    ) -> Result<Vec<Result<Option<Bytes>, StoreError>>, StoreError> {
+        let small = SmallRead {
+            root: self.root.clone(),
+            verified: self.verified.clone(),
+            place: self.place.clone(),
+            quarantine: self.quarantine.clone(),
+            trust_recent: true,
+        };
+        let wanted: Vec<(Digest, PathBuf)> = digests.iter().map(|d| (*d, self.blob_path(d))).collect();
+        let max_each = max_each.min(SMALL_READ);
+        // One blocking pass for all of them: a hop to a blocking thread
+        // and back costs as much as reading a few small files.
+        tokio::task::spawn_blocking(move || {
+            wanted
+                .into_iter()
+                .map(|(d, path)| match small.open(&path, d, true, Some(max_each)) {
+                    Ok(Opened::Small(_, read)) => read.map(Some).map_err(StoreError::from),
+                    Ok(Opened::Large(..)) => Ok(None),
+                    Err(e) => Err(e),
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))
     }
 
     async fn delete(&self, digest: &Digest) -> Result<(), StoreError> {
