@@ -104,3 +104,48 @@ fn a_hub_lists_its_spokes_and_flags_the_one_that_stopped() {
     let err = hub.cli_fails(&["replication", "peers", "edge", "--forget", "../../keys/x"]);
     assert!(err.contains("instance id"), "{err}");
 }
+
+fn metrics(s: &Server) -> String {
+    let (st, body) = curl(&[
+        "-H",
+        &format!("authorization: Bearer {}", support::ADMIN),
+        &format!("{}/metrics", s.url),
+    ]);
+    assert_eq!(st, 200);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A spoke's lag gauges show each feed pair it follows, and go from the
+/// next scrape once the replication is deleted; deleting a replication
+/// that never ran (on the hub) adds none.
+#[test]
+fn lag_gauges_follow_replications_and_go_with_them() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    hub.put_asset("files", "a.txt", b"a");
+    let spoke = Server::pulling_spoke(&hub, "files", &token);
+    assert!(wait_until(30, || spoke.serves("files", "a.txt", b"a")));
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    let line = "ferry_replication_lag_changes{replication=\"from-hub\",feed=\"files\"} 0";
+    assert!(metrics(&spoke).contains(line), "{}", metrics(&spoke));
+
+    spoke.cli_ok(&["replication", "delete", "from-hub"]);
+    let m = metrics(&spoke);
+    assert!(!m.contains("lag_changes{replication=\"from-hub\""), "{m}");
+    assert!(!m.contains("lag_seconds{replication=\"from-hub\""), "{m}");
+
+    hub.cli_ok(&[
+        "replication",
+        "create",
+        "tmp",
+        "--incoming",
+        "--mode",
+        "pull",
+        "--feed",
+        "files",
+    ]);
+    hub.cli_ok(&["replication", "delete", "tmp"]);
+    let m = metrics(&hub);
+    assert!(!m.contains("replication=\"tmp\""), "{m}");
+}

@@ -202,7 +202,17 @@ pub struct StuckItem {
     pub reason: String,
     /// When it was first found stuck (RFC 3339).
     pub since: String,
+    /// Held back by the other side's include/exclude filter
+    /// ([`OUTSIDE_THEIR_FILTER`]), not by a fault: retried like the
+    /// others, but the execution does not fail for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
+
+/// Why an item the other side's include/exclude filter refuses is not
+/// sent (a [`StuckItem`] that is `held`).
+pub(crate) const OUTSIDE_THEIR_FILTER: &str =
+    "outside the other instance's include/exclude filter for this replication: sent once it admits it";
 
 /// Live counters of a running execution.
 #[derive(Debug, Default)]
@@ -664,7 +674,7 @@ impl<'a> Run<'a> {
             }
             self.log(
                 "info",
-                "the other side's filter changed: its entries are compared in full, so what it hid before arrives now".into(),
+                "the other side's filter changed: its entries are compared in full from the start".into(),
             );
         }
         self.r.store().set_cursor(self.rec.id, REMOTE_FILTER, now).await?;
@@ -740,16 +750,15 @@ impl<'a> Run<'a> {
             self.log("info", summary);
             self.report.feeds.push(fr);
         }
-        if first_error.is_none() && !self.report.stuck.is_empty() {
-            let names: Vec<String> = self
-                .report
-                .stuck
+        let failed: Vec<&StuckItem> = self.report.stuck.iter().filter(|s| !s.held).collect();
+        if first_error.is_none() && !failed.is_empty() {
+            let names: Vec<String> = failed
                 .iter()
                 .take(10)
                 .map(|s| format!("{} in feed {}", s.key, s.feed))
                 .collect();
-            let more = self.report.stuck.len().saturating_sub(names.len());
-            let n = self.report.stuck.len();
+            let more = failed.len().saturating_sub(names.len());
+            let n = failed.len();
             first_error = Some(ReplError::Incomplete(format!(
                 "{n} {} could not be copied and will be retried: {}{}",
                 if n == 1 { "item" } else { "items" },

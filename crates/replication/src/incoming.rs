@@ -102,7 +102,10 @@ impl Replicator {
 
     /// Checks that the peer's configuration fits this one. The peer's
     /// name, Ferry version and interval are recorded whether or not it is
-    /// accepted, so a refused one is listed under its name with the reason.
+    /// accepted, so a refused one is listed under its name with the reason
+    /// — under the id its `Ferry-Instance` header names, which must be the
+    /// body's `instance_id` (a handshake without the header is answered
+    /// but not recorded).
     pub async fn handshake(
         &self,
         s: &Session,
@@ -125,7 +128,12 @@ impl Replicator {
             )));
         }
         let answer = self.check_handshake(s, &req, version).await;
-        self.peer_handshake(s, &req, version, answer.is_ok()).await;
+        // Recorded only under the id its header names (a request without
+        // one is not bound to a token: it would make an entry any other
+        // token could take over).
+        if s.named.is_some() {
+            self.peer_handshake(s, &req, version, answer.is_ok()).await;
+        }
         answer
     }
 

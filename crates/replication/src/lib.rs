@@ -108,7 +108,7 @@ const POLLED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// How long a handshake is reused by later executions (a failed execution
 /// or a change of the replication forgets it at once).
-const HANDSHAKE_REUSE: std::time::Duration = std::time::Duration::from_secs(300);
+pub(crate) const HANDSHAKE_REUSE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// How long a blob a peer sent counts as sent by it, awaiting the `apply`
 /// that references it; and how many such blobs are kept per replication.
@@ -453,7 +453,7 @@ impl Replicator {
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), ReplError> {
-        let (rec, cfg) = self.record(name).await?;
+        let (rec, _) = self.record(name).await?;
         self.0.scheduler.stop(rec.id);
         self.store().delete_replication(name).await?;
         self.sessions_changed();
@@ -474,8 +474,9 @@ impl Replicator {
             m.retain(|(i, _), _| *i != id);
         }
         self.forget_handshake(id);
-        for p in &cfg.feeds {
-            set_lag_gauges(&rec.name, &p.local, Lag::default());
+        // Its lag gauges go with its status (rendered from it).
+        if let Ok(mut st) = self.0.status.lock() {
+            st.remove(&id);
         }
         Ok(())
     }
@@ -944,7 +945,7 @@ impl Replicator {
         metrics::counter!("ferry_replication_executions_total", "replication" => rec.name.clone(), "outcome" => outcome)
             .increment(1);
         for (feed, lag) in &run.lags {
-            self.set_lag(rec.id, &rec.name, feed, *lag);
+            self.set_lag(rec.id, feed, *lag);
         }
         let mut report_json =
             serde_json::to_value(&run.report).map_err(|e| ReplError::Invalid(e.to_string()))?;
@@ -1029,8 +1030,7 @@ impl Replicator {
         }
     }
 
-    pub(crate) fn set_lag(&self, id: i64, name: &str, feed: &FeedName, lag: Lag) {
-        set_lag_gauges(name, feed, lag);
+    pub(crate) fn set_lag(&self, id: i64, feed: &FeedName, lag: Lag) {
         if let Ok(mut st) = self.0.status.lock() {
             st.entry(id).or_default().lag.insert(feed.to_string(), lag);
         }
@@ -1270,12 +1270,59 @@ impl Replicator {
     }
 }
 
-/// The lag gauges of one feed pair of replication `name`.
-fn set_lag_gauges(name: &str, feed: &FeedName, lag: Lag) {
-    metrics::gauge!("ferry_replication_lag_changes", "replication" => name.to_string(), "feed" => feed.to_string())
-        .set(lag.changes as f64);
-    metrics::gauge!("ferry_replication_lag_seconds", "replication" => name.to_string(), "feed" => feed.to_string())
-        .set(lag.seconds);
+impl Replicator {
+    /// The lag gauges of every replication that has run here, per feed
+    /// pair, in Prometheus' text exposition format (0.0.4), rendered from
+    /// what the last execution (or long poll) found:
+    /// `ferry_replication_lag_changes` (changes the other side has that
+    /// this one has not read) and `ferry_replication_lag_seconds` (how
+    /// long the oldest of them has waited), labelled by replication and
+    /// (local) feed. A deleted replication's series are gone from the next
+    /// scrape. Empty when there is none or the store cannot be read.
+    pub async fn lag_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let Ok(records) = self.store().replications().await else {
+            return String::new();
+        };
+        let mut rows: Vec<(String, [f64; 2])> = Vec::new();
+        if let Ok(st) = self.0.status.lock() {
+            for rec in &records {
+                let Some(status) = st.get(&rec.id) else { continue };
+                let mut feeds: Vec<(&String, &Lag)> = status.lag.iter().collect();
+                feeds.sort_by(|a, b| a.0.cmp(b.0));
+                for (feed, lag) in feeds {
+                    let labels = format!(
+                        "replication=\"{}\",feed=\"{}\"",
+                        peers::label_value(&rec.name),
+                        peers::label_value(feed)
+                    );
+                    rows.push((labels, [lag.changes as f64, lag.seconds]));
+                }
+            }
+        }
+        let mut out = String::new();
+        if rows.is_empty() {
+            return out;
+        }
+        let gauges = [
+            (
+                "ferry_replication_lag_changes",
+                "Changes on the other side not yet read here",
+            ),
+            (
+                "ferry_replication_lag_seconds",
+                "Seconds the oldest change not yet read here has waited",
+            ),
+        ];
+        for (i, (name, help)) in gauges.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (labels, values) in &rows {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", values[i]);
+            }
+        }
+        out
+    }
 }
 
 /// The time left of a running execution, in seconds, and what it was

@@ -219,7 +219,7 @@ pub fn instance_name(ferry: &Ferry) -> String {
 /// zero-width spaces: text that shows other than it reads) dropped.
 fn cut(s: &str) -> String {
     s.chars()
-        .filter(|c| !c.is_control() && !is_format_char(*c))
+        .filter(|c| !c.is_control() && !is_format_char(*c) && !matches!(c, '\u{2028}' | '\u{2029}'))
         .take(MAX_NAME)
         .collect()
 }
@@ -641,6 +641,15 @@ impl Replicator {
             }
         }
         let multiple = u64::from(self.ferry().config().peer_stale_intervals.max(1));
+        // A peer that only sends (this side sends it nothing) makes no
+        // request while it has nothing to send, and shakes hands again
+        // only once its handshake is [`crate::HANDSHAKE_REUSE`] old: so
+        // long plus one interval is not silence.
+        let quiet_floor = if cfg.mode.flows.pushes() {
+            0
+        } else {
+            crate::HANDSHAKE_REUSE.as_secs()
+        };
         let mut out: Vec<PeerView> = states
             .into_values()
             .map(|(state, in_flight)| {
@@ -650,7 +659,8 @@ impl Replicator {
                 } else {
                     (now - state.last_contact).max(0) as f64 / 1000.0
                 };
-                let allowed = multiple * state.interval_secs.unwrap_or(DEFAULT_INTERVAL_SECS).max(1);
+                let interval = state.interval_secs.unwrap_or(DEFAULT_INTERVAL_SECS).max(1);
+                let allowed = (multiple * interval).max(quiet_floor + interval);
                 let lag_seconds = state.feeds.values().map(|f| f.lag_seconds).fold(0.0, f64::max);
                 PeerView {
                     connected,
@@ -776,14 +786,20 @@ impl Replicator {
 /// characters (a peer's words may be quoted in it) shown as spaces.
 fn cut_message(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                ' '
+            } else {
+                c
+            }
+        })
         .take(1000)
         .collect()
 }
 
 /// `v` as a Prometheus label value: backslash, double quote and line feed
 /// escaped (text exposition format 0.0.4).
-fn label_value(v: &str) -> String {
+pub(crate) fn label_value(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
         match c {

@@ -302,7 +302,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                             let seconds = page
                                 .oldest_pending
                                 .map_or(0.0, |t| (now_millis() as f64 - t as f64).max(0.0) / 1000.0);
-                            r.set_lag(id, &name, &pair.local, Lag { changes: page.last_seq - cursor, seconds });
+                            r.set_lag(id, &pair.local, Lag { changes: page.last_seq - cursor, seconds });
                             if !page.reset {
                                 r.keep_polled(id, &pair.local, cursor, anchor, page);
                             }

@@ -141,13 +141,15 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<impl 
     );
     metrics::gauge!("ferry_database_up").set(if database_up { 1.0 } else { 0.0 });
     metrics::gauge!("ferry_blob_store_up").set(if blob_store_up { 1.0 } else { 0.0 });
-    // The per-peer gauges of incoming replications are rendered from the
-    // peers listed now (a forgotten one is gone at once), after the rest.
+    // The per-peer gauges of incoming replications and the lag gauges of
+    // replications are rendered from what is known now (a forgotten peer
+    // or a deleted replication is gone at once), after the rest.
     let mut peers = String::new();
     if database_up {
         // Sets `ferry_blobs_damaged` (0 included) before rendering.
         current_damage(&st).await;
         peers = st.replicator.peer_metrics().await;
+        peers.push_str(&st.replicator.lag_metrics().await);
     } else {
         // What is known in memory, without asking the store about
         // references (sets `ferry_blobs_damaged`).

@@ -696,3 +696,48 @@ async fn a_handshake_naming_two_instances_is_refused_and_lists_neither_twice() {
     assert!(list.iter().all(|p| p["instance_id"] != SPOKE_B), "{list:?}");
     assert!(list.len() <= 1, "{list:?}");
 }
+
+/// A handshake without the `Ferry-Instance` header is answered but makes
+/// no entry: one would be bound to no token, and another token of the
+/// replication could take it over.
+#[tokio::test]
+async fn a_handshake_without_an_instance_header_is_not_recorded() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let r = hub
+        .send(
+            "POST",
+            "/api/replication/v1/handshake",
+            Some(&token),
+            &[JSON],
+            handshake(SPOKE_B, "site-b", 30),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let list = peers(&hub).await;
+    assert!(list.is_empty(), "{list:?}");
+}
+
+/// A spoke that only pushes is silent while it has nothing to send (it
+/// shakes hands again every 5 minutes): it is not flagged stale after a
+/// few of its intervals, as a pulling spoke would be.
+#[tokio::test]
+async fn a_quiet_pushing_spoke_is_not_stale_after_a_few_intervals() {
+    let cfg = ferry_core::Config {
+        peer_stale_intervals: 2,
+        ..ferry_core::Config::default()
+    };
+    let hub = Instance::with_config(cfg).await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "pull").await;
+    let mut pushing: Value = serde_json::from_str(&handshake(SPOKE_A, "site-a", 1)).unwrap();
+    pushing["mode"] = json!({"name": "push", "flows": {
+        "pull_missing": false, "push_missing": true, "delete_local": false, "delete_remote": true
+    }});
+    let r = from(&hub, SPOKE_A, &token, "POST", "handshake", pushing.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let list = peers(&hub).await;
+    assert_eq!(peer(&list, SPOKE_A)["stale"], false, "{list:?}");
+}

@@ -243,12 +243,18 @@ impl Run<'_> {
             if outside.contains(&i) {
                 // The other side would refuse the entry: neither it nor
                 // its blobs are sent (they would only wait there for gc).
-                let why =
-                    "the other instance refused it: outside its include/exclude filter for this replication";
+                // Held back (retried by later executions, which do not
+                // fail for it) until that side's filter admits it.
                 if self.dry {
-                    fr.plan_item(true, "push", &e.key, "none", Some(why.to_string()));
+                    fr.plan_item(
+                        true,
+                        "push",
+                        &e.key,
+                        "none",
+                        Some(OUTSIDE_THEIR_FILTER.to_string()),
+                    );
                 } else {
-                    stuck.push((e.key.clone(), why.to_string()));
+                    stuck.push((e.key.clone(), OUTSIDE_THEIR_FILTER.to_string()));
                 }
                 continue;
             }

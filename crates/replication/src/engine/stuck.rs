@@ -59,18 +59,27 @@ impl Run<'_> {
         for (key, reason) in stuck {
             let since = *self.stuck_known.entry(key.clone()).or_insert_with(now_millis);
             set.push((format!("{prefix}{key}"), since));
-            self.log(
-                "error",
-                format!(
-                    "feed {}: {key} was not copied and will be retried: {reason}",
-                    local.name
-                ),
-            );
+            let held = reason == OUTSIDE_THEIR_FILTER;
+            if held {
+                self.log(
+                    "info",
+                    format!("feed {}: {key} is held back: {reason}", local.name),
+                );
+            } else {
+                self.log(
+                    "error",
+                    format!(
+                        "feed {}: {key} was not copied and will be retried: {reason}",
+                        local.name
+                    ),
+                );
+            }
             self.report.stuck.push(StuckItem {
                 feed: local.name.clone(),
                 key,
                 reason,
                 since: rfc3339(since),
+                held,
             });
         }
         if !self.dry && (!set.is_empty() || !clear.is_empty()) {
