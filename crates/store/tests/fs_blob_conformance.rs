@@ -53,3 +53,31 @@ async fn a_single_missing_record_file_becomes_markers() {
     let s = FsBlobStore::open(&root).await.unwrap();
     assert_eq!(s.missing_on_record(), want);
 }
+
+/// A small blob whose file went bad is not served by a read of several
+/// small blobs at once: it is answered as an error and quarantined, and
+/// the blobs beside it are served.
+#[tokio::test]
+async fn a_corrupt_small_blob_read_with_others_is_refused_and_quarantined() {
+    use bytes::Bytes;
+    use ferry_types::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("blobs");
+    let s = FsBlobStore::open(&root).await.unwrap();
+    let (good, bad) = (
+        Bytes::from_static(b"good bytes"),
+        Bytes::from_static(b"bad bytes!"),
+    );
+    let (dg, db) = (Digest::of(&good), Digest::of(&bad));
+    s.put_many(vec![(dg, good.clone()), (db, bad.clone())])
+        .await
+        .unwrap();
+    let path = root.join("sha256").join(&db.hex()[..2]).join(db.hex());
+    assert!(path.is_file(), "{path:?}");
+    std::fs::write(&path, b"BAD bytes!").unwrap();
+    let got = s.get_small_for_verifier(&[dg, db], 1 << 20).await.unwrap();
+    assert!(got[0].as_ref().unwrap().as_ref().unwrap() == &good);
+    assert!(got[1].is_err(), "{:?}", got[1]);
+    assert!(s.is_quarantined(&db));
+    assert!(!path.exists());
+}
