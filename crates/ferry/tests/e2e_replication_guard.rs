@@ -225,3 +225,57 @@ fn tombstones_of_items_the_other_side_never_had_do_not_trip_the_push_guard() {
         edge.executions("push-out")
     );
 }
+
+/// Deletions a pushing spoke held back while the hub's filter refused
+/// them count toward the delete guard once the filter admits them: the
+/// hub widening its filter does not let a mass deletion through.
+#[test]
+fn deletions_held_back_by_the_hubs_filter_still_meet_the_guard() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("from-edge", &["files"], "pull");
+    let edge = Server::start();
+    edge.create_feed("files", "assets");
+    let items: Vec<(String, String)> = (0..150)
+        .map(|i| (format!("sec/item-{i:03}.txt"), format!("item {i}")))
+        .collect();
+    edge.put_assets("files", &items);
+    edge.outgoing(
+        "to-hub",
+        &["files"],
+        &hub,
+        &token,
+        "push",
+        &["--interval", "3600"],
+    );
+    edge.cli_ok(&["replication", "run", "to-hub", "--wait"]);
+    assert_eq!(hub.asset_digests("files", "sec/").len(), 150);
+
+    hub.cli_ok(&["replication", "update", "from-edge", "--exclude", "sec/**"]);
+    let paths: Vec<String> = items[..120].iter().map(|(p, _)| p.clone()).collect();
+    edge.delete_assets("files", &paths);
+    edge.cli_ok(&["replication", "run", "to-hub", "--wait"]);
+    assert_eq!(
+        hub.asset_digests("files", "sec/").len(),
+        150,
+        "held deletions were applied"
+    );
+
+    hub.cli_ok(&["replication", "update", "from-edge", "--no-filters"]);
+    let out = edge.cli(&["replication", "run", "to-hub", "--wait"]);
+    assert!(!out.status.success(), "a guarded run must exit non-zero");
+    assert_eq!(
+        edge.executions("to-hub")[0]["outcome"],
+        "needs-confirmation",
+        "{:#?}",
+        edge.executions("to-hub")[0]
+    );
+    assert_eq!(
+        hub.asset_digests("files", "sec/").len(),
+        150,
+        "the guard let deletions through"
+    );
+
+    edge.cli_ok(&["replication", "run", "to-hub", "--wait", "--confirm-deletes"]);
+    assert_eq!(hub.asset_digests("files", "sec/").len(), 30);
+}

@@ -118,7 +118,7 @@ impl Replicator {
             .filter(|v| SUPPORTED_VERSIONS.contains(v))
             .max();
         if let Some(named) = s.named.as_deref()
-            && named != req.instance_id.to_string()
+            && named.parse::<ferry_types::InstanceId>().ok() != Some(req.instance_id)
         {
             // Recorded under neither id: one of them is not this peer's.
             return Err(ReplError::Invalid(format!(

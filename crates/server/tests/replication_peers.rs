@@ -741,3 +741,25 @@ async fn a_quiet_pushing_spoke_is_not_stale_after_a_few_intervals() {
     let list = peers(&hub).await;
     assert_eq!(peer(&list, SPOKE_A)["stale"], false, "{list:?}");
 }
+
+/// An instance id is hex, whatever its case: a header in capitals names
+/// the same instance as the body in lower case.
+#[tokio::test]
+async fn an_instance_header_in_capitals_names_the_same_instance() {
+    let hub = Instance::new().await;
+    hub.feed("files", FeedType::Assets, false).await;
+    let token = hub.incoming("edge", &["files"], "push").await;
+    let id = "0123456789abcdef0123456789abcdef";
+    let r = from(
+        &hub,
+        &id.to_uppercase(),
+        &token,
+        "POST",
+        "handshake",
+        handshake(id, "site-c", 30),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let list = peers(&hub).await;
+    assert_eq!(peer(&list, id)["name"], "site-c", "{list:?}");
+}

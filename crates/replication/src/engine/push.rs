@@ -66,6 +66,7 @@ impl Run<'_> {
         if !self.dry {
             self.load_stuck(Direction::Push, local, remote).await?;
             let keys: Vec<ItemKey> = self.stuck_known.keys().cloned().collect();
+            let mut retried: Vec<Vec<WireEntry>> = Vec::new();
             for chunk in keys.chunks(PAGE) {
                 let found = self.r.store().entries_for(local.id, chunk).await?;
                 let absent: Vec<ItemKey> = chunk
@@ -75,7 +76,17 @@ impl Run<'_> {
                     .collect();
                 self.record_stuck(Direction::Push, local, remote, Vec::new(), &absent)
                     .await?;
-                let wire: Vec<WireEntry> = found.into_iter().map(WireEntry::from).collect();
+                retried.push(found.into_iter().map(WireEntry::from).collect());
+            }
+            // Deletions held back until now (by the other side's filter,
+            // say) count toward the delete guard like new ones.
+            if self
+                .retried_deletions_trip_the_guard(local, remote, since, &retried)
+                .await?
+            {
+                return Ok(());
+            }
+            for wire in retried {
                 self.push_entries(local, remote, wire, fr).await?;
             }
         }
@@ -136,6 +147,44 @@ impl Run<'_> {
                     .await?;
             }
         }
+    }
+
+    /// Whether the deletions among `retried` (items earlier executions
+    /// could not push) that would remove a live item on the other side,
+    /// with those the change log holds after `since`, trip the delete
+    /// guard (which then says so and stops the feed pair).
+    async fn retried_deletions_trip_the_guard(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        since: i64,
+        retried: &[Vec<WireEntry>],
+    ) -> Result<bool, ReplError> {
+        if !self.cfg.mode.flows.delete_remote || self.confirm_deletes {
+            return Ok(false);
+        }
+        let keys: Vec<ItemKey> = retried
+            .iter()
+            .flatten()
+            .filter(|e| e.deleted && self.filter.admits(local.feed_type, &e.key))
+            .map(|e| e.key.clone())
+            .collect();
+        let mut live = 0u64;
+        for chunk in keys.chunks(1000) {
+            let stamps = self.remote.stamps(remote, chunk.to_vec()).await?;
+            live += stamps
+                .stamps
+                .iter()
+                .filter(|s| matches!(s, Some((_, false))))
+                .count() as u64;
+        }
+        if live == 0 {
+            return Ok(false);
+        }
+        let n = live + self.count_push_deletions(local, remote, since).await?;
+        let size = self.remote.digest(remote, &[], &[]).await?.items;
+        let key = guard_key("push", local, remote);
+        self.guard_trips(local, &key, n, size).await
     }
 
     /// How many items the deletions to push after `since` would remove on

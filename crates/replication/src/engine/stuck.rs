@@ -59,6 +59,16 @@ impl Run<'_> {
         for (key, reason) in stuck {
             let since = *self.stuck_known.entry(key.clone()).or_insert_with(now_millis);
             set.push((format!("{prefix}{key}"), since));
+            // Retried and met again in the change log (deleted since, say):
+            // named once.
+            if self
+                .report
+                .stuck
+                .iter()
+                .any(|s| s.feed == local.name && s.key == key)
+            {
+                continue;
+            }
             let held = reason == OUTSIDE_THEIR_FILTER;
             if held {
                 self.log(
