@@ -279,3 +279,50 @@ fn deletions_held_back_by_the_hubs_filter_still_meet_the_guard() {
     edge.cli_ok(&["replication", "run", "to-hub", "--wait", "--confirm-deletes"]);
     assert_eq!(hub.asset_digests("files", "sec/").len(), 30);
 }
+
+/// A push that compares every entry (`run --full`) meets the delete guard
+/// too: the tombstones that would remove live items on the hub stop it
+/// until an operator confirms.
+#[test]
+fn a_full_push_meets_the_delete_guard() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("from-edge", &["files"], "pull");
+    let edge = Server::start();
+    edge.create_feed("files", "assets");
+    let items: Vec<(String, String)> = (0..150)
+        .map(|i| (format!("i/item-{i:03}.txt"), format!("item {i}")))
+        .collect();
+    edge.put_assets("files", &items);
+    edge.outgoing(
+        "to-hub",
+        &["files"],
+        &hub,
+        &token,
+        "push",
+        &["--interval", "3600"],
+    );
+    edge.cli_ok(&["replication", "run", "to-hub", "--wait"]);
+    assert_eq!(hub.asset_digests("files", "i/").len(), 150);
+
+    let paths: Vec<String> = items[..120].iter().map(|(p, _)| p.clone()).collect();
+    edge.delete_assets("files", &paths);
+    let out = edge.cli(&["replication", "run", "to-hub", "--wait", "--full"]);
+    assert!(!out.status.success(), "a guarded run must exit non-zero");
+    assert_eq!(edge.executions("to-hub")[0]["outcome"], "needs-confirmation");
+    assert_eq!(
+        hub.asset_digests("files", "i/").len(),
+        150,
+        "the guard let deletions through"
+    );
+
+    edge.cli_ok(&[
+        "replication",
+        "run",
+        "to-hub",
+        "--wait",
+        "--full",
+        "--confirm-deletes",
+    ]);
+    assert_eq!(hub.asset_digests("files", "i/").len(), 30);
+}

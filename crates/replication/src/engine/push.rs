@@ -47,6 +47,11 @@ impl Run<'_> {
         // including what it wrote itself, is compared and sent in full.
         if self.full || since < horizon || self.remote_went_back {
             let last = meta.last_seq(local.id).await?;
+            // Every tombstone here is compared: those that would remove a
+            // live item there meet the delete guard first.
+            if !self.dry && self.tombstones_trip_the_guard(local, remote).await? {
+                return Ok(());
+            }
             let mut after: Option<ItemKey> = None;
             loop {
                 let page = self.r.store().entries(local.id, after.as_ref(), PAGE).await?;
@@ -147,6 +152,49 @@ impl Run<'_> {
                     .await?;
             }
         }
+    }
+
+    /// Whether the local tombstones (within the filter) that would remove
+    /// a live item on the other side trip the delete guard, for a push
+    /// that compares every entry.
+    async fn tombstones_trip_the_guard(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+    ) -> Result<bool, ReplError> {
+        if !self.cfg.mode.flows.delete_remote || self.confirm_deletes {
+            return Ok(false);
+        }
+        let mut keys: Vec<ItemKey> = Vec::new();
+        let mut after: Option<ItemKey> = None;
+        loop {
+            let page = self.r.store().entries(local.id, after.as_ref(), PAGE).await?;
+            let done = page.len() < PAGE;
+            after = page.last().map(|e| e.key.clone());
+            keys.extend(
+                page.into_iter()
+                    .filter(|e| e.live.is_none() && self.filter.admits(local.feed_type, &e.key))
+                    .map(|e| e.key),
+            );
+            if done {
+                break;
+            }
+        }
+        let mut live = 0u64;
+        for chunk in keys.chunks(1000) {
+            let stamps = self.remote.stamps(remote, chunk.to_vec()).await?;
+            live += stamps
+                .stamps
+                .iter()
+                .filter(|s| matches!(s, Some((_, false))))
+                .count() as u64;
+        }
+        if live == 0 {
+            return Ok(false);
+        }
+        let size = self.remote.digest(remote, &[], &[]).await?.items;
+        let key = guard_key("push", local, remote);
+        self.guard_trips(local, &key, live, size).await
     }
 
     /// Whether the deletions among `retried` (items earlier executions
