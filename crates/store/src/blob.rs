@@ -208,7 +208,8 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Several small blobs read whole for a reader that verifies them
     /// itself, as [`Self::get_for_verifier`] reads one (checked against
     /// its digest unless hashed right a short while ago; a corrupt one is
-    /// quarantined and answered as [`StoreError::Corrupt`]-like I/O error):
+    /// quarantined and answered with an I/O error of kind `InvalidData`
+    /// naming its digest):
     /// per digest, in order, its bytes, or None when it is larger than
     /// `max_each` bytes (read it with `get_for_verifier`), or the error
     /// reading it gave ([`StoreError::BlobMissing`] for one not stored).
