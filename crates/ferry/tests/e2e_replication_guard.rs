@@ -226,18 +226,16 @@ fn tombstones_of_items_the_other_side_never_had_do_not_trip_the_push_guard() {
     );
 }
 
-/// Deletions a pushing spoke held back while the hub's filter refused
-/// them count toward the delete guard once the filter admits them: the
-/// hub widening its filter does not let a mass deletion through.
-#[test]
-fn deletions_held_back_by_the_hubs_filter_still_meet_the_guard() {
+/// A hub accepting pushes (`from-edge`) and a spoke (`to-hub`, pushing)
+/// that pushed 150 assets under `prefix/` to it.
+fn edge_pushed_150(prefix: &str) -> (Server, Server, Vec<(String, String)>) {
     let hub = Server::start();
     hub.create_feed("files", "assets");
     let token = hub.incoming("from-edge", &["files"], "pull");
     let edge = Server::start();
     edge.create_feed("files", "assets");
     let items: Vec<(String, String)> = (0..150)
-        .map(|i| (format!("sec/item-{i:03}.txt"), format!("item {i}")))
+        .map(|i| (format!("{prefix}/item-{i:03}.txt"), format!("item {i}")))
         .collect();
     edge.put_assets("files", &items);
     edge.outgoing(
@@ -249,7 +247,16 @@ fn deletions_held_back_by_the_hubs_filter_still_meet_the_guard() {
         &["--interval", "3600"],
     );
     edge.cli_ok(&["replication", "run", "to-hub", "--wait"]);
-    assert_eq!(hub.asset_digests("files", "sec/").len(), 150);
+    assert_eq!(hub.asset_digests("files", &format!("{prefix}/")).len(), 150);
+    (hub, edge, items)
+}
+
+/// Deletions a pushing spoke held back while the hub's filter refused
+/// them count toward the delete guard once the filter admits them: the
+/// hub widening its filter does not let a mass deletion through.
+#[test]
+fn deletions_held_back_by_the_hubs_filter_still_meet_the_guard() {
+    let (hub, edge, items) = edge_pushed_150("sec");
 
     hub.cli_ok(&["replication", "update", "from-edge", "--exclude", "sec/**"]);
     let paths: Vec<String> = items[..120].iter().map(|(p, _)| p.clone()).collect();
@@ -285,25 +292,7 @@ fn deletions_held_back_by_the_hubs_filter_still_meet_the_guard() {
 /// until an operator confirms.
 #[test]
 fn a_full_push_meets_the_delete_guard() {
-    let hub = Server::start();
-    hub.create_feed("files", "assets");
-    let token = hub.incoming("from-edge", &["files"], "pull");
-    let edge = Server::start();
-    edge.create_feed("files", "assets");
-    let items: Vec<(String, String)> = (0..150)
-        .map(|i| (format!("i/item-{i:03}.txt"), format!("item {i}")))
-        .collect();
-    edge.put_assets("files", &items);
-    edge.outgoing(
-        "to-hub",
-        &["files"],
-        &hub,
-        &token,
-        "push",
-        &["--interval", "3600"],
-    );
-    edge.cli_ok(&["replication", "run", "to-hub", "--wait"]);
-    assert_eq!(hub.asset_digests("files", "i/").len(), 150);
+    let (hub, edge, items) = edge_pushed_150("i");
 
     let paths: Vec<String> = items[..120].iter().map(|(p, _)| p.clone()).collect();
     edge.delete_assets("files", &paths);

@@ -220,6 +220,23 @@ fn push_cut_midway(tmp: &Path) -> (Server, Server, Vec<(String, PathBuf)>, u16, 
     (hub, spoke, files, port, had)
 }
 
+/// After [`push_cut_midway`]: the link back up (a proxy on the same
+/// port), the spoke runs its push again without a bandwidth cap; every
+/// blob ends intact on the hub, nothing partial is left, both ends agree.
+/// Returns the bytes that crossed the link for the push.
+fn resume_cut_push(tmp: &Path, hub: &Server, spoke: &Server, files: &[(String, PathBuf)], port: u16) -> u64 {
+    let proxy = Proxy::start(hub, 0, port, &tmp.join("stats-2.json"));
+    spoke.cli_ok(&["replication", "update", "to-hub", "--bandwidth-limit", "0"]);
+    spoke.cli_ok(&["replication", "run", "to-hub", "--wait"]);
+    for (path, file) in files {
+        assert!(hub.serves("files", path, &std::fs::read(file).unwrap()), "{path}");
+    }
+    let moved = proxy.stats()["bytes_up"].as_u64().unwrap();
+    assert_eq!(bytes_under(hub, "partial"), 0);
+    spoke.cli_ok(&["replication", "verify", "to-hub"]);
+    moved
+}
+
 /// The push direction resumes too: a spoke pushing large blobs to the hub
 /// through a link that goes down mid-blob keeps what the hub received (the
 /// hub keeps the partial upload and says so in `blobs/missing`), and the
@@ -228,20 +245,12 @@ fn push_cut_midway(tmp: &Path) -> (Server, Server, Vec<(String, PathBuf)>, u16, 
 fn a_push_cut_midway_resumes_without_moving_its_bytes_again() {
     let tmp = tempfile::tempdir().unwrap();
     let (hub, spoke, files, port, had) = push_cut_midway(tmp.path());
-    let proxy = Proxy::start(&hub, 0, port, &tmp.path().join("stats-2.json"));
-    spoke.cli_ok(&["replication", "update", "to-hub", "--bandwidth-limit", "0"]);
-    spoke.cli_ok(&["replication", "run", "to-hub", "--wait"]);
-    for (path, file) in &files {
-        assert!(hub.serves("files", path, &std::fs::read(file).unwrap()), "{path}");
-    }
-    let moved = proxy.stats()["bytes_up"].as_u64().unwrap();
+    let moved = resume_cut_push(tmp.path(), &hub, &spoke, &files, port);
     let left = (2 * SIZE) as u64 - had;
     assert!(
         moved <= left + (256 << 10),
         "the second run sent {moved} bytes, though only {left} were missing"
     );
-    assert_eq!(bytes_under(&hub, "partial"), 0);
-    spoke.cli_ok(&["replication", "verify", "to-hub"]);
 }
 
 /// The bytes an interrupted upload left on the hub are damaged before the
@@ -264,13 +273,7 @@ fn a_push_whose_kept_bytes_were_damaged_sends_it_again_and_reports_what_crossed(
     }
     assert!(damaged > 0, "nothing partial to damage");
 
-    let proxy = Proxy::start(&hub, 0, port, &tmp.path().join("stats-2.json"));
-    spoke.cli_ok(&["replication", "update", "to-hub", "--bandwidth-limit", "0"]);
-    spoke.cli_ok(&["replication", "run", "to-hub", "--wait"]);
-    for (path, file) in &files {
-        assert!(hub.serves("files", path, &std::fs::read(file).unwrap()), "{path}");
-    }
-    let moved = proxy.stats()["bytes_up"].as_u64().unwrap();
+    let moved = resume_cut_push(tmp.path(), &hub, &spoke, &files, port);
     let carried = spoke
         .executions("to-hub")
         .into_iter()
@@ -281,6 +284,4 @@ fn a_push_whose_kept_bytes_were_damaged_sends_it_again_and_reports_what_crossed(
         reported <= moved && moved - reported < 256 << 10,
         "the report says {reported} bytes were pushed; {moved} crossed the link"
     );
-    assert_eq!(bytes_under(&hub, "partial"), 0);
-    spoke.cli_ok(&["replication", "verify", "to-hub"]);
 }

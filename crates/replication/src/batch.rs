@@ -82,6 +82,29 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
+    /// The header of `length` bytes of blob `digest` from byte `offset`.
+    pub fn blob(digest: Digest, offset: u64, length: u64) -> Self {
+        FrameHeader {
+            digest,
+            offset,
+            length,
+            status: None,
+            error: None,
+        }
+    }
+
+    /// The header that says blob `digest` is not sent: an HTTP-like
+    /// `status` and why.
+    pub fn refusal(digest: Digest, status: u16, error: String) -> Self {
+        FrameHeader {
+            digest,
+            offset: 0,
+            length: 0,
+            status: Some(status),
+            error: Some(error),
+        }
+    }
+
     /// The header as sent: JSON and a newline.
     pub fn encode(&self) -> Bytes {
         let mut v = serde_json::to_vec(self).unwrap_or_default();

@@ -1078,13 +1078,6 @@ impl Replicator {
         let ferry = self.ferry().clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
         tokio::spawn(async move {
-            let refuse = |digest: Digest, status: u16, error: String| FrameHeader {
-                digest,
-                offset: 0,
-                length: 0,
-                status: Some(status),
-                error: Some(error),
-            };
             let small = |(w, refusal): &(crate::batch::BlobWant, Option<(u16, String)>)| {
                 refusal.is_none()
                     && w.offset == 0
@@ -1121,13 +1114,7 @@ impl Replicator {
                     for (w, r) in run.into_iter().zip(read) {
                         let sent = match r {
                             Ok(Some(bytes)) => {
-                                let head = FrameHeader {
-                                    digest: w.digest,
-                                    offset: 0,
-                                    length: bytes.len() as u64,
-                                    status: None,
-                                    error: None,
-                                };
+                                let head = FrameHeader::blob(w.digest, 0, bytes.len() as u64);
                                 let body: ByteStream =
                                     Box::pin(futures::stream::once(async move { Ok(bytes) }));
                                 crate::batch::send_frame(&tx, &head, body).await
@@ -1136,7 +1123,7 @@ impl Replicator {
                             // streamed as a large one.
                             Ok(None) => send_blob(&ferry, &tx, &w, &sizes).await,
                             Err(e) => {
-                                let h = refuse(w.digest, frame_status(&e), e.to_string());
+                                let h = FrameHeader::refusal(w.digest, frame_status(&e), e.to_string());
                                 tx.send(Ok(h.encode())).await.is_ok()
                             }
                         };
@@ -1149,7 +1136,7 @@ impl Replicator {
                 let (w, refusal) = first;
                 let sent = match refusal {
                     Some((status, error)) => tx
-                        .send(Ok(refuse(w.digest, status, error).encode()))
+                        .send(Ok(FrameHeader::refusal(w.digest, status, error).encode()))
                         .await
                         .is_ok(),
                     None => send_blob(&ferry, &tx, &w, &sizes).await,
@@ -1181,24 +1168,12 @@ async fn send_blob(
     sizes: &HashMap<Digest, Option<u64>>,
 ) -> bool {
     use crate::batch::FrameHeader;
-    let refuse = |status: u16, error: String| FrameHeader {
-        digest: w.digest,
-        offset: 0,
-        length: 0,
-        status: Some(status),
-        error: Some(error),
-    };
+    let refuse = |status: u16, error: String| FrameHeader::refusal(w.digest, status, error);
     let header = match sizes.get(&w.digest).copied().flatten() {
         Some(size) if w.offset <= size => {
             match ferry.read_blob_for_peer(&w.digest, Some(w.offset..size)).await {
                 Ok(body) => {
-                    let head = FrameHeader {
-                        digest: w.digest,
-                        offset: w.offset,
-                        length: size - w.offset,
-                        status: None,
-                        error: None,
-                    };
+                    let head = FrameHeader::blob(w.digest, w.offset, size - w.offset);
                     return crate::batch::send_frame(tx, &head, body.stream).await;
                 }
                 Err(e) => refuse(frame_status(&e), e.to_string()),

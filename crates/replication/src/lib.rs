@@ -1280,7 +1280,6 @@ impl Replicator {
     /// (local) feed. A deleted replication's series are gone from the next
     /// scrape. Empty when there is none or the store cannot be read.
     pub async fn lag_metrics(&self) -> String {
-        use std::fmt::Write as _;
         let Ok(records) = self.store().replications().await else {
             return String::new();
         };
@@ -1300,28 +1299,19 @@ impl Replicator {
                 }
             }
         }
-        let mut out = String::new();
-        if rows.is_empty() {
-            return out;
-        }
-        let gauges = [
-            (
-                "ferry_replication_lag_changes",
-                "Changes on the other side not yet read here",
-            ),
-            (
-                "ferry_replication_lag_seconds",
-                "Seconds the oldest change not yet read here has waited",
-            ),
-        ];
-        for (i, (name, help)) in gauges.iter().enumerate() {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            for (labels, values) in &rows {
-                let _ = writeln!(out, "{name}{{{labels}}} {}", values[i]);
-            }
-        }
-        out
+        peers::render_gauges(
+            [
+                (
+                    "ferry_replication_lag_changes",
+                    "Changes on the other side not yet read here",
+                ),
+                (
+                    "ferry_replication_lag_seconds",
+                    "Seconds the oldest change not yet read here has waited",
+                ),
+            ],
+            &rows,
+        )
     }
 }
 

@@ -698,7 +698,6 @@ impl Replicator {
     /// stay until restart). Empty when no peer is listed or the store
     /// cannot be read.
     pub async fn peer_metrics(&self) -> String {
-        use std::fmt::Write as _;
         let Ok(records) = self.store().replications().await else {
             return String::new();
         };
@@ -718,32 +717,23 @@ impl Replicator {
                 rows.push((labels, [p.lag_seconds, p.seconds_since_contact, stale]));
             }
         }
-        let mut out = String::new();
-        if rows.is_empty() {
-            return out;
-        }
-        let gauges = [
-            (
-                "ferry_replication_peer_lag_seconds",
-                "Seconds the peer's oldest change not yet read has waited",
-            ),
-            (
-                "ferry_replication_peer_last_contact_seconds",
-                "Seconds since the peer's last request",
-            ),
-            (
-                "ferry_replication_peer_stale",
-                "1 when the peer has not been seen for its stale multiple of its interval",
-            ),
-        ];
-        for (i, (name, help)) in gauges.iter().enumerate() {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            for (labels, values) in &rows {
-                let _ = writeln!(out, "{name}{{{labels}}} {}", values[i]);
-            }
-        }
-        out
+        render_gauges(
+            [
+                (
+                    "ferry_replication_peer_lag_seconds",
+                    "Seconds the peer's oldest change not yet read has waited",
+                ),
+                (
+                    "ferry_replication_peer_last_contact_seconds",
+                    "Seconds since the peer's last request",
+                ),
+                (
+                    "ferry_replication_peer_stale",
+                    "1 when the peer has not been seen for its stale multiple of its interval",
+                ),
+            ],
+            &rows,
+        )
     }
 
     /// Forgets peer `instance` of incoming replication `name` (one that
@@ -795,6 +785,30 @@ fn cut_message(s: &str) -> String {
         })
         .take(1000)
         .collect()
+}
+
+/// Gauges in Prometheus' text exposition format (0.0.4): for each of
+/// `gauges` (name, help), its `# HELP` and `# TYPE` lines and one sample
+/// per row — the row's labels (rendered, values escaped with
+/// [`label_value`]) and its `i`th value for the `i`th gauge. Empty when
+/// there is no row.
+pub(crate) fn render_gauges<const N: usize>(
+    gauges: [(&str, &str); N],
+    rows: &[(String, [f64; N])],
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if rows.is_empty() {
+        return out;
+    }
+    for (i, (name, help)) in gauges.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, values) in rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {}", values[i]);
+        }
+    }
+    out
 }
 
 /// `v` as a Prometheus label value: backslash, double quote and line feed

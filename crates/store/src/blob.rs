@@ -1957,6 +1957,17 @@ fn place_blobs(
 impl FsBlobStore {
     /// [`BlobStore::get`]; with `trust_recent`, as
     /// [`BlobStore::get_for_verifier`].
+    /// What reading a small blob whole on a blocking thread needs.
+    fn small_read(&self, trust_recent: bool) -> SmallRead {
+        SmallRead {
+            root: self.root.clone(),
+            verified: self.verified.clone(),
+            place: self.place.clone(),
+            quarantine: self.quarantine.clone(),
+            trust_recent,
+        }
+    }
+
     async fn read(
         &self,
         digest: &Digest,
@@ -1967,18 +1978,10 @@ impl FsBlobStore {
         let d = *digest;
         let wants_whole = range.as_ref().is_none_or(|r| r.start == 0);
         let wanted_end = range.as_ref().map(|r| r.end);
-        let (root, verified) = (self.root.clone(), self.verified.clone());
-        let (place, quarantine) = (self.place.clone(), self.quarantine.clone());
         // One blocking reader per body, handing large chunks over a small
         // channel: far fewer thread hops than a read per poll. A small blob
         // read whole is read, hashed and judged in this first hop already.
-        let small = SmallRead {
-            root,
-            verified,
-            place,
-            quarantine,
-            trust_recent,
-        };
+        let small = self.small_read(trust_recent);
         let opened = tokio::task::spawn_blocking(move || small.open(&path, d, wants_whole, wanted_end))
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))??;
@@ -2230,13 +2233,7 @@ impl BlobStore for FsBlobStore {
         digests: &[Digest],
         max_each: u64,
     ) -> Result<Vec<Result<Option<Bytes>, StoreError>>, StoreError> {
-        let small = SmallRead {
-            root: self.root.clone(),
-            verified: self.verified.clone(),
-            place: self.place.clone(),
-            quarantine: self.quarantine.clone(),
-            trust_recent: true,
-        };
+        let small = self.small_read(true);
         let wanted: Vec<(Digest, PathBuf)> = digests.iter().map(|d| (*d, self.blob_path(d))).collect();
         let max_each = max_each.min(SMALL_READ);
         // One blocking pass for all of them: a hop to a blocking thread

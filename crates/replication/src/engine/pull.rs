@@ -90,15 +90,8 @@ impl Run<'_> {
             }
             let (last, last_anchor) = (page.last_seq, page.last_anchor.unwrap_or(0));
             self.full_pull(local, remote, fr).await?;
-            if !self.dry {
-                store
-                    .set_cursors(
-                        self.rec.id,
-                        &[(cursor_name.clone(), last), (anchor_name.clone(), last_anchor)],
-                        &[],
-                    )
-                    .await?;
-            }
+            self.save_pull_cursor(&cursor_name, &anchor_name, Some((last, last_anchor)))
+                .await?;
             self.lags.push((local.name.clone(), Lag::default()));
             return self
                 .restore_local_divergence(local, remote, Some(local_last), fr)
@@ -200,19 +193,7 @@ impl Run<'_> {
                         cursor,
                     });
                 }
-                None => {
-                    if !self.dry
-                        && let Some((since, anchor)) = cursor
-                    {
-                        store
-                            .set_cursors(
-                                self.rec.id,
-                                &[(cursor_name.clone(), since), (anchor_name.clone(), anchor)],
-                                &[],
-                            )
-                            .await?;
-                    }
-                }
+                None => self.save_pull_cursor(&cursor_name, &anchor_name, cursor).await?,
             }
             if since >= page.last_seq || !advanced {
                 if let Some(last) = pending.take() {
@@ -279,8 +260,19 @@ impl Run<'_> {
             cursor,
         } = pending;
         self.finish_page(local, remote, page, applying, fr).await?;
-        if !self.dry
-            && let Some((since, anchor)) = cursor
+        self.save_pull_cursor(cursor_name, anchor_name, cursor).await
+    }
+
+    /// Saves a feed pair's pull cursor and its anchor (`at`: None leaves
+    /// them as they are; a plan saves nothing).
+    async fn save_pull_cursor(
+        &self,
+        cursor_name: &str,
+        anchor_name: &str,
+        at: Option<(i64, i64)>,
+    ) -> Result<(), ReplError> {
+        if let Some((since, anchor)) = at
+            && !self.dry
         {
             self.r
                 .store()

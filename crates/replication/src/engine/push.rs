@@ -133,9 +133,7 @@ impl Run<'_> {
             {
                 guard_checked = true;
                 let n = self.count_push_deletions(local, remote, since).await?;
-                let size = self.remote.digest(remote, &[], &[]).await?.items;
-                let key = guard_key("push", local, remote);
-                if n > 0 && self.guard_trips(local, &key, n, size).await? {
+                if n > 0 && self.push_guard_trips(local, remote, n).await? {
                     if !self.dry {
                         return Ok(());
                     }
@@ -180,21 +178,8 @@ impl Run<'_> {
                 break;
             }
         }
-        let mut live = 0u64;
-        for chunk in keys.chunks(1000) {
-            let stamps = self.remote.stamps(remote, chunk.to_vec()).await?;
-            live += stamps
-                .stamps
-                .iter()
-                .filter(|s| matches!(s, Some((_, false))))
-                .count() as u64;
-        }
-        if live == 0 {
-            return Ok(false);
-        }
-        let size = self.remote.digest(remote, &[], &[]).await?.items;
-        let key = guard_key("push", local, remote);
-        self.guard_trips(local, &key, live, size).await
+        let live = self.live_there(remote, &keys).await?;
+        Ok(live > 0 && self.push_guard_trips(local, remote, live).await?)
     }
 
     /// Whether the deletions among `retried` (items earlier executions
@@ -217,7 +202,31 @@ impl Run<'_> {
             .filter(|e| e.deleted && self.filter.admits(local.feed_type, &e.key))
             .map(|e| e.key.clone())
             .collect();
-        let mut live = 0u64;
+        let live = self.live_there(remote, &keys).await?;
+        if live == 0 {
+            return Ok(false);
+        }
+        let n = live + self.count_push_deletions(local, remote, since).await?;
+        self.push_guard_trips(local, remote, n).await
+    }
+
+    /// Whether pushing `n` deletions of live items there trips the delete
+    /// guard, against the other side's feed size (it then says so).
+    async fn push_guard_trips(
+        &mut self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        n: u64,
+    ) -> Result<bool, ReplError> {
+        let size = self.remote.digest(remote, &[], &[]).await?.items;
+        let key = guard_key("push", local, remote);
+        self.guard_trips(local, &key, n, size).await
+    }
+
+    /// How many of `keys` the other side holds as live items (a tombstone
+    /// of one of them would delete something there).
+    async fn live_there(&self, remote: &FeedName, keys: &[ItemKey]) -> Result<u64, ReplError> {
+        let mut live = 0;
         for chunk in keys.chunks(1000) {
             let stamps = self.remote.stamps(remote, chunk.to_vec()).await?;
             live += stamps
@@ -226,13 +235,7 @@ impl Run<'_> {
                 .filter(|s| matches!(s, Some((_, false))))
                 .count() as u64;
         }
-        if live == 0 {
-            return Ok(false);
-        }
-        let n = live + self.count_push_deletions(local, remote, since).await?;
-        let size = self.remote.digest(remote, &[], &[]).await?.items;
-        let key = guard_key("push", local, remote);
-        self.guard_trips(local, &key, n, size).await
+        Ok(live)
     }
 
     /// How many items the deletions to push after `since` would remove on
@@ -264,16 +267,7 @@ impl Run<'_> {
         // anything there: tombstones of items it never had (or deleted
         // itself, the pulled ones among them) do not count.
         let keys: Vec<ItemKey> = keys.into_iter().collect();
-        let mut live = 0;
-        for chunk in keys.chunks(1000) {
-            let stamps = self.remote.stamps(remote, chunk.to_vec()).await?;
-            live += stamps
-                .stamps
-                .iter()
-                .filter(|s| matches!(s, Some((_, false))))
-                .count() as u64;
-        }
-        Ok(live)
+        self.live_there(remote, &keys).await
     }
 
     fn wanted_by_remote(&self, local: &FeedRecord, e: &WireEntry) -> bool {

@@ -133,13 +133,7 @@ impl Run<'_> {
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
         let producer = tokio::spawn(async move {
             for (d, size, held) in list {
-                let head = FrameHeader {
-                    digest: d,
-                    offset: held,
-                    length: size - held,
-                    status: None,
-                    error: None,
-                };
+                let head = FrameHeader::blob(d, held, size - held);
                 let range = (held > 0).then_some(held..size);
                 let body = match ferry.read_blob_for_peer(&d, range).await {
                     Ok(b) => b.stream,
