@@ -294,8 +294,24 @@ fn deletions_held_back_by_the_hubs_filter_still_meet_the_guard() {
 fn a_full_push_meets_the_delete_guard() {
     let (hub, edge, items) = edge_pushed_150("i");
 
+    // A pushing spoke runs by itself shortly after each local change: it
+    // points elsewhere while the 120 deletions are made one by one, so that
+    // none of its own executions pushes a few of them at a time.
+    edge.cli_ok(&[
+        "replication",
+        "update",
+        "to-hub",
+        "--outgoing",
+        "http://127.0.0.1:9",
+    ]);
     let paths: Vec<String> = items[..120].iter().map(|(p, _)| p.clone()).collect();
     edge.delete_assets("files", &paths);
+    edge.cli_ok(&["replication", "update", "to-hub", "--outgoing", &hub.url]);
+    // The execution the update woke ends before the full one starts.
+    assert!(wait_until(30, || edge
+        .executions("to-hub")
+        .first()
+        .is_some_and(|e| e["outcome"].is_string())));
     let out = edge.cli(&["replication", "run", "to-hub", "--wait", "--full"]);
     assert!(!out.status.success(), "a guarded run must exit non-zero");
     assert_eq!(edge.executions("to-hub")[0]["outcome"], "needs-confirmation");
