@@ -331,3 +331,76 @@ fn a_full_push_meets_the_delete_guard() {
     ]);
     assert_eq!(hub.asset_digests("files", "i/").len(), 30);
 }
+
+/// Items an execution could not copy (their new version's blob was lost
+/// on the hub) are retried by every later one; once the hub has deleted
+/// them, those retried deletions count toward the delete guard like the
+/// change log's (once each): a mass deletion does not slip through as
+/// retries.
+#[test]
+fn retried_stuck_items_deleted_on_the_hub_still_meet_the_guard() {
+    use sha2::{Digest, Sha256};
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let items: Vec<(String, String)> = (0..150)
+        .map(|i| (format!("pkgs/item-{i:03}.txt"), format!("first {i}")))
+        .collect();
+    hub.put_assets("files", &items);
+    let mut spoke = Server::pulling_spoke(&hub, "files", &token);
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert_eq!(spoke.asset_digests("files", "pkgs/").len(), 150);
+
+    // While the spoke is down, 120 items get a new version whose blob the
+    // hub then loses: the spoke keeps the old versions and marks them stuck.
+    spoke.stop();
+    let updated: Vec<(String, String)> = items[..120]
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (p.clone(), format!("second {i}")))
+        .collect();
+    hub.put_assets("files", &updated);
+    for (_, body) in &updated {
+        hub.remove_blob(&format!("{:x}", Sha256::digest(body.as_bytes())));
+    }
+    spoke.restart();
+    let stuck = |e: &Value| e["report"]["stuck"].as_array().map_or(0, Vec::len);
+    assert!(
+        wait_until(SYNC, || spoke
+            .executions("from-hub")
+            .iter()
+            .any(|e| stuck(e) == 120)),
+        "{:#?}",
+        spoke.executions("from-hub")
+    );
+    assert_eq!(spoke.asset_digests("files", "pkgs/").len(), 150);
+    assert!(spoke.serves("files", "pkgs/item-000.txt", b"first 0"));
+
+    // Then the hub deletes them.
+    spoke.stop();
+    let paths: Vec<String> = updated.iter().map(|(p, _)| p.clone()).collect();
+    hub.delete_assets("files", &paths);
+    spoke.restart();
+    let guarded = |e: &Value| e["outcome"] == "needs-confirmation";
+    assert!(
+        wait_until(SYNC, || spoke.executions("from-hub").iter().any(guarded)),
+        "{:#?}",
+        spoke.executions("from-hub")
+    );
+    let execs = spoke.executions("from-hub");
+    let stopped = execs.iter().find(|e| guarded(e)).unwrap();
+    let warned = stopped["report"]["log"].as_array().unwrap().iter().any(|l| {
+        let m = l["message"].as_str().unwrap();
+        m.contains("stopped before deleting 120 of 150")
+    });
+    assert!(warned, "each deletion is counted once: {stopped:#}");
+    assert_eq!(
+        spoke.asset_digests("files", "pkgs/").len(),
+        150,
+        "the retried deletions went past the guard"
+    );
+
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait", "--confirm-deletes"]);
+    assert_eq!(spoke.asset_digests("files", "pkgs/").len(), 30);
+    spoke.cli_ok(&["replication", "verify", "from-hub"]);
+}

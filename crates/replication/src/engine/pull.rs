@@ -97,9 +97,9 @@ impl Run<'_> {
                 .restore_local_divergence(local, remote, Some(local_last), fr)
                 .await;
         }
-        if !self.dry {
-            self.retry_stuck(local, remote, fr).await?;
-        }
+        // Items earlier executions could not copy, as they are there now
+        // (a plan looks too, to count what it would delete).
+        let retried = self.look_up_stuck(local, remote).await?;
         self.progress
             .items_total
             .fetch_add((page.last_seq - since).max(0) as u64, Ordering::Relaxed);
@@ -113,11 +113,21 @@ impl Run<'_> {
         let more_pages = page.next < page.last_seq;
         // The other side counted the deletions ahead: none, nothing to
         // guard (and its later pages are read once, not twice).
-        if guarded && page.deletes_ahead != Some(0) && (more_pages || page.entries.iter().any(|e| e.deleted))
-        {
-            let n = self
-                .count_pull_deletions(local, remote, since, page.clone())
-                .await?;
+        // Deletions among the retried items (an item stuck on a missing
+        // blob, deleted there since) count toward the guard like new ones.
+        let retried_deletions = if guarded {
+            self.deleting_live_here(local, retried.iter().flatten()).await?
+        } else {
+            HashSet::new()
+        };
+        let in_log = page.deletes_ahead != Some(0) && (more_pages || page.entries.iter().any(|e| e.deleted));
+        if guarded && (in_log || !retried_deletions.is_empty()) {
+            let mut n = retried_deletions.len() as u64;
+            if in_log {
+                n += self
+                    .count_pull_deletions(local, remote, since, page.clone(), &retried_deletions)
+                    .await?;
+            }
             let size = self.r.store().live_count(local.id).await?;
             let key = guard_key("pull", local, remote);
             if n > 0 && self.guard_trips(local, &key, n, size).await? {
@@ -126,6 +136,11 @@ impl Run<'_> {
                     return Ok(());
                 }
                 self.guard_held = true;
+            }
+        }
+        if !self.dry {
+            for found in retried {
+                self.pull_entries(local, remote, &found, fr).await?;
             }
         }
         // The page before the one whose blobs move, being applied.
@@ -289,21 +304,20 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Tries again the items earlier executions could not copy, as they
-    /// are on the other side now.
-    async fn retry_stuck(
+    /// The items earlier executions could not copy, as they are on the
+    /// other side now (entries or tombstones, in pages of at most
+    /// [`PAGE`]), to be tried again; the marks of those the other side
+    /// has no entry for at all (never written there, or pruned) are
+    /// cleared, as there is nothing to copy.
+    async fn look_up_stuck(
         &mut self,
         local: &FeedRecord,
         remote: &FeedName,
-        fr: &mut FeedReport,
-    ) -> Result<(), ReplError> {
-        if self.stuck_known.is_empty() {
-            return Ok(());
-        }
+    ) -> Result<Vec<Vec<WireEntry>>, ReplError> {
         let keys: Vec<ItemKey> = self.stuck_known.keys().cloned().collect();
+        let mut out = Vec::new();
         for chunk in keys.chunks(PAGE) {
             let found = self.remote.lookup(remote, chunk.to_vec()).await?;
-            // Gone on the other side (never written there, or pruned): nothing to copy.
             let absent: Vec<ItemKey> = chunk
                 .iter()
                 .filter(|k| !found.iter().any(|e| &e.key == *k))
@@ -312,10 +326,43 @@ impl Run<'_> {
             self.record_stuck(Direction::Pull, local, remote, Vec::new(), &absent)
                 .await?;
             if !found.is_empty() {
-                self.pull_entries(local, remote, &found, fr).await?;
+                out.push(found);
             }
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// The keys of `entries` that are tombstones (within the filter) of an
+    /// item live here at an older stamp: what applying them would delete.
+    async fn deleting_live_here<'e>(
+        &self,
+        local: &FeedRecord,
+        entries: impl Iterator<Item = &'e WireEntry>,
+    ) -> Result<HashSet<ItemKey>, ReplError> {
+        let tombs: Vec<&WireEntry> = entries
+            .filter(|e| e.deleted && self.filter.admits(local.feed_type, &e.key))
+            .collect();
+        let mut out = HashSet::new();
+        for chunk in tombs.chunks(PAGE) {
+            let keys: Vec<ItemKey> = chunk.iter().map(|e| e.key.clone()).collect();
+            let locals: HashMap<ItemKey, Entry> = self
+                .r
+                .store()
+                .entries_for(local.id, &keys)
+                .await?
+                .into_iter()
+                .map(|l| (l.key.clone(), l))
+                .collect();
+            for t in chunk {
+                if locals
+                    .get(&t.key)
+                    .is_some_and(|l| l.live.is_some() && l.stamp < t.stamp)
+                {
+                    out.insert(t.key.clone());
+                }
+            }
+        }
+        Ok(out)
     }
 
     // ------------------------------------------------ replica divergence
@@ -407,26 +454,12 @@ impl Run<'_> {
         remote: &FeedName,
         mut since: i64,
         mut page: ChangesPage,
+        counted: &HashSet<ItemKey>,
     ) -> Result<u64, ReplError> {
         let mut n = 0;
         loop {
-            let tombs: Vec<&WireEntry> = page
-                .entries
-                .iter()
-                .filter(|e| e.deleted && self.filter.admits(local.feed_type, &e.key))
-                .collect();
-            if !tombs.is_empty() {
-                let keys: Vec<ItemKey> = tombs.iter().map(|e| e.key.clone()).collect();
-                let locals = self.r.store().entries_for(local.id, &keys).await?;
-                for t in tombs {
-                    if locals
-                        .iter()
-                        .any(|l| l.key == t.key && l.live.is_some() && l.stamp < t.stamp)
-                    {
-                        n += 1;
-                    }
-                }
-            }
+            let deleting = self.deleting_live_here(local, page.entries.iter()).await?;
+            n += deleting.difference(counted).count() as u64;
             if page.next <= since || page.next >= page.last_seq {
                 return Ok(n);
             }
