@@ -14,7 +14,7 @@
 //! as for any broken transfer.
 
 use bytes::{Bytes, BytesMut};
-use ferry_store::ByteStream;
+use ferry_store::{AlignedBytes, ByteStream};
 use ferry_types::Digest;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -176,14 +176,15 @@ impl FrameReader {
     }
 
     /// Reads exactly `length` bytes of the current frame into one buffer
-    /// (for small frames, kept in memory). If the body breaks or ends
-    /// first, returns what arrived with the error.
+    /// (for small frames, kept in memory), aligned for the store's direct
+    /// writes ([`AlignedBytes`]) unless the frame was read in already. If
+    /// the body breaks or ends first, returns what arrived with the error.
     pub async fn read_whole(&mut self, length: u64) -> Result<Bytes, (Bytes, std::io::Error)> {
         let length = usize::try_from(length).unwrap_or(usize::MAX);
         if self.buf.len() >= length {
             return Ok(self.buf.split_to(length).freeze());
         }
-        let mut out = BytesMut::with_capacity(length.min(MAX_WHOLE));
+        let mut out = AlignedBytes::with_capacity(length.min(MAX_WHOLE));
         out.extend_from_slice(&self.buf.split());
         while out.len() < length {
             match self.body.next().await {

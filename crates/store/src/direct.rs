@@ -51,6 +51,56 @@ fn return_buffer(buf: Vec<u8>) {
     }
 }
 
+/// Bytes received for a blob the store will write with `O_DIRECT`, kept
+/// from their first byte at an address aligned to [`ALIGN`], so that the
+/// store writes their whole blocks straight from this memory instead of
+/// copying them into its own buffer first. Filled with
+/// [`AlignedBytes::extend_from_slice`] (past the capacity asked for, it
+/// grows and may lose the alignment: the bytes are copied then, as any
+/// others); [`AlignedBytes::freeze`] hands them on as `Bytes`, freed with
+/// the last of those.
+pub struct AlignedBytes {
+    buf: Vec<u8>,
+    /// Where the bytes start in `buf`.
+    at: usize,
+}
+
+impl AlignedBytes {
+    /// Empty, with room for `capacity` bytes from an aligned address.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut buf: Vec<u8> = Vec::with_capacity(capacity.saturating_add(ALIGN));
+        let at = buf.as_ptr().align_offset(ALIGN).min(ALIGN);
+        buf.resize(at, 0);
+        AlignedBytes { buf, at }
+    }
+
+    /// Appends `bytes`.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.at
+    }
+
+    /// Whether no byte is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes, as `Bytes` that keep this memory (no copy).
+    pub fn freeze(self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for AlignedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[self.at..]
+    }
+}
+
 /// Opens `path` for writing (created if missing, not truncated) with
 /// `O_DIRECT` when `direct` is asked for and the filesystem accepts it.
 /// Returns the file and whether it is open for direct writes.
@@ -129,6 +179,24 @@ impl DirectWriter {
     ///
     /// Errors: the file's write errors.
     pub(crate) fn write(&mut self, mut data: &[u8], hasher: &mut Option<Sha256Hasher>) -> io::Result<()> {
+        // Nothing gathered, and the bytes themselves aligned (received into
+        // [`AlignedBytes`]): their whole blocks go to the file from where
+        // they are, hashed in place; only the rest is copied.
+        let whole = data.len() - data.len() % ALIGN;
+        if self.direct
+            && self.fill == 0
+            && whole > 0
+            && data.as_ptr().align_offset(ALIGN) == 0
+            && self.pos.is_multiple_of(ALIGN as u64)
+        {
+            let (blocks, rest) = data.split_at(whole);
+            if let Some(h) = hasher {
+                h.update(blocks);
+            }
+            self.write_slice_at(blocks)?;
+            self.pos += whole as u64;
+            data = rest;
+        }
         while !data.is_empty() {
             let n = data.len().min(DIRECT_BUF - self.fill);
             let from = self.at + self.fill;
@@ -157,12 +225,19 @@ impl DirectWriter {
     /// Writes the first `len` bytes of the aligned part at `pos`, falling
     /// back to ordinary writes if the file refuses a direct one.
     fn write_at(&mut self, len: usize) -> io::Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        let written = self.write_slice_at(&buf[self.at..self.at + len]);
+        self.buf = buf;
+        written
+    }
+
+    /// Writes `bytes` at `pos`, falling back to ordinary writes if the
+    /// file refuses a direct one.
+    fn write_slice_at(&mut self, bytes: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt as _;
-        let bytes = &self.buf[self.at..self.at + len];
         match self.file.write_all_at(bytes, self.pos) {
             Err(e) if self.direct && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
                 self.stop_direct();
-                let bytes = &self.buf[self.at..self.at + len];
                 self.file.write_all_at(bytes, self.pos)
             }
             r => r,
@@ -220,6 +295,7 @@ mod tests {
         direct: bool,
     ) -> (Vec<u8>, ferry_types::Digest, bool) {
         let path = dir.join(format!("f-{}-{}-{piece}-{direct}", prefix.len(), data.len()));
+        let _ = std::fs::remove_file(&path);
         std::fs::write(&path, prefix).unwrap();
         let (file, opened_direct) = open_for_writing(&path, direct).unwrap();
         let mut w = DirectWriter::new(file, opened_direct, prefix.len() as u64);
@@ -261,6 +337,44 @@ mod tests {
                 assert_eq!(digest, ferry_types::Digest::of(&data));
             }
         }
+    }
+
+    #[test]
+    fn aligned_bytes_are_written_exactly_in_any_pieces_from_any_start() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [
+            1,
+            4095,
+            4096,
+            4097,
+            3 * 4096 + 5,
+            DIRECT_BUF,
+            DIRECT_BUF + 4096 + 1,
+        ] {
+            let data = pattern(len);
+            let mut a = AlignedBytes::with_capacity(len);
+            a.extend_from_slice(&data[..len / 2]);
+            a.extend_from_slice(&data[len / 2..]);
+            assert_eq!(a.len(), len);
+            let b = a.freeze();
+            assert_eq!(b.as_ptr().align_offset(ALIGN), 0, "length {len}");
+            for start in [0usize, 4096, 5000] {
+                for piece in [3 * 4096, 1000, len] {
+                    let prefix = pattern(start);
+                    let (got, digest, _) = write_through(dir.path(), &prefix, &b, piece, true);
+                    assert!(got[..start] == prefix[..], "prefix of {start}");
+                    assert!(
+                        got[start..] == data[..],
+                        "length {len} from {start} in pieces of {piece}"
+                    );
+                    assert_eq!(digest, ferry_types::Digest::of(&data));
+                }
+            }
+        }
+        // Grown past what was asked for: still the same bytes.
+        let mut a = AlignedBytes::with_capacity(10);
+        a.extend_from_slice(&pattern(3 * 4096));
+        assert!(a.freeze()[..] == pattern(3 * 4096)[..]);
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod sqlite_replication;
 mod sqlite_sessions;
 
 pub use blob::{BlobBody, BlobCheck, BlobStore, ByteStream, FsBlobStore, HashedBytes, StagedBlob, Transfer};
+pub use direct::AlignedBytes;
 pub use error::{ConnectFailure, StoreError};
 pub use meta::*;
 pub use postgres::PgStore;
