@@ -295,7 +295,6 @@ mod tests {
         direct: bool,
     ) -> (Vec<u8>, ferry_types::Digest, bool) {
         let path = dir.join(format!("f-{}-{}-{piece}-{direct}", prefix.len(), data.len()));
-        let _ = std::fs::remove_file(&path);
         std::fs::write(&path, prefix).unwrap();
         let (file, opened_direct) = open_for_writing(&path, direct).unwrap();
         let mut w = DirectWriter::new(file, opened_direct, prefix.len() as u64);
