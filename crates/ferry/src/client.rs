@@ -824,7 +824,12 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
                 out.display()
             );
         }
-        BundleCmd::Import { feed, file, conn } => {
+        BundleCmd::Import {
+            feed,
+            file,
+            confirm_deletes,
+            conn,
+        } => {
             let f = tokio::fs::File::open(&file)
                 .await
                 .with_context(|| format!("opening {}", file.display()))?;
@@ -838,9 +843,18 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
             {
                 anyhow::bail!("{} is not a file: give the path of a bundle file", file.display());
             }
-            let req = request(&conn, Method::POST, &format!("/api/v1/feeds/{feed}/bundle"))
-                .await?
-                .body(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f)));
+            let confirm = if confirm_deletes {
+                "?confirm_deletes=true"
+            } else {
+                ""
+            };
+            let req = request(
+                &conn,
+                Method::POST,
+                &format!("/api/v1/feeds/{feed}/bundle{confirm}"),
+            )
+            .await?
+            .body(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f)));
             let resp = checked(
                 &conn,
                 req.send()
@@ -850,9 +864,10 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
             .await?;
             let r: Value = resp.json().await?;
             say!(
-                "imported {} entries into {feed}: {} applied, {} already there, {} superseded; {} blobs",
+                "imported {} entries into {feed}: {} applied ({} deleting an item), {} already there, {} superseded; {} blobs",
                 r["entries"],
                 r["applied"],
+                r["deleted"],
                 r["already"],
                 r["superseded"],
                 r["blobs_received"]

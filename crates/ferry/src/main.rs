@@ -143,6 +143,10 @@ pub enum BundleCmd {
     Import {
         feed: String,
         file: std::path::PathBuf,
+        /// Apply the bundle even if it deletes more than the delete guard
+        /// allows (over 10% and over 100 of the feed's items).
+        #[arg(long)]
+        confirm_deletes: bool,
         #[command(flatten)]
         conn: Conn,
     },

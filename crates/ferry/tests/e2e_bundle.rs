@@ -277,3 +277,71 @@ fn one_refused_entry_past_the_first_five_hundred_refuses_the_bundle_whole() {
     assert!(out.contains("600 applied"), "{out}");
     assert!(site.serves("files", "c/0550", b"item 550"));
 }
+
+/// A bundle whose tombstones would delete more than the delete guard
+/// allows (over 10% and over 100 of the feed's items) is refused whole,
+/// as a replication's execution stops, until the import confirms it; one
+/// within the guard goes through as before.
+#[test]
+fn a_bundle_that_mass_deletes_is_refused_until_confirmed() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let items: Vec<(String, String)> = (0..150)
+        .map(|i| (format!("d/{i:03}"), format!("item {i}")))
+        .collect();
+    hub.put_assets("files", &items);
+    let site = Server::start();
+    site.create_feed("mirror", "assets");
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.bundle");
+    let until = export(&hub, "files", 0, &first);
+    site.cli_ok(&["bundle", "import", "mirror", first.to_str().unwrap()]);
+    assert!(site.serves("mirror", "d/000", b"item 0"));
+
+    // 120 of 150 deleted on the hub, and one new item written.
+    let gone: Vec<String> = (0..120).map(|i| format!("d/{i:03}")).collect();
+    hub.delete_assets("files", &gone);
+    hub.put_asset("files", "d/new", b"a new item");
+    let second = dir.path().join("second.bundle");
+    export(&hub, "files", until, &second);
+    let err = site.cli_fails(&["bundle", "import", "mirror", second.to_str().unwrap()]);
+    assert!(
+        err.contains("409")
+            && err.contains("would delete 120 of the 150 items")
+            && err.contains("--confirm-deletes"),
+        "{err}"
+    );
+    // Nothing of it applied: neither the deletions nor the new item, and
+    // its blob not left in staging.
+    assert!(site.serves("mirror", "d/000", b"item 0"));
+    assert!(site.serves("mirror", "d/119", b"item 119"));
+    assert!(site.lacks("mirror", "d/new"));
+    let staged = staged_files(&site.staging_dir());
+    assert!(staged.is_empty(), "left in staging: {staged:?}");
+
+    let out = site.cli_ok(&[
+        "bundle",
+        "import",
+        "mirror",
+        second.to_str().unwrap(),
+        "--confirm-deletes",
+    ]);
+    assert!(out.contains("121 applied (120 deleting an item)"), "{out}");
+    assert!(site.lacks("mirror", "d/000"));
+    assert!(site.lacks("mirror", "d/119"));
+    assert!(site.serves("mirror", "d/120", b"item 120"));
+    assert!(site.serves("mirror", "d/new", b"a new item"));
+
+    // Within the guard (100 items at most, or 10% at most): no
+    // confirmation needed. 31 live here; 20 deleted is over 10% but not
+    // over 100 items. (This bundle holds every change from the start:
+    // the deletions applied before are already there.)
+    let fewer: Vec<String> = (120..140).map(|i| format!("d/{i:03}")).collect();
+    hub.delete_assets("files", &fewer);
+    let third = dir.path().join("third.bundle");
+    export(&hub, "files", 0, &third);
+    let out = site.cli_ok(&["bundle", "import", "mirror", third.to_str().unwrap()]);
+    assert!(out.contains("(20 deleting an item)"), "{out}");
+    assert!(site.lacks("mirror", "d/139"));
+    assert!(site.serves("mirror", "d/140", b"item 140"));
+}

@@ -47,6 +47,8 @@ pub struct ImportReport {
     pub applied: u64,
     pub already: u64,
     pub superseded: u64,
+    /// Live items the bundle's tombstones deleted (counted before applying).
+    pub deleted: u64,
     pub blobs_received: u64,
     pub until: i64,
 }
@@ -280,7 +282,19 @@ impl Replicator {
     /// Imports a bundle into `feed`. Blobs are verified against their
     /// digests before anything is applied; entries are applied only once
     /// every blob they need is here.
-    pub async fn import_bundle(&self, feed: &FeedName, body: ByteStream) -> Result<ImportReport, ReplError> {
+    ///
+    /// Deletions are guarded as a replication's are (PRODUCT.md,
+    /// "deletions are safe"): a bundle whose tombstones would delete more
+    /// than `guard` allows of the feed's live items is refused whole
+    /// ([`ReplError::Conflict`], HTTP 409, nothing applied) unless
+    /// `confirm_deletes` is given.
+    pub async fn import_bundle(
+        &self,
+        feed: &FeedName,
+        body: ByteStream,
+        guard: crate::config::DeleteGuard,
+        confirm_deletes: bool,
+    ) -> Result<ImportReport, ReplError> {
         let feed = self.ferry().feed(feed).await?;
         let mut reader = tokio_util::io::StreamReader::new(body);
         let mut header: Option<BundleHeader> = None;
@@ -469,6 +483,19 @@ impl Replicator {
                 .check_stamp(&e.key, &e.stamp)
                 .map_err(|e| bad(&e.to_string()))?;
         }
+        let deleting = self.bundle_deletions(&feed, &entries).await?;
+        if deleting > 0 {
+            let live = self.store().live_count(feed.id).await?;
+            if !confirm_deletes && guard.trips(deleting, live) {
+                return Err(ReplError::Conflict(format!(
+                    "the bundle would delete {deleting} of the {live} items of feed {}; the limit is over {:.0}% and over {} items, and nothing of the bundle was applied. Import it with --confirm-deletes (`?confirm_deletes=true`) to delete them",
+                    feed.name,
+                    guard.max_share * 100.0,
+                    guard.max_items
+                )));
+            }
+        }
+        report.deleted = deleting;
         for staged in pending {
             self.ferry().commit_blob(staged).await?;
             report.blobs_received += 1;
@@ -515,6 +542,41 @@ impl Replicator {
             }
         }
         Ok(report)
+    }
+}
+
+impl Replicator {
+    /// How many items live in `feed` the bundle's `entries` would delete:
+    /// keys whose latest entry in the bundle is a tombstone stamped later
+    /// than the live item here.
+    async fn bundle_deletions(&self, feed: &FeedRecord, entries: &[WireEntry]) -> Result<u64, ReplError> {
+        let mut latest: std::collections::HashMap<&ItemKey, &WireEntry> = std::collections::HashMap::new();
+        for e in entries {
+            let slot = latest.entry(&e.key).or_insert(e);
+            if e.stamp > slot.stamp {
+                *slot = e;
+            }
+        }
+        let tombs: Vec<&WireEntry> = latest.into_values().filter(|e| e.deleted).collect();
+        let mut n = 0;
+        for chunk in tombs.chunks(500) {
+            let keys: Vec<ItemKey> = chunk.iter().map(|e| e.key.clone()).collect();
+            let here: std::collections::HashMap<ItemKey, ferry_store::Entry> = self
+                .store()
+                .entries_for(feed.id, &keys)
+                .await?
+                .into_iter()
+                .map(|l| (l.key.clone(), l))
+                .collect();
+            n += chunk
+                .iter()
+                .filter(|t| {
+                    here.get(&t.key)
+                        .is_some_and(|l| l.live.is_some() && l.stamp < t.stamp)
+                })
+                .count() as u64;
+        }
+        Ok(n)
     }
 }
 

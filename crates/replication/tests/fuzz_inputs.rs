@@ -113,7 +113,9 @@ proptest! {
             let dir = tempfile::tempdir().unwrap();
             let r = instance(dir.path()).await;
             let name = FeedName::new("files").unwrap();
-            let result = r.import_bundle(&name, body(bytes)).await;
+            let result = r
+                .import_bundle(&name, body(bytes), ferry_replication::config::DeleteGuard::default(), false)
+                .await;
             let feed = r.ferry().feed(&name).await.unwrap();
             let items = r.ferry().items(&feed, "").await.unwrap();
             match result {

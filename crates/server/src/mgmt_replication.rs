@@ -429,18 +429,33 @@ async fn export_bundle(
         .map_err(|e| ApiError::json(CoreError::Internal(e.to_string())))
 }
 
+#[derive(Deserialize)]
+struct ImportQuery {
+    #[serde(default)]
+    confirm_deletes: bool,
+}
+
+/// Applies an air-gap bundle to the feed. `?confirm_deletes=true` lets
+/// through a bundle whose deletions the delete guard stops (409 otherwise).
 async fn import_bundle(
     State(st): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
+    q: Result<Query<ImportQuery>, QueryRejection>,
     body: axum::body::Body,
 ) -> JsonResult {
     use futures::TryStreamExt;
+    let q = query(q, "confirm_deletes must be true or false")?;
     let feed = ferry_types::FeedName::new(name).map_err(|e| ApiError::json(CoreError::from(e)))?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let report = st
         .replicator
-        .import_bundle(&feed, Box::pin(stream))
+        .import_bundle(
+            &feed,
+            Box::pin(stream),
+            ferry_replication::config::DeleteGuard::default(),
+            q.confirm_deletes,
+        )
         .await
         .map_err(repl)?;
     Ok(Json(json!(report)))

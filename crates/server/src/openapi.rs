@@ -170,7 +170,7 @@ pub fn document() -> Value {
                     o["parameters"] = json!([query("since", json!({ "type": "integer", "default": 0 }), "change-log position to export after")]);
                     o
                 }),
-                "post": op("Import an air-gap bundle into the feed (idempotent)", "200", None)
+                "post": op("Import an air-gap bundle into the feed (idempotent); one that would delete more than the delete guard allows is refused with 409 unless ?confirm_deletes=true", "200", None)
             },
             "/api/v1/feeds/{name}/oci/prune-untagged": {
                 "parameters": [
