@@ -149,3 +149,44 @@ fn lag_gauges_follow_replications_and_go_with_them() {
     let m = metrics(&hub);
     assert!(!m.contains("replication=\"tmp\""), "{m}");
 }
+
+/// A blob batch the hub cuts while sending it (here: the blob is found
+/// damaged as it is hashed on its way out) is that spoke's last error in
+/// the hub's view, saying how far the batch got and why.
+#[test]
+fn a_batch_cut_while_sending_is_the_peers_last_error() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    hub.put_asset("files", "big.bin", &big);
+    let digest = hub.asset_digests("files", "")["big.bin"].clone();
+    let mut rotten = big.clone();
+    rotten[2_500_000] ^= 0x01;
+    hub.damage_blob(&digest, &rotten);
+
+    let spoke = Server::start_with(&[("FERRY_INSTANCE_NAME", "site-c")]);
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    let _ = spoke.cli(&["replication", "run", "from-hub", "--wait"]);
+    assert!(
+        spoke.lacks("files", "big.bin"),
+        "a damaged blob was served on the spoke"
+    );
+    let hex = digest.trim_start_matches("sha256:");
+    assert!(
+        wait_until(20, || named(&peers(&hub), "site-c").is_some_and(|p| {
+            let m = p["last_error"]["message"].as_str().unwrap_or("");
+            m.contains("a blob batch was cut after sending 0 of 1 blobs") && m.contains(hex)
+        })),
+        "{:?}",
+        peers(&hub)
+    );
+}

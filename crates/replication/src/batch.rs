@@ -244,35 +244,54 @@ impl FrameReader {
 /// The sending half of a frame stream (a response or request body).
 pub type FrameSender = tokio::sync::mpsc::Sender<std::io::Result<Bytes>>;
 
+/// Why [`send_frame`] ended the frame stream early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameCut {
+    /// The reader went away: it closed the connection or gave up, or the
+    /// body was cut on this side (a revoked token, see
+    /// `Replicator::guard_body`).
+    ReaderGone,
+    /// The blob's own bytes failed (read error, damage found while
+    /// hashing) or gave another length than the header's: the reason,
+    /// which went into the stream too.
+    Failed(String),
+}
+
 /// Sends one blob's frame into `tx`: `header` (whose `length` the body
-/// must give exactly), then the body's bytes. False when the stream must
-/// end here: the reader went away, or the body failed or gave another
-/// length (the error went into `tx`, which cuts the stream: a frame is
-/// never short).
-pub async fn send_frame(tx: &FrameSender, header: &FrameHeader, mut body: ByteStream) -> bool {
+/// must give exactly), then the body's bytes. Errors ([`FrameCut`]): the
+/// stream must end here, because the reader went away or the body failed
+/// or gave another length (the error went into `tx`, which cuts the
+/// stream: a frame is never short).
+pub async fn send_frame(
+    tx: &FrameSender,
+    header: &FrameHeader,
+    mut body: ByteStream,
+) -> Result<(), FrameCut> {
     if tx.send(Ok(header.encode())).await.is_err() {
-        return false;
+        return Err(FrameCut::ReaderGone);
     }
     let mut sent = 0u64;
     while let Some(chunk) = body.next().await {
-        let failed = chunk.is_err();
+        let failed = chunk.as_ref().err().map(|e| e.to_string());
         if let Ok(c) = &chunk {
             sent += c.len() as u64;
         }
-        if tx.send(chunk).await.is_err() || failed {
-            return false;
+        if tx.send(chunk).await.is_err() {
+            return Err(FrameCut::ReaderGone);
+        }
+        if let Some(why) = failed {
+            return Err(FrameCut::Failed(format!("blob {}: {why}", header.digest)));
         }
     }
     if sent != header.length {
-        let _ = tx
-            .send(Err(std::io::Error::other(format!(
-                "blob {} ended after {sent} of {} bytes",
-                header.digest, header.length
-            ))))
-            .await;
-        return false;
+        let why = format!(
+            "blob {} ended after {sent} of {} bytes",
+            header.digest, header.length
+        );
+        let _ = tx.send(Err(std::io::Error::other(why.clone()))).await;
+        return Err(FrameCut::Failed(why));
     }
-    true
+    Ok(())
 }
 
 /// A byte stream fed by [`FrameReader::pump`].

@@ -1033,12 +1033,11 @@ impl Replicator {
         s: &Session,
         req: crate::batch::BatchRequest,
     ) -> Result<ByteStream, ReplError> {
-        use crate::batch::{FrameHeader, MAX_BATCH};
+        use crate::batch::MAX_BATCH;
         if req.blobs.len() > MAX_BATCH {
             return Err(ReplError::Invalid(format!("at most {MAX_BATCH} blobs per batch")));
         }
-        let mut plan: Vec<(crate::batch::BlobWant, Option<(u16, String)>)> =
-            Vec::with_capacity(req.blobs.len());
+        let mut plan: Vec<Planned> = Vec::with_capacity(req.blobs.len());
         // A side that sends content: one lookup for the whole batch.
         let referenced = if s.config.mode.flows.push_missing {
             let ids = self.session_feed_ids(s).await?;
@@ -1077,77 +1076,117 @@ impl Replicator {
             .collect();
         let ferry = self.ferry().clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+        let (r, session, total) = (self.clone(), s.clone(), plan.len());
         tokio::spawn(async move {
-            let small = |(w, refusal): &(crate::batch::BlobWant, Option<(u16, String)>)| {
-                refusal.is_none()
-                    && w.offset == 0
-                    && sizes
-                        .get(&w.digest)
-                        .copied()
-                        .flatten()
-                        .is_some_and(|n| n <= SMALL_BLOB)
-            };
-            let mut plan = plan.into_iter().peekable();
-            while let Some(first) = plan.next() {
-                // A run of small whole blobs is read in one pass of the
-                // store (one hop to a blocking thread for all of them).
-                if small(&first) {
-                    let mut run = vec![first.0];
-                    let mut bytes = 0;
-                    while run.len() < SMALL_RUN && bytes < SMALL_RUN_BYTES {
-                        match plan.next_if(|p| small(p)) {
-                            Some((w, _)) => {
-                                bytes += sizes.get(&w.digest).copied().flatten().unwrap_or(0);
-                                run.push(w);
-                            }
-                            None => break,
-                        }
-                    }
-                    let digests: Vec<Digest> = run.iter().map(|w| w.digest).collect();
-                    let read = match ferry.read_small_blobs_for_peer(&digests, SMALL_BLOB).await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                            return;
-                        }
-                    };
-                    for (w, r) in run.into_iter().zip(read) {
-                        let sent = match r {
-                            Ok(Some(bytes)) => {
-                                let head = FrameHeader::blob(w.digest, 0, bytes.len() as u64);
-                                let body: ByteStream =
-                                    Box::pin(futures::stream::once(async move { Ok(bytes) }));
-                                crate::batch::send_frame(&tx, &head, body).await
-                            }
-                            // Grown past a small read since it was sized:
-                            // streamed as a large one.
-                            Ok(None) => send_blob(&ferry, &tx, &w, &sizes).await,
-                            Err(e) => {
-                                let h = FrameHeader::refusal(w.digest, frame_status(&e), e.to_string());
-                                tx.send(Ok(h.encode())).await.is_ok()
-                            }
-                        };
-                        if !sent {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                let (w, refusal) = first;
-                let sent = match refusal {
-                    Some((status, error)) => tx
-                        .send(Ok(FrameHeader::refusal(w.digest, status, error).encode()))
-                        .await
-                        .is_ok(),
-                    None => send_blob(&ferry, &tx, &w, &sizes).await,
+            let mut done = 0;
+            // A batch that ends early is this peer's last error, as seen
+            // from here (the other side sees a cut body).
+            let sent = send_batch(&ferry, &tx, plan, &sizes, &mut done).await;
+            if sent.is_ok() && done == total {
+                r.peer_transfer(&session, None);
+            }
+            if let Err(cut) = sent {
+                let why = match cut {
+                    crate::batch::FrameCut::Failed(why) => why,
+                    // Cut here by `guard_body` (its token revoked, what it
+                    // may read changed), or by the other side.
+                    crate::batch::FrameCut::ReaderGone => match r.session_still_holds(&session).await {
+                        Err(e) => e.to_string(),
+                        Ok(()) => "the other instance stopped reading (it closed the connection or gave up)"
+                            .to_owned(),
+                    },
                 };
-                if !sent {
-                    return;
-                }
+                r.peer_transfer(
+                    &session,
+                    Some(format!(
+                        "a blob batch was cut after sending {done} of {total} blobs: {why}"
+                    )),
+                );
             }
         });
         Ok(self.guard_body(s, crate::batch::channel_stream(rx)))
     }
+}
+
+/// One planned blob of a batch: what was asked, and why it is refused
+/// (status and reason) when it is.
+type Planned = (crate::batch::BlobWant, Option<(u16, String)>);
+
+/// Sends the frames of a batch's `plan` into `tx` in order, counting in
+/// `done` the blobs whose bytes were sent whole (not those refused).
+/// Errors: why the stream ended early.
+async fn send_batch(
+    ferry: &ferry_core::Ferry,
+    tx: &crate::batch::FrameSender,
+    plan: Vec<Planned>,
+    sizes: &HashMap<Digest, Option<u64>>,
+    done: &mut usize,
+) -> Result<(), crate::batch::FrameCut> {
+    use crate::batch::{FrameCut, FrameHeader};
+    let small = |(w, refusal): &Planned| {
+        refusal.is_none()
+            && w.offset == 0
+            && sizes
+                .get(&w.digest)
+                .copied()
+                .flatten()
+                .is_some_and(|n| n <= SMALL_BLOB)
+    };
+    let refuse =
+        |h: FrameHeader| async move { tx.send(Ok(h.encode())).await.map_err(|_| FrameCut::ReaderGone) };
+    let mut plan = plan.into_iter().peekable();
+    while let Some(first) = plan.next() {
+        // A run of small whole blobs is read in one pass of the store (one
+        // hop to a blocking thread for all of them).
+        if small(&first) {
+            let mut run = vec![first.0];
+            let mut bytes = 0;
+            while run.len() < SMALL_RUN && bytes < SMALL_RUN_BYTES {
+                match plan.next_if(|p| small(p)) {
+                    Some((w, _)) => {
+                        bytes += sizes.get(&w.digest).copied().flatten().unwrap_or(0);
+                        run.push(w);
+                    }
+                    None => break,
+                }
+            }
+            let digests: Vec<Digest> = run.iter().map(|w| w.digest).collect();
+            let read = match ferry.read_small_blobs_for_peer(&digests, SMALL_BLOB).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let why = e.to_string();
+                    let _ = tx.send(Err(std::io::Error::other(why.clone()))).await;
+                    return Err(FrameCut::Failed(why));
+                }
+            };
+            for (w, r) in run.into_iter().zip(read) {
+                let sent = match r {
+                    Ok(Some(bytes)) => {
+                        let head = FrameHeader::blob(w.digest, 0, bytes.len() as u64);
+                        let body: ByteStream = Box::pin(futures::stream::once(async move { Ok(bytes) }));
+                        crate::batch::send_frame(tx, &head, body).await.map(|()| true)?
+                    }
+                    // Grown past a small read since it was sized: streamed
+                    // as a large one.
+                    Ok(None) => send_blob(ferry, tx, &w, sizes).await?,
+                    Err(e) => refuse(FrameHeader::refusal(w.digest, frame_status(&e), e.to_string()))
+                        .await
+                        .map(|()| false)?,
+                };
+                *done += usize::from(sent);
+            }
+            continue;
+        }
+        let (w, refusal) = first;
+        let sent = match refusal {
+            Some((status, error)) => refuse(FrameHeader::refusal(w.digest, status, error))
+                .await
+                .map(|()| false)?,
+            None => send_blob(ferry, tx, &w, sizes).await?,
+        };
+        *done += usize::from(sent);
+    }
+    Ok(())
 }
 
 /// Blobs of at most this many bytes, asked for whole, are read in runs
@@ -1159,14 +1198,14 @@ const SMALL_RUN_BYTES: u64 = 8 << 20;
 
 /// Sends blob `w` as one frame of a batch (from its offset), or the frame
 /// that says why it cannot be (not stored, its offset past its end,
-/// unreadable). Returns false once the receiving side is gone or the
-/// body broke.
+/// unreadable): true for the former. Errors: the receiving side is gone or
+/// the body broke.
 async fn send_blob(
     ferry: &ferry_core::Ferry,
     tx: &crate::batch::FrameSender,
     w: &crate::batch::BlobWant,
     sizes: &HashMap<Digest, Option<u64>>,
-) -> bool {
+) -> Result<bool, crate::batch::FrameCut> {
     use crate::batch::FrameHeader;
     let refuse = |status: u16, error: String| FrameHeader::refusal(w.digest, status, error);
     let header = match sizes.get(&w.digest).copied().flatten() {
@@ -1174,7 +1213,9 @@ async fn send_blob(
             match ferry.read_blob_for_peer(&w.digest, Some(w.offset..size)).await {
                 Ok(body) => {
                     let head = FrameHeader::blob(w.digest, w.offset, size - w.offset);
-                    return crate::batch::send_frame(tx, &head, body.stream).await;
+                    return crate::batch::send_frame(tx, &head, body.stream)
+                        .await
+                        .map(|()| true);
                 }
                 Err(e) => refuse(frame_status(&e), e.to_string()),
             }
@@ -1188,7 +1229,10 @@ async fn send_blob(
         ),
         None => refuse(404, format!("blob {} is not stored here", w.digest)),
     };
-    tx.send(Ok(header.encode())).await.is_ok()
+    tx.send(Ok(header.encode()))
+        .await
+        .map(|()| false)
+        .map_err(|_| crate::batch::FrameCut::ReaderGone)
 }
 
 /// The status a frame gives for a blob that cannot be read.

@@ -63,6 +63,11 @@ pub struct PeerError {
     /// Milliseconds since the epoch.
     pub at: i64,
     pub message: String,
+    /// Set for a blob batch cut while it was sent: settled by the next
+    /// batch sent whole, not by an accepted handshake (a spoke handshakes
+    /// again on its new connection after every cut).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transfer: bool,
 }
 
 /// What this side knows of one peer (saved as JSON).
@@ -302,7 +307,7 @@ impl Replicator {
             e.state.ferry_version = Some(cut(&req.ferry_version));
             e.state.protocol_version = protocol_version;
             e.state.interval_secs = req.interval_secs.map(|i| i.clamp(1, MAX_INTERVAL_SECS));
-            if accepted {
+            if accepted && e.state.last_error.as_ref().is_some_and(|err| !err.transfer) {
                 // Whatever was refused before is settled.
                 e.state.last_error = None;
             }
@@ -354,16 +359,35 @@ impl Replicator {
 
     /// Records an error answered to the peer of `s`.
     pub fn peer_error(&self, s: &Session, err: &ReplError) {
+        self.note_peer_error(s, Some((err.to_string(), false)));
+    }
+
+    /// Records a blob batch to the peer of `s` cut while it was sent
+    /// (`Some(why)`), or sent whole (`None`: settles such a cut).
+    pub(crate) fn peer_transfer(&self, s: &Session, cut: Option<String>) {
+        self.note_peer_error(s, cut.map(|why| (why, true)));
+    }
+
+    fn note_peer_error(&self, s: &Session, err: Option<(String, bool)>) {
         let Some(instance) = &s.instance else {
             return;
         };
         if let Ok(mut m) = self.0.peer_book.entries.lock()
             && let Some(e) = m.get_mut(&(s.record.id, instance.clone()))
         {
-            e.state.last_error = Some(PeerError {
-                at: now_millis(),
-                message: cut_message(&err.to_string()),
-            });
+            match err {
+                Some((message, transfer)) => {
+                    e.state.last_error = Some(PeerError {
+                        at: now_millis(),
+                        message: cut_message(&message),
+                        transfer,
+                    });
+                }
+                None if e.state.last_error.as_ref().is_some_and(|err| err.transfer) => {
+                    e.state.last_error = None;
+                }
+                None => return,
+            }
             e.saved_at = 0;
         }
     }

@@ -142,7 +142,7 @@ impl Run<'_> {
                         return;
                     }
                 };
-                if !crate::batch::send_frame(&tx, &head, body).await {
+                if crate::batch::send_frame(&tx, &head, body).await.is_err() {
                     return;
                 }
             }
