@@ -26,6 +26,11 @@ pub enum CoreError {
     Internal(String),
     #[error("service busy, retry: {0}")]
     Unavailable(String),
+    /// Another instance this request needed (a replication's peer, for a
+    /// plan or verify) could not be reached, timed out or answered with an
+    /// error: HTTP 502, with what happened.
+    #[error("{0}")]
+    Upstream(String),
     /// Stored content is missing or corrupt on this instance: a server
     /// fault whose message (which blob, what to do) is shown.
     #[error("{0}")]

@@ -955,7 +955,7 @@ impl Ferry {
         }
         let ahead_s = stamp.time.millis().saturating_sub(clock::wall_millis()) / 1000;
         Err(CoreError::Invalid(format!(
-            "{key}: its stamp ({stamp}) is {ahead_s} s ahead of this instance's clock, more than the allowed skew of {} s; check the clock of instance {} (or of the instance whose version it was written over); it is retried until this clock catches up",
+            "{key}: its stamp ({stamp}) is {ahead_s} s ahead of this instance's clock, more than the allowed skew of {} s; check the clock of instance {} (or of the instance whose version it was written over)",
             self.0.config.max_clock_skew.as_secs(),
             stamp.origin
         )))

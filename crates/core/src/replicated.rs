@@ -122,7 +122,8 @@ impl Ferry {
         change: &Change,
         sizes: &Sizes,
     ) -> Result<(), CoreError> {
-        self.check_stamp(&change.key, &change.stamp)?;
+        self.check_stamp(&change.key, &change.stamp)
+            .map_err(|e| CoreError::Invalid(format!("{e}; it is retried until this clock catches up")))?;
         let key = &change.key;
         let live = match &change.op {
             ChangeOp::Upsert { meta, blobs, .. } => Some((meta, blobs.as_slice())),

@@ -370,6 +370,18 @@ pub fn declarations(
             format!("{}{line}: replication {}", file.display(), r.name)
         };
         resolve_token(&mut r.token, &mut r.token_file, &mut r.token_env, base).with_context(at)?;
+        // NaN and infinities do not survive the JSON that carries this to
+        // a running instance (`config apply`): refused here, as the
+        // instance refuses any share outside 0..=1.
+        if let Some(g) = &r.delete_guard
+            && !g.max_share.is_finite()
+        {
+            anyhow::bail!(
+                "{}: the delete guard's share must be between 0 and 1 (got {})",
+                at(),
+                g.max_share
+            );
+        }
         let (name, line) = (r.name.clone(), r.line);
         for b in &mut r.blob_sources {
             let at = || {

@@ -345,3 +345,35 @@ fn a_bundle_that_mass_deletes_is_refused_until_confirmed() {
     assert!(site.lacks("mirror", "d/139"));
     assert!(site.serves("mirror", "d/140", b"item 140"));
 }
+
+/// A bundle entry stamped far ahead of this instance's clock refuses the
+/// bundle whole, saying what to do about a bundle (import it again once
+/// the clocks agree), not what a replication would do (retry it).
+#[test]
+fn a_bundle_stamped_from_a_clock_far_ahead_is_refused_whole() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    hub.put_asset("files", "a.txt", b"a");
+    hub.put_asset("files", "b.txt", b"b");
+    let site = Server::start();
+    site.create_feed("mirror", "assets");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("all.bundle");
+    export(&hub, "files", 0, &file);
+    let mut bytes = std::fs::read(&file).unwrap();
+    // The last entry's stamp: its leading digit raised (same length, so
+    // the tar stays whole), centuries ahead.
+    let at = bytes.windows(8).rposition(|w| w == b"\"time\":1").unwrap() + 7;
+    bytes[at] = b'9';
+    std::fs::write(&file, &bytes).unwrap();
+    let err = site.cli_fails(&["bundle", "import", "mirror", file.to_str().unwrap()]);
+    assert!(
+        err.contains("400")
+            && err.contains("ahead of this instance's clock")
+            && err.contains("import it again once the clocks agree")
+            && !err.contains("retried"),
+        "{err}"
+    );
+    assert!(site.lacks("mirror", "a.txt"));
+    assert!(site.lacks("mirror", "b.txt"));
+}

@@ -181,6 +181,27 @@ mode = "push"
         "{err}"
     );
     assert_eq!(s0.cli_ok(&["config", "export"]), before);
+    // A delete guard's share that is not a number, and a key the guard
+    // does not have: refused in the file's words, nothing changed.
+    for (guard, says) in [
+        (
+            "{ max_share = nan, max_items = 5 }",
+            "share must be between 0 and 1 (got NaN)",
+        ),
+        (
+            "{ max_share = 0.1, max_items = 5, extra = 1 }",
+            "unknown field `extra`",
+        ),
+    ] {
+        let text = spoke_file(&hub, r#", "docs""#, &format!("delete_guard = {guard}\n"));
+        std::fs::write(conf0, &text).unwrap();
+        let err = s0.cli_fails(&["config", "apply", conf0.to_str().unwrap()]);
+        assert!(
+            err.contains(says) && !err.contains("JSON") && !err.contains("deserialize"),
+            "{guard}: {err}"
+        );
+        assert_eq!(s0.cli_ok(&["config", "export"]), before);
+    }
 
     // prune = true deletes what the file no longer declares.
     std::fs::write(

@@ -364,6 +364,9 @@ fn impossible_configurations_are_refused_with_a_reason() {
         .map(|r| r["name"].clone())
         .collect();
     assert_eq!(names, vec![json!("loop-in")], "the refused replication was kept");
+    // Nor is the instance listed as a peer of itself.
+    let peers = a.cli_json(&["replication", "peers", "loop-in", "--json"]);
+    assert_eq!(peers, json!([]), "the instance lists itself as its peer");
 
     let hub = Server::start();
     hub.create_feed("files", "assets");
@@ -602,6 +605,15 @@ fn executions_and_overview_show_runs_counts_logs_lag_and_next_run() {
     let st = &spoke.cli_json(&["replication", "list", "--json"])[0]["status"];
     assert_eq!(st["last_outcome"], "failed");
     assert!(st["last_error"].as_str().unwrap().contains("cannot reach"));
+    // What needs the hub now (a plan, a verify) says it cannot reach it:
+    // 502, not this instance being busy.
+    for cmd in ["plan", "verify"] {
+        let err = spoke.cli_fails(&["replication", cmd, "from-hub"]);
+        assert!(
+            err.contains("502") && err.contains("cannot reach") && !err.contains("busy"),
+            "{cmd}: {err}"
+        );
+    }
 
     // Back up: the spoke catches up, and the overview says so.
     hub.restart();

@@ -479,9 +479,11 @@ impl Replicator {
         // Refused before anything is applied: a stamp from a clock too far
         // ahead would freeze its key everywhere the bundle goes.
         for e in &entries {
-            self.ferry()
-                .check_stamp(&e.key, &e.stamp)
-                .map_err(|e| bad(&e.to_string()))?;
+            self.ferry().check_stamp(&e.key, &e.stamp).map_err(|e| {
+                bad(&format!(
+                    "{e}; nothing of the bundle was applied: import it again once the clocks agree"
+                ))
+            })?;
         }
         let deleting = self.bundle_deletions(&feed, &entries).await?;
         if deleting > 0 {

@@ -26,6 +26,12 @@ fn transport(e: reqwest::Error) -> ReplError {
         }
         cause = c.source();
     }
+    // rustls reading a plain-HTTP answer where a TLS record should be.
+    if msg.contains("InvalidContentType") {
+        msg.push_str(
+            " (the address answers plain HTTP, not HTTPS: if the other instance serves no TLS, its URL begins with http://)",
+        );
+    }
     ReplError::Transport(msg)
 }
 

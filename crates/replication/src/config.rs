@@ -214,6 +214,7 @@ impl FeedPair {
 
 /// When an execution stops before deleting (until an operator confirms).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeleteGuard {
     /// Stop when deletions exceed this share of the feed's items ...
     pub max_share: f64,

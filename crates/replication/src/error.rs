@@ -47,7 +47,7 @@ impl From<ReplError> for CoreError {
             }
             ReplError::Unauthorized(m) => CoreError::Unauthorized(m),
             ReplError::Forbidden(m) => CoreError::Forbidden(m),
-            e @ (ReplError::Remote { .. } | ReplError::Transport(_)) => CoreError::Unavailable(e.to_string()),
+            e @ (ReplError::Remote { .. } | ReplError::Transport(_)) => CoreError::Upstream(e.to_string()),
             ReplError::Core(c) => c,
         }
     }

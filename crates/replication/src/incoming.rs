@@ -131,7 +131,7 @@ impl Replicator {
         // Recorded only under the id its header names (a request without
         // one is not bound to a token: it would make an entry any other
         // token could take over).
-        if s.named.is_some() {
+        if s.instance.is_some() {
             self.peer_handshake(s, &req, version, answer.is_ok()).await;
         }
         answer
@@ -1027,7 +1027,8 @@ impl Replicator {
     /// decides) as a frame of its bytes from the requested offset, the
     /// others as frames saying why not. The frames are produced as the
     /// peer reads them; a blob found damaged while it is being sent cuts
-    /// the body. Errors: more than [`crate::batch::MAX_BATCH`] blobs.
+    /// the body. Errors: more than [`crate::batch::MAX_BATCH`] blobs, or a
+    /// blob named twice (Invalid, 400).
     pub async fn blob_batch(
         &self,
         s: &Session,
@@ -1036,6 +1037,15 @@ impl Replicator {
         use crate::batch::MAX_BATCH;
         if req.blobs.len() > MAX_BATCH {
             return Err(ReplError::Invalid(format!("at most {MAX_BATCH} blobs per batch")));
+        }
+        // Each blob once: a batch naming one many times would have it sent
+        // as many times (a small request for a large answer).
+        let mut named = std::collections::HashSet::with_capacity(req.blobs.len());
+        if let Some(w) = req.blobs.iter().find(|w| !named.insert(w.digest)) {
+            return Err(ReplError::Invalid(format!(
+                "blob {} is named more than once in this batch; name each blob once",
+                w.digest
+            )));
         }
         let mut plan: Vec<Planned> = Vec::with_capacity(req.blobs.len());
         // A side that sends content: one lookup for the whole batch.

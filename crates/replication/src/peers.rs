@@ -264,7 +264,13 @@ impl Replicator {
         token_id: &str,
         address: Option<String>,
     ) -> Option<PeerRequest> {
-        let instance = instance?.parse::<ferry_types::InstanceId>().ok()?.to_string();
+        let instance = instance?.parse::<ferry_types::InstanceId>().ok()?;
+        // This instance's own id is never a peer of it (a handshake naming
+        // it is refused as a replication to the same instance).
+        if instance == self.ferry().instance_id() {
+            return None;
+        }
+        let instance = instance.to_string();
         let key = (s.record.id, instance.clone());
         if !self.claim(&key, token_id).await {
             return None;

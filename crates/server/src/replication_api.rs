@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use ferry_core::CoreError;
@@ -284,6 +284,28 @@ async fn get_blob(
     let resp = crate::blobs::serve_blob(&st.ferry, &method, &headers, &d, "application/octet-stream", None)
         .await
         .map_err(err)?;
+    if resp.status() == axum::http::StatusCode::RANGE_NOT_SATISFIABLE {
+        // In the API's JSON error shape, with the blob's size as RFC 9110
+        // §14.4 says (`Content-Range: bytes */SIZE`).
+        let range = resp.headers().get(axum::http::header::CONTENT_RANGE).cloned();
+        let size = range
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes */"))
+            .unwrap_or("?")
+            .to_owned();
+        let mut out = (
+            axum::http::StatusCode::RANGE_NOT_SATISFIABLE,
+            Json(serde_json::json!({
+                "error": format!("the range asked for is past the end of blob {d} ({size} bytes)")
+            })),
+        )
+            .into_response();
+        if let Some(v) = range {
+            out.headers_mut().insert(axum::http::header::CONTENT_RANGE, v);
+        }
+        return Ok(out);
+    }
     // Cut at once if the peer's token is revoked while the blob is sent.
     Ok(resp.map(|body| {
         let bytes = body.into_data_stream().map_err(std::io::Error::other);

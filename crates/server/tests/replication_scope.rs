@@ -427,6 +427,37 @@ async fn an_incoming_replication_filter_narrows_what_its_peers_read() {
     assert!(!r.text().contains("outside the filter"), "{}", r.text());
     assert!(r.text().contains("\"status\":404"), "{}", r.text());
     assert!(r.text().contains("shared"), "{}", r.text());
+    // A range past a readable blob's end: 416 in the API's JSON shape,
+    // with the blob's size.
+    let r = i
+        .send(
+            "GET",
+            &format!("/api/replication/v1/blobs/{shared}"),
+            Some(&token),
+            &[("range", "bytes=1000-")],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE, "{}", r.text());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("(6 bytes)"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.headers["content-range"], "bytes */6");
+    // A blob named many times would be sent as many times: refused whole.
+    let r = i
+        .send(
+            "POST",
+            "/api/replication/v1/blobs/batch",
+            Some(&token),
+            &[JSON],
+            json!({ "blobs": [{ "digest": shared }, { "digest": d }, { "digest": shared, "offset": 1 }] })
+                .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("named more than once"), "{}", r.text());
 
     // The feed digest: a peer's own include narrows the replication's
     // filter and cannot widen it, so probing a name outside it finds

@@ -696,8 +696,9 @@ impl Run<'_> {
         let mut stuck: Vec<(ItemKey, String)> = Vec::new();
         for e in admitted {
             if let Err(refused) = self.r.ferry().check_stamp(&e.key, &e.stamp) {
-                fr.plan_item(self.dry, "pull", &e.key, "none", Some(refused.to_string()));
-                stuck.push((e.key.clone(), refused.to_string()));
+                let why = format!("{refused}; it is retried until this clock catches up");
+                fr.plan_item(self.dry, "pull", &e.key, "none", Some(why.clone()));
+                stuck.push((e.key.clone(), why));
                 continue;
             }
             match locals.get(&e.key) {

@@ -556,7 +556,7 @@ fn plain(e: &CoreError) -> String {
             "The other instance did not accept the sync token: it is wrong, or it was revoked. \
              Ask for a new token on the other instance's incoming replication. ({msg})"
         ),
-        CoreError::Unavailable(_) => {
+        CoreError::Upstream(_) | CoreError::Unavailable(_) => {
             let (why, _) = transport_words(&msg);
             format!("The other instance could not be reached: {why}. Check the URL and that it is running.")
         }
