@@ -726,6 +726,12 @@ pub async fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
             if let Some(n) = r["tokens_added"].as_u64().filter(|n| *n > 0) {
                 say!("{n} accepted token(s) added");
             }
+            for t in r["tokens_revoked"].as_array().into_iter().flatten() {
+                say!(
+                    "replication {}: the token is revoked here and stays revoked; remove it from accept_tokens",
+                    t.as_str().unwrap_or("?")
+                );
+            }
             for name in r["pruned"].as_array().into_iter().flatten() {
                 say!("replication {}: deleted (prune)", name.as_str().unwrap_or("?"));
             }

@@ -531,6 +531,9 @@ fn log_applied(a: &ferry_server::declare::Applied) {
         pruned = a.pruned.len(),
         "configuration applied"
     );
+    for t in &a.tokens_revoked {
+        tracing::warn!(token = %t, "a declared accepted token is revoked here and stays revoked: remove it from accept_tokens");
+    }
 }
 
 /// On SIGHUP, reads the configuration file again and applies its feeds and

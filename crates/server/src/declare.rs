@@ -158,8 +158,37 @@ pub struct Applied {
     pub replications: Vec<(String, Change)>,
     /// Tokens added to incoming replications.
     pub tokens_added: usize,
+    /// Declared accepted tokens that are revoked here (`REPLICATION:
+    /// TOKEN-ID`): they stay revoked; the file should drop them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tokens_revoked: Vec<String>,
     /// Replications deleted by `prune`.
     pub pruned: Vec<String>,
+}
+
+/// A message of the replication engine, which names the CLI's flags, in
+/// the configuration file's words: `--pull-missing` is `pull_missing`,
+/// `--feed` is `feeds`, `--token` is `token_file` (or `token_env`).
+fn file_words(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(at) = rest.find("--") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let len = after
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+            .unwrap_or(after.len());
+        let flag = &after[..len];
+        match flag {
+            "" => out.push_str("--"),
+            "feed" => out.push_str("feeds"),
+            "token" => out.push_str("token_file (or token_env)"),
+            f => out.push_str(&f.replace('-', "_")),
+        }
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A declaration that cannot be applied: where it is and why.
@@ -177,7 +206,7 @@ impl DeclareError {
         DeclareError {
             line,
             what,
-            message: e.to_string(),
+            message: file_words(&e.to_string()),
         }
     }
 
@@ -465,6 +494,15 @@ pub async fn apply(
                 .map_err(|e| DeclareError::new(r.line, what.clone(), e).after(&applied))?
             {
                 applied.tokens_added += 1;
+            } else if replicator
+                .store()
+                .sync_token(&t.id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|k| k.revoked)
+            {
+                applied.tokens_revoked.push(format!("{}: {}", r.name, t.id));
             }
         }
         if change != Change::Unchanged {

@@ -62,6 +62,7 @@ async fn apply_creates_updates_and_refuses_without_changing_anything() {
     let v = put(&i, Some(ADMIN), hub()).await.json();
     assert_eq!(v["replications"], json!([["edge", "unchanged"]]));
     assert_eq!(v["tokens_added"], 0);
+    assert!(v.get("tokens_revoked").is_none(), "{v}");
 
     // An option changed: updated in place, tokens kept.
     let mut changed = hub();
@@ -142,11 +143,21 @@ async fn apply_creates_updates_and_refuses_without_changing_anything() {
             json!({ "replications": [{ "name": "edge", "feeds": ["files", "docs"], "incoming": true, "mode": "push", "delete_guard": { "max_share": 5.0, "max_items": 1 } }] }),
             "between 0 and 1",
         ),
+        // In the file's words, not the CLI's flags.
+        (
+            json!({ "replications": [{ "name": "r10", "feeds": ["files"], "mode": "push", "interval": 0, "line": 40 }] }),
+            "line 40: replication r10: interval must be at least 1 second",
+        ),
+        (
+            json!({ "replications": [{ "name": "r11", "feeds": ["files"], "mode": "custom", "line": 50 }] }),
+            "at least one of pull_missing, push_missing, delete_local, delete_remote",
+        ),
     ];
     for (body, why) in refusals {
         let r = put(&i, Some(ADMIN), body.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
         assert!(r.text().contains(why), "{why}: {}", r.text());
+        assert!(!r.text().contains(" --"), "a CLI flag named: {}", r.text());
         assert_eq!(export(&i).await, before, "{body} changed something");
     }
 
@@ -305,4 +316,34 @@ async fn the_same_file_applied_twice_at_once_succeeds_twice() {
     let mut changes = [a.json()["feeds"][0][1].clone(), b.json()["feeds"][0][1].clone()];
     changes.sort_by_key(ToString::to_string);
     assert_eq!(changes, [json!("created"), json!("unchanged")]);
+}
+
+/// A declared accepted token revoked on the instance stays revoked when
+/// the file is applied again, and the apply says so (it is not silently
+/// "unchanged").
+#[tokio::test]
+async fn a_declared_token_revoked_here_stays_revoked_and_is_named() {
+    let i = Instance::new().await;
+    let r = put(&i, Some(ADMIN), hub()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = i
+        .send(
+            "DELETE",
+            "/api/v1/replications/edge/tokens/0123456789abcdef",
+            Some(ADMIN),
+            &[],
+            axum::body::Body::empty(),
+        )
+        .await;
+    assert!(r.status.is_success(), "{} {}", r.status, r.text());
+    let v = put(&i, Some(ADMIN), hub()).await.json();
+    assert_eq!(v["tokens_added"], 0, "{v}");
+    assert_eq!(v["tokens_revoked"], json!(["edge: 0123456789abcdef"]), "{v}");
+    let out = export(&i).await;
+    assert!(
+        out["replications"][0]["accept_tokens"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{out}"
+    );
 }
