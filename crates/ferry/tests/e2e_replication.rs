@@ -923,3 +923,82 @@ fn creating_a_replication_to_an_unreachable_hub_warns() {
     let list = spoke.cli_ok(&["replication", "list"]);
     assert!(list.contains("from-hub"), "{list}");
 }
+
+/// A hub that drops one feed from its incoming replication stops only
+/// that feed on its spokes: the others still replicate, the execution
+/// fails naming the dropped feed and why, and a new replication naming it
+/// is refused at once.
+#[test]
+fn a_feed_the_hub_no_longer_serves_fails_alone() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    hub.create_feed("docs", "assets");
+    let token = hub.incoming("edge", &["files", "docs"], "push");
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.create_feed("docs", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files", "docs"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    hub.put_asset("files", "a.txt", b"a");
+    hub.put_asset("docs", "d.txt", b"d");
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(spoke.serves("files", "a.txt", b"a"));
+    assert!(spoke.serves("docs", "d.txt", b"d"));
+
+    // The hub's operator narrows the replication to one feed.
+    let (st, body) = support::curl_stdin(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("authorization: Bearer {}", support::ADMIN),
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+            &format!("{}/api/v1/config", hub.url),
+        ],
+        br#"{"replications":[{"name":"edge","feeds":["files"],"incoming":true,"mode":"push"}]}"#,
+    );
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    hub.put_asset("files", "b.txt", b"b");
+    hub.put_asset("docs", "e.txt", b"e");
+    let out = spoke.cli(&["replication", "run", "from-hub", "--wait"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    // The feed still served moved on; the dropped one did not.
+    assert!(spoke.serves("files", "b.txt", b"b"), "{text}");
+    assert!(spoke.lacks("docs", "e.txt"));
+    let latest = &spoke.executions("from-hub")[0];
+    assert_eq!(latest["outcome"], "failed", "{latest:#}");
+    let log = latest["report"]["log"].to_string();
+    assert!(
+        log.contains("feed docs: the other instance refuses it: feed docs is not part of replication edge"),
+        "{log}"
+    );
+    // A replication naming the dropped feed is refused when created.
+    let err = spoke.cli_fails(&[
+        "replication",
+        "create",
+        "docs-again",
+        "--feed",
+        "docs",
+        "--outgoing",
+        &hub.url,
+        "--token",
+        &token,
+        "--mode",
+        "pull",
+    ]);
+    assert!(err.contains("not part of replication edge"), "{err}");
+}

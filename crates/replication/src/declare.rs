@@ -206,7 +206,7 @@ impl Replicator {
         cfg: &ReplicationConfig,
     ) -> Result<Option<String>, ReplError> {
         let mut run = Run::new(self, rec, cfg, Arc::new(Progress::default()))?;
-        match run.handshake().await {
+        match run.handshake_whole().await {
             Ok(_) => Ok(None),
             Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => Err(e),
             Err(ReplError::Remote { status, message }) if status < 500 => {

@@ -343,6 +343,9 @@ pub(crate) struct Run<'a> {
     remote_went_back: bool,
     /// The other side serves `blobs/batch` (from its handshake).
     batch: bool,
+    /// Feeds (the other side's names) its handshake refused, with why:
+    /// reported as failed while the others go on.
+    refused: HashMap<FeedName, String>,
     /// Other instances asked for blobs before the other side.
     sources: Vec<fetch::Source>,
     /// Blobs the current page carried inline.
@@ -391,6 +394,7 @@ impl<'a> Run<'a> {
             stuck_known: HashMap::new(),
             remote_went_back: false,
             batch: false,
+            refused: HashMap::new(),
             sources: cfg
                 .blob_sources
                 .iter()
@@ -624,12 +628,32 @@ impl<'a> Run<'a> {
         Ok(resp)
     }
 
+    /// [`Run::handshake`] for checking a configuration (create, update,
+    /// a declaration): a feed the other side refuses refuses it, as an
+    /// older peer refuses the whole handshake.
+    pub async fn handshake_whole(&mut self) -> Result<HandshakeResponse, ReplError> {
+        let resp = self.handshake().await?;
+        if let Some(first) = resp.refused_feeds.first() {
+            let more = match resp.refused_feeds.len() {
+                1 => String::new(),
+                n => format!(" (and {} more of its feeds are refused)", n - 1),
+            };
+            return Err(ReplError::Refused(format!("{}{more}", first.reason)));
+        }
+        Ok(resp)
+    }
+
     /// Takes what a handshake says of the other side: its instance and the
     /// optional parts of the protocol it serves.
     fn adopt(&mut self, hs: &HandshakeResponse) {
         self.remote_id = Some(hs.instance_id);
         self.report.remote_instance = Some(hs.instance_id);
         self.batch = hs.features.iter().any(|f| f == crate::batch::BLOB_BATCH);
+        self.refused = hs
+            .refused_feeds
+            .iter()
+            .map(|f| (f.feed.clone(), f.reason.clone()))
+            .collect();
     }
 
     /// The handshake of a recent execution if there is one (no round
@@ -710,7 +734,11 @@ impl<'a> Run<'a> {
             };
             let mut result = Ok(());
             self.remote_went_back = false;
-            if flows.pulls() {
+            if let Some(why) = self.refused.get(&pair.remote) {
+                result = Err(ReplError::Refused(format!(
+                    "the other instance refuses it: {why}"
+                )));
+            } else if flows.pulls() {
                 result = self.pull_feed(&local, &pair.remote, &mut fr).await;
             }
             if result.is_ok() && flows.pushes() {

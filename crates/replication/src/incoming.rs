@@ -173,6 +173,9 @@ impl Replicator {
             self.diag().log(Level::Error, msg.clone());
             return Err(ReplError::Refused(msg));
         }
+        // A feed this side does not serve is refused alone (the others go
+        // on); only a handshake with nothing left is refused whole.
+        let mut refused_feeds = Vec::new();
         for f in &req.feeds {
             let Some(pair) = s.config.feeds.iter().find(|p| p.local == f.incoming) else {
                 let msg = format!(
@@ -180,14 +183,24 @@ impl Replicator {
                     f.incoming
                 );
                 self.diag().log(Level::Error, msg.clone());
-                return Err(ReplError::Refused(msg));
+                refused_feeds.push(crate::protocol::RefusedFeed {
+                    feed: f.incoming.clone(),
+                    reason: msg,
+                });
+                continue;
             };
-            let local = self.ferry().feed(&pair.local).await.map_err(|_| {
-                ReplError::Refused(format!(
+            let Ok(local) = self.ferry().feed(&pair.local).await else {
+                let msg = format!(
                     "feed {} of replication {name} does not exist on the incoming instance",
                     pair.local
-                ))
-            })?;
+                );
+                self.diag().log(Level::Error, msg.clone());
+                refused_feeds.push(crate::protocol::RefusedFeed {
+                    feed: f.incoming.clone(),
+                    reason: msg,
+                });
+                continue;
+            };
             if local.feed_type != f.feed_type {
                 let msg = format!(
                     "feed type mismatch: {} is {} on the outgoing instance but {} is {} on the incoming instance",
@@ -196,6 +209,13 @@ impl Replicator {
                 self.diag().log(Level::Error, msg.clone());
                 return Err(ReplError::Refused(msg));
             }
+        }
+        if !req.feeds.is_empty() && refused_feeds.len() == req.feeds.len() {
+            let first = refused_feeds.swap_remove(0).reason;
+            return Err(ReplError::Refused(match refused_feeds.len() {
+                0 => first,
+                n => format!("{first} (and {n} more of its feeds are refused)"),
+            }));
         }
         if let Ok(mut peers) = self.0.peers.lock() {
             peers.insert(s.record.id, req.instance_id);
@@ -215,6 +235,7 @@ impl Replicator {
             mode: ours,
             features: vec![crate::batch::BLOB_BATCH.to_string()],
             filter: Some(filter_fingerprint(&s.config)),
+            refused_feeds,
         })
     }
 

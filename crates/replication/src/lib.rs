@@ -368,7 +368,7 @@ impl Replicator {
         cfg.validate()?;
         let rec = declare::unsaved(name);
         let mut run = Run::new(self, &rec, cfg, Arc::new(Progress::default()))?;
-        tokio::time::timeout(CHECK_TIMEOUT, run.handshake())
+        tokio::time::timeout(CHECK_TIMEOUT, run.handshake_whole())
             .await
             .unwrap_or_else(|_| {
                 Err(ReplError::Transport(format!(
@@ -1051,7 +1051,7 @@ impl Replicator {
     pub async fn verify(&self, name: &str) -> Result<Vec<PairVerdict>, ReplError> {
         let (rec, cfg) = self.record(name).await?;
         let mut run = Run::new(self, &rec, &cfg, Arc::new(Progress::default()))?;
-        run.handshake().await?;
+        run.handshake_whole().await?;
         let filter = Filter::new(&cfg.include, &cfg.exclude)?;
         let remote = run.remote();
         let mut out = Vec::new();

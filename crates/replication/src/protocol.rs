@@ -64,6 +64,23 @@ pub struct HandshakeResponse {
     /// peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
+    /// Feeds of the request this side does not serve (the incoming
+    /// replication no longer includes it, or it does not exist here), with
+    /// why: the outgoing side replicates the others and reports these as
+    /// failed, instead of stopping every feed. A handshake none of whose
+    /// feeds is served is refused whole. Empty from an older peer, which
+    /// refuses the whole handshake instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_feeds: Vec<RefusedFeed>,
+}
+
+/// A feed of a handshake's request that the incoming side does not serve
+/// ([`HandshakeResponse::refused_feeds`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusedFeed {
+    /// The incoming side's feed name, as the request gave it.
+    pub feed: FeedName,
+    pub reason: String,
 }
 
 /// An item or a tombstone in its current state.
