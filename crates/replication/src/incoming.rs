@@ -628,6 +628,10 @@ impl Replicator {
         if keys.len() > MAX_PAGE {
             return Err(ReplError::Invalid(format!("at most {MAX_PAGE} keys per lookup")));
         }
+        // Each key answered once, however often it is named (a small
+        // request must not buy a large answer).
+        let mut seen = HashSet::with_capacity(keys.len());
+        let keys: Vec<ItemKey> = keys.into_iter().filter(|k| seen.insert(k.clone())).collect();
         let feed = self.session_feed(s, feed).await?;
         Ok(self
             .store()

@@ -498,6 +498,19 @@ async fn an_incoming_replication_filter_narrows_what_its_peers_read() {
     let stamps = &r.json()["stamps"];
     assert!(stamps[0].is_null(), "{stamps}");
     assert!(!stamps[1].is_null(), "{stamps}");
+    // The current entries of given keys: each key answered once, however
+    // often it is named.
+    let r = i
+        .send(
+            "POST",
+            "/api/replication/v1/feeds/files/entries",
+            Some(&token),
+            &[JSON],
+            json!({ "keys": ["share/a.txt", "share/a.txt", "share/a.txt"] }).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["entries"].as_array().unwrap().len(), 1, "{}", r.text());
     // Deletions and bytes ahead are counted by feed: not told to a
     // filtered replication's peer (the secret's size would show).
     let r = i
