@@ -127,6 +127,18 @@ impl Mode {
         })
     }
 
+    /// Whether the flows are the ones the name stands for (any flows but
+    /// none at all, for custom). A stored or received mode that is not is
+    /// not one this protocol knows.
+    pub fn is_consistent(&self) -> bool {
+        match self.name {
+            ModeName::Mirror => self.flows == Mode::mirror().flows,
+            ModeName::Pull => self.flows == Mode::pull().flows,
+            ModeName::Push => self.flows == Mode::push().flows,
+            ModeName::Custom => Mode::custom(self.flows).is_ok(),
+        }
+    }
+
     /// Describes the mode in the words of the CLI, for error messages.
     pub fn describe(&self) -> String {
         match self.name {

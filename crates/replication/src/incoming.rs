@@ -152,6 +152,12 @@ impl Replicator {
             self.diag().log(Level::Error, format!("{name}: {msg}"));
             return Err(ReplError::Invalid(msg));
         };
+        if !req.mode.is_consistent() {
+            return Err(ReplError::Invalid(format!(
+                "the handshake's mode is named {} but its flows are not that mode's (use custom for other flows)",
+                req.mode.name.as_str()
+            )));
+        }
         if req.instance_id == self.ferry().instance_id() {
             let msg = format!(
                 "replication to the same instance ({}) is not allowed: to copy between feeds of one instance, point the outgoing URL at another instance",

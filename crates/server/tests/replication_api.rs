@@ -90,6 +90,20 @@ async fn tokens_handshake_and_mode_permissions() {
         "{msg}"
     );
 
+    // A mode named pull whose flows are push's is no mode at all: 400.
+    let forged = json!({"name":"pull","flows":{"pull_missing":false,"push_missing":true,"delete_local":false,"delete_remote":true}});
+    let r = i
+        .send(
+            "POST",
+            "/api/replication/v1/handshake",
+            Some(&token),
+            &[JSON],
+            handshake(forged, OTHER),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("named pull but its flows"), "{}", r.text());
+
     // The same instance: refused.
     let me = i.ferry.instance_id().to_string();
     let r = i
