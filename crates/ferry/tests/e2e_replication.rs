@@ -986,6 +986,14 @@ fn a_feed_the_hub_no_longer_serves_fails_alone() {
         log.contains("feed docs: the other instance refuses it: feed docs is not part of replication edge"),
         "{log}"
     );
+    // The hub's view of the spoke says so too.
+    let peers = hub.cli_json(&["replication", "peers", "edge", "--json"]);
+    assert!(
+        peers[0]["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("feed docs is not part of replication edge")),
+        "{peers}"
+    );
     // A replication naming the dropped feed is refused when created.
     let err = spoke.cli_fails(&[
         "replication",

@@ -133,6 +133,12 @@ impl Replicator {
         // token could take over).
         if s.instance.is_some() {
             self.peer_handshake(s, &req, version, answer.is_ok()).await;
+            // A feed refused alone is this peer's error too, as seen here.
+            if let Ok(a) = &answer
+                && let Some(f) = a.refused_feeds.first()
+            {
+                self.peer_error(s, &ReplError::Refused(f.reason.clone()));
+            }
         }
         answer
     }
