@@ -377,7 +377,7 @@ pub fn declarations(
             && !g.max_share.is_finite()
         {
             anyhow::bail!(
-                "{}: the delete guard's share must be between 0 and 1 (got {})",
+                "{}: the delete guard's share must be between 0 and 1 (got {}); nothing was changed",
                 at(),
                 g.max_share
             );

@@ -377,3 +377,49 @@ fn a_bundle_stamped_from_a_clock_far_ahead_is_refused_whole() {
     assert!(site.lacks("mirror", "a.txt"));
     assert!(site.lacks("mirror", "b.txt"));
 }
+
+/// A mass deletion carried in several small bundles is stopped too: the
+/// deletions of bundles imported within the hour count together.
+#[test]
+fn a_mass_deletion_split_across_bundles_is_stopped_too() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let items: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("s/{i:03}"), format!("item {i}")))
+        .collect();
+    hub.put_assets("files", &items);
+    let site = Server::start();
+    site.create_feed("mirror", "assets");
+    let dir = tempfile::tempdir().unwrap();
+    let all = dir.path().join("all.bundle");
+    let mut until = export(&hub, "files", 0, &all);
+    site.cli_ok(&["bundle", "import", "mirror", all.to_str().unwrap()]);
+
+    let mut bundles = Vec::new();
+    for (n, range) in [(1, 0..75), (2, 75..150)] {
+        let gone: Vec<String> = range.map(|i| format!("s/{i:03}")).collect();
+        hub.delete_assets("files", &gone);
+        let file = dir.path().join(format!("part{n}.bundle"));
+        until = export(&hub, "files", until, &file);
+        bundles.push(file);
+    }
+    let out = site.cli_ok(&["bundle", "import", "mirror", bundles[0].to_str().unwrap()]);
+    assert!(out.contains("(75 deleting an item)"), "{out}");
+    let err = site.cli_fails(&["bundle", "import", "mirror", bundles[1].to_str().unwrap()]);
+    assert!(
+        err.contains("409")
+            && err.contains("would delete 75 of the 125 items")
+            && err.contains("75 deleted by bundles imported in the last hour already"),
+        "{err}"
+    );
+    assert!(site.serves("mirror", "s/100", b"item 100"));
+    site.cli_ok(&[
+        "bundle",
+        "import",
+        "mirror",
+        bundles[1].to_str().unwrap(),
+        "--confirm-deletes",
+    ]);
+    assert!(site.lacks("mirror", "s/100"));
+    assert!(site.serves("mirror", "s/150", b"item 150"));
+}

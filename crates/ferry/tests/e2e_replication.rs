@@ -695,6 +695,19 @@ fn update_rotates_the_token_and_changes_filters_without_deleting() {
     let view = spoke.cli_json(&["replication", "list", "--json"]);
     assert_eq!(view[0]["config"]["interval_secs"], 120);
     assert_eq!(view[0]["config"]["include"], json!([]));
+    // An interval past 30 days is refused, and the replication keeps
+    // running as it was (a huge one once stopped its scheduler).
+    for huge in ["2592001", "9223372036854775807", "18446744073709551615"] {
+        let err = spoke.cli_fails(&["replication", "update", "from-hub", "--interval", huge]);
+        assert!(err.contains("at most 2592000 seconds"), "{huge}: {err}");
+    }
+    let view = spoke.cli_json(&["replication", "list", "--json"]);
+    assert_eq!(view[0]["config"]["interval_secs"], 120);
+    hub.put_asset("files", "docs/f.txt", b"f");
+    assert!(
+        wait_until(SYNC, || spoke.serves("files", "docs/f.txt", b"f")),
+        "the replication stopped following the hub"
+    );
     spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
     assert!(spoke.serves("files", "bin/d.bin", b"d"));
     assert!(spoke.lacks("files", "bin/b.bin"));

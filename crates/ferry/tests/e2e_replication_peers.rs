@@ -184,9 +184,44 @@ fn a_batch_cut_while_sending_is_the_peers_last_error() {
     assert!(
         wait_until(20, || named(&peers(&hub), "site-c").is_some_and(|p| {
             let m = p["last_error"]["message"].as_str().unwrap_or("");
-            m.contains("a blob batch was cut after sending 0 of 1 blobs") && m.contains(hex)
+            m.contains("a blob batch was cut after 0 of its 1 blobs were sent whole") && m.contains(hex)
         })),
         "{:?}",
         peers(&hub)
     );
+}
+
+/// A batch cut because the spoke's token was revoked while a slow spoke
+/// (its bandwidth cap) was taking it: the hub's view says so, with the
+/// revocation as the reason.
+#[test]
+fn a_batch_cut_by_a_revocation_is_the_peers_last_error() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let big: Vec<u8> = (0..30_000_000u32).map(|i| (i % 241) as u8).collect();
+    hub.put_asset("files", "big.bin", &big);
+    let spoke = Server::start_with(&[("FERRY_INSTANCE_NAME", "site-d")]);
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600", "--bandwidth-limit", "1000000"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    hub.cli_ok(&["replication", "revoke", "edge", &token[4..20]]);
+    assert!(
+        wait_until(20, || named(&peers(&hub), "site-d").is_some_and(|p| {
+            let m = p["last_error"]["message"].as_str().unwrap_or("");
+            m.contains("a blob batch was cut after 0 of its 1 blobs were sent whole")
+                && m.contains("revoked")
+                && p["last_error"]["transfer"] == true
+        })),
+        "{:?}",
+        peers(&hub)
+    );
+    assert!(spoke.lacks("files", "big.bin"));
 }

@@ -258,16 +258,19 @@ pub enum FrameCut {
 }
 
 /// Sends one blob's frame into `tx`: `header` (whose `length` the body
-/// must give exactly), then the body's bytes. Errors ([`FrameCut`]): the
-/// stream must end here, because the reader went away or the body failed
-/// or gave another length (the error went into `tx`, which cuts the
-/// stream: a frame is never short).
+/// must give exactly), then the body's bytes. Returns the frame's size in
+/// bytes (header line and body). Errors ([`FrameCut`]): the stream must
+/// end here, because the reader went away or the body failed or gave
+/// another length (the error went into `tx`, which cuts the stream: a
+/// frame is never short).
 pub async fn send_frame(
     tx: &FrameSender,
     header: &FrameHeader,
     mut body: ByteStream,
-) -> Result<(), FrameCut> {
-    if tx.send(Ok(header.encode())).await.is_err() {
+) -> Result<u64, FrameCut> {
+    let head = header.encode();
+    let head_len = head.len() as u64;
+    if tx.send(Ok(head)).await.is_err() {
         return Err(FrameCut::ReaderGone);
     }
     let mut sent = 0u64;
@@ -291,7 +294,7 @@ pub async fn send_frame(
         let _ = tx.send(Err(std::io::Error::other(why.clone()))).await;
         return Err(FrameCut::Failed(why));
     }
-    Ok(())
+    Ok(head_len + sent)
 }
 
 /// A byte stream fed by [`FrameReader::pump`].

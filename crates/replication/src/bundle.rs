@@ -480,7 +480,7 @@ impl Replicator {
         // ahead would freeze its key everywhere the bundle goes.
         for e in &entries {
             self.ferry().check_stamp(&e.key, &e.stamp).map_err(|e| {
-                bad(&format!(
+                ReplError::Invalid(format!(
                     "{e}; nothing of the bundle was applied: import it again once the clocks agree"
                 ))
             })?;
@@ -488,9 +488,22 @@ impl Replicator {
         let deleting = self.bundle_deletions(&feed, &entries).await?;
         if deleting > 0 {
             let live = self.store().live_count(feed.id).await?;
-            if !confirm_deletes && guard.trips(deleting, live) {
+            // Bundles imported within the hour count together, as an
+            // execution's deletions do, so a mass deletion cannot be
+            // carried in several small bundles.
+            let recent = if confirm_deletes {
+                0
+            } else {
+                self.recent_bundle_deletions(feed.id)
+            };
+            if !confirm_deletes && guard.trips(deleting + recent, live + recent) {
+                let earlier = if recent > 0 {
+                    format!(" ({recent} deleted by bundles imported in the last hour already)")
+                } else {
+                    String::new()
+                };
                 return Err(ReplError::Conflict(format!(
-                    "the bundle would delete {deleting} of the {live} items of feed {}; the limit is over {:.0}% and over {} items, and nothing of the bundle was applied. Import it with --confirm-deletes (`?confirm_deletes=true`) to delete them",
+                    "the bundle would delete {deleting} of the {live} items of feed {}{earlier}; the limit is over {:.0}% and over {} items, and nothing of the bundle was applied. Import it with --confirm-deletes (`?confirm_deletes=true`) to delete them",
                     feed.name,
                     guard.max_share * 100.0,
                     guard.max_items
@@ -530,6 +543,7 @@ impl Replicator {
         }
         report.entries = entries.len() as u64;
         report.until = header.until;
+        self.note_bundle_deletions(feed.id, deleting, confirm_deletes);
         for chunk in entries.chunks(500) {
             for o in self
                 .ferry()
@@ -547,7 +561,42 @@ impl Replicator {
     }
 }
 
+/// How long deletions by bundle imports count together against the delete
+/// guard (as an execution's do), in milliseconds.
+const BUNDLE_GUARD_WINDOW_MS: i64 = 3_600_000;
+
 impl Replicator {
+    /// Items of `feed` deleted by bundles imported in the last hour on this
+    /// node (none counted since a confirmed import).
+    fn recent_bundle_deletions(&self, feed: ferry_store::FeedId) -> u64 {
+        let now = ferry_store::now_millis();
+        self.0
+            .bundle_deletions
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&feed).copied())
+            .filter(|(since, _)| now - since <= BUNDLE_GUARD_WINDOW_MS)
+            .map_or(0, |(_, n)| n)
+    }
+
+    /// Counts `n` deletions of an import into `feed` (a confirmed import
+    /// starts the count afresh).
+    fn note_bundle_deletions(&self, feed: ferry_store::FeedId, n: u64, confirmed: bool) {
+        if n == 0 && !confirmed {
+            return;
+        }
+        let now = ferry_store::now_millis();
+        if let Ok(mut m) = self.0.bundle_deletions.lock() {
+            let slot = m.entry(feed).or_insert((now, 0));
+            if confirmed || now - slot.0 > BUNDLE_GUARD_WINDOW_MS {
+                *slot = (now, 0);
+            }
+            if !confirmed {
+                slot.1 += n;
+            }
+        }
+    }
+
     /// How many items live in `feed` the bundle's `entries` would delete:
     /// keys whose latest entry in the bundle is a tombstone stamped later
     /// than the live item here.

@@ -281,6 +281,10 @@ pub struct ReplicationConfig {
     pub blob_sources: Vec<BlobSource>,
 }
 
+/// Longest interval between executions, in seconds (30 days): longer
+/// ones are refused, and peers report none longer.
+pub const MAX_INTERVAL_SECS: u64 = 30 * 24 * 3600;
+
 /// Longest URL of another instance accepted (characters).
 const MAX_URL: usize = 2048;
 
@@ -335,6 +339,12 @@ impl ReplicationConfig {
         self.validate_blob_sources()?;
         if self.interval_secs == 0 {
             return Err(ReplError::Invalid("--interval must be at least 1 second".into()));
+        }
+        if self.interval_secs > MAX_INTERVAL_SECS {
+            return Err(ReplError::Invalid(format!(
+                "--interval must be at most {MAX_INTERVAL_SECS} seconds (30 days; got {})",
+                self.interval_secs
+            )));
         }
         crate::filter::Filter::new(&self.include, &self.exclude)?;
         Ok(())

@@ -146,6 +146,12 @@ impl Replicator {
                 "token {} belongs to another replication",
                 t.id
             ))),
+            Some(existing) if existing.revoked && existing.hash != t.secret_sha256 => {
+                Err(ReplError::Invalid(format!(
+                    "token {} was revoked here (with another secret): a revoked token's id is not used again; generate a new token (`ferry config token`)",
+                    t.id
+                )))
+            }
             Some(existing) if existing.hash != t.secret_sha256 => Err(ReplError::Invalid(format!(
                 "token {} is already accepted with another secret",
                 t.id

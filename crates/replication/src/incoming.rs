@@ -4,6 +4,7 @@
 //! pulls.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::CoreError;
@@ -1123,35 +1124,25 @@ impl Replicator {
             .collect();
         let ferry = self.ferry().clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
-        let (r, session, total) = (self.clone(), s.clone(), plan.len());
+        let tally = Arc::new(BatchTally::default());
+        let producer = tally.clone();
+        let blobs = plan.len();
         tokio::spawn(async move {
-            let mut done = 0;
-            // A batch that ends early is this peer's last error, as seen
-            // from here (the other side sees a cut body).
-            let sent = send_batch(&ferry, &tx, plan, &sizes, &mut done).await;
-            if sent.is_ok() && done == total {
-                r.peer_transfer(&session, None);
-            }
-            if let Err(cut) = sent {
-                let why = match cut {
-                    crate::batch::FrameCut::Failed(why) => why,
-                    // Cut here by `guard_body` (its token revoked, what it
-                    // may read changed), or by the other side.
-                    crate::batch::FrameCut::ReaderGone => match r.session_still_holds(&session).await {
-                        Err(e) => e.to_string(),
-                        Ok(()) => "the other instance stopped reading (it closed the connection or gave up)"
-                            .to_owned(),
-                    },
-                };
-                r.peer_transfer(
-                    &session,
-                    Some(format!(
-                        "a blob batch was cut after sending {done} of {total} blobs: {why}"
-                    )),
-                );
-            }
+            let sent = send_batch(&ferry, &tx, plan, &sizes, &producer).await;
+            *lock(&producer.outcome) = Some(sent);
         });
-        Ok(self.guard_body(s, crate::batch::channel_stream(rx)))
+        // What became of the batch is known once the connection has taken
+        // its bytes, or given up on them: see `Delivered`.
+        let delivered = Delivered {
+            body: crate::batch::channel_stream(rx),
+            tally,
+            taken: 0,
+            ended: false,
+            r: self.clone(),
+            session: s.clone(),
+            blobs,
+        };
+        Ok(self.guard_body(s, delivered))
     }
 }
 
@@ -1159,16 +1150,110 @@ impl Replicator {
 /// (status and reason) when it is.
 type Planned = (crate::batch::BlobWant, Option<(u16, String)>);
 
-/// Sends the frames of a batch's `plan` into `tx` in order, counting in
-/// `done` the blobs whose bytes were sent whole (not those refused).
-/// Errors: why the stream ended early.
+/// What a batch's producer and the stream the connection reads share:
+/// where each blob frame sent whole ends in the body (bytes), and how the
+/// producer ended.
+#[derive(Default)]
+struct BatchTally {
+    ends: std::sync::Mutex<Vec<u64>>,
+    outcome: std::sync::Mutex<Option<Result<(), crate::batch::FrameCut>>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A batch's body as the connection takes it. When it is dropped — read
+/// to its end, or given up (the peer gone, the body cut by
+/// `Replicator::guard_body` or by a blob that failed) — the peer's
+/// transfer is noted ([`Replicator::peer_transfer`]): sent whole, or cut
+/// after how many blobs the connection had taken whole, and why.
+struct Delivered {
+    body: ByteStream,
+    tally: Arc<BatchTally>,
+    /// Bytes the connection took so far.
+    taken: u64,
+    /// The body gave its end (every byte taken).
+    ended: bool,
+    r: Replicator,
+    session: Session,
+    /// Blobs the batch was asked for.
+    blobs: usize,
+}
+
+impl futures::Stream for Delivered {
+    type Item = std::io::Result<bytes::Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let next = self.body.as_mut().poll_next(cx);
+        match &next {
+            std::task::Poll::Ready(Some(Ok(c))) => self.taken += c.len() as u64,
+            std::task::Poll::Ready(None) => self.ended = true,
+            _ => {}
+        }
+        next
+    }
+}
+
+impl Drop for Delivered {
+    fn drop(&mut self) {
+        let outcome = lock(&self.tally.outcome).clone();
+        let taken = self.taken;
+        let whole = lock(&self.tally.ends).iter().filter(|end| **end <= taken).count();
+        if self.ended && matches!(outcome, Some(Ok(()))) {
+            // Every blob asked for sent whole (none refused) settles a cut
+            // noted before.
+            if whole == self.blobs {
+                self.r.peer_transfer(&self.session, None);
+            }
+            return;
+        }
+        let (r, session, blobs) = (self.r.clone(), self.session.clone(), self.blobs);
+        let note = async move {
+            let why = match outcome {
+                Some(Err(crate::batch::FrameCut::Failed(why))) => why,
+                // Cut here by `guard_body` (its token revoked, what it may
+                // read changed), or by the other side.
+                _ => match r.session_still_holds(&session).await {
+                    Err(e) => e.to_string(),
+                    Ok(()) => {
+                        "the other instance stopped reading (it closed the connection or gave up)".to_owned()
+                    }
+                },
+            };
+            r.peer_transfer(
+                &session,
+                Some(format!(
+                    "a blob batch was cut after {whole} of its {blobs} blobs were sent whole: {why}"
+                )),
+            );
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(note);
+        }
+    }
+}
+
+/// Sends the frames of a batch's `plan` into `tx` in order, noting in
+/// `tally` where each blob frame sent whole ends (refusals are not
+/// counted). Errors: why the stream ended early.
 async fn send_batch(
     ferry: &ferry_core::Ferry,
     tx: &crate::batch::FrameSender,
     plan: Vec<Planned>,
     sizes: &HashMap<Digest, Option<u64>>,
-    done: &mut usize,
+    tally: &BatchTally,
 ) -> Result<(), crate::batch::FrameCut> {
+    let mut at = 0u64;
+    let mut frame = |(blob, bytes): (bool, u64)| {
+        at += bytes;
+        if blob {
+            lock(&tally.ends).push(at);
+        }
+    };
     use crate::batch::{FrameCut, FrameHeader};
     let small = |(w, refusal): &Planned| {
         refusal.is_none()
@@ -1179,8 +1264,15 @@ async fn send_batch(
                 .flatten()
                 .is_some_and(|n| n <= SMALL_BLOB)
     };
-    let refuse =
-        |h: FrameHeader| async move { tx.send(Ok(h.encode())).await.map_err(|_| FrameCut::ReaderGone) };
+    // A refusal: its header only, no blob sent.
+    let refuse = |h: FrameHeader| async move {
+        let head = h.encode();
+        let n = head.len() as u64;
+        tx.send(Ok(head))
+            .await
+            .map(|()| (false, n))
+            .map_err(|_| FrameCut::ReaderGone)
+    };
     let mut plan = plan.into_iter().peekable();
     while let Some(first) = plan.next() {
         // A run of small whole blobs is read in one pass of the store (one
@@ -1207,31 +1299,25 @@ async fn send_batch(
                 }
             };
             for (w, r) in run.into_iter().zip(read) {
-                let sent = match r {
+                frame(match r {
                     Ok(Some(bytes)) => {
                         let head = FrameHeader::blob(w.digest, 0, bytes.len() as u64);
                         let body: ByteStream = Box::pin(futures::stream::once(async move { Ok(bytes) }));
-                        crate::batch::send_frame(tx, &head, body).await.map(|()| true)?
+                        (true, crate::batch::send_frame(tx, &head, body).await?)
                     }
                     // Grown past a small read since it was sized: streamed
                     // as a large one.
                     Ok(None) => send_blob(ferry, tx, &w, sizes).await?,
-                    Err(e) => refuse(FrameHeader::refusal(w.digest, frame_status(&e), e.to_string()))
-                        .await
-                        .map(|()| false)?,
-                };
-                *done += usize::from(sent);
+                    Err(e) => refuse(FrameHeader::refusal(w.digest, frame_status(&e), e.to_string())).await?,
+                });
             }
             continue;
         }
         let (w, refusal) = first;
-        let sent = match refusal {
-            Some((status, error)) => refuse(FrameHeader::refusal(w.digest, status, error))
-                .await
-                .map(|()| false)?,
+        frame(match refusal {
+            Some((status, error)) => refuse(FrameHeader::refusal(w.digest, status, error)).await?,
             None => send_blob(ferry, tx, &w, sizes).await?,
-        };
-        *done += usize::from(sent);
+        });
     }
     Ok(())
 }
@@ -1245,14 +1331,14 @@ const SMALL_RUN_BYTES: u64 = 8 << 20;
 
 /// Sends blob `w` as one frame of a batch (from its offset), or the frame
 /// that says why it cannot be (not stored, its offset past its end,
-/// unreadable): true for the former. Errors: the receiving side is gone or
-/// the body broke.
+/// unreadable): whether it was the former, and the frame's size in bytes.
+/// Errors: the receiving side is gone or the body broke.
 async fn send_blob(
     ferry: &ferry_core::Ferry,
     tx: &crate::batch::FrameSender,
     w: &crate::batch::BlobWant,
     sizes: &HashMap<Digest, Option<u64>>,
-) -> Result<bool, crate::batch::FrameCut> {
+) -> Result<(bool, u64), crate::batch::FrameCut> {
     use crate::batch::FrameHeader;
     let refuse = |status: u16, error: String| FrameHeader::refusal(w.digest, status, error);
     let header = match sizes.get(&w.digest).copied().flatten() {
@@ -1262,7 +1348,7 @@ async fn send_blob(
                     let head = FrameHeader::blob(w.digest, w.offset, size - w.offset);
                     return crate::batch::send_frame(tx, &head, body.stream)
                         .await
-                        .map(|()| true);
+                        .map(|n| (true, n));
                 }
                 Err(e) => refuse(frame_status(&e), e.to_string()),
             }
@@ -1276,9 +1362,11 @@ async fn send_blob(
         ),
         None => refuse(404, format!("blob {} is not stored here", w.digest)),
     };
-    tx.send(Ok(header.encode()))
+    let head = header.encode();
+    let n = head.len() as u64;
+    tx.send(Ok(head))
         .await
-        .map(|()| false)
+        .map(|()| (false, n))
         .map_err(|_| crate::batch::FrameCut::ReaderGone)
 }
 

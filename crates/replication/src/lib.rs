@@ -85,6 +85,10 @@ struct Inner {
     polled: Mutex<HashMap<(i64, FeedName), Polled>>,
     /// Handshakes an execution may reuse, by replication id.
     handshakes: Mutex<HashMap<i64, (std::time::Instant, protocol::HandshakeResponse)>>,
+    /// Items deleted by bundle imports, by feed: when the count started
+    /// (ms) and how many since, so bundles imported within the delete
+    /// guard's hour count together (kept by this node while it runs).
+    bundle_deletions: Mutex<HashMap<ferry_store::FeedId, (i64, u64)>>,
     /// The executions the last stop cut were closed
     /// ([`Replicator::close_interrupted`]): done once, before any starts.
     recovered: std::sync::atomic::AtomicBool,
@@ -198,6 +202,7 @@ impl Replicator {
             peer_book: peers::PeerBook::default(),
             polled: Mutex::new(HashMap::new()),
             handshakes: Mutex::new(HashMap::new()),
+            bundle_deletions: Mutex::new(HashMap::new()),
             recovered: std::sync::atomic::AtomicBool::new(false),
         }))
     }

@@ -37,9 +37,7 @@ const MAX_NAME: usize = 128;
 pub const MAX_PEERS: usize = 10_000;
 /// Most tokens kept as candidates to take a peer over.
 const MAX_CANDIDATES: usize = 4;
-/// Longest interval a peer may report (a week, in seconds); shorter than
-/// a second counts as a second.
-const MAX_INTERVAL_SECS: u64 = 7 * 24 * 3600;
+use crate::config::MAX_INTERVAL_SECS;
 
 /// How far a peer is behind in one feed it reads: saved as of its last
 /// page, shown as of the listing ([`Replicator::peers`]).
@@ -690,7 +688,9 @@ impl Replicator {
                     (now - state.last_contact).max(0) as f64 / 1000.0
                 };
                 let interval = state.interval_secs.unwrap_or(DEFAULT_INTERVAL_SECS).max(1);
-                let allowed = (multiple * interval).max(quiet_floor + interval);
+                let allowed = multiple
+                    .saturating_mul(interval)
+                    .max(quiet_floor.saturating_add(interval));
                 let lag_seconds = state.feeds.values().map(|f| f.lag_seconds).fold(0.0, f64::max);
                 PeerView {
                     connected,

@@ -164,7 +164,11 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
         let interval = Duration::from_secs(cfg.interval_secs);
         let covered = covered_by_another_node(&r, id, trigger, woken_at, interval).await;
         let (failed, stopped, delay) = if let Some(since) = held_since.take() {
-            let left = (since + interval.as_millis() as i64 - now_millis()).max(0);
+            let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+            let left = since
+                .saturating_add(interval_ms)
+                .saturating_sub(now_millis())
+                .max(0);
             (false, true, Duration::from_millis(left as u64))
         } else if let Some(next) = covered {
             // Another node of the instance ran (or runs) it: this node's
@@ -194,8 +198,11 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
         } else {
             delay
         };
-        r.set_next_run(id, now_millis() + delay.as_millis() as i64);
-        let due = tokio::time::Instant::now() + delay;
+        // Saturating: a stored interval past what is accepted now (or any
+        // delay too far ahead) waits as long as it can, never panics.
+        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        r.set_next_run(id, now_millis().saturating_add(delay_ms));
+        let due = due_after(tokio::time::Instant::now(), delay);
         trigger = loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => break "schedule",
@@ -236,15 +243,26 @@ async fn covered_by_another_node(
         return None;
     }
     let last = r.store().executions(id, 1).await.ok()?.into_iter().next()?;
-    let interval_ms = interval.as_millis() as i64;
+    let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
     let now = now_millis();
     let covered = match trigger {
-        "schedule" => last.started_at + interval_ms > now,
+        "schedule" => last.started_at.saturating_add(interval_ms) > now,
         _ => last.started_at >= woken_at,
     };
     covered.then(|| {
-        Duration::from_millis((last.started_at + interval_ms - now).clamp(1000, interval_ms.max(1000)) as u64)
+        Duration::from_millis(
+            (last.started_at.saturating_add(interval_ms) - now).clamp(1000, interval_ms.max(1000)) as u64,
+        )
     })
+}
+
+/// When a wait of `delay` from `now` ends: at most [`MAX_INTERVAL_SECS`]
+/// ahead when `delay` is too long for the clock (never a panic).
+///
+/// [`MAX_INTERVAL_SECS`]: crate::config::MAX_INTERVAL_SECS
+fn due_after(now: tokio::time::Instant, delay: Duration) -> tokio::time::Instant {
+    now.checked_add(delay)
+        .unwrap_or_else(|| now + Duration::from_secs(crate::config::MAX_INTERVAL_SECS))
 }
 
 /// Wakes the main loop when there is something to move.
@@ -392,5 +410,21 @@ impl Drop for AbortOnDrop {
         for t in &self.0 {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delay_too_long_for_the_clock_waits_the_longest_interval() {
+        let now = tokio::time::Instant::now();
+        let due = due_after(now, Duration::from_secs(u64::MAX));
+        assert_eq!(due - now, Duration::from_secs(crate::config::MAX_INTERVAL_SECS));
+        assert_eq!(
+            due_after(now, Duration::from_secs(60)) - now,
+            Duration::from_secs(60)
+        );
     }
 }

@@ -297,7 +297,16 @@ async fn get_blob(
         let mut out = (
             axum::http::StatusCode::RANGE_NOT_SATISFIABLE,
             Json(serde_json::json!({
-                "error": format!("the range asked for is past the end of blob {d} ({size} bytes)")
+                "error": format!(
+                    "the range asked for ({}) cannot be served from blob {d} ({size} bytes): it begins past the end or is not one valid byte range",
+                    headers
+                        .get(axum::http::header::RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("?")
+                        .chars()
+                        .take(100)
+                        .collect::<String>()
+                )
             })),
         )
             .into_response();

@@ -346,4 +346,10 @@ async fn a_declared_token_revoked_here_stays_revoked_and_is_named() {
             .is_none_or(Vec::is_empty),
         "{out}"
     );
+    // Declared again with another secret: refused, saying it was revoked.
+    let mut other = hub();
+    other["replications"][0]["accept_tokens"][0]["sha256"] = json!("cd".repeat(32));
+    let r = put(&i, Some(ADMIN), other).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("was revoked here"), "{}", r.text());
 }

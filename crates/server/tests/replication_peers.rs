@@ -655,7 +655,7 @@ async fn another_token_cannot_rewrite_a_spoke_and_names_lose_control_characters(
     let list = peers(hub).await;
     let a = peer(&list, SPOKE_A);
     assert_eq!(a["name"], "]0;xsitetxt.exeline", "{a}");
-    assert_eq!(a["interval_secs"], 7 * 24 * 3600, "{a}");
+    assert_eq!(a["interval_secs"], 30 * 24 * 3600, "{a}");
     let r = from(
         hub,
         SPOKE_A,

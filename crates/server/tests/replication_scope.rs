@@ -445,6 +445,22 @@ async fn an_incoming_replication_filter_narrows_what_its_peers_read() {
         r.text()
     );
     assert_eq!(r.headers["content-range"], "bytes */6");
+    // One that is no valid range says so, naming what was asked.
+    let r = i
+        .send(
+            "GET",
+            &format!("/api/replication/v1/blobs/{shared}"),
+            Some(&token),
+            &[("range", "bytes=5-2")],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE, "{}", r.text());
+    let why = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        why.contains("(bytes=5-2)") && why.contains("not one valid byte range"),
+        "{why}"
+    );
     // A blob named many times would be sent as many times: refused whole.
     let r = i
         .send(
