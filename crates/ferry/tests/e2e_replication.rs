@@ -1023,3 +1023,73 @@ fn a_feed_the_hub_no_longer_serves_fails_alone() {
     ]);
     assert!(err.contains("not part of replication edge"), "{err}");
 }
+
+/// Settings changed while an execution runs are stored at once (a cap set
+/// too low is undone without waiting for it to crawl to its end); the
+/// running execution keeps its own, and a filter change stops it so that
+/// the next one starts at once with the new settings.
+#[test]
+fn settings_change_at_once_while_an_execution_runs() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let big = payload("big", 2_000_000);
+    hub.put_asset("files", "big.bin", &big);
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600", "--bandwidth-limit", "1024"],
+    );
+    assert!(
+        wait_until(SYNC, || spoke
+            .executions("from-hub")
+            .first()
+            .is_some_and(|e| e["outcome"].is_null())),
+        "no execution running"
+    );
+    // Under a time limit: before, this waited for the running execution
+    // (half an hour at this cap).
+    let update = |args: &[&str]| {
+        std::process::Command::new("timeout")
+            .arg("60")
+            .arg(support::bin())
+            .args(["replication", "update", "from-hub"])
+            .args(args)
+            .env("FERRY_URL", &spoke.url)
+            .env("FERRY_API_KEY", support::ADMIN)
+            .output()
+            .unwrap()
+    };
+    let out = update(&["--bandwidth-limit", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let view = spoke.cli_json(&["replication", "list", "--json"]);
+    assert!(view[0]["config"]["bandwidth_limit"].is_null(), "{view}");
+    assert!(
+        spoke.executions("from-hub")[0]["outcome"].is_null(),
+        "the running execution ended"
+    );
+    // A filter change stops it; the next one, uncapped, brings the file.
+    let out = update(&["--exclude", "nothing/**"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_until(SYNC, || spoke.serves("files", "big.bin", &big)),
+        "{:#?}",
+        spoke.executions("from-hub")
+    );
+    assert!(
+        spoke
+            .executions("from-hub")
+            .iter()
+            .any(|e| e["outcome"] == "stopped"),
+        "{:#?}",
+        spoke.executions("from-hub")
+    );
+    // A cap below 1 KiB/s is refused.
+    let err = spoke.cli_fails(&["replication", "update", "from-hub", "--bandwidth-limit", "1"]);
+    assert!(err.contains("at least 1024 bytes per second"), "{err}");
+}

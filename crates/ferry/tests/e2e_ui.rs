@@ -576,16 +576,17 @@ async fn hub_and_spoke_set_up_and_replicated_entirely_through_the_ui() {
         "{t}"
     );
     // ---- a slow execution: the plan lists its items, and Stop ends it.
-    // A cap of 1000 bytes/s and an exclude pattern, set on the edit page.
+    // A cap of 1 KiB/s (the lowest) and an exclude pattern, set on the
+    // edit page.
     c.goto(&format!("{}/replications/from-hub/edit", spoke.url))
         .await
         .unwrap();
-    fill(&c, "#bandwidth", "1000").await;
+    fill(&c, "#bandwidth", "1024").await;
     fill(&c, "#exclude", "*.tmp").await;
     click(&c, "form.card button[type=submit]").await;
     let values = css(&c, "dl.values").await.text().await.unwrap();
     assert!(
-        values.contains("1000 B/s"),
+        values.contains("1.0 KiB/s"),
         "the cap, as the CLI writes sizes: {values}"
     );
     hub.put_asset("releases", "tools/app-2.0.tar.gz", &vec![b'2'; 300_000]);

@@ -285,6 +285,9 @@ pub struct ReplicationConfig {
 /// ones are refused, and peers report none longer.
 pub const MAX_INTERVAL_SECS: u64 = 30 * 24 * 3600;
 
+/// Lowest bandwidth cap accepted, in bytes per second (1 KiB/s).
+pub const MIN_BANDWIDTH: u64 = 1024;
+
 /// Longest URL of another instance accepted (characters).
 const MAX_URL: usize = 2048;
 
@@ -339,6 +342,11 @@ impl ReplicationConfig {
         self.validate_blob_sources()?;
         if self.interval_secs == 0 {
             return Err(ReplError::Invalid("--interval must be at least 1 second".into()));
+        }
+        if self.bandwidth_limit.is_some_and(|b| b < MIN_BANDWIDTH) {
+            return Err(ReplError::Invalid(format!(
+                "--bandwidth-limit must be 0 (no cap) or at least {MIN_BANDWIDTH} bytes per second"
+            )));
         }
         if self.interval_secs > MAX_INTERVAL_SECS {
             return Err(ReplError::Invalid(format!(
@@ -783,7 +791,7 @@ mod update_tests {
             token: Some(format!("fst_aaaaaaaaaaaaaaaa_{}", "b".repeat(64))),
             mode: "pull".into(),
             include: vec!["docs/**".into()],
-            bandwidth_limit: Some(1000),
+            bandwidth_limit: Some(100_000),
             ..Default::default()
         }
         .into_config()

@@ -425,23 +425,35 @@ impl Replicator {
         reconnect: bool,
     ) -> Result<serde_json::Value, ReplError> {
         let value = serde_json::to_value(cfg).map_err(|e| ReplError::Invalid(e.to_string()))?;
-        {
-            // Not while an execution runs with the old settings.
+        let filters_changed = cfg.include != old.include || cfg.exclude != old.exclude;
+        let mut stopped = false;
+        if filters_changed {
+            // Items a filter left out were passed over by the cursors; from
+            // the start again, so a wider filter brings them (what both ends
+            // already hold is skipped by its stamp). Not while an execution
+            // runs with the old filter (the cursors it saves would undo
+            // this): a running one is stopped first (it keeps what it
+            // moved) and the next starts at once.
+            stopped = self
+                .stop_execution(&rec.name, "an update of its filters")
+                .await?
+                .is_some();
             let lock = self.lock_for(rec.id);
             let _guard = lock.lock().await;
             self.store().update_replication(&rec.name, value.clone()).await?;
             self.sessions_changed();
-            if cfg.include != old.include || cfg.exclude != old.exclude {
-                // Items a filter left out were passed over by the cursors;
-                // from the start again, so a wider filter brings them (what
-                // both ends already hold is skipped by its stamp).
-                for p in &cfg.feeds {
-                    for dir in [Direction::Pull, Direction::Push] {
-                        let cursor = engine::cursor_name(dir, &p.local, &p.remote);
-                        self.store().set_cursor(rec.id, &cursor, 0).await?;
-                    }
+            for p in &cfg.feeds {
+                for dir in [Direction::Pull, Direction::Push] {
+                    let cursor = engine::cursor_name(dir, &p.local, &p.remote);
+                    self.store().set_cursor(rec.id, &cursor, 0).await?;
                 }
             }
+        } else {
+            // Any other setting: stored at once; an execution already
+            // running goes on with the settings it started with (a cap
+            // set too low is undone without waiting for it).
+            self.store().update_replication(&rec.name, value.clone()).await?;
+            self.sessions_changed();
         }
         self.forget_handshake(rec.id);
         if cfg.is_outgoing() {
@@ -452,7 +464,11 @@ impl Replicator {
                     .scheduler
                     .restart_watchers(self.clone(), rec.id, rec.name.clone());
             }
-            self.0.scheduler.wake(rec.id);
+            if stopped {
+                self.0.scheduler.wake_manual(rec.id);
+            } else {
+                self.0.scheduler.wake(rec.id);
+            }
         }
         Ok(value)
     }

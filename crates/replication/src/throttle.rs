@@ -44,15 +44,30 @@ pub async fn pace(rate: &Option<Arc<Rate>>, n: u64) {
 }
 
 /// Paces `stream` against the shared budget `rate` (none: unlimited).
+/// Chunks larger than a quarter second's worth (at least 256 bytes) are
+/// handed on in such pieces, so a low cap moves bytes steadily instead of
+/// holding a whole chunk back for minutes.
 pub fn limit(stream: ByteStream, rate: Option<Arc<Rate>>) -> ByteStream {
     let Some(rate) = rate else { return stream };
+    let piece = usize::try_from(rate.bytes_per_sec / 4)
+        .unwrap_or(usize::MAX)
+        .max(256);
     Box::pin(futures::stream::unfold(
-        (stream, rate),
-        |(mut s, rate)| async move {
-            let chunk = s.next().await?;
-            let due = rate.due(chunk.as_ref().map_or(0, |c| c.len() as u64));
-            tokio::time::sleep_until(due).await;
-            Some((chunk, (s, rate)))
+        (stream, rate, bytes::Bytes::new()),
+        move |(mut s, rate, mut rest)| async move {
+            let mut chunk = if rest.is_empty() {
+                match s.next().await? {
+                    Ok(c) => c,
+                    Err(e) => return Some((Err(e), (s, rate, rest))),
+                }
+            } else {
+                std::mem::take(&mut rest)
+            };
+            if chunk.len() > piece {
+                rest = chunk.split_off(piece);
+            }
+            tokio::time::sleep_until(rate.due(chunk.len() as u64)).await;
+            Some((Ok(chunk), (s, rate, rest)))
         },
     ))
 }
@@ -88,5 +103,24 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(1900), "{:?}", t.elapsed());
         assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
         assert_eq!(drain(limit(chunks(3), None)).await, 3000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_low_cap_hands_a_large_chunk_on_in_pieces() {
+        // 1 KiB/s and one 10 KiB chunk: the first 256 bytes come after a
+        // quarter second, not the whole chunk after 10 s.
+        let rate = Rate::new(Some(1024));
+        let big: ByteStream = Box::pin(futures::stream::iter(vec![Ok(Bytes::from(vec![7u8; 10240]))]));
+        let mut s = limit(big, rate);
+        let t = Instant::now();
+        let first = s.next().await.unwrap().unwrap();
+        assert_eq!(first.len(), 256);
+        assert!(t.elapsed() <= Duration::from_millis(300), "{:?}", t.elapsed());
+        let mut total = first.len();
+        while let Some(c) = s.next().await {
+            total += c.unwrap().len();
+        }
+        assert_eq!(total, 10240);
+        assert!(t.elapsed() >= Duration::from_millis(9900), "{:?}", t.elapsed());
     }
 }

@@ -527,7 +527,7 @@ async fn wizard(
                     div { label for="include" { "Include (globs, one a line)" } textarea #include name="include" rows="2" { (d.include) } }
                     div { label for="exclude" { "Exclude (globs, one a line)" } textarea #exclude name="exclude" rows="2" { (d.exclude) } }
                     div { label for="interval" { "Interval (seconds between runs)" } input #interval type="number" min="1" name="interval" value=(d.interval); }
-                    div { label for="bandwidth" { "Bandwidth cap (bytes per second, empty: none)" } input #bandwidth type="number" min="1" name="bandwidth" value=(d.bandwidth); }
+                    div { label for="bandwidth" { "Bandwidth cap (bytes per second, empty: none)" } input #bandwidth type="number" min="1024" name="bandwidth" value=(d.bandwidth); }
                 }
                 label.check { input type="checkbox" name="carry_downloads" value="1" checked[d.carry_downloads]; " Carry download counts" }
             }
@@ -1510,7 +1510,7 @@ fn edit_page(who: &Signed, o: &Overview, v: &EditValues, msg: Option<&str>, stat
                     div { label for="interval" { "Interval (seconds between runs)" } input #interval type="number" min="1" name="interval" value=(v.interval); }
                 }
                 div { label for="bandwidth" { "Bandwidth cap (bytes per second, empty: none)" }
-                    input #bandwidth type="number" min="1" name="bandwidth" value=(v.bandwidth); }
+                    input #bandwidth type="number" min="1024" name="bandwidth" value=(v.bandwidth); }
             }
             label.check { input type="checkbox" name="carry_downloads" value="1" checked[v.carry_downloads]; " Carry download counts" }
             button.primary type="submit" { "Save changes" }
