@@ -285,14 +285,15 @@ impl Replicator {
     ///
     /// Deletions are guarded as a replication's are (PRODUCT.md,
     /// "deletions are safe"): a bundle whose tombstones would delete more
-    /// than `guard` allows of the feed's live items is refused whole
+    /// than the default delete guard allows of the feed's live items
+    /// (counting the deletions of bundles imported in the last hour) is
+    /// refused whole
     /// ([`ReplError::Conflict`], HTTP 409, nothing applied) unless
     /// `confirm_deletes` is given.
     pub async fn import_bundle(
         &self,
         feed: &FeedName,
         body: ByteStream,
-        guard: crate::config::DeleteGuard,
         confirm_deletes: bool,
     ) -> Result<ImportReport, ReplError> {
         let feed = self.ferry().feed(feed).await?;
@@ -486,17 +487,14 @@ impl Replicator {
             })?;
         }
         let deleting = self.bundle_deletions(&feed, &entries).await?;
-        if deleting > 0 {
+        if deleting > 0 && !confirm_deletes {
+            let guard = crate::config::DeleteGuard::default();
             let live = self.store().live_count(feed.id).await?;
             // Bundles imported within the hour count together, as an
             // execution's deletions do, so a mass deletion cannot be
             // carried in several small bundles.
-            let recent = if confirm_deletes {
-                0
-            } else {
-                self.recent_bundle_deletions(feed.id)
-            };
-            if !confirm_deletes && guard.trips(deleting + recent, live + recent) {
+            let recent = self.recent_bundle_deletions(feed.id);
+            if guard.trips(deleting + recent, live + recent) {
                 let earlier = if recent > 0 {
                     format!(" ({recent} deleted by bundles imported in the last hour already)")
                 } else {
@@ -609,7 +607,18 @@ impl Replicator {
             }
         }
         let tombs: Vec<&WireEntry> = latest.into_values().filter(|e| e.deleted).collect();
-        let mut n = 0;
+        Ok(self.live_deleted_by(feed, &tombs).await?.len() as u64)
+    }
+
+    /// The keys of `tombs` (tombstones) whose item is live in `feed` at an
+    /// older stamp: what applying them would delete. Looked up 500 keys at
+    /// a time.
+    pub(crate) async fn live_deleted_by(
+        &self,
+        feed: &FeedRecord,
+        tombs: &[&WireEntry],
+    ) -> Result<HashSet<ItemKey>, ReplError> {
+        let mut out = HashSet::new();
         for chunk in tombs.chunks(500) {
             let keys: Vec<ItemKey> = chunk.iter().map(|e| e.key.clone()).collect();
             let here: std::collections::HashMap<ItemKey, ferry_store::Entry> = self
@@ -619,15 +628,17 @@ impl Replicator {
                 .into_iter()
                 .map(|l| (l.key.clone(), l))
                 .collect();
-            n += chunk
-                .iter()
-                .filter(|t| {
-                    here.get(&t.key)
-                        .is_some_and(|l| l.live.is_some() && l.stamp < t.stamp)
-                })
-                .count() as u64;
+            out.extend(
+                chunk
+                    .iter()
+                    .filter(|t| {
+                        here.get(&t.key)
+                            .is_some_and(|l| l.live.is_some() && l.stamp < t.stamp)
+                    })
+                    .map(|t| t.key.clone()),
+            );
         }
-        Ok(n)
+        Ok(out)
     }
 }
 

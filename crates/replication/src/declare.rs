@@ -35,6 +35,18 @@ pub struct AcceptedToken {
     pub secret_sha256: [u8; 32],
 }
 
+/// A declared accepted token as this instance holds it
+/// ([`Replicator::check_token`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    /// Not held yet: accepting adds it.
+    New,
+    /// Held and valid.
+    Held,
+    /// Held and revoked: it stays revoked.
+    Revoked,
+}
+
 impl Replicator {
     /// What [`Replicator::declare`] would do with `cfg` under `name`,
     /// changing nothing. The local feeds must exist. An outgoing
@@ -132,13 +144,14 @@ impl Replicator {
     }
 
     /// Whether incoming replication `name` (which may not exist yet) can
-    /// accept token `t`, changing nothing: true when it would be added,
-    /// false when it is already there (a revoked one stays revoked:
+    /// accept token `t`, changing nothing: [`TokenState::New`] when it
+    /// would be added, [`TokenState::Held`] when it is there already,
+    /// [`TokenState::Revoked`] when it was revoked here (it stays revoked:
     /// revoking is the operator's word).
     ///
     /// Errors: [`ReplError::Invalid`] for a malformed id, an id another
-    /// replication holds, or one accepted with another secret.
-    pub async fn check_token(&self, name: &str, t: &AcceptedToken) -> Result<bool, ReplError> {
+    /// replication holds, or one accepted (or revoked) with another secret.
+    pub async fn check_token(&self, name: &str, t: &AcceptedToken) -> Result<TokenState, ReplError> {
         check_token_id(&t.id)?;
         let own = self.store().replication(name).await?.map(|r| r.id);
         match self.store().sync_token(&t.id).await? {
@@ -156,30 +169,32 @@ impl Replicator {
                 "token {} is already accepted with another secret",
                 t.id
             ))),
-            Some(_) => Ok(false),
-            None => Ok(true),
+            Some(existing) if existing.revoked => Ok(TokenState::Revoked),
+            Some(_) => Ok(TokenState::Held),
+            None => Ok(TokenState::New),
         }
     }
 
     /// Adds token `t` to incoming replication `name` (see
-    /// [`Replicator::check_token`]); returns whether it was added.
+    /// [`Replicator::check_token`]); returns what it was before
+    /// ([`TokenState::New`]: added now).
     ///
     /// Errors: as `check_token`; [`ReplError::Invalid`] for an outgoing
     /// replication.
-    pub async fn accept_token(&self, name: &str, t: &AcceptedToken) -> Result<bool, ReplError> {
+    pub async fn accept_token(&self, name: &str, t: &AcceptedToken) -> Result<TokenState, ReplError> {
         let (rec, cfg) = self.record(name).await?;
         if cfg.communication != Communication::Incoming {
             return Err(ReplError::Invalid(format!(
                 "replication {name} is outgoing: only incoming replications accept tokens"
             )));
         }
-        if !self.check_token(name, t).await? {
-            return Ok(false);
+        let state = self.check_token(name, t).await?;
+        if state == TokenState::New {
+            self.store()
+                .add_sync_token(rec.id, &t.id, t.secret_sha256)
+                .await?;
         }
-        self.store()
-            .add_sync_token(rec.id, &t.id, t.secret_sha256)
-            .await?;
-        Ok(true)
+        Ok(state)
     }
 
     /// The tokens incoming replication `name` accepts (not revoked), for

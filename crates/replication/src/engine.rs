@@ -633,14 +633,10 @@ impl<'a> Run<'a> {
     /// older peer refuses the whole handshake.
     pub async fn handshake_whole(&mut self) -> Result<HandshakeResponse, ReplError> {
         let resp = self.handshake().await?;
-        if let Some(first) = resp.refused_feeds.first() {
-            let more = match resp.refused_feeds.len() {
-                1 => String::new(),
-                n => format!(" (and {} more of its feeds are refused)", n - 1),
-            };
-            return Err(ReplError::Refused(format!("{}{more}", first.reason)));
+        match RefusedFeed::summary(&resp.refused_feeds) {
+            Some(why) => Err(ReplError::Refused(why)),
+            None => Ok(resp),
         }
-        Ok(resp)
     }
 
     /// Takes what a handshake says of the other side: its instance and the

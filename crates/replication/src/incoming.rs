@@ -190,29 +190,28 @@ impl Replicator {
         // on); only a handshake with nothing left is refused whole.
         let mut refused_feeds = Vec::new();
         for f in &req.feeds {
-            let Some(pair) = s.config.feeds.iter().find(|p| p.local == f.incoming) else {
-                let msg = format!(
+            let local = match s.config.feeds.iter().find(|p| p.local == f.incoming) {
+                None => Err(format!(
                     "feed {} is not part of replication {name} on the incoming instance",
                     f.incoming
-                );
-                self.diag().log(Level::Error, msg.clone());
-                refused_feeds.push(crate::protocol::RefusedFeed {
-                    feed: f.incoming.clone(),
-                    reason: msg,
-                });
-                continue;
+                )),
+                Some(pair) => self.ferry().feed(&pair.local).await.map_err(|_| {
+                    format!(
+                        "feed {} of replication {name} does not exist on the incoming instance",
+                        pair.local
+                    )
+                }),
             };
-            let Ok(local) = self.ferry().feed(&pair.local).await else {
-                let msg = format!(
-                    "feed {} of replication {name} does not exist on the incoming instance",
-                    pair.local
-                );
-                self.diag().log(Level::Error, msg.clone());
-                refused_feeds.push(crate::protocol::RefusedFeed {
-                    feed: f.incoming.clone(),
-                    reason: msg,
-                });
-                continue;
+            let local = match local {
+                Ok(local) => local,
+                Err(reason) => {
+                    self.diag().log(Level::Error, reason.clone());
+                    refused_feeds.push(crate::protocol::RefusedFeed {
+                        feed: f.incoming.clone(),
+                        reason,
+                    });
+                    continue;
+                }
             };
             if local.feed_type != f.feed_type {
                 let msg = format!(
@@ -223,12 +222,10 @@ impl Replicator {
                 return Err(ReplError::Refused(msg));
             }
         }
-        if !req.feeds.is_empty() && refused_feeds.len() == req.feeds.len() {
-            let first = refused_feeds.swap_remove(0).reason;
-            return Err(ReplError::Refused(match refused_feeds.len() {
-                0 => first,
-                n => format!("{first} (and {n} more of its feeds are refused)"),
-            }));
+        if refused_feeds.len() == req.feeds.len()
+            && let Some(why) = crate::protocol::RefusedFeed::summary(&refused_feeds)
+        {
+            return Err(ReplError::Refused(why));
         }
         if let Ok(mut peers) = self.0.peers.lock() {
             peers.insert(s.record.id, req.instance_id);

@@ -21,6 +21,7 @@ use ferry_core::Ferry;
 use ferry_store::{FeedId, now_millis};
 use serde::{Deserialize, Serialize};
 
+use crate::config::MAX_INTERVAL_SECS;
 use crate::incoming::Session;
 use crate::protocol::{ChangesPage, HandshakeRequest};
 use crate::{ReplError, Replicator};
@@ -37,7 +38,6 @@ const MAX_NAME: usize = 128;
 pub const MAX_PEERS: usize = 10_000;
 /// Most tokens kept as candidates to take a peer over.
 const MAX_CANDIDATES: usize = 4;
-use crate::config::MAX_INTERVAL_SECS;
 
 /// How far a peer is behind in one feed it reads: saved as of its last
 /// page, shown as of the listing ([`Replicator::peers`]).

@@ -83,6 +83,18 @@ pub struct RefusedFeed {
     pub reason: String,
 }
 
+impl RefusedFeed {
+    /// The first refusal's reason and how many more there are: what a
+    /// handshake refused whole for them says. None when `refused` is empty.
+    pub fn summary(refused: &[RefusedFeed]) -> Option<String> {
+        let first = refused.first()?;
+        Some(match refused.len() {
+            1 => first.reason.clone(),
+            n => format!("{} (and {} more of its feeds are refused)", first.reason, n - 1),
+        })
+    }
+}
+
 /// An item or a tombstone in its current state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireEntry {

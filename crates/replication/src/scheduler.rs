@@ -164,9 +164,8 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
         let interval = Duration::from_secs(cfg.interval_secs);
         let covered = covered_by_another_node(&r, id, trigger, woken_at, interval).await;
         let (failed, stopped, delay) = if let Some(since) = held_since.take() {
-            let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
             let left = since
-                .saturating_add(interval_ms)
+                .saturating_add(millis(interval))
                 .saturating_sub(now_millis())
                 .max(0);
             (false, true, Duration::from_millis(left as u64))
@@ -200,8 +199,7 @@ async fn main_loop(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
         };
         // Saturating: a stored interval past what is accepted now (or any
         // delay too far ahead) waits as long as it can, never panics.
-        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        r.set_next_run(id, now_millis().saturating_add(delay_ms));
+        r.set_next_run(id, now_millis().saturating_add(millis(delay)));
         let due = due_after(tokio::time::Instant::now(), delay);
         trigger = loop {
             tokio::select! {
@@ -243,7 +241,7 @@ async fn covered_by_another_node(
         return None;
     }
     let last = r.store().executions(id, 1).await.ok()?.into_iter().next()?;
-    let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+    let interval_ms = millis(interval);
     let now = now_millis();
     let covered = match trigger {
         "schedule" => last.started_at.saturating_add(interval_ms) > now,
@@ -254,6 +252,12 @@ async fn covered_by_another_node(
             (last.started_at.saturating_add(interval_ms) - now).clamp(1000, interval_ms.max(1000)) as u64,
         )
     })
+}
+
+/// `d` in milliseconds, saturating (a stored interval too long for an
+/// i64 of milliseconds waits as long as one can say).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// When a wait of `delay` from `now` ends: at most [`MAX_INTERVAL_SECS`]

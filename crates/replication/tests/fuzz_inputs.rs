@@ -114,7 +114,7 @@ proptest! {
             let r = instance(dir.path()).await;
             let name = FeedName::new("files").unwrap();
             let result = r
-                .import_bundle(&name, body(bytes), ferry_replication::config::DeleteGuard::default(), false)
+                .import_bundle(&name, body(bytes), false)
                 .await;
             let feed = r.ferry().feed(&name).await.unwrap();
             let items = r.ferry().items(&feed, "").await.unwrap();

@@ -22,7 +22,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use ferry_core::{CoreError, Ferry};
 use ferry_replication::config::{CreateRequest, DeleteGuard};
-use ferry_replication::declare::{AcceptedToken, Change};
+use ferry_replication::declare::{AcceptedToken, Change, TokenState};
 use ferry_replication::{ReplError, Replicator};
 use ferry_types::{FeedName, FeedType};
 use serde::{Deserialize, Serialize};
@@ -488,21 +488,14 @@ pub async fn apply(
             .await
             .map_err(|e| DeclareError::new(r.line, what.clone(), e).after(&applied))?;
         for t in tokens {
-            if replicator
+            match replicator
                 .accept_token(&r.name, t)
                 .await
                 .map_err(|e| DeclareError::new(r.line, what.clone(), e).after(&applied))?
             {
-                applied.tokens_added += 1;
-            } else if replicator
-                .store()
-                .sync_token(&t.id)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|k| k.revoked)
-            {
-                applied.tokens_revoked.push(format!("{}: {}", r.name, t.id));
+                TokenState::New => applied.tokens_added += 1,
+                TokenState::Revoked => applied.tokens_revoked.push(format!("{}: {}", r.name, t.id)),
+                TokenState::Held => {}
             }
         }
         if change != Change::Unchanged {

@@ -450,12 +450,7 @@ async fn import_bundle(
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let report = st
         .replicator
-        .import_bundle(
-            &feed,
-            Box::pin(stream),
-            ferry_replication::config::DeleteGuard::default(),
-            q.confirm_deletes,
-        )
+        .import_bundle(&feed, Box::pin(stream), q.confirm_deletes)
         .await
         .map_err(repl)?;
     Ok(Json(json!(report)))

@@ -342,27 +342,7 @@ impl Run<'_> {
         let tombs: Vec<&WireEntry> = entries
             .filter(|e| e.deleted && self.filter.admits(local.feed_type, &e.key))
             .collect();
-        let mut out = HashSet::new();
-        for chunk in tombs.chunks(PAGE) {
-            let keys: Vec<ItemKey> = chunk.iter().map(|e| e.key.clone()).collect();
-            let locals: HashMap<ItemKey, Entry> = self
-                .r
-                .store()
-                .entries_for(local.id, &keys)
-                .await?
-                .into_iter()
-                .map(|l| (l.key.clone(), l))
-                .collect();
-            for t in chunk {
-                if locals
-                    .get(&t.key)
-                    .is_some_and(|l| l.live.is_some() && l.stamp < t.stamp)
-                {
-                    out.insert(t.key.clone());
-                }
-            }
-        }
-        Ok(out)
+        self.r.live_deleted_by(local, &tombs).await
     }
 
     // ------------------------------------------------ replica divergence
