@@ -433,6 +433,14 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 say!("started an execution of {name}");
                 return Ok(());
             }
+            if let Some(w) = r["waited_for"].as_object() {
+                say!(
+                    "execution {} of {name} was running already; it ended: {}",
+                    w.get("id").unwrap_or(&Value::Null),
+                    w.get("outcome").and_then(|o| o.as_str()).unwrap_or("unknown")
+                );
+                print_report(&r["waited_for"]["report"])?;
+            }
             let outcome = r["outcome"].as_str().unwrap_or("unknown");
             say!("execution {} of {name}: {outcome}", r["id"]);
             print_report(&r["report"])?;
@@ -489,6 +497,16 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 );
                 if r["running"].is_object() {
                     say!("  {}", running_text(&r["running"]));
+                }
+                if let Some(u) = r["status"]["unreachable"].as_object() {
+                    say!(
+                        "  other instance unreachable since {}: {} (lag as last measured{})",
+                        u.get("since").and_then(|v| v.as_str()).unwrap_or("?"),
+                        u.get("error").and_then(|v| v.as_str()).unwrap_or("?"),
+                        lag_measured(&r["status"]["lag"])
+                    );
+                } else if r["status"]["last_outcome"].as_str() == Some("failed") && !lag.is_empty() {
+                    say!("  lag as last measured{}", lag_measured(&r["status"]["lag"]));
                 }
                 if let Some(e) = r["status"]["last_error"].as_str() {
                     say!("  last error: {e}");
@@ -562,12 +580,13 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                     "seen"
                 };
                 say!(
-                    "{}\t{}\t{}\tFerry {}\tfrom {}\tlast contact {:.0} s ago\tlag {:.1} s",
+                    "{}\t{}\t{}\tFerry {}\tfrom {}\ttoken {}\tlast contact {:.0} s ago\tlag {:.1} s",
                     p["instance_id"].as_str().unwrap_or("?"),
                     p["name"].as_str().unwrap_or("-"),
                     state,
                     p["ferry_version"].as_str().unwrap_or("?"),
                     p["address"].as_str().unwrap_or("?"),
+                    p["token"].as_str().unwrap_or("-"),
                     p["seconds_since_contact"].as_f64().unwrap_or(0.0),
                     p["lag_seconds"].as_f64().unwrap_or(0.0),
                 );
@@ -907,4 +926,16 @@ fn running_text(run: &Value) -> String {
         parts.push(format!("about {eta:.0} s left (by {basis})"));
     }
     format!("running: {}", parts.join(", "))
+}
+
+/// ", at TIME" for the oldest measurement among a replication's lags
+/// (`status.lag` of the overview); empty when none says.
+fn lag_measured(lag: &Value) -> String {
+    lag.as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, l)| l["measured_at"].as_str())
+        .min()
+        .map(|t| format!(", at {t}"))
+        .unwrap_or_default()
 }

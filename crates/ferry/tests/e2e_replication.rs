@@ -1022,6 +1022,32 @@ fn a_feed_the_hub_no_longer_serves_fails_alone() {
         "pull",
     ]);
     assert!(err.contains("not part of replication edge"), "{err}");
+
+    // The hub serves the feed again: the spoke follows it again at once,
+    // without a run asked for (its watcher of that feed waited out the
+    // refusal for up to 5 minutes).
+    let (st, body) = support::curl_stdin(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("authorization: Bearer {}", support::ADMIN),
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+            &format!("{}/api/v1/config", hub.url),
+        ],
+        br#"{"replications":[{"name":"edge","feeds":["files","docs"],"incoming":true,"mode":"push"}]}"#,
+    );
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(wait_until(SYNC, || spoke.serves("docs", "e.txt", b"e")));
+    hub.put_asset("docs", "f.txt", b"f");
+    assert!(
+        wait_until(SYNC, || spoke.serves("docs", "f.txt", b"f")),
+        "{:#}",
+        spoke.executions("from-hub")[0]
+    );
 }
 
 /// Settings changed while an execution runs are stored at once (a cap set

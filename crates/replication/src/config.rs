@@ -525,7 +525,9 @@ pub struct CreateRequest {
     pub include: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
-    #[serde(default)]
+    /// Seconds between executions; `interval_secs` (as a GET shows it)
+    /// is taken too.
+    #[serde(default, alias = "interval_secs")]
     pub interval: Option<u64>,
     #[serde(default)]
     pub carry_downloads: bool,
@@ -612,7 +614,9 @@ pub struct UpdateRequest {
     /// Replaces the exclude filters.
     #[serde(default)]
     pub exclude: Option<Vec<String>>,
-    #[serde(default)]
+    /// Seconds between executions; `interval_secs` (as a GET shows it)
+    /// is taken too.
+    #[serde(default, alias = "interval_secs")]
     pub interval: Option<u64>,
     #[serde(default)]
     pub carry_downloads: Option<bool>,

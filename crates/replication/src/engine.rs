@@ -284,11 +284,34 @@ pub(crate) struct FeedBytes {
     pub base: u64,
 }
 
-/// How far a pulled feed is behind the other side.
+/// How far a pulled feed is behind the other side, as last measured.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Lag {
+    /// Changes on the other side not yet read here.
     pub changes: i64,
+    /// Seconds the oldest of them had waited.
     pub seconds: f64,
+    /// When it was measured (milliseconds since the Unix epoch; RFC 3339
+    /// in JSON): the end of the last execution or long poll that reached
+    /// the other side. While the other side cannot be reached the lag is
+    /// not known, and stays what it was then.
+    #[serde(serialize_with = "serialize_rfc3339")]
+    pub measured_at: i64,
+}
+
+impl Lag {
+    /// A lag measured now.
+    pub fn now(changes: i64, seconds: f64) -> Self {
+        Lag {
+            changes,
+            seconds,
+            measured_at: now_millis(),
+        }
+    }
+}
+
+fn serialize_rfc3339<S: serde::Serializer>(millis: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*millis))
 }
 
 /// Which way a cursor follows a feed pair.
@@ -421,6 +444,27 @@ impl<'a> Run<'a> {
             ahead,
             base: self.bytes_counted(),
         });
+    }
+
+    /// Adds `n` items to go through to [`Progress::items_total`]: every
+    /// item an execution passes ([`Progress::items`]) is counted here first,
+    /// so the items done never run past the total.
+    pub(crate) fn expect_items(&self, n: u64) {
+        self.progress.items_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes of the distinct blobs of the live `entries` stored here (a
+    /// blob not here counts 0).
+    pub(crate) async fn bytes_of(&self, entries: impl Iterator<Item = &WireEntry>) -> Result<u64, ReplError> {
+        let blobs: HashSet<Digest> = entries
+            .filter(|e| !e.deleted)
+            .flat_map(|e| e.blobs.iter().copied())
+            .collect();
+        let mut n = 0u64;
+        for d in blobs {
+            n = n.saturating_add(self.r.ferry().blob_size(&d).await?.unwrap_or(0));
+        }
+        Ok(n)
     }
 
     /// Bytes moved and skipped so far in this run.

@@ -84,6 +84,15 @@ impl Replicator {
         if config.communication != Communication::Incoming {
             return Err(refuse());
         }
+        if let Some(named) = instance
+            && named.parse::<ferry_types::InstanceId>().is_err()
+        {
+            return Err(ReplError::Invalid(format!(
+                "the {} header names no instance id (32 hex digits): {:?}",
+                crate::protocol::INSTANCE_HEADER,
+                named.chars().take(64).collect::<String>()
+            )));
+        }
         let filter = Filter::new(&config.include, &config.exclude)?;
         let mut s = Session {
             record,
@@ -308,6 +317,14 @@ impl Replicator {
                 s.record.name
             )));
         }
+        // A feed added back (or another dropped): the peer handshakes
+        // again, which tells it what it may read now.
+        if now.config.feeds != s.config.feeds {
+            return Err(ReplError::Conflict(format!(
+                "replication {}'s feeds changed while the request waited; ask again",
+                s.record.name
+            )));
+        }
         Ok(())
     }
 
@@ -444,6 +461,11 @@ impl Replicator {
             inline_max,
         };
         self.require_read(s)?;
+        if since < 0 {
+            return Err(ReplError::Invalid(format!(
+                "since={since}: a cursor is a change sequence number, 0 or more"
+            )));
+        }
         let feed = self.session_feed(s, feed).await?;
         let limit = limit.clamp(1, MAX_PAGE);
         let meta = self.ferry().metadata().clone();

@@ -85,6 +85,9 @@ struct Inner {
     polled: Mutex<HashMap<(i64, FeedName), Polled>>,
     /// Handshakes an execution may reuse, by replication id.
     handshakes: Mutex<HashMap<i64, (std::time::Instant, protocol::HandshakeResponse)>>,
+    /// The feeds the other side's last handshake refused, by replication
+    /// id (kept when the handshake itself is forgotten).
+    refused_feeds: Mutex<HashMap<i64, Vec<FeedName>>>,
     /// Items deleted by bundle imports, by feed: when the count started
     /// (ms) and how many since, so bundles imported within the delete
     /// guard's hour count together (kept by this node while it runs).
@@ -127,7 +130,23 @@ pub struct Status {
     pub last_outcome: Option<String>,
     pub last_error: Option<String>,
     pub next_run: Option<String>,
+    /// Per (local) feed, how far it is behind, as last measured (see
+    /// [`Lag::measured_at`]).
     pub lag: HashMap<String, Lag>,
+    /// Set while the long poll of a pulling replication cannot reach the
+    /// other instance: since when (RFC 3339) and why. The lag is then not
+    /// known; it stays as last measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<Unreachable>,
+}
+
+/// The other instance out of reach, as a long poll found it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unreachable {
+    /// First failed long poll of this outage (RFC 3339).
+    pub since: String,
+    /// The last failure's message.
+    pub error: String,
 }
 
 /// What `run` returns.
@@ -137,6 +156,10 @@ pub struct ExecutionResult {
     pub outcome: String,
     pub error: Option<String>,
     pub report: Report,
+    /// The execution that was already running when this one was asked
+    /// for, which [`Replicator::run`] waited for (as it ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waited_for: Option<ExecutionRecord>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -202,6 +225,7 @@ impl Replicator {
             peer_book: peers::PeerBook::default(),
             polled: Mutex::new(HashMap::new()),
             handshakes: Mutex::new(HashMap::new()),
+            refused_feeds: Mutex::new(HashMap::new()),
             bundle_deletions: Mutex::new(HashMap::new()),
             recovered: std::sync::atomic::AtomicBool::new(false),
         }))
@@ -495,6 +519,9 @@ impl Replicator {
             m.retain(|(i, _), _| *i != id);
         }
         self.forget_handshake(id);
+        if let Ok(mut m) = self.0.refused_feeds.lock() {
+            m.remove(&id);
+        }
         // Its lag gauges go with its status (rendered from it).
         if let Ok(mut st) = self.0.status.lock() {
             st.remove(&id);
@@ -637,14 +664,33 @@ impl Replicator {
                 "replication {name} is incoming: run it from the outgoing instance"
             )));
         }
+        // An execution already running (the one `create` started, say)
+        // ends first; the answer says how it ended too, since it may have
+        // done what this one was asked for.
+        let running = match self.store().executions(rec.id, 1).await?.first() {
+            Some(e) if e.outcome.is_none() => Some(e.id),
+            _ => None,
+        };
         let lock = self.lock_for(rec.id);
         let _guard = lock.lock().await;
         // Read again: an update may have changed it while this waited.
         let (rec, cfg) = self.record(name).await?;
         // Another node's execution of it ends first, too.
         self.wait_for_lease(&rec).await?;
-        self.execute_locked(&rec, &cfg, trigger, confirm_deletes, full)
-            .await
+        let waited_for = match running {
+            Some(id) => self
+                .store()
+                .executions(rec.id, 20)
+                .await?
+                .into_iter()
+                .find(|e| e.id == id),
+            None => None,
+        };
+        let mut result = self
+            .execute_locked(&rec, &cfg, trigger, confirm_deletes, full)
+            .await?;
+        result.waited_for = waited_for;
+        Ok(result)
     }
 
     /// Stops the running execution of replication `name`, if any: it ends
@@ -982,12 +1028,16 @@ impl Replicator {
             s.last_execution = Some(exec_id);
             s.last_outcome = Some(outcome.to_string());
             s.last_error = error.clone();
+            if error.is_none() {
+                s.unreachable = None;
+            }
         }
         Ok(ExecutionResult {
             id: exec_id,
             outcome: outcome.into(),
             error,
             report: run.report,
+            waited_for: None,
         })
     }
 
@@ -1034,8 +1084,18 @@ impl Replicator {
     }
 
     pub(crate) fn keep_handshake(&self, id: i64, resp: protocol::HandshakeResponse) {
+        // A feed the other side refused before is served again: its
+        // watcher, waiting out the refusal, asks again now.
+        let now_refused: Vec<FeedName> = resp.refused_feeds.iter().map(|f| f.feed.clone()).collect();
+        let served_again = self.0.refused_feeds.lock().is_ok_and(|mut r| {
+            let before = r.insert(id, now_refused.clone()).unwrap_or_default();
+            before.iter().any(|f| !now_refused.contains(f))
+        });
         if let Ok(mut h) = self.0.handshakes.lock() {
             h.insert(id, (std::time::Instant::now(), resp));
+        }
+        if served_again {
+            self.0.scheduler.recheck(id);
         }
     }
 
@@ -1048,6 +1108,21 @@ impl Replicator {
     pub(crate) fn set_next_run(&self, id: i64, at_millis: i64) {
         if let Ok(mut st) = self.0.status.lock() {
             st.entry(id).or_default().next_run = Some(ferry_core::rfc3339(at_millis));
+        }
+    }
+
+    /// Notes whether the long poll of replication `id` reached the other
+    /// instance (`None`) or failed with `error` ([`Status::unreachable`]).
+    pub(crate) fn set_reachable(&self, id: i64, error: Option<&ReplError>) {
+        if let Ok(mut st) = self.0.status.lock() {
+            let s = st.entry(id).or_default();
+            s.unreachable = error.map(|e| Unreachable {
+                since: s
+                    .unreachable
+                    .take()
+                    .map_or_else(|| ferry_core::rfc3339(now_millis()), |u| u.since),
+                error: e.to_string(),
+            });
         }
     }
 
@@ -1304,7 +1379,7 @@ impl Replicator {
         let Ok(records) = self.store().replications().await else {
             return String::new();
         };
-        let mut rows: Vec<(String, [f64; 2])> = Vec::new();
+        let mut rows: Vec<(String, [f64; 3])> = Vec::new();
         if let Ok(st) = self.0.status.lock() {
             for rec in &records {
                 let Some(status) = st.get(&rec.id) else { continue };
@@ -1316,7 +1391,8 @@ impl Replicator {
                         peers::label_value(&rec.name),
                         peers::label_value(feed)
                     );
-                    rows.push((labels, [lag.changes as f64, lag.seconds]));
+                    let age = (now_millis() - lag.measured_at).max(0) as f64 / 1000.0;
+                    rows.push((labels, [lag.changes as f64, lag.seconds, age]));
                 }
             }
         }
@@ -1329,6 +1405,10 @@ impl Replicator {
                 (
                     "ferry_replication_lag_seconds",
                     "Seconds the oldest change not yet read here has waited",
+                ),
+                (
+                    "ferry_replication_lag_age_seconds",
+                    "Seconds since the lag was measured (it grows while the other side cannot be reached)",
                 ),
             ],
             &rows,

@@ -49,6 +49,11 @@ fn changed_there(e: &crate::ReplError) -> bool {
 pub(crate) struct Wake {
     notify: Notify,
     manual: std::sync::atomic::AtomicBool,
+    /// Told when the other side's replication changed (its feeds, its
+    /// filters, what its handshake refuses): a watcher waiting out a
+    /// refusal asks again at once (a feed the hub refused may be served
+    /// again).
+    recheck: Notify,
 }
 
 impl Wake {
@@ -116,6 +121,16 @@ impl Scheduler {
                     h.abort();
                 }
             }
+        }
+    }
+
+    /// Tells the watchers of replication `id` that wait out a refusal to
+    /// ask again now ([`Wake::recheck`]).
+    pub fn recheck(&self, id: i64) {
+        if let Ok(tasks) = self.tasks.lock()
+            && let Some((wake, _)) = tasks.get(&id)
+        {
+            wake.recheck.notify_waiters();
         }
     }
 
@@ -313,6 +328,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                         Ok(page) if page.next > cursor || page.reset => {
                             backoff = RECONNECT_MIN;
                             refused_last = false;
+                            r.set_reachable(id, None);
                             // Another node of the instance, woken by the same
                             // change, may have applied it meanwhile: nothing
                             // to run for (poll again from where it got).
@@ -324,7 +340,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                             let seconds = page
                                 .oldest_pending
                                 .map_or(0.0, |t| (now_millis() as f64 - t as f64).max(0.0) / 1000.0);
-                            r.set_lag(id, &pair.local, Lag { changes: page.last_seq - cursor, seconds });
+                            r.set_lag(id, &pair.local, Lag::now(page.last_seq - cursor, seconds));
                             if !page.reset {
                                 r.keep_polled(id, &pair.local, cursor, anchor, page);
                             }
@@ -337,14 +353,18 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                                 }
                             }
                         }
-                        Ok(_) => {
+                        Ok(page) => {
                             backoff = RECONNECT_MIN;
                             refused_last = false;
+                            r.set_reachable(id, None);
+                            // Nothing past the cursor: up to date, as of now.
+                            r.set_lag(id, &pair.local, Lag::now((page.last_seq - cursor).max(0), 0.0));
                         }
                         Err(e) if changed_there(&e) => {
                             tracing::debug!(target: "replication", replication = %name, error = %e, "the other side's replication changed");
                             r.forget_handshake(id);
                             wake.change();
+                            wake.recheck.notify_waiters();
                             tokio::time::sleep(RECONNECT_MAX).await;
                         }
                         Err(e) if refused(&e) => {
@@ -363,13 +383,17 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                             }
                             backoff = RECONNECT_MIN;
                             let wait = Duration::from_secs(cfg.interval_secs.clamp(RECONNECT_MAX.as_secs(), REFUSED_MAX));
-                            tokio::time::sleep(wait).await;
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = wake.recheck.notified() => {}
+                            }
                         }
                         Err(e) => {
                             // The other side restarting, or the link down:
                             // reconnect soon (a spoke's lag after a hub
                             // restart is about the restart), then back off.
                             tracing::debug!(target: "replication", replication = %name, error = %e, "long poll failed");
+                            r.set_reachable(id, Some(&e));
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(RECONNECT_MAX);
                         }

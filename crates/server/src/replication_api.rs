@@ -70,7 +70,8 @@ impl FromRequestParts<AppState> for Peer {
         let instance = parts
             .headers
             .get(ferry_replication::protocol::INSTANCE_HEADER)
-            .and_then(|v| v.to_str().ok());
+            // Not text: refused as naming no instance id.
+            .map(|v| v.to_str().unwrap_or("(not text)"));
         let address = crate::client_addr(&parts.extensions).map(|a| a.ip().to_string());
         st.replicator
             .session(&token, instance, address)

@@ -246,7 +246,8 @@ async fn the_hub_lists_its_spokes_with_cursors_lag_errors_and_staleness() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(peer(&peers(&hub).await, SPOKE_B)["last_error"].is_null());
 
-    // A request without a valid instance id is not a peer of its own.
+    // A request whose header names no instance id is refused with the
+    // reason, and is not a peer of its own.
     let r = from(
         &hub,
         "not-an-id",
@@ -256,7 +257,8 @@ async fn the_hub_lists_its_spokes_with_cursors_lag_errors_and_staleness() {
         String::new(),
     )
     .await;
-    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("names no instance id"), "{}", r.text());
     assert_eq!(peers(&hub).await.len(), 2);
 
     // Spoke A (interval 1 s, stale after 2) stops coming: stale after ~2 s;

@@ -211,7 +211,10 @@ impl Server {
             .arg(&self.data)
             .args(["--listen", listen])
             .env("FERRY_ADMIN_KEY", ADMIN)
-            .env("FERRY_LOG", "warn")
+            .env(
+                "FERRY_LOG",
+                std::env::var("TEST_FERRY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in &self.env {

@@ -684,11 +684,15 @@ impl Run<'_> {
             let progress = self.progress.clone();
             let received = Arc::new(AtomicU64::new(0));
             let counter = received.clone();
+            // Counted as they arrive: bytes of a transfer that breaks off
+            // moved too (and are kept to resume from).
+            let metric = metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "pull");
             let result = async {
                 let stream = self.remote.fetch_blob(&d, offset).await?;
                 let counted = stream.inspect_ok(move |chunk| {
                     progress.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    metric.increment(chunk.len() as u64);
                 });
                 let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
                 let staged = self
@@ -705,12 +709,7 @@ impl Run<'_> {
             }
             .await;
             match result {
-                Ok(flush) => {
-                    let n = received.load(Ordering::Relaxed);
-                    metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "pull")
-                        .increment(n);
-                    return Ok((n, flush));
-                }
+                Ok(flush) => return Ok((received.load(Ordering::Relaxed), flush)),
                 Err(e @ (ReplError::Transport(_) | ReplError::Core(ferry_core::CoreError::Internal(_))))
                     if attempt < 3 =>
                 {

@@ -92,7 +92,7 @@ impl Run<'_> {
             self.full_pull(local, remote, fr).await?;
             self.save_pull_cursor(&cursor_name, &anchor_name, Some((last, last_anchor)))
                 .await?;
-            self.lags.push((local.name.clone(), Lag::default()));
+            self.lags.push((local.name.clone(), Lag::now(0, 0.0)));
             return self
                 .restore_local_divergence(local, remote, Some(local_last), fr)
                 .await;
@@ -100,9 +100,8 @@ impl Run<'_> {
         // Items earlier executions could not copy, as they are there now
         // (a plan looks too, to count what it would delete).
         let retried = self.look_up_stuck(local, remote).await?;
-        self.progress
-            .items_total
-            .fetch_add((page.last_seq - since).max(0) as u64, Ordering::Relaxed);
+        let retried_items = retried.iter().map(|p| p.len()).sum::<usize>() as u64;
+        self.expect_items((page.last_seq - since).max(0) as u64 + retried_items);
         // The other side counts the whole feed's backlog: with a filter
         // here, what will move is unknown (no byte estimate, items only).
         if let Some(ahead) = page.bytes_ahead
@@ -215,10 +214,7 @@ impl Run<'_> {
                     self.finish_pending(local, remote, last, fr, &cursor_name, &anchor_name)
                         .await?;
                 }
-                let lag = Lag {
-                    changes: (page.last_seq - since).max(0),
-                    seconds: 0.0,
-                };
+                let lag = Lag::now((page.last_seq - since).max(0), 0.0);
                 self.lags.push((local.name.clone(), lag));
                 self.end_feed_bytes();
                 break;
@@ -461,6 +457,9 @@ impl Run<'_> {
         let mut seen: HashSet<ItemKey> = HashSet::new();
         loop {
             let page = self.remote.entries(remote, after.as_ref(), PAGE).await?;
+            // The other side's item count is not known ahead: the total
+            // grows page by page.
+            self.expect_items(page.entries.len() as u64);
             seen.extend(page.entries.iter().map(|e| e.key.clone()));
             if !page.entries.is_empty() {
                 self.pull_entries(local, remote, &page.entries, fr).await?;

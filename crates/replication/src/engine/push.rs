@@ -52,26 +52,37 @@ impl Run<'_> {
             if !self.dry && self.tombstones_trip_the_guard(local, remote).await? {
                 return Ok(());
             }
+            // Every live item is gone through (tombstones are added as
+            // their pages come), with every byte they reference.
+            let live = self.r.store().live_count(local.id).await?;
+            self.expect_items(live);
+            if !self.dry && live > 0 && self.filter.is_everything() {
+                let ahead = self.r.store().live_bytes_after(local.id, 0).await?;
+                self.begin_feed_bytes(ahead);
+            }
             let mut after: Option<ItemKey> = None;
             loop {
                 let page = self.r.store().entries(local.id, after.as_ref(), PAGE).await?;
                 let done = page.len() < PAGE;
                 after = page.last().map(|e| e.key.clone());
+                self.expect_items(page.iter().filter(|e| e.live.is_none()).count() as u64);
                 let wire: Vec<WireEntry> = page.into_iter().map(WireEntry::from).collect();
                 self.push_entries(local, remote, wire, fr).await?;
                 if done {
                     break;
                 }
             }
+            self.end_feed_bytes();
             if !self.dry {
                 self.r.store().set_cursor(self.rec.id, &cursor_name, last).await?;
             }
             return Ok(());
         }
+        // Items earlier executions could not send, as they are here now.
+        let mut retried: Vec<Vec<WireEntry>> = Vec::new();
         if !self.dry {
             self.load_stuck(Direction::Push, local, remote).await?;
             let keys: Vec<ItemKey> = self.stuck_known.keys().cloned().collect();
-            let mut retried: Vec<Vec<WireEntry>> = Vec::new();
             for chunk in keys.chunks(PAGE) {
                 let found = self.r.store().entries_for(local.id, chunk).await?;
                 let absent: Vec<ItemKey> = chunk
@@ -91,19 +102,20 @@ impl Run<'_> {
             {
                 return Ok(());
             }
-            for wire in retried {
-                self.push_entries(local, remote, wire, fr).await?;
-            }
         }
         let pending = meta.last_seq(local.id).await? - since;
-        self.progress
-            .items_total
-            .fetch_add(pending.max(0) as u64, Ordering::Relaxed);
+        let retried_items = retried.iter().map(Vec::len).sum::<usize>() as u64;
+        self.expect_items(pending.max(0) as u64 + retried_items);
         // Counted for the whole feed: with a filter, what will move is
-        // unknown (no byte estimate, items only).
-        if !self.dry && pending > 0 && self.filter.is_everything() {
+        // unknown (no byte estimate, items only). The retried items lie
+        // behind the cursor: their bytes are added.
+        if !self.dry && (pending > 0 || retried_items > 0) && self.filter.is_everything() {
             let ahead = self.r.store().live_bytes_after(local.id, since).await?;
-            self.begin_feed_bytes(ahead);
+            let behind = self.bytes_of(retried.iter().flatten()).await?;
+            self.begin_feed_bytes(ahead.saturating_add(behind));
+        }
+        for wire in retried {
+            self.push_entries(local, remote, wire, fr).await?;
         }
         let mut guard_checked = false;
         loop {

@@ -96,12 +96,10 @@ impl Run<'_> {
         }
         for (d, size, _) in blobs {
             let body = self.r.ferry().read_blob_for_peer(&d, None).await?.stream;
-            let progress = self.progress.clone();
-            let counted = body.inspect_ok(move |c| {
-                progress.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
-            });
-            let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
-            match self.remote.put_blob(&d, throttled, size).await {
+            // Counted as the cap lets the bytes go.
+            let throttled = crate::throttle::limit(body, self.rate.clone());
+            let counted = Box::pin(throttled.inspect_ok(self.count_moving()));
+            match self.remote.put_blob(&d, counted, size).await {
                 Ok(()) => self.count_sent(fr, size),
                 // The other side refused the bytes as not matching the
                 // digest: what is stored here is wrong.
@@ -114,11 +112,24 @@ impl Run<'_> {
         Ok(refused)
     }
 
+    /// Counts a blob the other side took whole (`size` bytes moved for it
+    /// in this execution) in the report.
     fn count_sent(&self, fr: &mut FeedReport, size: u64) {
         fr.pushed.blobs += 1;
         fr.pushed.bytes += size;
-        metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "push")
-            .increment(size);
+    }
+
+    /// Counts bytes as they leave: in the execution's progress and in
+    /// `ferry_replication_bytes_total` (direction `push`), whether or not
+    /// the upload they belong to ends well (bytes of a cut upload moved
+    /// too, and the other side keeps them to resume from).
+    fn count_moving(&self) -> impl Fn(&bytes::Bytes) + Clone + Send + Sync + 'static {
+        let progress = self.progress.clone();
+        let metric = metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "push");
+        move |c: &bytes::Bytes| {
+            progress.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
+            metric.increment(c.len() as u64);
+        }
     }
 
     /// One streamed upload of `blobs` as frames, read from the store as the
@@ -130,6 +141,7 @@ impl Run<'_> {
     ) -> Result<crate::batch::UploadResponse, ReplError> {
         let ferry = self.r.ferry().clone();
         let list = blobs.to_vec();
+        let (rate, count) = (self.rate.clone(), self.count_moving());
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
         let producer = tokio::spawn(async move {
             for (d, size, held) in list {
@@ -142,17 +154,18 @@ impl Run<'_> {
                         return;
                     }
                 };
+                // A blob's bytes (not the frame headers) are counted as
+                // the cap lets them go.
+                let body = Box::pin(crate::throttle::limit(body, rate.clone()).inspect_ok(count.clone()));
                 if crate::batch::send_frame(&tx, &head, body).await.is_err() {
                     return;
                 }
             }
         });
-        let progress = self.progress.clone();
-        let counted = crate::batch::channel_stream(rx).inspect_ok(move |c| {
-            progress.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
-        });
-        let throttled = crate::throttle::limit(Box::pin(counted), self.rate.clone());
-        let result = self.remote.upload_batch(throttled).await;
+        let result = self
+            .remote
+            .upload_batch(Box::pin(crate::batch::channel_stream(rx)))
+            .await;
         producer.abort();
         result
     }

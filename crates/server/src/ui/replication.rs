@@ -106,10 +106,26 @@ fn lag_text(o: &Overview) -> String {
     }
     let changes: i64 = o.status.lag.values().map(|l| l.changes).sum();
     let secs = o.status.lag.values().map(|l| l.seconds).fold(0.0, f64::max);
-    if changes == 0 {
+    let last = if changes == 0 {
         "up to date".into()
     } else {
         format!("{changes} changes, {}", duration(secs))
+    };
+    // Out of reach, or the last execution failed: the lag is not known
+    // now, only what it was.
+    let measured = o
+        .status
+        .lag
+        .values()
+        .map(|l| l.measured_at)
+        .min()
+        .unwrap_or_default();
+    match &o.status.unreachable {
+        Some(u) => format!("unknown: unreachable since {} (was {last})", u.since),
+        None if o.status.last_outcome.as_deref() == Some("failed") => {
+            format!("{last} as of {}", ferry_core::rfc3339(measured))
+        }
+        None => last,
     }
 }
 

@@ -1,0 +1,271 @@
+//! What an operator reads about a replication while it runs and when its
+//! link is down, with real `ferry` instances on loopback: the running
+//! execution's counters, the lag as last measured and the other side out
+//! of reach, `run --wait` after `create`, bytes in the metrics, the peers
+//! listing, and the API's spellings.
+#![allow(clippy::unwrap_used)]
+mod support;
+
+use serde_json::Value;
+use support::{ADMIN, Server, curl, wait_until};
+
+const SYNC: u64 = 30;
+
+fn metrics(s: &Server) -> String {
+    let (st, body) = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {ADMIN}"),
+        &format!("{}/metrics", s.url),
+    ]);
+    assert_eq!(st, 200);
+    String::from_utf8(body).unwrap()
+}
+
+/// The value of the first series of `name` whose labels contain `labels`.
+fn series(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn overview(s: &Server, name: &str) -> Value {
+    let list = s.cli_json(&["replication", "list", "--json"]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+/// Content that differs per name.
+fn payload(name: &str, len: usize) -> Vec<u8> {
+    let seed = name
+        .bytes()
+        .fold(11u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) ^ seed).rotate_left(i % 11) as u8)
+        .collect()
+}
+
+/// A spoke whose hub goes away: the overview says the hub is out of reach
+/// since when, and that the lag shown is the one last measured (it showed
+/// the last lag as if current, and nothing said the link was gone until an
+/// execution failed); the lag's age grows in the metrics; once the hub is
+/// back, the mark goes.
+#[test]
+fn a_hub_out_of_reach_is_shown_and_the_lag_is_marked_as_last_measured() {
+    let mut hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    hub.put_asset("files", "a.txt", b"a");
+    let spoke = Server::pulling_spoke(&hub, "files", &token);
+    assert!(wait_until(SYNC, || spoke.serves("files", "a.txt", b"a")));
+    let lag = &overview(&spoke, "from-hub")["status"]["lag"]["files"];
+    assert_eq!(lag["changes"], 0, "{lag}");
+    let measured = lag["measured_at"].as_str().unwrap().to_string();
+    assert!(measured.ends_with('Z') && measured.len() >= 20, "{measured}");
+
+    hub.kill();
+    assert!(
+        wait_until(SYNC, || overview(&spoke, "from-hub")["status"]["unreachable"]
+            .is_object()),
+        "{:#}",
+        overview(&spoke, "from-hub")
+    );
+    let o = overview(&spoke, "from-hub");
+    let u = &o["status"]["unreachable"];
+    assert!(u["since"].as_str().unwrap().ends_with('Z'), "{u}");
+    assert!(!u["error"].as_str().unwrap().is_empty(), "{u}");
+    // The lag stays as it was measured, saying when.
+    assert!(o["status"]["lag"]["files"]["measured_at"].as_str().unwrap() <= u["since"].as_str().unwrap());
+    let text = spoke.cli_ok(&["replication", "list"]);
+    assert!(
+        text.contains("other instance unreachable since") && text.contains("lag as last measured, at "),
+        "{text}"
+    );
+    let age = |s: &Server| {
+        series(
+            &metrics(s),
+            "ferry_replication_lag_age_seconds",
+            "replication=\"from-hub\",feed=\"files\"",
+        )
+        .unwrap()
+    };
+    let first = age(&spoke);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let later = age(&spoke);
+    assert!(later >= first + 2.0, "{first} then {later}");
+
+    hub.restart();
+    hub.put_asset("files", "b.txt", b"b");
+    assert!(wait_until(SYNC * 2, || spoke.serves("files", "b.txt", b"b")));
+    assert!(
+        wait_until(SYNC, || overview(&spoke, "from-hub")["status"]["unreachable"]
+            .is_null()),
+        "{:#}",
+        overview(&spoke, "from-hub")
+    );
+    let text = spoke.cli_ok(&["replication", "list"]);
+    assert!(!text.contains("unreachable"), "{text}");
+    assert!(age(&spoke) < 60.0);
+}
+
+/// `run --wait` right after `create` (whose first execution is still
+/// running) says how that execution ended, with its counts, before the
+/// one it ran itself (which found nothing left to do and said only that).
+#[test]
+fn run_wait_after_create_reports_the_execution_create_started() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let big = payload("big", 300_000);
+    hub.put_asset("files", "big.bin", &big);
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    // Slow enough that the first execution still runs when `run` comes.
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600", "--bandwidth-limit", "100000"],
+    );
+    let out = spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    let first = spoke.executions("from-hub").last().unwrap()["id"].clone();
+    assert!(
+        out.contains(&format!(
+            "execution {first} of from-hub was running already; it ended: succeeded"
+        )),
+        "{out}"
+    );
+    assert!(spoke.serves("files", "big.bin", &big));
+    let r = spoke.cli_json(&["replication", "executions", "from-hub", "--json"]);
+    assert_eq!(r.as_array().unwrap().len(), 2, "{r:#}");
+}
+
+/// A pushing spoke's running execution never counts more items done than
+/// it has to go through, and knows the bytes to go, also when it retries
+/// items earlier executions left (the hub's filter held them back): it
+/// read "4/1 items", the retried ones done but not counted to go through.
+/// Bytes a push moved count in `ferry_replication_bytes_total` as they
+/// leave.
+#[test]
+fn a_push_counts_retried_items_and_its_bytes_to_go() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("from-edge", &["files"], "pull");
+    hub.cli_ok(&["replication", "update", "from-edge", "--exclude", "held/**"]);
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    for i in 0..3 {
+        spoke.put_asset("files", &format!("held/{i}.txt"), format!("held {i}").as_bytes());
+    }
+    spoke.outgoing(
+        "to-hub",
+        &["files"],
+        &hub,
+        &token,
+        "push",
+        &["--interval", "3600", "--bandwidth-limit", "8192"],
+    );
+    spoke.cli_ok(&["replication", "run", "to-hub", "--wait"]);
+    let held = spoke.executions("to-hub")[0]["report"]["stuck"].clone();
+    assert_eq!(held.as_array().map(Vec::len), Some(3), "{held:#}");
+
+    // One new item of 40 KB at 8 KiB/s: about five seconds under way.
+    let big = payload("new", 40_000);
+    spoke.put_asset("files", "new.bin", &big);
+    let runner = {
+        let url = spoke.url.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(support::bin())
+                .args(["replication", "run", "to-hub", "--wait"])
+                .env("FERRY_URL", url)
+                .env("FERRY_API_KEY", ADMIN)
+                .output()
+                .unwrap()
+        })
+    };
+    let mut seen = Vec::new();
+    while !runner.is_finished() {
+        let running = overview(&spoke, "to-hub")["running"].clone();
+        if running.is_object() {
+            seen.push(running);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = runner.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(hub.serves("files", "new.bin", &big));
+    assert!(seen.len() >= 5, "{seen:#?}");
+    for r in &seen {
+        let (done, total) = (
+            r["items_done"].as_u64().unwrap(),
+            r["items_total"].as_u64().unwrap(),
+        );
+        assert!(done <= total, "{done}/{total} items: {r:#}");
+    }
+    let late = seen.last().unwrap();
+    assert_eq!(late["items_total"], 4, "{late:#}");
+    assert!(
+        seen.iter()
+            .any(|r| r["bytes_remaining"].as_u64().is_some_and(|b| b > 0) && r["eta_basis"] == "bytes"),
+        "no bytes to go: {seen:#?}"
+    );
+    let pushed = series(
+        &metrics(&spoke),
+        "ferry_replication_bytes_total",
+        "replication=\"to-hub\"",
+    )
+    .unwrap();
+    assert!(pushed >= 40_000.0, "{pushed}");
+}
+
+/// The peers listing names the token each peer uses (the JSON did; the
+/// text did not); the hub refuses a malformed `Ferry-Instance` header and
+/// a negative cursor with a reason (one was served unrecorded, the other
+/// answered as a reset); an update takes `interval_secs` as a GET shows it.
+#[test]
+fn peers_text_names_tokens_and_odd_requests_are_refused() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let spoke = Server::pulling_spoke(&hub, "files", &token);
+    let id = &token["fst_".len().."fst_".len() + 16];
+    assert!(wait_until(SYNC, || hub
+        .cli_ok(&["replication", "peers", "edge"])
+        .contains(&format!("token {id}"))));
+
+    let api = format!("{}/api/replication/v1", hub.url);
+    let auth = format!("Authorization: Bearer {token}");
+    let (st, body) = curl(&[
+        "-H",
+        &auth,
+        "-H",
+        "Ferry-Instance: not-an-id",
+        &format!("{api}/feeds/files/changes"),
+    ]);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("names no instance id"), "{body}");
+    let (st, body) = curl(&["-H", &auth, &format!("{api}/feeds/files/changes?since=-1")]);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("since=-1"), "{body}");
+
+    let (st, body) = curl(&[
+        "-X",
+        "PATCH",
+        "-H",
+        &format!("Authorization: Bearer {ADMIN}"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        "{\"interval_secs\": 120}",
+        &format!("{}/api/v1/replications/from-hub", spoke.url),
+    ]);
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(overview(&spoke, "from-hub")["config"]["interval_secs"], 120);
+}
