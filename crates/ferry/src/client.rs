@@ -385,7 +385,7 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             if body.is_empty() {
                 anyhow::bail!("nothing to change: give at least one option (see --help)");
             }
-            call(
+            let updated = call(
                 &conn,
                 Method::PATCH,
                 &format!("/api/v1/replications/{name}"),
@@ -393,6 +393,9 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             )
             .await?;
             say!("updated replication {name}");
+            if let Some(w) = updated["warning"].as_str() {
+                esay!("warning: {w}");
+            }
         }
         ReplCmd::Token { name, conn } => {
             let r = call(
@@ -500,10 +503,14 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 }
                 if let Some(u) = r["status"]["unreachable"].as_object() {
                     say!(
-                        "  other instance unreachable since {}: {} (lag as last measured{})",
+                        "  other instance unreachable since {}: {}{}",
                         u.get("since").and_then(|v| v.as_str()).unwrap_or("?"),
                         u.get("error").and_then(|v| v.as_str()).unwrap_or("?"),
-                        lag_measured(&r["status"]["lag"])
+                        if lag.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (lag as last measured{})", lag_measured(&r["status"]["lag"]))
+                        }
                     );
                 } else if r["status"]["last_outcome"].as_str() == Some("failed") && !lag.is_empty() {
                     say!("  lag as last measured{}", lag_measured(&r["status"]["lag"]));
@@ -569,7 +576,9 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             }
             let peers = list.as_array().cloned().unwrap_or_default();
             if peers.is_empty() {
-                say!("no instance has connected to {name} yet");
+                say!(
+                    "no instance is listed for {name}: none has connected yet (or those that had were forgotten)"
+                );
             }
             for p in &peers {
                 let state = if p["stale"].as_bool() == Some(true) {

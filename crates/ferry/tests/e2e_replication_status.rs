@@ -143,12 +143,102 @@ fn run_wait_after_create_reports_the_execution_create_started() {
     assert!(spoke.serves("files", "big.bin", &big));
     let r = spoke.cli_json(&["replication", "executions", "from-hub", "--json"]);
     assert_eq!(r.as_array().unwrap().len(), 2, "{r:#}");
+    // The hub counts what it sent its peers.
+    let sent = series(
+        &metrics(&hub),
+        "ferry_replication_peer_bytes_total",
+        "replication=\"edge\",direction=\"sent\"",
+    )
+    .unwrap();
+    assert!(sent >= 300_000.0, "{sent}");
+}
+
+/// Settings a user gets wrong are refused or warned about: an empty
+/// filter pattern (it hid everything), a body that is not a JSON object
+/// (an array was taken as an empty update), an update to a URL nothing
+/// answers (stored silently; `create` warned), a second replication that
+/// only pulls into a feed another one only pulls into (neither can verify
+/// as the same), and a PATCH that changes nothing starts no execution.
+#[test]
+fn settings_a_user_gets_wrong_are_refused_or_warned_about() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    hub.create_feed("other", "assets");
+    let token = hub.incoming("edge", &["files", "other"], "push");
+    let spoke = Server::pulling_spoke(&hub, "files", &token);
+    let err = spoke.cli_fails(&["replication", "update", "from-hub", "--include", ""]);
+    assert!(err.contains("an empty filter pattern"), "{err}");
+    let patch = |body: &str| {
+        let (st, out) = curl(&[
+            "-X",
+            "PATCH",
+            "-H",
+            &format!("Authorization: Bearer {ADMIN}"),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            &format!("{}/api/v1/replications/from-hub", spoke.url),
+        ]);
+        (st, String::from_utf8_lossy(&out).to_string())
+    };
+    let (st, out) = patch("[]");
+    assert_eq!(st, 400, "{out}");
+    assert!(out.contains("must be a JSON object, not an array"), "{out}");
+    let (st, out) = patch(r#"{"exclude": [""]}"#);
+    assert_eq!(st, 400, "{out}");
+
+    // A PATCH that changes nothing starts no execution.
+    assert!(wait_until(SYNC, || spoke
+        .executions("from-hub")
+        .iter()
+        .all(|e| !e["outcome"].is_null())));
+    let before = spoke.executions("from-hub").len();
+    let (st, out) = patch("{}");
+    assert_eq!(st, 200, "{out}");
+    let (st, out) = patch(r#"{"interval": 3600}"#);
+    assert_eq!(st, 200, "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(spoke.executions("from-hub").len(), before);
+
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let out = spoke.cli(&["replication", "update", "from-hub", "--outgoing", &dead_url]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("warning: the other instance could not be reached yet"),
+        "{said}"
+    );
+    spoke.cli_ok(&["replication", "update", "from-hub", "--outgoing", &hub.url]);
+
+    let out = spoke.cli(&[
+        "replication",
+        "create",
+        "second",
+        "--feed",
+        "files=other",
+        "--outgoing",
+        &hub.url,
+        "--token",
+        &token,
+        "--mode",
+        "pull",
+    ]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("warning: feed files is pulled into by replication from-hub too"),
+        "{said}"
+    );
 }
 
 /// A pushing spoke's running execution never counts more items done than
 /// it has to go through, and knows the bytes to go, also when it retries
 /// items earlier executions left (the hub's filter held them back): it
-/// read "4/1 items", the retried ones done but not counted to go through.
+/// read "4/1 items", the retried ones done but not counted to go through,
+/// and counted the held items' bytes as still to go until the end.
 /// Bytes a push moved count in `ferry_replication_bytes_total` as they
 /// leave.
 #[test]
@@ -160,7 +250,7 @@ fn a_push_counts_retried_items_and_its_bytes_to_go() {
     let spoke = Server::start();
     spoke.create_feed("files", "assets");
     for i in 0..3 {
-        spoke.put_asset("files", &format!("held/{i}.txt"), format!("held {i}").as_bytes());
+        spoke.put_asset("files", &format!("held/{i}.bin"), &payload(&format!("held {i}"), 20_000));
     }
     spoke.outgoing(
         "to-hub",
@@ -207,6 +297,13 @@ fn a_push_counts_retried_items_and_its_bytes_to_go() {
         );
         assert!(done <= total, "{done}/{total} items: {r:#}");
     }
+    // The held items' bytes never move: they are not to go.
+    for r in &seen {
+        assert!(
+            r["bytes_remaining"].as_u64().is_none_or(|b| b <= 40_000),
+            "the held items' bytes counted as to go: {r:#}"
+        );
+    }
     let late = seen.last().unwrap();
     assert_eq!(late["items_total"], 4, "{late:#}");
     assert!(
@@ -221,6 +318,14 @@ fn a_push_counts_retried_items_and_its_bytes_to_go() {
     )
     .unwrap();
     assert!(pushed >= 40_000.0, "{pushed}");
+    // The hub counts what its peers sent it.
+    let received = series(
+        &metrics(&hub),
+        "ferry_replication_peer_bytes_total",
+        "replication=\"from-edge\",direction=\"received\"",
+    )
+    .unwrap();
+    assert!(received >= 40_000.0, "{received}");
 }
 
 /// The peers listing names the token each peer uses (the JSON did; the

@@ -308,7 +308,7 @@ impl ReplicationConfig {
         }
         if self.feeds.is_empty() {
             return Err(ReplError::Invalid(
-                "a replication needs at least one --feed".into(),
+                "a replication needs at least one feed (--feed)".into(),
             ));
         }
         let mut seen = std::collections::HashSet::new();

@@ -56,6 +56,12 @@ fn build(globs: &[String]) -> Result<Option<GlobSet>, ReplError> {
     }
     let mut b = GlobSetBuilder::new();
     for g in globs {
+        if g.trim().is_empty() {
+            return Err(ReplError::Invalid(
+                "an empty filter pattern matches no name: leave it out, or give one such as \"docs/**\""
+                    .into(),
+            ));
+        }
         b.add(Glob::new(g).map_err(|e| ReplError::Invalid(format!("filter {g:?}: {e}")))?);
     }
     b.build().map(Some).map_err(|e| ReplError::Invalid(e.to_string()))

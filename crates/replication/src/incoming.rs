@@ -18,6 +18,15 @@ use crate::filter::Filter;
 use crate::protocol::{anchor as anchor_of, *};
 use crate::{ReplError, Replicator, token};
 
+/// Which way a peer's blob bytes go through [`Replicator::guard_body`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// From this instance to the peer.
+    Sent,
+    /// From the peer to this instance.
+    Received,
+}
+
 /// A verified peer: the replication its token belongs to, and the
 /// instance it names itself as (see [`crate::peers`]).
 #[derive(Clone)]
@@ -364,13 +373,17 @@ impl Replicator {
     /// changed, on this node or another: a transfer under way ends with
     /// the revocation of its token or the narrowing of what it may read,
     /// not when its bytes run out (which a bandwidth cap can make hours).
-    pub fn guard_body<B>(&self, s: &Session, body: B) -> ByteStream
+    /// Its bytes are counted in `ferry_replication_peer_bytes_total`,
+    /// labelled by replication and `direction` (`sent` or `received`,
+    /// `flow`), as they pass.
+    pub fn guard_body<B>(&self, s: &Session, body: B, flow: Flow) -> ByteStream
     where
         B: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
     {
         use futures::StreamExt as _;
         struct Guard<B> {
             body: B,
+            counted: metrics::Counter,
             sessions: Option<tokio::sync::watch::Receiver<u64>>,
             r: Replicator,
             token_id: String,
@@ -381,8 +394,21 @@ impl Replicator {
             feeds: Vec<crate::config::FeedPair>,
             cut: bool,
         }
+        let direction = match flow {
+            Flow::Sent => "sent",
+            Flow::Received => "received",
+        };
+        impl<B> Guard<B> {
+            fn count(self, c: std::io::Result<bytes::Bytes>) -> (std::io::Result<bytes::Bytes>, Self) {
+                if let Ok(b) = &c {
+                    self.counted.increment(b.len() as u64);
+                }
+                (c, self)
+            }
+        }
         let state = Guard {
             body,
+            counted: metrics::counter!("ferry_replication_peer_bytes_total", "replication" => s.record.name.clone(), "direction" => direction),
             sessions: Some(self.sessions_signal()),
             r: self.clone(),
             token_id: s.token_id.clone(),
@@ -403,9 +429,9 @@ impl Replicator {
                     Some(rx) => tokio::select! {
                         biased;
                         r = rx.changed() => r.is_ok(),
-                        chunk = g.body.next() => return chunk.map(|c| (c, g)),
+                        chunk = g.body.next() => return chunk.map(|c| g.count(c)),
                     },
-                    None => return g.body.next().await.map(|c| (c, g)),
+                    None => return g.body.next().await.map(|c| g.count(c)),
                 };
                 if !changed {
                     g.sessions = None; // no more signals: only the body
@@ -1161,7 +1187,7 @@ impl Replicator {
             session: s.clone(),
             blobs,
         };
-        Ok(self.guard_body(s, delivered))
+        Ok(self.guard_body(s, delivered, Flow::Sent))
     }
 }
 

@@ -379,8 +379,51 @@ impl Replicator {
                 return Err(e);
             }
             self.0.scheduler.start(self.clone(), rec.id, name.to_string());
+            if let Some(w) = self.also_filled_by(name, &cfg).await? {
+                warning = Some(match warning {
+                    Some(before) => format!("{before}; {w}"),
+                    None => w,
+                });
+            }
         }
         Ok((rec, warning))
+    }
+
+    /// When outgoing `cfg` (replication `name`) only pulls into a feed
+    /// that another outgoing replication only pulls into too: a warning
+    /// naming them. The feed holds what both other sides hold, so neither
+    /// replication verifies as the same as its side.
+    async fn also_filled_by(&self, name: &str, cfg: &ReplicationConfig) -> Result<Option<String>, ReplError> {
+        // Replications that also send back (mirrors of a mesh) bring
+        // every side to the union: no warning for those.
+        let pulls_only = |c: &ReplicationConfig| c.mode.flows.pull_missing && !c.mode.flows.push_missing;
+        if !pulls_only(cfg) {
+            return Ok(None);
+        }
+        let mut shared = Vec::new();
+        for other in self.store().replications().await? {
+            if other.name == name {
+                continue;
+            }
+            let Ok(o) = Self::parse(&other) else { continue };
+            if !o.is_outgoing() || !pulls_only(&o) {
+                continue;
+            }
+            for p in &cfg.feeds {
+                if o.feeds.iter().any(|q| q.local == p.local) {
+                    shared.push(format!(
+                        "feed {} is pulled into by replication {} too",
+                        p.local, other.name
+                    ));
+                }
+            }
+        }
+        Ok((!shared.is_empty()).then(|| {
+            format!(
+                "{}: each is a replica of its own other side, so neither will verify as the same",
+                shared.join(", ")
+            )
+        }))
     }
 
     /// Handshakes with the other end that outgoing configuration `cfg`
@@ -423,18 +466,30 @@ impl Replicator {
     /// token is checked against the other end first and refused, leaving the
     /// replication as it was, if that end refuses it. A narrower filter never
     /// deletes anything: items it leaves out simply stop being copied.
-    pub async fn update(&self, name: &str, req: UpdateRequest) -> Result<ReplicationRecord, ReplError> {
+    ///
+    /// Returns the stored record, and a warning when the new URL could not
+    /// be reached yet (stored all the same, as `create` does).
+    pub async fn update(
+        &self,
+        name: &str,
+        req: UpdateRequest,
+    ) -> Result<(ReplicationRecord, Option<String>), ReplError> {
         let (rec, old) = self.record(name).await?;
         let reconnect = req.changes_connection();
         let cfg = req.apply_to(&old)?;
+        let mut warning = None;
         if reconnect {
-            self.probe_other_end(&rec, &cfg).await?;
+            warning = self.probe_other_end(&rec, &cfg).await?;
         }
         if cfg.blob_sources != old.blob_sources {
             self.probe_sources(name, &cfg.blob_sources).await?;
         }
+        if cfg == old && !reconnect {
+            // Nothing changes: nothing stored, no execution woken.
+            return Ok((rec, None));
+        }
         let value = self.replace_config(&rec, &old, &cfg, reconnect).await?;
-        Ok(ReplicationRecord { config: value, ..rec })
+        Ok((ReplicationRecord { config: value, ..rec }, warning))
     }
 
     /// Stores `cfg` as replication `rec`'s configuration (once no execution
@@ -1121,7 +1176,7 @@ impl Replicator {
                     .unreachable
                     .take()
                     .map_or_else(|| ferry_core::rfc3339(now_millis()), |u| u.since),
-                error: e.to_string(),
+                error: without_request_url(&e.to_string()),
             });
         }
     }
@@ -1416,6 +1471,19 @@ impl Replicator {
     }
 }
 
+/// `message` without the " for url (…)" an HTTP client error names the
+/// request by (a long poll's whole query string, cursors and all).
+fn without_request_url(message: &str) -> String {
+    match message.find(" for url (") {
+        Some(at) => {
+            let rest = &message[at + " for url (".len()..];
+            let end = rest.find(')').map_or(rest.len(), |i| i + 1);
+            format!("{}{}", &message[..at], &rest[end..])
+        }
+        None => message.to_string(),
+    }
+}
+
 /// The time left of a running execution, in seconds, and what it was
 /// judged by: `"bytes"` (bytes still to move at the byte rate so far) while
 /// the backlog's bytes are known, some remain and some have moved; else
@@ -1457,7 +1525,21 @@ async fn next_event(
 
 #[cfg(test)]
 mod tests {
-    use super::eta;
+    use super::{eta, without_request_url};
+
+    #[test]
+    fn an_unreachable_peer_is_named_without_the_request_url() {
+        assert_eq!(
+            without_request_url(
+                "error sending request for url (http://h:1/api/replication/v1/feeds/f/changes?since=3&anchor=9): connection refused"
+            ),
+            "error sending request: connection refused"
+        );
+        assert_eq!(
+            without_request_url("no answer within 5 s"),
+            "no answer within 5 s"
+        );
+    }
 
     #[test]
     fn time_left_is_judged_by_bytes_while_they_are_known() {

@@ -671,9 +671,9 @@ async fn get_config(State(st): State<AppState>, _: Admin) -> Result<Json<Value>,
 async fn put_config(
     State(st): State<AppState>,
     _: Admin,
-    body: Result<Json<Declarations>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(decls) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
+    let decls: Declarations = crate::error::object_body(body).map_err(ApiError::json)?;
     // Applied to its end (or undone) even if the client goes away while
     // the other ends are checked: a dropped request must not leave half
     // of a file applied.

@@ -61,6 +61,33 @@ pub fn json_rejection(e: &axum::extract::rejection::JsonRejection) -> CoreError 
     }
 }
 
+/// A management API body: JSON that must be an object, read into `T`.
+/// serde reads a struct from a JSON array too (`[]` as "no fields at
+/// all"), which no client means, so anything but an object is refused.
+///
+/// Errors: [`CoreError::Invalid`] (400) naming what was sent instead or
+/// what serde found wrong, [`CoreError::TooLarge`] (413) as
+/// [`json_rejection`].
+pub fn object_body<T: serde::de::DeserializeOwned>(
+    body: Result<axum::Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, CoreError> {
+    let axum::Json(v) = body.map_err(|e| json_rejection(&e))?;
+    let kind = match &v {
+        serde_json::Value::Object(_) => None,
+        serde_json::Value::Array(_) => Some("an array"),
+        serde_json::Value::String(_) => Some("a string"),
+        serde_json::Value::Number(_) => Some("a number"),
+        serde_json::Value::Bool(_) => Some("a boolean"),
+        serde_json::Value::Null => Some("null"),
+    };
+    if let Some(kind) = kind {
+        return Err(CoreError::invalid(format!(
+            "the request body must be a JSON object, not {kind}"
+        )));
+    }
+    serde_json::from_value(v).map_err(|e| CoreError::invalid(format!("invalid request body: {e}")))
+}
+
 pub fn status_of(e: &CoreError) -> StatusCode {
     match e {
         CoreError::NotFound(_) => StatusCode::NOT_FOUND,

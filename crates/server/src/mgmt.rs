@@ -63,9 +63,9 @@ struct NewFeed {
 async fn create_feed(
     State(st): State<AppState>,
     _: Admin,
-    body: Result<Json<NewFeed>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
+    let req: NewFeed = crate::error::object_body(body).map_err(ApiError::json)?;
     let feed = new_feed(&st.ferry, &req.name, &req.feed_type, req.private)
         .await
         .map_err(ApiError::json)?;
@@ -154,9 +154,9 @@ async fn import_signing_key(
     State(st): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
-    body: Result<Json<ImportKey>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult {
-    let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
+    let req: ImportKey = crate::error::object_body(body).map_err(ApiError::json)?;
     let feed = st.ferry.feed(&parse_name(&name)?).await.map_err(ApiError::json)?;
     let key = st
         .ferry
@@ -180,9 +180,9 @@ struct NewKey {
 async fn create_key(
     State(st): State<AppState>,
     _: Admin,
-    body: Result<Json<NewKey>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
+    let req: NewKey = crate::error::object_body(body).map_err(ApiError::json)?;
     let (rec, secret) = new_key(&st.ferry, &req.name, &req.permission, req.feeds)
         .await
         .map_err(ApiError::json)?;

@@ -57,11 +57,12 @@ type JsonResult = Result<Json<Value>, ApiError>;
 /// An optional JSON body whose fields all have defaults: none sent (no
 /// JSON content type) is the defaults; a malformed one is a JSON 400 like
 /// every other management body.
-fn optional_body<T: Default>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+fn optional_body<T: Default + serde::de::DeserializeOwned>(
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<T, ApiError> {
     match body {
-        Ok(Json(b)) => Ok(b),
         Err(JsonRejection::MissingJsonContentType(_)) => Ok(T::default()),
-        Err(e) => Err(ApiError::json(crate::error::json_rejection(&e))),
+        body => crate::error::object_body(body).map_err(ApiError::json),
     }
 }
 
@@ -121,9 +122,9 @@ async fn overview(st: &AppState, name: &str) -> JsonResult {
 async fn create(
     State(st): State<AppState>,
     _: Admin,
-    body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
+    let req: CreateRequest = crate::error::object_body(body).map_err(ApiError::json)?;
     let (o, warning) = create_replication(&st, req).await.map_err(ApiError::json)?;
     let mut body = json!(o);
     if let (Some(w), Some(obj)) = (warning, body.as_object_mut()) {
@@ -196,24 +197,30 @@ async fn update(
     State(st): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
-    body: Result<Json<UpdateRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult {
-    let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
-    let o = update_replication(&st, &name, req)
+    let req: UpdateRequest = crate::error::object_body(body).map_err(ApiError::json)?;
+    let (o, warning) = update_replication(&st, &name, req)
         .await
         .map_err(ApiError::json)?;
-    Ok(Json(json!(o)))
+    let mut v = json!(o);
+    if let Some(w) = warning {
+        v["warning"] = json!(w);
+    }
+    Ok(Json(v))
 }
 
 /// Changes what `replication update` may change (the API and the web UI);
-/// a new URL or token is checked against the other end first.
+/// a new URL or token is checked against the other end first. Returns the
+/// overview after the change, and a warning when the new URL could not be
+/// reached yet.
 pub(crate) async fn update_replication(
     st: &AppState,
     name: &str,
     req: UpdateRequest,
-) -> Result<Overview, CoreError> {
-    st.replicator.update(name, req).await?;
-    replication_overview(st, name).await
+) -> Result<(Overview, Option<String>), CoreError> {
+    let (_, warning) = st.replicator.update(name, req).await?;
+    Ok((replication_overview(st, name).await?, warning))
 }
 
 async fn remove(
@@ -259,9 +266,9 @@ async fn run(
     State(st): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
-    body: Result<Json<RunRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let req = optional_body(body)?;
+    let req: RunRequest = optional_body(body)?;
     if req.wait || req.confirm_deletes || req.full {
         let result = st
             .replicator
@@ -346,9 +353,9 @@ async fn verify(
     State(st): State<AppState>,
     _: Admin,
     Path(name): Path<String>,
-    body: Result<Json<VerifyRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> JsonResult {
-    let req = optional_body(body)?;
+    let req: VerifyRequest = optional_body(body)?;
     let mut repaired = None;
     if req.repair
         && !st
@@ -387,9 +394,9 @@ struct LevelRequest {
 async fn set_level(
     State(st): State<AppState>,
     _: Admin,
-    body: Result<Json<LevelRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult {
-    let Json(req) = body.map_err(|e| ApiError::json(crate::error::json_rejection(&e)))?;
+    let req: LevelRequest = crate::error::object_body(body).map_err(ApiError::json)?;
     let level = set_log_level(&st, &req.level).map_err(ApiError::json)?;
     Ok(Json(json!({ "min_level": level })))
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use ferry_core::CoreError;
-use ferry_replication::incoming::Session;
+use ferry_replication::incoming::{Flow, Session};
 use ferry_replication::protocol::*;
 use ferry_types::{Digest, ItemKey};
 use futures::TryStreamExt;
@@ -319,7 +319,7 @@ async fn get_blob(
     // Cut at once if the peer's token is revoked while the blob is sent.
     Ok(resp.map(|body| {
         let bytes = body.into_data_stream().map_err(std::io::Error::other);
-        Body::from_stream(st.replicator.guard_body(&s, bytes))
+        Body::from_stream(st.replicator.guard_body(&s, bytes, Flow::Sent))
     }))
 }
 
@@ -348,9 +348,11 @@ async fn upload_batch(
     body: Body,
 ) -> JsonResult<ferry_replication::batch::UploadResponse> {
     // Cut at once if the peer's token is revoked while the upload runs.
-    let stream = st
-        .replicator
-        .guard_body(&s, body.into_data_stream().map_err(std::io::Error::other));
+    let stream = st.replicator.guard_body(
+        &s,
+        body.into_data_stream().map_err(std::io::Error::other),
+        Flow::Received,
+    );
     match st.replicator.receive_batch(&s, stream).await {
         Ok(r) => Ok(Json(r)),
         Err(e) => Err(failed(&st, &s, cut_reason(&st, &s, e).await)),
@@ -364,9 +366,11 @@ async fn put_blob(
     body: Body,
 ) -> Result<(), ApiError> {
     let d = parse_digest(&digest)?;
-    let stream = st
-        .replicator
-        .guard_body(&s, body.into_data_stream().map_err(std::io::Error::other));
+    let stream = st.replicator.guard_body(
+        &s,
+        body.into_data_stream().map_err(std::io::Error::other),
+        Flow::Received,
+    );
     match st.replicator.receive_blob(&s, &d, stream).await {
         Ok(()) => Ok(()),
         Err(e) => Err(failed(&st, &s, cut_reason(&st, &s, e).await)),

@@ -320,11 +320,24 @@ impl Run<'_> {
         // Every change of the page is gone through, sent or not (left out
         // by the filter, or the same there already).
         let passed = entries.len() as u64;
+        // The blobs of the page's live items: those of items not sent
+        // (left out by a filter, held back, the same there) are counted
+        // as needing no transfer, so the bytes to go stay true.
+        let page_blobs: HashSet<Digest> = if self.feed_bytes.is_some() && !self.dry {
+            entries
+                .iter()
+                .filter(|e| !e.deleted)
+                .flat_map(|e| e.blobs.iter().copied())
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let admitted: Vec<WireEntry> = entries
             .into_iter()
             .filter(|e| self.wanted_by_remote(local, e))
             .collect();
         if admitted.is_empty() {
+            self.skip_unsent(page_blobs, &[]).await?;
             self.progress.items.fetch_add(passed, Ordering::Relaxed);
             return Ok(());
         }
@@ -429,7 +442,9 @@ impl Run<'_> {
             }
             return Ok(());
         }
+        self.skip_unsent(page_blobs, &todo).await?;
         if todo.is_empty() {
+            self.progress.items.fetch_add(passed, Ordering::Relaxed);
             return self
                 .record_stuck(Direction::Push, local, remote, stuck, &settled)
                 .await;
@@ -486,6 +501,7 @@ impl Run<'_> {
             live_there = kept_live;
         }
         if todo.is_empty() {
+            self.progress.items.fetch_add(passed, Ordering::Relaxed);
             return self
                 .record_stuck(Direction::Push, local, remote, stuck, &settled)
                 .await;
@@ -540,5 +556,27 @@ impl Run<'_> {
         self.progress.items.fetch_add(passed, Ordering::Relaxed);
         self.record_stuck(Direction::Push, local, remote, stuck, &settled)
             .await
+    }
+
+    /// Counts the bytes of `page_blobs` that no entry of `todo` needs as
+    /// needing no transfer ([`Run::skip_bytes`]): blobs of items this page
+    /// does not send.
+    async fn skip_unsent(
+        &self,
+        mut page_blobs: HashSet<Digest>,
+        todo: &[WireEntry],
+    ) -> Result<(), ReplError> {
+        for e in todo {
+            for d in &e.blobs {
+                page_blobs.remove(d);
+            }
+        }
+        if page_blobs.is_empty() {
+            return Ok(());
+        }
+        let unsent: Vec<Digest> = page_blobs.into_iter().collect();
+        let n: u64 = self.r.ferry().present_blob_sizes(&unsent).await?.values().sum();
+        self.skip_bytes(n);
+        Ok(())
     }
 }
