@@ -916,8 +916,10 @@ pub async fn bundle(cmd: BundleCmd) -> anyhow::Result<()> {
 fn running_text(run: &Value) -> String {
     // The web UI shows these with the same rule.
     let size = |v: &Value| v.as_f64().map(ferry_types::binary_size);
+    // Items count once gone through (a pulled page's once it is
+    // applied, after its blobs moved): the bytes show the way there.
     let mut parts = vec![format!(
-        "{}/{} items",
+        "{}/{} items done",
         run["items_done"].as_u64().unwrap_or(0),
         run["items_total"].as_u64().unwrap_or(0)
     )];

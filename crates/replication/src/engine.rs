@@ -804,8 +804,21 @@ impl<'a> Run<'a> {
                 ));
             }
             if fr.pushes {
+                // Items the other side's filter holds back, named in the
+                // report's `stuck` list.
+                let held = self
+                    .report
+                    .stuck
+                    .iter()
+                    .filter(|s| s.held && s.feed == fr.local)
+                    .count();
+                let held = if held > 0 {
+                    format!(", {held} held back by the other side's filter")
+                } else {
+                    String::new()
+                };
                 said.push(format!(
-                    "pushed +{} ~{} -{} ({} skipped, {} conflicts, {} bytes)",
+                    "pushed +{} ~{} -{} ({} skipped, {} conflicts, {} bytes{held})",
                     q.added, q.updated, q.deleted, q.skipped, q.conflicts, q.bytes
                 ));
             }

@@ -11,6 +11,10 @@ use ferry_types::{FeedName, ItemKey};
 use super::*;
 use crate::ReplError;
 
+/// Items held back by the other side's filter named in one execution's
+/// log per feed (the report lists them all).
+const HELD_LOGGED: usize = 3;
+
 impl Run<'_> {
     fn stuck_prefix(dir: Direction, local: &FeedRecord, remote: &FeedName) -> String {
         format!("stuck:{}", cursor_name(dir, &local.name, remote)) + ":"
@@ -71,10 +75,29 @@ impl Run<'_> {
             }
             let held = reason == OUTSIDE_THEIR_FILTER;
             if held {
-                self.log(
-                    "info",
-                    format!("feed {}: {key} is held back: {reason}", local.name),
-                );
+                // Named in the log a few at a time (every one is in the
+                // report): a feed with many items outside the other
+                // side's filter would otherwise fill each execution's log.
+                let logged = self
+                    .report
+                    .stuck
+                    .iter()
+                    .filter(|s| s.feed == local.name && s.held)
+                    .count();
+                if logged < HELD_LOGGED {
+                    self.log(
+                        "info",
+                        format!("feed {}: {key} is held back: {reason}", local.name),
+                    );
+                } else if logged == HELD_LOGGED {
+                    self.log(
+                        "info",
+                        format!(
+                            "feed {}: more items are held back for the same reason (the execution's report lists every one)",
+                            local.name
+                        ),
+                    );
+                }
             } else {
                 self.log(
                     "error",
