@@ -250,7 +250,11 @@ fn a_push_counts_retried_items_and_its_bytes_to_go() {
     let spoke = Server::start();
     spoke.create_feed("files", "assets");
     for i in 0..3 {
-        spoke.put_asset("files", &format!("held/{i}.bin"), &payload(&format!("held {i}"), 20_000));
+        spoke.put_asset(
+            "files",
+            &format!("held/{i}.bin"),
+            &payload(&format!("held {i}"), 20_000),
+        );
     }
     spoke.outgoing(
         "to-hub",

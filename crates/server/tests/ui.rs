@@ -573,6 +573,10 @@ async fn an_incoming_replication_shows_the_instances_that_connect() {
     let cookie = session(&i, ADMIN).await;
     let r = page(&i, &cookie, "/replications/edge").await;
     assert!(r.text().contains("No instance has connected yet"), "{}", r.text());
+    // The landing page's row says who connects, not "never run".
+    let landing = page(&i, &cookie, "/").await.text();
+    assert!(landing.contains("no instance has connected yet"), "{landing}");
+    assert!(!landing.contains("never run"), "{landing}");
     let hs = serde_json::json!({
         "protocol_versions": [1],
         "instance_id": "cccccccccccccccccccccccccccccccc",
@@ -605,6 +609,10 @@ async fn an_incoming_replication_shows_the_instances_that_connect() {
     );
     assert!(!html.contains("<script>alert(1)"), "{html}");
     assert!(html.contains("1.2.3"), "{html}");
+    let landing = page(&i, &cookie, "/").await.text();
+    assert!(landing.contains("1 instance</a>"), "{landing}");
+    let polled = page(&i, &cookie, "/ui/api/overview").await.text();
+    assert!(polled.contains("1 instance"), "{polled}");
 }
 
 // ------------------------------------------------------------ peers for the wizard and executions

@@ -129,6 +129,58 @@ fn lag_text(o: &Overview) -> String {
     }
 }
 
+/// An incoming replication's row: the instances that connect with its
+/// tokens (it runs no executions of its own), and the lag of the one
+/// furthest behind.
+struct IncomingSummary {
+    peers: usize,
+    stale: usize,
+    failing: usize,
+    /// The largest lag in changes and seconds over every peer and feed.
+    lag: Option<(i64, f64)>,
+}
+
+async fn incoming_summary(st: &AppState, o: &Overview) -> Option<IncomingSummary> {
+    if o.config.is_outgoing() {
+        return None;
+    }
+    let peers = st.replicator.peers(&o.name).await.ok()?;
+    let lag = peers
+        .iter()
+        .flat_map(|p| p.state.feeds.values())
+        .map(|f| (f.lag_changes, f.lag_seconds))
+        .fold(None, |m: Option<(i64, f64)>, (c, s)| {
+            Some(m.map_or((c, s), |(mc, ms)| (mc.max(c), ms.max(s))))
+        });
+    Some(IncomingSummary {
+        peers: peers.len(),
+        stale: peers.iter().filter(|p| p.stale).count(),
+        failing: peers.iter().filter(|p| p.state.last_error.is_some()).count(),
+        lag,
+    })
+}
+
+fn incoming_last(o: &Overview, s: &IncomingSummary) -> Markup {
+    let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    html! { span {
+        @if s.peers == 0 {
+            span.muted { "no instance has connected yet" }
+        } @else {
+            a href={ "/replications/" (seg(&o.name)) "#peers" } { (plural(s.peers, "instance", "instances")) }
+            @if s.stale > 0 { " " span class="badge bad" { (s.stale) " stale" } }
+            @if s.failing > 0 { " " span class="badge warn" { (s.failing) " with an error" } }
+        }
+    } }
+}
+
+fn incoming_lag(s: &IncomingSummary) -> String {
+    match s.lag {
+        None => "—".into(),
+        Some((0, _)) => "up to date".into(),
+        Some((c, secs)) => format!("furthest behind: {c} changes, {}", duration(secs)),
+    }
+}
+
 fn outcome_class(outcome: Option<&str>) -> &'static str {
     match outcome {
         Some("succeeded") => "ok",
@@ -186,7 +238,7 @@ async fn overview(
     let list = core_api::replication_overviews(&st).await.map_err(html_err)?;
     let mut rows = Vec::new();
     for o in &list {
-        rows.push((o, last_execution(&st, o).await));
+        rows.push((o, last_execution(&st, o).await, incoming_summary(&st, o).await));
     }
     let body = html! {
         div.titlebar {
@@ -209,7 +261,7 @@ async fn overview(
                     thead { tr { th { "Name" } th { "Feeds (local = remote)" } th { "Communication" } th { "Mode" }
                         th { "State" } th { "Last execution" } th { "Lag" } th { "Next run" } th { span.sr { "Actions" } } } }
                     tbody {
-                        @for (o, last) in &rows {
+                        @for (o, last, incoming) in &rows {
                             tr data-repl=(o.name) {
                                 td data-label="Name" { a href={ "/replications/" (seg(&o.name)) } { (o.name) } }
                                 td data-label="Feeds" { (feeds_of(o)) }
@@ -221,8 +273,12 @@ async fn overview(
                                         @if let Some(r) = &o.running { (progress_text(r)) }
                                     }
                                 }
-                                td data-field="last" data-label="Last execution" { (last_text(o, last.as_ref())) }
-                                td data-field="lag" data-label="Lag" { (lag_text(o)) }
+                                td data-field="last" data-label="Last execution" {
+                                    @match incoming { Some(i) => (incoming_last(o, i)), None => (last_text(o, last.as_ref())) }
+                                }
+                                td data-field="lag" data-label="Lag" {
+                                    @match incoming { Some(i) => (incoming_lag(i)), None => (lag_text(o)) }
+                                }
                                 td.muted data-label="Next run" { (o.status.next_run.as_deref().map(when_text).unwrap_or_else(|| "—".into())) }
                                 td.actions {
                                     @if o.config.is_outgoing() {
@@ -255,13 +311,17 @@ async fn overview_json(State(st): State<AppState>, who: Signed) -> Result<Json<V
     let mut out = Vec::new();
     for o in &list {
         let last = last_execution(&st, o).await;
+        let (last, lag) = match incoming_summary(&st, o).await {
+            Some(i) => (incoming_last(o, &i).into_string(), incoming_lag(&i)),
+            None => (last_text(o, last.as_ref()).into_string(), lag_text(o)),
+        };
         out.push(json!({
             "name": o.name,
             "state": o.status.state,
             "progress": o.running.as_ref().map(progress_text).unwrap_or_default(),
             "running": stoppable(o),
-            "last": last_text(o, last.as_ref()).into_string(),
-            "lag": lag_text(o),
+            "last": last,
+            "lag": lag,
         }));
     }
     Ok(Json(json!({ "replications": out })))
@@ -919,7 +979,7 @@ async fn detail(
                 } }
             }
             (post_button(&who, &format!("{base}/tokens"), "New sync token", ""))
-            h2 { "Connected instances" }
+            h2 #peers { "Connected instances" }
             @if peers.is_empty() { p.muted { "No instance has connected yet. Give one of the tokens above to the instance that will replicate with this one." } }
             @else {
                 div.table-wrap { table {
