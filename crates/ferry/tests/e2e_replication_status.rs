@@ -187,6 +187,13 @@ fn settings_a_user_gets_wrong_are_refused_or_warned_about() {
     assert!(out.contains("must be a JSON object, not an array"), "{out}");
     let (st, out) = patch(r#"{"exclude": [""]}"#);
     assert_eq!(st, 400, "{out}");
+    // Part of the delete guard changes; the rest stays.
+    let (st, out) = patch(r#"{"delete_guard": {"max_items": 7}}"#);
+    assert_eq!(st, 200, "{out}");
+    let (st, out) = patch(r#"{"delete_guard": {"max_share": 0.5}}"#);
+    assert_eq!(st, 200, "{out}");
+    let guard = overview(&spoke, "from-hub")["config"]["delete_guard"].clone();
+    assert_eq!(guard, serde_json::json!({"max_share": 0.5, "max_items": 7}));
 
     // A PATCH that changes nothing starts no execution.
     assert!(wait_until(SYNC, || spoke

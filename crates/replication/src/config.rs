@@ -234,6 +234,17 @@ pub struct DeleteGuard {
     pub max_items: u64,
 }
 
+/// A change to a [`DeleteGuard`] in an update: a field left out stays as
+/// it is.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteGuardChange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_share: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_items: Option<u64>,
+}
+
 impl Default for DeleteGuard {
     fn default() -> Self {
         Self {
@@ -624,7 +635,7 @@ pub struct UpdateRequest {
     #[serde(default)]
     pub bandwidth_limit: Option<u64>,
     #[serde(default)]
-    pub delete_guard: Option<DeleteGuard>,
+    pub delete_guard: Option<DeleteGuardChange>,
     /// Blobs up to this many bytes travel inline with pages; 0 turns it off.
     #[serde(default)]
     pub inline_max_bytes: Option<u64>,
@@ -689,7 +700,10 @@ impl UpdateRequest {
             cfg.blob_sources = v;
         }
         if let Some(g) = self.delete_guard {
-            cfg.delete_guard = g;
+            cfg.delete_guard = DeleteGuard {
+                max_share: g.max_share.unwrap_or(cfg.delete_guard.max_share),
+                max_items: g.max_items.unwrap_or(cfg.delete_guard.max_items),
+            };
         }
         cfg.validate()?;
         Ok(cfg)
