@@ -187,6 +187,25 @@ fn settings_a_user_gets_wrong_are_refused_or_warned_about() {
     assert!(out.contains("must be a JSON object, not an array"), "{out}");
     let (st, out) = patch(r#"{"exclude": [""]}"#);
     assert_eq!(st, 400, "{out}");
+    // A declaration neither incoming nor outgoing is refused (it was
+    // taken as the incoming one, "unchanged").
+    let (st, out) = support::curl_stdin(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("authorization: Bearer {ADMIN}"),
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+            &format!("{}/api/v1/config", hub.url),
+        ],
+        br#"{"replications":[{"name":"edge","feeds":["files","other"],"incoming":false,"mode":"push"}]}"#,
+    );
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(st, 400, "{out}");
+    assert!(out.contains("incoming = false needs outgoing"), "{out}");
     // Part of the delete guard changes; the rest stays.
     let (st, out) = patch(r#"{"delete_guard": {"max_items": 7}}"#);
     assert_eq!(st, 200, "{out}");

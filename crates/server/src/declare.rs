@@ -75,8 +75,9 @@ pub struct ReplicationDecl {
     /// `LOCAL[=REMOTE]` pairs.
     pub feeds: Vec<String>,
     /// The other instance connects here (say it, or leave `outgoing` out).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub incoming: bool,
+    /// `Some(true)` when said; `Some(false)` needs `outgoing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outgoing: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -284,10 +285,20 @@ impl ReplicationDecl {
                 "token_file and token_env are read by the program that reads the file; send token".into(),
             ));
         }
-        if self.incoming && self.outgoing.is_some() {
-            return Err(ReplError::Invalid(
-                "incoming = true and outgoing = URL exclude each other".into(),
-            ));
+        match (self.incoming, &self.outgoing) {
+            (Some(true), Some(_)) => {
+                return Err(ReplError::Invalid(
+                    "incoming = true and outgoing = URL exclude each other".into(),
+                ));
+            }
+            (Some(false), None) => {
+                return Err(ReplError::Invalid(
+                    "incoming = false needs outgoing = URL (the instance this one connects to); \
+                     an incoming replication says incoming = true, or leaves both out"
+                        .into(),
+                ));
+            }
+            _ => {}
         }
         let mut blob_sources = Vec::new();
         for b in &self.blob_sources {
@@ -616,7 +627,7 @@ pub async fn export(ferry: &Ferry, replicator: &Replicator) -> Result<Declaratio
                     .collect();
             }
             ferry_replication::config::Communication::Incoming => {
-                r.incoming = true;
+                r.incoming = Some(true);
                 r.accept_tokens = replicator
                     .accepted_tokens(&o.name)
                     .await?
