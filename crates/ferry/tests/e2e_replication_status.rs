@@ -359,7 +359,7 @@ fn a_push_counts_retried_items_and_its_bytes_to_go() {
 }
 
 /// The peers listing names the token each peer uses (the JSON did; the
-/// text did not); the hub refuses a malformed `Ferry-Instance` header and
+/// text did not), and a forgotten peer comes back by name; the hub refuses a malformed `Ferry-Instance` header and
 /// a negative cursor with a reason (one was served unrecorded, the other
 /// answered as a reset); an update takes `interval_secs` as a GET shows it.
 #[test]
@@ -372,6 +372,25 @@ fn peers_text_names_tokens_and_odd_requests_are_refused() {
     assert!(wait_until(SYNC, || hub
         .cli_ok(&["replication", "peers", "edge"])
         .contains(&format!("token {id}"))));
+
+    // Forgotten, it comes back by name (it was listed unnamed until its
+    // next handshake, up to 5 minutes later).
+    let listed = hub.cli_json(&["replication", "peers", "edge", "--json"]);
+    let instance = listed[0]["instance_id"].as_str().unwrap().to_string();
+    let name = listed[0]["name"].as_str().unwrap().to_string();
+    hub.cli_ok(&["replication", "peers", "edge", "--forget", &instance]);
+    hub.put_asset("files", "one.txt", b"1");
+    hub.put_asset("files", "two.txt", b"2");
+    assert!(wait_until(SYNC, || spoke.serves("files", "two.txt", b"2")));
+    hub.put_asset("files", "three.txt", b"3");
+    assert!(
+        wait_until(SYNC, || {
+            let l = hub.cli_json(&["replication", "peers", "edge", "--json"]);
+            l[0]["name"].as_str() == Some(name.as_str()) && l[0]["ferry_version"].is_string()
+        }),
+        "{:#}",
+        hub.cli_json(&["replication", "peers", "edge", "--json"])
+    );
 
     let api = format!("{}/api/replication/v1", hub.url);
     let auth = format!("Authorization: Bearer {token}");

@@ -466,8 +466,9 @@ impl Replicator {
     /// cursor was taken from answers `reset` and `diverged`.
     pub async fn changes(&self, s: &Session, feed: &str, q: PageQuery) -> Result<ChangesPage, ReplError> {
         let since = q.since;
-        let page = self.changes_page(s, feed, q).await?;
+        let mut page = self.changes_page(s, feed, q).await?;
         self.peer_page(s, feed, since, &page);
+        page.handshake_again = self.peer_unnamed(s);
         Ok(page)
     }
 
@@ -498,6 +499,7 @@ impl Replicator {
         let horizon = self.store().horizon(feed.id).await?;
         let reset = |last_seq: i64, last_anchor: Option<i64>, diverged: bool| ChangesPage {
             entries: Vec::new(),
+            handshake_again: false,
             next: since,
             last_seq,
             reset: true,
@@ -605,6 +607,7 @@ impl Replicator {
             .collect();
         let inline = self.inline_blobs(&entries, extras.inline_max).await;
         Ok(ChangesPage {
+            handshake_again: false,
             entries,
             next,
             last_seq,

@@ -332,6 +332,26 @@ impl Replicator {
         self.peer_feed(s, feed, since, (page.last_seq - since).max(0), lag_seconds, now);
     }
 
+    /// Whether the peer of `s` (one recorded here) is listed without what
+    /// its handshake tells (its name and versions), or no longer listed:
+    /// it was forgotten (`--forget`), during this request or before it
+    /// and then listed again by a request that was not a handshake.
+    pub(crate) fn peer_unnamed(&self, s: &Session) -> bool {
+        let Some(instance) = &s.instance else {
+            return false;
+        };
+        self.0
+            .peer_book
+            .entries
+            .lock()
+            .ok()
+            .map(|m| {
+                m.get(&(s.record.id, instance.clone()))
+                    .is_none_or(|e| e.state.ferry_version.is_none())
+            })
+            .unwrap_or(false)
+    }
+
     /// Records that the peer of `s` has read all of `feed` up to `since`,
     /// the end of its change log: it waits for the next change (a long
     /// poll), and is not behind.

@@ -173,6 +173,11 @@ impl WireEntry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangesPage {
     pub entries: Vec<WireEntry>,
+    /// Set when this side lists the asking instance without what its
+    /// handshake tells (it was forgotten here and came back): it should
+    /// handshake again, so it is listed by name. Older peers ignore it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handshake_again: bool,
     /// The cursor to ask from next.
     pub next: i64,
     /// The newest seq of the feed's log.

@@ -329,6 +329,9 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                             backoff = RECONNECT_MIN;
                             refused_last = false;
                             r.set_reachable(id, None);
+                            if page.handshake_again {
+                                r.forget_handshake(id);
+                            }
                             // Another node of the instance, woken by the same
                             // change, may have applied it meanwhile: nothing
                             // to run for (poll again from where it got).
@@ -357,6 +360,12 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                             backoff = RECONNECT_MIN;
                             refused_last = false;
                             r.set_reachable(id, None);
+                            if page.handshake_again {
+                                // Forgotten there: an execution shakes
+                                // hands again (at most once per poll).
+                                r.forget_handshake(id);
+                                wake.change();
+                            }
                             // Nothing past the cursor: up to date, as of now.
                             r.set_lag(id, &pair.local, Lag::now((page.last_seq - cursor).max(0), 0.0));
                         }
