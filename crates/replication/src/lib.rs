@@ -420,7 +420,7 @@ impl Replicator {
         }
         Ok((!shared.is_empty()).then(|| {
             format!(
-                "{}: each is a replica of its own other side, so neither will verify as the same",
+                "{}: the feed then holds both other sides' items, so neither replication verifies as the same",
                 shared.join(", ")
             )
         }))
