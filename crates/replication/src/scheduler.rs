@@ -25,6 +25,8 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 /// Longest wait, in seconds, before a long poll the other side refused is
 /// asked again.
 const REFUSED_MAX: u64 = 300;
+/// The first wait before asking again for a feed the other side refused.
+const FEED_REFUSED_MIN: Duration = Duration::from_secs(1);
 
 /// Whether `e` is the other side's answer refusing the request (not a
 /// broken link or a restart, which a reconnect soon may cure).
@@ -308,6 +310,8 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                 let mut backoff = RECONNECT_MIN;
                 // Whether the last long poll was refused.
                 let mut refused_last = false;
+                // The next wait after the other side refuses this feed.
+                let mut feed_backoff = FEED_REFUSED_MIN;
                 loop {
                     let cursor = r.store().cursor(id, &cursor_name).await.unwrap_or(0);
                     let anchor = r.store().cursor(id, &anchor_name).await.unwrap_or(0);
@@ -328,6 +332,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                         Ok(page) if page.next > cursor || page.reset => {
                             backoff = RECONNECT_MIN;
                             refused_last = false;
+                            feed_backoff = FEED_REFUSED_MIN;
                             r.set_reachable(id, None);
                             if page.handshake_again {
                                 r.forget_handshake(id);
@@ -359,6 +364,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                         Ok(page) => {
                             backoff = RECONNECT_MIN;
                             refused_last = false;
+                            feed_backoff = FEED_REFUSED_MIN;
                             r.set_reachable(id, None);
                             if page.handshake_again {
                                 // Forgotten there: an execution shakes
@@ -391,7 +397,19 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                                 wake.change();
                             }
                             backoff = RECONNECT_MIN;
-                            let wait = Duration::from_secs(cfg.interval_secs.clamp(RECONNECT_MAX.as_secs(), REFUSED_MAX));
+                            let cap = Duration::from_secs(cfg.interval_secs.clamp(RECONNECT_MAX.as_secs(), REFUSED_MAX));
+                            // A feed the other side no longer serves (403)
+                            // is often put back soon (a configuration
+                            // mistake undone): asked again after 1 s, then
+                            // twice as long each time up to the pace
+                            // above. A refused token waits the whole pace.
+                            let wait = if matches!(e, crate::ReplError::Forbidden(_)) {
+                                let w = feed_backoff.min(cap);
+                                feed_backoff = (feed_backoff * 2).min(cap);
+                                w
+                            } else {
+                                cap
+                            };
                             tokio::select! {
                                 _ = tokio::time::sleep(wait) => {}
                                 _ = wake.recheck.notified() => {}
