@@ -404,6 +404,20 @@ fn peers_text_names_tokens_and_odd_requests_are_refused() {
     let body = String::from_utf8_lossy(&body);
     assert_eq!(st, 400, "{body}");
     assert!(body.contains("names no instance id"), "{body}");
+    let id_a = "a".repeat(32);
+    let id_b = "b".repeat(32);
+    let (st, body) = curl(&[
+        "-H",
+        &auth,
+        "-H",
+        &format!("Ferry-Instance: {id_a}"),
+        "-H",
+        &format!("Ferry-Instance: {id_b}"),
+        &format!("{api}/feeds/files/changes"),
+    ]);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("more than once"), "{body}");
     let (st, body) = curl(&["-H", &auth, &format!("{api}/feeds/files/changes?since=-1")]);
     let body = String::from_utf8_lossy(&body);
     assert_eq!(st, 400, "{body}");

@@ -67,6 +67,17 @@ impl FromRequestParts<AppState> for Peer {
         let token = presented_secret(&parts.headers)
             .map_err(err)?
             .ok_or_else(|| err(CoreError::Unauthorized("a sync token is required".into())))?;
+        if parts
+            .headers
+            .get_all(ferry_replication::protocol::INSTANCE_HEADER)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(err(CoreError::invalid(
+                "the Ferry-Instance header is given more than once: an instance has one id",
+            )));
+        }
         let instance = parts
             .headers
             .get(ferry_replication::protocol::INSTANCE_HEADER)
