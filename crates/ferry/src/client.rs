@@ -763,6 +763,9 @@ pub async fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
             for name in r["pruned"].as_array().into_iter().flatten() {
                 say!("replication {}: deleted (prune)", name.as_str().unwrap_or("?"));
             }
+            for w in r["warnings"].as_array().into_iter().flatten() {
+                esay!("warning: {}", w.as_str().unwrap_or("?"));
+            }
         }
         ConfigCmd::Export { conn } => {
             let r = call(&conn, Method::GET, "/api/v1/config", None).await?;

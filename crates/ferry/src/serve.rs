@@ -534,6 +534,9 @@ fn log_applied(a: &ferry_server::declare::Applied) {
     for t in &a.tokens_revoked {
         tracing::warn!(token = %t, "a declared accepted token is revoked here and stays revoked: remove it from accept_tokens");
     }
+    for w in &a.warnings {
+        tracing::warn!("configuration applied with a warning: {w}");
+    }
 }
 
 /// On SIGHUP, reads the configuration file again and applies its feeds and

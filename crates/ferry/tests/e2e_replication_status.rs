@@ -258,6 +258,32 @@ fn settings_a_user_gets_wrong_are_refused_or_warned_about() {
         said.contains("warning: feed files is pulled into by replication from-hub too"),
         "{said}"
     );
+
+    // A declaration warns as `create` does, in the apply's answer.
+    let decl = format!(
+        r#"{{"replications":[{{"name":"third","feeds":["files=other"],"outgoing":"{dead_url}","token":"{token}","mode":"pull"}}]}}"#
+    );
+    let (st, out) = support::curl_stdin(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("authorization: Bearer {ADMIN}"),
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+            &format!("{}/api/v1/config", spoke.url),
+        ],
+        decl.as_bytes(),
+    );
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(st, 200, "{out}");
+    assert!(
+        out.contains("replication third: the other instance could not be reached yet")
+            && out.contains("feed files is pulled into by replications from-hub and second too"),
+        "{out}"
+    );
 }
 
 /// A pushing spoke's running execution never counts more items done than
@@ -418,6 +444,14 @@ fn peers_text_names_tokens_and_odd_requests_are_refused() {
     let body = String::from_utf8_lossy(&body);
     assert_eq!(st, 400, "{body}");
     assert!(body.contains("more than once"), "{body}");
+    let (st, body) = curl(&[
+        "-H",
+        &format!("Authorization: Bearer {ADMIN}"),
+        &format!("{}/api/v1/logs/replication?level=bogus", hub.url),
+    ]);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("only query parameter"), "{body}");
     let (st, body) = curl(&["-H", &auth, &format!("{api}/feeds/files/changes?since=-1")]);
     let body = String::from_utf8_lossy(&body);
     assert_eq!(st, 400, "{body}");

@@ -122,15 +122,23 @@ impl Replicator {
     /// [`Replicator::check_declaration`] first: this checks the other end
     /// only where `create`/`update` would.
     ///
+    /// Returns what changed, and a warning as `create` gives one (the
+    /// other end not reachable yet, a feed another replication only
+    /// pulls into too).
+    ///
     /// Errors: as [`Replicator::create`]; a change of direction.
-    pub async fn declare(&self, name: &str, cfg: &ReplicationConfig) -> Result<Change, ReplError> {
+    pub async fn declare(
+        &self,
+        name: &str,
+        cfg: &ReplicationConfig,
+    ) -> Result<(Change, Option<String>), ReplError> {
         let Some(rec) = self.store().replication(name).await? else {
-            self.create(name, cfg.clone()).await?;
-            return Ok(Change::Created);
+            let (_, warning) = self.create(name, cfg.clone()).await?;
+            return Ok((Change::Created, warning));
         };
         let old = Self::parse(&rec)?;
         if &old == cfg {
-            return Ok(Change::Unchanged);
+            return Ok((Change::Unchanged, None));
         }
         if old.is_outgoing() != cfg.is_outgoing() {
             return Err(ReplError::Invalid(format!(
@@ -140,7 +148,12 @@ impl Replicator {
         let reconnect =
             old.communication != cfg.communication || old.mode != cfg.mode || old.feeds != cfg.feeds;
         self.replace_config(&rec, &old, cfg, reconnect).await?;
-        Ok(Change::Updated)
+        let warning = if cfg.is_outgoing() && old.feeds != cfg.feeds {
+            self.also_filled_by(name, cfg).await?
+        } else {
+            None
+        };
+        Ok((Change::Updated, warning))
     }
 
     /// Whether incoming replication `name` (which may not exist yet) can
@@ -243,7 +256,7 @@ impl Replicator {
             Err(e) => {
                 tracing::warn!(replication = %rec.name, error = %e, "other instance not reachable yet; will retry");
                 Ok(Some(format!(
-                    "the other instance could not be reached yet ({e}); the replication is created and retries every interval"
+                    "the other instance could not be reached yet ({e}); the replication is stored and retries every interval"
                 )))
             }
         }

@@ -393,14 +393,20 @@ impl Replicator {
     /// that another outgoing replication only pulls into too: a warning
     /// naming them. The feed holds what both other sides hold, so neither
     /// replication verifies as the same as its side.
-    async fn also_filled_by(&self, name: &str, cfg: &ReplicationConfig) -> Result<Option<String>, ReplError> {
+    pub(crate) async fn also_filled_by(
+        &self,
+        name: &str,
+        cfg: &ReplicationConfig,
+    ) -> Result<Option<String>, ReplError> {
         // Replications that also send back (mirrors of a mesh) bring
         // every side to the union: no warning for those.
         let pulls_only = |c: &ReplicationConfig| c.mode.flows.pull_missing && !c.mode.flows.push_missing;
         if !pulls_only(cfg) {
             return Ok(None);
         }
-        let mut shared = Vec::new();
+        // Per feed of `cfg`, the other replications pulling into it.
+        let mut by_feed: Vec<(&FeedName, Vec<String>)> =
+            cfg.feeds.iter().map(|p| (&p.local, Vec::new())).collect();
         for other in self.store().replications().await? {
             if other.name == name {
                 continue;
@@ -409,15 +415,27 @@ impl Replicator {
             if !o.is_outgoing() || !pulls_only(&o) {
                 continue;
             }
-            for p in &cfg.feeds {
-                if o.feeds.iter().any(|q| q.local == p.local) {
-                    shared.push(format!(
-                        "feed {} is pulled into by replication {} too",
-                        p.local, other.name
-                    ));
+            for (feed, names) in by_feed.iter_mut() {
+                if o.feeds.iter().any(|q| &q.local == *feed) {
+                    names.push(other.name.clone());
                 }
             }
         }
+        let shared: Vec<String> = by_feed
+            .into_iter()
+            .filter(|(_, names)| !names.is_empty())
+            .map(|(feed, names)| {
+                let which = if names.len() == 1 {
+                    "replication"
+                } else {
+                    "replications"
+                };
+                format!(
+                    "feed {feed} is pulled into by {which} {} too",
+                    names.join(" and ")
+                )
+            })
+            .collect();
         Ok((!shared.is_empty()).then(|| {
             format!(
                 "{}: the feed then holds both other sides' items, so neither replication verifies as the same",
@@ -670,6 +688,10 @@ impl Replicator {
                     "bytes_done": bytes,
                     "bytes_total": bytes_remaining.map(|_| p.bytes_total.load(Ordering::Relaxed)),
                     "bytes_remaining": bytes_remaining,
+                    // Of bytes_total, what needed no transfer (already
+                    // there, shared, items not sent): done + skipped +
+                    // remaining = total.
+                    "bytes_skipped": bytes_remaining.map(|_| p.bytes_skipped.load(Ordering::Relaxed)),
                     "bytes_per_second": bytes_rate,
                     "eta_seconds": eta,
                     "eta_basis": basis,

@@ -165,6 +165,11 @@ pub struct Applied {
     pub tokens_revoked: Vec<String>,
     /// Replications deleted by `prune`.
     pub pruned: Vec<String>,
+    /// What `replication create` would have warned about (`NAME: why`):
+    /// the other end not reachable yet, a feed two replications only pull
+    /// into.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A message of the replication engine, which names the CLI's flags, in
@@ -494,10 +499,15 @@ pub async fn apply(
     // 5. Changes.
     for (r, cfg, tokens) in &planned {
         let what = format!("replication {}", r.name);
-        let change = replicator
+        let (change, warning) = replicator
             .declare(&r.name, cfg)
             .await
             .map_err(|e| DeclareError::new(r.line, what.clone(), e).after(&applied))?;
+        if let Some(w) = warning {
+            applied
+                .warnings
+                .push(format!("replication {}: {}", r.name, file_words(&w)));
+        }
         for t in tokens {
             match replicator
                 .accept_token(&r.name, t)

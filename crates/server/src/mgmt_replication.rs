@@ -73,7 +73,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>, expected: &str) -> Result<T, Ap
         .map_err(|_| ApiError::json(CoreError::invalid(expected.to_string())))
 }
 
-const LIMIT_PARAM: &str = "limit must be a whole number from 0";
+const LIMIT_PARAM: &str = "limit must be a whole number from 0 (and is the only query parameter here)";
 
 /// A replication's overview with its own live status only.
 ///
@@ -302,6 +302,7 @@ async fn stop(State(st): State<AppState>, Admin(p): Admin, Path(name): Path<Stri
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Limit {
     limit: Option<usize>,
 }
