@@ -1,19 +1,25 @@
 //! The per-replication bandwidth cap: every blob stream of an execution
 //! draws on one shared budget, so parallel transfers together stay under it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ferry_store::ByteStream;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-/// A budget of `bytes_per_sec`, shared by the streams it paces.
+/// Most credit a budget earns while nothing draws on it: after a pause
+/// (the other side restarting, a page applied) bytes move at most this
+/// long ahead of the cap, not as fast as the link allows until the
+/// average since the start is met.
+const BURST: Duration = Duration::from_millis(250);
+
+/// A budget of `bytes_per_sec`, shared by the streams it paces (a token
+/// bucket holding at most [`BURST`] of credit).
 #[derive(Debug)]
 pub struct Rate {
-    start: Instant,
-    sent: AtomicU64,
+    /// When the bytes accounted so far are all due.
+    next: Mutex<Instant>,
     bytes_per_sec: u64,
 }
 
@@ -21,8 +27,7 @@ impl Rate {
     pub fn new(bytes_per_sec: Option<u64>) -> Option<Arc<Rate>> {
         bytes_per_sec.filter(|r| *r > 0).map(|r| {
             Arc::new(Rate {
-                start: Instant::now(),
-                sent: AtomicU64::new(0),
+                next: Mutex::new(Instant::now()),
                 bytes_per_sec: r,
             })
         })
@@ -30,8 +35,13 @@ impl Rate {
 
     /// Accounts for `n` bytes and returns when they are due.
     fn due(&self, n: u64) -> Instant {
-        let total = self.sent.fetch_add(n, Ordering::Relaxed) + n;
-        self.start + Duration::from_secs_f64(total as f64 / self.bytes_per_sec as f64)
+        let now = Instant::now();
+        let cost = Duration::from_secs_f64(n as f64 / self.bytes_per_sec as f64);
+        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+        // Time the budget was not drawn on earns at most BURST of credit.
+        let from = (*next).max(now.checked_sub(BURST).unwrap_or(now));
+        *next = from + cost;
+        *next
     }
 }
 
@@ -103,6 +113,20 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(1900), "{:?}", t.elapsed());
         assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
         assert_eq!(drain(limit(chunks(3), None)).await, 3000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_earns_no_burst_past_a_quarter_second() {
+        // 1 kB at 1 kB/s, then 10 s with nothing to move (the other side
+        // restarting), then 5 kB: about 5 s (less the quarter second of
+        // credit), not at once as an average since the start allowed.
+        let rate = Rate::new(Some(1000));
+        assert_eq!(drain(limit(chunks(1), rate.clone())).await, 1000);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let t = Instant::now();
+        assert_eq!(drain(limit(chunks(5), rate.clone())).await, 5000);
+        assert!(t.elapsed() >= Duration::from_millis(4700), "{:?}", t.elapsed());
+        assert!(t.elapsed() <= Duration::from_millis(5100), "{:?}", t.elapsed());
     }
 
     #[tokio::test(start_paused = true)]
