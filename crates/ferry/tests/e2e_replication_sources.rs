@@ -289,21 +289,36 @@ fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
     ] {
         let s = Server::start();
         s.create_feed("files", "assets");
-        s.outgoing(
+        let out = s.cli(&[
+            "replication",
+            "create",
             "from-hub",
-            &["files"],
-            &hub,
+            "--outgoing",
+            &hub.url,
+            "--token",
             &hub_token,
+            "--mode",
             "pull",
-            &[
-                "--interval",
-                "3600",
-                "--blob-source",
-                source,
-                "--blob-source-token",
-                token,
-            ],
-        );
+            "--feed",
+            "files",
+            "--interval",
+            "3600",
+            "--blob-source",
+            source,
+            "--blob-source-token",
+            token,
+        ]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{said}");
+        if source == hanging_url {
+            // Created, and said: it was only in the server's log.
+            assert!(
+                said.contains(&format!(
+                    "warning: blob source {hanging_url} could not be reached yet"
+                )),
+                "{said}"
+            );
+        }
         let mut expected = files.clone();
         if token == revoked {
             // Named while it served; then revoked there, and more published.
@@ -325,6 +340,23 @@ fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
         );
         let log = serde_json::to_string(&s.executions("from-hub")).unwrap();
         assert!(log.contains("blob source") && log.contains(says), "{says}: {log}");
+        // Counted too, for an alert (the log was the only sign).
+        let (st, metrics) = support::curl(&[
+            "-H",
+            &format!("Authorization: Bearer {}", support::ADMIN),
+            &format!("{}/metrics", s.url),
+        ]);
+        assert_eq!(st, 200);
+        let metrics = String::from_utf8_lossy(&metrics);
+        let failures: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("ferry_replication_source_failures_total{")
+                    && l.contains(&format!("source=\"{source}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(failures >= 1.0, "{source}: {metrics}");
     }
     drop(hanging);
 }

@@ -87,6 +87,8 @@ impl Replicator {
             .as_ref()
             .is_none_or(|old| old.blob_sources != cfg.blob_sources);
         if sources_changed {
+            // Unreachable sources are warned about by `declare` (through
+            // `create`) or left to the log for an update.
             self.probe_sources(name, &cfg.blob_sources).await?;
         }
         Ok(change)
@@ -273,8 +275,13 @@ impl Replicator {
     /// batched transfers. A source that cannot be reached, or does not
     /// answer within [`SOURCE_PROBE_TIMEOUT`], is not an error (a site
     /// cache may be down for a while); it is logged, and runs leave it out
-    /// while it stays so.
-    pub(crate) async fn probe_sources(&self, name: &str, sources: &[BlobSource]) -> Result<(), ReplError> {
+    /// while it stays so. Returns a warning naming such sources.
+    pub(crate) async fn probe_sources(
+        &self,
+        name: &str,
+        sources: &[BlobSource],
+    ) -> Result<Option<String>, ReplError> {
+        let mut unreachable = Vec::new();
         for src in sources {
             let remote = Remote::new(
                 self.http().clone(),
@@ -314,6 +321,10 @@ impl Replicator {
                 Err(e) => {
                     let error = ferry_types::shortened(&e.to_string(), 200);
                     tracing::warn!(replication = name, source = %src.url, %error, "blob source not reachable yet; runs leave it out while it stays so");
+                    unreachable.push(format!(
+                        "blob source {} could not be reached yet ({error})",
+                        src.url
+                    ));
                     continue;
                 }
             };
@@ -327,10 +338,16 @@ impl Replicator {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(replication = name, source = %src.url, error = %e, "blob source did not answer in full; runs leave it out while it stays so");
+                    unreachable.push(format!("blob source {} did not answer in full ({e})", src.url));
                 }
             }
         }
-        Ok(())
+        Ok((!unreachable.is_empty()).then(|| {
+            format!(
+                "{}; runs take those blobs from the other instance while it stays so",
+                unreachable.join("; ")
+            )
+        }))
     }
 }
 

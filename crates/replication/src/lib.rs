@@ -374,16 +374,18 @@ impl Replicator {
                 }
                 Err(e) => Err(e),
             };
+            let probed = probed.map(|w| {
+                if let Some(w) = w {
+                    warning = Some(join_warnings(warning.take(), w));
+                }
+            });
             if let Err(e) = probed {
                 self.store().delete_replication(name).await?;
                 return Err(e);
             }
             self.0.scheduler.start(self.clone(), rec.id, name.to_string());
             if let Some(w) = self.also_filled_by(name, &cfg).await? {
-                warning = Some(match warning {
-                    Some(before) => format!("{before}; {w}"),
-                    None => w,
-                });
+                warning = Some(join_warnings(warning.take(), w));
             }
         }
         Ok((rec, warning))
@@ -499,8 +501,10 @@ impl Replicator {
         if reconnect {
             warning = self.probe_other_end(&rec, &cfg).await?;
         }
-        if cfg.blob_sources != old.blob_sources {
-            self.probe_sources(name, &cfg.blob_sources).await?;
+        if cfg.blob_sources != old.blob_sources
+            && let Some(w) = self.probe_sources(name, &cfg.blob_sources).await?
+        {
+            warning = Some(join_warnings(warning.take(), w));
         }
         if cfg == old && !reconnect {
             // Nothing changes: nothing stored, no execution woken.
@@ -1490,6 +1494,14 @@ impl Replicator {
             ],
             &rows,
         )
+    }
+}
+
+/// Two warnings as one (`first; second`).
+fn join_warnings(first: Option<String>, second: String) -> String {
+    match first {
+        Some(f) => format!("{f}; {second}"),
+        None => second,
     }
 }
 

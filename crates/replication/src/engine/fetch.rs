@@ -347,6 +347,8 @@ impl Run<'_> {
             }
             if let Some(e) = error {
                 src.down.store(true, Ordering::Relaxed);
+                metrics::counter!("ferry_replication_source_failures_total", "replication" => self.rec.name.clone(), "source" => src.url.clone())
+                    .increment(1);
                 out.notes.push(format!(
                     "blob source {} failed ({e}); {} blobs asked of it come from the other instance instead",
                     src.url,
