@@ -965,21 +965,9 @@ fn a_feed_the_hub_no_longer_serves_fails_alone() {
     assert!(spoke.serves("docs", "d.txt", b"d"));
 
     // The hub's operator narrows the replication to one feed.
-    let (st, body) = support::curl_stdin(
-        &[
-            "-X",
-            "PUT",
-            "-H",
-            &format!("authorization: Bearer {}", support::ADMIN),
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            "@-",
-            &format!("{}/api/v1/config", hub.url),
-        ],
-        br#"{"replications":[{"name":"edge","feeds":["files"],"incoming":true,"mode":"push"}]}"#,
-    );
-    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let (st, body) = hub
+        .put_config(r#"{"replications":[{"name":"edge","feeds":["files"],"incoming":true,"mode":"push"}]}"#);
+    assert_eq!(st, 200, "{body}");
     hub.put_asset("files", "b.txt", b"b");
     hub.put_asset("docs", "e.txt", b"e");
     let out = spoke.cli(&["replication", "run", "from-hub", "--wait"]);
@@ -1026,21 +1014,10 @@ fn a_feed_the_hub_no_longer_serves_fails_alone() {
     // The hub serves the feed again: the spoke follows it again at once,
     // without a run asked for (its watcher of that feed waited out the
     // refusal for up to 5 minutes).
-    let (st, body) = support::curl_stdin(
-        &[
-            "-X",
-            "PUT",
-            "-H",
-            &format!("authorization: Bearer {}", support::ADMIN),
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            "@-",
-            &format!("{}/api/v1/config", hub.url),
-        ],
-        br#"{"replications":[{"name":"edge","feeds":["files","docs"],"incoming":true,"mode":"push"}]}"#,
+    let (st, body) = hub.put_config(
+        r#"{"replications":[{"name":"edge","feeds":["files","docs"],"incoming":true,"mode":"push"}]}"#,
     );
-    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(st, 200, "{body}");
     assert!(wait_until(SYNC, || spoke.serves("docs", "e.txt", b"e")));
     hub.put_asset("docs", "f.txt", b"f");
     assert!(

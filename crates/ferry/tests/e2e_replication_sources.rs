@@ -341,13 +341,7 @@ fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
         let log = serde_json::to_string(&s.executions("from-hub")).unwrap();
         assert!(log.contains("blob source") && log.contains(says), "{says}: {log}");
         // Counted too, for an alert (the log was the only sign).
-        let (st, metrics) = support::curl(&[
-            "-H",
-            &format!("Authorization: Bearer {}", support::ADMIN),
-            &format!("{}/metrics", s.url),
-        ]);
-        assert_eq!(st, 200);
-        let metrics = String::from_utf8_lossy(&metrics);
+        let metrics = s.metrics();
         let failures: f64 = metrics
             .lines()
             .filter(|l| {

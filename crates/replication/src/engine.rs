@@ -460,11 +460,9 @@ impl<'a> Run<'a> {
             .filter(|e| !e.deleted)
             .flat_map(|e| e.blobs.iter().copied())
             .collect();
-        let mut n = 0u64;
-        for d in blobs {
-            n = n.saturating_add(self.r.ferry().blob_size(&d).await?.unwrap_or(0));
-        }
-        Ok(n)
+        let blobs: Vec<Digest> = blobs.into_iter().collect();
+        // One lookup for all of them.
+        Ok(self.r.ferry().present_blob_sizes(&blobs).await?.values().sum())
     }
 
     /// Bytes moved and skipped so far in this run.

@@ -403,6 +403,7 @@ async fn set_level(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Since {
     #[serde(default)]
     since: i64,
@@ -415,7 +416,8 @@ async fn export_bundle(
     Path(name): Path<String>,
     q: Result<Query<Since>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
-    const SINCE: &str = "since must be a change-log position (a whole number from 0)";
+    const SINCE: &str =
+        "since must be a change-log position (a whole number from 0; the only query parameter here)";
     let q = query(q, SINCE)?;
     if q.since < 0 {
         return Err(ApiError::json(CoreError::invalid(SINCE.to_owned())));
@@ -438,6 +440,7 @@ async fn export_bundle(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ImportQuery {
     #[serde(default)]
     confirm_deletes: bool,
@@ -453,7 +456,10 @@ async fn import_bundle(
     body: axum::body::Body,
 ) -> JsonResult {
     use futures::TryStreamExt;
-    let q = query(q, "confirm_deletes must be true or false")?;
+    let q = query(
+        q,
+        "confirm_deletes must be true or false (and is the only query parameter here)",
+    )?;
     let feed = ferry_types::FeedName::new(name).map_err(|e| ApiError::json(CoreError::from(e)))?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let report = st

@@ -684,6 +684,37 @@ impl Server {
         )
     }
 
+    /// `PUT /api/v1/config` with the JSON declarations `body`, as the
+    /// admin: (status, answer as text).
+    pub fn put_config(&self, body: &str) -> (u16, String) {
+        let (st, out) = curl_stdin(
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                &format!("authorization: Bearer {ADMIN}"),
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                "@-",
+                &format!("{}/api/v1/config", self.url),
+            ],
+            body.as_bytes(),
+        );
+        (st, String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// `GET /metrics` as the admin (asserting 200), as text.
+    pub fn metrics(&self) -> String {
+        let (st, body) = curl(&[
+            "-H",
+            &format!("Authorization: Bearer {ADMIN}"),
+            &format!("{}/metrics", self.url),
+        ]);
+        assert_eq!(st, 200);
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     /// Creates an incoming replication and returns a new sync token for it.
     pub fn incoming(&self, name: &str, feeds: &[&str], mode: &str) -> String {
         let mut args = vec!["replication", "create", name, "--incoming", "--mode", mode];

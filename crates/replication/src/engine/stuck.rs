@@ -83,6 +83,7 @@ impl Run<'_> {
                     .stuck
                     .iter()
                     .filter(|s| s.feed == local.name && s.held)
+                    .take(HELD_LOGGED + 1)
                     .count();
                 if logged < HELD_LOGGED {
                     self.log(
