@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{BundleCmd, ConfigCmd, Conn, FeedCmd, FeedKeyCmd, KeyCmd, ReplCmd, RpmCmd};
+use crate::{BundleCmd, ConfigCmd, Conn, FeedCmd, FeedKeyCmd, InstanceCmd, KeyCmd, ReplCmd, RpmCmd};
 
 /// The HTTP client of this process: http:// and https:// URLs, trusting the
 /// system's CAs and those in `--tls-ca-file` (`FERRY_TLS_CA_FILE`). Built
@@ -204,6 +204,26 @@ pub async fn key(cmd: KeyCmd) -> anyhow::Result<()> {
             call(&conn, Method::DELETE, &format!("/api/v1/keys/{name}"), None).await?;
             say!("revoked key {name}");
         }
+    }
+    Ok(())
+}
+
+pub async fn instance(cmd: InstanceCmd) -> anyhow::Result<()> {
+    let (path, method, json, conn) = match cmd {
+        InstanceCmd::Show { json, conn } => ("/api/v1/instance", Method::GET, json, conn),
+        InstanceCmd::NewId { json, conn } => ("/api/v1/instance/new-id", Method::POST, json, conn),
+    };
+    let r = call(&conn, method, path, None).await?;
+    if json {
+        return print_json(&r);
+    }
+    say!(
+        "instance id {} (Ferry {})",
+        r["instance_id"].as_str().unwrap_or("?"),
+        r["version"].as_str().unwrap_or("?")
+    );
+    if let Some(next) = r["next_instance_id"].as_str() {
+        say!("next start takes instance id {next}: restart the instance (every node of it) to use it");
     }
     Ok(())
 }
@@ -610,6 +630,9 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 }
                 if let Some(e) = p["last_error"]["message"].as_str() {
                     say!("  last error: {e}");
+                }
+                if let Some(m) = p["id_shared"]["message"].as_str() {
+                    say!("  WARNING: {m}");
                 }
             }
         }

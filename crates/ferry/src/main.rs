@@ -88,6 +88,30 @@ enum Command {
     /// Packages of rpm feeds.
     #[command(subcommand)]
     Rpm(RpmCmd),
+    /// This instance's identity.
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+}
+
+#[derive(Subcommand)]
+pub enum InstanceCmd {
+    /// Print the instance id (and the one the next start takes, if renewed).
+    Show {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Give this instance a new random id, taken at its next start: for a
+    /// copy of another instance's data directory (a cloned machine, a
+    /// backup restored beside its original), which must not speak as that
+    /// instance.
+    NewId {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Subcommand)]
@@ -619,6 +643,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bundle(cmd) => client::bundle(cmd).await,
         Command::Config(cmd) => client::config(cmd).await,
         Command::Rpm(cmd) => client::rpm(cmd).await,
+        Command::Instance(cmd) => client::instance(cmd).await,
     }
 }
 

@@ -225,3 +225,104 @@ fn a_batch_cut_by_a_revocation_is_the_peers_last_error() {
     );
     assert!(spoke.lacks("files", "big.bin"));
 }
+
+/// A spoke whose data directory was copied to start a second one (a cloned
+/// machine): the two take turns under one instance id, and the hub points
+/// it out in the listing, the text, the metrics and its log; `ferry
+/// instance new-id` on the copy and a restart make it a peer of its own.
+#[test]
+fn a_copied_spoke_is_pointed_out_until_it_takes_an_id_of_its_own() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    hub.put_asset("files", "a.txt", b"a");
+    // Metadata and blobs in its data directory, whatever the test pass's
+    // backend: the directory is what gets copied.
+    let env = [
+        ("FERRY_DATABASE_URL", ""),
+        support::FS_BLOBS,
+        ("FERRY_INSTANCE_NAME", "site-a"),
+    ];
+    let mut a = Server::start_with(&env);
+    a.create_feed("files", "assets");
+    a.outgoing("from-hub", &["files"], &hub, &token, "pull", &["--interval", "1"]);
+    assert!(wait_until(30, || a.serves("files", "a.txt", b"a")));
+    a.stop();
+    let b = a.start_copy();
+    a.restart();
+    let id = a.cli_json(&["instance", "show", "--json"])["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        b.cli_json(&["instance", "show", "--json"])["instance_id"],
+        id.as_str()
+    );
+
+    // Both follow the hub under one id: pointed out, naming two processes.
+    let shared = |list: &[Value]| {
+        list.iter()
+            .find(|p| p["instance_id"] == id.as_str())
+            .and_then(|p| p.get("id_shared").cloned())
+    };
+    assert!(
+        wait_until(60, || shared(&peers(&hub)).is_some_and(|s| s["processes"] == 2)),
+        "a copied spoke was not pointed out: {:?}",
+        peers(&hub)
+    );
+    let sh = shared(&peers(&hub)).unwrap();
+    assert!(
+        sh["addresses"].as_array().unwrap().contains(&"127.0.0.1".into()),
+        "{sh}"
+    );
+    assert!(
+        sh["message"].as_str().unwrap().contains("ferry instance new-id"),
+        "{sh}"
+    );
+    let text = hub.cli_ok(&["replication", "peers", "edge"]);
+    assert!(
+        text.contains("WARNING") && text.contains("copies of one data directory"),
+        "{text}"
+    );
+    let line = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("ferry_replication_peer_id_shared{") && l.contains(&id))
+            .map(str::to_owned)
+    };
+    let m = hub.metrics();
+    assert!(line(&m).is_some_and(|l| l.ends_with(" 1")), "{m}");
+
+    // The copy takes an id of its own at its next start.
+    let out = b.cli_ok(&["instance", "new-id"]);
+    assert!(out.contains("next start takes instance id"), "{out}");
+    let shown = b.cli_json(&["instance", "show", "--json"]);
+    let new_id = shown["next_instance_id"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, id);
+    assert_eq!(
+        shown["instance_id"],
+        id.as_str(),
+        "the running id changes only at a restart"
+    );
+    let mut b = b;
+    b.restart();
+    assert_eq!(
+        b.cli_json(&["instance", "show", "--json"])["instance_id"],
+        new_id.as_str()
+    );
+    assert!(
+        b.cli_json(&["instance", "show", "--json"])
+            .get("next_instance_id")
+            .is_none()
+    );
+    // Listed apart, and both still follow the hub.
+    hub.put_asset("files", "b.txt", b"b");
+    assert!(wait_until(30, || a.serves("files", "b.txt", b"b")
+        && b.serves("files", "b.txt", b"b")));
+    assert!(
+        wait_until(30, || peers(&hub)
+            .iter()
+            .any(|p| p["instance_id"] == new_id.as_str())),
+        "{:?}",
+        peers(&hub)
+    );
+}

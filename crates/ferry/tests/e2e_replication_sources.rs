@@ -260,6 +260,15 @@ fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // This very instance named as a source (its own URL, with a token of
+    // its own incoming replication that sends content): refused as a
+    // replication to the same instance.
+    let own = refused_spoke.incoming("site", &["files"], "push");
+    let (ok, said) = create_with_source(&refused_spoke.url, &own);
+    assert!(
+        !ok && said.contains("blob source") && said.contains("same instance"),
+        "{said}"
+    );
     let (ok, said) = create_with_source(&cache.url, &pull_only);
     assert!(
         !ok && said.contains("blob source") && said.contains("sends no content"),

@@ -71,6 +71,8 @@ pub struct Remote {
     token: String,
     /// This instance's id, sent as [`INSTANCE_HEADER`] on every request.
     instance: String,
+    /// This process's id, sent as [`PROCESS_HEADER`] when set.
+    process: Option<String>,
     /// Longest wait for an answer, or for the next bytes of a streamed
     /// one, before the request counts as broken (blob sources: one that
     /// hangs is left out instead of holding the execution).
@@ -86,8 +88,16 @@ impl Remote {
             base: format!("{}{BASE_PATH}", url.trim_end_matches('/')),
             token: token.to_string(),
             instance: instance.to_string(),
+            process: None,
             stall: None,
         }
+    }
+
+    /// The same client, naming this process as `process` on every request
+    /// ([`PROCESS_HEADER`]; None sends none).
+    pub fn with_process(mut self, process: Option<&str>) -> Self {
+        self.process = process.map(str::to_owned);
+        self
     }
 
     /// The same client, giving up on a `blobs/batch` request whose answer,
@@ -98,10 +108,15 @@ impl Remote {
     }
 
     fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
+        let rb = self
+            .http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token)
-            .header(INSTANCE_HEADER, &self.instance)
+            .header(INSTANCE_HEADER, &self.instance);
+        match &self.process {
+            Some(p) => rb.header(PROCESS_HEADER, p),
+            None => rb,
+        }
     }
 
     async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ReplError> {

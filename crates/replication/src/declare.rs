@@ -12,7 +12,6 @@ use ferry_types::Digest;
 use serde::Serialize;
 
 use crate::batch::BlobWant;
-use crate::client::Remote;
 use crate::config::{BlobSource, Communication, ReplicationConfig};
 use crate::engine::{Progress, Run};
 use crate::{ReplError, Replicator, token};
@@ -283,13 +282,9 @@ impl Replicator {
     ) -> Result<Option<String>, ReplError> {
         let mut unreachable = Vec::new();
         for src in sources {
-            let remote = Remote::new(
-                self.http().clone(),
-                &src.url,
-                &src.token,
-                self.ferry().instance_id(),
-            )
-            .with_stall_timeout(SOURCE_PROBE_TIMEOUT);
+            let remote = self
+                .remote(&src.url, &src.token)
+                .with_stall_timeout(SOURCE_PROBE_TIMEOUT);
             let refusal = |why: String| {
                 ReplError::Invalid(format!(
                     "blob source {} cannot serve replication {name}: {why}",
@@ -306,6 +301,9 @@ impl Replicator {
                     return Err(refusal(format!("it does not accept the token ({m})")));
                 }
                 Err(ReplError::Forbidden(m)) => return Err(refusal(format!("it refuses the token ({m})"))),
+                // This very instance (its own URL, or a copy of its data
+                // directory answering there).
+                Err(ReplError::Refused(m)) => return Err(refusal(m)),
                 // Something answers there, but not as a Ferry instance's
                 // base URL would (no batched transfers): refused. A server
                 // error other than 501 may be a proxy in front of a cache

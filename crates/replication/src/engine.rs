@@ -401,7 +401,7 @@ impl<'a> Run<'a> {
             r,
             rec,
             cfg,
-            remote: Remote::new(r.http().clone(), url, token, r.ferry().instance_id()),
+            remote: r.remote(url, token),
             filter: Filter::new(&cfg.include, &cfg.exclude)?,
             remote_id: None,
             dry: false,
@@ -423,8 +423,7 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|s| fetch::Source {
                     url: s.url.clone(),
-                    remote: Remote::new(r.http().clone(), &s.url, &s.token, r.ferry().instance_id())
-                        .with_stall_timeout(fetch::SOURCE_STALL),
+                    remote: r.remote(&s.url, &s.token).with_stall_timeout(fetch::SOURCE_STALL),
                     down: std::sync::atomic::AtomicBool::new(false),
                     refused: std::sync::atomic::AtomicBool::new(false),
                 })

@@ -27,6 +27,18 @@ pub enum Flow {
     Received,
 }
 
+/// Who makes a request of the replication API, as its headers and
+/// connection say: the instance and process ids it names
+/// ([`crate::protocol::INSTANCE_HEADER`],
+/// [`crate::protocol::PROCESS_HEADER`]; unchecked text) and the address
+/// it comes from.
+#[derive(Debug, Clone, Default)]
+pub struct Caller<'a> {
+    pub instance: Option<&'a str>,
+    pub process: Option<&'a str>,
+    pub address: Option<String>,
+}
+
 /// A verified peer: the replication its token belongs to, and the
 /// instance it names itself as (see [`crate::peers`]).
 #[derive(Clone)]
@@ -57,14 +69,17 @@ const MAX_WAIT: u64 = 60;
 
 impl Replicator {
     /// Verifies a sync token (constant-time comparison of its secret) and
-    /// notes the request as contact with the peer `instance` names
-    /// (its `Ferry-Instance` header) from `address`.
-    pub async fn session(
-        &self,
-        presented: &str,
-        instance: Option<&str>,
-        address: Option<String>,
-    ) -> Result<Session, ReplError> {
+    /// notes the request as contact with the peer the caller's instance
+    /// id names, from its address and process. Errors: Unauthorized for a
+    /// bad or revoked token; Invalid (400) for an instance or process id
+    /// that is not 32 hex digits; Refused (409) for this instance's own
+    /// id.
+    pub async fn session(&self, presented: &str, caller: Caller<'_>) -> Result<Session, ReplError> {
+        let Caller {
+            instance,
+            process,
+            address,
+        } = caller;
         let refuse = || ReplError::Unauthorized("invalid or revoked sync token".into());
         let (id, secret) = token::split(presented).ok_or_else(refuse)?;
         let rec = self.store().sync_token(id).await?.ok_or_else(refuse)?;
@@ -93,12 +108,30 @@ impl Replicator {
         if config.communication != Communication::Incoming {
             return Err(refuse());
         }
-        if let Some(named) = instance
+        if let Some(named) = instance {
+            let Ok(named) = named.parse::<ferry_types::InstanceId>() else {
+                return Err(ReplError::Invalid(format!(
+                    "the {} header names no instance id (32 hex digits): {:?}",
+                    crate::protocol::INSTANCE_HEADER,
+                    named.chars().take(64).collect::<String>()
+                )));
+            };
+            // Every request, not only the handshake: a blob source or a
+            // bundle peer that is this very instance (its own URL, or a
+            // copy of its data directory answering elsewhere) is refused
+            // as a replication to the same instance.
+            if named == self.ferry().instance_id() {
+                return Err(ReplError::Refused(format!(
+                    "the request comes from this same instance ({named}): an instance does not replicate with itself (a URL naming this instance, or another instance started from a copy of its data directory)"
+                )));
+            }
+        }
+        if let Some(named) = process
             && named.parse::<ferry_types::InstanceId>().is_err()
         {
             return Err(ReplError::Invalid(format!(
-                "the {} header names no instance id (32 hex digits): {:?}",
-                crate::protocol::INSTANCE_HEADER,
+                "the {} header names no process id (32 hex digits): {:?}",
+                crate::protocol::PROCESS_HEADER,
                 named.chars().take(64).collect::<String>()
             )));
         }
@@ -112,7 +145,7 @@ impl Replicator {
             token_id: id.to_owned(),
             filter,
         };
-        if let Some(request) = self.peer_request(&s, instance, id, address).await {
+        if let Some(request) = self.peer_request(&s, instance, process, id, address).await {
             s.instance = instance.map(str::to_owned);
             s.request = Some(std::sync::Arc::new(request));
         }

@@ -58,6 +58,9 @@ struct Inner {
     /// name otherwise (a restarted instance takes its own leases back at
     /// once).
     node: String,
+    /// This process's id for [`protocol::PROCESS_HEADER`]: None when
+    /// nodes share the store (they are one instance by design).
+    process: Option<String>,
     http: reqwest::Client,
     diag: DiagLog,
     locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
@@ -208,10 +211,12 @@ impl Replicator {
         } else {
             "this-instance".to_string()
         };
+        let process = (!store.shared_by_nodes()).then(|| ferry_types::InstanceId::random().to_string());
         Replicator(Arc::new(Inner {
             ferry,
             store,
             node,
+            process,
             http,
             diag: DiagLog::default(),
             locks: Mutex::new(HashMap::new()),
@@ -295,6 +300,12 @@ impl Replicator {
     }
     pub fn http(&self) -> &reqwest::Client {
         &self.0.http
+    }
+    /// A client of the replication API of the instance at `url` with sync
+    /// token `token`, naming this instance (and process) on every request.
+    pub fn remote(&self, url: &str, token: &str) -> client::Remote {
+        client::Remote::new(self.0.http.clone(), url, token, self.ferry().instance_id())
+            .with_process(self.0.process.as_deref())
     }
     pub fn diag(&self) -> &DiagLog {
         &self.0.diag

@@ -38,6 +38,17 @@ const MAX_NAME: usize = 128;
 pub const MAX_PEERS: usize = 10_000;
 /// Most tokens kept as candidates to take a peer over.
 const MAX_CANDIDATES: usize = 4;
+/// Most process ids remembered per peer ([`Entry::processes`]).
+const MAX_PROCESSES: usize = 8;
+/// How long after the last turn between two processes of one instance
+/// id the peer is listed as shared ([`IdShared`]), in milliseconds: a
+/// spoke makes a request at least every long poll (at most a minute)
+/// while it runs.
+pub const SHARED_WINDOW_MS: i64 = 180_000;
+/// Turns between processes (an earlier one speaking again after a newer
+/// one did) before the id counts as shared: one may be a request the
+/// previous process sent just before it stopped.
+const SHARED_TURNS: u32 = 2;
 
 /// How far a peer is behind in one feed it reads: saved as of its last
 /// page, shown as of the listing ([`Replicator::peers`]).
@@ -123,6 +134,36 @@ pub struct PeerView {
     pub lag_seconds: f64,
     /// Not seen for longer than `peer_stale_intervals` of its intervals.
     pub stale: bool,
+    /// Set while two or more running processes use this instance id
+    /// (see [`IdShared`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_shared: Option<IdShared>,
+}
+
+/// Two or more processes that take turns under one instance id: instances
+/// started from copies of one data directory (a cloned machine, a backup
+/// restored beside its original). Peers cannot tell them apart, and each
+/// takes the other's writes for its own. Listed until
+/// [`SHARED_WINDOW_MS`] after the last turn.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdShared {
+    /// Processes seen within the window.
+    pub processes: usize,
+    /// The addresses they came from (distinct, as seen).
+    pub addresses: Vec<String>,
+    /// First turn noticed (milliseconds since the epoch).
+    pub since: i64,
+    /// What it means and what to do.
+    pub message: String,
+}
+
+/// One process seen under a peer's instance id.
+#[derive(Debug, Clone)]
+struct ProcessSeen {
+    id: String,
+    address: Option<String>,
+    /// Milliseconds since the epoch.
+    last: i64,
 }
 
 #[derive(Default)]
@@ -132,6 +173,86 @@ struct Entry {
     in_flight: u32,
     /// When its state was last saved (0: never).
     saved_at: i64,
+    /// The processes seen under its id, the one that spoke last at the
+    /// end (at most [`MAX_PROCESSES`]; in memory only).
+    processes: Vec<ProcessSeen>,
+    /// Turns between processes counted (an earlier process speaking
+    /// again after a newer one), and the first and latest turn's time.
+    turns: u32,
+    first_turn: i64,
+    last_turn: i64,
+}
+
+impl Entry {
+    /// Notes a request of process `id` from `address` at `now`. Returns
+    /// true when this turn makes the id count as shared (to log once).
+    fn note_process(&mut self, id: &str, address: Option<&str>, now: i64) -> bool {
+        let seen = ProcessSeen {
+            id: id.to_owned(),
+            address: address.map(str::to_owned),
+            last: now,
+        };
+        match self.processes.iter().position(|p| p.id == id) {
+            Some(i) if i + 1 == self.processes.len() => {
+                self.processes[i] = seen;
+                false
+            }
+            Some(i) => {
+                // One that had been followed by another speaks again.
+                self.processes.remove(i);
+                self.processes.push(seen);
+                if now - self.last_turn > SHARED_WINDOW_MS {
+                    self.turns = 0;
+                    self.first_turn = now;
+                }
+                self.turns += 1;
+                self.last_turn = now;
+                self.turns == SHARED_TURNS
+            }
+            None => {
+                // A new process: a restart, or another copy's first request.
+                if self.processes.len() == MAX_PROCESSES {
+                    self.processes.remove(0);
+                }
+                self.processes.push(seen);
+                false
+            }
+        }
+    }
+
+    /// Whether processes take turns under this id as of `now`.
+    fn id_shared(&self, instance: &str, now: i64) -> Option<IdShared> {
+        if self.turns < SHARED_TURNS || now - self.last_turn > SHARED_WINDOW_MS {
+            return None;
+        }
+        let live: Vec<&ProcessSeen> = self
+            .processes
+            .iter()
+            // Those heard since the turns began (one that stopped before,
+            // such as the original's previous run, is not one of them).
+            .filter(|p| p.last >= self.first_turn && now - p.last <= SHARED_WINDOW_MS)
+            .collect();
+        let mut addresses: Vec<String> = Vec::new();
+        for a in live.iter().filter_map(|p| p.address.clone()) {
+            if !addresses.contains(&a) {
+                addresses.push(a);
+            }
+        }
+        let processes = live.len().max(2);
+        Some(IdShared {
+            processes,
+            message: format!(
+                "{processes} running processes use instance id {instance} (from {}): instances started from copies of one data directory (a cloned machine, a backup restored beside its original) cannot be told apart and take each other's writes for their own; give each copy an id of its own: `ferry instance new-id` on the copy, then restart it",
+                if addresses.is_empty() {
+                    "unknown addresses".to_string()
+                } else {
+                    addresses.join(", ")
+                }
+            ),
+            addresses,
+            since: self.first_turn,
+        })
+    }
 }
 
 /// The peers of every incoming replication, by replication id and
@@ -259,6 +380,7 @@ impl Replicator {
         &self,
         s: &Session,
         instance: Option<&str>,
+        process: Option<&str>,
         token_id: &str,
         address: Option<String>,
     ) -> Option<PeerRequest> {
@@ -279,6 +401,16 @@ impl Replicator {
         e.in_flight += 1;
         e.state.last_contact = now;
         e.state.token = Some(token_id.to_owned());
+        if let Some(p) = process
+            && e.note_process(p, address.as_deref(), now)
+            && let Some(shared) = e.id_shared(&instance, now)
+        {
+            tracing::warn!(replication = %s.record.name, instance = %instance, "{}", shared.message);
+            self.diag().log(
+                crate::diag::Level::Warn,
+                format!("{}: {}", s.record.name, shared.message),
+            );
+        }
         if address.is_some() {
             e.state.address = address;
         }
@@ -613,6 +745,7 @@ impl Replicator {
                 in_flight: 0,
                 // As saved: nothing new to save yet.
                 saved_at: now_millis(),
+                ..Entry::default()
             });
         }
     }
@@ -640,27 +773,28 @@ impl Replicator {
                 "replication {name} is outgoing: peers are listed on the incoming side, where other instances connect"
             )));
         }
-        let mut states: HashMap<String, (PeerState, u32)> = HashMap::new();
+        let mut states: HashMap<String, (PeerState, u32, Option<IdShared>)> = HashMap::new();
         for (instance, value) in self.store().peers(rec.id).await? {
             if let Ok(state) = serde_json::from_value::<PeerState>(value) {
-                states.insert(instance, (state, 0));
-            }
-        }
-        if let Ok(m) = self.0.peer_book.entries.lock() {
-            for ((id, instance), e) in m.iter() {
-                if *id == rec.id {
-                    states.insert(instance.clone(), (e.state.clone(), e.in_flight));
-                }
+                states.insert(instance, (state, 0, None));
             }
         }
         let now = now_millis();
+        if let Ok(m) = self.0.peer_book.entries.lock() {
+            for ((id, instance), e) in m.iter() {
+                if *id == rec.id {
+                    let shared = e.id_shared(instance, now);
+                    states.insert(instance.clone(), (e.state.clone(), e.in_flight, shared));
+                }
+            }
+        }
         // The lag as of now, not as of the peer's last request: a peer that
         // stopped falls further behind with every change made here since.
         // (Peers of one feed mostly share a cursor: each feed and each
         // cursor is read once per listing.)
         let mut feed_ids: HashMap<String, Option<(FeedId, i64)>> = HashMap::new();
         let mut oldest_after: HashMap<(FeedId, i64), Option<i64>> = HashMap::new();
-        for (state, _) in states.values_mut() {
+        for (state, _, _) in states.values_mut() {
             for (name, f) in state.feeds.iter_mut() {
                 if let std::collections::hash_map::Entry::Vacant(slot) = feed_ids.entry(name.clone()) {
                     slot.insert(self.feed_position(name).await);
@@ -700,7 +834,7 @@ impl Replicator {
         };
         let mut out: Vec<PeerView> = states
             .into_values()
-            .map(|(state, in_flight)| {
+            .map(|(state, in_flight, id_shared)| {
                 let connected = in_flight > 0;
                 let since = if connected {
                     0.0
@@ -717,6 +851,7 @@ impl Replicator {
                     seconds_since_contact: since,
                     lag_seconds,
                     stale: !connected && since > allowed as f64,
+                    id_shared,
                     state,
                 }
             })
@@ -742,7 +877,8 @@ impl Replicator {
     /// text exposition format (0.0.4), rendered from the peers listed now:
     /// `ferry_replication_peer_lag_seconds`,
     /// `ferry_replication_peer_last_contact_seconds` (seconds since) and
-    /// `ferry_replication_peer_stale` (1 or 0), labelled by replication,
+    /// `ferry_replication_peer_stale` and `ferry_replication_peer_id_shared`
+    /// (1 or 0), labelled by replication,
     /// instance id and reported name. A forgotten peer, or one of a deleted
     /// replication, is gone from the next scrape (a registered gauge would
     /// stay until restart). Empty when no peer is listed or the store
@@ -764,7 +900,8 @@ impl Replicator {
                     label_value(p.state.name.as_deref().unwrap_or_default())
                 );
                 let stale = if p.stale { 1.0 } else { 0.0 };
-                rows.push((labels, [p.lag_seconds, p.seconds_since_contact, stale]));
+                let shared = if p.id_shared.is_some() { 1.0 } else { 0.0 };
+                rows.push((labels, [p.lag_seconds, p.seconds_since_contact, stale, shared]));
             }
         }
         render_gauges(
@@ -780,6 +917,10 @@ impl Replicator {
                 (
                     "ferry_replication_peer_stale",
                     "1 when the peer has not been seen for its stale multiple of its interval",
+                ),
+                (
+                    "ferry_replication_peer_id_shared",
+                    "1 while two or more running processes take turns under the peer's instance id (copies of one data directory)",
                 ),
             ],
             &rows,
@@ -874,4 +1015,38 @@ pub(crate) fn label_value(v: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P1: &str = "11111111111111111111111111111111";
+    const P2: &str = "22222222222222222222222222222222";
+
+    #[test]
+    fn a_restart_is_not_a_shared_id_but_processes_taking_turns_are() {
+        let mut e = Entry::default();
+        let at = |s: i64| 1_000_000 + s * 1000;
+        // A restart: the old process is never heard again.
+        for (t, p) in [(0, P1), (1, P1), (2, P2), (3, P2), (4, P2)] {
+            assert!(!e.note_process(p, Some("10.0.0.1"), at(t)));
+        }
+        assert!(e.id_shared("x", at(4)).is_none());
+        // One late request of the old process is not enough either.
+        assert!(!e.note_process(P1, Some("10.0.0.1"), at(5)));
+        assert!(e.id_shared("x", at(5)).is_none());
+        // Turns again: two processes at once, from two addresses.
+        assert!(e.note_process(P2, Some("10.0.0.2"), at(6)));
+        let shared = e.id_shared("x", at(6)).unwrap();
+        assert_eq!(shared.processes, 2);
+        assert_eq!(
+            shared.addresses,
+            vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()]
+        );
+        // Listed until the window has passed since the last turn.
+        assert!(!e.note_process(P2, None, at(7)));
+        assert!(e.id_shared("x", at(7) + SHARED_WINDOW_MS - 1000).is_some());
+        assert!(e.id_shared("x", at(6) + SHARED_WINDOW_MS + 1).is_none());
+    }
 }

@@ -44,6 +44,14 @@ pub struct HandshakeRequest {
 /// so the incoming side can tell apart instances that share a token.
 pub const INSTANCE_HEADER: &str = "ferry-instance";
 
+/// Header naming the process that makes the request (a random id, 32 hex
+/// digits, new at every start), sent beside [`INSTANCE_HEADER`] by an
+/// instance whose store no other node shares: two processes alternating
+/// under one instance id are two instances started from one data
+/// directory (a copy), which the incoming side points out. Nodes sharing
+/// a store are one instance and send none.
+pub const PROCESS_HEADER: &str = "ferry-process";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HandshakeResponse {
     pub protocol_version: u32,

@@ -12,7 +12,6 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::Replicator;
-use crate::client::Remote;
 use crate::config::{Communication, ReplicationConfig};
 use crate::engine::{Direction, Lag, PAGE, cursor_name};
 use crate::protocol::PageExtras;
@@ -292,7 +291,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
     let Communication::Outgoing { url, token } = &cfg.communication else {
         return;
     };
-    let remote = Remote::new(r.http().clone(), url, token, r.ferry().instance_id());
+    let remote = r.remote(url, token);
     let inline_max = cfg.inline_from_peer();
     let mut tasks = Vec::new();
     for pair in cfg.feeds.clone() {

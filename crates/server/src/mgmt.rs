@@ -20,6 +20,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/instance", get(instance))
+        .route("/api/v1/instance/new-id", post(new_instance_id))
         .route("/api/v1/feeds", get(list_feeds).post(create_feed))
         .route("/api/v1/feeds/{name}", get(get_feed).delete(delete_feed))
         .route(
@@ -40,10 +41,39 @@ fn parse_name(name: &str) -> Result<FeedName, ApiError> {
     FeedName::new(name).map_err(|e| ApiError::json(CoreError::from(e)))
 }
 
+/// The running instance id, and `next_instance_id` when the stored one
+/// differs (renewed since the start: taken at the next start).
 async fn instance(State(st): State<AppState>, _: Admin) -> JsonResult {
-    Ok(Json(
-        json!({ "instance_id": st.ferry.instance_id(), "version": env!("CARGO_PKG_VERSION") }),
-    ))
+    let stored = st
+        .ferry
+        .metadata()
+        .instance_id()
+        .await
+        .map_err(|e| ApiError::json(CoreError::from(e)))?;
+    Ok(Json(instance_view(&st, stored)))
+}
+
+fn instance_view(st: &AppState, stored: ferry_types::InstanceId) -> Value {
+    let running = st.ferry.instance_id();
+    let mut v = json!({ "instance_id": running, "version": env!("CARGO_PKG_VERSION") });
+    if stored != running {
+        v["next_instance_id"] = json!(stored);
+    }
+    v
+}
+
+/// `POST /api/v1/instance/new-id`: stores a new random instance id, taken
+/// at the next start ([`ferry_store::MetadataStore::renew_instance_id`]).
+/// Answers as `GET /api/v1/instance`, with `next_instance_id`.
+async fn new_instance_id(State(st): State<AppState>, _: Admin) -> JsonResult {
+    let id = st
+        .ferry
+        .metadata()
+        .renew_instance_id()
+        .await
+        .map_err(|e| ApiError::json(CoreError::from(e)))?;
+    tracing::warn!(instance = %st.ferry.instance_id(), next = %id, "instance id renewed: the next start takes the new one");
+    Ok(Json(instance_view(&st, id)))
 }
 
 async fn list_feeds(State(st): State<AppState>, _: Admin) -> JsonResult {

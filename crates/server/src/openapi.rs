@@ -45,7 +45,8 @@ pub fn document() -> Value {
         "openapi": "3.1.0",
         "info": { "title": "Ferry management API", "version": env!("CARGO_PKG_VERSION") },
         "paths": {
-            "/api/v1/instance": { "get": op("This instance's id and version", "200", None) },
+            "/api/v1/instance": { "get": op("This instance's id and version; `next_instance_id` when a new id was stored since the start (taken at the next start)", "200", None) },
+            "/api/v1/instance/new-id": { "post": op("Store a new random instance id, taken at the next start of every node (for a copy of another instance's data directory); answers as GET /api/v1/instance", "200", None) },
             "/api/v1/feeds": {
                 "get": op("List feeds", "200", None),
                 "post": op("Create a feed", "201", Some("NewFeed"))

@@ -67,25 +67,28 @@ impl FromRequestParts<AppState> for Peer {
         let token = presented_secret(&parts.headers)
             .map_err(err)?
             .ok_or_else(|| err(CoreError::Unauthorized("a sync token is required".into())))?;
-        if parts
-            .headers
-            .get_all(ferry_replication::protocol::INSTANCE_HEADER)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
-            return Err(err(CoreError::invalid(
-                "the Ferry-Instance header is given more than once: an instance has one id",
-            )));
+        use ferry_replication::protocol::{INSTANCE_HEADER, PROCESS_HEADER};
+        for (header, what) in [(INSTANCE_HEADER, "an instance"), (PROCESS_HEADER, "a process")] {
+            if parts.headers.get_all(header).iter().nth(1).is_some() {
+                return Err(err(CoreError::invalid(format!(
+                    "the {header} header is given more than once: {what} has one id"
+                ))));
+            }
         }
-        let instance = parts
-            .headers
-            .get(ferry_replication::protocol::INSTANCE_HEADER)
-            // Not text: refused as naming no instance id.
-            .map(|v| v.to_str().unwrap_or("(not text)"));
-        let address = crate::client_addr(&parts.extensions).map(|a| a.ip().to_string());
+        // Not text: refused as naming no id.
+        let named = |header| {
+            parts
+                .headers
+                .get(header)
+                .map(|v| v.to_str().unwrap_or("(not text)"))
+        };
+        let caller = ferry_replication::incoming::Caller {
+            instance: named(INSTANCE_HEADER),
+            process: named(PROCESS_HEADER),
+            address: crate::client_addr(&parts.extensions).map(|a| a.ip().to_string()),
+        };
         st.replicator
-            .session(&token, instance, address)
+            .session(&token, caller)
             .await
             .map(Peer)
             .map_err(repl)

@@ -1809,6 +1809,9 @@ impl Routes {
             Req::get("/api/v1/openapi.json")
         });
         add("mgmt GET instance", A, |_, _| Req::get("/api/v1/instance"));
+        add("mgmt POST instance new-id", A, |_, _| {
+            Req::new("POST", "/api/v1/instance/new-id")
+        });
         add("mgmt GET feeds", A, |_, _| Req::get("/api/v1/feeds"));
         add("mgmt POST feed", A, |_, ci| {
             let body = json!({ "name": format!("made-{ci}"), "type": "assets" });

@@ -556,6 +556,10 @@ async fn signing_keys(s: &dyn MetadataStore) {
 async fn instance_id_is_stable(s: &dyn MetadataStore) {
     let a = s.instance_id().await.unwrap();
     assert_eq!(s.instance_id().await.unwrap(), a);
+    // Renewed: a new id, stable from then on.
+    let b = s.renew_instance_id().await.unwrap();
+    assert_ne!(a, b);
+    assert_eq!(s.instance_id().await.unwrap(), b);
 }
 
 async fn feeds(s: &dyn MetadataStore) {

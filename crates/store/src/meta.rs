@@ -351,6 +351,11 @@ pub enum StoreEvent {
 pub trait MetadataStore: crate::SessionStore + crate::UploadSessionStore + Send + Sync + 'static {
     /// This instance's id, created (randomly) and stored on first use.
     async fn instance_id(&self) -> Result<InstanceId, StoreError>;
+    /// Replaces the stored instance id with a new random one and returns
+    /// it. A running instance keeps the id it read at its start: the new
+    /// one is taken at the next start of every node. For a copy of another
+    /// instance's data directory, which must not speak as that instance.
+    async fn renew_instance_id(&self) -> Result<InstanceId, StoreError>;
     /// The instance's random 32-byte secret named `name` (e.g. the key
     /// registry tokens are signed with), created on first use and the same
     /// for every node sharing the store: nodes starting at once agree on

@@ -946,6 +946,17 @@ impl MetadataStore for PgStore {
         v.parse().map_err(|_| bad_row("instance id"))
     }
 
+    async fn renew_instance_id(&self) -> Result<InstanceId, StoreError> {
+        let id = InstanceId::random();
+        sqlx::query(
+            "INSERT INTO meta (k, v) VALUES ('instance_id', $1) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+        )
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
     async fn max_stamp_time(&self) -> Result<Hlc, StoreError> {
         let t: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(stamp_time), 0)::BIGINT FROM items

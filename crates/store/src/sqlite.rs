@@ -638,6 +638,19 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn renew_instance_id(&self) -> Result<InstanceId, StoreError> {
+        let id = InstanceId::random();
+        self.write_tx(move |tx| {
+            tx.execute(
+                "INSERT INTO meta (k, v) VALUES ('instance_id', ?1) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                [id.to_string()],
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok(id)
+    }
+
     async fn max_stamp_time(&self) -> Result<Hlc, StoreError> {
         self.read(|c| {
             let t: i64 = c.query_row(

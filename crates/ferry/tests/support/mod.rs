@@ -238,6 +238,36 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// A second instance started from a copy of this one's data directory
+    /// (as a cloned machine would be), with the same environment. This one
+    /// must be stopped, and keep its metadata and blobs in that directory
+    /// (SQLite, file-system blobs).
+    pub fn start_copy(&self) -> Server {
+        assert!(
+            self.child.is_none(),
+            "stop the instance before copying its data directory"
+        );
+        assert!(
+            self.db.is_none() && self.bucket.is_none(),
+            "only a data directory can be copied"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        run_ok(Command::new("cp").arg("-a").arg(&self.data).arg(&data));
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            addr: String::new(),
+            data,
+            _dir: Some(dir),
+            env: self.env.clone(),
+            db: None,
+            bucket: None,
+        };
+        s.spawn("127.0.0.1:0");
+        s
+    }
+
     /// Kills the process (SIGKILL) without letting it clean up.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

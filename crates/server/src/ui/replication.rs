@@ -136,6 +136,8 @@ struct IncomingSummary {
     peers: usize,
     stale: usize,
     failing: usize,
+    /// Listed as used by several running processes at once.
+    shared: usize,
     /// The largest lag in changes and seconds over every peer and feed.
     lag: Option<(i64, f64)>,
 }
@@ -156,6 +158,7 @@ async fn incoming_summary(st: &AppState, o: &Overview) -> Option<IncomingSummary
         peers: peers.len(),
         stale: peers.iter().filter(|p| p.stale).count(),
         failing: peers.iter().filter(|p| p.state.last_error.is_some()).count(),
+        shared: peers.iter().filter(|p| p.id_shared.is_some()).count(),
         lag,
     })
 }
@@ -169,6 +172,7 @@ fn incoming_last(o: &Overview, s: &IncomingSummary) -> Markup {
             a href={ "/replications/" (seg(&o.name)) "#peers" } { (plural(s.peers, "instance", "instances")) }
             @if s.stale > 0 { " " span class="badge bad" { (s.stale) " stale" } }
             @if s.failing > 0 { " " span class="badge warn" { (s.failing) " with an error" } }
+            @if s.shared > 0 { " " span class="badge bad" { (s.shared) " id used by several instances" } }
         }
     } }
 }
@@ -992,7 +996,8 @@ async fn detail(
                             td { (p.state.name.as_deref().unwrap_or("—")) br; code.muted { (p.state.instance_id) } }
                             td { @if p.stale { span.badge.bad { "stale" } }
                                  @else if p.connected { span.badge.ok { "connected" } }
-                                 @else { span.badge { "seen" } } }
+                                 @else { span.badge { "seen" } }
+                                 @if p.id_shared.is_some() { " " span.badge.bad { "id shared" } } }
                             td { (when(p.state.last_contact)) }
                             td { (duration(p.lag_seconds)) }
                             td { @for (feed, f) in &p.state.feeds {
@@ -1000,7 +1005,10 @@ async fn detail(
                             } }
                             td { (p.state.ferry_version.as_deref().unwrap_or("?")) }
                             td { (p.state.address.as_deref().unwrap_or("?")) }
-                            td.error-text { (p.state.last_error.as_ref().map(|e| e.message.as_str()).unwrap_or("")) }
+                            td.error-text {
+                                @if let Some(sh) = &p.id_shared { (sh.message) br; }
+                                (p.state.last_error.as_ref().map(|e| e.message.as_str()).unwrap_or(""))
+                            }
                         }
                     } }
                 } }
