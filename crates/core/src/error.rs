@@ -26,6 +26,9 @@ pub enum CoreError {
     Internal(String),
     #[error("service busy, retry: {0}")]
     Unavailable(String),
+    /// One client holds as much of a shared resource as it may (429).
+    #[error("too many requests: {0}")]
+    TooMany(String),
     /// Another instance this request needed (a replication's peer, for a
     /// plan or verify) could not be reached, timed out or answered with an
     /// error: HTTP 502, with what happened.

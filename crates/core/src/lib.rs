@@ -83,6 +83,10 @@ pub struct Config {
     /// intervals (as it reports them; 60 s when it does not) is stale.
     /// A request in progress (a long poll) counts as seen. Default 3.
     pub peer_stale_intervals: u32,
+    /// Most long polls (`changes?wait=`) one sync token may hold waiting
+    /// at once; past it a long poll is answered 429 (a quarter of the
+    /// server's connection cap).
+    pub long_polls_per_token: usize,
     /// Whether `/metrics` answers without a key. Off by default: metrics
     /// name every feed, private ones too, and every replication (see
     /// [`auth::authorize_metrics`]).
@@ -131,6 +135,7 @@ impl Default for Config {
             max_clock_skew: Duration::from_secs(300),
             instance_name: None,
             peer_stale_intervals: 3,
+            long_polls_per_token: 1024,
             metrics_public: false,
             base_url: None,
             oci_upload_idle_timeout: Duration::from_secs(600),

@@ -31,6 +31,13 @@ use crate::{listener, tls};
 /// PostgreSQL, a database that held no instance is emptied again
 /// ([`PgStore::undo_first_start`]) and the data directory put back the
 /// same way; a database that held one is never touched.
+/// The long polls one sync token may hold waiting at once: a quarter of
+/// the connection cap (at least 8), so no token holder can take every
+/// connection with them.
+fn long_polls_per_token(max_connections: Option<usize>) -> usize {
+    (max_connections.unwrap_or(4096) / 4).max(8)
+}
+
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let fd_limit = listener::raise_fd_limit();
     let limits = listener::Limits {
@@ -51,6 +58,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "max_connections may need more descriptors than the open-file limit allows"
         );
     }
+    // What the connection cap came to: the long polls one sync token may
+    // hold are a share of it.
+    let mut cfg = cfg;
+    cfg.max_connections.get_or_insert(limits.max_connections);
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(Arc::new(tls::ServerTls::load(cert, key).await?)),
         _ => None,
@@ -212,6 +223,7 @@ async fn open_and_declare(
         max_clock_skew: Duration::from_secs(cfg.max_clock_skew_secs),
         instance_name: cfg.instance_name.clone(),
         peer_stale_intervals: cfg.peer_stale_intervals.max(1),
+        long_polls_per_token: long_polls_per_token(cfg.max_connections),
         metrics_public: cfg.metrics_public,
         base_url: cfg.base_url.clone(),
         execution_lease: Duration::from_secs(cfg.execution_lease_secs.max(3)),

@@ -40,6 +40,7 @@ pub struct BlobWant {
 /// The body of `POST blobs/batch`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchRequest {
+    #[serde(deserialize_with = "crate::protocol::at_most::<_, _, MAX_BATCH>")]
     pub blobs: Vec<BlobWant>,
 }
 

@@ -63,8 +63,7 @@ pub struct Session {
 }
 
 const MAX_PAGE: usize = 1000;
-/// Most digests one `blobs/missing` request may ask about.
-const MAX_DIGESTS: usize = 10_000;
+use crate::protocol::{MAX_DIGESTS, MAX_KEYS};
 const MAX_WAIT: u64 = 60;
 
 impl Replicator {
@@ -576,6 +575,7 @@ impl Replicator {
         }
         let mut rx = self.ferry().subscribe(feed.id).await?;
         if wait > 0 && *rx.borrow() <= since {
+            let _slot = self.wait_slot(&s.token_id)?;
             // Caught up: so it is listed while it waits, not as far behind
             // as its last answered page said.
             self.peer_caught_up(s, feed.name.as_str(), since);
@@ -719,8 +719,8 @@ impl Replicator {
         keys: Vec<ItemKey>,
     ) -> Result<Vec<WireEntry>, ReplError> {
         self.require_read(s)?;
-        if keys.len() > MAX_PAGE {
-            return Err(ReplError::Invalid(format!("at most {MAX_PAGE} keys per lookup")));
+        if keys.len() > MAX_KEYS {
+            return Err(ReplError::Invalid(format!("at most {MAX_KEYS} keys per lookup")));
         }
         // Each key answered once, however often it is named (a small
         // request must not buy a large answer).
@@ -775,9 +775,21 @@ impl Replicator {
         self.feed_digest(&feed, &filter).await
     }
 
+    /// The stored stamp (and whether a tombstone) of each of `keys`, in
+    /// order, and which are outside the replication's filter. Errors:
+    /// more than [`MAX_KEYS`] keys (Invalid, 400).
     pub async fn stamps(&self, s: &Session, feed: &str, keys: Vec<ItemKey>) -> Result<StampList, ReplError> {
+        if keys.len() > MAX_KEYS {
+            return Err(ReplError::Invalid(format!("at most {MAX_KEYS} keys per request")));
+        }
         let feed = self.session_feed(s, feed).await?;
-        let found = self.store().entries_for(feed.id, &keys).await?;
+        let found: HashMap<ItemKey, ferry_store::Entry> = self
+            .store()
+            .entries_for(feed.id, &keys)
+            .await?
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
         let mut outside = Vec::new();
         let stamps = keys
             .iter()
@@ -789,10 +801,7 @@ impl Replicator {
                     outside.push(i as u32);
                     return None;
                 }
-                found
-                    .iter()
-                    .find(|e| &e.key == k)
-                    .map(|e| (e.stamp, e.live.is_none()))
+                found.get(k).map(|e| (e.stamp, e.live.is_none()))
             })
             .collect();
         Ok(StampList { stamps, outside })
@@ -1137,6 +1146,50 @@ impl Replicator {
             return Err(refuse());
         }
         Ok(())
+    }
+}
+
+/// A long poll counted against its sync token's share while it waits
+/// ([`ferry_core::Config::long_polls_per_token`]); freed when dropped.
+pub(crate) struct WaitSlot {
+    r: Replicator,
+    token: String,
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.r.0.waiting.lock()
+            && let Some(n) = m.get_mut(&self.token)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.token);
+            }
+        }
+    }
+}
+
+impl Replicator {
+    /// A slot for one more long poll of sync token `token`. Errors:
+    /// TooMany (429) when the token already holds its share waiting.
+    fn wait_slot(&self, token: &str) -> Result<WaitSlot, ReplError> {
+        let max = self.ferry().config().long_polls_per_token.max(1);
+        let mut m = self
+            .0
+            .waiting
+            .lock()
+            .map_err(|_| ReplError::Core(CoreError::Internal("long-poll count poisoned".into())))?;
+        let n = m.entry(token.to_owned()).or_insert(0);
+        if *n >= max {
+            return Err(ReplError::Core(CoreError::TooMany(format!(
+                "sync token {token} already holds {max} long polls waiting (a quarter of this instance's connections); ask again later"
+            ))));
+        }
+        *n += 1;
+        Ok(WaitSlot {
+            r: self.clone(),
+            token: token.to_owned(),
+        })
     }
 }
 

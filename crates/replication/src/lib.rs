@@ -51,6 +51,9 @@ use crate::protocol::FeedDigest;
 pub struct Replicator(Arc<Inner>);
 
 struct Inner {
+    /// Long polls waiting now, by sync token id (see
+    /// [`incoming::WaitSlot`]).
+    waiting: Mutex<HashMap<String, usize>>,
     ferry: Ferry,
     store: Arc<dyn ReplicationStore>,
     /// This node's name as the holder of execution leases: the configured
@@ -232,6 +235,7 @@ impl Replicator {
             handshakes: Mutex::new(HashMap::new()),
             refused_feeds: Mutex::new(HashMap::new()),
             bundle_deletions: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
             recovered: std::sync::atomic::AtomicBool::new(false),
         }))
     }

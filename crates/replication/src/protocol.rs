@@ -12,6 +12,49 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const SUPPORTED_VERSIONS: &[u32] = &[1];
 pub const BASE_PATH: &str = "/api/replication/v1";
 
+/// Most keys one `stamps` or `entries` request may name.
+pub const MAX_KEYS: usize = 1000;
+/// Most entries one `apply` request may carry.
+pub const MAX_ENTRIES: usize = 1000;
+/// Most digests one `blobs/missing` request may name.
+pub const MAX_DIGESTS: usize = 10_000;
+/// Most blobs one entry may reference.
+pub const MAX_ENTRY_BLOBS: usize = 10_000;
+/// Most feed pairs (and protocol versions) one handshake may name.
+pub const MAX_HANDSHAKE_FEEDS: usize = 10_000;
+
+/// Deserializes a list of at most `N` elements, refusing the body as soon
+/// as it holds one more (before reading the rest): a request within its
+/// byte limit cannot make the receiver hold millions of parsed elements
+/// (each several times its bytes) before counting them. Errors name the
+/// limit.
+pub fn at_most<'de, D, T, const N: usize>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T, const N: usize>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>, const N: usize> serde::de::Visitor<'de> for Bounded<T, N> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {N} elements")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(N).min(1024));
+            while let Some(x) = seq.next_element()? {
+                if v.len() == N {
+                    return Err(serde::de::Error::custom(format!(
+                        "a list longer than {N} elements: at most {N} per request"
+                    )));
+                }
+                v.push(x);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(Bounded::<T, N>(std::marker::PhantomData))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireFeed {
     /// The feed's name on the connecting (outgoing) instance.
@@ -24,11 +67,13 @@ pub struct WireFeed {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HandshakeRequest {
+    #[serde(deserialize_with = "at_most::<_, _, 64>")]
     pub protocol_versions: Vec<u32>,
     pub instance_id: InstanceId,
     pub ferry_version: String,
     /// The outgoing side's mode.
     pub mode: Mode,
+    #[serde(deserialize_with = "at_most::<_, _, MAX_HANDSHAKE_FEEDS>")]
     pub feeds: Vec<WireFeed>,
     /// The name the outgoing instance goes by (shown in the other side's
     /// view of its peers); absent from older peers.
@@ -112,7 +157,7 @@ pub struct WireEntry {
     pub deleted: bool,
     #[serde(default)]
     pub meta: serde_json::Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "at_most::<_, _, MAX_ENTRY_BLOBS>")]
     pub blobs: Vec<Digest>,
     #[serde(default)]
     pub created_at: i64,
@@ -310,6 +355,7 @@ pub struct EntriesPage {
 /// side lacks).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DigestList {
+    #[serde(deserialize_with = "at_most::<_, _, MAX_DIGESTS>")]
     pub digests: Vec<Digest>,
     /// In an answer: those of `digests` this side holds the first bytes
     /// of (an upload that broke off), with how many; a sender may send
@@ -321,6 +367,7 @@ pub struct DigestList {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyList {
+    #[serde(deserialize_with = "at_most::<_, _, MAX_KEYS>")]
     pub keys: Vec<ItemKey>,
 }
 
@@ -339,6 +386,7 @@ pub struct StampList {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApplyRequest {
+    #[serde(deserialize_with = "at_most::<_, _, MAX_ENTRIES>")]
     pub entries: Vec<WireEntry>,
 }
 

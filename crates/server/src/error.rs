@@ -97,6 +97,7 @@ pub fn status_of(e: &CoreError) -> StatusCode {
         CoreError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
         CoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CoreError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
         CoreError::Upstream(_) => StatusCode::BAD_GATEWAY,
         CoreError::Internal(_) | CoreError::Damaged(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -580,3 +580,58 @@ async fn bad_query_parameters_are_refused_in_json() {
         );
     }
 }
+
+/// One sync token cannot hold every connection with long polls: past its
+/// share (here 3), a long poll is answered 429 at once, with the reason;
+/// another token still waits, and a slot freed is taken again.
+#[tokio::test]
+async fn a_token_holds_at_most_its_share_of_long_polls() {
+    let i = Instance::with_config(ferry_core::Config {
+        long_polls_per_token: 3,
+        ..Default::default()
+    })
+    .await;
+    i.feed("files", FeedType::Assets, false).await;
+    let token = i.incoming("edge", &["files"], "push").await;
+    let other = i.incoming("edge2", &["files"], "push").await;
+    i.send("PUT", "/assets/files/first", Some(ADMIN), &[], "1").await;
+    let poll_from = |token: String, since: u32| {
+        let router = i.router.clone();
+        tokio::spawn(async move {
+            use tower::ServiceExt;
+            let uri = format!("/api/replication/v1/feeds/files/changes?since={since}&wait=30");
+            let req = axum::http::Request::get(uri)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap();
+            let resp = router.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        })
+    };
+    let poll = |token: String| poll_from(token, 1);
+    let waiting: Vec<_> = (0..3).map(|_| poll(token.clone())).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(waiting.iter().all(|w| !w.is_finished()), "the first three wait");
+    let (status, body) = poll(token.clone()).await.unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.contains("long polls waiting"), "{body}");
+    // Another token's long poll waits as usual.
+    let theirs = poll(other.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!theirs.is_finished());
+    // A publish answers every waiting poll; the slots are free again.
+    i.send("PUT", "/assets/files/a", Some(ADMIN), &[], "a").await;
+    for w in waiting {
+        assert_eq!(w.await.unwrap().0, StatusCode::OK);
+    }
+    assert_eq!(theirs.await.unwrap().0, StatusCode::OK);
+    let again = poll_from(token.clone(), 2);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!again.is_finished(), "a freed slot is taken again");
+    again.abort();
+}
