@@ -243,6 +243,7 @@ async fn open_and_declare(
             .await
             .with_context(|| format!("applying {}", source_name(cfg)))?;
         log_applied(&applied);
+        replicator.set_file_declared(source_name(cfg), declared_names(&decls));
     }
     // After the declarations: a file refused on an empty data directory
     // leaves no admin key behind (the fixed file's start makes it).
@@ -525,6 +526,11 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
     Ok(())
 }
 
+/// The replications a configuration file declares.
+fn declared_names(d: &ferry_server::declare::Declarations) -> std::collections::HashSet<String> {
+    d.replications.iter().map(|r| r.name.clone()).collect()
+}
+
 fn source_name(cfg: &Config) -> String {
     cfg.source
         .as_ref()
@@ -561,9 +567,13 @@ fn reapply_on_sighup(path: std::path::PathBuf, ferry: Ferry, replicator: Replica
         while hup.recv().await.is_some() {
             let decls = Config::load(Some(&path)).and_then(|c| c.declarations());
             let result = match decls {
-                Ok(Some(d)) => ferry_server::declare::apply(&ferry, &replicator, &d)
-                    .await
-                    .map_err(anyhow::Error::from),
+                Ok(Some(d)) => {
+                    let applied = ferry_server::declare::apply(&ferry, &replicator, &d).await;
+                    if applied.is_ok() {
+                        replicator.set_file_declared(path.display().to_string(), declared_names(&d));
+                    }
+                    applied.map_err(anyhow::Error::from)
+                }
                 Ok(None) => continue,
                 Err(e) => Err(e),
             };

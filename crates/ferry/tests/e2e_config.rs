@@ -237,6 +237,17 @@ mode = "push"
     );
     assert!(!said.contains("created") && !said.contains("updated"), "{said}");
     assert_eq!(s0.cli_ok(&["config", "export"]), exported);
+    // A change through the API to what the served file declares: made,
+    // with a warning that the file wins at its next application.
+    let out = s0.cli(&["replication", "update", "from-hub", "--interval", "7"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("declared in")
+            && said.contains("spoke.toml")
+            && said.contains("until the file is applied again"),
+        "{said}"
+    );
     // The hub's export carries the accepted token, by id and hash only.
     let hub_export = hub.cli_ok(&["config", "export"]);
     assert!(

@@ -84,6 +84,13 @@ fn mirror_pair_converges_and_resolves_concurrent_writes_by_the_later_stamp() {
             l["level"] == "warn" && m.contains("conflict") && m.contains("shared/config.json")
         });
     assert!(logged, "the conflict is logged with its key: {execs:#?}");
+    // And counted where an operator alerts on it.
+    let metrics = b.metrics();
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("ferry_replication_conflicts_total{replication=\"pair\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(counted.is_some_and(|n| n >= 1.0), "{metrics}");
     assert_eq!(a.asset_digests("files", ""), b.asset_digests("files", ""));
     assert_eq!(
         a.asset_digests("files", "shared/"),

@@ -889,6 +889,34 @@ impl Replicator {
         for (i, o) in inside.into_iter().zip(outcomes) {
             out[i] = WireOutcome::from(o);
         }
+        // Versions pushed from elsewhere that lose to a newer one of
+        // another instance here: a conflict, told on this side too (the
+        // pusher's execution log names each one).
+        let lost: Vec<String> = entries
+            .iter()
+            .zip(&out)
+            .filter_map(|(e, o)| match o {
+                WireOutcome::Superseded { current } if current.origin != e.stamp.origin => {
+                    Some(format!("{} (theirs {}, kept {current})", e.key, e.stamp))
+                }
+                _ => None,
+            })
+            .collect();
+        if !lost.is_empty() {
+            metrics::counter!("ferry_replication_conflicts_total", "replication" => s.record.name.clone())
+                .increment(lost.len() as u64);
+            self.diag().log(
+                Level::Warn,
+                format!(
+                    "{}: conflict: {} pushed versions in feed {} lost to newer ones written elsewhere, which are kept: {}{}",
+                    s.record.name,
+                    lost.len(),
+                    feed.name,
+                    lost.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                    if lost.len() > 3 { ", …" } else { "" }
+                ),
+            );
+        }
         let applied = out.iter().filter(|o| **o == WireOutcome::Applied).count();
         self.diag().log(
             Level::Debug,

@@ -28,7 +28,7 @@ mod scheduler;
 mod throttle;
 pub mod token;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -51,6 +51,10 @@ use crate::protocol::FeedDigest;
 pub struct Replicator(Arc<Inner>);
 
 struct Inner {
+    /// The configuration file `ferry serve` applies (at start and on
+    /// SIGHUP) and the replications it declares: a change made through the
+    /// API to one of them lasts until the file is applied again.
+    file_declared: Mutex<Option<(String, HashSet<String>)>>,
     /// Long polls waiting now, by sync token id (see
     /// [`incoming::WaitSlot`]).
     waiting: Mutex<HashMap<String, usize>>,
@@ -236,6 +240,7 @@ impl Replicator {
             refused_feeds: Mutex::new(HashMap::new()),
             bundle_deletions: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
+            file_declared: Mutex::new(None),
             recovered: std::sync::atomic::AtomicBool::new(false),
         }))
     }
@@ -305,6 +310,23 @@ impl Replicator {
     pub fn http(&self) -> &reqwest::Client {
         &self.0.http
     }
+    /// Notes that the configuration file `file` (applied at start and on
+    /// SIGHUP) declares the replications `names`.
+    pub fn set_file_declared(&self, file: String, names: HashSet<String>) {
+        if let Ok(mut d) = self.0.file_declared.lock() {
+            *d = Some((file, names));
+        }
+    }
+
+    /// The configuration file that declares replication `name`, if one
+    /// does (see [`Replicator::set_file_declared`]).
+    pub fn declared_in_file(&self, name: &str) -> Option<String> {
+        let d = self.0.file_declared.lock().ok()?;
+        d.as_ref()
+            .filter(|(_, names)| names.contains(name))
+            .map(|(file, _)| file.clone())
+    }
+
     /// A client of the replication API of the instance at `url` with sync
     /// token `token`, naming this instance (and process) on every request.
     pub fn remote(&self, url: &str, token: &str) -> client::Remote {
@@ -1107,6 +1129,16 @@ impl Replicator {
         }
         metrics::counter!("ferry_replication_executions_total", "replication" => rec.name.clone(), "outcome" => outcome)
             .increment(1);
+        let conflicts: u64 = run
+            .report
+            .feeds
+            .iter()
+            .map(|f| f.pulled.conflicts + f.pushed.conflicts)
+            .sum();
+        if conflicts > 0 {
+            metrics::counter!("ferry_replication_conflicts_total", "replication" => rec.name.clone())
+                .increment(conflicts);
+        }
         for (feed, lag) in &run.lags {
             self.set_lag(rec.id, feed, *lag);
         }

@@ -213,13 +213,23 @@ async fn update(
 /// Changes what `replication update` may change (the API and the web UI);
 /// a new URL or token is checked against the other end first. Returns the
 /// overview after the change, and a warning when the new URL could not be
-/// reached yet.
+/// reached yet, or when the configuration file `ferry serve` applies
+/// declares the replication (the file wins at its next application).
 pub(crate) async fn update_replication(
     st: &AppState,
     name: &str,
     req: UpdateRequest,
 ) -> Result<(Overview, Option<String>), CoreError> {
-    let (_, warning) = st.replicator.update(name, req).await?;
+    let (_, mut warning) = st.replicator.update(name, req).await?;
+    if let Some(file) = st.replicator.declared_in_file(name) {
+        let note = format!(
+            "replication {name} is declared in {file}: this change holds until the file is applied again (the next start, SIGHUP); change the file to keep it"
+        );
+        warning = Some(match warning {
+            Some(w) => format!("{w}; {note}"),
+            None => note,
+        });
+    }
     Ok((replication_overview(st, name).await?, warning))
 }
 
