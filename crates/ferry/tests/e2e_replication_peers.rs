@@ -326,3 +326,61 @@ fn a_copied_spoke_is_pointed_out_until_it_takes_an_id_of_its_own() {
         peers(&hub)
     );
 }
+
+/// One stamp with two contents (what two instances sharing an instance id
+/// write in the same instant; made here by editing the spoke's database
+/// while it is stopped): the spoke's execution says so, naming the item
+/// and the id, and counts it as a conflict; writing the item again on the
+/// hub settles it everywhere.
+#[test]
+fn one_stamp_with_two_contents_is_said_and_settled_by_the_next_write() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    hub.put_asset("files", "x.txt", b"the hub's x");
+    hub.put_asset("files", "y.txt", b"something else");
+    let mut spoke = Server::start_with(&[("FERRY_DATABASE_URL", ""), support::FS_BLOBS]);
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    assert!(wait_until(30, || spoke.serves("files", "x.txt", b"the hub's x")));
+    spoke.stop();
+    {
+        let db = rusqlite::Connection::open(spoke.data.join("ferry.db")).unwrap();
+        db.execute_batch(
+            "UPDATE items SET blobs = (SELECT blobs FROM items WHERE key = 'y.txt') WHERE key = 'x.txt';
+             DELETE FROM item_blobs WHERE key = 'x.txt';
+             INSERT INTO item_blobs SELECT feed_id, 'x.txt', digest FROM item_blobs WHERE key = 'y.txt';",
+        )
+        .unwrap();
+    }
+    spoke.restart();
+    assert!(spoke.serves("files", "x.txt", b"something else"), "the edit took");
+    spoke.cli_ok(&["replication", "run", "from-hub", "--full", "--wait"]);
+    let last = spoke.executions("from-hub")[0].clone();
+    let said = last["report"]["log"].as_array().unwrap().iter().any(|l| {
+        let m = l["message"].as_str().unwrap_or("");
+        l["level"] == "error"
+            && m.contains("x.txt")
+            && m.contains("same stamp")
+            && m.contains("ferry instance new-id")
+    });
+    assert!(said, "{last:#?}");
+    let conflicts: u64 = last["report"]["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["pulled"]["conflicts"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(conflicts, 1, "{last:#?}");
+    // The next write of the item on the hub reaches the spoke as usual.
+    hub.put_asset("files", "x.txt", b"the hub's x, again");
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(spoke.serves("files", "x.txt", b"the hub's x, again"));
+}

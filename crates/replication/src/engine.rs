@@ -665,6 +665,7 @@ impl<'a> Run<'a> {
             interval_secs: Some(self.cfg.interval_secs),
         };
         let resp = self.remote.handshake(&req).await?;
+        self.r.reached(self.rec.id);
         self.adopt(&resp);
         Ok(resp)
     }

@@ -300,7 +300,7 @@ impl Replicator {
     }
 
     async fn session_feed(&self, s: &Session, feed: &str) -> Result<FeedRecord, ReplError> {
-        let name = FeedName::new(feed).map_err(|e| ReplError::NotFound(e.to_string()))?;
+        let name = FeedName::new(feed).map_err(|e| ReplError::Invalid(e.to_string()))?;
         if !s.config.feeds.iter().any(|p| p.local == name) {
             return Err(ReplError::Forbidden(format!(
                 "feed {name} is not part of replication {}",

@@ -1254,6 +1254,17 @@ impl Replicator {
         }
     }
 
+    /// Notes that an execution of replication `id` reached the other
+    /// instance (a handshake answered): no longer listed as unreachable,
+    /// whatever the long poll last said.
+    pub(crate) fn reached(&self, id: i64) {
+        if let Ok(mut st) = self.0.status.lock()
+            && let Some(s) = st.get_mut(&id)
+        {
+            s.unreachable = None;
+        }
+    }
+
     pub(crate) fn set_lag(&self, id: i64, feed: &FeedName, lag: Lag) {
         if let Ok(mut st) = self.0.status.lock() {
             st.entry(id).or_default().lag.insert(feed.to_string(), lag);

@@ -681,6 +681,27 @@ impl Run<'_> {
                 continue;
             }
             match locals.get(&e.key) {
+                // One stamp, two contents: two instances wrote under one
+                // instance id (started from copies of one data directory)
+                // in the same instant. Nothing orders them; it is said.
+                Some(l)
+                    if l.stamp == e.stamp
+                        && (l.live.is_none() != e.deleted
+                            || l.live.as_ref().is_some_and(|x| x.blobs != e.blobs)) =>
+                {
+                    // Nothing orders the two (a stamp is written once,
+                    // even by a repair): the next write of the item, with
+                    // a new stamp, settles it everywhere.
+                    fr.pulled.conflicts += 1;
+                    settled.push(e.key.clone());
+                    self.log(
+                        "error",
+                        format!(
+                            "{} in feed {} has the same stamp ({}) here and on the other side but not the same content: two running instances use instance id {} (copies of one data directory; give the copy its own id with `ferry instance new-id`); both are kept until the item is written again (upload it once more where it is right)",
+                            e.key, local.name, e.stamp, e.stamp.origin
+                        ),
+                    );
+                }
                 Some(l) if l.stamp == e.stamp => {
                     fr.pulled.skipped += 1;
                     fr.plan_item(
