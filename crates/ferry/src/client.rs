@@ -521,6 +521,9 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                 if r["running"].is_object() {
                     say!("  {}", running_text(&r["running"]));
                 }
+                if let Some(m) = r["status"]["id_shared"].as_str() {
+                    say!("  WARNING from the other instance: {m}");
+                }
                 if let Some(u) = r["status"]["unreachable"].as_object() {
                     say!(
                         "  other instance unreachable since {}: {}{}",

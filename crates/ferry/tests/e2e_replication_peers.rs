@@ -291,6 +291,16 @@ fn a_copied_spoke_is_pointed_out_until_it_takes_an_id_of_its_own() {
     };
     let m = hub.metrics();
     assert!(line(&m).is_some_and(|l| l.ends_with(" 1")), "{m}");
+    // The copies hear it too, in `replication list`.
+    // (with the next page the hub answers them)
+    hub.put_asset("files", "wake.txt", b"w");
+    assert!(
+        wait_until(60, || [&a, &b].iter().all(|s| s
+            .cli_ok(&["replication", "list"])
+            .contains("WARNING from the other instance"))),
+        "{}",
+        b.cli_ok(&["replication", "list"])
+    );
 
     // The copy takes an id of its own at its next start.
     let out = b.cli_ok(&["instance", "new-id"]);

@@ -501,6 +501,7 @@ impl Replicator {
         let mut page = self.changes_page(s, feed, q).await?;
         self.peer_page(s, feed, since, &page);
         page.handshake_again = self.peer_unnamed(s);
+        page.id_shared = self.peer_id_shared(s);
         Ok(page)
     }
 
@@ -532,6 +533,7 @@ impl Replicator {
         let reset = |last_seq: i64, last_anchor: Option<i64>, diverged: bool| ChangesPage {
             entries: Vec::new(),
             handshake_again: false,
+            id_shared: None,
             next: since,
             last_seq,
             reset: true,
@@ -641,6 +643,7 @@ impl Replicator {
         let inline = self.inline_blobs(&entries, extras.inline_max).await;
         Ok(ChangesPage {
             handshake_again: false,
+            id_shared: None,
             entries,
             next,
             last_seq,

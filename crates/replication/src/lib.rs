@@ -148,6 +148,11 @@ pub struct Status {
     /// known; it stays as last measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreachable: Option<Unreachable>,
+    /// Set while the other instance sees two running instances use this
+    /// instance's id (this one started from a copy of another's data
+    /// directory, or the other way round): what it says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_shared: Option<String>,
 }
 
 /// The other instance out of reach, as a long poll found it.
@@ -1262,6 +1267,18 @@ impl Replicator {
             && let Some(s) = st.get_mut(&id)
         {
             s.unreachable = None;
+        }
+    }
+
+    /// Notes what the other instance said of this one's id on the last page
+    /// it answered ([`ChangesPage::id_shared`]); logged when it starts.
+    pub(crate) fn set_id_shared(&self, id: i64, said: Option<String>) {
+        if let Ok(mut st) = self.0.status.lock() {
+            let s = st.entry(id).or_default();
+            if said.is_some() && s.id_shared.is_none() {
+                tracing::error!(target: "replication", "the other instance says: {}", said.as_deref().unwrap_or_default());
+            }
+            s.id_shared = said;
         }
     }
 

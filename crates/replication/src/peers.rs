@@ -468,6 +468,16 @@ impl Replicator {
     /// its handshake tells (its name and versions), or no longer listed:
     /// it was forgotten (`--forget`), during this request or before it
     /// and then listed again by a request that was not a handshake.
+    pub(crate) fn peer_id_shared(&self, s: &Session) -> Option<String> {
+        let instance = s.instance.as_ref()?;
+        let m = self.0.peer_book.entries.lock().ok()?;
+        m.get(&(s.record.id, instance.clone()))?
+            .id_shared(instance, now_millis())
+            .map(|shared| shared.message)
+    }
+
+    /// Whether the peer of `s` is listed here without what its handshake
+    /// tells (see [`ChangesPage::handshake_again`]).
     pub(crate) fn peer_unnamed(&self, s: &Session) -> bool {
         let Some(instance) = &s.instance else {
             return false;

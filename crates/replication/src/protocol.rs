@@ -231,6 +231,11 @@ pub struct ChangesPage {
     /// handshake again, so it is listed by name. Older peers ignore it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub handshake_again: bool,
+    /// Set when this side sees two running processes take turns under the
+    /// asking instance's id (copies of one data directory): what it says
+    /// of it, for the asking side to show. Older peers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_shared: Option<String>,
     /// The cursor to ask from next.
     pub next: i64,
     /// The newest seq of the feed's log.

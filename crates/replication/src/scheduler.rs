@@ -333,6 +333,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                             refused_last = false;
                             feed_backoff = FEED_REFUSED_MIN;
                             r.set_reachable(id, None);
+                            r.set_id_shared(id, page.id_shared.clone());
                             if page.handshake_again {
                                 r.forget_handshake(id);
                             }
@@ -365,6 +366,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                             refused_last = false;
                             feed_backoff = FEED_REFUSED_MIN;
                             r.set_reachable(id, None);
+                            r.set_id_shared(id, page.id_shared.clone());
                             if page.handshake_again {
                                 // Forgotten there: an execution shakes
                                 // hands again (at most once per poll).

@@ -946,6 +946,7 @@ async fn detail(
             dt { "State" } dd { (o.status.state)
                 @if let Some(r) = &o.running { " · " (progress_text(r)) } }
             @if let Some(e) = &o.status.last_error { dt { "Last error" } dd.error-text { (e) } }
+            @if let Some(m) = &o.status.id_shared { dt { "Instance id" } dd.error-text { "The other instance says: " (m) } }
             dt { "Lag" } dd { (lag_text(&o)) }
             @if o.config.is_outgoing() {
                 dt { "Interval" } dd { (o.config.interval_secs) " s" }
