@@ -691,27 +691,88 @@ pub(crate) struct BodyCapService<S> {
     limit: usize,
 }
 
+/// Bytes all bodies read whole may hold at once, across every route and
+/// connection (in KiB, the unit of [`BODY_BUDGET`]'s permits): each such
+/// request takes its declared length (else its cap) before its body is
+/// read, so many connections each sending a body just under its cap cannot
+/// exhaust memory together.
+const BODY_BUDGET_KIB: usize = 256 << 10;
+
+/// How long a request waits for its share of [`BODY_BUDGET_KIB`] before it
+/// is answered 503.
+const BODY_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl<S> BodyCapService<S>
+where
+    S: Service<Request, Response = Response> + Clone,
+{
+    /// Hands `req` to the service made ready, leaving a clone in its place.
+    fn call_inner(&mut self, req: Request) -> S::Future {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone).call(req)
+    }
+}
+
+static BODY_BUDGET: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_KIB)));
+
 impl<S> Service<Request> for BodyCapService<S>
 where
-    S: Service<Request, Response = Response>,
+    S: Service<Request, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = futures::future::Either<std::future::Ready<Result<Response, S::Error>>, S::Future>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
+        let flavor = access::flavor_for_path(req.uri().path());
         if let Err(error) = check_content_length(req.headers(), self.limit as u64) {
-            let refused = error::ApiError {
-                error,
-                flavor: access::flavor_for_path(req.uri().path()),
-            };
-            return futures::future::Either::Left(std::future::ready(Ok(refused.into_response())));
+            let refused = error::ApiError { error, flavor };
+            return Box::pin(std::future::ready(Ok(refused.into_response())));
         }
         DefaultBodyLimit::max(self.limit).apply(&mut req);
-        futures::future::Either::Right(self.inner.call(req))
+        // What the body may hold: its length when known (declared), else
+        // the cap; nothing without a body (a GET, a long poll).
+        let body = req.body();
+        let bytes = if body.is_end_stream() {
+            0
+        } else {
+            let hint = body.size_hint();
+            let most = hint.exact().or(hint.upper()).unwrap_or(u64::MAX);
+            usize::try_from(most).unwrap_or(usize::MAX).min(self.limit)
+        };
+        if bytes == 0 {
+            return Box::pin(self.call_inner(req));
+        }
+        let kib = u32::try_from(bytes.div_ceil(1024).min(BODY_BUDGET_KIB)).unwrap_or(u32::MAX);
+        let call = self.call_inner(req);
+        Box::pin(async move {
+            let budget = BODY_BUDGET.clone();
+            let permit = match budget.clone().try_acquire_many_owned(kib) {
+                Ok(p) => Some(p),
+                Err(_) => tokio::time::timeout(BODY_BUDGET_WAIT, budget.acquire_many_owned(kib))
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+            };
+            let Some(permit) = permit else {
+                let refused = error::ApiError {
+                    error: CoreError::Unavailable(
+                        "too many large request bodies are being read at once; retry shortly".into(),
+                    ),
+                    flavor,
+                };
+                return Ok(refused.into_response());
+            };
+            let response = call.await;
+            drop(permit);
+            response
+        })
     }
 }
