@@ -420,6 +420,8 @@ fn peers_text_names_tokens_and_odd_requests_are_refused() {
     let body = String::from_utf8_lossy(&body);
     assert_eq!(st, 400, "{body}");
     assert!(body.contains("only query parameter"), "{body}");
+    // It names the parameter that was wrong, not one that was not sent.
+    assert!(body.contains("unknown field `level`"), "{body}");
     // The bundle routes name their one parameter too (a misspelt one was
     // ignored: `sinse=5` exported everything).
     for path in ["feeds/files/bundle?sinse=5", "feeds/files/bundle?since=0&extra=1"] {

@@ -58,7 +58,7 @@ const KEEP: usize = 2000;
 const REPEAT_WINDOW_MS: i64 = 60_000;
 /// Most lines written per second; past it they are counted and one line
 /// says how many were not written.
-pub const PER_SECOND: u32 = 50;
+pub const PER_SECOND: u32 = 10;
 /// Most distinct recent lines remembered for [`REPEAT_WINDOW_MS`].
 const REMEMBERED: usize = 1024;
 

@@ -182,7 +182,9 @@ impl Replicator {
         // Recorded only under the id its header names (a request without
         // one is not bound to a token: it would make an entry any other
         // token could take over).
-        if s.instance.is_some() {
+        // Also when its requests are not recorded yet (its token names
+        // many instances that never shook hands): a handshake is.
+        if s.named.is_some() {
             self.peer_handshake(s, &req, version, answer.is_ok()).await;
             // A feed refused alone is this peer's error too, as seen here.
             if let Ok(a) = &answer
@@ -954,7 +956,12 @@ impl Replicator {
         // again, verified, and stored once.
         let ids = self.session_feed_ids(s).await?;
         let mut out = Vec::new();
+        // Each digest once (asked twice, it is answered once).
+        let mut asked = HashSet::with_capacity(digests.len());
         for d in digests {
+            if !asked.insert(d) {
+                continue;
+            }
             let known = self.received_by(s.record.id, &d) || self.store().blob_referenced(&d, &ids).await?;
             if !(known && self.has_blob(&d).await?) {
                 out.push(d);

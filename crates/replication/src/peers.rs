@@ -38,6 +38,12 @@ const MAX_NAME: usize = 128;
 pub const MAX_PEERS: usize = 10_000;
 /// Most tokens kept as candidates to take a peer over.
 const MAX_CANDIDATES: usize = 4;
+/// Most peers listed per sync token that have not shaken hands (an
+/// instance that names itself on requests but never handshakes: an
+/// invented id, or a spoke between a `--forget` and its next handshake).
+pub const MAX_UNNAMED_PER_TOKEN: usize = 16;
+/// Most peers listed per sync token (a fleet may share one token).
+pub const MAX_PEERS_PER_TOKEN: usize = MAX_PEERS / 4;
 /// Most process ids remembered per peer ([`Entry::processes`]).
 const MAX_PROCESSES: usize = 8;
 /// How long after the last turn between two processes of one instance
@@ -295,6 +301,56 @@ impl Drop for PeerRequest {
     }
 }
 
+/// Whether a peer not listed yet is recorded ([`Replicator::claim`]).
+enum Admission {
+    /// Listed already.
+    Known,
+    /// Recorded.
+    Room,
+    /// Recorded in the place of this instance (one that never shook hands).
+    Evict(String),
+    /// Not recorded, and why.
+    Refused(&'static str),
+}
+
+/// Whether a new peer of replication `replication`, naming itself with
+/// sync token `token`, is recorded: one that has not shaken hands only
+/// while its token has fewer than [`MAX_UNNAMED_PER_TOKEN`] such peers
+/// listed (requests naming invented instance ids cannot fill the book); one
+/// that shakes hands while its token lists fewer than
+/// [`MAX_PEERS_PER_TOKEN`], in the place of one that never shook hands when
+/// the book holds [`MAX_PEERS`] already.
+fn admission(m: &HashMap<(i64, String), Entry>, replication: i64, token: &str, handshake: bool) -> Admission {
+    let of_replication = || m.iter().filter(move |((r, _), _)| *r == replication);
+    let of_token = || of_replication().filter(|(_, e)| e.state.token.as_deref() == Some(token));
+    if !handshake {
+        if of_token()
+            .filter(|(_, e)| e.state.ferry_version.is_none())
+            .count()
+            >= MAX_UNNAMED_PER_TOKEN
+        {
+            return Admission::Refused(
+                "a sync token names too many instances that never shook hands (invented instance ids?)",
+            );
+        }
+    } else if of_token().count() >= MAX_PEERS_PER_TOKEN {
+        return Admission::Refused("one sync token names the most instances one token may");
+    }
+    if of_replication().count() < MAX_PEERS {
+        return Admission::Room;
+    }
+    if !handshake {
+        return Admission::Refused("the most peers a replication lists are listed");
+    }
+    of_replication()
+        .filter(|(_, e)| e.state.ferry_version.is_none() && e.in_flight == 0)
+        .min_by_key(|(_, e)| e.state.last_contact)
+        .map_or(
+            Admission::Refused("the most peers a replication lists are listed, each of which shook hands"),
+            |((_, instance), _)| Admission::Evict(instance.clone()),
+        )
+}
+
 /// The entry of peer `key` (replication id, instance id), first seen
 /// `now` if it is new.
 fn entry_for<'a>(m: &'a mut HashMap<(i64, String), Entry>, key: &(i64, String), now: i64) -> &'a mut Entry {
@@ -392,7 +448,7 @@ impl Replicator {
         }
         let instance = instance.to_string();
         let key = (s.record.id, instance.clone());
-        if !self.claim(&key, token_id).await {
+        if !self.claim(&key, token_id, false).await {
             return None;
         }
         let now = now_millis();
@@ -429,7 +485,7 @@ impl Replicator {
         accepted: bool,
     ) {
         let key = (s.record.id, req.instance_id.to_string());
-        if !self.claim(&key, &s.token_id).await {
+        if !self.claim(&key, &s.token_id, true).await {
             return;
         }
         let now = now_millis();
@@ -474,6 +530,14 @@ impl Replicator {
         m.get(&(s.record.id, instance.clone()))?
             .id_shared(instance, now_millis())
             .map(|shared| shared.message)
+    }
+
+    /// The name of replication `id` (its id when it cannot be read).
+    async fn replication_name(&self, id: i64) -> String {
+        match self.store().replication_by_id(id).await {
+            Ok(Some(rec)) => rec.name,
+            _ => id.to_string(),
+        }
     }
 
     /// Whether the peer of `s` is listed here without what its handshake
@@ -574,36 +638,54 @@ impl Replicator {
     /// [`MAX_PEERS`]. A refused claim is logged once per instance and
     /// token (past the cap, once per replication); the request is served
     /// as any with a valid token, only not recorded.
-    async fn claim(&self, key: &(i64, String), token_id: &str) -> bool {
+    async fn claim(&self, key: &(i64, String), token_id: &str, handshake: bool) -> bool {
         self.restore_peer(key).await;
-        let (bound, full) = {
+        let (bound, admission) = {
             let Ok(m) = self.0.peer_book.entries.lock() else {
                 return false;
             };
             match m.get(key) {
-                Some(e) => (e.state.token.clone(), false),
-                // Counted only for a peer not yet known (not per request).
-                None => (None, m.keys().filter(|(r, _)| *r == key.0).count() >= MAX_PEERS),
+                Some(e) => (e.state.token.clone(), Admission::Known),
+                // Judged only for a peer not yet known (not per request).
+                None => (None, admission(&m, key.0, token_id, handshake)),
             }
         };
         if bound.is_none() {
-            if full {
-                // Logged once per replication, not per invented id.
-                let first = self
-                    .0
-                    .peer_book
-                    .warned
-                    .lock()
-                    .is_ok_and(|mut w| w.insert((key.0, String::new(), String::new())));
-                if first {
-                    tracing::warn!(
-                        "replication {}: {MAX_PEERS} peers listed; requests of further instances are served but not recorded",
-                        key.0
-                    );
+            match admission {
+                Admission::Known | Admission::Room => return true,
+                Admission::Evict(victim) => {
+                    // Room for an instance that shook hands: the one
+                    // silent longest among those that never did goes.
+                    if let Ok(mut m) = self.0.peer_book.entries.lock() {
+                        m.remove(&(key.0, victim.clone()));
+                    }
+                    if let Err(e) = self.store().forget_peer(key.0, &victim).await {
+                        tracing::warn!("forgetting replication peer {victim}: {e}");
+                    }
+                    return true;
                 }
-                return false;
+                Admission::Refused(why) => {
+                    // Logged once per replication and reason, not per
+                    // invented id.
+                    let first = self
+                        .0
+                        .peer_book
+                        .warned
+                        .lock()
+                        .is_ok_and(|mut w| w.insert((key.0, String::new(), why.to_string())));
+                    let name = self.replication_name(key.0).await;
+                    if first {
+                        let msg = format!(
+                            "replication {name}: {why}; requests of further such instances are served but not recorded"
+                        );
+                        tracing::warn!(target: "replication", "{msg}");
+                        self.diag().log(crate::diag::Level::Warn, msg);
+                    }
+                    metrics::counter!("ferry_replication_peers_unrecorded_total", "replication" => name)
+                        .increment(1);
+                    return false;
+                }
             }
-            return true;
         }
         let Some(bound) = bound.filter(|t| t != token_id) else {
             return true;
@@ -1033,6 +1115,49 @@ mod tests {
 
     const P1: &str = "11111111111111111111111111111111";
     const P2: &str = "22222222222222222222222222222222";
+
+    fn entry(token: &str, handshook: bool, last_contact: i64) -> Entry {
+        Entry {
+            state: PeerState {
+                token: Some(token.into()),
+                ferry_version: handshook.then(|| "1.0".into()),
+                last_contact,
+                ..PeerState::default()
+            },
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn a_full_book_makes_room_for_a_handshake_only_in_place_of_one_that_never_made_one() {
+        let mut m = HashMap::new();
+        // Full: every token at its share, all shook hands but the oldest
+        // silent few of token t0.
+        for i in 0..MAX_PEERS {
+            let token = format!("t{}", i % 4);
+            let handshook = i >= 3;
+            m.insert(
+                (1, format!("{i:032x}")),
+                entry(&token, handshook, 1000 + i as i64),
+            );
+        }
+        assert!(matches!(admission(&m, 1, "t9", false), Admission::Refused(_)));
+        // A new token's handshake takes the place of the silent longest
+        // that never shook hands.
+        match admission(&m, 1, "t9", true) {
+            Admission::Evict(victim) => assert_eq!(victim, format!("{:032x}", 0)),
+            _ => panic!("expected an eviction"),
+        }
+        // A token at its share is refused even with room elsewhere.
+        assert!(matches!(admission(&m, 1, "t1", true), Admission::Refused(_)));
+        // Another replication is not affected.
+        assert!(matches!(admission(&m, 2, "t0", false), Admission::Room));
+        // Every one shook hands: nothing to evict.
+        for e in m.values_mut() {
+            e.state.ferry_version = Some("1.0".into());
+        }
+        assert!(matches!(admission(&m, 1, "t9", true), Admission::Refused(_)));
+    }
 
     #[test]
     fn a_restart_is_not_a_shared_id_but_processes_taking_turns_are() {

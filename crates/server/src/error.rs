@@ -160,8 +160,13 @@ impl IntoResponse for ApiError {
             )
                 .into_response(),
         };
-        // Storage away, contention, a collector at work: worth a retry soon.
-        if status == StatusCode::SERVICE_UNAVAILABLE && !resp.headers().contains_key(header::RETRY_AFTER) {
+        // Storage away, contention, a collector at work, a client past its
+        // share: worth a retry soon.
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) && !resp.headers().contains_key(header::RETRY_AFTER)
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }

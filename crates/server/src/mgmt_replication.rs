@@ -69,8 +69,15 @@ fn optional_body<T: Default + serde::de::DeserializeOwned>(
 /// Query parameters, or a JSON 400 saying which are expected (not the
 /// query parser's message, as text).
 fn query<T>(q: Result<Query<T>, QueryRejection>, expected: &str) -> Result<T, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|_| ApiError::json(CoreError::invalid(expected.to_string())))
+    q.map(|Query(q)| q).map_err(|e| {
+        // What serde found ("unknown field `level`, expected `limit`"),
+        // then what the route takes.
+        let why = e.body_text();
+        let why = why
+            .strip_prefix("Failed to deserialize query string: ")
+            .unwrap_or(&why);
+        ApiError::json(CoreError::invalid(format!("bad query string: {why}; {expected}")))
+    })
 }
 
 const LIMIT_PARAM: &str = "limit must be a whole number from 0 (and is the only query parameter here)";

@@ -606,11 +606,22 @@ async fn a_token_holds_at_most_its_share_of_long_polls() {
                 .unwrap();
             let resp = router.oneshot(req).await.unwrap();
             let status = resp.status();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
             let body = http_body_util::BodyExt::collect(resp.into_body())
                 .await
                 .unwrap()
                 .to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
+            (
+                status,
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&body),
+                    retry.map(|r| format!(" retry-after={r}")).unwrap_or_default()
+                ),
+            )
         })
     };
     let poll = |token: String| poll_from(token, 1);
@@ -620,6 +631,7 @@ async fn a_token_holds_at_most_its_share_of_long_polls() {
     let (status, body) = poll(token.clone()).await.unwrap();
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(body.contains("long polls waiting"), "{body}");
+    assert!(body.ends_with(" retry-after=5"), "{body}");
     // Another token's long poll waits as usual.
     let theirs = poll(other.clone());
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

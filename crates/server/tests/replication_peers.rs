@@ -765,3 +765,53 @@ async fn an_instance_header_in_capitals_names_the_same_instance() {
     let list = peers(&hub).await;
     assert_eq!(peer(&list, id)["name"], "site-c", "{list:?}");
 }
+
+/// A token holder naming invented instance ids on its requests cannot fill
+/// the hub's list: a token lists at most 16 instances that never shook
+/// hands, the rest are served but not recorded (counted in
+/// `ferry_replication_peers_unrecorded_total`), and a spoke that shakes
+/// hands is listed, on the same token too.
+#[tokio::test]
+async fn invented_instance_ids_cannot_crowd_out_spokes() {
+    let i = Instance::new().await;
+    i.feed("files", FeedType::Assets, false).await;
+    let token = i.incoming("edge", &["files"], "push").await;
+    for n in 0..200u32 {
+        let invented = format!("{n:032x}");
+        let r = from(&i, &invented, &token, "GET", "feeds/files/digest", String::new()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    let list = peers(&i).await;
+    assert_eq!(list.len(), 16, "{list:?}");
+    let m = scrape(&i).await;
+    let unrecorded = m
+        .lines()
+        .find(|l| l.starts_with("ferry_replication_peers_unrecorded_total{replication=\"edge\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(unrecorded.is_some_and(|n| n >= 184.0), "{m}");
+    // A spoke on the same token shakes hands: listed, by name.
+    let r = from(
+        &i,
+        SPOKE_A,
+        &token,
+        "POST",
+        "handshake",
+        handshake(SPOKE_A, "site-a", 60),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let list = peers(&i).await;
+    assert_eq!(peer(&list, SPOKE_A)["name"], "site-a");
+    // Its later requests are recorded as contact.
+    let r = from(
+        &i,
+        SPOKE_A,
+        &token,
+        "GET",
+        "feeds/files/changes?since=0",
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(peer(&peers(&i).await, SPOKE_A)["feeds"]["files"].is_object());
+}
