@@ -37,6 +37,9 @@ pub struct Caller<'a> {
     pub instance: Option<&'a str>,
     pub process: Option<&'a str>,
     pub address: Option<String>,
+    /// The request is a handshake (`POST handshake`): a new instance is
+    /// recorded under the rules for instances that shake hands.
+    pub handshake: bool,
 }
 
 /// A verified peer: the replication its token belongs to, and the
@@ -78,6 +81,7 @@ impl Replicator {
             instance,
             process,
             address,
+            handshake,
         } = caller;
         let refuse = || ReplError::Unauthorized("invalid or revoked sync token".into());
         let (id, secret) = token::split(presented).ok_or_else(refuse)?;
@@ -144,7 +148,10 @@ impl Replicator {
             token_id: id.to_owned(),
             filter,
         };
-        if let Some(request) = self.peer_request(&s, instance, process, id, address).await {
+        if let Some(request) = self
+            .peer_request(&s, instance, process, id, address, handshake)
+            .await
+        {
             s.instance = instance.map(str::to_owned);
             s.request = Some(std::sync::Arc::new(request));
         }

@@ -269,6 +269,9 @@ pub(crate) struct PeerBook {
     /// Refused claims already logged (replication, instance, token): one
     /// warning each per process, not one per request.
     warned: Mutex<std::collections::HashSet<(i64, String, String)>>,
+    /// Replications whose saved peers are all in `entries`
+    /// ([`Replicator::load_saved_peers`]).
+    loaded: Mutex<std::collections::HashSet<i64>>,
 }
 
 /// A request of a peer in progress: its end counts as contact.
@@ -439,6 +442,7 @@ impl Replicator {
         process: Option<&str>,
         token_id: &str,
         address: Option<String>,
+        handshake: bool,
     ) -> Option<PeerRequest> {
         let instance = instance?.parse::<ferry_types::InstanceId>().ok()?;
         // This instance's own id is never a peer of it (a handshake naming
@@ -448,7 +452,7 @@ impl Replicator {
         }
         let instance = instance.to_string();
         let key = (s.record.id, instance.clone());
-        if !self.claim(&key, token_id, false).await {
+        if !self.claim(&key, token_id, handshake).await {
             return None;
         }
         let now = now_millis();
@@ -495,6 +499,9 @@ impl Replicator {
             };
             let e = entry_for(&mut m, &key, now);
             e.state.last_contact = now;
+            if e.state.token.is_none() {
+                e.state.token = Some(s.token_id.clone());
+            }
             e.state.name = req.instance_name.as_deref().map(cut).filter(|n| !n.is_empty());
             e.state.ferry_version = Some(cut(&req.ferry_version));
             e.state.protocol_version = protocol_version;
@@ -530,6 +537,38 @@ impl Replicator {
         m.get(&(s.record.id, instance.clone()))?
             .id_shared(instance, now_millis())
             .map(|shared| shared.message)
+    }
+
+    /// Reads every saved peer of replication `id` into the book, once per
+    /// process: the limits on what is recorded ([`admission`]) count them
+    /// too, so a restart does not make room for more.
+    async fn load_saved_peers(&self, id: i64) {
+        let first = self.0.peer_book.loaded.lock().is_ok_and(|mut l| l.insert(id));
+        if !first {
+            return;
+        }
+        let saved = match self.store().peers(id).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!("reading the saved peers of replication {id}: {e}");
+                if let Ok(mut l) = self.0.peer_book.loaded.lock() {
+                    l.remove(&id);
+                }
+                return;
+            }
+        };
+        let now = now_millis();
+        if let Ok(mut m) = self.0.peer_book.entries.lock() {
+            for (instance, value) in saved {
+                if let Ok(state) = serde_json::from_value::<PeerState>(value) {
+                    m.entry((id, instance)).or_insert_with(|| Entry {
+                        state,
+                        saved_at: now,
+                        ..Entry::default()
+                    });
+                }
+            }
+        }
     }
 
     /// The name of replication `id` (its id when it cannot be read).
@@ -678,7 +717,7 @@ impl Replicator {
                         let msg = format!(
                             "replication {name}: {why}; requests of further such instances are served but not recorded"
                         );
-                        tracing::warn!(target: "replication", "{msg}");
+                        // (the replication log writes it to the server's log too)
                         self.diag().log(crate::diag::Level::Warn, msg);
                     }
                     metrics::counter!("ferry_replication_peers_unrecorded_total", "replication" => name)
@@ -813,6 +852,7 @@ impl Replicator {
     /// name, versions, interval, first contact and cursors instead of
     /// starting over as a stranger (one read per peer and process).
     async fn restore_peer(&self, key: &(i64, String)) {
+        self.load_saved_peers(key.0).await;
         let known = self
             .0
             .peer_book

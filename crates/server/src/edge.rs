@@ -713,6 +713,49 @@ where
     }
 }
 
+/// KiB of [`BODY_BUDGET_KIB`] held per client address (entries go when
+/// they reach 0).
+static ADDRESS_SHARES: std::sync::LazyLock<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// One request's part of its address's share of the body budget, given
+/// back when dropped.
+struct AddressShare {
+    ip: std::net::IpAddr,
+    kib: usize,
+}
+
+impl AddressShare {
+    /// `kib` more for `ip`, unless that takes it past a quarter of the
+    /// budget.
+    fn take(ip: std::net::IpAddr, kib: u32) -> Option<AddressShare> {
+        let kib = kib as usize;
+        let mut m = ADDRESS_SHARES.lock().ok()?;
+        let held = m.entry(ip).or_insert(0);
+        if *held + kib > BODY_BUDGET_KIB / 4 {
+            if *held == 0 {
+                m.remove(&ip);
+            }
+            return None;
+        }
+        *held += kib;
+        Some(AddressShare { ip, kib })
+    }
+}
+
+impl Drop for AddressShare {
+    fn drop(&mut self) {
+        if let Ok(mut m) = ADDRESS_SHARES.lock()
+            && let Some(held) = m.get_mut(&self.ip)
+        {
+            *held = held.saturating_sub(self.kib);
+            if *held == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 static BODY_BUDGET: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_KIB)));
 
@@ -751,8 +794,27 @@ where
             return Box::pin(self.call_inner(req));
         }
         let kib = u32::try_from(bytes.div_ceil(1024).min(BODY_BUDGET_KIB)).unwrap_or(u32::MAX);
+        // One address holds at most a quarter of the budget: a client
+        // trickling large bodies slowly cannot hold all of it.
+        let share = match crate::client_addr(req.extensions()) {
+            Some(addr) => match AddressShare::take(addr.ip(), kib) {
+                Some(share) => Some(share),
+                None => {
+                    let refused = error::ApiError {
+                        error: CoreError::TooMany(format!(
+                            "this address is already sending {} MiB of request bodies at once, its share; retry shortly",
+                            BODY_BUDGET_KIB / 4 / 1024
+                        )),
+                        flavor,
+                    };
+                    return Box::pin(std::future::ready(Ok(refused.into_response())));
+                }
+            },
+            None => None,
+        };
         let call = self.call_inner(req);
         Box::pin(async move {
+            let _share = share;
             let budget = BODY_BUDGET.clone();
             let permit = match budget.clone().try_acquire_many_owned(kib) {
                 Ok(p) => Some(p),

@@ -86,6 +86,7 @@ impl FromRequestParts<AppState> for Peer {
             instance: named(INSTANCE_HEADER),
             process: named(PROCESS_HEADER),
             address: crate::client_addr(&parts.extensions).map(|a| a.ip().to_string()),
+            handshake: parts.uri.path().ends_with("/handshake"),
         };
         st.replicator
             .session(&token, caller)

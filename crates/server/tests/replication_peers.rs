@@ -789,7 +789,8 @@ async fn invented_instance_ids_cannot_crowd_out_spokes() {
         .find(|l| l.starts_with("ferry_replication_peers_unrecorded_total{replication=\"edge\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert!(unrecorded.is_some_and(|n| n >= 184.0), "{m}");
-    // A spoke on the same token shakes hands: listed, by name.
+    // A spoke on the same token shakes hands: listed, by name, under its
+    // token (which its share is counted by), and not counted as unrecorded.
     let r = from(
         &i,
         SPOKE_A,
@@ -802,6 +803,18 @@ async fn invented_instance_ids_cannot_crowd_out_spokes() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let list = peers(&i).await;
     assert_eq!(peer(&list, SPOKE_A)["name"], "site-a");
+    let token_id = &token[4..20];
+    assert_eq!(peer(&list, SPOKE_A)["token"], token_id, "{list:?}");
+    let unrecorded_now = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("ferry_replication_peers_unrecorded_total{replication=\"edge\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(
+        unrecorded_now(&scrape(&i).await),
+        unrecorded,
+        "a recorded handshake is not unrecorded"
+    );
     // Its later requests are recorded as contact.
     let r = from(
         &i,
@@ -814,4 +827,14 @@ async fn invented_instance_ids_cannot_crowd_out_spokes() {
     .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(peer(&peers(&i).await, SPOKE_A)["feeds"]["files"].is_object());
+    // After a restart the saved ones count: invented ids still get no
+    // more than the 16.
+    let i = i.reopen().await;
+    for n in 1000..1100u32 {
+        let invented = format!("{n:032x}");
+        let r = from(&i, &invented, &token, "GET", "feeds/files/digest", String::new()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    let list = peers(&i).await;
+    assert_eq!(list.len(), 17, "16 invented and site-a: {list:?}");
 }
