@@ -542,10 +542,11 @@ impl Replicator {
     /// Reads every saved peer of replication `id` into the book, once per
     /// process: the limits on what is recorded ([`admission`]) count them
     /// too, so a restart does not make room for more.
-    async fn load_saved_peers(&self, id: i64) {
+    /// Returns whether they are all in the book.
+    async fn load_saved_peers(&self, id: i64) -> bool {
         let first = self.0.peer_book.loaded.lock().is_ok_and(|mut l| l.insert(id));
         if !first {
-            return;
+            return self.0.peer_book.loaded.lock().is_ok_and(|l| l.contains(&id));
         }
         let saved = match self.store().peers(id).await {
             Ok(list) => list,
@@ -554,7 +555,7 @@ impl Replicator {
                 if let Ok(mut l) = self.0.peer_book.loaded.lock() {
                     l.remove(&id);
                 }
-                return;
+                return false;
             }
         };
         let now = now_millis();
@@ -569,6 +570,7 @@ impl Replicator {
                 }
             }
         }
+        true
     }
 
     /// The name of replication `id` (its id when it cannot be read).
@@ -852,7 +854,12 @@ impl Replicator {
     /// name, versions, interval, first contact and cursors instead of
     /// starting over as a stranger (one read per peer and process).
     async fn restore_peer(&self, key: &(i64, String)) {
-        self.load_saved_peers(key.0).await;
+        // With the replication's saved peers read and no other node
+        // saving more, one not in the book has nothing saved: no read per
+        // new instance id.
+        if self.load_saved_peers(key.0).await && !self.store().shared_by_nodes() {
+            return;
+        }
         let known = self
             .0
             .peer_book
