@@ -7,6 +7,7 @@
 mod support;
 
 use serde_json::Value;
+use support::proxy::Proxy;
 use support::{ADMIN, Server, curl, wait_until};
 
 const SYNC: u64 = 30;
@@ -260,7 +261,9 @@ fn settings_a_user_gets_wrong_are_refused_or_warned_about() {
 /// read "4/1 items", the retried ones done but not counted to go through,
 /// and counted the held items' bytes as still to go until the end.
 /// Bytes a push moved count in `ferry_replication_bytes_total` as they
-/// leave.
+/// leave. The hub is 300 ms away (the latency proxy), so the counters are
+/// read while the hub is asked about the held items, where their bytes
+/// once showed as to go for one round trip.
 #[test]
 fn a_push_counts_retried_items_and_its_bytes_to_go() {
     let hub = Server::start();
@@ -276,10 +279,12 @@ fn a_push_counts_retried_items_and_its_bytes_to_go() {
             &payload(&format!("held {i}"), 20_000),
         );
     }
-    spoke.outgoing(
+    let tmp = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&hub, 300, 0, &tmp.path().join("stats.json"));
+    spoke.outgoing_url(
         "to-hub",
         &["files"],
-        &hub,
+        &proxy.url(),
         &token,
         "push",
         &["--interval", "3600", "--bandwidth-limit", "8192"],

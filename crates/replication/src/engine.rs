@@ -378,6 +378,10 @@ pub(crate) struct Run<'a> {
     guard_held: bool,
     /// The current feed pair's byte budget, when its backlog was counted.
     feed_bytes: Option<FeedBytes>,
+    /// Items retried by a push whose bytes are not in the budget yet: they
+    /// are added once the other side is asked and the item is to be sent
+    /// (one its filter holds back again never counts as bytes to go).
+    uncounted: HashSet<ItemKey>,
     /// Blobs claimed by this run so far: a partial transfer an earlier
     /// execution left is counted as needing no transfer up to the byte it
     /// reached, at the blob's first claim only.
@@ -431,6 +435,7 @@ impl<'a> Run<'a> {
             inline: HashMap::new(),
             guard_held: false,
             feed_bytes: None,
+            uncounted: HashSet::new(),
             resumed: std::sync::Mutex::new(HashSet::new()),
         })
     }
@@ -450,6 +455,15 @@ impl<'a> Run<'a> {
     /// so the items done never run past the total.
     pub(crate) fn expect_items(&self, n: u64) {
         self.progress.items_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds `n` bytes found to go after the feed pair's budget began (items
+    /// judged to be sent that it did not count) to it.
+    pub(crate) fn add_feed_bytes(&mut self, n: u64) {
+        if let Some(b) = self.feed_bytes.as_mut() {
+            b.ahead = b.ahead.saturating_add(n);
+            self.progress.bytes_total.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Bytes of the distinct blobs of the live `entries` stored here (a
@@ -495,6 +509,7 @@ impl<'a> Run<'a> {
     /// (blobs shared between items, items skipped or settled) needs no
     /// transfer, so the next feed pair's remaining bytes start true.
     pub(crate) fn end_feed_bytes(&mut self) {
+        self.uncounted.clear();
         if let Some(b) = self.feed_bytes.take() {
             let done = self.bytes_counted().saturating_sub(b.base);
             self.skip_bytes(b.ahead.saturating_sub(done));

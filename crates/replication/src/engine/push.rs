@@ -108,15 +108,19 @@ impl Run<'_> {
         self.expect_items(pending.max(0) as u64 + retried_items);
         // Counted for the whole feed: with a filter, what will move is
         // unknown (no byte estimate, items only). The retried items lie
-        // behind the cursor: their bytes are added.
+        // behind the cursor, most of them held back by the other side's
+        // filter: their bytes count once the other side is asked and they
+        // are to be sent, not before (a held item's bytes never go).
         if !self.dry && (pending > 0 || retried_items > 0) && self.filter.is_everything() {
             let ahead = self.r.store().live_bytes_after(local.id, since).await?;
-            let behind = self.bytes_of(retried.iter().flatten()).await?;
-            self.begin_feed_bytes(ahead.saturating_add(behind));
+            self.begin_feed_bytes(ahead);
+            self.uncounted = retried.iter().flatten().map(|e| e.key.clone()).collect();
         }
         for wire in retried {
             self.push_entries(local, remote, wire, fr).await?;
         }
+        // Met again in the change log, an item counts as the log counted it.
+        self.uncounted.clear();
         let mut guard_checked = false;
         loop {
             let changes = meta.changes_since(local.id, since, PAGE).await?;
@@ -326,7 +330,7 @@ impl Run<'_> {
         let page_blobs: HashSet<Digest> = if self.feed_bytes.is_some() && !self.dry {
             entries
                 .iter()
-                .filter(|e| !e.deleted)
+                .filter(|e| !e.deleted && !self.uncounted.contains(&e.key))
                 .flat_map(|e| e.blobs.iter().copied())
                 .collect()
         } else {
@@ -441,6 +445,12 @@ impl Run<'_> {
                 plan_planned(fr, "push", e, *live, self.guard_held, size);
             }
             return Ok(());
+        }
+        // Retried items to be sent after all: their bytes join the budget.
+        if !self.uncounted.is_empty() {
+            let late: Vec<&WireEntry> = todo.iter().filter(|e| self.uncounted.contains(&e.key)).collect();
+            let n = self.bytes_of(late.into_iter()).await?;
+            self.add_feed_bytes(n);
         }
         self.skip_unsent(page_blobs, &todo).await?;
         if todo.is_empty() {
