@@ -686,6 +686,27 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                         f["local_items"],
                         f["remote_items"]
                     );
+                    let n = f["same_version_other_content_count"].as_u64().unwrap_or(0);
+                    if n > 0 {
+                        let named: Vec<&str> = f["same_version_other_content"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect();
+                        let more = (n as usize)
+                            .checked_sub(named.len())
+                            .filter(|m| *m > 0)
+                            .map(|m| format!(" and {m} more"))
+                            .unwrap_or_default();
+                        say!(
+                            "  {n} items are at the same version on both ends with other contents ({}{more}): two instances under one instance id wrote them (see `ferry instance new-id`); write each again where its content should win, and the new version replaces both",
+                            named.join(", ")
+                        );
+                    }
+                    if f["contents_compared"].as_bool() == Some(false) {
+                        say!("  (versions compared, not contents: the other instance does not offer it)");
+                    }
                 }
             }
             if r["same"].as_bool() != Some(true) {

@@ -389,8 +389,30 @@ fn one_stamp_with_two_contents_is_said_and_settled_by_the_next_write() {
         .map(|f| f["pulled"]["conflicts"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(conflicts, 1, "{last:#?}");
-    // The next write of the item on the hub reaches the spoke as usual.
+    // verify compares contents too: the versions agree, x.txt does not,
+    // and it is named, in the text and in the API.
+    let out = spoke.cli_fails(&["replication", "verify", "from-hub"]);
+    assert!(
+        out.contains("files = files: DIFFERENT (2 items here, 2 there)")
+            && out.contains("1 items are at the same version on both ends with other contents (x.txt)"),
+        "{out}"
+    );
+    let out = spoke.cli(&["replication", "verify", "from-hub", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["feeds"][0]["contents_compared"], true, "{v:#}");
+    assert_eq!(
+        v["feeds"][0]["same_version_other_content"],
+        serde_json::json!(["x.txt"]),
+        "{v:#}"
+    );
+    // The next write of the item on the hub reaches the spoke as usual,
+    // and both ends are then the same.
     hub.put_asset("files", "x.txt", b"the hub's x, again");
     spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
     assert!(spoke.serves("files", "x.txt", b"the hub's x, again"));
+    let out = spoke.cli_ok(&["replication", "verify", "from-hub"]);
+    assert!(
+        out.contains("files = files: same (2 items here, 2 there)"),
+        "{out}"
+    );
 }

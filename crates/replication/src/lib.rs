@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 
 use ferry_core::Ferry;
 use ferry_store::{ExecutionRecord, FeedRecord, ReplicationRecord, ReplicationStore, now_millis};
-use ferry_types::{Digest, FeedName};
+use ferry_types::{Digest, FeedName, ItemKey};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -44,7 +44,7 @@ use crate::config::{Communication, ReplicationConfig, UpdateRequest};
 use crate::diag::DiagLog;
 use crate::engine::{Direction, Lag, Progress, Report, Run};
 use crate::filter::Filter;
-use crate::protocol::FeedDigest;
+use crate::protocol::{FeedDigest, MAX_KEYS};
 
 /// The replication service of one instance. Cheap to clone.
 #[derive(Clone)]
@@ -177,13 +177,34 @@ pub struct ExecutionResult {
     pub waited_for: Option<ExecutionRecord>,
 }
 
+/// How one feed pair compares on both ends ([`Replicator::verify`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct PairVerdict {
     pub local: FeedName,
     pub remote: FeedName,
+    /// Both ends hold the same live items at the same versions, and (when
+    /// the other side computes it) with the same contents.
     pub same: bool,
     pub local_items: u64,
     pub remote_items: u64,
+    /// Whether the contents (each version's blob digests) were compared
+    /// too; false against an older peer, which compares versions only.
+    pub contents_compared: bool,
+    /// Items held at the same version on both ends with other contents
+    /// (the first [`VERIFY_NAMED`], by key), and how many there are in
+    /// all: what two instances under one instance id wrote in the same
+    /// instant. A new write of each settles it everywhere.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub same_version_other_content: Vec<ItemKey>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub same_version_other_content_count: u64,
+}
+
+/// Most items [`PairVerdict::same_version_other_content`] names.
+pub const VERIFY_NAMED: usize = 20;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1311,32 +1332,102 @@ impl Replicator {
             let local = self.ferry().feed(&p.local).await?;
             let mine = self.feed_digest(&local, &filter).await?;
             let theirs = remote.digest(&p.remote, &cfg.include, &cfg.exclude).await?;
-            out.push(PairVerdict {
+            let versions_same = mine.digest == theirs.digest && mine.items == theirs.items;
+            let (contents_compared, contents_same) = match (&mine.content, &theirs.content) {
+                (Some(a), Some(b)) => (true, a == b),
+                _ => (false, true),
+            };
+            let mut verdict = PairVerdict {
                 local: p.local.clone(),
                 remote: p.remote.clone(),
-                same: mine == theirs,
+                same: versions_same && contents_same,
                 local_items: mine.items,
                 remote_items: theirs.items,
-            });
+                contents_compared,
+                same_version_other_content: Vec::new(),
+                same_version_other_content_count: 0,
+            };
+            if !contents_same {
+                self.name_other_contents(&local, &p.remote, &filter, remote, &mut verdict)
+                    .await?;
+            }
+            out.push(verdict);
         }
         Ok(out)
     }
 
-    /// A digest over the feed's live items admitted by `filter`: the same
-    /// set of (key, stamp) gives the same digest on every instance.
+    /// Finds the items `local` and the other side's `remote` feed hold at
+    /// the same version with other blobs (read in pages of [`MAX_KEYS`]
+    /// keys): named in `verdict`, the first [`VERIFY_NAMED`] of them.
+    async fn name_other_contents(
+        &self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        filter: &Filter,
+        client: &client::Remote,
+        verdict: &mut PairVerdict,
+    ) -> Result<(), ReplError> {
+        let mut after = None;
+        loop {
+            let page = self.store().entries(local.id, after.as_ref(), MAX_KEYS).await?;
+            let done = page.len() < MAX_KEYS;
+            after = page.last().map(|e| e.key.clone());
+            let mine: HashMap<ItemKey, (ferry_types::Stamp, Vec<Digest>)> = page
+                .into_iter()
+                .filter(|e| filter.admits(local.feed_type, &e.key))
+                .filter_map(|e| Some((e.key, (e.stamp, e.live?.blobs))))
+                .collect();
+            if !mine.is_empty() {
+                let there = client.lookup(remote, mine.keys().cloned().collect()).await?;
+                let mut differ: Vec<ItemKey> = there
+                    .into_iter()
+                    .filter(|t| !t.deleted)
+                    .filter(|t| {
+                        mine.get(&t.key)
+                            .is_some_and(|(s, b)| *s == t.stamp && *b != t.blobs)
+                    })
+                    .map(|t| t.key)
+                    .collect();
+                differ.sort();
+                verdict.same_version_other_content_count += differ.len() as u64;
+                let room = VERIFY_NAMED.saturating_sub(verdict.same_version_other_content.len());
+                verdict
+                    .same_version_other_content
+                    .extend(differ.into_iter().take(room));
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Digests over the feed's live items admitted by `filter`: the same
+    /// set of (key, stamp) gives the same [`FeedDigest::digest`] on every
+    /// instance, and the same contents too the same
+    /// [`FeedDigest::content`].
     pub async fn feed_digest(&self, feed: &FeedRecord, filter: &Filter) -> Result<FeedDigest, ReplError> {
         let mut h = Sha256::new();
+        let mut c = Sha256::new();
         let mut items = 0u64;
         let mut after = None;
         loop {
             let page = self.store().entries(feed.id, after.as_ref(), 2000).await?;
             let done = page.len() < 2000;
             after = page.last().map(|e| e.key.clone());
-            for e in page
-                .iter()
-                .filter(|e| e.live.is_some() && filter.admits(feed.feed_type, &e.key))
-            {
-                h.update(format!("{}\t{}\n", e.key, e.stamp).as_bytes());
+            for e in page.iter().filter(|e| filter.admits(feed.feed_type, &e.key)) {
+                let Some(live) = &e.live else { continue };
+                let version = format!("{}\t{}", e.key, e.stamp);
+                h.update(version.as_bytes());
+                h.update(b"\n");
+                c.update(version.as_bytes());
+                c.update(b"\t");
+                for (i, d) in live.blobs.iter().enumerate() {
+                    if i > 0 {
+                        c.update(b",");
+                    }
+                    c.update(d.hex().as_bytes());
+                }
+                c.update(b"\n");
                 items += 1;
             }
             if done {
@@ -1346,6 +1437,7 @@ impl Replicator {
         Ok(FeedDigest {
             digest: hex::encode(h.finalize()),
             items,
+            content: Some(hex::encode(c.finalize())),
         })
     }
 

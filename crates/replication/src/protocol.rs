@@ -438,9 +438,20 @@ pub struct ApplyResponse {
     pub outcomes: Vec<WireOutcome>,
 }
 
-/// A digest over a feed's live items (filtered), for `verify`.
+/// A digest over a feed's live items (filtered), for `verify`: the same
+/// items at the same versions give the same digests on every instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedDigest {
+    /// SHA-256 (hex) of the live items' `KEY\tSTAMP\n` lines in key order:
+    /// which versions each side holds.
     pub digest: String,
+    /// How many live items the digests cover.
     pub items: u64,
+    /// SHA-256 (hex) of `KEY\tSTAMP\tBLOB,BLOB…\n` in key order (each
+    /// item's blob digests as it lists them): also what each version
+    /// holds. Two instances that wrote one key under one stamp with other
+    /// contents (started from one data directory) differ here only.
+    /// Absent from older peers, which compare versions only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
