@@ -756,6 +756,13 @@ impl Drop for AddressShare {
     }
 }
 
+tokio::task_local! {
+    /// The cap ([`BodyCap::limit`], bytes) of the route whose request is
+    /// being served, for the 413 of a body without a declared length that
+    /// ran past it ([`crate::error::json_rejection`] names the number).
+    pub(crate) static ROUTE_BODY_LIMIT: usize;
+}
+
 static BODY_BUDGET: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_KIB)));
 
@@ -790,8 +797,9 @@ where
             let most = hint.exact().or(hint.upper()).unwrap_or(u64::MAX);
             usize::try_from(most).unwrap_or(usize::MAX).min(self.limit)
         };
+        let limit = self.limit;
         if bytes == 0 {
-            return Box::pin(self.call_inner(req));
+            return Box::pin(ROUTE_BODY_LIMIT.scope(limit, self.call_inner(req)));
         }
         let kib = u32::try_from(bytes.div_ceil(1024).min(BODY_BUDGET_KIB)).unwrap_or(u32::MAX);
         // One address holds at most a quarter of the budget: a client
@@ -832,7 +840,7 @@ where
                 };
                 return Ok(refused.into_response());
             };
-            let response = call.await;
+            let response = ROUTE_BODY_LIMIT.scope(limit, call).await;
             drop(permit);
             response
         })

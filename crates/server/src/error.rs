@@ -53,9 +53,13 @@ impl ApiError {
 /// 400 (with the parser's reason) for anything else.
 pub fn json_rejection(e: &axum::extract::rejection::JsonRejection) -> CoreError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        // (The cap itself is named by `edge::BodyCap` when Content-Length
-        // declares too much; here a body without one ran past it.)
-        CoreError::TooLarge("the request body exceeds the limit of this route".into())
+        // A body without a declared length ran past the route's cap
+        // (`edge::BodyCap` refuses one that declares too much before
+        // reading it); the cap is named as there.
+        match crate::edge::ROUTE_BODY_LIMIT.try_with(|l| *l) {
+            Ok(limit) => crate::edge::body_too_large(limit as u64),
+            Err(_) => CoreError::TooLarge("the request body exceeds the limit of this route".into()),
+        }
     } else {
         CoreError::invalid(e.body_text())
     }

@@ -18,8 +18,29 @@ async fn whole_json_bodies_are_capped() {
     i.feed("files", FeedType::Assets, false).await;
     // Management: a feed whose "name" is 2 MiB.
     let big = json!({ "name": "x".repeat(2 << 20), "type": "assets" }).to_string();
-    let r = i.send("POST", "/api/v1/feeds", Some(ADMIN), &[JSON], big).await;
+    let r = i
+        .send("POST", "/api/v1/feeds", Some(ADMIN), &[JSON], big.clone())
+        .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    // The same without a declared length (chunked): read up to the cap,
+    // refused past it, and the cap is named as for a declared one.
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.as_bytes().chunks(64 << 10).map(|c| Ok(c.to_vec())).collect();
+    let r = i
+        .send(
+            "POST",
+            "/api/v1/feeds",
+            Some(ADMIN),
+            &[JSON],
+            Body::from_stream(futures::stream::iter(pieces)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    assert!(
+        r.text().contains("exceeds the limit of 1048576 bytes"),
+        "{}",
+        r.text()
+    );
     let r = i
         .send(
             "POST",
