@@ -46,14 +46,17 @@ fn overview(s: &Server, name: &str) -> Value {
         .unwrap()
 }
 
-/// Content that differs per name.
+/// Content that differs per name (which it begins with).
 fn payload(name: &str, len: usize) -> Vec<u8> {
     let seed = name
         .bytes()
         .fold(11u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
-    (0..len as u32)
+    let mut out: Vec<u8> = (0..len as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) ^ seed).rotate_left(i % 11) as u8)
-        .collect()
+        .collect();
+    let n = name.len().min(len);
+    out[..n].copy_from_slice(&name.as_bytes()[..n]);
+    out
 }
 
 /// A spoke whose hub goes away: the overview says the hub is out of reach
@@ -447,4 +450,180 @@ fn peers_text_names_tokens_and_odd_requests_are_refused() {
     let (st, body) = patch_replication(&spoke, "from-hub", "{\"interval_secs\": 120}");
     assert_eq!(st, 200, "{body}");
     assert_eq!(overview(&spoke, "from-hub")["config"]["interval_secs"], 120);
+}
+
+/// Samples `name`'s running execution on `s` every 100 ms until `done`
+/// says so (or 90 s pass): the `running` objects seen.
+fn sample_running(s: &Server, name: &str, done: impl Fn() -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !done() && std::time::Instant::now() < until {
+        let running = overview(s, name)["running"].clone();
+        if running.is_object() {
+            seen.push(running);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    seen
+}
+
+/// What every sample of a running execution must hold: never more items
+/// done than to go through, and once bytes move, the bytes to go known
+/// (they ran past the total when changes written during the execution
+/// moved too, and the total, the bytes to go and the ETA by bytes went
+/// unknown: "22/21 items", or "about 0 s left (by items)" with megabytes
+/// still to move).
+fn assert_coherent(seen: &[Value]) {
+    for r in seen {
+        let (done, total) = (
+            r["items_done"].as_u64().unwrap(),
+            r["items_total"].as_u64().unwrap(),
+        );
+        assert!(done <= total, "{done}/{total} items: {r:#}");
+        if r["bytes_done"].as_u64().unwrap() > 0 {
+            assert!(
+                r["bytes_remaining"].is_u64(),
+                "bytes to go unknown while bytes move: {r:#}"
+            );
+            if r["bytes_remaining"].as_u64() > Some(0) {
+                assert_eq!(r["eta_basis"], "bytes", "{r:#}");
+            }
+        }
+    }
+}
+
+/// The items an execution of `name` on `s` copied in all (pushed or
+/// pulled), the largest figure of its executions.
+fn most_copied(s: &Server, name: &str, direction: &str) -> u64 {
+    s.executions(name)
+        .iter()
+        .map(|x| {
+            x["report"]["feeds"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| f[direction]["added"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Items written on a pushing spoke while its execution runs are pushed
+/// by it: they join its items and bytes to go as they are met.
+#[test]
+fn changes_written_during_a_push_join_its_items_and_bytes_to_go() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("from-edge", &["files"], "pull");
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    for i in 0..10 {
+        spoke.put_asset("files", &format!("a/{i}.bin"), &payload(&format!("a{i}"), 40_000));
+    }
+    // 400 KB at 64 KiB/s: about six seconds under way.
+    spoke.outgoing(
+        "to-hub",
+        &["files"],
+        &hub,
+        &token,
+        "push",
+        &["--interval", "3600", "--bandwidth-limit", "65536"],
+    );
+    assert!(
+        wait_until(30, || overview(&spoke, "to-hub")["running"]["bytes_done"]
+            .as_u64()
+            .is_some_and(|b| b > 0)),
+        "the push did not start"
+    );
+    for i in 0..5 {
+        spoke.put_asset(
+            "files",
+            &format!("late/{i}.bin"),
+            &payload(&format!("late{i}"), 40_000),
+        );
+    }
+    let seen = sample_running(&spoke, "to-hub", || {
+        (0..5).all(|i| {
+            hub.serves(
+                "files",
+                &format!("late/{i}.bin"),
+                &payload(&format!("late{i}"), 40_000),
+            )
+        }) && !overview(&spoke, "to-hub")["running"].is_object()
+    });
+    assert!(seen.len() >= 10, "{seen:#?}");
+    assert_coherent(&seen);
+    // The late items went with the first execution, so the case was met.
+    assert_eq!(
+        most_copied(&spoke, "to-hub", "pushed"),
+        15,
+        "{:#?}",
+        spoke.executions("to-hub")
+    );
+}
+
+/// Items written on the hub while a spoke's execution pulls (past the
+/// pages it had seen) are pulled by it: they join its items and bytes to
+/// go, the hub counting their bytes (`bytes_after`).
+#[test]
+fn changes_written_during_a_pull_join_its_items_and_bytes_to_go() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let tmp = tempfile::tempdir().unwrap();
+    // Three pages of 2 KB items: the third is asked for once the first has
+    // moved, after the late ones are written.
+    let files: Vec<(String, std::path::PathBuf)> = (0..1100)
+        .map(|i| {
+            let path = tmp.path().join(format!("f{i}"));
+            std::fs::write(&path, payload(&format!("f{i}"), 2048)).unwrap();
+            (format!("a/{i:04}.bin"), path)
+        })
+        .collect();
+    hub.put_asset_files("files", &files);
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    // 2.2 MB at 512 KiB/s: about four seconds under way.
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &[
+            "--interval",
+            "3600",
+            "--bandwidth-limit",
+            "524288",
+            "--inline-max-bytes",
+            "0",
+        ],
+    );
+    assert!(
+        wait_until(30, || overview(&spoke, "from-hub")["running"]["bytes_done"]
+            .as_u64()
+            .is_some_and(|b| b > 0)),
+        "the pull did not start"
+    );
+    let late: Vec<(String, std::path::PathBuf)> = (0..20)
+        .map(|i| {
+            let path = tmp.path().join(format!("late{i}"));
+            std::fs::write(&path, payload(&format!("late{i}"), 2048)).unwrap();
+            (format!("late/{i}.bin"), path)
+        })
+        .collect();
+    hub.put_asset_files("files", &late);
+    let seen = sample_running(&spoke, "from-hub", || {
+        spoke.serves("files", "late/19.bin", &payload("late19", 2048))
+            && !overview(&spoke, "from-hub")["running"].is_object()
+    });
+    assert!(seen.len() >= 10, "{seen:#?}");
+    assert_coherent(&seen);
+    assert_eq!(
+        most_copied(&spoke, "from-hub", "pulled"),
+        1120,
+        "{:#?}",
+        spoke.executions("from-hub")
+    );
 }

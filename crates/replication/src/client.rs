@@ -225,6 +225,9 @@ impl Remote {
         if extras.count_bytes {
             query.push(("count_bytes", "true".into()));
         }
+        if let Some(seq) = extras.bytes_after {
+            query.push(("bytes_after", seq.to_string()));
+        }
         if extras.inline_max > 0 {
             query.push(("inline_max", extras.inline_max.to_string()));
         }

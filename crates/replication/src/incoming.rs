@@ -522,11 +522,13 @@ impl Replicator {
             wait,
             count_deletes,
             count_bytes,
+            bytes_after,
             inline_max,
         } = q;
         let extras = PageExtras {
             count_deletes,
             count_bytes,
+            bytes_after,
             inline_max,
         };
         self.require_read(s)?;
@@ -552,6 +554,7 @@ impl Replicator {
             last_anchor,
             deletes_ahead: None,
             bytes_ahead: None,
+            bytes_late: None,
             inline: Vec::new(),
             instance_id: Some(self.ferry().instance_id()),
         };
@@ -635,6 +638,13 @@ impl Replicator {
         } else {
             None
         };
+        let bytes_late = match extras.bytes_after {
+            Some(seq) if counted && last_seq > seq.max(since) => {
+                Some(self.store().live_bytes_after(feed.id, seq.max(since)).await?)
+            }
+            Some(_) if counted => Some(0),
+            _ => None,
+        };
         let mut seen = HashSet::new();
         let keys: Vec<ItemKey> = changes
             .into_iter()
@@ -663,6 +673,7 @@ impl Replicator {
             last_anchor,
             deletes_ahead,
             bytes_ahead,
+            bytes_late,
             inline,
             instance_id: Some(self.ferry().instance_id()),
         })

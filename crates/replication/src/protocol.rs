@@ -269,6 +269,14 @@ pub struct ChangesPage {
     /// peer that does not count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_ahead: Option<u64>,
+    /// With [`PageExtras::bytes_after`] = SEQ: bytes of the distinct blobs
+    /// that live items changed after SEQ reference, when the log grew past
+    /// SEQ (0 when it did not, without a lookup): what a reader that
+    /// counted the backlog up to SEQ adds for changes written since. `None`
+    /// from a peer that does not count (an older one, or a filtered
+    /// replication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_late: Option<u64>,
     /// With [`PageExtras::inline_max`]: small blobs the entries need,
     /// carried in the page.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -292,7 +300,7 @@ pub const INLINE_BUDGET: u64 = 1 << 20;
 
 /// The query of a `changes` request (`since`, `anchor`, `limit`, `wait`
 /// in seconds, and what older peers ignore: `count_deletes`,
-/// `count_bytes`, `inline_max`).
+/// `count_bytes`, `bytes_after`, `inline_max`).
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct PageQuery {
     #[serde(default)]
@@ -306,6 +314,7 @@ pub struct PageQuery {
     pub count_deletes: bool,
     #[serde(default)]
     pub count_bytes: bool,
+    pub bytes_after: Option<i64>,
     #[serde(default)]
     pub inline_max: u64,
 }
@@ -315,8 +324,8 @@ fn default_page() -> usize {
 }
 
 /// What a `changes` request asks for beyond the page (query parameters
-/// `count_deletes`, `count_bytes` and `inline_max`; older peers ignore
-/// them).
+/// `count_deletes`, `count_bytes`, `bytes_after` and `inline_max`; older
+/// peers ignore them).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct PageExtras {
     /// Count [`ChangesPage::deletes_ahead`].
@@ -326,6 +335,10 @@ pub struct PageExtras {
     /// execution).
     #[serde(default)]
     pub count_bytes: bool,
+    /// Count [`ChangesPage::bytes_late`] after this seq (asked on the pages
+    /// after the first by a reader that counted the backlog up to it).
+    #[serde(default)]
+    pub bytes_after: Option<i64>,
     /// Carry blobs up to this many bytes inline ([`ChangesPage::inline`],
     /// at most [`INLINE_BUDGET`] per page); 0: none.
     #[serde(default)]

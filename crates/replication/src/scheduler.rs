@@ -322,6 +322,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                         // progress is judged by bytes (a small sum for a
                         // small change).
                         count_bytes: true,
+                        bytes_after: None,
                         inline_max,
                     };
                     match remote

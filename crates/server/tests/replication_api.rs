@@ -260,6 +260,18 @@ async fn changes_page_by_cursor_and_long_poll() {
     let rest = page(first["next"].as_i64().unwrap(), 100).await;
     assert_eq!(rest["entries"].as_array().unwrap().len(), 4);
     assert_eq!(rest["next"], 6);
+    // Bytes of what changed after a given end (a reader's later pages):
+    // f3 and f4 (2 bytes each) after seq 3, f4 after 4 (f0's deletion at 6
+    // has none), nothing when the log ends there.
+    let late = |after: i64| {
+        let uri = format!("/api/replication/v1/feeds/files/changes?since=2&limit=1&bytes_after={after}");
+        let (i, token) = (&i, token.clone());
+        async move { i.send("GET", &uri, Some(&token), &[], Body::empty()).await.json() }
+    };
+    assert_eq!(late(3).await["bytes_late"], 4);
+    assert_eq!(late(4).await["bytes_late"], 2);
+    assert_eq!(late(6).await["bytes_late"], 0);
+    assert!(page(2, 1).await.get("bytes_late").is_none());
 
     // A long poll returns as soon as something is published.
     let started = std::time::Instant::now();

@@ -532,7 +532,7 @@ async fn an_incoming_replication_filter_narrows_what_its_peers_read() {
     let r = i
         .send(
             "GET",
-            "/api/replication/v1/feeds/files/changes?since=0&count_deletes=true&count_bytes=true",
+            "/api/replication/v1/feeds/files/changes?since=0&count_deletes=true&count_bytes=true&bytes_after=0",
             Some(&token),
             &[],
             Body::empty(),
@@ -542,6 +542,7 @@ async fn an_incoming_replication_filter_narrows_what_its_peers_read() {
     let page = r.json();
     assert!(page["deletes_ahead"].is_null(), "{page}");
     assert!(page["bytes_ahead"].is_null(), "{page}");
+    assert!(page["bytes_late"].is_null(), "{page}");
 }
 
 /// Revoking a sync token, or narrowing its replication's filter, cuts the

@@ -59,6 +59,7 @@ impl Run<'_> {
         let extras = PageExtras {
             count_deletes: guarded,
             count_bytes: true,
+            bytes_after: None,
             inline_max,
         };
         // A page the long poll brought is the first page of the run it
@@ -144,7 +145,14 @@ impl Run<'_> {
         }
         // The page before the one whose blobs move, being applied.
         let mut pending: Option<Pending> = None;
+        // The end of the other side's change log as last seen: changes
+        // written there during the execution join the items to go, and
+        // the bytes their items need the bytes to go (each later page asks
+        // the other side for those past this end: otherwise the moved bytes
+        // would run past the total and leave it unknown).
+        let mut known_end = page.last_seq;
         loop {
+            let bytes_after = self.feed_bytes.is_some().then_some(known_end);
             // The next page is asked for while this one's blobs move and
             // the one before is applied.
             let next = (page.next > since && page.next < page.last_seq).then(|| {
@@ -161,6 +169,7 @@ impl Run<'_> {
                             PageExtras {
                                 count_deletes: false,
                                 count_bytes: false,
+                                bytes_after,
                                 inline_max,
                             },
                         )
@@ -222,9 +231,11 @@ impl Run<'_> {
             let following = match prefetched {
                 Some(p) => p,
                 None => {
-                    self.remote
-                        .changes(remote, since, anchor, PAGE, 0, PageExtras::default())
-                        .await
+                    let extras = PageExtras {
+                        bytes_after,
+                        ..PageExtras::default()
+                    };
+                    self.remote.changes(remote, since, anchor, PAGE, 0, extras).await
                 }
             };
             let following = following.and_then(|p| {
@@ -249,6 +260,13 @@ impl Run<'_> {
                     return Err(e);
                 }
             };
+            if page.last_seq > known_end {
+                self.expect_items((page.last_seq - known_end) as u64);
+                if let Some(late) = page.bytes_late {
+                    self.add_feed_bytes(late);
+                }
+                known_end = page.last_seq;
+            }
         }
         self.restore_local_divergence(local, remote, from_start.then_some(local_last), fr)
             .await

@@ -60,6 +60,9 @@ impl Run<'_> {
                 let ahead = self.r.store().live_bytes_after(local.id, 0).await?;
                 self.begin_feed_bytes(ahead);
             }
+            // Live items met past the count taken at the start were written
+            // during the execution: they join the items and bytes to go.
+            let mut live_seen = 0u64;
             let mut after: Option<ItemKey> = None;
             loop {
                 let page = self.r.store().entries(local.id, after.as_ref(), PAGE).await?;
@@ -67,6 +70,15 @@ impl Run<'_> {
                 after = page.last().map(|e| e.key.clone());
                 self.expect_items(page.iter().filter(|e| e.live.is_none()).count() as u64);
                 let wire: Vec<WireEntry> = page.into_iter().map(WireEntry::from).collect();
+                let page_live = wire.iter().filter(|e| !e.deleted).count() as u64;
+                let past = (live_seen + page_live).saturating_sub(live.max(live_seen));
+                live_seen += page_live;
+                if past > 0 {
+                    self.expect_items(past);
+                    let late = wire.iter().filter(|e| !e.deleted).rev().take(past as usize);
+                    let n = self.bytes_of(late).await?;
+                    self.add_feed_bytes(n);
+                }
                 self.push_entries(local, remote, wire, fr).await?;
                 if done {
                     break;
@@ -103,7 +115,8 @@ impl Run<'_> {
                 return Ok(());
             }
         }
-        let pending = meta.last_seq(local.id).await? - since;
+        let mut known_end = meta.last_seq(local.id).await?;
+        let pending = known_end - since;
         let retried_items = retried.iter().map(Vec::len).sum::<usize>() as u64;
         self.expect_items(pending.max(0) as u64 + retried_items);
         // Counted for the whole feed: with a filter, what will move is
@@ -128,6 +141,16 @@ impl Run<'_> {
                 self.end_feed_bytes();
                 return Ok(());
             };
+            // Changes written during the execution, past the end counted at
+            // its start: they join the items and bytes to go (not counted,
+            // the moved bytes would run past the total and leave it unknown).
+            let late: HashSet<ItemKey> = changes
+                .iter()
+                .filter(|c| c.seq > known_end)
+                .map(|c| c.key.clone())
+                .collect();
+            let late_changes = changes.iter().filter(|c| c.seq > known_end).count() as u64;
+            known_end = known_end.max(last);
             let mut seen = HashSet::new();
             let keys: Vec<ItemKey> = changes
                 .into_iter()
@@ -142,6 +165,13 @@ impl Run<'_> {
                 .into_iter()
                 .map(WireEntry::from)
                 .collect();
+            if late_changes > 0 && !self.dry {
+                self.expect_items(late_changes);
+                let n = self
+                    .bytes_of(entries.iter().filter(|e| late.contains(&e.key)))
+                    .await?;
+                self.add_feed_bytes(n);
+            }
             if !guard_checked
                 && self.cfg.mode.flows.delete_remote
                 && !self.confirm_deletes
