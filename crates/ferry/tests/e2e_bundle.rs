@@ -114,7 +114,11 @@ fn bundles_carry_changes_across_an_air_gap() {
     std::fs::write(&corrupt, &bytes).unwrap();
     let err = site.cli_fails(&["bundle", "import", "mirror", corrupt.to_str().unwrap()]);
     assert!(
-        err.contains("400") && err.contains("digest mismatch") && !err.contains("cannot reach"),
+        err.contains("400")
+            && err.contains("digest mismatch")
+            && err.contains("does not match its name")
+            && err.contains("nothing of the bundle was applied")
+            && !err.contains("cannot reach"),
         "{err}"
     );
     assert!(site.lacks("mirror", "c.txt"));
@@ -182,10 +186,36 @@ fn bundles_carry_changes_across_an_air_gap() {
         &intact[header_len + entries_len + blob_len..],
     ]
     .concat();
+    // A later member's header edited (its checksum left as it was), cut
+    // inside the first member's padding, or entries.jsonl said longer
+    // than it is (its checksum made right): each named for what it is.
+    let mut damaged_member = intact.clone();
+    damaged_member[header_len + 140] ^= 0x01;
+    let cut_in_padding = intact[..header_len - 10].to_vec();
+    let mut entries_longer = intact.clone();
+    {
+        let h = &mut entries_longer[header_len..header_len + 512];
+        let size = tar_entry_len(h) - 512 + 2048;
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    }
     for (name, bytes, says) in [
         ("no-end", no_end, "end-of-archive"),
         ("header-twice", twice, "ferry-bundle.json twice"),
         ("no-blob", no_blob, "carries 0 blobs, its header says 1"),
+        (
+            "damaged-member-header",
+            damaged_member,
+            "the tar header of \"entries.jsonl\" is damaged",
+        ),
+        ("cut-in-padding", cut_in_padding, "the bundle is truncated"),
+        (
+            "entries-longer",
+            entries_longer,
+            "as its tar header says) is not an entry",
+        ),
     ] {
         let file = dir.path().join(name);
         std::fs::write(&file, bytes).unwrap();

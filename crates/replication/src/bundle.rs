@@ -352,6 +352,12 @@ impl Replicator {
             if std::mem::take(&mut first) && (path != "ferry-bundle.json" || !tar_checksum_matches(&block)) {
                 return Err(not_a_bundle());
             }
+            // Every member's header is whole, as the first one's is.
+            if !tar_checksum_matches(&block) {
+                return Err(bad(&format!(
+                    "the tar header of {path:?} is damaged (its checksum does not match)"
+                )));
+            }
             let size = h.entry_size().map_err(|_| bad("an entry size is not valid"))?;
             match path.as_str() {
                 "ferry-bundle.json" | "entries.jsonl" => {
@@ -437,7 +443,12 @@ impl Replicator {
                     let (staged, pumped) =
                         tokio::join!(self.ferry().stage(Box::pin(stream), Some(digest)), pump);
                     pumped?;
-                    let staged = staged?;
+                    let staged = staged.map_err(|e| match e {
+                        CoreError::Invalid(why) => ReplError::Invalid(format!(
+                            "not a valid Ferry bundle: blob {digest} does not match its name ({why}); nothing of the bundle was applied"
+                        )),
+                        e => e.into(),
+                    })?;
                     if staged.size() != size {
                         return Err(bad("the bundle is truncated"));
                     }
@@ -683,6 +694,9 @@ fn bad(why: &str) -> ReplError {
 }
 
 fn io(e: std::io::Error) -> ReplError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return bad("the bundle is truncated");
+    }
     ReplError::Invalid(format!("not a valid Ferry bundle: {e}"))
 }
 
@@ -698,9 +712,12 @@ async fn read_entries<R: AsyncBufRead + Unpin>(
     let mut read: u64 = 0;
     let mut parse = |line: &mut Vec<u8>| -> Result<(), ReplError> {
         if !line.is_empty() {
-            out.push(
-                serde_json::from_slice(line).map_err(|e| bad(&format!("entry {}: {e}", out.len() + 1)))?,
-            );
+            out.push(serde_json::from_slice(line).map_err(|e| {
+                bad(&format!(
+                    "entry {} of entries.jsonl ({size} bytes as its tar header says) is not an entry: {e}",
+                    out.len() + 1
+                ))
+            })?);
             line.clear();
         }
         Ok(())
