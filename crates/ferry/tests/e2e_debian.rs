@@ -198,6 +198,11 @@ fn apt_installs_signed_packages_from_the_hub_and_a_spoke() {
         &["--interval", "3600"],
     );
     spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    // Both ends hold the same packages, contents compared (each signs its
+    // own indexes: they are not items).
+    let said = spoke.cli_ok(&["replication", "verify", "from-hub"]);
+    assert!(said.contains("apt = apt: same"), "{said}");
+    assert!(!said.contains("versions compared, not contents"), "{said}");
     let (_, hub_key) = curl(&[&format!("{}/key.gpg", feed_url(&hub, "apt"))]);
     let (_, spoke_key) = curl(&[&format!("{}/key.gpg", feed_url(&spoke, "apt"))]);
     assert_ne!(

@@ -140,6 +140,11 @@ fn dnf_installs_signed_packages_from_the_hub_and_a_spoke() {
         &["--interval", "3600"],
     );
     spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    // Both ends hold the same packages, contents compared (each signs its
+    // own repomd: it is not an item).
+    let said = spoke.cli_ok(&["replication", "verify", "from-hub"]);
+    assert!(said.contains("yum = yum: same"), "{said}");
+    assert!(!said.contains("versions compared, not contents"), "{said}");
     let (_, hub_key) = curl(&[&format!("{}key.asc", feed_url(&hub, "yum"))]);
     let (_, spoke_key) = curl(&[&format!("{}key.asc", feed_url(&spoke, "yum"))]);
     assert_ne!(hub_key, spoke_key, "each instance signs with its own key");
