@@ -627,3 +627,80 @@ fn changes_written_during_a_pull_join_its_items_and_bytes_to_go() {
         spoke.executions("from-hub")
     );
 }
+
+/// Items of a page that need nothing sent (the hub's filter holds them
+/// back) count as done as soon as the page is judged, not once its last
+/// upload ends: 10 held items and a large new one read "10/11" while the
+/// new one moves (it read "0/11" until the page's end).
+#[test]
+fn items_that_need_nothing_count_as_done_while_their_page_moves() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("from-edge", &["files"], "pull");
+    hub.cli_ok(&["replication", "update", "from-edge", "--exclude", "held/**"]);
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    for i in 0..10 {
+        spoke.put_asset("files", &format!("held/{i}.txt"), format!("held {i}").as_bytes());
+    }
+    let big = payload("big", 40_000);
+    spoke.put_asset("files", "big.bin", &big);
+    // 40 KB at 8 KiB/s: about five seconds under way, from the creation.
+    spoke.outgoing(
+        "to-hub",
+        &["files"],
+        &hub,
+        &token,
+        "push",
+        &["--interval", "3600", "--bandwidth-limit", "8192"],
+    );
+    let seen = sample_running(&spoke, "to-hub", || hub.serves("files", "big.bin", &big));
+    assert_coherent(&seen);
+    assert!(
+        seen.iter()
+            .any(|r| r["items_done"].as_u64() >= Some(10)
+                && r["bytes_done"].as_u64().is_some_and(|b| b < 40_000)),
+        "the held items were not counted until the page ended: {seen:#?}"
+    );
+}
+
+/// The same for a pull: items the spoke's own filter leaves out count as
+/// done when their page is judged, while the page's large item moves.
+#[test]
+fn pulled_items_that_need_nothing_count_as_done_while_their_page_moves() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    for i in 0..10 {
+        hub.put_asset("files", &format!("held/{i}.txt"), format!("held {i}").as_bytes());
+    }
+    let big = payload("big", 40_000);
+    hub.put_asset("files", "big.bin", &big);
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &[
+            "--interval",
+            "3600",
+            "--bandwidth-limit",
+            "8192",
+            "--inline-max-bytes",
+            "0",
+            "--exclude",
+            "held/**",
+        ],
+    );
+    let seen = sample_running(&spoke, "from-hub", || spoke.serves("files", "big.bin", &big));
+    assert_coherent(&seen);
+    assert!(
+        seen.iter()
+            .any(|r| r["items_done"].as_u64() >= Some(10)
+                && r["bytes_done"].as_u64().is_some_and(|b| b < 40_000)),
+        "the left-out items were not counted until the page ended: {seen:#?}"
+    );
+}

@@ -819,6 +819,13 @@ impl Run<'_> {
             }
             return Ok(None);
         }
+        // Items judged to need nothing copied are done now; those to copy,
+        // once applied (a page of large files read "0/100 items" until its
+        // last blob arrived).
+        let to_copy = todo.len() as u64;
+        self.progress
+            .items
+            .fetch_add((entries.len() as u64).saturating_sub(to_copy), Ordering::Relaxed);
         // Blobs first: an item becomes visible only with all its blobs.
         let mut wanted: Vec<Digest> = Vec::new();
         let mut seen = HashSet::new();
@@ -880,7 +887,7 @@ impl Run<'_> {
             settled,
             stuck,
             flushes,
-            passed: entries.len() as u64,
+            passed: to_copy.min(entries.len() as u64),
             blobs,
             bytes,
             fetch_ms: t_fetch.elapsed().as_millis(),
@@ -1037,7 +1044,9 @@ pub(super) struct PreparedPage {
     settled: Vec<ItemKey>,
     stuck: Vec<(ItemKey, String)>,
     flushes: Vec<super::fetch::Flush>,
-    /// Changes of the page gone through (applied or not).
+    /// Changes of the page to count as gone through once it is applied
+    /// (applied or not): those it judged to copy (the others were counted
+    /// when judged).
     passed: u64,
     blobs: u64,
     bytes: u64,

@@ -483,6 +483,14 @@ impl Run<'_> {
             self.add_feed_bytes(n);
         }
         self.skip_unsent(page_blobs, &todo).await?;
+        // Items judged to need nothing sent are done now; those to send,
+        // once they are applied there (a page of large files read "0/80
+        // items" until its last upload ended).
+        let to_send = todo.len() as u64;
+        self.progress
+            .items
+            .fetch_add(passed.saturating_sub(to_send), Ordering::Relaxed);
+        let passed = passed.min(to_send);
         if todo.is_empty() {
             self.progress.items.fetch_add(passed, Ordering::Relaxed);
             return self
