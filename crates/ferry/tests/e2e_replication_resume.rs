@@ -11,6 +11,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use support::progress::{assert_coherent, sample_running};
 use support::{Server, sha256_file, wait_until};
 
 /// Large enough to be in flight for a while at the capped rate, small enough
@@ -288,7 +289,9 @@ fn kill_9_of_spoke_or_hub_during_large_transfers_resumes_and_never_shows_partial
 /// that already holds the whole blob (the cut came between the last byte and
 /// the commit), one longer than the blob, and one whose bytes are wrong. The
 /// next execution commits the first, starts the others over, and the spoke
-/// serves the hub's bytes.
+/// serves the hub's bytes. Its progress keeps the bytes to go known: a
+/// blob started over moves twice, and that is added to them (they ran past
+/// the total and went unknown).
 #[test]
 fn leftover_partial_transfers_complete_or_start_over() {
     let hub = Server::start();
@@ -322,14 +325,27 @@ fn leftover_partial_transfers_complete_or_start_over() {
     std::fs::write(partial.join(hex(&bodies[2])), vec![b'x'; bodies[2].len() / 2]).unwrap();
     std::fs::write(partial.join(hex(&small)), b"wrong").unwrap();
 
+    // At 64 KiB/s the 230 KB take a few seconds, sampled meanwhile.
     spoke.outgoing(
         "from-hub",
         &["files"],
         &hub,
         &token,
         "pull",
-        &["--interval", "3600"],
+        &["--interval", "3600", "--bandwidth-limit", "65536"],
     );
+    let seen = sample_running(&spoke, "from-hub", || {
+        spoke.serves("files", "r/2", &bodies[2])
+            && spoke.serves("files", "r/small", &small)
+            && !spoke
+                .cli_json(&["replication", "list", "--json"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["running"].is_object())
+    });
+    assert!(seen.len() >= 5, "{seen:#?}");
+    assert_coherent(&seen);
     let out = spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
     assert!(out.contains("succeeded"), "{out}");
     for (i, b) in bodies.iter().enumerate() {

@@ -7,6 +7,7 @@
 mod support;
 
 use serde_json::Value;
+use support::progress::{assert_coherent, sample_running};
 use support::proxy::Proxy;
 use support::{ADMIN, Server, curl, wait_until};
 
@@ -450,46 +451,6 @@ fn peers_text_names_tokens_and_odd_requests_are_refused() {
     let (st, body) = patch_replication(&spoke, "from-hub", "{\"interval_secs\": 120}");
     assert_eq!(st, 200, "{body}");
     assert_eq!(overview(&spoke, "from-hub")["config"]["interval_secs"], 120);
-}
-
-/// Samples `name`'s running execution on `s` every 100 ms until `done`
-/// says so (or 90 s pass): the `running` objects seen.
-fn sample_running(s: &Server, name: &str, done: impl Fn() -> bool) -> Vec<Value> {
-    let mut seen = Vec::new();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    while !done() && std::time::Instant::now() < until {
-        let running = overview(s, name)["running"].clone();
-        if running.is_object() {
-            seen.push(running);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    seen
-}
-
-/// What every sample of a running execution must hold: never more items
-/// done than to go through, and once bytes move, the bytes to go known
-/// (they ran past the total when changes written during the execution
-/// moved too, and the total, the bytes to go and the ETA by bytes went
-/// unknown: "22/21 items", or "about 0 s left (by items)" with megabytes
-/// still to move).
-fn assert_coherent(seen: &[Value]) {
-    for r in seen {
-        let (done, total) = (
-            r["items_done"].as_u64().unwrap(),
-            r["items_total"].as_u64().unwrap(),
-        );
-        assert!(done <= total, "{done}/{total} items: {r:#}");
-        if r["bytes_done"].as_u64().unwrap() > 0 {
-            assert!(
-                r["bytes_remaining"].is_u64(),
-                "bytes to go unknown while bytes move: {r:#}"
-            );
-            if r["bytes_remaining"].as_u64() > Some(0) {
-                assert_eq!(r["eta_basis"], "bytes", "{r:#}");
-            }
-        }
-    }
 }
 
 /// The items an execution of `name` on `s` copied in all (pushed or

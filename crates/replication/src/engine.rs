@@ -378,6 +378,10 @@ pub(crate) struct Run<'a> {
     guard_held: bool,
     /// The current feed pair's byte budget, when its backlog was counted.
     feed_bytes: Option<FeedBytes>,
+    /// Bytes added to the current feed pair's budget by transfers started
+    /// over from their first byte (a kept partial that did not verify):
+    /// they move twice ([`Run::note_refetch`]).
+    refetched: AtomicU64,
     /// Items retried by a push whose bytes are not in the budget yet: they
     /// are added once the other side is asked and the item is to be sent
     /// (one its filter holds back again never counts as bytes to go).
@@ -435,6 +439,7 @@ impl<'a> Run<'a> {
             inline: HashMap::new(),
             guard_held: false,
             feed_bytes: None,
+            refetched: AtomicU64::new(0),
             uncounted: HashSet::new(),
             resumed: std::sync::Mutex::new(HashSet::new()),
         })
@@ -462,6 +467,16 @@ impl<'a> Run<'a> {
     pub(crate) fn add_feed_bytes(&mut self, n: u64) {
         if let Some(b) = self.feed_bytes.as_mut() {
             b.ahead = b.ahead.saturating_add(n);
+            self.progress.bytes_total.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds `n` bytes to the feed pair's budget for a blob fetched again
+    /// from its first byte (the bytes it moved before count, and move
+    /// again): the bytes to go stay known.
+    pub(crate) fn note_refetch(&self, n: u64) {
+        if self.feed_bytes.is_some() {
+            self.refetched.fetch_add(n, Ordering::Relaxed);
             self.progress.bytes_total.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -510,9 +525,10 @@ impl<'a> Run<'a> {
     /// transfer, so the next feed pair's remaining bytes start true.
     pub(crate) fn end_feed_bytes(&mut self) {
         self.uncounted.clear();
+        let refetched = self.refetched.swap(0, Ordering::Relaxed);
         if let Some(b) = self.feed_bytes.take() {
             let done = self.bytes_counted().saturating_sub(b.base);
-            self.skip_bytes(b.ahead.saturating_sub(done));
+            self.skip_bytes(b.ahead.saturating_add(refetched).saturating_sub(done));
         }
     }
 

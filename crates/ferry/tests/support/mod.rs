@@ -6,6 +6,7 @@ pub mod cargo;
 pub mod debian;
 pub mod npm;
 pub mod nuget;
+pub mod progress;
 pub mod proxy;
 pub mod pypi;
 pub mod rpm;

@@ -503,6 +503,9 @@ impl Run<'_> {
                         }
                         // Asked from past its end: what is held here is wrong.
                         416 => {
+                            // Counted as here already when claimed: they
+                            // are not, and the whole blob moves.
+                            self.note_refetch(transfer.offset());
                             store.discard_transfer(transfer).await?;
                             g.retry.push(d);
                         }
@@ -647,6 +650,7 @@ impl Run<'_> {
                     if !from_source {
                         g.done.notes.push(note);
                     }
+                    self.note_refetch(offset.saturating_add(n));
                     g.retry.push(d);
                 }
                 Err(ReplError::Core(ferry_core::CoreError::Invalid(m))) => {
@@ -723,6 +727,7 @@ impl Run<'_> {
                 // the store; fetch the blob once more from its first byte.
                 Err(ReplError::Core(ferry_core::CoreError::Invalid(m))) if offset > 0 && attempt < 3 => {
                     attempt += 1;
+                    self.note_refetch(offset.saturating_add(received.load(Ordering::Relaxed)));
                     tracing::warn!(target: "replication", blob = %d, error = %m, "resumed transfer did not verify; starting over");
                 }
                 Err(e) => return Err(e),
