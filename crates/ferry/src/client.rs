@@ -704,6 +704,11 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                             named.join(", ")
                         );
                     }
+                    if n == 0 && f["contents_differ"].as_bool() == Some(true) {
+                        say!(
+                            "  the versions agree and their contents do not: two instances under one instance id wrote some of them (see `ferry instance new-id`); the other instance does not let this one read its entries to name them: verify from its end"
+                        );
+                    }
                     if f["contents_compared"].as_bool() == Some(false) {
                         say!("  (versions compared, not contents: the other instance does not offer it)");
                     }

@@ -416,3 +416,43 @@ fn one_stamp_with_two_contents_is_said_and_settled_by_the_next_write() {
         "{out}"
     );
 }
+
+/// `verify` on a pushing side whose other end only receives: the ends
+/// differing (a file written on the receiving end only) is said as
+/// DIFFERENT with both counts. It answered a 403 instead: naming the
+/// items held at one version with two contents reads the other side's
+/// entries, which a receiving side does not let it; that is asked only
+/// when the versions agree, and a refusal leaves them unnamed.
+#[test]
+fn verify_on_a_pushing_side_says_the_ends_differ() {
+    let target = Server::start();
+    target.create_feed("files", "assets");
+    let token = target.incoming("from-hub", &["files"], "pull");
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    hub.put_asset("files", "a.txt", b"from the hub");
+    hub.outgoing(
+        "to-target",
+        &["files"],
+        &target,
+        &token,
+        "push",
+        &["--interval", "3600"],
+    );
+    assert!(wait_until(30, || target.serves(
+        "files",
+        "a.txt",
+        b"from the hub"
+    )));
+    let out = hub.cli_ok(&["replication", "verify", "to-target"]);
+    assert!(
+        out.contains("files = files: same (1 items here, 1 there)"),
+        "{out}"
+    );
+    target.put_asset("files", "only-there.txt", b"written on the target");
+    let out = hub.cli_fails(&["replication", "verify", "to-target"]);
+    assert!(
+        out.contains("files = files: DIFFERENT (1 items here, 2 there)") && !out.contains("403"),
+        "{out}"
+    );
+}

@@ -378,10 +378,16 @@ pub(crate) struct Run<'a> {
     guard_held: bool,
     /// The current feed pair's byte budget, when its backlog was counted.
     feed_bytes: Option<FeedBytes>,
-    /// Bytes added to the current feed pair's budget by transfers started
-    /// over from their first byte (a kept partial that did not verify):
-    /// they move twice ([`Run::note_refetch`]).
+    /// Bytes added to the current feed pair's budget after it began:
+    /// transfers started over from their first byte (a kept partial that
+    /// did not verify), which move twice, and blobs of pulled items the
+    /// budget did not count ([`Run::add_to_go`]).
     refetched: AtomicU64,
+    /// The items being pulled lie behind the cursor (retried from earlier
+    /// executions): the other side's count of the bytes ahead left their
+    /// blobs out, so each blob's length joins the bytes to go as its frame
+    /// arrives.
+    unbudgeted: bool,
     /// Items retried by a push whose bytes are not in the budget yet: they
     /// are added once the other side is asked and the item is to be sent
     /// (one its filter holds back again never counts as bytes to go).
@@ -440,6 +446,7 @@ impl<'a> Run<'a> {
             guard_held: false,
             feed_bytes: None,
             refetched: AtomicU64::new(0),
+            unbudgeted: false,
             uncounted: HashSet::new(),
             resumed: std::sync::Mutex::new(HashSet::new()),
         })
@@ -471,10 +478,11 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Adds `n` bytes to the feed pair's budget for a blob fetched again
-    /// from its first byte (the bytes it moved before count, and move
-    /// again): the bytes to go stay known.
-    pub(crate) fn note_refetch(&self, n: u64) {
+    /// Adds `n` bytes to the feed pair's budget that it did not count: a
+    /// blob fetched again from its first byte (the bytes it moved before
+    /// count, and move again), or one of an item behind the cursor. The
+    /// bytes to go stay known.
+    pub(crate) fn add_to_go(&self, n: u64) {
         if self.feed_bytes.is_some() {
             self.refetched.fetch_add(n, Ordering::Relaxed);
             self.progress.bytes_total.fetch_add(n, Ordering::Relaxed);
@@ -504,6 +512,10 @@ impl<'a> Run<'a> {
     /// Counts `found` bytes of the backlog that need no transfer (blobs
     /// already on the receiving side), as soon as they are known.
     pub(crate) fn skip_bytes(&self, found: u64) {
+        // Not in the count (an item behind the cursor): counted in both.
+        if self.unbudgeted {
+            self.add_to_go(found);
+        }
         self.progress.bytes_skipped.fetch_add(found, Ordering::Relaxed);
     }
 

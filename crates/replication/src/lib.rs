@@ -190,6 +190,9 @@ pub struct PairVerdict {
     /// Whether the contents (each version's blob digests) were compared
     /// too; false against an older peer, which compares versions only.
     pub contents_compared: bool,
+    /// The versions agree and their contents do not: some version was
+    /// written twice with other contents (copies under one instance id).
+    pub contents_differ: bool,
     /// Items held at the same version on both ends with other contents
     /// (the first [`VERIFY_NAMED`], by key), and how many there are in
     /// all: what two instances under one instance id wrote in the same
@@ -1344,12 +1347,22 @@ impl Replicator {
                 local_items: mine.items,
                 remote_items: theirs.items,
                 contents_compared,
+                contents_differ: versions_same && !contents_same,
                 same_version_other_content: Vec::new(),
                 same_version_other_content_count: 0,
             };
-            if !contents_same {
-                self.name_other_contents(&local, &p.remote, &filter, remote, &mut verdict)
-                    .await?;
+            // Same versions, other contents: one version written twice
+            // (copies under one id). Named where the other side lets this
+            // one read its entries (a side that only receives does not).
+            if versions_same && !contents_same {
+                match self
+                    .name_other_contents(&local, &p.remote, &filter, remote, &mut verdict)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(ReplError::Forbidden(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
             out.push(verdict);
         }

@@ -505,7 +505,7 @@ impl Run<'_> {
                         416 => {
                             // Counted as here already when claimed: they
                             // are not, and the whole blob moves.
-                            self.note_refetch(transfer.offset());
+                            self.add_to_go(transfer.offset());
                             store.discard_transfer(transfer).await?;
                             g.retry.push(d);
                         }
@@ -525,6 +525,9 @@ impl Run<'_> {
                         transfer.offset()
                     )));
                     break;
+                }
+                if self.unbudgeted {
+                    self.add_to_go(header.length);
                 }
                 if header.offset == 0 && header.length <= SMALL_FRAME {
                     match reader.read_whole(header.length).await {
@@ -650,7 +653,7 @@ impl Run<'_> {
                     if !from_source {
                         g.done.notes.push(note);
                     }
-                    self.note_refetch(offset.saturating_add(n));
+                    self.add_to_go(offset.saturating_add(n));
                     g.retry.push(d);
                 }
                 Err(ReplError::Core(ferry_core::CoreError::Invalid(m))) => {
@@ -727,7 +730,7 @@ impl Run<'_> {
                 // the store; fetch the blob once more from its first byte.
                 Err(ReplError::Core(ferry_core::CoreError::Invalid(m))) if offset > 0 && attempt < 3 => {
                     attempt += 1;
-                    self.note_refetch(offset.saturating_add(received.load(Ordering::Relaxed)));
+                    self.add_to_go(offset.saturating_add(received.load(Ordering::Relaxed)));
                     tracing::warn!(target: "replication", blob = %d, error = %m, "resumed transfer did not verify; starting over");
                 }
                 Err(e) => return Err(e),

@@ -139,9 +139,18 @@ impl Run<'_> {
             }
         }
         if !self.dry {
+            // Behind the cursor: their blobs join the bytes to go as they
+            // come (the count of the bytes ahead left them out).
+            self.unbudgeted = true;
+            let mut result = Ok(());
             for found in retried {
-                self.pull_entries(local, remote, &found, fr).await?;
+                result = self.pull_entries(local, remote, &found, fr).await;
+                if result.is_err() {
+                    break;
+                }
             }
+            self.unbudgeted = false;
+            result?;
         }
         // The page before the one whose blobs move, being applied.
         let mut pending: Option<Pending> = None;
