@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 mod support;
 
+use support::progress::{assert_coherent, sample_running};
 use support::{ADMIN, Server, curl, wait_until};
 
 /// A hub with feed `files` (incoming push) and a spoke pulling it with a
@@ -250,4 +251,53 @@ fn a_hub_repairs_from_the_spoke_it_pushes_to_and_takes_nothing_else_from_it() {
         "the pushing peer read a blob only the spoke wrote: {st} {}",
         String::from_utf8_lossy(&body)
     );
+}
+
+/// An item retried behind the cursor (its blob was missing on the hub,
+/// and is there again) moves bytes the hub's count of the bytes ahead
+/// left out: they join the bytes to go as they come, which stay known
+/// for the rest of the run (they went unknown once the moved bytes ran
+/// past the total).
+#[test]
+fn a_retried_item_keeps_the_bytes_to_go_known() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    let body = |seed: u8| -> Vec<u8> { (0..200_000u32).map(|i| (i % 251) as u8 ^ seed).collect() };
+    hub.put_asset("files", "big.bin", &body(1));
+    let lost = hub.asset_digests("files", "")["big.bin"].clone();
+    hub.remove_blob(&lost);
+    let spoke = Server::pulling_spoke(&hub, "files", &token);
+    assert!(!run(&spoke).status.success());
+    assert!(spoke.lacks("files", "big.bin"));
+    spoke.cli_ok(&[
+        "replication",
+        "update",
+        "from-hub",
+        "--bandwidth-limit",
+        "65536",
+        "--inline-max-bytes",
+        "0",
+    ]);
+    // The lost file put back (a restore from a backup) and checked: the
+    // hub's log has nothing new, so the run's count of bytes ahead is 0.
+    std::fs::write(hub.blob_path(&lost), body(1)).unwrap();
+    hub.cli_ok(&["fsck"]);
+    let runner = {
+        let url = spoke.url.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(support::bin())
+                .args(["replication", "run", "from-hub", "--wait"])
+                .env("FERRY_URL", url)
+                .env("FERRY_API_KEY", ADMIN)
+                .output()
+                .unwrap()
+        })
+    };
+    let seen = sample_running(&spoke, "from-hub", || runner.is_finished());
+    let out = runner.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(spoke.serves("files", "big.bin", &body(1)));
+    assert!(seen.len() >= 5, "{seen:#?}");
+    assert_coherent(&seen);
 }
