@@ -192,14 +192,28 @@ fn bundles_carry_changes_across_an_air_gap() {
     let mut damaged_member = intact.clone();
     damaged_member[header_len + 140] ^= 0x01;
     let cut_in_padding = intact[..header_len - 10].to_vec();
+    // Cut inside entries.jsonl; its member typed a directory (checksum
+    // made right); c.txt's entry pointed at b.txt's blob, which the site
+    // has (the carried blob then needed by nothing).
+    let cut_in_entries = intact[..header_len + 520].to_vec();
+    let mut typed_dir = intact.clone();
+    typed_dir[header_len + 156] = b'5';
+    fix_checksum(&mut typed_dir[header_len..header_len + 512]);
+    let b_blob = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(b"b"));
+    let mut repointed = intact.clone();
+    let at = header_len
+        + 512
+        + repointed[header_len + 512..]
+            .windows(c_blob.len())
+            .position(|w| w == c_blob.as_bytes())
+            .unwrap();
+    repointed[at..at + c_blob.len()].copy_from_slice(b_blob.as_bytes());
     let mut entries_longer = intact.clone();
     {
         let h = &mut entries_longer[header_len..header_len + 512];
         let size = tar_entry_len(h) - 512 + 2048;
         h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        fix_checksum(h);
     }
     for (name, bytes, says) in [
         ("no-end", no_end, "end-of-archive"),
@@ -216,6 +230,13 @@ fn bundles_carry_changes_across_an_air_gap() {
             entries_longer,
             "as its tar header says) is not an entry",
         ),
+        ("cut-in-entries", cut_in_entries, "the bundle is truncated"),
+        (
+            "typed-dir",
+            typed_dir,
+            "member \"entries.jsonl\" is not a regular file",
+        ),
+        ("repointed", repointed, "which none of its entries needs"),
     ] {
         let file = dir.path().join(name);
         std::fs::write(&file, bytes).unwrap();
@@ -232,6 +253,14 @@ fn bundles_carry_changes_across_an_air_gap() {
     // The intact bundle goes in.
     site.cli_ok(&["bundle", "import", "mirror", third.to_str().unwrap()]);
     assert!(site.serves("mirror", "c.txt", b"cccccccccccccccccccccccc"));
+}
+
+/// Writes the ustar checksum of header block `h` (its bytes summed with
+/// the checksum field as spaces, six octal digits, NUL, space).
+fn fix_checksum(h: &mut [u8]) {
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
 }
 
 /// The length of the tar entry `b` begins with: its header block and its

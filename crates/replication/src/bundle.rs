@@ -352,10 +352,17 @@ impl Replicator {
             if std::mem::take(&mut first) && (path != "ferry-bundle.json" || !tar_checksum_matches(&block)) {
                 return Err(not_a_bundle());
             }
-            // Every member's header is whole, as the first one's is.
+            // Every member's header is whole, as the first one's is, and
+            // names a file (as `ferry bundle export` writes them).
             if !tar_checksum_matches(&block) {
                 return Err(bad(&format!(
                     "the tar header of {path:?} is damaged (its checksum does not match)"
+                )));
+            }
+            if !matches!(block[156], b'0' | 0) {
+                return Err(bad(&format!(
+                    "member {path:?} is not a regular file (tar type {:?})",
+                    char::from(block[156])
                 )));
             }
             let size = h.entry_size().map_err(|_| bad("an entry size is not valid"))?;
@@ -478,8 +485,10 @@ impl Replicator {
                 header.blobs
             )));
         }
+        let mut needed: HashSet<Digest> = HashSet::new();
         for e in &entries {
             for d in &e.blobs {
+                needed.insert(*d);
                 if !carried.contains(d) && !self.has_blob(d).await? {
                     return Err(bad(&format!(
                         "{} needs blob {d}, which the bundle does not carry",
@@ -487,6 +496,13 @@ impl Replicator {
                     )));
                 }
             }
+        }
+        // An export carries the blobs its entries need and no other: one
+        // that no entry needs means the two were edited apart.
+        if let Some(d) = carried.iter().find(|d| !needed.contains(*d)) {
+            return Err(bad(&format!(
+                "it carries blob {d}, which none of its entries needs (its entries and blobs were edited apart)"
+            )));
         }
         // Refused before anything is applied: a stamp from a clock too far
         // ahead would freeze its key everywhere the bundle goes.
@@ -744,10 +760,11 @@ async fn read_entries<R: AsyncBufRead + Unpin>(
             parse(&mut line)?;
         }
     }
-    parse(&mut line)?;
+    // Cut inside the list: said as such, not as a line that ends early.
     if read < size {
         return Err(bad("the bundle is truncated"));
     }
+    parse(&mut line)?;
     Ok(())
 }
 
