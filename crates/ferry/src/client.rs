@@ -704,6 +704,12 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
                             named.join(", ")
                         );
                     }
+                    let hidden = f["outside_their_filter"].as_u64().unwrap_or(0);
+                    if hidden > 0 {
+                        say!(
+                            "  {hidden} items here are outside the other instance's filter: not compared (the replication carries them neither way)"
+                        );
+                    }
                     if n == 0 && f["contents_differ"].as_bool() == Some(true) {
                         say!(
                             "  the versions agree and their contents do not: two instances under one instance id wrote some of them (see `ferry instance new-id`); the other instance does not let this one read its entries to name them: verify from its end"

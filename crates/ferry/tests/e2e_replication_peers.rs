@@ -456,3 +456,75 @@ fn verify_on_a_pushing_side_says_the_ends_differ() {
         "{out}"
     );
 }
+
+/// Items a spoke holds from before its hub's filter was narrowed are
+/// outside what the replication carries: `verify` leaves them out of the
+/// comparison and says how many, and a repair neither offers to delete
+/// them nor deletes them with `--confirm-deletes` (it said "absent on the
+/// other side" and deleted items the hub still serves).
+#[test]
+fn items_outside_the_hubs_filter_are_not_compared_nor_deleted() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    hub.put_asset("files", "dir/a.txt", b"a");
+    hub.put_asset("files", "other/b.txt", b"b");
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    assert!(wait_until(30, || spoke.serves("files", "other/b.txt", b"b")));
+    hub.cli_ok(&["replication", "update", "edge", "--include", "dir/*"]);
+    let out = spoke.cli_ok(&["replication", "verify", "from-hub"]);
+    assert!(
+        out.contains("files = files: same (1 items here, 1 there)")
+            && out.contains("1 items here are outside the other instance's filter"),
+        "{out}"
+    );
+    let out = spoke.cli_ok(&[
+        "replication",
+        "verify",
+        "from-hub",
+        "--repair",
+        "--confirm-deletes",
+    ]);
+    assert!(out.contains("same"), "{out}");
+    assert!(spoke.serves("files", "other/b.txt", b"b"), "deleted on the spoke");
+    // Nor does a full comparison that may delete what is absent there.
+    spoke.cli_ok(&[
+        "replication",
+        "run",
+        "from-hub",
+        "--full",
+        "--confirm-deletes",
+        "--wait",
+    ]);
+    assert!(
+        spoke.serves("files", "other/b.txt", b"b"),
+        "deleted by a full run"
+    );
+    let last = &spoke.executions("from-hub")[0];
+    assert!(
+        last["report"]["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("1 items here are outside the other side's filter; kept")),
+        "{last:#}"
+    );
+    // A difference within the filter is still one.
+    hub.put_asset("files", "dir/c.txt", b"c");
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    spoke.put_asset("files", "dir/only-here.txt", b"x");
+    let out = spoke.cli_fails(&["replication", "verify", "from-hub"]);
+    assert!(out.contains("DIFFERENT (3 items here, 2 there)"), "{out}");
+}

@@ -243,6 +243,27 @@ impl Remote {
     }
 
     /// The other side's current entries for `keys` (unknown keys left out).
+    /// Which of `keys` the other side's filter leaves out of `feed` (its
+    /// `stamps` answer's `outside`), asked [`crate::protocol::MAX_KEYS`] at
+    /// a time.
+    pub async fn outside_filter(
+        &self,
+        feed: &FeedName,
+        keys: Vec<ItemKey>,
+    ) -> Result<Vec<ItemKey>, ReplError> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(crate::protocol::MAX_KEYS) {
+            let answer = self.stamps(feed, chunk.to_vec()).await?;
+            out.extend(
+                answer
+                    .outside
+                    .into_iter()
+                    .filter_map(|i| chunk.get(i as usize).cloned()),
+            );
+        }
+        Ok(out)
+    }
+
     pub async fn lookup(&self, feed: &FeedName, keys: Vec<ItemKey>) -> Result<Vec<WireEntry>, ReplError> {
         let rb = self
             .req(Method::POST, &format!("/feeds/{feed}/entries"))

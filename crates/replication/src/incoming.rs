@@ -795,7 +795,7 @@ impl Replicator {
         let feed = self.session_feed(s, feed).await?;
         // The peer's filter narrows the replication's; it cannot widen it.
         let filter = Filter::new(include, exclude)?.and(s.filter.clone());
-        self.feed_digest(&feed, &filter).await
+        self.feed_digest(&feed, &filter, &HashSet::new()).await
     }
 
     /// The stored stamp (and whether a tombstone) of each of `keys`, in
@@ -1572,6 +1572,11 @@ fn frame_status(e: &ferry_core::CoreError) -> u16 {
 /// digits of the SHA-256 of the patterns as JSON (see
 /// [`HandshakeResponse::filter`]).
 pub(crate) fn filter_fingerprint(config: &ReplicationConfig) -> String {
-    let patterns = serde_json::json!([config.include, config.exclude]).to_string();
+    patterns_fingerprint(&config.include, &config.exclude)
+}
+
+/// [`filter_fingerprint`] of these patterns (of none: no filter at all).
+pub(crate) fn patterns_fingerprint(include: &[String], exclude: &[String]) -> String {
+    let patterns = serde_json::json!([include, exclude]).to_string();
     ferry_types::Digest::of(patterns.as_bytes()).hex()[..16].to_owned()
 }

@@ -193,6 +193,11 @@ pub struct PairVerdict {
     /// The versions agree and their contents do not: some version was
     /// written twice with other contents (copies under one instance id).
     pub contents_differ: bool,
+    /// Live items here that the other side's own filter leaves out (kept
+    /// from before it was narrowed, say): not compared, as the replication
+    /// carries them neither way.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub outside_their_filter: u64,
     /// Items held at the same version on both ends with other contents
     /// (the first [`VERIFY_NAMED`], by key), and how many there are in
     /// all: what two instances under one instance id wrote in the same
@@ -1327,14 +1332,32 @@ impl Replicator {
     pub async fn verify(&self, name: &str) -> Result<Vec<PairVerdict>, ReplError> {
         let (rec, cfg) = self.record(name).await?;
         let mut run = Run::new(self, &rec, &cfg, Arc::new(Progress::default()))?;
-        run.handshake_whole().await?;
+        let hs = run.handshake_whole().await?;
+        // The other side's own include/exclude filter (its fingerprint
+        // says whether it has one, not what it is) hides items there.
+        let they_filter = hs
+            .filter
+            .as_deref()
+            .is_some_and(|fp| fp != incoming::patterns_fingerprint(&[], &[]));
         let filter = Filter::new(&cfg.include, &cfg.exclude)?;
         let remote = run.remote();
         let mut out = Vec::new();
         for p in &cfg.feeds {
             let local = self.ferry().feed(&p.local).await?;
-            let mine = self.feed_digest(&local, &filter).await?;
+            let mut mine = self.feed_digest(&local, &filter, &HashSet::new()).await?;
             let theirs = remote.digest(&p.remote, &cfg.include, &cfg.exclude).await?;
+            // Items here that the other side's filter leaves out are not
+            // compared: they are not carried either way.
+            let mut outside_their_filter = 0;
+            if they_filter && (mine.digest != theirs.digest || mine.items != theirs.items) {
+                let hidden = self
+                    .outside_their_filter(&local, &p.remote, &filter, remote)
+                    .await?;
+                if !hidden.is_empty() {
+                    outside_their_filter = hidden.len() as u64;
+                    mine = self.feed_digest(&local, &filter, &hidden).await?;
+                }
+            }
             let versions_same = mine.digest == theirs.digest && mine.items == theirs.items;
             let (contents_compared, contents_same) = match (&mine.content, &theirs.content) {
                 (Some(a), Some(b)) => (true, a == b),
@@ -1348,6 +1371,7 @@ impl Replicator {
                 remote_items: theirs.items,
                 contents_compared,
                 contents_differ: versions_same && !contents_same,
+                outside_their_filter,
                 same_version_other_content: Vec::new(),
                 same_version_other_content_count: 0,
             };
@@ -1367,6 +1391,34 @@ impl Replicator {
             out.push(verdict);
         }
         Ok(out)
+    }
+
+    /// The live items of `local` admitted by `filter` that the other side's
+    /// filter leaves out of its `remote` feed (asked with `stamps`, in
+    /// pages of [`MAX_KEYS`] keys).
+    pub(crate) async fn outside_their_filter(
+        &self,
+        local: &FeedRecord,
+        remote: &FeedName,
+        filter: &Filter,
+        client: &client::Remote,
+    ) -> Result<HashSet<ItemKey>, ReplError> {
+        let mut out = HashSet::new();
+        let mut after = None;
+        loop {
+            let page = self.store().entries(local.id, after.as_ref(), MAX_KEYS).await?;
+            let done = page.len() < MAX_KEYS;
+            after = page.last().map(|e| e.key.clone());
+            let keys: Vec<ItemKey> = page
+                .into_iter()
+                .filter(|e| e.live.is_some() && filter.admits(local.feed_type, &e.key))
+                .map(|e| e.key)
+                .collect();
+            out.extend(client.outside_filter(remote, keys).await?);
+            if done {
+                return Ok(out);
+            }
+        }
     }
 
     /// Finds the items `local` and the other side's `remote` feed hold at
@@ -1418,7 +1470,14 @@ impl Replicator {
     /// set of (key, stamp) gives the same [`FeedDigest::digest`] on every
     /// instance, and the same contents too the same
     /// [`FeedDigest::content`].
-    pub async fn feed_digest(&self, feed: &FeedRecord, filter: &Filter) -> Result<FeedDigest, ReplError> {
+    /// `leave_out`: keys not to count (those the other side's filter
+    /// hides, for `verify`).
+    pub async fn feed_digest(
+        &self,
+        feed: &FeedRecord,
+        filter: &Filter,
+        leave_out: &HashSet<ItemKey>,
+    ) -> Result<FeedDigest, ReplError> {
         let mut h = Sha256::new();
         let mut c = Sha256::new();
         let mut items = 0u64;
@@ -1427,7 +1486,10 @@ impl Replicator {
             let page = self.store().entries(feed.id, after.as_ref(), 2000).await?;
             let done = page.len() < 2000;
             after = page.last().map(|e| e.key.clone());
-            for e in page.iter().filter(|e| filter.admits(feed.feed_type, &e.key)) {
+            for e in page
+                .iter()
+                .filter(|e| filter.admits(feed.feed_type, &e.key) && !leave_out.contains(&e.key))
+            {
                 let Some(live) = &e.live else { continue };
                 let version = format!("{}\t{}", e.key, e.stamp);
                 h.update(version.as_bytes());

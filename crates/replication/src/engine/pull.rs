@@ -496,7 +496,7 @@ impl Run<'_> {
                 None => break,
             }
         }
-        self.pull_expired_deletions(local, &seen, fr).await
+        self.pull_expired_deletions(local, remote, &seen, fr).await
     }
 
     /// After a full comparison: items that came here from elsewhere and that
@@ -508,6 +508,7 @@ impl Run<'_> {
     async fn pull_expired_deletions(
         &mut self,
         local: &FeedRecord,
+        remote: &FeedName,
         seen: &HashSet<ItemKey>,
         fr: &mut FeedReport,
     ) -> Result<(), ReplError> {
@@ -541,6 +542,27 @@ impl Run<'_> {
             }
             if done {
                 break;
+            }
+        }
+        // Not absent there but left out by the other side's own filter
+        // (narrowed since they came): kept, and not offered for deletion.
+        if !gone.is_empty() {
+            let hidden: HashSet<ItemKey> = self
+                .remote
+                .outside_filter(remote, gone.iter().map(|e| e.key.clone()).collect())
+                .await?
+                .into_iter()
+                .collect();
+            if !hidden.is_empty() {
+                gone.retain(|e| !hidden.contains(&e.key));
+                self.log(
+                    "info",
+                    format!(
+                        "feed {}: {} items here are outside the other side's filter; kept (the replication carries them neither way)",
+                        local.name,
+                        hidden.len()
+                    ),
+                );
             }
         }
         if gone.is_empty() {
