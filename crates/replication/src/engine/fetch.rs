@@ -106,6 +106,50 @@ impl Fetched {
     }
 }
 
+/// Small blobs read whole from a batch stream and not yet handed to a
+/// commit ([`Run::flush_small`]). Whatever still holds them when it is
+/// dropped — an execution stopped, or cut off by an error elsewhere — is
+/// committed (each verified against its digest, then flushed) in the
+/// background, so the next execution does not move those bytes again.
+struct SmallBuffer {
+    ferry: ferry_core::Ferry,
+    blobs: Vec<(Digest, bytes::Bytes, Transfer)>,
+}
+
+impl Drop for SmallBuffer {
+    fn drop(&mut self) {
+        let batch = std::mem::take(&mut self.blobs);
+        if batch.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let ferry = self.ferry.clone();
+        rt.spawn(async move {
+            let (blobs, claims): (Vec<(Digest, bytes::Bytes)>, Vec<Transfer>) =
+                batch.into_iter().map(|(d, b, t)| ((d, b), t)).unzip();
+            let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+            match ferry.commit_small_blobs(blobs).await {
+                Ok(results) => {
+                    let stored: Vec<Digest> = digests
+                        .into_iter()
+                        .zip(results)
+                        .filter_map(|(d, r)| r.is_ok().then_some(d))
+                        .collect();
+                    if let Err(e) = ferry.blob_store().sync(&stored).await {
+                        tracing::warn!(target: "replication", error = %e, "flushing small blobs kept from a stopped transfer failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target: "replication", error = %e, "small blobs received before a stop could not be kept");
+                }
+            }
+            drop(claims);
+        });
+    }
+}
+
 /// What one batch stream came to; `retry` did not arrive whole.
 #[derive(Default)]
 struct Group {
@@ -444,7 +488,10 @@ impl Run<'_> {
         if wants.is_empty() {
             return Ok(g);
         }
-        let mut small: Vec<(Digest, bytes::Bytes, Transfer)> = Vec::new();
+        let mut small = SmallBuffer {
+            ferry: self.r.ferry().clone(),
+            blobs: Vec::new(),
+        };
         let mut inflight: Option<SmallCommit> = None;
         let mut small_bytes = 0usize;
         let from_source = !std::ptr::eq(remote, &self.remote);
@@ -535,10 +582,10 @@ impl Run<'_> {
                             let n = bytes.len();
                             crate::throttle::pace(&self.rate, n as u64).await;
                             self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                            small.push((d, bytes, transfer));
+                            small.blobs.push((d, bytes, transfer));
                             small_bytes += n;
-                            if small.len() >= SMALL_GROUP || small_bytes >= SMALL_GROUP_BYTES {
-                                self.flush_small(&mut small, &mut inflight, &mut g).await?;
+                            if small.blobs.len() >= SMALL_GROUP || small_bytes >= SMALL_GROUP_BYTES {
+                                self.flush_small(&mut small.blobs, &mut inflight, &mut g).await?;
                                 small_bytes = 0;
                             }
                             continue;
@@ -593,7 +640,7 @@ impl Run<'_> {
             }
             drop(jobs_tx);
             // Small blobs read whole are committed whatever ended the body.
-            self.flush_small(&mut small, &mut inflight, &mut g).await?;
+            self.flush_small(&mut small.blobs, &mut inflight, &mut g).await?;
             self.settle_small(&mut inflight, &mut g).await?;
             Ok::<_, ReplError>(())
         };
