@@ -665,3 +665,44 @@ fn pulled_items_that_need_nothing_count_as_done_while_their_page_moves() {
         "the left-out items were not counted until the page ended: {seen:#?}"
     );
 }
+
+/// A pulled item counts as gone through once its last blob is stored, not
+/// when its whole page is applied: a page of 10 files of 40 KB read "0
+/// done" until its last byte moved.
+#[test]
+fn pulled_items_count_as_their_blobs_arrive() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    for i in 0..10 {
+        hub.put_asset("files", &format!("f/{i}.bin"), &payload(&format!("f{i}"), 40_000));
+    }
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    // 400 KB at 128 KiB/s: about three seconds.
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &[
+            "--interval",
+            "3600",
+            "--bandwidth-limit",
+            "131072",
+            "--inline-max-bytes",
+            "0",
+        ],
+    );
+    let seen = sample_running(&spoke, "from-hub", || {
+        spoke.serves("files", "f/9.bin", &payload("f9", 40_000))
+            && !overview(&spoke, "from-hub")["running"].is_object()
+    });
+    assert_coherent(&seen);
+    assert!(
+        seen.iter()
+            .any(|r| r["items_done"].as_u64().is_some_and(|n| n > 0 && n < 10)),
+        "items were counted only at the page's end: {seen:#?}"
+    );
+}

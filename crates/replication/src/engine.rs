@@ -276,6 +276,56 @@ impl Progress {
     }
 }
 
+/// A pulled page's items waiting for their blobs: blob → the items (by
+/// index) that need it, and how many blobs each still waits for.
+#[derive(Debug, Default)]
+pub(crate) struct PageTally {
+    waiting: HashMap<Digest, Vec<usize>>,
+    left: Vec<usize>,
+    /// Items counted as gone through so far.
+    pub counted: u64,
+}
+
+impl PageTally {
+    /// The tally of items each needing `needs[i]` (blobs not stored yet);
+    /// those needing none count at once (returned in `counted`).
+    pub(crate) fn new(needs: Vec<Vec<Digest>>) -> Self {
+        let mut t = PageTally::default();
+        for (i, blobs) in needs.into_iter().enumerate() {
+            let mut n = 0;
+            for d in blobs {
+                let items = t.waiting.entry(d).or_default();
+                if items.last() != Some(&i) {
+                    items.push(i);
+                    n += 1;
+                }
+            }
+            t.left.push(n);
+            if n == 0 {
+                t.counted += 1;
+            }
+        }
+        t
+    }
+
+    /// Notes `stored` blobs; returns how many items they completed.
+    fn stored(&mut self, stored: &[Digest]) -> u64 {
+        let mut done = 0;
+        for d in stored {
+            for i in self.waiting.remove(d).unwrap_or_default() {
+                if let Some(left) = self.left.get_mut(i) {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        done += 1;
+                    }
+                }
+            }
+        }
+        self.counted += done;
+        done
+    }
+}
+
 /// The byte budget of the feed pair being replicated: what its backlog
 /// was counted at, and the run's bytes moved and skipped when it began.
 #[derive(Debug, Default, Clone, Copy)]
@@ -388,6 +438,10 @@ pub(crate) struct Run<'a> {
     /// blobs out, so each blob's length joins the bytes to go as its frame
     /// arrives.
     unbudgeted: bool,
+    /// The page being pulled: which of its items wait for which blobs, so
+    /// each counts as gone through when its last blob is stored
+    /// ([`Run::arrived`]).
+    tally: std::sync::Mutex<Option<PageTally>>,
     /// Items retried by a push whose bytes are not in the budget yet: they
     /// are added once the other side is asked and the item is to be sent
     /// (one its filter holds back again never counts as bytes to go).
@@ -446,6 +500,7 @@ impl<'a> Run<'a> {
             guard_held: false,
             feed_bytes: None,
             refetched: AtomicU64::new(0),
+            tally: std::sync::Mutex::new(None),
             unbudgeted: false,
             uncounted: HashSet::new(),
             resumed: std::sync::Mutex::new(HashSet::new()),
@@ -487,6 +542,36 @@ impl<'a> Run<'a> {
             self.refetched.fetch_add(n, Ordering::Relaxed);
             self.progress.bytes_total.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// Counts the items of the page being pulled that `stored` blobs
+    /// completed as gone through ([`PageTally`]).
+    pub(crate) fn arrived(&self, stored: &[Digest]) {
+        if let Ok(mut t) = self.tally.lock()
+            && let Some(t) = t.as_mut()
+        {
+            let done = t.stored(stored);
+            self.progress.items.fetch_add(done, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts tallying a pulled page's items (`needs`: the blobs each
+    /// waits for); those waiting for none count now.
+    pub(crate) fn start_tally(&self, needs: Vec<Vec<Digest>>) {
+        let t = PageTally::new(needs);
+        self.progress.items.fetch_add(t.counted, Ordering::Relaxed);
+        if let Ok(mut slot) = self.tally.lock() {
+            *slot = Some(t);
+        }
+    }
+
+    /// Ends the page's tally: how many of its items it counted.
+    pub(crate) fn end_tally(&self) -> u64 {
+        self.tally
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take())
+            .map_or(0, |t| t.counted)
     }
 
     /// Bytes of the distinct blobs of the live `entries` stored here (a

@@ -194,7 +194,10 @@ impl Run<'_> {
                 pending.push(async move { (*d, fetch.await) });
             }
             match pending.next().await {
-                Some((_, Ok((n, flush)))) => out.one(n, flush),
+                Some((d, Ok((n, flush)))) => {
+                    self.arrived(&[d]);
+                    out.one(n, flush)
+                }
                 Some((d, Err(ReplError::Remote { status: 404, .. }))) => {
                     out.gone.insert(d);
                 }
@@ -254,6 +257,7 @@ impl Run<'_> {
         self.progress.bytes.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "pull")
             .increment(n);
+        self.arrived(&stored);
         out.blobs += stored.len() as u64;
         out.bytes += n;
         out.flushes
@@ -316,6 +320,7 @@ impl Run<'_> {
         }
         metrics::counter!("ferry_replication_bytes_total", "replication" => self.rec.name.clone(), "direction" => "pull")
             .increment(n);
+        self.arrived(&stored);
         let store = self.r.ferry().blob_store().clone();
         g.done.blobs += stored.len() as u64;
         g.done.bytes += n;
@@ -582,6 +587,9 @@ impl Run<'_> {
                             let n = bytes.len();
                             crate::throttle::pace(&self.rate, n as u64).await;
                             self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            // Its item is gone through once its bytes
+                            // are here (they are verified as they commit).
+                            self.arrived(&[d]);
                             small.blobs.push((d, bytes, transfer));
                             small_bytes += n;
                             if small.blobs.len() >= SMALL_GROUP || small_bytes >= SMALL_GROUP_BYTES {
@@ -687,6 +695,7 @@ impl Run<'_> {
             match outcome {
                 Ok(()) => {
                     let store = store.clone();
+                    self.arrived(&[d]);
                     g.done.one(n, tokio::spawn(async move { store.sync(&[d]).await }));
                 }
                 // A resumed transfer that does not verify was discarded:
