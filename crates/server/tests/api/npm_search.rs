@@ -2,7 +2,7 @@
 //! (`PUT /-/user/org.couchdb.user:NAME`, `DELETE /-/user/token/…`), in
 //! process (issue 9, items 1 and 2).
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use std::io::Write;
 

@@ -2,7 +2,7 @@
 //! mounted), manifests and tags, listings, referrers, deletes, auth, and
 //! the items they leave for replication.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::StatusCode;

@@ -3,7 +3,7 @@
 //! its validators, downloads, yank, search, owners, private feeds, and the
 //! bodies and archives a registry must refuse.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use std::io::Write;
 

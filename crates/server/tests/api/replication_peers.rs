@@ -4,7 +4,7 @@
 //! answered it, and turns stale when it stops coming; the same in the
 //! metrics, and after a restart of the hub.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

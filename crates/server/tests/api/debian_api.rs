@@ -3,7 +3,7 @@
 //! deletes, bad input, and the feed signing key (export, import, never in
 //! a bundle).
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::StatusCode;

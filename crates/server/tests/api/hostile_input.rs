@@ -3,7 +3,7 @@
 //! protocol, with the security headers; no route sees it; nothing is stored;
 //! no body is read past its cap.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

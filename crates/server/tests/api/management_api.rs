@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::StatusCode;
@@ -165,9 +165,9 @@ async fn openapi_describes_every_management_route() {
     let doc = i.get("/api/v1/openapi.json").await.json();
     assert_eq!(doc["openapi"], "3.1.0");
     let src = [
-        include_str!("../src/mgmt.rs"),
-        include_str!("../src/mgmt_replication.rs"),
-        include_str!("../src/oci.rs"),
+        include_str!("../../src/mgmt.rs"),
+        include_str!("../../src/mgmt_replication.rs"),
+        include_str!("../../src/oci.rs"),
     ]
     .concat();
     for line in src

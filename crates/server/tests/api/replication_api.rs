@@ -2,7 +2,7 @@
 //! handshake's refusals, what each mode lets a peer read and write, change
 //! paging and long polling, and the run-time log level.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::StatusCode;

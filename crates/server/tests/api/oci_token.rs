@@ -3,7 +3,7 @@
 //! granted and refused, expiry; and the tag parameters of a manifest push
 //! and sha512 digests (issue 9, items 3 to 6).
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::StatusCode;

@@ -2,7 +2,7 @@
 //! 1 MiB, the replication API at 16 MiB. Past the cap: 413, before the
 //! body is held.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::StatusCode;

@@ -4,7 +4,7 @@
 //! client event in the log (WARN with feed and address), not a server
 //! fault.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

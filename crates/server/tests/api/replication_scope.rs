@@ -3,7 +3,7 @@
 //! peer sent or its feeds already hold; every entry is checked as its feed
 //! type checks a client upload.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::StatusCode;

@@ -20,7 +20,7 @@
 //! `up{N}`, … with N the credential's index) or what no other cell reads,
 //! so the cells run concurrently, in any order.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -6,7 +6,7 @@
 //! without access (no key, a wrong key, keys scoped to other feeds) gets
 //! byte-identical answers from both: same status, body and headers.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::StatusCode;

@@ -1,7 +1,7 @@
 //! The PyPI feed in process: twine-style uploads of wheels and sdists built
 //! in the test, the simple API pages, refusals, auth, yank and delete.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use ferry_testkit::pypi as dist;
 

@@ -2,7 +2,7 @@
 //! the repodata dnf reads (`repomd.xml` and what it names, older
 //! generations), downloads, deletes, and bad input.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use std::io::Read;
 

@@ -2,7 +2,7 @@
 //! builds them, then the packument, tarballs, dist-tags, deprecate and
 //! unpublish as the npm CLI drives them.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use std::io::Write;
 

@@ -5,7 +5,7 @@
 //! tokens never sent back), plans in the CLI's binary units.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::StatusCode;

@@ -3,7 +3,7 @@
 //! alone, that a refused declaration changes nothing, the tokens an
 //! incoming replication accepts ahead of time, and who may apply.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use axum::http::StatusCode;
 use common::{ADMIN, Instance};

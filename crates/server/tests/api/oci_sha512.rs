@@ -3,7 +3,7 @@
 //! under them (and under their sha256 identity), only in the repositories
 //! that hold them, and arrive by replication only with aliases that hold.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::StatusCode;

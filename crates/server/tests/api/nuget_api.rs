@@ -8,7 +8,7 @@
 //! with `$filter`/`$orderby`/`$skip`/`$top`, `GetUpdates()`, `next` links),
 //! unlist/relist/delete, and the bad pushes a feed must refuse.
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use std::io::Write;
 
