@@ -706,3 +706,44 @@ fn pulled_items_count_as_their_blobs_arrive() {
         "items were counted only at the page's end: {seen:#?}"
     );
 }
+
+/// The same for a push: an item counts as gone through once its last
+/// blob has left, not when the page is applied on the other side (a page
+/// of 10 files of 40 KB read "0 done" until its last upload ended).
+#[test]
+fn pushed_items_count_as_their_blobs_leave() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("from-edge", &["files"], "pull");
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    for i in 0..10 {
+        spoke.put_asset("files", &format!("f/{i}.bin"), &payload(&format!("f{i}"), 40_000));
+    }
+    // 400 KB at 128 KiB/s: about three seconds.
+    spoke.outgoing(
+        "to-hub",
+        &["files"],
+        &hub,
+        &token,
+        "push",
+        &[
+            "--interval",
+            "3600",
+            "--bandwidth-limit",
+            "131072",
+            "--inline-max-bytes",
+            "0",
+        ],
+    );
+    let seen = sample_running(&spoke, "to-hub", || {
+        hub.serves("files", "f/9.bin", &payload("f9", 40_000))
+            && !overview(&spoke, "to-hub")["running"].is_object()
+    });
+    assert_coherent(&seen);
+    assert!(
+        seen.iter()
+            .any(|r| r["items_done"].as_u64().is_some_and(|n| n > 0 && n < 10)),
+        "items were counted only once the page was applied: {seen:#?}"
+    );
+}

@@ -326,6 +326,17 @@ impl PageTally {
     }
 }
 
+/// Notes `stored` blobs in the page's `tally` (if one is running) and
+/// adds the items they completed to `progress`.
+fn tick(tally: &std::sync::Mutex<Option<PageTally>>, progress: &Progress, stored: &[Digest]) {
+    if let Ok(mut t) = tally.lock()
+        && let Some(t) = t.as_mut()
+    {
+        let done = t.stored(stored);
+        progress.items.fetch_add(done, Ordering::Relaxed);
+    }
+}
+
 /// The byte budget of the feed pair being replicated: what its backlog
 /// was counted at, and the run's bytes moved and skipped when it began.
 #[derive(Debug, Default, Clone, Copy)]
@@ -438,10 +449,11 @@ pub(crate) struct Run<'a> {
     /// blobs out, so each blob's length joins the bytes to go as its frame
     /// arrives.
     unbudgeted: bool,
-    /// The page being pulled: which of its items wait for which blobs, so
-    /// each counts as gone through when its last blob is stored
-    /// ([`Run::arrived`]).
-    tally: std::sync::Mutex<Option<PageTally>>,
+    /// The page being pulled or pushed: which of its items wait for which
+    /// blobs, so each counts as gone through when its last blob is stored
+    /// here or has left for the other side ([`Run::arrived`]). Shared with
+    /// upload tasks ([`Run::ticker`]).
+    tally: Arc<std::sync::Mutex<Option<PageTally>>>,
     /// Items retried by a push whose bytes are not in the budget yet: they
     /// are added once the other side is asked and the item is to be sent
     /// (one its filter holds back again never counts as bytes to go).
@@ -500,7 +512,7 @@ impl<'a> Run<'a> {
             guard_held: false,
             feed_bytes: None,
             refetched: AtomicU64::new(0),
-            tally: std::sync::Mutex::new(None),
+            tally: Arc::new(std::sync::Mutex::new(None)),
             unbudgeted: false,
             uncounted: HashSet::new(),
             resumed: std::sync::Mutex::new(HashSet::new()),
@@ -544,15 +556,17 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Counts the items of the page being pulled that `stored` blobs
-    /// completed as gone through ([`PageTally`]).
+    /// Counts the items of the page being pulled or pushed that `stored`
+    /// blobs completed as gone through ([`PageTally`]).
     pub(crate) fn arrived(&self, stored: &[Digest]) {
-        if let Ok(mut t) = self.tally.lock()
-            && let Some(t) = t.as_mut()
-        {
-            let done = t.stored(stored);
-            self.progress.items.fetch_add(done, Ordering::Relaxed);
-        }
+        tick(&self.tally, &self.progress, stored);
+    }
+
+    /// [`Self::arrived`] for a task that outlives the borrow of the run (a
+    /// push's upload producer).
+    pub(crate) fn ticker(&self) -> impl Fn(&[Digest]) + Send + Sync + 'static {
+        let (tally, progress) = (self.tally.clone(), self.progress.clone());
+        move |stored: &[Digest]| tick(&tally, &progress, stored)
     }
 
     /// Starts tallying a pulled page's items (`needs`: the blobs each

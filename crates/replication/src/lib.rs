@@ -105,6 +105,10 @@ struct Inner {
     /// The executions the last stop cut were closed
     /// ([`Replicator::close_interrupted`]): done once, before any starts.
     recovered: std::sync::atomic::AtomicBool,
+    /// Work a stopped execution left to finish in the background (the
+    /// small blobs it had received whole, being committed): a graceful
+    /// stop waits for it ([`Replicator::release_leases`]).
+    kept: tokio_util::task::TaskTracker,
 }
 
 /// A page a long poll brought: asked from `since` with `anchor`, at `at`.
@@ -154,6 +158,10 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_shared: Option<String>,
 }
+
+/// Longest a graceful stop waits for blobs stopped executions had
+/// received to be committed ([`Replicator::release_leases`]).
+pub const KEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The other instance out of reach, as a long poll found it.
 #[derive(Debug, Clone, Serialize)]
@@ -276,6 +284,7 @@ impl Replicator {
             waiting: Mutex::new(HashMap::new()),
             file_declared: Mutex::new(None),
             recovered: std::sync::atomic::AtomicBool::new(false),
+            kept: tokio_util::task::TaskTracker::new(),
         }))
     }
 
@@ -286,10 +295,17 @@ impl Replicator {
         self.0.scheduler.stop_all();
     }
 
-    /// Gives up the execution leases this node holds (after a graceful
-    /// stop, so other nodes — or this node restarted under another name —
-    /// need not wait for them to run out). Failures are only logged.
+    /// After a graceful stop: waits (up to [`KEPT_WAIT`]) for what stopped
+    /// executions left committing in the background — small blobs they
+    /// had received whole, so the next start does not move them again —
+    /// then gives up the execution leases this node holds (so other nodes,
+    /// or this node restarted under another name, need not wait for them
+    /// to run out). Failures are only logged.
     pub async fn release_leases(&self) {
+        self.0.kept.close();
+        if tokio::time::timeout(KEPT_WAIT, self.0.kept.wait()).await.is_err() {
+            tracing::warn!(target: "replication", "blobs received before the stop were still being committed after {KEPT_WAIT:?}; the next execution fetches what was not");
+        }
         let Ok(recs) = self.store().replications().await else {
             return;
         };
@@ -318,6 +334,12 @@ impl Replicator {
             }
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
+    }
+
+    /// Runs `work` in the background, awaited by a graceful stop
+    /// ([`Replicator::release_leases`]).
+    pub(crate) fn keep(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.0.kept.spawn(work);
     }
 
     /// A receiver that turns true when [`Replicator::shutdown`] is called.

@@ -31,6 +31,10 @@ const SMALL_FRAME: u64 = 1 << 20;
 /// Most blobs, and bytes, committed in one group.
 const SMALL_GROUP: usize = 128;
 const SMALL_GROUP_BYTES: usize = 8 << 20;
+/// Longest a small blob waits in memory for its group to fill: past it
+/// the group is committed, so a crash (or a slow, capped link that takes
+/// seconds to fill a group) loses at most this much of what arrived.
+const SMALL_GROUP_AGE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How long a blob source may take to answer, or to send its next bytes,
 /// before it counts as failed (and the other side is asked instead).
@@ -113,7 +117,21 @@ impl Fetched {
 /// background, so the next execution does not move those bytes again.
 struct SmallBuffer {
     ferry: ferry_core::Ferry,
+    /// Where the commit on drop runs (awaited by a graceful stop).
+    keeper: crate::Replicator,
     blobs: Vec<(Digest, bytes::Bytes, Transfer)>,
+    /// When the oldest of `blobs` arrived.
+    since: Option<std::time::Instant>,
+}
+
+impl SmallBuffer {
+    /// Whether the buffered blobs should be committed now: the group is
+    /// full, or its oldest blob has waited [`SMALL_GROUP_AGE`].
+    fn due(&self, bytes: usize) -> bool {
+        self.blobs.len() >= SMALL_GROUP
+            || bytes >= SMALL_GROUP_BYTES
+            || self.since.is_some_and(|t| t.elapsed() >= SMALL_GROUP_AGE)
+    }
 }
 
 impl Drop for SmallBuffer {
@@ -122,11 +140,11 @@ impl Drop for SmallBuffer {
         if batch.is_empty() {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() {
             return;
-        };
+        }
         let ferry = self.ferry.clone();
-        rt.spawn(async move {
+        self.keeper.keep(async move {
             let (blobs, claims): (Vec<(Digest, bytes::Bytes)>, Vec<Transfer>) =
                 batch.into_iter().map(|(d, b, t)| ((d, b), t)).unzip();
             let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
@@ -495,7 +513,9 @@ impl Run<'_> {
         }
         let mut small = SmallBuffer {
             ferry: self.r.ferry().clone(),
+            keeper: self.r.clone(),
             blobs: Vec::new(),
+            since: None,
         };
         let mut inflight: Option<SmallCommit> = None;
         let mut small_bytes = 0usize;
@@ -591,9 +611,11 @@ impl Run<'_> {
                             // are here (they are verified as they commit).
                             self.arrived(&[d]);
                             small.blobs.push((d, bytes, transfer));
+                            small.since.get_or_insert_with(std::time::Instant::now);
                             small_bytes += n;
-                            if small.blobs.len() >= SMALL_GROUP || small_bytes >= SMALL_GROUP_BYTES {
+                            if small.due(small_bytes) {
                                 self.flush_small(&mut small.blobs, &mut inflight, &mut g).await?;
+                                small.since = None;
                                 small_bytes = 0;
                             }
                             continue;
@@ -613,6 +635,13 @@ impl Run<'_> {
                             break;
                         }
                     }
+                }
+                // Small blobs waiting behind a large frame are committed
+                // once they are due, not after it.
+                if small.due(small_bytes) {
+                    self.flush_small(&mut small.blobs, &mut inflight, &mut g).await?;
+                    small.since = None;
+                    small_bytes = 0;
                 }
                 let (tx, rx) = tokio::sync::mpsc::channel(8);
                 let progress = self.progress.clone();

@@ -484,8 +484,9 @@ impl Run<'_> {
         }
         self.skip_unsent(page_blobs, &todo).await?;
         // Items judged to need nothing sent are done now; those to send,
-        // once they are applied there (a page of large files read "0/80
-        // items" until its last upload ended).
+        // once their last blob has left (tallied), or else once they are
+        // applied there (a page of large files read "0/80 items" until
+        // its last upload ended).
         let to_send = todo.len() as u64;
         self.progress
             .items
@@ -532,7 +533,20 @@ impl Run<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        damaged.extend(self.send_blobs(send, fr).await?);
+        // Each item to send counts as gone through once its last missing
+        // blob has left (those missing none, now).
+        {
+            let leaving: HashSet<Digest> = send.iter().map(|(d, _, _)| *d).collect();
+            self.start_tally(
+                todo.iter()
+                    .map(|e| e.blobs.iter().filter(|d| leaving.contains(*d)).copied().collect())
+                    .collect(),
+            );
+        }
+        let sent = self.send_blobs(send, fr).await;
+        let tallied = self.end_tally();
+        let passed = passed.saturating_sub(tallied);
+        damaged.extend(sent?);
         if !damaged.is_empty() {
             let mut kept_live = Vec::new();
             let mut kept = Vec::new();

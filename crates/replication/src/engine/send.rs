@@ -100,7 +100,10 @@ impl Run<'_> {
             let throttled = crate::throttle::limit(body, self.rate.clone());
             let counted = Box::pin(throttled.inspect_ok(self.count_moving()));
             match self.remote.put_blob(&d, counted, size).await {
-                Ok(()) => self.count_sent(fr, size),
+                Ok(()) => {
+                    self.arrived(&[d]);
+                    self.count_sent(fr, size)
+                }
                 // The other side refused the bytes as not matching the
                 // digest: what is stored here is wrong.
                 Err(ReplError::Remote { status: 400, message }) => {
@@ -141,7 +144,7 @@ impl Run<'_> {
     ) -> Result<crate::batch::UploadResponse, ReplError> {
         let ferry = self.r.ferry().clone();
         let list = blobs.to_vec();
-        let (rate, count) = (self.rate.clone(), self.count_moving());
+        let (rate, count, tick) = (self.rate.clone(), self.count_moving(), self.ticker());
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
         let producer = tokio::spawn(async move {
             for (d, size, held) in list {
@@ -160,6 +163,9 @@ impl Run<'_> {
                 if crate::batch::send_frame(&tx, &head, body).await.is_err() {
                     return;
                 }
+                // Its last byte has left: the items waiting for it only
+                // for this blob have gone through.
+                tick(&[d]);
             }
         });
         let result = self
