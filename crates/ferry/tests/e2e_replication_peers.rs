@@ -528,3 +528,217 @@ fn items_outside_the_hubs_filter_are_not_compared_nor_deleted() {
     let out = spoke.cli_fails(&["replication", "verify", "from-hub"]);
     assert!(out.contains("DIFFERENT (3 items here, 2 there)"), "{out}");
 }
+
+/// The peer of `list` named `name`, if listed once; panics when listed
+/// twice (one instance is one peer).
+fn only<'a>(list: &'a [Value], name: &str) -> Option<&'a Value> {
+    let found: Vec<&Value> = list.iter().filter(|p| p["name"] == name).collect();
+    assert!(found.len() <= 1, "{name} listed {} times: {list:?}", found.len());
+    found.first().copied()
+}
+
+/// The value of gauge `ferry_replication_peer_stale` for the peer named
+/// `name`.
+fn stale_gauge(hub: &Server, name: &str) -> Option<String> {
+    metrics(hub)
+        .lines()
+        .find(|l| l.starts_with("ferry_replication_peer_stale{") && l.contains(&format!("name=\"{name}\"")))
+        .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+}
+
+/// Token rotation: the hub's incoming replication gets a second token and
+/// the spokes switch to it one at a time, while the old one is still
+/// valid, then the old one is revoked. Each spoke stays one peer, fresh,
+/// showing the token it uses now: contact under any accepted token
+/// refreshes the instance (it was listed STALE under the old token,
+/// contact under the new one not shown, until the old was revoked).
+#[test]
+fn spokes_rotating_their_token_one_at_a_time_stay_fresh() {
+    let hub = Server::start_with(&[("FERRY_PEER_STALE_INTERVALS", "2")]);
+    hub.create_feed("files", "assets");
+    let old = hub.incoming("edge", &["files"], "push");
+    let mut spokes = Vec::new();
+    for name in ["spoke-one", "spoke-two"] {
+        let s = Server::start_with(&[("FERRY_INSTANCE_NAME", name)]);
+        s.create_feed("files", "assets");
+        s.outgoing("from-hub", &["files"], &hub, &old, "pull", &["--interval", "1"]);
+        spokes.push(s);
+    }
+    let names = ["spoke-one", "spoke-two"];
+    assert!(
+        wait_until(30, || {
+            let list = peers(&hub);
+            names
+                .iter()
+                .all(|n| only(&list, n).is_some_and(|p| p["stale"] == false))
+        }),
+        "{:?}",
+        peers(&hub)
+    );
+    let new = hub.sync_token("edge");
+    let (old_id, new_id) = (&old[4..20], &new[4..20]);
+    let all_fresh = |hub: &Server| {
+        let list = peers(hub);
+        for n in names {
+            let p = only(&list, n).unwrap_or_else(|| panic!("{n} not listed: {list:?}"));
+            assert_eq!(p["stale"], false, "{n} stale while it replicates: {list:?}");
+            assert_eq!(stale_gauge(hub, n).as_deref(), Some("0"), "{}", metrics(hub));
+        }
+        list
+    };
+
+    // spoke-one switches; both tokens are valid.
+    spokes[0].cli_ok(&["replication", "update", "from-hub", "--token", &new]);
+    assert!(
+        wait_until(30, || only(&peers(&hub), "spoke-one")
+            .is_some_and(|p| p["token"] == new_id)),
+        "contact under the new token not shown: {:?}",
+        peers(&hub)
+    );
+    // Over several stale thresholds (two 1 s intervals): never stale.
+    for _ in 0..6 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let list = all_fresh(&hub);
+        assert_eq!(only(&list, "spoke-one").unwrap()["token"], new_id, "{list:?}");
+        assert_eq!(only(&list, "spoke-two").unwrap()["token"], old_id, "{list:?}");
+    }
+    let text = hub.cli_ok(&["replication", "peers", "edge"]);
+    assert!(!text.contains("STALE"), "{text}");
+
+    // spoke-two follows; the old token is revoked.
+    spokes[1].cli_ok(&["replication", "update", "from-hub", "--token", &new]);
+    assert!(
+        wait_until(30, || only(&peers(&hub), "spoke-two")
+            .is_some_and(|p| p["token"] == new_id)),
+        "{:?}",
+        peers(&hub)
+    );
+    hub.cli_ok(&["replication", "revoke", "edge", old_id]);
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let list = all_fresh(&hub);
+        assert!(
+            names.iter().all(|n| only(&list, n).unwrap()["token"] == new_id),
+            "{list:?}"
+        );
+    }
+}
+
+/// A `replication create` on the spoke refused by the hub (a mode
+/// mismatch, probed with a handshake as `config apply` probes) is that
+/// peer's last error on the hub only until the spoke's next successful
+/// contact: here a push of the running replication, within the 5 minutes
+/// its handshake is reused (the error stayed through every execution
+/// until the next handshake).
+#[test]
+fn a_refused_probe_is_the_last_error_only_until_the_next_success() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "pull");
+    let spoke = Server::start_with(&[("FERRY_INSTANCE_NAME", "spoke-one")]);
+    spoke.create_feed("files", "assets");
+    spoke.outgoing("to-hub", &["files"], &hub, &token, "push", &["--interval", "1"]);
+    spoke.put_asset("files", "a.txt", b"a");
+    assert!(wait_until(30, || hub.serves("files", "a.txt", b"a")));
+    assert!(
+        wait_until(10, || only(&peers(&hub), "spoke-one")
+            .is_some_and(|p| p["last_error"].is_null())),
+        "{:?}",
+        peers(&hub)
+    );
+
+    // Mode mismatch: refused, and shown on the hub.
+    let err = spoke.cli_fails(&[
+        "replication",
+        "create",
+        "wrong",
+        "--outgoing",
+        &hub.url,
+        "--token",
+        &token,
+        "--mode",
+        "pull",
+        "--feed",
+        "files",
+    ]);
+    assert!(err.contains("mode mismatch"), "{err}");
+    let list = peers(&hub);
+    let p = only(&list, "spoke-one").unwrap();
+    assert!(
+        p["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("mode mismatch")),
+        "{p}"
+    );
+    // A pushing spoke with nothing to send says nothing: still its latest
+    // outcome.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!only(&peers(&hub), "spoke-one").unwrap()["last_error"].is_null());
+
+    // The running replication pushes again: superseded.
+    spoke.put_asset("files", "b.txt", b"b");
+    assert!(wait_until(30, || hub.serves("files", "b.txt", b"b")));
+    assert!(
+        wait_until(10, || only(&peers(&hub), "spoke-one")
+            .is_some_and(|p| p["last_error"].is_null())),
+        "a refusal outlived a later successful push: {:?}",
+        peers(&hub)
+    );
+    let text = hub.cli_ok(&["replication", "peers", "edge"]);
+    assert!(!text.contains("last error"), "{text}");
+}
+
+/// One spoke with two outgoing replications to one incoming replication,
+/// every 20 s and every 1 s: the peer's interval (and so its stale
+/// threshold) is the larger one whichever shook hands last (it flipped to
+/// the one heard last, 1 s here, and the threshold with it).
+#[test]
+fn two_replications_of_one_spoke_give_it_one_stable_interval() {
+    let hub = Server::start_with(&[("FERRY_PEER_STALE_INTERVALS", "2")]);
+    hub.create_feed("files", "assets");
+    hub.create_feed("docs", "assets");
+    let token = hub.incoming("edge", &["files", "docs"], "push");
+    let spoke = Server::start_with(&[("FERRY_INSTANCE_NAME", "spoke-one")]);
+    spoke.create_feed("files", "assets");
+    spoke.create_feed("docs", "assets");
+    spoke.outgoing("slow", &["docs"], &hub, &token, "pull", &["--interval", "20"]);
+    assert!(
+        wait_until(30, || only(&peers(&hub), "spoke-one")
+            .is_some_and(|p| p["feeds"]["docs"].is_object())),
+        "{:?}",
+        peers(&hub)
+    );
+    assert_eq!(only(&peers(&hub), "spoke-one").unwrap()["interval_secs"], 20);
+    // The fast one shakes hands last.
+    spoke.outgoing("fast", &["files"], &hub, &token, "pull", &["--interval", "1"]);
+    assert!(
+        wait_until(30, || only(&peers(&hub), "spoke-one")
+            .is_some_and(|p| p["feeds"]["files"].is_object())),
+        "{:?}",
+        peers(&hub)
+    );
+    for _ in 0..3 {
+        let list = peers(&hub);
+        let p = only(&list, "spoke-one").unwrap();
+        assert_eq!(p["interval_secs"], 20, "{p}");
+        let heard: Vec<u64> = p["intervals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["secs"].as_u64().unwrap())
+            .collect();
+        assert!(heard.contains(&1) && heard.contains(&20), "{p}");
+        assert_eq!(p["stale"], false, "{p}");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    // The fast one is deleted: the slow one's interval still counts.
+    spoke.cli_ok(&["replication", "delete", "fast"]);
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let list = peers(&hub);
+        let p = only(&list, "spoke-one").unwrap();
+        assert_eq!(p["interval_secs"], 20, "{p}");
+        assert_eq!(p["stale"], false, "{p}");
+        assert_eq!(stale_gauge(&hub, "spoke-one").as_deref(), Some("0"));
+    }
+}

@@ -36,8 +36,13 @@ const MAX_NAME: usize = 128;
 /// served but not listed (a token holder inventing instance ids cannot
 /// grow the book, or `/metrics`, without bound).
 pub const MAX_PEERS: usize = 10_000;
-/// Most tokens kept as candidates to take a peer over.
-const MAX_CANDIDATES: usize = 4;
+/// Most distinct intervals remembered per peer ([`PeerState::intervals`]).
+const MAX_INTERVALS: usize = 8;
+/// How long, beyond [`crate::HANDSHAKE_REUSE`] and two of its own
+/// intervals, an interval not reported again is still counted
+/// ([`effective_interval`]), in milliseconds: slack for an execution
+/// that takes long before it shakes hands again.
+const INTERVAL_SLACK_MS: i64 = 60_000;
 /// Most peers listed per sync token that have not shaken hands (an
 /// instance that names itself on requests but never handshakes: an
 /// invented id, or a spoke between a `--forget` and its next handshake).
@@ -83,6 +88,23 @@ pub struct PeerError {
     /// again on its new connection after every cut).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub transfer: bool,
+    /// Set for an error answered with an accepted handshake (a feed it
+    /// refused alone): settled by the next accepted handshake, which
+    /// notes it again while the feed is still refused. Any other error is
+    /// settled by the peer's next request that starts after it and is
+    /// answered without an error (or an accepted handshake): it is shown
+    /// only while it is the latest outcome.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handshake: bool,
+}
+
+/// An interval a peer reported in an accepted handshake, and when it last
+/// did ([`PeerState::intervals`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeardInterval {
+    pub secs: u64,
+    /// Milliseconds since the epoch.
+    pub at: i64,
 }
 
 /// What this side knows of one peer (saved as JSON).
@@ -99,26 +121,28 @@ pub struct PeerState {
     /// The address its last request came from.
     #[serde(default)]
     pub address: Option<String>,
-    /// The id of the sync token it used last (`fst_ID_…`): the one it is
-    /// bound to ([`Replicator::claim`]).
+    /// The id of the sync token (`fst_ID_…`) of its latest request. Not
+    /// what identifies it: a request with any valid token of the
+    /// replication that names its instance id is its contact (a spoke
+    /// rotating its token, or a fleet doing so one spoke at a time, stays
+    /// one peer each, never stale for it).
     #[serde(default)]
     pub token: Option<String>,
-    /// The token it was bound to before, revoked (set when a new token
-    /// took the binding over: a rotation).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_token: Option<String>,
-    /// Other tokens that named it while its own was valid (at most
-    /// [`MAX_CANDIDATES`]): the ones that may take it over once that
-    /// token is revoked ([`Replicator::claim`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub candidates: Vec<String>,
     /// Milliseconds since the epoch.
     pub first_contact: i64,
     /// Milliseconds since the epoch: the start or end of its latest request.
     pub last_contact: i64,
-    /// Seconds between its scheduled executions, as it reported them.
+    /// Seconds between its scheduled executions, as its stale threshold
+    /// counts them: the largest of [`PeerState::intervals`] heard
+    /// recently ([`effective_interval`]); before any accepted handshake,
+    /// the one its latest handshake reported.
     #[serde(default)]
     pub interval_secs: Option<u64>,
+    /// Each distinct interval its replications reported in accepted
+    /// handshakes, with when it was last reported (at most
+    /// [`MAX_INTERVALS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<HeardInterval>,
     /// By feed (this side's name).
     #[serde(default)]
     pub feeds: BTreeMap<String, PeerFeed>,
@@ -266,18 +290,26 @@ impl Entry {
 #[derive(Default)]
 pub(crate) struct PeerBook {
     entries: Mutex<HashMap<(i64, String), Entry>>,
-    /// Refused claims already logged (replication, instance, token): one
-    /// warning each per process, not one per request.
-    warned: Mutex<std::collections::HashSet<(i64, String, String)>>,
+    /// Refusals already logged (replication, reason): one warning each
+    /// per process, not one per request.
+    warned: Mutex<std::collections::HashSet<(i64, String)>>,
     /// Replications whose saved peers are all in `entries`
     /// ([`Replicator::load_saved_peers`]).
     loaded: Mutex<std::collections::HashSet<i64>>,
 }
 
-/// A request of a peer in progress: its end counts as contact.
+/// A request of a peer in progress: its end counts as contact, and,
+/// answered without an error, as an outcome later than any error noted
+/// before it started.
 pub struct PeerRequest {
     r: Replicator,
     key: (i64, String),
+    /// When it started (milliseconds since the epoch).
+    started: i64,
+    /// An error was noted for it ([`Replicator::peer_error`]).
+    failed: std::sync::atomic::AtomicBool,
+    /// It is a handshake, accepted ([`Replicator::peer_handshake`]).
+    accepted_handshake: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for PeerRequest {
@@ -292,7 +324,18 @@ impl Drop for PeerRequest {
             };
             e.in_flight = e.in_flight.saturating_sub(1);
             e.state.last_contact = now;
-            take_save(e, now, false)
+            let succeeded = !self.failed.load(std::sync::atomic::Ordering::Relaxed);
+            let settled = succeeded
+                && e.state.last_error.as_ref().is_some_and(|err| {
+                    // Superseded: this request started after it and was
+                    // answered without an error (a refused `config apply`
+                    // probe, then the running replication's executions).
+                    !err.transfer && !err.handshake && err.at < self.started
+                });
+            if settled {
+                e.state.last_error = None;
+            }
+            take_save(e, now, settled)
         };
         if let Some(state) = save
             && let Ok(rt) = tokio::runtime::Handle::try_current()
@@ -375,6 +418,58 @@ fn take_save(e: &mut Entry, now: i64, force: bool) -> Option<PeerState> {
     } else {
         None
     }
+}
+
+/// Notes that a peer reported interval `secs` in an accepted handshake at
+/// `now`, and forgets the intervals no longer heard ([`effective_interval`]).
+fn hear_interval(heard: &mut Vec<HeardInterval>, secs: u64, now: i64) {
+    match heard.iter_mut().find(|h| h.secs == secs) {
+        Some(h) => h.at = h.at.max(now),
+        None => heard.push(HeardInterval { secs, at: now }),
+    }
+    let latest = heard.iter().map(|h| h.at).max().unwrap_or(now);
+    heard.retain(|h| recent(h, latest));
+    while heard.len() > MAX_INTERVALS {
+        // The one heard longest ago goes.
+        if let Some(i) = heard.iter().enumerate().min_by_key(|(_, h)| h.at).map(|(i, _)| i) {
+            heard.remove(i);
+        }
+    }
+}
+
+/// Whether interval `h` was reported recently enough, as of the peer's
+/// latest accepted handshake at `latest`, to count: a replication that
+/// runs shakes hands again at least every [`crate::HANDSHAKE_REUSE`] plus
+/// one of its intervals (two here, and [`INTERVAL_SLACK_MS`], for slow
+/// executions).
+fn recent(h: &HeardInterval, latest: i64) -> bool {
+    let secs = i64::try_from(h.secs).unwrap_or(i64::MAX / 4_000);
+    let window = i64::try_from(crate::HANDSHAKE_REUSE.as_millis())
+        .unwrap_or(300_000)
+        .saturating_add(secs.saturating_mul(2_000))
+        .saturating_add(INTERVAL_SLACK_MS);
+    latest - h.at <= window
+}
+
+/// The interval a peer's stale threshold counts: the largest of those
+/// its replications reported recently (within [`recent`] of its latest
+/// accepted handshake — not of now, so the threshold of a peer gone
+/// silent stays where it was instead of moving as time passes).
+///
+/// Why the largest: a peer is one instance, and it is stale when the
+/// instance is not heard from, not when one of its replications is. One
+/// spoke with two outgoing replications to this one (every 5 s and every
+/// 60 s) is heard at least every 60 s while either runs; counting the
+/// interval of whichever shook hands last moved its threshold between
+/// 10 s and 120 s, and the smaller one flags it stale while only its
+/// slower replication runs (the faster one paused or failing on its own
+/// side, which its own status shows). An interval no longer reported (its
+/// replication deleted, or given another interval) stops counting once
+/// the others have shaken hands again past its window, so the threshold
+/// comes down by itself. None when no accepted handshake reported one.
+fn effective_interval(heard: &[HeardInterval]) -> Option<u64> {
+    let latest = heard.iter().map(|h| h.at).max()?;
+    heard.iter().filter(|h| recent(h, latest)).map(|h| h.secs).max()
 }
 
 /// The name this instance reports to its peers: `instance_name` from the
@@ -474,7 +569,13 @@ impl Replicator {
         if address.is_some() {
             e.state.address = address;
         }
-        Some(PeerRequest { r: self.clone(), key })
+        Some(PeerRequest {
+            r: self.clone(),
+            key,
+            started: now,
+            failed: std::sync::atomic::AtomicBool::new(false),
+            accepted_handshake: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Records what a handshake says of its peer (`protocol_version`: the
@@ -492,6 +593,11 @@ impl Replicator {
         if !self.claim(&key, &s.token_id, true).await {
             return;
         }
+        if accepted && let Some(request) = &s.request {
+            request
+                .accepted_handshake
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let now = now_millis();
         let state = {
             let Ok(mut m) = self.0.peer_book.entries.lock() else {
@@ -499,13 +605,23 @@ impl Replicator {
             };
             let e = entry_for(&mut m, &key, now);
             e.state.last_contact = now;
-            if e.state.token.is_none() {
-                e.state.token = Some(s.token_id.clone());
-            }
+            e.state.token = Some(s.token_id.clone());
             e.state.name = req.instance_name.as_deref().map(cut).filter(|n| !n.is_empty());
             e.state.ferry_version = Some(cut(&req.ferry_version));
             e.state.protocol_version = protocol_version;
-            e.state.interval_secs = req.interval_secs.map(|i| i.clamp(1, MAX_INTERVAL_SECS));
+            let interval = req.interval_secs.map(|i| i.clamp(1, MAX_INTERVAL_SECS));
+            if accepted && let Some(secs) = interval {
+                hear_interval(&mut e.state.intervals, secs, now);
+            }
+            // A refused handshake's interval is no replication that runs
+            // (a `config apply` probe refused): it counts only while
+            // no accepted one was heard.
+            e.state.interval_secs =
+                effective_interval(&e.state.intervals).or(if e.state.intervals.is_empty() {
+                    interval
+                } else {
+                    e.state.interval_secs
+                });
             if accepted && e.state.last_error.as_ref().is_some_and(|err| !err.transfer) {
                 // Whatever was refused before is settled.
                 e.state.last_error = None;
@@ -643,6 +759,16 @@ impl Replicator {
         let Some(instance) = &s.instance else {
             return;
         };
+        // Answered with an accepted handshake: a feed refused alone.
+        let mut handshake = false;
+        if err.is_some()
+            && let Some(request) = &s.request
+        {
+            handshake = request
+                .accepted_handshake
+                .load(std::sync::atomic::Ordering::Relaxed);
+            request.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Ok(mut m) = self.0.peer_book.entries.lock()
             && let Some(e) = m.get_mut(&(s.record.id, instance.clone()))
         {
@@ -652,6 +778,7 @@ impl Replicator {
                         at: now_millis(),
                         message: cut_message(&message),
                         transfer,
+                        handshake: handshake && !transfer,
                     });
                 }
                 None if e.state.last_error.as_ref().is_some_and(|err| err.transfer) => {
@@ -663,188 +790,63 @@ impl Replicator {
         }
     }
 
-    /// Whether a request made with sync token `token_id` may speak for
-    /// peer `key` (replication id, instance id), and if so binds it to
-    /// that token. A peer is bound to the token it uses, so another holder
-    /// of a token of the same replication cannot rewrite its name,
-    /// versions, cursors or errors by naming its instance id; the tokens
-    /// that do so while the bound one is valid are kept as candidates.
-    /// Once the bound token is revoked, the one candidate that speaks for
-    /// no other instance takes over (the spoke's own new token, given to
-    /// it before the old one was revoked); with no such candidate, the
-    /// first token that speaks for no other instance, or only for ones
-    /// bound to the same revoked token (a group of spokes sharing tokens),
-    /// does; with several, none does until the peer is forgotten. A new
-    /// peer is recorded while the replication has fewer than
-    /// [`MAX_PEERS`]. A refused claim is logged once per instance and
-    /// token (past the cap, once per replication); the request is served
-    /// as any with a valid token, only not recorded.
+    /// Whether a request made with sync token `token_id` is recorded for
+    /// peer `key` (replication id, instance id). A peer is one instance,
+    /// identified by its instance id alone: a request with any token the
+    /// replication accepts refreshes it (and shows that token), whatever
+    /// token it used before — a spoke given a second token, or a fleet
+    /// rotating its tokens one spoke at a time, is one peer each, never
+    /// split nor stale for it. (Every such token was given out by this
+    /// side's operator for this replication.) Only a peer not yet listed
+    /// is judged, by [`admission`]: a refused one is logged once per
+    /// replication and reason; its request is served as any with a valid
+    /// token, only not recorded.
     async fn claim(&self, key: &(i64, String), token_id: &str, handshake: bool) -> bool {
         self.restore_peer(key).await;
-        let (bound, admission) = {
+        let admission = {
             let Ok(m) = self.0.peer_book.entries.lock() else {
                 return false;
             };
-            match m.get(key) {
-                Some(e) => (e.state.token.clone(), Admission::Known),
-                // Judged only for a peer not yet known (not per request).
-                None => (None, admission(&m, key.0, token_id, handshake)),
+            if m.contains_key(key) {
+                Admission::Known
+            } else {
+                admission(&m, key.0, token_id, handshake)
             }
         };
-        if bound.is_none() {
-            match admission {
-                Admission::Known | Admission::Room => return true,
-                Admission::Evict(victim) => {
-                    // Room for an instance that shook hands: the one
-                    // silent longest among those that never did goes.
-                    if let Ok(mut m) = self.0.peer_book.entries.lock() {
-                        m.remove(&(key.0, victim.clone()));
-                    }
-                    if let Err(e) = self.store().forget_peer(key.0, &victim).await {
-                        tracing::warn!("forgetting replication peer {victim}: {e}");
-                    }
-                    return true;
+        match admission {
+            Admission::Known | Admission::Room => true,
+            Admission::Evict(victim) => {
+                // Room for an instance that shook hands: the one
+                // silent longest among those that never did goes.
+                if let Ok(mut m) = self.0.peer_book.entries.lock() {
+                    m.remove(&(key.0, victim.clone()));
                 }
-                Admission::Refused(why) => {
-                    // Logged once per replication and reason, not per
-                    // invented id.
-                    let first = self
-                        .0
-                        .peer_book
-                        .warned
-                        .lock()
-                        .is_ok_and(|mut w| w.insert((key.0, String::new(), why.to_string())));
-                    let name = self.replication_name(key.0).await;
-                    if first {
-                        let msg = format!(
-                            "replication {name}: {why}; requests of further such instances are served but not recorded"
-                        );
-                        // (the replication log writes it to the server's log too)
-                        self.diag().log(crate::diag::Level::Warn, msg);
-                    }
-                    metrics::counter!("ferry_replication_peers_unrecorded_total", "replication" => name)
-                        .increment(1);
-                    return false;
+                if let Err(e) = self.store().forget_peer(key.0, &victim).await {
+                    tracing::warn!("forgetting replication peer {victim}: {e}");
                 }
+                true
             }
-        }
-        let Some(bound) = bound.filter(|t| t != token_id) else {
-            return true;
-        };
-        let holds = match self.store().sync_token(&bound).await {
-            Ok(Some(t)) => !t.revoked && t.replication_id == key.0,
-            Ok(None) => false,
-            // Unknown: keep the binding.
-            Err(_) => true,
-        };
-        if holds {
-            // Remembered: the spoke's own new token, given to it before
-            // the old one is revoked, is the one to take over then.
-            if let Ok(mut m) = self.0.peer_book.entries.lock()
-                && let Some(e) = m.get_mut(key)
-                && !e.state.candidates.iter().any(|t| t == token_id)
-                && e.state.candidates.len() < MAX_CANDIDATES
-            {
-                e.state.candidates.push(token_id.to_owned());
-                e.saved_at = 0;
-            }
-            self.refused_claim(
-                key,
-                token_id,
-                &format!("it is bound to sync token {bound}, which is not revoked"),
-            );
-            return false;
-        }
-        // The bound token is revoked. Who may take over: not a token that
-        // speaks for another spoke (unless it replaced the same revoked
-        // token there: a group sharing tokens); among the tokens that named
-        // this peer while its own was valid, the one alone (the spoke's own
-        // new token, given to it before the old was revoked); with none of
-        // those, the first that asks.
-        let mut others: HashMap<String, PeerState> = HashMap::new();
-        match self.store().peers(key.0).await {
-            Ok(list) => {
-                for (instance, value) in list {
-                    if let Ok(state) = serde_json::from_value::<PeerState>(value) {
-                        others.insert(instance, state);
-                    }
+            Admission::Refused(why) => {
+                // Logged once per replication and reason, not per
+                // invented id.
+                let first = self
+                    .0
+                    .peer_book
+                    .warned
+                    .lock()
+                    .is_ok_and(|mut w| w.insert((key.0, why.to_string())));
+                let name = self.replication_name(key.0).await;
+                if first {
+                    let msg = format!(
+                        "replication {name}: {why}; requests of further such instances are served but not recorded"
+                    );
+                    // (the replication log writes it to the server's log too)
+                    self.diag().log(crate::diag::Level::Warn, msg);
                 }
+                metrics::counter!("ferry_replication_peers_unrecorded_total", "replication" => name)
+                    .increment(1);
+                false
             }
-            Err(e) => {
-                tracing::warn!("reading the saved peers of replication {}: {e}", key.0);
-                return false;
-            }
-        }
-        let Ok(mut m) = self.0.peer_book.entries.lock() else {
-            return false;
-        };
-        for ((r, instance), e) in m.iter() {
-            if *r == key.0 {
-                others.insert(instance.clone(), e.state.clone());
-            }
-        }
-        let speaks_for_another = |t: &str| {
-            others.iter().any(|(instance, st)| {
-                *instance != key.1
-                    && st.token.as_deref() == Some(t)
-                    && st.previous_token.as_deref() != Some(bound.as_str())
-            })
-        };
-        let eligible: Vec<String> = others
-            .get(&key.1)
-            .map(|st| {
-                st.candidates
-                    .iter()
-                    .filter(|t| !speaks_for_another(t))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        let why = if speaks_for_another(token_id) {
-            Some(format!(
-                "its sync token {bound} was revoked, but {token_id} speaks for another instance of the replication"
-            ))
-        } else if eligible.len() > 1 {
-            Some(format!(
-                "its sync token {bound} was revoked, and several tokens named it before ({}); `replication peers --forget` starts it over",
-                eligible.join(", ")
-            ))
-        } else if eligible.first().is_some_and(|t| t != token_id) {
-            Some(format!(
-                "its sync token {bound} was revoked; {} named it before and takes it over",
-                eligible.join(", ")
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            drop(m);
-            self.refused_claim(key, token_id, &why);
-            return false;
-        }
-        if let Some(e) = m.get_mut(key) {
-            e.state.previous_token = Some(bound);
-            e.state.token = Some(token_id.to_owned());
-            e.state.candidates.clear();
-            e.saved_at = 0;
-        }
-        true
-    }
-
-    /// Logs, once per process for each (peer, token), that a request with
-    /// `token_id` was not recorded for peer `key`, and why.
-    fn refused_claim(&self, key: &(i64, String), token_id: &str, why: &str) {
-        let first = self
-            .0
-            .peer_book
-            .warned
-            .lock()
-            .is_ok_and(|mut w| w.insert((key.0, key.1.clone(), token_id.to_owned())));
-        if first {
-            tracing::warn!(
-                "replication peer {}: requests with sync token {token_id} name it and are served, but not recorded for it: {why}",
-                key.1
-            );
         }
     }
 
@@ -1204,6 +1206,37 @@ mod tests {
             e.state.ferry_version = Some("1.0".into());
         }
         assert!(matches!(admission(&m, 1, "t9", true), Admission::Refused(_)));
+    }
+
+    #[test]
+    fn the_largest_interval_heard_recently_counts_whichever_shook_hands_last() {
+        let mut heard = Vec::new();
+        let s = |secs: i64| 1_000_000_000 + secs * 1000;
+        assert_eq!(effective_interval(&heard), None);
+        // Two replications of one spoke, every 5 s and every 60 s, shaking
+        // hands in either order: 60 each time.
+        hear_interval(&mut heard, 5, s(0));
+        assert_eq!(effective_interval(&heard), Some(5));
+        hear_interval(&mut heard, 60, s(1));
+        assert_eq!(effective_interval(&heard), Some(60));
+        hear_interval(&mut heard, 5, s(300));
+        assert_eq!(effective_interval(&heard), Some(60));
+        hear_interval(&mut heard, 60, s(361));
+        hear_interval(&mut heard, 5, s(605));
+        assert_eq!(effective_interval(&heard), Some(60));
+        // The 60 s one is deleted: once the 5 s one has shaken hands past
+        // its window (300 + 120 + 60 s), 5 again.
+        hear_interval(&mut heard, 5, s(361 + 480));
+        assert_eq!(effective_interval(&heard), Some(60));
+        hear_interval(&mut heard, 5, s(361 + 481));
+        assert_eq!(effective_interval(&heard), Some(5));
+        assert_eq!(heard.len(), 1);
+        // At most MAX_INTERVALS kept, the oldest heard going first.
+        for i in 0..20 {
+            hear_interval(&mut heard, 100 + i, s(900 + i as i64));
+        }
+        assert_eq!(heard.len(), MAX_INTERVALS);
+        assert_eq!(effective_interval(&heard), Some(119));
     }
 
     #[test]
