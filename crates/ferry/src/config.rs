@@ -177,6 +177,10 @@ impl Config {
                     source_lines(&text, line, end, &mut r.blob_sources);
                 }
                 cfg.source = Some(path.to_path_buf());
+                let said = toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("data_dir"));
+                if said && cfg.data_dir.is_relative() {
+                    cfg.data_dir = file_relative_data_dir(path, &cfg.data_dir)?;
+                }
                 cfg
             }
             None => Config::default(),
@@ -343,6 +347,30 @@ fn header_lines(text: &str, name: &str) -> Vec<u32> {
         })
         .map(|(i, _)| i as u32 + 1)
         .collect()
+}
+
+/// A relative `data_dir` written in configuration file `file`: relative to
+/// the file's directory, as `token_file` is (the default `./ferry-data`,
+/// `FERRY_DATA_DIR` and `--data-dir` stay relative to the current
+/// directory). A start that would find no instance there, while the same
+/// path taken from the current directory (as Ferry read it before) holds
+/// one, is refused rather than silently making a new empty instance.
+fn file_relative_data_dir(file: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let resolved = base.join(dir);
+    let (abs, old) = (std::path::absolute(&resolved)?, std::path::absolute(dir)?);
+    if abs != old && !abs.join("ferry.db").exists() && old.join("ferry.db").exists() {
+        anyhow::bail!(
+            "data_dir {} in {} is relative to the file's directory, {}, which holds no instance; \
+             the instance at {} (relative to the current directory) is not used: \
+             write its absolute path as data_dir (or move it)",
+            dir.display(),
+            file.display(),
+            abs.display(),
+            old.display()
+        );
+    }
+    Ok(resolved)
 }
 
 /// The feeds and replications a configuration file declares, with every

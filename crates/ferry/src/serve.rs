@@ -233,7 +233,10 @@ async fn open_and_declare(
     };
     let ferry = Ferry::open(meta, blobs, core_cfg).await?;
     let replicator = Replicator::with_http_client(ferry.clone(), replication_store, http);
-    tracing::info!(instance = %ferry.instance_id(), data_dir = %cfg.data_dir.display(), "instance opened");
+    // The absolute data directory: a relative one depends on where the
+    // process was started (or, written in the file, where the file is).
+    let data_dir = std::path::absolute(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+    tracing::info!(instance = %ferry.instance_id(), data_dir = %data_dir.display(), "instance opened");
 
     // Executions the last stop cut are closed before a declaration can
     // start one of this run's.
@@ -243,6 +246,9 @@ async fn open_and_declare(
             .await
             .with_context(|| format!("applying {}", source_name(cfg)))?;
         log_applied(&applied);
+        settle_declared_tokens(&replicator, &decls)
+            .await
+            .with_context(|| format!("applying {}", source_name(cfg)))?;
         replicator.set_file_declared(source_name(cfg), declared_names(&decls));
     }
     // After the declarations: a file refused on an empty data directory
@@ -527,6 +533,33 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
 }
 
 /// The replications a configuration file declares.
+/// After `d` was applied: the tokens of each incoming replication that
+/// declares `accept_tokens` which the file does not list are revoked when
+/// it says `prune = true`, and warned about by name otherwise (a
+/// replication without `accept_tokens` keeps its tokens untouched).
+/// Returns the tokens revoked (`REPLICATION: ID`).
+async fn settle_declared_tokens(
+    replicator: &Replicator,
+    d: &ferry_server::declare::Declarations,
+) -> anyhow::Result<Vec<String>> {
+    let mut revoked = Vec::new();
+    for r in &d.replications {
+        if r.outgoing.is_some() || r.accept_tokens.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = r.accept_tokens.iter().map(|t| t.id.clone()).collect();
+        let (gone, _) = replicator
+            .settle_undeclared_tokens(&r.name, &ids, d.prune)
+            .await
+            .with_context(|| format!("replication {}: revoking undeclared tokens", r.name))?;
+        revoked.extend(gone.into_iter().map(|id| format!("{}: {id}", r.name)));
+    }
+    if !revoked.is_empty() {
+        tracing::info!(tokens_pruned = revoked.len(), tokens = %revoked.join(", "), "revoked accepted tokens the file does not declare (prune)");
+    }
+    Ok(revoked)
+}
+
 fn declared_names(d: &ferry_server::declare::Declarations) -> std::collections::HashSet<String> {
     d.replications.iter().map(|r| r.name.clone()).collect()
 }
@@ -572,7 +605,10 @@ fn reapply_on_sighup(path: std::path::PathBuf, ferry: Ferry, replicator: Replica
                     if applied.is_ok() {
                         replicator.set_file_declared(path.display().to_string(), declared_names(&d));
                     }
-                    applied.map_err(anyhow::Error::from)
+                    match applied {
+                        Ok(a) => settle_declared_tokens(&replicator, &d).await.map(|_| a),
+                        Err(e) => Err(anyhow::Error::from(e)),
+                    }
                 }
                 Ok(None) => continue,
                 Err(e) => Err(e),

@@ -607,3 +607,329 @@ fn an_error_in_a_blob_source_names_the_sources_line() {
         "{err}"
     );
 }
+
+/// A listener that accepts connections and never answers (held open for
+/// the life of the test process). Returns its URL.
+fn silent_peer() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    url
+}
+
+/// A web server that is not Ferry: every request is answered `status`
+/// with a multi-line HTML page (as `python3 -m http.server` answers a
+/// POST: 501). Returns its URL.
+fn web_server(status: &'static str) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                let page = "<!DOCTYPE HTML>\n<html lang=\"en\">\n    <head>\n        <title>Error response</title>\n    </head>\n    <body>\n        <h1>Error response</h1>\n        <p>Error code: 501</p>\n        <p>Message: Unsupported method ('POST').</p>\n    </body>\n</html>\n";
+                let mut s = s;
+                let _ = write!(
+                    s,
+                    "HTTP/1.0 {status}\r\nContent-Type: text/html;charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+            });
+        }
+    });
+    url
+}
+
+fn outgoing_decl(name: &str, url: &str) -> String {
+    format!(
+        "\n[[replications]]\nname = \"{name}\"\nfeeds = [\"files\"]\noutgoing = \"{url}\"\ntoken_file = \"peer.token\"\nmode = \"pull\"\ninterval = 3600\n"
+    )
+}
+
+const FILES: &str = "[[feeds]]\nname = \"files\"\ntype = \"assets\"\n";
+
+/// A peer that accepts and never answers delays neither the start nor
+/// `config apply` by a minute per replication: each end is probed once,
+/// within 10 s; the replications are stored with a warning.
+#[test]
+fn a_peer_that_never_answers_delays_start_and_apply_only_briefly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (token, _) = offline_token();
+    std::fs::write(tmp.path().join("peer.token"), format!("{token}\n")).unwrap();
+    let silent = silent_peer();
+    let conf = write(
+        tmp.path(),
+        "ferry.toml",
+        &format!(
+            "{FILES}{}{}",
+            outgoing_decl("a", &silent),
+            outgoing_decl("b", &silent)
+        ),
+    );
+    let started = std::time::Instant::now();
+    let s = Server::start_with(&[("FERRY_CONFIG", conf.to_str().unwrap())]);
+    let took = started.elapsed();
+    assert!(took.as_secs() < 28, "the start took {took:?}");
+    assert_eq!(replication_names(&s), ["a", "b"]);
+
+    // `config apply` with two more: once each, 10 s at most each.
+    let more = write(
+        tmp.path(),
+        "more.toml",
+        &format!(
+            "{FILES}{}{}",
+            outgoing_decl("e", &silent),
+            outgoing_decl("f", &silent)
+        ),
+    );
+    let applying = std::time::Instant::now();
+    let out = s.cli_ok(&["config", "apply", more.to_str().unwrap()]);
+    let took = applying.elapsed();
+    assert!(took.as_secs() < 28, "config apply took {took:?}: {out}");
+    assert_eq!(replication_names(&s).len(), 4);
+}
+
+/// A server that answers, but not as Ferry does (a web server's 501 HTML
+/// page to the handshake), is refused by `config apply` and `replication
+/// create`, with the page cut to one short line; nothing is stored.
+#[test]
+fn a_web_server_is_refused_and_its_page_quoted_on_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (token, _) = offline_token();
+    std::fs::write(tmp.path().join("peer.token"), format!("{token}\n")).unwrap();
+    let s = Server::start();
+    let web = web_server("501 Unsupported method ('POST')");
+    let conf = write(
+        tmp.path(),
+        "web.toml",
+        &format!("{FILES}{}", outgoing_decl("web", &web)),
+    );
+    let out = s.cli(&["config", "apply", conf.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("not a Ferry instance") && err.contains("501"),
+        "{err}"
+    );
+    assert!(err.trim().lines().count() == 1 && err.len() < 600, "{err}");
+    assert!(replication_names(&s).is_empty());
+
+    s.create_feed("files", "assets");
+    let out = s.cli(&[
+        "replication",
+        "create",
+        "web",
+        "--feed",
+        "files",
+        "--outgoing",
+        &web,
+        "--token",
+        &token,
+        "--mode",
+        "pull",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("not a Ferry instance") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    assert!(replication_names(&s).is_empty());
+}
+
+/// `outgoing = "http://user:pw@host"` is refused at once, saying where
+/// the credentials go.
+#[test]
+fn an_outgoing_url_with_user_info_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (token, _) = offline_token();
+    std::fs::write(tmp.path().join("peer.token"), format!("{token}\n")).unwrap();
+    let s = Server::start();
+    let conf = write(
+        tmp.path(),
+        "creds.toml",
+        &format!("{FILES}{}", outgoing_decl("creds", "http://user:pw@127.0.0.1:9")),
+    );
+    let out = s.cli(&["config", "apply", conf.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("user name or password") && err.contains("token_file"),
+        "{err}"
+    );
+    s.create_feed("files", "assets");
+    let out = s.cli(&[
+        "replication",
+        "create",
+        "creds",
+        "--feed",
+        "files",
+        "--outgoing",
+        "http://u:p@127.0.0.1:9",
+        "--token",
+        &token,
+        "--mode",
+        "pull",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("user name or password") && err.contains("--token"),
+        "{err}"
+    );
+    assert!(replication_names(&s).is_empty());
+}
+
+fn token_revoked(s: &Server, replication: &str, id: &str) -> bool {
+    let (status, body) = support::curl(&[
+        "-H",
+        &format!("Authorization: Bearer {ADMIN}"),
+        &format!("{}/api/v1/replications/{replication}/tokens", s.url),
+    ]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id)
+        .map(|t| t["revoked"].as_bool().unwrap())
+        .unwrap_or_else(|| panic!("no token {id}: {list}"))
+}
+
+/// A token dropped from an incoming replication's `accept_tokens` is
+/// revoked on SIGHUP with `prune = true` (and no longer exported), left
+/// alone without it; a replication without `accept_tokens` keeps its
+/// tokens.
+#[test]
+fn a_token_dropped_from_accept_tokens_is_revoked_with_prune() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (t1, a1) = offline_token();
+    let (t2, a2) = offline_token();
+    let id = |t: &str| t.split('_').nth(1).unwrap().to_string();
+    let (id1, id2) = (id(&t1), id(&t2));
+    let entry = |a: &str| {
+        a.trim_start_matches("accept_tokens = [")
+            .trim_end_matches(']')
+            .trim()
+            .to_string()
+    };
+    let hub_file = |tokens: &[&str], prune: bool| {
+        format!(
+            "{}{FILES}\n[[replications]]\nname = \"edge\"\nfeeds = [\"files\"]\nmode = \"push\"\naccept_tokens = [{}]\n\n[[replications]]\nname = \"other\"\nfeeds = [\"files\"]\nmode = \"push\"\n",
+            if prune { "prune = true\n" } else { "" },
+            tokens.join(", ")
+        )
+    };
+    let conf = write(
+        tmp.path(),
+        "hub.toml",
+        &hub_file(&[&entry(&a1), &entry(&a2)], false),
+    );
+    let hub = Server::start_with(&[("FERRY_CONFIG", conf.to_str().unwrap())]);
+    hub.cli_ok(&["replication", "token", "other"]);
+    assert!(!token_revoked(&hub, "edge", &id2));
+
+    // Dropped without prune: left alone.
+    std::fs::write(&conf, hub_file(&[&entry(&a1)], false)).unwrap();
+    hup(&hub);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(!token_revoked(&hub, "edge", &id2));
+
+    // With prune: revoked, the declared one and the other replication's kept.
+    std::fs::write(&conf, hub_file(&[&entry(&a1)], true)).unwrap();
+    hup(&hub);
+    assert!(wait_until(15, || token_revoked(&hub, "edge", &id2)));
+    assert!(!token_revoked(&hub, "edge", &id1));
+    let export = hub.cli_ok(&["config", "export"]);
+    assert!(export.contains(&id1) && !export.contains(&id2), "{export}");
+    let (status, body) = support::curl(&[
+        "-H",
+        &format!("Authorization: Bearer {ADMIN}"),
+        &format!("{}/api/v1/replications/other/tokens", hub.url),
+    ]);
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        list.as_array().unwrap().iter().all(|t| t["revoked"] == false),
+        "{list}"
+    );
+}
+
+/// A relative `data_dir` written in the file is relative to the file's
+/// directory, wherever the service is started from; one that held an
+/// instance relative to the current directory (as before) is not
+/// silently replaced by a new empty one.
+#[test]
+fn a_relative_data_dir_in_the_file_is_relative_to_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf_dir = tmp.path().join("conf");
+    std::fs::create_dir(&conf_dir).unwrap();
+    let conf = write(
+        &conf_dir,
+        "ferry.toml",
+        &format!("data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n{FILES}"),
+    );
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let mut child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .current_dir(&elsewhere)
+        .env_remove("FERRY_DATA_DIR")
+        .env_remove("FERRY_DATABASE_URL")
+        .env_remove("FERRY_BLOB_STORE")
+        .env("FERRY_ADMIN_KEY", ADMIN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let made = wait_until(30, || conf_dir.join("data").join("ferry.db").exists());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(made, "no instance in conf/data");
+    assert!(!elsewhere.join("data").exists());
+
+    // An instance at the current directory's `data` (where it was read
+    // before), none at the file's: refused, naming both.
+    std::fs::remove_dir_all(conf_dir.join("data")).unwrap();
+    std::fs::create_dir(elsewhere.join("data")).unwrap();
+    std::fs::write(elsewhere.join("data").join("ferry.db"), b"").unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .current_dir(&elsewhere)
+        .env_remove("FERRY_DATA_DIR")
+        .env_remove("FERRY_DATABASE_URL")
+        .env("FERRY_ADMIN_KEY", ADMIN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("relative to the file's directory") && err.contains("absolute path"),
+        "{err}"
+    );
+    assert!(!conf_dir.join("data").exists());
+}

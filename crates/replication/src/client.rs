@@ -55,6 +55,16 @@ fn stalling(body: ByteStream, d: Duration) -> ByteStream {
     }))
 }
 
+/// How [`Remote::check`] begins the message of an error answer whose body
+/// is not Ferry's JSON error shape (something else answers at that URL).
+pub(crate) const NOT_FERRY: &str = "an answer that is not Ferry's";
+
+/// `s` as one line of at most 200 characters (whitespace runs, line
+/// breaks included, become one space), for quoting a remote body.
+pub(crate) fn one_line(s: &str) -> String {
+    ferry_types::shortened(&s.split_whitespace().collect::<Vec<_>>().join(" "), 200)
+}
+
 /// Longest wait for a handshake's whole answer (it does little work on
 /// the other side).
 const HANDSHAKE_WAIT: Duration = Duration::from_secs(30);
@@ -125,10 +135,13 @@ impl Remote {
             return Ok(resp);
         }
         let text = resp.text().await.unwrap_or_default();
+        // Ferry's errors are `{"error": "..."}`; anything else is quoted
+        // as one short line after [`NOT_FERRY`] (a web server's HTML page
+        // must not fill a warning or a listing's last error).
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or_else(|| text.trim().to_string());
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(one_line))
+            .unwrap_or_else(|| format!("{NOT_FERRY}: {}", one_line(&text)));
         Err(match status {
             StatusCode::UNAUTHORIZED => {
                 ReplError::Unauthorized(format!("the other instance refused the sync token: {message}"))

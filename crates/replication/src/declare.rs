@@ -12,6 +12,7 @@ use ferry_types::Digest;
 use serde::Serialize;
 
 use crate::batch::BlobWant;
+use crate::client::{NOT_FERRY, one_line};
 use crate::config::{BlobSource, Communication, ReplicationConfig};
 use crate::engine::{Progress, Run};
 use crate::{ReplError, Replicator, token};
@@ -105,6 +106,12 @@ impl Replicator {
     ) -> Result<(), ReplError> {
         check_name(name)?;
         cfg.validate()?;
+        if let Communication::Outgoing { url, .. } = &cfg.communication {
+            check_no_user_info("the outgoing URL", url)?;
+        }
+        for (i, src) in cfg.blob_sources.iter().enumerate() {
+            check_no_user_info(&format!("blob source {}", i + 1), &src.url)?;
+        }
         for p in &cfg.feeds {
             self.ferry().feed(&p.local).await.map_err(|_| {
                 ReplError::Invalid(format!(
@@ -228,6 +235,36 @@ impl Replicator {
             .collect())
     }
 
+    /// The tokens incoming replication `name` accepts (not revoked) whose
+    /// ids `declared` (its declared `accept_tokens`) does not list: with
+    /// `prune` each is revoked (as `replication token revoke` does, its
+    /// sessions end), else each is left alone and warned about by name.
+    /// Returns the ids revoked and the ids left alone.
+    ///
+    /// Errors: the replication is missing or outgoing; the store's.
+    pub async fn settle_undeclared_tokens(
+        &self,
+        name: &str,
+        declared: &[String],
+        prune: bool,
+    ) -> Result<(Vec<String>, Vec<String>), ReplError> {
+        let (mut revoked, mut left) = (Vec::new(), Vec::new());
+        for t in self.accepted_tokens(name).await? {
+            if declared.contains(&t.id) {
+                continue;
+            }
+            if prune {
+                self.revoke_token(name, &t.id).await?;
+                tracing::info!(replication = name, token = %t.id, "revoked an accepted token the file does not declare (prune)");
+                revoked.push(t.id);
+            } else {
+                tracing::warn!(replication = name, token = %t.id, "accepted token {} is not declared; left alone without prune", t.id);
+                left.push(t.id);
+            }
+        }
+        Ok((revoked, left))
+    }
+
     /// Handshakes with the other end of outgoing configuration `cfg`
     /// (nothing is stored). A refusal is an error, and so is an end that
     /// answered but not as a Ferry instance (a status below 500 other than
@@ -240,25 +277,57 @@ impl Replicator {
         rec: &ReplicationRecord,
         cfg: &ReplicationConfig,
     ) -> Result<Option<String>, ReplError> {
+        // The check of a declaration just probed this very configuration: its creation right after does
+        // not wait for the other end again.
+        let key = probe_key(&rec.name, cfg);
+        if let Some(outcome) = recently_probed(&key) {
+            return outcome;
+        }
+        let outcome = self.handshake_probe(rec, cfg).await;
+        if outcome.is_ok() {
+            keep_probed(key, &outcome);
+        }
+        outcome
+    }
+
+    /// [`Replicator::probe_other_end`] itself: one handshake, given up
+    /// after [`PROBE_WAIT`].
+    async fn handshake_probe(
+        &self,
+        rec: &ReplicationRecord,
+        cfg: &ReplicationConfig,
+    ) -> Result<Option<String>, ReplError> {
         let mut run = Run::new(self, rec, cfg, Arc::new(Progress::default()))?;
-        match run.handshake_whole().await {
+        let answer = match tokio::time::timeout(PROBE_WAIT, run.handshake_whole()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(ReplError::Transport(format!(
+                "the other instance did not answer within {} s",
+                PROBE_WAIT.as_secs()
+            ))),
+        };
+        match answer {
             Ok(_) => Ok(None),
             Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => Err(e),
-            Err(ReplError::Remote { status, message }) if status < 500 => {
+            // Something answered, but not as Ferry does: a status of its
+            // own below 500, 501/505 (never Ferry's), or any status whose
+            // body is not Ferry's JSON error (a web server, a proxy's page).
+            Err(ReplError::Remote { status, message })
+                if status < 500 || status == 501 || status == 505 || message.starts_with(NOT_FERRY) =>
+            {
                 let url = match &cfg.communication {
                     Communication::Outgoing { url, .. } => url.as_str(),
                     Communication::Incoming => "the other end",
                 };
                 Err(ReplError::Refused(format!(
-                    "{url} answered HTTP {status} to the replication handshake ({message}): \
-                     not a Ferry instance at this URL"
+                    "{url} answered HTTP {status} to the replication handshake ({}): \
+                     not a Ferry instance at this URL",
+                    one_line(&message)
                 )))
             }
             Err(e) => {
-                tracing::warn!(replication = %rec.name, error = %e, "other instance not reachable yet; will retry");
-                Ok(Some(format!(
-                    "the other instance could not be reached yet ({e}); the replication is stored and retries every interval"
-                )))
+                let error = one_line(&e.to_string());
+                tracing::warn!(replication = %rec.name, %error, "other instance not reachable yet; will retry");
+                Ok(Some(unreachable_warning(&error)))
             }
         }
     }
@@ -313,11 +382,11 @@ impl Replicator {
                 {
                     return Err(refusal(format!(
                         "it answered HTTP {status} to a batched blob request ({}): not a Ferry instance offering batched transfers at this base URL",
-                        ferry_types::shortened(message.trim(), 120)
+                        one_line(&message)
                     )));
                 }
                 Err(e) => {
-                    let error = ferry_types::shortened(&e.to_string(), 200);
+                    let error = one_line(&e.to_string());
                     tracing::warn!(replication = name, source = %src.url, %error, "blob source not reachable yet; runs leave it out while it stays so");
                     unreachable.push(format!(
                         "blob source {} could not be reached yet ({error})",
@@ -335,8 +404,12 @@ impl Replicator {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(replication = name, source = %src.url, error = %e, "blob source did not answer in full; runs leave it out while it stays so");
-                    unreachable.push(format!("blob source {} did not answer in full ({e})", src.url));
+                    let error = one_line(&e.to_string());
+                    tracing::warn!(replication = name, source = %src.url, %error, "blob source did not answer in full; runs leave it out while it stays so");
+                    unreachable.push(format!(
+                        "blob source {} did not answer in full ({error})",
+                        src.url
+                    ));
                 }
             }
         }
@@ -347,6 +420,73 @@ impl Replicator {
             )
         }))
     }
+}
+
+/// The longest a handshake probe of [`Replicator::probe_other_end`] waits
+/// for the other end: past it, the end counts as not reachable yet (a
+/// warning, never an error).
+pub const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long the outcome of a probe stands in for the next probe of the
+/// same configuration under the same name (a declaration's check, then
+/// its creation).
+pub const PROBED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A probe's outcome (a warning or none; refusals are not kept).
+type Probed = std::collections::HashMap<String, (std::time::Instant, Result<Option<String>, String>)>;
+
+fn probed() -> &'static std::sync::Mutex<Probed> {
+    static PROBED: std::sync::OnceLock<std::sync::Mutex<Probed>> = std::sync::OnceLock::new();
+    PROBED.get_or_init(Default::default)
+}
+
+fn probe_key(name: &str, cfg: &ReplicationConfig) -> String {
+    format!("{name}\n{}", serde_json::to_string(cfg).unwrap_or_default())
+}
+
+/// The outcome of a probe of `key` less than [`PROBED_FOR`] ago.
+fn recently_probed(key: &str) -> Option<Result<Option<String>, ReplError>> {
+    let mut map = probed().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.retain(|_, (at, _)| at.elapsed() < PROBED_FOR);
+    map.get(key)
+        .map(|(_, outcome)| outcome.clone().map_err(ReplError::Refused))
+}
+
+fn keep_probed(key: String, outcome: &Result<Option<String>, ReplError>) {
+    let kept = match outcome {
+        Ok(w) => Ok(w.clone()),
+        Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => {
+            Err(e.to_string())
+        }
+        // Not a verdict about the other end: not kept.
+        Err(_) => return,
+    };
+    let mut map = probed().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.insert(key, (std::time::Instant::now(), kept));
+}
+
+fn unreachable_warning(error: &str) -> String {
+    format!(
+        "the other instance could not be reached yet ({error}); the replication is stored and retries every interval"
+    )
+}
+
+/// A URL with user info (`http://user:pw@host`): refused, the sync token
+/// goes in token_file/token_env (`what` names the URL's role).
+fn check_no_user_info(what: &str, url: &str) -> Result<(), ReplError> {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    if authority.contains('@') {
+        return Err(ReplError::Invalid(format!(
+            "{what} must not carry a user name or password (user:password@ in the URL): \
+             Ferry instances authenticate with a sync token, which goes in --token"
+        )));
+    }
+    Ok(())
 }
 
 /// How long a blob source may take to answer the probe of
