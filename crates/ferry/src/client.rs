@@ -821,6 +821,12 @@ pub async fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
             for name in r["pruned"].as_array().into_iter().flatten() {
                 say!("replication {}: deleted (prune)", name.as_str().unwrap_or("?"));
             }
+            for t in r["tokens_pruned"].as_array().into_iter().flatten() {
+                say!(
+                    "replication {}: accepted token revoked (prune: not in accept_tokens)",
+                    t.as_str().unwrap_or("?")
+                );
+            }
             for w in r["warnings"].as_array().into_iter().flatten() {
                 esay!("warning: {}", w.as_str().unwrap_or("?"));
             }

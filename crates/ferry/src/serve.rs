@@ -246,9 +246,6 @@ async fn open_and_declare(
             .await
             .with_context(|| format!("applying {}", source_name(cfg)))?;
         log_applied(&applied);
-        settle_declared_tokens(&replicator, &decls)
-            .await
-            .with_context(|| format!("applying {}", source_name(cfg)))?;
         replicator.set_file_declared(source_name(cfg), declared_names(&decls));
     }
     // After the declarations: a file refused on an empty data directory
@@ -533,33 +530,6 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
 }
 
 /// The replications a configuration file declares.
-/// After `d` was applied: the tokens of each incoming replication that
-/// declares `accept_tokens` which the file does not list are revoked when
-/// it says `prune = true`, and warned about by name otherwise (a
-/// replication without `accept_tokens` keeps its tokens untouched).
-/// Returns the tokens revoked (`REPLICATION: ID`).
-async fn settle_declared_tokens(
-    replicator: &Replicator,
-    d: &ferry_server::declare::Declarations,
-) -> anyhow::Result<Vec<String>> {
-    let mut revoked = Vec::new();
-    for r in &d.replications {
-        if r.outgoing.is_some() || r.accept_tokens.is_empty() {
-            continue;
-        }
-        let ids: Vec<String> = r.accept_tokens.iter().map(|t| t.id.clone()).collect();
-        let (gone, _) = replicator
-            .settle_undeclared_tokens(&r.name, &ids, d.prune)
-            .await
-            .with_context(|| format!("replication {}: revoking undeclared tokens", r.name))?;
-        revoked.extend(gone.into_iter().map(|id| format!("{}: {id}", r.name)));
-    }
-    if !revoked.is_empty() {
-        tracing::info!(tokens_pruned = revoked.len(), tokens = %revoked.join(", "), "revoked accepted tokens the file does not declare (prune)");
-    }
-    Ok(revoked)
-}
-
 fn declared_names(d: &ferry_server::declare::Declarations) -> std::collections::HashSet<String> {
     d.replications.iter().map(|r| r.name.clone()).collect()
 }
@@ -580,8 +550,12 @@ fn log_applied(a: &ferry_server::declare::Applied) {
         unchanged = count(&a.feeds, Change::Unchanged) + count(&a.replications, Change::Unchanged),
         tokens_added = a.tokens_added,
         pruned = a.pruned.len(),
+        tokens_pruned = a.tokens_pruned.len(),
         "configuration applied"
     );
+    for t in &a.tokens_pruned {
+        tracing::info!(token = %t, "revoked an accepted token the file does not declare (prune)");
+    }
     for t in &a.tokens_revoked {
         tracing::warn!(token = %t, "a declared accepted token is revoked here and stays revoked: remove it from accept_tokens");
     }
@@ -605,10 +579,7 @@ fn reapply_on_sighup(path: std::path::PathBuf, ferry: Ferry, replicator: Replica
                     if applied.is_ok() {
                         replicator.set_file_declared(path.display().to_string(), declared_names(&d));
                     }
-                    match applied {
-                        Ok(a) => settle_declared_tokens(&replicator, &d).await.map(|_| a),
-                        Err(e) => Err(anyhow::Error::from(e)),
-                    }
+                    applied.map_err(anyhow::Error::from)
                 }
                 Ok(None) => continue,
                 Err(e) => Err(e),

@@ -827,8 +827,9 @@ fn a_token_dropped_from_accept_tokens_is_revoked_with_prune() {
     let tmp = tempfile::tempdir().unwrap();
     let (t1, a1) = offline_token();
     let (t2, a2) = offline_token();
+    let (t3, a3) = offline_token();
     let id = |t: &str| t.split('_').nth(1).unwrap().to_string();
-    let (id1, id2) = (id(&t1), id(&t2));
+    let (id1, id2, id3) = (id(&t1), id(&t2), id(&t3));
     let entry = |a: &str| {
         a.trim_start_matches("accept_tokens = [")
             .trim_end_matches(']')
@@ -845,25 +846,46 @@ fn a_token_dropped_from_accept_tokens_is_revoked_with_prune() {
     let conf = write(
         tmp.path(),
         "hub.toml",
-        &hub_file(&[&entry(&a1), &entry(&a2)], false),
+        &hub_file(&[&entry(&a1), &entry(&a2), &entry(&a3)], false),
     );
     let hub = Server::start_with(&[("FERRY_CONFIG", conf.to_str().unwrap())]);
     hub.cli_ok(&["replication", "token", "other"]);
     assert!(!token_revoked(&hub, "edge", &id2));
 
-    // Dropped without prune: left alone.
-    std::fs::write(&conf, hub_file(&[&entry(&a1)], false)).unwrap();
+    // Dropped without prune: left alone, and named in a warning.
+    std::fs::write(&conf, hub_file(&[&entry(&a1), &entry(&a3)], false)).unwrap();
+    let out = hub.cli(&["config", "apply", conf.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&id2) && said.contains("left alone without prune"),
+        "{said}"
+    );
+    assert!(!token_revoked(&hub, "edge", &id2));
     hup(&hub);
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(!token_revoked(&hub, "edge", &id2));
 
-    // With prune: revoked, the declared one and the other replication's kept.
-    std::fs::write(&conf, hub_file(&[&entry(&a1)], true)).unwrap();
+    // With prune: revoked, the declared one and the other replication's
+    // kept — on SIGHUP, and by `ferry config apply`, which says so.
+    std::fs::write(&conf, hub_file(&[&entry(&a1), &entry(&a3)], true)).unwrap();
     hup(&hub);
     assert!(wait_until(15, || token_revoked(&hub, "edge", &id2)));
     assert!(!token_revoked(&hub, "edge", &id1));
+    assert!(!token_revoked(&hub, "edge", &id3));
+    std::fs::write(&conf, hub_file(&[&entry(&a1)], true)).unwrap();
+    let out = hub.cli_ok(&["config", "apply", conf.to_str().unwrap()]);
+    assert!(token_revoked(&hub, "edge", &id3), "{out}");
+    assert!(
+        out.contains(&format!("edge: {id3}")) && out.contains("revoked"),
+        "{out}"
+    );
+    assert!(!token_revoked(&hub, "edge", &id1));
     let export = hub.cli_ok(&["config", "export"]);
-    assert!(export.contains(&id1) && !export.contains(&id2), "{export}");
+    assert!(
+        export.contains(&id1) && !export.contains(&id2) && !export.contains(&id3),
+        "{export}"
+    );
     let (status, body) = support::curl(&[
         "-H",
         &format!("Authorization: Bearer {ADMIN}"),

@@ -165,6 +165,11 @@ pub struct Applied {
     pub tokens_revoked: Vec<String>,
     /// Replications deleted by `prune`.
     pub pruned: Vec<String>,
+    /// Accepted tokens revoked by `prune` (`REPLICATION: TOKEN-ID`): an
+    /// incoming replication that declares `accept_tokens` keeps only
+    /// those (without `prune`, each other one is a warning).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens_pruned: Vec<String>,
     /// What `replication create` would have warned about (`NAME: why`):
     /// the other end not reachable yet, a feed two replications only pull
     /// into.
@@ -531,6 +536,28 @@ pub async fn apply(
             .map_err(|e| DeclareError::new(None, format!("replication {name}"), e).after(&applied))?;
         tracing::info!(replication = %name, "deleted undeclared replication (prune)");
         applied.pruned.push(name);
+    }
+    // The tokens of an incoming replication that declares `accept_tokens`
+    // are those; one without the key keeps its tokens untouched.
+    for r in decls
+        .replications
+        .iter()
+        .filter(|r| r.outgoing.is_none() && !r.accept_tokens.is_empty())
+    {
+        let ids: Vec<String> = r.accept_tokens.iter().map(|t| t.id.clone()).collect();
+        let (revoked, left) = replicator
+            .settle_undeclared_tokens(&r.name, &ids, decls.prune)
+            .await
+            .map_err(|e| DeclareError::new(None, format!("replication {}", r.name), e).after(&applied))?;
+        applied
+            .tokens_pruned
+            .extend(revoked.into_iter().map(|id| format!("{}: {id}", r.name)));
+        applied.warnings.extend(left.into_iter().map(|id| {
+            format!(
+                "{}: accepted token {id} is not declared in accept_tokens; left alone without prune",
+                r.name
+            )
+        }));
     }
     Ok(applied)
 }
