@@ -671,8 +671,9 @@ fn outgoing_decl(name: &str, url: &str) -> String {
 const FILES: &str = "[[feeds]]\nname = \"files\"\ntype = \"assets\"\n";
 
 /// A peer that accepts and never answers delays neither the start nor
-/// `config apply` by a minute per replication: each end is probed once,
-/// within 10 s; the replications are stored with a warning.
+/// `config apply` by a minute per replication: the ends are probed once
+/// each, all at once, within 10 s together (two such replications cost
+/// 120 s before); the replications are stored with a warning.
 #[test]
 fn a_peer_that_never_answers_delays_start_and_apply_only_briefly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -691,7 +692,7 @@ fn a_peer_that_never_answers_delays_start_and_apply_only_briefly() {
     let started = std::time::Instant::now();
     let s = Server::start_with(&[("FERRY_CONFIG", conf.to_str().unwrap())]);
     let took = started.elapsed();
-    assert!(took.as_secs() < 28, "the start took {took:?}");
+    assert!(took.as_secs() < 18, "the start took {took:?}");
     assert_eq!(replication_names(&s), ["a", "b"]);
 
     // `config apply` with two more: once each, 10 s at most each.
@@ -707,7 +708,7 @@ fn a_peer_that_never_answers_delays_start_and_apply_only_briefly() {
     let applying = std::time::Instant::now();
     let out = s.cli_ok(&["config", "apply", more.to_str().unwrap()]);
     let took = applying.elapsed();
-    assert!(took.as_secs() < 28, "config apply took {took:?}: {out}");
+    assert!(took.as_secs() < 18, "config apply took {took:?}: {out}");
     assert_eq!(replication_names(&s).len(), 4);
 }
 

@@ -60,9 +60,21 @@ fn stalling(body: ByteStream, d: Duration) -> ByteStream {
 pub(crate) const NOT_FERRY: &str = "an answer that is not Ferry's";
 
 /// `s` as one line of at most 200 characters (whitespace runs, line
-/// breaks included, become one space), for quoting a remote body.
+/// breaks included, become one space), for quoting a body that is not
+/// Ferry's (a web server's page).
 pub(crate) fn one_line(s: &str) -> String {
-    ferry_types::shortened(&s.split_whitespace().collect::<Vec<_>>().join(" "), 200)
+    ferry_types::shortened(&flat(s), 200)
+}
+
+/// `s` as one line of at most 2,000 characters, for quoting a message of
+/// another Ferry instance or of this one: those name the fix, and are
+/// kept whole (the bound only stops an instance filling a listing).
+pub(crate) fn one_line_whole(s: &str) -> String {
+    ferry_types::shortened(&flat(s), 2000)
+}
+
+fn flat(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Longest wait for a handshake's whole answer (it does little work on
@@ -140,7 +152,7 @@ impl Remote {
         // must not fill a warning or a listing's last error).
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(one_line))
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(one_line_whole))
             .unwrap_or_else(|| format!("{NOT_FERRY}: {}", one_line(&text)));
         Err(match status {
             StatusCode::UNAUTHORIZED => {

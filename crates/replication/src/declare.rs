@@ -12,7 +12,7 @@ use ferry_types::Digest;
 use serde::Serialize;
 
 use crate::batch::BlobWant;
-use crate::client::{NOT_FERRY, one_line};
+use crate::client::{NOT_FERRY, one_line_whole};
 use crate::config::{BlobSource, Communication, ReplicationConfig};
 use crate::engine::{Progress, Run};
 use crate::{ReplError, Replicator, token};
@@ -321,11 +321,11 @@ impl Replicator {
                 Err(ReplError::Refused(format!(
                     "{url} answered HTTP {status} to the replication handshake ({}): \
                      not a Ferry instance at this URL",
-                    one_line(&message)
+                    one_line_whole(&message)
                 )))
             }
             Err(e) => {
-                let error = one_line(&e.to_string());
+                let error = one_line_whole(&e.to_string());
                 tracing::warn!(replication = %rec.name, %error, "other instance not reachable yet; will retry");
                 Ok(Some(unreachable_warning(&error)))
             }
@@ -382,11 +382,11 @@ impl Replicator {
                 {
                     return Err(refusal(format!(
                         "it answered HTTP {status} to a batched blob request ({}): not a Ferry instance offering batched transfers at this base URL",
-                        one_line(&message)
+                        one_line_whole(&message)
                     )));
                 }
                 Err(e) => {
-                    let error = one_line(&e.to_string());
+                    let error = one_line_whole(&e.to_string());
                     tracing::warn!(replication = name, source = %src.url, %error, "blob source not reachable yet; runs leave it out while it stays so");
                     unreachable.push(format!(
                         "blob source {} could not be reached yet ({error})",
@@ -404,7 +404,7 @@ impl Replicator {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let error = one_line(&e.to_string());
+                    let error = one_line_whole(&e.to_string());
                     tracing::warn!(replication = name, source = %src.url, %error, "blob source did not answer in full; runs leave it out while it stays so");
                     unreachable.push(format!(
                         "blob source {} did not answer in full ({error})",
@@ -427,12 +427,12 @@ impl Replicator {
 /// warning, never an error).
 pub const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long the outcome of a probe stands in for the next probe of the
-/// same configuration under the same name (a declaration's check, then
-/// its creation).
+/// How long an end that did not answer a probe counts as not answering
+/// for the next probe of the same configuration under the same name (a
+/// declaration's check, then its creation, wait for it once).
 pub const PROBED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A probe's outcome (a warning or none; refusals are not kept).
+/// A probe's outcome kept: the warning of an end that did not answer.
 type Probed = std::collections::HashMap<String, (std::time::Instant, Result<Option<String>, String>)>;
 
 fn probed() -> &'static std::sync::Mutex<Probed> {
@@ -452,14 +452,14 @@ fn recently_probed(key: &str) -> Option<Result<Option<String>, ReplError>> {
         .map(|(_, outcome)| outcome.clone().map_err(ReplError::Refused))
 }
 
+/// Only an end that did not answer is kept (its wait is what costs, and
+/// its outcome is a warning, never a verdict): an answer, accepting or
+/// refusing, is asked for again each time — a token revoked there since
+/// must be refused, not accepted from memory.
 fn keep_probed(key: String, outcome: &Result<Option<String>, ReplError>) {
     let kept = match outcome {
-        Ok(w) => Ok(w.clone()),
-        Err(e @ (ReplError::Refused(_) | ReplError::Unauthorized(_) | ReplError::Forbidden(_))) => {
-            Err(e.to_string())
-        }
-        // Not a verdict about the other end: not kept.
-        Err(_) => return,
+        Ok(Some(warning)) => Ok(Some(warning.clone())),
+        _ => return,
     };
     let mut map = probed().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     map.insert(key, (std::time::Instant::now(), kept));

@@ -469,14 +469,19 @@ pub async fn apply(
         }
         created.push(name.clone());
     }
-    // 4. Every replication checked (the other end included) before any changes.
-    for (r, cfg, tokens) in &planned {
-        let mut check = replicator.check_declaration(&r.name, cfg).await.map(|_| ());
+    // 4. Every replication checked (the other end included) before any
+    //    changes: all at once, so ends that are slow to answer cost one
+    //    probe's bound together, not one each; the first refusal in the
+    //    file's order is the one reported.
+    let checks = futures::future::join_all(planned.iter().map(|(r, cfg, tokens)| async move {
+        replicator.check_declaration(&r.name, cfg).await?;
         for t in tokens {
-            if check.is_ok() {
-                check = replicator.check_token(&r.name, t).await.map(|_| ());
-            }
+            replicator.check_token(&r.name, t).await?;
         }
+        Ok::<_, ferry_replication::ReplError>(())
+    }))
+    .await;
+    for ((r, _, _), check) in planned.iter().zip(checks) {
         if let Err(e) = check {
             let kept = undo_feeds(ferry, &created).await;
             let line = r.line_of(&e.to_string());
