@@ -238,8 +238,8 @@ impl Replicator {
     /// The tokens incoming replication `name` accepts (not revoked) whose
     /// ids `declared` (its declared `accept_tokens`) does not list: with
     /// `prune` each is revoked (as `replication token revoke` does, its
-    /// sessions end), else each is left alone and warned about by name.
-    /// Returns the ids revoked and the ids left alone.
+    /// sessions end), else each is left alone. Returns the ids revoked and
+    /// the ids left alone (the caller reports both).
     ///
     /// Errors: the replication is missing or outgoing; the store's.
     pub async fn settle_undeclared_tokens(
@@ -255,10 +255,8 @@ impl Replicator {
             }
             if prune {
                 self.revoke_token(name, &t.id).await?;
-                tracing::info!(replication = name, token = %t.id, "revoked an accepted token the file does not declare (prune)");
                 revoked.push(t.id);
             } else {
-                tracing::warn!(replication = name, token = %t.id, "accepted token {} is not declared; left alone without prune", t.id);
                 left.push(t.id);
             }
         }
@@ -277,15 +275,17 @@ impl Replicator {
         rec: &ReplicationRecord,
         cfg: &ReplicationConfig,
     ) -> Result<Option<String>, ReplError> {
-        // The check of a declaration just probed this very configuration: its creation right after does
-        // not wait for the other end again.
+        // The check of a declaration just waited for this very
+        // configuration's end in vain: its creation right after does not
+        // wait again. An answer, accepting or refusing, is never reused
+        // (a token revoked there since must be refused).
         let key = probe_key(&rec.name, cfg);
-        if let Some(outcome) = recently_probed(&key) {
-            return outcome;
+        if let Some(warning) = recently_unanswered(&key) {
+            return Ok(Some(warning));
         }
         let outcome = self.handshake_probe(rec, cfg).await;
-        if outcome.is_ok() {
-            keep_probed(key, &outcome);
+        if let Ok(Some(warning)) = &outcome {
+            keep_unanswered(key, warning);
         }
         outcome
     }
@@ -432,8 +432,9 @@ pub const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// declaration's check, then its creation, wait for it once).
 pub const PROBED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A probe's outcome kept: the warning of an end that did not answer.
-type Probed = std::collections::HashMap<String, (std::time::Instant, Result<Option<String>, String>)>;
+/// The warnings of ends that did not answer a probe, by probe key, with
+/// when.
+type Probed = std::collections::HashMap<String, (std::time::Instant, String)>;
 
 fn probed() -> &'static std::sync::Mutex<Probed> {
     static PROBED: std::sync::OnceLock<std::sync::Mutex<Probed>> = std::sync::OnceLock::new();
@@ -444,25 +445,19 @@ fn probe_key(name: &str, cfg: &ReplicationConfig) -> String {
     format!("{name}\n{}", serde_json::to_string(cfg).unwrap_or_default())
 }
 
-/// The outcome of a probe of `key` less than [`PROBED_FOR`] ago.
-fn recently_probed(key: &str) -> Option<Result<Option<String>, ReplError>> {
+/// The warning of a probe of `key` that found its end not answering less
+/// than [`PROBED_FOR`] ago.
+fn recently_unanswered(key: &str) -> Option<String> {
     let mut map = probed().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     map.retain(|_, (at, _)| at.elapsed() < PROBED_FOR);
-    map.get(key)
-        .map(|(_, outcome)| outcome.clone().map_err(ReplError::Refused))
+    map.get(key).map(|(_, warning)| warning.clone())
 }
 
-/// Only an end that did not answer is kept (its wait is what costs, and
-/// its outcome is a warning, never a verdict): an answer, accepting or
-/// refusing, is asked for again each time — a token revoked there since
-/// must be refused, not accepted from memory.
-fn keep_probed(key: String, outcome: &Result<Option<String>, ReplError>) {
-    let kept = match outcome {
-        Ok(Some(warning)) => Ok(Some(warning.clone())),
-        _ => return,
-    };
+/// Keeps the warning of a probe whose end did not answer (its wait is
+/// what costs, and it is never a verdict).
+fn keep_unanswered(key: String, warning: &str) {
     let mut map = probed().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    map.insert(key, (std::time::Instant::now(), kept));
+    map.insert(key, (std::time::Instant::now(), warning.to_string()));
 }
 
 fn unreachable_warning(error: &str) -> String {

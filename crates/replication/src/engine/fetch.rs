@@ -120,23 +120,39 @@ struct SmallBuffer {
     /// Where the commit on drop runs (awaited by a graceful stop).
     keeper: crate::Replicator,
     blobs: Vec<(Digest, bytes::Bytes, Transfer)>,
+    /// The bytes of `blobs`.
+    bytes: usize,
     /// When the oldest of `blobs` arrived.
     since: Option<std::time::Instant>,
 }
 
 impl SmallBuffer {
+    /// Adds a blob read whole.
+    fn push(&mut self, d: Digest, bytes: bytes::Bytes, transfer: Transfer) {
+        self.since.get_or_insert_with(std::time::Instant::now);
+        self.bytes += bytes.len();
+        self.blobs.push((d, bytes, transfer));
+    }
+
+    /// Takes the blobs held, leaving the buffer empty.
+    fn take(&mut self) -> Vec<(Digest, bytes::Bytes, Transfer)> {
+        self.bytes = 0;
+        self.since = None;
+        std::mem::take(&mut self.blobs)
+    }
+
     /// Whether the buffered blobs should be committed now: the group is
     /// full, or its oldest blob has waited [`SMALL_GROUP_AGE`].
-    fn due(&self, bytes: usize) -> bool {
+    fn due(&self) -> bool {
         self.blobs.len() >= SMALL_GROUP
-            || bytes >= SMALL_GROUP_BYTES
+            || self.bytes >= SMALL_GROUP_BYTES
             || self.since.is_some_and(|t| t.elapsed() >= SMALL_GROUP_AGE)
     }
 }
 
 impl Drop for SmallBuffer {
     fn drop(&mut self) {
-        let batch = std::mem::take(&mut self.blobs);
+        let batch = self.take();
         if batch.is_empty() {
             return;
         }
@@ -289,15 +305,15 @@ impl Run<'_> {
     /// work overlaps the reading of the next frames.
     async fn flush_small(
         &self,
-        small: &mut Vec<(Digest, bytes::Bytes, Transfer)>,
+        small: &mut SmallBuffer,
         inflight: &mut Option<SmallCommit>,
         g: &mut Group,
     ) -> Result<(), ReplError> {
         self.settle_small(inflight, g).await?;
-        if small.is_empty() {
+        let batch = small.take();
+        if batch.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(small);
         let ferry = self.r.ferry().clone();
         *inflight = Some(tokio::spawn(async move {
             let (blobs, claims): (Vec<(Digest, bytes::Bytes)>, Vec<Transfer>) =
@@ -515,10 +531,10 @@ impl Run<'_> {
             ferry: self.r.ferry().clone(),
             keeper: self.r.clone(),
             blobs: Vec::new(),
+            bytes: 0,
             since: None,
         };
         let mut inflight: Option<SmallCommit> = None;
-        let mut small_bytes = 0usize;
         let from_source = !std::ptr::eq(remote, &self.remote);
         let mut reader = match remote.fetch_batch(wants).await {
             Ok(r) => r,
@@ -610,13 +626,9 @@ impl Run<'_> {
                             // Its item is gone through once its bytes
                             // are here (they are verified as they commit).
                             self.arrived(&[d]);
-                            small.blobs.push((d, bytes, transfer));
-                            small.since.get_or_insert_with(std::time::Instant::now);
-                            small_bytes += n;
-                            if small.due(small_bytes) {
-                                self.flush_small(&mut small.blobs, &mut inflight, &mut g).await?;
-                                small.since = None;
-                                small_bytes = 0;
+                            small.push(d, bytes, transfer);
+                            if small.due() {
+                                self.flush_small(&mut small, &mut inflight, &mut g).await?;
                             }
                             continue;
                         }
@@ -638,10 +650,8 @@ impl Run<'_> {
                 }
                 // Small blobs waiting behind a large frame are committed
                 // once they are due, not after it.
-                if small.due(small_bytes) {
-                    self.flush_small(&mut small.blobs, &mut inflight, &mut g).await?;
-                    small.since = None;
-                    small_bytes = 0;
+                if small.due() {
+                    self.flush_small(&mut small, &mut inflight, &mut g).await?;
                 }
                 let (tx, rx) = tokio::sync::mpsc::channel(8);
                 let progress = self.progress.clone();
@@ -677,7 +687,7 @@ impl Run<'_> {
             }
             drop(jobs_tx);
             // Small blobs read whole are committed whatever ended the body.
-            self.flush_small(&mut small.blobs, &mut inflight, &mut g).await?;
+            self.flush_small(&mut small, &mut inflight, &mut g).await?;
             self.settle_small(&mut inflight, &mut g).await?;
             Ok::<_, ReplError>(())
         };
