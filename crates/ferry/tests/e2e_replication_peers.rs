@@ -115,6 +115,73 @@ fn metrics(s: &Server) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// Bytes the hub has sent in replication `name` (its
+/// `ferry_replication_peer_bytes_total` counter, direction `sent`).
+fn sent_bytes(hub: &Server, name: &str) -> u64 {
+    let label = format!("replication=\"{name}\"");
+    metrics(hub)
+        .lines()
+        .filter(|l| {
+            l.starts_with("ferry_replication_peer_bytes_total{")
+                && l.contains("direction=\"sent\"")
+                && l.contains(&label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A spoke that comes back with a token revoked since is refused, and the
+/// hub's view says so as its last error (not only in the hub's log); a new
+/// token settles it.
+#[test]
+fn a_spoke_refused_for_a_revoked_token_shows_it_as_its_last_error() {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edge", &["files"], "push");
+    hub.put_asset("files", "a.txt", b"a");
+    let mut spoke = Server::start_with(&[("FERRY_INSTANCE_NAME", "site-e")]);
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    assert!(wait_until(30, || spoke.serves("files", "a.txt", b"a")));
+    // Revoked while the spoke is down: no request of it is under way to
+    // be cut (that case is the test above); it hears of it when it starts.
+    spoke.stop();
+    let id = &token[4..20];
+    hub.cli_ok(&["replication", "revoke", "edge", id]);
+    spoke.restart();
+    hub.put_asset("files", "b.txt", b"b");
+    let _ = spoke.cli(&["replication", "run", "from-hub", "--wait"]);
+    assert!(spoke.lacks("files", "b.txt"));
+    assert!(
+        wait_until(20, || named(&peers(&hub), "site-e").is_some_and(|p| {
+            let m = p["last_error"]["message"].as_str().unwrap_or("");
+            m.contains(&format!("sync token {id} was revoked")) && m.contains("refused")
+        })),
+        "{:?}",
+        peers(&hub)
+    );
+    let text = hub.cli_ok(&["replication", "peers", "edge"]);
+    assert!(text.contains("was revoked"), "{text}");
+
+    let fresh = hub.sync_token("edge");
+    spoke.cli_ok(&["replication", "update", "from-hub", "--token", &fresh]);
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(wait_until(30, || spoke.serves("files", "b.txt", b"b")));
+    assert!(
+        wait_until(20, || named(&peers(&hub), "site-e")
+            .is_some_and(|p| p["last_error"].is_null())),
+        "{:?}",
+        peers(&hub)
+    );
+}
+
 /// A spoke's lag gauges show each feed pair it follows, and go from the
 /// next scrape once the replication is deleted; deleting a replication
 /// that never ran (on the hub) adds none.
@@ -211,7 +278,13 @@ fn a_batch_cut_by_a_revocation_is_the_peers_last_error() {
         "pull",
         &["--interval", "3600", "--bandwidth-limit", "1000000"],
     );
-    std::thread::sleep(std::time::Duration::from_millis(3000));
+    // Revoked while the batch is under way (not before it was asked for:
+    // on a loaded machine the spoke may take seconds to get there).
+    assert!(
+        wait_until(30, || sent_bytes(&hub, "edge") >= 1_000_000),
+        "{}",
+        metrics(&hub)
+    );
     hub.cli_ok(&["replication", "revoke", "edge", &token[4..20]]);
     assert!(
         wait_until(20, || named(&peers(&hub), "site-d").is_some_and(|p| {

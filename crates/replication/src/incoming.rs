@@ -94,7 +94,12 @@ impl Replicator {
             );
             if ok {
                 // The caller holds the whole token: it may learn that it
-                // was revoked (and so ask for a new one).
+                // was revoked (and so ask for a new one), and the peer
+                // its header names, if listed, shows the refusal.
+                if let Some(named) = instance.and_then(|n| n.parse::<ferry_types::InstanceId>().ok()) {
+                    self.peer_token_revoked(rec.replication_id, &named.to_string(), id)
+                        .await;
+                }
                 return Err(ReplError::Unauthorized(format!(
                     "sync token {id} was revoked on this instance"
                 )));

@@ -749,6 +749,48 @@ impl Replicator {
         self.note_peer_error(s, Some((err.to_string(), false)));
     }
 
+    /// Records that instance `instance`, a listed peer of replication
+    /// `replication`, presented sync token `token_id` (its whole secret)
+    /// after the token was revoked here: the request was refused, and the
+    /// refusal is that peer's last error in the hub's view, so an operator
+    /// sees why a spoke stopped following. Not a contact (the spoke is not
+    /// served, and turns stale). An instance not listed is not added (the
+    /// request opened no session), and a last error that already names
+    /// this revocation (a batch it cut) is kept.
+    pub(crate) async fn peer_token_revoked(&self, replication: i64, instance: &str, token_id: &str) {
+        let key = (replication, instance.to_owned());
+        self.restore_peer(&key).await;
+        let message = format!("sync token {token_id} was revoked on this instance");
+        let now = now_millis();
+        let state = {
+            let Ok(mut m) = self.0.peer_book.entries.lock() else {
+                return;
+            };
+            let Some(e) = m.get_mut(&key) else {
+                return;
+            };
+            if e.state
+                .last_error
+                .as_ref()
+                .is_some_and(|err| err.message.contains(&message))
+            {
+                return;
+            }
+            e.state.last_error = Some(PeerError {
+                at: now,
+                message: format!(
+                    "{message}: the request was refused; give the other instance a token this replication accepts"
+                ),
+                transfer: false,
+                handshake: false,
+            });
+            take_save(e, now, true)
+        };
+        if let Some(state) = state {
+            self.save_peer_state(replication, state).await;
+        }
+    }
+
     /// Records a blob batch to the peer of `s` cut while it was sent
     /// (`Some(why)`), or sent whole (`None`: settles such a cut).
     pub(crate) fn peer_transfer(&self, s: &Session, cut: Option<String>) {
