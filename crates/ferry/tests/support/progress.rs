@@ -53,3 +53,23 @@ pub fn assert_coherent(seen: &[Value]) {
         }
     }
 }
+
+/// What every sample of a pull filtered on the pulling side must hold:
+/// never more items done than to go through, and no byte estimate at any
+/// point — the other side counts its whole feed's backlog, not what the
+/// filter lets through, so bytes to go and an ETA by bytes would be wrong
+/// (README: "a filtered pull shows no byte estimate").
+pub fn assert_coherent_unestimated(seen: &[Value]) {
+    for r in seen {
+        let (done, total) = (
+            r["items_done"].as_u64().unwrap(),
+            r["items_total"].as_u64().unwrap(),
+        );
+        assert!(done <= total, "{done}/{total} items: {r:#}");
+        assert!(
+            r["bytes_remaining"].is_null(),
+            "a byte estimate of a filtered pull: {r:#}"
+        );
+        assert_ne!(r["eta_basis"], "bytes", "{r:#}");
+    }
+}
