@@ -170,6 +170,36 @@ fn a_spoke_refused_for_a_revoked_token_shows_it_as_its_last_error() {
     let text = hub.cli_ok(&["replication", "peers", "edge"]);
     assert!(text.contains("was revoked"), "{text}");
 
+    // Another revoked token, presented whole under this spoke's instance
+    // id, does not pin its refusal on it: the spoke never used it.
+    let other = hub.sync_token("edge");
+    hub.cli_ok(&["replication", "revoke", "edge", &other[4..20]]);
+    let instance = named(&peers(&hub), "site-e").unwrap()["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (st, body) = support::curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("authorization: Bearer {other}"),
+        "-H",
+        &format!("ferry-instance: {instance}"),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{}",
+        &format!("{}/api/replication/v1/handshake", hub.url),
+    ]);
+    assert_eq!(st, 401, "{}", String::from_utf8_lossy(&body));
+    let listed = named(&peers(&hub), "site-e").unwrap()["last_error"]["message"].clone();
+    assert!(
+        listed
+            .as_str()
+            .is_some_and(|m| m.contains(id) && !m.contains(&other[4..20])),
+        "{listed}"
+    );
+
     let fresh = hub.sync_token("edge");
     spoke.cli_ok(&["replication", "update", "from-hub", "--token", &fresh]);
     spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
@@ -297,6 +327,20 @@ fn a_batch_cut_by_a_revocation_is_the_peers_last_error() {
         peers(&hub)
     );
     assert!(spoke.lacks("files", "big.bin"));
+
+    // The file goes and the spoke gets a new token: it follows again
+    // with no batch to send, and the cut (of a token it no longer uses)
+    // is settled by its handshake under the new one.
+    hub.delete_asset("files", "big.bin");
+    let fresh = hub.sync_token("edge");
+    spoke.cli_ok(&["replication", "update", "from-hub", "--token", &fresh]);
+    spoke.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    assert!(
+        wait_until(20, || named(&peers(&hub), "site-d")
+            .is_some_and(|p| p["last_error"].is_null() && p["token"] == fresh[4..20])),
+        "{:?}",
+        peers(&hub)
+    );
 }
 
 /// A spoke whose data directory was copied to start a second one (a cloned

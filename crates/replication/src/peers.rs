@@ -555,6 +555,16 @@ impl Replicator {
         let e = entry_for(&mut m, &key, now);
         e.in_flight += 1;
         e.state.last_contact = now;
+        // Back under another token than the one it last used (a valid
+        // one: this request opened a session): a batch cut before — its
+        // token revoked, most often — is settled; the next batch, if any,
+        // goes under the new token and is noted on its own.
+        if e.state.token.as_deref().is_some_and(|t| t != token_id)
+            && e.state.last_error.as_ref().is_some_and(|err| err.transfer)
+        {
+            e.state.last_error = None;
+            e.saved_at = 0;
+        }
         e.state.token = Some(token_id.to_owned());
         if let Some(p) = process
             && e.note_process(p, address.as_deref(), now)
@@ -750,13 +760,16 @@ impl Replicator {
     }
 
     /// Records that instance `instance`, a listed peer of replication
-    /// `replication`, presented sync token `token_id` (its whole secret)
-    /// after the token was revoked here: the request was refused, and the
-    /// refusal is that peer's last error in the hub's view, so an operator
-    /// sees why a spoke stopped following. Not a contact (the spoke is not
-    /// served, and turns stale). An instance not listed is not added (the
-    /// request opened no session), and a last error that already names
-    /// this revocation (a batch it cut) is kept.
+    /// `replication` last seen with sync token `token_id`, presented that
+    /// token (its whole secret) after it was revoked here: the request was
+    /// refused, and the refusal is that peer's last error in the hub's
+    /// view, so an operator sees why a spoke stopped following. Not a
+    /// contact (the spoke is not served, and turns stale). An instance not
+    /// listed is not added (the request opened no session), nor is a peer
+    /// last seen with another token touched (the holder of a revoked
+    /// token cannot pin its refusal on another spoke). A batch cut by the
+    /// revocation stays the last error; any other is replaced (a plain
+    /// refusal's time is the latest refusal's).
     pub(crate) async fn peer_token_revoked(&self, replication: i64, instance: &str, token_id: &str) {
         let key = (replication, instance.to_owned());
         self.restore_peer(&key).await;
@@ -769,22 +782,24 @@ impl Replicator {
             let Some(e) = m.get_mut(&key) else {
                 return;
             };
-            if e.state
-                .last_error
-                .as_ref()
-                .is_some_and(|err| err.message.contains(&message))
-            {
+            if e.state.token.as_deref() != Some(token_id) {
                 return;
             }
+            let refusal = format!(
+                "{message}: the request was refused; give the other instance a token this replication accepts"
+            );
+            let same = match &e.state.last_error {
+                Some(err) if err.transfer && err.message.contains(&message) => return,
+                Some(err) => err.message == refusal,
+                None => false,
+            };
             e.state.last_error = Some(PeerError {
                 at: now,
-                message: format!(
-                    "{message}: the request was refused; give the other instance a token this replication accepts"
-                ),
+                message: refusal,
                 transfer: false,
                 handshake: false,
             });
-            take_save(e, now, true)
+            take_save(e, now, !same)
         };
         if let Some(state) = state {
             self.save_peer_state(replication, state).await;
