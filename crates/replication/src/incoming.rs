@@ -69,6 +69,13 @@ const MAX_PAGE: usize = 1000;
 use crate::protocol::{MAX_DIGESTS, MAX_KEYS};
 const MAX_WAIT: u64 = 60;
 
+/// What a request with sync token `token_id`, revoked here, is told (and
+/// what the hub's view of the peer quotes: [`Replicator::peer_token_revoked`]
+/// finds a batch cut by the revocation by this text).
+pub(crate) fn revoked(token_id: &str) -> String {
+    format!("sync token {token_id} was revoked on this instance")
+}
+
 impl Replicator {
     /// Verifies a sync token (constant-time comparison of its secret) and
     /// notes the request as contact with the peer the caller's instance
@@ -100,9 +107,7 @@ impl Replicator {
                     self.peer_token_revoked(rec.replication_id, &named.to_string(), id)
                         .await;
                 }
-                return Err(ReplError::Unauthorized(format!(
-                    "sync token {id} was revoked on this instance"
-                )));
+                return Err(ReplError::Unauthorized(revoked(id)));
             }
             return Err(refuse());
         }
@@ -387,7 +392,7 @@ impl Replicator {
     /// `token_id` still opens it: not revoked, and the replication still
     /// there and incoming. Errors: Unauthorized otherwise.
     async fn session_holds(&self, token_id: &str, replication: i64) -> Result<ReplicationConfig, ReplError> {
-        let gone = || ReplError::Unauthorized(format!("sync token {token_id} was revoked on this instance"));
+        let gone = || ReplError::Unauthorized(revoked(token_id));
         let token = self.store().sync_token(token_id).await?.ok_or_else(gone)?;
         if token.revoked || token.replication_id != replication {
             return Err(gone());

@@ -773,7 +773,7 @@ impl Replicator {
     pub(crate) async fn peer_token_revoked(&self, replication: i64, instance: &str, token_id: &str) {
         let key = (replication, instance.to_owned());
         self.restore_peer(&key).await;
-        let message = format!("sync token {token_id} was revoked on this instance");
+        let message = crate::incoming::revoked(token_id);
         let now = now_millis();
         let state = {
             let Ok(mut m) = self.0.peer_book.entries.lock() else {
