@@ -132,18 +132,31 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Reads `file` (if given) and applies `FERRY_*` variables on top.
+    /// Reads `file` (if given) and applies `FERRY_*` variables on top. The
+    /// file may be a pipe (`ferry config apply <(…)`); at most
+    /// [`MAX_CONFIG_FILE`] bytes of it are read.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_from(file, false)
+    }
+
+    /// [`Config::load`] of the file a running server was started with
+    /// (on SIGHUP): it must be a regular file now, so that a FIFO or a
+    /// device put in its place is refused at once instead of blocking.
+    pub fn reload(file: &Path) -> anyhow::Result<Self> {
+        Self::load_from(Some(file), true)
+    }
+
+    fn load_from(file: Option<&Path>, regular_only: bool) -> anyhow::Result<Self> {
         let mut cfg = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
+                let text = read_small_file(path, MAX_CONFIG_FILE, regular_only)
                     .with_context(|| format!("reading config {}", path.display()))?;
                 // `line` is the reader's own note on each declaration (the
                 // API takes it from `config apply`), not a setting: an
                 // unknown key's message does not offer it, and the file may
                 // not set it.
                 let mut cfg: Config = toml::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace(", `line`", "")))
+                    .map_err(|e| anyhow::anyhow!("{}", toml_error(&text, &e).replace(", `line`", "")))
                     .with_context(|| format!("parsing config {}", path.display()))?;
                 let (feeds, replications) =
                     (header_lines(&text, "feeds"), header_lines(&text, "replications"));
@@ -455,12 +468,72 @@ fn resolve_token(
     Ok(())
 }
 
+/// Largest configuration file read (bytes): as large as the body of
+/// `PUT /api/v1/config` may be, which `ferry config apply` sends it as.
+pub const MAX_CONFIG_FILE: u64 = 1 << 20;
+/// Largest file a secret is read from (`token_file`,
+/// `secret_access_key_file`), in bytes.
+pub const MAX_SECRET_FILE: u64 = 64 << 10;
+
+/// The text of `path`, at most `limit` bytes of UTF-8, read no further
+/// than `limit` (a path to `/dev/zero`, a file grown huge by mistake).
+/// With `regular_only` it must be a regular file, opened without waiting
+/// (`O_NONBLOCK`), so that a FIFO or a device named in its place is
+/// refused at once instead of blocking the reader (the server re-reading
+/// its file on SIGHUP); otherwise a pipe is read as it comes (`<(…)`).
+///
+/// Errors: it cannot be opened or read, is a directory (or, with
+/// `regular_only`, anything but a regular file), holds more than `limit`
+/// bytes, or is not UTF-8.
+pub fn read_small_file(path: &Path, limit: u64, regular_only: bool) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    if regular_only {
+        options.custom_flags(i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0));
+    }
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        anyhow::bail!("a directory, not a file");
+    }
+    if regular_only && !meta.is_file() {
+        anyhow::bail!("not a regular file (a FIFO, socket or device)");
+    }
+    if meta.is_file() && meta.len() > limit {
+        anyhow::bail!("{} bytes, more than the {limit} bytes allowed", meta.len());
+    }
+    let mut bytes = Vec::with_capacity(if meta.is_file() { meta.len() as usize } else { 0 });
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        anyhow::bail!("more than the {limit} bytes allowed");
+    }
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("not UTF-8 text"))
+}
+
+/// A TOML error as `line L, column C: what`, without the excerpt of the
+/// file the parser's own message quotes: the line may hold a secret (a
+/// misspelled `token = "fst_…"`), and messages reach logs.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().trim().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+            let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+            format!("TOML parse error at line {line}, column {column}: {what}")
+        }
+        None => format!("TOML parse error: {what}"),
+    }
+}
+
 /// A sync token from a `token_file`: its contents, trimmed.
 ///
 /// Errors: the file cannot be read, or holds only white space.
 fn read_token_file(path: &Path) -> anyhow::Result<String> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading token_file {}", path.display()))?;
+    let text = read_small_file(path, MAX_SECRET_FILE, false)
+        .with_context(|| format!("reading token_file {}", path.display()))?;
     let t = text.trim();
     if t.is_empty() {
         anyhow::bail!("token_file {} is empty", path.display());
@@ -617,6 +690,45 @@ mod tests {
             ]))
             .unwrap_err();
         assert!(err.to_string().contains("FERRY_S3_PATH_STYLE"), "{err}");
+    }
+
+    /// A file that does not parse is refused naming the line and column,
+    /// never quoting it: the line may hold a secret (a misspelled or
+    /// malformed `token = "fst_…"`), and the message reaches logs.
+    #[test]
+    fn a_parse_error_names_the_line_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        let secret = "fst_0123456789abcdef_s3cr3ts3cr3ts3cr3ts3cr3t";
+        let head = "[[replications]]\nname = \"r\"\nfeeds = [\"a\"]\noutgoing = \"http://hub:8765\"\nmode = \"pull\"\n";
+        for (bad, what) in [
+            (format!("tokn = \"{secret}\"\n"), "unknown field `tokn`"),
+            (format!("token = {secret}\n"), "line 6"),
+            (format!("token = [\"{secret}\"]\n"), "invalid type"),
+        ] {
+            std::fs::write(&file, format!("{head}{bad}")).unwrap();
+            let e = format!("{:#}", Config::load(Some(&file)).unwrap_err());
+            assert!(e.contains("line 6") && e.contains(what), "{e}");
+            assert!(!e.contains("s3cr3t"), "the secret is quoted: {e}");
+        }
+    }
+
+    /// The size limit holds for any kind of file; `reload` (SIGHUP)
+    /// refuses what is not a regular file, `load` reads a pipe.
+    #[test]
+    fn config_files_are_read_within_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        std::fs::write(&file, format!("{}\n", "# pad\n".repeat(200_000))).unwrap();
+        let e = format!("{:#}", Config::load(Some(&file)).unwrap_err());
+        assert!(e.contains("bytes allowed"), "{e}");
+        let zero = std::path::Path::new("/dev/zero");
+        let e = format!("{:#}", Config::load(Some(zero)).unwrap_err());
+        assert!(e.contains("more than the 1048576 bytes allowed"), "{e}");
+        let e = format!("{:#}", Config::reload(zero).unwrap_err());
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = format!("{:#}", Config::load(Some(dir.path())).unwrap_err());
+        assert!(e.contains("a directory"), "{e}");
     }
 
     /// `line` is the reader's note, not a setting: the file may not set
@@ -870,7 +982,7 @@ impl S3Settings {
                     Some(dir) if f.is_relative() => dir.join(f),
                     _ => f.clone(),
                 };
-                let text = std::fs::read_to_string(&path).with_context(|| {
+                let text = read_small_file(&path, MAX_SECRET_FILE, false).with_context(|| {
                     format!("reading blob_store.secret_access_key_file {}", path.display())
                 })?;
                 Some(text.trim().to_string())

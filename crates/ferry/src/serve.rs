@@ -572,7 +572,14 @@ fn reapply_on_sighup(path: std::path::PathBuf, ferry: Ferry, replicator: Replica
     let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let decls = Config::load(Some(&path)).and_then(|c| c.declarations());
+            // Read (the file, its token files) off the runtime's threads:
+            // a slow disk or a stalled network mount delays this reload
+            // only, never serving or stopping.
+            let file = path.clone();
+            let decls =
+                tokio::task::spawn_blocking(move || Config::reload(&file).and_then(|c| c.declarations()))
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("reading the file: {e}")));
             let result = match decls {
                 Ok(Some(d)) => {
                     let applied = ferry_server::declare::apply(&ferry, &replicator, &d).await;

@@ -956,3 +956,125 @@ fn a_relative_data_dir_in_the_file_is_relative_to_the_file() {
     );
     assert!(!conf_dir.join("data").exists());
 }
+
+/// Whether `s` answers a request for `files/a.txt` with `body` within 5 s.
+fn answers(s: &Server, body: &[u8]) -> bool {
+    let (status, got) = support::curl(&["--max-time", "5", &s.asset_url("files", "a.txt")]);
+    status == 200 && got == body
+}
+
+/// The file a running server re-reads on SIGHUP is read without waiting
+/// and only so far: a FIFO, a device (`/dev/zero`) or a file past the
+/// 1 MiB limit put in its place is refused, the running configuration
+/// stays, the server answers all along and still stops on SIGTERM (a FIFO
+/// froze it, SIGTERM included; `/dev/zero` grew it until the kernel
+/// killed it). The same declarations in a file of normal size apply.
+#[test]
+fn a_fifo_a_device_or_a_huge_file_on_sighup_is_refused_while_serving_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = write(tmp.path(), "ferry.toml", FILES);
+    let mut s = Server::start_with(&[("FERRY_CONFIG", conf.to_str().unwrap())]);
+    s.put_asset("files", "a.txt", b"one");
+    let before = s.cli_ok(&["config", "export"]);
+    let more = format!("{FILES}\n[[feeds]]\nname = \"more\"\ntype = \"assets\"\n");
+
+    std::fs::remove_file(&conf).unwrap();
+    assert!(Command::new("mkfifo").arg(&conf).status().unwrap().success());
+    hup(&s);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        answers(&s, b"one"),
+        "the server stopped answering after SIGHUP with a FIFO as its file"
+    );
+    assert_eq!(s.cli_ok(&["config", "export"]), before);
+
+    std::fs::remove_file(&conf).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &conf).unwrap();
+    hup(&s);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        answers(&s, b"one"),
+        "the server stopped answering after SIGHUP with /dev/zero as its file"
+    );
+    assert_eq!(s.cli_ok(&["config", "export"]), before);
+
+    // Valid TOML, padded with comments past the limit.
+    std::fs::remove_file(&conf).unwrap();
+    let pad = "# padding\n".repeat(120_000);
+    std::fs::write(&conf, format!("{more}{pad}")).unwrap();
+    hup(&s);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(answers(&s, b"one"));
+    assert_eq!(s.cli_ok(&["config", "export"]), before);
+    // The refusal says why, naming the file, when applied by hand too.
+    let said = s.cli_fails(&["config", "apply", conf.to_str().unwrap()]);
+    assert!(
+        said.contains("ferry.toml") && said.contains("bytes allowed"),
+        "{said}"
+    );
+
+    std::fs::write(&conf, &more).unwrap();
+    hup(&s);
+    assert!(
+        wait_until(20, || s.cli_ok(&["config", "export"]).contains("name = \"more\"")),
+        "the file of normal size was not applied on SIGHUP"
+    );
+    assert!(s.stop().success(), "SIGTERM must still stop the server");
+}
+
+/// `config export` gives each outgoing replication its own `token_env`,
+/// also when two names map to the same variable ("x-y", "x.y"): applied
+/// back, each keeps its own token (they swapped before).
+#[test]
+fn exported_token_variables_are_one_per_replication() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    hub.incoming("edge", &["files"], "push");
+    let first = hub.sync_token("edge");
+    let second = hub.sync_token("edge");
+    assert_ne!(first, second);
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing("x-y", &["files"], &hub, &first, "pull", &["--interval", "3600"]);
+    spoke.outgoing("x.y", &["files"], &hub, &second, "pull", &["--interval", "3600"]);
+    let exported = spoke.cli_ok(&["config", "export"]);
+    assert!(
+        exported.contains(r#"token_env = "FERRY_TOKEN_X_Y""#)
+            && exported.contains(r#"token_env = "FERRY_TOKEN_X_Y_2""#),
+        "{exported}"
+    );
+    let file = write(tmp.path(), "exported.toml", &exported);
+    let out = Command::new(bin())
+        .args(["config", "apply", file.to_str().unwrap()])
+        .env("FERRY_URL", &spoke.url)
+        .env("FERRY_API_KEY", ADMIN)
+        .env("FERRY_TOKEN_X_Y", &first)
+        .env("FERRY_TOKEN_X_Y_2", &second)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !said.contains("updated"),
+        "applying the export changed something: {said}"
+    );
+    let list = spoke.cli_json(&["replication", "list", "--json"]);
+    for (name, token) in [("x-y", &first), ("x.y", &second)] {
+        let r = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap();
+        let shown = r.to_string();
+        assert!(
+            shown.contains(&token[..20]),
+            "{name} does not keep its token: {shown}"
+        );
+    }
+}

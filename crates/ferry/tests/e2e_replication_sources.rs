@@ -365,3 +365,202 @@ fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
     }
     drop(hanging);
 }
+
+/// How [`hostile_source`] answers `POST …/blobs/batch`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Hostile {
+    /// 500, then an endless body.
+    EndlessError,
+    /// 409 "same instance", as this very instance named as a source says.
+    SameInstance,
+    /// A frame of the first blob asked for, from another byte than asked.
+    WrongOffset,
+    /// A frame for every blob asked for, 16 bytes of zeros each.
+    Corrupt,
+}
+
+/// Reads an HTTP/1.1 request (head and `Content-Length` body).
+fn read_request(c: &mut std::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if c.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    c.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+/// A blob source in front of `target` (a real one, so it is accepted when
+/// named) that answers every batch request but the first (the check made
+/// when it is named) as `mode` says and forwards everything else, one
+/// request per connection.
+fn hostile_source(target: &str, mode: Hostile) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let target = target.trim_start_matches("http://").to_string();
+    let probed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let target = target.clone();
+            let probed = probed.clone();
+            std::thread::spawn(move || {
+                let Some((head, body)) = read_request(&mut c) else {
+                    return;
+                };
+                // The first batch is the check made when the source is
+                // named (one blob no feed holds): it gets the real answer.
+                let batch = head.contains("/blobs/batch ");
+                let probe = batch && !probed.swap(true, std::sync::atomic::Ordering::SeqCst);
+                if !batch || probe {
+                    let mut up = std::net::TcpStream::connect(&target).unwrap();
+                    let (line, rest) = head.split_once("\r\n").unwrap();
+                    let rest: String = rest
+                        .split("\r\n")
+                        .filter(|h| !h.to_ascii_lowercase().starts_with("connection:"))
+                        .map(|h| format!("{h}\r\n"))
+                        .collect();
+                    let _ = write!(
+                        up,
+                        "{line}\r\nconnection: close\r\n{}",
+                        rest.trim_end_matches("\r\n")
+                    );
+                    let _ = up.write_all(b"\r\n\r\n");
+                    let _ = up.write_all(&body);
+                    let mut answer = Vec::new();
+                    let _ = up.read_to_end(&mut answer);
+                    let _ = c.write_all(&answer);
+                    return;
+                }
+                let asked: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let digests: Vec<String> = asked["blobs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b["digest"].as_str().unwrap().to_string())
+                    .collect();
+                let ok =
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n\r\n";
+                match mode {
+                    Hostile::EndlessError => {
+                        let _ = c.write_all(
+                            b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+                        );
+                        let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+                        while c.write_all(chunk.as_bytes()).is_ok() {}
+                    }
+                    Hostile::SameInstance => {
+                        let msg = r#"{"error":"the request comes from this same instance (0123): an instance does not replicate with itself"}"#;
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 409 Conflict\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}",
+                            msg.len()
+                        );
+                    }
+                    Hostile::WrongOffset => {
+                        let _ = writeln!(
+                            c,
+                            "{ok}{{\"digest\":\"{}\",\"offset\":7,\"length\":0}}",
+                            digests[0]
+                        );
+                    }
+                    Hostile::Corrupt => {
+                        let _ = c.write_all(ok.as_bytes());
+                        for d in &digests {
+                            let _ = writeln!(c, "{{\"digest\":\"{d}\",\"offset\":0,\"length\":16}}");
+                            let _ = c.write_all(&[0u8; 16]);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// A blob source that misbehaves in the batch itself — an error answer
+/// with an endless body (it was read whole: gigabytes of memory, an
+/// execution held for good), a 409 "same instance" (it failed every
+/// execution), a frame from another byte than asked (that blob was fetched
+/// from nowhere), bytes that do not verify (said nowhere, counted nowhere)
+/// — is left out and named, and every blob comes from the hub, verified.
+#[test]
+fn a_blob_source_misbehaving_in_the_batch_is_left_out_and_the_hub_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let hub_token = hub.incoming("edge", &["files"], "push");
+    let files: Vec<(String, PathBuf)> = (0..3)
+        .map(|i| {
+            (
+                format!("f/{i}.bin"),
+                random_file(tmp.path(), &format!("f{i}"), 300 << 10),
+            )
+        })
+        .collect();
+    hub.put_asset_files("files", &files);
+    let cache = Server::start();
+    cache.create_feed("files", "assets");
+    cache.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &hub_token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    cache.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    let cache_token = cache.incoming("site", &["files"], "push");
+    for mode in [
+        Hostile::EndlessError,
+        Hostile::SameInstance,
+        Hostile::WrongOffset,
+        Hostile::Corrupt,
+    ] {
+        let source = hostile_source(&cache.url, mode);
+        let s = Server::start();
+        s.create_feed("files", "assets");
+        pull_from(&s, &hub.url, &hub_token, &source, &cache_token, &[]);
+        let started = std::time::Instant::now();
+        s.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{mode:?}: the execution took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            wait_until(30, || serves_all(&s, &files)),
+            "{mode:?}: the spoke did not converge from the hub"
+        );
+        let log = serde_json::to_string(&s.executions("from-hub")).unwrap();
+        assert!(
+            log.contains(&format!("blob source {source} failed")),
+            "{mode:?}: {log}"
+        );
+        let failures: f64 = s
+            .metrics()
+            .lines()
+            .filter(|l| {
+                l.starts_with("ferry_replication_source_failures_total{")
+                    && l.contains(&format!("source=\"{source}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(failures >= 1.0, "{mode:?}: no failure counted");
+    }
+}

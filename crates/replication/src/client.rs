@@ -58,6 +58,31 @@ fn stalling(body: ByteStream, d: Duration) -> ByteStream {
 /// How [`Remote::check`] begins the message of an error answer whose body
 /// is not Ferry's JSON error shape (something else answers at that URL).
 pub(crate) const NOT_FERRY: &str = "an answer that is not Ferry's";
+/// Most bytes of an error answer's body read (Ferry's own are a line of
+/// JSON); the rest is left unread.
+const ERROR_BODY_MAX: usize = 64 << 10;
+/// Longest an error answer's body is waited for: one that trickles is cut
+/// there, as a blob source that stalls is ([`crate::engine`]'s 15 s).
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(15);
+
+/// The start of an error answer's body, as text: at most
+/// [`ERROR_BODY_MAX`] bytes, within [`ERROR_BODY_WAIT`] (what came by
+/// then; nothing if the body broke). A peer or blob source answering an
+/// error with an endless or trickling body neither fills memory nor holds
+/// the caller.
+async fn error_text(mut resp: reqwest::Response) -> String {
+    let mut got: Vec<u8> = Vec::new();
+    let reading = async {
+        while got.len() < ERROR_BODY_MAX {
+            match resp.chunk().await {
+                Ok(Some(c)) => got.extend_from_slice(&c[..c.len().min(ERROR_BODY_MAX - got.len())]),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(ERROR_BODY_WAIT, reading).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
 
 /// `s` as one line of at most 200 characters (whitespace runs, line
 /// breaks included, become one space), for quoting a body that is not
@@ -146,7 +171,7 @@ impl Remote {
         if status.is_success() {
             return Ok(resp);
         }
-        let text = resp.text().await.unwrap_or_default();
+        let text = error_text(resp).await;
         // Ferry's errors are `{"error": "..."}`; anything else is quoted
         // as one short line after [`NOT_FERRY`] (a web server's HTML page
         // must not fill a warning or a listing's last error).

@@ -613,6 +613,9 @@ async fn undo_feeds(ferry: &Ferry, created: &[FeedName]) -> Vec<FeedName> {
 /// replications list the tokens they accept by id and secret hash.
 pub async fn export(ferry: &Ferry, replicator: &Replicator) -> Result<Declarations, CoreError> {
     let mut decls = Declarations::default();
+    // Names that map to one variable ("x-y" and "x.y") get one each: the
+    // export applied back must give each replication its own token.
+    let mut taken = std::collections::HashSet::new();
     for f in ferry.feeds().await? {
         decls.feeds.push(FeedDecl {
             name: f.name.to_string(),
@@ -656,17 +659,18 @@ pub async fn export(ferry: &Ferry, replicator: &Replicator) -> Result<Declaratio
         match &c.communication {
             ferry_replication::config::Communication::Outgoing { url, .. } => {
                 r.outgoing = Some(url.clone());
-                r.token_env = Some(token_env_name(&o.name));
+                let base = unique_env(token_env_name(&o.name), &mut taken);
                 r.blob_sources = c
                     .blob_sources
                     .iter()
                     .enumerate()
                     .map(|(i, b)| BlobSourceDecl {
                         url: b.url.clone(),
-                        token_env: Some(format!("{}_SOURCE_{}", token_env_name(&o.name), i + 1)),
+                        token_env: Some(unique_env(format!("{base}_SOURCE_{}", i + 1), &mut taken)),
                         ..Default::default()
                     })
                     .collect();
+                r.token_env = Some(base);
             }
             ferry_replication::config::Communication::Incoming => {
                 r.incoming = Some(true);
@@ -684,6 +688,19 @@ pub async fn export(ferry: &Ferry, replicator: &Replicator) -> Result<Declaratio
         decls.replications.push(r);
     }
     Ok(decls)
+}
+
+/// `name`, or the first of `name_2`, `name_3`, … not in `taken`; added
+/// to `taken`.
+fn unique_env(name: String, taken: &mut std::collections::HashSet<String>) -> String {
+    let mut candidate = name.clone();
+    let mut n = 1;
+    while taken.contains(&candidate) {
+        n += 1;
+        candidate = format!("{name}_{n}");
+    }
+    taken.insert(candidate.clone());
+    candidate
 }
 
 /// The variable an exported outgoing replication takes its token from:

@@ -424,10 +424,23 @@ impl Run<'_> {
                 ));
             }
             left.extend(got.gone.drain());
+            let damaged = got.damaged.len();
+            let mut first_damage = None;
             for (d, why) in got.damaged.drain() {
                 tracing::warn!(target: "replication", replication = %self.rec.name, source = %src.url, blob = %d, "{why}");
+                first_damage.get_or_insert(why);
                 left.push(d);
             }
+            // A source that sends what does not verify is failing (a rotten
+            // cache, a hostile one): said, counted, and left out for the
+            // rest of the execution, as when it cannot be reached.
+            let error = match (error, first_damage) {
+                (Some(e), _) => Some(e),
+                (None, Some(why)) => Some(ReplError::Transport(format!(
+                    "{damaged} of the blobs it sent did not verify: {why}"
+                ))),
+                (None, None) => None,
+            };
             if let Some(e) = error {
                 src.down.store(true, Ordering::Relaxed);
                 metrics::counter!("ferry_replication_source_failures_total", "replication" => self.rec.name.clone(), "source" => src.url.clone())
@@ -545,9 +558,13 @@ impl Run<'_> {
                 g.error = Some(e);
                 return Ok(g);
             }
-            Err(e @ (ReplError::Unauthorized(_) | ReplError::Forbidden(_) | ReplError::Remote { .. }))
-                if from_source =>
-            {
+            // (A source that is this very instance answers 409, Refused.)
+            Err(
+                e @ (ReplError::Unauthorized(_)
+                | ReplError::Forbidden(_)
+                | ReplError::Remote { .. }
+                | ReplError::Refused(_)),
+            ) if from_source => {
                 g.retry = claims.into_keys().collect();
                 g.error = Some(e);
                 return Ok(g);
@@ -607,6 +624,8 @@ impl Run<'_> {
                     continue;
                 }
                 if header.offset != transfer.offset() {
+                    // Asked for again (of the peer, when a source sent it).
+                    g.retry.push(d);
                     g.error = Some(ReplError::Transport(format!(
                         "the other instance sent blob {d} from byte {}, not {}",
                         header.offset,
