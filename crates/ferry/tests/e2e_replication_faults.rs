@@ -964,3 +964,57 @@ fn a_spoke_whose_token_was_revoked_does_not_keep_polling() {
         after - before
     );
 }
+
+/// Something at the other end that answers the handshake `200 OK` with a
+/// JSON body that never ends is read to 256 MiB and refused, naming why;
+/// the body was read whole, as long as the handshake's 30 s allowed.
+#[test]
+fn an_endless_answer_is_refused_at_its_cap() {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if c.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\n[\"a\",\r\n",
+                );
+                let chunk = format!("100000\r\n{}\r\n", " ".repeat(0x100000));
+                while c.write_all(chunk.as_bytes()).is_ok() {}
+            });
+        }
+    });
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    let started = Instant::now();
+    let out = spoke.cli(&[
+        "replication",
+        "create",
+        "from-hub",
+        "--outgoing",
+        &url,
+        "--token",
+        "fst_0123456789abcdef_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "--mode",
+        "pull",
+        "--feed",
+        "files",
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("larger than 256 MiB"), "{said}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -58,6 +58,10 @@ fn stalling(body: ByteStream, d: Duration) -> ByteStream {
 /// How [`Remote::check`] begins the message of an error answer whose body
 /// is not Ferry's JSON error shape (something else answers at that URL).
 pub(crate) const NOT_FERRY: &str = "an answer that is not Ferry's";
+/// Most bytes of a JSON answer read whole (a page of changes is far
+/// smaller: 1,000 entries, 1 MiB of inline blobs): past it the answer is
+/// refused, so another instance cannot fill this one's memory.
+const ANSWER_MAX: usize = 256 << 20;
 /// Most bytes of an error answer's body read (Ferry's own are a line of
 /// JSON); the rest is left unread.
 const ERROR_BODY_MAX: usize = 64 << 10;
@@ -224,17 +228,21 @@ impl Remote {
 
     async fn json_answer<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> Result<T, ReplError> {
         let resp = rb.send().await.map_err(transport)?;
-        let resp = Self::check(resp).await?;
+        let mut resp = Self::check(resp).await?;
         let status = resp.status().as_u16();
-        resp.json::<T>().await.map_err(|e| {
-            if e.is_decode() {
-                ReplError::Remote {
+        let mut body: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > ANSWER_MAX {
+                return Err(ReplError::Remote {
                     status,
-                    message: format!("its answer is not the replication protocol's JSON ({e})"),
-                }
-            } else {
-                transport(e)
+                    message: format!("its answer is larger than {} MiB", ANSWER_MAX >> 20),
+                });
             }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice::<T>(&body).map_err(|e| ReplError::Remote {
+            status,
+            message: format!("its answer is not the replication protocol's JSON ({e})"),
         })
     }
 
