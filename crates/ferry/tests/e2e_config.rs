@@ -76,6 +76,25 @@ fn replication_names(s: &Server) -> Vec<String> {
     names
 }
 
+/// `ferry config apply FILE` against `s` with `env` set (the variables
+/// an exported file names); asserts it succeeded and returns its output.
+fn apply_with_env(s: &Server, file: &Path, env: &[(&str, &str)]) -> String {
+    let out = Command::new(bin())
+        .args(["config", "apply", file.to_str().unwrap()])
+        .env("FERRY_URL", &s.url)
+        .env("FERRY_API_KEY", ADMIN)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
+
 fn hup(s: &Server) {
     let st = Command::new("kill")
         .args(["-HUP", &s.pid().to_string()])
@@ -222,19 +241,7 @@ mode = "push"
         "{exported}"
     );
     let again = write(tmp.path(), "exported.toml", &exported);
-    let out = Command::new(bin())
-        .args(["config", "apply", again.to_str().unwrap()])
-        .env("FERRY_URL", &s0.url)
-        .env("FERRY_API_KEY", ADMIN)
-        .env("FERRY_TOKEN_FROM_HUB", &token)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = apply_with_env(s0, &again, &[("FERRY_TOKEN_FROM_HUB", &token)]);
     assert!(!said.contains("created") && !said.contains("updated"), "{said}");
     assert_eq!(s0.cli_ok(&["config", "export"]), exported);
     // A change through the API to what the served file declares: made,
@@ -1045,19 +1052,10 @@ fn exported_token_variables_are_one_per_replication() {
         "{exported}"
     );
     let file = write(tmp.path(), "exported.toml", &exported);
-    let out = Command::new(bin())
-        .args(["config", "apply", file.to_str().unwrap()])
-        .env("FERRY_URL", &spoke.url)
-        .env("FERRY_API_KEY", ADMIN)
-        .env("FERRY_TOKEN_X_Y", &first)
-        .env("FERRY_TOKEN_X_Y_2", &second)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let said = apply_with_env(
+        &spoke,
+        &file,
+        &[("FERRY_TOKEN_X_Y", &first), ("FERRY_TOKEN_X_Y_2", &second)],
     );
     assert!(
         !said.contains("updated"),

@@ -970,20 +970,15 @@ fn a_spoke_whose_token_was_revoked_does_not_keep_polling() {
 /// the body was read whole, as long as the handshake's 30 s allowed.
 #[test]
 fn an_endless_answer_is_refused_at_its_cap() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     std::thread::spawn(move || {
         for c in l.incoming() {
             let Ok(mut c) = c else { continue };
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if c.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if support::read_request(&mut c).is_none() {
+                    return;
                 }
                 let _ = c.write_all(
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\n[\"a\",\r\n",

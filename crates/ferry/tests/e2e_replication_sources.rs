@@ -45,6 +45,31 @@ fn pull_from(s: &Server, hub_url: &str, token: &str, cache_url: &str, cache_toke
     s.cli_ok(&args);
 }
 
+/// A hub with feed `files` holding three random files of `size` bytes
+/// (`f/0.bin` …), and a token of its incoming push replication `edge`.
+fn hub_with_three_files(dir: &std::path::Path, size: usize) -> (Server, String, Vec<(String, PathBuf)>) {
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let hub_token = hub.incoming("edge", &["files"], "push");
+    let files: Vec<(String, PathBuf)> = (0..3)
+        .map(|i| (format!("f/{i}.bin"), random_file(dir, &format!("f{i}"), size)))
+        .collect();
+    hub.put_asset_files("files", &files);
+    (hub, hub_token, files)
+}
+
+/// `ferry_replication_source_failures_total` of `source` on `s`, summed.
+fn source_failures(s: &Server, source: &str) -> f64 {
+    s.metrics()
+        .lines()
+        .filter(|l| {
+            l.starts_with("ferry_replication_source_failures_total{")
+                && l.contains(&format!("source=\"{source}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Every file is served by `s` with its published bytes.
 fn serves_all(s: &Server, files: &[(String, PathBuf)]) -> bool {
     files
@@ -205,18 +230,7 @@ fn ten_spokes_behind_a_site_cache_cost_the_hub_one_copy_and_survive_its_loss() {
 #[test]
 fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let hub = Server::start();
-    hub.create_feed("files", "assets");
-    let hub_token = hub.incoming("edge", &["files"], "push");
-    let files: Vec<(String, PathBuf)> = (0..3)
-        .map(|i| {
-            (
-                format!("f/{i}.bin"),
-                random_file(tmp.path(), &format!("f{i}"), 200 << 10),
-            )
-        })
-        .collect();
-    hub.put_asset_files("files", &files);
+    let (hub, hub_token, files) = hub_with_three_files(tmp.path(), 200 << 10);
     // Accepts (the kernel completes the handshake) and never answers.
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hanging_url = format!("http://{}", hanging.local_addr().unwrap());
@@ -352,16 +366,7 @@ fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
         let log = serde_json::to_string(&s.executions("from-hub")).unwrap();
         assert!(log.contains("blob source") && log.contains(says), "{says}: {log}");
         // Counted too, for an alert (the log was the only sign).
-        let metrics = s.metrics();
-        let failures: f64 = metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("ferry_replication_source_failures_total{")
-                    && l.contains(&format!("source=\"{source}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        assert!(failures >= 1.0, "{source}: {metrics}");
+        assert!(source_failures(&s, source) >= 1.0, "{source}: {}", s.metrics());
     }
     drop(hanging);
 }
@@ -377,31 +382,6 @@ enum Hostile {
     WrongOffset,
     /// A frame for every blob asked for, 16 bytes of zeros each.
     Corrupt,
-}
-
-/// Reads an HTTP/1.1 request (head and `Content-Length` body).
-fn read_request(c: &mut std::net::TcpStream) -> Option<(String, Vec<u8>)> {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if c.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    c.read_exact(&mut body).ok()?;
-    Some((head, body))
 }
 
 /// A blob source in front of `target` (a real one, so it is accepted when
@@ -420,7 +400,7 @@ fn hostile_source(target: &str, mode: Hostile) -> String {
             let target = target.clone();
             let probed = probed.clone();
             std::thread::spawn(move || {
-                let Some((head, body)) = read_request(&mut c) else {
+                let Some((head, body)) = support::read_request(&mut c) else {
                     return;
                 };
                 // The first batch is the check made when the source is
@@ -502,18 +482,7 @@ fn hostile_source(target: &str, mode: Hostile) -> String {
 #[test]
 fn a_blob_source_misbehaving_in_the_batch_is_left_out_and_the_hub_serves() {
     let tmp = tempfile::tempdir().unwrap();
-    let hub = Server::start();
-    hub.create_feed("files", "assets");
-    let hub_token = hub.incoming("edge", &["files"], "push");
-    let files: Vec<(String, PathBuf)> = (0..3)
-        .map(|i| {
-            (
-                format!("f/{i}.bin"),
-                random_file(tmp.path(), &format!("f{i}"), 300 << 10),
-            )
-        })
-        .collect();
-    hub.put_asset_files("files", &files);
+    let (hub, hub_token, files) = hub_with_three_files(tmp.path(), 300 << 10);
     let cache = Server::start();
     cache.create_feed("files", "assets");
     cache.outgoing(
@@ -552,15 +521,9 @@ fn a_blob_source_misbehaving_in_the_batch_is_left_out_and_the_hub_serves() {
             log.contains(&format!("blob source {source} failed")),
             "{mode:?}: {log}"
         );
-        let failures: f64 = s
-            .metrics()
-            .lines()
-            .filter(|l| {
-                l.starts_with("ferry_replication_source_failures_total{")
-                    && l.contains(&format!("source=\"{source}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        assert!(failures >= 1.0, "{mode:?}: no failure counted");
+        assert!(
+            source_failures(&s, &source) >= 1.0,
+            "{mode:?}: no failure counted"
+        );
     }
 }

@@ -76,16 +76,23 @@ const ERROR_BODY_WAIT: Duration = Duration::from_secs(15);
 /// the caller.
 async fn error_text(mut resp: reqwest::Response) -> String {
     let mut got: Vec<u8> = Vec::new();
-    let reading = async {
-        while got.len() < ERROR_BODY_MAX {
-            match resp.chunk().await {
-                Ok(Some(c)) => got.extend_from_slice(&c[..c.len().min(ERROR_BODY_MAX - got.len())]),
-                _ => break,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(ERROR_BODY_WAIT, reading).await;
+    let _ = tokio::time::timeout(ERROR_BODY_WAIT, read_up_to(&mut resp, ERROR_BODY_MAX, &mut got)).await;
     String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Appends `resp`'s body to `out` up to `max` bytes in all; returns
+/// whether the body ended within them (false: more was left unread).
+///
+/// Errors: the body broke (what came before stays in `out`).
+async fn read_up_to(resp: &mut reqwest::Response, max: usize, out: &mut Vec<u8>) -> reqwest::Result<bool> {
+    while let Some(c) = resp.chunk().await? {
+        let room = max.saturating_sub(out.len());
+        out.extend_from_slice(&c[..c.len().min(room)]);
+        if c.len() > room {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// `s` as one line of at most 200 characters (whitespace runs, line
@@ -231,14 +238,14 @@ impl Remote {
         let mut resp = Self::check(resp).await?;
         let status = resp.status().as_u16();
         let mut body: Vec<u8> = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > ANSWER_MAX {
-                return Err(ReplError::Remote {
-                    status,
-                    message: format!("its answer is larger than {} MiB", ANSWER_MAX >> 20),
-                });
-            }
-            body.extend_from_slice(&chunk);
+        if !read_up_to(&mut resp, ANSWER_MAX, &mut body)
+            .await
+            .map_err(transport)?
+        {
+            return Err(ReplError::Remote {
+                status,
+                message: format!("its answer is larger than {} MiB", ANSWER_MAX >> 20),
+            });
         }
         serde_json::from_slice::<T>(&body).map_err(|e| ReplError::Remote {
             status,

@@ -507,6 +507,33 @@ pub fn tool(name: &str) -> PathBuf {
 }
 
 /// Polls `f` until it returns true or `secs` pass.
+/// Reads one HTTP/1.1 request from `c`: its head (through the blank line)
+/// and a `Content-Length` body; `None` if the connection ends first. For
+/// tests' own fake servers.
+pub fn read_request(c: &mut std::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if c.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    c.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
 pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
