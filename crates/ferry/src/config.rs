@@ -472,7 +472,9 @@ fn resolve_token(
 /// `PUT /api/v1/config` may be, which `ferry config apply` sends it as.
 pub const MAX_CONFIG_FILE: u64 = 1 << 20;
 /// Largest file a secret is read from (`token_file`,
-/// `secret_access_key_file`), in bytes.
+/// `secret_access_key_file`), in bytes. Such files are regular files
+/// (read again on SIGHUP, as the configuration file is; a FIFO or a device
+/// in their place is refused instead of holding the reload).
 pub const MAX_SECRET_FILE: u64 = 64 << 10;
 
 /// The text of `path`, at most `limit` bytes of UTF-8, read no further
@@ -532,7 +534,7 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
 ///
 /// Errors: the file cannot be read, or holds only white space.
 fn read_token_file(path: &Path) -> anyhow::Result<String> {
-    let text = read_small_file(path, MAX_SECRET_FILE, false)
+    let text = read_small_file(path, MAX_SECRET_FILE, true)
         .with_context(|| format!("reading token_file {}", path.display()))?;
     let t = text.trim();
     if t.is_empty() {
@@ -982,7 +984,7 @@ impl S3Settings {
                     Some(dir) if f.is_relative() => dir.join(f),
                     _ => f.clone(),
                 };
-                let text = read_small_file(&path, MAX_SECRET_FILE, false).with_context(|| {
+                let text = read_small_file(&path, MAX_SECRET_FILE, true).with_context(|| {
                     format!("reading blob_store.secret_access_key_file {}", path.display())
                 })?;
                 Some(text.trim().to_string())

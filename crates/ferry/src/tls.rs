@@ -105,7 +105,9 @@ impl ServerTls {
 async fn read_certified_key(cert: PathBuf, key: PathBuf) -> anyhow::Result<CertifiedKey> {
     tokio::task::spawn_blocking(move || {
         let chain = read_certs(&cert)?;
-        let key_der = PrivateKeyDer::from_pem_file(&key)
+        let key_pem = crate::config::read_small_file(&key, MAX_PEM_FILE, true)
+            .with_context(|| format!("reading the TLS key {}", key.display()))?;
+        let key_der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| anyhow::anyhow!("reading the TLS key {}: {e}", key.display()))?;
         CertifiedKey::from_der(chain, key_der, &provider()).with_context(|| {
             format!(
@@ -119,10 +121,17 @@ async fn read_certified_key(cert: PathBuf, key: PathBuf) -> anyhow::Result<Certi
     .context("certificate loading task")?
 }
 
+/// Largest PEM file read (a certificate chain, a key, a CA bundle), in
+/// bytes. Like the configuration file these are read again on SIGHUP:
+/// a regular file only, so that a FIFO or a device put in their place is
+/// refused instead of holding the reload (see `config::read_small_file`).
+const MAX_PEM_FILE: u64 = 4 << 20;
+
 /// Every certificate in a PEM file; at least one.
 fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    let pem = crate::config::read_small_file(path, MAX_PEM_FILE, true)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
     if certs.is_empty() {

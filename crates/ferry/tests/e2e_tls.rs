@@ -361,4 +361,28 @@ fn https_hub_replicates_to_spokes_that_trust_its_ca_and_reloads_its_certificate(
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(served_serial(&addr), "2002");
     assert_eq!(curl(&["--cacert", ca_s, &health]).0, 200);
+
+    // So do a FIFO as the key and a device as the certificate: refused at
+    // once (a FIFO held the reload, and every later one, for good; a
+    // device was read without end), and the next good files still load.
+    install_cert(dir, "second");
+    std::fs::remove_file(dir.join("server.key")).unwrap();
+    run_ok(Command::new("mkfifo").arg(dir.join("server.key")));
+    run_ok(Command::new("kill").args(["-HUP", &hub.pid().to_string()]));
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_file(dir.join("server.pem")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("server.pem")).unwrap();
+    run_ok(Command::new("kill").args(["-HUP", &hub.pid().to_string()]));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(served_serial(&addr), "2002");
+    assert_eq!(curl(&["--cacert", ca_s, &health]).0, 200);
+    for ext in ["pem", "key"] {
+        std::fs::remove_file(dir.join(format!("server.{ext}"))).unwrap();
+    }
+    install_cert(dir, "first");
+    run_ok(Command::new("kill").args(["-HUP", &hub.pid().to_string()]));
+    assert!(
+        wait_until(10, || served_serial(&addr) == "1001"),
+        "a good certificate after a FIFO and a device was not loaded on SIGHUP"
+    );
 }
