@@ -382,7 +382,16 @@ enum Hostile {
     WrongOffset,
     /// A frame for every blob asked for, 16 bytes of zeros each.
     Corrupt,
+    /// A frame of the first blob asked for that says 1 TiB follows, then
+    /// zeros for as long as they are read (it filled the disk).
+    OverLong,
+    /// The real answer, 4 KiB every 500 ms: never silent for long, never
+    /// done (it held the execution for as long as it trickled).
+    Trickle,
 }
+
+/// Bytes of the endless frame [`Hostile::OverLong`] got written.
+static OVERLONG_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A blob source in front of `target` (a real one, so it is accepted when
 /// named) that answers every batch request but the first (the check made
@@ -407,7 +416,7 @@ fn hostile_source(target: &str, mode: Hostile) -> String {
                 // named (one blob no feed holds): it gets the real answer.
                 let batch = head.contains("/blobs/batch ");
                 let probe = batch && !probed.swap(true, std::sync::atomic::Ordering::SeqCst);
-                if !batch || probe {
+                if !batch || probe || mode == Hostile::Trickle {
                     let mut up = std::net::TcpStream::connect(&target).unwrap();
                     let (line, rest) = head.split_once("\r\n").unwrap();
                     let rest: String = rest
@@ -424,6 +433,15 @@ fn hostile_source(target: &str, mode: Hostile) -> String {
                     let _ = up.write_all(&body);
                     let mut answer = Vec::new();
                     let _ = up.read_to_end(&mut answer);
+                    if batch && !probe {
+                        for piece in answer.chunks(4096) {
+                            if c.write_all(piece).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(500));
+                        }
+                        return;
+                    }
                     let _ = c.write_all(&answer);
                     return;
                 }
@@ -466,6 +484,20 @@ fn hostile_source(target: &str, mode: Hostile) -> String {
                             let _ = c.write_all(&[0u8; 16]);
                         }
                     }
+                    Hostile::OverLong => {
+                        let _ = c.write_all(ok.as_bytes());
+                        let _ = writeln!(
+                            c,
+                            "{{\"digest\":\"{}\",\"offset\":0,\"length\":{}}}",
+                            digests[0],
+                            1u64 << 40
+                        );
+                        let zeros = [0u8; 64 << 10];
+                        while c.write_all(&zeros).is_ok() {
+                            OVERLONG_SENT.fetch_add(zeros.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                    Hostile::Trickle => unreachable!("forwarded above"),
                 }
             });
         }
@@ -477,8 +509,10 @@ fn hostile_source(target: &str, mode: Hostile) -> String {
 /// with an endless body (it was read whole: gigabytes of memory, an
 /// execution held for good), a 409 "same instance" (it failed every
 /// execution), a frame from another byte than asked (that blob was fetched
-/// from nowhere), bytes that do not verify (said nowhere, counted nowhere)
-/// — is left out and named, and every blob comes from the hub, verified.
+/// from nowhere), bytes that do not verify (said nowhere, counted nowhere),
+/// a frame longer than the blob (its endless bytes filled the disk), an
+/// answer that trickles (it held the execution for as long as it lasted) —
+/// is left out and named, and every blob comes from the hub, verified.
 #[test]
 fn a_blob_source_misbehaving_in_the_batch_is_left_out_and_the_hub_serves() {
     let tmp = tempfile::tempdir().unwrap();
@@ -500,6 +534,8 @@ fn a_blob_source_misbehaving_in_the_batch_is_left_out_and_the_hub_serves() {
         Hostile::SameInstance,
         Hostile::WrongOffset,
         Hostile::Corrupt,
+        Hostile::OverLong,
+        Hostile::Trickle,
     ] {
         let source = hostile_source(&cache.url, mode);
         let s = Server::start();
@@ -525,5 +561,21 @@ fn a_blob_source_misbehaving_in_the_batch_is_left_out_and_the_hub_serves() {
             source_failures(&s, &source) >= 1.0,
             "{mode:?}: no failure counted"
         );
+        // Why, in the operator's words.
+        let why = match mode {
+            Hostile::OverLong => "it sent 1099511627776 bytes from byte 0 of blob",
+            Hostile::Trickle => "bytes per second over 15 s, under the 131072 a blob source must keep",
+            _ => "",
+        };
+        assert!(log.contains(why), "{mode:?}: {log}");
+        if mode == Hostile::OverLong {
+            // Refused at its header: what the source wrote is what the
+            // sockets' buffers took, not a disk's worth.
+            let sent = OVERLONG_SENT.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(
+                sent < 64 << 20,
+                "the spoke read {sent} bytes of the endless frame"
+            );
+        }
     }
 }

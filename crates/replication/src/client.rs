@@ -36,13 +36,41 @@ fn transport(e: reqwest::Error) -> ReplError {
 }
 
 /// `body`, ending with a [`std::io::ErrorKind::TimedOut`] error when its
-/// next bytes take longer than `d` to come (time spent by the reader
-/// between its reads does not count).
-fn stalling(body: ByteStream, d: Duration) -> ByteStream {
-    Box::pin(futures::stream::unfold(Some(body), move |state| async move {
-        let mut body = state?;
+/// next bytes take longer than `d` to come, or, with `min_rate` (bytes per
+/// second, 0: none), when it brought fewer than `min_rate` per second over
+/// `d` of waiting (one that trickles, never silent for `d`). Only time
+/// spent waiting for the body counts: a reader that reads slowly (a
+/// bandwidth cap, a busy disk) does not make the body slow.
+fn stalling(body: ByteStream, d: Duration, min_rate: u64) -> ByteStream {
+    // The body, the time waited for it and the bytes it brought in the
+    // window so far.
+    let state = (body, Duration::ZERO, 0u64);
+    Box::pin(futures::stream::unfold(Some(state), move |state| async move {
+        let (mut body, mut waited, mut got) = state?;
+        let asked = tokio::time::Instant::now();
         match tokio::time::timeout(d, futures::StreamExt::next(&mut body)).await {
-            Ok(Some(item)) => Some((item, Some(body))),
+            Ok(Some(Ok(chunk))) => {
+                waited += asked.elapsed();
+                got += chunk.len() as u64;
+                if min_rate > 0 && waited >= d {
+                    let rate = (got as f64 / waited.as_secs_f64()) as u64;
+                    if rate < min_rate {
+                        return Some((
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                format!(
+                                    "it sent {rate} bytes per second over {} s, under the {min_rate} a blob source must keep",
+                                    waited.as_secs()
+                                ),
+                            )),
+                            None,
+                        ));
+                    }
+                    (waited, got) = (Duration::ZERO, 0);
+                }
+                Some((Ok(chunk), Some((body, waited, got))))
+            }
+            Ok(Some(Err(e))) => Some((Err(e), None)),
             Ok(None) => None,
             Err(_) => Some((
                 Err(std::io::Error::new(
@@ -135,6 +163,9 @@ pub struct Remote {
     /// one, before the request counts as broken (blob sources: one that
     /// hangs is left out instead of holding the execution).
     stall: Option<Duration>,
+    /// Fewest bytes per second a `blobs/batch` answer must bring (see
+    /// [`stalling`]); 0: no floor.
+    min_rate: u64,
 }
 
 impl Remote {
@@ -148,6 +179,7 @@ impl Remote {
             instance: instance.to_string(),
             process: None,
             stall: None,
+            min_rate: 0,
         }
     }
 
@@ -162,6 +194,14 @@ impl Remote {
     /// or whose next bytes, take longer than `d` (see [`Remote::fetch_batch`]).
     pub fn with_stall_timeout(mut self, d: Duration) -> Self {
         self.stall = Some(d);
+        self
+    }
+
+    /// The same client, giving up on a `blobs/batch` answer that brings
+    /// fewer than `bytes_per_sec` over the stall timeout's span of waiting
+    /// (see [`Remote::with_stall_timeout`]; without one, no floor).
+    pub fn with_min_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.min_rate = bytes_per_sec;
         self
     }
 
@@ -296,6 +336,9 @@ impl Remote {
         if extras.inline_max > 0 {
             query.push(("inline_max", extras.inline_max.to_string()));
         }
+        if extras.blob_sizes {
+            query.push(("blob_sizes", "true".into()));
+        }
         if anchor != 0 {
             query.push(("anchor", anchor.to_string()));
         }
@@ -329,23 +372,39 @@ impl Remote {
         Ok(out)
     }
 
-    pub async fn lookup(&self, feed: &FeedName, keys: Vec<ItemKey>) -> Result<Vec<WireEntry>, ReplError> {
+    /// The current state of `keys` in `feed` there (`POST
+    /// feeds/{feed}/entries`); with `sizes`, their blobs' sizes too.
+    pub async fn lookup(
+        &self,
+        feed: &FeedName,
+        keys: Vec<ItemKey>,
+        sizes: bool,
+    ) -> Result<EntriesPage, ReplError> {
         let rb = self
             .req(Method::POST, &format!("/feeds/{feed}/entries"))
-            .json(&KeyList { keys });
-        let page: EntriesPage = self.json(rb).await?;
-        Ok(page.entries)
+            .json(&KeyList {
+                keys,
+                blob_sizes: sizes,
+            });
+        self.json(rb).await
     }
 
+    /// Every item and tombstone of `feed` there after `after`, at most
+    /// `limit` (`GET feeds/{feed}/entries`); with `sizes`, their blobs'
+    /// sizes too.
     pub async fn entries(
         &self,
         feed: &FeedName,
         after: Option<&ItemKey>,
         limit: usize,
+        sizes: bool,
     ) -> Result<EntriesPage, ReplError> {
         let mut q = vec![("limit", limit.to_string())];
         if let Some(a) = after {
             q.push(("after", a.as_str().to_string()));
+        }
+        if sizes {
+            q.push(("blob_sizes", "true".into()));
         }
         self.json(self.req(Method::GET, &format!("/feeds/{feed}/entries")).query(&q))
             .await
@@ -364,8 +423,14 @@ impl Remote {
     }
 
     pub async fn stamps(&self, feed: &FeedName, keys: Vec<ItemKey>) -> Result<StampList, ReplError> {
-        self.post(&format!("/feeds/{feed}/stamps"), &KeyList { keys })
-            .await
+        self.post(
+            &format!("/feeds/{feed}/stamps"),
+            &KeyList {
+                keys,
+                blob_sizes: false,
+            },
+        )
+        .await
     }
 
     pub async fn apply(&self, feed: &FeedName, entries: Vec<WireEntry>) -> Result<ApplyResponse, ReplError> {
@@ -451,7 +516,7 @@ impl Remote {
         let resp = Self::check(resp).await?;
         let body: ByteStream = Box::pin(resp.bytes_stream().map_err(std::io::Error::other));
         Ok(crate::batch::FrameReader::new(match self.stall {
-            Some(d) => stalling(body, d),
+            Some(d) => stalling(body, d, self.min_rate),
             None => body,
         }))
     }

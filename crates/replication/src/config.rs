@@ -448,6 +448,14 @@ impl ReplicationConfig {
         }
     }
 
+    /// Whether pages are asked to tell their blobs' sizes
+    /// ([`crate::protocol::PageExtras::blob_sizes`]): when blob sources are
+    /// named, so a source's frame of another length than the blob is
+    /// refused before its bytes are written.
+    pub fn sizes_from_peer(&self) -> bool {
+        !self.blob_sources.is_empty()
+    }
+
     pub fn is_outgoing(&self) -> bool {
         matches!(self.communication, Communication::Outgoing { .. })
     }

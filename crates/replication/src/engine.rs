@@ -434,6 +434,10 @@ pub(crate) struct Run<'a> {
     sources: Vec<fetch::Source>,
     /// Blobs the current page carried inline.
     inline: HashMap<Digest, bytes::Bytes>,
+    /// Sizes of the current page's blobs, as the other side told them
+    /// (asked only with blob sources): a source's frame of another length
+    /// is refused before its bytes are written.
+    sizes: HashMap<Digest, u64>,
     /// A plan only: the delete guard would hold the current phase's
     /// deletions (the plan lists them as held).
     guard_held: bool,
@@ -503,12 +507,16 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|s| fetch::Source {
                     url: s.url.clone(),
-                    remote: r.remote(&s.url, &s.token).with_stall_timeout(fetch::SOURCE_STALL),
+                    remote: r
+                        .remote(&s.url, &s.token)
+                        .with_stall_timeout(fetch::SOURCE_STALL)
+                        .with_min_rate(fetch::SOURCE_MIN_RATE),
                     down: std::sync::atomic::AtomicBool::new(false),
                     refused: std::sync::atomic::AtomicBool::new(false),
                 })
                 .collect(),
             inline: HashMap::new(),
+            sizes: HashMap::new(),
             guard_held: false,
             feed_bytes: None,
             refetched: AtomicU64::new(0),
@@ -719,7 +727,10 @@ impl<'a> Run<'a> {
                 // Live items not listed yet, each with whether the other
                 // end holds it at the same stamp.
                 let (fresh, next) = if pulls {
-                    let page = self.remote.entries(&fr.remote, after.as_ref(), PAGE).await?;
+                    let page = self
+                        .remote
+                        .entries(&fr.remote, after.as_ref(), PAGE, false)
+                        .await?;
                     let theirs: Vec<WireEntry> = page
                         .entries
                         .into_iter()

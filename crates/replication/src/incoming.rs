@@ -534,12 +534,14 @@ impl Replicator {
             count_bytes,
             bytes_after,
             inline_max,
+            blob_sizes,
         } = q;
         let extras = PageExtras {
             count_deletes,
             count_bytes,
             bytes_after,
             inline_max,
+            blob_sizes,
         };
         self.require_read(s)?;
         if since < 0 {
@@ -566,6 +568,7 @@ impl Replicator {
             bytes_ahead: None,
             bytes_late: None,
             inline: Vec::new(),
+            sizes: HashMap::new(),
             instance_id: Some(self.ferry().instance_id()),
         };
         if since < horizon {
@@ -670,6 +673,11 @@ impl Replicator {
             .filter(|e| Self::readable(s, &feed, e))
             .collect();
         let inline = self.inline_blobs(&entries, extras.inline_max).await;
+        let sizes = if extras.blob_sizes {
+            self.sizes_of(&entries).await?
+        } else {
+            HashMap::new()
+        };
         Ok(ChangesPage {
             handshake_again: false,
             id_shared: None,
@@ -685,6 +693,7 @@ impl Replicator {
             bytes_ahead,
             bytes_late,
             inline,
+            sizes,
             instance_id: Some(self.ferry().instance_id()),
         })
     }
@@ -770,13 +779,28 @@ impl Replicator {
             .collect())
     }
 
-    /// Every item and tombstone after `after`, for a full comparison.
+    /// The size in bytes of each blob held here that `entries` (live ones)
+    /// reference, keyed by digest ([`ChangesPage::sizes`]).
+    pub async fn sizes_of(&self, entries: &[WireEntry]) -> Result<HashMap<Digest, u64>, ReplError> {
+        let mut seen = HashSet::new();
+        let digests: Vec<Digest> = entries
+            .iter()
+            .filter(|e| !e.deleted)
+            .flat_map(|e| e.blobs.iter().copied())
+            .filter(|d| seen.insert(*d))
+            .collect();
+        Ok(self.ferry().metadata().blob_sizes(&digests).await?)
+    }
+
+    /// Every item and tombstone after `after`, for a full comparison; with
+    /// `sizes`, their blobs' sizes too ([`EntriesPage::sizes`]).
     pub async fn entries(
         &self,
         s: &Session,
         feed: &str,
         after: Option<ItemKey>,
         limit: usize,
+        sizes: bool,
     ) -> Result<EntriesPage, ReplError> {
         self.require_read(s)?;
         let feed = self.session_feed(s, feed).await?;
@@ -787,12 +811,21 @@ impl Replicator {
         } else {
             None
         };
-        let entries = page
+        let entries: Vec<WireEntry> = page
             .into_iter()
             .map(WireEntry::from)
             .filter(|e| Self::readable(s, &feed, e))
             .collect();
-        Ok(EntriesPage { entries, next_after })
+        let sizes = if sizes {
+            self.sizes_of(&entries).await?
+        } else {
+            HashMap::new()
+        };
+        Ok(EntriesPage {
+            entries,
+            next_after,
+            sizes,
+        })
     }
 
     pub async fn feed_digest_for(

@@ -1465,7 +1465,10 @@ impl Replicator {
                 .filter_map(|e| Some((e.key, (e.stamp, e.live?.blobs))))
                 .collect();
             if !mine.is_empty() {
-                let there = client.lookup(remote, mine.keys().cloned().collect()).await?;
+                let there = client
+                    .lookup(remote, mine.keys().cloned().collect(), false)
+                    .await?
+                    .entries;
                 let mut differ: Vec<ItemKey> = there
                     .into_iter()
                     .filter(|t| !t.deleted)

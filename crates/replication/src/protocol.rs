@@ -281,6 +281,13 @@ pub struct ChangesPage {
     /// carried in the page.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inline: Vec<InlineBlob>,
+    /// With [`PageExtras::blob_sizes`]: the size in bytes of each blob the
+    /// page's live entries reference that this side holds, keyed by digest.
+    /// A receiver fetching from blob sources refuses a source's frame of
+    /// another length before its bytes land. Empty from a peer that does
+    /// not tell (an older one).
+    #[serde(default, skip_serializing_if = "std::collections::HashMap::is_empty")]
+    pub sizes: std::collections::HashMap<Digest, u64>,
     /// The instance that answered (a receiver that reuses an earlier
     /// handshake checks it is still talking to the same one).
     #[serde(default)]
@@ -300,7 +307,7 @@ pub const INLINE_BUDGET: u64 = 1 << 20;
 
 /// The query of a `changes` request (`since`, `anchor`, `limit`, `wait`
 /// in seconds, and what older peers ignore: `count_deletes`,
-/// `count_bytes`, `bytes_after`, `inline_max`).
+/// `count_bytes`, `bytes_after`, `inline_max`, `blob_sizes`).
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct PageQuery {
     #[serde(default)]
@@ -317,6 +324,8 @@ pub struct PageQuery {
     pub bytes_after: Option<i64>,
     #[serde(default)]
     pub inline_max: u64,
+    #[serde(default)]
+    pub blob_sizes: bool,
 }
 
 fn default_page() -> usize {
@@ -324,8 +333,8 @@ fn default_page() -> usize {
 }
 
 /// What a `changes` request asks for beyond the page (query parameters
-/// `count_deletes`, `count_bytes`, `bytes_after` and `inline_max`; older
-/// peers ignore them).
+/// `count_deletes`, `count_bytes`, `bytes_after`, `inline_max` and
+/// `blob_sizes`; older peers ignore them).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct PageExtras {
     /// Count [`ChangesPage::deletes_ahead`].
@@ -343,6 +352,9 @@ pub struct PageExtras {
     /// at most [`INLINE_BUDGET`] per page); 0: none.
     #[serde(default)]
     pub inline_max: u64,
+    /// Tell [`ChangesPage::sizes`] (asked by a receiver with blob sources).
+    #[serde(default)]
+    pub blob_sizes: bool,
 }
 
 /// A cursor's anchor: a fingerprint of the stamp of the change at the
@@ -367,6 +379,11 @@ pub struct EntriesPage {
     pub entries: Vec<WireEntry>,
     /// Ask again with `after=` this key; `None` at the end.
     pub next_after: Option<ItemKey>,
+    /// Asked with `blob_sizes=true` (or [`KeyList::blob_sizes`]): the sizes
+    /// of the entries' blobs, as [`ChangesPage::sizes`]. Empty from a peer
+    /// that does not tell.
+    #[serde(default, skip_serializing_if = "std::collections::HashMap::is_empty")]
+    pub sizes: std::collections::HashMap<Digest, u64>,
 }
 
 /// Digests: the body of `blobs/missing`, and its answer (the ones this
@@ -387,6 +404,9 @@ pub struct DigestList {
 pub struct KeyList {
     #[serde(deserialize_with = "at_most::<_, _, MAX_KEYS>")]
     pub keys: Vec<ItemKey>,
+    /// Tell the found entries' blob sizes ([`EntriesPage::sizes`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blob_sizes: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -293,6 +293,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
     };
     let remote = r.remote(url, token);
     let inline_max = cfg.inline_from_peer();
+    let blob_sizes = cfg.sizes_from_peer();
     let mut tasks = Vec::new();
     for pair in cfg.feeds.clone() {
         if cfg.mode.flows.pulls() {
@@ -324,6 +325,7 @@ async fn watchers(r: Replicator, id: i64, name: String, wake: Arc<Wake>) {
                         count_bytes: true,
                         bytes_after: None,
                         inline_max,
+                        blob_sizes,
                     };
                     match remote
                         .changes(&pair.remote, cursor, anchor, PAGE, LONG_POLL_SECS, extras)

@@ -163,6 +163,8 @@ struct EntriesQuery {
     after: Option<String>,
     #[serde(default = "default_limit")]
     limit: usize,
+    #[serde(default)]
+    blob_sizes: bool,
 }
 
 async fn entries(
@@ -179,7 +181,7 @@ async fn entries(
         .map_err(|e| err(CoreError::from(e)))?;
     Ok(Json(
         st.replicator
-            .entries(&s, &feed, after, q.limit)
+            .entries(&s, &feed, after, q.limit, q.blob_sizes)
             .await
             .map_err(|e| failed(&st, &s, e))?,
     ))
@@ -191,14 +193,24 @@ async fn lookup(
     Path(feed): Path<String>,
     body: Result<Json<KeyList>, axum::extract::rejection::JsonRejection>,
 ) -> JsonResult<EntriesPage> {
+    let asked = json_body(body)?;
     let entries = st
         .replicator
-        .lookup(&s, &feed, json_body(body)?.keys)
+        .lookup(&s, &feed, asked.keys)
         .await
         .map_err(|e| failed(&st, &s, e))?;
+    let sizes = if asked.blob_sizes {
+        st.replicator
+            .sizes_of(&entries)
+            .await
+            .map_err(|e| failed(&st, &s, e))?
+    } else {
+        Default::default()
+    };
     Ok(Json(EntriesPage {
         entries,
         next_after: None,
+        sizes,
     }))
 }
 

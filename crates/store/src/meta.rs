@@ -516,6 +516,14 @@ pub trait MetadataStore: crate::SessionStore + crate::UploadSessionStore + Send 
         }
         Ok(out)
     }
+    /// The size in bytes, as registered when each was committed, of those
+    /// of `digests` registered as present (absent ones are left out): what
+    /// a replication peer tells a receiver that fetches from blob sources,
+    /// so a frame of another length is refused before its bytes land.
+    async fn blob_sizes(
+        &self,
+        digests: &[Digest],
+    ) -> Result<std::collections::HashMap<Digest, u64>, StoreError>;
     /// Blobs registered as present, with their sizes (bytes), in digest
     /// order after `after`, at most `limit` (for `fsck`).
     async fn blobs_after(

@@ -1290,6 +1290,22 @@ impl MetadataStore for PgStore {
         rows.into_iter().map(digest_from).collect()
     }
 
+    async fn blob_sizes(
+        &self,
+        digests: &[Digest],
+    ) -> Result<std::collections::HashMap<Digest, u64>, StoreError> {
+        let rows = sqlx::query("SELECT digest, size FROM blobs WHERE digest = ANY($1) AND NOT deleting")
+            .bind(digest_params(digests))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let size: i64 = r.try_get(1)?;
+                Ok((digest_from(r.try_get(0)?)?, size.max(0) as u64))
+            })
+            .collect()
+    }
+
     async fn blobs_after(
         &self,
         after: Option<&Digest>,

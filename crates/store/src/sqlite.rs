@@ -1006,6 +1006,25 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn blob_sizes(
+        &self,
+        digests: &[Digest],
+    ) -> Result<std::collections::HashMap<Digest, u64>, StoreError> {
+        let digests = digests.to_vec();
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT size FROM blobs WHERE digest = ?1 AND deleting = 0")?;
+            let mut out = std::collections::HashMap::new();
+            for d in digests {
+                let v: Option<i64> = st.query_row([d.as_bytes()], |r| r.get(0)).optional()?;
+                if let Some(n) = v {
+                    out.insert(d, n.max(0) as u64);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn blob_present(&self, digest: &Digest) -> Result<bool, StoreError> {
         let d = *digest;
         self.read(move |c| {

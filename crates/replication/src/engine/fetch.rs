@@ -39,6 +39,11 @@ const SMALL_GROUP_AGE: std::time::Duration = std::time::Duration::from_millis(50
 /// How long a blob source may take to answer, or to send its next bytes,
 /// before it counts as failed (and the other side is asked instead).
 pub(super) const SOURCE_STALL: std::time::Duration = std::time::Duration::from_secs(15);
+/// Fewest bytes per second a blob source must send, over each
+/// [`SOURCE_STALL`] of waiting for its bytes (128 KiB/s, 1 Mbit/s): one
+/// slower than that is left for the other instance, which then sends what
+/// the source had not (from the byte it reached).
+pub(super) const SOURCE_MIN_RATE: u64 = 128 << 10;
 
 /// Large frames of one batch stream being stored at once while the next
 /// frames are read (their bytes wait in memory, 8 chunks each at most).
@@ -630,6 +635,20 @@ impl Run<'_> {
                         "the other instance sent blob {d} from byte {}, not {}",
                         header.offset,
                         transfer.offset()
+                    )));
+                    break;
+                }
+                // A frame runs from its offset to the blob's end: one of
+                // another length (a source sending endless bytes) is
+                // refused before any of its bytes is written, and the blob
+                // is asked for again (of the peer, when a source sent it).
+                if let Some(&size) = self.sizes.get(&d)
+                    && header.offset.checked_add(header.length) != Some(size)
+                {
+                    g.retry.push(d);
+                    g.error = Some(ReplError::Transport(format!(
+                        "it sent {} bytes from byte {} of blob {d}, which is {size} bytes long",
+                        header.length, header.offset
                     )));
                     break;
                 }

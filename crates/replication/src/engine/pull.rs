@@ -56,11 +56,13 @@ impl Run<'_> {
         let from_start = since == 0;
         let guarded = self.cfg.mode.flows.delete_local && !self.confirm_deletes;
         let inline_max = self.cfg.inline_from_peer();
+        let blob_sizes = self.cfg.sizes_from_peer();
         let extras = PageExtras {
             count_deletes: guarded,
             count_bytes: true,
             bytes_after: None,
             inline_max,
+            blob_sizes,
         };
         // A page the long poll brought is the first page of the run it
         // woke, if it starts at this cursor (no round trip at all for a
@@ -180,6 +182,7 @@ impl Run<'_> {
                                 count_bytes: false,
                                 bytes_after,
                                 inline_max,
+                                blob_sizes,
                             },
                         )
                         .await
@@ -187,6 +190,7 @@ impl Run<'_> {
             });
             let entries = std::mem::take(&mut page.entries);
             self.take_inline(std::mem::take(&mut page.inline));
+            self.sizes = std::mem::take(&mut page.sizes);
             let this = async {
                 if entries.is_empty() {
                     Ok(None)
@@ -242,6 +246,7 @@ impl Run<'_> {
                 None => {
                     let extras = PageExtras {
                         bytes_after,
+                        blob_sizes,
                         ..PageExtras::default()
                     };
                     self.remote.changes(remote, since, anchor, PAGE, 0, extras).await
@@ -340,7 +345,12 @@ impl Run<'_> {
         let keys: Vec<ItemKey> = self.stuck_known.keys().cloned().collect();
         let mut out = Vec::new();
         for chunk in keys.chunks(PAGE) {
-            let found = self.remote.lookup(remote, chunk.to_vec()).await?;
+            let page = self
+                .remote
+                .lookup(remote, chunk.to_vec(), self.cfg.sizes_from_peer())
+                .await?;
+            self.sizes.extend(page.sizes);
+            let found = page.entries;
             let absent: Vec<ItemKey> = chunk
                 .iter()
                 .filter(|k| !found.iter().any(|e| &e.key == *k))
@@ -434,7 +444,12 @@ impl Run<'_> {
                 .map(|c| c.key)
                 .collect();
             for chunk in keys.chunks(PAGE) {
-                let theirs = self.remote.lookup(remote, chunk.to_vec()).await?;
+                let page = self
+                    .remote
+                    .lookup(remote, chunk.to_vec(), self.cfg.sizes_from_peer())
+                    .await?;
+                self.sizes = page.sizes;
+                let theirs = page.entries;
                 if !theirs.is_empty() {
                     self.pull_entries(local, remote, &theirs, fr).await?;
                 }
@@ -483,7 +498,11 @@ impl Run<'_> {
         let mut after: Option<ItemKey> = None;
         let mut seen: HashSet<ItemKey> = HashSet::new();
         loop {
-            let page = self.remote.entries(remote, after.as_ref(), PAGE).await?;
+            let mut page = self
+                .remote
+                .entries(remote, after.as_ref(), PAGE, self.cfg.sizes_from_peer())
+                .await?;
+            self.sizes = std::mem::take(&mut page.sizes);
             // The other side's item count is not known ahead: the total
             // grows page by page.
             self.expect_items(page.entries.len() as u64);
