@@ -222,6 +222,25 @@ mode = "push"
         assert_eq!(s0.cli_ok(&["config", "export"]), before);
     }
 
+    // prune = true in a file that declares no replication (cut short, the
+    // wrong file) would delete them all: refused, naming them and the way
+    // to delete them, and nothing changed.
+    std::fs::write(
+        conf0,
+        "prune = true\n[[feeds]]\nname = \"files\"\ntype = \"assets\"\n",
+    )
+    .unwrap();
+    let err = s0.cli_fails(&["config", "apply", conf0.to_str().unwrap()]);
+    assert!(
+        err.contains("declares no [[replications]]")
+            && err.contains("downstream")
+            && err.contains("from-hub")
+            && err.contains("ferry replication delete")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(s0.cli_ok(&["config", "export"]), before);
+
     // prune = true deletes what the file no longer declares.
     std::fs::write(
         conf0,

@@ -503,6 +503,22 @@ pub async fn apply(
     } else {
         Vec::new()
     };
+    // `prune = true` in a file that declares no replication at all would
+    // delete every one (a file cut short, the wrong file): refused, as
+    // `kubectl apply --prune` wants a selector. Deleting them all is
+    // `ferry replication delete NAME` for each.
+    if decls.replications.is_empty() && !prune.is_empty() {
+        let kept = undo_feeds(ferry, &created).await;
+        return Err(DeclareError::new(
+            None,
+            "prune".into(),
+            format!(
+                "prune = true in a file that declares no [[replications]] would delete every replication here ({}); declare the ones to keep, or delete them with `ferry replication delete NAME`",
+                prune.join(", ")
+            ),
+        )
+        .undone(&kept));
+    }
     for name in &created {
         applied.feeds.push((name.to_string(), Change::Created));
     }
