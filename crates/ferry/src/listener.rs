@@ -213,6 +213,21 @@ pub async fn serve(
             match tls {
                 None => serve_connection(tcp, peer, conn, shared, stop, force).await,
                 Some(acceptor) => {
+                    // A TLS record starts with its content type (22, a
+                    // handshake); a plain-HTTP request with a method's
+                    // capital letter: answered in plain HTTP, saying so,
+                    // rather than closed without a word.
+                    let mut first = [0u8; 1];
+                    let peeked = tokio::select! {
+                        r = tokio::time::timeout(shared.limits.header_read_timeout, tcp.peek(&mut first)) => r,
+                        _ = conn.evicted() => return,
+                        _ = stop.wait_for(|stopping| *stopping) => return,
+                        _ = force.cancelled() => return,
+                    };
+                    if matches!(peeked, Ok(Ok(1))) && first[0].is_ascii_uppercase() {
+                        plain_http_on_tls(tcp, shared.limits.header_read_timeout).await;
+                        return;
+                    }
                     let handshake =
                         tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(tcp));
                     let stream = tokio::select! {
@@ -455,6 +470,74 @@ where
         io::Result::Ok(())
     };
     tokio::time::timeout(within, answered).await.unwrap_or(Ok(()))
+}
+
+/// Answers a plain-HTTP request made to the TLS port (`curl http://…` or an
+/// `http://` replication URL where the server serves HTTPS): reads its
+/// head (at most 16 KiB, within `within`), answers 400 in plain HTTP with a
+/// text naming the `https://` URL to use (the request's `Host` when it is
+/// a plain host name), and closes. nginx answers such requests alike.
+async fn plain_http_on_tls(mut tcp: tokio::net::TcpStream, within: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answered = async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&head);
+        let target = text
+            .split("\r\n")
+            .next()
+            .and_then(|line| line.split(' ').nth(1))
+            .filter(|t| t.starts_with('/') && t.len() <= 2048 && t.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or("/");
+        let host = text
+            .split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.trim())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.len() <= 255
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+            });
+        let body = match host {
+            Some(h) => format!(
+                "this port serves HTTPS, and the request came as plain HTTP: ask https://{h}{target} instead\n"
+            ),
+            None => "this port serves HTTPS, and the request came as plain HTTP: ask with an https:// URL instead\n"
+                .to_owned(),
+        };
+        let answer = format!(
+            "HTTP/1.1 400 Bad Request\r\ndate: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+             connection: close\r\nx-content-type-options: nosniff\r\ncontent-security-policy: {}\r\n\r\n{body}",
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+            body.len(),
+            ferry_server::blobs::SANDBOX_POLICY,
+        );
+        tcp.write_all(answer.as_bytes()).await?;
+        tcp.shutdown().await?;
+        // What the client still sends (a body) is read for a moment, so
+        // the close does not reset the connection before the answer is read.
+        let mut left = 1usize << 20;
+        while left > 0 {
+            let n = tcp.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        io::Result::Ok(())
+    };
+    if let Ok(Err(e)) = tokio::time::timeout(within, answered).await {
+        tracing::debug!(error = %e, "could not answer a plain-HTTP request on the TLS port");
+    }
 }
 
 /// An empty SETTINGS frame, then GOAWAY (last stream 0, `HTTP_1_1_REQUIRED`)

@@ -386,3 +386,122 @@ fn https_hub_replicates_to_spokes_that_trust_its_ca_and_reloads_its_certificate(
         "a good certificate after a FIFO and a device was not loaded on SIGHUP"
     );
 }
+
+/// The wrong scheme, either way: plain HTTP to the TLS port is answered in
+/// plain HTTP, naming the https:// URL (it was closed without a word:
+/// "empty reply from server"); a replication or blob source named with
+/// the wrong scheme is refused when it is named, nothing stored (an
+/// https:// URL at a plain-HTTP port was stored as merely unreachable, and
+/// failed at every run).
+#[test]
+fn the_wrong_scheme_is_answered_in_words_and_refused_when_named() {
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    make_ca(dir);
+    make_cert(dir, "first", "1001");
+    install_cert(dir, "first");
+    let ca = dir.join("ca.pem");
+    let hub = Server::start_with(&[
+        ("FERRY_TLS_CERT", dir.join("server.pem").to_str().unwrap()),
+        ("FERRY_TLS_KEY", dir.join("server.key").to_str().unwrap()),
+    ]);
+    let addr = hub.url.trim_start_matches("https://").to_string();
+    let plain_url = format!("http://{addr}");
+
+    // curl over plain HTTP: a 400 that says what to ask instead; a body
+    // sent with it does not reset the answer away.
+    let (st, body) = curl(&[&format!("{plain_url}/health")]);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(st, 400, "{body}");
+    assert!(
+        body.contains("this port serves HTTPS") && body.contains(&format!("https://{addr}/health")),
+        "{body}"
+    );
+    let big = dir.join("big.bin");
+    std::fs::write(&big, [7u8; 300_000]).unwrap();
+    let (st, body) = curl(&[
+        "-T",
+        big.to_str().unwrap(),
+        &format!("{plain_url}/assets/files/x.bin"),
+    ]);
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
+    // The TLS port still serves TLS.
+    assert_eq!(
+        curl(&["--cacert", ca.to_str().unwrap(), &format!("{}/health", hub.url)]).0,
+        200
+    );
+
+    cli_with_ca_ok(&hub.url, &ca, &["feed", "create", "files", "--type", "assets"]);
+    cli_with_ca_ok(
+        &hub.url,
+        &ca,
+        &[
+            "replication",
+            "create",
+            "edges",
+            "--incoming",
+            "--mode",
+            "push",
+            "--feed",
+            "files",
+        ],
+    );
+    let token = cli_with_ca_ok(&hub.url, &ca, &["replication", "token", "edges"])
+        .trim()
+        .to_string();
+
+    // http:// to the TLS hub, and https:// to a plain-HTTP instance (the
+    // peer, or a blob source): refused when named, nothing stored.
+    let spoke = Server::start_with(&[("FERRY_TLS_CA_FILE", ca.to_str().unwrap())]);
+    spoke.create_feed("files", "assets");
+    let plain = Server::start();
+    plain.create_feed("files", "assets");
+    let plain_token = plain.incoming("site", &["files"], "push");
+    let wrong_tls = plain.url.replace("http://", "https://");
+    for (url, token, sources, says) in [
+        (
+            plain_url.as_str(),
+            token.as_str(),
+            vec![],
+            "this port serves HTTPS",
+        ),
+        (
+            wrong_tls.as_str(),
+            plain_token.as_str(),
+            vec![],
+            "answers plain HTTP, not HTTPS",
+        ),
+        (
+            hub.url.as_str(),
+            token.as_str(),
+            vec![
+                "--blob-source",
+                wrong_tls.as_str(),
+                "--blob-source-token",
+                plain_token.as_str(),
+            ],
+            "answers plain HTTP, not HTTPS",
+        ),
+    ] {
+        let mut args = vec![
+            "replication",
+            "create",
+            "from-hub",
+            "--feed",
+            "files",
+            "--outgoing",
+            url,
+            "--token",
+            token,
+            "--mode",
+            "pull",
+        ];
+        args.extend(sources);
+        let out = spoke.cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}: a wrong scheme was stored");
+        assert!(err.contains(says), "{url}: {err}");
+        let list = spoke.cli_ok(&["replication", "list"]);
+        assert!(!list.contains("from-hub"), "{url}: {list}");
+    }
+}

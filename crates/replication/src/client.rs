@@ -28,9 +28,7 @@ fn transport(e: reqwest::Error) -> ReplError {
     }
     // rustls reading a plain-HTTP answer where a TLS record should be.
     if msg.contains("InvalidContentType") {
-        msg.push_str(
-            " (the address answers plain HTTP, not HTTPS: if the other instance serves no TLS, its URL begins with http://)",
-        );
+        msg.push_str(PLAIN_HTTP);
     }
     ReplError::Transport(msg)
 }
@@ -82,6 +80,11 @@ fn stalling(body: ByteStream, d: Duration, min_rate: u64) -> ByteStream {
         }
     }))
 }
+
+/// What a transport error says when an `https://` URL's address answered
+/// plain HTTP (rustls found no TLS record): the URL is wrong, not the
+/// other instance away, so the checks made when it is named refuse it.
+pub(crate) const PLAIN_HTTP: &str = " (the address answers plain HTTP, not HTTPS: if the other instance serves no TLS, its URL begins with http://)";
 
 /// How [`Remote::check`] begins the message of an error answer whose body
 /// is not Ferry's JSON error shape (something else answers at that URL).

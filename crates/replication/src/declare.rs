@@ -324,6 +324,11 @@ impl Replicator {
                     one_line_whole(&message)
                 )))
             }
+            // An https:// URL whose address answers plain HTTP: it never
+            // will answer TLS; the URL is wrong.
+            Err(ReplError::Transport(m)) if m.contains(crate::client::PLAIN_HTTP) => {
+                Err(ReplError::Refused(one_line_whole(&m)))
+            }
             Err(e) => {
                 let error = one_line_whole(&e.to_string());
                 tracing::warn!(replication = %rec.name, %error, "other instance not reachable yet; will retry");
@@ -384,6 +389,9 @@ impl Replicator {
                         "it answered HTTP {status} to a batched blob request ({}): not a Ferry instance offering batched transfers at this base URL",
                         one_line_whole(&message)
                     )));
+                }
+                Err(ReplError::Transport(m)) if m.contains(crate::client::PLAIN_HTTP) => {
+                    return Err(refusal(one_line_whole(&m)));
                 }
                 Err(e) => {
                     let error = one_line_whole(&e.to_string());
