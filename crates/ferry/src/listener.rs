@@ -36,7 +36,10 @@
 //!   too large is read to its end first, when within hyper's buffer, so
 //!   the reason names its number of fields or its size). A client that
 //!   opens with HTTP/2's preface reads no HTTP/1.1 answer: it gets a GOAWAY
-//!   saying `HTTP_1_1_REQUIRED` ([`http2_refusal`]).
+//!   saying `HTTP_1_1_REQUIRED` ([`http2_refusal`]). On the TLS port, a
+//!   connection whose first byte is a capital letter (a plain-HTTP request,
+//!   not a TLS record) gets a plain-HTTP 400 naming the `https://` URL
+//!   ([`plain_http_on_tls`]).
 //!
 //! Long polls (`GET /api/replication/v1/feeds/F/changes?wait=N`) are exempt
 //! by design: once a request's headers are in, nothing above times out the
