@@ -506,7 +506,9 @@ impl<'a> Run<'a> {
                 .blob_sources
                 .iter()
                 .map(|s| fetch::Source {
-                    url: s.url.clone(),
+                    // One name per source in metrics and logs, however its
+                    // URL ends.
+                    url: s.url.trim_end_matches('/').to_owned(),
                     remote: r
                         .remote(&s.url, &s.token)
                         .with_stall_timeout(fetch::SOURCE_STALL)
