@@ -426,6 +426,9 @@ pub async fn replication(cmd: ReplCmd) -> anyhow::Result<()> {
             )
             .await?;
             say!("{}", r["token"].as_str().unwrap_or_default());
+            if let Some(w) = r["warning"].as_str() {
+                esay!("warning: {w}");
+            }
         }
         ReplCmd::Revoke { name, token_id, conn } => {
             call(

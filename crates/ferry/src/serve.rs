@@ -530,8 +530,11 @@ async fn ensure_admin_key(ferry: &Ferry, data_dir: &Path, shared: bool) -> anyho
 }
 
 /// The replications a configuration file declares.
-fn declared_names(d: &ferry_server::declare::Declarations) -> std::collections::HashSet<String> {
-    d.replications.iter().map(|r| r.name.clone()).collect()
+fn declared_names(d: &ferry_server::declare::Declarations) -> std::collections::HashMap<String, bool> {
+    d.replications
+        .iter()
+        .map(|r| (r.name.clone(), !r.accept_tokens.is_empty()))
+        .collect()
 }
 
 fn source_name(cfg: &Config) -> String {

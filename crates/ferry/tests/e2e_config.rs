@@ -924,6 +924,31 @@ fn a_token_dropped_from_accept_tokens_is_revoked_with_prune() {
         list.as_array().unwrap().iter().all(|t| t["revoked"] == false),
         "{list}"
     );
+
+    // A token made through the API for a replication whose file lists its
+    // tokens is not among them: said at once, with the entry to add (it
+    // was said only at the next SIGHUP); added, prune keeps it.
+    let out = hub.cli(&["replication", "token", "edge"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let made = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let made_id = id(&made);
+    let line = said
+        .split("add ")
+        .nth(1)
+        .and_then(|r| r.split(" to that list").next())
+        .unwrap_or_else(|| panic!("no entry to add: {said}"))
+        .to_string();
+    assert!(
+        said.contains("accept_tokens") && said.contains("hub.toml") && line.contains(&made_id),
+        "{said}"
+    );
+    std::fs::write(&conf, hub_file(&[&entry(&a1), &line], true)).unwrap();
+    let out = hub.cli_ok(&["config", "apply", conf.to_str().unwrap()]);
+    assert!(!token_revoked(&hub, "edge", &made_id), "{out}");
+    // The other replication's file declares no token list: nothing said.
+    let out = hub.cli(&["replication", "token", "other"]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
 }
 
 /// A relative `data_dir` written in the file is relative to the file's

@@ -53,8 +53,10 @@ pub struct Replicator(Arc<Inner>);
 struct Inner {
     /// The configuration file `ferry serve` applies (at start and on
     /// SIGHUP) and the replications it declares: a change made through the
-    /// API to one of them lasts until the file is applied again.
-    file_declared: Mutex<Option<(String, HashSet<String>)>>,
+    /// API to one of them lasts until the file is applied again. Each name
+    /// says whether its declaration lists `accept_tokens` (a token made
+    /// through the API is then not among them).
+    file_declared: Mutex<Option<(String, HashMap<String, bool>)>>,
     /// Long polls waiting now, by sync token id (see
     /// [`incoming::WaitSlot`]).
     waiting: Mutex<HashMap<String, usize>>,
@@ -368,7 +370,7 @@ impl Replicator {
     }
     /// Notes that the configuration file `file` (applied at start and on
     /// SIGHUP) declares the replications `names`.
-    pub fn set_file_declared(&self, file: String, names: HashSet<String>) {
+    pub fn set_file_declared(&self, file: String, names: HashMap<String, bool>) {
         if let Ok(mut d) = self.0.file_declared.lock() {
             *d = Some((file, names));
         }
@@ -379,7 +381,18 @@ impl Replicator {
     pub fn declared_in_file(&self, name: &str) -> Option<String> {
         let d = self.0.file_declared.lock().ok()?;
         d.as_ref()
-            .filter(|(_, names)| names.contains(name))
+            .filter(|(_, names)| names.contains_key(name))
+            .map(|(file, _)| file.clone())
+    }
+
+    /// The configuration file whose declaration of replication `name` lists
+    /// the tokens it accepts (`accept_tokens`), if one does: a token made
+    /// through the API is not among them, so the file's next application
+    /// names it in a warning, or revokes it with `prune`.
+    pub fn tokens_listed_in_file(&self, name: &str) -> Option<String> {
+        let d = self.0.file_declared.lock().ok()?;
+        d.as_ref()
+            .filter(|(_, names)| names.get(name).copied().unwrap_or(false))
             .map(|(file, _)| file.clone())
     }
 

@@ -259,7 +259,15 @@ async fn new_token(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let token = st.replicator.new_token(&name).await.map_err(repl)?;
-    Ok((StatusCode::CREATED, Json(json!({ "token": token }))))
+    let mut v = json!({ "token": token });
+    if let Some(file) = st.replicator.tokens_listed_in_file(&name) {
+        let (id, secret) = ferry_replication::token::split(&token).unwrap_or_default();
+        let sha256 = ferry_types::Digest::of(secret.as_bytes()).hex();
+        v["warning"] = json!(format!(
+            "replication {name} lists the tokens it accepts in {file} (accept_tokens), and this one is not there: add {{ id = \"{id}\", sha256 = \"{sha256}\" }} to that list, or the file's next application (start, SIGHUP) names this token in a warning, and revokes it with prune = true"
+        ));
+    }
+    Ok((StatusCode::CREATED, Json(v)))
 }
 
 async fn revoke_token(
