@@ -20,6 +20,11 @@ use tokio::sync::mpsc;
 
 use crate::{CoreError, Ferry, LocalWrite};
 
+/// Most npm publish bodies parsed at once (each holds a blocking thread
+/// while its body comes; tokio's blocking pool has 512).
+const MAX_PUBLISH_PARSES: usize = 64;
+static PUBLISH_PARSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PUBLISH_PARSES);
+
 /// The message of every "no such package" answer (`{"error":"not found"}`).
 pub const NOT_FOUND: &str = "not found";
 
@@ -284,7 +289,17 @@ pub async fn put_package(
     let (body_tx, body_rx) = mpsc::channel::<io::Result<Bytes>>(QUEUE);
     let (blob_tx, blob_rx) = mpsc::channel::<Bytes>(QUEUE);
     let owned_name = name.to_owned();
+    // The parser holds a blocking thread for as long as the body takes to
+    // come: publishes being parsed at once are capped, so slow ones (a far
+    // client, a hostile one) cannot take the runtime's blocking pool, which
+    // every file and database access needs. The others wait here, holding
+    // no thread.
+    let permit = PUBLISH_PARSES
+        .acquire()
+        .await
+        .map_err(|_| CoreError::Internal("the publish parser cap was closed".into()))?;
     let parse = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let reader = ChannelReader {
             rx: body_rx,
             chunk: Bytes::new(),

@@ -525,7 +525,18 @@ enum KeyCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Threads for blocking work (file and database access, hashing):
+    // tokio's default of 512 unless FERRY_BLOCKING_THREADS says otherwise.
+    let blocking = std::env::var("FERRY_BLOCKING_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(512);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(blocking)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             esay!("error: cannot start runtime: {e}");

@@ -805,3 +805,116 @@ fn a_request_refused_before_its_body_is_read_still_gets_its_reason_across() {
     }
     assert!(s.lacks("files", "a.bin"));
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Uploads that trickle and downloads that are not read hold no thread of
+/// the server's blocking pool, and each slow download little memory: with
+/// the pool cut to 8 threads, 24 of each leave every other request served
+/// at once (a writer held its thread for a whole upload, a reader its
+/// thread for a whole download, so about 520 slow transfers stalled every
+/// file and database access of a default server; and a slow reader held
+/// up to 6 MiB of read-ahead).
+#[test]
+fn slow_uploads_and_downloads_hold_no_blocking_thread_and_little_memory() {
+    let s = Server::start_with(&[("FERRY_BLOCKING_THREADS", "8"), ("FERRY_BODY_TIMEOUT_SECS", "60")]);
+    s.create_feed("files", "assets");
+    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    s.put_asset("files", "big.bin", &big);
+    s.put_asset("files", "small.txt", b"small");
+    let auth = format!("Authorization: Bearer {ADMIN}");
+    let before = rss_kib(s.pid());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut held = Vec::new();
+    for i in 0..24 {
+        // An upload of 1 MB that sends 100 bytes every half second.
+        let mut up = connect(&s);
+        let head = format!(
+            "PUT /assets/files/up{i}.bin HTTP/1.1\r\nHost: ferry\r\n{auth}\r\nContent-Length: 1000000\r\n\r\n"
+        );
+        up.write_all(head.as_bytes()).unwrap();
+        let stop_up = stop.clone();
+        held.push(std::thread::spawn(move || {
+            while !stop_up.load(std::sync::atomic::Ordering::SeqCst) {
+                if up.write_all(&[b'u'; 100]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }));
+        // A download of the 16 MiB file whose client reads nothing.
+        let mut down = connect(&s);
+        down.write_all(b"GET /assets/files/big.bin HTTP/1.1\r\nHost: ferry\r\n\r\n")
+            .unwrap();
+        let stop_down = stop.clone();
+        held.push(std::thread::spawn(move || {
+            while !stop_down.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            drop(down);
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Every other request is served at once: reads, a write, the API.
+    let timed = |args: &[&str]| {
+        let start = Instant::now();
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+            .args(args)
+            .output()
+            .unwrap();
+        (String::from_utf8_lossy(&out.stdout).to_string(), start.elapsed())
+    };
+    for (what, args) in [
+        (
+            "a small download",
+            vec![format!("{}/assets/files/small.txt", s.url)],
+        ),
+        (
+            "a small upload",
+            vec![
+                "-T".into(),
+                "/dev/null".into(),
+                "-H".into(),
+                auth.clone(),
+                format!("{}/assets/files/new.txt", s.url),
+            ],
+        ),
+        (
+            "the feed list",
+            vec!["-H".into(), auth.clone(), format!("{}/api/v1/feeds", s.url)],
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, took) = timed(&args);
+        assert!(
+            status.starts_with('2') && took < Duration::from_secs(5),
+            "{what} beside 24 slow uploads and 24 slow downloads: HTTP {status} after {took:?}"
+        );
+    }
+    let grown_mib = rss_kib(s.pid()).saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 64,
+        "24 slow downloads and uploads grew the server by {grown_mib} MiB"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for h in held {
+        h.join().unwrap();
+    }
+    // Nothing of the unfinished uploads is served.
+    for i in 0..24 {
+        assert!(s.lacks("files", &format!("up{i}.bin")));
+    }
+    assert!(s.serves("files", "big.bin", &big));
+}

@@ -843,13 +843,89 @@ struct Poured {
     size: u64,
 }
 
+/// The writing end of [`pour`]: the file as `sink` says, and where the
+/// cached sink's write-back stands. Moved to a blocking thread while there
+/// are bytes to write, and back while there are none.
+enum PourOut {
+    Direct(crate::direct::DirectWriter),
+    Cached {
+        out: std::io::BufWriter<std::fs::File>,
+        unflushed: usize,
+        window_start: u64,
+    },
+}
+
+impl PourOut {
+    fn new(file: std::fs::File, sink: Sink, start: u64) -> Self {
+        match sink {
+            Sink::Direct(direct) => PourOut::Direct(crate::direct::DirectWriter::new(file, direct, start)),
+            Sink::Cached => PourOut::Cached {
+                out: std::io::BufWriter::with_capacity(WRITE_SLICE, file),
+                unflushed: 0,
+                window_start: start,
+            },
+        }
+    }
+
+    /// Hashes and writes one batch of chunks (blocking).
+    fn write(&mut self, batch: Vec<Bytes>, hasher: &mut Option<Sha256Hasher>) -> io::Result<()> {
+        use std::io::Write;
+        match self {
+            PourOut::Direct(out) => {
+                for chunk in batch {
+                    out.write(&chunk, hasher)?;
+                }
+            }
+            PourOut::Cached {
+                out,
+                unflushed,
+                window_start,
+            } => {
+                // Slices of a chunk are hashed and written one after the
+                // other while they are still in the CPU's cache; a slice of
+                // the buffer's size goes to the file without being copied
+                // into it.
+                for chunk in batch {
+                    for piece in chunk.chunks(WRITE_SLICE) {
+                        if let Some(h) = hasher {
+                            h.update(piece);
+                        }
+                        out.write_all(piece)?;
+                    }
+                    *unflushed += chunk.len();
+                }
+                if *unflushed >= WRITEBACK_EVERY {
+                    out.flush()?;
+                    start_writeback(out.get_ref(), *window_start, *unflushed as u64);
+                    *window_start += *unflushed as u64;
+                    *unflushed = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The file, with every byte handed over written (blocking).
+    fn finish(self) -> io::Result<std::fs::File> {
+        match self {
+            // Also after a broken body: the file keeps every byte that came.
+            PourOut::Direct(out) => out.finish(),
+            PourOut::Cached { out, .. } => out.into_inner().map_err(|e| e.into_error()),
+        }
+    }
+}
+
 /// Streams `body` into `file` (which already holds `size` bytes and is
 /// positioned after them) the way `sink` says: hashing and writing happen
-/// on one blocking thread, so the async workers only move chunks. Past `limit` bytes in all
-/// it stops with [`StoreError::TooLarge`]. If `body` fails midway, the error
-/// is returned once everything before it is written. If the caller's future is dropped,
-/// the writer finishes what it was handed and stops; `hold` is dropped when
-/// the writer ends.
+/// on a blocking thread, so the async workers only move chunks. The thread
+/// is held only while there are bytes to write: when the body has sent
+/// nothing more yet, it is given back, and taken again with the next
+/// bytes, so bodies that trickle (a slow link, a hostile client) hold no
+/// thread of the runtime's bounded blocking pool while they wait. Past
+/// `limit` bytes in all it stops with [`StoreError::TooLarge`]. If `body`
+/// fails midway, the error is returned once everything before it is
+/// written. If the caller's future is dropped, the writer finishes what it
+/// was handed and stops; `hold` is dropped when the writer ends.
 async fn pour(
     mut body: ByteStream,
     file: std::fs::File,
@@ -860,47 +936,34 @@ async fn pour(
     hold: impl Send + 'static,
 ) -> Result<Poured, StoreError> {
     use futures::FutureExt as _;
-    use std::io::Write;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(4);
     let start = size;
-    let writer = tokio::task::spawn_blocking(move || -> io::Result<(std::fs::File, Option<Sha256Hasher>)> {
+    let writer = tokio::spawn(async move {
         let _hold = hold;
+        let mut out = PourOut::new(file, sink, start);
         let mut hasher = hasher;
-        if let Sink::Direct(direct) = sink {
-            let mut out = crate::direct::DirectWriter::new(file, direct, start);
-            while let Some(batch) = rx.blocking_recv() {
-                for chunk in batch {
-                    out.write(&chunk, &mut hasher)?;
-                }
-            }
-            // Also after a broken body: the file keeps every byte that came.
-            return Ok((out.finish()?, hasher));
-        }
-        // Slices of a chunk are hashed and written one after the other
-        // while they are still in the CPU's cache; a slice of the buffer's
-        // size goes to the file without being copied into it.
-        let mut out = std::io::BufWriter::with_capacity(WRITE_SLICE, file);
-        let mut unflushed = 0;
-        let mut window_start = start;
-        while let Some(batch) = rx.blocking_recv() {
-            for chunk in batch {
-                for piece in chunk.chunks(WRITE_SLICE) {
-                    if let Some(h) = &mut hasher {
-                        h.update(piece);
+        while let Some(first) = rx.recv().await {
+            // Writes what is handed over for as long as more is ready,
+            // then gives the thread back.
+            let (o, h, r, written) = tokio::task::spawn_blocking(move || {
+                let mut written = out.write(first, &mut hasher);
+                while written.is_ok() {
+                    match rx.try_recv() {
+                        Ok(batch) => written = out.write(batch, &mut hasher),
+                        Err(_) => break,
                     }
-                    out.write_all(piece)?;
                 }
-                unflushed += chunk.len();
-            }
-            if unflushed >= WRITEBACK_EVERY {
-                out.flush()?;
-                start_writeback(out.get_ref(), window_start, unflushed as u64);
-                window_start += unflushed as u64;
-                unflushed = 0;
-            }
+                (out, hasher, rx, written)
+            })
+            .await
+            .map_err(io::Error::other)?;
+            (out, hasher, rx) = (o, h, r);
+            written?;
         }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        Ok((file, hasher))
+        let file = tokio::task::spawn_blocking(move || out.finish())
+            .await
+            .map_err(io::Error::other)??;
+        io::Result::Ok((file, hasher))
     });
     let mut failure = None;
     let mut ended = false;
@@ -1954,6 +2017,77 @@ fn place_blobs(
     Ok(out)
 }
 
+/// Bytes of a blob served as a stream read at once (in one blocking
+/// call); the next read waits until this one is taken.
+const STREAM_CHUNK: u64 = 256 << 10;
+
+/// A large blob being served ([`FsBlobStore::read`]): the open file, where
+/// it stands, and the verification of a whole read. Moved to a blocking
+/// thread for each read and back.
+struct StreamRead {
+    file: std::fs::File,
+    /// Where to seek before the first read.
+    start: Option<u64>,
+    /// Bytes still to send.
+    left: u64,
+    /// Hashing a whole read, to judge the bytes before the last chunk goes.
+    hasher: Option<Sha256Hasher>,
+    /// None if the hash is the digest; otherwise the blob was moved aside
+    /// and this is the error to end with.
+    verdict: Box<dyn Fn(Sha256Hasher) -> Option<io::Error> + Send>,
+    /// Nothing more to read (the end, or an error sent).
+    done: bool,
+}
+
+impl StreamRead {
+    /// Reads the next chunk (blocking): the chunk, an error that ends the
+    /// stream, or None at its end.
+    fn step(mut self) -> (Self, Option<io::Result<Bytes>>) {
+        let item = self.next_chunk();
+        if !matches!(item, Some(Ok(_))) || (self.left == 0 && self.hasher.is_none()) {
+            self.done = true;
+        }
+        (self, item)
+    }
+
+    fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        use std::io::{Read, Seek};
+        if let Some(start) = self.start.take()
+            && let Err(e) = self.file.seek(io::SeekFrom::Start(start))
+        {
+            return Some(Err(e));
+        }
+        if self.left == 0 {
+            return self.hasher.take().and_then(&self.verdict).map(Err);
+        }
+        loop {
+            let want = self.left.min(STREAM_CHUNK);
+            // read_to_end fills spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(want as usize);
+            match (&mut self.file).take(want).read_to_end(&mut buf) {
+                Ok(0) => {
+                    return Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shrank")));
+                }
+                Ok(n) => {
+                    self.left -= n as u64;
+                    if let Some(h) = &mut self.hasher {
+                        h.update(&buf);
+                    }
+                    // The last chunk goes out only if the whole is right.
+                    if self.left == 0
+                        && let Some(e) = self.hasher.take().and_then(&self.verdict)
+                    {
+                        return Some(Err(e));
+                    }
+                    return Some(Ok(Bytes::from(buf)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
 impl FsBlobStore {
     /// [`BlobStore::get`]; with `trust_recent`, as
     /// [`BlobStore::get_for_verifier`].
@@ -2040,7 +2174,7 @@ impl FsBlobStore {
         // The whole blob is read: verify it on the way (unless its reader
         // verifies it and it was hashed right a short while ago).
         let trusted = trust_recent && verified_since(&verified, &d, &stamp, Some(TRUST_VERIFIED_FOR));
-        let mut hasher = (whole && !trusted).then(Sha256Hasher::new);
+        let hasher = (whole && !trusted).then(Sha256Hasher::new);
         // The verdict on the bytes read: None if they hash to the digest;
         // otherwise the blob is moved aside and the error to end with.
         let verdict = move |hasher: Sha256Hasher| -> Option<io::Error> {
@@ -2055,56 +2189,27 @@ impl FsBlobStore {
             }
             Some(corrupt_read(&d, &actual))
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
-        tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Seek};
-            let mut file = file;
-            if let Err(e) = file.seek(io::SeekFrom::Start(start)) {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-            let mut left = end.saturating_sub(start);
-            if left == 0
-                && let Some(e) = hasher.take().and_then(&verdict)
-            {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-            while left > 0 {
-                let want = left.min(SEND_CHUNK as u64);
-                // read_to_end fills spare capacity without zeroing it first.
-                let mut buf = read_buffer();
-                match (&mut file).take(want).read_to_end(&mut buf) {
-                    Ok(0) => {
-                        let _ = tx
-                            .blocking_send(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shrank")));
-                        return;
-                    }
-                    Ok(n) => {
-                        left -= n as u64;
-                        if let Some(h) = &mut hasher {
-                            h.update(&buf);
-                        }
-                        // The last chunk goes out only if the whole is right.
-                        if left == 0
-                            && let Some(e) = hasher.take().and_then(&verdict)
-                        {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
-                        }
-                        if tx.blocking_send(Ok(Bytes::from_owner(PooledChunk(buf)))).is_err() {
-                            return; // the reader went away
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                }
-            }
+        // Read on demand, one chunk ahead of the one being sent, each read
+        // a short blocking call: a reader that takes its bytes slowly (a
+        // far client, a hostile one) holds no blocking thread and at most
+        // two chunks while it does.
+        let reading = StreamRead {
+            file,
+            start: Some(start),
+            left: end.saturating_sub(start),
+            hasher,
+            verdict: Box::new(verdict),
+            done: false,
+        };
+        let first = tokio::task::spawn_blocking(move || reading.step());
+        let stream = futures::stream::unfold(Some(first), |ahead| async move {
+            let (reading, item) = match ahead?.await {
+                Ok(r) => r,
+                Err(e) => return Some((Err(io::Error::other(e)), None)),
+            };
+            let next = (!reading.done).then(|| tokio::task::spawn_blocking(move || reading.step()));
+            item.map(|chunk| (chunk, next))
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
         Ok(BlobBody {
             total_size,
             stream: Box::pin(stream),
