@@ -1013,3 +1013,76 @@ fn an_endless_answer_is_refused_at_its_cap() {
         started.elapsed()
     );
 }
+
+/// A peer that trickles an upload of a blob (one byte a second, never
+/// silent long enough to be cut) holds the claim on that blob's partial
+/// file; another spoke pushing the same blob no longer waits behind it for
+/// as long as it trickles (it waited until the trickler went away): after
+/// a few seconds its bytes are stored on their own, verified, and the
+/// push completes.
+#[test]
+fn a_trickling_upload_of_a_blob_does_not_hold_another_peers_push_of_it() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Server::start();
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edges", &["files"], "pull");
+    let file = tmp.path().join("shared.bin");
+    let mut rng = Rng::new(17);
+    let bytes: Vec<u8> = (0..2 * MIB).map(|_| rng.next() as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let digest = format!("sha256:{}", support::sha256_file(&file));
+
+    // The trickler: a frame announcing the whole blob, then a byte a second.
+    let mut c = std::net::TcpStream::connect(&hub.addr).unwrap();
+    write!(
+        c,
+        "POST /api/replication/v1/blobs/upload HTTP/1.1\r\nHost: ferry\r\nAuthorization: Bearer {token}\r\n\
+         content-type: application/vnd.ferry.blob-batch\r\ncontent-length: {}\r\n\r\n",
+        4 * MIB
+    )
+    .unwrap();
+    writeln!(
+        c,
+        "{{\"digest\":\"{digest}\",\"offset\":0,\"length\":{}}}",
+        2 * MIB
+    )
+    .unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let trickle = {
+        let stop = stop.clone();
+        let first = bytes[0];
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if c.write_all(&[first]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+
+    // A spoke pushing the same content.
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.put_asset_file("files", "shared.bin", &file);
+    spoke.outgoing(
+        "to-hub",
+        &["files"],
+        &hub,
+        &token,
+        "push",
+        &["--interval", "3600"],
+    );
+    let started = Instant::now();
+    spoke.cli_ok(&["replication", "run", "to-hub", "--wait"]);
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    trickle.join().unwrap();
+    assert!(
+        took < Duration::from_secs(30),
+        "the push waited {took:?} behind the trickling upload"
+    );
+    assert!(hub.serves("files", "shared.bin", &bytes));
+}

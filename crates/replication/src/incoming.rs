@@ -13,6 +13,10 @@ use ferry_types::{Digest, FeedName, ItemKey};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Communication, ReplicationConfig};
+
+/// Longest an uploaded blob waits for the claim on its partial file (held
+/// by another upload of the same blob) before it is stored on its own.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
 use crate::diag::Level;
 use crate::filter::Filter;
 use crate::protocol::{anchor as anchor_of, *};
@@ -1109,7 +1113,53 @@ impl Replicator {
                     )));
                 }
                 let d = h.digest;
-                let mut transfer = store.begin_transfer(&d).await?;
+                // The claim on the blob's partial file is held by another
+                // upload of it for as long as that one sends (a slow peer,
+                // or a hostile one trickling): past [`CLAIM_WAIT`] this one
+                // does not wait on. Sent whole, its bytes are staged on
+                // their own and verified as ever; sent from an offset, it is
+                // asked to send the blob whole.
+                let mut transfer = match tokio::time::timeout(CLAIM_WAIT, store.begin_transfer(&d)).await {
+                    Ok(t) => t?,
+                    Err(_) if h.offset == 0 => {
+                        let (tx, rx) = tokio::sync::mpsc::channel(8);
+                        let (pumped, staged) = tokio::join!(
+                            reader.pump(h.length, tx),
+                            self.ferry().stage(channel_stream(rx), Some(d))
+                        );
+                        pumped.map_err(|e| broke(&d, e))?;
+                        match staged {
+                            Ok(staged) => {
+                                self.ferry().commit_blob(staged).await?;
+                                self.note_received(s.record.id, d);
+                                stored.push(d);
+                                results.push(UploadResult {
+                                    digest: d,
+                                    error: None,
+                                    resume_from: None,
+                                });
+                            }
+                            Err(CoreError::Invalid(m)) | Err(CoreError::TooLarge(m)) => {
+                                results.push(UploadResult {
+                                    digest: d,
+                                    error: Some(m),
+                                    resume_from: None,
+                                });
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                        continue;
+                    }
+                    Err(_) => {
+                        reader.skip(h.length).await.map_err(|e| broke(&d, e))?;
+                        results.push(UploadResult {
+                            digest: d,
+                            error: None,
+                            resume_from: Some(0),
+                        });
+                        continue;
+                    }
+                };
                 if h.offset == 0 && transfer.offset() > 0 {
                     // Sent whole: what an earlier upload left goes.
                     store.discard_transfer(transfer).await?;
