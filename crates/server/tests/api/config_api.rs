@@ -161,17 +161,40 @@ async fn apply_creates_updates_and_refuses_without_changing_anything() {
         assert_eq!(export(&i).await, before, "{body} changed something");
     }
 
+    // prune in a file that declares no replication would delete them all
+    // (a file cut short, the wrong file): refused, nothing changed.
+    let r = put(
+        &i,
+        Some(ADMIN),
+        json!({ "prune": true, "feeds": [{ "name": "files", "type": "assets" }] }),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(
+        r.text().contains("declares no [[replications]]") && r.text().contains("edge"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(export(&i).await, before, "a refused prune changed something");
+
     // prune deletes what is not declared; feeds stay.
     let v = put(
         &i,
         Some(ADMIN),
-        json!({ "prune": true, "feeds": [{ "name": "files", "type": "assets" }] }),
+        json!({ "prune": true, "feeds": [{ "name": "files", "type": "assets" }],
+                "replications": [{ "name": "keep", "feeds": ["files"], "mode": "push" }] }),
     )
     .await
     .json();
     assert_eq!(v["pruned"], json!(["edge"]));
     let after = export(&i).await;
-    assert_eq!(after["replications"], json!([]));
+    let names: Vec<&str> = after["replications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["keep"]);
     assert_eq!(after["feeds"].as_array().unwrap().len(), 2);
 
     // Blob sources of an outgoing replication (its other end not reachable
@@ -190,8 +213,14 @@ async fn apply_creates_updates_and_refuses_without_changing_anything() {
     .await;
     assert_eq!(v.status, StatusCode::OK, "{}", v.text());
     let out = export(&i).await;
+    let up = out["replications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "up")
+        .unwrap();
     assert_eq!(
-        out["replications"][0]["blob_sources"],
+        up["blob_sources"],
         json!([{ "url": "http://127.0.0.1:10", "token_env": "FERRY_TOKEN_UP_SOURCE_1" }])
     );
     assert!(!out.to_string().contains(&secret), "{out}");
