@@ -447,7 +447,7 @@ where
 /// closing does not reset the answer away before the client read it.
 /// All within `within` (past it, Ok: the client had its chance).
 async fn answer_and_close<S>(
-    stream: &mut Tracked<S>,
+    stream: &mut S,
     parts: &[&[u8]],
     drain: usize,
     within: Duration,
@@ -475,14 +475,29 @@ where
     tokio::time::timeout(within, answered).await.unwrap_or(Ok(()))
 }
 
+/// The head of a plain-text refusal the server loop writes itself: the
+/// status, the text's length, `connection: close` and the security headers
+/// every answer carries. (RFC 9110 §6.6.1: a 4xx from a server with a
+/// clock carries Date.)
+fn refusal_head(status: StatusCode, text_len: usize) -> String {
+    format!(
+        "HTTP/1.1 {} {}\r\ndate: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {text_len}\r\n\
+         connection: close\r\nx-content-type-options: nosniff\r\ncontent-security-policy: {}\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Bad Request"),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
+        ferry_server::blobs::SANDBOX_POLICY,
+    )
+}
+
 /// Answers a plain-HTTP request made to the TLS port (`curl http://…` or an
 /// `http://` replication URL where the server serves HTTPS): reads its
 /// head (at most 16 KiB, within `within`), answers 400 in plain HTTP with a
 /// text naming the `https://` URL to use (the request's `Host` when it is
 /// a plain host name), and closes. nginx answers such requests alike.
 async fn plain_http_on_tls(mut tcp: tokio::net::TcpStream, within: Duration) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let answered = async {
+    use tokio::io::AsyncReadExt;
+    let read_head = async {
         let mut head = Vec::new();
         let mut buf = [0u8; 4096];
         while head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -492,53 +507,45 @@ async fn plain_http_on_tls(mut tcp: tokio::net::TcpStream, within: Duration) {
             }
             head.extend_from_slice(&buf[..n]);
         }
-        let text = String::from_utf8_lossy(&head);
-        let target = text
-            .split("\r\n")
-            .next()
-            .and_then(|line| line.split(' ').nth(1))
-            .filter(|t| t.starts_with('/') && t.len() <= 2048 && t.bytes().all(|b| b.is_ascii_graphic()))
-            .unwrap_or("/");
-        let host = text
-            .split("\r\n")
-            .filter_map(|l| l.split_once(':'))
-            .find(|(name, _)| name.eq_ignore_ascii_case("host"))
-            .map(|(_, v)| v.trim())
-            .filter(|h| {
-                !h.is_empty()
-                    && h.len() <= 255
-                    && h.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-            });
-        let body = match host {
-            Some(h) => format!(
-                "this port serves HTTPS, and the request came as plain HTTP: ask https://{h}{target} instead\n"
-            ),
-            None => "this port serves HTTPS, and the request came as plain HTTP: ask with an https:// URL instead\n"
-                .to_owned(),
-        };
-        let answer = format!(
-            "HTTP/1.1 400 Bad Request\r\ndate: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
-             connection: close\r\nx-content-type-options: nosniff\r\ncontent-security-policy: {}\r\n\r\n{body}",
-            httpdate::fmt_http_date(std::time::SystemTime::now()),
-            body.len(),
-            ferry_server::blobs::SANDBOX_POLICY,
-        );
-        tcp.write_all(answer.as_bytes()).await?;
-        tcp.shutdown().await?;
-        // What the client still sends (a body) is read for a moment, so
-        // the close does not reset the connection before the answer is read.
-        let mut left = 1usize << 20;
-        while left > 0 {
-            let n = tcp.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            left = left.saturating_sub(n);
-        }
-        io::Result::Ok(())
+        io::Result::Ok(head)
     };
-    if let Ok(Err(e)) = tokio::time::timeout(within, answered).await {
+    let started = Instant::now();
+    let head = match tokio::time::timeout(within, read_head).await {
+        Ok(Ok(head)) => head,
+        _ => return,
+    };
+    let text = String::from_utf8_lossy(&head);
+    let target = text
+        .split("\r\n")
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .filter(|t| t.starts_with('/') && t.len() <= 2048 && t.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("/");
+    let host = text
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.trim())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        });
+    let body = match host {
+        Some(h) => format!(
+            "this port serves HTTPS, and the request came as plain HTTP: ask https://{h}{target} instead\n"
+        ),
+        None => {
+            "this port serves HTTPS, and the request came as plain HTTP: ask with an https:// URL instead\n"
+                .to_owned()
+        }
+    };
+    let head = refusal_head(StatusCode::BAD_REQUEST, body.len());
+    // What the client still sends (a body) is read for a moment, so
+    // the close does not reset the connection before the answer is read.
+    let left = within.saturating_sub(started.elapsed());
+    if let Err(e) = answer_and_close(&mut tcp, &[head.as_bytes(), body.as_bytes()], 1 << 20, left).await {
         tracing::debug!(error = %e, "could not answer a plain-HTTP request on the TLS port");
     }
 }
@@ -735,16 +742,7 @@ async fn unparsed_answer<S>(
         }
         _ => format!("bad request: {e}; the request is not valid HTTP/1.1 and was not read further\n"),
     };
-    // (RFC 9110 §6.6.1: a 4xx from a server with a clock carries Date.)
-    let head = format!(
-        "HTTP/1.1 {} {}\r\ndate: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
-         connection: close\r\nx-content-type-options: nosniff\r\ncontent-security-policy: {}\r\n\r\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Bad Request"),
-        httpdate::fmt_http_date(std::time::SystemTime::now()),
-        text.len(),
-        ferry_server::blobs::SANDBOX_POLICY,
-    );
+    let head = refusal_head(status, text.len());
     // What the client still sends (the rest of an oversized head, a body)
     // is read and dropped, up to 64 MiB within `within`, so that a client
     // sending its whole body before it reads can read the answer.

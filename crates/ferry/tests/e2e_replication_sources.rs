@@ -58,6 +58,23 @@ fn hub_with_three_files(dir: &std::path::Path, size: usize) -> (Server, String, 
     (hub, hub_token, files)
 }
 
+/// A site cache holding everything of `hub`'s feed `files`, pulled once
+/// with `token`.
+fn synced_cache(hub: &Server, token: &str) -> Server {
+    let cache = Server::start();
+    cache.create_feed("files", "assets");
+    cache.outgoing(
+        "from-hub",
+        &["files"],
+        hub,
+        token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    cache.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    cache
+}
+
 /// `ferry_replication_source_failures_total` of `source` on `s`, summed.
 fn source_failures(s: &Server, source: &str) -> f64 {
     s.metrics()
@@ -235,17 +252,7 @@ fn a_hanging_or_refusing_blob_source_is_left_out_and_named() {
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hanging_url = format!("http://{}", hanging.local_addr().unwrap());
     // A cache whose replication for the spokes does not send content.
-    let cache = Server::start();
-    cache.create_feed("files", "assets");
-    cache.outgoing(
-        "from-hub",
-        &["files"],
-        &hub,
-        &hub_token,
-        "pull",
-        &["--interval", "3600"],
-    );
-    cache.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    let cache = synced_cache(&hub, &hub_token);
     let pull_only = cache.incoming("site", &["files"], "pull");
     // A source that can never serve is refused when it is named, with why.
     let refused_spoke = Server::start();
@@ -517,17 +524,7 @@ fn hostile_source(target: &str, mode: Hostile) -> String {
 fn a_blob_source_misbehaving_in_the_batch_is_left_out_and_the_hub_serves() {
     let tmp = tempfile::tempdir().unwrap();
     let (hub, hub_token, files) = hub_with_three_files(tmp.path(), 300 << 10);
-    let cache = Server::start();
-    cache.create_feed("files", "assets");
-    cache.outgoing(
-        "from-hub",
-        &["files"],
-        &hub,
-        &hub_token,
-        "pull",
-        &["--interval", "3600"],
-    );
-    cache.cli_ok(&["replication", "run", "from-hub", "--wait"]);
+    let cache = synced_cache(&hub, &hub_token);
     let cache_token = cache.incoming("site", &["files"], "push");
     for mode in [
         Hostile::EndlessError,

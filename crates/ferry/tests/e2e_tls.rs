@@ -155,6 +155,28 @@ fn cli_with_ca_ok(url: &str, ca: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Creates the incoming push replication `edges` of feed `files` on the
+/// HTTPS instance at `url` (trusted through `ca`); returns a sync token.
+fn incoming_edges(url: &str, ca: &Path) -> String {
+    cli_with_ca_ok(
+        url,
+        ca,
+        &[
+            "replication",
+            "create",
+            "edges",
+            "--incoming",
+            "--mode",
+            "push",
+            "--feed",
+            "files",
+        ],
+    );
+    cli_with_ca_ok(url, ca, &["replication", "token", "edges"])
+        .trim()
+        .to_string()
+}
+
 /// An instance whose log goes to a file, to read what it says.
 struct Logged {
     child: Child,
@@ -269,23 +291,7 @@ fn https_hub_replicates_to_spokes_that_trust_its_ca_and_reloads_its_certificate(
         b"over tls",
     );
     assert_eq!(st, 201);
-    cli_with_ca_ok(
-        &hub.url,
-        &ca,
-        &[
-            "replication",
-            "create",
-            "edges",
-            "--incoming",
-            "--mode",
-            "push",
-            "--feed",
-            "files",
-        ],
-    );
-    let token = cli_with_ca_ok(&hub.url, &ca, &["replication", "token", "edges"])
-        .trim()
-        .to_string();
+    let token = incoming_edges(&hub.url, &ca);
 
     // A spoke (plain HTTP itself) that trusts the CA replicates over HTTPS.
     let spoke = Server::start_with(&[("FERRY_TLS_CA_FILE", ca_s)]);
@@ -432,23 +438,7 @@ fn the_wrong_scheme_is_answered_in_words_and_refused_when_named() {
     );
 
     cli_with_ca_ok(&hub.url, &ca, &["feed", "create", "files", "--type", "assets"]);
-    cli_with_ca_ok(
-        &hub.url,
-        &ca,
-        &[
-            "replication",
-            "create",
-            "edges",
-            "--incoming",
-            "--mode",
-            "push",
-            "--feed",
-            "files",
-        ],
-    );
-    let token = cli_with_ca_ok(&hub.url, &ca, &["replication", "token", "edges"])
-        .trim()
-        .to_string();
+    let token = incoming_edges(&hub.url, &ca);
 
     // http:// to the TLS hub, and https:// to a plain-HTTP instance (the
     // peer, or a blob source): refused when named, nothing stored.

@@ -65,6 +65,17 @@ pub struct UploadResult {
     pub resume_from: Option<u64>,
 }
 
+impl UploadResult {
+    /// Not taken: send blob `digest` again from byte `from`.
+    pub fn resend(digest: Digest, from: u64) -> Self {
+        UploadResult {
+            digest,
+            error: None,
+            resume_from: Some(from),
+        }
+    }
+}
+
 /// The header line of one frame.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FrameHeader {

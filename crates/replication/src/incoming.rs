@@ -13,14 +13,14 @@ use ferry_types::{Digest, FeedName, ItemKey};
 use subtle::ConstantTimeEq;
 
 use crate::config::{Communication, ReplicationConfig};
-
-/// Longest an uploaded blob waits for the claim on its partial file (held
-/// by another upload of the same blob) before it is stored on its own.
-const CLAIM_WAIT: Duration = Duration::from_secs(5);
 use crate::diag::Level;
 use crate::filter::Filter;
 use crate::protocol::{anchor as anchor_of, *};
 use crate::{ReplError, Replicator, token};
+
+/// Longest an uploaded blob waits for the claim on its partial file (held
+/// by another upload of the same blob) before it is stored on its own.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
 
 /// Which way a peer's blob bytes go through [`Replicator::guard_body`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1119,75 +1119,48 @@ impl Replicator {
                 // does not wait on. Sent whole, its bytes are staged on
                 // their own and verified as ever; sent from an offset, it is
                 // asked to send the blob whole.
-                let mut transfer = match tokio::time::timeout(CLAIM_WAIT, store.begin_transfer(&d)).await {
-                    Ok(t) => t?,
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let (pumped, staged, held) = match tokio::time::timeout(CLAIM_WAIT, store.begin_transfer(&d)).await {
+                    Ok(transfer) => {
+                        let mut transfer = transfer?;
+                        if h.offset == 0 && transfer.offset() > 0 {
+                            // Sent whole: what an earlier upload left goes.
+                            store.discard_transfer(transfer).await?;
+                            transfer = store.begin_transfer(&d).await?;
+                        }
+                        let held = transfer.offset();
+                        if h.offset > held {
+                            drop(transfer);
+                            reader.skip(h.length).await.map_err(|e| broke(&d, e))?;
+                            results.push(UploadResult::resend(d, held));
+                            continue;
+                        }
+                        // Bytes held already (another upload moved on since
+                        // `blobs/missing` answered) are read past.
+                        let overlap = (held - h.offset).min(h.length);
+                        reader.skip(overlap).await.map_err(|e| broke(&d, e))?;
+                        let (pumped, staged) = tokio::join!(
+                            reader.pump(h.length - overlap, tx),
+                            store.continue_transfer(transfer, channel_stream(rx), limit)
+                        );
+                        (pumped, staged.map_err(CoreError::from), held)
+                    }
                     Err(_) if h.offset == 0 => {
-                        let (tx, rx) = tokio::sync::mpsc::channel(8);
                         let (pumped, staged) = tokio::join!(
                             reader.pump(h.length, tx),
                             self.ferry().stage(channel_stream(rx), Some(d))
                         );
-                        pumped.map_err(|e| broke(&d, e))?;
-                        match staged {
-                            Ok(staged) => {
-                                self.ferry().commit_blob(staged).await?;
-                                self.note_received(s.record.id, d);
-                                stored.push(d);
-                                results.push(UploadResult {
-                                    digest: d,
-                                    error: None,
-                                    resume_from: None,
-                                });
-                            }
-                            Err(CoreError::Invalid(m)) | Err(CoreError::TooLarge(m)) => {
-                                results.push(UploadResult {
-                                    digest: d,
-                                    error: Some(m),
-                                    resume_from: None,
-                                });
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
-                        continue;
+                        (pumped, staged, 0)
                     }
                     Err(_) => {
                         reader.skip(h.length).await.map_err(|e| broke(&d, e))?;
-                        results.push(UploadResult {
-                            digest: d,
-                            error: None,
-                            resume_from: Some(0),
-                        });
+                        results.push(UploadResult::resend(d, 0));
                         continue;
                     }
                 };
-                if h.offset == 0 && transfer.offset() > 0 {
-                    // Sent whole: what an earlier upload left goes.
-                    store.discard_transfer(transfer).await?;
-                    transfer = store.begin_transfer(&d).await?;
-                }
-                let held = transfer.offset();
-                if h.offset > held {
-                    drop(transfer);
-                    reader.skip(h.length).await.map_err(|e| broke(&d, e))?;
-                    results.push(UploadResult {
-                        digest: d,
-                        error: None,
-                        resume_from: Some(held),
-                    });
-                    continue;
-                }
-                // Bytes held already (another upload moved on since
-                // `blobs/missing` answered) are read past.
-                let overlap = (held - h.offset).min(h.length);
-                reader.skip(overlap).await.map_err(|e| broke(&d, e))?;
-                let (tx, rx) = tokio::sync::mpsc::channel(8);
-                let (pumped, staged) = tokio::join!(
-                    reader.pump(h.length - overlap, tx),
-                    store.continue_transfer(transfer, channel_stream(rx), limit)
-                );
                 // A cut keeps what arrived in the partial file.
                 pumped.map_err(|e| broke(&d, e))?;
-                match staged.map_err(CoreError::from) {
+                match staged {
                     Ok(staged) => {
                         self.ferry().commit_blob(staged).await?;
                         self.note_received(s.record.id, d);
@@ -1203,11 +1176,7 @@ impl Replicator {
                     // fault; it sends the blob again from its first byte.
                     Err(CoreError::Invalid(m)) if held > 0 => {
                         tracing::warn!(target: "replication", blob = %d, held, "a resumed upload did not verify ({m}); asking for it again from its first byte");
-                        results.push(UploadResult {
-                            digest: d,
-                            error: None,
-                            resume_from: Some(0),
-                        });
+                        results.push(UploadResult::resend(d, 0));
                     }
                     Err(CoreError::Invalid(m)) | Err(CoreError::TooLarge(m)) => {
                         results.push(UploadResult {

@@ -262,7 +262,7 @@ async fn new_token(
     let mut v = json!({ "token": token });
     if let Some(file) = st.replicator.tokens_listed_in_file(&name) {
         let (id, secret) = ferry_replication::token::split(&token).unwrap_or_default();
-        let sha256 = ferry_types::Digest::of(secret.as_bytes()).hex();
+        let sha256 = hex::encode(ferry_replication::token::hash(secret));
         v["warning"] = json!(format!(
             "replication {name} lists the tokens it accepts in {file} (accept_tokens), and this one is not there: add {{ id = \"{id}\", sha256 = \"{sha256}\" }} to that list, or the file's next application (start, SIGHUP) names this token in a warning, and revokes it with prune = true"
         ));
