@@ -312,6 +312,21 @@ repl_full_inner() {
     fi
     stop_now "$RSYNCD_PID"
     RSYNCD_PID=''
+    # What the device itself needs to make the same bytes durable: every
+    # hub blob written in one stream past the page cache (`dd` in 4 MiB
+    # writes, `oflag=direct`), then flushed (`sync -f`). No copy that waits
+    # for its bytes to be on stable storage can end before this.
+    local floor= ft0 ft1
+    settle_cache "$blobdir"
+    ft0=$(now_ms)
+    if find "$blobdir" -type f -exec cat {} + |
+        dd of="$BENCH_TMP/durable-floor" bs=4M iflag=fullblock oflag=direct status=none &&
+        sync -f "$BENCH_TMP/durable-floor"; then
+        ft1=$(now_ms)
+        floor=$(awk -v a="$ft0" -v b="$ft1" 'BEGIN { printf "%.3f", (b - a) / 1000 }')
+        log "repl-full: durable write floor (dd oflag=direct + sync -f of the same bytes): $floor s"
+    fi
+    rm -f "$BENCH_TMP/durable-floor"
 
     local r result label rs_m fe_m
     rs_m=$(median "${rs_runs[@]}")
@@ -350,6 +365,10 @@ repl_full_inner() {
         "$(fmt "$(awk -v m="$(median "${fe_hub_runs[@]}")" -v g="$gib" 'BEGIN { print m / 1000 / g }')" 2) / $(fmt "$(awk -v m="$(median "${fe_spoke_runs[@]}")" -v g="$gib" 'BEGIN { print m / 1000 / g }')" 2)" \
         "$(fmt "$(awk -v m="$(median "${rs_srv_runs[@]}")" -v g="$gib" 'BEGIN { print m / 1000 / g }')" 2) / $(fmt "$(awk -v m="$(median "${rs_cli_runs[@]}")" -v g="$gib" 'BEGIN { print m / 1000 / g }')" 2)" \
         "-" "-" "info"
+    if [ -n "$floor" ]; then
+        add_row "repl-full vs the device's durable write floor (dd direct + sync), s" "$(fmt "$fe_m" 2)" "$(fmt "$floor" 2)" \
+            "$(ratio "$fe_m" "$floor")" "-" "info"
+    fi
     if [ -n "$rs_fsync" ]; then
         add_row "repl-full vs rsync -a --fsync, s" "$(fmt "$fe_m" 2)" "$(fmt "$rs_fsync" 2)" "$(ratio "$fe_m" "$rs_fsync")" "-" "info"
         rs_fsync_cpu=$(awk -v m="$rs_fsync_cpu" -v g="$gib" 'BEGIN { print m / 1000 / g }')

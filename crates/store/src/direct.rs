@@ -31,6 +31,10 @@ pub(crate) const ALIGN: usize = 4096;
 /// Bytes gathered before one direct write (a multiple of [`ALIGN`]).
 const DIRECT_BUF: usize = 1 << 20;
 
+/// Fewest aligned bytes written straight from the caller's memory
+/// ([`DirectWriter::write`]); fewer are gathered into the buffer.
+const IN_PLACE_FROM: usize = 256 << 10;
+
 /// Idle buffers kept for the next writer: a fresh megabyte from the
 /// allocator is fresh pages from the kernel, each a fault to fill in.
 const BUFFERS_KEPT: usize = 8;
@@ -181,11 +185,16 @@ impl DirectWriter {
     pub(crate) fn write(&mut self, mut data: &[u8], hasher: &mut Option<Sha256Hasher>) -> io::Result<()> {
         // Nothing gathered, and the bytes themselves aligned (received into
         // [`AlignedBytes`]): their whole blocks go to the file from where
-        // they are, hashed in place; only the rest is copied.
+        // they are, hashed in place; only the rest is copied. Only when
+        // they are many: a network chunk can start at an aligned address
+        // by chance (jemalloc aligns its larger allocations to pages), and
+        // writing each such chunk of 16–64 KiB directly made thousands of
+        // small device writes per GiB, which the device took at a fraction
+        // of its rate.
         let whole = data.len() - data.len() % ALIGN;
         if self.direct
             && self.fill == 0
-            && whole > 0
+            && whole >= IN_PLACE_FROM
             && data.as_ptr().align_offset(ALIGN) == 0
             && self.pos.is_multiple_of(ALIGN as u64)
         {

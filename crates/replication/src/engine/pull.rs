@@ -911,7 +911,7 @@ impl Run<'_> {
             bytes,
             source_bytes,
             notes,
-            flushes,
+            unsynced,
             gone,
             damaged,
         } = fetched?;
@@ -951,7 +951,7 @@ impl Run<'_> {
             locals,
             settled,
             stuck,
-            flushes,
+            unsynced,
             passed: to_copy.min(entries.len() as u64).saturating_sub(tallied),
             blobs,
             bytes,
@@ -978,7 +978,7 @@ impl Run<'_> {
             locals,
             mut settled,
             mut stuck,
-            flushes: _,
+            unsynced: _,
             passed,
             blobs,
             bytes,
@@ -1108,7 +1108,8 @@ pub(super) struct PreparedPage {
     locals: HashMap<ItemKey, Entry>,
     settled: Vec<ItemKey>,
     stuck: Vec<(ItemKey, String)>,
-    flushes: Vec<super::fetch::Flush>,
+    /// Its blobs not flushed yet ([`super::fetch::Fetched::unsynced`]).
+    unsynced: Vec<Digest>,
     /// Changes of the page to count as gone through once it is applied
     /// (applied or not): those it judged to copy (the others were counted
     /// when judged).
@@ -1122,9 +1123,10 @@ pub(super) struct PreparedPage {
 /// milliseconds its flushes and its apply took.
 pub(super) type Applying = tokio::task::JoinHandle<Result<(Vec<ferry_core::Applied>, u128, u128), ReplError>>;
 
-/// Applies `page` in a task of its own once its blobs are durable: its
-/// flushes first (an item is visible only with every blob it needs on
-/// disk), then its entries with their original stamps — each checked as
+/// Applies `page` in a task of its own once its blobs are durable: one
+/// flush of them all first (an item is visible only with every blob it
+/// needs on disk; the folder store takes a page's blobs with one `syncfs`
+/// when little else is dirty), then its entries with their original stamps — each checked as
 /// its feed type checks an upload; what fails comes back as refused — and
 /// the reverting ones with `overwrite`. The next page's blobs can move
 /// meanwhile; pages are still applied one after the other, since the next
@@ -1132,12 +1134,12 @@ pub(super) type Applying = tokio::task::JoinHandle<Result<(Vec<ferry_core::Appli
 pub(super) fn start_apply(ferry: ferry_core::Ferry, local: FeedRecord, page: &mut PreparedPage) -> Applying {
     let normal: Vec<_> = page.normal.iter().map(WireEntry::to_change).collect();
     let reverted: Vec<_> = page.reverted.iter().map(WireEntry::to_change).collect();
-    let flushes = std::mem::take(&mut page.flushes);
+    let mut unsynced = std::mem::take(&mut page.unsynced);
     tokio::spawn(async move {
         let t = std::time::Instant::now();
-        for flush in flushes {
-            flush.await.map_err(|e| ReplError::Transport(e.to_string()))??;
-        }
+        unsynced.sort_unstable();
+        unsynced.dedup();
+        ferry.blob_store().sync(&unsynced).await?;
         let flush_ms = t.elapsed().as_millis();
         let mut outcomes = ferry.apply_each(&local, normal, false).await?;
         if !reverted.is_empty() {
