@@ -91,7 +91,7 @@ pub(super) struct Fetched {
     /// any item relies on them. A flush per blob as it arrived cost a
     /// journal commit and a device cache flush each, which held up the
     /// writes still coming (952 `fdatasync`s of 17 ms for 1,000 blobs).
-    pub unsynced: Vec<Digest>,
+    pub unsynced: UnsyncedBlobs,
     /// Not on the other side (its item changed there, or the blob is lost).
     pub gone: HashSet<Digest>,
     /// The other side cannot serve them intact, or they arrived wrong.
@@ -99,10 +99,10 @@ pub(super) struct Fetched {
 }
 
 impl Fetched {
-    fn one(&mut self, bytes: u64, d: Digest) {
+    fn one(&mut self, r: &crate::Replicator, bytes: u64, d: Digest) {
         self.blobs += 1;
         self.bytes += bytes;
-        self.unsynced.push(d);
+        self.unsynced.hold(r, [d]);
     }
 
     fn extend(&mut self, other: Fetched) {
@@ -110,9 +110,62 @@ impl Fetched {
         self.bytes += other.bytes;
         self.source_bytes += other.source_bytes;
         self.notes.extend(other.notes);
-        self.unsynced.extend(other.unsynced);
+        self.unsynced.merge(other.unsynced);
         self.gone.extend(other.gone);
         self.damaged.extend(other.damaged);
+    }
+}
+
+/// Blobs a pull committed and did not flush yet ([`Fetched::unsynced`]).
+/// The page takes them ([`UnsyncedBlobs::take`]) for its one flush before
+/// its entries are applied. Those still held when this is dropped — a page
+/// or an execution that failed or was stopped before applying them — are
+/// flushed in the background (on the replicator's kept tasks, which a
+/// graceful stop waits for): a later execution that finds such a blob
+/// here relies on it without flushing it again.
+#[derive(Default)]
+pub(super) struct UnsyncedBlobs {
+    digests: Vec<Digest>,
+    keeper: Option<crate::Replicator>,
+}
+
+impl UnsyncedBlobs {
+    fn hold(&mut self, r: &crate::Replicator, digests: impl IntoIterator<Item = Digest>) {
+        self.digests.extend(digests);
+        if self.keeper.is_none() {
+            self.keeper = Some(r.clone());
+        }
+    }
+
+    fn merge(&mut self, mut other: UnsyncedBlobs) {
+        self.digests.append(&mut other.digests);
+        if self.keeper.is_none() {
+            self.keeper = other.keeper.take();
+        }
+    }
+
+    /// The blobs, each once, for the caller to flush.
+    pub(super) fn take(&mut self) -> Vec<Digest> {
+        let mut digests = std::mem::take(&mut self.digests);
+        digests.sort_unstable();
+        digests.dedup();
+        digests
+    }
+}
+
+impl Drop for UnsyncedBlobs {
+    fn drop(&mut self) {
+        let digests = self.take();
+        let Some(r) = self.keeper.take() else { return };
+        if digests.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let store = r.ferry().blob_store().clone();
+        r.keep(async move {
+            if let Err(e) = store.sync(&digests).await {
+                tracing::warn!(target: "replication", error = %e, "flushing blobs of a page that was not applied failed");
+            }
+        });
     }
 }
 
@@ -236,7 +289,7 @@ impl Run<'_> {
             match pending.next().await {
                 Some((d, Ok(n))) => {
                     self.arrived(&[d]);
-                    out.one(n, d)
+                    out.one(self.r, n, d)
                 }
                 Some((d, Err(ReplError::Remote { status: 404, .. }))) => {
                     out.gone.insert(d);
@@ -300,7 +353,7 @@ impl Run<'_> {
         self.arrived(&stored);
         out.blobs += stored.len() as u64;
         out.bytes += n;
-        out.unsynced.extend(stored);
+        out.unsynced.hold(self.r, stored);
         Ok(wrong)
     }
 
@@ -362,7 +415,7 @@ impl Run<'_> {
         self.arrived(&stored);
         g.done.blobs += stored.len() as u64;
         g.done.bytes += n;
-        g.done.unsynced.extend(stored);
+        g.done.unsynced.hold(self.r, stored);
         Ok(())
     }
 
@@ -769,7 +822,7 @@ impl Run<'_> {
             match outcome {
                 Ok(()) => {
                     self.arrived(&[d]);
-                    g.done.one(n, d);
+                    g.done.one(self.r, n, d);
                 }
                 // A resumed transfer that does not verify was discarded:
                 // ask once more from the first byte.

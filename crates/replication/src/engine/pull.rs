@@ -1109,7 +1109,7 @@ pub(super) struct PreparedPage {
     settled: Vec<ItemKey>,
     stuck: Vec<(ItemKey, String)>,
     /// Its blobs not flushed yet ([`super::fetch::Fetched::unsynced`]).
-    unsynced: Vec<Digest>,
+    unsynced: super::fetch::UnsyncedBlobs,
     /// Changes of the page to count as gone through once it is applied
     /// (applied or not): those it judged to copy (the others were counted
     /// when judged).
@@ -1134,11 +1134,9 @@ pub(super) type Applying = tokio::task::JoinHandle<Result<(Vec<ferry_core::Appli
 pub(super) fn start_apply(ferry: ferry_core::Ferry, local: FeedRecord, page: &mut PreparedPage) -> Applying {
     let normal: Vec<_> = page.normal.iter().map(WireEntry::to_change).collect();
     let reverted: Vec<_> = page.reverted.iter().map(WireEntry::to_change).collect();
-    let mut unsynced = std::mem::take(&mut page.unsynced);
+    let unsynced = page.unsynced.take();
     tokio::spawn(async move {
         let t = std::time::Instant::now();
-        unsynced.sort_unstable();
-        unsynced.dedup();
         ferry.blob_store().sync(&unsynced).await?;
         let flush_ms = t.elapsed().as_millis();
         let mut outcomes = ferry.apply_each(&local, normal, false).await?;
