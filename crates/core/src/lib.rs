@@ -87,6 +87,12 @@ pub struct Config {
     /// at once; past it a long poll is answered 429 (a quarter of the
     /// server's connection cap).
     pub long_polls_per_token: usize,
+    /// Most blob transfers (blobs or batches being sent, uploads being
+    /// received, on the replication API) one sync token may hold at once;
+    /// past it a transfer is answered 429 (a sixteenth of the server's
+    /// connection cap). Each holds up to about a megabyte while its other
+    /// end is slow, so this bounds what one token's holders can pin.
+    pub transfers_per_token: usize,
     /// Whether `/metrics` answers without a key. Off by default: metrics
     /// name every feed, private ones too, and every replication (see
     /// [`auth::authorize_metrics`]).
@@ -136,6 +142,7 @@ impl Default for Config {
             instance_name: None,
             peer_stale_intervals: 3,
             long_polls_per_token: 1024,
+            transfers_per_token: 256,
             metrics_public: false,
             base_url: None,
             oci_upload_idle_timeout: Duration::from_secs(600),

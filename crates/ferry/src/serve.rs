@@ -38,6 +38,14 @@ fn long_polls_per_token(max_connections: Option<usize>) -> usize {
     (max_connections.unwrap_or(4096) / 4).max(8)
 }
 
+/// The blob transfers one sync token may hold at once: a sixteenth of the
+/// connection cap (at least 16; 256 with the default cap), well above what
+/// a fleet of spokes sharing one token asks for (4 batch streams each), so
+/// no token holder can pin a megabyte per connection on all of them.
+fn transfers_per_token(max_connections: Option<usize>) -> usize {
+    (max_connections.unwrap_or(4096) / 16).max(16)
+}
+
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let fd_limit = listener::raise_fd_limit();
     let limits = listener::Limits {
@@ -224,6 +232,7 @@ async fn open_and_declare(
         instance_name: cfg.instance_name.clone(),
         peer_stale_intervals: cfg.peer_stale_intervals.max(1),
         long_polls_per_token: long_polls_per_token(cfg.max_connections),
+        transfers_per_token: transfers_per_token(cfg.max_connections),
         metrics_public: cfg.metrics_public,
         base_url: cfg.base_url.clone(),
         execution_lease: Duration::from_secs(cfg.execution_lease_secs.max(3)),

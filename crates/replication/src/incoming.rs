@@ -1059,6 +1059,7 @@ impl Replicator {
                 s.config.mode.describe()
             )));
         }
+        let _slot = self.transfer_slot(s)?;
         let staged: StagedBlob = self.ferry().stage(body, Some(*digest)).await?;
         self.ferry().commit_blob(staged).await?;
         self.note_received(s.record.id, *digest);
@@ -1089,6 +1090,7 @@ impl Replicator {
                 s.config.mode.describe()
             )));
         }
+        let _slot = self.transfer_slot(s)?;
         let store = self.ferry().blob_store().clone();
         let limit = self.ferry().config().max_upload_bytes;
         let mut reader = FrameReader::new(body);
@@ -1267,6 +1269,29 @@ impl Replicator {
     }
 }
 
+/// Counts one more request of sync token `token` in `counts` unless it
+/// already holds `max`: true when counted.
+fn count_in(counts: &std::sync::Mutex<HashMap<String, usize>>, token: &str, max: usize) -> bool {
+    let mut m = lock(counts);
+    let n = m.entry(token.to_owned()).or_insert(0);
+    if *n >= max {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+/// Counts out one request of `token` that [`count_in`] counted.
+fn count_out(counts: &std::sync::Mutex<HashMap<String, usize>>, token: &str) {
+    let mut m = lock(counts);
+    if let Some(n) = m.get_mut(token) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            m.remove(token);
+        }
+    }
+}
+
 /// A long poll counted against its sync token's share while it waits
 /// ([`ferry_core::Config::long_polls_per_token`]); freed when dropped.
 pub(crate) struct WaitSlot {
@@ -1276,14 +1301,22 @@ pub(crate) struct WaitSlot {
 
 impl Drop for WaitSlot {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.r.0.waiting.lock()
-            && let Some(n) = m.get_mut(&self.token)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.token);
-            }
-        }
+        count_out(&self.r.0.waiting, &self.token);
+    }
+}
+
+/// A blob transfer counted against its sync token's share while it runs
+/// ([`ferry_core::Config::transfers_per_token`]): a blob or a batch being
+/// sent (held by its body until the connection has taken it or given
+/// up), an upload being received. Freed when dropped.
+pub struct TransferSlot {
+    r: Replicator,
+    token: String,
+}
+
+impl Drop for TransferSlot {
+    fn drop(&mut self) {
+        count_out(&self.r.0.transferring, &self.token);
     }
 }
 
@@ -1292,21 +1325,31 @@ impl Replicator {
     /// TooMany (429) when the token already holds its share waiting.
     fn wait_slot(&self, token: &str) -> Result<WaitSlot, ReplError> {
         let max = self.ferry().config().long_polls_per_token.max(1);
-        let mut m = self
-            .0
-            .waiting
-            .lock()
-            .map_err(|_| ReplError::Core(CoreError::Internal("long-poll count poisoned".into())))?;
-        let n = m.entry(token.to_owned()).or_insert(0);
-        if *n >= max {
+        if !count_in(&self.0.waiting, token, max) {
             return Err(ReplError::Core(CoreError::TooMany(format!(
                 "sync token {token} already holds {max} long polls waiting (a quarter of this instance's connections); ask again later"
             ))));
         }
-        *n += 1;
         Ok(WaitSlot {
             r: self.clone(),
             token: token.to_owned(),
+        })
+    }
+
+    /// A slot for one more blob transfer of session `s`'s sync token, to
+    /// hold while the transfer runs. Errors: TooMany (429) when the token
+    /// already holds its share ([`ferry_core::Config::transfers_per_token`]).
+    pub fn transfer_slot(&self, s: &Session) -> Result<TransferSlot, ReplError> {
+        let max = self.ferry().config().transfers_per_token.max(1);
+        let token = &s.token_id;
+        if !count_in(&self.0.transferring, token, max) {
+            return Err(ReplError::Core(CoreError::TooMany(format!(
+                "sync token {token} already holds {max} blob transfers in progress (a sixteenth of this instance's connections); ask again when one has ended"
+            ))));
+        }
+        Ok(TransferSlot {
+            r: self.clone(),
+            token: token.clone(),
         })
     }
 }
@@ -1337,6 +1380,7 @@ impl Replicator {
                 w.digest
             )));
         }
+        let slot = self.transfer_slot(s)?;
         let mut plan: Vec<Planned> = Vec::with_capacity(req.blobs.len());
         // A side that sends content: one lookup for the whole batch.
         let referenced = if s.config.mode.flows.push_missing {
@@ -1393,6 +1437,7 @@ impl Replicator {
             r: self.clone(),
             session: s.clone(),
             blobs,
+            _slot: slot,
         };
         Ok(self.guard_body(s, delivered, Flow::Sent))
     }
@@ -1431,6 +1476,9 @@ struct Delivered {
     session: Session,
     /// Blobs the batch was asked for.
     blobs: usize,
+    /// Its place among the token's transfers, held until the connection
+    /// has taken the body or given up on it.
+    _slot: TransferSlot,
 }
 
 impl futures::Stream for Delivered {

@@ -60,6 +60,9 @@ struct Inner {
     /// Long polls waiting now, by sync token id (see
     /// [`incoming::WaitSlot`]).
     waiting: Mutex<HashMap<String, usize>>,
+    /// Blob transfers running now, by sync token id (see
+    /// [`incoming::TransferSlot`]).
+    transferring: Mutex<HashMap<String, usize>>,
     ferry: Ferry,
     store: Arc<dyn ReplicationStore>,
     /// This node's name as the holder of execution leases: the configured
@@ -284,6 +287,7 @@ impl Replicator {
             refused_feeds: Mutex::new(HashMap::new()),
             bundle_deletions: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
+            transferring: Mutex::new(HashMap::new()),
             file_declared: Mutex::new(None),
             recovered: std::sync::atomic::AtomicBool::new(false),
             kept: tokio_util::task::TaskTracker::new(),

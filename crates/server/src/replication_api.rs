@@ -309,6 +309,8 @@ async fn get_blob(
         .may_read_blob(&s, &d)
         .await
         .map_err(|e| failed(&st, &s, e))?;
+    // Counted among the token's transfers until the body is sent or given up.
+    let slot = st.replicator.transfer_slot(&s).map_err(|e| failed(&st, &s, e))?;
     let resp = crate::blobs::serve_blob(&st.ferry, &method, &headers, &d, "application/octet-stream", None)
         .await
         .map_err(err)?;
@@ -345,7 +347,13 @@ async fn get_blob(
     }
     // Cut at once if the peer's token is revoked while the blob is sent.
     Ok(resp.map(|body| {
-        let bytes = body.into_data_stream().map_err(std::io::Error::other);
+        let bytes = body
+            .into_data_stream()
+            .map_err(std::io::Error::other)
+            .map_ok(move |c| {
+                let _held = &slot;
+                c
+            });
         Body::from_stream(st.replicator.guard_body(&s, bytes, Flow::Sent))
     }))
 }

@@ -659,3 +659,81 @@ async fn a_token_holds_at_most_its_share_of_long_polls() {
     assert!(!again.is_finished(), "a freed slot is taken again");
     again.abort();
 }
+
+/// One sync token cannot pin memory on every connection with blob
+/// transfers its holder does not read: past its share (here 2), a blob GET
+/// or a batch is answered 429 with the reason at once; another token's
+/// transfers go on, a transfer given up frees its slot, and the bytes of
+/// those held are whole when they are read at last.
+#[tokio::test]
+async fn a_token_holds_at_most_its_share_of_blob_transfers() {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let i = Instance::with_config(ferry_core::Config {
+        transfers_per_token: 2,
+        ..Default::default()
+    })
+    .await;
+    i.feed("files", FeedType::Assets, false).await;
+    let token = i.incoming("edge", &["files"], "push").await;
+    let other = i.incoming("edge2", &["files"], "push").await;
+    let content: Vec<u8> = (0..(3usize << 20)).map(|n| (n % 251) as u8).collect();
+    let r = i
+        .send("PUT", "/assets/files/big.bin", Some(ADMIN), &[], content.clone())
+        .await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let digest = ferry_types::Digest::of(&content).to_string();
+    let blob = format!("/api/replication/v1/blobs/{digest}");
+    let batch = json!({ "blobs": [{ "digest": digest }] }).to_string();
+    // A transfer as a peer starts it: the answer's head, its body not read.
+    let start = |token: String, batched: bool| {
+        let router = i.router.clone();
+        let (blob, batch) = (blob.clone(), batch.clone());
+        async move {
+            let req = if batched {
+                axum::http::Request::post("/api/replication/v1/blobs/batch")
+                    .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Body::from(batch))
+            } else {
+                axum::http::Request::get(blob)
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Body::empty())
+            };
+            router.oneshot(req.unwrap()).await.unwrap()
+        }
+    };
+    let first = start(token.clone(), false).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = start(token.clone(), true).await;
+    assert_eq!(second.status(), StatusCode::OK);
+    for batched in [false, true] {
+        let refused = start(token.clone(), batched).await;
+        assert_eq!(
+            refused.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "batch: {batched}"
+        );
+        let why = refused.into_body().collect().await.unwrap().to_bytes();
+        let why = String::from_utf8_lossy(&why);
+        assert!(why.contains("2 blob transfers in progress"), "{why}");
+    }
+    // Another token's transfer is not held back by this one's.
+    let theirs = start(other.clone(), false).await;
+    assert_eq!(theirs.status(), StatusCode::OK);
+    let got = theirs.into_body().collect().await.unwrap().to_bytes();
+    assert!(got[..] == content[..]);
+    // A transfer given up (its body dropped unread) frees its slot.
+    drop(first);
+    let again = start(token.clone(), false).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    let got = again.into_body().collect().await.unwrap().to_bytes();
+    assert!(got[..] == content[..], "the blob, whole");
+    // The batch held all along still brings its frame whole.
+    let frames = second.into_body().collect().await.unwrap().to_bytes();
+    assert!(frames.len() > content.len(), "{} bytes of frames", frames.len());
+    assert!(frames.ends_with(&content[content.len() - 4096..]));
+    // Every slot is free again: both kinds start.
+    assert_eq!(start(token.clone(), true).await.status(), StatusCode::OK);
+    assert_eq!(start(token.clone(), false).await.status(), StatusCode::OK);
+}
