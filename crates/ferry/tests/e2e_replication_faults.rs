@@ -1086,3 +1086,97 @@ fn a_trickling_upload_of_a_blob_does_not_hold_another_peers_push_of_it() {
     );
     assert!(hub.serves("files", "shared.bin", &bytes));
 }
+
+/// A hub whose sync token holds its share of blob transfers (here 16, with
+/// a connection cap of 64) answers a spoke's batch 429; the spoke pauses
+/// and asks again instead of failing its execution, and converges once
+/// the transfers holding the token's share end. A batch nobody reads
+/// pins a little memory only.
+#[test]
+fn a_spoke_waits_for_a_hub_busy_with_its_tokens_transfers_instead_of_failing() {
+    use std::io::{Read, Write};
+    let hub = Server::start_with(&[("FERRY_MAX_CONNECTIONS", "64")]);
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edges", &["files"], "push");
+    let mut rng = Rng::new(29);
+    let items: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("f{i}.bin"),
+                (0..256 * 1024).map(|_| rng.next() as u8).collect(),
+            )
+        })
+        .collect();
+    publish(&hub, "files", &items.iter().collect::<Vec<_>>());
+    let big: Vec<u8> = (0..16 * MIB).map(|_| rng.next() as u8).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("big.bin");
+    std::fs::write(&file, &big).unwrap();
+    hub.put_asset_file("files", "big.bin", &file);
+    let digest = format!("sha256:{}", sha256_hex(&big));
+
+    // Sixteen batches of the big blob, never read: the token's share.
+    let rss = |s: &Server| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    };
+    let before = rss(&hub);
+    let body = json!({ "blobs": [{ "digest": digest }] }).to_string();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let mut c = std::net::TcpStream::connect(&hub.addr).unwrap();
+        write!(
+            c,
+            "POST /api/replication/v1/blobs/batch HTTP/1.1\r\nHost: ferry\r\nAuthorization: Bearer {token}\r\n\
+             Ferry-Instance: 0123456789abcdef0123456789abcdef\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200", "a batch within the share is served");
+        held.push(c);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let pinned = rss(&hub).saturating_sub(before);
+    eprintln!("16 unread batches of a 16 MiB blob pinned {} MiB", pinned >> 20);
+    assert!(
+        pinned < 16 * 4 * MIB as u64,
+        "16 unread batches of a 16 MiB blob pinned {} MiB",
+        pinned >> 20
+    );
+
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    spoke.outgoing(
+        "from-hub",
+        &["files"],
+        &hub,
+        &token,
+        "pull",
+        &["--interval", "3600"],
+    );
+    let mut run = spawn_run(&spoke, "from-hub");
+    // The spoke meets the busy hub and waits: its execution neither ends
+    // nor fails while the token's share is held (it failed at once before).
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the execution ended while the hub was busy"
+    );
+    assert!(
+        spoke
+            .executions("from-hub")
+            .iter()
+            .all(|e| !e["outcome"].is_string()),
+        "an execution ended while the hub was busy: {:?}",
+        spoke.executions("from-hub")
+    );
+    drop(held);
+    finish_run(run, "from-hub").unwrap();
+    assert_eq!(failed_executions(&spoke, "from-hub"), Vec::<String>::new());
+    let mut all = items.clone();
+    all.push(("big.bin".to_owned(), big));
+    assert_eq!(serving_problems(&spoke, "files", &all), Vec::<String>::new());
+}

@@ -1344,7 +1344,7 @@ impl Replicator {
         let token = &s.token_id;
         if !count_in(&self.0.transferring, token, max) {
             return Err(ReplError::Core(CoreError::TooMany(format!(
-                "sync token {token} already holds {max} blob transfers in progress (a sixteenth of this instance's connections); ask again when one has ended"
+                "sync token {token} already holds {max} blob transfers in progress, its share of this instance's connections; ask again when one has ended"
             ))));
         }
         Ok(TransferSlot {
@@ -1419,7 +1419,10 @@ impl Replicator {
             .zip(self.ferry().blob_store().sizes(&readable).await?)
             .collect();
         let ferry = self.ferry().clone();
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+        // One chunk waits between the producer and the connection: a peer
+        // that stops reading pins that, the chunk read ahead and hyper's
+        // (with 8 waiting it pinned about 10 MiB per batch).
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(1);
         let tally = Arc::new(BatchTally::default());
         let producer = tally.clone();
         let blobs = plan.len();
@@ -1627,7 +1630,7 @@ async fn send_batch(
 /// [`SMALL_RUN_BYTES`] at a time.
 const SMALL_BLOB: u64 = 1 << 20;
 const SMALL_RUN: usize = 64;
-const SMALL_RUN_BYTES: u64 = 8 << 20;
+const SMALL_RUN_BYTES: u64 = 2 << 20;
 
 /// Sends blob `w` as one frame of a batch (from its offset), or the frame
 /// that says why it cannot be (not stored, its offset past its end,

@@ -25,6 +25,11 @@ const BATCH_STREAMS: usize = 4;
 const BATCH_MIN: usize = 32;
 /// Attempts of a batch before its transport error ends the execution.
 const BATCH_ATTEMPTS: u32 = 4;
+/// A batch the peer answers 429 (its token holds its share of transfers)
+/// is asked again after this pause (the `Retry-After` Ferry sends), for
+/// up to [`BUSY_WAIT`] in all before the execution fails.
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Frames up to this many bytes (starting at byte 0) are read whole into
 /// memory and committed in groups ([`Run::flush_small`]).
 const SMALL_FRAME: u64 = 1 << 20;
@@ -531,6 +536,8 @@ impl Run<'_> {
         let mut out = Fetched::default();
         let mut todo = need;
         let mut attempt = 0;
+        let mut waited = std::time::Duration::ZERO;
+        let peer = std::ptr::eq(remote, &self.remote);
         loop {
             let streams = todo.len().div_ceil(BATCH_MIN).clamp(1, BATCH_STREAMS);
             let mut groups: Vec<Vec<Digest>> = vec![Vec::new(); streams];
@@ -551,6 +558,20 @@ impl Run<'_> {
             }
             if retry.is_empty() {
                 return Ok((out, retry, error));
+            }
+            // The peer is busy with this token's other transfers (a fleet
+            // sharing one token, or someone holding its share): not a
+            // failed attempt; asked again after the pause it asks for, for
+            // up to BUSY_WAIT in all.
+            if peer
+                && waited < BUSY_WAIT
+                && let Some(e @ ReplError::Remote { status: 429, .. }) = &error
+            {
+                tracing::warn!(target: "replication", replication = %self.rec.name, blobs = retry.len(), error = %e, "the other instance is busy; asking again in {} s", BUSY_PAUSE.as_secs());
+                tokio::time::sleep(BUSY_PAUSE).await;
+                waited += BUSY_PAUSE;
+                todo = retry;
+                continue;
             }
             attempt += 1;
             if attempt >= attempts {
@@ -620,6 +641,13 @@ impl Run<'_> {
                 | ReplError::Remote { .. }
                 | ReplError::Refused(_)),
             ) if from_source => {
+                g.retry = claims.into_keys().collect();
+                g.error = Some(e);
+                return Ok(g);
+            }
+            // The other instance holds its share of this token's transfers
+            // (429): asked again after a pause ([`Self::fetch_batched`]).
+            Err(e @ ReplError::Remote { status: 429, .. }) => {
                 g.retry = claims.into_keys().collect();
                 g.error = Some(e);
                 return Ok(g);
