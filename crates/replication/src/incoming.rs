@@ -1343,9 +1343,13 @@ impl Replicator {
         let max = self.ferry().config().transfers_per_token.max(1);
         let token = &s.token_id;
         if !count_in(&self.0.transferring, token, max) {
-            return Err(ReplError::Core(CoreError::TooMany(format!(
+            let msg = format!(
                 "sync token {token} already holds {max} blob transfers in progress, its share of this instance's connections; ask again when one has ended"
-            ))));
+            );
+            // Said in the replication log too (once a minute at most).
+            self.diag()
+                .log(Level::Warn, format!("replication {}: {msg}", s.record.name));
+            return Err(ReplError::Core(CoreError::TooMany(msg)));
         }
         Ok(TransferSlot {
             r: self.clone(),

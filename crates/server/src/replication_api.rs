@@ -309,8 +309,13 @@ async fn get_blob(
         .may_read_blob(&s, &d)
         .await
         .map_err(|e| failed(&st, &s, e))?;
-    // Counted among the token's transfers until the body is sent or given up.
-    let slot = st.replicator.transfer_slot(&s).map_err(|e| failed(&st, &s, e))?;
+    // Counted among the token's transfers until the body is sent or given
+    // up (a HEAD sends none).
+    let slot = if method == Method::HEAD {
+        None
+    } else {
+        Some(st.replicator.transfer_slot(&s).map_err(|e| failed(&st, &s, e))?)
+    };
     let resp = crate::blobs::serve_blob(&st.ferry, &method, &headers, &d, "application/octet-stream", None)
         .await
         .map_err(err)?;

@@ -568,6 +568,13 @@ impl Run<'_> {
                 && let Some(e @ ReplError::Remote { status: 429, .. }) = &error
             {
                 tracing::warn!(target: "replication", replication = %self.rec.name, blobs = retry.len(), error = %e, "the other instance is busy; asking again in {} s", BUSY_PAUSE.as_secs());
+                if waited.is_zero() {
+                    // Said in the execution's log too, once.
+                    out.notes.push(format!(
+                        "the other instance is busy ({e}); its blobs were asked for again every {} s",
+                        BUSY_PAUSE.as_secs()
+                    ));
+                }
                 tokio::time::sleep(BUSY_PAUSE).await;
                 waited += BUSY_PAUSE;
                 todo = retry;

@@ -718,6 +718,18 @@ async fn a_token_holds_at_most_its_share_of_blob_transfers() {
         let why = String::from_utf8_lossy(&why);
         assert!(why.contains("2 blob transfers in progress"), "{why}");
     }
+    // A HEAD sends no body: not counted, answered while the share is full.
+    let head = i.send("HEAD", &blob, Some(&token), &[], Body::empty()).await;
+    assert_eq!(head.status, StatusCode::OK);
+    // The replication log says it too.
+    let log = i
+        .send("GET", "/api/v1/logs/replication", Some(ADMIN), &[], Body::empty())
+        .await;
+    assert!(
+        log.text().contains("2 blob transfers in progress"),
+        "{}",
+        log.text()
+    );
     // Another token's transfer is not held back by this one's.
     let theirs = start(other.clone(), false).await;
     assert_eq!(theirs.status(), StatusCode::OK);
