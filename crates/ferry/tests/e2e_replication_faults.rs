@@ -1147,16 +1147,7 @@ fn a_spoke_waits_for_a_hub_busy_with_its_tokens_transfers_instead_of_failing() {
         pinned >> 20
     );
 
-    let spoke = Server::start();
-    spoke.create_feed("files", "assets");
-    spoke.outgoing(
-        "from-hub",
-        &["files"],
-        &hub,
-        &token,
-        "pull",
-        &["--interval", "3600"],
-    );
+    let spoke = Server::pulling_spoke(&hub, "files", &token);
     let mut run = spawn_run(&spoke, "from-hub");
     // The spoke meets the busy hub and waits: its execution neither ends
     // nor fails while the token's share is held (it failed at once before).
