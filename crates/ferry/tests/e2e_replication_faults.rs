@@ -1171,3 +1171,65 @@ fn a_spoke_waits_for_a_hub_busy_with_its_tokens_transfers_instead_of_failing() {
     all.push(("big.bin".to_owned(), big));
     assert_eq!(serving_problems(&spoke, "files", &all), Vec::<String>::new());
 }
+
+/// The same for a push: a hub whose sync token holds its share of
+/// transfers (uploads it is receiving) answers the spoke's upload 429, and
+/// the spoke pauses and sends again instead of failing its execution.
+#[test]
+fn a_pushing_spoke_waits_for_a_hub_busy_with_its_tokens_uploads_instead_of_failing() {
+    use std::io::Write;
+    let hub = Server::start_with(&[("FERRY_MAX_CONNECTIONS", "64")]);
+    hub.create_feed("files", "assets");
+    let token = hub.incoming("edges", &["files"], "pull");
+    // Sixteen uploads whose bodies never come: the token's share.
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let mut c = std::net::TcpStream::connect(&hub.addr).unwrap();
+        write!(
+            c,
+            "POST /api/replication/v1/blobs/upload HTTP/1.1\r\nHost: ferry\r\nAuthorization: Bearer {token}\r\n\
+             content-type: application/vnd.ferry.blob-batch\r\ncontent-length: 1000\r\n\r\n"
+        )
+        .unwrap();
+        held.push(c);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let spoke = Server::start();
+    spoke.create_feed("files", "assets");
+    let mut rng = Rng::new(31);
+    let items: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("p{i}.bin"),
+                (0..128 * 1024).map(|_| rng.next() as u8).collect(),
+            )
+        })
+        .collect();
+    publish(&spoke, "files", &items.iter().collect::<Vec<_>>());
+    spoke.outgoing(
+        "to-hub",
+        &["files"],
+        &hub,
+        &token,
+        "push",
+        &["--interval", "3600"],
+    );
+    let mut run = spawn_run(&spoke, "to-hub");
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the execution ended while the hub was busy"
+    );
+    assert!(
+        spoke
+            .executions("to-hub")
+            .iter()
+            .all(|e| !e["outcome"].is_string()),
+        "an execution ended while the hub was busy: {:?}",
+        spoke.executions("to-hub")
+    );
+    drop(held);
+    finish_run(run, "to-hub").unwrap();
+    assert_eq!(failed_executions(&spoke, "to-hub"), Vec::<String>::new());
+    assert_eq!(serving_problems(&hub, "files", &items), Vec::<String>::new());
+}

@@ -28,8 +28,8 @@ const BATCH_ATTEMPTS: u32 = 4;
 /// A batch the peer answers 429 (its token holds its share of transfers)
 /// is asked again after this pause (the `Retry-After` Ferry sends), for
 /// up to [`BUSY_WAIT`] in all before the execution fails.
-const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
-const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+pub(super) const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Frames up to this many bytes (starting at byte 0) are read whole into
 /// memory and committed in groups ([`Run::flush_small`]).
 const SMALL_FRAME: u64 = 1 << 20;

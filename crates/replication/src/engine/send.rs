@@ -135,10 +135,32 @@ impl Run<'_> {
         }
     }
 
+    /// [`Self::upload_once`], asked again after [`super::fetch::BUSY_PAUSE`]
+    /// while the other side answers 429 (its token holds its share of
+    /// transfers; nothing of the upload was taken), for up to
+    /// [`super::fetch::BUSY_WAIT`] in all, as a pull's batches are.
+    async fn upload_group(
+        &self,
+        blobs: &[(Digest, u64, u64)],
+    ) -> Result<crate::batch::UploadResponse, ReplError> {
+        use super::fetch::{BUSY_PAUSE, BUSY_WAIT};
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            match self.upload_once(blobs).await {
+                Err(e @ ReplError::Remote { status: 429, .. }) if waited < BUSY_WAIT => {
+                    tracing::warn!(target: "replication", replication = %self.rec.name, blobs = blobs.len(), error = %e, "the other instance is busy; asking again in {} s", BUSY_PAUSE.as_secs());
+                    tokio::time::sleep(BUSY_PAUSE).await;
+                    waited += BUSY_PAUSE;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// One streamed upload of `blobs` as frames, read from the store as the
     /// request goes out. A blob that cannot be read whole here cuts the
     /// upload (the blobs before it are kept there).
-    async fn upload_group(
+    async fn upload_once(
         &self,
         blobs: &[(Digest, u64, u64)],
     ) -> Result<crate::batch::UploadResponse, ReplError> {
